@@ -1,0 +1,63 @@
+# EV PLUS controller firmware: host-side entry points. `make help` lists them.
+
+BOARD ?= unix_sim
+PORT ?=
+VENV := .venv
+PY := $(VENV)/bin/python
+MICROPYTHON := $(VENV)/bin/micropython
+PYTEST_ARGS ?=
+RUN_ARGS ?=
+BENCH_ARGS ?=
+
+.PHONY: help setup test test-unix test-host run build deploy bench lint clean distclean
+
+help:
+	@echo "make run                        start the simulated charger (web app http://127.0.0.1:8080, simulator 127.0.0.1:8090)"
+	@echo "    RUN_ARGS=\"--entry build/unix_sim/main.py\"   ... from a built tree"
+	@echo "make test                       unix-port tests, then the host-side pytest suite"
+	@echo "make build BOARD=unix_sim       compile into build/BOARD/ (also esp32_evplus, stm32_evplus)"
+	@echo "make deploy BOARD=... PORT=...  copy build/BOARD/ to a board with mpremote and reset it"
+	@echo "make bench                      boot time and heap after boot -> build/bench.json"
+	@echo "make lint                       ruff on tests/ and tools/"
+	@echo "make clean | distclean          remove build output and caches | also .venv/ and data/"
+
+# Always runs; does nothing when the packages and .venv/ are already up to date.
+setup:
+	@bash tools/setup.sh
+
+# pytest exits 5 when it ran no test: that fails the build, and says why.
+PYTEST = $(PY) -m pytest tests/ $(PYTEST_ARGS); status=$$?; \
+	if [ $$status -eq 5 ]; then echo "make: pytest ran no test" >&2; fi; exit $$status
+
+test: setup
+	$(MICROPYTHON) unix_port_tests/runner.py
+	@$(PYTEST)
+
+test-unix: setup
+	$(MICROPYTHON) unix_port_tests/runner.py
+
+test-host: setup
+	@$(PYTEST)
+
+run: setup
+	@$(PY) tools/run.py --stop-with-parent $(RUN_ARGS)
+
+build: setup
+	$(PY) tools/build.py --board $(BOARD)
+
+deploy: build
+	@test -n "$(PORT)" || { echo "make deploy: set PORT, e.g. PORT=/dev/ttyUSB0" >&2; exit 2; }
+	cd build/$(BOARD) && ../../$(VENV)/bin/mpremote connect $(PORT) fs cp -r $$(ls -A) : + reset
+
+bench: setup
+	$(PY) tools/bench.py $(BENCH_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check tests/ tools/
+
+clean:
+	rm -rf build/ .pytest_cache/ .ruff_cache/
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV)/ data/

@@ -1,0 +1,150 @@
+# Board layer of the MicroPython unix port: the charger's hardware as a simulated plant
+# (docs/hal.md is the contract, docs/simulator.md the model and the control socket).
+import asyncio
+import os
+from micropython import const
+
+import sim_can
+import sim_io
+import sim_rc522
+import sim_sensors
+import sim_socket
+from sim_clock import Clock, Rtc
+from sim_events import EventRing
+from sim_ops import Controller
+from sim_plant import Plant
+from sim_watchdog import Watchdog
+from sim_wlan import Wlan
+
+NAME = "unix_sim"
+DEFAULT_SERIAL = "EVPLUS-SIM-00001"
+RESET_STATUS = const(3)  # exit status for "power-cycle me" (docs/hal.md)
+_TICK_MS = const(20)  # plant period: EV response, energy, timed inputs, watchdog check
+_MAX_SERIAL = const(25)
+
+
+def make(env):
+    """The hw object of docs/hal.md. env: dict of EVSE_* strings."""
+    return Board(env or {})
+
+
+def _int_env(env, key, default, lo=1, hi=65535):
+    v = env.get(key)
+    if v is None or v == "":
+        return default
+    try:
+        n = int(v)
+    except ValueError:
+        raise ValueError("%s must be an integer, not %r" % (key, v))
+    if not lo <= n <= hi:
+        raise ValueError("%s must be within %d..%d" % (key, lo, hi))
+    return n
+
+
+def _ensure_dir(path):
+    """mkdir -p: the data directory may be new (first boot of a fresh tree)."""
+    parts = path.split("/")
+    cur = "" if path.startswith("/") else "."
+    for part in parts:
+        if not part or part == ".":
+            continue
+        cur = cur + "/" + part
+        try:
+            os.mkdir(cur)
+        except OSError:
+            pass  # exists (or a real error, which the first file write reports)
+
+
+class Board:
+    def __init__(self, env):
+        self.name = NAME
+        serial = env.get("EVSE_SERIAL") or DEFAULT_SERIAL
+        if len(serial) > _MAX_SERIAL:
+            raise ValueError("EVSE_SERIAL: at most %d characters" % _MAX_SERIAL)
+        self.serial = serial
+        clock = Clock()
+        self.clock_us = clock.now_us  # bound once: called from ISR-safe paths
+        self.events = EventRing(self.clock_us)
+        self.plant = plant = Plant()
+
+        # Pilot, power path and protections
+        self.cp = sim_io.CpGenerator(self.events)
+        self.relays = sim_io.Relays(self.events)
+        self.cp_adc = sim_sensors.CpAdc(self.cp, plant)
+        self.pp_adc = sim_sensors.PpAdc(plant)
+        tethered = env.get("EVSE_SIM_TETHERED", "") in ("1", "yes", "true")
+        self.lock = sim_io.Lock(self.events, self.clock_us, plant, fitted=not tethered)
+        self.rcd = sim_sensors.Rcd(self.relays, plant)
+        self.pe = sim_sensors.PeMonitor(plant)
+        self.meter = sim_sensors.Meter(plant)
+        self.temps = sim_sensors.Temps(plant)
+        self.fan = sim_io.Fan(self.events, self.clock_us, plant)
+
+        # HMI
+        self.belt = sim_io.Belt(self.events)
+        self.leds = sim_io.Leds(self.events)
+        self.tap_light = sim_io.TapLight(self.events)
+        self.display = sim_io.Display(self.events)
+        self.buzzer = sim_io.Buzzer(self.events)
+        self.button = sim_sensors.Button(plant, self.clock_us)
+        self.errors = sim_io.ErrorReporter(self.events)
+        self.report_error = self.errors.report  # hw.report_error(code, active)
+
+        # RFID: the RC522 emulated at register level behind its SPI bus
+        chip = sim_rc522.Rc522Chip(clock_us=self.clock_us)
+        self.rfid_chip = chip
+        self.rfid_spi = chip.spi
+        self.rfid_cs = chip.cs
+        self.rfid_rst = chip.rst
+
+        # Buses and radio
+        path = env.get("EVSE_RS485")
+        if path:
+            from sim_uart import SimUart  # only when a bus is wired: saves heap otherwise
+
+            self.rs485 = (SimUart(path), sim_io.RecordedPin())
+        else:
+            self.rs485 = None
+        self.can = sim_can.SimCan(_int_env(env, "EVSE_CAN_PORT", sim_can.DEFAULT_PORT))
+        self.wlan = Wlan(plant, serial)
+
+        # System
+        self.rtc = Rtc()
+        self._safe = self._safe_outputs  # bound once: the watchdog thread calls it
+        self.wdt = Watchdog(self._safe)
+        self.data_dir = env.get("EVSE_DATA_DIR") or "./data"
+        _ensure_dir(self.data_dir)
+        self.http_addr = (
+            env.get("EVSE_HTTP_HOST") or "127.0.0.1",
+            _int_env(env, "EVSE_HTTP_PORT", 8080),
+        )
+        self.sim_port = _int_env(env, "EVSE_SIM_PORT", sim_socket.DEFAULT_PORT)
+        self.controller = Controller(self)
+
+        plant.attach(self.cp, self.relays, chip)
+        plant.update_cp()
+
+    def _safe_outputs(self):
+        """What a reset leaves behind: contactors open, CP at static +12 V. No allocation."""
+        self.relays.open()
+        self.cp.high()
+
+    def reset(self):
+        """Power-cycle: `make run` starts the process again on exit status 3."""
+        self._safe_outputs()
+        print("reset")
+        raise SystemExit(RESET_STATUS)
+
+    def tasks(self, app):
+        self.controller.app = app
+        server = sim_socket.ControlServer(self.controller, self.clock_us, self.sim_port)
+        return [("sim_plant", self._plant_task), ("sim_socket", server.run)]
+
+    async def _plant_task(self):
+        plant = self.plant
+        while True:
+            if self.wdt.bitten:
+                # The watchdog thread cannot end the process itself (sim_watchdog.py).
+                raise SystemExit(RESET_STATUS)
+            plant.tick(self.clock_us())
+            await asyncio.sleep_ms(_TICK_MS)

@@ -1,0 +1,122 @@
+# Actuator event log: a fixed ring written without allocating (the relay and CP paths
+# record from interrupt handlers and under heap_lock), decoded to JSON-ready dicts for the
+# control socket's `events` op.
+import array
+from micropython import const
+
+_SIZE = const(256)  # events kept; the oldest are overwritten (~5 KB of heap)
+
+# `what` codes. Values are small ints; text (display, error code) goes in the object slot.
+RELAYS = const(1)  # value 1 closed / 0 open (commanded)
+LOCK = const(2)  # value 1 engage / 0 release (commanded)
+PWM = const(3)  # value duty per-mille, -1 static +12 V, -2 static -12 V
+BUZZER = const(4)  # value beep length in ms
+BELT = const(5)  # value colour * 4 + pattern
+LEDS = const(6)  # value name * 32 + colour * 4 + pattern
+DISPLAY = const(7)  # object: the text
+ERROR = const(8)  # object: the code, value 1 raised / 0 cleared
+TAP_LIGHT = const(9)  # value 1 on / 0 off
+FAN = const(10)  # value 1 running / 0 stopped
+
+NAMES = (
+    None,
+    "relays",
+    "lock",
+    "pwm_duty_pct",
+    "buzzer",
+    "led_belt",
+    "leds",
+    "display",
+    "error",
+    "tap_light",
+    "fan",
+)
+
+# The indicator vocabulary of docs/hal.md; indexes are what the ring stores.
+COLOURS = ("white", "green", "blue", "red", "off")
+PATTERNS = ("steady", "slow", "fast")
+LED_NAMES = ("wifi", "plug", "charging", "fault")
+
+
+def cp_name(duty_pm):
+    """Generator mode of a duty value: "pwm", "+12" (x1) or "-12" (state F)."""
+    if duty_pm == -1:
+        return "+12"
+    if duty_pm == -2:
+        return "-12"
+    return "pwm"
+
+
+class EventRing:
+    def __init__(self, now_us, size=_SIZE):
+        self._now_us = now_us  # the board clock: a stored bound method, called without alloc
+        self._size = size
+        self._t_us = array.array("q", bytes(8 * size))
+        self._what = bytearray(size)
+        self._value = array.array("i", bytes(4 * size))
+        self._obj = [None] * size
+        self._next = 0
+        self._count = 0
+        self.dropped = 0  # events overwritten before anyone could read them
+
+    def record(self, what, value, obj=None):
+        """Appends one event stamped now. ISR-safe: stores ints and an existing reference."""
+        i = self._next
+        self._t_us[i] = self._now_us()
+        self._what[i] = what
+        self._value[i] = value
+        self._obj[i] = obj
+        i += 1
+        if i == self._size:
+            i = 0
+        self._next = i
+        if self._count < self._size:
+            self._count += 1
+        else:
+            self.dropped += 1
+
+    def __len__(self):
+        return self._count
+
+    def since(self, since_us):
+        """Events with t_us >= since_us, oldest first, as {"t_us", "what", "value"} dicts."""
+        out = []
+        n = self._count
+        i = self._next - n
+        if i < 0:
+            i += self._size
+        for _ in range(n):
+            if self._t_us[i] >= since_us:
+                out.append(self._decode(i))
+            i += 1
+            if i == self._size:
+                i = 0
+        return out
+
+    def _decode(self, i):
+        what = self._what[i]
+        v = self._value[i]
+        e = {"t_us": self._t_us[i], "what": NAMES[what]}
+        if what == RELAYS or what == TAP_LIGHT or what == FAN:
+            e["value"] = bool(v)
+        elif what == LOCK:
+            e["value"] = "locked" if v else "unlocked"
+        elif what == PWM:
+            e["value"] = v / 10 if v >= 0 else None
+            e["cp"] = cp_name(v)
+        elif what == BUZZER:
+            e["value"] = v
+        elif what == BELT:
+            e["value"] = {"colour": COLOURS[v >> 2], "pattern": PATTERNS[v & 3]}
+        elif what == LEDS:
+            e["value"] = {
+                "name": LED_NAMES[v >> 5],
+                "colour": COLOURS[(v >> 2) & 7],
+                "pattern": PATTERNS[v & 3],
+            }
+        elif what == DISPLAY:
+            e["value"] = self._obj[i]
+        elif what == ERROR:
+            e["value"] = self._obj[i]
+            e["active"] = bool(v)
+        return e

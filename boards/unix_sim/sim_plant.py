@@ -1,0 +1,203 @@
+# The simulated world outside the controller: the EV on the pilot line and its current
+# draw, the cable's PP resistor, the mains, the temperatures, the injected faults and the
+# WiFi uplink. The board's sensor objects read it; the control socket writes it.
+#
+# Faults are physical here (a contact that stays closed, a plateau that moves, a sensor
+# that stops answering); deciding that something is wrong is the firmware's job.
+from micropython import const
+
+R1_OHM = 1000  # EVSE source resistor (STANDARDS.md §1.1)
+R2_OHM = 2740  # EV: always across CP-PE behind the diode
+R3_C_OHM = 1300  # EV: added by S2 in state C
+R3_D_OHM = 270  # EV: added by S2 in state D (ventilation)
+GEN_MV = const(12000)  # generator amplitude, +-12 V
+DIODE_V = 0.8  # EV diode forward drop: puts B/C/D at 9.0/6.05/3.0 V, mid-window
+SETTLE_US = const(500_000)  # the EV follows a new PWM offer after it held this long
+LIVE_V = 50  # a phase below this voltage is missing: it carries no current
+
+FAULTS = (
+    "rcd_ac",
+    "rcd_dc",
+    "pe",
+    "relay_weld",
+    "relay_stuck_open",
+    "lock",
+    "fan",
+    "cp_short",
+    "diode",
+    "internal_meter",
+    "phase_rotation",
+    "rfid",
+)
+RELAY_FAULTS = ("relay_weld", "relay_stuck_open")
+
+
+def ev_ohms(state):
+    """Resistance the EV puts between CP and PE behind its diode; None when unplugged."""
+    if state == "B":
+        return R2_OHM
+    if state == "C":
+        return R2_OHM * R3_C_OHM / (R2_OHM + R3_C_OHM)
+    if state == "D":
+        return R2_OHM * R3_D_OHM / (R2_OHM + R3_D_OHM)
+    return None
+
+
+def line_mv(gen_mv, ev_ohm, diode, diode_v):
+    """CP line voltage (mV) behind R1 while the generator drives gen_mv."""
+    if ev_ohm is None:
+        return gen_mv  # no load: no current through R1
+    if not diode:
+        return int(round(gen_mv * ev_ohm / (ev_ohm + R1_OHM)))
+    vd_mv = diode_v * 1000
+    if gen_mv <= vd_mv:
+        return gen_mv  # the diode blocks: no current, the line sits at the generator
+    return int(round(vd_mv + (gen_mv - vd_mv) * ev_ohm / (ev_ohm + R1_OHM)))
+
+
+def plateaus(duty_pm, pos_mv, neg_mv):
+    """(hi_mv, lo_mv) the EVSE samples for a generator mode (duty per-mille, -1, -2)."""
+    if duty_pm == -1 or duty_pm >= 1000:
+        return pos_mv, pos_mv  # static +12 V: no low phase to sample
+    if duty_pm == -2 or duty_pm == 0:
+        return neg_mv, neg_mv  # static -12 V: no high phase
+    return pos_mv, neg_mv
+
+
+def offered_a(duty_pm):
+    """Current the EV may draw for a duty (IEC 61851-1 EV-side table, STANDARDS.md §1.3)."""
+    if duty_pm < 80 or duty_pm > 970:
+        return 0.0  # static, digital mode (3-7 %), or out of range: no charge
+    if duty_pm < 100:
+        return 6.0  # 8-10 %
+    if duty_pm <= 850:
+        return duty_pm * 0.06
+    if duty_pm <= 960:
+        return (duty_pm / 10 - 64) * 2.5
+    return 80.0
+
+
+class Plant:
+    def __init__(self):
+        # EV (`ev` op)
+        self.ev_state = "A"
+        self.ev_diode = True
+        self.ev_diode_v = DIODE_V
+        self.ev_max_a = 32.0
+        self.ev_draw_a = None  # forced draw (misbehaving EV), None = follows the PWM
+        self.ev_phases = 1
+        self.ev_offer_a = 0.0  # the PWM offer the EV is following (lags the PWM)
+        self._seen_offer_a = 0.0
+        self._seen_us = 0
+        # cable (`cable` op), mains (`grid`), sensors (`temp`)
+        self.pp_ohms = 220  # a 32 A cable left in the socket; `cable null` unplugs it
+        self.grid_v = [230.0, 230.0, 230.0]
+        self.grid_hz = 50.0
+        self.relay_c = 25.0
+        self.socket_c = 25.0
+        self.env_c = 25.0
+        self.faults = {}  # name -> True while active (relay faults live in the Relays)
+        # what flows, and the meter's register
+        self.amps = [0.0, 0.0, 0.0]
+        self.power_w = 0.0
+        self.energy_wh = 0.0
+        self._last_us = None
+        # operator inputs with a deadline (0 = none)
+        self.button_until_us = 0
+        self.card_until_us = 0
+        self.card = None  # (uid hex, kind) while on the reader
+        # WiFi (`wifi` op): scan results as (ssid, rssi, auth), uplink state, AP clients
+        self.wifi_networks = []
+        self.wifi_up = True
+        self.ap_clients = 0
+        # pilot line levels for each generator polarity, kept current by update_cp()
+        self.cp_pos_mv = GEN_MV
+        self.cp_neg_mv = -GEN_MV
+        self._cp = None
+        self._relays = None
+        self._chip = None
+
+    def attach(self, cp, relays, chip):
+        """The actuators whose outputs drive the physics (set once by the board)."""
+        self._cp = cp
+        self._relays = relays
+        self._chip = chip
+
+    def fault(self, name):
+        return self.faults.get(name, False)
+
+    def set_fault(self, name, active):
+        if active:
+            self.faults[name] = True
+        else:
+            self.faults.pop(name, None)
+        if name == "cp_short" or name == "diode":
+            self.update_cp()
+
+    def update_cp(self):
+        """Recomputes the pilot levels after an EV or fault change (not ISR-safe: floats)."""
+        if self.fault("cp_short"):
+            self.cp_pos_mv = 0  # CP shorted to PE: state E
+            self.cp_neg_mv = 0
+            return
+        r = ev_ohms(self.ev_state)
+        diode = self.ev_diode and not self.fault("diode")
+        self.cp_pos_mv = line_mv(GEN_MV, r, diode, self.ev_diode_v)
+        self.cp_neg_mv = line_mv(-GEN_MV, r, diode, self.ev_diode_v)
+
+    def tick(self, now_us):
+        """Advances the physics to now_us: energy, EV response, timed inputs."""
+        last = self._last_us
+        self._last_us = now_us
+        if last is not None:
+            # The power of the last interval held until now (it changes only at ticks).
+            self.energy_wh += self.power_w * (now_us - last) / 3.6e9
+        self._follow_pwm(now_us)
+        self.update_draw()
+        if self.button_until_us and now_us >= self.button_until_us:
+            self.button_until_us = 0
+        if self.card_until_us and now_us >= self.card_until_us:
+            self.card_until_us = 0
+            self.card = None
+        self._chip.tick(now_us)  # the chip drops the cards whose time is up
+
+    def _follow_pwm(self, now_us):
+        offer = offered_a(self._cp.duty_pm)
+        if offer != self._seen_offer_a:
+            self._seen_offer_a = offer
+            self._seen_us = now_us
+        elif offer != self.ev_offer_a and now_us - self._seen_us >= SETTLE_US:
+            self.ev_offer_a = offer
+
+    def update_draw(self):
+        """Per-phase current: flows in C/D only through closed contacts on live phases."""
+        r = self._relays
+        neutral = r.contact(2)  # relay 2 switches L3 + N, relay 1 switches L1 + L2
+        l12 = r.contact(1)
+        requesting = (self.ev_state == "C" or self.ev_state == "D") and not self.fault(
+            "cp_short"
+        )
+        if self.ev_draw_a is not None:
+            want = self.ev_draw_a
+        else:
+            want = min(self.ev_offer_a, self.ev_max_a)
+        power = 0.0
+        for i in range(3):
+            line = l12 if i < 2 else neutral
+            on = requesting and neutral and line and i < self.ev_phases
+            a = want if on and self.grid_v[i] >= LIVE_V else 0.0
+            self.amps[i] = a
+            power += a * self.grid_v[i]
+        self.power_w = power
+
+    def ev_view(self):
+        return {
+            "state": self.ev_state,
+            "diode": self.ev_diode,
+            "diode_v": self.ev_diode_v,
+            "max_a": self.ev_max_a,
+            "draw_a": self.ev_draw_a,
+            "phases": self.ev_phases,
+            "following_a": self.ev_offer_a,
+            "amps": list(self.amps),
+        }

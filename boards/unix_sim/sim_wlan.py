@@ -1,0 +1,61 @@
+# Simulated WiFi interface. AP mode is the factory default (manual §8.1); in client
+# mode the `wifi` op's `up` flag decides whether the uplink works.
+
+AP_IFCONFIG = ("192.168.1.1", "255.255.255.0", "192.168.1.1", "192.168.1.1")
+CLIENT_IFCONFIG = ("192.168.10.50", "255.255.255.0", "192.168.10.1", "192.168.10.1")
+DOWN_IFCONFIG = ("0.0.0.0", "0.0.0.0", "0.0.0.0", "0.0.0.0")
+
+
+def ap_ssid_for(serial):
+    """"ACPILE_" + the last two characters of the serial (the manual's "ACPILE_xx")."""
+    return "ACPILE_" + serial[-2:].upper()
+
+
+class Wlan:
+    def __init__(self, plant, serial):
+        self._plant = plant
+        self.mode = "ap"
+        self.ap_ssid = ap_ssid_for(serial)
+        self.ssid = None  # network asked for by connect(), kept across uplink drops
+        self.connects = 0
+
+    def set_mode(self, mode):
+        if mode != "ap" and mode != "client":
+            raise ValueError("mode must be 'ap' or 'client'")
+        if mode != self.mode:
+            self.mode = mode
+            self.ssid = None
+
+    def scan(self):
+        return list(self._plant.wifi_networks)
+
+    def connect(self, ssid, password=""):
+        if type(ssid) is not str or not ssid:
+            raise ValueError("ssid must be a non-empty str")
+        if self.mode != "client":
+            raise OSError("connect needs client mode")
+        self.ssid = ssid
+        self.connects += 1
+
+    def disconnect(self):
+        self.ssid = None
+
+    def isconnected(self):
+        return self.mode == "client" and self.ssid is not None and self._plant.wifi_up
+
+    def ap_clients(self):
+        return self._plant.ap_clients if self.mode == "ap" else 0
+
+    def ifconfig(self):
+        if self.mode == "ap":
+            return AP_IFCONFIG
+        return CLIENT_IFCONFIG if self.isconnected() else DOWN_IFCONFIG
+
+    def view(self):
+        return {
+            "mode": self.mode,
+            "ssid": self.ssid,
+            "connected": self.isconnected(),
+            "ap_ssid": self.ap_ssid,
+            "ap_clients": self.ap_clients(),
+        }

@@ -1,0 +1,309 @@
+# The JSON API behind the web pages (ARCHITECTURE §7) and its route table.
+#
+# Everything that changes the charger or reads a secret needs a login session. State-
+# changing requests must be JSON (a cross-site form cannot send that without a CORS
+# preflight, which we never grant) and, when the browser sends an Origin, come from
+# this charger's own address.
+import httpd
+from httpd import HTTPError, Response
+
+from evse import faults
+from evse.web_auth import COOKIE, IDLE_MS, WebAuth
+
+_BODY = 4096
+_READ_WAIT_MS = 20000  # POST /api/cards/read waits this long for a card
+
+
+class Api:
+    def __init__(self, app):
+        self.app = app
+        self.auth = WebAuth(app.data_dir)
+
+    # ---- guards -------------------------------------------------------------------------
+    def _origin_ok(self, req):
+        origin = req.headers.get("origin")
+        if not origin:
+            return True
+        host = req.headers.get("host", "")
+        return origin.partition("://")[2] == host
+
+    def _need_session(self, req):
+        if not self._origin_ok(req):
+            raise HTTPError(403, "cross-site request refused")
+        if not self.auth.valid(req.cookies.get(COOKIE)):
+            raise HTTPError(401, "login required")
+
+    async def _json(self, req):
+        if req.method != "GET":
+            ctype = req.headers.get("content-type", "")
+            if not ctype.startswith("application/json"):
+                raise HTTPError(415, "send application/json")
+        if not req.content_length:
+            return {}
+        body = await req.json(_BODY)
+        if not isinstance(body, dict):
+            raise HTTPError(400, "body must be a JSON object")
+        return body
+
+    # ---- handlers ---------------------------------------------------------------------------
+    async def status(self, req):
+        return self.app.status()
+
+    async def login(self, req):
+        if not self._origin_ok(req):
+            raise HTTPError(403, "cross-site request refused")
+        body = await self._json(req)
+        try:
+            token = self.auth.login(body.get("password"))
+        except ValueError as e:
+            msg = str(e)
+            raise HTTPError(429 if "attempts" in msg else 401, msg)
+        cookie = "%s=%s; Path=/; HttpOnly; SameSite=Strict; Max-Age=%d" % (
+            COOKIE,
+            token,
+            IDLE_MS // 1000,
+        )
+        return Response({"ok": True}, headers={"Set-Cookie": cookie})
+
+    async def logout(self, req):
+        self.auth.logout(req.cookies.get(COOKIE))
+        cookie = "%s=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0" % COOKIE
+        return Response({"ok": True}, headers={"Set-Cookie": cookie})
+
+    async def password(self, req):
+        self._need_session(req)
+        body = await self._json(req)
+        try:
+            self.auth.change_password(body.get("old"), body.get("new"))
+        except ValueError as e:
+            raise HTTPError(400, str(e))
+        return {"ok": True}
+
+    async def get_config(self, req):
+        self._need_session(req)
+        return self.app.settings.public()
+
+    async def put_config(self, req):
+        self._need_session(req)
+        body = await self._json(req)
+        errors = self.app.settings.apply(body)
+        if errors:
+            return Response({"error": "invalid settings", "fields": errors}, 400)
+        return self.app.settings.public()
+
+    async def history(self, req):
+        return {"sessions": self.app.history.session_list(_limit(req))}
+
+    async def history_csv(self, req):
+        rows = ["No,Start,End,Start Mode,Stop Mode,Energy kWh,Id"]
+        for r in self.app.history.session_list(_limit(req, 200)):
+            rows.append(
+                "%s,%s,%s,%s,%s,%.3f,%s"
+                % (
+                    r.get("no"),
+                    r.get("start") or "",
+                    r.get("end") or "",
+                    r.get("start_mode") or "",
+                    r.get("stop_mode") or "",
+                    r.get("energy_kwh") or 0,
+                    _csv(r.get("id")),
+                )
+            )
+        return Response(
+            "\r\n".join(rows) + "\r\n",
+            ctype="text/csv; charset=utf-8",
+            headers={"Content-Disposition": 'attachment; filename="history.csv"'},
+        )
+
+    async def faults(self, req):
+        out = []
+        for rec in self.app.history.fault_list(_limit(req)):
+            row = faults.row(rec.get("code"))
+            if row:
+                rec["description"] = row[4]
+                rec["clears"] = row[5]
+                rec["latching"] = row[2]
+            out.append(rec)
+        ch = self.app.charger
+        return {
+            "faults": out,
+            "active": faults.codes(ch.active | ch.latched),
+            "latched": faults.codes(ch.latched),
+        }
+
+    async def clear_faults(self, req):
+        self._need_session(req)
+        body = await self._json(req)
+        codes = body.get("codes")
+        if codes is not None and not (
+            isinstance(codes, list) and all(isinstance(c, str) for c in codes)
+        ):
+            return Response({"error": "codes must be a list", "fields": {"codes": "list of codes"}}, 400)
+        try:
+            cleared = self.app.protection.technician_clear(codes)
+        except ValueError as e:
+            raise HTTPError(400, str(e))
+        return {"cleared": cleared, "active": self.app.errors()}
+
+    async def session_start(self, req):
+        self._need_session(req)
+        await self._json(req)
+        ok, msg = self.app.auth.start("APP", "App")
+        if not ok:
+            raise HTTPError(409, msg)
+        return {"ok": True}
+
+    async def session_stop(self, req):
+        self._need_session(req)
+        await self._json(req)
+        if self.app.charger.end_session("App") is None:
+            raise HTTPError(409, "no session running")
+        return {"ok": True}
+
+    async def put_time(self, req):
+        self._need_session(req)
+        body = await self._json(req)
+        t = body.get("epoch_s")
+        if not isinstance(t, int) or isinstance(t, bool) or not 1_600_000_000 <= t <= 4_102_444_800:
+            return Response(
+                {"error": "invalid time", "fields": {"epoch_s": "seconds since 1970, UTC"}}, 400
+            )
+        self.app.hw.rtc.set(t)
+        return {"ok": True, "system_time": t}
+
+    # ---- RFID cards (manual §8.1.2 point 11) ------------------------------------------------
+    async def cards(self, req):
+        self._need_session(req)
+        return {"cards": self.app.cards.list(), "rfid_type": self.app.settings["rfid_type"]}
+
+    async def card_read(self, req):
+        self._need_session(req)
+        if not self.app.standby():
+            raise HTTPError(409, "cards can be read and learned only in stand-by")
+        try:
+            got = await self.app.rfid.read(_READ_WAIT_MS)
+        except ValueError as e:
+            raise HTTPError(409, str(e))
+        if got is None:
+            raise HTTPError(408, "no card on the reader")
+        return {"uid": got[0], "kind": got[1]}
+
+    def _slot(self, req):
+        try:
+            slot = int(req.params["slot"])
+        except ValueError:
+            slot = 0
+        if not 1 <= slot <= 3:
+            raise HTTPError(404, "slot must be 1, 2 or 3")
+        return slot
+
+    async def card_put(self, req):
+        self._need_session(req)
+        slot = self._slot(req)
+        body = await self._json(req)
+        if not self.app.standby():
+            raise HTTPError(409, "cards can be learned only in stand-by")
+        try:
+            self.app.cards.learn(slot, body.get("uid"))
+        except ValueError as e:
+            return Response({"error": str(e), "fields": {"uid": str(e)}}, 400)
+        return {"cards": self.app.cards.list()}
+
+    async def card_add(self, req):
+        """Learns a card into the first free slot; refused when all three are in use."""
+        self._need_session(req)
+        body = await self._json(req)
+        if not self.app.standby():
+            raise HTTPError(409, "cards can be learned only in stand-by")
+        slot = self.app.cards.free_slot()
+        if slot is None:
+            raise HTTPError(409, "all three card slots are in use: delete one or write over it")
+        try:
+            self.app.cards.learn(slot, body.get("uid"))
+        except ValueError as e:
+            return Response({"error": str(e), "fields": {"uid": str(e)}}, 400)
+        return {"slot": slot, "cards": self.app.cards.list()}
+
+    async def card_delete(self, req):
+        self._need_session(req)
+        slot = self._slot(req)
+        if not self.app.standby():
+            raise HTTPError(409, "cards can be changed only in stand-by")
+        self.app.cards.forget(slot)
+        return {"cards": self.app.cards.list()}
+
+    # ---- WiFi (manual §8.1.2 point 5) ----------------------------------------------------
+    async def wifi_scan(self, req):
+        self._need_session(req)
+        nets = []
+        for ssid, rssi, auth in self.app.hw.wlan.scan():
+            nets.append({"ssid": ssid, "rssi": rssi, "auth": auth})
+        nets.sort(key=lambda n: -n["rssi"])
+        return {"networks": nets, "mode": self.app.settings["wifi_mode"]}
+
+    async def wifi_connect(self, req):
+        self._need_session(req)
+        body = await self._json(req)
+        changes = {"wifi_ssid": body.get("ssid"), "wifi_password": body.get("password", "")}
+        if not changes["wifi_ssid"]:
+            return Response({"error": "choose a network", "fields": {"ssid": "required"}}, 400)
+        errors = self.app.settings.apply(changes)
+        if errors:
+            fields = {("ssid" if k == "wifi_ssid" else "password"): v for k, v in errors.items()}
+            return Response({"error": "invalid network settings", "fields": fields}, 400)
+        return {"ok": True, "ssid": changes["wifi_ssid"], "mode": self.app.settings["wifi_mode"]}
+
+    def routes(self):
+        return [
+            ("GET", "/api/status", self.status),
+            ("POST", "/api/login", self.login),
+            ("POST", "/api/logout", self.logout),
+            ("POST", "/api/password", self.password),
+            ("GET", "/api/config", self.get_config),
+            ("PUT", "/api/config", self.put_config),
+            ("GET", "/api/history", self.history),
+            ("GET", "/api/history.csv", self.history_csv),
+            ("GET", "/api/faults", self.faults),
+            ("POST", "/api/faults/clear", self.clear_faults),
+            ("POST", "/api/session/start", self.session_start),
+            ("POST", "/api/session/stop", self.session_stop),
+            ("PUT", "/api/time", self.put_time),
+            ("GET", "/api/wifi/scan", self.wifi_scan),
+            ("POST", "/api/wifi/connect", self.wifi_connect),
+            ("GET", "/api/cards", self.cards),
+            ("POST", "/api/cards", self.card_add),
+            ("POST", "/api/cards/read", self.card_read),
+            ("PUT", "/api/cards/<slot>", self.card_put),
+            ("DELETE", "/api/cards/<slot>", self.card_delete),
+        ]
+
+
+def _limit(req, default=50):
+    try:
+        n = int(req.query.get("limit", default))
+    except ValueError:
+        raise HTTPError(400, "limit must be a number")
+    return max(1, min(n, 200))
+
+
+def _csv(v):
+    s = "" if v is None else str(v)
+    if any(ch in s for ch in ',"\r\n') or s[:1] in "=+-@":
+        s = '"' + s.replace('"', '""') + '"'
+    return s
+
+
+def make_server(app):
+    api = Api(app)
+    app.api = api
+    import log
+
+    lg = log.get("http")
+
+    def note(msg, exc=None):
+        if exc is not None:
+            lg.exc(exc, msg)
+        else:
+            lg.warning("%s", msg)
+
+    return httpd.Server(api.routes(), static_root=app.www_dir, log=note)

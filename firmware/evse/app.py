@@ -1,0 +1,251 @@
+# The application: builds every part of the charger on a board and runs its tasks.
+import asyncio
+import gc
+import time
+
+import log
+from evse import pilot
+from evse import faults
+from evse import version
+from evse.auth import Authorizer
+from evse.cards import CardStore
+from evse.charger import Charger
+from evse.history import History
+from evse.hmi import Hmi
+from evse.metering import Metering
+from evse.protection import Protection
+from evse.settings import Settings
+from evse.supervisor import Supervisor
+
+_log = log.get("app")
+
+_PILOT_MS = 10  # CP sampling period
+_CONTROL_EVERY = 10  # control logic every 10th pilot tick (~100 ms)
+_PROTECTION_MS = 100
+_METER_MS = 1000
+_HMI_MS = 100
+
+
+class App:
+    def __init__(self, hw):
+        self.hw = hw
+        self.data_dir = hw.data_dir
+        self.started_ms = time.ticks_ms()
+        self.settings = Settings(self.data_dir + "/settings.json")
+        self.settings.load()
+        self.history = History(self.data_dir, hw.rtc.now)
+        self.charger = Charger(hw, self.settings)
+        self.protection = Protection(
+            self.charger, hw, self.settings, self.history, self.data_dir
+        )
+        self.metering = Metering(hw, self.charger, self.protection, self.history)
+        self.hmi = Hmi(hw, self.charger, self.metering, self.toggle_wifi_mode)
+        self.auth = Authorizer(self.charger, self.settings, self.hmi, self.metering)
+        self.cards = CardStore(self.data_dir)
+        self.auth.sources.append(self.cards)
+        from evse.rfid import RfidReader
+
+        self.rfid = RfidReader(hw, self.auth)
+        self.supervisor = Supervisor(hw.wdt, self.charger.emergency_stop)
+        self._records = []  # history writes deferred out of the pilot task
+        self._records_flag = asyncio.Event()
+        self.charger.listeners.append(self._on_charger)
+        self.settings.on_change(self._on_settings)
+        hw.rcd.set_handler(self.charger._rcd_cb)
+        self.protection.load_latches()
+        self.history.recover_open_session(hw.rtc.now())
+        hw.wlan.set_mode(self.settings["wifi_mode"])
+        self.http = None
+        self.api = None
+        self.www_dir = _www_dir()
+
+    # ---- events --------------------------------------------------------------------------
+    def _on_charger(self, event, ch, *rest):
+        if event == "session_start":
+            self._records.append(("start", ch.session))
+        elif event == "session_end":
+            self._records.append(("end", rest[0]))
+        else:
+            return
+        self._records_flag.set()
+
+    def _on_settings(self, changed):
+        self.charger.apply_settings(changed)
+        if "wifi_mode" in changed:
+            self._apply_wifi()
+
+    def toggle_wifi_mode(self):
+        mode = "client" if self.settings["wifi_mode"] == "ap" else "ap"
+        self.settings.apply({"wifi_mode": mode})
+        return mode
+
+    def _apply_wifi(self):
+        w = self.hw.wlan
+        mode = self.settings["wifi_mode"]
+        w.set_mode(mode)
+        if mode == "client" and self.settings["wifi_ssid"]:
+            w.connect(self.settings["wifi_ssid"], self.settings["wifi_password"])
+
+    # ---- tasks -----------------------------------------------------------------------------
+    async def _pilot_task(self):
+        ch = self.charger
+        n = 0
+        while True:
+            ch.tick_pilot()
+            n += 1
+            if n >= _CONTROL_EVERY:
+                n = 0
+                self.auth.tick()
+                ch.tick_control(time.ticks_ms())
+                self.supervisor.checkin("pilot")
+            await asyncio.sleep_ms(_PILOT_MS)
+
+    async def _protection_task(self):
+        while True:
+            self.protection.tick(time.ticks_ms())
+            self.supervisor.checkin("protection")
+            await asyncio.sleep_ms(_PROTECTION_MS)
+
+    async def _metering_task(self):
+        while True:
+            self.metering.read(time.ticks_ms())
+            await asyncio.sleep_ms(_METER_MS)
+
+    async def _hmi_task(self):
+        while True:
+            self.hmi.tick(time.ticks_ms())
+            await asyncio.sleep_ms(_HMI_MS)
+
+    async def _records_task(self):
+        while True:
+            await self._records_flag.wait()
+            self._records_flag.clear()
+            while self._records:
+                kind, s = self._records.pop(0)
+                if kind == "start":
+                    self.history.session_started(s)
+                else:
+                    self.history.session_ended(s)
+
+    async def _http_task(self):
+        from evse import api
+
+        host, port = self.hw.http_addr
+        self.http = api.make_server(self)
+        await self.http.start(host, port)
+        _log.info("web app on http://%s:%d", host, port)
+        while True:
+            await asyncio.sleep(3600)
+
+    async def run(self):
+        sup = self.supervisor
+        sup.add("pilot", self._pilot_task, critical=True)
+        sup.add("protection", self._protection_task, critical=True)
+        sup.add("metering", self._metering_task)
+        sup.add("hmi", self._hmi_task)
+        sup.add("records", self._records_task)
+        sup.add("rfid", self.rfid.run)
+        sup.add("http", self._http_task)
+        for name, fn in self.hw.tasks(self):
+            sup.add(name, fn)
+        gc.collect()
+        _log.info("EV PLUS %s on %s ready", version.VERSION, self.hw.name)
+        await sup.run()
+
+    # ---- views -----------------------------------------------------------------------------
+    def standby(self):
+        """No vehicle, no session, no fault: the only time cards may be learned."""
+        ch = self.charger
+        return ch.ocpp_status() == "Available" and ch.session is None
+
+    def errors(self):
+        ch = self.charger
+        return faults.codes(ch.active | ch.latched)
+
+    def session_view(self):
+        s = self.charger.session
+        if s is None:
+            return {"active": False, "energy_kwh": 0.0, "id_tag": None, "start_mode": None}
+        v = s.as_dict()
+        v["duration_min"] = max(0, self.hw.rtc.now() - s.start_s) // 60
+        return v
+
+    def sim_status(self):
+        ch = self.charger
+        return {
+            "cp_state": pilot.NAMES[ch.cp_state],
+            "state": ch.ocpp_status(),
+            "offered_a": ch.offered_a,
+            "limit_a": ch.limit_a,
+            "limit_binding": ch.limit_binding,
+            "errors": self.errors(),
+            "latched": faults.codes(ch.latched),
+            "session": self.session_view(),
+            "wifi_mode": self.settings["wifi_mode"],
+            "reader_fault": self.rfid.fault,
+            "restarts": dict(self.supervisor.restarts),
+            "lock": None if ch.case_b else "none",
+        }
+
+    def status(self):
+        """The Charger State page and /api/status."""
+        ch = self.charger
+        hw = self.hw
+        m = self.metering
+        t = hw.temps
+        s = ch.session
+        return {
+            "state": ch.ocpp_status(),
+            "cp_state": pilot.NAMES[ch.cp_state],
+            "errors": self.errors(),
+            "latched": faults.codes(ch.latched),
+            "offered_a": ch.offered_a,
+            "limit_a": ch.limit_a,
+            "limit_binding": ch.limit_binding,
+            "limits": {
+                "max_current": self.settings["max_current_a"],
+                "cable": ch.cable_a,
+                "thermal": ch.thermal_a,
+                "external": dict(ch.external),
+            },
+            "serial": hw.serial,
+            "software_version": version.VERSION,
+            "grid_v": m.volts,
+            "grid_hz": m.hz,
+            "output_a": m.amps,
+            "active_power_kw": round(m.power_w / 1000, 3),
+            "charging_min": self.session_view()["duration_min"] if s else 0,
+            "session": self.session_view(),
+            "system_time": hw.rtc.now(),
+            "relay_c": t.relay_c,
+            "socket_c": t.socket_c,
+            "env_c": t.env_c,
+            "cp_v": round(ch.hi_mv / 1000, 2),
+            "fan": "Run" if hw.fan.running else "Stop",
+            "wifi_mode": self.settings["wifi_mode"],
+            "reader_fault": self.rfid.fault,
+            "meter": None,
+            "uptime_s": time.ticks_diff(time.ticks_ms(), self.started_ms) // 1000,
+        }
+
+
+def _www_dir():
+    """The web app's static files, beside this package (None until they exist)."""
+    import os
+    import evse
+
+    d = evse.__file__.rpartition("/")[0] + "/www"
+    try:
+        os.stat(d)
+        return d
+    except OSError:
+        return None
+
+
+def main(hw):
+    app = App(hw)
+    try:
+        asyncio.run(app.run())
+    finally:
+        app.charger.emergency_stop()
+        asyncio.new_event_loop()

@@ -1,0 +1,84 @@
+# Who may start and stop a charge.
+#
+# Sources are asked in order (the learned RFID cards first, then OCPP: local list, cache,
+# central system); each answers "Accepted", a refusal such as "Invalid"/"Blocked", or
+# None when it does not know the tag. `auth_mode` = "free" lets a plugged vehicle charge
+# without any card (start mode "Free").
+import log
+
+_log = log.get("auth")
+
+FREE_TAG = "FREE"
+PENDING_MS = 60000  # an authorization given before plug-in waits this long (ConnectionTimeOut)
+
+
+class Authorizer:
+    def __init__(self, charger, settings, hmi, metering):
+        self.ch = charger
+        self.settings = settings
+        self.hmi = hmi
+        self.met = metering
+        self.sources = []  # objects with async authorize(id_tag) -> status or None
+        self.stop_checks = []  # objects with async may_stop(id_tag, session) -> bool or None
+
+    async def authorize(self, id_tag):
+        for src in self.sources:
+            verdict = await src.authorize(id_tag)
+            if verdict is not None:
+                return verdict
+        return "Invalid"
+
+    async def present(self, id_tag, kind, start_mode="RFID"):
+        """A card on the reader: start a session, or stop the one it started.
+
+        Returns (ok, message). One beep on success, two beeps on failure."""
+        ok, msg = await self._present(id_tag, kind, start_mode)
+        if ok:
+            self.hmi.beep_ok()
+        else:
+            self.hmi.beep_fail()
+        _log.info("card %s (%s): %s", id_tag, kind, msg)
+        return ok, msg
+
+    async def _present(self, id_tag, kind, start_mode):
+        if kind is not None and kind != self.settings["rfid_type"]:
+            return False, "card type %s not accepted (reader set to %s)" % (
+                kind,
+                self.settings["rfid_type"],
+            )
+        s = self.ch.session
+        if s is not None:
+            if s.id_tag.upper() == id_tag.upper() or await self._may_stop(id_tag, s):
+                self.ch.end_session(start_mode)
+                return True, "stopped"
+            return False, "another card started this charge"
+        verdict = await self.authorize(id_tag)
+        if verdict != "Accepted":
+            return False, "not authorized (%s)" % verdict
+        return self.start(id_tag, start_mode)
+
+    async def _may_stop(self, id_tag, session):
+        for chk in self.stop_checks:
+            ans = await chk.may_stop(id_tag, session)
+            if ans is not None:
+                return ans
+        return False
+
+    def start(self, id_tag, start_mode):
+        why = self.ch.start_session(id_tag, start_mode, self.met.energy_wh)
+        if why is None:
+            return True, "started"
+        return False, why
+
+    def tick(self):
+        """Free mode: a plugged vehicle gets a session (once per plug-in)."""
+        ch = self.ch
+        if (
+            self.settings["auth_mode"] == "free"
+            and ch.session is None
+            and ch.connected
+            and not ch.finishing
+            and not ch.latched
+            and not ch.active
+        ):
+            ch.start_session(FREE_TAG, "Free", self.met.energy_wh)

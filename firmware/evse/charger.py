@@ -1,0 +1,452 @@
+# The charging state machine: the one owner of the relays, the CP generator and the lock.
+#
+# Two entry points run it: `tick_pilot()` every ~10 ms (sample CP, classify, debounce,
+# open at once when the vehicle leaves C/D) and `tick_control()` every ~100 ms (limits,
+# lock, offer, the Annex A timers, self-test). Faults come in through `trip()`, which
+# opens the relays and drives the pilot to state F before anything else and allocates
+# nothing, so protection code and IRQ handlers can call it directly.
+import time
+from micropython import const
+
+from evse import faults
+from evse import limits
+import log
+from evse import pilot
+
+_log = log.get("charger")
+
+_F_HOLD_MS = const(1000)  # C -> F >= 300 ms -> X1 after a fault (STANDARDS.md §1.4)
+_FORCE_OPEN_MS = const(6000)  # PWM stopped, EV still in C: open under load (seq. 10.2)
+_RAISE_EVERY_MS = const(5000)  # offered-current increases at most every 5 s
+_LOCK_CONFIRM_MS = const(1000)  # lock feedback must confirm within 1 s, one retry
+_SELFTEST_MS = const(500)  # RCD test input -> fault line within 500 ms, and back
+_PP_HOLD_MS = const(300)  # PP out of window this long -> ERR PP
+_CLOSE_CHECK_MS = const(1000)  # aux contacts must follow the coil within 1 s
+
+# Session start/stop modes as the history shows them.
+START_MODES = ("RFID", "Free", "OCPP", "App")
+
+# Lock states
+LOCK_NONE = const(0)  # no lock fitted (Case C)
+LOCK_OPEN = const(1)
+LOCK_ENGAGING = const(2)
+LOCK_LOCKED = const(3)
+
+# RCD self-test phases
+_ST_IDLE = const(0)
+_ST_DRIVE = const(1)
+_ST_RELEASE = const(2)
+_ST_PASSED = const(3)
+
+
+class Session:
+    def __init__(self, id_tag, start_mode, start_s, start_wh):
+        self.id_tag = id_tag
+        self.start_mode = start_mode
+        self.start_s = start_s
+        self.start_wh = start_wh
+        self.energy_wh = 0.0
+        self.stop_mode = None
+        self.end_s = None
+        self.charged = False  # relays closed at least once
+        self.tx_id = None  # set by OCPP
+
+    def as_dict(self):
+        return {
+            "active": self.stop_mode is None,
+            "energy_kwh": round(self.energy_wh / 1000, 3),
+            "id_tag": self.id_tag,
+            "start_mode": self.start_mode,
+            "start_s": self.start_s,
+            "duration_min": 0,
+        }
+
+
+class Charger:
+    def __init__(self, hw, settings, store=None):
+        self.hw = hw
+        self.clock = time.ticks_ms  # replaceable in tests; calling it allocates nothing
+        self._cp = hw.cp
+        self._relays = hw.relays
+        self._lock_hw = hw.lock
+        self.settings = settings
+        self.store = store  # history / persistence hooks (app.py), may be None in tests
+        self._clf = pilot.Classifier()
+        self._deb = pilot.Debouncer()
+        self.cp_state = pilot.STATE_A
+        self.hi_mv = 0
+        self.lo_mv = 0
+        self.active = 0  # fault bits currently active
+        self.latched = 0  # latched protective trips (persisted by protection.py)
+        self._trip_ms = 0
+        self.tripped_new = 0  # bits tripped since protection last looked (its job to log)
+        self.session = None
+        self.finishing = False  # session ended, plug still in
+        self.unavailable = False  # OCPP ChangeAvailability Inoperative
+        self.offered_a = 0.0  # what the PWM offers now (0 = static)
+        self.limit_a = 0.0
+        self.limit_binding = "max_current"
+        self.external = {}  # named limits registered by other features
+        self.thermal_a = None
+        self.cable_a = None
+        self._raised_ms = 0
+        self._pwm_stop_ms = None
+        self.lock_state = LOCK_NONE
+        self._lock_ms = 0
+        self._lock_tries = 0
+        self._selftest = _ST_IDLE
+        self._selftest_ms = 0
+        self._rcd_testing = False
+        self.selftest_failed = False
+        self._pp_bad_ms = None
+        self._close_ms = None
+        self.listeners = []  # fn(event, charger): "session_start", "session_end", "state"
+        self.auth_pending = None  # (id_tag, start_mode, expires_ms): authorized before plug-in
+        # Bound once: called from the RCD interrupt without allocating.
+        self._rcd_cb = self._on_rcd_irq
+        self._diode_bad = 0
+        self.cp_fault_cause = None
+        self.rcd_irq_count = 0
+        self.apply_settings()
+        self._safe_outputs()
+
+    # ---- configuration -----------------------------------------------------------
+    def apply_settings(self, changed=None):
+        s = self.settings
+        self._clf.set_diode(800 if s["cp_type"] == "0.8V" else 1000)
+        self.case_b = s["charging_mode"] == "B" and self._lock_hw.fitted
+        if not self.case_b:
+            self.lock_state = LOCK_NONE
+        elif self.lock_state == LOCK_NONE:
+            self.lock_state = LOCK_OPEN
+        self.phases = 3 if s["charger_power"] == "22kW" else 1
+
+    def set_external_limit(self, name, amps):
+        """Registers or updates a named limit (None removes it). Applied on the next tick."""
+        if amps is None:
+            self.external.pop(name, None)
+        else:
+            self.external[name] = amps
+
+    # ---- the fast path -------------------------------------------------------------
+    def _safe_outputs(self):
+        self._relays.open()
+        self._cp.high()
+        self.offered_a = 0.0
+
+    def trip(self, bit):
+        """Fault: open the relays and drive state F first, then remember. No allocation."""
+        self._relays.open()
+        self._cp.low()
+        self.offered_a = 0.0
+        if not self.active & bit:
+            self.tripped_new |= bit
+        self.active |= bit
+        self._trip_ms = self.clock()
+
+    def emergency_stop(self):
+        """Safe state for the supervisor: relays open, PWM stopped. No allocation."""
+        self._relays.open()
+        self._cp.high()
+        self.offered_a = 0.0
+
+    def _on_rcd_irq(self):
+        # The board has already opened the relays in its IRQ handler.
+        self.rcd_irq_count += 1
+        if not self._rcd_testing:
+            self.trip(faults.IRD)
+
+    def clear(self, bit):
+        """A non-latching fault's clear condition holds (protection.py decides)."""
+        if self.active & bit:
+            self.active &= ~bit
+            _log.info("fault %s cleared", faults.codes(bit))
+
+    # ---- pilot ---------------------------------------------------------------------
+    def tick_pilot(self):
+        adc = self.hw.cp_adc
+        adc.sample()
+        self.hi_mv = adc.hi_mv
+        self.lo_mv = adc.lo_mv
+        pwm_on = self._cp.duty_pm > 0
+        s = self._clf.classify(adc.hi_mv, adc.lo_mv, pwm_on)
+        if s == pilot.STATE_F and self._cp.duty_pm == -2:
+            return  # we drive F ourselves: nothing to learn about the vehicle
+        if s == pilot.INVALID and not self._clf.diode_ok:
+            self._diode_bad += 1
+        if self._deb.feed(s):
+            old = self.cp_state
+            self.cp_state = self._deb.state
+            if old in (pilot.STATE_C, pilot.STATE_D) and self.cp_state not in (
+                pilot.STATE_C,
+                pilot.STATE_D,
+            ):
+                # Vehicle opened S2 or left: open now (<= 100 ms, Annex A seq. 8.1).
+                self._relays.open()
+            self._on_state_change(old, self.cp_state)
+
+    def _on_state_change(self, old, new):
+        _log.info("cp %s -> %s", pilot.NAMES[old], pilot.NAMES[new])
+        if new in (pilot.STATE_E, pilot.INVALID, pilot.STATE_F):
+            # E: CP shorted to PE; F seen while we drive +12 V: generator fault;
+            # invalid: between windows or the vehicle's diode is missing.
+            self.cp_fault_cause = "diode" if self._diode_bad else "level"
+            self.trip(faults.CP)
+        elif new == pilot.STATE_D and not self.settings["ventilation"]:
+            self.cp_fault_cause = "ventilation"
+            self.trip(faults.CP)
+        self._diode_bad = 0
+        if new == pilot.STATE_A:
+            self._relays.open()
+            if self.session is not None:
+                self.end_session("Unplug")
+            self.finishing = False
+            self._selftest = _ST_IDLE
+        for fn in self.listeners:
+            fn("state", self)
+
+    @property
+    def connected(self):
+        return self.cp_state in (pilot.STATE_B, pilot.STATE_C, pilot.STATE_D)
+
+    @property
+    def wants_energy(self):
+        return self.cp_state == pilot.STATE_C or (
+            self.cp_state == pilot.STATE_D and self.settings["ventilation"]
+        )
+
+    # ---- sessions ------------------------------------------------------------------
+    def start_session(self, id_tag, start_mode, meter_wh=0.0):
+        """Authorizes a charge. Returns None when started, else the reason it was refused."""
+        if self.session is not None:
+            return "a session is already running"
+        if self.active & faults.LATCHING or self.latched:
+            return "charger is faulted"
+        if self.unavailable:
+            return "charger is unavailable"
+        if not self.connected:
+            return "no vehicle connected"
+        self.session = Session(id_tag, start_mode, self.hw.rtc.now(), meter_wh)
+        self.finishing = False
+        self.auth_pending = None
+        _log.info("session start %s by %s", id_tag, start_mode)
+        for fn in self.listeners:
+            fn("session_start", self)
+        return None
+
+    def end_session(self, stop_mode):
+        s = self.session
+        if s is None:
+            return None
+        self._stop_offer()
+        s.stop_mode = stop_mode
+        s.end_s = self.hw.rtc.now()
+        self.session = None
+        self.finishing = self.connected
+        self._selftest = _ST_IDLE
+        _log.info("session end: %s, %d Wh", stop_mode, int(s.energy_wh))
+        for fn in self.listeners:
+            fn("session_end", self, s)
+        return s
+
+    # ---- the control tick ------------------------------------------------------------
+    def tick_control(self, now_ms):
+        self._update_limit(now_ms)
+        if self.active:
+            self._fault_outputs(now_ms)
+            self._manage_lock(now_ms, want=False)
+            return
+        if not self.connected:
+            if self._cp.duty_pm != -1:
+                self._cp.high()
+            self._relays.open()
+            self.offered_a = 0.0
+            self._manage_lock(now_ms, want=False)
+            return
+        self._check_cable(now_ms)
+        if self.active:
+            return
+        authorized = self.session is not None
+        self._manage_lock(now_ms, want=authorized)
+        ready = (
+            authorized
+            and not self.unavailable
+            and self.limit_a >= limits.MIN_A
+            and (not self.case_b or self.lock_state == LOCK_LOCKED)
+        )
+        if ready and not self._selftest_done(now_ms):
+            ready = False
+        if ready:
+            self._offer(now_ms)
+        else:
+            self._stop_offer()
+        self._control_relays(now_ms)
+
+    def _update_limit(self, now_ms):
+        s = self.settings
+        self.limit_a, self.limit_binding = limits.compose(
+            s["max_current_a"], 32, self.cable_a, self.thermal_a, self.external
+        )
+
+    def _check_cable(self, now_ms):
+        if not self.case_b:
+            self.cable_a = self.settings["cable_max_a"]
+            return
+        rating = limits.cable_rating(self.hw.pp_adc.read_ohm())
+        if rating is None:
+            if self._pp_bad_ms is None:
+                self._pp_bad_ms = now_ms
+            elif time.ticks_diff(now_ms, self._pp_bad_ms) >= _PP_HOLD_MS:
+                self.trip(faults.PP)
+            return
+        self._pp_bad_ms = None
+        self.cable_a = rating
+
+    def _offer(self, now_ms):
+        target = self.limit_a
+        cur = self.offered_a
+        if cur > 0 and target > cur and time.ticks_diff(now_ms, self._raised_ms) < _RAISE_EVERY_MS:
+            target = cur  # increases wait: at most one every 5 s
+        if target != cur or self._cp.duty_pm <= 0:
+            if cur == 0 or target > cur:
+                self._raised_ms = now_ms
+            self._cp.pwm(pilot.duty_pm(target))
+            self.offered_a = target
+        self._pwm_stop_ms = None
+
+    def _stop_offer(self):
+        if self._cp.duty_pm > 0:
+            self._cp.high()
+            self._pwm_stop_ms = self.clock()
+        self.offered_a = 0.0
+
+    def _control_relays(self, now_ms):
+        r = self._relays
+        if self.offered_a > 0 and self.wants_energy:
+            if not r.closed:
+                self._close(now_ms)
+            return
+        if not r.closed:
+            return
+        if not self.wants_energy:
+            r.open()
+        elif self._pwm_stop_ms is not None and time.ticks_diff(
+            now_ms, self._pwm_stop_ms
+        ) >= _FORCE_OPEN_MS:
+            _log.warning("EV stayed in C 6 s after the PWM stopped: opening under load")
+            r.open()
+
+    def _close(self, now_ms):
+        # Every condition once more, right where the coil is driven.
+        if (
+            self.active
+            or self.latched
+            or self.session is None
+            or not self.wants_energy
+            or self.offered_a < limits.MIN_A
+            or (self.case_b and not self._lock_hw.feedback())
+        ):
+            return
+        self._relays.close()
+        self._close_ms = now_ms
+        self.session.charged = True
+
+    def _fault_outputs(self, now_ms):
+        self._relays.open()
+        self.offered_a = 0.0
+        self._pwm_stop_ms = None
+        if time.ticks_diff(now_ms, self._trip_ms) < _F_HOLD_MS:
+            if self._cp.duty_pm != -2:
+                self._cp.low()
+        elif self._cp.duty_pm != -1:
+            self._cp.high()  # X1 while the fault lasts: we can see the vehicle leave
+
+    # ---- lock ----------------------------------------------------------------------
+    def _manage_lock(self, now_ms, want):
+        if self.lock_state == LOCK_NONE:
+            return
+        lk = self._lock_hw
+        if not want:
+            # Release only with the relays open and their contacts confirmed open;
+            # a welded relay keeps the plug locked: its pins may be live.
+            if self.lock_state != LOCK_OPEN and not self._relays.closed:
+                if self.active & (faults.R12 | faults.R3N):
+                    return
+                lk.release()
+                self.lock_state = LOCK_OPEN
+            return
+        if self.lock_state == LOCK_OPEN:
+            lk.engage()
+            self.lock_state = LOCK_ENGAGING
+            self._lock_ms = now_ms
+            self._lock_tries = 1
+        elif self.lock_state == LOCK_ENGAGING:
+            if lk.feedback():
+                self.lock_state = LOCK_LOCKED
+            elif time.ticks_diff(now_ms, self._lock_ms) >= _LOCK_CONFIRM_MS:
+                if self._lock_tries < 2:
+                    lk.release()
+                    lk.engage()
+                    self._lock_ms = now_ms
+                    self._lock_tries += 1
+                else:
+                    _log.error("lock did not confirm")
+                    self.lock_state = LOCK_OPEN
+                    lk.release()
+                    self.trip(faults.ELK)
+        elif self.lock_state == LOCK_LOCKED and not lk.feedback():
+            _log.error("lock opened during the session")
+            self.lock_state = LOCK_OPEN
+            self.trip(faults.ELK)
+
+    # ---- RCD self-test before each charge -------------------------------------------
+    def _selftest_done(self, now_ms):
+        st = self._selftest
+        if st == _ST_PASSED:
+            return True
+        rcd = self.hw.rcd
+        if st == _ST_IDLE:
+            self._rcd_testing = True
+            rcd.test(True)
+            self._selftest = _ST_DRIVE
+            self._selftest_ms = now_ms
+        elif st == _ST_DRIVE:
+            if rcd.tripped():
+                rcd.test(False)
+                self._selftest = _ST_RELEASE
+                self._selftest_ms = now_ms
+            elif time.ticks_diff(now_ms, self._selftest_ms) >= _SELFTEST_MS:
+                self._selftest_fail("did not trip on the test input")
+        elif st == _ST_RELEASE:
+            if not rcd.tripped():
+                self._rcd_testing = False
+                self._selftest = _ST_PASSED
+                _log.info("RCD self-test passed")
+                return True
+            if time.ticks_diff(now_ms, self._selftest_ms) >= _SELFTEST_MS:
+                self._selftest_fail("did not release after the test")
+        return False
+
+    def _selftest_fail(self, why):
+        self.hw.rcd.test(False)
+        self._rcd_testing = False
+        self._selftest = _ST_IDLE
+        self.selftest_failed = True
+        _log.error("RCD self-test failed: %s", why)
+        self.trip(faults.IRD)
+
+    # ---- views -----------------------------------------------------------------------
+    def ocpp_status(self):
+        if self.active or self.latched:
+            return "Faulted"
+        if self.unavailable:
+            return "Unavailable"
+        if self.cp_state == pilot.STATE_A:
+            return "Available"
+        if self.session is None:
+            return "Finishing" if self.finishing else "Preparing"
+        if self.offered_a <= 0:
+            return "SuspendedEVSE"  # withholding energy wins over the EV's pause
+        if self._relays.closed:
+            return "Charging"
+        return "SuspendedEV"

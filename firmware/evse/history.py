@@ -1,0 +1,158 @@
+# Charge records and fault reports: bounded, power-safe logs in the data directory.
+#
+# Each record is one JSON object in a CRC-checked record log (lib/recordlog): after a
+# power cut a record is either whole or absent, and the oldest roll off. The active
+# session is also kept in session.json so a charge cut by a power loss is closed (stop
+# mode "PowerLoss") at the next boot with the energy last seen.
+import json
+
+import atomicfile
+import log
+import recordlog
+
+_log = log.get("history")
+
+MAX_SESSIONS = 200
+MAX_FAULTS = 200
+
+
+def _iso(epoch_s):
+    if not epoch_s:
+        return None
+    import time
+
+    # MicroPython's gmtime counts from 1970 on the unix port and from 2000 on some MCUs;
+    # the board RTC always speaks 1970 epoch seconds, so convert explicitly.
+    t = time.gmtime(epoch_s - _EPOCH_SHIFT)
+    return "%04d-%02d-%02dT%02d:%02d:%02dZ" % t[:6]
+
+
+def _epoch_shift():
+    import time
+
+    return 0 if time.gmtime(0)[0] == 1970 else 946684800
+
+
+_EPOCH_SHIFT = _epoch_shift()
+
+
+class History:
+    def __init__(self, data_dir, clock):
+        self._dir = data_dir
+        self._clock = clock  # () -> epoch seconds (the board RTC)
+        self.sessions = recordlog.RecordLog(data_dir, "sessions", MAX_SESSIONS, 512)
+        self.faults = recordlog.RecordLog(data_dir, "faults", MAX_FAULTS, 512)
+        self._open_path = data_dir + "/session.json"
+        self.listeners = []  # fn(kind, record) after a record is stored (OCPP, web)
+
+    # ---- sessions ------------------------------------------------------------------------
+    def session_started(self, s):
+        self._save_open(s)
+
+    def session_progress(self, s):
+        """Called about once a minute with the running session (energy so far)."""
+        self._save_open(s)
+
+    def _save_open(self, s):
+        atomicfile.save_json(
+            self._open_path,
+            {
+                "id_tag": s.id_tag,
+                "start_mode": s.start_mode,
+                "start_s": s.start_s,
+                "energy_wh": s.energy_wh,
+                "tx_id": s.tx_id,
+            },
+        )
+
+    def session_ended(self, s):
+        rec = {
+            "start": _iso(s.start_s),
+            "end": _iso(s.end_s),
+            "start_mode": s.start_mode,
+            "stop_mode": s.stop_mode,
+            "energy_kwh": round(s.energy_wh / 1000, 3),
+            "id": s.id_tag,
+        }
+        seq = self.sessions.append(json.dumps(rec).encode())
+        rec["no"] = seq
+        try:
+            import os
+
+            os.remove(self._open_path)
+        except OSError:
+            pass
+        for fn in self.listeners:
+            fn("session", rec)
+        return rec
+
+    def recover_open_session(self, now_s):
+        """A session still open at boot was cut by a power loss: close and record it."""
+        data = atomicfile.load_json(self._open_path, lambda: None, _log.error)
+        if not isinstance(data, dict):
+            return None
+        rec = {
+            "start": _iso(data.get("start_s")),
+            "end": _iso(now_s),
+            "start_mode": data.get("start_mode"),
+            "stop_mode": "PowerLoss",
+            "energy_kwh": round((data.get("energy_wh") or 0) / 1000, 3),
+            "id": data.get("id_tag"),
+        }
+        seq = self.sessions.append(json.dumps(rec).encode())
+        rec["no"] = seq
+        rec["tx_id"] = data.get("tx_id")
+        try:
+            import os
+
+            os.remove(self._open_path)
+        except OSError:
+            pass
+        _log.warning("session cut by a power loss recorded as No. %d", seq)
+        for fn in self.listeners:
+            fn("session", rec)
+        return rec
+
+    def session_list(self, limit=50):
+        out = []
+        for seq, payload in self.sessions.records(True, limit):
+            try:
+                rec = json.loads(payload)
+            except ValueError:
+                continue
+            rec["no"] = seq
+            out.append(rec)
+        return out
+
+    # ---- faults ---------------------------------------------------------------------------
+    def add_fault(self, code, values, now_s=None):
+        rec = {"code": code, "t": _iso(now_s or self._clock()), "values": values}
+        try:
+            seq = self.faults.append(json.dumps(rec).encode())
+        except (OSError, ValueError) as e:
+            _log.error("fault record not stored: %r", e)
+            return None
+        rec["no"] = seq
+        for fn in self.listeners:
+            fn("fault", rec)
+        return rec
+
+    def fault_cleared(self, code):
+        for fn in self.listeners:
+            fn("fault_cleared", {"code": code})
+
+    def fault_list(self, limit=50):
+        out = []
+        for seq, payload in self.faults.records(True, limit):
+            try:
+                rec = json.loads(payload)
+            except ValueError:
+                continue
+            rec["no"] = seq
+            out.append(rec)
+        return out
+
+
+
+def iso(epoch_s):
+    return _iso(epoch_s)

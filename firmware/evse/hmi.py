@@ -1,0 +1,151 @@
+# What the driver sees and touches (manual §7): the display rotation (AREA1), the LED
+# belt, the AREA2 indicators, the AREA3 tap-area light, the buzzer and the WiFi button.
+import asyncio
+import time
+from micropython import const
+
+from evse import faults
+import log
+
+_log = log.get("hmi")
+
+_ROTATE_MS = const(3000)
+_LONG_PRESS_MS = const(3000)
+BEEP_OK_MS = 150
+BEEP_FAIL_MS = 150
+BEEP_FAIL_GAP_MS = 500  # two beeps about 0.5 s apart (manual §9)
+BEEP_WIFI_MS = 1000  # one 1 s tone when the WiFi mode changed (manual §8.1.3)
+
+
+class Hmi:
+    def __init__(self, hw, charger, metering, wifi_mode_toggle):
+        self.hw = hw
+        self.ch = charger
+        self.met = metering
+        self._toggle_wifi = wifi_mode_toggle
+        self.message = None  # (text, until_ms) shown instead of the rotation (e.g. "100 UP")
+        self.selftest_until = time.ticks_add(time.ticks_ms(), 2000)
+        self._rot_i = 0
+        self._rot_ms = 0
+        self._err_i = 0
+        self._press_ms = None
+        self._press_done = False
+        self._last = {}
+
+    # ---- buzzer ------------------------------------------------------------------------
+    def beep_ok(self):
+        self.hw.buzzer.beep(BEEP_OK_MS)
+
+    def beep_fail(self):
+        asyncio.create_task(self._two_beeps())
+
+    async def _two_beeps(self):
+        self.hw.buzzer.beep(BEEP_FAIL_MS)
+        await asyncio.sleep_ms(BEEP_FAIL_GAP_MS)
+        self.hw.buzzer.beep(BEEP_FAIL_MS)
+
+    def show_message(self, text, ms):
+        self.message = (text, time.ticks_add(time.ticks_ms(), ms))
+
+    # ---- periodic ----------------------------------------------------------------------
+    def tick(self, now_ms):
+        self._button(now_ms)
+        status = self.ch.ocpp_status()
+        self._set("belt", self._belt(now_ms, status))
+        self._set("display", self._display(now_ms, status))
+        self._leds(status)
+        self._set("tap", self.ch.connected)
+
+    def _set(self, what, value):
+        if self._last.get(what) == value:
+            return
+        self._last[what] = value
+        hw = self.hw
+        if what == "belt":
+            hw.belt.set(value[0], value[1])
+        elif what == "display":
+            hw.display.show(value)
+        elif what == "tap":
+            hw.tap_light.set(value)
+        else:
+            hw.leds.set(what, value[0], value[1])
+
+    def _belt(self, now_ms, status):
+        if time.ticks_diff(self.selftest_until, now_ms) > 0:
+            return ("white", "steady")  # power-on self-test
+        if status == "Faulted":
+            return ("red", "steady")
+        if status == "Charging":
+            return ("blue", "slow")
+        if status in ("SuspendedEV", "SuspendedEVSE"):
+            return ("blue", "fast")  # pause during the charging process
+        if self.ch.session is not None:
+            return ("blue", "steady")  # setting up: authorized, not yet charging
+        if status == "Unavailable":
+            return ("red", "slow")
+        return ("green", "slow")  # stand-by
+
+    def _display(self, now_ms, status):
+        if self.message is not None:
+            text, until = self.message
+            if time.ticks_diff(until, now_ms) > 0:
+                return text
+            self.message = None
+        codes = faults.codes(self.ch.active | self.ch.latched)
+        if codes:
+            if time.ticks_diff(now_ms, self._rot_ms) >= _ROTATE_MS:
+                self._rot_ms = now_ms
+                self._err_i += 1
+            return faults.display_text(codes[self._err_i % len(codes)])
+        items = self._rotation(status)
+        if time.ticks_diff(now_ms, self._rot_ms) >= _ROTATE_MS:
+            self._rot_ms = now_ms
+            self._rot_i += 1
+        return items[self._rot_i % len(items)]
+
+    def _rotation(self, status):
+        m = self.met
+        volts = "%d.0 V" % int(m.volts[0] + 0.5)
+        hz = "%.1f Hz" % m.hz
+        s = self.ch.session
+        if s is None or status not in ("Charging", "SuspendedEV", "SuspendedEVSE"):
+            return (volts, hz)
+        mins = max(0, self.hw.rtc.now() - s.start_s) // 60
+        return (
+            volts,
+            "%.1f A" % max(m.amps),
+            hz,
+            "%.1f kWh" % (s.energy_wh / 1000),
+            "%d Min" % mins,
+        )
+
+    def _leds(self, status):
+        w = self.hw.wlan
+        if w.mode == "ap":
+            wifi = ("blue", "slow" if w.ap_clients() else "steady")
+        else:
+            wifi = ("green", "slow" if w.isconnected() else "steady")
+        self._set("wifi", wifi)
+        self._set("plug", ("white", "steady") if self.ch.connected else ("off", "steady"))
+        if status == "Charging":
+            chg = ("white", "steady")
+        elif status in ("SuspendedEV", "SuspendedEVSE"):
+            chg = ("white", "slow")
+        else:
+            chg = ("off", "steady")
+        self._set("charging", chg)
+        faulted = self.ch.active or self.ch.latched
+        self._set("fault", ("red", "steady") if faulted else ("off", "steady"))
+
+    def _button(self, now_ms):
+        if self.hw.button.pressed():
+            if self._press_ms is None:
+                self._press_ms = now_ms
+                self._press_done = False
+            elif not self._press_done and time.ticks_diff(now_ms, self._press_ms) > _LONG_PRESS_MS:
+                self._press_done = True  # one toggle per press, however long it is held
+                mode = self._toggle_wifi()
+                _log.info("button: WiFi mode -> %s", mode)
+                self.hw.buzzer.beep(BEEP_WIFI_MS)
+        else:
+            self._press_ms = None

@@ -1,0 +1,64 @@
+# Composition of every current limit into the one the pilot may offer.
+#
+# effective = min(configured max, model, cable, thermal derating, every named external
+# limit such as the OCPP charging profile, power management and load balancing).
+# Below 6 A the charge pauses (SuspendedEVSE): the result is then 0 and the binding
+# limit still names who asked for less than 6 A.
+
+MIN_A = 6.0
+
+# Thermal derating (°C): full current up to `start`, linearly down to 6 A at the trip
+# temperature, where protection.py opens the relays (ROT / OCT).
+RELAY_DERATE_C = (70.0, 85.0)
+SOCKET_DERATE_C = (60.0, 75.0)
+
+
+def thermal_limit(max_a, relay_c, socket_c):
+    """Current allowed by the temperatures, or None when no derating applies."""
+    limit = None
+    for temp, (start, trip) in ((relay_c, RELAY_DERATE_C), (socket_c, SOCKET_DERATE_C)):
+        if temp is None or temp <= start:
+            continue
+        frac = (trip - temp) / (trip - start)
+        a = MIN_A + (max_a - MIN_A) * frac if frac > 0 else 0.0
+        a = int(a * 10) / 10  # 0.1 A steps, rounded down
+        if limit is None or a < limit:
+            limit = a
+    return limit
+
+
+def compose(configured_a, model_a, cable_a, thermal_a, external):
+    """Returns (amps, binding) where binding names the smallest limit.
+
+    `external` maps a name ("ocpp", "power", "balance", …) to amps or None (no limit).
+    Inputs that are None do not limit. amps is 0.0 when the smallest limit is below
+    6 A (pause), never below 6 otherwise, and never above any input.
+    """
+    amps = float(configured_a)
+    binding = "max_current"
+    for name, value in (("model", model_a), ("cable", cable_a), ("thermal", thermal_a)):
+        if value is not None and value < amps:
+            amps = float(value)
+            binding = name
+    for name in sorted(external):
+        value = external[name]
+        if value is not None and value < amps:
+            amps = float(value)
+            binding = name
+    if amps < MIN_A:
+        return 0.0, binding
+    return int(amps * 10 + 1e-6) / 10, binding
+
+
+# PP resistor windows (IEC 62196 via STANDARDS.md §2): (low ohm, high ohm, rating A).
+PP_WINDOWS = ((75, 150, 63), (150, 330, 32), (330, 1000, 20), (1000, 2200, 13))
+
+
+def cable_rating(pp_ohm):
+    """Cable ampacity from the PP resistor, or None when no valid cable is detected."""
+    if pp_ohm is None or pp_ohm < 75:
+        return None
+    for lo, hi, amps in PP_WINDOWS:
+        if lo <= pp_ohm < hi:
+            return amps
+    return None

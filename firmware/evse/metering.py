@@ -1,0 +1,64 @@
+# Internal (MID) meter: read about once a second, feed protection, account session energy.
+import time
+
+import log
+
+_log = log.get("metering")
+
+
+class Metering:
+    def __init__(self, hw, charger, protection, history):
+        self.hw = hw
+        self.ch = charger
+        self.prot = protection
+        self.history = history
+        self.ok = False
+        self.volts = [0.0, 0.0, 0.0]
+        self.amps = [0.0, 0.0, 0.0]
+        self.hz = 0.0
+        self.power_w = 0.0
+        self.energy_wh = 0.0
+        self._progress_ms = 0
+
+    def read(self, now_ms):
+        m = self.hw.meter
+        try:
+            m.read()
+            ok = True
+        except OSError as e:
+            if self.ok:
+                _log.error("internal meter not answering: %r", e)
+            ok = False
+        self.ok = ok
+        if ok:
+            self.volts = list(m.volts)
+            self.amps = list(m.amps)
+            self.hz = m.hz
+            self.power_w = m.power_w
+            self.energy_wh = m.energy_wh
+            self.prot.readings = {"volts": self.volts, "amps": self.amps}
+            self._account(now_ms)
+        self.prot.on_meter(now_ms, ok)
+
+    def _account(self, now_ms):
+        s = self.ch.session
+        if s is None:
+            return
+        used = self.energy_wh - s.start_wh
+        if used < 0:  # register restarted (meter replaced): count from here
+            s.start_wh = self.energy_wh - s.energy_wh
+            used = s.energy_wh
+        s.energy_wh = used
+        if time.ticks_diff(now_ms, self._progress_ms) >= 60000:
+            self._progress_ms = now_ms
+            self.history.session_progress(s)
+
+    def view(self):
+        return {
+            "ok": self.ok,
+            "volts": [round(v, 1) for v in self.volts],
+            "amps": [round(a, 2) for a in self.amps],
+            "hz": round(self.hz, 2),
+            "power_w": round(self.power_w),
+            "energy_wh": round(self.energy_wh),
+        }

@@ -1,0 +1,386 @@
+# Power management with an external meter at the grid connection (manual §10).
+#
+# Every cycle (about 1 s) the meter chosen by `meter_model` is read over RS-485 Modbus
+# RTU. For each phase the charger uses, the current the other loads leave is
+#
+#     headroom = max_house_current_a - (house current - the charger's own current)
+#
+# (the charger's own current comes from its internal meter). The smallest headroom is
+# fed to the charging core as the named limit "power": a lower value applies at once, a
+# higher one at most RAISE_STEP_A per cycle. Below 6 A the charge pauses; it resumes
+# once the headroom has stayed at 6 A + RESUME_HYST_A for RESUME_HOLD_MS.
+#
+# Meter loss: no valid reading for LOST_MS -> ERR MET (protection.external_meter_lost,
+# charger.trip(MET)) and the limit falls back to FALLBACK_A (a pause). Valid readings
+# for RECOVER_MS clear it. Details and numbers: docs/power-management.md.
+import time
+from micropython import const
+
+from evse import faults
+from evse import limits
+from evse import meters
+import log
+from modbus_rtu import ModbusCrcError, ModbusError, ModbusException, ModbusTimeout
+
+_log = log.get("power")
+
+LIMIT_NAME = "power"  # the charger's external limit this module owns
+CYCLE_MS = const(1000)  # one meter read and one regulation step
+LOST_MS = const(5000)  # no valid reading this long -> ERR MET
+RECOVER_MS = const(5000)  # valid readings this long -> the meter counts as back
+RAISE_STEP_A = 2.0  # the limit rises at most this much per cycle
+RESUME_HYST_A = 1.0  # a pause ends at 6 A + this much headroom ...
+RESUME_HOLD_MS = const(5000)  # ... held this long
+FALLBACK_A = 0.0  # limit while the meter is lost: pause (house load unknown)
+_RETRIES = const(1)  # a failed exchange is repeated once within the cycle
+_MAP_RETRY_MS = const(30000)  # a bad custom map file is read again this often
+_MIN_CYCLE_MS = const(50)
+_PHASES = ("L1", "L2", "L3")
+_I = meters.I_L1
+_P = meters.P_L1
+
+
+def _held(now_ms, since_ms, hold_ms):
+    return since_ms is not None and time.ticks_diff(now_ms, since_ms) >= hold_ms
+
+
+def _floor1(a):
+    """Rounded down to 0.1 A: never offer more than computed."""
+    return (a * 10 + 1e-6) // 1 / 10
+
+
+class PowerManager:
+    def __init__(
+        self, charger, settings, protection, metering, rs485=None, data_dir=".",
+        own_meter=None, master=None, slave=1, clock=None,
+    ):
+        """rs485: the board's `hw.rs485` (None or (uart, de_pin)); `master` replaces the
+        Modbus master built on it (tests). own_meter: the board's internal meter
+        (`hw.meter`), read again right after the grid meter so that both readings show
+        the same moment; without it (or when it fails) metering.amps is used.
+        slave: the grid meter's Modbus address."""
+        if master is None and rs485 is not None:
+            from modbus_rtu import ModbusRtu
+
+            uart, de = rs485
+            master = ModbusRtu(uart, de)
+        self.ch = charger
+        self.settings = settings
+        self.prot = protection
+        self.metering = metering
+        self.own_meter = own_meter
+        self.master = master
+        self.slave = slave
+        self.data_dir = data_dir
+        self.clock = clock or time.ticks_ms
+        self.model = "none"
+        self.map = None
+        self.map_error = None
+        self._map_ms = None
+        self._vals = [None] * meters.N_QTY  # filled by a read, kept only when it is whole
+        self.values = [None] * meters.N_QTY  # the last valid reading
+        self.ok = False  # the last cycle gave a valid reading
+        self.lost = False  # ERR MET raised for this meter
+        self.last_ok_ms = None
+        self._blind_since = None  # configured, no reading yet
+        self._good_since = None  # start of the current run of valid readings
+        self._resume_since = None  # start of the current run of headroom >= 7 A
+        self._fresh = True  # the next valid reading is the first one
+        self.headroom_a = [None, None, None]  # per house phase, None when not used
+        self.own_a = [0.0, 0.0, 0.0]  # the charger's own current at the last reading
+        self.target_a = None  # smallest headroom of the used phases
+        self.limit_a = None  # what is fed to the charger (None: no limit)
+        self.paused = False
+        self.reads = 0
+        self.errors = {"timeout": 0, "crc": 0, "exception": 0, "frame": 0, "value": 0}
+        self.last_error = None  # text of the last failed read (kept for diagnostics)
+        self._fails = 0  # failed exchanges since the last valid reading
+        self.cycle_ms = 0
+
+    # ---- the task ----------------------------------------------------------------------
+    async def run(self):
+        import asyncio
+
+        while True:
+            t0 = self.clock()
+            await self.poll_once()
+            wait = CYCLE_MS - time.ticks_diff(self.clock(), t0)
+            await asyncio.sleep_ms(wait if wait > _MIN_CYCLE_MS else _MIN_CYCLE_MS)
+
+    async def poll_once(self):
+        """One cycle: configuration, meter read, regulation."""
+        t0 = self.clock()
+        self._configure(t0)
+        if self.model == "none":
+            return
+        ok = False
+        if self.map is None:
+            self._error("value", self.map_error or "no meter map")
+        elif self.master is None:
+            self._error("value", "no RS-485 bus wired")
+        else:
+            ok = await self._read()
+        now = self.clock()
+        self.cycle_ms = time.ticks_diff(now, t0)
+        self.step(now, ok)
+
+    # ---- configuration -------------------------------------------------------------------
+    def _configure(self, now):
+        model = self.settings["meter_model"]
+        if model != self.model:
+            self._switch(model, now)
+        elif self.map is None and model == "custom" and _held(now, self._map_ms, _MAP_RETRY_MS):
+            self._load_map(now)
+
+    def _switch(self, model, now):
+        if model == "none" and self.lost:
+            self._set_lost(False, "turned off")
+        self.model = model
+        self.map = None
+        self.map_error = None
+        self.ok = False
+        self.last_ok_ms = None
+        self._good_since = None
+        self._resume_since = None
+        self._fresh = True
+        self.headroom_a = [None, None, None]
+        self.target_a = None
+        for i in range(meters.N_QTY):
+            self.values[i] = None
+        if model == "none":
+            _log.info("external meter off")
+            self.limit_a = None
+            self.paused = False
+            self.ch.set_external_limit(LIMIT_NAME, None)
+            return
+        _log.info("external meter %s at address %d", model, self.slave)
+        self._blind_since = now
+        # No reading yet: nothing is known about the house load, so no charging yet.
+        self.paused = True
+        self.limit_a = FALLBACK_A
+        self._feed()
+        self._load_map(now)
+
+    def _load_map(self, now):
+        self._map_ms = now
+        try:
+            self.map = meters.make(self.model, self.data_dir)
+            self.map_error = None
+        except (ValueError, OSError) as e:
+            self.map = None
+            self.map_error = "meter map %s: %s" % (self.model, e)
+            _log.error("%s", self.map_error)
+
+    # ---- reading ---------------------------------------------------------------------------
+    async def _read(self):
+        m = self.map
+        vals = self._vals
+        for i in range(meters.N_QTY):
+            vals[i] = None
+        for i in range(len(m.blocks)):
+            fc, start, count, _ = m.blocks[i]
+            for attempt in range(1 + _RETRIES):
+                try:
+                    data = await self.master.read_registers(fc, self.slave, start, count)
+                except ModbusTimeout as e:
+                    err = self._error("timeout", e)
+                except ModbusCrcError as e:
+                    err = self._error("crc", e)
+                except ModbusException as e:
+                    err = self._error("exception", e)
+                except ModbusError as e:
+                    err = self._error("frame", e)
+                else:
+                    m.decode(i, data, vals)
+                    break
+            else:
+                return err
+        for k in range(3):
+            if meters.QUANTITIES[_I + k] in m.quantities and vals[_I + k] is None:
+                return self._error("value", "the meter has no current for L%d" % (k + 1))
+        self._vals = self.values
+        self.values = vals
+        self._read_own()
+        return True
+
+    def _read_own(self):
+        """The charger's own current at (nearly) the moment of the grid reading: a stale
+        one makes the charger's own ramp look like house load, or the reverse."""
+        m = self.own_meter
+        own = self.own_a
+        src = self.metering.amps
+        if m is not None:
+            try:
+                m.read()
+                src = m.amps
+            except OSError:
+                pass  # the metering task reports a silent internal meter (ERR MET)
+        for k in range(3):
+            own[k] = src[k]
+
+    def _error(self, kind, err):
+        self.errors[kind] += 1
+        self.last_error = msg = str(err)
+        self._fails += 1
+        if self._fails == 3:  # one bad exchange is line noise, a run of them a problem
+            _log.warning("meter read failing (%s): %s", kind, msg)
+        else:
+            _log.debug("meter read failed (%s): %s", kind, msg)
+        return False
+
+    # ---- regulation ------------------------------------------------------------------------
+    def step(self, now, ok):
+        """One regulation step after a read (`ok`: self.values holds a fresh reading)."""
+        if ok:
+            self.ok = True
+            self.reads += 1
+            self.last_ok_ms = now
+            self._blind_since = None
+            if self._good_since is None:
+                self._good_since = now
+            self._headroom()
+            if self._fails >= 3:
+                _log.info("meter read ok after %d failed exchanges", self._fails)
+            self._fails = 0
+            if self.lost and _held(now, self._good_since, RECOVER_MS):
+                self._set_lost(False)
+        else:
+            self.ok = False
+            self._good_since = None
+            ref = self.last_ok_ms if self.last_ok_ms is not None else self._blind_since
+            if not self.lost and _held(now, ref, LOST_MS):
+                self._set_lost(True)
+        self._regulate(now, ok)
+        self._feed()
+
+    def _set_lost(self, lost, why="answers again"):
+        self.lost = lost
+        self.prot.external_meter_lost = lost
+        if lost:
+            _log.error(
+                "external meter %s: no valid reading for %d s -> ERR MET, charging paused",
+                self.model, LOST_MS // 1000,
+            )
+            self.ch.trip(faults.MET)
+        else:
+            _log.warning("external meter %s %s", self.model, why)
+
+    def _regulate(self, now, ok):
+        t = self.target_a
+        if ok:
+            if t >= limits.MIN_A + RESUME_HYST_A:
+                if self._resume_since is None:
+                    self._resume_since = now
+            else:
+                self._resume_since = None
+        if self.lost:
+            self.paused = True
+            self.limit_a = FALLBACK_A
+            return
+        if not ok:
+            return  # blind for less than LOST_MS: the last limit stays
+        if self._fresh:
+            # First reading after boot or a change of meter: take it as it is.
+            self._fresh = False
+            self.paused = t < limits.MIN_A
+            self.limit_a = 0.0 if self.paused else t
+            return
+        if self.paused:
+            if _held(now, self._resume_since, RESUME_HOLD_MS):
+                self.paused = False
+                self.limit_a = min(t, limits.MIN_A + RAISE_STEP_A)
+                _log.info("resume: %.1f A available", t)
+            else:
+                self.limit_a = 0.0
+            return
+        if t < limits.MIN_A:
+            self.paused = True
+            self.limit_a = 0.0
+            _log.info("pause: only %.1f A available", t)
+        elif t < self.limit_a:
+            self.limit_a = t  # the house needs it: cut at once
+        else:
+            self.limit_a = min(t, self.limit_a + RAISE_STEP_A)
+
+    def _feed(self):
+        if self.limit_a is not None:
+            self.ch.set_external_limit(LIMIT_NAME, self.limit_a)
+
+    def _house(self, k):
+        """Signed house current of phase k (negative while that phase exports)."""
+        v = self.values
+        m = self.map
+        q = _I + k
+        if m is not None and meters.QUANTITIES[q] not in m.quantities:
+            q = _I  # single-phase meter: it measures the one phase there is
+            k = 0
+        a = v[q]
+        p = v[_P + k]
+        if p is None and q == _I and m is not None and "p_l1" not in m.quantities:
+            p = v[meters.P_TOTAL]
+        if p is not None and p < 0:
+            return -abs(a)
+        return abs(a)
+
+    def _headroom(self):
+        s = self.settings
+        max_a = float(s["max_house_current_a"])
+        ps = s["phase_set"]
+        own = self.own_a
+        h = self.headroom_a
+        if ps in _PHASES:
+            # One phase: the charger's L1 terminal is on that house phase.
+            k = _PHASES.index(ps)
+            for i in range(3):
+                h[i] = None
+            h[k] = _floor1(max_a - (self._house(k) - own[0]))
+            self.target_a = h[k]
+            return
+        if self.ch.phases == 3:
+            for i in range(3):
+                h[i] = _floor1(max_a - (self._house(i) - own[i]))
+        else:
+            # A single-phase charger on an unknown phase: its current may flow in any
+            # of them, so count it as room on each and take the worst phase.
+            mine = own[0] + own[1] + own[2]
+            for i in range(3):
+                h[i] = _floor1(max_a - self._house(i) + mine)
+        self.target_a = min(h[0], h[1], h[2])
+
+    # ---- views -----------------------------------------------------------------------------
+    def view(self):
+        """External meter readings and the headroom (/api/status `meter`, the snapshot);
+        None while no meter is configured."""
+        if self.model == "none":
+            return None
+        v = self.values
+        age = None
+        if self.last_ok_ms is not None:
+            age = round(time.ticks_diff(self.clock(), self.last_ok_ms) / 1000, 1)
+        power = v[meters.P_TOTAL]
+        if power is None:
+            parts = [p for p in v[_P : _P + 3] if p is not None]
+            power = sum(parts) if parts else None
+        m = self.map
+        return {
+            "model": self.model,
+            "ok": self.ok,
+            "lost": self.lost,
+            "age_s": age,
+            "volts": [_r(x, 1) for x in v[0:3]],
+            "amps": [_r(x, 2) for x in v[_I : _I + 3]],
+            "power_w": _r(power, 0),
+            "energy_kwh": _r(v[meters.E_IMPORT], 3),
+            "headroom_a": list(self.headroom_a),
+            "limit_a": self.limit_a,
+            "paused": self.paused,
+            "exchanges": len(m.blocks) if m else 0,
+            "cycle_ms": self.cycle_ms,
+            "reads": self.reads,
+            "errors": dict(self.errors),
+            "last_error": self.last_error,
+        }
+
+
+def _r(x, nd):
+    return None if x is None else round(x, nd)

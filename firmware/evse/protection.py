@@ -1,0 +1,365 @@
+# Detection and clearing of every fault of the manual's table (docs/errors.md).
+#
+# The relay-open path is charger.trip(), called right here where a rule fires (and from
+# the RCD interrupt through the board). This module then does the slow part: fault
+# records, latches on disk, thermal derating, and the clear condition of each fault.
+import time
+from micropython import const
+
+import atomicfile
+from evse import faults
+from evse import limits
+import log
+from evse import pilot
+
+_log = log.get("protection")
+
+# Thresholds (docs/errors.md). Mains 230 V ±15 % (manual §5).
+OVP_V = 264.5
+OVP_FAST_V = 276.0  # +20 %: trip at once
+OVP_CLEAR_V = 257.0
+LVP_V = 195.5
+LVP_CLEAR_V = 202.0
+MIS_V = 50.0  # below this a phase is missing, not just low
+_V_HOLD_MS = const(2000)
+_V_CLEAR_MS = const(10000)
+# Over-current: EVerest rule (STANDARDS.md §3): above (offered + 0.5 A) * 1.10 for 7 s;
+# far above (offered + 8 A) at the next reading. The vehicle has 5 s to follow a lower offer.
+_OCP_SLOW_MS = const(7000)
+OCP_FAST_MARGIN_A = 8.0
+_OCP_FOLLOW_MS = const(5000)
+_OCP_CLEAR_MS = const(60000)
+_MET_TRIP_MS = const(3000)
+_MET_CLEAR_MS = const(5000)
+PE_N_V = 30.0  # TN/TT: neutral-to-earth voltage above this = earth fault
+_PE_HOLD_MS = const(200)
+_PE_NV_HOLD_MS = const(1000)
+ROT_TRIP_C = limits.RELAY_DERATE_C[1]
+ROT_CLEAR_C = 60.0
+OCT_TRIP_C = limits.SOCKET_DERATE_C[1]
+OCT_CLEAR_C = 55.0
+FAN_ON_ENV_C = 40.0
+FAN_ON_RELAY_C = 50.0
+FAN_MIN_RPM = 300
+_FAN_HOLD_MS = const(5000)
+_FAN_RETRY_MS = const(60000)
+_WELD_HOLD_MS = const(500)
+_STUCK_HOLD_MS = const(1000)
+_CP_CLEAR_MS = const(3000)
+_CAN_CLEAR_MS = const(10000)
+
+
+class Protection:
+    def __init__(self, charger, hw, settings, history=None, data_dir="."):
+        self.ch = charger
+        self.hw = hw
+        self.settings = settings
+        self.history = history
+        self._latch_path = data_dir + "/latched.json"
+        self._since = {}  # rule name -> ticks_ms when its condition began
+        self._ocp_ref_a = 0.0
+        self._ocp_ref_ms = 0
+        self._trip_ms = {}
+        self.meter_ok = True
+        self._meter_fail_ms = None
+        self._meter_good_ms = None
+        self.weld = 0  # R12/R3N bits that are welds (latched), not stuck-open
+        self.readings = None  # last internal meter readings (dict) for views
+        self.fan_on = False
+        self.external_meter_lost = False
+        self.can_clash = False
+
+    # ---- latches survive restarts ------------------------------------------------------
+    def load_latches(self):
+        saved = atomicfile.load_json(self._latch_path, dict, _log.error)
+        bits = 0
+        for code in saved.get("latched", ()) if isinstance(saved, dict) else ():
+            r = faults.row(code)
+            if r and r[2]:
+                bits |= r[1]
+        if bits:
+            _log.warning("latched trips from before the restart: %s", faults.codes(bits))
+            self.ch.latched = bits
+            for b in _bits(bits):
+                self.ch.trip(b)
+            self.ch.tripped_new = 0  # already recorded before the restart
+            self.weld = bits & (faults.R12 | faults.R3N)
+
+    def _save_latches(self):
+        atomicfile.save_json(self._latch_path, {"latched": faults.codes(self.ch.latched)})
+
+    def technician_clear(self, codes=None):
+        """Authenticated action of the Report page: clears latched trips.
+
+        A trip whose cause is still present trips again on the next check."""
+        ch = self.ch
+        bits = ch.latched if codes is None else 0
+        for code in codes or ():
+            r = faults.row(code)
+            if r is None:
+                raise ValueError("unknown fault code " + code)
+            bits |= r[1]
+        bits &= ch.active | ch.latched
+        if not bits:
+            return []
+        ch.latched &= ~bits
+        ch.active &= ~bits
+        self.weld &= ~bits
+        if bits & faults.IRD:
+            ch.selftest_failed = False
+        self._save_latches()
+        cleared = faults.codes(bits)
+        for code in cleared:
+            self._report(code, False)
+        _log.warning("technician cleared %s", cleared)
+        return cleared
+
+    # ---- called by the tasks -----------------------------------------------------------
+    def tick(self, now_ms):
+        """Every ~100 ms: fast sensors, then record what tripped, then clear rules."""
+        ch = self.ch
+        hw = self.hw
+        if hw.rcd.tripped() and not ch._rcd_testing:
+            ch.trip(faults.IRD)  # backup for a missed interrupt edge
+        self._check_relays(now_ms)
+        self._check_pe(now_ms)
+        self._check_temps(now_ms)
+        self._check_fan(now_ms)
+        self._record_new(now_ms)
+        self._clear_rules(now_ms)
+
+    def on_meter(self, now_ms, ok):
+        """After each internal-meter read (~1 s): voltage, phases, current, comms."""
+        if not ok:
+            self._meter_good_ms = None
+            if self._meter_fail_ms is None:
+                self._meter_fail_ms = now_ms
+            elif _held(now_ms, self._meter_fail_ms, _MET_TRIP_MS):
+                self.meter_ok = False
+                self.ch.trip(faults.MET)
+            return
+        self._meter_fail_ms = None
+        if self._meter_good_ms is None:
+            self._meter_good_ms = now_ms
+        if not self.meter_ok and _held(now_ms, self._meter_good_ms, _MET_CLEAR_MS):
+            self.meter_ok = True
+        m = self.hw.meter
+        self._check_voltage(now_ms, m.volts)
+        self._check_current(now_ms, m.amps)
+
+    # ---- rules ----------------------------------------------------------------------------
+    def _cond(self, name, cond, now_ms, hold_ms):
+        """True once `cond` has held for hold_ms (a per-rule timer)."""
+        if not cond:
+            self._since.pop(name, None)
+            return False
+        t = self._since.get(name)
+        if t is None:
+            self._since[name] = now_ms
+            return hold_ms == 0
+        return _held(now_ms, t, hold_ms)
+
+    def _used_phases(self):
+        return 3 if self.ch.phases == 3 else 1
+
+    def _check_voltage(self, now_ms, volts):
+        n = self._used_phases()
+        vs = volts[:n]
+        hi = max(vs)
+        lo = min(vs)
+        if hi >= OVP_FAST_V or self._cond("ovp", hi > OVP_V, now_ms, _V_HOLD_MS):
+            self.ch.trip(faults.OVP)
+        missing = n == 3 and lo < MIS_V and hi >= LVP_V
+        if self._cond("mis", missing, now_ms, _V_HOLD_MS):
+            self.ch.trip(faults.MIS)
+        if not missing and self._cond("lvp", lo < LVP_V, now_ms, _V_HOLD_MS):
+            self.ch.trip(faults.LVP)
+
+    def _check_current(self, now_ms, amps):
+        ch = self.ch
+        offered = ch.offered_a
+        # The reference is the highest offer of the last 5 s: the EV may lag a reduction.
+        if offered >= self._ocp_ref_a or _held(now_ms, self._ocp_ref_ms, _OCP_FOLLOW_MS):
+            self._ocp_ref_a = offered
+            self._ocp_ref_ms = now_ms
+        ref = max(self._ocp_ref_a, offered)
+        draw = max(amps)
+        if not self.hw.relays.closed:
+            self._since.pop("ocp", None)
+            return
+        if draw > ref + OCP_FAST_MARGIN_A or self._cond(
+            "ocp", draw > (ref + 0.5) * 1.10, now_ms, _OCP_SLOW_MS
+        ):
+            _log.error("over-current: %.1f A drawn, %.1f A offered", draw, ref)
+            ch.trip(faults.OCP)
+
+    def _check_pe(self, now_ms):
+        pe = self.hw.pe
+        pe.read()
+        bad = not pe.continuity
+        if self._cond("pe", bad, now_ms, _PE_HOLD_MS):
+            self._latch(faults.PE, "no earth continuity")
+        tn = self.settings["power_system"] == "TN_TT"
+        if self._cond("pe_nv", tn and pe.n_pe_v > PE_N_V, now_ms, _PE_NV_HOLD_MS):
+            self._latch(faults.PE, "neutral-earth voltage %.0f V" % pe.n_pe_v)
+
+    def _check_relays(self, now_ms):
+        r = self.hw.relays
+        for n, bit in ((1, faults.R12), (2, faults.R3N)):
+            fb = r.feedback(n)
+            if self._cond("weld%d" % n, not r.closed and fb, now_ms, _WELD_HOLD_MS):
+                if not self.weld & bit:
+                    self.weld |= bit
+                    self._latch(bit, "relay %d welded" % n)
+            if self._cond("stuck%d" % n, r.closed and not fb, now_ms, _STUCK_HOLD_MS):
+                self.ch.trip(bit)
+
+    def _check_temps(self, now_ms):
+        t = self.hw.temps
+        t.read()
+        ch = self.ch
+        if t.relay_c is None or t.relay_c >= ROT_TRIP_C:
+            ch.trip(faults.ROT)
+        if t.socket_c is None or t.socket_c >= OCT_TRIP_C:
+            ch.trip(faults.OCT)
+        ch.thermal_a = limits.thermal_limit(
+            self.settings["max_current_a"], t.relay_c, t.socket_c
+        )
+
+    def _check_fan(self, now_ms):
+        t = self.hw.temps
+        fan = self.hw.fan
+        hot = (t.env_c is not None and t.env_c >= FAN_ON_ENV_C) or (
+            t.relay_c is not None and t.relay_c >= FAN_ON_RELAY_C
+        )
+        want = hot or self.hw.relays.closed or bool(self.ch.active & faults.FAN)
+        if want != fan.running:
+            fan.run(want)
+            self._since.pop("fan", None)
+            self._since["fan_spin"] = now_ms
+        if not fan.running:
+            return
+        # Give the fan 2 s to spin up before judging the tachometer.
+        spin = self._since.get("fan_spin", now_ms)
+        if not _held(now_ms, spin, 2000):
+            return
+        if self._cond("fan", fan.rpm() < FAN_MIN_RPM, now_ms, _FAN_HOLD_MS):
+            self.ch.trip(faults.FAN)
+
+    def _latch(self, bit, why):
+        ch = self.ch
+        ch.trip(bit)
+        if not ch.latched & bit:
+            ch.latched |= bit
+            _log.error("%s latched: %s", faults.codes(bit), why)
+            self._save_latches()
+
+    # ---- records ---------------------------------------------------------------------------
+    def _record_new(self, now_ms):
+        ch = self.ch
+        new = ch.tripped_new
+        if not new:
+            return
+        ch.tripped_new = 0
+        if new & faults.IRD and not ch.latched & faults.IRD:
+            ch.latched |= faults.IRD
+            self._save_latches()
+        if new & faults.ELK and not ch.latched & faults.ELK:
+            ch.latched |= faults.ELK
+            self._save_latches()
+        for bit in _bits(new):
+            code = faults.codes(bit)[0]
+            self._trip_ms[bit] = now_ms
+            _log.error("fault %s (%s)", code, faults.row(code)[4])
+            self._report(code, True)
+            if ch.session is not None and ch.latched & bit:
+                ch.end_session("Fault")
+            if self.history is not None:
+                self.history.add_fault(code, self._fault_values(code))
+
+    def _fault_values(self, code):
+        ch = self.ch
+        v = {"cp_state": pilot.NAMES[ch.cp_state], "offered_a": ch.offered_a}
+        m = self.readings
+        if m:
+            v["volts"] = m.get("volts")
+            v["amps"] = m.get("amps")
+        t = self.hw.temps
+        v["relay_c"] = t.relay_c
+        v["socket_c"] = t.socket_c
+        if code == "CP":
+            v["cause"] = ch.cp_fault_cause
+            v["cp_hi_mv"] = ch.hi_mv
+            v["cp_lo_mv"] = ch.lo_mv
+        return v
+
+    def _report(self, code, active):
+        rep = getattr(self.hw, "report_error", None)
+        if rep:
+            rep(code, active)
+
+    # ---- clear conditions (docs/errors.md) ---------------------------------------------------
+    def _clear_rules(self, now_ms):
+        ch = self.ch
+        act = ch.active & ~ch.latched
+        if not act:
+            return
+        m = self.hw.meter
+        volts = m.volts[: self._used_phases()] if self.meter_ok else None
+        t = self.hw.temps
+        conds = (
+            (faults.OCP, "c_ocp", True, _OCP_CLEAR_MS),
+            (faults.OVP, "c_ovp", volts is not None and max(volts) < OVP_CLEAR_V, _V_CLEAR_MS),
+            (faults.LVP, "c_lvp", volts is not None and min(volts) > LVP_CLEAR_V, _V_CLEAR_MS),
+            (faults.MIS, "c_mis", volts is not None and min(volts) > LVP_V, _V_CLEAR_MS),
+            (faults.MET, "c_met", self.meter_ok and not self.external_meter_lost, 0),
+            (faults.ROT, "c_rot", t.relay_c is not None and t.relay_c < ROT_CLEAR_C, 0),
+            (faults.OCT, "c_oct", t.socket_c is not None and t.socket_c < OCT_CLEAR_C, 0),
+            (faults.FAN, "c_fan", self.hw.fan.running and self.hw.fan.rpm() >= FAN_MIN_RPM, 2000),
+            (faults.CP, "c_cp", self._cp_ok(), _CP_CLEAR_MS),
+            (faults.PP, "c_pp", self._pp_ok(), 0),
+            (faults.CAN, "c_can", not self.can_clash, _CAN_CLEAR_MS),
+            (faults.R12, "c_r12", ch.cp_state == pilot.STATE_A, 0),
+            (faults.R3N, "c_r3n", ch.cp_state == pilot.STATE_A, 0),
+        )
+        for bit, name, cond, hold in conds:
+            if not act & bit:
+                self._since.pop(name, None)
+                continue
+            # No clear during the F hold right after the trip.
+            if not _held(now_ms, self._trip_ms.get(bit, now_ms), 1000):
+                continue
+            if self._cond(name, cond, now_ms, hold):
+                self._since.pop(name, None)
+                ch.clear(bit)
+                self._report(faults.codes(bit)[0], False)
+                if self.history is not None:
+                    self.history.fault_cleared(faults.codes(bit)[0])
+
+    def _cp_ok(self):
+        ch = self.ch
+        cause = ch.cp_fault_cause
+        s = ch.cp_state
+        if cause == "diode":
+            return s == pilot.STATE_A  # a missing diode only clears with a new plug-in
+        if cause == "ventilation":
+            return s in (pilot.STATE_A, pilot.STATE_B)
+        return s in (pilot.STATE_A, pilot.STATE_B)
+
+    def _pp_ok(self):
+        ch = self.ch
+        if ch.cp_state == pilot.STATE_A:
+            return True
+        return limits.cable_rating(self.hw.pp_adc.read_ohm()) is not None
+
+
+def _held(now_ms, since_ms, hold_ms):
+    return time.ticks_diff(now_ms, since_ms) >= hold_ms
+
+
+def _bits(mask):
+    b = 1
+    while b <= mask:
+        if mask & b:
+            yield b
+        b <<= 1

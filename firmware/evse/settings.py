@@ -1,0 +1,183 @@
+# Charger settings: the schema, validation with field-level errors, and persistence.
+#
+# One file, EVSE_DATA_DIR/settings.json, written atomically with a .bak (lib/atomicfile).
+# A file that names only some keys is completed with defaults, so an installer can
+# pre-seed a charger; a corrupt file falls back to the .bak or the defaults and is logged.
+import atomicfile
+import log
+
+_log = log.get("settings")
+
+_LANGS = ("it", "en", "de", "es", "fr")
+METER_MODELS = ("none", "SDM630", "SDM120", "SDM72", "ABB_B23", "EM340", "DTSU666", "custom")
+
+
+def _choice(*options):
+    def check(v):
+        if v not in options:
+            return "must be one of " + ", ".join(options)
+
+    return check
+
+
+def _int_range(lo, hi):
+    def check(v):
+        if not isinstance(v, int) or isinstance(v, bool):
+            return "must be a whole number"
+        if not lo <= v <= hi:
+            return "must be between %d and %d" % (lo, hi)
+
+    return check
+
+
+def _bool(v):
+    if not isinstance(v, bool):
+        return "must be true or false"
+
+
+def _text(max_len, min_len=0):
+    def check(v):
+        if not isinstance(v, str):
+            return "must be text"
+        if len(v) > max_len:
+            return "must be at most %d characters" % max_len
+        if 0 < len(v) < min_len:
+            return "must be empty or at least %d characters" % min_len
+        for ch in v:
+            if ord(ch) < 32:
+                return "must not contain control characters"
+
+    return check
+
+
+def check_ocpp_url(v):
+    """ws://host:port/path/CPID or wss://…; empty means OCPP is off."""
+    if not isinstance(v, str):
+        return "must be text"
+    if v == "":
+        return None
+    if len(v) > 200:
+        return "must be at most 200 characters"
+    if v.startswith("ws://"):
+        rest = v[5:]
+    elif v.startswith("wss://"):
+        rest = v[6:]
+    else:
+        return "must start with ws:// or wss://"
+    host_port, _, path = rest.partition("/")
+    host, _, port = host_port.rpartition(":")
+    if not host or not port:
+        return "must name the host and the port, e.g. ws://10.0.0.5:80/ocpp/CP01"
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        return "port must be a number from 1 to 65535"
+    for ch in host:
+        if not (ch.isalpha() or ch.isdigit() or ch in ".-[]:"):
+            return "host has an invalid character"
+    cpid = path.rpartition("/")[2]
+    if not cpid:
+        return "must end with the charge point id, e.g. …/ocpp/CP01"
+    if len(cpid) > 48:
+        return "charge point id must be at most 48 characters"
+    for ch in v:
+        if ord(ch) <= 32 or ch in "\"'<>\\`{}|^#?":
+            return "must not contain spaces or the characters \"'<>\\`{}|^#?"
+    return None
+
+
+# key: (default, check). Order is the order of the web pages.
+SCHEMA = {
+    "charger_power": ("22kW", _choice("7kW", "22kW")),
+    "rfid_type": ("M1", _choice("M1", "CPU")),
+    "charging_mode": ("B", _choice("B", "C")),
+    "cp_type": ("1.0V", _choice("0.8V", "1.0V")),
+    "max_current_a": (32, _int_range(6, 32)),
+    "cable_max_a": (32, _int_range(6, 63)),
+    "ocpp_url": ("", check_ocpp_url),
+    "lb_enabled": (False, _bool),
+    "max_house_current_a": (40, _int_range(6, 500)),
+    "can_addr": (1, _int_range(1, 8)),
+    "phase_set": ("L123", _choice("L1", "L2", "L3", "L123")),
+    "power_system": ("TN_TT", _choice("IT", "TN_TT")),
+    "language": ("en", _choice(*_LANGS)),
+    "wifi_ssid": ("", _text(32)),
+    "wifi_password": ("", _text(63, 8)),
+    "meter_model": ("none", _choice(*METER_MODELS)),
+    "auth_mode": ("rfid", _choice("rfid", "free")),
+    "ventilation": (False, _bool),
+    "wifi_mode": ("ap", _choice("ap", "client")),
+}
+
+# Never sent back to a browser or a central system.
+SECRETS = ("wifi_password",)
+
+
+def defaults():
+    return {k: v[0] for k, v in SCHEMA.items()}
+
+
+def validate(changes):
+    """Returns {key: message} for every bad field of a partial settings object."""
+    if not isinstance(changes, dict):
+        return {"_": "must be an object"}
+    errors = {}
+    for key, value in changes.items():
+        spec = SCHEMA.get(key)
+        if spec is None:
+            errors[key] = "unknown setting"
+            continue
+        msg = spec[1](value)
+        if msg:
+            errors[key] = msg
+    return errors
+
+
+class Settings:
+    """The live settings; `apply` validates, persists and then notifies listeners."""
+
+    def __init__(self, path):
+        self._path = path
+        self._values = defaults()
+        self._listeners = []
+
+    def load(self):
+        stored = atomicfile.load_json(self._path, dict, _log.error)
+        if not isinstance(stored, dict):
+            _log.error("settings file is not an object, using defaults")
+            stored = {}
+        bad = validate(stored)
+        for key, msg in bad.items():
+            _log.error("setting %s ignored: %s", key, msg)
+        for key, value in stored.items():
+            if key not in bad:
+                self._values[key] = value
+
+    def __getitem__(self, key):
+        return self._values[key]
+
+    def get(self, key, default=None):
+        return self._values.get(key, default)
+
+    def public(self):
+        """All settings with the secrets replaced by whether they are set."""
+        out = dict(self._values)
+        for key in SECRETS:
+            out[key + "_set"] = bool(out.pop(key))
+        return out
+
+    def on_change(self, fn):
+        self._listeners.append(fn)
+
+    def apply(self, changes):
+        """Validates and stores a partial update; returns {key: error} (empty when applied)."""
+        errors = validate(changes)
+        if errors:
+            return errors
+        new = dict(self._values)
+        new.update(changes)
+        atomicfile.save_json(self._path, new)
+        old = self._values
+        self._values = new
+        changed = [k for k in changes if old.get(k) != new[k]]
+        for fn in self._listeners:
+            fn(changed)
+        return {}

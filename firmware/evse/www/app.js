@@ -1,0 +1,876 @@
+// EV PLUS web app: the pages of manual §8.1.2 and §12 on top of the JSON API.
+//
+// index.html holds every page as a <section>; the hash (#/state, #/config, ...) picks the
+// visible one. No framework and no inline script or style, so a strict CSP holds. Text
+// from outside (SSIDs, card UIDs, fault values, server messages) only ever goes into
+// textContent, never into markup. Strings come from /lang/<code>.json, English filling
+// any key a language file lacks, so a language pack may be partial.
+'use strict';
+(function () {
+  const $ = (sel, root) => (root || document).querySelector(sel);
+  const $$ = (sel, root) => Array.prototype.slice.call((root || document).querySelectorAll(sel));
+  const sleep = ms => new Promise(r => setTimeout(r, ms));
+  const POLL_MS = 2000;
+  const LANG_KEY = 'evse.lang';
+
+  // ---- strings ---------------------------------------------------------------------------
+  let EN = {};
+  let S = {};
+  let lang = 'en';
+  let langs = [];
+
+  function has(key) { return key in S || key in EN; }
+
+  function t(key, vars) {
+    let s = key in S ? S[key] : key in EN ? EN[key] : key;
+    if (vars) s = s.replace(/\{(\w+)\}/g, (m, k) => (k in vars ? String(vars[k]) : m));
+    return s;
+  }
+
+  // A value the charger reports (a state, a stop mode): translated when we know it.
+  function tv(prefix, v) { return v == null ? '—' : has(prefix + v) ? t(prefix + v) : String(v); }
+
+  async function getJSON(url) {
+    const r = await fetch(url);
+    if (!r.ok) throw new Error(url + ': HTTP ' + r.status);
+    return r.json();
+  }
+
+  function storedLang() {
+    try { return localStorage.getItem(LANG_KEY); } catch (e) { return null; }
+  }
+
+  function storeLang(code) {
+    try { localStorage.setItem(LANG_KEY, code); } catch (e) { /* private mode: this visit only */ }
+  }
+
+  function known(code) { return langs.some(l => l.code === code); }
+
+  async function setLang(code) {
+    if (!known(code)) code = 'en';
+    S = code === 'en' ? EN : await getJSON('/lang/' + code + '.json').catch(() => EN);
+    lang = code;
+    document.documentElement.lang = code;
+    $('#uilang').value = code;
+    $$('[data-t]').forEach(e => { e.textContent = t(e.dataset.t); });
+    $$('#rfid-write [data-slot]').forEach(b => { b.textContent = t('rfid.write', {n: b.dataset.slot}); });
+    document.title = t('app.title');
+    if (current) enter(current); // redraw what the page built from data
+  }
+
+  // Before anyone chose a language in this browser, follow the charger's setting.
+  function adoptChargerLang(code) {
+    if (code && !storedLang() && code !== lang && known(code)) setLang(code);
+  }
+
+  // ---- formatting ------------------------------------------------------------------------
+  function num(v, digits) {
+    if (typeof v !== 'number' || !isFinite(v)) return '—';
+    const o = {minimumFractionDigits: digits, maximumFractionDigits: digits};
+    try { return v.toLocaleString(lang, o); } catch (e) { return v.toFixed(digits); }
+  }
+
+  const pad = n => (n < 10 ? '0' : '') + n;
+
+  // The manual's style, 2021-07-25 09:38:35, in the phone's time zone.
+  function when(d, timeOnly) {
+    if (!d || isNaN(d)) return '—';
+    const time = pad(d.getHours()) + ':' + pad(d.getMinutes()) + ':' + pad(d.getSeconds());
+    if (timeOnly) return time;
+    return d.getFullYear() + '-' + pad(d.getMonth() + 1) + '-' + pad(d.getDate()) + ' ' + time;
+  }
+
+  const epoch = s => (typeof s === 'number' ? new Date(s * 1000) : null);
+  const iso = s => (s ? new Date(s) : null);
+  const list = a => (a && a.length ? a.join(', ') : t('none'));
+
+  function el(tag, text, cls) {
+    const e = document.createElement(tag);
+    if (text != null) e.textContent = String(text);
+    if (cls) e.className = cls;
+    return e;
+  }
+
+  function row(cells) {
+    const tr = el('tr');
+    cells.forEach(c => tr.appendChild(c instanceof Node ? c : el('td', c)));
+    return tr;
+  }
+
+  // ---- API -------------------------------------------------------------------------------
+  class ApiError extends Error {
+    constructor(status, body) {
+      super((body && body.error) || 'HTTP ' + status);
+      this.status = status;
+      this.body = body || {};
+    }
+  }
+
+  async function api(method, path, body) {
+    const opt = {method: method, headers: {}};
+    if (body !== undefined) {
+      // The API refuses state changes that are not JSON (cross-site forms cannot send it).
+      opt.headers['Content-Type'] = 'application/json';
+      opt.body = JSON.stringify(body);
+    }
+    let r;
+    try {
+      r = await fetch(path, opt);
+    } catch (e) {
+      throw new ApiError(0, null);
+    }
+    let data = null;
+    if ((r.headers.get('Content-Type') || '').indexOf('json') >= 0) data = await r.json().catch(() => null);
+    if (!r.ok) {
+      if (r.status === 401 && path !== '/api/login') toLogin();
+      throw new ApiError(r.status, data);
+    }
+    return data;
+  }
+
+  // The last GET /api/config: what the forms show and what "changed" compares against.
+  let cfg = {};
+
+  async function loadConfig() {
+    cfg = await api('GET', '/api/config');
+    adoptChargerLang(cfg.language);
+    return cfg;
+  }
+
+  // ---- messages and field errors ---------------------------------------------------------
+  const sec = () => $('#p-' + current);
+
+  function say(text, kind, root) {
+    const m = $('.msg', root || sec());
+    m.textContent = text || '';
+    m.className = 'msg' + (kind ? ' ' + kind : '');
+  }
+
+  function clearErrors(root) {
+    $$('.err', root).forEach(p => { p.textContent = ''; });
+    $$('[aria-invalid]', root).forEach(i => i.removeAttribute('aria-invalid'));
+  }
+
+  // Shows text under the field `key`; false when the page has no such field.
+  function fieldError(root, key, text, detail) {
+    const p = /^\w+$/.test(key) && $('[data-err="' + key + '"]', root);
+    if (!p) return false;
+    p.textContent = text;
+    if (detail && detail !== text) {
+      const d = el('small', detail);
+      d.lang = 'en'; // the server's own words
+      p.appendChild(d);
+    }
+    $$('[name="' + key + '"]', root).forEach(i => i.setAttribute('aria-invalid', 'true'));
+    return true;
+  }
+
+  // A failed request: field errors next to their fields, anything else in the message line.
+  function fail(e, root) {
+    if (e.status === 401) return; // already on the way to the login page
+    root = root || sec();
+    const b = e.body || {};
+    if (b.fields) {
+      const rest = [];
+      Object.keys(b.fields).forEach(k => {
+        const hint = has('e.' + k) ? t('e.' + k) : b.fields[k];
+        if (!fieldError(root, k, hint, b.fields[k])) rest.push(k + ': ' + b.fields[k]);
+      });
+      say(t('msg.invalid') + (rest.length ? ' ' + rest.join('; ') : ''), 'bad', root);
+      const first = $('[aria-invalid="true"]', root);
+      if (first) first.focus(); // a long form: bring the first wrong field into view
+    } else {
+      say(e.status ? t('err.http', {msg: b.error || 'HTTP ' + e.status}) : t('err.network'), 'bad', root);
+    }
+  }
+
+  // ---- forms ------------------------------------------------------------------------------
+  function fill(form, data) {
+    $$('[name]', form).forEach(i => {
+      if (!(i.name in data)) return;
+      const v = data[i.name];
+      if (i.type === 'radio') i.checked = i.value === v;
+      else if (i.type === 'checkbox') i.checked = !!v;
+      else i.value = v == null ? '' : String(v);
+    });
+  }
+
+  function read(form) {
+    const out = {};
+    $$('[name]', form).forEach(i => {
+      if (i.type === 'radio') {
+        if (i.checked) out[i.name] = i.value;
+      } else if (i.type === 'checkbox') {
+        out[i.name] = i.checked;
+      } else if (i.type === 'number') {
+        // Anything but a plain integer goes as typed: the server says what is wrong with it.
+        const s = i.value.trim();
+        out[i.name] = /^-?\d+$/.test(s) ? parseInt(s, 10) : s;
+      } else {
+        out[i.name] = i.value.trim();
+      }
+    });
+    return out;
+  }
+
+  // PUT /api/config with only the keys that differ from what the charger holds.
+  async function saveSettings(form) {
+    const now = read(form);
+    const changes = {};
+    Object.keys(now).forEach(k => { if (now[k] !== cfg[k]) changes[k] = now[k]; });
+    if (!Object.keys(changes).length) {
+      say(t('msg.nochange'));
+      return false;
+    }
+    try {
+      cfg = await api('PUT', '/api/config', changes);
+      fill(form, cfg);
+      say(t('msg.saved'), 'ok');
+      return true;
+    } catch (e) {
+      fail(e, form.closest('section'));
+      return false;
+    }
+  }
+
+  function onSubmit(sel, fn) {
+    const f = $(sel);
+    f.addEventListener('submit', async ev => {
+      ev.preventDefault();
+      const b = $('button:not([type=button])', f);
+      if (b.disabled) return; // one request at a time
+      clearErrors(f);
+      say('');
+      b.disabled = true;
+      try { await fn(f); } finally { b.disabled = false; }
+    });
+  }
+
+  function onClick(sel, fn) { $(sel).addEventListener('click', fn); }
+
+  // ---- router -----------------------------------------------------------------------------
+  const pages = {};
+  let current = null;
+  let gen = 0; // bumped on every page entry: loops and late answers of the old page stop
+  let next = 'config'; // where the login page goes afterwards
+  let flash = null; // [text, kind] for the next page's message line
+
+  function toLogin() {
+    if (current !== 'login') {
+      next = current;
+      location.hash = '#/login';
+    }
+  }
+
+  function route() {
+    let name = location.hash.replace(/^#\/?/, '') || 'home';
+    if (!pages[name]) name = 'home';
+    current = name;
+    $$('main > section').forEach(s => { s.hidden = s.id !== 'p-' + name; });
+    const s = sec();
+    $$('.msg', s).forEach(m => { m.textContent = ''; m.className = 'msg'; });
+    clearErrors(s);
+    if (flash) {
+      say(flash[0], flash[1]);
+      flash = null;
+    }
+    window.scrollTo(0, 0);
+    $('h1', s).focus(); // screen readers announce the new page
+    enter(name);
+  }
+
+  async function enter(name) {
+    const my = ++gen;
+    const p = pages[name];
+    if (p.auth) {
+      try {
+        await loadConfig(); // also tells us whether the session is still valid
+      } catch (e) {
+        if (my === gen) fail(e);
+        return;
+      }
+    }
+    if (my === gen && p.enter) p.enter(my);
+  }
+
+  const alive = my => my === gen;
+
+  // Runs fn now and then every ms while the page stays open (no overlapping requests).
+  function every(ms, fn) {
+    const my = gen;
+    (async () => {
+      while (alive(my)) {
+        await fn(my);
+        await sleep(ms);
+      }
+    })();
+  }
+
+  // ---- Home and Charger State -------------------------------------------------------------
+  function stateText(st) {
+    if (st.errors && st.errors.length) return t('s.Faulted') + ': ' + st.errors.join(', ');
+    return st.state === 'Available' ? t('home.card') : tv('s.', st.state);
+  }
+
+  pages.home = {
+    enter() {
+      every(POLL_MS, async my => {
+        let st;
+        try {
+          st = await api('GET', '/api/status');
+        } catch (e) {
+          if (alive(my)) $('#home-detail').textContent = t('err.network');
+          return;
+        }
+        if (!alive(my)) return;
+        const b = $('#home-status');
+        const faulted = st.state === 'Faulted' || !!(st.errors && st.errors.length);
+        b.textContent = stateText(st);
+        b.classList.toggle('charging', st.state === 'Charging');
+        b.classList.toggle('fault', faulted);
+        const s = st.session || {};
+        $('#home-detail').textContent = s.active
+          ? t('home.session', {kw: num(st.active_power_kw, 2), kwh: num(s.energy_kwh, 3), min: st.charging_min})
+          : '';
+        adoptChargerLang(st.language);
+      });
+    },
+  };
+
+  const phases = (v, d) => (Array.isArray(v) ? v.map(x => num(x, d)).join(' / ') : num(v, d));
+  const degrees = v => (typeof v === 'number' ? num(v, 0) + ' °C' : '—');
+
+  // One formatter per row of the Charger State page (manual §8.1.2 point 3).
+  const STATE_ROWS = {
+    state: st => tv('s.', st.state),
+    errors: st => list(st.errors),
+    serial: st => st.serial,
+    software_version: st => st.software_version,
+    grid_v: st => phases(st.grid_v, 1) + ' V',
+    grid_hz: st => num(st.grid_hz, 2) + ' Hz',
+    output_a: st => phases(st.output_a, 2) + ' A',
+    active_power_kw: st => num(st.active_power_kw, 3) + ' kW',
+    charging_min: st => (st.charging_min || 0) + ' ' + t('u.min'),
+    system_time: st => when(epoch(st.system_time)),
+    relay_c: st => degrees(st.relay_c),
+    env_c: st => degrees(st.env_c),
+    cp_v: st => num(st.cp_v, 2) + ' V',
+    fan: st => tv('fan.', st.fan),
+  };
+
+  pages.state = {
+    enter() {
+      every(POLL_MS, async my => {
+        try {
+          const st = await api('GET', '/api/status');
+          if (!alive(my)) return;
+          $$('#p-state [data-k]').forEach(td => { td.textContent = STATE_ROWS[td.dataset.k](st); });
+          say('');
+        } catch (e) {
+          if (alive(my)) say(t('state.offline'), 'bad');
+        }
+      });
+    },
+  };
+
+  // ---- Login ------------------------------------------------------------------------------
+  pages.login = {
+    enter() {
+      $('#pw').value = '';
+      $('#pw').focus();
+    },
+  };
+
+  onSubmit('#f-login', async form => {
+    try {
+      await api('POST', '/api/login', {password: $('#pw').value});
+    } catch (e) {
+      if (e.status === 401) {
+        fieldError(form, 'password', t('login.wrong'));
+      } else if (e.status === 429) {
+        const m = /(\d+)\s*s\b/.exec(e.body.error || '');
+        fieldError(form, 'password', t('login.locked', {s: m ? m[1] : '30'}));
+      } else {
+        fail(e);
+      }
+      $('#pw').select();
+      return;
+    }
+    const to = next === 'login' || next === 'home' ? 'config' : next;
+    next = 'config';
+    location.hash = '#/' + to;
+  });
+
+  // ---- Configuration (system parameters) --------------------------------------------------
+  pages.config = {auth: true, enter() { fill($('#f-sys'), cfg); }};
+  onSubmit('#f-sys', saveSettings);
+
+  onClick('#logout', async () => {
+    try { await api('POST', '/api/logout', {}); } catch (e) { /* leaving anyway */ }
+    location.hash = '#/';
+  });
+
+  // ---- WIFI -------------------------------------------------------------------------------
+  // MicroPython's scan() reports the security as a number; the simulator may give text.
+  const AUTH = ['OPEN', 'WEP', 'WPA-PSK', 'WPA2-PSK', 'WPA/WPA2-PSK', 'WPA2-EAP', 'WPA3', 'WPA2/WPA3'];
+
+  pages.wifi = {
+    auth: true,
+    enter(my) {
+      $('#wifi-ssid').value = cfg.wifi_ssid || '';
+      $('#wifi-pw').value = '';
+      $('#wifi-current').textContent = cfg.wifi_ssid ? t('wifi.current', {ssid: cfg.wifi_ssid}) : '';
+      scan(my);
+    },
+  };
+
+  async function scan(my) {
+    const tb = $('#wifi-list tbody');
+    tb.textContent = '';
+    say(t('wifi.scanning'));
+    let r;
+    try {
+      r = await api('GET', '/api/wifi/scan');
+    } catch (e) {
+      if (alive(my)) fail(e);
+      return;
+    }
+    if (!alive(my)) return;
+    r.networks.forEach(n => {
+      // A radio per network keeps the choice keyboard- and screen-reader-friendly.
+      const radio = el('input');
+      radio.type = 'radio';
+      radio.name = 'net';
+      radio.checked = n.ssid === $('#wifi-ssid').value;
+      const label = el('label');
+      label.append(radio, ' ' + n.ssid);
+      const ssidCell = el('td');
+      ssidCell.appendChild(label);
+      const type = typeof n.auth === 'number' ? AUTH[n.auth] || String(n.auth) : n.auth;
+      const tr = row([type, ssidCell, n.rssi + ' dBm']);
+      radio.addEventListener('change', () => { $('#wifi-ssid').value = n.ssid; $('#wifi-pw').focus(); });
+      tr.addEventListener('click', ev => { if (ev.target === tr || ev.target.tagName === 'TD') radio.click(); });
+      tb.appendChild(tr);
+    });
+    say(r.networks.length ? '' : t('wifi.none'));
+  }
+
+  onClick('#wifi-scan', () => scan(gen));
+
+  onSubmit('#f-wifi', async form => {
+    const body = {ssid: $('#wifi-ssid').value.trim(), password: $('#wifi-pw').value};
+    if (!body.ssid) return fieldError(form, 'ssid', t('e.ssid'));
+    try {
+      const r = await api('POST', '/api/wifi/connect', body);
+      $('#wifi-pw').value = '';
+      $('#wifi-current').textContent = t('wifi.current', {ssid: r.ssid});
+      say(t('wifi.saved', {ssid: r.ssid}), 'ok');
+    } catch (e) {
+      fail(e);
+    }
+  });
+
+  // ---- Setting menu and its pages ---------------------------------------------------------
+  pages.settings = {auth: true};
+
+  pages.net = {auth: true, enter() { fill($('#f-net'), cfg); }};
+  onSubmit('#f-net', saveSettings);
+
+  pages.lb = {auth: true, enter() { fill($('#f-lb'), cfg); }};
+  onSubmit('#f-lb', saveSettings);
+
+  // RFID: read a card on the charger's reader, then store it in slot 1, 2 or 3.
+  pages.rfid = {
+    auth: true,
+    async enter(my) {
+      $('#rfid-uid').value = '';
+      try {
+        const r = await api('GET', '/api/cards');
+        if (alive(my)) showCards(r);
+      } catch (e) {
+        if (alive(my)) fail(e);
+      }
+    },
+  };
+
+  function showCards(r) {
+    const tb = $('#cards tbody');
+    tb.textContent = '';
+    r.cards.forEach(c => {
+      const act = el('td');
+      if (c.uid) {
+        const b = el('button', t('rfid.del'), 'btn small');
+        b.type = 'button';
+        b.setAttribute('aria-label', t('rfid.del') + ' ' + t('rfid.card', {n: c.slot}));
+        b.addEventListener('click', () => cardChange('DELETE', c.slot));
+        act.appendChild(b);
+      }
+      tb.appendChild(row([el('th', t('rfid.card', {n: c.slot})), c.uid || '—', act]));
+    });
+    if (r.rfid_type) $('#rfid-type').textContent = t('rfid.type', {type: r.rfid_type});
+  }
+
+  // 409: the charger is not in stand-by (or a read is already waiting).
+  function cardFail(e) {
+    const msg = e.body.error || '';
+    if (e.status === 409 && /stand-by/.test(msg)) return say(t('rfid.standby'), 'bad');
+    const dup = /already learned in slot (\d)/.exec((e.body.fields && e.body.fields.uid) || '');
+    if (dup) {
+      fieldError(sec(), 'uid', t('rfid.dup', {n: dup[1]}));
+      return say(t('msg.invalid'), 'bad');
+    }
+    fail(e);
+  }
+
+  onClick('#rfid-read', async () => {
+    const b = $('#rfid-read');
+    const my = gen;
+    clearErrors(sec());
+    say(t('rfid.wait'));
+    b.disabled = true;
+    try {
+      const r = await api('POST', '/api/cards/read', {}); // answers when a card comes, ≤ 20 s
+      if (!alive(my)) return;
+      $('#rfid-uid').value = r.uid;
+      say(t('rfid.got', {uid: r.uid, kind: r.kind}), 'ok');
+    } catch (e) {
+      if (!alive(my)) return;
+      if (e.status === 408) say(t('rfid.nocard'), 'bad');
+      else cardFail(e);
+    } finally {
+      b.disabled = false;
+    }
+  });
+
+  async function cardChange(method, slot) {
+    const uid = $('#rfid-uid').value.trim().toUpperCase();
+    clearErrors(sec());
+    say('');
+    if (method === 'PUT' && !uid) return fieldError(sec(), 'uid', t('rfid.needuid'));
+    try {
+      const r = await api(method, '/api/cards/' + slot, method === 'PUT' ? {uid: uid} : {});
+      showCards(r);
+      say(method === 'PUT' ? t('rfid.written', {uid: uid, n: slot}) : t('rfid.deleted', {n: slot}), 'ok');
+    } catch (e) {
+      cardFail(e);
+    }
+  }
+
+  $$('#rfid-write [data-slot]').forEach(b => b.addEventListener('click', () => cardChange('PUT', b.dataset.slot)));
+
+  // System time: the phone's clock is the reference (manual §8.1.2 point 13).
+  pages.time = {
+    auth: true,
+    enter() {
+      every(1000, () => { $('#time-now').textContent = when(new Date()); });
+      every(POLL_MS, async my => {
+        try {
+          const st = await api('GET', '/api/status');
+          if (alive(my)) $('#time-charger').textContent = when(epoch(st.system_time));
+        } catch (e) { /* the page still works; the charger time just stays stale */ }
+      });
+    },
+  };
+
+  onClick('#time-set', async () => {
+    clearErrors(sec());
+    try {
+      const r = await api('PUT', '/api/time', {epoch_s: Math.floor(Date.now() / 1000)});
+      $('#time-charger').textContent = when(epoch(r.system_time));
+      say(t('time.set', {time: when(epoch(r.system_time))}), 'ok');
+    } catch (e) {
+      fail(e);
+    }
+  });
+
+  // Power system: two buttons, the chosen one coloured (manual §8.1.2, IT / other).
+  function showPowerSystem() {
+    $$('[data-ps]').forEach(b => b.setAttribute('aria-pressed', String(b.dataset.ps === cfg.power_system)));
+  }
+
+  pages.power = {auth: true, enter: showPowerSystem};
+
+  $$('[data-ps]').forEach(b => b.addEventListener('click', async () => {
+    clearErrors(sec());
+    if (b.dataset.ps === cfg.power_system) return say(t('msg.nochange'));
+    try {
+      cfg = await api('PUT', '/api/config', {power_system: b.dataset.ps});
+      showPowerSystem();
+      say(t('msg.saved'), 'ok');
+    } catch (e) {
+      fail(e);
+    }
+  }));
+
+  // Language: the charger's setting; this browser follows it from now on.
+  pages.lang = {auth: true, enter() { $('#language').value = cfg.language; }};
+
+  onSubmit('#f-lang', async form => {
+    if (await saveSettings(form)) {
+      storeLang(cfg.language);
+      await setLang(cfg.language);
+      say(t('msg.saved'), 'ok');
+    }
+  });
+
+  pages.password = {auth: true, enter() { $('#f-pw').reset(); }};
+
+  onSubmit('#f-pw', async form => {
+    const old = $('#pw-old').value;
+    const pw = $('#pw-new').value;
+    if (pw.length < 6 || pw.length > 64) return fieldError(form, 'new', t('pwd.len'));
+    if (pw !== $('#pw-rep').value) return fieldError(form, 'rep', t('pwd.mismatch'));
+    try {
+      await api('POST', '/api/password', {old: old, new: pw});
+    } catch (e) {
+      if (e.status !== 400) return fail(e);
+      if (/current/.test(e.body.error || '')) return fieldError(form, 'old', t('pwd.wrongold'));
+      return fieldError(form, 'new', t('pwd.len'), e.body.error);
+    }
+    // The charger ends every session when the password changes.
+    form.reset();
+    flash = [t('pwd.done'), 'ok'];
+    next = 'config';
+    location.hash = '#/login';
+  });
+
+  // ---- History ----------------------------------------------------------------------------
+  pages.history = {
+    async enter(my) {
+      let r;
+      try {
+        r = await api('GET', '/api/history');
+      } catch (e) {
+        if (alive(my)) fail(e);
+        return;
+      }
+      if (!alive(my)) return;
+      const tb = $('#hist tbody');
+      const heads = $$('#hist th').map(th => th.textContent);
+      tb.textContent = '';
+      r.sessions.forEach(s => {
+        const a = iso(s.start);
+        const b = iso(s.end);
+        const sameDay = a && b && a.toDateString() === b.toDateString();
+        const tr = row([s.no, when(a), when(b, sameDay), tv('mode.', s.start_mode),
+          tv('mode.', s.stop_mode), num(s.energy_kwh, 3) + ' kWh', s.id == null ? '' : s.id]);
+        $$('td', tr).forEach((td, i) => { td.dataset.label = heads[i]; }); // the phone layout's labels
+        tb.appendChild(tr);
+      });
+      say(r.sessions.length ? '' : t('hist.empty'));
+      chart(r.sessions);
+    },
+  };
+
+  const SVG = 'http://www.w3.org/2000/svg';
+
+  function svg(name, attrs, parent) {
+    const e = document.createElementNS(SVG, name);
+    Object.keys(attrs).forEach(k => e.setAttribute(k, attrs[k]));
+    parent.appendChild(e);
+    return e;
+  }
+
+  function avgPowerKw(s) {
+    const a = iso(s.start);
+    const b = iso(s.end);
+    const h = a && b ? (b - a) / 3.6e6 : 0;
+    return h > 0 ? (s.energy_kwh || 0) / h : null;
+  }
+
+  // The records hold start, end and energy, no power curve: one bar per session for the
+  // energy and a dot for the average power (energy / duration), on its own scale.
+  function chart(sessions) {
+    const box = $('#hist-chart');
+    box.textContent = '';
+    const data = sessions.slice(0, 30).sort((a, b) => a.no - b.no);
+    $('#hist-fig').hidden = !data.length;
+    if (!data.length) return;
+    const W = 320;
+    const H = 150;
+    const L = 36;
+    const R = 36;
+    const T = 10;
+    const B = 20;
+    const maxE = Math.max.apply(null, data.map(s => s.energy_kwh || 0)) || 1;
+    const powers = data.map(avgPowerKw);
+    const maxP = Math.max.apply(null, powers.map(p => p || 0)) || 1;
+    const g = svg('svg', {viewBox: '0 0 ' + W + ' ' + H, class: 'chart', role: 'img', 'aria-label': t('hist.chart')}, box);
+    svg('line', {x1: L, y1: T, x2: L, y2: H - B, class: 'axis'}, g);
+    svg('line', {x1: L, y1: H - B, x2: W - R, y2: H - B, class: 'axis'}, g);
+    const label = (x, y, text, anchor) => {
+      svg('text', {x: x, y: y, 'text-anchor': anchor}, g).textContent = text;
+    };
+    label(L - 3, T + 8, num(maxE, maxE < 10 ? 3 : 1), 'end');
+    label(L - 3, T + 20, 'kWh', 'end');
+    label(L - 3, H - B, '0', 'end');
+    label(W - R + 3, T + 8, num(maxP, 1), 'start');
+    label(W - R + 3, T + 20, 'kW', 'start');
+    const step = (W - L - R) / data.length;
+    const bw = Math.min(28, Math.max(2, step * 0.6));
+    const plotH = H - B - T;
+    data.forEach((s, i) => {
+      const x = L + i * step + (step - bw) / 2;
+      const h = Math.max(0.5, plotH * (s.energy_kwh || 0) / maxE);
+      const bar = svg('rect', {x: x.toFixed(1), y: (H - B - h).toFixed(1), width: bw.toFixed(1), height: h.toFixed(1)}, g);
+      const p = powers[i];
+      svg('title', {}, bar).textContent = t('hist.bar', {no: s.no, kwh: num(s.energy_kwh, 3), kw: num(p, 2)});
+      if (p != null) {
+        svg('circle', {cx: (x + bw / 2).toFixed(1), cy: (H - B - plotH * p / maxP).toFixed(1), r: 3, class: 'pw'}, g);
+      }
+      if (data.length <= 12) label(x + bw / 2, H - B + 13, String(s.no), 'middle');
+    });
+  }
+
+  // ---- Report -----------------------------------------------------------------------------
+  pages.report = {
+    async enter(my) {
+      let r;
+      try {
+        r = await api('GET', '/api/faults');
+      } catch (e) {
+        if (alive(my)) fail(e);
+        return;
+      }
+      if (!alive(my)) return;
+      $('#rep-active').textContent = list(r.active);
+      $('#rep-latched').textContent = list(r.latched);
+      $('#rep-clear').hidden = !(r.latched && r.latched.length);
+      const ol = $('#rep-list');
+      ol.textContent = '';
+      r.faults.forEach(f => {
+        const li = el('li');
+        li.appendChild(el('b', t('hist.no') + ' ' + f.no + ' · ' + when(iso(f.t)) + ' · ' + f.code));
+        li.appendChild(el('span', has('fd.' + f.code) ? t('fd.' + f.code) : f.description || f.code));
+        const clears = has('fc.' + f.code) ? t('fc.' + f.code) : f.clears;
+        if (clears) li.appendChild(el('small', t('rep.clears') + ': ' + clears));
+        const v = f.values;
+        if (v && typeof v === 'object') {
+          const parts = Object.keys(v).map(k => k + ' = ' + (typeof v[k] === 'object' ? JSON.stringify(v[k]) : v[k]));
+          if (parts.length) li.appendChild(el('small', parts.join(', ')));
+        } else if (v != null) {
+          li.appendChild(el('small', v));
+        }
+        ol.appendChild(li);
+      });
+      if (!r.faults.length) ol.appendChild(el('li', t('rep.empty'), 'none'));
+    },
+  };
+
+  onClick('#rep-clear', async () => {
+    try {
+      const r = await api('POST', '/api/faults/clear', {});
+      flash = [t('rep.cleared', {codes: list(r.cleared)}), 'ok'];
+      route(); // reload the page with the flash message
+    } catch (e) {
+      fail(e);
+    }
+  });
+
+  // ---- Upgrade (manual §12) ---------------------------------------------------------------
+  pages.upgrade = {
+    auth: true,
+    enter() {
+      $('#f-up').reset();
+      $('#up-bar').hidden = true;
+      $('#up-code').textContent = '';
+    },
+  };
+
+  onSubmit('#f-up', async form => {
+    const file = $('#up-file').files[0];
+    const md5 = $('#up-md5').value.trim().toLowerCase();
+    if (!file) fieldError(form, 'file', t('up.nofile'));
+    if (!/^[0-9a-f]{32}$/.test(md5)) fieldError(form, 'md5', t('up.badmd5'));
+    if (!file || !/^[0-9a-f]{32}$/.test(md5)) return;
+    $('#up-code').textContent = '';
+    // Ask first whether this firmware takes uploads at all: OPTIONS has no side effect
+    // and answers 404 for an unknown path, 405 for a known one.
+    try {
+      const probe = await fetch('/api/upgrade', {method: 'OPTIONS'});
+      if (probe.status === 404) return say(t('up.none'), 'bad');
+    } catch (e) {
+      return say(t('err.network'), 'bad');
+    }
+    await upload(file, md5, sec());
+  });
+
+  // XMLHttpRequest rather than fetch: it reports upload progress.
+  function upload(file, md5, root) {
+    const bar = $('#up-bar');
+    bar.hidden = false;
+    bar.value = 0;
+    say(t('up.sending'), '', root);
+    return new Promise(done => {
+      const x = new XMLHttpRequest();
+      x.open('POST', '/api/upgrade?md5=' + md5);
+      x.setRequestHeader('Content-Type', 'application/octet-stream');
+      x.upload.onprogress = e => { if (e.lengthComputable) bar.value = Math.round(100 * e.loaded / e.total); };
+      x.onload = () => {
+        let d = {};
+        try { d = JSON.parse(x.responseText) || {}; } catch (e) { /* not JSON */ }
+        if (d.code) {
+          const key = String(d.code).split(' ')[0]; // "100", "E01", ...
+          $('#up-code').textContent = d.code;
+          say(has('up.' + key) ? t('up.' + key) : t('err.http', {msg: d.error || d.code}), key === '100' ? 'ok' : 'bad', root);
+        } else if (x.status === 401) {
+          toLogin();
+        } else if (x.status === 404) {
+          say(t('up.none'), 'bad', root);
+        } else {
+          say(t('err.http', {msg: d.error || 'HTTP ' + x.status}), 'bad', root);
+        }
+        done();
+      };
+      x.onerror = x.ontimeout = () => { say(t('up.lost'), 'bad', root); done(); };
+      x.send(file);
+    });
+  }
+
+  // ---- start ------------------------------------------------------------------------------
+  function options(select) {
+    select.textContent = '';
+    langs.forEach(l => {
+      const o = el('option', l.name);
+      o.value = l.code;
+      select.appendChild(o);
+    });
+  }
+
+  // Links every error line to its field for screen readers.
+  function describeErrors() {
+    $$('main > section').forEach(s => {
+      $$('[data-err]', s).forEach(p => {
+        const key = p.dataset.err;
+        p.id = s.id + '-err-' + key;
+        p.setAttribute('aria-live', 'polite');
+        $$('[name="' + key + '"]', s).forEach(i => {
+          const d = i.getAttribute('aria-describedby');
+          i.setAttribute('aria-describedby', (d ? d + ' ' : '') + p.id);
+        });
+      });
+    });
+  }
+
+  async function start() {
+    describeErrors();
+    try {
+      langs = await getJSON('/lang/index.json');
+    } catch (e) {
+      langs = [{code: 'en', name: 'English'}];
+    }
+    options($('#uilang'));
+    options($('#language'));
+    EN = await getJSON('/lang/en.json').catch(() => ({}));
+    $('#uilang').addEventListener('change', ev => {
+      storeLang(ev.target.value);
+      setLang(ev.target.value);
+    });
+    const nav = (navigator.language || '').slice(0, 2).toLowerCase();
+    await setLang(storedLang() || (known(nav) ? nav : 'en'));
+    window.addEventListener('hashchange', route);
+    route();
+  }
+
+  start();
+})();

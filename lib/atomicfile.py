@@ -1,0 +1,157 @@
+# Power-safe replacement of small files (settings, keys, state), with a fallback chain.
+#
+# write_atomic(path, data) goes through three names: `path.tmp` (the new version while it
+# is written), `path` (the current version) and `path.bak` (the previous version):
+#
+#   1. write `path.tmp`, flush, close      cut here: path is untouched; a torn .tmp is
+#                                          never read before path
+#   2. remove `path.bak`                   cut here: path (old) and .tmp (new) both good
+#   3. rename `path` -> `path.bak`         cut here: path missing, .bak (old) good
+#   4. rename `path.tmp` -> `path`         done: path new, .bak old, no .tmp
+#
+# Step 2 exists because FAT's rename onto an existing name is "remove, then rename"
+# (extmod/vfs_fat.c): doing that removal ourselves, while `path` is still whole, means
+# every rename below goes to a free name and there is always one complete copy on disk.
+# littlefs and POSIX rename atomically, so on them the same steps are merely careful.
+# If `path` is missing (first write, or a cut after step 3 last time) steps 2-3 are
+# skipped, so the last good .bak is kept rather than thrown away.
+#
+# read_latest(path, validate) takes the first of path, .bak, .tmp that passes validate():
+# after a cut at any step above it returns the old or the new version, never a torn one.
+# A torn .tmp can only be reached when path and .bak are both missing or bad, and then
+# validate() rejects it; that is why the JSON helpers put a CRC on what they write.
+#
+# On-disk format of save_json / load_json (load accepts both):
+#   a) "#crc32 xxxxxxxx\n" + JSON text: 8 lower-case hex digits, CRC-32 of every byte
+#      after that first newline. save_json always writes this form.
+#   b) plain JSON text (UTF-8, optional BOM, any line endings), as an installer or a test
+#      writes by hand. JSON cannot start with '#', so the forms never mix up. To hand-edit
+#      a file written by save_json, delete its first line (or fix the CRC).
+# MicroPython has no os.fsync; file.flush() is the commit: f_sync on FAT, lfs_file_sync
+# on littlefs, fsync(2) on unix. A directory change (rename, remove) is committed by the
+# filesystem driver itself.
+import os
+import json
+from micropython import const
+from crc import crc32
+
+_ENOENT = const(2)
+_MAX_BYTES = const(16384)  # default read cap: a settings file is far smaller
+_HDR = b"#crc32 "
+_HDR_LEN = const(16)  # "#crc32 " + 8 hex digits + "\n"
+
+
+def _exists(p):
+    try:
+        os.stat(p)
+        return True
+    except OSError:
+        return False
+
+
+def _remove(p):
+    try:
+        os.remove(p)
+    except OSError:
+        pass  # already gone
+
+
+def write_atomic(path, data):
+    """Replaces `path` with `data` (bytes or str) so a power cut leaves old or new."""
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()  # FAT: f_sync; littlefs: commit. close() would do it too; be explicit
+    if _exists(path):
+        bak = path + ".bak"
+        _remove(bak)
+        os.rename(path, bak)
+    os.rename(tmp, path)
+
+
+def _read_capped(p, max_bytes):
+    # stat first: a corrupt directory entry could claim a huge size; don't allocate it.
+    size = os.stat(p)[6]
+    if size > max_bytes:
+        raise ValueError("%d bytes, over the %d cap" % (size, max_bytes))
+    with open(p, "rb") as f:
+        return f.read(max_bytes)
+
+
+def read_latest(path, validate, on_error=None, max_bytes=_MAX_BYTES):
+    """Returns (data, source path) of the first of path, .bak, .tmp that validate(data)
+    accepts (it raises ValueError otherwise); OSError(ENOENT) when none does.
+    on_error(msg) hears of every bad file and of every fallback taken."""
+    skipped = None  # first candidate passed over, for the fallback message
+    for p in (path, path + ".bak", path + ".tmp"):
+        try:
+            data = _read_capped(p, max_bytes)
+            validate(data)
+        except OSError as e:
+            if e.errno != _ENOENT and on_error:
+                on_error("%s unreadable: %s" % (p, e))
+            skipped = skipped or p
+            continue
+        except ValueError as e:
+            if on_error:
+                on_error("%s corrupt: %s" % (p, e))
+            skipped = skipped or p
+            continue
+        if skipped and on_error:
+            on_error("%s unusable, using %s" % (skipped, p))
+        return data, p
+    raise OSError(_ENOENT)
+
+
+def encode_json(obj):
+    """The bytes save_json writes: CRC header line, then compact JSON."""
+    body = json.dumps(obj).encode()
+    return b"#crc32 %08x\n" % crc32(body) + body
+
+
+def decode_json(data):
+    """Parses either accepted format; raises ValueError for a torn or corrupt file."""
+    if not data:
+        raise ValueError("empty")
+    if data[:7] == _HDR:
+        if len(data) < _HDR_LEN or data[15:16] != b"\n":
+            raise ValueError("bad crc line")
+        body = memoryview(data)[_HDR_LEN:]
+        if int(data[7:15], 16) != crc32(body):  # int() raises ValueError on non-hex
+            raise ValueError("crc mismatch")
+        return json.loads(bytes(body))
+    if data[:3] == b"\xef\xbb\xbf":  # BOM some editors put in front of UTF-8
+        data = data[3:]
+    return json.loads(data)  # ValueError on bad JSON, UnicodeError (a ValueError) on bad UTF-8
+
+
+def save_json(path, obj):
+    """Writes obj as CRC-framed JSON through write_atomic."""
+    write_atomic(path, encode_json(obj))
+
+
+def load_json(path, default_factory=None, on_error=None, max_bytes=_MAX_BYTES):
+    """Returns the newest valid JSON object of path/.bak/.tmp. When there is none, returns
+    default_factory() if given (on_error is told when bad files existed), else raises
+    OSError(ENOENT)."""
+    box = [None]  # validate() keeps the parsed object: parse each file once
+
+    def validate(data):
+        box[0] = decode_json(data)
+
+    errors = [0]
+
+    def note(msg):
+        errors[0] += 1
+        if on_error:
+            on_error(msg)
+
+    try:
+        read_latest(path, validate, note, max_bytes)
+    except OSError as e:
+        if e.errno != _ENOENT or default_factory is None:
+            raise
+        if errors[0] and on_error:
+            on_error("%s: no valid copy, using defaults" % path)
+        return default_factory()
+    return box[0]

@@ -1,0 +1,760 @@
+"""Small HTTP/1.1 server for MicroPython asyncio with hard limits (lib/httpd.py).
+
+Routes are a table; handlers are `async def h(req)` returning a Response, a dict or
+list (JSON 200), or None (204). `<name>` segments land in `req.params`; GET routes
+also answer HEAD. Routes win over static files under static_root (GET/HEAD only).
+
+    routes = [
+        ("GET", "/api/status", get_status),
+        ("PUT", "/api/cards/<slot>", put_card),
+        ("POST", "/api/upgrade", upgrade, 4 << 20),   # 4th item: body limit in bytes
+    ]
+    srv = Server(routes, static_root="/www", log=my_log, max_conns=6)
+    await srv.start("0.0.0.0", 80)   # ... srv.close()
+
+log(msg, exc) is called for handler exceptions and MemoryErrors (print_exception is
+the caller's business). Every limit is a Server class attribute, overridable per
+instance as a keyword (an unknown keyword is a TypeError).
+
+Request: method, path (raw, no query), params, query (decoded; last duplicate wins),
+headers (lower-case names; only keep_headers plus framing ones), cookies, content_length,
+left (body bytes unread), remote.
+  await req.read_into(buf) -> n    bytes into buf, 0 at the end; never reads past the body
+  await req.read(n) -> bytearray   exactly min(n, left) bytes (n >= 0)
+  await req.json(max_bytes=None)   whole body (cap: max_bytes, else the route's limit);
+                                   HTTPError 413 too big, 400 empty/bad JSON or UTF-8
+Body reads time out after body_timeout_ms by cancelling the handler there: let
+CancelledError through. A handler's own waits have no deadline from us.
+Response(body=b"", status=200, headers=None, ctype=None): body bytes/str/dict/list/None;
+headers a dict or a list of pairs. Response.file(path) streams a file in chunk_size
+pieces. Raise HTTPError(status, msg) in a handler for a JSON `{"error": msg}` answer.
+
+Status codes: 400 malformed request line/header/query/path (absolute-form targets,
+obs-fold, traversal: `..`/`.x` segments, `\\`, NUL, `//`, also percent-encoded),
+404/405 (+Allow) routing, 406 only a .gz asset and no gzip accepted, 408 head not
+complete within head_timeout_ms, 411 chunked request body (send Content-Length),
+501 other Transfer-Encoding or unknown method, 413 Content-Length above the route's
+limit (answered before reading), 414 request line > max_line, 417 Expect other than
+100-continue, 431 header line > buf_size - 2, > max_headers lines or > max_header_bytes,
+500 handler exception (connection then closed), 505 not HTTP/1.0 or 1.1. No 503: see
+below. Every response has Content-Length; errors that leave the framing unknown close.
+
+Connections: at most max_conns, each with one preallocated buf_size line buffer. At
+the cap we stop calling accept(), so clients wait in the kernel's listen backlog
+rather than getting 503s, but first the oldest connection that has sat idle or in its
+request head for evict_after_ms is evicted (slow-loris defence). One reaper task
+enforces every deadline by cancelling the connection task: a read costs no wait_for
+task. We run our own accept loop instead of asyncio.start_server: a MemoryError while
+start_server's loop wraps a new socket kills that loop and leaves the port bound but
+dead (seen on v1.29). Ours catches it, runs gc.collect() and keeps accepting. It waits
+on the socket via asyncio.core._io_queue as extmod/asyncio/stream.py does (pinned
+firmware; re-check on upgrades). Needs bytearray.find (v1.29).
+"""
+import asyncio
+import gc
+import json
+import os
+from time import ticks_ms, ticks_add, ticks_diff
+from micropython import const
+
+_FREE = const(0)
+_IDLE = const(1)  # between requests: evictable
+_HEAD = const(2)  # reading the request head: evictable, 408 on timeout
+_BUSY = const(3)  # body, handler, response
+_S_IFDIR = const(0x4000)
+_LINGER_BYTES = const(16384)
+_LONG = const(-1)  # _line(): longer than the limit
+_MORE = const(-2)  # _line(): no complete line buffered yet
+
+_WS = b" \t"
+_FRAMING = ("content-length", "transfer-encoding", "connection", "expect")  # always kept
+_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")
+_REASONS = {
+    200: "OK", 201: "Created", 204: "No Content", 304: "Not Modified",
+    400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
+    405: "Method Not Allowed", 406: "Not Acceptable", 408: "Request Timeout",
+    409: "Conflict", 411: "Length Required", 413: "Content Too Large",
+    414: "URI Too Long", 417: "Expectation Failed", 422: "Unprocessable Content",
+    431: "Request Header Fields Too Large", 500: "Internal Server Error",
+    501: "Not Implemented", 503: "Service Unavailable", 505: "HTTP Version Not Supported",
+}
+_TYPES = {
+    "html": "text/html; charset=utf-8", "htm": "text/html; charset=utf-8",
+    "js": "text/javascript; charset=utf-8", "mjs": "text/javascript; charset=utf-8",
+    "css": "text/css; charset=utf-8", "json": "application/json", "map": "application/json",
+    "txt": "text/plain; charset=utf-8", "svg": "image/svg+xml", "png": "image/png",
+    "jpg": "image/jpeg", "jpeg": "image/jpeg", "gif": "image/gif", "ico": "image/x-icon",
+    "webp": "image/webp", "woff": "font/woff", "woff2": "font/woff2",
+    "webmanifest": "application/manifest+json", "wasm": "application/wasm",
+}
+# Sent without allocating when things already went wrong (MemoryError, timeout).
+_R500 = b'HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/json\r\nContent-Length: 27\r\nConnection: close\r\n\r\n{"error": "internal error"}'
+_R408 = b'HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\nContent-Length: 28\r\nConnection: close\r\n\r\n{"error": "request timeout"}'
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+class HTTPError(Exception):
+    def __init__(self, status, msg=None):
+        self.status = status
+        self.msg = msg or _REASONS.get(status, "error").lower()
+
+
+def content_type(path):
+    return _TYPES.get(path.rpartition(".")[2].lower(), "application/octet-stream")
+
+
+def _hex(ch):
+    if 48 <= ch <= 57:
+        return ch - 48
+    ch |= 32
+    if 97 <= ch <= 102:
+        return ch - 87
+    raise ValueError("bad %-escape")
+
+
+def unquote(s, plus=False):
+    """Percent-decodes s (and '+' to space if plus); ValueError on a bad escape or UTF-8."""
+    if plus and "+" in s:
+        s = s.replace("+", " ")
+    if "%" not in s:
+        return s
+    b = s.encode()
+    out = bytearray()
+    i = 0
+    n = len(b)
+    while i < n:
+        ch = b[i]
+        if ch == 37:  # '%'
+            if i + 2 >= n:
+                raise ValueError("bad %-escape")
+            ch = _hex(b[i + 1]) * 16 + _hex(b[i + 2])
+            i += 2
+        out.append(ch)
+        i += 1
+    return str(out, "utf-8")
+
+
+class Response:
+    def __init__(self, body=b"", status=200, headers=None, ctype=None):
+        if body is None:
+            body = b""
+        elif isinstance(body, (dict, list)):
+            body = json.dumps(body)
+            ctype = ctype or "application/json"
+        if isinstance(body, str):
+            body = body.encode()
+            ctype = ctype or "text/plain; charset=utf-8"
+        self.status = status
+        self.headers = headers
+        self.body = body
+        self.size = len(body)
+        self.ctype = ctype or ("application/octet-stream" if body else None)
+        self.path = None  # set by file(): streamed from flash in chunks
+
+    @classmethod
+    def file(cls, path, ctype=None, headers=None, size=None):
+        r = cls(b"", 200, headers, ctype or content_type(path))
+        r.path = path
+        r.size = os.stat(path)[6] if size is None else size
+        return r
+
+
+class Request:
+    def __init__(self, srv, c, method, path, query, headers, params, length, limit, expect):
+        self._srv = srv
+        self._c = c
+        self._limit = limit
+        self._expect = expect  # "100 Continue" owed before the first body read
+        self._cookies = None
+        self.method = method
+        self.path = path
+        self.query = query
+        self.headers = headers
+        self.params = params
+        self.content_length = self.left = length
+        self.remote = c.peer
+
+    @property
+    def cookies(self):
+        if self._cookies is None:
+            d = {}
+            for part in self.headers.get("cookie", "").split(";"):
+                k, _, v = part.partition("=")
+                k = k.strip()
+                if k:
+                    d[k] = v.strip()
+            self._cookies = d
+        return self._cookies
+
+    async def read_into(self, buf):
+        """Reads up to len(buf) body bytes into buf; returns the count, 0 at the end."""
+        left = self.left
+        if left <= 0:
+            return 0
+        c = self._c
+        srv = self._srv
+        if self._expect:
+            self._expect = False
+            await srv._write(c, _CONTINUE)
+        n = min(len(buf), left)
+        k = min(c.hi - c.lo, n)
+        if k:  # bytes that arrived with the head come first
+            buf[:k] = c.mv[c.lo : c.lo + k]
+            c.lo += k
+        else:
+            mv = memoryview(buf)[:n]
+            srv._arm(c, srv.body_timeout_ms)
+            k = None
+            while k is None:
+                try:
+                    k = await c.stream.readinto(mv)
+                except OSError:
+                    c.broken = True
+                    raise
+            c.armed = False
+            if not k:  # peer closed before sending the announced body
+                c.broken = True
+                raise EOFError
+        self.left = left - k
+        return k
+
+    async def read(self, n):
+        n = min(n, self.left)
+        buf = bytearray(n)
+        mv = memoryview(buf)
+        got = 0
+        while got < n:
+            got += await self.read_into(mv[got:])
+        return buf
+
+    async def json(self, max_bytes=None):
+        if self.left > (max_bytes or self._limit):
+            raise HTTPError(413)
+        if not self.left:
+            raise HTTPError(400, "empty body")
+        try:
+            return json.loads(await self.read(self.left))
+        except ValueError:  # includes UnicodeError
+            raise HTTPError(400, "bad json")
+
+
+class _Conn:
+    """One connection slot: its line buffer is allocated once, at Server()."""
+
+    def __init__(self, size):
+        self.buf = bytearray(size)
+        self.mv = memoryview(self.buf)
+        self.task = self.stream = self.sock = self.peer = None
+        self.phase = _FREE
+        self.lo = self.hi = self.ls = 0  # unread bytes: buf[lo:hi]; last line at ls
+        self.since = self.deadline = 0
+        self.armed = self.killed = self.broken = self.sent = False
+
+
+def _readable(s):
+    # Same wait as extmod/asyncio/stream.py Server._serve: park the task until s polls in.
+    yield asyncio.core._io_queue.queue_read(s)
+
+
+def _stat(path):
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return None if st[0] & _S_IFDIR else st
+
+
+class Server:
+    max_conns = 6  # live connections (slots): a browser opens up to 6 per host
+    backlog = 16  # listen() queue: where clients wait while all slots are busy
+    buf_size = 1024  # per-connection line buffer; a header line must fit (else 431)
+    chunk_size = 2048  # shared scratch: coalesced response head + small body, file chunks
+    max_line = 512  # request line (414)
+    max_headers = 24  # header lines (431)
+    max_header_bytes = 2048  # all header lines together (431)
+    max_query = 32  # query parameters (400)
+    max_body = 4096  # default route body limit (413)
+    drain_max = 4096  # unread body a handler left that we skip to keep the connection
+    max_requests = 100  # per connection, then Connection: close
+    head_timeout_ms = 5000  # first byte to end of head (408)
+    idle_timeout_ms = 10000  # keep-alive wait for the next request
+    body_timeout_ms = 5000  # per body chunk read
+    write_timeout_ms = 10000  # per drain of a response write
+    evict_after_ms = 1000  # idle/head age before a new client may take the slot
+    linger_ms = 300  # discard input after an error answer so the client can read it
+    tick_ms = 100  # reaper period: deadline resolution
+    # Request headers decoded into req.headers (besides framing ones); None keeps all.
+    # Browsers send a dozen more (user-agent, sec-fetch-*...): skipping them saves heap.
+    keep_headers = ("host", "content-type", "cookie", "accept-encoding", "if-none-match",
+                    "authorization", "origin")
+    cache_control = "no-cache"  # static assets: always revalidate (cheap 304)
+    static_tag = ""  # mixed into static ETags, e.g. the firmware build id
+
+    def __init__(self, routes, static_root=None, log=None, **limits):
+        for k in limits:
+            if not hasattr(Server, k):
+                raise TypeError("unknown limit " + k)
+            setattr(self, k, limits[k])
+        self.static_root = static_root.rstrip("/") if static_root else None
+        self._log = log
+        self._routes = []
+        for r in routes:
+            pat = [(s[1:-1],) if s[:1] == "<" else s for s in r[1].split("/")]
+            self._routes.append((r[0], pat, r[2], r[3] if len(r) > 3 else self.max_body))
+        self._slots = [_Conn(self.buf_size) for _ in range(self.max_conns)]
+        self._free = list(self._slots)
+        self._scratch = memoryview(bytearray(self.chunk_size))
+        self._sock = self._tasks = None
+        self.requests = self.timeouts = self.evictions = self.errors = 0
+
+    @property
+    def live(self):
+        return len(self._slots) - len(self._free)
+
+    async def start(self, host="0.0.0.0", port=80):
+        import socket
+
+        ai = socket.getaddrinfo(host, port)[0]
+        s = socket.socket(ai[0], socket.SOCK_STREAM)
+        try:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(ai[-1])
+            s.listen(self.backlog)
+            s.setblocking(False)
+        except Exception:
+            s.close()
+            raise
+        self._sock = s
+        self._tasks = (asyncio.create_task(self._accept(s)), asyncio.create_task(self._reap()))
+
+    def close(self):
+        if self._tasks:
+            for t in self._tasks:
+                t.cancel()
+            self._tasks = None
+        for c in self._slots:
+            if c.task is not None:
+                c.killed = True
+                c.task.cancel()
+        if self._sock:
+            self._sock.close()
+            self._sock = None
+
+    def _note(self, msg, exc=None):
+        if self._log:
+            self._log(msg, exc)
+
+    # -- connections: accept, slots, deadlines -------------------------------------
+    async def _accept(self, ls):
+        while True:
+            s = c = None
+            try:
+                await _readable(ls)
+                if not self._free:  # at the cap: the client waits in the backlog
+                    self._evict()
+                    await asyncio.sleep_ms(10)
+                    continue
+                s, c_peer = ls.accept()
+                s.setblocking(False)
+                c = self._free.pop()
+                c.sock = s
+                c.peer = c_peer
+                c.stream = asyncio.StreamReader(s)
+                c.phase = _IDLE
+                c.since = ticks_ms()
+                c.task = asyncio.create_task(self._serve(c))
+            except Exception as e:  # EAGAIN, EMFILE, ECONNABORTED, MemoryError
+                if c is not None and c.task is None:
+                    self._release(c)
+                if s is not None and (c is None or c.task is None):
+                    s.close()
+                if isinstance(e, MemoryError):
+                    gc.collect()
+                    self.errors += 1
+                    self._note("httpd: MemoryError in accept", e)
+                await asyncio.sleep_ms(10)
+
+    def _release(self, c):
+        c.task = c.stream = c.sock = c.peer = None
+        c.phase = _FREE
+        c.lo = c.hi = 0
+        c.armed = c.killed = c.broken = False
+        self._free.append(c)
+
+    def _evict(self):
+        """Cancels the connection longest idle or in its head, if over evict_after_ms."""
+        now = ticks_ms()
+        old = None
+        age = self.evict_after_ms
+        for c in self._slots:
+            if c.killed:
+                return  # one is already going: its slot frees on its next step
+            if c.phase == _IDLE or c.phase == _HEAD:
+                a = ticks_diff(now, c.since)
+                if a >= age:
+                    old = c
+                    age = a
+        if old is not None and old.task is not None:
+            old.killed = True
+            old.task.cancel()
+            self.evictions += 1
+
+    def _arm(self, c, ms):
+        c.deadline = ticks_add(ticks_ms(), ms)
+        c.armed = True
+
+    async def _reap(self):
+        while True:
+            await asyncio.sleep_ms(self.tick_ms)
+            now = ticks_ms()
+            for c in self._slots:
+                if c.armed and c.task is not None and ticks_diff(now, c.deadline) >= 0:
+                    c.armed = False
+                    c.killed = True
+                    self.timeouts += 1
+                    c.task.cancel()
+
+    async def _serve(self, c):
+        try:
+            n = 0
+            while await self._request(c, n):
+                n += 1
+        except asyncio.CancelledError:
+            if not c.killed:
+                raise
+            if c.phase == _HEAD:
+                self._try_write(c, _R408)
+        except Exception as e:
+            if isinstance(e, MemoryError):
+                gc.collect()
+            if not (c.broken or isinstance(e, (OSError, EOFError))):
+                self.errors += 1
+                self._note("httpd: connection failed", e)
+            if not (c.sent or c.broken):
+                self._try_write(c, _R500)
+        finally:
+            try:
+                c.sock.close()
+            except Exception:
+                pass
+            self._release(c)
+
+    def _try_write(self, c, data):
+        try:
+            c.stream.write(data)  # best effort: whatever the socket takes now
+        except Exception:
+            pass
+
+    # -- reading: a bounded line reader over the slot buffer ----------------------
+    async def _fill(self, c):
+        if c.lo == c.hi:
+            c.lo = c.hi = 0
+        elif c.hi == len(c.buf):  # a partial line at the end: move it to the front
+            k = c.hi - c.lo
+            c.buf[:k] = bytes(c.mv[c.lo : c.hi])
+            c.lo = 0
+            c.hi = k
+        k = None
+        while k is None:
+            try:
+                k = await c.stream.readinto(c.mv[c.hi :])
+            except OSError:
+                c.broken = True
+                raise
+        if not k:
+            c.broken = True
+            raise EOFError
+        c.hi += k
+
+    def _line(self, c, limit):
+        """Next buffered line at buf[ls:ls+k] without CRLF: k, _LONG, or _MORE (fill first).
+
+        Plain function, not a coroutine: a head that arrived whole costs no allocation here.
+        """
+        i = c.buf.find(b"\n", c.lo, c.hi)
+        if i < 0:  # no newline yet: stop reading once it is already too long
+            return _LONG if c.hi - c.lo > limit else _MORE
+        s = c.lo
+        c.lo = i + 1
+        if i > s and c.buf[i - 1] == 13:
+            i -= 1
+        c.ls = s
+        return i - s if i - s <= limit else _LONG
+
+    # -- one request ---------------------------------------------------------------
+    async def _request(self, c, n):
+        """Reads and answers request number n of the connection; False closes it."""
+        c.sent = False
+        c.phase = _IDLE
+        c.since = ticks_ms()
+        self._arm(c, self.idle_timeout_ms if n else self.head_timeout_ms)
+        if c.lo == c.hi:
+            try:
+                await self._fill(c)
+            except EOFError:
+                return False  # closed between requests: normal
+        c.phase = _HEAD
+        c.since = ticks_ms()
+        self._arm(c, self.head_timeout_ms)
+        try:
+            method, target, ver, hdrs = await self._head(c)
+            c.phase = _BUSY
+            c.armed = False
+            if "transfer-encoding" in hdrs:  # bodies are framed by Content-Length only
+                raise HTTPError(411 if "chunked" in hdrs["transfer-encoding"] else 501)
+            cl = hdrs.get("content-length", "0")
+            if not cl.isdigit() or len(cl) > 10:
+                raise ValueError("bad Content-Length")
+            length = int(cl)
+            expect = hdrs.get("expect")
+            if expect is not None:
+                if expect.lower() != "100-continue":
+                    raise HTTPError(417)
+                expect = length > 0
+            path, segs, query = self._target(target)
+            params = {}
+            route = self._match(method, segs, params)
+            limit = route[3] if isinstance(route, tuple) else self.max_body
+            if isinstance(route, tuple) and length > limit:
+                raise HTTPError(413)  # before reading any of it
+        except HTTPError as e:
+            return await self._fail(c, e.status)
+        except ValueError:  # includes UnicodeError
+            return await self._fail(c, 400)
+
+        keep = ver == "HTTP/1.1"
+        conn = hdrs.get("connection", "").lower()
+        if "close" in conn:
+            keep = False
+        elif "keep-alive" in conn:
+            keep = True
+        if n + 1 >= self.max_requests:
+            keep = False
+        req = Request(self, c, method, path, query, hdrs, params, length, limit, expect)
+        self.requests += 1
+        try:
+            if isinstance(route, tuple):
+                res = await route[2](req)
+            elif route is not None:
+                res = Response({"error": "method not allowed"}, 405, {"Allow": route})
+            elif self.static_root and (method == "GET" or method == "HEAD"):
+                res = self._static(req, segs)
+            else:
+                res = Response({"error": "not found"}, 404)
+            if not isinstance(res, Response):
+                res = Response(res, 200 if res is not None else 204)
+        except HTTPError as e:
+            res = Response({"error": e.msg}, e.status)
+        except Exception as e:
+            if c.broken:
+                raise
+            if isinstance(e, MemoryError):
+                gc.collect()
+            self.errors += 1
+            self._note("httpd: %s %s failed" % (method, path), e)
+            res = Response({"error": "internal error"}, 500)
+            keep = False
+        if req.left and (req._expect or req.left > self.drain_max):
+            keep = False  # body not read: closing is cheaper than reading it
+        await self._send(c, res, keep, method == "HEAD", ver == "HTTP/1.0")
+        while keep and req.left:
+            await req.read_into(self._scratch)
+        return keep
+
+    async def _head(self, c):
+        """Request line and header fields -> (method, target, version, headers).
+
+        Raises HTTPError for 414/431/501/505 and ValueError for anything malformed.
+        """
+        empty = 0  # RFC 9112 2.2: tolerate one empty line before the request line
+        while True:
+            k = self._line(c, self.max_line)
+            if k == _MORE:
+                await self._fill(c)
+            elif k or empty:
+                break
+            else:
+                empty = 1
+        if k < 0:
+            raise HTTPError(414)
+        parts = str(c.mv[c.ls : c.ls + k], "utf-8").split(" ")
+        if len(parts) != 3:
+            raise ValueError("bad request line")
+        method, target, ver = parts
+        if ver != "HTTP/1.1" and ver != "HTTP/1.0":
+            if ver.startswith("HTTP/"):
+                raise HTTPError(505)
+            raise ValueError("bad version")
+        if method not in _METHODS:
+            raise HTTPError(501)
+        if target[:1] != "/":
+            raise ValueError("not origin-form")
+        hdrs = {}
+        keep = self.keep_headers
+        count = total = 0
+        while True:
+            k = self._line(c, self.buf_size - 2)
+            if k == _MORE:
+                await self._fill(c)
+                continue
+            if k == 0:
+                return method, target, ver, hdrs
+            count += 1
+            total += k
+            if k < 0 or count > self.max_headers or total > self.max_header_bytes:
+                raise HTTPError(431)
+            s = c.ls
+            i = c.buf.find(b":", s, s + k)
+            if i <= s or c.buf[s] in _WS or c.buf[i - 1] in _WS:  # no name, obs-fold, "Name :"
+                raise ValueError("bad header")
+            name = str(c.mv[s:i], "utf-8").lower()
+            if name in _FRAMING or keep is None or name in keep:  # others: never decoded
+                v = str(c.mv[i + 1 : s + k], "utf-8").strip()
+                hdrs[name] = hdrs[name] + ", " + v if name in hdrs else v
+
+    def _target(self, target):
+        """-> (path, decoded segments, query dict); ValueError on traversal or bad escapes."""
+        path, _, qs = target.partition("?")
+        segs = path.split("/")
+        last = len(segs) - 1
+        for i in range(1, last + 1):
+            s = segs[i]
+            if "%" in s:
+                s = segs[i] = unquote(s)
+            if not s:
+                if i < last:
+                    raise ValueError("empty segment")  # '//'
+            elif s[0] == "." or "/" in s or "\\" in s or "\x00" in s:
+                raise ValueError("bad segment")  # traversal or hidden file
+        return path, segs, self._query(qs) if qs else {}
+
+    def _query(self, qs):
+        q = {}
+        for part in qs.split("&"):
+            if part:
+                if len(q) >= self.max_query:
+                    raise ValueError("too many query parameters")
+                k, _, v = part.partition("=")
+                q[unquote(k, True)] = unquote(v, True)
+        return q
+
+    def _match(self, method, segs, params):
+        """The matching route tuple (params filled), else the Allow string, else None."""
+        allow = None
+        for r in self._routes:
+            pat = r[1]
+            if len(pat) != len(segs):
+                continue
+            for i in range(1, len(pat)):
+                p = pat[i]
+                if (not segs[i]) if isinstance(p, tuple) else (p != segs[i]):
+                    break
+            else:
+                if r[0] == method or (method == "HEAD" and r[0] == "GET"):
+                    for i in range(1, len(pat)):
+                        if isinstance(pat[i], tuple):
+                            params[pat[i][0]] = segs[i]
+                    return r
+                allow = r[0] if allow is None else allow + ", " + r[0]
+        return allow
+
+    def _static(self, req, segs):
+        # segs were percent-decoded and checked by _request: no '..', '.x', '\', NUL, '//'.
+        p = self.static_root + "/".join(segs)
+        if not segs[-1]:
+            p += "index.html"
+        gz = "gzip" in req.headers.get("accept-encoding", "")
+        st = _stat(p + ".gz") if gz else None
+        if st is None:
+            gz = False
+            st = _stat(p)
+            if st is None:
+                if _stat(p + ".gz"):
+                    raise HTTPError(406, "gzip required")
+                raise HTTPError(404)
+        etag = '"%s%x-%x%s"' % (self.static_tag, st[6], st[8], "-gz" if gz else "")
+        hdrs = [("ETag", etag), ("Cache-Control", self.cache_control), ("Vary", "Accept-Encoding")]
+        inm = req.headers.get("if-none-match")
+        if inm and (inm == "*" or etag in inm):
+            return Response(None, 304, hdrs)
+        if gz:
+            hdrs.append(("Content-Encoding", "gzip"))
+        return Response.file(p + ".gz" if gz else p, content_type(p), hdrs, st[6])
+
+    async def _fail(self, c, status):
+        """Answers an error that leaves the request framing unknown, then closes."""
+        c.phase = _BUSY
+        c.armed = False
+        await self._send(c, Response({"error": _REASONS[status].lower()}, status), False, False, False)
+        self._arm(c, self.linger_ms)
+        got = 0
+        try:
+            while got < _LINGER_BYTES:
+                k = await c.stream.readinto(self._scratch)
+                if k == 0:
+                    break
+                got += k or 0
+        except OSError:
+            pass
+        return False
+
+    # -- writing -------------------------------------------------------------------
+    async def _write(self, c, data):
+        self._arm(c, self.write_timeout_ms)
+        try:
+            c.stream.write(data)
+            await c.stream.drain()
+        except OSError:
+            c.broken = True
+            raise
+        c.armed = False
+
+    async def _send(self, c, res, keep, head_only, v10):
+        st = res.status
+        h = ["HTTP/1.1 %d %s\r\n" % (st, _REASONS.get(st, "Status"))]
+        if st != 204 and st != 304:
+            h.append("Content-Length: %d\r\n" % res.size)
+            if res.ctype:
+                h.append("Content-Type: %s\r\n" % res.ctype)
+        hd = res.headers
+        if hd:
+            for k, v in hd.items() if isinstance(hd, dict) else hd:
+                h.append("%s: %s\r\n" % (k, v))
+        if not keep:
+            h.append("Connection: close\r\n")
+        elif v10:
+            h.append("Connection: keep-alive\r\n")
+        h.append("\r\n")
+        head = "".join(h).encode()
+        c.sent = True
+        s = self._scratch
+        m = len(head)
+        bare = head_only or st == 204 or st == 304
+        body = b"" if bare else res.body
+        if res.path and not bare:
+            await self._send_file(c, head, res)
+        elif m + len(body) <= len(s):  # one write: no Nagle stall between head and body
+            s[:m] = head
+            s[m : m + len(body)] = body
+            await self._write(c, s[: m + len(body)])
+        else:
+            await self._write(c, head)
+            await self._write(c, body)
+
+    async def _send_file(self, c, head, res):
+        # The scratch buffer is shared: write() sends or copies it before drain yields.
+        s = self._scratch
+        m = len(head)
+        s[:m] = head
+        left = res.size
+        with open(res.path, "rb") as f:
+            while True:
+                want = min(len(s) - m, left)
+                k = f.readinto(s[m : m + want]) if want else 0
+                if want and not k:
+                    raise OSError(5)  # file shrank: Content-Length would lie
+                left -= k
+                await self._write(c, s[: m + k])
+                m = 0
+                if not left:
+                    break

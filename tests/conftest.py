@@ -1,0 +1,60 @@
+"""Fixtures that run the firmware for a test (see harness.py).
+
+    def test_plug_in(charger):                 # one charger, ready, stopped afterwards
+        charger.sim("ev", state="B")
+
+    def test_two_on_one_bus(start_charger):    # several, or with settings / env / a build
+        bus = {"EVSE_CAN_PORT": free_port(socket.SOCK_DGRAM)}
+        a = start_charger(settings={"can_addr": 1}, env=bus)
+        b = start_charger(settings={"can_addr": 2}, env=bus)
+
+When a test fails, the report ends with the tail of each charger's log.
+"""
+
+import pytest
+import os
+
+from harness import Charger, kill_leftovers
+
+DEFAULT_HEAP = os.environ.get("EVSE_TEST_HEAP", "128k")
+
+
+@pytest.fixture
+def start_charger(request, tmp_path):
+    """Factory: start_charger(settings=None, env=None, heap="128k", board_dir=None,
+    name=None) starts one more charger, ready, in its own directory under tmp_path."""
+    chargers = []
+    request.node.chargers = chargers
+
+    def start(settings=None, env=None, heap=None, board_dir=None, name=None):
+        name = name or f"charger{len(chargers) + 1}"
+        c = Charger(tmp_path / name, settings=settings, env=env, heap=heap or DEFAULT_HEAP,
+                    board_dir=board_dir, name=name)
+        chargers.append(c)
+        c.start()
+        return c
+
+    yield start
+    for c in chargers:
+        c.stop()
+
+
+@pytest.fixture
+def charger(start_charger):
+    """One charger with default settings, ready."""
+    return start_charger()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if report.failed:
+        for c in getattr(item, "chargers", ()):
+            report.sections.append((f"{c.name} log, last lines ({c.log_path})", c.log_tail()))
+    return report
+
+
+def pytest_sessionfinish(session, exitstatus):
+    left = kill_leftovers()
+    if left:
+        print(f"\nkilled {left} firmware process(es) left running", flush=True)

@@ -1,0 +1,301 @@
+"""Start firmware processes on the MicroPython unix port and talk to them.
+
+    c = Charger(workdir, settings={"max_current_a": 16})
+    c.start()                        # returns once the simulator socket answers
+    c.sim("ev", state="B")           # one request on the simulator socket -> reply dict
+    c.wait_for(lambda s: s["cp_state"] == "B")
+    status, headers, body = c.http("GET", "/api/status")
+    c.kill(); c.start()              # power cut, then power back
+    c.stop()
+
+Each charger gets its own data directory, log file and free ports on 127.0.0.1 (HTTP and
+simulator over TCP, the CAN bus over UDP) unless `env` names them: give several chargers
+the same EVSE_CAN_PORT to put them on one bus. Nothing here sleeps to synchronise: every
+wait polls for a condition and has a deadline.
+"""
+
+import atexit
+import http.client
+import http.cookies
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+ROOT = Path(__file__).resolve().parent.parent
+READY_TIMEOUT = 20.0
+REQUEST_TIMEOUT = 10.0
+STOP_TIMEOUT = 5.0
+POLL_INTERVAL = 0.02
+
+_running = set()  # every process started here, until it has been reaped
+_ports_given = set()
+_json_dumps = json.dumps  # Charger.http's `json` argument shadows the module
+_json_loads = json.loads
+
+
+def micropython():
+    """The `micropython` of the environment running this code (the project's .venv)."""
+    beside = Path(sys.executable).with_name("micropython")
+    if beside.exists():
+        return str(beside)
+    venv = ROOT / ".venv" / "bin" / "micropython"
+    return str(venv) if venv.exists() else "micropython"
+
+
+def free_port(kind=socket.SOCK_STREAM):
+    """A port on 127.0.0.1 that is free right now (TCP by default, or SOCK_DGRAM) and
+    that this process has not handed out before."""
+    while True:
+        with socket.socket(socket.AF_INET, kind) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _ports_given:
+            _ports_given.add(port)
+            return port
+
+
+def kill_leftovers():
+    """SIGKILLs every process still running; returns how many there were."""
+    left = [p for p in _running if p.poll() is None]
+    for p in left:
+        p.kill()
+        p.wait()
+    _running.clear()
+    return len(left)
+
+
+atexit.register(kill_leftovers)
+
+
+class SimError(AssertionError):
+    """The simulator socket answered {"ok": false, "error": ...}."""
+
+
+class NotReady(RuntimeError):
+    """The firmware exited or did not answer before the deadline."""
+
+
+class Response(NamedTuple):
+    status: int
+    headers: http.client.HTTPMessage
+    body: object  # decoded JSON when the response says it is JSON, else bytes
+
+
+class Charger:
+    def __init__(self, workdir, *, settings=None, env=None, heap=os.environ.get("EVSE_TEST_HEAP", "128k"), board_dir=None,
+                 name="charger"):
+        """`board_dir` runs `<board_dir>/main.py` (a tree from tools/build.py) instead of
+        firmware/main.py; `settings` pre-seeds settings.json before the first boot."""
+        self.name = name
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        env = dict(env or {})
+        self.env = {
+            "EVSE_DATA_DIR": str(self.workdir / "data"),
+            "EVSE_HTTP_HOST": "127.0.0.1",
+            "EVSE_HTTP_PORT": str(free_port()),
+            "EVSE_SIM_PORT": str(free_port()),
+            "EVSE_CAN_PORT": str(free_port(socket.SOCK_DGRAM)),
+            **{k: str(v) for k, v in env.items()},
+        }
+        self.data_dir = Path(self.env["EVSE_DATA_DIR"])
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if settings is not None:
+            (self.data_dir / "settings.json").write_text(json.dumps(settings))
+        self.http_port = int(self.env["EVSE_HTTP_PORT"])
+        self.sim_port = int(self.env["EVSE_SIM_PORT"])
+        self.can_port = int(self.env["EVSE_CAN_PORT"])
+        entry_dir = Path(board_dir) if board_dir else ROOT / "firmware"
+        self.cmd = [micropython(), "-X", f"heapsize={heap}", str(entry_dir.resolve() / "main.py")]
+        self.log_path = self.workdir / f"{name}.log"
+        self.cookies = {}
+        self.proc = None
+        self._sock = None
+        self._reader = None
+
+    def __repr__(self):
+        return f"<Charger {self.name} http={self.http_port} sim={self.sim_port}>"
+
+    # -- process ---------------------------------------------------------------------------
+
+    @property
+    def running(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def launch(self):
+        """Starts the process and returns at once (see start())."""
+        if self.running:
+            raise RuntimeError(f"{self.name} is already running")
+        self._disconnect()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("EVSE_")}
+        env.update(self.env)
+        with open(self.log_path, "ab") as log:
+            log.write(f"--- {' '.join(self.cmd)}\n".encode())
+            log.flush()
+            self.proc = subprocess.Popen(
+                self.cmd, env=env, cwd=self.workdir, stdin=subprocess.DEVNULL,
+                stdout=log, stderr=subprocess.STDOUT,
+            )
+        _running.add(self.proc)
+        return self.proc
+
+    def start(self, timeout=READY_TIMEOUT):
+        """Starts the process and waits until it is ready; returns the first snapshot."""
+        self.launch()
+        return self.wait_ready(timeout)
+
+    def wait_ready(self, timeout=READY_TIMEOUT):
+        """Polls the simulator socket with `snapshot` until a reply says ok."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise NotReady(f"{self.name} exited with status {self.proc.returncode} before "
+                               f"it was ready; its log ends:\n{self.log_tail()}")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise NotReady(f"{self.name} not ready within {timeout:g} s; its log ends:\n"
+                               f"{self.log_tail()}")
+            reply = self.try_snapshot(timeout=max(0.2, remaining))
+            if reply is not None:
+                return reply
+            time.sleep(POLL_INTERVAL)
+
+    def try_snapshot(self, timeout=1.0):
+        """The snapshot reply, or None while the simulator socket does not answer ok."""
+        try:
+            reply = self.request({"op": "snapshot"}, timeout=timeout)
+        except (OSError, ValueError):
+            return None
+        return reply if reply.get("ok") else None
+
+    def stop(self, timeout=STOP_TIMEOUT):
+        """SIGTERM, then SIGKILL after `timeout`; returns the exit status (None if never run)."""
+        self._disconnect()
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        _running.discard(self.proc)
+        return self.proc.returncode
+
+    def kill(self):
+        """Power cut: SIGKILL, no chance to clean up. Returns the exit status."""
+        self._disconnect()
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        return self.stop()
+
+    def restart(self, timeout=READY_TIMEOUT):
+        """Stops it if running, then starts it again on the same data dir and ports."""
+        self.stop()
+        return self.start(timeout)
+
+    def wait_exit(self, timeout=REQUEST_TIMEOUT):
+        """Waits for the process to end by itself (a reset, say); returns its exit status."""
+        status = self.proc.wait(timeout=timeout)
+        _running.discard(self.proc)
+        self._disconnect()
+        return status
+
+    def log_tail(self, lines=60):
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+    # -- simulator socket ------------------------------------------------------------------
+
+    def _connect(self, timeout):
+        if self._sock is None:
+            self._sock = socket.create_connection(("127.0.0.1", self.sim_port), timeout=timeout)
+            self._reader = self._sock.makefile("rb")
+
+    def _disconnect(self):
+        if self._sock is not None:
+            self._reader.close()
+            self._sock.close()
+            self._sock = self._reader = None
+
+    def request(self, obj, timeout=REQUEST_TIMEOUT):
+        """Sends one request object and returns the reply object, whatever it says."""
+        try:
+            self._connect(timeout)
+            self._sock.settimeout(timeout)
+            self._sock.sendall(json.dumps(obj).encode() + b"\n")
+            line = self._reader.readline()
+            if not line:
+                raise ConnectionError("simulator socket closed")
+            return json.loads(line)
+        except BaseException:
+            self._disconnect()  # a late reply must not answer the next request
+            raise
+
+    def sim(self, op, **fields):
+        """One simulator operation; returns the reply, raises SimError unless it is ok."""
+        reply = self.request({"op": op, **fields})
+        if not reply.get("ok"):
+            raise SimError(f"{op} {fields}: {reply.get('error', reply)}")
+        return reply
+
+    def snapshot(self):
+        return self.sim("snapshot")
+
+    def events(self, since=0):
+        """The actuator changes after `since` (a t_us), oldest first."""
+        return self.sim("events", since=since)["events"]
+
+    def wait_for(self, predicate, timeout=10.0):
+        """Polls snapshots until predicate(snapshot) is true; returns that snapshot."""
+        deadline = time.monotonic() + timeout
+        while True:
+            snap = self.snapshot()
+            if predicate(snap):
+                return snap
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{self.name}: condition not met within {timeout:g} s; "
+                                     f"last snapshot: {snap}")
+            time.sleep(POLL_INTERVAL)
+
+    # -- HTTP ------------------------------------------------------------------------------
+
+    def http(self, method, path, json=None, headers=None, body=None, timeout=REQUEST_TIMEOUT):
+        """One request to the web server; keeps the cookies it sets (a login session)."""
+        headers = dict(headers or {})
+        if json is not None:
+            body = _json_dumps(json).encode()
+            headers.setdefault("Content-Type", "application/json")
+        if self.cookies:
+            headers.setdefault("Cookie", "; ".join(f"{k}={v}" for k, v in self.cookies.items()))
+        conn = http.client.HTTPConnection("127.0.0.1", self.http_port, timeout=timeout)
+        try:
+            conn.request(method, path, body=body, headers=headers)
+            resp = conn.getresponse()
+            data = resp.read()
+        finally:
+            conn.close()
+        self._keep_cookies(resp.headers)
+        if "json" in (resp.headers.get("Content-Type") or "") and data:
+            return Response(resp.status, resp.headers, _json_loads(data))
+        return Response(resp.status, resp.headers, data)
+
+    def _keep_cookies(self, headers):
+        for value in headers.get_all("Set-Cookie") or ():
+            jar = http.cookies.SimpleCookie()
+            jar.load(value)
+            for name, morsel in jar.items():
+                if morsel.value == "" or morsel["max-age"] == "0":
+                    self.cookies.pop(name, None)
+                else:
+                    self.cookies[name] = morsel.value

@@ -1,0 +1,186 @@
+"""Charging scenarios on the simulated charger (IEC 61851-1 Annex A, manual §9).
+
+Timings are measured on the firmware's own clock: the t_us of the simulator's events.
+"""
+
+import pytest
+
+FREE = {"auth_mode": "free"}
+
+
+def first_event(events, what, value=None, after=0):
+    for e in events:
+        if e["what"] == what and e["t_us"] > after and (value is None or e["value"] == value):
+            return e
+    return None
+
+
+def charge(c, max_a=32):
+    """Plug in (free mode), request energy, return the snapshot once charging."""
+    c.sim("ev", state="B", diode=True, max_a=max_a)
+    c.wait_for(lambda s: s["session"]["active"] and s["pwm_duty_pct"])
+    c.sim("ev", state="C", diode=True, max_a=max_a)
+    return c.wait_for(lambda s: s["relays_closed"], timeout=5)
+
+
+def login(c):
+    r = c.http("POST", "/api/login", json={"password": "123456"})
+    assert r.status == 200, r
+
+
+def test_free_mode_plug_charge_unplug_records_session(start_charger):
+    c = start_charger(settings=FREE)
+    snap = c.snapshot()
+    assert snap["cp_state"] == "A" and snap["state"] == "Available"
+    assert snap["led_belt"]["colour"] == "white"  # power-on self-test
+    c.wait_for(lambda s: s["led_belt"] == {"colour": "green", "pattern": "slow"})
+    c.sim("ev", state="B", diode=True, max_a=16)
+    snap = c.wait_for(lambda s: s["session"]["active"])
+    assert snap["session"]["start_mode"] == "Free"
+    snap = c.wait_for(lambda s: s["pwm_duty_pct"] == 53.3 and s["lock"] == "locked")
+    c.sim("ev", state="C", diode=True, max_a=16)
+    snap = c.wait_for(lambda s: s["relays_closed"] and s["state"] == "Charging", timeout=5)
+    assert snap["leds"]["charging"]["colour"] == "white"
+    c.wait_for(lambda s: s["session"]["energy_kwh"] > 0, timeout=15)
+    status = c.http("GET", "/api/status").body
+    assert status["state"] == "Charging" and max(status["output_a"]) == pytest.approx(16, abs=0.5)
+    c.sim("ev", state="A")
+    snap = c.wait_for(lambda s: not s["relays_closed"] and s["lock"] == "unlocked")
+    assert snap["state"] == "Available" and not snap["session"]["active"]
+    hist = c.http("GET", "/api/history").body["sessions"]
+    assert len(hist) == 1
+    assert hist[0]["start_mode"] == "Free" and hist[0]["stop_mode"] == "Unplug"
+    assert hist[0]["energy_kwh"] > 0
+
+
+def test_rfid_mode_does_not_charge_without_authorization(charger):
+    charger.sim("ev", state="C", diode=True, max_a=16)
+    snap = charger.wait_for(lambda s: s["cp_state"] == "C")
+    assert snap["state"] == "Preparing" and snap["pwm_duty_pct"] is None
+    assert snap["tap_light"] is True  # AREA3 lights when a vehicle is connected
+    events = charger.events(0)
+    assert first_event(events, "relays", True) is None
+
+
+def test_close_within_3s_of_c2_and_open_within_100ms_of_b(start_charger):
+    """Annex A seq. 4 (B2->C2: close <= 3 s) and seq. 8.1 (C->B: open <= 100 ms)."""
+    c = start_charger(settings=FREE)
+    c.sim("ev", state="B", diode=True, max_a=32)
+    c.wait_for(lambda s: s["pwm_duty_pct"])
+    t_c = c.sim("ev", state="C", diode=True, max_a=32)["t_us"]
+    c.wait_for(lambda s: s["relays_closed"], timeout=5)
+    closed = first_event(c.events(t_c), "relays", True)
+    assert closed and closed["t_us"] - t_c <= 3_000_000
+    for _ in range(3):  # pause and resume a few times, each measured
+        t_b = c.sim("ev", state="B", diode=True, max_a=32)["t_us"]
+        snap = c.wait_for(lambda s: not s["relays_closed"])
+        opened = first_event(c.events(t_b), "relays", False)
+        assert opened["t_us"] - t_b <= 100_000, opened["t_us"] - t_b
+        assert snap["state"] == "SuspendedEV" and snap["pwm_duty_pct"] == 53.3
+        c.sim("ev", state="C", diode=True, max_a=32)
+        c.wait_for(lambda s: s["relays_closed"], timeout=5)
+
+
+def test_pwm_stop_with_ev_in_c_forces_open_after_6s(start_charger):
+    """Annex A seq. 10.2: the EVSE stops the PWM, the EV stays in C -> open after 6 s."""
+    c = start_charger(settings={"auth_mode": "rfid"})
+    login(c)
+    c.sim("ev", state="B", diode=True, max_a=32)
+    c.wait_for(lambda s: s["cp_state"] == "B")
+    r = c.http("POST", "/api/session/start", json={})
+    assert r.status == 200, r
+    c.wait_for(lambda s: s["pwm_duty_pct"])
+    c.sim("ev", state="C", diode=True, max_a=32)
+    c.wait_for(lambda s: s["relays_closed"], timeout=5)
+    t0 = c.snapshot()["t_us"]
+    assert c.http("POST", "/api/session/stop", json={}).status == 200
+    c.wait_for(lambda s: not s["relays_closed"], timeout=10)
+    ev = c.events(t0)
+    pwm_off = first_event(ev, "pwm_duty_pct", None)
+    opened = first_event(ev, "relays", False)
+    dt = opened["t_us"] - pwm_off["t_us"]
+    assert 6_000_000 <= dt <= 6_500_000, dt
+    hist = c.http("GET", "/api/history").body["sessions"]
+    assert hist[0]["start_mode"] == "App" and hist[0]["stop_mode"] == "App"
+
+
+@pytest.mark.parametrize("pp_ohms, amps", [(100, 32.0), (220, 32.0), (680, 20.0), (1500, 13.0)])
+def test_case_b_pp_caps_the_offer(start_charger, pp_ohms, amps):
+    c = start_charger(settings=FREE)
+    c.sim("cable", pp_ohms=pp_ohms)
+    c.sim("ev", state="B", diode=True, max_a=32)
+    snap = c.wait_for(lambda s: s["pwm_duty_pct"])
+    assert snap["offered_a"] == amps
+    if amps < 32:
+        assert snap["limit_binding"] == "cable"
+
+
+@pytest.mark.parametrize("pp_ohms", [None, 50, 3000])
+def test_case_b_bad_pp_is_err_pp_and_clears_on_unplug(start_charger, pp_ohms):
+    c = start_charger(settings=FREE)
+    c.sim("cable", pp_ohms=pp_ohms)
+    c.sim("ev", state="B", diode=True, max_a=32)
+    snap = c.wait_for(lambda s: "PP" in s["errors"])
+    assert snap["display"] == "ERR PP" and not snap["relays_closed"]
+    c.sim("ev", state="A")
+    c.wait_for(lambda s: not s["errors"], timeout=5)
+
+
+def test_case_c_uses_the_configured_cable_and_no_lock(start_charger):
+    c = start_charger(settings={**FREE, "charging_mode": "C", "cable_max_a": 16})
+    c.sim("cable", pp_ohms=None)  # no PP on a tethered cable
+    snap = charge(c)
+    assert snap["lock"] == "none" and snap["offered_a"] == 16.0
+    assert snap["limit_binding"] == "cable"
+
+
+def test_state_d_charges_only_with_ventilation(start_charger):
+    c = start_charger(settings=FREE)
+    c.sim("ev", state="B", diode=True, max_a=32)
+    c.wait_for(lambda s: s["pwm_duty_pct"])
+    c.sim("ev", state="D", diode=True, max_a=32)
+    snap = c.wait_for(lambda s: "CP" in s["errors"])
+    assert not snap["relays_closed"]
+    c.stop()
+    v = start_charger(settings={**FREE, "ventilation": True})
+    v.sim("ev", state="B", diode=True, max_a=32)
+    v.wait_for(lambda s: s["pwm_duty_pct"])
+    v.sim("ev", state="D", diode=True, max_a=32)
+    snap = v.wait_for(lambda s: s["relays_closed"], timeout=5)
+    assert snap["state"] == "Charging" and not snap["errors"]
+
+
+def test_limits_bind_in_turn(start_charger):
+    """Configured max, cable, then thermal derating each bind; the duty follows."""
+    c = start_charger(settings={**FREE, "max_current_a": 25})
+    snap = charge(c)
+    assert snap["offered_a"] == 25.0 and snap["limit_binding"] == "max_current"
+    assert snap["pwm_duty_pct"] == 41.6
+    c.sim("temp", relay_c=80.0)  # derating: 32 A at 70 °C down to 6 A at 85 °C
+    snap = c.wait_for(lambda s: s["limit_binding"] == "thermal")
+    assert snap["offered_a"] == pytest.approx(14.6, abs=0.1)
+    c.sim("temp", relay_c=25.0)
+    c.wait_for(lambda s: s["limit_binding"] == "max_current" and s["offered_a"] == 25.0,
+               timeout=10)
+
+
+def test_button_long_press_toggles_wifi_mode_with_1s_beep(charger):
+    t0 = charger.snapshot()["t_us"]
+    charger.sim("button", ms=1000)
+    charger.wait_for(lambda s: s["t_us"] > t0 + 1_500_000)
+    assert charger.snapshot()["wifi_mode"] == "ap"
+    charger.sim("button", ms=3500)
+    snap = charger.wait_for(lambda s: s["wifi_mode"] == "client", timeout=6)
+    assert snap["leds"]["wifi"]["colour"] == "green"
+    beeps = [e for e in charger.events(t0) if e["what"] == "buzzer"]
+    assert [b["value"] for b in beeps] == [1000]
+
+
+def test_display_rotates_voltage_current_frequency_energy_minutes(start_charger):
+    c = start_charger(settings=FREE)
+    charge(c, max_a=16)
+    t0 = c.snapshot()["t_us"]
+    c.wait_for(lambda s: s["t_us"] > t0 + 16_000_000, timeout=25)
+    shown = {e["value"] for e in c.events(t0) if e["what"] == "display"}
+    assert "230.0 V" in shown and "16.0 A" in shown and "50.0 Hz" in shown
+    assert any(v.endswith(" kWh") for v in shown) and any(v.endswith(" Min") for v in shown)

@@ -1,0 +1,430 @@
+"""Hostile clients against lib/httpd.py running in `micropython -X heapsize=64k`.
+
+Starts tests/httpd_app.py once for the module (httpd precompiled with mpy-cross, as
+the device freezes it), throws one kind of abuse per test at it and then checks that
+a normal request is still answered. Only 127.0.0.1; every wait is bounded.
+"""
+import concurrent.futures
+import gzip
+import hashlib
+import json
+import os
+import select
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SECRET = b"TOP-SECRET-DO-NOT-SERVE"
+HEAD_TIMEOUT_S = 2.0  # passed to the app as head_timeout_ms / body_timeout_ms
+
+
+def _tool(name):
+    for p in (ROOT / ".venv/bin" / name, Path("/tmp/probe/bin") / name):
+        if p.exists():
+            return str(p)
+    return shutil.which(name)
+
+
+class App:
+    def __init__(self, proc, port):
+        self.proc = proc
+        self.port = port
+        self.lines = []
+
+    def pump(self):
+        for line in self.proc.stdout:
+            self.lines.append(line.decode(errors="replace").rstrip())
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    mp, cross = _tool("micropython"), _tool("mpy-cross")
+    if not mp or not cross:
+        pytest.skip("micropython and mpy-cross are needed")
+    d = tmp_path_factory.mktemp("httpd")
+    (d / "secret.txt").write_bytes(SECRET)
+    www = d / "www"
+    (www / "sub").mkdir(parents=True)
+    (www / "index.html").write_bytes(b"<h1>EV PLUS</h1>")
+    js = b"console.log('wallbox');\n" * 200
+    (www / "app.js").write_bytes(js)
+    (www / "app.js.gz").write_bytes(gzip.compress(js))
+    (www / "sub" / "page.html").write_bytes(b"<p>sub</p>")
+    (d / "lib").mkdir()
+    subprocess.run([cross, "-o", str(d / "lib/httpd.mpy"), str(ROOT / "lib/httpd.py")], check=True, timeout=60)
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    ms = int(HEAD_TIMEOUT_S * 1000)
+    cmd = [mp, "-X", "heapsize=64k", str(ROOT / "tests/httpd_app.py"), str(port), str(www),
+           "head_timeout_ms=%d" % ms, "body_timeout_ms=%d" % ms, "idle_timeout_ms=%d" % (2 * ms),
+           "write_timeout_ms=%d" % ms, "backlog=64"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env=dict(os.environ, HTTPD_LIB=str(d / "lib")))
+    a = App(proc, port)
+    threading.Thread(target=a.pump, daemon=True).start()
+    try:
+        deadline = time.monotonic() + 10
+        while not any(l.startswith("READY") for l in a.lines):
+            assert proc.poll() is None and time.monotonic() < deadline, "app did not start: %r" % a.lines
+            time.sleep(0.05)
+        yield a
+    finally:
+        proc.kill()
+        proc.wait(timeout=5)
+    print("\n".join(["--- app output:"] + a.lines))
+
+
+# -- client helpers ------------------------------------------------------------------
+class Client:
+    """A blocking socket with a read buffer, so pipelined responses are not lost."""
+
+    def __init__(self, port, timeout=10.0):
+        self.s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.buf = b""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.s.close()
+
+    def send(self, data):
+        try:
+            self.s.sendall(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server may answer and close before taking all of it
+
+    def _more(self):
+        chunk = self.s.recv(65536)
+        if not chunk:
+            raise EOFError
+        self.buf += chunk
+
+    def response(self):
+        """(status, headers, body) of the next response; (0, {}, b"") if closed or reset."""
+        try:
+            while b"\r\n\r\n" not in self.buf:
+                self._more()
+            head, _, self.buf = self.buf.partition(b"\r\n\r\n")
+            lines = head.decode("latin-1").split("\r\n")
+            hdrs = {}
+            for line in lines[1:]:
+                k, _, v = line.partition(":")
+                hdrs[k.strip().lower()] = v.strip()
+            n = int(hdrs.get("content-length", "0"))
+            while len(self.buf) < n:
+                self._more()
+            body, self.buf = self.buf[:n], self.buf[n:]
+            return int(lines[0].split(" ")[1]), hdrs, body
+        except (EOFError, ConnectionResetError):
+            return 0, {}, b""
+
+    def closed_by_server(self, within):
+        """True once the server closes the connection (EOF or reset) within `within` s."""
+        end = time.monotonic() + within
+        while time.monotonic() < end:
+            self.s.settimeout(max(0.01, end - time.monotonic()))
+            try:
+                if not self.s.recv(65536):
+                    return True
+            except socket.timeout:
+                return False
+            except (ConnectionResetError, BrokenPipeError):
+                return True
+        return False
+
+
+def request(port, raw, timeout=10.0):
+    with Client(port, timeout) as c:
+        c.send(raw)
+        return c.response()
+
+
+def get(path, extra=b""):
+    return b"GET " + path + b" HTTP/1.1\r\nHost: t\r\n" + extra + b"\r\n"
+
+
+def assert_alive(app):
+    assert app.proc.poll() is None, "server process died: %r" % app.lines[-20:]
+    st, h, b = request(app.port, get(b"/api/status"))
+    assert st == 200, (st, b)
+    assert json.loads(b)["state"] == "Available"
+
+
+# -- tests ---------------------------------------------------------------------------
+def test_normal_requests(app):
+    st, h, b = request(app.port, get(b"/"))
+    assert (st, b) == (200, b"<h1>EV PLUS</h1>")
+    st, h, b = request(app.port, get(b"/app.js", b"Accept-Encoding: gzip\r\n"))
+    assert st == 200 and h["content-encoding"] == "gzip"
+    assert gzip.decompress(b) == b"console.log('wallbox');\n" * 200
+    st, h2, b = request(app.port, get(b"/app.js", b"Accept-Encoding: gzip\r\nIf-None-Match: " + h["etag"].encode() + b"\r\n"))
+    assert (st, b) == (304, b"")
+    st, h, b = request(app.port, b'PUT /api/cards/2 HTTP/1.1\r\nContent-Length: 13\r\n\r\n{"uid": "AB"}')
+    assert (st, json.loads(b)) == (200, {"slot": "2", "uid": "AB"})
+    st, h, b = request(app.port, b"POST /api/echo HTTP/1.1\r\nContent-Length: 4\r\n\r\n{no}")
+    assert st == 400 and json.loads(b) == {"error": "bad json"}
+    assert_alive(app)
+
+
+def test_oversized_request_line(app):
+    st, h, b = request(app.port, get(b"/" + b"a" * 8000))
+    assert st == 414 and h["connection"] == "close"
+    # 200 KB without a newline: answered (or reset) quickly, never buffered.
+    t0 = time.monotonic()
+    st, h, b = request(app.port, b"GET /" + b"a" * 200000)
+    assert st in (414, 0) and time.monotonic() - t0 < 3
+    assert_alive(app)
+
+
+def test_oversized_headers(app):
+    assert request(app.port, get(b"/api/status", b"X-Big: " + b"b" * 4000 + b"\r\n"))[0] == 431
+    many = b"".join(b"X-H%d: v\r\n" % i for i in range(100))
+    assert request(app.port, get(b"/api/status", many))[0] == 431
+    fat = b"".join(b"X-H%d: %s\r\n" % (i, b"v" * 500) for i in range(10))
+    assert request(app.port, get(b"/api/status", fat))[0] == 431
+    assert_alive(app)
+
+
+def test_endless_headers(app):
+    with Client(app.port) as c:
+        s = c.s
+        s.sendall(b"GET /api/status HTTP/1.1\r\n")
+        t0 = time.monotonic()
+        got = b""
+        s.setblocking(False)
+        while time.monotonic() - t0 < 5:
+            try:
+                s.send(b"X-Endless: yes\r\n")
+            except (BlockingIOError, BrokenPipeError, ConnectionResetError):
+                pass
+            r, _, _ = select.select([s], [], [], 0.002)
+            if r:
+                try:
+                    chunk = s.recv(4096)
+                except ConnectionResetError:
+                    break
+                if not chunk:
+                    break
+                got += chunk
+        assert got.startswith(b"HTTP/1.1 431 "), got[:60]
+        assert time.monotonic() - t0 < 3, "server kept reading"
+    assert_alive(app)
+
+
+def test_slow_loris(app):
+    """30 clients dribble a request head at one byte per second; normal clients still get in."""
+    head = b"GET /api/status HTTP/1.1\r\nHost: loris\r\nX-Pad: " + b"z" * 40 + b"\r\n\r\n"
+    loris = []
+    for _ in range(30):
+        s = socket.socket()
+        s.setblocking(False)
+        s.connect_ex(("127.0.0.1", app.port))
+        loris.append(s)
+    closed_at = {}
+    served = []
+
+    def normal_client():
+        t = time.monotonic()
+        st = request(app.port, get(b"/api/status"), timeout=15)[0]
+        served.append((st, time.monotonic() - t))
+
+    t0 = time.monotonic()
+    helper = None
+    sent = 0
+    while len(closed_at) < len(loris) and time.monotonic() - t0 < 15:
+        for s in loris:
+            if s in closed_at:
+                continue
+            try:
+                s.send(head[sent : sent + 1])
+            except (BlockingIOError, OSError):
+                pass
+        sent += 1
+        if helper is None and time.monotonic() - t0 > 1.5:
+            helper = threading.Thread(target=normal_client)
+            helper.start()
+        end = time.monotonic() + 1.0
+        while time.monotonic() < end:
+            live = [s for s in loris if s not in closed_at]
+            r, _, _ = select.select(live, [], [], max(0, end - time.monotonic()))
+            for s in r:
+                try:
+                    data = s.recv(4096)
+                except OSError:
+                    data = b""
+                if not data:
+                    closed_at[s] = time.monotonic() - t0
+    helper.join(15)
+    for s in loris:
+        s.close()
+    assert len(closed_at) == 30, "server left %d slow clients open" % (30 - len(closed_at))
+    assert sent < len(head), "a slow client completed its request"
+    assert served and served[0][0] == 200, served
+    print("slow loris: all closed by %.1fs; normal request during the attack took %.2fs"
+          % (max(closed_at.values()), served[0][1]))
+    assert_alive(app)
+
+
+def test_body_longer_than_announced(app):
+    with Client(app.port) as c:
+        c.send(b'POST /api/echo HTTP/1.1\r\nContent-Length: 8\r\n\r\n{"a": 1}' + get(b"/api/status"))
+        st, h, b = c.response()
+        assert (st, json.loads(b)) == (200, {"got": {"a": 1}})
+        st, h, b = c.response()
+        assert st == 200 and json.loads(b)["state"] == "Available"
+    with Client(app.port) as c:
+        c.send(b'POST /api/echo HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}' + b"\x00garbage" * 50 + b"\r\n\r\n")
+        assert c.response()[0] == 200
+        assert c.response()[0] == 400
+        assert c.closed_by_server(3)
+    assert_alive(app)
+
+
+def test_body_shorter_than_announced(app):
+    with Client(app.port) as c:
+        c.send(b"POST /api/upload HTTP/1.1\r\nContent-Length: 1000\r\n\r\n" + b"x" * 10)
+        t0 = time.monotonic()
+        assert c.closed_by_server(HEAD_TIMEOUT_S + 3)
+        assert time.monotonic() - t0 >= HEAD_TIMEOUT_S - 0.5
+    with Client(app.port) as c:  # client gives up half way: nothing to answer
+        c.send(b"POST /api/upload HTTP/1.1\r\nContent-Length: 1000\r\n\r\n" + b"x" * 10)
+        c.s.shutdown(socket.SHUT_WR)
+        assert c.closed_by_server(3)
+    assert_alive(app)
+
+
+def test_client_never_reads(app):
+    """Pipelines ~10 MB of responses and reads none: the write deadline closes it."""
+    with Client(app.port) as c:
+        c.s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+        c.send(get(b"/app.js") * 2000)
+        assert request(app.port, get(b"/api/status"))[0] == 200  # others still served
+        time.sleep(HEAD_TIMEOUT_S + 0.5)
+        got = 0
+        c.s.settimeout(5)
+        try:
+            while True:
+                chunk = c.s.recv(1 << 20)
+                if not chunk:
+                    break
+                got += len(chunk)
+        except ConnectionResetError:
+            pass
+        assert got < 4800 * 2000, "server sent everything instead of timing out"
+    assert_alive(app)
+
+
+def test_bad_methods_and_versions(app):
+    cases = [
+        (b"BREW /pot HTTP/1.1\r\n\r\n", 501),
+        (b"get / HTTP/1.1\r\n\r\n", 501),
+        (b"TRACE / HTTP/1.1\r\n\r\n", 501),
+        (b"DELETE /api/status HTTP/1.1\r\n\r\n", 405),
+        (b"POST /api/status HTTP/1.1\r\nContent-Length: 0\r\n\r\n", 405),
+        (b"GET / HTTP/9.9\r\n\r\n", 505),
+        (b"GET /\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nX-A: 1\r\n folded\r\n\r\n", 400),
+        (b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03" + os.urandom(64) + b"\r\n\r\n", 400),
+        (os.urandom(300).replace(b"\n", b"") + b"\r\n\r\n", None),  # 400, 501 or 414
+        (b"PUT /api/cards/1 HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n", 411),
+        (b"POST /api/upload HTTP/1.1\r\nContent-Length: 99999999999\r\n\r\n", 400),
+        (b"POST /api/echo HTTP/1.1\r\nContent-Length: 100000\r\n\r\n", 413),
+    ]
+    for raw, want in cases:
+        st = request(app.port, raw)[0]
+        assert (st in (400, 414, 501)) if want is None else st == want, (raw[:40], st)
+    assert_alive(app)
+
+
+def test_path_traversal(app):
+    attempts = [b"/../secret.txt", b"/%2e%2e/secret.txt", b"/%2E%2e/secret.txt", b"/sub/../../secret.txt",
+                b"/sub/%2e%2e/%2e%2e/secret.txt", b"/..%2fsecret.txt", b"/..%2Fsecret.txt",
+                b"/%2e%2e%2fsecret.txt", b"/..%5csecret.txt", b"/..\\secret.txt", b"/sub\\..\\..\\secret.txt",
+                b"//secret.txt", b"/%2f%2e%2e%2fsecret.txt", b"/index.html%00", b"/%00/../secret.txt",
+                b"/%252e%252e/secret.txt", b"/.%2e/secret.txt", b"/sub/.%2E/.%2E/secret.txt",
+                b"/%c0%ae%c0%ae/secret.txt", b"/..;/secret.txt", b"/../../../../../../etc/passwd"]
+    for p in attempts:
+        st, h, b = request(app.port, get(p))
+        assert st in (400, 404), (p, st)
+        assert SECRET not in b and b"root:" not in b, p
+    assert request(app.port, get(b"/sub/page.html"))[0] == 200
+    assert_alive(app)
+
+
+def test_200_concurrent_connections(app):
+    """200 clients at once: at most max_conns are served at a time, the rest queue.
+
+    They queue in the kernel's listen backlog (64 here). With a shorter one Linux drops
+    the overflow's SYNs and handshake ACKs, and those clients wait out TCP's retransmit
+    backoff (1 s, 3 s, 7 s...): all still get served, but the test would take 30+ s.
+    """
+    start = threading.Barrier(200, timeout=10)
+
+    def one(i):
+        try:
+            start.wait()
+            with Client(app.port, timeout=30) as c:
+                c.send(get(b"/api/status?i=%d" % i))
+                return c.response()[0]
+        except OSError as e:
+            return repr(e)
+
+    t0 = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=200) as ex:
+        results = list(ex.map(one, range(200), timeout=60))
+    took = time.monotonic() - t0
+    ok = results.count(200)
+    print("200 concurrent: %d ok in %.1fs, others: %r" % (ok, took, [r for r in results if r != 200][:5]))
+    assert ok == 200, results
+    assert_alive(app)
+
+
+def test_2mb_upload_at_64k_heap(app):
+    data = os.urandom(2 << 20)
+    with Client(app.port, timeout=30) as c:
+        c.send(b"POST /api/upload HTTP/1.1\r\nContent-Type: application/octet-stream\r\n"
+               b"Content-Length: %d\r\n\r\n" % len(data))
+        t0 = time.monotonic()
+        for i in range(0, len(data), 65536):
+            c.send(data[i : i + 65536])
+        st, h, b = c.response()
+        took = time.monotonic() - t0
+    assert st == 200, b
+    assert json.loads(b) == {"md5": hashlib.md5(data).hexdigest(), "bytes": len(data)}
+    print("2 MB upload in %.2fs" % took)
+    assert_alive(app)
+
+
+def test_keepalive_request_rate(app):
+    """For information: one client, one keep-alive connection, 2 seconds."""
+    n = 0
+    c = Client(app.port)
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 2:
+        c.send(get(b"/api/status"))
+        assert c.response()[0] == 200
+        n += 1
+        if n % 90 == 0:  # max_requests per connection is 100
+            c.s.close()
+            c = Client(app.port)
+    rate = n / (time.monotonic() - t0)
+    c.s.close()
+    print("keep-alive: %.0f requests/s" % rate)
+    assert rate > 50, "responses stall (Nagle/delayed-ACK?)"
+    assert_alive(app)
+
+
+def test_nothing_logged(app):
+    """No handler error or MemoryError was logged through any of the above."""
+    time.sleep(0.2)
+    assert app.proc.poll() is None
+    assert [l for l in app.lines if not l.startswith("READY")] == []

@@ -1,0 +1,210 @@
+# A minimal in-memory board for logic tests of the charging core: outputs are recorded,
+# inputs are plain attributes a test sets. The CP "ADC" follows a tiny EV model so the
+# charger's own classification code runs unchanged.
+
+
+class Cp:
+    def __init__(self):
+        self.duty_pm = -1
+
+    def pwm(self, duty_pm):
+        self.duty_pm = duty_pm
+
+    def high(self):
+        self.duty_pm = -1
+
+    def low(self):
+        self.duty_pm = -2
+
+
+_R = {"B": 2740, "C": 882, "D": 246}
+
+
+class CpAdc:
+    def __init__(self, cp, ev):
+        self._cp = cp
+        self._ev = ev
+        self.hi_mv = 12000
+        self.lo_mv = 12000
+
+    def sample(self):
+        ev = self._ev
+        if self._cp.duty_pm == -2:
+            self.hi_mv = self.lo_mv = -12000
+            return
+        if ev.short:
+            hi = 0
+        elif ev.state == "A":
+            hi = 12000
+        else:
+            r = _R[ev.state]
+            hi = 900 + (12000 - 900) * r // (r + 1000)
+        self.hi_mv = hi
+        if self._cp.duty_pm > 0:
+            if ev.state != "A" and not ev.diode:
+                self.lo_mv = -12000 * _R.get(ev.state, 0) // (_R.get(ev.state, 0) + 1000)
+            else:
+                self.lo_mv = -12000
+        else:
+            self.lo_mv = hi
+
+
+class Ev:
+    def __init__(self):
+        self.state = "A"
+        self.diode = True
+        self.short = False
+
+
+class Relays:
+    def __init__(self):
+        self.closed = False
+        self.weld = 0  # relay number whose contact stays closed
+        self.stuck = 0
+
+    def close(self):
+        self.closed = True
+
+    def open(self):
+        self.closed = False
+
+    def feedback(self, n):
+        if self.weld == n:
+            return True
+        if self.stuck == n:
+            return False
+        return self.closed
+
+
+class Lock:
+    fitted = True
+
+    def __init__(self):
+        self.engaged = False
+        self.broken = False
+
+    def engage(self):
+        self.engaged = True
+
+    def release(self):
+        self.engaged = False
+
+    def feedback(self):
+        return self.engaged and not self.broken
+
+
+class Rcd:
+    def __init__(self, relays):
+        self._relays = relays
+        self._cb = None
+        self.line = False
+        self.testing = False
+        self.dead = False  # does not react to the test input
+
+    def set_handler(self, cb):
+        self._cb = cb
+
+    def tripped(self):
+        return self.line or (self.testing and not self.dead)
+
+    def test(self, on):
+        self.testing = on
+
+    def fire(self):
+        self.line = True
+        self._relays.open()
+        if self._cb:
+            self._cb()
+
+
+class Pe:
+    def __init__(self):
+        self.continuity = True
+        self.n_pe_v = 0.0
+
+    def read(self):
+        pass
+
+
+class Meter:
+    def __init__(self):
+        self.volts = [230.0, 230.0, 230.0]
+        self.amps = [0.0, 0.0, 0.0]
+        self.hz = 50.0
+        self.power_w = 0.0
+        self.energy_wh = 0.0
+        self.rotation_ok = True
+        self.fail = False
+
+    def read(self):
+        if self.fail:
+            raise OSError(5)
+
+
+class Temps:
+    relay_c = 25.0
+    socket_c = 25.0
+    env_c = 25.0
+
+    def read(self):
+        pass
+
+
+class Fan:
+    running = False
+    blocked = False
+
+    def run(self, on):
+        self.running = on
+
+    def rpm(self):
+        return 2400 if self.running and not self.blocked else 0
+
+
+class Rtc:
+    t = 1_790_000_000
+
+    def now(self):
+        return self.t
+
+
+class Pp:
+    ohm = 220
+
+    def read_ohm(self):
+        return self.ohm
+
+
+class Nothing:
+    def __getattr__(self, name):
+        return lambda *a, **k: None
+
+
+class Hw:
+    def __init__(self):
+        self.name = "fake"
+        self.serial = "TEST0001"
+        self.ev = Ev()
+        self.cp = Cp()
+        self.cp_adc = CpAdc(self.cp, self.ev)
+        self.pp_adc = Pp()
+        self.relays = Relays()
+        self.lock = Lock()
+        self.rcd = Rcd(self.relays)
+        self.pe = Pe()
+        self.meter = Meter()
+        self.temps = Temps()
+        self.fan = Fan()
+        self.rtc = Rtc()
+        self.errors = []
+
+    def report_error(self, code, active):
+        self.errors.append((code, active))
+
+
+class FakeSettings(dict):
+    def __init__(self, **kw):
+        from evse.settings import defaults
+
+        super().__init__(defaults())
+        self.update(kw)

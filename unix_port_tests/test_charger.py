@@ -1,0 +1,266 @@
+# Charging state machine on a fake board with a fake clock (IEC 61851-1 Annex A rules).
+from check import eq, true, assert_no_alloc
+import fakehw
+from evse import faults
+from evse.charger import Charger, LOCK_LOCKED
+from evse.protection import Protection
+
+
+class Clock:
+    def __init__(self):
+        self.ms = 1000
+
+    def __call__(self):
+        return self.ms
+
+
+class Rig:
+    """A charger on the fake board, stepped in 10 ms pilot ticks."""
+
+    def __init__(self, **settings):
+        self.hw = fakehw.Hw()
+        self.settings = fakehw.FakeSettings(**settings)
+        self.clock = Clock()
+        self.ch = Charger(self.hw, self.settings)
+        self.ch.clock = self.clock
+        self.prot = Protection(self.ch, self.hw, self.settings, None, "/tmp")
+        self.prot._save_latches = lambda: None
+        self.hw.rcd.set_handler(self.ch._rcd_cb)
+        self._n = 0
+
+    def run(self, ms):
+        for _ in range(ms // 10):
+            self.clock.ms += 10
+            self.ch.tick_pilot()
+            self._n += 1
+            if self._n % 10 == 0:
+                self.ch.tick_control(self.clock.ms)
+                self.prot.tick(self.clock.ms)
+            if self._n % 100 == 0:
+                self.prot.on_meter(self.clock.ms, not self.hw.meter.fail)
+
+    def plug(self, state="B"):
+        self.hw.ev.state = state
+        self.run(200)
+
+    def charge(self, **kw):
+        self.plug("B")
+        eq(self.ch.start_session("04A1B2C3", "RFID"), None, "start")
+        self.run(1000)
+        self.hw.ev.state = "C"
+        self.run(300)
+
+
+def test_plug_authorize_charge_unplug():
+    r = Rig()
+    r.plug("B")
+    eq(r.ch.ocpp_status(), "Preparing")
+    eq(r.hw.cp.duty_pm, -1, "no PWM before authorization (B1)")
+    eq(r.ch.start_session("04A1B2C3", "RFID"), None)
+    r.run(1000)
+    eq(r.ch.lock_state, LOCK_LOCKED)
+    eq(r.hw.cp.duty_pm, 533, "32 A -> 53.3 %")
+    eq(r.ch.ocpp_status(), "SuspendedEV")
+    r.hw.ev.state = "C"
+    r.run(300)
+    true(r.hw.relays.closed, "relays closed in C2")
+    eq(r.ch.ocpp_status(), "Charging")
+    r.hw.ev.state = "A"
+    r.run(100)
+    true(not r.hw.relays.closed, "open at unplug")
+    true(r.ch.session is None, "session ended")
+    r.run(200)
+    true(not r.hw.lock.engaged, "unlocked")
+    eq(r.ch.ocpp_status(), "Available")
+
+
+def test_relays_open_within_100ms_when_ev_leaves_c():
+    """IEC 61851-1 Annex A seq. 8.1: C -> B opens within 100 ms."""
+    r = Rig()
+    r.charge()
+    true(r.hw.relays.closed, "charging")
+    r.hw.ev.state = "B"
+    t0 = r.clock.ms
+    while r.hw.relays.closed and r.clock.ms - t0 < 1000:
+        r.run(10)
+    true(r.clock.ms - t0 <= 100, "opened after %d ms" % (r.clock.ms - t0))
+    eq(r.ch.ocpp_status(), "SuspendedEV")
+    r.hw.ev.state = "C"
+    r.run(300)
+    true(r.hw.relays.closed, "resumed")
+
+
+def test_no_close_without_authorization_or_in_d_without_ventilation():
+    r = Rig()
+    r.plug("C")
+    r.run(2000)
+    true(not r.hw.relays.closed, "no session -> open")
+    r2 = Rig()
+    r2.plug("B")
+    r2.ch.start_session("X", "RFID")
+    r2.run(1000)
+    r2.hw.ev.state = "D"
+    r2.run(500)
+    true(not r2.hw.relays.closed, "D without ventilation")
+    true(r2.ch.active & faults.CP, "D without ventilation is a CP fault")
+
+
+def test_state_d_with_ventilation_charges():
+    r = Rig(ventilation=True)
+    r.plug("B")
+    r.ch.start_session("X", "RFID")
+    r.run(1000)
+    r.hw.ev.state = "D"
+    r.run(300)
+    true(r.hw.relays.closed, "D with ventilation closes")
+
+
+def test_limit_below_6a_pauses_and_resumes():
+    r = Rig()
+    r.charge()
+    r.ch.set_external_limit("power", 4.0)
+    r.run(200)
+    eq(r.hw.cp.duty_pm, -1, "x1 when the limit is below 6 A")
+    eq(r.ch.ocpp_status(), "SuspendedEVSE")
+    eq(r.ch.limit_binding, "power")
+    true(r.hw.relays.closed, "EV still in C: relays wait up to 6 s")
+    r.run(6000)
+    true(not r.hw.relays.closed, "forced open 6 s after the PWM stopped (seq. 10.2)")
+    r.ch.set_external_limit("power", 10.0)
+    r.run(300)
+    eq(r.hw.cp.duty_pm, 166, "10 A -> 16.6 % (rounded down)")
+    true(r.hw.relays.closed, "resumes through the pilot")
+
+
+def test_increases_wait_5s_reductions_at_once():
+    r = Rig()
+    r.charge()
+    r.ch.set_external_limit("ocpp", 10.0)
+    r.run(200)
+    eq(r.hw.cp.duty_pm, 166)
+    r.ch.set_external_limit("ocpp", 20.0)
+    r.run(1000)
+    eq(r.hw.cp.duty_pm, 166, "no increase within 5 s")
+    r.run(4500)
+    eq(r.hw.cp.duty_pm, 333, "increase after 5 s")
+    r.ch.set_external_limit("ocpp", 8.0)
+    r.run(200)
+    eq(r.hw.cp.duty_pm, 133, "reduction at once")
+
+
+def test_rcd_trip_latches_and_opens_in_the_handler():
+    r = Rig()
+    r.charge()
+    r.hw.rcd.fire()
+    true(not r.hw.relays.closed, "open in the IRQ")
+    eq(r.hw.cp.duty_pm, -2, "state F")
+    r.run(200)
+    true(r.ch.latched & faults.IRD, "latched")
+    true(r.ch.session is None, "a latched trip ends the session")
+    r.hw.rcd.line = False
+    r.run(120000)
+    true(r.ch.active & faults.IRD, "never re-closed automatically")
+    r.prot.technician_clear()
+    r.run(200)
+    true(not r.ch.active & faults.IRD, "cleared by the technician")
+
+
+def test_trip_path_allocates_nothing():
+    r = Rig()
+    r.charge()
+    ch = r.ch
+    import time
+
+    ch.clock = time.ticks_ms  # the firmware's clock (the test clock is a Python object)
+    bit = faults.OCP
+    assert_no_alloc(ch.trip, bit)
+    true(not r.hw.relays.closed)
+    assert_no_alloc(ch._rcd_cb)
+    assert_no_alloc(ch.emergency_stop)
+
+
+def test_ocp_slow_and_fast():
+    r = Rig()
+    r.charge()
+    r.hw.meter.amps = [36.0, 36.0, 36.0]  # (32 + 0.5) * 1.1 = 35.75
+    r.run(6000)
+    true(not r.ch.active & faults.OCP, "not before 7 s")
+    r.run(2000)
+    true(r.ch.active & faults.OCP, "slow over-current trip")
+    r2 = Rig()
+    r2.charge()
+    r2.hw.meter.amps = [41.0, 0.0, 0.0]
+    r2.run(1100)
+    true(r2.ch.active & faults.OCP, "far above: at the next reading")
+
+
+def test_lock_failure_latches_elk():
+    r = Rig()
+    r.hw.lock.broken = True
+    r.plug("B")
+    r.ch.start_session("X", "RFID")
+    r.run(3000)
+    true(r.ch.latched & faults.ELK, "ELK latched")
+    r.hw.ev.state = "C"
+    r.run(500)
+    true(not r.hw.relays.closed)
+
+
+def test_weld_latches_and_keeps_lock():
+    r = Rig()
+    r.charge()
+    r.hw.relays.weld = 1
+    r.hw.ev.state = "B"
+    r.run(1000)
+    true(r.ch.latched & faults.R12, "weld latched")
+    true(r.hw.lock.engaged, "plug stays locked: its pins may be live")
+
+
+def test_case_c_uses_configured_cable_and_no_lock():
+    r = Rig(charging_mode="C", cable_max_a=16)
+    r.charge()
+    true(r.hw.relays.closed)
+    true(not r.hw.lock.engaged, "no lock in Case C")
+    eq(r.ch.offered_a, 16.0)
+    eq(r.ch.limit_binding, "cable")
+
+
+def test_pp_values_cap_current_and_bad_pp_faults():
+    r = Rig()
+    r.hw.pp_adc.ohm = 680
+    r.charge()
+    eq(r.ch.offered_a, 20.0, "680 ohm -> 20 A")
+    r.hw.pp_adc.ohm = 5000
+    r.run(500)
+    true(r.ch.active & faults.PP, "open PP while plugged")
+    r.hw.ev.state = "A"
+    r.run(2000)
+    true(not r.ch.active & faults.PP, "clears on unplug")
+
+
+def test_missing_diode_is_a_cp_fault():
+    r = Rig()
+    r.plug("B")
+    r.ch.start_session("X", "RFID")
+    r.run(1000)
+    r.hw.ev.diode = False
+    r.run(300)
+    true(r.ch.active & faults.CP)
+    eq(r.ch.cp_fault_cause, "diode")
+
+
+def test_voltage_faults_and_clear_with_fresh_handshake():
+    r = Rig()
+    r.charge()
+    r.hw.meter.volts = [270.0, 230.0, 230.0]
+    r.run(3100)
+    true(r.ch.active & faults.OVP)
+    true(not r.hw.relays.closed)
+    r.hw.meter.volts = [230.0, 230.0, 230.0]
+    r.run(12000)
+    true(not r.ch.active & faults.OVP, "cleared after 10 s in range")
+    r.run(300)
+    true(r.hw.relays.closed, "charging resumed through PWM and C2")
+    r.hw.meter.volts = [230.0, 0.0, 230.0]
+    r.run(3100)
+    true(r.ch.active & faults.MIS, "missing phase")

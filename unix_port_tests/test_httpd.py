@@ -1,0 +1,617 @@
+# lib/httpd.py driven in-process over real loopback sockets (see runner.py).
+import asyncio
+import gc
+import hashlib
+import json
+import os
+
+from check import eq, true, raises
+import httpd
+
+_ROOT = "/tmp/httpd_test_%d" % (os.urandom(1)[0] * 256 + os.urandom(1)[0])
+_WWW = _ROOT + "/www"
+_SECRET = b"TOP-SECRET-DO-NOT-SERVE"
+_LOG = []
+
+
+def _log(msg, exc=None):
+    _LOG.append((msg, exc))
+
+
+def _write(path, data):
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def _setup_files():
+    for d in (_ROOT, _WWW, _WWW + "/sub"):
+        try:
+            os.mkdir(d)
+        except OSError:
+            pass
+    _write(_ROOT + "/secret.txt", _SECRET)
+    _write(_WWW + "/index.html", b"<h1>home</h1>")
+    _write(_WWW + "/app.js", b"console.log('plain');")
+    _write(_WWW + "/app.js.gz", b"\x1f\x8bGZIPPED-JS")
+    _write(_WWW + "/only.css.gz", b"\x1f\x8bGZ-CSS")
+    _write(_WWW + "/sub/index.html", b"<p>sub</p>")
+    _write(_WWW + "/big.bin", bytes(range(256)) * 40)  # 10 KB: several file chunks
+    _write(_WWW + "/.hidden", b"hidden")
+
+
+# -- handlers ------------------------------------------------------------------------
+async def h_status(req):
+    return {"state": "Available", "query": req.query, "cookies": req.cookies}
+
+
+async def h_card(req):
+    body = await req.json()
+    return httpd.Response({"slot": req.params["slot"], "uid": body.get("uid")}, 201)
+
+
+async def h_echo(req):
+    return await req.json(64)
+
+
+async def h_upload(req):
+    h = hashlib.md5()
+    buf = bytearray(1024)
+    mv = memoryview(buf)
+    total = 0
+    while True:
+        n = await req.read_into(buf)
+        if not n:
+            break
+        h.update(mv[:n])
+        total += n
+    return {"md5": _hex(h.digest()), "bytes": total}
+
+
+async def h_boom(req):
+    raise ValueError("handler bug")
+
+
+async def h_oom(req):
+    raise MemoryError
+
+
+async def h_teapot(req):
+    raise httpd.HTTPError(409, "not in standby")
+
+
+async def h_none(req):
+    return None
+
+
+async def h_file(req):
+    return httpd.Response.file(_WWW + "/big.bin")
+
+
+ROUTES = [
+    ("GET", "/api/status", h_status),
+    ("PUT", "/api/cards/<slot>", h_card),
+    ("DELETE", "/api/cards/<slot>", h_none),
+    ("POST", "/api/echo", h_echo),
+    ("POST", "/api/upload", h_upload, 1 << 20),
+    ("GET", "/api/boom", h_boom),
+    ("GET", "/api/oom", h_oom),
+    ("GET", "/api/conflict", h_teapot),
+    ("GET", "/api/file", h_file),
+]
+
+
+def _hex(b):
+    return "".join("%02x" % x for x in b)
+
+
+# -- harness -------------------------------------------------------------------------
+def _port():
+    r = os.urandom(2)
+    return 20000 + (r[0] * 256 + r[1]) % 30000
+
+
+async def _start(**kw):
+    for _ in range(20):
+        srv = httpd.Server(ROUTES, static_root=_WWW, log=_log, **kw)
+        port = _port()
+        try:
+            await srv.start("127.0.0.1", port)
+            return srv, port
+        except OSError:
+            srv.close()
+    raise OSError("no free port")
+
+
+def _run(fn, **kw):
+    """Runs `await fn(srv, port)` against a fresh server, then closes it."""
+    _setup_files()
+
+    async def main():
+        srv, port = await _start(**kw)
+        try:
+            await asyncio.wait_for_ms(fn(srv, port), 15000)
+        finally:
+            srv.close()
+            await asyncio.sleep_ms(10)
+
+    try:
+        asyncio.run(main())
+    finally:
+        asyncio.new_event_loop()
+        gc.collect()
+
+
+async def _open(port):
+    return await asyncio.open_connection("127.0.0.1", port)
+
+
+async def _response(r, ms=3000, head=False):
+    """Reads one response: (status, headers, body); status 0 when the server closed."""
+    line = await asyncio.wait_for_ms(r.readline(), ms)
+    if not line:
+        return 0, {}, b""
+    status = int(line.split(b" ")[1])
+    hdrs = {}
+    while True:
+        h = await asyncio.wait_for_ms(r.readline(), ms)
+        if h in (b"\r\n", b""):
+            break
+        k, _, v = h.decode().partition(":")
+        hdrs[k.strip().lower()] = v.strip()
+    n = int(hdrs.get("content-length", "0"))
+    body = await asyncio.wait_for_ms(r.readexactly(n), ms) if n and not head else b""
+    return status, hdrs, body
+
+
+async def _req(port, raw, ms=3000):
+    r, w = await _open(port)
+    try:
+        w.write(raw)
+        await w.drain()
+        return await _response(r, ms, raw.startswith(b"HEAD "))
+    finally:
+        await w.wait_closed()
+
+
+async def _closed(r, ms=3000):
+    """True when the server closes the connection (EOF) within ms."""
+    try:
+        while True:
+            data = await asyncio.wait_for_ms(r.read(512), ms)
+            if not data:
+                return True
+    except (OSError, asyncio.TimeoutError):
+        return False
+
+
+def _get(path, extra=b""):
+    return b"GET " + path + b" HTTP/1.1\r\nHost: t\r\n" + extra + b"\r\n"
+
+
+# -- tests ---------------------------------------------------------------------------
+def test_unquote():
+    eq(httpd.unquote("a%20b%2Fc"), "a b/c", "escape")
+    eq(httpd.unquote("a+b", True), "a b", "plus")
+    eq(httpd.unquote("a+b"), "a+b", "plus in path")
+    eq(httpd.unquote("%C3%A9"), "\u00e9", "utf-8")
+    raises(ValueError, httpd.unquote, "%2")
+    raises(ValueError, httpd.unquote, "%zz")
+    raises(ValueError, httpd.unquote, "%ff")  # not UTF-8
+
+
+def test_routing_params_query_cookies():
+    async def t(srv, port):
+        st, h, b = await _req(port, _get(b"/api/status?a=1&b=x%20y&c=p+q&flag", b"Cookie: sid=abc; lang=it\r\n"))
+        eq(st, 200, "status")
+        eq(h["content-type"], "application/json", "ctype")
+        d = json.loads(b)
+        eq(d["query"], {"a": "1", "b": "x y", "c": "p q", "flag": ""}, "query")
+        eq(d["cookies"], {"sid": "abc", "lang": "it"}, "cookies")
+        body = b'{"uid": "04A1B2C3"}'
+        st, h, b = await _req(port, b"PUT /api/cards/7 HTTP/1.1\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        eq(st, 201, "put card")
+        eq(json.loads(b), {"slot": "7", "uid": "04A1B2C3"}, "params")
+        st, h, b = await _req(port, b"DELETE /api/cards/7 HTTP/1.1\r\n\r\n")
+        eq((st, b), (204, b""), "None -> 204")
+        st, h, b = await _req(port, _get(b"/api/conflict"))
+        eq((st, json.loads(b)), (409, {"error": "not in standby"}), "HTTPError")
+        st, h, b = await _req(port, b"HEAD /api/status HTTP/1.1\r\n\r\n")
+        eq(st, 200, "HEAD")
+        true(int(h["content-length"]) > 0, "HEAD length")
+
+    _run(t)
+
+
+def test_json_body_limits():
+    async def t(srv, port):
+        st, h, b = await _req(port, b'POST /api/echo HTTP/1.1\r\nContent-Length: 8\r\n\r\n{"a": 1}')
+        eq((st, json.loads(b)), (200, {"a": 1}), "echo")
+        st, h, b = await _req(port, b"POST /api/echo HTTP/1.1\r\nContent-Length: 5\r\n\r\n{bad}")
+        eq((st, json.loads(b)["error"]), (400, "bad json"), "bad json")
+        st, h, b = await _req(port, b"POST /api/echo HTTP/1.1\r\nContent-Length: 5\r\n\r\n\xff\xfe{}}")
+        eq(st, 400, "bad utf-8")
+        # Above json(64) but below the route limit: the handler refuses, body left unread.
+        st, h, b = await _req(port, b"POST /api/echo HTTP/1.1\r\nContent-Length: 100\r\n\r\n" + b" " * 100)
+        eq(st, 413, "json cap")
+        # Above the route limit (max_body): answered from the head alone, then closed.
+        r, w = await _open(port)
+        w.write(b"POST /api/echo HTTP/1.1\r\nContent-Length: 999999\r\n\r\n")
+        await w.drain()
+        st, h, b = await _response(r)
+        eq((st, h.get("connection")), (413, "close"), "route limit")
+        true(await _closed(r), "closed after 413")
+        await w.wait_closed()
+        st, h, b = await _req(port, b"PUT /api/cards/1 HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+        eq(st, 411, "chunked")
+        st, h, b = await _req(port, b"PUT /api/cards/1 HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n")
+        eq(st, 501, "other TE")
+        st, h, b = await _req(port, b"PUT /api/cards/1 HTTP/1.1\r\nContent-Length: -5\r\n\r\n")
+        eq(st, 400, "negative length")
+        st, h, b = await _req(port, b"PUT /api/cards/1 HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}")
+        eq(st, 400, "two lengths")
+        st, h, b = await _req(port, b"PUT /api/cards/1 HTTP/1.1\r\nExpect: magic\r\n\r\n")
+        eq(st, 417, "expect")
+
+    _run(t)
+
+
+def test_expect_continue():
+    async def t(srv, port):
+        r, w = await _open(port)
+        w.write(b"POST /api/echo HTTP/1.1\r\nContent-Length: 8\r\nExpect: 100-continue\r\n\r\n")
+        await w.drain()
+        eq(await asyncio.wait_for_ms(r.readline(), 2000), b"HTTP/1.1 100 Continue\r\n", "100")
+        eq(await asyncio.wait_for_ms(r.readline(), 2000), b"\r\n", "100 end")
+        w.write(b'{"a": 2}')
+        await w.drain()
+        st, h, b = await _response(r)
+        eq((st, json.loads(b)), (200, {"a": 2}), "after continue")
+        await w.wait_closed()
+
+    _run(t)
+
+
+def test_errors_404_405_414_431_400_501_505():
+    async def t(srv, port):
+        st, h, b = await _req(port, _get(b"/api/nope"))
+        eq((st, json.loads(b)), (404, {"error": "not found"}), "404")
+        st, h, b = await _req(port, b"DELETE /api/status HTTP/1.1\r\n\r\n")
+        eq((st, h.get("allow")), (405, "GET"), "405")
+        st, h, b = await _req(port, b"POST /api/cards/3 HTTP/1.1\r\n\r\n")
+        eq((st, h.get("allow")), (405, "PUT, DELETE"), "405 allow list")
+        st, h, b = await _req(port, _get(b"/" + b"a" * 600))
+        eq(st, 414, "long request line")
+        st, h, b = await _req(port, _get(b"/api/status", b"X-Big: " + b"b" * 1100 + b"\r\n"))
+        eq(st, 431, "long header line")
+        st, h, b = await _req(port, _get(b"/api/status", b"".join(b"X-%d: v\r\n" % i for i in range(30))))
+        eq(st, 431, "too many headers")
+        st, h, b = await _req(port, _get(b"/api/status", b"".join(b"X-%d: %s\r\n" % (i, b"v" * 300) for i in range(8))))
+        eq(st, 431, "header bytes")
+        for bad in (b"GET\r\n\r\n", b"GET /  HTTP/1.1\r\n\r\n", b"GET http://x/ HTTP/1.1\r\n\r\n",
+                    b"\x16\x03\x01\x02\x00\x01\r\n\r\n", b"GET / FTP/1.0\r\n\r\n",
+                    b"GET / HTTP/1.1\r\nNoColon\r\n\r\n", b"GET / HTTP/1.1\r\nHost : x\r\n\r\n",
+                    b"GET / HTTP/1.1\r\nX-A: 1\r\n folded\r\n\r\n", b"GET / HTTP/1.1\r\n: v\r\n\r\n",
+                    b"GET / HTTP/1.1\r\nX-\xff: v\r\n\r\n", b"GET / HTTP/1.1\r\nHost: \xff\r\n\r\n",
+                    b"\r\n\r\nGET / HTTP/1.1\r\n\r\n"):
+            st, h, b = await _req(port, bad)
+            eq(st, 400, repr(bad))
+            eq(h.get("connection"), "close", "400 closes")
+        st, h, b = await _req(port, b"BREW /pot HTTP/1.1\r\n\r\n")
+        eq(st, 501, "unknown method")
+        st, h, b = await _req(port, b"GET / HTTP/2.0\r\n\r\n")
+        eq(st, 505, "version")
+        st, h, b = await _req(port, _get(b"/api/status?a=%zz"))
+        eq(st, 400, "bad query escape")
+        st, h, b = await _req(port, _get(b"/api/status?" + b"&".join(b"k%d=1" % i for i in range(40))))
+        eq(st, 400, "too many query params")
+        # Missing Host (HTTP/1.0 client) is fine; it closes after the answer.
+        r, w = await _open(port)
+        w.write(b"GET /api/status HTTP/1.0\r\n\r\n")
+        await w.drain()
+        st, h, b = await _response(r)
+        eq((st, h.get("connection")), (200, "close"), "1.0")
+        true(await _closed(r), "1.0 closed")
+        await w.wait_closed()
+
+    _run(t)
+
+
+def test_static_gzip_etag_304():
+    async def t(srv, port):
+        st, h, b = await _req(port, _get(b"/"))
+        eq((st, b, h["content-type"]), (200, b"<h1>home</h1>", "text/html; charset=utf-8"), "index")
+        st, h, b = await _req(port, _get(b"/sub/"))
+        eq((st, b), (200, b"<p>sub</p>"), "sub index")
+        st, h, b = await _req(port, _get(b"/app.js", b"Accept-Encoding: gzip, deflate, br\r\n"))
+        eq((st, b, h.get("content-encoding")), (200, b"\x1f\x8bGZIPPED-JS", "gzip"), "gz")
+        eq(h["content-type"], "text/javascript; charset=utf-8", "js type")
+        eq(h.get("vary"), "Accept-Encoding", "vary")
+        eq(h.get("cache-control"), "no-cache", "cache-control")
+        etag_gz = h["etag"]
+        st, h, b = await _req(port, _get(b"/app.js"))
+        eq((st, b, h.get("content-encoding")), (200, b"console.log('plain');", None), "identity")
+        true(h["etag"] != etag_gz, "etag differs per encoding")
+        st, h, b = await _req(port, _get(b"/app.js", b"Accept-Encoding: gzip\r\nIf-None-Match: " + etag_gz.encode() + b"\r\n"))
+        eq((st, b, h.get("etag")), (304, b"", etag_gz), "304")
+        true("content-length" not in h, "304 has no length")
+        st, h, b = await _req(port, _get(b"/app.js", b"If-None-Match: \"nope\"\r\n"))
+        eq(st, 200, "etag mismatch")
+        st, h, b = await _req(port, _get(b"/only.css", b"Accept-Encoding: gzip\r\n"))
+        eq((st, b, h["content-type"]), (200, b"\x1f\x8bGZ-CSS", "text/css; charset=utf-8"), "gz only")
+        st, h, b = await _req(port, _get(b"/only.css"))
+        eq(st, 406, "gz only, no gzip")
+        st, h, b = await _req(port, _get(b"/big.bin"))
+        eq((st, b), (200, bytes(range(256)) * 40), "chunked file")
+        st, h, b = await _req(port, _get(b"/api/file"))
+        eq((st, len(b)), (200, 10240), "Response.file")
+        st, h, b = await _req(port, b"HEAD /big.bin HTTP/1.1\r\n\r\n")
+        eq((st, h["content-length"], b), (200, "10240", b""), "HEAD file")
+        st, h, b = await _req(port, _get(b"/missing.js"))
+        eq(st, 404, "missing")
+        st, h, b = await _req(port, _get(b"/sub"))
+        eq(st, 404, "directory")
+        st, h, b = await _req(port, b"POST /index.html HTTP/1.1\r\n\r\n")
+        eq(st, 404, "POST to static")
+
+    _run(t)
+
+
+def test_path_traversal():
+    attempts = (b"/../secret.txt", b"/%2e%2e/secret.txt", b"/%2E%2E/secret.txt", b"/sub/../../secret.txt",
+                b"/sub/%2e%2e%2f%2e%2e%2fsecret.txt", b"/..%2fsecret.txt", b"/..%5csecret.txt",
+                b"/..\\secret.txt", b"//tmp/secret.txt", b"/%2ftmp%2fsecret.txt", b"/index.html%00.js",
+                b"/.hidden", b"/%2ehidden", b"/sub/./index.html", b"/%252e%252e/secret.txt",
+                b"/" + _ROOT.encode() + b"/secret.txt")
+    async def t(srv, port):
+        for p in attempts:
+            st, h, b = await _req(port, _get(p))
+            true(st in (400, 404), "%r -> %d" % (p, st))
+            true(_SECRET not in b and b"hidden" != b, "%r leaked" % p)
+
+    _run(t)
+
+
+def test_keepalive_and_pipelining():
+    async def t(srv, port):
+        r, w = await _open(port)
+        for i in range(3):
+            w.write(_get(b"/api/status?i=%d" % i))
+            await w.drain()
+            st, h, b = await _response(r)
+            eq((st, json.loads(b)["query"]["i"]), (200, str(i)), "keep-alive %d" % i)
+            true("connection" not in h, "no close")
+        # Body longer than announced: the extra bytes are the next (pipelined) request.
+        w.write(b'POST /api/echo HTTP/1.1\r\nContent-Length: 8\r\n\r\n{"a": 3}' + _get(b"/api/status?i=p"))
+        await w.drain()
+        st, h, b = await _response(r)
+        eq((st, json.loads(b)), (200, {"a": 3}), "first of pipeline")
+        st, h, b = await _response(r)
+        eq((st, json.loads(b)["query"]["i"]), (200, "p"), "second of pipeline")
+        # Extra garbage instead of a request: 400 and close.
+        w.write(b'POST /api/echo HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}garbage\r\n\r\n')
+        await w.drain()
+        eq((await _response(r))[0], 200, "body")
+        eq((await _response(r))[0], 400, "garbage")
+        true(await _closed(r), "closed after garbage")
+        await w.wait_closed()
+        # Connection: close is honoured; HTTP/1.0 keep-alive on request.
+        r, w = await _open(port)
+        w.write(_get(b"/api/status", b"Connection: close\r\n"))
+        await w.drain()
+        st, h, b = await _response(r)
+        eq(h.get("connection"), "close", "close echoed")
+        true(await _closed(r), "close honoured")
+        await w.wait_closed()
+        r, w = await _open(port)
+        for i in range(2):
+            w.write(b"GET /api/status HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+            await w.drain()
+            st, h, b = await _response(r)
+            eq((st, h.get("connection")), (200, "keep-alive"), "1.0 keep-alive")
+        await w.wait_closed()
+        # A handler that reads no body: a small body is skipped, the connection kept.
+        r, w = await _open(port)
+        w.write(b"GET /api/status HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello" + _get(b"/api/status?i=n"))
+        await w.drain()
+        eq((await _response(r))[0], 200, "unread body")
+        st, h, b = await _response(r)
+        eq(json.loads(b)["query"]["i"], "n", "after skipped body")
+        await w.wait_closed()
+
+    _run(t)
+
+
+def test_max_requests_per_connection():
+    async def t(srv, port):
+        r, w = await _open(port)
+        for i in range(3):
+            w.write(_get(b"/api/status"))
+            await w.drain()
+            st, h, b = await _response(r)
+            eq(h.get("connection"), "close" if i == 2 else None, "request %d" % i)
+        true(await _closed(r), "closed after max_requests")
+        await w.wait_closed()
+
+    _run(t, max_requests=3)
+
+
+def test_upload_streams():
+    data = bytes(range(256)) * 800  # 200 KB, much more than any buffer
+    want = _hex(hashlib.md5(data).digest())
+
+    async def t(srv, port):
+        r, w = await _open(port)
+        w.write(b"POST /api/upload HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % len(data))
+        mv = memoryview(data)
+        for i in range(0, len(data), 4096):
+            w.write(mv[i : i + 4096])
+            await w.drain()
+        st, h, b = await _response(r, 5000)
+        eq((st, json.loads(b)), (200, {"md5": want, "bytes": len(data)}), "upload")
+        await w.wait_closed()
+
+    _run(t)
+
+
+def test_handler_exceptions_500_and_server_alive():
+    async def t(srv, port):
+        del _LOG[:]
+        r, w = await _open(port)
+        w.write(_get(b"/api/boom"))
+        await w.drain()
+        st, h, b = await _response(r)
+        eq((st, json.loads(b), h.get("connection")), (500, {"error": "internal error"}, "close"), "boom")
+        true(await _closed(r), "closed after 500")
+        await w.wait_closed()
+        eq(len(_LOG), 1, "logged")
+        true(isinstance(_LOG[0][1], ValueError), "exception passed to log")
+        eq((await _req(port, _get(b"/api/status")))[0], 200, "next request")
+        st, h, b = await _req(port, _get(b"/api/oom"))
+        eq(st, 500, "MemoryError")
+        true(isinstance(_LOG[-1][1], MemoryError), "oom logged")
+        eq((await _req(port, _get(b"/api/status")))[0], 200, "alive after MemoryError")
+        await asyncio.sleep_ms(50)
+        eq(srv.live, 0, "slots released")
+
+    _run(t)
+
+
+def test_accept_survives_memoryerror():
+    orig = asyncio.StreamReader
+    hits = [0]
+
+    def failing(s, *a):
+        hits[0] += 1
+        if hits[0] == 1:
+            raise MemoryError
+        return orig(s, *a)
+
+    async def t(srv, port):
+        asyncio.StreamReader = failing
+        try:
+            r, w = await _open(port)
+            true(await _closed(r, 2000), "first connection dropped")
+            await w.wait_closed()
+            eq((await _req(port, _get(b"/api/status")))[0], 200, "listener alive")
+        finally:
+            asyncio.StreamReader = orig
+        eq(hits[0], 2, "both accepts went through the patched path")
+        true(isinstance(_LOG[-1][1], MemoryError), "logged")
+
+    _run(t)
+
+
+def test_timeouts():
+    async def t(srv, port):
+        # Head not finished within head_timeout_ms -> 408 and close.
+        r, w = await _open(port)
+        w.write(b"GET /api/status HTTP/1.1\r\nHost:")
+        await w.drain()
+        st, h, b = await _response(r, 2000)
+        eq(st, 408, "head timeout")
+        true(await _closed(r), "closed")
+        await w.wait_closed()
+        # Connected but silent: closed without an answer.
+        r, w = await _open(port)
+        true(await _closed(r, 2000), "silent client closed")
+        await w.wait_closed()
+        # Keep-alive idle timeout.
+        r, w = await _open(port)
+        w.write(_get(b"/api/status"))
+        await w.drain()
+        eq((await _response(r))[0], 200, "first")
+        t0 = asyncio.ticks()
+        true(await _closed(r, 2000), "idle closed")
+        true(asyncio.ticks_diff(asyncio.ticks(), t0) >= 500, "not before idle timeout")
+        await w.wait_closed()
+        # Body shorter than announced: body timeout, connection closed.
+        r, w = await _open(port)
+        w.write(b"POST /api/upload HTTP/1.1\r\nContent-Length: 100\r\n\r\nonly ten..")
+        await w.drain()
+        true(await _closed(r, 2000), "short body closed")
+        await w.wait_closed()
+        eq((await _req(port, _get(b"/api/status")))[0], 200, "alive")
+        true(srv.timeouts >= 4, "timeouts counted")
+        await asyncio.sleep_ms(50)
+        eq(srv.live, 0, "slots released")
+
+    _run(t, head_timeout_ms=300, idle_timeout_ms=600, body_timeout_ms=300)
+
+
+def test_connection_cap_and_eviction():
+    async def t(srv, port):
+        # Two silent connections fill both slots; a third client waits in the backlog
+        # until the oldest idle one is evicted.
+        held = []
+        for _ in range(2):
+            held.append(await _open(port))
+        await asyncio.sleep_ms(50)
+        eq(srv.live, 2, "slots full")
+        st, h, b = await _req(port, _get(b"/api/status"), 3000)
+        eq(st, 200, "served after eviction")
+        true(srv.evictions >= 1, "evicted")
+        for r, w in held:
+            await w.wait_closed()
+        # Busy slots are never evicted: extra clients wait and are then served.
+        tasks = [asyncio.create_task(_req(port, _get(b"/api/status?i=%d" % i), 5000)) for i in range(12)]
+        res = await asyncio.gather(*tasks)
+        eq([x[0] for x in res], [200] * 12, "all served")
+
+    _run(t, max_conns=2, evict_after_ms=200, head_timeout_ms=5000)
+
+
+def test_limits_are_attributes():
+    eq(httpd.Server.max_line, 512, "class default")
+    s = httpd.Server([], max_conns=3, head_timeout_ms=1234)
+    eq((s.max_conns, s.head_timeout_ms, len(s._slots)), (3, 1234, 3), "instance")
+    raises(TypeError, httpd.Server, [], max_conn=3)
+
+
+async def h_headers(req):
+    return {"headers": req.headers}
+
+
+def test_keep_headers():
+    async def t(srv, port):
+        raw = (b"GET /h HTTP/1.1\r\nHost: x\r\nUser-Agent: ua\r\nX-Custom: 1\r\nCookie: a=b\r\n"
+               b"Content-Length: 0\r\nX-Bad: \xff\r\n\r\n")
+        st, h, b = await _req(port, raw)
+        eq(st, 200, "undecoded headers are not checked")
+        eq(json.loads(b)["headers"], {"host": "x", "cookie": "a=b", "content-length": "0"}, "kept")
+
+    async def t_all(srv, port):
+        st, h, b = await _req(port, b"GET /h HTTP/1.1\r\nHost: x\r\nX-Custom: 1\r\nX-Custom: 2\r\n\r\n")
+        eq(json.loads(b)["headers"], {"host": "x", "x-custom": "1, 2"}, "all kept, duplicates joined")
+
+    ROUTES.append(("GET", "/h", h_headers))
+    try:
+        _run(t)
+        _run(t_all, keep_headers=None)
+    finally:
+        ROUTES.pop()
+
+
+def test_close_releases_port():
+    _setup_files()
+
+    async def main():
+        srv, port = await _start()
+        r, w = await _open(port)  # a live connection is cancelled by close() too
+        await asyncio.sleep_ms(20)
+        srv.close()
+        await asyncio.sleep_ms(20)
+        eq(srv.live, 0, "connections closed")
+        true(await _closed(r, 1000), "client sees the close")
+        await w.wait_closed()
+        srv2 = httpd.Server(ROUTES)
+        await srv2.start("127.0.0.1", port)
+        try:
+            eq((await _req(port, _get(b"/api/status")))[0], 200, "port reusable")
+        finally:
+            srv2.close()
+            await asyncio.sleep_ms(10)
+
+    try:
+        asyncio.run(main())
+    finally:
+        asyncio.new_event_loop()

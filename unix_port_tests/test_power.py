@@ -1,0 +1,468 @@
+# Power management on fakes: a fake Modbus master serving a meter's register image, a
+# fake clock, and the charging core's limit and trip entry points. Cuts at once, damped
+# raise, pause with resume hysteresis, meter loss -> ERR MET and fallback, recovery.
+import struct
+
+from check import eq, true
+import fakehw
+from evse import faults
+from evse import power
+from evse.power import PowerManager
+from modbus_rtu import ModbusCrcError, ModbusException, ModbusFrameError, ModbusTimeout
+
+
+class Clock:
+    def __init__(self):
+        self.ms = 100000
+
+    def __call__(self):
+        return self.ms
+
+
+class FakeCharger:
+    def __init__(self, phases=3):
+        self.phases = phases
+        self.external = {}
+        self.trips = []
+
+    def set_external_limit(self, name, amps):
+        if amps is None:
+            self.external.pop(name, None)
+        else:
+            self.external[name] = amps
+
+    def trip(self, bit):
+        self.trips.append(bit)
+
+
+class FakeProtection:
+    external_meter_lost = False
+
+
+class FakeMetering:
+    def __init__(self):
+        self.amps = [0.0, 0.0, 0.0]
+
+
+def _words(value):
+    b = struct.pack(">f", value)
+    return [(b[0] << 8) | b[1], (b[2] << 8) | b[3]]
+
+
+class FakeMaster:
+    """An Eastron-layout meter (SDM630 registers) behind a fake master. `fail` is an
+    exception to raise on the next reads (None = answer)."""
+
+    def __init__(self):
+        self.regs = {}
+        self.fail = None
+        self.fail_once = None  # raised by the next read only
+        self.calls = 0
+        self.set(volts=(230.0, 230.0, 230.0), amps=(0.0, 0.0, 0.0))
+
+    def set(self, volts=None, amps=None, watts=None):
+        if volts:
+            for k, v in enumerate(volts):
+                self._put(0x0000 + 2 * k, v)
+        if amps:
+            for k, a in enumerate(amps):
+                self._put(0x0006 + 2 * k, a)
+                self._put(0x000C + 2 * k, a * 230.0 if watts is None else watts[k])
+        self._put(0x0048, 1000.0)
+
+    def _put(self, reg, value):
+        w = _words(value)
+        self.regs[reg] = w[0]
+        self.regs[reg + 1] = w[1]
+
+    async def read_registers(self, fc, slave, start, count):
+        self.calls += 1
+        if self.fail_once is not None:
+            e = self.fail_once
+            self.fail_once = None
+            raise e
+        if self.fail is not None:
+            raise self.fail
+        out = bytearray()
+        for r in range(start, start + count):
+            w = self.regs.get(r, 0)
+            out.append(w >> 8)
+            out.append(w & 0xFF)
+        return memoryview(out)
+
+
+class Rig:
+    def __init__(self, phases=3, model="SDM630", master=True, **settings):
+        s = {"meter_model": model, "max_house_current_a": 25, "phase_set": "L123"}
+        s.update(settings)
+        self.settings = fakehw.FakeSettings(**s)
+        self.clock = Clock()
+        self.ch = FakeCharger(phases)
+        self.prot = FakeProtection()
+        self.metering = FakeMetering()
+        self.master = FakeMaster() if master else None
+        self.pm = PowerManager(
+            self.ch, self.settings, self.prot, self.metering, master=self.master,
+            data_dir="/tmp", clock=self.clock,
+        )
+
+    def cycle(self, n=1):
+        """n cycles of 1 s; the fake master never really waits, so the coroutine
+        finishes on its first step."""
+        for _ in range(n):
+            coro = self.pm.poll_once()
+            try:
+                coro.send(None)
+            except StopIteration:
+                pass
+            else:
+                raise AssertionError("poll_once waited on something")
+            self.clock.ms += 1000
+
+    def limit(self):
+        return self.ch.external.get("power")
+
+    def house(self, *amps, own=None):
+        """Other loads per phase: the meter sees them plus the charger's own current."""
+        if own is not None:
+            self.metering.amps = list(own)
+        o = self.metering.amps
+        if self.ch.phases == 3:
+            grid = [amps[k] + o[k] for k in range(3)]
+        else:
+            grid = list(amps)
+        self.master.set(amps=grid)
+
+
+# ---- regulation -------------------------------------------------------------------------------
+def test_no_reading_yet_means_no_charging():
+    r = Rig()
+    r.master.fail = ModbusTimeout("silent")
+    r.cycle()
+    eq(r.limit(), 0.0, "paused until the meter has answered once")
+
+
+def test_first_reading_sets_the_limit_directly():
+    r = Rig()
+    r.house(10, 5, 5, own=(0, 0, 0))
+    r.cycle()
+    eq(r.limit(), 15.0, "25 A contract - 10 A on the busiest phase")
+    eq(r.pm.headroom_a, [15.0, 20.0, 20.0])
+
+
+def test_own_current_is_not_counted_as_house_load():
+    r = Rig()
+    r.house(10, 5, 5, own=(12, 12, 12))  # the meter reads 22/17/17 A
+    r.cycle()
+    eq(r.limit(), 15.0, "the charger's 12 A are room, not load")
+
+
+def test_cuts_at_once_when_the_house_load_rises():
+    r = Rig()
+    r.house(4, 4, 4, own=(0, 0, 0))
+    r.cycle()
+    eq(r.limit(), 21.0)
+    r.house(4, 14, 4, own=(16, 16, 16))
+    r.cycle()
+    eq(r.limit(), 11.0, "one cycle: 25 - 14")
+
+
+def test_raises_by_a_damped_step():
+    r = Rig()
+    r.house(15, 0, 0)
+    r.cycle()
+    eq(r.limit(), 10.0)
+    r.house(3, 0, 0)
+    seen = []
+    for _ in range(7):
+        r.cycle()
+        seen.append(r.limit())
+    eq(seen, [12.0, 14.0, 16.0, 18.0, 20.0, 22.0, 22.0], "+2 A per cycle up to 22 A")
+
+
+def test_pause_below_6_a_and_resume_with_hysteresis():
+    r = Rig()
+    r.house(10, 0, 0)
+    r.cycle()
+    eq(r.limit(), 15.0)
+    r.house(20, 0, 0)  # 5 A left
+    r.cycle()
+    eq(r.limit(), 0.0, "pause at once")
+    true(r.pm.paused, "paused")
+    r.house(18.5, 0, 0)  # 6.5 A: enough to charge, not enough to resume
+    r.cycle(10)
+    eq(r.limit(), 0.0, "6.5 A is below 6 A + 1 A hysteresis")
+    r.house(17.5, 0, 0)  # 7.5 A
+    r.cycle(5)
+    eq(r.limit(), 0.0, "not yet: must hold 5 s")
+    r.cycle()
+    eq(r.limit(), 7.5, "resumed after 5 s at 7.5 A")
+    r.house(10, 0, 0)
+    r.cycle()
+    eq(r.limit(), 9.5, "then the damped raise")
+
+
+def test_a_dip_restarts_the_resume_timer():
+    r = Rig()
+    r.house(20, 0, 0)
+    r.cycle()
+    eq(r.limit(), 0.0)
+    r.house(10, 0, 0)
+    r.cycle(4)
+    r.house(19, 0, 0)  # one reading below 7 A
+    r.cycle()
+    r.house(10, 0, 0)
+    r.cycle(5)
+    eq(r.limit(), 0.0, "the 5 s start again after the dip")
+    r.cycle()
+    eq(r.limit(), 8.0, "resumes at 6 A + one step, not at once at 15 A")
+
+
+def test_single_phase_charger_on_l2():
+    r = Rig(phases=1, phase_set="L2", max_house_current_a=40)
+    r.metering.amps = [16.0, 0.0, 0.0]  # its own L1 terminal
+    r.master.set(amps=(5.0, 30.0, 5.0))  # the meter sees it on house L2
+    r.cycle()
+    eq(r.pm.headroom_a, [None, 26.0, None], "40 - (30 - 16) on L2 only")
+    eq(r.limit(), 26.0)
+
+
+def test_single_phase_charger_on_an_unknown_phase_takes_the_worst():
+    r = Rig(phases=1, phase_set="L123", max_house_current_a=32)
+    r.metering.amps = [10.0, 0.0, 0.0]
+    r.master.set(amps=(12.0, 30.0, 8.0))
+    r.cycle()
+    eq(r.limit(), 12.0, "as if it drew on L2, the busiest")
+
+
+def test_exporting_phase_counts_as_negative_load():
+    r = Rig(max_house_current_a=16)
+    r.master.set(amps=(10.0, 2.0, 2.0), watts=(-2300.0, 460.0, 460.0))
+    r.cycle()
+    eq(r.pm.headroom_a[0], 26.0, "PV pushes 10 A out on L1")
+    eq(r.limit(), 14.0)
+
+
+def test_single_phase_meter():
+    r = Rig(phases=1, model="SDM120", phase_set="L3", max_house_current_a=32)
+    r.metering.amps = [8.0, 0.0, 0.0]
+    r.master.set(amps=(20.0, 0.0, 0.0))
+    r.cycle()
+    eq(r.pm.headroom_a, [None, None, 20.0], "the SDM120's one phase is the charger's")
+    eq(r.limit(), 20.0)
+
+
+def test_settings_are_read_every_cycle():
+    r = Rig()
+    r.house(10, 0, 0)
+    r.cycle()
+    eq(r.limit(), 15.0)
+    r.settings["max_house_current_a"] = 20
+    r.cycle()
+    eq(r.limit(), 10.0, "a lower contract applies at once")
+
+
+# ---- meter loss ---------------------------------------------------------------------------------
+def test_meter_loss_trips_met_and_falls_back_then_recovers():
+    r = Rig()
+    r.house(5, 5, 5)
+    r.cycle()
+    eq(r.limit(), 20.0)
+    r.master.fail = ModbusTimeout("no reply")
+    r.cycle(4)
+    eq(r.ch.trips, [], "4 s blind: not yet")
+    eq(r.limit(), 20.0, "the last limit holds while blind")
+    r.cycle()
+    eq(r.ch.trips, [faults.MET], "5 s without a valid reading -> ERR MET")
+    true(r.prot.external_meter_lost, "protection told")
+    eq(r.limit(), power.FALLBACK_A, "fallback: pause")
+    r.cycle(20)
+    eq(r.ch.trips, [faults.MET], "tripped once")
+    eq(r.pm.view()["lost"], True)
+    r.master.fail = None
+    r.cycle(5)
+    true(r.prot.external_meter_lost, "back for 5 readings, not 5 s yet")
+    eq(r.limit(), 0.0)
+    r.cycle()
+    true(not r.prot.external_meter_lost, "recovered by itself")
+    eq(r.limit(), 8.0, "resumes at once (the hysteresis ran meanwhile), damped")
+    r.cycle()
+    eq(r.limit(), 10.0)
+
+
+def test_occasional_errors_do_not_trip():
+    r = Rig()
+    r.house(5, 5, 5)
+    errors = (
+        ModbusCrcError("crc"), ModbusException(4, 4), ModbusFrameError("noise"),
+        ModbusTimeout("t"),
+    )
+    for i in range(40):
+        r.master.fail = errors[(i // 2) % 4] if i % 2 else None
+        r.cycle()
+    eq(r.ch.trips, [], "never 5 s without a valid reading")
+    e = r.pm.view()["errors"]
+    eq((e["crc"], e["exception"], e["frame"], e["timeout"]), (10, 10, 10, 10), "each try counted")
+    eq(r.pm.reads, 20)
+
+
+def test_a_bad_exchange_is_retried_within_the_cycle():
+    r = Rig()
+    r.house(5, 5, 5)
+    r.master.fail_once = ModbusCrcError("crc")
+    r.cycle()
+    eq(r.pm.reads, 1, "the retry gave a valid reading")
+    eq(r.pm.errors["crc"], 1)
+    eq(r.master.calls, 2)
+    eq(r.limit(), 20.0)
+
+
+def test_no_bus_wired_is_a_lost_meter():
+    r = Rig(master=False)
+    r.cycle(6)
+    eq(r.ch.trips, [faults.MET])
+    true("RS-485" in r.pm.view()["last_error"], r.pm.view()["last_error"])
+
+
+def test_bad_custom_map_is_a_lost_meter():
+    r = Rig(model="custom")
+    r.pm.data_dir = "/nonexistent"
+    r.cycle(6)
+    eq(r.ch.trips, [faults.MET])
+    true("custom" in r.pm.view()["last_error"], r.pm.view()["last_error"])
+
+
+def test_turning_the_meter_off_clears_everything():
+    r = Rig()
+    r.master.fail = ModbusTimeout("t")
+    r.cycle(6)
+    true(r.prot.external_meter_lost, "lost")
+    r.settings["meter_model"] = "none"
+    r.cycle()
+    true(not r.prot.external_meter_lost, "no meter, nothing lost")
+    eq(r.limit(), None, "limit removed")
+    eq(r.pm.view(), None)
+    calls = r.master.calls
+    r.cycle(3)
+    eq(r.master.calls, calls, "no polling while off")
+
+
+def test_partial_reading_is_not_used():
+    r = Rig(model="ABB_B23")
+    r.master.regs = {}
+    for reg in range(0x5B00, 0x5B1C):
+        r.master.regs[reg] = 0
+    r.master.regs[0x5B0C] = 0xFFFF  # i_l1 not available
+    r.master.regs[0x5B0D] = 0xFFFF
+    r.cycle()
+    eq(r.pm.errors["value"], 1)
+    eq(r.limit(), 0.0)
+
+
+def test_view_fields():
+    r = Rig()
+    r.house(10, 5, 5, own=(6, 6, 6))
+    r.cycle()
+    v = r.pm.view()
+    for key in (
+        "model", "ok", "lost", "age_s", "volts", "amps", "power_w", "energy_kwh",
+        "headroom_a", "limit_a", "paused", "exchanges", "cycle_ms", "reads", "errors",
+    ):
+        true(key in v, key)
+    eq(v["model"], "SDM630")
+    eq(v["volts"], [230.0, 230.0, 230.0])
+    eq(v["amps"], [16.0, 11.0, 11.0])
+    eq(v["exchanges"], 1)
+    eq(v["age_s"], 1.0)
+    eq(v["energy_kwh"], 1000.0)
+
+
+# ---- with the real charging core --------------------------------------------------------------------
+def test_with_the_charging_core_met_trips_and_clears():
+    from evse.charger import Charger
+    from evse.protection import Protection
+
+    hw = fakehw.Hw()
+    settings = fakehw.FakeSettings(meter_model="SDM630", max_house_current_a=25)
+    clock = Clock()
+    ch = Charger(hw, settings)
+    ch.clock = clock
+    prot = Protection(ch, hw, settings, None, "/tmp")
+    prot._save_latches = lambda: None
+    metering = FakeMetering()
+    master = FakeMaster()
+    pm = PowerManager(ch, settings, prot, metering, master=master, clock=clock)
+    hw.rcd.set_handler(ch._rcd_cb)
+
+    def run(ms):
+        for _ in range(ms // 10):
+            clock.ms += 10
+            ch.tick_pilot()
+            if clock.ms % 100 == 0:
+                ch.tick_control(clock.ms)
+                prot.tick(clock.ms)
+            if clock.ms % 1000 == 0:
+                prot.on_meter(clock.ms, True)
+                coro = pm.poll_once()
+                try:
+                    coro.send(None)
+                except StopIteration:
+                    pass
+                metering.amps = list(hw.meter.amps)
+
+    master.set(amps=(9.0, 0.0, 0.0))
+    hw.ev.state = "B"
+    run(300)
+    eq(ch.start_session("04A1B2C3", "RFID"), None)
+    run(1500)
+    hw.ev.state = "C"
+    run(2000)
+    eq(ch.offered_a, 16.0, "25 - 9 A")
+    eq(ch.limit_binding, "power")
+    master.set(amps=(15.0, 0.0, 0.0))
+    run(1000)
+    eq(ch.offered_a, 10.0, "cut within a cycle")
+    master.fail = ModbusTimeout("unplugged")
+    run(6000)
+    true(ch.active & faults.MET, "ERR MET")
+    eq(ch.offered_a, 0.0)
+    master.fail = None
+    run(4000)
+    true(ch.active & faults.MET, "still MET during the recovery window")
+    run(3000)
+    true(not ch.active & faults.MET, "MET cleared by protection once the meter is back")
+    run(2000)
+    true(ch.offered_a >= 6.0, "charging again: %.1f A" % ch.offered_a)
+    true(ch.session is not None, "the session survived the non-latching fault")
+
+
+def test_with_the_real_master_over_a_fake_line():
+    import asyncio
+    import time
+    from modbus_rtu import ModbusRtu
+    from test_modbus_rtu import FakeUart, regs_reply
+
+    uart = FakeUart(time.ticks_ms, 9600)
+    master = ModbusRtu(uart, None, timeout_ms=100)
+    fm = FakeMaster()
+    fm.set(amps=(7.0, 0.0, 0.0))
+
+    def answer(req):
+        start = (req[2] << 8) | req[3]
+        count = (req[4] << 8) | req[5]
+        return 3, regs_reply(req[0], req[1], [fm.regs.get(r, 0) for r in range(start, start + count)])
+
+    uart.replies = [answer, answer]
+    settings = fakehw.FakeSettings(meter_model="SDM630", max_house_current_a=25)
+    ch = FakeCharger()
+    pm = PowerManager(ch, settings, FakeProtection(), FakeMetering(), master=master)
+
+    async def main():
+        await pm.poll_once()
+        await pm.poll_once()
+
+    asyncio.run(main())
+    asyncio.new_event_loop()
+    eq(pm.reads, 2)
+    eq(ch.external["power"], 18.0)
+    eq(uart.writes[0], b"\x01\x04\x00\x00\x00\x4a\x71\xfd", "one FC 04 read of 74 registers")

@@ -1,0 +1,100 @@
+# Settings: validation with field-level errors, atomic save, partial files completed with
+# defaults, and corrupt files falling back to the backup or the defaults (never a crash).
+import os
+
+from check import eq, true
+from evse import settings as st
+
+_DIR = "/tmp/evse_settings_test"
+
+
+def _fresh():
+    try:
+        os.mkdir(_DIR)
+    except OSError:
+        pass
+    for n in os.listdir(_DIR):
+        os.remove(_DIR + "/" + n)
+    return _DIR + "/settings.json"
+
+
+def test_defaults_follow_the_manual():
+    d = st.defaults()
+    eq(d["auth_mode"], "rfid")
+    eq(d["max_current_a"], 32)
+    eq(d["language"], "en")
+
+
+def test_validation_names_each_bad_field():
+    errs = st.validate({"max_current_a": 40, "rfid_type": "X", "ventilation": 1, "nope": 1})
+    eq(sorted(errs), ["max_current_a", "nope", "rfid_type", "ventilation"])
+    eq(st.validate({"max_current_a": 6, "language": "de"}), {})
+    true("max_current_a" in st.validate({"max_current_a": True}), "bool is not a number")
+    true("max_current_a" in st.validate({"max_current_a": 16.5}), "whole amps")
+
+
+def test_ocpp_url_rules():
+    good = ("", "ws://10.0.0.5:80/ocpp/CP01", "wss://cs.example.com:443/a/b/CP-7",
+            "ws://localhost:9000/CP1")
+    bad = ("http://x:80/a", "ws://host/CP1", "ws://host:99999/CP1", "ws://host:80/",
+           "ws://ho st:80/CP1", "ws://host:80/a/<b>", 5)
+    for u in good:
+        eq(st.check_ocpp_url(u), None, u)
+    for u in bad:
+        true(st.check_ocpp_url(u), "refused: %r" % (u,))
+
+
+def test_apply_is_all_or_nothing_and_persists():
+    path = _fresh()
+    s = st.Settings(path)
+    s.load()
+    seen = []
+    s.on_change(seen.append)
+    errs = s.apply({"max_current_a": 16, "cp_type": "2V"})
+    eq(list(errs), ["cp_type"])
+    eq(s["max_current_a"], 32, "nothing changed on error")
+    eq(s.apply({"max_current_a": 16}), {})
+    eq(seen, [["max_current_a"]])
+    s2 = st.Settings(path)
+    s2.load()
+    eq(s2["max_current_a"], 16)
+
+
+def test_partial_human_file_is_completed_with_defaults():
+    path = _fresh()
+    with open(path, "w") as f:
+        f.write('{"auth_mode": "free", "max_current_a": 99}')
+    s = st.Settings(path)
+    s.load()
+    eq(s["auth_mode"], "free")
+    eq(s["max_current_a"], 32, "invalid value ignored, default kept")
+    eq(s["charging_mode"], "B")
+
+
+def test_corrupt_file_falls_back_to_backup_then_defaults():
+    path = _fresh()
+    s = st.Settings(path)
+    s.load()
+    s.apply({"max_current_a": 20})
+    s.apply({"max_current_a": 24})  # the 20 A version is now the .bak
+    with open(path, "w") as f:
+        f.write('{"max_current_a": 2')  # half-written
+    s2 = st.Settings(path)
+    s2.load()
+    eq(s2["max_current_a"], 20, "from the backup")
+    for n in os.listdir(_DIR):
+        with open(_DIR + "/" + n, "wb") as f:
+            f.write(b"\xff\x00garbage")
+    s3 = st.Settings(path)
+    s3.load()
+    eq(s3["max_current_a"], 32, "defaults")
+
+
+def test_secrets_are_never_in_the_public_view():
+    path = _fresh()
+    s = st.Settings(path)
+    s.load()
+    s.apply({"wifi_password": "secret123"})
+    pub = s.public()
+    true("wifi_password" not in pub)
+    eq(pub["wifi_password_set"], True)

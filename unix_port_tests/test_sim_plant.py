@@ -1,0 +1,138 @@
+# unix_sim board: the EV's current draw, its lag behind the PWM, energy and the mains.
+import os
+
+import board
+import check
+import sim_plant
+
+
+def _hw():
+    port = 30000 + (os.urandom(1)[0] << 4)
+    return board.make({"EVSE_DATA_DIR": "/tmp/sim_test_data", "EVSE_CAN_PORT": str(port)})
+
+
+def _charging(hw, duty_pm=267, state="C"):
+    """EV in `state`, PWM at duty_pm, relays closed, offer settled (t = 0 .. 0.6 s)."""
+    p = hw.plant
+    p.ev_state = state
+    p.update_cp()
+    hw.cp.pwm(duty_pm)
+    hw.relays.close()
+    p.tick(0)
+    p.tick(600_000)
+    return p
+
+
+def test_offered_current_table():
+    for duty, amps in ((50, 0.0), (79, 0.0), (90, 6.0), (100, 6.0), (267, 16.02), (533, 31.98), (850, 51.0), (900, 65.0), (965, 80.0), (980, 0.0)):
+        got = sim_plant.offered_a(duty)
+        check.true(abs(got - amps) < 1e-6, "offer at %d: %r != %r" % (duty, got, amps))
+    check.eq(sim_plant.offered_a(-1), 0.0, "x1")
+
+
+def test_ev_draws_min_of_offer_and_max():
+    hw = _hw()
+    p = _charging(hw, 267)
+    check.eq(p.amps, [16.02, 0.0, 0.0], "16 A offered, 1 phase")
+    p.ev_max_a = 10.0
+    p.update_draw()
+    check.eq(p.amps[0], 10.0, "EV limit")
+
+
+def test_draw_follows_a_duty_change_after_the_settling_time():
+    hw = _hw()
+    p = _charging(hw, 267)
+    hw.cp.pwm(100)  # 6 A
+    p.tick(700_000)
+    check.eq(p.amps[0], 16.02, "still the old offer")
+    p.tick(1_100_000)
+    check.eq(p.amps[0], 16.02, "0.4 s after the change")
+    p.tick(1_250_000)
+    check.eq(p.amps[0], 6.0, "after 0.5 s")
+
+
+def test_no_draw_in_b_or_without_pwm_or_with_relays_open():
+    hw = _hw()
+    p = _charging(hw, 267, state="B")
+    check.eq(p.amps[0], 0.0, "state B")
+    p.ev_state = "C"
+    p.update_draw()
+    check.eq(p.amps[0], 16.02, "C")
+    hw.relays.open()
+    p.update_draw()
+    check.eq(p.amps[0], 0.0, "relays open")
+    hw.relays.close()
+    hw.cp.high()
+    p.tick(700_000)
+    p.tick(1_300_000)
+    check.eq(p.amps[0], 0.0, "x1: no offer")
+
+
+def test_state_d_draws_like_c():
+    hw = _hw()
+    p = _charging(hw, 267, state="D")
+    check.eq(p.amps[0], 16.02, "D")
+
+
+def test_three_phase_ev_and_a_missing_phase():
+    hw = _hw()
+    p = _charging(hw, 267)
+    p.ev_phases = 3
+    p.update_draw()
+    check.eq(p.amps, [16.02, 16.02, 16.02], "3 phases")
+    p.grid_v = [230.0, 0.0, 230.0]
+    p.update_draw()
+    check.eq(p.amps, [16.02, 0.0, 16.02], "L2 missing")
+    check.true(abs(p.power_w - 2 * 230 * 16.02) < 1e-6, "power")
+
+
+def test_forced_draw_ignores_the_pwm():
+    hw = _hw()
+    p = _charging(hw, 100)
+    p.ev_draw_a = 25.0
+    hw.cp.high()
+    p.tick(2_000_000)
+    check.eq(p.amps[0], 25.0, "misbehaving EV")
+    hw.relays.open()
+    p.update_draw()
+    check.eq(p.amps[0], 0.0, "but not through open contacts")
+
+
+def test_relay_faults_change_the_current_path():
+    hw = _hw()
+    p = _charging(hw, 267)
+    hw.relays.stuck_open[2] = 1  # relay 2 carries N: nothing flows
+    p.update_draw()
+    check.eq(p.amps[0], 0.0, "N open")
+    hw.relays.stuck_open[2] = 0
+    hw.relays.welded[1] = 1
+    hw.relays.welded[2] = 1
+    hw.relays.open()
+    p.update_draw()
+    check.eq(p.amps[0], 16.02, "both welded: current flows with the relays commanded open")
+
+
+def test_energy_accumulates():
+    hw = _hw()
+    p = _charging(hw, 267)
+    p.ev_max_a = 10.0
+    p.update_draw()  # 2300 W
+    e0 = p.energy_wh
+    p.tick(600_000 + 3_600_000)
+    p.tick(600_000 + 7_200_000)
+    # 7.2 s at 2300 W = 2300 * 7.2 / 3600 Wh
+    check.true(abs(p.energy_wh - e0 - 4.6) < 1e-6, "7.2 s at 2300 W: %r Wh" % (p.energy_wh - e0))
+
+
+def test_button_and_card_expire_with_the_plant_clock():
+    hw = _hw()
+    p = hw.plant
+    now = hw.clock_us()
+    p.button_until_us = now + 50_000_000
+    check.true(hw.button.pressed(), "held")
+    p.tick(now + 60_000_000)
+    check.true(not hw.button.pressed(), "released")
+    p.card = ("04A1B2C3", "M1")
+    p.card_until_us = now + 1_000
+    p.tick(now + 2_000)
+    check.eq(p.card, None, "card gone")
