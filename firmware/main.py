@@ -54,6 +54,8 @@ def _env():
         "EVSE_RS485",
         "EVSE_CAN_PORT",
         "EVSE_LOG_LEVEL",
+        "EVSE_SERIAL",
+        "EVSE_SIM_TETHERED",
     ):
         v = os.getenv(key)
         if v is not None:

@@ -29,6 +29,12 @@ Response(body=b"", status=200, headers=None, ctype=None): body bytes/str/dict/li
 headers a dict or a list of pairs. Response.file(path) streams a file in chunk_size
 pieces. Raise HTTPError(status, msg) in a handler for a JSON `{"error": msg}` answer.
 
+Keep-alive: HTTP/1.1 unless "Connection: close", 1.0 only with "keep-alive"; at most
+max_requests per connection; an unread body up to drain_max is skipped, larger closes.
+Static: GET/HEAD under static_root, "/" and "dir/" map to index.html; name.gz is sent
+(Content-Encoding: gzip, Vary) when the client accepts gzip; ETag from static_tag, size
+and mtime; Cache-Control from cache_control; 304 on a matching If-None-Match.
+
 Status codes: 400 malformed request line/header/query/path (absolute-form targets,
 obs-fold, traversal: `..`/`.x` segments, `\\`, NUL, `//`, also percent-encoded),
 404/405 (+Allow) routing, 406 only a .gz asset and no gzip accepted, 408 head not
@@ -54,7 +60,8 @@ import asyncio
 import gc
 import json
 import os
-from time import ticks_ms, ticks_add, ticks_diff
+from time import ticks_add, ticks_diff, ticks_ms
+
 from micropython import const
 
 _FREE = const(0)
@@ -63,6 +70,8 @@ _HEAD = const(2)  # reading the request head: evictable, 408 on timeout
 _BUSY = const(3)  # body, handler, response
 _S_IFDIR = const(0x4000)
 _LINGER_BYTES = const(16384)
+_IPPROTO_TCP = const(6)  # same numbers on Linux and lwIP
+_TCP_NODELAY = const(1)
 _LONG = const(-1)  # _line(): longer than the limit
 _MORE = const(-2)  # _line(): no complete line buffered yet
 
@@ -88,8 +97,14 @@ _TYPES = {
     "webmanifest": "application/manifest+json", "wasm": "application/wasm",
 }
 # Sent without allocating when things already went wrong (MemoryError, timeout).
-_R500 = b'HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/json\r\nContent-Length: 27\r\nConnection: close\r\n\r\n{"error": "internal error"}'
-_R408 = b'HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\nContent-Length: 28\r\nConnection: close\r\n\r\n{"error": "request timeout"}'
+_R500 = (
+    b"HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/json\r\n"
+    b'Content-Length: 27\r\nConnection: close\r\n\r\n{"error": "internal error"}'
+)
+_R408 = (
+    b"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\n"
+    b'Content-Length: 28\r\nConnection: close\r\n\r\n{"error": "request timeout"}'
+)
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
@@ -235,7 +250,7 @@ class Request:
         try:
             return json.loads(await self.read(self.left))
         except ValueError:  # includes UnicodeError
-            raise HTTPError(400, "bad json")
+            raise HTTPError(400, "bad json") from None
 
 
 class _Conn:
@@ -312,6 +327,7 @@ class Server:
         return len(self._slots) - len(self._free)
 
     async def start(self, host="0.0.0.0", port=80):
+        """Binds and listens (host: an IP; getaddrinfo blocks on names), then serves."""
         import socket
 
         ai = socket.getaddrinfo(host, port)[0]
@@ -356,6 +372,10 @@ class Server:
                     continue
                 s, c_peer = ls.accept()
                 s.setblocking(False)
+                try:  # TCP_NODELAY: else Nagle holds each file chunk for the peer's delayed ACK
+                    s.setsockopt(_IPPROTO_TCP, _TCP_NODELAY, 1)
+                except Exception:
+                    pass
                 c = self._free.pop()
                 c.sock = s
                 c.peer = c_peer
@@ -404,6 +424,7 @@ class Server:
         c.armed = True
 
     async def _reap(self):
+        """The one deadline enforcer: cancels connections whose armed deadline passed."""
         while True:
             await asyncio.sleep_ms(self.tick_ms)
             now = ticks_ms()
@@ -412,7 +433,10 @@ class Server:
                     c.armed = False
                     c.killed = True
                     self.timeouts += 1
-                    c.task.cancel()
+                    try:
+                        c.task.cancel()
+                    except Exception as e:  # never let the reaper die: no deadlines then
+                        self._note("httpd: reaper", e)
 
     async def _serve(self, c):
         try:
@@ -685,7 +709,8 @@ class Server:
         """Answers an error that leaves the request framing unknown, then closes."""
         c.phase = _BUSY
         c.armed = False
-        await self._send(c, Response({"error": _REASONS[status].lower()}, status), False, False, False)
+        res = Response({"error": _REASONS[status].lower()}, status)
+        await self._send(c, res, False, False, False)
         self._arm(c, self.linger_ms)
         got = 0
         try:
@@ -745,6 +770,9 @@ class Server:
         # The scratch buffer is shared: write() sends or copies it before drain yields.
         s = self._scratch
         m = len(head)
+        if m > len(s) // 2:  # an unusually large head goes on its own
+            await self._write(c, head)
+            m = 0
         s[:m] = head
         left = res.size
         with open(res.path, "rb") as f:

@@ -35,6 +35,7 @@ FC_WRITE_MULTIPLE = const(16)
 MAX_READ = const(125)  # registers per read (Modbus application protocol §6.3/6.4)
 _MAX_WRITE = const(123)  # registers per FC 16 write
 _BUF = const(256)  # the largest RTU frame
+_CHUNK = const(64)  # bytes taken from the UART per read call
 _BITS_PER_CHAR = const(11)  # start + 8 data + parity/stop + stop
 _FAST_BAUD = const(19200)
 _FAST_T35_US = const(1750)
@@ -79,7 +80,8 @@ def crc16(buf, start=0, end=None):
 
 
 class ModbusError(Exception):
-    """Any failed exchange. The line has been flushed; the next exchange may follow."""
+    """Any failed exchange (raised as such when the serial port itself fails). The line
+    has been flushed; the next exchange may follow."""
 
 
 class ModbusTimeout(ModbusError):
@@ -132,6 +134,7 @@ class ModbusRtu:
         self._rx = bytearray(_BUF)
         self._rxmv = memoryview(self._rx)
         self._txmv = memoryview(self._tx)
+        self._chunk = bytearray(_CHUNK)
         self._txlen = 0
         self._n = 0  # bytes received for the current reply
         self._state = _IDLE
@@ -139,7 +142,6 @@ class ModbusRtu:
         self._fc = 0
         self._qty = 0
         self._addr = 0
-        self._value = 0
         self._t_line = self._ticks()  # last activity on the line (our send or a byte in)
         self._t_sent = 0
         self._deadline_ms = 0
@@ -216,6 +218,18 @@ class ModbusRtu:
         """Advances the queued exchange: None while waiting; the result when done (a
         memoryview of the register bytes for reads, True for writes); raises a
         ModbusError (after flushing the line) when it failed."""
+        try:
+            return self._poll()
+        except OSError as e:  # the serial device itself failed (unplugged adapter, ...)
+            self._state = _IDLE
+            self.failures += 1
+            try:
+                self._de_off()
+            except OSError:
+                pass
+            raise ModbusError("serial port error: %r" % (e,))
+
+    def _poll(self):
         st = self._state
         if st == _IDLE:
             raise RuntimeError("no modbus exchange queued")
@@ -250,9 +264,12 @@ class ModbusRtu:
     def abort(self):
         """Drops the exchange (a cancelled caller); the line is flushed."""
         if self._state != _IDLE:
-            self._de_off()
-            self._flush(self._ticks())
             self._state = _IDLE
+            try:
+                self._de_off()
+                self._flush(self._ticks())
+            except OSError:
+                pass  # the next exchange reports a broken port
 
     def _send(self, now):
         self._flush(now)
@@ -291,18 +308,31 @@ class ModbusRtu:
             self._de.value(0)
 
     def _receive(self, now):
+        # Read through a fixed chunk: a memoryview slice per poll would allocate.
         n = self._n
-        if n < _BUF:
-            got = self._uart.readinto(self._rxmv[n:])
-            if got:
-                n += got
-                self._n = n
-                self._t_line = now
-        elif self._uart.any():
-            self._fail(now, ModbusFrameError("reply longer than %d bytes" % _BUF))
+        rx = self._rx
+        chunk = self._chunk
+        uart = self._uart
+        over = False
+        for _ in range(_BUF // _CHUNK + 1):
+            got = uart.readinto(chunk)
+            if not got:
+                break
+            if n + got > _BUF:
+                got = _BUF - n  # keep what fits; the rest is not part of a frame
+                over = True
+            for i in range(got):
+                rx[n + i] = chunk[i]
+            n += got
+            self._t_line = now
+            if over or got < _CHUNK:
+                break
+        self._n = n
         expect = self._expected(0) if n >= 3 else 0
         if expect and n >= expect:
             return self._finish(now, self._check(0, expect))
+        if over:
+            self._fail(now, ModbusFrameError("reply longer than %d bytes" % _BUF))
         silent = time.ticks_diff(now, self._t_line) >= self._gap_ms()
         if n and not expect and silent:
             # Not a frame we can follow from its header: the silence ends it.

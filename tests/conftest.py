@@ -12,23 +12,26 @@ When a test fails, the report ends with the tail of each charger's log.
 """
 
 import pytest
-import os
+from harness import Charger, firmware_tree, kill_leftovers
 
-from harness import Charger, kill_leftovers
 
-DEFAULT_HEAP = os.environ.get("EVSE_TEST_HEAP", "128k")
+def pytest_configure(config):
+    """Compile the firmware once, before any test (or test worker) starts: every charger
+    of the session runs that tree, the way a charger runs it (harness.firmware_tree)."""
+    if not hasattr(config, "workerinput"):
+        firmware_tree()
 
 
 @pytest.fixture
 def start_charger(request, tmp_path):
-    """Factory: start_charger(settings=None, env=None, heap="128k", board_dir=None,
+    """Factory: start_charger(settings=None, env=None, heap=None, board_dir=None,
     name=None) starts one more charger, ready, in its own directory under tmp_path."""
     chargers = []
     request.node.chargers = chargers
 
     def start(settings=None, env=None, heap=None, board_dir=None, name=None):
         name = name or f"charger{len(chargers) + 1}"
-        c = Charger(tmp_path / name, settings=settings, env=env, heap=heap or DEFAULT_HEAP,
+        c = Charger(tmp_path / name, settings=settings, env=env, heap=heap,
                     board_dir=board_dir, name=name)
         chargers.append(c)
         c.start()

@@ -47,6 +47,40 @@ def micropython():
     return str(venv) if venv.exists() else "micropython"
 
 
+def _tool(name):
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        return __import__(name)
+    finally:
+        sys.path.pop(0)
+
+
+def firmware_tree():
+    """The firmware as a charger runs it: compiled by mpy-cross (tools/build.py).
+
+    Built once into build/test/unix_sim (the test session builds it before any worker
+    starts and passes it on in EVSE_TEST_TREE)."""
+    tree = os.environ.get("EVSE_TEST_TREE")
+    if tree:
+        return Path(tree)
+    out = ROOT / "build" / "test" / "unix_sim"
+    _tool("build").build("unix_sim", out)
+    os.environ["EVSE_TEST_TREE"] = str(out)
+    return out
+
+
+def default_heap(tree=None):
+    """128 KB for the firmware's data plus what its code takes on this port.
+
+    On the charger the code is frozen in flash; on the unix port it sits in the heap, so
+    the budget is data only (tools/footprint.py, docs/development.md). EVSE_TEST_HEAP
+    overrides it."""
+    forced = os.environ.get("EVSE_TEST_HEAP")
+    if forced:
+        return forced
+    return _tool("footprint").heapsize(micropython(), 128, tree=tree)
+
+
 def free_port(kind=socket.SOCK_STREAM):
     """A port on 127.0.0.1 that is free right now (TCP by default, or SOCK_DGRAM) and
     that this process has not handed out before."""
@@ -87,10 +121,11 @@ class Response(NamedTuple):
 
 
 class Charger:
-    def __init__(self, workdir, *, settings=None, env=None, heap=os.environ.get("EVSE_TEST_HEAP", "128k"), board_dir=None,
+    def __init__(self, workdir, *, settings=None, env=None, heap=None, board_dir=None,
                  name="charger"):
-        """`board_dir` runs `<board_dir>/main.py` (a tree from tools/build.py) instead of
-        firmware/main.py; `settings` pre-seeds settings.json before the first boot."""
+        """Runs `<board_dir>/main.py`: by default the compiled tree of firmware_tree(),
+        `ROOT / "firmware"` for the sources; `settings` pre-seeds settings.json before
+        the first boot; `heap` defaults to 128 KB of data (default_heap())."""
         self.name = name
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -110,7 +145,8 @@ class Charger:
         self.http_port = int(self.env["EVSE_HTTP_PORT"])
         self.sim_port = int(self.env["EVSE_SIM_PORT"])
         self.can_port = int(self.env["EVSE_CAN_PORT"])
-        entry_dir = Path(board_dir) if board_dir else ROOT / "firmware"
+        entry_dir = Path(board_dir) if board_dir else firmware_tree()
+        heap = heap or default_heap(None if entry_dir == ROOT / "firmware" else entry_dir)
         self.cmd = [micropython(), "-X", f"heapsize={heap}", str(entry_dir.resolve() / "main.py")]
         self.log_path = self.workdir / f"{name}.log"
         self.cookies = {}

@@ -20,7 +20,7 @@ import httpd
 
 
 async def status(req):
-    return {"state": "Available", "mem_free": gc.mem_free(), "live": req._srv.live}
+    return {"state": "Available", "mem_free": gc.mem_free()}
 
 
 async def echo(req):
@@ -62,7 +62,7 @@ async def main(port, root, limits):
         ],
         static_root=root,
         log=log,
-        **limits
+        **limits,
     )
     await srv.start("127.0.0.1", port)
     gc.collect()

@@ -30,7 +30,8 @@ def paused(c):
 
 def standby(c):
     c.sim("ev", state="A")
-    c.wait_for(lambda s: s["state"] == "Available")
+    # After the power-on self-test (white belt): stand-by, green.
+    c.wait_for(lambda s: s["state"] == "Available" and s["led_belt"]["colour"] == "green")
 
 
 PHASES = {"standby": standby, "charging": charging, "paused": paused}
@@ -67,7 +68,7 @@ FAULTS = {
     "PP": ([("cable", {"pp_ohms": 50})], [("cable", {"pp_ohms": 220})], False,
            {"charging": charging, "paused": paused}),
     # Over-current needs current: the relays must be closed.
-    "OCP": ([("ev", {"state": "C", "diode": True, "max_a": 16, "draw_a": 30.0})],
+    "OCP": ([("ev", {"state": "C", "diode": True, "max_a": 16, "draw_a": 45.0})],
             [("ev", {"state": "C", "diode": True, "max_a": 16})], False,
             {"charging": charging}),
 }
@@ -91,11 +92,13 @@ def test_fault(start_charger, code, phase):
     phases[phase](c)
     t0 = c.snapshot()["t_us"]
     apply(c, inject)
-    snap = c.wait_for(lambda s: code in s["errors"], timeout=15)
-    # What the driver sees.
+    if code in ("R12", "R3N") and phase == "charging":
+        # A welded contact looks like a closed one until the coil is released.
+        c.sim("ev", state="B", diode=True, max_a=16)
+    # What the driver sees (the display and LEDs follow within one HMI tick).
+    snap = c.wait_for(lambda s: code in s["errors"] and s["led_belt"]["colour"] == "red"
+                      and s["leds"]["fault"]["colour"] == "red", timeout=15)
     assert snap["state"] == "Faulted"
-    assert snap["led_belt"]["colour"] == "red"
-    assert snap["leds"]["fault"]["colour"] == "red"
     snap = c.wait_for(lambda s: s["display"] == f"ERR {code}" or len(s["errors"]) > 1)
     # Outputs: relays open and the PWM stopped, the relays first.
     assert not snap["relays_closed"] and snap["pwm_duty_pct"] is None
@@ -130,17 +133,18 @@ def test_fault(start_charger, code, phase):
         assert r.status == 200, r
     timeout = 75 if code == "OCP" else 20
     c.wait_for(lambda s: code not in s["errors"], timeout=timeout)
+    t_clear = c.snapshot()["t_us"]
     # Charging again through a fresh pilot handshake.
     if phase == "standby" or code in ("PP", "CP") or latching:
         charging(c)
     else:
         c.sim("ev", state="C", diode=True, max_a=16)
         c.wait_for(lambda s: s["relays_closed"], timeout=10)
-    t1 = c.snapshot()["t_us"]
-    ev = c.events(t0)
+    ev = c.events(t_clear)
     pwm_back = [e for e in ev if e["what"] == "pwm_duty_pct" and e["value"]]
-    assert pwm_back, "PWM offered again before the relays closed"
-    assert t1 > 0
+    closed = [e for e in ev if e["what"] == "relays" and e["value"] is True]
+    assert pwm_back and closed, "a fresh handshake: PWM first, then the relays"
+    assert pwm_back[0]["t_us"] < closed[0]["t_us"]
 
 
 def test_standby_overcurrent_draw_does_not_trip(start_charger):

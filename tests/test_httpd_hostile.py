@@ -4,6 +4,7 @@ Starts tests/httpd_app.py once for the module (httpd precompiled with mpy-cross,
 the device freezes it), throws one kind of abuse per test at it and then checks that
 a normal request is still answered. Only 127.0.0.1; every wait is bounded.
 """
+
 import concurrent.futures
 import gzip
 import hashlib
@@ -57,23 +58,41 @@ def app(tmp_path_factory):
     (www / "app.js.gz").write_bytes(gzip.compress(js))
     (www / "sub" / "page.html").write_bytes(b"<p>sub</p>")
     (d / "lib").mkdir()
-    subprocess.run([cross, "-o", str(d / "lib/httpd.mpy"), str(ROOT / "lib/httpd.py")], check=True, timeout=60)
+    subprocess.run(
+        [cross, "-o", str(d / "lib/httpd.mpy"), str(ROOT / "lib/httpd.py")], check=True, timeout=60
+    )
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
     s.close()
     ms = int(HEAD_TIMEOUT_S * 1000)
-    cmd = [mp, "-X", "heapsize=64k", str(ROOT / "tests/httpd_app.py"), str(port), str(www),
-           "head_timeout_ms=%d" % ms, "body_timeout_ms=%d" % ms, "idle_timeout_ms=%d" % (2 * ms),
-           "write_timeout_ms=%d" % ms, "backlog=64"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            env=dict(os.environ, HTTPD_LIB=str(d / "lib")))
+    cmd = [
+        mp,
+        "-X",
+        "heapsize=64k",
+        str(ROOT / "tests/httpd_app.py"),
+        str(port),
+        str(www),
+        "head_timeout_ms=%d" % ms,
+        "body_timeout_ms=%d" % ms,
+        "idle_timeout_ms=%d" % (2 * ms),
+        "write_timeout_ms=%d" % ms,
+        "backlog=64",
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=dict(os.environ, HTTPD_LIB=str(d / "lib")),
+    )
     a = App(proc, port)
     threading.Thread(target=a.pump, daemon=True).start()
     try:
         deadline = time.monotonic() + 10
-        while not any(l.startswith("READY") for l in a.lines):
-            assert proc.poll() is None and time.monotonic() < deadline, "app did not start: %r" % a.lines
+        while not any(line.startswith("READY") for line in a.lines):
+            assert proc.poll() is None and time.monotonic() < deadline, (
+                "app did not start: %r" % a.lines
+            )
             time.sleep(0.05)
         yield a
     finally:
@@ -166,9 +185,14 @@ def test_normal_requests(app):
     st, h, b = request(app.port, get(b"/app.js", b"Accept-Encoding: gzip\r\n"))
     assert st == 200 and h["content-encoding"] == "gzip"
     assert gzip.decompress(b) == b"console.log('wallbox');\n" * 200
-    st, h2, b = request(app.port, get(b"/app.js", b"Accept-Encoding: gzip\r\nIf-None-Match: " + h["etag"].encode() + b"\r\n"))
+    st, h2, b = request(
+        app.port,
+        get(b"/app.js", b"Accept-Encoding: gzip\r\nIf-None-Match: " + h["etag"].encode() + b"\r\n"),
+    )
     assert (st, b) == (304, b"")
-    st, h, b = request(app.port, b'PUT /api/cards/2 HTTP/1.1\r\nContent-Length: 13\r\n\r\n{"uid": "AB"}')
+    st, h, b = request(
+        app.port, b'PUT /api/cards/2 HTTP/1.1\r\nContent-Length: 13\r\n\r\n{"uid": "AB"}'
+    )
     assert (st, json.loads(b)) == (200, {"slot": "2", "uid": "AB"})
     st, h, b = request(app.port, b"POST /api/echo HTTP/1.1\r\nContent-Length: 4\r\n\r\n{no}")
     assert st == 400 and json.loads(b) == {"error": "bad json"}
@@ -269,20 +293,28 @@ def test_slow_loris(app):
     assert len(closed_at) == 30, "server left %d slow clients open" % (30 - len(closed_at))
     assert sent < len(head), "a slow client completed its request"
     assert served and served[0][0] == 200, served
-    print("slow loris: all closed by %.1fs; normal request during the attack took %.2fs"
-          % (max(closed_at.values()), served[0][1]))
+    print(
+        "slow loris: all closed by %.1fs; normal request during the attack took %.2fs"
+        % (max(closed_at.values()), served[0][1])
+    )
     assert_alive(app)
 
 
 def test_body_longer_than_announced(app):
     with Client(app.port) as c:
-        c.send(b'POST /api/echo HTTP/1.1\r\nContent-Length: 8\r\n\r\n{"a": 1}' + get(b"/api/status"))
+        c.send(
+            b'POST /api/echo HTTP/1.1\r\nContent-Length: 8\r\n\r\n{"a": 1}' + get(b"/api/status")
+        )
         st, h, b = c.response()
         assert (st, json.loads(b)) == (200, {"got": {"a": 1}})
         st, h, b = c.response()
         assert st == 200 and json.loads(b)["state"] == "Available"
     with Client(app.port) as c:
-        c.send(b'POST /api/echo HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}' + b"\x00garbage" * 50 + b"\r\n\r\n")
+        c.send(
+            b"POST /api/echo HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}"
+            + b"\x00garbage" * 50
+            + b"\r\n\r\n"
+        )
         assert c.response()[0] == 200
         assert c.response()[0] == 400
         assert c.closed_by_server(3)
@@ -335,7 +367,10 @@ def test_bad_methods_and_versions(app):
         (b"GET / HTTP/1.1\r\nX-A: 1\r\n folded\r\n\r\n", 400),
         (b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03" + os.urandom(64) + b"\r\n\r\n", 400),
         (os.urandom(300).replace(b"\n", b"") + b"\r\n\r\n", None),  # 400, 501 or 414
-        (b"PUT /api/cards/1 HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n", 411),
+        (
+            b"PUT /api/cards/1 HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
+            411,
+        ),
         (b"POST /api/upload HTTP/1.1\r\nContent-Length: 99999999999\r\n\r\n", 400),
         (b"POST /api/echo HTTP/1.1\r\nContent-Length: 100000\r\n\r\n", 413),
     ]
@@ -346,12 +381,29 @@ def test_bad_methods_and_versions(app):
 
 
 def test_path_traversal(app):
-    attempts = [b"/../secret.txt", b"/%2e%2e/secret.txt", b"/%2E%2e/secret.txt", b"/sub/../../secret.txt",
-                b"/sub/%2e%2e/%2e%2e/secret.txt", b"/..%2fsecret.txt", b"/..%2Fsecret.txt",
-                b"/%2e%2e%2fsecret.txt", b"/..%5csecret.txt", b"/..\\secret.txt", b"/sub\\..\\..\\secret.txt",
-                b"//secret.txt", b"/%2f%2e%2e%2fsecret.txt", b"/index.html%00", b"/%00/../secret.txt",
-                b"/%252e%252e/secret.txt", b"/.%2e/secret.txt", b"/sub/.%2E/.%2E/secret.txt",
-                b"/%c0%ae%c0%ae/secret.txt", b"/..;/secret.txt", b"/../../../../../../etc/passwd"]
+    attempts = [
+        b"/../secret.txt",
+        b"/%2e%2e/secret.txt",
+        b"/%2E%2e/secret.txt",
+        b"/sub/../../secret.txt",
+        b"/sub/%2e%2e/%2e%2e/secret.txt",
+        b"/..%2fsecret.txt",
+        b"/..%2Fsecret.txt",
+        b"/%2e%2e%2fsecret.txt",
+        b"/..%5csecret.txt",
+        b"/..\\secret.txt",
+        b"/sub\\..\\..\\secret.txt",
+        b"//secret.txt",
+        b"/%2f%2e%2e%2fsecret.txt",
+        b"/index.html%00",
+        b"/%00/../secret.txt",
+        b"/%252e%252e/secret.txt",
+        b"/.%2e/secret.txt",
+        b"/sub/.%2E/.%2E/secret.txt",
+        b"/%c0%ae%c0%ae/secret.txt",
+        b"/..;/secret.txt",
+        b"/../../../../../../etc/passwd",
+    ]
     for p in attempts:
         st, h, b = request(app.port, get(p))
         assert st in (400, 404), (p, st)
@@ -383,7 +435,10 @@ def test_200_concurrent_connections(app):
         results = list(ex.map(one, range(200), timeout=60))
     took = time.monotonic() - t0
     ok = results.count(200)
-    print("200 concurrent: %d ok in %.1fs, others: %r" % (ok, took, [r for r in results if r != 200][:5]))
+    print(
+        "200 concurrent: %d ok in %.1fs, others: %r"
+        % (ok, took, [r for r in results if r != 200][:5])
+    )
     assert ok == 200, results
     assert_alive(app)
 
@@ -391,8 +446,10 @@ def test_200_concurrent_connections(app):
 def test_2mb_upload_at_64k_heap(app):
     data = os.urandom(2 << 20)
     with Client(app.port, timeout=30) as c:
-        c.send(b"POST /api/upload HTTP/1.1\r\nContent-Type: application/octet-stream\r\n"
-               b"Content-Length: %d\r\n\r\n" % len(data))
+        c.send(
+            b"POST /api/upload HTTP/1.1\r\nContent-Type: application/octet-stream\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(data)
+        )
         t0 = time.monotonic()
         for i in range(0, len(data), 65536):
             c.send(data[i : i + 65536])
@@ -404,13 +461,15 @@ def test_2mb_upload_at_64k_heap(app):
     assert_alive(app)
 
 
-def test_keepalive_request_rate(app):
-    """For information: one client, one keep-alive connection, 2 seconds."""
+@pytest.mark.parametrize("path", [b"/api/status", b"/app.js"])
+def test_keepalive_request_rate(app, path):
+    """One client, one keep-alive connection, 1.5 s. The rate is for information; the
+    floor catches Nagle/delayed-ACK stalls between response writes (~25 requests/s)."""
     n = 0
     c = Client(app.port)
     t0 = time.monotonic()
-    while time.monotonic() - t0 < 2:
-        c.send(get(b"/api/status"))
+    while time.monotonic() - t0 < 1.5:
+        c.send(get(path))
         assert c.response()[0] == 200
         n += 1
         if n % 90 == 0:  # max_requests per connection is 100
@@ -418,8 +477,8 @@ def test_keepalive_request_rate(app):
             c = Client(app.port)
     rate = n / (time.monotonic() - t0)
     c.s.close()
-    print("keep-alive: %.0f requests/s" % rate)
-    assert rate > 50, "responses stall (Nagle/delayed-ACK?)"
+    print("keep-alive %s: %.0f requests/s" % (path.decode(), rate))
+    assert rate > 200
     assert_alive(app)
 
 
@@ -427,4 +486,4 @@ def test_nothing_logged(app):
     """No handler error or MemoryError was logged through any of the above."""
     time.sleep(0.2)
     assert app.proc.poll() is None
-    assert [l for l in app.lines if not l.startswith("READY")] == []
+    assert [line for line in app.lines if not line.startswith("READY")] == []

@@ -9,7 +9,7 @@ import pytest
 
 A = "04A1B2C3"
 B = "04D5E6F7"
-C = "0411223344556677"  # 7-byte UID
+C = "04112233445566"  # 7-byte UID
 D = "04AABBCC"
 
 

@@ -88,7 +88,7 @@ def test_each_op_replies_ok_with_t_us(charger, op, fields, key):
 
 @pytest.mark.parametrize("name", [
     "rcd_ac", "rcd_dc", "pe", "relay_weld", "relay_stuck_open", "lock", "fan", "cp_short",
-    "diode", "internal_meter", "phase_rotation",
+    "diode", "internal_meter", "phase_rotation", "rfid_reader",
 ])
 def test_each_fault_switches_on_and_off(charger, name):
     on = charger.sim("fault", name=name, active=True)

@@ -40,8 +40,9 @@ import json
 import asyncio
 ROOT = sys.argv[1]
 CYCLES = int(sys.argv[2])
-PTY = sys.argv[3] if len(sys.argv) > 3 else ""
-MODELS = sys.argv[4].split(",") if len(sys.argv) > 4 else None
+DATA_DIR = sys.argv[3]
+PTY = sys.argv[4]
+MODELS = sys.argv[5].split(",") if sys.argv[5] else None
 for p in (ROOT + "/firmware", ROOT + "/lib", ROOT + "/boards/unix_sim"):
     sys.path.append(p)
 from evse import meters
@@ -127,15 +128,14 @@ async def cycle_ms(pm, cycles):
 
 
 def custom_dir():
-    d = "/tmp"
-    with open(d + "/" + meters.CUSTOM_FILE, "w") as f:
+    with open(DATA_DIR + "/" + meters.CUSTOM_FILE, "w") as f:
         f.write(json.dumps(CUSTOM))
-    return d
+    return DATA_DIR
 
 
 CUSTOM = json.loads(sys.stdin.read() or "{}")
 for model in MODELS or meters.MODELS:
-    data_dir = custom_dir() if model == "custom" else "/tmp"
+    data_dir = custom_dir() if model == "custom" else DATA_DIR
     m = meters.make(model, data_dir)
     out = {
         "model": model,
@@ -175,9 +175,8 @@ def micropython():
 
 
 def run_mp(script, cycles, pty="", models=None, timeout=120):
-    args = [micropython(), str(script), str(ROOT), str(cycles)]
-    if pty or models:
-        args += [pty, ",".join(models or [])]
+    args = [micropython(), str(script), str(ROOT), str(cycles), str(Path(script).parent),
+            pty, ",".join(models or [])]
     p = subprocess.run(args, input=json.dumps(CUSTOM), capture_output=True, text=True,
                        timeout=timeout)
     rows = []

@@ -27,7 +27,7 @@ import time
 
 TIMEOUT_S = 10.0
 FAULTS = ("rcd_ac", "rcd_dc", "pe", "relay_weld", "relay_stuck_open", "lock", "fan",
-          "cp_short", "diode", "internal_meter", "phase_rotation", "rfid")
+          "cp_short", "diode", "internal_meter", "phase_rotation", "rfid_reader")
 
 
 class Link:

@@ -34,20 +34,28 @@ print(gc.mem_alloc() - base)
 """
 
 
-def modules(board="unix_sim"):
+def _layout(board="unix_sim", tree=None):
+    """(sys.path entries, module directories with their package prefix, extension)."""
+    if tree is None:  # the source tree
+        return ([ROOT / "firmware", ROOT / "lib", ROOT / "boards" / board],
+                [(ROOT / "lib", ""), (ROOT / "boards" / board, ""),
+                 (ROOT / "firmware" / "evse", "evse.")], "*.py")
+    tree = Path(tree)  # a tree from tools/build.py: main.py, evse/, lib/
+    return [tree, tree / "lib"], [(tree / "lib", ""), (tree / "evse", "evse.")], "*.mpy"
+
+
+def modules(board="unix_sim", tree=None):
     """Every importable module of the firmware, the libraries and the board."""
-    names = [p.stem for p in sorted((ROOT / "lib").glob("*.py"))]
-    names += [p.stem for p in sorted((ROOT / "boards" / board).glob("*.py"))]
-    names += ["evse." + p.stem for p in sorted((ROOT / "firmware" / "evse").glob("*.py"))
-              if p.stem != "__init__"]
-    return names
+    _paths, dirs, pattern = _layout(board, tree)
+    return [prefix + p.stem for d, prefix in dirs for p in sorted(d.glob(pattern))
+            if p.stem != "__init__"]
 
 
 @functools.lru_cache(maxsize=None)
-def footprint(micropython, board="unix_sim"):
+def footprint(micropython, board="unix_sim", tree=None):
     """Bytes of heap the imported code keeps (measured with a large heap)."""
-    paths = [str(ROOT / "firmware"), str(ROOT / "lib"), str(ROOT / "boards" / board)]
-    code = _PROBE % (paths, modules(board))
+    paths = [str(p) for p in _layout(board, tree)[0]]
+    code = _PROBE % (paths, modules(board, tree))
     out = subprocess.run([micropython, "-X", "heapsize=8m", "-c", code], capture_output=True,
                          text=True, timeout=120, cwd=ROOT)
     if out.returncode != 0:
@@ -55,9 +63,9 @@ def footprint(micropython, board="unix_sim"):
     return int(out.stdout.split()[-1])
 
 
-def heapsize(micropython, data_kb=128, board="unix_sim"):
+def heapsize(micropython, data_kb=128, board="unix_sim", tree=None):
     """The -X heapsize value that leaves data_kb KB for data, rounded up to 4 KB."""
-    total = data_kb * 1024 + footprint(micropython, board)
+    total = data_kb * 1024 + footprint(micropython, board, None if tree is None else str(tree))
     return "%dk" % (-(-total // 4096) * 4)
 
 
@@ -66,11 +74,12 @@ def main():
     ap.add_argument("--micropython", default=str(ROOT / ".venv" / "bin" / "micropython"))
     ap.add_argument("--board", default="unix_sim")
     ap.add_argument("--data-kb", type=int, default=128)
+    ap.add_argument("--tree", help="a built tree (tools/build.py) instead of the sources")
     args = ap.parse_args()
-    fp = footprint(args.micropython, args.board)
-    print("code footprint: %d bytes (%d modules)" % (fp, len(modules(args.board))))
-    print("heapsize for %d KB of data: %s" % (args.data_kb, heapsize(args.micropython,
-                                                                     args.data_kb, args.board)))
+    fp = footprint(args.micropython, args.board, args.tree)
+    print("code footprint: %d bytes (%d modules)" % (fp, len(modules(args.board, args.tree))))
+    print("heapsize for %d KB of data: %s" % (
+        args.data_kb, heapsize(args.micropython, args.data_kb, args.board, args.tree)))
     return 0
 
 

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
-DEBIAN_PACKAGES=(socat)   # add `chromium` here when the browser tests land
+DEBIAN_PACKAGES=(socat chromium)   # socat: RS-485 ptys; chromium: web app tests
 
 log() { echo "setup: $*" >&2; }
 

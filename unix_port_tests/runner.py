@@ -34,9 +34,11 @@ def _modules(argv):
 def run(argv):
     _setup_path()
     from check import SkipTest
+    import log
 
     passed = failed = skipped = 0
     for modname in _modules(argv):
+        log.set_level(log.WARNING)  # the modules' INFO lines would bury the results
         try:
             mod = __import__(modname)
         except Exception as e:

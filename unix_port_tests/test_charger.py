@@ -264,3 +264,19 @@ def test_voltage_faults_and_clear_with_fresh_handshake():
     r.hw.meter.volts = [230.0, 0.0, 230.0]
     r.run(3100)
     true(r.ch.active & faults.MIS, "missing phase")
+
+
+def test_trip_path_on_the_simulated_board_allocates_nothing():
+    """The same fault path through the unix_sim board's real HAL objects (relays, CP
+    generator, event recording) under heap_lock."""
+    import time
+    import board
+
+    hw = board.make({"EVSE_DATA_DIR": "/tmp", "EVSE_CAN_PORT": "29599"})
+    ch = Charger(hw, fakehw.FakeSettings())
+    ch.clock = time.ticks_ms
+    hw.relays.close()
+    assert_no_alloc(ch.trip, faults.IRD)
+    true(not hw.relays.closed, "relays open")
+    eq(hw.cp.duty_pm, -2, "state F")
+    assert_no_alloc(ch.emergency_stop)

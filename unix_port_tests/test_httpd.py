@@ -5,8 +5,8 @@ import hashlib
 import json
 import os
 
-from check import eq, true, raises
 import httpd
+from check import eq, raises, true
 
 _ROOT = "/tmp/httpd_test_%d" % (os.urandom(1)[0] * 256 + os.urandom(1)[0])
 _WWW = _ROOT + "/www"
@@ -37,6 +37,16 @@ def _setup_files():
     _write(_WWW + "/sub/index.html", b"<p>sub</p>")
     _write(_WWW + "/big.bin", bytes(range(256)) * 40)  # 10 KB: several file chunks
     _write(_WWW + "/.hidden", b"hidden")
+
+
+def _rmtree(path):
+    for name, kind, *_ in os.ilistdir(path):
+        p = path + "/" + name
+        if kind == 0x4000:
+            _rmtree(p)
+        else:
+            os.remove(p)
+    os.rmdir(path)
 
 
 # -- handlers ------------------------------------------------------------------------
@@ -83,6 +93,10 @@ async def h_none(req):
     return None
 
 
+async def h_big(req):
+    return [{"slot": i, "uid": "04A1B2C3D4E5F6"} for i in range(200)]  # ~6 KB of JSON
+
+
 async def h_file(req):
     return httpd.Response.file(_WWW + "/big.bin")
 
@@ -97,6 +111,7 @@ ROUTES = [
     ("GET", "/api/oom", h_oom),
     ("GET", "/api/conflict", h_teapot),
     ("GET", "/api/file", h_file),
+    ("GET", "/api/big", h_big),
 ]
 
 
@@ -138,6 +153,7 @@ def _run(fn, **kw):
         asyncio.run(main())
     finally:
         asyncio.new_event_loop()
+        _rmtree(_ROOT)
         gc.collect()
 
 
@@ -201,20 +217,26 @@ def test_unquote():
 
 def test_routing_params_query_cookies():
     async def t(srv, port):
-        st, h, b = await _req(port, _get(b"/api/status?a=1&b=x%20y&c=p+q&flag", b"Cookie: sid=abc; lang=it\r\n"))
+        st, h, b = await _req(
+            port, _get(b"/api/status?a=1&b=x%20y&c=p+q&flag", b"Cookie: sid=abc; lang=it\r\n")
+        )
         eq(st, 200, "status")
         eq(h["content-type"], "application/json", "ctype")
         d = json.loads(b)
         eq(d["query"], {"a": "1", "b": "x y", "c": "p q", "flag": ""}, "query")
         eq(d["cookies"], {"sid": "abc", "lang": "it"}, "cookies")
         body = b'{"uid": "04A1B2C3"}'
-        st, h, b = await _req(port, b"PUT /api/cards/7 HTTP/1.1\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        st, h, b = await _req(
+            port, b"PUT /api/cards/7 HTTP/1.1\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
         eq(st, 201, "put card")
         eq(json.loads(b), {"slot": "7", "uid": "04A1B2C3"}, "params")
         st, h, b = await _req(port, b"DELETE /api/cards/7 HTTP/1.1\r\n\r\n")
         eq((st, b), (204, b""), "None -> 204")
         st, h, b = await _req(port, _get(b"/api/conflict"))
         eq((st, json.loads(b)), (409, {"error": "not in standby"}), "HTTPError")
+        st, h, b = await _req(port, _get(b"/api/big"))
+        eq((st, json.loads(b)), (200, await h_big(None)), "body larger than the scratch buffer")
         st, h, b = await _req(port, b"HEAD /api/status HTTP/1.1\r\n\r\n")
         eq(st, 200, "HEAD")
         true(int(h["content-length"]) > 0, "HEAD length")
@@ -228,10 +250,14 @@ def test_json_body_limits():
         eq((st, json.loads(b)), (200, {"a": 1}), "echo")
         st, h, b = await _req(port, b"POST /api/echo HTTP/1.1\r\nContent-Length: 5\r\n\r\n{bad}")
         eq((st, json.loads(b)["error"]), (400, "bad json"), "bad json")
-        st, h, b = await _req(port, b"POST /api/echo HTTP/1.1\r\nContent-Length: 5\r\n\r\n\xff\xfe{}}")
+        st, h, b = await _req(
+            port, b"POST /api/echo HTTP/1.1\r\nContent-Length: 5\r\n\r\n\xff\xfe{}}"
+        )
         eq(st, 400, "bad utf-8")
         # Above json(64) but below the route limit: the handler refuses, body left unread.
-        st, h, b = await _req(port, b"POST /api/echo HTTP/1.1\r\nContent-Length: 100\r\n\r\n" + b" " * 100)
+        st, h, b = await _req(
+            port, b"POST /api/echo HTTP/1.1\r\nContent-Length: 100\r\n\r\n" + b" " * 100
+        )
         eq(st, 413, "json cap")
         # Above the route limit (max_body): answered from the head alone, then closed.
         r, w = await _open(port)
@@ -241,13 +267,19 @@ def test_json_body_limits():
         eq((st, h.get("connection")), (413, "close"), "route limit")
         true(await _closed(r), "closed after 413")
         await w.wait_closed()
-        st, h, b = await _req(port, b"PUT /api/cards/1 HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+        st, h, b = await _req(
+            port,
+            b"PUT /api/cards/1 HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"5\r\nhello\r\n0\r\n\r\n",
+        )
         eq(st, 411, "chunked")
         st, h, b = await _req(port, b"PUT /api/cards/1 HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n")
         eq(st, 501, "other TE")
         st, h, b = await _req(port, b"PUT /api/cards/1 HTTP/1.1\r\nContent-Length: -5\r\n\r\n")
         eq(st, 400, "negative length")
-        st, h, b = await _req(port, b"PUT /api/cards/1 HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}")
+        st, h, b = await _req(
+            port, b"PUT /api/cards/1 HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}"
+        )
         eq(st, 400, "two lengths")
         st, h, b = await _req(port, b"PUT /api/cards/1 HTTP/1.1\r\nExpect: magic\r\n\r\n")
         eq(st, 417, "expect")
@@ -283,16 +315,29 @@ def test_errors_404_405_414_431_400_501_505():
         eq(st, 414, "long request line")
         st, h, b = await _req(port, _get(b"/api/status", b"X-Big: " + b"b" * 1100 + b"\r\n"))
         eq(st, 431, "long header line")
-        st, h, b = await _req(port, _get(b"/api/status", b"".join(b"X-%d: v\r\n" % i for i in range(30))))
+        st, h, b = await _req(
+            port, _get(b"/api/status", b"".join(b"X-%d: v\r\n" % i for i in range(30)))
+        )
         eq(st, 431, "too many headers")
-        st, h, b = await _req(port, _get(b"/api/status", b"".join(b"X-%d: %s\r\n" % (i, b"v" * 300) for i in range(8))))
+        st, h, b = await _req(
+            port,
+            _get(b"/api/status", b"".join(b"X-%d: %s\r\n" % (i, b"v" * 300) for i in range(8))),
+        )
         eq(st, 431, "header bytes")
-        for bad in (b"GET\r\n\r\n", b"GET /  HTTP/1.1\r\n\r\n", b"GET http://x/ HTTP/1.1\r\n\r\n",
-                    b"\x16\x03\x01\x02\x00\x01\r\n\r\n", b"GET / FTP/1.0\r\n\r\n",
-                    b"GET / HTTP/1.1\r\nNoColon\r\n\r\n", b"GET / HTTP/1.1\r\nHost : x\r\n\r\n",
-                    b"GET / HTTP/1.1\r\nX-A: 1\r\n folded\r\n\r\n", b"GET / HTTP/1.1\r\n: v\r\n\r\n",
-                    b"GET / HTTP/1.1\r\nX-\xff: v\r\n\r\n", b"GET / HTTP/1.1\r\nHost: \xff\r\n\r\n",
-                    b"\r\n\r\nGET / HTTP/1.1\r\n\r\n"):
+        for bad in (
+            b"GET\r\n\r\n",
+            b"GET /  HTTP/1.1\r\n\r\n",
+            b"GET http://x/ HTTP/1.1\r\n\r\n",
+            b"\x16\x03\x01\x02\x00\x01\r\n\r\n",
+            b"GET / FTP/1.0\r\n\r\n",
+            b"GET / HTTP/1.1\r\nNoColon\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost : x\r\n\r\n",
+            b"GET / HTTP/1.1\r\nX-A: 1\r\n folded\r\n\r\n",
+            b"GET / HTTP/1.1\r\n: v\r\n\r\n",
+            b"GET / HTTP/1.1\r\nX-\xff: v\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: \xff\r\n\r\n",
+            b"\r\n\r\nGET / HTTP/1.1\r\n\r\n",
+        ):
             st, h, b = await _req(port, bad)
             eq(st, 400, repr(bad))
             eq(h.get("connection"), "close", "400 closes")
@@ -302,7 +347,9 @@ def test_errors_404_405_414_431_400_501_505():
         eq(st, 505, "version")
         st, h, b = await _req(port, _get(b"/api/status?a=%zz"))
         eq(st, 400, "bad query escape")
-        st, h, b = await _req(port, _get(b"/api/status?" + b"&".join(b"k%d=1" % i for i in range(40))))
+        st, h, b = await _req(
+            port, _get(b"/api/status?" + b"&".join(b"k%d=1" % i for i in range(40)))
+        )
         eq(st, 400, "too many query params")
         # Missing Host (HTTP/1.0 client) is fine; it closes after the answer.
         r, w = await _open(port)
@@ -331,13 +378,22 @@ def test_static_gzip_etag_304():
         st, h, b = await _req(port, _get(b"/app.js"))
         eq((st, b, h.get("content-encoding")), (200, b"console.log('plain');", None), "identity")
         true(h["etag"] != etag_gz, "etag differs per encoding")
-        st, h, b = await _req(port, _get(b"/app.js", b"Accept-Encoding: gzip\r\nIf-None-Match: " + etag_gz.encode() + b"\r\n"))
+        st, h, b = await _req(
+            port,
+            _get(
+                b"/app.js", b"Accept-Encoding: gzip\r\nIf-None-Match: " + etag_gz.encode() + b"\r\n"
+            ),
+        )
         eq((st, b, h.get("etag")), (304, b"", etag_gz), "304")
         true("content-length" not in h, "304 has no length")
-        st, h, b = await _req(port, _get(b"/app.js", b"If-None-Match: \"nope\"\r\n"))
+        st, h, b = await _req(port, _get(b"/app.js", b'If-None-Match: "nope"\r\n'))
         eq(st, 200, "etag mismatch")
         st, h, b = await _req(port, _get(b"/only.css", b"Accept-Encoding: gzip\r\n"))
-        eq((st, b, h["content-type"]), (200, b"\x1f\x8bGZ-CSS", "text/css; charset=utf-8"), "gz only")
+        eq(
+            (st, b, h["content-type"]),
+            (200, b"\x1f\x8bGZ-CSS", "text/css; charset=utf-8"),
+            "gz only",
+        )
         st, h, b = await _req(port, _get(b"/only.css"))
         eq(st, 406, "gz only, no gzip")
         st, h, b = await _req(port, _get(b"/big.bin"))
@@ -357,11 +413,25 @@ def test_static_gzip_etag_304():
 
 
 def test_path_traversal():
-    attempts = (b"/../secret.txt", b"/%2e%2e/secret.txt", b"/%2E%2E/secret.txt", b"/sub/../../secret.txt",
-                b"/sub/%2e%2e%2f%2e%2e%2fsecret.txt", b"/..%2fsecret.txt", b"/..%5csecret.txt",
-                b"/..\\secret.txt", b"//tmp/secret.txt", b"/%2ftmp%2fsecret.txt", b"/index.html%00.js",
-                b"/.hidden", b"/%2ehidden", b"/sub/./index.html", b"/%252e%252e/secret.txt",
-                b"/" + _ROOT.encode() + b"/secret.txt")
+    attempts = (
+        b"/../secret.txt",
+        b"/%2e%2e/secret.txt",
+        b"/%2E%2E/secret.txt",
+        b"/sub/../../secret.txt",
+        b"/sub/%2e%2e%2f%2e%2e%2fsecret.txt",
+        b"/..%2fsecret.txt",
+        b"/..%5csecret.txt",
+        b"/..\\secret.txt",
+        b"//tmp/secret.txt",
+        b"/%2ftmp%2fsecret.txt",
+        b"/index.html%00.js",
+        b"/.hidden",
+        b"/%2ehidden",
+        b"/sub/./index.html",
+        b"/%252e%252e/secret.txt",
+        b"/" + _ROOT.encode() + b"/secret.txt",
+    )
+
     async def t(srv, port):
         for p in attempts:
             st, h, b = await _req(port, _get(p))
@@ -381,14 +451,17 @@ def test_keepalive_and_pipelining():
             eq((st, json.loads(b)["query"]["i"]), (200, str(i)), "keep-alive %d" % i)
             true("connection" not in h, "no close")
         # Body longer than announced: the extra bytes are the next (pipelined) request.
-        w.write(b'POST /api/echo HTTP/1.1\r\nContent-Length: 8\r\n\r\n{"a": 3}' + _get(b"/api/status?i=p"))
+        w.write(
+            b'POST /api/echo HTTP/1.1\r\nContent-Length: 8\r\n\r\n{"a": 3}'
+            + _get(b"/api/status?i=p")
+        )
         await w.drain()
         st, h, b = await _response(r)
         eq((st, json.loads(b)), (200, {"a": 3}), "first of pipeline")
         st, h, b = await _response(r)
         eq((st, json.loads(b)["query"]["i"]), (200, "p"), "second of pipeline")
         # Extra garbage instead of a request: 400 and close.
-        w.write(b'POST /api/echo HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}garbage\r\n\r\n')
+        w.write(b"POST /api/echo HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}garbage\r\n\r\n")
         await w.drain()
         eq((await _response(r))[0], 200, "body")
         eq((await _response(r))[0], 400, "garbage")
@@ -403,7 +476,7 @@ def test_keepalive_and_pipelining():
         true(await _closed(r), "close honoured")
         await w.wait_closed()
         r, w = await _open(port)
-        for i in range(2):
+        for _ in range(2):
             w.write(b"GET /api/status HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
             await w.drain()
             st, h, b = await _response(r)
@@ -411,7 +484,9 @@ def test_keepalive_and_pipelining():
         await w.wait_closed()
         # A handler that reads no body: a small body is skipped, the connection kept.
         r, w = await _open(port)
-        w.write(b"GET /api/status HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello" + _get(b"/api/status?i=n"))
+        w.write(
+            b"GET /api/status HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello" + _get(b"/api/status?i=n")
+        )
         await w.drain()
         eq((await _response(r))[0], 200, "unread body")
         st, h, b = await _response(r)
@@ -460,7 +535,11 @@ def test_handler_exceptions_500_and_server_alive():
         w.write(_get(b"/api/boom"))
         await w.drain()
         st, h, b = await _response(r)
-        eq((st, json.loads(b), h.get("connection")), (500, {"error": "internal error"}, "close"), "boom")
+        eq(
+            (st, json.loads(b), h.get("connection")),
+            (500, {"error": "internal error"}, "close"),
+            "boom",
+        )
         true(await _closed(r), "closed after 500")
         await w.wait_closed()
         eq(len(_LOG), 1, "logged")
@@ -550,10 +629,12 @@ def test_connection_cap_and_eviction():
         st, h, b = await _req(port, _get(b"/api/status"), 3000)
         eq(st, 200, "served after eviction")
         true(srv.evictions >= 1, "evicted")
-        for r, w in held:
+        for _, w in held:
             await w.wait_closed()
         # Busy slots are never evicted: extra clients wait and are then served.
-        tasks = [asyncio.create_task(_req(port, _get(b"/api/status?i=%d" % i), 5000)) for i in range(12)]
+        tasks = [
+            asyncio.create_task(_req(port, _get(b"/api/status?i=%d" % i), 5000)) for i in range(12)
+        ]
         res = await asyncio.gather(*tasks)
         eq([x[0] for x in res], [200] * 12, "all served")
 
@@ -573,15 +654,23 @@ async def h_headers(req):
 
 def test_keep_headers():
     async def t(srv, port):
-        raw = (b"GET /h HTTP/1.1\r\nHost: x\r\nUser-Agent: ua\r\nX-Custom: 1\r\nCookie: a=b\r\n"
-               b"Content-Length: 0\r\nX-Bad: \xff\r\n\r\n")
+        raw = (
+            b"GET /h HTTP/1.1\r\nHost: x\r\nUser-Agent: ua\r\nX-Custom: 1\r\nCookie: a=b\r\n"
+            b"Content-Length: 0\r\nX-Bad: \xff\r\n\r\n"
+        )
         st, h, b = await _req(port, raw)
         eq(st, 200, "undecoded headers are not checked")
         eq(json.loads(b)["headers"], {"host": "x", "cookie": "a=b", "content-length": "0"}, "kept")
 
     async def t_all(srv, port):
-        st, h, b = await _req(port, b"GET /h HTTP/1.1\r\nHost: x\r\nX-Custom: 1\r\nX-Custom: 2\r\n\r\n")
-        eq(json.loads(b)["headers"], {"host": "x", "x-custom": "1, 2"}, "all kept, duplicates joined")
+        st, h, b = await _req(
+            port, b"GET /h HTTP/1.1\r\nHost: x\r\nX-Custom: 1\r\nX-Custom: 2\r\n\r\n"
+        )
+        eq(
+            json.loads(b)["headers"],
+            {"host": "x", "x-custom": "1, 2"},
+            "all kept, duplicates joined",
+        )
 
     ROUTES.append(("GET", "/h", h_headers))
     try:
@@ -615,3 +704,11 @@ def test_close_releases_port():
         asyncio.run(main())
     finally:
         asyncio.new_event_loop()
+        _rmtree(_ROOT)
+
+
+def test_canned_responses_frame_correctly():
+    for raw in (httpd._R500, httpd._R408):
+        head, _, body = raw.partition(b"\r\n\r\n")
+        eq(int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0]), len(body), "length")
+        json.loads(body)

@@ -17,6 +17,7 @@ class _Lazy:
 def _capture():
     lines = []
     log.set_output(lines.append, lambda: 1234)
+    log.set_level(log.INFO)
     return lines
 
 

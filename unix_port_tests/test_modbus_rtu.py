@@ -3,7 +3,7 @@
 import asyncio
 import struct
 
-from check import eq, true, raises
+from check import eq, true, raises, assert_no_alloc
 import modbus_rtu
 from modbus_rtu import (
     ModbusRtu,
@@ -357,6 +357,54 @@ def test_reply_time_counts_wire_time_of_long_replies():
     eq(len(data), 250)
 
 
+class SilentUart:
+    baudrate = 9600
+
+    def write(self, buf):
+        return len(buf)
+
+    def any(self):
+        return 0
+
+    def readinto(self, buf):
+        return 0
+
+
+def test_waiting_for_a_reply_allocates_nothing():
+    clock = Clock()
+    m = ModbusRtu(SilentUart(), Pin(), ticks_ms=clock)
+    m.start(1, 4, 0, 10)
+    clock.ms += 10
+    m.poll()  # sends
+    clock.ms += 20
+    m.poll()  # DE released, listening
+    assert_no_alloc(m.poll)
+    clock.ms += 1
+    assert_no_alloc(m.poll)
+    m.abort()
+
+
+def test_a_long_reply_arrives_in_chunks():
+    m, uart, clock, pin = rig()
+    uart.replies = [(5, regs_reply(1, 3, list(range(125))))]
+    m.start(1, 3, 0, 125)
+    data, _ = run(m, clock)
+    eq(bytes(data[-4:]), b"\x00\x7b\x00\x7c")
+
+
+def test_a_reply_longer_than_a_frame_is_refused():
+    m, uart, clock, pin = rig()
+    uart.replies = [(5, b"\x55" * 300)]
+    m.start(1, 3, 0, 125)
+    e = raises(ModbusFrameError, run, m, clock)
+    true("longer" in str(e), str(e))
+    # A full-size reply with noise behind it is still a good reply.
+    uart.replies = [(5, regs_reply(1, 3, list(range(125))) + b"\x55" * 40)]
+    m.start(1, 3, 0, 125)
+    data, _ = run(m, clock)
+    eq(len(data), 250)
+
+
 # ---- async API --------------------------------------------------------------------------------
 def test_async_reads_never_block_the_loop():
     import time
@@ -410,3 +458,19 @@ def test_cancelled_exchange_leaves_a_clean_master():
 
     asyncio.run(main())
     asyncio.new_event_loop()
+
+
+class BrokenUart(SilentUart):
+    def write(self, buf):
+        raise OSError(5)
+
+
+def test_a_failing_serial_port_is_a_modbus_error():
+    clock = Clock()
+    m = ModbusRtu(BrokenUart(), Pin(), ticks_ms=clock)
+    m.start(1, 4, 0, 2)
+    clock.ms += 10
+    e = raises(ModbusError, m.poll)
+    true("serial port" in str(e), str(e))
+    m.start(1, 4, 0, 2)  # the master is usable again
+    m.abort()

@@ -317,6 +317,16 @@ def test_a_bad_exchange_is_retried_within_the_cycle():
     eq(r.limit(), 20.0)
 
 
+def test_a_broken_serial_port_is_a_failed_read():
+    from modbus_rtu import ModbusError
+
+    r = Rig()
+    r.master.fail = ModbusError("serial port error: OSError(5)")
+    r.cycle(6)
+    eq(r.pm.errors["bus"], 12)
+    eq(r.ch.trips, [faults.MET], "the task lives on and raises ERR MET")
+
+
 def test_no_bus_wired_is_a_lost_meter():
     r = Rig(master=False)
     r.cycle(6)
@@ -366,7 +376,8 @@ def test_view_fields():
     v = r.pm.view()
     for key in (
         "model", "ok", "lost", "age_s", "volts", "amps", "power_w", "energy_kwh",
-        "headroom_a", "limit_a", "paused", "exchanges", "cycle_ms", "reads", "errors",
+        "headroom_a", "own_a", "limit_a", "paused", "exchanges", "cycle_ms", "reads",
+        "errors", "last_error",
     ):
         true(key in v, key)
     eq(v["model"], "SDM630")
@@ -466,3 +477,25 @@ def test_with_the_real_master_over_a_fake_line():
     eq(pm.reads, 2)
     eq(ch.external["power"], 18.0)
     eq(uart.writes[0], b"\x01\x04\x00\x00\x00\x4a\x71\xfd", "one FC 04 read of 74 registers")
+
+
+def test_reading_slots_match_the_maps():
+    # power.py keeps these slot numbers as its own consts (it imports meters lazily).
+    from evse import meters
+
+    eq(
+        (meters.N_QTY, meters.I_L1, meters.P_L1, meters.P_TOTAL, meters.E_IMPORT),
+        (11, 3, 6, 9, 10),
+    )
+
+
+def test_master_built_on_the_bus_once_a_meter_is_configured():
+    from test_modbus_rtu import SilentUart
+
+    settings = fakehw.FakeSettings(meter_model="none")
+    pm = PowerManager(FakeCharger(), settings, FakeProtection(), FakeMetering(),
+                      rs485=(SilentUart(), None))
+    eq(pm.master, None, "nothing built while no meter is configured")
+    settings["meter_model"] = "SDM630"
+    pm._configure(0)
+    true(pm.master is not None, "built on hw.rs485")

@@ -208,7 +208,7 @@ class Controller:
             hw.plant.set_fault(name, active)
             if name == "rcd_ac" or name == "rcd_dc":
                 hw.rcd.update()  # a rising fault line opens the relays and calls the IRQ
-            elif name == "rfid":
+            elif name == "rfid_reader":
                 hw.rfid_chip.silent = active
         return {"faults": self.active_faults()}
 

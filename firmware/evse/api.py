@@ -76,7 +76,9 @@ class Api:
         try:
             self.auth.change_password(body.get("old"), body.get("new"))
         except ValueError as e:
-            raise HTTPError(400, str(e))
+            msg = str(e)
+            field = "old" if msg.startswith("current") else "new"
+            return Response({"error": msg, "fields": {field: msg}}, 400)
         return {"ok": True}
 
     async def get_config(self, req):

@@ -39,6 +39,17 @@ class App:
             self.charger, hw, self.settings, self.history, self.data_dir
         )
         self.metering = Metering(hw, self.charger, self.protection, self.history)
+        from evse.power import PowerManager
+
+        self.power = PowerManager(
+            self.charger,
+            self.settings,
+            self.protection,
+            self.metering,
+            rs485=hw.rs485,
+            data_dir=self.data_dir,
+            own_meter=hw.meter,
+        )
         self.hmi = Hmi(hw, self.charger, self.metering, self.toggle_wifi_mode)
         self.auth = Authorizer(self.charger, self.settings, self.hmi, self.metering)
         self.cards = CardStore(self.data_dir)
@@ -142,6 +153,7 @@ class App:
         sup.add("pilot", self._pilot_task, critical=True)
         sup.add("protection", self._protection_task, critical=True)
         sup.add("metering", self._metering_task)
+        sup.add("power", self.power.run)
         sup.add("hmi", self._hmi_task)
         sup.add("records", self._records_task)
         sup.add("rfid", self.rfid.run)
@@ -185,6 +197,7 @@ class App:
             "reader_fault": self.rfid.fault,
             "restarts": dict(self.supervisor.restarts),
             "lock": None if ch.case_b else "none",
+            "meter": self.power.view(),
         }
 
     def status(self):
@@ -223,8 +236,9 @@ class App:
             "cp_v": round(ch.hi_mv / 1000, 2),
             "fan": "Run" if hw.fan.running else "Stop",
             "wifi_mode": self.settings["wifi_mode"],
+            "language": self.settings["language"],
             "reader_fault": self.rfid.fault,
-            "meter": None,
+            "meter": self.power.view(),
             "uptime_s": time.ticks_diff(time.ticks_ms(), self.started_ms) // 1000,
         }
 

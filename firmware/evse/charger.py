@@ -285,7 +285,7 @@ class Charger:
     def _update_limit(self, now_ms):
         s = self.settings
         self.limit_a, self.limit_binding = limits.compose(
-            s["max_current_a"], 32, self.cable_a, self.thermal_a, self.external
+            s["max_current_a"], limits.MODEL_A, self.cable_a, self.thermal_a, self.external
         )
 
     def _check_cable(self, now_ms):

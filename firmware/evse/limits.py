@@ -6,6 +6,7 @@
 # limit still names who asked for less than 6 A.
 
 MIN_A = 6.0
+MODEL_A = 32  # both models: 32 A per phase (7.4 kW single-phase, 22 kW three-phase)
 
 # Thermal derating (°C): full current up to `start`, linearly down to 6 A at the trip
 # temperature, where protection.py opens the relays (ROT / OCT).

@@ -83,6 +83,7 @@ class MeterMap:
         if "i_l1" not in seen:
             raise ValueError("the map needs at least i_l1 (current of phase 1)")
         self.quantities = seen
+        self.slots = [QUANTITIES.index(q) for q in seen]  # reading slots this map fills
         self.blocks = _group(items, max_regs)
         self.registers = sum(b[2] for b in self.blocks)
 

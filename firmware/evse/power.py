@@ -18,9 +18,10 @@ from micropython import const
 
 from evse import faults
 from evse import limits
-from evse import meters
 import log
-from modbus_rtu import ModbusCrcError, ModbusError, ModbusException, ModbusTimeout
+
+# evse.meters and lib/modbus_rtu are imported once a meter is configured: a charger
+# without one does not carry them on its heap.
 
 _log = log.get("power")
 
@@ -36,8 +37,12 @@ _RETRIES = const(1)  # a failed exchange is repeated once within the cycle
 _MAP_RETRY_MS = const(30000)  # a bad custom map file is read again this often
 _MIN_CYCLE_MS = const(50)
 _PHASES = ("L1", "L2", "L3")
-_I = meters.I_L1
-_P = meters.P_L1
+# Slots of a reading, in the order of evse.meters.QUANTITIES.
+_N_QTY = const(11)
+_I = const(3)  # i_l1, i_l2, i_l3
+_P = const(6)  # p_l1, p_l2, p_l3
+_P_TOTAL = const(9)
+_E_IMPORT = const(10)
 
 
 def _held(now_ms, since_ms, hold_ms):
@@ -58,18 +63,16 @@ class PowerManager:
         Modbus master built on it (tests). own_meter: the board's internal meter
         (`hw.meter`), read again right after the grid meter so that both readings show
         the same moment; without it (or when it fails) metering.amps is used.
-        slave: the grid meter's Modbus address."""
-        if master is None and rs485 is not None:
-            from modbus_rtu import ModbusRtu
-
-            uart, de = rs485
-            master = ModbusRtu(uart, de)
+        slave: the grid meter's Modbus address (a `meter_addr` setting, when the
+        schema has one, overrides it)."""
         self.ch = charger
         self.settings = settings
         self.prot = protection
         self.metering = metering
         self.own_meter = own_meter
-        self.master = master
+        self.rs485 = rs485
+        self.master = master  # built on rs485 when a meter is first configured
+        self._slave = slave
         self.slave = slave
         self.data_dir = data_dir
         self.clock = clock or time.ticks_ms
@@ -77,8 +80,8 @@ class PowerManager:
         self.map = None
         self.map_error = None
         self._map_ms = None
-        self._vals = [None] * meters.N_QTY  # filled by a read, kept only when it is whole
-        self.values = [None] * meters.N_QTY  # the last valid reading
+        self._vals = [None] * _N_QTY  # filled by a read, kept only when it is whole
+        self.values = [None] * _N_QTY  # the last valid reading
         self.ok = False  # the last cycle gave a valid reading
         self.lost = False  # ERR MET raised for this meter
         self.last_ok_ms = None
@@ -92,7 +95,9 @@ class PowerManager:
         self.limit_a = None  # what is fed to the charger (None: no limit)
         self.paused = False
         self.reads = 0
-        self.errors = {"timeout": 0, "crc": 0, "exception": 0, "frame": 0, "value": 0}
+        self.errors = {
+            "timeout": 0, "crc": 0, "exception": 0, "frame": 0, "bus": 0, "value": 0,
+        }
         self.last_error = None  # text of the last failed read (kept for diagnostics)
         self._fails = 0  # failed exchanges since the last valid reading
         self.cycle_ms = 0
@@ -126,6 +131,7 @@ class PowerManager:
 
     # ---- configuration -------------------------------------------------------------------
     def _configure(self, now):
+        self.slave = self.settings.get("meter_addr") or self._slave
         model = self.settings["meter_model"]
         if model != self.model:
             self._switch(model, now)
@@ -145,7 +151,7 @@ class PowerManager:
         self._fresh = True
         self.headroom_a = [None, None, None]
         self.target_a = None
-        for i in range(meters.N_QTY):
+        for i in range(_N_QTY):
             self.values[i] = None
         if model == "none":
             _log.info("external meter off")
@@ -162,6 +168,13 @@ class PowerManager:
         self._load_map(now)
 
     def _load_map(self, now):
+        from evse import meters
+
+        if self.master is None and self.rs485 is not None:
+            from modbus_rtu import ModbusRtu
+
+            uart, de = self.rs485
+            self.master = ModbusRtu(uart, de)
         self._map_ms = now
         try:
             self.map = meters.make(self.model, self.data_dir)
@@ -173,30 +186,34 @@ class PowerManager:
 
     # ---- reading ---------------------------------------------------------------------------
     async def _read(self):
+        import modbus_rtu as mb
+
         m = self.map
         vals = self._vals
-        for i in range(meters.N_QTY):
+        for i in range(_N_QTY):
             vals[i] = None
         for i in range(len(m.blocks)):
             fc, start, count, _ = m.blocks[i]
-            for attempt in range(1 + _RETRIES):
+            for _ in range(1 + _RETRIES):
                 try:
                     data = await self.master.read_registers(fc, self.slave, start, count)
-                except ModbusTimeout as e:
+                except mb.ModbusTimeout as e:
                     err = self._error("timeout", e)
-                except ModbusCrcError as e:
+                except mb.ModbusCrcError as e:
                     err = self._error("crc", e)
-                except ModbusException as e:
+                except mb.ModbusException as e:
                     err = self._error("exception", e)
-                except ModbusError as e:
+                except mb.ModbusFrameError as e:
                     err = self._error("frame", e)
+                except mb.ModbusError as e:
+                    err = self._error("bus", e)
                 else:
                     m.decode(i, data, vals)
                     break
             else:
                 return err
         for k in range(3):
-            if meters.QUANTITIES[_I + k] in m.quantities and vals[_I + k] is None:
+            if _I + k in m.slots and vals[_I + k] is None:
                 return self._error("value", "the meter has no current for L%d" % (k + 1))
         self._vals = self.values
         self.values = vals
@@ -311,13 +328,13 @@ class PowerManager:
         v = self.values
         m = self.map
         q = _I + k
-        if m is not None and meters.QUANTITIES[q] not in m.quantities:
+        if m is not None and q not in m.slots:
             q = _I  # single-phase meter: it measures the one phase there is
             k = 0
         a = v[q]
         p = v[_P + k]
-        if p is None and q == _I and m is not None and "p_l1" not in m.quantities:
-            p = v[meters.P_TOTAL]
+        if p is None and q == _I and m is not None and _P not in m.slots:
+            p = v[_P_TOTAL]
         if p is not None and p < 0:
             return -abs(a)
         return abs(a)
@@ -357,7 +374,7 @@ class PowerManager:
         age = None
         if self.last_ok_ms is not None:
             age = round(time.ticks_diff(self.clock(), self.last_ok_ms) / 1000, 1)
-        power = v[meters.P_TOTAL]
+        power = v[_P_TOTAL]
         if power is None:
             parts = [p for p in v[_P : _P + 3] if p is not None]
             power = sum(parts) if parts else None
@@ -370,8 +387,9 @@ class PowerManager:
             "volts": [_r(x, 1) for x in v[0:3]],
             "amps": [_r(x, 2) for x in v[_I : _I + 3]],
             "power_w": _r(power, 0),
-            "energy_kwh": _r(v[meters.E_IMPORT], 3),
+            "energy_kwh": _r(v[_E_IMPORT], 3),
             "headroom_a": list(self.headroom_a),
+            "own_a": [_r(x, 2) for x in self.own_a],
             "limit_a": self.limit_a,
             "paused": self.paused,
             "exchanges": len(m.blocks) if m else 0,

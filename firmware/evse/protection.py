@@ -222,9 +222,8 @@ class Protection:
             ch.trip(faults.ROT)
         if t.socket_c is None or t.socket_c >= OCT_TRIP_C:
             ch.trip(faults.OCT)
-        ch.thermal_a = limits.thermal_limit(
-            self.settings["max_current_a"], t.relay_c, t.socket_c
-        )
+        # Heat follows the current, so derate from the hardware rating, not the setting.
+        ch.thermal_a = limits.thermal_limit(limits.MODEL_A, t.relay_c, t.socket_c)
 
     def _check_fan(self, now_ms):
         t = self.hw.temps

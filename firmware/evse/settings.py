@@ -102,6 +102,7 @@ SCHEMA = {
     "wifi_ssid": ("", _text(32)),
     "wifi_password": ("", _text(63, 8)),
     "meter_model": ("none", _choice(*METER_MODELS)),
+    "meter_addr": (1, _int_range(1, 247)),
     "auth_mode": ("rfid", _choice("rfid", "free")),
     "ventilation": (False, _bool),
     "wifi_mode": ("ap", _choice("ap", "client")),

@@ -15,6 +15,7 @@
 
   // ---- strings ---------------------------------------------------------------------------
   let EN = {};
+  let enReady = null; // the English file, loaded once: it fills what a language lacks
   let S = {};
   let lang = 'en';
   let langs = [];
@@ -46,9 +47,16 @@
 
   function known(code) { return langs.some(l => l.code === code); }
 
+  let wanted = null; // the last language asked for: a slower, older load must not win
+
   async function setLang(code) {
     if (!known(code)) code = 'en';
-    S = code === 'en' ? EN : await getJSON('/lang/' + code + '.json').catch(() => EN);
+    wanted = code;
+    if (!enReady) enReady = getJSON('/lang/en.json').catch(() => ({}));
+    EN = await enReady;
+    const strings = code === 'en' ? EN : await getJSON('/lang/' + code + '.json').catch(() => EN);
+    if (wanted !== code) return;
+    S = strings;
     lang = code;
     document.documentElement.lang = code;
     $('#uilang').value = code;
@@ -275,22 +283,35 @@
       flash = null;
     }
     window.scrollTo(0, 0);
-    $('h1', s).focus(); // screen readers announce the new page
-    enter(name);
+    enter(name, true);
   }
 
-  async function enter(name) {
+  // Until its data is in, a page is inert: whatever the user typed meanwhile would be
+  // overwritten by the values arriving a moment later.
+  function busy(s, on) {
+    s.inert = on;
+    if (on) s.setAttribute('aria-busy', 'true');
+    else s.removeAttribute('aria-busy');
+  }
+
+  async function enter(name, fresh) {
     const my = ++gen;
     const p = pages[name];
-    if (p.auth) {
-      try {
-        await loadConfig(); // also tells us whether the session is still valid
-      } catch (e) {
-        if (my === gen) fail(e);
-        return;
+    const s = $('#p-' + name);
+    $$('main > section[aria-busy]').forEach(x => busy(x, false));
+    busy(s, true);
+    try {
+      if (p.auth) await loadConfig(); // also tells us whether the session is still valid
+      if (my === gen && p.enter) await p.enter(my);
+    } catch (e) {
+      if (my === gen) fail(e);
+    } finally {
+      if (my === gen) {
+        busy(s, false);
+        // A new page: move the focus there (screen readers announce it), not on a redraw.
+        if (fresh) $(p.focus || 'h1', s).focus();
       }
     }
-    if (my === gen && p.enter) p.enter(my);
   }
 
   const alive = my => my === gen;
@@ -375,10 +396,8 @@
 
   // ---- Login ------------------------------------------------------------------------------
   pages.login = {
-    enter() {
-      $('#pw').value = '';
-      $('#pw').focus();
-    },
+    focus: '#pw',
+    enter() { $('#pw').value = ''; },
   };
 
   onSubmit('#f-login', async form => {
@@ -861,7 +880,6 @@
     }
     options($('#uilang'));
     options($('#language'));
-    EN = await getJSON('/lang/en.json').catch(() => ({}));
     $('#uilang').addEventListener('change', ev => {
       storeLang(ev.target.value);
       setLang(ev.target.value);

@@ -1,0 +1,59 @@
+# OCPP 1.6J client (docs/ocpp.md). attach(app) is all the application calls. With an
+# `ocpp_url` set it builds the client (service.py) right away, so its buffers are
+# allocated early, before the heap fragments; without one it only waits, spending no
+# heap, and builds the client when a URL is set. Changing or clearing the URL later
+# needs no reboot.
+import asyncio
+
+
+class Ocpp:
+    def __init__(self, app):
+        self.app = app
+        self.service = None
+        self._wake = asyncio.Event()
+        self._fw_hook = None
+        app.settings.on_change(self._on_settings)
+        if app.settings["ocpp_url"]:
+            self._build()
+
+    def _build(self):
+        import gc
+        from evse.ocpp.service import Service
+
+        gc.collect()
+        self.service = Service(self.app)
+        self.service.on_update_firmware = self._fw_hook
+
+    @property
+    def on_update_firmware(self):
+        """The OTA installer's hook: async fn(location, retrieve_date, retries,
+        retry_interval), reporting through service.firmware_status() (transfer.py)."""
+        return self._fw_hook
+
+    @on_update_firmware.setter
+    def on_update_firmware(self, fn):
+        self._fw_hook = fn
+        if self.service is not None:
+            self.service.on_update_firmware = fn
+
+    def _on_settings(self, changed):
+        if "ocpp_url" in changed:
+            self._wake.set()
+
+    def tasks(self):
+        return [("ocpp", self.run)]
+
+    async def run(self):
+        while self.service is None and not self.app.settings["ocpp_url"]:
+            self._wake.clear()
+            await self._wake.wait()
+        if self.service is None:
+            self._build()
+        await self.service.run()
+
+    def view(self):
+        return None if self.service is None else self.service.view()
+
+
+def attach(app):
+    return Ocpp(app)

@@ -1,0 +1,248 @@
+# OCPP configuration keys (1.6 §9 and the security whitepaper): access, type, default,
+# validation and persistence (EVSE_DATA_DIR/ocpp_config.json, only values that differ
+# from the defaults, written atomically). Keys are matched case-insensitively (CiString).
+#
+# change(key, value) answers as ChangeConfiguration must: NotSupported for an unknown
+# key, Rejected for a read-only key or a bad value (nothing changes), else Accepted.
+# AuthorizationKey is write-only: listed without a value, never disclosed.
+import os
+
+import atomicfile
+import log
+
+_log = log.get("ocpp.config")
+
+MEASURANDS = (
+    "Energy.Active.Import.Register",
+    "Power.Active.Import",
+    "Power.Offered",
+    "Current.Import",
+    "Current.Offered",
+    "Voltage",
+    "Frequency",
+    "Temperature",
+)
+_ROTATIONS = ("NotApplicable", "Unknown", "RST", "RTS", "SRT", "STR", "TRS", "TSR")
+MAX_CSL = 8
+_DAY = 86400
+_FILE_MAX = 4096
+
+# name, access, kind, default[, lo, hi]. Kinds: b bool, i int, m measurand list,
+# r phase rotation list, c constant text, k authorization key.
+KEYS = (
+    # Core
+    ("AllowOfflineTxForUnknownId", "RW", "b", False),
+    ("AuthorizationCacheEnabled", "RW", "b", True),
+    ("AuthorizeRemoteTxRequests", "RW", "b", False),
+    ("ClockAlignedDataInterval", "RW", "i", 0, 0, _DAY),
+    ("ConnectionTimeOut", "RW", "i", 60, 5, 3600),
+    ("ConnectorPhaseRotation", "RW", "r", "0.RST,1.RST"),
+    ("ConnectorPhaseRotationMaxLength", "R", "i", 2),
+    ("GetConfigurationMaxKeys", "R", "i", 60),
+    ("HeartbeatInterval", "RW", "i", 3600, 0, _DAY),
+    ("LocalAuthorizeOffline", "RW", "b", True),
+    ("LocalPreAuthorize", "RW", "b", False),
+    ("MaxEnergyOnInvalidId", "RW", "i", 0, 0, 1000000),
+    ("MessageTimeout", "RW", "i", 30, 1, 600),
+    ("MeterValuesAlignedData", "RW", "m", "Energy.Active.Import.Register"),
+    ("MeterValuesAlignedDataMaxLength", "R", "i", MAX_CSL),
+    ("MeterValuesSampledData", "RW", "m", "Energy.Active.Import.Register"),
+    ("MeterValuesSampledDataMaxLength", "R", "i", MAX_CSL),
+    ("MeterValueSampleInterval", "RW", "i", 60, 0, _DAY),
+    ("MinimumStatusDuration", "RW", "i", 0, 0, 3600),
+    ("NumberOfConnectors", "R", "i", 1),
+    ("ResetRetries", "RW", "i", 2, 0, 10),
+    ("StopTransactionOnEVSideDisconnect", "R", "b", True),
+    ("StopTransactionOnInvalidId", "RW", "b", True),
+    ("StopTxnAlignedData", "RW", "m", ""),
+    ("StopTxnAlignedDataMaxLength", "R", "i", MAX_CSL),
+    ("StopTxnSampledData", "RW", "m", ""),
+    ("StopTxnSampledDataMaxLength", "R", "i", MAX_CSL),
+    ("SupportedFeatureProfiles", "R", "c",
+     "Core,FirmwareManagement,LocalAuthListManagement,Reservation,SmartCharging,RemoteTrigger"),
+    ("SupportedFeatureProfilesMaxLength", "R", "i", 6),
+    ("SupportedFileTransferProtocols", "R", "c", "HTTP,HTTPS"),
+    ("TransactionMessageAttempts", "RW", "i", 3, 1, 10),
+    ("TransactionMessageRetryInterval", "RW", "i", 60, 1, 3600),
+    ("UnlockConnectorOnEVSideDisconnect", "R", "b", True),
+    ("WebSocketPingInterval", "RW", "i", 60, 0, 3600),
+    # LocalAuthListManagement
+    ("LocalAuthListEnabled", "RW", "b", True),
+    ("LocalAuthListMaxLength", "R", "i", 100),
+    ("SendLocalListMaxLength", "R", "i", 20),
+    # Reservation
+    ("ReserveConnectorZeroSupported", "R", "b", False),
+    # SmartCharging
+    ("ChargeProfileMaxStackLevel", "R", "i", 8),
+    ("ChargingScheduleAllowedChargingRateUnit", "R", "c", "Current,Power"),
+    ("ChargingScheduleMaxPeriods", "R", "i", 24),
+    ("ConnectorSwitch3to1PhaseSupported", "R", "b", False),
+    ("MaxChargingProfilesInstalled", "R", "i", 8),
+    # Security (whitepaper)
+    ("AuthorizationKey", "W", "k", ""),
+    ("SecurityProfile", "RW", "i", 0, 0, 3),
+    # Reconnection back-off (OCPP 2.0.1 names; vendor keys in 1.6)
+    ("RetryBackOffWaitMinimum", "RW", "i", 3, 1, 600),
+    ("RetryBackOffRandomRange", "RW", "i", 10, 0, 600),
+    ("RetryBackOffRepeatTimes", "RW", "i", 4, 0, 10),
+)
+
+
+def load_json(path, cap):
+    """atomicfile.load_json reading no more than the largest of path/.bak/.tmp (capped):
+    its read buffer is allocated whole, and a fragmented heap may not have `cap` bytes
+    in one piece. A missing or bad file gives {}."""
+    n = 0
+    for p in (path, path + ".bak", path + ".tmp"):
+        try:
+            n = max(n, os.stat(p)[6])
+        except OSError:
+            pass
+    data = atomicfile.load_json(path, dict, _log.error, max_bytes=min(n, cap) or 1)
+    return data if isinstance(data, dict) else {}
+
+
+def _csl_ok(kind, text):
+    if text == "":
+        return True
+    items = text.split(",")
+    if len(items) > MAX_CSL:
+        return False
+    for it in items:
+        it = it.strip()
+        if kind == "m":
+            if it not in MEASURANDS:
+                return False
+        else:
+            conn, dot, rot = it.partition(".")
+            if not dot or not conn.isdigit() or int(conn) > 1 or rot not in _ROTATIONS:
+                return False
+    return True
+
+
+def _parse(row, text):
+    """The typed value of `text` for a key, or raises ValueError."""
+    kind = row[2]
+    if kind == "b":
+        t = text.strip().lower()
+        if t not in ("true", "false"):
+            raise ValueError("not a boolean")
+        return t == "true"
+    if kind == "i":
+        t = text.strip()
+        if not t.isdigit() or len(t) > 9:
+            raise ValueError("not a whole number")
+        v = int(t)
+        if len(row) > 4 and not row[4] <= v <= row[5]:
+            raise ValueError("out of range")
+        return v
+    if kind in "mr":
+        t = ",".join(x.strip() for x in text.split(",")) if text.strip() else ""
+        if not _csl_ok(kind, t):
+            raise ValueError("unsupported item")
+        return t
+    if kind == "k":
+        # Whitepaper: 16-40 characters (16-20 bytes as hex); printable ASCII only.
+        if not 16 <= len(text) <= 40 or any(not 32 < ord(ch) < 127 for ch in text):
+            raise ValueError("bad key")
+        return text
+    raise ValueError("read-only")
+
+
+def text_of(v):
+    if v is True:
+        return "true"
+    if v is False:
+        return "false"
+    return str(v)
+
+
+class Config:
+    def __init__(self, path):
+        self._path = path
+        self._values = {}
+        for row in KEYS:
+            self._values[row[0]] = row[3]
+        self.listeners = []  # fn(name) after a change was stored
+        self.vetoes = {}  # name -> fn(value) -> None to allow or a reason to reject
+        self.dynamic = {}  # name -> fn() giving the current value of a read-only key
+        for name, text in load_json(path, _FILE_MAX).items():
+            row = self.row(name)
+            if row is None or row[1] == "R" or not isinstance(text, str):
+                continue
+            try:
+                self._values[row[0]] = _parse(row, text)
+            except ValueError:
+                _log.error("stored %s=%r ignored", name, text)
+
+    def __getitem__(self, name):
+        fn = self.dynamic.get(name)
+        return fn() if fn else self._values[name]
+
+    @staticmethod
+    def row(key):
+        """The KEYS row of a key, matched case-insensitively (CiString50), or None."""
+        k = key.lower()
+        for row in KEYS:
+            if row[0].lower() == k:
+                return row
+        return None
+
+    def change(self, key, text):
+        """ChangeConfiguration: 'Accepted', 'Rejected' or 'NotSupported'."""
+        row = self.row(key)
+        if row is None:
+            return "NotSupported"
+        if row[1] == "R":
+            return "Rejected"
+        try:
+            value = _parse(row, text)
+        except ValueError as e:
+            _log.info("%s=%r rejected: %s", row[0], text[:40], e)
+            return "Rejected"
+        veto = self.vetoes.get(row[0])
+        if veto is not None:
+            why = veto(value)
+            if why:
+                _log.info("%s=%r rejected: %s", row[0], text[:40] if row[2] != "k" else "***", why)
+                return "Rejected"
+        self.set(row[0], value)
+        return "Accepted"
+
+    def set(self, name, value):
+        """Stores a typed value (e.g. the heartbeat interval from BootNotification)."""
+        if self._values.get(name) == value:
+            return
+        self._values[name] = value
+        self._save()
+        for fn in self.listeners:
+            fn(name)
+
+    def _save(self):
+        out = {}
+        for row in KEYS:
+            v = self._values[row[0]]
+            if row[1] != "R" and v != row[3]:
+                out[row[0]] = text_of(v)
+        atomicfile.save_json(self._path, out)
+
+    def entry(self, row):
+        """The KeyValue object of GetConfiguration for a key."""
+        kv = {"key": row[0], "readonly": row[1] == "R"}
+        if row[1] != "W":
+            kv["value"] = text_of(self[row[0]])
+        return kv
+
+    def listing(self, keys=None):
+        """(configurationKey, unknownKey) for GetConfiguration."""
+        if not keys:
+            return [self.entry(row) for row in KEYS], []
+        known = []
+        unknown = []
+        for k in keys:
+            row = self.row(k)
+            if row is None:
+                unknown.append(k)
+            else:
+                known.append(self.entry(row))
+        return known, unknown

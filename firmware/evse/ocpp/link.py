@@ -1,0 +1,141 @@
+# One WebSocket connection to the central system, seen as OCPP-J RPC: our CALLs go out
+# one at a time (a lock) and wait for their answer with a deadline; the central system's
+# CALLs are answered in arrival order by one handler task; frames that break the RPC
+# rules get the CALLERROR they deserve and change nothing.
+import asyncio
+
+import log
+from evse.ocpp import rpc
+from evse.ocpp.rpc import RpcError, CALL, RESULT, ERROR
+
+_log = log.get("ocpp.link")
+
+_INBOX = 4  # central-system CALLs waiting for the handler (it should send one at a time)
+
+
+class LinkDown(Exception):
+    """The connection went away while a CALL waited (or before it went out)."""
+
+
+class CallError(Exception):
+    """The central system answered a CALL with a CALLERROR (or an unusable frame)."""
+
+    def __init__(self, code, desc=""):
+        super().__init__("%s %s" % (code, desc))
+        self.code = code
+
+
+class Link:
+    def __init__(self, ws, on_call):
+        self.ws = ws
+        self._on_call = on_call  # async fn(msg_id, action, payload): answers through reply()
+        self.up = False
+        self.silent = False  # BootNotification Rejected: no answers, no requests
+        self._lock = asyncio.Lock()
+        self._wait_id = None
+        self._resp = None
+        self._resp_ev = asyncio.Event()
+        self._inbox = []
+        self._in_ev = asyncio.Event()
+        self.down_ev = asyncio.Event()
+        self.error = None  # why the reader stopped
+        self.bad_frames = 0
+        self.unknown_replies = 0
+
+    def start(self):
+        """Marks the link up and returns its two tasks (reader, handler)."""
+        self.up = True
+        self.error = None
+        self.down_ev.clear()
+        self._inbox = []
+        return asyncio.create_task(self._reader()), asyncio.create_task(self._handler())
+
+    def down(self, why=None):
+        if self.up:
+            self.up = False
+            self.error = self.error or why
+        self._resp_ev.set()  # a waiting call() sees LinkDown
+        self.down_ev.set()
+
+    # ---- our CALLs ------------------------------------------------------------------------
+    async def call(self, action, payload, timeout_ms, msg_id=None):
+        """The CALLRESULT payload; raises CallError, LinkDown or asyncio.TimeoutError."""
+        async with self._lock:
+            if not self.up:
+                raise LinkDown()
+            mid = msg_id or rpc.new_id()
+            self._wait_id = mid
+            self._resp = None
+            self._resp_ev.clear()
+            try:
+                await self.ws.send(rpc.call(mid, action, payload))
+                await asyncio.wait_for_ms(self._resp_ev.wait(), timeout_ms)
+            finally:
+                self._wait_id = None
+            r = self._resp
+        if r is None:
+            raise LinkDown()
+        if isinstance(r, RpcError):
+            raise CallError(r.code, r.desc)
+        if r[0] == ERROR:
+            raise CallError(r[2], r[3])
+        return r[2]
+
+    # ---- their CALLs ----------------------------------------------------------------------
+    async def reply(self, msg_id, payload):
+        await self.ws.send(rpc.result(msg_id, payload))
+
+    async def reply_error(self, msg_id, code, desc=""):
+        await self.ws.send(rpc.error(msg_id, code, desc))
+
+    async def _handler(self):
+        while True:
+            await self._in_ev.wait()
+            self._in_ev.clear()
+            while self._inbox:
+                mid, action, payload = self._inbox.pop(0)
+                await self._on_call(mid, action, payload)
+
+    # ---- frames in --------------------------------------------------------------------------
+    async def _reader(self):
+        try:
+            while True:
+                text = await self.ws.recv()
+                if not isinstance(text, str):
+                    await self.ws.close(1003)
+                    raise RpcError("FormationViolation", "binary message")
+                await self._frame(text)
+        except Exception as e:  # whatever ends the reader ends the link; the session logs it
+            self.error = e
+        finally:
+            self.down()
+
+    async def _frame(self, text):
+        try:
+            msg = rpc.decode(text)
+        except RpcError as e:
+            self.bad_frames += 1
+            _log.warning("bad frame (%s: %s): %s", e.code, e.desc, text[:80])
+            if e.kind in (RESULT, ERROR):
+                # A broken answer: fails our CALL if it is its answer; never answered
+                # (a CALLERROR for a CALLERROR could loop between the two sides).
+                if e.msg_id == self._wait_id:
+                    self._resp = e
+                    self._resp_ev.set()
+            elif not self.silent:
+                await self.reply_error(e.msg_id, e.code, e.desc)
+            return
+        if msg[0] == CALL:
+            if self.silent:
+                return
+            if len(self._inbox) >= _INBOX:
+                await self.reply_error(msg[1], "GenericError", "too many requests at once")
+                return
+            self._inbox.append((msg[1], msg[2], msg[3]))
+            self._in_ev.set()
+        elif msg[1] == self._wait_id:
+            self._resp = msg
+            self._resp_ev.set()
+        else:
+            self.unknown_replies += 1
+            _log.warning("answer to unknown message id %s ignored", msg[1][:36])

@@ -1,0 +1,162 @@
+# File transfers asked by the central system (OCPP 1.6 FirmwareManagement profile),
+# imported only when one is due.
+#
+# GetDiagnostics: the fault reports and charge records (optionally those between
+# startTime and stopTime) as JSON lines in a file in the data directory, uploaded with
+# an HTTP(S) POST to `location` + "/" + file name; DiagnosticsStatusNotification
+# Uploading, then Uploaded or UploadFailed after `retries` more tries.
+#
+# UpdateFirmware: the request is persisted by the handler; at retrieveDate this hands it
+# to the installer registered as service.on_update_firmware(location, retrieve_date,
+# retries, retry_interval) — an async function that reports its progress through
+# service.firmware_status(status) (Downloading, Downloaded, Installing, …) and raises
+# OSError/ValueError when it fails. With no installer registered the charger cannot
+# fetch anything: it says DownloadFailed.
+import asyncio
+import os
+
+import log
+import wsclient
+from evse.ocpp import isotime
+
+_log = log.get("ocpp.files")
+
+_TIMEOUT_MS = 60000  # one whole upload
+_CHUNK = 512
+_MAX_HEAD = 512
+
+
+def diag_name(svc):
+    return "diag-%s-%s.jsonl" % (svc.hw.serial, isotime.fmt(svc.now()).replace(":", ""))
+
+
+def _window(rec, lo, hi):
+    t = rec.get("t") or rec.get("start")
+    if not t or (lo is None and hi is None):
+        return True
+    try:
+        v = isotime.parse(t)
+    except ValueError:
+        return True
+    return (lo is None or v >= lo) and (hi is None or v <= hi)
+
+
+def _write_file(svc, path, p):
+    lo = isotime.parse(p["startTime"]) if "startTime" in p else None
+    hi = isotime.parse(p["stopTime"]) if "stopTime" in p else None
+    import json
+
+    h = svc.app.history
+    n = 0
+    with open(path, "w") as f:
+        f.write(json.dumps({"serial": svc.hw.serial, "generated": isotime.fmt(svc.now())}))
+        f.write("\n")
+        for kind, recs in (("fault", h.fault_list(200)), ("session", h.session_list(200))):
+            for rec in recs:
+                if _window(rec, lo, hi):
+                    rec["kind"] = kind
+                    f.write(json.dumps(rec))
+                    f.write("\n")
+                    n += 1
+    return n
+
+
+async def upload_diagnostics(svc, p, name):
+    path = svc.data_dir + "/diag.tmp"
+    ok = False
+    try:
+        n = _write_file(svc, path, p)
+        _log.info("diagnostics: %d records in %s", n, name)
+        svc.diagnostics_status("Uploading")
+        tries = 1 + max(0, p.get("retries", 0))
+        for i in range(tries):
+            try:
+                await asyncio.wait_for_ms(_post(svc, p["location"], name, path), _TIMEOUT_MS)
+                ok = True
+                break
+            except (OSError, ValueError, wsclient.WsError, asyncio.TimeoutError) as e:
+                _log.warning("diagnostics upload %d/%d failed: %r", i + 1, tries, e)
+            if i + 1 < tries:
+                await asyncio.sleep(max(1, p.get("retryInterval", 30)))
+    except (OSError, ValueError) as e:
+        _log.error("diagnostics not written: %r", e)
+    finally:
+        try:
+            os.remove(path)
+        except OSError:
+            pass
+    svc.diagnostics_status("Uploaded" if ok else "UploadFailed")
+
+
+def _split(url):
+    if url.startswith("http://"):
+        secure, rest = False, url[7:]
+    elif url.startswith("https://"):
+        secure, rest = True, url[8:]
+    else:
+        raise ValueError("only http:// and https:// locations are supported")
+    hostport, _, path = rest.partition("/")
+    host, _, port = hostport.partition(":")
+    port = int(port) if port else (443 if secure else 80)
+    return secure, host, port, "/" + path
+
+
+async def _post(svc, location, name, path):
+    secure, host, port, base = _split(location)
+    ctx = svc._tls() if secure else None
+    if secure and ctx is None:
+        raise ValueError("https:// needs the CA certificate")
+    size = os.stat(path)[6]
+    r, w = await asyncio.open_connection(host, port, ssl=ctx, server_hostname=host)
+    try:
+        target = base.rstrip("/") + "/" + name
+        head = (
+            "POST %s HTTP/1.1\r\nHost: %s:%d\r\nContent-Type: application/x-ndjson\r\n"
+            "Content-Length: %d\r\nContent-Disposition: attachment; filename=\"%s\"\r\n"
+            "Connection: close\r\n\r\n" % (target, host, port, size, name)
+        )
+        w.write(head.encode())
+        await w.drain()
+        buf = bytearray(_CHUNK)
+        mv = memoryview(buf)
+        with open(path, "rb") as f:
+            while True:
+                n = f.readinto(buf)
+                if not n:
+                    break
+                w.write(mv[:n])
+                await w.drain()
+        line = b""
+        while b"\n" not in line:
+            chunk = await r.read(64)
+            if not chunk:
+                break
+            line += chunk
+            if len(line) > _MAX_HEAD:
+                break
+        parts = line.split(b" ", 2)
+        if len(parts) < 2 or not parts[1][:1] == b"2":
+            raise OSError("upload answered %r" % line[:40])
+    finally:
+        await w.wait_closed()
+
+
+async def update_firmware(svc):
+    fw = svc.state["fw"]
+    hook = svc.on_update_firmware
+    if hook is None:
+        _log.error("UpdateFirmware %s: no firmware installer on this build", fw["loc"])
+        svc.firmware_status("DownloadFailed")
+        svc.state.pop("fw", None)
+        svc.save_state()
+        return
+    svc.firmware_status("Downloading")
+    try:
+        await hook(fw["loc"], isotime.fmt(fw["date"]), fw["retries"], fw["interval"])
+    except (OSError, ValueError) as e:
+        _log.error("firmware update failed: %r", e)
+        late = svc.fw_status in ("Downloaded", "Installing")
+        svc.firmware_status("InstallationFailed" if late else "DownloadFailed")
+    if svc.fw_status != "Installing":  # Installing: the installer reboots, boot reports
+        svc.state.pop("fw", None)
+        svc.save_state()

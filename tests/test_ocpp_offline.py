@@ -1,0 +1,178 @@
+"""OCPP offline behaviour: the persisted transaction queue across a central system that
+goes away and a power cut (SIGKILL), retries per TransactionMessageAttempts /
+TransactionMessageRetryInterval, reconnection with back-off, and authorization while
+offline (local list, cache, LocalAuthorizeOffline, AllowOfflineTxForUnknownId)."""
+
+import re
+import time
+
+from csms import cs, ocpp, wait_status  # noqa: F401 (fixtures)
+
+A = "04A1B2C3"  # learned card
+CACHED = "0A0A0A01"  # accepted by the central system: cached
+LISTED = "0A0A0A02"  # in the local list, Accepted
+LISTBLOCK = "0A0A0A03"  # in the local list, Blocked
+UNKNOWN = "0A0A0A04"
+
+FAST = {  # through the standard keys (pre-seeded as an installer would, or changed live)
+    "MeterValueSampleInterval": 1,
+    "RetryBackOffWaitMinimum": 1,
+    "RetryBackOffRandomRange": 0,
+    "RetryBackOffRepeatTimes": 1,
+    "MessageTimeout": 5,
+}
+
+TX = ("StartTransaction", "MeterValues", "StopTransaction")
+
+
+def plug(c):
+    c.sim("ev", state="B", diode=True, max_a=16)
+    c.wait_for(lambda s: s["cp_state"] == "B", 5)
+    c.sim("ev", state="C", diode=True, max_a=16)
+
+
+def unplug(c):
+    c.sim("ev", state="A")
+    c.wait_for(lambda s: s["cp_state"] == "A" and not s["session"]["active"], 5)
+
+
+def start_with_card(c, uid=A):
+    c.sim("card", uid=uid, ms=300)
+    c.wait_for(lambda s: s["session"]["active"], 5)
+
+
+def queued(c):
+    return c.snapshot()["ocpp"]["queued"]
+
+
+def tx_messages(cs):
+    return [(mid, a, p) for mid, a, p in cs.calls("CP1") if a in TX]
+
+
+def test_transaction_survives_csms_down_and_power_cut(cs, ocpp):
+    c = ocpp(cards=[A])
+    for k, v in FAST.items():
+        assert cs.call("CP1", "ChangeConfiguration", key=k, value=str(v))["status"] == "Accepted"
+    plug(c)
+    start_with_card(c)
+    cs.wait_for(lambda: len(cs.payloads("CP1", "MeterValues")) >= 2, 10, "meter values online")
+    cs.stop()  # the central system goes away in the middle of the transaction
+    c.wait_for(lambda s: not s["ocpp"]["connected"], 10)
+    c.wait_for(lambda s: s["ocpp"]["queued"] >= 2, 10)
+    unplug(c)  # transaction 1 ends offline ...
+    plug(c)
+    start_with_card(c)  # ... and transaction 2 starts offline (learned card)
+    c.wait_for(lambda s: s["ocpp"]["queued"] >= 6, 10)
+    c.kill()  # power cut while offline, transaction 2 still running
+    c.start()  # power back, central system still down
+    c.wait_for(lambda s: s["ocpp"] is not None and s["ocpp"]["queued"] >= 7, 10)
+    assert not c.snapshot()["session"]["active"]
+    mark = cs.mark()
+    cs.start()
+    cs.wait_for(lambda: [p for p in cs.payloads("CP1", "StopTransaction", mark)
+                         if p.get("reason") == "PowerLoss"], 30, "everything delivered")
+    c.wait_for(lambda s: s["ocpp"]["queued"] == 0, 5)
+    assert cs.calls("CP1", since=mark)[0][1] == "BootNotification", "nothing before the boot"
+
+    msgs = tx_messages(cs)
+    ids = [mid for mid, _, _ in msgs]
+    assert len(ids) == len(set(ids)), "every message once"
+    starts = [p for _, a, p in msgs if a == "StartTransaction"]
+    stops = [p for _, a, p in msgs if a == "StopTransaction"]
+    assert [s["idTag"] for s in starts] == [A, A]
+    assert [(s["transactionId"], s["reason"]) for s in stops] == [(1, "EVDisconnected"), (2, "PowerLoss")]
+    # Start 1, its meter values, Stop 1, then the same for transaction 2: nothing twice.
+    shape = "".join({"StartTransaction": "B", "MeterValues": "M", "StopTransaction": "E"}[a]
+                    for _, a, _ in msgs)
+    assert re.fullmatch("BM{2,}EBM{2,}E", shape), shape
+    second = shape.index("EB") + 1
+    for i, (_, a, p) in enumerate(msgs):
+        if a != "StartTransaction":
+            assert p["transactionId"] == (1 if i < second else 2)
+    for lo, hi in ((0, second), (second, len(msgs))):
+        stamps = [p["meterValue"][0]["timestamp"] for _, a, p in msgs[lo:hi] if a == "MeterValues"]
+        assert stamps == sorted(stamps) and len(stamps) == len(set(stamps)), stamps
+    energy = [int(sv["value"]) for _, a, p in msgs if a == "MeterValues"
+              for sv in p["meterValue"][0]["sampledValue"]]
+    assert energy == sorted(energy), "meter register never goes back within the delivery order"
+    assert stops[1]["meterStop"] >= starts[1]["meterStart"]
+
+
+def test_retries_per_transaction_message_attempts(cs, ocpp):
+    c = ocpp(cards=[A], config={"TransactionMessageAttempts": 2, "TransactionMessageRetryInterval": 1,
+                                "MeterValueSampleInterval": 0})
+    cs.fail = {"StartTransaction"}
+    plug(c)
+    start_with_card(c)
+    cs.wait_for(lambda: len(cs.calls("CP1", "StartTransaction")) >= 2, 10, "two attempts")
+    time.sleep(1.5)
+    attempts = cs.calls("CP1", "StartTransaction")
+    assert len(attempts) == 2 and attempts[0][0] == attempts[1][0], "same message id, no third try"
+    t = [f["t"] for f in cs.frames if f["msg"] and f["msg"][0] == 2 and f["msg"][2] == "StartTransaction"]
+    assert t[1] - t[0] >= 0.9, "TransactionMessageRetryInterval waited"
+    cs.fail = set()
+    unplug(c)
+    stop = cs.wait_for(lambda: cs.payloads("CP1", "StopTransaction"), 5)[0]
+    assert stop["transactionId"] == -1, "no transactionId ever received"
+    c.wait_for(lambda s: s["ocpp"]["queued"] == 0, 5)
+
+
+def test_reconnects_with_backoff_and_no_boot_on_plain_reconnect(cs, ocpp):
+    c = ocpp(config=FAST)
+    n = len(cs.connections)
+    for _ in range(2):
+        cs.stop()
+        c.wait_for(lambda s: not s["ocpp"]["connected"], 10)
+        time.sleep(1.5)
+        cs.start()
+        cs.wait_for(lambda: cs.connected("CP1"), 15, "reconnected")
+    assert len(cs.connections) == n + 2
+    assert len(cs.calls("CP1", "BootNotification")) == 1, "a plain reconnect sends no boot"
+
+
+def test_offline_authorization(cs, ocpp):
+    cs.tags = {CACHED: "Accepted"}
+    c = ocpp(config=FAST)
+    assert cs.call("CP1", "SendLocalList", listVersion=1, updateType="Full", localAuthorizationList=[
+        {"idTag": LISTED, "idTagInfo": {"status": "Accepted"}},
+        {"idTag": LISTBLOCK, "idTagInfo": {"status": "Blocked"}},
+    ])["status"] == "Accepted"
+    plug(c)
+    start_with_card(c, CACHED)  # learned by the cache through Authorize
+    unplug(c)
+    # LocalPreAuthorize: a listed tag starts without waiting for the central system.
+    assert cs.call("CP1", "ChangeConfiguration", key="LocalPreAuthorize", value="true")["status"] == "Accepted"
+    n = len(cs.calls("CP1", "Authorize"))
+    plug(c)
+    start_with_card(c, LISTED)
+    assert len(cs.calls("CP1", "Authorize")) == n
+    unplug(c)
+    cs.stop()
+    c.wait_for(lambda s: not s["ocpp"]["connected"], 10)
+
+    def tries(tag):
+        plug(c)
+        c.sim("card", uid=tag, ms=300)
+        time.sleep(1.0)
+        ok = c.snapshot()["session"]["active"]
+        unplug(c)
+        return ok
+
+    assert tries(CACHED) and tries(LISTED), "local list and cache work offline"
+    assert not tries(UNKNOWN) and not tries(LISTBLOCK)
+    cs.start()
+    cs.wait_for(lambda: cs.connected("CP1"), 15)
+    assert cs.call("CP1", "ChangeConfiguration", key="AllowOfflineTxForUnknownId", value="true")[
+        "status"] == "Accepted"
+    assert cs.call("CP1", "ChangeConfiguration", key="LocalAuthorizeOffline", value="false")[
+        "status"] == "Accepted"
+    cs.stop()
+    c.wait_for(lambda s: not s["ocpp"]["connected"], 10)
+    assert tries(UNKNOWN), "AllowOfflineTxForUnknownId"
+    assert not tries(LISTBLOCK), "never for a listed non-Accepted id"
+    assert tries(CACHED), "a cached id is 'unknown' only to the cache: allowed as unknown"
+    cs.start()
+    # The charges made offline are reported once back online, in order.
+    cs.wait_for(lambda: len(cs.payloads("CP1", "StopTransaction")) >= 6, 20)
+    tags = [p["idTag"] for p in cs.payloads("CP1", "StartTransaction")]
+    assert tags == [CACHED, LISTED, CACHED, LISTED, UNKNOWN, CACHED]

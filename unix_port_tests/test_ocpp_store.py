@@ -1,0 +1,151 @@
+# Persistent OCPP state: configuration keys, the transaction queue, the local list and
+# cache (firmware/evse/ocpp/config, txqueue, authlist). Each test uses its own directory.
+import os
+
+from check import eq, true
+from evse.ocpp import authlist
+from evse.ocpp.config import Config
+from evse.ocpp.txqueue import TxQueue
+
+_n = [0]
+
+
+def _dir():
+    _n[0] += 1
+    d = "/tmp/ocpp_store_%d_%d" % (os.urandom(1)[0] * 256 + os.urandom(1)[0], _n[0])
+    os.mkdir(d)
+    return d
+
+
+def test_config_access_types_and_persistence():
+    d = _dir()
+    c = Config(d + "/c.json")
+    eq(c["HeartbeatInterval"], 3600, "default")
+    eq(c.change("heartbeatinterval", "30"), "Accepted", "case-insensitive key")
+    eq(c["HeartbeatInterval"], 30, "typed")
+    eq(c.change("HeartbeatInterval", "-1"), "Rejected", "negative")
+    eq(c.change("HeartbeatInterval", "abc"), "Rejected", "not a number")
+    eq(c.change("NumberOfConnectors", "2"), "Rejected", "read-only")
+    eq(c.change("NoSuchKey", "1"), "NotSupported", "unknown")
+    eq(c.change("LocalPreAuthorize", "TRUE"), "Accepted", "bool any case")
+    eq(c.change("LocalPreAuthorize", "yes"), "Rejected", "bad bool")
+    eq(c.change("MeterValuesSampledData", "Energy.Active.Import.Register, Current.Import"), "Accepted", "csl")
+    eq(c["MeterValuesSampledData"], "Energy.Active.Import.Register,Current.Import", "csl normalised")
+    eq(c.change("MeterValuesSampledData", "SoC"), "Rejected", "unsupported measurand")
+    eq(c["MeterValuesSampledData"], "Energy.Active.Import.Register,Current.Import", "unchanged")
+    eq(c.change("ConnectorPhaseRotation", "0.RST,1.TSR"), "Accepted", "rotation")
+    eq(c.change("ConnectorPhaseRotation", "1.XYZ"), "Rejected", "bad rotation")
+    eq(c.change("AuthorizationKey", "short"), "Rejected", "short key")
+    eq(c.change("AuthorizationKey", "0123456789abcdef0123"), "Accepted", "key")
+    known, unknown = c.listing(["AuthorizationKey", "HeartbeatInterval", "Nope"])
+    eq(known[0], {"key": "AuthorizationKey", "readonly": False}, "key never disclosed")
+    eq(known[1]["value"], "30", "value as text")
+    eq(unknown, ["Nope"], "unknown keys")
+    c2 = Config(d + "/c.json")
+    eq((c2["HeartbeatInterval"], c2["LocalPreAuthorize"], c2["AuthorizationKey"]),
+       (30, True, "0123456789abcdef0123"), "persisted")
+    all_keys, _ = c2.listing()
+    true(len(all_keys) > 40, "every key listed")
+
+
+def test_config_veto_and_dynamic():
+    c = Config(_dir() + "/c.json")
+    c.vetoes["SecurityProfile"] = lambda v: None if v == 1 else "no"
+    eq(c.change("SecurityProfile", "2"), "Rejected", "vetoed")
+    eq(c.change("SecurityProfile", "1"), "Accepted", "allowed")
+    c.dynamic["UnlockConnectorOnEVSideDisconnect"] = lambda: False
+    eq(c.listing(["UnlockConnectorOnEVSideDisconnect"])[0][0]["value"], "false", "computed")
+
+
+def test_queue_order_ids_and_power_cut():
+    d = _dir()
+    q = TxQueue(d)
+    ref = q.next_seq()
+    q.push("StartTransaction", {"idTag": "A", "connectorId": 1, "meterStart": 0, "timestamp": "t"}, ref, "m1")
+    q.set_open(ref, "A", 0, 100)
+    q.push("MeterValues", {"connectorId": 1, "meterValue": []}, ref, "m2")
+    q.touch_open(50, 160)
+    eq(q.pending, 2, "pending")
+    # power cut: a new instance reads the same files
+    q = TxQueue(d)
+    eq((q.pending, q.open["wh"], q.open["t"]), (2, 50, 160), "survives")
+    seq, action, payload, mid, r = q.head()
+    eq((action, mid, r), ("StartTransaction", "m1", ref), "oldest first, same message id")
+    q.ack(seq, 77, r)
+    seq, action, payload, mid, r = q.head()
+    eq((action, payload["transactionId"], mid), ("MeterValues", 77, "m2"), "transactionId filled in")
+    q = TxQueue(d)  # cut after the first ack: the second record is still due
+    seq2, action, payload, mid, r = q.head()
+    eq((seq2, action, payload["transactionId"]), (seq, "MeterValues", 77), "resumes after the ack")
+    q.ack(seq2)
+    eq(q.head(), None, "drained")
+    eq(q.ids, {str(ref): 77}, "id of the open transaction kept")
+    q.close_open()
+    q.push("StopTransaction", {"meterStop": 1, "timestamp": "t", "reason": "Local"}, ref, "m3")
+    eq(q.head()[2]["transactionId"], 77, "stop gets the id after the log was cleared")
+
+
+def test_queue_start_never_confirmed_uses_minus_one():
+    q = TxQueue(_dir())
+    ref = q.next_seq()
+    q.push("StartTransaction", {"idTag": "A"}, ref, "a")
+    q.push("StopTransaction", {"reason": "Local"}, ref, "b")
+    seq = q.head()[0]
+    q.ack(seq, -1, ref)
+    eq(q.head()[2]["transactionId"], -1, "-1")
+
+
+def test_queue_drops_meter_values_when_full_never_start_stop():
+    import evse.ocpp.txqueue as tq
+
+    old = tq.MAX_PENDING
+    tq.MAX_PENDING = 3
+    try:
+        q = TxQueue(_dir())
+        for i in range(3):
+            q.push("MeterValues", {}, 1, "m%d" % i)
+        eq(q.push("MeterValues", {}, 1, "x"), None, "dropped")
+        true(q.push("StopTransaction", {}, 1, "s") is not None, "stop kept")
+        eq(q.dropped, 1, "counted")
+    finally:
+        tq.MAX_PENDING = old
+
+
+def test_queue_skips_a_corrupt_record():
+    d = _dir()
+    q = TxQueue(d)
+    q.push("MeterValues", {"a": 1}, 1, "m1")
+    q._log.append(b"not json")
+    q.push("MeterValues", {"a": 2}, 1, "m3")
+    seq = q.head()[0]
+    q.ack(seq)
+    h = q.head()
+    eq((h[3], h[2]["a"]), ("m3", 2), "bad record skipped")
+
+
+def test_local_list_full_differential_and_cache():
+    d = _dir()
+    ll = authlist.TagTable(d + "/l.json", 3)
+    entries = [{"idTag": "aa", "idTagInfo": {"status": "Accepted", "parentIdTag": "P"}},
+               {"idTag": "BB", "idTagInfo": {"status": "Blocked"}}]
+    eq(authlist.apply_list(ll, "Full", entries, 5), "Accepted", "full")
+    eq(ll.get("AA"), ("Accepted", 0, "P"), "case-insensitive")
+    eq(authlist.apply_list(ll, "Differential", [], 5), "VersionMismatch", "same version")
+    eq(authlist.apply_list(ll, "Differential", [{"idTag": "bb"},
+                                                {"idTag": "CC", "idTagInfo": {"status": "Accepted",
+                                                                              "expiryDate": "2000-01-01T00:00:00Z"}}], 6),
+       "Accepted", "differential")
+    eq(ll.get("BB"), None, "removed")
+    eq(authlist.valid(ll.get("cc"), 10 ** 9), "Expired", "expired")
+    too_many = [{"idTag": "T%d" % i, "idTagInfo": {"status": "Accepted"}} for i in range(4)]
+    eq(authlist.apply_list(ll, "Full", too_many, 7), "Failed", "over the max")
+    eq((ll.version, ll.get("AA")[0]), (6, "Accepted"), "unchanged after Failed")
+    ll2 = authlist.TagTable(d + "/l.json", 3)
+    eq((ll2.version, len(ll2)), (6, 2), "persisted")
+    c = authlist.Cache(d + "/c.json", 2)
+    c.store("X", ("Invalid", 0, None))
+    c.store("Y", ("Accepted", 0, None))
+    c.store("Z", ("Accepted", 0, None))
+    eq((c.get("X"), c.get("Y")[0], c.get("Z")[0]), (None, "Accepted", "Accepted"), "invalid evicted first")
+    c.store("W", ("Accepted", 0, None))
+    eq((c.get("Y"), c.get("W")[0]), (None, "Accepted"), "then the oldest")
