@@ -58,12 +58,19 @@ def _tool(name):
 def firmware_tree():
     """The firmware as a charger runs it: compiled by mpy-cross (tools/build.py).
 
-    Built once into build/test/unix_sim (the test session builds it before any worker
-    starts and passes it on in EVSE_TEST_TREE)."""
+    Built once per test session into its own directory under build/test/ (so two
+    sessions in one checkout never rebuild under each other's feet), passed to the test
+    workers in EVSE_TEST_TREE, and removed when the session's process exits."""
     tree = os.environ.get("EVSE_TEST_TREE")
     if tree:
         return Path(tree)
-    out = ROOT / "build" / "test" / "unix_sim"
+    import shutil
+    import tempfile
+
+    (ROOT / "build" / "test").mkdir(parents=True, exist_ok=True)
+    top = Path(tempfile.mkdtemp(prefix="session-", dir=ROOT / "build" / "test"))
+    atexit.register(shutil.rmtree, top, True)
+    out = top / "unix_sim"
     _tool("build").build("unix_sim", out)
     os.environ["EVSE_TEST_TREE"] = str(out)
     return out

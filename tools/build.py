@@ -124,6 +124,15 @@ def build(board, out, root=ROOT, mpy_cross=None):
             copied += 1
     if errors:
         raise BuildError(f"{len(errors)} module(s) failed to compile:\n\n" + "\n\n".join(errors))
+    www = root / "firmware" / "evse" / "www"
+    if www.is_dir():
+        # The web assets go to flash gzip-compressed; lib/httpd.py serves them as they are.
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        try:
+            from build_www import build_www
+        finally:
+            sys.path.pop(0)
+        build_www(www, out / "evse" / "www")
     return modules, copied
 
 

@@ -47,8 +47,17 @@ def _layout(board="unix_sim", tree=None):
 def modules(board="unix_sim", tree=None):
     """Every importable module of the firmware, the libraries and the board."""
     _paths, dirs, pattern = _layout(board, tree)
-    return [prefix + p.stem for d, prefix in dirs for p in sorted(d.glob(pattern))
-            if p.stem != "__init__"]
+    names = []
+    for d, prefix in dirs:
+        # lib/ and the board are flat; the evse package has sub-packages (evse.ocpp...).
+        found = sorted(d.rglob(pattern)) if prefix else sorted(d.glob(pattern))
+        for p in found:
+            parts = p.relative_to(d).with_suffix("").parts
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            if parts:
+                names.append(prefix + ".".join(parts))
+    return names
 
 
 @functools.lru_cache(maxsize=None)

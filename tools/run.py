@@ -120,9 +120,12 @@ class Supervisor:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--entry", type=Path, default=ROOT / "firmware" / "main.py",
-                    help="script to run, e.g. build/unix_sim/main.py (default firmware/main.py)")
-    ap.add_argument("--heap", default="128k", help="MicroPython heap size (default %(default)s)")
+    ap.add_argument("--entry", type=Path, default=ROOT / "build" / "unix_sim" / "main.py",
+                    help="script to run: a built tree's main.py (default build/unix_sim/main.py,"
+                         " what `make build` makes) or firmware/main.py for the sources")
+    ap.add_argument("--heap", default=None,
+                    help="MicroPython heap size (default: 128 KB for data plus the code's "
+                         "footprint, tools/footprint.py)")
     ap.add_argument("--micropython", default=str(ROOT / ".venv" / "bin" / "micropython"),
                     help="the MicroPython unix port to run")
     ap.add_argument("--stop-timeout", type=float, default=5.0,
@@ -132,6 +135,12 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     entry = args.entry.resolve()
+    if args.heap is None:
+        sys.path.insert(0, str(ROOT / "tools"))
+        from footprint import heapsize
+
+        tree = None if entry.parent == ROOT / "firmware" else entry.parent
+        args.heap = heapsize(args.micropython, 128, tree=tree)
     env = charger_env(os.environ)
     os.makedirs(env["EVSE_DATA_DIR"], exist_ok=True)
 

@@ -50,6 +50,16 @@ class App:
             data_dir=self.data_dir,
             own_meter=hw.meter,
         )
+        from evse.balance import Balancer
+
+        self.balance = Balancer(
+            self.charger,
+            self.settings,
+            self.protection,
+            hw.can,
+            metering=self.metering,
+            power=self.power,
+        )
         self.hmi = Hmi(hw, self.charger, self.metering, self.toggle_wifi_mode)
         self.auth = Authorizer(self.charger, self.settings, self.hmi, self.metering)
         self.cards = CardStore(self.data_dir)
@@ -154,6 +164,7 @@ class App:
         sup.add("protection", self._protection_task, critical=True)
         sup.add("metering", self._metering_task)
         sup.add("power", self.power.run)
+        sup.add("balance", self.balance.run)
         sup.add("hmi", self._hmi_task)
         sup.add("records", self._records_task)
         sup.add("rfid", self.rfid.run)
@@ -198,6 +209,7 @@ class App:
             "restarts": dict(self.supervisor.restarts),
             "lock": None if ch.case_b else "none",
             "meter": self.power.view(),
+            "balance": self.balance.view(),
         }
 
     def status(self):
@@ -239,6 +251,7 @@ class App:
             "language": self.settings["language"],
             "reader_fault": self.rfid.fault,
             "meter": self.power.view(),
+            "balance": self.balance.view(),
             "uptime_s": time.ticks_diff(time.ticks_ms(), self.started_ms) // 1000,
         }
 

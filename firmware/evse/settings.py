@@ -96,6 +96,7 @@ SCHEMA = {
     "lb_enabled": (False, _bool),
     "max_house_current_a": (40, _int_range(6, 500)),
     "can_addr": (1, _int_range(1, 8)),
+    "lb_pool_id": (1, _int_range(1, 255)),
     "phase_set": ("L123", _choice("L1", "L2", "L3", "L123")),
     "power_system": ("TN_TT", _choice("IT", "TN_TT")),
     "language": ("en", _choice(*_LANGS)),

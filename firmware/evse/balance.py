@@ -1,0 +1,649 @@
+# Load balancing between chargers over CAN (manual §8, §8.1.2 point 12).
+#
+# Every charger with `lb_enabled` announces itself on the bus; the master (the charger
+# wired to the meter, else the lowest `can_addr`) shares the pool limit among them and
+# broadcasts each node's allocation, which feeds `charger.set_external_limit("balance")`.
+# Protocol, allocation rules, timeouts and fallbacks: docs/load-balancing.md.
+import time
+from micropython import const
+
+from evse import faults
+import log
+
+_log = log.get("balance")
+
+LIMIT_NAME = "balance"
+VERSION = const(1)
+ID_ALLOC = const(0x600)  # + destination address: master -> node
+ID_STATUS = const(0x610)  # + sender address: node -> all
+MAX_NODES = const(8)
+POOL_ID = const(1)  # pool id when the settings have no `lb_pool_id`
+
+ST_IDLE = const(0)  # no vehicle
+ST_CONNECTED = const(1)  # vehicle, no session: needs nothing
+ST_WANT = const(2)  # session running: needs an allocation
+ST_FAULT = const(3)
+
+MIN_A = 6.0  # IEC 61851-1: the smallest current a PWM may offer
+CYCLE_MS = const(1000)  # the master allocates this often
+STATUS_MS = const(500)  # every node announces itself this often
+NODE_TIMEOUT_MS = const(3000)  # a node not heard this long is gone: its share is freed
+MASTER_TIMEOUT_MS = const(3000)  # no allocation this long -> fallback
+DISCOVER_MS = const(1500)  # a new master listens this long before allocating
+CLASH_CLEAR_MS = const(3000)  # no frame with our address this long -> clash gone
+ROTATE_MS = 15 * 60 * 1000  # a charging node yields to a waiting one after this turn
+FALLBACK_A = 6.0  # the safe share while the master is silent (at most the last allocation)
+FALLBACK_HOLD_MS = const(60000)  # ... for this long; then the node pauses
+GONE_HOLD_MS = const(65000)  # the master keeps a silent node's fallback share this long
+UNUSED_A = 2.0  # draw this far below the offer ...
+UNUSED_CYCLES = const(3)  # ... for this many cycles: the rest goes to the others
+ASK_AGAIN_A = 0.5  # draw within this of the capped allocation: the car asks again
+_TICK_MS = const(100)
+_MAX_RX = const(32)  # frames handled per tick: bounded work
+_ALL = const(7)  # phase mask L1|L2|L3
+
+
+# ---- codec -------------------------------------------------------------------------------
+def _ha(a):
+    """Amps -> half-amps in a byte, rounded down (an allocation is never overstated)."""
+    v = int(a * 2 + 1e-6)
+    return 0 if v < 0 else (255 if v > 255 else v)
+
+
+def _ha_up(a):
+    """Amps -> half-amps rounded up (a reported offer or draw is never understated)."""
+    v = int(a * 2 + 0.999)
+    return 0 if v < 0 else (255 if v > 255 else v)
+
+
+def encode_status(buf, pool, seq, epoch, state, mask, meter, min_a, max_a, draw_a, offered_a):
+    buf[0] = (VERSION << 4) | (epoch & 0x0F)
+    buf[1] = pool & 0xFF
+    buf[2] = seq & 0xFF
+    buf[3] = (state & 3) | ((mask & 7) << 2) | (0x20 if meter else 0)
+    buf[4] = _ha(min_a)
+    buf[5] = _ha(max_a)
+    buf[6] = _ha_up(draw_a)
+    buf[7] = _ha_up(offered_a)
+
+
+def encode_alloc(buf, pool, seq, epoch, master, amps, waiting, n_nodes, limit_a):
+    buf[0] = (VERSION << 4) | (epoch & 0x0F)
+    buf[1] = pool & 0xFF
+    buf[2] = seq & 0xFF
+    buf[3] = master
+    buf[4] = _ha(amps)
+    buf[5] = 1 if waiting else 0
+    buf[6] = n_nodes
+    buf[7] = _ha(limit_a)
+
+
+def decode(can_id, data, pool):
+    """A frame of this pool as a tuple, or None for anything else (foreign, malformed):
+    ("S", addr, epoch, seq, state, mask, meter, min_a, max_a, draw_a, offered_a)
+    ("A", dest, epoch, seq, master, amps, waiting, n_nodes, limit_a)"""
+    if len(data) != 8 or data[0] >> 4 != VERSION or data[1] != pool:
+        return None
+    epoch = data[0] & 0x0F
+    seq = data[2]
+    if ID_STATUS < can_id <= ID_STATUS + MAX_NODES:
+        b = data[3]
+        state = b & 3
+        mask = (b >> 2) & 7
+        if b & 0xC0 or mask == 0 or data[4] < 12 or data[5] < data[4]:
+            return None
+        return ("S", can_id - ID_STATUS, epoch, seq, state, mask, bool(b & 0x20),
+                data[4] / 2, data[5] / 2, data[6] / 2, data[7] / 2)
+    if ID_ALLOC < can_id <= ID_ALLOC + MAX_NODES:
+        master = data[3]
+        amps = data[4]
+        if not 1 <= master <= MAX_NODES or data[5] > 1 or not 1 <= data[6] <= MAX_NODES:
+            return None
+        if 0 < amps < 12:
+            return None  # 0 (pause) or at least 6 A
+        return ("A", can_id - ID_ALLOC, epoch, seq, master, amps / 2, bool(data[5]),
+                data[6], data[7] / 2)
+    return None
+
+
+def fresh(last, epoch, seq):
+    """True when (epoch, seq) follows `last` = (epoch, seq) or None: a repeated or older
+    frame is stale; a new epoch is a restarted sender."""
+    if last is None or last[0] != epoch:
+        return True
+    return 1 <= ((seq - last[1]) & 0xFF) <= 127
+
+
+# ---- allocation ----------------------------------------------------------------------------
+def allocate(limit_a, nodes):
+    """Shares a per-phase limit (3 floats) among nodes in priority order.
+
+    nodes: list of (mask, min_a, cap_a); mask bits 0-2 = L1-L3 the node loads.
+    Returns a list of amps: 0.0 for a node that waits (the first nodes in the order are
+    admitted while every phase can give each admitted node its minimum), else between
+    its min and its cap, shared max-min fairly. The sum on each phase never exceeds
+    its limit; every value is a multiple of 0.5 A, rounded down."""
+    n = len(nodes)
+    out = [0.0] * n
+    used = [0.0, 0.0, 0.0]
+    admitted = []
+    for i in range(n):
+        mask, lo, cap = nodes[i]
+        if cap < lo:
+            continue
+        ok = True
+        for p in range(3):
+            if mask & (1 << p) and used[p] + lo > limit_a[p] + 1e-9:
+                ok = False
+        if ok:
+            for p in range(3):
+                if mask & (1 << p):
+                    used[p] += lo
+            out[i] = lo
+            admitted.append(i)
+    active = list(admitted)
+    for _ in range(n + 1):  # each round freezes at least one node
+        if not active:
+            break
+        k = [0, 0, 0]
+        for i in active:
+            for p in range(3):
+                if nodes[i][0] & (1 << p):
+                    k[p] += 1
+        step = None
+        for i in active:
+            mask, lo, cap = nodes[i]
+            s = cap - out[i]
+            for p in range(3):
+                if mask & (1 << p):
+                    s = min(s, (limit_a[p] - used[p]) / k[p])
+            if step is None or s < step:
+                step = s
+        step = max(step, 0.0)
+        for i in active:
+            out[i] += step
+            for p in range(3):
+                if nodes[i][0] & (1 << p):
+                    used[p] += step
+        still = []
+        for i in active:
+            mask, lo, cap = nodes[i]
+            full = out[i] >= cap - 1e-9
+            for p in range(3):
+                if mask & (1 << p) and used[p] >= limit_a[p] - 1e-9:
+                    full = True
+            if not full:
+                still.append(i)
+        if len(still) == len(active):
+            break
+        active = still
+    for i in admitted:
+        out[i] = int(out[i] * 2 + 1e-6) / 2
+    return out
+
+
+class Node:
+    """What is known of one pool member (from its status frames, or ourselves)."""
+
+    def __init__(self, addr):
+        self.addr = addr
+        self.state = ST_IDLE
+        self.mask = _ALL
+        self.meter = False
+        self.min_a = MIN_A
+        self.max_a = MIN_A
+        self.draw_a = 0.0
+        self.offered_a = 0.0
+        self.seen_ms = 0
+        self.last = None  # (epoch, seq) of the last status accepted
+
+    def as_dict(self):
+        return {"addr": self.addr, "state": self.state, "mask": self.mask,
+                "meter": self.meter, "max_a": self.max_a, "draw_a": self.draw_a,
+                "offered_a": self.offered_a}
+
+
+class Planner:
+    """The master's side: who charges (rotation), demand caps (unused current), staged
+    raises so that a node only gets more once the others have reported their cut."""
+
+    def __init__(self, rotate_ms=ROTATE_MS):
+        self.rotate_ms = rotate_ms
+        self.sent = {}  # addr -> amps last sent
+        self.target = {}
+        self.cap = {}  # addr -> demand cap (max_a unless the car leaves some unused)
+        self._low = {}  # addr -> cycles in a row drawing well below the offer
+        self.since = {}  # addr -> when it started charging or waiting
+        self.charging = {}  # addr -> True admitted, False waiting
+        self.waiting = set()
+
+    def forget(self, addr):
+        for d in (self.sent, self.target, self.cap, self._low, self.since, self.charging):
+            d.pop(addr, None)
+
+    def _demand(self, n):
+        a = n.addr
+        cap = min(self.cap.get(a, n.max_a), n.max_a)
+        if n.offered_a >= n.min_a and n.draw_a < n.offered_a - UNUSED_A:
+            self._low[a] = self._low.get(a, 0) + 1
+            if self._low[a] >= UNUSED_CYCLES:
+                cap = max(n.min_a, min(cap, int((n.draw_a + 1.0) * 2 + 0.999) / 2))
+        else:
+            self._low[a] = 0
+        if cap < n.max_a and n.draw_a >= cap - ASK_AGAIN_A:
+            cap = n.max_a  # it uses what it has: give back the rest
+            self._low[a] = 0
+        self.cap[a] = cap
+        return cap
+
+    def plan(self, now, limit_a, nodes):
+        """nodes: Node list (the master included). Returns {addr: amps to send}."""
+        for a in list(self.sent):
+            if not any(n.addr == a for n in nodes):
+                self.forget(a)
+        want = []
+        for n in nodes:
+            if n.addr not in self.sent:
+                self.sent[n.addr] = n.offered_a  # a new master starts from what it sees
+            if n.state == ST_WANT:
+                want.append(n)
+            else:
+                self.cap.pop(n.addr, None)
+                self._low.pop(n.addr, None)
+                self.charging.pop(n.addr, None)
+                self.since.pop(n.addr, None)
+        anyone_waits = any(self.charging.get(n.addr) is False for n in want)
+
+        def rank(n):
+            a = n.addr
+            since = self.since.get(a, now)
+            age = time.ticks_diff(now, since)
+            if self.charging.get(a):
+                if anyone_waits and age >= self.rotate_ms:
+                    return (2, -age, a)  # turn over: yields to who waits
+                return (0, 0, a)
+            return (1, -age, a)  # waits (or new): longest wait first
+
+        want.sort(key=rank)
+        spec = [(n.mask, n.min_a, self._demand(n)) for n in want]
+        amps = allocate(limit_a, spec)
+        target = {}
+        self.waiting = set()
+        for i in range(len(want)):
+            a = want[i].addr
+            on = amps[i] > 0
+            if self.charging.get(a) is not on:
+                self.charging[a] = on
+                self.since[a] = now
+            if not on:
+                self.waiting.add(a)
+            target[a] = amps[i]
+        for n in nodes:
+            target.setdefault(n.addr, 0.0)
+        self.target = target
+        # Cuts apply at once; raises only within what is free while every node may still
+        # offer max(what it was sent, what it reports).
+        sent = self.sent
+        byaddr = {}
+        for n in nodes:
+            byaddr[n.addr] = n
+            if target[n.addr] <= sent[n.addr]:
+                sent[n.addr] = target[n.addr]
+        for n in nodes:
+            a = n.addr
+            t = target[a]
+            if t <= sent[a]:
+                continue
+            room = t - sent[a]
+            for p in range(3):
+                if not n.mask & (1 << p):
+                    continue
+                busy = 0.0
+                for m in nodes:
+                    if m.addr != a and m.mask & (1 << p):
+                        busy += max(sent[m.addr], m.offered_a)
+                room = min(room, limit_a[p] - busy - max(sent[a], n.offered_a))
+            if room <= 0:
+                continue
+            new = int((sent[a] + room) * 2 + 1e-6) / 2
+            if new >= n.min_a and new > sent[a]:
+                sent[a] = min(new, t)
+        return dict(sent)
+
+
+# ---- the node ---------------------------------------------------------------------------------
+class Balancer:
+    def __init__(self, charger, settings, protection, can, metering=None, power=None,
+                 clock=None, rotate_ms=ROTATE_MS, epoch=None):
+        """can: the board's `hw.can` (send/recv, never blocking), None when not wired."""
+        self.ch = charger
+        self.settings = settings
+        self.prot = protection
+        self.can = can
+        self.metering = metering
+        self.power = power
+        self.clock = clock or time.ticks_ms
+        if epoch is None:
+            import os
+
+            epoch = os.urandom(1)[0]
+        self.epoch = epoch & 0x0F
+        self.planner = Planner(rotate_ms)
+        self._buf = bytearray(8)
+        self._seq = 0
+        self._aseq = 0
+        self.enabled = False
+        self.addr = 0
+        self.pool = POOL_ID
+        self.nodes = {}  # addr -> Node (others)
+        self._gone = {}  # addr -> (since_ms, amps, mask): fallback shares of silent nodes
+        self.me = Node(0)
+        self.master = None  # address of the master we follow (ours when we are it)
+        self.meter_addr = None  # a meter node was seen: nobody else may take over
+        self._master_since = None
+        self._master_last = None  # (epoch, seq) of the last allocation accepted
+        self.alloc_ms = None
+        self.alloc_a = None  # last allocation received (None: none yet)
+        self.waiting = False
+        self.limit_a = None
+        self.fallback = False
+        self.clash = False
+        self._clash_ms = 0
+        self._status_ms = None
+        self._cycle_ms = None
+        self.pool_limit_a = None
+        self.dropped = 0  # frames ignored: foreign, malformed, stale
+        self.send_errors = 0
+
+    async def run(self):
+        import asyncio
+
+        while True:
+            self.tick(self.clock())
+            await asyncio.sleep_ms(_TICK_MS)
+
+    # ---- one tick ---------------------------------------------------------------------------
+    def tick(self, now):
+        s = self.settings
+        on = bool(s["lb_enabled"]) and self.can is not None
+        if on != self.enabled:
+            self._switch(on, now)
+        if not on:
+            return
+        addr = s["can_addr"]
+        if addr != self.addr:
+            self.addr = addr
+            self.me = Node(addr)
+            self.nodes.pop(addr, None)
+        self.pool = s.get("lb_pool_id") or POOL_ID
+        for _ in range(_MAX_RX):
+            f = self.can.recv()
+            if f is None:
+                break
+            self._on_frame(f[0], f[1], now)
+        for a in list(self.nodes):
+            n = self.nodes[a]
+            if time.ticks_diff(now, n.seen_ms) > NODE_TIMEOUT_MS:
+                _log.warning("node %d silent: its share is freed", a)
+                del self.nodes[a]
+                # It may only be cut off from us and run on its fallback share: keep
+                # that much reserved until its fallback has ended.
+                keep = min(self.planner.sent.get(a, n.offered_a), FALLBACK_A)
+                if keep > 0:
+                    self._gone[a] = (now, keep, n.mask)
+        for a in list(self._gone):
+            if a in self.nodes or time.ticks_diff(now, self._gone[a][0]) > GONE_HOLD_MS:
+                del self._gone[a]
+        if self.clash and time.ticks_diff(now, self._clash_ms) > CLASH_CLEAR_MS:
+            self.clash = False
+            self.prot.can_clash = False
+            _log.info("CAN address %d no longer used by another node", addr)
+        self._update_me(now)
+        if self._status_ms is None or time.ticks_diff(now, self._status_ms) >= STATUS_MS:
+            self._status_ms = now
+            self._send_status()
+        self._elect(now)
+        if self.master == addr:
+            if (time.ticks_diff(now, self._master_since) >= DISCOVER_MS
+                    and (self._cycle_ms is None
+                         or time.ticks_diff(now, self._cycle_ms) >= CYCLE_MS)):
+                self._cycle_ms = now
+                self._allocate(now)
+        else:
+            self._cycle_ms = None
+        if self.alloc_ms is not None and time.ticks_diff(now, self.alloc_ms) > MASTER_TIMEOUT_MS:
+            if not self.fallback:
+                self.fallback = True
+                _log.error("no allocation from master %s for %d ms: fallback share",
+                           self.master, MASTER_TIMEOUT_MS)
+        self._apply(now)
+
+    def _switch(self, on, now):
+        self.enabled = on
+        self.nodes = {}
+        self._gone = {}
+        self.meter_addr = None
+        self.master = None
+        self.alloc_a = None
+        self.alloc_ms = None
+        self.fallback = False
+        self.planner = Planner(self.planner.rotate_ms)
+        if on:
+            _log.info("load balancing on")
+            self._start_ms = now
+            self.limit_a = 0.0  # nothing until the master allocates
+            self.ch.set_external_limit(LIMIT_NAME, 0.0)
+        else:
+            _log.info("load balancing off")
+            self.limit_a = None
+            self.ch.set_external_limit(LIMIT_NAME, None)
+            if self.clash:
+                self.clash = False
+                self.prot.can_clash = False
+
+    def _update_me(self, now):
+        ch = self.ch
+        s = self.settings
+        me = self.me
+        me.seen_ms = now
+        if ch.active:
+            me.state = ST_FAULT
+        elif ch.session is not None and ch.connected:
+            me.state = ST_WANT
+        elif ch.connected:
+            me.state = ST_CONNECTED
+        else:
+            me.state = ST_IDLE
+        ps = s["phase_set"]
+        me.mask = {"L1": 1, "L2": 2, "L3": 4}.get(ps, _ALL)
+        me.meter = s["meter_model"] != "none"
+        m = float(s["max_current_a"])
+        if ch.cable_a is not None:
+            m = min(m, ch.cable_a)
+        if ch.thermal_a is not None:
+            m = min(m, ch.thermal_a)
+        for name, v in ch.external.items():
+            # Our own limit and the meter's (it counts the pool's other chargers as
+            # house load) are not limits of what this node could take.
+            if v is not None and name not in (LIMIT_NAME, "power"):
+                m = min(m, v)
+        me.max_a = max(m, MIN_A)
+        me.min_a = MIN_A
+        me.offered_a = ch.offered_a
+        amps = self.metering.amps if self.metering is not None else None
+        me.draw_a = max(amps) if amps else ch.offered_a
+
+    def _send_status(self):
+        me = self.me
+        self._seq = (self._seq + 1) & 0xFF
+        encode_status(self._buf, self.pool, self._seq, self.epoch, me.state, me.mask,
+                      me.meter, me.min_a, me.max_a, me.draw_a, me.offered_a)
+        self._send(ID_STATUS + self.addr)
+
+    def _send(self, can_id):
+        try:
+            self.can.send(can_id, self._buf)
+        except OSError as e:
+            self.send_errors += 1
+            _log.debug("CAN send failed: %r", e)
+
+    # ---- receiving -------------------------------------------------------------------------
+    def _on_frame(self, can_id, data, now):
+        f = decode(can_id, data, self.pool)
+        if f is None:
+            self.dropped += 1
+            return
+        if f[0] == "S":
+            addr = f[1]
+            if addr == self.addr:
+                self._on_clash(now)
+                return
+            n = self.nodes.get(addr)
+            if n is None:
+                if len(self.nodes) >= MAX_NODES - 1:
+                    self.dropped += 1
+                    return
+                n = self.nodes[addr] = Node(addr)
+                _log.info("node %d joined", addr)
+            elif not fresh(n.last, f[2], f[3]) and time.ticks_diff(now, n.seen_ms) <= NODE_TIMEOUT_MS:
+                self.dropped += 1
+                return
+            n.last = (f[2], f[3])
+            n.seen_ms = now
+            (n.state, n.mask, n.meter, n.min_a, n.max_a, n.draw_a, n.offered_a) = f[4:]
+            if n.meter:
+                self.meter_addr = addr if self.meter_addr is None else min(self.meter_addr, addr)
+            return
+        # An allocation: only ours, only from the master we follow.
+        if f[1] != self.addr or f[4] != self.master or self.master == self.addr:
+            self.dropped += 1
+            return
+        if not fresh(self._master_last, f[2], f[3]) and self.alloc_ms is not None and \
+                time.ticks_diff(now, self.alloc_ms) <= MASTER_TIMEOUT_MS:
+            self.dropped += 1
+            return
+        self._master_last = (f[2], f[3])
+        self.alloc_ms = now
+        self.alloc_a = f[5]
+        self.waiting = f[6]
+        self.pool_limit_a = f[8]
+        if self.fallback:
+            self.fallback = False
+            _log.warning("master %d allocates again", self.master)
+
+    def _on_clash(self, now):
+        self._clash_ms = now
+        if not self.clash:
+            self.clash = True
+            self.prot.can_clash = True
+            _log.error("another node uses CAN address %d -> ERR CAN ADDR", self.addr)
+            self.ch.trip(faults.CAN)
+
+    # ---- roles ---------------------------------------------------------------------------------
+    def _elect(self, now):
+        me = self.me
+        if me.meter:
+            best = self.addr
+            if self.meter_addr is not None and self.meter_addr in self.nodes:
+                best = min(best, self.meter_addr)
+        elif self.meter_addr is not None:
+            best = self.meter_addr  # the meter's charger, even while silent: no takeover
+        else:
+            best = self.addr
+            for a in self.nodes:
+                best = min(best, a)
+        if best != self.master:
+            _log.info("master: %s -> %d", self.master, best)
+            self.master = best
+            self._master_since = now
+            self._master_last = None
+            if best == self.addr:
+                self.planner = Planner(self.planner.rotate_ms)
+            elif self.alloc_ms is None:
+                self.alloc_ms = now  # the timeout counts from when we first follow it
+
+    def _pool_limit(self):
+        s = self.settings
+        max_a = float(s["max_house_current_a"])
+        pw = self.power
+        if pw is None or not self.me.meter:
+            return [max_a, max_a, max_a]
+        h = pw.headroom_a
+        if pw.lost or not pw.ok and pw.last_ok_ms is None:
+            return [0.0, 0.0, 0.0]  # house load unknown: nobody charges
+        known = [x for x in h if x is not None]
+        if not known:
+            return [0.0, 0.0, 0.0]
+        out = []
+        for p in range(3):
+            room = h[p] if h[p] is not None else min(known)
+            # headroom_a already gives back our own current; add the others' draw.
+            for n in self.nodes.values():
+                if n.mask & (1 << p):
+                    room += n.draw_a
+            out.append(max(0.0, min(max_a, room)))
+        return out
+
+    def _limit(self):
+        out = self._pool_limit()
+        for since, amps, mask in self._gone.values():
+            for p in range(3):
+                if mask & (1 << p):
+                    out[p] = max(0.0, out[p] - amps)
+        return out
+
+    def _allocate(self, now):
+        limit = self._limit()
+        self.pool_limit_a = min(limit)
+        nodes = [self.me] + list(self.nodes.values())
+        sent = self.planner.plan(now, limit, nodes)
+        self._aseq = (self._aseq + 1) & 0xFF
+        n = len(nodes)
+        for node in nodes:
+            a = node.addr
+            if a == self.addr:
+                continue
+            encode_alloc(self._buf, self.pool, self._aseq, self.epoch, self.addr, sent[a],
+                         a in self.planner.waiting, n, self.pool_limit_a)
+            self._send(ID_ALLOC + a)
+        self.alloc_a = sent[self.addr]
+        self.alloc_ms = now
+        self.waiting = self.addr in self.planner.waiting
+        self.fallback = False
+
+    def _apply(self, now):
+        if self.alloc_a is None:
+            lim = 0.0
+        elif self.fallback:
+            lim = min(self.alloc_a, FALLBACK_A)
+            if time.ticks_diff(now, self.alloc_ms) > MASTER_TIMEOUT_MS + FALLBACK_HOLD_MS:
+                lim = 0.0
+        else:
+            lim = self.alloc_a
+        if lim != self.limit_a:
+            self.limit_a = lim
+            self.ch.set_external_limit(LIMIT_NAME, lim)
+
+    # ---- views ---------------------------------------------------------------------------------
+    def view(self):
+        """/api/status and snapshot `balance`; None while load balancing is off."""
+        if not self.enabled:
+            return None
+        fault = None
+        if self.clash:
+            fault = "address_clash"
+        elif self.fallback:
+            fault = "master_lost"
+        return {
+            "addr": self.addr,
+            "master": self.master,
+            "is_master": self.master == self.addr,
+            "allocation_a": self.alloc_a,
+            "limit_a": self.limit_a,
+            "waiting": self.waiting,
+            "fallback": self.fallback,
+            "fault": fault,
+            "pool_limit_a": self.pool_limit_a,
+            "nodes": sorted(self.nodes),
+            "dropped": self.dropped,
+        }

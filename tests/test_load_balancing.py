@@ -1,0 +1,160 @@
+"""Load balancing over CAN (docs/load-balancing.md), end to end: 3 and 8 firmware
+processes on one simulated CAN bus (UDP broadcast on a port of their own), the pool
+limit being `max_house_current_a` (no meter). Throughout every scenario a watcher takes
+each charger's snapshot in turn and checks that the offers (`offered_a`) never add up
+to more than the limit. Cars arrive and leave, one stops drawing, the limit steps, the
+master is killed and restarted, an address clash."""
+import socket
+import time
+
+from harness import free_port
+
+LIMIT_A = 40
+CYCLE_S = 1.0
+NODE_TIMEOUT_S = 3.0
+MASTER_TIMEOUT_S = 3.0
+
+
+def wait_until(pred, timeout, what, step=0.1):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout:g} s")
+        time.sleep(step)
+
+
+class Watch:
+    """Takes every charger's snapshot in turn (one request at a time on each charger's
+    socket) and records the largest sum of offers seen; every wait goes through it."""
+
+    def __init__(self, chargers, limit):
+        self.chargers = chargers
+        self.limit = limit
+        self.worst = (0.0, None)
+        self.snaps = []
+
+    def poll(self):
+        total = 0.0
+        snaps = []
+        for c in self.chargers:
+            s = c.try_snapshot(timeout=0.5) if c.running else None
+            snaps.append(s)
+            if s is not None and "offered_a" in s:
+                total += s["offered_a"]
+        if total > self.worst[0]:
+            self.worst = (total, [s and s.get("offered_a") for s in snaps])
+        self.snaps = snaps
+        return snaps
+
+    def offers(self):
+        return [s.get("offered_a") if s else None for s in self.snaps]
+
+    def wait(self, pred, timeout, what):
+        return wait_until(lambda: pred(self.poll()), timeout, what, step=0.05)
+
+
+    def check(self, limit=None):
+        limit = self.limit if limit is None else limit
+        assert self.worst[0] <= limit + 1e-6, f"offers {self.worst} above {limit} A"
+
+
+def _off(snaps):
+    return [s["offered_a"] if s else None for s in snaps]
+
+
+def _bal(s, key):
+    return s and s.get("balance") and s["balance"].get(key)
+
+
+def _pool(start_charger, n, extra=None):
+    bus = {"EVSE_CAN_PORT": str(free_port(socket.SOCK_DGRAM))}
+    cs = []
+    for i in range(n):
+        settings = {"lb_enabled": True, "can_addr": i + 1, "max_house_current_a": LIMIT_A,
+                    "auth_mode": "free", "max_current_a": 32}
+        settings.update(extra or {})
+        cs.append(start_charger(settings=settings, env=bus, name=f"node{i + 1}"))
+    return bus, cs
+
+
+def _offer(c):
+    return c.snapshot()["offered_a"]
+
+
+def _plug(c, max_a=32):
+    c.sim("ev", state="C", diode=True, max_a=max_a)
+
+
+def test_three_nodes(start_charger):
+    t0 = time.monotonic()
+    bus, cs = _pool(start_charger, 3)
+    w = Watch(cs, LIMIT_A)
+    w.wait(lambda ss: all(_bal(s, "master") == 1 for s in ss), 10, "node 1 master")
+    # One car: the whole pool up to its max.
+    _plug(cs[0])
+    w.wait(lambda ss: _off(ss)[0] == 32, 10, "one car gets 32 A")
+    # A second car: room within two cycles (plus the charging core's control tick).
+    _plug(cs[1])
+    t = time.monotonic()
+    w.wait(lambda ss: _off(ss)[1] >= 6, 2 * CYCLE_S + 3.0, "second car gets room")
+    print(f"second car room after {time.monotonic() - t:.1f} s")
+    _plug(cs[2])
+    w.wait(lambda ss: _off(ss) == [13, 13, 13], 25, "three share 40 A")
+    # One car stops drawing (takes 6 A): the others get the rest; back when it asks.
+    cs[2].sim("ev", max_a=6)
+    w.wait(lambda ss: _off(ss)[2] == 7 and _off(ss)[0] == 16.5, 30, "unused given away")
+    cs[2].sim("ev", max_a=32)
+    w.wait(lambda ss: _off(ss) == [13, 13, 13], 30, "given back")
+    # A car leaves: its share goes to the others.
+    cs[1].sim("ev", state="A")
+    w.wait(lambda ss: _off(ss) == [20, 0, 20], 30, "car left: share freed")
+    w.check()
+    # The master is killed: fallback (at most 6 A, fault shown), node 2 takes over.
+    cs[0].kill()
+    w.wait(lambda ss: _bal(ss[2], "fault") == "master_lost", MASTER_TIMEOUT_S + 3, "fallback shown")
+    w.wait(lambda ss: _off(ss)[2] <= 6, 1.0, "fallback share applied (next control tick)")
+    w.wait(lambda ss: _bal(ss[2], "master") == 2 and _bal(ss[1], "master") == 2, 10,
+           "node 2 takes over")
+    # Restarted: it is master again and shares without going above the limit.
+    cs[0].start()
+    _plug(cs[0])  # a fresh process: the simulated car is plugged in again
+    w.wait(lambda ss: all(_bal(s, "master") == 1 for s in ss), 15, "node 1 master again")
+    w.wait(lambda ss: _off(ss)[0] >= 6 and _off(ss)[2] >= 6, 20, "both charging again")
+    w.check()
+    print(f"3-node test {time.monotonic() - t0:.1f} s, worst sum {w.worst}")
+
+
+def test_address_clash(start_charger):
+    bus, cs = _pool(start_charger, 2)
+    extra = start_charger(settings={"lb_enabled": True, "can_addr": 2, "auth_mode": "free",
+                                    "max_house_current_a": LIMIT_A}, env=bus, name="dup")
+    for c in (cs[1], extra):
+        wait_until(lambda c=c: "CAN" in c.snapshot()["errors"], 5, f"ERR CAN ADDR on {c.name}")
+    assert "CAN" not in cs[0].snapshot()["errors"]
+    extra.kill()
+    wait_until(lambda: "CAN" not in cs[1].snapshot()["errors"], 20, "clash cleared")
+
+
+def test_eight_nodes(start_charger):
+    t0 = time.monotonic()
+    bus, cs = _pool(start_charger, 8)
+    w = Watch(cs, LIMIT_A)
+    for c in cs:
+        _plug(c)
+    # 8 x 6 A > 40 A: six charge, two wait.
+    w.wait(lambda ss: sum(1 for o in _off(ss) if o and o >= 6) == 6, 30, "six charge")
+    w.wait(lambda ss: sum(o or 0 for o in _off(ss)) >= 36, 20, "pool used")
+    waiting = [i for i, o in enumerate(w.offers()) if not o]
+    assert len(waiting) == 2
+    # Two charging cars leave: the waiting ones get room.
+    leaving = [i for i, o in enumerate(w.offers()) if o and i != 0][:2]
+    for i in leaving:
+        cs[i].sim("ev", state="A")
+    w.wait(lambda ss: all((_off(ss)[i] or 0) >= 6 for i in waiting), 15, "waiting cars charge")
+    w.check()
+    dt = time.monotonic() - t0
+    print(f"8-node test {dt:.1f} s, worst sum {w.worst}")
+    assert dt < 60
