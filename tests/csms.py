@@ -297,6 +297,29 @@ class CentralSystem:
                     out.append((m[1], m[2], m[3]))
         return out
 
+    def answered(self, cp_id=None):
+        """Message id -> how many CALLRESULTs the central system sent for it."""
+        out = {}
+        for f in list(self.frames):
+            m = f["msg"]
+            if f["dir"] == "out" and (cp_id is None or f["cp"] == cp_id) and isinstance(m, list) \
+                    and len(m) == 3 and m[0] == 3:
+                out[m[1]] = out.get(m[1], 0) + 1
+        return out
+
+    def delivered(self, cp_id, actions, since=0):
+        """The CALLs the central system answered, each message id once, in arrival order:
+        what it processed. A CALL that reached it but lost its answer (the connection
+        closed in between) comes again with the same id; only the answered copy counts."""
+        done = self.answered(cp_id)
+        seen = set()
+        out = []
+        for mid, action, payload in self.calls(cp_id, None, since):
+            if action in actions and mid in done and mid not in seen:
+                seen.add(mid)
+                out.append((mid, action, payload))
+        return out
+
     def payloads(self, cp_id, action, since=0):
         return [c[2] for c in self.calls(cp_id, action, since)]
 

@@ -75,7 +75,7 @@ def main(argv=None):
     ap.add_argument("--boots", type=int, default=5)
     ap.add_argument("--board-dir", type=Path,
                     help="run <dir>/main.py, e.g. build/unix_sim (default firmware/main.py)")
-    ap.add_argument("--heap", default="128k")
+    ap.add_argument("--heap", default=None, help="heapsize (default: 128 KB data + code)")
     ap.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for one boot")
     ap.add_argument("--out", type=Path, default=ROOT / "build" / "bench.json")
     args = ap.parse_args(argv)

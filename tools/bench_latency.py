@@ -105,7 +105,7 @@ def measure(runs, heap):
                 for _ in range(3):  # each waits out the 60 s OCP clear time
                     c.wait_for(lambda s: not s["errors"], timeout=90)
                     _charge(c)
-                    t0 = c.sim("ev", state="C", diode=True, max_a=16, draw_a=40.0)["t_us"]
+                    t0 = c.sim("ev", state="C", diode=True, max_a=16, draw_a=45.0)["t_us"]
                     ocp.append((_relay_open_after(c, t0) - t0) / 1000)
                     c.sim("ev", state="A")
                     c.sim("ev", state="B", diode=True, max_a=16)
@@ -122,12 +122,9 @@ def main():
     ap.add_argument("--heap", default=None, help="micropython heapsize (default: 128 KB data)")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
-    heap = args.heap
-    if heap is None:
-        from footprint import heapsize
-        from harness import micropython
+    from harness import default_heap, firmware_tree
 
-        heap = heapsize(micropython())
+    heap = args.heap or default_heap(firmware_tree())
     res = measure(args.runs, heap)
     print("fault -> relay open (firmware clock, web server under load, heapsize %s)" % heap)
     print("%-14s %5s %8s %8s %8s" % ("fault", "n", "p50 ms", "p99 ms", "max ms"))
