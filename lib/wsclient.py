@@ -119,6 +119,35 @@ def _mask(dst, off, src, n, key):
         i += 1
 
 
+def _open(host, port, ssl, server_hostname):
+    # asyncio.open_connection (extmod/asyncio/stream.py, v1.29) plus TCP_NODELAY: the
+    # fragments of one message go out back to back, and Nagle's algorithm would hold the
+    # second until the peer's delayed ACK of the first (~40 ms a message). Waits for the
+    # socket as stream.py does, through asyncio.core._io_queue (re-check on upgrades).
+    import socket
+    from errno import EINPROGRESS
+
+    ai = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0]
+    s = socket.socket(ai[0], ai[1], ai[2])
+    s.setblocking(False)
+    try:
+        s.setsockopt(6, 1, 1)  # IPPROTO_TCP, TCP_NODELAY (same numbers on Linux and lwIP)
+    except OSError:
+        pass
+    try:
+        s.connect(ai[-1])
+    except OSError as e:
+        if e.errno != EINPROGRESS:
+            s.close()
+            raise
+    if ssl is not None:
+        s = ssl.wrap_socket(s, server_hostname=server_hostname, do_handshake_on_connect=False)
+        s.setblocking(False)
+    stream = asyncio.StreamReader(s)
+    yield asyncio.core._io_queue.queue_write(s)
+    return stream
+
+
 class WsClient:
     max_message = 8192  # bytes of one received message, all fragments together
     max_head = 2048  # bytes of the handshake response head
@@ -176,9 +205,7 @@ class WsClient:
         self.last_rx_ms = ticks_ms()
 
     async def _connect(self, secure, host, port, path, protocols, headers, ssl, addr):
-        r, _ = await asyncio.open_connection(
-            addr or host, port, ssl=ssl if secure else None, server_hostname=host
-        )
+        r = await _open(addr or host, port, ssl if secure else None, host)
         self._s = r
         key = binascii.b2a_base64(os.urandom(16), newline=False)
         hosthdr = host if ":" not in host else "[" + host + "]"

@@ -80,8 +80,8 @@ class _Recorder:
             return text
 
     async def send(self, text):
+        await self.ws.send(text)  # recorded once it went out: a closing socket loses it
         self.cs._record(self.cp_id, "out", text)
-        await self.ws.send(text)
 
 
 class _ChargePoint(ChargePoint):
@@ -367,9 +367,9 @@ class CentralSystem:
     def send_raw(self, cp_id, data):
         """Sends a text (str) or binary (bytes) message as it is."""
         cp = self._cps[cp_id]
+        self._run(cp._connection.ws.send(data), 10)
         if isinstance(data, str):
             self._record(cp_id, "out", data)
-        self._run(cp._connection.ws.send(data), 10)
 
     def send_bytes(self, cp_id, raw, close=False):
         """Writes raw bytes on the TCP connection (hand-made frames), optionally closing it."""

@@ -67,6 +67,16 @@ def test_boot_pending_then_accepted_heartbeat_and_clock(cs, ocpp):
     assert c.http("GET", "/api/status").body["ocpp"]["registration"] == "Accepted"
 
 
+def test_unanswered_boot_times_out_and_reconnects(cs, ocpp):
+    cs.drop = {"BootNotification"}
+    ocpp(wait_boot=False, config={"MessageTimeout": 1, "RetryBackOffWaitMinimum": 1,
+                                  "RetryBackOffRandomRange": 0})
+    cs.wait_for(lambda: len(cs.calls("CP1", "BootNotification")) >= 2, 15, "boot sent again")
+    assert len(cs.connections) >= 2, "no answer within MessageTimeout: a new connection"
+    cs.drop = set()
+    wait_status(cs, "CP1", 1, "Available")
+
+
 def test_boot_rejected_is_silent_until_the_interval(cs, ocpp):
     cs.boot_status = "Rejected"
     cs.boot_interval = 3
@@ -173,15 +183,37 @@ def test_remote_start_stop_and_authorize_remote(cs, ocpp):
     stop = cs.wait_for(lambda: cs.payloads("CP1", "StopTransaction"), 5)[0]
     assert stop["reason"] == "Remote" and stop["transactionId"] == 1
     unplug(c)
+    # Transaction data and clock-aligned values; a tag the central system refuses in its
+    # StartTransaction answer stops the charge (StopTransactionOnInvalidId).
+    for k, v in (("StopTxnSampledData", "Energy.Active.Import.Register"), ("ClockAlignedDataInterval", 1)):
+        assert change(cs, k, v) == "Accepted"
+    cs.tags = {B: "Blocked"}
+    plug(c)
+    assert cs.call("CP1", "RemoteStartTransaction", idTag=B)["status"] == "Accepted"
+    stop = cs.wait_for(lambda: cs.payloads("CP1", "StopTransaction")[1:], 8)[0]
+    assert stop["reason"] == "DeAuthorized" and stop["transactionId"] == 2
+    assert [d["sampledValue"][0]["context"] for d in stop["transactionData"]] == [
+        "Transaction.Begin", "Transaction.End"]
+    assert change(cs, "StopTransactionOnInvalidId", "false") == "Accepted"
+    unplug(c)
+    plug(c)
+    assert cs.call("CP1", "RemoteStartTransaction", idTag=B)["status"] == "Accepted"
+    cs.wait_for(lambda: len(cs.payloads("CP1", "StartTransaction")) == 3, 5)
+    s = c.wait_for(lambda s: s["state"] == "SuspendedEVSE" and s["limit_binding"] == "ocpp", 8)
+    assert s["session"]["active"] and s["offered_a"] == 0, "no energy after MaxEnergyOnInvalidId (0)"
+    cs.wait_for(lambda: [p for p in cs.payloads("CP1", "MeterValues") if p["transactionId"] == 3
+                         and p["meterValue"][0]["sampledValue"][0]["context"] == "Sample.Clock"], 5,
+                "clock-aligned values of the transaction")
+    assert change(cs, "ClockAlignedDataInterval", 0) == "Accepted"
+    unplug(c)
     # AuthorizeRemoteTxRequests: the tag is authorized like a local one first.
     assert change(cs, "AuthorizeRemoteTxRequests", "true") == "Accepted"
-    cs.tags = {B: "Blocked"}
     plug(c)
     assert cs.call("CP1", "RemoteStartTransaction", idTag=B)["status"] == "Accepted"
     cs.wait_for(lambda: cs.payloads("CP1", "Authorize"), 5)
     time.sleep(0.5)
     assert not c.snapshot()["session"]["active"]
-    assert len(cs.payloads("CP1", "StartTransaction")) == 1
+    assert len(cs.payloads("CP1", "StartTransaction")) == 3
 
 
 def test_configuration_keys(cs, ocpp):

@@ -58,4 +58,5 @@ class Wlan:
             "connected": self.isconnected(),
             "ap_ssid": self.ap_ssid,
             "ap_clients": self.ap_clients(),
+            "connects": self.connects,
         }

@@ -75,7 +75,10 @@ class App:
         hw.rcd.set_handler(self.charger._rcd_cb)
         self.protection.load_latches()
         self.history.recover_open_session(hw.rtc.now())
-        hw.wlan.set_mode(self.settings["wifi_mode"])
+        from evse.wifi import WifiManager
+
+        self.wifi = WifiManager(hw.wlan, self.settings)
+        self.wifi.apply()
         self.http = None
         self.api = None
         self.www_dir = _www_dir()
@@ -92,7 +95,7 @@ class App:
 
     def _on_settings(self, changed):
         self.charger.apply_settings(changed)
-        if "wifi_mode" in changed:
+        if "wifi_mode" in changed or "wifi_ssid" in changed or "wifi_password" in changed:
             self._apply_wifi()
 
     def toggle_wifi_mode(self):
@@ -101,11 +104,7 @@ class App:
         return mode
 
     def _apply_wifi(self):
-        w = self.hw.wlan
-        mode = self.settings["wifi_mode"]
-        w.set_mode(mode)
-        if mode == "client" and self.settings["wifi_ssid"]:
-            w.connect(self.settings["wifi_ssid"], self.settings["wifi_password"])
+        self.wifi.apply()
 
     # ---- tasks -----------------------------------------------------------------------------
     async def _pilot_task(self):
@@ -168,6 +167,7 @@ class App:
         sup.add("hmi", self._hmi_task)
         sup.add("records", self._records_task)
         sup.add("rfid", self.rfid.run)
+        sup.add("wifi", self.wifi.run)
         sup.add("http", self._http_task)
         for name, fn in self.hw.tasks(self):
             sup.add(name, fn)
@@ -249,6 +249,7 @@ class App:
             "fan": "Run" if hw.fan.running else "Stop",
             "wifi_mode": self.settings["wifi_mode"],
             "language": self.settings["language"],
+            "wifi": self.wifi.view(),
             "reader_fault": self.rfid.fault,
             "meter": self.power.view(),
             "balance": self.balance.view(),

@@ -1,0 +1,1 @@
+../esp32_evplus/evp_parts.py

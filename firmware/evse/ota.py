@@ -1,0 +1,621 @@
+# Upgrades (manual §12-13, docs/ota.md): .bin upload with MD5, A/B install, language
+# packs, health confirmation of a new version, the OCPP UpdateFirmware installer.
+#
+# .bin = 64-byte header + payload, integers little-endian:
+#   0  magic  b"EVPB"          24 board   16 bytes, NUL padded ("*" = any board)
+#   4  format version u8 (1)   40 version 16 bytes, NUL padded
+#   5  kind u8 (1 firmware,    56 payload length u32
+#      2 language pack)        60 CRC-32 of bytes 0..59 u32
+#   6  header length u16 (64)
+#   8  model 16 bytes, NUL padded ("EVPLUS")
+# payload = records (u16 path length, path UTF-8, u32 data length, data), then a u16 0.
+# firmware: the compiled tree of tools/build.py (evse/..., lib/..., main.py);
+# language:  lang/<code>.json[.gz] files, installed into <data>/www/lang/.
+#
+# The upload streams in CHUNK pieces to <data>/ota/upload.bin with the MD5 computed on the
+# way: the heap use does not depend on the file size. Errors (display and API):
+#   E01 UP  write to flash failed      E03 UP  no data for 15 s
+#   E02 UP  MD5 mismatch               E04 UP  wrong model/board, damaged or truncated file
+import asyncio
+import binascii
+import gc
+import hashlib
+import json
+import os
+import struct
+import time
+
+import log
+from crc import crc32
+
+_log = log.get("ota")
+
+MAGIC = b"EVPB"
+FORMAT = 1
+HDR_LEN = 64
+KIND_FIRMWARE = 1
+KIND_LANGUAGE = 2
+MODEL = "EVPLUS"
+CHUNK = 4096
+STALL_MS = 15000  # E03: no data for this long
+HEALTH_MS = 10000  # a new version must stay healthy this long on its first boot...
+HEALTH_DEADLINE_MS = 60000  # ...within this long after it started, else reset/rollback
+RESET_DELAY_MS = 1500  # after "100 UP": time for the answer to reach the browser
+MESSAGE_MS = 10000
+_MAX_PATH = 96
+_PATH_CHARS = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-/"
+
+OK = "100 UP"
+E_WRITE = "E01 UP"
+E_MD5 = "E02 UP"
+E_TIMEOUT = "E03 UP"
+E_FILE = "E04 UP"
+
+
+class OtaError(Exception):
+    def __init__(self, code, msg):
+        self.code = code
+        self.msg = msg
+
+
+def _text(b):
+    return bytes(b).split(b"\0", 1)[0].decode()
+
+
+def parse_header(h, model=MODEL, board=None):
+    """The header's fields as a dict; OtaError(E04) when it is damaged or not for us."""
+    if len(h) < HDR_LEN or bytes(h[0:4]) != MAGIC:
+        raise OtaError(E_FILE, "not an EV PLUS upgrade file")
+    if struct.unpack("<I", h[60:64])[0] != crc32(memoryview(h)[0:60]):
+        raise OtaError(E_FILE, "damaged file header")
+    fmt, kind, hlen = struct.unpack("<BBH", h[4:8])
+    if fmt != FORMAT or hlen != HDR_LEN:
+        raise OtaError(E_FILE, "unknown file format %d" % fmt)
+    if kind not in (KIND_FIRMWARE, KIND_LANGUAGE):
+        raise OtaError(E_FILE, "unknown file kind %d" % kind)
+    try:
+        info = {
+            "kind": "firmware" if kind == KIND_FIRMWARE else "language",
+            "model": _text(h[8:24]),
+            "board": _text(h[24:40]),
+            "version": _text(h[40:56]),
+            "length": struct.unpack("<I", h[56:60])[0],
+        }
+    except UnicodeError:
+        raise OtaError(E_FILE, "damaged file header")
+    if info["model"] != model:
+        raise OtaError(E_FILE, "file for %s, this charger is %s" % (info["model"], model))
+    if board and info["board"] not in (board, "*"):
+        if kind == KIND_FIRMWARE or info["board"] != "*":
+            raise OtaError(E_FILE, "file for board %s, this one is %s" % (info["board"], board))
+    return info
+
+
+def safe_path(p):
+    """Relative path of plain names: no '..', no leading '/', no empty or hidden part."""
+    if not p or len(p) > _MAX_PATH or p[0] == "/":
+        return False
+    for ch in p.encode():
+        if ch not in _PATH_CHARS:
+            return False
+    for part in p.split("/"):
+        if not part or part[0] == ".":
+            return False
+    return True
+
+
+def records(f, length, buf):
+    """Yields (path, size) of each payload record; f is left at the record's data, which
+    the caller reads or skips. OtaError(E04) on a malformed archive."""
+    end = HDR_LEN + length
+    pos = HDR_LEN
+    f.seek(pos)
+    while True:
+        if pos + 2 > end:
+            raise OtaError(E_FILE, "archive ends early")
+        (n,) = struct.unpack("<H", f.read(2))
+        if n == 0:
+            if pos + 2 != end:
+                raise OtaError(E_FILE, "data after the archive end")
+            return
+        if n > _MAX_PATH or pos + 2 + n + 4 > end:
+            raise OtaError(E_FILE, "bad archive record")
+        try:
+            path = f.read(n).decode()
+        except UnicodeError:
+            raise OtaError(E_FILE, "bad file name in archive")
+        (size,) = struct.unpack("<I", f.read(4))
+        pos += 2 + n + 4
+        if size > end - pos or not safe_path(path):
+            raise OtaError(E_FILE, "bad archive record %s" % path)
+        yield path, size
+        pos += size
+        f.seek(pos)
+
+
+def _mkdirs(path):
+    cur = ""
+    for part in path.split("/"):
+        cur = cur + "/" + part if cur or path.startswith("/") else part
+        if not part or part == ".":
+            continue
+        try:
+            os.mkdir(cur)
+        except OSError:
+            pass
+
+
+def _rmtree(path):
+    try:
+        entries = list(os.ilistdir(path))
+    except OSError:
+        return
+    for e in entries:
+        p = path + "/" + e[0]
+        if e[1] == 0x4000:
+            _rmtree(p)
+        else:
+            try:
+                os.remove(p)
+            except OSError:
+                pass
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass
+
+
+def _remove(p):
+    try:
+        os.remove(p)
+    except OSError:
+        pass
+
+
+class Sink:
+    """Takes the file in pieces: header check as soon as it is complete, MD5, staging."""
+
+    def __init__(self, path, total, model, board, expect_md5=None):
+        self.path = path
+        self.total = total
+        self.model = model
+        self.board = board
+        self.expect_md5 = expect_md5
+        self.md5 = hashlib.md5()
+        self.hdr = bytearray(HDR_LEN)
+        self.got = 0
+        self.info = None
+        self.f = None
+        if total is not None and total < HDR_LEN:
+            raise OtaError(E_FILE, "file too short")
+        try:
+            self.f = open(path, "wb")
+        except OSError as e:
+            raise OtaError(E_WRITE, "cannot write the staging file: %s" % e)
+
+    def write(self, mv):
+        n = len(mv)
+        if self.got < HDR_LEN:
+            k = min(n, HDR_LEN - self.got)
+            self.hdr[self.got : self.got + k] = mv[:k]
+            if self.got + k == HDR_LEN:
+                self.info = parse_header(self.hdr, self.model, self.board)
+                want = HDR_LEN + self.info["length"]
+                if self.total is not None and self.total != want:
+                    raise OtaError(
+                        E_FILE, "file is %d bytes, its header says %d: truncated or damaged"
+                        % (self.total, want)
+                    )
+                self.total = want
+        if self.total is not None and self.got + n > self.total:
+            raise OtaError(E_FILE, "file longer than its header says")
+        self.md5.update(mv)
+        try:
+            self.f.write(mv)
+        except OSError as e:
+            raise OtaError(E_WRITE, "write failed: %s" % e)
+        self.got += n
+
+    def finish(self):
+        try:
+            self.f.flush()
+        except OSError as e:
+            raise OtaError(E_WRITE, "write failed: %s" % e)
+        finally:
+            self.close()
+        if self.info is None or self.got != self.total:
+            raise OtaError(E_FILE, "file truncated at %d bytes" % self.got)
+        digest = binascii.hexlify(self.md5.digest()).decode()
+        if self.expect_md5 is not None and digest != self.expect_md5:
+            raise OtaError(E_MD5, "MD5 mismatch: file %s, typed %s" % (digest, self.expect_md5))
+        return digest
+
+    def close(self):
+        if self.f is not None:
+            try:
+                self.f.close()
+            except OSError:
+                pass
+            self.f = None
+
+
+class Ota:
+    def __init__(self, app, ab=None):
+        self.app = app
+        self.hw = app.hw
+        self.data_dir = app.data_dir
+        self.board = app.hw.name
+        if ab is None:
+            try:
+                import ab_boot as ab
+            except ImportError:
+                ab = None  # source tree without A/B: language packs only
+        self.ab = ab
+        self.busy = None  # "upload" / "download" / "install" while one runs
+        self.progress = [0, 0]  # bytes received, bytes expected
+        self.last = None  # result of the last upgrade attempt since boot
+        self.heap_peak = 0
+        self.stage_dir = self.data_dir + "/ota"
+        self.staging = self.stage_dir + "/upload.bin"
+        _mkdirs(self.stage_dir)
+        _remove(self.staging)  # a cut mid-upload leaves one: never installed
+        self.status_cb = None  # fn(status) for the OCPP FirmwareStatusNotification
+
+    # ---- state -----------------------------------------------------------------------
+    def running(self):
+        ab = self.ab
+        if ab is None:
+            return {"slot": None, "trial": False}
+        st = ab.STATE or {}
+        return {
+            "slot": ab.RUNNING,
+            "trial": bool(st.get("trial")) and st.get("active") == ab.RUNNING,
+            "previous": st.get("previous"),
+            "rolled_back": st.get("rolled_back"),
+        }
+
+    def view(self):
+        from evse import version
+
+        return {
+            "busy": self.busy,
+            "received": self.progress[0],
+            "total": self.progress[1],
+            "last": self.last,
+            "version": version.VERSION,
+            "running": self.running(),
+        }
+
+    def refuse(self):
+        """Why no upgrade may start now (HTTP 409), or None."""
+        if self.busy:
+            return "another upgrade is in progress"
+        if self.app.charger.session is not None:
+            return "a charge is running: upgrade when it has ended"
+        if self.running()["trial"]:
+            return "the running version is still being checked: retry in %d s" % (
+                HEALTH_MS // 1000
+            )
+        return None
+
+    def _result(self, code, msg=None, **extra):
+        r = {"code": code}
+        if msg:
+            r["error"] = msg
+        r.update(extra)
+        self.last = r
+        try:
+            self.app.hmi.show_message(code, MESSAGE_MS)
+        except AttributeError:
+            pass
+        if code == OK:
+            _log.info("upgrade: %s %s", code, extra)
+        else:
+            _log.warning("upgrade: %s %s", code, msg)
+        return r
+
+    # ---- upload (POST /api/upgrade?md5=...) ------------------------------------------------
+    async def upload(self, req, md5):
+        """Receives req's body as a .bin, installs it; returns (http status, result dict).
+        The caller checked the session and refuse()."""
+        self.busy = "upload"
+        self.progress[0] = 0
+        self.progress[1] = req.content_length
+        t0 = time.ticks_ms()
+        gc.collect()
+        heap0 = gc.mem_alloc()
+        peak = heap0
+        sink = None
+        # The body read deadline is the server's; ask for STALL_MS where httpd allows it.
+        if hasattr(req, "body_timeout_ms"):
+            req.body_timeout_ms = STALL_MS
+        try:
+            sink = Sink(self.staging, req.content_length, MODEL, self.board, md5)
+            buf = bytearray(CHUNK)
+            mv = memoryview(buf)
+            while True:
+                try:
+                    n = await req.read_into(buf)
+                except asyncio.CancelledError:
+                    self._result(E_TIMEOUT, "no data for %d s" % (STALL_MS // 1000))
+                    raise
+                except (OSError, EOFError):
+                    self._result(E_FILE, "upload broken off at %d bytes" % sink.got)
+                    raise
+                if not n:
+                    break
+                sink.write(mv[:n])
+                self.progress[0] = sink.got
+                a = gc.mem_alloc()
+                if a > peak:
+                    peak = a
+            sink.finish()
+            ms = time.ticks_diff(time.ticks_ms(), t0)
+            stats = {"bytes": sink.got, "ms": ms, "heap_before": heap0, "heap_peak": peak}
+            self.heap_peak = peak
+            info = sink.info
+            sink = None
+            self.busy = "install"
+            await self.install(info)
+            return 200, self._result(OK, None, version=info["version"], kind=info["kind"], **stats)
+        except OtaError as e:
+            return (500 if e.code == E_WRITE else 400), self._result(e.code, e.msg)
+        finally:
+            if sink is not None:
+                sink.close()
+            _remove(self.staging)
+            if self.busy != "reset":
+                self.busy = None
+
+    # ---- install ---------------------------------------------------------------------------
+    async def install(self, info):
+        """Installs the verified staging file; E01/E04 as OtaError."""
+        buf = bytearray(CHUNK)
+        if info["kind"] == "language":
+            await self._install_language(info, buf)
+            return
+        ab = self.ab
+        if ab is None:
+            raise OtaError(E_FILE, "this tree does not take firmware upgrades (no ab_boot)")
+        with open(self.staging, "rb") as f:  # check the whole archive before touching a slot
+            names = [p for p, _ in records(f, info["length"], buf)]
+        if "evse/app.mpy" not in names or "evse/version.mpy" not in names:
+            raise OtaError(E_FILE, "not a firmware tree (no evse/app.mpy)")
+        st = ab.load(self.data_dir)
+        active = st.get("active")
+        slot = "b" if active == "a" else "a"
+        d = ab.slot_dir(self.data_dir, slot)
+        # 1. the slot stops being a slot (slot.json first); boot.json never points at it
+        #    (we run active; previous may, and ab_boot checks slot.json before using it).
+        _remove(d + "/slot.json")
+        _rmtree(d)
+        _mkdirs(d)
+        n = 0
+        try:
+            with open(self.staging, "rb") as f:
+                for path, size in records(f, info["length"], buf):
+                    await self._extract(f, d + "/" + path, size, buf)
+                    n += 1
+            # 2. slot.json last: the slot is whole from here on.
+            with open(d + "/slot.json", "w") as out:
+                out.write(json.dumps({"complete": True, "version": info["version"], "files": n}))
+                out.flush()
+        except OSError as e:
+            raise OtaError(E_WRITE, "install failed: %s" % e)
+        # 3. the atomic switch: boot.json names the new slot, on trial.
+        ab.save(
+            self.data_dir,
+            {
+                "active": slot,
+                "previous": active,
+                "trial": True,
+                "tries": 0,
+                "version": info["version"],
+                "rolled_back": None,
+            },
+        )
+        _log.info("installed %s into slot %s (%d files); previous %s", info["version"], slot, n, active)
+        self.busy = "reset"
+        asyncio.create_task(self._reset_later())
+
+    async def _extract(self, f, path, size, buf):
+        _mkdirs(path.rpartition("/")[0])
+        mv = memoryview(buf)
+        with open(path, "wb") as out:
+            while size:
+                k = f.readinto(mv[: min(size, len(buf))])
+                if not k:
+                    raise OtaError(E_FILE, "archive ends early")
+                out.write(mv[:k])
+                size -= k
+                await asyncio.sleep_ms(0)  # the pilot task runs between chunks
+            out.flush()
+
+    async def _install_language(self, info, buf):
+        d = self.data_dir + "/www/lang"
+        with open(self.staging, "rb") as f:
+            names = [p for p, _ in records(f, info["length"], buf)]
+        for p in names:
+            if not p.startswith("lang/") or "/" in p[5:] or not (
+                p.endswith(".json") or p.endswith(".json.gz")
+            ):
+                raise OtaError(E_FILE, "a language pack holds lang/<code>.json only: %s" % p)
+        _mkdirs(d)
+        try:
+            with open(self.staging, "rb") as f:
+                for path, size in records(f, info["length"], buf):
+                    name = path[5:]
+                    dest = d + "/" + name
+                    # one form per file: a stale .gz would shadow a new plain file
+                    _remove(dest + ".gz" if not name.endswith(".gz") else dest[:-3])
+                    await self._extract(f, dest + ".tmp", size, buf)
+                    _remove(dest)
+                    os.rename(dest + ".tmp", dest)
+        except OSError as e:
+            raise OtaError(E_WRITE, "install failed: %s" % e)
+        _log.info("language pack %s installed: %s", info["version"], names)
+
+    async def _reset_later(self):
+        await asyncio.sleep_ms(RESET_DELAY_MS)
+        while self.app.charger.session is not None:  # never cut a charge
+            await asyncio.sleep_ms(1000)
+        _log.info("restarting into the new version")
+        self.hw.reset()
+
+    # ---- health of a new version (its first boot) --------------------------------------
+    async def run(self):
+        """Confirms a version on trial once it has been healthy for HEALTH_MS; resets
+        (the next boot rolls back) when it is not within HEALTH_DEADLINE_MS."""
+        if not self.running()["trial"]:
+            while True:
+                await asyncio.sleep(3600)
+        t0 = time.ticks_ms()
+        since = None
+        sup = self.app.supervisor
+        while True:
+            await asyncio.sleep_ms(500)
+            now = time.ticks_ms()
+            ok = not sup.healthy() and sup.escalated is None and self.app.http is not None
+            if ok:
+                since = now if since is None else since
+                if time.ticks_diff(now, since) >= HEALTH_MS:
+                    break
+            else:
+                since = None
+            if time.ticks_diff(now, t0) >= HEALTH_DEADLINE_MS:
+                _log.error("new version not healthy within %d s: restarting to roll back",
+                           HEALTH_DEADLINE_MS // 1000)
+                self.hw.reset()
+        st = self.ab.load(self.data_dir)
+        if st.get("active") == self.ab.RUNNING and st.get("trial"):
+            st["trial"] = False
+            st["tries"] = 0
+            self.ab.save(self.data_dir, st)
+            self.ab.STATE = st
+        _log.info("version %s confirmed healthy in slot %s", st.get("version"), self.ab.RUNNING)
+        self._status("Installed")
+        while True:
+            await asyncio.sleep(3600)
+
+    def _status(self, status):
+        if self.status_cb:
+            try:
+                self.status_cb(status)
+            except Exception as e:  # a notification must not stop an install
+                _log.warning("status callback: %r", e)
+
+    # ---- download (OCPP UpdateFirmware) ----------------------------------------------------
+    async def update_from_url(self, url, retries=1, retry_interval_s=60, status=None):
+        """Downloads a .bin from an http:// URL and installs it (then resets). status(s)
+        hears Downloading, Downloaded, Installing; raises OSError/ValueError on failure
+        (the caller says DownloadFailed or InstallationFailed)."""
+        status = status or self._status
+        tries = max(1, retries + 1 if retries else 1)
+        for i in range(tries):
+            while self.refuse():
+                await asyncio.sleep(5)  # installs when no charge runs
+            self.busy = "download"
+            try:
+                status("Downloading")
+                info = await self._download(url)
+                status("Downloaded")
+                status("Installing")
+                self.busy = "install"
+                await self.install(info)
+                self._result(OK, None, version=info["version"], kind=info["kind"])
+                return info
+            except OtaError as e:
+                self._result(e.code, e.msg)
+                if e.code != E_TIMEOUT and e.code != E_WRITE and i + 1 >= tries:
+                    raise ValueError(e.msg)
+                if i + 1 >= tries:
+                    raise OSError(e.msg)
+            except OSError as e:
+                self._result(E_TIMEOUT, "download failed: %r" % e)
+                if i + 1 >= tries:
+                    raise
+            finally:
+                _remove(self.staging)
+                if self.busy != "reset":
+                    self.busy = None
+            await asyncio.sleep(retry_interval_s)
+
+    async def _download(self, url):
+        if url.startswith("https://"):
+            ssl, port, rest = True, 443, url[8:]
+        elif url.startswith("http://"):
+            ssl, port, rest = False, 80, url[7:]
+        else:
+            raise OtaError(E_FILE, "unsupported URL %s" % url)
+        host, _, path = rest.partition("/")
+        if ":" in host:
+            host, _, p = host.partition(":")
+            port = int(p)
+        r, w = await asyncio.wait_for_ms(asyncio.open_connection(host, port, ssl=ssl), STALL_MS)
+        sink = None
+        try:
+            w.write(b"GET /%s HTTP/1.0\r\nHost: %s\r\n\r\n" % (path.encode(), host.encode()))
+            await w.drain()
+            line = await asyncio.wait_for_ms(r.readline(), STALL_MS)
+            if line.split(b" ")[1:2] != [b"200"]:
+                raise OSError("HTTP %s" % line[:40])
+            length = None
+            while True:
+                line = await asyncio.wait_for_ms(r.readline(), STALL_MS)
+                if line in (b"\r\n", b"\n", b""):
+                    break
+                k, _, v = line.partition(b":")
+                if k.strip().lower() == b"content-length":
+                    length = int(v.strip())
+            sink = Sink(self.staging, length, MODEL, self.board)
+            self.progress[0] = 0
+            self.progress[1] = length or 0
+            buf = bytearray(CHUNK)
+            mv = memoryview(buf)
+            while True:
+                n = await asyncio.wait_for_ms(r.readinto(mv), STALL_MS)
+                if not n:
+                    break
+                sink.write(mv[:n])
+                self.progress[0] = sink.got
+            sink.finish()
+            return sink.info
+        finally:
+            if sink is not None:
+                sink.close()
+            w.close()
+
+    def ocpp_hook(self, ocpp):
+        """The async fn for ocpp.on_update_firmware (evse/ocpp/transfer.py)."""
+
+        async def hook(location, retrieve_date, retries, retry_interval):
+            def status(s):
+                if ocpp.service is not None:
+                    ocpp.service.firmware_status(s)
+
+            self.status_cb = status
+            await self.update_from_url(location, retries or 0, retry_interval or 60, status)
+
+        return hook
+
+
+# ---- HTTP ------------------------------------------------------------------------------------
+async def http_upgrade(api, req):
+    """POST /api/upgrade?md5=<32 hex>: body = the .bin (application/octet-stream)."""
+    from httpd import HTTPError, Response
+
+    api._need_session(req)
+    ota = api.app.ota
+    md5 = req.query.get("md5", "").strip().lower()
+    if len(md5) != 32 or any(c not in "0123456789abcdef" for c in md5):
+        raise HTTPError(400, "md5 must be 32 hexadecimal digits")
+    why = ota.refuse()
+    if why:
+        raise HTTPError(409, why)
+    status, result = await ota.upload(req, md5)
+    return Response(result, status)
+
+
+async def http_upgrade_status(api, req):
+    """GET /api/upgrade: progress, the last result, the running slot and version."""
+    return api.app.ota.view()
