@@ -57,6 +57,7 @@ bench: setup
 	$(PY) tools/bench.py $(BENCH_ARGS)
 	$(PY) tools/bench_latency.py --json build/bench_latency.json
 	$(PY) tools/bench_modbus.py
+	$(PY) tools/bench_http.py --json build/bench_http.json
 
 lint: setup
 	$(VENV)/bin/ruff check tests/ tools/
