@@ -359,7 +359,22 @@ class Ota:
             await self.install(info)
             return 200, self._result(OK, None, version=info["version"], kind=info["kind"], **stats)
         except OtaError as e:
-            return (500 if e.code == E_WRITE else 400), self._result(e.code, e.msg)
+            if sink is not None:
+                sink.close()
+            _remove(self.staging)
+            r = self._result(e.code, e.msg)
+            # Read what is still coming (nothing kept) so the client gets to read the
+            # answer instead of a reset connection; E03 if it stalls meanwhile.
+            buf = bytearray(512)
+            while req.left:
+                try:
+                    if not await req.read_into(buf):
+                        break
+                except asyncio.CancelledError:
+                    raise
+                except (OSError, EOFError):
+                    raise
+            return (500 if e.code == E_WRITE else 400), r
         finally:
             if sink is not None:
                 sink.close()
@@ -619,3 +634,29 @@ async def http_upgrade(api, req):
 async def http_upgrade_status(api, req):
     """GET /api/upgrade: progress, the last result, the running slot and version."""
     return api.app.ota.view()
+
+
+async def http_lang(api, req):
+    """GET /lang/<file>: a language pack's file from <data>/www/lang/ when there is one,
+    else the shipped file under the web app's static root."""
+    from httpd import HTTPError, Response
+
+    name = req.params["file"]
+    d = api.app.data_dir + "/www/lang/" + name
+    hdrs = [("Cache-Control", "no-cache"), ("Vary", "Accept-Encoding")]
+    if "gzip" in req.headers.get("accept-encoding", ""):
+        try:
+            size = os.stat(d + ".gz")[6]
+            hdrs.append(("Content-Encoding", "gzip"))
+            return Response.file(d + ".gz", "application/json", hdrs, size)
+        except OSError:
+            pass
+    try:
+        size = os.stat(d)[6]
+        return Response.file(d, "application/json", hdrs, size)
+    except OSError:
+        pass
+    srv = api.app.http
+    if srv is None or srv.static_root is None:
+        raise HTTPError(404)
+    return srv._static(req, ["", "lang", name])

@@ -5,6 +5,7 @@
 import asyncio
 
 import log
+from wsclient import WsError
 from evse.ocpp import rpc
 from evse.ocpp.rpc import RpcError, CALL, RESULT, ERROR
 
@@ -103,10 +104,10 @@ class Link:
                 text = await self.ws.recv()
                 if not isinstance(text, str):
                     await self.ws.close(1003)
-                    raise RpcError("FormationViolation", "binary message")
+                    raise WsError("binary message (OCPP-J is text only)", 1003)
                 await self._frame(text)
-        except Exception as e:  # whatever ends the reader ends the link; the session logs it
-            self.error = e
+        except (OSError, WsError, asyncio.TimeoutError) as e:
+            self.error = e  # the session logs why the link ended
         finally:
             self.down()
 

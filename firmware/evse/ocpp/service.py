@@ -787,6 +787,9 @@ class Service:
     def _tick(self):
         if not self.active:
             self._events = []
+            if self._limit is not None:
+                self._limit = None
+                self.ch.set_external_limit("ocpp", None)  # OCPP switched off: no profile
             return
         now = self.now()
         while self._events:
