@@ -51,7 +51,7 @@ build: setup
 
 deploy: build
 	@test -n "$(PORT)" || { echo "make deploy: set PORT, e.g. PORT=/dev/ttyUSB0" >&2; exit 2; }
-	cd build/$(BOARD) && ../../$(VENV)/bin/mpremote connect $(PORT) fs cp -r $$(ls -A) : + reset
+	cd build/$(BOARD) && ../../$(VENV)/bin/mpremote connect $(PORT) fs cp -r $$(ls -A | grep -vx manifest.py) : + reset
 
 bench: setup
 	$(PY) tools/bench.py $(BENCH_ARGS)

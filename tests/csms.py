@@ -118,7 +118,9 @@ class _ChargePoint(ChargePoint):
 
     @on(Action.start_transaction)
     def on_start(self, id_tag, **kw):
-        return call_result.StartTransaction(transaction_id=next(self.cs.tx_ids), id_tag_info=self._info(id_tag))
+        return call_result.StartTransaction(
+            transaction_id=next(self.cs.tx_ids), id_tag_info=self._info(id_tag)
+        )
 
     @on(Action.stop_transaction)
     def on_stop(self, id_tag=None, **kw):
@@ -147,7 +149,9 @@ class _Uploads(http.server.BaseHTTPRequestHandler):
     def do_POST(self):  # noqa: N802 (http.server's naming)
         n = int(self.headers.get("Content-Length", 0))
         body = self.rfile.read(n)
-        self.server.cs.uploads.append({"path": self.path, "headers": dict(self.headers), "body": body})
+        self.server.cs.uploads.append(
+            {"path": self.path, "headers": dict(self.headers), "body": body}
+        )
         self.send_response(201)
         self.send_header("Content-Length", "0")
         self.end_headers()
@@ -200,8 +204,14 @@ class CentralSystem:
 
     async def _serve(self):
         self._server = await websockets.serve(
-            self._on_connect, self.host, self.port, subprotocols=["ocpp1.6"], ssl=self.ssl,
-            process_request=self._check_request, ping_interval=None, max_size=2 ** 20,
+            self._on_connect,
+            self.host,
+            self.port,
+            subprotocols=["ocpp1.6"],
+            ssl=self.ssl,
+            process_request=self._check_request,
+            ping_interval=None,
+            max_size=2**20,
         )
 
     def stop(self):
@@ -277,7 +287,9 @@ class CentralSystem:
             msg = json.loads(text)
         except (ValueError, TypeError):
             msg = None
-        self.frames.append({"cp": cp_id, "dir": direction, "t": time.time(), "text": text, "msg": msg})
+        self.frames.append(
+            {"cp": cp_id, "dir": direction, "t": time.time(), "text": text, "msg": msg}
+        )
         if self.verbose:
             print(f"{'<-' if direction == 'in' else '->'} {cp_id} {text}", flush=True)
         return msg
@@ -302,8 +314,13 @@ class CentralSystem:
         out = {}
         for f in list(self.frames):
             m = f["msg"]
-            if f["dir"] == "out" and (cp_id is None or f["cp"] == cp_id) and isinstance(m, list) \
-                    and len(m) == 3 and m[0] == 3:
+            if (
+                f["dir"] == "out"
+                and (cp_id is None or f["cp"] == cp_id)
+                and isinstance(m, list)
+                and len(m) == 3
+                and m[0] == 3
+            ):
                 out[m[1]] = out.get(m[1], 0) + 1
         return out
 
@@ -325,9 +342,15 @@ class CentralSystem:
 
     def replies(self, cp_id=None):
         """CALLRESULT / CALLERROR frames from charge points, in order."""
-        return [f["msg"] for f in list(self.frames)
-                if f["dir"] == "in" and (cp_id is None or f["cp"] == cp_id)
-                and isinstance(f["msg"], list) and f["msg"] and f["msg"][0] in (3, 4)]
+        return [
+            f["msg"]
+            for f in list(self.frames)
+            if f["dir"] == "in"
+            and (cp_id is None or f["cp"] == cp_id)
+            and isinstance(f["msg"], list)
+            and f["msg"]
+            and f["msg"][0] in (3, 4)
+        ]
 
     def wait_for(self, predicate, timeout=10.0, what="condition"):
         deadline = time.monotonic() + timeout
@@ -385,7 +408,9 @@ class CentralSystem:
 
     def wait_reply(self, cp_id, mid, timeout=10.0):
         return self.wait_for(
-            lambda: next((m for m in self.replies(cp_id) if m[1] == mid), None), timeout, f"answer to {mid}"
+            lambda: next((m for m in self.replies(cp_id) if m[1] == mid), None),
+            timeout,
+            f"answer to {mid}",
         )
 
 
@@ -405,19 +430,82 @@ def make_certs(d, hostname="localhost"):
     def ossl(*args):
         subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=d)
 
-    ossl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
-         "-days", "2", "-subj", "/CN=EVSE Test CA", "-addext", "basicConstraints=critical,CA:TRUE",
-         "-addext", "keyUsage=critical,keyCertSign,cRLSign")
-    ossl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "srv.key", "-out", "srv.csr",
-         "-subj", f"/CN={hostname}")
-    (d / "ext.cnf").write_text(f"subjectAltName=DNS:{hostname},IP:127.0.0.1\n"
-                               "basicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n")
-    ossl("x509", "-req", "-in", "srv.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-         "-out", "srv.pem", "-days", "2", "-extfile", "ext.cnf")
-    ossl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "other.key", "-out", "other.pem",
-         "-days", "2", "-subj", "/CN=Unrelated CA")
-    return {k: d / v for k, v in
-            (("ca", "ca.pem"), ("cert", "srv.pem"), ("key", "srv.key"), ("other_ca", "other.pem"))}
+    ossl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=EVSE Test CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    )
+    ossl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "srv.key",
+        "-out",
+        "srv.csr",
+        "-subj",
+        f"/CN={hostname}",
+    )
+    (d / "ext.cnf").write_text(
+        f"subjectAltName=DNS:{hostname},IP:127.0.0.1\n"
+        "basicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"
+    )
+    ossl(
+        "x509",
+        "-req",
+        "-in",
+        "srv.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "srv.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    )
+    ossl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "other.key",
+        "-out",
+        "other.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=Unrelated CA",
+    )
+    return {
+        k: d / v
+        for k, v in (
+            ("ca", "ca.pem"),
+            ("cert", "srv.pem"),
+            ("key", "srv.key"),
+            ("other_ca", "other.pem"),
+        )
+    }
 
 
 def server_context(cert, key):
@@ -445,11 +533,18 @@ def firmware_heap(data_kb=128):
         extra = 0
         if not any(m.startswith("evse.ocpp") for m in footprint.modules()):
             paths = [str(ROOT / "firmware"), str(ROOT / "lib"), str(ROOT / "boards" / "unix_sim")]
-            code = footprint._PROBE % (paths, footprint.modules() + ["evse.ocpp.service",
-                                                                    "evse.ocpp.handlers",
-                                                                    "evse.ocpp.transfer"])
-            out = subprocess.run([mp, "-X", "heapsize=8m", "-c", code], capture_output=True,
-                                 text=True, timeout=120, cwd=ROOT)
+            code = footprint._PROBE % (
+                paths,
+                footprint.modules()
+                + ["evse.ocpp.service", "evse.ocpp.handlers", "evse.ocpp.transfer"],
+            )
+            out = subprocess.run(
+                [mp, "-X", "heapsize=8m", "-c", code],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                cwd=ROOT,
+            )
             extra = int(out.stdout.split()[-1]) - base
         total = data_kb * 1024 + base + extra
         _HEAP = "%dk" % (-(-total // 4096) * 4)
@@ -477,8 +572,18 @@ def ocpp(request, tmp_path, cs):
     chargers = []
     request.node.chargers = chargers
 
-    def start(cp_id="CP1", settings=None, config=None, cards=None, files=None, wait_boot=True,
-              url=None, env=None, central=None, name=None):
+    def start(
+        cp_id="CP1",
+        settings=None,
+        config=None,
+        cards=None,
+        files=None,
+        wait_boot=True,
+        url=None,
+        env=None,
+        central=None,
+        name=None,
+    ):
         central = central or cs
         s = {"ocpp_url": url or central.url(cp_id)}
         s.update(settings or {})
@@ -486,9 +591,13 @@ def ocpp(request, tmp_path, cs):
         data = tmp_path / name / "data"
         data.mkdir(parents=True, exist_ok=True)
         if config:
-            (data / "ocpp_config.json").write_text(json.dumps({k: str(v) for k, v in config.items()}))
+            (data / "ocpp_config.json").write_text(
+                json.dumps({k: str(v) for k, v in config.items()})
+            )
         if cards:
-            (data / "cards.json").write_text(json.dumps({"slots": list(cards) + [None] * (3 - len(cards))}))
+            (data / "cards.json").write_text(
+                json.dumps({"slots": list(cards) + [None] * (3 - len(cards))})
+            )
         for fname, content in (files or {}).items():
             (data / fname).write_bytes(content if isinstance(content, bytes) else content.encode())
         c = Charger(tmp_path / name, settings=s, env=env, heap=firmware_heap(), name=name)

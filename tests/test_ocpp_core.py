@@ -6,7 +6,9 @@ diagnostics and firmware requests."""
 import json
 import time
 
-from csms import cs, ocpp, wait_status  # noqa: F401 (fixtures)
+from csms import wait_status
+
+pytest_plugins = ["csms"]  # the fixtures cs and ocpp
 
 A = "04A1B2C3"  # learned card
 B = "04D5E6F7"  # refused by the central system
@@ -44,7 +46,8 @@ def test_boot_pending_then_accepted_heartbeat_and_clock(cs, ocpp):
     cs.wait_for(lambda: cs.calls("CP1", "BootNotification"), 15, "first boot")
     # Pending: requests are answered, remote control is refused, nothing else is sent.
     assert cs.call("CP1", "GetConfiguration", key=["NumberOfConnectors"])["configurationKey"] == [
-        {"key": "NumberOfConnectors", "readonly": True, "value": "1"}]
+        {"key": "NumberOfConnectors", "readonly": True, "value": "1"}
+    ]
     assert cs.call("CP1", "RemoteStartTransaction", idTag=C)["status"] == "Rejected"
     cs.wait_for(lambda: len(cs.calls("CP1", "BootNotification")) >= 2, 10, "boot retried")
     assert {a for _, a, _ in cs.calls("CP1")} == {"BootNotification"}
@@ -58,19 +61,29 @@ def test_boot_pending_then_accepted_heartbeat_and_clock(cs, ocpp):
     first = [a for _, a, _ in cs.calls("CP1")]
     assert first[-3:] == ["BootNotification", "StatusNotification", "StatusNotification"]
     cs.wait_for(lambda: len(cs.calls("CP1", "Heartbeat")) >= 2, 5, "heartbeats every second")
-    assert cs.call("CP1", "GetConfiguration", key=["HeartbeatInterval"])["configurationKey"][0]["value"] == "1"
+    assert (
+        cs.call("CP1", "GetConfiguration", key=["HeartbeatInterval"])["configurationKey"][0][
+            "value"
+        ]
+        == "1"
+    )
     # Clock: put the charger an hour off, a heartbeat brings it back.
     assert c.http("POST", "/api/login", json={"password": "123456"}).status == 200
     assert c.http("PUT", "/api/time", json={"epoch_s": int(time.time()) - 3600}).status == 200
-    cs.wait_for(lambda: abs(c.http("GET", "/api/status").body["system_time"] - time.time()) < 5, 5,
-                "clock synchronised")
+    cs.wait_for(
+        lambda: abs(c.http("GET", "/api/status").body["system_time"] - time.time()) < 5,
+        5,
+        "clock synchronised",
+    )
     assert c.http("GET", "/api/status").body["ocpp"]["registration"] == "Accepted"
 
 
 def test_unanswered_boot_times_out_and_reconnects(cs, ocpp):
     cs.drop = {"BootNotification"}
-    ocpp(wait_boot=False, config={"MessageTimeout": 1, "RetryBackOffWaitMinimum": 1,
-                                  "RetryBackOffRandomRange": 0})
+    ocpp(
+        wait_boot=False,
+        config={"MessageTimeout": 1, "RetryBackOffWaitMinimum": 1, "RetryBackOffRandomRange": 0},
+    )
     cs.wait_for(lambda: len(cs.calls("CP1", "BootNotification")) >= 2, 15, "boot sent again")
     assert len(cs.connections) >= 2, "no answer within MessageTimeout: a new connection"
     cs.drop = set()
@@ -97,9 +110,14 @@ def test_boot_rejected_is_silent_until_the_interval(cs, ocpp):
 def test_cards_authorize_start_meter_values_stop(cs, ocpp):
     cs.tags = {B: "Invalid"}
     c = ocpp(cards=[A])
-    for k, v in (("MeterValueSampleInterval", 1),
-                 ("MeterValuesSampledData", "Energy.Active.Import.Register,Power.Active.Import,"
-                  "Current.Import,Voltage,Current.Offered,Power.Offered,Frequency,Temperature")):
+    for k, v in (
+        ("MeterValueSampleInterval", 1),
+        (
+            "MeterValuesSampledData",
+            "Energy.Active.Import.Register,Power.Active.Import,"
+            "Current.Import,Voltage,Current.Offered,Power.Offered,Frequency,Temperature",
+        ),
+    ):
         assert change(cs, k, v) == "Accepted"
     plug(c, "B")
     wait_status(cs, "CP1", 1, "Preparing")
@@ -112,17 +130,26 @@ def test_cards_authorize_start_meter_values_stop(cs, ocpp):
     c.wait_for(lambda s: s["session"]["active"], 5)
     c.sim("ev", state="C", diode=True, max_a=16)
     start = cs.wait_for(lambda: cs.payloads("CP1", "StartTransaction"), 5)[0]
-    assert start["idTag"] == A and start["connectorId"] == 1 and isinstance(start["meterStart"], int)
+    assert (
+        start["idTag"] == A and start["connectorId"] == 1 and isinstance(start["meterStart"], int)
+    )
     assert [p["idTag"] for p in cs.payloads("CP1", "Authorize")] == [B]
     wait_status(cs, "CP1", 1, "Charging")
     mv = cs.wait_for(lambda: cs.payloads("CP1", "MeterValues")[2:], 10, "meter values")[-1]
     assert mv["transactionId"] == 1 and mv["connectorId"] == 1
     sv = mv["meterValue"][0]["sampledValue"]
     got = {(v["measurand"], v.get("phase"), v.get("unit")) for v in sv}
-    assert {("Energy.Active.Import.Register", None, "Wh"), ("Power.Active.Import", None, "W"),
-            ("Current.Import", "L1", "A"), ("Current.Import", "L3", "A"), ("Voltage", "L1-N", "V"),
-            ("Current.Offered", None, "A"), ("Power.Offered", None, "W"), ("Frequency", None, None),
-            ("Temperature", None, "Celsius")} <= got
+    assert {
+        ("Energy.Active.Import.Register", None, "Wh"),
+        ("Power.Active.Import", None, "W"),
+        ("Current.Import", "L1", "A"),
+        ("Current.Import", "L3", "A"),
+        ("Voltage", "L1-N", "V"),
+        ("Current.Offered", None, "A"),
+        ("Power.Offered", None, "W"),
+        ("Frequency", None, None),
+        ("Temperature", None, "Celsius"),
+    } <= got
     assert all(v["context"] == "Sample.Periodic" and isinstance(v["value"], str) for v in sv)
     offered = next(float(v["value"]) for v in sv if v["measurand"] == "Current.Offered")
     assert offered == 32.0  # the configured maximum; the vehicle takes 16 A of it
@@ -143,8 +170,9 @@ def test_cards_authorize_start_meter_values_stop(cs, ocpp):
     unplug(c)
     stop = cs.wait_for(lambda: cs.payloads("CP1", "StopTransaction")[1:], 5)[0]
     assert stop["reason"] == "EVDisconnected" and stop["transactionId"] == 2 and "idTag" not in stop
-    assert not [r for r in cs.frames if r["dir"] == "out" and r["msg"] and r["msg"][0] == 4], \
+    assert not [r for r in cs.frames if r["dir"] == "out" and r["msg"] and r["msg"][0] == 4], (
         "the central system found nothing to refuse"
+    )
 
 
 def test_faults_and_reader_failure_in_status(cs, ocpp):
@@ -161,9 +189,14 @@ def test_faults_and_reader_failure_in_status(cs, ocpp):
     assert report["vendorId"] == "Cabur" and report["messageId"] == "FaultReport"
     assert json.loads(report["data"])["code"] == "CP"
     c.sim("fault", name="rfid_reader", active=True)
-    cs.wait_for(lambda: any(p["errorCode"] == "ReaderFailure" and p["status"] == "Available"
-                            for p in cs.payloads("CP1", "StatusNotification", mark)), 20,
-                "ReaderFailure as a warning")
+    cs.wait_for(
+        lambda: any(
+            p["errorCode"] == "ReaderFailure" and p["status"] == "Available"
+            for p in cs.payloads("CP1", "StatusNotification", mark)
+        ),
+        20,
+        "ReaderFailure as a warning",
+    )
 
 
 def test_remote_start_stop_and_authorize_remote(cs, ocpp):
@@ -185,7 +218,10 @@ def test_remote_start_stop_and_authorize_remote(cs, ocpp):
     unplug(c)
     # Transaction data and clock-aligned values; a tag the central system refuses in its
     # StartTransaction answer stops the charge (StopTransactionOnInvalidId).
-    for k, v in (("StopTxnSampledData", "Energy.Active.Import.Register"), ("ClockAlignedDataInterval", 1)):
+    for k, v in (
+        ("StopTxnSampledData", "Energy.Active.Import.Register"),
+        ("ClockAlignedDataInterval", 1),
+    ):
         assert change(cs, k, v) == "Accepted"
     cs.tags = {B: "Blocked"}
     plug(c)
@@ -193,17 +229,28 @@ def test_remote_start_stop_and_authorize_remote(cs, ocpp):
     stop = cs.wait_for(lambda: cs.payloads("CP1", "StopTransaction")[1:], 8)[0]
     assert stop["reason"] == "DeAuthorized" and stop["transactionId"] == 2
     assert [d["sampledValue"][0]["context"] for d in stop["transactionData"]] == [
-        "Transaction.Begin", "Transaction.End"]
+        "Transaction.Begin",
+        "Transaction.End",
+    ]
     assert change(cs, "StopTransactionOnInvalidId", "false") == "Accepted"
     unplug(c)
     plug(c)
     assert cs.call("CP1", "RemoteStartTransaction", idTag=B)["status"] == "Accepted"
     cs.wait_for(lambda: len(cs.payloads("CP1", "StartTransaction")) == 3, 5)
     s = c.wait_for(lambda s: s["state"] == "SuspendedEVSE" and s["limit_binding"] == "ocpp", 8)
-    assert s["session"]["active"] and s["offered_a"] == 0, "no energy after MaxEnergyOnInvalidId (0)"
-    cs.wait_for(lambda: [p for p in cs.payloads("CP1", "MeterValues") if p["transactionId"] == 3
-                         and p["meterValue"][0]["sampledValue"][0]["context"] == "Sample.Clock"], 5,
-                "clock-aligned values of the transaction")
+    assert s["session"]["active"] and s["offered_a"] == 0, (
+        "no energy after MaxEnergyOnInvalidId (0)"
+    )
+    cs.wait_for(
+        lambda: [
+            p
+            for p in cs.payloads("CP1", "MeterValues")
+            if p["transactionId"] == 3
+            and p["meterValue"][0]["sampledValue"][0]["context"] == "Sample.Clock"
+        ],
+        5,
+        "clock-aligned values of the transaction",
+    )
     assert change(cs, "ClockAlignedDataInterval", 0) == "Accepted"
     unplug(c)
     # AuthorizeRemoteTxRequests: the tag is authorized like a local one first.
@@ -220,16 +267,28 @@ def test_configuration_keys(cs, ocpp):
     ocpp()
     keys = cs.call("CP1", "GetConfiguration")["configurationKey"]
     by = {k["key"]: k for k in keys}
-    for name, ro in (("HeartbeatInterval", False), ("NumberOfConnectors", True),
-                     ("SupportedFeatureProfiles", True), ("LocalAuthListEnabled", False),
-                     ("ChargeProfileMaxStackLevel", True), ("ReserveConnectorZeroSupported", True),
-                     ("TransactionMessageAttempts", False), ("SecurityProfile", False),
-                     ("AuthorizationKey", False), ("MeterValuesSampledDataMaxLength", True)):
+    for name, ro in (
+        ("HeartbeatInterval", False),
+        ("NumberOfConnectors", True),
+        ("SupportedFeatureProfiles", True),
+        ("LocalAuthListEnabled", False),
+        ("ChargeProfileMaxStackLevel", True),
+        ("ReserveConnectorZeroSupported", True),
+        ("TransactionMessageAttempts", False),
+        ("SecurityProfile", False),
+        ("AuthorizationKey", False),
+        ("MeterValuesSampledDataMaxLength", True),
+    ):
         assert by[name]["readonly"] is ro, name
     assert "value" not in by["AuthorizationKey"]
     assert set(by["SupportedFeatureProfiles"]["value"].split(",")) == {
-        "Core", "FirmwareManagement", "LocalAuthListManagement", "Reservation", "SmartCharging",
-        "RemoteTrigger"}
+        "Core",
+        "FirmwareManagement",
+        "LocalAuthListManagement",
+        "Reservation",
+        "SmartCharging",
+        "RemoteTrigger",
+    }
     assert by["UnlockConnectorOnEVSideDisconnect"]["value"] == "true"
     assert change(cs, "NumberOfConnectors", 2) == "Rejected"
     assert change(cs, "NoSuchKey", 1) == "NotSupported"
@@ -238,8 +297,10 @@ def test_configuration_keys(cs, ocpp):
     assert change(cs, "SecurityProfile", 1) == "Rejected"  # no AuthorizationKey yet
     assert change(cs, "ConnectionTimeOut", 45) == "Accepted"
     got = cs.call("CP1", "GetConfiguration", key=["connectiontimeout", "Nope"])
-    assert got == {"configurationKey": [{"key": "ConnectionTimeOut", "readonly": False, "value": "45"}],
-                   "unknownKey": ["Nope"]}
+    assert got == {
+        "configurationKey": [{"key": "ConnectionTimeOut", "readonly": False, "value": "45"}],
+        "unknownKey": ["Nope"],
+    }
 
 
 def test_reset_soft_and_hard_stop_the_transaction_first(cs, ocpp):
@@ -267,8 +328,14 @@ def test_reset_soft_and_hard_stop_the_transaction_first(cs, ocpp):
 
 def test_availability_unlock_cache_local_list(cs, ocpp):
     c = ocpp(cards=[A])
-    assert cs.call("CP1", "ChangeAvailability", connectorId=2, type="Inoperative")["status"] == "Rejected"
-    assert cs.call("CP1", "ChangeAvailability", connectorId=0, type="Inoperative")["status"] == "Accepted"
+    assert (
+        cs.call("CP1", "ChangeAvailability", connectorId=2, type="Inoperative")["status"]
+        == "Rejected"
+    )
+    assert (
+        cs.call("CP1", "ChangeAvailability", connectorId=0, type="Inoperative")["status"]
+        == "Accepted"
+    )
     wait_status(cs, "CP1", 1, "Unavailable")
     wait_status(cs, "CP1", 0, "Unavailable")
     mark = cs.mark()
@@ -278,12 +345,18 @@ def test_availability_unlock_cache_local_list(cs, ocpp):
     tap(c, A)
     time.sleep(1)
     assert not c.snapshot()["session"]["active"], "no charge while Inoperative"
-    assert cs.call("CP1", "ChangeAvailability", connectorId=1, type="Operative")["status"] == "Accepted"
+    assert (
+        cs.call("CP1", "ChangeAvailability", connectorId=1, type="Operative")["status"]
+        == "Accepted"
+    )
     wait_status(cs, "CP1", 1, "Preparing")
     time.sleep(2.5)
     tap(c, A)
     cs.wait_for(lambda: cs.payloads("CP1", "StartTransaction"), 5)
-    assert cs.call("CP1", "ChangeAvailability", connectorId=0, type="Inoperative")["status"] == "Scheduled"
+    assert (
+        cs.call("CP1", "ChangeAvailability", connectorId=0, type="Inoperative")["status"]
+        == "Scheduled"
+    )
     # UnlockConnector ends the transaction and releases the plug.
     assert cs.call("CP1", "UnlockConnector", connectorId=2)["status"] == "NotSupported"
     assert cs.call("CP1", "UnlockConnector", connectorId=1)["status"] == "Unlocked"
@@ -291,30 +364,73 @@ def test_availability_unlock_cache_local_list(cs, ocpp):
     assert stop["reason"] == "UnlockCommand"
     assert c.snapshot()["lock"] == "unlocked"
     wait_status(cs, "CP1", 1, "Unavailable")  # the scheduled change, after the transaction
-    assert cs.call("CP1", "ChangeAvailability", connectorId=0, type="Operative")["status"] == "Accepted"
+    assert (
+        cs.call("CP1", "ChangeAvailability", connectorId=0, type="Operative")["status"]
+        == "Accepted"
+    )
     assert cs.call("CP1", "ClearCache")["status"] == "Accepted"
     assert cs.call("CP1", "GetLocalListVersion") == {"listVersion": 0}
-    entries = [{"idTag": "LIST1", "idTagInfo": {"status": "Accepted"}},
-               {"idTag": "LIST2", "idTagInfo": {"status": "Blocked"}}]
-    assert cs.call("CP1", "SendLocalList", listVersion=3, updateType="Full",
-                   localAuthorizationList=entries)["status"] == "Accepted"
+    entries = [
+        {"idTag": "LIST1", "idTagInfo": {"status": "Accepted"}},
+        {"idTag": "LIST2", "idTagInfo": {"status": "Blocked"}},
+    ]
+    assert (
+        cs.call(
+            "CP1", "SendLocalList", listVersion=3, updateType="Full", localAuthorizationList=entries
+        )["status"]
+        == "Accepted"
+    )
     assert cs.call("CP1", "GetLocalListVersion") == {"listVersion": 3}
-    assert cs.call("CP1", "SendLocalList", listVersion=3, updateType="Differential",
-                   localAuthorizationList=[])["status"] == "VersionMismatch"
-    assert cs.call("CP1", "SendLocalList", listVersion=4, updateType="Differential",
-                   localAuthorizationList=[{"idTag": "LIST2"}])["status"] == "Accepted"
+    assert (
+        cs.call(
+            "CP1",
+            "SendLocalList",
+            listVersion=3,
+            updateType="Differential",
+            localAuthorizationList=[],
+        )["status"]
+        == "VersionMismatch"
+    )
+    assert (
+        cs.call(
+            "CP1",
+            "SendLocalList",
+            listVersion=4,
+            updateType="Differential",
+            localAuthorizationList=[{"idTag": "LIST2"}],
+        )["status"]
+        == "Accepted"
+    )
     too_many = [{"idTag": f"T{i}", "idTagInfo": {"status": "Accepted"}} for i in range(21)]
-    assert cs.call("CP1", "SendLocalList", listVersion=5, updateType="Full",
-                   localAuthorizationList=too_many)["status"] == "Failed"
+    assert (
+        cs.call(
+            "CP1",
+            "SendLocalList",
+            listVersion=5,
+            updateType="Full",
+            localAuthorizationList=too_many,
+        )["status"]
+        == "Failed"
+    )
     assert cs.call("CP1", "GetLocalListVersion") == {"listVersion": 4}
 
 
 def test_trigger_data_transfer_diagnostics_firmware(cs, ocpp):
     c = ocpp()
-    assert cs.call("CP1", "TriggerMessage", requestedMessage="StatusNotification", connectorId=3)[
-        "status"] == "Rejected"
-    for what in ("BootNotification", "Heartbeat", "StatusNotification", "MeterValues",
-                 "DiagnosticsStatusNotification", "FirmwareStatusNotification"):
+    assert (
+        cs.call("CP1", "TriggerMessage", requestedMessage="StatusNotification", connectorId=3)[
+            "status"
+        ]
+        == "Rejected"
+    )
+    for what in (
+        "BootNotification",
+        "Heartbeat",
+        "StatusNotification",
+        "MeterValues",
+        "DiagnosticsStatusNotification",
+        "FirmwareStatusNotification",
+    ):
         mark = cs.mark()
         assert cs.call("CP1", "TriggerMessage", requestedMessage=what)["status"] == "Accepted"
         cs.wait_for(lambda w=what, m=mark: cs.calls("CP1", w, since=m), 5, what)
@@ -323,7 +439,10 @@ def test_trigger_data_transfer_diagnostics_firmware(cs, ocpp):
     mv = cs.payloads("CP1", "MeterValues")[-1]["meterValue"][0]["sampledValue"][0]
     assert mv["context"] == "Trigger"
     assert cs.call("CP1", "DataTransfer", vendorId="Other")["status"] == "UnknownVendorId"
-    assert cs.call("CP1", "DataTransfer", vendorId="Cabur", messageId="Nope")["status"] == "UnknownMessageId"
+    assert (
+        cs.call("CP1", "DataTransfer", vendorId="Cabur", messageId="Nope")["status"]
+        == "UnknownMessageId"
+    )
     r = cs.call("CP1", "DataTransfer", vendorId="Cabur", messageId="Status")
     assert r["status"] == "Accepted" and json.loads(r["data"])["state"] == "Available"
     # A fault to have a record (its report comes as a DataTransfer), then the upload.
@@ -332,20 +451,41 @@ def test_trigger_data_transfer_diagnostics_firmware(cs, ocpp):
     c.sim("fault", name="cp_short", active=False)
     r = cs.call("CP1", "GetDiagnostics", location=cs.upload_url())
     assert r["fileName"].startswith("diag-EVPLUS-SIM-00001")
-    cs.wait_for(lambda: [p["status"] for p in cs.payloads("CP1", "DiagnosticsStatusNotification")][-2:]
-                == ["Uploading", "Uploaded"], 10, "upload")
+    cs.wait_for(
+        lambda: (
+            [p["status"] for p in cs.payloads("CP1", "DiagnosticsStatusNotification")][-2:]
+            == ["Uploading", "Uploaded"]
+        ),
+        10,
+        "upload",
+    )
     up = cs.uploads[0]
     assert up["path"] == "/upload/" + r["fileName"]
     lines = [json.loads(x) for x in up["body"].decode().splitlines()]
     assert lines[0]["serial"] == "EVPLUS-SIM-00001"
     assert any(x.get("kind") == "fault" and x["code"] == "CP" for x in lines)
-    assert cs.call("CP1", "GetDiagnostics", location="http://127.0.0.1:1/none", retries=0)["fileName"]
-    cs.wait_for(lambda: cs.payloads("CP1", "DiagnosticsStatusNotification")[-1]["status"] == "UploadFailed",
-                10, "failed upload reported")
+    assert cs.call("CP1", "GetDiagnostics", location="http://127.0.0.1:1/none", retries=0)[
+        "fileName"
+    ]
+    cs.wait_for(
+        lambda: cs.payloads("CP1", "DiagnosticsStatusNotification")[-1]["status"] == "UploadFailed",
+        10,
+        "failed upload reported",
+    )
     # No installer on this build: UpdateFirmware is accepted and honestly fails.
-    assert cs.call("CP1", "UpdateFirmware", location="http://127.0.0.1/fw.bin",
-                   retrieveDate="2020-01-01T00:00:00Z") == {}
-    cs.wait_for(lambda: cs.payloads("CP1", "FirmwareStatusNotification")[-1]["status"] == "DownloadFailed",
-                5, "DownloadFailed")
+    assert (
+        cs.call(
+            "CP1",
+            "UpdateFirmware",
+            location="http://127.0.0.1/fw.bin",
+            retrieveDate="2020-01-01T00:00:00Z",
+        )
+        == {}
+    )
+    cs.wait_for(
+        lambda: cs.payloads("CP1", "FirmwareStatusNotification")[-1]["status"] == "DownloadFailed",
+        5,
+        "DownloadFailed",
+    )
     ans = cs.call_raw("CP1", "FooBar", {})
     assert ans[0] == 4 and ans[2] == "NotImplemented"

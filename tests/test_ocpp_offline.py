@@ -6,7 +6,7 @@ offline (local list, cache, LocalAuthorizeOffline, AllowOfflineTxForUnknownId)."
 import re
 import time
 
-from csms import cs, ocpp, wait_status  # noqa: F401 (fixtures)
+pytest_plugins = ["csms"]  # the fixtures cs and ocpp
 
 A = "04A1B2C3"  # learned card
 CACHED = "0A0A0A01"  # accepted by the central system: cached
@@ -79,8 +79,13 @@ def test_transaction_survives_csms_down_and_power_cut(cs, ocpp):
     assert not c.snapshot()["session"]["active"]
     mark = cs.mark()
     cs.start()
-    cs.wait_for(lambda: [p for p in cs.payloads("CP1", "StopTransaction", mark)
-                         if p.get("reason") == "PowerLoss"], 30, "everything delivered")
+    cs.wait_for(
+        lambda: [
+            p for p in cs.payloads("CP1", "StopTransaction", mark) if p.get("reason") == "PowerLoss"
+        ],
+        30,
+        "everything delivered",
+    )
     c.wait_for(lambda s: s["ocpp"]["queued"] == 0, 5)
     assert cs.calls("CP1", since=mark)[0][1] == "BootNotification", "nothing before the boot"
 
@@ -88,10 +93,14 @@ def test_transaction_survives_csms_down_and_power_cut(cs, ocpp):
     starts = [p for _, a, p in msgs if a == "StartTransaction"]
     ends = [p for _, a, p in msgs if a == "StopTransaction"]
     assert [s["idTag"] for s in starts] == [A, A]
-    assert [(s["transactionId"], s["reason"]) for s in ends] == [(1, "EVDisconnected"), (2, "PowerLoss")]
+    assert [(s["transactionId"], s["reason"]) for s in ends] == [
+        (1, "EVDisconnected"),
+        (2, "PowerLoss"),
+    ]
     # Start 1, its meter values, Stop 1, then the same for transaction 2: nothing twice.
-    shape = "".join({"StartTransaction": "B", "MeterValues": "M", "StopTransaction": "E"}[a]
-                    for _, a, _ in msgs)
+    shape = "".join(
+        {"StartTransaction": "B", "MeterValues": "M", "StopTransaction": "E"}[a] for _, a, _ in msgs
+    )
     assert re.fullmatch("BM{2,}EBM{2,}E", shape), shape
     second = shape.index("EB") + 1
     for i, (_, a, p) in enumerate(msgs):
@@ -100,15 +109,25 @@ def test_transaction_survives_csms_down_and_power_cut(cs, ocpp):
     for lo, hi in ((0, second), (second, len(msgs))):
         stamps = [p["meterValue"][0]["timestamp"] for _, a, p in msgs[lo:hi] if a == "MeterValues"]
         assert stamps == sorted(stamps) and len(stamps) == len(set(stamps)), stamps
-    energy = [int(sv["value"]) for _, a, p in msgs if a == "MeterValues"
-              for sv in p["meterValue"][0]["sampledValue"]]
+    energy = [
+        int(sv["value"])
+        for _, a, p in msgs
+        if a == "MeterValues"
+        for sv in p["meterValue"][0]["sampledValue"]
+    ]
     assert energy == sorted(energy), "meter register never goes back within the delivery order"
     assert ends[1]["meterStop"] >= starts[1]["meterStart"]
 
 
 def test_retries_per_transaction_message_attempts(cs, ocpp):
-    c = ocpp(cards=[A], config={"TransactionMessageAttempts": 2, "TransactionMessageRetryInterval": 1,
-                                "MeterValueSampleInterval": 0})
+    c = ocpp(
+        cards=[A],
+        config={
+            "TransactionMessageAttempts": 2,
+            "TransactionMessageRetryInterval": 1,
+            "MeterValueSampleInterval": 0,
+        },
+    )
     cs.fail = {"StartTransaction"}
     plug(c)
     start_with_card(c)
@@ -116,7 +135,11 @@ def test_retries_per_transaction_message_attempts(cs, ocpp):
     time.sleep(1.5)
     attempts = cs.calls("CP1", "StartTransaction")
     assert len(attempts) == 2 and attempts[0][0] == attempts[1][0], "same message id, no third try"
-    t = [f["t"] for f in cs.frames if f["msg"] and f["msg"][0] == 2 and f["msg"][2] == "StartTransaction"]
+    t = [
+        f["t"]
+        for f in cs.frames
+        if f["msg"] and f["msg"][0] == 2 and f["msg"][2] == "StartTransaction"
+    ]
     assert t[1] - t[0] >= 0.9, "TransactionMessageRetryInterval waited"
     cs.fail = set()
     unplug(c)
@@ -141,15 +164,27 @@ def test_reconnects_with_backoff_and_no_boot_on_plain_reconnect(cs, ocpp):
 def test_offline_authorization(cs, ocpp):
     cs.tags = {CACHED: "Accepted"}
     c = ocpp(config=FAST)
-    assert cs.call("CP1", "SendLocalList", listVersion=1, updateType="Full", localAuthorizationList=[
-        {"idTag": LISTED, "idTagInfo": {"status": "Accepted"}},
-        {"idTag": LISTBLOCK, "idTagInfo": {"status": "Blocked"}},
-    ])["status"] == "Accepted"
+    assert (
+        cs.call(
+            "CP1",
+            "SendLocalList",
+            listVersion=1,
+            updateType="Full",
+            localAuthorizationList=[
+                {"idTag": LISTED, "idTagInfo": {"status": "Accepted"}},
+                {"idTag": LISTBLOCK, "idTagInfo": {"status": "Blocked"}},
+            ],
+        )["status"]
+        == "Accepted"
+    )
     plug(c)
     start_with_card(c, CACHED)  # learned by the cache through Authorize
     unplug(c)
     # LocalPreAuthorize: a listed tag starts without waiting for the central system.
-    assert cs.call("CP1", "ChangeConfiguration", key="LocalPreAuthorize", value="true")["status"] == "Accepted"
+    assert (
+        cs.call("CP1", "ChangeConfiguration", key="LocalPreAuthorize", value="true")["status"]
+        == "Accepted"
+    )
     n = len(cs.calls("CP1", "Authorize"))
     plug(c)
     start_with_card(c, LISTED)
@@ -170,10 +205,16 @@ def test_offline_authorization(cs, ocpp):
     assert not tries(UNKNOWN) and not tries(LISTBLOCK)
     cs.start()
     cs.wait_for(lambda: cs.connected("CP1"), 15)
-    assert cs.call("CP1", "ChangeConfiguration", key="AllowOfflineTxForUnknownId", value="true")[
-        "status"] == "Accepted"
-    assert cs.call("CP1", "ChangeConfiguration", key="LocalAuthorizeOffline", value="false")[
-        "status"] == "Accepted"
+    assert (
+        cs.call("CP1", "ChangeConfiguration", key="AllowOfflineTxForUnknownId", value="true")[
+            "status"
+        ]
+        == "Accepted"
+    )
+    assert (
+        cs.call("CP1", "ChangeConfiguration", key="LocalAuthorizeOffline", value="false")["status"]
+        == "Accepted"
+    )
     cs.stop()
     c.wait_for(lambda s: not s["ocpp"]["connected"], 10)
     assert tries(UNKNOWN), "AllowOfflineTxForUnknownId"

@@ -4,7 +4,9 @@ idTag (or one with the same parent) starts and consumes it, expiry and cancellat
 import time
 from datetime import datetime, timedelta, timezone
 
-from csms import cs, ocpp, wait_status  # noqa: F401 (fixtures)
+from csms import wait_status
+
+pytest_plugins = ["csms"]  # the fixtures cs and ocpp
 
 A = "04A1B2C3"  # learned card, not the reserved one
 R = "04BEEF01"  # the reserved idTag (known to the central system only)
@@ -21,8 +23,15 @@ def beeps(c, since):
 
 def reserve(cs, rid, tag, delta_s=60, conn=1, parent=None):
     extra = {"parentIdTag": parent} if parent else {}
-    return cs.call("CP1", "ReserveNow", connectorId=conn, expiryDate=iso(delta_s), idTag=tag,
-                   reservationId=rid, **extra)["status"]
+    return cs.call(
+        "CP1",
+        "ReserveNow",
+        connectorId=conn,
+        expiryDate=iso(delta_s),
+        idTag=tag,
+        reservationId=rid,
+        **extra,
+    )["status"]
 
 
 def test_reservation_turns_away_another_card(cs, ocpp):

@@ -4,7 +4,9 @@ rounded down to 0.1 %; below 6 A the pilot goes static and the charge pauses).""
 
 from datetime import datetime, timedelta, timezone
 
-from csms import cs, ocpp, wait_status  # noqa: F401 (fixtures)
+from csms import wait_status
+
+pytest_plugins = ["csms"]  # the fixtures cs and ocpp
 
 A = "04A1B2C3"
 
@@ -14,11 +16,19 @@ def iso(delta_s=0):
 
 
 def profile(pid, purpose, limit, unit="A", level=0, kind="Absolute", **extra):
-    sched = {"chargingRateUnit": unit, "chargingSchedulePeriod": [{"startPeriod": 0, "limit": limit}]}
+    sched = {
+        "chargingRateUnit": unit,
+        "chargingSchedulePeriod": [{"startPeriod": 0, "limit": limit}],
+    }
     if kind == "Absolute":
         sched["startSchedule"] = iso(-60)
-    p = {"chargingProfileId": pid, "stackLevel": level, "chargingProfilePurpose": purpose,
-         "chargingProfileKind": kind, "chargingSchedule": sched}
+    p = {
+        "chargingProfileId": pid,
+        "stackLevel": level,
+        "chargingProfilePurpose": purpose,
+        "chargingProfileKind": kind,
+        "chargingSchedule": sched,
+    }
     p.update(extra)
     return p
 
@@ -32,7 +42,9 @@ def duty_for(amps):
 
 
 def offering(c, amps, timeout=10):
-    return c.wait_for(lambda s: s["offered_a"] == amps and s["pwm_duty_pct"] == duty_for(amps), timeout)
+    return c.wait_for(
+        lambda s: s["offered_a"] == amps and s["pwm_duty_pct"] == duty_for(amps), timeout
+    )
 
 
 def charge(c):
@@ -56,15 +68,26 @@ def test_profiles_set_the_pwm_duty(cs, ocpp):
     assert offering(c, 8.0)["pwm_duty_pct"] == 13.3
     # A TxProfile in W (one phase: 4140 W = 18 A) replaces TxDefault, under the charger max.
     assert set_profile(cs, 1, profile(3, "TxProfile", 4140.0, unit="W", level=1)) == "Accepted"
-    assert cs.call("CP1", "ClearChargingProfile", chargingProfilePurpose="ChargePointMaxProfile")[
-        "status"] == "Accepted"
+    assert (
+        cs.call("CP1", "ClearChargingProfile", chargingProfilePurpose="ChargePointMaxProfile")[
+            "status"
+        ]
+        == "Accepted"
+    )
     assert offering(c, 18.0)["pwm_duty_pct"] == 30.0  # raises wait 5 s (charging core)
     comp = cs.call("CP1", "GetCompositeSchedule", connectorId=1, duration=600)
     assert comp["status"] == "Accepted" and comp["connectorId"] == 1
     assert comp["chargingSchedule"]["chargingRateUnit"] == "A"
-    assert comp["chargingSchedule"]["chargingSchedulePeriod"][0] == {"startPeriod": 0, "limit": 18.0}
-    comp_w = cs.call("CP1", "GetCompositeSchedule", connectorId=0, duration=60, chargingRateUnit="W")
-    assert comp_w["chargingSchedule"]["chargingSchedulePeriod"][0]["limit"] == 7360.0  # 32 A, no CP max
+    assert comp["chargingSchedule"]["chargingSchedulePeriod"][0] == {
+        "startPeriod": 0,
+        "limit": 18.0,
+    }
+    comp_w = cs.call(
+        "CP1", "GetCompositeSchedule", connectorId=0, duration=60, chargingRateUnit="W"
+    )
+    assert (
+        comp_w["chargingSchedule"]["chargingSchedulePeriod"][0]["limit"] == 7360.0
+    )  # 32 A, no CP max
     # Below 6 A: the pilot goes static, the charge pauses (SuspendedEVSE).
     mark = cs.mark()
     assert set_profile(cs, 1, profile(4, "TxProfile", 1000.0, unit="W", level=1)) == "Accepted"
@@ -76,12 +99,17 @@ def test_profiles_set_the_pwm_duty(cs, ocpp):
     assert cs.call("CP1", "ClearChargingProfile")["status"] == "Accepted"
     offering(c, 32.0)
     # Every duty the pilot showed meanwhile is one the table allows for a whole offer.
-    duties = [e["value"] for e in c.events(t0) if e["what"] == "pwm_duty_pct" and e["value"] is not None]
+    duties = [
+        e["value"] for e in c.events(t0) if e["what"] == "pwm_duty_pct" and e["value"] is not None
+    ]
     assert set(duties) <= {53.3, 16.6, 13.3, 30.0}, duties
     # Rules: no TxProfile on connector 0, an unknown connector is a broken value.
     assert set_profile(cs, 0, profile(5, "TxProfile", 10.0)) == "Rejected"
-    raw = cs.call_raw("CP1", "SetChargingProfile",
-                      {"connectorId": 5, "csChargingProfiles": profile(6, "TxDefaultProfile", 10.0)})
+    raw = cs.call_raw(
+        "CP1",
+        "SetChargingProfile",
+        {"connectorId": 5, "csChargingProfiles": profile(6, "TxDefaultProfile", 10.0)},
+    )
     assert raw[0] == 4 and raw[2] == "PropertyConstraintViolation"
 
 
@@ -89,7 +117,10 @@ def test_remote_start_profile_and_persistence(cs, ocpp):
     c = ocpp(settings={"charger_power": "7kW"}, cards=[A])
     c.sim("ev", state="B", diode=True, max_a=32)
     prof = profile(7, "TxProfile", 12.0, kind="Relative")  # embedded: no transactionId
-    assert cs.call("CP1", "RemoteStartTransaction", idTag=A, chargingProfile=prof)["status"] == "Accepted"
+    assert (
+        cs.call("CP1", "RemoteStartTransaction", idTag=A, chargingProfile=prof)["status"]
+        == "Accepted"
+    )
     c.wait_for(lambda s: s["session"]["active"], 5)
     c.sim("ev", state="C", diode=True, max_a=32)
     offering(c, 12.0)

@@ -6,7 +6,9 @@ changing nothing."""
 import json
 import time
 
-from csms import CentralSystem, cs, make_certs, ocpp, server_context, wait_status  # noqa: F401
+from csms import CentralSystem, make_certs, server_context
+
+pytest_plugins = ["csms"]  # the fixtures cs and ocpp
 
 KEY = "0123456789abcdef0123"
 NEW_KEY = "fedcba9876543210fedc"
@@ -17,9 +19,12 @@ def test_wss_with_the_test_ca_and_basic_auth(tmp_path, ocpp):
     tls = CentralSystem(ssl=server_context(certs["cert"], certs["key"]), auth={"CP1": KEY})
     tls.start()
     try:
-        c = ocpp(central=tls, url=tls.url("CP1", host="localhost"),
-                 files={"ocpp_ca.pem": certs["ca"].read_bytes()},
-                 config={"AuthorizationKey": KEY, "SecurityProfile": 1})
+        c = ocpp(
+            central=tls,
+            url=tls.url("CP1", host="localhost"),
+            files={"ocpp_ca.pem": certs["ca"].read_bytes()},
+            config={"AuthorizationKey": KEY, "SecurityProfile": 1},
+        )
         assert tls.payloads("CP1", "BootNotification")
         for value, why in ((1, "equal"), (0, "lower"), (3, "no client certificates")):
             ans = tls.call("CP1", "ChangeConfiguration", key="SecurityProfile", value=str(value))
@@ -35,8 +40,10 @@ def test_wss_with_the_test_ca_and_basic_auth(tmp_path, ocpp):
         tls.auth["CP1"] = NEW_KEY
         tls.wait_for(lambda: len(tls.connections) > n and tls.connected("CP1"), 20, "new key")
         got = tls.call("CP1", "GetConfiguration", key=["AuthorizationKey", "SecurityProfile"])
-        assert got["configurationKey"] == [{"key": "AuthorizationKey", "readonly": False},
-                                           {"key": "SecurityProfile", "readonly": False, "value": "2"}]
+        assert got["configurationKey"] == [
+            {"key": "AuthorizationKey", "readonly": False},
+            {"key": "SecurityProfile", "readonly": False, "value": "2"},
+        ]
         assert len(tls.calls("CP1", "BootNotification")) == 1
         assert not c.snapshot()["errors"]
     finally:
@@ -48,9 +55,13 @@ def test_wss_with_a_wrong_ca_is_refused(tmp_path, ocpp):
     tls = CentralSystem(ssl=server_context(certs["cert"], certs["key"]))
     tls.start()
     try:
-        c = ocpp(central=tls, url=tls.url("CP1", host="localhost"), wait_boot=False,
-                 files={"ocpp_ca.pem": certs["other_ca"].read_bytes()},
-                 config={"RetryBackOffWaitMinimum": 1, "RetryBackOffRandomRange": 0})
+        c = ocpp(
+            central=tls,
+            url=tls.url("CP1", host="localhost"),
+            wait_boot=False,
+            files={"ocpp_ca.pem": certs["other_ca"].read_bytes()},
+            config={"RetryBackOffWaitMinimum": 1, "RetryBackOffRandomRange": 0},
+        )
         deadline = time.monotonic() + 20
         while "not correctly signed" not in c.log_path.read_text() and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -59,7 +70,10 @@ def test_wss_with_a_wrong_ca_is_refused(tmp_path, ocpp):
         assert not tls.connections and not tls.frames, "no WebSocket over an unverified server"
         c2 = ocpp(central=tls, cp_id="CP2", url=tls.url("CP2", host="localhost"), wait_boot=False)
         deadline = time.monotonic() + 10
-        while "needs the CA certificate" not in c2.log_path.read_text() and time.monotonic() < deadline:
+        while (
+            "needs the CA certificate" not in c2.log_path.read_text()
+            and time.monotonic() < deadline
+        ):
             time.sleep(0.1)
         assert "needs the CA certificate" in c2.log_path.read_text(), "no CA: no wss at all"
         assert c.snapshot()["ocpp"]["connected"] is False
@@ -69,8 +83,14 @@ def test_wss_with_a_wrong_ca_is_refused(tmp_path, ocpp):
 
 def test_wrong_authorization_key_is_refused(ocpp, cs):
     cs.auth = {"CP1": KEY}
-    c = ocpp(wait_boot=False, config={"AuthorizationKey": NEW_KEY, "RetryBackOffWaitMinimum": 1,
-                                      "RetryBackOffRandomRange": 0})
+    c = ocpp(
+        wait_boot=False,
+        config={
+            "AuthorizationKey": NEW_KEY,
+            "RetryBackOffWaitMinimum": 1,
+            "RetryBackOffRandomRange": 0,
+        },
+    )
     cs.wait_for(lambda: cs.refused, 15, "refused")
     assert cs.refused[0] == ("CP1", 401) and not cs.connections
     assert c.snapshot()["ocpp"]["connected"] is False
@@ -95,10 +115,16 @@ def test_hostile_frames(cs, ocpp):
         ('[2, "h3", "Reset", {"type": "Warm"}]', "h3", "PropertyConstraintViolation"),
         ('[2, "h4", "Reset"]', "h4", "ProtocolError"),
         ('[2, "h5", "Reset", {"type": "Soft", "extra": 1}]', "h5", "FormationViolation"),
-        ('[2, "h6", "ChangeConfiguration", {"key": "HeartbeatInterval", "value": 5}]', "h6",
-         "TypeConstraintViolation"),
-        ('[2, "h7", "RemoteStartTransaction", {"idTag": "%s"}]' % ("X" * 21), "h7",
-         "TypeConstraintViolation"),
+        (
+            '[2, "h6", "ChangeConfiguration", {"key": "HeartbeatInterval", "value": 5}]',
+            "h6",
+            "TypeConstraintViolation",
+        ),
+        (
+            '[2, "h7", "RemoteStartTransaction", {"idTag": "%s"}]' % ("X" * 21),
+            "h7",
+            "TypeConstraintViolation",
+        ),
         ('[2, "h8", "FooBar", {}]', "h8", "NotImplemented"),
     ]
     for text, mid, code in cases:
@@ -109,7 +135,9 @@ def test_hostile_frames(cs, ocpp):
     n = len(cs.replies("CP1"))
     cs.send_raw("CP1", '[3, "nobody-asked", {}]')
     cs.send_raw("CP1", '[4, "nobody-asked-2", "GenericError", "", {}]')
-    assert cs.call("CP1", "GetConfiguration", key=["HeartbeatInterval"]) == before, "nothing changed"
+    assert cs.call("CP1", "GetConfiguration", key=["HeartbeatInterval"]) == before, (
+        "nothing changed"
+    )
     assert len(cs.replies("CP1")) == n + 1
     assert c.proc.poll() is None and c.proc.pid == pid, "no reset"
     assert not c.snapshot()["session"]["active"]
@@ -125,7 +153,9 @@ def test_hostile_frames(cs, ocpp):
     survives(lambda: cs.send_raw("CP1", "x" * (1 << 20)), 1009)  # huge: refused from its header
     survives(lambda: cs.send_raw("CP1", b"\x00\x01binary"), 1003)  # OCPP-J is text only
     # The central system closing in the middle of a frame.
-    survives(lambda: cs.send_bytes("CP1", b"\x81\x7e\x01\x00" + b'[2, "cut", "Re', close=True), None)
+    survives(
+        lambda: cs.send_bytes("CP1", b"\x81\x7e\x01\x00" + b'[2, "cut", "Re', close=True), None
+    )
     assert len(cs.calls("CP1", "BootNotification")) == 1, "plain reconnects: no new boot"
     assert cs.call("CP1", "GetConfiguration", key=["HeartbeatInterval"]) == before
     snap = c.snapshot()

@@ -36,9 +36,11 @@ from evse.ocpp import rpc
 gc.collect()
 base = gc.mem_alloc()
 N = %(calls)d
-MV = {"connectorId": 1, "transactionId": 1, "meterValue": [{"timestamp": "2024-01-01T00:00:00Z",
-      "sampledValue": [{"value": "%%d" %% i, "context": "Sample.Periodic",
-                        "measurand": "Energy.Active.Import.Register", "unit": "Wh"} for i in range(10)]}]}
+SV = [{"value": "%%d" %% i, "context": "Sample.Periodic",
+       "measurand": "Energy.Active.Import.Register", "unit": "Wh"} for i in range(10)]
+MV = {"connectorId": 1, "transactionId": 1,
+      "meterValue": [{"timestamp": "2024-01-01T00:00:00Z", "sampledValue": SV}]}
+BOOT = {"chargePointVendor": "Cabur", "chargePointModel": "bench"}
 
 async def on_call(mid, action, payload):
     await link.reply_error(mid, "NotImplemented", "")
@@ -49,9 +51,10 @@ async def run():
     link = Link(ws, on_call)
     await ws.connect(%(url)r, protocols=("ocpp1.6",))
     tasks = link.start()
-    await link.call("BootNotification", {"chargePointVendor": "Cabur", "chargePointModel": "bench"}, 5000)
+    await link.call("BootNotification", BOOT, 5000)
     out = {}
-    for name, action, payload in (("heartbeat", "Heartbeat", {}), ("meter_values", "MeterValues", MV)):
+    kinds = (("heartbeat", "Heartbeat", {}), ("meter_values", "MeterValues", MV))
+    for name, action, payload in kinds:
         t0 = time.ticks_ms()
         for _ in range(N):
             await link.call(action, payload, 5000)
@@ -81,7 +84,8 @@ async def run():
     async with websockets.connect(%(url)r, subprotocols=["ocpp1.6"]) as ws:
         cp = ChargePoint("BENCH2", ws)
         task = asyncio.create_task(cp.start())
-        await cp.call(call.BootNotification(charge_point_vendor="Cabur", charge_point_model="bench"))
+        boot = call.BootNotification(charge_point_vendor="Cabur", charge_point_model="bench")
+        await cp.call(boot)
         out = {}
         t0 = time.perf_counter()
         for _ in range(N):
@@ -114,10 +118,18 @@ def _result(proc):
 
 
 def _mp_run(cs, calls, heap_kb):
-    code = _MP % {"firmware": str(ROOT / "firmware"), "lib": str(ROOT / "lib"),
-                  "calls": calls, "url": cs.url("BENCH1")}
-    return subprocess.run([micropython(), "-X", f"heapsize={heap_kb}k", "-c", code],
-                          capture_output=True, text=True, timeout=300)
+    code = _MP % {
+        "firmware": str(ROOT / "firmware"),
+        "lib": str(ROOT / "lib"),
+        "calls": calls,
+        "url": cs.url("BENCH1"),
+    }
+    return subprocess.run(
+        [micropython(), "-X", f"heapsize={heap_kb}k", "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def _min_heap_kb(cs, calls, lo=8, hi=512):
@@ -140,10 +152,10 @@ def bench(calls, heap_kb):
         mp["min_heapsize_kb"] = need
         mp["peak"] = need * 1024 - mp["code"]
         py_code = _CPY % {"calls": calls, "url": cs.url("BENCH2")}
-        py = subprocess.run([sys.executable, "-c", py_code], capture_output=True, text=True,
-                            timeout=300)
-        return {"micropython_client": mp, "cpython_ocpp_chargepoint": _result(py),
-                "calls": calls}
+        py = subprocess.run(
+            [sys.executable, "-c", py_code], capture_output=True, text=True, timeout=300
+        )
+        return {"micropython_client": mp, "cpython_ocpp_chargepoint": _result(py), "calls": calls}
     finally:
         cs.close()
 
@@ -157,12 +169,26 @@ def main(argv=None):
     t0 = time.monotonic()
     res = bench(args.calls, args.heap_kb)
     row = "{:<28} {:>14} {:>16} {:>14} {:>16}"
-    print(row.format("client", "heartbeat rt/s", "metervalues rt/s", "peak heap KB", "retained heap KB"))
+    print(
+        row.format(
+            "client", "heartbeat rt/s", "metervalues rt/s", "peak heap KB", "retained heap KB"
+        )
+    )
     for name in ("micropython_client", "cpython_ocpp_chargepoint"):
         r = res[name]
-        print(row.format(name, "%.0f" % r["heartbeat"], "%.0f" % r["meter_values"],
-                         "%.1f" % (r["peak"] / 1024), "%.1f" % (r["retained"] / 1024)))
-    print("(%d round trips of each kind per client, %.1f s in all)" % (args.calls, time.monotonic() - t0))
+        print(
+            row.format(
+                name,
+                "%.0f" % r["heartbeat"],
+                "%.0f" % r["meter_values"],
+                "%.1f" % (r["peak"] / 1024),
+                "%.1f" % (r["retained"] / 1024),
+            )
+        )
+    print(
+        "(%d round trips of each kind per client, %.1f s in all)"
+        % (args.calls, time.monotonic() - t0)
+    )
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(res, indent=2))
     return 0

@@ -133,6 +133,14 @@ def build(board, out, root=ROOT, mpy_cross=None):
         finally:
             sys.path.pop(0)
         build_www(www, out / "evse" / "www")
+    if board != "unix_sim":
+        # A manifest.py beside the tree, to freeze it into a custom firmware image.
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        try:
+            from manifest import write_manifest
+        finally:
+            sys.path.pop(0)
+        write_manifest(board, out / "manifest.py", root)
     return modules, copied
 
 

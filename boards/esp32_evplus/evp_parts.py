@@ -225,19 +225,24 @@ class Temps:
 
 
 class PeMonitor:
-    """PE continuity opto input (1 = continuity) and the rectified N-PE voltage on an ADC:
-    n_pe_v = adc_mv * scale_mv_per_v^-1."""
+    """Rectified N-PE voltage on an ADC (`mv_per_v` ADC mV per volt) and, when fitted, a
+    PE continuity opto input (1 = continuity). Without the input, continuity is judged
+    from the N-PE voltage: a lost PE floats far above `max_n_pe_v`."""
 
-    def __init__(self, ok_pin, read_mv, mv_per_v=33):
+    def __init__(self, ok_pin, read_mv, mv_per_v=33, max_n_pe_v=30):
         self._ok = ok_pin
         self._read_mv = read_mv
         self._mv_per_v = mv_per_v
+        self._max_v = max_n_pe_v
         self.continuity = True
         self.n_pe_v = 0.0
 
     def read(self):
-        self.continuity = self._ok.value() == 1
         self.n_pe_v = self._read_mv() / self._mv_per_v
+        if self._ok is None:
+            self.continuity = self.n_pe_v < self._max_v
+        else:
+            self.continuity = self._ok.value() == 1
 
 
 class Fan:

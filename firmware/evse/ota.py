@@ -325,6 +325,7 @@ class Ota:
         gc.collect()
         heap0 = gc.mem_alloc()
         peak = heap0
+        chunks = 0
         sink = None
         # The body read deadline is the server's; ask for STALL_MS where httpd allows it.
         if hasattr(req, "body_timeout_ms"):
@@ -346,9 +347,12 @@ class Ota:
                     break
                 sink.write(mv[:n])
                 self.progress[0] = sink.got
-                a = gc.mem_alloc()
-                if a > peak:
-                    peak = a
+                chunks += 1
+                if chunks & 31 == 0:  # live heap every 32 chunks: garbage is not use
+                    gc.collect()
+                    a = gc.mem_alloc()
+                    if a > peak:
+                        peak = a
             sink.finish()
             ms = time.ticks_diff(time.ticks_ms(), t0)
             stats = {"bytes": sink.got, "ms": ms, "heap_before": heap0, "heap_peak": peak}

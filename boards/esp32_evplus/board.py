@@ -1,0 +1,261 @@
+# Board layer for the EV PLUS controller on an ESP32-S3 (docs/hal.md is the contract,
+# pins.py the pin map, docs/hardware.md the wiring and the bench checklist).
+#
+# Port limits that shape this file (STYLE.md section 10): ESP32 pin IRQs are always soft
+# (scheduled), and its machine.Timer callbacks too (hard=True is rejected). So:
+# - the RCD trip cuts the relay drive in hardware (the RDC-DD fault output gates the
+#   contactor drivers); the scheduled IRQ here opens the relays in software as well,
+#   latches and tells the application, but it is never the only path;
+# - CP sampling is not phase-locked to the PWM: cp_adc.sample() reads a burst spanning
+#   more than one 1 kHz period and keeps the min and max plateaus;
+# - the fan tachometer uses the PCNT hardware (machine.Counter), never Pin.irq.
+import asyncio
+import os
+import time
+
+import esp32
+import machine
+import network
+import neopixel
+from machine import ADC, PWM, Pin
+from micropython import const
+
+import evp_parts as parts
+import pins
+
+NAME = "esp32_evplus"
+_CP_FREQ = const(1000)
+_FAN_FREQ = const(25000)
+_CP_BURST = const(48)  # ADC reads per sample(): ~1.3 periods at ~28 us per read
+_U16_FULL = const(65535)
+
+
+def make(env):
+    """The hw object of docs/hal.md. env is {} on the device."""
+    return Board(env or {})
+
+
+def _adc(gpio):
+    return ADC(Pin(gpio), atten=ADC.ATTN_11DB)  # 0..~3.1 V full scale
+
+
+class CpOut:
+    """LEDC PWM at 1 kHz. duty_u16 has 1/65535 steps: 0.1 A is 1.67 per mille."""
+
+    def __init__(self, pwm):
+        self._pwm = pwm
+
+    def set_duty(self, duty_pm):  # ISR-safe: integer maths, < 2**30
+        self._pwm.duty_u16(duty_pm * _U16_FULL // 1000)
+
+
+class CpAdc:
+    """CP plateaus from a burst of reads longer than one PWM period (min = low plateau,
+    max = high plateau). Not phase-locked: at duty below ~5 % the high plateau may be
+    missed by a burst; the pilot task samples every 10 ms and the state machine
+    debounces, so one short burst never decides a state. ISR-safe."""
+
+    def __init__(self, adc):
+        import array
+
+        self.adc = adc
+        self._read_uv = adc.read_uv  # bound once: sample() must not allocate
+        self._buf = array.array("i", [0] * _CP_BURST)
+        self.hi_mv = 0
+        self.lo_mv = 0
+
+    def sample(self):
+        b = self._buf
+        rd = self._read_uv
+        for i in range(_CP_BURST):
+            b[i] = rd()
+        self.hi_mv = parts.cp_mv(max(b) // 1000, pins.CP_ZERO_MV, pins.CP_GAIN_X1000)
+        self.lo_mv = parts.cp_mv(min(b) // 1000, pins.CP_ZERO_MV, pins.CP_GAIN_X1000)
+
+
+def _mv_reader(adc):
+    def read_mv():
+        return adc.read_uv() // 1000
+
+    return read_mv
+
+
+class FanOut:
+    def __init__(self, pwm):
+        self._pwm = pwm
+
+    def set_pct(self, pct):
+        self._pwm.duty_u16(pct * _U16_FULL // 100)
+
+
+class Tach:
+    """Pulses since the last call, from a PCNT unit (machine.Counter, v1.26+; before
+    that esp32.PCNT). Without either, counts() is 0 and the fan check reports a fault:
+    a pin IRQ would drop edges behind the 8-entry scheduler queue (STYLE.md section 4)."""
+
+    def __init__(self, pin):
+        self._ctr = None
+        self._last = 0
+        counter = getattr(machine, "Counter", None)
+        if counter is not None:
+            self._ctr = counter(0, pin, edge=counter.RISING)
+        elif hasattr(esp32, "PCNT"):
+            self._ctr = esp32.PCNT(0, pin=pin, rising=esp32.PCNT.INCREMENT)
+            self._ctr.start()
+
+    def count(self):
+        if self._ctr is None:
+            return 0
+        v = self._ctr.value()
+        n = (v - self._last) & 0xFFFF  # the hardware counter is 16 bits
+        self._last = v
+        return n
+
+
+class Can:
+    """MCP2515 on the shared SPI bus: send/recv per docs/hal.md. None of its errors
+    escape recv(): a missing chip reads as a silent bus, and counts in `errors`."""
+
+    def __init__(self, spi, cs):
+        from mcp2515 import Mcp2515
+
+        self.dev = Mcp2515(spi, cs, pins.CAN_XTAL_MHZ, pins.CAN_BITRATE)
+        self.ok = True
+        self.errors = 0
+        try:
+            self.dev.init()
+        except OSError:
+            self.ok = False
+
+    def send(self, can_id, data):
+        if not self.ok:
+            raise OSError(5)  # EIO: no controller
+        self.dev.send(can_id, data)
+
+    def recv(self):
+        if not self.ok:
+            return None
+        try:
+            return self.dev.recv()
+        except OSError:
+            self.errors += 1
+            return None
+
+
+class Board:
+    def __init__(self, env):
+        self.name = NAME
+        uid = machine.unique_id()
+        self.serial = env.get("EVSE_SERIAL") or "EVPLUS-%s" % "".join(
+            "%02X" % b for b in uid[-4:]
+        )
+        clock = parts.Clock()
+        self._clock = clock
+        self.clock_us = clock.now_us  # bound once: ISR-safe path
+
+        # Pilot
+        cp_pwm = PWM(Pin(pins.CP_PWM, Pin.OUT), freq=_CP_FREQ, duty_u16=_U16_FULL)
+        self._cp_out = CpOut(cp_pwm)
+        self.cp = parts.CpGenerator(self._cp_out.set_duty)
+        self.cp_adc = CpAdc(_adc(pins.CP_ADC))
+        self.pp_adc = parts.PpAdc(_mv_reader(_adc(pins.PP_ADC)), pins.VREF_MV,
+                                  pins.PP_PULLUP_OHM)
+
+        # SPI bus: RC522, MCP2515, 74HC595
+        self.rfid_cs = Pin(pins.RFID_CS, Pin.OUT, value=1)
+        can_cs = Pin(pins.CAN_CS, Pin.OUT, value=1)
+        self.rfid_rst = Pin(pins.RFID_RST, Pin.OUT, value=0)
+        spi = machine.SPI(pins.SPI_ID, baudrate=pins.SPI_BAUD, polarity=0, phase=0,
+                          sck=Pin(pins.SPI_SCK), mosi=Pin(pins.SPI_MOSI),
+                          miso=Pin(pins.SPI_MISO))
+        self.rfid_spi = spi
+        sr = parts.Hc595(spi, Pin(pins.SR_LATCH, Pin.OUT, value=0))
+        self.shift = sr
+
+        # Power path and protection
+        self.relays = parts.Relays(
+            Pin(pins.RELAY1, Pin.OUT, value=0), Pin(pins.RELAY2, Pin.OUT, value=0),
+            Pin(pins.RELAY1_FB, Pin.IN, Pin.PULL_UP), Pin(pins.RELAY2_FB, Pin.IN, Pin.PULL_UP),
+            fb_active=0,
+        )
+        self.lock = parts.Lock(sr.bit(pins.SR_LOCK_A), sr.bit(pins.SR_LOCK_B),
+                               Pin(pins.LOCK_FB, Pin.IN, Pin.PULL_DOWN),
+                               fitted=env.get("EVSE_TETHERED") not in ("1", "yes"))
+        rcd_pin = Pin(pins.RCD_FAULT, Pin.IN)
+        self.rcd = parts.Rcd(rcd_pin, sr.bit(pins.SR_RCD_TEST), self.relays)
+        # Soft IRQ on this port (no hard= keyword): see the header comment.
+        rcd_pin.irq(handler=self.rcd.isr, trigger=Pin.IRQ_RISING)
+        self.pe = parts.PeMonitor(None, _mv_reader(_adc(pins.NPE_ADC)), pins.NPE_MV_PER_V)
+        self.temps = parts.Temps((_mv_reader(_adc(pins.T_RELAY_ADC)),
+                                  _mv_reader(_adc(pins.T_SOCKET_ADC)),
+                                  _mv_reader(_adc(pins.T_ENV_ADC))), pins.VREF_MV)
+        fan_pwm = PWM(Pin(pins.FAN_PWM, Pin.OUT), freq=_FAN_FREQ, duty_u16=0)
+        self._fan_out = FanOut(fan_pwm)
+        self._tach = Tach(Pin(pins.FAN_TACH, Pin.IN, Pin.PULL_UP))
+        self.fan = parts.Fan(self._fan_out.set_pct, self._tach.count)
+
+        # Internal meter on its own UART
+        from modbus_rtu import ModbusRtu
+
+        meter_uart = machine.UART(pins.METER_UART, pins.METER_BAUD, tx=pins.METER_TX,
+                                  rx=pins.METER_RX, timeout=0)
+        self.meter = parts.Meter(ModbusRtu(parts.Rs485Uart(meter_uart, pins.METER_BAUD)))
+
+        # HMI
+        np = neopixel.NeoPixel(Pin(pins.NEOPIXEL, Pin.OUT), pins.BELT_LEDS + 4)
+        self._pixels = px = parts.Pixels(np, pins.BELT_LEDS)
+        self.belt = parts.Belt(px)
+        self.leds = parts.Leds(px)
+        self.tap_light = parts.OutPin(sr.bit(pins.SR_TAP_LIGHT))
+        i2c = machine.I2C(0, scl=Pin(pins.I2C_SCL), sda=Pin(pins.I2C_SDA), freq=100_000)
+        self.display = parts.Lcd1602(i2c, pins.LCD_ADDR)
+        self.buzzer = parts.Buzzer(sr.bit(pins.SR_BUZZER))
+        self.button = parts.Button(Pin(pins.BUTTON, Pin.IN, Pin.PULL_UP))
+        self.errors = parts.ErrorReporter()
+        self.report_error = self.errors.report
+
+        # Buses and radio
+        if env.get("EVSE_RS485", "1") not in ("0", "no"):
+            uart = machine.UART(pins.RS485_UART, pins.RS485_BAUD, tx=pins.RS485_TX,
+                                rx=pins.RS485_RX, timeout=0)
+            self.rs485 = (parts.Rs485Uart(uart, pins.RS485_BAUD),
+                          Pin(pins.RS485_DE, Pin.OUT, value=0))
+        else:
+            self.rs485 = None
+        self.can = Can(spi, can_cs)
+        self.wlan = parts.Wlan(network, self.serial)
+
+        # System
+        self.rtc = parts.Rtc(machine.RTC())
+        self.wdt = parts.Wdt(machine.WDT)
+        self.data_dir = env.get("EVSE_DATA_DIR") or "/data"
+        parts.ensure_dir(os, self.data_dir)
+        self.http_addr = ("0.0.0.0", 80)
+
+    def reset(self):
+        self.relays.open()
+        self.cp.high()
+        machine.reset()
+
+    def tasks(self, app):
+        return [("board_io", self._io_task), ("board_meter", self._meter_task)]
+
+    async def _io_task(self):
+        """Blink patterns, lock-motor and buzzer pulses, the clock's wrap bookkeeping."""
+        while True:
+            self.clock_us()
+            now = time.ticks_ms()
+            self.lock.poll()
+            self.buzzer.poll()
+            self._pixels.tick(now)
+            await asyncio.sleep_ms(50)
+
+    async def _meter_task(self):
+        from modbus_rtu import ModbusError
+
+        while True:
+            try:
+                await self.meter.poll()
+            except (OSError, ModbusError):
+                pass  # meter.read() goes stale and raises: the application reports it
+            await asyncio.sleep_ms(1000)

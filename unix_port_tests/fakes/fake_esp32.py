@@ -1,0 +1,1 @@
+# Fake `esp32` (the board uses machine.Counter first; nothing else from here).

@@ -1,0 +1,189 @@
+# boards/esp32_evplus against fake machine/esp32/network/neopixel modules (fakes/).
+import sys
+
+_FAKES = (__file__.rpartition("/")[0] or ".") + "/fakes"
+if _FAKES not in sys.path:
+    sys.path.append(_FAKES)
+from boardload import Loaded  # noqa: E402
+from check import assert_no_alloc, eq, true  # noqa: E402
+
+_ENV = {"EVSE_DATA_DIR": "/tmp/evplus_esp32_test", "EVSE_SERIAL": "EVPLUS-00042"}
+
+
+def _make():
+    ld = Loaded("esp32_evplus")
+    ld.__enter__()
+    try:
+        hw = ld.board.make(_ENV)
+    except Exception:
+        ld.__exit__()
+        raise
+    return ld, hw
+
+
+def _pwm_on(m, gpio):
+    for what, args in m.log:
+        if what == "pwm" and args[0] == gpio:
+            return args
+    return None
+
+
+def test_cp_pwm_1khz_and_duty():
+    ld, hw = _make()
+    try:
+        pins = sys.modules["pins"]
+        eq(_pwm_on(ld.machine, pins.CP_PWM)[1], 1000, "CP frequency")
+        pwm = hw._cp_out._pwm
+        eq(pwm.duty, 65535, "power-on CP is static +12 V")
+        hw.cp.pwm(266)  # 16 A -> 26.6 %
+        eq(pwm.duty, 266 * 65535 // 1000, "duty_u16 for 16 A")
+        true(abs(pwm.duty / 65535 - 0.266) < 0.0001, "26.6 %")
+        hw.cp.pwm(267)
+        true(pwm.duty - 266 * 65535 // 1000 >= 65, "1 per mille is >= 65 counts")
+        hw.cp.low()
+        eq((pwm.duty, hw.cp.duty_pm), (0, -2), "state F")
+        hw.cp.high()
+        eq((pwm.duty, hw.cp.duty_pm), (65535, -1), "x1")
+        assert_no_alloc(hw.cp.pwm, 100)
+        assert_no_alloc(hw.cp.high)
+    finally:
+        ld.__exit__()
+
+
+def test_cp_adc_plateaus():
+    ld, hw = _make()
+    try:
+        # a 10 % PWM seen by the burst: mostly the low plateau, some high readings
+        hw.cp_adc.adc.seq = [2_950_000] * 5 + [250_000] * 43
+        assert_no_alloc(hw.cp_adc.sample)
+        eq(hw.cp_adc.hi_mv, (2950 - 1600) * 8889 // 1000, "hi plateau")
+        eq(hw.cp_adc.lo_mv, (250 - 1600) * 8889 // 1000, "lo plateau")
+        true(11500 < hw.cp_adc.hi_mv < 12500 and -12500 < hw.cp_adc.lo_mv < -11500, "+-12 V")
+    finally:
+        ld.__exit__()
+
+
+def test_rcd_irq_wiring_and_isr_opens_relays_without_alloc():
+    ld, hw = _make()
+    try:
+        pins = sys.modules["pins"]
+        p = ld.machine.pins[pins.RCD_FAULT]
+        handler, trigger, kw = p.irq_args
+        eq(trigger, ld.machine.Pin.IRQ_RISING, "trigger")
+        eq(kw, {}, "no hard= on ESP32 (TypeError there)")
+        seen = []
+        seen.append(0)
+
+        def app_cb():
+            seen[0] += 1  # no allocation: item assignment of a small int
+
+        hw.rcd.set_handler(app_cb)
+        hw.relays.close()
+        r1 = ld.machine.pins[pins.RELAY1]
+        r2 = ld.machine.pins[pins.RELAY2]
+        eq((r1.level, r2.level, hw.relays.closed), (1, 1, True), "closed")
+        assert_no_alloc(handler, p)
+        eq((r1.level, r2.level, hw.relays.closed), (0, 0, False), "opened by the ISR")
+        eq((hw.rcd.trips, seen[0]), (1, 1), "counted and handler called")
+    finally:
+        ld.__exit__()
+
+
+def test_pin_directions():
+    ld, hw = _make()
+    try:
+        pins = sys.modules["pins"]
+        P = ld.machine.Pin
+        m = ld.machine.pins
+        for gpio in (pins.RELAY1, pins.RELAY2, pins.RFID_CS, pins.CAN_CS, pins.RFID_RST,
+                     pins.SR_LATCH, pins.RS485_DE):
+            eq(m[gpio].mode, P.OUT, "GPIO%d mode" % gpio)
+        for gpio in (pins.RELAY1_FB, pins.RELAY2_FB, pins.LOCK_FB, pins.RCD_FAULT,
+                     pins.FAN_TACH, pins.BUTTON):
+            eq(m[gpio].mode, P.IN, "GPIO%d mode" % gpio)
+        eq(m[pins.BUTTON].pull, P.PULL_UP, "button pull-up")
+        eq((m[pins.RELAY1].level, m[pins.RELAY2].level), (0, 0), "relays open at boot")
+        eq(m[pins.RFID_CS].level, 1, "CS idle high")
+        # relay feedback: aux contact to GND
+        m[pins.RELAY1_FB].level = 0
+        m[pins.RELAY2_FB].level = 1
+        eq((hw.relays.feedback(1), hw.relays.feedback(2)), (True, False), "feedback")
+    finally:
+        ld.__exit__()
+
+
+def test_shift_register_outputs_and_tasks():
+    ld, hw = _make()
+    try:
+        pins = sys.modules["pins"]
+        hw.rcd.test(True)
+        eq(hw.shift.get(pins.SR_RCD_TEST), 1, "RCD test output")
+        hw.rcd.test(False)
+        hw.tap_light.set(True)
+        eq(hw.shift.get(pins.SR_TAP_LIGHT), 1, "tap light")
+        hw.buzzer.beep(1)
+        eq(hw.shift.get(pins.SR_BUZZER), 1, "buzzer on")
+        import time
+
+        time.sleep_ms(3)
+        hw.buzzer.poll()
+        eq(hw.shift.get(pins.SR_BUZZER), 0, "buzzer off after its time")
+        hw.lock.engage()
+        eq((hw.shift.get(pins.SR_LOCK_A), hw.shift.get(pins.SR_LOCK_B)), (1, 0), "lock drive")
+        eq(hw.tasks(None)[0][0], "board_io", "board task")
+    finally:
+        ld.__exit__()
+
+
+def test_fan_belt_display_wlan_can_misc():
+    ld, hw = _make()
+    try:
+        pins = sys.modules["pins"]
+        eq(_pwm_on(ld.machine, pins.FAN_PWM)[1], 25000, "fan PWM frequency")
+        hw.fan.run(True)
+        eq(hw._fan_out._pwm.duty, 65535, "fan full on")
+        hw.belt.set("green", "steady")
+        hw.leds.set("fault", "red", "fast")
+        hw._pixels.tick(0)
+        np = hw._pixels._np
+        eq(np.px[0], (0, 64, 0), "belt green")
+        eq(np.px[pins.BELT_LEDS + 3], (64, 0, 0), "fault LED red")
+        hw.display.show("16A")
+        eq(hw.display.text, "16A", "display")
+        w = ld.network.interfaces[ld.network.AP_IF]
+        eq((w.is_active, w.cfg["ssid"], w.ifcfg[0]), (True, "ACPILE_42", "192.168.1.1"), "AP")
+        hw.wlan.set_mode("client")
+        hw.wlan.connect("home", "pw")
+        eq(hw.wlan.isconnected(), True, "STA connected")
+        eq(hw.wlan.scan(), [("home", -60, 3)], "scan")
+        eq(hw.can.recv(), None, "no MCP2515 answering: silent bus")
+        eq(hw.http_addr, ("0.0.0.0", 80), "http")
+        hw.wdt.start(8000)
+        hw.wdt.feed()
+        eq(hw.wdt._wdt.feeds, 1, "wdt fed")
+        a = hw.clock_us()
+        b = hw.clock_us()
+        true(b >= a >= 0, "clock monotonic")
+        assert_no_alloc(hw.clock_us)
+        eq(hw.rs485[0].readinto(bytearray(4)), 0, "rs485 readinto gives 0, not None")
+        hw.reset()
+        eq(ld.machine.log[-1], ("reset", None), "machine.reset")
+    finally:
+        ld.__exit__()
+
+
+def test_ntc_beta_and_pp():
+    ld, hw = _make()
+    try:
+        parts = sys.modules["evp_parts"]
+        true(abs(parts.ntc_c(10000) - 25.0) < 0.01, "10k at 25 C")
+        true(abs(parts.ntc_c(3588) - 50.0) < 1.0, "B3950 at 50 C")
+        hw.temps._read = (lambda: 1650, lambda: 3299, lambda: 0)
+        hw.temps.read()
+        true(abs(hw.temps.relay_c - 25.0) < 0.2, "mid-scale is 25 C")
+        eq((hw.temps.socket_c, hw.temps.env_c), (None, None), "open and shorted sensors")
+        pp = parts.PpAdc(lambda: 3300 * 680 // 1680)
+        true(abs(pp.read_ohm() - 680) < 3, "680 ohm (20 A cable)")
+        eq(parts.PpAdc(lambda: 3290).read_ohm(), -1, "no cable")
+    finally:
+        ld.__exit__()

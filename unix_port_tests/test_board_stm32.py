@@ -1,0 +1,132 @@
+# boards/stm32_evplus against fake machine/pyb/neopixel modules (fakes/).
+import sys
+
+_FAKES = (__file__.rpartition("/")[0] or ".") + "/fakes"
+if _FAKES not in sys.path:
+    sys.path.append(_FAKES)
+from boardload import Loaded  # noqa: E402
+from check import assert_no_alloc, eq, true  # noqa: E402
+
+_ENV = {"EVSE_DATA_DIR": "/tmp/evplus_stm32_test", "EVSE_SERIAL": "EVPLUS-00017"}
+
+
+def _make():
+    ld = Loaded("stm32_evplus")
+    ld.__enter__()
+    try:
+        hw = ld.board.make(_ENV)
+    except Exception:
+        ld.__exit__()
+        raise
+    return ld, hw
+
+
+def test_cp_timer_1khz_counts_and_duty():
+    ld, hw = _make()
+    try:
+        tim = ld.pyb.timers[1]
+        eq(tim.freq_hz, 1000, "TIM1 frequency")
+        ch = tim.channels[1]
+        eq(ch.mode, ld.pyb.Timer.PWM, "CH1 PWM")
+        eq(ch.pin.name, "A8", "CH1 pin")
+        n = tim.period() + 1
+        true(n >= 10000, "enough counts for 0.1 A steps (%d)" % n)
+        eq(ch.pw, n, "power-on CP is static +12 V")
+        hw.cp.pwm(266)  # 16 A -> 26.6 %
+        eq(ch.pw, 266 * n // 1000, "pulse for 16 A")
+        true(abs(ch.pw / n - 0.266) < 0.0001, "26.6 %")
+        smp = tim.channels[2]
+        eq(smp.mode, ld.pyb.Timer.OC_TIMING, "CH2 sampling compare")
+        true(ch.pw < smp.cmp < n, "low-plateau sample inside the low part")
+        hw.cp.low()
+        eq((ch.pw, hw.cp.duty_pm), (0, -2), "state F")
+        assert_no_alloc(hw.cp.pwm, 100)
+        assert_no_alloc(hw.cp.high)
+        eq(ch.pw, n, "x1")
+    finally:
+        ld.__exit__()
+
+
+def test_cp_sampling_irqs_in_step():
+    ld, hw = _make()
+    try:
+        tim = ld.pyb.timers[1]
+        adc = hw.cp_adc
+        true(tim.cb is not None, "update IRQ wired")
+        true(tim.channels[2].cb is not None, "CH2 compare IRQ wired")
+        adc_obj = hw._cp_adc_dev
+        adc_obj.raw = 3660  # 2.95 V: +12 V on the pilot
+        assert_no_alloc(tim.cb, tim)
+        adc_obj.raw = 310  # 0.25 V: -12 V
+        assert_no_alloc(tim.channels[2].cb, tim)
+        assert_no_alloc(adc.sample)
+        true(11500 < adc.hi_mv < 12500, "hi plateau %d" % adc.hi_mv)
+        true(-12500 < adc.lo_mv < -11500, "lo plateau %d" % adc.lo_mv)
+    finally:
+        ld.__exit__()
+
+
+def test_rcd_hard_irq_opens_relays_without_alloc():
+    ld, hw = _make()
+    try:
+        pins = sys.modules["pins"]
+        p = ld.machine.pins[pins.RCD_FAULT]
+        handler, trigger, kw = p.irq_args
+        eq(trigger, ld.machine.Pin.IRQ_RISING, "trigger")
+        eq(kw, {"hard": True}, "hard IRQ on STM32")
+        hw.relays.close()
+        assert_no_alloc(handler, p)
+        r1 = ld.machine.pins[pins.RELAY1]
+        r2 = ld.machine.pins[pins.RELAY2]
+        eq((r1.level, r2.level, hw.relays.closed), (0, 0, False), "opened by the ISR")
+        eq(hw.rcd.trips, 1, "counted")
+        hw.rcd.test(True)
+        eq(ld.machine.pins[pins.RCD_TEST].level, 1, "test output")
+    finally:
+        ld.__exit__()
+
+
+def test_pin_directions_and_tach():
+    ld, hw = _make()
+    try:
+        pins = sys.modules["pins"]
+        P = ld.machine.Pin
+        m = ld.machine.pins
+        for name in (pins.RELAY1, pins.RELAY2, pins.LOCK_A, pins.LOCK_B, pins.RCD_TEST,
+                     pins.TAP_LIGHT, pins.BUZZER, pins.RFID_CS, pins.RFID_RST, pins.RS485_DE):
+            eq(m[name].mode, P.OUT, "%s mode" % name)
+        for name in (pins.RELAY1_FB, pins.RELAY2_FB, pins.LOCK_FB, pins.RCD_FAULT, pins.PE_OK,
+                     pins.FAN_TACH, pins.BUTTON):
+            eq(m[name].mode, P.IN, "%s mode" % name)
+        tach = m[pins.FAN_TACH]
+        eq(tach.irq_args[2], {"hard": True}, "tach counts in a hard IRQ")
+        for _ in range(10):
+            assert_no_alloc(tach.irq_args[0], tach)
+        eq(hw._tach.count(), 10, "tach pulses")
+        eq(ld.pyb.timers[2].freq_hz, 25000, "fan PWM 25 kHz")
+        hw.fan.run(True)
+        eq(ld.pyb.timers[2].channels[2].pct, 100, "fan on")
+    finally:
+        ld.__exit__()
+
+
+def test_can_contract_and_misc():
+    ld, hw = _make()
+    try:
+        dev = hw.can.dev
+        mode, kw = dev.init_args
+        eq(42_000_000 // (kw["prescaler"] * (1 + kw["bs1"] + kw["bs2"])), 125000, "bit rate")
+        hw.can.send(0x123, b"\x01\x02")
+        eq(dev.sent, [(0x123, b"\x01\x02")], "sent")
+        eq(hw.can.recv(), None, "nothing waiting")
+        dev.rx.append((0x456, False, False, 0, b"\x09"))
+        eq(hw.can.recv(), (0x456, b"\x09"), "received")
+        eq(hw.wlan.ap_ssid, "ACPILE_17", "AP SSID")
+        eq(hw.http_addr, ("0.0.0.0", 80), "http")
+        eq(hw.data_dir, "/tmp/evplus_stm32_test", "data dir")
+        hw.display.show("READY")
+        eq(hw.display.text, "READY", "display")
+        hw.reset()
+        eq(ld.machine.log[-1], ("reset", None), "machine.reset")
+    finally:
+        ld.__exit__()

@@ -1,0 +1,106 @@
+# ota/ab_boot on the unix port: header checks, archive walking, boot-time slot choice over
+# every state a power cut can leave (seeded by hand, as in test_atomicfile).
+import os
+import json
+import struct
+import time
+from check import eq, true, raises
+from crc import crc32
+import ab_boot
+from evse import ota
+
+
+def _tmpdir():
+    d = "%s/evse_ota_%d_%d" % (os.getenv("TMPDIR") or "/tmp", time.ticks_us(), os.urandom(1)[0])
+    os.mkdir(d)
+    return d
+
+
+def _field(s):
+    b = s.encode()
+    return b + b"\0" * (16 - len(b))
+
+
+def _header(model="EVPLUS", board="unix_sim", version="1.2.3", length=2, kind=1):
+    h = b"EVPB" + struct.pack("<BBH", 1, kind, 64) + _field(model) + _field(board)
+    h += _field(version) + struct.pack("<I", length)
+    return h + struct.pack("<I", crc32(h))
+
+
+def _archive(files):
+    out = b""
+    for p, data in files:
+        out += struct.pack("<H", len(p)) + p.encode() + struct.pack("<I", len(data)) + data
+    return out + struct.pack("<H", 0)
+
+
+def test_header_ok_and_rejections():
+    info = ota.parse_header(_header(), "EVPLUS", "unix_sim")
+    eq(info["version"], "1.2.3")
+    eq(info["kind"], "firmware")
+    for bad in (
+        _header(model="OTHER"),
+        _header(board="esp32_evplus"),
+        b"XXXX" + _header()[4:],
+        _header()[:63] + b"\0",
+        _header()[:40],
+    ):
+        e = raises(ota.OtaError, ota.parse_header, bad, "EVPLUS", "unix_sim")
+        eq(e.code, ota.E_FILE)
+    # a language pack for any board
+    eq(ota.parse_header(_header(board="*", kind=2), "EVPLUS", "unix_sim")["kind"], "language")
+
+
+def test_safe_paths():
+    for p in ("evse/app.mpy", "lib/board.mpy", "lang/it.json"):
+        true(ota.safe_path(p), p)
+    for p in ("", "/etc/passwd", "../x", "evse/../x", "a//b", ".hidden", "a b", "x" * 200):
+        true(not ota.safe_path(p), p)
+
+
+def test_records_walk_and_reject():
+    d = _tmpdir()
+    payload = _archive([("evse/app.mpy", b"abc"), ("lib/x.mpy", b"")])
+    p = d + "/f.bin"
+    with open(p, "wb") as f:
+        f.write(_header(length=len(payload)) + payload)
+    with open(p, "rb") as f:
+        eq([r for r in ota.records(f, len(payload), bytearray(16))],
+           [("evse/app.mpy", 3), ("lib/x.mpy", 0)])
+    bad = _archive([("../evil", b"abc")])
+    with open(p, "wb") as f:
+        f.write(_header(length=len(bad)) + bad)
+    with open(p, "rb") as f:
+        raises(ota.OtaError, list, ota.records(f, len(bad), bytearray(16)))
+
+
+def _slot(d, name, version):
+    sd = d + "/fw/" + name
+    ota._mkdirs(sd)
+    with open(sd + "/slot.json", "w") as f:
+        f.write(json.dumps({"complete": True, "version": version}))
+
+
+def test_ab_boot_states():
+    d = _tmpdir()
+    eq(ab_boot.decide(d)["active"], "factory")  # nothing yet
+    _slot(d, "a", "2.0")
+    ab_boot.save(d, {"active": "a", "previous": "factory", "trial": True, "tries": 0,
+                     "version": "2.0"})
+    st = ab_boot.decide(d)  # first boot of the new version: counted
+    eq((st["active"], st["tries"]), ("a", 1))
+    st = ab_boot.decide(d)  # it never said healthy: back to the factory tree
+    eq((st["active"], st["rolled_back"], st["trial"]), ("factory", "2.0", False))
+    # a torn boot.json: the .bak is used
+    ab_boot.save(d, {"active": "a", "previous": "factory", "trial": False, "tries": 0})
+    ab_boot.save(d, {"active": "a", "previous": "factory", "trial": False, "tries": 0})
+    with open(d + "/boot.json", "w") as f:
+        f.write('{"active": "a", "prev')
+    eq(ab_boot.decide(d)["active"], "a")
+    # the active slot lost its slot.json (cut while it was rewritten): previous, or factory
+    os.remove(d + "/fw/a/slot.json")
+    ab_boot.save(d, {"active": "a", "previous": "b", "trial": False, "tries": 0})
+    eq(ab_boot.decide(d)["active"], "factory")
+    _slot(d, "b", "1.5")
+    ab_boot.save(d, {"active": "a", "previous": "b", "trial": False, "tries": 0})
+    eq(ab_boot.decide(d)["active"], "b")
