@@ -43,7 +43,6 @@ import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
-import pytest
 import websockets
 from harness import Charger
 from ocpp.charge_point import camel_to_snake_case, snake_to_camel_case
@@ -551,9 +550,19 @@ def firmware_heap(data_kb=128):
     return _HEAP
 
 
-# ---- pytest fixtures (import them into a test module: `from csms import cs, ocpp`) ----------
-@pytest.fixture
-def cs():
+# ---- bodies of the test fixtures --------------------------------------------------------
+# A test module defines its fixtures with them:
+#
+#     @pytest.fixture
+#     def cs():
+#         yield from csms.running_central_system()
+#
+#     @pytest.fixture
+#     def ocpp(request, tmp_path, cs):
+#         yield from csms.ocpp_chargers(request, tmp_path, cs)
+
+
+def running_central_system():
     """A central system on a free port, closed after the test."""
     c = CentralSystem()
     c.start()
@@ -561,8 +570,7 @@ def cs():
     c.close()
 
 
-@pytest.fixture
-def ocpp(request, tmp_path, cs):
+def ocpp_chargers(request, tmp_path, cs):
     """Factory: ocpp(cp_id="CP1", settings=None, config=None, cards=None, files=None,
     wait_boot=True, url=None, env=None, central=None) starts a firmware process pointed at
     the central system, its data directory pre-seeded as an installer would:

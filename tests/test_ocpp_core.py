@@ -6,9 +6,20 @@ diagnostics and firmware requests."""
 import json
 import time
 
+import csms
+import pytest
 from csms import wait_status
 
-pytest_plugins = ["csms"]  # the fixtures cs and ocpp
+
+@pytest.fixture
+def cs():
+    yield from csms.running_central_system()
+
+
+@pytest.fixture
+def ocpp(request, tmp_path, cs):
+    yield from csms.ocpp_chargers(request, tmp_path, cs)
+
 
 A = "04A1B2C3"  # learned card
 B = "04D5E6F7"  # refused by the central system

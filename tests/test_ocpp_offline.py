@@ -6,7 +6,19 @@ offline (local list, cache, LocalAuthorizeOffline, AllowOfflineTxForUnknownId)."
 import re
 import time
 
-pytest_plugins = ["csms"]  # the fixtures cs and ocpp
+import csms
+import pytest
+
+
+@pytest.fixture
+def cs():
+    yield from csms.running_central_system()
+
+
+@pytest.fixture
+def ocpp(request, tmp_path, cs):
+    yield from csms.ocpp_chargers(request, tmp_path, cs)
+
 
 A = "04A1B2C3"  # learned card
 CACHED = "0A0A0A01"  # accepted by the central system: cached

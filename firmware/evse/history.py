@@ -66,63 +66,53 @@ class History:
         )
 
     def session_ended(self, s):
-        rec = {
-            "start": _iso(s.start_s),
-            "end": _iso(s.end_s),
-            "start_mode": s.start_mode,
-            "stop_mode": s.stop_mode,
-            "energy_kwh": round(s.energy_wh / 1000, 3),
-            "id": s.id_tag,
-        }
-        seq = self.sessions.append(json.dumps(rec).encode())
-        rec["no"] = seq
-        try:
-            import os
-
-            os.remove(self._open_path)
-        except OSError:
-            pass
-        for fn in self.listeners:
-            fn("session", rec)
-        return rec
+        return self._close(
+            {
+                "start": _iso(s.start_s),
+                "end": _iso(s.end_s),
+                "start_mode": s.start_mode,
+                "stop_mode": s.stop_mode,
+                "energy_kwh": round(s.energy_wh / 1000, 3),
+                "id": s.id_tag,
+            }
+        )
 
     def recover_open_session(self, now_s):
         """A session still open at boot was cut by a power loss: close and record it."""
         data = atomicfile.load_json(self._open_path, lambda: None, _log.error)
         if not isinstance(data, dict):
             return None
-        rec = {
-            "start": _iso(data.get("start_s")),
-            "end": _iso(now_s),
-            "start_mode": data.get("start_mode"),
-            "stop_mode": "PowerLoss",
-            "energy_kwh": round((data.get("energy_wh") or 0) / 1000, 3),
-            "id": data.get("id_tag"),
-        }
-        seq = self.sessions.append(json.dumps(rec).encode())
-        rec["no"] = seq
-        rec["tx_id"] = data.get("tx_id")
+        rec = self._close(
+            {
+                "start": _iso(data.get("start_s")),
+                "end": _iso(now_s),
+                "start_mode": data.get("start_mode"),
+                "stop_mode": "PowerLoss",
+                "energy_kwh": round((data.get("energy_wh") or 0) / 1000, 3),
+                "id": data.get("id_tag"),
+            },
+            tx_id=data.get("tx_id"),
+        )
+        _log.warning("session cut by a power loss recorded as No. %d", rec["no"])
+        return rec
+
+    def _close(self, rec, tx_id=None):
+        """Appends a finished session, forgets the open one, tells the listeners."""
+        rec["no"] = self.sessions.append(json.dumps(rec).encode())
+        if tx_id is not None:
+            rec["tx_id"] = tx_id
         try:
             import os
 
             os.remove(self._open_path)
         except OSError:
             pass
-        _log.warning("session cut by a power loss recorded as No. %d", seq)
         for fn in self.listeners:
             fn("session", rec)
         return rec
 
     def session_list(self, limit=50):
-        out = []
-        for seq, payload in self.sessions.records(True, limit):
-            try:
-                rec = json.loads(payload)
-            except ValueError:
-                continue
-            rec["no"] = seq
-            out.append(rec)
-        return out
+        return _list(self.sessions, limit)
 
     # ---- faults ---------------------------------------------------------------------------
     def add_fault(self, code, values, now_s=None):
@@ -142,17 +132,20 @@ class History:
             fn("fault_cleared", {"code": code})
 
     def fault_list(self, limit=50):
-        out = []
-        for seq, payload in self.faults.records(True, limit):
-            try:
-                rec = json.loads(payload)
-            except ValueError:
-                continue
-            rec["no"] = seq
-            out.append(rec)
-        return out
+        return _list(self.faults, limit)
 
 
+def _list(records, limit):
+    """The newest records of a log as dicts with their number; unreadable ones skipped."""
+    out = []
+    for seq, payload in records.records(True, limit):
+        try:
+            rec = json.loads(payload)
+        except ValueError:
+            continue
+        rec["no"] = seq
+        out.append(rec)
+    return out
 
 def iso(epoch_s):
     return _iso(epoch_s)
