@@ -11,7 +11,7 @@ PYTEST_ARGS ?= -n 3
 RUN_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: help setup test test-unix test-host run build deploy bench lint clean distclean
+.PHONY: help setup test test-unix test-host run build deploy ota bench lint clean distclean
 
 help:
 	@echo "make run                        start the simulated charger (web app http://127.0.0.1:8080, simulator 127.0.0.1:8090)"
@@ -48,6 +48,9 @@ run: setup
 
 build: setup
 	$(PY) tools/build.py --board $(BOARD)
+
+ota: build
+	$(PY) tools/mkbin.py firmware --board $(BOARD) -o build/EVPLUS_$(BOARD).bin
 
 deploy: build
 	@test -n "$(PORT)" || { echo "make deploy: set PORT, e.g. PORT=/dev/ttyUSB0" >&2; exit 2; }

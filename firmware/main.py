@@ -40,6 +40,10 @@ def _setup_path():
         for p in (here, here + "/lib"):
             if p not in sys.path:
                 sys.path.append(p)
+        # A/B upgrades (docs/ota.md): the chosen slot's tree goes first on sys.path.
+        import ab_boot
+
+        ab_boot.select(os.getenv("EVSE_DATA_DIR") if hasattr(os, "getenv") else None)
 
 
 def _env():

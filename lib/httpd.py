@@ -188,6 +188,7 @@ class Request:
         self.params = params
         self.content_length = self.left = length
         self.remote = c.peer
+        self.body_timeout_ms = srv.body_timeout_ms  # a handler may lengthen its own
 
     @property
     def cookies(self):
@@ -218,7 +219,7 @@ class Request:
             c.lo += k
         else:
             mv = memoryview(buf)[:n]
-            srv._arm(c, srv.body_timeout_ms)
+            srv._arm(c, self.body_timeout_ms)
             k = None
             while k is None:
                 try:

@@ -12,6 +12,7 @@ from evse.web_auth import COOKIE, IDLE_MS, WebAuth
 
 _BODY = 4096
 _READ_WAIT_MS = 20000  # POST /api/cards/read waits this long for a card
+_UPGRADE_MAX = 4 << 20  # a .bin: the compiled tree is ~0.3 MB
 
 
 class Api:
@@ -255,6 +256,21 @@ class Api:
             return Response({"error": "invalid network settings", "fields": fields}, 400)
         return {"ok": True, "ssid": changes["wifi_ssid"], "mode": self.app.settings["wifi_mode"]}
 
+    # ---- upgrades (manual §12-13, docs/ota.md) ------------------------------------------
+    async def upgrade(self, req):
+        from evse import ota
+
+        return await ota.http_upgrade(self, req)
+
+    async def upgrade_status(self, req):
+        self._need_session(req)
+        return self.app.ota.view()
+
+    async def lang_file(self, req):
+        from evse import ota
+
+        return await ota.http_lang(self, req)
+
     def routes(self):
         return [
             ("GET", "/api/status", self.status),
@@ -277,6 +293,9 @@ class Api:
             ("POST", "/api/cards/read", self.card_read),
             ("PUT", "/api/cards/<slot>", self.card_put),
             ("DELETE", "/api/cards/<slot>", self.card_delete),
+            ("POST", "/api/upgrade", self.upgrade, _UPGRADE_MAX),
+            ("GET", "/api/upgrade", self.upgrade_status),
+            ("GET", "/lang/<file>", self.lang_file),
         ]
 
 

@@ -82,6 +82,9 @@ class App:
         self.http = None
         self.api = None
         self.www_dir = _www_dir()
+        from evse.ota import Ota
+
+        self.ota = Ota(self)
 
     # ---- events --------------------------------------------------------------------------
     def _on_charger(self, event, ch, *rest):
@@ -169,6 +172,7 @@ class App:
         sup.add("rfid", self.rfid.run)
         sup.add("wifi", self.wifi.run)
         sup.add("http", self._http_task)
+        sup.add("ota", self.ota.run)
         for name, fn in self.hw.tasks(self):
             sup.add(name, fn)
         gc.collect()
