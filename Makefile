@@ -19,6 +19,7 @@ help:
 	@echo "make test                       unix-port tests, then the host-side pytest suite"
 	@echo "make build BOARD=unix_sim       compile into build/BOARD/ (also esp32_evplus, stm32_evplus)"
 	@echo "make deploy BOARD=... PORT=...  copy build/BOARD/ to a board with mpremote and reset it"
+	@echo "make ota BOARD=...              build the upgrade file build/EVPLUS_BOARD.bin and print its MD5"
 	@echo "make bench                      boot time and heap after boot -> build/bench.json"
 	@echo "make lint                       ruff on tests/ and tools/"
 	@echo "make clean | distclean          remove build output and caches | also .venv/ and data/"

@@ -280,3 +280,30 @@ def test_trip_path_on_the_simulated_board_allocates_nothing():
     true(not hw.relays.closed, "relays open")
     eq(hw.cp.duty_pm, -2, "state F")
     assert_no_alloc(ch.emergency_stop)
+
+
+def test_session_power_samples_stay_bounded():
+    from evse.charger import SESSION_SAMPLES, Session
+
+    s = Session("X", "RFID", 0, 0.0)
+    for i in range(1000):
+        s.add_power_sample(7400.0)
+    true(len(s.power_dkw) < SESSION_SAMPLES, "bounded")
+    eq(set(s.power_dkw), {74})
+    true(s.sample_s >= 60 * 16, "interval doubled as samples were merged")
+
+
+def test_it_power_system_skips_the_neutral_earth_check():
+    """IT supply: no neutral to compare with earth, so only PE continuity counts."""
+    r = Rig(power_system="IT")
+    r.hw.pe.n_pe_v = 120.0
+    r.run(2000)
+    true(not r.ch.active & faults.PE, "no PE fault in IT for N-PE voltage")
+    r2 = Rig(power_system="TN_TT")
+    r2.hw.pe.n_pe_v = 120.0
+    r2.run(2000)
+    true(r2.ch.latched & faults.PE, "TN/TT: neutral-earth voltage is an earth fault")
+    r3 = Rig(power_system="IT")
+    r3.hw.pe.continuity = False
+    r3.run(500)
+    true(r3.ch.latched & faults.PE, "IT: lost continuity still trips")

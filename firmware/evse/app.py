@@ -250,6 +250,7 @@ class App:
             "socket_c": t.socket_c,
             "env_c": t.env_c,
             "cp_v": round(ch.hi_mv / 1000, 2),
+            "phase_rotation": "RST" if m.rotation_ok else "wrong",
             "fan": "Run" if hw.fan.running else "Stop",
             "wifi_mode": self.settings["wifi_mode"],
             "language": self.settings["language"],

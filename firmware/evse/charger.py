@@ -23,6 +23,8 @@ _SELFTEST_MS = const(500)  # RCD test input -> fault line within 500 ms, and bac
 _PP_HOLD_MS = const(300)  # PP out of window this long -> ERR PP
 _CLOSE_CHECK_MS = const(1000)  # aux contacts must follow the coil within 1 s
 
+SESSION_SAMPLES = 48  # power samples kept per session record (history chart)
+
 # Session start/stop modes as the history shows them.
 START_MODES = ("RFID", "Free", "OCPP", "App")
 
@@ -50,6 +52,17 @@ class Session:
         self.end_s = None
         self.charged = False  # relays closed at least once
         self.tx_id = None  # set by OCPP
+        # Power over the session for the history chart: one sample per `sample_s`, in
+        # 0.1 kW; when full, pairs are averaged and the interval doubles (bounded).
+        self.power_dkw = []
+        self.sample_s = 60
+
+    def add_power_sample(self, power_w):
+        p = self.power_dkw
+        p.append(int(power_w / 100 + 0.5))
+        if len(p) >= SESSION_SAMPLES:
+            self.power_dkw = [(p[i] + p[i + 1] + 1) // 2 for i in range(0, len(p) - 1, 2)]
+            self.sample_s *= 2
 
     def as_dict(self):
         return {

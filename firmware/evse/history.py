@@ -62,6 +62,8 @@ class History:
                 "start_s": s.start_s,
                 "energy_wh": s.energy_wh,
                 "tx_id": s.tx_id,
+                "power_dkw": s.power_dkw,
+                "sample_s": s.sample_s,
             },
         )
 
@@ -74,6 +76,9 @@ class History:
                 "stop_mode": s.stop_mode,
                 "energy_kwh": round(s.energy_wh / 1000, 3),
                 "id": s.id_tag,
+                # power over the session, 0.1 kW every `sample_s` (the history chart)
+                "power_dkw": s.power_dkw,
+                "sample_s": s.sample_s,
             }
         )
 
@@ -90,6 +95,8 @@ class History:
                 "stop_mode": "PowerLoss",
                 "energy_kwh": round((data.get("energy_wh") or 0) / 1000, 3),
                 "id": data.get("id_tag"),
+                "power_dkw": data.get("power_dkw") or [],
+                "sample_s": data.get("sample_s") or 60,
             },
             tx_id=data.get("tx_id"),
         )

@@ -18,7 +18,9 @@ class Metering:
         self.hz = 0.0
         self.power_w = 0.0
         self.energy_wh = 0.0
+        self.rotation_ok = True
         self._progress_ms = 0
+        self._sample_ms = 0
 
     def read(self, now_ms):
         m = self.hw.meter
@@ -36,6 +38,9 @@ class Metering:
             self.hz = m.hz
             self.power_w = m.power_w
             self.energy_wh = m.energy_wh
+            # Phase sequence is information (OCPP ConnectorPhaseRotation), not a fault:
+            # a vehicle's on-board charger does not care about the rotation.
+            self.rotation_ok = m.rotation_ok
             self.prot.readings = {"volts": self.volts, "amps": self.amps}
             self._account(now_ms)
         self.prot.on_meter(now_ms, ok)
@@ -49,6 +54,9 @@ class Metering:
             s.start_wh = self.energy_wh - s.energy_wh
             used = s.energy_wh
         s.energy_wh = used
+        if time.ticks_diff(now_ms, self._sample_ms) >= s.sample_s * 1000:
+            self._sample_ms = now_ms
+            s.add_power_sample(self.power_w)
         if time.ticks_diff(now_ms, self._progress_ms) >= 60000:
             self._progress_ms = now_ms
             self.history.session_progress(s)
