@@ -241,12 +241,14 @@ def check_state_page(t, c, L, code):
     # A charge: the page follows it without a reload.
     c.sim("cable", pp_ohms=220)
     c.sim("ev", state="B", diode=True, max_a=16)
+    c.wait_for(lambda s: s["session"]["active"] and s["pwm_duty_pct"])
     c.sim("ev", state="C", diode=True, max_a=16)
     expect(table.locator('[data-k="state"]')).to_have_text(L["s.Charging"])
     expect(table.locator('[data-k="output_a"]')).to_have_text(re.compile(r"^16[.,]00 / "))
     c.sim("temp", relay_c=41)
     expect(table.locator('[data-k="relay_c"]')).to_have_text("41 °C")
     c.wait_for(lambda s: s["session"]["energy_kwh"] > 0)
+    time.sleep(3)  # a few meter reads: the session's first power sample (History's chart)
     t.shot(f"{code}-state")
     c.sim("ev", state="A")
     c.sim("temp", relay_c=25)
@@ -441,6 +443,17 @@ def check_history(t, c, L, code):
     expect(cells.nth(5)).to_have_text(re.compile(r"^0[.,]\d{3} kWh$"))
     expect(t.section.locator("#hist-chart svg rect")).to_have_count(1)
     expect(t.section.locator("figcaption")).to_have_text(L["hist.chart"])
+    # The session's power over time (check_state_page's charge), drawn in its row.
+    rec = c.http("GET", "/api/history").body["sessions"][0]
+    assert rec["power_dkw"] and rec["sample_s"] > 0, rec
+    spark = cells.nth(7).locator("svg")
+    expect(spark).to_have_count(1)
+    peak = max(rec["power_dkw"]) / 10
+    expect(spark).to_have_attribute("aria-label", re.compile(
+        re.escape(L["hist.spark"].split("{")[0]) + ".*" + f"{peak:.1f}".replace(".", "[.,]")))
+    expect(spark.locator("polyline")).to_have_count(1)
+    assert len(spark.locator("polyline").get_attribute("points").split()) >= 2
+    expect(spark.locator("text")).to_have_text(re.compile(f"^{peak:.1f}".replace(".", "[.,]") + " kW$"))
     csv_link = t.section.get_by_role("link", name=L["hist.csv"])
     assert csv_link.get_attribute("href") == "/api/history.csv"
     csv = t.page.request.get(t.base + "/api/history.csv")

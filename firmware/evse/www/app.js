@@ -671,8 +671,10 @@
         const a = iso(s.start);
         const b = iso(s.end);
         const sameDay = a && b && a.toDateString() === b.toDateString();
+        const power = el('td');
+        spark(s, a, b, power);
         const tr = row([s.no, when(a), when(b, sameDay), tv('mode.', s.start_mode),
-          tv('mode.', s.stop_mode), num(s.energy_kwh, 3) + ' kWh', s.id == null ? '' : s.id]);
+          tv('mode.', s.stop_mode), num(s.energy_kwh, 3) + ' kWh', s.id == null ? '' : s.id, power]);
         $$('td', tr).forEach((td, i) => { td.dataset.label = heads[i]; }); // the phone layout's labels
         tb.appendChild(tr);
       });
@@ -690,15 +692,34 @@
     return e;
   }
 
-  function avgPowerKw(s) {
-    const a = iso(s.start);
-    const b = iso(s.end);
-    const h = a && b ? (b - a) / 3.6e6 : 0;
-    return h > 0 ? (s.energy_kwh || 0) / h : null;
+  // One session's power over time (0.1 kW every sample_s seconds): a line from 0 kW at
+  // the bottom to the peak at the top, the peak marked and labelled.
+  function spark(s, a, b, td) {
+    const p = (Array.isArray(s.power_dkw) ? s.power_dkw : []).filter(v => typeof v === 'number' && isFinite(v));
+    if (!p.length) { td.textContent = '—'; return; }
+    const W = 120;
+    const H = 36;
+    const T = 11;
+    const B = H - 2;
+    const peak = Math.max.apply(null, p);
+    const kw = num(peak / 10, 1);
+    const ms = a && b && b - a >= 0 ? b - a : p.length * (s.sample_s || 60) * 1000;
+    const min = Math.max(1, Math.ceil(ms / 60000));
+    const text = t('hist.spark', {no: s.no, kw: kw, min: min});
+    const g = svg('svg', {viewBox: '0 0 ' + W + ' ' + H, class: 'spark', role: 'img', 'aria-label': text}, td);
+    svg('title', {}, g).textContent = text;
+    svg('line', {x1: 0, y1: B, x2: W, y2: B, class: 'axis'}, g);
+    const pts = p.length > 1 ? p : [p[0], p[0]]; // one sample: a flat line
+    const x = i => (2 + i * (W - 4) / (pts.length - 1)).toFixed(1);
+    const y = v => (B - (peak > 0 ? (B - T) * v / peak : 0)).toFixed(1);
+    svg('polyline', {points: pts.map((v, i) => x(i) + ',' + y(v)).join(' ')}, g);
+    const i = pts.indexOf(peak);
+    svg('circle', {cx: x(i), cy: y(peak), r: 2}, g);
+    const right = i > (pts.length - 1) / 2;
+    svg('text', {x: right ? W - 1 : 1, y: 8, 'text-anchor': right ? 'end' : 'start'}, g).textContent = kw + ' kW';
   }
 
-  // The records hold start, end and energy, no power curve: one bar per session for the
-  // energy and a dot for the average power (energy / duration), on its own scale.
+  // The overview: one bar per session for its energy, oldest on the left.
   function chart(sessions) {
     const box = $('#hist-chart');
     box.textContent = '';
@@ -708,12 +729,10 @@
     const W = 320;
     const H = 150;
     const L = 36;
-    const R = 36;
+    const R = 8;
     const T = 10;
     const B = 20;
     const maxE = Math.max.apply(null, data.map(s => s.energy_kwh || 0)) || 1;
-    const powers = data.map(avgPowerKw);
-    const maxP = Math.max.apply(null, powers.map(p => p || 0)) || 1;
     const g = svg('svg', {viewBox: '0 0 ' + W + ' ' + H, class: 'chart', role: 'img', 'aria-label': t('hist.chart')}, box);
     svg('line', {x1: L, y1: T, x2: L, y2: H - B, class: 'axis'}, g);
     svg('line', {x1: L, y1: H - B, x2: W - R, y2: H - B, class: 'axis'}, g);
@@ -723,8 +742,6 @@
     label(L - 3, T + 8, num(maxE, maxE < 10 ? 3 : 1), 'end');
     label(L - 3, T + 20, 'kWh', 'end');
     label(L - 3, H - B, '0', 'end');
-    label(W - R + 3, T + 8, num(maxP, 1), 'start');
-    label(W - R + 3, T + 20, 'kW', 'start');
     const step = (W - L - R) / data.length;
     const bw = Math.min(28, Math.max(2, step * 0.6));
     const plotH = H - B - T;
@@ -732,11 +749,7 @@
       const x = L + i * step + (step - bw) / 2;
       const h = Math.max(0.5, plotH * (s.energy_kwh || 0) / maxE);
       const bar = svg('rect', {x: x.toFixed(1), y: (H - B - h).toFixed(1), width: bw.toFixed(1), height: h.toFixed(1)}, g);
-      const p = powers[i];
-      svg('title', {}, bar).textContent = t('hist.bar', {no: s.no, kwh: num(s.energy_kwh, 3), kw: num(p, 2)});
-      if (p != null) {
-        svg('circle', {cx: (x + bw / 2).toFixed(1), cy: (H - B - plotH * p / maxP).toFixed(1), r: 3, class: 'pw'}, g);
-      }
+      svg('title', {}, bar).textContent = t('hist.bar', {no: s.no, kwh: num(s.energy_kwh, 3)});
       if (data.length <= 12) label(x + bw / 2, H - B + 13, String(s.no), 'middle');
     });
   }
