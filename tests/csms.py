@@ -32,7 +32,6 @@ import base64
 import http.server
 import itertools
 import json
-import os
 import socket
 import ssl as ssl_mod
 import subprocess
@@ -49,8 +48,6 @@ from ocpp.charge_point import camel_to_snake_case, snake_to_camel_case
 from ocpp.routing import on
 from ocpp.v16 import ChargePoint, call, call_result
 from ocpp.v16.enums import Action
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def now_iso():
@@ -513,43 +510,6 @@ def server_context(cert, key):
     return ctx
 
 
-_HEAP = None
-
-
-def firmware_heap(data_kb=128):
-    """-X heapsize for a firmware run with OCPP: the data budget plus the heap the code
-    takes on the unix port (tools/footprint.py), the OCPP package included."""
-    global _HEAP
-    if os.environ.get("EVSE_TEST_HEAP"):
-        return os.environ["EVSE_TEST_HEAP"]
-    if _HEAP is None:
-        sys.path.insert(0, str(ROOT / "tools"))
-        import footprint
-        from harness import micropython
-
-        mp = micropython()
-        base = footprint.footprint(mp)
-        extra = 0
-        if not any(m.startswith("evse.ocpp") for m in footprint.modules()):
-            paths = [str(ROOT / "firmware"), str(ROOT / "lib"), str(ROOT / "boards" / "unix_sim")]
-            code = footprint._PROBE % (
-                paths,
-                footprint.modules()
-                + ["evse.ocpp.service", "evse.ocpp.handlers", "evse.ocpp.transfer"],
-            )
-            out = subprocess.run(
-                [mp, "-X", "heapsize=8m", "-c", code],
-                capture_output=True,
-                text=True,
-                timeout=120,
-                cwd=ROOT,
-            )
-            extra = int(out.stdout.split()[-1]) - base
-        total = data_kb * 1024 + base + extra
-        _HEAP = "%dk" % (-(-total // 4096) * 4)
-    return _HEAP
-
-
 # ---- bodies of the test fixtures --------------------------------------------------------
 # A test module defines its fixtures with them:
 #
@@ -608,7 +568,7 @@ def ocpp_chargers(request, tmp_path, cs):
             )
         for fname, content in (files or {}).items():
             (data / fname).write_bytes(content if isinstance(content, bytes) else content.encode())
-        c = Charger(tmp_path / name, settings=s, env=env, heap=firmware_heap(), name=name)
+        c = Charger(tmp_path / name, settings=s, env=env, name=name)
         chargers.append(c)
         mark = central.mark()
         c.start()
@@ -619,6 +579,24 @@ def ocpp_chargers(request, tmp_path, cs):
     yield start
     for c in chargers:
         c.stop()
+
+
+def ocpp_view(c):
+    """The charger's `ocpp` view (GET /api/status): configured, connected, registration,
+    queued, transaction_id, reservation."""
+    return c.http("GET", "/api/status").body["ocpp"]
+
+
+def wait_ocpp(c, predicate, timeout=10.0):
+    """Polls ocpp_view(c) until predicate(view) is true; returns that view."""
+    deadline = time.monotonic() + timeout
+    while True:
+        view = ocpp_view(c)
+        if view is not None and predicate(view):
+            return view
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{c.name}: ocpp condition not met within {timeout:g} s: {view}")
+        time.sleep(0.05)
 
 
 def wait_status(cs, cp_id, conn, status=None, timeout=15.0, since=0):

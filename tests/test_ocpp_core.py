@@ -8,7 +8,7 @@ import time
 
 import csms
 import pytest
-from csms import wait_status
+from csms import wait_ocpp, wait_status
 
 
 @pytest.fixture
@@ -220,7 +220,7 @@ def test_remote_start_stop_and_authorize_remote(cs, ocpp):
     c.wait_for(lambda s: s["session"]["active"] and s["session"]["start_mode"] == "OCPP", 5)
     start = cs.wait_for(lambda: cs.payloads("CP1", "StartTransaction"), 5)[0]
     assert start["idTag"] == C and not cs.calls("CP1", "Authorize")
-    cs.wait_for(lambda: c.snapshot()["ocpp"]["transaction_id"] == 1, 5)
+    wait_ocpp(c, lambda o: o["transaction_id"] == 1, 5)
     assert cs.call("CP1", "RemoteStartTransaction", idTag=C)["status"] == "Rejected"
     assert cs.call("CP1", "RemoteStopTransaction", transactionId=99)["status"] == "Rejected"
     assert cs.call("CP1", "RemoteStopTransaction", transactionId=1)["status"] == "Accepted"
@@ -483,20 +483,22 @@ def test_trigger_data_transfer_diagnostics_firmware(cs, ocpp):
         10,
         "failed upload reported",
     )
-    # No installer on this build: UpdateFirmware is accepted and honestly fails.
-    assert (
-        cs.call(
-            "CP1",
-            "UpdateFirmware",
-            location="http://127.0.0.1/fw.bin",
-            retrieveDate="2020-01-01T00:00:00Z",
-        )
-        == {}
+    # UpdateFirmware goes to the installer; a location nobody serves ends in DownloadFailed.
+    mark = cs.mark()
+    ans = cs.call(
+        "CP1",
+        "UpdateFirmware",
+        location="http://127.0.0.1:1/fw.bin",
+        retrieveDate="2020-01-01T00:00:00Z",
+        retries=0,
     )
+    assert ans == {}
     cs.wait_for(
-        lambda: cs.payloads("CP1", "FirmwareStatusNotification")[-1]["status"] == "DownloadFailed",
-        5,
+        lambda: [p["status"] for p in cs.payloads("CP1", "FirmwareStatusNotification", mark)][-1:]
+        == ["DownloadFailed"],
+        10,
         "DownloadFailed",
     )
+    assert cs.payloads("CP1", "FirmwareStatusNotification", mark)[0]["status"] == "Downloading"
     ans = cs.call_raw("CP1", "FooBar", {})
     assert ans[0] == 4 and ans[2] == "NotImplemented"

@@ -8,6 +8,7 @@ import time
 
 import csms
 import pytest
+from csms import ocpp_view, wait_ocpp
 
 
 @pytest.fixture
@@ -54,7 +55,7 @@ def start_with_card(c, uid=A):
 
 
 def queued(c):
-    return c.snapshot()["ocpp"]["queued"]
+    return ocpp_view(c)["queued"]
 
 
 def tx_messages(cs):
@@ -79,15 +80,15 @@ def test_transaction_survives_csms_down_and_power_cut(cs, ocpp):
     start_with_card(c)
     cs.wait_for(lambda: len(cs.payloads("CP1", "MeterValues")) >= 2, 10, "meter values online")
     cs.stop()  # the central system goes away in the middle of the transaction
-    c.wait_for(lambda s: not s["ocpp"]["connected"], 10)
-    c.wait_for(lambda s: s["ocpp"]["queued"] >= 2, 10)
+    wait_ocpp(c, lambda o: not o["connected"], 10)
+    wait_ocpp(c, lambda o: o["queued"] >= 2, 10)
     unplug(c)  # transaction 1 ends offline ...
     plug(c)
     start_with_card(c)  # ... and transaction 2 starts offline (learned card)
-    c.wait_for(lambda s: s["ocpp"]["queued"] >= 6, 10)
+    wait_ocpp(c, lambda o: o["queued"] >= 6, 10)
     c.kill()  # power cut while offline, transaction 2 still running
     c.start()  # power back, central system still down
-    c.wait_for(lambda s: s["ocpp"] is not None and s["ocpp"]["queued"] >= 7, 10)
+    wait_ocpp(c, lambda o: o["queued"] >= 7, 10)
     assert not c.snapshot()["session"]["active"]
     mark = cs.mark()
     cs.start()
@@ -98,7 +99,7 @@ def test_transaction_survives_csms_down_and_power_cut(cs, ocpp):
         30,
         "everything delivered",
     )
-    c.wait_for(lambda s: s["ocpp"]["queued"] == 0, 5)
+    wait_ocpp(c, lambda o: o["queued"] == 0, 5)
     assert cs.calls("CP1", since=mark)[0][1] == "BootNotification", "nothing before the boot"
 
     msgs = tx_messages(cs)
@@ -157,7 +158,7 @@ def test_retries_per_transaction_message_attempts(cs, ocpp):
     unplug(c)
     stop = cs.wait_for(lambda: cs.payloads("CP1", "StopTransaction"), 5)[0]
     assert stop["transactionId"] == -1, "no transactionId ever received"
-    c.wait_for(lambda s: s["ocpp"]["queued"] == 0, 5)
+    wait_ocpp(c, lambda o: o["queued"] == 0, 5)
 
 
 def test_reconnects_with_backoff_and_no_boot_on_plain_reconnect(cs, ocpp):
@@ -165,7 +166,7 @@ def test_reconnects_with_backoff_and_no_boot_on_plain_reconnect(cs, ocpp):
     n = len(cs.connections)
     for _ in range(2):
         cs.stop()
-        c.wait_for(lambda s: not s["ocpp"]["connected"], 10)
+        wait_ocpp(c, lambda o: not o["connected"], 10)
         time.sleep(1.5)
         cs.start()
         cs.wait_for(lambda: cs.connected("CP1"), 15, "reconnected")
@@ -203,7 +204,7 @@ def test_offline_authorization(cs, ocpp):
     assert len(cs.calls("CP1", "Authorize")) == n
     unplug(c)
     cs.stop()
-    c.wait_for(lambda s: not s["ocpp"]["connected"], 10)
+    wait_ocpp(c, lambda o: not o["connected"], 10)
 
     def tries(tag):
         plug(c)
@@ -228,13 +229,13 @@ def test_offline_authorization(cs, ocpp):
         == "Accepted"
     )
     cs.stop()
-    c.wait_for(lambda s: not s["ocpp"]["connected"], 10)
+    wait_ocpp(c, lambda o: not o["connected"], 10)
     assert tries(UNKNOWN), "AllowOfflineTxForUnknownId"
     assert not tries(LISTBLOCK), "never for a listed non-Accepted id"
     assert tries(CACHED), "a cached id is 'unknown' only to the cache: allowed as unknown"
     cs.start()
     # The charges made offline are reported once back online, in order.
     cs.wait_for(lambda: len(stops(cs)) >= 6, 20)
-    c.wait_for(lambda s: s["ocpp"]["queued"] == 0, 5)
+    wait_ocpp(c, lambda o: o["queued"] == 0, 5)
     tags = [p["idTag"] for _, a, p in tx_messages(cs) if a == "StartTransaction"]
     assert tags == [CACHED, LISTED, CACHED, LISTED, UNKNOWN, CACHED]

@@ -3,12 +3,11 @@ profile 2), HTTP Basic auth with AuthorizationKey (profiles 1 and 2), and hostil
 from the central system, each answered with the right CALLERROR or a closed connection,
 changing nothing."""
 
-import json
 import time
 
 import csms
 import pytest
-from csms import CentralSystem, make_certs, server_context
+from csms import CentralSystem, make_certs, ocpp_view, server_context
 
 
 @pytest.fixture
@@ -87,7 +86,7 @@ def test_wss_with_a_wrong_ca_is_refused(tmp_path, ocpp):
         ):
             time.sleep(0.1)
         assert "needs the CA certificate" in c2.log_path.read_text(), "no CA: no wss at all"
-        assert c.snapshot()["ocpp"]["connected"] is False
+        assert ocpp_view(c)["connected"] is False
     finally:
         tls.close()
 
@@ -104,7 +103,7 @@ def test_wrong_authorization_key_is_refused(ocpp, cs):
     )
     cs.wait_for(lambda: cs.refused, 15, "refused")
     assert cs.refused[0] == ("CP1", 401) and not cs.connections
-    assert c.snapshot()["ocpp"]["connected"] is False
+    assert ocpp_view(c)["connected"] is False
 
 
 def _answer(cs, text, mid):
@@ -171,4 +170,4 @@ def test_hostile_frames(cs, ocpp):
     assert cs.call("CP1", "GetConfiguration", key=["HeartbeatInterval"]) == before
     snap = c.snapshot()
     assert snap["heap_free"] > 64 * 1024, snap["heap_free"]
-    assert json.loads(json.dumps(snap["ocpp"]))["connected"]
+    assert ocpp_view(c)["connected"]

@@ -111,6 +111,14 @@ def test_queue_drops_meter_values_when_full_never_start_stop():
         tq.MAX_PENDING = old
 
 
+def test_queue_oversized_stop_keeps_the_stop():
+    q = TxQueue(_dir())
+    big = [{"sampledValue": [{"value": "x" * 100}] * 20}] * 2
+    true(q.push("StopTransaction", {"reason": "Local", "transactionData": big}, 1, "s") is not None, "kept")
+    eq("transactionData" in q.head()[2], False, "without its transaction data")
+    eq(q.push("MeterValues", {"meterValue": big}, 1, "m"), None, "an oversized sample is dropped")
+
+
 def test_queue_skips_a_corrupt_record():
     d = _dir()
     q = TxQueue(d)

@@ -85,6 +85,10 @@ class App:
         from evse.ota import Ota
 
         self.ota = Ota(self)
+        from evse import ocpp
+
+        self.ocpp = ocpp.attach(self)
+        self.ocpp.on_update_firmware = self.ota.ocpp_hook(self.ocpp)
 
     # ---- events --------------------------------------------------------------------------
     def _on_charger(self, event, ch, *rest):
@@ -173,6 +177,8 @@ class App:
         sup.add("wifi", self.wifi.run)
         sup.add("http", self._http_task)
         sup.add("ota", self.ota.run)
+        for name, fn in self.ocpp.tasks():
+            sup.add(name, fn)
         for name, fn in self.hw.tasks(self):
             sup.add(name, fn)
         gc.collect()
@@ -258,6 +264,7 @@ class App:
             "reader_fault": self.rfid.fault,
             "meter": self.power.view(),
             "balance": self.balance.view(),
+            "ocpp": self.ocpp.view(),
             "uptime_s": time.ticks_diff(time.ticks_ms(), self.started_ms) // 1000,
         }
 

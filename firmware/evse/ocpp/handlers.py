@@ -126,8 +126,7 @@ async def remote_start(svc, mid, p):
         refuse = "a transaction is running"
     elif ch.ocpp_status() in ("Faulted", "Unavailable"):
         refuse = "charger " + ch.ocpp_status()
-    elif prof is not None and svc.smart._check(prof, prof["chargingProfileKind"], prof["chargingSchedule"],
-                                               prof["chargingSchedule"]["chargingSchedulePeriod"]):
+    elif prof is not None and svc.smart.check(prof):
         refuse = "bad charging profile"
     if refuse is None:
         r = svc.reservation()
@@ -268,7 +267,7 @@ async def update_firmware(svc, mid, p):
     svc.state["fw"] = {
         "loc": p["location"],
         "date": isotime.parse(p["retrieveDate"]),
-        "retries": p.get("retries", 1),
+        "retries": p.get("retries", 0),
         "interval": p.get("retryInterval", 60),
         "st": "Pending",
         "ver": version.VERSION,

@@ -39,6 +39,7 @@ class Link:
         self._inbox = []
         self._in_ev = asyncio.Event()
         self.down_ev = asyncio.Event()
+        self.kick = None  # an Event of the owner's to set when the link goes down
         self.error = None  # why the reader stopped
         self.bad_frames = 0
         self.unknown_replies = 0
@@ -57,6 +58,8 @@ class Link:
             self.error = self.error or why
         self._resp_ev.set()  # a waiting call() sees LinkDown
         self.down_ev.set()
+        if self.kick is not None:
+            self.kick.set()
 
     # ---- our CALLs ------------------------------------------------------------------------
     async def call(self, action, payload, timeout_ms, msg_id=None):

@@ -54,10 +54,6 @@ _REASONS = {
 }
 
 
-def _load_state(path):
-    return load_json(path, 2048)
-
-
 def pem_certs(path):
     """The DER certificates of a PEM file (this port's mbedTLS takes DER only)."""
     if os.stat(path)[6] > _CA_MAX:
@@ -104,7 +100,7 @@ class Service:
         self.llist = TagTable(d + "/ocpp_list.json", cfg["LocalAuthListMaxLength"])
         self.cache = Cache(d + "/ocpp_cache.json", _CACHE_LEN)
         self._state_path = d + "/ocpp_state.json"
-        self.state = _load_state(self._state_path)
+        self.state = load_json(self._state_path, 2048)
         self.ws = wsclient.WsClient(max_message=6144, tx_size=1024)
         self.link = Link(self.ws, self._on_call)
         self._send_ev = asyncio.Event()
@@ -463,6 +459,7 @@ class Service:
             await self._heartbeat()
             await self._keepalive()
             if self._ready():
+                await asyncio.sleep_ms(0)
                 continue
             self._send_ev.clear()
             try:
@@ -481,7 +478,7 @@ class Service:
     async def _wait_boot(self, seconds):
         deadline = time.ticks_add(time.ticks_ms(), seconds * 1000)
         while time.ticks_diff(deadline, time.ticks_ms()) > 0:
-            if not self.link.up:
+            if not self.link.up or self._reconnect:
                 raise LinkDown()
             if self._boot_now:
                 self._boot_now = False

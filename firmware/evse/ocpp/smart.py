@@ -77,9 +77,6 @@ class Smart:
         if conn not in (0, 1):
             raise RpcError("PropertyConstraintViolation", "unknown connectorId", msg_id)
         purpose = prof["chargingProfilePurpose"]
-        kind = prof["chargingProfileKind"]
-        s = prof["chargingSchedule"]
-        periods = s["chargingSchedulePeriod"]
         why = None
         if purpose == "ChargePointMaxProfile" and conn != 0:
             why = "ChargePointMaxProfile only on connector 0"
@@ -91,7 +88,7 @@ class Smart:
             elif "transactionId" in prof and prof["transactionId"] != tx_id:
                 why = "transactionId is not the running transaction"
         if why is None:
-            why = self._check(prof, kind, s, periods)
+            why = self.check(prof)
         if why:
             _log.info("profile %s rejected: %s", prof["chargingProfileId"], why)
             return "Rejected"
@@ -99,7 +96,7 @@ class Smart:
         p["_c"] = conn
         p["_vf"] = isotime.parse(prof["validFrom"]) if "validFrom" in prof else None
         p["_vt"] = isotime.parse(prof["validTo"]) if "validTo" in prof else None
-        ss = s.get("startSchedule")
+        ss = prof["chargingSchedule"].get("startSchedule")
         p["_ss"] = isotime.parse(ss) if ss else now
         pid = p["chargingProfileId"]
         keep = [
@@ -117,7 +114,11 @@ class Smart:
         return "Accepted"
 
     @staticmethod
-    def _check(prof, kind, s, periods):
+    def check(prof):
+        """Why a (schema-valid) profile cannot be installed, or None."""
+        kind = prof["chargingProfileKind"]
+        s = prof["chargingSchedule"]
+        periods = s["chargingSchedulePeriod"]
         if prof["stackLevel"] < 0 or prof["stackLevel"] > MAX_STACK:
             return "stackLevel out of range"
         if not periods or len(periods) > MAX_PERIODS:
@@ -211,7 +212,7 @@ class Smart:
             elif kind == "Recurring":
                 per = _PER[p["recurrencyKind"]]
                 first = _start(p, now, tx_start)
-                starts = [first + k * per for k in range((end - first) // per + 1)]
+                starts = [first + k * per for k in range(min((end - first) // per + 1, 16))]
             else:
                 starts = [p["_ss"]]
             for st in starts:

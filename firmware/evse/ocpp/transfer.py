@@ -42,6 +42,7 @@ def _window(rec, lo, hi):
 
 
 def _write_file(svc, path, p):
+    # One record in memory at a time: the logs hold up to 200 of each kind.
     lo = isotime.parse(p["startTime"]) if "startTime" in p else None
     hi = isotime.parse(p["stopTime"]) if "stopTime" in p else None
     import json
@@ -51,10 +52,15 @@ def _write_file(svc, path, p):
     with open(path, "w") as f:
         f.write(json.dumps({"serial": svc.hw.serial, "generated": isotime.fmt(svc.now())}))
         f.write("\n")
-        for kind, recs in (("fault", h.fault_list(200)), ("session", h.session_list(200))):
-            for rec in recs:
-                if _window(rec, lo, hi):
+        for kind, log_ in (("fault", h.faults), ("session", h.sessions)):
+            for seq, raw in log_.records(False):
+                try:
+                    rec = json.loads(raw)
+                except ValueError:
+                    continue
+                if isinstance(rec, dict) and _window(rec, lo, hi):
                     rec["kind"] = kind
+                    rec["no"] = seq
                     f.write(json.dumps(rec))
                     f.write("\n")
                     n += 1
@@ -150,7 +156,6 @@ async def update_firmware(svc):
         svc.state.pop("fw", None)
         svc.save_state()
         return
-    svc.firmware_status("Downloading")
     try:
         await hook(fw["loc"], isotime.fmt(fw["date"]), fw["retries"], fw["interval"])
     except (OSError, ValueError) as e:

@@ -26,7 +26,7 @@ from evse.ocpp.config import load_json
 _log = log.get("ocpp.queue")
 
 _MAX_RECORDS = 240  # the log keeps at least this many newest records
-_RECORD_BYTES = 1536
+_RECORD_BYTES = 2048
 MAX_PENDING = 200  # beyond this, periodic MeterValues are dropped (Start/Stop never)
 _BATCH = 8
 
@@ -65,7 +65,16 @@ class TxQueue:
             self.dropped += 1
             _log.warning("queue full: periodic meter values dropped (%d)", self.dropped)
             return None
-        return self._log.append(json.dumps([action, payload, txref, msg_id]))
+        rec = json.dumps([action, payload, txref, msg_id]).encode()
+        if len(rec) > _RECORD_BYTES and "transactionData" in payload:
+            _log.warning("%s: transactionData dropped (%d bytes)", action, len(rec))
+            del payload["transactionData"]  # the stop itself must go out
+            rec = json.dumps([action, payload, txref, msg_id]).encode()
+        if len(rec) > _RECORD_BYTES:
+            self.dropped += 1
+            _log.error("%s of %d bytes does not fit a queue record: dropped", action, len(rec))
+            return None
+        return self._log.append(rec)
 
     def set_open(self, txref, id_tag, wh, t):
         self.open = {"r": txref, "tag": id_tag, "wh": wh, "t": t}
