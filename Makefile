@@ -62,6 +62,7 @@ bench: setup
 	$(PY) tools/bench_latency.py --json build/bench_latency.json
 	$(PY) tools/bench_modbus.py
 	$(PY) tools/bench_http.py --json build/bench_http.json
+	$(PY) tools/bench_ocpp.py --json build/bench_ocpp.json
 
 lint: setup
 	$(VENV)/bin/ruff check tests/ tools/

@@ -75,7 +75,7 @@ def _read_capped(p, max_bytes):
     if size > max_bytes:
         raise ValueError("%d bytes, over the %d cap" % (size, max_bytes))
     with open(p, "rb") as f:
-        return f.read(max_bytes)
+        return f.read(size)  # not the cap: a tiny file must not take a 16 KB block
 
 
 def read_latest(path, validate, on_error=None, max_bytes=_MAX_BYTES):

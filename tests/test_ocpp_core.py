@@ -256,7 +256,7 @@ def test_remote_start_stop_and_authorize_remote(cs, ocpp):
         lambda: [
             p
             for p in cs.payloads("CP1", "MeterValues")
-            if p["transactionId"] == 3
+            if p.get("transactionId") == 3
             and p["meterValue"][0]["sampledValue"][0]["context"] == "Sample.Clock"
         ],
         5,
@@ -494,8 +494,10 @@ def test_trigger_data_transfer_diagnostics_firmware(cs, ocpp):
     )
     assert ans == {}
     cs.wait_for(
-        lambda: [p["status"] for p in cs.payloads("CP1", "FirmwareStatusNotification", mark)][-1:]
-        == ["DownloadFailed"],
+        lambda: (
+            [p["status"] for p in cs.payloads("CP1", "FirmwareStatusNotification", mark)][-1:]
+            == ["DownloadFailed"]
+        ),
         10,
         "DownloadFailed",
     )

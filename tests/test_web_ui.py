@@ -453,7 +453,8 @@ def check_history(t, c, L, code):
         re.escape(L["hist.spark"].split("{")[0]) + ".*" + f"{peak:.1f}".replace(".", "[.,]")))
     expect(spark.locator("polyline")).to_have_count(1)
     assert len(spark.locator("polyline").get_attribute("points").split()) >= 2
-    expect(spark.locator("text")).to_have_text(re.compile(f"^{peak:.1f}".replace(".", "[.,]") + " kW$"))
+    peak_label = re.compile(f"^{peak:.1f}".replace(".", "[.,]") + " kW$")
+    expect(spark.locator("text")).to_have_text(peak_label)
     csv_link = t.section.get_by_role("link", name=L["hist.csv"])
     assert csv_link.get_attribute("href") == "/api/history.csv"
     csv = t.page.request.get(t.base + "/api/history.csv")

@@ -220,6 +220,7 @@ class App:
             "lock": None if ch.case_b else "none",
             "meter": self.power.view(),
             "balance": self.balance.view(),
+            "ocpp": self.ocpp.view(),
         }
 
     def status(self):

@@ -76,14 +76,9 @@ async def get_composite_schedule(svc, mid, p):
         raise RpcError("PropertyConstraintViolation", "connectorId and duration must not be negative", mid)
     if conn > 1 or dur == 0:
         return _status("Rejected")
-    now = svc.now()
-    cur = svc.cur
-    sched = svc.smart.composite(
-        conn, now, min(dur, 7 * 86400), p.get("chargingRateUnit", "A"),
-        float(svc.settings["max_current_a"]),
-        cur["start"] if cur else None,
-        (-1 if cur["id"] is None else cur["id"]) if cur else None,
-    )
+    start, tx_id = svc.tx.tx_for_smart()
+    sched = svc.smart.composite(conn, svc.now(), min(dur, 7 * 86400), p.get("chargingRateUnit", "A"),
+                                float(svc.settings["max_current_a"]), start, tx_id)
     return {"status": "Accepted", "connectorId": conn, "scheduleStart": sched["startSchedule"],
             "chargingSchedule": sched}, None
 
@@ -129,7 +124,7 @@ async def remote_start(svc, mid, p):
     elif prof is not None and svc.smart.check(prof):
         refuse = "bad charging profile"
     if refuse is None:
-        r = svc.reservation()
+        r = svc.auth.reservation()
         if r is not None and tag.upper() != r["tag"].upper() and not r.get("parent"):
             refuse = "reserved for another id tag"
     if refuse:
@@ -142,21 +137,21 @@ async def remote_start(svc, mid, p):
             if verdict != "Accepted":
                 _log.info("remote start of %s not authorized (%s)", tag, verdict)
                 return
-        elif await svc.reservation_verdict(tag) is not None:
+        elif await svc.auth.reservation_verdict(tag) is not None:
             _log.info("remote start of %s refused: reserved", tag)
             return
-        svc.start_remote(tag, prof)
+        svc.tx.start_remote(tag, prof)
 
     return {"status": "Accepted"}, after
 
 
 async def remote_stop(svc, mid, p):
-    cur = svc.cur
+    cur = svc.tx.cur
     if cur is None or svc.ch.session is None or cur["id"] != p["transactionId"]:
         return _status("Rejected")
 
     async def after():
-        svc.stop_session("Remote")
+        svc.tx.stop_session("Remote")
 
     return {"status": "Accepted"}, after
 
@@ -173,7 +168,7 @@ async def reserve_now(svc, mid, p):
         return _status("Faulted")
     if st == "Unavailable":
         return _status("Unavailable")
-    r = svc.reservation()
+    r = svc.auth.reservation()
     if r is not None and r["id"] != p["reservationId"]:
         return _status("Occupied")
     if r is None and (st != "Available" or svc.ch.session is not None):
@@ -186,10 +181,10 @@ async def reserve_now(svc, mid, p):
 
 
 async def cancel_reservation(svc, mid, p):
-    r = svc.reservation()
+    r = svc.auth.reservation()
     if r is None or r["id"] != p["reservationId"]:
         return _status("Rejected")
-    svc.end_reservation()
+    svc.auth.end_reservation()
     return _status("Accepted")
 
 
@@ -212,8 +207,7 @@ async def send_local_list(svc, mid, p):
 
 
 async def set_charging_profile(svc, mid, p):
-    cur = svc.cur
-    tx = None if cur is None else (-1 if cur["id"] is None else cur["id"])
+    tx = svc.tx.tx_for_smart()[1]
     st = svc.smart.install(p["connectorId"], p["csChargingProfiles"], tx, svc.now(), mid)
     svc.kick()
     return _status(st)
@@ -237,8 +231,9 @@ async def trigger_message(svc, mid, p):
         elif what == "MeterValues":
             payload = {"connectorId": 1, "meterValue": [
                 meterval.meter_value(svc.app, svc.cfg["MeterValuesSampledData"], "Trigger", svc.now())]}
-            if svc.cur is not None and svc.cur["id"] is not None:
-                payload["transactionId"] = svc.cur["id"]
+            cur = svc.tx.cur
+            if cur is not None and cur["id"] is not None:
+                payload["transactionId"] = cur["id"]
             await svc.call("MeterValues", payload)
         elif what == "DiagnosticsStatusNotification":
             await svc.call("DiagnosticsStatusNotification", {"status": svc.diag_status})
@@ -252,7 +247,7 @@ async def unlock_connector(svc, mid, p):
     ch = svc.ch
     if p["connectorId"] != 1 or not ch.case_b:
         return _status("NotSupported")
-    svc.stop_session("UnlockCommand")
+    svc.tx.stop_session("UnlockCommand")
     deadline = time.ticks_add(time.ticks_ms(), _UNLOCK_WAIT_MS)
     while time.ticks_diff(deadline, time.ticks_ms()) > 0:
         if ch.lock_state == charger_mod.LOCK_OPEN and not svc.hw.lock.feedback():

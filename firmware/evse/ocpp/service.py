@@ -5,10 +5,10 @@
 #
 # Two tasks: run() keeps one connection (reconnecting with exponential back-off and
 # jitter; every CP->CS CALL goes out from its sender loop, one at a time) and _ticker()
-# does what must happen whether or not we are connected: queue the transaction
-# messages of the charger's sessions, sample meter values, apply the charging-profile
-# limit, expire reservations. Charger listeners only note events; flash writes happen
-# in the ticker, never in the pilot task.
+# does what must happen whether or not we are connected (transactions.py: queue the
+# transaction messages, sample meter values, apply the charging-profile limit; expire
+# reservations, scheduled availability, a due firmware update). Authorization and
+# reservations: authsrc.py.
 import asyncio
 import binascii
 import json
@@ -22,14 +22,14 @@ import wsclient
 from evse import faults
 from evse import version
 from evse.ocpp import isotime
-from evse.ocpp import meterval
-from evse.ocpp import rpc
 from evse.ocpp import schema
-from evse.ocpp.authlist import Cache, TagTable, info_of, valid
+from evse.ocpp.authlist import Cache, TagTable
+from evse.ocpp.authsrc import Authorization, Gate
 from evse.ocpp.config import Config, load_json
 from evse.ocpp.link import CallError, Link, LinkDown
 from evse.ocpp.rpc import RpcError
 from evse.ocpp.smart import Smart
+from evse.ocpp.transactions import Transactions
 from evse.ocpp.txqueue import TxQueue
 
 _log = log.get("ocpp")
@@ -42,17 +42,6 @@ _CACHE_LEN = const(32)
 _CA_MAX = const(16384)
 _BOOT_RETRY_S = const(60)  # Pending/Rejected with interval 0
 _PONG_GRACE_MS = const(10000)
-
-# history stop mode -> StopTransaction reason
-_REASONS = {
-    "RFID": "Local",
-    "App": "Local",
-    "Free": "Local",
-    "OCPP": "Remote",
-    "Unplug": "EVDisconnected",
-    "PowerLoss": "PowerLoss",
-}
-
 
 def pem_certs(path):
     """The DER certificates of a PEM file (this port's mbedTLS takes DER only)."""
@@ -72,17 +61,6 @@ def pem_certs(path):
             elif cur is not None:
                 cur.append(line)
     return out
-
-
-class _Gate:
-    """First authorization source: while a reservation holds, only its idTag (or one
-    with the same parent) gets past."""
-
-    def __init__(self, svc):
-        self.svc = svc
-
-    async def authorize(self, id_tag):
-        return await self.svc.reservation_verdict(id_tag)
 
 
 class Service:
@@ -109,23 +87,18 @@ class Service:
         self._wake_ev = asyncio.Event()  # settings changed: reconnect now
         self.accepted = False  # BootNotification accepted since this boot
         self.registration = None
-        self.cur = None  # the transaction of the running session (dict)
-        self._events = []
+        self.auth = Authorization(self)
+        self.tx = Transactions(self)
         self._notes = []
         self._sent = {}  # connector -> (status, errorCode, vendorErrorCode) delivered
         self._seen = {}  # connector -> (status tuple, ticks_ms since)
         self._force = set()  # connectors whose status must go out even if unchanged
-        self._stop_reason = None
-        self._remote = None  # RemoteStart waiting for the vehicle: (id_tag, deadline_ms, profile)
         self._q_wait = None  # ticks_ms before which the queue head is not retried
         self._hb_ms = 0
         self._ping_ms = None
         self._boot_now = False
         self._boot_interval = _BOOT_RETRY_S
         self._reconnect = False
-        self._next_sample = None
-        self._aligned_slot = None
-        self._limit = -1.0
         self._addr = None  # (host, address) resolved once
         self.diag_status = "Idle"
         self.fw_status = "Idle"
@@ -134,10 +107,10 @@ class Service:
         from evse.ocpp import handlers
 
         self._handlers = handlers.TABLE
-        ch.listeners.append(self._on_charger)
-        app.auth.sources.insert(0, _Gate(self))
-        app.auth.sources.append(self)
-        app.auth.stop_checks.append(self)
+        ch.listeners.append(self.tx.on_charger)
+        app.auth.sources.insert(0, Gate(self.auth))
+        app.auth.sources.append(self.auth)
+        app.auth.stop_checks.append(self.auth)
         app.history.listeners.append(self._on_history)
         app.settings.on_change(self._on_settings)
         cfg.vetoes["SecurityProfile"] = self._veto_profile
@@ -175,7 +148,7 @@ class Service:
             "connected": self.link.up,
             "registration": self.registration,
             "queued": self.q.pending,
-            "transaction_id": self.cur.get("id") if self.cur else None,
+            "transaction_id": self.tx.cur["id"] if self.tx.cur else None,
             "reservation": (self.state.get("resv") or {}).get("id"),
         }
 
@@ -188,17 +161,7 @@ class Service:
 
     # ---- boot-time recovery --------------------------------------------------------------------
     def _recover(self):
-        op = self.q.open
-        if op is not None:
-            # The process ended (power cut, crash) with a transaction open: stop it now.
-            _log.warning("transaction %d cut by a power loss: queued its stop", op["r"])
-            payload = {
-                "meterStop": int(op.get("wh") or 0),
-                "timestamp": isotime.fmt(op.get("t") or self.now()),
-                "reason": "PowerLoss",
-            }
-            self.q.push("StopTransaction", payload, op["r"], rpc.new_id())
-            self.q.close_open()
+        self.tx.recover()
         fw = self.state.get("fw")
         st = fw.get("st") if fw else None
         if st is not None and st != "Pending":
@@ -211,16 +174,7 @@ class Service:
             self.firmware_status(st)
             self.save_state()
 
-    # ---- listeners (may run in the pilot task: no I/O here) ------------------------------------
-    def _on_charger(self, event, ch, *rest):
-        if event == "session_start":
-            self._events.append(("start", ch.session, None))
-        elif event == "session_end":
-            self._events.append(("end", rest[0], self._stop_reason))
-            self._stop_reason = None
-        self._tick_ev.set()
-        self._send_ev.set()
-
+    # ---- listeners --------------------------------------------------------------------------------
     def _on_history(self, kind, rec):
         if kind == "fault" and self.online:
             self.note("DataTransfer", {"vendorId": VENDOR, "messageId": "FaultReport", "data": json.dumps(rec)})
@@ -471,7 +425,7 @@ class Service:
         """More work for the sender right away (a queue to drain, notes waiting)."""
         if self._notes:
             return True
-        if self.q.pending and self._q_wait is None and not self._events:
+        if self.q.pending and self._q_wait is None and not self.tx.events:
             return True
         return False
 
@@ -527,12 +481,12 @@ class Service:
         if conn == 0:
             if st != "Faulted":
                 st = "Unavailable" if ch.unavailable else "Available"
-        elif st == "Available" and self.reservation() is not None:
+        elif st == "Available" and self.auth.reservation() is not None:
             st = "Reserved"
         return st, err, vendor
 
     async def _send_statuses(self):
-        if self._events:
+        if self.tx.events:
             return  # the ticker first queues the transaction message behind this change
         mind = self.cfg["MinimumStatusDuration"] * 1000
         now = time.ticks_ms()
@@ -582,7 +536,7 @@ class Service:
                 _log.error("%s #%d given up after %d attempts: %r", action, seq, q.attempts, e)
                 q.ack(seq, -1 if action == "StartTransaction" else None, ref)
                 if action == "StartTransaction":
-                    self._started(ref, -1, None, payload["idTag"])
+                    self.tx.started(ref, -1, None, payload["idTag"])
             else:
                 wait = self.cfg["TransactionMessageRetryInterval"] * q.attempts
                 _log.warning("%s #%d failed (%r): retry in %d s", action, seq, e, wait)
@@ -593,31 +547,11 @@ class Service:
             if not isinstance(tx_id, int) or isinstance(tx_id, bool):
                 tx_id = -1
             self.q.ack(seq, tx_id, ref)
-            self._started(ref, tx_id, r.get("idTagInfo"), payload["idTag"])
+            self.tx.started(ref, tx_id, r.get("idTagInfo"), payload["idTag"])
         else:
             self.q.ack(seq)
             if action == "StopTransaction" and "idTag" in payload and r.get("idTagInfo"):
-                self._learn(payload["idTag"], r.get("idTagInfo"))
-
-    def _started(self, ref, tx_id, info, tag):
-        cur = self.cur
-        if cur is None or cur["ref"] != ref:
-            return  # that session already ended
-        cur["id"] = tx_id
-        s = self.ch.session
-        if s is not None:
-            s.tx_id = tx_id
-        if info is None:
-            return
-        status = self._learn(tag, info)
-        if status == "Accepted" or cur["mode"] not in ("RFID", "OCPP"):
-            return
-        _log.warning("transaction %d: id tag %s is %s", tx_id, tag, status)
-        if self.cfg["StopTransactionOnInvalidId"]:
-            self.stop_session("DeAuthorized")
-        else:
-            cur["deauth"] = True  # energy stops after MaxEnergyOnInvalidId
-            self._tick_ev.set()
+                self.auth.learn(payload["idTag"], r.get("idTagInfo"))
 
     async def _send_notes(self):
         if not self._notes:
@@ -665,272 +599,25 @@ class Service:
         self._jobs[name] = asyncio.create_task(coro)
         return True
 
-    # ---- authorization source -------------------------------------------------------------------
-    def local_info(self, tag):
-        """(status, expiry, parent) from the local list (first) or the cache, or None."""
-        if self.cfg["LocalAuthListEnabled"]:
-            info = self.llist.get(tag)
-            if info is not None:
-                return info
-        if self.cfg["AuthorizationCacheEnabled"]:
-            return self.cache.get(tag)
-        return None
-
-    def _learn(self, tag, obj):
-        """Stores an idTagInfo from the central system; returns the status now valid."""
-        try:
-            info = info_of(obj)
-        except ValueError:
-            return "Invalid"
-        listed = self.llist.get(tag)
-        if listed is not None:
-            if valid(listed, self.now()) != valid(info, self.now()):
-                _log.warning("local list and central system disagree on %s", tag)
-                self.note("StatusNotification", {"connectorId": 0, "errorCode": "LocalListConflict",
-                                                 "status": self.status_of(0)[0],
-                                                 "timestamp": isotime.fmt(self.now())})
-        elif self.cfg["AuthorizationCacheEnabled"]:
-            self.cache.store(tag, info)
-        return valid(info, self.now())
-
-    async def authorize(self, id_tag):
-        """Authorizer source: 'Accepted', a refusal, or None when OCPP is off."""
-        if not self.active:
-            return None
-        cfg = self.cfg
-        info = self.local_info(id_tag)
-        local = valid(info, self.now()) if info is not None else None
-        if self.online:
-            if local == "Accepted" and cfg["LocalPreAuthorize"]:
-                return local
-            try:
-                r = await self.call("Authorize", {"idTag": id_tag})
-                return self._learn(id_tag, r.get("idTagInfo"))
-            except (LinkDown, CallError, asyncio.TimeoutError) as e:
-                _log.warning("Authorize failed (%r): deciding offline", e)
-        if local is not None and (cfg["LocalAuthorizeOffline"] or local != "Accepted"):
-            return local
-        if cfg["AllowOfflineTxForUnknownId"] and (info is None or local == "Accepted"):
-            return "Accepted"  # never for a known id that is not Accepted now
-        return "Invalid"
-
-    async def parent_of(self, tag):
-        info = self.local_info(tag)
-        if info is None and self.online:
-            try:
-                r = await self.call("Authorize", {"idTag": tag})
-                self._learn(tag, r.get("idTagInfo"))
-                info = info_of(r.get("idTagInfo"))
-            except (LinkDown, CallError, asyncio.TimeoutError, ValueError):
-                return None
-        return info[2] if info else None
-
-    async def may_stop(self, id_tag, session):
-        """Stop check: another card may stop a charge when both share a parentIdTag."""
-        if not self.active:
-            return None
-        mine = await self.parent_of(session.id_tag)
-        theirs = await self.parent_of(id_tag)
-        if mine and theirs and mine.upper() == theirs.upper():
-            return True
-        return None
-
-    # ---- reservations ---------------------------------------------------------------------------
-    def reservation(self):
-        r = self.state.get("resv")
-        if r is not None and r["exp"] <= self.now():
-            _log.info("reservation %d expired", r["id"])
-            self.end_reservation()
-            return None
-        return r
-
-    def end_reservation(self):
-        if self.state.get("resv") is not None:
-            self.state["resv"] = None
-            self.save_state()
-            self._send_ev.set()
-
-    async def reservation_verdict(self, tag):
-        r = self.reservation() if self.active else None
-        if r is None or tag.upper() == r["tag"].upper():
-            return None
-        if r.get("parent"):
-            p = await self.parent_of(tag)
-            if p and p.upper() == r["parent"].upper():
-                return None
-        return "Reserved"
-
-    # ---- sessions and the ticker ----------------------------------------------------------------
-    def stop_session(self, reason):
-        """Ends the running session with an OCPP stop reason."""
-        if self.ch.session is None:
-            return False
-        self._stop_reason = reason
-        self.ch.end_session("OCPP")
-        return True
-
-    def start_remote(self, tag, profile):
-        """RemoteStart accepted: start now, or when the vehicle arrives in time."""
-        if self.ch.connected:
-            ok, why = self.app.auth.start(tag, "OCPP")
-            if not ok:
-                _log.warning("remote start of %s failed: %s", tag, why)
-                return
-            self._remote = (tag, None, profile)
-            return
-        ms = self.cfg["ConnectionTimeOut"] * 1000
-        self._remote = (tag, time.ticks_add(time.ticks_ms(), ms), profile)
-
     def _tick(self):
         if not self.active:
-            self._events = []
-            if self._limit is not None:
-                self._limit = None
-                self.ch.set_external_limit("ocpp", None)  # OCPP switched off: no profile
+            self.tx.events = []
+            self.tx.apply_limit(0, off=True)  # OCPP switched off: no profile limits
             return
         now = self.now()
-        while self._events:
-            kind, s, reason = self._events.pop(0)
-            if kind == "start":
-                self._tx_start(s)
-            else:
-                self._tx_end(s, reason)
-        cur = self.cur
-        if cur is not None:
-            self._sample(now, cur)
-        self._aligned(now, cur)
-        self._apply_limit(now)
-        self.reservation()
-        if self.state.get("resv") and self.ch.ocpp_status() in ("Faulted", "Unavailable"):
-            _log.info("reservation ended: charger %s", self.ch.ocpp_status())
-            self.end_reservation()
-        rm = self._remote
-        if rm is not None and rm[1] is not None:
-            if self.ch.connected and self.ch.session is None:
-                self._remote = None
-                self.start_remote(rm[0], rm[2])
-            elif time.ticks_diff(time.ticks_ms(), rm[1]) >= 0:
-                _log.info("remote start of %s: no vehicle within ConnectionTimeOut", rm[0])
-                self._remote = None
+        self.tx.tick(now)
+        ch = self.ch
+        if self.auth.reservation() is not None and ch.ocpp_status() in ("Faulted", "Unavailable"):
+            _log.info("reservation ended: charger %s", ch.ocpp_status())
+            self.auth.end_reservation()
         sched = self.state.get("sched")
-        if sched is not None and self.ch.session is None:
+        if sched is not None and ch.session is None:
             self.set_available(sched == "Operative")
         fw = self.state.get("fw")
         if fw and fw.get("st") == "Pending" and fw["date"] <= now:
             from evse.ocpp import transfer
 
             self.job("firmware", transfer.update_firmware(self))
-
-    def _tx_start(self, s):
-        q = self.q
-        ref = q.next_seq()
-        payload = {
-            "connectorId": 1,
-            "idTag": s.id_tag[:20],
-            "meterStart": int(s.start_wh),
-            "timestamp": isotime.fmt(s.start_s),
-        }
-        r = self.reservation()
-        if r is not None and s.id_tag.upper() in (r["tag"].upper(), (r.get("parent") or "").upper()):
-            payload["reservationId"] = r["id"]
-            self.end_reservation()
-        elif r is not None:
-            info = self.local_info(s.id_tag)
-            if info and info[2] and r.get("parent") and info[2].upper() == r["parent"].upper():
-                payload["reservationId"] = r["id"]
-                self.end_reservation()
-        q.push("StartTransaction", payload, ref, rpc.new_id())
-        q.set_open(ref, s.id_tag, s.start_wh, s.start_s)
-        self.cur = {"ref": ref, "id": None, "start": s.start_s, "mode": s.start_mode,
-                    "tag": s.id_tag, "begin": None, "deauth": False}
-        names = self.cfg["StopTxnSampledData"]
-        if names:
-            self.cur["begin"] = meterval.meter_value(self.app, names, "Transaction.Begin", s.start_s)
-        self._next_sample = None
-        rm = self._remote
-        if rm is not None and rm[0].upper() == s.id_tag.upper():
-            self._remote = None
-            if rm[2] is not None:
-                self.smart.install(1, rm[2], -1, self.now())
-        self._send_ev.set()
-
-    def _tx_end(self, s, reason):
-        cur = self.cur
-        if cur is None:
-            return
-        end = s.end_s or self.now()
-        wh = s.start_wh + s.energy_wh
-        if reason is None:
-            reason = _REASONS.get(s.stop_mode, "Other")
-        payload = {"meterStop": int(wh), "timestamp": isotime.fmt(end), "reason": reason}
-        if s.stop_mode in ("RFID", "App"):
-            payload["idTag"] = s.id_tag[:20]
-        names = self.cfg["StopTxnSampledData"]
-        if names and cur["begin"] is not None:
-            payload["transactionData"] = [
-                cur["begin"], meterval.meter_value(self.app, names, "Transaction.End", end)
-            ]
-        self.q.push("StopTransaction", payload, cur["ref"], rpc.new_id())
-        self.q.close_open()
-        self.cur = None
-        self.smart.tx_ended()
-        self._send_ev.set()
-
-    def _sample(self, now, cur):
-        iv = self.cfg["MeterValueSampleInterval"]
-        if iv <= 0:
-            self._next_sample = None
-            return
-        if self._next_sample is None:
-            self._next_sample = cur["start"] + iv
-        if now < self._next_sample:
-            return
-        self._next_sample += iv
-        if self._next_sample <= now:
-            self._next_sample = now + iv
-        names = self.cfg["MeterValuesSampledData"]
-        if not names:
-            return
-        mv = meterval.meter_value(self.app, names, "Sample.Periodic", now)
-        self.q.push("MeterValues", {"connectorId": 1, "meterValue": [mv]}, cur["ref"], rpc.new_id())
-        self.q.touch_open(self.app.metering.energy_wh, now)
-        self._send_ev.set()
-
-    def _aligned(self, now, cur):
-        iv = self.cfg["ClockAlignedDataInterval"]
-        if iv <= 0:
-            self._aligned_slot = None
-            return
-        slot = now // iv
-        if self._aligned_slot is None or slot == self._aligned_slot:
-            self._aligned_slot = slot
-            return
-        self._aligned_slot = slot
-        names = self.cfg["MeterValuesAlignedData"]
-        if not names:
-            return
-        mv = meterval.meter_value(self.app, names, "Sample.Clock", slot * iv)
-        p = {"connectorId": 1, "meterValue": [mv]}
-        if cur is not None:
-            self.q.push("MeterValues", p, cur["ref"], rpc.new_id())
-            self._send_ev.set()
-        elif self.online:
-            self.note("MeterValues", p)
-
-    def _apply_limit(self, now):
-        cur = self.cur
-        if cur is None:
-            a = self.smart.limit(now)
-        else:
-            a = self.smart.limit(now, 1, cur["start"], -1 if cur["id"] is None else cur["id"])
-        if cur is not None and cur["deauth"]:
-            used = self.app.metering.energy_wh - (self.ch.session.start_wh if self.ch.session else 0)
-            if used >= self.cfg["MaxEnergyOnInvalidId"]:
-                a = 0.0
-        if a != self._limit:
-            self._limit = a
-            _log.info("charging profile limit: %s", "none" if a is None else "%.1f A" % a)
-            self.ch.set_external_limit("ocpp", a)
 
     # ---- availability, reset, firmware --------------------------------------------------------------
     def set_available(self, operative):
@@ -945,11 +632,11 @@ class Service:
     async def reset(self, hard):
         _log.warning("%s reset requested by the central system", "hard" if hard else "soft")
         if self.ch.session is not None:
-            self.stop_session("HardReset" if hard else "SoftReset")
+            self.tx.stop_session("HardReset" if hard else "SoftReset")
         self._tick_ev.set()
         deadline = time.ticks_add(time.ticks_ms(), 3000 if hard else 10000)
         while time.ticks_diff(deadline, time.ticks_ms()) > 0:
-            if not self._events and (hard or not self.online or not self.q.pending):
+            if not self.tx.events and (hard or not self.online or not self.q.pending):
                 break
             await asyncio.sleep_ms(100)
         if self.ws.open:

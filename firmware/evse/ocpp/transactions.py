@@ -1,0 +1,251 @@
+# The charger's sessions as OCPP transactions (1.6 §4.7-4.8, §5.11-5.12): what the
+# charging core reports turns into StartTransaction, MeterValues and StopTransaction
+# records of the persisted queue (txqueue.py), which the service delivers; plus the
+# charging-profile limit, remote starts waiting for the vehicle and the stop reasons.
+#
+# The charger's listeners run in the pilot task: on_charger only notes the event; tick()
+# (the service's ticker, about once a second or when kicked) does the flash writes.
+import time
+
+import log
+from evse.ocpp import isotime
+from evse.ocpp import meterval
+from evse.ocpp import rpc
+
+_log = log.get("ocpp.tx")
+
+# history stop mode -> StopTransaction reason
+_REASONS = {
+    "RFID": "Local",
+    "App": "Local",
+    "Free": "Local",
+    "OCPP": "Remote",
+    "Unplug": "EVDisconnected",
+    "PowerLoss": "PowerLoss",
+}
+
+
+class Transactions:
+    def __init__(self, svc):
+        self.svc = svc
+        self.cur = None  # the running transaction: ref, id, start, mode, tag, begin, deauth
+        self.events = []  # (kind, session, stop reason) noted by the listener
+        self._stop_reason = None
+        self._remote = None  # a RemoteStart: (id_tag, deadline_ms or None, profile)
+        self._next_sample = None
+        self._aligned_slot = None
+        self.limit = -1.0  # the "ocpp" limit last given to the charger (-1: none yet)
+
+    # ---- the charger's side ------------------------------------------------------------------
+    def on_charger(self, event, ch, *rest):
+        """Charger listener (pilot task: no I/O)."""
+        if event == "session_start":
+            self.events.append(("start", ch.session, None))
+        elif event == "session_end":
+            self.events.append(("end", rest[0], self._stop_reason))
+            self._stop_reason = None
+        self.svc.kick()
+
+    def stop_session(self, reason):
+        """Ends the running session with an OCPP stop reason."""
+        ch = self.svc.ch
+        if ch.session is None:
+            return False
+        self._stop_reason = reason
+        ch.end_session("OCPP")
+        return True
+
+    def start_remote(self, tag, profile):
+        """RemoteStart accepted: start now, or when the vehicle arrives in time."""
+        svc = self.svc
+        if svc.ch.connected:
+            ok, why = svc.app.auth.start(tag, "OCPP")
+            if not ok:
+                _log.warning("remote start of %s failed: %s", tag, why)
+                return
+            self._remote = (tag, None, profile)
+            return
+        ms = svc.cfg["ConnectionTimeOut"] * 1000
+        self._remote = (tag, time.ticks_add(time.ticks_ms(), ms), profile)
+
+    def recover(self):
+        """At boot: a transaction still open was cut by a power loss (or a crash)."""
+        q = self.svc.q
+        op = q.open
+        if op is None:
+            return
+        _log.warning("transaction %d cut by a power loss: queued its stop", op["r"])
+        payload = {
+            "meterStop": int(op.get("wh") or 0),
+            "timestamp": isotime.fmt(op.get("t") or self.svc.now()),
+            "reason": "PowerLoss",
+        }
+        q.push("StopTransaction", payload, op["r"], rpc.new_id())
+        q.close_open()
+
+    # ---- once a second -------------------------------------------------------------------------
+    def tick(self, now):
+        while self.events:
+            kind, s, reason = self.events.pop(0)
+            if kind == "start":
+                self._start(s)
+            else:
+                self._end(s, reason)
+        cur = self.cur
+        if cur is not None:
+            self._sample(now, cur)
+        self._aligned(now, cur)
+        self.apply_limit(now)
+        svc = self.svc
+        rm = self._remote
+        if rm is not None and rm[1] is not None:
+            if svc.ch.connected and svc.ch.session is None:
+                self._remote = None
+                self.start_remote(rm[0], rm[2])
+            elif time.ticks_diff(time.ticks_ms(), rm[1]) >= 0:
+                _log.info("remote start of %s: no vehicle within ConnectionTimeOut", rm[0])
+                self._remote = None
+
+    def _start(self, s):
+        svc = self.svc
+        q = svc.q
+        ref = q.next_seq()
+        payload = {
+            "connectorId": 1,
+            "idTag": s.id_tag[:20],
+            "meterStart": int(s.start_wh),
+            "timestamp": isotime.fmt(s.start_s),
+        }
+        rid = svc.auth.uses_reservation(s.id_tag)
+        if rid is not None:
+            payload["reservationId"] = rid
+            svc.auth.end_reservation()
+        q.push("StartTransaction", payload, ref, rpc.new_id())
+        q.set_open(ref, s.id_tag, s.start_wh, s.start_s)
+        self.cur = {"ref": ref, "id": None, "start": s.start_s, "mode": s.start_mode,
+                    "tag": s.id_tag, "begin": None, "deauth": False}
+        names = svc.cfg["StopTxnSampledData"]
+        if names:
+            self.cur["begin"] = meterval.meter_value(svc.app, names, "Transaction.Begin", s.start_s)
+        self._next_sample = None
+        rm = self._remote
+        if rm is not None and rm[0].upper() == s.id_tag.upper():
+            self._remote = None
+            if rm[2] is not None:
+                svc.smart.install(1, rm[2], -1, svc.now())
+        svc.kick()
+
+    def _end(self, s, reason):
+        cur = self.cur
+        if cur is None:
+            return  # began before OCPP was on: never reported
+        svc = self.svc
+        end = s.end_s or svc.now()
+        if reason is None:
+            reason = _REASONS.get(s.stop_mode, "Other")
+        payload = {"meterStop": int(s.start_wh + s.energy_wh), "timestamp": isotime.fmt(end),
+                   "reason": reason}
+        if s.stop_mode in ("RFID", "App"):
+            payload["idTag"] = s.id_tag[:20]
+        names = svc.cfg["StopTxnSampledData"]
+        if names and cur["begin"] is not None:
+            payload["transactionData"] = [
+                cur["begin"], meterval.meter_value(svc.app, names, "Transaction.End", end)
+            ]
+        svc.q.push("StopTransaction", payload, cur["ref"], rpc.new_id())
+        svc.q.close_open()
+        self.cur = None
+        svc.smart.tx_ended()
+        svc.kick()
+
+    def started(self, ref, tx_id, info, tag):
+        """StartTransaction of `ref` answered (tx_id -1 when given up)."""
+        cur = self.cur
+        if cur is None or cur["ref"] != ref:
+            return  # that session already ended
+        svc = self.svc
+        cur["id"] = tx_id
+        s = svc.ch.session
+        if s is not None:
+            s.tx_id = tx_id
+        if info is None:
+            return
+        status = svc.auth.learn(tag, info)
+        if status == "Accepted" or cur["mode"] not in ("RFID", "OCPP"):
+            return  # free-mode and web-app charges are the owner's
+        _log.warning("transaction %d: id tag %s is %s", tx_id, tag, status)
+        if svc.cfg["StopTransactionOnInvalidId"]:
+            self.stop_session("DeAuthorized")
+        else:
+            cur["deauth"] = True  # energy stops after MaxEnergyOnInvalidId
+            svc.kick()
+
+    def _sample(self, now, cur):
+        svc = self.svc
+        iv = svc.cfg["MeterValueSampleInterval"]
+        if iv <= 0:
+            self._next_sample = None
+            return
+        if self._next_sample is None:
+            self._next_sample = cur["start"] + iv
+        if now < self._next_sample:
+            return
+        self._next_sample += iv
+        if self._next_sample <= now:
+            self._next_sample = now + iv
+        names = svc.cfg["MeterValuesSampledData"]
+        if not names:
+            return
+        mv = meterval.meter_value(svc.app, names, "Sample.Periodic", now)
+        svc.q.push("MeterValues", {"connectorId": 1, "meterValue": [mv]}, cur["ref"], rpc.new_id())
+        svc.q.touch_open(svc.app.metering.energy_wh, now)
+        svc.kick()
+
+    def _aligned(self, now, cur):
+        svc = self.svc
+        iv = svc.cfg["ClockAlignedDataInterval"]
+        if iv <= 0:
+            self._aligned_slot = None
+            return
+        slot = now // iv
+        if self._aligned_slot is None or slot == self._aligned_slot:
+            self._aligned_slot = slot
+            return
+        self._aligned_slot = slot
+        names = svc.cfg["MeterValuesAlignedData"]
+        if not names:
+            return
+        mv = meterval.meter_value(svc.app, names, "Sample.Clock", slot * iv)
+        p = {"connectorId": 1, "meterValue": [mv]}
+        if cur is not None:
+            svc.q.push("MeterValues", p, cur["ref"], rpc.new_id())
+            svc.kick()
+        elif svc.online:
+            svc.note("MeterValues", p)
+
+    def tx_for_smart(self):
+        """(start epoch, transaction id) for the profiles: (None, None) with no transaction,
+        id -1 while the central system has not given one."""
+        cur = self.cur
+        if cur is None:
+            return None, None
+        return cur["start"], (-1 if cur["id"] is None else cur["id"])
+
+    def apply_limit(self, now, off=False):
+        """The "ocpp" named limit of the charging core: the profiles' limit now, 0 A for a
+        refused id past MaxEnergyOnInvalidId, none when OCPP is off."""
+        svc = self.svc
+        a = None
+        if not off:
+            start, tx_id = self.tx_for_smart()
+            a = svc.smart.limit(now, 1, start, tx_id)
+            cur = self.cur
+            if cur is not None and cur["deauth"]:
+                s = svc.ch.session
+                used = svc.app.metering.energy_wh - (s.start_wh if s else 0)
+                if used >= svc.cfg["MaxEnergyOnInvalidId"]:
+                    a = 0.0
+        if a != self.limit:
+            self.limit = a
+            _log.info("charging profile limit: %s", "none" if a is None else "%.1f A" % a)
+            svc.ch.set_external_limit("ocpp", a)
