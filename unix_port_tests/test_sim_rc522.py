@@ -301,9 +301,14 @@ def test_irq_delay_hides_irqs_for_some_reads():
     eq([rreg(chip, COM_IRQ) & 0x20 for _ in range(4)], [0, 0, 0, 0x20], "RxIRq on the 4th read")
 
 
-def test_unsupported_command_raises():
+def test_unsupported_command_is_refused_through_the_error_flags():
     chip = Rc522Chip()
-    raises(NotImplementedError, wreg, chip, COMMAND, 0x0E)  # MFAuthent
+    wreg(chip, COM_IRQ, 0x7F)  # clear
+    wreg(chip, COMMAND, 0x0E)  # MFAuthent: not emulated
+    eq(rreg(chip, ERROR) & 0x01, 0x01, "ProtocolErr")
+    eq(rreg(chip, COM_IRQ) & 0x02, 0x02, "ErrIRq")
+    eq(rreg(chip, COMMAND) & 0x0F, 0x00, "back to Idle")
+    eq(chip.refused_commands, 1)
 
 
 def test_present_remove_and_expiry():

@@ -16,7 +16,9 @@ Emulated subset (section numbers: MFRC522 datasheet rev. 3.9, ISO/IEC 14443-3):
   + TReload (they only decide whether TimerIRq fires: no time passes inside the chip),
   CRCResultReg, VersionReg (`version`, 0x92). Other registers are plain storage.
 - Commands: Idle, CalcCRC (CRC_A, preset from ModeReg), Transceive (runs when StartSend is
-  written), SoftReset, NoCmdChange. The others raise NotImplementedError.
+  written), SoftReset, NoCmdChange. The others (Mem, GenerateRandomID, Transmit, Receive,
+  MFAuthent) are refused as an error the driver can see: ErrorReg ProtocolErr, ComIrqReg
+  ErrIRq, back to Idle, counted in `refused_commands`.
 - Cards, per ISO 14443-3 6.3 (IDLE, READY, ACTIVE, HALT, plus PROTOCOL after RATS):
   REQA/WUPA short frames -> ATQA; anticollision and SELECT on cascade levels 1-3 with the
   cascade tag 0x88, BCC and CRC_A; HLTA; RATS -> ATS (CPU cards); S(DESELECT) in PROTOCOL.
@@ -71,6 +73,7 @@ _IRQ_TIMER = const(0x01)
 _DIV_CRC = const(0x04)
 _ERR_BUFFER_OVFL = const(0x10)
 _ERR_COLL = const(0x08)
+_ERR_PROTOCOL = const(0x01)
 _COLL_POS_NOT_VALID = const(0x20)
 _VALUES_AFTER_COLL = const(0x80)
 
@@ -315,6 +318,7 @@ class Rc522Chip:
         self.boot_reads = 1
         self.log = None  # set to a list to record each frame sent: (bytes, bits)
         self.transfers = 0  # SPI bytes clocked, to bound the driver's work in tests
+        self.refused_commands = 0  # commands outside the emulated subset
         self.cards = []
         self.field_on = False
         self.regs = bytearray(64)
@@ -540,7 +544,13 @@ class Rc522Chip:
             self._reset()
             return
         if cmd != _CMD_IDLE and cmd != _CMD_CALC_CRC and cmd != _CMD_TRANSCEIVE:
-            raise NotImplementedError("MFRC522 command 0x%X" % cmd)
+            # Outside the emulated subset: fail visibly through the chip's own error
+            # flags rather than pretend it ran (the driver uses none of these).
+            self.refused_commands += 1
+            r[_ERROR] |= _ERR_PROTOCOL
+            r[_COM_IRQ] |= _IRQ_ERR
+            r[_COMMAND] = (v & 0x30) | _CMD_IDLE
+            return
         r[_COMMAND] = (v & 0x30) | cmd
         if cmd == _CMD_CALC_CRC:
             # The coprocessor takes what is in the FIFO, then each byte written to it.
