@@ -20,7 +20,7 @@ help:
 	@echo "make build BOARD=unix_sim       compile into build/BOARD/ (also esp32_evplus, stm32_evplus)"
 	@echo "make deploy BOARD=... PORT=...  copy build/BOARD/ to a board with mpremote and reset it"
 	@echo "make ota BOARD=...              build the upgrade file build/EVPLUS_BOARD.bin and print its MD5"
-	@echo "make bench                      boot time and heap after boot -> build/bench.json"
+	@echo "make bench                      every benchmark, one table -> build/bench/report.json"
 	@echo "make lint                       ruff on tests/ and tools/"
 	@echo "make clean | distclean          remove build output and caches | also .venv/ and data/"
 
@@ -57,12 +57,10 @@ deploy: build
 	@test -n "$(PORT)" || { echo "make deploy: set PORT, e.g. PORT=/dev/ttyUSB0" >&2; exit 2; }
 	cd build/$(BOARD) && ../../$(VENV)/bin/mpremote connect $(PORT) fs cp -r $$(ls -A | grep -vx manifest.py) : + reset
 
+# Every benchmark, then one summary table (build/bench/report.json). BENCH_ARGS="--quick"
+# for a smoke run, "--only http,ocpp" for a subset.
 bench: setup
-	$(PY) tools/bench.py $(BENCH_ARGS)
-	$(PY) tools/bench_latency.py --json build/bench_latency.json
-	$(PY) tools/bench_modbus.py
-	$(PY) tools/bench_http.py --json build/bench_http.json
-	$(PY) tools/bench_ocpp.py --json build/bench_ocpp.json
+	$(PY) tools/bench_report.py $(BENCH_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check tests/ tools/
