@@ -21,7 +21,7 @@ help:
 	@echo "make deploy BOARD=... PORT=...  copy build/BOARD/ to a board with mpremote and reset it"
 	@echo "make ota BOARD=...              build the upgrade file build/EVPLUS_BOARD.bin and print its MD5"
 	@echo "make bench                      every benchmark, one table -> build/bench/report.json"
-	@echo "make lint                       ruff on tests/ and tools/"
+	@echo "make lint                       ruff on tests/ and tools/, basedpyright on the real boards' code"
 	@echo "make clean | distclean          remove build output and caches | also .venv/ and data/"
 
 # Always runs; does nothing when the packages and .venv/ are already up to date.
@@ -64,6 +64,7 @@ bench: setup
 
 lint: setup
 	$(VENV)/bin/ruff check tests/ tools/
+	$(PY) tools/typecheck.py
 
 clean:
 	rm -rf build/ .pytest_cache/ .ruff_cache/

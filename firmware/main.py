@@ -32,7 +32,11 @@ def _setup_path():
     if _exists(here + "/../lib") and _exists(here + "/../boards"):
         # Source tree.
         board = _board_name() or "unix_sim"
-        for p in (here, here + "/../lib", here + "/../boards/" + board):
+        # evplus_common: the board code the two EV PLUS boards share (docs/hardware.md).
+        paths = (here, here + "/../lib", here + "/../boards/" + board)
+        if board != "unix_sim":
+            paths += (here + "/../boards/evplus_common",)
+        for p in paths:
             if p not in sys.path:
                 sys.path.append(p)
     else:

@@ -6,7 +6,8 @@
                          top-level firmware/*.py such as boot.py)
     <out>/evse/...mpy    every package under firmware/, compiled, subpackages kept
     <out>/evse/www/...   any other file under firmware/ (web assets), copied as is
-    <out>/lib/*.mpy      lib/ and boards/<board>/ together: /lib is on the device's sys.path
+    <out>/lib/*.mpy      lib/, the board's shared modules (SHARED) and boards/<board>/
+                         together: /lib is on the device's sys.path
 
 Every error of mpy-cross is printed and the build exits non-zero.
 """
@@ -24,6 +25,13 @@ ARCH = {
     "unix_sim": "host",
     "esp32_evplus": "xtensawin",
     "stm32_evplus": "armv7emsp",
+}
+
+# Directories under boards/ whose modules a board imports besides its own: the
+# port-neutral adapters both EV PLUS boards share.
+SHARED = {
+    "esp32_evplus": ("evplus_common",),
+    "stm32_evplus": ("evplus_common",),
 }
 
 SKIP_DIRS = {"__pycache__"}
@@ -53,6 +61,12 @@ def source_files(top):
             yield path, rel
 
 
+def module_dirs(root, board):
+    """The directories whose modules go to /lib for `board`, in build order."""
+    shared = [root / "boards" / name for name in SHARED.get(board, ())]
+    return [root / "lib", *shared, root / "boards" / board]
+
+
 def plan(root, board):
     """(source, destination relative to the tree, compile?) for every file of the build."""
     board_dir = root / "boards" / board
@@ -72,7 +86,7 @@ def plan(root, board):
             items.append((src, rel.with_suffix(".mpy"), True))
 
     lib_modules = {}
-    for top in (root / "lib", board_dir):
+    for top in module_dirs(root, board):
         if not top.is_dir():
             continue
         for src, rel in source_files(top):

@@ -4,21 +4,14 @@ import sys
 _FAKES = (__file__.rpartition("/")[0] or ".") + "/fakes"
 if _FAKES not in sys.path:
     sys.path.append(_FAKES)
-from boardload import Loaded  # noqa: E402
+import boardload  # noqa: E402
 from check import assert_no_alloc, eq, true  # noqa: E402
 
 _ENV = {"EVSE_DATA_DIR": "/tmp/evplus_stm32_test", "EVSE_SERIAL": "EVPLUS-00017"}
 
 
 def _make():
-    ld = Loaded("stm32_evplus")
-    ld.__enter__()
-    try:
-        hw = ld.board.make(_ENV)
-    except Exception:
-        ld.__exit__()
-        raise
-    return ld, hw
+    return boardload.make("stm32_evplus", _ENV)
 
 
 def test_cp_timer_1khz_counts_and_duty():

@@ -9,19 +9,16 @@
 # - CP sampling is not phase-locked to the PWM: cp_adc.sample() reads a burst spanning
 #   more than one 1 kHz period and keeps the min and max plateaus;
 # - the fan tachometer uses the PCNT hardware (machine.Counter), never Pin.irq.
-import asyncio
-import os
-import time
-
 import esp32
+import evplus_power as power
+import evplus_system as system
+import evplus_thermal as thermal
 import machine
 import network
-import neopixel
+import pins
+from evplus_board import EvPlusBoard, tethered
 from machine import ADC, PWM, Pin
 from micropython import const
-
-import evp_parts as parts
-import pins
 
 NAME = "esp32_evplus"
 _CP_FREQ = const(1000)
@@ -69,8 +66,8 @@ class CpAdc:
         rd = self._read_uv
         for i in range(_CP_BURST):
             b[i] = rd()
-        self.hi_mv = parts.cp_mv(max(b) // 1000, pins.CP_ZERO_MV, pins.CP_GAIN_X1000)
-        self.lo_mv = parts.cp_mv(min(b) // 1000, pins.CP_ZERO_MV, pins.CP_GAIN_X1000)
+        self.hi_mv = power.cp_mv(max(b) // 1000, pins.CP_ZERO_MV, pins.CP_GAIN_X1000)
+        self.lo_mv = power.cp_mv(min(b) // 1000, pins.CP_ZERO_MV, pins.CP_GAIN_X1000)
 
 
 def _mv_reader(adc):
@@ -142,23 +139,16 @@ class Can:
             return None
 
 
-class Board:
+class Board(EvPlusBoard):
     def __init__(self, env):
-        self.name = NAME
-        uid = machine.unique_id()
-        self.serial = env.get("EVSE_SERIAL") or "EVPLUS-%s" % "".join(
-            "%02X" % b for b in uid[-4:]
-        )
-        clock = parts.Clock()
-        self._clock = clock
-        self.clock_us = clock.now_us  # bound once: ISR-safe path
+        self._begin(NAME, env, machine, pins)
 
         # Pilot
         cp_pwm = PWM(Pin(pins.CP_PWM, Pin.OUT), freq=_CP_FREQ, duty_u16=_U16_FULL)
         self._cp_out = CpOut(cp_pwm)
-        self.cp = parts.CpGenerator(self._cp_out.set_duty)
+        self.cp = power.CpGenerator(self._cp_out.set_duty)
         self.cp_adc = CpAdc(_adc(pins.CP_ADC))
-        self.pp_adc = parts.PpAdc(_mv_reader(_adc(pins.PP_ADC)), pins.VREF_MV,
+        self.pp_adc = power.PpAdc(_mv_reader(_adc(pins.PP_ADC)), pins.VREF_MV,
                                   pins.PP_PULLUP_OHM)
 
         # SPI bus: RC522, MCP2515, 74HC595
@@ -169,93 +159,37 @@ class Board:
                           sck=Pin(pins.SPI_SCK), mosi=Pin(pins.SPI_MOSI),
                           miso=Pin(pins.SPI_MISO))
         self.rfid_spi = spi
-        sr = parts.Hc595(spi, Pin(pins.SR_LATCH, Pin.OUT, value=0))
+        sr = system.Hc595(spi, Pin(pins.SR_LATCH, Pin.OUT, value=0))
         self.shift = sr
 
-        # Power path and protection
-        self.relays = parts.Relays(
-            Pin(pins.RELAY1, Pin.OUT, value=0), Pin(pins.RELAY2, Pin.OUT, value=0),
-            Pin(pins.RELAY1_FB, Pin.IN, Pin.PULL_UP), Pin(pins.RELAY2_FB, Pin.IN, Pin.PULL_UP),
-            fb_active=0,
-        )
-        self.lock = parts.Lock(sr.bit(pins.SR_LOCK_A), sr.bit(pins.SR_LOCK_B),
+        # Lock and protection (the contactors are built by _begin)
+        self.lock = power.Lock(sr.bit(pins.SR_LOCK_A), sr.bit(pins.SR_LOCK_B),
                                Pin(pins.LOCK_FB, Pin.IN, Pin.PULL_DOWN),
-                               fitted=env.get("EVSE_TETHERED") not in ("1", "yes"))
+                               fitted=not tethered(env))
         rcd_pin = Pin(pins.RCD_FAULT, Pin.IN)
-        self.rcd = parts.Rcd(rcd_pin, sr.bit(pins.SR_RCD_TEST), self.relays)
+        self.rcd = power.Rcd(rcd_pin, sr.bit(pins.SR_RCD_TEST), self.relays)
         # Soft IRQ on this port (no hard= keyword): see the header comment.
         rcd_pin.irq(handler=self.rcd.isr, trigger=Pin.IRQ_RISING)
-        self.pe = parts.PeMonitor(None, _mv_reader(_adc(pins.NPE_ADC)), pins.NPE_MV_PER_V)
-        self.temps = parts.Temps((_mv_reader(_adc(pins.T_RELAY_ADC)),
-                                  _mv_reader(_adc(pins.T_SOCKET_ADC)),
-                                  _mv_reader(_adc(pins.T_ENV_ADC))), pins.VREF_MV)
+        self.pe = power.PeMonitor(None, _mv_reader(_adc(pins.NPE_ADC)), pins.NPE_MV_PER_V)
+        self.temps = thermal.Temps((_mv_reader(_adc(pins.T_RELAY_ADC)),
+                                    _mv_reader(_adc(pins.T_SOCKET_ADC)),
+                                    _mv_reader(_adc(pins.T_ENV_ADC))), pins.VREF_MV)
         fan_pwm = PWM(Pin(pins.FAN_PWM, Pin.OUT), freq=_FAN_FREQ, duty_u16=0)
         self._fan_out = FanOut(fan_pwm)
         self._tach = Tach(Pin(pins.FAN_TACH, Pin.IN, Pin.PULL_UP))
-        self.fan = parts.Fan(self._fan_out.set_pct, self._tach.count)
+        self.fan = thermal.Fan(self._fan_out.set_pct, self._tach.count)
 
-        # Internal meter on its own UART
-        from modbus_rtu import ModbusRtu
-
-        meter_uart = machine.UART(pins.METER_UART, pins.METER_BAUD, tx=pins.METER_TX,
-                                  rx=pins.METER_RX, timeout=0)
-        self.meter = parts.Meter(ModbusRtu(parts.Rs485Uart(meter_uart, pins.METER_BAUD)))
-
-        # HMI
-        np = neopixel.NeoPixel(Pin(pins.NEOPIXEL, Pin.OUT), pins.BELT_LEDS + 4)
-        self._pixels = px = parts.Pixels(np, pins.BELT_LEDS)
-        self.belt = parts.Belt(px)
-        self.leds = parts.Leds(px)
-        self.tap_light = parts.OutPin(sr.bit(pins.SR_TAP_LIGHT))
-        i2c = machine.I2C(0, scl=Pin(pins.I2C_SCL), sda=Pin(pins.I2C_SDA), freq=100_000)
-        self.display = parts.Lcd1602(i2c, pins.LCD_ADDR)
-        self.buzzer = parts.Buzzer(sr.bit(pins.SR_BUZZER))
-        self.button = parts.Button(Pin(pins.BUTTON, Pin.IN, Pin.PULL_UP))
-        self.errors = parts.ErrorReporter()
-        self.report_error = self.errors.report
-
-        # Buses and radio
-        if env.get("EVSE_RS485", "1") not in ("0", "no"):
-            uart = machine.UART(pins.RS485_UART, pins.RS485_BAUD, tx=pins.RS485_TX,
-                                rx=pins.RS485_RX, timeout=0)
-            self.rs485 = (parts.Rs485Uart(uart, pins.RS485_BAUD),
-                          Pin(pins.RS485_DE, Pin.OUT, value=0))
-        else:
-            self.rs485 = None
+        # CAN and radio
         self.can = Can(spi, can_cs)
-        self.wlan = parts.Wlan(network, self.serial)
+        self.wlan = system.Wlan(network, self.serial)
 
-        # System
-        self.rtc = parts.Rtc(machine.RTC())
-        self.wdt = parts.Wdt(machine.WDT)
-        self.data_dir = env.get("EVSE_DATA_DIR") or "/data"
-        parts.ensure_dir(os, self.data_dir)
-        self.http_addr = ("0.0.0.0", 80)
-
-    def reset(self):
-        self.relays.open()
-        self.cp.high()
-        machine.reset()
-
-    def tasks(self, app):
-        return [("board_io", self._io_task), ("board_meter", self._meter_task)]
-
-    async def _io_task(self):
-        """Blink patterns, lock-motor and buzzer pulses, the clock's wrap bookkeeping."""
-        while True:
-            self.clock_us()
-            now = time.ticks_ms()
-            self.lock.poll()
-            self.buzzer.poll()
-            self._pixels.tick(now)
-            await asyncio.sleep_ms(50)
-
-    async def _meter_task(self):
-        from modbus_rtu import ModbusError
-
-        while True:
-            try:
-                await self.meter.poll()
-            except (OSError, ModbusError):
-                pass  # meter.read() goes stale and raises: the application reports it
-            await asyncio.sleep_ms(1000)
+        self._finish(
+            env, pins,
+            meter_uart=machine.UART(pins.METER_UART, pins.METER_BAUD, tx=pins.METER_TX,
+                                    rx=pins.METER_RX, timeout=0),
+            rs485_uart=lambda: machine.UART(pins.RS485_UART, pins.RS485_BAUD,
+                                            tx=pins.RS485_TX, rx=pins.RS485_RX, timeout=0),
+            i2c=machine.I2C(0, scl=Pin(pins.I2C_SCL), sda=Pin(pins.I2C_SDA), freq=100_000),
+            tap_light=sr.bit(pins.SR_TAP_LIGHT),
+            buzzer=sr.bit(pins.SR_BUZZER),
+        )

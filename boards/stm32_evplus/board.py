@@ -11,18 +11,16 @@
 # - RCD: hard IRQ on the fault line opens the relays before anything else.
 # - CAN: the on-chip bxCAN through pyb.CAN.
 import array
-import asyncio
-import os
-import time
 
+import evplus_power as power
+import evplus_system as system
+import evplus_thermal as thermal
 import machine
-import neopixel
+import pins
 import pyb
+from evplus_board import EvPlusBoard, tethered
 from machine import Pin
 from micropython import const
-
-import evp_parts as parts
-import pins
 
 NAME = "stm32_evplus"
 _CP_FREQ = const(1000)
@@ -80,9 +78,9 @@ class CpAdc:
 
     def sample(self):
         r = self._raw
-        self.hi_mv = parts.cp_mv(r[_HI] * pins.VREF_MV // _ADC_FULL, pins.CP_ZERO_MV,
+        self.hi_mv = power.cp_mv(r[_HI] * pins.VREF_MV // _ADC_FULL, pins.CP_ZERO_MV,
                                  pins.CP_GAIN_X1000)
-        self.lo_mv = parts.cp_mv(r[_LO] * pins.VREF_MV // _ADC_FULL, pins.CP_ZERO_MV,
+        self.lo_mv = power.cp_mv(r[_LO] * pins.VREF_MV // _ADC_FULL, pins.CP_ZERO_MV,
                                  pins.CP_GAIN_X1000)
 
 
@@ -117,10 +115,9 @@ class Can:
     """pyb.CAN with the hal.md contract: send(can_id, data), recv() -> (id, bytes)|None."""
 
     def __init__(self, bus, bitrate):
-        self.dev = pyb.CAN(bus)
         # APB1 42 MHz: 42e6 / (prescaler * (1 + bs1 + bs2)) = 125 kbit/s, sample 76 %
-        self.dev.init(pyb.CAN.NORMAL, prescaler=42_000_000 // (bitrate * 16), sjw=1,
-                      bs1=12, bs2=3)
+        self.dev = pyb.CAN(bus, pyb.CAN.NORMAL, prescaler=42_000_000 // (bitrate * 16),
+                           sjw=1, bs1=12, bs2=3)
         self.dev.setfilter(0, pyb.CAN.MASK16, 0, (0, 0, 0, 0))  # accept every frame
         self.errors = 0
 
@@ -140,15 +137,9 @@ class Can:
         return (frame[0], bytes(frame[-1]))  # (id, [isext,] rtr, fmi, data)
 
 
-class Board:
+class Board(EvPlusBoard):
     def __init__(self, env):
-        self.name = NAME
-        uid = machine.unique_id()
-        self.serial = env.get("EVSE_SERIAL") or "EVPLUS-%s" % "".join(
-            "%02X" % b for b in uid[-4:]
-        )
-        clock = parts.Clock()
-        self.clock_us = clock.now_us
+        self._begin(NAME, env, machine, pins)
 
         # Pilot: TIM1 1 kHz, CH1 PWM on PA8, CH2 sampling compare, update IRQ
         tim = pyb.Timer(pins.CP_TIMER, freq=_CP_FREQ)
@@ -158,100 +149,49 @@ class Board:
         self._cp_adc_dev = pyb.ADC(pyb.Pin(pins.CP_ADC))
         self.cp_adc = CpAdc(self._cp_adc_dev)
         ch_smp = tim.channel(pins.CP_SAMPLE_CHANNEL, pyb.Timer.OC_TIMING,
-                             compare=tim.period(), callback=self.cp_adc.on_low)
+                             compare=tim.period(), polarity=pyb.Timer.HIGH,
+                             callback=self.cp_adc.on_low)
         tim.callback(self.cp_adc.on_high)
         self._cp_out = CpPwm(tim, ch_pwm, ch_smp)
-        self.cp = parts.CpGenerator(self._cp_out.set_duty)
-        self.pp_adc = parts.PpAdc(_mv_reader(pyb.ADC(pyb.Pin(pins.PP_ADC))), pins.VREF_MV,
+        self.cp = power.CpGenerator(self._cp_out.set_duty)
+        self.pp_adc = power.PpAdc(_mv_reader(pyb.ADC(pyb.Pin(pins.PP_ADC))), pins.VREF_MV,
                                   pins.PP_PULLUP_OHM)
 
-        # Power path and protection
-        self.relays = parts.Relays(
-            Pin(pins.RELAY1, Pin.OUT, value=0), Pin(pins.RELAY2, Pin.OUT, value=0),
-            Pin(pins.RELAY1_FB, Pin.IN, Pin.PULL_UP), Pin(pins.RELAY2_FB, Pin.IN, Pin.PULL_UP),
-            fb_active=0,
-        )
-        self.lock = parts.Lock(Pin(pins.LOCK_A, Pin.OUT, value=0),
+        # Lock and protection (the contactors are built by _begin)
+        self.lock = power.Lock(Pin(pins.LOCK_A, Pin.OUT, value=0),
                                Pin(pins.LOCK_B, Pin.OUT, value=0),
                                Pin(pins.LOCK_FB, Pin.IN, Pin.PULL_DOWN),
-                               fitted=env.get("EVSE_TETHERED") not in ("1", "yes"))
+                               fitted=not tethered(env))
         rcd_pin = Pin(pins.RCD_FAULT, Pin.IN, Pin.PULL_DOWN)
-        self.rcd = parts.Rcd(rcd_pin, Pin(pins.RCD_TEST, Pin.OUT, value=0), self.relays)
+        self.rcd = power.Rcd(rcd_pin, Pin(pins.RCD_TEST, Pin.OUT, value=0), self.relays)
         rcd_pin.irq(handler=self.rcd.isr, trigger=Pin.IRQ_RISING, hard=True)
-        self.pe = parts.PeMonitor(Pin(pins.PE_OK, Pin.IN, Pin.PULL_DOWN),
+        self.pe = power.PeMonitor(Pin(pins.PE_OK, Pin.IN, Pin.PULL_DOWN),
                                   _mv_reader(pyb.ADC(pyb.Pin(pins.NPE_ADC))), pins.NPE_MV_PER_V)
-        self.temps = parts.Temps((_mv_reader(pyb.ADC(pyb.Pin(pins.T_RELAY_ADC))),
-                                  _mv_reader(pyb.ADC(pyb.Pin(pins.T_SOCKET_ADC))),
-                                  _mv_reader(pyb.ADC(pyb.Pin(pins.T_ENV_ADC)))), pins.VREF_MV)
+        self.temps = thermal.Temps((_mv_reader(pyb.ADC(pyb.Pin(pins.T_RELAY_ADC))),
+                                    _mv_reader(pyb.ADC(pyb.Pin(pins.T_SOCKET_ADC))),
+                                    _mv_reader(pyb.ADC(pyb.Pin(pins.T_ENV_ADC)))), pins.VREF_MV)
         fan_tim = pyb.Timer(pins.FAN_TIMER, freq=_FAN_FREQ)
         fan_ch = fan_tim.channel(pins.FAN_CHANNEL, pyb.Timer.PWM, pin=pyb.Pin(pins.FAN_PWM),
                                  pulse_width=0)
         self._fan_out = FanOut(fan_ch)
         self._tach = Tach(Pin(pins.FAN_TACH, Pin.IN, Pin.PULL_UP))
-        self.fan = parts.Fan(self._fan_out.set_pct, self._tach.count)
+        self.fan = thermal.Fan(self._fan_out.set_pct, self._tach.count)
 
-        from modbus_rtu import ModbusRtu
-
-        meter_uart = machine.UART(pins.METER_UART, pins.METER_BAUD, timeout=0)
-        self.meter = parts.Meter(ModbusRtu(parts.Rs485Uart(meter_uart, pins.METER_BAUD)))
-
-        # HMI
-        np = neopixel.NeoPixel(Pin(pins.NEOPIXEL, Pin.OUT), pins.BELT_LEDS + 4)
-        self._pixels = px = parts.Pixels(np, pins.BELT_LEDS)
-        self.belt = parts.Belt(px)
-        self.leds = parts.Leds(px)
-        self.tap_light = parts.OutPin(Pin(pins.TAP_LIGHT, Pin.OUT, value=0))
-        self.display = parts.Lcd1602(machine.I2C(pins.I2C_ID, freq=100_000), pins.LCD_ADDR)
-        self.buzzer = parts.Buzzer(Pin(pins.BUZZER, Pin.OUT, value=0))
-        self.button = parts.Button(Pin(pins.BUTTON, Pin.IN, Pin.PULL_UP))
-        self.errors = parts.ErrorReporter()
-        self.report_error = self.errors.report
-
-        # RFID, buses, radio
+        # RFID, CAN, radio
         self.rfid_spi = machine.SPI(pins.SPI_ID, baudrate=pins.SPI_BAUD, polarity=0, phase=0)
         self.rfid_cs = Pin(pins.RFID_CS, Pin.OUT, value=1)
         self.rfid_rst = Pin(pins.RFID_RST, Pin.OUT, value=0)
-        if env.get("EVSE_RS485", "1") not in ("0", "no"):
-            uart = machine.UART(pins.RS485_UART, pins.RS485_BAUD, timeout=0)
-            self.rs485 = (parts.Rs485Uart(uart, pins.RS485_BAUD),
-                          Pin(pins.RS485_DE, Pin.OUT, value=0))
-        else:
-            self.rs485 = None
         self.can = Can(pins.CAN_BUS, pins.CAN_BITRATE)
         self.wlan = _wlan(self.serial)
 
-        # System
-        self.rtc = parts.Rtc(machine.RTC())
-        self.wdt = parts.Wdt(machine.WDT)
-        self.data_dir = env.get("EVSE_DATA_DIR") or "/data"
-        parts.ensure_dir(os, self.data_dir)
-        self.http_addr = ("0.0.0.0", 80)
-
-    def reset(self):
-        self.relays.open()
-        self.cp.high()
-        machine.reset()
-
-    def tasks(self, app):
-        return [("board_io", self._io_task), ("board_meter", self._meter_task)]
-
-    async def _io_task(self):
-        while True:
-            self.clock_us()  # keeps the wrap bookkeeping within one ticks period
-            self.lock.poll()
-            self.buzzer.poll()
-            self._pixels.tick(time.ticks_ms())
-            await asyncio.sleep_ms(50)
-
-    async def _meter_task(self):
-        from modbus_rtu import ModbusError
-
-        while True:
-            try:
-                await self.meter.poll()
-            except (OSError, ModbusError):
-                pass  # meter.read() goes stale and raises: the application reports it
-            await asyncio.sleep_ms(1000)
+        self._finish(
+            env, pins,
+            meter_uart=machine.UART(pins.METER_UART, pins.METER_BAUD, timeout=0),
+            rs485_uart=lambda: machine.UART(pins.RS485_UART, pins.RS485_BAUD, timeout=0),
+            i2c=machine.I2C(pins.I2C_ID, freq=100_000),
+            tap_light=Pin(pins.TAP_LIGHT, Pin.OUT, value=0),
+            buzzer=Pin(pins.BUZZER, Pin.OUT, value=0),
+        )
 
 
 def _wlan(serial):
@@ -261,36 +201,7 @@ def _wlan(serial):
         import network
 
         if hasattr(network, "WLAN"):
-            return parts.Wlan(network, serial)
+            return system.Wlan(network, serial)
     except ImportError:
         pass
-    return _NoWlan(serial)
-
-
-class _NoWlan:
-    def __init__(self, serial):
-        self.mode = "ap"
-        self.ap_ssid = "ACPILE_" + serial[-2:].upper()
-
-    def set_mode(self, mode):
-        if mode != "ap" and mode != "client":
-            raise ValueError("mode must be 'ap' or 'client'")
-        self.mode = mode
-
-    def scan(self):
-        return []
-
-    def connect(self, ssid, password=""):
-        raise OSError(19)  # ENODEV
-
-    def disconnect(self):
-        pass
-
-    def isconnected(self):
-        return False
-
-    def ap_clients(self):
-        return 0
-
-    def ifconfig(self):
-        return ("0.0.0.0", "0.0.0.0", "0.0.0.0", "0.0.0.0")
+    return system.NoWlan(serial)

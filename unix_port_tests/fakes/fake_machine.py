@@ -7,6 +7,7 @@ pins = {}  # id -> the last Pin made for that id
 def reset_log():
     del log[:]
     pins.clear()
+    frames.clear()
 
 
 def unique_id():
@@ -17,7 +18,12 @@ def reset():
     log.append(("reset", None))
 
 
-_irq_state = [0]
+def bitstream(pin, encoding, timing, data):
+    """The port bit-bangs `data` on `pin`; here the last frame per pin is kept."""
+    frames[pin.id] = (encoding, timing, bytes(data))
+
+
+frames = {}  # pin id -> (encoding, timing, bytes) of the last bitstream()
 
 
 def disable_irq():

@@ -48,6 +48,7 @@ class TimerChannel:
 class Timer:
     PWM = 0
     OC_TIMING = 2
+    HIGH = 0
 
     def __init__(self, n, freq=None):
         self.n = n
@@ -75,11 +76,13 @@ class CAN:
     NORMAL = 0
     MASK16 = 0
 
-    def __init__(self, bus):
+    def __init__(self, bus, mode=None, **kw):
         self.bus = bus
         self.sent = []
         self.rx = []
         self.init_args = None
+        if mode is not None:  # the port initialises the controller at once then
+            self.init(mode, **kw)
 
     def init(self, mode, **kw):
         self.init_args = (mode, kw)

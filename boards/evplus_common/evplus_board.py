@@ -1,0 +1,101 @@
+# What the ESP32 and the STM32 EV PLUS boards build alike (docs/hal.md): identity, clock,
+# contactors, internal meter, LEDs, button, RS-485, RTC, watchdog, data dir, and the
+# board tasks. A board's Board subclass calls _begin() first, builds its port-specific
+# parts (pilot, lock, RCD, fan, display, CAN, radio), then calls _finish(). The port's
+# `machine` module and pin map are passed in, so this file imports no port module.
+import asyncio
+import os
+import time
+
+import evplus_hmi as hmi
+import evplus_power as power
+import evplus_system as system
+
+
+def serial_from(env, uid):
+    """EVSE_SERIAL, else EVPLUS- and the last four bytes of the MCU's unique id."""
+    return env.get("EVSE_SERIAL") or "EVPLUS-%s" % "".join("%02X" % b for b in uid[-4:])
+
+
+def tethered(env):
+    return env.get("EVSE_TETHERED") in ("1", "yes")
+
+
+class EvPlusBoard:
+    # built by the subclass between _begin() and _finish(); used by reset() and the tasks
+    cp: power.CpGenerator
+    lock: power.Lock
+
+    def _begin(self, name, env, machine, pins):
+        self.name = name
+        self._machine = machine
+        self.serial = serial_from(env, machine.unique_id())
+        # The port's tick counter: a small int that wraps every 2**30 us on a 32-bit MCU,
+        # so it never allocates (ISR-safe); readers compare two values with ticks_diff.
+        self.clock_us = time.ticks_us
+        pin = machine.Pin
+        self.relays = power.Relays(
+            pin(pins.RELAY1, pin.OUT, value=0), pin(pins.RELAY2, pin.OUT, value=0),
+            pin(pins.RELAY1_FB, pin.IN, pin.PULL_UP), pin(pins.RELAY2_FB, pin.IN, pin.PULL_UP),
+            fb_active=0,
+        )
+
+    def _finish(self, env, pins, meter_uart, rs485_uart, i2c, tap_light, buzzer):
+        """meter_uart: the internal meter's machine.UART; rs485_uart: a function that
+        opens the external bus UART (called only when EVSE_RS485 is not 0); i2c: the
+        display bus; tap_light, buzzer: pin-like outputs."""
+        from modbus_rtu import ModbusRtu
+
+        machine = self._machine
+        pin = machine.Pin
+        self.meter = power.Meter(ModbusRtu(system.Rs485Uart(meter_uart, pins.METER_BAUD)))
+
+        chain = hmi.Ws2812(pin(pins.NEOPIXEL, pin.OUT, value=0), pins.BELT_LEDS + 4,
+                           machine.bitstream)
+        self._pixels = px = hmi.Pixels(chain, pins.BELT_LEDS)
+        self.belt = hmi.Belt(px)
+        self.leds = hmi.Leds(px)
+        self.tap_light = hmi.OutPin(tap_light)
+        self.display = hmi.Lcd1602(i2c, pins.LCD_ADDR)
+        self.buzzer = hmi.Buzzer(buzzer)
+        self.button = hmi.Button(pin(pins.BUTTON, pin.IN, pin.PULL_UP))
+        self.errors = system.ErrorReporter()
+        self.report_error = self.errors.report
+
+        if env.get("EVSE_RS485", "1") not in ("0", "no"):
+            self.rs485 = (system.Rs485Uart(rs485_uart(), pins.RS485_BAUD),
+                          pin(pins.RS485_DE, pin.OUT, value=0))
+        else:
+            self.rs485 = None
+
+        self.rtc = system.Rtc(machine.RTC())
+        self.wdt = system.Wdt(machine.WDT)
+        self.data_dir = env.get("EVSE_DATA_DIR") or "/data"
+        system.ensure_dir(os, self.data_dir)
+        self.http_addr = ("0.0.0.0", 80)
+
+    def reset(self):
+        self.relays.open()
+        self.cp.high()
+        self._machine.reset()
+
+    def tasks(self, app):
+        return [("board_io", self._io_task), ("board_meter", self._meter_task)]
+
+    async def _io_task(self):
+        """Blink patterns, the end of lock-motor and buzzer pulses."""
+        while True:
+            self.lock.poll()
+            self.buzzer.poll()
+            self._pixels.tick(time.ticks_ms())
+            await asyncio.sleep_ms(50)
+
+    async def _meter_task(self):
+        from modbus_rtu import ModbusError
+
+        while True:
+            try:
+                await self.meter.poll()
+            except (OSError, ModbusError):
+                pass  # meter.read() goes stale and raises: the application reports it
+            await asyncio.sleep_ms(1000)

@@ -1,0 +1,210 @@
+# System services of the EV PLUS boards (docs/hal.md `wlan`, `rtc`, `wdt`, `rs485`,
+# the data dir) and the 74HC595 output latch. Port-neutral: the board passes its
+# `network` module, machine.RTC/WDT/UART objects and the SPI bus.
+import time
+
+
+class Hc595:
+    """74HC595 output latch on the shared SPI bus (slow outputs only: lock motor, RCD
+    test, buzzer, tap light). bit(n) gives a pin-like object with value(v)."""
+
+    def __init__(self, spi, latch):
+        self._spi = spi
+        self._latch = latch
+        self._buf = bytearray(1)
+        latch.value(0)
+        self._flush()
+
+    def _flush(self):
+        self._spi.write(self._buf)
+        self._latch.value(1)  # RCLK rising edge copies the shift register to Q0-Q7
+        self._latch.value(0)
+
+    def put(self, n, v):
+        b = self._buf
+        b[0] = (b[0] | (1 << n)) if v else (b[0] & ~(1 << n))
+        self._flush()
+
+    def get(self, n):
+        return (self._buf[0] >> n) & 1
+
+    def bit(self, n):
+        return _Hc595Bit(self, n)
+
+
+class _Hc595Bit:
+    def __init__(self, sr, n):
+        self._sr = sr
+        self._n = n
+
+    def value(self, v=None):
+        if v is None:
+            return self._sr.get(self._n)
+        self._sr.put(self._n, v)
+        return None
+
+
+class Wlan:
+    """network.WLAN in AP (ACPILE_xx, 192.168.1.1) or client mode, the hal.md contract."""
+
+    AP_IFCONFIG = ("192.168.1.1", "255.255.255.0", "192.168.1.1", "192.168.1.1")
+
+    def __init__(self, network, serial, ap_key=None):
+        self._net = network
+        self.ap_ssid = "ACPILE_" + serial[-2:].upper()
+        self._ap_key = ap_key
+        self._ap = network.WLAN(network.AP_IF)
+        self._sta = network.WLAN(network.STA_IF)
+        self.mode = None
+        self.set_mode("ap")
+
+    def set_mode(self, mode):
+        if mode != "ap" and mode != "client":
+            raise ValueError("mode must be 'ap' or 'client'")
+        if mode == self.mode:
+            return
+        self.mode = mode
+        if mode == "ap":
+            self._sta.active(False)
+            self._ap.active(True)
+            if self._ap_key:
+                self._ap.config(ssid=self.ap_ssid, key=self._ap_key)
+            else:
+                self._ap.config(ssid=self.ap_ssid)
+            self._ap.ifconfig(self.AP_IFCONFIG)
+        else:
+            self._ap.active(False)
+            self._sta.active(True)
+
+    def scan(self):
+        if self.mode != "client":
+            return []
+        # network scan tuples: (ssid, bssid, channel, RSSI, security, hidden)
+        return [(s[0].decode(), s[3], s[4]) for s in self._sta.scan()]
+
+    def connect(self, ssid, password=""):
+        if type(ssid) is not str or not ssid:
+            raise ValueError("ssid must be a non-empty str")
+        if self.mode != "client":
+            raise OSError("connect needs client mode")
+        self._sta.connect(ssid, password)
+
+    def disconnect(self):
+        self._sta.disconnect()
+
+    def isconnected(self):
+        return self.mode == "client" and self._sta.isconnected()
+
+    def ap_clients(self):
+        if self.mode != "ap":
+            return 0
+        try:
+            return len(self._ap.status("stations"))
+        except (OSError, ValueError):
+            return 0
+
+    def ifconfig(self):
+        return (self._ap if self.mode == "ap" else self._sta).ifconfig()
+
+
+class NoWlan:
+    """hw.wlan of a board without a radio: AP mode that nobody can join."""
+
+    def __init__(self, serial):
+        self.mode = "ap"
+        self.ap_ssid = "ACPILE_" + serial[-2:].upper()
+
+    def set_mode(self, mode):
+        if mode != "ap" and mode != "client":
+            raise ValueError("mode must be 'ap' or 'client'")
+        self.mode = mode
+
+    def scan(self):
+        return []
+
+    def connect(self, ssid, password=""):
+        raise OSError(19)  # ENODEV
+
+    def disconnect(self):
+        pass
+
+    def isconnected(self):
+        return False
+
+    def ap_clients(self):
+        return 0
+
+    def ifconfig(self):
+        return ("0.0.0.0", "0.0.0.0", "0.0.0.0", "0.0.0.0")
+
+
+class Rtc:
+    """Wall clock in seconds since 1970 on machine.RTC, whatever the port's epoch."""
+
+    def __init__(self, rtc):
+        self._rtc = rtc
+        self._offset = 946684800 if time.gmtime(0)[0] == 2000 else 0
+
+    def now(self):
+        return time.time() + self._offset
+
+    def set(self, epoch_s):
+        # gmtime: (year, month, mday, hour, minute, second, weekday, yearday[, isdst])
+        t = time.gmtime(int(epoch_s) - self._offset)
+        self._rtc.datetime((t[0], t[1], t[2], t[6], t[3], t[4], t[5], 0))
+
+
+class Wdt:
+    """machine.WDT once started (it cannot be stopped), fed by the supervisor only."""
+
+    def __init__(self, wdt_class):
+        self._cls = wdt_class
+        self._wdt = None
+
+    def start(self, timeout_ms):
+        if self._wdt is None:
+            self._wdt = self._cls(timeout=timeout_ms)
+
+    def feed(self):
+        if self._wdt is not None:
+            self._wdt.feed()
+
+
+class Rs485Uart:
+    """machine.UART with the hal.md readinto contract (0, never None, when nothing waits)."""
+
+    def __init__(self, uart, baudrate):
+        self._u = uart
+        self.baudrate = baudrate
+
+    def write(self, buf):
+        return self._u.write(buf)
+
+    def readinto(self, buf):
+        if not self._u.any():
+            return 0
+        n = self._u.readinto(buf)
+        return n or 0
+
+    def any(self):
+        return self._u.any()
+
+
+class ErrorReporter:
+    """hw.report_error(code, active): kept for the bench REPL (`hw.errors.active`)."""
+
+    def __init__(self):
+        self.active = {}
+
+    def report(self, code, active):
+        if active:
+            self.active[code] = True
+        else:
+            self.active.pop(code, None)
+
+
+def ensure_dir(os_mod, path):
+    try:
+        os_mod.mkdir(path)
+    except OSError:
+        pass  # exists

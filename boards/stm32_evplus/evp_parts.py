@@ -1,1 +1,0 @@
-../esp32_evplus/evp_parts.py

@@ -1,0 +1,40 @@
+# Fake `time` for the board tests: the tick arithmetic of a 32-bit port, where ticks_ms
+# and ticks_us wrap every 2**30 (the unix port's own ticks wrap at 2**62 and would hide
+# a wrap bug). ticks_us can be pinned with set_us() to step across the wrap; everything
+# else is the real time module.
+import time as _real
+
+TICKS_PERIOD = 1 << 30
+_MASK = TICKS_PERIOD - 1
+_HALF = TICKS_PERIOD // 2
+_pinned_us = [-1]  # -1: follow the real clock
+
+
+def set_us(us):
+    """Pins ticks_us() to `us` (taken modulo the period); -1 follows the real clock."""
+    _pinned_us[0] = -1 if us < 0 else us & _MASK
+
+
+def ticks_us():
+    if _pinned_us[0] >= 0:
+        return _pinned_us[0]
+    return _real.ticks_us() & _MASK
+
+
+def ticks_ms():
+    return _real.ticks_ms() & _MASK
+
+
+def ticks_add(t, delta):
+    return (t + delta) & _MASK
+
+
+def ticks_diff(a, b):
+    return ((a - b + _HALF) & _MASK) - _HALF
+
+
+sleep_ms = _real.sleep_ms
+sleep_us = _real.sleep_us
+sleep = _real.sleep
+time = _real.time
+gmtime = _real.gmtime
