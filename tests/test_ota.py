@@ -1,5 +1,7 @@
 """Upgrades through the API (manual §12-13, docs/ota.md): .bin upload with MD5, the E0x
-codes, A/B install and rollback, language packs, power cuts during upload and install."""
+codes (E01 with a full or broken flash), A/B install and rollback (a version that dies at
+boot, one that never becomes healthy), language packs, power cuts during upload and
+install. OCPP UpdateFirmware: test_ota_ocpp.py; the Upgrade page: test_ota_web.py."""
 
 import gzip
 import hashlib
@@ -75,6 +77,14 @@ def ota_view(c):
     return r.body
 
 
+def wait_shown(c, text, timeout=3.0):
+    """Waits until the display has shown `text` (the simulator's event ring)."""
+    deadline = time.monotonic() + timeout
+    while text not in (shown := [e["value"] for e in c.events() if e["what"] == "display"]):
+        assert time.monotonic() < deadline, f"display never showed {text}: {shown}"
+        time.sleep(0.05)
+
+
 def restart_after_reset(c):
     assert c.wait_exit(timeout=15) == 3
     c.start()
@@ -148,6 +158,68 @@ def test_failed_health_check_rolls_back(start_charger, bins):
     login(c)
     view = ota_view(c)
     assert view["running"]["rolled_back"] == "6.6.6" and view["running"]["slot"] == "factory"
+
+
+def test_version_never_healthy_is_reset_and_rolled_back(start_charger, tmp_path):
+    """A new version that runs but never passes its health check (here its web server
+    never comes up) resets itself HEALTH_DEADLINE_MS = 60 s after it started, and the
+    next boot rolls back to the previous version by itself (docs/ota.md)."""
+    src = (ROOT / "firmware/evse/app.py").read_text()
+    broken = "self.http = api.make_server(self)"
+    assert broken in src
+    data = variant(tmp_path, "7.7.7",
+                   app_source=src.replace(broken, 'raise OSError("no web server in this build")'))
+    c = start_charger()
+    login(c)
+    r = upload(c, data)
+    assert r.status == 200, r
+    assert c.wait_exit(timeout=15) == 3
+    c.start()
+    t0 = time.monotonic()
+    assert "EV PLUS 7.7.7 on unix_sim ready" in c.log_tail(200)
+    assert c.snapshot()["state"] == "Available"  # it runs: pilot, simulator, the rest
+    boot = json.loads((c.data_dir / "boot.json").read_text())
+    assert boot["trial"] and boot["tries"] == 1 and boot["version"] == "7.7.7"
+    status = c.wait_exit(timeout=90)
+    waited = time.monotonic() - t0
+    assert status == 3, status
+    assert 55 <= waited <= 75, waited  # the deadline, not the watchdog or a crash
+    assert "not healthy within 60 s" in c.log_tail(200)
+    c.start()
+    assert version_of(c) == FACTORY_VERSION
+    login(c)
+    running = ota_view(c)["running"]
+    assert running["rolled_back"] == "7.7.7" and running["slot"] == "factory"
+    assert not running["trial"]
+
+
+@pytest.mark.parametrize("where", ["staging", "slot"])
+def test_flash_write_failure_is_e01(charger, bins, where):
+    """E01 UP (manual §12: the flash could not be written): the staging file on a full
+    filesystem (a link to /dev/full: every write fails with ENOSPC) or a slot that cannot
+    be created. Answered 500 with E01 UP, shown on the display; nothing is switched, the
+    running version goes on, and an upload once the fault is gone works."""
+    c = charger
+    login(c)
+    staging = c.data_dir / "ota" / "upload.bin"
+    if where == "staging":
+        staging.symlink_to("/dev/full")
+    else:
+        (c.data_dir / "fw").write_text("not a directory")
+    r = upload(c, bins["good"])
+    assert r.status == 500 and r.body["code"] == "E01 UP", r
+    assert ("write failed" if where == "staging" else "install failed") in r.body["error"]
+    wait_shown(c, "E01 UP")
+    assert ota_view(c)["last"]["code"] == "E01 UP" and not ota_view(c)["busy"]
+    assert version_of(c) == FACTORY_VERSION and c.running
+    assert not (c.data_dir / "boot.json").exists()
+    assert not staging.exists() and not staging.is_symlink()
+    if where == "slot":
+        (c.data_dir / "fw").unlink()
+    r = upload(c, bins["good"])
+    assert r.status == 200 and r.body["code"] == "100 UP", r
+    restart_after_reset(c)
+    assert version_of(c) == "1.0.1"
 
 
 @pytest.mark.parametrize("case", ["md5", "model", "board", "truncated", "header"])

@@ -104,3 +104,25 @@ def test_ab_boot_states():
     _slot(d, "b", "1.5")
     ab_boot.save(d, {"active": "a", "previous": "b", "trial": False, "tries": 0})
     eq(ab_boot.decide(d)["active"], "b")
+
+
+def _downloaded(d, data):
+    sink = ota.Sink(d + "/dl.bin", None, "EVPLUS", "unix_sim", defer=True)
+    sink.write(memoryview(data))
+    sink.finish()
+    return sink
+
+
+def test_download_sink_tells_truncated_from_not_for_us():
+    # OCPP UpdateFirmware: a file shorter than its header says is a failed download
+    # (Truncated, retried); a whole file for another model is an install failure.
+    d = _tmpdir()
+    payload = _archive([("evse/app.mpy", b"abc")])
+    good = _header(length=len(payload)) + payload
+    eq(_downloaded(d, good).verify()["version"], "1.2.3")
+    e = raises(ota.Truncated, _downloaded(d, good[:-2]).verify)
+    eq(e.code, ota.E_FILE)
+    e = raises(ota.OtaError, _downloaded(d, _header(model="OTHER", length=len(payload)) + payload).verify)
+    true(not isinstance(e, ota.Truncated), "wrong model is not a short download")
+    raises(ota.OtaError, _downloaded(d, good + b"x").verify)
+    true(isinstance(e, ValueError), "an installer's caller sees a ValueError")

@@ -38,6 +38,7 @@ KIND_LANGUAGE = 2
 MODEL = "EVPLUS"
 CHUNK = 4096
 STALL_MS = 15000  # E03: no data for this long
+MAX_FILE = 4 << 20  # the largest .bin taken (web upload: api._UPGRADE_MAX)
 HEALTH_MS = 10000  # a new version must stay healthy this long on its first boot...
 HEALTH_DEADLINE_MS = 60000  # ...within this long after it started, else reset/rollback
 RESET_DELAY_MS = 1500  # after "100 UP": time for the answer to reach the browser
@@ -52,10 +53,14 @@ E_TIMEOUT = "E03 UP"
 E_FILE = "E04 UP"
 
 
-class OtaError(Exception):
+class OtaError(ValueError):  # a ValueError: an installer's caller says it failed
     def __init__(self, code, msg):
         self.code = code
         self.msg = msg
+
+
+class Truncated(OtaError):
+    """The file ends before its header says: a broken transfer, worth another try."""
 
 
 def _text(b):
@@ -175,8 +180,9 @@ def _remove(p):
 class Sink:
     """Takes the file in pieces: header check as soon as it is complete, MD5, staging."""
 
-    def __init__(self, path, total, model, board, expect_md5=None):
+    def __init__(self, path, total, model, board, expect_md5=None, defer=False):
         self.path = path
+        self.defer = defer  # a download: keep every byte, check with verify() at the end
         self.total = total
         self.model = model
         self.board = board
@@ -198,7 +204,7 @@ class Sink:
         if self.got < HDR_LEN:
             k = min(n, HDR_LEN - self.got)
             self.hdr[self.got : self.got + k] = mv[:k]
-            if self.got + k == HDR_LEN:
+            if self.got + k == HDR_LEN and not self.defer:
                 self.info = parse_header(self.hdr, self.model, self.board)
                 want = HDR_LEN + self.info["length"]
                 if self.total is not None and self.total != want:
@@ -223,12 +229,28 @@ class Sink:
             raise OtaError(E_WRITE, "write failed: %s" % e)
         finally:
             self.close()
+        if self.defer:
+            return None
         if self.info is None or self.got != self.total:
             raise OtaError(E_FILE, "file truncated at %d bytes" % self.got)
         digest = binascii.hexlify(self.md5.digest()).decode()
         if self.expect_md5 is not None and digest != self.expect_md5:
             raise OtaError(E_MD5, "MD5 mismatch: file %s, typed %s" % (digest, self.expect_md5))
         return digest
+
+    def verify(self):
+        """A downloaded file, whole: its header, then its length against the header's.
+        Truncated(E04) when it ends early, OtaError(E04) when it is not for us."""
+        if self.got < HDR_LEN:
+            raise OtaError(E_FILE, "not an EV PLUS upgrade file (%d bytes)" % self.got)
+        info = parse_header(self.hdr, self.model, self.board)
+        want = HDR_LEN + info["length"]
+        if self.got < want:
+            raise Truncated(E_FILE, "file ends at %d bytes, its header says %d" % (self.got, want))
+        if self.got > want:
+            raise OtaError(E_FILE, "file longer than its header says")
+        self.info = info
+        return info
 
     def close(self):
         if self.f is not None:
@@ -259,7 +281,7 @@ class Ota:
         self.staging = self.stage_dir + "/upload.bin"
         _mkdirs(self.stage_dir)
         _remove(self.staging)  # a cut mid-upload leaves one: never installed
-        self.status_cb = None  # fn(status) for the OCPP FirmwareStatusNotification
+        self.on_healthy = None  # fn() when a version on trial is confirmed (OCPP Installed)
 
     # ---- state -----------------------------------------------------------------------
     def running(self):
@@ -512,52 +534,71 @@ class Ota:
             self.ab.save(self.data_dir, st)
             self.ab.STATE = st
         _log.info("version %s confirmed healthy in slot %s", st.get("version"), self.ab.RUNNING)
-        self._status("Installed")
+        if self.on_healthy is not None:
+            self.on_healthy()
         while True:
             await asyncio.sleep(3600)
 
     def _status(self, status):
-        if self.status_cb:
-            try:
-                self.status_cb(status)
-            except Exception as e:  # a notification must not stop an install
-                _log.warning("status callback: %r", e)
+        _log.info("firmware download: %s", status)
 
     # ---- download (OCPP UpdateFirmware) ----------------------------------------------------
-    async def update_from_url(self, url, retries=1, retry_interval_s=60, status=None):
-        """Downloads a .bin from an http:// URL and installs it (then resets). status(s)
-        hears Downloading, Downloaded, Installing; raises OSError/ValueError on failure
-        (the caller says DownloadFailed or InstallationFailed)."""
+    async def update_from_url(self, url, retries=0, retry_interval_s=60, status=None):
+        """Downloads a .bin from an http(s):// URL and installs it (then resets).
+        status(s) hears Downloading, Downloaded, Installing. Raises OSError when the file
+        could not be fetched in 1 + retries tries (the caller says DownloadFailed) and
+        ValueError when a whole file is not for this charger or does not install
+        (InstallationFailed, once Downloaded was said). The download may run during a
+        charge; the install waits until no charge runs."""
         status = status or self._status
-        tries = max(1, retries + 1 if retries else 1)
-        for i in range(tries):
-            while self.refuse():
-                await asyncio.sleep(5)  # installs when no charge runs
-            self.busy = "download"
+        while self.busy or self.running()["trial"]:
+            await asyncio.sleep(5)  # one upgrade at a time; a new version first proves healthy
+        self.busy = "download"
+        try:
+            sink = await self._fetch(url, 1 + max(0, retries), retry_interval_s, status)
+            status("Downloaded")
             try:
-                status("Downloading")
-                info = await self._download(url)
-                status("Downloaded")
-                status("Installing")
-                self.busy = "install"
-                await self.install(info)
-                self._result(OK, None, version=info["version"], kind=info["kind"])
-                return info
+                info = sink.verify()
             except OtaError as e:
                 self._result(e.code, e.msg)
-                if e.code != E_TIMEOUT and e.code != E_WRITE and i + 1 >= tries:
-                    raise ValueError(e.msg)
-                if i + 1 >= tries:
-                    raise OSError(e.msg)
-            except OSError as e:
-                self._result(E_TIMEOUT, "download failed: %r" % e)
-                if i + 1 >= tries:
+                raise ValueError(e.msg)
+            self.busy = "waiting"
+            while self.app.charger.session is not None:  # never cut a charge
+                await asyncio.sleep(2)
+            self.busy = "install"
+            status("Installing")
+            try:
+                await self.install(info)
+            except OtaError as e:
+                self._result(e.code, e.msg)
+                raise ValueError(e.msg)
+            self._result(OK, None, version=info["version"], kind=info["kind"])
+            return info
+        finally:
+            _remove(self.staging)
+            if self.busy != "reset":
+                self.busy = None
+
+    async def _fetch(self, url, tries, retry_interval_s, status):
+        """The file in the staging area (a Sink, not yet verified) after at most `tries`
+        tries; OSError after the last failed one."""
+        for i in range(tries):
+            if i:
+                await asyncio.sleep(max(1, retry_interval_s))
+            status("Downloading")
+            try:
+                return await self._download(url)
+            except Truncated as e:
+                why = e.msg
+            except OtaError as e:
+                if e.code != E_WRITE:
                     raise
-            finally:
-                _remove(self.staging)
-                if self.busy != "reset":
-                    self.busy = None
-            await asyncio.sleep(retry_interval_s)
+                why = e.msg
+            except (OSError, ValueError, IndexError, asyncio.TimeoutError) as e:
+                why = repr(e)
+            _log.warning("download %d/%d of %s failed: %s", i + 1, tries, url, why)
+        self._result(E_TIMEOUT, "download failed: %s" % why)
+        raise OSError(why)
 
     async def _download(self, url):
         if url.startswith("https://"):
@@ -565,7 +606,7 @@ class Ota:
         elif url.startswith("http://"):
             ssl, port, rest = False, 80, url[7:]
         else:
-            raise OtaError(E_FILE, "unsupported URL %s" % url)
+            raise ValueError("unsupported URL %s" % url)
         host, _, path = rest.partition("/")
         if ":" in host:
             host, _, p = host.partition(":")
@@ -586,7 +627,9 @@ class Ota:
                 k, _, v = line.partition(b":")
                 if k.strip().lower() == b"content-length":
                     length = int(v.strip())
-            sink = Sink(self.staging, length, MODEL, self.board)
+            if length is not None and length > MAX_FILE:
+                raise ValueError("file of %d bytes: at most %d" % (length, MAX_FILE))
+            sink = Sink(self.staging, None, MODEL, self.board, defer=True)
             self.progress[0] = 0
             self.progress[1] = length or 0
             buf = bytearray(CHUNK)
@@ -595,24 +638,40 @@ class Ota:
                 n = await asyncio.wait_for_ms(r.readinto(mv), STALL_MS)
                 if not n:
                     break
+                if sink.got + n > MAX_FILE:
+                    raise ValueError("file larger than %d bytes" % MAX_FILE)
                 sink.write(mv[:n])
                 self.progress[0] = sink.got
             sink.finish()
-            return sink.info
+            if length is not None and sink.got != length:
+                raise Truncated(E_FILE, "connection closed at %d of %d bytes" % (sink.got, length))
+            try:
+                sink.verify()  # here only a file shorter than its header says is an error
+            except Truncated:
+                raise
+            except OtaError:
+                pass  # not for us: said after Downloaded (update_from_url)
+            return sink
         finally:
             if sink is not None:
                 sink.close()
             w.close()
 
     def ocpp_hook(self, ocpp):
-        """The async fn for ocpp.on_update_firmware (evse/ocpp/transfer.py)."""
+        """The async fn for ocpp.on_update_firmware (evse/ocpp/transfer.py). Also tells
+        the central system Installed once a version it asked for proves healthy."""
+
+        def status(s):
+            if ocpp.service is not None:
+                ocpp.service.firmware_status(s)
+
+        def healthy():
+            if ocpp.service is not None:
+                ocpp.service.firmware_confirmed()
+
+        self.on_healthy = healthy
 
         async def hook(location, retrieve_date, retries, retry_interval):
-            def status(s):
-                if ocpp.service is not None:
-                    ocpp.service.firmware_status(s)
-
-            self.status_cb = status
             await self.update_from_url(location, retries or 0, retry_interval or 60, status)
 
         return hook

@@ -167,7 +167,12 @@ class Service:
         if st is not None and st != "Pending":
             # Cut while downloading or installing: say how it ended, honestly.
             if st == "Installing":
-                st = "Installed" if fw.get("ver") != version.VERSION else "InstallationFailed"
+                if fw.get("ver") == version.VERSION:
+                    st = "InstallationFailed"
+                elif self._on_trial():
+                    return  # Installed once it proves healthy: firmware_confirmed()
+                else:
+                    st = "Installed"
             else:
                 st = "DownloadFailed"
             self.state.pop("fw", None)
@@ -651,6 +656,19 @@ class Service:
             fw["st"] = status
             self.save_state()
         self.note("FirmwareStatusNotification", {"status": status})
+
+    def firmware_confirmed(self):
+        """The new version passed its health check (evse/ota.py): Installed, when an
+        UpdateFirmware installed it."""
+        fw = self.state.get("fw")
+        if fw is not None and fw.get("st") == "Installing" and fw.get("ver") != version.VERSION:
+            self.state.pop("fw")
+            self.firmware_status("Installed")
+            self.save_state()
+
+    def _on_trial(self):
+        ota = getattr(self.app, "ota", None)
+        return ota is not None and ota.running()["trial"]
 
     def diagnostics_status(self, status):
         self.diag_status = status

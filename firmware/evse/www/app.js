@@ -800,14 +800,81 @@
   });
 
   // ---- Upgrade (manual §12) ---------------------------------------------------------------
+  // The page follows the charger's own account, GET /api/upgrade: the bytes it received
+  // and wrote (not merely what the browser sent), the install, and the result even when
+  // the answer cannot arrive (E03: the charger gave up on a silent upload). An upgrade
+  // started elsewhere (another browser, the central system) shows here too.
+  const UP_POLL_MS = 400;
+  const UP_BACK_S = 90; // a restart plus the boot of the new version, at most
+
   pages.upgrade = {
     auth: true,
-    enter() {
+    async enter(my) {
       $('#f-up').reset();
       $('#up-bar').hidden = true;
       $('#up-code').textContent = '';
+      $('#up-progress').textContent = '';
+      const v = await api('GET', '/api/upgrade');
+      if (!alive(my)) return;
+      showRunning(v);
+      if (v.busy) followElsewhere(my);
     },
   };
+
+  function showRunning(v) {
+    const r = v.running || {};
+    let s = t('up.version', {v: v.version});
+    if (r.trial) s += ' ' + t('up.trial');
+    if (r.rolled_back) s += ' ' + t('up.rolledback', {v: r.rolled_back});
+    $('#up-running').textContent = s;
+  }
+
+  function showProgress(v) {
+    const bar = $('#up-bar');
+    const line = $('#up-progress');
+    if (v.busy === 'install' || v.busy === 'reset') {
+      bar.hidden = false;
+      bar.value = 100;
+      line.textContent = t('up.installing');
+    } else if (v.busy === 'waiting') {
+      line.textContent = t('up.waiting');
+    } else if (v.busy && v.total) {
+      const pct = Math.floor(100 * v.received / v.total);
+      bar.hidden = false;
+      bar.value = pct;
+      line.textContent = t('up.received', {pct: pct, kb: Math.round(v.received / 1024),
+                                           total: Math.round(v.total / 1024)});
+    }
+  }
+
+  function showResult(d, root) {
+    const key = String(d.code).split(' ')[0]; // "100", "E01", ...
+    $('#up-code').textContent = d.code;
+    say(has('up.' + key) ? t('up.' + key) : t('err.http', {msg: d.error || d.code}), key === '100' ? 'ok' : 'bad', root);
+  }
+
+  async function upgradeState() {
+    try {
+      const r = await fetch('/api/upgrade');
+      return r.ok ? await r.json() : null;
+    } catch (e) {
+      return null;
+    }
+  }
+
+  // An upgrade this page did not start: its progress, then its result.
+  async function followElsewhere(my) {
+    let v = await upgradeState();
+    while (alive(my) && v && v.busy) {
+      showProgress(v);
+      await sleep(UP_POLL_MS);
+      v = await upgradeState();
+    }
+    if (!alive(my) || !v) return;
+    $('#up-progress').textContent = '';
+    if (v.last && v.last.code) showResult(v.last);
+    showRunning(v);
+  }
 
   onSubmit('#f-up', async form => {
     const file = $('#up-file').files[0];
@@ -824,10 +891,28 @@
     } catch (e) {
       return say(t('err.network'), 'bad');
     }
-    await upload(file, md5, sec());
+    const my = gen;
+    const root = sec();
+    let sending = true;
+    const poll = (async () => { // the charger's count while the body goes out
+      await sleep(UP_POLL_MS);
+      while (sending && alive(my)) {
+        const v = await upgradeState();
+        if (sending && v) showProgress(v);
+        await sleep(UP_POLL_MS);
+      }
+    })();
+    const d = await upload(file, md5, root);
+    sending = false;
+    await poll;
+    if (!alive(my)) return;
+    $('#up-progress').textContent = '';
+    if (d === null) return afterLost(my, root);
+    if (d.code === '100 UP' && d.kind === 'firmware') await awaitRestart(d.version, my, root);
   });
 
-  // XMLHttpRequest rather than fetch: it reports upload progress.
+  // XMLHttpRequest rather than fetch: it reports upload progress. Resolves to the
+  // charger's JSON answer ({} when it is not JSON), or null when the connection broke.
   function upload(file, md5, root) {
     const bar = $('#up-bar');
     bar.hidden = false;
@@ -837,14 +922,12 @@
       const x = new XMLHttpRequest();
       x.open('POST', '/api/upgrade?md5=' + md5);
       x.setRequestHeader('Content-Type', 'application/octet-stream');
-      x.upload.onprogress = e => { if (e.lengthComputable) bar.value = Math.round(100 * e.loaded / e.total); };
       x.onload = () => {
         let d = {};
         try { d = JSON.parse(x.responseText) || {}; } catch (e) { /* not JSON */ }
         if (d.code) {
-          const key = String(d.code).split(' ')[0]; // "100", "E01", ...
-          $('#up-code').textContent = d.code;
-          say(has('up.' + key) ? t('up.' + key) : t('err.http', {msg: d.error || d.code}), key === '100' ? 'ok' : 'bad', root);
+          bar.value = 100;
+          showResult(d, root);
         } else if (x.status === 401) {
           toLogin();
         } else if (x.status === 404) {
@@ -852,11 +935,55 @@
         } else {
           say(t('err.http', {msg: d.error || 'HTTP ' + x.status}), 'bad', root);
         }
-        done();
+        done(d);
       };
-      x.onerror = x.ontimeout = () => { say(t('up.lost'), 'bad', root); done(); };
+      x.onerror = x.ontimeout = () => done(null);
       x.send(file);
     });
+  }
+
+  // The answer did not arrive: the charger still knows how the upload ended.
+  async function afterLost(my, root) {
+    const until = Date.now() + 20000; // E03 comes 15 s after the last byte
+    let v = await upgradeState();
+    while (alive(my) && v && v.busy && Date.now() < until) {
+      await sleep(UP_POLL_MS);
+      v = await upgradeState();
+    }
+    if (!alive(my)) return;
+    if (v && !v.busy && v.last && v.last.code) showResult(v.last, root);
+    else say(t('up.lost'), 'bad', root);
+  }
+
+  // "100 UP" for a firmware: the charger restarts by itself; tell when it is back and
+  // with which version (another one means the new version was rolled back).
+  async function awaitRestart(version, my, root) {
+    const line = $('#up-progress');
+    const until = Date.now() + UP_BACK_S * 1000;
+    let away = false;
+    while (alive(my) && Date.now() < until) {
+      await sleep(1000);
+      let st = null;
+      try {
+        const r = await fetch('/api/status', {cache: 'no-store'});
+        if (r.ok) st = await r.json();
+      } catch (e) { /* restarting */ }
+      if (!alive(my)) return;
+      if (!st) {
+        away = true;
+        line.textContent = t('up.restarting');
+      } else if (st.software_version === version) {
+        line.textContent = '';
+        return say(t('up.restarted', {v: version}), 'ok', root);
+      } else if (away) {
+        line.textContent = '';
+        return say(t('up.notnew', {v: st.software_version, want: version}), 'bad', root);
+      }
+    }
+    if (alive(my)) {
+      line.textContent = '';
+      say(t('up.noreturn', {s: UP_BACK_S}), 'bad', root);
+    }
   }
 
   // ---- start ------------------------------------------------------------------------------
