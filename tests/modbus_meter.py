@@ -4,14 +4,15 @@ supported meters, for the tests and for a person at the bench.
     python tests/modbus_meter.py --model SDM630 --port /dev/pts/N
         [--slave 1] [--baud 9600] [--load 10,5,5] [--volts 230,230,230]
         [--map meter_custom.json]             (--model custom: the charger's JSON map)
-        [--charger-sim 8090 | --charger-status http://127.0.0.1:8080/api/status]
+        [--charger-sim 8090[,8091...] | --charger-status http://127.0.0.1:8080/api/status]
         [--charger-phases L123] [--control-port 0]
 
 The meter measures the grid connection: per phase, the house's other loads (`--load`,
 amps) plus the charger's own current. With `--charger-sim` it asks the simulated
 charger's control socket (127.0.0.1) for the current through its contacts (snapshot
-`plant.amps`) ten times a second; with `--charger-status` it polls the charger's
-`GET /api/status` (`output_a`, the internal meter's last reading) instead.
+`plant.amps`) ten times a second (several ports: chargers side by side behind the
+meter, a load-balancing pool, their currents added); with `--charger-status` it polls
+the charger's `GET /api/status` (`output_a`, the internal meter's last reading) instead.
 `--charger-phases` says where the charger's current flows (L123: its L1/L2/L3 on the
 house's L1/L2/L3; L1, L2 or L3: its one phase on that house phase).
 
@@ -267,6 +268,25 @@ def _status_amps(url):
         return json.loads(r.read()).get("output_a")
 
 
+class _SumAmps:
+    """The currents of several simulated chargers behind one meter, added phase by
+    phase; a charger that does not answer counts with its last value."""
+
+    def __init__(self, ports):
+        self.sources = [_SimAmps(p) for p in ports]
+        self.last = [[0.0, 0.0, 0.0] for _ in ports]
+
+    def __call__(self):
+        for i, src in enumerate(self.sources):
+            try:
+                amps = src()
+            except (OSError, ValueError):
+                continue
+            if isinstance(amps, list) and len(amps) == 3:
+                self.last[i] = [float(a or 0.0) for a in amps]
+        return [sum(a[k] for a in self.last) for k in range(3)]
+
+
 class _SimAmps:
     """The current through the charger's contacts, from its simulator socket."""
 
@@ -383,8 +403,10 @@ async def serve(args):
         model = MODELS[args.model]
     meter = Meter(model, args.load, args.volts, args.charger_phases)
     stop = threading.Event()
-    if args.charger_sim:
-        source, period = _SimAmps(args.charger_sim), 0.1
+    if args.charger_sim and len(args.charger_sim) > 1:
+        source, period = _SumAmps(args.charger_sim), 0.1
+    elif args.charger_sim:
+        source, period = _SimAmps(args.charger_sim[0]), 0.1
     elif args.charger_status:
         source, period = (lambda: _status_amps(args.charger_status)), 0.2
     else:
@@ -413,6 +435,10 @@ async def serve(args):
     await server.shutdown()
 
 
+def _ports(text):
+    return [int(x) for x in text.split(",")]
+
+
 def _floats(text):
     return [float(x) for x in text.split(",")]
 
@@ -429,8 +455,9 @@ def main(argv=None):
                    help="other loads, amps per phase: 10,5,5")
     p.add_argument("--volts", type=_floats, default=[230.0, 230.0, 230.0])
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--charger-sim", type=int, metavar="PORT",
-                     help="the simulated charger's control socket port (127.0.0.1)")
+    src.add_argument("--charger-sim", type=_ports, metavar="PORT[,PORT...]",
+                     help="the simulated charger's control socket port (127.0.0.1); "
+                          "several: their currents are added")
     src.add_argument("--charger-status", metavar="URL", help="the charger's /api/status URL")
     p.add_argument("--charger-phases", default="L123", choices=("L123", "L1", "L2", "L3"))
     p.add_argument("--control-port", type=int, default=0)

@@ -8,65 +8,12 @@ import socket
 import time
 
 from harness import free_port
+from pool import CYCLE_S, MASTER_LOST_TEXT, MASTER_TIMEOUT_S, Watch, wait_until
+from pool import bal as _bal
+from pool import offers as _off
+from pool import plug as _plug
 
 LIMIT_A = 40
-CYCLE_S = 1.0
-NODE_TIMEOUT_S = 3.0
-MASTER_TIMEOUT_S = 3.0
-
-
-def wait_until(pred, timeout, what, step=0.1):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout:g} s")
-        time.sleep(step)
-
-
-class Watch:
-    """Takes every charger's snapshot in turn (one request at a time on each charger's
-    socket) and records the largest sum of offers seen; every wait goes through it."""
-
-    def __init__(self, chargers, limit):
-        self.chargers = chargers
-        self.limit = limit
-        self.worst = (0.0, None)
-        self.snaps = []
-
-    def poll(self):
-        total = 0.0
-        snaps = []
-        for c in self.chargers:
-            s = c.try_snapshot(timeout=0.5) if c.running else None
-            snaps.append(s)
-            if s is not None and "offered_a" in s:
-                total += s["offered_a"]
-        if total > self.worst[0]:
-            self.worst = (total, [s and s.get("offered_a") for s in snaps])
-        self.snaps = snaps
-        return snaps
-
-    def offers(self):
-        return [s.get("offered_a") if s else None for s in self.snaps]
-
-    def wait(self, pred, timeout, what):
-        return wait_until(lambda: pred(self.poll()), timeout, what, step=0.05)
-
-
-    def check(self, limit=None):
-        limit = self.limit if limit is None else limit
-        assert self.worst[0] <= limit + 1e-6, f"offers {self.worst} above {limit} A"
-
-
-def _off(snaps):
-    return [s["offered_a"] if s else None for s in snaps]
-
-
-def _bal(s, key):
-    return s and s.get("balance") and s["balance"].get(key)
 
 
 def _pool(start_charger, n, extra=None):
@@ -78,14 +25,6 @@ def _pool(start_charger, n, extra=None):
         settings.update(extra or {})
         cs.append(start_charger(settings=settings, env=bus, name=f"node{i + 1}"))
     return bus, cs
-
-
-def _offer(c):
-    return c.snapshot()["offered_a"]
-
-
-def _plug(c, max_a=32):
-    c.sim("ev", state="C", diode=True, max_a=max_a)
 
 
 def test_three_nodes(start_charger):
@@ -113,8 +52,14 @@ def test_three_nodes(start_charger):
     w.wait(lambda ss: _off(ss) == [20, 0, 20], 30, "car left: share freed")
     w.check()
     # The master is killed: fallback (at most 6 A, fault shown), node 2 takes over.
+    # The driver sees it at once: a warning in the display rotation, the fault LED
+    # blinking; not a fault: the car goes on charging at the safe share.
     cs[0].kill()
-    w.wait(lambda ss: _bal(ss[2], "fault") == "master_lost", MASTER_TIMEOUT_S + 3, "fallback shown")
+    w.wait(lambda ss: _bal(ss[2], "fault") == "master_lost"
+           and ss[2]["display"] == MASTER_LOST_TEXT, MASTER_TIMEOUT_S + 3, "fallback shown")
+    snap = w.snaps[2]
+    assert snap["leds"]["fault"] == {"colour": "red", "pattern": "slow"}, snap["leds"]
+    assert snap["errors"] == [] and snap["relays_closed"], snap["errors"]
     w.wait(lambda ss: _off(ss)[2] <= 6, 1.0, "fallback share applied (next control tick)")
     w.wait(lambda ss: _bal(ss[2], "master") == 2 and _bal(ss[1], "master") == 2, 10,
            "node 2 takes over")
@@ -123,6 +68,8 @@ def test_three_nodes(start_charger):
     _plug(cs[0])  # a fresh process: the simulated car is plugged in again
     w.wait(lambda ss: all(_bal(s, "master") == 1 for s in ss), 15, "node 1 master again")
     w.wait(lambda ss: _off(ss)[0] >= 6 and _off(ss)[2] >= 6, 20, "both charging again")
+    snap = cs[2].snapshot()
+    assert snap["display"] != MASTER_LOST_TEXT and snap["leds"]["fault"]["colour"] == "off"
     w.check()
     print(f"3-node test {time.monotonic() - t0:.1f} s, worst sum {w.worst}")
 

@@ -387,3 +387,135 @@ def test_disabled_does_nothing():
     b.tick(0)
     eq(ch.external, {}, "no limit")
     eq(b.view(), None, "no view")
+
+
+def test_pool_limit_from_meter_headroom():
+    """With a meter: headroom plus the others' draw, never more than each offers; blind
+    for less than the meter timeout -> the last limit; lost or never read -> 0."""
+
+    class Power:
+        headroom_a = [20.0, 10.0, 20.0]
+        ok = True
+        lost = False
+        last_ok_ms = 0
+
+    pw = Power()
+    b = lb.Balancer(FakeCharger(), _settings(1, meter_model="SDM630"), Prot(), Bus().port(),
+                    clock=lambda: 0, power=pw, epoch=1)
+    b.tick(0)
+    n = b.nodes[2] = lb.Node(2)
+    n.draw_a, n.offered_a = 8.0, 10.0
+    eq(b._pool_limit(), [28.0, 18.0, 28.0], "headroom + draw")
+    n.offered_a = 6.0  # cut: the meter may still see 8 A
+    eq(b._pool_limit(), [26.0, 16.0, 26.0], "at most the offer")
+    pw.ok = False
+    n.draw_a, n.offered_a = 16.0, 16.0  # moved since the last valid reading
+    eq(b._pool_limit(), [26.0, 16.0, 26.0], "blind: the last limit stays")
+    pw.lost = True
+    eq(b._pool_limit(), [0.0, 0.0, 0.0], "lost: nobody charges")
+    pw.lost, pw.last_ok_ms = False, None
+    eq(b._pool_limit(), [0.0, 0.0, 0.0], "never read: nobody charges")
+
+
+class _Out:
+    def __init__(self):
+        self.v = None
+
+    def show(self, text):
+        self.v = text
+
+    def set(self, *a):
+        self.v = a
+
+
+class _Leds:
+    def __init__(self):
+        self.v = {}
+
+    def set(self, what, colour, pattern):
+        self.v[what] = (colour, pattern)
+
+
+class _Hw:
+    def __init__(self):
+        self.display = _Out()
+        self.belt = _Out()
+        self.tap_light = _Out()
+        self.leds = _Leds()
+
+        class Wlan:
+            mode = "ap"
+
+            def ap_clients(self):
+                return 0
+
+            def isconnected(self):
+                return False
+
+        class Button:
+            def pressed(self):
+                return False
+
+        class Rtc:
+            def now(self):
+                return 0
+
+        self.wlan = Wlan()
+        self.button = Button()
+        self.rtc = Rtc()
+
+
+class _HmiCharger(FakeCharger):
+    latched = 0
+    status = "Charging"
+
+    def ocpp_status(self):
+        return self.status
+
+
+def test_master_lost_shown_as_warning():
+    """Fallback -> `CAN MST LOST` at once, then between the rotation's items, the fault
+    LED blinking; not a fault, and a fault's ERR code takes precedence."""
+    from evse.hmi import Hmi
+
+    class Met:
+        volts = [230.0, 230.0, 230.0]
+        hz = 50.0
+        amps = [6.0, 6.0, 6.0]
+
+    class Session:
+        start_s = 0
+        energy_wh = 0.0
+
+    pool = Pool([1, 2])
+    for i in range(2):
+        pool.plug(i)
+    pool.run(6000)
+    b = pool.nodes[1]
+    eq(b.notice(), None, "no warning while allocated")
+    hw = _Hw()
+    ch = _HmiCharger()
+    ch.session = Session()
+    ch.connected = True
+    hmi = Hmi(hw, ch, Met(), lambda: "ap")
+    hmi.notices.append(b.notice)
+    t = 10000
+    hmi.tick(t)
+    true(hw.display.v != lb.MASTER_LOST_TEXT, "normal rotation")
+    eq(hw.leds.v["fault"], ("off", "steady"), "fault LED off")
+    pool.nodes[0].can.up = False
+    pool.run(lb.MASTER_TIMEOUT_MS + 300, check=False)
+    eq(b.notice(), lb.MASTER_LOST_TEXT, "fallback -> warning")
+    hmi.tick(t + 100)
+    eq(hw.display.v, lb.MASTER_LOST_TEXT, "shown at once")
+    eq(hw.leds.v["fault"], ("red", "slow"), "fault LED blinks")
+    shown = []
+    for k in range(1, 7):
+        hmi.tick(t + 100 + k * 3000)
+        shown.append(hw.display.v)
+    eq(shown[1::2], [lb.MASTER_LOST_TEXT] * 3, "every other item")
+    true(all(x != lb.MASTER_LOST_TEXT for x in shown[0::2]), "the rotation between")
+    ch.active = faults.MET
+    hmi.tick(t + 30000)
+    eq(hw.display.v, faults.display_text(faults.codes(faults.MET)[0]), "a fault first")
+    eq(hw.leds.v["fault"], ("red", "steady"), "fault LED steady")

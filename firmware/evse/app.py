@@ -61,6 +61,7 @@ class App:
             power=self.power,
         )
         self.hmi = Hmi(hw, self.charger, self.metering, self.toggle_wifi_mode)
+        self.hmi.notices.append(self.balance.notice)
         self.auth = Authorizer(self.charger, self.settings, self.hmi, self.metering)
         self.cards = CardStore(self.data_dir)
         self.auth.sources.append(self.cards)

@@ -34,6 +34,7 @@ CLASH_CLEAR_MS = const(3000)  # no frame with our address this long -> clash gon
 ROTATE_MS = 15 * 60 * 1000  # a charging node yields to a waiting one after this turn
 FALLBACK_A = 6.0  # the safe share while the master is silent (at most the last allocation)
 FALLBACK_HOLD_MS = const(60000)  # ... for this long; then the node pauses
+MASTER_LOST_TEXT = "CAN MST LOST"  # shown in the display rotation during the fallback
 GONE_HOLD_MS = const(65000)  # the master keeps a silent node's fallback share this long
 UNUSED_A = 2.0  # draw this far below the offer ...
 UNUSED_CYCLES = const(3)  # ... for this many cycles: the rest goes to the others
@@ -197,6 +198,12 @@ class Node:
         self.seen_ms = 0
         self.last = None  # (epoch, seq) of the last status accepted
 
+    def counted_a(self):
+        """What the master may give back of this node's current at the meter: its draw,
+        never more than it offers now (after a cut the meter may still see the old
+        current while the node already reports its new offer)."""
+        return min(self.draw_a, self.offered_a)
+
     def as_dict(self):
         return {"addr": self.addr, "state": self.state, "mask": self.mask,
                 "meter": self.meter, "max_a": self.max_a, "draw_a": self.draw_a,
@@ -352,6 +359,7 @@ class Balancer:
         self._status_ms = None
         self._cycle_ms = None
         self.pool_limit_a = None
+        self._pool_ok = [0.0, 0.0, 0.0]  # the pool limit of the last valid meter reading
         self.dropped = 0  # frames ignored: foreign, malformed, stale
         self.send_errors = 0
 
@@ -505,7 +513,8 @@ class Balancer:
                     return
                 n = self.nodes[addr] = Node(addr)
                 _log.info("node %d joined", addr)
-            elif not fresh(n.last, f[2], f[3]) and time.ticks_diff(now, n.seen_ms) <= NODE_TIMEOUT_MS:
+            elif (not fresh(n.last, f[2], f[3])
+                  and time.ticks_diff(now, n.seen_ms) <= NODE_TIMEOUT_MS):
                 self.dropped += 1
                 return
             n.last = (f[2], f[3])
@@ -568,25 +577,31 @@ class Balancer:
         pw = self.power
         if pw is None or not self.me.meter:
             return [max_a, max_a, max_a]
-        h = pw.headroom_a
-        if pw.lost or not pw.ok and pw.last_ok_ms is None:
+        if pw.lost or pw.last_ok_ms is None:
             return [0.0, 0.0, 0.0]  # house load unknown: nobody charges
+        if not pw.ok:
+            # Blind for less than the meter's timeout: the last limit stays (the others'
+            # draws have moved since that reading; its headroom has not).
+            return list(self._pool_ok)
+        h = pw.headroom_a
         known = [x for x in h if x is not None]
         if not known:
             return [0.0, 0.0, 0.0]
         out = []
         for p in range(3):
             room = h[p] if h[p] is not None else min(known)
-            # headroom_a already gives back our own current; add the others' draw.
+            # headroom_a already gives back our own current; add the others' draw, as
+            # little of it as the meter may have seen.
             for n in self.nodes.values():
                 if n.mask & (1 << p):
-                    room += n.draw_a
+                    room += n.counted_a()
             out.append(max(0.0, min(max_a, room)))
-        return out
+        self._pool_ok = out
+        return list(out)
 
     def _limit(self):
         out = self._pool_limit()
-        for since, amps, mask in self._gone.values():
+        for _since, amps, mask in self._gone.values():
             for p in range(3):
                 if mask & (1 << p):
                     out[p] = max(0.0, out[p] - amps)
@@ -625,6 +640,13 @@ class Balancer:
             self.ch.set_external_limit(LIMIT_NAME, lim)
 
     # ---- views ---------------------------------------------------------------------------------
+    def notice(self):
+        """The display's warning (evse/hmi.py `notices`): the master is silent and this
+        node runs on its fallback share. Not a fault: charging goes on at that share."""
+        if self.enabled and self.fallback and not self.clash:
+            return MASTER_LOST_TEXT
+        return None
+
     def view(self):
         """/api/status and snapshot `balance`; None while load balancing is off."""
         if not self.enabled:

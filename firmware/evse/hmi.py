@@ -24,6 +24,10 @@ class Hmi:
         self.met = metering
         self._toggle_wifi = wifi_mode_toggle
         self.message = None  # (text, until_ms) shown instead of the rotation (e.g. "100 UP")
+        # fn() -> text or None: warnings that are not faults (the load-balancing master
+        # lost): shown between the rotation's items, the fault LED blinking slowly.
+        self.notices = []
+        self._warned = None
         self.selftest_until = time.ticks_add(time.ticks_ms(), 2000)
         self._rot_i = 0
         self._rot_ms = 0
@@ -98,10 +102,24 @@ class Hmi:
                 self._err_i += 1
             return faults.display_text(codes[self._err_i % len(codes)])
         items = self._rotation(status)
+        warn = self._warning()
+        if warn is not None:
+            if self._warned is None:
+                self._rot_ms = now_ms  # a new warning is shown at once
+                self._rot_i = 0
+            items = tuple(x for item in items for x in (warn, item))
+        self._warned = warn
         if time.ticks_diff(now_ms, self._rot_ms) >= _ROTATE_MS:
             self._rot_ms = now_ms
             self._rot_i += 1
         return items[self._rot_i % len(items)]
+
+    def _warning(self):
+        for fn in self.notices:
+            text = fn()
+            if text:
+                return text
+        return None
 
     def _rotation(self, status):
         m = self.met
@@ -135,7 +153,13 @@ class Hmi:
             chg = ("off", "steady")
         self._set("charging", chg)
         faulted = self.ch.active or self.ch.latched
-        self._set("fault", ("red", "steady") if faulted else ("off", "steady"))
+        if faulted:
+            fault = ("red", "steady")
+        elif self._warning() is not None:
+            fault = ("red", "slow")  # a warning: not a fault, charging goes on
+        else:
+            fault = ("off", "steady")
+        self._set("fault", fault)
 
     def _button(self, now_ms):
         if self.hw.button.pressed():

@@ -1,0 +1,124 @@
+"""Shared by the load-balancing tests (tests/test_load_balancing*.py) and
+tools/bench_balance.py: a pool of firmware processes on one simulated CAN bus, a watcher
+that records every charger's offer, and the waits.
+
+Numbers of the protocol (docs/load-balancing.md) the tests lean on are repeated here."""
+import socket
+import time
+
+from harness import Charger, free_port
+
+CYCLE_S = 1.0  # the master allocates this often (balance.CYCLE_MS)
+NODE_TIMEOUT_S = 3.0
+MASTER_TIMEOUT_S = 3.0
+MASTER_LOST_TEXT = "CAN MST LOST"  # balance.MASTER_LOST_TEXT, in the display rotation
+
+
+def wait_until(pred, timeout, what, step=0.1):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout:g} s")
+        time.sleep(step)
+
+
+def offers(snaps):
+    return [s["offered_a"] if s else None for s in snaps]
+
+
+def bal(s, key):
+    return s and s.get("balance") and s["balance"].get(key)
+
+
+def plug(c, max_a=32, phases=1):
+    """A car in state C (it asks for current) drawing at most max_a on `phases` phases."""
+    c.sim("ev", state="C", diode=True, max_a=max_a, phases=phases)
+
+
+class Watch:
+    """Takes every charger's snapshot in turn (one request at a time on each charger's
+    socket) and keeps what it saw: the largest sum of offers, and every round as
+    (host time at its start and end, offers) for checks against a limit that
+    changes (a meter's house load)."""
+
+    def __init__(self, chargers, limit=None, masks=None):
+        self.chargers = chargers
+        self.limit = limit
+        self.masks = masks or [7] * len(chargers)  # phases each charger loads (L1|L2|L3)
+        self.worst = (0.0, None)
+        self.snaps = []
+        self.rounds = []
+        self.hooks = []  # fn(snaps): called on every round (extra checks)
+
+    def poll(self):
+        t0 = time.monotonic()
+        total = 0.0
+        snaps = []
+        for c in self.chargers:
+            s = c.try_snapshot(timeout=0.5) if c.running else None
+            snaps.append(s)
+            if s is not None and "offered_a" in s:
+                total += s["offered_a"]
+        if total > self.worst[0]:
+            self.worst = (total, offers(snaps))
+        self.snaps = snaps
+        self.rounds.append((t0, time.monotonic(), offers(snaps)))
+        for h in self.hooks:
+            h(snaps)
+        return snaps
+
+    def offers(self):
+        return offers(self.snaps)
+
+    def wait(self, pred, timeout, what):
+        return wait_until(lambda: pred(self.poll()), timeout, what, step=0.05)
+
+    def phase_sums(self, offered):
+        out = [0.0, 0.0, 0.0]
+        for i, o in enumerate(offered):
+            for p in range(3):
+                if o and self.masks[i] & (1 << p):
+                    out[p] += o
+        return out
+
+    def check(self, limit=None):
+        limit = self.limit if limit is None else limit
+        assert self.worst[0] <= limit + 1e-6, f"offers {self.worst} above {limit} A"
+
+
+class Pool:
+    """n chargers on one simulated CAN bus, node i at `can_addr` i + 1, each in its own
+    directory with its own ports; started side by side. `extra(i)` gives settings of node
+    i on top of `settings`, `env(i)` its environment. Stop them with close()."""
+
+    def __init__(self, tmp_path, n, settings, extra=None, env=None, request=None):
+        self.bus = {"EVSE_CAN_PORT": str(free_port(socket.SOCK_DGRAM))}
+        self.chargers = []
+        for i in range(n):
+            s = dict(settings, lb_enabled=True, can_addr=i + 1)
+            s.update(extra(i) if extra else {})
+            e = dict(self.bus, **(env(i) if env else {}))
+            self.chargers.append(Charger(tmp_path / f"node{i + 1}", settings=s, env=e,
+                                         name=f"node{i + 1}"))
+        if request is not None:
+            request.node.chargers = self.chargers  # their logs in a failure's report
+
+    @property
+    def sim_ports(self):
+        return [c.sim_port for c in self.chargers]
+
+    def start(self, timeout=40.0):
+        """Launches every process first, then waits for each (a loaded machine boots
+        eight interpreters slowly: the deadline is for all of them)."""
+        for c in self.chargers:
+            c.launch()
+        deadline = time.monotonic() + timeout
+        for c in self.chargers:
+            c.wait_ready(max(1.0, deadline - time.monotonic()))
+
+    def close(self):
+        for c in self.chargers:
+            c.stop()
