@@ -217,7 +217,8 @@ def test_three_nodes_cars_arrive_and_house_load_steps(meter_pool):
         t = time.monotonic()
         w.wait(lambda ss, i=i: (offers(ss)[i] or 0) >= 6, ROOM_S, f"car {i + 1} gets room")
         print(f"car {i + 1}: room after {time.monotonic() - t:.1f} s")
-    o = mp.settled(lambda o: _total(o) >= 33 and all((a or 0) >= 11 for a in o), 20, "three share 35 A")
+    o = mp.settled(lambda o: _total(o) >= 33 and all((a or 0) >= 11 for a in o), 20,
+                   "three share 35 A")
     print("three cars, load 5 A:", o)
     mp.drawing()
     # The house takes 15 A more on L2: the pool is 23 A on L2.
@@ -228,7 +229,8 @@ def test_three_nodes_cars_arrive_and_house_load_steps(meter_pool):
     print("load 20 A on L2:", o)
     # The load goes: the pool grows back, the nodes follow.
     mp.set_load(LOAD)
-    o = mp.settled(lambda o: _total(o) >= 33 and all((a or 0) >= 11 for a in o), 30, "three share 35 A again")
+    o = mp.settled(lambda o: _total(o) >= 33 and all((a or 0) >= 11 for a in o), 30,
+                   "three share 35 A again")
     print("load back to 5 A:", o)
     snap = cs[0].snapshot()
     assert snap["meter"]["ok"] and not snap["errors"]
