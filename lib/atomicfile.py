@@ -133,11 +133,18 @@ def save_json(path, obj):
 def load_json(path, default_factory=None, on_error=None, max_bytes=_MAX_BYTES):
     """Returns the newest valid JSON object of path/.bak/.tmp. When there is none, returns
     default_factory() if given (on_error is told when bad files existed), else raises
-    OSError(ENOENT)."""
+    OSError(ENOENT). When default_factory() gives a value (not None), a copy whose JSON
+    is of another type (a `null` or a list where an object belongs) is corrupt too, so
+    the next copy is tried rather than the caller falling back to its defaults."""
     box = [None]  # validate() keeps the parsed object: parse each file once
+    want = default_factory() if default_factory is not None else None
+    want = None if want is None else type(want)
 
     def validate(data):
-        box[0] = decode_json(data)
+        obj = decode_json(data)
+        if want is not None and not isinstance(obj, want):
+            raise ValueError("JSON of the wrong type")
+        box[0] = obj
 
     errors = [0]
 

@@ -16,7 +16,7 @@ What it checks, and what it refuses (WsError, with `.code` the close code sent):
 - Frames: server frames must be unmasked (1002), RSV bits clear (1002), known opcodes
   (1002), control frames final and <= 125 bytes (1002); a message (all its fragments)
   longer than `max_message` is refused from its header, before any payload is read
-  (1009); text must be UTF-8 (1007). Fragments are joined into one buffer allocated
+  (1009), and so is one whose copy finds no room in the heap; text must be UTF-8 (1007). Fragments are joined into one buffer allocated
   once in the constructor.
 - Deadlines: connect + TLS + handshake within `connect_timeout_ms`; once the first byte
   of a frame arrived, the rest of it within `frame_timeout_ms`; each message sent within
@@ -98,6 +98,30 @@ def parse_url(url):
 def accept_key(key):
     """Sec-WebSocket-Accept for a Sec-WebSocket-Key (bytes)."""
     return binascii.b2a_base64(hashlib.sha1(key + _GUID).digest(), newline=False)
+
+
+def _utf8(b):
+    """b with its surrogate code units made UTF-8. MicroPython's json.loads keeps a
+    \\uD83D\\uDE00 escape as two raw 3-byte surrogates (CESU-8), which a peer must refuse
+    (1007): a pair becomes the 4-byte character it stands for, a lone one U+FFFD."""
+    out = bytearray()
+    i = 0
+    n = len(b)
+    while i < n:
+        c = b[i]
+        if c != 0xED or i + 2 >= n or b[i + 1] < 0xA0:
+            out.append(c)
+            i += 1
+            continue
+        u = 0xD000 | ((b[i + 1] & 0x3F) << 6) | (b[i + 2] & 0x3F)
+        if u < 0xDC00 and i + 5 < n and b[i + 3] == 0xED and b[i + 4] >= 0xB0:
+            lo = 0xD000 | ((b[i + 4] & 0x3F) << 6) | (b[i + 5] & 0x3F)
+            out.extend(chr(0x10000 + ((u - 0xD800) << 10) + (lo - 0xDC00)).encode())
+            i += 6
+        else:
+            out.extend(b"\xef\xbf\xbd")
+            i += 3
+    return bytes(out)
 
 
 def _mask(dst, off, src, n, key):
@@ -261,7 +285,10 @@ class WsClient:
                 break
         if end + 4 < n:
             self._pend = bytes(mv[end + 4 : n])
-        head = str(mv[:end], "utf-8").split("\r\n")
+        try:
+            head = str(mv[:end], "utf-8").split("\r\n")
+        except UnicodeError:
+            raise WsHandshakeError("response head not UTF-8")
         parts = head[0].split(" ", 2)
         if len(parts) < 2 or not parts[0].startswith("HTTP/1."):
             raise WsHandshakeError("not an HTTP response")
@@ -374,12 +401,15 @@ class WsClient:
         finally:
             if mid:
                 self.abort()
-        if op == OP_TEXT:
-            try:
-                return str(self._rxmv[:size], "utf-8")
-            except UnicodeError:
-                await self._fail("text message not UTF-8", CLOSE_BAD_DATA)
-        return bytes(self._rxmv[:size])
+        try:
+            if op == OP_TEXT:
+                try:
+                    return str(self._rxmv[:size], "utf-8")
+                except UnicodeError:
+                    await self._fail("text message not UTF-8", CLOSE_BAD_DATA)
+            return bytes(self._rxmv[:size])
+        except MemoryError:  # no block for the copy in a fragmented heap: refused as too big
+            await self._fail("no memory for a %d-byte message" % size, CLOSE_TOO_BIG)
 
     async def _timed(self, coro):
         try:
@@ -427,8 +457,9 @@ class WsClient:
             code = (self._ctl[0] << 8) | self._ctl[1] if n >= 2 else CLOSE_NORMAL
             self.close_code = code
             if not self._close_sent:
+                k = 2 if n >= 2 else 0  # RFC 6455 5.5.1: a body starts with a 2-byte code
                 try:
-                    await self._send_frame(OP_CLOSE, self._cmv[: min(n, 2)], min(n, 2))
+                    await self._send_frame(OP_CLOSE, self._cmv[:k], k)
                 except (OSError, WsError, asyncio.TimeoutError):
                     pass
             self.abort()
@@ -451,6 +482,8 @@ class WsClient:
         """Sends a str as a text message, bytes as binary (fragmented to fit tx_size)."""
         if isinstance(data, str):
             data = data.encode()
+            if b"\xed" in data:  # maybe surrogates: text must be UTF-8 (RFC 6455 5.6)
+                data = _utf8(data)
             op = OP_TEXT
         else:
             op = OP_BINARY

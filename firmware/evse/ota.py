@@ -109,6 +109,14 @@ def safe_path(p):
     return True
 
 
+def _read_exactly(f, n):
+    # The file may be shorter than its header says if something else shortened it.
+    b = f.read(n)
+    if len(b) < n:
+        raise OtaError(E_FILE, "archive ends early")
+    return b
+
+
 def records(f, length, buf):
     """Yields (path, size) of each payload record; f is left at the record's data, which
     the caller reads or skips. OtaError(E04) on a malformed archive."""
@@ -118,7 +126,7 @@ def records(f, length, buf):
     while True:
         if pos + 2 > end:
             raise OtaError(E_FILE, "archive ends early")
-        (n,) = struct.unpack("<H", f.read(2))
+        (n,) = struct.unpack("<H", _read_exactly(f, 2))
         if n == 0:
             if pos + 2 != end:
                 raise OtaError(E_FILE, "data after the archive end")
@@ -129,7 +137,7 @@ def records(f, length, buf):
             path = f.read(n).decode()
         except UnicodeError:
             raise OtaError(E_FILE, "bad file name in archive")
-        (size,) = struct.unpack("<I", f.read(4))
+        (size,) = struct.unpack("<I", _read_exactly(f, 4))
         pos += 2 + n + 4
         if size > end - pos or not safe_path(path):
             raise OtaError(E_FILE, "bad archive record %s" % path)

@@ -3,6 +3,7 @@
 # CALLs are answered in arrival order by one handler task; frames that break the RPC
 # rules get the CALLERROR they deserve and change nothing.
 import asyncio
+import gc
 
 import log
 from wsclient import WsError
@@ -98,7 +99,18 @@ class Link:
             self._in_ev.clear()
             while self._inbox:
                 mid, action, payload = self._inbox.pop(0)
-                await self._on_call(mid, action, payload)
+                try:
+                    await self._on_call(mid, action, payload)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as e:  # e.g. MemoryError: the requests after it still get answers
+                    if isinstance(e, MemoryError):
+                        gc.collect()
+                    _log.exc(e, "%s failed", action)
+                    try:
+                        await self.reply_error(mid, "InternalError", "internal error")
+                    except Exception:
+                        pass  # the link is going down: the session sees to that
 
     # ---- frames in --------------------------------------------------------------------------
     async def _reader(self):

@@ -3,6 +3,7 @@
 # and raises RpcError with the error code a CALLERROR answer should carry; the message id
 # is "-1" when the frame gives none we could echo (the OCPP 2.0.1 convention: 1.6 says
 # nothing for that case).
+import gc
 import json
 import os
 from micropython import const
@@ -40,6 +41,10 @@ def decode(text):
         msg = json.loads(text)
     except ValueError:
         raise RpcError("FormationViolation", "not JSON")
+    except MemoryError:
+        # Fits the receive buffer but not the heap as it is now: refused, the link stays.
+        gc.collect()
+        raise RpcError("InternalError", "frame too large for the memory free now")
     if not isinstance(msg, list) or not msg:
         raise RpcError("FormationViolation", "not a JSON array")
     kind = msg[0]

@@ -11,6 +11,7 @@
 from evse.ocpp import isotime
 from evse.ocpp.rpc import RpcError
 
+_INF = float("inf")
 PURPOSES = ("ChargePointMaxProfile", "TxDefaultProfile", "TxProfile")
 _STATUS = ("Accepted", "Blocked", "Expired", "Invalid", "ConcurrentTx")
 _PERIOD = (("startPeriod", "I", 1), ("limit", "N", 1), ("numberPhases", "I", 0))
@@ -130,7 +131,8 @@ def _value(f, v, where):
         if not isinstance(v, int) or isinstance(v, bool):
             return "TypeConstraintViolation", where + " must be an integer"
     elif kind == "N":
-        if not isinstance(v, (int, float)) or isinstance(v, bool):
+        # 1e999 parses as inf here: no JSON number, and not storable as JSON either.
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or v != v or v in (_INF, -_INF):
             return "TypeConstraintViolation", where + " must be a number"
     elif kind == "B":
         if not isinstance(v, bool):

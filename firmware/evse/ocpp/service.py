@@ -11,6 +11,7 @@
 # reservations: authsrc.py.
 import asyncio
 import binascii
+import gc
 import json
 import os
 import time
@@ -337,7 +338,9 @@ class Service:
         reader, handler = self.link.start()
         try:
             await self._online()
-        except (LinkDown, OSError, wsclient.WsError, asyncio.TimeoutError, CallError) as e:
+        except (LinkDown, OSError, wsclient.WsError, asyncio.TimeoutError, CallError, MemoryError) as e:
+            if isinstance(e, MemoryError):
+                gc.collect()  # no room for one of our calls: reconnect rather than die
             _log.warning("connection closed: %r", self.link.error or e)
         finally:
             self.link.down()
