@@ -10,8 +10,12 @@ MICROPYTHON := $(VENV)/bin/micropython
 PYTEST_ARGS ?= -n 3
 RUN_ARGS ?=
 BENCH_ARGS ?=
+# make soak: the long soak, then the power-cut campaign (docs/soak.md).
+DURATION ?= 3600
+CUTS ?= 300
+SEED ?= 1
 
-.PHONY: help setup test test-unix test-host run build deploy ota bench lint clean distclean
+.PHONY: help setup test test-unix test-host run build deploy ota bench soak lint clean distclean
 
 help:
 	@echo "make run                        start the simulated charger (web app http://127.0.0.1:8080, simulator 127.0.0.1:8090)"
@@ -21,6 +25,7 @@ help:
 	@echo "make deploy BOARD=... PORT=...  copy build/BOARD/ to a board with mpremote and reset it"
 	@echo "make ota BOARD=...              build the upgrade file build/EVPLUS_BOARD.bin and print its MD5"
 	@echo "make bench                      every benchmark, one table -> build/bench/report.json"
+	@echo "make soak DURATION=3600 CUTS=300 SEED=1   soak, then power cuts -> build/soak.json, build/powercut.json"
 	@echo "make lint                       ruff on tests/ and tools/, basedpyright on the real boards' code"
 	@echo "make clean | distclean          remove build output and caches | also .venv/ and data/"
 
@@ -61,6 +66,11 @@ deploy: build
 # for a smoke run, "--only http,ocpp" for a subset.
 bench: setup
 	$(PY) tools/bench_report.py $(BENCH_ARGS)
+
+# Both exit non-zero on a violation; each violation names the seed that replays it.
+soak: setup
+	$(PY) tools/soak.py --duration $(DURATION) --seed $(SEED) --json build/soak.json
+	$(PY) tools/powercut.py --cuts $(CUTS) --seed $(SEED) --json build/powercut.json
 
 lint: setup
 	$(VENV)/bin/ruff check tests/ tools/

@@ -307,3 +307,17 @@ def test_it_power_system_skips_the_neutral_earth_check():
     r3.hw.pe.continuity = False
     r3.run(500)
     true(r3.ch.latched & faults.PE, "IT: lost continuity still trips")
+
+
+def test_no_close_on_the_debounced_state_alone():
+    """IEC 61851-1 Annex A: energy only in state C. The vehicle left C one sample ago: the
+    debounced state still says C, but a control tick then must not close the relays."""
+    r = Rig()
+    r.charge()
+    true(r.hw.relays.closed, "charging")
+    r.hw.relays.open()  # open for a moment, e.g. a paused offer
+    r.hw.ev.state = "A"
+    r.clock.ms += 10
+    r.ch.tick_pilot()  # one sample of A: not yet accepted
+    r.ch.tick_control(r.clock.ms)
+    true(not r.hw.relays.closed, "closed while the pilot reads A")

@@ -118,6 +118,7 @@ class Charger:
         # Bound once: called from the RCD interrupt without allocating.
         self._rcd_cb = self._on_rcd_irq
         self._diode_bad = 0
+        self._raw = pilot.STATE_A  # the last sample's class, before debouncing
         self.cp_fault_cause = None
         self.rcd_irq_count = 0
         self.apply_settings()
@@ -183,6 +184,7 @@ class Charger:
         self.lo_mv = adc.lo_mv
         pwm_on = self._cp.duty_pm > 0
         s = self._clf.classify(adc.hi_mv, adc.lo_mv, pwm_on)
+        self._raw = s
         if s == pilot.STATE_F and self._cp.duty_pm == -2:
             return  # we drive F ourselves: nothing to learn about the vehicle
         if s == pilot.INVALID and not self._clf.diode_ok:
@@ -269,6 +271,10 @@ class Charger:
             self._fault_outputs(now_ms)
             self._manage_lock(now_ms, want=False)
             return
+        if self._cp.duty_pm == -2:
+            # The fault went (a technician's clear) while its state F was still held:
+            # back to X1, or the pilot would never see the vehicle again.
+            self._cp.high()
         if not self.connected:
             if self._cp.duty_pm != -1:
                 self._cp.high()
@@ -356,6 +362,9 @@ class Charger:
             or self.latched
             or self.session is None
             or not self.wants_energy
+            # The debounced state lags by up to two samples when the vehicle leaves C:
+            # the latest sample must agree.
+            or self._raw != self.cp_state
             or self.offered_a < limits.MIN_A
             or (self.case_b and not self._lock_hw.feedback())
         ):

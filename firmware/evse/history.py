@@ -44,10 +44,19 @@ class History:
         self.faults = recordlog.RecordLog(data_dir, "faults", MAX_FAULTS, 512)
         self._open_path = data_dir + "/session.json"
         self.listeners = []  # fn(kind, record) after a record is stored (OCPP, web)
+        # The last sessions whose open file / record is on disk: OCPP reports a start or
+        # an end only after it is stored here, so a power cut never leaves a transaction
+        # the history does not have.
+        self.started = []
+        self.ended = []
+        self.recovered = None  # the session closed as PowerLoss at this boot, if any
 
     # ---- sessions ------------------------------------------------------------------------
     def session_started(self, s):
         self._save_open(s)
+        _keep(self.started, s)
+        for fn in self.listeners:
+            fn("open", None)
 
     def session_progress(self, s):
         """Called about once a minute with the running session (energy so far)."""
@@ -64,10 +73,13 @@ class History:
                 "tx_id": s.tx_id,
                 "power_dkw": s.power_dkw,
                 "sample_s": s.sample_s,
+                # the number its record will get: sessions are recorded one at a time
+                "no": self.sessions.last_seq + 1,
             },
         )
 
     def session_ended(self, s):
+        _keep(self.ended, s)
         return self._close(
             {
                 "start": _iso(s.start_s),
@@ -87,6 +99,11 @@ class History:
         data = atomicfile.load_json(self._open_path, lambda: None, _log.error)
         if not isinstance(data, dict):
             return None
+        no = data.get("no")
+        if isinstance(no, int) and self.sessions.last_seq >= no:
+            # Recorded already: the cut came between the append and forgetting the file.
+            self._forget_open()
+            return None
         rec = self._close(
             {
                 "start": _iso(data.get("start_s")),
@@ -101,6 +118,8 @@ class History:
             tx_id=data.get("tx_id"),
         )
         _log.warning("session cut by a power loss recorded as No. %d", rec["no"])
+        self.recovered = {"id_tag": data.get("id_tag"), "start_s": data.get("start_s"),
+                          "end_s": now_s, "energy_wh": data.get("energy_wh") or 0}
         return rec
 
     def _close(self, rec, tx_id=None):
@@ -108,15 +127,21 @@ class History:
         rec["no"] = self.sessions.append(json.dumps(rec).encode())
         if tx_id is not None:
             rec["tx_id"] = tx_id
-        try:
-            import os
-
-            os.remove(self._open_path)
-        except OSError:
-            pass
+        self._forget_open()
         for fn in self.listeners:
             fn("session", rec)
         return rec
+
+    def _forget_open(self):
+        # Every copy the atomic writer keeps: a .bak left behind would be taken for an
+        # open session at the next boot and recorded a second time as PowerLoss.
+        import os
+
+        for suffix in (".tmp", ".bak", ""):
+            try:
+                os.remove(self._open_path + suffix)
+            except OSError:
+                pass
 
     def session_list(self, limit=50):
         return _list(self.sessions, limit)
@@ -140,6 +165,12 @@ class History:
 
     def fault_list(self, limit=50):
         return _list(self.faults, limit)
+
+
+def _keep(recent, s):
+    recent.append(s)
+    if len(recent) > 4:
+        recent.pop(0)
 
 
 def _list(records, limit):

@@ -340,7 +340,12 @@ class Protection:
         cause = ch.cp_fault_cause
         s = ch.cp_state
         if cause == "diode":
-            return s == pilot.STATE_A  # a missing diode only clears with a new plug-in
+            # A missing diode only clears with a new plug-in: once the vehicle has left,
+            # the levels of whatever is plugged in next decide, as for any CP fault.
+            if s != pilot.STATE_A:
+                return False
+            ch.cp_fault_cause = "level"
+            return True
         if cause == "ventilation":
             return s in (pilot.STATE_A, pilot.STATE_B)
         return s in (pilot.STATE_A, pilot.STATE_B)

@@ -14,6 +14,8 @@ from evse.ocpp import rpc
 
 _log = log.get("ocpp.tx")
 
+_HOLD_MAX_MS = 5000  # longest a start or end waits for the history to store it
+
 # history stop mode -> StopTransaction reason
 _REASONS = {
     "RFID": "Local",
@@ -35,6 +37,39 @@ class Transactions:
         self._next_sample = None
         self._aligned_slot = None
         self.limit = -1.0  # the "ocpp" limit last given to the charger (-1: none yet)
+        self._held_ms = None  # since when the head event waits for the history
+        h = self._history()
+        if h is not None:
+            h.listeners.append(self._on_history)
+
+    def _history(self):
+        h = getattr(self.svc.app, "history", None)
+        return h if hasattr(h, "started") else None
+
+    def _on_history(self, kind, rec):
+        if kind in ("open", "session"):
+            self.svc.kick()  # a start or end we may have held back is stored now
+
+    def _stored(self, kind, s):
+        """Whether the history has stored this start (its open file) or end (its record).
+        A transaction goes into the queue only after that, so a power cut in between
+        leaves the history with a session the queue lacks, never the reverse; recover()
+        reports such a session at the next boot. A history that cannot write holds the
+        queue back at most _HOLD_MAX_MS."""
+        h = self._history()
+        if h is None:
+            return True
+        if s in (h.started if kind == "start" else h.ended):
+            self._held_ms = None
+            return True
+        now = time.ticks_ms()
+        if self._held_ms is None:
+            self._held_ms = now
+        elif time.ticks_diff(now, self._held_ms) >= _HOLD_MAX_MS:
+            _log.warning("history did not store the session: reporting it anyway")
+            self._held_ms = None
+            return True
+        return False
 
     # ---- the charger's side ------------------------------------------------------------------
     def on_charger(self, event, ch, *rest):
@@ -73,6 +108,10 @@ class Transactions:
         q = self.svc.q
         op = q.open
         if op is None:
+            h = self._history()
+            lost = h.recovered if h is not None else None
+            if lost is not None:
+                self._report_lost(lost)
             return
         _log.warning("transaction %d cut by a power loss: queued its stop", op["r"])
         payload = {
@@ -83,10 +122,34 @@ class Transactions:
         q.push("StopTransaction", payload, op["r"], rpc.new_id())
         q.close_open()
 
+    def _report_lost(self, lost):
+        """A session the history closed as PowerLoss but the queue never heard of (the cut
+        came between the two): its StartTransaction and StopTransaction. The meter register
+        at the start is not kept with the session: the energy is reported from 0."""
+        q = self.svc.q
+        ref = q.next_seq()
+        _log.warning("session cut by a power loss before it was queued: reporting it")
+        start = {
+            "connectorId": 1,
+            "idTag": (lost.get("id_tag") or "")[:20],
+            "meterStart": 0,
+            "timestamp": isotime.fmt(lost.get("start_s") or self.svc.now()),
+        }
+        q.push("StartTransaction", start, ref, rpc.new_id())
+        stop = {
+            "meterStop": int(lost.get("energy_wh") or 0),
+            "timestamp": isotime.fmt(lost.get("end_s") or self.svc.now()),
+            "reason": "PowerLoss",
+        }
+        q.push("StopTransaction", stop, ref, rpc.new_id())
+
     # ---- once a second -------------------------------------------------------------------------
     def tick(self, now):
         while self.events:
-            kind, s, reason = self.events.pop(0)
+            kind, s, reason = self.events[0]
+            if not self._stored(kind, s):
+                break
+            self.events.pop(0)
             if kind == "start":
                 self._start(s)
             else:
