@@ -64,6 +64,8 @@ from time import ticks_add, ticks_diff, ticks_ms
 
 from micropython import const
 
+import jsonout
+
 _FREE = const(0)
 _IDLE = const(1)  # between requests: evictable
 _HEAD = const(2)  # reading the request head: evictable, 408 on timeout
@@ -151,18 +153,25 @@ def unquote(s, plus=False):
 
 class Response:
     def __init__(self, body=b"", status=200, headers=None, ctype=None):
+        self.obj = None  # a JSON body: written in pieces (lib/jsonout), never whole
         if body is None:
             body = b""
-        elif isinstance(body, (dict, list)):
-            body = json.dumps(body)
+        elif isinstance(body, (dict, list, jsonout.Lazy)):
+            self.obj = body
             ctype = ctype or "application/json"
         if isinstance(body, str):
             body = body.encode()
             ctype = ctype or "text/plain; charset=utf-8"
         self.status = status
         self.headers = headers
-        self.body = body
-        self.size = len(body)
+        self.lazy = False
+        if self.obj is None:
+            self.body = body
+            self.size = len(body)
+        else:
+            self.body = None
+            self.size = jsonout.size(body)
+            self.lazy = jsonout.has_lazy()
         self.ctype = ctype or ("application/octet-stream" if body else None)
         self.path = None  # set by file(): streamed from flash in chunks
 
@@ -257,9 +266,10 @@ class Request:
 class _Conn:
     """One connection slot: its line buffer is allocated once, at Server()."""
 
-    def __init__(self, size):
+    def __init__(self, size, scratch):
         self.buf = bytearray(size)
         self.mv = memoryview(self.buf)
+        self.out = jsonout.Chunks(scratch)  # JSON responses, through the shared scratch
         self.task = self.stream = self.sock = self.peer = None
         self.phase = _FREE
         self.lo = self.hi = self.ls = 0  # unread bytes: buf[lo:hi]; last line at ls
@@ -317,9 +327,9 @@ class Server:
         for r in routes:
             pat = [(s[1:-1],) if s[:1] == "<" else s for s in r[1].split("/")]
             self._routes.append((r[0], pat, r[2], r[3] if len(r) > 3 else self.max_body))
-        self._slots = [_Conn(self.buf_size) for _ in range(self.max_conns)]
-        self._free = list(self._slots)
         self._scratch = memoryview(bytearray(self.chunk_size))
+        self._slots = [_Conn(self.buf_size, self._scratch) for _ in range(self.max_conns)]
+        self._free = list(self._slots)
         self._sock = self._tasks = None
         self.requests = self.timeouts = self.evictions = self.errors = 0
 
@@ -759,6 +769,19 @@ class Server:
         body = b"" if bare else res.body
         if res.path and not bare:
             await self._send_file(c, head, res)
+        elif res.obj is not None and not bare and (res.lazy or m + res.size > len(s)):
+            await self._send_json(c, head, res)
+        elif res.obj is not None and not bare:
+            # Fits the scratch (most answers): one write, and none of the per-item
+            # coroutines of the piecewise path.
+            out = c.out
+            out.reset(c.stream.write)
+            out.write(head)
+            json.dump(res.obj, out)
+            if out.total != m + res.size:  # changed since it was counted: framing lost
+                c.broken = True
+                raise OSError(5)
+            await self._write(c, s[: out.n])
         elif m + len(body) <= len(s):  # one write: no Nagle stall between head and body
             s[:m] = head
             s[m : m + len(body)] = body
@@ -766,6 +789,30 @@ class Server:
         else:
             await self._write(c, head)
             await self._write(c, body)
+
+    async def _send_json(self, c, head, res):
+        # Head and body through the shared scratch, flushed to the socket whenever it
+        # fills and before every await (so another connection may use it meanwhile):
+        # a small answer is still one write.
+        out = c.out
+        out.reset(c.stream.write)
+        try:
+            out.write(head)
+            await jsonout.write(res.obj, out, lambda: self._pause(c))
+            await self._pause(c)
+        except OSError:
+            c.broken = True
+            raise
+        if out.total != len(head) + res.size:  # never expected: the framing is lost
+            c.broken = True
+            raise OSError(5)
+
+    async def _pause(self, c):
+        c.out.flush()
+        c.out.dirty = False
+        self._arm(c, self.write_timeout_ms)
+        await c.stream.drain()
+        c.armed = False
 
     async def _send_file(self, c, head, res):
         # The scratch buffer is shared: write() sends or copies it before drain yields.

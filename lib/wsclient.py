@@ -124,6 +124,25 @@ def _utf8(b):
     return bytes(out)
 
 
+def _utf8_ok(mv):
+    # str() checks UTF-8; in pieces cut before a character's lead byte (a character has
+    # at most 3 continuation bytes), each piece stands on its own.
+    n = len(mv)
+    i = 0
+    while i < n:
+        j = min(i + 256, n)
+        k = 0
+        while j < n and k < 3 and mv[j] & 0xC0 == 0x80:
+            j -= 1
+            k += 1
+        try:
+            str(mv[i:j], "utf-8")
+        except UnicodeError:
+            return False
+        i = j
+    return True
+
+
 def _mask(dst, off, src, n, key):
     # dst[off:off+n] = src[:n] XOR key; plain loop: allocates nothing.
     k0 = key[0]
@@ -370,6 +389,29 @@ class WsClient:
         started. A recv cancelled in the middle of a message drops the connection."""
         if timeout_ms is not None:
             return await asyncio.wait_for_ms(self.recv(), timeout_ms)
+        op, size = await self._message()
+        try:
+            if op == OP_TEXT:
+                try:
+                    return str(self._rxmv[:size], "utf-8")
+                except UnicodeError:
+                    await self._fail("text message not UTF-8", CLOSE_BAD_DATA)
+            return bytes(self._rxmv[:size])
+        except MemoryError:  # no block for the copy in a fragmented heap: refused as too big
+            await self._fail("no memory for a %d-byte message" % size, CLOSE_TOO_BIG)
+
+    async def recv_view(self):
+        """As recv(), without a copy: (True for text, memoryview of the message in the
+        receive buffer, valid until the next recv). Text is checked to be UTF-8 in
+        small pieces, so no block the size of the message is needed."""
+        op, size = await self._message()
+        mv = self._rxmv[:size]
+        if op == OP_TEXT and not _utf8_ok(mv):
+            await self._fail("text message not UTF-8", CLOSE_BAD_DATA)
+        return op == OP_TEXT, mv
+
+    async def _message(self):
+        """Reads the next data message into the receive buffer: (opcode, size)."""
         size = 0  # bytes of the message assembled so far
         op = None  # opcode of the message being assembled
         mid = False
@@ -401,15 +443,7 @@ class WsClient:
         finally:
             if mid:
                 self.abort()
-        try:
-            if op == OP_TEXT:
-                try:
-                    return str(self._rxmv[:size], "utf-8")
-                except UnicodeError:
-                    await self._fail("text message not UTF-8", CLOSE_BAD_DATA)
-            return bytes(self._rxmv[:size])
-        except MemoryError:  # no block for the copy in a fragmented heap: refused as too big
-            await self._fail("no memory for a %d-byte message" % size, CLOSE_TOO_BIG)
+        return op, size
 
     async def _timed(self, coro):
         try:

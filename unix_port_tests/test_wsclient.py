@@ -284,9 +284,10 @@ def test_frame_right_behind_the_head():
 
 
 # ---- frames ----------------------------------------------------------------------------
-def _session(server_frames, after=None, hang_up=False, **kw):
+def _session(server_frames, after=None, hang_up=False, view=False, **kw):
     """Connects, lets the server send `server_frames`, then collects what recv() gives
-    (messages, then the exception) and what the server read back."""
+    (messages, then the exception) and what the server read back. view: recv_view(),
+    each message as (text, bytes)."""
     back = []
 
     async def script(p):
@@ -312,7 +313,11 @@ def _session(server_frames, after=None, hang_up=False, **kw):
         out = []
         try:
             while True:
-                out.append(await ws.recv(1500))
+                if view:
+                    text, mv = await asyncio.wait_for_ms(ws.recv_view(), 1500)
+                    out.append((text, bytes(mv)))
+                else:
+                    out.append(await ws.recv(1500))
         except (WsError, asyncio.TimeoutError) as e:
             out.append(e)
         await asyncio.sleep_ms(50)
@@ -398,6 +403,17 @@ def test_64bit_length_with_top_bit_refused():
 
 def test_bad_utf8_refused():
     _violation([frame(1, b"\xff\xfe")], 1007)
+
+
+def test_view_checks_utf8_across_its_pieces():
+    # RFC 6455 8.1: text must be UTF-8. recv_view checks it in 256-byte pieces: a
+    # character across a piece boundary is fine, a bad byte far in is still refused.
+    good = ("x" * 254 + "\u20ac\U0001f600" * 40).encode()
+    out, back, ws = _session([frame(1, good), frame(2, b"\x00")], view=True)
+    eq(out[0], (True, good), "text, split characters intact")
+    eq(out[1], (False, b"\x00"), "binary")
+    out = _violation([frame(1, b"y" * 300 + b"\xc3(")], 1007, view=True)
+    _violation([frame(1, b"y" * 255 + b"\x80\x80\x80\x80z")], 1007, view=True)
 
 
 def test_server_close_echoed():

@@ -5,6 +5,7 @@ import asyncio
 import json
 from micropython import const
 
+from jsonout import Chunks
 from sim_ops import error_reply
 from sim_requests import MAX_LINE
 
@@ -12,6 +13,7 @@ DEFAULT_PORT = const(8090)
 _MAX_CLIENTS = const(4)
 _BACKLOG = const(4)
 _CHUNK = const(512)
+_OUT = const(512)  # reply buffer: a snapshot (~2 KB) goes out in pieces, never whole
 _LINE_TIMEOUT_MS = const(5000)  # a line once started must be complete within this
 _IDLE_TIMEOUT_MS = const(600_000)  # a connection without any request for 10 min is closed
 _WRITE_TIMEOUT_MS = const(5000)  # a client that stops reading its replies is dropped
@@ -37,6 +39,7 @@ class ControlServer:
         self.idle_timeout_ms = idle_timeout_ms
         self.clients = 0
         self.refused = 0
+        self._out = Chunks(bytearray(_OUT))  # shared: emptied before every await
 
     async def run(self):
         """The board task: serves until cancelled."""
@@ -108,5 +111,11 @@ class ControlServer:
         return error_reply("line longer than %d bytes" % MAX_LINE, self._clock_us())
 
     async def _send(self, writer, reply):
-        writer.write(json.dumps(reply).encode() + b"\n")
+        # Piecewise through the fixed buffer: no block the size of the reply is needed
+        # (writer.write sends at once or copies what the socket does not take yet).
+        out = self._out
+        out.reset(writer.write)
+        json.dump(reply, out)
+        out.write(b"\n")
+        out.flush()
         await asyncio.wait_for_ms(writer.drain(), _WRITE_TIMEOUT_MS)

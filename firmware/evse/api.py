@@ -95,7 +95,7 @@ class Api:
         return self.app.settings.public()
 
     async def history(self, req):
-        return {"sessions": self.app.history.session_list(_limit(req))}
+        return {"sessions": self.app.history.session_records(_limit(req))}
 
     async def history_csv(self, req):
         rows = ["No,Start,End,Start Mode,Stop Mode,Energy kWh,Id"]
@@ -119,17 +119,9 @@ class Api:
         )
 
     async def faults(self, req):
-        out = []
-        for rec in self.app.history.fault_list(_limit(req)):
-            row = faults.row(rec.get("code"))
-            if row:
-                rec["description"] = row[4]
-                rec["clears"] = row[5]
-                rec["latching"] = row[2]
-            out.append(rec)
         ch = self.app.charger
         return {
-            "faults": out,
+            "faults": self.app.history.fault_records(_limit(req), _describe),
             "active": faults.codes(ch.active | ch.latched),
             "latched": faults.codes(ch.latched),
         }
@@ -305,6 +297,14 @@ def _limit(req, default=50):
     except ValueError:
         raise HTTPError(400, "limit must be a number")
     return max(1, min(n, 200))
+
+
+def _describe(rec):
+    row = faults.row(rec.get("code"))
+    if row:
+        rec["description"] = row[4]
+        rec["clears"] = row[5]
+        rec["latching"] = row[2]
 
 
 def _csv(v):

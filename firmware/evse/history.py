@@ -7,6 +7,7 @@
 import json
 
 import atomicfile
+import jsonout
 import log
 import recordlog
 
@@ -146,6 +147,10 @@ class History:
     def session_list(self, limit=50):
         return _list(self.sessions, limit)
 
+    def session_records(self, limit=50):
+        """session_list for the web API: read one by one while the answer goes out."""
+        return Records(self.sessions, limit)
+
     # ---- faults ---------------------------------------------------------------------------
     def add_fault(self, code, values, now_s=None):
         rec = {"code": code, "t": _iso(now_s or self._clock()), "values": values}
@@ -166,11 +171,54 @@ class History:
     def fault_list(self, limit=50):
         return _list(self.faults, limit)
 
+    def fault_records(self, limit=50, fix=None):
+        return Records(self.faults, limit, fix)
+
 
 def _keep(recent, s):
     recent.append(s)
     if len(recent) > 4:
         recent.pop(0)
+
+
+class Records(jsonout.Lazy):
+    """The newest `limit` records of a log as _list gives them (`fix(rec)` applied to
+    each), produced one at a time: 200 records as one list or one JSON text would need
+    more heap than a charger has. Counted first, then sent: the send takes only the
+    records the count saw (an append or a roll-off in between changes nothing else)."""
+
+    def __init__(self, records, limit, fix=None):
+        super().__init__()
+        self._log = records
+        self._limit = limit
+        self._fix = fix
+        self._hi = self._lo = None  # the numbers the count saw, newest and oldest
+
+    def items(self, counting):
+        if not counting and self._hi is None:
+            return
+        hi = lo = None
+        for seq, payload in self._log.records(True, self._limit if counting else None):
+            if not counting:
+                if seq > self._hi:
+                    continue  # appended since the count
+                if seq < self._lo:
+                    return
+            try:
+                rec = json.loads(payload)
+            except ValueError:
+                continue
+            rec["no"] = seq
+            if self._fix is not None:
+                self._fix(rec)
+            if counting:
+                if hi is None:
+                    hi = seq
+                lo = seq
+            yield rec
+        if counting:
+            self._hi = hi
+            self._lo = lo
 
 
 def _list(records, limit):

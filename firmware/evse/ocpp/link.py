@@ -116,22 +116,24 @@ class Link:
     async def _reader(self):
         try:
             while True:
-                text = await self.ws.recv()
-                if not isinstance(text, str):
+                # The frame is decoded from the receive buffer: no copy of it in the heap.
+                text, mv = await self.ws.recv_view()
+                if not text:
                     await self.ws.close(1003)
                     raise WsError("binary message (OCPP-J is text only)", 1003)
-                await self._frame(text)
+                await self._frame(mv)
         except (OSError, WsError, asyncio.TimeoutError) as e:
             self.error = e  # the session logs why the link ended
         finally:
             self.down()
 
     async def _frame(self, text):
+        """text: the frame, str or a memoryview of UTF-8 (the receive buffer)."""
         try:
             msg = rpc.decode(text)
         except RpcError as e:
             self.bad_frames += 1
-            _log.warning("bad frame (%s: %s): %s", e.code, e.desc, text[:80])
+            _log.warning("bad frame (%s: %s): %s", e.code, e.desc, _start(text))
             if e.kind in (RESULT, ERROR):
                 # A broken answer: fails our CALL if it is its answer; never answered
                 # (a CALLERROR for a CALLERROR could loop between the two sides).
@@ -155,3 +157,13 @@ class Link:
         else:
             self.unknown_replies += 1
             _log.warning("answer to unknown message id %s ignored", msg[1][:36])
+
+
+def _start(text):
+    """The first 80 characters (bytes of a memoryview, cut before a character) to log."""
+    if isinstance(text, str):
+        return text[:80]
+    j = min(len(text), 80)
+    while 0 < j < len(text) and text[j] & 0xC0 == 0x80:
+        j -= 1
+    return str(text[:j], "utf-8")

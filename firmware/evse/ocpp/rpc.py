@@ -36,7 +36,8 @@ def new_id():
 
 
 def decode(text):
-    """The frame as a list, structurally valid; raises RpcError otherwise."""
+    """The frame (str, or UTF-8 bytes / a memoryview of the receive buffer: no copy)
+    as a list, structurally valid; raises RpcError otherwise."""
     try:
         msg = json.loads(text)
     except ValueError:
