@@ -13,6 +13,7 @@ Exits 1 on any violation (each names the seed and the cut: --seed replays it).
 import argparse
 import json
 import shutil
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -36,6 +37,8 @@ def main(argv=None):
     kinds = tuple(args.kinds.split(","))
     if not set(kinds) <= set(KINDS):
         ap.error(f"--kinds: choose from {','.join(KINDS)}")
+    # A kill (SIGTERM) stops the charger and its peers too, as Ctrl-C does.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     tree = firmware_tree()
     heap = args.heap or default_heap(tree)
     work = args.keep or Path(tempfile.mkdtemp(prefix="powercut-", dir=ROOT / "build"))

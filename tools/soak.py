@@ -15,6 +15,7 @@ tools/bench_report.py.
 import argparse
 import json
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -83,6 +84,8 @@ def main(argv=None):
     ap.add_argument("--heap", help="heap size (default: 128 KB of data + code footprint)")
     ap.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     args = ap.parse_args(argv)
+    # A kill (SIGTERM) stops the chargers, meter and central system too, as Ctrl-C does.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     tree = firmware_tree()
     heap = args.heap or default_heap(tree)
     work = args.keep or Path(tempfile.mkdtemp(prefix="soak-", dir=ROOT / "build"))
