@@ -511,18 +511,26 @@ def test_max_requests_per_connection():
 
 
 def test_upload_streams():
-    data = bytes(range(256)) * 800  # 200 KB, much more than any buffer
-    want = _hex(hashlib.md5(data).digest())
+    # 200 KB, much more than any buffer; sent as 50 numbered 4 KB pieces, so the test
+    # itself needs no 200 KB block in a heap the earlier tests have cut up.
+    piece = bytearray(bytes(range(256)) * 16)
+    pieces = 50
+    md5 = hashlib.md5()
+    for i in range(pieces):
+        piece[0] = i
+        md5.update(piece)
+    want = _hex(md5.digest())
+    total = len(piece) * pieces
 
     async def t(srv, port):
         r, w = await _open(port)
-        w.write(b"POST /api/upload HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % len(data))
-        mv = memoryview(data)
-        for i in range(0, len(data), 4096):
-            w.write(mv[i : i + 4096])
+        w.write(b"POST /api/upload HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % total)
+        for i in range(pieces):
+            piece[0] = i
+            w.write(piece)
             await w.drain()
         st, h, b = await _response(r, 5000)
-        eq((st, json.loads(b)), (200, {"md5": want, "bytes": len(data)}), "upload")
+        eq((st, json.loads(b)), (200, {"md5": want, "bytes": total}), "upload")
         await w.wait_closed()
 
     _run(t)
