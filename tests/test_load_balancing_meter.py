@@ -135,15 +135,22 @@ class MeterPool:
 
     def check_pool(self):
         """The sum of offers per phase never above the pool limit (REACT_S after a
-        rise of the house load, the old one)."""
+        rise of the house load, the old one). The watcher reads the chargers one after
+        another, so a round that straddles one reallocation can show one node's offer
+        from before it beside another's from after it (the master cuts before it raises,
+        docs/load-balancing.md): an excess counts when two rounds in a row show it."""
         w = self.watch
+        over_before = None
         for t0, t1, offered in w.rounds:
             sums = w.phase_sums(offered)
             lim = self.allowed(t0, t1)
+            over = None
             for p in range(3):
-                assert sums[p] <= lim[p] + 1e-6, \
-                    f"L{p + 1}: offers {offered} = {sums[p]} A above {lim[p]} A " \
-                    f"{t0 - w.rounds[0][0]:.1f} s after the first look"
+                if sums[p] > lim[p] + 1e-6:
+                    over = (f"L{p + 1}: offers {offered} = {sums[p]} A above {lim[p]} A "
+                            f"{t0 - w.rounds[0][0]:.1f} s after the first look")
+            assert not (over and over_before), f"{over_before}, and in the next round {over}"
+            over_before = over
         self.check_own_limits()
 
     def drawing(self, timeout=10):
