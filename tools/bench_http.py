@@ -74,14 +74,15 @@ def versions(mp, cross):
 
 
 def compile_libs(cross, top):
-    """httpd.mpy into top/httpd_lib, microdot/*.mpy into top/microdot_lib (not committed:
-    microdot's code is only read from the installed package)."""
+    """httpd.mpy and jsonout.mpy (which it imports) into top/httpd_lib, microdot/*.mpy
+    into top/microdot_lib (not committed: microdot's code is only read from the
+    installed package)."""
     import microdot
 
     src = Path(microdot.__file__).parent
     (top / "httpd_lib").mkdir()
     (top / "microdot_lib" / "microdot").mkdir(parents=True)
-    jobs = [(ROOT / "lib/httpd.py", top / "httpd_lib/httpd.mpy")]
+    jobs = [(ROOT / f"lib/{m}.py", top / f"httpd_lib/{m}.mpy") for m in ("httpd", "jsonout")]
     jobs += [(src / f, top / "microdot_lib/microdot" / f.replace(".py", ".mpy"))
              for f in MICRODOT_FILES]
     for s, d in jobs:
