@@ -32,9 +32,12 @@ POLL_S = 0.25
 WEB_POLL_S = 0.5
 NOMINAL_V = [230.0, 230.0, 230.0]
 WARMUP_S = 20.0  # heap samples before this are the boot settling, not a trend
-# Heap after GC may move with what is in flight (a queued message, a socket buffer); a
-# leak shows as a floor that keeps rising. Growth of the floor allowed over the run:
+# Heap after GC moves with what is in flight: the WebSocket buffers exist only while the
+# central system is connected, messages wait in RAM while it is not. So the floor is taken
+# over the samples in one state (connected, nothing queued); a leak shows as a floor that
+# keeps rising. Growth of that floor allowed over the run:
 HEAP_GROWTH_MAX = 6 * 1024
+STEADY_S = 5.0
 STUCK_S = 60.0
 LOG_BAD = re.compile(r"MemoryError|task \w+ died|Traceback")
 
@@ -51,7 +54,8 @@ class Soak:
                        "meter_losses": 0, "card_taps": 0, "stranger_taps": 0, "stop_taps": 0,
                        "node_plugs": 0, "load_steps": 0}
         self.faults_by_code = {}
-        self.heap = []  # (elapsed s, heap_alloc after GC) of the main charger
+        self.heap = []  # (elapsed s, heap_alloc after GC, steady) of the main charger
+        self._unsteady_t = 0.0  # when the main charger was last not connected or had a queue
         self.worst_pool = 0.0
         self.heap_free_min = 1 << 30
         self.watch = {c.name: Watcher(c.name, MAIN_MAX_A if c is rig.main else
@@ -290,7 +294,13 @@ class Soak:
                 self.bad(f"{c.name}: offers {s['offered_a']} A above its limit {s['limit_a']} A "
                          f"({s['limit_binding']})")
             if c is self.rig.main:
-                self.heap.append((round(self.now(), 1), s["heap_alloc"]))
+                o = s["ocpp"] or {}
+                now = self.now()
+                if not (o.get("connected") and not o.get("queued")):
+                    self._unsteady_t = now
+                # The buffers of a new connection settle within a few seconds.
+                steady = now - self._unsteady_t >= STEADY_S
+                self.heap.append((round(now, 1), s["heap_alloc"], steady))
                 self.heap_free_min = min(self.heap_free_min, s["heap_free"])
         self.worst_pool = max(self.worst_pool, total)
         if total > HOUSE_A + 1e-6:
@@ -355,15 +365,15 @@ class Soak:
 
     def heap_growth(self):
         """Floor (minimum) of heap_alloc in the last quarter minus that of the first quarter
-        after the warm-up; None when the run is too short to tell."""
-        xs = [(t, h) for t, h in self.heap if t >= WARMUP_S]
+        of the steady samples after the warm-up; None when there are too few to tell."""
+        xs = [(t, h) for t, h, steady in self.heap if t >= WARMUP_S and steady]
         if len(xs) < 8:
             return None
         q = max(2, len(xs) // 4)
         return min(h for _, h in xs[-q:]) - min(h for _, h in xs[:q])
 
     def result(self):
-        heap = [h for _, h in self.heap]
+        heap = [h for _, h, _ in self.heap]
         return {
             "seed": self.seed,
             "duration_s": round(self.now(), 1),

@@ -1,7 +1,7 @@
 # Charging state machine on a fake board with a fake clock (IEC 61851-1 Annex A rules).
 from check import eq, true, assert_no_alloc
 import fakehw
-from evse import faults
+from evse import faults, pilot
 from evse.charger import Charger, LOCK_LOCKED
 from evse.protection import Protection
 
@@ -264,6 +264,27 @@ def test_voltage_faults_and_clear_with_fresh_handshake():
     r.hw.meter.volts = [230.0, 0.0, 230.0]
     r.run(3100)
     true(r.ch.active & faults.MIS, "missing phase")
+
+
+def test_lasting_fault_holds_f_1s_then_x1_and_sees_the_vehicle():
+    """docs/errors.md step 2: state F for 1 s after a trip (IEC 61851-1 asks >= 300 ms),
+    then X1 for as long as the cause lasts, so the vehicle's coming and going is seen even
+    though protection re-asserts the fault every tick."""
+    r = Rig()
+    r.hw.temps.relay_c = 95.0  # relay over-temperature, lasting
+    r.run(300)
+    true(r.ch.active & faults.ROT, "ROT")
+    eq(r.hw.cp.duty_pm, -2, "state F right after the trip")
+    r.run(1000)
+    eq(r.hw.cp.duty_pm, -1, "X1 once the F hold is over, the cause still there")
+    r.plug("B")
+    eq(r.ch.cp_state, pilot.STATE_B, "the vehicle arriving during the fault is seen")
+    r.hw.ev.state = "A"
+    r.run(200)
+    eq(r.ch.cp_state, pilot.STATE_A, "and its leaving too")
+    r.hw.temps.relay_c = 25.0
+    r.run(300)
+    true(not r.ch.active & faults.ROT, "cleared once the relay cooled")
 
 
 def test_trip_path_on_the_simulated_board_allocates_nothing():

@@ -151,12 +151,17 @@ class Charger:
     def trip(self, bit):
         """Fault: open the relays and drive state F first, then remember. No allocation."""
         self._relays.open()
-        self._cp.low()
-        self.offered_a = 0.0
+        # Protection calls this every tick while the cause lasts: only a new fault
+        # starts the F hold, or the pilot would never return to X1 and the charger
+        # would not see the vehicle come or go during a long fault (docs/errors.md).
         if not self.active & bit:
+            self._cp.low()
             self.tripped_new |= bit
+            self._trip_ms = self.clock()
+        elif self._cp.duty_pm > 0:
+            self._cp.low()  # never a PWM offer while a fault stands
+        self.offered_a = 0.0
         self.active |= bit
-        self._trip_ms = self.clock()
 
     def emergency_stop(self):
         """Safe state for the supervisor: relays open, PWM stopped. No allocation."""
