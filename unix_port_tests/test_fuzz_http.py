@@ -6,13 +6,13 @@
 # that matches, nothing outside the static root is ever served, and the unmutated
 # requests get their 2xx. See fuzz.py for FUZZ_SEED / FUZZ_N.
 import asyncio
-import os
 
 import fuzz
 import httpd
+import webroot
 from check import eq, true
 
-_ROOT = "/tmp/fuzz_httpd_%d" % (os.urandom(1)[0] * 256 + os.urandom(1)[0])
+_ROOT = webroot.name("fuzz_httpd")
 _WWW = _ROOT + "/www"
 _SECRET = b"SECRET-OUTSIDE-THE-STATIC-ROOT"
 _LOG = []
@@ -68,31 +68,12 @@ ROUTES = [
 ]
 
 
-def _write(path, data):
-    with open(path, "wb") as f:
-        f.write(data)
-
-
-def _files():
-    for d in (_ROOT, _WWW, _WWW + "/sub"):
-        try:
-            os.mkdir(d)
-        except OSError:
-            pass
-    _write(_ROOT + "/secret.txt", _SECRET)
-    _write(_WWW + "/index.html", b"<h1>home</h1>")
-    _write(_WWW + "/app.js", b"console.log(1)")
-    _write(_WWW + "/app.js.gz", b"\x1f\x8bGZ")
-    _write(_WWW + "/sub/index.html", b"<p>sub</p>")
-
-
-def _cleanup():
-    for p in ("/sub/index.html", "/index.html", "/app.js", "/app.js.gz"):
-        os.remove(_WWW + p)
-    os.rmdir(_WWW + "/sub")
-    os.rmdir(_WWW)
-    os.remove(_ROOT + "/secret.txt")
-    os.rmdir(_ROOT)
+_FILES = (
+    ("/index.html", b"<h1>home</h1>"),
+    ("/app.js", b"console.log(1)"),
+    ("/app.js.gz", b"\x1f\x8bGZ"),
+    ("/sub/index.html", b"<p>sub</p>"),
+)
 
 
 class _Stream:
@@ -199,7 +180,7 @@ def _case(r, i):
 
 def test_fuzz_request_parsing_never_fails_a_connection():
     """RFC 9112 §2-§6 framing: any byte sequence gets well-framed answers or a close."""
-    _files()
+    webroot.make(_ROOT, _SECRET, _FILES)
     srv = _server()
     try:
         async def main():
@@ -229,7 +210,7 @@ def test_fuzz_request_parsing_never_fails_a_connection():
 
         asyncio.run(main())
     finally:
-        _cleanup()
+        webroot.remove(_ROOT)
 
 
 def test_fuzz_unquote_and_query():

@@ -6,9 +6,10 @@ import json
 import os
 
 import httpd
+import webroot
 from check import eq, raises, true
 
-_ROOT = "/tmp/httpd_test_%d" % (os.urandom(1)[0] * 256 + os.urandom(1)[0])
+_ROOT = webroot.name("httpd_test")
 _WWW = _ROOT + "/www"
 _SECRET = b"TOP-SECRET-DO-NOT-SERVE"
 _LOG = []
@@ -18,35 +19,15 @@ def _log(msg, exc=None):
     _LOG.append((msg, exc))
 
 
-def _write(path, data):
-    with open(path, "wb") as f:
-        f.write(data)
-
-
-def _setup_files():
-    for d in (_ROOT, _WWW, _WWW + "/sub"):
-        try:
-            os.mkdir(d)
-        except OSError:
-            pass
-    _write(_ROOT + "/secret.txt", _SECRET)
-    _write(_WWW + "/index.html", b"<h1>home</h1>")
-    _write(_WWW + "/app.js", b"console.log('plain');")
-    _write(_WWW + "/app.js.gz", b"\x1f\x8bGZIPPED-JS")
-    _write(_WWW + "/only.css.gz", b"\x1f\x8bGZ-CSS")
-    _write(_WWW + "/sub/index.html", b"<p>sub</p>")
-    _write(_WWW + "/big.bin", bytes(range(256)) * 40)  # 10 KB: several file chunks
-    _write(_WWW + "/.hidden", b"hidden")
-
-
-def _rmtree(path):
-    for name, kind, *_ in os.ilistdir(path):
-        p = path + "/" + name
-        if kind == 0x4000:
-            _rmtree(p)
-        else:
-            os.remove(p)
-    os.rmdir(path)
+_FILES = (
+    ("/index.html", b"<h1>home</h1>"),
+    ("/app.js", b"console.log('plain');"),
+    ("/app.js.gz", b"\x1f\x8bGZIPPED-JS"),
+    ("/only.css.gz", b"\x1f\x8bGZ-CSS"),
+    ("/sub/index.html", b"<p>sub</p>"),
+    ("/big.bin", bytes(range(256)) * 40),  # 10 KB: several file chunks
+    ("/.hidden", b"hidden"),
+)
 
 
 # -- handlers ------------------------------------------------------------------------
@@ -139,7 +120,7 @@ async def _start(**kw):
 
 def _run(fn, **kw):
     """Runs `await fn(srv, port)` against a fresh server, then closes it."""
-    _setup_files()
+    webroot.make(_ROOT, _SECRET, _FILES)
 
     async def main():
         srv, port = await _start(**kw)
@@ -153,7 +134,7 @@ def _run(fn, **kw):
         asyncio.run(main())
     finally:
         asyncio.new_event_loop()
-        _rmtree(_ROOT)
+        webroot.remove(_ROOT)
         gc.collect()
 
 
@@ -689,7 +670,7 @@ def test_keep_headers():
 
 
 def test_close_releases_port():
-    _setup_files()
+    webroot.make(_ROOT, _SECRET, _FILES)
 
     async def main():
         srv, port = await _start()
@@ -712,7 +693,7 @@ def test_close_releases_port():
         asyncio.run(main())
     finally:
         asyncio.new_event_loop()
-        _rmtree(_ROOT)
+        webroot.remove(_ROOT)
 
 
 def test_canned_responses_frame_correctly():
