@@ -113,6 +113,19 @@ def kill_leftovers():
 atexit.register(kill_leftovers)
 
 
+def wait_until(pred, timeout, what, step=0.05):
+    """Polls pred() until it returns something true, which it returns; AssertionError
+    naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout:g} s")
+        time.sleep(step)
+
+
 class SimError(AssertionError):
     """The simulator socket answered {"ok": false, "error": ...}."""
 

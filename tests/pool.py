@@ -6,23 +6,12 @@ Numbers of the protocol (docs/load-balancing.md) the tests lean on are repeated 
 import socket
 import time
 
-from harness import Charger, free_port
+from harness import Charger, free_port, wait_until
 
 CYCLE_S = 1.0  # the master allocates this often (balance.CYCLE_MS)
 NODE_TIMEOUT_S = 3.0
 MASTER_TIMEOUT_S = 3.0
 MASTER_LOST_TEXT = "CAN MST LOST"  # balance.MASTER_LOST_TEXT, in the display rotation
-
-
-def wait_until(pred, timeout, what, step=0.1):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout:g} s")
-        time.sleep(step)
 
 
 def offers(snaps):

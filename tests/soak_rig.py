@@ -13,14 +13,18 @@ and everything started here is stopped by close().
 """
 
 import json
+import shutil
+import signal
 import socket
 import struct
+import sys
+import tempfile
 import threading
 import zlib
 from pathlib import Path
 
 import csms
-from harness import Charger, free_port
+from harness import ROOT, Charger, default_heap, firmware_tree, free_port
 from test_power_management import MeterServer, PtyPair
 
 CARD = "04A1B2C3"  # learned on the main charger
@@ -233,3 +237,27 @@ def transactions(cs, cp_id, since):
     if started != stopped:
         bad.append(f"transactions started {started} but stopped {stopped}")
     return starts, stops, bad
+
+
+# ---- the command-line tools (tools/soak.py, tools/powercut.py) -------------------------------
+def tool_start(args, name):
+    """A SIGTERM stops everything the tool started, as Ctrl-C does. Returns the heap size
+    (--heap or the harness default) and the work dir (--keep or a new one under build/)."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    heap = args.heap or default_heap(firmware_tree())
+    work = args.keep or Path(tempfile.mkdtemp(prefix=name + "-", dir=ROOT / "build"))
+    return heap, work
+
+
+def tool_finish(args, name, result, work):
+    """Writes --json, keeps the logs when something failed (or --keep), else removes the
+    work dir. Returns the exit code: 1 on any violation."""
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=1) + "\n")
+    if result["violations"]:
+        print(f"{name}: logs kept in {work}", file=sys.stderr)
+        return 1
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0

@@ -7,8 +7,8 @@ master is killed and restarted, an address clash."""
 import socket
 import time
 
-from harness import free_port
-from pool import CYCLE_S, MASTER_LOST_TEXT, MASTER_TIMEOUT_S, Watch, wait_until
+from harness import free_port, wait_until
+from pool import CYCLE_S, MASTER_LOST_TEXT, MASTER_TIMEOUT_S, Watch
 from pool import bal as _bal
 from pool import offers as _off
 from pool import plug as _plug

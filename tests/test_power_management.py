@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import pytest
-from harness import ROOT, Charger
+from harness import ROOT, Charger, wait_until
 
 METER = ROOT / "tests" / "modbus_meter.py"
 MODELS = ("SDM630", "SDM120", "SDM72", "ABB_B23", "EM340", "DTSU666", "custom")
@@ -55,17 +55,6 @@ CUSTOM_MAP = {
 }
 
 pytestmark = pytest.mark.skipif(shutil.which("socat") is None, reason="needs socat")
-
-
-def wait_until(pred, timeout, what, step=0.02):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout:g} s")
-        time.sleep(step)
 
 
 # ---- the serial line and the meter ------------------------------------------------------------

@@ -11,18 +11,14 @@ Exits 1 on any violation (each names the seed and the cut: --seed replays it).
 """
 
 import argparse
-import json
-import shutil
-import signal
 import sys
-import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from harness import default_heap, firmware_tree  # noqa: E402
 from soak_powercut import KINDS, Campaign  # noqa: E402
+from soak_rig import tool_finish, tool_start  # noqa: E402
 
 
 def main(argv=None):
@@ -37,11 +33,7 @@ def main(argv=None):
     kinds = tuple(args.kinds.split(","))
     if not set(kinds) <= set(KINDS):
         ap.error(f"--kinds: choose from {','.join(KINDS)}")
-    # A kill (SIGTERM) stops the charger and its peers too, as Ctrl-C does.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    tree = firmware_tree()
-    heap = args.heap or default_heap(tree)
-    work = args.keep or Path(tempfile.mkdtemp(prefix="powercut-", dir=ROOT / "build"))
+    heap, work = tool_start(args, "powercut")
     camp = Campaign(work, args.seed, args.cuts, heap=heap, kinds=kinds,
                     log=lambda m: print(f"powercut: {m}", flush=True))
     try:
@@ -55,15 +47,7 @@ def main(argv=None):
     for v in result["violations"][:50]:
         print(f"  {v}")
     print(f"  {len(result['violations'])} violations" if result["violations"] else "  no violation")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=1) + "\n")
-    if result["violations"]:
-        print(f"powercut: logs kept in {work}", file=sys.stderr)
-        return 1
-    if not args.keep:
-        shutil.rmtree(work, ignore_errors=True)
-    return 0
+    return tool_finish(args, "powercut", result, work)
 
 
 if __name__ == "__main__":

@@ -13,19 +13,14 @@ tools/bench_report.py.
 """
 
 import argparse
-import json
-import shutil
-import signal
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from harness import default_heap, firmware_tree  # noqa: E402
-from soak_rig import Rig  # noqa: E402
+from soak_rig import Rig, tool_finish, tool_start  # noqa: E402
 from soak_scenario import Soak  # noqa: E402
 
 
@@ -84,11 +79,7 @@ def main(argv=None):
     ap.add_argument("--heap", help="heap size (default: 128 KB of data + code footprint)")
     ap.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     args = ap.parse_args(argv)
-    # A kill (SIGTERM) stops the chargers, meter and central system too, as Ctrl-C does.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    tree = firmware_tree()
-    heap = args.heap or default_heap(tree)
-    work = args.keep or Path(tempfile.mkdtemp(prefix="soak-", dir=ROOT / "build"))
+    heap, work = tool_start(args, "soak")
     t0 = time.monotonic()
     log = (lambda *a: None) if args.quiet else (lambda m: print(f"soak: {m}", flush=True))
     rig = Rig(work, heap=heap)
@@ -105,15 +96,7 @@ def main(argv=None):
     result["heap"] = heap
     result["table"] = table(result)
     print(summary(result), flush=True)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=1) + "\n")
-    if result["violations"]:
-        print(f"soak: logs kept in {work}", file=sys.stderr)
-        return 1
-    if not args.keep:
-        shutil.rmtree(work, ignore_errors=True)
-    return 0
+    return tool_finish(args, "soak", result, work)
 
 
 if __name__ == "__main__":
