@@ -259,3 +259,44 @@ def run(target, default_n, case, check):
                    s, i + 1)
             )
     return n
+
+
+# ---- pieces the fuzz tests share ---------------------------------------------------------------
+class PieceStream:
+    """One connection as the code under test sees it: `data` in pieces of `step` bytes,
+    then EOF; what it writes is kept in `out`."""
+
+    def __init__(self, data, step):
+        self.data = data
+        self.pos = 0
+        self.step = step
+        self.out = bytearray()
+
+    async def readinto(self, mv):
+        n = min(len(mv), len(self.data) - self.pos, self.step)
+        mv[:n] = self.data[self.pos : self.pos + n]
+        self.pos += n
+        return n
+
+    def write(self, b):
+        self.out.extend(b)
+
+    async def drain(self):
+        pass
+
+
+def scratch_dir(prefix):
+    """/tmp/<prefix>_<random>, created if missing (parallel runs do not share it)."""
+    path = "/tmp/%s_%d" % (prefix, os.urandom(1)[0] * 256 + os.urandom(1)[0])
+    try:
+        os.mkdir(path)
+    except OSError:
+        pass
+    return path
+
+
+def remove_quietly(path):
+    try:
+        os.remove(path)
+    except OSError:
+        pass

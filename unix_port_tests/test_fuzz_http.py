@@ -76,28 +76,6 @@ _FILES = (
 )
 
 
-class _Stream:
-    """The client side of one connection: its bytes in pieces of `step`, then EOF."""
-
-    def __init__(self, data, step):
-        self.data = data
-        self.pos = 0
-        self.step = step
-        self.out = bytearray()
-
-    async def readinto(self, mv):
-        n = min(len(mv), len(self.data) - self.pos, self.step)
-        mv[:n] = self.data[self.pos : self.pos + n]
-        self.pos += n
-        return n
-
-    def write(self, b):
-        self.out.extend(b)
-
-    async def drain(self):
-        pass
-
-
 class _Sock:
     def close(self):
         pass
@@ -141,7 +119,7 @@ def _server():
 async def _one(srv, data, step):
     c = srv._free.pop()
     c.sock = _Sock()
-    c.stream = s = _Stream(data, step)
+    c.stream = s = fuzz.PieceStream(data, step)
     c.peer = ("fuzz", 0)
     await srv._serve(c)
     return s.out

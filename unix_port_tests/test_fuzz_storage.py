@@ -6,7 +6,6 @@
 # change changes nothing in memory or on flash, a `.bin` is accepted or refused with
 # OtaError only and its archive never names a path outside its tree, valid samples
 # round-trip. See fuzz.py for FUZZ_SEED / FUZZ_N.
-import os
 import struct
 
 import atomicfile
@@ -20,21 +19,7 @@ from evse import settings as st
 
 log.set_level(log.ERROR + 10)  # every corrupt copy logs an error: thousands of lines
 
-_DIR = "/tmp/fuzz_storage_%d" % (os.urandom(1)[0] * 256 + os.urandom(1)[0])
-
-
-def _mkdir():
-    try:
-        os.mkdir(_DIR)
-    except OSError:
-        pass
-
-
-def _rm(p):
-    try:
-        os.remove(p)
-    except OSError:
-        pass
+_DIR = fuzz.scratch_dir("fuzz_storage")
 
 
 def _read(p):
@@ -47,7 +32,7 @@ def _read(p):
 
 def _put(p, data):
     if data is None:
-        _rm(p)
+        fuzz.remove_quietly(p)
         return
     with open(p, "wb") as f:
         f.write(data)
@@ -88,7 +73,6 @@ def test_fuzz_settings_file():
     """Any settings.json/.bak/.tmp on flash: load() never raises, every value it keeps is
     valid, a good copy is used in the documented order (file, .bak, .tmp) and nothing on
     flash is rewritten by loading."""
-    _mkdir()
     path = _DIR + "/settings.json"
     names = (path, path + ".bak", path + ".tmp")
 
@@ -116,17 +100,16 @@ def test_fuzz_settings_file():
 
     fuzz.run("settings.file", 3000, _file_case, check)
     for p in names:
-        _rm(p)
+        fuzz.remove_quietly(p)
 
 
 def test_fuzz_settings_changes():
     """A change from the web app or an installer (manual §9): refused with field errors
     and nothing changed (memory, flash, listeners), or applied and stored so that it
     loads back the same."""
-    _mkdir()
     path = _DIR + "/live.json"
     for p in (path, path + ".bak", path + ".tmp"):
-        _rm(p)
+        fuzz.remove_quietly(p)
     s = st.Settings(path)
     s.load()
     heard = [0]
@@ -161,7 +144,7 @@ def test_fuzz_settings_changes():
 
     fuzz.run("settings.apply", 3000, case, check)
     for p in (path, path + ".bak", path + ".tmp"):
-        _rm(p)
+        fuzz.remove_quietly(p)
 
 
 def test_fuzz_atomicfile_decode():
@@ -178,7 +161,6 @@ def test_fuzz_atomicfile_decode():
             pass
 
     fuzz.run("atomicfile.decode", 5000, case, check)
-    _mkdir()
     path = _DIR + "/obj.json"
     r = fuzz.rng_for("atomicfile.rt")
     for _ in range(100):
@@ -190,7 +172,7 @@ def test_fuzz_atomicfile_decode():
         atomicfile.save_json(path, v)
         eq(json.dumps(atomicfile.load_json(path)), json.dumps(ref), "round trip")
     for p in (path, path + ".bak", path + ".tmp"):
-        _rm(p)
+        fuzz.remove_quietly(p)
 
 
 # ---- the .bin header and archive -------------------------------------------------------------
@@ -286,7 +268,6 @@ def test_fuzz_bin_archive():
 def test_fuzz_bin_upload_pieces():
     """An upload in random pieces (manual §12): the Sink answers OtaError only, refuses a
     file whose length disagrees with its header, and stages exactly the bytes taken."""
-    _mkdir()
     path = _DIR + "/upload.bin"
     good = _header(len(_SAMPLE)) + _SAMPLE
 
@@ -315,14 +296,13 @@ def test_fuzz_bin_upload_pieces():
             eq(s.info["version"], "1.2.3", "valid upload")
 
     fuzz.run("ota.upload", 3000, case, check)
-    _rm(path)
+    fuzz.remove_quietly(path)
 
 
 # ---- regressions found by the fuzzer ------------------------------------------------------------
 def test_regression_settings_json_not_an_object_falls_back_to_bak():
     """settings.json holding `null` (FUZZ_SEED=0x5eed2026, settings.file case 127) made the
     charger take the defaults although settings.json.bak held the installer's settings."""
-    _mkdir()
     path = _DIR + "/reg.json"
     for main in (b"null", b"[1, 2]", b"7", atomicfile.encode_json("text")):
         _put(path, main)
@@ -333,17 +313,16 @@ def test_regression_settings_json_not_an_object_falls_back_to_bak():
     eq(atomicfile.load_json(path, dict), OLDER, "any dict-typed load")
     eq(atomicfile.load_json(path, lambda: None), "text", "no type asked: any JSON")
     for p in (path, path + ".bak"):
-        _rm(p)
+        fuzz.remove_quietly(p)
 
 
 def test_regression_ocpp_config_not_an_object_falls_back_to_bak():
     """The same for the OCPP configuration (ocpp_config.json)."""
     from evse.ocpp.config import Config
 
-    _mkdir()
     path = _DIR + "/cfg_reg.json"
     _put(path, b"null")
     _put(path + ".bak", atomicfile.encode_json({"HeartbeatInterval": "77"}))
     eq(Config(path)["HeartbeatInterval"], 77, "value from .bak")
     for p in (path, path + ".bak"):
-        _rm(p)
+        fuzz.remove_quietly(p)

@@ -9,7 +9,6 @@ import asyncio
 import binascii
 import hashlib
 import json
-import os
 import struct
 
 import fuzz
@@ -22,7 +21,7 @@ from evse.ocpp.link import Link
 from evse.ocpp.rpc import RpcError
 from evse.ocpp.smart import Smart
 
-_DIR = "/tmp/fuzz_ocpp_%d" % (os.urandom(1)[0] * 256 + os.urandom(1)[0])
+_DIR = fuzz.scratch_dir("fuzz_ocpp")
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 _CLOSE_CODES = (1000, 1002, 1003, 1007, 1009)
 log.set_level(log.ERROR)  # every refused frame logs a warning: thousands of lines
@@ -34,23 +33,14 @@ class _Raw:
         pass
 
 
-class _Peer:
+class _Peer(fuzz.PieceStream):
     """The stream wsclient reads: `data` in pieces of `step`, then EOF; what it writes is
     kept. With `head` set, the data is made from the handshake request when it arrives."""
 
     def __init__(self, data=b"", step=64, head=None):
-        self.data = data
-        self.pos = 0
-        self.step = step
-        self.out = bytearray()
+        super().__init__(data, step)
         self.head = head
         self.s = _Raw()
-
-    async def readinto(self, mv):
-        n = min(len(mv), len(self.data) - self.pos, self.step)
-        mv[:n] = self.data[self.pos : self.pos + n]
-        self.pos += n
-        return n
 
     def write(self, b):
         if self.head is not None and not self.out:
@@ -59,9 +49,6 @@ class _Peer:
             acc = binascii.b2a_base64(hashlib.sha1(key + _GUID).digest(), newline=False)
             self.data = self.head(acc)
         self.out.extend(b)
-
-    async def drain(self):
-        pass
 
 
 def frame(op, payload=b"", fin=True, rsv=0, mask=False, length=None, form=None):
@@ -364,26 +351,11 @@ def test_fuzz_isotime():
 
 
 # ---- OCPP: values the handlers store -----------------------------------------------------------
-def _mkdir():
-    try:
-        os.mkdir(_DIR)
-    except OSError:
-        pass
-
-
-def _rm(p):
-    try:
-        os.remove(p)
-    except OSError:
-        pass
-
-
 def test_fuzz_change_configuration():
     """OCPP 1.6 §5.3/§9: any key/value gets Accepted, Rejected or NotSupported; a refused
     value changes nothing in memory or on flash; what is stored loads back the same."""
-    _mkdir()
     path = _DIR + "/cfg.json"
-    _rm(path)
+    fuzz.remove_quietly(path)
     cfg = Config(path)
     names = [row[0] for row in KEYS]
 
@@ -414,8 +386,8 @@ def test_fuzz_change_configuration():
     fuzz.run("ocpp.config", 2500, case, check)
     print("  changes by answer:", seen)
     eq(len(seen), 3, "the cases reach every answer")
-    _rm(path)
-    _rm(path + ".bak")
+    fuzz.remove_quietly(path)
+    fuzz.remove_quietly(path + ".bak")
 
 
 def _read(p):
@@ -429,9 +401,8 @@ def _read(p):
 def test_fuzz_charging_profiles():
     """OCPP 1.6 §3.13: a schema-valid profile is Accepted or Rejected (RpcError only for a
     bad connector); limits and composite schedules of what was accepted never raise."""
-    _mkdir()
     path = _DIR + "/ocpp_profiles.json"
-    _rm(path)
+    fuzz.remove_quietly(path)
     smart = Smart(_DIR)
     base = FRAMES[3][3]
     t0 = isotime.parse("2024-01-01T00:10:00Z")
@@ -505,8 +476,8 @@ def test_fuzz_charging_profiles():
     fuzz.run("ocpp.smart", 3000, case, check)
     print("  profiles by answer:", seen)
     true(seen.get("Accepted") and seen.get("Rejected"), "the cases reach both answers")
-    _rm(path)
-    _rm(path + ".bak")
+    fuzz.remove_quietly(path)
+    fuzz.remove_quietly(path + ".bak")
 
 
 # ---- regressions found by the fuzzer ------------------------------------------------------------
