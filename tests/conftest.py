@@ -11,6 +11,7 @@
 When a test fails, the report ends with the tail of each charger's log.
 """
 
+import csms
 import pytest
 from harness import Charger, firmware_tree, kill_leftovers
 
@@ -46,6 +47,18 @@ def start_charger(request, tmp_path):
 def charger(start_charger):
     """One charger with default settings, ready."""
     return start_charger()
+
+
+@pytest.fixture
+def cs():
+    """A central system on the `ocpp` package (tests/csms.py), closed after the test."""
+    yield from csms.running_central_system()
+
+
+@pytest.fixture
+def ocpp(request, tmp_path, cs):
+    """Factory of chargers pointed at `cs` (csms.ocpp_chargers)."""
+    yield from csms.ocpp_chargers(request, tmp_path, cs)
 
 
 @pytest.hookimpl(wrapper=True)

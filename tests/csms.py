@@ -510,16 +510,7 @@ def server_context(cert, key):
     return ctx
 
 
-# ---- bodies of the test fixtures --------------------------------------------------------
-# A test module defines its fixtures with them:
-#
-#     @pytest.fixture
-#     def cs():
-#         yield from csms.running_central_system()
-#
-#     @pytest.fixture
-#     def ocpp(request, tmp_path, cs):
-#         yield from csms.ocpp_chargers(request, tmp_path, cs)
+# ---- bodies of the `cs` and `ocpp` fixtures (tests/conftest.py) -------------------------
 
 
 def running_central_system():

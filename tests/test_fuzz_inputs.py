@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import csms
-import pytest
 import websockets
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "unix_port_tests"))
@@ -233,16 +232,6 @@ def test_sim_socket_under_seeded_hostile_lines(charger):
 
 
 # ---- OCPP from a hostile central system ---------------------------------------------------------
-@pytest.fixture
-def cs():
-    yield from csms.running_central_system()
-
-
-@pytest.fixture
-def ocpp(request, tmp_path, cs):
-    yield from csms.ocpp_chargers(request, tmp_path, cs)
-
-
 # Central-system CALLs, valid; mutated from here. Reset, UpdateFirmware and GetDiagnostics
 # are left out: a valid one legitimately reboots the charger or reaches out to the network.
 _OCPP_CALLS = [

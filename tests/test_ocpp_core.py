@@ -6,20 +6,7 @@ diagnostics and firmware requests."""
 import json
 import time
 
-import csms
-import pytest
 from csms import wait_ocpp, wait_status
-
-
-@pytest.fixture
-def cs():
-    yield from csms.running_central_system()
-
-
-@pytest.fixture
-def ocpp(request, tmp_path, cs):
-    yield from csms.ocpp_chargers(request, tmp_path, cs)
-
 
 A = "04A1B2C3"  # learned card
 B = "04D5E6F7"  # refused by the central system

@@ -6,20 +6,7 @@ offline (local list, cache, LocalAuthorizeOffline, AllowOfflineTxForUnknownId)."
 import re
 import time
 
-import csms
-import pytest
 from csms import ocpp_view, wait_ocpp
-
-
-@pytest.fixture
-def cs():
-    yield from csms.running_central_system()
-
-
-@pytest.fixture
-def ocpp(request, tmp_path, cs):
-    yield from csms.ocpp_chargers(request, tmp_path, cs)
-
 
 A = "04A1B2C3"  # learned card
 CACHED = "0A0A0A01"  # accepted by the central system: cached

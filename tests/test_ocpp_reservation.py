@@ -4,20 +4,7 @@ idTag (or one with the same parent) starts and consumes it, expiry and cancellat
 import time
 from datetime import datetime, timedelta, timezone
 
-import csms
-import pytest
 from csms import wait_status
-
-
-@pytest.fixture
-def cs():
-    yield from csms.running_central_system()
-
-
-@pytest.fixture
-def ocpp(request, tmp_path, cs):
-    yield from csms.ocpp_chargers(request, tmp_path, cs)
-
 
 A = "04A1B2C3"  # learned card, not the reserved one
 R = "04BEEF01"  # the reserved idTag (known to the central system only)

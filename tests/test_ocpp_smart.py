@@ -4,20 +4,7 @@ rounded down to 0.1 %; below 6 A the pilot goes static and the charge pauses).""
 
 from datetime import datetime, timedelta, timezone
 
-import csms
-import pytest
 from csms import wait_status
-
-
-@pytest.fixture
-def cs():
-    yield from csms.running_central_system()
-
-
-@pytest.fixture
-def ocpp(request, tmp_path, cs):
-    yield from csms.ocpp_chargers(request, tmp_path, cs)
-
 
 A = "04A1B2C3"
 

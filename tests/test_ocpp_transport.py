@@ -5,20 +5,7 @@ changing nothing."""
 
 import time
 
-import csms
-import pytest
 from csms import CentralSystem, make_certs, ocpp_view, server_context
-
-
-@pytest.fixture
-def cs():
-    yield from csms.running_central_system()
-
-
-@pytest.fixture
-def ocpp(request, tmp_path, cs):
-    yield from csms.ocpp_chargers(request, tmp_path, cs)
-
 
 KEY = "0123456789abcdef0123"
 NEW_KEY = "fedcba9876543210fedc"

@@ -9,23 +9,12 @@ import threading
 import time
 from datetime import datetime, timedelta, timezone
 
-import csms
 import pytest
 from csms import wait_status
 from harness import NotReady
 from test_ota import FACTORY_VERSION, mkbin, variant, wait_shown
 
 A = "04A1B2C3"  # a learned card
-
-
-@pytest.fixture
-def cs():
-    yield from csms.running_central_system()
-
-
-@pytest.fixture
-def ocpp(request, tmp_path, cs):
-    yield from csms.ocpp_chargers(request, tmp_path, cs)
 
 
 @pytest.fixture(scope="module")
