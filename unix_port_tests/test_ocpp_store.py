@@ -131,6 +131,119 @@ def test_queue_skips_a_corrupt_record():
     eq((h[3], h[2]["a"]), ("m3", 2), "bad record skipped")
 
 
+class _History:
+    def __init__(self, recovered):
+        self.started = []
+        self.ended = []
+        self.listeners = []
+        self.recovered = recovered  # what the history closed as PowerLoss at this boot
+
+
+class _App:
+    def __init__(self, recovered):
+        self.history = _History(recovered)
+
+
+class _Svc:
+    """What Transactions.recover() uses of the service: the queue, the history, the clock."""
+
+    def __init__(self, d, recovered=None):
+        self.q = TxQueue(d)
+        self.app = _App(recovered)
+
+    def now(self):
+        return 5000
+
+
+def _records(q):
+    out = []
+    while True:
+        h = q.head()
+        if h is None:
+            return out
+        seq, action, payload, mid, ref = h
+        out.append((action, ref, payload))
+        q.ack(seq, 10 + seq if action == "StartTransaction" else None, ref)
+
+
+def _used_queue(d):
+    """A queue that has delivered a transaction before (its state file exists)."""
+    q = TxQueue(d)
+    ref = _start(q)
+    q.set_open(ref, "A", 1000, 1)
+    q.push("StopTransaction", {"meterStop": 1000, "timestamp": "t", "reason": "Local"}, ref, "x")
+    q.close_open()
+    _records(q)
+    return q
+
+
+def _start(q, wh=1000):
+    ref = q.next_seq()
+    q.push("StartTransaction", {"idTag": "A", "connectorId": 1, "meterStart": wh, "timestamp": "t"},
+           ref, "s%d" % ref)
+    return ref
+
+
+def test_recover_cut_between_stop_and_open_marker_sends_one_stop():
+    """OCPP 1.6 §4.7: every transaction is stopped exactly once. A cut after the stop was
+    queued but before the open marker was cleared must not queue a second stop."""
+    from evse.ocpp.transactions import Transactions
+
+    d = _dir()
+    q = _used_queue(d)
+    ref = _start(q)
+    q.set_open(ref, "A", 1000, 100)
+    q.push("StopTransaction", {"meterStop": 1500, "timestamp": "t", "reason": "EVDisconnected"},
+           ref, "e1")
+    svc = _Svc(d)  # the cut: close_open() never ran
+    Transactions(svc).recover()
+    recs = _records(svc.q)
+    eq([(a, r) for a, r, _ in recs], [("StartTransaction", ref), ("StopTransaction", ref)],
+       "one start, one stop")
+    eq(recs[1][2]["reason"], "EVDisconnected", "the stop that was queued")
+    eq(svc.q.open, None, "open marker cleared")
+
+
+def test_recover_cut_between_start_and_open_marker_sends_only_the_stop():
+    """A cut after the start was queued but before the open marker: the history reports
+    the session as cut; the queue must stop the transaction it holds, not start another."""
+    from evse.ocpp.transactions import Transactions
+
+    d = _dir()
+    q = _used_queue(d)
+    ref = _start(q, wh=2000)
+    lost = {"id_tag": "A", "start_s": 90, "end_s": 140, "energy_wh": 35}
+    svc = _Svc(d, recovered=lost)
+    Transactions(svc).recover()
+    recs = _records(svc.q)
+    eq([(a, r) for a, r, _ in recs], [("StartTransaction", ref), ("StopTransaction", ref)],
+       "the queued start and its stop, nothing more")
+    eq((recs[1][2]["meterStop"], recs[1][2]["reason"]), (2035, "PowerLoss"), "stop")
+    eq(recs[1][2]["transactionId"], 10 + ref, "the id its start got")
+
+
+def test_recover_open_transaction_and_session_never_queued():
+    """The two cuts recover() handled before: an open transaction gets its PowerLoss stop;
+    a session the history has but the queue never saw is started and stopped."""
+    from evse.ocpp.transactions import Transactions
+
+    d = _dir()
+    q = TxQueue(d)
+    ref = _start(q)
+    q.set_open(ref, "A", 1200, 130)
+    svc = _Svc(d)
+    Transactions(svc).recover()
+    recs = _records(svc.q)
+    eq([(a, r) for a, r, _ in recs], [("StartTransaction", ref), ("StopTransaction", ref)], "open")
+    eq((recs[1][2]["meterStop"], recs[1][2]["reason"]), (1200, "PowerLoss"), "its stop")
+    lost = {"id_tag": "B", "start_s": 200, "end_s": 260, "energy_wh": 12}
+    svc = _Svc(d, recovered=lost)
+    Transactions(svc).recover()
+    recs = _records(svc.q)
+    eq([a for a, _, _ in recs], ["StartTransaction", "StopTransaction"], "lost session")
+    eq(recs[0][1], recs[1][1], "the stop refers to that start")
+
+
 def test_local_list_full_differential_and_cache():
     d = _dir()
     ll = authlist.TagTable(d + "/l.json", 3)

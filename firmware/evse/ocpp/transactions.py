@@ -104,23 +104,44 @@ class Transactions:
         self._remote = (tag, time.ticks_add(time.ticks_ms(), ms), profile)
 
     def recover(self):
-        """At boot: a transaction still open was cut by a power loss (or a crash)."""
+        """At boot: a transaction still open was cut by a power loss (or a crash). A start
+        or stop record and the open marker are two writes (_start, _end); the newest queue
+        record tells whether a cut fell between them."""
         q = self.svc.q
         op = q.open
-        if op is None:
-            h = self._history()
-            lost = h.recovered if h is not None else None
-            if lost is not None:
-                self._report_lost(lost)
+        last = q.newest()
+        h = self._history()
+        lost = h.recovered if h is not None else None
+        if op is not None:
+            if last is not None and last[1] == "StopTransaction" and last[3] == op["r"]:
+                q.close_open()  # cut right after its stop was queued: nothing is missing
+                return
+            _log.warning("transaction %d cut by a power loss: queued its stop", op["r"])
+            payload = {
+                "meterStop": int(op.get("wh") or 0),
+                "timestamp": isotime.fmt(op.get("t") or self.svc.now()),
+                "reason": "PowerLoss",
+            }
+            q.push("StopTransaction", payload, op["r"], rpc.new_id())
+            q.close_open()
             return
-        _log.warning("transaction %d cut by a power loss: queued its stop", op["r"])
-        payload = {
-            "meterStop": int(op.get("wh") or 0),
-            "timestamp": isotime.fmt(op.get("t") or self.svc.now()),
-            "reason": "PowerLoss",
-        }
-        q.push("StopTransaction", payload, op["r"], rpc.new_id())
-        q.close_open()
+        if last is not None and last[1] == "StartTransaction":
+            # Cut right after its start was queued, before the open marker: only the stop
+            # is missing (reporting the session again would start a second transaction).
+            _log.warning("transaction %d cut by a power loss as it began: queued its stop",
+                         last[3])
+            lost = lost or {}
+            start_wh = last[2].get("meterStart")
+            payload = {
+                "meterStop": int((start_wh if isinstance(start_wh, int) else 0)
+                                 + (lost.get("energy_wh") or 0)),
+                "timestamp": isotime.fmt(lost.get("end_s") or self.svc.now()),
+                "reason": "PowerLoss",
+            }
+            q.push("StopTransaction", payload, last[3], rpc.new_id())
+            return
+        if lost is not None:
+            self._report_lost(lost)
 
     def _report_lost(self, lost):
         """A session the history closed as PowerLoss but the queue never heard of (the cut

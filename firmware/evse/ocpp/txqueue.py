@@ -91,6 +91,20 @@ class TxQueue:
             self.open = None
             self._save()
 
+    def newest(self):
+        """(seq, action, payload, txref) of the newest record not yet confirmed, or None:
+        at boot it tells whether a cut fell between a record and the open marker."""
+        if self.pending <= 0:
+            return None
+        for seq, raw in self._log.records(True, 1):
+            try:
+                rec = json.loads(raw)
+            except ValueError:
+                return None
+            if isinstance(rec, list) and len(rec) == 4 and isinstance(rec[1], dict):
+                return seq, rec[0], rec[1], rec[2]
+        return None
+
     # ---- delivering ----------------------------------------------------------------------
     def head(self):
         """(seq, action, payload, msg_id, txref) of the oldest unconfirmed record, or None."""
