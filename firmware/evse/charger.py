@@ -356,7 +356,7 @@ class Charger:
             r.open()
         elif self._pwm_stop_ms is not None and time.ticks_diff(
             now_ms, self._pwm_stop_ms
-        ) >= _FORCE_OPEN_MS:
+        ) > _FORCE_OPEN_MS:  # '>': the stop fell somewhere inside its millisecond tick
             _log.warning("EV stayed in C 6 s after the PWM stopped: opening under load")
             r.open()
 
