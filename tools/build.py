@@ -8,6 +8,7 @@
     <out>/evse/www/...   any other file under firmware/ (web assets), copied as is
     <out>/lib/*.mpy      lib/, the board's shared modules (SHARED) and boards/<board>/
                          together: /lib is on the device's sys.path
+    <out>/manifest.py    real boards only: the tree as a frozen image (tools/manifest.py)
 
 Every error of mpy-cross is printed and the build exits non-zero.
 """
@@ -174,6 +175,12 @@ def main(argv=None):
         return 1
     print(f"build: {out}: {modules} modules compiled, {copied} other files copied "
           f"(-march={ARCH[args.board]})")
+    if (out / "manifest.py").is_file():
+        from manifest import copy_args
+
+        print(f"build: {out / 'manifest.py'}: for a frozen image (docs/hardware.md); on a "
+              f"board flashed with it, copy the rest from {out} with\n"
+              f"    mpremote connect PORT {' '.join(copy_args(out))}")
     return 0
 
 

@@ -272,11 +272,20 @@ class App:
 
 
 def _www_dir():
-    """The web app's static files, beside this package (None until they exist)."""
+    """The web app's static files (None until they exist).
+
+    A package loaded from the filesystem (a deployed tree, an upgrade slot) has them
+    beside it, in evse/www. A package frozen into the firmware image (its __path__ is
+    ".frozen/evse") has no directory: its assets are in www/ of the directory the charger
+    starts in, where docs/hardware.md has them copied. Not in evse/www there: a directory
+    named evse on the filesystem would hide the frozen package from `import evse`."""
     import os
     import evse
 
-    d = evse.__file__.rpartition("/")[0] + "/www"
+    if getattr(evse, "__path__", "").startswith(".frozen"):
+        d = os.getcwd().rstrip("/") + "/www"
+    else:
+        d = evse.__file__.rpartition("/")[0] + "/www"
     try:
         os.stat(d)
         return d
