@@ -204,3 +204,53 @@ def test_clock_us_stays_a_small_int_across_the_tick_wrap():
             prev = now
     finally:
         ld.__exit__()
+
+
+def test_can_controller_found_later_is_set_up_with_backoff():
+    """An MCP2515 that does not answer at boot is tried again from the board task, 1 s
+    later, then 2, 4 ... s apart up to 60 s; once it answers, frames flow."""
+    from sim_mcp2515 import SimCanWire, SimMcp2515
+
+    ld, hw = _make()
+    try:
+        eq((hw.can.ok, hw.can.inits), (False, 1), "no chip answering at boot")
+        pins = sys.modules["pins"]
+        # the same adapter booted at t = 0 ms, to time its retries
+        hw.can = can = ld.board.Can(hw.rfid_spi, ld.machine.pins[pins.CAN_CS], 0)
+        eq((can.ok, can.inits), (False, 1), "boot attempt")
+        waits = []
+        t = 0
+        for _ in range(9):  # step 1 ms at a time across each wait to find the next try
+            n = can.inits
+            start = t
+            while can.inits == n:
+                t += 1
+                can.poll(t)
+            waits.append(t - start)
+        eq(waits, [1000, 2000, 4000, 8000, 16000, 32000, 60000, 60000, 60000], "backoff")
+        eq(can.ok, False, "still no chip")
+        try:
+            can.send(0x100, b"\x00")
+            true(False, "send without a controller must fail")
+        except OSError:
+            pass
+
+        # the CAN board plugged in: the driver's SPI and CS now reach an emulated chip,
+        # with a second node on the wire to acknowledge
+        wire = SimCanWire()
+        chip = SimMcp2515(wire)
+        peer = SimMcp2515(wire)
+        peer.regs[0x0E] = peer.regs[0x0F] = 0x00  # the other charger, in normal mode
+        can.dev._spi, can.dev._cs = chip.spi, chip.cs
+        n = can.inits
+        hw._io_step(t + 59_999)
+        eq((can.ok, can.inits), (False, n), "not before its time")
+        hw._io_step(t + 60_000)  # through the board task's upkeep
+        eq((can.ok, can.inits), (True, n + 1), "set up at the next try")
+        eq(chip.opmode(), 0x00, "normal mode")
+        can.send(0x321, b"\x05\x06")
+        eq(chip.sent[-1][:2], (0x321, b"\x05\x06"), "frame on the wire")
+        hw._io_step(t + 200_000)
+        eq(can.inits, n + 1, "no set-up once it answers")
+    finally:
+        ld.__exit__()

@@ -123,3 +123,27 @@ def test_can_contract_and_misc():
         eq(ld.machine.log[-1], ("reset", None), "machine.reset")
     finally:
         ld.__exit__()
+
+
+def test_can_leaves_bus_off_by_itself():
+    """auto_restart: bxCAN rejoins after bus-off once the bus is sound, without restart()
+    (which can block); while off, frames are refused, not left to go out stale."""
+    ld, hw = _make()
+    try:
+        dev = hw.can.dev
+        eq(dev.init_args[1].get("auto_restart"), True, "automatic bus-off management")
+        hw.can.send(0x101, b"\x01")
+        dev.go_bus_off()
+        try:
+            hw.can.send(0x102, b"\x02")
+            true(False, "send while bus-off must fail")
+        except OSError:
+            pass
+        eq((hw.can.bus_off, dev.sent), (1, [(0x101, b"\x01")]), "refused while off the bus")
+        hw._io_step(0)  # the board task's upkeep must not call the blocking restart()
+        dev.bus_idle()
+        eq(dev.state(), dev.ERROR_ACTIVE, "rejoined by itself")
+        hw.can.send(0x103, b"\x03")
+        eq(dev.sent[-1], (0x103, b"\x03"), "frames go out again")
+    finally:
+        ld.__exit__()

@@ -9,6 +9,8 @@
 # - CP sampling is not phase-locked to the PWM: cp_adc.sample() reads a burst spanning
 #   more than one 1 kHz period and keeps the min and max plateaus;
 # - the fan tachometer uses the PCNT hardware (machine.Counter), never Pin.irq.
+import time
+
 import esp32
 import evplus_power as power
 import evplus_system as system
@@ -16,7 +18,7 @@ import evplus_thermal as thermal
 import machine
 import network
 import pins
-from evplus_board import EvPlusBoard, tethered
+from evplus_board import CanPort, EvPlusBoard, tethered
 from machine import ADC, PWM, Pin
 from micropython import const
 
@@ -25,6 +27,8 @@ _CP_FREQ = const(1000)
 _FAN_FREQ = const(25000)
 _CP_BURST = const(48)  # ADC reads per sample(): ~1.3 periods at ~28 us per read
 _U16_FULL = const(65535)
+_CAN_RETRY_MS = const(1000)  # first retry of an MCP2515 that did not answer
+_CAN_RETRY_MAX_MS = const(60000)
 
 
 def make(env):
@@ -109,20 +113,39 @@ class Tach:
         return n
 
 
-class Can:
+class Can(CanPort):
     """MCP2515 on the shared SPI bus: send/recv per docs/hal.md. None of its errors
-    escape recv(): a missing chip reads as a silent bus, and counts in `errors`."""
+    escape recv(): a missing chip reads as a silent bus, and counts in `errors`.
 
-    def __init__(self, spi, cs):
+    A controller that does not answer at boot (the CAN board fitted or plugged in later,
+    a loose connector) is set up again by poll(), which the board task calls: 1 s after
+    the failed attempt, then 2, 4, 8 ... s, at most 60 s apart, so a bus connected later
+    works without a reset and a missing chip costs one short SPI exchange a minute."""
+
+    def __init__(self, spi, cs, now_ms):
         from mcp2515 import Mcp2515
 
         self.dev = Mcp2515(spi, cs, pins.CAN_XTAL_MHZ, pins.CAN_BITRATE)
-        self.ok = True
+        self.ok = False
         self.errors = 0
+        self.inits = 0  # set-up attempts, the one at boot included
+        self._wait_ms = _CAN_RETRY_MS
+        self._next_ms = now_ms
+        self.poll(now_ms)
+
+    def poll(self, now_ms):
+        """Sets the controller up when it is not and its retry time has come."""
+        if self.ok or time.ticks_diff(now_ms, self._next_ms) < 0:
+            return
+        self.inits += 1
         try:
             self.dev.init()
         except OSError:
-            self.ok = False
+            self._next_ms = time.ticks_add(now_ms, self._wait_ms)
+            self._wait_ms = min(self._wait_ms * 2, _CAN_RETRY_MAX_MS)
+            return
+        self.ok = True
+        self._wait_ms = _CAN_RETRY_MS
 
     def send(self, can_id, data):
         if not self.ok:
@@ -180,7 +203,7 @@ class Board(EvPlusBoard):
         self.fan = thermal.Fan(self._fan_out.set_pct, self._tach.count)
 
         # CAN and radio
-        self.can = Can(spi, can_cs)
+        self.can = Can(spi, can_cs, time.ticks_ms())
         self.wlan = system.Wlan(network, self.serial)
 
         self._finish(

@@ -21,10 +21,25 @@ def tethered(env):
     return env.get("EVSE_TETHERED") in ("1", "yes")
 
 
+class CanPort:
+    """Base of the boards' CAN adapters: send/recv of docs/hal.md, and poll(), which the
+    board task calls every 50 ms for the controller's own upkeep (nothing by default)."""
+
+    def send(self, can_id, data):
+        raise NotImplementedError
+
+    def recv(self):
+        raise NotImplementedError
+
+    def poll(self, now_ms):
+        pass
+
+
 class EvPlusBoard:
     # built by the subclass between _begin() and _finish(); used by reset() and the tasks
     cp: power.CpGenerator
     lock: power.Lock
+    can: CanPort
 
     def _begin(self, name, env, machine, pins):
         self.name = name
@@ -83,12 +98,17 @@ class EvPlusBoard:
         return [("board_io", self._io_task), ("board_meter", self._meter_task)]
 
     async def _io_task(self):
-        """Blink patterns, the end of lock-motor and buzzer pulses."""
         while True:
-            self.lock.poll()
-            self.buzzer.poll()
-            self._pixels.tick(time.ticks_ms())
+            self._io_step(time.ticks_ms())
             await asyncio.sleep_ms(50)
+
+    def _io_step(self, now_ms):
+        """Blink patterns, the end of lock-motor and buzzer pulses, and the CAN
+        controller's own upkeep (the board's `can.poll`)."""
+        self.lock.poll()
+        self.buzzer.poll()
+        self._pixels.tick(now_ms)
+        self.can.poll(now_ms)
 
     async def _meter_task(self):
         from modbus_rtu import ModbusError

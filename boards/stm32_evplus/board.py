@@ -9,7 +9,7 @@
 #   high plateau) reads the high level; CH2 in OC_TIMING mode fires in the middle of the
 #   low plateau and reads the low level. sample() copies the latest pair.
 # - RCD: hard IRQ on the fault line opens the relays before anything else.
-# - CAN: the on-chip bxCAN through pyb.CAN.
+# - CAN: the on-chip bxCAN through pyb.CAN, rejoining the bus by itself after bus-off.
 import array
 
 import evplus_power as power
@@ -18,7 +18,7 @@ import evplus_thermal as thermal
 import machine
 import pins
 import pyb
-from evplus_board import EvPlusBoard, tethered
+from evplus_board import CanPort, EvPlusBoard, tethered
 from machine import Pin
 from micropython import const
 
@@ -111,19 +111,31 @@ class Tach:
         return n
 
 
-class Can:
-    """pyb.CAN with the hal.md contract: send(can_id, data), recv() -> (id, bytes)|None."""
+class Can(CanPort):
+    """pyb.CAN with the hal.md contract: send(can_id, data), recv() -> (id, bytes)|None.
+
+    Bus-off (too many transmit errors: a shorted or unterminated bus, a node at another
+    bit rate) is left by the controller itself: auto_restart sets bxCAN's automatic
+    bus-off management, which rejoins after 128 x 11 recessive bits once the bus is
+    sound. Not restart(): it busy-waits for the controller to leave initialisation mode,
+    which needs 11 recessive bits, and would hang the charger on a bus held dominant.
+    While bus-off, send() refuses the frame (OSError, counted in `bus_off`) instead of
+    leaving it in a mailbox to go out stale when the bus comes back."""
 
     def __init__(self, bus, bitrate):
-        # APB1 42 MHz: 42e6 / (prescaler * (1 + bs1 + bs2)) = 125 kbit/s, sample 76 %
+        # APB1 42 MHz: 42e6 / (prescaler * (1 + bs1 + bs2)) = 125 kbit/s, sample 81 %
         self.dev = pyb.CAN(bus, pyb.CAN.NORMAL, prescaler=42_000_000 // (bitrate * 16),
-                           sjw=1, bs1=12, bs2=3)
+                           sjw=1, bs1=12, bs2=3, auto_restart=True)
         self.dev.setfilter(0, pyb.CAN.MASK16, 0, (0, 0, 0, 0))  # accept every frame
         self.errors = 0
+        self.bus_off = 0  # frames refused while the controller was bus-off
 
     def send(self, can_id, data):
         if not 0 <= can_id <= 0x7FF or len(data) > 8:
             raise ValueError("11-bit id, up to 8 bytes")
+        if self.dev.state() == pyb.CAN.BUS_OFF:
+            self.bus_off += 1
+            raise OSError(5)  # EIO: off the bus until the controller rejoins
         self.dev.send(bytes(data), can_id, timeout=0)
 
     def recv(self):

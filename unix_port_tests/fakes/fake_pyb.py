@@ -73,24 +73,56 @@ class Timer:
 
 
 class CAN:
+    """bxCAN as pyb.CAN drives it: states, and bus-off with the automatic bus-off
+    management auto_restart turns on."""
+
     NORMAL = 0
     MASK16 = 0
+    STOPPED = 0
+    ERROR_ACTIVE = 1
+    ERROR_WARNING = 2
+    ERROR_PASSIVE = 3
+    BUS_OFF = 4
 
     def __init__(self, bus, mode=None, **kw):
         self.bus = bus
         self.sent = []
         self.rx = []
         self.init_args = None
+        self._state = CAN.STOPPED
+        self.auto_restart = False
         if mode is not None:  # the port initialises the controller at once then
             self.init(mode, **kw)
 
     def init(self, mode, **kw):
         self.init_args = (mode, kw)
+        self.auto_restart = bool(kw.get("auto_restart", False))
+        self._state = CAN.ERROR_ACTIVE
+
+    def state(self):
+        return self._state
+
+    def go_bus_off(self):
+        """What a transmit error counter past 255 does: the controller leaves the bus."""
+        self._state = CAN.BUS_OFF
+
+    def bus_idle(self):
+        """128 x 11 recessive bits on a sound bus: with automatic bus-off management
+        (auto_restart) a bus-off controller rejoins; without it, it stays off."""
+        if self._state == CAN.BUS_OFF and self.auto_restart:
+            self._state = CAN.ERROR_ACTIVE
+
+    def restart(self):
+        # The port busy-waits here until the controller leaves initialisation mode (11
+        # recessive bits): on a bus held dominant it never returns.
+        raise AssertionError("pyb.CAN.restart() can block forever on a dominant bus")
 
     def setfilter(self, *a):
         self.filter = a
 
     def send(self, data, id, timeout=0):
+        if self._state == CAN.BUS_OFF:
+            raise OSError(110)  # the mailboxes do not empty while off the bus
         self.sent.append((id, data))
 
     def any(self, fifo):
