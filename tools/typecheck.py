@@ -1,12 +1,13 @@
 """Type-check the real boards' code against the published MicroPython stubs.
 
-    python tools/typecheck.py [--board esp32_evplus] ...
+    python tools/typecheck.py [--board esp32_evplus] ... [--root CHECKOUT]
 
 For each board: installs the pinned stubs of tools/stubs/<port>.txt into
 build/stubs/<board>/ (once; again only when that file changes), writes
 build/stubs/<board>/pyrightconfig.json and runs basedpyright on boards/<board>/ and the
 shared modules it imports, with lib/ and firmware/ on the import path and the stubs'
 MicroPython stdlib as the standard library. Exits non-zero on any error.
+tests/test_typecheck.py runs it in `make test`.
 """
 
 import argparse
@@ -71,8 +72,11 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--board", action="append", choices=sorted(PORT),
                     help="board to check (repeatable; default: every real board)")
+    ap.add_argument("--root", type=Path, default=ROOT,
+                    help="source tree (default: this checkout); stubs go to its build/")
     args = ap.parse_args(argv)
-    failed = [b for b in (args.board or sorted(PORT)) if check(b) != 0]
+    root = args.root.resolve()
+    failed = [b for b in (args.board or sorted(PORT)) if check(b, root) != 0]
     if failed:
         print(f"typecheck: errors in {', '.join(failed)}", file=sys.stderr)
         return 1
