@@ -22,8 +22,10 @@ def test_cp_timer_1khz_counts_and_duty():
         ch = tim.channels[1]
         eq(ch.mode, ld.pyb.Timer.PWM, "CH1 PWM")
         eq(ch.pin.name, "A8", "CH1 pin")
+        # timer.c: 168 MHz / 1 kHz = 168 000 counts do not fit 16 bits; / 5 = 33 600 do
+        eq((tim.prescaler(), tim.period()), (4, 33599), "TIM1 PSC, ARR")
         n = tim.period() + 1
-        true(n >= 10000, "enough counts for 0.1 A steps (%d)" % n)
+        eq(tim.source_freq() // ((tim.prescaler() + 1) * n), 1000, "exactly 1 kHz")
         eq(ch.pw, n, "power-on CP is static +12 V")
         hw.cp.pwm(266)  # 16 A -> 26.6 %
         eq(ch.pw, 266 * n // 1000, "pulse for 16 A")
@@ -36,6 +38,28 @@ def test_cp_timer_1khz_counts_and_duty():
         assert_no_alloc(hw.cp.pwm, 100)
         assert_no_alloc(hw.cp.high)
         eq(ch.pw, n, "x1")
+    finally:
+        ld.__exit__()
+
+
+def test_cp_tenth_of_an_amp_steps_are_distinct_pulses():
+    """Every 0.1 A offer from 6 A to 80 A gives its own pulse width (in TIM1 counts)
+    where the offers' per-mille duties differ (pilot.duty_pm: 1 per mille = 33.6 counts)."""
+    from evse import pilot
+
+    ld, hw = _make()
+    try:
+        ch = ld.pyb.timers[1].channels[1]
+        pulses = {}
+        for tenth in range(60, 801):
+            duty = pilot.duty_pm(tenth / 10)
+            hw.cp.pwm(duty)
+            pulses.setdefault(duty, set()).add(ch.pw)
+        true(all(len(p) == 1 for p in pulses.values()), "one pulse per duty")
+        widths = sorted(p.pop() for p in pulses.values())
+        eq(len(set(widths)), len(widths), "distinct pulses")
+        steps = [pilot.duty_pm(t / 10) for t in range(60, 511)]
+        eq(len(set(steps)), len(steps), "6-51 A: each 0.1 A its own duty")
     finally:
         ld.__exit__()
 

@@ -3,8 +3,10 @@
 #
 # Port facts that shape this file (STYLE.md section 10): machine.Timer is virtual only,
 # so the pilot uses pyb.Timer, whose callbacks are hard IRQs; Pin.irq takes hard=True.
-# - CP PWM: TIM1 CH1 at 1 kHz; the pulse width is set in timer counts (56000 per period),
-#   integer maths only, so cp.* is ISR-safe.
+# - CP PWM: TIM1 CH1 at 1 kHz; the pulse width is set in timer counts, integer maths
+#   only, so cp.* is ISR-safe. TIM1 runs from the 168 MHz APB2 timer clock; 168 000
+#   counts per period do not fit its 16 bits, so the port's timer.c divides by 5:
+#   prescaler 5 (PSC 4), 33 600 counts per period (ARR 33 599), 33.6 counts per 0.1 %.
 # - CP sampling in step with the PWM: TIM1's update interrupt (rising edge, start of the
 #   high plateau) reads the high level; CH2 in OC_TIMING mode fires in the middle of the
 #   low plateau and reads the low level. sample() copies the latest pair.

@@ -45,6 +45,37 @@ class TimerChannel:
         self.pct = v
 
 
+# Timer clocks of an STM32F405 at 168 MHz (the pyboard clock tree: APB2 84 MHz, APB1 42
+# MHz, each prescaled by more than 1, so the timers run at twice their bus clock).
+APB2_TIMER_HZ = 168_000_000  # TIM1, TIM8-TIM11
+APB1_TIMER_HZ = 84_000_000  # TIM2-TIM7, TIM12-TIM14
+_TIMER_32BIT = (2, 5)  # the others count to 0xFFFF
+
+
+def source_freq(n):
+    return APB2_TIMER_HZ if n == 1 or 8 <= n <= 11 else APB1_TIMER_HZ
+
+
+def prescaler_period(n, freq):
+    """(PSC, ARR) for an integer `freq`, as the port's timer.c picks them
+    (compute_prescaler_period_from_freq): the whole count at the source clock, divided by
+    5, else 3, else 2 while it does not fit the counter."""
+    mask = 0xFFFFFFFF if n in _TIMER_32BIT else 0xFFFF
+    prescaler = 1
+    period = max(1, source_freq(n) // freq)
+    while period > mask:
+        if period % 5 == 0:
+            prescaler *= 5
+            period //= 5
+        elif period % 3 == 0:
+            prescaler *= 3
+            period //= 3
+        else:
+            prescaler <<= 1
+            period >>= 1
+    return (prescaler - 1) & 0xFFFF, (period - 1) & mask
+
+
 class Timer:
     PWM = 0
     OC_TIMING = 2
@@ -53,14 +84,19 @@ class Timer:
     def __init__(self, n, freq=None):
         self.n = n
         self.freq_hz = freq
-        # TIM1 on APB2 (168 MHz) at 1 kHz: prescaler 2, 56000 counts
-        self._period = 168_000_000 // 3 // freq - 1 if freq else 0xFFFF
+        self._psc, self._period = prescaler_period(n, freq) if freq else (0, 0xFFFF)
         self.channels = {}
         self.cb = None
         timers[n] = self
 
+    def prescaler(self):
+        return self._psc
+
     def period(self):
         return self._period
+
+    def source_freq(self):
+        return source_freq(self.n)
 
     def channel(self, n, mode, pin=None, **kw):
         ch = TimerChannel(self, n, mode, kw)
