@@ -7,6 +7,7 @@ import gzip
 import hashlib
 import http.client
 import json
+import os
 import random
 import shutil
 import socket
@@ -353,57 +354,195 @@ def test_language_pack(charger, tmp_path):
     assert c.running  # a language pack needs no restart
 
 
-def test_power_cut_at_random_points_always_boots(start_charger, tmp_path):
-    """24 power cuts spread over a paced upload of a 2 MB .bin, its install and the
-    switch; after each the charger boots and runs the old or the new version."""
-    c = start_charger()
-    rnd = random.Random(7)
-    bins = [variant(tmp_path, v, pad=2 << 20) for v in ("3.0.1", "3.0.2")]
-    versions = {FACTORY_VERSION, "3.0.1", "3.0.2"}
-    login(c)
-    t0 = time.monotonic()
-    assert _paced_upload(c, bins[0]) == 200
-    span = time.monotonic() - t0 + 0.1  # upload + install + answer, then a little of the rest
-    c.wait_exit(timeout=15)
-    c.start()
-    seen = {}
-    for point in range(24):
-        login(c)
-        view = ota_view(c)
-        if view["running"]["trial"]:
-            c.kill()  # a cut during the first boot of a new version: rolled back
-            where = "trial boot"
-        else:
-            th = threading.Thread(target=_paced_upload, args=(c, bins[point % 2]), daemon=True)
-            th.start()
-            time.sleep(rnd.uniform(0, span))
-            c.kill()
-            th.join(10)
-            where = _phase(c.data_dir)
-        seen[where] = seen.get(where, 0) + 1
-        c.start()  # it boots, whatever the point...
-        assert version_of(c) in versions  # ...and runs one of the versions
-        assert not (c.data_dir / "ota" / "upload.bin").exists()
-    print(f"\npower cuts: 24 {seen}")
-    assert len(seen) >= 3, seen
+CUT_SEED = int(os.environ.get("OTA_CUT_SEED", "7"))  # another seed: OTA_CUT_SEED=n
+CUTS_PER_PHASE = 6
+PAD = 2 << 20  # the 2 MB file extracted last: the longest step of an install
 
 
-def _phase(data_dir):
-    """Where a cut landed, from what it left on disk."""
-    boot = data_dir / "boot.json"
-    st = json.loads(boot.read_text()) if boot.exists() else {}
-    if st.get("trial") and st.get("tries") == 0:
-        return "after the switch"
+def boot_state(data_dir):
+    """boot.json as ab_boot reads it: the first valid of boot.json, .bak, .tmp."""
+    for name in ("boot.json", "boot.json.bak", "boot.json.tmp"):
+        try:
+            st = json.loads((data_dir / name).read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(st, dict) and st.get("active") in ("a", "b", "factory"):
+            return st
+    return {"active": "factory"}
+
+
+def slot_version(data_dir, slot):
+    """The version of a whole slot (its slot.json), else None."""
+    try:
+        info = json.loads((data_dir / "fw" / slot / "slot.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return info.get("version") if info.get("complete") else None
+
+
+def next_slot(data_dir):
+    return "b" if boot_state(data_dir)["active"] == "a" else "a"
+
+
+def size(p):
+    try:
+        return p.stat().st_size
+    except OSError:
+        return -1
+
+
+def fresh_pad(slot_dir, staging):
+    """The size of the pad file being extracted into slot_dir now (written after the
+    staging file was complete), else -1: an older one is an earlier install's."""
+    try:
+        pad = (slot_dir / "evse" / "www" / "pad.bin").stat()
+        return pad.st_size if pad.st_mtime_ns >= staging.stat().st_mtime_ns else -1
+    except OSError:
+        return -1
+
+
+def cut_when(c, cond, timeout=20.0, then=0.0):
+    """Power cut (SIGKILL) as soon as cond() holds, `then` seconds later; the firmware is
+    watched through what it writes to its flash, as a probe on a board would. False when
+    the process ended by itself first (the reset after an install)."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if not c.running:
+            return False
+        assert time.monotonic() < deadline, "the step to cut never came"
+        time.sleep(0.0005)
+    if then:
+        time.sleep(then)
+    if not c.running:
+        return False
+    c.kill()
+    return True
+
+
+def where_cut(data_dir, slot, version, total):
+    """Which step of the upgrade to `version` into `slot` a cut interrupted, from what it
+    left on disk, and the version the next boot must run: "old", "new" (on trial) or
+    "previous" (rolled back from a new version that was on its first boot)."""
+    st = boot_state(data_dir)
+    if st.get("trial") and st.get("active") == slot and st.get("version") == version:
+        return ("switch", "new") if st.get("tries", 0) == 0 else ("first boot", "previous")
+    if slot_version(data_dir, slot) == version:
+        return "switch", "old"  # the slot is whole, boot.json still names the old one
     staging = data_dir / "ota" / "upload.bin"
     if not staging.exists():
-        return "before or after"
-    for slot in ("a", "b"):
-        d = data_dir / "fw" / slot
-        if d.exists() and not (d / "slot.json").exists() and (
-            d.stat().st_mtime >= staging.stat().st_mtime
-        ):
-            return "install"
-    return "upload"
+        return "before or after", "old"
+    if size(staging) < total:
+        return "upload", "old"
+    if fresh_pad(data_dir / "fw" / slot, staging) >= 0:
+        return "install", "old"
+    return "verify", "old"  # whole file: MD5, header, archive walk before the slot
+
+
+def test_power_cuts_in_every_step_of_an_upgrade(start_charger, tmp_path):
+    """Power cuts aimed at each step of an upgrade of a 2 MB .bin: while the staging
+    file grows (upload), while the new slot's files are written (install), once the slot
+    is whole or boot.json names it (switch), and during the first boot of the new version
+    before its health check. The instants are drawn from a seeded generator and aimed at
+    what the charger writes to its flash, so each step gets its cuts whatever the speed
+    of the machine; where a cut landed is read back from the disk. After each the charger
+    boots and runs the version that state calls for: the old one before the switch, the
+    new one (on trial) after it, the previous one after a cut on the new one's first
+    boot. At least CUTS_PER_PHASE cuts land in each step."""
+    rnd = random.Random(CUT_SEED)
+    bins = {v: variant(tmp_path, v, pad=PAD) for v in ("3.0.1", "3.0.2", "3.0.3")}
+    c = start_charger()
+    landed = {"upload": 0, "install": 0, "switch": 0, "first boot": 0}
+    log = []
+    running = FACTORY_VERSION
+    n_switch = 0
+    for _ in range(60):
+        if min(landed.values()) >= CUTS_PER_PHASE:
+            break
+        login(c)
+        slot = next_slot(c.data_dir)
+        # a version neither running nor already whole in the slot it goes to
+        whole = slot_version(c.data_dir, slot)
+        version = next(v for v in sorted(bins) if v not in (running, whole))
+        data = bins[version]
+        staging = c.data_dir / "ota" / "upload.bin"
+        lack = {p: CUTS_PER_PHASE - n for p, n in landed.items()}
+        lack["switch"] = max(lack["switch"], lack["first boot"])
+        aim = max(("upload", "install", "switch"), key=lambda p: lack[p])
+        n_switch += aim == "switch"
+        cond, then = _aim(c, rnd, aim, slot, version, len(data), n_switch)
+        th = threading.Thread(target=_paced_upload, args=(c, data), daemon=True)
+        th.start()
+        cut = cut_when(c, cond, then=then)
+        th.join(10)
+        if not cut:  # the charger reset into the new version before the cut: no cut
+            assert c.wait_exit(5) == 3
+            log.append((aim, "reset", "new"))
+            c.start()
+            _confirm(c, version)
+            running = version
+            continue
+        phase, expect = where_cut(c.data_dir, slot, version, len(data))
+        if phase in landed:  # not "verify" (between upload and install): not counted
+            landed[phase] += 1
+        log.append((aim, phase, expect))
+        if expect == "new":  # the next boot is the new version's first: cut it too
+            _cut_first_boot(c, rnd, version, landed, log)
+            expect = "previous"
+        c.start()  # it boots, whatever the point...
+        assert version_of(c) == running, (log, version_of(c))  # ...the version before
+        assert not staging.exists()
+        if expect == "previous":
+            login(c)
+            assert ota_view(c)["running"]["rolled_back"] == version
+    print(f"\npower cuts (seed {CUT_SEED}): {len(log)} {landed}\n{log}")
+    assert all(n >= CUTS_PER_PHASE for n in landed.values()), (landed, log)
+
+
+def _aim(c, rnd, aim, slot, version, total, n_switch):
+    """(cond, then) for cut_when: the seeded instant of a cut in step `aim`."""
+    staging = c.data_dir / "ota" / "upload.bin"
+    if aim == "upload":  # the staging file has reached a seeded size
+        at = rnd.randrange(64 << 10, total * 9 // 10)
+        return (lambda: size(staging) >= at), 0.0
+    if aim == "install":  # the pad file being extracted has reached a seeded size
+        at = int(rnd.uniform(0, 0.9) * PAD)
+        sd = c.data_dir / "fw" / slot
+        return (lambda: size(staging) == total and fresh_pad(sd, staging) >= at), 0.0
+    if n_switch % 3 == 0:  # the slot is whole: cut around the switch itself
+        return (lambda: slot_version(c.data_dir, slot) == version), 0.0
+    # boot.json names the new slot: a seeded instant before the reset 1.5 s later
+    return (lambda: boot_state(c.data_dir).get("active") == slot), rnd.uniform(0, 0.8)
+
+
+def _cut_first_boot(c, rnd, version, landed, log):
+    """A cut during the first boot of `version`, before its health check: half at once
+    after ab_boot counted the boot (imports, start-up), half once it answers."""
+    slot = boot_state(c.data_dir)["active"]
+    if len(log) % 2:
+        c.launch()
+        ok = cut_when(c, lambda: boot_state(c.data_dir).get("tries") == 1,
+                      then=rnd.uniform(0, 0.5))
+    else:
+        c.start()
+        assert version_of(c) == version
+        login(c)
+        assert ota_view(c)["running"]["trial"] is True
+        ok = cut_when(c, lambda: True, then=rnd.uniform(0, 3))
+    assert ok, "the new version ended by itself on its first boot"
+    phase, expect = where_cut(c.data_dir, slot, version, 0)
+    assert phase == "first boot", phase
+    landed[phase] += 1
+    log.append(("first boot", phase, expect))
+
+
+def _confirm(c, version):
+    """Waits until the running `version` has passed its health check."""
+    assert version_of(c) == version
+    login(c)
+    deadline = time.monotonic() + 30
+    while ota_view(c)["running"]["trial"]:
+        assert time.monotonic() < deadline, "new version never confirmed"
+        time.sleep(0.2)
 
 
 def _paced_upload(c, data, piece=65536, pause=0.004):
