@@ -7,6 +7,7 @@ if _FAKES not in sys.path:
 import boardload  # noqa: E402
 from check import assert_no_alloc, eq, true  # noqa: E402
 
+_BOARD = "esp32_evplus"
 _ENV = {"EVSE_DATA_DIR": "/tmp/evplus_esp32_test", "EVSE_SERIAL": "EVPLUS-00042"}
 
 
@@ -252,5 +253,26 @@ def test_can_controller_found_later_is_set_up_with_backoff():
         eq(chip.sent[-1][:2], (0x321, b"\x05\x06"), "frame on the wire")
         hw._io_step(t + 200_000)
         eq(can.inits, n + 1, "no set-up once it answers")
+    finally:
+        ld.__exit__()
+
+
+def test_model_comes_from_the_pin_file():
+    """On a device env is {}: the pin file says whether the socket lock and the RS-485
+    transceiver are there; an environment (tests) overrides it."""
+    data = {"EVSE_DATA_DIR": _ENV["EVSE_DATA_DIR"]}  # not /data of this machine
+    ld, hw = boardload.make(_BOARD, data)
+    try:
+        pins = sys.modules["pins"]
+        eq((pins.TETHERED, pins.RS485), (0, 1), "the pin map's model: socket, RS-485")
+        eq(hw.lock.fitted, True, "socket lock fitted")
+        true(hw.rs485 is not None, "RS-485 opened")
+        pins.TETHERED = 1  # the same pin file, edited for a tethered model without RS-485
+        pins.RS485 = 0
+        hw = ld.board.make(data)
+        eq((hw.lock.fitted, hw.rs485), (False, None), "tethered model, no RS-485")
+        hw = ld.board.make(dict(data, EVSE_TETHERED="0", EVSE_RS485="1"))
+        eq(hw.lock.fitted, True, "overridden by the environment")
+        true(hw.rs485 is not None, "RS-485 overridden by the environment")
     finally:
         ld.__exit__()

@@ -7,6 +7,7 @@ if _FAKES not in sys.path:
 import boardload  # noqa: E402
 from check import assert_no_alloc, eq, true  # noqa: E402
 
+_BOARD = "stm32_evplus"
 _ENV = {"EVSE_DATA_DIR": "/tmp/evplus_stm32_test", "EVSE_SERIAL": "EVPLUS-00017"}
 
 
@@ -169,5 +170,26 @@ def test_can_leaves_bus_off_by_itself():
         eq(dev.state(), dev.ERROR_ACTIVE, "rejoined by itself")
         hw.can.send(0x103, b"\x03")
         eq(dev.sent[-1], (0x103, b"\x03"), "frames go out again")
+    finally:
+        ld.__exit__()
+
+
+def test_model_comes_from_the_pin_file():
+    """On a device env is {}: the pin file says whether the socket lock and the RS-485
+    transceiver are there; an environment (tests) overrides it."""
+    data = {"EVSE_DATA_DIR": _ENV["EVSE_DATA_DIR"]}  # not /data of this machine
+    ld, hw = boardload.make(_BOARD, data)
+    try:
+        pins = sys.modules["pins"]
+        eq((pins.TETHERED, pins.RS485), (0, 1), "the pin map's model: socket, RS-485")
+        eq(hw.lock.fitted, True, "socket lock fitted")
+        true(hw.rs485 is not None, "RS-485 opened")
+        pins.TETHERED = 1  # the same pin file, edited for a tethered model without RS-485
+        pins.RS485 = 0
+        hw = ld.board.make(data)
+        eq((hw.lock.fitted, hw.rs485), (False, None), "tethered model, no RS-485")
+        hw = ld.board.make(dict(data, EVSE_TETHERED="0", EVSE_RS485="1"))
+        eq(hw.lock.fitted, True, "overridden by the environment")
+        true(hw.rs485 is not None, "RS-485 overridden by the environment")
     finally:
         ld.__exit__()

@@ -188,7 +188,7 @@ class Board(EvPlusBoard):
         # Lock and protection (the contactors are built by _begin)
         self.lock = power.Lock(sr.bit(pins.SR_LOCK_A), sr.bit(pins.SR_LOCK_B),
                                Pin(pins.LOCK_FB, Pin.IN, Pin.PULL_DOWN),
-                               fitted=not tethered(env))
+                               fitted=not tethered(env, pins))
         rcd_pin = Pin(pins.RCD_FAULT, Pin.IN)
         self.rcd = power.Rcd(rcd_pin, sr.bit(pins.SR_RCD_TEST), self.relays)
         # Soft IRQ on this port (no hard= keyword): see the header comment.

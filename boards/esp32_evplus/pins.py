@@ -3,6 +3,10 @@
 # GPIO 19/20 to the native USB that carries the REPL). docs/hardware.md has the wiring.
 from micropython import const
 
+# The model this controller is built into (hardware facts, not settings: docs/hal.md).
+TETHERED = const(0)  # 1: tethered cable, no socket lock wired (hw.lock.fitted False)
+RS485 = const(1)  # 0: no external-meter RS-485 transceiver fitted (hw.rs485 None)
+
 # Control pilot and proximity (ADC1 only: ADC2 is unusable while WiFi runs)
 CP_PWM = const(8)  # LEDC 1 kHz -> op-amp +/-12 V stage -> 1 kohm R1 -> CP
 CP_ADC = const(1)  # CP level shifter: pilot -12..+12 V -> 0.25..2.95 V

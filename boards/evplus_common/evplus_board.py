@@ -17,8 +17,22 @@ def serial_from(env, uid):
     return env.get("EVSE_SERIAL") or "EVPLUS-%s" % "".join("%02X" % b for b in uid[-4:])
 
 
-def tethered(env):
-    return env.get("EVSE_TETHERED") in ("1", "yes")
+def _flag(env, key, default):
+    v = env.get(key)
+    return bool(default) if v is None else v not in ("0", "no", "")
+
+
+def tethered(env, pins):
+    """True on a tethered-cable model (no socket lock): the pin file says which model
+    this controller is (pins.TETHERED); EVSE_TETHERED, where there is an environment
+    (tests), overrides it. On a device env is {}."""
+    return _flag(env, "EVSE_TETHERED", pins.TETHERED)
+
+
+def rs485_fitted(env, pins):
+    """True when the external-meter RS-485 transceiver is fitted (pins.RS485); EVSE_RS485
+    overrides it as above."""
+    return _flag(env, "EVSE_RS485", pins.RS485)
 
 
 class CanPort:
@@ -57,7 +71,7 @@ class EvPlusBoard:
 
     def _finish(self, env, pins, meter_uart, rs485_uart, i2c, tap_light, buzzer):
         """meter_uart: the internal meter's machine.UART; rs485_uart: a function that
-        opens the external bus UART (called only when EVSE_RS485 is not 0); i2c: the
+        opens the external bus UART (called only when rs485_fitted()); i2c: the
         display bus; tap_light, buzzer: pin-like outputs."""
         from modbus_rtu import ModbusRtu
 
@@ -77,7 +91,7 @@ class EvPlusBoard:
         self.errors = system.ErrorReporter()
         self.report_error = self.errors.report
 
-        if env.get("EVSE_RS485", "1") not in ("0", "no"):
+        if rs485_fitted(env, pins):
             self.rs485 = (system.Rs485Uart(rs485_uart(), pins.RS485_BAUD),
                           pin(pins.RS485_DE, pin.OUT, value=0))
         else:

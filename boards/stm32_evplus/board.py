@@ -175,7 +175,7 @@ class Board(EvPlusBoard):
         self.lock = power.Lock(Pin(pins.LOCK_A, Pin.OUT, value=0),
                                Pin(pins.LOCK_B, Pin.OUT, value=0),
                                Pin(pins.LOCK_FB, Pin.IN, Pin.PULL_DOWN),
-                               fitted=not tethered(env))
+                               fitted=not tethered(env, pins))
         rcd_pin = Pin(pins.RCD_FAULT, Pin.IN, Pin.PULL_DOWN)
         self.rcd = power.Rcd(rcd_pin, Pin(pins.RCD_TEST, Pin.OUT, value=0), self.relays)
         rcd_pin.irq(handler=self.rcd.isr, trigger=Pin.IRQ_RISING, hard=True)

@@ -3,6 +3,10 @@
 # docs/hardware.md has the wiring.
 from micropython import const
 
+# The model this controller is built into (hardware facts, not settings: docs/hal.md).
+TETHERED = const(0)  # 1: tethered cable, no socket lock wired (hw.lock.fitted False)
+RS485 = const(1)  # 0: no external-meter RS-485 transceiver fitted (hw.rs485 None)
+
 # Control pilot: TIM1 CH1 on PA8 drives the +/-12 V stage; TIM1's update and CH2 compare
 # interrupts (hard) sample the high and low plateaus.
 CP_TIMER = const(1)
