@@ -5,6 +5,7 @@ tools/mkbin.py, and the firmware downloading, installing and rebooting into them
 
 import http.server
 import json
+import random
 import threading
 import time
 from datetime import datetime, timedelta, timezone
@@ -12,7 +13,18 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from csms import wait_status
 from harness import NotReady
-from test_ota import FACTORY_VERSION, mkbin, variant, wait_shown
+from test_ota import (
+    CUT_SEED,
+    FACTORY_VERSION,
+    PAD,
+    boot_state,
+    cut_when,
+    fresh_pad,
+    mkbin,
+    size,
+    variant,
+    wait_shown,
+)
 
 A = "04A1B2C3"  # a learned card
 
@@ -25,7 +37,8 @@ def good_bins(tmp_path_factory):
 
 class _Files(http.server.BaseHTTPRequestHandler):
     """GET /<name>: the bytes of files[name] (404 when there are none). A name in
-    `cut` is announced whole (Content-Length) but only half of it is sent."""
+    `cut` is announced whole (Content-Length) but only half of it is sent; one in `slow`
+    is sent 64 KB at a time with a pause of 5 ms after each piece."""
 
     protocol_version = "HTTP/1.0"
 
@@ -41,6 +54,14 @@ class _Files(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
+        if name in srv.slow:
+            try:
+                for i in range(0, len(data), 65536):
+                    self.wfile.write(data[i:i + 65536])
+                    time.sleep(0.005)
+            except OSError:
+                pass  # the charger lost power meanwhile
+            return
         self.wfile.write(data[: len(data) // 2] if name in srv.cut else data)
 
     def log_message(self, *args):
@@ -53,7 +74,7 @@ def files():
     .url(name); stopped after the test."""
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Files)
     srv.daemon_threads = True
-    srv.files, srv.requests, srv.cut = {}, [], set()
+    srv.files, srv.requests, srv.cut, srv.slow = {}, [], set(), set()
     srv.url = lambda name: f"http://127.0.0.1:{srv.server_address[1]}/{name}"
     th = threading.Thread(target=srv.serve_forever, daemon=True)
     th.start()
@@ -271,3 +292,142 @@ def test_new_version_that_dies_is_installation_failed(cs, ocpp, files, tmp_path)
     assert boot["firmwareVersion"] == FACTORY_VERSION
     got = wait_fw(cs, "InstallationFailed", mark, 20)
     assert got == ["Downloading", "Downloaded", "Installing", "InstallationFailed"], got
+
+
+def ocpp_state(c):
+    """ocpp_state.json (lib/atomicfile.py: a "#crc32 ..." line, then the JSON)."""
+    text = (c.data_dir / "ocpp_state.json").read_text()
+    return json.loads(text.partition("\n")[2] if text.startswith("#") else text)
+
+
+def _charge(c, cs):
+    c.sim("ev", state="B", diode=True, max_a=16)
+    c.wait_for(lambda s: s["cp_state"] == "B", 5)
+    c.sim("card", uid=A, ms=300)
+    c.sim("ev", state="C", diode=True, max_a=16)
+    c.wait_for(lambda s: s["relays_closed"] and s["session"]["active"], 10)
+    cs.wait_for(lambda: cs.payloads("CP1", "StartTransaction"), 5, "StartTransaction")
+
+
+@pytest.mark.parametrize("kept", ["whole", "damaged"])
+def test_power_cut_while_the_download_waits_for_the_charge(cs, ocpp, files, good_bins, kept):
+    """UpdateFirmware during a charge: Downloaded, then a power cut while the file waits
+    for the charge to end. The central system has heard Downloaded, so the charger keeps
+    that promise: the file stays verified in its staging area (download.bin, with the
+    MD5 taken while it arrived) and the boot after the cut, with no charge running,
+    installs it: Installing, the restart, Installed after the health check, without a
+    second download. A kept file that changed meanwhile is not installed: it is
+    downloaded again (Downloading, Downloaded, Installing)."""
+    files.files = {"f.bin": good_bins["1.0.1"]}
+    c = ocpp(cards=[A])
+    _charge(c, cs)
+    mark = cs.mark()
+    cs.call("CP1", "UpdateFirmware", location=files.url("f.bin"),
+            retrieveDate=iso(datetime.now(timezone.utc)))
+    assert wait_fw(cs, "Downloaded", mark, 20) == ["Downloading", "Downloaded"]
+    assert c.http("POST", "/api/login", json={"password": "123456"}).status == 200
+    cs.wait_for(lambda: c.http("GET", "/api/upgrade").body["busy"] == "waiting", 5, "waiting")
+    kept_file = c.data_dir / "ota" / "download.bin"
+    assert kept_file.read_bytes() == good_bins["1.0.1"]
+    assert ocpp_state(c)["fw"]["st"] == "Downloaded"
+    c.kill()  # power cut: the charge ends with it
+    if kept == "damaged":
+        b = bytearray(kept_file.read_bytes())
+        b[5000] ^= 1
+        kept_file.write_bytes(bytes(b))
+    boot_mark = cs.mark()
+    c.start()
+    got = wait_fw(cs, "Installing", boot_mark, 20)
+    if kept == "whole":
+        assert got == ["Installing"], got  # Downloaded holds: no new download
+        assert len(files.requests) == 1
+    else:
+        assert got == ["Downloading", "Downloaded", "Installing"], got
+        assert len(files.requests) == 2
+    assert "DownloadFailed" not in fw_statuses(cs, mark)
+    new_mark = boot_into_new_version(cs, c, "1.0.1")
+    assert not kept_file.exists()
+    if kept == "whole":
+        wait_fw(cs, "Installed", new_mark, 40)
+        assert fw_statuses(cs, mark) == ["Downloading", "Downloaded", "Installing", "Installed"]
+
+
+def _fw_after_cut(cs, mark, boot_mark, final, timeout=40):
+    """The statuses heard since UpdateFirmware (`mark`) once `final` has come after the
+    boot (`boot_mark`): what reached the central system before the cut is a prefix of
+    Downloading, Downloaded, Installing in that order, then `final`, and nothing else."""
+    wait_fw(cs, final, boot_mark, timeout)
+    time.sleep(0.5)
+    before = fw_statuses(cs, mark)[: len(fw_statuses(cs, mark)) - len(fw_statuses(cs, boot_mark))]
+    after = fw_statuses(cs, boot_mark)
+    steps = ["Downloading", "Downloaded", "Installing"]
+    assert before == [s for s in steps if s in before] and len(set(before)) == len(before), before
+    assert after == [final], after
+    return before
+
+
+def test_power_cuts_during_an_ocpp_update(cs, ocpp, files, tmp_path):
+    """Power cuts at seeded instants of UpdateFirmware with a 2 MB file, aimed at what
+    the charger writes: while the download fills the staging file, while the install
+    extracts the file into the new slot, after the switch (boot.json names the new slot)
+    and during the first boot of the new version. After each it boots the old or the new
+    version and tells the central system how the update ended: DownloadFailed after a
+    cut in the download, InstallationFailed after one in the install or on the new
+    version's first boot (rolled back), Installed when the new version, booted after a
+    cut past the switch, passes its health check."""
+    rnd = random.Random(CUT_SEED)
+    files.files = {v: variant(tmp_path, v, pad=PAD) for v in ("4.0.1", "4.0.2")}
+    files.slow = set(files.files)
+    plan = ["download", "install", "download", "install", "download", "install",
+            "first boot", "switch"]
+    c = ocpp()
+    running = FACTORY_VERSION
+    ota_dir = c.data_dir / "ota"
+    landed = []
+    for aim in plan:
+        version = "4.0.1" if running != "4.0.1" else "4.0.2"
+        total = len(files.files[version])
+        slot = "b" if boot_state(c.data_dir)["active"] == "a" else "a"
+        sd = c.data_dir / "fw" / slot
+        mark = cs.mark()
+        cs.call("CP1", "UpdateFirmware", location=files.url(version),
+                retrieveDate=iso(datetime.now(timezone.utc)))
+        if aim == "download":
+            at = rnd.randrange(64 << 10, total * 9 // 10)
+            assert cut_when(c, lambda at=at: size(ota_dir / "upload.bin") >= at)
+            expect, final = running, "DownloadFailed"
+        elif aim == "install":
+            at = int(rnd.uniform(0, 0.9) * PAD)
+            kept = ota_dir / "download.bin"
+            assert cut_when(c, lambda at=at, sd=sd, kept=kept: fresh_pad(sd, kept) >= at)
+            assert not (sd / "slot.json").exists()
+            expect, final = running, "InstallationFailed"
+        else:
+            assert cut_when(c, lambda slot=slot: boot_state(c.data_dir).get("active") == slot,
+                            then=rnd.uniform(0, 0.8))
+            st = boot_state(c.data_dir)
+            assert st["trial"] and st["tries"] == 0 and st["version"] == version
+            expect = version
+            final = "Installed" if aim == "switch" else "InstallationFailed"
+        boot_mark = cs.mark()
+        if aim == "first boot":  # the new version's first boot, cut before its health check
+            c.start()
+            boot = cs.wait_for(lambda bm=boot_mark: cs.payloads("CP1", "BootNotification", bm),
+                               20, "boot")[0]
+            assert boot["firmwareVersion"] == version
+            time.sleep(rnd.uniform(0, 2))
+            assert boot_state(c.data_dir)["tries"] == 1
+            c.kill()
+            expect = running
+            boot_mark = cs.mark()
+        c.start()
+        boot = cs.wait_for(lambda bm=boot_mark: cs.payloads("CP1", "BootNotification", bm),
+                           20, "boot")[0]
+        assert boot["firmwareVersion"] == expect, (aim, boot)
+        before = _fw_after_cut(cs, mark, boot_mark, final)
+        landed.append((aim, before, final))
+        running = expect
+        assert not (ota_dir / "upload.bin").exists() and not (ota_dir / "download.bin").exists()
+        assert ocpp_state(c).get("fw") is None
+    print(f"\nOCPP power cuts (seed {CUT_SEED}): {len(landed)}\n{landed}")
+    assert running == "4.0.1" or running == "4.0.2"

@@ -1,5 +1,6 @@
 # ota/ab_boot on the unix port: header checks, archive walking, boot-time slot choice over
 # every state a power cut can leave (seeded by hand, as in test_atomicfile).
+import asyncio
 import os
 import json
 import struct
@@ -126,3 +127,73 @@ def test_download_sink_tells_truncated_from_not_for_us():
     true(not isinstance(e, ota.Truncated), "wrong model is not a short download")
     raises(ota.OtaError, _downloaded(d, good + b"x").verify)
     true(isinstance(e, ValueError), "an installer's caller sees a ValueError")
+
+
+class _Hw:
+    name = "unix_sim"
+
+
+class _App:
+    def __init__(self, d, ocpp_url="ws://127.0.0.1:9/cp"):
+        self.hw = _Hw()
+        self.data_dir = d
+        self.settings = {"ocpp_url": ocpp_url}
+
+
+def _exists(p):
+    try:
+        os.stat(p)
+        return True
+    except OSError:
+        return False
+
+
+def _kept_file(o, url, data):
+    # What update_from_url does once a download is whole and verified.
+    sink = ota.Sink(o.staging, None, "EVPLUS", "unix_sim", defer=True)
+    sink.write(memoryview(data))
+    sink.finish()
+    sink.verify()
+    o._keep(url, sink)
+
+
+def _resume(o, url):
+    r = asyncio.run(o._resume(url))
+    asyncio.new_event_loop()
+    return r
+
+
+def test_kept_download_outlives_a_restart_only_while_whole():
+    # OCPP UpdateFirmware, Downloaded, waiting for the charge to end, power cut: the
+    # verified file stays (download.bin + download.json) and the next boot installs it
+    # if it is still the same file; otherwise it is downloaded again (docs/ota.md).
+    d = _tmpdir()
+    url = "http://127.0.0.1:8000/EVPLUS.bin"
+    payload = _archive([("evse/app.mpy", b"abc" * 3000), ("evse/version.mpy", b"v")])
+    data = _header(length=len(payload)) + payload
+    o = ota.Ota(_App(d), ab=ab_boot)
+    _kept_file(o, url, data)
+    true(not _exists(o.staging), "the staging file became the kept one")
+    o = ota.Ota(_App(d), ab=ab_boot)  # the restart keeps it while OCPP is configured
+    eq(_resume(o, url)["version"], "1.2.3")
+    eq(_resume(o, url + "?other"), None)  # another request: not this file
+    with open(o.kept, "r+b") as f:  # a byte of the payload changed
+        f.seek(64)
+        f.write(b"X")
+    eq(_resume(o, url), None)
+    _kept_file(o, url, data)
+    with open(o.kept, "ab") as f:  # longer than when it arrived
+        f.write(b"\0")
+    eq(_resume(o, url), None)
+    os.remove(o.kept_meta)
+    eq(_resume(o, url), None)
+    _kept_file(o, url, data)
+    o.drop_kept()
+    true(not _exists(o.kept) and not _exists(o.kept_meta), "dropped")
+    eq(_resume(o, url), None)
+    # OCPP switched off: nothing will install it, so a boot drops it
+    _kept_file(o, url, data)
+    ota.Ota(_App(d), ab=ab_boot)
+    true(_exists(o.kept), "kept while OCPP is on")
+    ota.Ota(_App(d, ocpp_url=""), ab=ab_boot)
+    true(not _exists(o.kept) and not _exists(o.kept_meta), "dropped when OCPP is off")

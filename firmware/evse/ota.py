@@ -287,8 +287,19 @@ class Ota:
         self.heap_peak = 0
         self.stage_dir = self.data_dir + "/ota"
         self.staging = self.stage_dir + "/upload.bin"
+        # An OCPP download, whole and verified, waiting to be installed (docs/ota.md): it
+        # outlives a power cut, so the next boot installs it instead of failing.
+        self.kept = self.stage_dir + "/download.bin"
+        self.kept_meta = self.stage_dir + "/download.json"
         _mkdirs(self.stage_dir)
         _remove(self.staging)  # a cut mid-upload leaves one: never installed
+        _remove(self.kept_meta + ".tmp")
+        try:
+            ocpp_on = bool(app.settings["ocpp_url"])
+        except (AttributeError, KeyError, TypeError):
+            ocpp_on = False
+        if not ocpp_on:
+            self.drop_kept()  # nothing will ask for it
         self.on_healthy = None  # fn() when a version on trial is confirmed (OCPP Installed)
 
     # ---- state -----------------------------------------------------------------------
@@ -417,16 +428,18 @@ class Ota:
                 self.busy = None
 
     # ---- install ---------------------------------------------------------------------------
-    async def install(self, info):
-        """Installs the verified staging file; E01/E04 as OtaError."""
+    async def install(self, info, src=None):
+        """Installs the verified file src (the staging file by default); E01/E04 as
+        OtaError."""
+        src = src or self.staging
         buf = bytearray(CHUNK)
         if info["kind"] == "language":
-            await self._install_language(info, buf)
+            await self._install_language(info, buf, src)
             return
         ab = self.ab
         if ab is None:
             raise OtaError(E_FILE, "this tree does not take firmware upgrades (no ab_boot)")
-        with open(self.staging, "rb") as f:  # check the whole archive before touching a slot
+        with open(src, "rb") as f:  # check the whole archive before touching a slot
             names = [p for p, _ in records(f, info["length"], buf)]
         if "evse/app.mpy" not in names or "evse/version.mpy" not in names:
             raise OtaError(E_FILE, "not a firmware tree (no evse/app.mpy)")
@@ -441,7 +454,7 @@ class Ota:
         _mkdirs(d)
         n = 0
         try:
-            with open(self.staging, "rb") as f:
+            with open(src, "rb") as f:
                 for path, size in records(f, info["length"], buf):
                     await self._extract(f, d + "/" + path, size, buf)
                     n += 1
@@ -480,9 +493,9 @@ class Ota:
                 await asyncio.sleep_ms(0)  # the pilot task runs between chunks
             out.flush()
 
-    async def _install_language(self, info, buf):
+    async def _install_language(self, info, buf, src):
         d = self.data_dir + "/www/lang"
-        with open(self.staging, "rb") as f:
+        with open(src, "rb") as f:
             names = [p for p, _ in records(f, info["length"], buf)]
         for p in names:
             if not p.startswith("lang/") or "/" in p[5:] or not (
@@ -491,7 +504,7 @@ class Ota:
                 raise OtaError(E_FILE, "a language pack holds lang/<code>.json only: %s" % p)
         _mkdirs(d)
         try:
-            with open(self.staging, "rb") as f:
+            with open(src, "rb") as f:
                 for path, size in records(f, info["length"], buf):
                     name = path[5:]
                     dest = d + "/" + name
@@ -551,32 +564,42 @@ class Ota:
         _log.info("firmware download: %s", status)
 
     # ---- download (OCPP UpdateFirmware) ----------------------------------------------------
-    async def update_from_url(self, url, retries=0, retry_interval_s=60, status=None):
+    async def update_from_url(self, url, retries=0, retry_interval_s=60, status=None, kept=False):
         """Downloads a .bin from an http(s):// URL and installs it (then resets).
         status(s) hears Downloading, Downloaded, Installing. Raises OSError when the file
         could not be fetched in 1 + retries tries (the caller says DownloadFailed) and
         ValueError when a whole file is not for this charger or does not install
         (InstallationFailed, once Downloaded was said). The download may run during a
-        charge; the install waits until no charge runs."""
+        charge; the install waits until no charge runs.
+
+        kept: Downloaded was said before a restart; the file kept for it (self.kept) is
+        installed when it is still whole, without downloading it again."""
         status = status or self._status
         while self.busy or self.running()["trial"]:
             await asyncio.sleep(5)  # one upgrade at a time; a new version first proves healthy
         self.busy = "download"
         try:
-            sink = await self._fetch(url, 1 + max(0, retries), retry_interval_s, status)
-            status("Downloaded")
-            try:
-                info = sink.verify()
-            except OtaError as e:
-                self._result(e.code, e.msg)
-                raise ValueError(e.msg)
+            info = await self._resume(url) if kept else None
+            if info is None:
+                self.drop_kept()
+                sink = await self._fetch(url, 1 + max(0, retries), retry_interval_s, status)
+                try:
+                    info = sink.verify()
+                except OtaError as e:
+                    info = e
+                else:
+                    self._keep(url, sink)
+                status("Downloaded")
+                if isinstance(info, OtaError):
+                    self._result(info.code, info.msg)
+                    raise ValueError(info.msg)
             self.busy = "waiting"
             while self.app.charger.session is not None:  # never cut a charge
                 await asyncio.sleep(2)
             self.busy = "install"
             status("Installing")
             try:
-                await self.install(info)
+                await self.install(info, self.kept)
             except OtaError as e:
                 self._result(e.code, e.msg)
                 raise ValueError(e.msg)
@@ -584,8 +607,66 @@ class Ota:
             return info
         finally:
             _remove(self.staging)
+            self.drop_kept()
             if self.busy != "reset":
                 self.busy = None
+
+    def drop_kept(self):
+        """Forgets the downloaded file kept for an install (metadata first)."""
+        _remove(self.kept_meta)
+        _remove(self.kept)
+
+    def _keep(self, url, sink):
+        """The verified download becomes the kept file, with what identifies it: the
+        location, the length and the MD5 computed while it arrived."""
+        os.rename(self.staging, self.kept)
+        meta = {"url": url, "bytes": sink.got,
+                "md5": binascii.hexlify(sink.md5.digest()).decode()}
+        tmp = self.kept_meta + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(json.dumps(meta))
+            f.flush()
+        os.rename(tmp, self.kept_meta)
+
+    async def _resume(self, url):
+        """The header info of the kept file when it is the whole file downloaded from url
+        (same length and MD5 as when it arrived), else None (download it again)."""
+        try:
+            with open(self.kept_meta) as f:
+                meta = json.loads(f.read())
+            if meta.get("url") != url:
+                raise ValueError("kept file is from %s" % meta.get("url"))
+            self.progress[0] = 0
+            self.progress[1] = meta.get("bytes") or 0
+            md5 = hashlib.md5()
+            hdr = bytearray(HDR_LEN)
+            got = 0
+            buf = bytearray(CHUNK)
+            mv = memoryview(buf)
+            with open(self.kept, "rb") as f:
+                while True:
+                    n = f.readinto(buf)
+                    if not n:
+                        break
+                    if got < HDR_LEN:
+                        k = min(n, HDR_LEN - got)
+                        hdr[got : got + k] = mv[:k]
+                    md5.update(mv[:n])
+                    got += n
+                    self.progress[0] = got
+                    await asyncio.sleep_ms(0)
+            digest = binascii.hexlify(md5.digest()).decode()
+            if got != meta.get("bytes") or digest != meta.get("md5"):
+                raise ValueError("kept file changed: %d bytes, MD5 %s" % (got, digest))
+            info = parse_header(hdr, MODEL, self.board)
+            if HDR_LEN + info["length"] != got:
+                raise ValueError("kept file is not its header's length")
+        except (OSError, ValueError, AttributeError) as e:  # OtaError is a ValueError
+            _log.warning("downloaded file not usable after the restart (%s): downloading again",
+                         getattr(e, "msg", None) or repr(e))
+            return None
+        _log.info("installing %s, downloaded before the restart", info["version"])
+        return info
 
     async def _fetch(self, url, tries, retry_interval_s, status):
         """The file in the staging area (a Sink, not yet verified) after at most `tries`
@@ -679,8 +760,9 @@ class Ota:
 
         self.on_healthy = healthy
 
-        async def hook(location, retrieve_date, retries, retry_interval):
-            await self.update_from_url(location, retries or 0, retry_interval or 60, status)
+        async def hook(location, retrieve_date, retries, retry_interval, kept=False):
+            await self.update_from_url(location, retries or 0, retry_interval or 60, status,
+                                       kept)
 
         return hook
 

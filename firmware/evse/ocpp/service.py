@@ -104,7 +104,7 @@ class Service:
         self.diag_status = "Idle"
         self.fw_status = "Idle"
         self._jobs = {}  # name -> task (reset, diagnostics, firmware)
-        self.on_update_firmware = None  # async fn(location, retrieve_date, retries, retry_interval)
+        self.on_update_firmware = None  # async fn(location, date, retries, interval, kept)
         from evse.ocpp import handlers
 
         self._handlers = handlers.TABLE
@@ -165,6 +165,17 @@ class Service:
         self.tx.recover()
         fw = self.state.get("fw")
         st = fw.get("st") if fw else None
+        if st == "Downloaded" or (st == "Pending" and fw.get("kept")):
+            # Cut while the verified file waited for the charge to end: the installer
+            # kept it (evse/ota.py); the request goes on from there, Downloaded already said.
+            fw["st"] = "Pending"
+            fw["kept"] = True
+            self.fw_status = "Downloaded"
+            self.save_state()
+            return
+        ota = getattr(self.app, "ota", None)
+        if ota is not None:
+            ota.drop_kept()  # no request waits for a kept file
         if st is not None and st != "Pending":
             # Cut while downloading or installing: say how it ended, honestly.
             if st == "Installing":

@@ -8,10 +8,11 @@
 #
 # UpdateFirmware: the request is persisted by the handler; at retrieveDate this hands it
 # to the installer registered as service.on_update_firmware(location, retrieve_date,
-# retries, retry_interval) — an async function that reports its progress through
+# retries, retry_interval, kept) — an async function that reports its progress through
 # service.firmware_status(status) (Downloading, Downloaded, Installing, …) and raises
-# OSError/ValueError when it fails. With no installer registered the charger cannot
-# fetch anything: it says DownloadFailed.
+# OSError/ValueError when it fails. kept: Downloaded was said before a power cut; the
+# installer goes on with the file it kept (or downloads it again when that is gone).
+# With no installer registered the charger cannot fetch anything: it says DownloadFailed.
 import asyncio
 import os
 
@@ -157,7 +158,8 @@ async def update_firmware(svc):
         svc.save_state()
         return
     try:
-        await hook(fw["loc"], isotime.fmt(fw["date"]), fw["retries"], fw["interval"])
+        await hook(fw["loc"], isotime.fmt(fw["date"]), fw["retries"], fw["interval"],
+                   bool(fw.get("kept")))
     except (OSError, ValueError) as e:
         _log.error("firmware update failed: %r", e)
         late = svc.fw_status in ("Downloaded", "Installing")
