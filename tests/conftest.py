@@ -23,6 +23,17 @@ def pytest_configure(config):
         firmware_tree()
 
 
+def pytest_collection_modifyitems(session, config, items):
+    """The longest tests (a timeout mark above the default) go first, longest first: the
+    workers then run them beside the short ones instead of one alone at the end."""
+
+    def budget(item):
+        m = item.get_closest_marker("timeout")
+        return m.args[0] if m is not None and m.args else 0
+
+    items.sort(key=budget, reverse=True)  # stable: the rest keep their order
+
+
 @pytest.fixture
 def start_charger(request, tmp_path):
     """Factory: start_charger(settings=None, env=None, heap=None, board_dir=None,
