@@ -126,7 +126,8 @@ def test_good_file_runs_after_restart_and_is_confirmed(start_charger, bins):
     assert version_of(c) == "1.0.1"
     assert ota_view(c)["running"]["trial"] is True
     # a second upgrade waits for the health check of the first
-    assert upload(c, bins["other"]).status == 409
+    r = upload(c, bins["other"])
+    assert r.status == 409 and r.body["refused"] == "checking", r
     deadline = time.monotonic() + 20
     while ota_view(c)["running"]["trial"]:
         assert time.monotonic() < deadline, "new version never confirmed"
@@ -223,6 +224,21 @@ def test_flash_write_failure_is_e01(charger, bins, where):
     assert version_of(c) == "1.0.1"
 
 
+def bad_file(good, case):
+    """`good` made wrong: for another model or board, its header damaged, truncated."""
+    payload = good[64:]
+    if case == "model":
+        return mkbin.header("firmware", "EVBASIC", "unix_sim", "1.0.1", len(payload)) + payload
+    if case == "board":
+        return mkbin.header("firmware", "EVPLUS", "esp32_evplus", "1.0.1", len(payload)) + payload
+    if case == "header":
+        b = bytearray(good)
+        b[45] ^= 0x20  # in the version field: the header CRC no longer matches
+        return bytes(b)
+    assert case == "truncated"
+    return good[:-1000]  # shorter than its header says
+
+
 @pytest.mark.parametrize("case", ["md5", "model", "board", "truncated", "header"])
 def test_bad_files(charger, bins, case):
     c = charger
@@ -231,20 +247,8 @@ def test_bad_files(charger, bins, case):
     digest = None
     if case == "md5":
         data, digest, code = good, md5(good + b"x"), "E02 UP"
-    elif case == "model":
-        payload = good[64:]
-        data, code = mkbin.header("firmware", "EVBASIC", "unix_sim", "1.0.1",
-                                  len(payload)) + payload, "E04 UP"
-    elif case == "board":
-        payload = good[64:]
-        data, code = mkbin.header("firmware", "EVPLUS", "esp32_evplus", "1.0.1",
-                                  len(payload)) + payload, "E04 UP"
-    elif case == "truncated":
-        data, code = good[:-1000], "E04 UP"
     else:
-        b = bytearray(good)
-        b[45] ^= 0x20  # in the version field: the header CRC no longer matches
-        data, code = bytes(b), "E04 UP"
+        data, code = bad_file(good, case), "E04 UP"
     r = upload(c, data, digest)
     assert r.status == 400 and r.body["code"] == code, r
     assert r.body["error"]
@@ -273,6 +277,7 @@ def test_refusals_not_logged_in_charging_and_parallel(start_charger, bins):
         time.sleep(0.05)
     r = upload(c, data)
     assert r.status == 409 and "in progress" in r.body["error"], r
+    assert r.body["refused"] == "busy"
     s.close()
     deadline = time.monotonic() + 5
     while ota_view(c)["busy"]:
@@ -283,7 +288,7 @@ def test_refusals_not_logged_in_charging_and_parallel(start_charger, bins):
     c.wait_for(lambda s: s["cp_state"] == "B")
     assert c.http("POST", "/api/session/start", json={}).status == 200
     r = upload(c, data)
-    assert r.status == 409 and "charge" in r.body["error"], r
+    assert r.status == 409 and "charge" in r.body["error"] and r.body["refused"] == "charging", r
     assert c.http("GET", "/api/status").body["session"]["active"]
 
 
@@ -306,6 +311,8 @@ def test_stall_15s_is_e03(charger, bins):
     waited = time.monotonic() - t0
     assert ota_view(c)["last"]["code"] == "E03 UP"
     assert 14 <= waited <= 17, waited
+    # the sender cannot read it: the display shows it (ota.MESSAGE_MS, 10 s)
+    assert c.wait_for(lambda s: s["display"] == "E03 UP", timeout=3)
     assert not ota_view(c)["busy"]
     s.close()
     assert not (c.data_dir / "ota" / "upload.bin").exists()

@@ -17,10 +17,10 @@ from test_ota import (
     CUT_SEED,
     FACTORY_VERSION,
     PAD,
+    bad_file,
     boot_state,
     cut_when,
     fresh_pad,
-    mkbin,
     size,
     variant,
     wait_shown,
@@ -176,20 +176,11 @@ def test_unreachable_location_retries_then_download_failed(cs, ocpp, files, wher
 
 
 def _bad_file(good, case):
-    payload = good[64:]
-    if case == "model":
-        return mkbin.header("firmware", "EVBASIC", "unix_sim", "1.0.1", len(payload)) + payload
-    if case == "board":
-        return mkbin.header("firmware", "EVPLUS", "esp32_evplus", "1.0.1", len(payload)) + payload
-    if case == "header":
-        b = bytearray(good)
-        b[45] ^= 0x20  # in the version field: the header CRC no longer matches
-        return bytes(b)
     if case == "archive":
         b = bytearray(good)
         b[64:66] = b"\xff\xff"  # first record's path length beyond the limit
         return bytes(b)
-    return good[:-1000]  # "truncated": shorter than its header says
+    return bad_file(good, case)  # model, board, header, truncated
 
 
 @pytest.mark.parametrize("case, statuses, gets", [

@@ -1,14 +1,20 @@
 """The Upgrade page (manual §12) in Debian's Chromium, in the style of test_web_ui.py: it
 shows the charger's own progress (GET /api/upgrade: bytes received and written, the
-install), the result code of the manual (100 UP, E02 UP, E03 UP ...), the restart and
-the version that runs afterwards, also for an upload it did not start itself."""
+install), the result code of the manual (100 UP, E02 UP, E03 UP, E04 UP for a file for
+another model, truncated or with a damaged header), each also on the charger's display,
+the restart and the version that runs afterwards, also for an upload it did not start
+itself; a second upload while one runs is refused with a clear message. A language pack
+that adds a language makes the web app offer it."""
 
 import hashlib
+import json
 import re
 import socket
 import time
 
-from test_ota import FACTORY_VERSION, variant
+import pytest
+from harness import ROOT
+from test_ota import FACTORY_VERSION, bad_file, mkbin, variant
 from test_web_ui import browser, expect, strings, tab  # noqa: F401 (fixtures)
 
 L = strings("en")
@@ -36,6 +42,25 @@ def choose(t, data, digest):
     t.button(L["btn.continue"])
 
 
+def throttle(t, bytes_per_s):
+    """Chromium's network throttling for the tab's uploads."""
+    cdp = t.ctx.new_cdp_session(t.page)
+    cdp.send("Network.enable")
+    cdp.send("Network.emulateNetworkConditions", {
+        "offline": False, "latency": 0, "downloadThroughput": -1,
+        "uploadThroughput": bytes_per_s})
+
+
+def shown_on_display(c, text, since):
+    """The display showed `text` after `since` (a t_us of the simulator's clock)."""
+    return text in [e["value"] for e in c.events(since) if e["what"] == "display"]
+
+
+@pytest.fixture(scope="module")
+def small_bin(tmp_path_factory):
+    return variant(tmp_path_factory.mktemp("web-bins"), "2.0.2")
+
+
 def percents(seen):
     pat = re.escape(L["up.received"]).replace(r"\{pct\}", r"(\d+)")
     pat = pat.replace(r"\{kb\}", r"\d+").replace(r"\{total\}", r"\d+")
@@ -55,10 +80,7 @@ def test_upload_progress_result_restart_and_new_version(start_charger, tab, tmp_
     expect(t.msg).to_have_text(L["up.E02"], timeout=60_000)
     expect(t.page.locator("#up-code")).to_have_text("E02 UP")
 
-    cdp = t.ctx.new_cdp_session(t.page)
-    cdp.send("Network.enable")
-    cdp.send("Network.emulateNetworkConditions", {
-        "offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": 1 << 20})
+    throttle(t, 1 << 20)
     t.page.evaluate(PAGE_LOG)
     choose(t, data, hashlib.md5(data).hexdigest())
     expect(t.msg).to_have_text(L["up.100"], timeout=60_000)
@@ -98,7 +120,96 @@ def test_page_follows_an_upload_it_did_not_start_to_e03(start_charger, tab, tmp_
         assert time.monotonic() - t0 >= 14
         expect(t.page.locator("#up-code")).to_have_text("E03 UP")
         expect(t.page.locator("#up-progress")).to_be_empty()
+        c.wait_for(lambda s: s["display"] == "E03 UP", timeout=3)  # shown for 10 s
     finally:
         s.close()
     assert not t.problems, t.problems
 
+
+@pytest.mark.parametrize("case", ["model", "truncated", "header"])
+def test_wrong_file_shows_e04_on_page_and_display(start_charger, tab, small_bin, case):  # noqa: F811
+    """A file for another model, one cut short, one whose header was damaged: the page
+    shows E04 UP with the manual's text, the display shows E04 UP, nothing is installed.
+    One charger each (it boots in a fraction of a second): E04 UP stays on the display
+    for 10 s, so a second E04 on a shared one would not show as a change."""
+    data = bad_file(small_bin, case)
+    c = start_charger()
+    t = tab(f"http://127.0.0.1:{c.http_port}")
+    open_upgrade_page(t)
+    since = c.snapshot()["t_us"]
+    choose(t, data, hashlib.md5(data).hexdigest())
+    expect(t.msg).to_have_text(L["up.E04"], timeout=30_000)
+    expect(t.page.locator("#up-code")).to_have_text("E04 UP")
+    c.wait_for(lambda s: s["display"] == "E04 UP", timeout=3)  # the next display refresh
+    assert shown_on_display(c, "E04 UP", since)
+    assert c.running and c.http("GET", "/api/status").body["software_version"] == FACTORY_VERSION
+    assert not (c.data_dir / "boot.json").exists()
+    assert not t.problems, t.problems
+
+
+def test_second_upload_from_another_tab_is_refused(start_charger, tab, tmp_path, small_bin):  # noqa: F811
+    """Two tabs, one upload each: while the first tab's 2 MB file is on its way (512 KB/s),
+    the second tab's upload is refused with the reason (another upgrade is in progress)
+    and shows the other one's progress until it ends; the first gets its own result
+    (E02 UP: its checksum is wrong, so the charger stays as it was)."""
+    big = variant(tmp_path, "2.0.3", pad=2 << 20)
+    c = start_charger()
+    base = f"http://127.0.0.1:{c.http_port}"
+    first, second = tab(base), tab(base)
+    open_upgrade_page(first)
+    open_upgrade_page(second)
+    throttle(first, 512 << 10)
+    choose(first, big, hashlib.md5(big + b"x").hexdigest())
+    assert c.http("POST", "/api/login", json={"password": "123456"}).status == 200
+    deadline = time.monotonic() + 10
+    while c.http("GET", "/api/upgrade").body["busy"] != "upload":
+        assert time.monotonic() < deadline, "the first upload never started"
+        time.sleep(0.05)
+    choose(second, small_bin, hashlib.md5(small_bin).hexdigest())
+    expect(second.msg).to_have_text(L["up.busy"])
+    received = re.compile(re.escape(L["up.received"].split("{")[0]))
+    expect(second.page.locator("#up-progress")).to_have_text(received)
+    expect(second.page.locator("#up-code")).to_be_empty()
+    expect(first.msg).to_have_text(L["up.E02"], timeout=60_000)
+    expect(second.page.locator("#up-progress")).to_be_empty()
+    expect(second.msg).to_have_text(L["up.busy"])  # its own message stays
+    assert c.http("GET", "/api/upgrade").body["last"]["code"] == "E02 UP"
+    assert c.http("GET", "/api/status").body["software_version"] == FACTORY_VERSION
+    assert not first.problems and not second.problems, (first.problems, second.problems)
+
+
+def test_language_pack_adds_a_language(start_charger, tab, tmp_path):  # noqa: F811
+    """A language pack with a language the charger did not ship (Português): after the
+    upload the web app lists it in its language menu, serves its file, and the pages
+    show its strings (keys the pack lacks come from English)."""
+    src = tmp_path / "lang"
+    src.mkdir()
+    pt = {"up.title": "Atualização do sistema", "login.title": "Acesso",
+          "btn.confirm": "Confirmar"}
+    (src / "pt.json").write_text(json.dumps(pt, ensure_ascii=False), "utf-8")
+    index = json.loads((ROOT / "firmware/evse/www/lang/index.json").read_text("utf-8"))
+    (src / "index.json").write_text(json.dumps(index + [{"code": "pt", "name": "Português"}],
+                                               ensure_ascii=False), "utf-8")
+    out = tmp_path / "PT.bin"
+    mkbin.main(["language", "--lang", "pt", "-o", str(out), "--src", str(src)])
+    data = out.read_bytes()
+    c = start_charger()
+    t = tab(f"http://127.0.0.1:{c.http_port}")
+    open_upgrade_page(t)
+    choose(t, data, hashlib.md5(data).hexdigest())
+    expect(t.msg).to_have_text(L["up.100"], timeout=30_000)
+    assert c.running  # no restart for a language pack
+    got = c.http("GET", "/lang/index.json")
+    assert got.status == 200 and {"code": "pt", "name": "Português"} in got.body, got
+    got = c.http("GET", "/lang/pt.json")
+    assert got.status == 200 and got.body == pt, got
+    # the web app, loaded again, offers it, and shows it when chosen
+    t.page.reload()
+    t.title(L["up.title"])
+    menu = t.page.locator("#uilang")
+    expect(menu.locator("option[value=pt]")).to_have_text("Português")
+    menu.select_option("pt")
+    expect(t.section.locator("h1")).to_have_text(pt["up.title"])
+    expect(t.page.locator("html")).to_have_attribute("lang", "pt")
+    expect(t.section.get_by_role("button", name=L["btn.continue"])).to_be_visible()  # English
+    assert not t.problems, t.problems

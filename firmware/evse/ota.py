@@ -328,13 +328,14 @@ class Ota:
         }
 
     def refuse(self):
-        """Why no upgrade may start now (HTTP 409), or None."""
+        """Why no upgrade may start now (HTTP 409): (reason, message), reason "busy",
+        "charging" or "checking"; None when one may."""
         if self.busy:
-            return "another upgrade is in progress"
+            return "busy", "another upgrade is in progress"
         if self.app.charger.session is not None:
-            return "a charge is running: upgrade when it has ended"
+            return "charging", "a charge is running: upgrade when it has ended"
         if self.running()["trial"]:
-            return "the running version is still being checked: retry in %d s" % (
+            return "checking", "the running version is still being checked: retry in %d s" % (
                 HEALTH_MS // 1000
             )
         return None
@@ -408,17 +409,7 @@ class Ota:
                 sink.close()
             _remove(self.staging)
             r = self._result(e.code, e.msg)
-            # Read what is still coming (nothing kept) so the client gets to read the
-            # answer instead of a reset connection; E03 if it stalls meanwhile.
-            buf = bytearray(512)
-            while req.left:
-                try:
-                    if not await req.read_into(buf):
-                        break
-                except asyncio.CancelledError:
-                    raise
-                except (OSError, EOFError):
-                    raise
+            await drop_body(req)
             return (500 if e.code == E_WRITE else 400), r
         finally:
             if sink is not None:
@@ -768,8 +759,19 @@ class Ota:
 
 
 # ---- HTTP ------------------------------------------------------------------------------------
+async def drop_body(req):
+    """Reads what is still coming of a refused body (nothing kept), so the client gets
+    to read the answer instead of a reset connection; the server's body timeout ends a
+    stalled one."""
+    buf = bytearray(512)
+    while req.left:
+        if not await req.read_into(buf):
+            break
+
+
 async def http_upgrade(api, req):
-    """POST /api/upgrade?md5=<32 hex>: body = the .bin (application/octet-stream)."""
+    """POST /api/upgrade?md5=<32 hex>: body = the .bin (application/octet-stream).
+    409 {"error", "refused": "busy" | "charging" | "checking"} when none may start now."""
     from httpd import HTTPError, Response
 
     api._need_session(req)
@@ -779,7 +781,8 @@ async def http_upgrade(api, req):
         raise HTTPError(400, "md5 must be 32 hexadecimal digits")
     why = ota.refuse()
     if why:
-        raise HTTPError(409, why)
+        await drop_body(req)
+        return Response({"error": why[1], "refused": why[0]}, 409)
     status, result = await ota.upload(req, md5)
     return Response(result, status)
 

@@ -862,8 +862,9 @@
     }
   }
 
-  // An upgrade this page did not start: its progress, then its result.
-  async function followElsewhere(my) {
+  // An upgrade this page did not start: its progress, then its result (quiet: the
+  // progress only, the page's own message stays).
+  async function followElsewhere(my, quiet) {
     let v = await upgradeState();
     while (alive(my) && v && v.busy) {
       showProgress(v);
@@ -872,8 +873,17 @@
     }
     if (!alive(my) || !v) return;
     $('#up-progress').textContent = '';
-    if (v.last && v.last.code) showResult(v.last);
+    $('#up-bar').hidden = true;
+    if (!quiet && v.last && v.last.code) showResult(v.last);
     showRunning(v);
+  }
+
+  // 409: why the charger takes no upgrade now ({"refused": ...} of POST /api/upgrade).
+  function refusal(d) {
+    if (d.refused === 'busy') return t('up.busy');
+    if (d.refused === 'charging') return t('up.charging');
+    if (d.refused === 'checking') return t('up.checking');
+    return t('err.http', {msg: d.error || 'HTTP 409'});
   }
 
   onSubmit('#f-up', async form => {
@@ -908,6 +918,7 @@
     if (!alive(my)) return;
     $('#up-progress').textContent = '';
     if (d === null) return afterLost(my, root);
+    if (d.refused === 'busy') return followElsewhere(my, true); // the other one's progress
     if (d.code === '100 UP' && d.kind === 'firmware') await awaitRestart(d.version, my, root);
   });
 
@@ -928,6 +939,9 @@
         if (d.code) {
           bar.value = 100;
           showResult(d, root);
+        } else if (x.status === 409) {
+          bar.hidden = true;
+          say(refusal(d), 'bad', root);
         } else if (x.status === 401) {
           toLogin();
         } else if (x.status === 404) {
