@@ -4,11 +4,17 @@ that records every charger's offer, and the waits.
 
 Numbers of the protocol (docs/load-balancing.md) the tests lean on are repeated here."""
 import socket
+import struct
+import threading
 import time
 
 from harness import Charger, free_port, wait_until
 
 CYCLE_S = 1.0  # the master allocates this often (balance.CYCLE_MS)
+TICK_S = 0.1  # the balancer's tick: frames are read, a due cycle runs (balance._TICK_MS)
+ID_ALLOC = 0x600  # + destination address: master -> node
+ID_STATUS = 0x610  # + sender address: node -> all
+ST_WANT = 2  # status byte 3, bits 0-1: a session that needs current
 NODE_TIMEOUT_S = 3.0
 MASTER_TIMEOUT_S = 3.0
 MASTER_LOST_TEXT = "CAN MST LOST"  # balance.MASTER_LOST_TEXT, in the display rotation
@@ -78,6 +84,61 @@ class Watch:
         assert self.worst[0] <= limit + 1e-6, f"offers {self.worst} above {limit} A"
 
 
+class BusTap:
+    """Listens on a simulated CAN bus (boards/unix_sim/sim_can.py: UDP datagrams to
+    127.255.255.255:port) beside the chargers and keeps every frame it hears as
+    (host time, id, data), so that a test can tell when a node asked for current and
+    when the master granted it. A context manager; close() stops it."""
+
+    def __init__(self, port):
+        self.frames = []
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        self._sock.bind(("127.255.255.255", port))  # the bus's broadcasts, loopback only
+        self._sock.settimeout(0.2)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while not self._stop.is_set():
+            try:
+                data = self._sock.recv(64)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            if len(data) == 16:  # id u32 LE, dlc, 3 pad bytes, 8 data bytes
+                can_id, dlc = struct.unpack_from("<IB", data)
+                self.frames.append((time.monotonic(), can_id, bytes(data[8:8 + dlc])))
+
+    def close(self):
+        self._stop.set()
+        self._thread.join(timeout=1.0)
+        self._sock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _first(self, since, match):
+        for t, can_id, data in list(self.frames):
+            if t >= since and len(data) == 8 and match(can_id, data):
+                return t
+        return None
+
+    def asked(self, addr, since):
+        """When node `addr` first announced after `since` that it needs current."""
+        return self._first(since, lambda i, d: i == ID_STATUS + addr and d[3] & 3 == ST_WANT)
+
+    def granted(self, addr, since):
+        """When the master first allocated node `addr` at least 6 A after `since`."""
+        return self._first(since, lambda i, d: i == ID_ALLOC + addr and d[4] >= 12)
+
+
 class Pool:
     """n chargers on one simulated CAN bus, node i at `can_addr` i + 1, each in its own
     directory with its own ports; started side by side. `extra(i)` gives settings of node
@@ -94,6 +155,10 @@ class Pool:
                                          name=f"node{i + 1}"))
         if request is not None:
             request.node.chargers = self.chargers  # their logs in a failure's report
+
+    @property
+    def bus_port(self):
+        return int(self.bus["EVSE_CAN_PORT"])
 
     @property
     def sim_ports(self):

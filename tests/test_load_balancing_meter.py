@@ -2,7 +2,9 @@
 manual §8.1.2 point 12 and §10), end to end: 3 and 8 firmware processes on one simulated
 CAN bus; node 1 reads tests/modbus_meter.py (a pymodbus SDM630 on a socat pty pair),
 which measures the house's other loads, set by the test, plus the current of every
-charger of the pool (their simulated plants).
+charger of the pool (their simulated plants). Cars arrive and leave, one stops drawing,
+the house load steps, the meter is lost, the master is killed and restarted, a charger
+is installed with an address already in use.
 
 The pool limit then comes from the master's power-management headroom: per phase,
 `max_house_current_a` minus the other loads. A watcher takes every charger's snapshot
@@ -16,7 +18,19 @@ import shutil
 import time
 
 import pytest
-from pool import CYCLE_S, MASTER_LOST_TEXT, MASTER_TIMEOUT_S, Pool, Watch, bal, offers, plug
+from harness import Charger
+from pool import (
+    CYCLE_S,
+    MASTER_LOST_TEXT,
+    MASTER_TIMEOUT_S,
+    TICK_S,
+    BusTap,
+    Pool,
+    Watch,
+    bal,
+    offers,
+    plug,
+)
 from test_power_management import MeterServer, PtyPair
 
 LIMIT_A = 40  # max_house_current_a: the contract limit per phase at the meter
@@ -26,7 +40,22 @@ REACT_S = METER_CYCLE_S + CYCLE_S + 0.6  # read, allocation cycle, node and cont
 TICK_LAG_S = 0.5  # a lower limit is applied at the next control tick (100 ms) + slack
 LOST_S = 5.0  # power.LOST_MS: no valid reading this long -> ERR MET on the master
 RECOVER_S = 5.0  # power.RECOVER_MS
-ROOM_S = 2 * CYCLE_S + 3.0  # a new car gets room within two cycles (+ ticks, EV, polls)
+STATUS_S = 0.5  # balance.STATUS_MS: every node announces itself this often
+LATE_S = 0.3  # a tick that runs late on a loaded host, and the host's own timestamps
+# A new car gets room in the second allocation cycle after the master hears it ask
+# (docs/load-balancing.md, Allocation §5: one cycle to cut, one to grant). On the bus
+# (BusTap): from the node's first status frame asking for current to the master's
+# allocation frame granting it at least 6 A, the master reads the frame at its next tick,
+# then runs the two cycles.
+GRANT_S = TICK_S + 2 * CYCLE_S + LATE_S
+# End to end, from the plug-in to the first round of snapshots showing the offer, there
+# is more around the two cycles: the charging core sees the car and starts the session
+# and the balancer notes it (two ticks) and reports it in its next status frame (up to
+# STATUS_S); after the grant, the node reads it and the charging core offers it (two
+# ticks); the watcher's round of snapshots sees it (about a tick). Typically 1.8-2.2 s.
+ROOM_S = 2 * TICK_S + STATUS_S + GRANT_S + 2 * TICK_S + TICK_S
+CAN_CLEAR_S = 10.0  # protection: ERR CAN ADDR clears this long after the clash ends
+CLASH_CLEAR_S = 3.0  # balance.CLASH_CLEAR_MS: no frame with our address -> clash over
 
 pytestmark = pytest.mark.skipif(shutil.which("socat") is None, reason="needs socat")
 
@@ -40,7 +69,9 @@ class MeterPool:
     """n three-phase chargers (22 kW, L123, three-phase cars) on one bus; node 1 has the
     SDM630 on an RS-485 pty; the meter sees the other loads plus all their currents."""
 
-    def __init__(self, tmp_path, request, n, load=LOAD):
+    def __init__(self, tmp_path, request, n, load=LOAD, spare=None):
+        """spare: the can_addr of one more charger on the bus, behind the same meter,
+        not started with the pool (`self.spare`; the watcher's last entry)."""
         self.pty = PtyPair(tmp_path)
         settings = {"max_house_current_a": LIMIT_A, "auth_mode": "free",
                     "charging_mode": "C", "cable_max_a": 32, "max_current_a": 32,
@@ -50,10 +81,18 @@ class MeterPool:
                          env=lambda i: {"EVSE_RS485": str(self.pty.a)} if i == 0 else {},
                          request=request)
         self.cs = self.pool.chargers
-        ports = ",".join(str(p) for p in self.pool.sim_ports)
+        self.spare = None
+        watched = list(self.cs)
+        if spare is not None:
+            self.spare = Charger(tmp_path / "spare", name="spare", env=self.pool.bus,
+                                 settings=dict(settings, lb_enabled=True, can_addr=spare))
+            watched.append(self.spare)
+            if request is not None:
+                request.node.chargers = watched
+        ports = ",".join(str(c.sim_port) for c in watched)
         self.meter = MeterServer("SDM630", self.pty.b, tmp_path, ports, "L123", load)
         self.loads = [(0.0, list(load))]  # (host time from which it holds, amps per phase)
-        self.watch = Watch(self.cs)
+        self.watch = Watch(watched)
         self.lag = []  # (node, what, t_us, offered, limit): an offer above a limit
         self.watch.hooks.append(self._limits_hook)
 
@@ -63,6 +102,8 @@ class MeterPool:
 
     def close(self):
         self.pool.close()
+        if self.spare is not None:
+            self.spare.stop()
         self.meter.stop()
         self.pty.close()
 
@@ -182,12 +223,12 @@ class MeterPool:
 def meter_pool(request, tmp_path):
     made = []
 
-    def make(n, load=LOAD):
-        mp = MeterPool(tmp_path, request, n, load)
+    def make(n, load=LOAD, spare=None):
+        mp = MeterPool(tmp_path, request, n, load, spare)
         made.append(mp)
         mp.start()
         w = mp.watch
-        w.wait(lambda ss: all(bal(s, "master") == 1 for s in ss), 15, "node 1 master")
+        w.wait(lambda ss: all(bal(s, "master") == 1 for s in ss[:n]), 15, "node 1 master")
         w.wait(lambda ss: bal(ss[0], "pool_limit_a") == min(limit_for(load)), 10,
                "pool limit from the meter")
         return mp
@@ -210,20 +251,30 @@ def _near(a, b, tol=0.6):
 
 
 # ---- scenarios ---------------------------------------------------------------------------------
-def test_three_nodes_cars_arrive_and_house_load_steps(meter_pool):
+def test_three_nodes_cars_come_and_go_and_house_load_steps(meter_pool):
     """Cars arrive one by one (a new car gets room within two cycles), then the house
     load on L2 steps up and down: the offers follow, per phase never above
-    max_house_current_a minus the other loads (manual §10, §8.1.2 point 12)."""
+    max_house_current_a minus the other loads (manual §10, §8.1.2 point 12). Then one
+    car stops drawing: what it leaves unused goes to the others, and comes back when it
+    asks again (docs/load-balancing.md, Allocation §2); a car leaves: its share goes to
+    the others."""
     t_start = time.monotonic()
     mp = meter_pool(3)
     w, cs = mp.watch, mp.cs
     mp.plug_all([0])
     mp.settled(lambda o: o[0] == 32, 10, "one car: its max (pool 35 A)")
-    for i in (1, 2):
-        mp.plug_all([i])
-        t = time.monotonic()
-        w.wait(lambda ss, i=i: (offers(ss)[i] or 0) >= 6, ROOM_S, f"car {i + 1} gets room")
-        print(f"car {i + 1}: room after {time.monotonic() - t:.1f} s")
+    with BusTap(mp.pool.bus_port) as tap:
+        for i in (1, 2):
+            t = time.monotonic()
+            mp.plug_all([i])
+            w.wait(lambda ss, i=i: (offers(ss)[i] or 0) >= 6, ROOM_S, f"car {i + 1} gets room")
+            took = time.monotonic() - t
+            asked, granted = tap.asked(i + 1, t), tap.granted(i + 1, t)
+            assert asked is not None and granted is not None, f"car {i + 1}: no ask or grant"
+            print(f"car {i + 1}: asks after {asked - t:.2f} s, granted {granted - asked:.2f} s "
+                  f"later, offered after {took:.2f} s")
+            assert granted - asked <= GRANT_S, \
+                f"car {i + 1} granted {granted - asked:.2f} s after it asked"
     o = mp.settled(lambda o: _total(o) >= 33 and all((a or 0) >= 11 for a in o), 20,
                    "three share 35 A")
     print("three cars, load 5 A:", o)
@@ -239,8 +290,30 @@ def test_three_nodes_cars_arrive_and_house_load_steps(meter_pool):
     o = mp.settled(lambda o: _total(o) >= 33 and all((a or 0) >= 11 for a in o), 30,
                    "three share 35 A again")
     print("load back to 5 A:", o)
+    # Car 3 takes 6 A of its 11.5: after UNUSED_CYCLES its cap is its draw + 1 A, and
+    # the others share the rest: (35 - 7) / 2 = 14 A each (a little less when the meter
+    # reads the chargers' currents a little high).
+    cs[2].sim("ev", max_a=6)
+    t = time.monotonic()
+    o = mp.settled(lambda o: 6 <= (o[2] or 0) <= 7.5 and (o[0] or 0) >= 13
+                   and (o[1] or 0) >= 13, 20, "car 3's unused current given to the others")
+    print(f"car 3 draws 6 A: {o} after {time.monotonic() - t:.1f} s")
+    # It asks again (draws all of its 7 A): its cap goes back to its max, three share.
+    cs[2].sim("ev", max_a=32)
+    t = time.monotonic()
+    o = mp.settled(lambda o: _total(o) >= 33 and all((a or 0) >= 11 for a in o), 20,
+                   "car 3's share given back")
+    print(f"car 3 asks again: {o} after {time.monotonic() - t:.1f} s")
+    # Car 2 leaves: its share goes to the two others.
+    cs[1].sim("ev", state="A")
+    t = time.monotonic()
+    o = mp.settled(lambda o: o[1] == 0 and (o[0] or 0) >= 17 and (o[2] or 0) >= 17, 20,
+                   "car 2 left: its share given to the others")
+    print(f"car 2 leaves: {o} after {time.monotonic() - t:.1f} s")
+    assert not w.snaps[1]["session"]["active"], "the session ends with the car leaving"
     snap = cs[0].snapshot()
     assert snap["meter"]["ok"] and not snap["errors"]
+    assert all(not s["errors"] for s in w.snaps), [s["errors"] for s in w.snaps]
     mp.check_pool()
     print(f"3-node meter test {time.monotonic() - t_start:.1f} s, worst sum {w.worst}")
 
@@ -297,9 +370,10 @@ def test_master_offer_within_power_and_balance(meter_pool):
     assert {"power", "balance"} <= bindings, f"binding limits seen: {bindings}"
 
 
-def test_eight_nodes_house_load_step(meter_pool):
+def test_eight_nodes_house_load_step_and_cars_leave(meter_pool):
     """8 chargers, 35 A at the meter: five charge, three wait. The house load on L2
-    steps up to leave 17 A (two charge) and back: the sum per phase follows."""
+    steps up to leave 17 A (two charge) and back: the sum per phase follows. Then two
+    charging cars leave: two of the waiting ones take their place."""
     t_start = time.monotonic()
     mp = meter_pool(8)
     w = mp.watch
@@ -315,33 +389,98 @@ def test_eight_nodes_house_load_step(meter_pool):
     mp.set_load(LOAD)
     o = mp.settled(lambda o: _charging(o) == 5 and _total(o) >= 30, 30, "five charge again")
     print("8 cars, 35 A again:", o)
+    # Two charging cars leave (not the master's): two of the three waiting get room.
+    waiting = [i for i, a in enumerate(o) if not a]
+    leaving = [i for i, a in enumerate(o) if a and i != 0][:2]
+    assert len(waiting) == 3 and len(leaving) == 2, o
+    for i in leaving:
+        mp.cs[i].sim("ev", state="A")
+    t = time.monotonic()
+    o = mp.settled(lambda o: all(o[i] == 0 for i in leaving) and _charging(o) == 5
+                   and _total(o) >= 30, 20, "two cars left: two waiting ones charge")
+    print(f"two cars left: {o} after {time.monotonic() - t:.1f} s")
+    assert sum(1 for i in waiting if o[i]) == 2, f"waiting {waiting}: {o}"
     mp.check_pool()
     dt = time.monotonic() - t_start
     print(f"8-node meter step {dt:.1f} s, worst sum {w.worst}")
 
 
-def test_eight_nodes_master_killed_and_restarted(meter_pool):
+@pytest.mark.parametrize("n, fit", [(3, 3), (8, 5)], ids=["3_nodes", "8_nodes"])
+def test_master_killed_and_restarted(meter_pool, n, fit):
     """The meter master is killed: after MASTER_TIMEOUT_S every node falls back to at
     most min(its allocation, 6 A) (a waiting one stays at 0), shows the warning on its
     display, and no node takes over (none knows the house load). The master restarted:
-    it allocates from the meter again and the warning goes."""
-    mp = meter_pool(8)
+    it allocates from the meter again and the warning goes. 35 A at the meter: with 3
+    cars all charge, with 8 five do."""
+    mp = meter_pool(n)
     w, cs = mp.watch, mp.cs
+    masters = set()
+    w.hooks.append(lambda ss: masters.update(bal(s, "master") for s in ss if bal(s, "master")))
     mp.plug_all()
-    before = mp.settled(lambda o: _charging(o) == 5 and _total(o) >= 30, 30, "five charge")
+    before = mp.settled(lambda o: _charging(o) == fit and _total(o) >= 30, 30,
+                        f"{fit} charge")
     cs[0].kill()
     w.wait(lambda ss: all(bal(s, "fallback") for s in ss[1:]), MASTER_TIMEOUT_S + 3, "fallback")
     w.wait(lambda ss: all(s["display"] == MASTER_LOST_TEXT for s in ss[1:]), 2, "warning shown")
-    w.wait(lambda ss: all((offers(ss)[i] or 0) <= min(before[i], 6) for i in range(1, 8)),
+    w.wait(lambda ss: all((offers(ss)[i] or 0) <= min(before[i], 6) for i in range(1, n)),
            1.0, "fallback share applied")
     for s in w.snaps[1:]:
         assert bal(s, "master") == 1 and bal(s, "fault") == "master_lost"
         assert s["errors"] == [] and s["leds"]["fault"]["pattern"] == "slow"
-    charging = [i for i in range(1, 8) if before[i]]
+    charging = [i for i in range(1, n) if before[i]]
     assert all(w.snaps[i]["relays_closed"] for i in charging), "charging on at 6 A"
     cs[0].start()
     plug(cs[0], phases=3)  # a fresh process: the simulated car is plugged in again
     w.wait(lambda ss: not any(bal(s, "fallback") for s in ss), 15, "master allocates again")
     w.wait(lambda ss: all(s["display"] != MASTER_LOST_TEXT for s in ss), 3, "warning gone")
-    mp.settled(lambda o: _charging(o) == 5 and _total(o) >= 30, 30, "five charge again")
+    mp.settled(lambda o: _charging(o) == fit and _total(o) >= 30, 30, f"{fit} charge again")
+    assert masters == {1}, f"masters seen: {masters}"
+    mp.check_pool()
+
+
+def test_three_nodes_address_clash(meter_pool):
+    """A fourth charger is installed with node 3's address: ERR CAN ADDR on both (and
+    neither charges), nodes 1 and 2 share the pool, within the limit. The installer gives
+    it address 4: the clash flag clears CLASH_CLEAR_S after its last frame as node 3,
+    the fault CAN_CLEAR_S later (docs/errors.md), then four share the pool. The meter
+    sees the fourth charger's current too."""
+    mp = meter_pool(3, spare=3)
+    w, dup = mp.watch, mp.spare
+    mp.plug_all()
+    mp.settled(lambda o: _charging(o) == 3 and _total(o) >= 33, 25, "three share 35 A")
+    mp.drawing()
+    # The newcomer receives node 3's allocations too, until it sees node 3's status frame:
+    # it must not charge on them.
+    dup_offers = []
+    w.hooks.append(lambda ss: ss[3] and dup_offers.append(ss[3]["offered_a"]))
+    dup.start()
+    plug(dup, phases=3)
+    w.wait(lambda ss: all("CAN" in ss[i]["errors"] for i in (2, 3)), 5,
+           "ERR CAN ADDR on node 3 and on the newcomer")
+    o = mp.settled(lambda o: o[2] == 0 and o[3] == 0 and (o[0] or 0) >= 17
+                   and (o[1] or 0) >= 17, 15, "nodes 1 and 2 share 35 A")
+    print("clash:", o)
+    for i in (2, 3):
+        s = w.snaps[i]
+        assert bal(s, "fault") == "address_clash" and not s["relays_closed"], s["balance"]
+        assert s["display"] != MASTER_LOST_TEXT
+    assert all(not s["errors"] for s in w.snaps[:2]), [s["errors"] for s in w.snaps[:2]]
+    w.hooks.pop()
+    assert dup_offers and not any(dup_offers), f"the newcomer offered {max(dup_offers)} A"
+    # The installer sets the newcomer's address to 4.
+    assert dup.http("POST", "/api/login", json={"password": "123456"}).status == 200
+    t = time.monotonic()
+    r = dup.http("PUT", "/api/config", json={"can_addr": 4})
+    assert r.status == 200 and r.body["can_addr"] == 4, r
+    w.wait(lambda ss: all(not ss[i]["errors"] for i in (2, 3)),
+           CLASH_CLEAR_S + CAN_CLEAR_S + 3, "ERR CAN ADDR cleared on both")
+    took = time.monotonic() - t
+    print(f"ERR CAN ADDR cleared after {took:.1f} s")
+    # Its last status frame as node 3 left at most STATUS_S before the change (+ a tick).
+    assert took >= CLASH_CLEAR_S + CAN_CLEAR_S - STATUS_S - TICK_S, \
+        f"ERR CAN ADDR cleared after {took:.1f} s"
+    o = mp.settled(lambda o: _charging(o) == 4 and _total(o) >= 32, 25, "four share 35 A")
+    print("four nodes:", o)
+    assert bal(w.snaps[0], "nodes") == [2, 3, 4], w.snaps[0]["balance"]
+    assert all(bal(s, "fault") is None for s in w.snaps)
     mp.check_pool()
