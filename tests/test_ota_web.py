@@ -14,7 +14,7 @@ import time
 
 import pytest
 from harness import ROOT
-from test_ota import FACTORY_VERSION, bad_file, mkbin, variant
+from test_ota import FACTORY_VERSION, bad_file, login, mkbin, variant
 from test_web_ui import browser, expect, strings, tab  # noqa: F401 (fixtures)
 
 L = strings("en")
@@ -213,3 +213,10 @@ def test_language_pack_adds_a_language(start_charger, tab, tmp_path):  # noqa: F
     expect(t.page.locator("html")).to_have_attribute("lang", "pt")
     expect(t.section.get_by_role("button", name=L["btn.continue"])).to_be_visible()  # English
     assert not t.problems, t.problems
+    # ... and the charger's own language setting takes it, also after a restart
+    login(c)
+    r = c.http("PUT", "/api/config", json={"language": "pt"})
+    assert r.status == 200, r
+    c.restart()
+    login(c)
+    assert c.http("GET", "/api/config").body["language"] == "pt"

@@ -98,3 +98,29 @@ def test_secrets_are_never_in_the_public_view():
     pub = s.public()
     true("wifi_password" not in pub)
     eq(pub["wifi_password_set"], True)
+
+
+def test_language_packs_add_their_codes():
+    """Manual §13: a language pack may add a language; the setting then accepts it."""
+    d = "/tmp/evse_settings_lang"
+    for p in (d, d + "/www", d + "/www/lang"):
+        try:
+            os.mkdir(p)
+        except OSError:
+            pass
+    for name in ("pt.json", "nl.json.gz", "index.json", "x.json", "Bad.json", "sv.txt"):
+        with open(d + "/www/lang/" + name, "w") as f:
+            f.write("{}")
+    true("language" in st.validate({"language": "pt"}), "no pack yet: refused")
+    st.add_languages(d + "/nowhere")  # no pack directory: nothing changes
+    st.add_languages(d)
+    st.add_languages(d)  # twice: each code once
+    eq(st.validate({"language": "pt"}), {}, "pt from its pack")
+    eq(st.validate({"language": "nl"}), {}, "nl from its gzipped pack")
+    for bad in ("index", "x", "Bad", "sv", 5, None):
+        true("language" in st.validate({"language": bad}), "refused: %r" % (bad,))
+    eq(st.LANGS.count("pt"), 1)
+    for code in ("pt", "nl"):
+        st.LANGS.remove(code)  # other tests see the shipped set
+    for name in os.listdir(d + "/www/lang"):
+        os.remove(d + "/www/lang/" + name)

@@ -26,6 +26,7 @@ import struct
 import time
 
 import log
+from evse import settings
 from crc import crc32
 
 _log = log.get("ota")
@@ -507,6 +508,7 @@ class Ota:
         except OSError as e:
             raise OtaError(E_WRITE, "install failed: %s" % e)
         _log.info("language pack %s installed: %s", info["version"], names)
+        settings.add_languages(self.data_dir)  # Setting -> Language may now name it
 
     async def _reset_later(self):
         await asyncio.sleep_ms(RESET_DELAY_MS)

@@ -3,12 +3,15 @@
 # One file, EVSE_DATA_DIR/settings.json, written atomically with a .bak (lib/atomicfile).
 # A file that names only some keys is completed with defaults, so an installer can
 # pre-seed a charger; a corrupt file falls back to the .bak or the defaults and is logged.
+import os
+
 import atomicfile
 import log
 
 _log = log.get("settings")
 
-_LANGS = ("it", "en", "de", "es", "fr")
+# The shipped languages; add_languages() adds those of installed language packs.
+LANGS = ["it", "en", "de", "es", "fr"]
 METER_MODELS = ("none", "SDM630", "SDM120", "SDM72", "ABB_B23", "EM340", "DTSU666", "custom")
 
 
@@ -18,6 +21,28 @@ def _choice(*options):
             return "must be one of " + ", ".join(options)
 
     return check
+
+
+def _language(v):
+    if v not in LANGS:
+        return "must be one of " + ", ".join(LANGS)
+
+
+def add_languages(data_dir):
+    """The `language` setting may also name a language a pack installed (docs/ota.md):
+    every <data_dir>/www/lang/<code>.json[.gz] but index.json. Called at boot before the
+    settings are loaded, and after a pack is installed."""
+    try:
+        names = os.listdir(data_dir + "/www/lang")
+    except OSError:
+        return
+    for name in names:
+        if not (name.endswith(".json") or name.endswith(".json.gz")):
+            continue
+        code = name.split(".")[0]
+        if 2 <= len(code) <= 8 and code.isalpha() and code == code.lower():
+            if code != "index" and code not in LANGS:
+                LANGS.append(code)
 
 
 def _int_range(lo, hi):
@@ -99,7 +124,7 @@ SCHEMA = {
     "lb_pool_id": (1, _int_range(1, 255)),
     "phase_set": ("L123", _choice("L1", "L2", "L3", "L123")),
     "power_system": ("TN_TT", _choice("IT", "TN_TT")),
-    "language": ("en", _choice(*_LANGS)),
+    "language": ("en", _language),
     "wifi_ssid": ("", _text(32)),
     "wifi_password": ("", _text(63, 8)),
     "meter_model": ("none", _choice(*METER_MODELS)),
