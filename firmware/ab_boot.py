@@ -26,8 +26,16 @@ RUNNING = FACTORY  # the slot this boot runs, set by select()
 STATE = None  # boot.json as select() left it
 
 
-def default_data_dir():
-    return "./data" if sys.platform == "linux" else "/data"
+def default_data_dir(platform=sys.platform, stat=os.stat):
+    """./data on the unix port; /data on the ESP32, whose filesystem is mounted at the
+    root; /flash/data on the STM32, whose root holds only mount points (/flash, /sd)."""
+    if platform == "linux":
+        return "./data"
+    try:
+        stat("/flash")
+    except OSError:
+        return "/data"
+    return "/flash/data"
 
 
 def slot_dir(data_dir, slot):

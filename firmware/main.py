@@ -84,6 +84,10 @@ def main():
     import log
 
     env = _env()
+    if "EVSE_DATA_DIR" not in env:  # the one default, the one A/B selection used too
+        import ab_boot
+
+        env["EVSE_DATA_DIR"] = ab_boot.default_data_dir()
     if env.get("EVSE_LOG_LEVEL") == "debug":
         log.set_level(log.DEBUG)
     hw = board.make(env)

@@ -197,3 +197,19 @@ def test_kept_download_outlives_a_restart_only_while_whole():
     true(_exists(o.kept), "kept while OCPP is on")
     ota.Ota(_App(d, ocpp_url=""), ab=ab_boot)
     true(not _exists(o.kept) and not _exists(o.kept_meta), "dropped when OCPP is off")
+
+
+def test_default_data_dir_per_port():
+    """The STM32's root holds only mount points: its data dir is under /flash."""
+
+    def stat_flash(p):
+        if p != "/flash":
+            raise OSError(2)
+        return (0x4000,)
+
+    def stat_none(p):
+        raise OSError(2)
+
+    eq(ab_boot.default_data_dir("linux", stat_flash), "./data")
+    eq(ab_boot.default_data_dir("pyboard", stat_flash), "/flash/data")
+    eq(ab_boot.default_data_dir("esp32", stat_none), "/data")
