@@ -14,6 +14,7 @@ from evse.history import History
 from evse.hmi import Hmi
 from evse.metering import Metering
 from evse.protection import Protection
+from evse import settings
 from evse.settings import Settings
 from evse.supervisor import Supervisor
 
@@ -31,6 +32,7 @@ class App:
         self.hw = hw
         self.data_dir = hw.data_dir
         self.started_ms = time.ticks_ms()
+        settings.add_languages(self.data_dir)  # before the stored `language` is checked
         self.settings = Settings(self.data_dir + "/settings.json")
         self.settings.load()
         self.history = History(self.data_dir, hw.rtc.now)
