@@ -3,17 +3,19 @@ processes on one simulated CAN bus (UDP broadcast on a port of their own), the p
 limit being `max_house_current_a` (no meter). Throughout every scenario a watcher takes
 each charger's snapshot in turn and checks that the offers (`offered_a`) never add up
 to more than the limit. Cars arrive and leave, one stops drawing, the limit steps, the
-master is killed and restarted, an address clash."""
+master is killed and restarted, an address clash, a node cut off from the bus."""
 import socket
 import time
 
 from harness import free_port, wait_until
-from pool import CYCLE_S, MASTER_LOST_TEXT, MASTER_TIMEOUT_S, Watch
+from pool import CYCLE_S, MASTER_LOST_TEXT, MASTER_TIMEOUT_S, NODE_TIMEOUT_S, Watch
 from pool import bal as _bal
 from pool import offers as _off
 from pool import plug as _plug
 
 LIMIT_A = 40
+FALLBACK_HOLD_S = 60.0  # balance.FALLBACK_HOLD_MS: fallback share this long, then a pause
+GONE_HOLD_S = 65.0  # balance.GONE_HOLD_MS: a silent node's share kept, then it is forgotten
 
 
 def _pool(start_charger, n, extra=None):
@@ -105,3 +107,56 @@ def test_eight_nodes(start_charger):
     dt = time.monotonic() - t0
     print(f"8-node test {dt:.1f} s, worst sum {w.worst}")
     assert dt < 60
+
+
+def test_node_cut_off_from_the_bus(start_charger):
+    """Members and quorum (docs/load-balancing.md): node 3 of a pool without a meter loses
+    the bus while it charges (the simulator's `can` op cuts its cable). Alone it is 1 of 3
+    members: no takeover, its fallback share with `CAN MST LOST`, then a pause; nodes 1
+    and 2 (2 of 3) go on and free its share only after it has paused. Throughout, the
+    three offers never add up to more than the pool limit. The cable back, it rejoins."""
+    t0 = time.monotonic()
+    bus, cs = _pool(start_charger, 3)
+    w = Watch(cs, LIMIT_A)
+    took_over = []
+    cut_off = []
+
+    def never_master(ss):
+        if cut_off and _bal(ss[2], "is_master"):
+            took_over.append(ss[2]["balance"])
+
+    w.hooks.append(never_master)
+    for c in cs:
+        _plug(c)
+    w.wait(lambda ss: all((o or 0) >= 6 for o in _off(ss))
+           and all(_bal(s, "members") == [1, 2, 3] for s in ss), 30, "three charge")
+    reply = cs[2].sim("can", up=False)
+    assert reply["can"]["up"] is False
+    cut = time.monotonic()
+    cut_off.append(cut)
+    w.wait(lambda ss: _bal(ss[2], "fault") == "master_lost" and ss[2]["display"] == MASTER_LOST_TEXT
+           and _bal(ss[2], "quorum") is False and (_off(ss)[2] or 0) <= 6,
+           MASTER_TIMEOUT_S + 3, "cut node: fallback share and the warning")
+    assert cs[2].snapshot()["errors"] == [], "a warning, not a fault"
+    w.wait(lambda ss: _bal(ss[0], "nodes") == [2] and _bal(ss[0], "quorum")
+           and (_off(ss)[0] or 0) > 13, NODE_TIMEOUT_S + 8, "nodes 1 and 2 go on")
+    w.wait(lambda ss: _off(ss)[2] == 0, MASTER_TIMEOUT_S + FALLBACK_HOLD_S + 5, "cut node pauses")
+    paused = time.monotonic() - cut
+    assert paused >= FALLBACK_HOLD_S, paused
+    snap = w.snaps[2]
+    assert _bal(snap, "fallback") and _bal(snap, "fault") == "master_lost", snap["balance"]
+    assert _bal(snap, "members") == [1, 2, 3], "without quorum it forgets nothing"
+    left = NODE_TIMEOUT_S + GONE_HOLD_S + 5 - (time.monotonic() - cut)
+    w.wait(lambda ss: _bal(ss[0], "members") == [1, 2] and _off(ss)[:2] == [20, 20], left,
+           "its share freed, forgotten")
+    freed = time.monotonic() - cut
+    assert freed > paused, (freed, paused)
+    cs[2].sim("can", up=True)  # still never master while it rejoins
+    w.wait(lambda ss: all(_bal(s, "members") == [1, 2, 3] for s in ss)
+           and not _bal(ss[2], "fallback") and (_off(ss)[2] or 0) >= 6, 20, "rejoined")
+    assert cs[2].snapshot()["display"] != MASTER_LOST_TEXT
+    assert not took_over, took_over[:1]
+    w.check()
+    dt = time.monotonic() - t0
+    print(f"cut-off test {dt:.1f} s: paused after {paused:.1f} s, freed after {freed:.1f} s, "
+          f"worst sum {w.worst}")

@@ -5,6 +5,9 @@
 # Frames go out from a second socket bound to a port of our own, so the copy of our own
 # broadcast that comes back is recognised by its source port and dropped (a CAN
 # controller does not receive what it transmits).
+#
+# `up` False is a cut CAN cable (the simulator socket's `can` op): nothing is received
+# (datagrams are read and thrown away) and a send fails as an unacknowledged frame does.
 import os
 import socket
 import struct
@@ -16,6 +19,7 @@ _MAX_ID = const(0x7FF)  # 11-bit identifiers (docs/hal.md)
 _MAX_DRAIN = const(32)  # datagrams looked at per recv(): bounded work per call
 _SO_REUSEPORT = const(15)  # Linux value; the unix port's socket module lacks the name
 _EAGAIN = const(11)
+_ETIMEDOUT = const(110)
 _TX_PORT_FIRST = const(40000)
 _TX_PORT_SPAN = const(20000)
 
@@ -46,6 +50,8 @@ class SimCan:
         self.sent = 0
         self.received = 0
         self.dropped = 0  # malformed datagrams
+        self.up = True  # False: cut off from the bus
+        self.lost = 0  # frames sent or arriving while cut off
 
     def _open_tx(self):
         # The unix port has no getsockname(): pick our source port ourselves.
@@ -68,6 +74,9 @@ class SimCan:
         n = len(data)
         if n > 8:
             raise ValueError("CAN data is at most 8 bytes")
+        if not self.up:
+            self.lost += 1
+            raise OSError(_ETIMEDOUT)  # nobody acknowledges the frame
         f = self._frame
         struct.pack_into("<IB", f, 0, can_id, n)
         for i in range(8):
@@ -86,6 +95,9 @@ class SimCan:
                 raise
             if _port_of(src) == self.tx_port:
                 continue  # our own broadcast
+            if not self.up:
+                self.lost += 1
+                continue  # the cable is cut: never reaches the controller
             if len(dgram) != _FRAME_LEN:
                 self.dropped += 1
                 continue

@@ -37,6 +37,16 @@ def _not_json(v, depth):
     return "%s value %r" % (t.__name__, v)
 
 
+def _up(name, v):
+    if type(v) is not bool:
+        raise RequestError("%s must be true or false" % name)
+    return v
+
+
+# The `can` op (docs/simulator.md) is checked like the others by sim_requests.parse().
+sim_requests.OPS["can"] = {"up": (_up, False)}
+
+
 def error_reply(message, t_us):
     return {"ok": False, "error": message, "t_us": t_us}
 
@@ -242,6 +252,13 @@ class Controller:
             p.ap_clients = req["ap_clients"]
         nets = [{"ssid": s, "rssi": r, "auth": a} for s, r, a in p.wifi_networks]
         return {"wifi": {"networks": nets, "up": p.wifi_up, "ap_clients": p.ap_clients}, "wlan": hw.wlan.view()}
+
+    def _op_can(self, req, t_us):
+        can = self._hw.can
+        if "up" in req:
+            can.up = req["up"]
+        return {"can": {"up": can.up, "sent": can.sent, "received": can.received,
+                        "lost": can.lost}}
 
     def _op_events(self, req, t_us):
         ring = self._hw.events

@@ -61,6 +61,7 @@ class App:
             hw.can,
             metering=self.metering,
             power=self.power,
+            data_dir=self.data_dir,
         )
         self.hmi = Hmi(hw, self.charger, self.metering, self.toggle_wifi_mode)
         self.hmi.notices.append(self.balance.notice)

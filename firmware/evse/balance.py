@@ -1,13 +1,15 @@
 # Load balancing between chargers over CAN (manual §8, §8.1.2 point 12).
 #
 # Every charger with `lb_enabled` announces itself on the bus; the master (the charger
-# wired to the meter, else the lowest `can_addr`) shares the pool limit among them and
-# broadcasts each node's allocation, which feeds `charger.set_external_limit("balance")`.
-# Protocol, allocation rules, timeouts and fallbacks: docs/load-balancing.md.
+# wired to the meter, else the lowest live `can_addr` of a quorum of the pool's members)
+# shares the pool limit among them and broadcasts each node's allocation, which feeds
+# `charger.set_external_limit("balance")`. Protocol, allocation rules, members and
+# quorum, timeouts and fallbacks: docs/load-balancing.md.
 import time
 from micropython import const
 
 from evse import faults
+import atomicfile
 import log
 
 _log = log.get("balance")
@@ -36,6 +38,13 @@ FALLBACK_A = 6.0  # the safe share while the master is silent (at most the last 
 FALLBACK_HOLD_MS = const(60000)  # ... for this long; then the node pauses
 MASTER_LOST_TEXT = "CAN MST LOST"  # shown in the display rotation during the fallback
 GONE_HOLD_MS = const(65000)  # the master keeps a silent node's fallback share this long
+# A dropped node surely runs on its fallback share this long after it was dropped: its
+# last report may be STATUS_MS old, its master may have sent it one more allocation
+# (CYCLE_MS) before noticing, and it notices MASTER_TIMEOUT_MS after that. Until then its
+# whole last share stays reserved, and a share of unknown size (a node we did not
+# allocate) holds back every raise.
+FREE_MS = const(4500)  # MASTER_TIMEOUT_MS + CYCLE_MS + STATUS_MS
+MEMBERS_FILE = "balance.json"  # in the data dir: the pool's members, survives restarts
 UNUSED_A = 2.0  # draw this far below the offer ...
 UNUSED_CYCLES = const(3)  # ... for this many cycles: the rest goes to the others
 ASK_AGAIN_A = 0.5  # draw within this of the capped allocation: the car asks again
@@ -243,8 +252,9 @@ class Planner:
         self.cap[a] = cap
         return cap
 
-    def plan(self, now, limit_a, nodes):
-        """nodes: Node list (the master included). Returns {addr: amps to send}."""
+    def plan(self, now, limit_a, nodes, raises=True):
+        """nodes: Node list (the master included). Returns {addr: amps to send}.
+        raises False: cuts only (what silent nodes hold is not known yet)."""
         for a in list(self.sent):
             if not any(n.addr == a for n in nodes):
                 self.forget(a)
@@ -289,17 +299,20 @@ class Planner:
             target.setdefault(n.addr, 0.0)
         self.target = target
         # Cuts apply at once; raises only within what is free while every node may still
-        # offer max(what it was sent, what it reports).
+        # offer max(what it was sent, what it reports). A cut sent now is not yet
+        # applied (and a report may be stale or lost): until a later cycle the node may
+        # still offer what it was sent before.
         sent = self.sent
-        byaddr = {}
+        held = {}
         for n in nodes:
-            byaddr[n.addr] = n
-            if target[n.addr] <= sent[n.addr]:
-                sent[n.addr] = target[n.addr]
+            a = n.addr
+            held[a] = max(sent[a], n.offered_a)
+            if target[a] <= sent[a]:
+                sent[a] = target[a]
         for n in nodes:
             a = n.addr
             t = target[a]
-            if t <= sent[a]:
+            if t <= sent[a] or not raises:
                 continue
             room = t - sent[a]
             for p in range(3):
@@ -308,7 +321,7 @@ class Planner:
                 busy = 0.0
                 for m in nodes:
                     if m.addr != a and m.mask & (1 << p):
-                        busy += max(sent[m.addr], m.offered_a)
+                        busy += max(sent[m.addr], held[m.addr])
                 room = min(room, limit_a[p] - busy - max(sent[a], n.offered_a))
             if room <= 0:
                 continue
@@ -321,8 +334,9 @@ class Planner:
 # ---- the node ---------------------------------------------------------------------------------
 class Balancer:
     def __init__(self, charger, settings, protection, can, metering=None, power=None,
-                 clock=None, rotate_ms=ROTATE_MS, epoch=None):
-        """can: the board's `hw.can` (send/recv, never blocking), None when not wired."""
+                 clock=None, rotate_ms=ROTATE_MS, epoch=None, data_dir=None):
+        """can: the board's `hw.can` (send/recv, never blocking), None when not wired.
+        data_dir: where the members file is kept (None: members in memory only)."""
         self.ch = charger
         self.settings = settings
         self.prot = protection
@@ -343,7 +357,13 @@ class Balancer:
         self.addr = 0
         self.pool = POOL_ID
         self.nodes = {}  # addr -> Node (others)
-        self._gone = {}  # addr -> (since_ms, amps, mask): fallback shares of silent nodes
+        self._gone = {}  # addr -> (since_ms, amps, mask): last shares of silent nodes
+        self._peak = {}  # addr -> the most it may hold of what it was sent since last heard
+        self._path = None if data_dir is None else data_dir + "/" + MEMBERS_FILE
+        self.members = {}  # addr -> last heard (ms): the pool's known members, us included
+        self._saved = None  # what the members file holds (None: unknown)
+        self._dirty = False  # members or meter master changed since the last write
+        self.quorum = False
         self.me = Node(0)
         self.master = None  # address of the master we follow (ours when we are it)
         self.meter_addr = None  # a meter node was seen: nobody else may take over
@@ -379,11 +399,19 @@ class Balancer:
         if not on:
             return
         addr = s["can_addr"]
-        if addr != self.addr:
+        pool = s.get("lb_pool_id") or POOL_ID
+        if addr != self.addr or pool != self.pool:
+            if self.addr == 0:  # just switched on: the members of the last run
+                self._load(addr, pool, now)
+            else:
+                _log.warning("CAN address or pool id changed: the pool starts anew")
+                if pool != self.pool:
+                    self.nodes = {}  # another pool's nodes
+                self._reset(addr, now)
             self.addr = addr
+            self.pool = pool
             self.me = Node(addr)
             self.nodes.pop(addr, None)
-        self.pool = s.get("lb_pool_id") or POOL_ID
         for _ in range(_MAX_RX):
             f = self.can.recv()
             if f is None:
@@ -392,13 +420,19 @@ class Balancer:
         for a in list(self.nodes):
             n = self.nodes[a]
             if time.ticks_diff(now, n.seen_ms) > NODE_TIMEOUT_MS:
-                _log.warning("node %d silent: its share is freed", a)
+                _log.warning("node %d silent: dropped from the plan", a)
                 del self.nodes[a]
-                # It may only be cut off from us and run on its fallback share: keep
-                # that much reserved until its fallback has ended.
-                keep = min(self.planner.sent.get(a, n.offered_a), FALLBACK_A)
-                if keep > 0:
-                    self._gone[a] = (now, keep, n.mask)
+                # It may only be cut off from us: it keeps what it holds until it notices
+                # (FREE_MS), then runs on its fallback share until its fallback has ended.
+                # What it holds: at most what it reported or we sent it since. A node we
+                # did not allocate may have had more since its last report (the old
+                # master raises itself and its followers until it notices a cut): at
+                # least the fallback share, and no raises until FREE_MS (_unsettled).
+                keep = max(self._peak.pop(a, 0.0), n.offered_a)
+                known = self.master == self.addr and a in self.planner.sent
+                if not known:
+                    keep = max(keep, FALLBACK_A)
+                self._gone[a] = (now, keep, n.mask, known)
         for a in list(self._gone):
             if a in self.nodes or time.ticks_diff(now, self._gone[a][0]) > GONE_HOLD_MS:
                 del self._gone[a]
@@ -410,7 +444,10 @@ class Balancer:
         if self._status_ms is None or time.ticks_diff(now, self._status_ms) >= STATUS_MS:
             self._status_ms = now
             self._send_status()
+        self.quorum = self._has_quorum()
         self._elect(now)
+        self._forget(now)
+        self._persist()
         if self.master == addr:
             if (time.ticks_diff(now, self._master_since) >= DISCOVER_MS
                     and (self._cycle_ms is None
@@ -427,9 +464,18 @@ class Balancer:
         self._apply(now)
 
     def _switch(self, on, now):
+        if not on and self.addr:
+            # Switched off while running: the pool is formed anew when switched on
+            # (how an installer removes a charger for good, docs/load-balancing.md).
+            self._reset(self.addr, now)
+            self._persist()
         self.enabled = on
+        self.addr = 0  # tick() takes the address and loads the members
         self.nodes = {}
         self._gone = {}
+        self._peak = {}
+        self.members = {}
+        self.quorum = False
         self.meter_addr = None
         self.master = None
         self.alloc_a = None
@@ -520,8 +566,15 @@ class Balancer:
             n.last = (f[2], f[3])
             n.seen_ms = now
             (n.state, n.mask, n.meter, n.min_a, n.max_a, n.draw_a, n.offered_a) = f[4:]
-            if n.meter:
-                self.meter_addr = addr if self.meter_addr is None else min(self.meter_addr, addr)
+            if addr not in self.members:
+                _log.info("node %d is a member of the pool", addr)
+                self._dirty = True
+            self.members[addr] = now
+            # What it may hold from now on: what stands for it, or what is sent next.
+            self._peak[addr] = self.planner.sent.get(addr, 0.0) if self.master == self.addr else 0.0
+            if n.meter and (self.meter_addr is None or addr < self.meter_addr):
+                self.meter_addr = addr
+                self._dirty = True
             return
         # An allocation: only ours, only from the master we follow.
         if f[1] != self.addr or f[4] != self.master or self.master == self.addr:
@@ -548,10 +601,96 @@ class Balancer:
             _log.error("another node uses CAN address %d -> ERR CAN ADDR", self.addr)
             self.ch.trip(faults.CAN)
 
+    # ---- members and quorum ----------------------------------------------------------------
+    def _load(self, addr, pool, now):
+        """The members and meter master of the last run, from the members file; a missing,
+        corrupt or foreign file (another address or pool id) gives an empty pool."""
+        members, meter = (), None
+        got = None
+        if self._path is not None:
+            try:
+                got = _parse(atomicfile.load_json(self._path, dict,
+                                                  lambda m: _log.warning("%s", m)), addr, pool)
+            except Exception as e:  # a broken flash must not stop the charger
+                _log.warning("members file unreadable: %r", e)
+            if got is None:
+                _log.info("no members file for address %d pool %d: a new pool", addr, pool)
+        self._saved = None
+        if got is not None:
+            members, meter = got
+            self._saved = (addr, pool, sorted(members), meter)
+        self.members = {}
+        for a in members:
+            self.members[a] = now  # silent since boot: forgotten GONE_HOLD_MS from now
+        self.members[addr] = now
+        self.meter_addr = meter
+        self._dirty = True  # written only if it differs from the file
+
+    def _reset(self, addr, now):
+        """The pool starts anew: we are its only known member (settings changed)."""
+        self.members = {addr: now}
+        self.meter_addr = None
+        self._dirty = True
+
+    def _has_quorum(self):
+        """More than half of the members live (heard, us included), or exactly half with
+        the lowest member among them."""
+        members = self.members
+        n = len(members) + (0 if self.addr in members else 1)
+        low = self.addr
+        for a in members:
+            if a < low:
+                low = a
+        live = 1
+        for a in self.nodes:  # heard nodes are members; be exact should one not be yet
+            live += 1
+            if a not in members:
+                n += 1
+            if a < low:
+                low = a
+        if 2 * live > n:
+            return True
+        return 2 * live == n and (low == self.addr or low in self.nodes)
+
+    def _forget(self, now):
+        """A node holding quorum (a master with quorum, or a follower of a live master)
+        forgets a member silent for GONE_HOLD_MS; a node without quorum forgets nothing."""
+        if self.master == self.addr:
+            if not self.quorum:
+                return
+        elif self.alloc_a is None or self.fallback:
+            return
+        for a in list(self.members):
+            if a == self.addr or a in self.nodes:
+                continue
+            if time.ticks_diff(now, self.members[a]) > GONE_HOLD_MS:
+                del self.members[a]
+                self._dirty = True
+                _log.warning("node %d silent for %d ms: no longer a member", a, GONE_HOLD_MS)
+
+    def _persist(self):
+        """Writes the members file when what it should hold has changed."""
+        if not self._dirty:
+            return
+        self._dirty = False
+        if self._path is None:
+            return
+        want = (self.addr, self.pool, sorted(self.members), self.meter_addr)
+        if want == self._saved:
+            return
+        self._saved = want
+        try:
+            atomicfile.save_json(self._path, {"addr": want[0], "pool": want[1],
+                                              "members": want[2], "meter": want[3]})
+        except OSError as e:
+            _log.error("members file not written: %r", e)
+
     # ---- roles ---------------------------------------------------------------------------------
     def _elect(self, now):
         me = self.me
         if me.meter:
+            # Its limit is the meter's headroom, which counts every charger it does not
+            # hear as house load: it allocates without quorum.
             best = self.addr
             if self.meter_addr is not None and self.meter_addr in self.nodes:
                 best = min(best, self.meter_addr)
@@ -561,8 +700,16 @@ class Balancer:
             best = self.addr
             for a in self.nodes:
                 best = min(best, a)
+            if best == self.addr and not self.quorum:
+                # No takeover without quorum: keep waiting for the master we had.
+                best = None if self.master == self.addr else self.master
         if best != self.master:
-            _log.info("master: %s -> %d", self.master, best)
+            _log.info("master: %s -> %s", self.master, best)
+            if self.master == self.addr and not self.quorum and not self.fallback:
+                # A master that stops allocating keeps at most the fallback share.
+                self.fallback = True
+                _log.error("master without quorum (%d of %d members heard): fallback share",
+                           1 + len(self.nodes), len(self.members))
             self.master = best
             self._master_since = now
             self._master_last = None
@@ -570,6 +717,25 @@ class Balancer:
                 self.planner = Planner(self.planner.rotate_ms)
             elif self.alloc_ms is None:
                 self.alloc_ms = now  # the timeout counts from when we first follow it
+        elif best is None and self.alloc_ms is None:
+            self.alloc_ms = now  # nobody to follow: the master-lost timeout runs
+
+    def _unsettled(self, now):
+        """True while a silent node may hold a share of unknown size: one we did not
+        allocate (the old master's follower, the old master itself) dropped less than
+        FREE_MS ago, or a member not heard since we became master (after a restart we
+        do not know what we sent it). Until it surely runs on its fallback share the
+        master only cuts. A meter master's meter sees what they draw."""
+        if self.me.meter:
+            return False
+        for since, _amps, _mask, known in self._gone.values():
+            if not known and time.ticks_diff(now, since) <= FREE_MS:
+                return True
+        if time.ticks_diff(now, self._master_since) <= FREE_MS:
+            for a in self.members:
+                if a != self.addr and a not in self.nodes and a not in self._gone:
+                    return True
+        return False
 
     def _pool_limit(self):
         s = self.settings
@@ -599,19 +765,29 @@ class Balancer:
         self._pool_ok = out
         return list(out)
 
-    def _limit(self):
+    def _limit(self, now):
+        """The pool limit less what silent nodes may still offer: a dropped node its last
+        share, then its fallback share (`_gone`); a member not heard since we started
+        (it may run on its fallback share in another part of a cut bus) the fallback
+        share on every phase, until it is forgotten."""
         out = self._pool_limit()
-        for _since, amps, mask in self._gone.values():
+        for since, amps, mask, _known in self._gone.values():
+            if time.ticks_diff(now, since) > FREE_MS:
+                amps = min(amps, FALLBACK_A)
             for p in range(3):
                 if mask & (1 << p):
                     out[p] = max(0.0, out[p] - amps)
+        for a in self.members:
+            if a != self.addr and a not in self.nodes and a not in self._gone:
+                for p in range(3):
+                    out[p] = max(0.0, out[p] - FALLBACK_A)
         return out
 
     def _allocate(self, now):
-        limit = self._limit()
+        limit = self._limit(now)
         self.pool_limit_a = min(limit)
         nodes = [self.me] + list(self.nodes.values())
-        sent = self.planner.plan(now, limit, nodes)
+        sent = self.planner.plan(now, limit, nodes, not self._unsettled(now))
         self._aseq = (self._aseq + 1) & 0xFF
         n = len(nodes)
         for node in nodes:
@@ -621,6 +797,8 @@ class Balancer:
             encode_alloc(self._buf, self.pool, self._aseq, self.epoch, self.addr, sent[a],
                          a in self.planner.waiting, n, self.pool_limit_a)
             self._send(ID_ALLOC + a)
+            if sent[a] > self._peak.get(a, 0.0):
+                self._peak[a] = sent[a]
         self.alloc_a = sent[self.addr]
         self.alloc_ms = now
         self.waiting = self.addr in self.planner.waiting
@@ -667,5 +845,26 @@ class Balancer:
             "fault": fault,
             "pool_limit_a": self.pool_limit_a,
             "nodes": sorted(self.nodes),
+            "members": sorted(self.members),
+            "quorum": self.quorum,
             "dropped": self.dropped,
         }
+
+
+def _parse(d, addr, pool):
+    """(members, meter address or None) of a members file's object, or None when it is
+    malformed or belongs to another address or pool id."""
+    if type(d) is not dict or d.get("addr") != addr or d.get("pool") != pool:
+        return None
+    if type(d.get("addr")) is not int or type(d.get("pool")) is not int:
+        return None
+    members = d.get("members")
+    if type(members) is not list or len(members) > MAX_NODES:
+        return None
+    for a in members:
+        if type(a) is not int or not 1 <= a <= MAX_NODES:
+            return None
+    meter = d.get("meter")
+    if meter is not None and (type(meter) is not int or not 1 <= meter <= MAX_NODES):
+        return None
+    return members, meter
