@@ -854,20 +854,29 @@ def test_disabled_does_nothing():
     eq(b.view(), None, "no view")
 
 
+class _Power:
+    """What the balancer reads of power management: a valid reading at 0 ms."""
+
+    def __init__(self, headroom_a):
+        self.headroom_a = headroom_a
+        self.ok = True
+        self.lost = False
+        self.last_ok_ms = 0
+
+
+def _meter_master(headroom_a):
+    pw = _Power(headroom_a)
+    b = lb.Balancer(FakeCharger(), _settings(1, meter_model="SDM630"), Prot(), Bus().port(),
+                    clock=lambda: 0, power=pw, epoch=1)
+    b.tick(0)
+    return pw, b
+
+
 def test_pool_limit_from_meter_headroom():
     """With a meter: headroom plus the others' draw, never more than each offers; blind
     for less than the meter timeout -> the last limit; lost or never read -> 0."""
 
-    class Power:
-        headroom_a = [20.0, 10.0, 20.0]
-        ok = True
-        lost = False
-        last_ok_ms = 0
-
-    pw = Power()
-    b = lb.Balancer(FakeCharger(), _settings(1, meter_model="SDM630"), Prot(), Bus().port(),
-                    clock=lambda: 0, power=pw, epoch=1)
-    b.tick(0)
+    pw, b = _meter_master([20.0, 10.0, 20.0])
     n = b.nodes[2] = lb.Node(2)
     n.draw_a, n.offered_a = 8.0, 10.0
     eq(b._pool_limit(), [28.0, 18.0, 28.0], "headroom + draw")
@@ -887,17 +896,7 @@ def test_pool_limit_counts_no_draw_the_meter_has_not_seen():
     the master gives back only the least draw reported since the reading before, so the
     pool limit never counts the same amps twice (docs/load-balancing.md, meter master)."""
 
-    class Power:
-        headroom_a = [20.0, 20.0, 20.0]
-        ok = True
-        lost = False
-        last_ok_ms = 0
-
-    pw = Power()
-    port = Bus().port()
-    b = lb.Balancer(FakeCharger(), _settings(1, meter_model="SDM630"), Prot(), port,
-                    clock=lambda: 0, power=pw, epoch=1)
-    b.tick(0)
+    pw, b = _meter_master([20.0, 20.0, 20.0])
     n = b.nodes[2] = lb.Node(2)
     n.heard(6.0)
     n.draw_a, n.offered_a = 6.0, 16.0
