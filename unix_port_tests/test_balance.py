@@ -891,29 +891,6 @@ def test_pool_limit_from_meter_headroom():
     eq(b._pool_limit(), [0.0, 0.0, 0.0], "never read: nobody charges")
 
 
-def test_pool_limit_counts_no_draw_the_meter_has_not_seen():
-    """A draw that rose after the meter's last reading is not in its house current yet:
-    the master gives back only the least draw reported since the reading before, so the
-    pool limit never counts the same amps twice (docs/load-balancing.md, meter master)."""
-
-    pw, b = _meter_master([20.0, 20.0, 20.0])
-    n = b.nodes[2] = lb.Node(2)
-    n.heard(6.0)
-    n.draw_a, n.offered_a = 6.0, 16.0
-    eq(b._pool_limit(), [26.0, 26.0, 26.0], "reading at 0: the meter saw 6 A")
-    n.draw_a = 16.0  # the car ramps up after the reading ...
-    n.heard(16.0)
-    eq(b._pool_limit(), [26.0, 26.0, 26.0], "... not counted until the meter sees it")
-    pw.last_ok_ms = 1000  # the next reading may still be from before the ramp
-    eq(b._pool_limit(), [26.0, 26.0, 26.0], "the window of that reading had 6 A")
-    pw.last_ok_ms = 2000
-    pw.headroom_a = [10.0, 10.0, 10.0]  # now it sees 16 A
-    eq(b._pool_limit(), [26.0, 26.0, 26.0], "16 A seen: given back")
-    n.draw_a = 4.0  # the car draws less: the meter still sees more, count the less
-    n.heard(4.0)
-    eq(b._pool_limit(), [14.0, 14.0, 14.0], "at most the draw now")
-
-
 class _Out:
     def __init__(self):
         self.v = None

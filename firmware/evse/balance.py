@@ -206,28 +206,12 @@ class Node:
         self.offered_a = 0.0
         self.seen_ms = 0
         self.last = None  # (epoch, seq) of the last status accepted
-        self.low_a = None  # least draw reported since the last new meter reading
-        self.metered_a = None  # least draw reported over the window of that reading
-
-    def heard(self, draw_a):
-        if self.low_a is None or draw_a < self.low_a:
-            self.low_a = draw_a
-
-    def new_reading(self):
-        """A new meter reading: it saw this node's draw at some instant since the one
-        before, so at least the least draw reported in between."""
-        self.metered_a = self.draw_a if self.low_a is None else min(self.low_a, self.draw_a)
-        self.low_a = self.draw_a
 
     def counted_a(self):
         """What the master may give back of this node's current at the meter: its draw,
         never more than it offers now (after a cut the meter may still see the old
-        current while the node already reports its new offer), nor more than the meter
-        may have seen (a draw that rose after the reading is not in it yet)."""
-        c = min(self.draw_a, self.offered_a)
-        if self.metered_a is not None and self.metered_a < c:
-            c = self.metered_a
-        return c
+        current while the node already reports its new offer)."""
+        return min(self.draw_a, self.offered_a)
 
     def as_dict(self):
         return {"addr": self.addr, "state": self.state, "mask": self.mask,
@@ -380,7 +364,6 @@ class Balancer:
         self._saved = None  # what the members file holds (None: unknown)
         self._dirty = False  # members or meter master changed since the last write
         self.quorum = False
-        self._reading_ms = None  # the meter reading the others' draws were windowed at
         self.me = Node(0)
         self.master = None  # address of the master we follow (ours when we are it)
         self.meter_addr = None  # a meter node was seen: nobody else may take over
@@ -583,7 +566,6 @@ class Balancer:
             n.last = (f[2], f[3])
             n.seen_ms = now
             (n.state, n.mask, n.meter, n.min_a, n.max_a, n.draw_a, n.offered_a) = f[4:]
-            n.heard(n.draw_a)
             if addr not in self.members:
                 _log.info("node %d is a member of the pool", addr)
                 self._dirty = True
@@ -767,10 +749,6 @@ class Balancer:
             # Blind for less than the meter's timeout: the last limit stays (the others'
             # draws have moved since that reading; its headroom has not).
             return list(self._pool_ok)
-        if pw.last_ok_ms != self._reading_ms:
-            self._reading_ms = pw.last_ok_ms
-            for n in self.nodes.values():
-                n.new_reading()
         h = pw.headroom_a
         known = [x for x in h if x is not None]
         if not known:
