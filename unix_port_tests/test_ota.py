@@ -213,3 +213,32 @@ def test_default_data_dir_per_port():
     eq(ab_boot.default_data_dir("linux", stat_flash), "./data")
     eq(ab_boot.default_data_dir("pyboard", stat_flash), "/flash/data")
     eq(ab_boot.default_data_dir("esp32", stat_none), "/data")
+
+
+def test_buffer_shrinks_when_the_heap_has_no_chunk_sized_block():
+    # A heap fragmented after weeks of running may have 30 KB free and no 4 KB block:
+    # the upgrade then streams through a smaller buffer instead of failing (docs/ota.md).
+    real = bytearray
+
+    def fragmented(n=0):
+        if type(n) is int and n > 1024:
+            raise MemoryError("no block of %d bytes" % n)
+        return real(n)
+
+    def full(n=0):
+        raise MemoryError("heap full")
+
+    d = _tmpdir()
+    url = "http://127.0.0.1:8000/EVPLUS.bin"
+    payload = _archive([("evse/app.mpy", b"abc" * 3000), ("evse/version.mpy", b"v")])
+    data = _header(length=len(payload)) + payload
+    ota.bytearray = fragmented
+    try:
+        eq(len(ota._buffer()), 1024)
+        o = ota.Ota(_App(d), ab=ab_boot)
+        _kept_file(o, url, data)
+        eq(_resume(o, url)["version"], "1.2.3")  # read back and checked 1 KB at a time
+        ota.bytearray = full
+        raises(MemoryError, ota._buffer)
+    finally:
+        ota.bytearray = real

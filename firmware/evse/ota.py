@@ -38,6 +38,7 @@ KIND_FIRMWARE = 1
 KIND_LANGUAGE = 2
 MODEL = "EVPLUS"
 CHUNK = 4096
+_MIN_CHUNK = 256  # the least _buffer() falls back to
 STALL_MS = 15000  # E03: no data for this long
 MAX_FILE = 4 << 20  # the largest .bin taken (web upload: api._UPGRADE_MAX)
 HEALTH_MS = 10000  # a new version must stay healthy this long on its first boot...
@@ -63,6 +64,20 @@ class OtaError(ValueError):  # a ValueError: an installer's caller says it faile
 class Truncated(OtaError):
     """The file ends before its header says: a broken transfer, worth another try."""
 
+
+
+def _buffer():
+    """A CHUNK bytearray, or a smaller one when the heap has no CHUNK-sized free block
+    left (fragmented after weeks of running): an upgrade is slower then, never refused
+    for want of one contiguous block. Every loop here reads len(buf)."""
+    n = CHUNK
+    while True:
+        try:
+            return bytearray(n)
+        except MemoryError:
+            if n <= _MIN_CHUNK:
+                raise
+            n //= 2
 
 def _text(b):
     return bytes(b).split(b"\0", 1)[0].decode()
@@ -375,7 +390,7 @@ class Ota:
             req.body_timeout_ms = STALL_MS
         try:
             sink = Sink(self.staging, req.content_length, MODEL, self.board, md5)
-            buf = bytearray(CHUNK)
+            buf = _buffer()
             mv = memoryview(buf)
             while True:
                 try:
@@ -424,7 +439,7 @@ class Ota:
         """Installs the verified file src (the staging file by default); E01/E04 as
         OtaError."""
         src = src or self.staging
-        buf = bytearray(CHUNK)
+        buf = _buffer()
         if info["kind"] == "language":
             await self._install_language(info, buf, src)
             return
@@ -634,7 +649,7 @@ class Ota:
             md5 = hashlib.md5()
             hdr = bytearray(HDR_LEN)
             got = 0
-            buf = bytearray(CHUNK)
+            buf = _buffer()
             mv = memoryview(buf)
             with open(self.kept, "rb") as f:
                 while True:
@@ -714,7 +729,7 @@ class Ota:
             sink = Sink(self.staging, None, MODEL, self.board, defer=True)
             self.progress[0] = 0
             self.progress[1] = length or 0
-            buf = bytearray(CHUNK)
+            buf = _buffer()
             mv = memoryview(buf)
             while True:
                 n = await asyncio.wait_for_ms(r.readinto(mv), STALL_MS)
