@@ -37,3 +37,13 @@ def assert_no_alloc(fn, arg=None):
             fn(arg)
     finally:
         micropython.heap_unlock()
+
+
+def tmpdir(tag):
+    """A new empty directory under $TMPDIR (or /tmp) for one test's files."""
+    import os
+    import time
+
+    d = "%s/evse_%s_%d_%d" % (os.getenv("TMPDIR") or "/tmp", tag, time.ticks_us(), os.urandom(1)[0])
+    os.mkdir(d)
+    return d

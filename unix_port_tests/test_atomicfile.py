@@ -2,8 +2,7 @@
 # On unix os.rename is atomic, so the states a power cut leaves on FAT are seeded by hand.
 import os
 import json
-import time
-from check import eq, true, raises
+from check import eq, true, raises, tmpdir
 import atomicfile
 from atomicfile import write_atomic, read_latest, save_json, load_json, encode_json
 from crc import crc32, crc32_nibble
@@ -12,9 +11,7 @@ _ENOENT = 2
 
 
 def _tmpdir():
-    d = "%s/evse_atomic_%d_%d" % (os.getenv("TMPDIR") or "/tmp", time.ticks_us(), os.urandom(1)[0])
-    os.mkdir(d)
-    return d
+    return tmpdir("atomic")
 
 
 def _rmtree(d):

@@ -4,10 +4,9 @@
 # raises), and several Balancer nodes on an in-memory bus with a fake clock (election,
 # allocation, master loss, address clash, a node leaving).
 import os
-import time
 
 import atomicfile
-from check import eq, true
+from check import eq, true, tmpdir
 from evse import balance as lb
 from evse import faults
 
@@ -292,9 +291,7 @@ def _mask(settings):
 
 
 def _tmpdir():
-    d = "%s/evse_balance_%d_%d" % (os.getenv("TMPDIR") or "/tmp", time.ticks_us(), os.urandom(1)[0])
-    os.mkdir(d)
-    return d
+    return tmpdir("balance")
 
 
 def _rmtree(d):

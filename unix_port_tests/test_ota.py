@@ -4,17 +4,14 @@ import asyncio
 import os
 import json
 import struct
-import time
-from check import eq, true, raises
+from check import eq, true, raises, tmpdir
 from crc import crc32
 import ab_boot
 from evse import ota
 
 
 def _tmpdir():
-    d = "%s/evse_ota_%d_%d" % (os.getenv("TMPDIR") or "/tmp", time.ticks_us(), os.urandom(1)[0])
-    os.mkdir(d)
-    return d
+    return tmpdir("ota")
 
 
 def _field(s):

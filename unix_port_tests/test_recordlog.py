@@ -1,17 +1,14 @@
 # recordlog: append/iterate, roll-off, numbering across reopen, and damaged files: a
 # record torn at every byte, a huge length field, bit flips, leftovers of a repair.
 import os
-import time
-from check import eq, true, raises
+from check import eq, true, raises, tmpdir
 from recordlog import RecordLog
 
 _NAME = "hist"
 
 
 def _tmpdir():
-    d = "%s/evse_rlog_%d_%d" % (os.getenv("TMPDIR") or "/tmp", time.ticks_us(), os.urandom(1)[0])
-    os.mkdir(d)
-    return d
+    return tmpdir("rlog")
 
 
 def _rmtree(d):
