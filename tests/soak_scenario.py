@@ -41,6 +41,10 @@ WARMUP_S = 180.0
 # keeps rising. Growth of that floor allowed over the run:
 HEAP_GROWTH_MAX = 6 * 1024
 STEADY_S = 5.0
+HEAP_PROBE_S = 10.0  # how often the largest free block of the main charger is probed
+# ... which must give at least an OTA buffer (evse/ota.py CHUNK) throughout: without the
+# app's gc.threshold it fell to 1.3-1.7 KB within 150 s, with it it stays above 20 KB.
+HEAP_BLOCK_MIN = 4096
 STUCK_S = 60.0
 LOG_BAD = re.compile(r"MemoryError|task \w+ died|Traceback")
 
@@ -61,6 +65,8 @@ class Soak:
         self._unsteady_t = 0.0  # when the main charger was last not connected or had a queue
         self.worst_pool = 0.0
         self.heap_free_min = 1 << 30
+        self.heap_largest_min = 1 << 30  # the largest free block: fragmentation
+        self._heap_probe_t = -HEAP_PROBE_S
         self.watch = {c.name: Watcher(c.name, MAIN_MAX_A if c is rig.main else
                                       NODE_MAX_A[i % len(NODE_MAX_A)], free=c is not rig.main)
                       for i, c in enumerate([rig.main, *rig.nodes], start=-1)}
@@ -305,6 +311,13 @@ class Soak:
                 steady = now - self._unsteady_t >= STEADY_S
                 self.heap.append((round(now, 1), s["heap_alloc"], steady))
                 self.heap_free_min = min(self.heap_free_min, s["heap_free"])
+                if now - self._heap_probe_t >= HEAP_PROBE_S:
+                    self._heap_probe_t = now
+                    h = c.sim("heap")
+                    self.heap_largest_min = min(self.heap_largest_min, h["heap_largest"])
+                    if h["heap_largest"] < HEAP_BLOCK_MIN:
+                        self.bad(f"heap fragmented: largest free block {h['heap_largest']} B "
+                                 f"of {h['heap_free']} B free")
         self.worst_pool = max(self.worst_pool, total)
         if total > HOUSE_A + 1e-6:
             self.bad(f"pool offers {offers} add up to {total} A, above {HOUSE_A} A")
@@ -391,6 +404,7 @@ class Soak:
             "heap_alloc_last": heap[-1] if heap else None,
             "heap_growth": self.heap_growth(),
             "heap_free_min": self.heap_free_min if self.heap else None,
+            "heap_largest_min": self.heap_largest_min if self.heap else None,
             "sim_drops": {c.name: c.dropped for c in self.rig.chargers},
             "heap_samples": self.heap,
             "violations": self.violations,

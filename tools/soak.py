@@ -43,7 +43,8 @@ def summary(r):
         f"worst pool sum {r['worst_pool_a']} A",
         f"  heap after GC: first {kb(r['heap_alloc_first'])}, last {kb(r['heap_alloc_last'])}, "
         f"worst {kb(r['heap_alloc_worst'])}, floor growth {kb(r['heap_growth'])}, "
-        f"least free {kb(r['heap_free_min'])}",
+        f"least free {kb(r['heap_free_min'])}, smallest largest free block "
+        f"{kb(r.get('heap_largest_min'))}",
         f"  web requests {r['web_requests']}, simulator connections dropped {r['sim_drops']}",
     ]
     if r["violations"]:

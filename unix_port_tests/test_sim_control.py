@@ -118,6 +118,11 @@ def test_every_op_answers_with_t_us():
         check.eq((r["faults"], hw.relays.feedback(2)), (["relay_weld:2"], True), "weld")
         r = await c.req({"op": "events", "since": 0})
         check.true(r["ok"] and type(r["events"]) is list, "events")
+        r = await c.req({"op": "heap"})
+        check.true(r["ok"] and 0 < r["heap_largest"] <= r["heap_free"], "heap: %r" % r)
+        r = await c.req({"op": "can", "up": False})
+        check.true(r["ok"] and r["can"]["up"] is False and hw.can.up is False, "can: %r" % r)
+        await c.req({"op": "can", "up": True})
         await c.close()
         task.cancel()
 

@@ -45,6 +45,23 @@ def _up(name, v):
 
 # The `can` op (docs/simulator.md) is checked like the others by sim_requests.parse().
 sim_requests.OPS["can"] = {"up": (_up, False)}
+sim_requests.OPS["heap"] = {}
+
+
+def _largest_block(free):
+    """The largest bytearray the heap can give now (to 64 bytes), below `free`: with
+    mem_free() it tells a fragmented heap from a full one. Each probe is freed at once."""
+    lo, hi = 0, free
+    while hi - lo > 64:
+        mid = (lo + hi) // 2
+        try:
+            b = bytearray(mid)
+        except MemoryError:
+            hi = mid
+            continue
+        b = None
+        lo = mid
+    return lo
 
 
 def error_reply(message, t_us):
@@ -101,6 +118,13 @@ class Controller:
         out["heap_free"] = gc.mem_free()
         out["heap_alloc"] = gc.mem_alloc()
         return out
+
+    def _op_heap(self, req, t_us):
+        # Apart from the snapshot: each failed probe costs the allocator a collection.
+        gc.collect()
+        free = gc.mem_free()
+        return {"heap_free": free, "heap_alloc": gc.mem_alloc(),
+                "heap_largest": _largest_block(free)}
 
     def board_view(self):
         """What the board itself knows: outputs, inputs and the plant."""
