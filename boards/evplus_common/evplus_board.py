@@ -36,14 +36,9 @@ def rs485_fitted(env, pins):
 
 
 class CanPort:
-    """Base of the boards' CAN adapters: send/recv of docs/hal.md, and poll(), which the
-    board task calls every 50 ms for the controller's own upkeep (nothing by default)."""
-
-    def send(self, can_id, data):
-        raise NotImplementedError
-
-    def recv(self):
-        raise NotImplementedError
+    """Base of the boards' CAN adapters. Each board's `Can` adds send(can_id, data) and
+    recv() of docs/hal.md; poll() is called by the board task every 50 ms for the
+    controller's own upkeep (nothing by default)."""
 
     def poll(self, now_ms):
         pass
