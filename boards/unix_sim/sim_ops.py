@@ -37,17 +37,6 @@ def _not_json(v, depth):
     return "%s value %r" % (t.__name__, v)
 
 
-def _up(name, v):
-    if type(v) is not bool:
-        raise RequestError("%s must be true or false" % name)
-    return v
-
-
-# The `can` op (docs/simulator.md) is checked like the others by sim_requests.parse().
-sim_requests.OPS["can"] = {"up": (_up, False)}
-sim_requests.OPS["heap"] = {}
-
-
 def _largest_block(free):
     """The largest bytearray the heap can give now (to 64 bytes), below `free`: with
     mem_free() it tells a fragmented heap from a full one. Each probe is freed at once."""

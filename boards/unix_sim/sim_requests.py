@@ -152,6 +152,8 @@ OPS = {
         "up": (_bool, False),
         "ap_clients": (_int(0, 16), False),
     },
+    "can": {"up": (_bool, False)},
+    "heap": {},
     "events": {"since": (_int(0, 1 << 62), False)},
 }
 
