@@ -731,11 +731,14 @@ class Balancer:
         for since, _amps, _mask, known in self._gone.values():
             if not known and time.ticks_diff(now, since) <= FREE_MS:
                 return True
-        if time.ticks_diff(now, self._master_since) <= FREE_MS:
-            for a in self.members:
-                if a != self.addr and a not in self.nodes and a not in self._gone:
-                    return True
-        return False
+        return (time.ticks_diff(now, self._master_since) <= FREE_MS
+                and bool(self._unheard()))
+
+    def _unheard(self):
+        """Members neither heard nor dropped since we started: they may be on another
+        part of a cut bus, on their fallback share."""
+        return [a for a in self.members
+                if a != self.addr and a not in self.nodes and a not in self._gone]
 
     def _pool_limit(self):
         s = self.settings
@@ -777,10 +780,9 @@ class Balancer:
             for p in range(3):
                 if mask & (1 << p):
                     out[p] = max(0.0, out[p] - amps)
-        for a in self.members:
-            if a != self.addr and a not in self.nodes and a not in self._gone:
-                for p in range(3):
-                    out[p] = max(0.0, out[p] - FALLBACK_A)
+        for _a in self._unheard():
+            for p in range(3):
+                out[p] = max(0.0, out[p] - FALLBACK_A)
         return out
 
     def _allocate(self, now):
