@@ -190,7 +190,8 @@ class App:
         # Collect after every GC_EVERY bytes allocated, not only when the heap is full:
         # garbage is then reused near the bottom before long-lived objects get scattered
         # through the free space. Without it a 150 s soak left 30 KB free but no block
-        # above 1.7 KB; with it the largest free block stayed above 20 KB (docs/soak.md).
+        # above 1.7 KB; with it the largest free block stayed at 18 KB or more, and at
+        # 13.5 KB or more over a 1-hour soak (docs/soak.md, docs/development.md).
         gc.threshold(GC_EVERY)
         _log.info("EV PLUS %s on %s ready", version.VERSION, self.hw.name)
         await sup.run()
