@@ -876,8 +876,10 @@ def test_pool_limit_from_meter_headroom():
     pw, b = _meter_master([20.0, 10.0, 20.0])
     n = b.nodes[2] = lb.Node(2)
     n.draw_a, n.offered_a = 8.0, 10.0
+    pw.last_ok_ms = 1000
     eq(b._pool_limit(), [28.0, 18.0, 28.0], "headroom + draw")
     n.offered_a = 6.0  # cut: the meter may still see 8 A
+    pw.last_ok_ms = 2000
     eq(b._pool_limit(), [26.0, 16.0, 26.0], "at most the offer")
     pw.ok = False
     n.draw_a, n.offered_a = 16.0, 16.0  # moved since the last valid reading
@@ -886,6 +888,32 @@ def test_pool_limit_from_meter_headroom():
     eq(b._pool_limit(), [0.0, 0.0, 0.0], "lost: nobody charges")
     pw.lost, pw.last_ok_ms = False, None
     eq(b._pool_limit(), [0.0, 0.0, 0.0], "never read: nobody charges")
+
+
+def test_pool_limit_counts_the_draws_of_its_reading():
+    """IEC 61851-1 offers within the supply: a draw that rises after a meter reading is
+    not counted as room until a reading that sees it. Three cars at 0 A, the meter read
+    (5 A house load on a 40 A supply: 35 A), then the meter stops answering while the
+    cars ramp to 11.5 A each: counting their new draw beside the old headroom would give
+    35 + 23 = 58 A (capped 40), i.e. 13 A each on 35 A."""
+    pw, b = _meter_master([35.0, 35.0, 35.0])
+    others = []
+    for a in (2, 3):
+        n = b.nodes[a] = lb.Node(a)
+        n.draw_a = n.offered_a = 0.0
+        others.append(n)
+    pw.last_ok_ms = 1000
+    b.tick(1000)
+    eq(b._pool_limit(), [35.0, 35.0, 35.0], "the reading with the cars at 0 A")
+    for n in others:
+        n.draw_a = n.offered_a = 11.5  # reported after the reading; the meter is silent
+    b.tick(1500)
+    eq(b._pool_limit(), [35.0, 35.0, 35.0], "the rise not seen by a reading is not room")
+    # The next reading sees the cars' current: 35 - 23 A of headroom, plus their draws.
+    pw.headroom_a = [12.0, 12.0, 12.0]
+    pw.last_ok_ms = 2000
+    b.tick(2000)
+    eq(b._pool_limit(), [35.0, 35.0, 35.0], "a reading that sees it")
 
 
 class _Out:

@@ -380,6 +380,7 @@ class Balancer:
         self._cycle_ms = None
         self.pool_limit_a = None
         self._pool_ok = [0.0, 0.0, 0.0]  # the pool limit of the last valid meter reading
+        self._pool_ms = None  # when that reading was taken (power.last_ok_ms)
         self.dropped = 0  # frames ignored: foreign, malformed, stale
         self.send_errors = 0
 
@@ -444,6 +445,8 @@ class Balancer:
         if self._status_ms is None or time.ticks_diff(now, self._status_ms) >= STATUS_MS:
             self._status_ms = now
             self._send_status()
+        if self.me.meter:
+            self._pool_limit()  # a new reading: its limit with the draws reported now
         self.quorum = self._has_quorum()
         self._elect(now)
         self._forget(now)
@@ -748,25 +751,30 @@ class Balancer:
             return [max_a, max_a, max_a]
         if pw.lost or pw.last_ok_ms is None:
             return [0.0, 0.0, 0.0]  # house load unknown: nobody charges
-        if not pw.ok:
-            # Blind for less than the meter's timeout: the last limit stays (the others'
-            # draws have moved since that reading; its headroom has not).
-            return list(self._pool_ok)
-        h = pw.headroom_a
+        if pw.last_ok_ms != self._pool_ms:
+            self._pool_ms = pw.last_ok_ms
+            self._pool_ok = self._reading_limit(max_a, pw.headroom_a)
+        # Until the next valid reading the limit of this one stays: the others' draws
+        # move on, the headroom it gave does not. Counting a rise the meter has not
+        # seen would give the same amps twice (a reading that is late, or a meter that
+        # stopped answering, while the cars ramp up).
+        return list(self._pool_ok)
+
+    def _reading_limit(self, max_a, h):
+        """The pool limit per phase of one meter reading, taken at the first tick after
+        it: the headroom (which already gives back our own current) plus the others'
+        draw as they last reported it, as little of it as the meter may have seen."""
         known = [x for x in h if x is not None]
         if not known:
             return [0.0, 0.0, 0.0]
         out = []
         for p in range(3):
             room = h[p] if h[p] is not None else min(known)
-            # headroom_a already gives back our own current; add the others' draw, as
-            # little of it as the meter may have seen.
             for n in self.nodes.values():
                 if n.mask & (1 << p):
                     room += n.counted_a()
             out.append(max(0.0, min(max_a, room)))
-        self._pool_ok = out
-        return list(out)
+        return out
 
     def _limit(self, now):
         """The pool limit less what silent nodes may still offer: a dropped node its last
