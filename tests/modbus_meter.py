@@ -300,7 +300,7 @@ class _SimAmps:
             if self.sock is None:
                 self.sock = socket.create_connection(("127.0.0.1", self.port), timeout=1.0)
                 self.reader = self.sock.makefile("rb")
-            self.sock.sendall(b'{"op": "snapshot"}\n')
+            self.sock.sendall(b'{"op": "plant"}\n')
             reply = json.loads(self.reader.readline() or b"{}")
             return reply.get("plant", {}).get("amps")
         except (OSError, ValueError):

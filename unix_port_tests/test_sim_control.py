@@ -120,6 +120,9 @@ def test_every_op_answers_with_t_us():
         check.true(r["ok"] and type(r["events"]) is list, "events")
         r = await c.req({"op": "heap"})
         check.true(r["ok"] and 0 < r["heap_largest"] <= r["heap_free"], "heap: %r" % r)
+        hw.plant.amps[:] = [3.0, 2.0, 1.0]
+        r = await c.req({"op": "plant"})
+        check.eq((r["ok"], r["plant"]["amps"]), (True, [3.0, 2.0, 1.0]), "plant: %r" % r)
         r = await c.req({"op": "can", "up": False})
         check.true(r["ok"] and r["can"]["up"] is False and hw.can.up is False, "can: %r" % r)
         await c.req({"op": "can", "up": True})

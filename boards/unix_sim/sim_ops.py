@@ -108,6 +108,11 @@ class Controller:
         out["heap_alloc"] = gc.mem_alloc()
         return out
 
+    def _op_plant(self, req, t_us):
+        # What an outside meter measures of this charger, several times a second: no
+        # collection and no application status, unlike the snapshot.
+        return {"plant": {"amps": list(self._hw.plant.amps)}}
+
     def _op_heap(self, req, t_us):
         # Apart from the snapshot: each failed probe costs the allocator a collection.
         gc.collect()

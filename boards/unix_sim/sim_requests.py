@@ -154,6 +154,7 @@ OPS = {
     },
     "can": {"up": (_bool, False)},
     "heap": {},
+    "plant": {},
     "events": {"since": (_int(0, 1 << 62), False)},
 }
 
