@@ -48,6 +48,7 @@ from ocpp.charge_point import camel_to_snake_case, snake_to_camel_case
 from ocpp.routing import on
 from ocpp.v16 import ChargePoint, call, call_result
 from ocpp.v16.enums import Action
+from websockets.exceptions import ConnectionClosed
 
 
 def now_iso():
@@ -383,10 +384,16 @@ class CentralSystem:
         self.send_raw(cp_id, json.dumps([2, mid, action, payload]))
         return self.wait_reply(cp_id, mid, timeout)
 
-    def send_raw(self, cp_id, data):
-        """Sends a text (str) or binary (bytes) message as it is."""
+    def send_raw(self, cp_id, data, may_close=False):
+        """Sends a text (str) or binary (bytes) message as it is. may_close: the charge
+        point may close the connection before the message is all sent (a frame refused
+        from its header): that ends the send, it is not an error."""
         cp = self._cps[cp_id]
-        self._run(cp._connection.ws.send(data), 10)
+        try:
+            self._run(cp._connection.ws.send(data), 10)
+        except (ConnectionClosed, ConnectionError):
+            if not may_close:
+                raise
         if isinstance(data, str):
             self._record(cp_id, "out", data)
 
