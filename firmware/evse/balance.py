@@ -446,7 +446,7 @@ class Balancer:
             self._status_ms = now
             self._send_status()
         if self.me.meter:
-            self._pool_limit()  # a new reading: its limit with the draws reported now
+            self._take_reading()
         self.quorum = self._has_quorum()
         self._elect(now)
         self._forget(now)
@@ -751,30 +751,33 @@ class Balancer:
             return [max_a, max_a, max_a]
         if pw.lost or pw.last_ok_ms is None:
             return [0.0, 0.0, 0.0]  # house load unknown: nobody charges
-        if pw.last_ok_ms != self._pool_ms:
-            self._pool_ms = pw.last_ok_ms
-            self._pool_ok = self._reading_limit(max_a, pw.headroom_a)
+        self._take_reading()
         # Until the next valid reading the limit of this one stays: the others' draws
         # move on, the headroom it gave does not. Counting a rise the meter has not
         # seen would give the same amps twice (a reading that is late, or a meter that
         # stopped answering, while the cars ramp up).
         return list(self._pool_ok)
 
-    def _reading_limit(self, max_a, h):
-        """The pool limit per phase of one meter reading, taken at the first tick after
-        it: the headroom (which already gives back our own current) plus the others'
-        draw as they last reported it, as little of it as the meter may have seen."""
+    def _take_reading(self):
+        """A new valid meter reading, at the first tick after it: its pool limit per
+        phase is the headroom (which already gives back our own current) plus the
+        others' draw as they report it now, as little of it as the meter may have seen."""
+        pw = self.power
+        if pw is None or pw.last_ok_ms is None or pw.last_ok_ms == self._pool_ms:
+            return
+        self._pool_ms = pw.last_ok_ms
+        max_a = float(self.settings["max_house_current_a"])
+        h = pw.headroom_a
         known = [x for x in h if x is not None]
-        if not known:
-            return [0.0, 0.0, 0.0]
-        out = []
-        for p in range(3):
-            room = h[p] if h[p] is not None else min(known)
-            for n in self.nodes.values():
-                if n.mask & (1 << p):
-                    room += n.counted_a()
-            out.append(max(0.0, min(max_a, room)))
-        return out
+        out = [0.0, 0.0, 0.0]
+        if known:
+            for p in range(3):
+                room = h[p] if h[p] is not None else min(known)
+                for n in self.nodes.values():
+                    if n.mask & (1 << p):
+                        room += n.counted_a()
+                out[p] = max(0.0, min(max_a, room))
+        self._pool_ok = out
 
     def _limit(self, now):
         """The pool limit less what silent nodes may still offer: a dropped node its last
