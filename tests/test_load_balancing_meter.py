@@ -372,14 +372,17 @@ def test_master_offer_within_power_and_balance(meter_pool):
 
 def test_eight_nodes_house_load_step_and_cars_leave(meter_pool):
     """8 chargers, 35 A at the meter: five charge, three wait. The house load on L2
-    steps up to leave 17 A (two charge) and back: the sum per phase follows. Then two
-    charging cars leave: two of the waiting ones take their place."""
+    steps up to leave 17 A (two charge) and back: the sum per phase follows, and the cars
+    cut for room charge again before the waiting ones (docs/load-balancing.md, Allocation
+    §3). Then two charging cars leave: two of the waiting ones take their place, and a car
+    cut by the dip in the limit while the meter still sees the leaving cars keeps its."""
     t_start = time.monotonic()
     mp = meter_pool(8)
     w = mp.watch
     mp.plug_all()
     o = mp.settled(lambda o: _charging(o) == 5 and _total(o) >= 30, 30, "five charge")
     print("8 cars, 35 A:", o)
+    first = [i for i, x in enumerate(o) if x]
     mp.drawing()
     took = mp.set_load([5.0, 23.0, 5.0])
     w.wait(lambda ss: _total(offers(ss)) <= 17, REACT_S, "offers cut to 17 A")
@@ -389,6 +392,8 @@ def test_eight_nodes_house_load_step_and_cars_leave(meter_pool):
     mp.set_load(LOAD)
     o = mp.settled(lambda o: _charging(o) == 5 and _total(o) >= 30, 30, "five charge again")
     print("8 cars, 35 A again:", o)
+    # Cut for room, not at the end of their turn: they keep their place (Allocation §3).
+    assert [i for i, x in enumerate(o) if x] == first, f"{first} charged before: {o}"
     # Two charging cars leave (not the master's): two of the three waiting get room.
     waiting = [i for i, a in enumerate(o) if not a]
     leaving = [i for i, a in enumerate(o) if a and i != 0][:2]

@@ -200,6 +200,64 @@ def test_planner_rotation():
     true(max(waited.values()) - min(waited.values()) <= 12, "turns about even: %r" % waited)
 
 
+def _settle(p, t, lim, nodes, cycles=4):
+    for _ in range(cycles):
+        sent = p.plan(t, lim, nodes)
+        _follow(nodes, sent)
+        t += 1000
+    return t, sent
+
+
+def test_planner_cut_for_room_keeps_its_place():
+    """docs/load-balancing.md, Allocation §3: a charging node cut because the pool limit
+    fell for a moment (a car that leaves is still in the meter's reading while it
+    reports 0 A) is first again when room comes back; the ones waiting before it do
+    not overtake it, and two cars leaving give their room to the two that waited
+    longest (seen with 8 chargers: the charging node waited and all three waiting
+    ones got room)."""
+    p = lb.Planner(rotate_ms=600000)
+    nodes = [_node(i, max_a=7.0) for i in range(1, 9)]
+    lim = [35.0] * 3
+    t, sent = _settle(p, 0, lim, nodes)
+    eq(sorted(p.waiting), [6, 7, 8], "five charge")
+    t, sent = _settle(p, t, [17.0] * 3, nodes)
+    eq(sorted(a for a in sent if sent[a]), [1, 2], "two charge at 17 A")
+    t, sent = _settle(p, t, lim, nodes)
+    charging = sorted(a for a in sent if sent[a])
+    eq(charging, [1, 2, 3, 4, 5], "cut for room: first again, before 6, 7, 8")
+    # Cars 2 and 3 leave; the reading still sees their current: one cycle at 14 A.
+    for n in nodes:
+        if n.addr in (2, 3):
+            n.state, n.offered_a, n.draw_a = lb.ST_IDLE, 0.0, 0.0
+    sent = p.plan(t, [14.0] * 3, nodes)
+    _follow(nodes, sent)
+    eq(sorted(a for a in sent if sent[a]), [1, 4], "the dip cuts 5")
+    t, sent = _settle(p, t + 1000, lim, nodes, 5)
+    eq(sorted(a for a in sent if sent[a]), [1, 4, 5, 6, 7], "5 back, then the two waiting longest")
+    eq(sorted(p.waiting), [8], "8 waits")
+
+
+def test_planner_cut_for_room_place_ends_with_its_turn():
+    """The place kept after a cut lasts until the node's turn would have ended: then it
+    waits behind those who waited longer (the rotation of Allocation §3 goes on)."""
+    p = lb.Planner(rotate_ms=10000)
+    a, b, c = _node(1, max_a=7.0), _node(2, max_a=7.0), _node(3, max_a=7.0)
+    nodes = [a, b, c]
+    t, sent = _settle(p, 0, [14.0] * 3, nodes, 2)  # 1, 2 charge since 0; 3 waits
+    eq(sorted(p.waiting), [3], "3 waits")
+    t, sent = _settle(p, t, [7.0] * 3, nodes, 1)  # 2 cut for room at 2000
+    eq(sorted(p.waiting), [2, 3], "2 cut")
+    t, sent = _settle(p, t, [14.0] * 3, nodes, 2)
+    eq(sorted(p.waiting), [3], "2 back first, within its turn")
+    # 2 cut again at 5000. At 10000 the turns of 1 and 2 (both since 0) end: 1 yields
+    # to who waits, and 2's kept place ends with them, so 3 (waiting since 0) goes first.
+    t, sent = _settle(p, t, [7.0] * 3, nodes, 9)
+    eq(t, 14000, "time")
+    eq(sorted(p.waiting), [1, 2], "3's turn, not 2's")
+    t, sent = _settle(p, t, [14.0] * 3, nodes, 2)
+    eq(sorted(p.waiting), [1], "then 2 (waiting since 5000) before 1 (since 10000)")
+
+
 def test_planner_node_leaving_frees_share():
     p = lb.Planner()
     lim = [30.0] * 3

@@ -231,10 +231,15 @@ class Planner:
         self._low = {}  # addr -> cycles in a row drawing well below the offer
         self.since = {}  # addr -> when it started charging or waiting
         self.charging = {}  # addr -> True admitted, False waiting
+        # addr -> when its turn began: charging, it was cut because the pool limit fell
+        # (not at its turn's end). It keeps its place at the head of the queue until
+        # its turn would have ended.
+        self.preempted = {}
         self.waiting = set()
 
     def forget(self, addr):
-        for d in (self.sent, self.target, self.cap, self._low, self.since, self.charging):
+        for d in (self.sent, self.target, self.cap, self._low, self.since, self.charging,
+                  self.preempted):
             d.pop(addr, None)
 
     def _demand(self, n):
@@ -251,6 +256,10 @@ class Planner:
             self._low[a] = 0
         self.cap[a] = cap
         return cap
+
+    def _kept_place(self, a, now):
+        turn = self.preempted.get(a)
+        return turn is not None and time.ticks_diff(now, turn) < self.rotate_ms
 
     def plan(self, now, limit_a, nodes, raises=True):
         """nodes: Node list (the master included). Returns {addr: amps to send}.
@@ -269,19 +278,26 @@ class Planner:
                 self._low.pop(n.addr, None)
                 self.charging.pop(n.addr, None)
                 self.since.pop(n.addr, None)
+                self.preempted.pop(n.addr, None)
         anyone_waits = any(self.charging.get(n.addr) is False for n in want)
+
+        def turn_over(a):
+            return (anyone_waits and self.charging.get(a)
+                    and time.ticks_diff(now, self.since.get(a, now)) >= self.rotate_ms)
 
         def rank(n):
             a = n.addr
-            since = self.since.get(a, now)
-            age = time.ticks_diff(now, since)
+            age = time.ticks_diff(now, self.since.get(a, now))
             if self.charging.get(a):
-                if anyone_waits and age >= self.rotate_ms:
-                    return (2, -age, a)  # turn over: yields to who waits
-                return (0, 0, a)
-            return (1, -age, a)  # waits (or new): longest wait first
+                if turn_over(a):
+                    return (2, 0, -age, a)  # turn over: yields to who waits
+                return (0, 0, 0, a)
+            if self._kept_place(a, now):
+                return (1, 0, 0, a)  # cut for room: first again, in the charging order
+            return (1, 1, -age, a)  # waits (or new): longest wait first
 
         want.sort(key=rank)
+        ended = [n.addr for n in want if turn_over(n.addr)]
         spec = [(n.mask, n.min_a, self._demand(n)) for n in want]
         amps = allocate(limit_a, spec)
         target = {}
@@ -289,9 +305,17 @@ class Planner:
         for i in range(len(want)):
             a = want[i].addr
             on = amps[i] > 0
-            if self.charging.get(a) is not on:
+            was = self.charging.get(a)
+            if was is not on:
                 self.charging[a] = on
-                self.since[a] = now
+                turn = self.preempted.pop(a, None)
+                if on and turn is not None and time.ticks_diff(now, turn) < self.rotate_ms:
+                    self.since[a] = turn  # back after a cut: its turn goes on
+                else:
+                    if was and a not in ended:
+                        self.preempted[a] = self.since.get(a, now)
+                    self.since[a] = now
+                _log.info("node %d %s", a, "charges" if on else "waits")
             if not on:
                 self.waiting.add(a)
             target[a] = amps[i]
