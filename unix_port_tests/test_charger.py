@@ -144,8 +144,43 @@ def test_increases_wait_5s_reductions_at_once():
     r.run(4500)
     eq(r.hw.cp.duty_pm, 333, "increase after 5 s")
     r.ch.set_external_limit("ocpp", 8.0)
-    r.run(200)
     eq(r.hw.cp.duty_pm, 133, "reduction at once")
+
+
+def test_a_lower_limit_cuts_the_offer_before_the_next_tick():
+    """The instant a limit falls (a meter reading, a CAN allocation) is when the offer
+    follows: a control tick that runs late under load must not add to it."""
+    r = Rig()
+    r.charge()
+    eq(r.hw.cp.duty_pm, 533, "32 A")
+    r.ch.set_external_limit("power", 12.5)
+    eq(r.hw.cp.duty_pm, 208, "12.5 A at once, no tick run")
+    eq(r.ch.offered_a, 12.5)
+    eq(r.ch.limit_binding, "power")
+    r.ch.set_external_limit("balance", 20.0)
+    eq(r.hw.cp.duty_pm, 208, "a limit above the offer changes nothing")
+    r.ch.set_external_limit("power", 30.0)
+    eq(r.hw.cp.duty_pm, 208, "a raise waits for the tick (and its 5 s rule)")
+    r.ch.set_external_limit("power", 3.0)
+    eq(r.hw.cp.duty_pm, -1, "below 6 A: the PWM stops at once")
+    eq(r.ch.offered_a, 0.0)
+    true(r.hw.relays.closed, "the relays still wait for the EV to stop (seq. 10.2)")
+    r.ch.set_external_limit("power", 4.0)
+    eq(r.hw.cp.duty_pm, -1, "nothing offered: nothing to cut")
+    r.run(6200)
+    true(not r.hw.relays.closed, "forced open 6 s after the PWM stopped")
+
+
+def test_a_cut_never_offers_in_a_fault_or_without_a_session():
+    r = Rig()
+    r.plug("B")
+    r.ch.set_external_limit("power", 10.0)
+    eq(r.hw.cp.duty_pm, -1, "no session: no PWM from a limit change")
+    r.charge()
+    r.ch.trip(faults.OCP)
+    r.ch.set_external_limit("power", 8.0)
+    eq(r.hw.cp.duty_pm, -2, "state F stays")
+    true(not r.hw.relays.closed)
 
 
 def test_rcd_trip_latches_and_opens_in_the_handler():

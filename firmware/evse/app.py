@@ -21,7 +21,8 @@ from evse.supervisor import Supervisor
 _log = log.get("app")
 
 _PILOT_MS = 10  # CP sampling period
-_CONTROL_EVERY = 10  # control logic every 10th pilot tick (~100 ms)
+_CONTROL_MS = 100  # control logic period, on the clock (not every nth sample: a busy loop
+# stretches the samples, and with them a count of samples)
 GC_EVERY = 16 * 1024  # bytes allocated between two collections (gc.threshold)
 _PROTECTION_MS = 100
 _METER_MS = 1000
@@ -52,6 +53,7 @@ class App:
             rs485=hw.rs485,
             data_dir=self.data_dir,
             own_meter=hw.meter,
+            clock_us=hw.clock_us,
         )
         from evse.balance import Balancer
 
@@ -121,14 +123,16 @@ class App:
     # ---- tasks -----------------------------------------------------------------------------
     async def _pilot_task(self):
         ch = self.charger
-        n = 0
+        due = time.ticks_ms()
         while True:
             ch.tick_pilot()
-            n += 1
-            if n >= _CONTROL_EVERY:
-                n = 0
+            now = time.ticks_ms()
+            late = time.ticks_diff(now, due)
+            if late >= 0:
+                # On a fixed grid; after a stall, the next one 100 ms from now.
+                due = time.ticks_add(due if late < _CONTROL_MS else now, _CONTROL_MS)
                 self.auth.tick()
-                ch.tick_control(time.ticks_ms())
+                ch.tick_control(now)
                 self.supervisor.checkin("pilot")
             await asyncio.sleep_ms(_PILOT_MS)
 

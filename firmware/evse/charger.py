@@ -2,7 +2,8 @@
 #
 # Two entry points run it: `tick_pilot()` every ~10 ms (sample CP, classify, debounce,
 # open at once when the vehicle leaves C/D) and `tick_control()` every ~100 ms (limits,
-# lock, offer, the Annex A timers, self-test). Faults come in through `trip()`, which
+# lock, offer, the Annex A timers, self-test); a limit that falls below the offer cuts it
+# at once (`set_external_limit`). Faults come in through `trip()`, which
 # opens the relays and drives the pilot to state F before anything else and allocates
 # nothing, so protection code and IRQ handlers can call it directly.
 import time
@@ -136,11 +137,27 @@ class Charger:
         self.phases = 3 if s["charger_power"] == "22kW" else 1
 
     def set_external_limit(self, name, amps):
-        """Registers or updates a named limit (None removes it). Applied on the next tick."""
+        """Registers or updates a named limit (None removes it). A limit below what the
+        pilot offers cuts the offer at once; anything else applies at the next tick."""
         if amps is None:
             self.external.pop(name, None)
         else:
             self.external[name] = amps
+            if amps < self.offered_a:
+                self._cut_now()
+
+    def _cut_now(self):
+        # The reading or frame that lowered a limit is the instant the offer must follow
+        # (docs/power-management.md): not the next control tick, which a busy loop delays.
+        # Only ever downwards, so none of the tick's conditions for an offer is skipped.
+        self._update_limit(self.clock())
+        if self.limit_a >= self.offered_a:
+            return
+        if self.limit_a < limits.MIN_A:
+            self._stop_offer()
+        else:
+            self._cp.pwm(pilot.duty_pm(self.limit_a))
+            self.offered_a = self.limit_a
 
     # ---- the fast path -------------------------------------------------------------
     def _safe_outputs(self):
