@@ -57,14 +57,16 @@ def _floor1(a):
 class PowerManager:
     def __init__(
         self, charger, settings, protection, metering, rs485=None, data_dir=".",
-        own_meter=None, master=None, slave=1, clock=None,
+        own_meter=None, master=None, slave=1, clock=None, clock_us=None,
     ):
         """rs485: the board's `hw.rs485` (None or (uart, de_pin)); `master` replaces the
         Modbus master built on it (tests). own_meter: the board's internal meter
         (`hw.meter`), read again right after the grid meter so that both readings show
         the same moment; without it (or when it fails) metering.amps is used.
         slave: the grid meter's Modbus address (a `meter_addr` setting, when the
-        schema has one, overrides it)."""
+        schema has one, overrides it). clock_us: the board's `hw.clock_us`, which
+        stamps each valid reading (`read_t_us` in the view: what a reaction to the
+        reading is measured from)."""
         self.ch = charger
         self.settings = settings
         self.prot = protection
@@ -76,6 +78,7 @@ class PowerManager:
         self.slave = slave
         self.data_dir = data_dir
         self.clock = clock or time.ticks_ms
+        self.clock_us = clock_us or time.ticks_us
         self.model = "none"
         self.map = None
         self.map_error = None
@@ -85,6 +88,7 @@ class PowerManager:
         self.ok = False  # the last cycle gave a valid reading
         self.lost = False  # ERR MET raised for this meter
         self.last_ok_ms = None
+        self.read_t_us = None  # clock_us() when the last valid reading was complete
         self._blind_since = None  # configured, no reading yet
         self._good_since = None  # start of the current run of valid readings
         self._resume_since = None  # start of the current run of headroom >= 7 A
@@ -106,11 +110,17 @@ class PowerManager:
     async def run(self):
         import asyncio
 
+        due = self.clock()
         while True:
-            t0 = self.clock()
             await self.poll_once()
-            wait = CYCLE_MS - time.ticks_diff(self.clock(), t0)
-            await asyncio.sleep_ms(wait if wait > _MIN_CYCLE_MS else _MIN_CYCLE_MS)
+            # Reads on a 1 s grid, so that a late one does not delay all the next ones;
+            # a cycle that overran (timeouts, retries) starts the grid again after a pause.
+            due = time.ticks_add(due, CYCLE_MS)
+            wait = time.ticks_diff(due, self.clock())
+            if wait < _MIN_CYCLE_MS:
+                wait = _MIN_CYCLE_MS
+                due = time.ticks_add(self.clock(), wait)
+            await asyncio.sleep_ms(wait)
 
     async def poll_once(self):
         """One cycle: configuration, meter read, regulation."""
@@ -125,6 +135,8 @@ class PowerManager:
             self._error("value", "no RS-485 bus wired")
         else:
             ok = await self._read()
+            if ok:
+                self.read_t_us = self.clock_us()
         now = self.clock()
         self.cycle_ms = time.ticks_diff(now, t0)
         self.step(now, ok)
@@ -146,6 +158,7 @@ class PowerManager:
         self.map_error = None
         self.ok = False
         self.last_ok_ms = None
+        self.read_t_us = None
         self._good_since = None
         self._resume_since = None
         self._fresh = True
@@ -384,6 +397,7 @@ class PowerManager:
             "ok": self.ok,
             "lost": self.lost,
             "age_s": age,
+            "read_t_us": self.read_t_us,
             "volts": [_r(x, 1) for x in v[0:3]],
             "amps": [_r(x, 2) for x in v[_I : _I + 3]],
             "power_w": _r(power, 0),
