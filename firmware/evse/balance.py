@@ -411,9 +411,17 @@ class Balancer:
     async def run(self):
         import asyncio
 
+        due = self.clock()
         while True:
             self.tick(self.clock())
-            await asyncio.sleep_ms(_TICK_MS)
+            # Ticks on a fixed grid: a sleep after each tick would let every late one
+            # push the allocation cycles (and a new car's grant) later and later.
+            due = time.ticks_add(due, _TICK_MS)
+            wait = time.ticks_diff(due, self.clock())
+            if wait < 0:
+                due = self.clock()  # stalled: start the grid again from now
+                wait = 0
+            await asyncio.sleep_ms(wait)
 
     # ---- one tick ---------------------------------------------------------------------------
     def tick(self, now):
@@ -479,7 +487,12 @@ class Balancer:
             if (time.ticks_diff(now, self._master_since) >= DISCOVER_MS
                     and (self._cycle_ms is None
                          or time.ticks_diff(now, self._cycle_ms) >= CYCLE_MS)):
-                self._cycle_ms = now
+                # Cycles on a 1 s grid, each at the first tick after its time: two
+                # cycles are 2 s and a tick at most, however late the ticks run.
+                if self._cycle_ms is None or time.ticks_diff(now, self._cycle_ms) >= 2 * CYCLE_MS:
+                    self._cycle_ms = now
+                else:
+                    self._cycle_ms = time.ticks_add(self._cycle_ms, CYCLE_MS)
                 self._allocate(now)
         else:
             self._cycle_ms = None
