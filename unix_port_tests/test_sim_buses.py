@@ -42,6 +42,34 @@ def test_two_nodes_hear_each_other_but_not_themselves():
         b.close()
 
 
+def test_trace_keeps_what_a_node_sent_and_read_on_its_clock():
+    port = _port()
+    now = [1000]
+    a = SimCan(port, clock_us=lambda: now[0])
+    b = SimCan(port)
+    try:
+        a.send(0x611, b"\x01\x02")
+        now[0] = 2000
+        b.send(0x601, bytes(range(8)))
+        check.eq(a.trace.since(0), [{"t_us": 1000, "dir": "tx", "id": 0x611, "data": "0102"}],
+                 "a frame on the bus is traced when the node reads it, not before")
+        check.eq(_recv(a), (0x601, bytes(range(8))))
+        frames = a.trace.since(1500)
+        check.eq(frames, [{"t_us": 2000, "dir": "rx", "id": 0x601,
+                           "data": "0001020304050607"}], "read at 2000 us")
+        check.eq(b.trace, None, "no clock, no trace")
+        for i in range(200):
+            now[0] = 3000 + i
+            a.send(0x100, bytes([i]))
+        frames = a.trace.since(0)
+        check.eq(len(frames), 128, "the ring keeps the last 128")
+        check.eq((frames[0]["t_us"], frames[-1]["data"]), (3072, "c7"), "oldest first")
+        check.eq(a.trace.dropped, 74, "overwritten frames are counted")
+    finally:
+        a.close()
+        b.close()
+
+
 def test_frames_are_checked_both_ways():
     port = _port()
     a = SimCan(port)

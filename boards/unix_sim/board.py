@@ -105,7 +105,8 @@ class Board:
             self.rs485 = (SimUart(path), sim_io.RecordedPin())
         else:
             self.rs485 = None
-        self.can = sim_can.SimCan(_int_env(env, "EVSE_CAN_PORT", sim_can.DEFAULT_PORT))
+        self.can = sim_can.SimCan(_int_env(env, "EVSE_CAN_PORT", sim_can.DEFAULT_PORT),
+                                  clock_us=self.clock_us)
         self.wlan = Wlan(plant, serial)
 
         # System

@@ -8,6 +8,12 @@
 #
 # `up` False is a cut CAN cable (the simulator socket's `can` op): nothing is received
 # (datagrams are read and thrown away) and a send fails as an unacknowledged frame does.
+#
+# With a clock, the controller keeps a trace of the frames it sent and handed to the
+# application, stamped on the board's clock (the `can` op's `since`), as an analyzer on
+# the node's own port would: a reaction to a frame is measured from when this node read
+# it, on the one clock that also stamps what it did.
+import array
 import os
 import socket
 import struct
@@ -22,6 +28,55 @@ _EAGAIN = const(11)
 _ETIMEDOUT = const(110)
 _TX_PORT_FIRST = const(40000)
 _TX_PORT_SPAN = const(20000)
+TRACE_SIZE = const(128)  # frames kept in the trace; the oldest are overwritten (~2.4 KB)
+
+
+class FrameTrace:
+    """A ring of (t_us, sent or received, id, data); appending allocates nothing."""
+
+    def __init__(self, clock_us, size=TRACE_SIZE):
+        self._clock_us = clock_us
+        self._size = size
+        self._t_us = array.array("q", bytes(8 * size))
+        self._id = array.array("H", bytes(2 * size))
+        self._tx = bytearray(size)
+        self._dlc = bytearray(size)
+        self._data = bytearray(8 * size)
+        self._next = 0
+        self._count = 0
+        self.dropped = 0  # frames overwritten before anyone read them
+
+    def add(self, tx, can_id, data, n):
+        i = self._next
+        self._t_us[i] = self._clock_us()
+        self._id[i] = can_id
+        self._tx[i] = tx
+        self._dlc[i] = n
+        for k in range(n):
+            self._data[8 * i + k] = data[k]
+        i += 1
+        self._next = 0 if i == self._size else i
+        if self._count < self._size:
+            self._count += 1
+        else:
+            self.dropped += 1
+
+    def since(self, since_us):
+        """Frames with t_us >= since_us, oldest first, as JSON-ready dicts."""
+        out = []
+        n = self._count
+        i = (self._next - n) % self._size
+        for _ in range(n):
+            if self._t_us[i] >= since_us:
+                n_data = self._dlc[i]
+                out.append({
+                    "t_us": self._t_us[i],
+                    "dir": "tx" if self._tx[i] else "rx",
+                    "id": self._id[i],
+                    "data": bytes(self._data[8 * i : 8 * i + n_data]).hex(),
+                })
+            i = (i + 1) % self._size
+        return out
 
 
 def _addr(host, port):
@@ -33,8 +88,9 @@ def _port_of(sockaddr):
 
 
 class SimCan:
-    def __init__(self, port=DEFAULT_PORT):
+    def __init__(self, port=DEFAULT_PORT, clock_us=None):
         self.port = port
+        self.trace = FrameTrace(clock_us) if clock_us is not None else None
         self._dest = _addr("127.255.255.255", port)
         rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         rx.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -83,6 +139,8 @@ class SimCan:
             f[8 + i] = data[i] if i < n else 0
         self._tx.sendto(f, self._dest)
         self.sent += 1
+        if self.trace is not None:
+            self.trace.add(1, can_id, data, n)
 
     def recv(self):
         """Next frame from another node as (can_id, bytes), or None. Never blocks."""
@@ -106,6 +164,8 @@ class SimCan:
                 self.dropped += 1
                 continue
             self.received += 1
+            if self.trace is not None:
+                self.trace.add(0, can_id, memoryview(dgram)[8:], dlc)
             return can_id, dgram[8 : 8 + dlc]
         return None
 

@@ -275,8 +275,12 @@ class Controller:
         can = self._hw.can
         if "up" in req:
             can.up = req["up"]
-        return {"can": {"up": can.up, "sent": can.sent, "received": can.received,
-                        "lost": can.lost}}
+        out = {"can": {"up": can.up, "sent": can.sent, "received": can.received,
+                       "lost": can.lost}}
+        if "since" in req and can.trace is not None:
+            out["can"]["frames"] = can.trace.since(req["since"])
+            out["can"]["trace_dropped"] = can.trace.dropped
+        return out
 
     def _op_events(self, req, t_us):
         ring = self._hw.events

@@ -152,7 +152,7 @@ OPS = {
         "up": (_bool, False),
         "ap_clients": (_int(0, 16), False),
     },
-    "can": {"up": (_bool, False)},
+    "can": {"up": (_bool, False), "since": (_int(0, 1 << 62), False)},
     "heap": {},
     "plant": {},
     "events": {"since": (_int(0, 1 << 62), False)},
