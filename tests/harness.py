@@ -312,8 +312,10 @@ class Charger:
         """The actuator changes after `since` (a t_us), oldest first."""
         return self.sim("events", since=since)["events"]
 
-    def wait_for(self, predicate, timeout=10.0):
-        """Polls snapshots until predicate(snapshot) is true; returns that snapshot."""
+    def wait_for(self, predicate, timeout=10.0, step=POLL_INTERVAL):
+        """Polls snapshots until predicate(snapshot) is true; returns that snapshot. Each
+        snapshot costs the firmware a collection: a wait on something slow polls with a
+        longer `step`."""
         deadline = time.monotonic() + timeout
         while True:
             snap = self.snapshot()
@@ -322,7 +324,7 @@ class Charger:
             if time.monotonic() > deadline:
                 raise AssertionError(f"{self.name}: condition not met within {timeout:g} s; "
                                      f"last snapshot: {snap}")
-            time.sleep(POLL_INTERVAL)
+            time.sleep(step)
 
     # -- HTTP ------------------------------------------------------------------------------
 

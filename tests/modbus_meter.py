@@ -13,6 +13,13 @@ charger's control socket (127.0.0.1) for the current through its contacts (snaps
 `plant.amps`) ten times a second (several ports: chargers side by side behind the
 meter, a load-balancing pool, their currents added); with `--charger-status` it polls
 the charger's `GET /api/status` (`output_a`, the internal meter's last reading) instead.
+So a reply may show the charger's current of up to a tenth of a second (more on a busy
+host) before: a reading taken just as the car starts or changes its draw sees the
+charger's own current differently from the charger, and counts the difference as house
+load (or room). Tests step the house load from a steady state (the charger's draw
+already in a reading) and judge the reaction from the reading that shows the step.
+Asking the charger at each request instead put a round trip between two processes into
+every reply, which a loaded host stretched past the charger's 250 ms reply timeout.
 `--charger-phases` says where the charger's current flows (L123: its L1/L2/L3 on the
 house's L1/L2/L3; L1, L2 or L3: its one phase on that house phase).
 

@@ -3,13 +3,18 @@ EVSE_RS485 on one end of a socat pseudo-terminal pair, tests/modbus_meter.py (a 
 RTU server answering like the chosen meter) on the other, for every supported model.
 
 The meter measures the grid connection: the house's other loads, set by the test, plus
-the charger's own current, which the meter server takes from the simulated plant. Times
-are measured on the firmware's clock (`t_us` of the simulator socket and its events).
+the charger's own current, which the meter server follows ten times a second from the
+simulated plant: a load step is taken from a steady state, when a reading already shows
+the car's draw (`steady`), so that the step is the one change the next reading sees.
 
-Numbers the firmware documents (docs/power-management.md): one cycle = 1 s, ERR MET after
-5 s without a valid reading, recovery after 5 s of valid readings, resume from a pause
-after 5 s with 7 A available. SLACK_S covers what surrounds a cycle: the read itself and
-the charging core's 100 ms control tick.
+Every reaction is judged on the firmware's clock, from the instant that caused it: the
+meter reading's `read_t_us` (the meter view), the PWM and error events' `t_us`. The
+host's own time only bounds the waits.
+
+Numbers the firmware documents (docs/power-management.md): one reading every second on a
+fixed grid, a lower limit applied at once (at the latest at the next 100 ms control
+tick), ERR MET after 5 s without a valid reading, recovery after 5 s of valid readings,
+resume from a pause after 5 s with 7 A available, raises of at most 2 A per reading.
 """
 
 import json
@@ -28,12 +33,17 @@ from harness import ROOT, Charger, wait_until
 METER = ROOT / "tests" / "modbus_meter.py"
 MODELS = ("SDM630", "SDM120", "SDM72", "ABB_B23", "EM340", "DTSU666", "custom")
 LIMIT_A = 25  # max_house_current_a
-CYCLE_S = 1.0
-SLACK_S = 0.3
+CYCLE_S = 1.0  # power.CYCLE_MS: one reading per second, on a fixed grid
+TICK_S = 0.1  # the charging core's control tick: the latest a lowered limit may act
+# A wake-up that runs late on a loaded host (asyncio sleeps, the OS scheduler): the most
+# one reading may come after its place on the grid. Not a tolerance on the firmware's
+# logic, which is judged from the readings' own times.
+LATE_S = 0.3
 LOST_S = 5.0
 RECOVER_S = 5.0
 RESUME_HOLD_S = 5.0
-START_TIMEOUT = 10.0
+RAISE_STEP_A = 2.0  # power.RAISE_STEP_A
+WAIT_S = 15.0  # bound on a wait of the test, not a figure of the firmware
 
 # A custom map unlike the built-in ones: holding registers, int32 with the low word
 # first, milliamps and decivolts, and an unsigned 16-bit voltage.
@@ -58,6 +68,18 @@ pytestmark = pytest.mark.skipif(shutil.which("socat") is None, reason="needs soc
 
 
 # ---- the serial line and the meter ------------------------------------------------------------
+def _as_hardware():
+    """Runs a peer that stands for hardware (the meter, the wire) ahead of the firmware
+    processes: a real meter has a processor of its own and answers within its time
+    whatever the charger does, while on a busy host a Python meter that waits for the
+    CPU misses the charger's 250 ms reply timeout. Needs root (CI runs as root); without
+    it the peer runs at the usual priority."""
+    try:
+        os.nice(-10)
+    except OSError:
+        pass
+
+
 class PtyPair:
     """socat joining two pseudo-terminals: the charger's end and the meter's end."""
 
@@ -69,6 +91,7 @@ class PtyPair:
             ["socat", "-d", "-d", f"pty,raw,echo=0,link={self.a}",
              f"pty,raw,echo=0,link={self.b}"],
             stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT,
+            preexec_fn=_as_hardware,
         )
         try:
             wait_until(lambda: self.a.exists() and self.b.exists() or self.proc.poll()
@@ -107,7 +130,8 @@ class MeterServer:
     def start(self, timeout=10.0):
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(self.cmd, stdin=subprocess.DEVNULL,
-                                         stdout=subprocess.PIPE, stderr=log)
+                                         stdout=subprocess.PIPE, stderr=log,
+                                         preexec_fn=_as_hardware)
         deadline = time.monotonic() + timeout
         line = b""
         while not line.endswith(b"\n"):
@@ -181,6 +205,7 @@ class Rig:
                                  "L123" if self.three else "L1", [5.0, 5.0, 5.0], map_path)
         self.events = []
         self._since = 0
+        self.readings = {}  # reading number -> what the meter view showed of it
 
     def start(self):
         self.meter.start()
@@ -197,19 +222,85 @@ class Rig:
 
     def set_load(self, amps):
         """House load on the stepped phase (L2 on three-phase, L1 on single); returns the
-        firmware time just before the meter changed."""
-        t_us = self.charger.snapshot()["t_us"]
+        firmware times just before and just after the meter changed."""
+        t_lo = self.watch(self.charger.snapshot())["t_us"]
         load = [5.0, amps, 5.0] if self.three else [amps, 0.0, 0.0]
         self.meter.ctl(op="load", amps=load)
-        return t_us
+        t_hi = self.watch(self.charger.snapshot())["t_us"]
+        return t_lo, t_hi
 
     def charge(self):
         c = self.charger
         phases = 3 if self.three else 1
         c.sim("ev", state="B", diode=True, max_a=32, phases=phases)
-        c.wait_for(lambda s: s["session"]["active"], timeout=START_TIMEOUT)
+        c.wait_for(lambda s: s["session"]["active"], timeout=WAIT_S)
         c.sim("ev", state="C", diode=True, max_a=32, phases=phases)
-        return c.wait_for(lambda s: s["relays_closed"], timeout=START_TIMEOUT)
+        return c.wait_for(lambda s: s["relays_closed"], timeout=WAIT_S)
+
+    # ---- the meter readings, as the firmware took them ------------------------------------
+    def watch(self, snap):
+        """Keeps the meter reading a snapshot shows (each reading once, by its number)."""
+        m = snap.get("meter")
+        if m and m.get("read_t_us") is not None and m["reads"] not in self.readings:
+            self.readings[m["reads"]] = {
+                "n": m["reads"], "t_us": m["read_t_us"], "amps": m["amps"],
+                "own": m["own_a"], "limit": m["limit_a"], "cycle_ms": m["cycle_ms"],
+                "failed": sum(m["errors"].values()),
+            }
+        return snap
+
+    def wait(self, pred, timeout=WAIT_S):
+        """Polls snapshots until pred(snapshot), keeping every meter reading seen (ten
+        looks at each: the reactions are judged from the events, not from the looks)."""
+        return self.charger.wait_for(lambda s: pred(self.watch(s)), timeout=timeout,
+                                     step=0.1)
+
+    def wait_error(self, code, active, since, timeout=WAIT_S):
+        """The first `error` event for `code` raised (or cleared) after `since`, waiting
+        for it while keeping the meter readings the snapshots show."""
+        found = []
+
+        def seen(snap):
+            for e in self.charger.events(since):
+                if e["what"] == "error" and e["value"] == code and e["active"] == active:
+                    found.append(e)
+                    return True
+            return False
+
+        self.wait(seen, timeout=timeout)
+        return found[0]
+
+    def house(self, reading):
+        """The other loads the reading shows on the stepped phase."""
+        p = 1 if self.three else 0
+        return reading["amps"][p] - reading["own"][p]
+
+    def first_showing(self, load, after_us):
+        """The first reading after `after_us` that shows `load` on the stepped phase, and
+        whether it is surely the first (the reading before it was seen, without it)."""
+        for n in sorted(self.readings):
+            r = self.readings[n]
+            if r["t_us"] > after_us and abs(self.house(r) - load) < 0.5:
+                prev = self.readings.get(n - 1)
+                return r, prev is not None and abs(self.house(prev) - load) >= 0.5
+        raise AssertionError(f"no reading after {after_us} shows {load} A: "
+                             f"{sorted(self.readings.items())[-5:]}")
+
+    def check_cadence(self):
+        """One reading per cycle, judged on the readings' own times: none skipped (the
+        next comes at most a late wake-up after its place on the grid) and no more than
+        one per cycle over the run (a single gap can be short: the reading after a late
+        one is on time). Readings with a failed exchange between them (the test meter
+        answered too late on a busy host) are not a cadence."""
+        rs = [self.readings[n] for n in sorted(self.readings)]
+        for a, b in zip(rs, rs[1:], strict=False):
+            if b["n"] == a["n"] + 1 and b["failed"] == a["failed"]:
+                gap = (b["t_us"] - a["t_us"]) / 1e6
+                assert gap <= CYCLE_S + LATE_S, \
+                    f"readings {a['n']} and {b['n']} {gap:.3f} s apart"
+        span = (rs[-1]["t_us"] - rs[0]["t_us"]) / 1e6
+        assert rs[-1]["n"] - rs[0]["n"] <= span / CYCLE_S + 1, \
+            f"{rs[-1]['n'] - rs[0]['n']} readings in {span:.1f} s"
 
     def meter_view(self):
         return self.charger.snapshot().get("meter") or {}
@@ -253,7 +344,7 @@ def rig(request, tmp_path):
         r.close()
 
 
-def offered(c, amps, timeout):
+def offered(c, amps, timeout=WAIT_S):
     return c.wait_for(lambda s: abs(s["offered_a"] - amps) < 0.15, timeout=timeout)
 
 
@@ -285,56 +376,103 @@ def excess_periods(load_steps, offers, end_us):
     return periods
 
 
+def steady(r, amps, load):
+    """Waits until the car draws the `amps` offered and a reading shows both its draw and
+    the house `load` on the stepped phase (the test meter has caught up with the car): a
+    load step taken from here is the only change the next reading sees."""
+    p = 1 if r.three else 0
+    snap = r.wait(lambda s: abs(s["offered_a"] - amps) < 0.15)
+    since = snap["t_us"]
+
+    def seen(s):
+        m = s["meter"]
+        return (m["read_t_us"] > since and abs(m["own_a"][p] - amps) < 0.3
+                and abs(m["amps"][p] - m["own_a"][p] - load) < 0.3)
+
+    r.wait(seen)
+
+
+def answered(r, load, t_lo, pred):
+    """The first reading that shows `load` and the first offer change after the step
+    (t_lo) that satisfies pred; checks the offer followed that reading within a tick."""
+    reading, surely_first = r.first_showing(load, t_lo)
+    t = r.first_offer(pred, t_lo)
+    assert t is not None, f"no offer change after the step to {load} A"
+    # A lowered limit cuts the offer in the same step as the reading (charger.py
+    # set_external_limit); one control tick is the bound.
+    took = (t - reading["t_us"]) / 1e6
+    assert took <= TICK_S, f"offer followed the reading of {load} A after {took:.3f} s"
+    if surely_first:
+        assert took >= 0, f"offer changed {-took:.3f} s before the reading that shows it"
+    return reading, t
+
+
 # ---- scenarios ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("model", MODELS)
 def test_house_load_steps(rig, model):
-    """The offer follows house load steps within two cycles; load + offer never exceeds
-    the contract limit for longer than one cycle; below 6 A the charge pauses and
-    resumes only with 7 A available for 5 s."""
+    """A rise of the house load is answered at the first meter reading that shows it;
+    load + offer never exceeds the contract limit past that reading's control tick; below
+    6 A the charge pauses and resumes only with 7 A available for 5 s; a fall of the load
+    raises the limit by at most 2 A per reading. Readings come once a second."""
     r = rig(model)
-    c = r.charger
     r.charge()
-    snap = offered(c, 20.0, timeout=START_TIMEOUT)  # 25 A - 5 A of other loads
+    snap = r.wait(lambda s: abs(s["offered_a"] - 20.0) < 0.15)  # 25 A - 5 A of other loads
     assert snap["limit_binding"] == "power"
-    t_start = snap["t_us"]
-    loads = [(t_start, 5.0)]
+    steady(r, 20.0, 5.0)
+    loads = [(snap["t_us"], 5.0)]
 
     # Up: 15 A of other loads leave 10 A.
-    t = r.set_load(15.0)
-    loads.append((t, 15.0))
-    offered(c, 10.0, timeout=2 * CYCLE_S + SLACK_S + 1)
-    t_cut = r.first_offer(lambda a: a <= 10.05, t)
-    assert t_cut is not None and (t_cut - t) / 1e6 <= 2 * CYCLE_S + SLACK_S
+    t_lo, _ = r.set_load(15.0)
+    r.wait(lambda s: s["offered_a"] <= 10.05)
+    reading, _ = answered(r, 15.0, t_lo, lambda a: a <= 10.05)
+    assert reading["limit"] == 10.0, reading
+    loads.append((reading["t_us"], 15.0))
+    steady(r, 10.0, 15.0)
 
     # Up again: 22 A leave 3 A, below 6 A: the charge pauses.
-    t = r.set_load(22.0)
-    loads.append((t, 22.0))
-    snap = c.wait_for(lambda s: s["offered_a"] == 0, timeout=2 * CYCLE_S + SLACK_S + 1)
+    t_lo, _ = r.set_load(22.0)
+    snap = r.wait(lambda s: s["offered_a"] == 0)
     assert snap["state"] == "SuspendedEVSE" and snap["limit_binding"] == "power"
-    t_pause = r.first_offer(lambda a: a == 0.0, t)
-    assert (t_pause - t) / 1e6 <= 2 * CYCLE_S + SLACK_S
+    reading, _ = answered(r, 22.0, t_lo, lambda a: a == 0.0)
+    loads.append((reading["t_us"], 22.0))
 
-    # Down to 17 A: 8 A would do, but the pause ends only after 5 s with >= 7 A.
-    t = r.set_load(17.0)
-    loads.append((t, 17.0))
-    snap = c.wait_for(lambda s: s["offered_a"] >= 6, timeout=RESUME_HOLD_S + 2 * CYCLE_S + 3)
-    t_resume = r.first_offer(lambda a: a >= 6, t)
-    assert (t_resume - t) / 1e6 >= RESUME_HOLD_S - CYCLE_S, "resumed without hysteresis"
-    assert (t_resume - t) / 1e6 <= RESUME_HOLD_S + 2 * CYCLE_S + SLACK_S
-    assert snap["offered_a"] <= 8.05
+    # Down to 17 A: 8 A would do, but the pause ends only after 5 s with >= 7 A: from the
+    # first reading that shows 8 A, the fifth reading after it (5 s on the grid, or the
+    # sixth when the fifth came a little early), then the next control tick.
+    t_lo, _ = r.set_load(17.0)
+    snap = r.wait(lambda s: s["offered_a"] >= 6, timeout=RESUME_HOLD_S + WAIT_S)
+    assert snap["offered_a"] <= 8.05, "resumes at 6 A + one raise step at most"
+    reading, _ = r.first_showing(17.0, t_lo)
+    loads.append((reading["t_us"], 17.0))
+    t_resume = r.first_offer(lambda a: a >= 6, t_lo)
+    held = (t_resume - reading["t_us"]) / 1e6
+    assert held >= RESUME_HOLD_S - 0.002, f"resumed after {held:.3f} s: no hysteresis"
+    if sum(snap["meter"]["errors"].values()) == reading["failed"]:
+        assert held <= RESUME_HOLD_S + CYCLE_S + LATE_S + TICK_S, f"resumed after {held:.3f} s"
+    else:  # the test meter missed replies (a busy host): the hold waited for readings
+        print(f"resume after {held:.3f} s with failed exchanges: {snap['meter']['errors']}")
 
-    # Down to 5 A: the limit rises within two cycles, by damped steps, up to 20 A.
-    t = r.set_load(5.0)
-    loads.append((t, 5.0))
-    t0 = time.monotonic()
-    wait_until(lambda: (r.meter_view().get("limit_a") or 0) > 8.05,
-               2 * CYCLE_S + SLACK_S + 0.5, "the power limit starts rising")
-    assert time.monotonic() - t0 <= 2 * CYCLE_S + SLACK_S + 0.5
-    snap = offered(c, 20.0, timeout=20)
+    # Down to 5 A: the limit rises at the first reading that shows it, by 2 A per
+    # reading at most, up to 20 A.
+    steady(r, snap["offered_a"], 17.0)
+    t_lo, _ = r.set_load(5.0)
+    snap = r.wait(lambda s: abs(s["offered_a"] - 20.0) < 0.15, timeout=30)
     assert snap["relays_closed"]
+    reading, surely_first = r.first_showing(5.0, t_lo)
+    loads.append((reading["t_us"], 5.0))
+    before = r.readings.get(reading["n"] - 1)
+    if surely_first:
+        assert reading["limit"] > before["limit"], "the limit rises at the first reading"
+    rs = [r.readings[n] for n in sorted(r.readings) if r.readings[n]["t_us"] >= reading["t_us"]]
+    for x, y in zip(rs, rs[1:], strict=False):
+        if y["n"] == x["n"] + 1:
+            assert y["limit"] - x["limit"] <= RAISE_STEP_A + 1e-6, (x, y)
 
+    # Over the whole run: the limit exceeded for no longer than the tick after the
+    # reading that showed the load (the first reading's own time is when it was known).
     periods = excess_periods(loads, r.offer_changes(), snap["t_us"])
-    assert all(p <= CYCLE_S + SLACK_S for p in periods), periods
+    assert all(p <= TICK_S for p in periods), periods
+    r.check_cadence()
     view = snap["meter"]
     assert view["model"] == model and view["ok"] and not view["lost"]
     assert view["exchanges"] >= 1 and view["reads"] > 10
@@ -347,23 +485,34 @@ def test_meter_unplugged_then_back(rig, model):
     r = rig(model)
     c = r.charger
     r.charge()
-    offered(c, 20.0, timeout=START_TIMEOUT)
-    t_off = c.snapshot()["t_us"]
+    steady(r, 20.0, 5.0)
+    t_off = r.watch(c.snapshot())["t_us"]
+    last = r.readings[max(r.readings)]
     r.meter.stop()
-    snap = c.wait_for(lambda s: "MET" in s["errors"], timeout=LOST_S + CYCLE_S + 3)
-    took = (snap["t_us"] - t_off) / 1e6  # snapshots come every 20 ms
-    assert LOST_S - CYCLE_S <= took <= LOST_S + CYCLE_S + SLACK_S, took
+    raised = r.wait_error("MET", True, t_off, timeout=LOST_S + WAIT_S)
+    snap = r.watch(c.snapshot())
+    assert snap["meter"]["read_t_us"] == last["t_us"], "no valid reading without a meter"
+    # Checked at the end of each cycle: the first one ending LOST_S after the last valid
+    # reading (a failing cycle ends within the cycle: two exchanges that time out).
+    took = (raised["t_us"] - last["t_us"]) / 1e6
+    assert LOST_S - 0.002 <= took <= LOST_S + CYCLE_S + LATE_S, took
     assert snap["state"] == "Faulted"
-    snap = c.wait_for(lambda s: not s["relays_closed"] and s["offered_a"] == 0, timeout=3)
+    snap = c.wait_for(lambda s: not s["relays_closed"] and s["offered_a"] == 0, timeout=WAIT_S)
     assert snap["meter"]["lost"] and snap["meter"]["limit_a"] == 0.0
     assert "MET" in c.http("GET", "/api/status").body["errors"]
 
     r.meter.start()
     t_on = c.snapshot()["t_us"]
-    snap = c.wait_for(lambda s: "MET" not in s["errors"], timeout=RECOVER_S + 2 * CYCLE_S + 3)
-    assert (snap["t_us"] - t_on) / 1e6 >= RECOVER_S - CYCLE_S
+    cleared = r.wait_error("MET", False, t_on, timeout=RECOVER_S + WAIT_S)
+    snap = r.watch(c.snapshot())
+    assert "MET" not in snap["errors"]
+    first = r.readings.get(last["n"] + 1)  # the first valid reading with the meter back
+    if first is not None:
+        # Valid for RECOVER_S by the reading that ends it, then protection's next check.
+        took = (cleared["t_us"] - first["t_us"]) / 1e6
+        assert RECOVER_S - 0.002 <= took <= RECOVER_S + CYCLE_S + LATE_S + TICK_S, took
     assert snap["session"]["active"], "the session survived the meter's absence"
-    snap = c.wait_for(lambda s: s["relays_closed"] and s["offered_a"] >= 6, timeout=15)
+    snap = c.wait_for(lambda s: s["relays_closed"] and s["offered_a"] >= 6, timeout=WAIT_S)
     assert snap["limit_binding"] in ("power", "max_current")
     assert not snap["meter"]["lost"]
 
@@ -375,19 +524,19 @@ def test_line_faults_do_not_stop_polling(rig, model):
     r = rig(model)
     c = r.charger
     r.charge()
-    offered(c, 20.0, timeout=START_TIMEOUT)
+    offered(c, 20.0)
     expect = {"crc": "crc", "exception": "exception", "garbage": "frame",
               "wrong_slave": "frame", "noise": None}
     for kind, counter in expect.items():
         before = r.meter_view()
         r.meter.ctl(op="fault", kind=kind, every=2)
         reads = before["reads"]
-        wait_until(lambda n=reads: r.meter_view()["reads"] >= n + 2, 4 * CYCLE_S + 2,
+        wait_until(lambda n=reads: r.meter_view()["reads"] >= n + 2, WAIT_S,
                    f"valid readings between {kind} faults")
         if counter:
             n = before["errors"][counter]
             wait_until(lambda n=n, k=counter: r.meter_view()["errors"][k] > n,
-                       4 * CYCLE_S + 2, f"{kind} counted as {counter}")
+                       WAIT_S, f"{kind} counted as {counter}")
         r.meter.ctl(op="fault", kind="none")
         snap = c.snapshot()
         assert "MET" not in snap["errors"], kind
