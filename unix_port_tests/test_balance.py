@@ -322,6 +322,8 @@ class FakeCharger:
             self.external.pop(name, None)
         else:
             self.external[name] = amps
+            if amps < self.offered_a:  # a cut applies at once, as in evse/charger.py
+                self.offered_a = amps if amps >= 6 else 0.0
 
     def trip(self, bit):
         self.trips.append(bit)
@@ -461,6 +463,48 @@ def test_pool_elects_lowest_and_shares():
     eq([b.ch.offered_a for b in pool.nodes], [13.0, 13.0, 13.0], "shared")
     eq([b.view()["members"] for b in pool.nodes], [[1, 2, 3]] * 3, "members")
     true(all(b.view()["quorum"] for b in pool.nodes), "quorum")
+
+
+def test_a_changed_allocation_is_reported_in_the_tick_that_applies_it():
+    """The master raises a node only once the others have reported their cuts: a node
+    that waited for its next status period could push a new car's grant a cycle later."""
+    pool = Pool([1, 2, 3])
+    pool.plug(0)
+    pool.plug(1)
+    pool.run(6000)
+    eq(pool.offers(), [20.0, 20.0, 0.0], "two share 40 A")
+    b = pool.nodes[1]
+    sent = []
+    send = b.can.send
+
+    def spy(can_id, data):
+        sent.append((pool.t, can_id, bytes(data)))
+        send(can_id, data)
+
+    b.can.send = spy
+    pool.plug(2)
+    t_cut = None
+    while t_cut is None and pool.t < 20000:
+        before = b.alloc_a
+        pool.run(100)
+        if b.alloc_a != before:
+            t_cut = pool.t - 100
+    true(t_cut is not None and b.alloc_a < 20.0, "node 2 cut for the new car")
+    reports = [d for t, i, d in sent if t == t_cut and i == lb.ID_STATUS + 2]
+    true(reports, "a status frame in the tick that applied the cut")
+    eq(reports[-1][7], lb._ha_up(b.alloc_a), "reporting the offer already cut")
+    master = pool.nodes[0]
+    heard = None
+    granted = None
+    while granted is None and pool.t < 30000:
+        n3 = master.nodes.get(3)
+        if heard is None and n3 is not None and n3.state == lb.ST_WANT:
+            heard = pool.t
+        if master.planner.sent.get(3, 0) >= 6:
+            granted = pool.t
+        pool.run(100)
+    true(heard is not None and granted is not None, "heard and granted")
+    true(granted - heard <= 2 * lb.CYCLE_MS, "granted %d ms after the ask" % (granted - heard))
 
 
 def test_pool_master_lost_fallback_and_clash():

@@ -501,7 +501,14 @@ class Balancer:
                 self.fallback = True
                 _log.error("no allocation from master %s for %d ms: fallback share",
                            self.master, MASTER_TIMEOUT_MS)
-        self._apply(now)
+        if self._apply(now) and self.master != addr and self.alloc_a is not None:
+            # A changed allocation is reported as soon as it is applied, not at the next
+            # status period: the master grants a raise only once every other node has
+            # reported its cut, and a report up to 500 ms later (more on a loaded node)
+            # pushed a new car's grant into the third cycle.
+            self._update_me(now)
+            self._status_ms = now
+            self._send_status()
 
     def _switch(self, on, now):
         if not on and self.addr:
@@ -866,6 +873,8 @@ class Balancer:
         if lim != self.limit_a:
             self.limit_a = lim
             self.ch.set_external_limit(LIMIT_NAME, lim)
+            return True
+        return False
 
     # ---- views ---------------------------------------------------------------------------------
     def notice(self):
