@@ -4,14 +4,16 @@ that records every charger's offer, and the waits.
 
 Numbers of the protocol (docs/load-balancing.md) the tests lean on are repeated here."""
 import socket
-import struct
-import threading
 import time
 
 from harness import Charger, free_port, wait_until
 
 CYCLE_S = 1.0  # the master allocates this often (balance.CYCLE_MS)
 TICK_S = 0.1  # the balancer's tick: frames are read, a due cycle runs (balance._TICK_MS)
+# A tick or a meter read that runs late on a loaded host (asyncio sleeps, the scheduler):
+# the most one comes after its place on its grid.
+LATE_S = 0.3
+HMI_S = 0.1  # app._HMI_MS: the display follows within one HMI tick
 ID_ALLOC = 0x600  # + destination address: master -> node
 ID_STATUS = 0x610  # + sender address: node -> all
 ST_WANT = 2  # status byte 3, bits 0-1: a session that needs current
@@ -84,59 +86,50 @@ class Watch:
         assert self.worst[0] <= limit + 1e-6, f"offers {self.worst} above {limit} A"
 
 
-class BusTap:
-    """Listens on a simulated CAN bus (boards/unix_sim/sim_can.py: UDP datagrams to
-    127.255.255.255:port) beside the chargers and keeps every frame it hears as
-    (host time, id, data), so that a test can tell when a node asked for current and
-    when the master granted it. A context manager; close() stops it."""
+def can_frames(c, since_us=0):
+    """The CAN frames charger `c` sent (`dir` tx) and read (rx) from `since_us` on, each
+    {"t_us", "dir", "id", "data" (bytes)}, stamped on its own clock (the `can` op's trace:
+    a frame is stamped when the firmware read it, i.e. when it could act on it)."""
+    out = c.sim("can", since=since_us)["can"]["frames"]
+    for f in out:
+        f["data"] = bytes.fromhex(f["data"])
+    return out
 
-    def __init__(self, port):
-        self.frames = []
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        self._sock.bind(("127.255.255.255", port))  # the bus's broadcasts, loopback only
-        self._sock.settimeout(0.2)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
 
-    def _run(self):
-        while not self._stop.is_set():
-            try:
-                data = self._sock.recv(64)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            if len(data) == 16:  # id u32 LE, dlc, 3 pad bytes, 8 data bytes
-                can_id, dlc = struct.unpack_from("<IB", data)
-                self.frames.append((time.monotonic(), can_id, bytes(data[8:8 + dlc])))
+def asked(frames, addr):
+    """The first status frame of node `addr` saying it needs current, or None."""
+    return next((f for f in frames if f["id"] == ID_STATUS + addr and len(f["data"]) == 8
+                 and f["data"][3] & 3 == ST_WANT), None)
 
-    def close(self):
-        self._stop.set()
-        self._thread.join(timeout=1.0)
-        self._sock.close()
 
-    def __enter__(self):
-        return self
+def granted(frames, addr, after_us):
+    """The first allocation of at least 6 A to node `addr` after `after_us`, or None."""
+    return next((f for f in frames if f["id"] == ID_ALLOC + addr and len(f["data"]) == 8
+                 and f["t_us"] > after_us and f["data"][4] >= 12), None)
 
-    def __exit__(self, *exc):
-        self.close()
 
-    def _first(self, since, match):
-        for t, can_id, data in list(self.frames):
-            if t >= since and len(data) == 8 and match(can_id, data):
-                return t
-        return None
-
-    def asked(self, addr, since):
-        """When node `addr` first announced after `since` that it needs current."""
-        return self._first(since, lambda i, d: i == ID_STATUS + addr and d[3] & 3 == ST_WANT)
-
-    def granted(self, addr, since):
-        """When the master first allocated node `addr` at least 6 A after `since`."""
-        return self._first(since, lambda i, d: i == ID_ALLOC + addr and d[4] >= 12)
+def check_fallback(c, since_us, offered):
+    """On node c's own clock: MASTER_TIMEOUT_S after the last allocation it read, its
+    offer falls to its fallback share (at the balancer's tick that notices, at once) and
+    the warning shows (a new warning is shown at once, at the next HMI tick)."""
+    addr = bal(c.snapshot(), "addr")
+    allocs = [f for f in can_frames(c, since_us) if f["dir"] == "rx" and f["id"] == ID_ALLOC + addr]
+    assert allocs, f"{c.name}: no allocation read before the master went silent"
+    t_last = allocs[-1]["t_us"]
+    events = c.events(t_last)
+    shown = next((e for e in events if e["what"] == "display"
+                  and e["value"] == MASTER_LOST_TEXT), None)
+    assert shown is not None, f"{c.name}: the warning was never shown"
+    took = (shown["t_us"] - t_last) / 1e6
+    assert MASTER_TIMEOUT_S - 0.002 <= took <= MASTER_TIMEOUT_S + TICK_S + HMI_S + 2 * LATE_S, \
+        f"{c.name}: warning {took:.2f} s after the last allocation"
+    if offered and offered > 6:
+        cut = next((e for e in events if e["what"] == "pwm_duty_pct" and e["value"] is not None
+                    and e["value"] * 0.6 <= 6.05), None)
+        assert cut is not None, f"{c.name}: never cut to its fallback share"
+        took = (cut["t_us"] - t_last) / 1e6
+        assert MASTER_TIMEOUT_S - 0.002 <= took <= MASTER_TIMEOUT_S + TICK_S + LATE_S, \
+            f"{c.name}: fallback share {took:.2f} s after the last allocation"
 
 
 class Pool:

@@ -8,7 +8,19 @@ import socket
 import time
 
 from harness import free_port, wait_until
-from pool import CYCLE_S, MASTER_LOST_TEXT, MASTER_TIMEOUT_S, NODE_TIMEOUT_S, Watch
+from pool import (
+    CYCLE_S,
+    LATE_S,
+    MASTER_LOST_TEXT,
+    MASTER_TIMEOUT_S,
+    NODE_TIMEOUT_S,
+    TICK_S,
+    Watch,
+    asked,
+    can_frames,
+    check_fallback,
+    granted,
+)
 from pool import bal as _bal
 from pool import offers as _off
 from pool import plug as _plug
@@ -16,6 +28,10 @@ from pool import plug as _plug
 LIMIT_A = 40
 FALLBACK_HOLD_S = 60.0  # balance.FALLBACK_HOLD_MS: fallback share this long, then a pause
 GONE_HOLD_S = 65.0  # balance.GONE_HOLD_MS: a silent node's share kept, then it is forgotten
+# On the master's clock, from reading a new car's ask to granting it 6 A: the second
+# allocation cycle on its grid, late by a tick (docs/load-balancing.md, Allocation §5).
+GRANT_S = 2 * CYCLE_S + TICK_S + LATE_S
+WAIT_S = 15.0  # bound on a wait of the test, not a figure of the firmware
 
 
 def _pool(start_charger, n, extra=None):
@@ -37,11 +53,17 @@ def test_three_nodes(start_charger):
     # One car: the whole pool up to its max.
     _plug(cs[0])
     w.wait(lambda ss: _off(ss)[0] == 32, 10, "one car gets 32 A")
-    # A second car: room within two cycles (plus the charging core's control tick).
+    # A second car: room in the second cycle after the master read its ask.
+    t_master = cs[0].snapshot()["t_us"]
     _plug(cs[1])
-    t = time.monotonic()
-    w.wait(lambda ss: _off(ss)[1] >= 6, 2 * CYCLE_S + 3.0, "second car gets room")
-    print(f"second car room after {time.monotonic() - t:.1f} s")
+    w.wait(lambda ss: _off(ss)[1] >= 6, WAIT_S, "second car gets room")
+    frames = can_frames(cs[0], t_master)
+    ask = asked([f for f in frames if f["dir"] == "rx"], 2)
+    grant = ask and granted([f for f in frames if f["dir"] == "tx"], 2, ask["t_us"])
+    assert ask and grant, "the master read the ask and granted it"
+    took = (grant["t_us"] - ask["t_us"]) / 1e6
+    print(f"second car granted {took:.2f} s after the master read its ask")
+    assert took <= GRANT_S, f"granted {took:.2f} s after the ask"
     _plug(cs[2])
     w.wait(lambda ss: _off(ss) == [13, 13, 13], 25, "three share 40 A")
     # One car stops drawing (takes 6 A): the others get the rest; back when it asks.
@@ -56,13 +78,16 @@ def test_three_nodes(start_charger):
     # The master is killed: fallback (at most 6 A, fault shown), node 2 takes over.
     # The driver sees it at once: a warning in the display rotation, the fault LED
     # blinking; not a fault: the car goes on charging at the safe share.
+    before = w.offers()
+    since = max(0, cs[2].snapshot()["t_us"] - int(1.5e6))  # node 3's last allocation
     cs[0].kill()
     w.wait(lambda ss: _bal(ss[2], "fault") == "master_lost"
-           and ss[2]["display"] == MASTER_LOST_TEXT, MASTER_TIMEOUT_S + 3, "fallback shown")
+           and ss[2]["display"] == MASTER_LOST_TEXT, MASTER_TIMEOUT_S + WAIT_S, "fallback shown")
     snap = w.snaps[2]
     assert snap["leds"]["fault"] == {"colour": "red", "pattern": "slow"}, snap["leds"]
     assert snap["errors"] == [] and snap["relays_closed"], snap["errors"]
-    w.wait(lambda ss: _off(ss)[2] <= 6, 1.0, "fallback share applied (next control tick)")
+    w.wait(lambda ss: _off(ss)[2] <= 6, WAIT_S, "fallback share applied")
+    check_fallback(cs[2], since, before[2])
     w.wait(lambda ss: _bal(ss[2], "master") == 2 and _bal(ss[1], "master") == 2, 10,
            "node 2 takes over")
     # Restarted: it is master again and shares without going above the limit.
@@ -81,7 +106,8 @@ def test_address_clash(start_charger):
     extra = start_charger(settings={"lb_enabled": True, "can_addr": 2, "auth_mode": "free",
                                     "max_house_current_a": LIMIT_A}, env=bus, name="dup")
     for c in (cs[1], extra):
-        wait_until(lambda c=c: "CAN" in c.snapshot()["errors"], 5, f"ERR CAN ADDR on {c.name}")
+        wait_until(lambda c=c: "CAN" in c.snapshot()["errors"], WAIT_S,
+                   f"ERR CAN ADDR on {c.name}")
     assert "CAN" not in cs[0].snapshot()["errors"]
     extra.kill()
     wait_until(lambda: "CAN" not in cs[1].snapshot()["errors"], 20, "clash cleared")
@@ -104,9 +130,7 @@ def test_eight_nodes(start_charger):
         cs[i].sim("ev", state="A")
     w.wait(lambda ss: all((_off(ss)[i] or 0) >= 6 for i in waiting), 15, "waiting cars charge")
     w.check()
-    dt = time.monotonic() - t0
-    print(f"8-node test {dt:.1f} s, worst sum {w.worst}")
-    assert dt < 60
+    print(f"8-node test {time.monotonic() - t0:.1f} s, worst sum {w.worst}")
 
 
 def test_node_cut_off_from_the_bus(start_charger):
@@ -136,7 +160,7 @@ def test_node_cut_off_from_the_bus(start_charger):
     cut_off.append(cut)
     w.wait(lambda ss: _bal(ss[2], "fault") == "master_lost" and ss[2]["display"] == MASTER_LOST_TEXT
            and _bal(ss[2], "quorum") is False and (_off(ss)[2] or 0) <= 6,
-           MASTER_TIMEOUT_S + 3, "cut node: fallback share and the warning")
+           MASTER_TIMEOUT_S + WAIT_S, "cut node: fallback share and the warning")
     assert cs[2].snapshot()["errors"] == [], "a warning, not a fault"
     w.wait(lambda ss: _bal(ss[0], "nodes") == [2] and _bal(ss[0], "quorum")
            and (_off(ss)[0] or 0) > 13, NODE_TIMEOUT_S + 8, "nodes 1 and 2 go on")

@@ -7,12 +7,15 @@ the house load steps, the meter is lost, the master is killed and restarted, a c
 is installed with an address already in use.
 
 The pool limit then comes from the master's power-management headroom: per phase,
-`max_house_current_a` minus the other loads. A watcher takes every charger's snapshot
-in turn and checks, per phase, that the offers never add up to more than that limit,
-allowing the old limit for REACT_S after the load rises (the meter is read once per
-cycle, the master allocates once per cycle, the nodes apply it at their next tick), and
-that every charger's offer stays within its `balance` limit and the master's also within
-its own power limit ("power", docs/power-management.md) one control tick after a change.
+`max_house_current_a` minus the other loads. Each link of a reaction is judged on the
+clock of the charger where it happens: the master's allocation after the meter reading
+that showed a load step (the reading's `read_t_us`, the allocation frame in the master's
+CAN trace), the master's grant after it read a node's ask (both in its trace), each
+charger's offer against its own limits (its own snapshots). A watcher takes every
+charger's snapshot in turn and checks, per phase, that the offers never add up to more
+than the pool limit, allowing the old limit for REACT_S after the load rises: the sum
+spans several chargers' clocks, so that envelope is on the host's time, and is the sum
+of the links above with a late tick allowed on each.
 """
 import shutil
 import time
@@ -21,13 +24,18 @@ import pytest
 from harness import Charger
 from pool import (
     CYCLE_S,
+    ID_ALLOC,
+    LATE_S,
     MASTER_LOST_TEXT,
     MASTER_TIMEOUT_S,
     TICK_S,
-    BusTap,
     Pool,
     Watch,
+    asked,
     bal,
+    can_frames,
+    check_fallback,
+    granted,
     offers,
     plug,
 )
@@ -36,24 +44,25 @@ from test_power_management import MeterServer, PtyPair
 LIMIT_A = 40  # max_house_current_a: the contract limit per phase at the meter
 LOAD = [5.0, 5.0, 5.0]  # the house's other loads at the start
 METER_CYCLE_S = 1.0  # power.CYCLE_MS: the master reads the meter this often
-REACT_S = METER_CYCLE_S + CYCLE_S + 0.6  # read, allocation cycle, node and control ticks
-TICK_LAG_S = 0.5  # a lower limit is applied at the next control tick (100 ms) + slack
+# From a load step to every node's offer: the next meter reading (a cycle, its exchange
+# and a late wake-up), the master's tick that takes it, the next allocation cycle on its
+# grid (late by a tick at most), the node's tick that reads the frame (the offer is cut
+# in that step); each tick may run late.
+REACT_S = METER_CYCLE_S + CYCLE_S + 2 * TICK_S + 3 * LATE_S
+TICK_LAG_S = TICK_S + LATE_S  # a lower limit cuts the offer at once; a tick at most
 LOST_S = 5.0  # power.LOST_MS: no valid reading this long -> ERR MET on the master
 RECOVER_S = 5.0  # power.RECOVER_MS
 STATUS_S = 0.5  # balance.STATUS_MS: every node announces itself this often
-LATE_S = 0.3  # a tick that runs late on a loaded host, and the host's own timestamps
-# A new car gets room in the second allocation cycle after the master hears it ask
-# (docs/load-balancing.md, Allocation §5: one cycle to cut, one to grant). On the bus
-# (BusTap): from the node's first status frame asking for current to the master's
-# allocation frame granting it at least 6 A, the master reads the frame at its next tick,
-# then runs the two cycles.
-GRANT_S = TICK_S + 2 * CYCLE_S + LATE_S
-# End to end, from the plug-in to the first round of snapshots showing the offer, there
-# is more around the two cycles: the charging core sees the car and starts the session
-# and the balancer notes it (two ticks) and reports it in its next status frame (up to
-# STATUS_S); after the grant, the node reads it and the charging core offers it (two
-# ticks); the watcher's round of snapshots sees it (about a tick). Typically 1.8-2.2 s.
-ROOM_S = 2 * TICK_S + STATUS_S + GRANT_S + 2 * TICK_S + TICK_S
+# A new car gets room in the second allocation cycle after the master reads its ask
+# (docs/load-balancing.md, Allocation §5: one cycle to cut, one to grant): on the
+# master's clock, from reading the node's first status frame asking for current to
+# sending it an allocation of at least 6 A, two cycles on the grid and the tick that
+# runs the second one late.
+GRANT_S = 2 * CYCLE_S + TICK_S + LATE_S
+# The master takes a new meter reading at its next tick and allocates with it at the next
+# cycle on its grid.
+FOLLOW_S = TICK_S + CYCLE_S + TICK_S + LATE_S
+WAIT_S = 15.0  # bound on a wait of the test, not a figure of the firmware
 CAN_CLEAR_S = 10.0  # protection: ERR CAN ADDR clears this long after the clash ends
 CLASH_CLEAR_S = 3.0  # balance.CLASH_CLEAR_MS: no frame with our address -> clash over
 
@@ -94,7 +103,9 @@ class MeterPool:
         self.loads = [(0.0, list(load))]  # (host time from which it holds, amps per phase)
         self.watch = Watch(watched)
         self.lag = []  # (node, what, t_us, offered, limit): an offer above a limit
+        self.readings = {}  # the master's meter readings by number: {t_us, amps}
         self.watch.hooks.append(self._limits_hook)
+        self.watch.hooks.append(self._readings_hook)
 
     def start(self):
         self.meter.start()
@@ -108,33 +119,59 @@ class MeterPool:
         self.pty.close()
 
     def set_load(self, load):
-        """Changes the house load; returns once the master's pool limit has followed."""
+        """Changes the house load; returns once the master has allocated with a reading
+        that shows it, having checked that allocation on the master's clock."""
+        master = self.cs[0]
         old = min(limit_for(self.loads[-1][1]))
+        new = min(limit_for(load))
+        t_lo = master.snapshot()["t_us"]
         self.loads.append((time.monotonic(), list(load)))
         self.meter.load = list(load)  # kept when the meter process is started again
         self.meter.ctl(op="load", amps=list(load))
-        new = min(limit_for(load))
 
-        def followed(ss):
-            # The master's reading shows the new load (the chargers load all phases
-            # alike), then its pool limit moves.
-            m = ss[0]["meter"]
-            seen = m and m["amps"] and all(
+        def shows(m):
+            # The chargers load all phases alike: the differences between phases are the
+            # house's.
+            return m and m["amps"] and all(
                 abs((m["amps"][p] - m["amps"][0]) - (load[p] - load[0])) < 1.0
                 for p in (1, 2))
-            pool = bal(ss[0], "pool_limit_a")
-            return seen and pool is not None and (
-                pool <= new + 1.0 if new < old else pool >= new - 1.0)
 
-        t = time.monotonic()
-        self.watch.wait(followed, REACT_S + 1, f"pool limit {new} A from the meter")
-        return time.monotonic() - t
+        self.watch.wait(lambda ss: any(r["t_us"] > t_lo and shows(r)
+                                       for r in self.readings.values()),
+                        WAIT_S, f"a reading of the master shows {load}")
+        reading = min((r for r in self.readings.values() if r["t_us"] > t_lo and shows(r)),
+                      key=lambda r: r["t_us"])
+        allocs = []
+
+        def allocated(_ss):
+            allocs[:] = [f for f in can_frames(master, t_lo)
+                         if f["dir"] == "tx" and f["id"] & 0x7F0 == ID_ALLOC]
+            return any(f["t_us"] > reading["t_us"] for f in allocs)
+
+        self.watch.wait(allocated, WAIT_S, "an allocation after that reading")
+        before = [f for f in allocs if f["t_us"] <= reading["t_us"]]
+        after = next(f for f in allocs if f["t_us"] > reading["t_us"])
+        took = (after["t_us"] - reading["t_us"]) / 1e6
+        assert took <= FOLLOW_S, f"allocated {took:.2f} s after the reading of {load}"
+        pool = after["data"][7] / 2
+        if before:
+            # The reading moves the headroom by the step, the way it went (the others'
+            # draws, counted beside it, move only as they follow; it stops at 0).
+            was = before[-1]["data"][7] / 2
+            ok = pool <= was + 0.5 if new < old else pool >= was - 0.5
+            assert ok, f"pool limit {was} -> {pool} A for a step of {new - old} A"
+        return took
 
     def plug_all(self, idx=None):
         for i in idx if idx is not None else range(len(self.cs)):
             plug(self.cs[i], phases=3)
 
     # ---- checks ----------------------------------------------------------------------------
+    def _readings_hook(self, snaps):
+        m = snaps[0] and snaps[0].get("meter")
+        if m and m.get("read_t_us") is not None and m["reads"] not in self.readings:
+            self.readings[m["reads"]] = {"t_us": m["read_t_us"], "amps": m["amps"]}
+
     def _limits_hook(self, snaps):
         """Each charger's offer against its own limits, seen in the same snapshot."""
         for i, s in enumerate(snaps):
@@ -238,6 +275,17 @@ def meter_pool(request, tmp_path):
         mp.close()
 
 
+def cs_events(c, since_us):
+    """Charger c's actuator events from since_us, waiting up to a protection tick for the
+    error report that follows a trip."""
+    deadline = time.monotonic() + 2.0
+    while True:
+        events = c.events(since_us)
+        if any(e["what"] == "error" for e in events) or time.monotonic() > deadline:
+            return events
+        time.sleep(0.05)
+
+
 def _total(o):
     return sum(a or 0 for a in o)  # None: a charger that did not answer this round
 
@@ -263,25 +311,25 @@ def test_three_nodes_cars_come_and_go_and_house_load_steps(meter_pool):
     w, cs = mp.watch, mp.cs
     mp.plug_all([0])
     mp.settled(lambda o: o[0] == 32, 10, "one car: its max (pool 35 A)")
-    with BusTap(mp.pool.bus_port) as tap:
-        for i in (1, 2):
-            t = time.monotonic()
-            mp.plug_all([i])
-            w.wait(lambda ss, i=i: (offers(ss)[i] or 0) >= 6, ROOM_S, f"car {i + 1} gets room")
-            took = time.monotonic() - t
-            asked, granted = tap.asked(i + 1, t), tap.granted(i + 1, t)
-            assert asked is not None and granted is not None, f"car {i + 1}: no ask or grant"
-            print(f"car {i + 1}: asks after {asked - t:.2f} s, granted {granted - asked:.2f} s "
-                  f"later, offered after {took:.2f} s")
-            assert granted - asked <= GRANT_S, \
-                f"car {i + 1} granted {granted - asked:.2f} s after it asked"
+    for i in (1, 2):
+        t_master = cs[0].snapshot()["t_us"]
+        mp.plug_all([i])
+        w.wait(lambda ss, i=i: (offers(ss)[i] or 0) >= 6, WAIT_S, f"car {i + 1} gets room")
+        frames = can_frames(cs[0], t_master)
+        ask = asked([f for f in frames if f["dir"] == "rx"], i + 1)
+        assert ask is not None, f"the master never read car {i + 1}'s ask"
+        grant = granted([f for f in frames if f["dir"] == "tx"], i + 1, ask["t_us"])
+        assert grant is not None, f"car {i + 1}: no grant after its ask"
+        took = (grant["t_us"] - ask["t_us"]) / 1e6
+        print(f"car {i + 1}: granted {took:.2f} s after the master read its ask")
+        assert took <= GRANT_S, f"car {i + 1} granted {took:.2f} s after it asked"
     o = mp.settled(lambda o: _total(o) >= 33 and all((a or 0) >= 11 for a in o), 20,
                    "three share 35 A")
     print("three cars, load 5 A:", o)
     mp.drawing()
     # The house takes 15 A more on L2: the pool is 23 A on L2.
     took = mp.set_load([5.0, 20.0, 5.0])
-    w.wait(lambda ss: _total(offers(ss)) <= 20, REACT_S, "offers cut to 20 A")
+    w.wait(lambda ss: _total(offers(ss)) <= 20, WAIT_S, "offers cut to 20 A")
     print(f"pool limit followed the meter after {took:.1f} s")
     o = mp.settled(lambda o: _charging(o) == 3 and _total(o) >= 18, 15, "three share 20 A")
     print("load 20 A on L2:", o)
@@ -326,22 +374,32 @@ def test_three_nodes_meter_lost(meter_pool):
     w = mp.watch
     mp.plug_all()
     mp.settled(lambda o: _charging(o) == 3 and _total(o) >= 33, 25, "three share 35 A")
-    t = time.monotonic()
+    t_off = w.snaps[0]["t_us"]
     mp.meter.stop()
-    w.wait(lambda ss: "MET" in ss[0]["errors"], LOST_S + METER_CYCLE_S + 3,
-           "ERR MET on the master")
-    took = time.monotonic() - t
-    assert took >= LOST_S - METER_CYCLE_S, f"ERR MET after {took:.1f} s"
-    w.wait(lambda ss: offers(ss) == [0, 0, 0], 2 * CYCLE_S + 2, "nobody charges")
+    w.wait(lambda ss: "MET" in ss[0]["errors"], LOST_S + WAIT_S, "ERR MET on the master")
+    # On the master's clock, from its last valid reading: the first cycle that ends LOST_S
+    # after it (a failing cycle ends within the cycle), or the protection tick after.
+    last = w.snaps[0]["meter"]["read_t_us"]
+    raised = next(e for e in cs_events(mp.cs[0], t_off)
+                  if e["what"] == "error" and e["value"] == "MET" and e["active"])
+    took = (raised["t_us"] - last) / 1e6
+    assert LOST_S - 0.002 <= took <= LOST_S + METER_CYCLE_S + TICK_S + LATE_S, \
+        f"ERR MET {took:.2f} s after the last reading"
+    w.wait(lambda ss: offers(ss) == [0, 0, 0], WAIT_S, "nobody charges")
     for s in w.snaps[1:]:
         assert s["errors"] == [] and bal(s, "pool_limit_a") == 0, s["errors"]
         assert not bal(s, "fallback") and s["display"] != MASTER_LOST_TEXT
         assert s["session"]["active"], "the session is kept"
+    reads = w.snaps[0]["meter"]["reads"]
+    t_on = w.snaps[0]["t_us"]
     mp.meter.start()
-    t = time.monotonic()
-    w.wait(lambda ss: "MET" not in ss[0]["errors"], RECOVER_S + 2 * METER_CYCLE_S + 3,
-           "ERR MET cleared")
-    assert time.monotonic() - t >= RECOVER_S - METER_CYCLE_S
+    w.wait(lambda ss: "MET" not in ss[0]["errors"], RECOVER_S + WAIT_S, "ERR MET cleared")
+    cleared = next(e for e in cs_events(mp.cs[0], t_on)
+                   if e["what"] == "error" and e["value"] == "MET" and not e["active"])
+    first = mp.readings.get(reads + 1)  # the first valid reading with the meter back
+    if first is not None:
+        took = (cleared["t_us"] - first["t_us"]) / 1e6
+        assert took >= RECOVER_S - 0.002, f"ERR MET cleared {took:.2f} s after the meter came back"
     mp.settled(lambda o: _charging(o) == 3, 25, "all charge again")
     mp.check_pool()
 
@@ -385,7 +443,7 @@ def test_eight_nodes_house_load_step_and_cars_leave(meter_pool):
     first = [i for i, x in enumerate(o) if x]
     mp.drawing()
     took = mp.set_load([5.0, 23.0, 5.0])
-    w.wait(lambda ss: _total(offers(ss)) <= 17, REACT_S, "offers cut to 17 A")
+    w.wait(lambda ss: _total(offers(ss)) <= 17, WAIT_S, "offers cut to 17 A")
     print(f"pool limit followed the meter after {took:.1f} s")
     o = mp.settled(lambda o: _charging(o) == 2, 15, "two charge")
     print("8 cars, 17 A:", o)
@@ -424,11 +482,15 @@ def test_master_killed_and_restarted(meter_pool, n, fit):
     mp.plug_all()
     before = mp.settled(lambda o: _charging(o) == fit and _total(o) >= 30, 30,
                         f"{fit} charge")
+    # Each node's clock a little more than a cycle before the kill: its last allocation.
+    since = [max(0, c.snapshot()["t_us"] - int(1.5e6)) for c in cs]
     cs[0].kill()
-    w.wait(lambda ss: all(bal(s, "fallback") for s in ss[1:]), MASTER_TIMEOUT_S + 3, "fallback")
-    w.wait(lambda ss: all(s["display"] == MASTER_LOST_TEXT for s in ss[1:]), 2, "warning shown")
+    w.wait(lambda ss: all(bal(s, "fallback") for s in ss[1:]), MASTER_TIMEOUT_S + WAIT_S,
+           "fallback")
     w.wait(lambda ss: all((offers(ss)[i] or 0) <= min(before[i], 6) for i in range(1, n)),
-           1.0, "fallback share applied")
+           WAIT_S, "fallback share applied")
+    for i in range(1, n):
+        check_fallback(cs[i], since[i], before[i])
     for s in w.snaps[1:]:
         assert bal(s, "master") == 1 and bal(s, "fault") == "master_lost"
         assert s["errors"] == [] and s["leds"]["fault"]["pattern"] == "slow"
@@ -436,8 +498,8 @@ def test_master_killed_and_restarted(meter_pool, n, fit):
     assert all(w.snaps[i]["relays_closed"] for i in charging), "charging on at 6 A"
     cs[0].start()
     plug(cs[0], phases=3)  # a fresh process: the simulated car is plugged in again
-    w.wait(lambda ss: not any(bal(s, "fallback") for s in ss), 15, "master allocates again")
-    w.wait(lambda ss: all(s["display"] != MASTER_LOST_TEXT for s in ss), 3, "warning gone")
+    w.wait(lambda ss: not any(bal(s, "fallback") for s in ss), WAIT_S, "master allocates again")
+    w.wait(lambda ss: all(s["display"] != MASTER_LOST_TEXT for s in ss), WAIT_S, "warning gone")
     mp.settled(lambda o: _charging(o) == fit and _total(o) >= 30, 30, f"{fit} charge again")
     assert masters == {1}, f"masters seen: {masters}"
     mp.check_pool()
