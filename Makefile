@@ -6,8 +6,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 MICROPYTHON := $(VENV)/bin/micropython
 # The firmware processes mostly wait on their 10 ms ticks: three test workers share two
-# cores without starving them. PYTEST_ARGS="-n 0" runs the suite in one process.
-PYTEST_ARGS ?= -n 3
+# cores without starving them, each handed one test at a time, the longest first
+# (tests/conftest.py). PYTEST_ARGS="-n 0" runs the suite in one process.
+PYTEST_ARGS ?= -n 3 --maxschedchunk 1
 RUN_ARGS ?=
 BENCH_ARGS ?=
 # make soak: the long soak, then the power-cut campaign (docs/soak.md).

@@ -19,17 +19,25 @@ from harness import Charger, firmware_tree, kill_leftovers
 def pytest_configure(config):
     """Compile the firmware once, before any test (or test worker) starts: every charger
     of the session runs that tree, the way a charger runs it (harness.firmware_tree)."""
+    config.addinivalue_line(
+        "markers", "duration(seconds): about how long the test takes (a protocol hold it "
+        "waits out); the suite starts the longest tests first")
     if not hasattr(config, "workerinput"):
         firmware_tree()
 
 
 def pytest_collection_modifyitems(session, config, items):
-    """The longest tests (a timeout mark above the default) go first, longest first: the
-    workers then run them beside the short ones instead of one alone at the end."""
+    """The longest tests go first, longest first (a `duration` mark, else a timeout mark
+    above the default): the workers run them beside the short ones instead of one alone
+    at the end. The Makefile hands tests out one at a time (--maxschedchunk 1): in
+    batches, the first worker would get all the long ones."""
 
     def budget(item):
-        m = item.get_closest_marker("timeout")
-        return m.args[0] if m is not None and m.args else 0
+        for name in ("duration", "timeout"):
+            m = item.get_closest_marker(name)
+            if m is not None and m.args:
+                return m.args[0]
+        return 0
 
     items.sort(key=budget, reverse=True)  # stable: the rest keep their order
 

@@ -19,8 +19,10 @@ import shutil
 import pytest
 from soak_check import Watcher
 
-# Long enough to judge the heap after its warm-up (soak_scenario.WARMUP_S).
-SOAK_S = float(os.environ.get("EVSE_SOAK_S", "300"))
+# Every rule, every kind of event, and the fragmentation probe (which found the heap in
+# pieces within 150 s without the app's gc.threshold); the heap's trend is judged only
+# after its 3-minute warm-up (soak_scenario.WARMUP_S), so by `make soak` (docs/soak.md).
+SOAK_S = float(os.environ.get("EVSE_SOAK_S", "150"))
 SEED = int(os.environ.get("EVSE_SOAK_SEED", "61851"))
 
 
