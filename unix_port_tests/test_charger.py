@@ -171,6 +171,74 @@ def test_a_lower_limit_cuts_the_offer_before_the_next_tick():
     true(not r.hw.relays.closed, "forced open 6 s after the PWM stopped")
 
 
+def _irq_on_next_pwm(r):
+    """The RCD trips (its handler runs `trip`) just before the next PWM write lands, as
+    an interrupt between a caller's checks and the write would."""
+    cp = r.hw.cp
+    write = cp.pwm
+
+    def pwm(duty_pm):
+        cp.pwm = write
+        r.hw.rcd.fire()
+        write(duty_pm)
+
+    cp.pwm = pwm
+
+
+def test_an_interrupt_trip_during_a_cut_keeps_state_f():
+    r = Rig()
+    r.charge()
+    _irq_on_next_pwm(r)
+    r.ch.set_external_limit("power", 10.0)
+    true(r.ch.active & faults.IRD, "tripped")
+    eq(r.hw.cp.duty_pm, -2, "state F, not the 10 A offer written after the trip")
+    eq(r.ch.offered_a, 0.0)
+    true(not r.hw.relays.closed)
+
+
+def test_an_interrupt_trip_during_a_stop_keeps_state_f():
+    r = Rig()
+    r.charge()
+    cp = r.hw.cp
+    high = cp.high
+
+    def irq_then_high():
+        cp.high = high
+        r.hw.rcd.fire()
+        high()
+
+    cp.high = irq_then_high
+    r.ch.set_external_limit("power", 3.0)
+    true(r.ch.active & faults.IRD, "tripped")
+    eq(r.hw.cp.duty_pm, -2, "state F, not X1")
+
+
+def test_a_dip_below_6a_does_not_skip_the_raise_wait():
+    """A limit that falls below 6 A and comes back within 5 s of the last raise resumes
+    at what was offered before: increases stay at most one every 5 s."""
+    r = Rig()
+    r.charge()
+    r.ch.set_external_limit("ocpp", 10.0)
+    r.run(6000)
+    r.ch.set_external_limit("ocpp", 16.0)
+    r.run(200)
+    eq(r.ch.offered_a, 16.0, "raised to 16 A")
+    r.run(1000)
+    r.ch.set_external_limit("balance", 0.0)
+    eq(r.ch.offered_a, 0.0, "paused at once")
+    r.ch.set_external_limit("balance", None)
+    r.ch.set_external_limit("ocpp", 32.0)
+    r.run(200)
+    eq(r.ch.offered_a, 16.0, "resumes at 16 A, not 32 A, 1.4 s after the raise")
+    r.run(5000)
+    eq(r.ch.offered_a, 32.0, "raised 5 s after the restart")
+    r.ch.set_external_limit("balance", 0.0)
+    r.run(6000)
+    r.ch.set_external_limit("balance", None)
+    r.run(200)
+    eq(r.ch.offered_a, 32.0, "a pause longer than 5 s resumes at the limit")
+
+
 def test_a_cut_never_offers_in_a_fault_or_without_a_session():
     r = Rig()
     r.plug("B")

@@ -4,6 +4,7 @@ import gc
 import time
 
 import log
+import periodic
 from evse import pilot
 from evse import faults
 from evse import version
@@ -123,14 +124,14 @@ class App:
     # ---- tasks -----------------------------------------------------------------------------
     async def _pilot_task(self):
         ch = self.charger
-        due = time.ticks_ms()
+        # The first control tick a period after the first sample: after a restart of
+        # this task (the supervisor's safe state) the pilot is sampled again first.
+        due = time.ticks_add(time.ticks_ms(), _CONTROL_MS)
         while True:
             ch.tick_pilot()
             now = time.ticks_ms()
-            late = time.ticks_diff(now, due)
-            if late >= 0:
-                # On a fixed grid; after a stall, the next one 100 ms from now.
-                due = time.ticks_add(due if late < _CONTROL_MS else now, _CONTROL_MS)
+            if time.ticks_diff(now, due) >= 0:
+                due = periodic.next_due(due, now, _CONTROL_MS)
                 self.auth.tick()
                 ch.tick_control(now)
                 self.supervisor.checkin("pilot")

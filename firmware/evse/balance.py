@@ -11,6 +11,7 @@ from micropython import const
 from evse import faults
 import atomicfile
 import log
+import periodic
 
 _log = log.get("balance")
 
@@ -401,7 +402,7 @@ class Balancer:
         self.clash = False
         self._clash_ms = 0
         self._status_ms = None
-        self._cycle_ms = None
+        self._cycle_due = None  # when the next allocation cycle is due (master)
         self.pool_limit_a = None
         self._pool_ok = [0.0, 0.0, 0.0]  # the pool limit of the last valid meter reading
         self._pool_ms = None  # when that reading was taken (power.last_ok_ms)
@@ -416,12 +417,9 @@ class Balancer:
             self.tick(self.clock())
             # Ticks on a fixed grid: a sleep after each tick would let every late one
             # push the allocation cycles (and a new car's grant) later and later.
-            due = time.ticks_add(due, _TICK_MS)
+            due = periodic.next_due(due, self.clock(), _TICK_MS)
             wait = time.ticks_diff(due, self.clock())
-            if wait < 0:
-                due = self.clock()  # stalled: start the grid again from now
-                wait = 0
-            await asyncio.sleep_ms(wait)
+            await asyncio.sleep_ms(wait if wait > 0 else 0)
 
     # ---- one tick ---------------------------------------------------------------------------
     def tick(self, now):
@@ -485,17 +483,15 @@ class Balancer:
         self._persist()
         if self.master == addr:
             if (time.ticks_diff(now, self._master_since) >= DISCOVER_MS
-                    and (self._cycle_ms is None
-                         or time.ticks_diff(now, self._cycle_ms) >= CYCLE_MS)):
+                    and (self._cycle_due is None
+                         or time.ticks_diff(now, self._cycle_due) >= 0)):
                 # Cycles on a 1 s grid, each at the first tick after its time: two
-                # cycles are 2 s and a tick at most, however late the ticks run.
-                if self._cycle_ms is None or time.ticks_diff(now, self._cycle_ms) >= 2 * CYCLE_MS:
-                    self._cycle_ms = now
-                else:
-                    self._cycle_ms = time.ticks_add(self._cycle_ms, CYCLE_MS)
+                # cycles are 2 s and a late tick, however late the other ticks run.
+                self._cycle_due = periodic.next_due(
+                    now if self._cycle_due is None else self._cycle_due, now, CYCLE_MS)
                 self._allocate(now)
         else:
-            self._cycle_ms = None
+            self._cycle_due = None
         if self.alloc_ms is not None and time.ticks_diff(now, self.alloc_ms) > MASTER_TIMEOUT_MS:
             if not self.fallback:
                 self.fallback = True

@@ -104,6 +104,7 @@ class Charger:
         self.thermal_a = None
         self.cable_a = None
         self._raised_ms = 0
+        self._stopped_a = 0.0  # what was offered when the PWM last stopped
         self._pwm_stop_ms = None
         self.lock_state = LOCK_NONE
         self._lock_ms = 0
@@ -156,8 +157,17 @@ class Charger:
         if self.limit_a < limits.MIN_A:
             self._stop_offer()
         else:
-            self._cp.pwm(pilot.duty_pm(self.limit_a))
-            self.offered_a = self.limit_a
+            self._write_offer(self.limit_a)
+
+    def _write_offer(self, amps):
+        """Offers `amps` on the PWM. An interrupt may trip a fault between a caller's
+        checks and this write (the RCD handler runs `trip`): its state F is put back at
+        once, never left under an offer."""
+        self._cp.pwm(pilot.duty_pm(amps))
+        self.offered_a = amps
+        if self.active:
+            self._cp.low()
+            self.offered_a = 0.0
 
     # ---- the fast path -------------------------------------------------------------
     def _safe_outputs(self):
@@ -346,18 +356,26 @@ class Charger:
     def _offer(self, now_ms):
         target = self.limit_a
         cur = self.offered_a
-        if cur > 0 and target > cur and time.ticks_diff(now_ms, self._raised_ms) < _RAISE_EVERY_MS:
+        recent = time.ticks_diff(now_ms, self._raised_ms) < _RAISE_EVERY_MS
+        if cur > 0 and target > cur and recent:
             target = cur  # increases wait: at most one every 5 s
+        elif cur == 0 and recent and self._stopped_a and target > self._stopped_a:
+            # A pause shorter than the raise period (a limit that dipped below 6 A for a
+            # moment) resumes at what was offered before it: still at most one raise
+            # every 5 s.
+            target = self._stopped_a
         if target != cur or self._cp.duty_pm <= 0:
             if cur == 0 or target > cur:
                 self._raised_ms = now_ms
-            self._cp.pwm(pilot.duty_pm(target))
-            self.offered_a = target
+            self._write_offer(target)
         self._pwm_stop_ms = None
 
     def _stop_offer(self):
         if self._cp.duty_pm > 0:
+            self._stopped_a = self.offered_a
             self._cp.high()
+            if self.active:
+                self._cp.low()  # a fault tripped by an interrupt meanwhile: its F stands
             self._pwm_stop_ms = self.clock()
         self.offered_a = 0.0
 
