@@ -90,7 +90,12 @@ def can_frames(c, since_us=0):
     """The CAN frames charger `c` sent (`dir` tx) and read (rx) from `since_us` on, each
     {"t_us", "dir", "id", "data" (bytes)}, stamped on its own clock (the `can` op's trace:
     a frame is stamped when the firmware read it, i.e. when it could act on it)."""
-    out = c.sim("can", since=since_us)["can"]["frames"]
+    can = c.sim("can", since=since_us)["can"]
+    out = can["frames"]
+    oldest = can["trace_oldest_us"]
+    assert not (can["trace_dropped"] and oldest is not None and oldest > since_us), \
+        f"{c.name}: its CAN trace no longer reaches back to {since_us} (oldest {oldest}): " \
+        "read it sooner"
     for f in out:
         f["data"] = bytes.fromhex(f["data"])
     return out

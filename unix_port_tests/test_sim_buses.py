@@ -65,6 +65,7 @@ def test_trace_keeps_what_a_node_sent_and_read_on_its_clock():
         check.eq(len(frames), 128, "the ring keeps the last 128")
         check.eq((frames[0]["t_us"], frames[-1]["data"]), (3072, "c7"), "oldest first")
         check.eq(a.trace.dropped, 74, "overwritten frames are counted")
+        check.eq(a.trace.oldest_us(), 3072, "the oldest kept")
     finally:
         a.close()
         b.close()

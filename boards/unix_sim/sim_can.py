@@ -44,7 +44,7 @@ class FrameTrace:
         self._data = bytearray(8 * size)
         self._next = 0
         self._count = 0
-        self.dropped = 0  # frames overwritten before anyone read them
+        self.dropped = 0  # frames overwritten (the ring was full), read or not
 
     def add(self, tx, can_id, data, n):
         i = self._next
@@ -60,6 +60,13 @@ class FrameTrace:
             self._count += 1
         else:
             self.dropped += 1
+
+    def oldest_us(self):
+        """t_us of the oldest frame kept, or None when empty: a reader asking from an
+        earlier time while frames were dropped has lost some."""
+        if not self._count:
+            return None
+        return self._t_us[(self._next - self._count) % self._size]
 
     def since(self, since_us):
         """Frames with t_us >= since_us, oldest first, as JSON-ready dicts."""

@@ -280,6 +280,7 @@ class Controller:
         if "since" in req and can.trace is not None:
             out["can"]["frames"] = can.trace.since(req["since"])
             out["can"]["trace_dropped"] = can.trace.dropped
+            out["can"]["trace_oldest_us"] = can.trace.oldest_us()
         return out
 
     def _op_events(self, req, t_us):
