@@ -11,6 +11,7 @@ and charging resumes only through a fresh pilot handshake.
 import pytest
 
 FREE = {"auth_mode": "free"}
+WAIT_S = 15.0  # bound on a wait of the test, not a figure of the firmware
 NOMINAL = {"grid": {"volts": [230.0, 230.0, 230.0], "hz": 50.0},
            "temp": {"relay_c": 25.0, "socket_c": 25.0, "env_c": 25.0}}
 
@@ -19,7 +20,7 @@ def charging(c):
     c.sim("ev", state="B", diode=True, max_a=16)
     c.wait_for(lambda s: s["pwm_duty_pct"])
     c.sim("ev", state="C", diode=True, max_a=16)
-    c.wait_for(lambda s: s["relays_closed"], timeout=5)
+    c.wait_for(lambda s: s["relays_closed"], timeout=WAIT_S)
 
 
 def paused(c):
@@ -95,9 +96,10 @@ def test_fault(start_charger, code, phase):
     if code in ("R12", "R3N") and phase == "charging":
         # A welded contact looks like a closed one until the coil is released.
         c.sim("ev", state="B", diode=True, max_a=16)
-    # What the driver sees (the display and LEDs follow within one HMI tick).
+    # What the driver sees (the display and LEDs follow within one HMI tick). The slowest
+    # detection of the table is FAN's: 2 s spin-up, then 5 s (docs/errors.md).
     snap = c.wait_for(lambda s: code in s["errors"] and s["led_belt"]["colour"] == "red"
-                      and s["leds"]["fault"]["colour"] == "red", timeout=15)
+                      and s["leds"]["fault"]["colour"] == "red", timeout=7 + WAIT_S)
     assert snap["state"] == "Faulted"
     snap = c.wait_for(lambda s: s["display"] == f"ERR {code}" or len(s["errors"]) > 1)
     # Outputs: relays open and the PWM stopped, the relays first.
@@ -111,7 +113,7 @@ def test_fault(start_charger, code, phase):
     if code in ("R12", "R3N"):
         assert snap["lock"] in ("locked", "unlocked")
     elif phase != "standby":
-        c.wait_for(lambda s: s["lock"] == "unlocked", timeout=5)
+        c.wait_for(lambda s: s["lock"] == "unlocked", timeout=WAIT_S)
     # The record.
     faults = c.http("GET", "/api/faults").body["faults"]
     assert faults[0]["code"] == code
@@ -125,13 +127,14 @@ def test_fault(start_charger, code, phase):
         # Never cleared automatically, not even by a restart.
         c.kill()
         c.start()
-        snap = c.wait_for(lambda s: code in s["errors"], timeout=5)
+        snap = c.wait_for(lambda s: code in s["errors"], timeout=WAIT_S)
         assert not snap["relays_closed"]
         assert c.http("POST", "/api/faults/clear", json={}).status == 401, "needs a login"
         login(c)
         r = c.http("POST", "/api/faults/clear", json={"codes": [code]})
         assert r.status == 200, r
-    timeout = 75 if code == "OCP" else 20
+    # The longest clear rules (docs/errors.md): OCP 60 s after the trip, the voltages 10 s.
+    timeout = 60 + WAIT_S if code == "OCP" else 10 + WAIT_S
     c.wait_for(lambda s: code not in s["errors"], timeout=timeout)
     t_clear = c.snapshot()["t_us"]
     # Charging again through a fresh pilot handshake.
@@ -139,7 +142,7 @@ def test_fault(start_charger, code, phase):
         charging(c)
     else:
         c.sim("ev", state="C", diode=True, max_a=16)
-        c.wait_for(lambda s: s["relays_closed"], timeout=10)
+        c.wait_for(lambda s: s["relays_closed"], timeout=WAIT_S)
     ev = c.events(t_clear)
     pwm_back = [e for e in ev if e["what"] == "pwm_duty_pct" and e["value"]]
     closed = [e for e in ev if e["what"] == "relays" and e["value"] is True]

@@ -24,6 +24,9 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = b"TOP-SECRET-DO-NOT-SERVE"
 HEAD_TIMEOUT_S = 2.0  # passed to the app as head_timeout_ms / body_timeout_ms
+# How long a client waits for what it must see (an answer, a close) before calling it a
+# hang: far above every deadline of the server, which the tests judge otherwise.
+HANG_S = 15.0
 
 
 def _tool(name):
@@ -208,10 +211,10 @@ def test_normal_requests(app):
 def test_oversized_request_line(app):
     st, h, b = request(app.port, get(b"/" + b"a" * 8000))
     assert st == 414 and h["connection"] == "close"
-    # 200 KB without a newline: answered (or reset) quickly, never buffered.
-    t0 = time.monotonic()
-    st, h, b = request(app.port, b"GET /" + b"a" * 200000)
-    assert st in (414, 0) and time.monotonic() - t0 < 3
+    # 200 KB without a newline: answered (or reset) at the line limit, never buffered. A
+    # server that waited for the rest would answer 408 at the head timeout instead.
+    st, h, b = request(app.port, b"GET /" + b"a" * 200000, timeout=HANG_S)
+    assert st in (414, 0)
     assert_alive(app)
 
 
@@ -230,8 +233,9 @@ def test_endless_headers(app):
         s.sendall(b"GET /api/status HTTP/1.1\r\n")
         t0 = time.monotonic()
         got = b""
+        closed = False
         s.setblocking(False)
-        while time.monotonic() - t0 < 5:
+        while not closed and time.monotonic() - t0 < HANG_S:
             try:
                 s.send(b"X-Endless: yes\r\n")
             except (BlockingIOError, BrokenPipeError, ConnectionResetError):
@@ -241,12 +245,13 @@ def test_endless_headers(app):
                 try:
                     chunk = s.recv(4096)
                 except ConnectionResetError:
-                    break
-                if not chunk:
-                    break
+                    chunk = b""
+                closed = not chunk
                 got += chunk
         assert got.startswith(b"HTTP/1.1 431 "), got[:60]
-        assert time.monotonic() - t0 < 3, "server kept reading"
+        # Closed while the headers still come: the 431 ends the connection (after a
+        # linger of 300 ms), the server does not read on.
+        assert closed, "server kept reading"
     assert_alive(app)
 
 
@@ -323,20 +328,27 @@ def test_body_longer_than_announced(app):
         )
         assert c.response()[0] == 200
         assert c.response()[0] == 400
-        assert c.closed_by_server(3)
+        # The framing is lost: the connection ends there. A request after the 400 gets no
+        # answer (a server that kept the connection till its idle timeout would answer).
+        c.send(get(b"/api/status"))
+        assert c.response() == (0, {}, b"")
+        assert c.closed_by_server(HANG_S)
     assert_alive(app)
 
 
 def test_body_shorter_than_announced(app):
+    t0 = time.monotonic()  # before the connection: the server's body deadline starts later
     with Client(app.port) as c:
         c.send(b"POST /api/upload HTTP/1.1\r\nContent-Length: 1000\r\n\r\n" + b"x" * 10)
-        t0 = time.monotonic()
-        assert c.closed_by_server(HEAD_TIMEOUT_S + 3)
-        assert time.monotonic() - t0 >= HEAD_TIMEOUT_S - 0.5
+        assert c.closed_by_server(HEAD_TIMEOUT_S + HANG_S)
+        # Not before the body timeout (the same monotonic clock; the server's deadline is
+        # on ms ticks, so up to 1 ms early).
+        waited = time.monotonic() - t0
+        assert waited >= HEAD_TIMEOUT_S - 0.01, waited
     with Client(app.port) as c:  # client gives up half way: nothing to answer
         c.send(b"POST /api/upload HTTP/1.1\r\nContent-Length: 1000\r\n\r\n" + b"x" * 10)
         c.s.shutdown(socket.SHUT_WR)
-        assert c.closed_by_server(3)
+        assert c.closed_by_server(HANG_S)
     assert_alive(app)
 
 
@@ -470,21 +482,28 @@ def test_2mb_upload_at_64k_heap(app):
 @pytest.mark.parametrize("path", [b"/api/status", b"/app.js"])
 def test_keepalive_request_rate(app, path):
     """One client, one keep-alive connection, 1.5 s. The rate is for information; the
-    floor catches Nagle/delayed-ACK stalls between response writes (~25 requests/s)."""
+    check catches Nagle/delayed-ACK stalls between response writes (~25 requests/s): each
+    stalled request waits for the peer's delayed ACK, at least 40 ms on Linux. It is made
+    on the median request, which a busy host's preemptions do not move as they move a
+    rate."""
     n = 0
+    took = []
     c = Client(app.port)
     t0 = time.monotonic()
     while time.monotonic() - t0 < 1.5:
+        t = time.monotonic()
         c.send(get(path))
         assert c.response()[0] == 200
+        took.append(time.monotonic() - t)
         n += 1
         if n % 90 == 0:  # max_requests per connection is 100
             c.s.close()
             c = Client(app.port)
     rate = n / (time.monotonic() - t0)
     c.s.close()
-    print("keep-alive %s: %.0f requests/s" % (path.decode(), rate))
-    assert rate > 200
+    median = sorted(took)[len(took) // 2]
+    print("keep-alive %s: %.0f requests/s, median %.1f ms" % (path.decode(), rate, median * 1e3))
+    assert median < 0.020, "requests stall like a delayed ACK: %.1f ms" % (median * 1e3)
     assert_alive(app)
 
 

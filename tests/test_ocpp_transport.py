@@ -9,6 +9,7 @@ from csms import CentralSystem, make_certs, ocpp_view, server_context
 
 KEY = "0123456789abcdef0123"
 NEW_KEY = "fedcba9876543210fedc"
+WAIT_S = 15.0  # bound on a wait of the test, not a figure of the firmware
 
 
 def test_wss_with_the_test_ca_and_basic_auth(tmp_path, ocpp):
@@ -95,7 +96,7 @@ def test_wrong_authorization_key_is_refused(ocpp, cs):
 
 def _answer(cs, text, mid):
     cs.send_raw("CP1", text)
-    return cs.wait_reply("CP1", mid, 5)
+    return cs.wait_reply("CP1", mid, WAIT_S)
 
 
 def test_hostile_frames(cs, ocpp):

@@ -27,6 +27,7 @@ from test_ota import (
 )
 
 A = "04A1B2C3"  # a learned card
+WAIT_S = 15.0  # bound on a wait of the test, not a figure of the firmware
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +141,9 @@ def test_update_now_then_at_a_later_retrieve_date(cs, ocpp, files, good_bins):
     assert cs.call("CP1", "UpdateFirmware", location=files.url("EVPLUS_1.0.2.bin"),
                    retrieveDate=iso(when), retries=1, retryInterval=5) == {}
     time.sleep(3)
-    assert len(files.requests) == n_req and not fw_statuses(cs, mark)
+    fetched, heard = files.requests[n_req:], fw_statuses(cs, mark)
+    if time.time() < when.timestamp():  # nothing before the date, while it is ahead
+        assert not fetched and not heard, (fetched, heard)
     got = wait_fw(cs, "Installing", mark, 20)
     assert got == ["Downloading", "Downloaded", "Installing"], got
     t_get = files.requests[n_req][0]
@@ -231,11 +234,11 @@ def test_update_during_a_charge_installs_after_it(cs, ocpp, files, good_bins):
     files.files = {"f.bin": good_bins["1.0.1"]}
     c = ocpp(cards=[A])
     c.sim("ev", state="B", diode=True, max_a=16)
-    c.wait_for(lambda s: s["cp_state"] == "B", 5)
+    c.wait_for(lambda s: s["cp_state"] == "B", WAIT_S)
     c.sim("card", uid=A, ms=300)
     c.sim("ev", state="C", diode=True, max_a=16)
     c.wait_for(lambda s: s["relays_closed"] and s["session"]["active"], 10)
-    cs.wait_for(lambda: cs.payloads("CP1", "StartTransaction"), 5, "StartTransaction")
+    cs.wait_for(lambda: cs.payloads("CP1", "StartTransaction"), WAIT_S, "StartTransaction")
     since = c.snapshot()["t_us"]
     mark = cs.mark()
     cs.call("CP1", "UpdateFirmware", location=files.url("f.bin"),
@@ -293,11 +296,11 @@ def ocpp_state(c):
 
 def _charge(c, cs):
     c.sim("ev", state="B", diode=True, max_a=16)
-    c.wait_for(lambda s: s["cp_state"] == "B", 5)
+    c.wait_for(lambda s: s["cp_state"] == "B", WAIT_S)
     c.sim("card", uid=A, ms=300)
     c.sim("ev", state="C", diode=True, max_a=16)
     c.wait_for(lambda s: s["relays_closed"] and s["session"]["active"], 10)
-    cs.wait_for(lambda: cs.payloads("CP1", "StartTransaction"), 5, "StartTransaction")
+    cs.wait_for(lambda: cs.payloads("CP1", "StartTransaction"), WAIT_S, "StartTransaction")
 
 
 @pytest.mark.parametrize("kept", ["whole", "damaged"])
@@ -317,7 +320,7 @@ def test_power_cut_while_the_download_waits_for_the_charge(cs, ocpp, files, good
             retrieveDate=iso(datetime.now(timezone.utc)))
     assert wait_fw(cs, "Downloaded", mark, 20) == ["Downloading", "Downloaded"]
     assert c.http("POST", "/api/login", json={"password": "123456"}).status == 200
-    cs.wait_for(lambda: c.http("GET", "/api/upgrade").body["busy"] == "waiting", 5, "waiting")
+    cs.wait_for(lambda: c.http("GET", "/api/upgrade").body["busy"] == "waiting", WAIT_S, "waiting")
     kept_file = c.data_dir / "ota" / "download.bin"
     assert kept_file.read_bytes() == good_bins["1.0.1"]
     assert ocpp_state(c)["fw"]["st"] == "Downloaded"

@@ -2,26 +2,30 @@
 its safe state first (relays open, PWM stopped), is logged and restarted; a critical task
 that keeps dying ends in a watchdog reset (DEVELOPERS.md safety rules)."""
 
+WAIT_S = 15.0  # bound on a wait of the test, not a figure of the firmware
+
 
 def test_dying_protection_task_opens_relays_and_restarts(start_charger):
     c = start_charger(settings={"auth_mode": "free"})
     c.sim("ev", state="B", diode=True, max_a=16)
     c.wait_for(lambda s: s["pwm_duty_pct"])
     c.sim("ev", state="C", diode=True, max_a=16)
-    c.wait_for(lambda s: s["relays_closed"], timeout=5)
-    t0 = c.sim("fault", name="sensor_bug", active=True)["t_us"]
-    c.wait_for(lambda s: s["restarts"].get("protection", 0) >= 1, timeout=5)
-    c.sim("fault", name="sensor_bug", active=False)
+    c.wait_for(lambda s: s["relays_closed"], timeout=WAIT_S)
+    # One death: the test need not clear the bug before the next ones (five within a
+    # minute end in a watchdog reset, the next test's matter).
+    t0 = c.sim("fault", name="sensor_bug", active=True, times=1)["t_us"]
+    c.wait_for(lambda s: s["restarts"].get("protection", 0) >= 1, timeout=WAIT_S)
+    assert "sensor_bug" not in c.snapshot()["plant"]["faults"]
     events = c.events(t0)
     opened = [e for e in events if e["what"] == "relays" and e["value"] is False]
     pwm_off = [e for e in events if e["what"] == "pwm_duty_pct" and e["value"] is None]
     assert opened and pwm_off, "safe state: relays open and PWM stopped"
     assert "task protection died" in c.log_tail(200)
     # Restarted: it detects faults again, and charging resumes through the pilot.
-    snap = c.wait_for(lambda s: s["relays_closed"], timeout=10)
+    snap = c.wait_for(lambda s: s["relays_closed"], timeout=WAIT_S)
     assert snap["restarts"]["protection"] >= 1
     c.sim("temp", relay_c=90.0)
-    c.wait_for(lambda s: "ROT" in s["errors"], timeout=5)
+    c.wait_for(lambda s: "ROT" in s["errors"], timeout=WAIT_S)
 
 
 def test_critical_task_that_keeps_dying_ends_in_a_watchdog_reset(start_charger):

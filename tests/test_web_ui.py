@@ -365,7 +365,8 @@ def check_rfid(t, c, L, code):
     expect(cards.get_by_role("row")).to_have_count(3)
     t.button(L["rfid.read"])
     expect(t.msg).to_have_text(L["rfid.wait"])
-    c.sim("card", uid=UID, kind="M1")  # while POST /api/cards/read waits
+    c.wait_for(lambda s: s["card_read_waiting"], timeout=15)  # POST /api/cards/read waits
+    c.sim("card", uid=UID, kind="M1")
     expect(t.field(L["rfid.readval"])).to_have_value(UID, timeout=10000)
     expect(t.msg).to_contain_text(UID)
     t.button(L["rfid.write"].format(n=1))

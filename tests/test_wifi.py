@@ -1,6 +1,8 @@
 """WiFi modes (manual §8.1, §7.1.3): the AP hotspot by default, the button's long press
 to client mode, and a client link that comes back by itself, with backoff, no reboot."""
 
+WAIT_S = 15.0  # bound on a wait of the test, not a figure of the firmware
+
 
 def login(c):
     assert c.http("POST", "/api/login", json={"password": "123456"}).status == 200
@@ -23,7 +25,7 @@ def test_client_mode_reconnects_by_itself_with_backoff(charger):
     assert r.status == 200, r
     assert "secret-pass" not in str(c.http("GET", "/api/config").body)
     t0 = c.sim("button", ms=3500)["t_us"]
-    snap = c.wait_for(lambda s: s["wifi_mode"] == "client", timeout=6)
+    snap = c.wait_for(lambda s: s["wifi_mode"] == "client", timeout=WAIT_S)
     assert any(e["what"] == "buzzer" and e["value"] == 1000 for e in c.events(t0))
     c.wait_for(lambda s: s["leds"]["wifi"] == {"colour": "green", "pattern": "steady"})
     # The uplink is down: attempts continue with a growing pause (1, 2, 4 s ...).
@@ -33,7 +35,7 @@ def test_client_mode_reconnects_by_itself_with_backoff(charger):
     c.wait_for(lambda s: s["leds"]["wifi"] == {"colour": "green", "pattern": "slow"}, timeout=20)
     # The link drops and comes back: no reboot, no intervention.
     c.sim("wifi", up=False)
-    c.wait_for(lambda s: s["leds"]["wifi"]["pattern"] == "steady", timeout=5)
+    c.wait_for(lambda s: s["leds"]["wifi"]["pattern"] == "steady", timeout=WAIT_S)
     c.sim("wifi", up=True)
     c.wait_for(lambda s: s["wlan"]["connected"] and s["leds"]["wifi"]["pattern"] == "slow",
                timeout=20)

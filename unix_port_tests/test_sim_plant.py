@@ -136,3 +136,17 @@ def test_button_and_card_expire_with_the_plant_clock():
     p.card_until_us = now + 1_000
     p.tick(now + 2_000)
     check.eq(p.card, None, "card gone")
+
+
+def test_a_counted_sensor_bug_clears_itself():
+    hw = _hw()
+    hw.plant.set_fault("sensor_bug", True, 2)
+    for _ in range(2):
+        check.raises(RuntimeError, hw.temps.read)
+    hw.temps.read()
+    check.eq(hw.plant.fault("sensor_bug"), False, "cleared after two")
+    hw.plant.set_fault("sensor_bug", True)
+    for _ in range(5):
+        check.raises(RuntimeError, hw.temps.read)
+    hw.plant.set_fault("sensor_bug", False)
+    hw.temps.read()

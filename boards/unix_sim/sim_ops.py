@@ -233,7 +233,7 @@ class Controller:
             flags[req.get("relay", 1)] = 1 if active else 0
             hw.plant.update_draw()
         else:
-            hw.plant.set_fault(name, active)
+            hw.plant.set_fault(name, active, req.get("times"))
             if name == "rcd_ac" or name == "rcd_dc":
                 hw.rcd.update()  # a rising fault line opens the relays and calls the IRQ
             elif name == "rfid_reader":

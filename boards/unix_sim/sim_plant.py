@@ -127,15 +127,26 @@ class Plant:
         self._chip = chip
 
     def fault(self, name):
-        return self.faults.get(name, False)
+        return bool(self.faults.get(name, False))
 
-    def set_fault(self, name, active):
+    def set_fault(self, name, active, times=None):
+        """times: the fault acts that many times, then clears itself (None: until
+        cleared)."""
         if active:
-            self.faults[name] = True
+            self.faults[name] = True if times is None else times
         else:
             self.faults.pop(name, None)
         if name == "cp_short" or name == "diode":
             self.update_cp()
+
+    def spend(self, name):
+        """A fault with a count acted once more: one fewer left."""
+        left = self.faults.get(name)
+        if left is not True and left is not None:
+            if left <= 1:
+                del self.faults[name]
+            else:
+                self.faults[name] = left - 1
 
     def update_cp(self):
         """Recomputes the pilot levels after an EV or fault change (not ISR-safe: floats)."""

@@ -140,6 +140,7 @@ OPS = {
         "name": (_choice(*sim_plant.FAULTS), True),
         "active": (_bool, True),
         "relay": (_int(1, 2), False),
+        "times": (_int(1, 1000), False),
     },
     "card": {
         "uid": (_uid, True),
@@ -194,4 +195,6 @@ def parse(line):
             raise RequestError("%s needs %s" % (op, name))
     if op == "fault" and "relay" in out and out["name"] not in sim_plant.RELAY_FAULTS:
         raise RequestError("relay applies only to relay_weld and relay_stuck_open")
+    if op == "fault" and "times" in out and (out["name"] != "sensor_bug" or not out["active"]):
+        raise RequestError("times applies only to sensor_bug being set")
     return out

@@ -146,6 +146,7 @@ class Temps:
     def read(self):
         p = self._plant
         if p.fault("sensor_bug"):
+            p.spend("sensor_bug")
             raise RuntimeError("temperature sensor driver bug (simulated)")
         self.relay_c = p.relay_c
         self.socket_c = p.socket_c

@@ -232,6 +232,7 @@ class App:
             "session": self.session_view(),
             "wifi_mode": self.settings["wifi_mode"],
             "reader_fault": self.rfid.fault,
+            "card_read_waiting": self.rfid.reading,
             "restarts": dict(self.supervisor.restarts),
             "lock": None if ch.case_b else "none",
             "meter": self.power.view(),

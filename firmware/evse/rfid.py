@@ -28,6 +28,11 @@ class RfidReader:
         self._read_card = None
         self.last_card = None  # (uid_hex, kind) of the last card seen, for the web page
 
+    @property
+    def reading(self):
+        """A web "Read" waits for a card: the next one goes to it, not to the authorizer."""
+        return self._waiter is not None
+
     async def read(self, timeout_ms):
         """Waits for the next card on the reader (web Read button); (uid, kind) or None."""
         if self._waiter is not None:
