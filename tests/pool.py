@@ -115,8 +115,9 @@ def granted(frames, addr, after_us):
 
 def check_fallback(c, since_us, offered):
     """On node c's own clock: MASTER_TIMEOUT_S after the last allocation it read, its
-    offer falls to its fallback share (at the balancer's tick that notices, at once) and
-    the warning shows (a new warning is shown at once, at the next HMI tick)."""
+    offer falls to its fallback share (at the balancer's tick that notices, at once), the
+    warning shows and the fault LED blinks (a new warning at once, at the next HMI
+    tick)."""
     addr = bal(c.snapshot(), "addr")
     allocs = [f for f in can_frames(c, since_us) if f["dir"] == "rx" and f["id"] == ID_ALLOC + addr]
     assert allocs, f"{c.name}: no allocation read before the master went silent"
@@ -128,6 +129,12 @@ def check_fallback(c, since_us, offered):
     took = (shown["t_us"] - t_last) / 1e6
     assert MASTER_TIMEOUT_S - 0.002 <= took <= MASTER_TIMEOUT_S + TICK_S + HMI_S + 2 * LATE_S, \
         f"{c.name}: warning {took:.2f} s after the last allocation"
+    blink = next((e for e in events if e["what"] == "leds" and e["value"]["name"] == "fault"
+                  and e["value"]["pattern"] == "slow"), None)
+    assert blink is not None, f"{c.name}: the fault LED never blinked"
+    took = (blink["t_us"] - t_last) / 1e6
+    assert took <= MASTER_TIMEOUT_S + TICK_S + HMI_S + 2 * LATE_S, \
+        f"{c.name}: fault LED {took:.2f} s after the last allocation"
     if offered and offered > 6:
         cut = next((e for e in events if e["what"] == "pwm_duty_pct" and e["value"] is not None
                     and e["value"] * 0.6 <= 6.05), None)

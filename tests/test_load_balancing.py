@@ -49,10 +49,10 @@ def test_three_nodes(start_charger):
     t0 = time.monotonic()
     bus, cs = _pool(start_charger, 3)
     w = Watch(cs, LIMIT_A)
-    w.wait(lambda ss: all(_bal(s, "master") == 1 for s in ss), 10, "node 1 master")
+    w.wait(lambda ss: all(_bal(s, "master") == 1 for s in ss), WAIT_S, "node 1 master")
     # One car: the whole pool up to its max.
     _plug(cs[0])
-    w.wait(lambda ss: _off(ss)[0] == 32, 10, "one car gets 32 A")
+    w.wait(lambda ss: _off(ss)[0] == 32, WAIT_S, "one car gets 32 A")
     # A second car: room in the second cycle after the master read its ask.
     t_master = cs[0].snapshot()["t_us"]
     _plug(cs[1])
@@ -88,7 +88,7 @@ def test_three_nodes(start_charger):
     assert snap["errors"] == [] and snap["relays_closed"], snap["errors"]
     w.wait(lambda ss: _off(ss)[2] <= 6, WAIT_S, "fallback share applied")
     check_fallback(cs[2], since, before[2])
-    w.wait(lambda ss: _bal(ss[2], "master") == 2 and _bal(ss[1], "master") == 2, 10,
+    w.wait(lambda ss: _bal(ss[2], "master") == 2 and _bal(ss[1], "master") == 2, WAIT_S,
            "node 2 takes over")
     # Restarted: it is master again and shares without going above the limit.
     cs[0].start()
