@@ -13,6 +13,7 @@ import json
 import os
 import select
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -458,6 +459,35 @@ def test_200_concurrent_connections(app):
         % (ok, took, [r for r in results if r != 200][:5])
     )
     assert ok == 200, results
+    assert_alive(app)
+
+
+def test_six_requests_at_once(app):
+    """A browser's six keep-alive connections send a request each at the same moment: all
+    six are answered within the 64 KB heap.
+
+    The server is stopped (SIGSTOP) while the requests go out, so all six are waiting when
+    it runs again and each connection answers and reaches the drain of its answer in the
+    same turn: what a connection still holds there counts six times. The 200 clients
+    above get there only now and then, when the host is busy.
+    """
+    conns = [Client(app.port) for _ in range(6)]
+    try:
+        for c in conns:  # all six accepted and between requests
+            c.send(get(b"/api/status"))
+            assert c.response()[0] == 200
+        for _ in range(5):
+            app.proc.send_signal(signal.SIGSTOP)
+            try:
+                for i, c in enumerate(conns):
+                    c.send(get(b"/api/status?i=%d" % i))
+                time.sleep(0.05)
+            finally:
+                app.proc.send_signal(signal.SIGCONT)
+            assert [c.response()[0] for c in conns] == [200] * 6
+    finally:
+        for c in conns:
+            c.s.close()
     assert_alive(app)
 
 
