@@ -32,7 +32,6 @@ import base64
 import http.server
 import itertools
 import json
-import socket
 import ssl as ssl_mod
 import subprocess
 import sys
@@ -43,7 +42,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import websockets
-from harness import Charger
+from harness import Charger, free_port
 from ocpp.charge_point import camel_to_snake_case, snake_to_camel_case
 from ocpp.routing import on
 from ocpp.v16 import ChargePoint, call, call_result
@@ -160,7 +159,7 @@ class _Uploads(http.server.BaseHTTPRequestHandler):
 class CentralSystem:
     def __init__(self, host="127.0.0.1", port=0, ssl=None, auth=None, path="/ocpp/", verbose=False):
         self.host = host
-        self.port = port or _free_port()
+        self.port = port or free_port()
         self.ssl = ssl
         self.auth = auth  # {cp_id: key}: HTTP Basic required when set
         self.path = path
@@ -415,12 +414,6 @@ class CentralSystem:
             timeout,
             f"answer to {mid}",
         )
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ---- helpers for tests --------------------------------------------------------------------

@@ -17,6 +17,7 @@ wait polls for a condition and has a deadline.
 import atexit
 import http.client
 import http.cookies
+import itertools
 import json
 import os
 import socket
@@ -33,7 +34,6 @@ STOP_TIMEOUT = 5.0
 POLL_INTERVAL = 0.02
 
 _running = set()  # every process started here, until it has been reaped
-_ports_given = set()
 _json_dumps = json.dumps  # Charger.http's `json` argument shadows the module
 _json_loads = json.loads
 
@@ -88,16 +88,46 @@ def default_heap(tree=None):
     return _tool("footprint").heapsize(micropython(), 128, tree=tree)
 
 
+def _port_block():
+    """This process's own block of ports, below the kernel's ephemeral range: a port
+    handed out by bind(0) comes from that range, so while a server the test stopped is
+    down (a killed charger, a central system going offline) any outgoing connection on
+    the machine could take it, and the restart would fail with EADDRINUSE. Each
+    pytest-xdist worker gets its own block, so two workers never pick the same port."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")[2:]
+    # A process outside xdist (a tool, a test run by hand beside the suite) picks its
+    # block and where in it to begin from its pid, to stay clear of others like it.
+    n = int(worker) if worker.isdigit() else os.getpid()
+    size = 1500
+    start = max(1024, low - 8 * size) + (n % 8) * size
+    first = 0 if worker.isdigit() else os.getpid() % size
+    ports = list(range(start + first, start + size)) + list(range(start, start + first))
+    return itertools.cycle(ports)  # a port long let go is free again
+
+
+_ports = _port_block()
+
+
 def free_port(kind=socket.SOCK_STREAM):
-    """A port on 127.0.0.1 that is free right now (TCP by default, or SOCK_DGRAM) and
-    that this process has not handed out before."""
-    while True:
-        with socket.socket(socket.AF_INET, kind) as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port not in _ports_given:
-            _ports_given.add(port)
-            return port
+    """A port on 127.0.0.1, free right now for both TCP and UDP, outside the ephemeral
+    range, that this process has not handed out lately (kind: kept for the callers, the
+    port is free for either)."""
+    for _ in range(1500):
+        port = next(_ports)
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t, \
+                    socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+                t.bind(("127.0.0.1", port))
+                u.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port left in this test process's block")
 
 
 def kill_leftovers():

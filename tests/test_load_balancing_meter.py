@@ -106,6 +106,8 @@ class MeterPool:
         self.readings = {}  # the master's meter readings by number: {t_us, amps}
         self.watch.hooks.append(self._limits_hook)
         self.watch.hooks.append(self._readings_hook)
+        self.detail = []  # per round: what the allocations and the master's view were
+        self.watch.hooks.append(self._detail_hook)
 
     def start(self):
         self.meter.start()
@@ -167,6 +169,13 @@ class MeterPool:
             plug(self.cs[i], phases=3)
 
     # ---- checks ----------------------------------------------------------------------------
+    def _detail_hook(self, snaps):
+        m = snaps[0] or {}
+        self.detail.append((
+            [bal(x, "allocation_a") for x in snaps], [bal(x, "limit_a") for x in snaps],
+            bal(m, "pool_limit_a"), (m.get("meter") or {}).get("amps"),
+            [(x or {}).get("plant", {}).get("amps") for x in snaps]))
+
     def _readings_hook(self, snaps):
         m = snaps[0] and snaps[0].get("meter")
         if m and m.get("read_t_us") is not None and m["reads"] not in self.readings:
@@ -219,7 +228,7 @@ class MeterPool:
         docs/load-balancing.md): an excess counts when two rounds in a row show it."""
         w = self.watch
         over_before = None
-        for t0, t1, offered in w.rounds:
+        for k, (t0, t1, offered) in enumerate(w.rounds):
             sums = w.phase_sums(offered)
             lim = self.allowed(t0, t1)
             over = None
@@ -227,7 +236,9 @@ class MeterPool:
                 if sums[p] > lim[p] + 1e-6:
                     over = (f"L{p + 1}: offers {offered} = {sums[p]} A above {lim[p]} A "
                             f"{t0 - w.rounds[0][0]:.1f} s after the first look")
-            assert not (over and over_before), f"{over_before}, and in the next round {over}"
+            assert not (over and over_before), \
+                f"{over_before}, and in the next round {over}; rounds before (allocations, " \
+                f"limits, pool limit, meter, plant): {self.detail[max(0, k - 12):k + 1]}"
             over_before = over
         self.check_own_limits()
 
@@ -252,7 +263,13 @@ class MeterPool:
             ok[0] = ok[0] + 1 if pred(offers(snaps)) else 0
             return ok[0] >= 2
 
-        self.watch.wait(both, timeout, what)
+        try:
+            self.watch.wait(both, timeout, what)
+        except AssertionError as e:
+            views = [(s or {}).get("balance") for s in self.watch.snaps]
+            limits = [(s or {}).get("limits", {}).get("external") for s in self.watch.snaps]
+            raise AssertionError(f"{e}; offers {self.watch.offers()}, limits {limits}, "
+                                 f"balance {views}") from None
         return self.watch.offers()
 
 
@@ -312,6 +329,10 @@ def test_three_nodes_cars_come_and_go_and_house_load_steps(meter_pool):
     mp.plug_all([0])
     mp.settled(lambda o: o[0] == 32, WAIT_S, "one car: its max (pool 35 A)")
     for i in (1, 2):
+        # Two cycles hold on a steady pool: the cars before this one draw what they are
+        # offered. While one still ramps up, the meter sees its current before its
+        # report, and the pool limit dips for a reading (docs/load-balancing.md §1).
+        mp.drawing()
         t_master = cs[0].snapshot()["t_us"]
         mp.plug_all([i])
         w.wait(lambda ss, i=i: (offers(ss)[i] or 0) >= 6, WAIT_S, f"car {i + 1} gets room")
@@ -322,7 +343,10 @@ def test_three_nodes_cars_come_and_go_and_house_load_steps(meter_pool):
         assert grant is not None, f"car {i + 1}: no grant after its ask"
         took = (grant["t_us"] - ask["t_us"]) / 1e6
         print(f"car {i + 1}: granted {took:.2f} s after the master read its ask")
-        assert took <= GRANT_S, f"car {i + 1} granted {took:.2f} s after it asked"
+        trail = [(round((f["t_us"] - ask["t_us"]) / 1e6, 2), f["dir"], hex(f["id"]),
+                  list(f["data"][3:8])) for f in frames if f["t_us"] >= ask["t_us"] - 1e6
+                 and f["t_us"] <= grant["t_us"]]
+        assert took <= GRANT_S, f"car {i + 1} granted {took:.2f} s after it asked: {trail}"
     o = mp.settled(lambda o: _total(o) >= 33 and all((a or 0) >= 11 for a in o), 20,
                    "three share 35 A")
     print("three cars, load 5 A:", o)
@@ -352,10 +376,11 @@ def test_three_nodes_cars_come_and_go_and_house_load_steps(meter_pool):
     o = mp.settled(lambda o: _total(o) >= 33 and all((a or 0) >= 11 for a in o), 20,
                    "car 3's share given back")
     print(f"car 3 asks again: {o} after {time.monotonic() - t:.1f} s")
-    # Car 2 leaves: its share goes to the two others.
+    # Car 2 leaves: its share goes to the two others, about 17 A each (the master floors
+    # its headroom to 1 A and counts reported draws rounded to 0.5 A, so 16-17.5 A).
     cs[1].sim("ev", state="A")
     t = time.monotonic()
-    o = mp.settled(lambda o: o[1] == 0 and (o[0] or 0) >= 17 and (o[2] or 0) >= 17, 20,
+    o = mp.settled(lambda o: o[1] == 0 and (o[0] or 0) >= 16 and (o[2] or 0) >= 16, 20,
                    "car 2 left: its share given to the others")
     print(f"car 2 leaves: {o} after {time.monotonic() - t:.1f} s")
     assert not w.snaps[1]["session"]["active"], "the session ends with the car leaving"

@@ -18,13 +18,12 @@ import importlib.util
 import json
 import os
 import re
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
-from harness import ROOT, micropython
+from harness import ROOT, free_port, micropython
 
 try:
     from playwright.sync_api import expect, sync_playwright
@@ -606,12 +605,6 @@ def test_session_expiry_sends_to_login(start_charger, tab):
     assert not t.problems, t.problems
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_gzip_build_renders(browser, tab, tmp_path):
     """The tree from tools/build_www.py (gzip only) served by lib/httpd.py renders."""
     www = tmp_path / "www"
@@ -621,7 +614,7 @@ def test_gzip_build_renders(browser, tab, tmp_path):
     assert not (www / "app.js").exists() and (www / "app.js.gz").exists()
     total = sum(r[2] for r in rows)
     assert total < 40_000, f"compressed web app is {total} bytes"
-    port = _free_port()
+    port = free_port()
     cmd = [micropython(), str(ROOT / "tests" / "httpd_app.py"), str(port), str(www)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:

@@ -972,17 +972,21 @@ def _meter_master(headroom_a):
 
 
 def test_pool_limit_from_meter_headroom():
-    """With a meter: headroom plus the others' draw, never more than each offers; blind
-    for less than the meter timeout -> the last limit; lost or never read -> 0."""
+    """With a meter: headroom plus the others' draw, never more than each offers; a rise
+    from the second reading that shows it, a fall at once; blind for less than the meter
+    timeout -> the last limit; lost or never read -> 0."""
 
     pw, b = _meter_master([20.0, 10.0, 20.0])
+    eq(b._pool_limit(), [20.0, 10.0, 20.0], "the first reading: headroom, nobody else")
     n = b.nodes[2] = lb.Node(2)
     n.draw_a, n.offered_a = 8.0, 10.0
     pw.last_ok_ms = 1000
-    eq(b._pool_limit(), [28.0, 18.0, 28.0], "headroom + draw")
-    n.offered_a = 6.0  # cut: the meter may still see 8 A
+    eq(b._pool_limit(), [20.0, 10.0, 20.0], "a rise shown by one reading only")
     pw.last_ok_ms = 2000
-    eq(b._pool_limit(), [26.0, 16.0, 26.0], "at most the offer")
+    eq(b._pool_limit(), [28.0, 18.0, 28.0], "headroom + draw, shown twice")
+    n.offered_a = 6.0  # cut: the meter may still see 8 A
+    pw.last_ok_ms = 3000
+    eq(b._pool_limit(), [26.0, 16.0, 26.0], "at most the offer, and a fall at once")
     pw.ok = False
     n.draw_a, n.offered_a = 16.0, 16.0  # moved since the last valid reading
     eq(b._pool_limit(), [26.0, 16.0, 26.0], "blind: the last limit stays")
@@ -990,6 +994,46 @@ def test_pool_limit_from_meter_headroom():
     eq(b._pool_limit(), [0.0, 0.0, 0.0], "lost: nobody charges")
     pw.lost, pw.last_ok_ms = False, None
     eq(b._pool_limit(), [0.0, 0.0, 0.0], "never read: nobody charges")
+
+
+def test_pool_limit_car_drawing_less_before_its_report():
+    """A car drops from 11 A to 6 A on its own (its battery is nearly full) just before
+    a meter reading: the meter sees 6 A, its last report still says 11 A. Counting the
+    report beside that reading would give 5 A of room that another car is already using
+    as soon as this one draws again: 40 A instead of 35 A on a 35 A supply."""
+    pw, b = _meter_master([13.0, 13.0, 13.0])  # 40 A - (5 A house + 11 + 11 A) + own 11 A
+    others = []
+    for a in (2, 3):
+        n = b.nodes[a] = lb.Node(a)
+        n.draw_a, n.offered_a = 11.0, 11.5
+        others.append(n)
+    pw.last_ok_ms = 1000
+    eq(b._pool_limit(), [13.0, 13.0, 13.0], "the others' rise shown by one reading")
+    pw.last_ok_ms = 2000
+    eq(b._pool_limit(), [35.0, 35.0, 35.0], "5 A of house load: 35 A")
+    pw.headroom_a = [18.0, 18.0, 18.0]  # node 3 draws 6 A; its report is not in yet
+    pw.last_ok_ms = 3000
+    eq(b._pool_limit(), [35.0, 35.0, 35.0], "the drop seen before its report: no room")
+    others[1].draw_a = 6.0  # its report
+    pw.last_ok_ms = 4000
+    eq(b._pool_limit(), [35.0, 35.0, 35.0], "the drop reported: still 35 A")
+
+
+def test_pool_limit_back_after_a_dip_at_once():
+    """A car ramping up to 17.5 A is in the meter's reading before its report: the limit
+    dips for that reading and comes back with the next one (as high as it was two
+    readings ago, so at once); a new car's grant is not held back a cycle more."""
+    pw, b = _meter_master([35.0, 35.0, 35.0])
+    n = b.nodes[2] = lb.Node(2)
+    n.draw_a, n.offered_a = 0.0, 17.5
+    pw.last_ok_ms = 1000
+    eq(b._pool_limit(), [35.0, 35.0, 35.0], "the car granted, not drawing yet")
+    pw.headroom_a = [17.5, 17.5, 17.5]  # the meter sees it draw; its report says 0 A
+    pw.last_ok_ms = 2000
+    eq(b._pool_limit(), [17.5, 17.5, 17.5], "a dip for the reading before its report")
+    n.draw_a = 17.5
+    pw.last_ok_ms = 3000
+    eq(b._pool_limit(), [35.0, 35.0, 35.0], "back at once")
 
 
 def test_pool_limit_counts_the_draws_of_its_reading():

@@ -406,6 +406,7 @@ class Balancer:
         self.pool_limit_a = None
         self._pool_ok = [0.0, 0.0, 0.0]  # the pool limit of the last valid meter reading
         self._pool_ms = None  # when that reading was taken (power.last_ok_ms)
+        self._pool_seen = None  # the pool limits the last two readings gave on their own
         self.dropped = 0  # frames ignored: foreign, malformed, stale
         self.send_errors = 0
 
@@ -790,6 +791,7 @@ class Balancer:
         if pw is None or not self.me.meter:
             return [max_a, max_a, max_a]
         if pw.lost or pw.last_ok_ms is None:
+            self._pool_seen = None
             return [0.0, 0.0, 0.0]  # house load unknown: nobody charges
         self._take_reading()
         # Until the next valid reading the limit of this one stays: the others' draws
@@ -817,6 +819,17 @@ class Balancer:
                     if n.mask & (1 << p):
                         room += n.counted_a()
                 out[p] = max(0.0, min(max_a, room))
+        # A limit above both readings before counts from the second reading that shows
+        # it; a fall at once. A car that draws less on its own is in the meter's reading
+        # before its next report, and counting its old draw would give the same amps
+        # twice for a reading. Coming back to where it was after a dip counts at once:
+        # a car ramping up is in the reading before its report, which dips the limit
+        # for a reading.
+        seen = self._pool_seen
+        self._pool_seen = (list(out), seen[0] if seen is not None else list(out))
+        if seen is not None:
+            for p in range(3):
+                out[p] = min(out[p], max(seen[0][p], seen[1][p]))
         self._pool_ok = out
 
     def _limit(self, now):
