@@ -5,10 +5,10 @@ PORT ?=
 VENV := .venv
 PY := $(VENV)/bin/python
 MICROPYTHON := $(VENV)/bin/micropython
-# The firmware processes mostly wait on their 10 ms ticks: three test workers share two
-# cores without starving them, each handed one test at a time, the longest first
+# The firmware processes mostly wait on their 10 ms ticks: four test workers share two
+# cores (about 70 % busy) without starving them, each handed one test at a time, the longest first
 # (tests/conftest.py). PYTEST_ARGS="-n 0" runs the suite in one process.
-PYTEST_ARGS ?= -n 3 --maxschedchunk 1
+PYTEST_ARGS ?= -n 4 --maxschedchunk 1
 RUN_ARGS ?=
 BENCH_ARGS ?=
 # make soak: the long soak, then the power-cut campaign (docs/soak.md).

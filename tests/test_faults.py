@@ -70,7 +70,7 @@ FAULTS = {
            {"charging": charging, "paused": paused}),
     # Over-current needs current: the relays must be closed.
     "OCP": ([("ev", {"state": "C", "diode": True, "max_a": 16, "draw_a": 45.0})],
-            [("ev", {"state": "C", "diode": True, "max_a": 16})], False,
+            [("ev", {"state": "C", "diode": True, "max_a": 16, "draw_a": None})], False,
             {"charging": charging}),
 }
 
