@@ -69,7 +69,7 @@ def test_plug_authorize_charge_unplug():
     r.run(100)
     true(not r.hw.relays.closed, "open at unplug")
     true(r.ch.session is None, "session ended")
-    r.run(200)
+    r.run(700)  # the contacts must report open for the 500 ms weld-check window first
     true(not r.hw.lock.engaged, "unlocked")
     eq(r.ch.ocpp_status(), "Available")
 
@@ -317,6 +317,46 @@ def test_weld_latches_and_keeps_lock():
     r.run(1000)
     true(r.ch.latched & faults.R12, "weld latched")
     true(r.hw.lock.engaged, "plug stays locked: its pins may be live")
+
+
+def test_lock_opens_only_after_the_contacts_stay_open_for_the_weld_window():
+    """The lock follows the auxiliary contacts, not the coil command: they must report
+    open for the 500 ms of the weld check before the plug is let go."""
+    r = Rig()
+    r.charge()
+    true(r.hw.relays.closed, "charging")
+    r.hw.relays.weld = 1  # contact 1 slow to open: still closed after the coil drops
+    r.ch.end_session("RFID")
+    r.hw.ev.state = "B"
+    r.run(300)
+    true(not r.hw.relays.closed, "coils released")
+    r.hw.relays.weld = 0  # now the contact opens
+    t0 = r.clock.ms
+    while r.hw.lock.engaged and r.clock.ms - t0 < 2000:
+        r.run(10)
+    true(not r.hw.lock.engaged, "released once the contacts stayed open")
+    true(r.clock.ms - t0 >= 500, "released %d ms after the contacts opened" % (r.clock.ms - t0))
+    true(not r.ch.latched, "300 ms of a slow contact is no weld")
+
+
+def test_a_weld_on_a_fault_or_at_the_end_keeps_the_plug_locked():
+    """docs/errors.md: a welded relay keeps the plug locked, even when the relays were
+    commanded open (a fault, the end of the session) before the weld check knew it."""
+    for stop in ("fault", "end", "unplug"):
+        r = Rig()
+        r.charge()
+        r.hw.relays.weld = 1
+        if stop == "fault":
+            r.ch.trip(faults.OCP)
+        elif stop == "end":
+            r.hw.ev.state = "B"
+            r.ch.end_session("RFID")
+        else:
+            r.hw.ev.state = "A"  # the vehicle end unplugged: the cable stays in the socket
+        for _ in range(150):
+            r.run(10)
+            true(r.hw.lock.engaged, "%s: locked %d ms after the stop" % (stop, r.clock.ms))
+        true(r.ch.latched & faults.R12, "%s: weld latched" % stop)
 
 
 def test_case_c_uses_configured_cable_and_no_lock():

@@ -23,6 +23,9 @@ _LOCK_CONFIRM_MS = const(1000)  # lock feedback must confirm within 1 s, one ret
 _SELFTEST_MS = const(500)  # RCD test input -> fault line within 500 ms, and back
 _PP_HOLD_MS = const(300)  # PP out of window this long -> ERR PP
 _CLOSE_CHECK_MS = const(1000)  # aux contacts must follow the coil within 1 s
+# The weld check's window (protection.py): the lock opens only after both auxiliary
+# contacts have reported open this long, so a weld is known before the plug is free.
+_CONTACTS_OPEN_MS = const(500)
 
 SESSION_SAMPLES = 48  # power samples kept per session record (history chart)
 
@@ -115,6 +118,8 @@ class Charger:
         self.selftest_failed = False
         self._pp_bad_ms = None
         self._close_ms = None
+        self._open_ms = None  # when both aux contacts were first seen open (coils released)
+        self.contacts_open = False  # ... and have stayed open for _CONTACTS_OPEN_MS since
         self.listeners = []  # fn(event, charger): "session_start", "session_end", "state"
         self.auth_pending = None  # (id_tag, start_mode, expires_ms): authorized before plug-in
         # Bound once: called from the RCD interrupt without allocating.
@@ -298,6 +303,7 @@ class Charger:
 
     # ---- the control tick ------------------------------------------------------------
     def tick_control(self, now_ms):
+        self._track_contacts(now_ms)
         self._update_limit(now_ms)
         if self.active:
             self._fault_outputs(now_ms)
@@ -413,6 +419,18 @@ class Charger:
         self._close_ms = now_ms
         self.session.charged = True
 
+    def _track_contacts(self, now_ms):
+        r = self._relays
+        if r.closed or r.feedback(1) or r.feedback(2):
+            self._open_ms = None
+            self.contacts_open = False
+        elif self._open_ms is None:
+            self._open_ms = now_ms
+        elif not self.contacts_open:
+            # A flag, not the stored time, once the window is over: a timestamp days
+            # old would read as negative after the ticks wrap.
+            self.contacts_open = time.ticks_diff(now_ms, self._open_ms) >= _CONTACTS_OPEN_MS
+
     def _fault_outputs(self, now_ms):
         self._relays.open()
         self.offered_a = 0.0
@@ -429,10 +447,11 @@ class Charger:
             return
         lk = self._lock_hw
         if not want:
-            # Release only with the relays open and their contacts confirmed open;
-            # a welded relay keeps the plug locked: its pins may be live.
-            if self.lock_state != LOCK_OPEN and not self._relays.closed:
-                if self.active & (faults.R12 | faults.R3N):
+            # Release only once both auxiliary contacts have reported open for the
+            # whole weld-check window: a relay commanded open may still be welded, and
+            # its pins live. A known weld keeps the plug locked for good.
+            if self.lock_state != LOCK_OPEN and self.contacts_open:
+                if (self.active | self.latched) & (faults.R12 | faults.R3N):
                     return
                 lk.release()
                 self.lock_state = LOCK_OPEN
