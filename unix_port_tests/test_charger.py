@@ -359,6 +359,64 @@ def test_a_weld_on_a_fault_or_at_the_end_keeps_the_plug_locked():
         true(r.ch.latched & faults.R12, "%s: weld latched" % stop)
 
 
+def _watch_closes(r):
+    """Records, at each relay close, whether the CP sample before it ran under the PWM."""
+    seen = []
+    adc = r.hw.cp_adc
+    sample = adc.sample
+    close = r.hw.relays.close
+    last = [False]
+
+    def watched_sample():
+        pwm = r.hw.cp.duty_pm > 0
+        sample()
+        last[0] = pwm and r.hw.cp.duty_pm > 0
+
+    def watched_close():
+        seen.append(last[0])
+        close()
+
+    adc.sample = watched_sample
+    r.hw.relays.close = watched_close
+    return seen
+
+
+def test_no_close_before_the_diode_is_seen_with_the_pwm_running():
+    """The diode shows only on the negative plateau of the PWM: a vehicle already in C
+    when the PWM starts (plug-in in C, a resume) must first be sampled with it running."""
+    r = Rig()
+    seen = _watch_closes(r)
+    r.plug("C")
+    eq(r.ch.start_session("X", "RFID"), None)
+    r.run(1500)
+    true(r.hw.relays.closed, "charging")
+    eq(seen, [True], "closed only after a sample taken with the PWM running")
+
+    r = Rig()
+    seen = _watch_closes(r)
+    r.hw.ev.diode = False  # no diode: the PWM's negative plateau stays near -5.6 V
+    r.plug("C")
+    eq(r.ch.start_session("X", "RFID"), None)
+    r.run(1500)
+    eq(seen, [], "never closed without the diode")
+    true(r.ch.active & faults.CP, "CP fault")
+    eq(r.ch.cp_fault_cause, "diode")
+
+
+def test_a_resume_proves_the_diode_again_before_closing():
+    r = Rig()
+    r.charge()
+    seen = _watch_closes(r)
+    r.ch.set_external_limit("power", 0.0)
+    r.run(6200)
+    true(not r.hw.relays.closed, "forced open while paused")
+    r.hw.ev.diode = False  # the diode failed during the pause, the vehicle still in C
+    r.ch.set_external_limit("power", None)
+    r.run(1000)
+    eq(seen, [], "no close on the resume before the PWM showed the diode")
+    true(r.ch.active & faults.CP, "missing diode found with the PWM on")
+
+
 def test_case_c_uses_configured_cable_and_no_lock():
     r = Rig(charging_mode="C", cable_max_a=16)
     r.charge()

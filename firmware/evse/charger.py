@@ -126,6 +126,9 @@ class Charger:
         self._rcd_cb = self._on_rcd_irq
         self._diode_bad = 0
         self._raw = pilot.STATE_A  # the last sample's class, before debouncing
+        # The last sample ran whole under the PWM and read C/D with the negative plateau
+        # at -11 V or below: the vehicle's diode is proven for this PWM run.
+        self._pwm_proof = False
         self.cp_fault_cause = None
         self.rcd_irq_count = 0
         self.apply_settings()
@@ -168,6 +171,8 @@ class Charger:
         """Offers `amps` on the PWM. An interrupt may trip a fault between a caller's
         checks and this write (the RCD handler runs `trip`): its state F is put back at
         once, never left under an offer."""
+        if self._cp.duty_pm <= 0:
+            self._pwm_proof = False  # a new PWM run: the diode is proven again
         self._cp.pwm(pilot.duty_pm(amps))
         self.offered_a = amps
         if self.active:
@@ -216,12 +221,18 @@ class Charger:
     # ---- pilot ---------------------------------------------------------------------
     def tick_pilot(self):
         adc = self.hw.cp_adc
+        duty = self._cp.duty_pm  # the PWM must run before the sample starts, not just after
         adc.sample()
         self.hi_mv = adc.hi_mv
         self.lo_mv = adc.lo_mv
         pwm_on = self._cp.duty_pm > 0
         s = self._clf.classify(adc.hi_mv, adc.lo_mv, pwm_on)
         self._raw = s
+        # A sample is a burst of at least one PWM period (docs/hal.md): run whole under
+        # the PWM, its C/D class proves both plateaus, the diode included.
+        self._pwm_proof = (
+            duty > 0 and self._cp.duty_pm == duty and (s == pilot.STATE_C or s == pilot.STATE_D)
+        )
         if s == pilot.STATE_F and self._cp.duty_pm == -2:
             return  # we drive F ourselves: nothing to learn about the vehicle
         if s == pilot.INVALID and not self._clf.diode_ok:
@@ -411,6 +422,9 @@ class Charger:
             # The debounced state lags by up to two samples when the vehicle leaves C:
             # the latest sample must agree.
             or self._raw != self.cp_state
+            # The vehicle's diode seen with the PWM running, not only its level without
+            # it: a vehicle already in C when the PWM starts has not shown it yet.
+            or not self._pwm_proof
             or self.offered_a < limits.MIN_A
             or (self.case_b and not self._lock_hw.feedback())
         ):
