@@ -282,6 +282,30 @@ def test_trip_path_allocates_nothing():
     assert_no_alloc(ch.emergency_stop)
 
 
+def test_emergency_stop_ends_the_session_and_needs_a_new_authorization():
+    """The supervisor's safe state sticks: the next control tick must not offer and
+    re-close. The session ends (stop mode Fault); a new one charges through the pilot."""
+    r = Rig()
+    ended = []
+    r.ch.listeners.append(lambda ev, ch, *rest: ended.append(rest[0].stop_mode) if ev == "session_end" else None)
+    r.charge()
+    true(r.hw.relays.closed, "charging")
+    r.ch.emergency_stop()
+    true(not r.hw.relays.closed, "open at once")
+    eq(r.hw.cp.duty_pm, -1, "PWM stopped")
+    t0 = r.clock.ms
+    for _ in range(300):
+        r.run(10)
+        true(not r.hw.relays.closed, "still open %d ms after the safe state" % (r.clock.ms - t0))
+    eq(r.hw.cp.duty_pm, -1, "no new offer")
+    true(r.ch.session is None, "session ended")
+    eq(ended, ["Fault"])
+    eq(r.ch.ocpp_status(), "Finishing")
+    eq(r.ch.start_session("04A1B2C3", "RFID"), None, "a new authorization")
+    r.run(1500)
+    true(r.hw.relays.closed, "charging again through a fresh handshake")
+
+
 def test_ocp_slow_and_fast():
     r = Rig()
     r.charge()

@@ -100,6 +100,8 @@ class Charger:
         self.session = None
         self.finishing = False  # session ended, plug still in
         self.unavailable = False  # OCPP ChangeAvailability Inoperative
+        self._estop = False  # a safe state was entered: the next control tick ends the session
+        self.halted = False  # the supervisor holds the charger: a critical task is late
         self.offered_a = 0.0  # what the PWM offers now (0 = static)
         self.limit_a = 0.0
         self.limit_binding = "max_current"
@@ -201,10 +203,21 @@ class Charger:
         self.active |= bit
 
     def emergency_stop(self):
-        """Safe state for the supervisor: relays open, PWM stopped. No allocation."""
+        """Safe state for the supervisor: relays open, PWM stopped, and the session ends at
+        the next control tick, so only a new authorization charges again. No allocation."""
         self._relays.open()
         self._cp.high()
         self.offered_a = 0.0
+        self._estop = True
+
+    def hold(self, on):
+        """The supervisor's hold while a critical task (pilot, protection) is late or keeps
+        dying: nothing is offered or closed until it is lifted."""
+        if on:
+            self.emergency_stop()
+        if on != self.halted:
+            self.halted = on
+            _log.warning("charger %s by the supervisor", "held" if on else "released")
 
     def _on_rcd_irq(self):
         # The board has already opened the relays in its IRQ handler.
@@ -287,6 +300,8 @@ class Charger:
             return "charger is faulted"
         if self.unavailable:
             return "charger is unavailable"
+        if self.halted or self._estop:
+            return "charger is not ready"
         if not self.connected:
             return "no vehicle connected"
         self.session = Session(id_tag, start_mode, self.hw.rtc.now(), meter_wh)
@@ -314,6 +329,8 @@ class Charger:
 
     # ---- the control tick ------------------------------------------------------------
     def tick_control(self, now_ms):
+        if self._estop:
+            self._end_after_safe_state()
         self._track_contacts(now_ms)
         self._update_limit(now_ms)
         if self.active:
@@ -339,6 +356,7 @@ class Charger:
         ready = (
             authorized
             and not self.unavailable
+            and not self.halted
             and self.limit_a >= limits.MIN_A
             and (not self.case_b or self.lock_state == LOCK_LOCKED)
         )
@@ -349,6 +367,16 @@ class Charger:
         else:
             self._stop_offer()
         self._control_relays(now_ms)
+
+    def _end_after_safe_state(self):
+        # The outputs went safe in emergency_stop(); ending the session here, not there,
+        # keeps that path allocation-free. Without it the next tick would offer again
+        # and re-close within 100 ms, and a task that keeps dying would cycle the
+        # contactor under load.
+        self._estop = False
+        if self.session is not None:
+            _log.error("safe state: session ended, a new authorization is needed")
+            self.end_session("Fault")
 
     def _update_limit(self, now_ms):
         s = self.settings
@@ -417,6 +445,8 @@ class Charger:
         if (
             self.active
             or self.latched
+            or self._estop
+            or self.halted
             or self.session is None
             or not self.wants_energy
             # The debounced state lags by up to two samples when the vehicle leaves C:
