@@ -268,6 +268,62 @@ def test_rcd_trip_latches_and_opens_in_the_handler():
     true(not r.ch.active & faults.IRD, "cleared by the technician")
 
 
+def _during_selftest(r):
+    """Plugs in B, authorizes and steps until the RCD self-test drives its input."""
+    r.plug("B")
+    eq(r.ch.start_session("X", "RFID"), None)
+    for _ in range(200):
+        if r.hw.rcd.testing:
+            return
+        r.run(10)
+    raise AssertionError("the self-test did not start")
+
+
+def test_a_real_rcd_trip_after_a_selftest_cut_short_is_not_ignored():
+    """A session ended, an unplug or a pause during the self-test releases the test input
+    and watches the RCD again: a later real trip latches IRD."""
+    for stop in ("end", "unplug", "pause"):
+        r = Rig()
+        _during_selftest(r)
+        if stop == "end":
+            r.ch.end_session("RFID")
+        elif stop == "unplug":
+            r.hw.ev.state = "A"
+        else:
+            r.ch.set_external_limit("power", 0.0)
+        r.run(1000)
+        r.hw.rcd.fire()
+        r.run(200)
+        true(r.ch.active & faults.IRD, "%s: a real trip afterwards is seen" % stop)
+        true(r.ch.latched & faults.IRD, "%s: and latched" % stop)
+        true(not r.hw.rcd.testing, "%s: test input released" % stop)
+
+
+def test_selftest_waits_for_the_contacts_to_open():
+    """A new session inside the 6 s force-open window (the vehicle still in C, the relays
+    still closed) tests the RCD only once the contacts are open, never under load."""
+    r = Rig()
+    r.charge()
+    true(r.hw.relays.closed, "charging")
+    at_test = []
+    test = r.hw.rcd.test
+
+    def watched(on):
+        if on:
+            at_test.append(r.hw.relays.closed or r.hw.relays.feedback(1))
+        test(on)
+
+    r.hw.rcd.test = watched
+    r.ch.end_session("RFID")
+    r.run(1000)
+    true(r.hw.relays.closed, "the vehicle still in C: the relays wait up to 6 s")
+    eq(r.ch.start_session("Y", "RFID"), None)
+    r.run(8000)
+    true(at_test, "the self-test ran")
+    eq(at_test, [False], "contacts at the self-test: closed")
+    true(r.hw.relays.closed, "charging again after the test and a fresh handshake")
+
+
 def test_trip_path_allocates_nothing():
     r = Rig()
     r.charge()

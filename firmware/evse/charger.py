@@ -43,6 +43,7 @@ _ST_IDLE = const(0)
 _ST_DRIVE = const(1)
 _ST_RELEASE = const(2)
 _ST_PASSED = const(3)
+_ST_CANCEL = const(4)  # test input released early: waiting for the fault line to fall
 
 
 class Session:
@@ -277,7 +278,7 @@ class Charger:
             if self.session is not None:
                 self.end_session("Unplug")
             self.finishing = False
-            self._selftest = _ST_IDLE
+            self._selftest_stop(self.clock(), forget=True)
         for fn in self.listeners:
             fn("state", self)
 
@@ -321,7 +322,7 @@ class Charger:
         s.end_s = self.hw.rtc.now()
         self.session = None
         self.finishing = self.connected
-        self._selftest = _ST_IDLE
+        self._selftest_stop(self.clock(), forget=True)
         _log.info("session end: %s, %d Wh", stop_mode, int(s.energy_wh))
         for fn in self.listeners:
             fn("session_end", self, s)
@@ -335,6 +336,7 @@ class Charger:
         self._update_limit(now_ms)
         if self.active:
             self._fault_outputs(now_ms)
+            self._selftest_stop(now_ms)
             self._manage_lock(now_ms, want=False)
             return
         if self._cp.duty_pm == -2:
@@ -346,10 +348,12 @@ class Charger:
                 self._cp.high()
             self._relays.open()
             self.offered_a = 0.0
+            self._selftest_stop(now_ms)
             self._manage_lock(now_ms, want=False)
             return
         self._check_cable(now_ms)
         if self.active:
+            self._selftest_stop(now_ms)
             return
         authorized = self.session is not None
         self._manage_lock(now_ms, want=authorized)
@@ -362,6 +366,8 @@ class Charger:
         )
         if ready and not self._selftest_done(now_ms):
             ready = False
+        elif not ready:
+            self._selftest_stop(now_ms)  # nothing waits for a test that has started
         if ready:
             self._offer(now_ms)
         else:
@@ -530,7 +536,15 @@ class Charger:
         if st == _ST_PASSED:
             return True
         rcd = self.hw.rcd
+        if st == _ST_CANCEL:
+            self._selftest_stop(now_ms)
+            return False
         if st == _ST_IDLE:
+            # The test trips the RCD, and the board opens the relays on a trip: only with
+            # the contacts known open (a new session inside the 6 s force-open window
+            # waits), never under load.
+            if self._relays.closed or not self.contacts_open:
+                return False
             self._rcd_testing = True
             rcd.test(True)
             self._selftest = _ST_DRIVE
@@ -551,6 +565,26 @@ class Charger:
             if time.ticks_diff(now_ms, self._selftest_ms) >= _SELFTEST_MS:
                 self._selftest_fail("did not release after the test")
         return False
+
+    def _selftest_stop(self, now_ms, forget=False):
+        """No charge waits for the test any more (session ended, vehicle gone, a fault, a
+        pause): release the test input now, and watch the RCD again as soon as its fault
+        line has fallen. A line still up 500 ms later is a real trip (or a stuck module).
+        forget: the passed result belonged to the session that ended."""
+        st = self._selftest
+        if st == _ST_DRIVE or st == _ST_RELEASE:
+            self.hw.rcd.test(False)
+            self._selftest = _ST_CANCEL
+            self._selftest_ms = now_ms
+            st = _ST_CANCEL
+        if st == _ST_CANCEL:
+            if not self.hw.rcd.tripped():
+                self._rcd_testing = False
+                self._selftest = _ST_IDLE
+            elif time.ticks_diff(now_ms, self._selftest_ms) >= _SELFTEST_MS:
+                self._selftest_fail("did not release after the test")
+        elif st == _ST_PASSED and forget:
+            self._selftest = _ST_IDLE
 
     def _selftest_fail(self, why):
         self.hw.rcd.test(False)
