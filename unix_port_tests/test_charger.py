@@ -17,8 +17,9 @@ class Clock:
 class Rig:
     """A charger on the fake board, stepped in 10 ms pilot ticks."""
 
-    def __init__(self, **settings):
+    def __init__(self, tethered=False, **settings):
         self.hw = fakehw.Hw()
+        self.hw.lock.fitted = not tethered  # a tethered-cable board has no socket lock
         self.settings = fakehw.FakeSettings(**settings)
         self.clock = Clock()
         self.ch = Charger(self.hw, self.settings)
@@ -498,12 +499,36 @@ def test_a_resume_proves_the_diode_again_before_closing():
 
 
 def test_case_c_uses_configured_cable_and_no_lock():
-    r = Rig(charging_mode="C", cable_max_a=16)
+    r = Rig(tethered=True, charging_mode="C", cable_max_a=16)
     r.charge()
     true(r.hw.relays.closed)
     true(not r.hw.lock.engaged, "no lock in Case C")
     eq(r.ch.offered_a, 16.0)
     eq(r.ch.limit_binding, "cable")
+
+
+def test_case_c_setting_on_a_socket_board_keeps_the_lock_and_the_pp_rating():
+    """Case C is tethered hardware: on a board with a socket the setting changes nothing
+    of the lock or the cable rating, at start or switched during a session."""
+    r = Rig(charging_mode="C", cable_max_a=32)
+    r.hw.pp_adc.ohm = 680  # a 20 A cable in the socket
+    r.charge()
+    true(r.hw.relays.closed, "charging")
+    true(r.hw.lock.engaged, "plug locked")
+    eq(r.ch.offered_a, 20.0, "the cable's PP rating binds")
+    eq(r.ch.limit_binding, "cable")
+
+    r = Rig()
+    r.charge()
+    true(r.hw.lock.engaged)
+    r.settings["charging_mode"] = "C"
+    r.ch.apply_settings(["charging_mode"])
+    r.run(500)
+    true(r.hw.relays.closed and r.hw.lock.engaged, "charging on, plug locked")
+    r.ch.end_session("RFID")
+    r.hw.ev.state = "B"
+    r.run(1500)
+    true(not r.hw.lock.engaged, "released at the end of the session")
 
 
 def test_pp_values_cap_current_and_bad_pp_faults():

@@ -141,7 +141,17 @@ class Charger:
     def apply_settings(self, changed=None):
         s = self.settings
         self._clf.set_diode(800 if s["cp_type"] == "0.8V" else 1000)
-        self.case_b = s["charging_mode"] == "B" and self._lock_hw.fitted
+        # A socket is a hardware fact (docs/hal.md): a socket board keeps its lock and the
+        # PP rating whatever charging_mode says. Dropping them would let a plug be pulled
+        # under load and a thin cable carry the full offer; and a mode switched mid-session
+        # would leave an engaged lock with nobody to release it.
+        self.case_b = self._lock_hw.fitted
+        if (s["charging_mode"] == "B") != self.case_b:
+            _log.warning(
+                "charging_mode %s does not match the hardware: running Case %s",
+                s["charging_mode"],
+                "B" if self.case_b else "C",
+            )
         if not self.case_b:
             self.lock_state = LOCK_NONE
         elif self.lock_state == LOCK_NONE:
