@@ -1,5 +1,5 @@
 # Charging state machine on a fake board with a fake clock (IEC 61851-1 Annex A rules).
-from check import eq, true, assert_no_alloc
+from check import eq, true, raises, assert_no_alloc
 import fakehw
 from evse import faults, pilot
 from evse.charger import Charger, LOCK_LOCKED
@@ -323,6 +323,41 @@ def test_selftest_waits_for_the_contacts_to_open():
     true(at_test, "the self-test ran")
     eq(at_test, [False], "contacts at the self-test: closed")
     true(r.hw.relays.closed, "charging again after the test and a fresh handshake")
+
+
+def test_technician_clear_takes_only_latched_trips_whose_cause_is_gone():
+    """A non-latched fault clears by its own rule: a technician's clear of an active
+    over-voltage would let the relays close into it. A latch with its cause still
+    present stays."""
+    r = Rig()
+    r.charge()
+    r.hw.meter.volts = [270.0, 230.0, 230.0]
+    r.run(3100)
+    true(r.ch.active & faults.OVP, "OVP")
+    raises(ValueError, r.prot.technician_clear, ["OVP"])
+    eq(r.prot.technician_clear(), [], "clear all: nothing latched")
+    true(r.ch.active & faults.OVP, "the over-voltage stays active")
+
+    r = Rig()
+    r.hw.pe.continuity = False
+    r.run(500)
+    true(r.ch.latched & faults.PE, "PE latched")
+    raises(ValueError, r.prot.technician_clear, ["PE"])
+    eq(r.prot.technician_clear(), [], "the earth still missing: nothing cleared")
+    true(r.ch.latched & faults.PE and r.ch.active & faults.PE, "still latched")
+    r.hw.pe.continuity = True
+    eq(r.prot.technician_clear(["PE"]), ["PE"], "cleared once the earth is back")
+    true(not r.ch.latched and not r.ch.active, "no fault left")
+
+    r = Rig()
+    r.charge()
+    r.hw.relays.weld = 2
+    r.ch.end_session("RFID")
+    r.hw.ev.state = "B"
+    r.run(1000)
+    true(r.ch.latched & faults.R3N, "weld latched")
+    raises(ValueError, r.prot.technician_clear, ["R3N"])
+    true(r.ch.latched & faults.R3N, "kept while the contact reads closed")
 
 
 def test_trip_path_allocates_nothing():
