@@ -148,6 +148,29 @@ def test_increases_wait_5s_reductions_at_once():
     eq(r.hw.cp.duty_pm, 133, "reduction at once")
 
 
+def test_a_raise_waits_5s_after_any_change_even_a_reduction():
+    """Raises come at least 5 s after any change of the offer: a reduction the vehicle
+    is still following restarts the wait."""
+    r = Rig()
+    r.charge()
+    r.run(6000)  # the start is long past
+    r.ch.set_external_limit("ocpp", 10.0)
+    eq(r.ch.offered_a, 10.0, "reduction at once")
+    r.ch.set_external_limit("ocpp", 20.0)
+    r.run(1000)
+    eq(r.ch.offered_a, 10.0, "no raise 1 s after a reduction")
+    r.run(4200)
+    eq(r.ch.offered_a, 20.0, "raised 5 s after the reduction")
+    r.ch.set_external_limit("ocpp", 30.0)
+    r.run(3000)
+    r.ch.set_external_limit("ocpp", 16.0)
+    r.ch.set_external_limit("ocpp", 30.0)
+    r.run(3000)
+    eq(r.ch.offered_a, 16.0, "6 s after the raise but 3 s after a reduction")
+    r.run(2200)
+    eq(r.ch.offered_a, 30.0, "raised 5 s after the reduction")
+
+
 def test_a_lower_limit_cuts_the_offer_before_the_next_tick():
     """The instant a limit falls (a meter reading, a CAN allocation) is when the offer
     follows: a control tick that runs late under load must not add to it."""

@@ -18,7 +18,7 @@ _log = log.get("charger")
 
 _F_HOLD_MS = const(1000)  # C -> F >= 300 ms -> X1 after a fault (STANDARDS.md §1.4)
 _FORCE_OPEN_MS = const(6000)  # PWM stopped, EV still in C: open under load (seq. 10.2)
-_RAISE_EVERY_MS = const(5000)  # offered-current increases at most every 5 s
+_RAISE_EVERY_MS = const(5000)  # an increase comes >= 5 s after any change of the offer
 _LOCK_CONFIRM_MS = const(1000)  # lock feedback must confirm within 1 s, one retry
 _SELFTEST_MS = const(500)  # RCD test input -> fault line within 500 ms, and back
 _PP_HOLD_MS = const(300)  # PP out of window this long -> ERR PP
@@ -109,8 +109,8 @@ class Charger:
         self.external = {}  # named limits registered by other features
         self.thermal_a = None
         self.cable_a = None
-        self._raised_ms = 0
-        self._stopped_a = 0.0  # what was offered when the PWM last stopped
+        self._changed_ms = None  # last change of the offer (up, down, stop); None: > 5 s ago
+        self._last_a = 0.0  # the last current the PWM offered (kept through a stop)
         self._pwm_stop_ms = None
         self.lock_state = LOCK_NONE
         self._lock_ms = 0
@@ -186,6 +186,10 @@ class Charger:
         once, never left under an offer."""
         if self._cp.duty_pm <= 0:
             self._pwm_proof = False  # a new PWM run: the diode is proven again
+            self._changed_ms = self.clock()
+        elif amps != self.offered_a:
+            self._changed_ms = self.clock()
+        self._last_a = amps
         self._cp.pwm(pilot.duty_pm(amps))
         self.offered_a = amps
         if self.active:
@@ -343,6 +347,7 @@ class Charger:
         if self._estop:
             self._end_after_safe_state()
         self._track_contacts(now_ms)
+        self._raise_held(now_ms)  # every tick, so its time never outlives a ticks wrap
         self._update_limit(now_ms)
         if self.active:
             self._fault_outputs(now_ms)
@@ -414,30 +419,33 @@ class Charger:
         self._pp_bad_ms = None
         self.cable_a = rating
 
+    def _raise_held(self, now_ms):
+        """True within 5 s of the last change of the offer, whichever way it went: the
+        vehicle is still following it, so no increase yet."""
+        t = self._changed_ms
+        if t is None:
+            return False
+        if time.ticks_diff(now_ms, t) < _RAISE_EVERY_MS:
+            return True
+        self._changed_ms = None
+        return False
+
     def _offer(self, now_ms):
         target = self.limit_a
-        cur = self.offered_a
-        recent = time.ticks_diff(now_ms, self._raised_ms) < _RAISE_EVERY_MS
-        if cur > 0 and target > cur and recent:
-            target = cur  # increases wait: at most one every 5 s
-        elif cur == 0 and recent and self._stopped_a and target > self._stopped_a:
-            # A pause shorter than the raise period (a limit that dipped below 6 A for a
-            # moment) resumes at what was offered before it: still at most one raise
-            # every 5 s.
-            target = self._stopped_a
-        if target != cur or self._cp.duty_pm <= 0:
-            if cur == 0 or target > cur:
-                self._raised_ms = now_ms
+        if self._last_a and target > self._last_a and self._raise_held(now_ms):
+            # No increase within 5 s of a change: a raise, a reduction, or a pause (a
+            # limit that dipped below 6 A for a moment resumes at what it offered before).
+            target = self._last_a
+        if target != self.offered_a or self._cp.duty_pm <= 0:
             self._write_offer(target)
         self._pwm_stop_ms = None
 
     def _stop_offer(self):
         if self._cp.duty_pm > 0:
-            self._stopped_a = self.offered_a
             self._cp.high()
             if self.active:
                 self._cp.low()  # a fault tripped by an interrupt meanwhile: its F stands
-            self._pwm_stop_ms = self.clock()
+            self._pwm_stop_ms = self._changed_ms = self.clock()
         self.offered_a = 0.0
 
     def _control_relays(self, now_ms):
