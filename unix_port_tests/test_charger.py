@@ -630,6 +630,27 @@ def test_voltage_faults_and_clear_with_fresh_handshake():
     true(r.ch.active & faults.MIS, "missing phase")
 
 
+def test_nan_or_inf_from_the_internal_meter_is_a_meter_failure():
+    """NaN compares false with every threshold: a reading with one is no reading at all
+    (MET), not a quiet pass of the voltage and current checks."""
+    nan = float("nan")
+    inf = float("inf")
+    for volts, amps in (([nan, 280.0, 280.0], [0.0] * 3), ([230.0] * 3, [nan, 45.0, 45.0]),
+                        ([230.0] * 3, [inf, 0.0, 0.0])):
+        r = Rig()
+        r.charge()
+        true(r.hw.relays.closed, "charging")
+        r.hw.meter.volts = volts
+        r.hw.meter.amps = amps
+        r.run(4100)
+        true(r.ch.active & faults.MET, "MET on %r %r" % (volts, amps))
+        true(not r.hw.relays.closed, "open")
+        r.hw.meter.volts = [230.0] * 3
+        r.hw.meter.amps = [0.0] * 3
+        r.run(7000)
+        true(not r.ch.active & faults.MET, "cleared once the readings are numbers again")
+
+
 def test_lasting_fault_holds_f_1s_then_x1_and_sees_the_vehicle():
     """docs/errors.md step 2: state F for 1 s after a trip (IEC 61851-1 asks >= 300 ms),
     then X1 for as long as the cause lasts, so the vehicle's coming and going is seen even

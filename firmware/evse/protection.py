@@ -3,6 +3,7 @@
 # The relay-open path is charger.trip(), called right here where a rule fires (and from
 # the RCD interrupt through the board). This module then does the slow part: fault
 # records, latches on disk, thermal derating, and the clear condition of each fault.
+import math
 import time
 from micropython import const
 
@@ -160,6 +161,10 @@ class Protection:
 
     def on_meter(self, now_ms, ok):
         """After each internal-meter read (~1 s): voltage, phases, current, comms."""
+        if ok and not meter_valid(self.hw.meter):
+            if self._meter_fail_ms is None:
+                _log.error("internal meter reading is not a number")
+            ok = False
         if not ok:
             self._meter_good_ms = None
             if self._meter_fail_ms is None:
@@ -385,6 +390,20 @@ class Protection:
         if ch.cp_state == pilot.STATE_A:
             return True
         return limits.cable_rating(self.hw.pp_adc.read_ohm()) is not None
+
+
+def meter_valid(m):
+    """True when every reading of the meter is a finite number. NaN compares false with
+    every threshold, so a NaN voltage or current would blind OVP, LVP, MIS and OCP:
+    such a reading counts as no answer (MET)."""
+    try:
+        for vals in (m.volts, m.amps):
+            for v in vals:
+                if not math.isfinite(v):
+                    return False
+        return math.isfinite(m.hz) and math.isfinite(m.power_w) and math.isfinite(m.energy_wh)
+    except TypeError:  # None or text where a number belongs
+        return False
 
 
 def _held(now_ms, since_ms, hold_ms):
