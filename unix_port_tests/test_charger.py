@@ -1,5 +1,5 @@
 # Charging state machine on a fake board with a fake clock (IEC 61851-1 Annex A rules).
-from check import eq, true, assert_no_alloc
+from check import eq, true, raises, assert_no_alloc
 import fakehw
 from evse import faults, pilot
 from evse.charger import Charger, LOCK_LOCKED
@@ -17,8 +17,9 @@ class Clock:
 class Rig:
     """A charger on the fake board, stepped in 10 ms pilot ticks."""
 
-    def __init__(self, **settings):
+    def __init__(self, tethered=False, **settings):
         self.hw = fakehw.Hw()
+        self.hw.lock.fitted = not tethered  # a tethered-cable board has no socket lock
         self.settings = fakehw.FakeSettings(**settings)
         self.clock = Clock()
         self.ch = Charger(self.hw, self.settings)
@@ -69,7 +70,7 @@ def test_plug_authorize_charge_unplug():
     r.run(100)
     true(not r.hw.relays.closed, "open at unplug")
     true(r.ch.session is None, "session ended")
-    r.run(200)
+    r.run(700)  # the contacts must report open for the 500 ms weld-check window first
     true(not r.hw.lock.engaged, "unlocked")
     eq(r.ch.ocpp_status(), "Available")
 
@@ -145,6 +146,29 @@ def test_increases_wait_5s_reductions_at_once():
     eq(r.hw.cp.duty_pm, 333, "increase after 5 s")
     r.ch.set_external_limit("ocpp", 8.0)
     eq(r.hw.cp.duty_pm, 133, "reduction at once")
+
+
+def test_a_raise_waits_5s_after_any_change_even_a_reduction():
+    """Raises come at least 5 s after any change of the offer: a reduction the vehicle
+    is still following restarts the wait."""
+    r = Rig()
+    r.charge()
+    r.run(6000)  # the start is long past
+    r.ch.set_external_limit("ocpp", 10.0)
+    eq(r.ch.offered_a, 10.0, "reduction at once")
+    r.ch.set_external_limit("ocpp", 20.0)
+    r.run(1000)
+    eq(r.ch.offered_a, 10.0, "no raise 1 s after a reduction")
+    r.run(4200)
+    eq(r.ch.offered_a, 20.0, "raised 5 s after the reduction")
+    r.ch.set_external_limit("ocpp", 30.0)
+    r.run(3000)
+    r.ch.set_external_limit("ocpp", 16.0)
+    r.ch.set_external_limit("ocpp", 30.0)
+    r.run(3000)
+    eq(r.ch.offered_a, 16.0, "6 s after the raise but 3 s after a reduction")
+    r.run(2200)
+    eq(r.ch.offered_a, 30.0, "raised 5 s after the reduction")
 
 
 def test_a_lower_limit_cuts_the_offer_before_the_next_tick():
@@ -268,6 +292,97 @@ def test_rcd_trip_latches_and_opens_in_the_handler():
     true(not r.ch.active & faults.IRD, "cleared by the technician")
 
 
+def _during_selftest(r):
+    """Plugs in B, authorizes and steps until the RCD self-test drives its input."""
+    r.plug("B")
+    eq(r.ch.start_session("X", "RFID"), None)
+    for _ in range(200):
+        if r.hw.rcd.testing:
+            return
+        r.run(10)
+    raise AssertionError("the self-test did not start")
+
+
+def test_a_real_rcd_trip_after_a_selftest_cut_short_is_not_ignored():
+    """A session ended, an unplug or a pause during the self-test releases the test input
+    and watches the RCD again: a later real trip latches IRD."""
+    for stop in ("end", "unplug", "pause"):
+        r = Rig()
+        _during_selftest(r)
+        if stop == "end":
+            r.ch.end_session("RFID")
+        elif stop == "unplug":
+            r.hw.ev.state = "A"
+        else:
+            r.ch.set_external_limit("power", 0.0)
+        r.run(1000)
+        r.hw.rcd.fire()
+        r.run(200)
+        true(r.ch.active & faults.IRD, "%s: a real trip afterwards is seen" % stop)
+        true(r.ch.latched & faults.IRD, "%s: and latched" % stop)
+        true(not r.hw.rcd.testing, "%s: test input released" % stop)
+
+
+def test_selftest_waits_for_the_contacts_to_open():
+    """A new session inside the 6 s force-open window (the vehicle still in C, the relays
+    still closed) tests the RCD only once the contacts are open, never under load."""
+    r = Rig()
+    r.charge()
+    true(r.hw.relays.closed, "charging")
+    at_test = []
+    test = r.hw.rcd.test
+
+    def watched(on):
+        if on:
+            at_test.append(r.hw.relays.closed or r.hw.relays.feedback(1))
+        test(on)
+
+    r.hw.rcd.test = watched
+    r.ch.end_session("RFID")
+    r.run(1000)
+    true(r.hw.relays.closed, "the vehicle still in C: the relays wait up to 6 s")
+    eq(r.ch.start_session("Y", "RFID"), None)
+    r.run(8000)
+    true(at_test, "the self-test ran")
+    eq(at_test, [False], "contacts at the self-test: closed")
+    true(r.hw.relays.closed, "charging again after the test and a fresh handshake")
+
+
+def test_technician_clear_takes_only_latched_trips_whose_cause_is_gone():
+    """A non-latched fault clears by its own rule: a technician's clear of an active
+    over-voltage would let the relays close into it. A latch with its cause still
+    present stays."""
+    r = Rig()
+    r.charge()
+    r.hw.meter.volts = [270.0, 230.0, 230.0]
+    r.run(3100)
+    true(r.ch.active & faults.OVP, "OVP")
+    raises(ValueError, r.prot.technician_clear, ["OVP"])
+    eq(r.prot.technician_clear(), [], "clear all: nothing latched")
+    true(r.ch.active & faults.OVP, "the over-voltage stays active")
+
+    r = Rig()
+    r.hw.pe.continuity = False
+    r.run(500)
+    true(r.ch.latched & faults.PE, "PE latched")
+    raises(ValueError, r.prot.technician_clear, ["PE"])
+    eq(r.prot.technician_clear(), [], "the earth still missing: nothing cleared")
+    true(r.ch.latched & faults.PE and r.ch.active & faults.PE, "still latched")
+    r.hw.pe.continuity = True
+    eq(r.prot.technician_clear(["PE"]), ["PE"], "cleared once the earth is back")
+    true(not r.ch.latched and not r.ch.active, "no fault left")
+
+    r = Rig()
+    r.charge()
+    r.hw.relays.weld = 2
+    r.ch.end_session("RFID")
+    r.hw.ev.state = "B"
+    r.run(1000)
+    true(r.ch.latched & faults.R3N, "weld latched")
+    raises(ValueError, r.prot.technician_clear, ["R3N"])
+    true(r.ch.latched & faults.R3N, "kept while the contact reads closed")
+
+
 def test_trip_path_allocates_nothing():
     r = Rig()
     r.charge()
@@ -280,6 +395,30 @@ def test_trip_path_allocates_nothing():
     true(not r.hw.relays.closed)
     assert_no_alloc(ch._rcd_cb)
     assert_no_alloc(ch.emergency_stop)
+
+
+def test_emergency_stop_ends_the_session_and_needs_a_new_authorization():
+    """The supervisor's safe state sticks: the next control tick must not offer and
+    re-close. The session ends (stop mode Fault); a new one charges through the pilot."""
+    r = Rig()
+    ended = []
+    r.ch.listeners.append(lambda ev, ch, *rest: ended.append(rest[0].stop_mode) if ev == "session_end" else None)
+    r.charge()
+    true(r.hw.relays.closed, "charging")
+    r.ch.emergency_stop()
+    true(not r.hw.relays.closed, "open at once")
+    eq(r.hw.cp.duty_pm, -1, "PWM stopped")
+    t0 = r.clock.ms
+    for _ in range(300):
+        r.run(10)
+        true(not r.hw.relays.closed, "still open %d ms after the safe state" % (r.clock.ms - t0))
+    eq(r.hw.cp.duty_pm, -1, "no new offer")
+    true(r.ch.session is None, "session ended")
+    eq(ended, ["Fault"])
+    eq(r.ch.ocpp_status(), "Finishing")
+    eq(r.ch.start_session("04A1B2C3", "RFID"), None, "a new authorization")
+    r.run(1500)
+    true(r.hw.relays.closed, "charging again through a fresh handshake")
 
 
 def test_ocp_slow_and_fast():
@@ -319,13 +458,135 @@ def test_weld_latches_and_keeps_lock():
     true(r.hw.lock.engaged, "plug stays locked: its pins may be live")
 
 
+def test_lock_opens_only_after_the_contacts_stay_open_for_the_weld_window():
+    """The lock follows the auxiliary contacts, not the coil command: they must report
+    open for the 500 ms of the weld check before the plug is let go."""
+    r = Rig()
+    r.charge()
+    true(r.hw.relays.closed, "charging")
+    r.hw.relays.weld = 1  # contact 1 slow to open: still closed after the coil drops
+    r.ch.end_session("RFID")
+    r.hw.ev.state = "B"
+    r.run(300)
+    true(not r.hw.relays.closed, "coils released")
+    r.hw.relays.weld = 0  # now the contact opens
+    t0 = r.clock.ms
+    while r.hw.lock.engaged and r.clock.ms - t0 < 2000:
+        r.run(10)
+    true(not r.hw.lock.engaged, "released once the contacts stayed open")
+    true(r.clock.ms - t0 >= 500, "released %d ms after the contacts opened" % (r.clock.ms - t0))
+    true(not r.ch.latched, "300 ms of a slow contact is no weld")
+
+
+def test_a_weld_on_a_fault_or_at_the_end_keeps_the_plug_locked():
+    """docs/errors.md: a welded relay keeps the plug locked, even when the relays were
+    commanded open (a fault, the end of the session) before the weld check knew it."""
+    for stop in ("fault", "end", "unplug"):
+        r = Rig()
+        r.charge()
+        r.hw.relays.weld = 1
+        if stop == "fault":
+            r.ch.trip(faults.OCP)
+        elif stop == "end":
+            r.hw.ev.state = "B"
+            r.ch.end_session("RFID")
+        else:
+            r.hw.ev.state = "A"  # the vehicle end unplugged: the cable stays in the socket
+        for _ in range(150):
+            r.run(10)
+            true(r.hw.lock.engaged, "%s: locked %d ms after the stop" % (stop, r.clock.ms))
+        true(r.ch.latched & faults.R12, "%s: weld latched" % stop)
+
+
+def _watch_closes(r):
+    """Records, at each relay close, whether the CP sample before it ran under the PWM."""
+    seen = []
+    adc = r.hw.cp_adc
+    sample = adc.sample
+    close = r.hw.relays.close
+    last = [False]
+
+    def watched_sample():
+        pwm = r.hw.cp.duty_pm > 0
+        sample()
+        last[0] = pwm and r.hw.cp.duty_pm > 0
+
+    def watched_close():
+        seen.append(last[0])
+        close()
+
+    adc.sample = watched_sample
+    r.hw.relays.close = watched_close
+    return seen
+
+
+def test_no_close_before_the_diode_is_seen_with_the_pwm_running():
+    """The diode shows only on the negative plateau of the PWM: a vehicle already in C
+    when the PWM starts (plug-in in C, a resume) must first be sampled with it running."""
+    r = Rig()
+    seen = _watch_closes(r)
+    r.plug("C")
+    eq(r.ch.start_session("X", "RFID"), None)
+    r.run(1500)
+    true(r.hw.relays.closed, "charging")
+    eq(seen, [True], "closed only after a sample taken with the PWM running")
+
+    r = Rig()
+    seen = _watch_closes(r)
+    r.hw.ev.diode = False  # no diode: the PWM's negative plateau stays near -5.6 V
+    r.plug("C")
+    eq(r.ch.start_session("X", "RFID"), None)
+    r.run(1500)
+    eq(seen, [], "never closed without the diode")
+    true(r.ch.active & faults.CP, "CP fault")
+    eq(r.ch.cp_fault_cause, "diode")
+
+
+def test_a_resume_proves_the_diode_again_before_closing():
+    r = Rig()
+    r.charge()
+    seen = _watch_closes(r)
+    r.ch.set_external_limit("power", 0.0)
+    r.run(6200)
+    true(not r.hw.relays.closed, "forced open while paused")
+    r.hw.ev.diode = False  # the diode failed during the pause, the vehicle still in C
+    r.ch.set_external_limit("power", None)
+    r.run(1000)
+    eq(seen, [], "no close on the resume before the PWM showed the diode")
+    true(r.ch.active & faults.CP, "missing diode found with the PWM on")
+
+
 def test_case_c_uses_configured_cable_and_no_lock():
-    r = Rig(charging_mode="C", cable_max_a=16)
+    r = Rig(tethered=True, charging_mode="C", cable_max_a=16)
     r.charge()
     true(r.hw.relays.closed)
     true(not r.hw.lock.engaged, "no lock in Case C")
     eq(r.ch.offered_a, 16.0)
     eq(r.ch.limit_binding, "cable")
+
+
+def test_case_c_setting_on_a_socket_board_keeps_the_lock_and_the_pp_rating():
+    """Case C is tethered hardware: on a board with a socket the setting changes nothing
+    of the lock or the cable rating, at start or switched during a session."""
+    r = Rig(charging_mode="C", cable_max_a=32)
+    r.hw.pp_adc.ohm = 680  # a 20 A cable in the socket
+    r.charge()
+    true(r.hw.relays.closed, "charging")
+    true(r.hw.lock.engaged, "plug locked")
+    eq(r.ch.offered_a, 20.0, "the cable's PP rating binds")
+    eq(r.ch.limit_binding, "cable")
+
+    r = Rig()
+    r.charge()
+    true(r.hw.lock.engaged)
+    r.settings["charging_mode"] = "C"
+    r.ch.apply_settings(["charging_mode"])
+    r.run(500)
+    true(r.hw.relays.closed and r.hw.lock.engaged, "charging on, plug locked")
+    r.ch.end_session("RFID")
+    r.hw.ev.state = "B"
+    r.run(1500)
+    true(not r.hw.lock.engaged, "released at the end of the session")
 
 
 def test_pp_values_cap_current_and_bad_pp_faults():
@@ -367,6 +628,27 @@ def test_voltage_faults_and_clear_with_fresh_handshake():
     r.hw.meter.volts = [230.0, 0.0, 230.0]
     r.run(3100)
     true(r.ch.active & faults.MIS, "missing phase")
+
+
+def test_nan_or_inf_from_the_internal_meter_is_a_meter_failure():
+    """NaN compares false with every threshold: a reading with one is no reading at all
+    (MET), not a quiet pass of the voltage and current checks."""
+    nan = float("nan")
+    inf = float("inf")
+    for volts, amps in (([nan, 280.0, 280.0], [0.0] * 3), ([230.0] * 3, [nan, 45.0, 45.0]),
+                        ([230.0] * 3, [inf, 0.0, 0.0])):
+        r = Rig()
+        r.charge()
+        true(r.hw.relays.closed, "charging")
+        r.hw.meter.volts = volts
+        r.hw.meter.amps = amps
+        r.run(4100)
+        true(r.ch.active & faults.MET, "MET on %r %r" % (volts, amps))
+        true(not r.hw.relays.closed, "open")
+        r.hw.meter.volts = [230.0] * 3
+        r.hw.meter.amps = [0.0] * 3
+        r.run(7000)
+        true(not r.ch.active & faults.MET, "cleared once the readings are numbers again")
 
 
 def test_lasting_fault_holds_f_1s_then_x1_and_sees_the_vehicle():

@@ -75,7 +75,7 @@ class App:
         from evse.rfid import RfidReader
 
         self.rfid = RfidReader(hw, self.auth)
-        self.supervisor = Supervisor(hw.wdt, self.charger.emergency_stop)
+        self.supervisor = Supervisor(hw.wdt, self.charger.emergency_stop, self.charger.hold)
         self._records = []  # history writes deferred out of the pilot task
         self._records_flag = asyncio.Event()
         self.charger.listeners.append(self._on_charger)

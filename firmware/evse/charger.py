@@ -18,11 +18,14 @@ _log = log.get("charger")
 
 _F_HOLD_MS = const(1000)  # C -> F >= 300 ms -> X1 after a fault (STANDARDS.md §1.4)
 _FORCE_OPEN_MS = const(6000)  # PWM stopped, EV still in C: open under load (seq. 10.2)
-_RAISE_EVERY_MS = const(5000)  # offered-current increases at most every 5 s
+_RAISE_EVERY_MS = const(5000)  # an increase comes >= 5 s after any change of the offer
 _LOCK_CONFIRM_MS = const(1000)  # lock feedback must confirm within 1 s, one retry
 _SELFTEST_MS = const(500)  # RCD test input -> fault line within 500 ms, and back
 _PP_HOLD_MS = const(300)  # PP out of window this long -> ERR PP
 _CLOSE_CHECK_MS = const(1000)  # aux contacts must follow the coil within 1 s
+# The weld check's window (protection.py): the lock opens only after both auxiliary
+# contacts have reported open this long, so a weld is known before the plug is free.
+_CONTACTS_OPEN_MS = const(500)
 
 SESSION_SAMPLES = 48  # power samples kept per session record (history chart)
 
@@ -40,6 +43,7 @@ _ST_IDLE = const(0)
 _ST_DRIVE = const(1)
 _ST_RELEASE = const(2)
 _ST_PASSED = const(3)
+_ST_CANCEL = const(4)  # test input released early: waiting for the fault line to fall
 
 
 class Session:
@@ -97,14 +101,16 @@ class Charger:
         self.session = None
         self.finishing = False  # session ended, plug still in
         self.unavailable = False  # OCPP ChangeAvailability Inoperative
+        self._estop = False  # a safe state was entered: the next control tick ends the session
+        self.halted = False  # the supervisor holds the charger: a critical task is late
         self.offered_a = 0.0  # what the PWM offers now (0 = static)
         self.limit_a = 0.0
         self.limit_binding = "max_current"
         self.external = {}  # named limits registered by other features
         self.thermal_a = None
         self.cable_a = None
-        self._raised_ms = 0
-        self._stopped_a = 0.0  # what was offered when the PWM last stopped
+        self._changed_ms = None  # last change of the offer (up, down, stop); None: > 5 s ago
+        self._last_a = 0.0  # the last current the PWM offered (kept through a stop)
         self._pwm_stop_ms = None
         self.lock_state = LOCK_NONE
         self._lock_ms = 0
@@ -115,12 +121,17 @@ class Charger:
         self.selftest_failed = False
         self._pp_bad_ms = None
         self._close_ms = None
+        self._open_ms = None  # when both aux contacts were first seen open (coils released)
+        self.contacts_open = False  # ... and have stayed open for _CONTACTS_OPEN_MS since
         self.listeners = []  # fn(event, charger): "session_start", "session_end", "state"
         self.auth_pending = None  # (id_tag, start_mode, expires_ms): authorized before plug-in
         # Bound once: called from the RCD interrupt without allocating.
         self._rcd_cb = self._on_rcd_irq
         self._diode_bad = 0
         self._raw = pilot.STATE_A  # the last sample's class, before debouncing
+        # The last sample ran whole under the PWM and read C/D with the negative plateau
+        # at -11 V or below: the vehicle's diode is proven for this PWM run.
+        self._pwm_proof = False
         self.cp_fault_cause = None
         self.rcd_irq_count = 0
         self.apply_settings()
@@ -130,7 +141,17 @@ class Charger:
     def apply_settings(self, changed=None):
         s = self.settings
         self._clf.set_diode(800 if s["cp_type"] == "0.8V" else 1000)
-        self.case_b = s["charging_mode"] == "B" and self._lock_hw.fitted
+        # A socket is a hardware fact (docs/hal.md): a socket board keeps its lock and the
+        # PP rating whatever charging_mode says. Dropping them would let a plug be pulled
+        # under load and a thin cable carry the full offer; and a mode switched mid-session
+        # would leave an engaged lock with nobody to release it.
+        self.case_b = self._lock_hw.fitted
+        if (s["charging_mode"] == "B") != self.case_b:
+            _log.warning(
+                "charging_mode %s does not match the hardware: running Case %s",
+                s["charging_mode"],
+                "B" if self.case_b else "C",
+            )
         if not self.case_b:
             self.lock_state = LOCK_NONE
         elif self.lock_state == LOCK_NONE:
@@ -163,6 +184,12 @@ class Charger:
         """Offers `amps` on the PWM. An interrupt may trip a fault between a caller's
         checks and this write (the RCD handler runs `trip`): its state F is put back at
         once, never left under an offer."""
+        if self._cp.duty_pm <= 0:
+            self._pwm_proof = False  # a new PWM run: the diode is proven again
+            self._changed_ms = self.clock()
+        elif amps != self.offered_a:
+            self._changed_ms = self.clock()
+        self._last_a = amps
         self._cp.pwm(pilot.duty_pm(amps))
         self.offered_a = amps
         if self.active:
@@ -191,10 +218,21 @@ class Charger:
         self.active |= bit
 
     def emergency_stop(self):
-        """Safe state for the supervisor: relays open, PWM stopped. No allocation."""
+        """Safe state for the supervisor: relays open, PWM stopped, and the session ends at
+        the next control tick, so only a new authorization charges again. No allocation."""
         self._relays.open()
         self._cp.high()
         self.offered_a = 0.0
+        self._estop = True
+
+    def hold(self, on):
+        """The supervisor's hold while a critical task (pilot, protection) is late or keeps
+        dying: nothing is offered or closed until it is lifted."""
+        if on:
+            self.emergency_stop()
+        if on != self.halted:
+            self.halted = on
+            _log.warning("charger %s by the supervisor", "held" if on else "released")
 
     def _on_rcd_irq(self):
         # The board has already opened the relays in its IRQ handler.
@@ -211,12 +249,18 @@ class Charger:
     # ---- pilot ---------------------------------------------------------------------
     def tick_pilot(self):
         adc = self.hw.cp_adc
+        duty = self._cp.duty_pm  # the PWM must run before the sample starts, not just after
         adc.sample()
         self.hi_mv = adc.hi_mv
         self.lo_mv = adc.lo_mv
         pwm_on = self._cp.duty_pm > 0
         s = self._clf.classify(adc.hi_mv, adc.lo_mv, pwm_on)
         self._raw = s
+        # A sample is a burst of at least one PWM period (docs/hal.md): run whole under
+        # the PWM, its C/D class proves both plateaus, the diode included.
+        self._pwm_proof = (
+            duty > 0 and self._cp.duty_pm == duty and (s == pilot.STATE_C or s == pilot.STATE_D)
+        )
         if s == pilot.STATE_F and self._cp.duty_pm == -2:
             return  # we drive F ourselves: nothing to learn about the vehicle
         if s == pilot.INVALID and not self._clf.diode_ok:
@@ -248,7 +292,7 @@ class Charger:
             if self.session is not None:
                 self.end_session("Unplug")
             self.finishing = False
-            self._selftest = _ST_IDLE
+            self._selftest_stop(self.clock(), forget=True)
         for fn in self.listeners:
             fn("state", self)
 
@@ -271,6 +315,8 @@ class Charger:
             return "charger is faulted"
         if self.unavailable:
             return "charger is unavailable"
+        if self.halted or self._estop:
+            return "charger is not ready"
         if not self.connected:
             return "no vehicle connected"
         self.session = Session(id_tag, start_mode, self.hw.rtc.now(), meter_wh)
@@ -290,7 +336,7 @@ class Charger:
         s.end_s = self.hw.rtc.now()
         self.session = None
         self.finishing = self.connected
-        self._selftest = _ST_IDLE
+        self._selftest_stop(self.clock(), forget=True)
         _log.info("session end: %s, %d Wh", stop_mode, int(s.energy_wh))
         for fn in self.listeners:
             fn("session_end", self, s)
@@ -298,9 +344,14 @@ class Charger:
 
     # ---- the control tick ------------------------------------------------------------
     def tick_control(self, now_ms):
+        if self._estop:
+            self._end_after_safe_state()
+        self._track_contacts(now_ms)
+        self._raise_held(now_ms)  # every tick, so its time never outlives a ticks wrap
         self._update_limit(now_ms)
         if self.active:
             self._fault_outputs(now_ms)
+            self._selftest_stop(now_ms)
             self._manage_lock(now_ms, want=False)
             return
         if self._cp.duty_pm == -2:
@@ -312,26 +363,41 @@ class Charger:
                 self._cp.high()
             self._relays.open()
             self.offered_a = 0.0
+            self._selftest_stop(now_ms)
             self._manage_lock(now_ms, want=False)
             return
         self._check_cable(now_ms)
         if self.active:
+            self._selftest_stop(now_ms)
             return
         authorized = self.session is not None
         self._manage_lock(now_ms, want=authorized)
         ready = (
             authorized
             and not self.unavailable
+            and not self.halted
             and self.limit_a >= limits.MIN_A
             and (not self.case_b or self.lock_state == LOCK_LOCKED)
         )
         if ready and not self._selftest_done(now_ms):
             ready = False
+        elif not ready:
+            self._selftest_stop(now_ms)  # nothing waits for a test that has started
         if ready:
             self._offer(now_ms)
         else:
             self._stop_offer()
         self._control_relays(now_ms)
+
+    def _end_after_safe_state(self):
+        # The outputs went safe in emergency_stop(); ending the session here, not there,
+        # keeps that path allocation-free. Without it the next tick would offer again
+        # and re-close within 100 ms, and a task that keeps dying would cycle the
+        # contactor under load.
+        self._estop = False
+        if self.session is not None:
+            _log.error("safe state: session ended, a new authorization is needed")
+            self.end_session("Fault")
 
     def _update_limit(self, now_ms):
         s = self.settings
@@ -353,30 +419,33 @@ class Charger:
         self._pp_bad_ms = None
         self.cable_a = rating
 
+    def _raise_held(self, now_ms):
+        """True within 5 s of the last change of the offer, whichever way it went: the
+        vehicle is still following it, so no increase yet."""
+        t = self._changed_ms
+        if t is None:
+            return False
+        if time.ticks_diff(now_ms, t) < _RAISE_EVERY_MS:
+            return True
+        self._changed_ms = None
+        return False
+
     def _offer(self, now_ms):
         target = self.limit_a
-        cur = self.offered_a
-        recent = time.ticks_diff(now_ms, self._raised_ms) < _RAISE_EVERY_MS
-        if cur > 0 and target > cur and recent:
-            target = cur  # increases wait: at most one every 5 s
-        elif cur == 0 and recent and self._stopped_a and target > self._stopped_a:
-            # A pause shorter than the raise period (a limit that dipped below 6 A for a
-            # moment) resumes at what was offered before it: still at most one raise
-            # every 5 s.
-            target = self._stopped_a
-        if target != cur or self._cp.duty_pm <= 0:
-            if cur == 0 or target > cur:
-                self._raised_ms = now_ms
+        if self._last_a and target > self._last_a and self._raise_held(now_ms):
+            # No increase within 5 s of a change: a raise, a reduction, or a pause (a
+            # limit that dipped below 6 A for a moment resumes at what it offered before).
+            target = self._last_a
+        if target != self.offered_a or self._cp.duty_pm <= 0:
             self._write_offer(target)
         self._pwm_stop_ms = None
 
     def _stop_offer(self):
         if self._cp.duty_pm > 0:
-            self._stopped_a = self.offered_a
             self._cp.high()
             if self.active:
                 self._cp.low()  # a fault tripped by an interrupt meanwhile: its F stands
-            self._pwm_stop_ms = self.clock()
+            self._pwm_stop_ms = self._changed_ms = self.clock()
         self.offered_a = 0.0
 
     def _control_relays(self, now_ms):
@@ -400,11 +469,16 @@ class Charger:
         if (
             self.active
             or self.latched
+            or self._estop
+            or self.halted
             or self.session is None
             or not self.wants_energy
             # The debounced state lags by up to two samples when the vehicle leaves C:
             # the latest sample must agree.
             or self._raw != self.cp_state
+            # The vehicle's diode seen with the PWM running, not only its level without
+            # it: a vehicle already in C when the PWM starts has not shown it yet.
+            or not self._pwm_proof
             or self.offered_a < limits.MIN_A
             or (self.case_b and not self._lock_hw.feedback())
         ):
@@ -412,6 +486,18 @@ class Charger:
         self._relays.close()
         self._close_ms = now_ms
         self.session.charged = True
+
+    def _track_contacts(self, now_ms):
+        r = self._relays
+        if r.closed or r.feedback(1) or r.feedback(2):
+            self._open_ms = None
+            self.contacts_open = False
+        elif self._open_ms is None:
+            self._open_ms = now_ms
+        elif not self.contacts_open:
+            # A flag, not the stored time, once the window is over: a timestamp days
+            # old would read as negative after the ticks wrap.
+            self.contacts_open = time.ticks_diff(now_ms, self._open_ms) >= _CONTACTS_OPEN_MS
 
     def _fault_outputs(self, now_ms):
         self._relays.open()
@@ -429,10 +515,11 @@ class Charger:
             return
         lk = self._lock_hw
         if not want:
-            # Release only with the relays open and their contacts confirmed open;
-            # a welded relay keeps the plug locked: its pins may be live.
-            if self.lock_state != LOCK_OPEN and not self._relays.closed:
-                if self.active & (faults.R12 | faults.R3N):
+            # Release only once both auxiliary contacts have reported open for the
+            # whole weld-check window: a relay commanded open may still be welded, and
+            # its pins live. A known weld keeps the plug locked for good.
+            if self.lock_state != LOCK_OPEN and self.contacts_open:
+                if (self.active | self.latched) & (faults.R12 | faults.R3N):
                     return
                 lk.release()
                 self.lock_state = LOCK_OPEN
@@ -467,7 +554,15 @@ class Charger:
         if st == _ST_PASSED:
             return True
         rcd = self.hw.rcd
+        if st == _ST_CANCEL:
+            self._selftest_stop(now_ms)
+            return False
         if st == _ST_IDLE:
+            # The test trips the RCD, and the board opens the relays on a trip: only with
+            # the contacts known open (a new session inside the 6 s force-open window
+            # waits), never under load.
+            if self._relays.closed or not self.contacts_open:
+                return False
             self._rcd_testing = True
             rcd.test(True)
             self._selftest = _ST_DRIVE
@@ -488,6 +583,26 @@ class Charger:
             if time.ticks_diff(now_ms, self._selftest_ms) >= _SELFTEST_MS:
                 self._selftest_fail("did not release after the test")
         return False
+
+    def _selftest_stop(self, now_ms, forget=False):
+        """No charge waits for the test any more (session ended, vehicle gone, a fault, a
+        pause): release the test input now, and watch the RCD again as soon as its fault
+        line has fallen. A line still up 500 ms later is a real trip (or a stuck module).
+        forget: the passed result belonged to the session that ended."""
+        st = self._selftest
+        if st == _ST_DRIVE or st == _ST_RELEASE:
+            self.hw.rcd.test(False)
+            self._selftest = _ST_CANCEL
+            self._selftest_ms = now_ms
+            st = _ST_CANCEL
+        if st == _ST_CANCEL:
+            if not self.hw.rcd.tripped():
+                self._rcd_testing = False
+                self._selftest = _ST_IDLE
+            elif time.ticks_diff(now_ms, self._selftest_ms) >= _SELFTEST_MS:
+                self._selftest_fail("did not release after the test")
+        elif st == _ST_PASSED and forget:
+            self._selftest = _ST_IDLE
 
     def _selftest_fail(self, why):
         self.hw.rcd.test(False)

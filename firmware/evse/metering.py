@@ -2,6 +2,7 @@
 import time
 
 import log
+from evse.protection import meter_valid
 
 _log = log.get("metering")
 
@@ -31,6 +32,8 @@ class Metering:
             if self.ok:
                 _log.error("internal meter not answering: %r", e)
             ok = False
+        if ok and not meter_valid(m):
+            ok = False  # NaN/inf: neither shown nor counted (protection raises MET)
         self.ok = ok
         if ok:
             self.volts = list(m.volts)

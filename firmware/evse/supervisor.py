@@ -1,9 +1,11 @@
 # Runs every long-lived task under supervision and owns the watchdog.
 #
 # A task that raises (or returns) is put back after a backoff; before anything else the
-# charger goes to its safe state (relays open, PWM stopped). The watchdog is fed only
-# while every critical task (pilot, protection) has checked in recently, so a stuck
-# control loop or a critical task that keeps dying ends in a reset.
+# charger goes to its safe state (relays open, PWM stopped, the session ended: charging
+# needs a new authorization). While a critical task (pilot, protection) is late or keeps
+# dying the charger is also held (nothing offered, nothing closed), and the watchdog is
+# fed only while every critical task has checked in recently, so a stuck control loop or
+# a critical task that keeps dying ends in a reset.
 import asyncio
 import time
 from micropython import const
@@ -19,9 +21,12 @@ _DEATH_WINDOW_MS = const(60000)
 
 
 class Supervisor:
-    def __init__(self, wdt, safe_state):
+    def __init__(self, wdt, safe_state, hold=None):
+        """safe_state(): outputs safe at once; hold(on): keep the charger from charging
+        while a critical task is late (True) and let it go when all are back (False)."""
         self._wdt = wdt
         self._safe_state = safe_state
+        self._hold = hold
         self._specs = []  # (name, factory, critical, checkin_ms)
         self._checkin = {}  # name -> ticks_ms of the last check-in
         self.restarts = {}  # name -> count since boot
@@ -88,9 +93,13 @@ class Supervisor:
             if late or self.escalated:
                 if not stalled:
                     self._safe_state()
+                    if self._hold:
+                        self._hold(True)  # protection may not be running: no charging
                     _log.error("not feeding the watchdog: late %s escalated %s", late, self.escalated)
                 stalled = True
             else:
+                if stalled and self._hold:
+                    self._hold(False)
                 stalled = False
                 self._wdt.feed()
             await asyncio.sleep_ms(_FEED_EVERY_MS)
