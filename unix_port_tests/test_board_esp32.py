@@ -186,6 +186,43 @@ def test_ntc_beta_and_pp():
         ld.__exit__()
 
 
+def test_open_and_shorted_ntc_are_faults_within_the_adc_range():
+    """The ESP32-S3 ADC at 11 dB reads up to about 3.1 V: an open NTC (pulled to 3.3 V)
+    reads there, not at 3.3 V, and must still be an open sensor (None), which the
+    protection turns into ERR ROT / ERR OCT; so must a shorted one."""
+    import fakehw
+    from evse import faults
+    from evse.charger import Charger
+    from evse.protection import Protection
+
+    ld, hw = _make()
+    try:
+        pins = sys.modules["pins"]
+        adc = ld.machine.adcs
+        for ceiling_uv in (3_100_000, 3_000_000, 2_950_000):  # the ADC's top, chip to chip
+            adc[pins.T_RELAY_ADC].uv = ceiling_uv  # open: the pin pulled to 3.3 V
+            adc[pins.T_SOCKET_ADC].uv = 30_000  # shorted: 0 V plus the ADC's offset
+            adc[pins.T_ENV_ADC].uv = 1_650_000  # 25 C
+            hw.temps.read()
+            eq(hw.temps.relay_c, None, "open sensor at a %d mV ceiling" % (ceiling_uv // 1000))
+            eq(hw.temps.socket_c, None, "shorted sensor")
+            true(abs(hw.temps.env_c - 25.0) < 0.2, "a good sensor still reads")
+        adc[pins.T_RELAY_ADC].uv = 2_800_000  # 56 kohm: -9.3 C, inside the range
+        hw.temps.read()
+        true(abs(hw.temps.relay_c + 9.3) < 0.2, "cold but readable: %r" % hw.temps.relay_c)
+
+        # What the charger makes of the open and the shorted sensor: two faults.
+        adc[pins.T_RELAY_ADC].uv = 3_100_000
+        fake = fakehw.Hw()
+        fake.temps = hw.temps
+        ch = Charger(fake, fakehw.FakeSettings())
+        prot = Protection(ch, fake, fakehw.FakeSettings(), None, "/tmp")
+        prot.tick(1000)
+        eq(faults.codes(ch.active), ["ROT", "OCT"], "open relay NTC, shorted socket NTC")
+    finally:
+        ld.__exit__()
+
+
 def test_clock_us_stays_a_small_int_across_the_tick_wrap():
     """hal.md: clock_us() is ISR-safe. On a 32-bit MCU an int of 2**30 or more is a long
     int that allocates, which a hard IRQ cannot do: the value wraps like ticks_us (every
