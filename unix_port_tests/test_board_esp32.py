@@ -223,6 +223,22 @@ def test_open_and_shorted_ntc_are_faults_within_the_adc_range():
         ld.__exit__()
 
 
+def test_no_cable_reads_as_open_pp_within_the_adc_range():
+    """hal.md: read_ohm() is -1 with no cable. The PP pull-up takes the input to 3.3 V,
+    which the ESP32-S3 ADC reads as its top (about 3.1 V), not as 3.3 V."""
+    ld, hw = _make()
+    try:
+        pins = sys.modules["pins"]
+        pp = ld.machine.adcs[pins.PP_ADC]
+        for ceiling_uv in (3_100_000, 2_950_000):
+            pp.uv = ceiling_uv
+            eq(hw.pp_adc.read_ohm(), -1, "no cable at a %d mV ceiling" % (ceiling_uv // 1000))
+        pp.uv = 3_300_000 * 1500 // 2500  # 1.5 kohm: a 13 A cable
+        true(abs(hw.pp_adc.read_ohm() - 1500) < 5, "13 A cable still read")
+    finally:
+        ld.__exit__()
+
+
 def test_clock_us_stays_a_small_int_across_the_tick_wrap():
     """hal.md: clock_us() is ISR-safe. On a 32-bit MCU an int of 2**30 or more is a long
     int that allocates, which a hard IRQ cannot do: the value wraps like ticks_us (every

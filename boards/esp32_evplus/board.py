@@ -37,6 +37,9 @@ _CAN_RETRY_MAX_MS = const(60000)
 # temperature). 50 mV and below is a shorted one: 50 mV is 162 C, far past every trip.
 _NTC_OPEN_MV = const(2900)
 _NTC_SHORT_MV = const(50)
+# No cable leaves PP pulled to 3.3 V, which reads as the same top: 2900 mV (7.25 kohm
+# against the 1 kohm pull-up, far above the 2.2 kohm of the last IEC 62196 window).
+_PP_OPEN_MV = const(2900)
 
 
 def make(env):
@@ -180,7 +183,7 @@ class Board(EvPlusBoard):
         self.cp = power.CpGenerator(self._cp_out.set_duty)
         self.cp_adc = CpAdc(_adc(pins.CP_ADC))
         self.pp_adc = power.PpAdc(_mv_reader(_adc(pins.PP_ADC)), pins.VREF_MV,
-                                  pins.PP_PULLUP_OHM)
+                                  pins.PP_PULLUP_OHM, open_mv=_PP_OPEN_MV)
 
         # SPI bus: RC522, MCP2515, 74HC595
         self.rfid_cs = Pin(pins.RFID_CS, Pin.OUT, value=1)
