@@ -239,6 +239,27 @@ def test_no_cable_reads_as_open_pp_within_the_adc_range():
         ld.__exit__()
 
 
+def test_it_network_checks_no_neutral_earth_voltage():
+    """docs/errors.md: in IT there is no neutral to compare with earth. This board has no
+    continuity input, only the N-PE voltage, which is high in IT whatever the earth: it
+    must not latch ERR PE there. In TN/TT the same voltage still means a lost earth."""
+    import fakehw
+
+    ld, hw = _make()
+    try:
+        pins = sys.modules["pins"]
+        npe = ld.machine.adcs[pins.NPE_ADC]
+        npe.uv = 75 * pins.NPE_MV_PER_V * 1000  # 75 V between N and PE: IT, earth sound
+        hw.pe.read()
+        true(abs(hw.pe.n_pe_v - 75) < 0.1, "N-PE %r V" % hw.pe.n_pe_v)
+        eq(fakehw.pe_latched(hw.pe, "IT"), False, "IT: no ERR PE for the N-PE voltage")
+        eq(fakehw.pe_latched(hw.pe, "TN_TT"), True, "TN/TT: the same voltage is a lost earth")
+        npe.uv = 2 * pins.NPE_MV_PER_V * 1000
+        eq(fakehw.pe_latched(hw.pe, "TN_TT"), False, "TN/TT, 2 V: earth sound")
+    finally:
+        ld.__exit__()
+
+
 def test_clock_us_stays_a_small_int_across_the_tick_wrap():
     """hal.md: clock_us() is ISR-safe. On a 32-bit MCU an int of 2**30 or more is a long
     int that allocates, which a hard IRQ cannot do: the value wraps like ticks_us (every

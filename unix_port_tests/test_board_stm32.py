@@ -130,6 +130,25 @@ def test_cp_irq_in_the_middle_of_a_main_loop_read_changes_neither_reading():
         ld.__exit__()
 
 
+def test_it_network_judges_the_continuity_input_only():
+    """docs/errors.md: in IT only PE continuity counts (this board's opto input); the
+    N-PE voltage, high in IT, latches ERR PE only in TN/TT."""
+    import fakehw
+
+    ld, hw = _make()
+    try:
+        pins = sys.modules["pins"]
+        ld.pyb.adcs[pins.NPE_ADC].raw = 75 * pins.NPE_MV_PER_V * 4095 // pins.VREF_MV
+        opto = ld.machine.pins[pins.PE_OK]
+        opto.level = 1  # earth present
+        eq(fakehw.pe_latched(hw.pe, "IT"), False, "IT, earth present, 75 V N-PE")
+        eq(fakehw.pe_latched(hw.pe, "TN_TT"), True, "TN/TT: 75 V N-PE is an earth fault")
+        opto.level = 0
+        eq(fakehw.pe_latched(hw.pe, "IT"), True, "IT: lost continuity trips")
+    finally:
+        ld.__exit__()
+
+
 def test_rcd_hard_irq_opens_relays_without_alloc():
     ld, hw = _make()
     try:

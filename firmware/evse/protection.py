@@ -196,10 +196,15 @@ class Protection:
     def _check_pe(self, now_ms):
         pe = self.hw.pe
         pe.read()
-        bad = not pe.continuity
+        tn = self.settings["power_system"] == "TN_TT"
+        cont = pe.continuity
+        if cont is None:
+            # No continuity input on this board: a lost PE floats above PE_N_V in TN/TT;
+            # in IT the N-PE voltage says nothing about the earth (docs/errors.md).
+            cont = not tn or pe.n_pe_v < PE_N_V
+        bad = not cont
         if self._cond("pe", bad, now_ms, _PE_HOLD_MS):
             self._latch(faults.PE, "no earth continuity")
-        tn = self.settings["power_system"] == "TN_TT"
         if self._cond("pe_nv", tn and pe.n_pe_v > PE_N_V, now_ms, _PE_NV_HOLD_MS):
             self._latch(faults.PE, "neutral-earth voltage %.0f V" % pe.n_pe_v)
 
