@@ -33,6 +33,26 @@ def test_validation_names_each_bad_field():
     true("max_current_a" in st.validate({"max_current_a": 16.5}), "whole amps")
 
 
+def test_a_whole_number_written_with_a_point_is_a_whole_number():
+    """32.0 (a human's file, a JSON library, the web app) is 32: accepted in the file and
+    through apply() (PUT /api/config), and stored as the integer."""
+    eq(st.validate({"max_current_a": 32.0, "max_house_current_a": 25.0, "can_addr": 2.0}), {})
+    for bad in (16.5, 1e999, -1e999, float("nan"), 5.0, 33.0):
+        true("max_current_a" in st.validate({"max_current_a": bad}), "refused: %r" % bad)
+    path = _fresh()
+    with open(path, "w") as f:
+        f.write('{"max_house_current_a": 32.0, "max_current_a": 16.0}')
+    s = st.Settings(path)
+    s.load()
+    eq((s["max_house_current_a"], s["max_current_a"]), (32, 16), "from the file")
+    true(type(s["max_house_current_a"]) is int, "stored as an integer")
+    eq(s.apply({"max_current_a": 20.0, "cable_max_a": 13.0}), {}, "through the API")
+    true(type(s["max_current_a"]) is int and type(s["cable_max_a"]) is int, "integers")
+    s2 = st.Settings(path)
+    s2.load()
+    eq((s2["max_current_a"], s2["cable_max_a"]), (20, 13), "loads back")
+
+
 def test_ocpp_url_rules():
     good = ("", "ws://10.0.0.5:80/ocpp/CP01", "wss://cs.example.com:443/a/b/CP-7",
             "ws://localhost:9000/CP1")

@@ -46,13 +46,24 @@ def add_languages(data_dir):
 
 
 def _int_range(lo, hi):
+    # 32.0 is a whole number too (a hand-written file, a JSON library's float); it is
+    # stored as 32 (_normal). inf and nan fail the range test.
     def check(v):
-        if not isinstance(v, int) or isinstance(v, bool):
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
             return "must be a whole number"
         if not lo <= v <= hi:
             return "must be between %d and %d" % (lo, hi)
+        if isinstance(v, float) and v != int(v):
+            return "must be a whole number"
 
     return check
+
+
+def _normal(key, value):
+    """A valid value as stored: a whole number given as a float becomes an int."""
+    if isinstance(value, float) and type(SCHEMA[key][0]) is int:
+        return int(value)
+    return value
 
 
 def _bool(v):
@@ -176,7 +187,7 @@ class Settings:
             _log.error("setting %s ignored: %s", key, msg)
         for key, value in stored.items():
             if key not in bad:
-                self._values[key] = value
+                self._values[key] = _normal(key, value)
 
     def __getitem__(self, key):
         return self._values[key]
@@ -199,6 +210,7 @@ class Settings:
         errors = validate(changes)
         if errors:
             return errors
+        changes = {k: _normal(k, v) for k, v in changes.items()}
         new = dict(self._values)
         new.update(changes)
         atomicfile.save_json(self._path, new)
