@@ -87,3 +87,64 @@ def test_good_settings_show_no_configuration_error():
     eq(app.settings["max_house_current_a"], 32, "32.0 is a whole number")
     eq((app.status()["errors"], app.status()["config_errors"]), ([], {}), "no error")
     true("CONFIG ERROR" not in _shown(app), "display")
+
+
+def _boot_on(d):
+    hw = board.make({"EVSE_DATA_DIR": d, "EVSE_CAN_PORT": str(_port()),
+                     "EVSE_SIM_PORT": str(_port())})
+    from evse.app import App
+
+    log.set_level(log.ERROR + 10)
+    try:
+        return App(hw)
+    finally:
+        log.set_level(log.WARNING)
+
+
+def test_an_unreadable_latch_record_keeps_the_charger_faulted_until_cleared():
+    """latched.json that cannot be read (torn, corrupt, wrong types) must not drop the
+    latched trips it held: the charger stays faulted (ERR LAT, relays open, no session)
+    until a technician clears it, and a restart does not clear it either."""
+    import atomicfile
+    from evse import pilot
+
+    good = atomicfile.encode_json({"latched": ["PE"]}).decode()
+    cases = {
+        "torn": good[:-3],
+        "bad crc": good.replace("PE", "IR"),
+        "not JSON": "\x00\xff garbage",
+        "a list": '["PE"]',
+        "codes not a list": '{"latched": "PE"}',
+        "a number for a code": '{"latched": [4]}',
+        "an unknown code": '{"latched": ["PE", "XYZ"]}',
+        "a code that does not latch": '{"latched": ["OCP"]}',
+        "empty": "",
+    }
+    for what, text in cases.items():
+        app = _app({"latched.json": text, "settings.json": '{"auth_mode": "free"}'})
+        ch = app.charger
+        true("LAT" in app.errors(), "%s: errors %r" % (what, app.errors()))
+        eq(ch.ocpp_status(), "Faulted", what)
+        true(not app.hw.relays.closed and app.hw.cp.duty_pm == -2, "%s: relays open, F" % what)
+        app.protection.tick(1000)  # records what is new
+        true("ERR LAT" in _shown(app), "%s: display" % what)
+        rep = _report(app)
+        true("LAT" in rep["latched"], "%s: Report page latched %r" % (what, rep["latched"]))
+        eq([f["code"] for f in rep["faults"]], ["LAT"], "%s: one fault record" % what)
+        ch.cp_state = pilot.STATE_B  # a vehicle plugged in: still no session
+        true(ch.start_session("04A1B2C3", "RFID") is not None, "%s: no session" % what)
+        if what == "an unknown code":
+            true("PE" in rep["latched"], "the trips it could read stay latched too")
+
+        again = _boot_on(app.data_dir)  # a restart (power cut, watchdog) keeps it
+        true("LAT" in again.errors(), "%s: after a restart" % what)
+        eq(again.protection.technician_clear(["LAT"]), ["LAT"], "%s: cleared" % what)
+        third = _boot_on(app.data_dir)
+        true("LAT" not in third.errors(), "%s: stays cleared" % what)
+
+
+def test_a_readable_latch_record_and_none_at_all():
+    app = _app({"latched.json": '{"latched": ["IRD"]}'})
+    eq(app.errors(), ["IRD"], "the latched trip, nothing else")
+    app = _app({})
+    eq((app.errors(), app.charger.ocpp_status()), ([], "Available"), "a new charger")
