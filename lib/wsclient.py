@@ -230,7 +230,9 @@ class WsClient:
     async def connect(self, url, protocols=(), headers=(), ssl=None, addr=None):
         """Opens the connection and completes the handshake (connect_timeout_ms in all).
         ssl: an SSLContext for wss:// (its verify_mode/CA are the caller's); addr: an
-        already resolved host address to connect to (getaddrinfo blocks)."""
+        already resolved host address (IP literal) to connect to. Without it the URL's
+        host goes to getaddrinfo, which blocks the whole interpreter on a name: give a
+        name's address here (lib/dnsclient.py) unless blocking is harmless."""
         secure, host, port, path = parse_url(url)
         if secure and ssl is None:
             raise ValueError("wss:// needs an SSL context")

@@ -208,3 +208,21 @@ class FakeSettings(dict):
 
         super().__init__(defaults())
         self.update(kw)
+
+
+def pe_latched(pe, power_system, ms=2000):
+    """Whether the protection latches ERR PE within `ms` with the earth monitor `pe` (a
+    board's), the rest of the board fake."""
+    from evse import faults
+    from evse.charger import Charger
+    from evse.protection import Protection
+
+    hw = Hw()
+    hw.pe = pe
+    settings = FakeSettings(power_system=power_system)
+    ch = Charger(hw, settings)
+    prot = Protection(ch, hw, settings, None, "/tmp")
+    prot._save_latches = lambda: None
+    for t in range(0, ms + 100, 100):
+        prot.tick(1000 + t)
+    return bool(ch.latched & faults.PE)

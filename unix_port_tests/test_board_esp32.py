@@ -186,6 +186,80 @@ def test_ntc_beta_and_pp():
         ld.__exit__()
 
 
+def test_open_and_shorted_ntc_are_faults_within_the_adc_range():
+    """The ESP32-S3 ADC at 11 dB reads up to about 3.1 V: an open NTC (pulled to 3.3 V)
+    reads there, not at 3.3 V, and must still be an open sensor (None), which the
+    protection turns into ERR ROT / ERR OCT; so must a shorted one."""
+    import fakehw
+    from evse import faults
+    from evse.charger import Charger
+    from evse.protection import Protection
+
+    ld, hw = _make()
+    try:
+        pins = sys.modules["pins"]
+        adc = ld.machine.adcs
+        for ceiling_uv in (3_100_000, 3_000_000, 2_950_000):  # the ADC's top, chip to chip
+            adc[pins.T_RELAY_ADC].uv = ceiling_uv  # open: the pin pulled to 3.3 V
+            adc[pins.T_SOCKET_ADC].uv = 30_000  # shorted: 0 V plus the ADC's offset
+            adc[pins.T_ENV_ADC].uv = 1_650_000  # 25 C
+            hw.temps.read()
+            eq(hw.temps.relay_c, None, "open sensor at a %d mV ceiling" % (ceiling_uv // 1000))
+            eq(hw.temps.socket_c, None, "shorted sensor")
+            true(abs(hw.temps.env_c - 25.0) < 0.2, "a good sensor still reads")
+        adc[pins.T_RELAY_ADC].uv = 2_800_000  # 56 kohm: -9.3 C, inside the range
+        hw.temps.read()
+        true(abs(hw.temps.relay_c + 9.3) < 0.2, "cold but readable: %r" % hw.temps.relay_c)
+
+        # What the charger makes of the open and the shorted sensor: two faults.
+        adc[pins.T_RELAY_ADC].uv = 3_100_000
+        fake = fakehw.Hw()
+        fake.temps = hw.temps
+        ch = Charger(fake, fakehw.FakeSettings())
+        prot = Protection(ch, fake, fakehw.FakeSettings(), None, "/tmp")
+        prot.tick(1000)
+        eq(faults.codes(ch.active), ["ROT", "OCT"], "open relay NTC, shorted socket NTC")
+    finally:
+        ld.__exit__()
+
+
+def test_no_cable_reads_as_open_pp_within_the_adc_range():
+    """hal.md: read_ohm() is -1 with no cable. The PP pull-up takes the input to 3.3 V,
+    which the ESP32-S3 ADC reads as its top (about 3.1 V), not as 3.3 V."""
+    ld, hw = _make()
+    try:
+        pins = sys.modules["pins"]
+        pp = ld.machine.adcs[pins.PP_ADC]
+        for ceiling_uv in (3_100_000, 2_950_000):
+            pp.uv = ceiling_uv
+            eq(hw.pp_adc.read_ohm(), -1, "no cable at a %d mV ceiling" % (ceiling_uv // 1000))
+        pp.uv = 3_300_000 * 1500 // 2500  # 1.5 kohm: a 13 A cable
+        true(abs(hw.pp_adc.read_ohm() - 1500) < 5, "13 A cable still read")
+    finally:
+        ld.__exit__()
+
+
+def test_it_network_checks_no_neutral_earth_voltage():
+    """docs/errors.md: in IT there is no neutral to compare with earth. This board has no
+    continuity input, only the N-PE voltage, which is high in IT whatever the earth: it
+    must not latch ERR PE there. In TN/TT the same voltage still means a lost earth."""
+    import fakehw
+
+    ld, hw = _make()
+    try:
+        pins = sys.modules["pins"]
+        npe = ld.machine.adcs[pins.NPE_ADC]
+        npe.uv = 75 * pins.NPE_MV_PER_V * 1000  # 75 V between N and PE: IT, earth sound
+        hw.pe.read()
+        true(abs(hw.pe.n_pe_v - 75) < 0.1, "N-PE %r V" % hw.pe.n_pe_v)
+        eq(fakehw.pe_latched(hw.pe, "IT"), False, "IT: no ERR PE for the N-PE voltage")
+        eq(fakehw.pe_latched(hw.pe, "TN_TT"), True, "TN/TT: the same voltage is a lost earth")
+        npe.uv = 2 * pins.NPE_MV_PER_V * 1000
+        eq(fakehw.pe_latched(hw.pe, "TN_TT"), False, "TN/TT, 2 V: earth sound")
+    finally:
+        ld.__exit__()
+
+
 def test_clock_us_stays_a_small_int_across_the_tick_wrap():
     """hal.md: clock_us() is ISR-safe. On a 32-bit MCU an int of 2**30 or more is a long
     int that allocates, which a hard IRQ cannot do: the value wraps like ticks_us (every

@@ -84,6 +84,71 @@ def test_cp_sampling_irqs_in_step():
         ld.__exit__()
 
 
+def test_cp_irq_in_the_middle_of_a_main_loop_read_changes_neither_reading():
+    """Every pyb.ADC converts on ADC1: the pilot's timer IRQs must not select the CP
+    channel under a PP, N-PE or temperature read that is under way (0.25 V of the CP
+    low plateau read as an NTC is 94 C: a false over-temperature trip)."""
+    ld, hw = _make()
+    try:
+        pins = sys.modules["pins"]
+        pyb = ld.pyb
+        tim = pyb.timers[1]
+        cp = hw._cp_adc_dev
+        cp.raw = 310  # 0.25 V: the -12 V plateau
+        adcs = pyb.adcs
+        adcs[pins.T_RELAY_ADC].raw = adcs[pins.T_SOCKET_ADC].raw = 2048  # 1.65 V: 25 C
+        adcs[pins.T_ENV_ADC].raw = 2048
+        adcs[pins.PP_ADC].raw = 4095 * 220 // 1220  # 220 ohm under 1 kohm: a 32 A cable
+        adcs[pins.NPE_ADC].raw = 0  # no neutral-earth voltage
+
+        def irq():
+            tim.cb(tim)  # rising edge: high plateau
+            tim.channels[2].cb(tim)  # mid low plateau
+
+        for what, read in (("temps", hw.temps.read), ("pe", hw.pe.read)):
+            pyb.adc1.mid_read = irq
+            read()
+            eq(pyb.adc1.mid_read, None, "the IRQ fired inside the %s read" % what)
+        true(abs(hw.temps.relay_c - 25.0) < 0.5, "relay %r C" % hw.temps.relay_c)
+        eq(hw.pe.n_pe_v, 0.0, "N-PE")
+        pyb.adc1.mid_read = irq
+        ohm = hw.pp_adc.read_ohm()
+        true(abs(ohm - 220) < 5, "PP %d ohm" % ohm)
+        pyb.adc1.mid_read = irq  # the first temperature read of the next cycle
+        hw.temps.read()
+        true(abs(hw.temps.socket_c - 25.0) < 0.5, "socket %r C" % hw.temps.socket_c)
+
+        # Outside a main-loop read the IRQs sample the pilot as before.
+        cp.raw = 3660
+        assert_no_alloc(tim.cb, tim)
+        cp.raw = 310
+        assert_no_alloc(tim.channels[2].cb, tim)
+        hw.cp_adc.sample()
+        true(11500 < hw.cp_adc.hi_mv < 12500, "hi plateau %d" % hw.cp_adc.hi_mv)
+        true(-12500 < hw.cp_adc.lo_mv < -11500, "lo plateau %d" % hw.cp_adc.lo_mv)
+    finally:
+        ld.__exit__()
+
+
+def test_it_network_judges_the_continuity_input_only():
+    """docs/errors.md: in IT only PE continuity counts (this board's opto input); the
+    N-PE voltage, high in IT, latches ERR PE only in TN/TT."""
+    import fakehw
+
+    ld, hw = _make()
+    try:
+        pins = sys.modules["pins"]
+        ld.pyb.adcs[pins.NPE_ADC].raw = 75 * pins.NPE_MV_PER_V * 4095 // pins.VREF_MV
+        opto = ld.machine.pins[pins.PE_OK]
+        opto.level = 1  # earth present
+        eq(fakehw.pe_latched(hw.pe, "IT"), False, "IT, earth present, 75 V N-PE")
+        eq(fakehw.pe_latched(hw.pe, "TN_TT"), True, "TN/TT: 75 V N-PE is an earth fault")
+        opto.level = 0
+        eq(fakehw.pe_latched(hw.pe, "IT"), True, "IT: lost continuity trips")
+    finally:
+        ld.__exit__()
+
+
 def test_rcd_hard_irq_opens_relays_without_alloc():
     ld, hw = _make()
     try:

@@ -33,6 +33,26 @@ def test_validation_names_each_bad_field():
     true("max_current_a" in st.validate({"max_current_a": 16.5}), "whole amps")
 
 
+def test_a_whole_number_written_with_a_point_is_a_whole_number():
+    """32.0 (a human's file, a JSON library, the web app) is 32: accepted in the file and
+    through apply() (PUT /api/config), and stored as the integer."""
+    eq(st.validate({"max_current_a": 32.0, "max_house_current_a": 25.0, "can_addr": 2.0}), {})
+    for bad in (16.5, 1e999, -1e999, float("nan"), 5.0, 33.0):
+        true("max_current_a" in st.validate({"max_current_a": bad}), "refused: %r" % bad)
+    path = _fresh()
+    with open(path, "w") as f:
+        f.write('{"max_house_current_a": 32.0, "max_current_a": 16.0}')
+    s = st.Settings(path)
+    s.load()
+    eq((s["max_house_current_a"], s["max_current_a"]), (32, 16), "from the file")
+    true(type(s["max_house_current_a"]) is int, "stored as an integer")
+    eq(s.apply({"max_current_a": 20.0, "cable_max_a": 13.0}), {}, "through the API")
+    true(type(s["max_current_a"]) is int and type(s["cable_max_a"]) is int, "integers")
+    s2 = st.Settings(path)
+    s2.load()
+    eq((s2["max_current_a"], s2["cable_max_a"]), (20, 13), "loads back")
+
+
 def test_ocpp_url_rules():
     good = ("", "ws://10.0.0.5:80/ocpp/CP01", "wss://cs.example.com:443/a/b/CP-7",
             "ws://localhost:9000/CP1")
@@ -63,12 +83,49 @@ def test_apply_is_all_or_nothing_and_persists():
 def test_partial_human_file_is_completed_with_defaults():
     path = _fresh()
     with open(path, "w") as f:
-        f.write('{"auth_mode": "free", "max_current_a": 99}')
+        f.write('{"auth_mode": "free", "max_current_a": 16}')
     s = st.Settings(path)
     s.load()
     eq(s["auth_mode"], "free")
-    eq(s["max_current_a"], 32, "invalid value ignored, default kept")
+    eq(s["max_current_a"], 16)
     eq(s["charging_mode"], "B")
+    eq(s["max_house_current_a"], 40, "a key the file does not name: its default")
+    eq(s.invalid, {}, "nothing to report")
+
+
+def test_an_invalid_limit_takes_its_safe_value_and_is_reported():
+    """A value that cannot be used never falls back to a more permissive one: a current
+    limit takes its minimum, a protection its strictest setting, and every refused value
+    is a configuration error until that setting is saved again."""
+    path = _fresh()
+    with open(path, "w") as f:
+        f.write('{"max_house_current_a": "32 A", "max_current_a": 99, "cable_max_a": -1,'
+                ' "ventilation": "yes", "power_system": "it", "charging_mode": null,'
+                ' "language": "xx", "auth_mode": "free"}')
+    s = st.Settings(path)
+    s.load()
+    want = {"max_house_current_a": 6, "max_current_a": 6, "cable_max_a": 6,
+            "ventilation": False, "power_system": "TN_TT", "charging_mode": "B"}
+    for key, safe in want.items():
+        eq(s[key], safe, key)
+    eq(s["language"], "en", "not a limit: its default")
+    eq(s["auth_mode"], "free", "a good value is kept")
+    eq(sorted(s.invalid), sorted(list(want) + ["language"]), "every refused value reported")
+    true("6" in s.invalid["max_house_current_a"], "the value in use is named")
+
+    # Saving another setting keeps the bad values on flash: still reported after a restart
+    eq(s.apply({"auth_mode": "rfid"}), {})
+    s2 = st.Settings(path)
+    s2.load()
+    eq(sorted(s2.invalid), sorted(s.invalid), "still reported after a restart")
+    eq(s2["max_house_current_a"], 6, "still the safe value")
+    # Saving the setting itself clears its error, here and after a restart.
+    eq(s2.apply({"max_house_current_a": 32}), {})
+    true("max_house_current_a" not in s2.invalid, "cleared by saving it")
+    s3 = st.Settings(path)
+    s3.load()
+    eq((s3["max_house_current_a"], "max_house_current_a" in s3.invalid), (32, False), "saved")
+    true("max_current_a" in s3.invalid, "the others still reported")
 
 
 def test_corrupt_file_falls_back_to_backup_then_defaults():
@@ -87,7 +144,20 @@ def test_corrupt_file_falls_back_to_backup_then_defaults():
             f.write(b"\xff\x00garbage")
     s3 = st.Settings(path)
     s3.load()
-    eq(s3["max_current_a"], 32, "defaults")
+    # No copy can be read: the limits take their safe values, never the defaults (a
+    # 32 A charger and a 40 A house limit), and the error is reported.
+    eq((s3["max_current_a"], s3["max_house_current_a"]), (6, 6), "safe values")
+    eq(s3["language"], "en", "defaults for the rest")
+    true("max_current_a" in s3.invalid, "reported")
+    eq(s3.apply({"language": "de"}), {})
+    s4 = st.Settings(path)
+    s4.load()
+    eq((s4["max_current_a"], "max_current_a" in s4.invalid), (6, True),
+       "still safe and reported after a restart")
+    fresh = _fresh()  # no file at all: a new charger, the defaults and no error
+    s5 = st.Settings(fresh)
+    s5.load()
+    eq((s5["max_current_a"], s5.invalid), (32, {}), "first boot")
 
 
 def test_secrets_are_never_in_the_public_view():

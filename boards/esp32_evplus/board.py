@@ -29,6 +29,17 @@ _CP_BURST = const(48)  # ADC reads per sample(): ~1.3 periods at ~28 us per read
 _U16_FULL = const(65535)
 _CAN_RETRY_MS = const(1000)  # first retry of an MCP2515 that did not answer
 _CAN_RETRY_MAX_MS = const(60000)
+# NTC limits inside what the ADC reads. At 11 dB the ESP32-S3 ADC tops out near 3100 mV
+# (Espressif: 0-3100 mV), chip to chip somewhat lower or higher, and its calibration is
+# linear only up to about 2900 mV; an open NTC, pulled to 3.3 V, reads that top, not
+# 3.3 V. So 2900 mV and above is an open sensor (or colder than -13.8 C, which this
+# divider cannot tell apart: the charger then reports the sensor fault, never a made-up
+# temperature). 50 mV and below is a shorted one: 50 mV is 162 C, far past every trip.
+_NTC_OPEN_MV = const(2900)
+_NTC_SHORT_MV = const(50)
+# No cable leaves PP pulled to 3.3 V, which reads as the same top: 2900 mV (7.25 kohm
+# against the 1 kohm pull-up, far above the 2.2 kohm of the last IEC 62196 window).
+_PP_OPEN_MV = const(2900)
 
 
 def make(env):
@@ -172,7 +183,7 @@ class Board(EvPlusBoard):
         self.cp = power.CpGenerator(self._cp_out.set_duty)
         self.cp_adc = CpAdc(_adc(pins.CP_ADC))
         self.pp_adc = power.PpAdc(_mv_reader(_adc(pins.PP_ADC)), pins.VREF_MV,
-                                  pins.PP_PULLUP_OHM)
+                                  pins.PP_PULLUP_OHM, open_mv=_PP_OPEN_MV)
 
         # SPI bus: RC522, MCP2515, 74HC595
         self.rfid_cs = Pin(pins.RFID_CS, Pin.OUT, value=1)
@@ -196,7 +207,8 @@ class Board(EvPlusBoard):
         self.pe = power.PeMonitor(None, _mv_reader(_adc(pins.NPE_ADC)), pins.NPE_MV_PER_V)
         self.temps = thermal.Temps((_mv_reader(_adc(pins.T_RELAY_ADC)),
                                     _mv_reader(_adc(pins.T_SOCKET_ADC)),
-                                    _mv_reader(_adc(pins.T_ENV_ADC))), pins.VREF_MV)
+                                    _mv_reader(_adc(pins.T_ENV_ADC))), pins.VREF_MV,
+                                   open_mv=_NTC_OPEN_MV, short_mv=_NTC_SHORT_MV)
         fan_pwm = PWM(Pin(pins.FAN_PWM, Pin.OUT), freq=_FAN_FREQ, duty_u16=0)
         self._fan_out = FanOut(fan_pwm)
         self._tach = Tach(Pin(pins.FAN_TACH, Pin.IN, Pin.PULL_UP))

@@ -166,22 +166,20 @@ class PpAdc:
 
 class PeMonitor:
     """Rectified N-PE voltage on an ADC (`mv_per_v` ADC mV per volt) and, when fitted, a
-    PE continuity opto input (1 = continuity). Without the input, continuity is judged
-    from the N-PE voltage: a lost PE floats far above `max_n_pe_v`."""
+    PE continuity opto input (1 = continuity). Without the input `continuity` is None:
+    only the application knows the supply (the N-PE voltage tells a lost PE in TN/TT,
+    and nothing in IT, where it is high with a sound earth too)."""
 
-    def __init__(self, ok_pin, read_mv, mv_per_v=33, max_n_pe_v=30):
+    def __init__(self, ok_pin, read_mv, mv_per_v=33):
         self._ok = ok_pin
         self._read_mv = read_mv
         self._mv_per_v = mv_per_v
-        self._max_v = max_n_pe_v
-        self.continuity = True
+        self.continuity = None if ok_pin is None else True
         self.n_pe_v = 0.0
 
     def read(self):
         self.n_pe_v = self._read_mv() / self._mv_per_v
-        if self._ok is None:
-            self.continuity = self.n_pe_v < self._max_v
-        else:
+        if self._ok is not None:
             self.continuity = self._ok.value() == 1
 
 

@@ -17,18 +17,24 @@ def ntc_c(r_ohm, r0_ohm=10000, beta=3950):
 
 class Temps:
     """Three NTC 10k B3950 on ADC inputs, each with a pull-up `r_pu_ohm` to vref.
-    `read_mv` is a tuple of three callables (relay, socket, environment)."""
+    `read_mv` is a tuple of three callables (relay, socket, environment). A reading at
+    or above `open_mv` is an open sensor, at or below `short_mv` a shorted one (None):
+    the board sets them inside what its ADC can read (an ADC that tops out below vref
+    never reaches vref - 20 mV with the sensor open)."""
 
-    def __init__(self, read_mv, vref_mv=3300, r_pu_ohm=10000, beta=3950):
+    def __init__(self, read_mv, vref_mv=3300, r_pu_ohm=10000, beta=3950, open_mv=None,
+                 short_mv=20):
         self._read = read_mv
         self._vref = vref_mv
         self._r_pu = r_pu_ohm
         self._beta = beta
+        self._open = vref_mv - 20 if open_mv is None else open_mv
+        self._short = short_mv
         self.relay_c = self.socket_c = self.env_c = None
 
     def _one(self, fn):
         mv = fn()
-        if mv <= 20 or mv >= self._vref - 20:
+        if mv <= self._short or mv >= self._open:
             return None  # shorted or open sensor
         r = self._r_pu * mv / (self._vref - mv)
         return round(ntc_c(r, 10000, self._beta), 1)

@@ -10,6 +10,10 @@
 # - CP sampling in step with the PWM: TIM1's update interrupt (rising edge, start of the
 #   high plateau) reads the high level; CH2 in OC_TIMING mode fires in the middle of the
 #   low plateau and reads the low level. sample() copies the latest pair.
+# - One ADC: every pyb.ADC converts on ADC1 (channel select, start, wait, data register).
+#   A main-loop read (PP, N-PE, temperatures) marks ADC1 busy for its few microseconds,
+#   and the pilot IRQs skip their sample meanwhile, so neither reading gets the other's
+#   channel. docs/hal.md says why this and not a second ADC or disable_irq().
 # - RCD: hard IRQ on the fault line opens the relays before anything else.
 # - CAN: the on-chip bxCAN through pyb.CAN, rejoining the bus by itself after bus-off.
 import array
@@ -37,9 +41,17 @@ def make(env):
     return Board(env or {})
 
 
-def _mv_reader(adc):
+def _mv_reader(adc, busy):
+    """A main-loop reader of one ADC1 channel: `busy[0]` is set while it converts, so
+    the pilot IRQs leave ADC1 alone (they would select their channel under this read)."""
+
     def read_mv():
-        return adc.read() * pins.VREF_MV // _ADC_FULL
+        busy[0] = 1
+        try:
+            raw = adc.read()
+        finally:
+            busy[0] = 0
+        return raw * pins.VREF_MV // _ADC_FULL
 
     return read_mv
 
@@ -62,10 +74,12 @@ class CpPwm:
 
 class CpAdc:
     """Plateaus captured by the timer IRQs into a preallocated array; sample() converts
-    the latest pair to pilot millivolts. All ISR-safe."""
+    the latest pair to pilot millivolts. All ISR-safe. An IRQ that finds ADC1 busy with
+    a main-loop read (`busy[0]`) keeps the plateau it had: one period older at most."""
 
-    def __init__(self, adc):
+    def __init__(self, adc, busy):
         self._read = adc.read
+        self._busy = busy
         self._raw = array.array("i", [0, 0])
         self.on_high = self._isr_high  # bound once, given to the timer
         self.on_low = self._isr_low
@@ -73,9 +87,13 @@ class CpAdc:
         self.lo_mv = 0
 
     def _isr_high(self, _tim):
+        if self._busy[0]:
+            return
         self._raw[_HI] = self._read()
 
     def _isr_low(self, _tim):
+        if self._busy[0]:
+            return
         self._raw[_LO] = self._read()
 
     def sample(self):
@@ -161,15 +179,16 @@ class Board(EvPlusBoard):
         ch_pwm = tim.channel(pins.CP_CHANNEL, pyb.Timer.PWM, pin=pyb.Pin(pins.CP_PWM),
                              pulse_width=tim.period() + 1)
         self._cp_adc_dev = pyb.ADC(pyb.Pin(pins.CP_ADC))
-        self.cp_adc = CpAdc(self._cp_adc_dev)
+        busy = bytearray(1)  # ADC1 taken by a main-loop read (see _mv_reader)
+        self.cp_adc = CpAdc(self._cp_adc_dev, busy)
         ch_smp = tim.channel(pins.CP_SAMPLE_CHANNEL, pyb.Timer.OC_TIMING,
                              compare=tim.period(), polarity=pyb.Timer.HIGH,
                              callback=self.cp_adc.on_low)
         tim.callback(self.cp_adc.on_high)
         self._cp_out = CpPwm(tim, ch_pwm, ch_smp)
         self.cp = power.CpGenerator(self._cp_out.set_duty)
-        self.pp_adc = power.PpAdc(_mv_reader(pyb.ADC(pyb.Pin(pins.PP_ADC))), pins.VREF_MV,
-                                  pins.PP_PULLUP_OHM)
+        self.pp_adc = power.PpAdc(_mv_reader(pyb.ADC(pyb.Pin(pins.PP_ADC)), busy),
+                                  pins.VREF_MV, pins.PP_PULLUP_OHM)
 
         # Lock and protection (the contactors are built by _begin)
         self.lock = power.Lock(Pin(pins.LOCK_A, Pin.OUT, value=0),
@@ -180,10 +199,12 @@ class Board(EvPlusBoard):
         self.rcd = power.Rcd(rcd_pin, Pin(pins.RCD_TEST, Pin.OUT, value=0), self.relays)
         rcd_pin.irq(handler=self.rcd.isr, trigger=Pin.IRQ_RISING, hard=True)
         self.pe = power.PeMonitor(Pin(pins.PE_OK, Pin.IN, Pin.PULL_DOWN),
-                                  _mv_reader(pyb.ADC(pyb.Pin(pins.NPE_ADC))), pins.NPE_MV_PER_V)
-        self.temps = thermal.Temps((_mv_reader(pyb.ADC(pyb.Pin(pins.T_RELAY_ADC))),
-                                    _mv_reader(pyb.ADC(pyb.Pin(pins.T_SOCKET_ADC))),
-                                    _mv_reader(pyb.ADC(pyb.Pin(pins.T_ENV_ADC)))), pins.VREF_MV)
+                                  _mv_reader(pyb.ADC(pyb.Pin(pins.NPE_ADC)), busy),
+                                  pins.NPE_MV_PER_V)
+        self.temps = thermal.Temps((_mv_reader(pyb.ADC(pyb.Pin(pins.T_RELAY_ADC)), busy),
+                                    _mv_reader(pyb.ADC(pyb.Pin(pins.T_SOCKET_ADC)), busy),
+                                    _mv_reader(pyb.ADC(pyb.Pin(pins.T_ENV_ADC)), busy)),
+                                   pins.VREF_MV)
         fan_tim = pyb.Timer(pins.FAN_TIMER, freq=_FAN_FREQ)
         fan_ch = fan_tim.channel(pins.FAN_CHANNEL, pyb.Timer.PWM, pin=pyb.Pin(pins.FAN_PWM),
                                  pulse_width=0)

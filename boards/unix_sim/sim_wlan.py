@@ -6,6 +6,20 @@ CLIENT_IFCONFIG = ("192.168.10.50", "255.255.255.0", "192.168.10.1", "192.168.10
 DOWN_IFCONFIG = ("0.0.0.0", "0.0.0.0", "0.0.0.0", "0.0.0.0")
 
 
+def host_dns():
+    """The host's first IPv4 nameserver: the simulator's uplink is the host's network, so
+    ifconfig() names it as the DNS server (None when the host names none)."""
+    try:
+        with open("/etc/resolv.conf") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 2 and parts[0] == "nameserver" and parts[1].count(".") == 3:
+                    return parts[1]
+    except OSError:
+        pass
+    return None
+
+
 def ap_ssid_for(serial):
     """"ACPILE_" + the last two characters of the serial (the manual's "ACPILE_xx")."""
     return "ACPILE_" + serial[-2:].upper()
@@ -18,6 +32,7 @@ class Wlan:
         self.ap_ssid = ap_ssid_for(serial)
         self.ssid = None  # network asked for by connect(), kept across uplink drops
         self.connects = 0
+        self._dns = host_dns()
 
     def set_mode(self, mode):
         if mode != "ap" and mode != "client":
@@ -48,8 +63,12 @@ class Wlan:
 
     def ifconfig(self):
         if self.mode == "ap":
-            return AP_IFCONFIG
-        return CLIENT_IFCONFIG if self.isconnected() else DOWN_IFCONFIG
+            cfg = AP_IFCONFIG
+        elif self.isconnected():
+            cfg = CLIENT_IFCONFIG
+        else:
+            return DOWN_IFCONFIG
+        return cfg if self._dns is None else cfg[:3] + (self._dns,)
 
     def view(self):
         return {

@@ -122,7 +122,7 @@ class Api:
         ch = self.app.charger
         return {
             "faults": self.app.history.fault_records(_limit(req), _describe),
-            "active": faults.codes(ch.active | ch.latched),
+            "active": self.app.errors(),
             "latched": faults.codes(ch.latched),
         }
 

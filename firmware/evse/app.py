@@ -68,6 +68,7 @@ class App:
             data_dir=self.data_dir,
         )
         self.hmi = Hmi(hw, self.charger, self.metering, self.toggle_wifi_mode)
+        self.hmi.notices.append(self._config_notice)
         self.hmi.notices.append(self.balance.notice)
         self.auth = Authorizer(self.charger, self.settings, self.hmi, self.metering)
         self.cards = CardStore(self.data_dir)
@@ -82,6 +83,8 @@ class App:
         self.settings.on_change(self._on_settings)
         hw.rcd.set_handler(self.charger._rcd_cb)
         self.protection.load_latches()
+        if self.settings.invalid:  # the Report page names what is not as configured
+            self.history.add_fault("CFG", {"settings": dict(self.settings.invalid)})
         self.history.recover_open_session(hw.rtc.now())
         from evse.wifi import WifiManager
 
@@ -209,7 +212,13 @@ class App:
 
     def errors(self):
         ch = self.charger
-        return faults.codes(ch.active | ch.latched)
+        codes = faults.codes(ch.active | ch.latched)
+        if self.settings.invalid:
+            codes.append("CFG")  # not a trip: the charger runs on the safe values
+        return codes
+
+    def _config_notice(self):
+        return "CONFIG ERROR" if self.settings.invalid else None
 
     def session_view(self):
         s = self.charger.session
@@ -251,6 +260,7 @@ class App:
             "state": ch.ocpp_status(),
             "cp_state": pilot.NAMES[ch.cp_state],
             "errors": self.errors(),
+            "config_errors": dict(self.settings.invalid),
             "latched": faults.codes(ch.latched),
             "offered_a": ch.offered_a,
             "limit_a": ch.limit_a,

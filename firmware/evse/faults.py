@@ -21,6 +21,10 @@ FAN = const(1 << 12)  # fan blocked
 PP = const(1 << 13)  # unreliable cable connection (proximity pilot)
 MIS = const(1 << 14)  # missing phase
 CAN = const(1 << 15)  # CAN bus address clash (shown as ERR CAN ADDR)
+# Not a trip, never set in Charger.active: a stored setting that cannot be used, shown
+# while settings.invalid names one (the charger goes on with the safe value).
+CFG = const(1 << 16)
+LAT = const(1 << 17)  # latched.json unreadable: which trips were latched is unknown
 
 # code, bit, latches, OCPP ChargePointErrorCode, what the driver is told, what clears it
 TABLE = (
@@ -56,6 +60,10 @@ TABLE = (
      "every phase of the model present (above 195.5 V) for 10 s"),
     ("CAN", CAN, False, "OtherError", "CAN bus address fault",
      "the address clash is gone for 10 s"),
+    ("LAT", LAT, True, "InternalError", "Latched-trip record unreadable: the protective "
+     "trips latched before are unknown", "technician clears it after checking the charger"),
+    ("CFG", CFG, False, "OtherError", "Configuration error: a setting could not be used, "
+     "its safe value is in use", "each setting named is saved again (configuration page or API)"),
 )
 
 LATCHING = 0

@@ -72,19 +72,34 @@ class Protection:
 
     # ---- latches survive restarts ------------------------------------------------------
     def load_latches(self):
-        saved = atomicfile.load_json(self._latch_path, dict, _log.error)
+        # Fail closed: a record that cannot be read in full (a bad copy, the wrong types,
+        # a code this firmware does not latch) may have held any trip, so LAT latches on
+        # top of whatever could be read, until a technician clears it.
+        bad = []
+        none = {}
+        saved = atomicfile.load_json(self._latch_path, lambda: none, bad.append)
+        codes = saved.get("latched") if isinstance(saved, dict) else None
+        if saved is not none and not isinstance(codes, list):
+            bad.append("no list of latched codes")
         bits = 0
-        for code in saved.get("latched", ()) if isinstance(saved, dict) else ():
-            r = faults.row(code)
+        for code in codes or ():
+            r = faults.row(code) if isinstance(code, str) else None
             if r and r[2]:
                 bits |= r[1]
+            else:
+                bad.append("%r is no latching code" % (code,))
+        if bad:
+            _log.error("latched trips unreadable (%s): ERR LAT", "; ".join(bad))
+            bits |= faults.LAT
         if bits:
             _log.warning("latched trips from before the restart: %s", faults.codes(bits))
             self.ch.latched = bits
             for b in _bits(bits):
                 self.ch.trip(b)
-            self.ch.tripped_new = 0  # already recorded before the restart
+            self.ch.tripped_new = bits & faults.LAT  # the rest was recorded before
             self.weld = bits & (faults.R12 | faults.R3N)
+        if bad:
+            self._save_latches()  # whole again, LAT in it: a restart keeps it
 
     def _causes_present(self, bits):
         """The latched bits among `bits` whose cause the sensors still show."""
@@ -231,10 +246,15 @@ class Protection:
     def _check_pe(self, now_ms):
         pe = self.hw.pe
         pe.read()
-        bad = not pe.continuity
+        tn = self.settings["power_system"] == "TN_TT"
+        cont = pe.continuity
+        if cont is None:
+            # No continuity input on this board: a lost PE floats above PE_N_V in TN/TT;
+            # in IT the N-PE voltage says nothing about the earth (docs/errors.md).
+            cont = not tn or pe.n_pe_v < PE_N_V
+        bad = not cont
         if self._cond("pe", bad, now_ms, _PE_HOLD_MS):
             self._latch(faults.PE, "no earth continuity")
-        tn = self.settings["power_system"] == "TN_TT"
         if self._cond("pe_nv", tn and pe.n_pe_v > PE_N_V, now_ms, _PE_NV_HOLD_MS):
             self._latch(faults.PE, "neutral-earth voltage %.0f V" % pe.n_pe_v)
 

@@ -2,7 +2,10 @@
 #
 # One file, EVSE_DATA_DIR/settings.json, written atomically with a .bak (lib/atomicfile).
 # A file that names only some keys is completed with defaults, so an installer can
-# pre-seed a charger; a corrupt file falls back to the .bak or the defaults and is logged.
+# pre-seed a charger; a corrupt file falls back to the .bak. A value that cannot be used
+# (refused by its check, or every copy of the file unreadable) never falls back to a more
+# permissive one: a limit takes its SAFE value, the rest the default, and each is a
+# configuration error (`invalid`) until that setting is saved again (docs/errors.md).
 import os
 
 import atomicfile
@@ -46,13 +49,24 @@ def add_languages(data_dir):
 
 
 def _int_range(lo, hi):
+    # 32.0 is a whole number too (a hand-written file, a JSON library's float); it is
+    # stored as 32 (_normal). inf and nan fail the range test.
     def check(v):
-        if not isinstance(v, int) or isinstance(v, bool):
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
             return "must be a whole number"
         if not lo <= v <= hi:
             return "must be between %d and %d" % (lo, hi)
+        if isinstance(v, float) and v != int(v):
+            return "must be a whole number"
 
     return check
+
+
+def _normal(key, value):
+    """A valid value as stored: a whole number given as a float becomes an int."""
+    if isinstance(value, float) and type(SCHEMA[key][0]) is int:
+        return int(value)
+    return value
 
 
 def _bool(v):
@@ -134,6 +148,17 @@ SCHEMA = {
     "wifi_mode": ("ap", _choice("ap", "client")),
 }
 
+# The most restrictive value of every setting that limits the current or a protection:
+# what a value that cannot be used falls back to (never the default, e.g. 32 A / 40 A).
+SAFE = {
+    "max_current_a": 6,
+    "cable_max_a": 6,
+    "max_house_current_a": 6,
+    "ventilation": False,  # state D does not charge
+    "power_system": "TN_TT",  # the neutral-earth check stays on
+    "charging_mode": "B",  # the lock and the PP cable rating, where the hardware has them
+}
+
 # Never sent back to a browser or a central system.
 SECRETS = ("wifi_password",)
 
@@ -165,18 +190,37 @@ class Settings:
         self._path = path
         self._values = defaults()
         self._listeners = []
+        self.invalid = {}  # key -> why its stored value is not used, and what is instead
+        self._kept = {}  # key -> the unusable stored value, written back until replaced
 
     def load(self):
-        stored = atomicfile.load_json(self._path, dict, _log.error)
-        if not isinstance(stored, dict):
-            _log.error("settings file is not an object, using defaults")
-            stored = {}
-        bad = validate(stored)
-        for key, msg in bad.items():
-            _log.error("setting %s ignored: %s", key, msg)
+        errors = [0]
+
+        def note(msg):
+            errors[0] += 1
+            _log.error("%s", msg)
+
+        none = {}
+        stored = atomicfile.load_json(self._path, lambda: none, note)
+        why = None
+        if stored is none and errors[0]:
+            # The file is there but no copy of it can be read: the values it held are
+            # unknown. null is stored for each limit until it is saved: refused at the
+            # next boot too, so it stays safe and reported.
+            stored = {key: None for key in SAFE}
+            why = "settings.json unreadable"
+        for key, msg in validate(stored).items():
+            if key not in SCHEMA:
+                _log.warning("unknown setting %s ignored", key)
+                continue
+            value = SAFE[key] if key in SAFE else SCHEMA[key][0]
+            self.invalid[key] = "%s: %r in use" % (why or msg, value)
+            self._kept[key] = stored.pop(key)
+            self._values[key] = value
+            _log.error("setting %s %s", key, self.invalid[key])
         for key, value in stored.items():
-            if key not in bad:
-                self._values[key] = value
+            if key in SCHEMA:
+                self._values[key] = _normal(key, value)
 
     def __getitem__(self, key):
         return self._values[key]
@@ -199,9 +243,16 @@ class Settings:
         errors = validate(changes)
         if errors:
             return errors
+        changes = {k: _normal(k, v) for k, v in changes.items()}
         new = dict(self._values)
         new.update(changes)
-        atomicfile.save_json(self._path, new)
+        kept = {k: v for k, v in self._kept.items() if k not in changes}
+        on_flash = dict(new)
+        on_flash.update(kept)  # an unusable value stays reported until it is replaced
+        atomicfile.save_json(self._path, on_flash)
+        self._kept = kept
+        for k in changes:
+            self.invalid.pop(k, None)
         old = self._values
         self._values = new
         changed = [k for k in changes if old.get(k) != new[k]]

@@ -2,11 +2,13 @@
 # Installed as sys.modules["machine"] by boardload.py only (never on the firmware's path).
 log = []  # (what, args) in call order, across every object
 pins = {}  # id -> the last Pin made for that id
+adcs = {}  # pin id -> the last ADC made on that pin
 
 
 def reset_log():
     del log[:]
     pins.clear()
+    adcs.clear()
     frames.clear()
 
 
@@ -96,6 +98,7 @@ class ADC:
         self.uv = 1_600_000
         self.seq = None  # optional list of values read in turn
         self._i = 0
+        adcs[pin.id] = self
 
     def read_uv(self):
         if self.seq:

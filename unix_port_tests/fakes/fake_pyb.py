@@ -9,13 +9,33 @@ class Pin:
         self.name = name
 
 
+class _Adc1:
+    """The one converter behind every pyb.ADC on an F4 (the port's adc.c: ADCx is ADC1):
+    read() selects its channel, converts, then takes the data register. `mid_read`, when
+    set, runs once between the two, as an interrupt that reads the ADC itself may."""
+
+    def __init__(self):
+        self.channel = None  # the pyb.ADC whose pin is selected
+        self.mid_read = None
+
+
+adc1 = _Adc1()
+adcs = {}  # pin name -> the last ADC made on it
+
+
 class ADC:
     def __init__(self, pin):
         self.pin = pin
-        self.raw = 2000
+        self.raw = 2000  # what a conversion of this pin gives
+        adcs[pin.name] = self
 
     def read(self):
-        return self.raw
+        adc1.channel = self
+        hook = adc1.mid_read
+        if hook is not None:
+            adc1.mid_read = None
+            hook()
+        return adc1.channel.raw
 
 
 class TimerChannel:

@@ -18,6 +18,7 @@ import time
 from micropython import const
 
 import atomicfile
+import dnsclient
 import log
 import wsclient
 from evse import faults
@@ -43,6 +44,7 @@ _CACHE_LEN = const(32)
 _CA_MAX = const(16384)
 _BOOT_RETRY_S = const(60)  # Pending/Rejected with interval 0
 _PONG_GRACE_MS = const(10000)
+_DNS_TIMEOUT_MS = const(4000)
 
 def pem_certs(path):
     """The DER certificates of a PEM file (this port's mbedTLS takes DER only)."""
@@ -100,7 +102,11 @@ class Service:
         self._boot_now = False
         self._boot_interval = _BOOT_RETRY_S
         self._reconnect = False
-        self._addr = None  # (host, address) resolved once
+        self._addr = None  # (host, address) of the last DNS answer
+        # (ip, port) of the DNS server, or None: the network interface's, asked afresh
+        # for each connection (DHCP may change it).
+        self.dns_server = self._dns_server
+        self.dns_timeout_ms = _DNS_TIMEOUT_MS
         self.diag_status = "Idle"
         self.fw_status = "Idle"
         self._jobs = {}  # name -> task (reset, diagnostics, firmware)
@@ -297,18 +303,30 @@ class Service:
             ctx.load_verify_locations(cadata=der)
         return ctx
 
-    def _resolve(self, host, port):
-        # getaddrinfo blocks the loop: once per host, again only after a failed connect.
-        if self._addr is not None and self._addr[0] == host:
-            return self._addr[1]
-        import socket
+    def _dns_server(self):
+        try:
+            ip = self.hw.wlan.ifconfig()[3]
+        except (AttributeError, IndexError, OSError):
+            return None
+        return (ip, 53) if ip and ip != "0.0.0.0" else None
 
-        ai = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0][-1]
-        addr = host
-        if isinstance(ai, tuple):
-            addr = ai[0]
-        elif len(ai) >= 8 and ai[0] == 2 and ai[1] == 0:  # unix: struct sockaddr_in
-            addr = "%d.%d.%d.%d" % (ai[4], ai[5], ai[6], ai[7])
+    async def _address(self, host):
+        """The address to connect to. A name is asked of the DNS server for every
+        connection, without blocking the loop (socket.getaddrinfo would stop the pilot
+        and protection for seconds when the server is silent), so a central system
+        that moves is found at the next reconnect; while the server does not answer,
+        the last answer for this host is used."""
+        addr = dnsclient.local(host)  # an IP literal or localhost: nothing to ask
+        if addr is not None:
+            return addr
+        try:
+            addr = await dnsclient.resolve(host, self.dns_server(), self.dns_timeout_ms)
+        except (OSError, ValueError, dnsclient.DnsError, asyncio.TimeoutError) as e:
+            last = self._addr
+            if last is None or last[0] != host:
+                raise OSError("cannot resolve %s: %r" % (host, e))
+            _log.warning("cannot resolve %s (%r): using its last address %s", host, e, last[1])
+            return last[1]
         self._addr = (host, addr)
         return addr
 
@@ -339,11 +357,10 @@ class Service:
             _log.error("security profile %d needs an AuthorizationKey: not connecting", prof)
             return False
         try:
-            addr = self._resolve(host, port)
+            addr = await self._address(host)
             await self.ws.connect(url, protocols=(PROTOCOL,), headers=headers, ssl=ctx, addr=addr)
         except (OSError, ValueError, wsclient.WsError, asyncio.TimeoutError) as e:
             _log.warning("cannot connect to %s: %r", url, e)
-            self._addr = None
             return False
         _log.info("connected to %s", url)
         reader, handler = self.link.start()

@@ -329,8 +329,11 @@
 
   // ---- Home and Charger State -------------------------------------------------------------
   function stateText(st) {
-    if (st.errors && st.errors.length) return t('s.Faulted') + ': ' + st.errors.join(', ');
-    return st.state === 'Available' ? t('home.card') : tv('s.', st.state);
+    const errs = st.errors || [];
+    if (st.state === 'Faulted') return t('s.Faulted') + ': ' + errs.join(', ');
+    const s = st.state === 'Available' ? t('home.card') : tv('s.', st.state);
+    // CFG (a setting not as configured) is not a fault: the charger runs on, and says so
+    return errs.length ? s + ' · ' + errs.join(', ') : s;
   }
 
   pages.home = {

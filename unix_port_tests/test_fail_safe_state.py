@@ -1,0 +1,150 @@
+# What the charger does with stored state it cannot use (settings.json, latched.json):
+# the safe value, never a more permissive one, and an error the driver, the web app and
+# the technician see. The whole application on the unix_sim board.
+import asyncio
+import json
+import os
+
+import board
+import check
+import log
+from check import eq, true
+
+
+def _port():
+    b = os.urandom(2)
+    return 20000 + ((b[0] << 8 | b[1]) % 9000)
+
+
+def _app(files):
+    """The application booted on a data directory holding `files` (name -> text)."""
+    d = check.tmpdir("failsafe")
+    for name, text in files.items():
+        with open(d + "/" + name, "w") as f:
+            f.write(text)
+    hw = board.make({"EVSE_DATA_DIR": d, "EVSE_CAN_PORT": str(_port()),
+                     "EVSE_SIM_PORT": str(_port())})
+    from evse.app import App
+
+    log.set_level(log.ERROR + 10)
+    try:
+        return App(hw)
+    finally:
+        log.set_level(log.WARNING)
+
+
+def _shown(app, ms=7000):
+    """Every text the display showed over `ms` of HMI ticks."""
+    seen = set()
+    for t in range(0, ms, 100):
+        app.hmi.tick(10_000 + t)
+        seen.add(app.hw.display.text)
+    return seen
+
+
+def _report(app):
+    """The Report page's data (GET /api/faults), as JSON."""
+    from evse.api import Api
+
+    r = asyncio.run(Api(app).faults(_Req()))
+    asyncio.new_event_loop()
+    return {"active": r["active"], "latched": r["latched"],
+            "faults": list(r["faults"].items(True))}
+
+
+class _Req:
+    query = {}
+
+
+def test_an_invalid_house_limit_is_safe_and_shown_everywhere():
+    """max_house_current_a that cannot be used: 6 A (the minimum), not the 40 A default,
+    and a configuration error on the display, in /api/status and on the Report page."""
+    app = _app({"settings.json": '{"max_house_current_a": "32 A", "auth_mode": "free"}'})
+    eq(app.settings["max_house_current_a"], 6, "the safe value")
+    st = app.status()
+    true("CFG" in st["errors"], "status errors %r" % st["errors"])
+    true("max_house_current_a" in st["config_errors"], "status names the setting")
+    eq(json.loads(json.dumps(st))["config_errors"], st["config_errors"], "JSON")
+    true("CFG" in app.sim_status()["errors"], "simulator snapshot errors")
+    true("CONFIG ERROR" in _shown(app), "display")
+    rep = _report(app)
+    true("CFG" in rep["active"], "Report page: active %r" % rep["active"])
+    recs = [f for f in rep["faults"] if f["code"] == "CFG"]
+    eq(len(recs), 1, "one record of it")
+    true("max_house_current_a" in json.dumps(recs[0]["values"]), "the record names it")
+    true(recs[0].get("description"), "described")
+    eq(app.charger.ocpp_status(), "Available", "charging is not refused: the limit is safe")
+
+    # Saving the setting clears the error everywhere.
+    eq(app.settings.apply({"max_house_current_a": 32}), {})
+    eq(app.status()["errors"], [], "cleared")
+    true("CFG" not in _report(app)["active"], "cleared on the Report page")
+    true("CONFIG ERROR" not in _shown(app), "cleared on the display")
+
+
+def test_good_settings_show_no_configuration_error():
+    app = _app({"settings.json": '{"max_house_current_a": 32.0, "auth_mode": "free"}'})
+    eq(app.settings["max_house_current_a"], 32, "32.0 is a whole number")
+    eq((app.status()["errors"], app.status()["config_errors"]), ([], {}), "no error")
+    true("CONFIG ERROR" not in _shown(app), "display")
+
+
+def _boot_on(d):
+    hw = board.make({"EVSE_DATA_DIR": d, "EVSE_CAN_PORT": str(_port()),
+                     "EVSE_SIM_PORT": str(_port())})
+    from evse.app import App
+
+    log.set_level(log.ERROR + 10)
+    try:
+        return App(hw)
+    finally:
+        log.set_level(log.WARNING)
+
+
+def test_an_unreadable_latch_record_keeps_the_charger_faulted_until_cleared():
+    """latched.json that cannot be read (torn, corrupt, wrong types) must not drop the
+    latched trips it held: the charger stays faulted (ERR LAT, relays open, no session)
+    until a technician clears it, and a restart does not clear it either."""
+    import atomicfile
+    from evse import pilot
+
+    good = atomicfile.encode_json({"latched": ["PE"]}).decode()
+    cases = {
+        "torn": good[:-3],
+        "bad crc": good.replace("PE", "IR"),
+        "not JSON": "\x00\xff garbage",
+        "a list": '["PE"]',
+        "codes not a list": '{"latched": "PE"}',
+        "a number for a code": '{"latched": [4]}',
+        "an unknown code": '{"latched": ["PE", "XYZ"]}',
+        "a code that does not latch": '{"latched": ["OCP"]}',
+        "empty": "",
+    }
+    for what, text in cases.items():
+        app = _app({"latched.json": text, "settings.json": '{"auth_mode": "free"}'})
+        ch = app.charger
+        true("LAT" in app.errors(), "%s: errors %r" % (what, app.errors()))
+        eq(ch.ocpp_status(), "Faulted", what)
+        true(not app.hw.relays.closed and app.hw.cp.duty_pm == -2, "%s: relays open, F" % what)
+        app.protection.tick(1000)  # records what is new
+        true("ERR LAT" in _shown(app), "%s: display" % what)
+        rep = _report(app)
+        true("LAT" in rep["latched"], "%s: Report page latched %r" % (what, rep["latched"]))
+        eq([f["code"] for f in rep["faults"]], ["LAT"], "%s: one fault record" % what)
+        ch.cp_state = pilot.STATE_B  # a vehicle plugged in: still no session
+        true(ch.start_session("04A1B2C3", "RFID") is not None, "%s: no session" % what)
+        if what == "an unknown code":
+            true("PE" in rep["latched"], "the trips it could read stay latched too")
+
+        again = _boot_on(app.data_dir)  # a restart (power cut, watchdog) keeps it
+        true("LAT" in again.errors(), "%s: after a restart" % what)
+        eq(again.protection.technician_clear(["LAT"]), ["LAT"], "%s: cleared" % what)
+        third = _boot_on(app.data_dir)
+        true("LAT" not in third.errors(), "%s: stays cleared" % what)
+
+
+def test_a_readable_latch_record_and_none_at_all():
+    app = _app({"latched.json": '{"latched": ["IRD"]}'})
+    eq(app.errors(), ["IRD"], "the latched trip, nothing else")
+    app = _app({})
+    eq((app.errors(), app.charger.ocpp_status()), ([], "Available"), "a new charger")
