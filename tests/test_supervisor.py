@@ -21,6 +21,18 @@ def test_dying_protection_task_opens_relays_and_restarts(start_charger):
     pwm_off = [e for e in events if e["what"] == "pwm_duty_pct" and e["value"] is None]
     assert opened and pwm_off, "safe state: relays open and PWM stopped"
     assert "task protection died" in c.log_tail(200)
+    # The safe state ended the session (docs/errors.md, Internal errors): the relays stay
+    # open although the car still asks, until a fresh handshake (free mode: a new plug-in).
+    snap = c.wait_for(lambda s: not s["session"]["active"], timeout=WAIT_S)
+    assert not snap["relays_closed"] and snap["pwm_duty_pct"] is None
+    t1 = snap["t_us"]
+    c.sim("ev", state="A")
+    c.wait_for(lambda s: s["cp_state"] == "A", timeout=WAIT_S)
+    assert not any(e["what"] == "relays" and e["value"] is True for e in c.events(t1)), \
+        "closed again without a new handshake"
+    c.sim("ev", state="B", diode=True, max_a=16)
+    c.wait_for(lambda s: s["pwm_duty_pct"], timeout=WAIT_S)
+    c.sim("ev", state="C", diode=True, max_a=16)
     # Restarted: it detects faults again, and charging resumes through the pilot.
     snap = c.wait_for(lambda s: s["relays_closed"], timeout=WAIT_S)
     assert snap["restarts"]["protection"] >= 1
