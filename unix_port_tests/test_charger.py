@@ -383,6 +383,22 @@ def test_technician_clear_takes_only_latched_trips_whose_cause_is_gone():
     true(r.ch.latched & faults.R3N, "kept while the contact reads closed")
 
 
+def test_technician_clear_of_pe_on_a_board_without_a_continuity_input():
+    """The ESP32 board has no continuity input (continuity None): in TN/TT its earth is
+    judged from the N-PE voltage, also when a technician clears the latch; a clear that
+    read None as 'no earth' would keep the charger out of service for good."""
+    r = Rig()
+    r.hw.pe.continuity = None
+    r.hw.pe.n_pe_v = 80.0  # PE lost: it floats
+    r.run(1500)
+    true(r.ch.latched & faults.PE, "PE latched")
+    raises(ValueError, r.prot.technician_clear, ["PE"])
+    r.hw.pe.n_pe_v = 1.0  # the earth repaired
+    eq(r.prot.technician_clear(["PE"]), ["PE"], "cleared once N-PE is low again")
+    r.run(1500)
+    true(not r.ch.latched and not r.ch.active, "no fault left")
+
+
 def test_trip_path_allocates_nothing():
     r = Rig()
     r.charge()

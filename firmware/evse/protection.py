@@ -108,8 +108,7 @@ class Protection:
         if bits & faults.PE:
             pe = hw.pe
             pe.read()
-            tn = self.settings["power_system"] == "TN_TT"
-            if not pe.continuity or (tn and pe.n_pe_v > PE_N_V):
+            if not self._pe_continuity(pe) or (self._tn() and pe.n_pe_v > PE_N_V):
                 still |= faults.PE
         if bits & faults.IRD and hw.rcd.tripped():
             still |= faults.IRD
@@ -243,16 +242,22 @@ class Protection:
             _log.error("over-current: %.1f A drawn, %.1f A offered", draw, ref)
             ch.trip(faults.OCP)
 
+    def _tn(self):
+        return self.settings["power_system"] == "TN_TT"
+
+    def _pe_continuity(self, pe):
+        """The earth's continuity as the board reads it. Without a continuity input a lost
+        PE floats above PE_N_V in TN/TT; in IT the N-PE voltage says nothing about the
+        earth (docs/errors.md), so there the board has no check of its own."""
+        if pe.continuity is None:
+            return not self._tn() or pe.n_pe_v < PE_N_V
+        return pe.continuity
+
     def _check_pe(self, now_ms):
         pe = self.hw.pe
         pe.read()
-        tn = self.settings["power_system"] == "TN_TT"
-        cont = pe.continuity
-        if cont is None:
-            # No continuity input on this board: a lost PE floats above PE_N_V in TN/TT;
-            # in IT the N-PE voltage says nothing about the earth (docs/errors.md).
-            cont = not tn or pe.n_pe_v < PE_N_V
-        bad = not cont
+        tn = self._tn()
+        bad = not self._pe_continuity(pe)
         if self._cond("pe", bad, now_ms, _PE_HOLD_MS):
             self._latch(faults.PE, "no earth continuity")
         if self._cond("pe_nv", tn and pe.n_pe_v > PE_N_V, now_ms, _PE_NV_HOLD_MS):
