@@ -82,6 +82,19 @@ def test_an_invalid_house_limit_is_safe_and_shown_everywhere():
     true("CONFIG ERROR" not in _shown(app), "cleared on the display")
 
 
+def test_an_invalid_meter_or_pool_setting_keeps_the_charger_at_its_minimum():
+    """meter_model or lb_enabled that cannot be used falls back to its default, which
+    switches power management or load balancing off: the limit it kept is unknown, so the
+    charger offers 6 A until the setting is saved again."""
+    for bad in ('"meter_model": "SDM999"', '"lb_enabled": "yes"'):
+        app = _app({"settings.json": '{%s, "auth_mode": "free"}' % bad})
+        true("CFG" in app.status()["errors"], bad)
+        eq(app.charger.external.get("config"), 6.0, "the minimum while " + bad)
+        key = bad.split('"')[1]
+        eq(app.settings.apply({key: app.settings[key]}), {})
+        eq(app.charger.external.get("config"), None, "lifted once saved: " + bad)
+
+
 def test_good_settings_show_no_configuration_error():
     app = _app({"settings.json": '{"max_house_current_a": 32.0, "auth_mode": "free"}'})
     eq(app.settings["max_house_current_a"], 32, "32.0 is a whole number")

@@ -7,6 +7,7 @@ import log
 import periodic
 from evse import pilot
 from evse import faults
+from evse import limits
 from evse import version
 from evse.auth import Authorizer
 from evse.cards import CardStore
@@ -22,6 +23,8 @@ from evse.supervisor import Supervisor
 _log = log.get("app")
 
 _PILOT_MS = 10  # CP sampling period
+# Settings whose default switches a limiter off (app._config_limit).
+_LIMITER_SETTINGS = ("meter_model", "lb_enabled", "can_addr", "phase_set")
 _CONTROL_MS = 100  # control logic period, on the clock (not every nth sample: a busy loop
 # stretches the samples, and with them a count of samples)
 GC_EVERY = 16 * 1024  # bytes allocated between two collections (gc.threshold)
@@ -85,6 +88,7 @@ class App:
         self.protection.load_latches()
         if self.settings.invalid:  # the Report page names what is not as configured
             self.history.add_fault("CFG", {"settings": dict(self.settings.invalid)})
+        self._config_limit()
         self.history.recover_open_session(hw.rtc.now())
         from evse.wifi import WifiManager
 
@@ -113,6 +117,7 @@ class App:
 
     def _on_settings(self, changed):
         self.charger.apply_settings(changed)
+        self._config_limit()
         if "wifi_mode" in changed or "wifi_ssid" in changed or "wifi_password" in changed:
             self._apply_wifi()
 
@@ -216,6 +221,13 @@ class App:
         if self.settings.invalid:
             codes.append("CFG")  # not a trip: the charger runs on the safe values
         return codes
+
+    def _config_limit(self):
+        """A meter or load-balancing setting that cannot be used falls back to its default,
+        which switches that limiter off: the house or pool limit it kept is unknown, so
+        the charger offers its minimum until the setting is saved again."""
+        bad = [k for k in _LIMITER_SETTINGS if k in self.settings.invalid]
+        self.charger.set_external_limit("config", limits.MIN_A if bad else None)
 
     def _config_notice(self):
         return "CONFIG ERROR" if self.settings.invalid else None
