@@ -96,7 +96,8 @@ class Charger:
         self.lo_mv = 0
         self.active = 0  # fault bits currently active
         self.latched = 0  # latched protective trips (persisted by protection.py)
-        self._trip_ms = 0
+        self._trip_ms = 0  # the last new fault: its state F lasts _F_HOLD_MS from here
+        self._f_hold = 0  # fault bits whose F hold may still run (see _fault_outputs)
         self.tripped_new = 0  # bits tripped since protection last looked (its job to log)
         self.session = None
         self.finishing = False  # session ended, plug still in
@@ -212,6 +213,7 @@ class Charger:
             self._cp.low()
             self.tripped_new |= bit
             self._trip_ms = self.clock()
+            self._f_hold |= bit
         elif self._cp.duty_pm > 0:
             self._cp.low()  # never a PWM offer while a fault stands
         self.offered_a = 0.0
@@ -240,11 +242,13 @@ class Charger:
         if not self._rcd_testing:
             self.trip(faults.IRD)
 
-    def clear(self, bit):
-        """A non-latching fault's clear condition holds (protection.py decides)."""
-        if self.active & bit:
-            self.active &= ~bit
-            _log.info("fault %s cleared", faults.codes(bit))
+    def clear(self, bits):
+        """A non-latching fault's clear condition holds (protection.py decides), or a
+        technician cleared a latched trip."""
+        self._f_hold &= ~bits
+        if self.active & bits:
+            self.active &= ~bits
+            _log.info("fault %s cleared", faults.codes(bits))
 
     # ---- pilot ---------------------------------------------------------------------
     def tick_pilot(self):
@@ -350,6 +354,7 @@ class Charger:
         self._raise_held(now_ms)  # every tick, so its time never outlives a ticks wrap
         self._update_limit(now_ms)
         if self.active:
+            self._pp_bad_ms = None  # the cable is not checked meanwhile: its hold restarts
             self._fault_outputs(now_ms)
             self._selftest_stop(now_ms)
             self._manage_lock(now_ms, want=False)
@@ -359,6 +364,7 @@ class Charger:
             # back to X1, or the pilot would never see the vehicle again.
             self._cp.high()
         if not self.connected:
+            self._pp_bad_ms = None  # a stale start would read as negative after the wrap
             if self._cp.duty_pm != -1:
                 self._cp.high()
             self._relays.open()
@@ -503,10 +509,16 @@ class Charger:
         self._relays.open()
         self.offered_a = 0.0
         self._pwm_stop_ms = None
-        if time.ticks_diff(now_ms, self._trip_ms) < _F_HOLD_MS:
+        held = self._f_hold
+        if held and time.ticks_diff(now_ms, self._trip_ms) < _F_HOLD_MS:
             if self._cp.duty_pm != -2:
                 self._cp.low()
-        elif self._cp.duty_pm != -1:
+            return
+        # The hold is over: a flag from now on, not the trip time. A fault waiting days
+        # for a technician would read it as negative once the ticks wrap (2**29 ms, 6.2
+        # days on a 32-bit port) and go back to F.
+        self._f_hold &= ~held
+        if self._cp.duty_pm != -1:
             self._cp.high()  # X1 while the fault lasts: we can see the vehicle leave
 
     # ---- lock ----------------------------------------------------------------------

@@ -134,7 +134,7 @@ class Protection:
         if not bits:
             return []
         ch.latched &= ~bits
-        ch.active &= ~bits
+        ch.clear(bits)
         self.weld &= ~bits
         if bits & faults.IRD:
             ch.selftest_failed = False
