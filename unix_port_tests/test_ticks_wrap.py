@@ -107,6 +107,21 @@ def test_a_latched_trip_waiting_a_week_stays_at_x1():
         eq(r.ch.connected, False, "the vehicle leaving is seen")
 
 
+def test_a_fault_lasting_a_week_clears_once_its_cause_is_gone():
+    """The 1 s after a trip in which no clear rule runs is counted once: a relay
+    over-temperature lasting a week clears as soon as the relay has cooled."""
+    with Ticks32(*_charger_modules()):
+        r = _rig()
+        r.hw.temps.relay_c = 95.0
+        r.run(2000)
+        true(r.ch.active & faults.ROT, "ROT")
+        _leap(r, WEEK_MS)
+        true(r.ch.active & faults.ROT, "still there while hot")
+        r.hw.temps.relay_c = 25.0
+        r.run(300)
+        true(not r.ch.active & faults.ROT, "cleared once the relay cooled")
+
+
 def test_a_new_trip_after_a_week_holds_f_again():
     with Ticks32(*_charger_modules()):
         r = _rig()
@@ -125,6 +140,44 @@ def test_a_new_trip_after_a_week_holds_f_again():
         eq(r.hw.cp.duty_pm, -1, "X1 after 1 s")
 
 
+def test_a_fan_running_a_week_is_still_watched():
+    """The fan's 2 s spin-up is counted once: a fan driven for a week (a hot enclosure)
+    that then blocks is a FAN fault, not ignored while its start reads as negative."""
+    with Ticks32(*_charger_modules()):
+        r = _rig()
+        r.hw.temps.env_c = 45.0
+        r.run(3000)
+        true(r.hw.fan.running, "fan driven")
+        _leap(r, WEEK_MS)
+        r.hw.fan.blocked = True
+        r.run(6000)
+        true(r.ch.active & faults.FAN, "blocked fan found")
+
+
+def test_ocp_reference_follows_the_offer_after_a_week_without_readings():
+    """The over-current reference is the highest offer of the last 5 s: after a week
+    without a meter reading it is the offer of now, not the one from before."""
+    with Ticks32(*_charger_modules()):
+        r = _rig()
+        r.charge()
+        eq(r.ch.offered_a, 32.0, "32 A")
+        r.run(2000)
+        r.hw.meter.fail = True
+        r.run(4000)
+        true(r.ch.active & faults.MET, "meter lost")
+        _leap(r, WEEK_MS)
+        r.ch.set_external_limit("ocpp", 10.0)
+        r.hw.meter.fail = False
+        r.run(8000)
+        true(not r.ch.active & faults.MET, "meter back")
+        r.run(1500)
+        eq(r.ch.offered_a, 10.0, "10 A offered")
+        true(r.hw.relays.closed, "charging")
+        r.hw.meter.amps = [16.0, 16.0, 16.0]  # above (10 + 0.5) * 1.1, not 32 A's
+        r.run(9000)
+        true(r.ch.active & faults.OCP, "over-current against 10 A")
+
+
 def test_a_bad_pp_before_an_unplug_does_not_blind_the_next_plug_in():
     """A PP out of window for less than 300 ms, then an unplug: a week later a cable
     with an open PP trips after 300 ms, not after days."""
@@ -141,3 +194,16 @@ def test_a_bad_pp_before_an_unplug_does_not_blind_the_next_plug_in():
         r.plug("B")
         r.run(500)
         true(r.ch.active & faults.PP, "open PP at the next plug-in")
+
+
+def test_a_condition_held_for_a_week_stays_held():
+    """A per-rule timer whose hold is over stays over, however long its condition lasts."""
+    with Ticks32(*_charger_modules()):
+        r = _rig()
+        p = r.prot
+        now = NEAR_WRAP
+        true(not p._cond("x", True, now, 2000), "starts")
+        true(p._cond("x", True, (now + 2000) & MASK, 2000), "held")
+        true(p._cond("x", True, (now + WEEK_MS) & MASK, 2000), "still held a week later")
+        true(not p._cond("x", False, (now + WEEK_MS) & MASK, 2000), "gone")
+        true(not p._cond("x", True, (now + WEEK_MS + 10) & MASK, 2000), "starts again")
