@@ -207,3 +207,249 @@ def test_a_condition_held_for_a_week_stays_held():
         true(p._cond("x", True, (now + WEEK_MS) & MASK, 2000), "still held a week later")
         true(not p._cond("x", False, (now + WEEK_MS) & MASK, 2000), "gone")
         true(not p._cond("x", True, (now + WEEK_MS + 10) & MASK, 2000), "starts again")
+
+
+# ---- the driver's side: HMI, card reader ------------------------------------------------------
+class _Out:
+    v = None
+
+    def set(self, *a):
+        self.v = a
+
+    def show(self, text):
+        self.v = text
+
+    def beep(self, ms):
+        pass
+
+
+class _HmiHw:
+    def __init__(self):
+        import fakehw
+
+        self.belt = _Out()
+        self.display = _Out()
+        self.tap_light = _Out()
+        self.leds = _Out()
+        self.buzzer = _Out()
+        self.rtc = fakehw.Rtc()
+
+        class Wlan:
+            mode = "ap"
+
+            def ap_clients(self):
+                return 0
+
+            def isconnected(self):
+                return False
+
+        class Button:
+            def pressed(self):
+                return False
+
+        self.wlan = Wlan()
+        self.button = Button()
+
+
+class _Idle:
+    """The charger as the HMI and metering see it: stand-by, no fault."""
+
+    active = 0
+    latched = 0
+    session = None
+    connected = False
+
+    def ocpp_status(self):
+        return "Available"
+
+
+class _Met:
+    volts = [230.0, 230.0, 230.0]
+    amps = [0.0, 0.0, 0.0]
+    hz = 50.0
+
+
+def test_the_power_on_self_test_light_does_not_come_back_a_week_later():
+    """The belt is white for 2 s after power-on; that deadline, kept, would read as ahead
+    again 6.2 days later and show the self-test for 6.2 more days."""
+    import evse.hmi as hmi_mod
+
+    with Ticks32(hmi_mod):
+        fake_time.set_ms(NEAR_WRAP)
+        hw = _HmiHw()
+        hmi = hmi_mod.Hmi(hw, _Idle(), _Met(), lambda: "ap")
+        now = NEAR_WRAP
+        hmi.tick(now)
+        eq(hw.belt.v, ("white", "steady"), "self-test at power-on")
+        now = (now + 2500) & MASK
+        hmi.tick(now)
+        eq(hw.belt.v, ("green", "slow"), "stand-by")
+        for _ in range(WEEK_MS // 3_600_000):
+            now = (now + 3_600_000) & MASK
+            hmi.tick(now)
+            eq(hw.belt.v, ("green", "slow"), "stand-by at %d ms" % now)
+
+
+class _Card:
+    kind = "M1"
+
+    def uid_hex(self):
+        return "04A1B2C3"
+
+
+class _Reader:
+    """The RC522 driver: nothing on the reader unless a card is put there."""
+
+    def __init__(self):
+        self.card = None
+
+    def init(self):
+        pass
+
+    def poll(self):
+        return self.card
+
+    def halt(self):
+        pass
+
+
+class _Auth:
+    def __init__(self):
+        self.seen = []
+        self.hmi = _Out()
+
+    async def present(self, uid, kind):
+        self.seen.append(uid)
+
+
+def _run(coro):
+    try:
+        coro.send(None)
+    except StopIteration:
+        return
+    raise AssertionError("waited on something")
+
+
+def test_the_same_card_a_week_later_is_a_new_tap():
+    """A card held on the reader counts once; the same card tapped a week later (the
+    reader polled all along) is a new tap, not the same one read again."""
+    import evse.rfid as rfid_mod
+
+    with Ticks32(rfid_mod):
+        auth = _Auth()
+        r = rfid_mod.RfidReader(_Rfid(), auth)
+        r._reader = _Reader()
+        now = NEAR_WRAP
+        fake_time.set_ms(now)
+        _run(r._handle(_Card()))
+        eq(auth.seen, ["04A1B2C3"], "first tap")
+        for _ in range(WEEK_MS // 200_000):  # polled every 200 ms: seen here every 200 s
+            now = (now + 200_000) & MASK
+            fake_time.set_ms(now)
+            r._poll()
+        _run(r._handle(_Card()))
+        eq(auth.seen, ["04A1B2C3"] * 2, "the tap a week later counts")
+
+
+class _Rfid:
+    """hw as the card reader's driver sees it at construction."""
+
+    def __init__(self):
+        from fakehw import Nothing
+
+        self.rfid_spi = Nothing()
+        self.rfid_cs = Nothing()
+        self.rfid_rst = Nothing()
+
+
+# ---- supervisor, web login, metering, uptime ---------------------------------------------------
+def test_deaths_a_week_apart_do_not_add_up_to_a_reset():
+    """Five deaths of a critical task within a minute stop the watchdog feed: four deaths
+    a week ago and one now are not five within a minute."""
+    import evse.supervisor as sup_mod
+
+    with Ticks32(sup_mod):
+        sup = sup_mod.Supervisor(None, lambda: None)
+        now = NEAR_WRAP
+        fake_time.set_ms(now)
+        for _ in range(4):
+            sup._note_death("pilot")
+        for _ in range(WEEK_MS // 3_600_000):  # the watchdog loop runs on (every 500 ms)
+            now = (now + 3_600_000) & MASK
+            fake_time.set_ms(now)
+            sup.healthy()
+        sup._note_death("pilot")
+        eq(sup.escalated, None, "no reset for deaths a week apart")
+
+
+def test_a_login_session_and_a_lockout_do_not_come_back_a_week_later():
+    import evse.web_auth as wa_mod
+    from check import raises, tmpdir
+
+    with Ticks32(wa_mod):
+        clock = WrapClock(NEAR_WRAP)
+        auth = wa_mod.WebAuth(tmpdir("wrap_auth"), clock_ms=clock)
+        token = auth.login("123456")
+        true(auth.valid(token), "logged in")
+        for _ in range(5):
+            raises(ValueError, auth.login, "wrong")
+        raises(ValueError, auth.login, "123456")  # locked for 30 s
+        for _ in range(WEEK_MS // 60_000):  # app.py: every minute
+            clock.ms += 60_000
+            auth.expire()
+        true(not auth.valid(token), "a session idle for a week has ended")
+        true(auth.valid(auth.login("123456")), "the lockout is over")
+
+
+def test_session_power_samples_go_on_after_a_week_without_meter():
+    from evse import metering as met_mod
+    from evse.charger import Session
+    import fakehw
+
+    class Prot:
+        readings = None
+
+        def on_meter(self, now_ms, ok):
+            pass
+
+    class History:
+        progress = 0
+
+        def session_progress(self, s):
+            self.progress += 1
+
+    with Ticks32(met_mod):
+        hw = fakehw.Hw()
+        ch = _Idle()
+        ch.session = s = Session("X", "RFID", 0, 0.0)
+        hist = History()
+        m = met_mod.Metering(hw, ch, Prot(), hist)
+        now = NEAR_WRAP
+        for _ in range(120):
+            m.read(now)
+            now = (now + 1000) & MASK
+        eq((len(s.power_dkw), hist.progress), (2, 2), "one sample and one record a minute")
+        hw.meter.fail = True
+        for _ in range(WEEK_MS // 3_600_000):
+            m.read(now)
+            now = (now + 3_600_000) & MASK
+        hw.meter.fail = False
+        m.read(now)
+        eq((len(s.power_dkw), hist.progress), (3, 3), "sampled at the first reading back")
+
+
+def test_uptime_counts_on_past_the_wrap():
+    import evse.app as app_mod
+
+    class Up:
+        uptime_s = 0
+        _up_ms = NEAR_WRAP
+
+    with Ticks32(app_mod):
+        up = Up()
+        now = NEAR_WRAP
+        for _ in range(WEEK_MS // 100_000):
+            now = (now + 100_000) & MASK
+            app_mod.App._count_uptime(up, now)
+        eq(up.uptime_s, WEEK_MS // 1000, "a week")
+
