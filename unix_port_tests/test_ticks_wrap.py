@@ -453,3 +453,152 @@ def test_uptime_counts_on_past_the_wrap():
             app_mod.App._count_uptime(up, now)
         eq(up.uptime_s, WEEK_MS // 1000, "a week")
 
+
+# ---- power management, load balancing, Modbus --------------------------------------------------
+def test_power_management_resumes_after_a_meter_outage_a_week_in():
+    """Ample headroom for a week, then the external meter lost for a moment: charging
+    resumes once the meter is back, not days later."""
+    import evse.power as power_mod
+    from test_power import Rig as PowerRig
+    from modbus_rtu import ModbusTimeout
+
+    with Ticks32(power_mod):
+        r = PowerRig()
+        r.clock = r.pm.clock = WrapClock(NEAR_WRAP)
+        r.house(4, 4, 4, own=(0, 0, 0))
+        r.cycle(10)
+        eq(r.limit(), 21.0, "charging")
+        for _ in range(WEEK_MS // 3_600_000):
+            r.clock.ms += 3_600_000
+            r.cycle()
+        eq(r.limit(), 21.0, "a week on")
+        r.master.fail = ModbusTimeout("silent")
+        r.cycle(7)
+        eq(r.limit(), 0.0, "paused while the meter is lost")
+        r.master.fail = None
+        r.cycle(8)
+        true(r.limit() >= 6.0, "resumed once the meter is back: %r" % r.limit())
+
+
+def _leap_pool(pool, ms, step_ms=3_600_000):
+    while ms > 0:
+        d = min(ms, step_ms)
+        pool.t += d
+        ms -= d
+        for i, b in enumerate(pool.nodes):
+            if i not in pool.off:
+                b.tick(pool.t)
+                b.ch.follow()
+
+
+def test_a_load_balancing_master_still_allocates_a_week_later():
+    import evse.balance as lb
+    from test_balance import Pool
+
+    with Ticks32(lb):
+        pool = Pool([1])
+        pool.plug(0)
+        pool.run(6000)
+        b = pool.nodes[0]
+        eq((b.master, b.ch.offered_a), (1, 32.0), "its own master, charging")
+        _leap_pool(pool, WEEK_MS)
+        pool.run(70_000)
+        eq((b.fallback, b.ch.offered_a), (False, 32.0), "still allocating a week later")
+
+
+def test_a_node_without_master_stays_paused_a_week_later():
+    """The fallback share lasts 60 s, then the node pauses until a master allocates
+    again: not 6 A again once the last allocation reads as recent."""
+    import evse.balance as lb
+    from test_balance import Pool
+
+    with Ticks32(lb):
+        pool = Pool([1, 2])
+        pool.plug(0)
+        pool.plug(1)
+        pool.run(6000)
+        b = pool.nodes[1]
+        true(b.ch.offered_a >= 6.0, "charging")
+        pool.power_off(0)
+        pool.run(lb.MASTER_TIMEOUT_MS + lb.FALLBACK_HOLD_MS + 1000)
+        eq(b.ch.offered_a, 0.0, "paused after the fallback share")
+        _leap_pool(pool, WEEK_MS)
+        pool.run(1000)
+        eq(b.ch.offered_a, 0.0, "still paused a week later")
+
+
+def test_a_turn_that_began_a_week_ago_is_over():
+    import evse.balance as lb
+    from test_balance import _follow, _node
+
+    with Ticks32(lb):
+        p = lb.Planner(rotate_ms=10000)
+        lim = [10.0] * 3  # room for one
+        a, b = _node(1), _node(2, state=lb.ST_IDLE)
+        t = NEAR_WRAP
+        for _ in range(3):
+            _follow([a, b], p.plan(t, lim, [a, b]))
+            t = (t + 1000) & MASK
+        true(a.offered_a >= 6.0, "the only one charges")
+        for _ in range(WEEK_MS // 3_600_000):  # the master's cycles, seen hourly
+            _follow([a, b], p.plan(t, lim, [a, b]))
+            t = (t + 3_600_000) & MASK
+        b.state = lb.ST_WANT
+        for _ in range(5):
+            _follow([a, b], p.plan(t, lim, [a, b]))
+            t = (t + 1000) & MASK
+        eq((a.offered_a, b.offered_a), (0.0, 10.0), "a week-long turn yields to who waits")
+
+
+def test_modbus_waits_no_days_for_a_line_silent_for_a_week():
+    import modbus_rtu
+    from test_modbus_rtu import regs_reply, rig, run
+
+    with Ticks32(modbus_rtu):
+        m, uart, clock, pin = rig()
+        clock.ms += WEEK_MS  # nothing on the bus since the driver was built
+        uart.replies = [(5, regs_reply(1, 4, [0x4366, 0]))]
+        m.start(1, 4, 0, 2)
+        r, ms = run(m, clock)
+        true(ms < 100, "answered after %d ms" % ms)
+
+
+def test_ocpp_heartbeat_and_ping_switched_on_after_a_week():
+    """HeartbeatInterval and WebSocketPingInterval set to 0 for a week, then on: the
+    first heartbeat and ping go out one interval later, not days later."""
+    from evse.ocpp import service as svc_mod
+
+    class Ws:
+        last_rx_ms = NEAR_WRAP
+        pings = 0
+
+        async def ping(self, data):
+            self.pings += 1
+
+    class Svc:
+        cfg = {"HeartbeatInterval": 0, "WebSocketPingInterval": 0}
+        _hb_ms = NEAR_WRAP
+        _ping_ms = None
+        calls = 0
+
+        async def call(self, action, payload):
+            self.calls += 1
+            return {}
+
+        def _sync_clock(self, t):
+            pass
+
+    with Ticks32(svc_mod):
+        s = Svc()
+        s.ws = Ws()
+        now = NEAR_WRAP
+        for _ in range(WEEK_MS // 3_600_000):
+            now = (now + 3_600_000) & MASK
+            fake_time.set_ms(now)
+            _run(svc_mod.Service._heartbeat(s))
+            _run(svc_mod.Service._keepalive(s))
+        s.cfg = {"HeartbeatInterval": 60, "WebSocketPingInterval": 30}
+        fake_time.set_ms((now + 61_000) & MASK)
+        _run(svc_mod.Service._heartbeat(s))
+        _run(svc_mod.Service._keepalive(s))
+        eq((s.calls, s.ws.pings), (1, 1), "heartbeat and ping sent")
