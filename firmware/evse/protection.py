@@ -88,7 +88,7 @@ class Protection:
             self.ch.latched = bits
             for b in _bits(bits):
                 self.ch.trip(b)
-            self.ch.tripped_new = 0  # already recorded before the restart
+            self.ch.take_tripped(bits)  # recorded before the restart (not a trip since)
             self.weld = bits & (faults.R12 | faults.R3N)
 
     def _causes_present(self, bits):
@@ -306,10 +306,9 @@ class Protection:
     # ---- records ---------------------------------------------------------------------------
     def _record_new(self, now_ms):
         ch = self.ch
-        new = ch.tripped_new
+        new = ch.take_tripped()
         if not new:
             return
-        ch.tripped_new = 0
         if new & faults.IRD and not ch.latched & faults.IRD:
             ch.latched |= faults.IRD
             self._save_latches()
