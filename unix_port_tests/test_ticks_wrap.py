@@ -602,3 +602,56 @@ def test_ocpp_heartbeat_and_ping_switched_on_after_a_week():
         _run(svc_mod.Service._heartbeat(s))
         _run(svc_mod.Service._keepalive(s))
         eq((s.calls, s.ws.pings), (1, 1), "heartbeat and ping sent")
+
+
+# ---- the EV PLUS boards -----------------------------------------------------------------------
+def _board():
+    import boardload
+
+    return boardload.make("esp32_evplus", {"EVSE_DATA_DIR": "/tmp/evplus_wrap_test",
+                                           "EVSE_SERIAL": "EVPLUS-00077"})
+
+
+def test_an_internal_meter_silent_for_a_week_stays_failed():
+    """read() raises once the last answer is 3 s old: a week later too, not the values
+    of a week ago taken as a reading once their time reads as recent."""
+    from check import raises
+
+    ld, hw = _board()
+    try:
+        now = NEAR_WRAP
+        ld.time.set_ms(now)
+        hw.meter._good = now  # its last answer
+        hw.meter.read()
+        for _ in range(WEEK_MS // 3_600_000):  # metering reads it every second
+            now = (now + 3_600_000) & MASK
+            ld.time.set_ms(now)
+            raises(OSError, hw.meter.read)
+    finally:
+        ld.__exit__()
+
+
+def test_a_fan_off_for_a_week_reads_its_speed_again():
+    """The tachometer figure after a week with the fan off is measured anew: a blocked
+    fan reads 0 rpm, not the speed of a week ago."""
+    ld, hw = _board()
+    try:
+        ctr = hw._tach._ctr
+        now = hw.fan._t  # when the board was made
+        hw.fan.run(True)
+        for _ in range(20):  # 2400 rpm: 2 pulses a turn, 8 per 100 ms
+            now = (now + 100) & MASK
+            ld.time.set_ms(now)
+            ctr.n += 8
+            hw.fan.rpm()
+        eq(hw.fan.rpm(), 2400, "spinning")
+        hw.fan.run(False)
+        now = (now + WEEK_MS) & MASK
+        hw.fan.run(True)  # blocked: no pulse from now on
+        for _ in range(30):
+            now = (now + 100) & MASK
+            ld.time.set_ms(now)
+            hw.fan.rpm()
+        eq(hw.fan.rpm(), 0, "blocked")
+    finally:
+        ld.__exit__()

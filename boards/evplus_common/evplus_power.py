@@ -226,7 +226,12 @@ class Meter:
         self._vals = array.array("f", [0.0] * 18)
 
     def read(self):
-        if self._good is None or time.ticks_diff(self._ticks(), self._good) > self._stale:
+        # A stale reading is forgotten, not kept to be compared again: after days without
+        # an answer its time would read as recent once the ticks wrap (2**29 ms on a 32-bit
+        # port), and the last values would count as a reading.
+        if self._good is not None and time.ticks_diff(self._ticks(), self._good) > self._stale:
+            self._good = None
+        if self._good is None:
             raise OSError(_ETIMEDOUT)
 
     def _floats(self, data, n):
