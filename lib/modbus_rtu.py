@@ -240,7 +240,8 @@ class ModbusRtu:
                 if time.ticks_diff(now, self._deadline_ms) >= 0:
                     self._fail(now, ModbusTimeout("the line never fell silent"))
                 return None
-            if time.ticks_diff(now, self._t_line) < self._gap_ms():
+            # Below zero: a time over 2**29 ms old (the ticks wrapped), a line long silent.
+            if 0 <= time.ticks_diff(now, self._t_line) < self._gap_ms():
                 return None
             self._send(now)
             return None

@@ -93,9 +93,35 @@ class Lock:
         return self.engaged and not self.broken
 
 
+class Irq:
+    """The board's interrupts: disable()/enable(state) as machine.disable_irq and
+    enable_irq; an interrupt raised while they are disabled runs once they are enabled."""
+
+    def __init__(self):
+        self.off = False
+        self.pending = []
+
+    def disable(self):
+        st = self.off
+        self.off = True
+        return st
+
+    def enable(self, st):
+        self.off = st
+        while not self.off and self.pending:
+            self.pending.pop(0)()
+
+    def raise_(self, fn):
+        if self.off:
+            self.pending.append(fn)
+        else:
+            fn()
+
+
 class Rcd:
-    def __init__(self, relays):
+    def __init__(self, relays, irq=None):
         self._relays = relays
+        self._irq = irq
         self._cb = None
         self.line = False
         self.testing = False
@@ -111,7 +137,14 @@ class Rcd:
         self.testing = on
 
     def fire(self):
+        """The fault line rises: its interrupt (held while interrupts are disabled)."""
         self.line = True
+        if self._irq is None:
+            self._isr()
+        else:
+            self._irq.raise_(self._isr)
+
+    def _isr(self):
         self._relays.open()
         if self._cb:
             self._cb()
@@ -190,7 +223,10 @@ class Hw:
         self.pp_adc = Pp()
         self.relays = Relays()
         self.lock = Lock()
-        self.rcd = Rcd(self.relays)
+        self.irq = Irq()
+        self.disable_irq = self.irq.disable  # bound once, as a board binds machine's
+        self.enable_irq = self.irq.enable
+        self.rcd = Rcd(self.relays, self.irq)
         self.pe = Pe()
         self.meter = Meter()
         self.temps = Temps()

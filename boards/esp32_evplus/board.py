@@ -180,7 +180,8 @@ class Board(EvPlusBoard):
         # Pilot
         cp_pwm = PWM(Pin(pins.CP_PWM, Pin.OUT), freq=_CP_FREQ, duty_u16=_U16_FULL)
         self._cp_out = CpOut(cp_pwm)
-        self.cp = power.CpGenerator(self._cp_out.set_duty)
+        self.cp = power.CpGenerator(self._cp_out.set_duty, machine.disable_irq,
+                                    machine.enable_irq)
         self.cp_adc = CpAdc(_adc(pins.CP_ADC))
         self.pp_adc = power.PpAdc(_mv_reader(_adc(pins.PP_ADC)), pins.VREF_MV,
                                   pins.PP_PULLUP_OHM, open_mv=_PP_OPEN_MV)

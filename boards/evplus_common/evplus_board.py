@@ -57,11 +57,14 @@ class EvPlusBoard:
         # The port's tick counter: a small int that wraps every 2**30 us on a 32-bit MCU,
         # so it never allocates (ISR-safe); readers compare two values with ticks_diff.
         self.clock_us = time.ticks_us
+        # Sections the RCD and timer interrupts cannot split (docs/hal.md).
+        self.disable_irq = machine.disable_irq
+        self.enable_irq = machine.enable_irq
         pin = machine.Pin
         self.relays = power.Relays(
             pin(pins.RELAY1, pin.OUT, value=0), pin(pins.RELAY2, pin.OUT, value=0),
             pin(pins.RELAY1_FB, pin.IN, pin.PULL_UP), pin(pins.RELAY2_FB, pin.IN, pin.PULL_UP),
-            fb_active=0,
+            machine.disable_irq, machine.enable_irq, fb_active=0,
         )
 
     def _finish(self, env, pins, meter_uart, rs485_uart, i2c, tap_light, buzzer):

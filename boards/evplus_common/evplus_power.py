@@ -5,6 +5,11 @@
 #
 # ISR-safe methods (relays.open, cp.*, the RCD handler) store small ints and call stored
 # references only: no float, no tuple, no bound-method creation.
+#
+# The RCD interrupt opens the relays and drives the pilot to state F (docs/hal.md, "What
+# the interrupts share"): a main-context write of the same outputs runs with interrupts
+# off (`disable_irq`/`enable_irq`, the port's), in straight-line code, so that a trip
+# never lands between a state attribute and its pins and is never undone by them.
 import array
 import struct
 import time
@@ -17,26 +22,37 @@ _ETIMEDOUT = const(110)
 class CpGenerator:
     """1 kHz control pilot. `set_duty` is the board's (duty_pm) -> hardware writer; it
     gets 1000 for static +12 V and 0 for static -12 V (the output stage inverts nothing:
-    a 100 % duty is +12 V DC, 0 % is -12 V DC)."""
+    a 100 % duty is +12 V DC, 0 % is -12 V DC). `duty_pm` and the hardware change in one
+    section with interrupts off: a trip's low() between the two would leave the pulse
+    width of the write it interrupted, with duty_pm saying state F."""
 
-    def __init__(self, set_duty):
+    def __init__(self, set_duty, disable_irq, enable_irq):
         self._set_duty = set_duty
+        self._irq_off = disable_irq
+        self._irq_on = enable_irq
         self.duty_pm = -1
         set_duty(1000)  # power-on: +12 V, nothing offered (state A/x1)
 
     def pwm(self, duty_pm):
         if not 0 <= duty_pm <= 1000:
             raise ValueError("duty_pm 0..1000")
-        self.duty_pm = int(duty_pm)
-        self._set_duty(self.duty_pm)
+        d = int(duty_pm)
+        st = self._irq_off()
+        self.duty_pm = d
+        self._set_duty(d)
+        self._irq_on(st)
 
     def high(self):
+        st = self._irq_off()
         self.duty_pm = -1
         self._set_duty(1000)
+        self._irq_on(st)
 
-    def low(self):
+    def low(self):  # ISR-safe
+        st = self._irq_off()
         self.duty_pm = -2
         self._set_duty(0)
+        self._irq_on(st)
 
 
 def cp_mv(adc_mv, zero_mv, gain_x1000):
@@ -48,20 +64,26 @@ def cp_mv(adc_mv, zero_mv, gain_x1000):
 class Relays:
     """Two contactors (relay 1: L1+L2, relay 2: L3+N) with auxiliary-contact inputs."""
 
-    def __init__(self, out1, out2, fb1, fb2, fb_active=0):
+    def __init__(self, out1, out2, fb1, fb2, disable_irq, enable_irq, fb_active=0):
         self._o1 = out1
         self._o2 = out2
         self._fb1 = fb1
         self._fb2 = fb2
+        self._irq_off = disable_irq
+        self._irq_on = enable_irq
         self._fb_active = fb_active
         self.closed = False
         out1.value(0)
         out2.value(0)
 
     def close(self):
-        self.closed = True
+        # Interrupts off: an RCD trip between these writes would open the relays and
+        # then see one coil driven again, or `closed` disagree with the pins.
+        st = self._irq_off()
         self._o1.value(1)
         self._o2.value(1)
+        self.closed = True
+        self._irq_on(st)
 
     def open(self):  # ISR-safe
         self._o1.value(0)
@@ -202,7 +224,12 @@ class Meter:
         self._vals = array.array("f", [0.0] * 18)
 
     def read(self):
-        if self._good is None or time.ticks_diff(self._ticks(), self._good) > self._stale:
+        # A stale reading is forgotten, not kept to be compared again: after days without
+        # an answer its time would read as recent once the ticks wrap (2**29 ms on a 32-bit
+        # port), and the last values would count as a reading.
+        if self._good is not None and time.ticks_diff(self._ticks(), self._good) > self._stale:
+            self._good = None
+        if self._good is None:
             raise OSError(_ETIMEDOUT)
 
     def _floats(self, data, n):

@@ -6,6 +6,10 @@ import time
 from micropython import const
 
 _T0_K10 = const(29815)  # 25.00 degC in 0.01 K
+# A tachometer window longer than this starts anew: the fan was off or not watched, its
+# pulse counter may have wrapped (16 bits on the ESP32's PCNT), and after days the start
+# would read as negative once the ticks wrap (2**29 ms on a 32-bit port).
+_WINDOW_MAX_MS = const(10000)
 _KELVIN = 273.15
 
 
@@ -67,7 +71,11 @@ class Fan:
     def rpm(self):
         now = self._ticks()
         dt = time.ticks_diff(now, self._t)
-        if dt >= 250:  # short windows are noise: keep the last figure
+        if not 0 <= dt <= _WINDOW_MAX_MS:
+            self._count()  # the pulses of that stretch are not this window's
+            self._t = now
+            self._rpm = 0  # unknown until the new window is long enough
+        elif dt >= 250:  # short windows are noise: keep the last figure
             self._rpm = self._count() * 60000 // (dt * self._ppr)
             self._t = now
         return self._rpm

@@ -97,10 +97,16 @@ class CpAdc:
         self._raw[_LO] = self._read()
 
     def sample(self):
+        # Both plateaus of one period: a timer IRQ between the two reads would pair a
+        # high level with the next period's low one (a duty change, a vehicle's step).
         r = self._raw
-        self.hi_mv = power.cp_mv(r[_HI] * pins.VREF_MV // _ADC_FULL, pins.CP_ZERO_MV,
+        irq = machine.disable_irq()
+        hi = r[_HI]
+        lo = r[_LO]
+        machine.enable_irq(irq)
+        self.hi_mv = power.cp_mv(hi * pins.VREF_MV // _ADC_FULL, pins.CP_ZERO_MV,
                                  pins.CP_GAIN_X1000)
-        self.lo_mv = power.cp_mv(r[_LO] * pins.VREF_MV // _ADC_FULL, pins.CP_ZERO_MV,
+        self.lo_mv = power.cp_mv(lo * pins.VREF_MV // _ADC_FULL, pins.CP_ZERO_MV,
                                  pins.CP_GAIN_X1000)
 
 
@@ -186,7 +192,8 @@ class Board(EvPlusBoard):
                              callback=self.cp_adc.on_low)
         tim.callback(self.cp_adc.on_high)
         self._cp_out = CpPwm(tim, ch_pwm, ch_smp)
-        self.cp = power.CpGenerator(self._cp_out.set_duty)
+        self.cp = power.CpGenerator(self._cp_out.set_duty, machine.disable_irq,
+                                    machine.enable_irq)
         self.pp_adc = power.PpAdc(_mv_reader(pyb.ADC(pyb.Pin(pins.PP_ADC)), busy),
                                   pins.VREF_MV, pins.PP_PULLUP_OHM)
 

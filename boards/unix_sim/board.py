@@ -41,6 +41,14 @@ def _int_env(env, key, default, lo=1, hi=65535):
     return n
 
 
+def _irq_off():
+    return 0  # no interrupts here: the simulated RCD trips in the loop's own context
+
+
+def _irq_on(state):
+    pass
+
+
 def _ensure_dir(path):
     """mkdir -p: the data directory may be new (first boot of a fresh tree)."""
     parts = path.split("/")
@@ -64,6 +72,8 @@ class Board:
         self.serial = serial
         clock = Clock()
         self.clock_us = clock.now_us  # bound once: called from ISR-safe paths
+        self.disable_irq = _irq_off
+        self.enable_irq = _irq_on
         self.events = EventRing(self.clock_us)
         self.plant = plant = Plant()
 

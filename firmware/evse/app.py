@@ -37,7 +37,8 @@ class App:
     def __init__(self, hw):
         self.hw = hw
         self.data_dir = hw.data_dir
-        self.started_ms = time.ticks_ms()
+        self.uptime_s = 0  # counted by the control tick: ticks_ms alone wraps
+        self._up_ms = time.ticks_ms()
         settings.add_languages(self.data_dir)  # before the stored `language` is checked
         self.settings = Settings(self.data_dir + "/settings.json")
         self.settings.load()
@@ -142,8 +143,17 @@ class App:
                 due = periodic.next_due(due, now, _CONTROL_MS)
                 self.auth.tick()
                 ch.tick_control(now)
+                self._count_uptime(now)
                 self.supervisor.checkin("pilot")
             await asyncio.sleep_ms(_PILOT_MS)
+
+    def _count_uptime(self, now_ms):
+        """Whole seconds since boot, from the control tick: a boot time compared days
+        later would read as negative once the ticks wrap (2**29 ms on a 32-bit port)."""
+        s = time.ticks_diff(now_ms, self._up_ms) // 1000
+        if s > 0:
+            self.uptime_s += s
+            self._up_ms = time.ticks_add(self._up_ms, s * 1000)
 
     async def _protection_task(self):
         while True:
@@ -180,7 +190,8 @@ class App:
         await self.http.start(host, port)
         _log.info("web app on http://%s:%d", host, port)
         while True:
-            await asyncio.sleep(3600)
+            await asyncio.sleep(60)
+            self.api.auth.expire()
 
     async def run(self):
         sup = self.supervisor
@@ -305,7 +316,7 @@ class App:
             "meter": self.power.view(),
             "balance": self.balance.view(),
             "ocpp": self.ocpp.view(),
-            "uptime_s": time.ticks_diff(time.ticks_ms(), self.started_ms) // 1000,
+            "uptime_s": self.uptime_s,
         }
 
 

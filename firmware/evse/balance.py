@@ -52,6 +52,20 @@ ASK_AGAIN_A = 0.5  # draw within this of the capped allocation: the car asks aga
 _TICK_MS = const(100)
 _MAX_RX = const(32)  # frames handled per tick: bounded work
 _ALL = const(7)  # phase mask L1|L2|L3
+# Stored times are kept at most this old (_cap_age): past every window they are compared
+# with, the answers stay the same, and none reads as new once the ticks wrap.
+_ALLOC_OLD_MS = const(MASTER_TIMEOUT_MS + FALLBACK_HOLD_MS + 1)
+_MASTER_OLD_MS = const(FREE_MS + 1)  # FREE_MS > DISCOVER_MS
+_TURN_OLD_MS = const(1 << 28)  # 3.1 days: a turn or a wait, far past ROTATE_MS
+
+
+def _cap_age(d, now, cap_ms):
+    """Keeps every time in dict `d` at most cap_ms old. A time compared days later would
+    read as recent once the ticks wrap (ticks_diff is right only below 2**29 ms, 6.2 days
+    on a 32-bit port); past the cap every comparison gives the same answer."""
+    for k in d:
+        if time.ticks_diff(now, d[k]) > cap_ms:
+            d[k] = time.ticks_add(now, -cap_ms)
 
 
 # ---- codec -------------------------------------------------------------------------------
@@ -265,6 +279,8 @@ class Planner:
     def plan(self, now, limit_a, nodes, raises=True):
         """nodes: Node list (the master included). Returns {addr: amps to send}.
         raises False: cuts only (what silent nodes hold is not known yet)."""
+        _cap_age(self.since, now, _TURN_OLD_MS)
+        _cap_age(self.preempted, now, _TURN_OLD_MS)
         for a in list(self.sent):
             if not any(n.addr == a for n in nodes):
                 self.forget(a)
@@ -430,6 +446,13 @@ class Balancer:
             self._switch(on, now)
         if not on:
             return
+        # Every tick, before anything compares them (_cap_age).
+        if self.alloc_ms is not None and time.ticks_diff(now, self.alloc_ms) > _ALLOC_OLD_MS:
+            self.alloc_ms = time.ticks_add(now, -_ALLOC_OLD_MS)
+        t = self._master_since
+        if t is not None and time.ticks_diff(now, t) > _MASTER_OLD_MS:
+            self._master_since = time.ticks_add(now, -_MASTER_OLD_MS)
+        _cap_age(self.members, now, GONE_HOLD_MS + 1)
         addr = s["can_addr"]
         pool = s.get("lb_pool_id") or POOL_ID
         if addr != self.addr or pool != self.pool:

@@ -6,6 +6,11 @@
 # at once (`set_external_limit`). Faults come in through `trip()`, which
 # opens the relays and drives the pilot to state F before anything else and allocates
 # nothing, so protection code and IRQ handlers can call it directly.
+#
+# The RCD interrupt runs trip() at any moment (docs/hal.md, "What the interrupts share"):
+# the fault bits are read and changed only in sections with interrupts off (straight-line
+# code), and every main-context write of the relays or the pilot is either done in such a
+# section or checked again right after it, so a trip is never lost or undone.
 import time
 from micropython import const
 
@@ -96,7 +101,8 @@ class Charger:
         self.lo_mv = 0
         self.active = 0  # fault bits currently active
         self.latched = 0  # latched protective trips (persisted by protection.py)
-        self._trip_ms = 0
+        self._trip_ms = 0  # the last new fault: its state F lasts _F_HOLD_MS from here
+        self._f_hold = 0  # fault bits whose F hold may still run (see _fault_outputs)
         self.tripped_new = 0  # bits tripped since protection last looked (its job to log)
         self.session = None
         self.finishing = False  # session ended, plug still in
@@ -127,6 +133,8 @@ class Charger:
         self.auth_pending = None  # (id_tag, start_mode, expires_ms): authorized before plug-in
         # Bound once: called from the RCD interrupt without allocating.
         self._rcd_cb = self._on_rcd_irq
+        self._irq_off = hw.disable_irq
+        self._irq_on = hw.enable_irq
         self._diode_bad = 0
         self._raw = pilot.STATE_A  # the last sample's class, before debouncing
         # The last sample ran whole under the PWM and read C/D with the negative plateau
@@ -208,20 +216,35 @@ class Charger:
         # Protection calls this every tick while the cause lasts: only a new fault
         # starts the F hold, or the pilot would never return to X1 and the charger
         # would not see the vehicle come or go during a long fault (docs/errors.md).
-        if not self.active & bit:
-            self._cp.low()
-            self.tripped_new |= bit
-            self._trip_ms = self.clock()
-        elif self._cp.duty_pm > 0:
+        fresh = not self.active & bit
+        if fresh or self._cp.duty_pm > 0:
             self._cp.low()  # never a PWM offer while a fault stands
+        if fresh:
+            self._trip_ms = self.clock()  # before the bit below starts its hold
         self.offered_a = 0.0
+        # Shared with the RCD interrupt, which runs this too: a read-modify-write it
+        # split would lose its bit (an IRD that never latches).
+        st = self._irq_off()
+        new = bit & ~self.active
         self.active |= bit
+        self.tripped_new |= new
+        self._f_hold |= new
+        self._irq_on(st)
+
+    def take_tripped(self, mask=-1):
+        """The bits (within mask) tripped since they were last taken: protection records
+        them. Read and cleared in one section, so a trip the interrupt adds stays."""
+        st = self._irq_off()
+        new = self.tripped_new & mask
+        self.tripped_new &= ~new
+        self._irq_on(st)
+        return new
 
     def emergency_stop(self):
         """Safe state for the supervisor: relays open, PWM stopped, and the session ends at
         the next control tick, so only a new authorization charges again. No allocation."""
         self._relays.open()
-        self._cp.high()
+        self._x1()
         self.offered_a = 0.0
         self._estop = True
 
@@ -240,11 +263,23 @@ class Charger:
         if not self._rcd_testing:
             self.trip(faults.IRD)
 
-    def clear(self, bit):
-        """A non-latching fault's clear condition holds (protection.py decides)."""
-        if self.active & bit:
-            self.active &= ~bit
-            _log.info("fault %s cleared", faults.codes(bit))
+    def clear(self, bits):
+        """A non-latching fault's clear condition holds (protection.py decides), or a
+        technician cleared a latched trip."""
+        st = self._irq_off()  # the interrupt may set a bit of `active` meanwhile
+        was = self.active & bits
+        self.active &= ~bits
+        self._f_hold &= ~bits
+        self._irq_on(st)
+        if was:
+            _log.info("fault %s cleared", faults.codes(was))
+
+    def _x1(self):
+        """Static +12 V, except during a trip's F hold: a trip the interrupt made after
+        the caller's checks, even during this write, keeps its state F. No allocation."""
+        self._cp.high()
+        if self._f_hold:
+            self._cp.low()
 
     # ---- pilot ---------------------------------------------------------------------
     def tick_pilot(self):
@@ -350,6 +385,7 @@ class Charger:
         self._raise_held(now_ms)  # every tick, so its time never outlives a ticks wrap
         self._update_limit(now_ms)
         if self.active:
+            self._pp_bad_ms = None  # the cable is not checked meanwhile: its hold restarts
             self._fault_outputs(now_ms)
             self._selftest_stop(now_ms)
             self._manage_lock(now_ms, want=False)
@@ -357,10 +393,11 @@ class Charger:
         if self._cp.duty_pm == -2:
             # The fault went (a technician's clear) while its state F was still held:
             # back to X1, or the pilot would never see the vehicle again.
-            self._cp.high()
+            self._x1()
         if not self.connected:
+            self._pp_bad_ms = None  # a stale start would read as negative after the wrap
             if self._cp.duty_pm != -1:
-                self._cp.high()
+                self._x1()
             self._relays.open()
             self.offered_a = 0.0
             self._selftest_stop(now_ms)
@@ -483,7 +520,16 @@ class Charger:
             or (self.case_b and not self._lock_hw.feedback())
         ):
             return
-        self._relays.close()
+        # An RCD trip after the checks above must win: with interrupts off it cannot
+        # land between the last check and the coils; a handler the port had already
+        # scheduled may still run at the branch, so `active` is checked once more.
+        st = self._irq_off()
+        if not self.active:
+            self._relays.close()
+        self._irq_on(st)
+        if self.active:
+            self._relays.open()
+            return
         self._close_ms = now_ms
         self.session.charged = True
 
@@ -503,11 +549,19 @@ class Charger:
         self._relays.open()
         self.offered_a = 0.0
         self._pwm_stop_ms = None
-        if time.ticks_diff(now_ms, self._trip_ms) < _F_HOLD_MS:
+        held = self._f_hold  # a trip may add a bit from here on: it is not cleared below
+        if held and time.ticks_diff(now_ms, self._trip_ms) < _F_HOLD_MS:
             if self._cp.duty_pm != -2:
                 self._cp.low()
-        elif self._cp.duty_pm != -1:
-            self._cp.high()  # X1 while the fault lasts: we can see the vehicle leave
+            return
+        # The hold is over: a flag from now on, not the trip time. A fault waiting days
+        # for a technician would read it as negative once the ticks wrap (2**29 ms, 6.2
+        # days on a 32-bit port) and go back to F.
+        st = self._irq_off()
+        self._f_hold &= ~held
+        self._irq_on(st)
+        if self._cp.duty_pm != -1:
+            self._x1()  # X1 while the fault lasts: we can see the vehicle leave
 
     # ---- lock ----------------------------------------------------------------------
     def _manage_lock(self, now_ms, want):

@@ -28,7 +28,7 @@ class Hmi:
         # lost): shown between the rotation's items, the fault LED blinking slowly.
         self.notices = []
         self._warned = None
-        self.selftest_until = time.ticks_add(time.ticks_ms(), 2000)
+        self.selftest_until = time.ticks_add(time.ticks_ms(), 2000)  # None once over
         self._rot_i = 0
         self._rot_ms = 0
         self._err_i = 0
@@ -75,8 +75,12 @@ class Hmi:
             hw.leds.set(what, value[0], value[1])
 
     def _belt(self, now_ms, status):
-        if time.ticks_diff(self.selftest_until, now_ms) > 0:
-            return ("white", "steady")  # power-on self-test
+        if self.selftest_until is not None:
+            if time.ticks_diff(self.selftest_until, now_ms) > 0:
+                return ("white", "steady")  # power-on self-test
+            # Over: forgotten, or 6.2 days later (2**29 ms, half the ticks period of a
+            # 32-bit port) the deadline would read as ahead again for as long.
+            self.selftest_until = None
         if status == "Faulted":
             return ("red", "steady")
         if status == "Charging":

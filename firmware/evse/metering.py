@@ -20,8 +20,9 @@ class Metering:
         self.power_w = 0.0
         self.energy_wh = 0.0
         self.rotation_ok = True
-        self._progress_ms = 0
-        self._sample_ms = 0
+        # The session's last power sample and progress record; None: one is due.
+        self._progress_ms = None
+        self._sample_ms = None
 
     def read(self, now_ms):
         m = self.hw.meter
@@ -35,6 +36,7 @@ class Metering:
         if ok and not meter_valid(m):
             ok = False  # NaN/inf: neither shown nor counted (protection raises MET)
         self.ok = ok
+        self._due(now_ms)
         if ok:
             self.volts = list(m.volts)
             self.amps = list(m.amps)
@@ -48,6 +50,21 @@ class Metering:
             self._account(now_ms)
         self.prot.on_meter(now_ms, ok)
 
+    def _due(self, now_ms):
+        """At every reading, good or not: a sample or record whose time has come is
+        marked due, so no time is compared days later (a meter out for a week), when
+        the ticks wrap (2**29 ms on a 32-bit port) would make it read as negative."""
+        s = self.ch.session
+        if s is None:
+            self._sample_ms = self._progress_ms = None  # a new session starts with both
+            return
+        t = self._sample_ms
+        if t is not None and time.ticks_diff(now_ms, t) >= s.sample_s * 1000:
+            self._sample_ms = None
+        t = self._progress_ms
+        if t is not None and time.ticks_diff(now_ms, t) >= 60000:
+            self._progress_ms = None
+
     def _account(self, now_ms):
         s = self.ch.session
         if s is None:
@@ -57,10 +74,10 @@ class Metering:
             s.start_wh = self.energy_wh - s.energy_wh
             used = s.energy_wh
         s.energy_wh = used
-        if time.ticks_diff(now_ms, self._sample_ms) >= s.sample_s * 1000:
+        if self._sample_ms is None:
             self._sample_ms = now_ms
             s.add_power_sample(self.power_w)
-        if time.ticks_diff(now_ms, self._progress_ms) >= 60000:
+        if self._progress_ms is None:
             self._progress_ms = now_ms
             self.history.session_progress(s)
 

@@ -92,6 +92,7 @@ class PowerManager:
         self._blind_since = None  # configured, no reading yet
         self._good_since = None  # start of the current run of valid readings
         self._resume_since = None  # start of the current run of headroom >= 7 A
+        self._resume_ok = False  # ... and it has lasted RESUME_HOLD_MS
         self._fresh = True  # the next valid reading is the first one
         self.headroom_a = [None, None, None]  # per house phase, None when not used
         self.own_a = [0.0, 0.0, 0.0]  # the charger's own current at the last reading
@@ -161,6 +162,7 @@ class PowerManager:
         self.read_t_us = None
         self._good_since = None
         self._resume_since = None
+        self._resume_ok = False
         self._fresh = True
         self.headroom_a = [None, None, None]
         self.target_a = None
@@ -301,8 +303,14 @@ class PowerManager:
             if t >= limits.MIN_A + RESUME_HYST_A:
                 if self._resume_since is None:
                     self._resume_since = now
+                elif not self._resume_ok and _held(now, self._resume_since, RESUME_HOLD_MS):
+                    # A flag from now on: a run of headroom lasting days would read its
+                    # start as negative once the ticks wrap (2**29 ms on a 32-bit port),
+                    # and a pause (a meter outage) would then last for days.
+                    self._resume_ok = True
             else:
                 self._resume_since = None
+                self._resume_ok = False
         if self.lost:
             self.paused = True
             self.limit_a = FALLBACK_A
@@ -316,7 +324,7 @@ class PowerManager:
             self.limit_a = 0.0 if self.paused else t
             return
         if self.paused:
-            if _held(now, self._resume_since, RESUME_HOLD_MS):
+            if self._resume_ok:
                 self.paused = False
                 self.limit_a = min(t, limits.MIN_A + RAISE_STEP_A)
                 _log.info("resume: %.1f A available", t)

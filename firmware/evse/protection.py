@@ -48,6 +48,10 @@ _WELD_HOLD_MS = const(500)
 _STUCK_HOLD_MS = const(1000)
 _CP_CLEAR_MS = const(3000)
 _CAN_CLEAR_MS = const(10000)
+# A timer whose hold is over keeps this instead of its start (ticks are never negative):
+# a start days old would read as negative once the ticks wrap (2**29 ms, 6.2 days, on a
+# 32-bit port), and a condition that has long held would look new again.
+_HELD = const(-1)
 
 
 class Protection:
@@ -57,10 +61,11 @@ class Protection:
         self.settings = settings
         self.history = history
         self._latch_path = data_dir + "/latched.json"
-        self._since = {}  # rule name -> ticks_ms when its condition began
+        self._since = {}  # rule name -> ticks_ms when its condition began, or _HELD
         self._ocp_ref_a = 0.0
-        self._ocp_ref_ms = 0
-        self._trip_ms = {}
+        self._ocp_ref_ms = None  # when the reference was set; None: its 5 s are over
+        self._trip_ms = {}  # bit -> ticks_ms of its trip, _HELD once its F hold is over
+        self._spin_ms = None  # when the fan was last switched; None: spun up
         self.meter_ok = True
         self._meter_fail_ms = None
         self._meter_good_ms = None
@@ -96,7 +101,8 @@ class Protection:
             self.ch.latched = bits
             for b in _bits(bits):
                 self.ch.trip(b)
-            self.ch.tripped_new = bits & faults.LAT  # the rest was recorded before
+            # Recorded before the restart (not a trip since); LAT is new: it is recorded.
+            self.ch.take_tripped(bits & ~faults.LAT)
             self.weld = bits & (faults.R12 | faults.R3N)
         if bad:
             self._save_latches()  # whole again, LAT in it: a restart keeps it
@@ -148,7 +154,7 @@ class Protection:
         if not bits:
             return []
         ch.latched &= ~bits
-        ch.active &= ~bits
+        ch.clear(bits)
         self.weld &= ~bits
         if bits & faults.IRD:
             ch.selftest_failed = False
@@ -175,6 +181,10 @@ class Protection:
 
     def on_meter(self, now_ms, ok):
         """After each internal-meter read (~1 s): voltage, phases, current, comms."""
+        # The over-current reference's 5 s run out at every reading, good or not: after a
+        # long meter outage its start would read as negative and keep an old higher offer.
+        if self._ocp_ref_ms is not None and _held(now_ms, self._ocp_ref_ms, _OCP_FOLLOW_MS):
+            self._ocp_ref_ms = None
         if ok and not meter_valid(self.hw.meter):
             if self._meter_fail_ms is None:
                 _log.error("internal meter reading is not a number")
@@ -183,7 +193,8 @@ class Protection:
             self._meter_good_ms = None
             if self._meter_fail_ms is None:
                 self._meter_fail_ms = now_ms
-            elif _held(now_ms, self._meter_fail_ms, _MET_TRIP_MS):
+            # Once tripped, a failure lasting days no longer looks at when it began.
+            elif not self.meter_ok or _held(now_ms, self._meter_fail_ms, _MET_TRIP_MS):
                 self.meter_ok = False
                 self.ch.trip(faults.MET)
             return
@@ -204,9 +215,12 @@ class Protection:
             return False
         t = self._since.get(name)
         if t is None:
-            self._since[name] = now_ms
-            return hold_ms == 0
-        return _held(now_ms, t, hold_ms)
+            t = self._since[name] = now_ms
+        if t != _HELD:
+            if not _held(now_ms, t, hold_ms):
+                return False
+            self._since[name] = _HELD
+        return True
 
     def _used_phases(self):
         return 3 if self.ch.phases == 3 else 1
@@ -228,7 +242,7 @@ class Protection:
         ch = self.ch
         offered = ch.offered_a
         # The reference is the highest offer of the last 5 s: the EV may lag a reduction.
-        if offered >= self._ocp_ref_a or _held(now_ms, self._ocp_ref_ms, _OCP_FOLLOW_MS):
+        if offered >= self._ocp_ref_a or self._ocp_ref_ms is None:
             self._ocp_ref_a = offered
             self._ocp_ref_ms = now_ms
         ref = max(self._ocp_ref_a, offered)
@@ -295,13 +309,15 @@ class Protection:
         if want != fan.running:
             fan.run(want)
             self._since.pop("fan", None)
-            self._since["fan_spin"] = now_ms
+            self._spin_ms = now_ms
         if not fan.running:
             return
-        # Give the fan 2 s to spin up before judging the tachometer.
-        spin = self._since.get("fan_spin", now_ms)
-        if not _held(now_ms, spin, 2000):
-            return
+        # Give the fan 2 s to spin up before judging the tachometer; then forget when it
+        # started: a fan that runs for days would read that time as negative.
+        if self._spin_ms is not None:
+            if not _held(now_ms, self._spin_ms, 2000):
+                return
+            self._spin_ms = None
         if self._cond("fan", fan.rpm() < FAN_MIN_RPM, now_ms, _FAN_HOLD_MS):
             self.ch.trip(faults.FAN)
 
@@ -316,10 +332,9 @@ class Protection:
     # ---- records ---------------------------------------------------------------------------
     def _record_new(self, now_ms):
         ch = self.ch
-        new = ch.tripped_new
+        new = ch.take_tripped()
         if not new:
             return
-        ch.tripped_new = 0
         if new & faults.IRD and not ch.latched & faults.IRD:
             ch.latched |= faults.IRD
             self._save_latches()
@@ -386,8 +401,11 @@ class Protection:
                 self._since.pop(name, None)
                 continue
             # No clear during the F hold right after the trip.
-            if not _held(now_ms, self._trip_ms.get(bit, now_ms), 1000):
-                continue
+            t = self._trip_ms.get(bit, now_ms)
+            if t != _HELD:
+                if not _held(now_ms, t, 1000):
+                    continue
+                self._trip_ms[bit] = _HELD
             if self._cond(name, cond, now_ms, hold):
                 self._since.pop(name, None)
                 ch.clear(bit)

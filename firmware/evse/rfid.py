@@ -49,6 +49,12 @@ class RfidReader:
         return self._read_card
 
     def _poll(self):
+        # The last card is forgotten once its same-card window is over, so its time is
+        # never compared days later: once the ticks wrap (2**29 ms on a 32-bit port) it
+        # would read as a moment ago, and the next tap of that card would be dropped.
+        now = time.ticks_ms()
+        if self._last_uid is not None and time.ticks_diff(now, self._last_ms) >= _SAME_CARD_MS:
+            self._last_uid = None
         r = self._reader
         try:
             card = r.poll()

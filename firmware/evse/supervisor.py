@@ -71,8 +71,13 @@ class Supervisor:
             _log.error("critical task %s keeps dying: letting the watchdog reset", name)
 
     def healthy(self):
-        """Names of the critical tasks that have not checked in on time (empty = healthy)."""
+        """Names of the critical tasks that have not checked in on time (empty = healthy).
+        Called every 500 ms: it also forgets the deaths older than the window, which
+        days later would read as recent once the ticks wrap (2**29 ms on a 32-bit port)."""
         now = time.ticks_ms()
+        for recent in self._deaths.values():
+            while recent and time.ticks_diff(now, recent[0]) >= _DEATH_WINDOW_MS:
+                recent.pop(0)
         late = []
         for name, _f, critical, checkin_ms in self._specs:
             if not critical:

@@ -100,6 +100,16 @@ class WebAuth:
         self._sessions[token] = now
         return True
 
+    def expire(self):
+        """Every minute (app.py): drops the sessions idle too long and a lockout that is
+        over. A time kept for days would read as recent once the ticks wrap (2**29 ms on
+        a 32-bit port): an old session valid again, the login locked again."""
+        now = self._clock()
+        for token in [t for t, ms in self._sessions.items() if time.ticks_diff(now, ms) > IDLE_MS]:
+            del self._sessions[token]
+        if self._locked_until is not None and time.ticks_diff(self._locked_until, now) <= 0:
+            self._locked_until = None
+
     def logout(self, token):
         self._sessions.pop(token, None)
 

@@ -35,6 +35,7 @@ class Loaded:
             sys.modules[mod] = __import__(fake)
         fake_machine.reset_log()
         fake_time.set_us(-1)
+        fake_time.set_ms(-1)
         for p in reversed(self._paths):
             sys.path.insert(0, p)
         self.board = __import__("board")

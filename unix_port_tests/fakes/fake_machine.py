@@ -10,6 +10,8 @@ def reset_log():
     pins.clear()
     adcs.clear()
     frames.clear()
+    _irq_off[0] = False
+    del pending[:]
 
 
 def unique_id():
@@ -28,12 +30,32 @@ def bitstream(pin, encoding, timing, data):
 frames = {}  # pin id -> (encoding, timing, bytes) of the last bitstream()
 
 
+# Interrupts as the port masks them: an interrupt that fires while they are disabled runs
+# when enable_irq() turns them back on (a hard IRQ is held pending by the NVIC; on the
+# ESP32 the ISR that schedules a soft one cannot run).
+_irq_off = [False]
+pending = []  # (handler, arg) of interrupts held while disabled
+
+
 def disable_irq():
-    return 1
+    state = _irq_off[0]
+    _irq_off[0] = True
+    return state
 
 
 def enable_irq(state):
-    pass
+    _irq_off[0] = state
+    while not _irq_off[0] and pending:
+        fn, arg = pending.pop(0)
+        fn(arg)
+
+
+def interrupt(handler, arg):
+    """An interrupt: handler(arg) now, or once interrupts are enabled again."""
+    if _irq_off[0]:
+        pending.append((handler, arg))
+    else:
+        handler(arg)
 
 
 class Pin:
@@ -67,8 +89,9 @@ class Pin:
         return None
 
     def fire(self):
-        """What the port does on an edge: call the handler with the pin."""
-        self.irq_args[0](self)
+        """What the port does on an edge: call the handler with the pin (held while
+        interrupts are disabled)."""
+        interrupt(self.irq_args[0], self)
 
 
 class PWM:

@@ -1,18 +1,24 @@
 # Fake `time` for the board tests: the tick arithmetic of a 32-bit port, where ticks_ms
 # and ticks_us wrap every 2**30 (the unix port's own ticks wrap at 2**62 and would hide
-# a wrap bug). ticks_us can be pinned with set_us() to step across the wrap; everything
-# else is the real time module.
+# a wrap bug). ticks_us and ticks_ms can be pinned with set_us() and set_ms() to step
+# across the wrap; everything else is the real time module.
 import time as _real
 
 TICKS_PERIOD = 1 << 30
 _MASK = TICKS_PERIOD - 1
 _HALF = TICKS_PERIOD // 2
 _pinned_us = [-1]  # -1: follow the real clock
+_pinned_ms = [-1]
 
 
 def set_us(us):
     """Pins ticks_us() to `us` (taken modulo the period); -1 follows the real clock."""
     _pinned_us[0] = -1 if us < 0 else us & _MASK
+
+
+def set_ms(ms):
+    """Pins ticks_ms() to `ms` (taken modulo the period); -1 follows the real clock."""
+    _pinned_ms[0] = -1 if ms < 0 else ms & _MASK
 
 
 def ticks_us():
@@ -22,6 +28,8 @@ def ticks_us():
 
 
 def ticks_ms():
+    if _pinned_ms[0] >= 0:
+        return _pinned_ms[0]
     return _real.ticks_ms() & _MASK
 
 

@@ -481,7 +481,9 @@ class Service:
 
     async def _heartbeat(self):
         iv = self.cfg["HeartbeatInterval"]
-        if iv <= 0 or time.ticks_diff(time.ticks_ms(), self._hb_ms) < iv * 1000:
+        # A negative age is a time over 2**29 ms old (the ticks of a 32-bit port wrapped):
+        # long due, e.g. an interval switched on after days off. Not "just sent".
+        if iv <= 0 or 0 <= time.ticks_diff(time.ticks_ms(), self._hb_ms) < iv * 1000:
             return
         self._hb_ms = time.ticks_ms()
         r = await self.call("Heartbeat", {})  # no answer: the link is dead (TimeoutError)
@@ -499,7 +501,7 @@ class Service:
             elif time.ticks_diff(now, self._ping_ms) > max(iv, _PONG_GRACE_MS):
                 raise LinkDown("no pong")
             return
-        if time.ticks_diff(now, ws.last_rx_ms) >= iv:
+        if not 0 <= time.ticks_diff(now, ws.last_rx_ms) < iv:  # below zero: as above
             self._ping_ms = now
             await ws.ping(b"ka")
 
