@@ -22,15 +22,7 @@ def _app(files):
     for name, text in files.items():
         with open(d + "/" + name, "w") as f:
             f.write(text)
-    hw = board.make({"EVSE_DATA_DIR": d, "EVSE_CAN_PORT": str(_port()),
-                     "EVSE_SIM_PORT": str(_port())})
-    from evse.app import App
-
-    log.set_level(log.ERROR + 10)
-    try:
-        return App(hw)
-    finally:
-        log.set_level(log.WARNING)
+    return _boot_on(d)
 
 
 def _shown(app, ms=7000):
