@@ -478,6 +478,30 @@ def test_lock_opens_only_after_the_contacts_stay_open_for_the_weld_window():
     true(not r.ch.latched, "300 ms of a slow contact is no weld")
 
 
+def test_the_weld_window_starts_again_at_a_close_between_two_control_ticks():
+    """A close followed by an open before the next control tick looked at the contacts (the
+    vehicle unplugged right after the close, a trip) still waits the full 500 ms of open
+    contacts before the lock lets the plug go."""
+    r = Rig()
+    r.plug("B")
+    eq(r.ch.start_session("X", "RFID"), None)
+    r.run(1000)
+    r.hw.ev.state = "C"
+    for _ in range(100):
+        if r.hw.relays.closed:
+            break
+        r.run(10)
+    true(r.hw.relays.closed, "charging")
+    r.hw.ev.state = "A"  # the vehicle end unplugged within the same control period
+    while r.hw.relays.closed:
+        r.run(10)
+    t0 = r.clock.ms
+    while r.hw.lock.engaged and r.clock.ms - t0 < 2000:
+        r.run(10)
+    true(not r.hw.lock.engaged, "released in the end")
+    true(r.clock.ms - t0 >= 500, "released %d ms after the contacts opened" % (r.clock.ms - t0))
+
+
 def test_a_weld_on_a_fault_or_at_the_end_keeps_the_plug_locked():
     """docs/errors.md: a welded relay keeps the plug locked, even when the relays were
     commanded open (a fault, the end of the session) before the weld check knew it."""

@@ -484,6 +484,10 @@ class Charger:
         ):
             return
         self._relays.close()
+        # The weld window starts again here: the relays may open (a trip, the vehicle
+        # leaving C) before the next control tick has seen them closed.
+        self._open_ms = None
+        self.contacts_open = False
         self._close_ms = now_ms
         self.session.charged = True
 
