@@ -383,6 +383,49 @@ def test_technician_clear_takes_only_latched_trips_whose_cause_is_gone():
     true(r.ch.latched & faults.R3N, "kept while the contact reads closed")
 
 
+def _latch_rig(data_dir):
+    hw = fakehw.Hw()
+    settings = fakehw.FakeSettings()
+    ch = Charger(hw, settings)
+    return ch, Protection(ch, hw, settings, None, data_dir)
+
+
+def test_latched_trips_survive_a_restart():
+    from check import tmpdir
+
+    d = tmpdir("latch")
+    ch, prot = _latch_rig(d)
+    prot._latch(faults.PE, "no earth continuity")
+    ch, prot = _latch_rig(d)  # a power cut
+    prot.load_latches()
+    eq(faults.codes(ch.latched), ["PE"], "latched after the restart")
+    true(ch.active & faults.PE, "and active: relays open, pilot in F")
+
+
+def test_an_unreadable_latch_file_keeps_every_latching_trip():
+    """latched.json damaged with no good copy left: the charger cannot know which trips it
+    held, and clearing them at boot would be an automatic reclose."""
+    from check import tmpdir
+
+    for damage in (b"\x00\xff{latched", b"", None):
+        d = tmpdir("latch")
+        ch, prot = _latch_rig(d)
+        prot._latch(faults.IRD, "residual current")
+        path = d + "/latched.json"
+        if damage is None:
+            with open(path, "rb") as f:
+                data = f.read()
+            damage = data[: len(data) - 3] + b"]}"  # one bit of the list gone: bad CRC
+        with open(path, "wb") as f:
+            f.write(damage)
+        ch, prot = _latch_rig(d)
+        prot.load_latches()
+        eq(ch.latched, faults.LATCHING, "every latching trip kept after %r" % damage)
+        ch.hw.rcd.line = False
+        eq(sorted(prot.technician_clear()), sorted(faults.codes(faults.LATCHING)),
+           "a technician clears them once their causes are gone")
+
+
 def test_trip_path_allocates_nothing():
     r = Rig()
     r.charge()

@@ -72,12 +72,20 @@ class Protection:
 
     # ---- latches survive restarts ------------------------------------------------------
     def load_latches(self):
-        saved = atomicfile.load_json(self._latch_path, dict, _log.error)
+        damaged = []
+        saved = atomicfile.load_json(self._latch_path, dict, damaged.append)
         bits = 0
         for code in saved.get("latched", ()) if isinstance(saved, dict) else ():
             r = faults.row(code)
             if r and r[2]:
                 bits |= r[1]
+        if damaged:
+            # A copy could not be read (flash damage, a cut while it was written): it may
+            # have named a trip the others do not. Keep every latching trip; a technician
+            # clears each once its cause is gone. Clearing at boot would be a reclose.
+            for msg in damaged:
+                _log.error("%s", msg)
+            bits |= faults.LATCHING
         if bits:
             _log.warning("latched trips from before the restart: %s", faults.codes(bits))
             self.ch.latched = bits
