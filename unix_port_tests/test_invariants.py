@@ -1,0 +1,112 @@
+# Seeded random scenarios of the charging core (Charger, Protection, Supervisor, limits,
+# HMI) on a fake board, checked against the invariants of docs/invariants.md after every
+# step. A failure prints its seed and the shortest event trace that still fails.
+#
+#   micropython unix_port_tests/runner.py test_invariants          # the make-test run
+#   INV_SEED=0x1234 INV_N=20000 micropython unix_port_tests/runner.py test_invariants
+#   INV_S=600 ...                      # run for 600 s of wall time instead of a count
+#   INV_SEED=0x1234 INV_CASE=17 ...    # replay one case: its events, outputs, shrink
+#   INV_STRICT=1 ...                   # known failures (core_scenario.KNOWN) fail too
+import os
+import time
+
+import core_scenario as cs
+from check import true
+
+DEFAULT_N = 1200  # about a minute on the unix port
+
+
+def _env_int(name):
+    v = os.getenv(name)
+    return int(v) if v else None
+
+
+def _report(scn, res, shrunk, sres, runs, seed):
+    lines = [
+        "VIOLATION %s at %d ms: %s" % (res.failure[0], res.failure[1], res.failure[2]),
+        "replay: INV_SEED=0x%08x INV_CASE=%d" % (seed, scn.cfg["index"]),
+        "shortest trace (%d of %d events, %d runs to shrink) fails at %d ms: %s"
+        % (len(shrunk.events), len(scn.events), runs, sres.failure[1], sres.failure[2]),
+        cs.describe(shrunk),
+        "outputs before the violation:",
+        cs.outputs(sres, 25),
+    ]
+    return "\n".join(lines)
+
+
+def test_random_scenarios():
+    seed = cs.seed()
+    case = _env_int("INV_CASE")
+    if case is not None:
+        _replay(seed, case)
+        return
+    n = _env_int("INV_N")
+    wall_s = _env_int("INV_S")
+    if n is None:
+        n = 1 << 30 if wall_s else DEFAULT_N
+    strict = os.getenv("INV_STRICT") == "1"
+    t0 = time.ticks_ms()
+    ran = steps = ms = 0
+    totals = {}
+    failures = []
+    known = []
+    seen = set()
+    i = 0
+    while i < n:
+        if wall_s and time.ticks_diff(time.ticks_ms(), t0) > wall_s * 1000:
+            break
+        scn = cs.make(cs.case_rng(seed, i), i)
+        res = cs.play(scn)
+        ran += 1
+        steps += res.steps
+        ms += res.ms
+        for k, v in res.stats.items():
+            totals[k] = totals.get(k, 0) + v
+        if res.stats["closes"]:
+            totals["charged"] = totals.get("charged", 0) + 1
+        i += 1
+        if res.failure is None:
+            continue
+        rule = res.failure[0]
+        shrunk, sfail, runs = cs.shrink(scn, res.failure)
+        sres = cs.play(shrunk)
+        kn = cs.known(shrunk, sfail)
+        text = _report(scn, res, shrunk, sres, runs, seed)
+        if kn is not None and not strict:
+            if (kn[0], rule) not in seen:
+                seen.add((kn[0], rule))
+                print("KNOWN (item %s: %s)\n%s" % (kn[0], kn[1], text))
+            known.append((kn[0], rule, scn.cfg["index"]))
+            continue
+        print(text)
+        failures.append(text)
+        if len(failures) >= 3:
+            break
+    wall = time.ticks_diff(time.ticks_ms(), t0)
+    print("invariants: %d scenarios, %d steps, %.0f s simulated, %d ms wall, INV_SEED=0x%08x; %s"
+          % (ran, steps, ms / 1000, wall, seed, ", ".join("%s %d" % kv for kv in sorted(totals.items()))))
+    if known:
+        items = {}
+        for item, rule, idx in known:
+            items.setdefault((item, rule), []).append(idx)
+        for (item, rule), idxs in sorted(items.items()):
+            print("known item %s (%s): %d scenarios, e.g. INV_CASE=%d" % (item, rule, len(idxs), idxs[0]))
+    true(not failures, "%d scenario(s) broke an invariant (first above)" % len(failures))
+
+
+def _replay(seed, case):
+    scn = cs.make(cs.case_rng(seed, case), case)
+    print(cs.describe(scn))
+    res = cs.play(scn)
+    print("outputs:")
+    print(cs.outputs(res, 400))
+    if res.failure is None:
+        print("case %d: no violation (%d steps, %d boots)" % (case, res.steps, res.boots))
+        return
+    shrunk, sfail, runs = cs.shrink(scn, res.failure)
+    sres = cs.play(shrunk)
+    print(_report(scn, res, shrunk, sres, runs, seed))
+    kn = cs.known(shrunk, sfail)
+    if kn is not None:
+        print("known: item %s (%s)" % kn)
+    true(False, "case %d broke %s" % (case, res.failure[0]))
