@@ -615,13 +615,14 @@ def shrink(scn, failure, budget=200):
     rule = failure[0]
     events = list(scn.events)
     runs = 0
+    until = failure[1] + 2000  # a candidate that fails much later is not wanted anyway
     chunk = max(1, len(events) // 2)
     while chunk >= 1 and runs < budget:
         i = 0
         while i < len(events) and runs < budget:
             cand = events[:i] + events[i + chunk:]
             runs += 1
-            res = play(Scenario(scn.cfg, cand))
+            res = play(Scenario(scn.cfg, cand), until)
             if res.failure is not None and res.failure[0] == rule:
                 events = cand
                 failure = res.failure
