@@ -143,7 +143,6 @@ class Oracle:
             "cable": Src(grace + 100, None),
             "thermal": Src(250, None),  # protection reads the sensors, then the control tick
         }
-        self.ext = {}
         self.reboot()
 
     # ---- state that a power cut loses ---------------------------------------------------
@@ -171,6 +170,9 @@ class Oracle:
         self.d_vent = None  # the ventilation setting when the EV entered D
         self.boot_t = now
         self.latched_seen = now
+        # Named limits live in RAM: after a restart their owners (OCPP, power management,
+        # load balancing) register them again, and this scenario's owner is the generator.
+        self.ext = {}
         self.pilot_out = now  # the pilot task last seen not running
         self.prot_out = now
         self.meter_out = now
