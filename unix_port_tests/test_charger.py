@@ -491,6 +491,22 @@ def test_lock_failure_latches_elk():
     true(not r.hw.relays.closed)
 
 
+def test_a_lock_lost_while_the_relays_wait_for_the_vehicle_trips_elk():
+    """After a stop the relays stay closed up to 6 s while the vehicle is still in C: a
+    lock pin that comes out then leaves live pins unlocked, as during the session."""
+    r = Rig()
+    r.charge()
+    r.ch.end_session("RFID")
+    r.run(500)
+    true(r.hw.relays.closed, "the vehicle still in C: the relays wait")
+    r.hw.lock.broken = True
+    r.run(200)
+    true(not r.hw.relays.closed, "opened at once")
+    true(r.ch.active & faults.ELK, "ELK")
+    r.run(200)
+    true(r.ch.latched & faults.ELK, "latched")
+
+
 def test_weld_latches_and_keeps_lock():
     r = Rig()
     r.charge()

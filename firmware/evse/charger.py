@@ -519,6 +519,13 @@ class Charger:
             return
         lk = self._lock_hw
         if not want:
+            if self.lock_state == LOCK_LOCKED and self._relays.closed and not lk.feedback():
+                # The session is over but the relays still wait for the vehicle to leave C
+                # (up to 6 s): its plug is as live, and now free, as during the session.
+                _log.error("lock opened with the relays closed")
+                self.lock_state = LOCK_OPEN
+                self.trip(faults.ELK)
+                return
             # Release only once both auxiliary contacts have reported open for the
             # whole weld-check window: a relay commanded open may still be welded, and
             # its pins live. A known weld keeps the plug locked for good.
