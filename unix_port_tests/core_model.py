@@ -407,6 +407,7 @@ class Board:
     def out(self, what, value):
         if self.irq_before == what:
             self.irq_before = None
+            self.trace.append((self.clock.now, "irq", what))
             self.rcd.set_leak(True)  # an interrupt between the caller's checks and its write
         if self.watch is not None:
             self.watch(what, value)

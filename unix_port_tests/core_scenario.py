@@ -598,7 +598,10 @@ def _random_event(r, t, add):
     elif kind == "vent":
         add(t, "vent", r.below(2) == 0)
     elif kind == "irq_write":
+        # A residual current whose interrupt lands inside the next write of that output.
         add(t, "irq_write", r.pick(("relays", "cp", "lock", "rcd_test", "error")), trig)
+        if span is not None:
+            at(span, "leak", False)
 
 
 def case_rng(seed, i):
@@ -650,9 +653,14 @@ def _wrap_only(scn, failure):
 
 
 def _irq_only(scn, failure):
-    rest = [e for e in scn.events if e[1] != "irq_write"]
-    if len(rest) == len(scn.events):
+    """The same residual current, arriving between two steps instead of inside a write."""
+    if not any(e[1] == "irq_write" for e in scn.events):
         return False
+    res = play(scn)
+    fired = [t for t, what, _ in res.trace if what == "irq"]
+    rest = [e for e in scn.events if e[1] != "irq_write"]
+    rest += [(t, "leak", True, None) for t in fired]
+    rest.sort(key=lambda e: e[0])
     res = play(Scenario(scn.cfg, rest))
     return res.failure is None or res.failure[0] != failure[0]
 
