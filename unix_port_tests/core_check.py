@@ -17,7 +17,10 @@ LATCHING = ("IRD", "PE", "R12", "R3N", "ELK")
 
 
 class Rule:
-    """One way a fault of the table is caused, as the plant shows it."""
+    """One way a fault of the table is caused, as the plant shows it. `sure`: the charger
+    must have this fault active now; `maybe`: it may have (its cause was visible and has
+    not been gone long enough for any clear), which relaxes the checks that the charger
+    makes only while no fault stands (the lock, PP)."""
 
     def __init__(self, code, det_ms, clear_ms=0, latched=False, from_trip=False):
         self.code = code
@@ -30,34 +33,43 @@ class Rule:
     def reset(self):
         self.on = None  # cause visible to the charger continuously since
         self.sure = None  # the charger must have tripped by then: it is active
-        self.trip_lb = None  # it cannot have tripped before then
+        self.sure_lb = None  # ... and it cannot have tripped before then
+        self.maybe = None  # the cause was first visible then
+        self.last = None  # ... and last visible then
         self.clr = None  # clear condition continuously since
 
     def update(self, now, cause, clear):
         if cause:
             if self.on is None:
                 self.on = now
+            if self.maybe is None:
+                self.maybe = now
+            self.last = now
             if self.sure is None and now - self.on >= self.det_ms:
                 self.sure = now
-                self.trip_lb = self.on
-                self.clr = None
-        else:
-            self.on = None
-        if self.sure is None or self.latched:
+                self.sure_lb = self.on
+            self.clr = None
+            return
+        self.on = None
+        if self.maybe is None or self.latched:
             return
         if self.from_trip:
-            if now - self.trip_lb >= self.clear_ms:
+            if self.sure is not None and now - self.sure_lb >= self.clear_ms:
                 self.sure = None
+            if now - self.last >= self.clear_ms + 2000:
+                self.maybe = self.sure = None
             return
-        if clear and not cause:
-            if self.clr is None:
-                self.clr = now
-            # No clear within 1 s of the trip (the F hold) nor before the clear time.
-            if now - self.clr >= self.clear_ms and now - self.trip_lb >= 1000:
-                self.sure = None
-                self.clr = None
-        else:
+        if not clear:
             self.clr = None
+            return
+        if self.clr is None:
+            self.clr = now
+        # No clear within 1 s of the trip (the F hold) nor before the clear time.
+        if self.sure is not None and now - self.clr >= self.clear_ms and now - self.sure_lb >= 1000:
+            self.sure = None
+        # Past any clear the charger may make, late readings and holds included.
+        if now - self.clr >= self.clear_ms + 6000:
+            self.maybe = self.sure = None
 
 
 class Src:
@@ -269,11 +281,7 @@ class Oracle:
         ts = t.socket_c
         fan = b.fan
         ab = sampling and not ev.short and ev.state in "AB"
-        others = False
-        for rule in self.rules:
-            if rule.code != "PP" and (rule.sure is not None or rule.on is not None):
-                others = True
-                break
+        others = self._maybe_other("PP")
         pp_bad = run.cfg["socket"] and pp_rating(b.pp_adc.ohm) is None
         lk = b.lock
         rcd = b.rcd
@@ -317,13 +325,13 @@ class Oracle:
         cl[18] = not pp_bad or ev.state == "A"
         authed = self.auth_t is not None and ev.state != "A"
         cz[19] = (crit and authed and lk.fitted and lk.engaged and not lk.feedback()
-                  and not self._sure_other("ELK"))
+                  and not self._maybe_other("ELK"))
         cz[20] = crit and rcd.leak
         cz[21] = crit and rcd.testing and rcd.dead and not rcd.leak
         self.any_sure = None
         for i in range(len(cz)):
             rule = self.rules[i]
-            if cz[i] or rule.on is not None or rule.sure is not None:
+            if cz[i] or rule.maybe is not None:
                 was = rule.sure
                 rule.update(now, cz[i], cl[i])
                 if rule.sure is not None:
@@ -353,9 +361,9 @@ class Oracle:
             elif now - self.test_off > 600:
                 self.test_state = None
 
-    def _sure_other(self, code):
+    def _maybe_other(self, code):
         for rule in self.rules:
-            if rule.sure is not None and rule.code != code:
+            if rule.maybe is not None and rule.code != code:
                 return True
         return False
 
