@@ -352,7 +352,10 @@ class Oracle:
         if self.held_from is not None and run.stalled_since("pilot") is None and run.stalled_since("protection") is None:
             self.held_from = None
         # Self-test bookkeeping: the input released with the line down is a passed test.
-        # The input released and the line down within 500 ms: a passed test.
+        # The line up while the input is driven, then down within 500 ms of its release:
+        # a passed test.
+        if self.test_state == "pending" and rcd.testing and rcd.tripped():
+            self.test_state = "on"
         if self.test_state == "off":
             if not rcd.tripped():
                 self.selftest_ok = now
@@ -474,7 +477,7 @@ class Oracle:
                     self.fail("selftest-load", "RCD self-test started with the contacts open for %d ms (coil %s)"
                               % (self._contacts_open_ms(), "closed" if r.closed else "open"))
                 self.test_on = now
-                self.test_state = "on" if not b.rcd.dead else None  # the module trips on it
+                self.test_state = "pending"  # until the module's line is seen up
             elif not value and b.rcd.testing:
                 self.test_on = None
                 self.test_off = now

@@ -239,6 +239,12 @@ class Rcd:
         if not was and self.tripped():
             self._b.rcd_edge()
 
+    def set_dead(self, on):
+        was = self.tripped()
+        self.dead = on
+        if not was and self.tripped():
+            self._b.rcd_edge()
+
 
 class Pe:
     def __init__(self):

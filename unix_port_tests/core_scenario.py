@@ -212,7 +212,7 @@ class Run:
         elif kind == "leak":
             b.rcd.set_leak(arg)
         elif kind == "rcd_dead":
-            b.rcd.dead = arg
+            b.rcd.set_dead(arg)
         elif kind == "pe":
             b.pe.continuity = not arg
         elif kind == "npe":
