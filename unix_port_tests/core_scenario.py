@@ -477,6 +477,8 @@ def _random_event(r, t, add):
     span = _span(r)
     if kind in _LATCHING and span is None and r.below(2) == 0:
         span = 500 + r.below(5000)
+    if kind in ("weld", "stuck") and span is not None and span < 200:
+        span += 200  # a contact that sticks does so for longer than a control period
 
     def at(d, kind, arg):
         # `d` ms after this event: armed with it, so both wait for the same trigger.
