@@ -171,6 +171,28 @@ def test_a_raise_waits_5s_after_any_change_even_a_reduction():
     eq(r.ch.offered_a, 30.0, "raised 5 s after the reduction")
 
 
+def test_a_raise_waits_5s_after_a_fault_stopped_the_offer():
+    """A trip stops the offer like any pause: charging resumes at most at the last offer
+    until 5 s after the stop."""
+    r = Rig()
+    r.charge()
+    r.ch.set_external_limit("ocpp", 10.0)
+    r.run(6000)
+    eq(r.ch.offered_a, 10.0, "charging at 10 A for more than 5 s")
+    r.hw.temps.relay_c = 95.0  # relay over-temperature: the offer stops
+    r.run(200)
+    true(r.ch.active & faults.ROT, "ROT")
+    r.ch.set_external_limit("ocpp", None)
+    t0 = r.clock.ms
+    r.hw.temps.relay_c = 25.0
+    while r.clock.ms - t0 < 4600:
+        r.run(100)
+        true(r.ch.offered_a <= 10.0, "%.1f A offered %d ms after the stop" % (r.ch.offered_a, r.clock.ms - t0 + 200))
+    true(r.hw.relays.closed, "charging again")
+    r.run(2000)
+    eq(r.ch.offered_a, 32.0, "raised 5 s after the resume (itself a change)")
+
+
 def test_a_lower_limit_cuts_the_offer_before_the_next_tick():
     """The instant a limit falls (a meter reading, a CAN allocation) is when the offer
     follows: a control tick that runs late under load must not add to it."""

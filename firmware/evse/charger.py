@@ -205,6 +205,8 @@ class Charger:
     def trip(self, bit):
         """Fault: open the relays and drive state F first, then remember. No allocation."""
         self._relays.open()
+        if self._cp.duty_pm > 0:
+            self._changed_ms = self.clock()  # a stop of the offer: the next raise waits 5 s
         # Protection calls this every tick while the cause lasts: only a new fault
         # starts the F hold, or the pilot would never return to X1 and the charger
         # would not see the vehicle come or go during a long fault (docs/errors.md).
@@ -221,6 +223,8 @@ class Charger:
         """Safe state for the supervisor: relays open, PWM stopped, and the session ends at
         the next control tick, so only a new authorization charges again. No allocation."""
         self._relays.open()
+        if self._cp.duty_pm > 0:
+            self._changed_ms = self.clock()
         self._cp.high()
         self.offered_a = 0.0
         self._estop = True
