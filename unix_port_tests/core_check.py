@@ -287,7 +287,7 @@ class Oracle:
         rcd = b.rcd
         cz = self._cause
         cl = self._clear
-        cz[0] = meter and r.closed and ev.overdraw and b.draw_a() > 0
+        cz[0] = answers and r.closed and ev.overdraw and b.draw_a() > 0
         cz[1] = answers and hi > 264.5
         cz[2] = answers and hi >= 276.0
         cl[1] = cl[2] = answers and hi < 257.0
