@@ -28,6 +28,7 @@ class Rig:
         self.prot._save_latches = lambda: None
         self.hw.rcd.set_handler(self.ch._rcd_cb)
         self._n = 0
+        self.metering = True  # False: the metering task hangs, no reading reaches protection
 
     def run(self, ms):
         for _ in range(ms // 10):
@@ -37,7 +38,7 @@ class Rig:
             if self._n % 10 == 0:
                 self.ch.tick_control(self.clock.ms)
                 self.prot.tick(self.clock.ms)
-            if self._n % 100 == 0:
+            if self._n % 100 == 0 and self.metering:
                 self.prot.on_meter(self.clock.ms, not self.hw.meter.fail)
 
     def plug(self, state="B"):
@@ -754,6 +755,24 @@ def test_nan_or_inf_from_the_internal_meter_is_a_meter_failure():
         r.hw.meter.amps = [0.0] * 3
         r.run(7000)
         true(not r.ch.active & faults.MET, "cleared once the readings are numbers again")
+
+
+def test_no_meter_reading_for_3s_is_a_meter_failure_even_when_nothing_asks():
+    """Over- and under-voltage, a missing phase and over-current are judged on the meter's
+    readings: a metering task that hangs leaves them blind like a silent meter (MET)."""
+    r = Rig()
+    r.charge()
+    r.metering = False  # the task hangs: no reading, no failed read either
+    r.run(1900)
+    true(r.hw.relays.closed, "under 3 s without a reading: charging")
+    r.run(1200)
+    true(r.ch.active & faults.MET, "MET after 3 s without a reading")
+    true(not r.hw.relays.closed, "open")
+    r.metering = True
+    r.run(4000)
+    true(r.ch.active & faults.MET, "kept until the meter has answered for 5 s")
+    r.run(2500)
+    true(not r.ch.active & faults.MET, "cleared")
 
 
 def test_lasting_fault_holds_f_1s_then_x1_and_sees_the_vehicle():

@@ -62,6 +62,7 @@ class Protection:
         self._ocp_ref_ms = 0
         self._trip_ms = {}
         self.meter_ok = True
+        self._read_ms = None  # the last call of on_meter
         self._meter_fail_ms = None
         self._meter_good_ms = None
         self.weld = 0  # R12/R3N bits that are welds (latched), not stuck-open
@@ -160,6 +161,12 @@ class Protection:
         hw = self.hw
         if hw.rcd.tripped() and not ch._rcd_testing:
             ch.trip(faults.IRD)  # backup for a missed interrupt edge
+        if self._read_ms is not None and _held(now_ms, self._read_ms, _MET_TRIP_MS):
+            # No reading at all (the metering task hangs) blinds OVP, LVP, MIS and OCP as
+            # much as a silent meter does.
+            self.meter_ok = False
+            self._meter_good_ms = None
+            ch.trip(faults.MET)
         self._check_relays(now_ms)
         self._check_pe(now_ms)
         self._check_temps(now_ms)
@@ -169,6 +176,7 @@ class Protection:
 
     def on_meter(self, now_ms, ok):
         """After each internal-meter read (~1 s): voltage, phases, current, comms."""
+        self._read_ms = now_ms
         if ok and not meter_valid(self.hw.meter):
             if self._meter_fail_ms is None:
                 _log.error("internal meter reading is not a number")
