@@ -295,7 +295,8 @@ class Oracle:
         cl[3] = answers and lo > 202.0
         cz[4] = answers and missing
         cl[4] = answers and min(v) > 195.5
-        cz[5] = meter and (m.silent or m.nan is not None)
+        # No valid reading for 3 s: a silent meter, a NaN, or a metering task that hangs.
+        cz[5] = prot and (not meter or m.silent or m.nan is not None)
         cl[5] = meter and not m.silent and m.nan is None
         cz[6] = prot and not b.pe.continuity
         cz[7] = prot and tn and b.pe.n_pe_v > 30.0
