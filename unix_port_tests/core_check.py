@@ -182,6 +182,7 @@ class Oracle:
         self.d_vent = None  # the ventilation setting when the EV entered D
         self.boot_t = now
         self.latched_seen = now
+        self._limit_key = None
         # Named limits live in RAM: after a restart their owners (OCPP, power management,
         # load balancing) register them again, and this scenario's owner is the generator.
         self.ext = {}
@@ -261,11 +262,15 @@ class Oracle:
             self.diode_fault = False
             if now - self.ev_a >= 100 and self.auth_t is not None:
                 self.end_auth("unplug", self.ev_a + 100)
-        # The limits the pilot must keep to.
-        self._cable_from_pp()
+        # The limits the pilot must keep to (worked out again when an input moved).
         t = b.temps
-        self.src["thermal"].set(now, thermal_a(t.relay_c, t.socket_c))
-        self.src["max"].set(now, float(run.settings["max_current_a"]))
+        st = run.settings
+        key = (b.pp_adc.ohm, st["cable_max_a"], st["max_current_a"], t.relay_c, t.socket_c)
+        if key != self._limit_key:
+            self._limit_key = key
+            self._cable_from_pp()
+            self.src["thermal"].set(now, thermal_a(t.relay_c, t.socket_c))
+            self.src["max"].set(now, float(st["max_current_a"]))
         # The faults of docs/errors.md: (cause visible to the charger, clear condition), in
         # the order of self.rules.
         m = b.meter
@@ -281,8 +286,8 @@ class Oracle:
         ts = t.socket_c
         fan = b.fan
         ab = sampling and not ev.short and ev.state in "AB"
-        others = self._maybe_other("PP")
         pp_bad = run.cfg["socket"] and pp_rating(b.pp_adc.ohm) is None
+        others = pp_bad and self._maybe_other("PP")
         lk = b.lock
         rcd = b.rcd
         cz = self._cause
@@ -330,8 +335,9 @@ class Oracle:
         cz[20] = crit and rcd.leak
         cz[21] = crit and rcd.testing and rcd.dead and not rcd.leak
         self.any_sure = None
-        for i in range(len(cz)):
-            rule = self.rules[i]
+        i = -1
+        for rule in self.rules:
+            i += 1
             if cz[i] or rule.maybe is not None:
                 was = rule.sure
                 rule.update(now, cz[i], cl[i])

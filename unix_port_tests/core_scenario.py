@@ -418,7 +418,8 @@ def _base(r, dur):
 
 def make(r, index=0):
     """One scenario from the generator `r` (a fuzz.Rng)."""
-    dur = 6000 + r.below(24000)
+    # Mostly short runs, some long enough for the slow clears (10 s voltage, 60 s OCP).
+    dur = 4000 + r.below(12000) if r.below(5) else 16000 + r.below(50000)
     socket = r.below(5) != 0
     mode = "B" if socket else "C"
     if r.below(5) == 0:
