@@ -142,6 +142,8 @@ class Oracle:
             r("ELK", 2300, latched=True),
             r("IRD", 800, latched=True),  # a residual current
             r("IRD", 700, latched=True),  # the self-test input does not trip the module
+            r("CAN", 0, 10000),  # load balancing saw its CAN address used twice
+            r("MET", 0, 0),  # power management lost the external meter
         ]
         self.diode_fault = False  # a missing diode tripped: only a plug-out clears it
         self._cause = [False] * len(self.rules)
@@ -334,6 +336,10 @@ class Oracle:
                   and not self._maybe_other("ELK"))
         cz[20] = crit and rcd.leak
         cz[21] = crit and rcd.testing and rcd.dead and not rcd.leak
+        cz[22] = run.can_clash  # both trip synchronously where the feature finds them
+        cl[22] = not run.can_clash
+        cz[23] = run.ext_lost
+        cl[23] = not run.ext_lost and answers
         self.any_sure = None
         i = -1
         for rule in self.rules:

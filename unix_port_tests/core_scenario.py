@@ -5,6 +5,7 @@ import os
 
 import fuzz
 import log
+from evse import faults
 from core_check import Oracle
 from core_model import Aio, Board, Loop, Time, TICKS_PERIOD, patch_modules, restore
 from fakehw import FakeSettings
@@ -88,6 +89,8 @@ class Run:
         self.clearing = False  # inside a technician's clear
         self.alive = {}
         self.stall = {}  # task name -> (since, until)
+        self.can_clash = False  # load balancing: another node uses our CAN address
+        self.ext_lost = False  # power management: no valid reading of the external meter
         self.oracle = Oracle(self)
         self.board.watch = self.oracle.watch
         self.loop = None
@@ -171,6 +174,7 @@ class Run:
         self.boots += 1
         self.alive = {}
         self.stall = {}
+        self.can_clash = self.ext_lost = False  # the features find them again after a boot
         self.oracle.reboot()
         self.boot()
 
@@ -264,6 +268,14 @@ class Run:
             ch.apply_settings(["ventilation"])
         elif kind == "irq_write":
             b.irq_before = arg
+        elif kind == "can_clash":  # as evse/balance.py reports it
+            self.can_clash = self.prot.can_clash = arg
+            if arg:
+                ch.trip(faults.CAN)
+        elif kind == "ext_lost":  # as evse/power.py reports it
+            self.ext_lost = self.prot.external_meter_lost = arg
+            if arg:
+                ch.trip(faults.MET)
         else:
             raise ValueError("unknown event " + kind)
 
@@ -376,11 +388,11 @@ _KINDS = (
     ("max", 2), ("cable_max", 1), ("temp", 4), ("leak", 3), ("rcd_dead", 2), ("pe", 2),
     ("npe", 1), ("volts", 4), ("silent", 2), ("nan", 2), ("overdraw", 2), ("fan_block", 1),
     ("weld", 2), ("stuck", 2), ("lock_broken", 2), ("die", 3), ("stall", 3), ("cut", 2),
-    ("clear", 4), ("mode", 1), ("vent", 1), ("irq_write", 2),
+    ("clear", 4), ("mode", 1), ("vent", 1), ("irq_write", 2), ("can_clash", 1), ("ext_lost", 1),
 )
 _TRIGGERS = ("test", "window", "charging", "pwm", "F")
 _FAULTS = ("leak", "rcd_dead", "pe", "npe", "volts", "silent", "nan", "overdraw", "fan_block",
-           "weld", "stuck", "lock_broken", "temp", "short", "diode", "pp")
+           "weld", "stuck", "lock_broken", "temp", "short", "diode", "pp", "can_clash", "ext_lost")
 
 
 def _pick_kind(r):
@@ -600,6 +612,10 @@ def _random_event(r, t, add):
         add(t, "mode", r.pick(("B", "C")))
     elif kind == "vent":
         add(t, "vent", r.below(2) == 0)
+    elif kind == "can_clash":
+        pair("can_clash", True, False)
+    elif kind == "ext_lost":
+        pair("ext_lost", True, False)
     elif kind == "irq_write":
         # A residual current whose interrupt lands inside the next write of that output.
         add(t, "irq_write", r.pick(("relays", "cp", "lock", "rcd_test", "error")), trig)
