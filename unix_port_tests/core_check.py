@@ -157,6 +157,7 @@ class Oracle:
             "cable": Src(grace + 100, None),
             "thermal": Src(250, None),  # protection reads the sensors, then the control tick
         }
+        self.free = run.settings["auth_mode"] == "free"
         self.reboot()
 
     # ---- state that a power cut loses ---------------------------------------------------
@@ -183,6 +184,8 @@ class Oracle:
         self.diode_fault = False
         self.d_vent = None  # the ventilation setting when the EV entered D
         self.boot_t = now
+        self.plugged = False  # the EV seen out of A since the boot or its last unplug
+        self.grant = None  # free mode: "unused" until the plug-in's session shows, "used"
         self.latched_seen = now
         self._limit_key = None
         # Named limits live in RAM: after a restart their owners (OCPP, power management,
@@ -260,6 +263,17 @@ class Oracle:
                 self.ev_a = now
         else:
             self.ev_a = None
+        if ev.state == "A":
+            self.plugged = False
+        elif not self.plugged:
+            # Free mode: a plug-in (or a boot with the EV plugged) authorizes a session.
+            self.plugged = True
+            if self.free and self.auth_t is None:
+                self.auth_t = now
+                self.auth_end = None
+                self.grant = "unused"
+        if self.grant == "unused" and (duty > 0 or b.rcd.testing):
+            self.grant = "used"  # the charger has started the plug-in's session
         if self.ev_a is not None:
             self.diode_fault = False
             if now - self.ev_a >= 100 and self.auth_t is not None:
@@ -384,7 +398,12 @@ class Oracle:
         return False
 
     def end_auth(self, why, t):
+        if self.grant == "unused" and why != "unplug" and why != "stop":
+            # Free mode: a fault or safe state before the plug-in's session started ends
+            # nothing; the session starts once it is gone (evse/auth.py).
+            return
         if self.auth_t is not None:
+            self.grant = None
             self.auth_t = None
             self.auth_end = (why, t)
 
@@ -565,6 +584,7 @@ class Oracle:
             self.fail("start-refused", "a session started while the supervisor must hold the charger")
         self.auth_t = now
         self.auth_end = None
+        self.grant = None
 
     def on_stop(self, accepted):
         if accepted:

@@ -79,7 +79,7 @@ class Run:
         ev.lag_ms = cfg["ev_lag_ms"]
         self.board.pp_adc.ohm = cfg["pp_ohm"] if cfg["socket"] else -1
         keys = ("charger_power", "charging_mode", "ventilation", "cp_type", "max_current_a",
-                "power_system", "cable_max_a")
+                "power_system", "cable_max_a", "auth_mode")
         self.settings = FakeSettings(**{k: cfg[k] for k in keys})
         self.data_dir = _data_dir()
         for suffix in ("", ".bak", ".tmp"):
@@ -447,6 +447,7 @@ def make(r, index=0):
         "max_current_a": r.pick((6, 10, 16, 20, 32, 32, 32)),
         "power_system": r.pick(("IT", "TN_TT")),
         "cable_max_a": r.pick((13, 16, 20, 32)),
+        "auth_mode": "free" if r.below(6) == 0 else "rfid",
         "pp_ohm": r.pick((220, 220, 220, 680, 1500, 100)),
         "ev_max_a": r.pick((16.0, 32.0, 32.0)),
         "ev_lag_ms": r.below(3000),
@@ -704,9 +705,9 @@ def known(scn, failure):
 # ---- reports ---------------------------------------------------------------------------------
 def describe(scn):
     c = scn.cfg
-    lines = ["case %d: %s board, %s, charging_mode %s, ventilation %s, max %d A, %s, PP %d ohm, "
-             "cable_max %d A, EV max %.0f A lag %d ms, tick bases %s, %d ms" % (
-                 c["index"], "socket" if c["socket"] else "tethered", c["charger_power"],
+    lines = ["case %d: %s board, %s, %s, charging_mode %s, ventilation %s, max %d A, %s, "
+             "PP %d ohm, cable_max %d A, EV max %.0f A lag %d ms, tick bases %s, %d ms" % (
+                 c["index"], "socket" if c["socket"] else "tethered", c["auth_mode"], c["charger_power"],
                  c["charging_mode"], c["ventilation"], c["max_current_a"], c["power_system"],
                  c["pp_ohm"], c["cable_max_a"], c["ev_max_a"], c["ev_lag_ms"],
                  ["0x%08x" % b for b in c["bases"]], c["duration_ms"])]
