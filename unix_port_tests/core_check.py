@@ -117,7 +117,8 @@ class Oracle:
         self.b = run.board
         self.clock = run.clock
         self.failure = None  # (rule, t, message): the first violation
-        self.stats = {"closes": 0, "offers": 0, "trips": 0, "sessions": 0, "selftests": 0}
+        self.stats = {"closes": 0, "offers": 0, "trips": 0, "sessions": 0, "selftests": 0,
+                      "releases": 0, "latches": 0, "holds": 0, "boots": -1, "clears": 0}
         r = Rule
         self.rules = [
             r("OCP", 1300, 60000, from_trip=True),
@@ -163,6 +164,7 @@ class Oracle:
     # ---- state that a power cut loses ---------------------------------------------------
     def reboot(self):
         now = self.clock.now
+        self.stats["boots"] += 1
         self.auth_t = None  # the session's authorization was accepted then
         self.auth_end = ("boot", now)
         self.held_from = None  # the supervisor must hold the charger from then
@@ -368,12 +370,14 @@ class Oracle:
                         if i == 16:
                             self.diode_fault = True
                         if rule.latched:
+                            self.stats["latches"] += 1
                             self.latched.add(rule.code)
                             self.end_auth("latched " + rule.code, now)
         # The supervisor: a critical task late for its 2 s check-in (+ its 0.5 s loop).
         for name in ("pilot", "protection"):
             st = run.stalled_since(name)
             if st is not None and now - st >= 2600 and self.held_from is None:
+                self.stats["holds"] += 1
                 self.held_from = st + 2600
                 self.end_auth("late " + name, st + 2600)
         if self.held_from is not None and run.stalled_since("pilot") is None and run.stalled_since("protection") is None:
@@ -567,6 +571,7 @@ class Oracle:
                       % (self.selftest_ok, self.auth_t))
 
     def _on_release(self):
+        self.stats["releases"] += 1
         ms = self._contacts_open_ms()
         if self.b.relays.closed or ms < 500:
             self.fail("lock-release", "lock released with the contacts open for %d ms (coil %s)"
@@ -607,6 +612,7 @@ class Oracle:
                 if self.sure(code) is not None:
                     self.fail("clear-active", "technician clear took %s, a fault that clears by itself" % code)
                 continue
+            self.stats["clears"] += 1
             if self._cause_present(code):
                 self.fail("clear-cause", "technician clear took %s with its cause still present" % code)
             self.latched.discard(code)

@@ -13,7 +13,7 @@ import time
 import core_scenario as cs
 from check import true
 
-DEFAULT_N = 1200  # about a minute on the unix port
+DEFAULT_N = 2000  # about 90 s on the unix port
 
 
 def _env_int(name):
