@@ -270,6 +270,10 @@ class Oracle:
         elif not self.plugged:
             # Free mode: a plug-in (or a boot with the EV plugged) authorizes a session.
             self.plugged = True
+            if run.cfg["socket"] and pp_rating(b.pp_adc.ohm) is None:
+                # A cable whose rating cannot be read gets no offer (IEC 61851-1 Case B),
+                # nor the rating of the cable plugged in before it.
+                self.src["cable"].set(now, 0.0)
             if self.free and self.auth_t is None:
                 self.auth_t = now
                 self.auth_end = None
@@ -303,7 +307,7 @@ class Oracle:
         tr = t.relay_c
         ts = t.socket_c
         fan = b.fan
-        ab = sampling and not ev.short and ev.state in "AB"
+        ab = not ev.short and ev.state in "AB"  # (the charger counts its own F hold in)
         pp_bad = run.cfg["socket"] and pp_rating(b.pp_adc.ohm) is None
         others = pp_bad and self._maybe_other("PP")
         lk = b.lock
