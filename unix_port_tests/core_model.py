@@ -6,8 +6,6 @@
 # A virtual clock gives the core the tick arithmetic of a 32-bit board (ticks_ms wraps
 # at 2**30), and a small deterministic scheduler runs the firmware's own tasks and its
 # Supervisor on that clock: same scenario, same run, on any machine.
-import sys
-
 TICKS_PERIOD = 1 << 30
 _MASK = TICKS_PERIOD - 1
 _HALF = TICKS_PERIOD >> 1
@@ -68,6 +66,7 @@ class Loop:
         self.clock = clock
         self.tasks = []
         self._seq = 0
+        self.crash = None  # an exception that left a task: in the app it ends the loop
 
     def spawn(self, coro):
         self._seq += 1
@@ -90,6 +89,10 @@ class Loop:
             ms = t.coro.send(None) if exc is None else t.coro.throw(exc)
         except StopIteration:
             t.done = True
+            return
+        except Exception as e:
+            t.done = True
+            self.crash = e
             return
         t.wake = self.clock.now + (ms if ms and ms > 0 else 0)
 
@@ -543,8 +546,3 @@ def patch_modules(clock, aio):
 def restore(saved):
     for mod, name, value in saved:
         setattr(mod, name, value)
-
-
-def print_exc(e):
-    if hasattr(sys, "print_exception"):
-        sys.print_exception(e)

@@ -334,7 +334,10 @@ class Run:
                     if event is not None:
                         ti += 1
                         self.board.trace.append((clock.now, "event", (event[1], event[2])))
-                        self.apply(event[1], event[2])
+                        try:
+                            self.apply(event[1], event[2])
+                        except Exception as e:  # an API of the core that raised
+                            o.fail("api-raised", "%s %r raised %r" % (event[1], event[2], e))
                         o.check()
                     continue
                 if nt is None or nt[0] > until:
@@ -344,6 +347,8 @@ class Run:
                 task.stalled_until = None
                 self.loop.step(task)
                 self.steps += 1
+                if self.loop.crash is not None:
+                    o.fail("task-raised", "an exception left a task: %r" % (self.loop.crash,))
                 o.check()
                 wdt = self.board.wdt
                 if wdt.started and clock.now - wdt.fed_ms > wdt.timeout_ms:
