@@ -391,7 +391,7 @@ _KINDS = (
     ("ev", 10), ("bounce", 3), ("diode", 2), ("short", 1), ("pp", 3), ("card", 4),
     ("remote_start", 3), ("remote_stop", 2), ("restart", 4), ("replug", 3), ("limit", 8),
     ("max", 2), ("cable_max", 1), ("temp", 4), ("leak", 3), ("rcd_dead", 2), ("pe", 2),
-    ("npe", 1), ("volts", 4), ("silent", 2), ("nan", 2), ("overdraw", 2), ("fan_block", 1),
+    ("npe", 1), ("volts", 4), ("silent", 2), ("nan", 3), ("overdraw", 2), ("fan_block", 1),
     ("weld", 2), ("stuck", 2), ("lock_broken", 2), ("die", 3), ("stall", 3), ("cut", 2),
     ("clear", 4), ("mode", 1), ("vent", 1), ("irq_write", 2), ("can_clash", 1), ("ext_lost", 1),
 )

@@ -110,3 +110,111 @@ def _replay(seed, case):
     if kn is not None:
         print("known: item %s (%s)" % kn)
     true(False, "case %d broke %s" % (case, res.failure[0]))
+
+
+# ---- the checker bites: defects put back in on purpose ------------------------------------------
+# Each replaces one piece of the core with a known-bad version for a few scenarios: the
+# checker must report the invariant that piece protects. Guards the oracle itself against
+# a change that would make it pass everything.
+def _find(rules, n=80):
+    seed = cs.seed()
+    for i in range(n):
+        res = cs.play(cs.make(cs.case_rng(seed, i), i))
+        if res.failure is not None:
+            true(res.failure[0] in rules, "case %d broke %s, expected one of %s: %s"
+                 % (i, res.failure[0], rules, res.failure[2]))
+            return
+    true(False, "no violation in %d scenarios, expected one of %s" % (n, rules))
+
+
+def _with(cls, name, fn, rules, n=80):
+    old = cls.__dict__.get(name)
+    setattr(cls, name, fn)
+    try:
+        _find(rules, n)
+    finally:
+        if old is None:
+            delattr(cls, name)
+        else:
+            setattr(cls, name, old)
+
+
+def test_bites_a_lock_released_on_the_coil_command():
+    def track(self, now_ms):
+        self.contacts_open = not self._relays.closed
+
+    _with(Charger, "_track_contacts", track, ("lock-release", "selftest-load"))
+
+
+def test_bites_a_close_without_the_diode_proven_under_the_pwm():
+    # The proof always given, whatever the charger's samples say.
+    proof = property(lambda self: True, lambda self, value: None)
+    _with(Charger, "_pwm_proof", proof, ("close-diode",))
+
+
+def test_bites_a_safe_state_that_keeps_the_session():
+    def keep(self):
+        self._estop = False
+
+    _with(Charger, "_end_after_safe_state", keep, ("pwm-auth", "closed-auth", "close-auth"))
+
+
+def test_bites_a_self_test_input_left_driven():
+    def stop(self, now_ms, forget=False):
+        pass
+
+    _with(Charger, "_selftest_stop", stop, ("selftest-held", "close-selftest", "latch-shown"))
+
+
+def test_bites_a_raise_without_the_5s_wait():
+    def held(self, now_ms):
+        return False
+
+    _with(Charger, "_raise_held", held, ("raise-5s",))
+
+
+def test_bites_state_f_before_the_relays_open():
+    trip = Charger.trip
+
+    def f_first(self, bit):
+        self._cp.low()
+        trip(self, bit)
+
+    _with(Charger, "trip", f_first, ("trip-order",))
+
+
+def test_bites_a_technician_clear_of_a_cause_still_present():
+    def none_present(self, bits):
+        return 0
+
+    _with(Protection, "_causes_present", none_present, ("clear-cause", "clear-active"))
+
+
+def test_bites_charging_mode_c_on_a_socket_board():
+    apply = Charger.apply_settings
+
+    def case_from_setting(self, changed=None):
+        apply(self, changed)
+        if self.settings["charging_mode"] != "B":
+            self.case_b = False
+            self.lock_state = LOCK_NONE
+
+    _with(Charger, "apply_settings", case_from_setting, ("close-lock", "closed-lock", "offer-limit"))
+
+
+def test_bites_a_nan_reading_taken_as_valid():
+    from evse import metering, protection
+
+    def valid(m):
+        return True
+
+    old = metering.meter_valid
+    metering.meter_valid = valid
+    try:
+        _with(protection, "meter_valid", valid, ("closed-fault", "pwm-fault"), 300)
+    finally:
+        metering.meter_valid = old
+
+
+from evse.charger import Charger, LOCK_NONE  # noqa: E402  (the core the mutants patch)
+from evse.protection import Protection  # noqa: E402
