@@ -359,7 +359,7 @@ class Oracle:
         cz[22] = run.can_clash  # both trip synchronously where the feature finds them
         cl[22] = not run.can_clash
         cz[23] = run.ext_lost
-        cl[23] = not run.ext_lost and answers
+        cl[23] = not run.ext_lost  # (a meter silent for less than 3 s is tolerated: MET above)
         self.any_sure = None
         i = -1
         for rule in self.rules:
