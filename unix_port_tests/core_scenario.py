@@ -722,11 +722,21 @@ def describe(scn):
     return "\n".join(lines)
 
 
-def outputs(res, last=30):
+def _quiet(what, value):
+    """Indicator changes that say nothing about safety (the display's rotation...)."""
+    if what == "display":
+        return not value.startswith("ERR")
+    if what == "leds":
+        return value[0] != "fault"
+    return what in ("belt", "tap", "beep", "fan")
+
+
+def outputs(res, last=30, everything=False):
     lines = []
-    for t, what, value in res.trace[-last:]:
-        lines.append("  %6d ms  %s %r" % (t, what, value))
-    return "\n".join(lines)
+    for t, what, value in res.trace:
+        if everything or not _quiet(what, value):
+            lines.append("  %6d ms  %s %r" % (t, what, value))
+    return "\n".join(lines[-last:])
 
 
 def seed():

@@ -99,7 +99,7 @@ def _replay(seed, case):
     print(cs.describe(scn))
     res = cs.play(scn)
     print("outputs:")
-    print(cs.outputs(res, 400))
+    print(cs.outputs(res, 400, everything=True))
     if res.failure is None:
         print("case %d: no violation (%d steps, %d boots)" % (case, res.steps, res.boots))
         return
