@@ -68,15 +68,17 @@ def test_random_scenarios():
         if res.failure is None:
             continue
         rule = res.failure[0]
+        kn = None if strict else cs.known(scn, res.failure)
+        if kn is not None:
+            known.append((kn[0], rule, scn.cfg["index"]))
+            if (kn[0], rule) in seen:
+                continue  # shown once per item and invariant
+            seen.add((kn[0], rule))
         shrunk, sfail, runs = cs.shrink(scn, res.failure)
         sres = cs.play(shrunk)
-        kn = cs.known(shrunk, sfail)
         text = _report(scn, res, shrunk, sres, runs, seed)
-        if kn is not None and not strict:
-            if (kn[0], rule) not in seen:
-                seen.add((kn[0], rule))
-                print("KNOWN (item %s: %s)\n%s" % (kn[0], kn[1], text))
-            known.append((kn[0], rule, scn.cfg["index"]))
+        if kn is not None:
+            print("KNOWN (item %s: %s)\n%s" % (kn[0], kn[1], text))
             continue
         print(text)
         failures.append(text)
