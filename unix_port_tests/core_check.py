@@ -185,6 +185,7 @@ class Oracle:
                 rule.on = None
         self.diode_fault = False
         self.d_vent = None  # the ventilation setting when the EV entered D
+        self.not_ab = now  # the EV outside A and B (or shorted) since
         self.boot_t = now
         self.plugged = False  # the EV seen out of A since the boot or its last unplug
         self.grant = None  # free mode: "unused" until the plug-in's session shows, "used"
@@ -307,7 +308,13 @@ class Oracle:
         tr = t.relay_c
         ts = t.socket_c
         fan = b.fan
-        ab = not ev.short and ev.state in "AB"  # (the charger counts its own F hold in)
+        # A valid A or B level, as the debounced pilot sees it: a spell elsewhere shorter
+        # than five samples is not seen. (The charger counts its own F hold in.)
+        if not ev.short and ev.state in "AB":
+            self.not_ab = None
+        elif self.not_ab is None:
+            self.not_ab = now
+        ab = self.not_ab is None or now - self.not_ab < 50
         pp_bad = run.cfg["socket"] and pp_rating(b.pp_adc.ohm) is None
         others = pp_bad and self._maybe_other("PP")
         lk = b.lock
