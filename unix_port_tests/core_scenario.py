@@ -172,6 +172,7 @@ class Run:
         if corrupt:
             _corrupt(self.data_dir + "/latched.json", corrupt)
         self.boots += 1
+        self.oracle.dirty = True
         self.alive = {}
         self.stall = {}
         self.can_clash = self.ext_lost = False  # the features find them again after a boot
@@ -334,6 +335,7 @@ class Run:
                     if event is not None:
                         ti += 1
                         self.board.trace.append((clock.now, "event", (event[1], event[2])))
+                        o.dirty = True
                         try:
                             self.apply(event[1], event[2])
                         except Exception as e:  # an API of the core that raised
