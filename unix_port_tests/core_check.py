@@ -326,11 +326,13 @@ class Oracle:
         cz[0] = answers and r.closed and ev.overdraw and b.draw_a() > 0
         cz[1] = answers and hi > 264.5
         cz[2] = answers and hi >= 276.0
-        cl[1] = cl[2] = answers and hi < 257.0
+        # The clears judge the last readings: a metering task restarting does not reset them.
+        valid = not m.silent and m.nan is None
+        cl[1] = cl[2] = valid and hi < 257.0
         cz[3] = answers and not missing and lo < 195.5
-        cl[3] = answers and lo > 202.0
+        cl[3] = valid and lo > 202.0
         cz[4] = answers and missing
-        cl[4] = answers and min(v) > 195.5
+        cl[4] = valid and min(v) > 195.5
         # No valid reading for 3 s: a silent meter, a NaN, or a metering task that hangs.
         cz[5] = prot and (not meter or m.silent or m.nan is not None)
         cl[5] = meter and not m.silent and m.nan is None
@@ -542,6 +544,10 @@ class Oracle:
             code, active = value
             if active:
                 self.stats["trips"] += 1
+                if code in ("PE", "IRD", "ELK"):
+                    # These always latch, and a latch ends the session, however fast the
+                    # charger saw its cause.
+                    self.end_auth("latched " + code, now)
                 if r.closed:
                     self.fail("trip-order", "fault %s reported with the relays still closed" % code)
             elif code in LATCHING and code in self.latched and not self.run.clearing:
@@ -633,6 +639,7 @@ class Oracle:
                     self.fail("clear-active", "technician clear took %s, a fault that clears by itself" % code)
                 continue
             self.stats["clears"] += 1
+            self.end_auth("latched " + code, self.clock.now)  # it ended the session it hit
             if self._cause_present(code):
                 self.fail("clear-cause", "technician clear took %s with its cause still present" % code)
             self.latched.discard(code)
