@@ -530,6 +530,23 @@ def test_a_lock_lost_while_the_relays_wait_for_the_vehicle_trips_elk():
     true(r.ch.latched & faults.ELK, "latched")
 
 
+def test_a_weld_on_a_relay_already_stuck_open_ends_the_session():
+    """A stuck-open relay (R3N, cleared by the unplug) keeps the session; the same relay then
+    reading closed with its coil released is a weld, a latched trip, which ends it like
+    any latch, and is recorded."""
+    r = Rig()
+    r.charge()
+    r.hw.relays.stuck = 2
+    r.run(1500)
+    true(r.ch.active & faults.R3N, "stuck open")
+    true(r.ch.session is not None, "a stuck-open relay keeps the session")
+    r.hw.relays.weld = 2
+    r.run(1000)
+    true(r.ch.latched & faults.R3N, "weld latched")
+    true(r.ch.session is None, "the latch ended the session")
+    eq(r.hw.errors.count(("R3N", True)), 2, "stuck open, then welded: two fault reports")
+
+
 def test_weld_latches_and_keeps_lock():
     r = Rig()
     r.charge()

@@ -300,6 +300,9 @@ class Protection:
         ch = self.ch
         ch.trip(bit)
         if not ch.latched & bit:
+            # Recorded as new even when the bit was already active without a latch (a relay
+            # stuck open, then welded): the latch ends the session and has its own record.
+            ch.tripped_new |= bit
             ch.latched |= bit
             _log.error("%s latched: %s", faults.codes(bit), why)
             self._save_latches()
