@@ -11,10 +11,12 @@ MICROPYTHON := $(VENV)/bin/micropython
 PYTEST_ARGS ?= -n 4 --maxschedchunk 1
 RUN_ARGS ?=
 BENCH_ARGS ?=
-# make soak: the long soak, then the power-cut campaign (docs/soak.md).
+# make soak: the long soak, the power-cut campaign, then the charging core's invariant
+# checker for INVARIANT_S seconds of wall time (docs/soak.md, docs/invariants.md).
 DURATION ?= 3600
 CUTS ?= 300
 SEED ?= 1
+INVARIANT_S ?= 600
 
 .PHONY: help setup test test-unix test-host run build deploy ota bench soak lint clean distclean
 
@@ -26,7 +28,8 @@ help:
 	@echo "make deploy BOARD=... PORT=...  copy build/BOARD/ to a board with mpremote and reset it"
 	@echo "make ota BOARD=...              build the upgrade file build/EVPLUS_BOARD.bin and print its MD5"
 	@echo "make bench                      every benchmark, one table -> build/bench/report.json"
-	@echo "make soak DURATION=3600 CUTS=300 SEED=1   soak, then power cuts -> build/soak.json, build/powercut.json"
+	@echo "make soak DURATION=3600 CUTS=300 SEED=1   soak, then power cuts -> build/soak.json, build/powercut.json,"
+	@echo "    INVARIANT_S=600                          then the charging core's invariant checker for that long"
 	@echo "make lint                       ruff on tests/ and tools/, basedpyright on the real boards' code"
 	@echo "make clean | distclean          remove build output and caches | also .venv/ and data/"
 
@@ -72,6 +75,7 @@ bench: setup
 soak: setup
 	$(PY) tools/soak.py --duration $(DURATION) --seed $(SEED) --json build/soak.json
 	$(PY) tools/powercut.py --cuts $(CUTS) --seed $(SEED) --json build/powercut.json
+	INV_S=$(INVARIANT_S) INV_SEED=$(SEED) $(MICROPYTHON) unix_port_tests/runner.py test_invariants
 
 lint: setup
 	$(VENV)/bin/ruff check tests/ tools/

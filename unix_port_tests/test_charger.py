@@ -28,6 +28,7 @@ class Rig:
         self.prot._save_latches = lambda: None
         self.hw.rcd.set_handler(self.ch._rcd_cb)
         self._n = 0
+        self.metering = True  # False: the metering task hangs, no reading reaches protection
 
     def run(self, ms):
         for _ in range(ms // 10):
@@ -37,7 +38,7 @@ class Rig:
             if self._n % 10 == 0:
                 self.ch.tick_control(self.clock.ms)
                 self.prot.tick(self.clock.ms)
-            if self._n % 100 == 0:
+            if self._n % 100 == 0 and self.metering:
                 self.prot.on_meter(self.clock.ms, not self.hw.meter.fail)
 
     def plug(self, state="B"):
@@ -169,6 +170,28 @@ def test_a_raise_waits_5s_after_any_change_even_a_reduction():
     eq(r.ch.offered_a, 16.0, "6 s after the raise but 3 s after a reduction")
     r.run(2200)
     eq(r.ch.offered_a, 30.0, "raised 5 s after the reduction")
+
+
+def test_a_raise_waits_5s_after_a_fault_stopped_the_offer():
+    """A trip stops the offer like any pause: charging resumes at most at the last offer
+    until 5 s after the stop."""
+    r = Rig()
+    r.charge()
+    r.ch.set_external_limit("ocpp", 10.0)
+    r.run(6000)
+    eq(r.ch.offered_a, 10.0, "charging at 10 A for more than 5 s")
+    r.hw.temps.relay_c = 95.0  # relay over-temperature: the offer stops
+    r.run(200)
+    true(r.ch.active & faults.ROT, "ROT")
+    r.ch.set_external_limit("ocpp", None)
+    t0 = r.clock.ms
+    r.hw.temps.relay_c = 25.0
+    while r.clock.ms - t0 < 4600:
+        r.run(100)
+        true(r.ch.offered_a <= 10.0, "%.1f A offered %d ms after the stop" % (r.ch.offered_a, r.clock.ms - t0 + 200))
+    true(r.hw.relays.closed, "charging again")
+    r.run(2000)
+    eq(r.ch.offered_a, 32.0, "raised 5 s after the resume (itself a change)")
 
 
 def test_a_lower_limit_cuts_the_offer_before_the_next_tick():
@@ -399,6 +422,50 @@ def test_technician_clear_of_pe_on_a_board_without_a_continuity_input():
     true(not r.ch.latched and not r.ch.active, "no fault left")
 
 
+def _latch_rig(data_dir):
+    hw = fakehw.Hw()
+    settings = fakehw.FakeSettings()
+    ch = Charger(hw, settings)
+    return ch, Protection(ch, hw, settings, None, data_dir)
+
+
+def test_latched_trips_survive_a_restart():
+    from check import tmpdir
+
+    d = tmpdir("latch")
+    ch, prot = _latch_rig(d)
+    prot._latch(faults.PE, "no earth continuity")
+    ch, prot = _latch_rig(d)  # a power cut
+    prot.load_latches()
+    eq(faults.codes(ch.latched), ["PE"], "latched after the restart")
+    true(ch.active & faults.PE, "and active: relays open, pilot in F")
+
+
+def test_an_unreadable_latch_file_fails_closed_with_lat():
+    """latched.json damaged with no good copy left: the charger cannot know which trips it
+    held, and clearing them at boot would be an automatic reclose: ERR LAT latches."""
+    from check import tmpdir
+
+    for damage in (b"\x00\xff{latched", b"", None):
+        d = tmpdir("latch")
+        ch, prot = _latch_rig(d)
+        prot._latch(faults.IRD, "residual current")
+        path = d + "/latched.json"
+        if damage is None:
+            with open(path, "rb") as f:
+                data = f.read()
+            damage = data[: len(data) - 3] + b"]}"  # one bit of the list gone: bad CRC
+        with open(path, "wb") as f:
+            f.write(damage)
+        ch, prot = _latch_rig(d)
+        prot.load_latches()
+        true(ch.latched & faults.LAT, "LAT latched after %r" % damage)
+        true(ch.active & faults.LAT, "and active: relays open, pilot in F")
+        ch.hw.rcd.line = False
+        true("LAT" in prot.technician_clear(), "a technician clears it")
+        eq(ch.latched, 0, "nothing left latched")
+
+
 def test_trip_path_allocates_nothing():
     r = Rig()
     r.charge()
@@ -464,6 +531,39 @@ def test_lock_failure_latches_elk():
     true(not r.hw.relays.closed)
 
 
+def test_a_lock_lost_while_the_relays_wait_for_the_vehicle_trips_elk():
+    """After a stop the relays stay closed up to 6 s while the vehicle is still in C: a
+    lock pin that comes out then leaves live pins unlocked, as during the session."""
+    r = Rig()
+    r.charge()
+    r.ch.end_session("RFID")
+    r.run(500)
+    true(r.hw.relays.closed, "the vehicle still in C: the relays wait")
+    r.hw.lock.broken = True
+    r.run(200)
+    true(not r.hw.relays.closed, "opened at once")
+    true(r.ch.active & faults.ELK, "ELK")
+    r.run(200)
+    true(r.ch.latched & faults.ELK, "latched")
+
+
+def test_a_weld_on_a_relay_already_stuck_open_ends_the_session():
+    """A stuck-open relay (R3N, cleared by the unplug) keeps the session; the same relay then
+    reading closed with its coil released is a weld, a latched trip, which ends it like
+    any latch, and is recorded."""
+    r = Rig()
+    r.charge()
+    r.hw.relays.stuck = 2
+    r.run(1500)
+    true(r.ch.active & faults.R3N, "stuck open")
+    true(r.ch.session is not None, "a stuck-open relay keeps the session")
+    r.hw.relays.weld = 2
+    r.run(1000)
+    true(r.ch.latched & faults.R3N, "weld latched")
+    true(r.ch.session is None, "the latch ended the session")
+    eq(r.hw.errors.count(("R3N", True)), 2, "stuck open, then welded: two fault reports")
+
+
 def test_weld_latches_and_keeps_lock():
     r = Rig()
     r.charge()
@@ -492,6 +592,30 @@ def test_lock_opens_only_after_the_contacts_stay_open_for_the_weld_window():
     true(not r.hw.lock.engaged, "released once the contacts stayed open")
     true(r.clock.ms - t0 >= 500, "released %d ms after the contacts opened" % (r.clock.ms - t0))
     true(not r.ch.latched, "300 ms of a slow contact is no weld")
+
+
+def test_the_weld_window_starts_again_at_a_close_between_two_control_ticks():
+    """A close followed by an open before the next control tick looked at the contacts (the
+    vehicle unplugged right after the close, a trip) still waits the full 500 ms of open
+    contacts before the lock lets the plug go."""
+    r = Rig()
+    r.plug("B")
+    eq(r.ch.start_session("X", "RFID"), None)
+    r.run(1000)
+    r.hw.ev.state = "C"
+    for _ in range(100):
+        if r.hw.relays.closed:
+            break
+        r.run(10)
+    true(r.hw.relays.closed, "charging")
+    r.hw.ev.state = "A"  # the vehicle end unplugged within the same control period
+    while r.hw.relays.closed:
+        r.run(10)
+    t0 = r.clock.ms
+    while r.hw.lock.engaged and r.clock.ms - t0 < 2000:
+        r.run(10)
+    true(not r.hw.lock.engaged, "released in the end")
+    true(r.clock.ms - t0 >= 500, "released %d ms after the contacts opened" % (r.clock.ms - t0))
 
 
 def test_a_weld_on_a_fault_or_at_the_end_keeps_the_plug_locked():
@@ -665,6 +789,24 @@ def test_nan_or_inf_from_the_internal_meter_is_a_meter_failure():
         r.hw.meter.amps = [0.0] * 3
         r.run(7000)
         true(not r.ch.active & faults.MET, "cleared once the readings are numbers again")
+
+
+def test_no_meter_reading_for_3s_is_a_meter_failure_even_when_nothing_asks():
+    """Over- and under-voltage, a missing phase and over-current are judged on the meter's
+    readings: a metering task that hangs leaves them blind like a silent meter (MET)."""
+    r = Rig()
+    r.charge()
+    r.metering = False  # the task hangs: no reading, no failed read either
+    r.run(1900)
+    true(r.hw.relays.closed, "under 3 s without a reading: charging")
+    r.run(1200)
+    true(r.ch.active & faults.MET, "MET after 3 s without a reading")
+    true(not r.hw.relays.closed, "open")
+    r.metering = True
+    r.run(4000)
+    true(r.ch.active & faults.MET, "kept until the meter has answered for 5 s")
+    r.run(2500)
+    true(not r.ch.active & faults.MET, "cleared")
 
 
 def test_lasting_fault_holds_f_1s_then_x1_and_sees_the_vehicle():

@@ -213,6 +213,8 @@ class Charger:
     def trip(self, bit):
         """Fault: open the relays and drive state F first, then remember. No allocation."""
         self._relays.open()
+        if self._cp.duty_pm > 0:
+            self._changed_ms = self.clock()  # a stop of the offer: the next raise waits 5 s
         # Protection calls this every tick while the cause lasts: only a new fault
         # starts the F hold, or the pilot would never return to X1 and the charger
         # would not see the vehicle come or go during a long fault (docs/errors.md).
@@ -244,6 +246,8 @@ class Charger:
         """Safe state for the supervisor: relays open, PWM stopped, and the session ends at
         the next control tick, so only a new authorization charges again. No allocation."""
         self._relays.open()
+        if self._cp.duty_pm > 0:
+            self._changed_ms = self.clock()  # a raise waits 5 s after this stop too
         self._x1()
         self.offered_a = 0.0
         self._estop = True
@@ -522,10 +526,14 @@ class Charger:
             return
         # An RCD trip after the checks above must win: with interrupts off it cannot
         # land between the last check and the coils; a handler the port had already
-        # scheduled may still run at the branch, so `active` is checked once more.
+        # scheduled may still run at the branch, so `active` is checked once more. The
+        # weld window starts again with the close: the relays may open (a trip, the
+        # vehicle leaving C) before the next control tick has seen them closed.
         st = self._irq_off()
         if not self.active:
             self._relays.close()
+            self._open_ms = None
+            self.contacts_open = False
         self._irq_on(st)
         if self.active:
             self._relays.open()
@@ -569,6 +577,13 @@ class Charger:
             return
         lk = self._lock_hw
         if not want:
+            if self.lock_state == LOCK_LOCKED and self._relays.closed and not lk.feedback():
+                # The session is over but the relays still wait for the vehicle to leave C
+                # (up to 6 s): its plug is as live, and now free, as during the session.
+                _log.error("lock opened with the relays closed")
+                self.lock_state = LOCK_OPEN
+                self.trip(faults.ELK)
+                return
             # Release only once both auxiliary contacts have reported open for the
             # whole weld-check window: a relay commanded open may still be welded, and
             # its pins live. A known weld keeps the plug locked for good.

@@ -67,6 +67,7 @@ class Protection:
         self._trip_ms = {}  # bit -> ticks_ms of its trip, _HELD once its F hold is over
         self._spin_ms = None  # when the fan was last switched; None: spun up
         self.meter_ok = True
+        self._read_ms = None  # the last call of on_meter
         self._meter_fail_ms = None
         self._meter_good_ms = None
         self.weld = 0  # R12/R3N bits that are welds (latched), not stuck-open
@@ -172,6 +173,12 @@ class Protection:
         hw = self.hw
         if hw.rcd.tripped() and not ch._rcd_testing:
             ch.trip(faults.IRD)  # backup for a missed interrupt edge
+        if self._read_ms is not None and _held(now_ms, self._read_ms, _MET_TRIP_MS):
+            # No reading at all (the metering task hangs) blinds OVP, LVP, MIS and OCP as
+            # much as a silent meter does.
+            self.meter_ok = False
+            self._meter_good_ms = None
+            ch.trip(faults.MET)
         self._check_relays(now_ms)
         self._check_pe(now_ms)
         self._check_temps(now_ms)
@@ -185,6 +192,7 @@ class Protection:
         # long meter outage its start would read as negative and keep an old higher offer.
         if self._ocp_ref_ms is not None and _held(now_ms, self._ocp_ref_ms, _OCP_FOLLOW_MS):
             self._ocp_ref_ms = None
+        self._read_ms = now_ms
         if ok and not meter_valid(self.hw.meter):
             if self._meter_fail_ms is None:
                 _log.error("internal meter reading is not a number")
@@ -325,6 +333,9 @@ class Protection:
         ch = self.ch
         ch.trip(bit)
         if not ch.latched & bit:
+            # Recorded as new even when the bit was already active without a latch (a relay
+            # stuck open, then welded): the latch ends the session and has its own record.
+            ch.tripped_new |= bit
             ch.latched |= bit
             _log.error("%s latched: %s", faults.codes(bit), why)
             self._save_latches()

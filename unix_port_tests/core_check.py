@@ -1,0 +1,665 @@
+# The invariants of the charging core, judged from the outside (docs/invariants.md).
+#
+# The oracle sees what a test bench would: the board's output writes (relay coils, the
+# pilot, the lock actuator, the RCD test input, the fault report, the indicators), the
+# pilot samples the charger took, what the plant did (EV, contacts, RCD, earth, meter,
+# temperatures, fan) and the answers of the session and technician APIs. It never reads
+# the charger's own flags. Its reference is the documentation: docs/errors.md gives
+# every fault's detection and clear times; a fault is "sure" once its cause has been
+# visible to the charger longer than the slowest documented detection, and stays sure
+# until the earliest documented clear. Margins go the lenient way, so a violation is a
+# defect, not a timing accident of the model.
+from core_model import amps_of, pp_rating
+
+_INF = 1e9
+
+LATCHING = ("IRD", "PE", "R12", "R3N", "ELK")
+
+
+class Rule:
+    """One way a fault of the table is caused, as the plant shows it. `sure`: the charger
+    must have this fault active now; `maybe`: it may have (its cause was visible and has
+    not been gone long enough for any clear), which relaxes the checks that the charger
+    makes only while no fault stands (the lock, PP)."""
+
+    def __init__(self, code, det_ms, clear_ms=0, latched=False, from_trip=False):
+        self.code = code
+        self.det_ms = det_ms
+        self.clear_ms = clear_ms
+        self.latched = latched
+        self.from_trip = from_trip  # clears clear_ms after the trip (OCP), not after a condition
+        self.reset()
+
+    def reset(self):
+        self.on = None  # cause visible to the charger continuously since
+        self.sure = None  # the charger must have tripped by then: it is active
+        self.sure_lb = None  # ... and it cannot have tripped before then
+        self.maybe = None  # the cause was first visible then
+        self.last = None  # ... and last visible then
+        self.clr = None  # clear condition continuously since
+
+    def update(self, now, cause, clear):
+        if cause:
+            if self.on is None:
+                self.on = now
+            if self.maybe is None:
+                self.maybe = now
+            self.last = now
+            if self.sure is None and now - self.on >= self.det_ms:
+                self.sure = now
+                self.sure_lb = self.on
+            self.clr = None
+            return
+        self.on = None
+        if self.maybe is None or self.latched:
+            return
+        if self.from_trip:
+            if self.sure is not None and now - self.sure_lb >= self.clear_ms:
+                self.sure = None
+            if now - self.last >= self.clear_ms + 2000:
+                self.maybe = self.sure = None
+            return
+        if not clear:
+            self.clr = None
+            return
+        if self.clr is None:
+            self.clr = now
+        # No clear within 1 s of the trip (the F hold) nor before the clear time.
+        if self.sure is not None and now - self.clr >= self.clear_ms and now - self.sure_lb >= 1000:
+            self.sure = None
+        # Past any clear the charger may make, late readings and holds included.
+        if now - self.clr >= self.clear_ms + 6000:
+            self.maybe = self.sure = None
+
+
+class Src:
+    """A limit and its recent values: a reduction may take `grace_ms` to reach the
+    pilot, so the offer is judged against the highest value of that window."""
+
+    def __init__(self, grace_ms, value):
+        self.grace = grace_ms
+        self.hist = [(-_INF, value)]
+
+    def set(self, now, value):
+        if value != self.hist[-1][1]:
+            self.hist.append((now, value))
+            if len(self.hist) > 16:
+                del self.hist[:8]
+
+    def eff(self, now):
+        lim = -1.0
+        since = now - self.grace
+        for i in range(len(self.hist) - 1, -1, -1):
+            t, v = self.hist[i]
+            v = _INF if v is None else v
+            if v > lim:
+                lim = v
+            if t <= since:
+                break
+        return lim
+
+
+def thermal_a(relay_c, socket_c):
+    """docs/errors.md: derated linearly from 32 A to 6 A, relays 70-85 °C, socket 60-75 °C;
+    at the trip temperature (or an open sensor) nothing."""
+    lim = _INF
+    for temp, start, trip in ((relay_c, 70.0, 85.0), (socket_c, 60.0, 75.0)):
+        if temp is None or temp >= trip:
+            return 0.0
+        if temp > start:
+            lim = min(lim, 6.0 + 26.0 * (trip - temp) / (trip - start))
+    return lim
+
+
+class Oracle:
+    def __init__(self, run):
+        self.run = run  # the scenario runner: clock, board, settings, task states
+        self.b = run.board
+        self.clock = run.clock
+        self.failure = None  # (rule, t, message): the first violation
+        self.stats = {"closes": 0, "offers": 0, "trips": 0, "sessions": 0, "selftests": 0,
+                      "releases": 0, "latches": 0, "holds": 0, "boots": -1, "clears": 0}
+        r = Rule
+        self.rules = [
+            r("OCP", 1300, 60000, from_trip=True),
+            r("OVP", 3100, 10000),
+            r("OVP", 1100, 10000),  # 276 V and above: at the next reading
+            r("LVP", 3100, 10000),
+            r("MIS", 3100, 10000),
+            r("MET", 4300, 5000),
+            r("PE", 400, latched=True),
+            r("PE", 1300, latched=True),  # TN/TT: N-PE voltage
+            r("R12", 700, latched=True),  # welded
+            r("R3N", 700, latched=True),
+            r("R12", 1200),  # stuck open: clears with the vehicle gone
+            r("R3N", 1200),
+            r("ROT", 300),
+            r("OCT", 300),
+            r("FAN", 7300, 2100),
+            r("CP", 100, 3000),  # shorted to PE
+            r("CP", 100, 3000),  # no diode under the PWM: clears after a plug-out
+            r("CP", 100, 3000),  # D without ventilation
+            r("PP", 600),
+            r("ELK", 2300, latched=True),
+            r("IRD", 800, latched=True),  # a residual current
+            r("IRD", 700, latched=True),  # the self-test input does not trip the module
+            r("CAN", 0, 10000),  # load balancing saw its CAN address used twice
+            r("MET", 0, 0),  # power management lost the external meter
+        ]
+        self.diode_fault = False  # a missing diode tripped: only a plug-out clears it
+        self._cause = [False] * len(self.rules)
+        self._clear = [False] * len(self.rules)
+        self.any_sure = None
+        self.latched = set()  # codes the charger must keep until a technician clears them
+        grace = 150  # a setting or a PP reading reaches the pilot at the next control tick
+        self.src = {
+            "max": Src(grace, float(run.settings["max_current_a"])),
+            # The control tick composes the limit before it reads PP: one tick more.
+            "cable": Src(grace + 100, None),
+            "thermal": Src(250, None),  # protection reads the sensors, then the control tick
+        }
+        self.free = run.settings["auth_mode"] == "free"
+        self.dirty = True  # something but the clock moved since the last check
+        self.checked = 0
+        self.reboot()
+
+    # ---- state that a power cut loses ---------------------------------------------------
+    def reboot(self):
+        now = self.clock.now
+        self.stats["boots"] += 1
+        self.auth_t = None  # the session's authorization was accepted then
+        self.auth_end = ("boot", now)
+        self.held_from = None  # the supervisor must hold the charger from then
+        self.last_nonzero = 0.0  # the last current the PWM offered
+        self.offer_t = -_INF  # the last change of the offer
+        self.pwm_start = None
+        self.pwm_stop = now  # PWM static since
+        self.test_on = None  # RCD test input driven since
+        self.test_state = None  # "on": the line rose on the test input; "off": input released
+        self.selftest_ok = None
+        self.lock_lost = None  # lock feedback missing (with the coil closed) since
+        self.ev_bad = now  # the EV outside C (or D with ventilation) since
+        self.ev_a = None  # the EV in state A since
+        for rule in self.rules:
+            if not rule.latched:
+                rule.reset()
+            else:
+                rule.on = None
+        self.diode_fault = False
+        self.d_vent = None  # the ventilation setting when the EV entered D
+        self.not_ab = now  # the EV outside A and B (or shorted) since
+        self.boot_t = now
+        self.plugged = False  # the EV seen out of A since the boot or its last unplug
+        self.grant = None  # free mode: "unused" until the plug-in's session shows, "used"
+        self.latched_seen = now
+        self._limit_key = None
+        # Named limits live in RAM: after a restart their owners (OCPP, power management,
+        # load balancing) register them again, and this scenario's owner is the generator.
+        self.ext = {}
+        self.pilot_out = now  # the pilot task last seen not running
+        self.prot_out = now
+        self.meter_out = now
+        self._cable_from_pp()
+
+    def fail(self, rule, msg):
+        if self.failure is None:
+            self.failure = (rule, self.clock.now, msg)
+
+    # ---- what the charger could have seen -------------------------------------------------
+    def ventilation(self):
+        return bool(self.run.settings["ventilation"])
+
+    def ev_ok(self):
+        ev = self.b.ev
+        return not ev.short and (ev.state == "C" or (ev.state == "D" and self.ventilation()))
+
+    def sure(self, code=None):
+        if code is None:
+            return self.any_sure
+        for rule in self.rules:
+            if rule.sure is not None and (code is None or rule.code == code):
+                return rule
+        return None
+
+    def limit(self):
+        now = self.clock.now
+        lim = 32.0
+        for s in self.src.values():
+            lim = min(lim, s.eff(now))
+        for s in self.ext.values():
+            lim = min(lim, s.eff(now))
+        return lim
+
+    def _cable_from_pp(self):
+        run = self.run
+        if run.cfg["socket"]:
+            a = pp_rating(self.b.pp_adc.ohm)
+            if a is not None:
+                self.src["cable"].set(self.clock.now, float(a))
+        else:
+            self.src["cable"].set(self.clock.now, float(run.settings["cable_max_a"]))
+
+    # ---- the plant, after every step and event -------------------------------------------
+    def update(self):
+        run = self.run
+        b = self.b
+        now = self.clock.now
+        pilot = run.running("pilot")
+        prot = run.running("protection")
+        meter = run.running("metering")
+        if not pilot:
+            self.pilot_out = now
+        if not prot:
+            self.prot_out = now
+        if not meter:
+            self.meter_out = now
+        crit = pilot and prot
+        ev = b.ev
+        r = b.relays
+        duty = b.cp.duty_pm
+        # The EV, as the pilot samples it (not while the charger drives state F).
+        sampling = pilot and duty != -2
+        if self.ev_ok():
+            self.ev_bad = None
+        elif self.ev_bad is None or not sampling:
+            self.ev_bad = now
+        if ev.state == "A" and not ev.short and sampling:
+            if self.ev_a is None:
+                self.ev_a = now
+        else:
+            self.ev_a = None
+        if ev.state == "A":
+            self.plugged = False
+        elif not self.plugged:
+            # Free mode: a plug-in (or a boot with the EV plugged) authorizes a session.
+            self.plugged = True
+            if run.cfg["socket"] and pp_rating(b.pp_adc.ohm) is None:
+                # A cable whose rating cannot be read gets no offer (IEC 61851-1 Case B),
+                # nor the rating of the cable plugged in before it.
+                self.src["cable"].set(now, 0.0)
+            if self.free and self.auth_t is None:
+                self.auth_t = now
+                self.auth_end = None
+                self.grant = "unused"
+        if self.grant == "unused" and (duty > 0 or b.rcd.testing):
+            self.grant = "used"  # the charger has started the plug-in's session
+        if self.ev_a is not None:
+            self.diode_fault = False
+            if now - self.ev_a >= 100 and self.auth_t is not None:
+                self.end_auth("unplug", self.ev_a + 100)
+        # The limits the pilot must keep to (worked out again when an input moved).
+        t = b.temps
+        st = run.settings
+        key = (b.pp_adc.ohm, st["cable_max_a"], st["max_current_a"], t.relay_c, t.socket_c)
+        if key != self._limit_key:
+            self._limit_key = key
+            self._cable_from_pp()
+            self.src["thermal"].set(now, thermal_a(t.relay_c, t.socket_c))
+            self.src["max"].set(now, float(st["max_current_a"]))
+        # The faults of docs/errors.md: (cause visible to the charger, clear condition), in
+        # the order of self.rules.
+        m = b.meter
+        used = 3 if b.three_phase else 1
+        v = m.true_volts
+        hi = max(v[:used])
+        lo = min(v[:used])
+        answers = meter and not m.silent and m.nan is None
+        missing = used == 3 and lo < 50.0 and hi >= 195.5
+        tn = run.settings["power_system"] == "TN_TT"
+        a_now = self.ev_a is not None
+        tr = t.relay_c
+        ts = t.socket_c
+        fan = b.fan
+        # A valid A or B level, as the debounced pilot sees it: a spell elsewhere shorter
+        # than five samples is not seen. (The charger counts its own F hold in.)
+        if not ev.short and ev.state in "AB":
+            self.not_ab = None
+        elif self.not_ab is None:
+            self.not_ab = now
+        ab = self.not_ab is None or now - self.not_ab < 50
+        pp_bad = run.cfg["socket"] and pp_rating(b.pp_adc.ohm) is None
+        others = pp_bad and self._maybe_other("PP")
+        lk = b.lock
+        rcd = b.rcd
+        cz = self._cause
+        cl = self._clear
+        cz[0] = answers and r.closed and ev.overdraw and b.draw_a() > 0
+        cz[1] = answers and hi > 264.5
+        cz[2] = answers and hi >= 276.0
+        # The clears judge the last readings: a metering task restarting does not reset them.
+        valid = not m.silent and m.nan is None
+        cl[1] = cl[2] = valid and hi < 257.0
+        cz[3] = answers and not missing and lo < 195.5
+        cl[3] = valid and lo > 202.0
+        cz[4] = answers and missing
+        cl[4] = valid and min(v) > 195.5
+        # No valid reading for 3 s: a silent meter, a NaN, or a metering task that hangs.
+        cz[5] = prot and (not meter or m.silent or m.nan is not None)
+        cl[5] = meter and not m.silent and m.nan is None
+        cz[6] = prot and not b.pe.continuity
+        cz[7] = prot and tn and b.pe.n_pe_v > 30.0
+        cz[8] = prot and not r.closed and r.contact(1)
+        cz[9] = prot and not r.closed and r.contact(2)
+        cz[10] = prot and r.closed and not r.contact(1)
+        cz[11] = prot and r.closed and not r.contact(2)
+        cl[10] = cl[11] = a_now
+        cz[12] = prot and (tr is None or tr >= 85.0)
+        cl[12] = tr is not None and tr < 60.0
+        cz[13] = prot and (ts is None or ts >= 75.0)
+        cl[13] = ts is not None and ts < 55.0
+        cz[14] = prot and fan.running and fan.blocked
+        cl[14] = fan.running and not fan.blocked
+        cz[15] = sampling and ev.short
+        cl[15] = cl[17] = ab
+        cz[16] = sampling and duty > 0 and ev.state != "A" and not ev.short and not ev.diode
+        cl[16] = ab and not self.diode_fault
+        # D is a CP fault when the EV enters it with ventilation off (docs/errors.md); the
+        # setting switched off under an EV already in D only stops the charge.
+        if ev.state != "D" or ev.short:
+            self.d_vent = None
+        elif self.d_vent is None and sampling:
+            self.d_vent = self.ventilation()
+        cz[17] = sampling and not ev.short and ev.state == "D" and self.d_vent is False
+        cz[18] = crit and not others and pp_bad and ev.state != "A" and not ev.short
+        cl[18] = not pp_bad or ev.state == "A"
+        authed = self.auth_t is not None and ev.state != "A"
+        cz[19] = (crit and authed and lk.fitted and lk.engaged and not lk.feedback()
+                  and not self._maybe_other("ELK"))
+        cz[20] = crit and rcd.leak
+        cz[21] = crit and rcd.testing and rcd.dead and not rcd.leak
+        cz[22] = run.can_clash  # both trip synchronously where the feature finds them
+        cl[22] = not run.can_clash
+        cz[23] = run.ext_lost
+        cl[23] = not run.ext_lost  # (a meter silent for less than 3 s is tolerated: MET above)
+        self.any_sure = None
+        i = -1
+        for rule in self.rules:
+            i += 1
+            if cz[i] or rule.maybe is not None:
+                was = rule.sure
+                rule.update(now, cz[i], cl[i])
+                if rule.sure is not None:
+                    if self.any_sure is None:
+                        self.any_sure = rule
+                    if was is None:
+                        if i == 16:
+                            self.diode_fault = True
+                        if rule.latched:
+                            self.stats["latches"] += 1
+                            self.latched.add(rule.code)
+                            self.end_auth("latched " + rule.code, now)
+        # The supervisor: a critical task late for its 2 s check-in (+ its 0.5 s loop).
+        for name in ("pilot", "protection"):
+            st = run.stalled_since(name)
+            if st is not None and now - st >= 2600 and self.held_from is None:
+                self.stats["holds"] += 1
+                self.held_from = st + 2600
+                self.end_auth("late " + name, st + 2600)
+        if self.held_from is not None and run.stalled_since("pilot") is None and run.stalled_since("protection") is None:
+            self.held_from = None
+        # Self-test bookkeeping: the input released with the line down is a passed test.
+        # The line up while the input is driven, then down within 500 ms of its release:
+        # a passed test.
+        if self.test_state == "pending" and rcd.testing and rcd.tripped():
+            self.test_state = "on"
+        if self.test_state == "off":
+            if not rcd.tripped():
+                self.selftest_ok = now
+                self.test_state = None
+                self.stats["selftests"] += 1
+            elif now - self.test_off > 600:
+                self.test_state = None
+
+    def _maybe_other(self, code):
+        for rule in self.rules:
+            if rule.maybe is not None and rule.code != code:
+                return True
+        return False
+
+    def end_auth(self, why, t):
+        if self.grant == "unused" and why != "unplug" and why != "stop":
+            # Free mode: a fault or safe state before the plug-in's session started ends
+            # nothing; the session starts once it is gone (evse/auth.py).
+            return
+        if self.auth_t is not None:
+            self.grant = None
+            self.auth_t = None
+            self.auth_end = (why, t)
+
+    # ---- the invariants between writes ---------------------------------------------------
+    def check(self):
+        now = self.clock.now
+        if not self.dirty and now - self.checked < 20:
+            return  # nothing moved but the clock: every deadline has 50 ms or more to spare
+        self.dirty = False
+        self.checked = now
+        self.update()
+        b = self.b
+        now = self.clock.now
+        run = self.run
+        r = b.relays
+        duty = b.cp.duty_pm
+        pilot_ok = now - self.pilot_out
+        prot_ok = now - self.prot_out
+        if r.closed:
+            f = self.sure()
+            if f is not None:
+                self.fail("closed-fault", "relays closed while %s is active (sure since %d)" % (f.code, f.sure))
+            if self.ev_bad is not None and now - max(self.ev_bad, self.pilot_out) > 100:
+                self.fail("closed-ev", "relays closed %d ms after the EV left C (EV %s, ventilation %s)" % (
+                    now - self.ev_bad, b.ev.state, self.ventilation()))
+            if duty <= 0 and pilot_ok > 150 and now - self.pwm_stop > 6200:
+                self.fail("closed-pwm", "relays closed %d ms after the PWM stopped" % (now - self.pwm_stop))
+            if self.held_from is not None:
+                self.fail("closed-held", "relays closed while the supervisor must hold the charger")
+            if self.auth_t is None:
+                why, t = self.auth_end
+                if not (why == "stop" or why == "unplug") and now > t:
+                    self.fail("closed-auth", "relays closed after the session ended (%s at %d)" % (why, t))
+            if b.lock.fitted:
+                if not b.lock.feedback():
+                    if self.lock_lost is None:
+                        self.lock_lost = now
+                    elif now - max(self.lock_lost, self.pilot_out) > 150:
+                        self.fail("closed-lock", "relays closed without the lock for %d ms" % (now - self.lock_lost))
+                else:
+                    self.lock_lost = None
+        else:
+            self.lock_lost = None
+        if duty > 0:
+            f = self.sure()
+            if f is not None:
+                self.fail("pwm-fault", "PWM offered while %s is active (sure since %d)" % (f.code, f.sure))
+            if self.held_from is not None:
+                self.fail("pwm-held", "PWM offered while the supervisor must hold the charger")
+            if self.auth_t is None:
+                why, t = self.auth_end
+                late = 150 if why == "unplug" else 0
+                if now > t + late and pilot_ok > 150:
+                    self.fail("pwm-auth", "PWM offered after the session ended (%s at %d)" % (why, t))
+            if pilot_ok > 150 and prot_ok > 300:
+                self._check_offer(amps_of(duty))
+        # (The control tick releases it: a pilot task that hangs holds it, relays open.)
+        if self.test_on is not None and now - max(self.test_on, self.pilot_out) > 1000:
+            self.fail("selftest-held", "RCD test input driven for %d ms" % (now - self.test_on))
+        if not self.latched or not run.running("hmi"):
+            self.latched_seen = now
+        elif now - max(self.latched_seen, self.boot_t) > 400 and not b.display_text.startswith("ERR"):
+            self.fail("latch-shown", "latched %s but the display shows %r" % (sorted(self.latched), b.display_text))
+
+    def _check_offer(self, amps):
+        lim = self.limit()
+        if amps > lim + 1e-3:
+            self.fail("offer-limit", "PWM offers %.2f A, the binding limit is %.2f A (%s)" % (amps, lim, self._limits_text()))
+
+    def _limits_text(self):
+        now = self.clock.now
+        parts = ["%s %s" % (k, _a(s.eff(now))) for k, s in self.src.items()]
+        parts += ["%s %s" % (k, _a(s.eff(now))) for k, s in self.ext.items()]
+        return ", ".join(parts)
+
+    # ---- the invariants at each output write ----------------------------------------------
+    def watch(self, what, value):
+        self.dirty = True
+        b = self.b
+        now = self.clock.now
+        r = b.relays
+        if what == "relays":
+            if value and not r.closed:
+                self._on_close()
+        elif what == "cp":
+            old = amps_of(b.cp.duty_pm)
+            new = amps_of(value)
+            if value == -2 and r.closed:
+                self.fail("trip-order", "state F driven with the relays still closed")
+            if value > 0 and b.cp.duty_pm <= 0:
+                self.pwm_start = now
+            if value <= 0 and b.cp.duty_pm > 0:
+                self.pwm_stop = now
+            if new != old:
+                if new > 0:
+                    self.stats["offers"] += 1
+                    if new > self.last_nonzero + 1e-3 and now - self.offer_t < 5000:
+                        self.fail("raise-5s", "offer raised to %.2f A %d ms after the last change (last offer %.2f A)"
+                                  % (new, now - self.offer_t, self.last_nonzero))
+                    self.last_nonzero = new
+                    if self.run.running("pilot"):
+                        self._check_offer(new)
+                self.offer_t = now
+        elif what == "lock":
+            if not value and b.lock.engaged:
+                self._on_release()
+        elif what == "rcd_test":
+            if value and not b.rcd.testing:
+                if r.closed or self._contacts_open_ms() < 500:
+                    self.fail("selftest-load", "RCD self-test started with the contacts open for %d ms (coil %s)"
+                              % (self._contacts_open_ms(), "closed" if r.closed else "open"))
+                self.test_on = now
+                self.test_state = "pending"  # until the module's line is seen up
+            elif not value and b.rcd.testing:
+                self.test_on = None
+                self.test_off = now
+                self.test_state = "off" if self.test_state == "on" else None
+        elif what == "error":
+            code, active = value
+            if active:
+                self.stats["trips"] += 1
+                if code in ("PE", "IRD", "ELK"):
+                    # These always latch, and a latch ends the session, however fast the
+                    # charger saw its cause.
+                    self.end_auth("latched " + code, now)
+                if r.closed:
+                    self.fail("trip-order", "fault %s reported with the relays still closed" % code)
+            elif code in LATCHING and code in self.latched and not self.run.clearing:
+                self.fail("latch-kept", "latched %s cleared without a technician" % code)
+        elif what == "display":
+            if value.startswith("ERR") and r.closed:
+                self.fail("trip-order", "%r shown with the relays closed" % value)
+        elif what == "belt":
+            if value[0] == "red" and r.closed:
+                self.fail("trip-order", "belt red with the relays closed")
+        elif what == "leds":
+            if value[0] == "fault" and value[1] == "red" and r.closed:
+                self.fail("trip-order", "fault LED red with the relays closed")
+
+    def _contacts_open_ms(self):
+        t = self.b.copen
+        return -1 if t is None else self.clock.now - t
+
+    def _on_close(self):
+        b = self.b
+        now = self.clock.now
+        self.stats["closes"] += 1
+        ev = b.ev
+        if not self.ev_ok():
+            self.fail("close-ev", "relays closed with the EV in %s%s (ventilation %s)" % (
+                ev.state, " shorted" if ev.short else "", self.ventilation()))
+        if self.auth_t is None:
+            self.fail("close-auth", "relays closed without an authorized session (%s at %d)" % self.auth_end)
+        if b.lock.fitted and not b.lock.feedback():
+            self.fail("close-lock", "relays closed without the lock confirmed")
+        duty = b.cp.duty_pm
+        if amps_of(duty) < 6.0 or self.limit() < 6.0:
+            self.fail("close-limit", "relays closed with %.1f A offered, limit %.1f A" % (amps_of(duty), self.limit()))
+        f = self.sure()
+        if f is not None:
+            self.fail("close-fault", "relays closed while %s is active" % f.code)
+        if self.held_from is not None:
+            self.fail("close-held", "relays closed while the supervisor must hold the charger")
+        s = b.last_sample
+        if s is None or s[1] <= 0 or self.pwm_start is None or s[0] < self.pwm_start or s[2] not in "CD" or not s[3] or s[4]:
+            self.fail("close-diode", "relays closed without a sample under the PWM proving the diode (last sample %r, PWM since %r)"
+                      % (s, self.pwm_start))
+        elif self.auth_t is not None and s[0] < self.auth_t:
+            self.fail("close-diode", "diode proof older than the authorization")
+        if self.selftest_ok is None or self.auth_t is None or self.selftest_ok < self.auth_t:
+            self.fail("close-selftest", "relays closed without an RCD self-test passed this session (passed %r, auth %r)"
+                      % (self.selftest_ok, self.auth_t))
+
+    def _on_release(self):
+        self.stats["releases"] += 1
+        ms = self._contacts_open_ms()
+        if self.b.relays.closed or ms < 500:
+            self.fail("lock-release", "lock released with the contacts open for %d ms (coil %s)"
+                      % (ms, "closed" if self.b.relays.closed else "open"))
+
+    # ---- the APIs the scenario calls --------------------------------------------------------
+    def on_start(self, accepted):
+        now = self.clock.now
+        if not accepted:
+            return
+        self.stats["sessions"] += 1
+        if self.latched:
+            self.fail("start-refused", "a session started with %s latched" % sorted(self.latched))
+        if self.held_from is not None and now >= self.held_from:
+            self.fail("start-refused", "a session started while the supervisor must hold the charger")
+        self.auth_t = now
+        self.auth_end = None
+        self.grant = None
+
+    def on_stop(self, accepted):
+        if accepted:
+            self.end_auth("stop", self.clock.now)
+
+    def on_safe_state(self, why):
+        self.end_auth(why, self.clock.now)
+
+    def on_limit(self, name, amps):
+        s = self.ext.get(name)
+        if s is None:
+            s = self.ext[name] = Src(0, None)
+        s.set(self.clock.now, None if amps is None else float(amps))
+
+    def on_clear(self, named, cleared):
+        """A technician's clear: `cleared` is the list the charger gave back (None when it
+        refused the request)."""
+        for code in cleared or ():
+            if code not in LATCHING:
+                if self.sure(code) is not None:
+                    self.fail("clear-active", "technician clear took %s, a fault that clears by itself" % code)
+                continue
+            self.stats["clears"] += 1
+            self.end_auth("latched " + code, self.clock.now)  # it ended the session it hit
+            if self._cause_present(code):
+                self.fail("clear-cause", "technician clear took %s with its cause still present" % code)
+            self.latched.discard(code)
+            for rule in self.rules:
+                if rule.code == code:
+                    rule.reset()
+
+    def _cause_present(self, code):
+        b = self.b
+        if code == "PE":
+            tn = self.run.settings["power_system"] == "TN_TT"
+            return not b.pe.continuity or (tn and b.pe.n_pe_v > 30.0)
+        if code == "IRD":
+            return b.rcd.tripped()
+        if code == "R12":
+            return b.relays.contact(1) and not b.relays.closed
+        if code == "R3N":
+            return b.relays.contact(2) and not b.relays.closed
+        return False
+
+
+def _a(v):
+    return "none" if v >= _INF else "%.1f" % v

@@ -1,0 +1,222 @@
+# Seeded random scenarios of the charging core (Charger, Protection, Supervisor, limits,
+# HMI) on a fake board, checked against the invariants of docs/invariants.md after every
+# step. A failure prints its seed and the shortest event trace that still fails.
+#
+#   micropython unix_port_tests/runner.py test_invariants          # the make-test run
+#   INV_SEED=0x1234 INV_N=20000 micropython unix_port_tests/runner.py test_invariants
+#   INV_S=600 ...                      # run for 600 s of wall time instead of a count
+#   INV_SEED=0x1234 INV_CASE=17 ...    # replay one case: its events, outputs, shrink
+#   INV_STRICT=1 ...                   # known failures (core_scenario.KNOWN) fail too
+import os
+import time
+
+import core_scenario as cs
+from check import true
+
+DEFAULT_N = 3000  # about 95 s on the unix port (2 cores, unloaded)
+
+
+def _env_int(name):
+    v = os.getenv(name)
+    return int(v) if v else None
+
+
+def _report(scn, res, shrunk, sres, runs, seed):
+    lines = [
+        "VIOLATION %s at %d ms: %s" % (res.failure[0], res.failure[1], res.failure[2]),
+        "replay: INV_SEED=0x%08x INV_CASE=%d" % (seed, scn.cfg["index"]),
+        "shortest trace (%d of %d events, %d runs to shrink) fails at %d ms: %s"
+        % (len(shrunk.events), len(scn.events), runs, sres.failure[1], sres.failure[2]),
+        cs.describe(shrunk),
+        "outputs before the violation:",
+        cs.outputs(sres, 25),
+    ]
+    return "\n".join(lines)
+
+
+def test_random_scenarios():
+    seed = cs.seed()
+    case = _env_int("INV_CASE")
+    if case is not None:
+        _replay(seed, case)
+        return
+    n = _env_int("INV_N")
+    wall_s = _env_int("INV_S")
+    if n is None:
+        n = 1 << 30 if wall_s else DEFAULT_N
+    strict = os.getenv("INV_STRICT") == "1"
+    t0 = time.ticks_ms()
+    ran = steps = ms = 0
+    totals = {}
+    failures = []
+    known = []
+    seen = set()
+    i = 0
+    while i < n:
+        if wall_s and time.ticks_diff(time.ticks_ms(), t0) > wall_s * 1000:
+            break
+        scn = cs.make(cs.case_rng(seed, i), i)
+        res = cs.play(scn)
+        ran += 1
+        steps += res.steps
+        ms += res.ms
+        for k, v in res.stats.items():
+            totals[k] = totals.get(k, 0) + v
+        if res.stats["closes"]:
+            totals["charged"] = totals.get("charged", 0) + 1
+        i += 1
+        if res.failure is None:
+            continue
+        rule = res.failure[0]
+        kn = None if strict else cs.known(scn, res.failure)
+        if kn is not None:
+            known.append((kn[0], rule, scn.cfg["index"]))
+            if (kn[0], rule) in seen:
+                continue  # shown once per item and invariant
+            seen.add((kn[0], rule))
+        shrunk, sfail, runs = cs.shrink(scn, res.failure)
+        sres = cs.play(shrunk)
+        text = _report(scn, res, shrunk, sres, runs, seed)
+        if kn is not None:
+            print("KNOWN (item %s: %s)\n%s" % (kn[0], kn[1], text))
+            continue
+        print(text)
+        failures.append(text)
+        if len(failures) >= int(os.getenv("INV_MAXFAIL") or 3):
+            break
+    wall = time.ticks_diff(time.ticks_ms(), t0)
+    print("invariants: %d scenarios, %d steps, %.0f s simulated, %d ms wall, INV_SEED=0x%08x; %s"
+          % (ran, steps, ms / 1000, wall, seed, ", ".join("%s %d" % kv for kv in sorted(totals.items()))))
+    if known:
+        items = {}
+        for item, rule, idx in known:
+            items.setdefault((item, rule), []).append(idx)
+        for (item, rule), idxs in sorted(items.items()):
+            print("known item %s (%s): %d scenarios, e.g. INV_CASE=%d" % (item, rule, len(idxs), idxs[0]))
+    true(not failures, "%d scenario(s) broke an invariant (first above)" % len(failures))
+
+
+def _replay(seed, case):
+    scn = cs.make(cs.case_rng(seed, case), case)
+    print(cs.describe(scn))
+    res = cs.play(scn)
+    print("outputs:")
+    print(cs.outputs(res, 400, everything=True))
+    if res.failure is None:
+        print("case %d: no violation (%d steps, %d boots)" % (case, res.steps, res.boots))
+        return
+    shrunk, sfail, runs = cs.shrink(scn, res.failure)
+    sres = cs.play(shrunk)
+    print(_report(scn, res, shrunk, sres, runs, seed))
+    kn = cs.known(shrunk, sfail)
+    if kn is not None:
+        print("known: item %s (%s)" % kn)
+    true(False, "case %d broke %s" % (case, res.failure[0]))
+
+
+# ---- the checker bites: defects put back in on purpose ------------------------------------------
+# Each replaces one piece of the core with a known-bad version for a few scenarios: the
+# checker must report the invariant that piece protects. Guards the oracle itself against
+# a change that would make it pass everything.
+def _find(rules, n=80):
+    seed = cs.seed()
+    for i in range(n):
+        res = cs.play(cs.make(cs.case_rng(seed, i), i))
+        if res.failure is not None:
+            true(res.failure[0] in rules, "case %d broke %s, expected one of %s: %s"
+                 % (i, res.failure[0], rules, res.failure[2]))
+            return
+    true(False, "no violation in %d scenarios, expected one of %s" % (n, rules))
+
+
+def _with(cls, name, fn, rules, n=80):
+    old = cls.__dict__.get(name)
+    setattr(cls, name, fn)
+    try:
+        _find(rules, n)
+    finally:
+        if old is None:
+            delattr(cls, name)
+        else:
+            setattr(cls, name, old)
+
+
+def test_bites_a_lock_released_on_the_coil_command():
+    def track(self, now_ms):
+        self.contacts_open = not self._relays.closed
+
+    _with(Charger, "_track_contacts", track, ("lock-release", "selftest-load"))
+
+
+def test_bites_a_close_without_the_diode_proven_under_the_pwm():
+    # The proof always given, whatever the charger's samples say.
+    proof = property(lambda self: True, lambda self, value: None)
+    _with(Charger, "_pwm_proof", proof, ("close-diode",))
+
+
+def test_bites_a_safe_state_that_keeps_the_session():
+    def keep(self):
+        self._estop = False
+
+    _with(Charger, "_end_after_safe_state", keep, ("pwm-auth", "closed-auth", "close-auth"))
+
+
+def test_bites_a_self_test_input_left_driven():
+    def stop(self, now_ms, forget=False):
+        pass
+
+    _with(Charger, "_selftest_stop", stop, ("selftest-held", "close-selftest", "latch-shown"))
+
+
+def test_bites_a_raise_without_the_5s_wait():
+    def held(self, now_ms):
+        return False
+
+    _with(Charger, "_raise_held", held, ("raise-5s",))
+
+
+def test_bites_state_f_before_the_relays_open():
+    trip = Charger.trip
+
+    def f_first(self, bit):
+        self._cp.low()
+        trip(self, bit)
+
+    _with(Charger, "trip", f_first, ("trip-order",))
+
+
+def test_bites_a_technician_clear_of_a_cause_still_present():
+    def none_present(self, bits):
+        return 0
+
+    _with(Protection, "_causes_present", none_present, ("clear-cause", "clear-active"))
+
+
+def test_bites_charging_mode_c_on_a_socket_board():
+    apply = Charger.apply_settings
+
+    def case_from_setting(self, changed=None):
+        apply(self, changed)
+        if self.settings["charging_mode"] != "B":
+            self.case_b = False
+            self.lock_state = LOCK_NONE
+
+    _with(Charger, "apply_settings", case_from_setting, ("close-lock", "closed-lock", "offer-limit"))
+
+
+def test_bites_a_nan_reading_taken_as_valid():
+    from evse import metering, protection
+
+    def valid(m):
+        return True
+
+    old = metering.meter_valid
+    metering.meter_valid = valid
+    try:
+        _with(protection, "meter_valid", valid, ("closed-fault", "pwm-fault"), 300)
+    finally:
+        metering.meter_valid = old
+
+
+from evse.charger import Charger, LOCK_NONE  # noqa: E402  (the core the mutants patch)
+from evse.protection import Protection  # noqa: E402
