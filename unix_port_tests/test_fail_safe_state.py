@@ -87,6 +87,20 @@ def test_an_invalid_meter_or_pool_setting_keeps_the_charger_at_its_minimum():
         eq(app.charger.external.get("config"), None, "lifted once saved: " + bad)
 
 
+def test_an_unusable_pool_id_or_meter_address_keeps_the_charger_at_6a():
+    """lb_pool_id and meter_addr name which pool and which meter limit the charger; their
+    default (1) may be another pool or another bus device, so an unusable value holds the
+    charger at 6 A like the other limiter settings."""
+    for key, bad in (("lb_pool_id", '"x"'), ("lb_pool_id", "0"), ("meter_addr", "0"),
+                     ("meter_addr", "248")):
+        app = _app({"settings.json": '{"lb_enabled": true, "meter_model": "SDM630", '
+                    '"auth_mode": "free", "%s": %s}' % (key, bad)})
+        true(key in app.settings.invalid, key + " flagged")
+        eq(app.charger.external.get("config"), 6.0, "%s=%s: the config limit" % (key, bad))
+        eq(app.settings.apply({key: 2}), {})
+        eq(app.charger.external.get("config"), None, "lifted once saved: " + key)
+
+
 def test_good_settings_show_no_configuration_error():
     app = _app({"settings.json": '{"max_house_current_a": 32.0, "auth_mode": "free"}'})
     eq(app.settings["max_house_current_a"], 32, "32.0 is a whole number")

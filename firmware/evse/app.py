@@ -23,8 +23,10 @@ from evse.supervisor import Supervisor
 _log = log.get("app")
 
 _PILOT_MS = 10  # CP sampling period
-# Settings whose default switches a limiter off (app._config_limit).
-_LIMITER_SETTINGS = ("meter_model", "lb_enabled", "can_addr", "phase_set")
+# Settings whose default switches a limiter off or points it at another pool or bus
+# device (app._config_limit).
+_LIMITER_SETTINGS = ("meter_model", "meter_addr", "lb_enabled", "lb_pool_id", "can_addr",
+                     "phase_set")
 _CONTROL_MS = 100  # control logic period, on the clock (not every nth sample: a busy loop
 # stretches the samples, and with them a count of samples)
 GC_EVERY = 16 * 1024  # bytes allocated between two collections (gc.threshold)
