@@ -109,9 +109,18 @@ def check_ocpp_url(v):
         return "must name the host and the port, e.g. ws://10.0.0.5:80/ocpp/CP01"
     if not port.isdigit() or not 0 < int(port) < 65536:
         return "port must be a number from 1 to 65535"
-    for ch in host:
-        if not (ch.isalpha() or ch.isdigit() or ch in ".-[]:"):
-            return "host has an invalid character"
+    if host.startswith("["):
+        # Brackets hold an IPv6 address and nothing else (RFC 3986 3.2.2): the client
+        # takes what is inside them as an address, and a name there would reach the
+        # blocking resolver (socket.getaddrinfo) instead of lib/dnsclient.
+        import dnsclient
+
+        if not host.endswith("]") or not dnsclient.is_ipv6(host[1:-1]):
+            return "host in brackets must be an IPv6 address, e.g. ws://[fd00::5]:80/ocpp/CP01"
+    else:
+        for ch in host:
+            if not (ch.isalpha() or ch.isdigit() or ch in ".-"):
+                return "host has an invalid character"
     cpid = path.rpartition("/")[2]
     if not cpid:
         return "must end with the charge point id, e.g. …/ocpp/CP01"
