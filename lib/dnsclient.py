@@ -81,6 +81,15 @@ def is_literal(host):
     return is_ipv4(host) or is_ipv6(host)
 
 
+def wlan_server(wlan):
+    """(ip, 53) of the DNS server a network interface got (ifconfig()[3]), or None."""
+    try:
+        ip = wlan.ifconfig()[3]
+    except (AttributeError, IndexError, OSError, TypeError):
+        return None
+    return (ip, _PORT) if ip and ip != "0.0.0.0" else None
+
+
 def query(name, qid):
     """The query datagram for the A record of `name` (ValueError for a bad name)."""
     name = name.lower()
@@ -198,6 +207,17 @@ async def resolve(host, server, timeout_ms=4000):
         raise asyncio.TimeoutError()
     finally:
         s.close()
+
+
+async def address(host, server, timeout_ms=4000):
+    """The address to connect to for `host` (resolve()), with every failure to find one
+    as OSError, the error a failed connection gives: a caller hands only this address,
+    never the name, to asyncio.open_connection or socket.getaddrinfo, which block the
+    loop on a name."""
+    try:
+        return await resolve(host, server, timeout_ms)
+    except (ValueError, DnsError, asyncio.TimeoutError) as e:
+        raise OSError("cannot resolve %s: %r" % (host, e))
 
 
 async def _answer(s, q):

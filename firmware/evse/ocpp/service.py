@@ -304,11 +304,7 @@ class Service:
         return ctx
 
     def _dns_server(self):
-        try:
-            ip = self.hw.wlan.ifconfig()[3]
-        except (AttributeError, IndexError, OSError):
-            return None
-        return (ip, 53) if ip and ip != "0.0.0.0" else None
+        return dnsclient.wlan_server(getattr(self.hw, "wlan", None))
 
     async def _address(self, host):
         """The address to connect to. A name is asked of the DNS server for every
