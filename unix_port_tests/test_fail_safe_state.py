@@ -167,3 +167,49 @@ def test_a_readable_latch_record_and_none_at_all():
     eq(app.errors(), ["IRD"], "the latched trip, nothing else")
     app = _app({})
     eq((app.errors(), app.charger.ocpp_status()), ([], "Available"), "a new charger")
+
+
+_OCPP = '{"ocpp_url": "ws://10.0.0.5:9/ocpp/CP1", "auth_mode": "free"}'
+
+
+def test_an_unreadable_charging_profile_store_does_not_lift_the_site_limit():
+    """The charging profile store may have held a site limit: unreadable, the charger
+    offers at most 6 A (limit ocpp_store) and shows a configuration error until the
+    central system sets or clears profiles again."""
+    app = _app({"settings.json": _OCPP, "ocpp_profiles.json": '#crc32 00000000\n{"prof'})
+    eq(app.charger.external.get("ocpp_store"), 6.0, "6 A from the start")
+    true("CFG" in app.status()["errors"], "CFG")
+    true("ocpp_profiles.json" in app.status()["config_errors"], "named")
+    true("CONFIG ERROR" in _shown(app), "on the display")
+    rep = _report(app)
+    true("CFG" in rep["active"], "Report page: active")
+    recs = [f for f in rep["faults"] if f["code"] == "CFG"]
+    true(recs and "ocpp_profiles.json" in json.dumps(recs[0]["values"]), "a record names it")
+    svc = app.ocpp.service
+    svc.smart.clear()  # ClearChargingProfile
+    svc.tx.apply_limit(svc.now())
+    eq(app.charger.external.get("ocpp_store"), None, "lifted once the store is rewritten")
+    eq(app.status()["errors"], [], "cleared")
+    app2 = _app({"settings.json": _OCPP})
+    eq((app2.charger.external.get("ocpp_store"), app2.status()["errors"]), (None, []),
+       "no store at all: no limit, no error")
+
+
+def test_an_unreadable_availability_state_keeps_the_charger_inoperative():
+    """ocpp_state.json holds whether the central system took the charger out of service
+    (ChangeAvailability Inoperative): unreadable, it stays Unavailable until the central
+    system says again."""
+    app = _app({"settings.json": _OCPP, "ocpp_state.json": '{"inop": tr'})
+    eq(app.charger.ocpp_status(), "Unavailable", "Inoperative")
+    true("ocpp_state.json" in app.status()["config_errors"], "named")
+    from evse.ocpp import handlers
+
+    svc = app.ocpp.service
+    r = asyncio.run(handlers.change_availability(svc, "1", {"connectorId": 0,
+                                                             "type": "Operative"}))
+    asyncio.new_event_loop()
+    eq((r[0], app.charger.ocpp_status()), ({"status": "Accepted"}, "Available"), "operative")
+    eq(app.status()["errors"], [], "cleared")
+    app2 = _boot_on(app.data_dir)
+    eq((app2.charger.ocpp_status(), app2.status()["errors"]), ("Available", []),
+       "saved: readable after a restart")
