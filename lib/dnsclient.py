@@ -36,10 +36,11 @@ class WrongAnswer(DnsError):
     """A datagram that does not answer our query (another id or question)."""
 
 
-def is_literal(host):
-    """True for an IPv4 dotted quad or an IPv6 address (names have no ':')."""
-    if ":" in host:
-        return True
+_HEX = "0123456789abcdefABCDEF"
+
+
+def is_ipv4(host):
+    """True for an IPv4 dotted quad (four decimal numbers 0..255)."""
     parts = host.split(".")
     if len(parts) != 4:
         return False
@@ -47,6 +48,46 @@ def is_literal(host):
         if not p or len(p) > 3 or not p.isdigit() or int(p) > 255:
             return False
     return True
+
+
+def is_ipv6(host):
+    """True for an IPv6 address as text (RFC 4291 2.2): eight groups of 1..4 hex digits,
+    '::' at most once for one or more zero groups, the last two groups optionally as an
+    IPv4 dotted quad. No brackets, no zone. A name with a ':' in it is not one."""
+    head, sep, tail = host.partition("::")
+    if "::" in tail:
+        return False
+    groups = (head.split(":") if head else []) + (tail.split(":") if tail else [])
+    n = 0
+    last = len(groups) - 1
+    for i, g in enumerate(groups):
+        if i == last and "." in g and (tail or not sep):
+            if not is_ipv4(g):
+                return False
+            n += 2
+            continue
+        if not 0 < len(g) <= 4:
+            return False
+        for c in g:
+            if c not in _HEX:
+                return False
+        n += 1
+    return n <= 7 if sep else n == 8
+
+
+def is_literal(host):
+    """True for an IPv4 dotted quad or an IPv6 address: text socket.getaddrinfo turns
+    into an address without asking any server. Anything else is a name."""
+    return is_ipv4(host) or is_ipv6(host)
+
+
+def wlan_server(wlan):
+    """(ip, 53) of the DNS server a network interface got (ifconfig()[3]), or None."""
+    try:
+        ip = wlan.ifconfig()[3]
+    except (AttributeError, IndexError, OSError, TypeError):
+        return None
+    return (ip, _PORT) if ip and ip != "0.0.0.0" else None
 
 
 def query(name, qid):
@@ -166,6 +207,17 @@ async def resolve(host, server, timeout_ms=4000):
         raise asyncio.TimeoutError()
     finally:
         s.close()
+
+
+async def address(host, server, timeout_ms=4000):
+    """The address to connect to for `host` (resolve()), with every failure to find one
+    as OSError, the error a failed connection gives: a caller hands only this address,
+    never the name, to asyncio.open_connection or socket.getaddrinfo, which block the
+    loop on a name."""
+    try:
+        return await resolve(host, server, timeout_ms)
+    except (ValueError, DnsError, asyncio.TimeoutError) as e:
+        raise OSError("cannot resolve %s: %r" % (host, e))
 
 
 async def _answer(s, q):

@@ -87,6 +87,20 @@ def test_an_invalid_meter_or_pool_setting_keeps_the_charger_at_its_minimum():
         eq(app.charger.external.get("config"), None, "lifted once saved: " + bad)
 
 
+def test_an_unusable_pool_id_or_meter_address_keeps_the_charger_at_6a():
+    """lb_pool_id and meter_addr name which pool and which meter limit the charger; their
+    default (1) may be another pool or another bus device, so an unusable value holds the
+    charger at 6 A like the other limiter settings."""
+    for key, bad in (("lb_pool_id", '"x"'), ("lb_pool_id", "0"), ("meter_addr", "0"),
+                     ("meter_addr", "248")):
+        app = _app({"settings.json": '{"lb_enabled": true, "meter_model": "SDM630", '
+                    '"auth_mode": "free", "%s": %s}' % (key, bad)})
+        true(key in app.settings.invalid, key + " flagged")
+        eq(app.charger.external.get("config"), 6.0, "%s=%s: the config limit" % (key, bad))
+        eq(app.settings.apply({key: 2}), {})
+        eq(app.charger.external.get("config"), None, "lifted once saved: " + key)
+
+
 def test_good_settings_show_no_configuration_error():
     app = _app({"settings.json": '{"max_house_current_a": 32.0, "auth_mode": "free"}'})
     eq(app.settings["max_house_current_a"], 32, "32.0 is a whole number")
@@ -153,3 +167,49 @@ def test_a_readable_latch_record_and_none_at_all():
     eq(app.errors(), ["IRD"], "the latched trip, nothing else")
     app = _app({})
     eq((app.errors(), app.charger.ocpp_status()), ([], "Available"), "a new charger")
+
+
+_OCPP = '{"ocpp_url": "ws://10.0.0.5:9/ocpp/CP1", "auth_mode": "free"}'
+
+
+def test_an_unreadable_charging_profile_store_does_not_lift_the_site_limit():
+    """The charging profile store may have held a site limit: unreadable, the charger
+    offers at most 6 A (limit ocpp_store) and shows a configuration error until the
+    central system sets or clears profiles again."""
+    app = _app({"settings.json": _OCPP, "ocpp_profiles.json": '#crc32 00000000\n{"prof'})
+    eq(app.charger.external.get("ocpp_store"), 6.0, "6 A from the start")
+    true("CFG" in app.status()["errors"], "CFG")
+    true("ocpp_profiles.json" in app.status()["config_errors"], "named")
+    true("CONFIG ERROR" in _shown(app), "on the display")
+    rep = _report(app)
+    true("CFG" in rep["active"], "Report page: active")
+    recs = [f for f in rep["faults"] if f["code"] == "CFG"]
+    true(recs and "ocpp_profiles.json" in json.dumps(recs[0]["values"]), "a record names it")
+    svc = app.ocpp.service
+    svc.smart.clear()  # ClearChargingProfile
+    svc.tx.apply_limit(svc.now())
+    eq(app.charger.external.get("ocpp_store"), None, "lifted once the store is rewritten")
+    eq(app.status()["errors"], [], "cleared")
+    app2 = _app({"settings.json": _OCPP})
+    eq((app2.charger.external.get("ocpp_store"), app2.status()["errors"]), (None, []),
+       "no store at all: no limit, no error")
+
+
+def test_an_unreadable_availability_state_keeps_the_charger_inoperative():
+    """ocpp_state.json holds whether the central system took the charger out of service
+    (ChangeAvailability Inoperative): unreadable, it stays Unavailable until the central
+    system says again."""
+    app = _app({"settings.json": _OCPP, "ocpp_state.json": '{"inop": tr'})
+    eq(app.charger.ocpp_status(), "Unavailable", "Inoperative")
+    true("ocpp_state.json" in app.status()["config_errors"], "named")
+    from evse.ocpp import handlers
+
+    svc = app.ocpp.service
+    r = asyncio.run(handlers.change_availability(svc, "1", {"connectorId": 0,
+                                                             "type": "Operative"}))
+    asyncio.new_event_loop()
+    eq((r[0], app.charger.ocpp_status()), ({"status": "Accepted"}, "Available"), "operative")
+    eq(app.status()["errors"], [], "cleared")
+    app2 = _boot_on(app.data_dir)
+    eq((app2.charger.ocpp_status(), app2.status()["errors"]), ("Available", []),
+       "saved: readable after a restart")

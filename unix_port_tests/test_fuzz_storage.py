@@ -85,8 +85,14 @@ def test_fuzz_settings_file():
         eq(sorted(s._values), sorted(st.SCHEMA), "every key")
         eq(tuple(_read(p) for p in names), tuple(None if d is None else d for d in files),
            "load changed the files")
-        # The first copy that decodes to an object is the one used (its valid keys).
-        for data in files:
+        # The first copy that decodes to an object is the one used (its valid keys), in
+        # the order file, .tmp with a CRC, .bak, .tmp without; from any but the first
+        # two (an older copy) the limits are at their SAFE values, and reported.
+        main, bak, tmp = files
+        framed = tmp is not None and tmp[:7] == b"#crc32 "
+        order = ((main, True), (tmp if framed else None, True), (bak, False),
+                 (None if framed else tmp, False))
+        for data, newest in order:
             try:
                 obj = atomicfile.decode_json(data) if data else None
             except ValueError:
@@ -95,7 +101,11 @@ def test_fuzz_settings_file():
                 continue  # JSON, but not a settings object: corrupt too
             good = {k: v for k, v in obj.items() if not st.validate({k: v})}
             for k, v in good.items():
-                eq(s[k], v, "key %s from the first good copy" % k)
+                if newest or k not in st.SAFE:
+                    eq(s[k], v, "key %s from the first good copy" % k)
+            if not newest:
+                for k, v in st.SAFE.items():
+                    eq((s[k], k in s.invalid), (v, True), "older copy: %s safe" % k)
             break
 
     fuzz.run("settings.file", 3000, _file_case, check)
@@ -302,14 +312,16 @@ def test_fuzz_bin_upload_pieces():
 # ---- regressions found by the fuzzer ------------------------------------------------------------
 def test_regression_settings_json_not_an_object_falls_back_to_bak():
     """settings.json holding `null` (FUZZ_SEED=0x5eed2026, settings.file case 127) made the
-    charger take the defaults although settings.json.bak held the installer's settings."""
+    charger take the defaults although settings.json.bak held the installer's settings.
+    The .bak is used, its limits at their safe values (an older copy)."""
     path = _DIR + "/reg.json"
     for main in (b"null", b"[1, 2]", b"7", atomicfile.encode_json("text")):
         _put(path, main)
         _put(path + ".bak", atomicfile.encode_json(OLDER))
         s = st.Settings(path)
         s.load()
-        eq(s["max_current_a"], 10, "value from .bak under %r" % main)
+        eq(s["language"], OLDER["language"], "value from .bak under %r" % main)
+        eq((s["max_current_a"], "max_current_a" in s.invalid), (6, True), "safe limit")
     eq(atomicfile.load_json(path, dict), OLDER, "any dict-typed load")
     eq(atomicfile.load_json(path, lambda: None), "text", "no type asked: any JSON")
     for p in (path, path + ".bak"):

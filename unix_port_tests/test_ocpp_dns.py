@@ -202,6 +202,39 @@ def test_dns_query_is_one_well_formed_question():
         true(not dnsclient.is_literal(name), name)
 
 
+def test_only_a_real_ipv6_address_counts_as_an_ipv6_literal():
+    for lit in ("::", "::1", "fe80::1", "1:2:3:4:5:6:7:8", "1::8", "1:2:3:4:5:6:7::",
+                "::ffff:10.0.0.5", "64:ff9b::192.0.2.33", "1:2:3:4:5:6:1.2.3.4",
+                "ABCD:ef01::"):
+        true(dnsclient.is_ipv6(lit) and dnsclient.is_literal(lit), lit)
+    for name in ("cs.example.com:1", "a:b", ":", ":::", "1:::2", "1::2::3", ":1::",
+                 "1:2:3:4:5:6:7:8:9", "1:2:3:4:5:6:7", "12345::", "g::1", "::1:",
+                 "1.2.3.4::", "::1.2.3", "::1.2.3.256", "1:2:3:4:5:6:7:1.2.3.4",
+                 "fe80::1%wlan0", "[::1]", ""):
+        true(not dnsclient.is_literal(name), "a name: %r" % name)
+        if name:
+            eq(dnsclient.local(name), None, name)
+
+
+def test_an_ocpp_host_name_never_reaches_a_blocking_getaddrinfo():
+    """A host in brackets is taken as an IPv6 address by the websocket client, which then
+    hands it to socket.getaddrinfo: the settings refuse anything else in brackets, and
+    dnsclient never calls a name with a ':' an address."""
+    import wsclient
+    from evse.settings import check_ocpp_url
+
+    for url in ("ws://[cs.example.com:1]:80/ocpp/CP01", "ws://[cs.example.com]:80/ocpp/CP01",
+                "ws://[10.0.0.5]:80/ocpp/CP01", "ws://[::1:80/ocpp/CP01",
+                "ws://cs.example.com:1:80/ocpp/CP01", "ws://[]:80/ocpp/CP01"):
+        true(check_ocpp_url(url), "refused: " + url)
+    _s, host, _p, _path = wsclient.parse_url("ws://[cs.example.com:1]:80/ocpp/CP01")
+    eq(dnsclient.local(host), None, "a name, for the DNS server")
+    for url in ("ws://[fd00::5]:80/ocpp/CP01", "wss://[::1]:443/CP1"):
+        eq(check_ocpp_url(url), None, url)
+        _s, host, _p, _path = wsclient.parse_url(url)
+        eq(dnsclient.local(host), host, "an address: " + url)
+
+
 def test_dns_answers_hostile_and_good():
     q = dnsclient.query("cs.example.com", 0xBEEF)
     cname = b"\xc0\x0c\x00\x05\x00\x01\x00\x00\x00\x3c\x00\x05\x02cs\xc0\x0c"

@@ -123,3 +123,30 @@ def test_composite_schedule():
     eq(w["chargingSchedulePeriod"], [{"startPeriod": 0, "limit": 4600.0}, {"startPeriod": 1800, "limit": 2300.0}],
        "connector 0 in W")
     true(sm.composite(1, T0 + 9000, 60, "A", 32.0)["chargingSchedulePeriod"][0]["limit"] == 10.0, "later")
+
+
+def test_an_unreadable_charging_profile_store_does_not_lift_the_site_limit():
+    """ocpp_profiles.json holds the central system's ChargePointMaxProfile (a site limit).
+    A store that is there but cannot be read is no store: its limits are unknown, so it
+    is an error until the central system sets or clears profiles again (which rewrites
+    it). A missing store (no profile ever set) is no error."""
+    d = _dir()
+    sm = Smart(d)
+    eq(sm.store_error, None, "no file: nothing lost")
+    eq(sm.install(0, prof(1, "ChargePointMaxProfile", periods=((0, 10),), start=T0), None, T0),
+       "Accepted")
+    p = d + "/ocpp_profiles.json"
+    with open(p, "rb") as f:
+        data = f.read()
+    with open(p, "wb") as f:
+        f.write(data[:-4])  # torn (no older copy: it was the first save)
+    again = Smart(d)  # the restart
+    true(again.store_error, "unreadable store reported")
+    eq(Smart(d).clear(pid=99), "Unknown", "a clear of nothing")
+    eq(Smart(d).store_error, None, "a clear from the central system rewrites the store")
+    with open(p, "wb") as f:
+        f.write(b'{"profiles": 7}')
+    true(Smart(d).store_error, "profiles of the wrong type")
+    sm = Smart(d)
+    eq(sm.install(1, prof(2, periods=((0, 16),), start=T0), None, T0), "Accepted")
+    eq((sm.store_error, Smart(d).store_error), (None, None), "set again")

@@ -2,7 +2,7 @@
 # service: no installer, a failing download, a failing install, an install that reboots.
 import asyncio
 
-from check import eq
+from check import eq, true
 from evse.ocpp import transfer
 
 
@@ -89,3 +89,103 @@ def test_kept_download_is_handed_on_and_its_failure_is_an_install_failure():
     eq(got, [True], "kept passed on")
     eq(svc.sent, ["Installing", "InstallationFailed"], "no second Downloading/Downloaded")
     eq("fw" in svc.state, False, "request over")
+
+
+def test_remote_transfer_urls_never_reach_a_blocking_getaddrinfo():
+    """UpdateFirmware (ota.Ota._download) and GetDiagnostics (transfer._post) connect to
+    a host the central system names: asyncio.open_connection calls socket.getaddrinfo,
+    which blocks the loop (pilot, protection) on a name, so it only ever gets the address
+    the DNS server gave; the name stays the TLS server name. No answer: no connection."""
+    from evse import ota
+    from test_ocpp_dns import _DnsServer
+
+    dns = _DnsServer("10.1.2.3")
+    calls = []
+    real = asyncio.open_connection
+
+    async def record(host, port, ssl=None, server_hostname=None):
+        calls.append((host, port, server_hostname))
+        raise OSError(113)
+
+    class Svc:
+        dns_server = staticmethod(lambda: ("127.0.0.1", dns.port))
+        dns_timeout_ms = 200
+
+        def _tls(self):
+            import ssl
+
+            return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+
+    svc = Svc()
+    with open("/tmp/evse_diag_upload.jsonl", "w") as f:
+        f.write("{}\n")
+
+    async def both():
+        for coro in (ota.Ota._download(svc, "https://fw.example.com:8443/evplus.bin"),
+                     ota.Ota._download(svc, "http://fw.example.com/evplus.bin"),
+                     transfer._post(svc, "https://diag.example.com/up", "d.jsonl",
+                                    "/tmp/evse_diag_upload.jsonl")):
+            try:
+                await coro
+                true(False, "connected")
+            except OSError:
+                pass
+
+    async def main():
+        server = asyncio.create_task(dns.run())
+        await asyncio.sleep_ms(10)
+        await both()
+        dns.addr = None  # silent: nothing to connect to
+        await both()
+        server.cancel()
+
+    asyncio.open_connection = record
+    try:
+        asyncio.run(main())
+    finally:
+        asyncio.open_connection = real
+        dns.s.close()
+        asyncio.new_event_loop()
+    eq(calls, [("10.1.2.3", 8443, "fw.example.com"), ("10.1.2.3", 80, None),
+               ("10.1.2.3", 443, "diag.example.com")], "addresses only, names for TLS")
+
+
+def test_the_diagnostics_file_gives_the_loop_a_turn_between_records():
+    class Log:
+        def records(self, newest_first):
+            for i in range(50):
+                yield i, b'{"t": "2026-01-01T00:00:00Z", "code": "OCP"}'
+
+    class History:
+        faults = Log()
+        sessions = Log()
+
+    class Svc:
+        class app:
+            history = History()
+
+        class hw:
+            serial = "S1"
+
+        def now(self):
+            return 0
+
+    turns = [0]
+    done = [False]
+
+    async def ticker():
+        while not done[0]:
+            turns[0] += 1
+            await asyncio.sleep_ms(0)
+
+    async def main():
+        t = asyncio.create_task(ticker())
+        n = await transfer._write_file(Svc(), "/tmp/evse_diag_write.jsonl", {})
+        done[0] = True
+        await t
+        return n
+
+    n = asyncio.run(main())
+    asyncio.new_event_loop()
+    eq(n, 100, "every record")
+    true(turns[0] >= 50, "the loop ran %d times meanwhile" % turns[0])

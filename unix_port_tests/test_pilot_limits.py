@@ -87,3 +87,26 @@ def test_thermal_derating_is_monotonic_and_reaches_6a_at_trip():
 def test_cable_rating_windows():
     for ohm, want in ((50, None), (100, 63), (220, 32), (680, 20), (1500, 13), (3000, None), (-1, None)):
         eq(limits.cable_rating(ohm), want, "%s ohm" % ohm)
+
+
+def test_a_limit_that_is_not_a_number_pauses_and_binds():
+    nan = float("nan")
+    eq(limits.compose(32, 32, None, None, {"power": nan}), (0.0, "power"))
+    eq(limits.compose(32, 32, None, None, {"ocpp": float("inf")}), (0.0, "ocpp"))
+    eq(limits.compose(32, 32, nan, None, {}), (0.0, "cable"))
+    eq(limits.compose(nan, 32, None, None, {}), (0.0, "max_current"))
+    eq(limits.compose(32, 32, None, None, {"balance": "10"}), (0.0, "balance"))
+
+
+def test_a_limit_that_is_not_a_number_does_not_lift_the_offer():
+    from test_charger import Rig
+
+    r = Rig()
+    r.charge()
+    r.ch.set_external_limit("power", 10.0)
+    r.run(6000)
+    eq(r.ch.offered_a, 10.0)
+    r.ch.set_external_limit("power", float("nan"))
+    eq(r.ch.offered_a, 0.0, "a NaN limit pauses at once")
+    r.run(300)
+    eq((r.ch.offered_a, r.ch.limit_binding), (0.0, "power"))

@@ -499,3 +499,41 @@ def test_master_built_on_the_bus_once_a_meter_is_configured():
     settings["meter_model"] = "SDM630"
     pm._configure(0)
     true(pm.master is not None, "built on hw.rs485")
+
+
+def test_a_nan_own_meter_reading_does_not_lift_the_house_limit():
+    """A NaN internal-meter current counts as none of the charger's own current: the
+    'power' limit stays a number no higher than the house headroom."""
+    from test_charger import Rig as ChargerRig
+
+    r = ChargerRig(meter_model="SDM630", max_house_current_a=25, phase_set="L123")
+    master = FakeMaster()
+
+    class OwnMeter:
+        amps = [0.0, 0.0, 0.0]
+
+        def read(self):
+            pass
+
+    own = OwnMeter()
+    pm = PowerManager(r.ch, r.settings, FakeProtection(), FakeMetering(), master=master,
+                      data_dir="/tmp", clock=r.clock, own_meter=own)
+
+    def cycle():
+        try:
+            pm.poll_once().send(None)
+        except StopIteration:
+            pass
+
+    master.set(amps=(15.0, 15.0, 15.0))
+    cycle()
+    r.charge()
+    r.run(6000)
+    cycle()
+    true(r.ch.offered_a <= 10.0, "10 A of headroom: %.1f A" % r.ch.offered_a)
+    own.amps = [float("nan")] * 3
+    cycle()
+    r.run(300)
+    lim = r.ch.external.get("power")
+    true(lim is not None and lim == lim and lim <= 10.0, "power limit %r" % lim)
+    true(r.ch.offered_a <= 10.0, "offer %.1f A" % r.ch.offered_a)

@@ -2,6 +2,7 @@
 # defaults, and corrupt files falling back to the backup or the defaults (never a crash).
 import os
 
+import atomicfile
 from check import eq, true
 from evse import settings as st
 
@@ -132,13 +133,15 @@ def test_corrupt_file_falls_back_to_backup_then_defaults():
     path = _fresh()
     s = st.Settings(path)
     s.load()
-    s.apply({"max_current_a": 20})
+    s.apply({"max_current_a": 20, "language": "de"})
     s.apply({"max_current_a": 24})  # the 20 A version is now the .bak
     with open(path, "w") as f:
         f.write('{"max_current_a": 2')  # half-written
     s2 = st.Settings(path)
     s2.load()
-    eq(s2["max_current_a"], 20, "from the backup")
+    eq(s2["language"], "de", "the rest from the backup")
+    eq(s2["max_current_a"], 6, "the older copy's limit is not used: the safe value")
+    true("max_current_a" in s2.invalid, "reported")
     for n in os.listdir(_DIR):
         with open(_DIR + "/" + n, "wb") as f:
             f.write(b"\xff\x00garbage")
@@ -158,6 +161,62 @@ def test_corrupt_file_falls_back_to_backup_then_defaults():
     s5 = st.Settings(fresh)
     s5.load()
     eq((s5["max_current_a"], s5.invalid), (32, {}), "first boot")
+
+
+def test_a_corrupt_settings_file_does_not_fall_back_silently_to_an_older_permissive_copy():
+    """The installer lowers max_current_a from 32 to 10 A; the file is then corrupted on
+    flash. The .bak holds the older 32 A: its limits are not used (SAFE, an error) until
+    saved again, a restart or saving another setting does not lift that."""
+    path = _fresh()
+    s = st.Settings(path)
+    s.load()
+    eq(s.apply({"max_current_a": 32, "wifi_ssid": "HOME"}), {})
+    eq(s.apply({"max_current_a": 10}), {})
+    with open(path, "rb") as f:
+        data = f.read()
+    with open(path, "wb") as f:
+        f.write(data[:-5])  # torn
+    s2 = st.Settings(path)
+    s2.load()
+    eq(s2["wifi_ssid"], "HOME", "the other settings from the older copy")
+    for key, value in st.SAFE.items():
+        eq(s2[key], value, "%s at its safe value" % key)
+        true(key in s2.invalid, "%s reported" % key)
+    eq(s2.apply({"wifi_ssid": "WORK"}), {})
+    s3 = st.Settings(path)
+    s3.load()
+    eq((s3["max_current_a"], "max_current_a" in s3.invalid), (6, True),
+       "still safe and reported after saving another setting and a restart")
+    eq(s3.apply({"max_current_a": 10}), {})
+    eq((s3["max_current_a"], "max_current_a" in s3.invalid), (10, False), "saved: cleared")
+
+
+def test_a_cut_during_a_settings_save_does_not_take_the_older_permissive_copy():
+    """A cut after step 3 of write_atomic: settings.json missing, .bak the old 32 A, .tmp
+    the whole new 10 A (its CRC proves it): the newer copy is used, without an error.
+    A .tmp that cannot be proven whole leaves the .bak, with its limits at SAFE."""
+    path = _fresh()
+    s = st.Settings(path)
+    s.load()
+    eq(s.apply({"max_current_a": 32}), {})
+    new = dict(s._values)
+    new["max_current_a"] = 10
+    with open(path + ".tmp", "wb") as f:  # step 1 of the save of 10 A
+        f.write(atomicfile.encode_json(new))
+    os.rename(path, path + ".bak")  # step 3, then the power goes
+    s2 = st.Settings(path)
+    s2.load()
+    eq((s2["max_current_a"], s2.invalid), (10, {}), "the newer, whole copy")
+    with open(path + ".tmp", "wb") as f:
+        f.write(atomicfile.encode_json(new)[:-3])  # torn: the CRC fails
+    s3 = st.Settings(path)
+    s3.load()
+    eq((s3["max_current_a"], "max_current_a" in s3.invalid), (6, True), "the .bak, safe")
+    eq(s3.apply({"max_current_a": 12}), {})
+    s4 = st.Settings(path)
+    s4.load()
+    eq((s4["max_current_a"], "max_current_a" in s4.invalid), (12, False), "saved again")
+    true("max_house_current_a" in s4.invalid, "the limits not saved stay reported")
 
 
 def test_secrets_are_never_in_the_public_view():

@@ -23,8 +23,10 @@ from evse.supervisor import Supervisor
 _log = log.get("app")
 
 _PILOT_MS = 10  # CP sampling period
-# Settings whose default switches a limiter off (app._config_limit).
-_LIMITER_SETTINGS = ("meter_model", "lb_enabled", "can_addr", "phase_set")
+# Settings whose default switches a limiter off or points it at another pool or bus
+# device (app._config_limit).
+_LIMITER_SETTINGS = ("meter_model", "meter_addr", "lb_enabled", "lb_pool_id", "can_addr",
+                     "phase_set")
 _CONTROL_MS = 100  # control logic period, on the clock (not every nth sample: a busy loop
 # stretches the samples, and with them a count of samples)
 GC_EVERY = 16 * 1024  # bytes allocated between two collections (gc.threshold)
@@ -105,6 +107,9 @@ class App:
 
         self.ocpp = ocpp.attach(self)
         self.ocpp.on_update_firmware = self.ota.ocpp_hook(self.ocpp)
+        stores = self.ocpp.store_errors()
+        if stores:  # the Report page names the OCPP files that could not be read
+            self.history.add_fault("CFG", {"ocpp": dict(stores)})
 
     # ---- events --------------------------------------------------------------------------
     def _on_charger(self, event, ch, *rest):
@@ -229,9 +234,15 @@ class App:
     def errors(self):
         ch = self.charger
         codes = faults.codes(ch.active | ch.latched)
-        if self.settings.invalid:
+        if self.settings.invalid or self.ocpp.store_errors():
             codes.append("CFG")  # not a trip: the charger runs on the safe values
         return codes
+
+    def config_errors(self):
+        """{setting or OCPP file: why, and what is in use instead}."""
+        out = dict(self.settings.invalid)
+        out.update(self.ocpp.store_errors())
+        return out
 
     def _config_limit(self):
         """A meter or load-balancing setting that cannot be used falls back to its default,
@@ -241,7 +252,7 @@ class App:
         self.charger.set_external_limit("config", limits.MIN_A if bad else None)
 
     def _config_notice(self):
-        return "CONFIG ERROR" if self.settings.invalid else None
+        return "CONFIG ERROR" if self.settings.invalid or self.ocpp.store_errors() else None
 
     def session_view(self):
         s = self.charger.session
@@ -283,7 +294,7 @@ class App:
             "state": ch.ocpp_status(),
             "cp_state": pilot.NAMES[ch.cp_state],
             "errors": self.errors(),
-            "config_errors": dict(self.settings.invalid),
+            "config_errors": self.config_errors(),
             "latched": faults.codes(ch.latched),
             "offered_a": ch.offered_a,
             "limit_a": ch.limit_a,

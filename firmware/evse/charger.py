@@ -173,7 +173,7 @@ class Charger:
             self.external.pop(name, None)
         else:
             self.external[name] = amps
-            if amps < self.offered_a:
+            if limits.finite_or_0(amps) < self.offered_a:  # NaN: a pause, cut now
                 self._cut_now()
 
     def _cut_now(self):

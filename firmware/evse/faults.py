@@ -22,7 +22,8 @@ PP = const(1 << 13)  # unreliable cable connection (proximity pilot)
 MIS = const(1 << 14)  # missing phase
 CAN = const(1 << 15)  # CAN bus address clash (shown as ERR CAN ADDR)
 # Not a trip, never set in Charger.active: a stored setting that cannot be used, shown
-# while settings.invalid names one (the charger goes on with the safe value).
+# while settings.invalid names one, or an OCPP file that cannot be read (app.errors; the
+# charger goes on with the safe value).
 CFG = const(1 << 16)
 LAT = const(1 << 17)  # latched.json unreadable: which trips were latched is unknown
 

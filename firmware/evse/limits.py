@@ -5,6 +5,8 @@
 # Below 6 A the charge pauses (SuspendedEVSE): the result is then 0 and the binding
 # limit still names who asked for less than 6 A.
 
+import math
+
 MIN_A = 6.0
 MODEL_A = 32  # both models: 32 A per phase (7.4 kW single-phase, 22 kW three-phase)
 
@@ -28,24 +30,38 @@ def thermal_limit(max_a, relay_c, socket_c):
     return limit
 
 
+def finite_or_0(value):
+    """value as a float when it is a finite number, else 0.0 (a pause)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return 0.0
+    v = float(value)
+    return v if math.isfinite(v) else 0.0
+
+
 def compose(configured_a, model_a, cable_a, thermal_a, external):
     """Returns (amps, binding) where binding names the smallest limit.
 
     `external` maps a name ("ocpp", "power", "balance", …) to amps or None (no limit).
-    Inputs that are None do not limit. amps is 0.0 when the smallest limit is below
-    6 A (pause), never below 6 otherwise, and never above any input.
+    Inputs that are None do not limit. Any other input that is not a finite number
+    (NaN, inf, text) counts as 0 (pause) and binds: NaN compares false with everything,
+    so it would otherwise lift the limit it stands for. amps is 0.0 when the smallest
+    limit is below 6 A (pause), never below 6 otherwise, and never above any input.
     """
-    amps = float(configured_a)
+    amps = finite_or_0(configured_a)
     binding = "max_current"
     for name, value in (("model", model_a), ("cable", cable_a), ("thermal", thermal_a)):
-        if value is not None and value < amps:
-            amps = float(value)
-            binding = name
+        if value is not None:
+            value = finite_or_0(value)
+            if value < amps:
+                amps = value
+                binding = name
     for name in sorted(external):
         value = external[name]
-        if value is not None and value < amps:
-            amps = float(value)
-            binding = name
+        if value is not None:
+            value = finite_or_0(value)
+            if value < amps:
+                amps = value
+                binding = name
     if amps < MIN_A:
         return 0.0, binding
     return int(amps * 10 + 1e-6) / 10, binding

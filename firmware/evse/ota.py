@@ -25,6 +25,7 @@ import os
 import struct
 import time
 
+import dnsclient
 import log
 from evse import settings
 from crc import crc32
@@ -40,6 +41,7 @@ MODEL = "EVPLUS"
 CHUNK = 4096
 _MIN_CHUNK = 256  # the least _buffer() falls back to
 STALL_MS = 15000  # E03: no data for this long
+DNS_TIMEOUT_MS = 4000  # the firmware host asked of the DNS server (sent again at 2 s)
 MAX_FILE = 4 << 20  # the largest .bin taken (web upload: api._UPGRADE_MAX)
 HEALTH_MS = 10000  # a new version must stay healthy this long on its first boot...
 HEALTH_DEADLINE_MS = 60000  # ...within this long after it started, else reset/rollback
@@ -298,6 +300,10 @@ class Ota:
                 ab = None  # source tree without A/B: language packs only
         self.ab = ab
         self.busy = None  # "upload" / "download" / "install" while one runs
+        # The firmware URL's host is asked of the network's DNS server without blocking
+        # the loop (lib/dnsclient.py); open_connection only ever gets the address.
+        self.dns_server = lambda: dnsclient.wlan_server(getattr(self.hw, "wlan", None))
+        self.dns_timeout_ms = DNS_TIMEOUT_MS
         self.progress = [0, 0]  # bytes received, bytes expected
         self.last = None  # result of the last upgrade attempt since boot
         self.heap_peak = 0
@@ -708,7 +714,13 @@ class Ota:
         if ":" in host:
             host, _, p = host.partition(":")
             port = int(p)
-        r, w = await asyncio.wait_for_ms(asyncio.open_connection(host, port, ssl=ssl), STALL_MS)
+        # asyncio.open_connection calls socket.getaddrinfo, which blocks the whole loop
+        # (pilot and protection included) on a name: it only ever gets the address; the
+        # name stays in the Host header and the TLS server name.
+        addr = await dnsclient.address(host, self.dns_server(), self.dns_timeout_ms)
+        r, w = await asyncio.wait_for_ms(
+            asyncio.open_connection(addr, port, ssl=ssl, server_hostname=host if ssl else None),
+            STALL_MS)
         sink = None
         try:
             w.write(b"GET /%s HTTP/1.0\r\nHost: %s\r\n\r\n" % (path.encode(), host.encode()))

@@ -13,6 +13,7 @@
 # Meter loss: no valid reading for LOST_MS -> ERR MET (protection.external_meter_lost,
 # charger.trip(MET)) and the limit falls back to FALLBACK_A (a pause). Valid readings
 # for RECOVER_MS clear it. Details and numbers: docs/power-management.md.
+import math
 import time
 from micropython import const
 
@@ -47,6 +48,13 @@ _E_IMPORT = const(10)
 
 def _held(now_ms, since_ms, hold_ms):
     return since_ms is not None and time.ticks_diff(now_ms, since_ms) >= hold_ms
+
+
+def _finite_or_0(v):
+    try:
+        return float(v) if math.isfinite(v) else 0.0
+    except TypeError:
+        return 0.0
 
 
 def _floor1(a):
@@ -248,7 +256,10 @@ class PowerManager:
             except OSError:
                 pass  # the metering task reports a silent internal meter (ERR MET)
         for k in range(3):
-            own[k] = src[k]
+            # A reading that is not a finite number (NaN, inf, None) is no reading: the
+            # charger then counts none of its own current as room, the low side (a NaN
+            # here would make the 'power' limit NaN, which no comparison can bind).
+            own[k] = _finite_or_0(src[k])
 
     def _error(self, kind, err):
         self.errors[kind] += 1

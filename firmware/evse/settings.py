@@ -2,16 +2,21 @@
 #
 # One file, EVSE_DATA_DIR/settings.json, written atomically with a .bak (lib/atomicfile).
 # A file that names only some keys is completed with defaults, so an installer can
-# pre-seed a charger; a corrupt file falls back to the .bak. A value that cannot be used
-# (refused by its check, or every copy of the file unreadable) never falls back to a more
-# permissive one: a limit takes its SAFE value, the rest the default, and each is a
-# configuration error (`invalid`) until that setting is saved again (docs/errors.md).
+# pre-seed a charger. A corrupt file gives way to the whole .tmp of a save that was cut
+# (proven by its CRC), else to the older .bak, whose limits are not used: they may be
+# higher than the lost ones. A value that cannot be used (refused by its check, from an
+# older copy, or every copy of the file unreadable) never falls back to a more permissive
+# one: a limit takes its SAFE value, the rest the default, and each is a configuration
+# error (`invalid`) until that setting is saved again (docs/errors.md).
 import os
 
 import atomicfile
 import log
 
 _log = log.get("settings")
+
+_ENOENT = 2
+_MAX_BYTES = 16384  # a settings file is far smaller: a huge size is a corrupt entry
 
 # The shipped languages; add_languages() adds those of installed language packs.
 LANGS = ["it", "en", "de", "es", "fr"]
@@ -109,9 +114,18 @@ def check_ocpp_url(v):
         return "must name the host and the port, e.g. ws://10.0.0.5:80/ocpp/CP01"
     if not port.isdigit() or not 0 < int(port) < 65536:
         return "port must be a number from 1 to 65535"
-    for ch in host:
-        if not (ch.isalpha() or ch.isdigit() or ch in ".-[]:"):
-            return "host has an invalid character"
+    if host.startswith("["):
+        # Brackets hold an IPv6 address and nothing else (RFC 3986 3.2.2): the client
+        # takes what is inside them as an address, and a name there would reach the
+        # blocking resolver (socket.getaddrinfo) instead of lib/dnsclient.
+        import dnsclient
+
+        if not host.endswith("]") or not dnsclient.is_ipv6(host[1:-1]):
+            return "host in brackets must be an IPv6 address, e.g. ws://[fd00::5]:80/ocpp/CP01"
+    else:
+        for ch in host:
+            if not (ch.isalpha() or ch.isdigit() or ch in ".-"):
+                return "host has an invalid character"
     cpid = path.rpartition("/")[2]
     if not cpid:
         return "must end with the charge point id, e.g. …/ocpp/CP01"
@@ -193,6 +207,37 @@ class Settings:
         self.invalid = {}  # key -> why its stored value is not used, and what is instead
         self._kept = {}  # key -> the unusable stored value, written back until replaced
 
+    def _read(self, note):
+        """(stored object, its copy, newest) of the first copy that can be read: the file
+        itself, then a .tmp whose CRC matches (a save cut after the old file became the
+        .bak: the .tmp is the newer copy, proven whole), then the older .bak, then a .tmp
+        without a CRC. newest: the copy is the file or that proven .tmp. (None, None,
+        False) when no copy is a settings object."""
+        path = self._path
+        for suffix, crc_only in (("", False), (".tmp", True), (".bak", False), (".tmp", False)):
+            p = path + suffix
+            try:
+                size = os.stat(p)[6]
+                if size > _MAX_BYTES:
+                    raise ValueError("%d bytes, over the %d cap" % (size, _MAX_BYTES))
+                with open(p, "rb") as f:
+                    data = f.read(size)
+                framed = data[:7] == b"#crc32 "
+                if crc_only != framed and suffix == ".tmp":
+                    continue  # the .tmp goes in the pass its framing belongs to
+                obj = atomicfile.decode_json(data)
+                if not isinstance(obj, dict):
+                    raise ValueError("JSON of the wrong type")
+            except OSError as e:
+                if e.errno != _ENOENT and not crc_only:
+                    note("%s unreadable: %s" % (p, e))
+                continue
+            except ValueError as e:  # UnicodeError included
+                note("%s corrupt: %s" % (p, e))
+                continue
+            return obj, suffix, suffix == "" or crc_only
+        return None, None, False
+
     def load(self):
         errors = [0]
 
@@ -200,15 +245,29 @@ class Settings:
             errors[0] += 1
             _log.error("%s", msg)
 
-        none = {}
-        stored = atomicfile.load_json(self._path, lambda: none, note)
+        stored, source, newest = self._read(note)
         why = None
-        if stored is none and errors[0]:
-            # The file is there but no copy of it can be read: the values it held are
-            # unknown. null is stored for each limit until it is saved: refused at the
-            # next boot too, so it stays safe and reported.
-            stored = {key: None for key in SAFE}
-            why = "settings.json unreadable"
+        if stored is None:
+            stored = {}
+            if errors[0]:
+                # The file is there but no copy of it can be read: the values it held
+                # are unknown. null is stored for each limit until it is saved: refused
+                # at the next boot too, so it stays safe and reported.
+                _log.error("%s: no valid copy, using defaults", self._path)
+                stored = {key: None for key in SAFE}
+                why = "settings.json unreadable"
+        elif not newest:
+            # An older copy (the .bak), or one that cannot be proven whole: the newer
+            # values are unknown, and they may have been lower. The limits take their
+            # SAFE values and are configuration errors until saved; null is kept on
+            # flash for them, so saving another setting does not lift them.
+            _log.error("%s unusable: the older copy %s in use, limits at their safe values",
+                       self._path, self._path + source)
+            for key in SAFE:
+                stored[key] = None
+            why = "settings.json unusable, older copy settings.json" + source
+        elif source == ".tmp":
+            _log.warning("%s: the whole copy of an interrupted save in use", self._path)
         for key, msg in validate(stored).items():
             if key not in SCHEMA:
                 _log.warning("unknown setting %s ignored", key)

@@ -54,6 +54,10 @@ class Ocpp:
     def view(self):
         return None if self.service is None else self.service.view()
 
+    def store_errors(self):
+        """{file: why} of the OCPP files that could not be read (configuration errors)."""
+        return {} if self.service is None else self.service.store_errors
+
 
 def attach(app):
     return Ocpp(app)

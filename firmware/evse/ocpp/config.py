@@ -88,18 +88,30 @@ KEYS = (
 )
 
 
-def load_json(path, cap):
+def load_json(path, cap, on_bad=None):
     """atomicfile.load_json reading no more than the largest of path/.bak/.tmp (capped):
     its read buffer is allocated whole, and a fragmented heap may not have `cap` bytes
-    in one piece. A missing or bad file gives {}."""
+    in one piece. A missing or bad file gives {}; for a file that is there but none of
+    whose copies can be read, on_bad(why) is called too (the caller fails closed)."""
     n = 0
     for p in (path, path + ".bak", path + ".tmp"):
         try:
             n = max(n, os.stat(p)[6])
         except OSError:
             pass
-    data = atomicfile.load_json(path, dict, _log.error, max_bytes=min(n, cap) or 1)
-    return data if isinstance(data, dict) else {}
+    errors = [0]
+
+    def note(msg):
+        errors[0] += 1
+        _log.error("%s", msg)
+
+    none = {}  # by identity: load_json gives this very object when no copy is usable
+    data = atomicfile.load_json(path, lambda: none, note, max_bytes=min(n, cap) or 1)
+    if data is none or not isinstance(data, dict):
+        if errors[0] and on_bad is not None:
+            on_bad("%s unreadable" % path.rpartition("/")[2])
+        return {}
+    return data
 
 
 def _csl_ok(kind, text):

@@ -28,6 +28,7 @@ async def change_availability(svc, mid, p):
         return _status("Rejected")
     operative = p["type"] == "Operative"
     ch = svc.ch
+    svc.store_errors.pop("ocpp_state.json", None)  # the central system has decided
     if ch.session is not None and not operative:
         svc.state["sched"] = "Inoperative"
         svc.save_state()

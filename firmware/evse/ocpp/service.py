@@ -30,6 +30,7 @@ from evse.ocpp.authsrc import Authorization, Gate
 from evse.ocpp.config import Config, load_json
 from evse.ocpp.link import CallError, Link, LinkDown
 from evse.ocpp.rpc import RpcError
+from evse.ocpp import smart
 from evse.ocpp.smart import Smart
 from evse.ocpp.transactions import Transactions
 from evse.ocpp.txqueue import TxQueue
@@ -81,7 +82,18 @@ class Service:
         self.llist = TagTable(d + "/ocpp_list.json", cfg["LocalAuthListMaxLength"])
         self.cache = Cache(d + "/ocpp_cache.json", _CACHE_LEN)
         self._state_path = d + "/ocpp_state.json"
-        self.state = load_json(self._state_path, 2048)
+        # OCPP files that are there but cannot be read: {file: why and what is in use},
+        # configuration errors (CFG) until the central system sets them again.
+        self.store_errors = {}
+        bad = []
+        self.state = load_json(self._state_path, 2048, bad.append)
+        if bad:
+            # Whether the central system had taken the charger out of service is unknown:
+            # it stays Inoperative (reported as Unavailable) until a ChangeAvailability.
+            self.state = {"inop": True}
+            self.store_errors["ocpp_state.json"] = (
+                "unreadable: Inoperative until the central system sends ChangeAvailability")
+            _log.error("ocpp_state.json unreadable: Inoperative until ChangeAvailability")
         self.ws = wsclient.WsClient(max_message=6144, tx_size=1024)
         self.link = Link(self.ws, self._on_call)
         self._send_ev = asyncio.Event()
@@ -125,6 +137,7 @@ class Service:
         cfg.listeners.append(self._on_cfg)
         if self.state.get("inop"):
             ch.unavailable = True
+        self.update_store_limit()
         self._recover()
 
     # ---- small views ------------------------------------------------------------------------
@@ -141,6 +154,21 @@ class Service:
 
     def now(self):
         return self.hw.rtc.now()
+
+    def update_store_limit(self, off=False):
+        """The 6 A limit (smart.STORE_LIMIT) while the charging profile store cannot be
+        read: it may have held a site limit (ChargePointMaxProfile). None when OCPP is
+        off (no profile applies then) or the central system has set profiles again."""
+        err = self.smart.store_error
+        if err is None:
+            self.store_errors.pop("ocpp_profiles.json", None)
+        else:
+            self.store_errors["ocpp_profiles.json"] = (
+                "unreadable: %d A (limit %s) until the central system sets or clears "
+                "charging profiles" % (smart.STORE_LIMIT_A, smart.STORE_LIMIT))
+        lim = None if err is None or off else smart.STORE_LIMIT_A
+        if self.ch.external.get(smart.STORE_LIMIT) != lim:
+            self.ch.set_external_limit(smart.STORE_LIMIT, lim)
 
     def save_state(self):
         atomicfile.save_json(self._state_path, self.state)
@@ -304,11 +332,7 @@ class Service:
         return ctx
 
     def _dns_server(self):
-        try:
-            ip = self.hw.wlan.ifconfig()[3]
-        except (AttributeError, IndexError, OSError):
-            return None
-        return (ip, 53) if ip and ip != "0.0.0.0" else None
+        return dnsclient.wlan_server(getattr(self.hw, "wlan", None))
 
     async def _address(self, host):
         """The address to connect to. A name is asked of the DNS server for every

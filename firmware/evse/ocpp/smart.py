@@ -24,6 +24,8 @@ MAX_PERIODS = 24
 MAX_PROFILES = 8
 _PER = {"Daily": 86400, "Weekly": 604800}
 _FILE_MAX = 12288  # MAX_PROFILES of MAX_PERIODS periods, as stored
+STORE_LIMIT = "ocpp_store"  # the charger's named limit while the store is unreadable
+STORE_LIMIT_A = 6.0
 
 
 def _start(p, t, tx_start):
@@ -63,8 +65,21 @@ def evaluate(p, t, tx_start):
 class Smart:
     def __init__(self, data_dir):
         self._path = data_dir + "/ocpp_profiles.json"
-        prof = load_json(self._path, _FILE_MAX).get("profiles")
-        self.profiles = prof if isinstance(prof, list) else []
+        # Why the stored profiles are unknown, or None. A store that is there but cannot
+        # be read may have held a ChargePointMaxProfile (a site limit): the service then
+        # holds the charger at 6 A (limit STORE_LIMIT) until the central system installs
+        # or clears profiles again, which rewrites the store.
+        self.store_error = None
+        bad = []
+        prof = load_json(self._path, _FILE_MAX, bad.append).get("profiles", [] if not bad else None)
+        if not isinstance(prof, list):
+            prof = []
+            bad.append("ocpp_profiles.json unreadable")
+        if bad:
+            self.store_error = bad[0]
+            _log.error("%s: the charging profiles are unknown, 6 A until the central "
+                       "system sets or clears profiles", bad[0])
+        self.profiles = prof
         self.phases = 3  # phases this charger uses (charger.phases), set by the service
 
     def _save(self):
@@ -110,6 +125,7 @@ class Smart:
         keep.append(p)
         self.profiles = keep
         self._save()
+        self.store_error = None  # the central system manages the profiles again
         _log.info("profile %s installed (%s, level %d, connector %d)", pid, purpose, p["stackLevel"], conn)
         return "Accepted"
 
@@ -147,11 +163,15 @@ class Smart:
                         and (purpose is None or q["chargingProfilePurpose"] == purpose)
                         and (level is None or q["stackLevel"] == level))
             ]
-        if len(keep) == len(self.profiles):
+        removed = len(keep) != len(self.profiles)
+        if not removed and self.store_error is None:
             return "Unknown"
+        # Something removed, or an unreadable store that the central system manages
+        # again: the store is rewritten.
+        self.store_error = None
         self.profiles = keep
         self._save()
-        return "Accepted"
+        return "Accepted" if removed else "Unknown"
 
     def tx_ended(self):
         """TxProfiles end with their transaction."""

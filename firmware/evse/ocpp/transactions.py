@@ -333,3 +333,4 @@ class Transactions:
             self.limit = a
             _log.info("charging profile limit: %s", "none" if a is None else "%.1f A" % a)
             svc.ch.set_external_limit("ocpp", a)
+        svc.update_store_limit(off)

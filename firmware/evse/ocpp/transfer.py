@@ -16,6 +16,7 @@
 import asyncio
 import os
 
+import dnsclient
 import log
 import wsclient
 from evse.ocpp import isotime
@@ -42,8 +43,10 @@ def _window(rec, lo, hi):
     return (lo is None or v >= lo) and (hi is None or v <= hi)
 
 
-def _write_file(svc, path, p):
-    # One record in memory at a time: the logs hold up to 200 of each kind.
+async def _write_file(svc, path, p):
+    # One record in memory at a time: the logs hold up to 200 of each kind. The loop gets
+    # a turn after each record, so the pilot and protection tasks never wait for the
+    # whole file (several hundred JSON encodes and flash writes).
     lo = isotime.parse(p["startTime"]) if "startTime" in p else None
     hi = isotime.parse(p["stopTime"]) if "stopTime" in p else None
     import json
@@ -65,6 +68,7 @@ def _write_file(svc, path, p):
                     f.write(json.dumps(rec))
                     f.write("\n")
                     n += 1
+                await asyncio.sleep_ms(0)
     return n
 
 
@@ -72,7 +76,7 @@ async def upload_diagnostics(svc, p, name):
     path = svc.data_dir + "/diag.tmp"
     ok = False
     try:
-        n = _write_file(svc, path, p)
+        n = await _write_file(svc, path, p)
         _log.info("diagnostics: %d records in %s", n, name)
         svc.diagnostics_status("Uploading")
         tries = 1 + max(0, p.get("retries", 0))
@@ -114,7 +118,11 @@ async def _post(svc, location, name, path):
     if secure and ctx is None:
         raise ValueError("https:// needs the CA certificate")
     size = os.stat(path)[6]
-    r, w = await asyncio.open_connection(host, port, ssl=ctx, server_hostname=host)
+    # asyncio.open_connection calls socket.getaddrinfo, which blocks the whole loop
+    # (pilot and protection included) on a name: it only ever gets the address; the name
+    # stays in the Host header and the TLS server name.
+    addr = await dnsclient.address(host, svc.dns_server(), svc.dns_timeout_ms)
+    r, w = await asyncio.open_connection(addr, port, ssl=ctx, server_hostname=host)
     try:
         target = base.rstrip("/") + "/" + name
         head = (
