@@ -885,3 +885,56 @@ def test_no_close_on_the_debounced_state_alone():
     r.ch.tick_pilot()  # one sample of A: not yet accepted
     r.ch.tick_control(r.clock.ms)
     true(not r.hw.relays.closed, "closed while the pilot reads A")
+
+
+def _log_relay_state(r):
+    """Records each log line with whether the relays were closed as it was written: a
+    log line may wait on a UART, so a fault must have opened them first."""
+    import log
+
+    seen = []
+
+    def out(line):
+        seen.append((line, r.hw.relays.closed))
+
+    log.set_output(out)
+    return seen
+
+
+def _relays_open_while_logging(r, trigger, fault, limit_ms):
+    import log
+
+    seen = _log_relay_state(r)
+    try:
+        trigger()
+        t0 = r.clock.ms
+        while not r.ch.active & fault:
+            true(r.clock.ms - t0 < limit_ms, "no trip")
+            r.run(10)
+    finally:
+        log.set_output()
+    true(seen, "logged")
+    for line, closed in seen:
+        true(not closed, "relays still closed while logging %r" % line)
+
+
+def test_an_over_current_opens_the_relays_before_it_logs():
+    r = Rig()
+    r.charge()
+    true(r.hw.relays.closed, "charging")
+
+    def over():
+        r.hw.meter.amps = [45.0, 45.0, 45.0]  # > offered + 8 A: fast trip
+
+    _relays_open_while_logging(r, over, faults.OCP, 2000)
+
+
+def test_a_lock_opened_during_charging_opens_the_relays_before_it_logs():
+    r = Rig()
+    r.charge()
+    true(r.hw.relays.closed, "charging")
+
+    def broken():
+        r.hw.lock.broken = True
+
+    _relays_open_while_logging(r, broken, faults.ELK, 500)

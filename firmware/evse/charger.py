@@ -502,8 +502,8 @@ class Charger:
         elif self._pwm_stop_ms is not None and time.ticks_diff(
             now_ms, self._pwm_stop_ms
         ) > _FORCE_OPEN_MS:  # '>': the stop fell somewhere inside its millisecond tick
+            r.open()  # first: the log may wait on a UART
             _log.warning("EV stayed in C 6 s after the PWM stopped: opening under load")
-            r.open()
 
     def _close(self, now_ms):
         # Every condition once more, right where the coil is driven.
@@ -580,9 +580,9 @@ class Charger:
             if self.lock_state == LOCK_LOCKED and self._relays.closed and not lk.feedback():
                 # The session is over but the relays still wait for the vehicle to leave C
                 # (up to 6 s): its plug is as live, and now free, as during the session.
-                _log.error("lock opened with the relays closed")
+                self.trip(faults.ELK)  # first: the log may wait on a UART
                 self.lock_state = LOCK_OPEN
-                self.trip(faults.ELK)
+                _log.error("lock opened with the relays closed")
                 return
             # Release only once both auxiliary contacts have reported open for the
             # whole weld-check window: a relay commanded open may still be welded, and
@@ -608,14 +608,14 @@ class Charger:
                     self._lock_ms = now_ms
                     self._lock_tries += 1
                 else:
-                    _log.error("lock did not confirm")
+                    self.trip(faults.ELK)
                     self.lock_state = LOCK_OPEN
                     lk.release()
-                    self.trip(faults.ELK)
+                    _log.error("lock did not confirm")
         elif self.lock_state == LOCK_LOCKED and not lk.feedback():
-            _log.error("lock opened during the session")
+            self.trip(faults.ELK)  # first: the log may wait on a UART
             self.lock_state = LOCK_OPEN
-            self.trip(faults.ELK)
+            _log.error("lock opened during the session")
 
     # ---- RCD self-test before each charge -------------------------------------------
     def _selftest_done(self, now_ms):
@@ -678,8 +678,8 @@ class Charger:
         self._rcd_testing = False
         self._selftest = _ST_IDLE
         self.selftest_failed = True
-        _log.error("RCD self-test failed: %s", why)
         self.trip(faults.IRD)
+        _log.error("RCD self-test failed: %s", why)
 
     # ---- views -----------------------------------------------------------------------
     def ocpp_status(self):

@@ -261,8 +261,8 @@ class Protection:
         if draw > ref + OCP_FAST_MARGIN_A or self._cond(
             "ocp", draw > (ref + 0.5) * 1.10, now_ms, _OCP_SLOW_MS
         ):
+            ch.trip(faults.OCP)  # first: the log may wait on a UART
             _log.error("over-current: %.1f A drawn, %.1f A offered", draw, ref)
-            ch.trip(faults.OCP)
 
     def _tn(self):
         return self.settings["power_system"] == "TN_TT"
