@@ -199,6 +199,11 @@ class Protection:
             ok = False
         if not ok:
             self._meter_good_ms = None
+            # The voltage and current rules run on good readings only: a timer one of
+            # them started would otherwise outlive an outage of days, read as negative
+            # once the ticks wrap, and never fire again. The next good reading starts it.
+            for name in ("ovp", "lvp", "mis", "ocp"):
+                self._since.pop(name, None)
             if self._meter_fail_ms is None:
                 self._meter_fail_ms = now_ms
             # Once tripped, a failure lasting days no longer looks at when it began.
