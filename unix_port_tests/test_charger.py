@@ -938,3 +938,36 @@ def test_a_lock_opened_during_charging_opens_the_relays_before_it_logs():
         r.hw.lock.broken = True
 
     _relays_open_while_logging(r, broken, faults.ELK, 500)
+
+
+def test_a_lower_cable_rating_applies_at_the_tick_it_is_read():
+    """The control tick that reads a thinner cable (PP) offers no more than it carries."""
+    r = Rig()
+    r.charge()
+    eq(r.ch.offered_a, 32.0)
+    r.hw.pp_adc.ohm = 1500  # 13 A
+    r.run(100)  # exactly one control tick
+    eq(r.ch.cable_a, 13.0, "read")
+    true(r.ch.offered_a <= 13.0, "offered %.1f A on a 13 A cable" % r.ch.offered_a)
+
+
+def test_the_cable_rating_is_forgotten_when_the_vehicle_leaves():
+    r = Rig()
+    r.hw.pp_adc.ohm = 1500  # 13 A
+    r.charge()
+    eq(r.ch.offered_a, 13.0)
+    r.hw.ev.state = "A"
+    r.run(500)
+    eq(r.ch.cable_a, None, "no cable known with nothing plugged in")
+
+
+def test_a_lower_thermal_derating_cuts_the_offer_at_once():
+    r = Rig()
+    r.charge()
+    eq(r.ch.offered_a, 32.0)
+    r.hw.temps.relay_c = 80.0  # inside the relay derating band
+    r.ch.tick_pilot()
+    r.prot.tick(r.clock.ms)  # the protection tick that reads it, before any control tick
+    true(r.ch.thermal_a is not None and r.ch.thermal_a < 32.0, "derated")
+    true(r.ch.offered_a <= r.ch.thermal_a,
+         "offered %.1f A, thermal limit %.1f A" % (r.ch.offered_a, r.ch.thermal_a))

@@ -328,6 +328,7 @@ class Charger:
         self._diode_bad = 0
         if new == pilot.STATE_A:
             self._relays.open()
+            self.cable_a = None  # the vehicle left with its cable: the next one is read anew
             if self.session is not None:
                 self.end_session("Unplug")
             self.finishing = False
@@ -400,6 +401,7 @@ class Charger:
             self._x1()
         if not self.connected:
             self._pp_bad_ms = None  # a stale start would read as negative after the wrap
+            self.cable_a = None  # the next cable is read before anything is offered
             if self._cp.duty_pm != -1:
                 self._x1()
             self._relays.open()
@@ -418,6 +420,7 @@ class Charger:
             and not self.unavailable
             and not self.halted
             and self.limit_a >= limits.MIN_A
+            and self.cable_a is not None  # no offer before the cable's rating is known
             and (not self.case_b or self.lock_state == LOCK_LOCKED)
         )
         if ready and not self._selftest_done(now_ms):
@@ -448,7 +451,7 @@ class Charger:
 
     def _check_cable(self, now_ms):
         if not self.case_b:
-            self.cable_a = self.settings["cable_max_a"]
+            self._set_cable(self.settings["cable_max_a"])
             return
         rating = limits.cable_rating(self.hw.pp_adc.read_ohm())
         if rating is None:
@@ -458,7 +461,24 @@ class Charger:
                 self.trip(faults.PP)
             return
         self._pp_bad_ms = None
-        self.cable_a = rating
+        self._set_cable(rating)
+
+    def _set_cable(self, amps):
+        # The tick that reads a thinner cable is the one that offers it no more than it
+        # carries: the limit is composed again at once, and a lower one cuts the offer.
+        if amps == self.cable_a:
+            return
+        self.cable_a = amps
+        self._update_limit(self.clock())
+        if self.limit_a < self.offered_a:
+            self._cut_now()
+
+    def limit_changed(self):
+        """A limit held here (the thermal derating) went down: the offer follows at once,
+        not at the next control tick."""
+        self._update_limit(self.clock())
+        if self.limit_a < self.offered_a:
+            self._cut_now()
 
     def _raise_held(self, now_ms):
         """True within 5 s of the last change of the offer, whichever way it went: the

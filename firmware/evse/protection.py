@@ -310,7 +310,10 @@ class Protection:
         if t.socket_c is None or t.socket_c >= OCT_TRIP_C:
             ch.trip(faults.OCT)
         # Heat follows the current, so derate from the hardware rating, not the setting.
+        was = ch.thermal_a
         ch.thermal_a = limits.thermal_limit(limits.MODEL_A, t.relay_c, t.socket_c)
+        if ch.thermal_a is not None and (was is None or ch.thermal_a < was):
+            ch.limit_changed()  # a lower derating cuts the offer now
 
     def _check_fan(self, now_ms):
         t = self.hw.temps
