@@ -466,6 +466,78 @@ def test_an_unreadable_latch_file_fails_closed_with_lat():
         eq(ch.latched, 0, "nothing left latched")
 
 
+def _boot(data_dir):
+    """A charger started as app.py starts it: the RCD handler set, the latches loaded."""
+    ch, prot = _latch_rig(data_dir)
+    ch.hw.rcd.set_handler(ch._rcd_cb)
+    prot.load_latches()
+    return ch, prot
+
+
+class _PowerCut(Exception):
+    pass
+
+
+def test_a_latch_survives_a_failed_flash_write():
+    """The write of a new latch fails (flash full or failing): it is written at a later
+    tick, the tick goes on meanwhile, and the failure is logged once."""
+    import atomicfile
+    import log
+    from check import tmpdir
+
+    d = tmpdir("latch_enospc")
+    ch, prot = _boot(d)
+    real = atomicfile.save_json
+    calls = [0]
+
+    def full(path, obj):
+        calls[0] += 1
+        if calls[0] <= 3:
+            raise OSError(28)  # ENOSPC
+        return real(path, obj)
+
+    lines = []
+    atomicfile.save_json = full
+    log.set_output(lines.append)
+    try:
+        ch.hw.pe.continuity = False
+        for t in range(0, 1000, 100):
+            prot.tick(1000 + t)
+    finally:
+        atomicfile.save_json = real
+        log.set_output()
+    true(ch.latched & faults.PE, "latched in RAM")
+    true(calls[0] > 3, "written again after the failures")
+    eq(len([x for x in lines if "not saved" in x]), 1, "logged once: %r" % lines)
+    ch2, _prot2 = _boot(d)
+    eq(faults.codes(ch2.latched), ["PE"], "latched after the restart")
+
+
+def test_an_rcd_trip_is_latched_even_while_the_protection_tick_keeps_failing():
+    """The RCD interrupt latches IRD in trip() itself; the protection tick writes it to
+    flash before any sensor read, so a tick that dies at every run (until the watchdog
+    resets the charger) does not lose it."""
+    from check import tmpdir
+
+    d = tmpdir("latch_irq")
+    ch, prot = _boot(d)
+
+    def broken():
+        raise OSError(5)
+
+    ch.hw.temps.read = broken
+    ch.hw.rcd.fire()
+    ch.hw.rcd.line = False
+    true(ch.latched & faults.IRD, "latched by the interrupt")
+    for t in range(5):
+        try:
+            prot.tick(1000 + 100 * t)
+        except OSError:
+            pass
+    ch2, _prot2 = _boot(d)  # the watchdog's reset
+    eq(faults.codes(ch2.latched), ["IRD"], "latched after the reset")
+
+
 def test_trip_path_allocates_nothing():
     r = Rig()
     r.charge()

@@ -31,6 +31,9 @@ _CLOSE_CHECK_MS = const(1000)  # aux contacts must follow the coil within 1 s
 # The weld check's window (protection.py): the lock opens only after both auxiliary
 # contacts have reported open this long, so a weld is known before the plug is free.
 _CONTACTS_OPEN_MS = const(500)
+# Trips that latch the moment they are made, in trip() itself: the RCD interrupt's IRD
+# is latched even if the protection tick that records it never completes.
+LATCH_AT_TRIP = faults.IRD | faults.ELK
 
 SESSION_SAMPLES = 48  # power samples kept per session record (history chart)
 
@@ -231,6 +234,21 @@ class Charger:
         self.active |= bit
         self.tripped_new |= new
         self._f_hold |= new
+        self.latched |= bit & LATCH_AT_TRIP  # protection.py writes it to flash
+        self._irq_on(st)
+
+    def latch(self, bits, new=0):
+        """Adds latched trips (and `new` to the bits protection records as new). In an
+        interrupts-off section: trip() adds to both too."""
+        st = self._irq_off()
+        self.latched |= bits
+        self.tripped_new |= new
+        self._irq_on(st)
+
+    def unlatch(self, bits):
+        """A technician's clear. In an interrupts-off section: trip() adds to them too."""
+        st = self._irq_off()
+        self.latched &= ~bits
         self._irq_on(st)
 
     def take_tripped(self, mask=-1):

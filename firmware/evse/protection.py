@@ -61,6 +61,8 @@ class Protection:
         self.settings = settings
         self.history = history
         self._latch_path = data_dir + "/latched.json"
+        self._saved = 0  # the latched bits last written to flash whole
+        self._save_failed = False  # the last write failed: retried every tick, logged once
         self._since = {}  # rule name -> ticks_ms when its condition began, or _HELD
         self._ocp_ref_a = 0.0
         self._ocp_ref_ms = None  # when the reference was set; None: its 5 s are over
@@ -99,12 +101,13 @@ class Protection:
             bits |= faults.LAT
         if bits:
             _log.warning("latched trips from before the restart: %s", faults.codes(bits))
-            self.ch.latched = bits
+            self.ch.latch(bits)
             for b in _bits(bits):
                 self.ch.trip(b)
             # Recorded before the restart (not a trip since); LAT is new: it is recorded.
             self.ch.take_tripped(bits & ~faults.LAT)
             self.weld = bits & (faults.R12 | faults.R3N)
+        self._saved = bits & ~faults.LAT
         if bad:
             self._save_latches()  # whole again, LAT in it: a restart keeps it
 
@@ -127,7 +130,26 @@ class Protection:
         return still
 
     def _save_latches(self):
-        atomicfile.save_json(self._latch_path, {"latched": faults.codes(self.ch.latched)})
+        """Writes the latched trips. A failed write (flash full or failing) leaves them
+        unsaved: _persist() tries again at every tick until one succeeds."""
+        bits = self.ch.latched
+        try:
+            atomicfile.save_json(self._latch_path, {"latched": faults.codes(bits)})
+        except OSError as e:
+            if not self._save_failed:
+                self._save_failed = True
+                _log.error("latched trips %s not saved (%s): retrying", faults.codes(bits), e)
+            return
+        self._saved = bits
+        if self._save_failed:
+            self._save_failed = False
+            _log.warning("latched trips %s saved", faults.codes(bits))
+
+    def _persist(self):
+        """Writes the latched trips whenever they differ from what flash holds: a trip the
+        interrupt latched, a write that failed before."""
+        if self.ch.latched != self._saved:
+            self._save_latches()
 
     def technician_clear(self, codes=None):
         """Authenticated action of the Report page: clears latched trips whose cause is
@@ -154,7 +176,7 @@ class Protection:
                 raise ValueError("cause still present: " + ", ".join(faults.codes(still)))
         if not bits:
             return []
-        ch.latched &= ~bits
+        ch.unlatch(bits)
         ch.clear(bits)
         self.weld &= ~bits
         if bits & faults.IRD:
@@ -171,8 +193,12 @@ class Protection:
         """Every ~100 ms: fast sensors, then record what tripped, then clear rules."""
         ch = self.ch
         hw = self.hw
+        # First, before any sensor read that may raise: a trip latched since the last
+        # tick (the RCD interrupt's IRD) reaches flash even if the rest of the tick fails.
+        self._persist()
         if hw.rcd.tripped() and not ch._rcd_testing:
             ch.trip(faults.IRD)  # backup for a missed interrupt edge
+            self._persist()
         if self._read_ms is not None and _held(now_ms, self._read_ms, _MET_TRIP_MS):
             # No reading at all (the metering task hangs) blinds OVP, LVP, MIS and OCP as
             # much as a silent meter does.
@@ -339,14 +365,14 @@ class Protection:
 
     def _latch(self, bit, why):
         ch = self.ch
+        fresh = not ch.latched & bit  # before trip(), which latches IRD and ELK itself
         ch.trip(bit)
-        if not ch.latched & bit:
+        if fresh:
             # Recorded as new even when the bit was already active without a latch (a relay
             # stuck open, then welded): the latch ends the session and has its own record.
-            ch.tripped_new |= bit
-            ch.latched |= bit
-            _log.error("%s latched: %s", faults.codes(bit), why)
+            ch.latch(bit, new=bit)
             self._save_latches()
+            _log.error("%s latched: %s", faults.codes(bit), why)
 
     # ---- records ---------------------------------------------------------------------------
     def _record_new(self, now_ms):
@@ -354,12 +380,8 @@ class Protection:
         new = ch.take_tripped()
         if not new:
             return
-        if new & faults.IRD and not ch.latched & faults.IRD:
-            ch.latched |= faults.IRD
-            self._save_latches()
-        if new & faults.ELK and not ch.latched & faults.ELK:
-            ch.latched |= faults.ELK
-            self._save_latches()
+        # IRD and ELK latched in trip() itself (charger.LATCH_AT_TRIP).
+        self._persist()
         for bit in _bits(new):
             code = faults.codes(bit)[0]
             self._trip_ms[bit] = now_ms
