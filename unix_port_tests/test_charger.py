@@ -478,6 +478,68 @@ class _PowerCut(Exception):
     pass
 
 
+def test_a_latch_whose_tmp_copy_was_written_survives_a_power_cut():
+    """The power goes after latched.json.tmp is whole, before the renames: the old
+    latched.json does not hold the new trip, the .tmp does, and it is kept."""
+    import atomicfile
+    from check import tmpdir
+
+    d = tmpdir("latch_cut")
+    atomicfile.save_json(d + "/latched.json", {"latched": []})  # e.g. after a clear
+    ch, prot = _boot(d)
+    eq(ch.latched, 0, "nothing latched at first")
+    real = atomicfile._exists
+
+    def cut(p):  # write_atomic looks for latched.json right after flushing the .tmp
+        raise _PowerCut()
+
+    atomicfile._exists = cut
+    try:
+        ch.hw.pe.continuity = False
+        try:
+            for t in range(0, 400, 100):
+                prot.tick(1000 + t)
+        except _PowerCut:
+            pass
+    finally:
+        atomicfile._exists = real
+    true(ch.latched & faults.PE, "PE latched before the cut")
+    ch2, prot2 = _boot(d)  # the restart
+    eq(faults.codes(ch2.latched), ["PE"], "latched after the restart")
+    true(ch2.active & faults.PE, "and active")
+    true(not atomicfile._exists(d + "/latched.json.tmp"), "written whole again at boot")
+    eq(atomicfile.load_json(d + "/latched.json"), {"latched": ["PE"]})
+
+
+def test_a_torn_tmp_copy_of_the_latches_fails_closed():
+    """A .tmp that is not whole: a write of the latches was cut, and whatever it added is
+    unknown: ERR LAT on top of what latched.json holds."""
+    import atomicfile
+    from check import tmpdir
+
+    d = tmpdir("latch_torn")
+    atomicfile.save_json(d + "/latched.json", {"latched": ["PE"]})
+    data = atomicfile.encode_json({"latched": ["PE", "IRD"]})
+    with open(d + "/latched.json.tmp", "wb") as f:
+        f.write(data[:-4])
+    ch, _prot = _boot(d)
+    eq(faults.codes(ch.latched), ["PE", "LAT"], "the old copy and LAT")
+
+
+def test_a_cleared_latch_stays_cleared_although_the_bak_copy_holds_it():
+    """latched.json.bak is the version before the last write: it does not bring back a
+    trip a technician cleared."""
+    from check import tmpdir
+
+    d = tmpdir("latch_bak")
+    ch, prot = _boot(d)
+    prot._latch(faults.PE, "no earth continuity")
+    ch.hw.pe.continuity = True
+    eq(prot.technician_clear(), ["PE"], "cleared")
+    ch2, _prot2 = _boot(d)  # a restart
+    eq(ch2.latched, 0, "nothing latched")
+
+
 def test_a_latch_survives_a_failed_flash_write():
     """The write of a new latch fails (flash full or failing): it is written at a later
     tick, the tick goes on meanwhile, and the failure is logged once."""

@@ -83,19 +83,24 @@ class Protection:
         # Fail closed: a record that cannot be read in full (a bad copy, the wrong types,
         # a code this firmware does not latch) may have held any trip, so LAT latches on
         # top of whatever could be read, until a technician clears it.
+        # A latch is only ever added between two writes but by a technician's clear, so
+        # every copy that may be the newest counts (a whole .tmp the renames never
+        # reached holds a trip the older latched.json lacks): a trip is never lost, at
+        # worst a clear cut by the power comes back.
         bad = []
-        none = {}
-        saved = atomicfile.load_json(self._latch_path, lambda: none, bad.append)
-        codes = saved.get("latched") if isinstance(saved, dict) else None
-        if saved is not none and not isinstance(codes, list):
-            bad.append("no list of latched codes")
+        copies = atomicfile.load_json_copies(self._latch_path, bad.append)
         bits = 0
-        for code in codes or ():
-            r = faults.row(code) if isinstance(code, str) else None
-            if r and r[2]:
-                bits |= r[1]
-            else:
-                bad.append("%r is no latching code" % (code,))
+        for saved in copies:
+            codes = saved.get("latched") if isinstance(saved, dict) else None
+            if not isinstance(codes, list):
+                bad.append("no list of latched codes")
+                continue
+            for code in codes:
+                r = faults.row(code) if isinstance(code, str) else None
+                if r and r[2]:
+                    bits |= r[1]
+                else:
+                    bad.append("%r is no latching code" % (code,))
         if bad:
             _log.error("latched trips unreadable (%s): ERR LAT", "; ".join(bad))
             bits |= faults.LAT
@@ -108,7 +113,7 @@ class Protection:
             self.ch.take_tripped(bits & ~faults.LAT)
             self.weld = bits & (faults.R12 | faults.R3N)
         self._saved = bits & ~faults.LAT
-        if bad:
+        if bad or len(copies) > 1:
             self._save_latches()  # whole again, LAT in it: a restart keeps it
 
     def _causes_present(self, bits):
