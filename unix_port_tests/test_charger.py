@@ -346,6 +346,50 @@ def test_a_real_rcd_trip_after_a_selftest_cut_short_is_not_ignored():
         true(not r.hw.rcd.testing, "%s: test input released" % stop)
 
 
+def _edge_after_the_release_check(r, phase):
+    """The RCD's fault line pulses (edge and interrupt) right after the self-test has read
+    it down in `phase` (2: the test ending, 4: a test cut short), before the test flag
+    falls: the interrupt still reads "testing"."""
+    rcd = r.hw.rcd
+    real = rcd.tripped
+    fired = [False]
+
+    def tripped():
+        v = real()
+        if not v and not fired[0] and r.ch._selftest == phase and r.ch._rcd_testing:
+            fired[0] = True
+            rcd.fire()
+            rcd.line = False  # a short pulse: gone before protection polls the line
+        return v
+
+    rcd.tripped = tripped
+    return fired
+
+
+def test_an_rcd_edge_between_the_selftest_release_check_and_its_flag_is_not_lost():
+    r = Rig()
+    r.plug("B")
+    eq(r.ch.start_session("X", "RFID"), None)
+    fired = _edge_after_the_release_check(r, 2)  # _ST_RELEASE
+    r.run(1000)
+    true(fired[0], "the edge landed in the window")
+    r.hw.ev.state = "C"
+    r.run(1000)
+    true(r.ch.latched & faults.IRD, "IRD latched")
+    true(not r.hw.relays.closed, "relays open")
+
+
+def test_an_rcd_edge_as_a_selftest_cut_short_ends_is_not_lost():
+    r = Rig()
+    _during_selftest(r)
+    r.run(100)  # the module trips on the test input: the test waits for its release
+    fired = _edge_after_the_release_check(r, 4)  # _ST_CANCEL
+    r.ch.end_session("RFID")
+    r.run(1000)
+    true(fired[0], "the edge landed in the window")
+    true(r.ch.latched & faults.IRD, "IRD latched")
+
+
 def test_selftest_waits_for_the_contacts_to_open():
     """A new session inside the 6 s force-open window (the vehicle still in C, the relays
     still closed) tests the RCD only once the contacts are open, never under load."""

@@ -127,6 +127,7 @@ class Charger:
         self._selftest = _ST_IDLE
         self._selftest_ms = 0
         self._rcd_testing = False
+        self._rcd_edges = 0  # rcd_irq_count when the test input was released
         self.selftest_failed = False
         self._pp_bad_ms = None
         self._close_ms = None
@@ -280,7 +281,9 @@ class Charger:
             _log.warning("charger %s by the supervisor", "held" if on else "released")
 
     def _on_rcd_irq(self):
-        # The board has already opened the relays in its IRQ handler.
+        # The board has already opened the relays in its IRQ handler. Every edge is
+        # counted, during the self-test too: the test's end looks for edges since the
+        # test input was released (_rcd_watched).
         self.rcd_irq_count += 1
         if not self._rcd_testing:
             self.trip(faults.IRD)
@@ -676,14 +679,15 @@ class Charger:
             self._selftest_ms = now_ms
         elif st == _ST_DRIVE:
             if rcd.tripped():
-                rcd.test(False)
+                self._release_test_input()
                 self._selftest = _ST_RELEASE
                 self._selftest_ms = now_ms
             elif time.ticks_diff(now_ms, self._selftest_ms) >= _SELFTEST_MS:
                 self._selftest_fail("did not trip on the test input")
         elif st == _ST_RELEASE:
             if not rcd.tripped():
-                self._rcd_testing = False
+                if not self._rcd_watched():
+                    return False  # a real trip as the test ended: IRD
                 self._selftest = _ST_PASSED
                 _log.info("RCD self-test passed")
                 return True
@@ -698,18 +702,41 @@ class Charger:
         forget: the passed result belonged to the session that ended."""
         st = self._selftest
         if st == _ST_DRIVE or st == _ST_RELEASE:
-            self.hw.rcd.test(False)
+            if st == _ST_DRIVE:
+                self._release_test_input()
             self._selftest = _ST_CANCEL
             self._selftest_ms = now_ms
             st = _ST_CANCEL
         if st == _ST_CANCEL:
             if not self.hw.rcd.tripped():
-                self._rcd_testing = False
+                self._rcd_watched()
                 self._selftest = _ST_IDLE
             elif time.ticks_diff(now_ms, self._selftest_ms) >= _SELFTEST_MS:
                 self._selftest_fail("did not release after the test")
         elif st == _ST_PASSED and forget:
             self._selftest = _ST_IDLE
+
+    def _release_test_input(self):
+        # Edges counted from here on are not the test's own: its rising edge came while
+        # the input was driven, and the line can only rise again after it has fallen.
+        self._rcd_edges = self.rcd_irq_count
+        self.hw.rcd.test(False)
+
+    def _rcd_watched(self):
+        """The test is over: the interrupt trips IRD again. An edge it counted since the
+        test input was released, or a fault line up now, was a real trip that the test
+        flag hid (the line read down, then an edge before the flag fell): IRD. False
+        then, True when the RCD is quiet."""
+        st = self._irq_off()
+        self._rcd_testing = False
+        edges = self.rcd_irq_count - self._rcd_edges
+        self._irq_on(st)
+        if edges or self.hw.rcd.tripped():
+            self._selftest = _ST_IDLE
+            self.trip(faults.IRD)
+            _log.error("RCD tripped as its self-test ended")
+            return False
+        return True
 
     def _selftest_fail(self, why):
         self.hw.rcd.test(False)
