@@ -450,6 +450,33 @@ def test_technician_clear_takes_only_latched_trips_whose_cause_is_gone():
     true(r.ch.latched & faults.R3N, "kept while the contact reads closed")
 
 
+def test_technician_clear_of_elk_checks_that_the_lock_works():
+    """ELK (the lock did not confirm) clears only after a lock test has passed: the
+    first clear starts it, and a broken lock fails it."""
+    r = Rig()
+    r.hw.lock.broken = True
+    r.plug("B")
+    eq(r.ch.start_session("X", "RFID"), None)
+    r.run(3000)
+    true(r.ch.latched & faults.ELK, "ELK latched")
+    true(not r.hw.lock.engaged, "released")
+    eq(r.prot.technician_clear(), [], "not cleared: the lock is not known to work")
+    raises(ValueError, r.prot.technician_clear, ["ELK"])
+    r.run(3000)  # the lock test: engaged, no feedback
+    true(not r.hw.lock.engaged, "released after the failed test")
+    eq(r.prot.technician_clear(), [], "the lock still broken")
+    r.hw.lock.broken = False  # repaired
+    r.run(3000)  # the test the last clear started
+    true(not r.hw.lock.engaged, "released after the test")
+    eq(r.prot.technician_clear(), ["ELK"], "cleared once the lock test has passed")
+    r.run(1500)
+    true(not r.ch.latched and not r.ch.active, "no fault left")
+    eq(r.ch.start_session("Y", "RFID"), None, "a new session")
+    r.hw.ev.state = "C"
+    r.run(1500)
+    true(r.hw.relays.closed and r.hw.lock.engaged, "charging, locked")
+
+
 def test_technician_clear_of_pe_on_a_board_without_a_continuity_input():
     """The ESP32 board has no continuity input (continuity None): in TN/TT its earth is
     judged from the N-PE voltage, also when a technician clears the latch; a clear that

@@ -46,6 +46,12 @@ LOCK_OPEN = const(1)
 LOCK_ENGAGING = const(2)
 LOCK_LOCKED = const(3)
 
+# Lock test phases (a technician's clear of ELK)
+_LT_IDLE = const(0)
+_LT_START = const(1)
+_LT_ENGAGE = const(2)
+_LT_RELEASE = const(3)
+
 # RCD self-test phases
 _ST_IDLE = const(0)
 _ST_DRIVE = const(1)
@@ -124,6 +130,9 @@ class Charger:
         self.lock_state = LOCK_NONE
         self._lock_ms = 0
         self._lock_tries = 0
+        self._lock_test = _LT_IDLE
+        self._lock_test_ms = 0
+        self.lock_tested = False  # the lock engaged and released on command since ELK latched
         self._selftest = _ST_IDLE
         self._selftest_ms = 0
         self._rcd_testing = False
@@ -415,6 +424,7 @@ class Charger:
             self._fault_outputs(now_ms)
             self._selftest_stop(now_ms)
             self._manage_lock(now_ms, want=False)
+            self._run_lock_test(now_ms)
             return
         if self._cp.duty_pm == -2:
             # The fault went (a technician's clear) while its state F was still held:
@@ -657,6 +667,61 @@ class Charger:
             self.trip(faults.ELK)  # first: the log may wait on a UART
             self.lock_state = LOCK_OPEN
             _log.error("lock opened during the session")
+
+    def start_lock_test(self):
+        """A technician asks to clear ELK: the lock must show it works first. The control
+        tick engages it, waits for the feedback, releases it and waits for the feedback
+        to fall (each within the lock's confirm time, with one retry's margin);
+        `lock_tested` then says so."""
+        if self._lock_test == _LT_IDLE:
+            self.lock_tested = False
+            self._lock_test = _LT_START
+
+    def _run_lock_test(self, now_ms):
+        lt = self._lock_test
+        if lt == _LT_IDLE:
+            return
+        lk = self._lock_hw
+        if not self.latched & faults.ELK or self.lock_state == LOCK_NONE:
+            self._lock_test = _LT_IDLE  # nothing to test for any more
+            if lt != _LT_START and self.lock_state != LOCK_NONE:
+                lk.release()
+            return
+        if lt == _LT_START:
+            # Only with the relays open and the contacts proven open (the weld window), as
+            # for any release of the lock, and never with a weld known (it keeps the lock).
+            if (
+                self._relays.closed
+                or not self.contacts_open
+                or self.lock_state != LOCK_OPEN
+                or (self.active | self.latched) & (faults.R12 | faults.R3N)
+            ):
+                return
+            lk.engage()
+            self._lock_test = _LT_ENGAGE
+            self._lock_test_ms = now_ms
+        elif lt == _LT_ENGAGE:
+            if lk.feedback():
+                lk.release()
+                self._lock_test = _LT_RELEASE
+                self._lock_test_ms = now_ms
+            elif time.ticks_diff(now_ms, self._lock_test_ms) >= 2 * _LOCK_CONFIRM_MS:
+                self._lock_test_end(False, "did not confirm engaged")
+        elif lt == _LT_RELEASE:
+            if not lk.feedback():
+                self._lock_test_end(True, "engaged and released")
+            elif time.ticks_diff(now_ms, self._lock_test_ms) >= 2 * _LOCK_CONFIRM_MS:
+                self._lock_test_end(False, "still reads engaged when released")
+
+    def _lock_test_end(self, ok, why):
+        self._lock_hw.release()
+        self.lock_state = LOCK_OPEN
+        self._lock_test = _LT_IDLE
+        self.lock_tested = ok
+        if ok:
+            _log.info("lock test passed: %s", why)
+        else:
+            _log.error("lock test failed: %s", why)
 
     # ---- RCD self-test before each charge -------------------------------------------
     def _selftest_done(self, now_ms):

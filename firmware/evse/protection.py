@@ -127,12 +127,24 @@ class Protection:
                 still |= faults.PE
         if bits & faults.IRD and hw.rcd.tripped():
             still |= faults.IRD
+        # A lock that failed: only a lock test since (engaged, then released, each
+        # confirmed by its feedback) shows it works again. A board without a lock has
+        # nothing to test.
+        if bits & faults.ELK and hw.lock.fitted and not self.ch.lock_tested:
+            still |= faults.ELK
         # A welded contact reads closed with the coil released (the relays are open
         # while a trip is latched).
         for n, bit in ((1, faults.R12), (2, faults.R3N)):
             if bits & bit and not hw.relays.closed and hw.relays.feedback(n):
                 still |= bit
         return still
+
+    def _test_lock(self, still):
+        """ELK's cause counts as present until a lock test has passed: start one."""
+        if still & faults.ELK:
+            self.ch.start_lock_test()
+            return True
+        return False
 
     def _save_latches(self):
         """Writes the latched trips. A failed write (flash full or failing) leaves them
@@ -163,7 +175,9 @@ class Protection:
         ch = self.ch
         if codes is None:
             bits = ch.latched
-            bits &= ~self._causes_present(bits)  # the rest stay latched
+            still = self._causes_present(bits)
+            self._test_lock(still)
+            bits &= ~still  # the rest stay latched
         else:
             bits = 0
             for code in codes:
@@ -178,11 +192,16 @@ class Protection:
                     raise ValueError(code + " is not a latched trip: it clears by itself")
             still = self._causes_present(bits)
             if still:
-                raise ValueError("cause still present: " + ", ".join(faults.codes(still)))
+                msg = "cause still present: " + ", ".join(faults.codes(still))
+                if self._test_lock(still):
+                    msg += " (a lock test has started: clear again once it has passed)"
+                raise ValueError(msg)
         if not bits:
             return []
         ch.unlatch(bits)
         ch.clear(bits)
+        if bits & faults.ELK:
+            ch.lock_tested = False  # a later ELK needs a test of its own
         self.weld &= ~bits
         if bits & faults.IRD:
             ch.selftest_failed = False
