@@ -1176,3 +1176,19 @@ def test_a_lower_thermal_derating_cuts_the_offer_at_once():
     true(r.ch.thermal_a is not None and r.ch.thermal_a < 32.0, "derated")
     true(r.ch.offered_a <= r.ch.thermal_a,
          "offered %.1f A, thermal limit %.1f A" % (r.ch.offered_a, r.ch.thermal_a))
+
+
+def test_a_latch_is_recorded_before_a_technician_can_clear_it():
+    """The RCD interrupt latches IRD in trip(); while the protection task has not yet
+    recorded it (its report, the end of the session it hit), a clear leaves it."""
+    r = Rig()
+    r.charge()
+    s = r.ch.session
+    r.hw.rcd.fire()
+    r.hw.rcd.line = False
+    true(r.ch.latched & faults.IRD, "latched by the interrupt")
+    eq(r.prot.technician_clear(), [], "not recorded yet: not cleared")
+    raises(ValueError, r.prot.technician_clear, ["IRD"])
+    r.prot.tick(r.clock.ms)  # the record
+    true(r.ch.session is None and s.stop_mode == "Fault", "the session ended")
+    eq(r.prot.technician_clear(), ["IRD"], "cleared once recorded")

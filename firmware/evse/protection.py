@@ -8,6 +8,7 @@ import time
 from micropython import const
 
 import atomicfile
+from evse import charger
 from evse import faults
 from evse import limits
 import log
@@ -173,8 +174,12 @@ class Protection:
         gone (all of them when codes is None). Named codes that are not latched but
         active, or whose cause is still present, raise ValueError and clear nothing."""
         ch = self.ch
+        # A trip latched in trip() itself (the RCD interrupt's IRD) that this task has not
+        # recorded yet (its record, its report, the end of the session it hit) is not
+        # cleared before it is recorded.
+        pending = ch.tripped_new & charger.LATCH_AT_TRIP
         if codes is None:
-            bits = ch.latched
+            bits = ch.latched & ~pending
             still = self._causes_present(bits)
             self._test_lock(still)
             bits &= ~still  # the rest stay latched
@@ -184,6 +189,8 @@ class Protection:
                 r = faults.row(code)
                 if r is None:
                     raise ValueError("unknown fault code " + code)
+                if ch.latched & pending & r[1]:
+                    raise ValueError(code + " has just tripped: not recorded yet, clear it again")
                 if ch.latched & r[1]:
                     bits |= r[1]
                 elif ch.active & r[1]:
