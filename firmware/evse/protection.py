@@ -106,13 +106,13 @@ class Protection:
             _log.error("latched trips unreadable (%s): ERR LAT", "; ".join(bad))
             bits |= faults.LAT
         if bits:
-            _log.warning("latched trips from before the restart: %s", faults.codes(bits))
             self.ch.latch(bits)
             for b in _bits(bits):
                 self.ch.trip(b)
             # Recorded before the restart (not a trip since); LAT is new: it is recorded.
             self.ch.take_tripped(bits & ~faults.LAT)
             self.weld = bits & (faults.R12 | faults.R3N)
+            _log.warning("latched trips from before the restart: %s", faults.codes(bits))
         self._saved = bits & ~faults.LAT
         if bad or len(copies) > 1:
             self._save_latches()  # whole again, LAT in it: a restart keeps it
