@@ -170,11 +170,12 @@ def load_json(path, default_factory=None, on_error=None, max_bytes=_MAX_BYTES):
     return box[0]
 
 
-def load_json_copies(path, on_error=None, max_bytes=_MAX_BYTES):
+def load_json_copies(path, on_error=None, max_bytes=_MAX_BYTES, want=None):
     """The parsed JSON of every copy of path that may hold its newest state: `path` (and
     `.bak` when `path` is missing or bad) and `.tmp`. A list, empty when there is no file
     at all. on_error(msg) hears of every copy that exists but cannot be read or parsed
-    (a torn .tmp: a write was cut), and of a missing `path` whose other copies exist."""
+    (a torn .tmp: a write was cut), and of a missing `path` whose other copies exist.
+    want: a type; JSON of another type is a corrupt copy (as in load_json)."""
     out = []
     path_ok = True
     absent = False
@@ -182,7 +183,10 @@ def load_json_copies(path, on_error=None, max_bytes=_MAX_BYTES):
         if p[-4:] == ".bak" and path_ok:
             continue  # path is whole: .bak is the version before it
         try:
-            out.append(decode_json(_read_capped(p, max_bytes)))
+            obj = decode_json(_read_capped(p, max_bytes))
+            if want is not None and not isinstance(obj, want):
+                raise ValueError("JSON of the wrong type")
+            out.append(obj)
             continue
         except OSError as e:
             if e.errno != _ENOENT:

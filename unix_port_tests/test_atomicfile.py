@@ -271,4 +271,8 @@ def test_json_copies_for_a_record_that_only_grows():
     del errs[:]
     eq(atomicfile.load_json_copies(p, errs.append), [{"v": 1}, {"v": 2}], "bad path")
     eq(len(errs), 1, "reported")
+    _put(p, encode_json([1]))
+    del errs[:]
+    eq(atomicfile.load_json_copies(p, errs.append, want=dict), [{"v": 1}, {"v": 2}], "a list")
+    eq(len(errs), 1, "is the wrong type")
     _rmtree(d)

@@ -597,6 +597,17 @@ def test_a_torn_tmp_copy_of_the_latches_fails_closed():
     eq(faults.codes(ch.latched), ["PE", "LAT"], "the old copy and LAT")
 
 
+def test_a_latch_file_of_the_wrong_type_falls_back_to_its_older_copy_and_lat():
+    import atomicfile
+    from check import tmpdir
+
+    d = tmpdir("latch_type")
+    atomicfile.save_json(d + "/latched.json", {"latched": ["PE"]})
+    atomicfile.save_json(d + "/latched.json", ["IRD"])  # not an object: damaged
+    ch, _prot = _boot(d)
+    eq(faults.codes(ch.latched), ["PE", "LAT"], "the older copy and LAT")
+
+
 def test_a_cleared_latch_stays_cleared_although_the_bak_copy_holds_it():
     """latched.json.bak is the version before the last write: it does not bring back a
     trip a technician cleared."""

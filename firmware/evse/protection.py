@@ -89,7 +89,7 @@ class Protection:
         # reached holds a trip the older latched.json lacks): a trip is never lost, at
         # worst a clear cut by the power comes back.
         bad = []
-        copies = atomicfile.load_json_copies(self._latch_path, bad.append)
+        copies = atomicfile.load_json_copies(self._latch_path, bad.append, want=dict)
         bits = 0
         for saved in copies:
             codes = saved.get("latched") if isinstance(saved, dict) else None
