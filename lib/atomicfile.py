@@ -21,6 +21,12 @@
 # A torn .tmp can only be reached when path and .bak are both missing or bad, and then
 # validate() rejects it; that is why the JSON helpers put a CRC on what they write.
 #
+# load_json_copies(path) is for a record that may only grow between two writes (a set of
+# latched trips): it returns every copy that may hold the newest state, so the caller can
+# take their union. A whole .tmp is newer than `path` (a cut after step 1 or 2), and .bak
+# stands in for `path` only when that is missing (a cut after step 3): the .bak next to a
+# `path` is always the older version, and its union would bring back what was removed.
+#
 # On-disk format of save_json / load_json (load accepts both):
 #   a) "#crc32 xxxxxxxx\n" + JSON text: 8 lower-case hex digits, CRC-32 of every byte
 #      after that first newline. save_json always writes this form.
@@ -162,3 +168,37 @@ def load_json(path, default_factory=None, on_error=None, max_bytes=_MAX_BYTES):
             on_error("%s: no valid copy, using defaults" % path)
         return default_factory()
     return box[0]
+
+
+def load_json_copies(path, on_error=None, max_bytes=_MAX_BYTES, want=None):
+    """The parsed JSON of every copy of path that may hold its newest state: `path` (and
+    `.bak` when `path` is missing or bad) and `.tmp`. A list, empty when there is no file
+    at all. on_error(msg) hears of every copy that exists but cannot be read or parsed
+    (a torn .tmp: a write was cut), and of a missing `path` whose other copies exist.
+    want: a type; JSON of another type is a corrupt copy (as in load_json)."""
+    out = []
+    path_ok = True
+    absent = False
+    for p in (path, path + ".bak", path + ".tmp"):
+        if p[-4:] == ".bak" and path_ok:
+            continue  # path is whole: .bak is the version before it
+        try:
+            obj = decode_json(_read_capped(p, max_bytes))
+            if want is not None and not isinstance(obj, want):
+                raise ValueError("JSON of the wrong type")
+            out.append(obj)
+            continue
+        except OSError as e:
+            if e.errno != _ENOENT:
+                if on_error:
+                    on_error("%s unreadable: %s" % (p, e))
+            elif p == path:
+                absent = True
+        except ValueError as e:
+            if on_error:
+                on_error("%s corrupt: %s" % (p, e))
+        if p == path:
+            path_ok = False
+    if absent and on_error and (_exists(path + ".bak") or _exists(path + ".tmp")):
+        on_error("%s missing, its other copies used" % path)
+    return out

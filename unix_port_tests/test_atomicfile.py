@@ -243,3 +243,36 @@ def test_read_latest_with_custom_validator():
         eq(read_latest(c.path, must_end_with_bang), (b"old!", c.path + ".bak"))
     finally:
         c.done()
+
+
+def test_json_copies_for_a_record_that_only_grows():
+    """load_json_copies: path and a whole .tmp (newer, a cut before the renames); .bak
+    only in place of a missing or bad path; every bad copy reported."""
+    d = _tmpdir()
+    p = d + "/l.json"
+    errs = []
+    eq(atomicfile.load_json_copies(p, errs.append), [], "no file")
+    eq(errs, [], "silently")
+    save_json(p, {"v": 1})
+    save_json(p, {"v": 2})  # .bak holds v 1
+    eq(atomicfile.load_json_copies(p, errs.append), [{"v": 2}], "not the older .bak")
+    _put(p + ".tmp", encode_json({"v": 3}))
+    eq(atomicfile.load_json_copies(p, errs.append), [{"v": 2}, {"v": 3}], "and the .tmp")
+    eq(errs, [], "nothing wrong")
+    _put(p + ".tmp", encode_json({"v": 3})[:-2])
+    eq(atomicfile.load_json_copies(p, errs.append), [{"v": 2}], "a torn .tmp")
+    eq(len(errs), 1, "is reported")
+    os.remove(p + ".tmp")
+    os.rename(p, p + ".tmp")  # a cut after step 3: .bak old, .tmp new
+    del errs[:]
+    eq(atomicfile.load_json_copies(p, errs.append), [{"v": 1}, {"v": 2}], ".bak and .tmp")
+    eq(len(errs), 1, "the missing path is reported")
+    _put(p, b"{bad")
+    del errs[:]
+    eq(atomicfile.load_json_copies(p, errs.append), [{"v": 1}, {"v": 2}], "bad path")
+    eq(len(errs), 1, "reported")
+    _put(p, encode_json([1]))
+    del errs[:]
+    eq(atomicfile.load_json_copies(p, errs.append, want=dict), [{"v": 1}, {"v": 2}], "a list")
+    eq(len(errs), 1, "is the wrong type")
+    _rmtree(d)

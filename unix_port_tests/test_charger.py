@@ -346,6 +346,50 @@ def test_a_real_rcd_trip_after_a_selftest_cut_short_is_not_ignored():
         true(not r.hw.rcd.testing, "%s: test input released" % stop)
 
 
+def _edge_after_the_release_check(r, phase):
+    """The RCD's fault line pulses (edge and interrupt) right after the self-test has read
+    it down in `phase` (2: the test ending, 4: a test cut short), before the test flag
+    falls: the interrupt still reads "testing"."""
+    rcd = r.hw.rcd
+    real = rcd.tripped
+    fired = [False]
+
+    def tripped():
+        v = real()
+        if not v and not fired[0] and r.ch._selftest == phase and r.ch._rcd_testing:
+            fired[0] = True
+            rcd.fire()
+            rcd.line = False  # a short pulse: gone before protection polls the line
+        return v
+
+    rcd.tripped = tripped
+    return fired
+
+
+def test_an_rcd_edge_between_the_selftest_release_check_and_its_flag_is_not_lost():
+    r = Rig()
+    r.plug("B")
+    eq(r.ch.start_session("X", "RFID"), None)
+    fired = _edge_after_the_release_check(r, 2)  # _ST_RELEASE
+    r.run(1000)
+    true(fired[0], "the edge landed in the window")
+    r.hw.ev.state = "C"
+    r.run(1000)
+    true(r.ch.latched & faults.IRD, "IRD latched")
+    true(not r.hw.relays.closed, "relays open")
+
+
+def test_an_rcd_edge_as_a_selftest_cut_short_ends_is_not_lost():
+    r = Rig()
+    _during_selftest(r)
+    r.run(100)  # the module trips on the test input: the test waits for its release
+    fired = _edge_after_the_release_check(r, 4)  # _ST_CANCEL
+    r.ch.end_session("RFID")
+    r.run(1000)
+    true(fired[0], "the edge landed in the window")
+    true(r.ch.latched & faults.IRD, "IRD latched")
+
+
 def test_selftest_waits_for_the_contacts_to_open():
     """A new session inside the 6 s force-open window (the vehicle still in C, the relays
     still closed) tests the RCD only once the contacts are open, never under load."""
@@ -406,6 +450,33 @@ def test_technician_clear_takes_only_latched_trips_whose_cause_is_gone():
     true(r.ch.latched & faults.R3N, "kept while the contact reads closed")
 
 
+def test_technician_clear_of_elk_checks_that_the_lock_works():
+    """ELK (the lock did not confirm) clears only after a lock test has passed: the
+    first clear starts it, and a broken lock fails it."""
+    r = Rig()
+    r.hw.lock.broken = True
+    r.plug("B")
+    eq(r.ch.start_session("X", "RFID"), None)
+    r.run(3000)
+    true(r.ch.latched & faults.ELK, "ELK latched")
+    true(not r.hw.lock.engaged, "released")
+    eq(r.prot.technician_clear(), [], "not cleared: the lock is not known to work")
+    raises(ValueError, r.prot.technician_clear, ["ELK"])
+    r.run(3000)  # the lock test: engaged, no feedback
+    true(not r.hw.lock.engaged, "released after the failed test")
+    eq(r.prot.technician_clear(), [], "the lock still broken")
+    r.hw.lock.broken = False  # repaired
+    r.run(3000)  # the test the last clear started
+    true(not r.hw.lock.engaged, "released after the test")
+    eq(r.prot.technician_clear(), ["ELK"], "cleared once the lock test has passed")
+    r.run(1500)
+    true(not r.ch.latched and not r.ch.active, "no fault left")
+    eq(r.ch.start_session("Y", "RFID"), None, "a new session")
+    r.hw.ev.state = "C"
+    r.run(1500)
+    true(r.hw.relays.closed and r.hw.lock.engaged, "charging, locked")
+
+
 def test_technician_clear_of_pe_on_a_board_without_a_continuity_input():
     """The ESP32 board has no continuity input (continuity None): in TN/TT its earth is
     judged from the N-PE voltage, also when a technician clears the latch; a clear that
@@ -464,6 +535,151 @@ def test_an_unreadable_latch_file_fails_closed_with_lat():
         ch.hw.rcd.line = False
         true("LAT" in prot.technician_clear(), "a technician clears it")
         eq(ch.latched, 0, "nothing left latched")
+
+
+def _boot(data_dir):
+    """A charger started as app.py starts it: the RCD handler set, the latches loaded."""
+    ch, prot = _latch_rig(data_dir)
+    ch.hw.rcd.set_handler(ch._rcd_cb)
+    prot.load_latches()
+    return ch, prot
+
+
+class _PowerCut(Exception):
+    pass
+
+
+def test_a_latch_whose_tmp_copy_was_written_survives_a_power_cut():
+    """The power goes after latched.json.tmp is whole, before the renames: the old
+    latched.json does not hold the new trip, the .tmp does, and it is kept."""
+    import atomicfile
+    from check import tmpdir
+
+    d = tmpdir("latch_cut")
+    atomicfile.save_json(d + "/latched.json", {"latched": []})  # e.g. after a clear
+    ch, prot = _boot(d)
+    eq(ch.latched, 0, "nothing latched at first")
+    real = atomicfile._exists
+
+    def cut(p):  # write_atomic looks for latched.json right after flushing the .tmp
+        raise _PowerCut()
+
+    atomicfile._exists = cut
+    try:
+        ch.hw.pe.continuity = False
+        try:
+            for t in range(0, 400, 100):
+                prot.tick(1000 + t)
+        except _PowerCut:
+            pass
+    finally:
+        atomicfile._exists = real
+    true(ch.latched & faults.PE, "PE latched before the cut")
+    ch2, prot2 = _boot(d)  # the restart
+    eq(faults.codes(ch2.latched), ["PE"], "latched after the restart")
+    true(ch2.active & faults.PE, "and active")
+    true(not atomicfile._exists(d + "/latched.json.tmp"), "written whole again at boot")
+    eq(atomicfile.load_json(d + "/latched.json"), {"latched": ["PE"]})
+
+
+def test_a_torn_tmp_copy_of_the_latches_fails_closed():
+    """A .tmp that is not whole: a write of the latches was cut, and whatever it added is
+    unknown: ERR LAT on top of what latched.json holds."""
+    import atomicfile
+    from check import tmpdir
+
+    d = tmpdir("latch_torn")
+    atomicfile.save_json(d + "/latched.json", {"latched": ["PE"]})
+    data = atomicfile.encode_json({"latched": ["PE", "IRD"]})
+    with open(d + "/latched.json.tmp", "wb") as f:
+        f.write(data[:-4])
+    ch, _prot = _boot(d)
+    eq(faults.codes(ch.latched), ["PE", "LAT"], "the old copy and LAT")
+
+
+def test_a_latch_file_of_the_wrong_type_falls_back_to_its_older_copy_and_lat():
+    import atomicfile
+    from check import tmpdir
+
+    d = tmpdir("latch_type")
+    atomicfile.save_json(d + "/latched.json", {"latched": ["PE"]})
+    atomicfile.save_json(d + "/latched.json", ["IRD"])  # not an object: damaged
+    ch, _prot = _boot(d)
+    eq(faults.codes(ch.latched), ["PE", "LAT"], "the older copy and LAT")
+
+
+def test_a_cleared_latch_stays_cleared_although_the_bak_copy_holds_it():
+    """latched.json.bak is the version before the last write: it does not bring back a
+    trip a technician cleared."""
+    from check import tmpdir
+
+    d = tmpdir("latch_bak")
+    ch, prot = _boot(d)
+    prot._latch(faults.PE, "no earth continuity")
+    ch.hw.pe.continuity = True
+    eq(prot.technician_clear(), ["PE"], "cleared")
+    ch2, _prot2 = _boot(d)  # a restart
+    eq(ch2.latched, 0, "nothing latched")
+
+
+def test_a_latch_survives_a_failed_flash_write():
+    """The write of a new latch fails (flash full or failing): it is written at a later
+    tick, the tick goes on meanwhile, and the failure is logged once."""
+    import atomicfile
+    import log
+    from check import tmpdir
+
+    d = tmpdir("latch_enospc")
+    ch, prot = _boot(d)
+    real = atomicfile.save_json
+    calls = [0]
+
+    def full(path, obj):
+        calls[0] += 1
+        if calls[0] <= 3:
+            raise OSError(28)  # ENOSPC
+        return real(path, obj)
+
+    lines = []
+    atomicfile.save_json = full
+    log.set_output(lines.append)
+    try:
+        ch.hw.pe.continuity = False
+        for t in range(0, 1000, 100):
+            prot.tick(1000 + t)
+    finally:
+        atomicfile.save_json = real
+        log.set_output()
+    true(ch.latched & faults.PE, "latched in RAM")
+    true(calls[0] > 3, "written again after the failures")
+    eq(len([x for x in lines if "not saved" in x]), 1, "logged once: %r" % lines)
+    ch2, _prot2 = _boot(d)
+    eq(faults.codes(ch2.latched), ["PE"], "latched after the restart")
+
+
+def test_an_rcd_trip_is_latched_even_while_the_protection_tick_keeps_failing():
+    """The RCD interrupt latches IRD in trip() itself; the protection tick writes it to
+    flash before any sensor read, so a tick that dies at every run (until the watchdog
+    resets the charger) does not lose it."""
+    from check import tmpdir
+
+    d = tmpdir("latch_irq")
+    ch, prot = _boot(d)
+
+    def broken():
+        raise OSError(5)
+
+    ch.hw.temps.read = broken
+    ch.hw.rcd.fire()
+    ch.hw.rcd.line = False
+    true(ch.latched & faults.IRD, "latched by the interrupt")
+    for t in range(5):
+        try:
+            prot.tick(1000 + 100 * t)
+        except OSError:
+            pass
+    ch2, _prot2 = _boot(d)  # the watchdog's reset
+    eq(faults.codes(ch2.latched), ["IRD"], "latched after the reset")
 
 
 def test_trip_path_allocates_nothing():
@@ -885,3 +1101,105 @@ def test_no_close_on_the_debounced_state_alone():
     r.ch.tick_pilot()  # one sample of A: not yet accepted
     r.ch.tick_control(r.clock.ms)
     true(not r.hw.relays.closed, "closed while the pilot reads A")
+
+
+def _log_relay_state(r):
+    """Records each log line with whether the relays were closed as it was written: a
+    log line may wait on a UART, so a fault must have opened them first."""
+    import log
+
+    seen = []
+
+    def out(line):
+        seen.append((line, r.hw.relays.closed))
+
+    log.set_output(out)
+    return seen
+
+
+def _relays_open_while_logging(r, trigger, fault, limit_ms):
+    import log
+
+    seen = _log_relay_state(r)
+    try:
+        trigger()
+        t0 = r.clock.ms
+        while not r.ch.active & fault:
+            true(r.clock.ms - t0 < limit_ms, "no trip")
+            r.run(10)
+    finally:
+        log.set_output()
+    true(seen, "logged")
+    for line, closed in seen:
+        true(not closed, "relays still closed while logging %r" % line)
+
+
+def test_an_over_current_opens_the_relays_before_it_logs():
+    r = Rig()
+    r.charge()
+    true(r.hw.relays.closed, "charging")
+
+    def over():
+        r.hw.meter.amps = [45.0, 45.0, 45.0]  # > offered + 8 A: fast trip
+
+    _relays_open_while_logging(r, over, faults.OCP, 2000)
+
+
+def test_a_lock_opened_during_charging_opens_the_relays_before_it_logs():
+    r = Rig()
+    r.charge()
+    true(r.hw.relays.closed, "charging")
+
+    def broken():
+        r.hw.lock.broken = True
+
+    _relays_open_while_logging(r, broken, faults.ELK, 500)
+
+
+def test_a_lower_cable_rating_applies_at_the_tick_it_is_read():
+    """The control tick that reads a thinner cable (PP) offers no more than it carries."""
+    r = Rig()
+    r.charge()
+    eq(r.ch.offered_a, 32.0)
+    r.hw.pp_adc.ohm = 1500  # 13 A
+    r.run(100)  # exactly one control tick
+    eq(r.ch.cable_a, 13.0, "read")
+    true(r.ch.offered_a <= 13.0, "offered %.1f A on a 13 A cable" % r.ch.offered_a)
+
+
+def test_the_cable_rating_is_forgotten_when_the_vehicle_leaves():
+    r = Rig()
+    r.hw.pp_adc.ohm = 1500  # 13 A
+    r.charge()
+    eq(r.ch.offered_a, 13.0)
+    r.hw.ev.state = "A"
+    r.run(500)
+    eq(r.ch.cable_a, None, "no cable known with nothing plugged in")
+
+
+def test_a_lower_thermal_derating_cuts_the_offer_at_once():
+    r = Rig()
+    r.charge()
+    eq(r.ch.offered_a, 32.0)
+    r.hw.temps.relay_c = 80.0  # inside the relay derating band
+    r.ch.tick_pilot()
+    r.prot.tick(r.clock.ms)  # the protection tick that reads it, before any control tick
+    true(r.ch.thermal_a is not None and r.ch.thermal_a < 32.0, "derated")
+    true(r.ch.offered_a <= r.ch.thermal_a,
+         "offered %.1f A, thermal limit %.1f A" % (r.ch.offered_a, r.ch.thermal_a))
+
+
+def test_a_latch_is_recorded_before_a_technician_can_clear_it():
+    """The RCD interrupt latches IRD in trip(); while the protection task has not yet
+    recorded it (its report, the end of the session it hit), a clear leaves it."""
+    r = Rig()
+    r.charge()
+    s = r.ch.session
+    r.hw.rcd.fire()
+    r.hw.rcd.line = False
+    true(r.ch.latched & faults.IRD, "latched by the interrupt")
+    eq(r.prot.technician_clear(), [], "not recorded yet: not cleared")
+    raises(ValueError, r.prot.technician_clear, ["IRD"])
+    r.prot.tick(r.clock.ms)  # the record
+    true(r.ch.session is None and s.stop_mode == "Fault", "the session ended")
+    eq(r.prot.technician_clear(), ["IRD"], "cleared once recorded")

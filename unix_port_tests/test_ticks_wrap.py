@@ -178,6 +178,38 @@ def test_ocp_reference_follows_the_offer_after_a_week_without_readings():
         true(r.ch.active & faults.OCP, "over-current against 10 A")
 
 
+def test_the_over_voltage_timer_survives_a_week_long_meter_outage():
+    """One reading above 264.5 V starts the 2 s over-voltage timer, then the meter goes
+    silent for a week: once it answers again, 268 V trips OVP within seconds."""
+    with Ticks32(*_charger_modules()):
+        r = _rig()
+        r.charge()
+        r.hw.meter.volts = [268.0, 230.0, 230.0]
+        r.run(1000)  # one reading above 264.5 V: the 2 s timer starts
+        true(not r.ch.active & faults.OVP, "not yet")
+        r.hw.meter.fail = True
+        _leap(r, WEEK_MS)
+        r.hw.meter.fail = False
+        r.run(20000)
+        true(r.ch.active & faults.OVP, "268 V for 20 s after the meter came back")
+
+
+def test_under_voltage_and_a_missing_phase_after_a_week_long_meter_outage():
+    """The same for the under-voltage and missing-phase timers."""
+    for volts, bit in (([190.0, 230.0, 230.0], faults.LVP), ([20.0, 230.0, 230.0], faults.MIS)):
+        with Ticks32(*_charger_modules()):
+            r = _rig()
+            r.charge()
+            r.hw.meter.volts = volts
+            r.run(1000)
+            true(not r.ch.active & bit, "not yet")
+            r.hw.meter.fail = True
+            _leap(r, WEEK_MS)
+            r.hw.meter.fail = False
+            r.run(20000)
+            true(r.ch.active & bit, "%r for 20 s after the meter came back" % faults.codes(bit))
+
+
 def test_a_bad_pp_before_an_unplug_does_not_blind_the_next_plug_in():
     """A PP out of window for less than 300 ms, then an unplug: a week later a cable
     with an open PP trips after 300 ms, not after days."""
@@ -191,6 +223,8 @@ def test_a_bad_pp_before_an_unplug_does_not_blind_the_next_plug_in():
         r.run(300)
         true(not r.ch.connected and not r.ch.active, "unplugged, no fault")
         _leap(r, WEEK_MS)
+        r.run(8000)  # hourly readings in the leap are a meter failure (MET): it clears
+        true(not r.ch.active, "no fault before the plug-in")
         r.plug("B")
         r.run(500)
         true(r.ch.active & faults.PP, "open PP at the next plug-in")

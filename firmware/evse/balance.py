@@ -665,8 +665,8 @@ class Balancer:
         if not self.clash:
             self.clash = True
             self.prot.can_clash = True
+            self.ch.trip(faults.CAN)  # first: the log may wait on a UART
             _log.error("another node uses CAN address %d -> ERR CAN ADDR", self.addr)
-            self.ch.trip(faults.CAN)
 
     # ---- members and quorum ----------------------------------------------------------------
     def _load(self, addr, pool, now):

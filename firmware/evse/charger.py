@@ -31,6 +31,9 @@ _CLOSE_CHECK_MS = const(1000)  # aux contacts must follow the coil within 1 s
 # The weld check's window (protection.py): the lock opens only after both auxiliary
 # contacts have reported open this long, so a weld is known before the plug is free.
 _CONTACTS_OPEN_MS = const(500)
+# Trips that latch the moment they are made, in trip() itself: the RCD interrupt's IRD
+# is latched even if the protection tick that records it never completes.
+LATCH_AT_TRIP = faults.IRD | faults.ELK
 
 SESSION_SAMPLES = 48  # power samples kept per session record (history chart)
 
@@ -42,6 +45,12 @@ LOCK_NONE = const(0)  # no lock fitted (Case C)
 LOCK_OPEN = const(1)
 LOCK_ENGAGING = const(2)
 LOCK_LOCKED = const(3)
+
+# Lock test phases (a technician's clear of ELK)
+_LT_IDLE = const(0)
+_LT_START = const(1)
+_LT_ENGAGE = const(2)
+_LT_RELEASE = const(3)
 
 # RCD self-test phases
 _ST_IDLE = const(0)
@@ -121,9 +130,13 @@ class Charger:
         self.lock_state = LOCK_NONE
         self._lock_ms = 0
         self._lock_tries = 0
+        self._lock_test = _LT_IDLE
+        self._lock_test_ms = 0
+        self.lock_tested = False  # the lock engaged and released on command since ELK latched
         self._selftest = _ST_IDLE
         self._selftest_ms = 0
         self._rcd_testing = False
+        self._rcd_edges = 0  # rcd_irq_count when the test input was released
         self.selftest_failed = False
         self._pp_bad_ms = None
         self._close_ms = None
@@ -231,6 +244,21 @@ class Charger:
         self.active |= bit
         self.tripped_new |= new
         self._f_hold |= new
+        self.latched |= bit & LATCH_AT_TRIP  # protection.py writes it to flash
+        self._irq_on(st)
+
+    def latch(self, bits, new=0):
+        """Adds latched trips (and `new` to the bits protection records as new). In an
+        interrupts-off section: trip() adds to both too."""
+        st = self._irq_off()
+        self.latched |= bits
+        self.tripped_new |= new
+        self._irq_on(st)
+
+    def unlatch(self, bits):
+        """A technician's clear. In an interrupts-off section: trip() adds to them too."""
+        st = self._irq_off()
+        self.latched &= ~bits
         self._irq_on(st)
 
     def take_tripped(self, mask=-1):
@@ -262,7 +290,9 @@ class Charger:
             _log.warning("charger %s by the supervisor", "held" if on else "released")
 
     def _on_rcd_irq(self):
-        # The board has already opened the relays in its IRQ handler.
+        # The board has already opened the relays in its IRQ handler. Every edge is
+        # counted, during the self-test too: the test's end looks for edges since the
+        # test input was released (_rcd_watched).
         self.rcd_irq_count += 1
         if not self._rcd_testing:
             self.trip(faults.IRD)
@@ -328,6 +358,7 @@ class Charger:
         self._diode_bad = 0
         if new == pilot.STATE_A:
             self._relays.open()
+            self.cable_a = None  # the vehicle left with its cable: the next one is read anew
             if self.session is not None:
                 self.end_session("Unplug")
             self.finishing = False
@@ -393,6 +424,7 @@ class Charger:
             self._fault_outputs(now_ms)
             self._selftest_stop(now_ms)
             self._manage_lock(now_ms, want=False)
+            self._run_lock_test(now_ms)
             return
         if self._cp.duty_pm == -2:
             # The fault went (a technician's clear) while its state F was still held:
@@ -400,6 +432,7 @@ class Charger:
             self._x1()
         if not self.connected:
             self._pp_bad_ms = None  # a stale start would read as negative after the wrap
+            self.cable_a = None  # the next cable is read before anything is offered
             if self._cp.duty_pm != -1:
                 self._x1()
             self._relays.open()
@@ -418,6 +451,7 @@ class Charger:
             and not self.unavailable
             and not self.halted
             and self.limit_a >= limits.MIN_A
+            and self.cable_a is not None  # no offer before the cable's rating is known
             and (not self.case_b or self.lock_state == LOCK_LOCKED)
         )
         if ready and not self._selftest_done(now_ms):
@@ -448,7 +482,7 @@ class Charger:
 
     def _check_cable(self, now_ms):
         if not self.case_b:
-            self.cable_a = self.settings["cable_max_a"]
+            self._set_cable(self.settings["cable_max_a"])
             return
         rating = limits.cable_rating(self.hw.pp_adc.read_ohm())
         if rating is None:
@@ -458,7 +492,24 @@ class Charger:
                 self.trip(faults.PP)
             return
         self._pp_bad_ms = None
-        self.cable_a = rating
+        self._set_cable(rating)
+
+    def _set_cable(self, amps):
+        # The tick that reads a thinner cable is the one that offers it no more than it
+        # carries: the limit is composed again at once, and a lower one cuts the offer.
+        if amps == self.cable_a:
+            return
+        self.cable_a = amps
+        self._update_limit(self.clock())
+        if self.limit_a < self.offered_a:
+            self._cut_now()
+
+    def limit_changed(self):
+        """A limit held here (the thermal derating) went down: the offer follows at once,
+        not at the next control tick."""
+        self._update_limit(self.clock())
+        if self.limit_a < self.offered_a:
+            self._cut_now()
 
     def _raise_held(self, now_ms):
         """True within 5 s of the last change of the offer, whichever way it went: the
@@ -502,8 +553,8 @@ class Charger:
         elif self._pwm_stop_ms is not None and time.ticks_diff(
             now_ms, self._pwm_stop_ms
         ) > _FORCE_OPEN_MS:  # '>': the stop fell somewhere inside its millisecond tick
+            r.open()  # first: the log may wait on a UART
             _log.warning("EV stayed in C 6 s after the PWM stopped: opening under load")
-            r.open()
 
     def _close(self, now_ms):
         # Every condition once more, right where the coil is driven.
@@ -580,9 +631,9 @@ class Charger:
             if self.lock_state == LOCK_LOCKED and self._relays.closed and not lk.feedback():
                 # The session is over but the relays still wait for the vehicle to leave C
                 # (up to 6 s): its plug is as live, and now free, as during the session.
-                _log.error("lock opened with the relays closed")
+                self.trip(faults.ELK)  # first: the log may wait on a UART
                 self.lock_state = LOCK_OPEN
-                self.trip(faults.ELK)
+                _log.error("lock opened with the relays closed")
                 return
             # Release only once both auxiliary contacts have reported open for the
             # whole weld-check window: a relay commanded open may still be welded, and
@@ -608,14 +659,69 @@ class Charger:
                     self._lock_ms = now_ms
                     self._lock_tries += 1
                 else:
-                    _log.error("lock did not confirm")
+                    self.trip(faults.ELK)
                     self.lock_state = LOCK_OPEN
                     lk.release()
-                    self.trip(faults.ELK)
+                    _log.error("lock did not confirm")
         elif self.lock_state == LOCK_LOCKED and not lk.feedback():
-            _log.error("lock opened during the session")
+            self.trip(faults.ELK)  # first: the log may wait on a UART
             self.lock_state = LOCK_OPEN
-            self.trip(faults.ELK)
+            _log.error("lock opened during the session")
+
+    def start_lock_test(self):
+        """A technician asks to clear ELK: the lock must show it works first. The control
+        tick engages it, waits for the feedback, releases it and waits for the feedback
+        to fall (each within the lock's confirm time, with one retry's margin);
+        `lock_tested` then says so."""
+        if self._lock_test == _LT_IDLE:
+            self.lock_tested = False
+            self._lock_test = _LT_START
+
+    def _run_lock_test(self, now_ms):
+        lt = self._lock_test
+        if lt == _LT_IDLE:
+            return
+        lk = self._lock_hw
+        if not self.latched & faults.ELK or self.lock_state == LOCK_NONE:
+            self._lock_test = _LT_IDLE  # nothing to test for any more
+            if lt != _LT_START and self.lock_state != LOCK_NONE:
+                lk.release()
+            return
+        if lt == _LT_START:
+            # Only with the relays open and the contacts proven open (the weld window), as
+            # for any release of the lock, and never with a weld known (it keeps the lock).
+            if (
+                self._relays.closed
+                or not self.contacts_open
+                or self.lock_state != LOCK_OPEN
+                or (self.active | self.latched) & (faults.R12 | faults.R3N)
+            ):
+                return
+            lk.engage()
+            self._lock_test = _LT_ENGAGE
+            self._lock_test_ms = now_ms
+        elif lt == _LT_ENGAGE:
+            if lk.feedback():
+                lk.release()
+                self._lock_test = _LT_RELEASE
+                self._lock_test_ms = now_ms
+            elif time.ticks_diff(now_ms, self._lock_test_ms) >= 2 * _LOCK_CONFIRM_MS:
+                self._lock_test_end(False, "did not confirm engaged")
+        elif lt == _LT_RELEASE:
+            if not lk.feedback():
+                self._lock_test_end(True, "engaged and released")
+            elif time.ticks_diff(now_ms, self._lock_test_ms) >= 2 * _LOCK_CONFIRM_MS:
+                self._lock_test_end(False, "still reads engaged when released")
+
+    def _lock_test_end(self, ok, why):
+        self._lock_hw.release()
+        self.lock_state = LOCK_OPEN
+        self._lock_test = _LT_IDLE
+        self.lock_tested = ok
+        if ok:
+            _log.info("lock test passed: %s", why)
+        else:
+            _log.error("lock test failed: %s", why)
 
     # ---- RCD self-test before each charge -------------------------------------------
     def _selftest_done(self, now_ms):
@@ -638,14 +744,15 @@ class Charger:
             self._selftest_ms = now_ms
         elif st == _ST_DRIVE:
             if rcd.tripped():
-                rcd.test(False)
+                self._release_test_input()
                 self._selftest = _ST_RELEASE
                 self._selftest_ms = now_ms
             elif time.ticks_diff(now_ms, self._selftest_ms) >= _SELFTEST_MS:
                 self._selftest_fail("did not trip on the test input")
         elif st == _ST_RELEASE:
             if not rcd.tripped():
-                self._rcd_testing = False
+                if not self._rcd_watched():
+                    return False  # a real trip as the test ended: IRD
                 self._selftest = _ST_PASSED
                 _log.info("RCD self-test passed")
                 return True
@@ -660,26 +767,49 @@ class Charger:
         forget: the passed result belonged to the session that ended."""
         st = self._selftest
         if st == _ST_DRIVE or st == _ST_RELEASE:
-            self.hw.rcd.test(False)
+            if st == _ST_DRIVE:
+                self._release_test_input()
             self._selftest = _ST_CANCEL
             self._selftest_ms = now_ms
             st = _ST_CANCEL
         if st == _ST_CANCEL:
             if not self.hw.rcd.tripped():
-                self._rcd_testing = False
+                self._rcd_watched()
                 self._selftest = _ST_IDLE
             elif time.ticks_diff(now_ms, self._selftest_ms) >= _SELFTEST_MS:
                 self._selftest_fail("did not release after the test")
         elif st == _ST_PASSED and forget:
             self._selftest = _ST_IDLE
 
+    def _release_test_input(self):
+        # Edges counted from here on are not the test's own: its rising edge came while
+        # the input was driven, and the line can only rise again after it has fallen.
+        self._rcd_edges = self.rcd_irq_count
+        self.hw.rcd.test(False)
+
+    def _rcd_watched(self):
+        """The test is over: the interrupt trips IRD again. An edge it counted since the
+        test input was released, or a fault line up now, was a real trip that the test
+        flag hid (the line read down, then an edge before the flag fell): IRD. False
+        then, True when the RCD is quiet."""
+        st = self._irq_off()
+        self._rcd_testing = False
+        edges = self.rcd_irq_count - self._rcd_edges
+        self._irq_on(st)
+        if edges or self.hw.rcd.tripped():
+            self._selftest = _ST_IDLE
+            self.trip(faults.IRD)
+            _log.error("RCD tripped as its self-test ended")
+            return False
+        return True
+
     def _selftest_fail(self, why):
         self.hw.rcd.test(False)
         self._rcd_testing = False
         self._selftest = _ST_IDLE
         self.selftest_failed = True
-        _log.error("RCD self-test failed: %s", why)
         self.trip(faults.IRD)
+        _log.error("RCD self-test failed: %s", why)
 
     # ---- views -----------------------------------------------------------------------
     def ocpp_status(self):

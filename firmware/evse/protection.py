@@ -8,6 +8,7 @@ import time
 from micropython import const
 
 import atomicfile
+from evse import charger
 from evse import faults
 from evse import limits
 import log
@@ -61,6 +62,8 @@ class Protection:
         self.settings = settings
         self.history = history
         self._latch_path = data_dir + "/latched.json"
+        self._saved = 0  # the latched bits last written to flash whole
+        self._save_failed = False  # the last write failed: retried every tick, logged once
         self._since = {}  # rule name -> ticks_ms when its condition began, or _HELD
         self._ocp_ref_a = 0.0
         self._ocp_ref_ms = None  # when the reference was set; None: its 5 s are over
@@ -81,31 +84,37 @@ class Protection:
         # Fail closed: a record that cannot be read in full (a bad copy, the wrong types,
         # a code this firmware does not latch) may have held any trip, so LAT latches on
         # top of whatever could be read, until a technician clears it.
+        # A latch is only ever added between two writes but by a technician's clear, so
+        # every copy that may be the newest counts (a whole .tmp the renames never
+        # reached holds a trip the older latched.json lacks): a trip is never lost, at
+        # worst a clear cut by the power comes back.
         bad = []
-        none = {}
-        saved = atomicfile.load_json(self._latch_path, lambda: none, bad.append)
-        codes = saved.get("latched") if isinstance(saved, dict) else None
-        if saved is not none and not isinstance(codes, list):
-            bad.append("no list of latched codes")
+        copies = atomicfile.load_json_copies(self._latch_path, bad.append, want=dict)
         bits = 0
-        for code in codes or ():
-            r = faults.row(code) if isinstance(code, str) else None
-            if r and r[2]:
-                bits |= r[1]
-            else:
-                bad.append("%r is no latching code" % (code,))
+        for saved in copies:
+            codes = saved.get("latched") if isinstance(saved, dict) else None
+            if not isinstance(codes, list):
+                bad.append("no list of latched codes")
+                continue
+            for code in codes:
+                r = faults.row(code) if isinstance(code, str) else None
+                if r and r[2]:
+                    bits |= r[1]
+                else:
+                    bad.append("%r is no latching code" % (code,))
         if bad:
             _log.error("latched trips unreadable (%s): ERR LAT", "; ".join(bad))
             bits |= faults.LAT
         if bits:
-            _log.warning("latched trips from before the restart: %s", faults.codes(bits))
-            self.ch.latched = bits
+            self.ch.latch(bits)
             for b in _bits(bits):
                 self.ch.trip(b)
             # Recorded before the restart (not a trip since); LAT is new: it is recorded.
             self.ch.take_tripped(bits & ~faults.LAT)
             self.weld = bits & (faults.R12 | faults.R3N)
-        if bad:
+            _log.warning("latched trips from before the restart: %s", faults.codes(bits))
+        self._saved = bits & ~faults.LAT
+        if bad or len(copies) > 1:
             self._save_latches()  # whole again, LAT in it: a restart keeps it
 
     def _causes_present(self, bits):
@@ -119,6 +128,11 @@ class Protection:
                 still |= faults.PE
         if bits & faults.IRD and hw.rcd.tripped():
             still |= faults.IRD
+        # A lock that failed: only a lock test since (engaged, then released, each
+        # confirmed by its feedback) shows it works again. A board without a lock has
+        # nothing to test.
+        if bits & faults.ELK and hw.lock.fitted and not self.ch.lock_tested:
+            still |= faults.ELK
         # A welded contact reads closed with the coil released (the relays are open
         # while a trip is latched).
         for n, bit in ((1, faults.R12), (2, faults.R3N)):
@@ -126,23 +140,57 @@ class Protection:
                 still |= bit
         return still
 
+    def _test_lock(self, still):
+        """ELK's cause counts as present until a lock test has passed: start one."""
+        if still & faults.ELK:
+            self.ch.start_lock_test()
+            return True
+        return False
+
     def _save_latches(self):
-        atomicfile.save_json(self._latch_path, {"latched": faults.codes(self.ch.latched)})
+        """Writes the latched trips. A failed write (flash full or failing) leaves them
+        unsaved: _persist() tries again at every tick until one succeeds."""
+        bits = self.ch.latched
+        try:
+            atomicfile.save_json(self._latch_path, {"latched": faults.codes(bits)})
+        except OSError as e:
+            if not self._save_failed:
+                self._save_failed = True
+                _log.error("latched trips %s not saved (%s): retrying", faults.codes(bits), e)
+            return
+        self._saved = bits
+        if self._save_failed:
+            self._save_failed = False
+            _log.warning("latched trips %s saved", faults.codes(bits))
+
+    def _persist(self):
+        """Writes the latched trips whenever they differ from what flash holds: a trip the
+        interrupt latched, a write that failed before."""
+        if self.ch.latched != self._saved:
+            self._save_latches()
 
     def technician_clear(self, codes=None):
         """Authenticated action of the Report page: clears latched trips whose cause is
         gone (all of them when codes is None). Named codes that are not latched but
         active, or whose cause is still present, raise ValueError and clear nothing."""
         ch = self.ch
+        # A trip latched in trip() itself (the RCD interrupt's IRD) that this task has not
+        # recorded yet (its record, its report, the end of the session it hit) is not
+        # cleared before it is recorded.
+        pending = ch.tripped_new & charger.LATCH_AT_TRIP
         if codes is None:
-            bits = ch.latched
-            bits &= ~self._causes_present(bits)  # the rest stay latched
+            bits = ch.latched & ~pending
+            still = self._causes_present(bits)
+            self._test_lock(still)
+            bits &= ~still  # the rest stay latched
         else:
             bits = 0
             for code in codes:
                 r = faults.row(code)
                 if r is None:
                     raise ValueError("unknown fault code " + code)
+                if ch.latched & pending & r[1]:
+                    raise ValueError(code + " has just tripped: not recorded yet, clear it again")
                 if ch.latched & r[1]:
                     bits |= r[1]
                 elif ch.active & r[1]:
@@ -151,11 +199,16 @@ class Protection:
                     raise ValueError(code + " is not a latched trip: it clears by itself")
             still = self._causes_present(bits)
             if still:
-                raise ValueError("cause still present: " + ", ".join(faults.codes(still)))
+                msg = "cause still present: " + ", ".join(faults.codes(still))
+                if self._test_lock(still):
+                    msg += " (a lock test has started: clear again once it has passed)"
+                raise ValueError(msg)
         if not bits:
             return []
-        ch.latched &= ~bits
+        ch.unlatch(bits)
         ch.clear(bits)
+        if bits & faults.ELK:
+            ch.lock_tested = False  # a later ELK needs a test of its own
         self.weld &= ~bits
         if bits & faults.IRD:
             ch.selftest_failed = False
@@ -171,8 +224,12 @@ class Protection:
         """Every ~100 ms: fast sensors, then record what tripped, then clear rules."""
         ch = self.ch
         hw = self.hw
+        # First, before any sensor read that may raise: a trip latched since the last
+        # tick (the RCD interrupt's IRD) reaches flash even if the rest of the tick fails.
+        self._persist()
         if hw.rcd.tripped() and not ch._rcd_testing:
             ch.trip(faults.IRD)  # backup for a missed interrupt edge
+            self._persist()
         if self._read_ms is not None and _held(now_ms, self._read_ms, _MET_TRIP_MS):
             # No reading at all (the metering task hangs) blinds OVP, LVP, MIS and OCP as
             # much as a silent meter does.
@@ -199,6 +256,11 @@ class Protection:
             ok = False
         if not ok:
             self._meter_good_ms = None
+            # The voltage and current rules run on good readings only: a timer one of
+            # them started would otherwise outlive an outage of days, read as negative
+            # once the ticks wrap, and never fire again. The next good reading starts it.
+            for name in ("ovp", "lvp", "mis", "ocp"):
+                self._since.pop(name, None)
             if self._meter_fail_ms is None:
                 self._meter_fail_ms = now_ms
             # Once tripped, a failure lasting days no longer looks at when it began.
@@ -261,8 +323,8 @@ class Protection:
         if draw > ref + OCP_FAST_MARGIN_A or self._cond(
             "ocp", draw > (ref + 0.5) * 1.10, now_ms, _OCP_SLOW_MS
         ):
+            ch.trip(faults.OCP)  # first: the log may wait on a UART
             _log.error("over-current: %.1f A drawn, %.1f A offered", draw, ref)
-            ch.trip(faults.OCP)
 
     def _tn(self):
         return self.settings["power_system"] == "TN_TT"
@@ -305,7 +367,10 @@ class Protection:
         if t.socket_c is None or t.socket_c >= OCT_TRIP_C:
             ch.trip(faults.OCT)
         # Heat follows the current, so derate from the hardware rating, not the setting.
+        was = ch.thermal_a
         ch.thermal_a = limits.thermal_limit(limits.MODEL_A, t.relay_c, t.socket_c)
+        if ch.thermal_a is not None and (was is None or ch.thermal_a < was):
+            ch.limit_changed()  # a lower derating cuts the offer now
 
     def _check_fan(self, now_ms):
         t = self.hw.temps
@@ -331,14 +396,14 @@ class Protection:
 
     def _latch(self, bit, why):
         ch = self.ch
+        fresh = not ch.latched & bit  # before trip(), which latches IRD and ELK itself
         ch.trip(bit)
-        if not ch.latched & bit:
+        if fresh:
             # Recorded as new even when the bit was already active without a latch (a relay
             # stuck open, then welded): the latch ends the session and has its own record.
-            ch.tripped_new |= bit
-            ch.latched |= bit
-            _log.error("%s latched: %s", faults.codes(bit), why)
+            ch.latch(bit, new=bit)
             self._save_latches()
+            _log.error("%s latched: %s", faults.codes(bit), why)
 
     # ---- records ---------------------------------------------------------------------------
     def _record_new(self, now_ms):
@@ -346,12 +411,8 @@ class Protection:
         new = ch.take_tripped()
         if not new:
             return
-        if new & faults.IRD and not ch.latched & faults.IRD:
-            ch.latched |= faults.IRD
-            self._save_latches()
-        if new & faults.ELK and not ch.latched & faults.ELK:
-            ch.latched |= faults.ELK
-            self._save_latches()
+        # IRD and ELK latched in trip() itself (charger.LATCH_AT_TRIP).
+        self._persist()
         for bit in _bits(new):
             code = faults.codes(bit)[0]
             self._trip_ms[bit] = now_ms
