@@ -354,7 +354,7 @@ class Oracle:
         cz[13] = prot and (ts is None or ts >= 75.0)
         cl[13] = ts is not None and ts < 55.0
         cz[14] = prot and fan.running and fan.blocked
-        cl[14] = fan.running and not fan.blocked
+        cl[14] = not fan.blocked  # (it stays driven while FAN lasts, and stops once cleared)
         cz[15] = sampling and ev.short
         cl[15] = cl[17] = ab
         cz[16] = sampling and duty > 0 and ev.state != "A" and not ev.short and not ev.diode
