@@ -730,8 +730,11 @@ def outputs(res, last=30, everything=False):
     return "\n".join(lines[-last:])
 
 
+DEFAULT_SEED = fuzz.DEFAULT_SEED
+
+
 def seed():
     s = os.getenv("INV_SEED")
     if not s:
-        return fuzz.DEFAULT_SEED
+        return DEFAULT_SEED
     return int(s, 16) if s[:2] in ("0x", "0X") else int(s)
