@@ -213,3 +213,19 @@ def test_an_unreadable_availability_state_keeps_the_charger_inoperative():
     app2 = _boot_on(app.data_dir)
     eq((app2.charger.ocpp_status(), app2.status()["errors"]), ("Available", []),
        "saved: readable after a restart")
+
+
+def test_a_damaged_availability_state_with_an_older_bak_keeps_the_charger_inoperative():
+    """The central system took the charger out of service (Inoperative, the newest
+    ocpp_state.json); the .bak is the state before that. ocpp_state.json is then damaged:
+    the older .bak must not bring the charger back into service."""
+    import atomicfile
+
+    app = _app({"settings.json": _OCPP,
+                "ocpp_state.json": atomicfile.encode_json({"inop": True}).decode()[:-3],
+                "ocpp_state.json.bak": atomicfile.encode_json({"inop": False}).decode()})
+    eq(app.charger.ocpp_status(), "Unavailable", "Inoperative")
+    true("CFG" in app.status()["errors"], "CFG")
+    true("ocpp_state.json" in app.status()["config_errors"], "named")
+    app2 = _boot_on(app.data_dir)
+    eq(app2.charger.ocpp_status(), "Unavailable", "still after another restart")

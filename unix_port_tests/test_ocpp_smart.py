@@ -150,3 +150,53 @@ def test_an_unreadable_charging_profile_store_does_not_lift_the_site_limit():
     sm = Smart(d)
     eq(sm.install(1, prof(2, periods=((0, 16),), start=T0), None, T0), "Accepted")
     eq((sm.store_error, Smart(d).store_error), (None, None), "set again")
+
+
+def test_a_damaged_store_with_an_older_bak_does_not_lift_the_site_limit():
+    """A TxDefaultProfile of 16 A, then a ChargePointMaxProfile of 10 A (the site limit):
+    the .bak is the store before the site limit. ocpp_profiles.json is then damaged: the
+    .bak may not be used as if it were the newest store, so the store is an error (6 A
+    until the central system sets or clears profiles), never 16 A."""
+    d = _dir()
+    sm = Smart(d)
+    sm.phases = 1
+    eq(sm.install(1, prof(1, periods=((0, 16),), start=T0), None, T0), "Accepted")
+    eq(sm.install(0, prof(2, "ChargePointMaxProfile", periods=((0, 10),), start=T0), None, T0),
+       "Accepted")
+    eq(sm.limit(T0), 10.0, "site limit in force")
+    p = d + "/ocpp_profiles.json"
+    with open(p, "rb") as f:
+        data = f.read()
+    with open(p, "wb") as f:
+        f.write(data[:-4])  # damaged newest copy; the .bak is from before the site limit
+    again = Smart(d)
+    again.phases = 1
+    true(again.store_error, "an older copy only: the store is an error")
+    eq(again.profiles, [], "the older profiles are not used")
+    eq(Smart(d).store_error, again.store_error, "still after another restart")
+    eq(again.clear(), "Unknown", "ClearChargingProfile")
+    eq(Smart(d).store_error, None, "rewritten by the central system")
+
+
+def test_a_whole_tmp_of_a_cut_save_is_the_newest_store():
+    """A save cut after the old store became the .bak leaves the new one in .tmp: proven
+    whole by its CRC it is the newest store (no error). A .tmp without a CRC cannot be
+    proven whole: the newest state is unknown, an error."""
+    import atomicfile
+
+    d = _dir()
+    sm = Smart(d)
+    eq(sm.install(1, prof(1, periods=((0, 16),), start=T0), None, T0), "Accepted")
+    eq(sm.install(0, prof(2, "ChargePointMaxProfile", periods=((0, 10),), start=T0), None, T0),
+       "Accepted")
+    p = d + "/ocpp_profiles.json"
+    os.rename(p, p + ".tmp")  # as if cut after the rename to .bak
+    again = Smart(d)
+    again.phases = 1
+    eq((again.store_error, again.limit(T0)), (None, 10.0), "the whole .tmp in use")
+    with open(p + ".tmp", "rb") as f:
+        data = f.read()
+    with open(p + ".tmp", "wb") as f:
+        f.write(data[16:])  # the same JSON without its CRC line
+    true(atomicfile.decode_json(data[16:]), "still JSON")
+    true(Smart(d).store_error, "a .tmp without a CRC: an error")

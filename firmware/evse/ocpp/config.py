@@ -25,6 +25,7 @@ MEASURANDS = (
 _ROTATIONS = ("NotApplicable", "Unknown", "RST", "RTS", "SRT", "STR", "TRS", "TSR")
 MAX_CSL = 8
 _DAY = 86400
+_ENOENT = 2
 _FILE_MAX = 4096
 
 # name, access, kind, default[, lo, hi]. Kinds: b bool, i int, m measurand list,
@@ -89,29 +90,61 @@ KEYS = (
 
 
 def load_json(path, cap, on_bad=None):
-    """atomicfile.load_json reading no more than the largest of path/.bak/.tmp (capped):
-    its read buffer is allocated whole, and a fragmented heap may not have `cap` bytes
-    in one piece. A missing or bad file gives {}; for a file that is there but none of
-    whose copies can be read, on_bad(why) is called too (the caller fails closed)."""
+    """The stored object (a dict) of path, read by the rule of settings.json: the first
+    copy that can be read of the file itself, a .tmp whose CRC proves it whole (a save cut
+    after the old file became the .bak: the newer copy), the older .bak, a .tmp without a
+    CRC. No copy is read past the largest of path/.bak/.tmp (capped): its read buffer is
+    allocated whole, and a fragmented heap may not have `cap` bytes in one piece. A
+    missing file gives {}. on_bad(why) is called when the newest state is unknown: the
+    file is there but no copy can be read, or only a copy that may be older (the .bak, a
+    .tmp without a CRC); the caller then fails closed, and {} is returned. Without
+    on_bad the older copy is used."""
     n = 0
     for p in (path, path + ".bak", path + ".tmp"):
         try:
             n = max(n, os.stat(p)[6])
         except OSError:
             pass
-    errors = [0]
-
-    def note(msg):
-        errors[0] += 1
-        _log.error("%s", msg)
-
-    none = {}  # by identity: load_json gives this very object when no copy is usable
-    data = atomicfile.load_json(path, lambda: none, note, max_bytes=min(n, cap) or 1)
-    if data is none or not isinstance(data, dict):
-        if errors[0] and on_bad is not None:
-            on_bad("%s unreadable" % path.rpartition("/")[2])
+    cap = min(n, cap) or 1
+    name = path.rpartition("/")[2]
+    bad = False
+    for suffix, crc_only in (("", False), (".tmp", True), (".bak", False), (".tmp", False)):
+        p = path + suffix
+        try:
+            size = os.stat(p)[6]
+            if size > cap:
+                raise ValueError("%d bytes, over the %d cap" % (size, cap))
+            with open(p, "rb") as f:
+                data = f.read(size)
+            if suffix == ".tmp" and crc_only != (data[:7] == b"#crc32 "):
+                continue  # the .tmp goes in the pass its framing belongs to
+            obj = atomicfile.decode_json(data)
+            if not isinstance(obj, dict):
+                raise ValueError("JSON of the wrong type")
+        except OSError as e:
+            if e.errno != _ENOENT and not crc_only:
+                bad = True
+                _log.error("%s unreadable: %s", p, e)
+            continue
+        except ValueError as e:  # UnicodeError included
+            bad = True
+            _log.error("%s corrupt: %s", p, e)
+            continue
+        if suffix == "" or crc_only:
+            if suffix:
+                _log.warning("%s: the whole copy of an interrupted save in use", path)
+            return obj
+        _log.error("%s unusable: the older copy %s%s may lack the newest state",
+                   path, name, suffix)
+        if on_bad is None:
+            return obj
+        on_bad("%s unusable, older copy %s%s" % (name, name, suffix))
         return {}
-    return data
+    if bad:
+        _log.error("%s: no valid copy", path)
+        if on_bad is not None:
+            on_bad("%s unreadable" % name)
+    return {}
 
 
 def _csl_ok(kind, text):

@@ -91,9 +91,11 @@ class Service:
             # Whether the central system had taken the charger out of service is unknown:
             # it stays Inoperative (reported as Unavailable) until a ChangeAvailability.
             self.state = {"inop": True}
+            # Unreadable, or only an older copy readable (it may predate an Inoperative).
             self.store_errors["ocpp_state.json"] = (
-                "unreadable: Inoperative until the central system sends ChangeAvailability")
-            _log.error("ocpp_state.json unreadable: Inoperative until ChangeAvailability")
+                "%s: Inoperative until the central system sends ChangeAvailability"
+                % bad[0].partition(" ")[2])
+            _log.error("%s: Inoperative until ChangeAvailability", bad[0])
         self.ws = wsclient.WsClient(max_message=6144, tx_size=1024)
         self.link = Link(self.ws, self._on_call)
         self._send_ev = asyncio.Event()
@@ -164,8 +166,8 @@ class Service:
             self.store_errors.pop("ocpp_profiles.json", None)
         else:
             self.store_errors["ocpp_profiles.json"] = (
-                "unreadable: %d A (limit %s) until the central system sets or clears "
-                "charging profiles" % (smart.STORE_LIMIT_A, smart.STORE_LIMIT))
+                "%s: %d A (limit %s) until the central system sets or clears charging "
+                "profiles" % (err.partition(" ")[2], smart.STORE_LIMIT_A, smart.STORE_LIMIT))
         lim = None if err is None or off else smart.STORE_LIMIT_A
         if self.ch.external.get(smart.STORE_LIMIT) != lim:
             self.ch.set_external_limit(smart.STORE_LIMIT, lim)

@@ -66,7 +66,7 @@ class Smart:
     def __init__(self, data_dir):
         self._path = data_dir + "/ocpp_profiles.json"
         # Why the stored profiles are unknown, or None. A store that is there but cannot
-        # be read may have held a ChargePointMaxProfile (a site limit): the service then
+        # be read (or of which only an older copy, the .bak, can) may have held a ChargePointMaxProfile (a site limit): the service then
         # holds the charger at 6 A (limit STORE_LIMIT) until the central system installs
         # or clears profiles again, which rewrites the store.
         self.store_error = None
