@@ -141,6 +141,7 @@ def check_fallback(c, since_us, offered):
                and e["t_us"] <= t_last]
     if earlier:
         offered = (earlier[-1]["value"] or 0) * 0.6
+    offered = min(offered or 0, allocs[-1]["data"][4] / 2)  # the last allocation it read
     if offered and offered > 6.05:
         cut = next((e for e in events if e["what"] == "pwm_duty_pct" and e["value"] is not None
                     and e["value"] * 0.6 <= 6.05), None)

@@ -132,6 +132,14 @@ def test_fault(start_charger, code, phase):
         assert c.http("POST", "/api/faults/clear", json={}).status == 401, "needs a login"
         login(c)
         r = c.http("POST", "/api/faults/clear", json={"codes": [code]})
+        if code == "ELK":
+            # The first clear starts a lock test (engage, feedback, release, feedback gone:
+            # up to 4 s, docs/errors.md); the technician clears again once it has passed.
+            assert r.status == 400 and "lock test" in r.body["error"], r
+            deadline = time.monotonic() + 4 + WAIT_S
+            while r.status != 200 and time.monotonic() < deadline:
+                time.sleep(0.5)
+                r = c.http("POST", "/api/faults/clear", json={"codes": [code]})
         assert r.status == 200, r
     # The longest clear rules (docs/errors.md): OCP 60 s after the trip, the voltages 10 s.
     timeout = 60 + WAIT_S if code == "OCP" else 10 + WAIT_S

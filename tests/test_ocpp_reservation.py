@@ -59,6 +59,7 @@ def test_reservation_parent_expiry_and_cancel(cs, ocpp):
     c = ocpp(cards=[A])
     assert reserve(cs, 5, R, parent="FLEET") == "Accepted"
     c.sim("ev", state="B", diode=True, max_a=16)
+    c.wait_for(lambda s: s["cp_state"] == "B", WAIT_S)  # a card before the plug is refused
     c.sim("card", uid=Q, ms=300)  # same parent: may use the reservation
     c.wait_for(lambda s: s["session"]["active"] and s["session"]["id_tag"] == Q, WAIT_S)
     start = cs.wait_for(lambda: cs.payloads("CP1", "StartTransaction"), WAIT_S)[0]
