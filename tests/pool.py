@@ -145,10 +145,11 @@ def check_fallback(c, since_us, offered):
     if offered and offered > 6.05:
         cut = next((e for e in events if e["what"] == "pwm_duty_pct" and e["value"] is not None
                     and e["value"] * 0.6 <= 6.05), None)
+        duties = [(e["t_us"] - t_last, e["value"]) for e in c.events(since_us)
+                  if e["what"] == "pwm_duty_pct"]
         assert cut is not None, \
             f"{c.name}: never cut to its fallback share from {offered} A; duty changes " \
-            f"{[(e['t_us'] - t_last, e['value']) for e in c.events(since_us) if e['what'] == 'pwm_duty_pct']}, " \
-            f"allocations {[(f['t_us'] - t_last, f['data'][4] / 2) for f in allocs]}"
+            f"{duties}, allocations {[(f['t_us'] - t_last, f['data'][4] / 2) for f in allocs]}"
         took = (cut["t_us"] - t_last) / 1e6
         assert MASTER_TIMEOUT_S - 0.002 <= took <= MASTER_TIMEOUT_S + TICK_S + LATE_S, \
             f"{c.name}: fallback share {took:.2f} s after the last allocation"

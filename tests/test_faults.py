@@ -8,6 +8,8 @@ and are never re-closed automatically; other faults clear by their documented co
 and charging resumes only through a fresh pilot handshake.
 """
 
+import time
+
 import pytest
 
 FREE = {"auth_mode": "free"}
