@@ -1203,3 +1203,35 @@ def test_a_latch_is_recorded_before_a_technician_can_clear_it():
     r.prot.tick(r.clock.ms)  # the record
     true(r.ch.session is None and s.stop_mode == "Fault", "the session ended")
     eq(r.prot.technician_clear(), ["IRD"], "cleared once recorded")
+
+
+def test_an_rcd_trip_during_a_technician_clear_stays_latched():
+    """IRD latched and recorded, its cause gone. A technician clears all;
+    a new RCD trip (a short pulse of the fault line) lands after _causes_present read the
+    line low, before unlatch(): the new trip must stay latched."""
+    r = Rig()
+    r.charge()
+    r.hw.rcd.fire()
+    r.hw.rcd.line = False
+    r.prot.tick(r.clock.ms)  # recorded
+    r.run(2000)
+    true(r.ch.latched & faults.IRD, "latched")
+    real = r.hw.rcd.tripped
+    box = [0]
+
+    def tripped():
+        v = real()
+        if box[0] == 0:
+            box[0] = 1
+            r.hw.rcd.fire()  # a new earth leakage, just after the line was read
+            r.hw.rcd.line = False  # a pulse
+        return v
+
+    r.hw.rcd.tripped = tripped
+    n = r.ch.rcd_irq_count
+    cleared = r.prot.technician_clear()
+    r.hw.rcd.tripped = real
+    true(r.ch.rcd_irq_count == n + 1, "the interrupt ran")
+    r.run(500)
+    true(r.ch.latched & faults.IRD, "a new IRD trip during the clear stays latched (cleared %r)" % (cleared,))
+

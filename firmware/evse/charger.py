@@ -255,11 +255,23 @@ class Charger:
         self.tripped_new |= new
         self._irq_on(st)
 
-    def unlatch(self, bits):
-        """A technician's clear. In an interrupts-off section: trip() adds to them too."""
+    def unlatch(self, bits, rcd_count):
+        """A technician's clear of latched trips whose cause protection found gone: takes
+        them out of `latched` and `active` in one interrupts-off section (trip() adds to
+        both). rcd_count: rcd_irq_count read before the causes were checked. An RCD edge
+        since then, or its fault line up now, is a new trip the check may have missed:
+        IRD is then kept. Returns the bits cleared."""
         st = self._irq_off()
+        if self.rcd_irq_count != rcd_count or self.hw.rcd.tripped():
+            bits &= ~faults.IRD
         self.latched &= ~bits
+        was = self.active & bits
+        self.active &= ~bits
+        self._f_hold &= ~bits
         self._irq_on(st)
+        if was:
+            _log.info("fault %s cleared", faults.codes(was))
+        return bits
 
     def take_tripped(self, mask=-1):
         """The bits (within mask) tripped since they were last taken: protection records

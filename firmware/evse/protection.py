@@ -174,6 +174,9 @@ class Protection:
         gone (all of them when codes is None). Named codes that are not latched but
         active, or whose cause is still present, raise ValueError and clear nothing."""
         ch = self.ch
+        # Before the causes are read: an RCD edge after the fault line was read down is
+        # a new trip, which unlatch() below keeps.
+        rcd_count = ch.rcd_irq_count
         # A trip latched in trip() itself (the RCD interrupt's IRD) that this task has not
         # recorded yet (its record, its report, the end of the session it hit) is not
         # cleared before it is recorded.
@@ -205,8 +208,12 @@ class Protection:
                 raise ValueError(msg)
         if not bits:
             return []
-        ch.unlatch(bits)
-        ch.clear(bits)
+        asked = bits
+        bits = ch.unlatch(bits, rcd_count)
+        if asked & ~bits:
+            _log.error("RCD tripped during the clear: IRD stays latched")
+        if not bits:
+            return []
         if bits & faults.ELK:
             ch.lock_tested = False  # a later ELK needs a test of its own
         self.weld &= ~bits
