@@ -1235,3 +1235,26 @@ def test_an_rcd_trip_during_a_technician_clear_stays_latched():
     r.run(500)
     true(r.ch.latched & faults.IRD, "a new IRD trip during the clear stays latched (cleared %r)" % (cleared,))
 
+
+def test_a_weld_seen_during_a_lock_test_keeps_the_lock():
+    """a lock test (started by a clear of ELK) has engaged the lock; its
+    feedback is slow. Meanwhile auxiliary contact 1 reads closed with the coils off: R12
+    latches (a weld). The lock stays engaged and the test does not pass."""
+    r = Rig()
+    r.hw.lock.broken = True
+    r.plug("B")
+    eq(r.ch.start_session("X", "RFID"), None)
+    r.run(3000)
+    true(r.ch.latched & faults.ELK, "ELK latched")
+    r.ch.end_session("Local")
+    eq(r.prot.technician_clear(), [], "starts the lock test")
+    r.run(300)
+    true(r.hw.lock.engaged, "the test engaged the lock (feedback not yet there)")
+    r.hw.relays.weld = 1
+    r.run(1000)
+    true(r.ch.latched & faults.R12, "R12 latched: a weld")
+    r.hw.lock.broken = False  # the feedback arrives
+    r.run(300)
+    true(r.hw.lock.engaged, "a weld keeps the plug locked (lock engaged=%r, lock_tested=%r)"
+         % (r.hw.lock.engaged, r.ch.lock_tested))
+
