@@ -1258,3 +1258,81 @@ def test_a_weld_seen_during_a_lock_test_keeps_the_lock():
     true(r.hw.lock.engaged, "a weld keeps the plug locked (lock engaged=%r, lock_tested=%r)"
          % (r.hw.lock.engaged, r.ch.lock_tested))
 
+
+def test_a_power_cut_at_every_step_of_a_latch_write_loses_no_trip():
+    """PE latched and on flash; IRD added; the write is cut after each step
+    (tmp half written, tmp whole, .bak removed, path renamed to .bak); then a second cut
+    during the boot's own rewrite. Every boot must hold PE, R12 and IRD."""
+    import os
+    import atomicfile
+    from check import tmpdir
+
+    def files(d):
+        out = {}
+        for n in ("latched.json", "latched.json.bak", "latched.json.tmp"):
+            try:
+                with open(d + "/" + n, "rb") as f:
+                    out[n] = f.read()
+            except OSError:
+                pass
+        return out
+
+    def restore(d, snap):
+        for n in ("latched.json", "latched.json.bak", "latched.json.tmp"):
+            try:
+                os.remove(d + "/" + n)
+            except OSError:
+                pass
+        for n, b in snap.items():
+            with open(d + "/" + n, "wb") as f:
+                f.write(b)
+
+    def cut_write(p, data, step):
+        tmp = p + ".tmp"
+        with open(tmp, "wb") as f:
+            f.write(data if step > 0 else data[: len(data) // 2])
+        if step <= 1:
+            return
+        if atomicfile._exists(p):
+            try:
+                os.remove(p + ".bak")
+            except OSError:
+                pass
+            if step == 2:
+                return
+            os.rename(p, p + ".bak")
+            if step == 3:
+                return
+        os.rename(tmp, p)
+
+    d = tmpdir("latch_cut")
+    p = d + "/latched.json"
+    ch, prot = _latch_rig(d)
+    prot._latch(faults.PE, "no earth")
+    prot._latch(faults.R12, "weld")  # a .bak exists too
+    base = files(d)
+    new = atomicfile.encode_json({"latched": ["PE", "R12", "IRD"]})
+    bad = []
+    for step in range(5):
+        restore(d, base)
+        cut_write(p, new, step)
+        after1 = files(d)
+        for step2 in range(-1, 5):
+            restore(d, after1)
+            ch, prot = _latch_rig(d)
+            if step2 >= 0:
+                real = atomicfile.save_json
+                atomicfile.save_json = lambda path, obj: cut_write(path, atomicfile.encode_json(obj), step2)
+            try:
+                prot.load_latches()
+            finally:
+                if step2 >= 0:
+                    atomicfile.save_json = real
+            ch, prot = _latch_rig(d)
+            prot.load_latches()
+            need = faults.PE | faults.R12 | (faults.IRD if step >= 1 else 0)
+            if ch.latched & need != need:
+                bad.append("write cut after step %d, boot rewrite cut after step %d: latched %r"
+                           % (step, step2, faults.codes(ch.latched)))
+    eq(bad, [], "trips lost")
+

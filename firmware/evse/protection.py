@@ -103,7 +103,6 @@ class Protection:
                 else:
                     bad.append("%r is no latching code" % (code,))
         if bad:
-            _log.error("latched trips unreadable (%s): ERR LAT", "; ".join(bad))
             bits |= faults.LAT
         if bits:
             self.ch.latch(bits)
@@ -112,9 +111,20 @@ class Protection:
             # Recorded before the restart (not a trip since); LAT is new: it is recorded.
             self.ch.take_tripped(bits & ~faults.LAT)
             self.weld = bits & (faults.R12 | faults.R3N)
+        # Trip first, then log (the log may wait on a UART).
+        if bad:
+            _log.error("latched trips unreadable (%s): ERR LAT", "; ".join(bad))
+        if bits:
             _log.warning("latched trips from before the restart: %s", faults.codes(bits))
         self._saved = bits & ~faults.LAT
         if bad or len(copies) > 1:
+            # The write a cut interrupted is completed first: a whole .tmp may be the
+            # only copy of the newest trip, and the rewrite below starts by truncating
+            # .tmp. Renamed to latched.json it stays whole through a cut of the rewrite.
+            try:
+                atomicfile.finish_write(self._latch_path)
+            except OSError as e:
+                _log.error("latched.json: interrupted write not completed (%s)", e)
             self._save_latches()  # whole again, LAT in it: a restart keeps it
 
     def _causes_present(self, bits):
