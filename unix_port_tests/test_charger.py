@@ -1336,3 +1336,35 @@ def test_a_power_cut_at_every_step_of_a_latch_write_loses_no_trip():
                            % (step, step2, faults.codes(ch.latched)))
     eq(bad, [], "trips lost")
 
+
+def test_a_failed_latch_write_is_tried_at_most_once_per_tick():
+    """Flash keeps failing: the latched trips are written again at every tick, but the
+    same bits only once per tick (a failing write is slow)."""
+    import atomicfile
+    import log
+    from check import tmpdir
+
+    d = tmpdir("latch_retry_once")
+    ch, prot = _boot(d)
+    real = atomicfile.save_json
+    calls = [0]
+
+    def full(path, obj):
+        calls[0] += 1
+        raise OSError(28)  # ENOSPC
+
+    atomicfile.save_json = full
+    log.set_output(lambda s: None)
+    try:
+        ch.hw.pe.continuity = False
+        for t in range(0, 2000, 100):
+            prot.tick(1000 + t)
+        true(ch.latched & faults.PE, "latched in RAM")
+        ch.hw.rcd.fire()  # an RCD trip too: IRD latches in the same tick
+        n = calls[0]
+        prot.tick(3000)
+        prot.tick(3100)
+    finally:
+        atomicfile.save_json = real
+        log.set_output()
+    eq(calls[0] - n, 2, "one write per tick")

@@ -64,6 +64,7 @@ class Protection:
         self._latch_path = data_dir + "/latched.json"
         self._saved = 0  # the latched bits last written to flash whole
         self._save_failed = False  # the last write failed: retried every tick, logged once
+        self._failed_bits = None  # the latched bits whose write failed in this tick
         self._since = {}  # rule name -> ticks_ms when its condition began, or _HELD
         self._ocp_ref_a = 0.0
         self._ocp_ref_ms = None  # when the reference was set; None: its 5 s are over
@@ -164,6 +165,7 @@ class Protection:
         try:
             atomicfile.save_json(self._latch_path, {"latched": faults.codes(bits)})
         except OSError as e:
+            self._failed_bits = bits  # not again in this tick unless a latch changes
             if not self._save_failed:
                 self._save_failed = True
                 _log.error("latched trips %s not saved (%s): retrying", faults.codes(bits), e)
@@ -175,8 +177,10 @@ class Protection:
 
     def _persist(self):
         """Writes the latched trips whenever they differ from what flash holds: a trip the
-        interrupt latched, a write that failed before."""
-        if self.ch.latched != self._saved:
+        interrupt latched, a write that failed before (once per tick: a failing flash
+        write is slow, and the same bits written again in the same tick would fail too)."""
+        latched = self.ch.latched
+        if latched != self._saved and latched != self._failed_bits:
             self._save_latches()
 
     def technician_clear(self, codes=None):
@@ -243,6 +247,7 @@ class Protection:
         hw = self.hw
         # First, before any sensor read that may raise: a trip latched since the last
         # tick (the RCD interrupt's IRD) reaches flash even if the rest of the tick fails.
+        self._failed_bits = None  # a write that failed last tick is tried again now
         self._persist()
         if hw.rcd.tripped() and not ch._rcd_testing:
             ch.trip(faults.IRD)  # backup for a missed interrupt edge
