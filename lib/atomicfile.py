@@ -27,6 +27,10 @@
 # stands in for `path` only when that is missing (a cut after step 3): the .bak next to a
 # `path` is always the older version, and its union would bring back what was removed.
 #
+# finish_write(path) is for such a record at boot: before anything new is saved, it does
+# the renames a cut write did not reach, so the next write (whose step 1 truncates .tmp)
+# never destroys a whole .tmp that was the only copy of the newest state.
+#
 # On-disk format of save_json / load_json (load accepts both):
 #   a) "#crc32 xxxxxxxx\n" + JSON text: 8 lower-case hex digits, CRC-32 of every byte
 #      after that first newline. save_json always writes this form.
@@ -73,6 +77,25 @@ def write_atomic(path, data):
         _remove(bak)
         os.rename(path, bak)
     os.rename(tmp, path)
+
+
+def finish_write(path, max_bytes=_MAX_BYTES):
+    """Completes a write_atomic() a power cut interrupted after its .tmp was whole: the
+    same renames (remove .bak, rename path -> .bak, rename .tmp -> path), so that no copy
+    of the newest version is in the way of the next write, whose first step truncates
+    .tmp. A torn .tmp (its CRC or JSON fails) is left alone. True when a .tmp was
+    promoted. Only save_json files (a whole .tmp is one decode_json accepts)."""
+    tmp = path + ".tmp"
+    try:
+        decode_json(_read_capped(tmp, max_bytes))
+    except (OSError, ValueError):
+        return False
+    if _exists(path):
+        bak = path + ".bak"
+        _remove(bak)
+        os.rename(path, bak)
+    os.rename(tmp, path)
+    return True
 
 
 def _read_capped(p, max_bytes):

@@ -1203,3 +1203,168 @@ def test_a_latch_is_recorded_before_a_technician_can_clear_it():
     r.prot.tick(r.clock.ms)  # the record
     true(r.ch.session is None and s.stop_mode == "Fault", "the session ended")
     eq(r.prot.technician_clear(), ["IRD"], "cleared once recorded")
+
+
+def test_an_rcd_trip_during_a_technician_clear_stays_latched():
+    """IRD latched and recorded, its cause gone. A technician clears all;
+    a new RCD trip (a short pulse of the fault line) lands after _causes_present read the
+    line low, before unlatch(): the new trip must stay latched."""
+    r = Rig()
+    r.charge()
+    r.hw.rcd.fire()
+    r.hw.rcd.line = False
+    r.prot.tick(r.clock.ms)  # recorded
+    r.run(2000)
+    true(r.ch.latched & faults.IRD, "latched")
+    real = r.hw.rcd.tripped
+    box = [0]
+
+    def tripped():
+        v = real()
+        if box[0] == 0:
+            box[0] = 1
+            r.hw.rcd.fire()  # a new earth leakage, just after the line was read
+            r.hw.rcd.line = False  # a pulse
+        return v
+
+    r.hw.rcd.tripped = tripped
+    n = r.ch.rcd_irq_count
+    cleared = r.prot.technician_clear()
+    r.hw.rcd.tripped = real
+    true(r.ch.rcd_irq_count == n + 1, "the interrupt ran")
+    r.run(500)
+    true(r.ch.latched & faults.IRD, "a new IRD trip during the clear stays latched (cleared %r)" % (cleared,))
+
+
+def test_a_weld_seen_during_a_lock_test_keeps_the_lock():
+    """a lock test (started by a clear of ELK) has engaged the lock; its
+    feedback is slow. Meanwhile auxiliary contact 1 reads closed with the coils off: R12
+    latches (a weld). The lock stays engaged and the test does not pass."""
+    r = Rig()
+    r.hw.lock.broken = True
+    r.plug("B")
+    eq(r.ch.start_session("X", "RFID"), None)
+    r.run(3000)
+    true(r.ch.latched & faults.ELK, "ELK latched")
+    r.ch.end_session("Local")
+    eq(r.prot.technician_clear(), [], "starts the lock test")
+    r.run(300)
+    true(r.hw.lock.engaged, "the test engaged the lock (feedback not yet there)")
+    r.hw.relays.weld = 1
+    r.run(1000)
+    true(r.ch.latched & faults.R12, "R12 latched: a weld")
+    r.hw.lock.broken = False  # the feedback arrives
+    r.run(300)
+    true(r.hw.lock.engaged, "a weld keeps the plug locked (lock engaged=%r, lock_tested=%r)"
+         % (r.hw.lock.engaged, r.ch.lock_tested))
+
+
+def test_a_power_cut_at_every_step_of_a_latch_write_loses_no_trip():
+    """PE latched and on flash; IRD added; the write is cut after each step
+    (tmp half written, tmp whole, .bak removed, path renamed to .bak); then a second cut
+    during the boot's own rewrite. Every boot must hold PE, R12 and IRD."""
+    import os
+    import atomicfile
+    from check import tmpdir
+
+    def files(d):
+        out = {}
+        for n in ("latched.json", "latched.json.bak", "latched.json.tmp"):
+            try:
+                with open(d + "/" + n, "rb") as f:
+                    out[n] = f.read()
+            except OSError:
+                pass
+        return out
+
+    def restore(d, snap):
+        for n in ("latched.json", "latched.json.bak", "latched.json.tmp"):
+            try:
+                os.remove(d + "/" + n)
+            except OSError:
+                pass
+        for n, b in snap.items():
+            with open(d + "/" + n, "wb") as f:
+                f.write(b)
+
+    def cut_write(p, data, step):
+        tmp = p + ".tmp"
+        with open(tmp, "wb") as f:
+            f.write(data if step > 0 else data[: len(data) // 2])
+        if step <= 1:
+            return
+        if atomicfile._exists(p):
+            try:
+                os.remove(p + ".bak")
+            except OSError:
+                pass
+            if step == 2:
+                return
+            os.rename(p, p + ".bak")
+            if step == 3:
+                return
+        os.rename(tmp, p)
+
+    d = tmpdir("latch_cut")
+    p = d + "/latched.json"
+    ch, prot = _latch_rig(d)
+    prot._latch(faults.PE, "no earth")
+    prot._latch(faults.R12, "weld")  # a .bak exists too
+    base = files(d)
+    new = atomicfile.encode_json({"latched": ["PE", "R12", "IRD"]})
+    bad = []
+    for step in range(5):
+        restore(d, base)
+        cut_write(p, new, step)
+        after1 = files(d)
+        for step2 in range(-1, 5):
+            restore(d, after1)
+            ch, prot = _latch_rig(d)
+            if step2 >= 0:
+                real = atomicfile.save_json
+                atomicfile.save_json = lambda path, obj: cut_write(path, atomicfile.encode_json(obj), step2)
+            try:
+                prot.load_latches()
+            finally:
+                if step2 >= 0:
+                    atomicfile.save_json = real
+            ch, prot = _latch_rig(d)
+            prot.load_latches()
+            need = faults.PE | faults.R12 | (faults.IRD if step >= 1 else 0)
+            if ch.latched & need != need:
+                bad.append("write cut after step %d, boot rewrite cut after step %d: latched %r"
+                           % (step, step2, faults.codes(ch.latched)))
+    eq(bad, [], "trips lost")
+
+
+def test_a_failed_latch_write_is_tried_at_most_once_per_tick():
+    """Flash keeps failing: the latched trips are written again at every tick, but the
+    same bits only once per tick (a failing write is slow)."""
+    import atomicfile
+    import log
+    from check import tmpdir
+
+    d = tmpdir("latch_retry_once")
+    ch, prot = _boot(d)
+    real = atomicfile.save_json
+    calls = [0]
+
+    def full(path, obj):
+        calls[0] += 1
+        raise OSError(28)  # ENOSPC
+
+    atomicfile.save_json = full
+    log.set_output(lambda s: None)
+    try:
+        ch.hw.pe.continuity = False
+        for t in range(0, 2000, 100):
+            prot.tick(1000 + t)
+        true(ch.latched & faults.PE, "latched in RAM")
+        ch.hw.rcd.fire()  # an RCD trip too: IRD latches in the same tick
+        n = calls[0]
+        prot.tick(3000)
+        prot.tick(3100)
+    finally:
+        atomicfile.save_json = real
+        log.set_output()
+    eq(calls[0] - n, 2, "one write per tick")

@@ -255,11 +255,23 @@ class Charger:
         self.tripped_new |= new
         self._irq_on(st)
 
-    def unlatch(self, bits):
-        """A technician's clear. In an interrupts-off section: trip() adds to them too."""
+    def unlatch(self, bits, rcd_count):
+        """A technician's clear of latched trips whose cause protection found gone: takes
+        them out of `latched` and `active` in one interrupts-off section (trip() adds to
+        both). rcd_count: rcd_irq_count read before the causes were checked. An RCD edge
+        since then, or its fault line up now, is a new trip the check may have missed:
+        IRD is then kept. Returns the bits cleared."""
         st = self._irq_off()
+        if self.rcd_irq_count != rcd_count or self.hw.rcd.tripped():
+            bits &= ~faults.IRD
         self.latched &= ~bits
+        was = self.active & bits
+        self.active &= ~bits
+        self._f_hold &= ~bits
         self._irq_on(st)
+        if was:
+            _log.info("fault %s cleared", faults.codes(was))
+        return bits
 
     def take_tripped(self, mask=-1):
         """The bits (within mask) tripped since they were last taken: protection records
@@ -685,23 +697,23 @@ class Charger:
         if not self.latched & faults.ELK or self.lock_state == LOCK_NONE:
             self._lock_test = _LT_IDLE  # nothing to test for any more
             if lt != _LT_START and self.lock_state != LOCK_NONE:
-                lk.release()
+                if self._lock_may_open():
+                    lk.release()
+                else:
+                    self.lock_state = LOCK_LOCKED  # _manage_lock releases it when it may
             return
         if lt == _LT_START:
             # Only with the relays open and the contacts proven open (the weld window), as
             # for any release of the lock, and never with a weld known (it keeps the lock).
-            if (
-                self._relays.closed
-                or not self.contacts_open
-                or self.lock_state != LOCK_OPEN
-                or (self.active | self.latched) & (faults.R12 | faults.R3N)
-            ):
+            if self.lock_state != LOCK_OPEN or not self._lock_may_open():
                 return
             lk.engage()
             self._lock_test = _LT_ENGAGE
             self._lock_test_ms = now_ms
         elif lt == _LT_ENGAGE:
-            if lk.feedback():
+            if not self._lock_may_open():
+                self._lock_test_end(False, "a weld or closed contacts seen during the test")
+            elif lk.feedback():
                 lk.release()
                 self._lock_test = _LT_RELEASE
                 self._lock_test_ms = now_ms
@@ -713,10 +725,30 @@ class Charger:
             elif time.ticks_diff(now_ms, self._lock_test_ms) >= 2 * _LOCK_CONFIRM_MS:
                 self._lock_test_end(False, "still reads engaged when released")
 
+    def _lock_may_open(self):
+        """The lock may be released: relays open, both auxiliary contacts proven open for
+        the weld window and reading open now, no weld known. Checked before every release
+        of the lock test: a weld may show up while it runs."""
+        r = self._relays
+        return not (
+            r.closed
+            or not self.contacts_open
+            or r.feedback(1)
+            or r.feedback(2)
+            or (self.active | self.latched) & (faults.R12 | faults.R3N)
+        )
+
     def _lock_test_end(self, ok, why):
-        self._lock_hw.release()
-        self.lock_state = LOCK_OPEN
         self._lock_test = _LT_IDLE
+        if self._lock_may_open():
+            self._lock_hw.release()
+            self.lock_state = LOCK_OPEN
+        else:
+            # A weld (or contacts not proven open) keeps the plug locked: the test fails,
+            # and _manage_lock releases only once the contacts are open and no weld known.
+            ok = False
+            why += "; the lock stays engaged: contacts not proven open or welded"
+            self.lock_state = LOCK_LOCKED
         self.lock_tested = ok
         if ok:
             _log.info("lock test passed: %s", why)

@@ -64,6 +64,7 @@ class Protection:
         self._latch_path = data_dir + "/latched.json"
         self._saved = 0  # the latched bits last written to flash whole
         self._save_failed = False  # the last write failed: retried every tick, logged once
+        self._failed_bits = None  # the latched bits whose write failed in this tick
         self._since = {}  # rule name -> ticks_ms when its condition began, or _HELD
         self._ocp_ref_a = 0.0
         self._ocp_ref_ms = None  # when the reference was set; None: its 5 s are over
@@ -103,7 +104,6 @@ class Protection:
                 else:
                     bad.append("%r is no latching code" % (code,))
         if bad:
-            _log.error("latched trips unreadable (%s): ERR LAT", "; ".join(bad))
             bits |= faults.LAT
         if bits:
             self.ch.latch(bits)
@@ -112,9 +112,20 @@ class Protection:
             # Recorded before the restart (not a trip since); LAT is new: it is recorded.
             self.ch.take_tripped(bits & ~faults.LAT)
             self.weld = bits & (faults.R12 | faults.R3N)
+        # Trip first, then log (the log may wait on a UART).
+        if bad:
+            _log.error("latched trips unreadable (%s): ERR LAT", "; ".join(bad))
+        if bits:
             _log.warning("latched trips from before the restart: %s", faults.codes(bits))
         self._saved = bits & ~faults.LAT
         if bad or len(copies) > 1:
+            # The write a cut interrupted is completed first: a whole .tmp may be the
+            # only copy of the newest trip, and the rewrite below starts by truncating
+            # .tmp. Renamed to latched.json it stays whole through a cut of the rewrite.
+            try:
+                atomicfile.finish_write(self._latch_path)
+            except OSError as e:
+                _log.error("latched.json: interrupted write not completed (%s)", e)
             self._save_latches()  # whole again, LAT in it: a restart keeps it
 
     def _causes_present(self, bits):
@@ -154,6 +165,7 @@ class Protection:
         try:
             atomicfile.save_json(self._latch_path, {"latched": faults.codes(bits)})
         except OSError as e:
+            self._failed_bits = bits  # not again in this tick unless a latch changes
             if not self._save_failed:
                 self._save_failed = True
                 _log.error("latched trips %s not saved (%s): retrying", faults.codes(bits), e)
@@ -165,8 +177,10 @@ class Protection:
 
     def _persist(self):
         """Writes the latched trips whenever they differ from what flash holds: a trip the
-        interrupt latched, a write that failed before."""
-        if self.ch.latched != self._saved:
+        interrupt latched, a write that failed before (once per tick: a failing flash
+        write is slow, and the same bits written again in the same tick would fail too)."""
+        latched = self.ch.latched
+        if latched != self._saved and latched != self._failed_bits:
             self._save_latches()
 
     def technician_clear(self, codes=None):
@@ -174,6 +188,9 @@ class Protection:
         gone (all of them when codes is None). Named codes that are not latched but
         active, or whose cause is still present, raise ValueError and clear nothing."""
         ch = self.ch
+        # Before the causes are read: an RCD edge after the fault line was read down is
+        # a new trip, which unlatch() below keeps.
+        rcd_count = ch.rcd_irq_count
         # A trip latched in trip() itself (the RCD interrupt's IRD) that this task has not
         # recorded yet (its record, its report, the end of the session it hit) is not
         # cleared before it is recorded.
@@ -205,8 +222,12 @@ class Protection:
                 raise ValueError(msg)
         if not bits:
             return []
-        ch.unlatch(bits)
-        ch.clear(bits)
+        asked = bits
+        bits = ch.unlatch(bits, rcd_count)
+        if asked & ~bits:
+            _log.error("RCD tripped during the clear: IRD stays latched")
+        if not bits:
+            return []
         if bits & faults.ELK:
             ch.lock_tested = False  # a later ELK needs a test of its own
         self.weld &= ~bits
@@ -226,6 +247,7 @@ class Protection:
         hw = self.hw
         # First, before any sensor read that may raise: a trip latched since the last
         # tick (the RCD interrupt's IRD) reaches flash even if the rest of the tick fails.
+        self._failed_bits = None  # a write that failed last tick is tried again now
         self._persist()
         if hw.rcd.tripped() and not ch._rcd_testing:
             ch.trip(faults.IRD)  # backup for a missed interrupt edge
