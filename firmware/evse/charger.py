@@ -374,6 +374,9 @@ class Charger:
         if self.active:
             self._selftest_stop(now_ms)
             return
+        # Again with the cable just read: it is not read while a fault stands, and the first
+        # offer after one must not go by the rating from before it.
+        self._update_limit(now_ms)
         authorized = self.session is not None
         self._manage_lock(now_ms, want=authorized)
         ready = (
