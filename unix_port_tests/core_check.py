@@ -161,8 +161,7 @@ class Oracle:
         grace = 150  # a setting or a PP reading reaches the pilot at the next control tick
         self.src = {
             "max": Src(grace, float(run.settings["max_current_a"])),
-            # The control tick composes the limit before it reads PP: one tick more.
-            "cable": Src(grace + 100, None),
+            "cable": Src(grace, None),
             "thermal": Src(250, None),  # protection reads the sensors, then the control tick
         }
         self.free = run.settings["auth_mode"] == "free"
