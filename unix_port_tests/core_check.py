@@ -286,10 +286,11 @@ class Oracle:
                 # nor the rating of the cable plugged in before it.
                 self.src["cable"].set(now, 0.0)
             if self.free:
-                # (also over an authorization the model still holds: an unplug too short
-                # for the model to end it may have ended the charger's session)
-                self.auth_t = now
-                self.auth_end = None
+                if self.auth_t is None:
+                    self.auth_t = now
+                    self.auth_end = None
+                # An unplug too short for the model to end the authorization may still have
+                # ended the charger's session: the plug-in's new one is not used up yet.
                 self.grant = "unused"
         if self.grant == "unused" and (duty > 0 or b.rcd.testing):
             self.grant = "used"  # the charger has started the plug-in's session
