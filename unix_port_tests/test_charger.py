@@ -547,6 +547,28 @@ def test_a_weld_on_a_relay_already_stuck_open_ends_the_session():
     eq(r.hw.errors.count(("R3N", True)), 2, "stuck open, then welded: two fault reports")
 
 
+def test_a_lock_that_never_confirms_is_let_go_only_with_the_contacts_open():
+    """ELK after the lock did not confirm: the actuator is released through the same path as
+    any release, once both contacts have read open for the weld window, not at once."""
+    r = Rig()
+    r.hw.lock.broken = True
+    r.plug("B")
+    eq(r.ch.start_session("X", "RFID"), None)
+    r.run(1500)  # the first try failed, the retry runs
+    true(r.hw.lock.engaged, "retrying")
+    r.hw.relays.weld = 1  # a contact reads closed with the coil released
+    r.run(800)
+    true(r.ch.active & faults.ELK, "ELK")
+    true(r.hw.lock.engaged, "not released over a closed contact")
+    r2 = Rig()
+    r2.hw.lock.broken = True
+    r2.plug("B")
+    eq(r2.ch.start_session("X", "RFID"), None)
+    r2.run(2500)
+    true(r2.ch.active & faults.ELK, "ELK")
+    true(not r2.hw.lock.engaged, "released with the contacts open")
+
+
 def test_weld_latches_and_keeps_lock():
     r = Rig()
     r.charge()

@@ -552,14 +552,15 @@ class Charger:
                 self.lock_state = LOCK_LOCKED
             elif time.ticks_diff(now_ms, self._lock_ms) >= _LOCK_CONFIRM_MS:
                 if self._lock_tries < 2:
-                    lk.release()
+                    if self.contacts_open:  # a pulse back only with the contacts known open
+                        lk.release()
                     lk.engage()
                     self._lock_ms = now_ms
                     self._lock_tries += 1
                 else:
+                    # The release comes through the path above (fault: want=False): only
+                    # once the contacts are confirmed open, never over a weld.
                     _log.error("lock did not confirm")
-                    self.lock_state = LOCK_OPEN
-                    lk.release()
                     self.trip(faults.ELK)
         elif self.lock_state == LOCK_LOCKED and not lk.feedback():
             _log.error("lock opened during the session")
