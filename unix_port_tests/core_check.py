@@ -68,8 +68,9 @@ class Rule:
             return
         if self.clr is None:
             self.clr = now
-        # No clear within 1 s of the trip (the F hold) nor before the clear time.
-        if self.sure is not None and now - self.clr >= self.clear_ms and now - self.sure_lb >= 1000:
+        # (The charger holds F 1 s after its trip, but its trip may predate what the model
+        # saw: no bound from it.)
+        if self.sure is not None and now - self.clr >= self.clear_ms:
             self.sure = None
         # Past any clear the charger may make, late readings and holds included.
         if now - self.clr >= self.clear_ms + 6000:
@@ -160,8 +161,7 @@ class Oracle:
         grace = 150  # a setting or a PP reading reaches the pilot at the next control tick
         self.src = {
             "max": Src(grace, float(run.settings["max_current_a"])),
-            # The control tick composes the limit before it reads PP: one tick more.
-            "cable": Src(grace + 100, None),
+            "cable": Src(grace, None),
             "thermal": Src(250, None),  # protection reads the sensors, then the control tick
         }
         self.free = run.settings["auth_mode"] == "free"
@@ -273,6 +273,8 @@ class Oracle:
             if self.ev_a is None:
                 self.ev_a = now
         else:
+            if self.ev_a is not None and now - self.ev_a >= 100:
+                self.end_auth("unplug", self.ev_a + 100)
             self.ev_a = None
         if ev.state == "A":
             self.plugged = False
@@ -283,9 +285,12 @@ class Oracle:
                 # A cable whose rating cannot be read gets no offer (IEC 61851-1 Case B),
                 # nor the rating of the cable plugged in before it.
                 self.src["cable"].set(now, 0.0)
-            if self.free and self.auth_t is None:
-                self.auth_t = now
-                self.auth_end = None
+            if self.free:
+                if self.auth_t is None:
+                    self.auth_t = now
+                    self.auth_end = None
+                # An unplug too short for the model to end the authorization may still have
+                # ended the charger's session: the plug-in's new one is not used up yet.
                 self.grant = "unused"
         if self.grant == "unused" and (duty > 0 or b.rcd.testing):
             self.grant = "used"  # the charger has started the plug-in's session
@@ -318,7 +323,9 @@ class Oracle:
         fan = b.fan
         # A valid A or B level, as the debounced pilot sees it: a spell elsewhere shorter
         # than five samples is not seen. (The charger counts its own F hold in.)
-        if not ev.short and ev.state in "AB":
+        if not pilot:
+            pass  # a hung pilot task keeps the charger's last view of the pilot
+        elif not ev.short and ev.state in "AB":
             self.not_ab = None
         elif self.not_ab is None:
             self.not_ab = now
@@ -332,8 +339,9 @@ class Oracle:
         cz[0] = answers and r.closed and ev.overdraw and b.draw_a() > 0
         cz[1] = answers and hi > 264.5
         cz[2] = answers and hi >= 276.0
-        # The clears judge the last readings: a metering task restarting does not reset them.
-        valid = not m.silent and m.nan is None
+        # The clears judge the last readings: a metering task restarting or a meter silent
+        # (for less than MET's 3 s) do not reset them; NaN voltages do.
+        valid = m.silent or m.nan != "volts"
         cl[1] = cl[2] = valid and hi < 257.0
         cz[3] = answers and not missing and lo < 195.5
         cl[3] = valid and lo > 202.0

@@ -780,6 +780,28 @@ def test_a_weld_on_a_relay_already_stuck_open_ends_the_session():
     eq(r.hw.errors.count(("R3N", True)), 2, "stuck open, then welded: two fault reports")
 
 
+def test_a_lock_that_never_confirms_is_let_go_only_with_the_contacts_open():
+    """ELK after the lock did not confirm: the actuator is released through the same path as
+    any release, once both contacts have read open for the weld window, not at once."""
+    r = Rig()
+    r.hw.lock.broken = True
+    r.plug("B")
+    eq(r.ch.start_session("X", "RFID"), None)
+    r.run(1500)  # the first try failed, the retry runs
+    true(r.hw.lock.engaged, "retrying")
+    r.hw.relays.weld = 1  # a contact reads closed with the coil released
+    r.run(800)
+    true(r.ch.active & faults.ELK, "ELK")
+    true(r.hw.lock.engaged, "not released over a closed contact")
+    r2 = Rig()
+    r2.hw.lock.broken = True
+    r2.plug("B")
+    eq(r2.ch.start_session("X", "RFID"), None)
+    r2.run(2500)
+    true(r2.ch.active & faults.ELK, "ELK")
+    true(not r2.hw.lock.engaged, "released with the contacts open")
+
+
 def test_weld_latches_and_keeps_lock():
     r = Rig()
     r.charge()
@@ -943,6 +965,38 @@ def test_case_c_setting_on_a_socket_board_keeps_the_lock_and_the_pp_rating():
     r.hw.ev.state = "B"
     r.run(1500)
     true(not r.hw.lock.engaged, "released at the end of the session")
+
+
+def test_a_cable_rating_changed_during_a_fault_binds_the_first_offer_after_it():
+    """The cable is not looked at while a fault stands: the first control tick after it
+    must offer within the rating it reads then, not within the one from before."""
+    for tethered in (True, False):
+        if tethered:
+            r = Rig(tethered=True, charging_mode="C", cable_max_a=20)
+        else:
+            r = Rig()
+            r.hw.pp_adc.ohm = 680  # 20 A
+        r.charge()
+        eq(r.ch.offered_a, 20.0, "charging at the 20 A cable")
+        r.hw.temps.relay_c = 95.0
+        r.run(300)
+        true(r.ch.active & faults.ROT, "ROT")
+        if tethered:
+            r.settings["cable_max_a"] = 13
+        else:
+            r.hw.pp_adc.ohm = 1500  # another cable, 13 A, plugged in while the lock was free
+        offers = []
+        pwm = r.hw.cp.pwm
+
+        def watched(duty_pm):
+            offers.append(duty_pm)
+            pwm(duty_pm)
+
+        r.hw.cp.pwm = watched
+        r.hw.temps.relay_c = 25.0
+        r.run(2000)
+        true(offers, "offering again")
+        eq(max(offers), 216, "13 A (21.6 %%) from the first offer on, tethered %s" % tethered)
 
 
 def test_pp_values_cap_current_and_bad_pp_faults():

@@ -456,6 +456,9 @@ class Charger:
         if self.active:
             self._selftest_stop(now_ms)
             return
+        # Again with the cable just read: it is not read while a fault stands, and the first
+        # offer after one must not go by the rating from before it.
+        self._update_limit(now_ms)
         authorized = self.session is not None
         self._manage_lock(now_ms, want=authorized)
         ready = (
@@ -666,14 +669,15 @@ class Charger:
                 self.lock_state = LOCK_LOCKED
             elif time.ticks_diff(now_ms, self._lock_ms) >= _LOCK_CONFIRM_MS:
                 if self._lock_tries < 2:
-                    lk.release()
+                    if self.contacts_open:  # a pulse back only with the contacts known open
+                        lk.release()
                     lk.engage()
                     self._lock_ms = now_ms
                     self._lock_tries += 1
                 else:
                     self.trip(faults.ELK)
-                    self.lock_state = LOCK_OPEN
-                    lk.release()
+                    # The release comes through the path above (fault: want=False): only
+                    # once the contacts are confirmed open, never over a weld.
                     _log.error("lock did not confirm")
         elif self.lock_state == LOCK_LOCKED and not lk.feedback():
             self.trip(faults.ELK)  # first: the log may wait on a UART
