@@ -41,8 +41,10 @@ setup:
 PYTEST = $(PY) -m pytest tests/ $(PYTEST_ARGS); status=$$?; \
 	if [ $$status -eq 5 ]; then echo "make: pytest ran no test" >&2; fi; exit $$status
 
+# The invariant checker (about 95 s of one core) runs as a pytest item beside the host
+# tests (tests/test_invariant_checker.py), not before them.
 test: setup
-	$(MICROPYTHON) unix_port_tests/runner.py
+	$(MICROPYTHON) unix_port_tests/runner.py -test_invariants
 	@$(PYTEST)
 
 test-unix: setup

@@ -1,6 +1,7 @@
 # Test runner for the MicroPython unix port.
 #
 #   micropython unix_port_tests/runner.py [test_module ...]
+#   micropython unix_port_tests/runner.py -test_invariants    # every module but that one
 #
 # Runs every `test_*` function of every `unix_port_tests/test_*.py` module (or only the
 # named ones) inside this interpreter, prints one line per test, the traceback of each
@@ -24,9 +25,13 @@ def _setup_path():
 
 
 def _modules(argv):
-    if argv:
-        return [a.rpartition("/")[2].replace(".py", "") for a in argv]
+    """The named modules, or every module but those named with a leading '-'."""
+    wanted = [a.rpartition("/")[2].replace(".py", "") for a in argv if not a.startswith("-")]
+    if wanted:
+        return wanted
+    skip = [a[1:].replace(".py", "") for a in argv if a.startswith("-")]
     names = [n[:-3] for n in os.listdir(_HERE) if n.startswith("test_") and n.endswith(".py")]
+    names = [n for n in names if n not in skip]
     names.sort()
     return names
 
