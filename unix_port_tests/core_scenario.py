@@ -378,8 +378,10 @@ def _corrupt(path, how):
         data = b"\x00\xff{latched" * 3
     elif how == "truncate":
         data = data[: len(data) // 2]
-    elif how == "flip":
+    elif how == "flip" and len(data) >= 3:
         data[len(data) - 3] ^= 0x20
+    elif how == "flip":
+        data = b"\xff"
     else:
         data = b""
     with open(path, "wb") as f:
