@@ -514,6 +514,13 @@ def test_master_killed_and_restarted(meter_pool, n, fit):
            "fallback")
     w.wait(lambda ss: all((offers(ss)[i] or 0) <= min(before[i], 6) for i in range(1, n)),
            WAIT_S, "fallback share applied")
+    # The last allocation each node read (its trace read now, before it wraps): the
+    # master's last cycle may have moved one since the test's look.
+    lasts = {}
+    for i in range(1, n):
+        a = [f for f in can_frames(cs[i], since[i])
+             if f["dir"] == "rx" and f["id"] == ID_ALLOC + i + 1]
+        lasts[i] = a[-1]["data"][4] / 2 if a else 0
     for i in range(1, n):
         check_fallback(cs[i], since[i], before[i])
     w.wait(lambda ss: all(s["leds"]["fault"]["pattern"] == "slow" for s in ss[1:]), WAIT_S,
@@ -521,14 +528,8 @@ def test_master_killed_and_restarted(meter_pool, n, fit):
     for s in w.snaps[1:]:
         assert bal(s, "master") == 1 and bal(s, "fault") == "master_lost"
         assert s["errors"] == []
-    # Those whose last allocation from the master let them charge (its last cycle may have
-    # moved one since the test's look) go on at their fallback share.
-    def last_alloc(i):
-        a = [f for f in can_frames(cs[i], since[i])
-             if f["dir"] == "rx" and f["id"] == ID_ALLOC + i + 1]
-        return a[-1]["data"][4] / 2 if a else 0
-
-    charging = [i for i in range(1, n) if before[i] and last_alloc(i) >= 6]
+    # Those whose last allocation let them charge go on at their fallback share.
+    charging = [i for i in range(1, n) if before[i] and lasts[i] >= 6]
     assert all(w.snaps[i]["relays_closed"] for i in charging), "charging on at 6 A"
     cs[0].start()
     plug(cs[0], phases=3)  # a fresh process: the simulated car is plugged in again
