@@ -255,6 +255,28 @@ class MeterPool:
 
         self.watch.wait(seen, timeout, "the meter sees the cars' current")
 
+    def steady_pool(self, hold_s=2.2, timeout=WAIT_S):
+        """Waits until the master's pool limit has been what the house load gives for
+        hold_s. A car that just began to draw is in the meter's reading before its own
+        report (up to 1.5 s apart), which dips the limit for up to two readings, and a
+        limit above both readings before comes back only with the second reading that
+        shows it (docs/load-balancing.md, Allocation §1): a car that asks during such a
+        dip waits for it to end, not for the cut it needs. Two meter cycles and a tick
+        of the steady value rule that out."""
+        want = min(limit_for(self.loads[-1][1]))
+        since = [None]
+
+        def held(snaps):
+            got = bal(snaps[0], "pool_limit_a")
+            if got is None or abs(got - want) > 1.0:  # a dip is a car's current
+                since[0] = None
+                return False
+            now = time.monotonic()
+            since[0] = since[0] or now
+            return now - since[0] >= hold_s
+
+        self.watch.wait(held, timeout, f"the pool limit steady at {want} A")
+
     def settled(self, pred, timeout, what):
         """Waits until pred(offers) holds in two rounds in a row."""
         ok = [0]
@@ -329,10 +351,12 @@ def test_three_nodes_cars_come_and_go_and_house_load_steps(meter_pool):
     mp.plug_all([0])
     mp.settled(lambda o: o[0] == 32, WAIT_S, "one car: its max (pool 35 A)")
     for i in (1, 2):
-        # Two cycles hold on a steady pool: the cars before this one draw what they are
-        # offered. While one still ramps up, the meter sees its current before its
-        # report, and the pool limit dips for a reading (docs/load-balancing.md §1).
+        # The grant is timed from a steady pool: the cars before this one draw what they
+        # are offered and the master's limit is back from the dip their ramp-up caused
+        # (the meter sees a new current before its car's report does, for up to two
+        # readings; docs/load-balancing.md, Allocation §1).
         mp.drawing()
+        mp.steady_pool()
         t_master = cs[0].snapshot()["t_us"]
         mp.plug_all([i])
         w.wait(lambda ss, i=i: (offers(ss)[i] or 0) >= 6, WAIT_S, f"car {i + 1} gets room")
