@@ -31,6 +31,9 @@ OCP_FAST_MARGIN_A = 8.0
 _OCP_FOLLOW_MS = const(5000)
 _OCP_CLEAR_MS = const(60000)
 _MET_TRIP_MS = const(3000)
+# No valid reading for this long, failed or never taken (a metering task that hangs): the
+# 3 s of failures after a last good reading that may be up to one 1 s period older.
+_NO_READING_MS = const(4000)
 _MET_CLEAR_MS = const(5000)
 PE_N_V = 30.0  # TN/TT: neutral-to-earth voltage above this = earth fault
 _PE_HOLD_MS = const(200)
@@ -62,7 +65,7 @@ class Protection:
         self._ocp_ref_ms = 0
         self._trip_ms = {}
         self.meter_ok = True
-        self._read_ms = None  # the last call of on_meter
+        self._valid_ms = None  # the last valid reading (from the first tick until one comes)
         self._meter_fail_ms = None
         self._meter_good_ms = None
         self.weld = 0  # R12/R3N bits that are welds (latched), not stuck-open
@@ -161,9 +164,11 @@ class Protection:
         hw = self.hw
         if hw.rcd.tripped() and not ch._rcd_testing:
             ch.trip(faults.IRD)  # backup for a missed interrupt edge
-        if self._read_ms is not None and _held(now_ms, self._read_ms, _MET_TRIP_MS):
-            # No reading at all (the metering task hangs) blinds OVP, LVP, MIS and OCP as
-            # much as a silent meter does.
+        if self._valid_ms is None:
+            self._valid_ms = now_ms
+        elif _held(now_ms, self._valid_ms, _NO_READING_MS):
+            # No valid reading, failed or not taken at all (the metering task hangs): OVP,
+            # LVP, MIS and OCP are as blind as with a silent meter.
             self.meter_ok = False
             self._meter_good_ms = None
             ch.trip(faults.MET)
@@ -176,7 +181,6 @@ class Protection:
 
     def on_meter(self, now_ms, ok):
         """After each internal-meter read (~1 s): voltage, phases, current, comms."""
-        self._read_ms = now_ms
         if ok and not meter_valid(self.hw.meter):
             if self._meter_fail_ms is None:
                 _log.error("internal meter reading is not a number")
@@ -190,6 +194,7 @@ class Protection:
                 self.ch.trip(faults.MET)
             return
         self._meter_fail_ms = None
+        self._valid_ms = now_ms
         if self._meter_good_ms is None:
             self._meter_good_ms = now_ms
         if not self.meter_ok and _held(now_ms, self._meter_good_ms, _MET_CLEAR_MS):
