@@ -487,6 +487,43 @@ def test_emergency_stop_ends_the_session_and_needs_a_new_authorization():
     true(r.hw.relays.closed, "charging again through a fresh handshake")
 
 
+def test_free_mode_after_a_session_ended_during_a_cp_fault_waits_for_a_new_plug_in():
+    """A session that ends while the pilot reads a fault level (CP shorted, no diode) ends
+    with the vehicle still plugged: free mode starts the next one only after an unplug."""
+    from evse.auth import Authorizer
+
+    r = Rig(auth_mode="free")
+    auth = Authorizer(r.ch, r.settings, None, r.hw.meter)
+
+    def run(ms):
+        for _ in range(ms // 100):
+            r.run(100)
+            auth.tick()
+
+    r.hw.ev.state = "C"
+    run(1500)
+    true(r.hw.relays.closed, "free mode: charging")
+    r.hw.ev.short = True  # CP shorted to PE: state E, CP fault, the session is kept
+    run(300)
+    true(r.ch.active & faults.CP, "CP")
+    true(r.ch.session is not None, "a CP fault keeps the session")
+    r.hw.rcd.fire()  # a latched trip ends the session
+    run(300)
+    true(r.ch.session is None, "the latch ended it")
+    r.hw.rcd.line = False
+    r.hw.ev.short = False
+    r.hw.ev.state = "B"  # a CP fault clears with a valid A or B level
+    eq(r.prot.technician_clear(), ["IRD"])
+    run(5000)
+    true(not r.ch.active, "every fault cleared")
+    true(r.ch.session is None, "no new session without an unplug")
+    r.hw.ev.state = "A"
+    run(500)
+    r.hw.ev.state = "C"
+    run(1500)
+    true(r.hw.relays.closed, "a new plug-in charges")
+
+
 def test_ocp_slow_and_fast():
     r = Rig()
     r.charge()
