@@ -380,7 +380,8 @@ class Oracle:
         cz[17] = sampling and not ev.short and ev.state == "D" and self.d_vent is False
         cz[18] = crit and not others and pp_bad and ev.state != "A" and not ev.short
         cl[18] = not pp_bad or ev.state == "A"
-        authed = self.auth_t is not None and ev.state != "A"
+        # (a free-mode plug-in whose session has not shown yet may have none at all)
+        authed = self.auth_t is not None and self.grant != "unused" and ev.state != "A"
         cz[19] = (crit and authed and lk.fitted and lk.engaged and not lk.feedback()
                   and not self._maybe_other("ELK"))
         cz[20] = crit and rcd.leak
