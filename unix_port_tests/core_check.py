@@ -40,6 +40,7 @@ class Rule:
         self.maybe = None  # the cause was first visible then
         self.last = None  # ... and last visible then
         self.clr = None  # clear condition continuously since
+        self.unclear = None  # ... broken since
 
     def update(self, now, cause, clear):
         if cause:
@@ -64,8 +65,13 @@ class Rule:
                 self.maybe = self.sure = None
             return
         if not clear:
-            self.clr = None
+            # The same for a spell that breaks the clear condition.
+            if self.unclear is None:
+                self.unclear = now
+            if now - self.unclear >= self.glitch_ms:
+                self.clr = None
             return
+        self.unclear = None
         if self.clr is None:
             self.clr = now
         # (The charger holds F 1 s after its trip, but its trip may predate what the model
