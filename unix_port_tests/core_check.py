@@ -40,6 +40,7 @@ class Rule:
         self.maybe = None  # the cause was first visible then
         self.last = None  # ... and last visible then
         self.clr = None  # clear condition continuously since
+        self.unclear = None  # ... broken since
 
     def update(self, now, cause, clear):
         if cause:
@@ -64,8 +65,13 @@ class Rule:
                 self.maybe = self.sure = None
             return
         if not clear:
-            self.clr = None
+            # The same for a spell that breaks the clear condition.
+            if self.unclear is None:
+                self.unclear = now
+            if now - self.unclear >= self.glitch_ms:
+                self.clr = None
             return
+        self.unclear = None
         if self.clr is None:
             self.clr = now
         # (The charger holds F 1 s after its trip, but its trip may predate what the model
@@ -131,9 +137,8 @@ class Oracle:
             r("OVP", 1100, 10000, glitch_ms=1100),  # 276 V and above: at the next reading
             r("LVP", 3100, 10000, glitch_ms=1100),
             r("MIS", 3100, 10000, glitch_ms=1100),
-            # The reading after a 3 s failure; a metering task restarted after a death
-            # shifts its 1 s grid by up to a period.
-            r("MET", 5300, 5000, glitch_ms=1100),
+            # 4 s after the last valid reading, whatever the metering task does.
+            r("MET", 4300, 5000, glitch_ms=1100),
             r("PE", 400, latched=True),
             r("PE", 1300, latched=True),  # TN/TT: N-PE voltage
             r("R12", 700, latched=True),  # welded
@@ -196,6 +201,7 @@ class Oracle:
         self.not_ab = now  # the EV outside A and B (or shorted) since
         self.boot_t = now
         self.plugged = False  # the EV seen out of A since the boot or its last unplug
+        self.a_from = None  # ... which began then
         self.grant = None  # free mode: "unused" until the plug-in's session shows, "used"
         self.latched_seen = now
         self._limit_key = None
@@ -277,11 +283,14 @@ class Oracle:
                 self.end_auth("unplug", self.ev_a + 100)
             self.ev_a = None
         if ev.state == "A":
-            self.plugged = False
+            if self.plugged:
+                self.plugged = False
+                self.a_from = now
         elif not self.plugged:
             # Free mode: a plug-in (or a boot with the EV plugged) authorizes a session.
             self.plugged = True
-            if run.cfg["socket"] and pp_rating(b.pp_adc.ohm) is None:
+            seen = self.a_from is None or now - self.a_from >= 100  # not a glitch of A
+            if seen and run.cfg["socket"] and pp_rating(b.pp_adc.ohm) is None:
                 # A cable whose rating cannot be read gets no offer (IEC 61851-1 Case B),
                 # nor the rating of the cable plugged in before it.
                 self.src["cable"].set(now, 0.0)
@@ -321,15 +330,16 @@ class Oracle:
         tr = t.relay_c
         ts = t.socket_c
         fan = b.fan
-        # A valid A or B level, as the debounced pilot sees it: a spell elsewhere shorter
-        # than five samples is not seen. (The charger counts its own F hold in.)
-        if not pilot:
-            pass  # a hung pilot task keeps the charger's last view of the pilot
+        # A valid A or B level, as the charger's 100 ms clear rule sees the debounced
+        # pilot: a spell elsewhere shorter than five samples and a tick is not seen. (The
+        # charger counts its own F hold in.)
+        if not sampling:
+            pass  # a hung pilot task, or the charger's own F, keeps its last view
         elif not ev.short and ev.state in "AB":
             self.not_ab = None
         elif self.not_ab is None:
             self.not_ab = now
-        ab = self.not_ab is None or now - self.not_ab < 50
+        ab = self.not_ab is None or now - self.not_ab < 150
         pp_bad = run.cfg["socket"] and pp_rating(b.pp_adc.ohm) is None
         others = pp_bad and self._maybe_other("PP")
         lk = b.lock
@@ -376,7 +386,8 @@ class Oracle:
         cz[17] = sampling and not ev.short and ev.state == "D" and self.d_vent is False
         cz[18] = crit and not others and pp_bad and ev.state != "A" and not ev.short
         cl[18] = not pp_bad or ev.state == "A"
-        authed = self.auth_t is not None and ev.state != "A"
+        # (a free-mode plug-in whose session has not shown yet may have none at all)
+        authed = self.auth_t is not None and self.grant != "unused" and ev.state != "A"
         cz[19] = (crit and authed and lk.fitted and lk.engaged and not lk.feedback()
                   and not self._maybe_other("ELK"))
         cz[20] = crit and rcd.leak

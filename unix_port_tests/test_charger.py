@@ -720,6 +720,43 @@ def test_emergency_stop_ends_the_session_and_needs_a_new_authorization():
     true(r.hw.relays.closed, "charging again through a fresh handshake")
 
 
+def test_free_mode_after_a_session_ended_during_a_cp_fault_waits_for_a_new_plug_in():
+    """A session that ends while the pilot reads a fault level (CP shorted, no diode) ends
+    with the vehicle still plugged: free mode starts the next one only after an unplug."""
+    from evse.auth import Authorizer
+
+    r = Rig(auth_mode="free")
+    auth = Authorizer(r.ch, r.settings, None, r.hw.meter)
+
+    def run(ms):
+        for _ in range(ms // 100):
+            r.run(100)
+            auth.tick()
+
+    r.hw.ev.state = "C"
+    run(1500)
+    true(r.hw.relays.closed, "free mode: charging")
+    r.hw.ev.short = True  # CP shorted to PE: state E, CP fault, the session is kept
+    run(300)
+    true(r.ch.active & faults.CP, "CP")
+    true(r.ch.session is not None, "a CP fault keeps the session")
+    r.hw.rcd.fire()  # a latched trip ends the session
+    run(300)
+    true(r.ch.session is None, "the latch ended it")
+    r.hw.rcd.line = False
+    r.hw.ev.short = False
+    r.hw.ev.state = "B"  # a CP fault clears with a valid A or B level
+    eq(r.prot.technician_clear(), ["IRD"])
+    run(5000)
+    true(not r.ch.active, "every fault cleared")
+    true(r.ch.session is None, "no new session without an unplug")
+    r.hw.ev.state = "A"
+    run(500)
+    r.hw.ev.state = "C"
+    run(1500)
+    true(r.hw.relays.closed, "a new plug-in charges")
+
+
 def test_ocp_slow_and_fast():
     r = Rig()
     r.charge()
@@ -1061,22 +1098,39 @@ def test_nan_or_inf_from_the_internal_meter_is_a_meter_failure():
         true(not r.ch.active & faults.MET, "cleared once the readings are numbers again")
 
 
-def test_no_meter_reading_for_3s_is_a_meter_failure_even_when_nothing_asks():
+def test_no_valid_meter_reading_for_4s_is_a_meter_failure_even_when_nothing_asks():
     """Over- and under-voltage, a missing phase and over-current are judged on the meter's
-    readings: a metering task that hangs leaves them blind like a silent meter (MET)."""
+    readings: a metering task that hangs leaves them blind like a silent meter (MET), also
+    after it has read NaN for a while."""
     r = Rig()
     r.charge()
     r.metering = False  # the task hangs: no reading, no failed read either
-    r.run(1900)
+    r.run(2900)
     true(r.hw.relays.closed, "under 3 s without a reading: charging")
     r.run(1200)
-    true(r.ch.active & faults.MET, "MET after 3 s without a reading")
+    true(r.ch.active & faults.MET, "MET 4 s after the last valid reading")
     true(not r.hw.relays.closed, "open")
     r.metering = True
     r.run(4000)
     true(r.ch.active & faults.MET, "kept until the meter has answered for 5 s")
     r.run(2500)
     true(not r.ch.active & faults.MET, "cleared")
+
+
+def test_nan_readings_then_no_reading_at_all_trip_met_from_the_last_valid_one():
+    """The failed readings and the missing ones count together: NaN for 2 s, then the
+    metering task hangs, is MET 4 s after the last valid reading, not 3 s after the hang."""
+    r = Rig()
+    r.charge()
+    r.run(1000)  # readings every 1 s: the last valid one at 3000 ms
+    r.hw.meter.amps = [float("nan"), 0.0, 0.0]
+    r.run(2050)  # NaN read at 4000 and 5000 ms
+    r.metering = False
+    true(r.hw.relays.closed, "charging")
+    r.run(1350)
+    true(r.hw.relays.closed, "6.9 s: still charging")
+    r.run(300)
+    true(r.ch.active & faults.MET, "MET 4 s after the last valid reading, not 3 s after the last")
 
 
 def test_lasting_fault_holds_f_1s_then_x1_and_sees_the_vehicle():

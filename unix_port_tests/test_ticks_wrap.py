@@ -178,6 +178,24 @@ def test_ocp_reference_follows_the_offer_after_a_week_without_readings():
         true(r.ch.active & faults.OCP, "over-current against 10 A")
 
 
+def test_a_metering_task_hung_for_a_week_keeps_met():
+    """No reading at all for a week (the metering task hangs): MET stays tripped, not
+    cleared once the last valid reading's time reads as recent after the wrap."""
+    with Ticks32(*_charger_modules()):
+        r = _rig()
+        r.charge()
+        r.metering = False
+        r.run(5000)
+        true(r.ch.active & faults.MET, "MET 4 s after the last valid reading")
+        for _ in range(WEEK_MS // 3_600_000):  # hourly, with the ticks a charger makes
+            r.clock.ms += 3_600_000
+            r.ch.tick_pilot()
+            r.ch.tick_control(r.clock.ms)
+            r.prot.tick(r.clock.ms)
+            true(r.ch.active & faults.MET, "MET held while nothing is read")
+        true(not r.hw.relays.closed, "open")
+
+
 def test_the_over_voltage_timer_survives_a_week_long_meter_outage():
     """One reading above 264.5 V starts the 2 s over-voltage timer, then the meter goes
     silent for a week: once it answers again, 268 V trips OVP within seconds."""

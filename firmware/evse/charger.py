@@ -417,7 +417,9 @@ class Charger:
         s.stop_mode = stop_mode
         s.end_s = self.hw.rtc.now()
         self.session = None
-        self.finishing = self.connected
+        # Anything but A: a pilot at a fault level (shorted, no diode) still has the
+        # vehicle plugged, and free mode must wait for its unplug before the next session.
+        self.finishing = self.cp_state != pilot.STATE_A
         self._selftest_stop(self.clock(), forget=True)
         _log.info("session end: %s, %d Wh", stop_mode, int(s.energy_wh))
         for fn in self.listeners:

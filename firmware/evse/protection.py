@@ -32,6 +32,9 @@ OCP_FAST_MARGIN_A = 8.0
 _OCP_FOLLOW_MS = const(5000)
 _OCP_CLEAR_MS = const(60000)
 _MET_TRIP_MS = const(3000)
+# No valid reading for this long, failed or never taken (a metering task that hangs): the
+# 3 s of failures after a last good reading that may be up to one 1 s period older.
+_NO_READING_MS = const(4000)
 _MET_CLEAR_MS = const(5000)
 PE_N_V = 30.0  # TN/TT: neutral-to-earth voltage above this = earth fault
 _PE_HOLD_MS = const(200)
@@ -71,7 +74,7 @@ class Protection:
         self._trip_ms = {}  # bit -> ticks_ms of its trip, _HELD once its F hold is over
         self._spin_ms = None  # when the fan was last switched; None: spun up
         self.meter_ok = True
-        self._read_ms = None  # the last call of on_meter
+        self._valid_ms = None  # the last valid reading (from the first tick until one comes)
         self._meter_fail_ms = None
         self._meter_good_ms = None
         self.weld = 0  # R12/R3N bits that are welds (latched), not stuck-open
@@ -252,9 +255,13 @@ class Protection:
         if hw.rcd.tripped() and not ch._rcd_testing:
             ch.trip(faults.IRD)  # backup for a missed interrupt edge
             self._persist()
-        if self._read_ms is not None and _held(now_ms, self._read_ms, _MET_TRIP_MS):
-            # No reading at all (the metering task hangs) blinds OVP, LVP, MIS and OCP as
-            # much as a silent meter does.
+        if self._valid_ms is None:
+            self._valid_ms = now_ms
+        elif _held(now_ms, self._valid_ms, _NO_READING_MS):
+            # No valid reading, failed or not taken at all (the metering task hangs): OVP,
+            # LVP, MIS and OCP are as blind as with a silent meter. Kept just held, so
+            # an outage of days does not read as negative once the ticks wrap.
+            self._valid_ms = time.ticks_add(now_ms, -_NO_READING_MS)
             self.meter_ok = False
             self._meter_good_ms = None
             ch.trip(faults.MET)
@@ -271,7 +278,6 @@ class Protection:
         # long meter outage its start would read as negative and keep an old higher offer.
         if self._ocp_ref_ms is not None and _held(now_ms, self._ocp_ref_ms, _OCP_FOLLOW_MS):
             self._ocp_ref_ms = None
-        self._read_ms = now_ms
         if ok and not meter_valid(self.hw.meter):
             if self._meter_fail_ms is None:
                 _log.error("internal meter reading is not a number")
@@ -291,6 +297,7 @@ class Protection:
                 self.ch.trip(faults.MET)
             return
         self._meter_fail_ms = None
+        self._valid_ms = now_ms
         if self._meter_good_ms is None:
             self._meter_good_ms = now_ms
         if not self.meter_ok and _held(now_ms, self._meter_good_ms, _MET_CLEAR_MS):
