@@ -29,6 +29,7 @@ BENCHES = {
     "ota": ("bench_ota.py", [], ["--runs", "1"]),
     "balance": ("bench_balance.py", [], ["--reps", "1"]),
     "soak": ("soak.py", ["--duration", "120", "--seed", "1"], ["--duration", "30", "--seed", "1"]),
+    "session": ("bench_session.py", ["--seed", "1"], ["--seed", "1", "--minutes", "20"]),
 }
 OUT_FLAG = {"bench.py": "--out"}
 
@@ -118,7 +119,8 @@ def rows_modbus(d):
 
 
 def rows_generic(d, prefix):
-    """Tools that write {"table": [{"what", "value", "peer", "unit"}]} (ota, balance, soak)."""
+    """Tools that write {"table": [{"what", "value", "peer", "unit"}]} (ota, balance, soak,
+    session)."""
     for r in _g(d, "table") or []:
         yield f"{prefix}{r.get('what')}", r.get("value"), r.get("peer"), r.get("unit", "")
 
@@ -132,6 +134,7 @@ ROWS = {
     "ota": lambda d: rows_generic(d, "OTA "),
     "balance": lambda d: rows_generic(d, "balancing "),
     "soak": lambda d: rows_generic(d, "all features (soak) "),
+    "session": lambda d: rows_generic(d, "charging "),
 }
 
 
