@@ -47,6 +47,9 @@ def test_a_car_without_its_diode_is_still_refused(start_charger):
     faults = c.http("GET", "/api/faults").body
     cp = [f for f in faults["faults"] if f["code"] == "CP"]
     assert cp and cp[-1]["values"]["cause"] == "diode", cp
+    # -8.8 V through a generator 0.6 V strong, read 0.6 V low: -9.8 V, above -10.4 V
+    assert cp[-1]["values"]["cp_zero_mv"] == 0
+    assert -10400 < cp[-1]["values"]["cp_lo_mv"] < -9500, cp
 
 
 def test_a_zero_out_of_range_is_refused_and_shown(start_charger):

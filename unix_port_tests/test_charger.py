@@ -1500,7 +1500,9 @@ def test_a_pilot_within_its_tolerances_charges():
 
 
 def test_a_car_without_diode_is_refused_with_the_pilot_at_its_tolerances():
-    for gen, zero in ((12600, -600), (11400, 600), (12000, 0)):
+    # (13200: a generator 1.2 V strong, beyond its tolerance, whose +12 V plateau gives a
+    # zero estimate still taken: it must not make the diode check any more lenient.)
+    for gen, zero in ((12600, -600), (11400, 600), (12000, 0), (13200, 0)):
         r = Rig()
         r.hw.ev.gen_pos_mv = gen
         r.hw.ev.gen_neg_mv = -gen

@@ -333,9 +333,10 @@ class Charger:
         adc = self.hw.cp_adc
         duty = self._cp.duty_pm  # the PWM must run before the sample starts, not just after
         adc.sample()
+        # The levels as the classifier judges them (the fault record's cp_hi_mv/cp_lo_mv).
         zero = self._clf.zero_mv
         self.hi_mv = adc.hi_mv - zero
-        self.lo_mv = adc.lo_mv - zero
+        self.lo_mv = adc.lo_mv - zero if zero < 0 else adc.lo_mv
         pwm_on = self._cp.duty_pm > 0
         s = self._clf.classify(adc.hi_mv, adc.lo_mv, pwm_on)
         self._raw = s

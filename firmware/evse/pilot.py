@@ -82,7 +82,8 @@ def _level(r, vd_mv):
 
 class Classifier:
     """Maps (hi_mv, lo_mv) to a state for one cp_type; `zero_mv`, the measurement's
-    offset, is taken off both plateaus first."""
+    offset, is taken off the positive plateau first (and off the negative one when it
+    is below zero)."""
 
     def __init__(self, diode_mv=1000):
         self.zero_mv = 0
@@ -121,7 +122,11 @@ class Classifier:
             return INVALID  # below -14 V, or not a number
         if not pwm_on:
             return s
-        lo = lo_mv - self.zero_mv
+        # The zero comes off the negative plateau only where that makes the diode check
+        # stricter: a +12 V plateau read high may be the generator's own error, which
+        # says nothing of its negative level, and a missing diode must never pass for it.
+        z = self.zero_mv
+        lo = lo_mv - z if z < 0 else lo_mv
         if -_RANGE_MV <= lo <= DIODE_MAX_MV:
             return s
         if DIODE_MAX_MV < lo <= _RANGE_MV:
