@@ -234,8 +234,8 @@ def test_bites_a_nan_reading_taken_as_valid():
         metering.meter_valid = old
 
 
-def test_bites_the_old_pilot_windows():
-    """+-1 V windows and a -11 V diode threshold: a pilot within its tolerances trips."""
+def test_bites_the_old_diode_threshold():
+    """The old -11 V diode threshold: a pilot within its tolerances trips."""
     from evse import pilot
 
     classify = pilot.Classifier.classify

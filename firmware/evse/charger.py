@@ -383,7 +383,7 @@ class Charger:
         _log.info("cp %s -> %s", pilot.NAMES[old], pilot.NAMES[new])
         if new in (pilot.STATE_E, pilot.INVALID, pilot.STATE_F):
             # E: CP shorted to PE; F seen while we drive +12 V: generator fault;
-            # invalid: between windows or the vehicle's diode is missing.
+            # invalid: out of range (beyond +-14 V, NaN) or the vehicle's diode is missing.
             self.cp_fault_cause = "diode" if self._diode_bad else "level"
             self.trip(faults.CP)
         elif new == pilot.STATE_D and not self.settings["ventilation"]:
