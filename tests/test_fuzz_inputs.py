@@ -177,10 +177,11 @@ _SIM_SAMPLES = [
     {"op": "wifi", "up": False, "networks": [{"ssid": "HOME", "rssi": -55, "auth": "wpa2"}]},
     {"op": "fault", "name": "pe", "active": False},
     {"op": "fault", "name": "relay_weld", "active": False, "relay": 1},
+    {"op": "pilot", "offset_v": 0.3, "gen_pos_v": 12.2, "gen_neg_v": -11.8},
 ]
 _SIM_KEYS = ["op", "state", "diode", "max_a", "draw_a", "phases", "diode_v", "pp_ohms", "volts",
              "hz", "relay_c", "socket_c", "env_c", "uid", "kind", "ms", "up", "networks",
-             "ap_clients", "name", "active", "relay", "since"]
+             "ap_clients", "name", "active", "relay", "since", "offset_v", "gen_pos_v", "gen_neg_v"]
 
 
 def _sim_line(r, i):

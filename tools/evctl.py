@@ -177,6 +177,13 @@ def build_request(a):
         elif a.draw_a is not None:
             r["draw_a"] = a.draw_a
         return r
+    if a.cmd == "pilot":
+        r = {"op": "pilot"}
+        for opt in ("offset", "gen_pos", "gen_neg"):
+            key = opt + "_v"
+            if getattr(a, opt) is not None:
+                r[key] = getattr(a, opt)
+        return r
     if a.cmd == "cable":
         if a.ohms.lower() == "none":
             return {"op": "cable", "pp_ohms": None}
@@ -292,6 +299,10 @@ def parser():
     ev.add_argument("--draw-a", type=float, help="force this draw (a misbehaving EV)")
     ev.add_argument("--no-draw", action="store_true", help="stop forcing the draw")
     ev.add_argument("--phases", type=int, choices=[1, 3])
+    pilot = sub.add_parser("pilot", help="the charger's pilot: ADC zero error, generator (V)")
+    pilot.add_argument("--offset", type=float, help="ADC zero error, added to every reading")
+    pilot.add_argument("--gen-pos", type=float, help="generator's positive level (12 at boot)")
+    pilot.add_argument("--gen-neg", type=float, help="generator's negative level (-12 at boot)")
     cable = sub.add_parser("cable", help="PP resistor in ohms, or none")
     cable.add_argument("ohms")
     grid = sub.add_parser("grid", help="mains volts per phase")

@@ -197,6 +197,7 @@ class Oracle:
             else:
                 rule.on = None
         self.diode_fault = False
+        self.cp_cause = False  # a CP cause seen since boot or since the CP fault last cleared
         self.d_vent = None  # the ventilation setting when the EV entered D
         self.not_ab = now  # the EV outside A and B (or shorted) since
         self.boot_t = now
@@ -384,6 +385,8 @@ class Oracle:
         elif self.d_vent is None and sampling:
             self.d_vent = self.ventilation()
         cz[17] = sampling and not ev.short and ev.state == "D" and self.d_vent is False
+        if cz[15] or cz[16] or cz[17]:
+            self.cp_cause = True  # a CP cause the pilot sampled: a CP fault may follow
         cz[18] = crit and not others and pp_bad and ev.state != "A" and not ev.short
         cl[18] = not pp_bad or ev.state == "A"
         # (a free-mode plug-in whose session has not shown yet may have none at all)
@@ -575,6 +578,14 @@ class Oracle:
                     self.end_auth("latched " + code, now)
                 if r.closed:
                     self.fail("trip-order", "fault %s reported with the relays still closed" % code)
+                if code == "CP" and not self.cp_cause:
+                    # The pilot's levels, its generator and ADC zero within their
+                    # tolerances, read as their states (docs/errors.md): a CP fault needs
+                    # a short, a missing diode or D without ventilation.
+                    self.fail("cp-spurious", "CP fault with the EV in %s, diode %s, pilot %d/%d mV, zero %d mV"
+                              % (b.ev.state, b.ev.diode, b.ev.gen_pos_mv, b.ev.gen_neg_mv, b.ev.adc_zero_mv))
+            elif code == "CP":
+                self.cp_cause = False  # the next CP fault needs a cause seen after this clear
             elif code in LATCHING and code in self.latched and not self.run.clearing:
                 self.fail("latch-kept", "latched %s cleared without a technician" % code)
         elif what == "display":
@@ -586,6 +597,12 @@ class Oracle:
         elif what == "leds":
             if value[0] == "fault" and value[1] == "red" and r.closed:
                 self.fail("trip-order", "fault LED red with the relays closed")
+
+    def _cp_cause_seen(self):
+        for rule in self.rules[15:18]:
+            if rule.code == "CP" and rule.maybe is not None:
+                return True
+        return False
 
     def _contacts_open_ms(self):
         t = self.b.copen

@@ -153,25 +153,28 @@ class CpAdc:
         ev = b.ev
         duty = b.cp.duty_pm
         b.sampled(duty)
+        pos = ev.gen_pos_mv
+        neg = ev.gen_neg_mv
+        z = ev.adc_zero_mv
         if duty == -2:
-            self.hi_mv = self.lo_mv = -12000
+            self.hi_mv = self.lo_mv = neg + z
             return
         if ev.short:
             hi = 0
         elif ev.state == "A":
-            hi = 12000
+            hi = pos
         else:
             r = _R[ev.state]
-            hi = 900 + (12000 - 900) * r // (r + 1000)
-        self.hi_mv = hi
+            hi = 900 + (pos - 900) * r // (r + 1000)
+        self.hi_mv = hi + z
         if duty > 0:
             if ev.state != "A" and not ev.diode and not ev.short:
                 r = _R[ev.state]
-                self.lo_mv = -12000 * r // (r + 1000)  # no diode: the plateau is not -12 V
+                self.lo_mv = neg * r // (r + 1000) + z  # no diode: the plateau is not -12 V
             else:
-                self.lo_mv = -12000
+                self.lo_mv = neg + z
         else:
-            self.lo_mv = hi
+            self.lo_mv = hi + z
 
 
 class Ev:
@@ -182,6 +185,11 @@ class Ev:
         self.max_a = 32.0
         self.lag_ms = 1000  # how late it follows a change of the offer (IEC: within 5 s)
         self.overdraw = False  # a misbehaving EV: far more than offered
+        # The charger's own pilot within its tolerances (docs/errors.md): the generator's
+        # levels and the zero error of the ADC that reads the line.
+        self.gen_pos_mv = 12000
+        self.gen_neg_mv = -12000
+        self.adc_zero_mv = 0
 
 
 class Relays:

@@ -192,6 +192,8 @@ class Run:
             b.ev.state = arg
         elif kind == "diode":
             b.ev.diode = arg
+        elif kind == "pilot_tol":
+            b.ev.gen_pos_mv, b.ev.gen_neg_mv, b.ev.adc_zero_mv = arg
         elif kind == "short":
             b.ev.short = arg
         elif kind == "pp":
@@ -401,6 +403,7 @@ _KINDS = (
     ("npe", 1), ("volts", 4), ("silent", 2), ("nan", 3), ("overdraw", 2), ("fan_block", 1),
     ("weld", 2), ("stuck", 2), ("lock_broken", 2), ("die", 3), ("stall", 3), ("cut", 2),
     ("clear", 4), ("mode", 1), ("vent", 1), ("irq_write", 2), ("can_clash", 1), ("ext_lost", 1),
+    ("pilot_tol", 2),
 )
 _TRIGGERS = ("test", "window", "charging", "pwm", "F")
 _FAULTS = ("leak", "rcd_dead", "pe", "npe", "volts", "silent", "nan", "overdraw", "fan_block",
@@ -476,6 +479,8 @@ def make(r, index=0):
     first = r.pick(("B", "B", "B", "C", "C", "D"))
     if r.below(14) == 0:
         add(0, "diode", False)
+    if r.below(6) == 0:
+        add(0, "pilot_tol", _pilot_tol(r))  # from boot: calibrated before the plug-in, or not
     add(t_plug, "ev", first)
     t_auth = max(0, t_plug - 300 + r.below(2800))
     add(t_auth, "card" if r.below(5) < 3 else "remote_start", None)
@@ -489,6 +494,16 @@ def make(r, index=0):
 
 # Faults after which charging needs a technician (latched) or a new authorization.
 _LATCHING = ("leak", "rcd_dead", "pe", "npe", "weld", "lock_broken")
+
+
+def _pilot_tol(r):
+    """The charger's pilot anywhere within its tolerances (docs/errors.md): each generator
+    level and the ADC zero within +-0.6 V, often at a corner."""
+
+    def one():
+        return r.pick((-600, 600, 0)) if r.below(2) else r.below(1201) - 600
+
+    return (12000 + one(), -12000 + one(), one())
 
 
 def _random_event(r, t, add):
@@ -536,6 +551,8 @@ def _random_event(r, t, add):
         add(tt, "ev", base)
     elif kind == "diode":
         pair("diode", False, True)
+    elif kind == "pilot_tol":
+        add(t, "pilot_tol", _pilot_tol(r))
     elif kind == "short":
         pair("short", True, False)
     elif kind == "pp":

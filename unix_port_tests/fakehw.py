@@ -29,24 +29,27 @@ class CpAdc:
 
     def sample(self):
         ev = self._ev
+        pos = ev.gen_pos_mv
+        neg = ev.gen_neg_mv
+        z = ev.adc_zero_mv
         if self._cp.duty_pm == -2:
-            self.hi_mv = self.lo_mv = -12000
+            self.hi_mv = self.lo_mv = neg + z
             return
         if ev.short:
             hi = 0
         elif ev.state == "A":
-            hi = 12000
+            hi = pos
         else:
             r = _R[ev.state]
-            hi = 900 + (12000 - 900) * r // (r + 1000)
-        self.hi_mv = hi
+            hi = 900 + (pos - 900) * r // (r + 1000)
+        self.hi_mv = hi + z
         if self._cp.duty_pm > 0:
             if ev.state != "A" and not ev.diode:
-                self.lo_mv = -12000 * _R.get(ev.state, 0) // (_R.get(ev.state, 0) + 1000)
+                self.lo_mv = neg * _R.get(ev.state, 0) // (_R.get(ev.state, 0) + 1000) + z
             else:
-                self.lo_mv = -12000
+                self.lo_mv = neg + z
         else:
-            self.lo_mv = hi
+            self.lo_mv = hi + z
 
 
 class Ev:
@@ -54,6 +57,11 @@ class Ev:
         self.state = "A"
         self.diode = True
         self.short = False
+        # The charger's own pilot, within its tolerances: the generator's levels and the
+        # zero error of the ADC that reads the line (added to every reading).
+        self.gen_pos_mv = 12000
+        self.gen_neg_mv = -12000
+        self.adc_zero_mv = 0
 
 
 class Relays:

@@ -1476,3 +1476,73 @@ def test_a_failed_latch_write_is_tried_at_most_once_per_tick():
         atomicfile.save_json = real
         log.set_output()
     eq(calls[0] - n, 2, "one write per tick")
+
+
+def test_a_pilot_within_its_tolerances_charges():
+    """The generator 0.6 V weak on its negative level and the ADC zero 0.6 V high read the
+    negative plateau at -10.8 V: a diode, and the car charges, whether the charger had the
+    +12 V plateau to calibrate from (plug-in after boot) or not (plugged in at boot)."""
+    for at_boot in (True, False):
+        r = Rig()
+        r.hw.ev.gen_neg_mv = -11400
+        r.hw.ev.adc_zero_mv = 600
+        if at_boot:
+            r.hw.ev.state = "B"
+        else:
+            r.run(1000)  # state A: the +12 V plateau reads 12.6 V
+            eq(r.ch.cp_cal.zero_mv, 600, "zero calibrated")
+            true(not r.ch.cp_cal.error)
+            eq(r.ch.hi_mv, 12000, "the charger's view is calibrated")
+        r.charge()
+        true(r.hw.relays.closed, "charging, at boot %s" % at_boot)
+        true(not r.ch.active, "no fault")
+        eq(r.ch.cp_cal.zero_mv, 0 if at_boot else 600)
+
+
+def test_a_car_without_diode_is_refused_with_the_pilot_at_its_tolerances():
+    # (13200: a generator 1.2 V strong, beyond its tolerance, whose +12 V plateau gives a
+    # zero estimate still taken: it must not make the diode check any more lenient.)
+    for gen, zero in ((12600, -600), (11400, 600), (12000, 0), (13200, 0)):
+        r = Rig()
+        r.hw.ev.gen_pos_mv = gen
+        r.hw.ev.gen_neg_mv = -gen
+        r.hw.ev.adc_zero_mv = zero
+        r.run(1000)
+        eq(r.ch.cp_cal.zero_mv, gen - 12000 + zero)
+        r.hw.ev.diode = False
+        seen = _watch_closes(r)
+        r.plug("C")
+        eq(r.ch.start_session("X", "RFID"), None)
+        r.run(1500)
+        eq(seen, [], "never closed without the diode (gen %d, zero %d)" % (gen, zero))
+        true(r.ch.active & faults.CP, "CP fault")
+        eq(r.ch.cp_fault_cause, "diode")
+
+
+def test_a_zero_calibration_out_of_range_is_refused_and_the_nominal_levels_used():
+    r = Rig()
+    r.hw.ev.adc_zero_mv = 1500  # a broken level shifter: +12 V reads 13.5 V
+    r.run(1000)
+    true(r.ch.cp_cal.error, "refused")
+    eq((r.ch.cp_cal.zero_mv, r.ch.cp_cal.last_mv), (0, 1500))
+    eq(r.ch._clf.zero_mv, 0, "nominal levels in use")
+    true(not r.ch.active, "a warning, not a fault")
+    r.hw.ev.adc_zero_mv = 300  # repaired: the next estimate is taken and clears it
+    r.run(1000)
+    true(not r.ch.cp_cal.error)
+    eq(r.ch.cp_cal.zero_mv, 300)
+
+
+def test_the_zero_is_calibrated_only_at_static_12_v_with_nothing_plugged():
+    r = Rig()
+    r.hw.ev.adc_zero_mv = 400
+    r.run(1000)
+    eq(r.ch.cp_cal.zero_mv, 400)
+    r.hw.ev.adc_zero_mv = -400  # drifts while a car is plugged and charging: not seen
+    r.charge()
+    r.run(3000)
+    true(r.hw.relays.closed)
+    eq(r.ch.cp_cal.zero_mv, 400, "kept while a vehicle is plugged")
+    r.hw.ev.state = "A"
+    r.run(1500)
+    eq(r.ch.cp_cal.zero_mv, -400, "taken again once the line is back at +12 V")

@@ -234,5 +234,21 @@ def test_bites_a_nan_reading_taken_as_valid():
         metering.meter_valid = old
 
 
+def test_bites_the_old_diode_threshold():
+    """The old -11 V diode threshold: a pilot within its tolerances trips."""
+    from evse import pilot
+
+    classify = pilot.Classifier.classify
+
+    def narrow(self, hi_mv, lo_mv, pwm_on):
+        s = classify(self, hi_mv, lo_mv, pwm_on)
+        if pwm_on and s in (pilot.STATE_B, pilot.STATE_C, pilot.STATE_D) and lo_mv > -11000:
+            self.diode_ok = False
+            return pilot.INVALID
+        return s
+
+    _with(pilot.Classifier, "classify", narrow, ("cp-spurious",), 300)
+
+
 from evse.charger import Charger, LOCK_NONE  # noqa: E402  (the core the mutants patch)
 from evse.protection import Protection  # noqa: E402

@@ -139,3 +139,27 @@ def test_generator_and_sampler_allocate_nothing():
     for _ in range(300):  # also wraps the event ring under the lock
         check.assert_no_alloc(cycle)
     check.eq(cp.duty_pm, 100, "duty")
+
+
+def test_pilot_op_moves_the_generator_and_the_adc_zero():
+    hw = _hw()
+    p = hw.plant
+    p.adc_zero_mv = 600
+    p.gen_neg_mv = -11400
+    p.update_cp()
+    hw.cp.high()
+    check.eq(_levels(hw), (12600, 12600), "A, x1: the line at 12 V, read 0.6 V high")
+    _ev(hw, "B")
+    hw.cp.pwm(500)
+    check.eq(_levels(hw), (9005 + 600, -11400 + 600), "B: the weak negative level, read high")
+    hw.cp.low()
+    check.eq(_levels(hw), (-10800, -10800), "F")
+    p.gen_pos_mv = 12600
+    p.adc_zero_mv = 0
+    p.update_cp()
+    hw.cp.pwm(500)
+    hi, lo = _levels(hw)
+    check.eq(hi, sim_plant.line_mv(12600, sim_plant.ev_ohms("B"), True, sim_plant.DIODE_V))
+    _ev(hw, "B", diode=False)
+    check.eq(_levels(hw)[1], sim_plant.line_mv(-11400, sim_plant.ev_ohms("B"), False, 0.8),
+             "no diode: the line follows the weak negative level")

@@ -111,3 +111,17 @@ def test_types_and_ranges():
 def test_line_length_cap():
     line = b'{"op": "snapshot", "pad": "' + b"x" * MAX_LINE + b'"}'
     _bad(line, "longer than")
+
+
+def test_pilot_op_fields_are_checked():
+    check.eq(_ok({"op": "pilot", "offset_v": 0.6, "gen_pos_v": 12.6, "gen_neg_v": -11.4}),
+             {"op": "pilot", "offset_v": 0.6, "gen_pos_v": 12.6, "gen_neg_v": -11.4}, "pilot")
+    check.eq(_ok({"op": "pilot"}), {"op": "pilot"}, "no field: a view")
+    for field, bad in (("offset_v", 3.01), ("offset_v", -3.5), ("gen_pos_v", 9.9),
+                       ("gen_pos_v", 14.1), ("gen_neg_v", -9.0), ("gen_neg_v", 12)):
+        _bad({"op": "pilot", field: bad}, field, "within")
+    for bad in (True, None, "0.6", [0.6]):
+        _bad({"op": "pilot", "offset_v": bad}, "offset_v", "number")
+    for text in (b'{"op": "pilot", "offset_v": NaN}', b'{"op": "pilot", "offset_v": Infinity}'):
+        check.raises(RequestError, parse, text)
+    _bad({"op": "pilot", "cp_offset_v": 0.6}, "unknown field")

@@ -156,6 +156,7 @@ class Controller:
         p = hw.plant
         return {
             "ev": p.ev_view(),
+            "pilot": p.pilot_view(),
             "pp_ohms": p.pp_ohms,
             "grid": {"volts": list(p.grid_v), "hz": p.grid_hz},
             "temp": self._temp_view(),
@@ -200,6 +201,17 @@ class Controller:
         p.update_cp()
         p.update_draw()
         return {"ev": p.ev_view()}
+
+    def _op_pilot(self, req, t_us):
+        p = self._hw.plant
+        if "offset_v" in req:
+            p.adc_zero_mv = int(round(req["offset_v"] * 1000))
+        if "gen_pos_v" in req:
+            p.gen_pos_mv = int(round(req["gen_pos_v"] * 1000))
+        if "gen_neg_v" in req:
+            p.gen_neg_mv = int(round(req["gen_neg_v"] * 1000))
+        p.update_cp()
+        return {"pilot": p.pilot_view()}
 
     def _op_cable(self, req, t_us):
         p = self._hw.plant

@@ -116,6 +116,11 @@ class Plant:
         # pilot line levels for each generator polarity, kept current by update_cp()
         self.cp_pos_mv = GEN_MV
         self.cp_neg_mv = -GEN_MV
+        # The charger's own pilot within its tolerances (`pilot` op): the generator's
+        # levels, and the zero error of the ADC that reads the line (added to readings).
+        self.gen_pos_mv = GEN_MV
+        self.gen_neg_mv = -GEN_MV
+        self.adc_zero_mv = 0
         self._cp = None
         self._relays = None
         self._chip = None
@@ -156,8 +161,8 @@ class Plant:
             return
         r = ev_ohms(self.ev_state)
         diode = self.ev_diode and not self.fault("diode")
-        self.cp_pos_mv = line_mv(GEN_MV, r, diode, self.ev_diode_v)
-        self.cp_neg_mv = line_mv(-GEN_MV, r, diode, self.ev_diode_v)
+        self.cp_pos_mv = line_mv(self.gen_pos_mv, r, diode, self.ev_diode_v)
+        self.cp_neg_mv = line_mv(self.gen_neg_mv, r, diode, self.ev_diode_v)
 
     def tick(self, now_us):
         """Advances the physics to now_us: energy, EV response, timed inputs."""
@@ -203,6 +208,13 @@ class Plant:
             self.amps[i] = a
             power += a * self.grid_v[i]
         self.power_w = power
+
+    def pilot_view(self):
+        return {
+            "offset_v": self.adc_zero_mv / 1000,
+            "gen_pos_v": self.gen_pos_mv / 1000,
+            "gen_neg_v": self.gen_neg_mv / 1000,
+        }
 
     def ev_view(self):
         return {

@@ -129,6 +129,12 @@ OPS = {
         "draw_a": (_number(0, 100, null=True), False),
         "phases": (_int_choice(1, 3), False),
     },
+    # The charger's own pilot: the ADC zero error and the generator's levels (V).
+    "pilot": {
+        "offset_v": (_number(-3, 3), False),
+        "gen_pos_v": (_number(10, 14), False),
+        "gen_neg_v": (_number(-14, -10), False),
+    },
     "cable": {"pp_ohms": (_number(0, 100_000, null=True), True)},
     "grid": {"volts": (_volts, False), "hz": (_number(40, 70), False)},
     "temp": {

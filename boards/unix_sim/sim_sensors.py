@@ -18,15 +18,16 @@ class CpAdc:
     def sample(self):
         d = self._cp.duty_pm
         p = self._plant
+        z = p.adc_zero_mv  # the ADC's zero error: every reading is off by it
         if d == -1 or d >= 1000:
-            self.hi_mv = p.cp_pos_mv  # static +12 V: the "low" plateau is the same level
-            self.lo_mv = p.cp_pos_mv
+            self.hi_mv = p.cp_pos_mv + z  # static +12 V: the "low" plateau is the same level
+            self.lo_mv = p.cp_pos_mv + z
         elif d == -2 or d == 0:
-            self.hi_mv = p.cp_neg_mv
-            self.lo_mv = p.cp_neg_mv
+            self.hi_mv = p.cp_neg_mv + z
+            self.lo_mv = p.cp_neg_mv + z
         else:
-            self.hi_mv = p.cp_pos_mv
-            self.lo_mv = p.cp_neg_mv
+            self.hi_mv = p.cp_pos_mv + z
+            self.lo_mv = p.cp_neg_mv + z
 
 
 class PpAdc:

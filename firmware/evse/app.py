@@ -76,6 +76,7 @@ class App:
         self.hmi = Hmi(hw, self.charger, self.metering, self.toggle_wifi_mode)
         self.hmi.notices.append(self._config_notice)
         self.hmi.notices.append(self.balance.notice)
+        self.hmi.notices.append(self._cp_cal_notice)
         self.auth = Authorizer(self.charger, self.settings, self.hmi, self.metering)
         self.cards = CardStore(self.data_dir)
         self.auth.sources.append(self.cards)
@@ -254,6 +255,14 @@ class App:
     def _config_notice(self):
         return "CONFIG ERROR" if self.settings.invalid or self.ocpp.store_errors() else None
 
+    def _cp_cal_notice(self):
+        return "CP CAL ERROR" if self.charger.cp_cal.error else None
+
+    def cp_cal_view(self):
+        """The zero of the CP measurement in use and the last estimate (docs/errors.md)."""
+        cal = self.charger.cp_cal
+        return {"zero_mv": cal.zero_mv, "last_mv": cal.last_mv, "error": cal.error}
+
     def session_view(self):
         s = self.charger.session
         if s is None:
@@ -266,6 +275,7 @@ class App:
         ch = self.charger
         return {
             "cp_state": pilot.NAMES[ch.cp_state],
+            "cp_cal": self.cp_cal_view(),
             "state": ch.ocpp_status(),
             "offered_a": ch.offered_a,
             "limit_a": ch.limit_a,
@@ -318,6 +328,7 @@ class App:
             "socket_c": t.socket_c,
             "env_c": t.env_c,
             "cp_v": round(ch.hi_mv / 1000, 2),
+            "cp_cal": self.cp_cal_view(),
             "phase_rotation": "RST" if m.rotation_ok else "wrong",
             "fan": "Run" if hw.fan.running else "Stop",
             "wifi_mode": self.settings["wifi_mode"],

@@ -104,6 +104,7 @@ class Charger:
         self.settings = settings
         self.store = store  # history / persistence hooks (app.py), may be None in tests
         self._clf = pilot.Classifier()
+        self.cp_cal = pilot.ZeroCal()  # the zero of the CP measurement (docs/errors.md)
         self._deb = pilot.Debouncer()
         self.cp_state = pilot.STATE_A
         self.hi_mv = 0
@@ -151,7 +152,7 @@ class Charger:
         self._diode_bad = 0
         self._raw = pilot.STATE_A  # the last sample's class, before debouncing
         # The last sample ran whole under the PWM and read C/D with the negative plateau
-        # at -11 V or below: the vehicle's diode is proven for this PWM run.
+        # at -10.4 V or below: the vehicle's diode is proven for this PWM run.
         self._pwm_proof = False
         self.cp_fault_cause = None
         self.rcd_irq_count = 0
@@ -332,11 +333,14 @@ class Charger:
         adc = self.hw.cp_adc
         duty = self._cp.duty_pm  # the PWM must run before the sample starts, not just after
         adc.sample()
-        self.hi_mv = adc.hi_mv
-        self.lo_mv = adc.lo_mv
+        # The levels as the classifier judges them (the fault record's cp_hi_mv/cp_lo_mv).
+        zero = self._clf.zero_mv
+        self.hi_mv = adc.hi_mv - zero
+        self.lo_mv = adc.lo_mv - zero if zero < 0 else adc.lo_mv
         pwm_on = self._cp.duty_pm > 0
         s = self._clf.classify(adc.hi_mv, adc.lo_mv, pwm_on)
         self._raw = s
+        self._calibrate(duty, s, adc.hi_mv)
         # A sample is a burst of at least one PWM period (docs/hal.md): run whole under
         # the PWM, its C/D class proves both plateaus, the diode included.
         self._pwm_proof = (
@@ -357,11 +361,29 @@ class Charger:
                 self._relays.open()
             self._on_state_change(old, self.cp_state)
 
+    def _calibrate(self, duty, s, hi_mv):
+        # Static +12 V before and after the sample, nothing plugged (A read and accepted):
+        # the positive plateau is the generator's own level.
+        cal = self.cp_cal
+        if duty != -1 or self._cp.duty_pm != -1 or s != pilot.STATE_A or self.cp_state != s:
+            cal.restart()
+            return
+        was = cal.error
+        first = not cal.done
+        if not cal.feed(hi_mv):
+            return
+        self._clf.zero_mv = cal.zero_mv
+        if cal.error and not was:
+            _log.error("CP zero %d mV out of +-%d mV: nominal levels in use",
+                       cal.last_mv, pilot.CAL_MAX_MV)
+        elif (was or first) and not cal.error:
+            _log.info("CP zero %d mV: calibrated", cal.zero_mv)
+
     def _on_state_change(self, old, new):
         _log.info("cp %s -> %s", pilot.NAMES[old], pilot.NAMES[new])
         if new in (pilot.STATE_E, pilot.INVALID, pilot.STATE_F):
             # E: CP shorted to PE; F seen while we drive +12 V: generator fault;
-            # invalid: between windows or the vehicle's diode is missing.
+            # invalid: out of range (beyond +-14 V, NaN) or the vehicle's diode is missing.
             self.cp_fault_cause = "diode" if self._diode_bad else "level"
             self.trip(faults.CP)
         elif new == pilot.STATE_D and not self.settings["ventilation"]:

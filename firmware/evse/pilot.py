@@ -1,5 +1,6 @@
 # IEC 61851-1 control pilot: current <-> duty cycle, and classification of the sampled
-# plateaus into states A-F. Pure functions and one small debouncer; no hardware.
+# plateaus into states A-F, the zero calibration of that measurement. Pure functions and
+# small state holders; no hardware.
 from micropython import const
 
 STATE_A = const(0)  # 12 V: no vehicle
@@ -8,7 +9,7 @@ STATE_C = const(2)  # 6 V: vehicle requests energy
 STATE_D = const(3)  # 3 V: requests energy, ventilation needed
 STATE_E = const(4)  # 0 V: CP shorted to PE / EVSE unpowered
 STATE_F = const(5)  # -12 V: EVSE not available (we drive it)
-INVALID = const(6)  # between windows, or diode missing
+INVALID = const(6)  # out of range, or diode missing
 NAMES = "ABCDEF?"
 
 # STANDARDS.md §1.3. Duty in per-mille; < 6 A is never signalled (pause with x1 instead).
@@ -48,12 +49,31 @@ def amps_of(duty):
 # Nominal plateau in mV of each state, behind R1 = 1 kOhm, before the diode drop.
 # The positive plateau the EVSE measures is Vd + (12 V - Vd) * R / (R + 1 kOhm): the
 # `cp_type` setting gives the diode drop Vd that the EV side is built with (0.8 V or
-# 1.0 V), and the window centres move with it. Windows are +-1 V (STANDARDS.md §1.2).
+# 1.0 V), and the level of B, C and D moves with it.
+#
+# Each plateau is classified by the midpoints between neighbouring levels (A 12, B 9,
+# C 6, D 3, E 0, F -12 V; STANDARDS.md section 1.2), as OpenEVSE does: the +-1 V windows of
+# the standard left gaps that a +-0.6 V generator and an ADC zero error reach, and a
+# level in a gap is no fault of the vehicle. Only what no pilot can read is out of range:
+# beyond +-14 V, 12 V plus the generator's 0.6 V, a 0.6 V zero error and margin
+# (docs/errors.md, "Control pilot levels").
 _R_B = 2740
 _R_C = 882  # 2.74 kOhm // 1.3 kOhm
 _R_D = 246  # 2.74 kOhm // 270 Ohm
-_WINDOW_MV = const(1000)
-DIODE_MAX_MV = const(-11000)  # negative plateau must be at or below -11 V
+_A_MV = const(12000)
+_EF_MV = const(-6000)  # midpoint of E (0 V) and F (-12 V)
+_RANGE_MV = const(14000)
+# The vehicle's diode: with it the negative plateau is -12 V; without it the line
+# follows the generator through the EV's resistance, -8.8 V in B (2.74 kOhm), less in
+# C and D. Flag it at the midpoint, -10.4 V: 1.6 V of margin each side.
+DIODE_MAX_MV = const(-10400)
+
+# Zero calibration from the +12 V plateau (static +12 V, nothing plugged): the line is
+# at the generator's level then, so its reading minus 12 V is the measurement's offset.
+# The generator's +-0.6 V and the ADC zero's +-0.6 V make at most 1.2 V; more is a
+# broken measurement, whose estimate is refused (docs/errors.md).
+CAL_MAX_MV = const(1200)
+CAL_SAMPLES = const(50)  # one estimate per 0.5 s of samples, averaged
 
 
 def _level(r, vd_mv):
@@ -61,39 +81,98 @@ def _level(r, vd_mv):
 
 
 class Classifier:
-    """Maps (hi_mv, lo_mv) to a state with the windows for one cp_type."""
+    """Maps (hi_mv, lo_mv) to a state for one cp_type; `zero_mv`, the measurement's
+    offset, is taken off the positive plateau first (and off the negative one when it
+    is below zero)."""
 
     def __init__(self, diode_mv=1000):
+        self.zero_mv = 0
         self.set_diode(diode_mv)
 
     def set_diode(self, diode_mv):
         self.b_mv = _level(_R_B, diode_mv)
         self.c_mv = _level(_R_C, diode_mv)
         self.d_mv = _level(_R_D, diode_mv)
+        # A level at a midpoint goes to the higher state.
+        self.ab_mv = (_A_MV + self.b_mv) // 2
+        self.bc_mv = (self.b_mv + self.c_mv) // 2
+        self.cd_mv = (self.c_mv + self.d_mv) // 2
+        self.de_mv = self.d_mv // 2
         self.diode_ok = True
 
     def classify(self, hi_mv, lo_mv, pwm_on):
         """State of one sample. With the PWM running and a vehicle present the negative
-        plateau must be at -12 V; otherwise the diode is missing (INVALID, flagged)."""
+        plateau must be near -12 V; otherwise the diode is missing (INVALID, flagged).
+        Written so that NaN fails every comparison and lands on INVALID."""
         self.diode_ok = True
-        if hi_mv <= -10000:
-            return STATE_F
-        if hi_mv > 11000:
-            return STATE_A
-        if abs(hi_mv - self.b_mv) <= _WINDOW_MV:
+        hi = hi_mv - self.zero_mv
+        if hi >= self.ab_mv:
+            return STATE_A if hi <= _RANGE_MV else INVALID
+        if hi >= self.bc_mv:
             s = STATE_B
-        elif abs(hi_mv - self.c_mv) <= _WINDOW_MV:
+        elif hi >= self.cd_mv:
             s = STATE_C
-        elif abs(hi_mv - self.d_mv) <= _WINDOW_MV:
+        elif hi >= self.de_mv:
             s = STATE_D
-        elif -1000 <= hi_mv <= 1000:
+        elif hi > _EF_MV:
             return STATE_E
+        elif hi >= -_RANGE_MV:
+            return STATE_F
         else:
-            return INVALID
-        if pwm_on and lo_mv > DIODE_MAX_MV:
+            return INVALID  # below -14 V, or not a number
+        if not pwm_on:
+            return s
+        # The zero comes off the negative plateau only where that makes the diode check
+        # stricter: a +12 V plateau read high may be the generator's own error, which
+        # says nothing of its negative level, and a missing diode must never pass for it.
+        z = self.zero_mv
+        lo = lo_mv - z if z < 0 else lo_mv
+        if -_RANGE_MV <= lo <= DIODE_MAX_MV:
+            return s
+        if DIODE_MAX_MV < lo <= _RANGE_MV:
             self.diode_ok = False
-            return INVALID
-        return s
+        return INVALID
+
+
+class ZeroCal:
+    """The measurement's offset from the +12 V plateau: `feed` the raw positive plateau
+    of samples taken with the generator at static +12 V and nothing plugged. Every
+    CAL_SAMPLES samples it makes an estimate; one within +-CAL_MAX_MV becomes `zero_mv`,
+    one outside is refused (`error` set, `zero_mv` back to 0: the nominal levels)."""
+
+    def __init__(self):
+        self.zero_mv = 0
+        self.error = False
+        self.done = False  # an estimate was accepted since boot
+        self.last_mv = None  # the last estimate, accepted or not
+        self._sum = 0
+        self._n = 0
+
+    def restart(self):
+        """Drops a partial estimate (the line left +12 V or a vehicle came)."""
+        self._sum = 0
+        self._n = 0
+
+    def feed(self, hi_mv):
+        """True when this sample completed an estimate."""
+        if not -_RANGE_MV <= hi_mv <= _RANGE_MV:  # also NaN
+            self.restart()
+            return False
+        self._sum += int(hi_mv) - _A_MV
+        self._n += 1
+        if self._n < CAL_SAMPLES:
+            return False
+        est = self._sum // self._n
+        self.restart()
+        self.last_mv = est
+        if -CAL_MAX_MV <= est <= CAL_MAX_MV:
+            self.zero_mv = est
+            self.error = False
+            self.done = True
+        else:
+            self.zero_mv = 0
+            self.error = True
+        return True
 
 
 class Debouncer:

@@ -466,6 +466,7 @@ class Protection:
             v["cause"] = ch.cp_fault_cause
             v["cp_hi_mv"] = ch.hi_mv
             v["cp_lo_mv"] = ch.lo_mv
+            v["cp_zero_mv"] = ch.cp_cal.zero_mv
         return v
 
     def _report(self, code, active):
