@@ -176,6 +176,8 @@ def build_request(a):
             r["draw_a"] = None
         elif a.draw_a is not None:
             r["draw_a"] = a.draw_a
+        if a.asleep is not None:
+            r["asleep"] = a.asleep
         return r
     if a.cmd == "cable":
         if a.ohms.lower() == "none":
@@ -292,6 +294,9 @@ def parser():
     ev.add_argument("--draw-a", type=float, help="force this draw (a misbehaving EV)")
     ev.add_argument("--no-draw", action="store_true", help="stop forcing the draw")
     ev.add_argument("--phases", type=int, choices=[1, 3])
+    ev.add_argument("--asleep", dest="asleep", action="store_true", default=None,
+                    help="in B, deaf to the PWM until the wake-up sequence")
+    ev.add_argument("--awake", dest="asleep", action="store_false")
     cable = sub.add_parser("cable", help="PP resistor in ohms, or none")
     cable.add_argument("ohms")
     grid = sub.add_parser("grid", help="mains volts per phase")
