@@ -182,6 +182,10 @@ class Ev:
         self.max_a = 32.0
         self.lag_ms = 1000  # how late it follows a change of the offer (IEC: within 5 s)
         self.overdraw = False  # a misbehaving EV: far more than offered
+        # Asleep in B: deaf to the PWM until the wake-up sequence; woken, it closes S2 as
+        # the PWM comes back (fakehw.Sleeper, at every write of the pilot).
+        self.asleep = False
+        self.wake = fakehw.Sleeper(close_ms=0)
 
 
 class Relays:
@@ -416,6 +420,7 @@ class Board:
         self.last_sample = None  # (t, duty, ev state, diode, short)
         self.display_text = ""
         self.copen = clock.now  # both coils released and both contacts open since (None: not)
+        self.woken = 0  # times the sleeping EV was woken
 
     # ---- outputs ------------------------------------------------------------------
     def out(self, what, value):
@@ -437,6 +442,7 @@ class Board:
                 self.offers.append((self.clock.now, amps_of(value)))
                 if len(self.offers) > 64:
                     del self.offers[:32]
+            self.ev_sees_pilot()
         elif what == "lock":
             changed = self.lock.engaged != value
             self.lock.engaged = value
@@ -456,6 +462,14 @@ class Board:
             self.trace.append((self.clock.now, what, value))
             if len(self.trace) > 400:
                 del self.trace[:200]
+
+    def ev_sees_pilot(self):
+        ev = self.ev
+        if ev.wake.see(self.clock.now, self.cp.duty_pm, ev.asleep and ev.state == "B"):
+            ev.asleep = False
+            ev.state = "C"
+            self.woken += 1
+            self.trace.append((self.clock.now, "ev", "woken: C"))
 
     def rcd_edge(self):
         """The RCD fault line rose: the board opens the relays in the handler, then calls
