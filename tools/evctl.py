@@ -176,6 +176,8 @@ def build_request(a):
             r["draw_a"] = None
         elif a.draw_a is not None:
             r["draw_a"] = a.draw_a
+        if a.asleep is not None:
+            r["asleep"] = a.asleep
         return r
     if a.cmd == "pilot":
         r = {"op": "pilot"}
@@ -299,6 +301,9 @@ def parser():
     ev.add_argument("--draw-a", type=float, help="force this draw (a misbehaving EV)")
     ev.add_argument("--no-draw", action="store_true", help="stop forcing the draw")
     ev.add_argument("--phases", type=int, choices=[1, 3])
+    ev.add_argument("--asleep", dest="asleep", action="store_true", default=None,
+                    help="in B, deaf to the PWM until the wake-up sequence")
+    ev.add_argument("--awake", dest="asleep", action="store_false")
     pilot = sub.add_parser("pilot", help="the charger's pilot: ADC zero error, generator (V)")
     pilot.add_argument("--offset", type=float, help="ADC zero error, added to every reading")
     pilot.add_argument("--gen-pos", type=float, help="generator's positive level (12 at boot)")

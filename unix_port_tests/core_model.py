@@ -190,6 +190,10 @@ class Ev:
         self.gen_pos_mv = 12000
         self.gen_neg_mv = -12000
         self.adc_zero_mv = 0
+        # Asleep in B: deaf to the PWM until the wake-up sequence; woken, it closes S2 as
+        # the PWM comes back (fakehw.Sleeper, at every write of the pilot).
+        self.asleep = False
+        self.wake = fakehw.Sleeper(close_ms=0)
 
 
 class Relays:
@@ -424,6 +428,7 @@ class Board:
         self.last_sample = None  # (t, duty, ev state, diode, short)
         self.display_text = ""
         self.copen = clock.now  # both coils released and both contacts open since (None: not)
+        self.woken = 0  # times the sleeping EV was woken
 
     # ---- outputs ------------------------------------------------------------------
     def out(self, what, value):
@@ -445,6 +450,7 @@ class Board:
                 self.offers.append((self.clock.now, amps_of(value)))
                 if len(self.offers) > 64:
                     del self.offers[:32]
+            self.ev_sees_pilot()
         elif what == "lock":
             changed = self.lock.engaged != value
             self.lock.engaged = value
@@ -464,6 +470,14 @@ class Board:
             self.trace.append((self.clock.now, what, value))
             if len(self.trace) > 400:
                 del self.trace[:200]
+
+    def ev_sees_pilot(self):
+        ev = self.ev
+        if ev.wake.see(self.clock.now, self.cp.duty_pm, ev.asleep and ev.state == "B"):
+            ev.asleep = False
+            ev.state = "C"
+            self.woken += 1
+            self.trace.append((self.clock.now, "ev", "woken: C"))
 
     def rcd_edge(self):
         """The RCD fault line rose: the board opens the relays in the handler, then calls

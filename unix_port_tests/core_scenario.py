@@ -31,6 +31,7 @@ class Result:
         self.ms = run.clock.now
         self.trace = run.board.trace
         self.boots = run.boots
+        self.stats["woken"] = run.board.woken
 
 
 # ---- playing one scenario ---------------------------------------------------------------------
@@ -169,6 +170,7 @@ class Run:
         b.rcd.testing = False
         b.fan.running = False
         b.cp.duty_pm = -1
+        b.ev_sees_pilot()
         b.offers.append((self.clock.now, 0.0))
         b.wdt.started = False
         b.trace.append((self.clock.now, "power", "cut" if corrupt is None else "cut, latched.json " + corrupt))
@@ -190,6 +192,11 @@ class Run:
         s = self.settings
         if kind == "ev":
             b.ev.state = arg
+            if arg != "B":
+                b.ev.asleep = False  # a car that leaves B is awake
+        elif kind == "asleep":  # it falls asleep in B (plugged in asleep, if it was in A)
+            b.ev.state = "B"
+            b.ev.asleep = True
         elif kind == "diode":
             b.ev.diode = arg
         elif kind == "pilot_tol":
@@ -488,8 +495,32 @@ def make(r, index=0):
         add(t_auth + 200 + r.below(3000), "ev", "C")
     for _ in range(dur // 3000 + r.below(5)):
         _random_event(r, r.below(dur), add)
+    if r.below(12) == 0:
+        ev += _asleep_events(r, cfg, ev)
     ev.sort(key=lambda e: e[0])
     return Scenario(cfg, ev)
+
+
+def _asleep_events(r, cfg, ev):
+    """A car plugged in asleep (in B, deaf to the PWM until the wake-up sequence), then a
+    start, sometimes a pause and a resume of the offer; the scenario runs on long enough
+    for the charger's wake-up (30 s under an offer, F 4 s, X1 0.75 s). One in two keeps
+    the random events around it, the others let it sleep in peace."""
+    if r.below(2):
+        del ev[:]
+        t = r.below(3000)
+    else:
+        t = r.below(cfg["duration_ms"])
+    out = [(t, "ev", "A", None), (t + 200, "asleep", True, None)]
+    t += 200 + r.below(4000)
+    out.append((t, r.pick(("card", "remote_start")), None, None))
+    if r.below(2):
+        t += r.below(20000)
+        out.append((t, "limit", ("power", r.pick((0.0, 3.0))), None))
+        t += 500 + r.below(8000)
+        out.append((t, "limit", ("power", None), None))
+    cfg["duration_ms"] = max(cfg["duration_ms"], t + 38000 + r.below(10000))
+    return out
 
 
 # Faults after which charging needs a technician (latched) or a new authorization.

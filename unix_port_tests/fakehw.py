@@ -29,6 +29,7 @@ class CpAdc:
 
     def sample(self):
         ev = self._ev
+        ev.watch(self._cp.duty_pm)
         pos = ev.gen_pos_mv
         neg = ev.gen_neg_mv
         z = ev.adc_zero_mv
@@ -62,6 +63,60 @@ class Ev:
         self.gen_pos_mv = 12000
         self.gen_neg_mv = -12000
         self.adc_zero_mv = 0
+        self.asleep = False  # in B, deaf to the PWM until the wake-up sequence (Sleeper)
+        self.clock = None  # ms, set by a test that lets the car wake up
+        self._sleep = Sleeper()
+
+    def watch(self, duty):
+        """The pilot as the car sees it at each sample: a sleeping car woken closes S2."""
+        if self.clock is not None and self._sleep.see(
+            self.clock(), duty, self.asleep and self.state == "B"
+        ):
+            self.asleep = False
+            self.state = "C"
+
+
+# The wake-up sequence a sleeping car answers (IEC 61851-1:2017 A.5.3, STANDARDS.md
+# §1.4: F 4 s, X1 0.75 s, then the PWM), with some tolerance on each part.
+WAKE_F_MS = 3500
+WAKE_X1_MS = 500
+
+
+class Sleeper:
+    """Follows the pilot for a car asleep in B. close_ms: how long after the PWM came
+    back the woken car closes S2."""
+
+    def __init__(self, close_ms=1000):
+        self.close_ms = close_ms
+        self.mode = None  # "F", "X1" or "PWM"
+        self.since = 0
+        self.f_done = False  # a long enough F just went to X1
+        self.woken = False
+
+    def see(self, now, duty, asleep):
+        """The pilot at `now` (ms). True once, when the woken car closes S2."""
+        if duty == -2 or duty == 0:
+            mode = "F"
+        elif duty < 0 or duty >= 1000:
+            mode = "X1"
+        else:
+            mode = "PWM"
+        if mode != self.mode:
+            held = now - self.since
+            if self.mode == "F":
+                self.f_done = mode == "X1" and held >= WAKE_F_MS
+            else:
+                if self.mode == "X1" and self.f_done and mode == "PWM" and held >= WAKE_X1_MS:
+                    self.woken = asleep
+                self.f_done = False
+            self.mode = mode
+            self.since = now
+        if not asleep:
+            self.woken = False
+        elif self.woken and mode == "PWM" and now - self.since >= self.close_ms:
+            self.woken = False
+            return True
+        return False
 
 
 class Relays:

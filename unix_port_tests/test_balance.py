@@ -118,10 +118,12 @@ def _node(addr, state=lb.ST_WANT, max_a=32.0, draw=None, offered=0.0, mask=7):
     return n
 
 
-def _follow(nodes, sent):
-    """The nodes apply what they were sent (and draw all of it, unless capped)."""
+def _follow(nodes, sent, draw=False):
+    """The nodes apply what they were sent; draw: their cars draw all of it."""
     for n in nodes:
         n.offered_a = sent[n.addr]
+        if draw:
+            n.draw_a = n.offered_a
 
 
 def test_planner_staged_raise_never_exceeds():
@@ -189,7 +191,7 @@ def test_planner_rotation():
     t = 0
     for _ in range(80):
         sent = p.plan(t, lim, nodes)
-        _follow(nodes, sent)
+        _follow(nodes, sent, draw=True)
         true(sum(sent.values()) <= 20, "sum")
         true(all(v == 0 or v >= 6 for v in sent.values()), "6 A or waiting")
         eq(len(p.waiting), 1, "one waits")
@@ -203,9 +205,52 @@ def test_planner_rotation():
 def _settle(p, t, lim, nodes, cycles=4):
     for _ in range(cycles):
         sent = p.plan(t, lim, nodes)
-        _follow(nodes, sent)
+        _follow(nodes, sent, draw=True)
         t += 1000
     return t, sent
+
+
+def _turns(p, nodes, lim, t, ms, asleep=()):
+    """Plans every second for `ms`; the cars of `asleep` draw nothing. Returns the time
+    and, per cycle, who charges."""
+    who = []
+    for _ in range(ms // 1000):
+        sent = p.plan(t, lim, nodes)
+        _follow(nodes, sent, draw=True)
+        for n in nodes:
+            if n.addr in asleep:
+                n.draw_a = 0.0
+        who.append(sorted(a for a in sent if sent[a]))
+        t += 1000
+    return t, who
+
+
+def test_planner_a_sleeping_car_does_not_use_up_its_turn():
+    """A node whose car sits in B2 under its allocation (asleep, its wake-up to come)
+    draws nothing: its turn does not run until the car draws."""
+    p = lb.Planner(rotate_ms=10000)
+    nodes = [_node(1, max_a=7.0), _node(2, max_a=7.0)]
+    lim = [7.0] * 3
+    t, who = _turns(p, nodes, lim, 0, 3000)
+    eq(who[-1], [1], "1 charges, 2 waits")
+    t, who = _turns(p, nodes, lim, t, 9000)
+    eq(who[-1], [2], "1's turn over: 2's")
+    # 2's car slept while it waited: 36 s until its wake-up and S2, then it draws.
+    t, who = _turns(p, nodes, lim, t, 36000, asleep=(2,))
+    eq(who.count([2]), 36, "its turn stood still while it slept")
+    t, who = _turns(p, nodes, lim, t, 12000)
+    eq(who[:8], [[2]] * 8, "then a whole turn for 2")
+    eq(who[-1], [1], "and 1 again")
+
+
+def test_planner_a_car_that_never_draws_yields_in_the_end():
+    p = lb.Planner(rotate_ms=10000)
+    nodes = [_node(1, max_a=7.0), _node(2, max_a=7.0)]
+    lim = [7.0] * 3
+    t, who = _turns(p, nodes, lim, 0, 3000, asleep=(1,))
+    eq(who[-1], [1], "1 has the turn")
+    t, who = _turns(p, nodes, lim, t, lb.SLEEP_GRACE_MS + 10000, asleep=(1,))
+    eq(who[-1], [2], "at most SLEEP_GRACE_MS held: then 2's turn")
 
 
 def test_planner_cut_for_room_keeps_its_place():

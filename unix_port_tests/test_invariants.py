@@ -250,5 +250,17 @@ def test_bites_the_old_diode_threshold():
     _with(pilot.Classifier, "classify", narrow, ("cp-spurious",), 300)
 
 
+def test_bites_a_wake_up_that_closes_the_relays_itself():
+    offer = Charger._offer_or_wake
+
+    def closing(self, now_ms):
+        was = self._wake
+        offer(self, now_ms)
+        if was == 3 and not self.waking:  # _WK_X1 over: the PWM is back
+            self._relays.close()
+
+    _with(Charger, "_offer_or_wake", closing, ("close-diode", "close-ev"))
+
+
 from evse.charger import Charger, LOCK_NONE  # noqa: E402  (the core the mutants patch)
 from evse.protection import Protection  # noqa: E402

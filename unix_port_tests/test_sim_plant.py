@@ -150,3 +150,64 @@ def test_a_counted_sensor_bug_clears_itself():
         check.raises(RuntimeError, hw.temps.read)
     hw.plant.set_fault("sensor_bug", False)
     hw.temps.read()
+
+
+def _pilot(hw, p, t_us, mode):
+    """The pilot generator in `mode` (F, X1 or a duty) from t_us, then a plant tick."""
+    if mode == "F":
+        hw.cp.low()
+    elif mode == "X1":
+        hw.cp.high()
+    else:
+        hw.cp.pwm(mode)
+    p.tick(t_us)
+
+
+def test_a_sleeping_car_ignores_the_pwm_until_the_wake_up_sequence():
+    hw = _hw()
+    p = hw.plant
+    p.ev_state = "B"
+    p.ev_asleep = True
+    p.update_cp()
+    _pilot(hw, p, 0, 533)
+    p.tick(60_000_000)
+    check.eq((p.ev_state, p.ev_asleep), ("B", True), "a minute of PWM: asleep")
+    # F too short, then X1 and the PWM: still asleep.
+    _pilot(hw, p, 61_000_000, "F")
+    _pilot(hw, p, 63_000_000, "X1")
+    _pilot(hw, p, 64_000_000, 533)
+    p.tick(70_000_000)
+    check.eq((p.ev_state, p.ev_asleep), ("B", True), "F 2 s is no wake-up")
+    # F 4 s, then straight to the PWM (no X1): still asleep.
+    _pilot(hw, p, 71_000_000, "F")
+    _pilot(hw, p, 75_000_000, 533)
+    p.tick(80_000_000)
+    check.eq(p.ev_state, "B", "F then PWM without X1 is no wake-up")
+    # F 4 s, X1 0.75 s, PWM: awake, S2 closes 1 s into the PWM.
+    _pilot(hw, p, 81_000_000, "F")
+    _pilot(hw, p, 85_000_000, "X1")
+    _pilot(hw, p, 85_750_000, 533)
+    p.tick(86_500_000)
+    check.eq(p.ev_state, "B", "not yet")
+    p.tick(86_760_000)
+    check.eq((p.ev_state, p.ev_asleep), ("C", False), "woken: S2 closed")
+    check.eq(p.cp_pos_mv, 6048, "the pilot shows C")
+    check.eq(p.ev_view()["asleep"], False, "view")
+
+
+def test_the_asleep_field_of_the_ev_op():
+    hw = _hw()
+    p = hw.plant
+    c = hw.controller
+    r = c.handle_line(b'{"op": "ev", "state": "B", "asleep": true}')
+    check.eq((r["ok"], r["ev"]["state"], r["ev"]["asleep"]), (True, "B", True), "asleep in B")
+    r = c.handle_line(b'{"op": "ev", "state": "C", "asleep": true}')
+    check.true(not r["ok"] and "asleep" in r["error"], "asleep needs B: %r" % r)
+    check.eq((p.ev_state, p.ev_asleep), ("B", True), "a refused request changes nothing")
+    r = c.handle_line(b'{"op": "ev", "asleep": 1}')
+    check.true(not r["ok"] and "true or false" in r["error"], "a bool: %r" % r)
+    r = c.handle_line(b'{"op": "ev", "state": "A"}')
+    check.eq((r["ev"]["state"], r["ev"]["asleep"]), ("A", False), "unplugged: awake")
+    r = c.handle_line(b'{"op": "ev", "asleep": true}')
+    check.true(not r["ok"] and "asleep" in r["error"], "not in B: %r" % r)
+    check.eq(p.ev_asleep, False, "unchanged")

@@ -82,6 +82,7 @@ def test_types_and_ranges():
     _bad({"op": "ev", "max_a": "16"}, "max_a")
     _bad(b'{"op": "ev", "max_a": 1e400}', "max_a")  # inf
     _bad({"op": "ev", "phases": 2}, "phases")
+    _bad({"op": "ev", "asleep": "yes"}, "asleep", "true or false")
     _bad({"op": "ev", "draw_a": 101}, "draw_a")
     _bad({"op": "grid", "volts": [230, 230]}, "volts", "3")
     _bad({"op": "grid", "volts": [230, 230, "230"]}, "volts[2]")

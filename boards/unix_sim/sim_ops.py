@@ -185,6 +185,8 @@ class Controller:
 
     def _op_ev(self, req, t_us):
         p = self._hw.plant
+        if req.get("asleep") and req.get("state", p.ev_state) != "B":
+            raise RequestError("asleep needs the car in B")
         if "state" in req:
             p.ev_state = req["state"]
         if "diode" in req:
@@ -198,6 +200,10 @@ class Controller:
             p.ev_draw_a = None if d is None else float(d)
         if "phases" in req:
             p.ev_phases = req["phases"]
+        if req.get("state", "B") != "B":
+            p.ev_asleep = False  # a car that leaves B is awake
+        if "asleep" in req:
+            p.ev_asleep = req["asleep"]
         p.update_cp()
         p.update_draw()
         return {"ev": p.ev_view()}

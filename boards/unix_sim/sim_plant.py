@@ -14,6 +14,12 @@ GEN_MV = const(12000)  # generator amplitude, +-12 V
 DIODE_V = 0.8  # EV diode forward drop: puts B/C/D at 9.0/6.05/3.0 V, mid-window
 SETTLE_US = const(500_000)  # the EV follows a new PWM offer after it held this long
 LIVE_V = 50  # a phase below this voltage is missing: it carries no current
+# A car asleep in B wakes on the sequence of IEC 61851-1:2017 A.5.3 (STANDARDS.md §1.4:
+# F 4 s, X1 0.75 s, then the PWM), each part with some tolerance, and closes S2 once the
+# PWM that followed has lasted WAKE_CLOSE_US.
+WAKE_F_US = const(3_500_000)
+WAKE_X1_US = const(500_000)
+WAKE_CLOSE_US = const(1_000_000)
 
 FAULTS = (
     "rcd_ac",
@@ -92,6 +98,11 @@ class Plant:
         self.ev_offer_a = 0.0  # the PWM offer the EV is following (lags the PWM)
         self._seen_offer_a = 0.0
         self._seen_us = 0
+        self.ev_asleep = False  # in B, deaf to the PWM until the wake-up sequence
+        self._pilot_mode = None  # "F", "X1" or "PWM", as the sleeping car follows it
+        self._mode_us = 0
+        self._f_done = False  # a long enough F just went to X1
+        self._woken = False  # woken: closes S2 under the PWM
         # cable (`cable` op), mains (`grid`), sensors (`temp`)
         self.pp_ohms = 220  # a 32 A cable left in the socket; `cable null` unplugs it
         self.grid_v = [230.0, 230.0, 230.0]
@@ -171,6 +182,7 @@ class Plant:
         if last is not None:
             # The power of the last interval held until now (it changes only at ticks).
             self.energy_wh += self.power_w * (now_us - last) / 3.6e9
+        self._watch_sleep(now_us)
         self._follow_pwm(now_us)
         self.update_draw()
         if self.button_until_us and now_us >= self.button_until_us:
@@ -179,6 +191,33 @@ class Plant:
             self.card_until_us = 0
             self.card = None
         self._chip.tick(now_us)  # the chip drops the cards whose time is up
+
+    def _watch_sleep(self, now_us):
+        duty = self._cp.duty_pm
+        if duty == -2 or duty == 0:
+            mode = "F"
+        elif duty < 0 or duty >= 1000:
+            mode = "X1"
+        else:
+            mode = "PWM"
+        asleep = self.ev_asleep and self.ev_state == "B"
+        if mode != self._pilot_mode:
+            held = now_us - self._mode_us
+            if self._pilot_mode == "F":
+                self._f_done = mode == "X1" and held >= WAKE_F_US
+            else:
+                if self._f_done and mode == "PWM" and held >= WAKE_X1_US:
+                    self._woken = asleep
+                self._f_done = False
+            self._pilot_mode = mode
+            self._mode_us = now_us
+        if not asleep:
+            self._woken = False
+        elif self._woken and mode == "PWM" and now_us - self._mode_us >= WAKE_CLOSE_US:
+            self._woken = False
+            self.ev_asleep = False
+            self.ev_state = "C"
+            self.update_cp()
 
     def _follow_pwm(self, now_us):
         offer = offered_a(self._cp.duty_pm)
@@ -224,6 +263,7 @@ class Plant:
             "max_a": self.ev_max_a,
             "draw_a": self.ev_draw_a,
             "phases": self.ev_phases,
+            "asleep": self.ev_asleep,
             "following_a": self.ev_offer_a,
             "amps": list(self.amps),
         }

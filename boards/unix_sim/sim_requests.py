@@ -128,6 +128,7 @@ OPS = {
         "max_a": (_number(0, 80), False),
         "draw_a": (_number(0, 100, null=True), False),
         "phases": (_int_choice(1, 3), False),
+        "asleep": (_bool, False),
     },
     # The charger's own pilot: the ADC zero error and the generator's levels (V).
     "pilot": {

@@ -35,6 +35,11 @@ MASTER_TIMEOUT_MS = const(3000)  # no allocation this long -> fallback
 DISCOVER_MS = const(1500)  # a new master listens this long before allocating
 CLASH_CLEAR_MS = const(3000)  # no frame with our address this long -> clash gone
 ROTATE_MS = 15 * 60 * 1000  # a charging node yields to a waiting one after this turn
+# A node allocated current but drawing less than this is not charging (a car asleep in
+# B2, its wake-up still to come): its turn stands still, at most SLEEP_GRACE_MS a turn, so
+# a car that does not wake, or is full, yields in the end all the same.
+SLEEP_A = 1.0
+SLEEP_GRACE_MS = const(120000)
 FALLBACK_A = 6.0  # the safe share while the master is silent (at most the last allocation)
 FALLBACK_HOLD_MS = const(60000)  # ... for this long; then the node pauses
 MASTER_LOST_TEXT = "CAN MST LOST"  # shown in the display rotation during the fallback
@@ -251,11 +256,30 @@ class Planner:
         # its turn would have ended.
         self.preempted = {}
         self.waiting = set()
+        self.slept = {}  # addr -> ms its turn stood still this turn (SLEEP_A)
+        self._plan_ms = None  # the last plan
 
     def forget(self, addr):
         for d in (self.sent, self.target, self.cap, self._low, self.since, self.charging,
-                  self.preempted):
+                  self.preempted, self.slept):
             d.pop(addr, None)
+
+    def _hold_turns(self, now, want):
+        """The turn of a node that is allocated current but draws none does not run."""
+        last = self._plan_ms
+        self._plan_ms = now
+        if last is None:
+            return
+        dt = min(max(time.ticks_diff(now, last), 0), 2 * CYCLE_MS)  # a stall counts once
+        for n in want:
+            a = n.addr
+            if not (self.charging.get(a) and a in self.since and n.draw_a < SLEEP_A
+                    and self.sent.get(a, 0.0) >= n.min_a):
+                continue
+            d = min(dt, SLEEP_GRACE_MS - self.slept.get(a, 0))
+            if d > 0:
+                self.since[a] = time.ticks_add(self.since[a], d)
+                self.slept[a] = self.slept.get(a, 0) + d
 
     def _demand(self, n):
         a = n.addr
@@ -296,6 +320,8 @@ class Planner:
                 self.charging.pop(n.addr, None)
                 self.since.pop(n.addr, None)
                 self.preempted.pop(n.addr, None)
+                self.slept.pop(n.addr, None)
+        self._hold_turns(now, want)
         anyone_waits = any(self.charging.get(n.addr) is False for n in want)
 
         def turn_over(a):
@@ -332,6 +358,7 @@ class Planner:
                     if was and a not in ended:
                         self.preempted[a] = self.since.get(a, now)
                     self.since[a] = now
+                    self.slept.pop(a, None)  # a new turn, or a new wait
                 _log.info("node %d %s", a, "charges" if on else "waits")
             if not on:
                 self.waiting.add(a)

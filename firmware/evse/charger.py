@@ -31,6 +31,13 @@ _CLOSE_CHECK_MS = const(1000)  # aux contacts must follow the coil within 1 s
 # The weld check's window (protection.py): the lock opens only after both auxiliary
 # contacts have reported open this long, so a weld is known before the plug is free.
 _CONTACTS_OPEN_MS = const(500)
+# Wake-up of a car that fell asleep plugged in (IEC 61851-1:2017 A.5.3, STANDARDS.md §1.4):
+# it stays in B2 under a fresh PWM offer this long, then the pilot goes F, then X1, then
+# the PWM again. Once per resume of the offer, at most WAKE_MAX times a session.
+_WAKE_AFTER_MS = const(30000)
+_WAKE_F_MS = const(4000)
+_WAKE_X1_MS = const(750)
+WAKE_MAX = 3
 # Trips that latch the moment they are made, in trip() itself: the RCD interrupt's IRD
 # is latched even if the protection tick that records it never completes.
 LATCH_AT_TRIP = faults.IRD | faults.ELK
@@ -52,6 +59,12 @@ _LT_START = const(1)
 _LT_ENGAGE = const(2)
 _LT_RELEASE = const(3)
 
+# Wake-up phases
+_WK_OFF = const(0)  # not armed: the car answered this offer, or it was tried once already
+_WK_ARMED = const(1)  # a new offer: waiting for the car to close S2
+_WK_F = const(2)  # state F driven
+_WK_X1 = const(3)  # then X1, before the PWM comes back
+
 # RCD self-test phases
 _ST_IDLE = const(0)
 _ST_DRIVE = const(1)
@@ -71,6 +84,7 @@ class Session:
         self.end_s = None
         self.charged = False  # relays closed at least once
         self.tx_id = None  # set by OCPP
+        self.wakeups = 0  # wake-up sequences run for a car asleep in B2
         # Power over the session for the history chart: one sample per `sample_s`, in
         # 0.1 kW; when full, pairs are averaged and the interval doubles (bounded).
         self.power_dkw = []
@@ -91,6 +105,7 @@ class Session:
             "start_mode": self.start_mode,
             "start_s": self.start_s,
             "duration_min": 0,
+            "wakeups": self.wakeups,
         }
 
 
@@ -136,6 +151,8 @@ class Charger:
         self.lock_tested = False  # the lock engaged and released on command since ELK latched
         self._selftest = _ST_IDLE
         self._selftest_ms = 0
+        self._wake = _WK_OFF
+        self._wake_ms = 0  # when the offer was armed, or the wake-up's phase began
         self._rcd_testing = False
         self._rcd_edges = 0  # rcd_irq_count when the test input was released
         self.selftest_failed = False
@@ -435,6 +452,7 @@ class Charger:
         s = self.session
         if s is None:
             return None
+        self._wake_end()
         self._stop_offer()
         s.stop_mode = stop_mode
         s.end_s = self.hw.rtc.now()
@@ -457,18 +475,20 @@ class Charger:
         self._update_limit(now_ms)
         if self.active:
             self._pp_bad_ms = None  # the cable is not checked meanwhile: its hold restarts
+            self._wake = _WK_OFF  # the fault owns the pilot; its end is a new offer
             self._fault_outputs(now_ms)
             self._selftest_stop(now_ms)
             self._manage_lock(now_ms, want=False)
             self._run_lock_test(now_ms)
             return
-        if self._cp.duty_pm == -2:
+        if self._cp.duty_pm == -2 and self._wake != _WK_F:
             # The fault went (a technician's clear) while its state F was still held:
             # back to X1, or the pilot would never see the vehicle again.
             self._x1()
         if not self.connected:
             self._pp_bad_ms = None  # a stale start would read as negative after the wrap
             self.cable_a = None  # the next cable is read before anything is offered
+            self._wake = _WK_OFF
             if self._cp.duty_pm != -1:
                 self._x1()
             self._relays.open()
@@ -498,8 +518,9 @@ class Charger:
         elif not ready:
             self._selftest_stop(now_ms)  # nothing waits for a test that has started
         if ready:
-            self._offer(now_ms)
+            self._offer_or_wake(now_ms)
         else:
+            self._wake_end()
             self._stop_offer()
         self._control_relays(now_ms)
 
@@ -570,6 +591,63 @@ class Charger:
         if target != self.offered_a or self._cp.duty_pm <= 0:
             self._write_offer(target)
         self._pwm_stop_ms = None
+
+    # ---- wake-up of a sleeping car (IEC 61851-1:2017 A.5.3) ------------------------------
+    @property
+    def waking(self):
+        """The wake-up holds the pilot (F, then X1): the EV's pause, not ours."""
+        return self._wake >= _WK_F
+
+    def _offer_or_wake(self, now_ms):
+        """The offer while the session may have it. A new offer (a start, a resume after
+        any pause) arms the wake-up: a car that sleeps through it sits in B2 for good."""
+        w = self._wake
+        if w == _WK_F:
+            if time.ticks_diff(now_ms, self._wake_ms) < _WAKE_F_MS:
+                return
+            self._x1()
+            self._wake = _WK_X1
+            self._wake_ms = now_ms
+            return
+        if w == _WK_X1:
+            if time.ticks_diff(now_ms, self._wake_ms) < _WAKE_X1_MS:
+                return
+            self._wake = _WK_OFF  # its own PWM is no new offer: one try per resume
+        elif self._cp.duty_pm <= 0:
+            self._wake = _WK_ARMED
+            self._wake_ms = now_ms
+        self._offer(now_ms)
+        if self._wake == _WK_ARMED:
+            self._wake_watch(now_ms)
+
+    def _wake_watch(self, now_ms):
+        if self.cp_state != pilot.STATE_B:
+            self._wake = _WK_OFF  # it closed S2: awake
+            return
+        if self._relays.closed or time.ticks_diff(now_ms, self._wake_ms) < _WAKE_AFTER_MS:
+            return
+        s = self.session
+        self._wake = _WK_OFF
+        if s.wakeups >= WAKE_MAX:
+            _log.warning("EV stayed in B2 under the PWM: no wake-up left this session")
+            return
+        # The offer stops (a change: the next raise waits 5 s) and the pilot goes F. The
+        # relays are open in B; an interrupt's trip drives F as well.
+        s.wakeups += 1
+        self._changed_ms = self.clock()
+        self._cp.low()
+        self.offered_a = 0.0
+        self._wake = _WK_F
+        self._wake_ms = now_ms
+        _log.warning("EV stayed in B2 %d s under the PWM: wake-up %d of %d (A.5.3)",
+                     _WAKE_AFTER_MS // 1000, s.wakeups, WAKE_MAX)
+
+    def _wake_end(self):
+        """Nothing is offered any more (a pause, the session's end): a wake-up in
+        progress gives the pilot back at X1 (a fault's F, if one stands, stays)."""
+        if self._wake == _WK_F:
+            self._x1()
+        self._wake = _WK_OFF
 
     def _stop_offer(self):
         if self._cp.duty_pm > 0:
@@ -881,7 +959,7 @@ class Charger:
             return "Available"
         if self.session is None:
             return "Finishing" if self.finishing else "Preparing"
-        if self.offered_a <= 0:
+        if self.offered_a <= 0 and not self.waking:
             return "SuspendedEVSE"  # withholding energy wins over the EV's pause
         if self._relays.closed:
             return "Charging"
