@@ -182,6 +182,7 @@ class Ev:
         self.max_a = 32.0
         self.lag_ms = 1000  # how late it follows a change of the offer (IEC: within 5 s)
         self.overdraw = False  # a misbehaving EV: far more than offered
+        self.start_min_a = 0.0  # a slow starter: draws nothing while offered less
 
 
 class Relays:
@@ -509,7 +510,8 @@ class Board:
                 if ts >= now - 7000 and amps > top:
                     top = amps
             return top + 10.0
-        return min(ev.max_a, self.offer_at(now - ev.lag_ms))
+        a = min(ev.max_a, self.offer_at(now - ev.lag_ms))
+        return 0.0 if a < ev.start_min_a else a
 
 
 def amps_of(duty_pm):

@@ -197,6 +197,10 @@ class Controller:
             p.ev_draw_a = None if d is None else float(d)
         if "phases" in req:
             p.ev_phases = req["phases"]
+        if "start_min_a" in req:
+            p.ev_start_min_a = float(req["start_min_a"])
+        if "start_s" in req:
+            p.ev_start_s = float(req["start_s"])
         p.update_cp()
         p.update_draw()
         return {"ev": p.ev_view()}
