@@ -246,6 +246,29 @@ def test_pool_min_start_setting_in_status():
     eq(pool.offers(), [6.0, 8.0], "8 A to start it, 6 A to the other")
 
 
+def test_pool_counts_only_the_phases_the_car_draws_on():
+    """A one-phase car on a three-phase charger loads L1 only: the charger beside it on
+    L2 no longer shares that phase with it."""
+
+    class Met:
+        amps = None
+        car_mask = None
+
+    pool = Pool([1, 2], limit=20)
+    pool.nodes[1].settings["phase_set"] = "L2"
+    for b in pool.nodes:
+        b.ch.phases = 3
+        b.metering = Met()
+    pool.plug(0)
+    pool.plug(1)
+    pool.run(6000)
+    eq(pool.offers(), [10.0, 10.0], "phases unknown: both counted on L2")
+    pool.nodes[0].metering.car_mask = 1
+    pool.run(10000, check=False)  # Pool.sums counts the configured phases
+    eq(pool.nodes[1].nodes[1].mask, 1, "reported as L1 only")
+    eq(pool.offers(), [20.0, 20.0], "each has its phase")
+
+
 def test_planner_cap_lifted_now_and_then():
     """A car that draws a little below its capped offer (5.5 A of 6) never asks again by
     the draw rule: every CAP_LIFT_MS it gets its full share back to show what it takes."""

@@ -622,6 +622,11 @@ class Balancer:
             me.state = ST_IDLE
         ps = s["phase_set"]
         me.mask = {"L1": 1, "L2": 2, "L3": 4}.get(ps, _ALL)
+        car = getattr(self.metering, "car_mask", None)
+        if car and me.mask == _ALL and ch.phases == 3:
+            # Three-phase wiring: the car loads only the phases it draws on (measured;
+            # before it has drawn, all three). A single-phase charger's phase is unknown.
+            me.mask = car
         me.meter = s["meter_model"] != "none"
         m = float(s["max_current_a"])
         if ch.cable_a is not None:
