@@ -103,7 +103,7 @@ def test_watts_over_the_phases_the_car_uses():
     one = prof(1, unit="W", periods=((0, 3680),), start=T0)
     one["chargingSchedule"]["chargingSchedulePeriod"][0]["numberPhases"] = 1
     sm.install(1, one, None, T0)
-    eq(sm.limit(T0), 3680 / 690, "car not measured yet: the smaller current (three phases)")
+    eq(sm.limit(T0), 16.0, "numberPhases 1: 3680 W on one phase")
     sm.car_phases = 1
     eq(sm.limit(T0), 16.0, "numberPhases 1 and a one-phase car: 3680 W on one phase")
     sm.car_phases = 3

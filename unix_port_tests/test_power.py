@@ -203,6 +203,21 @@ def test_pause_below_6_a_and_resume_with_hysteresis():
     eq(r.limit(), 9.5, "then the damped raise")
 
 
+def test_resume_needs_the_min_start_current():
+    """A car that needs 8 A to start (min_start_a) is not resumed at 7 A, where it would
+    not draw: the pause ends at 8 A + the hysteresis, at up to 8 A + one step."""
+    r = Rig(min_start_a=8)
+    r.house(22, 0, 0, own=(0, 0, 0))
+    r.cycle()
+    eq(r.limit(), 0.0, "3 A: paused")
+    r.house(17, 0, 0)
+    r.cycle(8)
+    eq(r.limit(), 0.0, "8 A of room: not enough to start it and resume")
+    r.house(16, 0, 0)
+    r.cycle(7)
+    eq(r.limit(), 9.0, "9 A held for 5 s: resumed")
+
+
 def test_a_dip_restarts_the_resume_timer():
     r = Rig()
     r.house(20, 0, 0)

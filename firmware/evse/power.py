@@ -311,8 +311,10 @@ class PowerManager:
 
     def _regulate(self, now, ok):
         t = self.target_a
+        # A pause ends only with room to start the car (`min_start_a`: some need 8 A).
+        start = max(limits.MIN_A, float(self.settings.get("min_start_a") or limits.MIN_A))
         if ok:
-            if t >= limits.MIN_A + RESUME_HYST_A:
+            if t >= start + RESUME_HYST_A:
                 if self._resume_since is None:
                     self._resume_since = now
                 elif not self._resume_ok and _held(now, self._resume_since, RESUME_HOLD_MS):
@@ -332,13 +334,13 @@ class PowerManager:
         if self._fresh:
             # First reading after boot or a change of meter: take it as it is.
             self._fresh = False
-            self.paused = t < limits.MIN_A
+            self.paused = t < start
             self.limit_a = 0.0 if self.paused else t
             return
         if self.paused:
             if self._resume_ok:
                 self.paused = False
-                self.limit_a = min(t, limits.MIN_A + RAISE_STEP_A)
+                self.limit_a = min(t, start + RAISE_STEP_A)
                 _log.info("resume: %.1f A available", t)
             else:
                 self.limit_a = 0.0

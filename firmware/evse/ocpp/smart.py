@@ -8,7 +8,7 @@
 # on connector 0. W are turned into A with the nominal 230 V and the period's
 # numberPhases (§3.13), else the phases the car is measured to draw on, else the phases
 # this charger is configured for; never fewer than the car is measured to draw on (the
-# charger cannot switch it to fewer, and the power would exceed the limit). Profiles are kept in EVSE_DATA_DIR/ocpp_profiles.json with their
+# charger cannot make it use fewer: the power would exceed the limit). Profiles are kept in EVSE_DATA_DIR/ocpp_profiles.json with their
 # dates already parsed (_vf, _vt, _ss epoch seconds; _c connector).
 import atomicfile
 import log
@@ -186,11 +186,11 @@ class Smart:
     # ---- limits -----------------------------------------------------------------------------
     def used_phases(self, number=None):
         """The phases a W limit is spread over: numberPhases when the period gives it,
-        else the car's measured phases, else the configured ones; never fewer than the
-        car is measured to draw on, nor (before it is measured) than the charger may
-        load: the smaller current when unsure."""
-        known = self.car_phases or self.phases
-        return known if number is None else max(number, known)
+        else the car's measured phases, else the configured ones (the smaller current
+        while unknown); never fewer than the car is measured to draw on."""
+        if number is None:
+            return self.car_phases or self.phases
+        return max(number, self.car_phases or 0)
 
     def _amps(self, r):
         limit, unit, number = r
