@@ -54,6 +54,14 @@ class Ev:
         self.state = "A"
         self.diode = True
         self.short = False
+        self.start_min_a = 0.0  # a slow starter: draws nothing while offered less
+
+    def draw_a(self, offered_a, closed):
+        """What the car draws on its phase: the offer through closed contacts in C/D,
+        nothing while the offer is below its start_min_a (tests copy it into meter.amps)."""
+        if self.state not in ("C", "D") or not closed or offered_a < self.start_min_a:
+            return 0.0
+        return offered_a
 
 
 class Relays:
