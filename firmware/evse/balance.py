@@ -658,8 +658,10 @@ class Balancer:
         elif not self._want or (closed and not self._closed):
             self._start_ms = now
             self._want = True
-        elif self._start_ms is not None and time.ticks_diff(now, self._start_ms) >= START_MS:
-            self._start_ms = None  # not kept: it would read as new once the ticks wrap
+        elif self._start_ms is not None:
+            d = time.ticks_diff(now, self._start_ms)
+            if not 0 <= d < START_MS:
+                self._start_ms = None  # not kept: it would read as new once the ticks wrap
         self._closed = closed
         return self._start_ms is not None
 

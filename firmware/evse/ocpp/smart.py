@@ -8,8 +8,9 @@
 # on connector 0. W are turned into A with the nominal 230 V and the period's
 # numberPhases (§3.13), else the phases the car is measured to draw on, else the phases
 # this charger is configured for; never fewer than the car is measured to draw on (the
-# charger cannot make it use fewer: the power would exceed the limit). Profiles are kept in EVSE_DATA_DIR/ocpp_profiles.json with their
-# dates already parsed (_vf, _vt, _ss epoch seconds; _c connector).
+# charger cannot make it use fewer: the power would exceed the limit). Profiles are
+# kept in EVSE_DATA_DIR/ocpp_profiles.json with their dates already parsed (_vf, _vt,
+# _ss epoch seconds; _c connector).
 import atomicfile
 import log
 
