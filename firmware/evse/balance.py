@@ -49,9 +49,9 @@ MEMBERS_FILE = "balance.json"  # in the data dir: the pool's members, survives r
 UNUSED_A = 2.0  # draw this far below the offer ...
 UNUSED_CYCLES = const(3)  # ... for this many cycles: the rest goes to the others
 ASK_AGAIN_A = 0.5  # draw within this of the capped allocation: the car asks again
-# A car starting draws nothing for a while: in B2 (it has not asked yet) and in the first
-# START_MS after the contacts closed its draw is no sign of what it can take (status
-# byte 3 bit 6, "starting"), and each close lifts its cap.
+# A car starting draws nothing for a while: in the first START_MS of its session (B2: it
+# has not asked yet) and after each close of its contacts its draw is no sign of what it
+# can take (status byte 3 bit 6, "starting"), and its cap is lifted.
 START_MS = const(30000)
 CAP_LIFT_MS = 180000  # a capped car gets its full share again this often ...
 LIFT_GRACE_MS = const(15000)  # ... and this long to take it before it is capped again
