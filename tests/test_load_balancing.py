@@ -32,6 +32,7 @@ GONE_HOLD_S = 65.0  # balance.GONE_HOLD_MS: a silent node's share kept, then it 
 # allocation cycle on its grid, late by a tick (docs/load-balancing.md, Allocation §5).
 GRANT_S = 2 * CYCLE_S + TICK_S + LATE_S
 WAIT_S = 15.0  # bound on a wait of the test, not a figure of the firmware
+START_S = 30.0  # balance.START_MS: a car's draw says nothing this long after its contacts close
 
 
 def _pool(start_charger, n, extra=None):
@@ -67,8 +68,9 @@ def test_three_nodes(start_charger):
     _plug(cs[2])
     w.wait(lambda ss: _off(ss) == [13, 13, 13], 25, "three share 40 A")
     # One car stops drawing (takes 6 A): the others get the rest; back when it asks.
+    # Its draw counts once START_S have passed since its contacts closed.
     cs[2].sim("ev", max_a=6)
-    w.wait(lambda ss: _off(ss)[2] == 7 and _off(ss)[0] == 16.5, 30, "unused given away")
+    w.wait(lambda ss: _off(ss)[2] == 7 and _off(ss)[0] == 16.5, START_S + 30, "unused given away")
     cs[2].sim("ev", max_a=32)
     w.wait(lambda ss: _off(ss) == [13, 13, 13], 30, "given back")
     # A car leaves: its share goes to the others.
@@ -184,3 +186,30 @@ def test_node_cut_off_from_the_bus(start_charger):
     dt = time.monotonic() - t0
     print(f"cut-off test {dt:.1f} s: paused after {paused:.1f} s, freed after {freed:.1f} s, "
           f"worst sum {w.worst}")
+
+
+def test_slow_starter_gets_its_share(start_charger):
+    """A Zoe-like car needs 8 A to start and starts 5 s after its contacts close. Its
+    draw of nothing while it starts must not cap it at 6 A, where it never starts: after
+    the first minute it charges at its full share (docs/load-balancing.md, Allocation §2)."""
+    _bus, cs = _pool(start_charger, 2, {"max_house_current_a": 20})
+    w = Watch(cs, 20)
+    w.wait(lambda ss: all(_bal(s, "master") == 1 for s in ss), WAIT_S, "node 1 master")
+    _plug(cs[0])
+    w.wait(lambda ss: _off(ss)[0] == 20, WAIT_S, "one car gets the pool")
+    cs[1].sim("ev", start_min_a=8, start_s=5)
+    t0 = time.monotonic()
+    _plug(cs[1])
+    w.wait(lambda ss: ss[1] and ss[1]["relays_closed"], WAIT_S, "the slow car's contacts close")
+    while time.monotonic() - t0 < 60:
+        w.poll()
+        time.sleep(0.5)
+
+    def full_share(ss):
+        return _off(ss) == [10, 10] and ss[1]["plant"]["ev"]["amps"][0] >= 9.5
+
+    w.wait(full_share, WAIT_S, "the slow car charges at its share after the first minute")
+    t1 = time.monotonic()
+    while time.monotonic() - t1 < 5:
+        assert full_share(w.poll()), f"share kept: {w.offers()}"
+    w.check()

@@ -389,10 +389,12 @@ def test_three_nodes_cars_come_and_go_and_house_load_steps(meter_pool):
     # Car 3 takes 6 A of its 11.5: after UNUSED_CYCLES its cap is its draw + 1 A, and
     # the others share the rest: (35 - 7) / 2 = 14 A each (a little less when the meter
     # reads the chargers' currents a little high).
+    # Its draw counts only 30 s after its contacts closed (balance.START_MS): it may be
+    # that recent.
     cs[2].sim("ev", max_a=6)
     t = time.monotonic()
     o = mp.settled(lambda o: 6 <= (o[2] or 0) <= 7.5 and (o[0] or 0) >= 13
-                   and (o[1] or 0) >= 13, 20, "car 3's unused current given to the others")
+                   and (o[1] or 0) >= 13, 50, "car 3's unused current given to the others")
     print(f"car 3 draws 6 A: {o} after {time.monotonic() - t:.1f} s")
     # It asks again (draws all of its 7 A): its cap goes back to its max, three share.
     cs[2].sim("ev", max_a=32)

@@ -137,3 +137,21 @@ def test_remote_start_profile_and_persistence(cs, ocpp):
     wait_status(cs, "CP1", 1, since=mark, timeout=20)
     charge(c)
     offering(c, 10.0)
+
+
+def test_watt_profile_number_phases_on_a_three_phase_charger(cs, ocpp):
+    """OCPP 1.6 §3.13: I = P / (230 V x numberPhases). A 6900 W profile for one phase on
+    a 22 kW charger is 30 A on that phase, not 10 A spread over three (the car here
+    draws on L1 only); the same profile without numberPhases is spread over the phases
+    the car is measured to draw on."""
+    c = ocpp(settings={"charger_power": "22kW"}, cards=[A])
+    charge(c)
+    offering(c, 32.0)
+    c.wait_for(lambda s: s["car_phases"] == [1], WAIT_S)
+    prof = profile(1, "TxDefaultProfile", 6900.0, unit="W")
+    prof["chargingSchedule"]["chargingSchedulePeriod"][0]["numberPhases"] = 1
+    assert set_profile(cs, 1, prof) == "Accepted"
+    assert offering(c, 30.0)["limit_binding"] == "ocpp"
+    prof = profile(2, "TxDefaultProfile", 4600.0, unit="W", level=1)
+    assert set_profile(cs, 1, prof) == "Accepted"
+    assert offering(c, 20.0)["limit_binding"] == "ocpp"  # measured: one phase

@@ -558,3 +558,27 @@ def test_line_faults_do_not_stop_polling(rig, model):
     assert state["faults"] >= 4
     view = r.meter_view()
     assert view["ok"] and not view["lost"]
+
+
+def test_single_phase_car_uses_its_phase_headroom(rig):
+    """A one-phase car on a three-phase charger draws on L1 only: once the internal meter
+    has shown that, a load on L2 that leaves 3 A there does not pause it, and L1's
+    headroom still bounds it (docs/power-management.md, Phases)."""
+    r = rig("SDM630")
+    c = r.charger
+    c.sim("ev", state="B", diode=True, max_a=32, phases=1)
+    c.wait_for(lambda s: s["session"]["active"], timeout=WAIT_S)
+    c.sim("ev", state="C", diode=True, max_a=32, phases=1)
+    r.wait(lambda s: abs(s["offered_a"] - 20.0) < 0.15)  # 25 A - 5 A on every phase
+    r.wait(lambda s: s["car_phases"] == [1])
+    r.set_load(22.0)  # L2: 3 A left, a phase the car does not load
+    snap = r.wait(lambda s: s["meter"]["amps"][1] >= 21.5)
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 4 * CYCLE_S:
+        snap = r.wait(lambda s: True)
+        assert snap["offered_a"] >= 19.85, f"paused for L2: {snap['offered_a']} A"
+    assert snap["meter"]["headroom_a"][1] <= 3.05 and snap["relays_closed"]
+    # L1 full: its headroom cuts the car at once.
+    r.meter.ctl(op="load", amps=[22.0, 22.0, 5.0])
+    snap = r.wait(lambda s: s["offered_a"] == 0)
+    assert snap["limit_binding"] == "power"

@@ -2,7 +2,7 @@
 """evctl: drive the simulated charger through its control socket (docs/simulator.md).
 
     evctl snapshot                       state of the charger and of the simulated plant
-    evctl ev C --max-a 16 [--no-diode] [--draw-a 20 | --no-draw] [--phases 3]
+    evctl ev C --max-a 16 [--no-diode] [--draw-a 20 | --no-draw] [--phases 3] [--start-min-a 8]
     evctl cable 220 | evctl cable none   PP resistor of the plugged cable (none = unplugged)
     evctl grid 230 230 230 --hz 50       mains voltage per phase (0 = phase missing)
     evctl temp --relay 40 --socket open  temperatures in C ("open" = open sensor)
@@ -170,6 +170,10 @@ def build_request(a):
         for key in ("max_a", "diode_v", "phases"):
             if getattr(a, key) is not None:
                 r[key] = getattr(a, key)
+        if a.start_min_a is not None:
+            r["start_min_a"] = a.start_min_a
+        if a.start_s is not None:
+            r["start_s"] = a.start_s
         if a.diode is not None:
             r["diode"] = a.diode
         if a.no_draw:
@@ -308,6 +312,10 @@ def parser():
     pilot.add_argument("--offset", type=float, help="ADC zero error, added to every reading")
     pilot.add_argument("--gen-pos", type=float, help="generator's positive level (12 at boot)")
     pilot.add_argument("--gen-neg", type=float, help="generator's negative level (-12 at boot)")
+    ev.add_argument("--start-min-a", type=float,
+                    help="a car that draws nothing while offered less (Zoe: 8)")
+    ev.add_argument("--start-s", type=float,
+                    help="a car that draws only this long after its contacts closed")
     cable = sub.add_parser("cable", help="PP resistor in ohms, or none")
     cable.add_argument("ohms")
     grid = sub.add_parser("grid", help="mains volts per phase")

@@ -194,6 +194,7 @@ class Ev:
         # the PWM comes back (fakehw.Sleeper, at every write of the pilot).
         self.asleep = False
         self.wake = fakehw.Sleeper(close_ms=0)
+        self.start_min_a = 0.0  # a slow starter: draws nothing while offered less
 
 
 class Relays:
@@ -531,7 +532,8 @@ class Board:
                 if ts >= now - 7000 and amps > top:
                     top = amps
             return top + 10.0
-        return min(ev.max_a, self.offer_at(now - ev.lag_ms))
+        a = min(ev.max_a, self.offer_at(now - ev.lag_ms))
+        return 0.0 if a < ev.start_min_a else a
 
 
 def amps_of(duty_pm):

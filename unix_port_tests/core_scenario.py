@@ -285,6 +285,8 @@ class Run:
             self.can_clash = self.prot.can_clash = arg
             if arg:
                 ch.trip(faults.CAN)
+        elif kind == "slow_start":  # a car that draws nothing below this (Zoe: ~8 A)
+            b.ev.start_min_a = arg
         elif kind == "ext_lost":  # as evse/power.py reports it
             self.ext_lost = self.prot.external_meter_lost = arg
             if arg:
@@ -411,6 +413,7 @@ _KINDS = (
     ("weld", 2), ("stuck", 2), ("lock_broken", 2), ("die", 3), ("stall", 3), ("cut", 2),
     ("clear", 4), ("mode", 1), ("vent", 1), ("irq_write", 2), ("can_clash", 1), ("ext_lost", 1),
     ("pilot_tol", 2),
+    ("slow_start", 2),
 )
 _TRIGGERS = ("test", "window", "charging", "pwm", "F")
 _FAULTS = ("leak", "rcd_dead", "pe", "npe", "volts", "silent", "nan", "overdraw", "fan_block",
@@ -677,6 +680,8 @@ def _random_event(r, t, add):
         pair("can_clash", True, False)
     elif kind == "ext_lost":
         pair("ext_lost", True, False)
+    elif kind == "slow_start":
+        pair("slow_start", r.pick((7.0, 8.0, 10.0, 40.0)), 0.0)
     elif kind == "irq_write":
         # A residual current whose interrupt lands inside the next write of that output.
         add(t, "irq_write", r.pick(("relays", "cp", "lock", "rcd_test", "error")), trig)

@@ -66,6 +66,14 @@ class Ev:
         self.asleep = False  # in B, deaf to the PWM until the wake-up sequence (Sleeper)
         self.clock = None  # ms, set by a test that lets the car wake up
         self._sleep = Sleeper()
+        self.start_min_a = 0.0  # a slow starter: draws nothing while offered less
+
+    def draw_a(self, offered_a, closed):
+        """What the car draws on its phase: the offer through closed contacts in C/D,
+        nothing while the offer is below its start_min_a (tests copy it into meter.amps)."""
+        if self.state not in ("C", "D") or not closed or offered_a < self.start_min_a:
+            return 0.0
+        return offered_a
 
     def watch(self, duty):
         """The pilot as the car sees it at each sample: a sleeping car woken closes S2."""

@@ -67,7 +67,10 @@ def test_codec_round_trip():
     b = bytearray(8)
     lb.encode_status(b, 1, 200, 5, lb.ST_WANT, 7, True, 6.0, 32.0, 15.3, 16.0)
     f = lb.decode(0x613, b, 1)
-    eq(f, ("S", 3, 5, 200, lb.ST_WANT, 7, True, 6.0, 32.0, 15.5, 16.0), "status")
+    eq(f, ("S", 3, 5, 200, lb.ST_WANT, 7, True, 6.0, 32.0, 15.5, 16.0, False), "status")
+    lb.encode_status(b, 1, 201, 5, lb.ST_WANT, 1, False, 8.0, 16.0, 0.0, 16.0, True)
+    eq(lb.decode(0x613, b, 1), ("S", 3, 5, 201, lb.ST_WANT, 1, False, 8.0, 16.0, 0.0, 16.0, True),
+       "a starting car needing 8 A")
     lb.encode_alloc(b, 1, 7, 2, 1, 13.37, False, 3, 40.0)
     eq(lb.decode(0x602, b, 1), ("A", 2, 2, 7, 1, 13.0, False, 3, 40.0), "alloc rounds down")
 
@@ -181,6 +184,128 @@ def test_planner_unused_current_given_away_and_back():
         a.draw_a = a.offered_a
         t += 1000
     eq(sent, {1: 20.0, 2: 20.0}, "given back")
+
+
+def test_planner_starting_car_not_capped():
+    """A car in B2 or just after its contacts closed draws nothing yet: not a sign that it
+    needs less (a Zoe takes seconds, and 8 A, to start)."""
+    p = lb.Planner()
+    lim = [40.0] * 3
+    a, b = _node(1), _node(2)
+    a.starting = True
+    t = 0
+    for _ in range(lb.UNUSED_CYCLES + 5):
+        sent = p.plan(t, lim, [a, b])
+        _follow([a, b], sent)
+        a.draw_a = 0.0
+        b.draw_a = b.offered_a
+        t += 1000
+    eq(sent, {1: 20.0, 2: 20.0}, "the starting car keeps its share")
+    a.starting = False  # started, and still draws nothing: the rest goes to the other
+    for _ in range(lb.UNUSED_CYCLES + 3):
+        sent = p.plan(t, lim, [a, b])
+        _follow([a, b], sent)
+        a.draw_a = 0.0
+        b.draw_a = b.offered_a
+        t += 1000
+    eq(sent[1], 6.0, "capped at its minimum")
+    a.starting = True  # its contacts closed again: its cap is lifted
+    for _ in range(3):
+        sent = p.plan(t, lim, [a, b])
+        _follow([a, b], sent)
+        b.draw_a = b.offered_a
+        t += 1000
+    eq(sent, {1: 20.0, 2: 20.0}, "full share at a new start")
+
+
+def test_planner_min_start_current():
+    """A node that needs 8 A to start is admitted and capped at 8 A, not 6 A."""
+    p = lb.Planner()
+    a, b = _node(1), _node(2)
+    a.min_a = 8.0
+    t = 0
+    for _ in range(lb.UNUSED_CYCLES + 3):
+        sent = p.plan(t, [40.0] * 3, [a, b])
+        _follow([a, b], sent)
+        a.draw_a = 0.0
+        b.draw_a = b.offered_a
+        t += 1000
+    eq(sent[1], 8.0, "its cap never below what it needs to start")
+    eq(lb.allocate([14.0] * 3, [(7, 8.0, 32.0), (7, 6.0, 32.0)]), [8.0, 6.0], "admitted at 8 A")
+    eq(lb.allocate([13.0] * 3, [(7, 6.0, 32.0), (7, 8.0, 32.0)]), [13.0, 0.0], "waits for 8 A")
+
+
+def test_pool_min_start_setting_in_status():
+    """`min_start_a` is the node's minimum in its status: the master admits it only with
+    that much room and never caps it below."""
+    pool = Pool([1, 2], limit=14)
+    pool.nodes[1].settings["min_start_a"] = 8
+    pool.plug(0)
+    pool.run(3000)
+    pool.plug(1)
+    pool.run(6000)
+    eq(pool.nodes[0].nodes[2].min_a, 8.0, "reported")
+    eq(pool.offers(), [6.0, 8.0], "8 A to start it, 6 A to the other")
+
+
+def test_pool_counts_only_the_phases_the_car_draws_on():
+    """A one-phase car on a three-phase charger loads L1 only: the charger beside it on
+    L2 no longer shares that phase with it."""
+
+    class Met:
+        amps = None
+        car_mask = None
+
+    pool = Pool([1, 2], limit=20)
+    pool.nodes[1].settings["phase_set"] = "L2"
+    for b in pool.nodes:
+        b.ch.phases = 3
+        b.metering = Met()
+    pool.plug(0)
+    pool.plug(1)
+    pool.run(6000)
+    eq(pool.offers(), [10.0, 10.0], "phases unknown: both counted on L2")
+    pool.nodes[0].metering.car_mask = 1
+    pool.run(10000, check=False)  # Pool.sums counts the configured phases
+    eq(pool.nodes[1].nodes[1].mask, 1, "reported as L1 only")
+    eq(pool.offers(), [20.0, 20.0], "each has its phase")
+
+
+def test_planner_cap_lifted_now_and_then():
+    """A car that draws a little below its capped offer (5.5 A of 6) never asks again by
+    the draw rule: every CAP_LIFT_MS it gets its full share back to show what it takes."""
+    p = lb.Planner()
+    lim = [40.0] * 3
+    a, b = _node(1), _node(2)
+    t = 0
+    capped_at = None
+    lifted_at = None
+    for _ in range((lb.CAP_LIFT_MS + lb.LIFT_GRACE_MS) // 1000 + 20):
+        sent = p.plan(t, lim, [a, b])
+        _follow([a, b], sent)
+        a.draw_a = min(a.offered_a, 5.0)
+        b.draw_a = b.offered_a
+        if sent[1] == 6.0 and capped_at is None:
+            capped_at = t
+        if capped_at is not None and lifted_at is None and sent[1] > 6.0:
+            lifted_at = t
+        t += 1000
+    true(capped_at is not None and capped_at <= 5000, "capped: %r" % capped_at)
+    true(lifted_at is not None, "lifted")
+    true(lb.CAP_LIFT_MS <= lifted_at - capped_at <= lb.CAP_LIFT_MS + 3000,
+         "lifted after %r ms" % (lifted_at - capped_at))
+    eq(sent[1], 6.0, "capped again once it showed it takes no more")
+    # A car that takes the lifted share keeps it.
+    p = lb.Planner()
+    a, b = _node(1), _node(2)
+    t = 0
+    for i in range(lb.CAP_LIFT_MS // 1000 + 30):
+        sent = p.plan(t, lim, [a, b])
+        _follow([a, b], sent)
+        a.draw_a = min(a.offered_a, 5.0 if i < 60 else 32.0)
+        b.draw_a = b.offered_a
+        t += 1000
+    eq(sent, {1: 20.0, 2: 20.0}, "the share it takes stays")
 
 
 def test_planner_rotation():

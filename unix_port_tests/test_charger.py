@@ -29,6 +29,7 @@ class Rig:
         self.hw.rcd.set_handler(self.ch._rcd_cb)
         self._n = 0
         self.metering = True  # False: the metering task hangs, no reading reaches protection
+        self.draw = False  # True: the meter shows what the fake car draws (hw.ev.draw_a)
 
     def run(self, ms):
         for _ in range(ms // 10):
@@ -39,6 +40,9 @@ class Rig:
                 self.ch.tick_control(self.clock.ms)
                 self.prot.tick(self.clock.ms)
             if self._n % 100 == 0 and self.metering:
+                if self.draw:
+                    self.hw.meter.amps = [
+                        self.hw.ev.draw_a(self.ch.offered_a, self.hw.relays.closed), 0.0, 0.0]
                 self.prot.on_meter(self.clock.ms, not self.hw.meter.fail)
 
     def plug(self, state="B"):
@@ -1546,3 +1550,20 @@ def test_the_zero_is_calibrated_only_at_static_12_v_with_nothing_plugged():
     r.hw.ev.state = "A"
     r.run(1500)
     eq(r.ch.cp_cal.zero_mv, -400, "taken again once the line is back at +12 V")
+
+
+def test_a_car_that_needs_more_to_start_is_no_fault():
+    """A Zoe-like car draws nothing at 6 A (it needs 8 A): the charger keeps its offer and
+    its contacts, raises no fault, and the car draws once offered enough."""
+    r = Rig(max_current_a=6)
+    r.hw.ev.start_min_a = 8.0
+    r.draw = True
+    r.charge()
+    r.run(10000)
+    true(r.hw.relays.closed and r.ch.offered_a == 6.0, "offered 6 A, contacts closed")
+    eq(r.hw.meter.amps[0], 0.0, "it draws nothing")
+    eq(r.ch.active, 0, "no fault")
+    r.settings["max_current_a"] = 16
+    r.run(7000)
+    eq(r.ch.offered_a, 16.0, "raised")
+    eq(r.hw.meter.amps[0], 16.0, "it starts at 16 A")

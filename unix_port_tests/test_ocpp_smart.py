@@ -95,6 +95,31 @@ def test_watts_relative_recurring_validity():
     eq((sm.limit(T0 + 30), sm.limit(T0 + 60), sm.limit(T0 + 120)), (None, 10.0, None), "validity window")
 
 
+def test_watts_over_the_phases_the_car_uses():
+    """numberPhases when given, else the phases the car draws on (measured), else the
+    configured ones; never fewer than the car is measured to draw on."""
+    sm = Smart(_dir())
+    sm.phases = 3
+    one = prof(1, unit="W", periods=((0, 3680),), start=T0)
+    one["chargingSchedule"]["chargingSchedulePeriod"][0]["numberPhases"] = 1
+    sm.install(1, one, None, T0)
+    eq(sm.limit(T0), 16.0, "numberPhases 1: 3680 W on one phase")
+    sm.car_phases = 1
+    eq(sm.limit(T0), 16.0, "numberPhases 1 and a one-phase car: 3680 W on one phase")
+    sm.car_phases = 3
+    eq(sm.limit(T0), 3680 / 690, "a three-phase car spreads it over three")
+    sm = Smart(_dir())
+    sm.phases = 3
+    sm.install(1, prof(1, unit="W", periods=((0, 3680),), start=T0), None, T0)
+    eq(sm.limit(T0), 3680 / 690, "no numberPhases, not measured: configured")
+    sm.car_phases = 1
+    eq(sm.limit(T0), 16.0, "no numberPhases: the one phase the car draws on")
+    three = prof(2, unit="W", level=1, periods=((0, 3680),), start=T0)
+    three["chargingSchedule"]["chargingSchedulePeriod"][0]["numberPhases"] = 3
+    sm.install(1, three, None, T0)
+    eq(sm.limit(T0), 3680 / 690, "numberPhases 3: I = P / (230 V x 3)")
+
+
 def test_checks_replace_clear_persist():
     d = _dir()
     sm = Smart(d)

@@ -42,6 +42,7 @@ class FakeProtection:
 class FakeMetering:
     def __init__(self):
         self.amps = [0.0, 0.0, 0.0]
+        self.car_mask = None  # the phases the car draws on (evse/metering.py)
 
 
 def _words(value):
@@ -202,6 +203,21 @@ def test_pause_below_6_a_and_resume_with_hysteresis():
     eq(r.limit(), 9.5, "then the damped raise")
 
 
+def test_resume_needs_the_min_start_current():
+    """A car that needs 8 A to start (min_start_a) is not resumed at 7 A, where it would
+    not draw: the pause ends at 8 A + the hysteresis, at up to 8 A + one step."""
+    r = Rig(min_start_a=8)
+    r.house(22, 0, 0, own=(0, 0, 0))
+    r.cycle()
+    eq(r.limit(), 0.0, "3 A: paused")
+    r.house(17, 0, 0)
+    r.cycle(8)
+    eq(r.limit(), 0.0, "8 A of room: not enough to start it and resume")
+    r.house(16, 0, 0)
+    r.cycle(7)
+    eq(r.limit(), 9.0, "9 A held for 5 s: resumed")
+
+
 def test_a_dip_restarts_the_resume_timer():
     r = Rig()
     r.house(20, 0, 0)
@@ -233,6 +249,36 @@ def test_single_phase_charger_on_an_unknown_phase_takes_the_worst():
     r.master.set(amps=(12.0, 30.0, 8.0))
     r.cycle()
     eq(r.limit(), 12.0, "as if it drew on L2, the busiest")
+
+
+def test_single_phase_car_on_a_three_phase_charger_uses_its_phase_only():
+    """The car draws on L1 only: the busy L2 does not bound its current; before it has
+    drawn (phases unknown) all three do."""
+    r = Rig(max_house_current_a=32)
+    r.house(10, 28, 5, own=(0, 0, 0))
+    r.cycle()
+    eq(r.limit(), 0.0, "4 A on L2: paused while the car's phases are unknown")
+    r.metering.car_mask = 1
+    r.house(10, 28, 5, own=(8, 0, 0))
+    r.cycle(7)
+    eq(r.pm.headroom_a, [22.0, 4.0, 27.0], "every phase's headroom still shown")
+    eq(r.pm.target_a, 22.0, "its own phase only")
+    true(r.limit() >= 6.0, "charging: %r" % r.limit())
+    r.metering.car_mask = 7  # it adds two phases
+    r.house(10, 28, 5, own=(8, 8, 8))
+    r.cycle()
+    eq(r.limit(), 0.0, "L2 binds again at once")
+
+
+def test_three_phase_car_on_a_single_phase_setting_counts_per_phase():
+    """A "7kW" setting on three-phase wiring with a three-phase car: its 16 A per phase
+    are room on their own phase, not 48 A of room on every phase."""
+    r = Rig(phases=1, phase_set="L123", max_house_current_a=32)
+    r.metering.amps = [16.0, 16.0, 16.0]
+    r.master.set(amps=(26.0, 40.0, 20.0))  # house L2: 24 A + the car's 16 A
+    r.cycle()
+    eq(r.pm.headroom_a, [22.0, 8.0, 28.0], "32 - (house - 16) per phase")
+    eq(r.limit(), 8.0, "the busiest phase the car loads")
 
 
 def test_exporting_phase_counts_as_negative_load():
@@ -537,3 +583,53 @@ def test_a_nan_own_meter_reading_does_not_lift_the_house_limit():
     lim = r.ch.external.get("power")
     true(lim is not None and lim == lim and lim <= 10.0, "power limit %r" % lim)
     true(r.ch.offered_a <= 10.0, "offer %.1f A" % r.ch.offered_a)
+
+
+# ---- the phases the car draws on (evse/metering.py) -----------------------------------------
+def test_car_phases_measured_per_session():
+    from evse.charger import Session
+    from evse.metering import Metering
+
+    class Ch:
+        session = None
+
+    class Prot:
+        readings = None
+
+        def on_meter(self, now, ok):
+            pass
+
+    class Hist:
+        def session_progress(self, s):
+            pass
+
+    hw = fakehw.Hw()
+    ch = Ch()
+    met = Metering(hw, ch, Prot(), Hist())
+
+    def read(amps, n=1):
+        for _ in range(n):
+            hw.meter.amps = list(amps)
+            met.read(0)
+
+    read((16.0, 0.0, 0.0), 5)
+    eq(met.car_mask, None, "no session: nothing measured")
+    ch.session = Session("A", "free", 0, 0.0)
+    read((0.0, 0.0, 0.0), 5)
+    eq(met.car_mask, None, "the car has not drawn yet: unknown")
+    read((2.0, 0.5, 0.0), 3)
+    eq(met.car_mask, None, "too little to tell")
+    read((8.0, 0.4, 0.0), 2)
+    eq(met.car_mask, None, "not yet: two readings")
+    read((8.0, 0.4, 0.0))
+    eq(met.car_mask, 1, "L1 only")
+    eq(met.view()["car_phases"], [1], "in the view")
+    read((0.0, 0.0, 0.0), 3)
+    eq(met.car_mask, 1, "kept through a pause")
+    read((10.0, 10.0, 10.0))
+    eq(met.car_mask, 7, "a phase added counts at once")
+    read((10.0, 0.0, 0.0), 5)
+    eq(met.car_mask, 7, "never narrowed within the session")
+    ch.session = None
+    read((0.0, 0.0, 0.0))
+    eq(met.car_mask, None, "the next car is measured anew")

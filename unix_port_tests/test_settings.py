@@ -34,6 +34,13 @@ def test_validation_names_each_bad_field():
     true("max_current_a" in st.validate({"max_current_a": 16.5}), "whole amps")
 
 
+def test_min_start_current():
+    eq(st.defaults()["min_start_a"], 6, "6 A: what every car must accept")
+    eq(st.validate({"min_start_a": 8}), {})
+    for bad in (5, 17, 8.5, True, "8", None, -1):
+        true("min_start_a" in st.validate({"min_start_a": bad}), "refused: %r" % (bad,))
+
+
 def test_a_whole_number_written_with_a_point_is_a_whole_number():
     """32.0 (a human's file, a JSON library, the web app) is 32: accepted in the file and
     through apply() (PUT /api/config), and stored as the integer."""

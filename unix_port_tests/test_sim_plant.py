@@ -39,6 +39,26 @@ def test_ev_draws_min_of_offer_and_max():
     check.eq(p.amps[0], 10.0, "EV limit")
 
 
+def test_slow_starter_waits_for_its_start_current_and_time():
+    hw = _hw()
+    p = hw.plant
+    p.ev_start_min_a = 8.0
+    p.ev_start_s = 5.0
+    _charging(hw, 100)  # 6 A
+    check.eq(p.amps[0], 0.0, "6 A offered: below what it needs to start")
+    hw.cp.pwm(267)  # 16 A
+    p.tick(1_200_000)
+    check.eq(p.amps[0], 0.0, "16 A, but the contacts closed 1.2 s ago")
+    p.tick(5_000_000)
+    check.eq(p.amps[0], 16.02, "5 s after the contacts closed")
+    hw.relays.open()
+    p.tick(5_100_000)
+    hw.relays.close()
+    p.tick(5_200_000)
+    check.eq(p.amps[0], 0.0, "a new close: it starts again slowly")
+    check.eq(p.ev_view()["start_min_a"], 8.0, "in the view")
+
+
 def test_draw_follows_a_duty_change_after_the_settling_time():
     hw = _hw()
     p = _charging(hw, 267)

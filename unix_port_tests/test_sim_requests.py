@@ -83,6 +83,9 @@ def test_types_and_ranges():
     _bad(b'{"op": "ev", "max_a": 1e400}', "max_a")  # inf
     _bad({"op": "ev", "phases": 2}, "phases")
     _bad({"op": "ev", "asleep": "yes"}, "asleep", "true or false")
+    _bad({"op": "ev", "start_min_a": 33}, "start_min_a", "0..32")
+    _bad({"op": "ev", "start_min_a": True}, "start_min_a")
+    _bad({"op": "ev", "start_s": -1}, "start_s")
     _bad({"op": "ev", "draw_a": 101}, "draw_a")
     _bad({"op": "grid", "volts": [230, 230]}, "volts", "3")
     _bad({"op": "grid", "volts": [230, 230, "230"]}, "volts[2]")

@@ -602,6 +602,49 @@ def test_a_turn_that_began_a_week_ago_is_over():
         eq((a.offered_a, b.offered_a), (0.0, 10.0), "a week-long turn yields to who waits")
 
 
+def test_a_demand_cap_set_a_week_ago_is_still_lifted():
+    """The cap's time is kept at most CAP_LIFT_MS old: a week later it is lifted within
+    one CAP_LIFT_MS, not days later once its time reads as recent."""
+    import evse.balance as lb
+    from test_balance import _follow, _node
+
+    with Ticks32(lb):
+        p = lb.Planner()
+        lim = [40.0] * 3
+        a, b = _node(1), _node(2)
+        t = NEAR_WRAP
+        for _ in range(WEEK_MS // 3_600_000):  # the master's cycles, seen hourly
+            sent = p.plan(t, lim, [a, b])
+            _follow([a, b], sent)
+            a.draw_a = min(a.offered_a, 5.0)
+            b.draw_a = b.offered_a
+            t = (t + 3_600_000) & MASK
+        lifted = False
+        for _ in range(lb.CAP_LIFT_MS // 1000 + 5):
+            sent = p.plan(t, lim, [a, b])
+            _follow([a, b], sent)
+            a.draw_a = min(a.offered_a, 5.0)
+            b.draw_a = b.offered_a
+            lifted = lifted or sent[1] > 6.0
+            t = (t + 1000) & MASK
+        true(lifted, "lifted within CAP_LIFT_MS a week later")
+
+
+def test_a_car_starting_a_week_ago_is_no_longer_starting():
+    import evse.balance as lb
+    from test_balance import Pool
+
+    with Ticks32(lb):
+        pool = Pool([1])
+        pool.plug(0)
+        pool.run(1000)
+        b = pool.nodes[0]
+        true(b.me.starting, "starting after the plug-in")
+        _leap_pool(pool, WEEK_MS, WEEK_MS)  # no tick for a week
+        pool.run(200)
+        true(not b.me.starting, "not starting a week later")
+
+
 def test_modbus_waits_no_days_for_a_line_silent_for_a_week():
     import modbus_rtu
     from test_modbus_rtu import regs_reply, rig, run

@@ -204,6 +204,10 @@ class Controller:
             p.ev_asleep = False  # a car that leaves B is awake
         if "asleep" in req:
             p.ev_asleep = req["asleep"]
+        if "start_min_a" in req:
+            p.ev_start_min_a = float(req["start_min_a"])
+        if "start_s" in req:
+            p.ev_start_s = float(req["start_s"])
         p.update_cp()
         p.update_draw()
         return {"ev": p.ev_view()}

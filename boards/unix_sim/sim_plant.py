@@ -95,6 +95,10 @@ class Plant:
         self.ev_max_a = 32.0
         self.ev_draw_a = None  # forced draw (misbehaving EV), None = follows the PWM
         self.ev_phases = 1
+        self.ev_start_min_a = 0.0  # it draws nothing while offered less (Zoe, Kangoo: ~8 A)
+        self.ev_start_s = 0.0  # it draws only this long after the contacts closed in C/D
+        self._on_us = None  # when current could first flow (contacts closed, in C/D)
+        self._now_us = 0
         self.ev_offer_a = 0.0  # the PWM offer the EV is following (lags the PWM)
         self._seen_offer_a = 0.0
         self._seen_us = 0
@@ -179,6 +183,7 @@ class Plant:
         """Advances the physics to now_us: energy, EV response, timed inputs."""
         last = self._last_us
         self._last_us = now_us
+        self._now_us = now_us
         if last is not None:
             # The power of the last interval held until now (it changes only at ticks).
             self.energy_wh += self.power_w * (now_us - last) / 3.6e9
@@ -239,6 +244,14 @@ class Plant:
             want = self.ev_draw_a
         else:
             want = min(self.ev_offer_a, self.ev_max_a)
+        if not (requesting and neutral and l12):
+            self._on_us = None
+        elif self._on_us is None:
+            self._on_us = self._now_us
+        if self.ev_draw_a is None and self._on_us is not None and (
+                want < self.ev_start_min_a
+                or self._now_us - self._on_us < self.ev_start_s * 1e6):
+            want = 0.0  # a slow starter: not yet, or not at so little current
         power = 0.0
         for i in range(3):
             line = l12 if i < 2 else neutral
@@ -264,6 +277,8 @@ class Plant:
             "draw_a": self.ev_draw_a,
             "phases": self.ev_phases,
             "asleep": self.ev_asleep,
+            "start_min_a": self.ev_start_min_a,
+            "start_s": self.ev_start_s,
             "following_a": self.ev_offer_a,
             "amps": list(self.amps),
         }

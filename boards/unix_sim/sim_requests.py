@@ -129,6 +129,8 @@ OPS = {
         "draw_a": (_number(0, 100, null=True), False),
         "phases": (_int_choice(1, 3), False),
         "asleep": (_bool, False),
+        "start_min_a": (_number(0, 32), False),
+        "start_s": (_number(0, 600), False),
     },
     # The charger's own pilot: the ADC zero error and the generator's levels (V).
     "pilot": {

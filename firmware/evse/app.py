@@ -288,6 +288,7 @@ class App:
             "card_read_waiting": self.rfid.reading,
             "restarts": dict(self.supervisor.restarts),
             "lock": None if ch.case_b else "none",
+            "car_phases": self.metering.view()["car_phases"],
             "meter": self.power.view(),
             "balance": self.balance.view(),
             "ocpp": self.ocpp.view(),
@@ -320,6 +321,7 @@ class App:
             "grid_v": m.volts,
             "grid_hz": m.hz,
             "output_a": m.amps,
+            "car_phases": m.view()["car_phases"],  # measured this session, None before
             "active_power_kw": round(m.power_w / 1000, 3),
             "charging_min": self.session_view()["duration_min"] if s else 0,
             "session": self.session_view(),

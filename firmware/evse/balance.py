@@ -54,6 +54,12 @@ MEMBERS_FILE = "balance.json"  # in the data dir: the pool's members, survives r
 UNUSED_A = 2.0  # draw this far below the offer ...
 UNUSED_CYCLES = const(3)  # ... for this many cycles: the rest goes to the others
 ASK_AGAIN_A = 0.5  # draw within this of the capped allocation: the car asks again
+# A car starting draws nothing for a while: in the first START_MS of its session (B2: it
+# has not asked yet) and after each close of its contacts its draw is no sign of what it
+# can take (status byte 3 bit 6, "starting"), and its cap is lifted.
+START_MS = const(30000)
+CAP_LIFT_MS = 180000  # a capped car gets its full share again this often ...
+LIFT_GRACE_MS = const(15000)  # ... and this long to take it before it is capped again
 _TICK_MS = const(100)
 _MAX_RX = const(32)  # frames handled per tick: bounded work
 _ALL = const(7)  # phase mask L1|L2|L3
@@ -86,11 +92,12 @@ def _ha_up(a):
     return 0 if v < 0 else (255 if v > 255 else v)
 
 
-def encode_status(buf, pool, seq, epoch, state, mask, meter, min_a, max_a, draw_a, offered_a):
+def encode_status(buf, pool, seq, epoch, state, mask, meter, min_a, max_a, draw_a, offered_a,
+                  starting=False):
     buf[0] = (VERSION << 4) | (epoch & 0x0F)
     buf[1] = pool & 0xFF
     buf[2] = seq & 0xFF
-    buf[3] = (state & 3) | ((mask & 7) << 2) | (0x20 if meter else 0)
+    buf[3] = (state & 3) | ((mask & 7) << 2) | (0x20 if meter else 0) | (0x40 if starting else 0)
     buf[4] = _ha(min_a)
     buf[5] = _ha(max_a)
     buf[6] = _ha_up(draw_a)
@@ -110,7 +117,7 @@ def encode_alloc(buf, pool, seq, epoch, master, amps, waiting, n_nodes, limit_a)
 
 def decode(can_id, data, pool):
     """A frame of this pool as a tuple, or None for anything else (foreign, malformed):
-    ("S", addr, epoch, seq, state, mask, meter, min_a, max_a, draw_a, offered_a)
+    ("S", addr, epoch, seq, state, mask, meter, min_a, max_a, draw_a, offered_a, starting)
     ("A", dest, epoch, seq, master, amps, waiting, n_nodes, limit_a)"""
     if len(data) != 8 or data[0] >> 4 != VERSION or data[1] != pool:
         return None
@@ -120,10 +127,10 @@ def decode(can_id, data, pool):
         b = data[3]
         state = b & 3
         mask = (b >> 2) & 7
-        if b & 0xC0 or mask == 0 or data[4] < 12 or data[5] < data[4]:
+        if b & 0x80 or mask == 0 or data[4] < 12 or data[5] < data[4]:
             return None
         return ("S", can_id - ID_STATUS, epoch, seq, state, mask, bool(b & 0x20),
-                data[4] / 2, data[5] / 2, data[6] / 2, data[7] / 2)
+                data[4] / 2, data[5] / 2, data[6] / 2, data[7] / 2, bool(b & 0x40))
     if ID_ALLOC < can_id <= ID_ALLOC + MAX_NODES:
         master = data[3]
         amps = data[4]
@@ -224,6 +231,7 @@ class Node:
         self.max_a = MIN_A
         self.draw_a = 0.0
         self.offered_a = 0.0
+        self.starting = False  # B2, or its contacts closed less than START_MS ago
         self.seen_ms = 0
         self.last = None  # (epoch, seq) of the last status accepted
 
@@ -249,6 +257,8 @@ class Planner:
         self.target = {}
         self.cap = {}  # addr -> demand cap (max_a unless the car leaves some unused)
         self._low = {}  # addr -> cycles in a row drawing well below the offer
+        self._capped = {}  # addr -> when its demand cap last went below its max
+        self._lift = {}  # addr -> when its cap was last lifted (CAP_LIFT_MS)
         self.since = {}  # addr -> when it started charging or waiting
         self.charging = {}  # addr -> True admitted, False waiting
         # addr -> when its turn began: charging, it was cut because the pool limit fell
@@ -260,8 +270,8 @@ class Planner:
         self._plan_ms = None  # the last plan
 
     def forget(self, addr):
-        for d in (self.sent, self.target, self.cap, self._low, self.since, self.charging,
-                  self.preempted, self.slept):
+        for d in (self.sent, self.target, self.cap, self._low, self._capped, self._lift,
+                  self.since, self.charging, self.preempted, self.slept):
             d.pop(addr, None)
 
     def _hold_turns(self, now, want):
@@ -281,10 +291,16 @@ class Planner:
                 self.since[a] = time.ticks_add(self.since[a], d)
                 self.slept[a] = self.slept.get(a, 0) + d
 
-    def _demand(self, n):
+    def _demand(self, n, now):
         a = n.addr
         cap = min(self.cap.get(a, n.max_a), n.max_a)
-        if n.offered_a >= n.min_a and n.draw_a < n.offered_a - UNUSED_A:
+        if n.starting:
+            # Not asked yet, or still starting: what it draws says nothing of what it
+            # can take (a car may need seconds, or 8 A, to start).
+            cap = n.max_a
+            self._low[a] = 0
+        elif (n.offered_a >= n.min_a and n.draw_a < n.offered_a - UNUSED_A
+              and not self._lifted(a, now)):
             self._low[a] = self._low.get(a, 0) + 1
             if self._low[a] >= UNUSED_CYCLES:
                 cap = max(n.min_a, min(cap, int((n.draw_a + 1.0) * 2 + 0.999) / 2))
@@ -293,8 +309,30 @@ class Planner:
         if cap < n.max_a and n.draw_a >= cap - ASK_AGAIN_A:
             cap = n.max_a  # it uses what it has: give back the rest
             self._low[a] = 0
+        if cap < n.max_a:
+            since = self._capped.get(a)
+            if since is None:
+                self._capped[a] = now
+            elif time.ticks_diff(now, since) >= CAP_LIFT_MS:
+                # Now and then the whole share again: a car that draws a little below
+                # its offer (5.5 A of 6) would otherwise never show that it can take more.
+                cap = n.max_a
+                self._low[a] = 0
+                self._lift[a] = now
+                _log.info("node %d: demand cap lifted", a)
+        if cap >= n.max_a:
+            self._capped.pop(a, None)
         self.cap[a] = cap
         return cap
+
+    def _lifted(self, a, now):
+        """True within LIFT_GRACE_MS of its cap's lift: the raise takes a few cycles to
+        reach the car, and the car up to 5 s to follow it."""
+        t = self._lift.get(a)
+        if t is not None and time.ticks_diff(now, t) >= LIFT_GRACE_MS:
+            del self._lift[a]
+            t = None
+        return t is not None
 
     def _kept_place(self, a, now):
         turn = self.preempted.get(a)
@@ -305,6 +343,8 @@ class Planner:
         raises False: cuts only (what silent nodes hold is not known yet)."""
         _cap_age(self.since, now, _TURN_OLD_MS)
         _cap_age(self.preempted, now, _TURN_OLD_MS)
+        _cap_age(self._capped, now, CAP_LIFT_MS)
+        _cap_age(self._lift, now, LIFT_GRACE_MS)
         for a in list(self.sent):
             if not any(n.addr == a for n in nodes):
                 self.forget(a)
@@ -317,6 +357,8 @@ class Planner:
             else:
                 self.cap.pop(n.addr, None)
                 self._low.pop(n.addr, None)
+                self._capped.pop(n.addr, None)
+                self._lift.pop(n.addr, None)
                 self.charging.pop(n.addr, None)
                 self.since.pop(n.addr, None)
                 self.preempted.pop(n.addr, None)
@@ -341,7 +383,7 @@ class Planner:
 
         want.sort(key=rank)
         ended = [n.addr for n in want if turn_over(n.addr)]
-        spec = [(n.mask, n.min_a, self._demand(n)) for n in want]
+        spec = [(n.mask, n.min_a, self._demand(n, now)) for n in want]
         amps = allocate(limit_a, spec)
         target = {}
         self.waiting = set()
@@ -451,6 +493,9 @@ class Balancer:
         self._pool_ms = None  # when that reading was taken (power.last_ok_ms)
         self._pool_seen = None  # the pool limits the last two readings gave on their own
         self.dropped = 0  # frames ignored: foreign, malformed, stale
+        self._start_ms = None  # when its car began to start (B2, or the contacts closed)
+        self._want = False  # it needed current at the last look
+        self._closed = False  # its contacts were closed at the last look
         self.send_errors = 0
 
     async def run(self):
@@ -604,6 +649,11 @@ class Balancer:
             me.state = ST_IDLE
         ps = s["phase_set"]
         me.mask = {"L1": 1, "L2": 2, "L3": 4}.get(ps, _ALL)
+        car = getattr(self.metering, "car_mask", None)
+        if car and me.mask == _ALL and ch.phases == 3:
+            # Three-phase wiring: the car loads only the phases it draws on (measured;
+            # before it has drawn, all three). A single-phase charger's phase is unknown.
+            me.mask = car
         me.meter = s["meter_model"] != "none"
         m = float(s["max_current_a"])
         if ch.cable_a is not None:
@@ -616,16 +666,37 @@ class Balancer:
             if v is not None and name not in (LIMIT_NAME, "power"):
                 m = min(m, v)
         me.max_a = max(m, MIN_A)
-        me.min_a = MIN_A
+        # What the car needs to start: admitted with it, never capped below it (the frame
+        # needs min <= max: a node held below it cannot start its car anyway).
+        me.min_a = max(MIN_A, min(float(s.get("min_start_a") or MIN_A), me.max_a))
         me.offered_a = ch.offered_a
         amps = self.metering.amps if self.metering is not None else None
         me.draw_a = max(amps) if amps else ch.offered_a
+        me.starting = self._starting(now, me.state)
+
+    def _starting(self, now, state):
+        """True in B2 (session, contacts open, its car not yet drawing) and for START_MS
+        after each close of the contacts: its draw is not yet a sign of its demand."""
+        relays = getattr(getattr(self.ch, "hw", None), "relays", None)
+        closed = bool(relays is not None and relays.closed)
+        if state != ST_WANT:
+            self._start_ms = None
+            self._want = False
+        elif not self._want or (closed and not self._closed):
+            self._start_ms = now
+            self._want = True
+        elif self._start_ms is not None:
+            d = time.ticks_diff(now, self._start_ms)
+            if not 0 <= d < START_MS:
+                self._start_ms = None  # not kept: it would read as new once the ticks wrap
+        self._closed = closed
+        return self._start_ms is not None
 
     def _send_status(self):
         me = self.me
         self._seq = (self._seq + 1) & 0xFF
         encode_status(self._buf, self.pool, self._seq, self.epoch, me.state, me.mask,
-                      me.meter, me.min_a, me.max_a, me.draw_a, me.offered_a)
+                      me.meter, me.min_a, me.max_a, me.draw_a, me.offered_a, me.starting)
         self._send(ID_STATUS + self.addr)
 
     def _send(self, can_id):
@@ -659,7 +730,8 @@ class Balancer:
                 return
             n.last = (f[2], f[3])
             n.seen_ms = now
-            (n.state, n.mask, n.meter, n.min_a, n.max_a, n.draw_a, n.offered_a) = f[4:]
+            (n.state, n.mask, n.meter, n.min_a, n.max_a, n.draw_a, n.offered_a,
+             n.starting) = f[4:]
             if addr not in self.members:
                 _log.info("node %d is a member of the pool", addr)
                 self._dirty = True

@@ -6,6 +6,14 @@ from evse.protection import meter_valid
 
 _log = log.get("metering")
 
+# The phases the car draws on, as the internal meter measures them: a phase carrying
+# PHASE_ON_A while the car draws at least CAR_ON_A on its strongest phase, over
+# PHASE_READS readings in a row. Kept for the session and only ever widened (a car that
+# adds a phase later counts on it from the next reading).
+PHASE_ON_A = 1.0
+CAR_ON_A = 3.0
+PHASE_READS = 3
+
 
 class Metering:
     def __init__(self, hw, charger, protection, history):
@@ -20,6 +28,11 @@ class Metering:
         self.power_w = 0.0
         self.energy_wh = 0.0
         self.rotation_ok = True
+        # Bits L1-L3 (the charger's terminals) the car draws on in this session; None
+        # until it has drawn for PHASE_READS readings: then the configured phases count.
+        self.car_mask = None
+        self._mask = 0
+        self._mask_reads = 0
         # The session's last power sample and progress record; None: one is due.
         self._progress_ms = None
         self._sample_ms = None
@@ -47,6 +60,7 @@ class Metering:
             # a vehicle's on-board charger does not care about the rotation.
             self.rotation_ok = m.rotation_ok
             self.prot.readings = {"volts": self.volts, "amps": self.amps}
+            self._car_phases()
             self._account(now_ms)
         self.prot.on_meter(now_ms, ok)
 
@@ -57,6 +71,8 @@ class Metering:
         s = self.ch.session
         if s is None:
             self._sample_ms = self._progress_ms = None  # a new session starts with both
+            self.car_mask = None  # the next car is measured anew
+            self._mask = self._mask_reads = 0
             return
         t = self._sample_ms
         if t is not None and time.ticks_diff(now_ms, t) >= s.sample_s * 1000:
@@ -81,6 +97,26 @@ class Metering:
             self._progress_ms = now_ms
             self.history.session_progress(s)
 
+    def _car_phases(self):
+        if self.ch.session is None:
+            return
+        a = self.amps
+        if max(a) < CAR_ON_A:
+            if self.car_mask is None:
+                self._mask = self._mask_reads = 0  # readings in a row
+            return
+        m = 0
+        for k in range(3):
+            if a[k] >= PHASE_ON_A:
+                m |= 1 << k
+        self._mask |= m
+        self._mask_reads += 1
+        if self.car_mask is not None or self._mask_reads >= PHASE_READS:
+            if self._mask != self.car_mask:
+                _log.info("the car draws on phases %s", "".join(
+                    str(k + 1) for k in range(3) if self._mask >> k & 1))
+            self.car_mask = self._mask
+
     def view(self):
         return {
             "ok": self.ok,
@@ -89,4 +125,6 @@ class Metering:
             "hz": round(self.hz, 2),
             "power_w": round(self.power_w),
             "energy_wh": round(self.energy_wh),
+            "car_phases": None if self.car_mask is None else [
+                k + 1 for k in range(3) if self.car_mask >> k & 1],
         }

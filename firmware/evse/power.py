@@ -38,6 +38,7 @@ _RETRIES = const(1)  # a failed exchange is repeated once within the cycle
 _MAP_RETRY_MS = const(30000)  # a bad custom map file is read again this often
 _MIN_CYCLE_MS = const(50)
 _PHASES = ("L1", "L2", "L3")
+_WIRED_A = 1.0  # current on the charger's L2 or L3 terminal: it is wired to three phases
 # Slots of a reading, in the order of evse.meters.QUANTITIES.
 _N_QTY = const(11)
 _I = const(3)  # i_l1, i_l2, i_l3
@@ -310,8 +311,10 @@ class PowerManager:
 
     def _regulate(self, now, ok):
         t = self.target_a
+        # A pause ends only with room to start the car (`min_start_a`: some need 8 A).
+        start = max(limits.MIN_A, float(self.settings.get("min_start_a") or limits.MIN_A))
         if ok:
-            if t >= limits.MIN_A + RESUME_HYST_A:
+            if t >= start + RESUME_HYST_A:
                 if self._resume_since is None:
                     self._resume_since = now
                 elif not self._resume_ok and _held(now, self._resume_since, RESUME_HOLD_MS):
@@ -331,13 +334,13 @@ class PowerManager:
         if self._fresh:
             # First reading after boot or a change of meter: take it as it is.
             self._fresh = False
-            self.paused = t < limits.MIN_A
+            self.paused = t < start
             self.limit_a = 0.0 if self.paused else t
             return
         if self.paused:
             if self._resume_ok:
                 self.paused = False
-                self.limit_a = min(t, limits.MIN_A + RAISE_STEP_A)
+                self.limit_a = min(t, start + RAISE_STEP_A)
                 _log.info("resume: %.1f A available", t)
             else:
                 self.limit_a = 0.0
@@ -385,13 +388,26 @@ class PowerManager:
             h[k] = _floor1(max_a - (self._house(k) - own[0]))
             self.target_a = h[k]
             return
-        if self.ch.phases == 3:
+        car = getattr(self.metering, "car_mask", None)
+        if self.ch.phases == 3 or own[1] >= _WIRED_A or own[2] >= _WIRED_A or (
+                car is not None and car & 6):
+            # Three-phase wiring (a "7kW" setting too, once its meter shows current on
+            # L2 or L3): L1->L1, L2->L2, L3->L3, its own current is room on its phase.
             for i in range(3):
                 h[i] = _floor1(max_a - (self._house(i) - own[i]))
+            if self.ch.phases == 3 and car is not None:
+                # Only the phases the car draws on (as measured) bound its current;
+                # before it has drawn, all three.
+                t = None
+                for i in range(3):
+                    if car >> i & 1 and (t is None or h[i] < t):
+                        t = h[i]
+                self.target_a = t
+                return
         else:
             # A single-phase charger on an unknown phase: its current may flow in any
             # of them, so count it as room on each and take the worst phase.
-            mine = own[0] + own[1] + own[2]
+            mine = own[0]
             for i in range(3):
                 h[i] = _floor1(max_a - self._house(i) + mine)
         self.target_a = min(h[0], h[1], h[2])

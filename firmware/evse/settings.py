@@ -144,6 +144,9 @@ SCHEMA = {
     "charging_mode": ("B", _choice("B", "C")),
     "cp_type": ("1.0V", _choice("0.8V", "1.0V")),
     "max_current_a": (32, _int_range(6, 32)),
+    # The least current the car needs to start charging (some need ~8 A): load balancing
+    # and power management offer no less to start it (docs/load-balancing.md).
+    "min_start_a": (6, _int_range(6, 16)),
     "cable_max_a": (32, _int_range(6, 63)),
     "ocpp_url": ("", check_ocpp_url),
     "lb_enabled": (False, _bool),

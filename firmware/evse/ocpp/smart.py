@@ -5,10 +5,12 @@
 # wins (before its start, past its duration or outside validFrom/validTo it steps aside
 # for the next lower level). The limit of the connector is min(ChargePointMaxProfile,
 # TxProfile else TxDefaultProfile); a connector-1 TxDefaultProfile beats one installed
-# on connector 0. W are turned into A with the nominal 230 V and the phases this charger
-# really uses (it cannot switch from 3 to 1 phase, so a 3-phase charger spreads the power
-# over three phases). Profiles are kept in EVSE_DATA_DIR/ocpp_profiles.json with their
-# dates already parsed (_vf, _vt, _ss epoch seconds; _c connector).
+# on connector 0. W are turned into A with the nominal 230 V and the period's
+# numberPhases (§3.13), else the phases the car is measured to draw on, else the phases
+# this charger is configured for; never fewer than the car is measured to draw on (the
+# charger cannot make it use fewer: the power would exceed the limit). Profiles are
+# kept in EVSE_DATA_DIR/ocpp_profiles.json with their dates already parsed (_vf, _vt,
+# _ss epoch seconds; _c connector).
 import atomicfile
 import log
 
@@ -40,7 +42,8 @@ def _start(p, t, tx_start):
 
 
 def evaluate(p, t, tx_start):
-    """(limit, unit, numberPhases) of profile p at epoch t, or None when it has none."""
+    """(limit, unit, numberPhases or None) of profile p at epoch t, or None when it has
+    none."""
     vf = p.get("_vf")
     vt = p.get("_vt")
     if (vf is not None and t < vf) or (vt is not None and t >= vt):
@@ -59,7 +62,7 @@ def evaluate(p, t, tx_start):
         hit = per
     if hit is None:
         return None
-    return hit["limit"], s["chargingRateUnit"], hit.get("numberPhases", 3)
+    return hit["limit"], s["chargingRateUnit"], hit.get("numberPhases")
 
 
 class Smart:
@@ -81,6 +84,9 @@ class Smart:
                        "system sets or clears profiles", bad[0])
         self.profiles = prof
         self.phases = 3  # phases this charger uses (charger.phases), set by the service
+        # Phases the car draws on as the internal meter measures them (metering.car_mask
+        # counted), None before it has drawn: set by the service before each limit.
+        self.car_phases = None
 
     def _save(self):
         atomicfile.save_json(self._path, {"profiles": self.profiles})
@@ -179,10 +185,18 @@ class Smart:
             self.clear(purpose="TxProfile")
 
     # ---- limits -----------------------------------------------------------------------------
+    def used_phases(self, number=None):
+        """The phases a W limit is spread over: numberPhases when the period gives it,
+        else the car's measured phases, else the configured ones (the smaller current
+        while unknown); never fewer than the car is measured to draw on."""
+        if number is None:
+            return self.car_phases or self.phases
+        return max(number, self.car_phases or 0)
+
     def _amps(self, r):
-        limit, unit, _phases = r
+        limit, unit, number = r
         if unit == "W":
-            return limit / (VOLTS * self.phases)
+            return limit / (VOLTS * self.used_phases(number))
         return float(limit)
 
     def _best(self, purpose, conn, t, tx_start, tx_id):
@@ -247,7 +261,7 @@ class Smart:
                 continue
             a = self.limit(t, conn, tx_start if tx_start is not None else now, tx_id)
             a = max_a if a is None else min(a, max_a)
-            v = a * VOLTS * self.phases if unit == "W" else a
+            v = a * VOLTS * self.used_phases() if unit == "W" else a
             v = int(v * 10 + 0.5) / 10
             if v != last:
                 periods.append({"startPeriod": t - now, "limit": v})

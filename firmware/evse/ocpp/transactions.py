@@ -322,6 +322,9 @@ class Transactions:
         a = None
         if not off:
             start, tx_id = self.tx_for_smart()
+            # The phases the car draws on (measured; None before): W limits use them.
+            m = getattr(svc.app.metering, "car_mask", None)
+            svc.smart.car_phases = None if not m else (m & 1) + (m >> 1 & 1) + (m >> 2 & 1)
             a = svc.smart.limit(now, 1, start, tx_id)
             cur = self.cur
             if cur is not None and cur["deauth"]:
