@@ -173,7 +173,9 @@ def test_bites_a_raise_without_the_5s_wait():
     def held(self, now_ms):
         return False
 
-    _with(Charger, "_raise_held", held, ("raise-5s",))
+    # A raise inside the 5 s takes a limit that moves up soon after a change: about one
+    # scenario in a hundred.
+    _with(Charger, "_raise_held", held, ("raise-5s",), 200)
 
 
 def test_bites_state_f_before_the_relays_open():
