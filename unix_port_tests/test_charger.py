@@ -92,6 +92,22 @@ def test_relays_open_within_100ms_when_ev_leaves_c():
     true(r.hw.relays.closed, "resumed")
 
 
+def test_relays_open_when_the_pilot_alternates_between_two_levels_outside_c():
+    """A contact bouncing at unplug can read A and B in turn, never twice the same: every
+    sample outside C counts towards leaving it, and the relays open within 100 ms."""
+    r = Rig()
+    r.charge()
+    true(r.hw.relays.closed, "charging")
+    t0 = r.clock.ms
+    i = 0
+    while r.hw.relays.closed and r.clock.ms - t0 < 1000:
+        r.hw.ev.state = "AB"[i % 2]
+        i += 1
+        r.run(10)
+    true(r.clock.ms - t0 <= 100, "opened after %d ms" % (r.clock.ms - t0))
+    true(r.ch.cp_state != pilot.STATE_C, "C left")
+
+
 def test_no_close_without_authorization_or_in_d_without_ventilation():
     r = Rig()
     r.plug("C")
