@@ -553,6 +553,33 @@ def test_an_unreadable_latch_file_fails_closed_with_lat():
         eq(ch.latched, 0, "nothing left latched")
 
 
+def test_lat_is_not_cleared_while_a_latching_trip_s_cause_is_present():
+    """LAT stands for the trips latched.json held: a relay that welded before the file was
+    damaged still reads closed, and a clear of LAT would take that weld's latch with it
+    (it shows again only once protection has seen it for 500 ms). LAT stays until the
+    contact reads open, the earth is back and the RCD line is down."""
+    from check import tmpdir
+
+    d = tmpdir("latch_lat_cause")
+    ch, prot = _latch_rig(d)
+    ch.hw.relays.weld = 2
+    prot._latch(faults.R3N, "relay 2 welded")
+    with open(d + "/latched.json", "wb") as f:
+        f.write(b"\x00\xff{latched")  # damaged: the weld's latch cannot be read
+    ch, prot = _latch_rig(d)
+    ch.hw.relays.weld = 2  # still welded after the power cut
+    prot.load_latches()
+    eq(faults.codes(ch.latched), ["LAT"], "the weld is not known, LAT is")
+    eq(prot.technician_clear(), [], "the Clear button keeps LAT")
+    raises(ValueError, prot.technician_clear, ["LAT"])
+    true(ch.latched & faults.LAT, "LAT still latched")
+    ch.hw.pe.continuity = False
+    ch.hw.relays.weld = 0  # repaired, but now no earth
+    raises(ValueError, prot.technician_clear, ["LAT"])
+    ch.hw.pe.continuity = True
+    eq(prot.technician_clear(["LAT"]), ["LAT"], "cleared once no cause is present")
+
+
 def _boot(data_dir):
     """A charger started as app.py starts it: the RCD handler set, the latches loaded."""
     ch, prot = _latch_rig(data_dir)
