@@ -163,6 +163,9 @@ class Oracle:
         self._clear = [False] * len(self.rules)
         self.any_sure = None
         self.latched = set()  # codes the charger must keep until a technician clears them
+        # ... those of them that a damaged latched.json hid: LAT stands for them at boot,
+        # and a clear of LAT takes them (only once no cause of theirs is present)
+        self.lat_hidden = set()
         grace = 150  # a setting or a PP reading reaches the pilot at the next control tick
         self.src = {
             "max": Src(grace, float(run.settings["max_current_a"])),
@@ -672,9 +675,24 @@ class Oracle:
             s = self.ext[name] = Src(0, None)
         s.set(self.clock.now, None if amps is None else float(amps))
 
+    def on_damaged_latches(self, readable):
+        """A power cut damaged latched.json: the latches not among the codes its copies
+        still give (`readable`) are known at boot only as LAT."""
+        self.lat_hidden |= self.latched - set(readable)
+
     def on_clear(self, named, cleared):
         """A technician's clear: `cleared` is the list the charger gave back (None when it
         refused the request)."""
+        if cleared and "LAT" in cleared:
+            for code in sorted(self.lat_hidden & self.latched):
+                if self._cause_present(code):
+                    self.fail("clear-cause", "technician clear took LAT, which stood for %s, "
+                              "with that cause still present" % code)
+                self.latched.discard(code)
+                for rule in self.rules:
+                    if rule.code == code:
+                        rule.reset()
+            self.lat_hidden = set()
         for code in cleared or ():
             if code not in LATCHING:
                 if self.sure(code) is not None:

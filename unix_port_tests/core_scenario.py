@@ -176,6 +176,7 @@ class Run:
         b.trace.append((self.clock.now, "power", "cut" if corrupt is None else "cut, latched.json " + corrupt))
         if corrupt:
             _corrupt(self.data_dir + "/latched.json", corrupt)
+            self.oracle.on_damaged_latches(_readable_latches(self.data_dir + "/latched.json"))
         self.boots += 1
         self.oracle.dirty = True
         self.alive = {}
@@ -397,6 +398,18 @@ def _corrupt(path, how):
         data = b""
     with open(path, "wb") as f:
         f.write(data)
+
+
+def _readable_latches(path):
+    """The codes a boot still reads from the copies of a damaged latched.json."""
+    import atomicfile
+
+    codes = set()
+    for saved in atomicfile.load_json_copies(path, want=dict):
+        listed = saved.get("latched")
+        if isinstance(listed, list):
+            codes.update(c for c in listed if isinstance(c, str))
+    return codes
 
 
 def play(scn, until=None):

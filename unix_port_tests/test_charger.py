@@ -96,6 +96,22 @@ def test_relays_open_within_100ms_when_ev_leaves_c():
     true(r.hw.relays.closed, "resumed")
 
 
+def test_relays_open_when_the_pilot_alternates_between_two_levels_outside_c():
+    """A contact bouncing at unplug can read A and B in turn, never twice the same: every
+    sample outside C counts towards leaving it, and the relays open within 100 ms."""
+    r = Rig()
+    r.charge()
+    true(r.hw.relays.closed, "charging")
+    t0 = r.clock.ms
+    i = 0
+    while r.hw.relays.closed and r.clock.ms - t0 < 1000:
+        r.hw.ev.state = "AB"[i % 2]
+        i += 1
+        r.run(10)
+    true(r.clock.ms - t0 <= 100, "opened after %d ms" % (r.clock.ms - t0))
+    true(r.ch.cp_state != pilot.STATE_C, "C left")
+
+
 def test_no_close_without_authorization_or_in_d_without_ventilation():
     r = Rig()
     r.plug("C")
@@ -539,6 +555,33 @@ def test_an_unreadable_latch_file_fails_closed_with_lat():
         ch.hw.rcd.line = False
         true("LAT" in prot.technician_clear(), "a technician clears it")
         eq(ch.latched, 0, "nothing left latched")
+
+
+def test_lat_is_not_cleared_while_a_latching_trip_s_cause_is_present():
+    """LAT stands for the trips latched.json held: a relay that welded before the file was
+    damaged still reads closed, and a clear of LAT would take that weld's latch with it
+    (it shows again only once protection has seen it for 500 ms). LAT stays until the
+    contact reads open, the earth is back and the RCD line is down."""
+    from check import tmpdir
+
+    d = tmpdir("latch_lat_cause")
+    ch, prot = _latch_rig(d)
+    ch.hw.relays.weld = 2
+    prot._latch(faults.R3N, "relay 2 welded")
+    with open(d + "/latched.json", "wb") as f:
+        f.write(b"\x00\xff{latched")  # damaged: the weld's latch cannot be read
+    ch, prot = _latch_rig(d)
+    ch.hw.relays.weld = 2  # still welded after the power cut
+    prot.load_latches()
+    eq(faults.codes(ch.latched), ["LAT"], "the weld is not known, LAT is")
+    eq(prot.technician_clear(), [], "the Clear button keeps LAT")
+    raises(ValueError, prot.technician_clear, ["LAT"])
+    true(ch.latched & faults.LAT, "LAT still latched")
+    ch.hw.pe.continuity = False
+    ch.hw.relays.weld = 0  # repaired, but now no earth
+    raises(ValueError, prot.technician_clear, ["LAT"])
+    ch.hw.pe.continuity = True
+    eq(prot.technician_clear(["LAT"]), ["LAT"], "cleared once no cause is present")
 
 
 def _boot(data_dir):

@@ -266,3 +266,29 @@ def test_bites_a_wake_up_that_closes_the_relays_itself():
 
 from evse.charger import Charger, LOCK_NONE  # noqa: E402  (the core the mutants patch)
 from evse.protection import Protection  # noqa: E402
+
+
+def test_bites_a_clear_of_lat_that_takes_a_weld_it_stood_for():
+    # Relay 2 welds and latches; a power cut damages latched.json (LAT at boot); the
+    # technician's clear comes while the contact still reads closed. LAT must stay.
+    from check import eq
+    from evse import faults
+
+    base = cs.make(cs.case_rng(0x77AA0102, 1152), 1152)
+    keep = ((2275, "weld"), (6338, "cut"), (6499, "clear"))
+    scn = cs.Scenario(base.cfg, [e for e in base.events if (e[0], e[1]) in keep])
+    scn.cfg["duration_ms"] = 8000
+    res = cs.play(scn)
+    eq(res.failure, None, "the charger keeps LAT while the weld reads closed")
+    causes = Protection._causes_present
+
+    def no_lat(self, bits):
+        return causes(self, bits & ~faults.LAT)
+
+    Protection._causes_present = no_lat
+    try:
+        res = cs.play(scn)
+    finally:
+        Protection._causes_present = causes
+    true(res.failure is not None and res.failure[0] == "clear-cause",
+         "a clear of LAT over the weld is reported (%r)" % (res.failure,))

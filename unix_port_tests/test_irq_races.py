@@ -351,3 +351,31 @@ def test_an_rcd_trip_during_a_return_to_x1_keeps_state_f():
     _before(r.hw.cp, "high", r.hw.rcd.fire)
     r.ch.emergency_stop()
     eq((r.hw.cp.duty_pm, r.hw.relays.closed), (-2, False), "safe state: the trip's F")
+
+
+def test_an_rcd_trip_just_before_a_raise_of_the_offer_leaves_no_offer_after_state_f():
+    """The RCD interrupt lands as the control tick writes a raise of the offer to the
+    PWM: the fault is checked again with interrupts off right before the write, so no
+    offer ever follows the trip's state F (it would be a raise 0 ms after a stop)."""
+    r = _race_rig()
+    r.charge()
+    r.ch.set_external_limit("ocpp", 10.0)
+    r.run(6000)
+    r.ch.set_external_limit("ocpp", 20.0)  # raised at the next control tick: > 5 s since
+    cp = r.hw.cp
+    seen = []
+    for name in ("pwm", "high", "low"):
+        def log(*a, _w=getattr(cp, name), _n=name):
+            seen.append(_n)
+            return _w(*a)
+
+        setattr(cp, name, log)
+    _before(cp, "pwm", r.hw.rcd.fire)
+    for _ in range(20):
+        r.run(10)
+        if r.ch.active:
+            break
+    true(r.ch.active & faults.IRD, "tripped")
+    true("low" in seen, "state F driven")
+    eq(seen[seen.index("low"):].count("pwm"), 0, "no offer after state F (%r)" % seen)
+    eq((r.hw.cp.duty_pm, r.hw.relays.closed), (-2, False), "the trip's F, relays open")

@@ -220,18 +220,22 @@ class Charger:
             self._write_offer(self.limit_a)
 
     def _write_offer(self, amps):
-        """Offers `amps` on the PWM. An interrupt may trip a fault between a caller's
-        checks and this write (the RCD handler runs `trip`): its state F is put back at
-        once, never left under an offer."""
+        """Offers `amps` on the PWM. An interrupt may trip a fault after a caller's checks
+        (the RCD handler runs `trip`): the fault is checked once more with interrupts off
+        right before the write, so no offer follows the trip's state F."""
         if self._cp.duty_pm <= 0:
             self._pwm_proof = False  # a new PWM run: the diode is proven again
             self._changed_ms = self.clock()
         elif amps != self.offered_a:
             self._changed_ms = self.clock()
-        self._last_a = amps
-        self._cp.pwm(pilot.duty_pm(amps))
-        self.offered_a = amps
-        if self.active:
+        duty = pilot.duty_pm(amps)
+        st = self._irq_off()
+        if not self.active:
+            self._last_a = amps
+            self._cp.pwm(duty)
+            self.offered_a = amps
+        self._irq_on(st)
+        if self.active:  # a handler the port had already scheduled may run at the branch
             self._cp.low()
             self.offered_a = 0.0
 

@@ -179,7 +179,8 @@ class Debouncer:
     """Accepts a new state after it held for `need` consecutive samples.
 
     Leaving C/D (the vehicle opened S2 or unplugged) needs fewer samples than entering:
-    the relays must open within 100 ms (IEC 61851-1 Annex A, seq. 8.1)."""
+    the relays must open within 100 ms (IEC 61851-1 Annex A, seq. 8.1). Samples outside
+    C and D count towards leaving them even when they differ; the last one is taken."""
 
     def __init__(self, need=5, need_leave=2):
         self.state = STATE_A
@@ -193,11 +194,16 @@ class Debouncer:
         if s == self.state:
             self._count = 0
             return False
+        energy = (STATE_C, STATE_D)
+        leaving = self.state in energy
         if s != self._cand:
+            # Leaving C/D, every sample outside C and D counts: a pilot that alternates
+            # between two such levels (a contact bouncing at unplug) has left C too.
+            if not (leaving and s not in energy and self._cand not in energy):
+                self._count = 0
             self._cand = s
-            self._count = 0
         self._count += 1
-        need = self._need_leave if self.state in (STATE_C, STATE_D) else self._need
+        need = self._need_leave if leaving else self._need
         if self._count >= need:
             self.state = s
             self._count = 0

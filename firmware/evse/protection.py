@@ -56,6 +56,8 @@ _CAN_CLEAR_MS = const(10000)
 # a start days old would read as negative once the ticks wrap (2**29 ms, 6.2 days, on a
 # 32-bit port), and a condition that has long held would look new again.
 _HELD = const(-1)
+# The latching trips whose cause the sensors show (ELK's needs a lock test).
+_SENSED = faults.PE | faults.IRD | faults.R12 | faults.R3N
 
 
 class Protection:
@@ -152,6 +154,10 @@ class Protection:
         for n, bit in ((1, faults.R12), (2, faults.R3N)):
             if bits & bit and not hw.relays.closed and hw.relays.feedback(n):
                 still |= bit
+        # LAT stands for trips that are unknown: any of them whose cause the sensors show
+        # (a weld, no earth, the RCD line up) keeps it, or the clear would take that one.
+        if bits & faults.LAT and self._causes_present(_SENSED):
+            still |= faults.LAT
         return still
 
     def _test_lock(self, still):
