@@ -29,6 +29,7 @@ class CpAdc:
 
     def sample(self):
         ev = self._ev
+        ev.see(self._cp.duty_pm)
         if self._cp.duty_pm == -2:
             self.hi_mv = self.lo_mv = -12000
             return
@@ -54,6 +55,22 @@ class Ev:
         self.state = "A"
         self.diode = True
         self.short = False
+        # A car that stops asking after this many interruptions (the PWM stopped while
+        # it was in C or D): it goes to B and stays there. None: never.
+        self.gives_up_after = None
+        self.interruptions = 0
+        self.gave_up = False
+        self._pwm = False
+
+    def see(self, duty_pm):
+        """The pilot as the car sees it at each sample: counts interruptions."""
+        if self._pwm and duty_pm <= 0 and self.state in ("C", "D"):
+            self.interruptions += 1
+            n = self.gives_up_after
+            if n and self.interruptions >= n:
+                self.state = "B"
+                self.gave_up = True
+        self._pwm = duty_pm > 0
 
 
 class Relays:

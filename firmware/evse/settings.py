@@ -145,6 +145,9 @@ SCHEMA = {
     "cp_type": ("1.0V", _choice("0.8V", "1.0V")),
     "max_current_a": (32, _int_range(6, 32)),
     "cable_max_a": (32, _int_range(6, 63)),
+    # A pause the current limits make lasts at least this long (docs/errors.md): some
+    # cars stop asking after a few interruptions.
+    "min_pause_s": (60, _int_range(5, 600)),
     "ocpp_url": ("", check_ocpp_url),
     "lb_enabled": (False, _bool),
     "max_house_current_a": (40, _int_range(6, 500)),
