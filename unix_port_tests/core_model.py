@@ -182,6 +182,17 @@ class Ev:
         self.max_a = 32.0
         self.lag_ms = 1000  # how late it follows a change of the offer (IEC: within 5 s)
         self.overdraw = False  # a misbehaving EV: far more than offered
+        # A car that stops asking after this many interruptions (the PWM stopped while it
+        # was in C or D): it goes to B and stays there. None: never.
+        self.gives_up_after = None
+        self.interruptions = 0
+
+    def pwm_stopped(self):
+        if self.state in ("C", "D") and not self.short:
+            self.interruptions += 1
+            n = self.gives_up_after
+            if n and self.interruptions >= n:
+                self.state = "B"
 
 
 class Relays:
@@ -431,12 +442,15 @@ class Board:
             self.relays.closed = value
             self.sync_contacts()
         elif what == "cp":
+            was_pwm = self.cp.duty_pm > 0
             changed = self.cp.duty_pm != value
             self.cp.duty_pm = value
             if changed:
                 self.offers.append((self.clock.now, amps_of(value)))
                 if len(self.offers) > 64:
                     del self.offers[:32]
+            if was_pwm and value <= 0:
+                self.ev.pwm_stopped()
         elif what == "lock":
             changed = self.lock.engaged != value
             self.lock.engaged = value

@@ -79,7 +79,7 @@ class Run:
         ev.lag_ms = cfg["ev_lag_ms"]
         self.board.pp_adc.ohm = cfg["pp_ohm"] if cfg["socket"] else -1
         keys = ("charger_power", "charging_mode", "ventilation", "cp_type", "max_current_a",
-                "power_system", "cable_max_a", "auth_mode")
+                "power_system", "cable_max_a", "auth_mode", "min_pause_s")
         self.settings = FakeSettings(**{k: cfg[k] for k in keys})
         self.data_dir = _data_dir()
         for suffix in ("", ".bak", ".tmp"):
@@ -190,6 +190,10 @@ class Run:
         s = self.settings
         if kind == "ev":
             b.ev.state = arg
+            b.ev.interruptions = 0  # the driver moved the car: a car that gave up asks again
+        elif kind == "gives_up":
+            b.ev.gives_up_after = arg
+            b.ev.interruptions = 0
         elif kind == "diode":
             b.ev.diode = arg
         elif kind == "short":
@@ -401,6 +405,7 @@ _KINDS = (
     ("npe", 1), ("volts", 4), ("silent", 2), ("nan", 3), ("overdraw", 2), ("fan_block", 1),
     ("weld", 2), ("stuck", 2), ("lock_broken", 2), ("die", 3), ("stall", 3), ("cut", 2),
     ("clear", 4), ("mode", 1), ("vent", 1), ("irq_write", 2), ("can_clash", 1), ("ext_lost", 1),
+    ("gives_up", 2),
 )
 _TRIGGERS = ("test", "window", "charging", "pwm", "F")
 _FAULTS = ("leak", "rcd_dead", "pe", "npe", "volts", "silent", "nan", "overdraw", "fan_block",
@@ -464,6 +469,8 @@ def make(r, index=0):
         "ev_max_a": r.pick((16.0, 32.0, 32.0)),
         "ev_lag_ms": r.below(3000),
         "bases": [_base(r, dur), _base(r, dur), r.below(1000)],
+        # Short minimum pauses too, so that resumes after a pause fall inside a run.
+        "min_pause_s": r.pick((5, 10, 60)),
     }
     ev = []
 
@@ -629,6 +636,9 @@ def _random_event(r, t, add):
         pair("can_clash", True, False)
     elif kind == "ext_lost":
         pair("ext_lost", True, False)
+    elif kind == "gives_up":
+        # A car that stops asking (stays in B) after a few interruptions of the PWM.
+        add(t, "gives_up", r.pick((1, 2, 3, 5)))
     elif kind == "irq_write":
         # A residual current whose interrupt lands inside the next write of that output.
         add(t, "irq_write", r.pick(("relays", "cp", "lock", "rcd_test", "error")), trig)
@@ -704,10 +714,11 @@ def known(scn, failure):
 def describe(scn):
     c = scn.cfg
     lines = ["case %d: %s board, %s, %s, charging_mode %s, ventilation %s, max %d A, %s, "
-             "PP %d ohm, cable_max %d A, EV max %.0f A lag %d ms, tick bases %s, %d ms" % (
+             "PP %d ohm, cable_max %d A, EV max %.0f A lag %d ms, min pause %d s, tick bases %s, "
+             "%d ms" % (
                  c["index"], "socket" if c["socket"] else "tethered", c["auth_mode"], c["charger_power"],
                  c["charging_mode"], c["ventilation"], c["max_current_a"], c["power_system"],
-                 c["pp_ohm"], c["cable_max_a"], c["ev_max_a"], c["ev_lag_ms"],
+                 c["pp_ohm"], c["cable_max_a"], c["ev_max_a"], c["ev_lag_ms"], c["min_pause_s"],
                  ["0x%08x" % b for b in c["bases"]], c["duration_ms"])]
     for t, kind, arg, trig in scn.events:
         when = "" if trig is None else " (once %s, +%d ms)" % trig

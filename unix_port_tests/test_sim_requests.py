@@ -111,3 +111,12 @@ def test_types_and_ranges():
 def test_line_length_cap():
     line = b'{"op": "snapshot", "pad": "' + b"x" * MAX_LINE + b'"}'
     _bad(line, "longer than")
+
+
+def test_ev_gives_up_after():
+    check.eq(_ok({"op": "ev", "gives_up_after": 5})["gives_up_after"], 5, "a count")
+    check.eq(_ok({"op": "ev", "gives_up_after": None})["gives_up_after"], None, "never")
+    _bad({"op": "ev", "gives_up_after": 0}, "gives_up_after", "1..1000")
+    _bad({"op": "ev", "gives_up_after": 2.5}, "gives_up_after", "integer")
+    _bad({"op": "ev", "gives_up_after": True}, "gives_up_after")
+    _bad({"op": "ev", "gives_up_after": "5"}, "gives_up_after")

@@ -197,6 +197,13 @@ class Controller:
             p.ev_draw_a = None if d is None else float(d)
         if "phases" in req:
             p.ev_phases = req["phases"]
+        if "gives_up_after" in req or "state" in req:
+            # A new count with the setting, and after the driver moved the car (a car that
+            # gave up asks again when the test puts it back in C).
+            if "gives_up_after" in req:
+                p.ev_gives_up_after = req["gives_up_after"]
+            p.ev_interruptions = 0
+            p.ev_gave_up = False
         p.update_cp()
         p.update_draw()
         return {"ev": p.ev_view()}

@@ -90,6 +90,12 @@ class Plant:
         self.ev_draw_a = None  # forced draw (misbehaving EV), None = follows the PWM
         self.ev_phases = 1
         self.ev_offer_a = 0.0  # the PWM offer the EV is following (lags the PWM)
+        # A car that stops asking after `ev_gives_up_after` interruptions (the PWM stopped
+        # while it was in C or D): it goes to B and stays there. None: never.
+        self.ev_gives_up_after = None
+        self.ev_interruptions = 0
+        self.ev_gave_up = False
+        self._ev_pwm = False
         self._seen_offer_a = 0.0
         self._seen_us = 0
         # cable (`cable` op), mains (`grid`), sensors (`temp`)
@@ -167,6 +173,7 @@ class Plant:
             # The power of the last interval held until now (it changes only at ticks).
             self.energy_wh += self.power_w * (now_us - last) / 3.6e9
         self._follow_pwm(now_us)
+        self._count_interruptions()
         self.update_draw()
         if self.button_until_us and now_us >= self.button_until_us:
             self.button_until_us = 0
@@ -182,6 +189,17 @@ class Plant:
             self._seen_us = now_us
         elif offer != self.ev_offer_a and now_us - self._seen_us >= SETTLE_US:
             self.ev_offer_a = offer
+
+    def _count_interruptions(self):
+        pwm = self._cp.duty_pm > 0
+        if self._ev_pwm and not pwm and self.ev_state in ("C", "D"):
+            self.ev_interruptions += 1
+            n = self.ev_gives_up_after
+            if n and self.ev_interruptions >= n:
+                self.ev_state = "B"  # opens S2 and asks no more
+                self.ev_gave_up = True
+                self.update_cp()
+        self._ev_pwm = pwm
 
     def update_draw(self):
         """Per-phase current: flows in C/D only through closed contacts on live phases."""
@@ -213,5 +231,8 @@ class Plant:
             "draw_a": self.ev_draw_a,
             "phases": self.ev_phases,
             "following_a": self.ev_offer_a,
+            "gives_up_after": self.ev_gives_up_after,
+            "interruptions": self.ev_interruptions,
+            "gave_up": self.ev_gave_up,
             "amps": list(self.amps),
         }

@@ -51,6 +51,15 @@ def _int_choice(*values):
     return check
 
 
+def _int_or_null(lo, hi):
+    check = _int(lo, hi)
+
+    def check_or_null(name, v):
+        return None if v is None else check(name, v)
+
+    return check_or_null
+
+
 def _bool(name, v):
     if type(v) is not bool:
         raise RequestError("%s must be true or false" % name)
@@ -128,6 +137,7 @@ OPS = {
         "max_a": (_number(0, 80), False),
         "draw_a": (_number(0, 100, null=True), False),
         "phases": (_int_choice(1, 3), False),
+        "gives_up_after": (_int_or_null(1, 1000), False),
     },
     "cable": {"pp_ohms": (_number(0, 100_000, null=True), True)},
     "grid": {"volts": (_volts, False), "hz": (_number(40, 70), False)},
