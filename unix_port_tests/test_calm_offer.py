@@ -206,3 +206,67 @@ def test_pauses_are_counted_per_session_and_recorded():
     r.plug("B")
     eq(r.ch.start_session("04A1B2C3", "RFID"), None)
     eq(r.ch.session.pauses, 0, "a new session counts from 0")
+
+
+# ---- end to end with load balancing: the real charging core behind a CAN pool ----------------
+def _pool(headroom):
+    """A meter master (node 1, no car) and node 2: the real charging core of a Rig with
+    its car, on an in-memory CAN bus, all on the rig's virtual clock. headroom(t_ms) is
+    the master's meter headroom per phase with node 2's own current taken out (the meter
+    sees node 2 as house load)."""
+    from evse import balance as lb
+    from test_balance import Bus, FakeCharger, Prot, _Power, _settings
+
+    r = Rig(lb_enabled=True, can_addr=2, phase_set="L123", max_house_current_a=40,
+            meter_model="none", charger_power="7kW")
+    bus = Bus()
+    pw = _Power([40.0, 40.0, 40.0])
+    master = lb.Balancer(FakeCharger(), _settings(1, meter_model="SDM630"), Prot(), bus.port(),
+                         clock=r.clock, power=pw, epoch=1)
+    node = lb.Balancer(r.ch, r.settings, Prot(), bus.port(), clock=r.clock, epoch=2)
+
+    def run(ms):
+        for _ in range(ms // 100):
+            t = r.clock.ms
+            if t % 1000 == 0:  # a meter reading every second
+                h = headroom(t) - r.ch.offered_a  # the car draws what is offered
+                pw.headroom_a = [h, h, h]
+                pw.last_ok_ms = t
+            master.tick(t)
+            node.tick(t)
+            r.run(100)
+
+    return r, node, run
+
+
+def test_a_pool_limit_alternating_5_5_and_6_5_a_pauses_at_most_once_a_minute():
+    """End to end through load balancing: the master's pool limit alternates 5.5 / 6.5 A
+    (its meter's headroom, every 2 s: a rise counts from the second reading that shows
+    it, docs/load-balancing.md), so its allocation to the car's node alternates 0 / 6.5 A
+    for 5 minutes. The old core paused and resumed with it every 4 s and the car gave up
+    after its 5th interruption; now at most one pause a minute, and the car charges on."""
+    level = [40.0]
+    r, node, run = _pool(lambda t: level[0])
+    r.hw.ev.gives_up_after = 5
+    r.hw.ev.state = "B"
+    run(1000)
+    eq(r.ch.start_session("04A1B2C3", "RFID"), None)
+    run(1500)
+    r.hw.ev.state = "C"
+    run(8000)
+    true(r.hw.relays.closed and r.ch.offered_a >= 6.0, "charging: %.1f A" % r.ch.offered_a)
+    log = _duty_log(r)
+    for i in range(150):  # 5 minutes
+        level[0] = 5.5 if i % 2 == 0 else 6.5
+        run(2000)
+    minutes = 5
+    true(not r.hw.ev.gave_up, "the car gave up after %d interruptions" % r.hw.ev.interruptions)
+    true(_stops(log) <= minutes, "%d stops of the PWM" % _stops(log))
+    true(r.ch.session.pauses <= minutes, "%d pauses in %d minutes" % (r.ch.session.pauses, minutes))
+    eq(r.hw.ev.state, "C", "the car still asks")
+    true(len(log) <= 2 * minutes + 2, "%d duty changes in %d minutes" % (len(log), minutes))
+    level[0] = 20.0  # room again for good
+    run(70000)
+    true(r.ch.offered_a >= 12.0, "charging again: %.1f A" % r.ch.offered_a)
+    true(r.hw.relays.closed, "relays closed")
+    eq(node.limit_a, node.alloc_a, "the node offers what the master allocates")
