@@ -6,7 +6,8 @@
 # at once (`set_external_limit`). Everything else the offer does is calm, for the cars
 # that stop asking after a few interruptions (docs/errors.md, "Current limits"): whole
 # 0.5 A steps, a raise only once the limit has stayed 1 A above the offer for 5 s, and
-# a pause the limits make lasts `min_pause_s`. Faults come in through `trip()`, which
+# a pause the limits make lasts `min_pause_s`, then needs 7 A. Faults come in through
+# `trip()`, which
 # opens the relays and drives the pilot to state F before anything else and allocates
 # nothing, so protection code and IRQ handlers can call it directly.
 #
@@ -168,8 +169,8 @@ class Charger:
         self.cable_a = None
         self._changed_ms = None  # last change of the offer (up, down, stop); None: > 5 s ago
         self._last_a = 0.0  # the last current the PWM offered (kept through a stop)
-        # The limit at or above the level a raise needs (the last offer + 1 A; 7 A in a
-        # pause), and at or above 6 A during a pause: since when, and how low meanwhile.
+        # The limit at or above the level a raise needs (the last offer + 1 A), and at
+        # or above 6 A during a pause: since when, and how low meanwhile.
         self._up = _Steady()
         self._ok = _Steady()
         self._pause_ms = None  # a pause the limits made began then (None: none)
@@ -556,9 +557,7 @@ class Charger:
         lim = self.limit_a
         if self._pause_ms is None:
             self._up.feed(now_ms, lim, self._last_a + RAISE_MARGIN_A, _RAISE_HOLD_MS)
-            self._ok.reset()
         else:
-            self._up.feed(now_ms, lim, limits.MIN_A + RAISE_MARGIN_A, _RAISE_HOLD_MS)
             self._ok.feed(now_ms, lim, limits.MIN_A, self._min_pause_ms())
             if not self._pause_over:
                 # First, whatever the limit: a pause that lasts days must not read its
@@ -613,25 +612,26 @@ class Charger:
     def _target(self, now_ms):
         """What the PWM may offer now, 0.0 for a pause (docs/errors.md, "Current
         limits"). Never above the limit: every rule here only holds the offer lower."""
+        target = limits.offer_of(self.limit_a)
         if self._pause_ms is not None:
             # A pause the limits made ends once it has lasted min_pause_s, with the limit
-            # 1 A above 6 A for 5 s, or at 6 A or more all through the minimum pause (a
-            # steady 6 A share); at the lowest value the limit had meanwhile.
-            if self.limit_a < limits.MIN_A or not self._pause_over:
+            # 1 A above 6 A, or at 6 A or more all through the minimum pause (a steady
+            # 6 A share of a pool: at the lowest value it had meanwhile).
+            if not target or not self._pause_over:
                 return 0.0
-            if self._up.held:
-                return limits.offer_of(self._up.low)
+            if self.limit_a >= limits.MIN_A + RAISE_MARGIN_A:
+                return target
             if self._ok.held:
-                return limits.offer_of(self._ok.low)
+                return min(target, limits.offer_of(self._ok.low))
             return 0.0
-        target = limits.offer_of(self.limit_a)
         last = self._last_a
         if last and target > last:
             # No increase within 5 s of a change (a raise, a reduction, a stop), and only
-            # once the limit has stayed 1 A above the last offer for 5 s.
+            # once the limit has stayed 1 A above the last offer for 5 s: then to the
+            # lowest value it had meanwhile.
             if self._raise_held(now_ms) or not self._up.held:
                 return last
-            return limits.offer_of(self._up.low)
+            return min(target, limits.offer_of(self._up.low))
         return target
 
     def _offer(self, target):
@@ -654,6 +654,7 @@ class Charger:
                 self._pause_ms = self._pwm_stop_ms
                 self._pause_over = False
                 self._ok.reset()
+                self._up.reset()  # not fed in the pause: what it holds would be stale
         self.offered_a = 0.0
 
     def _control_relays(self, now_ms):
