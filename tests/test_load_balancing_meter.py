@@ -82,9 +82,12 @@ class MeterPool:
         """spare: the can_addr of one more charger on the bus, behind the same meter,
         not started with the pool (`self.spare`; the watcher's last entry)."""
         self.pty = PtyPair(tmp_path)
+        # min_pause_s: the shortest minimum pause of the charging core; what is timed here
+        # is the pool, not the core's pause that keeps a car from being interrupted more
+        # than once a minute (docs/errors.md, "Current limits").
         settings = {"max_house_current_a": LIMIT_A, "auth_mode": "free",
                     "charging_mode": "C", "cable_max_a": 32, "max_current_a": 32,
-                    "charger_power": "22kW", "phase_set": "L123"}
+                    "charger_power": "22kW", "phase_set": "L123", "min_pause_s": 5}
         self.pool = Pool(tmp_path, n, settings,
                          extra=lambda i: {"meter_model": "SDM630"} if i == 0 else {},
                          env=lambda i: {"EVSE_RS485": str(self.pty.a)} if i == 0 else {},
