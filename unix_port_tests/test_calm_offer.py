@@ -93,16 +93,20 @@ def test_a_pause_lasts_min_pause_s_then_needs_1a_of_margin_or_a_steady_limit():
     eq(r.hw.cp.duty_pm, -1, "paused for min_pause_s (30 s)")
     r.run(300)
     eq(r.ch.offered_a, 16.0, "resumed: 16 A is 1 A above 6 A, the pause 30 s long")
-    # 6.5 A comes back at once: no 1 A margin above 6 A, so only a limit that stays at
-    # 6 A or more through a whole minimum pause resumes.
+    # 6.5 A is no 1 A margin above 6 A: it ends a pause only once it has stayed 5 s.
     r.ch.set_external_limit("power", 0.0)
-    r.run(1000)
+    r.run(28000)
     r.ch.set_external_limit("power", 6.5)
-    r.run(29700)
-    eq(r.hw.cp.duty_pm, -1, "6.5 A, 29.7 s: paused")
-    r.run(500)
-    eq(r.ch.offered_a, 6.5, "6.5 A held through a whole minimum pause: resumed")
+    r.run(4800)
+    eq(r.hw.cp.duty_pm, -1, "the pause is over, but 6.5 A for 4.8 s only: paused")
+    r.run(400)
+    eq(r.ch.offered_a, 6.5, "6.5 A held for 5 s: resumed")
     eq(r.ch.session.pauses, 2)
+    r.ch.set_external_limit("power", 0.0)
+    for i in range(100):  # 5.5 / 6.5 A, 2 s each: never 5 s at 6 A
+        r.ch.set_external_limit("power", 6.5 if i % 2 else 5.5)
+        r.run(2000)
+    eq(r.ch.session.pauses, 3, "no resume on a limit wobbling around 6 A")
 
 
 def test_a_setting_below_its_range_is_refused():

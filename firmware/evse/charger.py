@@ -558,7 +558,7 @@ class Charger:
         if self._pause_ms is None:
             self._up.feed(now_ms, lim, self._last_a + RAISE_MARGIN_A, _RAISE_HOLD_MS)
         else:
-            self._ok.feed(now_ms, lim, limits.MIN_A, self._min_pause_ms())
+            self._ok.feed(now_ms, lim, limits.MIN_A, _RAISE_HOLD_MS)
             if not self._pause_over:
                 # First, whatever the limit: a pause that lasts days must not read its
                 # start as negative once the ticks wrap (2**29 ms on a 32-bit port).
@@ -615,8 +615,8 @@ class Charger:
         target = limits.offer_of(self.limit_a)
         if self._pause_ms is not None:
             # A pause the limits made ends once it has lasted min_pause_s, with the limit
-            # 1 A above 6 A, or at 6 A or more all through the minimum pause (a steady
-            # 6 A share of a pool: at the lowest value it had meanwhile).
+            # 1 A above 6 A, or at 6 A or more for 5 s (a steady 6 A share of a pool: at
+            # the lowest value it had meanwhile; a limit wobbling around 6 A has not).
             if not target or not self._pause_over:
                 return 0.0
             if self.limit_a >= limits.MIN_A + RAISE_MARGIN_A:
