@@ -6,10 +6,10 @@
 # at once (`set_external_limit`). Everything else the offer does is calm, for the cars
 # that stop asking after a few interruptions (docs/errors.md, "Current limits"): whole
 # 0.5 A steps, a raise only once the limit has stayed 1 A above the offer for 5 s, and
-# a pause the limits make lasts `min_pause_s`, then needs 7 A. Faults come in through
-# `trip()`, which
-# opens the relays and drives the pilot to state F before anything else and allocates
-# nothing, so protection code and IRQ handlers can call it directly.
+# a pause the limits make lasts `min_pause_s`, then needs 7 A (or 6 A held for 5 s).
+# Faults come in through `trip()`, which opens the relays and drives the pilot to state
+# F before anything else and allocates nothing, so protection code and IRQ handlers can
+# call it directly.
 #
 # The RCD interrupt runs trip() at any moment (docs/hal.md, "What the interrupts share"):
 # the fault bits are read and changed only in sections with interrupts off (straight-line
