@@ -637,8 +637,9 @@ def _random_event(r, t, add):
     elif kind == "ext_lost":
         pair("ext_lost", True, False)
     elif kind == "gives_up":
-        # A car that stops asking (stays in B) after a few interruptions of the PWM.
-        add(t, "gives_up", r.pick((1, 2, 3, 5)))
+        # A car that stops asking (stays in B) after a few interruptions of the PWM; from
+        # the start half the time, so that the scenario's pauses and faults count.
+        add(t if r.below(2) else 0, "gives_up", r.pick((1, 1, 2, 3, 5)))
     elif kind == "irq_write":
         # A residual current whose interrupt lands inside the next write of that output.
         add(t, "irq_write", r.pick(("relays", "cp", "lock", "rcd_test", "error")), trig)
