@@ -275,3 +275,24 @@ def test_a_pool_limit_alternating_5_5_and_6_5_a_pauses_at_most_once_a_minute():
     true(r.ch.offered_a >= 12.0, "charging again: %.1f A" % r.ch.offered_a)
     true(r.hw.relays.closed, "relays closed")
     eq(node.limit_a, node.alloc_a, "the node offers what the master allocates")
+
+
+def test_the_pause_count_is_in_the_history_and_survives_a_power_loss():
+    from check import tmpdir
+    from evse.charger import Session
+    from evse.history import History
+
+    d = tmpdir("pauses")
+    h = History(d, lambda: 1_790_000_000)
+    s = Session("04A1B2C3", "RFID", 1_790_000_000, 0.0)
+    s.pauses = 4
+    h.session_started(s)
+    s.stop_mode, s.end_s = "Unplug", 1_790_000_600
+    h.session_ended(s)
+    eq(h.session_list()[0]["pauses"], 4, "in the session record")
+    s2 = Session("04A1B2C3", "RFID", 1_790_001_000, 0.0)
+    s2.pauses = 2
+    h.session_started(s2)  # then the power goes
+    h2 = History(d, lambda: 1_790_002_000)
+    rec = h2.recover_open_session(1_790_002_000)
+    eq((rec["stop_mode"], rec["pauses"]), ("PowerLoss", 2), "kept through the power loss")
