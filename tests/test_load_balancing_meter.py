@@ -63,6 +63,11 @@ GRANT_S = 2 * CYCLE_S + TICK_S + LATE_S
 # cycle on its grid.
 FOLLOW_S = TICK_S + CYCLE_S + TICK_S + LATE_S
 WAIT_S = 15.0  # bound on a wait of the test, not a figure of the firmware
+# The charging core (docs/errors.md, "Current limits"): a pause lasts min_pause_s (5 s
+# in these tests) and a share below 7 A ends it only once it has held 5 s; a raise comes
+# once the allocation has stayed 1 A above the offer for 5 s.
+PAUSE_S = 5.0 + 5.0
+RAISE_HOLD_S = 5.0
 CAN_CLEAR_S = 10.0  # protection: ERR CAN ADDR clears this long after the clash ends
 CLASH_CLEAR_S = 3.0  # balance.CLASH_CLEAR_MS: no frame with our address -> clash over
 
@@ -82,9 +87,12 @@ class MeterPool:
         """spare: the can_addr of one more charger on the bus, behind the same meter,
         not started with the pool (`self.spare`; the watcher's last entry)."""
         self.pty = PtyPair(tmp_path)
+        # min_pause_s: the shortest minimum pause of the charging core; what is timed here
+        # is the pool, not the core's pause that keeps a car from being interrupted more
+        # than once a minute (docs/errors.md, "Current limits").
         settings = {"max_house_current_a": LIMIT_A, "auth_mode": "free",
                     "charging_mode": "C", "cable_max_a": 32, "max_current_a": 32,
-                    "charger_power": "22kW", "phase_set": "L123"}
+                    "charger_power": "22kW", "phase_set": "L123", "min_pause_s": 5}
         self.pool = Pool(tmp_path, n, settings,
                          extra=lambda i: {"meter_model": "SDM630"} if i == 0 else {},
                          env=lambda i: {"EVSE_RS485": str(self.pty.a)} if i == 0 else {},
@@ -379,7 +387,9 @@ def test_three_nodes_cars_come_and_go_and_house_load_steps(meter_pool):
     took = mp.set_load([5.0, 20.0, 5.0])
     w.wait(lambda ss: _total(offers(ss)) <= 20, WAIT_S, "offers cut to 20 A")
     print(f"pool limit followed the meter after {took:.1f} s")
-    o = mp.settled(lambda o: _charging(o) == 3 and _total(o) >= 18, 15, "three share 20 A")
+    # The dip of the step cut some cars to 0: they resume at a share of 6.5 A.
+    o = mp.settled(lambda o: _charging(o) == 3 and _total(o) >= 18, 15 + PAUSE_S,
+                   "three share 20 A")
     print("load 20 A on L2:", o)
     # The load goes: the pool grows back, the nodes follow.
     mp.set_load(LOAD)

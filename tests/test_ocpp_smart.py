@@ -55,7 +55,9 @@ def charge(c):
 
 
 def test_profiles_set_the_pwm_duty(cs, ocpp):
-    c = ocpp(settings={"charger_power": "7kW"}, cards=[A])
+    # The shortest minimum pause (docs/errors.md): the pause below is the profile's, and
+    # the resume after it is timed by the profile being cleared.
+    c = ocpp(settings={"charger_power": "7kW", "min_pause_s": 5}, cards=[A])
     charge(c)
     offering(c, 32.0)
     # The relays close once a sample under the PWM has proven the diode (docs/errors.md).

@@ -190,7 +190,7 @@ class Rig:
     """One charger with one meter on a pty pair. Three-phase meters: a 22 kW charger on
     L1-L3 with a three-phase EV; the single-phase SDM120: a 7 kW charger on L1."""
 
-    def __init__(self, model, tmp_path, request):
+    def __init__(self, model, tmp_path, request, **extra):
         self.model = model
         self.three = model != "SDM120"
         self.bus = PtyPair(tmp_path)
@@ -203,7 +203,11 @@ class Rig:
             "max_current_a": 32,
             "charger_power": "22kW" if self.three else "7kW",
             "phase_set": "L123" if self.three else "L1",
+            # The shortest minimum pause of the charging core: what is timed here is the
+            # manager's own resume rule (7 A for 5 s), which ends a pause later than that.
+            "min_pause_s": 5,
         }
+        settings.update(extra)
         self.charger = Charger(tmp_path / "charger", settings=settings,
                                env={"EVSE_RS485": str(self.bus.a)})
         request.node.chargers = [self.charger]
@@ -345,8 +349,8 @@ class Rig:
 def rig(request, tmp_path):
     made = []
 
-    def make(model):
-        r = Rig(model, tmp_path, request)
+    def make(model, **extra):
+        r = Rig(model, tmp_path, request, **extra)
         made.append(r)
         r.start()
         return r
@@ -582,3 +586,33 @@ def test_single_phase_car_uses_its_phase_headroom(rig):
     r.meter.ctl(op="load", amps=[22.0, 22.0, 5.0])
     snap = r.wait(lambda s: s["offered_a"] == 0)
     assert snap["limit_binding"] == "power"
+
+
+def test_a_house_load_that_keeps_coming_and_going_pauses_once_per_minimum_pause(rig):
+    """The house load alternates every 8 s between leaving the car 3 A and 10 A: the
+    manager pauses below 6 A and resumes after 5 s with 7 A, so the car was interrupted
+    every 16 s, and a car that gives up after 4 interruptions (the simulator's
+    `gives_up_after`) stopped asking within a minute. The charging core's minimum pause
+    (here 30 s) allows one pause per 30 s: the car charges on (docs/errors.md)."""
+    r = rig("SDM630", min_pause_s=30)
+    c = r.charger
+    r.charge()
+    c.sim("ev", gives_up_after=4)
+    steady(r, 20.0, 5.0)
+    t_start = c.snapshot()["t_us"]
+    t0 = time.monotonic()
+    i = 0
+    while time.monotonic() - t0 < 90:
+        r.set_load(22.0 if i % 2 == 0 else 15.0)  # 3 A, then 10 A left for the car
+        i += 1
+        time.sleep(8.0)
+    snap = c.snapshot()
+    ev = snap["plant"]["ev"]
+    assert not ev["gave_up"], f"the car gave up after {ev['interruptions']} interruptions"
+    assert ev["state"] == "C", ev
+    pauses = snap["session"]["pauses"]
+    assert 1 <= pauses <= 3, f"{pauses} pauses in 90 s with a 30 s minimum pause"
+    stops = [t for t, a in r.offer_changes(t_start) if a == 0.0]
+    assert len(stops) == pauses == ev["interruptions"], (stops, pauses, ev)
+    for a, b in zip(stops, stops[1:], strict=False):
+        assert b - a >= 30e6, f"pauses {(b - a) / 1e6:.1f} s apart"

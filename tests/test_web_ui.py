@@ -291,11 +291,14 @@ def check_system_parameters(t, c, L, code):
     t.field(L["k.max_current_a"]).fill("16")
     expect(t.field(L["k.min_start_a"])).to_have_value("6")
     t.field(L["k.min_start_a"]).fill("8")
+    expect(t.field(L["k.min_pause_s"])).to_have_value("60")
+    t.field(L["k.min_pause_s"]).fill("90")
     t.button(L["btn.apply"])
     expect(t.msg).to_have_text(L["msg.saved"])
     cfg = config(c)
     assert (cfg["charger_power"], cfg["rfid_type"], cfg["charging_mode"], cfg["cp_type"],
-            cfg["max_current_a"], cfg["min_start_a"]) == ("7kW", "CPU", "C", "0.8V", 16, 8)
+            cfg["max_current_a"], cfg["min_start_a"], cfg["min_pause_s"]) == (
+                "7kW", "CPU", "C", "0.8V", 16, 8, 90)
     t.shot(f"{code}-config")
 
     # Out of range, together with a valid change: an error at the field, nothing stored.

@@ -195,6 +195,17 @@ class Ev:
         self.asleep = False
         self.wake = fakehw.Sleeper(close_ms=0)
         self.start_min_a = 0.0  # a slow starter: draws nothing while offered less
+        # A car that stops asking after this many interruptions (the PWM stopped while it
+        # was in C or D): it goes to B and stays there. None: never.
+        self.gives_up_after = None
+        self.interruptions = 0
+
+    def pwm_stopped(self):
+        if self.state in ("C", "D") and not self.short:
+            self.interruptions += 1
+            n = self.gives_up_after
+            if n and self.interruptions >= n:
+                self.state = "B"
 
 
 class Relays:
@@ -445,12 +456,15 @@ class Board:
             self.relays.closed = value
             self.sync_contacts()
         elif what == "cp":
+            was_pwm = self.cp.duty_pm > 0
             changed = self.cp.duty_pm != value
             self.cp.duty_pm = value
             if changed:
                 self.offers.append((self.clock.now, amps_of(value)))
                 if len(self.offers) > 64:
                     del self.offers[:32]
+            if was_pwm and value <= 0:
+                self.ev.pwm_stopped()
             self.ev_sees_pilot()
         elif what == "lock":
             changed = self.lock.engaged != value

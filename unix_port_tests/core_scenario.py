@@ -80,7 +80,7 @@ class Run:
         ev.lag_ms = cfg["ev_lag_ms"]
         self.board.pp_adc.ohm = cfg["pp_ohm"] if cfg["socket"] else -1
         keys = ("charger_power", "charging_mode", "ventilation", "cp_type", "max_current_a",
-                "power_system", "cable_max_a", "auth_mode")
+                "power_system", "cable_max_a", "auth_mode", "min_pause_s")
         self.settings = FakeSettings(**{k: cfg[k] for k in keys})
         self.data_dir = _data_dir()
         for suffix in ("", ".bak", ".tmp"):
@@ -195,9 +195,13 @@ class Run:
             b.ev.state = arg
             if arg != "B":
                 b.ev.asleep = False  # a car that leaves B is awake
+            b.ev.interruptions = 0  # the driver moved the car: a car that gave up asks again
         elif kind == "asleep":  # it falls asleep in B (plugged in asleep, if it was in A)
             b.ev.state = "B"
             b.ev.asleep = True
+        elif kind == "gives_up":
+            b.ev.gives_up_after = arg
+            b.ev.interruptions = 0
         elif kind == "diode":
             b.ev.diode = arg
         elif kind == "pilot_tol":
@@ -513,6 +517,14 @@ def make(r, index=0):
         _random_event(r, r.below(dur), add)
     if r.below(12) == 0:
         ev += _asleep_events(r, cfg, ev)
+    # Drawn after everything above, so that each scenario of a seed stays what it was
+    # before these choices came: short minimum pauses too, so that resumes after a pause
+    # fall inside a run; and in one scenario in seven a car that stops asking (stays in
+    # B) after a few interruptions of the PWM, from the start half the time, so that the
+    # scenario's pauses and faults count.
+    cfg["min_pause_s"] = r.pick((5, 10, 60))
+    if r.below(7) == 0:
+        add(r.below(dur) if r.below(2) else 0, "gives_up", r.pick((1, 1, 2, 3, 5)))
     ev.sort(key=lambda e: e[0])
     return Scenario(cfg, ev)
 
@@ -770,10 +782,11 @@ def known(scn, failure):
 def describe(scn):
     c = scn.cfg
     lines = ["case %d: %s board, %s, %s, charging_mode %s, ventilation %s, max %d A, %s, "
-             "PP %d ohm, cable_max %d A, EV max %.0f A lag %d ms, tick bases %s, %d ms" % (
+             "PP %d ohm, cable_max %d A, EV max %.0f A lag %d ms, min pause %d s, tick bases %s, "
+             "%d ms" % (
                  c["index"], "socket" if c["socket"] else "tethered", c["auth_mode"], c["charger_power"],
                  c["charging_mode"], c["ventilation"], c["max_current_a"], c["power_system"],
-                 c["pp_ohm"], c["cable_max_a"], c["ev_max_a"], c["ev_lag_ms"],
+                 c["pp_ohm"], c["cable_max_a"], c["ev_max_a"], c["ev_lag_ms"], c["min_pause_s"],
                  ["0x%08x" % b for b in c["bases"]], c["duration_ms"])]
     for t, kind, arg, trig in scn.events:
         when = "" if trig is None else " (once %s, +%d ms)" % trig

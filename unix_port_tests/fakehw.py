@@ -33,6 +33,7 @@ class CpAdc:
         pos = ev.gen_pos_mv
         neg = ev.gen_neg_mv
         z = ev.adc_zero_mv
+        ev.see(self._cp.duty_pm)
         if self._cp.duty_pm == -2:
             self.hi_mv = self.lo_mv = neg + z
             return
@@ -67,6 +68,12 @@ class Ev:
         self.clock = None  # ms, set by a test that lets the car wake up
         self._sleep = Sleeper()
         self.start_min_a = 0.0  # a slow starter: draws nothing while offered less
+        # A car that stops asking after this many interruptions (the PWM stopped while
+        # it was in C or D): it goes to B and stays there. None: never.
+        self.gives_up_after = None
+        self.interruptions = 0
+        self.gave_up = False
+        self._pwm = False
 
     def draw_a(self, offered_a, closed):
         """What the car draws on its phase: the offer through closed contacts in C/D,
@@ -82,6 +89,17 @@ class Ev:
         ):
             self.asleep = False
             self.state = "C"
+
+
+    def see(self, duty_pm):
+        """The pilot as the car sees it at each sample: counts interruptions."""
+        if self._pwm and duty_pm <= 0 and self.state in ("C", "D"):
+            self.interruptions += 1
+            n = self.gives_up_after
+            if n and self.interruptions >= n:
+                self.state = "B"
+                self.gave_up = True
+        self._pwm = duty_pm > 0
 
 
 # The wake-up sequence a sleeping car answers (IEC 61851-1:2017 A.5.3, STANDARDS.md

@@ -231,3 +231,32 @@ def test_the_asleep_field_of_the_ev_op():
     r = c.handle_line(b'{"op": "ev", "asleep": true}')
     check.true(not r["ok"] and "asleep" in r["error"], "not in B: %r" % r)
     check.eq(p.ev_asleep, False, "unchanged")
+
+
+def test_an_ev_that_gives_up_after_n_interruptions_stays_in_b():
+    hw = _hw()
+    p = _charging(hw, 267)
+    p.ev_gives_up_after = 2
+    t = 700_000
+    for n in (1, 2):
+        hw.cp.high()  # a pause: the PWM stops with the car in C
+        p.tick(t)
+        check.eq(p.ev_interruptions, n, "interruptions")
+        hw.cp.pwm(267)
+        p.tick(t + 20_000)
+        t += 100_000
+    check.eq((p.ev_state, p.ev_gave_up), ("B", True), "gave up after 2: S2 open")
+    check.true(p.cp_pos_mv > 8000, "the pilot reads B: %d mV" % p.cp_pos_mv)
+    p.tick(t + 600_000)
+    check.eq(p.amps[0], 0.0, "asks no more with the PWM back")
+    view = p.ev_view()
+    check.eq((view["gives_up_after"], view["interruptions"], view["gave_up"]), (2, 2, True), "view")
+
+
+def test_an_ev_that_gives_up_ignores_stops_in_b():
+    hw = _hw()
+    p = _charging(hw, 267, state="B")
+    p.ev_gives_up_after = 1
+    hw.cp.high()
+    p.tick(700_000)
+    check.eq((p.ev_interruptions, p.ev_gave_up), (0, False), "not asking: not an interruption")

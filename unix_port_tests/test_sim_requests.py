@@ -129,3 +129,12 @@ def test_pilot_op_fields_are_checked():
     for text in (b'{"op": "pilot", "offset_v": NaN}', b'{"op": "pilot", "offset_v": Infinity}'):
         check.raises(RequestError, parse, text)
     _bad({"op": "pilot", "cp_offset_v": 0.6}, "unknown field")
+
+
+def test_ev_gives_up_after():
+    check.eq(_ok({"op": "ev", "gives_up_after": 5})["gives_up_after"], 5, "a count")
+    check.eq(_ok({"op": "ev", "gives_up_after": None})["gives_up_after"], None, "never")
+    _bad({"op": "ev", "gives_up_after": 0}, "gives_up_after", "1..1000")
+    _bad({"op": "ev", "gives_up_after": 2.5}, "gives_up_after", "integer")
+    _bad({"op": "ev", "gives_up_after": True}, "gives_up_after")
+    _bad({"op": "ev", "gives_up_after": "5"}, "gives_up_after")

@@ -107,6 +107,34 @@ def test_a_latched_trip_waiting_a_week_stays_at_x1():
         eq(r.ch.connected, False, "the vehicle leaving is seen")
 
 
+def test_a_pause_lasting_a_week_ends_once_the_limit_is_back():
+    """A pause the limits made lasts min_pause_s from its stop: after a week of a limit
+    below 6 A, the stop's time must not read as recent once the ticks wrap."""
+    with Ticks32(*_charger_modules()):
+        r = _rig()
+        r.charge()
+        r.ch.set_external_limit("power", 0.0)
+        r.run(200)
+        eq(r.hw.cp.duty_pm, -1, "paused")
+        _leap(r, WEEK_MS)
+        r.run(7000)  # hourly meter readings are a meter outage: MET, cleared by 5 s of them
+        true(not r.ch.active, "no fault left")
+        r.ch.set_external_limit("power", 16.0)
+        r.run(5300)
+        eq(r.ch.offered_a, 16.0, "resumed 5 s after the limit came back, a week later")
+        # The limit up for a week: a raise comes at once, not a week later.
+        r.ch.set_external_limit("power", 10.0)
+        r.run(6000)
+        r.ch.set_external_limit("power", 20.0)
+        r.run(200)
+        eq(r.ch.offered_a, 10.0, "not yet")
+        _leap(r, WEEK_MS)
+        r.run(7000)
+        true(not r.ch.active, "no fault left")
+        r.run(5300)  # MET stopped the offer: a change, 5 s before a raise
+        eq(r.ch.offered_a, 20.0, "raised after a week of the limit 1 A above the offer")
+
+
 def test_a_fault_lasting_a_week_clears_once_its_cause_is_gone():
     """The 1 s after a trip in which no clear rule runs is counted once: a relay
     over-temperature lasting a week clears as soon as the relay has cooled."""

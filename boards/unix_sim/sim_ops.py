@@ -208,6 +208,13 @@ class Controller:
             p.ev_start_min_a = float(req["start_min_a"])
         if "start_s" in req:
             p.ev_start_s = float(req["start_s"])
+        if "gives_up_after" in req or "state" in req:
+            # A new count with the setting, and after the driver moved the car (a car that
+            # gave up asks again when the test puts it back in C).
+            if "gives_up_after" in req:
+                p.ev_gives_up_after = req["gives_up_after"]
+            p.ev_interruptions = 0
+            p.ev_gave_up = False
         p.update_cp()
         p.update_draw()
         return {"ev": p.ev_view()}

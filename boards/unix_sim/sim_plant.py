@@ -100,6 +100,12 @@ class Plant:
         self._on_us = None  # when current could first flow (contacts closed, in C/D)
         self._now_us = 0
         self.ev_offer_a = 0.0  # the PWM offer the EV is following (lags the PWM)
+        # A car that stops asking after `ev_gives_up_after` interruptions (the PWM stopped
+        # while it was in C or D): it goes to B and stays there. None: never.
+        self.ev_gives_up_after = None
+        self.ev_interruptions = 0
+        self.ev_gave_up = False
+        self._ev_pwm = False
         self._seen_offer_a = 0.0
         self._seen_us = 0
         self.ev_asleep = False  # in B, deaf to the PWM until the wake-up sequence
@@ -189,6 +195,7 @@ class Plant:
             self.energy_wh += self.power_w * (now_us - last) / 3.6e9
         self._watch_sleep(now_us)
         self._follow_pwm(now_us)
+        self._count_interruptions()
         self.update_draw()
         if self.button_until_us and now_us >= self.button_until_us:
             self.button_until_us = 0
@@ -231,6 +238,17 @@ class Plant:
             self._seen_us = now_us
         elif offer != self.ev_offer_a and now_us - self._seen_us >= SETTLE_US:
             self.ev_offer_a = offer
+
+    def _count_interruptions(self):
+        pwm = self._cp.duty_pm > 0
+        if self._ev_pwm and not pwm and self.ev_state in ("C", "D"):
+            self.ev_interruptions += 1
+            n = self.ev_gives_up_after
+            if n and self.ev_interruptions >= n:
+                self.ev_state = "B"  # opens S2 and asks no more
+                self.ev_gave_up = True
+                self.update_cp()
+        self._ev_pwm = pwm
 
     def update_draw(self):
         """Per-phase current: flows in C/D only through closed contacts on live phases."""
@@ -280,5 +298,8 @@ class Plant:
             "start_min_a": self.ev_start_min_a,
             "start_s": self.ev_start_s,
             "following_a": self.ev_offer_a,
+            "gives_up_after": self.ev_gives_up_after,
+            "interruptions": self.ev_interruptions,
+            "gave_up": self.ev_gave_up,
             "amps": list(self.amps),
         }

@@ -51,6 +51,15 @@ def _int_choice(*values):
     return check
 
 
+def _int_or_null(lo, hi):
+    check = _int(lo, hi)
+
+    def check_or_null(name, v):
+        return None if v is None else check(name, v)
+
+    return check_or_null
+
+
 def _bool(name, v):
     if type(v) is not bool:
         raise RequestError("%s must be true or false" % name)
@@ -131,6 +140,7 @@ OPS = {
         "asleep": (_bool, False),
         "start_min_a": (_number(0, 32), False),
         "start_s": (_number(0, 600), False),
+        "gives_up_after": (_int_or_null(1, 1000), False),
     },
     # The charger's own pilot: the ADC zero error and the generator's levels (V).
     "pilot": {

@@ -98,10 +98,10 @@ class Api:
         return {"sessions": self.app.history.session_records(_limit(req))}
 
     async def history_csv(self, req):
-        rows = ["No,Start,End,Start Mode,Stop Mode,Energy kWh,Id"]
+        rows = ["No,Start,End,Start Mode,Stop Mode,Energy kWh,Id,Pauses"]
         for r in self.app.history.session_list(_limit(req, 200)):
             rows.append(
-                "%s,%s,%s,%s,%s,%.3f,%s"
+                "%s,%s,%s,%s,%s,%.3f,%s,%d"
                 % (
                     r.get("no"),
                     r.get("start") or "",
@@ -110,6 +110,7 @@ class Api:
                     r.get("stop_mode") or "",
                     r.get("energy_kwh") or 0,
                     _csv(r.get("id")),
+                    _count(r.get("pauses")),
                 )
             )
         return Response(
@@ -305,6 +306,11 @@ def _describe(rec):
         rec["description"] = row[4]
         rec["clears"] = row[5]
         rec["latching"] = row[2]
+
+
+def _count(v):
+    """A record's count as a CSV cell: records older than the field have none."""
+    return v if isinstance(v, int) and not isinstance(v, bool) else 0
 
 
 def _csv(v):

@@ -3,9 +3,13 @@
 # Two entry points run it: `tick_pilot()` every ~10 ms (sample CP, classify, debounce,
 # open at once when the vehicle leaves C/D) and `tick_control()` every ~100 ms (limits,
 # lock, offer, the Annex A timers, self-test); a limit that falls below the offer cuts it
-# at once (`set_external_limit`). Faults come in through `trip()`, which
-# opens the relays and drives the pilot to state F before anything else and allocates
-# nothing, so protection code and IRQ handlers can call it directly.
+# at once (`set_external_limit`). Everything else the offer does is calm, for the cars
+# that stop asking after a few interruptions (docs/errors.md, "Current limits"): whole
+# 0.5 A steps, a raise only once the limit has stayed 1 A above the offer for 5 s, and
+# a pause the limits make lasts `min_pause_s`, then needs 7 A (or 6 A held for 5 s).
+# Faults come in through `trip()`, which opens the relays and drives the pilot to state
+# F before anything else and allocates nothing, so protection code and IRQ handlers can
+# call it directly.
 #
 # The RCD interrupt runs trip() at any moment (docs/hal.md, "What the interrupts share"):
 # the fault bits are read and changed only in sections with interrupts off (straight-line
@@ -24,6 +28,11 @@ _log = log.get("charger")
 _F_HOLD_MS = const(1000)  # C -> F >= 300 ms -> X1 after a fault (STANDARDS.md §1.4)
 _FORCE_OPEN_MS = const(6000)  # PWM stopped, EV still in C: open under load (seq. 10.2)
 _RAISE_EVERY_MS = const(5000)  # an increase comes >= 5 s after any change of the offer
+# ... and once the limit has stayed RAISE_MARGIN_A above the offer for _RAISE_HOLD_MS
+# (hysteresis: a limit wobbling around a value moves nothing; the raise goes to the
+# lowest value the limit had meanwhile, so its noise is not chased either).
+_RAISE_HOLD_MS = const(5000)
+RAISE_MARGIN_A = 1.0
 _LOCK_CONFIRM_MS = const(1000)  # lock feedback must confirm within 1 s, one retry
 _SELFTEST_MS = const(500)  # RCD test input -> fault line within 500 ms, and back
 _PP_HOLD_MS = const(300)  # PP out of window this long -> ERR PP
@@ -83,6 +92,7 @@ class Session:
         self.stop_mode = None
         self.end_s = None
         self.charged = False  # relays closed at least once
+        self.pauses = 0  # the PWM offer stopped while the session went on (any cause)
         self.tx_id = None  # set by OCPP
         self.wakeups = 0  # wake-up sequences run for a car asleep in B2
         # Power over the session for the history chart: one sample per `sample_s`, in
@@ -106,7 +116,40 @@ class Session:
             "start_s": self.start_s,
             "duration_min": 0,
             "wakeups": self.wakeups,
+            "pauses": self.pauses,
         }
+
+
+class _Steady:
+    """Whether a value has stayed at or above a level: since when, the lowest value
+    meanwhile, and `held` once that lasted the hold (a flag from then on: a start days
+    old reads as negative once the ticks wrap). Allocates nothing."""
+
+    def __init__(self):
+        self.level = 0.0
+        self.since = 0
+        self.low = 0.0
+        self.held = False
+        self.on = False
+
+    def reset(self):
+        self.on = self.held = False
+
+    def feed(self, now_ms, value, level, hold_ms):
+        if level != self.level:
+            self.level = level
+            self.on = self.held = False
+        if value < level:
+            self.on = self.held = False
+        elif not self.on:
+            self.on = True
+            self.since = now_ms
+            self.low = value
+        else:
+            if value < self.low:
+                self.low = value
+            if not self.held:
+                self.held = time.ticks_diff(now_ms, self.since) >= hold_ms
 
 
 class Charger:
@@ -142,6 +185,12 @@ class Charger:
         self.cable_a = None
         self._changed_ms = None  # last change of the offer (up, down, stop); None: > 5 s ago
         self._last_a = 0.0  # the last current the PWM offered (kept through a stop)
+        # The limit at or above the level a raise needs (the last offer + 1 A), and at
+        # or above 6 A during a pause: since when, and how low meanwhile.
+        self._up = _Steady()
+        self._ok = _Steady()
+        self._pause_ms = None  # a pause the limits made began then (None: none)
+        self._pause_over = False  # ... and has lasted min_pause_s (a flag: the ticks wrap)
         self._pwm_stop_ms = None
         self.lock_state = LOCK_NONE
         self._lock_ms = 0
@@ -215,9 +264,9 @@ class Charger:
         if self.limit_a >= self.offered_a:
             return
         if self.limit_a < limits.MIN_A:
-            self._stop_offer()
+            self._stop_offer(pause=True)
         else:
-            self._write_offer(self.limit_a)
+            self._write_offer(limits.offer_of(self.limit_a))
 
     def _write_offer(self, amps):
         """Offers `amps` on the PWM. An interrupt may trip a fault after a caller's checks
@@ -231,6 +280,8 @@ class Charger:
         duty = pilot.duty_pm(amps)
         st = self._irq_off()
         if not self.active:
+            if amps != self._last_a:
+                self._up.reset()  # its level moved with the offer
             self._last_a = amps
             self._cp.pwm(duty)
             self.offered_a = amps
@@ -250,6 +301,9 @@ class Charger:
         self._relays.open()
         if self._cp.duty_pm > 0:
             self._changed_ms = self.clock()  # a stop of the offer: the next raise waits 5 s
+            s = self.session
+            if s is not None:
+                s.pauses += 1  # an interruption the vehicle sees (a small int: no allocation)
         # Protection calls this every tick while the cause lasts: only a new fault
         # starts the F hold, or the pilot would never return to X1 and the charger
         # would not see the vehicle come or go during a long fault (docs/errors.md).
@@ -457,7 +511,8 @@ class Charger:
         if s is None:
             return None
         self._wake_end()
-        self._stop_offer()
+        self._stop_offer(count=False)
+        self._pause_ms = None  # the next session starts without the pause of this one
         s.stop_mode = stop_mode
         s.end_s = self.hw.rtc.now()
         self.session = None
@@ -513,19 +568,22 @@ class Charger:
             authorized
             and not self.unavailable
             and not self.halted
-            and self.limit_a >= limits.MIN_A
             and self.cable_a is not None  # no offer before the cable's rating is known
             and (not self.case_b or self.lock_state == LOCK_LOCKED)
         )
+        target = self._target(now_ms)  # 0.0: the limits pause the charge
+        paused = ready and target < limits.MIN_A
+        if paused:
+            ready = False
         if ready and not self._selftest_done(now_ms):
             ready = False
         elif not ready:
             self._selftest_stop(now_ms)  # nothing waits for a test that has started
         if ready:
-            self._offer_or_wake(now_ms)
+            self._offer_or_wake(now_ms, target)
         else:
             self._wake_end()
-            self._stop_offer()
+            self._stop_offer(pause=paused)
         self._control_relays(now_ms)
 
     def _end_after_safe_state(self):
@@ -543,6 +601,18 @@ class Charger:
         self.limit_a, self.limit_binding = limits.compose(
             s["max_current_a"], limits.MODEL_A, self.cable_a, self.thermal_a, self.external
         )
+        lim = self.limit_a
+        if self._pause_ms is None:
+            self._up.feed(now_ms, lim, self._last_a + RAISE_MARGIN_A, _RAISE_HOLD_MS)
+        else:
+            self._ok.feed(now_ms, lim, limits.MIN_A, _RAISE_HOLD_MS)
+            if not self._pause_over:
+                # First, whatever the limit: a pause that lasts days must not read its
+                # start as negative once the ticks wrap (2**29 ms on a 32-bit port).
+                self._pause_over = time.ticks_diff(now_ms, self._pause_ms) >= self._min_pause_ms()
+
+    def _min_pause_ms(self):
+        return self.settings["min_pause_s"] * 1000
 
     def _check_cable(self, now_ms):
         if not self.case_b:
@@ -586,14 +656,35 @@ class Charger:
         self._changed_ms = None
         return False
 
-    def _offer(self, now_ms):
-        target = self.limit_a
-        if self._last_a and target > self._last_a and self._raise_held(now_ms):
-            # No increase within 5 s of a change: a raise, a reduction, or a pause (a
-            # limit that dipped below 6 A for a moment resumes at what it offered before).
-            target = self._last_a
+    def _target(self, now_ms):
+        """What the PWM may offer now, 0.0 for a pause (docs/errors.md, "Current
+        limits"). Never above the limit: every rule here only holds the offer lower."""
+        target = limits.offer_of(self.limit_a)
+        if self._pause_ms is not None:
+            # A pause the limits made ends once it has lasted min_pause_s, with the limit
+            # 1 A above 6 A, or at 6 A or more for 5 s (a steady 6 A share of a pool: at
+            # the lowest value it had meanwhile; a limit wobbling around 6 A has not).
+            if not target or not self._pause_over:
+                return 0.0
+            if self.limit_a >= limits.MIN_A + RAISE_MARGIN_A:
+                return target
+            if self._ok.held:
+                return min(target, limits.offer_of(self._ok.low))
+            return 0.0
+        last = self._last_a
+        if last and target > last:
+            # No increase within 5 s of a change (a raise, a reduction, a stop), and only
+            # once the limit has stayed 1 A above the last offer for 5 s: then to the
+            # lowest value it had meanwhile.
+            if self._raise_held(now_ms) or not self._up.held:
+                return last
+            return min(target, limits.offer_of(self._up.low))
+        return target
+
+    def _offer(self, target):
         if target != self.offered_a or self._cp.duty_pm <= 0:
             self._write_offer(target)
+        self._pause_ms = None
         self._pwm_stop_ms = None
 
     # ---- wake-up of a sleeping car (IEC 61851-1:2017 A.5.3) ------------------------------
@@ -602,7 +693,7 @@ class Charger:
         """The wake-up holds the pilot (F, then X1): the EV's pause, not ours."""
         return self._wake >= _WK_F
 
-    def _offer_or_wake(self, now_ms):
+    def _offer_or_wake(self, now_ms, target):
         """The offer while the session may have it. A new offer (a start, a resume after
         any pause) arms the wake-up: a car that sleeps through it sits in B2 for good."""
         w = self._wake
@@ -620,7 +711,7 @@ class Charger:
         elif self._cp.duty_pm <= 0:
             self._wake = _WK_ARMED
             self._wake_ms = now_ms
-        self._offer(now_ms)
+        self._offer(target)
         if self._wake == _WK_ARMED:
             self._wake_watch(now_ms)
 
@@ -653,12 +744,21 @@ class Charger:
             self._x1()
         self._wake = _WK_OFF
 
-    def _stop_offer(self):
+    def _stop_offer(self, pause=False, count=True):
+        """Stops the PWM offer. pause: the limits stop it (below 6 A), which starts a
+        pause of at least min_pause_s; count: the session goes on (a pause it counts)."""
         if self._cp.duty_pm > 0:
             self._cp.high()
             if self.active:
                 self._cp.low()  # a fault tripped by an interrupt meanwhile: its F stands
             self._pwm_stop_ms = self._changed_ms = self.clock()
+            if count and self.session is not None:
+                self.session.pauses += 1
+            if pause:
+                self._pause_ms = self._pwm_stop_ms
+                self._pause_over = False
+                self._ok.reset()
+                self._up.reset()  # not fed in the pause: what it holds would be stale
         self.offered_a = 0.0
 
     def _control_relays(self, now_ms):

@@ -74,6 +74,7 @@ class History:
                 "tx_id": s.tx_id,
                 "power_dkw": s.power_dkw,
                 "sample_s": s.sample_s,
+                "pauses": s.pauses,
                 # the number its record will get: sessions are recorded one at a time
                 "no": self.sessions.last_seq + 1,
             },
@@ -92,6 +93,8 @@ class History:
                 # power over the session, 0.1 kW every `sample_s` (the history chart)
                 "power_dkw": s.power_dkw,
                 "sample_s": s.sample_s,
+                # how often the offer stopped while the session went on (docs/errors.md)
+                "pauses": s.pauses,
             }
         )
 
@@ -115,6 +118,7 @@ class History:
                 "id": data.get("id_tag"),
                 "power_dkw": data.get("power_dkw") or [],
                 "sample_s": data.get("sample_s") or 60,
+                "pauses": data.get("pauses") or 0,
             },
             tx_id=data.get("tx_id"),
         )

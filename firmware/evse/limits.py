@@ -30,6 +30,20 @@ def thermal_limit(max_a, relay_c, socket_c):
     return limit
 
 
+# Offers are whole multiples of STEP_A, rounded down: a limit that moves by a tenth (a
+# meter reading, a derating) does not move the duty, and every offer is one a car reads
+# the same (many follow in whole or half amps). 0.5 A is also the unit of the CAN load
+# balancing's allocations, which are thus offered exactly.
+STEP_A = 0.5
+
+
+def offer_of(limit_a):
+    """The offer for a limit: rounded down to STEP_A, 0.0 below 6 A (a pause)."""
+    if limit_a < MIN_A:
+        return 0.0
+    return int(limit_a / STEP_A + 1e-6) * STEP_A
+
+
 def finite_or_0(value):
     """value as a float when it is a finite number, else 0.0 (a pause)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):

@@ -148,6 +148,9 @@ SCHEMA = {
     # and power management offer no less to start it (docs/load-balancing.md).
     "min_start_a": (6, _int_range(6, 16)),
     "cable_max_a": (32, _int_range(6, 63)),
+    # A pause the current limits make lasts at least this long (docs/errors.md): some
+    # cars stop asking after a few interruptions.
+    "min_pause_s": (60, _int_range(5, 600)),
     "ocpp_url": ("", check_ocpp_url),
     "lb_enabled": (False, _bool),
     "max_house_current_a": (40, _int_range(6, 500)),
