@@ -85,6 +85,7 @@ def test_the_wake_up_is_the_evs_pause_in_ocpp_status():
 
 def test_once_per_resume_and_at_most_wake_max_per_session():
     r = _rig(wakes=False)
+    r.settings["min_pause_s"] = 5  # the shortest minimum pause: the resumes are timed here
     log = []
     _run(r, 90000, log)
     eq(len(_f_runs(log)), 1, "one wake-up for this offer, however long it sleeps on")
@@ -96,7 +97,7 @@ def test_once_per_resume_and_at_most_wake_max_per_session():
         _run(r, 2000)
         eq(r.hw.cp.duty_pm, -1, "paused")
         r.ch.set_external_limit("power", None)
-        _run(r, 40000, log)
+        _run(r, 45000, log)  # the pause's last 3 s, 30 s asleep, F 4 s, X1 0.75 s
     eq(len(_f_runs(log)), charger_mod.WAKE_MAX, "no more than WAKE_MAX a session")
     eq(r.ch.session.wakeups, charger_mod.WAKE_MAX, "counted")
     # A new session has its own.
