@@ -83,6 +83,10 @@ def test_types_and_ranges():
     _bad(b'{"op": "ev", "max_a": 1e400}', "max_a")  # inf
     _bad({"op": "ev", "phases": 2}, "phases")
     _bad({"op": "ev", "draw_a": 101}, "draw_a")
+    _bad({"op": "ev", "follow_s": -1}, "follow_s")
+    _bad({"op": "ev", "follow_s": 61}, "follow_s")
+    _bad({"op": "ev", "follow_s": "5"}, "follow_s")
+    _bad({"op": "ev", "follow_s": True}, "follow_s")
     _bad({"op": "grid", "volts": [230, 230]}, "volts", "3")
     _bad({"op": "grid", "volts": [230, 230, "230"]}, "volts[2]")
     _bad({"op": "grid", "volts": [230, 230, True]}, "volts[2]")

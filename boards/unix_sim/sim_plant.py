@@ -90,6 +90,7 @@ class Plant:
         self.ev_draw_a = None  # forced draw (misbehaving EV), None = follows the PWM
         self.ev_phases = 1
         self.ev_offer_a = 0.0  # the PWM offer the EV is following (lags the PWM)
+        self.ev_follow_us = None  # time to follow a lower offer or a stop (None: SETTLE_US)
         self._seen_offer_a = 0.0
         self._seen_us = 0
         # cable (`cable` op), mains (`grid`), sensors (`temp`)
@@ -175,12 +176,20 @@ class Plant:
             self.card = None
         self._chip.tick(now_us)  # the chip drops the cards whose time is up
 
+    def set_follow_s(self, s):
+        """`ev follow_s`: seconds the EV takes to follow a lower offer, a stop of the PWM
+        (X1) included; it goes on drawing the old current that long. None: SETTLE_US."""
+        self.ev_follow_us = None if s is None else int(s * 1_000_000)
+
     def _follow_pwm(self, now_us):
         offer = offered_a(self._cp.duty_pm)
+        settle = SETTLE_US
+        if self.ev_follow_us is not None and offer < self.ev_offer_a:
+            settle = self.ev_follow_us
         if offer != self._seen_offer_a:
             self._seen_offer_a = offer
             self._seen_us = now_us
-        elif offer != self.ev_offer_a and now_us - self._seen_us >= SETTLE_US:
+        elif offer != self.ev_offer_a and now_us - self._seen_us >= settle:
             self.ev_offer_a = offer
 
     def update_draw(self):
@@ -213,5 +222,6 @@ class Plant:
             "draw_a": self.ev_draw_a,
             "phases": self.ev_phases,
             "following_a": self.ev_offer_a,
+            "follow_s": None if self.ev_follow_us is None else self.ev_follow_us / 1e6,
             "amps": list(self.amps),
         }

@@ -128,6 +128,7 @@ OPS = {
         "max_a": (_number(0, 80), False),
         "draw_a": (_number(0, 100, null=True), False),
         "phases": (_int_choice(1, 3), False),
+        "follow_s": (_number(0, 60, null=True), False),
     },
     "cable": {"pp_ohms": (_number(0, 100_000, null=True), True)},
     "grid": {"volts": (_volts, False), "hz": (_number(40, 70), False)},
