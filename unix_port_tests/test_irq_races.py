@@ -351,3 +351,36 @@ def test_an_rcd_trip_during_a_return_to_x1_keeps_state_f():
     _before(r.hw.cp, "high", r.hw.rcd.fire)
     r.ch.emergency_stop()
     eq((r.hw.cp.duty_pm, r.hw.relays.closed), (-2, False), "safe state: the trip's F")
+
+
+def test_an_rcd_trip_just_before_a_pwm_write_shows_no_offer_after_its_state_f():
+    """The RCD interrupt lands just before the write of a new offer (a raise): the PWM
+    is written before the trip's state F, never after it, even for a moment (the duty
+    after F would be an offer raised 0 ms after the trip's change of the offer)."""
+    r = _race_rig()
+    r.charge()
+    r.ch.set_external_limit("ocpp", 10.0)
+    r.run(6000)
+    eq(r.ch.offered_a, 10.0)
+    writes = []
+    pwm = r.hw.cp.pwm
+    low = r.hw.cp.low
+
+    def rec_pwm(d):
+        writes.append(d)
+        pwm(d)
+
+    def rec_low():
+        writes.append(-2)
+        low()
+
+    r.hw.cp.pwm = rec_pwm
+    r.hw.cp.low = rec_low
+    _before(r.hw.cp, "pwm", r.hw.rcd.fire)
+    r.ch.set_external_limit("ocpp", None)  # the raise comes at the next control tick
+    r.run(200)
+    true(r.ch.active & faults.IRD, "tripped")
+    true(-2 in writes, "state F written")
+    f = writes.index(-2)
+    true(all(w <= 0 for w in writes[f:]), "no PWM after the trip's F: %r" % writes)
+    eq(r.hw.cp.duty_pm, -2, "F held")

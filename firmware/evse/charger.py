@@ -236,8 +236,8 @@ class Charger:
 
     def _write_offer(self, amps):
         """Offers `amps` on the PWM. An interrupt may trip a fault between a caller's
-        checks and this write (the RCD handler runs `trip`): its state F is put back at
-        once, never left under an offer."""
+        checks and this write (the RCD handler runs `trip`): no offer is written over
+        its state F."""
         if self._cp.duty_pm <= 0:
             self._pwm_proof = False  # a new PWM run: the diode is proven again
             self._changed_ms = self.clock()
@@ -246,8 +246,14 @@ class Charger:
             if amps < self._last_a:
                 self._left_offer(self._last_a, self._changed_ms)
         self._last_a = amps
-        self._cp.pwm(pilot.duty_pm(amps))
-        self.offered_a = amps
+        duty = pilot.duty_pm(amps)
+        # With interrupts off: a trip just before the write comes after it, so no PWM
+        # shows after its state F, not even for a moment.
+        st = self._irq_off()
+        if not self.active:
+            self._cp.pwm(duty)
+            self.offered_a = amps
+        self._irq_on(st)
         if self.active:
             self._cp.low()
             self.offered_a = 0.0
