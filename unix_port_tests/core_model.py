@@ -182,6 +182,9 @@ class Ev:
         self.max_a = 32.0
         self.lag_ms = 1000  # how late it follows a change of the offer (IEC: within 5 s)
         self.overdraw = False  # a misbehaving EV: far more than offered
+        # None, or how long it takes to follow a lower offer, a stop included (the sim's
+        # `follow_s`): it goes on drawing the old current that long.
+        self.follow_ms = None
 
 
 class Relays:
@@ -509,7 +512,16 @@ class Board:
                 if ts >= now - 7000 and amps > top:
                     top = amps
             return top + 10.0
-        return min(ev.max_a, self.offer_at(now - ev.lag_ms))
+        a = self.offer_at(now - ev.lag_ms)
+        if ev.follow_ms is not None and ev.follow_ms > ev.lag_ms:
+            # The highest offer in effect at any time of the follow window.
+            a = max(a, self.offer_at(now - ev.follow_ms))
+            for ts, amps in self.offers:
+                if ts > now - ev.lag_ms:
+                    break
+                if ts > now - ev.follow_ms and amps > a:
+                    a = amps
+        return min(ev.max_a, a)
 
 
 def amps_of(duty_pm):
