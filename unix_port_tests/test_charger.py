@@ -844,6 +844,23 @@ def test_three_lock_failures_in_a_row_latch_elk():
     true(r.ch.start_session("Y", "RFID") is not None, "refused while latched")
 
 
+def test_a_confirmed_lock_lost_while_charging_latches_at_once():
+    """A lock that had confirmed and comes open under load is a protective trip on the
+    first plug-in: the count of plug-ins that never locked does not apply; the unplug
+    does not clear it."""
+    r = Rig()
+    r.charge()
+    true(r.hw.relays.closed, "charging")
+    r.hw.lock.broken = True  # the pin falls out
+    r.run(200)
+    true(not r.hw.relays.closed, "opened")
+    true(r.ch.latched & faults.ELK, "latched at once")
+    true(r.ch.session is None, "the latch ends the session")
+    r.hw.ev.state = "A"
+    r.run(2000)
+    true(r.ch.active & faults.ELK and r.ch.latched & faults.ELK, "not cleared by the unplug")
+
+
 def test_a_lock_that_does_not_unlock_latches_elk():
     """The lock released at the end but its feedback still reads engaged: the plug is
     held, the lock is broken: a protective ELK, latched."""
