@@ -14,6 +14,15 @@ from core_model import amps_of, pp_rating
 _INF = 1e9
 
 LATCHING = ("IRD", "PE", "R12", "R3N", "ELK")
+# A mild condition's pause (docs/errors.md): the PWM stops at once, the relays open once
+# the vehicle's current is below 1 A at a meter reading (1 s apart), or 6 s after the stop.
+CURRENT_GONE_A = 1.0
+_GONE_SEEN_MS = 1300  # one meter period, the reading's task step and margin
+# Plug-ins in a row whose lock never confirmed that latch ELK (charger.LOCK_FAILS_LATCH).
+LOCK_FAILS_LATCH = 3
+# The lock's feedback seen this long with the pilot task (the control tick) running: the
+# charger has seen it confirm.
+_LOCK_SEEN_MS = 200
 
 
 class Rule:
@@ -22,8 +31,12 @@ class Rule:
     not been gone long enough for any clear), which relaxes the checks that the charger
     makes only while no fault stands (the lock, PP)."""
 
-    def __init__(self, code, det_ms, clear_ms=0, latched=False, from_trip=False, glitch_ms=100):
+    def __init__(self, code, det_ms, clear_ms=0, latched=False, from_trip=False, glitch_ms=100,
+                 mild=False):
         self.code = code
+        # A pause, not an immediate opening: the relays may stay closed while the vehicle
+        # still draws, within the 6 s after the PWM stopped.
+        self.mild = mild
         self.det_ms = det_ms
         # A cause shorter than this can slip between the charger's looks (protection's
         # 100 ms tick, the pilot's debounce, the meter's 1 s reading): it restarts no clear.
@@ -135,8 +148,8 @@ class Oracle:
             r("OCP", 1300, 60000, from_trip=True),
             r("OVP", 3100, 10000, glitch_ms=1100),
             r("OVP", 1100, 10000, glitch_ms=1100),  # 276 V and above: at the next reading
-            r("LVP", 3100, 10000, glitch_ms=1100),
-            r("MIS", 3100, 10000, glitch_ms=1100),
+            r("LVP", 3100, 10000, glitch_ms=1100, mild=True),
+            r("MIS", 3100, 10000, glitch_ms=1100, mild=True),
             # 4 s after the last valid reading, whatever the metering task does.
             r("MET", 4300, 5000, glitch_ms=1100),
             r("PE", 400, latched=True),
@@ -147,17 +160,21 @@ class Oracle:
             r("R3N", 1200),
             r("ROT", 300),
             r("OCT", 300),
-            r("FAN", 7300, 2100),
+            r("FAN", 7300, 2100, mild=True),
             r("CP", 100, 3000, glitch_ms=50),  # shorted to PE
             r("CP", 100, 3000, glitch_ms=50),  # no diode under the PWM: a plug-out clears it
             r("CP", 100, 3000, glitch_ms=50),  # D without ventilation
             r("PP", 600),
-            r("ELK", 2300, latched=True),
+            r("ELK", 400, latched=True),  # a lock that confirmed, then lost
             r("IRD", 800, latched=True),  # a residual current
             r("IRD", 700, latched=True),  # the self-test input does not trip the module
-            r("CAN", 0, 10000),  # load balancing saw its CAN address used twice
-            r("MET", 0, 0),  # power management lost the external meter
+            r("CAN", 0, 10000, mild=True),  # load balancing saw its CAN address used twice
+            r("MET", 0, 0, mild=True),  # power management lost the external meter
+            # A lock that never confirmed in this session: not latched (no current has
+            # flowed), cleared by the unplug; the third plug-in in a row latches it.
+            r("ELK", 2300),
         ]
+        self.lock_fails = 0  # plug-ins in a row the charger must have counted as a lock failure
         self.diode_fault = False  # a missing diode tripped: only a plug-out clears it
         self._cause = [False] * len(self.rules)
         self._clear = [False] * len(self.rules)
@@ -192,6 +209,9 @@ class Oracle:
         self.test_state = None  # "on": the line rose on the test input; "off": input released
         self.selftest_ok = None
         self.lock_lost = None  # lock feedback missing (with the coil closed) since
+        self.lock_fails = 0  # the charger counts them in RAM
+        self._lock_session()
+        self.low_since = None  # the vehicle's current below 1 A, the meter answering, since
         self.ev_bad = now  # the EV outside C (or D with ventilation) since
         self.ev_a = None  # the EV in state A since
         for rule in self.rules:
@@ -216,6 +236,23 @@ class Oracle:
         self.prot_out = now
         self.meter_out = now
         self._cable_from_pp()
+
+    def _lock_reset(self):
+        """A new engagement of the lock: what the charger saw of the last one is over."""
+        self.lock_fb = None  # the lock's feedback true (pilot task running) since
+        self.lock_held = False  # ... for _LOCK_SEEN_MS: the charger has it locked
+        self.lock_glimpse = False  # ... at all: the charger may have it locked
+
+    def _lock_session(self):
+        """A session starts or ends: so do its tries to lock."""
+        self._lock_reset()
+        # Kept through the charger's own release after ELK (the cause stays, the fault
+        # too): the engagement that began the try (not the retry's pulse), and when a
+        # lock the charger had confirmed read open.
+        self.lock_try = None
+        self.lock_lost_t = None
+        self.lock_off = None  # a confirmed lock reading open since
+        self.lock_rel_t = None  # the last release write
 
     def fail(self, rule, msg):
         if self.failure is None:
@@ -394,8 +431,31 @@ class Oracle:
         cl[18] = not pp_bad or ev.state == "A"
         # (a free-mode plug-in whose session has not shown yet may have none at all)
         authed = self.auth_t is not None and self.grant != "unused" and ev.state != "A"
-        cz[19] = (crit and authed and lk.fitted and lk.engaged and not lk.feedback()
-                  and not self._maybe_other("ELK"))
+        if authed and lk.fitted and lk.feedback():
+            if not self.lock_glimpse:
+                self.lock_glimpse = True
+                self.lock_fails = 0  # the charger may have seen it confirm: lenient
+            if not pilot or self.lock_fb is None:
+                self.lock_fb = now
+            elif now - self.lock_fb >= _LOCK_SEEN_MS:
+                self.lock_held = True
+        else:
+            self.lock_fb = None
+        if not authed:
+            self.lock_try = self.lock_lost_t = self.lock_off = None
+        elif (crit and lk.fitted and lk.engaged and not lk.feedback() and self.lock_held
+              and not self._maybe_other("ELK")):
+            # Open longer than a control period: the charger has seen it, and trips.
+            if self.lock_off is None:
+                self.lock_off = now
+            elif self.lock_lost_t is None and now - self.lock_off >= 150:
+                self.lock_lost_t = self.lock_off
+        else:
+            self.lock_off = None
+        cz[19] = self.lock_lost_t is not None
+        cz[24] = (crit and authed and lk.fitted and self.lock_try is not None
+                  and not self.lock_glimpse and not self._maybe_other("ELK"))
+        cl[24] = a_now
         cz[20] = crit and rcd.leak
         cz[21] = crit and rcd.testing and rcd.dead and not rcd.leak
         cz[22] = run.can_clash  # both trip synchronously where the feature finds them
@@ -415,7 +475,11 @@ class Oracle:
                     if was is None:
                         if i == 16:
                             self.diode_fault = True
+                        if i == 24:
+                            self._lock_failed(now)
                         if rule.latched:
+                            if i == 19:
+                                self.lock_fails = 0
                             self.stats["latches"] += 1
                             self.latched.add(rule.code)
                             self.end_auth("latched " + rule.code, now)
@@ -441,6 +505,17 @@ class Oracle:
             elif now - self.test_off > 600:
                 self.test_state = None
 
+    def _lock_failed(self, now):
+        """A lock that never confirmed: the charger counted it; the third in a row must
+        latch (it may latch sooner: it may have counted one the model could not be sure
+        of)."""
+        self.lock_fails += 1
+        if self.lock_fails >= LOCK_FAILS_LATCH:
+            self.lock_fails = 0
+            self.stats["latches"] += 1
+            self.latched.add("ELK")
+            self.end_auth("latched ELK", now)
+
     def _maybe_other(self, code):
         for rule in self.rules:
             if rule.maybe is not None and rule.code != code:
@@ -456,6 +531,7 @@ class Oracle:
             self.grant = None
             self.auth_t = None
             self.auth_end = (why, t)
+            self._lock_session()
 
     # ---- the invariants between writes ---------------------------------------------------
     def check(self):
@@ -473,9 +549,15 @@ class Oracle:
         pilot_ok = now - self.pilot_out
         prot_ok = now - self.prot_out
         if r.closed:
+            self._track_current()
             f = self.sure()
-            if f is not None:
+            if f is not None and f.mild:
+                f = self._sure_hard() or f
+            if f is not None and not f.mild:
                 self.fail("closed-fault", "relays closed while %s is active (sure since %d)" % (f.code, f.sure))
+            elif f is not None and self.low_since is not None and now - max(self.low_since, f.sure) > _GONE_SEEN_MS:
+                self.fail("closed-mild", "relays closed %d ms after the current was gone, %s paused (sure since %d)"
+                          % (now - self.low_since, f.code, f.sure))
             if self.ev_bad is not None and now - max(self.ev_bad, self.pilot_out) > 100:
                 self.fail("closed-ev", "relays closed %d ms after the EV left C (EV %s, ventilation %s)" % (
                     now - self.ev_bad, b.ev.state, self.ventilation()))
@@ -497,6 +579,7 @@ class Oracle:
                     self.lock_lost = None
         else:
             self.lock_lost = None
+            self.low_since = None
         if duty > 0:
             f = self.sure()
             if f is not None:
@@ -517,6 +600,24 @@ class Oracle:
             self.latched_seen = now
         elif now - max(self.latched_seen, self.boot_t) > 400 and not b.display_text.startswith("ERR"):
             self.fail("latch-shown", "latched %s but the display shows %r" % (sorted(self.latched), b.display_text))
+
+    def _sure_hard(self):
+        for rule in self.rules:
+            if rule.sure is not None and not rule.mild:
+                return rule
+        return None
+
+    def _track_current(self):
+        """Since when the vehicle's current has been below CURRENT_GONE_A on every phase
+        with the meter answering (what the charger can read)."""
+        b = self.b
+        m = b.meter
+        if (self.run.running("metering") and not m.silent and m.nan is None
+                and b.draw_a() < CURRENT_GONE_A):
+            if self.low_since is None:
+                self.low_since = self.clock.now
+        else:
+            self.low_since = None
 
     def _check_offer(self, amps):
         lim = self.limit()
@@ -560,6 +661,10 @@ class Oracle:
         elif what == "lock":
             if not value and b.lock.engaged:
                 self._on_release()
+                self._lock_reset()  # the next engagement is judged on its own
+                self.lock_rel_t = now
+            elif value and not b.lock.engaged and self.lock_rel_t != now:
+                self.lock_try = now  # not the pulse of a retry (release, engage at once)
         elif what == "rcd_test":
             if value and not b.rcd.testing:
                 if r.closed or self._contacts_open_ms() < 500:
@@ -575,9 +680,9 @@ class Oracle:
             code, active = value
             if active:
                 self.stats["trips"] += 1
-                if code in ("PE", "IRD", "ELK"):
+                if code in ("PE", "IRD"):
                     # These always latch, and a latch ends the session, however fast the
-                    # charger saw its cause.
+                    # charger saw its cause. (ELK does not at the start of a session.)
                     self.end_auth("latched " + code, now)
                 if r.closed:
                     self.fail("trip-order", "fault %s reported with the relays still closed" % code)
@@ -661,6 +766,7 @@ class Oracle:
         self.auth_t = now
         self.auth_end = None
         self.grant = None
+        self._lock_session()
 
     def on_stop(self, accepted):
         if accepted:
@@ -703,6 +809,8 @@ class Oracle:
             if self._cause_present(code):
                 self.fail("clear-cause", "technician clear took %s with its cause still present" % code)
             self.latched.discard(code)
+            if code == "ELK":
+                self.lock_fails = 0
             for rule in self.rules:
                 if rule.code == code:
                     rule.reset()

@@ -199,6 +199,9 @@ class Ev:
         # was in C or D): it goes to B and stays there. None: never.
         self.gives_up_after = None
         self.interruptions = 0
+        # None, or how long it takes to follow a lower offer, a stop included (the sim's
+        # `follow_s`): it goes on drawing the old current that long.
+        self.follow_ms = None
 
     def pwm_stopped(self):
         if self.state in ("C", "D") and not self.short:
@@ -546,7 +549,16 @@ class Board:
                 if ts >= now - 7000 and amps > top:
                     top = amps
             return top + 10.0
-        a = min(ev.max_a, self.offer_at(now - ev.lag_ms))
+        a = self.offer_at(now - ev.lag_ms)
+        if ev.follow_ms is not None and ev.follow_ms > ev.lag_ms:
+            # The highest offer in effect at any time of the follow window.
+            a = max(a, self.offer_at(now - ev.follow_ms))
+            for ts, amps in self.offers:
+                if ts > now - ev.lag_ms:
+                    break
+                if ts > now - ev.follow_ms and amps > a:
+                    a = amps
+        a = min(ev.max_a, a)
         return 0.0 if a < ev.start_min_a else a
 
 

@@ -247,6 +247,8 @@ class Run:
             b.meter.nan = arg
         elif kind == "overdraw":
             b.ev.overdraw = arg
+        elif kind == "follow":
+            b.ev.follow_ms = arg
         elif kind == "fan_block":
             b.fan.blocked = arg
         elif kind == "weld":
@@ -289,13 +291,13 @@ class Run:
         elif kind == "can_clash":  # as evse/balance.py reports it
             self.can_clash = self.prot.can_clash = arg
             if arg:
-                ch.trip(faults.CAN)
+                ch.pause(faults.CAN)
         elif kind == "slow_start":  # a car that draws nothing below this (Zoe: ~8 A)
             b.ev.start_min_a = arg
         elif kind == "ext_lost":  # as evse/power.py reports it
             self.ext_lost = self.prot.external_meter_lost = arg
             if arg:
-                ch.trip(faults.MET)
+                ch.pause(faults.MET)
         else:
             raise ValueError("unknown event " + kind)
 
@@ -431,6 +433,7 @@ _KINDS = (
     ("clear", 4), ("mode", 1), ("vent", 1), ("irq_write", 2), ("can_clash", 1), ("ext_lost", 1),
     ("pilot_tol", 2),
     ("slow_start", 2),
+    ("follow", 2), ("badplug", 3),
 )
 _TRIGGERS = ("test", "window", "charging", "pwm", "F")
 _FAULTS = ("leak", "rcd_dead", "pe", "npe", "volts", "silent", "nan", "overdraw", "fan_block",
@@ -600,6 +603,27 @@ def _random_event(r, t, add):
 
     if kind == "ev":
         add(t, "ev", r.pick(("A", "B", "B", "C", "C", "C", "D")))
+    elif kind == "follow":
+        # A car slow to follow a lower offer or a stop: within the 5 s of IEC 61851-1,
+        # within the 6 s of a stop, or slower than both.
+        add(t, "follow", r.pick((None, 1000 + r.below(4000), 5000 + r.below(1000),
+                                 6000 + r.below(4000))))
+    elif kind == "badplug":
+        # A plug that does not seat (its lock never confirms) on one to four plug-ins in
+        # a row, the driver trying again each time; then, maybe, one that does.
+        t //= 3  # early: room for the plug-ins in a row
+        add(t, "ev", "A")
+        add(t + 20, "lock_broken", True)  # the plug already out: no lock lost under it
+        tt = t
+        for i in range(1 + r.below(4)):
+            if i:
+                add(tt, "ev", "A")
+            tt += 150 + r.below(1000)
+            add(tt, "ev", r.pick(("B", "C")))
+            add(tt + r.below(500), r.pick(("card", "remote_start")), None)
+            tt += 2000 + r.below(4000)
+        if r.below(2):
+            add(tt, "lock_broken", False)
     elif kind == "bounce":
         base = r.pick(("C", "B"))
         other = r.pick(("B", "A", "C", "D"))

@@ -170,7 +170,8 @@ class Lock:
 
     def __init__(self):
         self.engaged = False
-        self.broken = False
+        self.broken = False  # the pin does not go in (or falls out)
+        self.stuck = False  # the pin does not come out: reads engaged after a release
 
     def engage(self):
         self.engaged = True
@@ -179,7 +180,7 @@ class Lock:
         self.engaged = False
 
     def feedback(self):
-        return self.engaged and not self.broken
+        return (self.engaged or self.stuck) and not self.broken
 
 
 class Irq:
@@ -325,6 +326,38 @@ class Hw:
 
     def report_error(self, code, active):
         self.errors.append((code, active))
+
+
+class Car:
+    """A vehicle that draws what the pilot offers, in C or D through closed relays (a
+    test sets `hw.meter.amps` itself otherwise). follow_ms: how long it takes to follow
+    a lower offer, a stop (X1) included: it goes on drawing the old current that long;
+    a higher offer it follows at once."""
+
+    def __init__(self, hw, follow_ms=500, max_a=32.0, phases=3):
+        self.hw = hw
+        self.follow_ms = follow_ms
+        self.max_a = max_a
+        self.phases = phases
+        self.a = 0.0  # what it draws while it can
+        self._lower_ms = None  # a lower offer seen since
+
+    def step(self, now_ms):
+        from evse import pilot
+
+        hw = self.hw
+        offer = min(pilot.amps_of(hw.cp.duty_pm), self.max_a)
+        if offer >= self.a:
+            self.a = offer
+            self._lower_ms = None
+        elif self._lower_ms is None:
+            self._lower_ms = now_ms
+        elif now_ms - self._lower_ms >= self.follow_ms:
+            self.a = offer
+            self._lower_ms = None
+        on = hw.ev.state in ("C", "D") and hw.relays.feedback(1) and hw.relays.feedback(2)
+        a = self.a if on else 0.0
+        hw.meter.amps = [a if i < self.phases else 0.0 for i in range(3)]
 
 
 class FakeSettings(dict):

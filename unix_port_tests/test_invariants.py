@@ -271,6 +271,45 @@ def test_bites_a_wake_up_that_closes_the_relays_itself():
     _with(Charger, "_offer_or_wake", closing, ("close-diode", "close-ev"))
 
 
+def test_bites_a_mild_pause_that_ignores_the_current_gone():
+    # The relays wait the whole 6 s under a pause although the car has stopped drawing.
+    def never(self):
+        pass
+
+    _with(Charger, "current_gone", never, ("closed-mild",), 300)
+
+
+def test_bites_a_pause_for_a_protective_trip():
+    # Every fault a pause while the relays are closed: the relays stay closed under an
+    # over-voltage, an open lock, a weld...
+    from evse import charger
+
+    trip = Charger.trip
+
+    def soft(self, bit):
+        if self._relays.closed and bit != faults.IRD:
+            self.pause(bit)
+        else:
+            trip(self, bit)
+
+    mild = charger.MILD
+    charger.MILD = -1
+    try:
+        _with(Charger, "trip", soft, ("closed-fault",), 300)
+    finally:
+        charger.MILD = mild
+
+
+def test_bites_a_lock_failure_that_never_latches():
+    # Neither a lost confirmed lock nor three failures in a row latch.
+    def no_latch(self, why):
+        self.trip(faults.ELK)
+        self.lock_fails = 0
+
+    _with(Charger, "_lock_trip", no_latch, ("latch-kept", "start-refused", "latch-shown"), 300)
+
+
+from evse import faults  # noqa: E402
 from evse.charger import Charger, LOCK_NONE  # noqa: E402  (the core the mutants patch)
 from evse.protection import Protection  # noqa: E402
 

@@ -260,3 +260,30 @@ def test_an_ev_that_gives_up_ignores_stops_in_b():
     hw.cp.high()
     p.tick(700_000)
     check.eq((p.ev_interruptions, p.ev_gave_up), (0, False), "not asking: not an interruption")
+
+
+def test_follow_s_keeps_the_old_draw_after_a_lower_offer_or_a_stop():
+    """`ev follow_s`: a car slow to follow a lower offer, or a stop (X1): it draws the old
+    current that long; a higher offer it follows after the usual 0.5 s."""
+    hw = _hw()
+    p = _charging(hw, 267)
+    p.set_follow_s(5.5)
+    hw.cp.high()  # X1: the PWM stops
+    p.tick(700_000)
+    p.tick(6_000_000)
+    check.eq(p.amps[0], 16.02, "still drawing 5.3 s after the stop")
+    p.tick(6_200_000)
+    check.eq(p.amps[0], 0.0, "followed 5.5 s after the stop")
+    hw.cp.pwm(267)
+    p.tick(6_300_000)
+    p.tick(6_800_000)
+    check.eq(p.amps[0], 16.02, "a higher offer after 0.5 s")
+    hw.cp.pwm(100)  # 6 A
+    p.tick(6_900_000)
+    p.tick(12_300_000)
+    check.eq(p.amps[0], 16.02, "a lower offer: 5.4 s on")
+    p.tick(12_500_000)
+    check.eq(p.amps[0], 6.0, "then followed")
+    check.eq(p.ev_view()["follow_s"], 5.5, "shown")
+    p.set_follow_s(None)
+    check.eq(p.ev_view()["follow_s"], None, "back to the 0.5 s")

@@ -198,6 +198,8 @@ class Controller:
         if "draw_a" in req:
             d = req["draw_a"]
             p.ev_draw_a = None if d is None else float(d)
+        if "follow_s" in req:
+            p.set_follow_s(req["follow_s"])
         if "phases" in req:
             p.ev_phases = req["phases"]
         if req.get("state", "B") != "B":

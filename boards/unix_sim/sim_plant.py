@@ -106,6 +106,7 @@ class Plant:
         self.ev_interruptions = 0
         self.ev_gave_up = False
         self._ev_pwm = False
+        self.ev_follow_us = None  # time to follow a lower offer or a stop (None: SETTLE_US)
         self._seen_offer_a = 0.0
         self._seen_us = 0
         self.ev_asleep = False  # in B, deaf to the PWM until the wake-up sequence
@@ -231,12 +232,20 @@ class Plant:
             self.ev_state = "C"
             self.update_cp()
 
+    def set_follow_s(self, s):
+        """`ev follow_s`: seconds the EV takes to follow a lower offer, a stop of the PWM
+        (X1) included; it goes on drawing the old current that long. None: SETTLE_US."""
+        self.ev_follow_us = None if s is None else int(s * 1_000_000)
+
     def _follow_pwm(self, now_us):
         offer = offered_a(self._cp.duty_pm)
+        settle = SETTLE_US
+        if self.ev_follow_us is not None and offer < self.ev_offer_a:
+            settle = self.ev_follow_us
         if offer != self._seen_offer_a:
             self._seen_offer_a = offer
             self._seen_us = now_us
-        elif offer != self.ev_offer_a and now_us - self._seen_us >= SETTLE_US:
+        elif offer != self.ev_offer_a and now_us - self._seen_us >= settle:
             self.ev_offer_a = offer
 
     def _count_interruptions(self):
@@ -301,5 +310,6 @@ class Plant:
             "gives_up_after": self.ev_gives_up_after,
             "interruptions": self.ev_interruptions,
             "gave_up": self.ev_gave_up,
+            "follow_s": None if self.ev_follow_us is None else self.ev_follow_us / 1e6,
             "amps": list(self.amps),
         }

@@ -141,6 +141,7 @@ OPS = {
         "start_min_a": (_number(0, 32), False),
         "start_s": (_number(0, 600), False),
         "gives_up_after": (_int_or_null(1, 1000), False),
+        "follow_s": (_number(0, 60, null=True), False),
     },
     # The charger's own pilot: the ADC zero error and the generator's levels (V).
     "pilot": {

@@ -764,7 +764,7 @@ class Balancer:
         if not self.clash:
             self.clash = True
             self.prot.can_clash = True
-            self.ch.trip(faults.CAN)  # first: the log may wait on a UART
+            self.ch.pause(faults.CAN)  # mild (docs/errors.md); first: the log may wait
             _log.error("another node uses CAN address %d -> ERR CAN ADDR", self.addr)
 
     # ---- members and quorum ----------------------------------------------------------------

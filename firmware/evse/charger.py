@@ -33,6 +33,8 @@ _RAISE_EVERY_MS = const(5000)  # an increase comes >= 5 s after any change of th
 # lowest value the limit had meanwhile, so its noise is not chased either).
 _RAISE_HOLD_MS = const(5000)
 RAISE_MARGIN_A = 1.0
+_FOLLOW_MS = const(5000)  # the vehicle follows a lower offer within 5 s of the duty's change
+_REF_SLOTS = const(4)  # offers the duty left within the last _FOLLOW_MS, kept for OCP
 _LOCK_CONFIRM_MS = const(1000)  # lock feedback must confirm within 1 s, one retry
 _SELFTEST_MS = const(500)  # RCD test input -> fault line within 500 ms, and back
 _PP_HOLD_MS = const(300)  # PP out of window this long -> ERR PP
@@ -47,9 +49,29 @@ _WAKE_AFTER_MS = const(30000)
 _WAKE_F_MS = const(4000)
 _WAKE_X1_MS = const(750)
 WAKE_MAX = 3
-# Trips that latch the moment they are made, in trip() itself: the RCD interrupt's IRD
-# is latched even if the protection tick that records it never completes.
+# Trips that latch the moment they are made, in trip() itself or right beside it: the
+# RCD interrupt's IRD is latched even if the protection tick that records it never
+# completes; a latching ELK is latched by the lock code in the same step as its trip.
 LATCH_AT_TRIP = faults.IRD | faults.ELK
+_LATCH_IN_TRIP = faults.IRD
+# A lock that never confirmed at the start of a session is not a protective trip (no
+# current has flowed): ERR ELK, released, cleared by the unplug. This many such failures
+# on consecutive plug-ins latch it (the lock is broken, not the plug badly seated).
+LOCK_FAILS_LATCH = const(3)
+# Conditions that are no danger to people (docs/errors.md, "Mild conditions"): the PWM
+# stops at once (X1) and the relays open once the vehicle's current is gone, or at the
+# latest _FORCE_OPEN_MS after the stop (Annex A seq. 10.2), not under full load at once.
+# MET only when power management lost its external meter (power.py): the internal
+# meter's MET blinds OVP and OCP and stays an immediate trip.
+MILD = faults.LVP | faults.MIS | faults.FAN | faults.CAN | faults.MET
+CURRENT_GONE_A = 1.0  # every phase below this: the vehicle has stopped drawing
+# A charge a mild condition paused resumes at most at this share of the offer before it
+# (a weak grid's voltage recovers with less current), for the rest of the session ...
+MILD_RESUME_SHARE = 0.75
+MILD_LIMIT = "after_fault"  # ... as this named limit (limit_binding shows it)
+# ... and each repeat in the session waits longer after the clear before resuming.
+_MILD_BACKOFF_MS = const(20000)  # the second pause; doubled for each one after
+_MILD_BACKOFF_MAX_MS = const(600000)
 
 SESSION_SAMPLES = 48  # power samples kept per session record (history chart)
 
@@ -191,6 +213,10 @@ class Charger:
         self._ok = _Steady()
         self._pause_ms = None  # a pause the limits made began then (None: none)
         self._pause_over = False  # ... and has lasted min_pause_s (a flag: the ticks wrap)
+        # Offers the duty left for a lower one (a stop included) and when: for _FOLLOW_MS
+        # the vehicle may still draw them (over-current's reference, follow_ref_a()).
+        self._left_a = [0.0] * _REF_SLOTS
+        self._left_ms = [0] * _REF_SLOTS
         self._pwm_stop_ms = None
         self.lock_state = LOCK_NONE
         self._lock_ms = 0
@@ -198,6 +224,13 @@ class Charger:
         self._lock_test = _LT_IDLE
         self._lock_test_ms = 0
         self.lock_tested = False  # the lock engaged and released on command since ELK latched
+        self.lock_fails = 0  # plug-ins in a row whose lock never confirmed (RAM only)
+        self._unlock_ms = None  # the lock released then: its feedback must fall
+        self.elk_unplugged = False  # the vehicle left since a lock that never confirmed
+        self.pausing = 0  # mild faults waiting for the current to go (PWM already stopped)
+        self.mild_pauses = 0  # pauses of this session for a mild condition
+        self._backoff_len = 0  # the wait before the next resume, from the clear
+        self._backoff_ms = None  # ... counted since then (None: not started or over)
         self._selftest = _ST_IDLE
         self._selftest_ms = 0
         self._wake = _WK_OFF
@@ -277,6 +310,8 @@ class Charger:
             self._changed_ms = self.clock()
         elif amps != self.offered_a:
             self._changed_ms = self.clock()
+            if amps < self._last_a:
+                self._left_offer(self._last_a, self._changed_ms)
         duty = pilot.duty_pm(amps)
         st = self._irq_off()
         if not self.active:
@@ -320,8 +355,77 @@ class Charger:
         self.active |= bit
         self.tripped_new |= new
         self._f_hold |= new
-        self.latched |= bit & LATCH_AT_TRIP  # protection.py writes it to flash
+        self.latched |= bit & _LATCH_IN_TRIP  # protection.py writes it to flash
         self._irq_on(st)
+
+    def pause(self, bit):
+        """A mild condition (MILD): the PWM stops at once and the relays stay closed while
+        the vehicle follows, until its current is gone (current_gone()), it leaves C, or
+        6 s have passed; then the fault stands as any other, without state F. Any other
+        bit, and any bit while the relays are open, is an ordinary trip."""
+        if self.pausing & bit:
+            return
+        if bit & ~MILD or not self._relays.closed:
+            self.trip(bit)
+            return
+        if not self.pausing and self.session is not None:
+            # Counted once per pause, however many conditions it gathers.
+            self.mild_pauses += 1
+            cap = max(limits.MIN_A, int(self._last_a * MILD_RESUME_SHARE))
+            old = self.external.get(MILD_LIMIT)
+            if old is None or cap < old:
+                self.external[MILD_LIMIT] = cap
+        self.pausing |= bit
+        self._stop_offer()
+        if self._pwm_stop_ms is None:  # the PWM was stopped already: its window runs
+            self._pwm_stop_ms = self.clock()
+        if self._relays.closed:
+            _log.warning("%s: PWM stopped, the relays open once the current is gone",
+                         faults.codes(bit))
+        else:
+            self._end_pause()  # an interrupt opened them meanwhile
+
+    def current_gone(self):
+        """A meter reading with every phase below CURRENT_GONE_A: a pause waiting for
+        the vehicle opens now, without load."""
+        if self.pausing:
+            self._relays.open()
+            self._end_pause()
+
+    def _end_pause(self):
+        """The relays are open: the paused conditions become ordinary active faults
+        (protection records them and applies their clear rules)."""
+        self._relays.open()
+        st = self._irq_off()
+        bits = self.pausing
+        self.pausing = 0
+        new = bits & ~self.active
+        self.active |= bits
+        self.tripped_new |= new
+        self._irq_on(st)
+        if self.session is not None and self.mild_pauses > 1:
+            n = min(self.mild_pauses - 2, 5)
+            self._backoff_len = min(_MILD_BACKOFF_MS << n, _MILD_BACKOFF_MAX_MS)
+        self._backoff_ms = None
+
+    def _backoff_held(self, now_ms):
+        """True while a repeated mild pause waits out its back-off after the clear."""
+        if not self._backoff_len:
+            return False
+        if self._backoff_ms is None:
+            self._backoff_ms = now_ms
+        if time.ticks_diff(now_ms, self._backoff_ms) < self._backoff_len:
+            return True
+        self._backoff_len = 0
+        self._backoff_ms = None
+        return False
+
+    def _forget_pauses(self):
+        """A new session starts without the pauses of the one before."""
+        self.mild_pauses = 0
+        self._backoff_len = 0
+        self._backoff_ms = None
+        self.external.pop(MILD_LIMIT, None)
 
     def latch(self, bits, new=0):
         """Adds latched trips (and `new` to the bits protection records as new). In an
@@ -467,6 +571,8 @@ class Charger:
         self._diode_bad = 0
         if new == pilot.STATE_A:
             self._relays.open()
+            if self.active & faults.ELK:
+                self.elk_unplugged = True  # its clear (protection.py), even if replugged
             self.cable_a = None  # the vehicle left with its cable: the next one is read anew
             if self.session is not None:
                 self.end_session("Unplug")
@@ -499,6 +605,7 @@ class Charger:
         if not self.connected:
             return "no vehicle connected"
         self.session = Session(id_tag, start_mode, self.hw.rtc.now(), meter_wh)
+        self._forget_pauses()
         self.finishing = False
         self.auth_pending = None
         _log.info("session start %s by %s", id_tag, start_mode)
@@ -516,6 +623,7 @@ class Charger:
         s.stop_mode = stop_mode
         s.end_s = self.hw.rtc.now()
         self.session = None
+        self._forget_pauses()
         # Anything but A: a pilot at a fault level (shorted, no diode) still has the
         # vehicle plugged, and free mode must wait for its unplug before the next session.
         self.finishing = self.cp_state != pilot.STATE_A
@@ -529,10 +637,14 @@ class Charger:
     def tick_control(self, now_ms):
         if self._estop:
             self._end_after_safe_state()
+        if self.pausing and not self._relays.closed:
+            self._end_pause()  # a trip, the vehicle leaving C, the supervisor: open now
         self._track_contacts(now_ms)
         self._raise_held(now_ms)  # every tick, so its time never outlives a ticks wrap
+        self.follow_ref_a(now_ms)  # the same for the offers the duty left
         self._update_limit(now_ms)
         if self.active:
+            self._backoff_ms = None  # a back-off is counted from the clear
             self._pp_bad_ms = None  # the cable is not checked meanwhile: its hold restarts
             self._wake = _WK_OFF  # the fault owns the pilot; its end is a new offer
             self._fault_outputs(now_ms)
@@ -564,10 +676,13 @@ class Charger:
         self._update_limit(now_ms)
         authorized = self.session is not None
         self._manage_lock(now_ms, want=authorized)
+        backoff = self._backoff_held(now_ms)  # every tick: its time survives the wrap
         ready = (
             authorized
             and not self.unavailable
             and not self.halted
+            and not self.pausing
+            and not backoff
             and self.cable_a is not None  # no offer before the cable's rating is known
             and (not self.case_b or self.lock_state == LOCK_LOCKED)
         )
@@ -585,6 +700,8 @@ class Charger:
             self._wake_end()
             self._stop_offer(pause=paused)
         self._control_relays(now_ms)
+        if self.pausing and not self._relays.closed:
+            self._end_pause()
 
     def _end_after_safe_state(self):
         # The outputs went safe in emergency_stop(); ending the session here, not there,
@@ -644,6 +761,11 @@ class Charger:
         self._update_limit(self.clock())
         if self.limit_a < self.offered_a:
             self._cut_now()
+
+    def stopping(self):
+        """The PWM stopped with the relays still closed: the up to 6 s the vehicle has
+        to follow a stop (Annex A seq. 10.2)."""
+        return self._pwm_stop_ms is not None and self._relays.closed
 
     def _raise_held(self, now_ms):
         """True within 5 s of the last change of the offer, whichever way it went: the
@@ -752,6 +874,7 @@ class Charger:
             if self.active:
                 self._cp.low()  # a fault tripped by an interrupt meanwhile: its F stands
             self._pwm_stop_ms = self._changed_ms = self.clock()
+            self._left_offer(self._last_a, self._changed_ms)
             if count and self.session is not None:
                 self.session.pauses += 1
             if pause:
@@ -760,6 +883,40 @@ class Charger:
                 self._ok.reset()
                 self._up.reset()  # not fed in the pause: what it holds would be stale
         self.offered_a = 0.0
+
+    def _left_offer(self, amps, now_ms):
+        """The duty left an offer of `amps` for a lower one at now_ms."""
+        left = self._left_a
+        j = 0
+        for i in range(_REF_SLOTS):
+            if left[i] <= 0.0:
+                j = i
+                break
+            if left[i] < left[j]:
+                j = i
+        if left[j] > amps:  # all slots taken: the smallest is merged, kept the longer
+            amps = left[j]
+        left[j] = amps
+        self._left_ms[j] = now_ms
+
+    def follow_ref_a(self, now_ms):
+        """Over-current's reference: the current the vehicle may still draw. The offer
+        now, every offer the duty left less than 5 s ago (timed from the change of the
+        duty, not from a meter reading), and for the whole 6 s window of a stop with the
+        relays closed (Annex A seq. 10.2) the offer before it. Run at every control tick
+        too: a time 5 s old is forgotten long before the ticks wrap."""
+        ref = self.offered_a
+        if self.stopping() and self._last_a > ref:
+            ref = self._last_a
+        left = self._left_a
+        for i in range(_REF_SLOTS):
+            a = left[i]
+            if a > 0.0:
+                if time.ticks_diff(now_ms, self._left_ms[i]) >= _FOLLOW_MS:
+                    left[i] = 0.0
+                elif a > ref:
+                    ref = a
+        return ref
 
     def _control_relays(self, now_ms):
         r = self._relays
@@ -782,6 +939,7 @@ class Charger:
         if (
             self.active
             or self.latched
+            or self.pausing
             or self._estop
             or self.halted
             or self.session is None
@@ -848,13 +1006,21 @@ class Charger:
         if self.lock_state == LOCK_NONE:
             return
         lk = self._lock_hw
+        if self._unlock_ms is not None:
+            if not lk.feedback() or self.lock_state != LOCK_OPEN:
+                self._unlock_ms = None
+            elif time.ticks_diff(now_ms, self._unlock_ms) >= 2 * _LOCK_CONFIRM_MS:
+                # Released but still reads engaged (the retry's margin given): the plug
+                # is held, the lock is broken.
+                self._unlock_ms = None
+                self._lock_trip("lock did not unlock: the plug is held")
+                return
         if not want:
             if self.lock_state == LOCK_LOCKED and self._relays.closed and not lk.feedback():
                 # The session is over but the relays still wait for the vehicle to leave C
                 # (up to 6 s): its plug is as live, and now free, as during the session.
-                self.trip(faults.ELK)  # first: the log may wait on a UART
+                self._lock_trip("lock opened with the relays closed")
                 self.lock_state = LOCK_OPEN
-                _log.error("lock opened with the relays closed")
                 return
             # Release only once both auxiliary contacts have reported open for the
             # whole weld-check window: a relay commanded open may still be welded, and
@@ -864,15 +1030,18 @@ class Charger:
                     return
                 lk.release()
                 self.lock_state = LOCK_OPEN
+                self._unlock_ms = now_ms
             return
         if self.lock_state == LOCK_OPEN:
             lk.engage()
             self.lock_state = LOCK_ENGAGING
             self._lock_ms = now_ms
             self._lock_tries = 1
+            self._unlock_ms = None
         elif self.lock_state == LOCK_ENGAGING:
             if lk.feedback():
                 self.lock_state = LOCK_LOCKED
+                self.lock_fails = 0
             elif time.ticks_diff(now_ms, self._lock_ms) >= _LOCK_CONFIRM_MS:
                 if self._lock_tries < 2:
                     if self.contacts_open:  # a pulse back only with the contacts known open
@@ -881,14 +1050,29 @@ class Charger:
                     self._lock_ms = now_ms
                     self._lock_tries += 1
                 else:
-                    self.trip(faults.ELK)
-                    # The release comes through the path above (fault: want=False): only
-                    # once the contacts are confirmed open, never over a weld.
-                    _log.error("lock did not confirm")
+                    # Never confirmed, so never charged through it: a plug not fully
+                    # seated. No protective trip unless it keeps happening. The release
+                    # comes through the path above (fault: want=False): only once the
+                    # contacts are confirmed open, never over a weld.
+                    self.lock_fails += 1
+                    if self.lock_fails >= LOCK_FAILS_LATCH:
+                        self._lock_trip("lock did not confirm on %d plug-ins in a row"
+                                        % self.lock_fails)
+                    else:
+                        self.trip(faults.ELK)
+                        self.elk_unplugged = False
+                        _log.error("lock did not confirm: check the plug is pushed fully in")
         elif self.lock_state == LOCK_LOCKED and not lk.feedback():
-            self.trip(faults.ELK)  # first: the log may wait on a UART
+            self._lock_trip("lock opened during the session")
             self.lock_state = LOCK_OPEN
-            _log.error("lock opened during the session")
+
+    def _lock_trip(self, why):
+        """A protective ELK: tripped and latched in the same step (a technician clears
+        it after a lock test)."""
+        self.trip(faults.ELK)  # first: the log may wait on a UART
+        self.latch(faults.ELK)
+        self.lock_fails = 0
+        _log.error("%s: ELK latched", why)
 
     def start_lock_test(self):
         """A technician asks to clear ELK: the lock must show it works first. The control

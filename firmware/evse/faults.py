@@ -48,7 +48,8 @@ TABLE = (
     ("ROT", ROT, False, "HighTemperature", "Relay over-temperature fault",
      "relay temperature below 60 °C"),
     ("ELK", ELK, True, "ConnectorLockFailure", "Electronic lock abnormal fault",
-     "technician clears it once the lock works"),
+     "a lock that never confirmed: the vehicle unplugged (the third plug-in in a row "
+     "latches); a lock lost or not unlocking: technician clears it once the lock works"),
     ("OCT", OCT, False, "HighTemperature", "Plug holder over-temperature fault",
      "socket temperature below 55 °C"),
     ("IRD", IRD, True, "GroundFailure", "Leakage fault",
@@ -72,6 +73,7 @@ for _row in TABLE:
     if _row[2]:
         LATCHING |= _row[1]
 # R12/R3N latch only when welded; a stuck-open relay clears on unplug (protection.py).
+# ELK latches unless the lock never confirmed at the start of a session (charger.py).
 
 _BY_CODE = {row[0]: row for row in TABLE}
 

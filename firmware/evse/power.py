@@ -305,7 +305,7 @@ class PowerManager:
                 "external meter %s: no valid reading for %d s -> ERR MET, charging paused",
                 self.model, LOST_MS // 1000,
             )
-            self.ch.trip(faults.MET)
+            self.ch.pause(faults.MET)  # mild: docs/errors.md
         else:
             _log.warning("external meter %s %s", self.model, why)
 

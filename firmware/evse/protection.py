@@ -26,10 +26,11 @@ MIS_V = 50.0  # below this a phase is missing, not just low
 _V_HOLD_MS = const(2000)
 _V_CLEAR_MS = const(10000)
 # Over-current: EVerest rule (STANDARDS.md §3): above (offered + 0.5 A) * 1.10 for 7 s;
-# far above (offered + 8 A) at the next reading. The vehicle has 5 s to follow a lower offer.
+# far above (offered + 8 A) at the next reading. The vehicle has 5 s to follow a lower
+# offer, counted from the change of the duty, and the whole 6 s window of a stop to
+# follow the stop (Charger.follow_ref_a).
 _OCP_SLOW_MS = const(7000)
 OCP_FAST_MARGIN_A = 8.0
-_OCP_FOLLOW_MS = const(5000)
 _OCP_CLEAR_MS = const(60000)
 _MET_TRIP_MS = const(3000)
 # No valid reading for this long, failed or never taken (a metering task that hangs): the
@@ -71,8 +72,6 @@ class Protection:
         self._save_failed = False  # the last write failed: retried every tick, logged once
         self._failed_bits = None  # the latched bits whose write failed in this tick
         self._since = {}  # rule name -> ticks_ms when its condition began, or _HELD
-        self._ocp_ref_a = 0.0
-        self._ocp_ref_ms = None  # when the reference was set; None: its 5 s are over
         self._trip_ms = {}  # bit -> ticks_ms of its trip, _HELD once its F hold is over
         self._spin_ms = None  # when the fan was last switched; None: spun up
         self.meter_ok = True
@@ -280,10 +279,6 @@ class Protection:
 
     def on_meter(self, now_ms, ok):
         """After each internal-meter read (~1 s): voltage, phases, current, comms."""
-        # The over-current reference's 5 s run out at every reading, good or not: after a
-        # long meter outage its start would read as negative and keep an old higher offer.
-        if self._ocp_ref_ms is not None and _held(now_ms, self._ocp_ref_ms, _OCP_FOLLOW_MS):
-            self._ocp_ref_ms = None
         if ok and not meter_valid(self.hw.meter):
             if self._meter_fail_ms is None:
                 _log.error("internal meter reading is not a number")
@@ -309,6 +304,8 @@ class Protection:
         if not self.meter_ok and _held(now_ms, self._meter_good_ms, _MET_CLEAR_MS):
             self.meter_ok = True
         m = self.hw.meter
+        if self.ch.pausing and max(m.amps) < charger.CURRENT_GONE_A:
+            self.ch.current_gone()  # a mild pause: the vehicle has stopped drawing
         self._check_voltage(now_ms, m.volts)
         self._check_current(now_ms, m.amps)
 
@@ -338,19 +335,17 @@ class Protection:
         if hi >= OVP_FAST_V or self._cond("ovp", hi > OVP_V, now_ms, _V_HOLD_MS):
             self.ch.trip(faults.OVP)
         missing = n == 3 and lo < MIS_V and hi >= LVP_V
+        # Mild conditions (docs/errors.md): a pause that lets the vehicle stop drawing.
         if self._cond("mis", missing, now_ms, _V_HOLD_MS):
-            self.ch.trip(faults.MIS)
+            self.ch.pause(faults.MIS)
         if not missing and self._cond("lvp", lo < LVP_V, now_ms, _V_HOLD_MS):
-            self.ch.trip(faults.LVP)
+            self.ch.pause(faults.LVP)
 
     def _check_current(self, now_ms, amps):
         ch = self.ch
-        offered = ch.offered_a
-        # The reference is the highest offer of the last 5 s: the EV may lag a reduction.
-        if offered >= self._ocp_ref_a or self._ocp_ref_ms is None:
-            self._ocp_ref_a = offered
-            self._ocp_ref_ms = now_ms
-        ref = max(self._ocp_ref_a, offered)
+        # A vehicle still following a lower offer or a stop is not over-current: one
+        # still drawing when a stop's 6 s are over is opened under load, not tripped.
+        ref = ch.follow_ref_a(now_ms)
         draw = max(amps)
         if not self.hw.relays.closed:
             self._since.pop("ocp", None)
@@ -427,7 +422,7 @@ class Protection:
                 return
             self._spin_ms = None
         if self._cond("fan", fan.rpm() < FAN_MIN_RPM, now_ms, _FAN_HOLD_MS):
-            self.ch.trip(faults.FAN)
+            self.ch.pause(faults.FAN)  # mild: the temperatures have their own trips
 
     def _latch(self, bit, why):
         ch = self.ch
@@ -446,7 +441,7 @@ class Protection:
         new = ch.take_tripped()
         if not new:
             return
-        # IRD and ELK latched in trip() itself (charger.LATCH_AT_TRIP).
+        # IRD latched in trip() itself, a latching ELK beside it (charger.LATCH_AT_TRIP).
         self._persist()
         for bit in _bits(new):
             code = faults.codes(bit)[0]
@@ -503,6 +498,8 @@ class Protection:
             (faults.CAN, "c_can", not self.can_clash, _CAN_CLEAR_MS),
             (faults.R12, "c_r12", ch.cp_state == pilot.STATE_A, 0),
             (faults.R3N, "c_r3n", ch.cp_state == pilot.STATE_A, 0),
+            # A lock that never confirmed (not latched): the plug was pulled out.
+            (faults.ELK, "c_elk", ch.elk_unplugged, 0),
         )
         for bit, name, cond, hold in conds:
             if not act & bit:
