@@ -245,6 +245,9 @@ class _Charger:
     def trip(self, bit):
         self.active |= bit
 
+    def pause(self, bit):  # a mild condition (the CAN clash): here as a trip
+        self.active |= bit
+
 
 class _Prot:
     can_clash = False
