@@ -95,64 +95,36 @@ def _line(gen_pos, gen_neg, state, diode_mv, diode=True):
 
 
 def test_generator_and_zero_within_tolerance_read_the_right_state():
-    """+-0.6 V on each generator level and +-0.6 V of ADC zero, calibrated or not (a
-    vehicle plugged in at boot leaves no +12 V plateau to calibrate from)."""
+    """+-0.6 V on each generator level and +-0.6 V of ADC zero, in any combination: every
+    state reads right and a missing diode is flagged, with nothing corrected (the zero
+    estimate is a check, not a correction: docs/errors.md)."""
     want = {"A": A, "B": B, "C": C, "D": D}
     for diode, c in _both():
         for gp in (-600, 0, 600):
             for gn in (-600, 0, 600):
                 for z in (-600, 0, 600):
-                    for cal in (False, True):
-                        c.zero_mv = gp + z if cal else 0
-                        for st in "ABCD":
-                            hi, lo = _line(12000 + gp, -12000 + gn, st, diode)
-                            eq(c.classify(hi + z, lo + z, True), want[st],
-                               "%s gen %+d/%+d zero %+d cal %s" % (st, gp, gn, z, cal))
-                            if st == "A":
-                                continue
-                            hi, lo = _line(12000 + gp, -12000 + gn, st, diode, False)
-                            eq(c.classify(hi + z, lo + z, True), X, "%s without diode" % st)
-                            true(not c.diode_ok, "%s without diode flagged" % st)
-        c.zero_mv = 0
-
-
-def test_the_zero_comes_off_the_negative_plateau_only_to_make_the_diode_check_stricter():
-    c = pilot.Classifier(1000)
-    c.zero_mv = 600
-    eq(c.classify(12600, 12600, False), A)
-    eq(c.classify(14600, 14600, False), A, "14 V once the zero is off")
-    eq(c.classify(14601, 14601, False), X)
-    # Read high: the negative plateau is judged as read, never 0.6 V lower.
-    eq(c.classify(c.b_mv + 600, -10400, True), B)
-    eq(c.classify(c.b_mv + 600, -10399, True), X)
-    true(not c.diode_ok)
-    eq(c.classify(c.b_mv + 600, -14000, True), B)
-    eq(c.classify(c.b_mv + 600, -14001, True), X)
-    true(c.diode_ok)
-    # Read low: the zero comes off, the plateau is judged 0.6 V higher.
-    c.zero_mv = -600
-    eq(c.classify(c.b_mv - 600, -11000, True), B)
-    eq(c.classify(c.b_mv - 600, -10999, True), X)
-    true(not c.diode_ok)
-    eq(c.classify(11400, 11400, False), A)
-    eq(c.classify(c.ab_mv - 600, 0, False), A)
-    eq(c.classify(c.ab_mv - 601, 0, False), B)
+                    for st in "ABCD":
+                        hi, lo = _line(12000 + gp, -12000 + gn, st, diode)
+                        eq(c.classify(hi + z, lo + z, True), want[st],
+                           "%s gen %+d/%+d zero %+d" % (st, gp, gn, z))
+                        if st == "A":
+                            continue
+                        hi, lo = _line(12000 + gp, -12000 + gn, st, diode, False)
+                        eq(c.classify(hi + z, lo + z, True), X, "%s without diode" % st)
+                        true(not c.diode_ok, "%s without diode flagged" % st)
 
 
 def test_a_generator_beyond_its_tolerance_does_not_hide_a_missing_diode():
-    """+12 V read at 13.2 V because the generator is 1.2 V strong (both of its levels): the
-    estimate is within range and taken, but the diode-less plateau of B (-9.7 V) and the
-    worst of C and D must still be flagged."""
+    """A generator 1.2 V strong on both levels, or at the corners of its tolerance with
+    the zero off: the diode-less plateau of B (-9.7 V at worst), C and D is flagged."""
     for diode, c in _both():
         for gp, gn, z in ((1200, -1200, 0), (600, -600, 600), (0, -600, -600),
                           (-600, -600, -600), (600, -600, -600)):
-            c.zero_mv = gp + z
             for st in "BCD":
                 hi, lo = _line(12000 + gp, -12000 + gn, st, diode, False)
                 eq(c.classify(hi + z, lo + z, True), X, "%s without diode, gen %+d/%+d zero %+d"
                    % (st, gp, gn, z))
                 true(not c.diode_ok)
-        c.zero_mv = 0
 
 
 def _feed(cal, mv, n=pilot.CAL_SAMPLES):

@@ -512,10 +512,8 @@ class Charger:
         adc = self.hw.cp_adc
         duty = self._cp.duty_pm  # the PWM must run before the sample starts, not just after
         adc.sample()
-        # The levels as the classifier judges them (the fault record's cp_hi_mv/cp_lo_mv).
-        zero = self._clf.zero_mv
-        self.hi_mv = adc.hi_mv - zero
-        self.lo_mv = adc.lo_mv - zero if zero < 0 else adc.lo_mv
+        self.hi_mv = adc.hi_mv  # as the classifier judges them (a CP fault's record)
+        self.lo_mv = adc.lo_mv
         pwm_on = self._cp.duty_pm > 0
         s = self._clf.classify(adc.hi_mv, adc.lo_mv, pwm_on)
         self._raw = s
@@ -551,12 +549,14 @@ class Charger:
         first = not cal.done
         if not cal.feed(hi_mv):
             return
-        self._clf.zero_mv = cal.zero_mv
+        # A check of the measurement, not a correction: the midpoints already leave room
+        # for the tolerances, and an offset taken now and applied later, after the
+        # generator or the zero moved the other way, would double the error (B read as C).
         if cal.error and not was:
             _log.error("CP zero %d mV out of +-%d mV: nominal levels in use",
                        cal.last_mv, pilot.CAL_MAX_MV)
         elif (was or first) and not cal.error:
-            _log.info("CP zero %d mV: calibrated", cal.zero_mv)
+            _log.info("CP zero %d mV: within its tolerance", cal.zero_mv)
 
     def _on_state_change(self, old, new):
         _log.info("cp %s -> %s", pilot.NAMES[old], pilot.NAMES[new])

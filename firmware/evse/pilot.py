@@ -81,12 +81,10 @@ def _level(r, vd_mv):
 
 
 class Classifier:
-    """Maps (hi_mv, lo_mv) to a state for one cp_type; `zero_mv`, the measurement's
-    offset, is taken off the positive plateau first (and off the negative one when it
-    is below zero)."""
+    """Maps (hi_mv, lo_mv) to a state for one cp_type, by the midpoints between the
+    nominal levels (docs/errors.md, "Control pilot levels")."""
 
     def __init__(self, diode_mv=1000):
-        self.zero_mv = 0
         self.set_diode(diode_mv)
 
     def set_diode(self, diode_mv):
@@ -105,7 +103,7 @@ class Classifier:
         plateau must be near -12 V; otherwise the diode is missing (INVALID, flagged).
         Written so that NaN fails every comparison and lands on INVALID."""
         self.diode_ok = True
-        hi = hi_mv - self.zero_mv
+        hi = hi_mv
         if hi >= self.ab_mv:
             return STATE_A if hi <= _RANGE_MV else INVALID
         if hi >= self.bc_mv:
@@ -122,11 +120,7 @@ class Classifier:
             return INVALID  # below -14 V, or not a number
         if not pwm_on:
             return s
-        # The zero comes off the negative plateau only where that makes the diode check
-        # stricter: a +12 V plateau read high may be the generator's own error, which
-        # says nothing of its negative level, and a missing diode must never pass for it.
-        z = self.zero_mv
-        lo = lo_mv - z if z < 0 else lo_mv
+        lo = lo_mv
         if -_RANGE_MV <= lo <= DIODE_MAX_MV:
             return s
         if DIODE_MAX_MV < lo <= _RANGE_MV:
@@ -135,10 +129,11 @@ class Classifier:
 
 
 class ZeroCal:
-    """The measurement's offset from the +12 V plateau: `feed` the raw positive plateau
-    of samples taken with the generator at static +12 V and nothing plugged. Every
-    CAL_SAMPLES samples it makes an estimate; one within +-CAL_MAX_MV becomes `zero_mv`,
-    one outside is refused (`error` set, `zero_mv` back to 0: the nominal levels)."""
+    """A check of the measurement from the +12 V plateau: `feed` the positive plateau of
+    samples taken with the generator at static +12 V and nothing plugged. Every
+    CAL_SAMPLES samples it makes an estimate of the offset (the generator's error plus
+    the ADC's zero); one within +-CAL_MAX_MV is `zero_mv` (reported), one outside is a
+    broken measurement (`error` set: CP CAL ERROR; `zero_mv` back to 0)."""
 
     def __init__(self):
         self.zero_mv = 0
