@@ -57,8 +57,11 @@ STATUS_S = 0.5  # balance.STATUS_MS: every node announces itself this often
 # (docs/load-balancing.md, Allocation §5: one cycle to cut, one to grant): on the
 # master's clock, from reading the node's first status frame asking for current to
 # sending it an allocation of at least 6 A, two cycles on the grid and the tick that
-# runs the second one late.
-GRANT_S = 2 * CYCLE_S + TICK_S + LATE_S
+# runs the second one late. Behind a meter a cut counts as room only once a reading has
+# seen the cut car follow it (before that the car counts at its new offer while the
+# meter still sees its old current: the limit dips by the cut for that reading), so the
+# grant may need one meter cycle more.
+GRANT_S = 2 * CYCLE_S + METER_CYCLE_S + TICK_S + LATE_S
 # The master takes a new meter reading at its next tick and allocates with it at the next
 # cycle on its grid.
 FOLLOW_S = TICK_S + CYCLE_S + TICK_S + LATE_S
@@ -68,6 +71,7 @@ WAIT_S = 15.0  # bound on a wait of the test, not a figure of the firmware
 # once the allocation has stayed 1 A above the offer for 5 s.
 PAUSE_S = 5.0 + 5.0
 RAISE_HOLD_S = 5.0
+RAISE_MARGIN_A = 1.0  # charger.RAISE_MARGIN_A: a raise needs the limit this far above
 CAN_CLEAR_S = 10.0  # protection: ERR CAN ADDR clears this long after the clash ends
 CLASH_CLEAR_S = 3.0  # balance.CLASH_CLEAR_MS: no frame with our address -> clash over
 
@@ -481,7 +485,11 @@ def test_master_offer_within_power_and_balance(meter_pool):
     mp.plug_all([0])
     mp.settled(lambda o: o[0] == 32, WAIT_S, "master alone: 32 A")
     mp.plug_all([1, 2])
-    mp.settled(lambda o: _total(o) >= 33, 20, "three charge")
+    # Each offer within the core's 1 A raise hysteresis of its 11.5 A share: a share that
+    # dips for a reading on a busy host restarts the 5 s it must hold (docs/errors.md,
+    # "Current limits"), so 10.5 A may stand.
+    mp.settled(lambda o: _charging(o) == 3 and _total(o) >= 33 - 3 * RAISE_MARGIN_A, 20,
+               "three charge")
     mp.drawing()
     # The master reads the rise first: its own headroom is gone (pause, power binding)
     # before the next allocation cuts the others.
