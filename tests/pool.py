@@ -118,13 +118,16 @@ def granted(frames, addr, after_us):
 EARLY_S = 0.02
 
 
-def check_fallback(c, since_us, offered):
+def check_fallback(c, since_us, offered, frames=None):
     """On node c's own clock: MASTER_TIMEOUT_S after the last allocation it read, its
     offer falls to its fallback share (at the balancer's tick that notices, at once), the
     warning shows and the fault LED blinks (a new warning at once, at the next HMI
-    tick)."""
+    tick). frames: its CAN trace from since_us, read earlier (a busy bus of many nodes
+    wraps the trace in seconds)."""
     addr = bal(c.snapshot(), "addr")
-    allocs = [f for f in can_frames(c, since_us) if f["dir"] == "rx" and f["id"] == ID_ALLOC + addr]
+    if frames is None:
+        frames = can_frames(c, since_us)
+    allocs = [f for f in frames if f["dir"] == "rx" and f["id"] == ID_ALLOC + addr]
     assert allocs, f"{c.name}: no allocation read before the master went silent"
     t_last = allocs[-1]["t_us"]
     events = c.events(t_last)

@@ -565,12 +565,13 @@ def test_master_killed_and_restarted(meter_pool, n, fit):
     # The last allocation each node read (its trace read now, before it wraps): the
     # master's last cycle may have moved one since the test's look.
     lasts = {}
+    traces = {}
     for i in range(1, n):
-        a = [f for f in can_frames(cs[i], since[i])
-             if f["dir"] == "rx" and f["id"] == ID_ALLOC + i + 1]
+        traces[i] = can_frames(cs[i], since[i])
+        a = [f for f in traces[i] if f["dir"] == "rx" and f["id"] == ID_ALLOC + i + 1]
         lasts[i] = a[-1]["data"][4] / 2 if a else 0
     for i in range(1, n):
-        check_fallback(cs[i], since[i], before[i])
+        check_fallback(cs[i], since[i], before[i], traces[i])
     w.wait(lambda ss: all(s["leds"]["fault"]["pattern"] == "slow" for s in ss[1:]), WAIT_S,
            "the fault LED blinking")
     for s in w.snaps[1:]:
