@@ -350,6 +350,7 @@ def _near(a, b, tol=0.6):
 
 
 # ---- scenarios ---------------------------------------------------------------------------------
+@pytest.mark.timeout(240)  # about 100 s alone: each raise holds 5 s (docs/errors.md)
 def test_three_nodes_cars_come_and_go_and_house_load_steps(meter_pool):
     """Cars arrive one by one (a new car gets room within two cycles), then the house
     load on L2 steps up and down: the offers follow, per phase never above
@@ -608,8 +609,10 @@ def test_three_nodes_address_clash(meter_pool):
     plug(dup, phases=3)
     w.wait(lambda ss: all("CAN" in ss[i]["errors"] for i in (2, 3)), 5,
            "ERR CAN ADDR on node 3 and on the newcomer")
+    # The freed share comes in raises of the core's rules, each once the allocation has
+    # held 1 A above the offer for 5 s (docs/errors.md, "Current limits").
     o = mp.settled(lambda o: o[2] == 0 and o[3] == 0 and (o[0] or 0) >= 17
-                   and (o[1] or 0) >= 17, 15, "nodes 1 and 2 share 35 A")
+                   and (o[1] or 0) >= 17, 30, "nodes 1 and 2 share 35 A")
     print("clash:", o)
     for i in (2, 3):
         s = w.snaps[i]
