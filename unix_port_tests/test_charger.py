@@ -913,6 +913,26 @@ def test_a_confirmed_lock_lost_while_charging_latches_at_once():
     true(r.ch.active & faults.ELK and r.ch.latched & faults.ELK, "not cleared by the unplug")
 
 
+def test_a_lock_that_locked_on_this_plug_in_and_then_does_not_latches_elk():
+    """The plug seated (the lock confirmed and current flowed), a fault let the lock go,
+    and once it cleared the lock does not confirm again: the lock is broken, not the plug
+    badly seated. A protective ELK, latched at once, not cleared by the unplug."""
+    r = Rig()
+    r.charge()
+    true(r.hw.relays.closed and r.ch.lock_state == LOCK_LOCKED, "charging, locked")
+    r.hw.temps.socket_c = 80.0  # OCT: relays open, the lock let go with the contacts open
+    r.run(3000)
+    true(r.ch.active & faults.OCT and not r.hw.lock.engaged, "released during the fault")
+    r.hw.lock.broken = True
+    r.hw.temps.socket_c = 25.0
+    r.run(5000)
+    true(r.ch.latched & faults.ELK, "latched: the lock confirmed on this plug-in before")
+    true(not r.hw.relays.closed, "never closed without the lock")
+    r.hw.ev.state = "A"
+    r.run(2000)
+    true(r.ch.active & faults.ELK, "not cleared by the unplug")
+
+
 def test_a_lock_that_does_not_unlock_latches_elk():
     """The lock released at the end but its feedback still reads engaged: the plug is
     held, the lock is broken: a protective ELK, latched."""
