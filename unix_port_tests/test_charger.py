@@ -948,6 +948,26 @@ def test_a_lock_that_does_not_unlock_latches_elk():
     true(not r.hw.relays.closed, "relays open")
 
 
+def test_a_lock_that_does_not_unlock_after_it_never_confirmed_ends_the_session():
+    """Lock feedback wired the wrong way round: engaged reads open (ERR ELK, not latched:
+    a plug that does not seat), released reads engaged (the plug is held: ELK latches).
+    That latch, made while ELK already stood, ends the session like any other: a later
+    clear must not let the old authorization charge again."""
+    r = Rig()
+    lk = r.hw.lock
+    lk.feedback = lambda: not lk.engaged
+    r.plug("B")
+    eq(r.ch.start_session("X", "RFID"), None)
+    r.hw.ev.state = "C"
+    r.run(3000)
+    true(r.ch.active & faults.ELK and not r.ch.latched, "never confirmed: not latched")
+    true(r.ch.session is not None, "the session is kept")
+    r.run(5000)
+    true(r.ch.latched & faults.ELK, "does not unlock: latched")
+    true(r.ch.session is None, "the latch ended the session")
+    eq(r.ch.take_tripped(), 0, "recorded by protection")
+
+
 def test_a_lock_lost_while_the_relays_wait_for_the_vehicle_trips_elk():
     """After a stop the relays stay closed up to 6 s while the vehicle is still in C: a
     lock pin that comes out then leaves live pins unlocked, as during the session."""

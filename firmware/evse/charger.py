@@ -1076,7 +1076,9 @@ class Charger:
         """A protective ELK: tripped and latched in the same step (a technician clears
         it after a lock test)."""
         self.trip(faults.ELK)  # first: the log may wait on a UART
-        self.latch(faults.ELK)
+        # New to protection even when a lock that never confirmed stands as ELK already:
+        # the latch has its own record and ends the session.
+        self.latch(faults.ELK, new=faults.ELK & ~self.latched)
         self.lock_fails = 0
         _log.error("%s: ELK latched", why)
 
