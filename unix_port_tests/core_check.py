@@ -515,7 +515,8 @@ class Oracle:
         of). An engagement after the lock had confirmed on this plug-in latches at once:
         the plug is seated, the lock is broken."""
         self.lock_fails += 1
-        seated = self.lock_seated is not None and self.lock_try > self.lock_seated
+        seated = (self.lock_seated is not None and self.lock_try is not None
+                  and self.lock_try > self.lock_seated)
         if self.lock_fails >= LOCK_FAILS_LATCH or seated:
             self.lock_fails = 0
             self.stats["latches"] += 1
@@ -667,6 +668,10 @@ class Oracle:
         elif what == "lock":
             if not value and b.lock.engaged:
                 self._on_release()
+                if self.lock_glimpse:
+                    # The engagement confirmed: a release for a fault that keeps the
+                    # session ends its try (one that never confirmed keeps it: ELK stays).
+                    self.lock_try = None
                 self._lock_reset()  # the next engagement is judged on its own
                 self.lock_rel_t = now
             elif value and not b.lock.engaged and self.lock_rel_t != now:

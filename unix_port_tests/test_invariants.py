@@ -310,6 +310,17 @@ def test_bites_a_lock_failure_that_never_latches():
 
 
 
+def test_a_lock_let_go_for_another_fault_after_it_confirmed_is_no_lock_failure():
+    # The lock confirmed and the charge ran; a PP fault let the lock go, the session kept;
+    # once PP cleared the lock confirmed again and the PWM came back. The model once kept
+    # the first engagement's try through that release and took it for a lock that never
+    # confirmed (ELK "sure"), failing the charger's correct offer.
+    from check import eq
+
+    res = cs.play(cs.make(cs.case_rng(0x0BADCAFE, 1126), 1126))
+    eq(res.failure, None, "a re-engaged lock that confirms is no ELK")
+
+
 def test_bites_a_lock_that_fails_again_on_a_seated_plug_without_a_latch():
     # The lock confirmed and current flowed; the session ended and the lock let go; a new
     # session on the same plug-in engages it and it does not confirm. The charger must
