@@ -210,6 +210,7 @@ class Oracle:
         self.selftest_ok = None
         self.lock_lost = None  # lock feedback missing (with the coil closed) since
         self.lock_fails = 0  # the charger counts them in RAM
+        self.lock_seated = None  # the charger surely saw the lock confirm on this plug-in then
         self._lock_session()
         self.low_since = None  # the vehicle's current below 1 A, the meter answering, since
         self.ev_bad = now  # the EV outside C (or D with ventilation) since
@@ -324,6 +325,7 @@ class Oracle:
                 self.end_auth("unplug", self.ev_a + 100)
             self.ev_a = None
         if ev.state == "A":
+            self.lock_seated = None  # (a glitch the charger missed: it may latch sooner)
             if self.plugged:
                 self.plugged = False
                 self.a_from = now
@@ -439,6 +441,8 @@ class Oracle:
                 self.lock_fb = now
             elif now - self.lock_fb >= _LOCK_SEEN_MS:
                 self.lock_held = True
+                if self.lock_seated is None:
+                    self.lock_seated = now
         else:
             self.lock_fb = None
         if not authed:
@@ -508,9 +512,12 @@ class Oracle:
     def _lock_failed(self, now):
         """A lock that never confirmed: the charger counted it; the third in a row must
         latch (it may latch sooner: it may have counted one the model could not be sure
-        of)."""
+        of). An engagement after the lock had confirmed on this plug-in latches at once:
+        the plug is seated, the lock is broken."""
         self.lock_fails += 1
-        if self.lock_fails >= LOCK_FAILS_LATCH:
+        seated = (self.lock_seated is not None and self.lock_try is not None
+                  and self.lock_try > self.lock_seated)
+        if self.lock_fails >= LOCK_FAILS_LATCH or seated:
             self.lock_fails = 0
             self.stats["latches"] += 1
             self.latched.add("ELK")
@@ -661,6 +668,10 @@ class Oracle:
         elif what == "lock":
             if not value and b.lock.engaged:
                 self._on_release()
+                if self.lock_glimpse:
+                    # The engagement confirmed: a release for a fault that keeps the
+                    # session ends its try (one that never confirmed keeps it: ELK stays).
+                    self.lock_try = None
                 self._lock_reset()  # the next engagement is judged on its own
                 self.lock_rel_t = now
             elif value and not b.lock.engaged and self.lock_rel_t != now:

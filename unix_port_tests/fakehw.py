@@ -1,6 +1,7 @@
 # A minimal in-memory board for logic tests of the charging core: outputs are recorded,
 # inputs are plain attributes a test sets. The CP "ADC" follows a tiny EV model so the
 # charger's own classification code runs unchanged.
+import sim_wake  # boards/unix_sim: the sleeping car's view of the pilot, shared
 
 
 class Cp:
@@ -108,41 +109,10 @@ WAKE_F_MS = 3500
 WAKE_X1_MS = 500
 
 
-class Sleeper:
-    """Follows the pilot for a car asleep in B. close_ms: how long after the PWM came
-    back the woken car closes S2."""
-
-    def __init__(self, close_ms=1000):
-        self.close_ms = close_ms
-        self.mode = None  # "F", "X1" or "PWM"
-        self.since = 0
-        self.f_done = False  # a long enough F just went to X1
-        self.woken = False
-
-    def see(self, now, duty, asleep):
-        """The pilot at `now` (ms). True once, when the woken car closes S2."""
-        if duty == -2 or duty == 0:
-            mode = "F"
-        elif duty < 0 or duty >= 1000:
-            mode = "X1"
-        else:
-            mode = "PWM"
-        if mode != self.mode:
-            held = now - self.since
-            if self.mode == "F":
-                self.f_done = mode == "X1" and held >= WAKE_F_MS
-            else:
-                if self.mode == "X1" and self.f_done and mode == "PWM" and held >= WAKE_X1_MS:
-                    self.woken = asleep
-                self.f_done = False
-            self.mode = mode
-            self.since = now
-        if not asleep:
-            self.woken = False
-        elif self.woken and mode == "PWM" and now - self.since >= self.close_ms:
-            self.woken = False
-            return True
-        return False
+def Sleeper(close_ms=1000):
+    """The pilot as a car asleep in B follows it (boards/unix_sim/sim_wake.py), in ms.
+    close_ms: how long after the PWM came back the woken car closes S2."""
+    return sim_wake.Sleeper(WAKE_F_MS, WAKE_X1_MS, close_ms)
 
 
 class Relays:

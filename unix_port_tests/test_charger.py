@@ -913,6 +913,26 @@ def test_a_confirmed_lock_lost_while_charging_latches_at_once():
     true(r.ch.active & faults.ELK and r.ch.latched & faults.ELK, "not cleared by the unplug")
 
 
+def test_a_lock_that_locked_on_this_plug_in_and_then_does_not_latches_elk():
+    """The plug seated (the lock confirmed and current flowed), a fault let the lock go,
+    and once it cleared the lock does not confirm again: the lock is broken, not the plug
+    badly seated. A protective ELK, latched at once, not cleared by the unplug."""
+    r = Rig()
+    r.charge()
+    true(r.hw.relays.closed and r.ch.lock_state == LOCK_LOCKED, "charging, locked")
+    r.hw.temps.socket_c = 80.0  # OCT: relays open, the lock let go with the contacts open
+    r.run(3000)
+    true(r.ch.active & faults.OCT and not r.hw.lock.engaged, "released during the fault")
+    r.hw.lock.broken = True
+    r.hw.temps.socket_c = 25.0
+    r.run(5000)
+    true(r.ch.latched & faults.ELK, "latched: the lock confirmed on this plug-in before")
+    true(not r.hw.relays.closed, "never closed without the lock")
+    r.hw.ev.state = "A"
+    r.run(2000)
+    true(r.ch.active & faults.ELK, "not cleared by the unplug")
+
+
 def test_a_lock_that_does_not_unlock_latches_elk():
     """The lock released at the end but its feedback still reads engaged: the plug is
     held, the lock is broken: a protective ELK, latched."""
@@ -926,6 +946,26 @@ def test_a_lock_that_does_not_unlock_latches_elk():
     r.run(1500)
     true(r.ch.latched & faults.ELK, "ELK latched")
     true(not r.hw.relays.closed, "relays open")
+
+
+def test_a_lock_that_does_not_unlock_after_it_never_confirmed_ends_the_session():
+    """Lock feedback wired the wrong way round: engaged reads open (ERR ELK, not latched:
+    a plug that does not seat), released reads engaged (the plug is held: ELK latches).
+    That latch, made while ELK already stood, ends the session like any other: a later
+    clear must not let the old authorization charge again."""
+    r = Rig()
+    lk = r.hw.lock
+    lk.feedback = lambda: not lk.engaged
+    r.plug("B")
+    eq(r.ch.start_session("X", "RFID"), None)
+    r.hw.ev.state = "C"
+    r.run(3000)
+    true(r.ch.active & faults.ELK and not r.ch.latched, "never confirmed: not latched")
+    true(r.ch.session is not None, "the session is kept")
+    r.run(5000)
+    true(r.ch.latched & faults.ELK, "does not unlock: latched")
+    true(r.ch.session is None, "the latch ended the session")
+    eq(r.ch.take_tripped(), 0, "recorded by protection")
 
 
 def test_a_lock_lost_while_the_relays_wait_for_the_vehicle_trips_elk():

@@ -309,6 +309,46 @@ def test_bites_a_lock_failure_that_never_latches():
     _with(Charger, "_lock_trip", no_latch, ("latch-kept", "start-refused", "latch-shown"), 300)
 
 
+
+def test_a_lock_let_go_for_another_fault_after_it_confirmed_is_no_lock_failure():
+    # The lock confirmed and the charge ran; a PP fault let the lock go, the session kept;
+    # once PP cleared the lock confirmed again and the PWM came back. The model once kept
+    # the first engagement's try through that release and took it for a lock that never
+    # confirmed (ELK "sure"), failing the charger's correct offer.
+    from check import eq
+
+    res = cs.play(cs.make(cs.case_rng(0x0BADCAFE, 1126), 1126))
+    eq(res.failure, None, "a re-engaged lock that confirms is no ELK")
+
+
+def test_bites_a_lock_that_fails_again_on_a_seated_plug_without_a_latch():
+    # The lock confirmed and current flowed; the session ended and the lock let go; a new
+    # session on the same plug-in engages it and it does not confirm. The charger must
+    # latch ELK (the plug is seated, the lock is broken): a mutant that treats it as a
+    # plug that does not seat (cleared by the unplug) is caught.
+    from check import eq
+
+    cfg = cs.make(cs.case_rng(0x77AA0102, 1152), 1152).cfg
+    cfg.update({"socket": True, "cp_type": "1.0V", "power_system": "TN_TT",
+                "auth_mode": "rfid", "charger_power": "7kW", "cable_max_a": 32,
+                "pp_ohm": 220, "ev_max_a": 32.0, "ventilation": False, "ev_lag_ms": 500,
+                "charging_mode": "B", "bases": [536866187, 783017979, 345],
+                "max_current_a": 32, "duration_ms": 20000})
+    events = [(200, "ev", "B", None), (500, "card", None, None), (2000, "ev", "C", None),
+              (5000, "card", None, None), (5200, "ev", "B", None),
+              (8000, "lock_broken", True, None), (9000, "card", None, None),
+              (14000, "ev", "A", None), (16000, "ev", "B", None), (17000, "card", None, None)]
+    scn = cs.Scenario(cfg, events)
+    res = cs.play(scn)
+    eq(res.failure, None, "the charger latches ELK")
+    Charger._lock_seated = property(lambda self: False, lambda self, value: None)
+    try:
+        res = cs.play(scn)
+    finally:
+        del Charger._lock_seated
+    true(res.failure is not None and res.failure[0] in ("latch-kept", "start-refused"),
+         "the checker misses an unlatched ELK on a seated plug: %r" % (res.failure,))
+
 from evse import faults  # noqa: E402
 from evse.charger import Charger, LOCK_NONE  # noqa: E402  (the core the mutants patch)
 from evse.protection import Protection  # noqa: E402

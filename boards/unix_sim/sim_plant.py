@@ -6,6 +6,8 @@
 # that stops answering); deciding that something is wrong is the firmware's job.
 from micropython import const
 
+from sim_wake import Sleeper
+
 R1_OHM = 1000  # EVSE source resistor (STANDARDS.md §1.1)
 R2_OHM = 2740  # EV: always across CP-PE behind the diode
 R3_C_OHM = 1300  # EV: added by S2 in state C
@@ -110,10 +112,7 @@ class Plant:
         self._seen_offer_a = 0.0
         self._seen_us = 0
         self.ev_asleep = False  # in B, deaf to the PWM until the wake-up sequence
-        self._pilot_mode = None  # "F", "X1" or "PWM", as the sleeping car follows it
-        self._mode_us = 0
-        self._f_done = False  # a long enough F just went to X1
-        self._woken = False  # woken: closes S2 under the PWM
+        self._sleep = Sleeper(WAKE_F_US, WAKE_X1_US, WAKE_CLOSE_US)  # the pilot as it sees it
         # cable (`cable` op), mains (`grid`), sensors (`temp`)
         self.pp_ohms = 220  # a 32 A cable left in the socket; `cable null` unplugs it
         self.grid_v = [230.0, 230.0, 230.0]
@@ -206,28 +205,8 @@ class Plant:
         self._chip.tick(now_us)  # the chip drops the cards whose time is up
 
     def _watch_sleep(self, now_us):
-        duty = self._cp.duty_pm
-        if duty == -2 or duty == 0:
-            mode = "F"
-        elif duty < 0 or duty >= 1000:
-            mode = "X1"
-        else:
-            mode = "PWM"
         asleep = self.ev_asleep and self.ev_state == "B"
-        if mode != self._pilot_mode:
-            held = now_us - self._mode_us
-            if self._pilot_mode == "F":
-                self._f_done = mode == "X1" and held >= WAKE_F_US
-            else:
-                if self._f_done and mode == "PWM" and held >= WAKE_X1_US:
-                    self._woken = asleep
-                self._f_done = False
-            self._pilot_mode = mode
-            self._mode_us = now_us
-        if not asleep:
-            self._woken = False
-        elif self._woken and mode == "PWM" and now_us - self._mode_us >= WAKE_CLOSE_US:
-            self._woken = False
+        if self._sleep.see(now_us, self._cp.duty_pm, asleep):
             self.ev_asleep = False
             self.ev_state = "C"
             self.update_cp()

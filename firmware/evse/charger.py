@@ -225,6 +225,7 @@ class Charger:
         self._lock_test_ms = 0
         self.lock_tested = False  # the lock engaged and released on command since ELK latched
         self.lock_fails = 0  # plug-ins in a row whose lock never confirmed (RAM only)
+        self._lock_seated = False  # the lock confirmed since the vehicle plugged in
         self._unlock_ms = None  # the lock released then: its feedback must fall
         self.elk_unplugged = False  # the vehicle left since a lock that never confirmed
         self.pausing = 0  # mild faults waiting for the current to go (PWM already stopped)
@@ -573,6 +574,7 @@ class Charger:
             self._relays.open()
             if self.active & faults.ELK:
                 self.elk_unplugged = True  # its clear (protection.py), even if replugged
+            self._lock_seated = False  # the next plug-in may not seat
             self.cable_a = None  # the vehicle left with its cable: the next one is read anew
             if self.session is not None:
                 self.end_session("Unplug")
@@ -1042,6 +1044,7 @@ class Charger:
             if lk.feedback():
                 self.lock_state = LOCK_LOCKED
                 self.lock_fails = 0
+                self._lock_seated = True
             elif time.ticks_diff(now_ms, self._lock_ms) >= _LOCK_CONFIRM_MS:
                 if self._lock_tries < 2:
                     if self.contacts_open:  # a pulse back only with the contacts known open
@@ -1049,6 +1052,9 @@ class Charger:
                     lk.engage()
                     self._lock_ms = now_ms
                     self._lock_tries += 1
+                elif self._lock_seated:
+                    # It locked on this plug-in (the plug is seated): the lock is broken.
+                    self._lock_trip("lock did not confirm again on the plug-in it locked")
                 else:
                     # Never confirmed, so never charged through it: a plug not fully
                     # seated. No protective trip unless it keeps happening. The release
@@ -1070,7 +1076,9 @@ class Charger:
         """A protective ELK: tripped and latched in the same step (a technician clears
         it after a lock test)."""
         self.trip(faults.ELK)  # first: the log may wait on a UART
-        self.latch(faults.ELK)
+        # New to protection even when a lock that never confirmed stands as ELK already:
+        # the latch has its own record and ends the session.
+        self.latch(faults.ELK, new=faults.ELK & ~self.latched)
         self.lock_fails = 0
         _log.error("%s: ELK latched", why)
 
