@@ -38,7 +38,7 @@ def unplug(c):
 
 
 def start_with_card(c, uid=A):
-    c.sim("card", uid=uid, ms=300)
+    c.sim("card", uid=uid, ms=800)  # a tap of most of a second: the reader polls every 200 ms
     c.wait_for(lambda s: s["session"]["active"], WAIT_S)
 
 

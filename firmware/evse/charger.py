@@ -826,7 +826,7 @@ class Charger:
                 return
             self._x1()
             self._wake = _WK_X1
-            self._wake_ms = now_ms
+            self._wake_ms = self.clock()  # from the write: the tick may have begun earlier
             return
         if w == _WK_X1:
             if time.ticks_diff(now_ms, self._wake_ms) < _WAKE_X1_MS:
@@ -857,7 +857,7 @@ class Charger:
         self._cp.low()
         self.offered_a = 0.0
         self._wake = _WK_F
-        self._wake_ms = now_ms
+        self._wake_ms = self.clock()  # F's 4 s from its write
         _log.warning("EV stayed in B2 %d s under the PWM: wake-up %d of %d (A.5.3)",
                      _WAKE_AFTER_MS // 1000, s.wakeups, WAKE_MAX)
 
