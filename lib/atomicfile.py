@@ -193,6 +193,32 @@ def load_json(path, default_factory=None, on_error=None, max_bytes=_MAX_BYTES):
     return box[0]
 
 
+def load_dict_newest(path, max_bytes, note):
+    """(object, suffix, newest) of the first copy of path that is a JSON object: the file
+    itself, then a .tmp whose CRC proves it whole (a save cut after the old file became
+    the .bak: the newer copy), then the older .bak, then a .tmp without a CRC. newest:
+    the copy is the file or that proven .tmp. note(msg) hears of every copy that exists
+    and cannot be used. (None, None, False) when no copy can."""
+    for suffix, crc_only in (("", False), (".tmp", True), (".bak", False), (".tmp", False)):
+        p = path + suffix
+        try:
+            data = _read_capped(p, max_bytes)
+            if suffix == ".tmp" and crc_only != (data[:7] == _HDR):
+                continue  # the .tmp goes in the pass its framing belongs to
+            obj = decode_json(data)
+            if not isinstance(obj, dict):
+                raise ValueError("JSON of the wrong type")
+        except OSError as e:
+            if e.errno != _ENOENT and not crc_only:
+                note("%s unreadable: %s" % (p, e))
+            continue
+        except ValueError as e:  # UnicodeError included
+            note("%s corrupt: %s" % (p, e))
+            continue
+        return obj, suffix, suffix == "" or crc_only
+    return None, None, False
+
+
 def load_json_copies(path, on_error=None, max_bytes=_MAX_BYTES, want=None):
     """The parsed JSON of every copy of path that may hold its newest state: `path` (and
     `.bak` when `path` is missing or bad) and `.tmp`. A list, empty when there is no file

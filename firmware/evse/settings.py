@@ -15,7 +15,6 @@ import log
 
 _log = log.get("settings")
 
-_ENOENT = 2
 _MAX_BYTES = 16384  # a settings file is far smaller: a huge size is a corrupt entry
 
 # The shipped languages; add_languages() adds those of installed language packs.
@@ -214,35 +213,9 @@ class Settings:
         self._kept = {}  # key -> the unusable stored value, written back until replaced
 
     def _read(self, note):
-        """(stored object, its copy, newest) of the first copy that can be read: the file
-        itself, then a .tmp whose CRC matches (a save cut after the old file became the
-        .bak: the .tmp is the newer copy, proven whole), then the older .bak, then a .tmp
-        without a CRC. newest: the copy is the file or that proven .tmp. (None, None,
-        False) when no copy is a settings object."""
-        path = self._path
-        for suffix, crc_only in (("", False), (".tmp", True), (".bak", False), (".tmp", False)):
-            p = path + suffix
-            try:
-                size = os.stat(p)[6]
-                if size > _MAX_BYTES:
-                    raise ValueError("%d bytes, over the %d cap" % (size, _MAX_BYTES))
-                with open(p, "rb") as f:
-                    data = f.read(size)
-                framed = data[:7] == b"#crc32 "
-                if crc_only != framed and suffix == ".tmp":
-                    continue  # the .tmp goes in the pass its framing belongs to
-                obj = atomicfile.decode_json(data)
-                if not isinstance(obj, dict):
-                    raise ValueError("JSON of the wrong type")
-            except OSError as e:
-                if e.errno != _ENOENT and not crc_only:
-                    note("%s unreadable: %s" % (p, e))
-                continue
-            except ValueError as e:  # UnicodeError included
-                note("%s corrupt: %s" % (p, e))
-                continue
-            return obj, suffix, suffix == "" or crc_only
-        return None, None, False
+        """(stored object, its copy, newest) by the rule of atomicfile.load_dict_newest:
+        the file, a .tmp whose CRC proves it whole, the older .bak, a .tmp without a CRC."""
+        return atomicfile.load_dict_newest(self._path, _MAX_BYTES, note)
 
     def load(self):
         errors = [0]

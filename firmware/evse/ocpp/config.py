@@ -25,7 +25,6 @@ MEASURANDS = (
 _ROTATIONS = ("NotApplicable", "Unknown", "RST", "RTS", "SRT", "STR", "TRS", "TSR")
 MAX_CSL = 8
 _DAY = 86400
-_ENOENT = 2
 _FILE_MAX = 4096
 
 # name, access, kind, default[, lo, hi]. Kinds: b bool, i int, m measurand list,
@@ -107,30 +106,15 @@ def load_json(path, cap, on_bad=None):
             pass
     cap = min(n, cap) or 1
     name = path.rpartition("/")[2]
-    bad = False
-    for suffix, crc_only in (("", False), (".tmp", True), (".bak", False), (".tmp", False)):
-        p = path + suffix
-        try:
-            size = os.stat(p)[6]
-            if size > cap:
-                raise ValueError("%d bytes, over the %d cap" % (size, cap))
-            with open(p, "rb") as f:
-                data = f.read(size)
-            if suffix == ".tmp" and crc_only != (data[:7] == b"#crc32 "):
-                continue  # the .tmp goes in the pass its framing belongs to
-            obj = atomicfile.decode_json(data)
-            if not isinstance(obj, dict):
-                raise ValueError("JSON of the wrong type")
-        except OSError as e:
-            if e.errno != _ENOENT and not crc_only:
-                bad = True
-                _log.error("%s unreadable: %s", p, e)
-            continue
-        except ValueError as e:  # UnicodeError included
-            bad = True
-            _log.error("%s corrupt: %s", p, e)
-            continue
-        if suffix == "" or crc_only:
+    bad = []
+
+    def note(msg):
+        bad.append(msg)
+        _log.error("%s", msg)
+
+    obj, suffix, newest = atomicfile.load_dict_newest(path, cap, note)
+    if obj is not None:
+        if newest:
             if suffix:
                 _log.warning("%s: the whole copy of an interrupted save in use", path)
             return obj
