@@ -446,12 +446,7 @@ class Charger:
         if self.rcd_irq_count != rcd_count or self.hw.rcd.tripped():
             bits &= ~faults.IRD
         self.latched &= ~bits
-        was = self.active & bits
-        self.active &= ~bits
-        self._f_hold &= ~bits
-        self._irq_on(st)
-        if was:
-            _log.info("fault %s cleared", faults.codes(was))
+        self._drop_active(bits, st)
         return bits
 
     def take_tripped(self, mask=-1):
@@ -493,7 +488,11 @@ class Charger:
     def clear(self, bits):
         """A non-latching fault's clear condition holds (protection.py decides), or a
         technician cleared a latched trip."""
-        st = self._irq_off()  # the interrupt may set a bit of `active` meanwhile
+        self._drop_active(bits, self._irq_off())  # the interrupt may set a bit meanwhile
+
+    def _drop_active(self, bits, st):
+        """Takes bits out of `active` and their F hold inside the interrupts-off section
+        `st` the caller opened, then ends it."""
         was = self.active & bits
         self.active &= ~bits
         self._f_hold &= ~bits
