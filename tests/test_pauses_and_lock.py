@@ -18,6 +18,11 @@ def events(c, since, what, value=None):
             if e["what"] == what and (value is None or e["value"] == value)]
 
 
+def shown(c, since, code):
+    """The board's error events that raised `code` since `since`."""
+    return [e for e in events(c, since, "error", code) if e["active"]]
+
+
 def charge(c, max_a=32, **ev):
     c.sim("ev", state="B", diode=True, max_a=max_a, **ev)
     c.wait_for(lambda s: s["session"]["active"] and s["pwm_duty_pct"])
@@ -71,7 +76,10 @@ def test_under_voltage_on_a_weak_grid_pauses_resumes_lower_and_backs_off(start_c
         c.wait_for(lambda s: "LVP" in s["errors"], timeout=WAIT_S)
         x1 = events(c, t0, "pwm_duty_pct")[0]
         opened = events(c, t0, "relays", False)[0]
-        err = [e for e in events(c, t0, "error", "LVP") if e["active"]][0]
+        # The fault is active once the relays are open; protection shows it (the board's
+        # error event) at its next tick, which may come after the snapshot above.
+        c.wait_for(lambda s, since=t0: shown(c, since, "LVP"), timeout=WAIT_S)
+        err = shown(c, t0, "LVP")[0]
         assert x1["cp"] == "+12", "X1 first"
         # The car drew for 1 s after X1; the next meter reading (1 s) found it gone.
         assert 0.9e6 <= opened["t_us"] - x1["t_us"] <= 2.6e6, (x1, opened)
