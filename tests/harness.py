@@ -335,6 +335,13 @@ class Charger:
             raise SimError(f"{op} {fields}: {reply.get('error', reply)}")
         return reply
 
+    def tap(self, uid, ms=800, kind="M1", timeout=10.0):
+        """A driver's tap: once the last card is off the reader, `uid` for `ms` (most of a
+        second: the reader polls every 200 ms, later on a busy machine). A card that never
+        left the field stays halted and is not read again, as on the real reader."""
+        self.wait_for(lambda s: s["plant"]["card"] is None, timeout)
+        return self.sim("card", uid=uid, kind=kind, ms=ms)["t_us"]
+
     def snapshot(self):
         return self.sim("snapshot")
 

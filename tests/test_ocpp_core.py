@@ -19,7 +19,7 @@ def beeps(c, since):
 
 
 def tap(c, uid):
-    return c.sim("card", uid=uid, ms=300)["t_us"]
+    return c.tap(uid)
 
 
 def plug(c, state="C"):

@@ -38,7 +38,7 @@ def unplug(c):
 
 
 def start_with_card(c, uid=A):
-    c.sim("card", uid=uid, ms=800)  # a tap of most of a second: the reader polls every 200 ms
+    c.tap(uid)
     c.wait_for(lambda s: s["session"]["active"], WAIT_S)
 
 
@@ -200,7 +200,7 @@ def test_offline_authorization(cs, ocpp):
 
     def tries(tag):
         plug(c)
-        t = c.sim("card", uid=tag, ms=300)["t_us"]
+        t = c.tap(tag)
         # The verdict is out with the first beep (one once the charge has started, two
         # when refused: auth.present), however long the firmware took to read the card.
         c.wait_for(lambda s: beeps(c, t), WAIT_S)

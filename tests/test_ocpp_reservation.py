@@ -43,11 +43,11 @@ def test_reservation_turns_away_another_card(cs, ocpp):
     assert reserve(cs, 1, R, delta_s=120) == "Accepted"  # same id: replaced
     c.sim("ev", state="B", diode=True, max_a=16)
     wait_status(cs, "CP1", 1, "Preparing")
-    t = c.sim("card", uid=A, ms=300)["t_us"]
+    t = c.sim("card", uid=A, ms=800)["t_us"]
     c.wait_for(lambda s: len(beeps(c, t)) >= 2, WAIT_S)
     assert not c.snapshot()["session"]["active"], "a learned card is turned away too"
     assert cs.call("CP1", "RemoteStartTransaction", idTag=A)["status"] == "Rejected"
-    c.sim("card", uid=R, ms=300)
+    c.sim("card", uid=R, ms=800)
     c.wait_for(lambda s: s["session"]["active"] and s["session"]["id_tag"] == R, WAIT_S)
     start = cs.wait_for(lambda: cs.payloads("CP1", "StartTransaction"), WAIT_S)[0]
     assert start["idTag"] == R and start["reservationId"] == 1
@@ -60,7 +60,7 @@ def test_reservation_parent_expiry_and_cancel(cs, ocpp):
     assert reserve(cs, 5, R, parent="FLEET") == "Accepted"
     c.sim("ev", state="B", diode=True, max_a=16)
     c.wait_for(lambda s: s["cp_state"] == "B", WAIT_S)  # a card before the plug is refused
-    c.sim("card", uid=Q, ms=300)  # same parent: may use the reservation
+    c.sim("card", uid=Q, ms=800)  # same parent: may use the reservation
     c.wait_for(lambda s: s["session"]["active"] and s["session"]["id_tag"] == Q, WAIT_S)
     start = cs.wait_for(lambda: cs.payloads("CP1", "StartTransaction"), WAIT_S)[0]
     assert start["reservationId"] == 5

@@ -49,7 +49,7 @@ def offering(c, amps, timeout=5 + WAIT_S):  # a raise may wait 5 s (errors.md)
 def charge(c):
     c.sim("ev", state="B", diode=True, max_a=32)
     c.wait_for(lambda s: s["cp_state"] == "B", WAIT_S)
-    c.sim("card", uid=A, ms=300)
+    c.sim("card", uid=A, ms=800)
     c.wait_for(lambda s: s["session"]["active"], WAIT_S)
     c.sim("ev", state="C", diode=True, max_a=32)
 

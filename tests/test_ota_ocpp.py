@@ -235,7 +235,7 @@ def test_update_during_a_charge_installs_after_it(cs, ocpp, files, good_bins):
     c = ocpp(cards=[A])
     c.sim("ev", state="B", diode=True, max_a=16)
     c.wait_for(lambda s: s["cp_state"] == "B", WAIT_S)
-    c.sim("card", uid=A, ms=300)
+    c.sim("card", uid=A, ms=800)
     c.sim("ev", state="C", diode=True, max_a=16)
     c.wait_for(lambda s: s["relays_closed"] and s["session"]["active"], 10)
     cs.wait_for(lambda: cs.payloads("CP1", "StartTransaction"), WAIT_S, "StartTransaction")
@@ -255,7 +255,7 @@ def test_update_during_a_charge_installs_after_it(cs, ocpp, files, good_bins):
     assert c.http("POST", "/api/login", json={"password": "123456"}).status == 200
     assert c.http("GET", "/api/upgrade").body["busy"] == "waiting"
     # the driver ends the charge: the install follows, then the restart
-    c.sim("card", uid=A, ms=300)
+    c.sim("card", uid=A, ms=800)
     cs.wait_for(lambda: cs.payloads("CP1", "StopTransaction"), 10, "StopTransaction")
     wait_fw(cs, "Installing", mark, 20)
     stop = cs.payloads("CP1", "StopTransaction")[0]
@@ -297,7 +297,7 @@ def ocpp_state(c):
 def _charge(c, cs):
     c.sim("ev", state="B", diode=True, max_a=16)
     c.wait_for(lambda s: s["cp_state"] == "B", WAIT_S)
-    c.sim("card", uid=A, ms=300)
+    c.sim("card", uid=A, ms=800)
     c.sim("ev", state="C", diode=True, max_a=16)
     c.wait_for(lambda s: s["relays_closed"] and s["session"]["active"], 10)
     cs.wait_for(lambda: cs.payloads("CP1", "StartTransaction"), WAIT_S, "StartTransaction")

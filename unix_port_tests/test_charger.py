@@ -1139,6 +1139,11 @@ def test_no_close_before_the_diode_is_seen_with_the_pwm_running():
     eq(seen, [], "never closed without the diode")
     true(r.ch.active & faults.CP, "CP fault")
     eq(r.ch.cp_fault_cause, "diode")
+    # The fault's record keeps the levels that made it, not those of a later sample
+    # (state F, then static +12 V: no negative plateau to read).
+    r.run(500)
+    true(-7000 < r.ch.cp_fault_lo_mv < -4000, "lo %d" % r.ch.cp_fault_lo_mv)
+    true(r.ch.lo_mv > 0, "a later sample: %d" % r.ch.lo_mv)
 
 
 def test_a_resume_proves_the_diode_again_before_closing():

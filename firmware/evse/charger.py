@@ -255,6 +255,10 @@ class Charger:
         # at -10.4 V or below: the vehicle's diode is proven for this PWM run.
         self._pwm_proof = False
         self.cp_fault_cause = None
+        # The levels of the sample that made the last CP fault: its record (protection.py)
+        # is written a tick later, when the vehicle may already have moved on.
+        self.cp_fault_hi_mv = 0
+        self.cp_fault_lo_mv = 0
         self.rcd_irq_count = 0
         self.apply_settings()
         self._safe_outputs()
@@ -558,16 +562,20 @@ class Charger:
         elif (was or first) and not cal.error:
             _log.info("CP zero %d mV: within its tolerance", cal.zero_mv)
 
+    def _cp_fault(self, cause):
+        self.cp_fault_cause = cause
+        self.cp_fault_hi_mv = self.hi_mv
+        self.cp_fault_lo_mv = self.lo_mv
+        self.trip(faults.CP)
+
     def _on_state_change(self, old, new):
         _log.info("cp %s -> %s", pilot.NAMES[old], pilot.NAMES[new])
         if new in (pilot.STATE_E, pilot.INVALID, pilot.STATE_F):
             # E: CP shorted to PE; F seen while we drive +12 V: generator fault;
             # invalid: out of range (beyond +-14 V, NaN) or the vehicle's diode is missing.
-            self.cp_fault_cause = "diode" if self._diode_bad else "level"
-            self.trip(faults.CP)
+            self._cp_fault("diode" if self._diode_bad else "level")
         elif new == pilot.STATE_D and not self.settings["ventilation"]:
-            self.cp_fault_cause = "ventilation"
-            self.trip(faults.CP)
+            self._cp_fault("ventilation")
         self._diode_bad = 0
         if new == pilot.STATE_A:
             self._relays.open()

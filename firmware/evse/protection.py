@@ -465,8 +465,8 @@ class Protection:
         v["socket_c"] = t.socket_c
         if code == "CP":
             v["cause"] = ch.cp_fault_cause
-            v["cp_hi_mv"] = ch.hi_mv
-            v["cp_lo_mv"] = ch.lo_mv
+            v["cp_hi_mv"] = ch.cp_fault_hi_mv
+            v["cp_lo_mv"] = ch.cp_fault_lo_mv
             v["cp_zero_mv"] = ch.cp_cal.zero_mv
         return v
 
