@@ -65,8 +65,9 @@ class Hmi:
         now = time.ticks_ms() if now_ms is None else now_ms
         self._hotspot_ms = now
         self._hotspot_idle = idle_only
-        self._rot_ms = now  # the name first, at once
-        self._rot_i = 0
+        if not idle_only:
+            self._rot_ms = now  # asked for with the button: the name first, at once
+            self._rot_i = 0
         return True
 
     def _hotspot(self, now_ms):
@@ -75,7 +76,8 @@ class Hmi:
         if since is None:
             return None
         w = self.hw.wlan
-        if w.mode != "ap" or time.ticks_diff(now_ms, since) >= _HOTSPOT_MS:
+        age = time.ticks_diff(now_ms, since)
+        if w.mode != "ap" or not 0 <= age < _HOTSPOT_MS:
             self._hotspot_ms = None  # forgotten: no stale deadline across the ticks wrap
             return None
         if self._hotspot_idle and self.ch.session is not None:
