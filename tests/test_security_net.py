@@ -107,7 +107,7 @@ def test_hotspot_key_survives_a_restart_and_a_reset_of_the_settings(start_charge
     assert c.snapshot()["wlan"]["ap_key"] == key, "the printed label stays valid"
 
 
-# ---- the OCPP AuthorizationKey --------------------------------------------------------------------
+# ---- the OCPP AuthorizationKey ---------------------------------------------------------------
 def test_url_swap_to_another_central_system_never_receives_the_key(ocpp, cs):
     cs.auth = {"CP1": KEY}
     c = ocpp(settings={"ocpp_allow_insecure_auth": True},
