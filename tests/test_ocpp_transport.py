@@ -83,6 +83,8 @@ def test_wrong_authorization_key_is_refused(ocpp, cs):
     cs.auth = {"CP1": KEY}
     c = ocpp(
         wait_boot=False,
+        # ws://: the key goes in clear only when the technician allows it (docs/ocpp.md)
+        settings={"ocpp_allow_insecure_auth": True},
         config={
             "AuthorizationKey": NEW_KEY,
             "RetryBackOffWaitMinimum": 1,

@@ -152,6 +152,8 @@ def test_fan_belt_display_wlan_can_misc():
         eq(hw.display.text, "16A", "display")
         w = ld.network.interfaces[ld.network.AP_IF]
         eq((w.is_active, w.cfg["ssid"], w.ifcfg[0]), (True, "ACPILE_42", "192.168.1.1"), "AP")
+        eq((w.cfg["authmode"], w.cfg["key"], w.cfg["max_clients"]),
+           (ld.network.AUTH_WPA2_PSK, hw.wlan.ap_key, 1), "WPA2-PSK, one client (manual 8.1.1)")
         hw.wlan.set_mode("client")
         hw.wlan.connect("home", "pw")
         eq(hw.wlan.isconnected(), True, "STA connected")
@@ -348,5 +350,56 @@ def test_model_comes_from_the_pin_file():
         hw = ld.board.make(dict(data, EVSE_TETHERED="0", EVSE_RS485="1"))
         eq(hw.lock.fitted, True, "overridden by the environment")
         true(hw.rs485 is not None, "RS-485 overridden by the environment")
+    finally:
+        ld.__exit__()
+
+
+def test_hotspot_key_is_the_boards_own_and_never_open():
+    import apkey
+
+    ld, hw = _make()
+    try:
+        with open(_ENV["EVSE_DATA_DIR"] + "/" + apkey.FILE, "rb") as f:
+            secret = f.read()
+        eq(hw.wlan.ap_key, apkey.derive(secret, "EVPLUS-00042"), "from the stored secret")
+        eq(hw.wlan.ap_auth, "WPA2-PSK", "contract")
+        key = hw.wlan.ap_key
+    finally:
+        ld.__exit__()
+    ld, hw = _make()  # the next boot (an upgrade, a reset of the settings): the same key
+    try:
+        eq(hw.wlan.ap_key, key, "kept across boots")
+        # A driver that knows neither `authmode` nor `security`: the hotspot goes off.
+        import evplus_system
+
+        class Refusing(ld.network.WLAN):
+            def config(self, **kw):
+                if "authmode" in kw or "security" in kw:
+                    raise ValueError("unknown config param")
+                self.cfg.update(kw)
+
+        class Net:
+            AP_IF = ld.network.AP_IF
+            STA_IF = ld.network.STA_IF
+            WLAN = Refusing
+
+        notes = []
+        w = evplus_system.Wlan(Net, "EVPLUS-00042", _ENV["EVSE_DATA_DIR"], notes.append)
+        ap = ld.network.interfaces[ld.network.AP_IF]
+        eq((ap.is_active, "key" in ap.cfg), (False, False), "no open hotspot")
+        true(notes and "WPA2" in notes[0], "logged")
+        eq(w.ap_key, key, "the key is still the board's")
+
+        class Cyw43(ld.network.WLAN):
+            def config(self, **kw):
+                if "authmode" in kw or "max_clients" in kw:
+                    raise ValueError("unknown config param")
+                self.cfg.update(kw)
+
+        Net.WLAN = Cyw43
+        evplus_system.Wlan(Net, "EVPLUS-00042", _ENV["EVSE_DATA_DIR"], notes.append)
+        ap = ld.network.interfaces[ld.network.AP_IF]
+        eq((ap.is_active, ap.cfg["security"], ap.cfg["key"]), (True, 0x00400004, key),
+           "CYW43: WPA2-AES by `security`")
     finally:
         ld.__exit__()

@@ -54,6 +54,9 @@ class EvPlusBoard:
         self.name = name
         self._machine = machine
         self.serial = serial_from(env, machine.unique_id())
+        # Before the radio: the hotspot's key comes from a secret kept there (lib/apkey.py).
+        self.data_dir = env.get("EVSE_DATA_DIR") or "/data"
+        system.ensure_dir(os, self.data_dir)
         # The port's tick counter: a small int that wraps every 2**30 us on a 32-bit MCU,
         # so it never allocates (ISR-safe); readers compare two values with ticks_diff.
         self.clock_us = time.ticks_us
@@ -97,8 +100,6 @@ class EvPlusBoard:
 
         self.rtc = system.Rtc(machine.RTC())
         self.wdt = system.Wdt(machine.WDT)
-        self.data_dir = env.get("EVSE_DATA_DIR") or "/data"
-        system.ensure_dir(os, self.data_dir)
         self.http_addr = ("0.0.0.0", 80)
 
     def reset(self):

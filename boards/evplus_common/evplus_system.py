@@ -44,15 +44,31 @@ class _Hc595Bit:
         return None
 
 
+def _log_error(msg):
+    import log
+
+    log.get("wlan").error("%s", msg)
+
+
+_AUTH_WPA2_PSK = 3  # ESP-IDF wifi_auth_mode_t, where the port names no constant
+_CYW43_WPA2_AES_PSK = 0x00400004  # cyw43_ll.h: WPA2 security flag | AES
+
+
 class Wlan:
-    """network.WLAN in AP (ACPILE_xx, 192.168.1.1) or client mode, the hal.md contract."""
+    """network.WLAN in AP (ACPILE_xx, 192.168.1.1) or client mode, the hal.md contract.
+    The hotspot is WPA2-PSK with the board's key (lib/apkey.py), one client at a time
+    (manual §8.1.1); it is never brought up open."""
 
     AP_IFCONFIG = ("192.168.1.1", "255.255.255.0", "192.168.1.1", "192.168.1.1")
+    ap_auth = "WPA2-PSK"
 
-    def __init__(self, network, serial, ap_key=None):
+    def __init__(self, network, serial, data_dir, log=_log_error):
         self._net = network
         self.ap_ssid = "ACPILE_" + serial[-2:].upper()
-        self._ap_key = ap_key
+        self._serial = serial
+        self._dir = data_dir
+        self._log = log
+        self.ap_key = None
         self._ap = network.WLAN(network.AP_IF)
         self._sta = network.WLAN(network.STA_IF)
         self.mode = None
@@ -67,14 +83,33 @@ class Wlan:
         if mode == "ap":
             self._sta.active(False)
             self._ap.active(True)
-            if self._ap_key:
-                self._ap.config(ssid=self.ap_ssid, key=self._ap_key)
-            else:
-                self._ap.config(ssid=self.ap_ssid)
+            if self.ap_key is None:
+                import apkey
+
+                # After active(True): the ESP32's RNG is a true one once the radio runs.
+                self.ap_key = apkey.derive(apkey.load_secret(self._dir, self._log), self._serial)
+            self._secure_ap()
             self._ap.ifconfig(self.AP_IFCONFIG)
         else:
             self._ap.active(False)
             self._sta.active(True)
+
+    def _secure_ap(self):
+        ap = self._ap
+        net = self._net
+        try:
+            # ESP32: key, mode and client limit in one esp_wifi_set_config
+            ap.config(ssid=self.ap_ssid, key=self.ap_key, max_clients=1,
+                      authmode=getattr(net, "AUTH_WPA2_PSK", _AUTH_WPA2_PSK))
+            return
+        except (ValueError, TypeError, OSError):
+            pass
+        try:
+            # CYW43 modules: `security` (the driver restarts the AP with it), no limit
+            ap.config(ssid=self.ap_ssid, key=self.ap_key, security=_CYW43_WPA2_AES_PSK)
+        except (ValueError, TypeError, OSError) as e:
+            ap.active(False)  # no hotspot rather than an open one
+            self._log("hotspot off: WPA2 cannot be set (%r)" % (e,))
 
     def scan(self):
         if self.mode != "client":
@@ -109,6 +144,9 @@ class Wlan:
 
 class NoWlan:
     """hw.wlan of a board without a radio: AP mode that nobody can join."""
+
+    ap_auth = None
+    ap_key = None
 
     def __init__(self, serial):
         self.mode = "ap"

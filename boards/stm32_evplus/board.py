@@ -224,7 +224,7 @@ class Board(EvPlusBoard):
         self.rfid_cs = Pin(pins.RFID_CS, Pin.OUT, value=1)
         self.rfid_rst = Pin(pins.RFID_RST, Pin.OUT, value=0)
         self.can = Can(pins.CAN_BUS, pins.CAN_BITRATE)
-        self.wlan = _wlan(self.serial)
+        self.wlan = _wlan(self.serial, self.data_dir)
 
         self._finish(
             env, pins,
@@ -236,14 +236,14 @@ class Board(EvPlusBoard):
         )
 
 
-def _wlan(serial):
+def _wlan(serial, data_dir):
     """network.WLAN where the build has it (CYW43 modules); else a radio-less stand-in
     so the application runs (the web app is then reachable only over a wired netif)."""
     try:
         import network
 
         if hasattr(network, "WLAN"):
-            return system.Wlan(network, serial)
+            return system.Wlan(network, serial, data_dir)
     except ImportError:
         pass
     return system.NoWlan(serial)

@@ -117,14 +117,14 @@ class Board:
             self.rs485 = None
         self.can = sim_can.SimCan(_int_env(env, "EVSE_CAN_PORT", sim_can.DEFAULT_PORT),
                                   clock_us=self.clock_us)
-        self.wlan = Wlan(plant, serial)
+        self.data_dir = env.get("EVSE_DATA_DIR") or "./data"
+        _ensure_dir(self.data_dir)
+        self.wlan = Wlan(plant, serial, self.data_dir)
 
         # System
         self.rtc = Rtc()
         self._safe = self._safe_outputs  # bound once: the watchdog thread calls it
         self.wdt = Watchdog(self._safe)
-        self.data_dir = env.get("EVSE_DATA_DIR") or "./data"
-        _ensure_dir(self.data_dir)
         self.http_addr = (
             env.get("EVSE_HTTP_HOST") or "127.0.0.1",
             _int_env(env, "EVSE_HTTP_PORT", 8080),

@@ -20,16 +20,27 @@ def host_dns():
     return None
 
 
+def _log_error(msg):
+    import log
+
+    log.get("wlan").error("%s", msg)
+
+
 def ap_ssid_for(serial):
     """"ACPILE_" + the last two characters of the serial (the manual's "ACPILE_xx")."""
     return "ACPILE_" + serial[-2:].upper()
 
 
 class Wlan:
-    def __init__(self, plant, serial):
+    ap_auth = "WPA2-PSK"  # as the EV PLUS boards: never an open hotspot
+
+    def __init__(self, plant, serial, data_dir):
+        import apkey
+
         self._plant = plant
         self.mode = "ap"
         self.ap_ssid = ap_ssid_for(serial)
+        self.ap_key = apkey.derive(apkey.load_secret(data_dir, _log_error), serial)
         self.ssid = None  # network asked for by connect(), kept across uplink drops
         self.connects = 0
         self._dns = host_dns()
@@ -76,6 +87,8 @@ class Wlan:
             "ssid": self.ssid,
             "connected": self.isconnected(),
             "ap_ssid": self.ap_ssid,
+            "ap_auth": self.ap_auth,
+            "ap_key": self.ap_key,
             "ap_clients": self.ap_clients(),
             "connects": self.connects,
         }

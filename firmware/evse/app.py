@@ -98,6 +98,7 @@ class App:
 
         self.wifi = WifiManager(hw.wlan, self.settings)
         self.wifi.apply()
+        self.hmi.show_hotspot(idle_only=True)  # booted in AP mode: its name and key
         self.http = None
         self.api = None
         self.www_dir = _www_dir()

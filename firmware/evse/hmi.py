@@ -11,6 +11,7 @@ _log = log.get("hmi")
 
 _ROTATE_MS = const(3000)
 _LONG_PRESS_MS = const(3000)
+_HOTSPOT_MS = const(60000)  # how long the hotspot's name and key stay in the rotation
 BEEP_OK_MS = 150
 BEEP_FAIL_MS = 150
 BEEP_FAIL_GAP_MS = 500  # two beeps about 0.5 s apart (manual §9)
@@ -34,6 +35,8 @@ class Hmi:
         self._err_i = 0
         self._press_ms = None
         self._press_done = False
+        self._hotspot_ms = None  # ticks_ms since the hotspot's name and key are shown
+        self._hotspot_idle = False  # shown only with no session (the boot's showing)
         self._last = {}
 
     # ---- buzzer ------------------------------------------------------------------------
@@ -50,6 +53,36 @@ class Hmi:
 
     def show_message(self, text, ms):
         self.message = (text, time.ticks_add(time.ticks_ms(), ms))
+
+    def show_hotspot(self, now_ms=None, idle_only=False):
+        """ACPILE_xx and its WPA2 key (hw.wlan.ap_key) in the display's rotation for a
+        minute, while the hotspot is on: the boot in AP mode (idle_only: not over a
+        session's figures), the switch to AP mode, a short press of the button in it.
+        Fault codes still take the display. False when there is no hotspot to show."""
+        w = self.hw.wlan
+        if w.mode != "ap" or not getattr(w, "ap_key", None):
+            return False
+        now = time.ticks_ms() if now_ms is None else now_ms
+        self._hotspot_ms = now
+        self._hotspot_idle = idle_only
+        if not idle_only:
+            self._rot_ms = now  # asked for with the button: the name first, at once
+            self._rot_i = 0
+        return True
+
+    def _hotspot(self, now_ms):
+        """(ssid, key) while they are to be shown, else None."""
+        since = self._hotspot_ms
+        if since is None:
+            return None
+        w = self.hw.wlan
+        age = time.ticks_diff(now_ms, since)
+        if w.mode != "ap" or not 0 <= age < _HOTSPOT_MS:
+            self._hotspot_ms = None  # forgotten: no stale deadline across the ticks wrap
+            return None
+        if self._hotspot_idle and self.ch.session is not None:
+            return None
+        return (w.ap_ssid, w.ap_key)
 
     # ---- periodic ----------------------------------------------------------------------
     def tick(self, now_ms):
@@ -106,6 +139,9 @@ class Hmi:
                 self._err_i += 1
             return faults.display_text(codes[self._err_i % len(codes)])
         items = self._rotation(status)
+        hot = self._hotspot(now_ms)
+        if hot is not None:
+            items = hot + items
         warn = self._warning()
         if warn is not None:
             if self._warned is None:
@@ -175,5 +211,9 @@ class Hmi:
                 mode = self._toggle_wifi()
                 _log.info("button: WiFi mode -> %s", mode)
                 self.hw.buzzer.beep(BEEP_WIFI_MS)
+                if mode == "ap":
+                    self.show_hotspot(now_ms)
         else:
+            if self._press_ms is not None and not self._press_done:
+                self.show_hotspot(now_ms)  # a short press: the hotspot's name and key again
             self._press_ms = None

@@ -151,6 +151,9 @@ SCHEMA = {
     # cars stop asking after a few interruptions.
     "min_pause_s": (60, _int_range(5, 600)),
     "ocpp_url": ("", check_ocpp_url),
+    # The AuthorizationKey goes over ws:// (unencrypted: anyone on the path reads it)
+    # only when the technician ticks this (docs/ocpp.md).
+    "ocpp_allow_insecure_auth": (False, _bool),
     "lb_enabled": (False, _bool),
     "max_house_current_a": (40, _int_range(6, 500)),
     "can_addr": (1, _int_range(1, 8)),
@@ -211,6 +214,9 @@ class Settings:
         self._listeners = []
         self.invalid = {}  # key -> why its stored value is not used, and what is instead
         self._kept = {}  # key -> the unusable stored value, written back until replaced
+        # key -> (check(v, changes) -> message or None, store(v), view() -> dict): a
+        # setting kept elsewhere, written only through apply() (the OCPP AuthorizationKey).
+        self.extra = {}
 
     def _read(self, note):
         """(stored object, its copy, newest) by the rule of atomicfile.load_dict_newest:
@@ -271,16 +277,35 @@ class Settings:
         out = dict(self._values)
         for key in SECRETS:
             out[key + "_set"] = bool(out.pop(key))
+        for spec in self.extra.values():
+            out.update(spec[2]())
         return out
 
     def on_change(self, fn):
         self._listeners.append(fn)
 
     def apply(self, changes):
-        """Validates and stores a partial update; returns {key: error} (empty when applied)."""
+        """Validates and stores a partial update; returns {key: error} (empty when applied).
+        The `extra` settings are stored after the others (a new key after the new URL)."""
+        ext = {}
+        if isinstance(changes, dict) and self.extra:
+            ext = {k: v for k, v in changes.items() if k in self.extra}
+            if ext:
+                changes = {k: v for k, v in changes.items() if k not in ext}
         errors = validate(changes)
+        for k, v in ext.items():
+            msg = self.extra[k][0](v, changes)
+            if msg:
+                errors[k] = msg
         if errors:
             return errors
+        if changes or not ext:
+            self._store(changes)
+        for k, v in ext.items():
+            self.extra[k][1](v)
+        return {}
+
+    def _store(self, changes):
         changes = {k: _normal(k, v) for k, v in changes.items()}
         new = dict(self._values)
         new.update(changes)
@@ -296,4 +321,3 @@ class Settings:
         changed = [k for k in changes if old.get(k) != new[k]]
         for fn in self._listeners:
             fn(changed)
-        return {}

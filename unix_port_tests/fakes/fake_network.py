@@ -1,5 +1,6 @@
 # Fake `network`: WLAN interfaces that record active/config/ifconfig/connect.
 AP_IF = 1
+AUTH_WPA2_PSK = 3
 STA_IF = 0
 interfaces = {}
 

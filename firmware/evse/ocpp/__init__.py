@@ -13,6 +13,8 @@ class Ocpp:
         self._wake = asyncio.Event()
         self._fw_hook = None
         app.settings.on_change(self._on_settings)
+        # The technician's AuthorizationKey (write-only): PUT /api/config ocpp_auth_key.
+        app.settings.extra["ocpp_auth_key"] = (self._check_key, self._set_key, self._key_view)
         if app.settings["ocpp_url"]:
             self._build()
 
@@ -35,6 +37,29 @@ class Ocpp:
         self._fw_hook = fn
         if self.service is not None:
             self.service.on_update_firmware = fn
+
+    def _check_key(self, text, changes):
+        from evse.ocpp.config import check_key
+
+        why = check_key(text)
+        if why is None and text and not changes.get("ocpp_url", self.app.settings["ocpp_url"]):
+            # bound to the central system it is for: there must be one
+            why = "set the central system's address (ocpp_url) first"
+        return why
+
+    def _set_key(self, text):
+        if self.service is None:
+            if not self.app.settings["ocpp_url"]:
+                return  # "" with OCPP off: nothing to clear here
+            self._build()  # run() then uses it
+        self.service.set_key(text)
+
+    def _key_view(self):
+        if self.service is None:
+            return {"ocpp_auth_key": "", "ocpp_auth_key_set": False, "ocpp_auth_key_note": None}
+        v = self.service.key_view()
+        v["ocpp_auth_key"] = ""  # write-only: the form's field starts empty
+        return v
 
     def _on_settings(self, changed):
         if "ocpp_url" in changed:

@@ -4,7 +4,10 @@
 #
 # change(key, value) answers as ChangeConfiguration must: NotSupported for an unknown
 # key, Rejected for a read-only key or a bad value (nothing changes), else Accepted.
-# AuthorizationKey is write-only: listed without a value, never disclosed.
+# AuthorizationKey is write-only: listed without a value, never disclosed. It is bound to
+# the central system it was set for (scheme, host and port of ocpp_url, stored beside it
+# as _KEY_HOST): once ocpp_url names another, the key is cleared (bind_key), so whoever
+# may change the URL cannot have the key sent to a server of their own.
 import os
 
 import atomicfile
@@ -26,6 +29,7 @@ _ROTATIONS = ("NotApplicable", "Unknown", "RST", "RTS", "SRT", "STR", "TRS", "TS
 MAX_CSL = 8
 _DAY = 86400
 _FILE_MAX = 4096
+_KEY_HOST = "_AuthorizationKeyHost"  # not a configuration key: never listed
 
 # name, access, kind, default[, lo, hi]. Kinds: b bool, i int, m measurand list,
 # r phase rotation list, c constant text, k authorization key.
@@ -178,6 +182,19 @@ def _parse(row, text):
     raise ValueError("read-only")
 
 
+def check_key(text):
+    """None when `text` may be an AuthorizationKey ("" clears it), else why not."""
+    if not isinstance(text, str):
+        return "must be text"
+    if text == "":
+        return None
+    try:
+        _parse(Config.row("AuthorizationKey"), text)
+    except ValueError:
+        return "must be 16 to 40 printable characters, no spaces"
+    return None
+
+
 def text_of(v):
     if v is True:
         return "true"
@@ -195,7 +212,14 @@ class Config:
         self.listeners = []  # fn(name) after a change was stored
         self.vetoes = {}  # name -> fn(value) -> None to allow or a reason to reject
         self.dynamic = {}  # name -> fn() giving the current value of a read-only key
+        self.key_host = ""  # the central system the AuthorizationKey was set for
+        # fn() -> the central system ocpp_url names now ("" when none): a key set from
+        # here on is bound to it
+        self.host_now = None
         for name, text in load_json(path, _FILE_MAX).items():
+            if name == _KEY_HOST and isinstance(text, str):
+                self.key_host = text
+                continue
             row = self.row(name)
             if row is None or row[1] == "R" or not isinstance(text, str):
                 continue
@@ -240,7 +264,12 @@ class Config:
 
     def set(self, name, value):
         """Stores a typed value (e.g. the heartbeat interval from BootNotification)."""
-        if self._values.get(name) == value:
+        if name == "AuthorizationKey":
+            host = (self.host_now() if self.host_now else "") if value else ""
+            if self._values[name] == value and self.key_host == host:
+                return
+            self.key_host = host
+        elif self._values.get(name) == value:
             return
         self._values[name] = value
         self._save()
@@ -253,7 +282,30 @@ class Config:
             v = self._values[row[0]]
             if row[1] != "R" and v != row[3]:
                 out[row[0]] = text_of(v)
+        if self.key_host and self._values["AuthorizationKey"]:
+            out[_KEY_HOST] = self.key_host
         atomicfile.save_json(self._path, out)
+
+    def bind_key(self, host):
+        """The rule for the AuthorizationKey before it may be sent to `host` (the
+        central system ocpp_url names: scheme://host:port): None when it is bound to it
+        (or there is none), else why it was cleared. A key stored without a host (set
+        before the binding existed) is bound to the first host it meets."""
+        if not self._values["AuthorizationKey"] or not host:
+            return None
+        if not self.key_host:
+            self.key_host = host
+            self._save()
+            return None
+        if self.key_host == host:
+            return None
+        why = "ocpp_url moved from %s to %s" % (self.key_host, host)
+        self.key_host = ""
+        self._values["AuthorizationKey"] = ""
+        self._save()
+        for fn in self.listeners:
+            fn("AuthorizationKey")
+        return why
 
     def entry(self, row):
         """The KeyValue object of GetConfiguration for a key."""

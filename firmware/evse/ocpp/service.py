@@ -137,6 +137,12 @@ class Service:
         cfg.vetoes["SecurityProfile"] = self._veto_profile
         cfg.dynamic["UnlockConnectorOnEVSideDisconnect"] = self._unlock_on_unplug
         cfg.listeners.append(self._on_cfg)
+        # Why the charger does not connect, when it is a rule and not the network (the
+        # status page's `refused`), and why the AuthorizationKey was last cleared.
+        self.refused = None
+        self.key_note = None
+        cfg.host_now = self._url_host
+        self._check_key()
         if self.state.get("inop"):
             ch.unavailable = True
         self.update_store_limit()
@@ -187,7 +193,38 @@ class Service:
             "queued": self.q.pending,
             "transaction_id": self.tx.cur["id"] if self.tx.cur else None,
             "reservation": (self.state.get("resv") or {}).get("id"),
+            "refused": self.refused,
         }
+
+    def key_view(self):
+        """The web app's view of the AuthorizationKey: whether one is set, never its value."""
+        return {"ocpp_auth_key_set": bool(self.cfg["AuthorizationKey"]),
+                "ocpp_auth_key_note": self.key_note}
+
+    def set_key(self, text):
+        """The technician's AuthorizationKey (web app), bound to the URL in force."""
+        self.cfg.set("AuthorizationKey", text)
+        self.key_note = None
+        _log.info("AuthorizationKey %s by the technician", "set" if text else "cleared")
+
+    # ---- the AuthorizationKey's central system ------------------------------------------------
+    def _url_host(self):
+        """scheme://host:port of ocpp_url ("" when there is none): whom a key goes to."""
+        try:
+            secure, host, port, _p = wsclient.parse_url(self.settings["ocpp_url"])
+        except ValueError:
+            return ""
+        return "%s://%s:%d" % ("wss" if secure else "ws", host.lower(), port)
+
+    def _check_key(self):
+        """Clears the AuthorizationKey when ocpp_url names another central system than
+        the one it was set for: it is never sent to a server the key's owner did not
+        choose (whoever can change the URL is not trusted with the key)."""
+        why = self.cfg.bind_key(self._url_host())
+        if why:
+            self.key_note = why + ": AuthorizationKey cleared"
+            _log.warning("%s: AuthorizationKey cleared; the technician (web app) or the "
+                         "central system must set it again", why)
 
     def note(self, action, payload):
         """A non-transaction message to send when possible (oldest dropped when full)."""
@@ -234,6 +271,8 @@ class Service:
 
     def _on_settings(self, changed):
         if "ocpp_url" in changed:
+            self._check_key()
+        if "ocpp_url" in changed or "ocpp_allow_insecure_auth" in changed:
             self._reconnect = True
             self._wake_ev.set()
             self._send_ev.set()
@@ -358,6 +397,8 @@ class Service:
 
     async def _session(self):
         """One connection, until it ends. True when the handshake succeeded."""
+        self._check_key()
+        self.refused = None
         url = self.settings["ocpp_url"]
         try:
             secure, host, port, path = wsclient.parse_url(url)
@@ -366,8 +407,7 @@ class Service:
             return False
         prof = self.cfg["SecurityProfile"]
         if prof >= 2 and not secure:
-            _log.error("security profile %d needs wss://: not connecting", prof)
-            return False
+            return self._refuse("security profile %d needs wss://" % prof)
         ctx = None
         if secure:
             ctx = self._tls()
@@ -375,13 +415,16 @@ class Service:
                 return False
         key = self.cfg["AuthorizationKey"]
         headers = ()
+        if key and not secure and not self.settings["ocpp_allow_insecure_auth"]:
+            # Basic auth over ws:// hands the key to anyone on the path.
+            return self._refuse("AuthorizationKey over ws:// (unencrypted) refused: use "
+                                "wss:// or allow it (ocpp_allow_insecure_auth)")
         if key:
             cpid = path.rpartition("/")[2]
             cred = binascii.b2a_base64(("%s:%s" % (cpid, key)).encode(), newline=False)
             headers = (("Authorization", "Basic " + cred.decode()),)
         elif prof >= 1:
-            _log.error("security profile %d needs an AuthorizationKey: not connecting", prof)
-            return False
+            return self._refuse("security profile %d needs an AuthorizationKey" % prof)
         try:
             addr = await self._address(host)
             await self.ws.connect(url, protocols=(PROTOCOL,), headers=headers, ssl=ctx, addr=addr)
@@ -403,6 +446,11 @@ class Service:
             if self.ws.open:
                 await self.ws.close()
         return True
+
+    def _refuse(self, why):
+        self.refused = why
+        _log.error("%s: not connecting", why)
+        return False
 
     async def call(self, action, payload, msg_id=None):
         return await self.link.call(action, payload, self.cfg["MessageTimeout"] * 1000, msg_id)
