@@ -118,6 +118,7 @@ def verify_steps(key, digest, sig):
     q = (key[0], key[1])
     # Shamir's trick: one pass over the bits of u1 and u2 with G, Q and G + Q at hand.
     gq = _affine(_add_affine((GX, GY, 1), q))
+    yield  # two inversions so far: about as long as a step
     acc = (1, 1, 0)
     ops = 0
     for i in range(255, -1, -1):  # u1, u2 < n < 2^256; leading zero bits cost a doubling of nothing

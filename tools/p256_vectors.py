@@ -46,12 +46,38 @@ def vectors(count=8):
     return out
 
 
+def signed_files():
+    """Upgrade files for the firmware's trailer and key checks (unix_port_tests/test_ota):
+    a language pack and a firmware tree signed by KEY, the same pack signed by OTHER,
+    and a key file handing KEY over to OTHER."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    import mkbin
+
+    key, other = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    lang = mkbin.make_bin("language", [("lang/xx.json", b'{"hello": "ciao"}')], "1.0", "*")
+    fw = mkbin.make_bin("firmware", [("evse/app.mpy", b"a" * 5000), ("evse/version.mpy", b"v")],
+                        "9.9.9", "unix_sim")
+    return {
+        "KEY": raw_key(key.public_key()),
+        "OTHER": raw_key(other.public_key()),
+        "LANG": lang,
+        "LANG_SIGNED": mkbin.sign(lang, key),
+        "LANG_FORGED": mkbin.sign(lang, other),
+        "FW_SIGNED": mkbin.sign(fw, key),
+        "KEY_TO_OTHER": mkbin.sign(mkbin.key_bin(raw_key(other.public_key())), key),
+        "KEY_BY_OTHER": mkbin.sign(mkbin.key_bin(raw_key(other.public_key())), other),
+    }
+
+
 def main():
     lines = ['# Made by tools/p256_vectors.py with the `cryptography` package: do not edit.',
              '# (public key, message, signature r || s, valid), all hex.', 'VECTORS = [']
     for v in vectors():
         lines.append("    (%r, %r, %r, %r)," % v)
     lines.append("]")
+    lines.append("# signed upgrade files (hex), see signed_files()")
+    for name, data in signed_files().items():
+        lines.append("%s = %r" % (name, data.hex()))
     dest = ROOT / "unix_port_tests" / "p256_vectors.py"
     dest.write_text("\n".join(lines) + "\n")
     print(dest, file=sys.stderr)
