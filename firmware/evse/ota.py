@@ -911,7 +911,8 @@ class Ota:
             except Truncated as e:
                 why = e.msg
             except OtaError as e:
-                if e.code != E_WRITE:
+                if e.code != E_WRITE:  # a refusal: no other try changes it
+                    self._result(e.code, e.msg)
                     raise
                 why = e.msg
             except (OSError, ValueError, IndexError, asyncio.TimeoutError) as e:
@@ -989,6 +990,10 @@ class Ota:
             if sink is not None:
                 sink.close()
             w.close()
+            try:
+                await w.wait_closed()  # MicroPython's close() alone leaves the socket open
+            except OSError:
+                pass
 
     def ocpp_hook(self, ocpp):
         """The async fn for ocpp.on_update_firmware (evse/ocpp/transfer.py). Also tells
