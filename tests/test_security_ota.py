@@ -7,7 +7,6 @@ header line or endless headers, CR/LF in the location."""
 import hashlib
 import http.server
 import socket
-import ssl
 import sys
 import threading
 import time
