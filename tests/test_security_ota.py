@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from csms import CentralSystem, make_certs, server_context
 from harness import ROOT
+from test_web_ui import browser, tab  # noqa: F401 (fixtures)
 
 sys.path.insert(0, str(ROOT / "tools"))
 import mkbin  # noqa: E402
@@ -166,6 +167,28 @@ def test_key_installed_once_then_replaced_only_by_a_key_file_it_signed(start_cha
     c.restart()  # the key outlives a restart
     logged_in(c)
     assert key_view(c)["fingerprint"] == mkbin.fingerprint(raw_new)
+
+
+def test_upgrade_page_shows_the_installed_key(start_charger, tab):  # noqa: F811
+    from test_web_ui import expect, strings
+
+    L = strings("en")
+    key = new_key()
+    c = logged_in(start_charger())
+    assert put_key(c, pem(key)).status == 200
+    write(c, "GET", "/api/upgrade")  # the session (and password) the page will use
+    base = f"http://127.0.0.1:{c.http_port}"
+    t = tab(base)
+    t.ctx.add_cookies([{"name": k, "value": v, "url": base} for k, v in c.cookies.items()])
+    t.go("/#/upgrade")
+    t.title(L["up.title"])
+    fp = mkbin.fingerprint(mkbin.raw_public(key))
+    expect(t.page.locator("#up-running")).to_contain_text(L["up.key"].format(f=fp))
+    (c.data_dir / "ota_pub.key").write_bytes(b"damaged")
+    t.go("/#/")
+    t.go("/#/upgrade")
+    expect(t.page.locator("#up-running")).to_contain_text(L["up.keybad"])
+    assert not t.problems, t.problems
 
 
 def test_mkbin_signs_from_the_command_line(tmp_path):
