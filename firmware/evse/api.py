@@ -255,6 +255,11 @@ class Api:
 
         return await ota.http_upgrade(self, req)
 
+    async def upgrade_key(self, req):
+        from evse import ota
+
+        return await ota.http_upgrade_key(self, req)
+
     async def upgrade_status(self, req):
         self._need_session(req)
         return self.app.ota.view()
@@ -288,6 +293,7 @@ class Api:
             ("DELETE", "/api/cards/<slot>", self.card_delete),
             ("POST", "/api/upgrade", self.upgrade, _UPGRADE_MAX),
             ("GET", "/api/upgrade", self.upgrade_status),
+            ("PUT", "/api/upgrade/key", self.upgrade_key),
             ("GET", "/lang/<file>", self.lang_file),
         ]
 

@@ -5,17 +5,28 @@
 #   0  magic  b"EVPB"          24 board   16 bytes, NUL padded ("*" = any board)
 #   4  format version u8 (1)   40 version 16 bytes, NUL padded
 #   5  kind u8 (1 firmware,    56 payload length u32
-#      2 language pack)        60 CRC-32 of bytes 0..59 u32
+#      2 language pack,        60 CRC-32 of bytes 0..59 u32
+#      3 signing key)
 #   6  header length u16 (64)
 #   8  model 16 bytes, NUL padded ("EVPLUS")
 # payload = records (u16 path length, path UTF-8, u32 data length, data), then a u16 0.
 # firmware: the compiled tree of tools/build.py (evse/..., lib/..., main.py);
-# language:  lang/<code>.json[.gz] files, installed into <data>/www/lang/.
+# language:  lang/<code>.json[.gz] files, installed into <data>/www/lang/;
+# key: the 65-byte public key (04 || x || y) that replaces <data>/ota_pub.key.
+#
+# A signed file (tools/mkbin.py --sign) has a 76-byte trailer after the payload:
+#   0  magic b"EVPS"   4 algorithm u8 (1: ECDSA P-256, SHA-256)   5 reserved u8 (0)
+#   6  signature length u16 (64)   8 r || s, 32 bytes each, big-endian
+#   72 CRC-32 of bytes 0..71 u32
+# signing the SHA-256 of the header and payload (lib/p256.py). With a key installed at
+# <data>/ota_pub.key every file must carry a good signature by it; without one a
+# signature cannot be checked (the status says so) and files install on their MD5.
 #
 # The upload streams in CHUNK pieces to <data>/ota/upload.bin with the MD5 computed on the
 # way: the heap use does not depend on the file size. Errors (display and API):
 #   E01 UP  write to flash failed      E03 UP  no data for 15 s
-#   E02 UP  MD5 mismatch               E04 UP  wrong model/board, damaged or truncated file
+#   E02 UP  MD5 mismatch               E04 UP  wrong model/board, damaged or truncated file,
+#                                              not signed or not by the installed key
 import asyncio
 import binascii
 import gc
@@ -27,6 +38,7 @@ import time
 
 import dnsclient
 import log
+import p256
 from evse import settings
 from crc import crc32
 
@@ -37,6 +49,15 @@ FORMAT = 1
 HDR_LEN = 64
 KIND_FIRMWARE = 1
 KIND_LANGUAGE = 2
+KIND_KEY = 3
+_KINDS = {KIND_FIRMWARE: "firmware", KIND_LANGUAGE: "language", KIND_KEY: "key"}
+SIG_MAGIC = b"EVPS"
+SIG_P256 = 1
+TRAILER_LEN = 76
+KEY_FILE = "ota_pub.key"
+MAX_LINE = 512  # a download's status line or header line, CRLF included
+MAX_LINES = 32  # lines of a download's response head
+HEAD_MS = 30000  # the whole response head of a download
 MODEL = "EVPLUS"
 CHUNK = 4096
 _MIN_CHUNK = 256  # the least _buffer() falls back to
@@ -94,11 +115,11 @@ def parse_header(h, model=MODEL, board=None):
     fmt, kind, hlen = struct.unpack("<BBH", h[4:8])
     if fmt != FORMAT or hlen != HDR_LEN:
         raise OtaError(E_FILE, "unknown file format %d" % fmt)
-    if kind not in (KIND_FIRMWARE, KIND_LANGUAGE):
+    if kind not in _KINDS:
         raise OtaError(E_FILE, "unknown file kind %d" % kind)
     try:
         info = {
-            "kind": "firmware" if kind == KIND_FIRMWARE else "language",
+            "kind": _KINDS[kind],
             "model": _text(h[8:24]),
             "board": _text(h[24:40]),
             "version": _text(h[40:56]),
@@ -112,6 +133,63 @@ def parse_header(h, model=MODEL, board=None):
         if kind == KIND_FIRMWARE or info["board"] != "*":
             raise OtaError(E_FILE, "file for board %s, this one is %s" % (info["board"], board))
     return info
+
+
+def parse_trailer(t):
+    """The 64-byte signature r || s of a 76-byte trailer; OtaError(E04) when damaged."""
+    if len(t) != TRAILER_LEN or bytes(t[0:4]) != SIG_MAGIC:
+        raise OtaError(E_FILE, "data after the payload is not a signature trailer")
+    if struct.unpack("<I", t[72:76])[0] != crc32(memoryview(t)[0:72]):
+        raise OtaError(E_FILE, "damaged signature trailer")
+    alg, _, n = struct.unpack("<BBH", t[4:8])
+    if alg != SIG_P256 or n != p256.SIG_LEN:
+        raise OtaError(E_FILE, "unknown signature algorithm %d (length %d)" % (alg, n))
+    return bytes(t[8:72])
+
+
+def check_location(url):
+    """OtaError(E03) for a download location that is not a plain http(s) URL: a space,
+    CR, LF or any control or non-ASCII byte would end up in the request line."""
+    for ch in url.encode():
+        if ch <= 0x20 or ch >= 0x7F:
+            raise OtaError(E_TIMEOUT, "download refused: character 0x%02x in the location" % ch)
+    if not (url.startswith("http://") or url.startswith("https://")):
+        raise OtaError(E_TIMEOUT, "download refused: only http:// and https:// locations")
+
+
+def fingerprint(raw):
+    """What the status and tools/mkbin.py show of a key: 16 hex digits of its SHA-256."""
+    return binascii.hexlify(hashlib.sha256(bytes(raw)).digest()[:8]).decode()
+
+
+def parse_key_text(text):
+    """The raw 65-byte key of a PEM public key (P-256 SubjectPublicKeyInfo) or of 130 hex
+    digits; ValueError when it is neither or not a point of the curve."""
+    text = text.strip()
+    if text.startswith("-----BEGIN PUBLIC KEY-----"):
+        body = text[len("-----BEGIN PUBLIC KEY-----"):].partition("-----END PUBLIC KEY-----")
+        if not body[1]:
+            raise ValueError("PEM without its END line")
+        try:
+            der = binascii.a2b_base64("".join(body[0].split()))
+        except ValueError:  # binascii.Error is a ValueError
+            raise ValueError("PEM body is not base64")
+        if len(der) != len(_SPKI_P256) + p256.KEY_LEN or der[: len(_SPKI_P256)] != _SPKI_P256:
+            raise ValueError("not a P-256 public key")
+        raw = der[len(_SPKI_P256):]
+    else:
+        if len(text) != 2 * p256.KEY_LEN:
+            raise ValueError("a key is a PEM public key or 130 hex digits")
+        try:
+            raw = binascii.unhexlify(text)
+        except ValueError:  # binascii.Error is a ValueError
+            raise ValueError("a key is a PEM public key or 130 hex digits")
+    p256.parse_key(raw)
+    return raw
+
+
+# DER of SubjectPublicKeyInfo{ecPublicKey, prime256v1} up to the 65-byte point
+_SPKI_P256 = binascii.unhexlify("3059301306072a8648ce3d020106082a8648ce3d030107034200")
 
 
 def safe_path(p):
@@ -204,7 +282,8 @@ def _remove(p):
 
 
 class Sink:
-    """Takes the file in pieces: header check as soon as it is complete, MD5, staging."""
+    """Takes the file in pieces: header check as soon as it is complete, MD5, SHA-256 of
+    the header and payload, the signature trailer, staging (path None: checks only)."""
 
     def __init__(self, path, total, model, board, expect_md5=None, defer=False):
         self.path = path
@@ -214,12 +293,18 @@ class Sink:
         self.board = board
         self.expect_md5 = expect_md5
         self.md5 = hashlib.md5()
+        self.sha = hashlib.sha256()
         self.hdr = bytearray(HDR_LEN)
+        self.tail = bytearray(TRAILER_LEN)
+        self.end = None  # header + payload length, once the header is in
+        self.sig = None  # the trailer's r || s, once the file is whole and checked
         self.got = 0
         self.info = None
         self.f = None
         if total is not None and total < HDR_LEN:
             raise OtaError(E_FILE, "file too short")
+        if path is None:
+            return
         try:
             self.f = open(path, "wb")
         except OSError as e:
@@ -230,23 +315,49 @@ class Sink:
         if self.got < HDR_LEN:
             k = min(n, HDR_LEN - self.got)
             self.hdr[self.got : self.got + k] = mv[:k]
+            if self.got + k == HDR_LEN:
+                # where the signed part ends; the header itself is checked below or,
+                # for a download, by verify()
+                self.end = HDR_LEN + struct.unpack("<I", self.hdr[56:60])[0]
             if self.got + k == HDR_LEN and not self.defer:
                 self.info = parse_header(self.hdr, self.model, self.board)
                 want = HDR_LEN + self.info["length"]
-                if self.total is not None and self.total != want:
+                if self.total is not None and self.total not in (want, want + TRAILER_LEN):
                     raise OtaError(
                         E_FILE, "file is %d bytes, its header says %d: truncated or damaged"
                         % (self.total, want)
                     )
-                self.total = want
+                if self.total is None:
+                    self.total = want + TRAILER_LEN  # at most; finish() checks the rest
         if self.total is not None and self.got + n > self.total:
             raise OtaError(E_FILE, "file longer than its header says")
+        k = n if self.end is None else max(0, min(n, self.end - self.got))
+        if k:
+            self.sha.update(mv[:k])
+        if k < n:  # the bytes after the payload: the trailer's first TRAILER_LEN kept
+            t = self.got + k - self.end
+            m = min(n - k, TRAILER_LEN - t)
+            if m > 0:
+                self.tail[t : t + m] = mv[k : k + m]
         self.md5.update(mv)
-        try:
-            self.f.write(mv)
-        except OSError as e:
-            raise OtaError(E_WRITE, "write failed: %s" % e)
+        if self.f is not None:
+            try:
+                self.f.write(mv)
+            except OSError as e:
+                raise OtaError(E_WRITE, "write failed: %s" % e)
         self.got += n
+
+    def signature(self):
+        """None for an unsigned file, else the trailer's r || s; OtaError(E04) when the
+        bytes after the payload are not exactly one good trailer. The file is whole."""
+        after = self.got - self.end
+        if after == 0:
+            return None
+        if after < TRAILER_LEN:
+            raise Truncated(E_FILE, "signature trailer cut short (%d bytes)" % after)
+        if after > TRAILER_LEN:
+            raise OtaError(E_FILE, "data after the signature trailer")
+        return parse_trailer(self.tail)
 
     def finish(self):
         try:
@@ -259,6 +370,7 @@ class Sink:
             return None
         if self.info is None or self.got != self.total:
             raise OtaError(E_FILE, "file truncated at %d bytes" % self.got)
+        self.sig = self.signature()
         digest = binascii.hexlify(self.md5.digest()).decode()
         if self.expect_md5 is not None and digest != self.expect_md5:
             raise OtaError(E_MD5, "MD5 mismatch: file %s, typed %s" % (digest, self.expect_md5))
@@ -273,8 +385,9 @@ class Sink:
         want = HDR_LEN + info["length"]
         if self.got < want:
             raise Truncated(E_FILE, "file ends at %d bytes, its header says %d" % (self.got, want))
-        if self.got > want:
+        if self.got > want + TRAILER_LEN:
             raise OtaError(E_FILE, "file longer than its header says")
+        self.sig = self.signature()
         self.info = info
         return info
 
@@ -323,6 +436,10 @@ class Ota:
         if not ocpp_on:
             self.drop_kept()  # nothing will ask for it
         self.on_healthy = None  # fn() when a version on trial is confirmed (OCPP Installed)
+        self.key_path = self.data_dir + "/" + KEY_FILE
+        # an OCPP download's https:// context and security profile (ocpp_hook)
+        self.tls = lambda: None
+        self.profile = lambda: 0
 
     # ---- state -----------------------------------------------------------------------
     def running(self):
@@ -347,7 +464,84 @@ class Ota:
             "last": self.last,
             "version": version.VERSION,
             "running": self.running(),
+            "key": self.key_view(),
         }
+
+    # ---- the signing key (<data>/ota_pub.key: 65 bytes, 04 || x || y) --------------------
+    def _key_files(self):
+        # a replacement is write_atomic's: a cut between its renames leaves .tmp (whole,
+        # the new key) or .bak (the old one) without the file itself
+        return (self.key_path, self.key_path + ".tmp", self.key_path + ".bak")
+
+    def key_installed(self):
+        """True when any copy of a key is on flash, readable or not."""
+        for p in self._key_files():
+            try:
+                os.stat(p)
+                return True
+            except OSError:
+                pass
+        return False
+
+    def load_key(self):
+        """(raw 65 bytes, (x, y)) of the installed key, None when none is installed;
+        OtaError(E04) when one is but cannot be read: then every file is refused."""
+        why = None
+        for p in self._key_files():
+            try:
+                with open(p, "rb") as f:
+                    raw = f.read(p256.KEY_LEN + 1)
+                return raw, p256.parse_key(raw)
+            except OSError as e:
+                if why is None and e.args and e.args[0] != 2:  # ENOENT: try the next
+                    why = repr(e)
+            except ValueError as e:
+                why = why or str(e)
+        if why is None:
+            return None
+        raise OtaError(E_FILE, "the installed signing key cannot be read (%s)" % why)
+
+    def key_view(self):
+        try:
+            k = self.load_key()
+        except OtaError as e:
+            return {"installed": True, "error": e.msg}
+        if k is None:
+            return {"installed": False, "note": "signatures cannot be checked: no key installed"}
+        return {"installed": True, "fingerprint": fingerprint(k[0])}
+
+    def install_key(self, raw):
+        """Installs the first key (raw 65 bytes); OtaError when one is installed or raw
+        is not a point of the curve."""
+        p256.parse_key(raw)  # ValueError when it is not a key
+        if self.key_installed():
+            raise OtaError(E_FILE, "a key is installed: only a key file signed by it replaces it")
+        self._write_key(raw)
+
+    def _write_key(self, raw):
+        import atomicfile
+
+        try:
+            atomicfile.write_atomic(self.key_path, bytes(raw))
+        except OSError as e:
+            raise OtaError(E_WRITE, "cannot write the key: %s" % e)
+        _log.info("upgrade signing key installed: %s", fingerprint(raw))
+
+    async def authenticate(self, sink):
+        """What the signature of the whole file in sink says ("verified", "unsigned" or
+        "unchecked: no key installed"); OtaError(E04) when a key is installed and the
+        file is not signed by it. Steps of the check yield to the control loop."""
+        key = self.load_key()
+        sig = sink.sig
+        if key is None:
+            return "unsigned" if sig is None else "unchecked: no key installed"
+        if sig is None:
+            raise OtaError(E_FILE, "not signed: this charger takes only files signed by %s"
+                           % fingerprint(key[0]))
+        if not await p256.averify(key[1], sink.sha.digest(), sig):
+            raise OtaError(E_FILE, "signature does not match the installed key %s"
+                           % fingerprint(key[0]))
+        return "verified"
 
     def refuse(self):
         """Why no upgrade may start now (HTTP 409): (reason, message), reason "busy",
@@ -422,10 +616,12 @@ class Ota:
             stats = {"bytes": sink.got, "ms": ms, "heap_before": heap0, "heap_peak": peak}
             self.heap_peak = peak
             info = sink.info
+            info["signature"] = await self.authenticate(sink)  # before anything is installed
             sink = None
             self.busy = "install"
             await self.install(info)
-            return 200, self._result(OK, None, version=info["version"], kind=info["kind"], **stats)
+            return 200, self._result(OK, None, version=info["version"], kind=info["kind"],
+                                     signature=info["signature"], **stats)
         except OtaError as e:
             if sink is not None:
                 sink.close()
@@ -445,6 +641,9 @@ class Ota:
         """Installs the verified file src (the staging file by default); E01/E04 as
         OtaError."""
         src = src or self.staging
+        if info["kind"] == "key":
+            await self._install_key(info, src)
+            return
         buf = _buffer()
         if info["kind"] == "language":
             await self._install_language(info, buf, src)
@@ -492,6 +691,23 @@ class Ota:
         _log.info("installed %s into slot %s (%d files); previous %s", info["version"], slot, n, active)
         self.busy = "reset"
         asyncio.create_task(self._reset_later())
+
+    async def _install_key(self, info, src):
+        # only the installed key hands over to a new one (the first comes from the API)
+        if info.get("signature") != "verified":
+            raise OtaError(E_FILE, "a key file must be signed by the installed key"
+                           if self.key_installed() else
+                           "no key installed: install the first one on the Upgrade page")
+        if info["length"] != p256.KEY_LEN:
+            raise OtaError(E_FILE, "a key file holds a 65-byte public key")
+        with open(src, "rb") as f:
+            f.seek(HDR_LEN)
+            raw = f.read(p256.KEY_LEN)
+        try:
+            p256.parse_key(raw)
+        except ValueError as e:
+            raise OtaError(E_FILE, "key file: %s" % e)
+        self._write_key(raw)
 
     async def _extract(self, f, path, size, buf):
         _mkdirs(path.rpartition("/")[0])
@@ -589,6 +805,11 @@ class Ota:
         kept: Downloaded was said before a restart; the file kept for it (self.kept) is
         installed when it is still whole, without downloading it again."""
         status = status or self._status
+        try:
+            self._check_source(url)
+        except OtaError as e:
+            self._result(e.code, e.msg)
+            raise ValueError(e.msg)  # before Downloading: DownloadFailed
         while self.busy or self.running()["trial"]:
             await asyncio.sleep(5)  # one upgrade at a time; a new version first proves healthy
         self.busy = "download"
@@ -599,6 +820,7 @@ class Ota:
                 sink = await self._fetch(url, 1 + max(0, retries), retry_interval_s, status)
                 try:
                     info = sink.verify()
+                    info["signature"] = await self.authenticate(sink)
                 except OtaError as e:
                     info = e
                 else:
@@ -617,7 +839,8 @@ class Ota:
             except OtaError as e:
                 self._result(e.code, e.msg)
                 raise ValueError(e.msg)
-            self._result(OK, None, version=info["version"], kind=info["kind"])
+            self._result(OK, None, version=info["version"], kind=info["kind"],
+                         signature=info["signature"])
             return info
         finally:
             _remove(self.staging)
@@ -644,7 +867,8 @@ class Ota:
 
     async def _resume(self, url):
         """The header info of the kept file when it is the whole file downloaded from url
-        (same length and MD5 as when it arrived), else None (download it again)."""
+        (same length and MD5 as when it arrived) and passes every check again, the
+        signature included, else None (download it again)."""
         try:
             with open(self.kept_meta) as f:
                 meta = json.loads(f.read())
@@ -652,9 +876,7 @@ class Ota:
                 raise ValueError("kept file is from %s" % meta.get("url"))
             self.progress[0] = 0
             self.progress[1] = meta.get("bytes") or 0
-            md5 = hashlib.md5()
-            hdr = bytearray(HDR_LEN)
-            got = 0
+            sink = Sink(None, None, MODEL, self.board, defer=True)  # checks only
             buf = _buffer()
             mv = memoryview(buf)
             with open(self.kept, "rb") as f:
@@ -662,19 +884,14 @@ class Ota:
                     n = f.readinto(buf)
                     if not n:
                         break
-                    if got < HDR_LEN:
-                        k = min(n, HDR_LEN - got)
-                        hdr[got : got + k] = mv[:k]
-                    md5.update(mv[:n])
-                    got += n
-                    self.progress[0] = got
+                    sink.write(mv[:n])
+                    self.progress[0] = sink.got
                     await asyncio.sleep_ms(0)
-            digest = binascii.hexlify(md5.digest()).decode()
-            if got != meta.get("bytes") or digest != meta.get("md5"):
-                raise ValueError("kept file changed: %d bytes, MD5 %s" % (got, digest))
-            info = parse_header(hdr, MODEL, self.board)
-            if HDR_LEN + info["length"] != got:
-                raise ValueError("kept file is not its header's length")
+            digest = binascii.hexlify(sink.md5.digest()).decode()
+            if sink.got != meta.get("bytes") or digest != meta.get("md5"):
+                raise ValueError("kept file changed: %d bytes, MD5 %s" % (sink.got, digest))
+            info = sink.verify()
+            info["signature"] = await self.authenticate(sink)
         except (OSError, ValueError, AttributeError) as e:  # OtaError is a ValueError
             _log.warning("downloaded file not usable after the restart (%s): downloading again",
                          getattr(e, "msg", None) or repr(e))
@@ -694,7 +911,8 @@ class Ota:
             except Truncated as e:
                 why = e.msg
             except OtaError as e:
-                if e.code != E_WRITE:
+                if e.code != E_WRITE:  # a refusal: no other try changes it
+                    self._result(e.code, e.msg)
                     raise
                 why = e.msg
             except (OSError, ValueError, IndexError, asyncio.TimeoutError) as e:
@@ -703,17 +921,28 @@ class Ota:
         self._result(E_TIMEOUT, "download failed: %s" % why)
         raise OSError(why)
 
+    def _check_source(self, url):
+        """OtaError(E03) for a location this charger must not download from: a bad
+        character, http:// at security profile 2 or above, https:// without the CA."""
+        check_location(url)
+        if url.startswith("http://") and self.profile() >= 2:
+            raise OtaError(E_TIMEOUT, "download refused: http:// at security profile %d"
+                           % self.profile())
+
     async def _download(self, url):
+        self._check_source(url)
         if url.startswith("https://"):
-            ssl, port, rest = True, 443, url[8:]
-        elif url.startswith("http://"):
-            ssl, port, rest = False, 80, url[7:]
+            ssl, port, rest = self.tls(), 443, url[8:]
+            if ssl is None:  # the same CA store as wss:// (ocpp_ca.pem)
+                raise OtaError(E_TIMEOUT, "download refused: https:// needs the CA certificate")
         else:
-            raise ValueError("unsupported URL %s" % url)
+            ssl, port, rest = None, 80, url[7:]
         host, _, path = rest.partition("/")
         if ":" in host:
             host, _, p = host.partition(":")
             port = int(p)
+        if not host:
+            raise OtaError(E_TIMEOUT, "download refused: no host in the location")
         # asyncio.open_connection calls socket.getaddrinfo, which blocks the whole loop
         # (pilot and protection included) on a name: it only ever gets the address; the
         # name stays in the Host header and the TLS server name.
@@ -725,26 +954,22 @@ class Ota:
         try:
             w.write(b"GET /%s HTTP/1.0\r\nHost: %s\r\n\r\n" % (path.encode(), host.encode()))
             await w.drain()
-            line = await asyncio.wait_for_ms(r.readline(), STALL_MS)
-            if line.split(b" ")[1:2] != [b"200"]:
-                raise OSError("HTTP %s" % line[:40])
-            length = None
-            while True:
-                line = await asyncio.wait_for_ms(r.readline(), STALL_MS)
-                if line in (b"\r\n", b"\n", b""):
-                    break
-                k, _, v = line.partition(b":")
-                if k.strip().lower() == b"content-length":
-                    length = int(v.strip())
+            code, length, early = await asyncio.wait_for_ms(_read_head(r), HEAD_MS)
+            if code != 200:
+                raise OSError("HTTP %d" % code)
             if length is not None and length > MAX_FILE:
                 raise ValueError("file of %d bytes: at most %d" % (length, MAX_FILE))
             sink = Sink(self.staging, None, MODEL, self.board, defer=True)
             self.progress[0] = 0
             self.progress[1] = length or 0
+            if early:
+                sink.write(early)
             buf = _buffer()
             mv = memoryview(buf)
             while True:
                 n = await asyncio.wait_for_ms(r.readinto(mv), STALL_MS)
+                if n is None:
+                    continue  # TLS record not complete yet
                 if not n:
                     break
                 if sink.got + n > MAX_FILE:
@@ -765,6 +990,10 @@ class Ota:
             if sink is not None:
                 sink.close()
             w.close()
+            try:
+                await w.wait_closed()  # MicroPython's close() alone leaves the socket open
+            except OSError:
+                pass
 
     def ocpp_hook(self, ocpp):
         """The async fn for ocpp.on_update_firmware (evse/ocpp/transfer.py). Also tells
@@ -780,11 +1009,73 @@ class Ota:
 
         self.on_healthy = healthy
 
+        def tls():  # the CA store of wss:// (ocpp_ca.pem): one loader for both
+            svc = ocpp.service
+            return svc._tls() if svc is not None else None
+
+        def profile():
+            svc = ocpp.service
+            return svc.cfg["SecurityProfile"] if svc is not None else 0
+
+        self.tls = tls
+        self.profile = profile
+
         async def hook(location, retrieve_date, retries, retry_interval, kept=False):
             await self.update_from_url(location, retries or 0, retry_interval or 60, status,
                                        kept)
 
         return hook
+
+
+async def _read_head(r):
+    """(status code, Content-Length or None, body bytes read past the head) of an HTTP
+    response, each line at most MAX_LINE bytes and at most MAX_LINES of them: a server
+    sending an endless line or endless headers fails the download, the heap does not
+    grow. OSError when the head is not one."""
+    buf = bytearray(MAX_LINE)
+    mv = memoryview(buf)
+    n = 0
+    lines = 0
+    code = None
+    length = None
+    while True:
+        i = buf.find(b"\n", 0, n)
+        if i < 0:
+            if n >= MAX_LINE:
+                raise OSError("response line over %d bytes" % MAX_LINE)
+            got = await asyncio.wait_for_ms(r.readinto(mv[n:]), STALL_MS)
+            if got is None:
+                continue  # TLS record not complete yet
+            if not got:
+                raise OSError("connection closed in the response head")
+            n += got
+            continue
+        line = bytes(mv[:i])
+        rest = bytes(mv[i + 1 : n])
+        buf[: len(rest)] = rest
+        n = len(rest)
+        lines += 1
+        if lines > MAX_LINES:
+            raise OSError("response head over %d lines" % MAX_LINES)
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        if code is None:
+            parts = line.split(b" ")
+            if len(parts) < 2 or not parts[0].startswith(b"HTTP/1."):
+                raise OSError("not an HTTP response: %r" % line[:40])
+            try:
+                code = int(parts[1])
+            except ValueError:
+                raise OSError("bad status line: %r" % line[:40])
+        elif not line:
+            return code, length, rest
+        else:
+            k, _, v = line.partition(b":")
+            if k.strip().lower() == b"content-length":
+                try:
+                    length = int(v.strip())
+                except ValueError:
+                    raise OSError("bad Content-Length")
 
 
 # ---- HTTP ------------------------------------------------------------------------------------
@@ -814,6 +1105,33 @@ async def http_upgrade(api, req):
         return Response({"error": why[1], "refused": why[0]}, 409)
     status, result = await ota.upload(req, md5)
     return Response(result, status)
+
+
+async def http_upgrade_key(api, req):
+    """PUT /api/upgrade/key {"key": PEM public key or 130 hex digits}: installs the first
+    signing key. 409 once one is installed (a key file signed by it replaces it)."""
+    from httpd import HTTPError, Response
+
+    api._need_session(req)
+    ota = api.app.ota
+    body = await api._json(req)
+    text = body.get("key")
+    if not isinstance(text, str):
+        raise HTTPError(400, "key: a PEM public key or 130 hex digits")
+    try:
+        raw = parse_key_text(text)
+    except ValueError as e:
+        return Response({"error": "key: %s" % e, "fields": {"key": str(e)}}, 400)
+    if ota.key_installed():
+        return Response({"error": "a key is installed: only a key file signed by it "
+                         "replaces it", "refused": "installed"}, 409)
+    if ota.busy:
+        return Response({"error": "an upgrade is in progress", "refused": "busy"}, 409)
+    try:
+        ota.install_key(raw)
+    except OtaError as e:
+        return Response({"error": e.msg}, 500 if e.code == E_WRITE else 409)
+    return {"ok": True, "key": ota.key_view()}
 
 
 async def http_upgrade_status(api, req):

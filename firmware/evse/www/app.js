@@ -829,6 +829,8 @@
     let s = t('up.version', {v: v.version});
     if (r.trial) s += ' ' + t('up.trial');
     if (r.rolled_back) s += ' ' + t('up.rolledback', {v: r.rolled_back});
+    const k = v.key || {};
+    if (k.installed) s += ' ' + (k.fingerprint ? t('up.key', {f: k.fingerprint}) : t('up.keybad'));
     $('#up-running').textContent = s;
   }
 
