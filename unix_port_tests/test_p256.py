@@ -147,6 +147,6 @@ def test_async_verify_yields_and_is_timed():
     true(ok)
     # the work is cut into steps of STEP_OPS point operations (plus the set-up and the
     # final inversion); the times are printed, not judged: a busy host stretches them
-    true(steps[0] >= 2 * 256 // p256.STEP_OPS, steps[0])
+    true(steps[0] >= 256 // p256.STEP_OPS, steps[0])  # a doubling per bit at least
     print("    p256 verify: %d us total, %d steps, longest gap %d us"
           % (total, steps[0], max(gaps)))
