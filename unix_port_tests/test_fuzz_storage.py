@@ -238,7 +238,7 @@ def test_fuzz_bin_header():
             return
         eq(info["model"], ota.MODEL, "model")
         true(info["board"] in ("unix_sim", "*"), "board")
-        true(info["kind"] in ("firmware", "language"), "kind")
+        true(info["kind"] in ("firmware", "language", "key"), "kind")
         if h == good:
             eq(info, {"kind": "firmware", "model": "EVPLUS", "board": "unix_sim", "version": "1.2.3",
                       "length": len(_SAMPLE)}, "valid sample")
