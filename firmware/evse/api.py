@@ -4,7 +4,7 @@
 # password other than the factory default. State-changing requests must be JSON (a
 # cross-site form cannot send that without a CORS preflight, which we never grant).
 # Every request must name this charger in its Host (a rebound DNS name gets 421) and,
-# when the browser sends an Origin, come from that same address (docs/security.md).
+# when the browser sends an Origin, come from that same address (docs/web.md).
 import httpd
 from httpd import HTTPError, Response
 
