@@ -90,7 +90,8 @@ _REASONS = {
     400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
     405: "Method Not Allowed", 406: "Not Acceptable", 408: "Request Timeout",
     409: "Conflict", 411: "Length Required", 413: "Content Too Large",
-    414: "URI Too Long", 417: "Expectation Failed", 422: "Unprocessable Content",
+    414: "URI Too Long", 417: "Expectation Failed", 421: "Misdirected Request",
+    422: "Unprocessable Content",
     431: "Request Header Fields Too Large", 500: "Internal Server Error",
     501: "Not Implemented", 503: "Service Unavailable", 505: "HTTP Version Not Supported",
 }
@@ -320,6 +321,11 @@ class Server:
                     "authorization", "origin")
     cache_control = "no-cache"  # static assets: always revalidate (cheap 304)
     static_tag = ""  # mixed into static ETags, e.g. the firmware build id
+    # The application's hooks: check_request(headers) runs before routing and returns None
+    # to go on or a status (421, 403...) answered at once, connection closed; extra_headers
+    # ("Name: value\r\n" lines) go into every answer.
+    check_request = None
+    extra_headers = ""
 
     def __init__(self, routes, static_root=None, log=None, **limits):
         for k in limits:
@@ -549,6 +555,10 @@ class Server:
             method, target, ver, hdrs = await self._head(c)
             c.phase = _BUSY
             c.armed = False
+            if self.check_request is not None:
+                refused = self.check_request(hdrs)
+                if refused:
+                    raise HTTPError(refused)
             if "transfer-encoding" in hdrs:  # bodies are framed by Content-Length only
                 raise HTTPError(411 if "chunked" in hdrs["transfer-encoding"] else 501)
             cl = hdrs.get("content-length", "0")
@@ -788,6 +798,7 @@ class Server:
         if hd:
             for k, v in hd.items() if isinstance(hd, dict) else hd:
                 h.append("%s: %s\r\n" % (k, v))
+        h.append(self.extra_headers)
         if not keep:
             h.append("Connection: close\r\n")
         elif v10:

@@ -45,14 +45,15 @@ def pytest_collection_modifyitems(session, config, items):
 @pytest.fixture
 def start_charger(request, tmp_path):
     """Factory: start_charger(settings=None, env=None, heap=None, board_dir=None,
-    name=None) starts one more charger, ready, in its own directory under tmp_path."""
+    name=None, password=...) starts one more charger, ready, in its own directory under
+    tmp_path (harness.Charger)."""
     chargers = []
     request.node.chargers = chargers
 
-    def start(settings=None, env=None, heap=None, board_dir=None, name=None):
+    def start(settings=None, env=None, heap=None, board_dir=None, name=None, **kw):
         name = name or f"charger{len(chargers) + 1}"
         c = Charger(tmp_path / name, settings=settings, env=env, heap=heap,
-                    board_dir=board_dir, name=name)
+                    board_dir=board_dir, name=name, **kw)
         chargers.append(c)
         c.start()
         return c

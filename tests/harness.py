@@ -15,6 +15,8 @@ wait polls for a condition and has a deadline.
 """
 
 import atexit
+import binascii
+import hashlib
 import http.client
 import http.cookies
 import itertools
@@ -32,6 +34,12 @@ READY_TIMEOUT = 20.0
 REQUEST_TIMEOUT = 10.0
 STOP_TIMEOUT = 5.0
 POLL_INTERVAL = 0.02
+
+# The password every charger started here has, set the way the web app sets it after the
+# first login (the factory password 123456 may change nothing): `password=None` keeps the
+# factory default.
+PASSWORD = "test-pass-1"
+FACTORY_PASSWORD = "123456"
 
 _running = set()  # every process started here, until it has been reaped
 _json_dumps = json.dumps  # Charger.http's `json` argument shadows the module
@@ -170,12 +178,23 @@ class Response(NamedTuple):
     body: object  # decoded JSON when the response says it is JSON, else bytes
 
 
+def password_file(password):
+    """password.json as evse/web_auth.py writes it when the password is changed."""
+    salt = os.urandom(16)
+    h = hashlib.sha256(salt + password.encode()).digest()
+    for _ in range(2000):
+        h = hashlib.sha256(h + salt).digest()
+    return json.dumps({"salt": binascii.hexlify(salt).decode(),
+                       "hash": binascii.hexlify(h).decode()})
+
+
 class Charger:
     def __init__(self, workdir, *, settings=None, env=None, heap=None, board_dir=None,
-                 name="charger"):
+                 name="charger", password=PASSWORD):
         """Runs `<board_dir>/main.py`: by default the compiled tree of firmware_tree(),
         `ROOT / "firmware"` for the sources; `settings` pre-seeds settings.json before
-        the first boot; `heap` defaults to 128 KB of data (default_heap())."""
+        the first boot; `password` the login password (None: the factory default) unless
+        the data directory has one; `heap` defaults to 128 KB of data (default_heap())."""
         self.name = name
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -192,6 +211,10 @@ class Charger:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if settings is not None:
             (self.data_dir / "settings.json").write_text(json.dumps(settings))
+        self.password = password or FACTORY_PASSWORD
+        pw_file = self.data_dir / "password.json"
+        if password is not None and not pw_file.exists():
+            pw_file.write_text(password_file(password))
         self.http_port = int(self.env["EVSE_HTTP_PORT"])
         self.sim_port = int(self.env["EVSE_SIM_PORT"])
         self.can_port = int(self.env["EVSE_CAN_PORT"])
@@ -384,6 +407,12 @@ class Charger:
         if "json" in (resp.headers.get("Content-Type") or "") and data:
             return Response(resp.status, resp.headers, _json_loads(data))
         return Response(resp.status, resp.headers, data)
+
+    def login(self, password=None):
+        """Logs in (with the charger's password unless told); asserts it worked."""
+        r = self.http("POST", "/api/login", json={"password": password or self.password})
+        assert r.status == 200, r
+        return r
 
     def _keep_cookies(self, headers):
         for value in headers.get_all("Set-Cookie") or ():

@@ -169,7 +169,7 @@ class Rig:
 
 
 def login(c):
-    r = c.http("POST", "/api/login", json={"password": "123456"})
+    r = c.http("POST", "/api/login", json={"password": c.password})
     if r.status != 200:
         raise AssertionError(f"{c.name}: login refused: {r.status} {r.body}")
 

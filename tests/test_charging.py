@@ -28,7 +28,7 @@ def charge(c, max_a=32):
 
 
 def login(c):
-    r = c.http("POST", "/api/login", json={"password": "123456"})
+    r = c.http("POST", "/api/login", json={"password": c.password})
     assert r.status == 200, r
 
 

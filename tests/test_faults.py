@@ -85,7 +85,7 @@ def apply(c, ops):
 
 
 def login(c):
-    assert c.http("POST", "/api/login", json={"password": "123456"}).status == 200
+    assert c.http("POST", "/api/login", json={"password": c.password}).status == 200
 
 
 @pytest.mark.parametrize("code, phase", CASES, ids=[f"{c}-{p}" for c, p in CASES])

@@ -128,7 +128,7 @@ _HTTP_TOKENS = [b"\r\n", b"\r\n\r\n", b":", b" ", b"%", b"/..", b"?", b"&", b"{"
 
 def test_http_server_under_seeded_hostile_requests(charger):
     """RFC 9112 framing and the JSON API under mutated requests (logged in and not)."""
-    st, _h, _b = charger.http("POST", "/api/login", json={"password": "123456"})
+    st, _h, _b = charger.http("POST", "/api/login", json={"password": charger.password})
     assert st == 200
     cookie = "; ".join(f"{k}={v}" for k, v in charger.cookies.items()).encode()
     samples = _http_samples(cookie)

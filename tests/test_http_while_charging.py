@@ -80,7 +80,7 @@ def request(port, raw, timeout=5.0):
 
 
 def get(path, extra=b""):
-    return b"GET " + path + b" HTTP/1.1\r\nHost: t\r\n" + extra + b"\r\n"
+    return b"GET " + path + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n" + extra + b"\r\n"
 
 
 # -- the attacks: each runs until `stop` is set (or once, for the bounded ones) --------
@@ -122,7 +122,7 @@ def endless_headers(port, stop, seen):
 
 
 def slow_loris(port, stop, seen, crowd=20):
-    head = b"GET /api/status HTTP/1.1\r\nHost: loris\r\nX-Pad: " + b"z" * 40 + b"\r\n\r\n"
+    head = b"GET /api/status HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Pad: " + b"z" * 40 + b"\r\n\r\n"
     socks = []
     try:
         for _ in range(crowd):
@@ -159,7 +159,8 @@ def slow_loris(port, stop, seen, crowd=20):
 def bodies(port, stop, seen):
     while not stop.is_set():
         # longer than announced: the extra bytes are read as a (garbage) next request
-        with_extra = (b"POST /api/login HTTP/1.1\r\nContent-Type: application/json\r\n"
+        with_extra = (b"POST /api/login HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                      b"Content-Type: application/json\r\n"
                       b"Content-Length: 2\r\n\r\n{}" + b"\x00garbage" * 50 + b"\r\n\r\n")
         try:
             with Client(port, timeout=3) as c:
@@ -170,7 +171,8 @@ def bodies(port, stop, seen):
         # shorter than announced: the server's body timeout has to end it; we give up first
         try:
             with Client(port, timeout=2) as c:
-                c.send(b"POST /api/login HTTP/1.1\r\nContent-Type: application/json\r\n"
+                c.send(b"POST /api/login HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                       b"Content-Type: application/json\r\n"
                        b"Content-Length: 1000\r\n\r\n" + b"x" * 10)
                 if stop.wait(1.5):
                     return
@@ -180,19 +182,21 @@ def bodies(port, stop, seen):
             seen.append(("body-shorter", repr(e)))
         # bigger than any route allows, announced up front
         seen.append(("body-huge", request(
-            port, b"POST /api/login HTTP/1.1\r\nContent-Length: 99999999999\r\n\r\n")[0]))
+            port, b"POST /api/login HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                  b"Content-Length: 99999999999\r\n\r\n")[0]))
 
 
 BAD = [
     b"BREW /pot HTTP/1.1\r\n\r\n",
     b"get / HTTP/1.1\r\n\r\n",
     b"TRACE / HTTP/1.1\r\n\r\n",
-    b"DELETE /api/status HTTP/1.1\r\n\r\n",
+    b"DELETE /api/status HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
     b"GET / HTTP/9.9\r\n\r\n",
     b"GET /\r\n\r\n",
     b"GET / HTTP/1.1\r\nX-A: 1\r\n folded\r\n\r\n",
     b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03" + bytes(range(64)) + b"\r\n\r\n",
-    b"PUT /api/settings HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
+    b"PUT /api/settings HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"2\r\n{}\r\n0\r\n\r\n",
 ]
 
 TRAVERSAL = [

@@ -622,7 +622,7 @@ def test_three_nodes_address_clash(meter_pool):
     w.hooks.pop()
     assert dup_offers and not any(dup_offers), f"the newcomer offered {max(dup_offers)} A"
     # The installer sets the newcomer's address to 4.
-    assert dup.http("POST", "/api/login", json={"password": "123456"}).status == 200
+    assert dup.http("POST", "/api/login", json={"password": dup.password}).status == 200
     t = time.monotonic()
     r = dup.http("PUT", "/api/config", json={"can_addr": 4})
     assert r.status == 200 and r.body["can_addr"] == 4, r

@@ -67,7 +67,7 @@ def test_boot_pending_then_accepted_heartbeat_and_clock(cs, ocpp):
         == "1"
     )
     # Clock: put the charger an hour off, a heartbeat brings it back.
-    assert c.http("POST", "/api/login", json={"password": "123456"}).status == 200
+    assert c.http("POST", "/api/login", json={"password": c.password}).status == 200
     assert c.http("PUT", "/api/time", json={"epoch_s": int(time.time()) - 3600}).status == 200
     cs.wait_for(
         lambda: abs(c.http("GET", "/api/status").body["system_time"] - time.time()) < 5,

@@ -30,7 +30,7 @@ STALL_US = 15_000_000  # ota.STALL_MS: E03 after this long without data
 
 
 def login(c):
-    r = c.http("POST", "/api/login", json={"password": "123456"})
+    r = c.http("POST", "/api/login", json={"password": c.password})
     assert r.status == 200, r
 
 
@@ -293,8 +293,9 @@ def test_refusals_not_logged_in_charging_and_parallel(start_charger, bins):
     # one upload holds the lock: send the head and part of the body, then a second one
     s = socket.create_connection(("127.0.0.1", c.http_port))
     cookie = "; ".join(f"{k}={v}" for k, v in c.cookies.items())
-    s.sendall((f"POST /api/upgrade?md5={md5(data)} HTTP/1.1\r\nHost: x\r\nCookie: {cookie}\r\n"
-               f"Content-Type: application/octet-stream\r\nContent-Length: {len(data)}\r\n\r\n"
+    s.sendall((f"POST /api/upgrade?md5={md5(data)} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+               f"Cookie: {cookie}\r\nContent-Type: application/octet-stream\r\n"
+               f"Content-Length: {len(data)}\r\n\r\n"
                ).encode() + data[:10000])
     deadline = time.monotonic() + WAIT_S
     while ota_view(c)["busy"] != "upload":
@@ -324,8 +325,9 @@ def test_stall_15s_is_e03(charger, bins):
     s = socket.create_connection(("127.0.0.1", c.http_port))
     cookie = "; ".join(f"{k}={v}" for k, v in c.cookies.items())
     t_sent = c.snapshot()["t_us"]  # before the data: the stall begins after it
-    s.sendall((f"POST /api/upgrade?md5={md5(data)} HTTP/1.1\r\nHost: x\r\nCookie: {cookie}\r\n"
-               f"Content-Type: application/octet-stream\r\nContent-Length: {len(data)}\r\n\r\n"
+    s.sendall((f"POST /api/upgrade?md5={md5(data)} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+               f"Cookie: {cookie}\r\nContent-Type: application/octet-stream\r\n"
+               f"Content-Length: {len(data)}\r\n\r\n"
                ).encode() + data[:20000])
     # Once all 20000 bytes are in, the next read waits and its deadline is armed.
     deadline = time.monotonic() + WAIT_S
@@ -586,7 +588,7 @@ def _paced_upload(c, data, piece=65536, pause=0.004):
     try:
         s = socket.create_connection(("127.0.0.1", c.http_port), timeout=10)
         cookie = "; ".join(f"{k}={v}" for k, v in c.cookies.items())
-        s.sendall((f"POST /api/upgrade?md5={md5(data)} HTTP/1.1\r\nHost: x\r\n"
+        s.sendall((f"POST /api/upgrade?md5={md5(data)} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                    f"Cookie: {cookie}\r\nContent-Type: application/octet-stream\r\n"
                    f"Connection: close\r\nContent-Length: {len(data)}\r\n\r\n").encode())
         for i in range(0, len(data), piece):

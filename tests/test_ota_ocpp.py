@@ -126,7 +126,7 @@ def test_update_now_then_at_a_later_retrieve_date(cs, ocpp, files, good_bins):
     assert got == ["Downloading", "Downloaded", "Installing"], got
     boot_mark = boot_into_new_version(cs, c, "1.0.1")
     # Installed only once the new version has passed its health check (ota.HEALTH_MS)
-    assert c.http("POST", "/api/login", json={"password": "123456"}).status == 200
+    assert c.http("POST", "/api/login", json={"password": c.password}).status == 200
     assert c.http("GET", "/api/upgrade").body["running"]["trial"] is True
     assert "Installed" not in fw_statuses(cs, boot_mark)
     wait_fw(cs, "Installed", boot_mark, 40)
@@ -252,7 +252,7 @@ def test_update_during_a_charge_installs_after_it(cs, ocpp, files, good_bins):
         time.sleep(0.2)
     assert fw_statuses(cs, mark) == ["Downloading", "Downloaded"]
     assert not [e for e in c.events(since) if e["what"] == "relays"]
-    assert c.http("POST", "/api/login", json={"password": "123456"}).status == 200
+    assert c.http("POST", "/api/login", json={"password": c.password}).status == 200
     assert c.http("GET", "/api/upgrade").body["busy"] == "waiting"
     # the driver ends the charge: the install follows, then the restart
     c.sim("card", uid=A, ms=800)
@@ -319,7 +319,7 @@ def test_power_cut_while_the_download_waits_for_the_charge(cs, ocpp, files, good
     cs.call("CP1", "UpdateFirmware", location=files.url("f.bin"),
             retrieveDate=iso(datetime.now(timezone.utc)))
     assert wait_fw(cs, "Downloaded", mark, 20) == ["Downloading", "Downloaded"]
-    assert c.http("POST", "/api/login", json={"password": "123456"}).status == 200
+    assert c.http("POST", "/api/login", json={"password": c.password}).status == 200
     cs.wait_for(lambda: c.http("GET", "/api/upgrade").body["busy"] == "waiting", WAIT_S, "waiting")
     kept_file = c.data_dir / "ota" / "download.bin"
     assert kept_file.read_bytes() == good_bins["1.0.1"]

@@ -13,7 +13,7 @@ import socket
 import time
 
 import pytest
-from harness import ROOT
+from harness import PASSWORD, ROOT
 from test_ota import FACTORY_VERSION, STALL_US, WAIT_S, bad_file, login, mkbin, shown_at, variant
 from test_web_ui import browser, expect, strings, tab  # noqa: F401 (fixtures)
 
@@ -29,7 +29,7 @@ PAGE_LOG = """() => {
 def open_upgrade_page(t):
     t.go("/#/upgrade")
     t.title(L["login.title"])
-    t.field(L["login.pw"]).fill("123456")
+    t.field(L["login.pw"]).fill(PASSWORD)
     t.button(L["btn.confirm"])
     t.title(L["up.title"])
     t.page.evaluate(PAGE_LOG)
@@ -102,13 +102,14 @@ def test_page_follows_an_upload_it_did_not_start_to_e03(start_charger, tab, tmp_
     code the sender itself can never read)."""
     data = variant(tmp_path, "2.0.1")
     c = start_charger()
-    assert c.http("POST", "/api/login", json={"password": "123456"}).status == 200
+    assert c.http("POST", "/api/login", json={"password": c.password}).status == 200
     cookie = "; ".join(f"{k}={v}" for k, v in c.cookies.items())
     s = socket.create_connection(("127.0.0.1", c.http_port))
     try:
         t_sent = c.snapshot()["t_us"]  # before the data: the stall begins after it
         s.sendall((f"POST /api/upgrade?md5={hashlib.md5(data).hexdigest()} HTTP/1.1\r\n"
-                   f"Host: x\r\nCookie: {cookie}\r\nContent-Type: application/octet-stream\r\n"
+                   f"Host: 127.0.0.1\r\nCookie: {cookie}\r\n"
+                   "Content-Type: application/octet-stream\r\n"
                    f"Content-Length: {len(data)}\r\n\r\n").encode() + data[:20000])
         t = tab(f"http://127.0.0.1:{c.http_port}")
         open_upgrade_page(t)
@@ -163,7 +164,7 @@ def test_second_upload_from_another_tab_is_refused(start_charger, tab, tmp_path,
     open_upgrade_page(second)
     throttle(first, 512 << 10)
     choose(first, big, hashlib.md5(big + b"x").hexdigest())
-    assert c.http("POST", "/api/login", json={"password": "123456"}).status == 200
+    assert c.http("POST", "/api/login", json={"password": c.password}).status == 200
     deadline = time.monotonic() + 10
     while c.http("GET", "/api/upgrade").body["busy"] != "upload":
         assert time.monotonic() < deadline, "the first upload never started"

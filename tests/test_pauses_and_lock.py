@@ -34,7 +34,7 @@ def charge(c, max_a=32, **ev):
 
 
 def login(c):
-    assert c.http("POST", "/api/login", json={"password": "123456"}).status == 200
+    assert c.http("POST", "/api/login", json={"password": c.password}).status == 200
 
 
 # ---- a stop: the car has its 6 s (seq. 10.2) without an over-current ---------------------------

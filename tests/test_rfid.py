@@ -15,7 +15,7 @@ WAIT_S = 15.0  # bound on a wait of the test, not a figure of the firmware
 
 
 def login(c):
-    assert c.http("POST", "/api/login", json={"password": "123456"}).status == 200
+    assert c.http("POST", "/api/login", json={"password": c.password}).status == 200
 
 
 def learn(c, slot, uid):

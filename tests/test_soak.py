@@ -165,7 +165,7 @@ def test_pilot_leaves_state_f_when_a_latched_trip_is_cleared_at_once(start_charg
     c.wait_for(lambda s: s["relays_closed"], 10)
     c.sim("fault", name="pe", active=True)
     c.wait_for(lambda s: "PE" in s["latched"] and not s["relays_closed"], 5)
-    assert c.http("POST", "/api/login", json={"password": "123456"}).status == 200
+    assert c.http("POST", "/api/login", json={"password": c.password}).status == 200
     c.sim("fault", name="pe", active=False)
     r = c.http("POST", "/api/faults/clear", json={"codes": ["PE"]})
     assert r.status == 200 and r.body["cleared"] == ["PE"], r

@@ -20,7 +20,7 @@ def pilot_changes(c, since):
 @pytest.mark.duration(45)
 def test_a_card_after_the_car_fell_asleep_charges_within_40s(start_charger):
     c = start_charger(settings={"auth_mode": "rfid"})
-    assert c.http("POST", "/api/login", json={"password": "123456"}).status == 200
+    assert c.http("POST", "/api/login", json={"password": c.password}).status == 200
     assert c.http("POST", "/api/cards", json={"uid": CARD}).status == 200
     c.sim("ev", state="B", diode=True, max_a=16, asleep=True)
     c.wait_for(lambda s: s["cp_state"] == "B" and s["tap_light"])

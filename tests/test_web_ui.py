@@ -156,9 +156,9 @@ def tab(browser):
 
 # -- the charger's view of things -------------------------------------------------------------
 
-def login(c, password="123456"):
+def login(c, password=None):
     c.cookies.clear()
-    assert c.http("POST", "/api/login", json={"password": password}).status == 200
+    assert c.http("POST", "/api/login", json={"password": password or c.password}).status == 200
 
 
 def config(c):
@@ -269,7 +269,7 @@ def check_login(t, c, L):
     # No session was granted and nothing changed.
     assert t.page.request.get(t.base + "/api/config").status == 401
     assert config(c) == before
-    t.field(L["login.pw"]).fill("123456")
+    t.field(L["login.pw"]).fill(c.password)
     t.button(L["btn.confirm"])
     t.title(L["cfg.title"])
 
@@ -535,7 +535,7 @@ def check_password(t, c, L):
     t.button(L["btn.confirm"])
     expect(t.err("old")).to_have_text(L["pwd.wrongold"])
     assert config(c)  # still the old password: the checking session is alive
-    t.field(L["pwd.old"]).fill("123456")
+    t.field(L["pwd.old"]).fill(c.password)
     t.field(L["pwd.rep"]).fill("654329")
     t.button(L["btn.confirm"])
     expect(t.err("rep")).to_have_text(L["pwd.mismatch"])
@@ -543,7 +543,7 @@ def check_password(t, c, L):
     t.button(L["btn.confirm"])
     t.title(L["login.title"])  # every session ends with the old password
     expect(t.msg).to_have_text(L["pwd.done"])
-    t.field(L["login.pw"]).fill("123456")
+    t.field(L["login.pw"]).fill(c.password)
     t.button(L["btn.confirm"])
     expect(t.err("password")).to_have_text(L["login.wrong"])
     t.field(L["login.pw"]).fill("654321")
@@ -581,7 +581,7 @@ def test_login_rate_limit_message(start_charger, tab):
             t.button(L["btn.confirm"])
         assert answer.value.status == 401
         expect(t.err("password")).to_have_text(L["login.wrong"])
-    t.field(L["login.pw"]).fill("123456")  # even the right one waits out the lock
+    t.field(L["login.pw"]).fill(c.password)  # even the right one waits out the lock
     with t.page.expect_response("**/api/login") as answer:
         t.button(L["btn.confirm"])
     assert answer.value.status == 429
@@ -599,7 +599,7 @@ def test_session_expiry_sends_to_login(start_charger, tab):
     t = tab(f"http://127.0.0.1:{c.http_port}")
     t.go("/#/rfid")
     t.title(L["login.title"])
-    t.field(L["login.pw"]).fill("123456")
+    t.field(L["login.pw"]).fill(c.password)
     t.button(L["btn.confirm"])
     t.title(L["set.rfid"])
     expect(t.section.locator("#cards tr")).to_have_count(3)  # the page has its data
@@ -607,6 +607,44 @@ def test_session_expiry_sends_to_login(start_charger, tab):
                         headers={"Content-Type": "application/json"})
     t.button(L["rfid.read"])
     t.title(L["login.title"])
+    assert not t.problems, t.problems
+
+
+def test_first_login_leads_to_the_password_change(start_charger, tab):
+    """The factory password shows everything and changes nothing: after it, the web app
+    asks for the technician's own password, and then works as usual."""
+    c = start_charger(password=None)
+    L = strings("en")
+    t = tab(f"http://127.0.0.1:{c.http_port}")
+    t.go("/#/config")
+    t.title(L["login.title"])
+    t.field(L["login.pw"]).fill("123456")
+    with t.page.expect_response("**/api/login") as answer:
+        t.button(L["btn.confirm"])
+    assert answer.value.json()["must_change_password"] is True
+    t.title(L["set.pw"])
+    expect(t.msg).to_have_text(L["pwd.first"])
+    # Looking is allowed, changing is not: the page says why and comes back here.
+    t.go("/#/config")
+    t.title(L["cfg.title"])
+    t.field(L["k.max_current_a"]).fill("16")
+    t.button(L["btn.apply"])
+    t.title(L["set.pw"])
+    expect(t.msg).to_have_text(L["pwd.first"])
+    t.field(L["pwd.old"]).fill("123456")
+    t.field(L["pwd.new"]).fill("my-own-pw")
+    t.field(L["pwd.rep"]).fill("my-own-pw")
+    t.button(L["btn.confirm"])
+    t.title(L["login.title"])
+    expect(t.msg).to_have_text(L["pwd.done"])
+    t.field(L["login.pw"]).fill("my-own-pw")
+    t.button(L["btn.confirm"])
+    t.title(L["cfg.title"])
+    t.field(L["k.max_current_a"]).fill("16")
+    t.button(L["btn.apply"])
+    expect(t.msg).to_have_text(L["msg.saved"])
+    login(c, "my-own-pw")
+    assert config(c)["max_current_a"] == 16
     assert not t.problems, t.problems
 
 

@@ -36,7 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 REQUEST_TIMEOUT = 3.0  # per request (connect, send, whole response)
 READY_TIMEOUT = 10.0
-REQUEST = b"GET /api/status HTTP/1.1\r\nHost: bench\r\n\r\n"
+REQUEST = b"GET /api/status HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 MICRODOT_FILES = ("__init__.py", "microdot.py", "helpers.py")
 
 

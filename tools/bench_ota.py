@@ -57,7 +57,7 @@ def build_bin(tmp, size):
 def post(port, data, cookie=""):
     """Sends the .bin as one request; returns (status, answer dict, client seconds)."""
     digest = hashlib.md5(data).hexdigest()
-    head = (f"POST /api/upgrade?md5={digest} HTTP/1.1\r\nHost: bench\r\nCookie: {cookie}\r\n"
+    head = (f"POST /api/upgrade?md5={digest} HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: {cookie}\r\n"
             f"Content-Type: application/octet-stream\r\nContent-Length: {len(data)}\r\n"
             "Connection: close\r\n\r\n").encode()
     t0 = time.perf_counter()
@@ -86,7 +86,7 @@ def firmware_run(work, data):
     c = Charger(work, name="bench")
     try:
         c.start()
-        r = c.http("POST", "/api/login", json={"password": "123456"})
+        r = c.http("POST", "/api/login", json={"password": c.password})
         if r.status != 200:
             raise NotReady(f"login answered {r.status}")
         idle = c.snapshot()["heap_alloc"]

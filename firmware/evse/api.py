@@ -1,38 +1,101 @@
 # The JSON API behind the web pages (ARCHITECTURE §7) and its route table.
 #
-# Everything that changes the charger or reads a secret needs a login session. State-
-# changing requests must be JSON (a cross-site form cannot send that without a CORS
-# preflight, which we never grant) and, when the browser sends an Origin, come from
-# this charger's own address.
+# Everything that changes the charger or reads a secret needs a login session, and a
+# password other than the factory default. State-changing requests must be JSON (a
+# cross-site form cannot send that without a CORS preflight, which we never grant).
+# Every request must name this charger in its Host (a rebound DNS name gets 421) and,
+# when the browser sends an Origin, come from that same address (docs/web.md).
 import httpd
 from httpd import HTTPError, Response
 
 from evse import faults
+from evse.auth import FREE_TAG
 from evse.web_auth import COOKIE, IDLE_MS, WebAuth
 
 _BODY = 4096
 _READ_WAIT_MS = 20000  # POST /api/cards/read waits this long for a card
 _UPGRADE_MAX = 4 << 20  # a .bin: the compiled tree is ~0.3 MB
+_AP_ADDR = "192.168.1.1"  # the hotspot's own address (manual §8.1)
+_LOOPBACK = ("127.0.0.1", "localhost")
+_OWN_TAGS = (FREE_TAG, "APP")  # the charger's own id tags: no card behind them
+_DEFAULT_PW = "change the default password"
+# In every answer. The CSP repeats index.html's meta tag and adds what only a header
+# can say: no framing (clickjacking).
+_HEADERS = (
+    "Content-Security-Policy: default-src 'none'; script-src 'self'; style-src 'self'; "
+    "img-src 'self' data:; connect-src 'self'; form-action 'self'; base-uri 'none'; "
+    "frame-ancestors 'none'\r\n"
+    "X-Frame-Options: DENY\r\nX-Content-Type-Options: nosniff\r\n"
+    "Referrer-Policy: no-referrer\r\n"
+)
 
 
 class Api:
     def __init__(self, app):
         self.app = app
         self.auth = WebAuth(app.data_dir)
+        bind, port = app.hw.http_addr
+        self._bind = None if bind == "0.0.0.0" else bind
+        self._port = str(port)
 
     # ---- guards -------------------------------------------------------------------------
-    def _origin_ok(self, req):
-        origin = req.headers.get("origin")
-        if not origin:
+    def host_ok(self, host):
+        """Whether a Host header names this charger: one of its addresses, the listening
+        port optional. Any other name (DNS rebinding) is refused."""
+        name, sep, port = host.lower().rpartition(":")
+        if not sep:
+            name = port
+        elif port != self._port:
+            return False
+        if name in _LOOPBACK or name == _AP_ADDR or name == self._bind:
             return True
-        host = req.headers.get("host", "")
-        return origin.partition("://")[2] == host
+        try:
+            own = self.app.hw.wlan.ifconfig()[0]
+        except Exception:  # no network interface: its address is no name of ours
+            return False
+        return name == own and own != "0.0.0.0"
 
-    def _need_session(self, req):
-        if not self._origin_ok(req):
-            raise HTTPError(403, "cross-site request refused")
-        if not self.auth.valid(req.cookies.get(COOKIE)):
+    def check_request(self, headers):
+        """httpd's hook, before routing: 421 for another Host, 403 for another Origin."""
+        host = headers.get("host")
+        if not host or not self.host_ok(host):
+            return 421
+        origin = headers.get("origin")
+        if origin is not None and origin.lower() != "http://" + host.lower():
+            return 403
+        return None
+
+    def _need_session(self, req, change=True):
+        """A live session, refreshed; and for a change, a password of the owner's own."""
+        token = req.cookies.get(COOKIE)
+        if not self.auth.valid(token):
             raise HTTPError(401, "login required")
+        req.session = token  # _fresh() sends its cookie again
+        if change and req.method not in ("GET", "HEAD") and self.auth.factory:
+            raise HTTPError(403, _DEFAULT_PW)
+
+    def _authed(self, req):
+        """A live session, looked at without making it last longer (pages that poll)."""
+        return self.auth.valid(req.cookies.get(COOKIE), False)
+
+    def _fresh(self, fn):
+        """Wraps a route: an answer to a session sets its cookie again, so the cookie's
+        Max-Age slides with the session's idle time."""
+
+        async def handler(req):
+            res = await fn(req)
+            token = getattr(req, "session", None)
+            if token and self.auth.valid(token, False):
+                if not isinstance(res, Response):
+                    res = Response(res, 200 if res is not None else 204)
+                if res.headers is None:
+                    res.headers = []
+                elif isinstance(res.headers, dict):
+                    res.headers = list(res.headers.items())
+                res.headers.append(("Set-Cookie", _cookie(token)))
+            return res
+
+        return handler
 
     async def _json(self, req):
         if req.method != "GET":
@@ -48,23 +111,23 @@ class Api:
 
     # ---- handlers ---------------------------------------------------------------------------
     async def status(self, req):
-        return self.app.status()
+        v = self.app.status()
+        if not self._authed(req):
+            s = v["session"]
+            s["id_tag"] = mask(s.get("id_tag"))
+        return v
 
     async def login(self, req):
-        if not self._origin_ok(req):
-            raise HTTPError(403, "cross-site request refused")
         body = await self._json(req)
         try:
-            token = self.auth.login(body.get("password"))
+            token = self.auth.login(body.get("password"), client(req))
         except ValueError as e:
             msg = str(e)
             raise HTTPError(429 if "attempts" in msg else 401, msg)
-        cookie = "%s=%s; Path=/; HttpOnly; SameSite=Strict; Max-Age=%d" % (
-            COOKIE,
-            token,
-            IDLE_MS // 1000,
+        return Response(
+            {"ok": True, "must_change_password": self.auth.factory},
+            headers={"Set-Cookie": _cookie(token)},
         )
-        return Response({"ok": True}, headers={"Set-Cookie": cookie})
 
     async def logout(self, req):
         self.auth.logout(req.cookies.get(COOKIE))
@@ -72,12 +135,14 @@ class Api:
         return Response({"ok": True}, headers={"Set-Cookie": cookie})
 
     async def password(self, req):
-        self._need_session(req)
+        self._need_session(req, change=False)
         body = await self._json(req)
         try:
-            self.auth.change_password(body.get("old"), body.get("new"))
+            self.auth.change_password(body.get("old"), body.get("new"), client(req))
         except ValueError as e:
             msg = str(e)
+            if "attempts" in msg:
+                raise HTTPError(429, msg)
             field = "old" if msg.startswith("current") else "new"
             return Response({"error": msg, "fields": {field: msg}}, 400)
         return {"ok": True}
@@ -95,11 +160,15 @@ class Api:
         return self.app.settings.public()
 
     async def history(self, req):
-        return {"sessions": self.app.history.session_records(_limit(req))}
+        fix = None if self._authed(req) else _mask_record
+        return {"sessions": self.app.history.session_records(_limit(req), fix)}
 
     async def history_csv(self, req):
         rows = ["No,Start,End,Start Mode,Stop Mode,Energy kWh,Id,Pauses"]
+        authed = self._authed(req)
         for r in self.app.history.session_list(_limit(req, 200)):
+            if not authed:
+                _mask_record(r)
             rows.append(
                 "%s,%s,%s,%s,%s,%.3f,%s,%d"
                 % (
@@ -270,6 +339,9 @@ class Api:
         return await ota.http_lang(self, req)
 
     def routes(self):
+        return [(r[0], r[1], self._fresh(r[2])) + r[3:] for r in self._routes()]
+
+    def _routes(self):
         return [
             ("GET", "/api/status", self.status),
             ("POST", "/api/login", self.login),
@@ -296,6 +368,34 @@ class Api:
             ("PUT", "/api/upgrade/key", self.upgrade_key),
             ("GET", "/lang/<file>", self.lang_file),
         ]
+
+
+def client(req):
+    """The client's address as a key: lwIP gives (ip, port), the unix port a sockaddr."""
+    peer = req.remote
+    if isinstance(peer, tuple):
+        return peer[0]
+    if isinstance(peer, (bytes, bytearray)) and len(peer) >= 8:
+        return bytes(peer[4:8])  # sockaddr_in: family, port, then the IPv4 address
+    return peer
+
+
+def mask(uid):
+    """A card UID or OCPP id tag as shown without a session: "****" and its last 4
+    characters, or "****" alone when it has fewer than 8. None and the charger's own
+    tags (FREE, APP) as they are."""
+    if uid is None or uid in _OWN_TAGS:
+        return uid
+    s = str(uid)
+    return "****" + s[-4:] if len(s) >= 8 else "****"
+
+
+def _mask_record(rec):
+    rec["id"] = mask(rec.get("id"))
+
+
+def _cookie(token):
+    return "%s=%s; Path=/; HttpOnly; SameSite=Strict; Max-Age=%d" % (COOKIE, token, IDLE_MS // 1000)
 
 
 def _limit(req, default=50):
@@ -339,4 +439,5 @@ def make_server(app):
         else:
             lg.warning("%s", msg)
 
-    return httpd.Server(api.routes(), static_root=app.www_dir, log=note)
+    return httpd.Server(api.routes(), static_root=app.www_dir, log=note,
+                        check_request=api.check_request, extra_headers=_HEADERS)

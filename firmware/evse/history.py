@@ -151,9 +151,9 @@ class History:
     def session_list(self, limit=50):
         return _list(self.sessions, limit)
 
-    def session_records(self, limit=50):
+    def session_records(self, limit=50, fix=None):
         """session_list for the web API: read one by one while the answer goes out."""
-        return Records(self.sessions, limit)
+        return Records(self.sessions, limit, fix)
 
     # ---- faults ---------------------------------------------------------------------------
     def add_fault(self, code, values, now_s=None):

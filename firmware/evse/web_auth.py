@@ -1,5 +1,6 @@
 # Login for the configuration pages: hashed password, random session tokens in an
-# HttpOnly SameSite=Strict cookie with idle expiry, and a rate limit on attempts.
+# HttpOnly SameSite=Strict cookie with idle expiry, and a rate limit on attempts per
+# client address with a cap over all addresses (docs/security.md).
 import binascii
 import hashlib
 import os
@@ -10,13 +11,23 @@ import log
 
 _log = log.get("web_auth")
 
-DEFAULT_PASSWORD = "123456"  # manual §8.1.2 point 4
+DEFAULT_PASSWORD = "123456"  # manual §8.1.2 point 4: changes nothing until replaced
 COOKIE = "evse_session"
 IDLE_MS = 15 * 60 * 1000  # a session ends after 15 min without a request
 MAX_SESSIONS = 4
 _ROUNDS = 2000  # iterated SHA-256: slows down guessing from a stolen data dir
-FAILS_BEFORE_LOCK = 5
-LOCK_MS = 30000  # after 5 wrong passwords: 30 s, doubling up to 15 min
+FAILS_BEFORE_LOCK = 5  # wrong passwords from one address before it is locked out
+LOCK_MS = 30000  # that lockout: 30 s, doubling up to LOCK_MAX_MS
+LOCK_MAX_MS = 15 * 60 * 1000
+MAX_CLIENTS = 8  # addresses whose wrong passwords are counted (oldest forgotten)
+GLOBAL_FAILS = 20  # wrong passwords from all addresses within GLOBAL_WINDOW_MS ...
+GLOBAL_WINDOW_MS = 60000
+GLOBAL_LOCK_MS = 60000  # ... lock every address this long: many addresses guess no faster
+# A client's entry: wrong passwords, locked until (0: not), next lock length, last attempt.
+_FAILS = 0
+_UNTIL = 1
+_NEXT = 2
+_SEEN = 3
 
 
 def _hash(salt, password):
@@ -37,13 +48,21 @@ def _equal(a, b):
 
 
 class WebAuth:
+    """Every time kept here is on our own millisecond count (_now): it only grows, so an
+    expiry stored days ago never reads as recent after the ticks wrap (2**29 ms on a
+    32-bit port). The count is exact while the clock is read at least every few days:
+    app.py calls expire() every minute."""
+
     def __init__(self, data_dir, clock_ms=time.ticks_ms):
         self._path = data_dir + "/password.json"
         self._clock = clock_ms
-        self._sessions = {}  # token -> last use (ticks_ms)
-        self._fails = 0
-        self._locked_until = None
-        self._lock_ms = LOCK_MS
+        self._t = clock_ms()
+        self._ms = 1  # 0 stands for "not locked"
+        self._sessions = {}  # token -> expiry
+        self._clients = {}  # address -> [fails, until, next lock ms, last attempt]
+        self._gfails = 0
+        self._gsince = 0
+        self._glocked = 0
         self._salt = None
         self._hash = None
         self._load()
@@ -54,74 +73,123 @@ class WebAuth:
             self._salt = binascii.unhexlify(data["salt"])
             self._hash = data["hash"]
         except (KeyError, TypeError, ValueError):
-            self._salt = None  # factory default password
+            self._salt = None  # factory default password (also when the file is unreadable)
+
+    def _now(self):
+        t = self._clock()
+        d = time.ticks_diff(t, self._t)
+        self._t = t
+        if d > 0:
+            self._ms += d
+        return self._ms
+
+    @property
+    def factory(self):
+        """True while the password is the factory default: nothing may be changed then."""
+        return self._salt is None
 
     def _check(self, password):
         if self._salt is None:
             return _equal(password, DEFAULT_PASSWORD)
         return _equal(_hash(self._salt, password), self._hash)
 
-    def login(self, password):
-        """Returns a new session token, or raises ValueError(reason)."""
-        now = self._clock()
-        if self._locked_until is not None:
-            wait = time.ticks_diff(self._locked_until, now)
-            if wait > 0:
-                raise ValueError("too many attempts, try again in %d s" % ((wait + 999) // 1000))
-            self._locked_until = None
+    # ---- attempts --------------------------------------------------------------------------
+    def _gate(self, client, now):
+        """Raises ValueError while `client` or every client is locked out."""
+        until = self._glocked
+        e = self._clients.get(client)
+        if e is not None and e[_UNTIL] > until:
+            until = e[_UNTIL]
+        if until > now:
+            raise ValueError("too many attempts, try again in %d s" % ((until - now + 999) // 1000))
+
+    def _wrong(self, client, now):
+        e = self._clients.get(client)
+        if e is None:
+            if len(self._clients) >= MAX_CLIENTS:  # forget the oldest, unlocked ones first
+                old = min(self._clients, key=lambda k: (self._clients[k][_UNTIL] > now,
+                                                        self._clients[k][_SEEN]))
+                del self._clients[old]
+            e = self._clients[client] = [0, 0, LOCK_MS, now]
+        e[_SEEN] = now
+        e[_FAILS] += 1
+        if e[_FAILS] >= FAILS_BEFORE_LOCK:
+            e[_FAILS] = 0
+            e[_UNTIL] = now + e[_NEXT]
+            _log.warning("login locked for %d s for one address", e[_NEXT] // 1000)
+            e[_NEXT] = min(e[_NEXT] * 2, LOCK_MAX_MS)
+        if now - self._gsince > GLOBAL_WINDOW_MS:
+            self._gsince = now
+            self._gfails = 0
+        self._gfails += 1
+        if self._gfails >= GLOBAL_FAILS:
+            self._gfails = 0
+            self._glocked = now + GLOBAL_LOCK_MS
+            _log.warning("login locked for %d s for everyone", GLOBAL_LOCK_MS // 1000)
+
+    def _attempt(self, client, password):
+        """Checks a password under the lockouts; raises ValueError(reason) when refused."""
+        now = self._now()
+        self._gate(client, now)
         if not isinstance(password, str) or not self._check(password):
-            self._fails += 1
-            if self._fails >= FAILS_BEFORE_LOCK:
-                self._fails = 0
-                self._locked_until = time.ticks_add(now, self._lock_ms)
-                self._lock_ms = min(self._lock_ms * 2, 15 * 60 * 1000)
-                _log.warning("login locked for %d s after wrong passwords", self._lock_ms // 2000)
+            self._wrong(client, now)
             raise ValueError("wrong password")
-        self._fails = 0
-        self._lock_ms = LOCK_MS
+        self._clients.pop(client, None)
+        return now
+
+    # ---- sessions ----------------------------------------------------------------------------
+    def login(self, password, client=None):
+        """Returns a new session token, or raises ValueError(reason)."""
+        now = self._attempt(client, password)
         if len(self._sessions) >= MAX_SESSIONS:
             oldest = min(self._sessions, key=lambda t: self._sessions[t])
             del self._sessions[oldest]
         token = binascii.hexlify(os.urandom(16)).decode()
-        self._sessions[token] = now
+        self._sessions[token] = now + IDLE_MS
         return token
 
-    def valid(self, token):
-        """True for a live session token (and refreshes its idle timer)."""
+    def valid(self, token, touch=True):
+        """True for a live session token; `touch` starts its idle time again."""
         if not token:
             return False
-        t = self._sessions.get(token)
-        if t is None:
+        exp = self._sessions.get(token)
+        if exp is None:
             return False
-        now = self._clock()
-        if time.ticks_diff(now, t) > IDLE_MS:
+        now = self._now()
+        if now >= exp:
             del self._sessions[token]
             return False
-        self._sessions[token] = now
+        if touch:
+            self._sessions[token] = now + IDLE_MS
         return True
 
     def expire(self):
-        """Every minute (app.py): drops the sessions idle too long and a lockout that is
-        over. A time kept for days would read as recent once the ticks wrap (2**29 ms on
-        a 32-bit port): an old session valid again, the login locked again."""
-        now = self._clock()
-        for token in [t for t, ms in self._sessions.items() if time.ticks_diff(now, ms) > IDLE_MS]:
+        """Every minute (app.py): drops the sessions idle too long and the addresses whose
+        lockout is over and that have not tried for a while."""
+        now = self._now()
+        for token in [t for t, exp in self._sessions.items() if now >= exp]:
             del self._sessions[token]
-        if self._locked_until is not None and time.ticks_diff(self._locked_until, now) <= 0:
-            self._locked_until = None
+        for k in [k for k, e in self._clients.items()
+                  if e[_UNTIL] <= now and now - e[_SEEN] > LOCK_MAX_MS]:
+            del self._clients[k]
 
     def logout(self, token):
         self._sessions.pop(token, None)
 
-    def change_password(self, old, new):
-        if not self._check(old if isinstance(old, str) else ""):
+    def change_password(self, old, new, client=None):
+        try:
+            self._attempt(client, old if isinstance(old, str) else "")
+        except ValueError as e:
+            if "attempts" in str(e):
+                raise
             raise ValueError("current password is wrong")
         if not isinstance(new, str) or not 6 <= len(new) <= 64:
             raise ValueError("new password must have 6 to 64 characters")
+        if new == DEFAULT_PASSWORD:
+            raise ValueError("new password must not be the factory default")
         salt = os.urandom(16)
-        atomicfile.save_json(
-            self._path, {"salt": binascii.hexlify(salt).decode(), "hash": _hash(salt, new)}
-        )
+        h = _hash(salt, new)
+        atomicfile.save_json(self._path, {"salt": binascii.hexlify(salt).decode(), "hash": h})
         self._salt = salt
-        self._hash = _hash(salt, new)
+        self._hash = h
         self._sessions.clear()  # every other device must log in again

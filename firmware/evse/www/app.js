@@ -131,6 +131,7 @@
     if ((r.headers.get('Content-Type') || '').indexOf('json') >= 0) data = await r.json().catch(() => null);
     if (!r.ok) {
       if (r.status === 401 && path !== '/api/login') toLogin();
+      if (r.status === 403 && data && data.error === 'change the default password') toPassword();
       throw new ApiError(r.status, data);
     }
     return data;
@@ -270,6 +271,12 @@
     }
   }
 
+  // The factory password changes nothing: the technician chooses one first.
+  function toPassword() {
+    flash = [t('pwd.first'), 'bad'];
+    location.hash = '#/password';
+  }
+
   function route() {
     let name = location.hash.replace(/^#\/?/, '') || 'home';
     if (!pages[name]) name = 'home';
@@ -404,8 +411,9 @@
   };
 
   onSubmit('#f-login', async form => {
+    let r;
     try {
-      await api('POST', '/api/login', {password: $('#pw').value});
+      r = await api('POST', '/api/login', {password: $('#pw').value});
     } catch (e) {
       if (e.status === 401) {
         fieldError(form, 'password', t('login.wrong'));
@@ -420,6 +428,7 @@
     }
     const to = next === 'login' || next === 'home' ? 'config' : next;
     next = 'config';
+    if (r && r.must_change_password) return toPassword();
     location.hash = '#/' + to;
   });
 

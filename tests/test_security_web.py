@@ -1,0 +1,311 @@
+"""The web app against an attacker on the LAN or behind a web page the installer opens
+(docs/security.md): DNS rebinding (Host and Origin), the factory password, card UIDs
+without a session, password guessing from one or many addresses, and the headers that
+keep the pages out of frames."""
+
+import ast
+import http.client
+import json
+import socket
+
+import pytest
+from harness import FACTORY_PASSWORD, ROOT, wait_until
+
+CARD = "04A1B2C3"
+DEFAULT_PW = {"error": "change the default password"}
+EXEMPT = {"/api/login", "/api/logout", "/api/password"}  # what the factory password may do
+HEADERS = {
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+def raw(c, head, body=b"", source="127.0.0.1"):
+    """Sends one request as written (Host and all) -> (status, headers, body bytes)."""
+    s = socket.create_connection(("127.0.0.1", c.http_port), timeout=10,
+                                 source_address=(source, 0))
+    try:
+        s.sendall(head.encode() + b"\r\n\r\n" + body)
+        data = b""
+        while True:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+            top, sep, rest = data.partition(b"\r\n\r\n")
+            if sep and b"content-length:" in top.lower():
+                n = int(top.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                if len(rest) >= n:
+                    break
+    finally:
+        s.close()
+    top, _, rest = data.partition(b"\r\n\r\n")
+    lines = top.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        k, _, v = line.partition(":")
+        headers.setdefault(k.strip().lower(), []).append(v.strip())
+    return int(lines[0].split()[1]), headers, rest
+
+
+def login_raw(c, host, origin=None, password=None):
+    body = json.dumps({"password": password or c.password}).encode()
+    head = (f"POST /api/login HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close")
+    if origin is not None:
+        head += f"\r\nOrigin: {origin}"
+    return raw(c, head, body)
+
+
+def anon(c, method, path, source="127.0.0.1", **kw):
+    """One request without the charger's session cookie, from `source`."""
+    conn = http.client.HTTPConnection("127.0.0.1", c.http_port, timeout=10,
+                                      source_address=(source, 0))
+    try:
+        body = None
+        headers = {}
+        if "json" in kw:
+            body = json.dumps(kw["json"]).encode()
+            headers["Content-Type"] = "application/json"
+        headers.update(kw.get("headers", {}))
+        conn.request(method, path, body=body, headers=headers)
+        r = conn.getresponse()
+        data = r.read()
+        ctype = r.headers.get("Content-Type") or ""
+        return r.status, r.headers, json.loads(data) if "json" in ctype and data else data
+    finally:
+        conn.close()
+
+
+def state_changing_routes():
+    """Every route of evse/api.py but GET, read from its route table: a new route is
+    covered without a change here."""
+    tree = ast.parse((ROOT / "firmware" / "evse" / "api.py").read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef) and node.name == "_routes":
+            ret = [n for n in ast.walk(node) if isinstance(n, ast.Return)][0]
+            routes = [(e.elts[0].value, e.elts[1].value) for e in ret.value.elts]
+            break
+    else:
+        raise AssertionError("no route table in evse/api.py")
+    assert len(routes) > 20
+    return [(m, p.replace("<slot>", "1")) for m, p in routes if m != "GET"]
+
+
+# -- Host and Origin -----------------------------------------------------------------------
+
+def _refused_hosts(port):
+    return [
+        "evil.example", f"evil.example:{port}", "127.0.0.1.", f"127.0.0.1.:{port}",
+        f"localhost.:{port}", f"evil@127.0.0.1:{port}", f"127.0.0.1:{port}@evil.example",
+        f"127.0.0.1:{port}.evil.example", f"[::1]:{port}", f"[::ffff:127.0.0.1]:{port}",
+        f"127.0.0.1:{port + 1}", f"127.0.0.1:0{port}", f"127.1:{port}", f"2130706433:{port}",
+        f"0x7f.0.0.1:{port}", f"127.0.0.1:{port}, evil.example", f"127.0.0.1:{port}:{port}",
+        f"evil.example:{port}, 127.0.0.1:{port}", ":" + str(port), "",
+    ]
+
+
+def test_rebinding_hosts_get_421_before_any_handler(charger):
+    c = charger
+    port = c.http_port
+    for host in _refused_hosts(port):
+        for origin in (None, f"http://{host}"):
+            st, h, body = login_raw(c, host, origin)
+            assert st == 421, (host, origin, st, body)
+            assert "set-cookie" not in h, host
+    # Every route, static files too, and the case of a missing Host.
+    for path in ("/", "/index.html", "/app.js", "/api/status", "/api/history", "/no-such"):
+        st, _, _ = raw(c, f"GET {path} HTTP/1.1\r\nHost: evil.example:{port}\r\nConnection: close")
+        assert st == 421, path
+    st, _, _ = raw(c, "GET /api/status HTTP/1.1\r\nConnection: close")
+    assert st == 421
+    # Two Host fields: refused whichever comes first.
+    st, _, _ = raw(c, f"GET /api/status HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                      f"Host: evil.example\r\nConnection: close")
+    assert st == 421
+
+
+def test_own_hosts_answer(charger):
+    c = charger
+    port = c.http_port
+    for host in (f"127.0.0.1:{port}", "127.0.0.1", f"localhost:{port}", f"LOCALHOST:{port}",
+                 f"192.168.1.1:{port}", "192.168.1.1"):
+        st, h, body = login_raw(c, host, f"http://{host}")
+        assert st == 200, (host, st, body)
+        assert any(v.startswith("evse_session=") for v in h["set-cookie"])
+        st, _, _ = raw(c, f"GET / HTTP/1.1\r\nHost: {host}\r\nAccept-Encoding: gzip\r\n"
+                          "Connection: close")
+        assert st == 200, host
+
+
+def test_foreign_origins_are_refused(charger):
+    c = charger
+    host = f"127.0.0.1:{c.http_port}"
+    for origin in ("http://evil.example", "null", f"https://{host}", f"http://{host}.evil.example",
+                   f"http://evil.example/{host}", f"http://{host}@evil.example", "http://127.0.0.1",
+                   f"http://localhost:{c.http_port}", ""):
+        st, h, body = login_raw(c, host, origin)
+        assert st == 403, (origin, st, body)
+        assert "set-cookie" not in h
+    assert login_raw(c, host, f"HTTP://{host}")[0] == 200  # the same origin, any case
+
+
+# -- the factory password ------------------------------------------------------------------
+
+def _config(c):
+    r = c.http("GET", "/api/config")
+    assert r.status == 200, r
+    return r.body
+
+
+def test_the_factory_password_changes_nothing(start_charger):
+    c = start_charger(password=None)
+    r = c.login(FACTORY_PASSWORD)
+    assert r.body["must_change_password"] is True
+    before = _config(c)
+    cards = c.http("GET", "/api/cards").body
+    routes = state_changing_routes()
+    assert ("POST", "/api/upgrade") in routes and ("PUT", "/api/config") in routes
+    for method, path in routes:
+        if path in EXEMPT:
+            continue
+        q = "?md5=" + "0" * 32 if path == "/api/upgrade" else ""
+        body = {"max_current_a": 6, "epoch_s": 1_700_000_000, "uid": CARD, "ssid": "x",
+                "codes": ["PE"]}
+        r = c.http(method, path + q, json=body)
+        assert (r.status, r.body) == (403, DEFAULT_PW), (method, path, r)
+    # Looking is allowed, and nothing changed.
+    assert _config(c) == before
+    assert c.http("GET", "/api/cards").body == cards
+    assert c.http("GET", "/api/upgrade").status == 200
+    # The password change itself is allowed; the new one may not be the default.
+    r = c.http("POST", "/api/password", json={"old": FACTORY_PASSWORD, "new": FACTORY_PASSWORD})
+    assert r.status == 400
+    r = c.http("POST", "/api/password", json={"old": FACTORY_PASSWORD, "new": "owner-pw-1"})
+    assert r.status == 200, r
+    r = c.login("owner-pw-1")
+    assert r.body["must_change_password"] is False
+    r = c.http("PUT", "/api/config", json={"max_current_a": 16})
+    assert r.status == 200 and r.body["max_current_a"] == 16
+    # After a restart too.
+    c.restart()
+    c.login("owner-pw-1")
+    assert _config(c)["max_current_a"] == 16
+
+
+def test_a_corrupt_password_file_falls_back_to_the_factory_password(start_charger):
+    c = start_charger()
+    c.stop()
+    (c.data_dir / "password.json").write_text('{"salt": "00", "ha')
+    for f in ("password.json.bak", "password.json.tmp"):
+        (c.data_dir / f).unlink(missing_ok=True)
+    c.start()
+    assert c.http("POST", "/api/login", json={"password": c.password}).status == 401
+    c.login(FACTORY_PASSWORD)
+    r = c.http("PUT", "/api/config", json={"max_current_a": 16})
+    assert (r.status, r.body) == (403, DEFAULT_PW)
+
+
+# -- card UIDs -----------------------------------------------------------------------------
+
+def test_card_uids_need_a_session(charger):
+    c = charger
+    c.login()
+    assert c.http("PUT", "/api/cards/1", json={"uid": CARD}).status == 200
+    c.sim("ev", state="B", diode=True, max_a=16)
+    c.wait_for(lambda s: s["cp_state"] == "B" and s["tap_light"])
+    c.sim("card", uid=CARD, kind="M1")
+    c.wait_for(lambda s: s["session"]["active"])
+    masked = "****" + CARD[-4:]
+    st, _, body = anon(c, "GET", "/api/status")
+    assert st == 200 and body["session"]["id_tag"] == masked, body["session"]
+    assert CARD.encode() not in json.dumps(body).encode()
+    assert c.http("GET", "/api/status").body["session"]["id_tag"] == CARD
+    c.sim("ev", state="A")
+    c.wait_for(lambda s: not s["session"]["active"])
+    wait_until(lambda: c.http("GET", "/api/history").body["sessions"], 10, "session recorded")
+    st, _, body = anon(c, "GET", "/api/history")
+    assert st == 200 and body["sessions"][0]["id"] == masked
+    assert CARD not in json.dumps(body)
+    st, _, csv = anon(c, "GET", "/api/history.csv")
+    assert st == 200 and masked.encode() in csv and CARD.encode() not in csv
+    # With a session: whole.
+    assert c.http("GET", "/api/history").body["sessions"][0]["id"] == CARD
+    assert CARD.encode() in c.http("GET", "/api/history.csv").body
+    # A cookie that is not a session shows no more than none.
+    st, _, body = anon(c, "GET", "/api/history", headers={"Cookie": "evse_session=" + "0" * 32})
+    assert body["sessions"][0]["id"] == masked
+    for path in ("/api/cards", "/api/config"):
+        assert anon(c, "GET", path)[0] == 401
+
+
+# -- password guessing ---------------------------------------------------------------------
+
+def test_lockout_is_per_address(charger):
+    c = charger
+    for _ in range(5):
+        st, _, body = anon(c, "POST", "/api/login", source="127.0.0.2", json={"password": "guess"})
+        assert st == 401, body
+    st, _, body = anon(c, "POST", "/api/login", source="127.0.0.2",
+                       json={"password": c.password})
+    assert st == 429 and "attempts" in body["error"]
+    # The owner, on another address, is not locked out by the attacker.
+    st, _, body = anon(c, "POST", "/api/login", json={"password": c.password})
+    assert st == 200, body
+
+
+def test_the_old_password_check_is_rate_limited(charger):
+    c = charger
+    r = c.login()
+    cookie = r.headers["Set-Cookie"].split(";")[0]
+    for _ in range(5):
+        st, _, body = anon(c, "POST", "/api/password", source="127.0.0.2",
+                           json={"old": "guess-1", "new": "another-1"},
+                           headers={"Cookie": cookie})
+        assert st == 400 and body["fields"] == {"old": "current password is wrong"}, body
+    st, _, body = anon(c, "POST", "/api/password", source="127.0.0.2",
+                       json={"old": c.password, "new": "another-1"}, headers={"Cookie": cookie})
+    assert st == 429, body
+    assert c.http("POST", "/api/login", json={"password": c.password}).status == 200
+
+
+def test_many_addresses_meet_a_global_cap(charger):
+    c = charger
+    for i in range(20):  # 4 each from 5 addresses: none of them locked alone
+        st, _, _ = anon(c, "POST", "/api/login", source=f"127.0.0.{10 + i % 5}",
+                        json={"password": "guess"})
+        assert st == 401
+    st, _, body = anon(c, "POST", "/api/login", source="127.0.0.3", json={"password": c.password})
+    assert st == 429 and "attempts" in body["error"]
+
+
+# -- sessions and headers ------------------------------------------------------------------
+
+def test_the_cookie_slides_with_activity(charger):
+    c = charger
+    c.login()
+    r = c.http("GET", "/api/config")
+    assert "Max-Age=900" in r.headers["Set-Cookie"] and "HttpOnly" in r.headers["Set-Cookie"]
+    r = c.http("PUT", "/api/config", json={"max_current_a": 16})
+    assert "Max-Age=900" in r.headers["Set-Cookie"]
+    # Polled pages look without keeping a session alive.
+    assert c.http("GET", "/api/status").headers["Set-Cookie"] is None
+
+
+@pytest.mark.parametrize("path", ["/", "/app.js", "/api/status", "/api/config", "/no-such"])
+def test_security_headers(charger, path):
+    st, h, _ = anon(charger, "GET", path, headers={"Accept-Encoding": "gzip"})
+    assert st in (200, 401, 404)
+    csp = h["Content-Security-Policy"]
+    assert "frame-ancestors 'none'" in csp and "default-src 'none'" in csp
+    assert "script-src 'self'" in csp and "unsafe-inline" not in csp
+    for k, v in HEADERS.items():
+        assert h[k] == v, k
+
+
+def test_security_headers_on_a_refusal(charger):
+    st, h, _ = raw(charger, "GET / HTTP/1.1\r\nHost: evil.example\r\nConnection: close")
+    assert st == 421
+    assert "frame-ancestors 'none'" in h["content-security-policy"][0]
+    assert h["x-frame-options"] == ["DENY"]

@@ -1,0 +1,161 @@
+# The web login (evse/web_auth.py): lockouts per client address under a cap over all
+# addresses, the factory password, and session expiries past the 32-bit ticks wrap.
+import sys
+
+_FAKES = (__file__.rpartition("/")[0] or ".") + "/fakes"
+if _FAKES not in sys.path:
+    sys.path.append(_FAKES)
+import fake_time  # noqa: E402
+from check import eq, raises, tmpdir, true  # noqa: E402
+from evse import web_auth as wa  # noqa: E402
+
+MASK = fake_time.TICKS_PERIOD - 1
+NEAR_WRAP = fake_time.TICKS_PERIOD - 3000
+
+
+class Clock:
+    """ms of a 32-bit port: always within 0 .. 2**30 - 1."""
+
+    def __init__(self, start=0):
+        self.ms = start & MASK
+
+    def step(self, ms):
+        self.ms = (self.ms + ms) & MASK
+
+    def __call__(self):
+        return self.ms
+
+
+class Ticks32:
+    def __enter__(self):
+        self.saved = wa.time
+        wa.time = fake_time
+        return self
+
+    def __exit__(self, *exc):
+        wa.time = self.saved
+        fake_time.set_ms(-1)
+        return False
+
+
+def _auth(tag, clock, password=None):
+    a = wa.WebAuth(tmpdir(tag), clock_ms=clock)
+    if password is not None:
+        a.change_password(wa.DEFAULT_PASSWORD, password)
+    return a
+
+
+def _locked(fn, *args):
+    e = raises(ValueError, fn, *args)
+    true("attempts" in str(e), "locked out: %s" % e)
+
+
+def test_wrong_passwords_lock_only_their_address():
+    clock = Clock()
+    a = _auth("wa_addr", clock, "owner-pw")
+    for _ in range(wa.FAILS_BEFORE_LOCK):
+        e = raises(ValueError, a.login, "guess", "10.0.0.66")
+        eq(str(e), "wrong password")
+    _locked(a.login, "owner-pw", "10.0.0.66")  # even the right one
+    true(a.valid(a.login("owner-pw", "10.0.0.2")), "the owner's address is not locked")
+    clock.step(wa.LOCK_MS)
+    true(a.valid(a.login("owner-pw", "10.0.0.66")), "the lock is over after 30 s")
+
+
+def test_the_lock_doubles_up_to_15_minutes():
+    clock = Clock()
+    a = _auth("wa_double", clock, "owner-pw")
+    want = wa.LOCK_MS
+    for _ in range(7):
+        for _ in range(wa.FAILS_BEFORE_LOCK):
+            raises(ValueError, a.login, "guess", "x")
+        clock.step(want - 1)
+        _locked(a.login, "owner-pw", "x")
+        clock.step(1)
+        want = min(want * 2, wa.LOCK_MAX_MS)
+        clock.step(wa.GLOBAL_WINDOW_MS)  # keep the global cap out of it
+    eq(want, wa.LOCK_MAX_MS, "capped")
+
+
+def test_many_addresses_hit_the_global_cap():
+    clock = Clock()
+    a = _auth("wa_global", clock, "owner-pw")
+    for i in range(wa.GLOBAL_FAILS):
+        raises(ValueError, a.login, "guess", "10.0.1.%d" % i)  # 1 each: none locked alone
+        clock.step(10)
+    _locked(a.login, "owner-pw", "10.0.0.2")  # everyone waits ...
+    _locked(a.change_password, "owner-pw", "another-1", "10.0.0.2")
+    clock.step(wa.GLOBAL_LOCK_MS)
+    true(a.valid(a.login("owner-pw", "10.0.0.2")), "... but briefly")
+
+
+def test_the_address_table_is_bounded():
+    clock = Clock()
+    a = _auth("wa_table", clock, "owner-pw")
+    for i in range(wa.FAILS_BEFORE_LOCK):
+        raises(ValueError, a.login, "guess", "locked")
+    for i in range(wa.MAX_CLIENTS + 4):  # under the global cap
+        raises(ValueError, a.login, "guess", "other%d" % i)
+        clock.step(10)
+    true(len(a._clients) <= wa.MAX_CLIENTS, "at most %d addresses" % wa.MAX_CLIENTS)
+    _locked(a.login, "owner-pw", "locked")  # a locked address is forgotten last
+
+
+def test_the_old_password_check_counts_as_an_attempt():
+    clock = Clock()
+    a = _auth("wa_change", clock, "owner-pw")
+    for _ in range(wa.FAILS_BEFORE_LOCK):
+        e = raises(ValueError, a.change_password, "guess", "another-1", "10.0.0.66")
+        eq(str(e), "current password is wrong")
+    _locked(a.change_password, "owner-pw", "another-1", "10.0.0.66")
+    _locked(a.login, "owner-pw", "10.0.0.66")
+    a.change_password("owner-pw", "another-1", "10.0.0.2")
+    true(a.valid(a.login("another-1", "10.0.0.2")), "changed from another address")
+
+
+def test_factory_password():
+    a = _auth("wa_factory", Clock())
+    true(a.factory, "factory default at first")
+    raises(ValueError, a.change_password, wa.DEFAULT_PASSWORD, wa.DEFAULT_PASSWORD)
+    true(a.factory, "the default is no new password")
+    a.change_password(wa.DEFAULT_PASSWORD, "owner-pw")
+    true(not a.factory, "changed")
+    true(not wa.WebAuth(a._path.rpartition("/")[0]).factory, "and stored")
+
+
+def test_an_unreadable_password_file_is_the_factory_default():
+    d = tmpdir("wa_torn")
+    with open(d + "/password.json", "w") as f:
+        f.write('{"salt": "zz", "ha')
+    true(wa.WebAuth(d, clock_ms=Clock()).factory, "changes nothing until replaced")
+
+
+def test_sessions_expire_across_the_wrap():
+    with Ticks32():
+        clock = Clock(NEAR_WRAP)
+        a = _auth("wa_wrap", clock, "owner-pw")
+        token = a.login("owner-pw")
+        for _ in range(4):  # used every 10 min: alive past the wrap, for 40 min
+            clock.step(10 * 60 * 1000)
+            true(a.valid(token), "an active session goes on")
+        clock.step(wa.IDLE_MS)
+        true(not a.valid(token), "15 min idle: ended")
+        token = a.login("owner-pw")
+        clock.step(wa.IDLE_MS - 1000)
+        true(a.valid(token, False), "a look does not refresh ...")
+        clock.step(1000)
+        true(not a.valid(token, False), "... so it ends on time")
+
+
+def test_a_session_idle_for_a_week_stays_ended():
+    with Ticks32():
+        clock = Clock(NEAR_WRAP)
+        a = _auth("wa_week", clock, "owner-pw")
+        kept = a.login("owner-pw")
+        tokens = [a.login("owner-pw") for _ in range(2)]
+        for _ in range(9 * 24 * 60):  # 9 days: past 2**29 ms; expire() every minute
+            clock.step(60_000)
+            a.expire()
+        true(not a.valid(kept), "ended")
+        eq(len(a._sessions), 0, "purged")
+        true(not any(a.valid(t) for t in tokens), "none back")
