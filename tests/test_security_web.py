@@ -205,6 +205,10 @@ def test_a_corrupt_password_file_falls_back_to_the_factory_password(start_charge
     c.login(FACTORY_PASSWORD)
     r = c.http("PUT", "/api/config", json={"max_current_a": 16})
     assert (r.status, r.body) == (403, DEFAULT_PW)
+    status = c.http("GET", "/api/status").body
+    assert "CFG" in status["errors"] and "password.json" in status["config_errors"], status
+    c.wait_for(lambda s: "CONFIG ERROR" in str(s["display"]) or any(
+        e["what"] == "display" and e["value"] == "CONFIG ERROR" for e in c.events(0)), 10)
 
 
 # -- card UIDs -----------------------------------------------------------------------------

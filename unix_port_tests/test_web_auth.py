@@ -127,7 +127,11 @@ def test_an_unreadable_password_file_is_the_factory_default():
     d = tmpdir("wa_torn")
     with open(d + "/password.json", "w") as f:
         f.write('{"salt": "zz", "ha')
-    true(wa.WebAuth(d, clock_ms=Clock()).factory, "changes nothing until replaced")
+    a = wa.WebAuth(d, clock_ms=Clock())
+    true(a.factory, "changes nothing until replaced")
+    true(a.load_error, "and says so (CFG)")
+    true(wa.WebAuth(tmpdir("wa_none"), clock_ms=Clock()).load_error is None,
+         "no file at all: the factory state, not an error")
 
 
 def test_sessions_expire_across_the_wrap():

@@ -194,6 +194,9 @@ class App:
 
         host, port = self.hw.http_addr
         self.http = api.make_server(self)
+        why = self._password_error()
+        if why:  # the Report page names it, as a setting that cannot be read
+            self.history.add_fault("CFG", {"password.json": why})
         await self.http.start(host, port)
         _log.info("web app on http://%s:%d", host, port)
         while True:
@@ -236,14 +239,21 @@ class App:
     def errors(self):
         ch = self.charger
         codes = faults.codes(ch.active | ch.latched)
-        if self.settings.invalid or self.ocpp.store_errors():
+        if self.settings.invalid or self.ocpp.store_errors() or self._password_error():
             codes.append("CFG")  # not a trip: the charger runs on the safe values
         return codes
+
+    def _password_error(self):
+        api = self.api
+        return api.auth.load_error if api is not None else None
 
     def config_errors(self):
         """{setting or OCPP file: why, and what is in use instead}."""
         out = dict(self.settings.invalid)
         out.update(self.ocpp.store_errors())
+        why = self._password_error()
+        if why:
+            out["password.json"] = why
         return out
 
     def _config_limit(self):
@@ -254,7 +264,8 @@ class App:
         self.charger.set_external_limit("config", limits.MIN_A if bad else None)
 
     def _config_notice(self):
-        return "CONFIG ERROR" if self.settings.invalid or self.ocpp.store_errors() else None
+        bad = self.settings.invalid or self.ocpp.store_errors() or self._password_error()
+        return "CONFIG ERROR" if bad else None
 
     def _cp_cal_notice(self):
         return "CP CAL ERROR" if self.charger.cp_cal.error else None

@@ -65,15 +65,28 @@ class WebAuth:
         self._glocked = 0
         self._salt = None
         self._hash = None
+        self.load_error = None
         self._load()
 
     def _load(self):
-        data = atomicfile.load_json(self._path, dict, _log.error)
+        bad = []
+
+        def note(msg):
+            bad.append(msg)
+            _log.error("%s", msg)
+
+        data = atomicfile.load_json(self._path, dict, note)
+        self.load_error = None  # shown as CFG (app.config_errors)
         try:
             self._salt = binascii.unhexlify(data["salt"])
             self._hash = data["hash"]
+            if not isinstance(self._hash, str):
+                raise TypeError("hash")
         except (KeyError, TypeError, ValueError):
             self._salt = None  # factory default password (also when the file is unreadable)
+            if bad or data:
+                self.load_error = ("cannot be read: the factory password is in use, and "
+                                   "changes nothing until a new one is set")
 
     def _now(self):
         t = self._clock()
