@@ -119,6 +119,7 @@ def test_remote_transfer_urls_never_reach_a_blocking_getaddrinfo():
         # what Ota._download asks of its own object: the CA store, the security profile
         tls = _tls
         profile = staticmethod(lambda: 0)
+        cfg = {"SecurityProfile": 0}
         _check_source = ota.Ota._check_source
 
     svc = Svc()
@@ -194,3 +195,19 @@ def test_the_diagnostics_file_gives_the_loop_a_turn_between_records():
     asyncio.new_event_loop()
     eq(n, 100, "every record")
     true(turns[0] >= 50, "the loop ran %d times meanwhile" % turns[0])
+
+
+def test_diagnostics_locations_are_plain_urls_and_tls_at_profile_2():
+    """GetDiagnostics' location goes into a request line: CR, LF, spaces and other control
+    or non-ASCII bytes are refused, and at security profile 2 the records (card UIDs
+    among them) leave only over https://."""
+    eq(transfer._split("https://d.example.com:8443/up", 2), (True, "d.example.com", 8443, "/up"))
+    eq(transfer._split("http://d.example.com/up", 1), (False, "d.example.com", 80, "/up"))
+    for bad, profile in (("http://d.example.com/up\r\nX-Evil: 1", 0), ("http://d.ex ample/", 0),
+                         ("http://d.example.com/\x00", 0), ("http://d.example.com/\xe9", 0),
+                         ("http://d.example.com/up", 2), ("ftp://d.example.com/up", 0)):
+        try:
+            transfer._split(bad, profile)
+            true(False, "accepted %r" % bad)
+        except ValueError:
+            pass

@@ -99,7 +99,13 @@ async def upload_diagnostics(svc, p, name):
     svc.diagnostics_status("Uploaded" if ok else "UploadFailed")
 
 
-def _split(url):
+def _split(url, profile=0):
+    # A space, CR, LF or any control or non-ASCII byte would end up in the request line.
+    for ch in url.encode():
+        if ch <= 0x20 or ch >= 0x7F:
+            raise ValueError("character 0x%02x in the location" % ch)
+    if profile >= 2 and not url.startswith("https://"):
+        raise ValueError("security profile %d uploads only to https://" % profile)
     if url.startswith("http://"):
         secure, rest = False, url[7:]
     elif url.startswith("https://"):
@@ -113,7 +119,8 @@ def _split(url):
 
 
 async def _post(svc, location, name, path):
-    secure, host, port, base = _split(location)
+    # The records hold card UIDs: at profile 2 they leave only over verified TLS.
+    secure, host, port, base = _split(location, svc.cfg["SecurityProfile"])
     ctx = svc._tls() if secure else None
     if secure and ctx is None:
         raise ValueError("https:// needs the CA certificate")
