@@ -147,6 +147,10 @@ def test_fault(start_charger, code, phase):
     timeout = 60 + WAIT_S if code == "OCP" else 10 + WAIT_S
     c.wait_for(lambda s: code not in s["errors"], timeout=timeout)
     t_clear = c.snapshot()["t_us"]
+    if not latching:  # the clear's own time: a resume may follow it before this snapshot
+        cleared = [e for e in c.events(t0)
+                   if e["what"] == "error" and e["value"] == code and not e["active"]]
+        t_clear = cleared[-1]["t_us"] if cleared else t_clear
     # Charging again through a fresh pilot handshake.
     if phase == "standby" or code in ("PP", "CP") or latching:
         charging(c)
