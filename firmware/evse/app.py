@@ -29,7 +29,9 @@ _LIMITER_SETTINGS = ("meter_model", "meter_addr", "lb_enabled", "lb_pool_id", "c
                      "phase_set")
 _CONTROL_MS = 100  # control logic period, on the clock (not every nth sample: a busy loop
 # stretches the samples, and with them a count of samples)
-GC_EVERY = 16 * 1024  # bytes allocated between two collections (gc.threshold)
+GC_EVERY = 16 * 1024  # bytes allocated between two collections (gc.threshold)...
+_GC_MIN = 4 * 1024  # ...or half the free heap when that is less, but at least this
+_GC_TUNE_MS = 5000
 _PROTECTION_MS = 100
 _METER_MS = 1000
 _HMI_MS = 100
@@ -227,8 +229,19 @@ class App:
         # above 1.7 KB; with it the largest free block stayed at 18 KB or more, and at
         # 13.5 KB or more over a 1-hour soak (docs/soak.md, docs/development.md).
         gc.threshold(GC_EVERY)
+        sup.add("gc", self._gc_task)
         _log.info("EV PLUS %s on %s ready", version.VERSION, self.hw.name)
         await sup.run()
+
+    async def _gc_task(self):
+        """With less than 2 x GC_EVERY free, a collection after GC_EVERY bytes would come
+        only once the heap is full, and long-lived objects would then be scattered
+        through all of it: collect after half the free heap instead. mem_free() does
+        not count the garbage not yet collected: between collections the figure is low,
+        so a collection comes sooner, never later."""
+        while True:
+            await asyncio.sleep_ms(_GC_TUNE_MS)
+            gc.threshold(max(_GC_MIN, min(GC_EVERY, gc.mem_free() // 2)))
 
     # ---- views -----------------------------------------------------------------------------
     def standby(self):
