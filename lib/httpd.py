@@ -65,6 +65,7 @@ import asyncio
 import gc
 import json
 import os
+import select
 from time import ticks_add, ticks_diff, ticks_ms
 
 from micropython import const
@@ -74,13 +75,16 @@ import jsonout
 _FREE = const(0)
 _IDLE = const(1)  # between requests: evictable
 _HEAD = const(2)  # reading the request head: evictable, 408 on timeout
-_BUSY = const(3)  # body, handler, response
+_BUSY = const(3)  # handler, response
+_BODY = const(4)  # reading the request body: evictable while below min_rate
 _S_IFDIR = const(0x4000)
 _LINGER_BYTES = const(16384)
 _IPPROTO_TCP = const(6)  # same numbers on Linux and lwIP
 _TCP_NODELAY = const(1)
 _LONG = const(-1)  # _line(): longer than the limit
 _MORE = const(-2)  # _line(): no complete line buffered yet
+_ABORT = b"\x01\x00\x00\x00\x00\x00\x00\x00"  # struct linger {1, 0}: close resets
+_MAX_MS = const(0x8000000)  # longest deadline (37 h): ticks_add takes < 2**29 ms
 
 _WS = b" \t"
 _FRAMING = ("content-length", "transfer-encoding", "connection", "expect")  # always kept
@@ -111,6 +115,11 @@ _R500 = (
 _R408 = (
     b"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\n"
     b'Content-Length: 28\r\nConnection: close\r\n\r\n{"error": "request timeout"}'
+)
+_R503 = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+    b"Retry-After: 1\r\nContent-Length: 20\r\nConnection: close\r\n\r\n"
+    b'{"error": "evicted"}'
 )
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
@@ -203,6 +212,7 @@ class Request:
         self.content_length = self.left = length
         self.remote = c.peer
         self.body_timeout_ms = srv.body_timeout_ms  # a handler may lengthen its own
+        self.evictable = False  # a handler that only waits sets it: see Connections
 
     @property
     def cookies(self):
@@ -223,8 +233,14 @@ class Request:
             return 0
         c = self._c
         srv = self._srv
+        if not c.bon:  # the overall deadline: a stall plus the size at min_rate
+            c.bon = True
+            c.bsince = ticks_ms()
+            c.bdl = ticks_add(c.bsince, min(self.body_timeout_ms + srv._ms(left), _MAX_MS))
+        c.phase = _BODY
         if self._expect:
             self._expect = False
+            c.wdl = ticks_add(ticks_ms(), srv.write_timeout_ms)
             await srv._write(c, _CONTINUE)
         n = min(len(buf), left)
         k = min(c.hi - c.lo, n)
@@ -233,7 +249,9 @@ class Request:
             c.lo += k
         else:
             mv = memoryview(buf)[:n]
-            srv._arm(c, self.body_timeout_ms)
+            stall = ticks_add(ticks_ms(), self.body_timeout_ms)
+            c.deadline = stall if ticks_diff(c.bdl, stall) > 0 else c.bdl
+            c.armed = True
             k = None
             while k is None:
                 try:
@@ -246,6 +264,9 @@ class Request:
                 c.broken = True
                 raise EOFError
         self.left = left - k
+        c.got += k
+        if self.left == 0:
+            c.phase = _BUSY
         return k
 
     async def read(self, n):
@@ -279,7 +300,11 @@ class _Conn:
         self.phase = _FREE
         self.lo = self.hi = self.ls = 0  # unread bytes: buf[lo:hi]; last line at ls
         self.since = self.deadline = 0
-        self.armed = self.killed = self.broken = self.sent = False
+        self.bsince = self.bdl = self.got = 0  # body: start, overall deadline, bytes read
+        self.wdl = 0  # the answer's overall write deadline
+        self.req = None  # the request in its handler, for _evict
+        self.armed = self.killed = self.broken = self.sent = self.bon = False
+        self.wr = False  # waiting for the client to take an answer
 
 
 def _readable(s):
@@ -307,11 +332,14 @@ class Server:
     max_body = 4096  # default route body limit (413)
     drain_max = 4096  # unread body a handler left that we skip to keep the connection
     max_requests = 100  # per connection, then Connection: close
-    head_timeout_ms = 5000  # first byte to end of head (408)
+    head_timeout_ms = 5000  # first byte to end of head, overall (408)
     idle_timeout_ms = 10000  # keep-alive wait for the next request
-    body_timeout_ms = 5000  # per body chunk read
-    write_timeout_ms = 10000  # per drain of a response write
-    evict_after_ms = 1000  # idle/head age before a new client may take the slot
+    body_timeout_ms = 5000  # longest wait for more body bytes (a stall); per request
+    write_timeout_ms = 10000  # an answer's whole write, plus its size at min_rate
+    # Bytes/s a body must average (its overall deadline: body_timeout_ms + size at this
+    # rate, 517 s for 4 MB) and an answer gets. Well below a slow WiFi link's 20 KB/s.
+    min_rate = 8192
+    evict_after_ms = 20  # idle/head age, or body lag behind min_rate, before eviction
     linger_ms = 300  # discard input after an error answer so the client can read it
     tick_ms = 100  # reaper period: deadline resolution
     # Request headers decoded into req.headers (besides framing ones); None keeps all.
@@ -338,8 +366,15 @@ class Server:
         # The first use of StreamReader loads asyncio's stream module (1.9 KB on the unix
         # port, for good): now, with our other lasting objects, not amid a connection's.
         asyncio.StreamReader
-        self._sock = self._tasks = None
+        self._sock = self._tasks = self._linger = None
+        self._probe = select.poll()  # _pending(): one poller, no allocation per look
+        self._sol = 1
         self.requests = self.timeouts = self.evictions = self.errors = 0
+
+    def _ms(self, n):
+        """Milliseconds n bytes take at min_rate (no big ints on 32-bit boards)."""
+        r = self.min_rate
+        return n // r * 1000 + n % r * 1000 // r
 
     @property
     def live(self):
@@ -360,6 +395,8 @@ class Server:
             s.close()
             raise
         self._sock = s
+        self._linger = getattr(socket, "SO_LINGER", None)
+        self._sol = socket.SOL_SOCKET
         self._tasks = (asyncio.create_task(self._accept(s)), asyncio.create_task(self._reap()))
 
     def close(self):
@@ -386,8 +423,7 @@ class Server:
             try:
                 await _readable(ls)
                 if not self._free:  # at the cap: the client waits in the backlog
-                    self._evict()
-                    await asyncio.sleep_ms(10)
+                    await asyncio.sleep_ms(self._evict())
                     continue
                 s, c_peer = ls.accept()
                 s.setblocking(False)
@@ -415,29 +451,65 @@ class Server:
 
     def _release(self, c):
         # out.sink too: the stream's write would keep the closed stream and socket.
-        c.task = c.stream = c.sock = c.peer = c.out.sink = None
+        c.task = c.stream = c.sock = c.peer = c.out.sink = c.req = None
         c.phase = _FREE
         c.lo = c.hi = 0
-        c.armed = c.killed = c.broken = False
+        c.armed = c.killed = c.broken = c.wr = False
         self._free.append(c)
 
     def _evict(self):
-        """Cancels the connection longest idle or in its head, if over evict_after_ms."""
+        """At the cap, with a client waiting: cancels the one connection that gives way
+        best, if any -> ms before looking again (0: one is going, its slot frees now).
+
+        In order: idle or in its head for evict_after_ms (oldest first); a body more than
+        evict_after_ms behind min_rate (furthest behind first); a handler that said it
+        only waits (req.evictable, oldest first). Answers and other handlers stay.
+        """
         now = ticks_ms()
         old = None
-        age = self.evict_after_ms
+        bk = ba = 0
+        wait = 10
         for c in self._slots:
             if c.killed:
-                return  # one is already going: its slot frees on its next step
-            if c.phase == _IDLE or c.phase == _HEAD:
-                a = ticks_diff(now, c.since)
-                if a >= age:
-                    old = c
-                    age = a
-        if old is not None and old.task is not None:
-            old.killed = True
-            old.task.cancel()
-            self.evictions += 1
+                return 1  # one is already going: its slot frees on its next step
+            ph = c.phase
+            if ph == _IDLE or ph == _HEAD:
+                k, a = 3, ticks_diff(now, c.since) - self.evict_after_ms
+            elif ph == _BODY:
+                a = ticks_diff(now, c.bsince) - self._ms(c.got) - self.evict_after_ms
+                k = 2
+            elif ph == _BUSY and not c.sent and c.req is not None and c.req.evictable:
+                k, a = 1, ticks_diff(now, c.since)
+            else:
+                continue
+            if a < 0:
+                if -a < wait:
+                    wait = -a
+            elif (k > bk or (k == bk and a > ba)) and (k == 1 or not self._pending(c)):
+                old, bk, ba = c, k, a
+        if old is None or old.task is None:
+            return wait
+        old.killed = True
+        old.task.cancel()
+        self.evictions += 1
+        return 0
+
+    def _pending(self, c):
+        """True if c's client has sent what we have not read yet: then the wait is ours
+        (a busy loop), not the client's, and c is not evicted for it."""
+        p = self._probe
+        try:
+            p.register(c.sock, select.POLLIN)
+            for _ in p.ipoll(0):
+                return True
+            return False
+        except Exception:
+            return False
+        finally:
+            try:
+                p.unregister(c.sock)
+            except Exception:
+                pass
 
     def _arm(self, c, ms):
         c.deadline = ticks_add(ticks_ms(), ms)
@@ -471,8 +543,15 @@ class Server:
         except asyncio.CancelledError:
             if not c.killed:
                 raise
-            if c.phase == _HEAD:
-                self._try_write(c, _R408)
+            if c.phase == _HEAD or (c.phase == _BODY and not c.sent):
+                self._try_write(c, _R408)  # timed out or evicted before the request was in
+            elif c.phase == _BUSY and not c.sent:
+                self._try_write(c, _R503)  # an evictable handler gave way
+            elif c.wr and self._linger:
+                try:  # an answer not taken in time: reset, don't keep sending what is queued
+                    c.sock.setsockopt(self._sol, self._linger, _ABORT)
+                except Exception:
+                    pass
         except Exception as e:
             if isinstance(e, MemoryError):
                 gc.collect()
@@ -534,6 +613,9 @@ class Server:
     async def _request(self, c, n):
         """Reads and answers request number n of the connection; False closes it."""
         c.sent = False
+        c.req = None
+        c.got = 0
+        c.bon = False
         c.phase = _IDLE
         c.since = ticks_ms()
         self._arm(c, self.idle_timeout_ms if n else self.head_timeout_ms)
@@ -580,6 +662,7 @@ class Server:
         if n + 1 >= self.max_requests:
             keep = False
         req = Request(self, c, method, path, query, hdrs, params, length, limit, expect)
+        c.req = req
         self.requests += 1
         try:
             if isinstance(route, tuple):
@@ -605,6 +688,8 @@ class Server:
             keep = False
         if req.left and (req._expect or req.left > self.drain_max):
             keep = False  # body not read: closing is cheaper than reading it
+        c.req = None
+        c.phase = _BUSY
         await self._send(c, res, keep, method == "HEAD", ver == "HTTP/1.0")
         if keep and req.left:
             await self._drain(c)  # the whole answer before we read on
@@ -762,13 +847,14 @@ class Server:
             raise
 
     async def _drain(self, c):
-        self._arm(c, self.write_timeout_ms)
+        c.deadline = c.wdl  # the answer's overall deadline, not one per drain
+        c.armed = c.wr = True
         try:
             await c.stream.drain()
         except OSError:
             c.broken = True
             raise
-        c.armed = False
+        c.armed = c.wr = False
 
     def _write(self, c, data):
         # Plain function returning _drain's coroutine: an awaited write makes no coroutine
@@ -795,6 +881,8 @@ class Server:
         h.append("\r\n")
         head = "".join(h).encode()
         c.sent = True
+        ms = self.write_timeout_ms + (0 if head_only else self._ms(res.size))
+        c.wdl = ticks_add(ticks_ms(), min(ms, _MAX_MS))
         s = self._scratch
         m = len(head)
         bare = head_only or st == 204 or st == 304
@@ -842,9 +930,10 @@ class Server:
     async def _pause(self, c):
         c.out.flush()
         c.out.dirty = False
-        self._arm(c, self.write_timeout_ms)
+        c.deadline = c.wdl
+        c.armed = c.wr = True
         await c.stream.drain()
-        c.armed = False
+        c.armed = c.wr = False
 
     async def _send_file(self, c, head, res):
         # The scratch buffer is shared: write() sends or copies it before drain yields.
