@@ -305,6 +305,7 @@ class _Conn:
         self.req = None  # the request in its handler, for _evict
         self.armed = self.killed = self.broken = self.sent = self.bon = False
         self.wr = False  # waiting for the client to take an answer
+        self.fresh = False  # accepted, no byte yet: see _evict
 
 
 def _readable(s):
@@ -322,7 +323,10 @@ def _stat(path):
 
 class Server:
     max_conns = 6  # live connections (slots): a browser opens up to 6 per host
-    backlog = 16  # listen() queue: where clients wait while all slots are busy
+    # listen() queue, where clients wait while all slots are busy: longer than a flood
+    # of slow clients, whose overflow would drop a new client's SYN (1 s, 3 s... to retry);
+    # lwIP caps it at its free PCBs anyway
+    backlog = 64
     buf_size = 1024  # per-connection line buffer; a header line must fit (else 431)
     chunk_size = 2048  # shared scratch: coalesced response head + small body, file chunks
     max_line = 512  # request line (414)
@@ -437,6 +441,7 @@ class Server:
                 c.stream = asyncio.StreamReader(s)
                 c.phase = _IDLE
                 c.since = ticks_ms()
+                c.fresh = True
                 c.task = asyncio.create_task(self._serve(c))
             except Exception as e:  # EAGAIN, EMFILE, ECONNABORTED, MemoryError
                 if c is not None and c.task is None:
@@ -474,7 +479,10 @@ class Server:
                 return 1  # one is already going: its slot frees on its next step
             ph = c.phase
             if ph == _IDLE or ph == _HEAD:
-                k, a = 3, ticks_diff(now, c.since) - self.evict_after_ms
+                a = ticks_diff(now, c.since) - self.evict_after_ms
+                if c.fresh:  # nothing sent yet: a client a round trip away gets longer
+                    a -= 3 * self.evict_after_ms
+                k = 3
             elif ph == _BODY:
                 a = ticks_diff(now, c.bsince) - self._ms(c.got) - self.evict_after_ms
                 k = 2
@@ -626,6 +634,7 @@ class Server:
                 return False  # closed between requests: normal
         c.phase = _HEAD
         c.since = ticks_ms()
+        c.fresh = False
         self._arm(c, self.head_timeout_ms)
         try:
             method, target, ver, hdrs = await self._head(c)

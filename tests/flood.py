@@ -112,7 +112,7 @@ def status_once(port, timeout=5.0, request=STATUS):
                 got += chunk
     except OSError:
         return None
-    if not got.startswith(b"HTTP/1.1 200 "):
+    if not (got.startswith(b"HTTP/1.1 200 ") or got.startswith(b"HTTP/1.0 200 ")):
         return None
     return (time.monotonic() - t) * 1000.0
 

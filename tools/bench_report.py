@@ -96,6 +96,12 @@ def rows_http(d):
         peer = _g(cells.get(("microdot", heap, clients)), "rps")
         yield f"HTTP GET /api/status, {clients} clients, heap {heap}", ours, peer, \
             "req/s (peer: microdot)"
+    floods = {(r.get("server"), r.get("flood")): r for r in _g(d, "floods") or []}
+    for name in sorted({f for _, f in floods}, key=lambda f: (f != "none", f)):
+        ours = _g(floods.get(("httpd", name)), "p99_ms")
+        peer = _g(floods.get(("microdot", name)), "p99_ms")
+        yield f"HTTP GET /api/status p99 latency, flood {name}", ours, peer, \
+            "ms (peer: microdot)"
 
 
 def rows_ocpp(d):
