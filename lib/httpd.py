@@ -23,8 +23,17 @@ left (body bytes unread), remote.
   await req.read(n) -> bytearray   exactly min(n, left) bytes (n >= 0)
   await req.json(max_bytes=None)   whole body (cap: max_bytes, else the route's limit);
                                    HTTPError 413 too big, 400 empty/bad JSON or UTF-8
-Body reads time out after body_timeout_ms by cancelling the handler there: let
-CancelledError through. A handler's own waits have no deadline from us.
+Deadlines, each overall (a byte now and then does not extend it), each enforced by
+cancelling the connection's task: let CancelledError through.
+  head      head_timeout_ms from its first byte (5 s): 408
+  body      from the first read_into: req.body_timeout_ms (5 s; a handler may set its
+            own before reading, as the OTA upload does: 15 s) plus the announced size at
+            min_rate (8 KB/s: 4 MB gets 517 s, against 210 s at a slow WiFi link's
+            20 KB/s); no single wait for more bytes longer than req.body_timeout_ms: 408
+  handler   none: a card read waits 20 s. One that only waits sets req.evictable = True
+            and may then be cancelled for a new client at the cap (503, Retry-After: 1)
+  answer    write_timeout_ms (10 s) plus its size at min_rate, from its first write; a
+            client that has not taken it by then gets a reset, not the rest of it
 Response(body=b"", status=200, headers=None, ctype=None): body bytes/str/dict/list/None;
 headers a dict or a list of pairs. Response.file(path) streams a file in chunk_size
 pieces. Raise HTTPError(status, msg) in a handler for a JSON `{"error": msg}` answer.
@@ -38,20 +47,30 @@ and mtime; Cache-Control from cache_control; 304 on a matching If-None-Match.
 Status codes: 400 malformed request line/header/query/path (absolute-form targets,
 obs-fold, traversal: `..`/`.x` segments, `\\`, NUL, `//`, also percent-encoded),
 404/405 (+Allow) routing, 406 only a .gz asset and no gzip accepted, 408 head not
-complete within head_timeout_ms, 411 chunked request body (send Content-Length),
+complete within head_timeout_ms, or a body within its deadline, or evicted before its
+request was in, 411 chunked request body (send Content-Length),
 501 other Transfer-Encoding or unknown method, 413 Content-Length above the route's
 limit (answered before reading), 414 request line > max_line, 417 Expect other than
 100-continue, 431 header line > buf_size - 2, > max_headers lines or > max_header_bytes,
-500 handler exception (connection then closed), 505 not HTTP/1.0 or 1.1. No 503: see
-below. Every response has Content-Length; errors that leave the framing unknown close.
+500 handler exception (connection then closed), 503 an evictable handler gave way,
+505 not HTTP/1.0 or 1.1. Not 503 for a full server: see below. Every response has
+Content-Length; errors that leave the framing unknown close.
 
 Connections: at most max_conns, each with one preallocated buf_size line buffer. At
 the cap we stop calling accept(), so clients wait in the kernel's listen backlog
-rather than getting 503s, but first the oldest connection that has sat idle or in its
-request head for evict_after_ms is evicted (slow-loris defence). One reaper task
-enforces every deadline by cancelling the connection task: a read costs no wait_for
-task. Each answer yields once, in the drain of its last write (drain() yields even if
-the socket took it all), and that drain is left until the request is done with: under
+(backlog 64: longer than a crowd of slow clients, else the overflow's SYNs are dropped
+and a new client waits out TCP's 1 s retransmit) rather than getting 503s. While one
+waits there, one connection gives way per waiting client, at once: the oldest idle or
+in its head for evict_after_ms (20 ms; 80 ms if it has sent nothing yet, a phone a WiFi
+round trip away), else the body furthest behind min_rate by more than evict_after_ms,
+else the oldest handler that set req.evictable. Bytes of its own already waiting in the
+kernel keep a connection (the wait is ours then). Each slow client thus holds a slot
+for 20 ms, not seconds: under 30 slow heads that reconnect at once, a status request
+waits for the ones queued ahead of it, ~100 ms p99 on loopback (make bench). An
+answer being written and a handler that may not be cancelled are never evicted. One
+reaper task enforces every deadline by cancelling the connection task: a read costs no
+wait_for task. Each answer yields once, in the drain of its last write (drain() yields
+even if the socket took it all), and that drain is left until the request is done with: under
 load all max_conns connections get there at once, and each holds about 1.3 KB there,
 as between requests (64-bit unix port), not the 3 KB it would with its request and
 answer (18 KB for 6: about all a 64 KB heap has left). We run our own accept loop

@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from flood import Flood, p99, status_latencies
 
 ROOT = Path(__file__).resolve().parent.parent

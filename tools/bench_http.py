@@ -43,6 +43,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 from flood import Flood, status_latencies  # noqa: E402
+
 REQUEST_TIMEOUT = 3.0  # per request (connect, send, whole response)
 READY_TIMEOUT = 10.0
 REQUEST = b"GET /api/status HTTP/1.1\r\nHost: bench\r\n\r\n"
