@@ -77,7 +77,8 @@ answer (18 KB for 6: about all a 64 KB heap has left). We run our own accept loo
 instead of asyncio.start_server: a MemoryError while start_server's loop wraps a new
 socket kills that loop and leaves the port bound but dead (seen on v1.29). Ours
 catches it, runs gc.collect() and keeps accepting. It waits on the socket via
-asyncio.core._io_queue as extmod/asyncio/stream.py does (pinned firmware; re-check on
+asyncio.core._io_queue as extmod/asyncio/stream.py does, and finds a connection's
+socket as its Stream's .s, not in a slot field of its own (pinned firmware; re-check on
 upgrades). Needs bytearray.find (v1.29).
 """
 import asyncio
@@ -96,6 +97,7 @@ _IDLE = const(1)  # between requests: evictable
 _HEAD = const(2)  # reading the request head: evictable, 408 on timeout
 _BUSY = const(3)  # handler, response
 _BODY = const(4)  # reading the request body: evictable while below min_rate
+_NEW = const(5)  # accepted, nothing received yet: evictable, later than _IDLE
 _S_IFDIR = const(0x4000)
 _LINGER_BYTES = const(16384)
 _IPPROTO_TCP = const(6)  # same numbers on Linux and lwIP
@@ -232,6 +234,7 @@ class Request:
         self.remote = c.peer
         self.body_timeout_ms = srv.body_timeout_ms  # a handler may lengthen its own
         self.evictable = False  # a handler that only waits sets it: see Connections
+        self._started = False  # the body's clock runs (c.since: its first read)
 
     @property
     def cookies(self):
@@ -252,14 +255,13 @@ class Request:
             return 0
         c = self._c
         srv = self._srv
-        if not c.bon:  # the overall deadline: a stall plus the size at min_rate
-            c.bon = True
-            c.bsince = ticks_ms()
-            c.bdl = ticks_add(c.bsince, min(self.body_timeout_ms + srv._ms(left), _MAX_MS))
+        if not self._started:
+            self._started = True
+            c.since = ticks_ms()
         c.phase = _BODY
         if self._expect:
             self._expect = False
-            c.wdl = ticks_add(ticks_ms(), srv.write_timeout_ms)
+            c.deadline = ticks_add(ticks_ms(), srv.write_timeout_ms)
             await srv._write(c, _CONTINUE)
         n = min(len(buf), left)
         k = min(c.hi - c.lo, n)
@@ -268,8 +270,11 @@ class Request:
             c.lo += k
         else:
             mv = memoryview(buf)[:n]
+            # Overall: a stall plus the announced size at min_rate, from the first read.
+            end = self.body_timeout_ms + srv._ms(self.content_length)
+            end = ticks_add(c.since, end if end < _MAX_MS else _MAX_MS)
             stall = ticks_add(ticks_ms(), self.body_timeout_ms)
-            c.deadline = stall if ticks_diff(c.bdl, stall) > 0 else c.bdl
+            c.deadline = stall if ticks_diff(end, stall) > 0 else end
             c.armed = True
             k = None
             while k is None:
@@ -283,7 +288,6 @@ class Request:
                 c.broken = True
                 raise EOFError
         self.left = left - k
-        c.got += k
         if self.left == 0:
             c.phase = _BUSY
         return k
@@ -315,16 +319,12 @@ class _Conn:
         self.buf = bytearray(size)
         self.mv = memoryview(self.buf)
         self.out = jsonout.Chunks(scratch)  # JSON responses, through the shared scratch
-        self.task = self.stream = self.sock = self.peer = None
+        self.task = self.stream = self.peer = None  # the socket: stream.s
         self.phase = _FREE
         self.lo = self.hi = self.ls = 0  # unread bytes: buf[lo:hi]; last line at ls
         self.since = self.deadline = 0
-        self.bsince = self.bdl = self.got = 0  # body: start, overall deadline, bytes read
-        self.wdl = 0  # the answer's overall write deadline
-        self.req = None  # the request in its handler, for _evict
-        self.armed = self.killed = self.broken = self.sent = self.bon = False
-        self.wr = False  # waiting for the client to take an answer
-        self.fresh = False  # accepted, no byte yet: see _evict
+        self.req = None  # the request being served, for _evict
+        self.armed = self.killed = self.broken = self.sent = False
 
 
 def _readable(s):
@@ -455,12 +455,10 @@ class Server:
                 except Exception:
                     pass
                 c = self._free.pop()
-                c.sock = s
                 c.peer = c_peer
                 c.stream = asyncio.StreamReader(s)
-                c.phase = _IDLE
+                c.phase = _NEW
                 c.since = ticks_ms()
-                c.fresh = True
                 c.task = asyncio.create_task(self._serve(c))
             except Exception as e:  # EAGAIN, EMFILE, ECONNABORTED, MemoryError
                 if c is not None and c.task is None:
@@ -475,10 +473,10 @@ class Server:
 
     def _release(self, c):
         # out.sink too: the stream's write would keep the closed stream and socket.
-        c.task = c.stream = c.sock = c.peer = c.out.sink = c.req = None
+        c.task = c.stream = c.peer = c.out.sink = c.req = None
         c.phase = _FREE
         c.lo = c.hi = 0
-        c.armed = c.killed = c.broken = c.wr = False
+        c.armed = c.killed = c.broken = False
         self._free.append(c)
 
     def _evict(self):
@@ -497,13 +495,15 @@ class Server:
             if c.killed:
                 return 1  # one is already going: its slot frees on its next step
             ph = c.phase
-            if ph == _IDLE or ph == _HEAD:
+            if ph == _IDLE or ph == _HEAD or ph == _NEW:
                 a = ticks_diff(now, c.since) - self.evict_after_ms
-                if c.fresh:  # nothing sent yet: a client a round trip away gets longer
+                if ph == _NEW:  # nothing sent yet: a client a round trip away gets longer
                     a -= 3 * self.evict_after_ms
                 k = 3
-            elif ph == _BODY:
-                a = ticks_diff(now, c.bsince) - self._ms(c.got) - self.evict_after_ms
+            elif ph == _BODY:  # how far behind min_rate since its first read
+                r = c.req
+                a = ticks_diff(now, c.since) - self._ms(r.content_length - r.left)
+                a -= self.evict_after_ms
                 k = 2
             elif ph == _BUSY and not c.sent and c.req is not None and c.req.evictable:
                 k, a = 1, ticks_diff(now, c.since)
@@ -526,7 +526,7 @@ class Server:
         (a busy loop), not the client's, and c is not evicted for it."""
         p = self._probe
         try:
-            p.register(c.sock, select.POLLIN)
+            p.register(c.stream.s, select.POLLIN)
             for _ in p.ipoll(0):
                 return True
             return False
@@ -534,7 +534,7 @@ class Server:
             return False
         finally:
             try:
-                p.unregister(c.sock)
+                p.unregister(c.stream.s)
             except Exception:
                 pass
 
@@ -574,9 +574,9 @@ class Server:
                 self._try_write(c, _R408)  # timed out or evicted before the request was in
             elif c.phase == _BUSY and not c.sent:
                 self._try_write(c, _R503)  # an evictable handler gave way
-            elif c.wr and self._linger:
+            elif c.phase == _BUSY and c.sent and self._linger:
                 try:  # an answer not taken in time: reset, don't keep sending what is queued
-                    c.sock.setsockopt(self._sol, self._linger, _ABORT)
+                    c.stream.s.setsockopt(self._sol, self._linger, _ABORT)
                 except Exception:
                     pass
         except Exception as e:
@@ -589,7 +589,7 @@ class Server:
                 self._try_write(c, _R500)
         finally:
             try:
-                c.sock.close()
+                c.stream.s.close()
             except Exception:
                 pass
             self._release(c)
@@ -641,9 +641,8 @@ class Server:
         """Reads and answers request number n of the connection; False closes it."""
         c.sent = False
         c.req = None
-        c.got = 0
-        c.bon = False
-        c.phase = _IDLE
+        if n:
+            c.phase = _IDLE
         c.since = ticks_ms()
         self._arm(c, self.idle_timeout_ms if n else self.head_timeout_ms)
         if c.lo == c.hi:
@@ -653,7 +652,6 @@ class Server:
                 return False  # closed between requests: normal
         c.phase = _HEAD
         c.since = ticks_ms()
-        c.fresh = False
         self._arm(c, self.head_timeout_ms)
         try:
             method, target, ver, hdrs = await self._head(c)
@@ -716,7 +714,6 @@ class Server:
             keep = False
         if req.left and (req._expect or req.left > self.drain_max):
             keep = False  # body not read: closing is cheaper than reading it
-        c.req = None
         c.phase = _BUSY
         await self._send(c, res, keep, method == "HEAD", ver == "HTTP/1.0")
         if keep and req.left:
@@ -852,6 +849,8 @@ class Server:
         res = Response({"error": _REASONS[status].lower()}, status)
         await self._send(c, res, False, False, False)
         await self._drain(c)
+        c.phase = _IDLE  # lingering: no answer owed, nothing to reset
+        c.since = ticks_ms()
         self._arm(c, self.linger_ms)
         got = 0
         try:
@@ -875,14 +874,13 @@ class Server:
             raise
 
     async def _drain(self, c):
-        c.deadline = c.wdl  # the answer's overall deadline, not one per drain
-        c.armed = c.wr = True
+        c.armed = True  # c.deadline: the answer's overall one (_send), not one per drain
         try:
             await c.stream.drain()
         except OSError:
             c.broken = True
             raise
-        c.armed = c.wr = False
+        c.armed = False
 
     def _write(self, c, data):
         # Plain function returning _drain's coroutine: an awaited write makes no coroutine
@@ -910,7 +908,7 @@ class Server:
         head = "".join(h).encode()
         c.sent = True
         ms = self.write_timeout_ms + (0 if head_only else self._ms(res.size))
-        c.wdl = ticks_add(ticks_ms(), min(ms, _MAX_MS))
+        c.deadline = ticks_add(ticks_ms(), min(ms, _MAX_MS))
         s = self._scratch
         m = len(head)
         bare = head_only or st == 204 or st == 304
@@ -958,10 +956,9 @@ class Server:
     async def _pause(self, c):
         c.out.flush()
         c.out.dirty = False
-        c.deadline = c.wdl
-        c.armed = c.wr = True
+        c.armed = True
         await c.stream.drain()
-        c.armed = c.wr = False
+        c.armed = False
 
     async def _send_file(self, c, head, res):
         # The scratch buffer is shared: write() sends or copies it before drain yields.
