@@ -23,8 +23,17 @@ left (body bytes unread), remote.
   await req.read(n) -> bytearray   exactly min(n, left) bytes (n >= 0)
   await req.json(max_bytes=None)   whole body (cap: max_bytes, else the route's limit);
                                    HTTPError 413 too big, 400 empty/bad JSON or UTF-8
-Body reads time out after body_timeout_ms by cancelling the handler there: let
-CancelledError through. A handler's own waits have no deadline from us.
+Deadlines, each overall (a byte now and then does not extend it), each enforced by
+cancelling the connection's task: let CancelledError through.
+  head      head_timeout_ms from its first byte (5 s): 408
+  body      from the first read_into: req.body_timeout_ms (5 s; a handler may set its
+            own before reading, as the OTA upload does: 15 s) plus the announced size at
+            min_rate (8 KB/s: 4 MB gets 517 s, against 210 s at a slow WiFi link's
+            20 KB/s); no single wait for more bytes longer than req.body_timeout_ms: 408
+  handler   none: a card read waits 20 s. One that only waits sets req.evictable = True
+            and may then be cancelled for a new client at the cap (503, Retry-After: 1)
+  answer    write_timeout_ms (10 s) plus its size at min_rate, from its first write; a
+            client that has not taken it by then gets a reset, not the rest of it
 Response(body=b"", status=200, headers=None, ctype=None): body bytes/str/dict/list/None;
 headers a dict or a list of pairs. Response.file(path) streams a file in chunk_size
 pieces. Raise HTTPError(status, msg) in a handler for a JSON `{"error": msg}` answer.
@@ -38,33 +47,45 @@ and mtime; Cache-Control from cache_control; 304 on a matching If-None-Match.
 Status codes: 400 malformed request line/header/query/path (absolute-form targets,
 obs-fold, traversal: `..`/`.x` segments, `\\`, NUL, `//`, also percent-encoded),
 404/405 (+Allow) routing, 406 only a .gz asset and no gzip accepted, 408 head not
-complete within head_timeout_ms, 411 chunked request body (send Content-Length),
+complete within head_timeout_ms, or a body within its deadline, or evicted before its
+request was in, 411 chunked request body (send Content-Length),
 501 other Transfer-Encoding or unknown method, 413 Content-Length above the route's
 limit (answered before reading), 414 request line > max_line, 417 Expect other than
 100-continue, 431 header line > buf_size - 2, > max_headers lines or > max_header_bytes,
-500 handler exception (connection then closed), 505 not HTTP/1.0 or 1.1. No 503: see
-below. Every response has Content-Length; errors that leave the framing unknown close.
+500 handler exception (connection then closed), 503 an evictable handler gave way,
+505 not HTTP/1.0 or 1.1. Not 503 for a full server: see below. Every response has
+Content-Length; errors that leave the framing unknown close.
 
 Connections: at most max_conns, each with one preallocated buf_size line buffer. At
 the cap we stop calling accept(), so clients wait in the kernel's listen backlog
-rather than getting 503s, but first the oldest connection that has sat idle or in its
-request head for evict_after_ms is evicted (slow-loris defence). One reaper task
-enforces every deadline by cancelling the connection task: a read costs no wait_for
-task. Each answer yields once, in the drain of its last write (drain() yields even if
-the socket took it all), and that drain is left until the request is done with: under
+(backlog 64: longer than a crowd of slow clients, else the overflow's SYNs are dropped
+and a new client waits out TCP's 1 s retransmit) rather than getting 503s. While one
+waits there, one connection gives way per waiting client, at once: the oldest idle or
+in its head for evict_after_ms (20 ms; 80 ms if it has sent nothing yet, a phone a WiFi
+round trip away), else the body furthest behind min_rate by more than evict_after_ms,
+else the oldest handler that set req.evictable. Bytes of its own already waiting in the
+kernel keep a connection (the wait is ours then). Each slow client thus holds a slot
+for 20 ms, not seconds: under 30 slow heads that reconnect at once, a status request
+waits for the ones queued ahead of it, ~100 ms p99 on loopback (make bench). An
+answer being written and a handler that may not be cancelled are never evicted. One
+reaper task enforces every deadline by cancelling the connection task: a read costs no
+wait_for task. Each answer yields once, in the drain of its last write (drain() yields
+even if the socket took it all), and that drain is left until the request is done with: under
 load all max_conns connections get there at once, and each holds about 1.3 KB there,
 as between requests (64-bit unix port), not the 3 KB it would with its request and
 answer (18 KB for 6: about all a 64 KB heap has left). We run our own accept loop
 instead of asyncio.start_server: a MemoryError while start_server's loop wraps a new
 socket kills that loop and leaves the port bound but dead (seen on v1.29). Ours
 catches it, runs gc.collect() and keeps accepting. It waits on the socket via
-asyncio.core._io_queue as extmod/asyncio/stream.py does (pinned firmware; re-check on
+asyncio.core._io_queue as extmod/asyncio/stream.py does, and finds a connection's
+socket as its Stream's .s, not in a slot field of its own (pinned firmware; re-check on
 upgrades). Needs bytearray.find (v1.29).
 """
 import asyncio
 import gc
 import json
 import os
+import select
 from time import ticks_add, ticks_diff, ticks_ms
 
 from micropython import const
@@ -74,13 +95,17 @@ import jsonout
 _FREE = const(0)
 _IDLE = const(1)  # between requests: evictable
 _HEAD = const(2)  # reading the request head: evictable, 408 on timeout
-_BUSY = const(3)  # body, handler, response
+_BUSY = const(3)  # handler, response
+_BODY = const(4)  # reading the request body: evictable while below min_rate
+_NEW = const(5)  # accepted, nothing received yet: evictable, later than _IDLE
 _S_IFDIR = const(0x4000)
 _LINGER_BYTES = const(16384)
 _IPPROTO_TCP = const(6)  # same numbers on Linux and lwIP
 _TCP_NODELAY = const(1)
 _LONG = const(-1)  # _line(): longer than the limit
 _MORE = const(-2)  # _line(): no complete line buffered yet
+_ABORT = b"\x01\x00\x00\x00\x00\x00\x00\x00"  # struct linger {1, 0}: close resets
+_MAX_MS = const(0x8000000)  # longest deadline (37 h): ticks_add takes < 2**29 ms
 
 _WS = b" \t"
 _FRAMING = ("content-length", "transfer-encoding", "connection", "expect")  # always kept
@@ -112,6 +137,11 @@ _R500 = (
 _R408 = (
     b"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\n"
     b'Content-Length: 28\r\nConnection: close\r\n\r\n{"error": "request timeout"}'
+)
+_R503 = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+    b"Retry-After: 1\r\nContent-Length: 20\r\nConnection: close\r\n\r\n"
+    b'{"error": "evicted"}'
 )
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
@@ -204,6 +234,8 @@ class Request:
         self.content_length = self.left = length
         self.remote = c.peer
         self.body_timeout_ms = srv.body_timeout_ms  # a handler may lengthen its own
+        self.evictable = False  # a handler that only waits sets it: see Connections
+        self._started = False  # the body's clock runs (c.since: its first read)
 
     @property
     def cookies(self):
@@ -224,8 +256,13 @@ class Request:
             return 0
         c = self._c
         srv = self._srv
+        if not self._started:
+            self._started = True
+            c.since = ticks_ms()
+        c.phase = _BODY
         if self._expect:
             self._expect = False
+            c.deadline = ticks_add(ticks_ms(), srv.write_timeout_ms)
             await srv._write(c, _CONTINUE)
         n = min(len(buf), left)
         k = min(c.hi - c.lo, n)
@@ -234,7 +271,12 @@ class Request:
             c.lo += k
         else:
             mv = memoryview(buf)[:n]
-            srv._arm(c, self.body_timeout_ms)
+            # Overall: a stall plus the announced size at min_rate, from the first read.
+            end = self.body_timeout_ms + srv._ms(self.content_length)
+            end = ticks_add(c.since, end if end < _MAX_MS else _MAX_MS)
+            stall = ticks_add(ticks_ms(), self.body_timeout_ms)
+            c.deadline = stall if ticks_diff(end, stall) > 0 else end
+            c.armed = True
             k = None
             while k is None:
                 try:
@@ -247,6 +289,8 @@ class Request:
                 c.broken = True
                 raise EOFError
         self.left = left - k
+        if self.left == 0:
+            c.phase = _BUSY
         return k
 
     async def read(self, n):
@@ -276,10 +320,11 @@ class _Conn:
         self.buf = bytearray(size)
         self.mv = memoryview(self.buf)
         self.out = jsonout.Chunks(scratch)  # JSON responses, through the shared scratch
-        self.task = self.stream = self.sock = self.peer = None
+        self.task = self.stream = self.peer = None  # the socket: stream.s
         self.phase = _FREE
         self.lo = self.hi = self.ls = 0  # unread bytes: buf[lo:hi]; last line at ls
         self.since = self.deadline = 0
+        self.req = None  # the request being served, for _evict
         self.armed = self.killed = self.broken = self.sent = False
 
 
@@ -298,7 +343,10 @@ def _stat(path):
 
 class Server:
     max_conns = 6  # live connections (slots): a browser opens up to 6 per host
-    backlog = 16  # listen() queue: where clients wait while all slots are busy
+    # listen() queue, where clients wait while all slots are busy: longer than a flood
+    # of slow clients, whose overflow would drop a new client's SYN (1 s, 3 s... to retry);
+    # lwIP caps it at its free PCBs anyway
+    backlog = 64
     buf_size = 1024  # per-connection line buffer; a header line must fit (else 431)
     chunk_size = 2048  # shared scratch: coalesced response head + small body, file chunks
     max_line = 512  # request line (414)
@@ -308,11 +356,14 @@ class Server:
     max_body = 4096  # default route body limit (413)
     drain_max = 4096  # unread body a handler left that we skip to keep the connection
     max_requests = 100  # per connection, then Connection: close
-    head_timeout_ms = 5000  # first byte to end of head (408)
+    head_timeout_ms = 5000  # first byte to end of head, overall (408)
     idle_timeout_ms = 10000  # keep-alive wait for the next request
-    body_timeout_ms = 5000  # per body chunk read
-    write_timeout_ms = 10000  # per drain of a response write
-    evict_after_ms = 1000  # idle/head age before a new client may take the slot
+    body_timeout_ms = 5000  # longest wait for more body bytes (a stall); per request
+    write_timeout_ms = 10000  # an answer's whole write, plus its size at min_rate
+    # Bytes/s a body must average (its overall deadline: body_timeout_ms + size at this
+    # rate, 517 s for 4 MB) and an answer gets. Well below a slow WiFi link's 20 KB/s.
+    min_rate = 8192
+    evict_after_ms = 20  # idle/head age, or body lag behind min_rate, before eviction
     linger_ms = 300  # discard input after an error answer so the client can read it
     tick_ms = 100  # reaper period: deadline resolution
     # Request headers decoded into req.headers (besides framing ones); None keeps all.
@@ -344,8 +395,15 @@ class Server:
         # The first use of StreamReader loads asyncio's stream module (1.9 KB on the unix
         # port, for good): now, with our other lasting objects, not amid a connection's.
         asyncio.StreamReader
-        self._sock = self._tasks = None
+        self._sock = self._tasks = self._linger = None
+        self._probe = select.poll()  # _pending(): one poller, no allocation per look
+        self._sol = 1
         self.requests = self.timeouts = self.evictions = self.errors = 0
+
+    def _ms(self, n):
+        """Milliseconds n bytes take at min_rate (no big ints on 32-bit boards)."""
+        r = self.min_rate
+        return n // r * 1000 + n % r * 1000 // r
 
     @property
     def live(self):
@@ -366,6 +424,8 @@ class Server:
             s.close()
             raise
         self._sock = s
+        self._linger = getattr(socket, "SO_LINGER", None)
+        self._sol = socket.SOL_SOCKET
         self._tasks = (asyncio.create_task(self._accept(s)), asyncio.create_task(self._reap()))
 
     def close(self):
@@ -392,8 +452,7 @@ class Server:
             try:
                 await _readable(ls)
                 if not self._free:  # at the cap: the client waits in the backlog
-                    self._evict()
-                    await asyncio.sleep_ms(10)
+                    await asyncio.sleep_ms(self._evict())
                     continue
                 s, c_peer = ls.accept()
                 s.setblocking(False)
@@ -402,10 +461,9 @@ class Server:
                 except Exception:
                     pass
                 c = self._free.pop()
-                c.sock = s
                 c.peer = c_peer
                 c.stream = asyncio.StreamReader(s)
-                c.phase = _IDLE
+                c.phase = _NEW
                 c.since = ticks_ms()
                 c.task = asyncio.create_task(self._serve(c))
             except Exception as e:  # EAGAIN, EMFILE, ECONNABORTED, MemoryError
@@ -421,29 +479,70 @@ class Server:
 
     def _release(self, c):
         # out.sink too: the stream's write would keep the closed stream and socket.
-        c.task = c.stream = c.sock = c.peer = c.out.sink = None
+        c.task = c.stream = c.peer = c.out.sink = c.req = None
         c.phase = _FREE
         c.lo = c.hi = 0
         c.armed = c.killed = c.broken = False
         self._free.append(c)
 
     def _evict(self):
-        """Cancels the connection longest idle or in its head, if over evict_after_ms."""
+        """At the cap, with a client waiting: cancels the one connection that gives way
+        best, if any -> ms before looking again (0: one is going, its slot frees now).
+
+        In order: idle or in its head for evict_after_ms (oldest first); a body more than
+        evict_after_ms behind min_rate (furthest behind first); a handler that said it
+        only waits (req.evictable, oldest first). Answers and other handlers stay.
+        """
         now = ticks_ms()
         old = None
-        age = self.evict_after_ms
+        bk = ba = 0
+        wait = 10
         for c in self._slots:
             if c.killed:
-                return  # one is already going: its slot frees on its next step
-            if c.phase == _IDLE or c.phase == _HEAD:
-                a = ticks_diff(now, c.since)
-                if a >= age:
-                    old = c
-                    age = a
-        if old is not None and old.task is not None:
-            old.killed = True
-            old.task.cancel()
-            self.evictions += 1
+                return 1  # one is already going: its slot frees on its next step
+            ph = c.phase
+            if ph == _IDLE or ph == _HEAD or ph == _NEW:
+                a = ticks_diff(now, c.since) - self.evict_after_ms
+                if ph == _NEW:  # nothing sent yet: a client a round trip away gets longer
+                    a -= 3 * self.evict_after_ms
+                k = 3
+            elif ph == _BODY:  # how far behind min_rate since its first read
+                r = c.req
+                a = ticks_diff(now, c.since) - self._ms(r.content_length - r.left)
+                a -= self.evict_after_ms
+                k = 2
+            elif ph == _BUSY and not c.sent and c.req is not None and c.req.evictable:
+                k, a = 1, ticks_diff(now, c.since)
+            else:
+                continue
+            if a < 0:
+                if -a < wait:
+                    wait = -a
+            elif (k > bk or (k == bk and a > ba)) and (k == 1 or not self._pending(c)):
+                old, bk, ba = c, k, a
+        if old is None or old.task is None:
+            return wait
+        old.killed = True
+        old.task.cancel()
+        self.evictions += 1
+        return 0
+
+    def _pending(self, c):
+        """True if c's client has sent what we have not read yet: then the wait is ours
+        (a busy loop), not the client's, and c is not evicted for it."""
+        p = self._probe
+        try:
+            p.register(c.stream.s, select.POLLIN)
+            for _ in p.ipoll(0):
+                return True
+            return False
+        except Exception:
+            return False
+        finally:
+            try:
+                p.unregister(c.stream.s)
+            except Exception:
+                pass
 
     def _arm(self, c, ms):
         c.deadline = ticks_add(ticks_ms(), ms)
@@ -477,8 +576,15 @@ class Server:
         except asyncio.CancelledError:
             if not c.killed:
                 raise
-            if c.phase == _HEAD:
-                self._try_write(c, _R408)
+            if c.phase == _HEAD or (c.phase == _BODY and not c.sent):
+                self._try_write(c, _R408)  # timed out or evicted before the request was in
+            elif c.phase == _BUSY and not c.sent:
+                self._try_write(c, _R503)  # an evictable handler gave way
+            elif c.phase == _BUSY and c.sent and self._linger:
+                try:  # an answer not taken in time: reset, don't keep sending what is queued
+                    c.stream.s.setsockopt(self._sol, self._linger, _ABORT)
+                except Exception:
+                    pass
         except Exception as e:
             if isinstance(e, MemoryError):
                 gc.collect()
@@ -489,7 +595,7 @@ class Server:
                 self._try_write(c, _R500)
         finally:
             try:
-                c.sock.close()
+                c.stream.s.close()
             except Exception:
                 pass
             self._release(c)
@@ -540,7 +646,9 @@ class Server:
     async def _request(self, c, n):
         """Reads and answers request number n of the connection; False closes it."""
         c.sent = False
-        c.phase = _IDLE
+        c.req = None
+        if n:
+            c.phase = _IDLE
         c.since = ticks_ms()
         self._arm(c, self.idle_timeout_ms if n else self.head_timeout_ms)
         if c.lo == c.hi:
@@ -590,6 +698,7 @@ class Server:
         if n + 1 >= self.max_requests:
             keep = False
         req = Request(self, c, method, path, query, hdrs, params, length, limit, expect)
+        c.req = req
         self.requests += 1
         try:
             if isinstance(route, tuple):
@@ -615,6 +724,7 @@ class Server:
             keep = False
         if req.left and (req._expect or req.left > self.drain_max):
             keep = False  # body not read: closing is cheaper than reading it
+        c.phase = _BUSY
         await self._send(c, res, keep, method == "HEAD", ver == "HTTP/1.0")
         if keep and req.left:
             await self._drain(c)  # the whole answer before we read on
@@ -749,6 +859,8 @@ class Server:
         res = Response({"error": _REASONS[status].lower()}, status)
         await self._send(c, res, False, False, False)
         await self._drain(c)
+        c.phase = _IDLE  # lingering: no answer owed, nothing to reset
+        c.since = ticks_ms()
         self._arm(c, self.linger_ms)
         got = 0
         try:
@@ -772,7 +884,7 @@ class Server:
             raise
 
     async def _drain(self, c):
-        self._arm(c, self.write_timeout_ms)
+        c.armed = True  # c.deadline: the answer's overall one (_send), not one per drain
         try:
             await c.stream.drain()
         except OSError:
@@ -806,6 +918,8 @@ class Server:
         h.append("\r\n")
         head = "".join(h).encode()
         c.sent = True
+        ms = self.write_timeout_ms + (0 if head_only else self._ms(res.size))
+        c.deadline = ticks_add(ticks_ms(), min(ms, _MAX_MS))
         s = self._scratch
         m = len(head)
         bare = head_only or st == 204 or st == 304
@@ -853,7 +967,7 @@ class Server:
     async def _pause(self, c):
         c.out.flush()
         c.out.dirty = False
-        self._arm(c, self.write_timeout_ms)
+        c.armed = True
         await c.stream.drain()
         c.armed = False
 

@@ -27,11 +27,14 @@ async def echo(req):
     return {"got": await req.json()}
 
 
+# Streams every body through one shared 1 KB buffer (a 2 MB upload never lands in RAM):
+# each read is hashed before the next await, so uploads at once don't mix.
+buf = bytearray(1024)
+mv = memoryview(buf)
+
+
 async def upload(req):
-    # Streams the body through one 1 KB buffer: a 2 MB upload never lands in RAM.
     h = hashlib.md5()
-    buf = bytearray(1024)
-    mv = memoryview(buf)
     total = 0
     while True:
         n = await req.read_into(buf)
@@ -44,6 +47,13 @@ async def upload(req):
 
 async def card(req):
     return {"slot": req.params["slot"], "uid": (await req.json()).get("uid")}
+
+
+async def wait(req):
+    # A handler that only waits (as a card read does): it gives way to new clients.
+    req.evictable = True
+    await asyncio.sleep_ms(int(req.query.get("ms", "30000")))
+    return {"waited": True}
 
 
 def log(msg, exc=None):
@@ -59,6 +69,7 @@ async def main(port, root, limits):
             ("POST", "/api/echo", echo),
             ("PUT", "/api/cards/<slot>", card),
             ("POST", "/api/upload", upload, 8 << 20),
+            ("GET", "/api/wait", wait),
         ],
         static_root=root,
         log=log,

@@ -18,6 +18,15 @@ a fixed duration: requests/s (200s only), p50/p99 latency, and errors by kind (a
 non-200 status, a reset or early close, a timeout, a refused connect; a server process
 that died is flagged). Prints one table and writes JSON. It only measures: no rate or
 time makes it fail; it exits non-zero only when a server can't be started at all.
+
+Then the floods (--floods, at each of --flood-heaps: 96k is a board's 64 KB plus the
+~30 KB of httpd's and jsonout's code this port keeps in the heap, where six slots in
+their requests fit; at 64k they do not): for each server, a fresh process gets a
+flood of slow clients that reconnect as soon as they are let go (tests/flood.py: 30
+clients dribbling request heads a byte a second, or 6 or 12 sending bodies a byte a
+second), and after 1 s one client at a time asks GET /api/status (Connection: close,
+--flood-requests times, 20 ms apart): p50/p99/max of its latency from connect to the
+whole answer, and how many got none within 3 s. "none" is the same without a flood.
 """
 
 import argparse
@@ -34,6 +43,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+from flood import Flood, status_latencies  # noqa: E402
+
 REQUEST_TIMEOUT = 3.0  # per request (connect, send, whole response)
 READY_TIMEOUT = 10.0
 REQUEST = b"GET /api/status HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
@@ -257,6 +269,33 @@ def run_cell(srv, clients, warmup, duration):
 
 
 ROW = "{:<9} {:>8} {:>7} {:>9} {:>8} {:>8} {:>7} {:>6}  {}"
+FLOODS = {  # name: (kind, clients) for tests/flood.py
+    "none": (None, 0), "head30": ("head", 30), "body6": ("body", 6), "body12": ("body", 12),
+}
+# A route of each app that reads a body: httpd's streams it, microdot reads any body
+# before routing.
+BODY_PATH = {"httpd": b"/api/upload", "microdot": b"/api/status"}
+FROW = "{:<9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>6} {:>6}"
+
+
+def run_flood(srv, name, requests):
+    kind, n = FLOODS[name]
+    if kind is None:
+        time.sleep(0.2)
+        ms = status_latencies(srv.port, requests, pause=0.02, timeout=REQUEST_TIMEOUT)
+        connects = 0
+    else:
+        with Flood(srv.port, n, kind, interval=1.0, body_len=200,
+                   path=BODY_PATH[srv.kind]) as f:
+            time.sleep(1.0)
+            ms = status_latencies(srv.port, requests, pause=0.02, timeout=REQUEST_TIMEOUT)
+            connects = f.connects
+    lat = sorted(x for x in ms if x is not None)
+    return {
+        "flood": name, "ok": len(lat), "failed": len(ms) - len(lat),
+        "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99), "max_ms": lat[-1] if lat else None,
+        "flood_connects": connects, "died": srv.proc.poll() is not None,
+    }
 
 
 def fmt(v, spec="{:.1f}"):
@@ -271,6 +310,9 @@ def main():
     ap.add_argument("--heaps", default="64k,default", help="heapsize values; default = no -X")
     ap.add_argument("--servers", default="httpd,microdot")
     ap.add_argument("--json", default=str(ROOT / "build/bench_http.json"))
+    ap.add_argument("--floods", default=",".join(FLOODS), help="none,head30,body6,body12")
+    ap.add_argument("--flood-heaps", default="96k,default", help="heapsizes for the floods")
+    ap.add_argument("--flood-requests", type=int, default=50, help="status requests per flood")
     args = ap.parse_args()
     steps = [int(x) for x in args.clients.split(",")]
     heaps = args.heaps.split(",")
@@ -321,6 +363,32 @@ def main():
                                      fmt(res["p50_ms"], "{:.2f}"), fmt(res["p99_ms"], "{:.2f}"),
                                      fmt(res["error_count"], "{}"),
                                      "DIED" if res["died"] else "no", notes), flush=True)
+        floods = []
+        fheaps = [h for h in args.flood_heaps.split(",") if h] if args.floods else []
+        if fheaps:
+            print()
+            print("GET /api/status one at a time under floods of slow clients")
+            print(FROW.format("server", "heap", "flood", "p50 ms", "p99 ms", "max ms",
+                              "no answer", "floods", "died"))
+        for kind, fheap, name in [(k, h, f) for k in servers for h in fheaps
+                                  for f in args.floods.split(",") if f]:
+            srv = Server(kind, fheap, mp, top)
+            try:
+                if srv.wait_ready() is None:
+                    failed = True
+                    res = {"flood": name, "start_failed": True, "died": True}
+                else:
+                    res = run_flood(srv, name, args.flood_requests)
+            finally:
+                srv.stop()
+            res.update(server=kind, heap=fheap)
+            floods.append(res)
+            print(FROW.format(kind, fheap, name, fmt(res.get("p50_ms"), "{:.1f}"),
+                              fmt(res.get("p99_ms"), "{:.1f}"),
+                              fmt(res.get("max_ms"), "{:.1f}"),
+                              fmt(res.get("failed"), "{}"),
+                              fmt(res.get("flood_connects"), "{}"),
+                              "DIED" if res["died"] else "no"), flush=True)
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
@@ -330,6 +398,7 @@ def main():
         "request_timeout_s": REQUEST_TIMEOUT,
         "route": "GET /api/status",
         "results": results,
+        "floods": floods,
     }, indent=2) + "\n")
     print("\nwrote %s" % out)
     return 1 if failed else 0

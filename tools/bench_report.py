@@ -96,6 +96,14 @@ def rows_http(d):
         peer = _g(cells.get(("microdot", heap, clients)), "rps")
         yield f"HTTP GET /api/status, {clients} clients, heap {heap}", ours, peer, \
             "req/s (peer: microdot)"
+    floods = {(r.get("server"), r.get("heap"), r.get("flood")): r
+              for r in _g(d, "floods") or []}
+    for heap, name in sorted({(h, f) for _, h, f in floods},
+                             key=lambda k: (str(k[0]), k[1] != "none", k[1])):
+        ours = _g(floods.get(("httpd", heap, name)), "p99_ms")
+        peer = _g(floods.get(("microdot", heap, name)), "p99_ms")
+        yield f"HTTP GET /api/status p99 latency, flood {name}, heap {heap}", ours, peer, \
+            "ms (peer: microdot)"
 
 
 def rows_ocpp(d):

@@ -630,6 +630,29 @@ def test_connection_cap_and_eviction():
     _run(t, max_conns=2, evict_after_ms=200, head_timeout_ms=5000)
 
 
+def test_eviction_spares_a_client_that_has_sent_nothing_yet():
+    async def t(srv, port):
+        # A: connected first, nothing sent yet (a client a round trip away): it gets four
+        # times evict_after_ms. B: half a request line, then silence: it gives way first.
+        ra, wa = await _open(port)
+        await asyncio.sleep_ms(20)
+        rb, wb = await _open(port)
+        wb.write(b"GET /api/sta")
+        await wb.drain()
+        await asyncio.sleep_ms(150)
+        eq(srv.live, 2, "slots full")
+        st, h, b = await _req(port, _get(b"/api/status"), 3000)
+        eq(st, 200, "served")
+        eq((await _response(rb))[0], 408, "the slow head gave way")
+        wa.write(_get(b"/api/status"))
+        await wa.drain()
+        eq((await _response(ra))[0], 200, "the one that had sent nothing was kept")
+        await wa.wait_closed()
+        await wb.wait_closed()
+
+    _run(t, max_conns=2, evict_after_ms=100, head_timeout_ms=5000)
+
+
 def test_limits_are_attributes():
     eq(httpd.Server.max_line, 512, "class default")
     s = httpd.Server([], max_conns=3, head_timeout_ms=1234)
