@@ -120,7 +120,7 @@ class Api:
     async def login(self, req):
         body = await self._json(req)
         try:
-            token = self.auth.login(body.get("password"), client(req))
+            token = await self.auth.login(body.get("password"), client(req))
         except ValueError as e:
             msg = str(e)
             raise HTTPError(429 if "attempts" in msg else 401, msg)
@@ -138,7 +138,7 @@ class Api:
         self._need_session(req, change=False)
         body = await self._json(req)
         try:
-            self.auth.change_password(body.get("old"), body.get("new"), client(req))
+            await self.auth.change_password(body.get("old"), body.get("new"), client(req))
         except ValueError as e:
             msg = str(e)
             if "attempts" in msg:

@@ -1,6 +1,7 @@
 # Login for the configuration pages: hashed password, random session tokens in an
 # HttpOnly SameSite=Strict cookie with idle expiry, and a rate limit on attempts per
 # client address with a cap over all addresses (docs/security.md).
+import asyncio
 import binascii
 import hashlib
 import os
@@ -16,6 +17,7 @@ COOKIE = "evse_session"
 IDLE_MS = 15 * 60 * 1000  # a session ends after 15 min without a request
 MAX_SESSIONS = 4
 _ROUNDS = 2000  # iterated SHA-256: slows down guessing from a stolen data dir
+_YIELD_EVERY = 100  # rounds between two yields to the control loop (docs/web.md)
 FAILS_BEFORE_LOCK = 5  # wrong passwords from one address before it is locked out
 LOCK_MS = 30000  # that lockout: 30 s, doubling up to LOCK_MAX_MS
 LOCK_MAX_MS = 15 * 60 * 1000
@@ -30,10 +32,14 @@ _NEXT = 2
 _SEEN = 3
 
 
-def _hash(salt, password):
+async def _hash(salt, password):
+    """The stored hash; yields every _YIELD_EVERY rounds: the whole takes 20-120 ms on
+    an ESP32, longer than a pilot period."""
     h = hashlib.sha256(salt + password.encode()).digest()
-    for _ in range(_ROUNDS):
+    for i in range(_ROUNDS):
         h = hashlib.sha256(h + salt).digest()
+        if i % _YIELD_EVERY == _YIELD_EVERY - 1:
+            await asyncio.sleep_ms(0)
     return binascii.hexlify(h).decode()
 
 
@@ -66,6 +72,7 @@ class WebAuth:
         self._salt = None
         self._hash = None
         self.load_error = None
+        self._lock = asyncio.Lock()  # one password check at a time
         self._load()
 
     def _load(self):
@@ -101,10 +108,10 @@ class WebAuth:
         """True while the password is the factory default: nothing may be changed then."""
         return self._salt is None
 
-    def _check(self, password):
+    async def _check(self, password):
         if self._salt is None:
             return _equal(password, DEFAULT_PASSWORD)
-        return _equal(_hash(self._salt, password), self._hash)
+        return _equal(await _hash(self._salt, password), self._hash)
 
     # ---- attempts --------------------------------------------------------------------------
     def _gate(self, client, now):
@@ -140,20 +147,25 @@ class WebAuth:
             self._glocked = now + GLOBAL_LOCK_MS
             _log.warning("login locked for %d s for everyone", GLOBAL_LOCK_MS // 1000)
 
-    def _attempt(self, client, password):
-        """Checks a password under the lockouts; raises ValueError(reason) when refused."""
+    async def _attempt(self, client, password):
+        """Checks a password under the lockouts; raises ValueError(reason) when refused.
+        Called under self._lock: parallel requests cannot all pass the gate before the
+        first wrong one is counted."""
+        self._gate(client, self._now())
+        ok = isinstance(password, str) and await self._check(password)
         now = self._now()
-        self._gate(client, now)
-        if not isinstance(password, str) or not self._check(password):
+        if not ok:
             self._wrong(client, now)
             raise ValueError("wrong password")
         self._clients.pop(client, None)
         return now
 
     # ---- sessions ----------------------------------------------------------------------------
-    def login(self, password, client=None):
+    async def login(self, password, client=None):
         """Returns a new session token, or raises ValueError(reason)."""
-        now = self._attempt(client, password)
+        self._gate(client, self._now())  # a locked address does not queue
+        async with self._lock:
+            now = await self._attempt(client, password)
         if len(self._sessions) >= MAX_SESSIONS:
             oldest = min(self._sessions, key=lambda t: self._sessions[t])
             del self._sessions[oldest]
@@ -189,9 +201,14 @@ class WebAuth:
     def logout(self, token):
         self._sessions.pop(token, None)
 
-    def change_password(self, old, new, client=None):
+    async def change_password(self, old, new, client=None):
+        self._gate(client, self._now())
+        async with self._lock:
+            await self._change(old, new, client)
+
+    async def _change(self, old, new, client):
         try:
-            self._attempt(client, old if isinstance(old, str) else "")
+            await self._attempt(client, old if isinstance(old, str) else "")
         except ValueError as e:
             if "attempts" in str(e):
                 raise
@@ -201,7 +218,7 @@ class WebAuth:
         if new == DEFAULT_PASSWORD:
             raise ValueError("new password must not be the factory default")
         salt = os.urandom(16)
-        h = _hash(salt, new)
+        h = await _hash(salt, new)
         atomicfile.save_json(self._path, {"salt": binascii.hexlify(salt).decode(), "hash": h})
         self._salt = salt
         self._hash = h
