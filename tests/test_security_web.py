@@ -194,21 +194,57 @@ def test_the_factory_password_changes_nothing(start_charger):
     assert _config(c)["max_current_a"] == 16
 
 
-def test_a_corrupt_password_file_falls_back_to_the_factory_password(start_charger):
+def _reset_code(c):
+    """The reset code from the display's rotation ("PWD 12345678")."""
+    seen = []
+
+    def shown(s):
+        for text in [s["display"]] + [e["value"] for e in c.events(0) if e["what"] == "display"]:
+            if isinstance(text, str) and text.startswith("PWD "):
+                seen.append(text[4:])
+                return True
+        return False
+
+    c.wait_for(shown, 15)
+    return seen[0]
+
+
+def test_an_unreadable_password_file_is_no_open_door(start_charger):
+    # The factory password is public: a charger whose password file cannot be read
+    # must not hand itself (and its card UIDs) to whoever comes first. Only the reset
+    # code on the charger's display logs in, to set a new password.
     c = start_charger()
+    c.login()
+    r = c.http("PUT", "/api/cards/1", json={"uid": CARD})
+    assert r.status == 200, r
     c.stop()
     (c.data_dir / "password.json").write_text('{"salt": "00", "ha')
     for f in ("password.json.bak", "password.json.tmp"):
         (c.data_dir / f).unlink(missing_ok=True)
     c.start()
-    assert c.http("POST", "/api/login", json={"password": c.password}).status == 401
-    c.login(FACTORY_PASSWORD)
+    for pw in (c.password, FACTORY_PASSWORD):
+        assert c.http("POST", "/api/login", json={"password": pw}).status == 401, pw
+    st, _, body = anon(c, "GET", "/api/status")
+    assert "CFG" in body["errors"] and "password.json" in body["config_errors"], body
+    code = _reset_code(c)
+    assert len(code) == 8 and code.isdigit(), code
+    assert code not in json.dumps(body)
+    r = c.login(code)
+    assert r.body["must_change_password"] is True
     r = c.http("PUT", "/api/config", json={"max_current_a": 16})
     assert (r.status, r.body) == (403, DEFAULT_PW)
+    r = c.http("POST", "/api/password", json={"old": FACTORY_PASSWORD, "new": "attacker-pw"})
+    assert r.status == 400, r
+    r = c.http("POST", "/api/password", json={"old": code, "new": "owner-pw-2"})
+    assert r.status == 200, r
+    assert c.http("POST", "/api/login", json={"password": code}).status == 401  # used
+    c.login("owner-pw-2")
     status = c.http("GET", "/api/status").body
-    assert "CFG" in status["errors"] and "password.json" in status["config_errors"], status
-    c.wait_for(lambda s: "CONFIG ERROR" in str(s["display"]) or any(
-        e["what"] == "display" and e["value"] == "CONFIG ERROR" for e in c.events(0)), 10)
+    assert "CFG" not in status["errors"] and status["config_errors"] == {}, status
+    c.wait_for(lambda s: not str(s["display"]).startswith("PWD "), 10)
+    c.restart()
+    c.login("owner-pw-2")
+    assert CARD in str(c.http("GET", "/api/cards").body)
 
 
 # -- card UIDs -----------------------------------------------------------------------------

@@ -139,15 +139,108 @@ def test_factory_password():
     true(not wa.WebAuth(a._path.rpartition("/")[0]).factory, "and stored")
 
 
-def test_an_unreadable_password_file_is_the_factory_default():
-    d = tmpdir("wa_torn")
+def _damage(d, text='{"salt": "zz", "ha'):
     with open(d + "/password.json", "w") as f:
-        f.write('{"salt": "zz", "ha')
-    a = wa.WebAuth(d, clock_ms=Clock())
+        f.write(text)
+
+
+def _quiet(fn, *args):
+    import log
+
+    log.set_level(log.ERROR + 10)
+    try:
+        return fn(*args)
+    finally:
+        log.set_level(log.WARNING)
+
+
+def test_an_unreadable_password_file_asks_for_the_reset_code():
+    clock = Clock()
+    a = _auth("wa_torn", clock, "owner-pw")
+    d = a._path.rpartition("/")[0]
+    _damage(d)
+    a = _quiet(wa.WebAuth, d, clock)
+    code = a.reset_code
+    true(isinstance(code, str) and len(code) == 8 and code.isdigit(), "8 digits: %r" % code)
     true(a.factory, "changes nothing until replaced")
     true(a.load_error, "and says so (CFG)")
-    true(wa.WebAuth(tmpdir("wa_none"), clock_ms=Clock()).load_error is None,
+    for pw in (wa.DEFAULT_PASSWORD, "owner-pw"):  # neither the public one nor a guess
+        eq(str(raises(ValueError, login, a, pw, "10.0.0.%d" % len(pw))), "wrong password")
+    e = raises(ValueError, change, a, wa.DEFAULT_PASSWORD, "attacker-pw", "10.0.0.9")
+    eq(str(e), "current password is wrong")
+    true(a.valid(login(a, code, "10.0.0.2")), "the code logs in ...")
+    true(a.factory, "... to a session that must change the password")
+    change(a, code, "new-owner", "10.0.0.2")
+    true(not a.factory and a.reset_code is None and a.load_error is None, "reset")
+    raises(ValueError, login, a, code, "10.0.0.2")  # once
+    b = wa.WebAuth(d, clock_ms=clock)
+    true(b.reset_code is None and b.load_error is None, "stored")
+    true(b.valid(login(b, "new-owner", "10.0.0.2")), "the new password")
+    # A new code at every boot while the file stays unreadable.
+    _damage(d, "null")
+    codes = set(_quiet(wa.WebAuth, d, clock).reset_code for _ in range(4))
+    true(len(codes) > 1 and None not in codes, "random codes: %r" % codes)
+
+
+def test_a_password_file_that_cannot_be_opened_asks_for_the_reset_code():
+    import os
+
+    d = tmpdir("wa_dir")
+    os.mkdir(d + "/password.json")  # exists, cannot be read as a file
+    a = _quiet(wa.WebAuth, d, Clock())
+    true(a.reset_code and a.factory and a.load_error, "reset code")
+    raises(ValueError, login, a, wa.DEFAULT_PASSWORD)
+
+
+def test_no_password_file_is_the_factory_password():
+    a = wa.WebAuth(tmpdir("wa_none"), clock_ms=Clock())
+    true(a.factory and a.reset_code is None and a.load_error is None,
          "no file at all: the factory state, not an error")
+    true(a.valid(login(a, wa.DEFAULT_PASSWORD)), "the factory password logs in")
+
+
+def test_a_replaced_password_never_comes_back():
+    # The owner replaced a password (it leaked): no copy of it stays beside the file,
+    # and a damaged password.json does not make it log in again.
+    import os
+
+    d = tmpdir("wa_replaced")
+    a = wa.WebAuth(d, clock_ms=Clock())
+    change(a, wa.DEFAULT_PASSWORD, "leaked-one")
+    change(a, "leaked-one", "the-new-one")
+    raises(OSError, os.stat, d + "/password.json.bak")
+    _damage(d, "{damaged")
+    b = _quiet(wa.WebAuth, d, Clock())
+    raises(ValueError, login, b, "leaked-one", "a")
+    raises(ValueError, login, b, "the-new-one", "b")
+    true(b.reset_code is not None, "the reset code instead")
+    # A .bak an older firmware left is deleted once the file is read.
+    change(b, b.reset_code, "third-one-x")
+    with open(d + "/password.json", "rb") as f:
+        current = f.read()
+    with open(d + "/password.json.bak", "wb") as f:
+        f.write(current)
+    wa.WebAuth(d, clock_ms=Clock())
+    raises(OSError, os.stat, d + "/password.json.bak")
+
+
+def test_a_save_cut_between_its_renames_keeps_the_new_password():
+    # Cut after password.json became the .bak: the new one is whole in .tmp.
+    import os
+
+    d = tmpdir("wa_cut")
+    a = wa.WebAuth(d, clock_ms=Clock())
+    change(a, wa.DEFAULT_PASSWORD, "old-one-pw")
+    other = wa.WebAuth(tmpdir("wa_cut2"), clock_ms=Clock())
+    change(other, wa.DEFAULT_PASSWORD, "new-one-pw")
+    os.rename(d + "/password.json", d + "/password.json.bak")
+    os.rename(other._path, d + "/password.json.tmp")
+    c = wa.WebAuth(d, clock_ms=Clock())
+    true(c.reset_code is None and not c.factory, "no reset needed")
+    true(c.valid(login(c, "new-one-pw")), "the newer copy")
+    os.remove(d + "/password.json.tmp")  # only the .bak: the change never happened
+    c = wa.WebAuth(d, clock_ms=Clock())
+    true(c.valid(login(c, "old-one-pw")), "the older copy")
 
 
 def test_parallel_attempts_are_counted_before_the_next_one():

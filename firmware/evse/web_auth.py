@@ -9,8 +9,10 @@ import time
 
 import atomicfile
 import log
+from micropython import const
 
 _log = log.get("web_auth")
+_ENOENT = const(2)
 
 DEFAULT_PASSWORD = "123456"  # manual §8.1.2 point 4: changes nothing until replaced
 COOKIE = "evse_session"
@@ -18,6 +20,7 @@ IDLE_MS = 15 * 60 * 1000  # a session ends after 15 min without a request
 MAX_SESSIONS = 4
 _ROUNDS = 2000  # iterated SHA-256: slows down guessing from a stolen data dir
 _YIELD_EVERY = 100  # rounds between two yields to the control loop (docs/web.md)
+_MAX_BYTES = 1024  # password.json is ~120 bytes
 FAILS_BEFORE_LOCK = 5  # wrong passwords from one address before it is locked out
 LOCK_MS = 30000  # that lockout: 30 s, doubling up to LOCK_MAX_MS
 LOCK_MAX_MS = 15 * 60 * 1000
@@ -41,6 +44,13 @@ async def _hash(salt, password):
         if i % _YIELD_EVERY == _YIELD_EVERY - 1:
             await asyncio.sleep_ms(0)
     return binascii.hexlify(h).decode()
+
+
+def _remove(p):
+    try:
+        os.remove(p)
+    except OSError:
+        pass  # none
 
 
 def _equal(a, b):
@@ -69,31 +79,54 @@ class WebAuth:
         self._gfails = 0
         self._gsince = 0
         self._glocked = 0
-        self._salt = None
-        self._hash = None
-        self.load_error = None
         self._lock = asyncio.Lock()  # one password check at a time
         self._load()
 
     def _load(self):
-        bad = []
-
-        def note(msg):
-            bad.append(msg)
-            _log.error("%s", msg)
-
-        data = atomicfile.load_json(self._path, dict, note)
+        """Reads password.json alone: its .bak (an older password, perhaps replaced because
+        it leaked) and .tmp are read only when it is missing, as a save cut between its
+        renames leaves it. A password file that exists and cannot be read is no reason
+        to take the public factory password: only a reset code shown on the charger's
+        display (someone at the charger) logs in then, to set a new password."""
+        self._salt = None  # None: the factory default password
+        self._hash = None
+        self.reset_code = None
         self.load_error = None  # shown as CFG (app.config_errors)
+        bad = None
+        data = None
+        missing = False
         try:
-            self._salt = binascii.unhexlify(data["salt"])
-            self._hash = data["hash"]
-            if not isinstance(self._hash, str):
-                raise TypeError("hash")
-        except (KeyError, TypeError, ValueError):
-            self._salt = None  # factory default password (also when the file is unreadable)
-            if bad or data:
-                self.load_error = ("cannot be read: the factory password is in use, and "
-                                   "changes nothing until a new one is set")
+            data = atomicfile.read_json(self._path, _MAX_BYTES)
+        except OSError as e:
+            missing = e.errno == _ENOENT
+            if not missing:
+                bad = "unreadable: %s" % e
+        except ValueError as e:  # UnicodeError included
+            bad = "corrupt: %s" % e
+        if missing:
+            notes = []
+            data = atomicfile.load_dict_newest(self._path, _MAX_BYTES, notes.append)[0]
+            if data is None and notes:
+                bad = notes[0]
+        elif not bad:
+            _remove(self._path + ".bak")  # a copy left by an older firmware
+        if not bad and not (missing and data is None):
+            try:
+                salt = binascii.unhexlify(data["salt"])
+                h = data["hash"]
+                if not isinstance(h, str) or not salt:
+                    raise TypeError("hash")
+                self._salt = salt
+                self._hash = h
+            except (KeyError, TypeError, ValueError):
+                bad = "not a password file"
+        if bad:
+            _log.error("password.json %s: the reset code on the display logs in", bad)
+            n = int.from_bytes(os.urandom(4), "big") % 100_000_000
+            self.reset_code = "%08d" % n
+            self.load_error = ("cannot be read: only the reset code shown on the charger's "
+                               "display logs in, and changes nothing until a new password "
+                               "is set")
 
     def _now(self):
         t = self._clock()
@@ -105,10 +138,13 @@ class WebAuth:
 
     @property
     def factory(self):
-        """True while the password is the factory default: nothing may be changed then."""
+        """True while the password is the factory default or the reset code: nothing
+        may be changed then but the password."""
         return self._salt is None
 
     async def _check(self, password):
+        if self.reset_code is not None:
+            return _equal(password, self.reset_code)
         if self._salt is None:
             return _equal(password, DEFAULT_PASSWORD)
         return _equal(await _hash(self._salt, password), self._hash)
@@ -220,6 +256,9 @@ class WebAuth:
         salt = os.urandom(16)
         h = await _hash(salt, new)
         atomicfile.save_json(self._path, {"salt": binascii.hexlify(salt).decode(), "hash": h})
+        _remove(self._path + ".bak")  # the replaced password must never come back
         self._salt = salt
         self._hash = h
+        self.reset_code = None
+        self.load_error = None
         self._sessions.clear()  # every other device must log in again
