@@ -1,5 +1,6 @@
-# Guards of the web API (evse/api.py) that keep the control loop running: a password
-# check never stalls the loop.
+# Guards of the web API (evse/api.py) that keep the control loop running and the card
+# numbers in: a password check never stalls the loop, the factory password reads no
+# whole UID.
 import asyncio
 import json
 import time
@@ -170,3 +171,18 @@ def test_a_login_attempt_does_not_stall_the_control_loop():
         true(turns >= hashes * web_auth._ROUNDS // web_auth._YIELD_EVERY,
              "the loop ran %d times during %d hashes" % (turns, hashes))
     true(gap < whole // 2, "loop stalled %d us by a login (the hash alone takes %d us)" % (gap, whole))
+
+
+# ---- card UIDs ----------------------------------------------------------------------------
+def test_the_factory_password_reads_no_whole_uid():
+    api = _api("ag_uids", None)
+    api.app.session = CARD
+    tok = _token(api, web_auth.DEFAULT_PASSWORD)
+    req = _Req(method="GET", token=tok)
+    eq(_status(api.cards, req), 403, "/api/cards")
+    eq(_run(api.status(req))["session"]["id_tag"], "****" + CARD[-4:], "status masked")
+    owner = _api("ag_uids_owner")
+    owner.app.session = CARD
+    req = _Req(method="GET", token=_token(owner))
+    eq(_run(owner.cards(req))["cards"][0], CARD, "the owner sees them")
+    eq(_run(owner.status(req))["session"]["id_tag"], CARD, "whole")

@@ -78,6 +78,11 @@ class Api:
         """A live session, looked at without making it last longer (pages that poll)."""
         return self.auth.valid(req.cookies.get(COOKIE), False)
 
+    def _sees_uids(self, req):
+        """Whole card UIDs: a session, and a password of the owner's own (the factory
+        one is public)."""
+        return self._authed(req) and not self.auth.factory
+
     def _fresh(self, fn):
         """Wraps a route: an answer to a session sets its cookie again, so the cookie's
         Max-Age slides with the session's idle time."""
@@ -112,7 +117,7 @@ class Api:
     # ---- handlers ---------------------------------------------------------------------------
     async def status(self, req):
         v = self.app.status()
-        if not self._authed(req):
+        if not self._sees_uids(req):
             s = v["session"]
             s["id_tag"] = mask(s.get("id_tag"))
         return v
@@ -160,12 +165,12 @@ class Api:
         return self.app.settings.public()
 
     async def history(self, req):
-        fix = None if self._authed(req) else _mask_record
+        fix = None if self._sees_uids(req) else _mask_record
         return {"sessions": self.app.history.session_records(_limit(req), fix)}
 
     async def history_csv(self, req):
         rows = ["No,Start,End,Start Mode,Stop Mode,Energy kWh,Id,Pauses"]
-        authed = self._authed(req)
+        authed = self._sees_uids(req)
         for r in self.app.history.session_list(_limit(req, 200)):
             if not authed:
                 _mask_record(r)
@@ -239,6 +244,8 @@ class Api:
     # ---- RFID cards (manual §8.1.2 point 11) ------------------------------------------------
     async def cards(self, req):
         self._need_session(req)
+        if self.auth.factory:  # whole UIDs: not to the public factory password
+            raise HTTPError(403, _DEFAULT_PW)
         return {"cards": self.app.cards.list(), "rfid_type": self.app.settings["rfid_type"]}
 
     async def card_read(self, req):
