@@ -305,6 +305,34 @@ def test_the_factory_password_reads_no_full_card_uids(start_charger):
     assert masked.encode() in csv and CARD.encode() not in csv
 
 
+# -- the WiFi scan -------------------------------------------------------------------------
+
+def test_a_wifi_scan_only_in_stand_by(charger):
+    # The driver's scan blocks the charger for seconds (ESP32): never during a session.
+    c = charger
+    c.login()
+    c.sim("wifi", networks=[{"ssid": "Garage", "rssi": -60, "auth": "WPA2"}])
+    c.http("PUT", "/api/cards/1", json={"uid": CARD})
+    c.sim("ev", state="B", diode=True, max_a=16)
+    c.wait_for(lambda s: s["cp_state"] == "B")
+    r = c.http("GET", "/api/wifi/scan")
+    assert r.status == 409, r
+    c.sim("card", uid=CARD, kind="M1")
+    c.wait_for(lambda s: s["session"]["active"])
+    assert c.http("GET", "/api/wifi/scan").status == 409
+    c.sim("ev", state="A")
+    c.wait_for(lambda s: not s["session"]["active"] and s["state"] == "Available")
+    r = c.http("GET", "/api/wifi/scan")
+    assert r.status == 200 and r.body["networks"][0]["ssid"] == "Garage", r
+
+
+def test_the_factory_password_cannot_scan(start_charger):
+    c = start_charger(password=None)
+    c.login(FACTORY_PASSWORD)
+    r = c.http("GET", "/api/wifi/scan")
+    assert (r.status, r.body) == (403, DEFAULT_PW), r
+
+
 # -- password guessing ---------------------------------------------------------------------
 
 def test_lockout_is_per_address(charger):

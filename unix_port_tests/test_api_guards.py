@@ -1,6 +1,6 @@
 # Guards of the web API (evse/api.py) that keep the control loop running and the card
-# numbers in: a password check never stalls the loop, the factory password reads no
-# whole UID.
+# numbers in: a password check and a WiFi scan never stall the loop, the factory
+# password reads no whole UID.
 import asyncio
 import json
 import time
@@ -171,6 +171,52 @@ def test_a_login_attempt_does_not_stall_the_control_loop():
         true(turns >= hashes * web_auth._ROUNDS // web_auth._YIELD_EVERY,
              "the loop ran %d times during %d hashes" % (turns, hashes))
     true(gap < whole // 2, "loop stalled %d us by a login (the hash alone takes %d us)" % (gap, whole))
+
+
+# ---- the WiFi scan ---------------------------------------------------------------------------
+def test_a_wifi_scan_is_only_for_the_owner_in_stand_by():
+    # The driver's scan blocks the loop for seconds: never while a session runs or the
+    # relays are closed, never for the public factory password, at most every 10 s.
+    factory = _api("ag_scan_f", None)
+    tok = _token(factory, web_auth.DEFAULT_PASSWORD)
+    eq(_status(factory.wifi_scan, _Req(method="GET", token=tok)), 403, "factory password")
+    eq(factory.app.hw.wlan.scans, 0, "no scan")
+
+    api = _api("ag_scan")
+    wlan = api.app.hw.wlan
+    tok = _token(api)
+    req = _Req(method="GET", token=tok)
+    api.app.session = CARD
+    eq(_status(api.wifi_scan, req), 409, "during a session")
+    api.app.session = None
+    api.app.available = False  # a vehicle plugged in, or a fault
+    eq(_status(api.wifi_scan, req), 409, "not in stand-by")
+    api.app.available = True
+    api.app.hw.relays.closed = True
+    eq(_status(api.wifi_scan, req), 409, "relays closed")
+    eq(wlan.scans, 0, "no scan")
+    api.app.hw.relays.closed = False
+    got = _run(api.wifi_scan(req))
+    eq([n["ssid"] for n in got["networks"]], ["next door", "home"], "strongest first")
+    for _ in range(5):
+        eq(_run(api.wifi_scan(req)), got, "the same answer")
+    eq(wlan.scans, 1, "one scan for six requests within 10 s")
+
+
+def test_a_wifi_scan_is_done_again_after_10_s():
+    clock = [0]
+    api = _api("ag_scan_again")
+    api.auth._clock = lambda: clock[0]
+    api.auth._t = 0
+    tok = _token(api)
+    req = _Req(method="GET", token=tok)
+    _run(api.wifi_scan(req))
+    clock[0] += 9999
+    _run(api.wifi_scan(req))
+    eq(api.app.hw.wlan.scans, 1, "cached")
+    clock[0] += 1
+    _run(api.wifi_scan(req))
+    eq(api.app.hw.wlan.scans, 2, "scanned again")
 
 
 # ---- card UIDs ----------------------------------------------------------------------------

@@ -19,6 +19,8 @@ _AP_ADDR = "192.168.1.1"  # the hotspot's own address (manual §8.1)
 _LOOPBACK = ("127.0.0.1", "localhost")
 _OWN_TAGS = (FREE_TAG, "APP")  # the charger's own id tags: no card behind them
 _DEFAULT_PW = "change the default password"
+_SCAN_MS = 10000  # a WiFi scan's answer is given again this long (the scan blocks)
+_SCAN_MAX = 20  # networks kept from a scan, the strongest
 # In every answer. The CSP repeats index.html's meta tag and adds what only a header
 # can say: no framing (clickjacking).
 _HEADERS = (
@@ -37,6 +39,7 @@ class Api:
         bind, port = app.hw.http_addr
         self._bind = None if bind == "0.0.0.0" else bind
         self._port = str(port)
+        self._scan = None  # (auth.now_ms() of the scan, answer)
 
     # ---- guards -------------------------------------------------------------------------
     def host_ok(self, host):
@@ -306,12 +309,23 @@ class Api:
 
     # ---- WiFi (manual §8.1.2 point 5) ----------------------------------------------------
     async def wifi_scan(self, req):
+        """The driver's scan blocks the whole loop (1.5-3 s on an ESP32): only for the
+        owner's password, only in stand-by, and at most once per _SCAN_MS."""
         self._need_session(req)
-        nets = []
-        for ssid, rssi, auth in self.app.hw.wlan.scan():
-            nets.append({"ssid": ssid, "rssi": rssi, "auth": auth})
-        nets.sort(key=lambda n: -n["rssi"])
-        return {"networks": nets, "mode": self.app.settings["wifi_mode"]}
+        if self.auth.factory:
+            raise HTTPError(403, _DEFAULT_PW)
+        app = self.app
+        if not app.standby() or app.hw.relays.closed:
+            raise HTTPError(409, "networks can be scanned only in stand-by")
+        now = self.auth.now_ms()
+        if self._scan is None or now - self._scan[0] >= _SCAN_MS:
+            nets = []
+            for ssid, rssi, auth in app.hw.wlan.scan():
+                nets.append({"ssid": ssid, "rssi": rssi, "auth": auth})
+            nets.sort(key=lambda n: -n["rssi"])
+            del nets[_SCAN_MAX:]
+            self._scan = (now, nets)
+        return {"networks": self._scan[1], "mode": app.settings["wifi_mode"]}
 
     async def wifi_connect(self, req):
         self._need_session(req)

@@ -128,6 +128,10 @@ class WebAuth:
                                "display logs in, and changes nothing until a new password "
                                "is set")
 
+    def now_ms(self):
+        """Milliseconds on a count that only grows (past the ticks wrap)."""
+        return self._now()
+
     def _now(self):
         t = self._clock()
         d = time.ticks_diff(t, self._t)
