@@ -1,6 +1,6 @@
 # Guards of the web API (evse/api.py) that keep the control loop running and the card
 # numbers in: a password check and a WiFi scan never stall the loop, the factory
-# password reads no whole UID.
+# password reads no whole UID, and a CSV cell is never a spreadsheet formula.
 import asyncio
 import json
 import time
@@ -232,3 +232,23 @@ def test_the_factory_password_reads_no_whole_uid():
     req = _Req(method="GET", token=_token(owner))
     eq(_run(owner.cards(req))["cards"][0], CARD, "the owner sees them")
     eq(_run(owner.status(req))["session"]["id_tag"], CARD, "whole")
+
+
+# ---- the history CSV ----------------------------------------------------------------------
+def test_csv_id_cell_is_never_a_formula():
+    # An id tag comes from the central system (RemoteStartTransaction, up to 20
+    # characters) and lands in the CSV the owner opens in a spreadsheet. Quoting a cell
+    # does not stop a spreadsheet from evaluating "=..." (OWASP CSV injection): the
+    # cell must not start with = + - @ (or TAB/CR) once the CSV is parsed.
+    from evse.api import _csv
+
+    for tag in ("=HYPERLINK(\"x\")", "+1+cmd|' /C calc'!A0", "@SUM(1)", "-2+3", "\t=1+1",
+                "\r=1", "=1,2"):
+        cell = _csv(tag)
+        if cell.startswith('"'):
+            cell = cell[1:-1].replace('""', '"')
+        true(cell[:1] not in "=+-@\t\r", "CSV cell %r is a formula" % cell)
+        eq(cell, "'" + tag, "the tag kept behind a '")
+    eq(_csv("04A1B2C3"), "04A1B2C3", "a plain UID as it is")
+    eq(_csv('a,"b"'), '"a,""b"""', "quoted")
+    eq(_csv(None), "", "none")

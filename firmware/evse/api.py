@@ -442,7 +442,9 @@ def _count(v):
 
 def _csv(v):
     s = "" if v is None else str(v)
-    if any(ch in s for ch in ',"\r\n') or s[:1] in "=+-@":
+    if s[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        s = "'" + s  # a spreadsheet evaluates such a cell, quoted or not (CSV injection)
+    if any(ch in s for ch in ',"\r\n'):
         s = '"' + s.replace('"', '""') + '"'
     return s
 
