@@ -154,6 +154,13 @@ def decode_json(data):
     return json.loads(data)  # ValueError on bad JSON, UnicodeError (a ValueError) on bad UTF-8
 
 
+def read_json(path, max_bytes=_MAX_BYTES):
+    """The JSON of `path` alone, none of its other copies: for a file whose previous
+    version must not come back (a replaced password). OSError when it cannot be read
+    (ENOENT: missing), ValueError when it is corrupt."""
+    return decode_json(_read_capped(path, max_bytes))
+
+
 def save_json(path, obj):
     """Writes obj as CRC-framed JSON through write_atomic."""
     write_atomic(path, encode_json(obj))

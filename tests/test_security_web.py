@@ -164,7 +164,6 @@ def test_the_factory_password_changes_nothing(start_charger):
     r = c.login(FACTORY_PASSWORD)
     assert r.body["must_change_password"] is True
     before = _config(c)
-    cards = c.http("GET", "/api/cards").body
     routes = state_changing_routes()
     assert ("POST", "/api/upgrade") in routes and ("PUT", "/api/config") in routes
     for method, path in routes:
@@ -177,7 +176,7 @@ def test_the_factory_password_changes_nothing(start_charger):
         assert (r.status, r.body) == (403, DEFAULT_PW), (method, path, r)
     # Looking is allowed, and nothing changed.
     assert _config(c) == before
-    assert c.http("GET", "/api/cards").body == cards
+    assert c.http("GET", "/api/cards").status == 403  # whole UIDs: not to this password
     assert c.http("GET", "/api/upgrade").status == 200
     # The password change itself is allowed; the new one may not be the default.
     r = c.http("POST", "/api/password", json={"old": FACTORY_PASSWORD, "new": FACTORY_PASSWORD})
@@ -194,21 +193,59 @@ def test_the_factory_password_changes_nothing(start_charger):
     assert _config(c)["max_current_a"] == 16
 
 
-def test_a_corrupt_password_file_falls_back_to_the_factory_password(start_charger):
+def _reset_code(c):
+    """The reset code from the display's rotation ("PWD 12345678")."""
+    seen = []
+
+    def shown(s):
+        for text in [s["display"]] + [e["value"] for e in c.events(0) if e["what"] == "display"]:
+            if isinstance(text, str) and text.startswith("PWD "):
+                seen.append(text[4:])
+                return True
+        return False
+
+    c.wait_for(shown, 15)
+    return seen[0]
+
+
+def test_an_unreadable_password_file_is_no_open_door(start_charger):
+    # The factory password is public: a charger whose password file cannot be read
+    # must not hand itself (and its card UIDs) to whoever comes first. Only the reset
+    # code on the charger's display logs in, to set a new password.
     c = start_charger()
+    c.login()
+    r = c.http("PUT", "/api/cards/1", json={"uid": CARD})
+    assert r.status == 200, r
     c.stop()
     (c.data_dir / "password.json").write_text('{"salt": "00", "ha')
     for f in ("password.json.bak", "password.json.tmp"):
         (c.data_dir / f).unlink(missing_ok=True)
     c.start()
-    assert c.http("POST", "/api/login", json={"password": c.password}).status == 401
-    c.login(FACTORY_PASSWORD)
+    for pw in (c.password, FACTORY_PASSWORD):
+        assert c.http("POST", "/api/login", json={"password": pw}).status == 401, pw
+    st, _, body = anon(c, "GET", "/api/status")
+    assert "CFG" in body["errors"] and "password.json" in body["config_errors"], body
+    code = _reset_code(c)
+    assert len(code) == 8 and code.isdigit(), code
+    assert code not in json.dumps(body)
+    r = c.login(code)
+    assert r.body["must_change_password"] is True
+    assert CARD not in str(c.http("GET", "/api/cards").body)
+    assert CARD not in json.dumps(c.http("GET", "/api/status").body)
     r = c.http("PUT", "/api/config", json={"max_current_a": 16})
     assert (r.status, r.body) == (403, DEFAULT_PW)
+    r = c.http("POST", "/api/password", json={"old": FACTORY_PASSWORD, "new": "attacker-pw"})
+    assert r.status == 400, r
+    r = c.http("POST", "/api/password", json={"old": code, "new": "owner-pw-2"})
+    assert r.status == 200, r
+    assert c.http("POST", "/api/login", json={"password": code}).status == 401  # used
+    c.login("owner-pw-2")
     status = c.http("GET", "/api/status").body
-    assert "CFG" in status["errors"] and "password.json" in status["config_errors"], status
-    c.wait_for(lambda s: "CONFIG ERROR" in str(s["display"]) or any(
-        e["what"] == "display" and e["value"] == "CONFIG ERROR" for e in c.events(0)), 10)
+    assert "CFG" not in status["errors"] and status["config_errors"] == {}, status
+    c.wait_for(lambda s: not str(s["display"]).startswith("PWD "), 10)
+    c.restart()
+    c.login("owner-pw-2")
+    assert CARD in str(c.http("GET", "/api/cards").body)
 
 
 # -- card UIDs -----------------------------------------------------------------------------
@@ -242,6 +279,58 @@ def test_card_uids_need_a_session(charger):
     assert body["sessions"][0]["id"] == masked
     for path in ("/api/cards", "/api/config"):
         assert anon(c, "GET", path)[0] == 401
+
+
+def test_the_factory_password_reads_no_full_card_uids(start_charger):
+    # A charger run from its central system may never have its web password changed.
+    # The factory password is public: its session is no proof of anything.
+    c = start_charger(password=None)
+    c.stop()
+    (c.data_dir / "cards.json").write_text(json.dumps({"slots": [CARD, None, None]}))
+    c.start()
+    c.login(FACTORY_PASSWORD)
+    r = c.http("GET", "/api/cards")
+    assert (r.status, r.body) == (403, DEFAULT_PW), r
+    c.sim("ev", state="B", diode=True, max_a=16)
+    c.wait_for(lambda s: s["cp_state"] == "B" and s["tap_light"])
+    c.sim("card", uid=CARD, kind="M1")
+    c.wait_for(lambda s: s["session"]["active"])
+    masked = "****" + CARD[-4:]
+    assert c.http("GET", "/api/status").body["session"]["id_tag"] == masked
+    c.sim("ev", state="A")
+    c.wait_for(lambda s: not s["session"]["active"])
+    wait_until(lambda: c.http("GET", "/api/history").body["sessions"], 10, "session recorded")
+    assert c.http("GET", "/api/history").body["sessions"][0]["id"] == masked
+    csv = c.http("GET", "/api/history.csv").body
+    assert masked.encode() in csv and CARD.encode() not in csv
+
+
+# -- the WiFi scan -------------------------------------------------------------------------
+
+def test_a_wifi_scan_only_in_stand_by(charger):
+    # The driver's scan blocks the charger for seconds (ESP32): never during a session.
+    c = charger
+    c.login()
+    c.sim("wifi", networks=[{"ssid": "Garage", "rssi": -60, "auth": "WPA2"}])
+    c.http("PUT", "/api/cards/1", json={"uid": CARD})
+    c.sim("ev", state="B", diode=True, max_a=16)
+    c.wait_for(lambda s: s["cp_state"] == "B")
+    r = c.http("GET", "/api/wifi/scan")
+    assert r.status == 409, r
+    c.sim("card", uid=CARD, kind="M1")
+    c.wait_for(lambda s: s["session"]["active"])
+    assert c.http("GET", "/api/wifi/scan").status == 409
+    c.sim("ev", state="A")
+    c.wait_for(lambda s: not s["session"]["active"] and s["state"] == "Available")
+    r = c.http("GET", "/api/wifi/scan")
+    assert r.status == 200 and r.body["networks"][0]["ssid"] == "Garage", r
+
+
+def test_the_factory_password_cannot_scan(start_charger):
+    c = start_charger(password=None)
+    c.login(FACTORY_PASSWORD)
+    r = c.http("GET", "/api/wifi/scan")
+    assert (r.status, r.body) == (403, DEFAULT_PW), r
 
 
 # -- password guessing ---------------------------------------------------------------------

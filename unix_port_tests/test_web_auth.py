@@ -5,6 +5,8 @@ import sys
 _FAKES = (__file__.rpartition("/")[0] or ".") + "/fakes"
 if _FAKES not in sys.path:
     sys.path.append(_FAKES)
+import asyncio  # noqa: E402
+
 import fake_time  # noqa: E402
 from check import eq, raises, tmpdir, true  # noqa: E402
 from evse import web_auth as wa  # noqa: E402
@@ -38,10 +40,24 @@ class Ticks32:
         return False
 
 
+def _run(coro):
+    r = asyncio.run(coro)
+    asyncio.new_event_loop()
+    return r
+
+
+def login(a, *args):
+    return _run(a.login(*args))
+
+
+def change(a, *args):
+    return _run(a.change_password(*args))
+
+
 def _auth(tag, clock, password=None):
     a = wa.WebAuth(tmpdir(tag), clock_ms=clock)
     if password is not None:
-        a.change_password(wa.DEFAULT_PASSWORD, password)
+        change(a, wa.DEFAULT_PASSWORD, password)
     return a
 
 
@@ -54,12 +70,12 @@ def test_wrong_passwords_lock_only_their_address():
     clock = Clock()
     a = _auth("wa_addr", clock, "owner-pw")
     for _ in range(wa.FAILS_BEFORE_LOCK):
-        e = raises(ValueError, a.login, "guess", "10.0.0.66")
+        e = raises(ValueError, login, a, "guess", "10.0.0.66")
         eq(str(e), "wrong password")
-    _locked(a.login, "owner-pw", "10.0.0.66")  # even the right one
-    true(a.valid(a.login("owner-pw", "10.0.0.2")), "the owner's address is not locked")
+    _locked(login, a, "owner-pw", "10.0.0.66")  # even the right one
+    true(a.valid(login(a, "owner-pw", "10.0.0.2")), "the owner's address is not locked")
     clock.step(wa.LOCK_MS)
-    true(a.valid(a.login("owner-pw", "10.0.0.66")), "the lock is over after 30 s")
+    true(a.valid(login(a, "owner-pw", "10.0.0.66")), "the lock is over after 30 s")
 
 
 def test_the_lock_doubles_up_to_15_minutes():
@@ -68,9 +84,9 @@ def test_the_lock_doubles_up_to_15_minutes():
     want = wa.LOCK_MS
     for _ in range(7):
         for _ in range(wa.FAILS_BEFORE_LOCK):
-            raises(ValueError, a.login, "guess", "x")
+            raises(ValueError, login, a, "guess", "x")
         clock.step(want - 1)
-        _locked(a.login, "owner-pw", "x")
+        _locked(login, a, "owner-pw", "x")
         clock.step(1)
         want = min(want * 2, wa.LOCK_MAX_MS)
         clock.step(wa.GLOBAL_WINDOW_MS)  # keep the global cap out of it
@@ -81,70 +97,182 @@ def test_many_addresses_hit_the_global_cap():
     clock = Clock()
     a = _auth("wa_global", clock, "owner-pw")
     for i in range(wa.GLOBAL_FAILS):
-        raises(ValueError, a.login, "guess", "10.0.1.%d" % i)  # 1 each: none locked alone
+        raises(ValueError, login, a, "guess", "10.0.1.%d" % i)  # 1 each: none locked alone
         clock.step(10)
-    _locked(a.login, "owner-pw", "10.0.0.2")  # everyone waits ...
-    _locked(a.change_password, "owner-pw", "another-1", "10.0.0.2")
+    _locked(login, a, "owner-pw", "10.0.0.2")  # everyone waits ...
+    _locked(change, a, "owner-pw", "another-1", "10.0.0.2")
     clock.step(wa.GLOBAL_LOCK_MS)
-    true(a.valid(a.login("owner-pw", "10.0.0.2")), "... but briefly")
+    true(a.valid(login(a, "owner-pw", "10.0.0.2")), "... but briefly")
 
 
 def test_the_address_table_is_bounded():
     clock = Clock()
     a = _auth("wa_table", clock, "owner-pw")
     for i in range(wa.FAILS_BEFORE_LOCK):
-        raises(ValueError, a.login, "guess", "locked")
+        raises(ValueError, login, a, "guess", "locked")
     for i in range(wa.MAX_CLIENTS + 4):  # under the global cap
-        raises(ValueError, a.login, "guess", "other%d" % i)
+        raises(ValueError, login, a, "guess", "other%d" % i)
         clock.step(10)
     true(len(a._clients) <= wa.MAX_CLIENTS, "at most %d addresses" % wa.MAX_CLIENTS)
-    _locked(a.login, "owner-pw", "locked")  # a locked address is forgotten last
+    _locked(login, a, "owner-pw", "locked")  # a locked address is forgotten last
 
 
 def test_the_old_password_check_counts_as_an_attempt():
     clock = Clock()
     a = _auth("wa_change", clock, "owner-pw")
     for _ in range(wa.FAILS_BEFORE_LOCK):
-        e = raises(ValueError, a.change_password, "guess", "another-1", "10.0.0.66")
+        e = raises(ValueError, change, a, "guess", "another-1", "10.0.0.66")
         eq(str(e), "current password is wrong")
-    _locked(a.change_password, "owner-pw", "another-1", "10.0.0.66")
-    _locked(a.login, "owner-pw", "10.0.0.66")
-    a.change_password("owner-pw", "another-1", "10.0.0.2")
-    true(a.valid(a.login("another-1", "10.0.0.2")), "changed from another address")
+    _locked(change, a, "owner-pw", "another-1", "10.0.0.66")
+    _locked(login, a, "owner-pw", "10.0.0.66")
+    change(a, "owner-pw", "another-1", "10.0.0.2")
+    true(a.valid(login(a, "another-1", "10.0.0.2")), "changed from another address")
 
 
 def test_factory_password():
     a = _auth("wa_factory", Clock())
     true(a.factory, "factory default at first")
-    raises(ValueError, a.change_password, wa.DEFAULT_PASSWORD, wa.DEFAULT_PASSWORD)
+    raises(ValueError, change, a, wa.DEFAULT_PASSWORD, wa.DEFAULT_PASSWORD)
     true(a.factory, "the default is no new password")
-    a.change_password(wa.DEFAULT_PASSWORD, "owner-pw")
+    change(a, wa.DEFAULT_PASSWORD, "owner-pw")
     true(not a.factory, "changed")
     true(not wa.WebAuth(a._path.rpartition("/")[0]).factory, "and stored")
 
 
-def test_an_unreadable_password_file_is_the_factory_default():
-    d = tmpdir("wa_torn")
+def _damage(d, text='{"salt": "zz", "ha'):
     with open(d + "/password.json", "w") as f:
-        f.write('{"salt": "zz", "ha')
-    a = wa.WebAuth(d, clock_ms=Clock())
+        f.write(text)
+
+
+def _quiet(fn, *args):
+    import log
+
+    log.set_level(log.ERROR + 10)
+    try:
+        return fn(*args)
+    finally:
+        log.set_level(log.WARNING)
+
+
+def test_an_unreadable_password_file_asks_for_the_reset_code():
+    clock = Clock()
+    a = _auth("wa_torn", clock, "owner-pw")
+    d = a._path.rpartition("/")[0]
+    _damage(d)
+    a = _quiet(wa.WebAuth, d, clock)
+    code = a.reset_code
+    true(isinstance(code, str) and len(code) == 8 and code.isdigit(), "8 digits: %r" % code)
     true(a.factory, "changes nothing until replaced")
     true(a.load_error, "and says so (CFG)")
-    true(wa.WebAuth(tmpdir("wa_none"), clock_ms=Clock()).load_error is None,
+    for pw in (wa.DEFAULT_PASSWORD, "owner-pw"):  # neither the public one nor a guess
+        eq(str(raises(ValueError, login, a, pw, "10.0.0.%d" % len(pw))), "wrong password")
+    e = raises(ValueError, change, a, wa.DEFAULT_PASSWORD, "attacker-pw", "10.0.0.9")
+    eq(str(e), "current password is wrong")
+    true(a.valid(login(a, code, "10.0.0.2")), "the code logs in ...")
+    true(a.factory, "... to a session that must change the password")
+    change(a, code, "new-owner", "10.0.0.2")
+    true(not a.factory and a.reset_code is None and a.load_error is None, "reset")
+    raises(ValueError, login, a, code, "10.0.0.2")  # once
+    b = wa.WebAuth(d, clock_ms=clock)
+    true(b.reset_code is None and b.load_error is None, "stored")
+    true(b.valid(login(b, "new-owner", "10.0.0.2")), "the new password")
+    # A new code at every boot while the file stays unreadable.
+    _damage(d, "null")
+    codes = set(_quiet(wa.WebAuth, d, clock).reset_code for _ in range(4))
+    true(len(codes) > 1 and None not in codes, "random codes: %r" % codes)
+
+
+def test_a_password_file_that_cannot_be_opened_asks_for_the_reset_code():
+    import os
+
+    d = tmpdir("wa_dir")
+    os.mkdir(d + "/password.json")  # exists, cannot be read as a file
+    a = _quiet(wa.WebAuth, d, Clock())
+    true(a.reset_code and a.factory and a.load_error, "reset code")
+    raises(ValueError, login, a, wa.DEFAULT_PASSWORD)
+
+
+def test_no_password_file_is_the_factory_password():
+    a = wa.WebAuth(tmpdir("wa_none"), clock_ms=Clock())
+    true(a.factory and a.reset_code is None and a.load_error is None,
          "no file at all: the factory state, not an error")
+    true(a.valid(login(a, wa.DEFAULT_PASSWORD)), "the factory password logs in")
+
+
+def test_a_replaced_password_never_comes_back():
+    # The owner replaced a password (it leaked): no copy of it stays beside the file,
+    # and a damaged password.json does not make it log in again.
+    import os
+
+    d = tmpdir("wa_replaced")
+    a = wa.WebAuth(d, clock_ms=Clock())
+    change(a, wa.DEFAULT_PASSWORD, "leaked-one")
+    change(a, "leaked-one", "the-new-one")
+    raises(OSError, os.stat, d + "/password.json.bak")
+    _damage(d, "{damaged")
+    b = _quiet(wa.WebAuth, d, Clock())
+    raises(ValueError, login, b, "leaked-one", "a")
+    raises(ValueError, login, b, "the-new-one", "b")
+    true(b.reset_code is not None, "the reset code instead")
+    # A .bak an older firmware left is deleted once the file is read.
+    change(b, b.reset_code, "third-one-x")
+    with open(d + "/password.json", "rb") as f:
+        current = f.read()
+    with open(d + "/password.json.bak", "wb") as f:
+        f.write(current)
+    wa.WebAuth(d, clock_ms=Clock())
+    raises(OSError, os.stat, d + "/password.json.bak")
+
+
+def test_a_save_cut_between_its_renames_keeps_the_new_password():
+    # Cut after password.json became the .bak: the new one is whole in .tmp.
+    import os
+
+    d = tmpdir("wa_cut")
+    a = wa.WebAuth(d, clock_ms=Clock())
+    change(a, wa.DEFAULT_PASSWORD, "old-one-pw")
+    other = wa.WebAuth(tmpdir("wa_cut2"), clock_ms=Clock())
+    change(other, wa.DEFAULT_PASSWORD, "new-one-pw")
+    os.rename(d + "/password.json", d + "/password.json.bak")
+    os.rename(other._path, d + "/password.json.tmp")
+    c = wa.WebAuth(d, clock_ms=Clock())
+    true(c.reset_code is None and not c.factory, "no reset needed")
+    true(c.valid(login(c, "new-one-pw")), "the newer copy")
+    os.remove(d + "/password.json.tmp")  # only the .bak: the change never happened
+    c = wa.WebAuth(d, clock_ms=Clock())
+    true(c.valid(login(c, "old-one-pw")), "the older copy")
+
+
+def test_parallel_attempts_are_counted_before_the_next_one():
+    # The hash yields to the loop: attempts sent together must still be checked one by
+    # one, or they would all pass the lockout before the first wrong one counts.
+    a = _auth("wa_parallel", Clock(), "owner-pw")
+    got = []
+
+    async def one():
+        try:
+            await a.login("guess", "10.0.0.66")
+        except ValueError as e:
+            got.append(str(e)[:8])
+
+    async def main():
+        await asyncio.gather(*[one() for _ in range(wa.FAILS_BEFORE_LOCK + 3)])
+
+    _run(main())
+    eq(got.count("wrong pa"), wa.FAILS_BEFORE_LOCK, "checked: %r" % got)
 
 
 def test_sessions_expire_across_the_wrap():
     with Ticks32():
         clock = Clock(NEAR_WRAP)
         a = _auth("wa_wrap", clock, "owner-pw")
-        token = a.login("owner-pw")
+        token = login(a, "owner-pw")
         for _ in range(4):  # used every 10 min: alive past the wrap, for 40 min
             clock.step(10 * 60 * 1000)
             true(a.valid(token), "an active session goes on")
         clock.step(wa.IDLE_MS)
         true(not a.valid(token), "15 min idle: ended")
-        token = a.login("owner-pw")
+        token = login(a, "owner-pw")
         clock.step(wa.IDLE_MS - 1000)
         true(a.valid(token, False), "a look does not refresh ...")
         clock.step(1000)
@@ -155,8 +283,8 @@ def test_a_session_idle_for_a_week_stays_ended():
     with Ticks32():
         clock = Clock(NEAR_WRAP)
         a = _auth("wa_week", clock, "owner-pw")
-        kept = a.login("owner-pw")
-        tokens = [a.login("owner-pw") for _ in range(2)]
+        kept = login(a, "owner-pw")
+        tokens = [login(a, "owner-pw") for _ in range(2)]
         for _ in range(9 * 24 * 60):  # 9 days: past 2**29 ms; expire() every minute
             clock.step(60_000)
             a.expire()

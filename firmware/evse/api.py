@@ -19,6 +19,8 @@ _AP_ADDR = "192.168.1.1"  # the hotspot's own address (manual §8.1)
 _LOOPBACK = ("127.0.0.1", "localhost")
 _OWN_TAGS = (FREE_TAG, "APP")  # the charger's own id tags: no card behind them
 _DEFAULT_PW = "change the default password"
+_SCAN_MS = 10000  # a WiFi scan's answer is given again this long (the scan blocks)
+_SCAN_MAX = 20  # networks kept from a scan, the strongest
 # In every answer. The CSP repeats index.html's meta tag and adds what only a header
 # can say: no framing (clickjacking).
 _HEADERS = (
@@ -37,6 +39,7 @@ class Api:
         bind, port = app.hw.http_addr
         self._bind = None if bind == "0.0.0.0" else bind
         self._port = str(port)
+        self._scan = None  # (auth.now_ms() of the scan, answer)
 
     # ---- guards -------------------------------------------------------------------------
     def host_ok(self, host):
@@ -78,6 +81,11 @@ class Api:
         """A live session, looked at without making it last longer (pages that poll)."""
         return self.auth.valid(req.cookies.get(COOKIE), False)
 
+    def _sees_uids(self, req):
+        """Whole card UIDs: a session, and a password of the owner's own (the factory
+        one is public)."""
+        return self._authed(req) and not self.auth.factory
+
     def _fresh(self, fn):
         """Wraps a route: an answer to a session sets its cookie again, so the cookie's
         Max-Age slides with the session's idle time."""
@@ -112,7 +120,7 @@ class Api:
     # ---- handlers ---------------------------------------------------------------------------
     async def status(self, req):
         v = self.app.status()
-        if not self._authed(req):
+        if not self._sees_uids(req):
             s = v["session"]
             s["id_tag"] = mask(s.get("id_tag"))
         return v
@@ -120,7 +128,7 @@ class Api:
     async def login(self, req):
         body = await self._json(req)
         try:
-            token = self.auth.login(body.get("password"), client(req))
+            token = await self.auth.login(body.get("password"), client(req))
         except ValueError as e:
             msg = str(e)
             raise HTTPError(429 if "attempts" in msg else 401, msg)
@@ -138,7 +146,7 @@ class Api:
         self._need_session(req, change=False)
         body = await self._json(req)
         try:
-            self.auth.change_password(body.get("old"), body.get("new"), client(req))
+            await self.auth.change_password(body.get("old"), body.get("new"), client(req))
         except ValueError as e:
             msg = str(e)
             if "attempts" in msg:
@@ -160,12 +168,12 @@ class Api:
         return self.app.settings.public()
 
     async def history(self, req):
-        fix = None if self._authed(req) else _mask_record
+        fix = None if self._sees_uids(req) else _mask_record
         return {"sessions": self.app.history.session_records(_limit(req), fix)}
 
     async def history_csv(self, req):
         rows = ["No,Start,End,Start Mode,Stop Mode,Energy kWh,Id,Pauses"]
-        authed = self._authed(req)
+        authed = self._sees_uids(req)
         for r in self.app.history.session_list(_limit(req, 200)):
             if not authed:
                 _mask_record(r)
@@ -239,6 +247,8 @@ class Api:
     # ---- RFID cards (manual §8.1.2 point 11) ------------------------------------------------
     async def cards(self, req):
         self._need_session(req)
+        if self.auth.factory:  # whole UIDs: not to the public factory password
+            raise HTTPError(403, _DEFAULT_PW)
         return {"cards": self.app.cards.list(), "rfid_type": self.app.settings["rfid_type"]}
 
     async def card_read(self, req):
@@ -299,12 +309,23 @@ class Api:
 
     # ---- WiFi (manual §8.1.2 point 5) ----------------------------------------------------
     async def wifi_scan(self, req):
+        """The driver's scan blocks the whole loop (1.5-3 s on an ESP32): only for the
+        owner's password, only in stand-by, and at most once per _SCAN_MS."""
         self._need_session(req)
-        nets = []
-        for ssid, rssi, auth in self.app.hw.wlan.scan():
-            nets.append({"ssid": ssid, "rssi": rssi, "auth": auth})
-        nets.sort(key=lambda n: -n["rssi"])
-        return {"networks": nets, "mode": self.app.settings["wifi_mode"]}
+        if self.auth.factory:
+            raise HTTPError(403, _DEFAULT_PW)
+        app = self.app
+        if not app.standby() or app.hw.relays.closed:
+            raise HTTPError(409, "networks can be scanned only in stand-by")
+        now = self.auth.now_ms()
+        if self._scan is None or now - self._scan[0] >= _SCAN_MS:
+            nets = []
+            for ssid, rssi, auth in app.hw.wlan.scan():
+                nets.append({"ssid": ssid, "rssi": rssi, "auth": auth})
+            nets.sort(key=lambda n: -n["rssi"])
+            del nets[_SCAN_MAX:]
+            self._scan = (now, nets)
+        return {"networks": self._scan[1], "mode": app.settings["wifi_mode"]}
 
     async def wifi_connect(self, req):
         self._need_session(req)
@@ -421,7 +442,9 @@ def _count(v):
 
 def _csv(v):
     s = "" if v is None else str(v)
-    if any(ch in s for ch in ',"\r\n') or s[:1] in "=+-@":
+    if s[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        s = "'" + s  # a spreadsheet evaluates such a cell, quoted or not (CSV injection)
+    if any(ch in s for ch in ',"\r\n'):
         s = '"' + s.replace('"', '""') + '"'
     return s
 

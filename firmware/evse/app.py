@@ -76,6 +76,7 @@ class App:
             data_dir=self.data_dir,
         )
         self.hmi = Hmi(hw, self.charger, self.metering, self.toggle_wifi_mode)
+        self.hmi.notices.append(self._password_notice)  # before CONFIG ERROR: the way out
         self.hmi.notices.append(self._config_notice)
         self.hmi.notices.append(self.balance.notice)
         self.hmi.notices.append(self._cp_cal_notice)
@@ -279,6 +280,13 @@ class App:
     def _config_notice(self):
         bad = self.settings.invalid or self.ocpp.store_errors() or self._password_error()
         return "CONFIG ERROR" if bad else None
+
+    def _password_notice(self):
+        """The reset code while the password file cannot be read (evse/web_auth.py): only
+        someone at the charger sees it. 12 characters, the display's width."""
+        api = self.api
+        code = api.auth.reset_code if api is not None else None
+        return "PWD " + code if code else None
 
     def _cp_cal_notice(self):
         return "CP CAL ERROR" if self.charger.cp_cal.error else None

@@ -1,6 +1,7 @@
 # Login for the configuration pages: hashed password, random session tokens in an
 # HttpOnly SameSite=Strict cookie with idle expiry, and a rate limit on attempts per
 # client address with a cap over all addresses (docs/security.md).
+import asyncio
 import binascii
 import hashlib
 import os
@@ -8,14 +9,18 @@ import time
 
 import atomicfile
 import log
+from micropython import const
 
 _log = log.get("web_auth")
+_ENOENT = const(2)
 
 DEFAULT_PASSWORD = "123456"  # manual §8.1.2 point 4: changes nothing until replaced
 COOKIE = "evse_session"
 IDLE_MS = 15 * 60 * 1000  # a session ends after 15 min without a request
 MAX_SESSIONS = 4
 _ROUNDS = 2000  # iterated SHA-256: slows down guessing from a stolen data dir
+_YIELD_EVERY = 100  # rounds between two yields to the control loop (docs/web.md)
+_MAX_BYTES = 1024  # password.json is ~120 bytes
 FAILS_BEFORE_LOCK = 5  # wrong passwords from one address before it is locked out
 LOCK_MS = 30000  # that lockout: 30 s, doubling up to LOCK_MAX_MS
 LOCK_MAX_MS = 15 * 60 * 1000
@@ -30,11 +35,22 @@ _NEXT = 2
 _SEEN = 3
 
 
-def _hash(salt, password):
+async def _hash(salt, password):
+    """The stored hash; yields every _YIELD_EVERY rounds: the whole takes 20-120 ms on
+    an ESP32, longer than a pilot period."""
     h = hashlib.sha256(salt + password.encode()).digest()
-    for _ in range(_ROUNDS):
+    for i in range(_ROUNDS):
         h = hashlib.sha256(h + salt).digest()
+        if i % _YIELD_EVERY == _YIELD_EVERY - 1:
+            await asyncio.sleep_ms(0)
     return binascii.hexlify(h).decode()
+
+
+def _remove(p):
+    try:
+        os.remove(p)
+    except OSError:
+        pass  # none
 
 
 def _equal(a, b):
@@ -63,30 +79,58 @@ class WebAuth:
         self._gfails = 0
         self._gsince = 0
         self._glocked = 0
-        self._salt = None
-        self._hash = None
-        self.load_error = None
+        self._lock = asyncio.Lock()  # one password check at a time
         self._load()
 
     def _load(self):
-        bad = []
-
-        def note(msg):
-            bad.append(msg)
-            _log.error("%s", msg)
-
-        data = atomicfile.load_json(self._path, dict, note)
+        """Reads password.json alone: its .bak (an older password, perhaps replaced because
+        it leaked) and .tmp are read only when it is missing, as a save cut between its
+        renames leaves it. A password file that exists and cannot be read is no reason
+        to take the public factory password: only a reset code shown on the charger's
+        display (someone at the charger) logs in then, to set a new password."""
+        self._salt = None  # None: the factory default password
+        self._hash = None
+        self.reset_code = None
         self.load_error = None  # shown as CFG (app.config_errors)
+        bad = None
+        data = None
+        missing = False
         try:
-            self._salt = binascii.unhexlify(data["salt"])
-            self._hash = data["hash"]
-            if not isinstance(self._hash, str):
-                raise TypeError("hash")
-        except (KeyError, TypeError, ValueError):
-            self._salt = None  # factory default password (also when the file is unreadable)
-            if bad or data:
-                self.load_error = ("cannot be read: the factory password is in use, and "
-                                   "changes nothing until a new one is set")
+            data = atomicfile.read_json(self._path, _MAX_BYTES)
+        except OSError as e:
+            missing = e.errno == _ENOENT
+            if not missing:
+                bad = "unreadable: %s" % e
+        except ValueError as e:  # UnicodeError included
+            bad = "corrupt: %s" % e
+        if missing:
+            notes = []
+            data = atomicfile.load_dict_newest(self._path, _MAX_BYTES, notes.append)[0]
+            if data is None and notes:
+                bad = notes[0]
+        elif not bad:
+            _remove(self._path + ".bak")  # a copy left by an older firmware
+        if not bad and not (missing and data is None):
+            try:
+                salt = binascii.unhexlify(data["salt"])
+                h = data["hash"]
+                if not isinstance(h, str) or not salt:
+                    raise TypeError("hash")
+                self._salt = salt
+                self._hash = h
+            except (KeyError, TypeError, ValueError):
+                bad = "not a password file"
+        if bad:
+            _log.error("password.json %s: the reset code on the display logs in", bad)
+            n = int.from_bytes(os.urandom(4), "big") % 100_000_000
+            self.reset_code = "%08d" % n
+            self.load_error = ("cannot be read: only the reset code shown on the charger's "
+                               "display logs in, and changes nothing until a new password "
+                               "is set")
+
+    def now_ms(self):
+        """Milliseconds on a count that only grows (past the ticks wrap)."""
+        return self._now()
 
     def _now(self):
         t = self._clock()
@@ -98,13 +142,16 @@ class WebAuth:
 
     @property
     def factory(self):
-        """True while the password is the factory default: nothing may be changed then."""
+        """True while the password is the factory default or the reset code: nothing
+        may be changed then but the password."""
         return self._salt is None
 
-    def _check(self, password):
+    async def _check(self, password):
+        if self.reset_code is not None:
+            return _equal(password, self.reset_code)
         if self._salt is None:
             return _equal(password, DEFAULT_PASSWORD)
-        return _equal(_hash(self._salt, password), self._hash)
+        return _equal(await _hash(self._salt, password), self._hash)
 
     # ---- attempts --------------------------------------------------------------------------
     def _gate(self, client, now):
@@ -140,20 +187,25 @@ class WebAuth:
             self._glocked = now + GLOBAL_LOCK_MS
             _log.warning("login locked for %d s for everyone", GLOBAL_LOCK_MS // 1000)
 
-    def _attempt(self, client, password):
-        """Checks a password under the lockouts; raises ValueError(reason) when refused."""
+    async def _attempt(self, client, password):
+        """Checks a password under the lockouts; raises ValueError(reason) when refused.
+        Called under self._lock: parallel requests cannot all pass the gate before the
+        first wrong one is counted."""
+        self._gate(client, self._now())
+        ok = isinstance(password, str) and await self._check(password)
         now = self._now()
-        self._gate(client, now)
-        if not isinstance(password, str) or not self._check(password):
+        if not ok:
             self._wrong(client, now)
             raise ValueError("wrong password")
         self._clients.pop(client, None)
         return now
 
     # ---- sessions ----------------------------------------------------------------------------
-    def login(self, password, client=None):
+    async def login(self, password, client=None):
         """Returns a new session token, or raises ValueError(reason)."""
-        now = self._attempt(client, password)
+        self._gate(client, self._now())  # a locked address does not queue
+        async with self._lock:
+            now = await self._attempt(client, password)
         if len(self._sessions) >= MAX_SESSIONS:
             oldest = min(self._sessions, key=lambda t: self._sessions[t])
             del self._sessions[oldest]
@@ -189,9 +241,14 @@ class WebAuth:
     def logout(self, token):
         self._sessions.pop(token, None)
 
-    def change_password(self, old, new, client=None):
+    async def change_password(self, old, new, client=None):
+        self._gate(client, self._now())
+        async with self._lock:
+            await self._change(old, new, client)
+
+    async def _change(self, old, new, client):
         try:
-            self._attempt(client, old if isinstance(old, str) else "")
+            await self._attempt(client, old if isinstance(old, str) else "")
         except ValueError as e:
             if "attempts" in str(e):
                 raise
@@ -201,8 +258,11 @@ class WebAuth:
         if new == DEFAULT_PASSWORD:
             raise ValueError("new password must not be the factory default")
         salt = os.urandom(16)
-        h = _hash(salt, new)
+        h = await _hash(salt, new)
         atomicfile.save_json(self._path, {"salt": binascii.hexlify(salt).decode(), "hash": h})
+        _remove(self._path + ".bak")  # the replaced password must never come back
         self._salt = salt
         self._hash = h
+        self.reset_code = None
+        self.load_error = None
         self._sessions.clear()  # every other device must log in again
