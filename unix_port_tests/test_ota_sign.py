@@ -179,6 +179,33 @@ def test_key_replacement_cut_by_a_power_cut():
     eq(o.load_key()[0], KEY)
 
 
+def test_a_replaced_signing_key_never_comes_back():
+    # KEY handed over to OTHER (e.g. because KEY leaked); when ota_pub.key later cannot
+    # be read (a flash error), every file is refused: the retired KEY is no stand-in
+    o = _ota()
+    o.install_key(KEY)
+    o._write_key(OTHER)  # what _install_key does with a key file KEY signed
+    eq(o.load_key()[0], OTHER)
+    raises(OSError, os.stat, o.key_path + ".bak")  # not kept after the handover
+    with open(o.key_path + ".bak", "wb") as f:  # as a handover cut before its removal
+        f.write(KEY)
+    with open(o.key_path, "wb") as f:
+        f.write(b"\x04" + bytes(64))  # the current key damaged
+    s = _sink(LANG_SIGNED)
+    s.verify()
+    e = raises(ota.OtaError, _run, o.authenticate(s))
+    true("cannot be read" in e.msg, e.msg)
+    with open(o.key_path + ".tmp", "wb") as f:  # a cut handover's new key: not used either
+        f.write(KEY)
+    raises(ota.OtaError, _run, o.authenticate(s))
+    # a boot with the key file whole drops a .bak left by a cut handover
+    with open(o.key_path, "wb") as f:
+        f.write(OTHER)
+    o = ota.Ota(o.app, ab=ab_boot)
+    raises(OSError, os.stat, o.key_path + ".bak")
+    eq(o.load_key()[0], OTHER)
+
+
 def test_key_text_pem_or_hex():
     hexkey = binascii.hexlify(KEY).decode()
     eq(ota.parse_key_text(hexkey), KEY)

@@ -437,6 +437,11 @@ class Ota:
             self.drop_kept()  # nothing will ask for it
         self.on_healthy = None  # fn() when a version on trial is confirmed (OCPP Installed)
         self.key_path = self.data_dir + "/" + KEY_FILE
+        try:
+            os.stat(self.key_path)
+            _remove(self.key_path + ".bak")  # a handover cut before it removed the old key
+        except OSError:
+            pass
         # an OCPP download's https:// context and security profile (ocpp_hook)
         self.tls = lambda: None
         self.profile = lambda: 0
@@ -485,21 +490,22 @@ class Ota:
 
     def load_key(self):
         """(raw 65 bytes, (x, y)) of the installed key, None when none is installed;
-        OtaError(E04) when one is but cannot be read: then every file is refused."""
-        why = None
+        OtaError(E04) when one is but cannot be read: then every file is refused.
+        The first copy that exists decides: .tmp and .bak stand in only for a missing
+        file (a cut replacement), never for a damaged one, whose .bak is a retired key."""
         for p in self._key_files():
             try:
                 with open(p, "rb") as f:
                     raw = f.read(p256.KEY_LEN + 1)
                 return raw, p256.parse_key(raw)
             except OSError as e:
-                if why is None and e.args and e.args[0] != 2:  # ENOENT: try the next
-                    why = repr(e)
+                if e.args and e.args[0] == 2:  # ENOENT: the next copy
+                    continue
+                why = repr(e)
             except ValueError as e:
-                why = why or str(e)
-        if why is None:
-            return None
-        raise OtaError(E_FILE, "the installed signing key cannot be read (%s)" % why)
+                why = str(e)
+            raise OtaError(E_FILE, "the installed signing key cannot be read (%s)" % why)
+        return None
 
     def key_view(self):
         try:
@@ -525,6 +531,7 @@ class Ota:
             atomicfile.write_atomic(self.key_path, bytes(raw))
         except OSError as e:
             raise OtaError(E_WRITE, "cannot write the key: %s" % e)
+        _remove(self.key_path + ".bak")  # the retired key must not outlive the handover
         _log.info("upgrade signing key installed: %s", fingerprint(raw))
 
     async def authenticate(self, sink):
