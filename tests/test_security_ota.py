@@ -301,6 +301,22 @@ def test_signature_of_an_ocpp_download_with_a_key_installed(ocpp, cs, file_serve
     assert last_result(c)["signature"] == "verified"
 
 
+def test_an_ocpp_download_over_plain_http_without_a_key_is_not_installed(ocpp, cs, file_server):
+    # OCPP 1.6 gives no MD5 and, without a key, no signature is checked: whoever answers
+    # for the host (plain http://, DNS) would choose the firmware. Refused before any
+    # connection, with the reason; https:// (checked against the CA) or a key is needed.
+    srv = file_server()
+    srv.files["x.bin"] = lang_pack()
+    c = ocpp()
+    assert update(cs, srv.url("x.bin"), "DownloadFailed") == ["DownloadFailed"]
+    assert not srv.requests, "no request over plain http://"
+    r = last_result(c)
+    assert r["code"] == "E03 UP" and "http:// without a signing key" in r["error"], r
+    assert "http:// without a signing key" in c.log_tail()
+    time.sleep(1)
+    assert not installed_lang(c)
+
+
 def test_http_download_refused_at_security_profile_2(tmp_path, ocpp, file_server):
     certs = make_certs(tmp_path / "pki")
     tls = CentralSystem(ssl=server_context(certs["cert"], certs["key"]), auth={"CP1": AUTH_KEY})
@@ -362,7 +378,7 @@ class _Endless:
 @pytest.mark.parametrize("chunk", [b"a" * 256, b"X-Pad: 1\r\n"], ids=["endless-line",
                                                                       "endless-headers"])
 def test_endless_response_head_fails_cleanly_with_a_bounded_heap(ocpp, cs, chunk):
-    c = ocpp()
+    c = ocpp(files={"ota_pub.key": mkbin.raw_public(new_key())})  # http:// needs a key
     heap0 = c.sim("heap")["heap_alloc"]
     srv = _Endless(chunk)
     peak = [heap0]

@@ -289,4 +289,10 @@ def test_download_locations_with_control_characters_are_refused():
     true("security profile 2" in e.msg, e.msg)
     o._check_source("https://example.com/fw.bin")
     o.profile = lambda: 1
-    o._check_source("http://example.com/fw.bin")
+    e = raises(ota.OtaError, o._check_source, "http://example.com/fw.bin")
+    true("without a signing key" in e.msg, e.msg)  # OCPP gives no MD5: nothing else checks
+    o.install_key(KEY)
+    o._check_source("http://example.com/fw.bin")  # the signature protects the file
+    o.profile = lambda: 2
+    e = raises(ota.OtaError, o._check_source, "http://example.com/fw.bin")
+    true("security profile 2" in e.msg, e.msg)

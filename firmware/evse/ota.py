@@ -930,11 +930,16 @@ class Ota:
 
     def _check_source(self, url):
         """OtaError(E03) for a location this charger must not download from: a bad
-        character, http:// at security profile 2 or above, https:// without the CA."""
+        character, http:// at security profile 2 or above, https:// without the CA, and
+        http:// without a signing key: OCPP 1.6 gives no MD5, so nothing else would stand
+        between whoever answers for the host and the firmware."""
         check_location(url)
         if url.startswith("http://") and self.profile() >= 2:
             raise OtaError(E_TIMEOUT, "download refused: http:// at security profile %d"
                            % self.profile())
+        if url.startswith("http://") and not self.key_installed():
+            raise OtaError(E_TIMEOUT, "download refused: http:// without a signing key "
+                           "installed (use https:// or install a key)")
 
     async def _download(self, url):
         self._check_source(url)
