@@ -317,6 +317,30 @@ def test_an_ocpp_download_over_plain_http_without_a_key_is_not_installed(ocpp, c
     assert not installed_lang(c)
 
 
+def test_an_older_signed_firmware_installs_only_when_the_technician_asks(ocpp, cs, file_server):
+    # A signed image is good for ever: replayed (a plain http:// download, a stolen
+    # password) an old one would bring back what later versions fixed. With a key, a
+    # firmware older than the running version is refused over OCPP and on upload unless
+    # the upload asks for the downgrade (docs/ota.md "Downgrades").
+    key = new_key()
+    tree = [("evse/app.mpy", b"x"), ("evse/version.mpy", b"y")]
+    old = mkbin.sign(mkbin.make_bin("firmware", tree, "0.0.1", "unix_sim"), key)
+    srv = file_server()
+    srv.files["old.bin"] = old
+    c = ocpp(files={"ota_pub.key": mkbin.raw_public(key)})
+    got = update(cs, srv.url("old.bin"), "InstallationFailed")
+    assert got == ["Downloading", "Downloaded", "InstallationFailed"], got
+    r = last_result(c)
+    assert r["code"] == "E04 UP" and "older than the running" in r["error"], r
+    r = upload(c, old)
+    assert r.status == 400 and "older than the running" in r.body["error"], r.body
+    assert not (c.data_dir / "boot.json").exists(), "no slot switch"
+    md5 = hashlib.md5(old).hexdigest()
+    r = write(c, "POST", f"/api/upgrade?md5={md5}&downgrade=1", body=old, headers=OCTET)
+    assert r.status == 200 and r.body["version"] == "0.0.1", r.body
+    assert c.wait_exit(20) == 3  # installed: the restart into it
+
+
 def test_http_download_refused_at_security_profile_2(tmp_path, ocpp, file_server):
     certs = make_certs(tmp_path / "pki")
     tls = CentralSystem(ssl=server_context(certs["cert"], certs["key"]), auth={"CP1": AUTH_KEY})

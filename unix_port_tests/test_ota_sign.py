@@ -296,3 +296,70 @@ def test_download_locations_with_control_characters_are_refused():
     o.profile = lambda: 2
     e = raises(ota.OtaError, o._check_source, "http://example.com/fw.bin")
     true("security profile 2" in e.msg, e.msg)
+
+
+def test_an_older_signed_firmware_needs_an_explicit_downgrade():
+    from evse import version
+
+    o = _ota()
+    run = version.VERSION
+    eq(ota.version_key("1.0.12-rc1"), (1, 0, 12))
+    eq(ota.version_key("dev"), None)
+    true(ota.version_key("1.10") > ota.version_key("1.9"))
+
+    def fw(v, sig="verified", kind="firmware"):
+        return {"kind": kind, "version": v, "signature": sig}
+
+    older = "0.9.9"
+    true(ota.version_key(older) < ota.version_key(run))
+    for info in (fw(older), fw("dev")):
+        e = raises(ota.OtaError, o.check_floor, info)
+        eq(e.code, ota.E_FILE)
+        true("older than the running" in e.msg, e.msg)
+        o.check_floor(info, True)  # the technician asked for it
+    o.check_floor(fw(run))  # the same version reinstalls
+    o.check_floor(fw("99.0"))
+    o.check_floor(fw(older, "unsigned"))  # without a key the floor protects nothing
+    o.check_floor(fw(older, kind="language"))
+
+
+async def _trickle(r, w):
+    """A download server's answer: a big file announced, then one byte every 20 ms,
+    never a stall and never the end."""
+    await r.read(512)
+    w.write(b"HTTP/1.0 200 OK\r\nContent-Length: 100000\r\n\r\nEVPB")
+    try:
+        while True:
+            await w.drain()
+            await asyncio.sleep_ms(20)
+            w.write(b"\0")
+    except OSError:
+        pass  # the charger hung up
+    w.close()
+
+
+def test_a_trickling_download_ends_at_its_overall_deadline():
+    import time
+
+    o = _ota()
+    o.install_key(KEY)  # http:// needs a key
+    o.download_ms = 400
+
+    async def go():
+        for _ in range(20):  # a free port
+            port = 20000 + (os.urandom(2)[0] << 6) + (os.urandom(1)[0] & 63)
+            try:
+                srv = await asyncio.start_server(_trickle, "127.0.0.1", port)
+                break
+            except OSError:
+                continue
+        try:
+            await asyncio.wait_for_ms(o._download("http://127.0.0.1:%d/fw.bin" % port), 5000)
+        finally:
+            srv.close()
+
+    t0 = time.ticks_ms()
+    e = raises(OSError, _run, go())
+    ms = time.ticks_diff(time.ticks_ms(), t0)
+    true("not complete within" in str(e), repr(e))
+    true(ms < 2000, ms)
