@@ -476,12 +476,13 @@ def test_trigger_data_transfer_diagnostics_firmware(cs, ocpp):
         10,
         "failed upload reported",
     )
-    # UpdateFirmware goes to the installer; a location nobody serves ends in DownloadFailed.
+    # UpdateFirmware goes to the installer; a location nobody serves ends in DownloadFailed
+    # (https://: without a signing key http:// is refused before Downloading).
     mark = cs.mark()
     ans = cs.call(
         "CP1",
         "UpdateFirmware",
-        location="http://127.0.0.1:1/fw.bin",
+        location="https://127.0.0.1:1/fw.bin",
         retrieveDate="2020-01-01T00:00:00Z",
         retries=0,
     )

@@ -11,7 +11,7 @@ import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from csms import wait_status
+from csms import make_certs, server_context, wait_status
 from harness import NotReady
 from test_ota import (
     CUT_SEED,
@@ -69,14 +69,32 @@ class _Files(http.server.BaseHTTPRequestHandler):
         pass
 
 
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    return make_certs(tmp_path_factory.mktemp("pki"))
+
+
 @pytest.fixture
-def files():
-    """A file server on 127.0.0.1: .files {name: bytes}, .requests [(t, path)],
-    .url(name); stopped after the test."""
+def ocpp(ocpp, pki):
+    """Chargers that trust the file server's CA: without a signing key an OCPP download
+    must come over https:// (docs/ota.md)."""
+
+    def start(files=None, **kw):
+        return ocpp(files={"ocpp_ca.pem": pki["ca"].read_bytes(), **(files or {})}, **kw)
+
+    return start
+
+
+@pytest.fixture
+def files(pki):
+    """An https:// file server on 127.0.0.1 (certificate for localhost, signed by the
+    CA of `pki`): .files {name: bytes}, .requests [(t, path)], .url(name); stopped after
+    the test."""
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Files)
     srv.daemon_threads = True
+    srv.socket = server_context(pki["cert"], pki["key"]).wrap_socket(srv.socket, server_side=True)
     srv.files, srv.requests, srv.cut, srv.slow = {}, [], set(), set()
-    srv.url = lambda name: f"http://127.0.0.1:{srv.server_address[1]}/{name}"
+    srv.url = lambda name: f"https://localhost:{srv.server_address[1]}/{name}"
     th = threading.Thread(target=srv.serve_forever, daemon=True)
     th.start()
     yield srv
@@ -160,7 +178,7 @@ def test_unreachable_location_retries_then_download_failed(cs, ocpp, files, wher
     running version stays."""
     c = ocpp()
     mark = cs.mark()
-    url = files.url("missing.bin") if where == "404" else "http://127.0.0.1:1/missing.bin"
+    url = files.url("missing.bin") if where == "404" else "https://localhost:1/missing.bin"
     t0 = time.time()
     cs.call("CP1", "UpdateFirmware", location=url, retrieveDate=iso(datetime.now(timezone.utc)),
             retries=2, retryInterval=2)

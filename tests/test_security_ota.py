@@ -301,6 +301,46 @@ def test_signature_of_an_ocpp_download_with_a_key_installed(ocpp, cs, file_serve
     assert last_result(c)["signature"] == "verified"
 
 
+def test_an_ocpp_download_over_plain_http_without_a_key_is_not_installed(ocpp, cs, file_server):
+    # OCPP 1.6 gives no MD5 and, without a key, no signature is checked: whoever answers
+    # for the host (plain http://, DNS) would choose the firmware. Refused before any
+    # connection, with the reason; https:// (checked against the CA) or a key is needed.
+    srv = file_server()
+    srv.files["x.bin"] = lang_pack()
+    c = ocpp()
+    assert update(cs, srv.url("x.bin"), "DownloadFailed") == ["DownloadFailed"]
+    assert not srv.requests, "no request over plain http://"
+    r = last_result(c)
+    assert r["code"] == "E03 UP" and "http:// without a signing key" in r["error"], r
+    assert "http:// without a signing key" in c.log_tail()
+    time.sleep(1)
+    assert not installed_lang(c)
+
+
+def test_an_older_signed_firmware_installs_only_when_the_technician_asks(ocpp, cs, file_server):
+    # A signed image is good for ever: replayed (a plain http:// download, a stolen
+    # password) an old one would bring back what later versions fixed. With a key, a
+    # firmware older than the running version is refused over OCPP and on upload unless
+    # the upload asks for the downgrade (docs/ota.md "Downgrades").
+    key = new_key()
+    tree = [("evse/app.mpy", b"x"), ("evse/version.mpy", b"y")]
+    old = mkbin.sign(mkbin.make_bin("firmware", tree, "0.0.1", "unix_sim"), key)
+    srv = file_server()
+    srv.files["old.bin"] = old
+    c = ocpp(files={"ota_pub.key": mkbin.raw_public(key)})
+    got = update(cs, srv.url("old.bin"), "InstallationFailed")
+    assert got == ["Downloading", "Downloaded", "InstallationFailed"], got
+    r = last_result(c)
+    assert r["code"] == "E04 UP" and "older than the running" in r["error"], r
+    r = upload(c, old)
+    assert r.status == 400 and "older than the running" in r.body["error"], r.body
+    assert not (c.data_dir / "boot.json").exists(), "no slot switch"
+    md5 = hashlib.md5(old).hexdigest()
+    r = write(c, "POST", f"/api/upgrade?md5={md5}&downgrade=1", body=old, headers=OCTET)
+    assert r.status == 200 and r.body["version"] == "0.0.1", r.body
+    assert c.wait_exit(20) == 3  # installed: the restart into it
+
+
 def test_http_download_refused_at_security_profile_2(tmp_path, ocpp, file_server):
     certs = make_certs(tmp_path / "pki")
     tls = CentralSystem(ssl=server_context(certs["cert"], certs["key"]), auth={"CP1": AUTH_KEY})
@@ -362,7 +402,7 @@ class _Endless:
 @pytest.mark.parametrize("chunk", [b"a" * 256, b"X-Pad: 1\r\n"], ids=["endless-line",
                                                                       "endless-headers"])
 def test_endless_response_head_fails_cleanly_with_a_bounded_heap(ocpp, cs, chunk):
-    c = ocpp()
+    c = ocpp(files={"ota_pub.key": mkbin.raw_public(new_key())})  # http:// needs a key
     heap0 = c.sim("heap")["heap_alloc"]
     srv = _Endless(chunk)
     peak = [heap0]

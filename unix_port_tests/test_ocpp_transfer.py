@@ -119,6 +119,7 @@ def test_remote_transfer_urls_never_reach_a_blocking_getaddrinfo():
         # what Ota._download asks of its own object: the CA store, the security profile
         tls = _tls
         profile = staticmethod(lambda: 0)
+        key_installed = staticmethod(lambda: True)  # http:// is taken only with a key
         cfg = {"SecurityProfile": 0}
         _check_source = ota.Ota._check_source
 

@@ -179,6 +179,33 @@ def test_key_replacement_cut_by_a_power_cut():
     eq(o.load_key()[0], KEY)
 
 
+def test_a_replaced_signing_key_never_comes_back():
+    # KEY handed over to OTHER (e.g. because KEY leaked); when ota_pub.key later cannot
+    # be read (a flash error), every file is refused: the retired KEY is no stand-in
+    o = _ota()
+    o.install_key(KEY)
+    o._write_key(OTHER)  # what _install_key does with a key file KEY signed
+    eq(o.load_key()[0], OTHER)
+    raises(OSError, os.stat, o.key_path + ".bak")  # not kept after the handover
+    with open(o.key_path + ".bak", "wb") as f:  # as a handover cut before its removal
+        f.write(KEY)
+    with open(o.key_path, "wb") as f:
+        f.write(b"\x04" + bytes(64))  # the current key damaged
+    s = _sink(LANG_SIGNED)
+    s.verify()
+    e = raises(ota.OtaError, _run, o.authenticate(s))
+    true("cannot be read" in e.msg, e.msg)
+    with open(o.key_path + ".tmp", "wb") as f:  # a cut handover's new key: not used either
+        f.write(KEY)
+    raises(ota.OtaError, _run, o.authenticate(s))
+    # a boot with the key file whole drops a .bak left by a cut handover
+    with open(o.key_path, "wb") as f:
+        f.write(OTHER)
+    o = ota.Ota(o.app, ab=ab_boot)
+    raises(OSError, os.stat, o.key_path + ".bak")
+    eq(o.load_key()[0], OTHER)
+
+
 def test_key_text_pem_or_hex():
     hexkey = binascii.hexlify(KEY).decode()
     eq(ota.parse_key_text(hexkey), KEY)
@@ -262,4 +289,77 @@ def test_download_locations_with_control_characters_are_refused():
     true("security profile 2" in e.msg, e.msg)
     o._check_source("https://example.com/fw.bin")
     o.profile = lambda: 1
-    o._check_source("http://example.com/fw.bin")
+    e = raises(ota.OtaError, o._check_source, "http://example.com/fw.bin")
+    true("without a signing key" in e.msg, e.msg)  # OCPP gives no MD5: nothing else checks
+    o.install_key(KEY)
+    o._check_source("http://example.com/fw.bin")  # the signature protects the file
+    o.profile = lambda: 2
+    e = raises(ota.OtaError, o._check_source, "http://example.com/fw.bin")
+    true("security profile 2" in e.msg, e.msg)
+
+
+def test_an_older_signed_firmware_needs_an_explicit_downgrade():
+    from evse import version
+
+    o = _ota()
+    run = version.VERSION
+    eq(ota.version_key("1.0.12-rc1"), (1, 0, 12))
+    eq(ota.version_key("dev"), None)
+    true(ota.version_key("1.10") > ota.version_key("1.9"))
+
+    def fw(v, sig="verified", kind="firmware"):
+        return {"kind": kind, "version": v, "signature": sig}
+
+    older = "0.9.9"
+    true(ota.version_key(older) < ota.version_key(run))
+    for info in (fw(older), fw("dev")):
+        e = raises(ota.OtaError, o.check_floor, info)
+        eq(e.code, ota.E_FILE)
+        true("older than the running" in e.msg, e.msg)
+        o.check_floor(info, True)  # the technician asked for it
+    o.check_floor(fw(run))  # the same version reinstalls
+    o.check_floor(fw("99.0"))
+    o.check_floor(fw(older, "unsigned"))  # without a key the floor protects nothing
+    o.check_floor(fw(older, kind="language"))
+
+
+async def _trickle(r, w):
+    """A download server's answer: a big file announced, then one byte every 20 ms,
+    never a stall and never the end."""
+    await r.read(512)
+    w.write(b"HTTP/1.0 200 OK\r\nContent-Length: 100000\r\n\r\nEVPB")
+    try:
+        while True:
+            await w.drain()
+            await asyncio.sleep_ms(20)
+            w.write(b"\0")
+    except OSError:
+        pass  # the charger hung up
+    w.close()
+
+
+def test_a_trickling_download_ends_at_its_overall_deadline():
+    import time
+
+    o = _ota()
+    o.install_key(KEY)  # http:// needs a key
+    o.download_ms = 400
+
+    async def go():
+        for _ in range(20):  # a free port
+            port = 20000 + (os.urandom(2)[0] << 6) + (os.urandom(1)[0] & 63)
+            try:
+                srv = await asyncio.start_server(_trickle, "127.0.0.1", port)
+                break
+            except OSError:
+                continue
+        try:
+            await asyncio.wait_for_ms(o._download("http://127.0.0.1:%d/fw.bin" % port), 5000)
+        finally:
+            srv.close()
+
+    t0 = time.ticks_ms()
+    e = raises(OSError, _run, go())
+    ms = time.ticks_diff(time.ticks_ms(), t0)
+    true("not complete within" in str(e), repr(e))
+    true(ms < 2000, ms)

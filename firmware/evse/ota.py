@@ -20,7 +20,9 @@
 #   72 CRC-32 of bytes 0..71 u32
 # signing the SHA-256 of the header and payload (lib/p256.py). With a key installed at
 # <data>/ota_pub.key every file must carry a good signature by it; without one a
-# signature cannot be checked (the status says so) and files install on their MD5.
+# signature cannot be checked (the status says so) and files install on their MD5; an
+# OCPP download, which comes with no MD5, then only over https:// (checked against the CA).
+# With a key, a firmware older than the running one needs the upload's downgrade=1.
 #
 # The upload streams in CHUNK pieces to <data>/ota/upload.bin with the MD5 computed on the
 # way: the heap use does not depend on the file size. Errors (display and API):
@@ -62,6 +64,7 @@ MODEL = "EVPLUS"
 CHUNK = 4096
 _MIN_CHUNK = 256  # the least _buffer() falls back to
 STALL_MS = 15000  # E03: no data for this long
+DOWNLOAD_MS = 600000  # a download's whole body, per try: 4 MB needs 7 KB/s
 DNS_TIMEOUT_MS = 4000  # the firmware host asked of the DNS server (sent again at 2 s)
 MAX_FILE = 4 << 20  # the largest .bin taken (web upload: api._UPGRADE_MAX)
 HEALTH_MS = 10000  # a new version must stay healthy this long on its first boot...
@@ -104,6 +107,24 @@ def _buffer():
 
 def _text(b):
     return bytes(b).split(b"\0", 1)[0].decode()
+
+
+def version_key(v):
+    """A version's dot-separated numbers as a tuple ("1.0.12-rc1": (1, 0, 12)), for the
+    floor; None when a part does not start with a digit (it cannot be compared)."""
+    out = []
+    for part in v.split("."):
+        n = 0
+        k = 0
+        for ch in part:
+            if not "0" <= ch <= "9" or k >= 9:
+                break
+            n = n * 10 + ord(ch) - 48
+            k += 1
+        if not k:
+            return None
+        out.append(n)
+    return tuple(out)
 
 
 def parse_header(h, model=MODEL, board=None):
@@ -417,6 +438,7 @@ class Ota:
         # the loop (lib/dnsclient.py); open_connection only ever gets the address.
         self.dns_server = lambda: dnsclient.wlan_server(getattr(self.hw, "wlan", None))
         self.dns_timeout_ms = DNS_TIMEOUT_MS
+        self.download_ms = DOWNLOAD_MS
         self.progress = [0, 0]  # bytes received, bytes expected
         self.last = None  # result of the last upgrade attempt since boot
         self.heap_peak = 0
@@ -437,6 +459,11 @@ class Ota:
             self.drop_kept()  # nothing will ask for it
         self.on_healthy = None  # fn() when a version on trial is confirmed (OCPP Installed)
         self.key_path = self.data_dir + "/" + KEY_FILE
+        try:
+            os.stat(self.key_path)
+            _remove(self.key_path + ".bak")  # a handover cut before it removed the old key
+        except OSError:
+            pass
         # an OCPP download's https:// context and security profile (ocpp_hook)
         self.tls = lambda: None
         self.profile = lambda: 0
@@ -485,21 +512,22 @@ class Ota:
 
     def load_key(self):
         """(raw 65 bytes, (x, y)) of the installed key, None when none is installed;
-        OtaError(E04) when one is but cannot be read: then every file is refused."""
-        why = None
+        OtaError(E04) when one is but cannot be read: then every file is refused.
+        The first copy that exists decides: .tmp and .bak stand in only for a missing
+        file (a cut replacement), never for a damaged one, whose .bak is a retired key."""
         for p in self._key_files():
             try:
                 with open(p, "rb") as f:
                     raw = f.read(p256.KEY_LEN + 1)
                 return raw, p256.parse_key(raw)
             except OSError as e:
-                if why is None and e.args and e.args[0] != 2:  # ENOENT: try the next
-                    why = repr(e)
+                if e.args and e.args[0] == 2:  # ENOENT: the next copy
+                    continue
+                why = repr(e)
             except ValueError as e:
-                why = why or str(e)
-        if why is None:
-            return None
-        raise OtaError(E_FILE, "the installed signing key cannot be read (%s)" % why)
+                why = str(e)
+            raise OtaError(E_FILE, "the installed signing key cannot be read (%s)" % why)
+        return None
 
     def key_view(self):
         try:
@@ -525,6 +553,7 @@ class Ota:
             atomicfile.write_atomic(self.key_path, bytes(raw))
         except OSError as e:
             raise OtaError(E_WRITE, "cannot write the key: %s" % e)
+        _remove(self.key_path + ".bak")  # the retired key must not outlive the handover
         _log.info("upgrade signing key installed: %s", fingerprint(raw))
 
     async def authenticate(self, sink):
@@ -542,6 +571,21 @@ class Ota:
             raise OtaError(E_FILE, "signature does not match the installed key %s"
                            % fingerprint(key[0]))
         return "verified"
+
+    def check_floor(self, info, downgrade=False):
+        """OtaError(E04) for a firmware file signed by the installed key whose version
+        is older than the running one, unless the technician asked for a downgrade: an
+        old signed image replayed would bring back what its successors fixed. Without a
+        key anything well-formed installs anyway; equal versions reinstall."""
+        if downgrade or info["kind"] != "firmware" or info.get("signature") != "verified":
+            return
+        from evse import version
+
+        new, cur = version_key(info["version"]), version_key(version.VERSION)
+        if new is None or cur is None or new < cur:
+            raise OtaError(E_FILE, "version %s is older than the running %s (or cannot be "
+                           "compared): a downgrade is installed only from the Upgrade API "
+                           "with downgrade=1" % (info["version"], version.VERSION))
 
     def refuse(self):
         """Why no upgrade may start now (HTTP 409): (reason, message), reason "busy",
@@ -573,9 +617,10 @@ class Ota:
         return r
 
     # ---- upload (POST /api/upgrade?md5=...) ------------------------------------------------
-    async def upload(self, req, md5):
+    async def upload(self, req, md5, downgrade=False):
         """Receives req's body as a .bin, installs it; returns (http status, result dict).
-        The caller checked the session and refuse()."""
+        The caller checked the session and refuse(). downgrade: the technician asked for
+        an older signed firmware (check_floor)."""
         self.busy = "upload"
         self.progress[0] = 0
         self.progress[1] = req.content_length
@@ -617,6 +662,7 @@ class Ota:
             self.heap_peak = peak
             info = sink.info
             info["signature"] = await self.authenticate(sink)  # before anything is installed
+            self.check_floor(info, downgrade)
             sink = None
             self.busy = "install"
             await self.install(info)
@@ -821,6 +867,7 @@ class Ota:
                 try:
                     info = sink.verify()
                     info["signature"] = await self.authenticate(sink)
+                    self.check_floor(info)  # no downgrade over OCPP
                 except OtaError as e:
                     info = e
                 else:
@@ -892,6 +939,7 @@ class Ota:
                 raise ValueError("kept file changed: %d bytes, MD5 %s" % (sink.got, digest))
             info = sink.verify()
             info["signature"] = await self.authenticate(sink)
+            self.check_floor(info)
         except (OSError, ValueError, AttributeError) as e:  # OtaError is a ValueError
             _log.warning("downloaded file not usable after the restart (%s): downloading again",
                          getattr(e, "msg", None) or repr(e))
@@ -923,11 +971,16 @@ class Ota:
 
     def _check_source(self, url):
         """OtaError(E03) for a location this charger must not download from: a bad
-        character, http:// at security profile 2 or above, https:// without the CA."""
+        character, http:// at security profile 2 or above, https:// without the CA, and
+        http:// without a signing key: OCPP 1.6 gives no MD5, so nothing else would stand
+        between whoever answers for the host and the firmware."""
         check_location(url)
         if url.startswith("http://") and self.profile() >= 2:
             raise OtaError(E_TIMEOUT, "download refused: http:// at security profile %d"
                            % self.profile())
+        if url.startswith("http://") and not self.key_installed():
+            raise OtaError(E_TIMEOUT, "download refused: http:// without a signing key "
+                           "installed (use https:// or install a key)")
 
     async def _download(self, url):
         self._check_source(url)
@@ -966,8 +1019,20 @@ class Ota:
                 sink.write(early)
             buf = _buffer()
             mv = memoryview(buf)
+            # an overall deadline: a server trickling a byte now and then never trips the
+            # stall timeout, and would hold the download (and the next ones) for good
+            end = time.ticks_add(time.ticks_ms(), self.download_ms)
             while True:
-                n = await asyncio.wait_for_ms(r.readinto(mv), STALL_MS)
+                left = time.ticks_diff(end, time.ticks_ms())
+                try:
+                    if left <= 0:
+                        raise asyncio.TimeoutError
+                    n = await asyncio.wait_for_ms(r.readinto(mv), min(STALL_MS, left))
+                except asyncio.TimeoutError:
+                    if left > STALL_MS:
+                        raise  # no data for STALL_MS
+                    raise OSError("download not complete within %d s"
+                                  % (self.download_ms // 1000))
                 if n is None:
                     continue  # TLS record not complete yet
                 if not n:
@@ -1090,7 +1155,7 @@ async def drop_body(req):
 
 
 async def http_upgrade(api, req):
-    """POST /api/upgrade?md5=<32 hex>: body = the .bin (application/octet-stream).
+    """POST /api/upgrade?md5=<32 hex>[&downgrade=1]: body = the .bin (octet-stream).
     409 {"error", "refused": "busy" | "charging" | "checking"} when none may start now."""
     from httpd import HTTPError, Response
 
@@ -1103,7 +1168,7 @@ async def http_upgrade(api, req):
     if why:
         await drop_body(req)
         return Response({"error": why[1], "refused": why[0]}, 409)
-    status, result = await ota.upload(req, md5)
+    status, result = await ota.upload(req, md5, req.query.get("downgrade") == "1")
     return Response(result, status)
 
 
