@@ -444,6 +444,7 @@ def test_hotspot_is_never_up_before_its_key_is_set():
     ld, hw = _make()
     try:
         import os
+
         import evplus_system
 
         for fresh in (True, False):
