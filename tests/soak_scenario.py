@@ -177,7 +177,9 @@ class Soak:
                 if self.main_ev.reader_free(t):
                     main.sim("card", uid=STRANGER, ms=400)
                     self.counts["stranger_taps"] += 1
-                plans["stranger"] = t + rng.uniform(5, 20)
+                # At least 15 s apart: 5 refused cards within a minute would pause the
+                # reader (evse/rfid.py), and the driver's own card with it.
+                plans["stranger"] = t + rng.uniform(15, 40)
             if t >= plans["load"] and self.rig.meter_running():
                 load = [round(rng.uniform(0, 25), 1) for _ in range(3)]
                 self.rig.meter.load = load

@@ -211,3 +211,43 @@ def test_each_uid_length_starts_a_charge(start_charger, uid):
     tap(c, uid)
     snap = c.wait_for(lambda s: s["session"]["active"])
     assert snap["session"]["id_tag"] == uid
+
+
+PAUSE_TEXT = "CARDS PAUSED"  # evse/rfid.py
+
+
+def test_unknown_cards_pause_the_reader_and_the_learned_card_works_after(charger):
+    """An emulator trying UIDs is slowed down (masked UIDs show the last 4 hex digits);
+    a driver who taps a wrong card or two is not. After 5 refused cards within a minute
+    every card is refused unread for 30 s, the display saying why; then the learned card
+    starts a charge."""
+    c = charger
+    login(c)
+    learn(c, 1, A)
+    c.sim("ev", state="B", diode=True, max_a=16)
+    c.wait_for(lambda s: s["cp_state"] == "B")
+    t0 = None
+    for i in range(5):
+        t = c.tap("04F0F0%02X" % i)
+        t0 = t0 or t
+        wait_beeps(c, t, 2)
+        if i < 4:
+            assert not c.snapshot()["session"]["active"]
+            shown = {e["value"] for e in c.events(t0) if e["what"] == "display"}
+            assert PAUSE_TEXT not in shown, f"paused after {i + 1} wrong cards"
+    t5 = t
+    c.wait_for(lambda s: s["display"] == PAUSE_TEXT, timeout=WAIT_S)
+    # Even the learned card is refused unread, with two beeps.
+    t = c.tap(A)
+    assert len(wait_beeps(c, t, 2)) == 2
+    c.wait_for(lambda s: s["t_us"] > t + 1_500_000)
+    assert not c.snapshot()["session"]["active"]
+    # 30 s after the fifth card: read again, the warning gone.
+    c.wait_for(lambda s: s["t_us"] > t5 + 31_000_000, timeout=45, step=0.5)
+    t = c.tap(A)
+    snap = c.wait_for(lambda s: s["session"]["active"], timeout=WAIT_S)
+    assert snap["session"]["id_tag"] == A
+    assert [b["value"] for b in wait_beeps(c, t, 1)][:1] == [150]
+    c.wait_for(lambda s: s["t_us"] > t + 7_000_000, timeout=WAIT_S)
+    shown = {e["value"] for e in c.events(t) if e["what"] == "display"}
+    assert PAUSE_TEXT not in shown, shown

@@ -1,8 +1,10 @@
 """Network secrets against a hostile LAN (docs/security.md, docs/ocpp.md, docs/hardware.md):
 the hotspot is WPA2 with the board's own key, shown on the charger's display and never
 over the web API; the OCPP AuthorizationKey is cleared when ocpp_url names another
-central system, so whoever may change the URL cannot have it sent to a server of theirs,
-and it goes over unencrypted ws:// only when the technician allowed it."""
+central system (a pre-seeded one without its own: bound to the URL stored at boot), so
+whoever may change the URL cannot have it sent to a server of theirs, and it goes over
+unencrypted ws:// only when the technician allowed it (a central system cannot set one
+there: the charger would never connect again)."""
 
 import json
 import re
@@ -147,3 +149,39 @@ def test_basic_auth_over_ws_is_refused_unless_the_technician_allows_it(ocpp, cs)
     assert write(c, "PUT", "/api/config", {"ocpp_allow_insecure_auth": True}).status == 200
     cs.wait_for(lambda: cs.connected("CP1"), WAIT_S, "connected once allowed")
     c.wait_for(lambda s: ocpp_view(c)["refused"] is None, timeout=WAIT_S)
+
+
+def test_a_key_sent_over_plain_ws_is_rejected_and_the_charger_stays_online(ocpp, cs):
+    """At profile 0 over ws:// without the "insecure" tick the charger could never send
+    an AuthorizationKey: ChangeConfiguration of one is Rejected, else one frame injected
+    into the plain link would keep it off OCPP until a technician came."""
+    cs.auth = None
+    c = ocpp(config={"RetryBackOffWaitMinimum": 1, "RetryBackOffRandomRange": 0})
+    n = len(cs.connections)
+    ans = cs.call("CP1", "ChangeConfiguration", key="AuthorizationKey", value=KEY)
+    assert ans["status"] == "Rejected", ans
+    time.sleep(1.5)
+    assert cs.connected("CP1") and len(cs.connections) == n, "still online, same link"
+    assert write(c, "GET", "/api/config", None).body["ocpp_auth_key_set"] is False
+    assert ocpp_view(c)["refused"] is None
+    assert b"AuthorizationKey" not in ((c.data_dir / "ocpp_config.json").read_bytes()
+                                       if (c.data_dir / "ocpp_config.json").exists() else b"")
+
+
+def test_a_pre_seeded_key_does_not_go_to_the_first_url_set_on_the_web_app(ocpp, cs):
+    """A key pre-seeded without its central system, on a charger that boots without
+    ocpp_url, is bound to none: whoever sets the URL first (any session) gets no key."""
+    other = RecordingCentralSystem(port=0)
+    other.start()
+    try:
+        c = ocpp(wait_boot=False, settings={"ocpp_url": "", "ocpp_allow_insecure_auth": True},
+                 config={"AuthorizationKey": KEY})
+        c.wait_for(lambda s: True)
+        r = write(c, "PUT", "/api/config", {"ocpp_url": other.url("CP1")})
+        assert r.status == 200, r
+        other.wait_for(lambda: other.connected("CP1"), WAIT_S, "connected")
+        assert other.auth_headers and set(other.auth_headers) == {None}, other.auth_headers
+        body = write(c, "GET", "/api/config", None).body
+        assert body["ocpp_auth_key_set"] is False and "after the boot" in body["ocpp_auth_key_note"]
+    finally:
+        other.close()

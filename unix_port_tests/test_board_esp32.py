@@ -403,3 +403,92 @@ def test_hotspot_key_is_the_boards_own_and_never_open():
            "CYW43: WPA2-AES by `security`")
     finally:
         ld.__exit__()
+
+
+def _recording_net(ld, events, refuse_while_off):
+    """network with WLAN objects that record what the AP goes through; refuse_while_off:
+    the ESP32's driver (esp_wifi_set_config needs the interface enabled)."""
+    import apkey
+
+    class Rec(ld.network.WLAN):
+        def active(self, on=None):
+            if on is not None:
+                events.append(("active", self.kind, bool(on), "key" in self.cfg))
+            return super().active(on)
+
+        def config(self, **kw):
+            if self.kind == ld.network.AP_IF:
+                if refuse_while_off and not self.is_active:
+                    raise OSError("Wifi Invalid Mode")
+                events.append(("config", "key" in kw))
+            super().config(**kw)
+
+    class Net:
+        AP_IF = ld.network.AP_IF
+        STA_IF = ld.network.STA_IF
+        WLAN = Rec
+
+    load = apkey.load_secret
+
+    def load_secret(d, log=None):
+        events.append(("secret",))
+        return load(d, log)
+
+    apkey.load_secret = load_secret
+    return Net, lambda: setattr(apkey, "load_secret", load)
+
+
+def test_hotspot_is_never_up_before_its_key_is_set():
+    # The secret is read (or made and written to flash) and the key derived before the
+    # hotspot is switched on: a fresh ESP32's AP is open until configured.
+    ld, hw = _make()
+    try:
+        import os
+
+        import evplus_system
+
+        for fresh in (True, False):
+            if fresh:
+                os.remove(_ENV["EVSE_DATA_DIR"] + "/ap_secret.bin")  # the first boot
+            events = []
+            Net, undo = _recording_net(ld, events, refuse_while_off=False)
+            try:
+                w = evplus_system.Wlan(Net, "EVPLUS-00042", _ENV["EVSE_DATA_DIR"], lambda m: None)
+            finally:
+                undo()
+            ap_on = [ev for ev in events if ev[0] == "active" and ev[1] == Net.AP_IF and ev[2]]
+            true(ap_on and ap_on[0][3], "hotspot on before its WPA2 key: %r" % events)
+            i = events.index(("secret",))
+            true(("active", Net.STA_IF, True, False) in events[:i], "radio on for the RNG")
+            eq(ld.network.interfaces[Net.AP_IF].cfg["key"], w.ap_key, "keyed")
+    finally:
+        ld.__exit__()
+
+
+def test_esp32_hotspot_gets_its_key_by_the_next_call_after_switching_on():
+    # The ESP32's driver takes no configuration while the AP is off: the key is set by
+    # the very call after active(True), no flash access or key derivation in between;
+    # switching back to AP mode later keeps the key.
+    ld, hw = _make()
+    try:
+        import evplus_system
+
+        events = []
+        Net, undo = _recording_net(ld, events, refuse_while_off=True)
+        try:
+            w = evplus_system.Wlan(Net, "EVPLUS-00042", _ENV["EVSE_DATA_DIR"], lambda m: None)
+        finally:
+            undo()
+        ap = ld.network.interfaces[Net.AP_IF]
+        eq((ap.is_active, ap.cfg["key"], ap.cfg["authmode"]),
+           (True, w.ap_key, ld.network.AUTH_WPA2_PSK), "WPA2 hotspot")
+        i = events.index(("active", Net.AP_IF, True, False))
+        eq(events[i + 1], ("config", True), "keyed by the next call: %r" % events)
+        true(events.index(("secret",)) < i, "secret read before")
+        w.set_mode("client")
+        del events[:]
+        w.set_mode("ap")
+        eq([ev for ev in events if ev[0] == "secret"], [], "key kept: no flash access")
+        eq((ap.is_active, ap.cfg["key"]), (True, w.ap_key), "keyed again")
+    finally:
+        ld.__exit__()

@@ -42,6 +42,13 @@ def _stored(d):
         return f.read()
 
 
+def _stored_or_none(d):
+    try:
+        return _stored(d)
+    except OSError:
+        return None
+
+
 def test_config_binds_the_key_to_its_central_system():
     d = check.tmpdir("keyhost")
     c = Config(d + "/c.json")
@@ -66,11 +73,19 @@ def test_config_binds_the_key_to_its_central_system():
     eq(seen[-1], "AuthorizationKey", "listeners told (the link reconnects)")
     eq(Config(d + "/c.json")["AuthorizationKey"], "", "cleared on flash")
     eq(c2.bind_key(""), None, "no URL (OCPP off): nothing to judge")
-    # A key stored before the binding existed: bound to the first central system met.
+    # A key stored without its central system (pre-seeded, or from before the binding):
+    # bound to the URL stored at boot, cleared by any URL met later.
     with open(d + "/old.json", "w") as f:
         json.dump({"AuthorizationKey": _KEY}, f)
     c3 = Config(d + "/old.json")
-    eq((c3.key_host, c3.bind_key("ws://a:1"), c3.key_host), ("", None, "ws://a:1"), "legacy")
+    eq((c3.key_host, c3.bind_key("ws://a:1", at_boot=True), c3.key_host), ("", None, "ws://a:1"),
+       "bound at boot")
+    c4 = Config(d + "/old2.json")
+    c4.set("AuthorizationKey", _KEY)  # no host_now: bound to none
+    eq(c4.bind_key("", at_boot=True), None, "no URL at boot: nothing to judge")
+    true("ws://a:1" in c4.bind_key("ws://a:1"), "a URL set later: cleared")
+    eq((c4["AuthorizationKey"], Config(d + "/old2.json")["AuthorizationKey"]), ("", ""),
+       "and on flash")
     eq(check_key(_KEY), None, "a good key")
     true(check_key("short") and check_key("x" * 41) and check_key("with space 012345")
          and check_key(5), "bad keys")
@@ -175,5 +190,61 @@ def test_basic_auth_over_ws_only_when_the_technician_allows_it():
         app.settings.apply({"ocpp_allow_insecure_auth": False, "ocpp_auth_key": ""})
         ok, seen = _try_session(svc)
         eq((seen, svc.refused), ([{}], None), "no key: connects without Authorization")
+    finally:
+        log.set_level(log.WARNING)
+
+
+def test_a_key_set_over_plain_ws_does_not_cut_the_charger_off_for_good():
+    # At profile 0 over ws:// (no "insecure" tick) a key from ChangeConfiguration would
+    # make the charger refuse every connection (Basic over ws:// refused) until a
+    # technician comes: one frame injected into the plain link would suffice. It is
+    # Rejected there, accepted where it can be sent.
+    log.set_level(log.ERROR + 10)
+    try:
+        app, d = _app()
+        svc = app.ocpp.service
+        ok, seen = _try_session(svc)
+        eq(seen, [{}], "connects without a key")
+        before = _stored_or_none(d)
+        eq(svc.cfg.change("AuthorizationKey", _NEW), "Rejected", "over ws:// without the tick")
+        eq(svc.cfg["AuthorizationKey"], "", "nothing changed")
+        ok, seen = _try_session(svc)
+        eq((seen, svc.refused), ([{}], None), "still connects")
+        eq(_stored_or_none(d), before, "nothing stored")
+        # Allowed over ws://, or over wss://: Accepted and sent.
+        eq(app.settings.apply({"ocpp_allow_insecure_auth": True}), {}, "ticked")
+        eq(svc.cfg.change("AuthorizationKey", _NEW), "Accepted", "insecure allowed")
+        ok, seen = _try_session(svc)
+        true(seen and seen[0]["Authorization"].startswith("Basic "), "sent: %r" % seen)
+        app, d = _app(url="wss://127.0.0.1:9443/ocpp/CP1")
+        eq(app.ocpp.service.cfg.change("AuthorizationKey", _NEW), "Accepted", "wss://")
+    finally:
+        log.set_level(log.WARNING)
+
+
+def test_a_pre_seeded_key_is_not_bound_to_the_first_url_anyone_sets():
+    # docs/ocpp.md: a pre-seeded AuthorizationKey without its central system is bound
+    # to the URL stored at boot. With none at boot, whoever sets the URL first (any
+    # session) must not have the key sent to a server of theirs: it is cleared.
+    log.set_level(log.ERROR + 10)
+    try:
+        app, d = _app(url="", config={"AuthorizationKey": _KEY},
+                      settings={"ocpp_allow_insecure_auth": True})
+        eq(app.settings.apply({"ocpp_url": "ws://127.0.0.1:9999/evil/CP1"}), {})
+        if app.ocpp.service is None:
+            app.ocpp._build()  # what Ocpp.run() does on the wake-up
+        svc = app.ocpp.service
+        ok, seen = _try_session(svc)
+        eq([h for h in seen if "Authorization" in h], [], "the pre-seeded key stays home")
+        eq(svc.cfg["AuthorizationKey"], "", "cleared")
+        true(b"AuthorizationKey" not in _stored(d), "on flash too")
+        true("9999" in app.settings.public()["ocpp_auth_key_note"], "the page says why")
+        # Pre-seeded with the URL beside it (settings.json): bound at boot and sent.
+        app, d = _app(config={"AuthorizationKey": _KEY},
+                      settings={"ocpp_allow_insecure_auth": True})
+        svc = app.ocpp.service
+        eq(svc.cfg.key_host, "ws://127.0.0.1:9000", "bound to the URL stored at boot")
+        ok, seen = _try_session(svc)
+        true(seen and "Authorization" in seen[0], "sent there: %r" % seen)
     finally:
         log.set_level(log.WARNING)

@@ -397,6 +397,7 @@ class _Auth:
     def __init__(self):
         self.seen = []
         self.hmi = _Out()
+        self.unknown = False  # the cards this test taps are accepted
 
     async def present(self, uid, kind):
         self.seen.append(uid)

@@ -81,35 +81,57 @@ class Wlan:
             return
         self.mode = mode
         if mode == "ap":
-            self._sta.active(False)
-            self._ap.active(True)
             if self.ap_key is None:
                 import apkey
 
-                # After active(True): the ESP32's RNG is a true one once the radio runs.
+                # Before the hotspot is up, with the radio on (the ESP32's RNG is a true
+                # one only then): the station interface runs while the secret is read or
+                # made and written to flash, and the key derived.
+                self._sta.active(True)
                 self.ap_key = apkey.derive(apkey.load_secret(self._dir, self._log), self._serial)
-            self._secure_ap()
+            self._sta.active(False)
+            self._start_ap()
             self._ap.ifconfig(self.AP_IFCONFIG)
         else:
             self._ap.active(False)
             self._sta.active(True)
 
+    def _start_ap(self):
+        """The hotspot on with its WPA2 key. A driver that takes the configuration
+        while the interface is off (CYW43) starts with it; the ESP32's refuses it
+        then (esp_wifi_set_config needs the interface enabled, OSError): there the key
+        is set by the very next call after active(True), nothing in between."""
+        ap = self._ap
+        err = self._secure_ap()
+        if err is not None and not isinstance(err, OSError):
+            self._log("hotspot off: WPA2 cannot be set (%r)" % (err,))
+            return  # the driver knows no WPA2 setting: never switched on
+        ap.active(True)
+        err = self._secure_ap()  # again once on: a driver may drop what it took while off
+        if err is not None:
+            ap.active(False)  # no hotspot rather than an open one
+            self._log("hotspot off: WPA2 cannot be set (%r)" % (err,))
+
     def _secure_ap(self):
+        """None once ssid, key and WPA2 are set, else the error (an OSError among them
+        when one form failed for the interface's state)."""
         ap = self._ap
         net = self._net
+        state_err = None
         try:
             # ESP32: key, mode and client limit in one esp_wifi_set_config
             ap.config(ssid=self.ap_ssid, key=self.ap_key, max_clients=1,
                       authmode=getattr(net, "AUTH_WPA2_PSK", _AUTH_WPA2_PSK))
-            return
-        except (ValueError, TypeError, OSError):
-            pass
+            return None
+        except (ValueError, TypeError, OSError) as e:
+            if isinstance(e, OSError):
+                state_err = e
         try:
             # CYW43 modules: `security` (the driver restarts the AP with it), no limit
             ap.config(ssid=self.ap_ssid, key=self.ap_key, security=_CYW43_WPA2_AES_PSK)
+            return None
         except (ValueError, TypeError, OSError) as e:
-            ap.active(False)  # no hotspot rather than an open one
-            self._log("hotspot off: WPA2 cannot be set (%r)" % (e,))
+            return state_err or e
 
     def scan(self):
         if self.mode != "client":

@@ -86,6 +86,7 @@ class App:
         from evse.rfid import RfidReader
 
         self.rfid = RfidReader(hw, self.auth)
+        self.hmi.notices.append(self.rfid.notice)
         self.supervisor = Supervisor(hw.wdt, self.charger.emergency_stop, self.charger.hold)
         self._records = []  # history writes deferred out of the pilot task
         self._records_flag = asyncio.Event()

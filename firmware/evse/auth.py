@@ -20,6 +20,9 @@ class Authorizer:
         self.met = metering
         self.sources = []  # objects with async authorize(id_tag) -> status or None
         self.stop_checks = []  # objects with async may_stop(id_tag, session) -> bool or None
+        # The last present() refused a card no source accepts (not authorized, or not
+        # the card of the charge running): what the reader's back-off counts.
+        self.unknown = False
 
     async def authorize(self, id_tag):
         for src in self.sources:
@@ -32,6 +35,7 @@ class Authorizer:
         """A card on the reader: start a session, or stop the one it started.
 
         Returns (ok, message). One beep on success, two beeps on failure."""
+        self.unknown = False
         ok, msg = await self._present(id_tag, kind, start_mode)
         if ok:
             self.hmi.beep_ok()
@@ -51,9 +55,11 @@ class Authorizer:
             if s.id_tag.upper() == id_tag.upper() or await self._may_stop(id_tag, s):
                 self.ch.end_session(start_mode)
                 return True, "stopped"
+            self.unknown = True
             return False, "another card started this charge"
         verdict = await self.authorize(id_tag)
         if verdict != "Accepted":
+            self.unknown = True
             return False, "not authorized (%s)" % verdict
         return self.start(id_tag, start_mode)
 

@@ -1,6 +1,12 @@
 # The card reader task: polls the RC522 about every 200 ms, hands each new card to the
 # authorizer (start/stop) or to a waiting "Read" of the web page, and reports a reader
 # that stops answering (OCPP ReaderFailure) without touching a charge in progress.
+#
+# Unknown cards slow it down: UIDs are shown masked to the last 4 hex digits, so a
+# UID-changing emulator must not try the rest at 5 cards a second. After 5 refused cards
+# within a minute, cards are refused unread for 30 s (two beeps, PAUSE_TEXT on the
+# display); each further burst doubles that, up to 10 min; 10 min without a refused card
+# after a pause starts again at 30 s. A web "Read" still gets its card.
 import asyncio
 import time
 from micropython import const
@@ -14,6 +20,11 @@ _POLL_MS = const(200)
 _SAME_CARD_MS = const(3000)  # a card held on the reader counts once
 _FAULT_AFTER = const(5)  # consecutive reader errors before ReaderFailure
 _RETRY_MS = const(2000)  # reader in fault: try to bring it back this often
+_BURST = const(5)  # refused cards ...
+_WINDOW_MS = const(60000)  # ... within this long start a pause
+_PAUSE_MS = const(30000)  # the first pause, doubled by each one after it
+_PAUSE_MAX_MS = const(600000)  # the longest pause, and the calm that resets the doubling
+PAUSE_TEXT = "CARDS PAUSED"  # the display's warning while cards are refused unread
 
 
 class RfidReader:
@@ -27,6 +38,13 @@ class RfidReader:
         self._waiter = None  # asyncio.Event of a pending web "Read"
         self._read_card = None
         self.last_card = None  # (uid_hex, kind) of the last card seen, for the web page
+        # The back-off. Every time is forgotten once over (_expire), so none is compared
+        # across the ticks wrap.
+        self._refused = 0  # refused cards since _window_at
+        self._window_at = None
+        self._paused_at = None  # ticks_ms the pause began, None when cards are read
+        self._pause_ms = _PAUSE_MS  # the length of the pause running or the next one
+        self._calm_at = None  # ticks_ms of the last refusal or pause end, while doubled
 
     @property
     def reading(self):
@@ -55,6 +73,7 @@ class RfidReader:
         now = time.ticks_ms()
         if self._last_uid is not None and time.ticks_diff(now, self._last_ms) >= _SAME_CARD_MS:
             self._last_uid = None
+        self._expire(now)
         r = self._reader
         try:
             card = r.poll()
@@ -70,6 +89,45 @@ class RfidReader:
         self.fault = False
         self.errors = 0
         return card
+
+    def _expire(self, now):
+        if self._window_at is not None and time.ticks_diff(now, self._window_at) >= _WINDOW_MS:
+            self._window_at = None
+            self._refused = 0
+        if self._paused_at is not None:
+            if time.ticks_diff(now, self._paused_at) < self._pause_ms:
+                return
+            self._paused_at = None
+            self._pause_ms = min(self._pause_ms * 2, _PAUSE_MAX_MS)
+            self._calm_at = now
+            _log.info("cards read again")
+        if self._calm_at is not None and time.ticks_diff(now, self._calm_at) >= _PAUSE_MAX_MS:
+            self._calm_at = None
+            self._pause_ms = _PAUSE_MS
+
+    @property
+    def paused(self):
+        """Cards are refused unread (the back-off after unknown cards)."""
+        return self._paused_at is not None
+
+    def notice(self):
+        """The display's warning (evse/hmi.py `notices`) while cards are refused unread."""
+        return PAUSE_TEXT if self._paused_at is not None else None
+
+    def _count_refusal(self, now):
+        if self._calm_at is not None:
+            self._calm_at = now
+        if self._window_at is None:
+            self._window_at = now
+            self._refused = 0
+        self._refused += 1
+        if self._refused >= _BURST:
+            self._window_at = None
+            self._refused = 0
+            self._paused_at = now
+            self._calm_at = None
+            _log.warning("%d unknown cards within %d s: cards refused unread for %d s",
+                         _BURST, _WINDOW_MS // 1000, self._pause_ms // 1000)
 
     def _error(self, e):
         self.errors += 1
@@ -107,4 +165,10 @@ class RfidReader:
             self._waiter.set()
             self._auth.hmi.beep_ok()
             return
+        if self._paused_at is not None:
+            self._auth.hmi.beep_fail()  # refused unread; the display says why
+            _log.info("a card refused unread (back-off after unknown cards)")
+            return
         await self._auth.present(uid, kind)
+        if self._auth.unknown:
+            self._count_refusal(time.ticks_ms())

@@ -16,14 +16,16 @@ class Ocpp:
         # The technician's AuthorizationKey (write-only): PUT /api/config ocpp_auth_key.
         app.settings.extra["ocpp_auth_key"] = (self._check_key, self._set_key, self._key_view)
         if app.settings["ocpp_url"]:
-            self._build()
+            self._build(at_boot=True)
 
-    def _build(self):
+    def _build(self, at_boot=False):
         import gc
         from evse.ocpp.service import Service
 
         gc.collect()
-        self.service = Service(self.app)
+        # at_boot: the URL stored at boot, the one a key stored without its central
+        # system may be bound to (a URL set later may come from anyone with a session)
+        self.service = Service(self.app, at_boot)
         self.service.on_update_firmware = self._fw_hook
 
     @property

@@ -7,7 +7,9 @@
 # AuthorizationKey is write-only: listed without a value, never disclosed. It is bound to
 # the central system it was set for (scheme, host and port of ocpp_url, stored beside it
 # as _KEY_HOST): once ocpp_url names another, the key is cleared (bind_key), so whoever
-# may change the URL cannot have the key sent to a server of their own.
+# may change the URL cannot have the key sent to a server of their own. Over ws://
+# without ocpp_allow_insecure_auth a new key is Rejected (service.py's veto): the
+# charger would refuse every connection with it.
 import os
 
 import atomicfile
@@ -286,20 +288,24 @@ class Config:
             out[_KEY_HOST] = self.key_host
         atomicfile.save_json(self._path, out)
 
-    def bind_key(self, host):
+    def bind_key(self, host, at_boot=False):
         """The rule for the AuthorizationKey before it may be sent to `host` (the
         central system ocpp_url names: scheme://host:port): None when it is bound to it
-        (or there is none), else why it was cleared. A key stored without a host (set
-        before the binding existed) is bound to the first host it meets."""
+        (or there is none), else why it was cleared. A key stored without a host
+        (pre-seeded, or set before the binding existed) is bound only to the URL stored
+        at boot (at_boot): a URL set later may come from anyone with a session."""
         if not self._values["AuthorizationKey"] or not host:
             return None
-        if not self.key_host:
+        if not self.key_host and at_boot:
             self.key_host = host
             self._save()
             return None
         if self.key_host == host:
             return None
-        why = "ocpp_url moved from %s to %s" % (self.key_host, host)
+        if self.key_host:
+            why = "ocpp_url moved from %s to %s" % (self.key_host, host)
+        else:
+            why = "ocpp_url %s set after the boot, the key bound to none" % host
         self.key_host = ""
         self._values["AuthorizationKey"] = ""
         self._save()

@@ -68,7 +68,7 @@ def pem_certs(path):
 
 
 class Service:
-    def __init__(self, app):
+    def __init__(self, app, at_boot=False):
         self.app = app
         self.ch = ch = app.charger
         self.hw = app.hw
@@ -135,6 +135,7 @@ class Service:
         app.history.listeners.append(self._on_history)
         app.settings.on_change(self._on_settings)
         cfg.vetoes["SecurityProfile"] = self._veto_profile
+        cfg.vetoes["AuthorizationKey"] = self._veto_key
         cfg.dynamic["UnlockConnectorOnEVSideDisconnect"] = self._unlock_on_unplug
         cfg.listeners.append(self._on_cfg)
         # Why the charger does not connect, when it is a rule and not the network (the
@@ -142,7 +143,7 @@ class Service:
         self.refused = None
         self.key_note = None
         cfg.host_now = self._url_host
-        self._check_key()
+        self._check_key(at_boot)
         if self.state.get("inop"):
             ch.unavailable = True
         self.update_store_limit()
@@ -216,11 +217,12 @@ class Service:
             return ""
         return "%s://%s:%d" % ("wss" if secure else "ws", host.lower(), port)
 
-    def _check_key(self):
+    def _check_key(self, at_boot=False):
         """Clears the AuthorizationKey when ocpp_url names another central system than
         the one it was set for: it is never sent to a server the key's owner did not
-        choose (whoever can change the URL is not trusted with the key)."""
-        why = self.cfg.bind_key(self._url_host())
+        choose (whoever can change the URL is not trusted with the key). A key bound to
+        none takes the URL stored at boot only (at_boot)."""
+        why = self.cfg.bind_key(self._url_host(), at_boot)
         if why:
             self.key_note = why + ": AuthorizationKey cleared"
             _log.warning("%s: AuthorizationKey cleared; the technician (web app) or the "
@@ -283,6 +285,15 @@ class Service:
         if name in ("SecurityProfile", "AuthorizationKey"):
             self._reconnect = True  # after the answer: the sender loop closes the link
         self.kick()
+
+    def _veto_key(self, value):
+        """ChangeConfiguration AuthorizationKey: Rejected where the charger would refuse
+        to send it (ws:// without ocpp_allow_insecure_auth), else one frame injected
+        into a plain link would cut the charger off until a technician comes."""
+        if self.settings["ocpp_url"].startswith("ws://") and \
+                not self.settings["ocpp_allow_insecure_auth"]:
+            return "a key is never sent over ws:// without ocpp_allow_insecure_auth"
+        return None
 
     def _veto_profile(self, value):
         cur = self.cfg["SecurityProfile"]
