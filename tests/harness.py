@@ -84,8 +84,8 @@ def firmware_tree():
     return out
 
 
-def default_heap(tree=None):
-    """128 KB for the firmware's data plus what its code takes on this port.
+def default_heap(tree=None, data_kb=128):
+    """128 KB (data_kb) for the firmware's data plus what its code takes on this port.
 
     On the charger the code is frozen in flash; on the unix port it sits in the heap, so
     the budget is data only (tools/footprint.py, docs/development.md). EVSE_TEST_HEAP
@@ -93,7 +93,7 @@ def default_heap(tree=None):
     forced = os.environ.get("EVSE_TEST_HEAP")
     if forced:
         return forced
-    return _tool("footprint").heapsize(micropython(), 128, tree=tree)
+    return _tool("footprint").heapsize(micropython(), data_kb, tree=tree)
 
 
 def _port_block():

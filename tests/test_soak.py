@@ -108,11 +108,10 @@ def test_checker_flags_an_offer_above_the_limit():
 @pytest.mark.skipif(shutil.which("socat") is None, reason="needs socat")
 @pytest.mark.timeout(SOAK_S + 180)
 def test_short_soak(tmp_path, request):
-    from harness import default_heap
-    from soak_rig import Rig
+    from soak_rig import Rig, soak_heap
     from soak_scenario import Soak
 
-    rig = Rig(tmp_path, heap=default_heap())
+    rig = Rig(tmp_path, heap=soak_heap())
     request.node.chargers = []
     try:
         rig.start()

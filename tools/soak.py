@@ -77,7 +77,7 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--json", type=Path, help="write the result here")
     ap.add_argument("--keep", type=Path, help="keep the chargers' directories and logs here")
-    ap.add_argument("--heap", help="heap size (default: 128 KB of data + code footprint)")
+    ap.add_argument("--heap", help="heap size (default: 160 KB of data + code footprint)")
     ap.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     args = ap.parse_args(argv)
     heap, work = tool_start(args, "soak")

@@ -30,7 +30,7 @@ _LIMITER_SETTINGS = ("meter_model", "meter_addr", "lb_enabled", "lb_pool_id", "c
 _CONTROL_MS = 100  # control logic period, on the clock (not every nth sample: a busy loop
 # stretches the samples, and with them a count of samples)
 GC_EVERY = 16 * 1024  # bytes allocated between two collections (gc.threshold)...
-_GC_MIN = 4 * 1024  # ...or half the free heap when that is less, but at least this
+_GC_MIN = 2 * 1024  # ...or a quarter of the free heap when that is less, but at least this
 _GC_TUNE_MS = 5000
 _PROTECTION_MS = 100
 _METER_MS = 1000
@@ -243,7 +243,7 @@ class App:
         so a collection comes sooner, never later."""
         while True:
             await asyncio.sleep_ms(_GC_TUNE_MS)
-            gc.threshold(max(_GC_MIN, min(GC_EVERY, gc.mem_free() // 2)))
+            gc.threshold(max(_GC_MIN, min(GC_EVERY, gc.mem_free() // 4)))
 
     # ---- views -----------------------------------------------------------------------------
     def standby(self):
