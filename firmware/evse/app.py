@@ -236,9 +236,9 @@ class App:
         await sup.run()
 
     async def _gc_task(self):
-        """With less than 2 x GC_EVERY free, a collection after GC_EVERY bytes would come
-        only once the heap is full, and long-lived objects would then be scattered
-        through all of it: collect after half the free heap instead. mem_free() does
+        """With little free, a collection after GC_EVERY bytes would come only once the
+        heap is full, and long-lived objects would then be scattered through all of it:
+        collect after a quarter of the free heap instead. mem_free() does
         not count the garbage not yet collected: between collections the figure is low,
         so a collection comes sooner, never later."""
         while True:
