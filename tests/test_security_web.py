@@ -7,6 +7,7 @@ import ast
 import http.client
 import json
 import socket
+import time
 
 import pytest
 from harness import FACTORY_PASSWORD, ROOT, wait_until
@@ -402,3 +403,40 @@ def test_security_headers_on_a_refusal(charger):
     assert st == 421
     assert "frame-ancestors 'none'" in h["content-security-policy"][0]
     assert h["x-frame-options"] == ["DENY"]
+
+
+# -- request bodies ------------------------------------------------------------------------
+
+_NESTED = b'{"password": ' + b"[" * 2030 + b"]" * 2030 + b"}"  # 4,075 bytes: under 4 KB
+
+
+def test_a_4_kb_json_body_without_a_session_does_not_disturb_a_charge(start_charger):
+    """4 KB of nested brackets parsed whole would be ~2,000 lists: ~147 KB on the 64-bit
+    unix port, more than a charger with everything on has free. /api/login takes 320
+    bytes at most, and every body is refused (400) when nested deeper than 8 or with more
+    than 64 arrays and objects, before it is parsed. The heap here: 60 KB free, more than
+    a board has with everything on (docs/development.md)."""
+    c = start_charger(settings={"auth_mode": "free"}, heap="463k")
+    c.sim("ev", state="B", diode=True, max_a=16)
+    c.wait_for(lambda s: s["session"]["active"] and s["pwm_duty_pct"], timeout=10)
+    c.sim("ev", state="C", diode=True, max_a=16)
+    c.wait_for(lambda s: s["relays_closed"], timeout=15)
+    restarts = dict(c.snapshot()["restarts"])
+    cookie = c.login().headers["Set-Cookie"].split(";")[0]
+    answers = []
+    for method, path in [("POST", "/api/login")] * 3 + [("PUT", "/api/config")]:
+        head = ("%s %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Type: "
+                "application/json\r\nContent-Length: %d\r\nConnection: close\r\n"
+                "Cookie: %s" % (method, path, c.http_port, len(_NESTED), cookie))
+        try:
+            answers.append(raw(c, head, _NESTED)[0])
+        except OSError as e:
+            answers.append(repr(e))
+        time.sleep(0.3)
+    time.sleep(1.0)
+    snap = c.snapshot()
+    assert c.running, "firmware process died"
+    assert answers[:3] == [413] * 3, answers
+    assert answers[3] == 400, answers  # a session: parsed only once its shape is checked
+    assert snap["restarts"] == restarts, snap["restarts"]
+    assert snap["relays_closed"] and snap["state"] == "Charging", snap
