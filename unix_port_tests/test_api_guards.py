@@ -284,6 +284,13 @@ def test_a_json_body_is_refused_before_it_can_fill_the_heap():
     ok = b'{"password": "[[[[[[[[[[\\\"{{{{{{{{{{"}'
     eq(_status(api.login, _Req(raw=ok)), 401, "a wrong password, parsed")
     eq(_status(api.login, _Req(raw=b'{"password": "%s"}' % OWNER.encode())), 200)
+    # the scan of a 4 KB body yields to the control loop as it goes
+    from evse.api import _check_shape
+
+    body = b'{"a": "' + b"[" * 4000 + b'"}'
+    gap, turns = _longest_gap_us(lambda: _check_shape(body))
+    print("    4 KB scanned: longest stretch without a yield %d us, %d yields" % (gap, turns))
+    true(turns >= len(body) // 256 - 1, "yielded %d times" % turns)
 
 
 def test_a_64_character_password_fits_the_body_limits():
