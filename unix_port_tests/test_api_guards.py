@@ -69,19 +69,22 @@ class _App:
 
 
 class _Req:
-    def __init__(self, body=None, method="POST", token=None):
+    def __init__(self, body=None, method="POST", token=None, raw=None):
         self._body = body or {}
+        self._raw = raw if raw is not None else (json.dumps(body).encode() if body else b"")
         self.method = method
         self.headers = {"content-type": "application/json", "host": "192.168.1.1"}
-        self.content_length = len(json.dumps(self._body)) if body else 0
+        self.content_length = self.left = len(self._raw)
         self.cookies = {"evse_session": token} if token else {}
         self.remote = ("192.168.1.7", 50000)
         self.query = {}
         self.params = {}
 
-    async def json(self, n=None):
+    async def read(self, n):
         await asyncio.sleep_ms(0)
-        return self._body
+        b = self._raw[: min(n, self.left)]
+        self.left -= len(b)
+        return bytearray(b)
 
 
 def _api(tag, password=OWNER):
@@ -252,3 +255,50 @@ def test_csv_id_cell_is_never_a_formula():
     eq(_csv("04A1B2C3"), "04A1B2C3", "a plain UID as it is")
     eq(_csv('a,"b"'), '"a,""b"""', "quoted")
     eq(_csv(None), "", "none")
+
+
+# ---- JSON bodies ---------------------------------------------------------------------------
+_NESTED = b'{"password": ' + b"[" * 2030 + b"]" * 2030 + b"}"  # 4,075 bytes
+
+
+def test_a_json_body_is_refused_before_it_can_fill_the_heap():
+    # 4 KB of brackets parsed would be ~2,000 lists (~147 KB here, ~75 KB on a board):
+    # more than a charger has free, and /api/login needs no session.
+    import gc
+
+    api = _api("api_json")
+    gc.collect()
+    free = gc.mem_free()
+    eq(_status(api.login, _Req(raw=_NESTED)), 413, "login: 320 bytes at most")
+    eq(_status(api.login, _Req(raw=b'{"password": "' + b"x" * 400 + b'"}')), 413)
+    tok = _token(api)
+    put = api.put_config
+    eq(_status(put, _Req(raw=_NESTED, method="PUT", token=tok)), 400, "4 KB of brackets")
+    deep = b'{"a": ' + b"[" * 8 + b"]" * 8 + b"}"  # 9 deep
+    eq(_status(put, _Req(raw=deep, method="PUT", token=tok)), 400, "nested 9 deep")
+    many = b'{"a": [' + b"[], " * 64 + b"[]]}"  # 66 containers, 3 deep
+    eq(_status(put, _Req(raw=many, method="PUT", token=tok)), 400, "66 containers")
+    gc.collect()
+    true(gc.mem_free() > free - 8000, "no heap kept")
+    # brackets inside strings are text, escaped quotes too
+    ok = b'{"password": "[[[[[[[[[[\\\"{{{{{{{{{{"}'
+    eq(_status(api.login, _Req(raw=ok)), 401, "a wrong password, parsed")
+    eq(_status(api.login, _Req(raw=b'{"password": "%s"}' % OWNER.encode())), 200)
+    # the scan of a 4 KB body yields to the control loop as it goes
+    from evse.api import _check_shape
+
+    body = b'{"a": "' + b"[" * 4000 + b'"}'
+    gap, turns = _longest_gap_us(lambda: _check_shape(body))
+    print("    4 KB scanned: longest stretch without a yield %d us, %d yields" % (gap, turns))
+    true(turns >= len(body) // 256 - 1, "yielded %d times" % turns)
+
+
+def test_a_64_character_password_fits_the_body_limits():
+    # At most 64 characters, up to 4 bytes each in UTF-8 (the page sends them unescaped).
+    api = _api("api_json64")
+    new = "\U0001F600" * 64
+    body = b'{"old": "%s", "new": "%s"}' % (OWNER.encode(), new.encode())
+    tok = _token(api)
+    eq(_status(api.password, _Req(raw=body, token=tok)), 200, "%d bytes" % len(body))
+    body = b'{"password": "%s"}' % new.encode()
+    eq(_status(api.login, _Req(raw=body)), 200, "%d bytes" % len(body))

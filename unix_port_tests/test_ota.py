@@ -239,3 +239,130 @@ def test_buffer_shrinks_when_the_heap_has_no_chunk_sized_block():
         raises(MemoryError, ota._buffer)
     finally:
         ota.bytearray = real
+
+
+# ---- an upload that ends during a charge -----------------------------------------------------
+class _Charger:
+    session = None
+
+
+class _UpHw(_Hw):
+    def reset(self):
+        pass
+
+
+class _UpApp(_App):
+    def __init__(self, d):
+        super().__init__(d, ocpp_url="")
+        self.hw = _UpHw()
+        self.charger = _Charger()
+
+
+class _Body:
+    """POST /api/upgrade's body in 1000-byte pieces; `start` sets a charge going when the
+    first piece arrives (a car plugs in and a card is shown during a slow upload)."""
+
+    def __init__(self, data, app, start):
+        self.data = data
+        self.content_length = self.left = len(data)
+        self.app = app
+        self.start = start
+        self.body_timeout_ms = 5000
+
+    async def read_into(self, buf):
+        n = min(len(buf), self.left, 1000)
+        off = self.content_length - self.left
+        buf[:n] = self.data[off : off + n]
+        self.left -= n
+        if off == 0 and self.start:
+            self.app.charger.session = "a charge"
+        await asyncio.sleep_ms(0)
+        return n
+
+
+def _firmware(nfiles=30):
+    files = [("evse/app.mpy", b"A" * 100), ("evse/version.mpy", b"V" * 10)]
+    files += [("lib/m%d.mpy" % i, b"x" * 50) for i in range(nfiles)]
+    payload = _archive(files)
+    return _header(version="99.0.0", length=len(payload)) + payload
+
+
+def _upload(start_charge):
+    import binascii
+    import hashlib
+
+    d = _tmpdir()
+    app = _UpApp(d)
+    o = ota.Ota(app, ab=ab_boot)
+    data = _firmware()
+    md5 = binascii.hexlify(hashlib.md5(data).digest()).decode()
+    touched = []
+    real = ota._rmtree
+
+    async def spy(path):
+        touched.append((path, app.charger.session))
+        await real(path)
+
+    ota._rmtree = spy
+    try:
+        status, res = asyncio.run(o.upload(_Body(data, app, start_charge), md5))
+    finally:
+        ota._rmtree = real
+        asyncio.new_event_loop()
+    return o, status, res, touched
+
+
+def test_an_upload_that_ends_during_a_charge_does_not_install_during_it():
+    # The charge check before the body is not enough: an upload takes minutes, and the
+    # install (erasing a slot, writing every file) must never run while the relays may
+    # be closed. 409 "charging", the staged file dropped, no slot touched.
+    o, status, res, touched = _upload(True)
+    eq(status, 409)
+    eq(res.get("refused"), "charging")
+    eq(touched, [], "the inactive slot was wiped and rewritten while a charge ran")
+    true(not _exists(o.staging), "the staged file is dropped")
+    eq(o.busy, None)
+    true(ab_boot.load(o.data_dir).get("version") != "99.0.0", "not installed")
+    # without a charge the same file installs
+    o, status, res, touched = _upload(False)
+    eq((status, res["code"]), (200, ota.OK))
+    eq(len(touched), 1)
+    eq(ab_boot.load(o.data_dir).get("version"), "99.0.0")
+
+
+def test_install_yields_between_files():
+    # Erasing a slot and walking an archive are one flash operation per file: the
+    # control loop runs between them, not once at the end.
+    d = _tmpdir() + "/tree"
+    ota._mkdirs(d + "/sub")
+    for i in range(20):
+        with open(d + "/sub/f%d" % i, "w") as f:
+            f.write("x")
+    ticks = [0]
+
+    async def other():
+        while True:
+            ticks[0] += 1
+            await asyncio.sleep_ms(0)
+
+    async def main():
+        t = asyncio.create_task(other())
+        await asyncio.sleep_ms(0)
+        ticks[0] = 0
+        await ota._rmtree(d)
+        rm = ticks[0]
+        data = _firmware(40)
+        p = _tmpdir() + "/walk.bin"
+        with open(p, "wb") as f:
+            f.write(data)
+        ticks[0] = 0
+        with open(p, "rb") as f:
+            names = await ota._names(f, len(data) - 64, bytearray(64))
+        t.cancel()
+        return rm, ticks[0], len(names)
+
+    rm, walk, n = asyncio.run(main())
+    asyncio.new_event_loop()
+    true(rm >= 20, "the erase yielded %d times for 20 files" % rm)
+    true(walk >= n, "the walk yielded %d times for %d records" % (walk, n))
+    true(not _exists(d), "erased")

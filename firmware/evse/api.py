@@ -5,6 +5,9 @@
 # cross-site form cannot send that without a CORS preflight, which we never grant).
 # Every request must name this charger in its Host (a rebound DNS name gets 421) and,
 # when the browser sends an Origin, come from that same address (docs/web.md).
+import asyncio
+import json
+
 import httpd
 from httpd import HTTPError, Response
 
@@ -13,6 +16,15 @@ from evse.auth import FREE_TAG
 from evse.web_auth import COOKIE, IDLE_MS, WebAuth
 
 _BODY = 4096
+# Bodies parsed without a session (login) or before the old password is checked: a
+# password is at most 64 characters, 4 bytes each in UTF-8.
+_LOGIN_BODY = 320
+_PASSWORD_BODY = 640
+# Checked on the bytes before json.loads: 4 KB of brackets would be ~2,000 lists, more
+# heap than a charger has free. No page sends more than one flat object.
+_JSON_DEPTH = 8
+_JSON_CONTAINERS = 64
+_SCAN_YIELD = 256  # bytes scanned between two yields: ~0.05 ms here, a few ms on a board
 _READ_WAIT_MS = 20000  # POST /api/cards/read waits this long for a card
 _UPGRADE_MAX = 4 << 20  # a .bin: the compiled tree is ~0.3 MB
 _AP_ADDR = "192.168.1.1"  # the hotspot's own address (manual §8.1)
@@ -105,14 +117,21 @@ class Api:
 
         return handler
 
-    async def _json(self, req):
+    async def _json(self, req, limit=_BODY):
         if req.method != "GET":
             ctype = req.headers.get("content-type", "")
             if not ctype.startswith("application/json"):
                 raise HTTPError(415, "send application/json")
         if not req.content_length:
             return {}
-        body = await req.json(_BODY)
+        if req.left > limit:
+            raise HTTPError(413)
+        raw = await req.read(req.left)
+        await _check_shape(raw)
+        try:
+            body = json.loads(raw)
+        except ValueError:  # includes UnicodeError
+            raise HTTPError(400, "bad json") from None
         if not isinstance(body, dict):
             raise HTTPError(400, "body must be a JSON object")
         return body
@@ -126,7 +145,7 @@ class Api:
         return v
 
     async def login(self, req):
-        body = await self._json(req)
+        body = await self._json(req, _LOGIN_BODY)
         try:
             token = await self.auth.login(body.get("password"), client(req))
         except ValueError as e:
@@ -144,7 +163,7 @@ class Api:
 
     async def password(self, req):
         self._need_session(req, change=False)
-        body = await self._json(req)
+        body = await self._json(req, _PASSWORD_BODY)
         try:
             await self.auth.change_password(body.get("old"), body.get("new"), client(req))
         except ValueError as e:
@@ -389,6 +408,37 @@ class Api:
             ("PUT", "/api/upgrade/key", self.upgrade_key),
             ("GET", "/lang/<file>", self.lang_file),
         ]
+
+
+async def _check_shape(raw):
+    """HTTPError(400) for a body nested deeper than _JSON_DEPTH or with more than
+    _JSON_CONTAINERS arrays and objects; brackets inside strings do not count."""
+    if raw.count(b"[") + raw.count(b"{") == 0:
+        return
+    depth = containers = 0
+    in_str = esc = False
+    for i, ch in enumerate(raw):
+        if in_str:
+            if esc:
+                esc = False
+            elif ch == 0x5C:  # backslash
+                esc = True
+            elif ch == 0x22:
+                in_str = False
+        elif ch == 0x22:
+            in_str = True
+        elif ch == 0x5B or ch == 0x7B:  # [ {
+            depth += 1
+            containers += 1
+            if depth > _JSON_DEPTH:
+                raise HTTPError(400, "JSON nested deeper than %d" % _JSON_DEPTH)
+            if containers > _JSON_CONTAINERS:
+                raise HTTPError(400, "JSON with more than %d arrays and objects"
+                                % _JSON_CONTAINERS)
+        elif ch == 0x5D or ch == 0x7D:  # ] }
+            depth -= 1
+        if i % _SCAN_YIELD == _SCAN_YIELD - 1:
+            await asyncio.sleep_ms(0)
 
 
 def client(req):

@@ -263,6 +263,16 @@ def records(f, length, buf):
         f.seek(pos)
 
 
+async def _names(f, length, buf):
+    """The paths of every record (records() checks each), yielding between records: an
+    archive of hundreds of files is hundreds of flash seeks and reads."""
+    names = []
+    for p, _ in records(f, length, buf):
+        names.append(p)
+        await asyncio.sleep_ms(0)
+    return names
+
+
 def _mkdirs(path):
     cur = ""
     for part in path.split("/"):
@@ -275,7 +285,7 @@ def _mkdirs(path):
             pass
 
 
-def _rmtree(path):
+async def _rmtree(path):
     try:
         entries = list(os.ilistdir(path))
     except OSError:
@@ -283,12 +293,13 @@ def _rmtree(path):
     for e in entries:
         p = path + "/" + e[0]
         if e[1] == 0x4000:
-            _rmtree(p)
+            await _rmtree(p)
         else:
             try:
                 os.remove(p)
             except OSError:
                 pass
+        await asyncio.sleep_ms(0)  # an erase per file: the pilot task runs between them
     try:
         os.rmdir(path)
     except OSError:
@@ -664,6 +675,12 @@ class Ota:
             info["signature"] = await self.authenticate(sink)  # before anything is installed
             self.check_floor(info, downgrade)
             sink = None
+            # A charge may have started during a long upload: installing is minutes of
+            # flash work, never done while the relays may be closed. Refused, not kept.
+            if self.app.charger.session is not None:
+                _log.warning("upload refused: a charge started during it")
+                return 409, {"error": "a charge started during the upload: upload again "
+                             "when it has ended", "refused": "charging"}
             self.busy = "install"
             await self.install(info)
             return 200, self._result(OK, None, version=info["version"], kind=info["kind"],
@@ -698,7 +715,7 @@ class Ota:
         if ab is None:
             raise OtaError(E_FILE, "this tree does not take firmware upgrades (no ab_boot)")
         with open(src, "rb") as f:  # check the whole archive before touching a slot
-            names = [p for p, _ in records(f, info["length"], buf)]
+            names = await _names(f, info["length"], buf)
         if "evse/app.mpy" not in names or "evse/version.mpy" not in names:
             raise OtaError(E_FILE, "not a firmware tree (no evse/app.mpy)")
         st = ab.load(self.data_dir)
@@ -708,7 +725,7 @@ class Ota:
         # 1. the slot stops being a slot (slot.json first); boot.json never points at it
         #    (we run active; previous may, and ab_boot checks slot.json before using it).
         _remove(d + "/slot.json")
-        _rmtree(d)
+        await _rmtree(d)
         _mkdirs(d)
         n = 0
         try:
@@ -771,7 +788,7 @@ class Ota:
     async def _install_language(self, info, buf, src):
         d = self.data_dir + "/www/lang"
         with open(src, "rb") as f:
-            names = [p for p, _ in records(f, info["length"], buf)]
+            names = await _names(f, info["length"], buf)
         for p in names:
             if not p.startswith("lang/") or "/" in p[5:] or not (
                 p.endswith(".json") or p.endswith(".json.gz")

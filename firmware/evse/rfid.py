@@ -5,8 +5,8 @@
 # Unknown cards slow it down: UIDs are shown masked to the last 4 hex digits, so a
 # UID-changing emulator must not try the rest at 5 cards a second. After 5 refused cards
 # within a minute, cards are refused unread for 30 s (two beeps, PAUSE_TEXT on the
-# display); each further burst doubles that, up to 10 min; 10 min without a refused card
-# after a pause starts again at 30 s. A web "Read" still gets its card.
+# display); after 10 within an hour (from the first of them), until that hour is over:
+# at most 10 tries an hour however they are paced. A web "Read" still gets its card.
 import asyncio
 import time
 from micropython import const
@@ -22,8 +22,9 @@ _FAULT_AFTER = const(5)  # consecutive reader errors before ReaderFailure
 _RETRY_MS = const(2000)  # reader in fault: try to bring it back this often
 _BURST = const(5)  # refused cards ...
 _WINDOW_MS = const(60000)  # ... within this long start a pause
-_PAUSE_MS = const(30000)  # the first pause, doubled by each one after it
-_PAUSE_MAX_MS = const(600000)  # the longest pause, and the calm that resets the doubling
+_PAUSE_MS = const(30000)  # the pause after a burst
+_BUDGET = const(10)  # refused cards ...
+_BUDGET_MS = const(3600000)  # ... within this long pause the reader until it is over
 PAUSE_TEXT = "CARDS PAUSED"  # the display's warning while cards are refused unread
 
 
@@ -42,9 +43,10 @@ class RfidReader:
         # across the ticks wrap.
         self._refused = 0  # refused cards since _window_at
         self._window_at = None
+        self._spent = 0  # refused cards since _budget_at
+        self._budget_at = None
         self._paused_at = None  # ticks_ms the pause began, None when cards are read
-        self._pause_ms = _PAUSE_MS  # the length of the pause running or the next one
-        self._calm_at = None  # ticks_ms of the last refusal or pause end, while doubled
+        self._pause_ms = _PAUSE_MS  # the length of the pause running
 
     @property
     def reading(self):
@@ -94,16 +96,12 @@ class RfidReader:
         if self._window_at is not None and time.ticks_diff(now, self._window_at) >= _WINDOW_MS:
             self._window_at = None
             self._refused = 0
-        if self._paused_at is not None:
-            if time.ticks_diff(now, self._paused_at) < self._pause_ms:
-                return
+        if self._budget_at is not None and time.ticks_diff(now, self._budget_at) >= _BUDGET_MS:
+            self._budget_at = None
+            self._spent = 0
+        if self._paused_at is not None and time.ticks_diff(now, self._paused_at) >= self._pause_ms:
             self._paused_at = None
-            self._pause_ms = min(self._pause_ms * 2, _PAUSE_MAX_MS)
-            self._calm_at = now
             _log.info("cards read again")
-        if self._calm_at is not None and time.ticks_diff(now, self._calm_at) >= _PAUSE_MAX_MS:
-            self._calm_at = None
-            self._pause_ms = _PAUSE_MS
 
     @property
     def paused(self):
@@ -115,19 +113,27 @@ class RfidReader:
         return PAUSE_TEXT if self._paused_at is not None else None
 
     def _count_refusal(self, now):
-        if self._calm_at is not None:
-            self._calm_at = now
         if self._window_at is None:
             self._window_at = now
             self._refused = 0
         self._refused += 1
-        if self._refused >= _BURST:
-            self._window_at = None
-            self._refused = 0
-            self._paused_at = now
-            self._calm_at = None
-            _log.warning("%d unknown cards within %d s: cards refused unread for %d s",
-                         _BURST, _WINDOW_MS // 1000, self._pause_ms // 1000)
+        if self._budget_at is None:
+            self._budget_at = now
+            self._spent = 0
+        self._spent += 1
+        if self._spent >= _BUDGET:  # until the hour is over, when the count starts again
+            self._pause(now, _BUDGET_MS - time.ticks_diff(now, self._budget_at),
+                        "%d unknown cards within an hour" % _BUDGET)
+        elif self._refused >= _BURST:
+            self._pause(now, _PAUSE_MS, "%d unknown cards within %d s" % (_BURST,
+                                                                         _WINDOW_MS // 1000))
+
+    def _pause(self, now, ms, why):
+        self._window_at = None
+        self._refused = 0
+        self._paused_at = now
+        self._pause_ms = ms
+        _log.warning("%s: cards refused unread for %d s", why, ms // 1000)
 
     def _error(self, e):
         self.errors += 1

@@ -1,6 +1,7 @@
 # Login for the configuration pages: hashed password, random session tokens in an
 # HttpOnly SameSite=Strict cookie with idle expiry, and a rate limit on attempts per
-# client address with a cap over all addresses (docs/security.md).
+# client address with a cap over all addresses; addresses that logged in since boot keep
+# their own count, out of reach of the others' (docs/web.md "Password guessing").
 import asyncio
 import binascii
 import hashlib
@@ -24,15 +25,22 @@ _MAX_BYTES = 1024  # password.json is ~120 bytes
 FAILS_BEFORE_LOCK = 5  # wrong passwords from one address before it is locked out
 LOCK_MS = 30000  # that lockout: 30 s, doubling up to LOCK_MAX_MS
 LOCK_MAX_MS = 15 * 60 * 1000
-MAX_CLIENTS = 8  # addresses whose wrong passwords are counted (oldest forgotten)
+BUCKETS = 16  # other addresses counted in this many buckets, by a keyed hash: none is
+# ever forgotten to make room, so new addresses do not reset a lock's doubling; addresses
+# sharing a bucket share its lock (stricter, never looser)
+KNOWN = 4  # addresses that logged in since boot (the most recent), each counted alone
 GLOBAL_FAILS = 20  # wrong passwords from all addresses within GLOBAL_WINDOW_MS ...
 GLOBAL_WINDOW_MS = 60000
 GLOBAL_LOCK_MS = 60000  # ... lock every address this long: many addresses guess no faster
-# A client's entry: wrong passwords, locked until (0: not), next lock length, last attempt.
+# An entry: wrong passwords, locked until (0: not), next lock length, last attempt.
 _FAILS = 0
 _UNTIL = 1
 _NEXT = 2
 _SEEN = 3
+
+
+def _entry():
+    return [0, 0, LOCK_MS, 0]
 
 
 async def _hash(salt, password):
@@ -75,7 +83,9 @@ class WebAuth:
         self._t = clock_ms()
         self._ms = 1  # 0 stands for "not locked"
         self._sessions = {}  # token -> expiry
-        self._clients = {}  # address -> [fails, until, next lock ms, last attempt]
+        self._key = os.urandom(8)  # the bucket hash's: no address aims at a bucket
+        self._buckets = [_entry() for _ in range(BUCKETS)]
+        self._known = []  # [address, entry], the most recent login first
         self._gfails = 0
         self._gsince = 0
         self._glocked = 0
@@ -154,23 +164,26 @@ class WebAuth:
         return _equal(await _hash(self._salt, password), self._hash)
 
     # ---- attempts --------------------------------------------------------------------------
+    def _entry_of(self, client):
+        """(entry, known): a known address's own entry, else its bucket's."""
+        for k in self._known:
+            if k[0] == client:
+                return k[1], True
+        h = hashlib.sha256(self._key + str(client).encode()).digest()
+        return self._buckets[h[0] % BUCKETS], False
+
     def _gate(self, client, now):
-        """Raises ValueError while `client` or every client is locked out."""
-        until = self._glocked
-        e = self._clients.get(client)
-        if e is not None and e[_UNTIL] > until:
-            until = e[_UNTIL]
+        """Raises ValueError while `client` is locked out: by its own count (its bucket's
+        when it has not logged in since boot) or, unless it has, by the global cap."""
+        e, known = self._entry_of(client)
+        until = e[_UNTIL]
+        if not known and self._glocked > until:
+            until = self._glocked
         if until > now:
             raise ValueError("too many attempts, try again in %d s" % ((until - now + 999) // 1000))
 
     def _wrong(self, client, now):
-        e = self._clients.get(client)
-        if e is None:
-            if len(self._clients) >= MAX_CLIENTS:  # forget the oldest, unlocked ones first
-                old = min(self._clients, key=lambda k: (self._clients[k][_UNTIL] > now,
-                                                        self._clients[k][_SEEN]))
-                del self._clients[old]
-            e = self._clients[client] = [0, 0, LOCK_MS, now]
+        e = self._entry_of(client)[0]
         e[_SEEN] = now
         e[_FAILS] += 1
         if e[_FAILS] >= FAILS_BEFORE_LOCK:
@@ -197,8 +210,15 @@ class WebAuth:
         if not ok:
             self._wrong(client, now)
             raise ValueError("wrong password")
-        self._clients.pop(client, None)
+        self._login_ok(client)
         return now
+
+    def _login_ok(self, client):
+        """`client` knows the password: from now on it has its own count, fresh, and the
+        global cap no longer holds it (the oldest of KNOWN forgotten)."""
+        self._known = [k for k in self._known if k[0] != client]
+        self._known.insert(0, [client, _entry()])
+        del self._known[KNOWN:]
 
     # ---- sessions ----------------------------------------------------------------------------
     async def login(self, password, client=None):
@@ -229,14 +249,15 @@ class WebAuth:
         return True
 
     def expire(self):
-        """Every minute (app.py): drops the sessions idle too long and the addresses whose
-        lockout is over and that have not tried for a while."""
+        """Every minute (app.py): drops the sessions idle too long and starts the counts
+        over whose lockout is over and that saw no attempt for 15 min."""
         now = self._now()
         for token in [t for t, exp in self._sessions.items() if now >= exp]:
             del self._sessions[token]
-        for k in [k for k, e in self._clients.items()
-                  if e[_UNTIL] <= now and now - e[_SEEN] > LOCK_MAX_MS]:
-            del self._clients[k]
+        for e in self._buckets + [k[1] for k in self._known]:
+            if e[_UNTIL] <= now and now - e[_SEEN] > LOCK_MAX_MS:
+                e[_FAILS] = e[_UNTIL] = 0  # calm for 15 min: the doubling starts over
+                e[_NEXT] = LOCK_MS
 
     def logout(self, token):
         self._sessions.pop(token, None)
