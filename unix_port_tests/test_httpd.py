@@ -693,6 +693,39 @@ def test_clients_that_never_read_their_answers_cannot_starve_the_server():
     _run(t)
 
 
+def test_a_client_reading_above_min_rate_keeps_its_answer():
+    # With small buffers and a client waiting, an answer its client takes at 16 KB/s
+    # (twice min_rate) goes out whole; the newcomer is served after it.
+    import socket
+
+    async def t(srv, port):
+        srv._sock.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_SNDBUF", 7), 4096)
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_RCVBUF", 8), 1024)
+        s.connect(socket.getaddrinfo("127.0.0.1", port)[0][-1])
+        s.setblocking(False)
+        r = asyncio.StreamReader(s)
+        try:
+            r.write(_get(b"/big.bin", b"Connection: close\r\n"))
+            await r.drain()
+            await asyncio.sleep_ms(50)
+            other = asyncio.create_task(_req(port, _get(b"/api/status"), 5000))
+            got = b""
+            while True:
+                data = await asyncio.wait_for_ms(r.read(512), 3000)
+                if not data:
+                    break
+                got += data
+                await asyncio.sleep_ms(31)  # 512 B every 31 ms: 16 KB/s
+            true(got.endswith(bytes(range(256)) * 40), "the whole answer (%d B)" % len(got))
+            eq(srv.evictions, 0, "nothing evicted")
+            eq((await other)[0], 200, "the newcomer served after")
+        finally:
+            s.close()
+
+    _run(t, max_conns=1)
+
+
 def test_a_stalled_upload_keeps_its_slot_for_its_stall_allowance():
     # A handler that allows a 15 s stall (the firmware upload) keeps its body through a
     # 1 s WiFi hiccup though a newcomer waits; a body without one gives way at once.
