@@ -28,12 +28,14 @@ cancelling the connection's task: let CancelledError through.
   head      head_timeout_ms from its first byte (5 s): 408
   body      from the first read_into: req.body_timeout_ms (5 s; a handler may set its
             own before reading, as the OTA upload does: 15 s) plus the announced size at
-            min_rate (8 KB/s: 4 MB gets 517 s, against 210 s at a slow WiFi link's
-            20 KB/s); no single wait for more bytes longer than req.body_timeout_ms: 408
+            min_rate (8 KB/s: 4 MB gets 512 s, so 527 s for the OTA upload, against 210 s
+            at a slow WiFi link's 20 KB/s); no single wait for more bytes longer than
+            req.body_timeout_ms: 408
   handler   none: a card read waits 20 s. One that only waits sets req.evictable = True
             and may then be cancelled for a new client at the cap (503, Retry-After: 1)
   answer    write_timeout_ms (10 s) plus its size at min_rate, from its first write; a
-            client that has not taken it by then gets a reset, not the rest of it
+            client that has not taken it by then gets a reset, not the rest of it. With
+            clients waiting it may end sooner (see Connections)
 Response(body=b"", status=200, headers=None, ctype=None): body bytes/str/dict/list/None;
 headers a dict or a list of pairs. Response.file(path) streams a file in chunk_size
 pieces. Raise HTTPError(status, msg) in a handler for a JSON `{"error": msg}` answer.
@@ -62,12 +64,19 @@ the cap we stop calling accept(), so clients wait in the kernel's listen backlog
 and a new client waits out TCP's 1 s retransmit) rather than getting 503s. While one
 waits there, one connection gives way per waiting client, at once: the oldest idle or
 in its head for evict_after_ms (20 ms; 80 ms if it has sent nothing yet, a phone a WiFi
-round trip away), else the body furthest behind min_rate by more than evict_after_ms,
-else the oldest handler that set req.evictable. Bytes of its own already waiting in the
-kernel keep a connection (the wait is ours then). Each slow client thus holds a slot
-for 20 ms, not seconds: under 30 slow heads that reconnect at once, a status request
-waits for the ones queued ahead of it, ~100 ms p99 on loopback (make bench). An
-answer being written and a handler that may not be cancelled are never evicted. One
+round trip away), else the body or answer furthest behind min_rate, else the oldest
+handler that set req.evictable. A body gives way once more than evict_after_ms behind
+min_rate since its first read; one whose handler lengthened req.body_timeout_ms (the
+OTA upload, 15 s) is allowed that much lag, so a WiFi stall the body deadline allows
+does not end it for a newcomer. An answer gives way once its client, counting the
+bytes the socket took, is more than answer_grace_ms (0.5 s) behind min_rate: pipelined
+answers count as one, from the first while the client has not made us wait since, so a
+client that never reads (a board's send buffer takes ~5.7 KB) holds a slot for about a
+second, not write_timeout_ms for each request. Bytes of its own already waiting in the
+kernel keep an idle, head or body connection (the wait is ours then). Each slow client
+thus holds a slot for 20 ms, not seconds: under 30 slow heads that reconnect at once, a
+status request waits for the ones queued ahead of it, ~100 ms p99 on loopback (make
+bench). A handler that may not be cancelled is never evicted. One
 reaper task enforces every deadline by cancelling the connection task: a read costs no
 wait_for task. Each answer yields once, in the drain of its last write (drain() yields
 even if the socket took it all), and that drain is left until the request is done with: under
@@ -326,6 +335,10 @@ class _Conn:
         self.since = self.deadline = 0
         self.req = None  # the request being served, for _evict
         self.armed = self.killed = self.broken = self.sent = False
+        # Answers since the client last made us wait (pipelined ones add up): started at
+        # ans, bytes handed to the stream (put) and taken by the socket (took).
+        self.run = False
+        self.ans = self.put = self.took = 0
 
 
 def _readable(s):
@@ -361,9 +374,10 @@ class Server:
     body_timeout_ms = 5000  # longest wait for more body bytes (a stall); per request
     write_timeout_ms = 10000  # an answer's whole write, plus its size at min_rate
     # Bytes/s a body must average (its overall deadline: body_timeout_ms + size at this
-    # rate, 517 s for 4 MB) and an answer gets. Well below a slow WiFi link's 20 KB/s.
+    # rate, 512 s for 4 MB) and an answer gets. Well below a slow WiFi link's 20 KB/s.
     min_rate = 8192
     evict_after_ms = 20  # idle/head age, or body lag behind min_rate, before eviction
+    answer_grace_ms = 500  # answer lag behind min_rate before it may give way
     linger_ms = 300  # discard input after an error answer so the client can read it
     tick_ms = 100  # reaper period: deadline resolution
     # Request headers decoded into req.headers (besides framing ones); None keeps all.
@@ -489,9 +503,9 @@ class Server:
         """At the cap, with a client waiting: cancels the one connection that gives way
         best, if any -> ms before looking again (0: one is going, its slot frees now).
 
-        In order: idle or in its head for evict_after_ms (oldest first); a body more than
-        evict_after_ms behind min_rate (furthest behind first); a handler that said it
-        only waits (req.evictable, oldest first). Answers and other handlers stay.
+        In order: idle or in its head for evict_after_ms (oldest first); a body or an
+        answer behind min_rate beyond its grace (furthest behind first); a handler that
+        said it only waits (req.evictable, oldest first). Other handlers stay.
         """
         now = ticks_ms()
         old = None
@@ -509,16 +523,20 @@ class Server:
             elif ph == _BODY:  # how far behind min_rate since its first read
                 r = c.req
                 a = ticks_diff(now, c.since) - self._ms(r.content_length - r.left)
-                a -= self.evict_after_ms
+                g = r.body_timeout_ms  # a handler that lengthened it allows that stall
+                a -= g if g > self.body_timeout_ms else self.evict_after_ms
                 k = 2
-            elif ph == _BUSY and not c.sent and c.req is not None and c.req.evictable:
+            elif ph == _BUSY and c.sent:  # how far the client's taking is behind min_rate
+                a = ticks_diff(now, c.ans) - self._ms(c.took) - self.answer_grace_ms
+                k = 2
+            elif ph == _BUSY and c.req is not None and c.req.evictable:
                 k, a = 1, ticks_diff(now, c.since)
             else:
                 continue
             if a < 0:
                 if -a < wait:
                     wait = -a
-            elif (k > bk or (k == bk and a > ba)) and (k == 1 or not self._pending(c)):
+            elif (k > bk or (k == bk and a > ba)) and (ph == _BUSY or not self._pending(c)):
                 old, bk, ba = c, k, a
         if old is None or old.task is None:
             return wait
@@ -652,6 +670,8 @@ class Server:
         c.since = ticks_ms()
         self._arm(c, self.idle_timeout_ms if n else self.head_timeout_ms)
         if c.lo == c.hi:
+            if not self._pending(c):  # the client waits for us no more: a new answer run
+                c.run = False
             try:
                 await self._fill(c)
             except EOFError:
@@ -882,6 +902,7 @@ class Server:
         except OSError:
             c.broken = True
             raise
+        c.put += len(data)
 
     async def _drain(self, c):
         c.armed = True  # c.deadline: the answer's overall one (_send), not one per drain
@@ -891,6 +912,7 @@ class Server:
             c.broken = True
             raise
         c.armed = False
+        c.took = c.put  # the socket has all of it now
 
     def _write(self, c, data):
         # Plain function returning _drain's coroutine: an awaited write makes no coroutine
@@ -918,6 +940,10 @@ class Server:
         h.append("\r\n")
         head = "".join(h).encode()
         c.sent = True
+        if not c.run:
+            c.run = True
+            c.ans = ticks_ms()
+            c.put = c.took = 0
         ms = self.write_timeout_ms + (0 if head_only else self._ms(res.size))
         c.deadline = ticks_add(ticks_ms(), min(ms, _MAX_MS))
         s = self._scratch
@@ -927,7 +953,7 @@ class Server:
         if res.path and not bare:
             await self._send_file(c, head, res)
         elif res.obj is not None and not bare and (res.lazy or m + res.size > len(s)):
-            await self._send_json(c, head, res)
+            await self._send_json(c, head, res, c.put)
         elif res.obj is not None and not bare:
             # Fits the scratch (most answers): one write, and none of the per-item
             # coroutines of the piecewise path.
@@ -947,7 +973,7 @@ class Server:
             await self._write(c, head)
             self._put(c, body)
 
-    async def _send_json(self, c, head, res):
+    async def _send_json(self, c, head, res, base):
         # Head and body through the shared scratch, flushed to the socket whenever it
         # fills and before every await (so another connection may use it meanwhile):
         # a small answer is still one write.
@@ -955,21 +981,23 @@ class Server:
         out.reset(c.stream.write)
         try:
             out.write(head)
-            await jsonout.write(res.obj, out, lambda: self._pause(c))
+            await jsonout.write(res.obj, out, lambda: self._pause(c, base))
             out.flush()
         except OSError:
             c.broken = True
             raise
+        c.put = base + out.total
         if out.total != len(head) + res.size:  # never expected: the framing is lost
             c.broken = True
             raise OSError(5)
 
-    async def _pause(self, c):
+    async def _pause(self, c, base):
         c.out.flush()
         c.out.dirty = False
         c.armed = True
         await c.stream.drain()
         c.armed = False
+        c.took = base + c.out.total
 
     async def _send_file(self, c, head, res):
         # The scratch buffer is shared: write() sends or copies it before drain yields.

@@ -4,6 +4,7 @@ import gc
 import hashlib
 import json
 import os
+from time import ticks_diff, ticks_ms
 
 import httpd
 import webroot
@@ -58,6 +59,11 @@ async def h_upload(req):
     return {"md5": _hex(h.digest()), "bytes": total}
 
 
+async def h_ota(req):
+    req.body_timeout_ms = 15000  # as the firmware upload does: a WiFi stall allowed
+    return await h_upload(req)
+
+
 async def h_boom(req):
     raise ValueError("handler bug")
 
@@ -88,6 +94,7 @@ ROUTES = [
     ("DELETE", "/api/cards/<slot>", h_none),
     ("POST", "/api/echo", h_echo),
     ("POST", "/api/upload", h_upload, 1 << 20),
+    ("POST", "/api/ota", h_ota, 1 << 20),
     ("GET", "/api/boom", h_boom),
     ("GET", "/api/oom", h_oom),
     ("GET", "/api/conflict", h_teapot),
@@ -651,6 +658,110 @@ def test_eviction_spares_a_client_that_has_sent_nothing_yet():
         await wb.wait_closed()
 
     _run(t, max_conns=2, evict_after_ms=100, head_timeout_ms=5000)
+
+
+def test_clients_that_never_read_their_answers_cannot_starve_the_server():
+    # A board's send buffer is ~5.7 KB: a bigger answer (app.js, /api/history) blocks while
+    # its client keeps a zero window. Six such clients, each with answers pipelined,
+    # hold every slot unless an answer behind min_rate gives way to a waiting client.
+    import socket
+
+    async def t(srv, port):
+        srv._sock.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_SNDBUF", 7), 4096)
+        held = []
+        try:
+            for _ in range(srv.max_conns):
+                s = socket.socket()
+                s.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_RCVBUF", 8), 1024)
+                s.connect(socket.getaddrinfo("127.0.0.1", port)[0][-1])
+                s.write(_get(b"/big.bin") * 8)
+                held.append(s)
+            await asyncio.sleep_ms(500)
+            t0 = ticks_ms()
+            try:
+                st = (await _req(port, _get(b"/api/status"), 3000))[0]
+            except asyncio.TimeoutError:
+                st = None
+            ms = ticks_diff(ticks_ms(), t0)
+            print("  status behind %d clients reading nothing: %s in %d ms" % (len(held), st, ms))
+            true(st == 200 and ms < 1000, "status waited %d ms (%s)" % (ms, st))
+            true(srv.evictions >= 1, "an answer gave way")
+        finally:
+            for s in held:
+                s.close()
+
+    _run(t)
+
+
+def test_a_client_reading_above_min_rate_keeps_its_answer():
+    # With small buffers and a client waiting, an answer its client takes at 16 KB/s
+    # (twice min_rate) goes out whole; the newcomer is served after it.
+    import socket
+
+    async def t(srv, port):
+        srv._sock.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_SNDBUF", 7), 4096)
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_RCVBUF", 8), 1024)
+        s.connect(socket.getaddrinfo("127.0.0.1", port)[0][-1])
+        s.setblocking(False)
+        r = asyncio.StreamReader(s)
+        try:
+            r.write(_get(b"/big.bin", b"Connection: close\r\n"))
+            await r.drain()
+            await asyncio.sleep_ms(50)
+            other = asyncio.create_task(_req(port, _get(b"/api/status"), 5000))
+            got = b""
+            while True:
+                data = await asyncio.wait_for_ms(r.read(512), 3000)
+                if not data:
+                    break
+                got += data
+                await asyncio.sleep_ms(31)  # 512 B every 31 ms: 16 KB/s
+            true(got.endswith(bytes(range(256)) * 40), "the whole answer (%d B)" % len(got))
+            eq(srv.evictions, 0, "nothing evicted")
+            eq((await other)[0], 200, "the newcomer served after")
+        finally:
+            s.close()
+
+    _run(t, max_conns=1)
+
+
+def test_a_stalled_upload_keeps_its_slot_for_its_stall_allowance():
+    # A handler that allows a 15 s stall (the firmware upload) keeps its body through a
+    # 1 s WiFi hiccup though a newcomer waits; a body without one gives way at once.
+    piece = bytes(range(256)) * 16  # 4 KB
+    pieces = 40
+
+    async def upload(port, path):
+        r, w = await _open(port)
+        w.write(b"POST %s HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n"
+                % (path, len(piece) * pieces))
+        w.write(piece)
+        await w.drain()
+        await asyncio.sleep_ms(1000)  # 0.5 s behind 8 KB/s now
+        other = asyncio.create_task(_req(port, _get(b"/api/status"), 5000))
+        await asyncio.sleep_ms(200)  # the newcomer waits in the backlog
+        try:
+            for _ in range(pieces - 1):
+                w.write(piece)
+                await w.drain()
+            st, h, b = await _response(r, 5000)
+        except OSError:
+            st, b = None, b""
+        eq((await other)[0], 200, "the newcomer served")
+        await w.wait_closed()
+        return st, b
+
+    async def t(srv, port):
+        st, b = await upload(port, b"/api/ota")
+        eq(st, 200, "the upload after a 1 s stall")
+        eq(json.loads(b)["bytes"], len(piece) * pieces, "the whole body")
+        ev = srv.evictions
+        st, b = await upload(port, b"/api/upload")
+        true(st in (408, None), "a body without a stall allowance gave way: %s" % st)
+        eq(srv.evictions, ev + 1, "evicted")
+
+    _run(t, max_conns=1)
 
 
 def test_limits_are_attributes():
