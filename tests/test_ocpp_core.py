@@ -498,3 +498,42 @@ def test_trigger_data_transfer_diagnostics_firmware(cs, ocpp):
     assert cs.payloads("CP1", "FirmwareStatusNotification", mark)[0]["status"] == "Downloading"
     ans = cs.call_raw("CP1", "FooBar", {})
     assert ans[0] == 4 and ans[2] == "NotImplemented"
+
+
+def test_pending_then_triggered_boot_accepted_starts_at_once(cs, ocpp):
+    cs.boot_status = "Pending"
+    cs.boot_interval = 120  # the next boot of its own would come long after the test
+    c = ocpp(cards=[A], wait_boot=False)
+    cs.wait_for(lambda: cs.calls("CP1", "BootNotification"), WAIT_S, "first boot")
+    plug(c, "B")
+    tap(c, A)  # a learned card charges while the registration is Pending
+    c.wait_for(lambda s: s["session"]["active"], WAIT_S)
+    c.sim("ev", state="C", diode=True, max_a=16)
+    time.sleep(1.0)
+    assert {a for _, a, _ in cs.calls("CP1")} == {"BootNotification"}
+    cs.boot_status = "Accepted"
+    cs.heartbeat_interval = 1
+    mark = cs.mark()
+    assert cs.call("CP1", "TriggerMessage", requestedMessage="BootNotification")["status"] == (
+        "Accepted")
+    t0 = time.monotonic()
+    wait_status(cs, "CP1", 0, "Available", timeout=5, since=mark)
+    wait_status(cs, "CP1", 1, timeout=5, since=mark)
+    cs.wait_for(lambda: cs.calls("CP1", "StartTransaction", mark), 5, "queued start")
+    cs.wait_for(lambda: cs.calls("CP1", "Heartbeat", mark), 5, "heartbeats")
+    assert time.monotonic() - t0 < 5
+    assert ocpp_registration(c) == "Accepted"
+
+
+def ocpp_registration(c):
+    return c.http("GET", "/api/status").body["ocpp"]["registration"]
+
+
+def test_callerror_to_heartbeat_keeps_the_connection(cs, ocpp):
+    cs.heartbeat_interval = 1
+    cs.fail = {"Heartbeat"}
+    ocpp()
+    cs.wait_for(lambda: len(cs.calls("CP1", "Heartbeat")) >= 3, WAIT_S, "heartbeats go on")
+    assert len(cs.connections) == 1, "a refused Heartbeat is an answer: the link stays"
+    assert change(cs, "MeterValueSampleInterval", 30) == "Accepted"
+    assert len(cs.calls("CP1", "BootNotification")) == 1

@@ -500,6 +500,7 @@ class Service:
             if not self.accepted:
                 self._force = {0, 1}  # SHALL send every connector's status after boot
             self.accepted = True
+            self._send_ev.set()  # an Accepted to a triggered boot ends the Pending wait now
         self._boot_interval = interval or _BOOT_RETRY_S
         return status
 
@@ -555,6 +556,8 @@ class Service:
         while time.ticks_diff(deadline, time.ticks_ms()) > 0:
             if not self.link.up or self._reconnect:
                 raise LinkDown()
+            if self.accepted:
+                return  # a TriggerMessage(BootNotification) was Accepted meanwhile
             if self._boot_now:
                 self._boot_now = False
                 return
@@ -571,7 +574,12 @@ class Service:
         if iv <= 0 or 0 <= time.ticks_diff(time.ticks_ms(), self._hb_ms) < iv * 1000:
             return
         self._hb_ms = time.ticks_ms()
-        r = await self.call("Heartbeat", {})  # no answer: the link is dead (TimeoutError)
+        try:
+            r = await self.call("Heartbeat", {})  # no answer: the link is dead (TimeoutError)
+        except CallError as e:
+            # An answer, if a refusal: the link is alive, and nothing else depends on it.
+            _log.warning("Heartbeat refused: %s", e)
+            return
         self._sync_clock(r.get("currentTime"))
 
     async def _keepalive(self):
