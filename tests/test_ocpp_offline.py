@@ -139,7 +139,9 @@ def test_retries_per_transaction_message_attempts(cs, ocpp):
     cs.wait_for(lambda: len(cs.calls("CP1", "StartTransaction")) >= 2, 10, "two attempts")
     time.sleep(1.5)
     attempts = cs.calls("CP1", "StartTransaction")
-    assert len(attempts) == 2 and attempts[0][0] == attempts[1][0], "same message id, no third try"
+    assert len(attempts) == 2, "no third try"
+    assert attempts[0][0] != attempts[1][0], "a new id on the same connection"
+    assert attempts[0][2] == attempts[1][2], "the same message"
     t = [
         f["t"]
         for f in cs.frames
@@ -235,3 +237,50 @@ def test_offline_authorization(cs, ocpp):
     wait_ocpp(c, lambda o: o["queued"] == 0, WAIT_S)
     tags = [p["idTag"] for _, a, p in tx_messages(cs) if a == "StartTransaction"]
     assert tags == [CACHED, LISTED, CACHED, LISTED, UNKNOWN, CACHED]
+
+
+def test_message_ids_unique_on_a_connection_across_retries(cs, ocpp):
+    c = ocpp(
+        cards=[A],
+        config={
+            "TransactionMessageAttempts": 3,
+            "TransactionMessageRetryInterval": 1,
+            "MeterValueSampleInterval": 1,
+        },
+    )
+    cs.fail = {"StartTransaction", "MeterValues"}
+    plug(c)
+    start_with_card(c)
+    cs.wait_for(lambda: len(cs.calls("CP1", "StartTransaction")) >= 3, WAIT_S, "three tries")
+    cs.wait_for(lambda: len(cs.calls("CP1", "MeterValues")) >= 3, WAIT_S, "meter value tries")
+    ids = [mid for mid, _, _ in cs.calls("CP1")]
+    assert len(cs.connections) == 1
+    assert len(ids) == len(set(ids)), "every CALL on a connection has a new id"
+    starts = cs.payloads("CP1", "StartTransaction")
+    assert starts[0] == starts[1] == starts[2], "the same message, told by its payload"
+    cs.fail = set()
+    unplug(c)
+    wait_ocpp(c, lambda o: o["queued"] == 0, 20)
+    ids = [mid for mid, _, _ in cs.calls("CP1")]
+    assert len(ids) == len(set(ids))
+
+
+def test_stop_never_waits_behind_refused_meter_values(cs, ocpp):
+    # Defaults: 3 attempts, 60 s apart (x n): a refused MeterValues must not hold the stop.
+    c = ocpp(cards=[A], config={"MeterValueSampleInterval": 1})
+    cs.fail = {"MeterValues"}
+    plug(c)
+    start_with_card(c)
+    cs.wait_for(lambda: cs.payloads("CP1", "StartTransaction"), WAIT_S, "start")
+    cs.wait_for(lambda: cs.calls("CP1", "MeterValues"), WAIT_S, "a refused MeterValues")
+    time.sleep(1.5)
+    t0 = time.monotonic()
+    unplug(c)
+    stop = cs.wait_for(lambda: cs.payloads("CP1", "StopTransaction"), 10, "prompt stop")[0]
+    assert time.monotonic() - t0 < 10
+    assert stop["reason"] == "EVDisconnected" and stop["transactionId"] == 1
+    wait_ocpp(c, lambda o: o["queued"] == 0, WAIT_S)
+    # What went out after the stop: nothing of the finished transaction.
+    calls = cs.calls("CP1")
+    i = next(i for i, (_, a, _) in enumerate(calls) if a == "StopTransaction")
+    assert not [a for _, a, _ in calls[i + 1:] if a == "MeterValues"]

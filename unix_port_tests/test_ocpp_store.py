@@ -85,6 +85,22 @@ def test_queue_order_ids_and_power_cut():
     eq(q.head()[2]["transactionId"], 77, "stop gets the id after the log was cleared")
 
 
+def test_queue_knows_a_start_or_stop_behind_a_meter_value():
+    d = _dir()
+    q = TxQueue(d)
+    ref = q.next_seq()
+    s = q.push("StartTransaction", {"idTag": "A", "connectorId": 1, "meterStart": 0, "timestamp": "t"}, ref, "m1")
+    m1 = q.push("MeterValues", {"connectorId": 1, "meterValue": []}, ref, "m2")
+    m2 = q.push("MeterValues", {"connectorId": 1, "meterValue": []}, ref, "m3")
+    true(not q.tx_behind(m1) and not q.tx_behind(s), "only meter values behind the start")
+    q.ack(s, 5, ref)
+    eq(TxQueue(d).tx_seq, 0, "at boot: no Start/Stop pending")
+    e = q.push("StopTransaction", {"meterStop": 1, "timestamp": "t", "reason": "Local"}, ref, "m4")
+    true(q.tx_behind(m1) and q.tx_behind(m2) and not q.tx_behind(e), "the stop is behind")
+    q = TxQueue(d)  # power cut: found again in the log
+    true(q.tx_behind(m2) and not q.tx_behind(e), "the stop is behind after a reboot")
+
+
 def test_queue_start_never_confirmed_uses_minus_one():
     q = TxQueue(_dir())
     ref = q.next_seq()

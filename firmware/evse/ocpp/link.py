@@ -35,6 +35,7 @@ class Link:
         self.silent = False  # BootNotification Rejected: no answers, no requests
         self._lock = asyncio.Lock()
         self._wait_id = None
+        self._given = None  # the last caller's message id sent on this connection
         self._resp = None
         self._resp_ev = asyncio.Event()
         self._inbox = []
@@ -51,6 +52,7 @@ class Link:
         self.error = None
         self.down_ev.clear()
         self._inbox = []
+        self._given = None
         return asyncio.create_task(self._reader()), asyncio.create_task(self._handler())
 
     def down(self, why=None):
@@ -64,11 +66,18 @@ class Link:
 
     # ---- our CALLs ------------------------------------------------------------------------
     async def call(self, action, payload, timeout_ms, msg_id=None):
-        """The CALLRESULT payload; raises CallError, LinkDown or asyncio.TimeoutError."""
+        """The CALLRESULT payload; raises CallError, LinkDown or asyncio.TimeoutError.
+        msg_id (a queued message's own id) goes out the first time it is given on this
+        connection; given again (a retry) a fresh id is used: OCPP-J §4.1.1 wants every
+        CALL's id new on its connection. Only the transaction queue gives ids, its head
+        until delivered, so the last one given is all there is to remember."""
         async with self._lock:
             if not self.up:
                 raise LinkDown()
-            mid = msg_id or rpc.new_id()
+            if msg_id is None or msg_id == self._given:
+                mid = rpc.new_id()
+            else:
+                mid = self._given = msg_id
             self._wait_id = mid
             self._resp = None
             self._resp_ev.clear()

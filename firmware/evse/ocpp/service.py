@@ -111,6 +111,7 @@ class Service:
         self._seen = {}  # connector -> (status tuple, ticks_ms since)
         self._force = set()  # connectors whose status must go out even if unchanged
         self._q_wait = None  # ticks_ms before which the queue head is not retried
+        self._q_wait_mv = None  # the MeterValues record so waiting, if it is one
         self._hb_ms = 0
         self._ping_ms = None
         self._boot_now = False
@@ -523,6 +524,7 @@ class Service:
         self._hb_ms = time.ticks_ms()
         self._ping_ms = None
         self._q_wait = None
+        self._q_wait_mv = None
         while True:
             if not link.up or self._reconnect:
                 raise LinkDown()
@@ -650,20 +652,32 @@ class Service:
 
     # ---- the transaction queue ------------------------------------------------------------------
     async def _send_queue_head(self):
+        q = self.q
         if self._q_wait is not None:
-            if time.ticks_diff(self._q_wait, time.ticks_ms()) > 0:
+            mv = self._q_wait_mv
+            if mv is not None and q.tx_behind(mv):
+                # A Start/Stop was queued behind the MeterValues waiting for its retry.
+                _log.error("MeterValues #%d given up after %d attempts: a transaction "
+                           "message waits behind it", mv, q.attempts)
+                q.ack(mv)
+            elif time.ticks_diff(self._q_wait, time.ticks_ms()) > 0:
                 return
             self._q_wait = None
-        h = self.q.head()
+            self._q_wait_mv = None
+        h = q.head()
         if h is None:
             return
         seq, action, payload, mid, ref = h
         try:
             r = await self.call(action, payload, mid)
         except (CallError, asyncio.TimeoutError) as e:
-            q = self.q
             q.attempts += 1
-            if q.attempts >= self.cfg["TransactionMessageAttempts"]:
+            if action == "MeterValues" and q.tx_behind(seq):
+                # Its retries would hold the Start/Stop behind it for interval x attempts.
+                _log.error("MeterValues #%d given up (%r): a transaction message waits "
+                           "behind it", seq, e)
+                q.ack(seq)
+            elif q.attempts >= self.cfg["TransactionMessageAttempts"]:
                 _log.error("%s #%d given up after %d attempts: %r", action, seq, q.attempts, e)
                 q.ack(seq, -1 if action == "StartTransaction" else None, ref)
                 if action == "StartTransaction":
@@ -672,6 +686,7 @@ class Service:
                 wait = self.cfg["TransactionMessageRetryInterval"] * q.attempts
                 _log.warning("%s #%d failed (%r): retry in %d s", action, seq, e, wait)
                 self._q_wait = time.ticks_add(time.ticks_ms(), wait * 1000)
+                self._q_wait_mv = seq if action == "MeterValues" else None
             return
         if action == "StartTransaction":
             tx_id = r.get("transactionId")

@@ -14,8 +14,16 @@
 #
 # Exactly once: a record counts as delivered when its CALLRESULT is in and `acked` is on
 # disk, written before anything else happens. A power cut in the few milliseconds between
-# the two re-sends that one record after the boot, with the same message id, so the
-# central system can tell. A retry after a timeout or a CALLERROR also keeps the id.
+# the two re-sends that one record after the boot. Each record keeps the message id it was
+# queued with for its first try on each connection, so a central system that saw it on
+# an earlier connection (the answer lost to a cut or a closed socket) can tell the copy by
+# its id. A retry on the same connection (after a timeout or a CALLERROR) gets a fresh id
+# from the link: OCPP-J §4.1.1 forbids reusing an id on one connection, so what makes the
+# message the same one is its payload (transactionId, timestamps, meter readings).
+#
+# A MeterValues that fails never holds a StartTransaction or StopTransaction back: when one
+# is queued behind it, it is given up at once instead of waiting for its retries (the
+# stop's meterStop carries the energy; the service does this with tx_behind()).
 import json
 
 import atomicfile
@@ -43,6 +51,7 @@ class TxQueue:
         op = st.get("open")
         self.open = op if isinstance(op, dict) and isinstance(op.get("r"), int) else None
         self._batch = []  # (seq, record) read ahead, in order
+        self.tx_seq = self._last_tx()  # the newest StartTransaction/StopTransaction record
         self.attempts = 0  # failed attempts of the head record
         self.dropped = 0
         if self._log.discarded:
@@ -51,6 +60,21 @@ class TxQueue:
     @property
     def pending(self):
         return self._log.last_seq - self.acked
+
+    def _last_tx(self):
+        """Sequence number of the newest Start/Stop record not yet confirmed, else 0."""
+        if self.pending <= 0:
+            return 0
+        for seq, raw in self._log.records(True):
+            if seq <= self.acked:
+                break
+            if not raw.startswith(b'["MeterValues"'):
+                return seq  # an unreadable one counts too: it may be a Stop
+        return 0
+
+    def tx_behind(self, seq):
+        """Whether a StartTransaction or StopTransaction waits behind record `seq`."""
+        return self.tx_seq > seq
 
     def _save(self):
         atomicfile.save_json(self._path, {"acked": self.acked, "ids": self.ids, "open": self.open})
@@ -74,7 +98,10 @@ class TxQueue:
             self.dropped += 1
             _log.error("%s of %d bytes does not fit a queue record: dropped", action, len(rec))
             return None
-        return self._log.append(rec)
+        seq = self._log.append(rec)
+        if action != "MeterValues":
+            self.tx_seq = seq
+        return seq
 
     def set_open(self, txref, id_tag, wh, t):
         self.open = {"r": txref, "tag": id_tag, "wh": wh, "t": t}
