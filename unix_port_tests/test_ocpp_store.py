@@ -99,6 +99,12 @@ def test_queue_knows_a_start_or_stop_behind_a_meter_value():
     true(q.tx_behind(m1) and q.tx_behind(m2) and not q.tx_behind(e), "the stop is behind")
     q = TxQueue(d)  # power cut: found again in the log
     true(q.tx_behind(m2) and not q.tx_behind(e), "the stop is behind after a reboot")
+    q.ack(e)
+    ref = q.next_seq()
+    q.push("StartTransaction", {"idTag": "A", "connectorId": 1, "meterStart": 0, "timestamp": "t"}, ref, "m5")
+    mv = [q.push("MeterValues", {"connectorId": 1, "meterValue": []}, ref, "v") for _ in range(10)]
+    q = TxQueue(d)  # the start lies beyond the records read at boot: assumed just before them
+    true(q.tx_behind(mv[0]) and not q.tx_behind(mv[1]), "bounded read, on the safe side")
 
 
 def test_queue_start_never_confirmed_uses_minus_one():

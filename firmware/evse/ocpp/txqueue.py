@@ -62,15 +62,20 @@ class TxQueue:
         return self._log.last_seq - self.acked
 
     def _last_tx(self):
-        """Sequence number of the newest Start/Stop record not yet confirmed, else 0."""
+        """Sequence number of the newest Start/Stop record not yet confirmed, else 0.
+        Reads at most _BATCH records (the service may be built while the charger runs):
+        beyond them one is assumed just before, which at worst gives up a failing
+        MeterValues that could have been retried."""
         if self.pending <= 0:
             return 0
-        for seq, raw in self._log.records(True):
+        seen = self._log.last_seq + 1
+        for seq, raw in self._log.records(True, _BATCH):
             if seq <= self.acked:
-                break
+                return 0
             if not raw.startswith(b'["MeterValues"'):
                 return seq  # an unreadable one counts too: it may be a Stop
-        return 0
+            seen = seq
+        return seen - 1 if seen - 1 > self.acked else 0
 
     def tx_behind(self, seq):
         """Whether a StartTransaction or StopTransaction waits behind record `seq`."""
