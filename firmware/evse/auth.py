@@ -12,7 +12,7 @@ _log = log.get("auth")
 
 FREE_TAG = "FREE"
 PENDING_MS = 60000  # an authorization given before plug-in waits this long (ConnectionTimeOut)
-PLUG_IN_TEXT = "PLUG IN"  # the display meanwhile (12 characters at most)
+PLUG_IN_TEXT = "PLUG IN"  # the display meanwhile (evse/hmi.py; 12 characters at most)
 _NO_VEHICLE = "no vehicle connected"  # charger.start_session: the one refusal a wait cures
 
 
@@ -27,12 +27,6 @@ class Authorizer:
         # The last present() refused a card no source accepts (not authorized, or not
         # the card of the charge running): what the reader's back-off counts.
         self.unknown = False
-        if hmi is not None:
-            hmi.notices.append(self.notice)
-
-    def notice(self):
-        """The display's prompt while an authorization waits for the vehicle."""
-        return PLUG_IN_TEXT if self.ch.auth_pending is not None else None
 
     def _pending_ms(self):
         """How long an authorization waits for the vehicle: a source's own figure (OCPP
