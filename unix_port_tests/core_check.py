@@ -10,6 +10,7 @@
 # until the earliest documented clear. Margins go the lenient way, so a violation is a
 # defect, not a timing accident of the model.
 from core_model import amps_of, pp_rating
+from evse.auth import PENDING_MS
 
 _INF = 1e9
 
@@ -228,6 +229,7 @@ class Oracle:
         self.plugged = False  # the EV seen out of A since the boot or its last unplug
         self.a_from = None  # ... which began then
         self.grant = None  # free mode: "unused" until the plug-in's session shows, "used"
+        self.pending = None  # an authorization given before plug-in: its expiry (auth.py)
         self.latched_seen = now
         self._limit_key = None
         # Named limits live in RAM: after a restart their owners (OCPP, power management,
@@ -337,6 +339,13 @@ class Oracle:
                 # A cable whose rating cannot be read gets no offer (IEC 61851-1 Case B),
                 # nor the rating of the cable plugged in before it.
                 self.src["cable"].set(now, 0.0)
+            if self.pending is not None:
+                # Identification before plug-in: the charger starts the session once it
+                # sees the vehicle, if that comes before the expiry (it cannot see it
+                # sooner than now).
+                if now < self.pending:
+                    self._pending_start(now)
+                self.pending = None
             if self.free:
                 if self.auth_t is None:
                     self.auth_t = now
@@ -774,6 +783,24 @@ class Oracle:
             self.fail("start-refused", "a session started with %s latched" % sorted(self.latched))
         if self.held_from is not None and now >= self.held_from:
             self.fail("start-refused", "a session started while the supervisor must hold the charger")
+        self.auth_t = now
+        self.auth_end = None
+        self.grant = None
+        self._lock_session()
+
+    def on_pending(self, tapped):
+        """auth.start answered "plug in" (the charger saw no vehicle): the authorization
+        waits PENDING_MS for one; `tapped` False: the same card withdrew it."""
+        now = self.clock.now
+        if not tapped:
+            self.pending = None
+        elif self.plugged:
+            self._pending_start(now)  # plugged already, not yet seen: it starts at once
+        else:
+            self.pending = now + PENDING_MS
+
+    def _pending_start(self, now):
+        self.stats["sessions"] += 1
         self.auth_t = now
         self.auth_end = None
         self.grant = None

@@ -217,9 +217,14 @@ class Run:
                 o.on_start(True)
             elif msg == "stopped":
                 o.on_stop(True)
+            elif msg in ("plug in", "cancelled"):
+                o.on_pending(msg == "plug in")
         elif kind == "remote_start":
             ok, msg = self.auth.start(REMOTE, "OCPP")
-            o.on_start(ok)
+            if msg == "plug in":
+                o.on_pending(True)
+            else:
+                o.on_start(ok)
         elif kind == "remote_stop":
             o.on_stop(ch.end_session("Remote") is not None)
         elif kind == "limit":

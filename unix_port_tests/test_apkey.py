@@ -131,6 +131,7 @@ class _Charger:
     latched = 0
     session = None
     connected = False
+    auth_pending = None
 
     def ocpp_status(self):
         return "Available"

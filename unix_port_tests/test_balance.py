@@ -1285,6 +1285,7 @@ class _Hw:
 
 class _HmiCharger(FakeCharger):
     latched = 0
+    auth_pending = None
     status = "Charging"
 
     def ocpp_status(self):

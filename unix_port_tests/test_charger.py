@@ -809,6 +809,41 @@ def test_free_mode_after_a_session_ended_during_a_cp_fault_waits_for_a_new_plug_
     true(r.hw.relays.closed, "a new plug-in charges")
 
 
+def test_card_before_plug_in_starts_when_the_vehicle_arrives_within_the_timeout():
+    """Identification before plug-in: the authorization waits (Preparing, PLUG IN) for the
+    vehicle up to PENDING_MS, then lapses back to Available."""
+    from evse.auth import Authorizer, PENDING_MS, PLUG_IN_TEXT
+
+    r = Rig()
+    auth = Authorizer(r.ch, r.settings, None, r.hw.meter)
+
+    def run(ms):
+        for _ in range(ms // 100):
+            r.run(100)
+            auth.tick()
+
+    eq(auth.start("04A1B2C3", "RFID"), (True, "plug in"))
+    eq(r.ch.ocpp_status(), "Preparing")
+    true(r.ch.auth_pending is not None and len(PLUG_IN_TEXT) <= 12, "PLUG IN fits the display")
+    run(PENDING_MS - 5000)
+    true(r.ch.session is None and not r.hw.relays.closed, "nothing before the vehicle")
+    r.hw.ev.state = "C"
+    run(1500)
+    true(r.ch.session is not None and r.ch.session.id_tag == "04A1B2C3", "started at plug-in")
+    true(r.hw.relays.closed, "charging")
+    eq(r.ch.auth_pending, None)
+    r2 = Rig()
+    auth = Authorizer(r2.ch, r2.settings, None, r2.hw.meter)
+    r = r2
+    eq(auth.start("04A1B2C3", "RFID"), (True, "plug in"))
+    run(PENDING_MS + 200)
+    eq(r.ch.ocpp_status(), "Available", "lapsed")
+    eq(r.ch.auth_pending, None)
+    r.hw.ev.state = "C"
+    run(1500)
+    true(r.ch.session is None and not r.hw.relays.closed, "a lapsed authorization starts nothing")
+
+
 def test_ocp_slow_and_fast():
     r = Rig()
     r.charge()

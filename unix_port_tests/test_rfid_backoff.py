@@ -266,6 +266,10 @@ def test_the_authorizer_tells_an_unknown_card_from_other_refusals():
     class Ch:
         session = None
         ended = 0
+        auth_pending = None  # a card before plug-in waits for the vehicle
+
+        def clock(self):
+            return 0
 
         def start_session(self, tag, mode, wh):
             return "no vehicle connected"

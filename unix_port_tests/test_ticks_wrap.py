@@ -338,6 +338,7 @@ class _Idle:
     latched = 0
     session = None
     connected = False
+    auth_pending = None
 
     def ocpp_status(self):
         return "Available"

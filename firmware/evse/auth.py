@@ -4,12 +4,16 @@
 # central system); each answers "Accepted", a refusal such as "Invalid"/"Blocked", or
 # None when it does not know the tag. `auth_mode` = "free" lets a plugged vehicle charge
 # without any card (start mode "Free").
+import time
+
 import log
 
 _log = log.get("auth")
 
 FREE_TAG = "FREE"
 PENDING_MS = 60000  # an authorization given before plug-in waits this long (ConnectionTimeOut)
+PLUG_IN_TEXT = "PLUG IN"  # the display meanwhile (evse/hmi.py; 12 characters at most)
+_NO_VEHICLE = "no vehicle connected"  # charger.start_session: the one refusal a wait cures
 
 
 class Authorizer:
@@ -23,6 +27,15 @@ class Authorizer:
         # The last present() refused a card no source accepts (not authorized, or not
         # the card of the charge running): what the reader's back-off counts.
         self.unknown = False
+
+    def _pending_ms(self):
+        """How long an authorization waits for the vehicle: a source's own figure (OCPP
+        ConnectionTimeOut) or PENDING_MS."""
+        for src in self.sources:
+            fn = getattr(src, "connection_timeout_ms", None)
+            if fn is not None:
+                return fn()
+        return PENDING_MS
 
     async def authorize(self, id_tag):
         for src in self.sources:
@@ -57,6 +70,11 @@ class Authorizer:
                 return True, "stopped"
             self.unknown = True
             return False, "another card started this charge"
+        pend = self.ch.auth_pending
+        if pend is not None and pend[0].upper() == id_tag.upper():
+            self.ch.auth_pending = None  # the same card again: it no longer waits
+            _log.info("authorization of %s withdrawn before plug-in", id_tag)
+            return True, "cancelled"
         verdict = await self.authorize(id_tag)
         if verdict != "Accepted":
             self.unknown = True
@@ -74,11 +92,29 @@ class Authorizer:
         why = self.ch.start_session(id_tag, start_mode, self.met.energy_wh)
         if why is None:
             return True, "started"
+        if why == _NO_VEHICLE:
+            # Identification before plug-in: the charge starts when the vehicle arrives.
+            ch = self.ch
+            ch.auth_pending = (id_tag, start_mode, time.ticks_add(ch.clock(), self._pending_ms()))
+            return True, "plug in"
         return False, why
 
     def tick(self):
-        """Free mode: a plugged vehicle gets a session (once per plug-in)."""
+        """A vehicle plugged in while an authorization waits gets its session; free mode:
+        a plugged vehicle gets a session (once per plug-in)."""
         ch = self.ch
+        pend = ch.auth_pending
+        if pend is not None:
+            if ch.session is not None:
+                ch.auth_pending = None
+            elif ch.connected:
+                ch.auth_pending = None
+                why = ch.start_session(pend[0], pend[1], self.met.energy_wh)
+                if why is not None:
+                    _log.warning("authorization of %s not used: %s", pend[0], why)
+            elif time.ticks_diff(ch.clock(), pend[2]) >= 0:
+                ch.auth_pending = None
+                _log.info("authorization of %s lapsed: no vehicle within its timeout", pend[0])
         if (
             self.settings["auth_mode"] == "free"
             and ch.session is None

@@ -1259,7 +1259,8 @@ class Charger:
         if self.unavailable:
             return "Unavailable"
         if self.cp_state == pilot.STATE_A:
-            return "Available"
+            # An authorization waiting for the vehicle (OCPP 1.6 §3.6: Preparing).
+            return "Available" if self.auth_pending is None else "Preparing"
         if self.session is None:
             return "Finishing" if self.finishing else "Preparing"
         if self.offered_a <= 0 and not self.waking:

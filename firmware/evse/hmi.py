@@ -5,6 +5,7 @@ import time
 from micropython import const
 
 from evse import faults
+from evse.auth import PLUG_IN_TEXT
 import log
 
 _log = log.get("hmi")
@@ -139,6 +140,10 @@ class Hmi:
                 self._err_i += 1
             return faults.display_text(codes[self._err_i % len(codes)])
         items = self._rotation(status)
+        if self.ch.auth_pending is not None:
+            # The rotation's only item: a prompt, not a warning (the fault LED stays off,
+            # and a warning still comes between).
+            items = (PLUG_IN_TEXT,)
         hot = self._hotspot(now_ms)
         if hot is not None:
             items = hot + items

@@ -31,6 +31,10 @@ class Authorization:
     def __init__(self, svc):
         self.svc = svc
 
+    def connection_timeout_ms(self):
+        """How long an authorization given before plug-in waits (auth.py)."""
+        return self.svc.cfg["ConnectionTimeOut"] * 1000
+
     def local_info(self, tag):
         """(status, expiry, parent) from the local list (first) or the cache, or None."""
         svc = self.svc

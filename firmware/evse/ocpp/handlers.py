@@ -9,6 +9,7 @@ import time
 
 import log
 from evse import charger as charger_mod
+from evse import faults
 from evse.ocpp import isotime
 from evse.ocpp import meterval
 from evse.ocpp.authlist import apply_list
@@ -16,7 +17,10 @@ from evse.ocpp.rpc import RpcError
 
 _log = log.get("ocpp.cs")
 
-_UNLOCK_WAIT_MS = 2000
+# The answer waits for the outcome: up to 6 s for the vehicle to stop drawing (the
+# charger then opens under load), the contacts' weld window and the lock's feedback with
+# its retry; well inside a central system's call timeout.
+_UNLOCK_WAIT_MS = 9000
 
 
 def _status(s):
@@ -217,7 +221,8 @@ async def set_charging_profile(svc, mid, p):
 async def trigger_message(svc, mid, p):
     what = p["requestedMessage"]
     conn = p.get("connectorId")
-    if conn is not None and conn not in (0, 1):
+    # Only StatusNotification and MeterValues are per connector: the others ignore it (§5.17).
+    if what in ("StatusNotification", "MeterValues") and conn is not None and conn not in (0, 1):
         return _status("Rejected")
 
     async def after():
@@ -230,10 +235,13 @@ async def trigger_message(svc, mid, p):
             for c in (0, 1) if conn is None else (conn,):
                 await svc.send_status(c)
         elif what == "MeterValues":
-            payload = {"connectorId": 1, "meterValue": [
+            # Connector 0 is the charger's main meter (the same one, with one connector),
+            # reported without a transaction.
+            main = conn == 0
+            payload = {"connectorId": 0 if main else 1, "meterValue": [
                 meterval.meter_value(svc.app, svc.cfg["MeterValuesSampledData"], "Trigger", svc.now())]}
             cur = svc.tx.cur
-            if cur is not None and cur["id"] is not None:
+            if not main and cur is not None and cur["id"] is not None:
                 payload["transactionId"] = cur["id"]
             await svc.call("MeterValues", payload)
         elif what == "DiagnosticsStatusNotification":
@@ -253,6 +261,8 @@ async def unlock_connector(svc, mid, p):
     while time.ticks_diff(deadline, time.ticks_ms()) > 0:
         if ch.lock_state == charger_mod.LOCK_OPEN and not svc.hw.lock.feedback():
             return _status("Unlocked")
+        if ch.latched & faults.ELK or (ch.active | ch.latched) & (faults.R12 | faults.R3N):
+            return _status("UnlockFailed")  # a broken lock, or a weld keeps it locked
         await asyncio.sleep_ms(50)
     return _status("UnlockFailed")
 
