@@ -166,6 +166,11 @@ def test_fan_belt_display_wlan_can_misc():
         eq(hw.rs485[0].readinto(bytearray(4)), 0, "rs485 readinto gives 0, not None")
         hw.reset()
         eq(ld.machine.log[-1], ("reset", None), "machine.reset")
+        m = ld.machine
+        for c, want in ((m.PWRON_RESET, "power"), (m.HARD_RESET, "power"),
+                        (m.WDT_RESET, "watchdog"), (m.SOFT_RESET, "reset")):
+            m.cause[0] = c
+            eq(hw.reset_cause(), want, "reset cause %d" % c)
     finally:
         ld.__exit__()
 

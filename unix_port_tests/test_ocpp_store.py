@@ -266,6 +266,34 @@ def test_recover_open_transaction_and_session_never_queued():
     eq(recs[0][1], recs[1][1], "the stop refers to that start")
 
 
+class _Hw:
+    def __init__(self, cause):
+        self.cause = cause
+
+    def reset_cause(self):
+        if isinstance(self.cause, Exception):
+            raise self.cause
+        return self.cause
+
+
+def test_recover_after_the_charger_reset_itself_reports_reboot():
+    """OCPP 1.6 §7.46: a transaction cut by the charger's own reset (watchdog, a reset it
+    asked for) ends with Reboot; a power cut, or a board that cannot tell, with PowerLoss."""
+    from evse.ocpp.transactions import Transactions
+
+    for cause, want in (("watchdog", "Reboot"), ("reset", "Reboot"), ("power", "PowerLoss"),
+                        (OSError(5), "PowerLoss"), ("bogus", "PowerLoss")):
+        d = _dir()
+        q = TxQueue(d)
+        ref = _start(q)
+        q.set_open(ref, "A", 1200, 130)
+        svc = _Svc(d)
+        svc.hw = _Hw(cause)
+        Transactions(svc).recover()
+        recs = _records(svc.q)
+        eq((recs[1][2]["meterStop"], recs[1][2]["reason"]), (1200, want), cause)
+
+
 def test_local_list_full_differential_and_cache():
     d = _dir()
     ll = authlist.TagTable(d + "/l.json", 3)

@@ -102,6 +102,16 @@ class EvPlusBoard:
         self.wdt = system.Wdt(machine.WDT)
         self.http_addr = ("0.0.0.0", 80)
 
+    def reset_cause(self):
+        """Why this boot happened: "power", "watchdog" or "reset" (machine.reset)."""
+        m = self._machine
+        c = m.reset_cause()
+        if c == getattr(m, "WDT_RESET", None):
+            return "watchdog"
+        if c == getattr(m, "SOFT_RESET", None):
+            return "reset"
+        return "power"
+
     def reset(self):
         self.relays.open()
         self.cp.high()

@@ -2,6 +2,7 @@
 # (docs/hal.md is the contract, docs/simulator.md the model and the control socket).
 import asyncio
 import os
+import time
 from micropython import const
 
 import sim_can
@@ -21,6 +22,28 @@ DEFAULT_SERIAL = "EVPLUS-SIM-00001"
 RESET_STATUS = const(3)  # exit status for "power-cycle me" (docs/hal.md)
 _TICK_MS = const(20)  # plant period: EV response, energy, timed inputs, watchdog check
 _MAX_SERIAL = const(25)
+# What the next boot's hw.reset_cause() reads: written by a watchdog bite and hw.reset(),
+# read and removed at boot. A power cut (SIGKILL) writes nothing.
+_CAUSE_FILE = "/reset_cause"
+_CAUSES = ("watchdog", "reset")
+
+
+def _take_cause(data_dir):
+    try:
+        with open(data_dir + _CAUSE_FILE) as f:
+            cause = f.read(16).strip()
+        os.remove(data_dir + _CAUSE_FILE)
+    except OSError:
+        return "power"
+    return cause if cause in _CAUSES else "power"
+
+
+def _mark_cause(data_dir, cause):
+    try:
+        with open(data_dir + _CAUSE_FILE, "w") as f:
+            f.write(cause)
+    except OSError:
+        pass  # the next boot reads a power cut: the cautious report
 
 
 def make(env):
@@ -119,12 +142,14 @@ class Board:
                                   clock_us=self.clock_us)
         self.data_dir = env.get("EVSE_DATA_DIR") or "./data"
         _ensure_dir(self.data_dir)
+        self._cause = _take_cause(self.data_dir)
         self.wlan = Wlan(plant, serial, self.data_dir)
 
         # System
         self.rtc = Rtc()
         self._safe = self._safe_outputs  # bound once: the watchdog thread calls it
-        self.wdt = Watchdog(self._safe)
+        self.wdt = Watchdog(self._safe, on_reset=self._mark_watchdog)
+        self.stalled = False  # the "stall" op: the main loop hangs
         self.http_addr = (
             env.get("EVSE_HTTP_HOST") or "127.0.0.1",
             _int_env(env, "EVSE_HTTP_PORT", 8080),
@@ -140,9 +165,17 @@ class Board:
         self.relays.open()
         self.cp.high()
 
+    def _mark_watchdog(self):
+        _mark_cause(self.data_dir, "watchdog")
+
+    def reset_cause(self):
+        """Why this boot happened: "power" (power on or cut), "watchdog", "reset"."""
+        return self._cause
+
     def reset(self):
         """Power-cycle: `make run` starts the process again on exit status 3."""
         self._safe_outputs()
+        _mark_cause(self.data_dir, "reset")
         print("reset")
         raise SystemExit(RESET_STATUS)
 
@@ -157,5 +190,7 @@ class Board:
             if self.wdt.bitten:
                 # The watchdog thread cannot end the process itself (sim_watchdog.py).
                 raise SystemExit(RESET_STATUS)
+            while self.stalled:
+                time.sleep_ms(1000)  # blocks every task: only the watchdog gets out
             plant.tick(self.clock_us())
             await asyncio.sleep_ms(_TICK_MS)

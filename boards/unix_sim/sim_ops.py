@@ -271,6 +271,10 @@ class Controller:
                 hw.rfid_chip.silent = active
         return {"faults": self.active_faults()}
 
+    def _op_stall(self, req, t_us):
+        self._hw.stalled = True  # the plant task blocks at its next tick
+        return {}
+
     def _op_card(self, req, t_us):
         hw = self._hw
         p = hw.plant

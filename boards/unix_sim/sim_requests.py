@@ -177,6 +177,8 @@ OPS = {
     "heap": {},
     "plant": {},
     "events": {"since": (_int(0, 1 << 62), False)},
+    # Freezes the main loop for good (a firmware hang): the watchdog has to reset it.
+    "stall": {"confirm": (_choice("watchdog"), True)},
 }
 
 

@@ -29,8 +29,9 @@ def power_cut():
 
 
 class Watchdog:
-    def __init__(self, on_bite, grace_ms=_GRACE_MS, cut=power_cut):
+    def __init__(self, on_bite, grace_ms=_GRACE_MS, cut=power_cut, on_reset=None):
         self._on_bite = on_bite  # puts the outputs in the reset state; allocation-free
+        self._on_reset = on_reset  # then notes the cause for the next boot (hw.reset_cause)
         self._grace_ms = grace_ms
         self._cut = cut
         self.timeout_ms = 0
@@ -55,6 +56,8 @@ class Watchdog:
         while time.ticks_diff(time.ticks_ms(), self._fed_ms) <= self.timeout_ms:
             time.sleep_ms(_POLL_MS)
         self._on_bite()
+        if self._on_reset is not None:
+            self._on_reset()
         self.bitten = True
         print("watchdog reset")
         time.sleep_ms(self._grace_ms)

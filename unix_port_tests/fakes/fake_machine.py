@@ -12,6 +12,7 @@ def reset_log():
     frames.clear()
     _irq_off[0] = False
     del pending[:]
+    cause[0] = PWRON_RESET
 
 
 def unique_id():
@@ -20,6 +21,15 @@ def unique_id():
 
 def reset():
     log.append(("reset", None))
+
+
+# The port's reset causes (values as on the ESP32 port); cause[0] is what reset_cause() says.
+PWRON_RESET, HARD_RESET, WDT_RESET, DEEPSLEEP_RESET, SOFT_RESET = 1, 2, 3, 4, 5
+cause = [PWRON_RESET]
+
+
+def reset_cause():
+    return cause[0]
 
 
 def bitstream(pin, encoding, timing, data):

@@ -15,6 +15,11 @@ from evse.ocpp import rpc
 _log = log.get("ocpp.tx")
 
 _HOLD_MAX_MS = 5000  # longest a start or end waits for the history to store it
+# The open-transaction record keeps the meter register and the time for a power cut's
+# StopTransaction: written again after this much energy or time, whichever comes first
+# (bounds both how far behind meterStop can be and the flash writes: docs/ocpp.md).
+PERSIST_WH = 100
+PERSIST_S = 60
 
 # history stop mode -> StopTransaction reason
 _REASONS = {
@@ -38,6 +43,7 @@ class Transactions:
         self._aligned_slot = None
         self.limit = -1.0  # the "ocpp" limit last given to the charger (-1: none yet)
         self._held_ms = None  # since when the head event waits for the history
+        self._kept = None  # (Wh, epoch s) last written to the open-transaction record
         h = self._history()
         if h is not None:
             h.listeners.append(self._on_history)
@@ -112,15 +118,16 @@ class Transactions:
         last = q.newest()
         h = self._history()
         lost = h.recovered if h is not None else None
+        reason = self.cut_reason()
         if op is not None:
             if last is not None and last[1] == "StopTransaction" and last[3] == op["r"]:
                 q.close_open()  # cut right after its stop was queued: nothing is missing
                 return
-            _log.warning("transaction %d cut by a power loss: queued its stop", op["r"])
+            _log.warning("transaction %d cut by a %s: queued its stop", op["r"], reason)
             payload = {
                 "meterStop": int(op.get("wh") or 0),
                 "timestamp": isotime.fmt(op.get("t") or self.svc.now()),
-                "reason": "PowerLoss",
+                "reason": reason,
             }
             q.push("StopTransaction", payload, op["r"], rpc.new_id())
             q.close_open()
@@ -136,14 +143,26 @@ class Transactions:
                 "meterStop": int((start_wh if isinstance(start_wh, int) else 0)
                                  + (lost.get("energy_wh") or 0)),
                 "timestamp": isotime.fmt(lost.get("end_s") or self.svc.now()),
-                "reason": "PowerLoss",
+                "reason": reason,
             }
             q.push("StopTransaction", payload, last[3], rpc.new_id())
             return
         if lost is not None:
-            self._report_lost(lost)
+            self._report_lost(lost, reason)
 
-    def _report_lost(self, lost):
+    def cut_reason(self):
+        """The stop reason of a transaction this boot cut: Reboot when the charger reset
+        itself (watchdog, a requested reset), PowerLoss otherwise or when the board cannot
+        tell."""
+        f = getattr(getattr(self.svc, "hw", None), "reset_cause", None)
+        try:
+            cause = f() if f is not None else "power"
+        except Exception as e:  # noqa: BLE001 - a board that cannot tell: a power loss
+            _log.warning("reset cause unknown: %r", e)
+            cause = "power"
+        return "Reboot" if cause in ("watchdog", "reset") else "PowerLoss"
+
+    def _report_lost(self, lost, reason):
         """A session the history closed as PowerLoss but the queue never heard of (the cut
         came between the two): its StartTransaction and StopTransaction. The meter register
         at the start is not kept with the session: the energy is reported from 0."""
@@ -160,7 +179,7 @@ class Transactions:
         stop = {
             "meterStop": int(lost.get("energy_wh") or 0),
             "timestamp": isotime.fmt(lost.get("end_s") or self.svc.now()),
-            "reason": "PowerLoss",
+            "reason": reason,
         }
         q.push("StopTransaction", stop, ref, rpc.new_id())
 
@@ -178,6 +197,7 @@ class Transactions:
         cur = self.cur
         if cur is not None:
             self._sample(now, cur)
+            self._keep(now)
         self._aligned(now, cur)
         self.apply_limit(now)
         svc = self.svc
@@ -206,6 +226,7 @@ class Transactions:
             svc.auth.end_reservation()
         q.push("StartTransaction", payload, ref, rpc.new_id())
         q.set_open(ref, s.id_tag, s.start_wh, s.start_s)
+        self._kept = (s.start_wh, s.start_s)
         self.cur = {"ref": ref, "id": None, "start": s.start_s, "mode": s.start_mode,
                     "tag": s.id_tag, "begin": None, "deauth": False}
         names = svc.cfg["StopTxnSampledData"]
@@ -239,6 +260,7 @@ class Transactions:
         svc.q.push("StopTransaction", payload, cur["ref"], rpc.new_id())
         svc.q.close_open()
         self.cur = None
+        self._kept = None
         svc.smart.tx_ended()
         svc.kick()
 
@@ -282,8 +304,24 @@ class Transactions:
             return
         mv = meterval.meter_value(svc.app, names, "Sample.Periodic", now)
         svc.q.push("MeterValues", {"connectorId": 1, "meterValue": [mv]}, cur["ref"], rpc.new_id())
-        svc.q.touch_open(svc.app.metering.energy_wh, now)
+        self._touch(now)
         svc.kick()
+
+    def _touch(self, now):
+        wh = self.svc.app.metering.energy_wh
+        self.svc.q.touch_open(wh, now)
+        self._kept = (wh, now)
+
+    def _keep(self, now):
+        """Writes the running transaction's meter register and time to its open record
+        every PERSIST_WH or PERSIST_S (or when the clock was set back)."""
+        kept = self._kept
+        if kept is None:
+            self._touch(now)
+            return
+        wh = self.svc.app.metering.energy_wh
+        if wh - kept[0] >= PERSIST_WH or now - kept[1] >= PERSIST_S or now < kept[1]:
+            self._touch(now)
 
     def _aligned(self, now, cur):
         svc = self.svc
