@@ -214,3 +214,21 @@ def test_display_rotates_voltage_current_frequency_energy_minutes(start_charger)
     shown = {e["value"] for e in c.events(t0) if e["what"] == "display"}
     assert "230.0 V" in shown and "16.0 A" in shown and "50.0 Hz" in shown
     assert any(v.endswith(" kWh") for v in shown) and any(v.endswith(" Min") for v in shown)
+
+
+def test_a_web_start_before_plug_in_waits_and_its_stop_withdraws_it(start_charger):
+    """The web app's start with no vehicle waits for one, as a card does (Preparing); its
+    stop withdraws it, and a vehicle plugged in afterwards starts nothing."""
+    c = start_charger(settings={"auth_mode": "rfid"})
+    login(c)
+    r = c.http("POST", "/api/session/start", json={})
+    assert (r.status, r.body.get("result")) == (200, "plug in"), r
+    assert c.http("GET", "/api/status").body["state"] == "Preparing"
+    r = c.http("POST", "/api/session/stop", json={})
+    assert (r.status, r.body.get("result")) == (200, "cancelled"), r
+    assert c.http("GET", "/api/status").body["state"] == "Available"
+    assert c.http("POST", "/api/session/stop", json={}).status == 409, "nothing left to stop"
+    c.sim("ev", state="B", diode=True, max_a=32)
+    c.wait_for(lambda s: s["cp_state"] == "B")
+    time.sleep(1.0)
+    assert not c.snapshot()["session"]["active"]

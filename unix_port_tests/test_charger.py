@@ -844,6 +844,36 @@ def test_card_before_plug_in_starts_when_the_vehicle_arrives_within_the_timeout(
     true(r.ch.session is None and not r.hw.relays.closed, "a lapsed authorization starts nothing")
 
 
+def test_a_waiting_authorization_ends_with_a_fault_or_inoperative():
+    """An authorization given before plug-in is not carried past a trip (even one cleared
+    within the wait) nor past Inoperative: the vehicle plugged in afterwards starts nothing."""
+    from evse.auth import Authorizer
+
+    for what in ("trip", "unavailable"):
+        r = Rig()
+        auth = Authorizer(r.ch, r.settings, None, r.hw.meter)
+        eq(auth.start("04A1B2C3", "RFID"), (True, "plug in"))
+        if what == "trip":
+            r.ch.trip(faults.LVP)
+        else:
+            r.ch.unavailable = True
+        r.run(100)
+        auth.tick()
+        eq(r.ch.auth_pending, None, what)
+        if what == "trip":
+            r.ch.clear(faults.LVP)
+        else:
+            r.ch.unavailable = False
+        r.run(500)
+        auth.tick()
+        eq(r.ch.ocpp_status(), "Available", what)
+        r.hw.ev.state = "C"
+        for _ in range(15):
+            r.run(100)
+            auth.tick()
+        true(r.ch.session is None and not r.hw.relays.closed, "nothing started after " + what)
+
+
 def test_ocp_slow_and_fast():
     r = Rig()
     r.charge()

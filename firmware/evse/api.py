@@ -243,13 +243,17 @@ class Api:
         ok, msg = self.app.auth.start("APP", "App")
         if not ok:
             raise HTTPError(409, msg)
-        return {"ok": True}
+        return {"ok": True, "result": msg}  # "started", or "plug in": it waits for the vehicle
 
     async def session_stop(self, req):
         self._need_session(req)
         await self._json(req)
-        if self.app.charger.end_session("App") is None:
-            raise HTTPError(409, "no session running")
+        ch = self.app.charger
+        if ch.end_session("App") is None:
+            if ch.auth_pending is None:
+                raise HTTPError(409, "no session running")
+            ch.auth_pending = None  # a start still waiting for the vehicle: withdrawn
+            return {"ok": True, "result": "cancelled"}
         return {"ok": True}
 
     async def put_time(self, req):

@@ -107,6 +107,11 @@ class Authorizer:
         if pend is not None:
             if ch.session is not None:
                 ch.auth_pending = None
+            elif ch.active or ch.latched or ch.unavailable or ch.halted:
+                # A fault, Inoperative or a held charger ends the wait: an authorization
+                # given before it is not carried past it.
+                ch.auth_pending = None
+                _log.info("authorization of %s withdrawn: the charger cannot start now", pend[0])
             elif ch.connected:
                 ch.auth_pending = None
                 why = ch.start_session(pend[0], pend[1], self.met.energy_wh)
