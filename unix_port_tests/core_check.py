@@ -230,6 +230,9 @@ class Oracle:
         self.a_from = None  # ... which began then
         self.grant = None  # free mode: "unused" until the plug-in's session shows, "used"
         self.pending = None  # an authorization given before plug-in: its expiry (auth.py)
+        # ... taken by a plug-in the charger may not have seen yet (no PWM, no self-test):
+        # an unplug before it was seen leaves the charger's wait in place.
+        self.pend_unseen = None
         self.latched_seen = now
         self._limit_key = None
         # Named limits live in RAM: after a restart their owners (OCPP, power management,
@@ -331,6 +334,9 @@ class Oracle:
             if self.plugged:
                 self.plugged = False
                 self.a_from = now
+                if self.pend_unseen is not None:
+                    self.pending = self.pend_unseen  # the charger's wait goes on
+                    self.pend_unseen = None
         elif not self.plugged:
             # Free mode: a plug-in (or a boot with the EV plugged) authorizes a session.
             self.plugged = True
@@ -345,6 +351,7 @@ class Oracle:
                 # sooner than now).
                 if now < self.pending:
                     self._pending_start(now)
+                    self.pend_unseen = self.pending
                 self.pending = None
             if self.free:
                 if self.auth_t is None:
@@ -355,6 +362,8 @@ class Oracle:
                 self.grant = "unused"
         if self.grant == "unused" and (duty > 0 or b.rcd.testing):
             self.grant = "used"  # the charger has started the plug-in's session
+        if self.pend_unseen is not None and (duty > 0 or b.rcd.testing):
+            self.pend_unseen = None  # ... and the one that waited for the vehicle
         if self.ev_a is not None:
             self.diode_fault = False
             if now - self.ev_a >= 100 and self.auth_t is not None:
@@ -794,6 +803,7 @@ class Oracle:
         now = self.clock.now
         if not tapped:
             self.pending = None
+            self.pend_unseen = None
         elif self.plugged:
             self._pending_start(now)  # plugged already, not yet seen: it starts at once
         else:
