@@ -100,18 +100,15 @@ async def upload_diagnostics(svc, p, name):
 
 
 def _split(url, profile=0):
-    # A space, CR, LF or any control or non-ASCII byte would end up in the request line.
-    for ch in url.encode():
-        if ch <= 0x20 or ch >= 0x7F:
-            raise ValueError("character 0x%02x in the location" % ch)
-    if profile >= 2 and not url.startswith("https://"):
+    # The download locations' rule (http(s):// only, no control or non-ASCII byte):
+    # an OtaError, which is a ValueError.
+    from evse.ota import check_location
+
+    check_location(url)
+    secure = url.startswith("https://")
+    if profile >= 2 and not secure:
         raise ValueError("security profile %d uploads only to https://" % profile)
-    if url.startswith("http://"):
-        secure, rest = False, url[7:]
-    elif url.startswith("https://"):
-        secure, rest = True, url[8:]
-    else:
-        raise ValueError("only http:// and https:// locations are supported")
+    rest = url[8:] if secure else url[7:]
     hostport, _, path = rest.partition("/")
     host, _, port = hostport.partition(":")
     port = int(port) if port else (443 if secure else 80)
