@@ -354,3 +354,24 @@ def pe_latched(pe, power_system, ms=2000):
     for t in range(0, ms + 100, 100):
         prot.tick(1000 + t)
     return bool(ch.latched & faults.PE)
+
+
+class IdleCharger:
+    """The charger as the HMI and metering see it: stand-by, no fault."""
+
+    active = 0
+    latched = 0
+    session = None
+    connected = False
+    auth_pending = None
+
+    def ocpp_status(self):
+        return "Available"
+
+
+class IdleMeter:
+    """Mains readings of an idle charger."""
+
+    volts = [230.0, 230.0, 230.0]
+    amps = [0.0, 0.0, 0.0]
+    hz = 50.0

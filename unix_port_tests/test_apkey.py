@@ -4,6 +4,7 @@ import os
 
 import apkey
 from check import eq, raises, tmpdir, true
+from fakehw import IdleCharger as _Charger, IdleMeter as _Met
 
 _SECRET = bytes(range(16))
 
@@ -126,21 +127,6 @@ class _Hw:
         self.rtc = Rtc()
 
 
-class _Charger:
-    active = 0
-    latched = 0
-    session = None
-    connected = False
-    auth_pending = None
-
-    def ocpp_status(self):
-        return "Available"
-
-
-class _Met:
-    volts = [230.0, 230.0, 230.0]
-    hz = 50.0
-    amps = [0.0, 0.0, 0.0]
 
 
 def _hmi():

@@ -11,6 +11,7 @@ if _FAKES not in sys.path:
     sys.path.append(_FAKES)
 import fake_time  # noqa: E402
 from check import eq, true  # noqa: E402
+from fakehw import IdleCharger as _Idle, IdleMeter as _Met
 from evse import faults  # noqa: E402
 
 PERIOD = fake_time.TICKS_PERIOD
@@ -331,23 +332,6 @@ class _HmiHw:
         self.button = Button()
 
 
-class _Idle:
-    """The charger as the HMI and metering see it: stand-by, no fault."""
-
-    active = 0
-    latched = 0
-    session = None
-    connected = False
-    auth_pending = None
-
-    def ocpp_status(self):
-        return "Available"
-
-
-class _Met:
-    volts = [230.0, 230.0, 230.0]
-    amps = [0.0, 0.0, 0.0]
-    hz = 50.0
 
 
 def test_the_power_on_self_test_light_does_not_come_back_a_week_later():
