@@ -1,5 +1,6 @@
 """OCPP 1.6J end to end against the `ocpp` package as the central system (tests/csms.py):
-identification before plug-in (ConnectionTimeOut), UnlockConnector during a charge with a
+identification before plug-in (ConnectionTimeOut, one waiting authorization, asked again at
+plug-in), UnlockConnector during a charge with a
 car that keeps drawing, TriggerMessage with every connectorId."""
 
 import time
@@ -50,6 +51,41 @@ def test_tap_then_plug_within_and_after_connection_timeout(cs, ocpp):
     wait_status(cs, "CP1", 1, "Preparing", since=mark)
     lapse = wait_status(cs, "CP1", 1, "Available", since=mark, timeout=WAIT_S)
     assert lapse["status"] == "Available"
+    plug(c)
+    time.sleep(3)
+    assert not c.snapshot()["session"]["active"]
+    assert not cs.payloads("CP1", "StartTransaction", since=mark)
+
+
+def test_remote_start_waits_as_the_one_authorization_and_plug_in_asks_again(cs, ocpp):
+    """A RemoteStart before plug-in is the charger's one waiting authorization (Preparing,
+    PLUG IN): another tag is refused meanwhile, by the central system or at the reader.
+    At plug-in the local list is asked again: a tag Blocked during the wait starts nothing."""
+    c = ocpp(cards=[A], config={"ConnectionTimeOut": 60})
+    t0 = c.snapshot()["t_us"]
+    mark = cs.mark()
+    assert cs.call("CP1", "RemoteStartTransaction", idTag=C)["status"] == "Accepted"
+    wait_status(cs, "CP1", 1, "Preparing", since=mark)
+    c.wait_for(lambda s: "PLUG IN" in shown(c, t0), WAIT_S)
+    assert cs.call("CP1", "RemoteStartTransaction", idTag="04999999")["status"] == "Rejected"
+    c.tap(A)  # a learned card, but C waits
+    plug(c)
+    c.wait_for(lambda s: s["session"]["active"] and s["relays_closed"], WAIT_S)
+    start = cs.wait_for(lambda: cs.payloads("CP1", "StartTransaction", since=mark), WAIT_S)[0]
+    assert start["idTag"] == C
+    unplug(c)
+    cs.wait_for(lambda: cs.payloads("CP1", "StopTransaction", since=mark), WAIT_S)
+    wait_status(cs, "CP1", 1, "Available", since=mark)
+
+    listed = [{"idTag": C, "idTagInfo": {"status": "Accepted"}}]
+    assert cs.call("CP1", "SendLocalList", listVersion=1, updateType="Full",
+                   localAuthorizationList=listed)["status"] == "Accepted"
+    mark = cs.mark()
+    c.tap(C)
+    wait_status(cs, "CP1", 1, "Preparing", since=mark)
+    blocked = [{"idTag": C, "idTagInfo": {"status": "Blocked"}}]
+    assert cs.call("CP1", "SendLocalList", listVersion=2, updateType="Differential",
+                   localAuthorizationList=blocked)["status"] == "Accepted"
     plug(c)
     time.sleep(3)
     assert not c.snapshot()["session"]["active"]

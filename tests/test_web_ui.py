@@ -237,6 +237,13 @@ def check_state_page(t, c, L, code):
     expect(table.locator('[data-k="fan"]')).to_have_text(L["fan.Stop"])
     expect(table.locator('[data-k="grid_hz"]')).to_have_text(re.compile(r"50[.,]00 Hz"))
 
+    # A start with nothing plugged waits for the vehicle, and the page says what to do.
+    c.login()
+    assert c.http("POST", "/api/session/start", json={}).body.get("result") == "plug in"
+    expect(table.locator('[data-k="state"]')).to_have_text(L["s.PlugIn"])
+    assert c.http("POST", "/api/session/stop", json={}).body.get("result") == "cancelled"
+    expect(table.locator('[data-k="state"]')).to_have_text(L["s.Available"])
+
     # A charge: the page follows it without a reload.
     c.sim("cable", pp_ohms=220)
     c.sim("ev", state="B", diode=True, max_a=16)

@@ -874,6 +874,45 @@ def test_a_waiting_authorization_ends_with_a_fault_or_inoperative():
         true(r.ch.session is None and not r.hw.relays.closed, "nothing started after " + what)
 
 
+def test_a_waiting_card_is_asked_again_at_plug_in_and_holds_the_charger():
+    """The source that accepted a card before plug-in is asked again when the vehicle
+    arrives (a learned card deleted meanwhile starts nothing); while it waits, another
+    card is refused and the same card withdraws it."""
+    import asyncio
+
+    from check import tmpdir
+    from evse.auth import Authorizer
+    from evse.cards import CardStore
+
+    class Hmi:
+        def beep_ok(self):
+            pass
+
+        def beep_fail(self):
+            pass
+
+    store = CardStore(tmpdir("pending_recheck"))
+    store.learn(1, "04A1B2C3")
+    store.learn(2, "04112233")
+    r = Rig()
+    auth = Authorizer(r.ch, r.settings, Hmi(), r.hw.meter)
+    auth.sources.append(store)
+    present = lambda uid: asyncio.run(auth.present(uid, r.settings["rfid_type"]))  # noqa: E731
+    eq(present("04A1B2C3"), (True, "plug in"))
+    eq(present("04112233"), (False, "another card waits for the vehicle"))
+    eq(auth.start("APP", "App"), (False, "another card waits for the vehicle"))
+    eq(r.ch.auth_pending[0], "04A1B2C3", "the first card still waits")
+    eq(present("04A1B2C3"), (True, "cancelled"))
+    eq(present("04112233"), (True, "plug in"))
+    store.forget(2)
+    r.hw.ev.state = "C"
+    for _ in range(15):
+        r.run(100)
+        auth.tick()
+    true(r.ch.session is None and not r.hw.relays.closed, "a deleted card starts nothing")
+    eq(r.ch.auth_pending, None)
+
+
 def test_ocp_slow_and_fast():
     r = Rig()
     r.charge()

@@ -38,11 +38,15 @@ class Authorizer:
         return PENDING_MS
 
     async def authorize(self, id_tag):
+        return (await self.ask(id_tag))[0]
+
+    async def ask(self, id_tag):
+        """(verdict, the source that gave it or None)."""
         for src in self.sources:
             verdict = await src.authorize(id_tag)
             if verdict is not None:
-                return verdict
-        return "Invalid"
+                return verdict, src
+        return "Invalid", None
 
     async def present(self, id_tag, kind, start_mode="RFID"):
         """A card on the reader: start a session, or stop the one it started.
@@ -75,11 +79,13 @@ class Authorizer:
             self.ch.auth_pending = None  # the same card again: it no longer waits
             _log.info("authorization of %s withdrawn before plug-in", id_tag)
             return True, "cancelled"
-        verdict = await self.authorize(id_tag)
+        if pend is not None:
+            return False, "another card waits for the vehicle"
+        verdict, src = await self.ask(id_tag)
         if verdict != "Accepted":
             self.unknown = True
             return False, "not authorized (%s)" % verdict
-        return self.start(id_tag, start_mode)
+        return self.start(id_tag, start_mode, src)
 
     async def _may_stop(self, id_tag, session):
         for chk in self.stop_checks:
@@ -88,16 +94,33 @@ class Authorizer:
                 return ans
         return False
 
-    def start(self, id_tag, start_mode):
-        why = self.ch.start_session(id_tag, start_mode, self.met.energy_wh)
+    def start(self, id_tag, start_mode, source=None):
+        """Starts a session now, or (no vehicle yet) keeps the authorization until one
+        arrives. `source` is the one that accepted the tag: it is asked again at plug-in.
+        One authorization waits at a time: another tag is refused meanwhile."""
+        ch = self.ch
+        pend = ch.auth_pending
+        if pend is not None and pend[0].upper() != id_tag.upper():
+            return False, "another card waits for the vehicle"
+        why = ch.start_session(id_tag, start_mode, self.met.energy_wh)
         if why is None:
             return True, "started"
         if why == _NO_VEHICLE:
             # Identification before plug-in: the charge starts when the vehicle arrives.
-            ch = self.ch
-            ch.auth_pending = (id_tag, start_mode, time.ticks_add(ch.clock(), self._pending_ms()))
+            expires = time.ticks_add(ch.clock(), self._pending_ms())
+            ch.auth_pending = (id_tag, start_mode, expires, source)
             return True, "plug in"
         return False, why
+
+    def _still_valid(self, pend):
+        """At plug-in: None, or why the waiting authorization no longer holds. The source
+        that accepted the tag looks again at what it knows without asking the network (a
+        learned card deleted, a local list entry now Blocked or expired)."""
+        fn = getattr(pend[3], "recheck", None)
+        verdict = fn(pend[0]) if fn is not None else None
+        if verdict is None or verdict == "Accepted":
+            return None
+        return "no longer authorized (%s)" % verdict
 
     def tick(self):
         """A vehicle plugged in while an authorization waits gets its session; free mode:
@@ -114,9 +137,13 @@ class Authorizer:
                 _log.info("authorization of %s withdrawn: the charger cannot start now", pend[0])
             elif ch.connected:
                 ch.auth_pending = None
-                why = ch.start_session(pend[0], pend[1], self.met.energy_wh)
+                why = self._still_valid(pend)
+                if why is None:
+                    why = ch.start_session(pend[0], pend[1], self.met.energy_wh)
                 if why is not None:
                     _log.warning("authorization of %s not used: %s", pend[0], why)
+                    if self.hmi is not None:
+                        self.hmi.beep_fail()
             elif time.ticks_diff(ch.clock(), pend[2]) >= 0:
                 ch.auth_pending = None
                 _log.info("authorization of %s lapsed: no vehicle within its timeout", pend[0])

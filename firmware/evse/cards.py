@@ -71,3 +71,7 @@ class CardStore:
 
     async def authorize(self, id_tag):
         return "Accepted" if self.learned(id_tag) else None
+
+    def recheck(self, id_tag):
+        """A card this store accepted, asked again at plug-in: deleted meanwhile, refused."""
+        return "Accepted" if self.learned(id_tag) else "Invalid"

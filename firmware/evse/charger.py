@@ -244,7 +244,7 @@ class Charger:
         self._open_ms = None  # when both aux contacts were first seen open (coils released)
         self.contacts_open = False  # ... and have stayed open for _CONTACTS_OPEN_MS since
         self.listeners = []  # fn(event, charger): "session_start", "session_end", "state"
-        self.auth_pending = None  # (id_tag, start_mode, expires_ms): authorized before plug-in
+        self.auth_pending = None  # (id_tag, start_mode, expires_ms, source): authorized before plug-in (auth.py)
         # Bound once: called from the RCD interrupt without allocating.
         self._rcd_cb = self._on_rcd_irq
         self._irq_off = hw.disable_irq

@@ -87,6 +87,16 @@ class Authorization:
             return "Accepted"  # never for a known id that is not Accepted now
         return "Invalid"
 
+    def recheck(self, id_tag):
+        """A tag this source accepted, asked again at plug-in without the network: the
+        local list or cache entry as it is now (Blocked, expired), or None when neither
+        knows the tag (the central system's answer at the tap stands)."""
+        svc = self.svc
+        if not svc.active:
+            return None
+        info = self.local_info(id_tag)
+        return valid(info, svc.now()) if info is not None else None
+
     async def parent_of(self, tag):
         svc = self.svc
         info = self.local_info(tag)

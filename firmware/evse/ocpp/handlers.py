@@ -124,6 +124,8 @@ async def remote_start(svc, mid, p):
         refuse = "embedded profile is not a TxProfile"
     elif ch.session is not None:
         refuse = "a transaction is running"
+    elif ch.auth_pending is not None and ch.auth_pending[0].upper() != tag.upper():
+        refuse = "another id tag waits for the vehicle"
     elif ch.ocpp_status() in ("Faulted", "Unavailable"):
         refuse = "charger " + ch.ocpp_status()
     elif prof is not None and svc.smart.check(prof):
@@ -137,15 +139,16 @@ async def remote_start(svc, mid, p):
         return _status("Rejected")
 
     async def after():
+        src = None
         if svc.cfg["AuthorizeRemoteTxRequests"]:
-            verdict = await svc.app.auth.authorize(tag)
+            verdict, src = await svc.app.auth.ask(tag)
             if verdict != "Accepted":
                 _log.info("remote start of %s not authorized (%s)", tag, verdict)
                 return
         elif await svc.auth.reservation_verdict(tag) is not None:
             _log.info("remote start of %s refused: reserved", tag)
             return
-        svc.tx.start_remote(tag, prof)
+        svc.tx.start_remote(tag, prof, src)
 
     return {"status": "Accepted"}, after
 

@@ -38,7 +38,7 @@ class Transactions:
         self.cur = None  # the running transaction: ref, id, start, mode, tag, begin, deauth
         self.events = []  # (kind, session, stop reason) noted by the listener
         self._stop_reason = None
-        self._remote = None  # a RemoteStart: (id_tag, deadline_ms or None, profile)
+        self._remote = None  # a RemoteStart's (id_tag, TxProfile or None) until its session starts
         self._next_sample = None
         self._aligned_slot = None
         self.limit = -1.0  # the "ocpp" limit last given to the charger (-1: none yet)
@@ -96,18 +96,15 @@ class Transactions:
         ch.end_session("OCPP")
         return True
 
-    def start_remote(self, tag, profile):
-        """RemoteStart accepted: start now, or when the vehicle arrives in time."""
-        svc = self.svc
-        if svc.ch.connected:
-            ok, why = svc.app.auth.start(tag, "OCPP")
-            if not ok:
-                _log.warning("remote start of %s failed: %s", tag, why)
-                return
-            self._remote = (tag, None, profile)
+    def start_remote(self, tag, profile, source=None):
+        """RemoteStart accepted: starts now, or (no vehicle yet) waits as the charger's one
+        authorization before plug-in (auth.py: ConnectionTimeOut, display PLUG IN, status
+        Preparing). The embedded TxProfile waits with it for the session of this tag."""
+        ok, why = self.svc.app.auth.start(tag, "OCPP", source)
+        if not ok:
+            _log.warning("remote start of %s failed: %s", tag, why)
             return
-        ms = svc.cfg["ConnectionTimeOut"] * 1000
-        self._remote = (tag, time.ticks_add(time.ticks_ms(), ms), profile)
+        self._remote = (tag, profile)
 
     def recover(self):
         """At boot: a transaction still open was cut by a power loss (or a crash). A start
@@ -200,14 +197,13 @@ class Transactions:
             self._keep(now)
         self._aligned(now, cur)
         self.apply_limit(now)
-        svc = self.svc
         rm = self._remote
-        if rm is not None and rm[1] is not None:
-            if svc.ch.connected and svc.ch.session is None:
-                self._remote = None
-                self.start_remote(rm[0], rm[2])
-            elif time.ticks_diff(time.ticks_ms(), rm[1]) >= 0:
-                _log.info("remote start of %s: no vehicle within ConnectionTimeOut", rm[0])
+        ch = self.svc.ch
+        if rm is not None and not self.events and ch.session is None:
+            pend = ch.auth_pending
+            if pend is None or pend[0].upper() != rm[0].upper():
+                # Its wait lapsed, was withdrawn or ended by a fault: the profile goes too.
+                _log.info("remote start of %s ended without a session", rm[0])
                 self._remote = None
 
     def _start(self, s):
@@ -234,10 +230,9 @@ class Transactions:
             self.cur["begin"] = meterval.meter_value(svc.app, names, "Transaction.Begin", s.start_s)
         self._next_sample = None
         rm = self._remote
-        if rm is not None and rm[0].upper() == s.id_tag.upper():
-            self._remote = None
-            if rm[2] is not None:
-                svc.smart.install(1, rm[2], -1, svc.now())
+        self._remote = None  # any session ends a remote start's wait
+        if rm is not None and rm[1] is not None and rm[0].upper() == s.id_tag.upper():
+            svc.smart.install(1, rm[1], -1, svc.now())
         svc.kick()
 
     def _end(self, s, reason):

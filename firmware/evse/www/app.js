@@ -335,10 +335,14 @@
   }
 
   // ---- Home and Charger State -------------------------------------------------------------
+  // Preparing with nothing plugged: an authorization waits for the vehicle (display PLUG IN).
+  const stateName = st =>
+    st.state === 'Preparing' && st.cp_state === 'A' ? t('s.PlugIn') : tv('s.', st.state);
+
   function stateText(st) {
     const errs = st.errors || [];
     if (st.state === 'Faulted') return t('s.Faulted') + ': ' + errs.join(', ');
-    const s = st.state === 'Available' ? t('home.card') : tv('s.', st.state);
+    const s = st.state === 'Available' ? t('home.card') : stateName(st);
     // CFG (a setting not as configured) is not a fault: the charger runs on, and says so
     return errs.length ? s + ' · ' + errs.join(', ') : s;
   }
@@ -373,7 +377,7 @@
 
   // One formatter per row of the Charger State page (manual §8.1.2 point 3).
   const STATE_ROWS = {
-    state: st => tv('s.', st.state),
+    state: stateName,
     errors: st => list(st.errors),
     serial: st => st.serial,
     software_version: st => st.software_version,
