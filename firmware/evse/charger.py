@@ -42,6 +42,10 @@ _CLOSE_CHECK_MS = const(1000)  # aux contacts must follow the coil within 1 s
 # The weld check's window (protection.py): the lock opens only after both auxiliary
 # contacts have reported open this long, so a weld is known before the plug is free.
 _CONTACTS_OPEN_MS = const(500)
+# Longest from the end of a session under load to the lock reading open: the vehicle's
+# time to stop drawing, the weld window, the lock's confirm with its retry, plus a
+# second of ticks (OCPP UnlockConnector answers within it).
+UNLOCK_WORST_MS = const(_FORCE_OPEN_MS + _CONTACTS_OPEN_MS + 2 * _LOCK_CONFIRM_MS + 1000)
 # Wake-up of a car that fell asleep plugged in (IEC 61851-1:2017 A.5.3, STANDARDS.md §1.4):
 # it stays in B2 under a fresh PWM offer this long, then the pilot goes F, then X1, then
 # the PWM again. Once per resume of the offer, at most WAKE_MAX times a session.

@@ -17,10 +17,12 @@ from evse.ocpp.rpc import RpcError
 
 _log = log.get("ocpp.cs")
 
-# The answer waits for the outcome: up to 6 s for the vehicle to stop drawing (the
-# charger then opens under load), the contacts' weld window and the lock's feedback with
-# its retry; well inside a central system's call timeout.
-_UNLOCK_WAIT_MS = 9000
+# The answer waits for the outcome (charger.UNLOCK_WORST_MS: the vehicle's time to stop
+# drawing, the weld window, the lock's feedback with its retry) and a margin for a busy
+# loop; 11.5 s, well inside a central system's call timeout (30 s in the `ocpp` package).
+# Meanwhile the central system's next CALL waits (it should send none before this answer,
+# OCPP-J §4.1.1); the charger's own messages and their answers go on.
+_UNLOCK_WAIT_MS = charger_mod.UNLOCK_WORST_MS + 2000
 
 
 def _status(s):

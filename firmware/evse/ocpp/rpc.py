@@ -27,10 +27,11 @@ class RpcError(Exception):
 
 
 def new_id():
-    """A message id unique in this process and (with high probability) across boots."""
+    """A message id unique in this process and across boots: a random 32-bit prefix per
+    boot (two boots share one with odds of about n²/2³³ over n boots) and a counter."""
     global _seq, _prefix
     if _prefix is None:
-        _prefix = "%02x%02x" % tuple(os.urandom(2))
+        _prefix = "%02x%02x%02x%02x" % tuple(os.urandom(4))
     _seq += 1
     return "%s%d" % (_prefix, _seq)
 

@@ -114,7 +114,6 @@ class Service:
         self._q_wait_mv = None  # the MeterValues record so waiting, if it is one
         self._hb_ms = 0
         self._ping_ms = None
-        self._boot_now = False
         self._boot_interval = _BOOT_RETRY_S
         self._reconnect = False
         self._addr = None  # (host, address) of the last DNS answer
@@ -507,7 +506,6 @@ class Service:
 
     async def _online(self):
         link = self.link
-        self._boot_now = False
         while not self.accepted:
             try:
                 status = await self.boot()
@@ -528,9 +526,6 @@ class Service:
         while True:
             if not link.up or self._reconnect:
                 raise LinkDown()
-            if self._boot_now:
-                self._boot_now = False
-                await self.boot()
             await self._send_queue_head()
             await self._send_statuses()
             await self._send_notes()
@@ -560,9 +555,6 @@ class Service:
                 raise LinkDown()
             if self.accepted:
                 return  # a TriggerMessage(BootNotification) was Accepted meanwhile
-            if self._boot_now:
-                self._boot_now = False
-                return
             self._send_ev.clear()
             try:
                 await asyncio.wait_for_ms(self._send_ev.wait(), _TICK_MS)
