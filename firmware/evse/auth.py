@@ -33,8 +33,9 @@ class Authorizer:
         ConnectionTimeOut) or PENDING_MS."""
         for src in self.sources:
             fn = getattr(src, "connection_timeout_ms", None)
-            if fn is not None:
-                return fn()
+            ms = fn() if fn is not None else None
+            if ms is not None:
+                return ms
         return PENDING_MS
 
     async def authorize(self, id_tag):
@@ -108,17 +109,24 @@ class Authorizer:
         if why == _NO_VEHICLE:
             # Identification before plug-in: the charge starts when the vehicle arrives.
             expires = time.ticks_add(ch.clock(), self._pending_ms())
-            ch.auth_pending = (id_tag, start_mode, expires, source)
+            ch.auth_pending = (id_tag, start_mode, expires, source, self._local_verdict(source, id_tag))
             return True, "plug in"
         return False, why
 
+    @staticmethod
+    def _local_verdict(source, id_tag):
+        """What the source knows of the tag without the network, or None."""
+        fn = getattr(source, "recheck", None)
+        return fn(id_tag) if fn is not None else None
+
     def _still_valid(self, pend):
         """At plug-in: None, or why the waiting authorization no longer holds. The source
-        that accepted the tag looks again at what it knows without asking the network (a
-        learned card deleted, a local list entry now Blocked or expired)."""
-        fn = getattr(pend[3], "recheck", None)
-        verdict = fn(pend[0]) if fn is not None else None
-        if verdict is None or verdict == "Accepted":
+        that accepted the tag looks again at what it knows without asking the network: a
+        refusal that was not there at the tap (a learned card deleted, a local list entry
+        now Blocked or expired) ends it; one it already had when the central system
+        accepted the tag anyway (a list conflict) does not."""
+        verdict = self._local_verdict(pend[3], pend[0])
+        if verdict is None or verdict == "Accepted" or verdict == pend[4]:
             return None
         return "no longer authorized (%s)" % verdict
 

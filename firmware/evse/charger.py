@@ -248,7 +248,7 @@ class Charger:
         self._open_ms = None  # when both aux contacts were first seen open (coils released)
         self.contacts_open = False  # ... and have stayed open for _CONTACTS_OPEN_MS since
         self.listeners = []  # fn(event, charger): "session_start", "session_end", "state"
-        self.auth_pending = None  # (id_tag, start_mode, expires_ms, source): authorized before plug-in (auth.py)
+        self.auth_pending = None  # (id_tag, start_mode, expires_ms, source, verdict): authorized before plug-in (auth.py)
         # Bound once: called from the RCD interrupt without allocating.
         self._rcd_cb = self._on_rcd_irq
         self._irq_off = hw.disable_irq
@@ -343,6 +343,7 @@ class Charger:
     def trip(self, bit):
         """Fault: open the relays and drive state F first, then remember. No allocation."""
         self._relays.open()
+        self.auth_pending = None  # a waiting authorization is not carried past a fault
         if self._cp.duty_pm > 0:
             self._changed_ms = self.clock()  # a stop of the offer: the next raise waits 5 s
             s = self.session
@@ -475,6 +476,7 @@ class Charger:
         self._x1()
         self.offered_a = 0.0
         self._estop = True
+        self.auth_pending = None  # an authorization is not carried past a safe state
 
     def hold(self, on):
         """The supervisor's hold while a critical task (pilot, protection) is late or keeps

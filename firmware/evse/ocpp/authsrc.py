@@ -32,8 +32,10 @@ class Authorization:
         self.svc = svc
 
     def connection_timeout_ms(self):
-        """How long an authorization given before plug-in waits (auth.py)."""
-        return self.svc.cfg["ConnectionTimeOut"] * 1000
+        """How long an authorization given before plug-in waits (auth.py); None while
+        OCPP is off (the charger's own 60 s then)."""
+        svc = self.svc
+        return svc.cfg["ConnectionTimeOut"] * 1000 if svc.active else None
 
     def local_info(self, tag):
         """(status, expiry, parent) from the local list (first) or the cache, or None."""

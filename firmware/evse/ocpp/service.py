@@ -761,6 +761,8 @@ class Service:
     def set_available(self, operative):
         self.state.pop("sched", None)
         self.ch.unavailable = not operative
+        if not operative:
+            self.ch.auth_pending = None  # a waiting authorization ends with Inoperative
         self.state["inop"] = not operative
         if not operative:
             self.state["resv"] = None

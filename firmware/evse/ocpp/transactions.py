@@ -38,7 +38,7 @@ class Transactions:
         self.cur = None  # the running transaction: ref, id, start, mode, tag, begin, deauth
         self.events = []  # (kind, session, stop reason) noted by the listener
         self._stop_reason = None
-        self._remote = None  # a RemoteStart's (id_tag, TxProfile or None) until its session starts
+        self._remote = None  # a RemoteStart's (id_tag, TxProfile or None, its wait or None) until its session starts
         self._next_sample = None
         self._aligned_slot = None
         self.limit = -1.0  # the "ocpp" limit last given to the charger (-1: none yet)
@@ -104,7 +104,9 @@ class Transactions:
         if not ok:
             _log.warning("remote start of %s failed: %s", tag, why)
             return
-        self._remote = (tag, profile)
+        # Tied to this very wait (the tuple itself, not its tag): a card of the same tag
+        # tapped after the wait lapsed does not inherit the profile.
+        self._remote = (tag, profile, self.svc.ch.auth_pending)
 
     def recover(self):
         """At boot: a transaction still open was cut by a power loss (or a crash). A start
@@ -200,8 +202,7 @@ class Transactions:
         rm = self._remote
         ch = self.svc.ch
         if rm is not None and not self.events and ch.session is None:
-            pend = ch.auth_pending
-            if pend is None or pend[0].upper() != rm[0].upper():
+            if rm[2] is None or ch.auth_pending is not rm[2]:
                 # Its wait lapsed, was withdrawn or ended by a fault: the profile goes too.
                 _log.info("remote start of %s ended without a session", rm[0])
                 self._remote = None
@@ -231,7 +232,8 @@ class Transactions:
         self._next_sample = None
         rm = self._remote
         self._remote = None  # any session ends a remote start's wait
-        if rm is not None and rm[1] is not None and rm[0].upper() == s.id_tag.upper():
+        if (rm is not None and rm[1] is not None and s.start_mode == "OCPP"
+                and rm[0].upper() == s.id_tag.upper()):
             svc.smart.install(1, rm[1], -1, svc.now())
         svc.kick()
 
