@@ -39,6 +39,9 @@ POLL_INTERVAL = 0.02
 # first login (the factory password 123456 may change nothing): `password=None` keeps the
 # factory default.
 PASSWORD = "test-pass-1"
+# The heap of a charger on the 32-bit frozen interpreter: the firmware's data and the
+# simulator's (about 40 KB), no code; docs/development.md.
+MCU_HEAP = "192k"
 FACTORY_PASSWORD = "123456"
 
 _running = set()  # every process started here, until it has been reaped
@@ -53,6 +56,14 @@ def micropython():
         return str(beside)
     venv = ROOT / ".venv" / "bin" / "micropython"
     return str(venv) if venv.exists() else "micropython"
+
+
+def mcu_interpreter():
+    """EVSE_MCU: a 32-bit interpreter with the firmware frozen in it (`make mcu`,
+    tools/mcu.py), or None. Chargers then run from it, their code out of the heap as on a
+    board, and their heap is the firmware's data alone."""
+    path = os.environ.get("EVSE_MCU")
+    return Path(path) if path else None
 
 
 def _tool(name):
@@ -219,8 +230,18 @@ class Charger:
         self.sim_port = int(self.env["EVSE_SIM_PORT"])
         self.can_port = int(self.env["EVSE_CAN_PORT"])
         entry_dir = Path(board_dir) if board_dir else firmware_tree()
-        heap = heap or default_heap(None if entry_dir == ROOT / "firmware" else entry_dir)
-        self.cmd = [micropython(), "-X", f"heapsize={heap}", str(entry_dir.resolve() / "main.py")]
+        mcu = None if board_dir else mcu_interpreter()
+        if mcu is not None:
+            # The frozen main module; the web app's assets from www/ of the directory it
+            # starts in, as on a board flashed with the image (tools/manifest.py).
+            www = self.workdir / "www"
+            if not www.exists():
+                www.symlink_to(entry_dir.resolve() / "evse" / "www")
+            self.cmd = [str(mcu), "-X", f"heapsize={heap or MCU_HEAP}", "-c", "import main"]
+        else:
+            heap = heap or default_heap(None if entry_dir == ROOT / "firmware" else entry_dir)
+            self.cmd = [micropython(), "-X", f"heapsize={heap}",
+                        str(entry_dir.resolve() / "main.py")]
         self.log_path = self.workdir / f"{name}.log"
         self.cookies = {}
         self.proc = None

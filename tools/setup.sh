@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
-DEBIAN_PACKAGES=(socat chromium)   # socat: RS-485 ptys; chromium: web app tests
+DEBIAN_PACKAGES=(socat chromium gcc-multilib)   # socat: RS-485 ptys; chromium: web app tests; gcc-multilib: the 32-bit build (make mcu)
 
 log() { echo "setup: $*" >&2; }
 

@@ -19,7 +19,7 @@ def _not_json(v, depth):
     if v is None or t is bool or t is int or t is str:
         return None
     if t is float:
-        return None if -1e300 < v < 1e300 else "non-finite float %r" % v
+        return None if v - v == 0 else "non-finite float %r" % v  # inf - inf and nan - nan are nan
     if t is list or t is tuple:
         for x in v:
             bad = _not_json(x, depth + 1)
@@ -106,6 +106,7 @@ class Controller:
         gc.collect()
         out["heap_free"] = gc.mem_free()
         out["heap_alloc"] = gc.mem_alloc()
+        out["sim_heap"] = getattr(self._hw, "sim_heap", 0)
         return out
 
     def _op_plant(self, req, t_us):
@@ -118,7 +119,7 @@ class Controller:
         gc.collect()
         free = gc.mem_free()
         return {"heap_free": free, "heap_alloc": gc.mem_alloc(),
-                "heap_largest": _largest_block(free)}
+                "heap_largest": _largest_block(free), "sim_heap": getattr(self._hw, "sim_heap", 0)}
 
     def board_view(self):
         """What the board itself knows: outputs, inputs and the plant."""
