@@ -18,7 +18,9 @@ CUTS ?= 300
 SEED ?= 1
 INVARIANT_S ?= 600
 
-.PHONY: help setup test test-unix test-host run build deploy ota bench soak lint clean distclean
+MCU_SOAK_S ?= 150
+
+.PHONY: help setup test test-unix test-host run build deploy ota bench soak mcu lint clean distclean
 
 help:
 	@echo "make run                        start the simulated charger (web app http://127.0.0.1:8080, simulator 127.0.0.1:8090)"
@@ -30,6 +32,8 @@ help:
 	@echo "make bench                      every benchmark, one table -> build/bench/report.json"
 	@echo "make soak DURATION=3600 CUTS=300 SEED=1   soak, then power cuts -> build/soak.json, build/powercut.json,"
 	@echo "    INVARIANT_S=600                          then the charging core's invariant checker for that long"
+	@echo "make mcu MCU_SOAK_S=150         the firmware frozen into a 32-bit MicroPython (as on a board), soaked:"
+	@echo "                                   its heap -> build/mcu/report.json (FEATURES=1: what each feature costs)"
 	@echo "make lint                       ruff on tests/ and tools/, basedpyright on the real boards' code"
 	@echo "make clean | distclean          remove build output and caches | also .venv/ and data/"
 
@@ -78,6 +82,11 @@ soak: setup
 	$(PY) tools/soak.py --duration $(DURATION) --seed $(SEED) --json build/soak.json
 	$(PY) tools/powercut.py --cuts $(CUTS) --seed $(SEED) --json build/powercut.json
 	INV_S=$(INVARIANT_S) INV_SEED=$(SEED) $(MICROPYTHON) unix_port_tests/runner.py test_invariants
+
+# The 32-bit frozen build (tools/mcu.py; cached in build/mcu/, rebuilt when the firmware
+# changes), then a soak with every feature on against it, or the per-feature table.
+mcu: setup
+	$(PY) tools/mcu.py --soak-s $(MCU_SOAK_S) $(if $(FEATURES),--features)
 
 lint: setup
 	$(VENV)/bin/ruff check tests/ tools/

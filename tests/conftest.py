@@ -13,7 +13,7 @@ When a test fails, the report ends with the tail of each charger's log.
 
 import csms
 import pytest
-from harness import Charger, firmware_tree, kill_leftovers
+from harness import Charger, firmware_tree, kill_leftovers, mcu_build
 
 
 def pytest_configure(config):
@@ -24,6 +24,7 @@ def pytest_configure(config):
         "waits out); the suite starts the longest tests first")
     if not hasattr(config, "workerinput"):
         firmware_tree()
+        mcu_build()
 
 
 def pytest_collection_modifyitems(session, config, items):
@@ -61,6 +62,18 @@ def start_charger(request, tmp_path):
     yield start
     for c in chargers:
         c.stop()
+
+
+@pytest.fixture
+def on_mcu(monkeypatch):
+    """The chargers of this test run on the 32-bit interpreter with the firmware frozen,
+    as a board runs it (tools/mcu.py; heap harness.MCU_HEAP): a MemoryError there is a
+    board's. Where the MicroPython source is missing they run on the 64-bit port, and
+    the memory checks that need the 32-bit build are skipped (the setup said why)."""
+    exe = mcu_build()
+    if exe is not None:
+        monkeypatch.setenv("EVSE_MCU", str(exe))
+    return exe
 
 
 @pytest.fixture

@@ -66,7 +66,25 @@ def mcu_interpreter():
     return Path(path) if path else None
 
 
-def _tool(name):
+def mcu_build():
+    """The 32-bit frozen interpreter for this test session, built once (tools/mcu.py,
+    cached in build/mcu/) and passed to the workers in EVSE_TEST_MCU; None when the
+    MicroPython source is not on this machine (tools/mcu.py prints how to get it). A
+    build that fails raises."""
+    known = os.environ.get("EVSE_TEST_MCU")
+    if known is not None:
+        return Path(known) if known else None
+    mcu = tool("mcu")
+    if mcu.source_missing():
+        print(mcu.HOW_TO_GET, file=sys.stderr)
+        os.environ["EVSE_TEST_MCU"] = ""
+        return None
+    exe = mcu.build()
+    os.environ["EVSE_TEST_MCU"] = str(exe)
+    return exe
+
+
+def tool(name):
     sys.path.insert(0, str(ROOT / "tools"))
     try:
         return __import__(name)
@@ -90,7 +108,7 @@ def firmware_tree():
     top = Path(tempfile.mkdtemp(prefix="session-", dir=ROOT / "build" / "test"))
     atexit.register(shutil.rmtree, top, True)
     out = top / "unix_sim"
-    _tool("build").build("unix_sim", out)
+    tool("build").build("unix_sim", out)
     os.environ["EVSE_TEST_TREE"] = str(out)
     return out
 
@@ -104,7 +122,7 @@ def default_heap(tree=None, data_kb=128):
     forced = os.environ.get("EVSE_TEST_HEAP")
     if forced:
         return forced
-    return _tool("footprint").heapsize(micropython(), data_kb, tree=tree)
+    return tool("footprint").heapsize(micropython(), data_kb, tree=tree)
 
 
 def _port_block():

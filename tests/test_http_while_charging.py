@@ -6,7 +6,8 @@ endless headers, a slow-loris crowd, bodies longer and shorter than announced, b
 methods, path traversal and 100 connections at once. Meanwhile the simulator socket
 (not HTTP) is polled: the relays must stay closed, no supervised task may restart, and
 afterwards GET /api/status answers 200 from a live process. 127.0.0.1 only; every
-socket has a timeout and is closed, every wait has a deadline.
+socket has a timeout and is closed, every wait has a deadline. On the 32-bit interpreter
+with the firmware frozen (conftest.on_mcu): the abuse meets a board's heap.
 """
 
 import json
@@ -15,6 +16,10 @@ import select
 import socket
 import threading
 import time
+
+import pytest
+
+pytestmark = pytest.mark.usefixtures("on_mcu")
 
 ATTACK_S = 8.0  # how long the repeating attacks go on
 FREE = {"auth_mode": "free"}

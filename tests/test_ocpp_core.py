@@ -1,12 +1,18 @@
 """OCPP 1.6J end to end against the `ocpp` package as the central system (tests/csms.py):
 boot, heartbeat, status, authorization and transactions with cards and remotely, the
 configuration keys, availability, reset, unlock, trigger, data transfer, local list,
-diagnostics and firmware requests."""
+diagnostics and firmware requests.
+
+They run on the 32-bit interpreter with the firmware frozen (conftest.on_mcu): the OCPP
+client's buffers and messages in a board's heap."""
 
 import json
 import time
 
+import pytest
 from csms import wait_ocpp, wait_status
+
+pytestmark = pytest.mark.usefixtures("on_mcu")
 
 A = "04A1B2C3"  # learned card
 B = "04D5E6F7"  # refused by the central system

@@ -17,7 +17,10 @@ import os
 import shutil
 
 import pytest
+from harness import MCU_HEAP, tool
 from soak_check import Watcher
+
+MCU = tool("mcu")  # the firmware heap's cap and the free block it must keep (tools/mcu.py)
 
 # Every rule, every kind of event, and the fragmentation probe (which found the heap in
 # pieces within 150 s without the app's gc.threshold); the heap's trend is judged only
@@ -106,28 +109,40 @@ def test_checker_flags_an_offer_above_the_limit():
 
 
 @pytest.mark.skipif(shutil.which("socat") is None, reason="needs socat")
+@pytest.mark.duration(SOAK_S + 30)
 @pytest.mark.timeout(SOAK_S + 180)
-def test_short_soak(tmp_path, request):
+def test_short_soak(tmp_path, request, on_mcu):
+    """On the 32-bit interpreter with the firmware frozen (a board's object sizes and
+    floats, the code out of the heap): no MemoryError anywhere (a violation of the soak),
+    and the firmware's own heap after GC within its cap with a large enough free block."""
     from soak_rig import Rig, soak_heap
     from soak_scenario import Soak
 
-    rig = Rig(tmp_path, heap=soak_heap())
+    rig = Rig(tmp_path, heap=MCU_HEAP if on_mcu else soak_heap())
     request.node.chargers = []
     try:
         rig.start()
         request.node.chargers = rig.chargers
         result = Soak(rig, SEED, SOAK_S, log=lambda m: print(f"soak: {m}")).run()
+        sim_heap = rig.main.sim("heap")["sim_heap"]
     finally:
         rig.close()
-    print(f"\nsoak seed {SEED}: {result['sessions']} sessions, {result['faults']} faults "
+    firmware_worst = result["heap_alloc_worst"] - sim_heap
+    print(f"\nsoak seed {SEED} on {'the 32-bit frozen build' if on_mcu else 'the unix port'}: "
+          f"{result['sessions']} sessions, {result['faults']} faults "
           f"{result['faults_by_code']}, {result['csms_outages']} central-system outages, "
           f"{result['meter_losses']} meter losses, {result['card_taps']} card taps; heap after "
-          f"GC worst {result['heap_alloc_worst']} B, floor growth {result['heap_growth']} B, "
-          f"least free {result['heap_free_min']} B")
+          f"GC worst {result['heap_alloc_worst']} B (firmware {firmware_worst} B, simulator "
+          f"{sim_heap} B), floor growth {result['heap_growth']} B, least free "
+          f"{result['heap_free_min']} B, smallest largest free block "
+          f"{result.get('heap_largest_min')} B")
     assert result["violations"] == [], "\n".join(result["violations"])
     # The scenario must have exercised what it is about.
     assert result["sessions"] >= 3 and result["faults"] >= 2, result
     assert result["csms_outages"] >= 1 and result["meter_losses"] >= 1, result
+    if on_mcu:
+        assert firmware_worst <= MCU.FIRMWARE_HEAP_CAP_KB * 1024, firmware_worst
+        assert result["heap_largest_min"] >= MCU.LARGEST_FREE_MIN_KB * 1024, result
 
 
 def test_missing_diode_fault_clears_after_a_quick_replug(start_charger):

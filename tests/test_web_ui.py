@@ -170,6 +170,7 @@ def config(c):
 # -- the walkthrough ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("code, final_lang", [("en", "de"), ("it", "it")])
+@pytest.mark.usefixtures("on_mcu")  # every page in a board's heap (32-bit, frozen)
 def test_technician_walkthrough(start_charger, tab, code, final_lang):
     c = start_charger(settings={"auth_mode": "free"})
     login(c)  # the checking client; the browser has its own session
@@ -662,8 +663,10 @@ def test_gzip_build_renders(browser, tab, tmp_path):
     assert {r[0] for r in rows} >= {"index.html", "app.js", "app.css", "lang/en.json",
                                     "lang/index.json"}
     assert not (www / "app.js").exists() and (www / "app.js.gz").exists()
+    # All five languages together, gzipped: what a board's flash holds of the web app (a
+    # visit loads one language, about 5 KB less). Was 40 000 until the "plug in" state.
     total = sum(r[2] for r in rows)
-    assert total < 40_000, f"compressed web app is {total} bytes"
+    assert total < 41_000, f"compressed web app is {total} bytes"
     port = free_port()
     cmd = [micropython(), str(ROOT / "tests" / "httpd_app.py"), str(port), str(www)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

@@ -30,6 +30,7 @@ BENCHES = {
     "balance": ("bench_balance.py", [], ["--reps", "1"]),
     "soak": ("soak.py", ["--duration", "120", "--seed", "1"], ["--duration", "30", "--seed", "1"]),
     "session": ("bench_session.py", ["--seed", "1"], ["--seed", "1", "--minutes", "20"]),
+    "mcu": ("mcu.py", ["--soak-s", "150"], ["--soak-s", "30"]),
 }
 OUT_FLAG = {"bench.py": "--out"}
 
@@ -143,6 +144,7 @@ ROWS = {
     "balance": lambda d: rows_generic(d, "balancing "),
     "soak": lambda d: rows_generic(d, "all features (soak) "),
     "session": lambda d: rows_generic(d, "charging "),
+    "mcu": lambda d: rows_generic(d, "32-bit frozen build: "),
 }
 
 

@@ -44,6 +44,13 @@ MAKE_FLAGS = [
     "MICROPY_SSL_MBEDTLS=0",
     "CFLAGS_EXTRA=-DMICROPY_FLOAT_IMPL=MICROPY_FLOAT_IMPL_FLOAT",
 ]
+# The firmware's own heap after GC (the simulator's taken out) with every feature in use,
+# worst over a soak, on this build: the budget is 96 KB (docs/development.md "The 32-bit
+# frozen build"); the cap the suite holds it to is today's ceiling until the diet gets
+# it there, lowered with each step. And the largest free block it must keep.
+FIRMWARE_BUDGET_KB = 96
+FIRMWARE_HEAP_CAP_KB = 112
+LARGEST_FREE_MIN_KB = 16
 HOW_TO_GET = (
     f"mcu: the MicroPython {VERSION} source is not here ({TARBALL}).\n"
     f"  Get the same tree with:\n"
@@ -57,6 +64,24 @@ def log(msg):
     print(f"mcu: {msg}", flush=True)
 
 
+def _tarball():
+    """The vendored source: MCU_SRC_TAR, else shared/vendor beside this checkout or beside
+    one of its parent directories."""
+    given = os.environ.get("MCU_SRC_TAR")
+    if given:
+        return Path(given)
+    for d in ROOT.parents:
+        p = d / "shared" / "vendor" / TARBALL.name
+        if p.is_file():
+            return p
+    return TARBALL
+
+
+def source_missing():
+    """Whether neither MCU_SRC nor the vendored tarball is on this machine."""
+    return not os.environ.get("MCU_SRC") and not _tarball().is_file()
+
+
 def source_tree():
     """The MicroPython tree to build in (unpacked once from the tarball)."""
     given = os.environ.get("MCU_SRC")
@@ -65,7 +90,7 @@ def source_tree():
         if not (src / "ports" / "unix").is_dir():
             raise SystemExit(f"mcu: MCU_SRC={given} is not a MicroPython tree")
         return src
-    tar = Path(os.environ.get("MCU_SRC_TAR") or TARBALL)
+    tar = _tarball()
     if not tar.is_file():
         print(HOW_TO_GET, file=sys.stderr)
         raise SystemExit(2)
@@ -184,19 +209,157 @@ def soak(exe, seconds, seed, heap):
     return report
 
 
+def table(r):
+    """Rows for tools/bench_report.py (measures only)."""
+    rows = [
+        ("heap after GC at boot, every feature configured, firmware", "boot_heap_kb"),
+        ("heap after GC at boot, with the simulator", "boot_total_heap_kb"),
+        ("heap after GC worst over the soak, firmware", "firmware_heap_worst_kb"),
+        ("heap after GC worst over the soak, with the simulator", "total_heap_worst_kb"),
+        ("smallest largest free block over the soak", "largest_free_min_kb"),
+        ("the simulator's own heap", "sim_heap_kb"),
+    ]
+    return [{"what": w, "value": r[k], "peer": None, "unit": "KB"} for w, k in rows]
+
+
+def _heap(c):
+    h = c.sim("heap")
+    return h["heap_alloc"] - h["sim_heap"], h["heap_alloc"], h["heap_largest"]
+
+
+def features(exe, heap, settle_s=5.0):
+    """What each feature adds to the firmware's heap after GC on this build: rows of
+    (step, firmware bytes, with the simulator, largest free block). Each configured step
+    boots a fresh charger with the features so far; the last three are measured on the
+    last one while it charges, serves the web app and receives an upgrade."""
+    import socket
+
+    os.environ["EVSE_MCU"] = str(exe)
+    sys.path.insert(0, str(ROOT / "tests"))
+    sys.path.insert(0, str(ROOT / "tools"))
+    import csms
+    import mkbin
+    from harness import Charger, firmware_tree, free_port
+    from soak_rig import CARD, seed_ocpp
+    from test_power_management import MeterServer, PtyPair
+
+    work = OUT / "features"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    cs = csms.CentralSystem()
+    cs.start()
+    pty = PtyPair(work)
+    meter = None
+    steps = [
+        ("boot, nothing configured", {}, {}),
+        ("+ OCPP, connected", {"ocpp_url": cs.url("CP1"), "auth_mode": "rfid"}, {}),
+        ("+ external meter (SDM630)", {"meter_model": "SDM630", "max_house_current_a": 40},
+         {"EVSE_RS485": str(pty.a)}),
+        ("+ load balancing (CAN master)", {"lb_enabled": True, "can_addr": 1},
+         {"EVSE_CAN_PORT": str(free_port(socket.SOCK_DGRAM))}),
+    ]
+    rows = []
+    settings, env = {}, {}
+    c = None
+    try:
+        for i, (name, more, more_env) in enumerate(steps):
+            settings.update(more)
+            env.update(more_env)
+            if c is not None:
+                c.stop()
+            c = Charger(work / f"step{i}", settings=dict(settings), env=dict(env), heap=heap)
+            seed_ocpp(c)
+            if "EVSE_RS485" in more_env:
+                meter = MeterServer("SDM630", pty.b, work, c.sim_port, "L123", [4.0] * 3)
+                meter.start()
+            c.start()
+            if "ocpp_url" in settings:
+                cs.wait_connected("CP1", timeout=20)
+            time.sleep(settle_s)
+            rows.append((name, *_heap(c)))
+            log(f"{name}: {rows[-1][1] / 1024:.1f} KB")
+        c.sim("ev", state="B", diode=True, max_a=32)
+        c.wait_for(lambda s: s["cp_state"] == "B", 10)
+        c.tap(CARD)
+        c.sim("ev", state="C", diode=True, max_a=32)
+        c.wait_for(lambda s: s["relays_closed"], 15)
+        time.sleep(settle_s)
+        rows.append(("+ a charge running", *_heap(c)))
+        c.login()
+        for path in ("/", "/api/status", "/api/config", "/api/history?limit=50",
+                     "/api/faults", "/api/cards", "/api/upgrade", "/api/status"):
+            c.http("GET", path)
+        rows.append(("+ web app in use", *_heap(c)))
+        # An upgrade file half sent: the upload's buffers and the MD5 in the heap. The
+        # charger takes no upload while it charges (docs/ota.md): the car leaves first.
+        c.sim("ev", state="A")
+        c.wait_for(lambda s: not s["session"]["active"], 15)
+        data = mkbin.make_bin("firmware", list(mkbin.tree_files(firmware_tree())), "9.9.9",
+                              BOARD)
+        cookie = "; ".join(f"{k}={v}" for k, v in c.cookies.items())
+        s = socket.create_connection(("127.0.0.1", c.http_port))
+        try:
+            s.sendall((f"POST /api/upgrade?md5={hashlib.md5(data).hexdigest()} HTTP/1.1\r\n"
+                       f"Host: 127.0.0.1\r\nCookie: {cookie}\r\n"
+                       "Content-Type: application/octet-stream\r\n"
+                       f"Content-Length: {len(data)}\r\n\r\n").encode() + data[:len(data) // 2])
+            deadline = time.monotonic() + 10
+            while c.http("GET", "/api/upgrade").body.get("busy") != "upload":
+                if time.monotonic() > deadline:
+                    raise SystemExit("mcu: the upload never started")
+                time.sleep(0.1)
+            time.sleep(1)
+            rows.append(("+ OTA upload in progress (car gone)", *_heap(c)))
+        finally:
+            s.close()
+    finally:
+        if c is not None:
+            c.stop()
+        if meter is not None:
+            meter.stop()
+        pty.close()
+        cs.close()
+    return rows
+
+
+def print_features(rows):
+    print(f"  {'step':34} {'firmware':>9} {'+sim':>7} {'largest free':>13}")
+    prev = None
+    for name, fw, total, largest in rows:
+        d = "" if prev is None else f" ({(fw - prev) / 1024:+.1f})"
+        print(f"  {name:34} {fw / 1024:6.1f} KB{d:9} {total / 1024:6.1f} KB "
+              f"{largest / 1024:9.1f} KB")
+        prev = fw
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--soak-s", type=float, default=150, help="seconds of soak (>= 120)")
     ap.add_argument("--seed", type=int, default=5)
     ap.add_argument("--heap", default="192k", help="the interpreter's heap")
     ap.add_argument("--build-only", action="store_true")
+    ap.add_argument("--json", type=Path, help="also write the report here (make bench)")
+    ap.add_argument("--features", action="store_true",
+                    help="what each feature costs, instead of the soak")
     args = ap.parse_args(argv)
     exe = build()
     if args.build_only:
         print(exe)
         return 0
+    if args.features:
+        rows = features(exe, args.heap)
+        (OUT / "features.json").write_text(json.dumps(
+            [{"step": n, "firmware_kb": kb(f), "total_kb": kb(t), "largest_free_kb": kb(g)}
+             for n, f, t, g in rows], indent=1) + "\n")
+        print_features(rows)
+        return 0
     report = soak(exe, args.soak_s, args.seed, args.heap)
-    (OUT / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+    report["table"] = table(report)
+    text = json.dumps(report, indent=1) + "\n"
+    (OUT / "report.json").write_text(text)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(text)
     for k in ("boot_heap_kb", "firmware_heap_worst_kb", "total_heap_worst_kb", "sim_heap_kb",
               "largest_free_min_kb", "least_free_kb", "heap_growth_kb", "sessions"):
         print(f"  {k:24} {report[k]}")

@@ -366,8 +366,15 @@ class Service:
 
     # ---- connection ------------------------------------------------------------------------------
     def _tls(self):
-        import ssl
+        # MicroPython's own `tls` module (1.23+), not micropython-lib's `ssl` wrapper: its
+        # SSLContext takes asyncio's wrap_socket call as it is, and needs no package.
+        import tls
 
+        if not hasattr(tls, "CERT_REQUIRED"):
+            # A TLS library that cannot check certificates (axTLS): refused, never used
+            # unverified.
+            _log.error("this firmware's TLS cannot verify certificates: no wss:// or https://")
+            return None
         path = self.data_dir + "/ocpp_ca.pem"
         try:
             certs = pem_certs(path)
@@ -377,10 +384,10 @@ class Service:
         if not certs:
             _log.error("no certificate in %s", path)
             return None
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx = tls.SSLContext(tls.PROTOCOL_TLS_CLIENT)
+        ctx.verify_mode = tls.CERT_REQUIRED
         for der in certs:
-            ctx.load_verify_locations(cadata=der)
+            ctx.load_verify_locations(der)
         return ctx
 
     def _dns_server(self):
