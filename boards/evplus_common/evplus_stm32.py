@@ -19,7 +19,7 @@ import array
 
 import evplus_power as power
 import evplus_thermal as thermal
-from evplus_board import EvPlusBoard, tethered
+from evplus_board import CanPort, EvPlusBoard, tethered
 from micropython import const
 
 _CP_FREQ = const(1000)
@@ -129,6 +129,37 @@ class Tach:
         self._n = 0
         self._enable_irq(irq)
         return n
+
+
+class PybCan(CanPort):
+    """send(can_id, data) and recv() -> (id, bytes)|None of docs/hal.md over a pyb.CAN.
+    While the controller is bus-off, send() refuses the frame (OSError, counted in
+    `bus_off`) instead of leaving it in a mailbox to go out stale when the bus comes
+    back; how the controller gets back on the bus is the board's (its Can)."""
+
+    def __init__(self, dev, bus_off_state):
+        self.dev = dev
+        self._off = bus_off_state  # the port's pyb.CAN.BUS_OFF
+        self.errors = 0
+        self.bus_off = 0  # frames refused while the controller was bus-off
+
+    def send(self, can_id, data):
+        if not 0 <= can_id <= 0x7FF or len(data) > 8:
+            raise ValueError("11-bit id, up to 8 bytes")
+        if self.dev.state() == self._off:
+            self.bus_off += 1
+            raise OSError(5)  # EIO: off the bus until the controller rejoins
+        self.dev.send(bytes(data), can_id, timeout=0)
+
+    def recv(self):
+        if not self.dev.any(0):
+            return None
+        try:
+            frame = self.dev.recv(0, timeout=0)
+        except OSError:
+            self.errors += 1
+            return None
+        return (frame[0], bytes(frame[-1]))  # (id, [isext,] rtr, fmi, data)
 
 
 class StmBoard(EvPlusBoard):

@@ -15,7 +15,6 @@ import evplus_system as system
 import machine
 import pins
 import pyb
-from evplus_board import CanPort
 
 NAME = "stm32_evplus"
 
@@ -25,42 +24,22 @@ def make(env):
     return Board(env or {})
 
 
-class Can(CanPort):
-    """pyb.CAN with the hal.md contract: send(can_id, data), recv() -> (id, bytes)|None.
+class Can(stm.PybCan):
+    """bxCAN through pyb.CAN (send/recv: evplus_stm32.PybCan).
 
     Bus-off (too many transmit errors: a shorted or unterminated bus, a node at another
     bit rate) is left by the controller itself: auto_restart sets bxCAN's automatic
     bus-off management, which rejoins after 128 x 11 recessive bits once the bus is
     sound. Not restart(): it busy-waits for the controller to leave initialisation mode,
     which needs 11 recessive bits, and would hang the charger on a bus held dominant.
-    While bus-off, send() refuses the frame (OSError, counted in `bus_off`) instead of
-    leaving it in a mailbox to go out stale when the bus comes back."""
+    While bus-off, send() refuses the frame."""
 
     def __init__(self, bus, bitrate):
         # APB1 42 MHz: 42e6 / (prescaler * (1 + bs1 + bs2)) = 125 kbit/s, sample 81 %
-        self.dev = pyb.CAN(bus, pyb.CAN.NORMAL, prescaler=42_000_000 // (bitrate * 16),
-                           sjw=1, bs1=12, bs2=3, auto_restart=True)
-        self.dev.setfilter(0, pyb.CAN.MASK16, 0, (0, 0, 0, 0))  # accept every frame
-        self.errors = 0
-        self.bus_off = 0  # frames refused while the controller was bus-off
-
-    def send(self, can_id, data):
-        if not 0 <= can_id <= 0x7FF or len(data) > 8:
-            raise ValueError("11-bit id, up to 8 bytes")
-        if self.dev.state() == pyb.CAN.BUS_OFF:
-            self.bus_off += 1
-            raise OSError(5)  # EIO: off the bus until the controller rejoins
-        self.dev.send(bytes(data), can_id, timeout=0)
-
-    def recv(self):
-        if not self.dev.any(0):
-            return None
-        try:
-            frame = self.dev.recv(0, timeout=0)
-        except OSError:
-            self.errors += 1
-            return None
-        return (frame[0], bytes(frame[-1]))  # (id, [isext,] rtr, fmi, data)
+        dev = pyb.CAN(bus, pyb.CAN.NORMAL, prescaler=42_000_000 // (bitrate * 16),
+                      sjw=1, bs1=12, bs2=3, auto_restart=True)
+        dev.setfilter(0, pyb.CAN.MASK16, 0, (0, 0, 0, 0))  # accept every frame
+        super().__init__(dev, pyb.CAN.BUS_OFF)
 
 
 class Board(stm.StmBoard):
