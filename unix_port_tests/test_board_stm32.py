@@ -19,15 +19,20 @@ def _make(board=_BOARD):
 
 
 def test_cp_timer_1khz_counts_and_duty():
-    ld, hw = _make()
+    # timer.c: 168 MHz / 1 kHz = 168 000 counts do not fit 16 bits; / 5 = 33 600 do
+    check_cp_timer_1khz_counts_and_duty(_BOARD, "A8", 168_000_000, (4, 33599))
+
+
+def check_cp_timer_1khz_counts_and_duty(board, pin, clock_hz, psc_arr):
+    ld, hw = _make(board)
     try:
         tim = ld.pyb.timers[1]
         eq(tim.freq_hz, 1000, "TIM1 frequency")
         ch = tim.channels[1]
         eq(ch.mode, ld.pyb.Timer.PWM, "CH1 PWM")
-        eq(ch.pin.name, "A8", "CH1 pin")
-        # timer.c: 168 MHz / 1 kHz = 168 000 counts do not fit 16 bits; / 5 = 33 600 do
-        eq((tim.prescaler(), tim.period()), (4, 33599), "TIM1 PSC, ARR")
+        eq(ch.pin.name, pin, "CH1 pin")
+        eq(tim.source_freq(), clock_hz, "TIM1 clock")
+        eq((tim.prescaler(), tim.period()), psc_arr, "TIM1 PSC, ARR")
         n = tim.period() + 1
         eq(tim.source_freq() // ((tim.prescaler() + 1) * n), 1000, "exactly 1 kHz")
         eq(ch.pw, n, "power-on CP is static +12 V")
