@@ -190,9 +190,6 @@ class BxCan:
         return self.rx.pop(0)
 
 
-
-
-
 class FdCan(BxCan):
     """FDCAN as pyb.CAN drives it on an H7 (ports/stm32/fdcan.c, pyb_can.c): bit timing
     from baudrate= and sample_point=, auto_restart ignored (no automatic bus-off
