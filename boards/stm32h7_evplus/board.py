@@ -38,9 +38,10 @@ class Can(stm.PybCan):
     Bus-off (too many transmit errors: a shorted or unterminated bus, a node at another
     bit rate) stops the FDCAN, and it has no automatic recovery: poll(), which the board
     task calls every 50 ms, restarts it at once and then once a second while it is off.
-    The port's restart() on the FDCAN is a stop and a start bounded by the HAL's 10 ms
-    timeouts (unlike bxCAN's, it does not wait for the bus); the controller then rejoins
-    by itself after 128 x 11 recessive bits once the bus is sound. While bus-off, send()
+    The port's restart() on the FDCAN is the HAL's stop (a bounded count of register
+    polls) and start (it clears INIT): unlike bxCAN's, it does not wait for the bus; the
+    controller then rejoins by itself after 128 x 11 recessive bits once the bus is
+    sound. While bus-off, send()
     refuses the frame."""
 
     def __init__(self, bus, bitrate, sample_pct):
