@@ -26,7 +26,7 @@ help:
 	@echo "make run                        start the simulated charger (web app http://127.0.0.1:8080, simulator 127.0.0.1:8090)"
 	@echo "    RUN_ARGS=\"--entry build/unix_sim/main.py\"   ... from a built tree"
 	@echo "make test                       unix-port tests, then the host-side pytest suite"
-	@echo "make build BOARD=unix_sim       compile into build/BOARD/ (also esp32_evplus, stm32_evplus)"
+	@echo "make build BOARD=unix_sim       compile into build/BOARD/ (also esp32_evplus, stm32_evplus, stm32h7_evplus)"
 	@echo "make deploy BOARD=... PORT=...  copy build/BOARD/ to a board with mpremote and reset it"
 	@echo "make ota BOARD=...              build the upgrade file build/EVPLUS_BOARD.bin and print its MD5"
 	@echo "make bench                      every benchmark, one table -> build/bench/report.json"

@@ -16,7 +16,8 @@ import manifest  # noqa: E402
 
 sys.path.pop(0)
 
-MPY_ARCH = {"esp32_evplus": 10, "stm32_evplus": 7}  # MP_NATIVE_ARCH_XTENSAWIN, _ARMV7EMSP
+# MP_NATIVE_ARCH_XTENSAWIN, _ARMV7EMSP, _ARMV7EMDP
+MPY_ARCH = {"esp32_evplus": 10, "stm32_evplus": 7, "stm32h7_evplus": 8}
 MPY_VERSION = 6
 MPY_SUB_VERSION = 3  # what the 1.23+ loaders demand of a module with native code
 NATIVE_PROBE = "import micropython\n\n\n@micropython.native\ndef inc(x):\n    return x + 1\n"

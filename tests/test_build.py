@@ -7,7 +7,7 @@ import pytest
 from harness import ROOT
 
 # MicroPython's native-architecture codes, as stored in an .mpy header (byte 2 >> 2).
-MPY_ARCH = {"unix_sim": None, "esp32_evplus": 10, "stm32_evplus": 7}
+MPY_ARCH = {"unix_sim": None, "esp32_evplus": 10, "stm32_evplus": 7, "stm32h7_evplus": 8}
 
 
 def build(board, out, root=ROOT):
@@ -36,6 +36,7 @@ SMALL_TREE = {
     "boards/unix_sim/board.py": "NAME = 'unix_sim'\n",
     "boards/esp32_evplus/board.py": "NAME = 'esp32'\n",
     "boards/stm32_evplus/board.py": "NAME = 'stm32'\n",
+    "boards/stm32h7_evplus/board.py": "NAME = 'stm32h7'\n",
 }
 
 
@@ -75,7 +76,7 @@ def test_small_tree_layout(tmp_path):
                      "lib/board.mpy", "lib/crc.mpy", "main.py"]
 
 
-@pytest.mark.parametrize("board", ["esp32_evplus", "stm32_evplus"])
+@pytest.mark.parametrize("board", ["esp32_evplus", "stm32_evplus", "stm32h7_evplus"])
 def test_native_code_is_compiled_for_the_board(tmp_path, board):
     files = dict(SMALL_TREE)
     files["firmware/evse/fast.py"] = ("import micropython\n\n@micropython.native\n"

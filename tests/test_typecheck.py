@@ -14,7 +14,7 @@ from harness import ROOT
 TYPECHECK = ROOT / "tools" / "typecheck.py"
 
 
-@pytest.mark.parametrize("board", ["esp32_evplus", "stm32_evplus"])
+@pytest.mark.parametrize("board", ["esp32_evplus", "stm32_evplus", "stm32h7_evplus"])
 def test_board_code_has_no_type_errors(board):
     result = subprocess.run([sys.executable, str(TYPECHECK), "--board", board],
                             capture_output=True, text=True, timeout=300, cwd=ROOT)

@@ -26,13 +26,15 @@ ARCH = {
     "unix_sim": "host",
     "esp32_evplus": "xtensawin",
     "stm32_evplus": "armv7emsp",
+    "stm32h7_evplus": "armv7emdp",  # Cortex-M7 with the double-precision FPU
 }
 
 # Directories under boards/ whose modules a board imports besides its own: the
-# port-neutral adapters both EV PLUS boards share.
+# port-neutral adapters the EV PLUS boards share.
 SHARED = {
     "esp32_evplus": ("evplus_common",),
     "stm32_evplus": ("evplus_common",),
+    "stm32h7_evplus": ("evplus_common",),
 }
 
 SKIP_DIRS = {"__pycache__"}

@@ -23,7 +23,9 @@ from build import SHARED  # noqa: E402  (the shared modules each board imports)
 
 sys.path.pop(0)
 
-PORT = {"esp32_evplus": "esp32", "stm32_evplus": "stm32"}
+# The stubs of each board's port: one package per port (stm32's describe its pyb,
+# network.LAN and FDCAN pyb.CAN constants for every STM32 board).
+PORT = {"esp32_evplus": "esp32", "stm32_evplus": "stm32", "stm32h7_evplus": "stm32"}
 
 
 def install_stubs(board, root=ROOT):

@@ -1,4 +1,5 @@
-# boards/stm32_evplus against fake machine/pyb/neopixel modules (fakes/).
+# boards/stm32_evplus against fake machine/pyb/neopixel modules (fakes/). The check_*
+# functions take the board's name: test_board_stm32h7 runs them on the H743 board too.
 import sys
 
 _FAKES = (__file__.rpartition("/")[0] or ".") + "/fakes"
@@ -11,20 +12,27 @@ _BOARD = "stm32_evplus"
 _ENV = {"EVSE_DATA_DIR": "/tmp/evplus_stm32_test", "EVSE_SERIAL": "EVPLUS-00017"}
 
 
-def _make():
-    return boardload.make("stm32_evplus", _ENV)
+def _make(board=_BOARD):
+    if board == _BOARD:
+        return boardload.make(board, _ENV)
+    return boardload.make(board, dict(_ENV, EVSE_DATA_DIR="/tmp/evplus_%s_test" % board))
 
 
 def test_cp_timer_1khz_counts_and_duty():
-    ld, hw = _make()
+    # timer.c: 168 MHz / 1 kHz = 168 000 counts do not fit 16 bits; / 5 = 33 600 do
+    check_cp_timer_1khz_counts_and_duty(_BOARD, "A8", 168_000_000, (4, 33599))
+
+
+def check_cp_timer_1khz_counts_and_duty(board, pin, clock_hz, psc_arr):
+    ld, hw = _make(board)
     try:
         tim = ld.pyb.timers[1]
         eq(tim.freq_hz, 1000, "TIM1 frequency")
         ch = tim.channels[1]
         eq(ch.mode, ld.pyb.Timer.PWM, "CH1 PWM")
-        eq(ch.pin.name, "A8", "CH1 pin")
-        # timer.c: 168 MHz / 1 kHz = 168 000 counts do not fit 16 bits; / 5 = 33 600 do
-        eq((tim.prescaler(), tim.period()), (4, 33599), "TIM1 PSC, ARR")
+        eq(ch.pin.name, pin, "CH1 pin")
+        eq(tim.source_freq(), clock_hz, "TIM1 clock")
+        eq((tim.prescaler(), tim.period()), psc_arr, "TIM1 PSC, ARR")
         n = tim.period() + 1
         eq(tim.source_freq() // ((tim.prescaler() + 1) * n), 1000, "exactly 1 kHz")
         eq(ch.pw, n, "power-on CP is static +12 V")
@@ -44,11 +52,15 @@ def test_cp_timer_1khz_counts_and_duty():
 
 
 def test_cp_tenth_of_an_amp_steps_are_distinct_pulses():
+    check_cp_tenth_of_an_amp_steps_are_distinct_pulses(_BOARD)
+
+
+def check_cp_tenth_of_an_amp_steps_are_distinct_pulses(board):
     """Every 0.1 A offer from 6 A to 80 A gives its own pulse width (in TIM1 counts)
     where the offers' per-mille duties differ (pilot.duty_pm: 1 per mille = 33.6 counts)."""
     from evse import pilot
 
-    ld, hw = _make()
+    ld, hw = _make(board)
     try:
         ch = ld.pyb.timers[1].channels[1]
         pulses = {}
@@ -66,7 +78,11 @@ def test_cp_tenth_of_an_amp_steps_are_distinct_pulses():
 
 
 def test_cp_sampling_irqs_in_step():
-    ld, hw = _make()
+    check_cp_sampling_irqs_in_step(_BOARD)
+
+
+def check_cp_sampling_irqs_in_step(board):
+    ld, hw = _make(board)
     try:
         tim = ld.pyb.timers[1]
         adc = hw.cp_adc
@@ -85,10 +101,14 @@ def test_cp_sampling_irqs_in_step():
 
 
 def test_cp_irq_in_the_middle_of_a_main_loop_read_changes_neither_reading():
+    check_cp_irq_in_the_middle_of_a_main_loop_read_changes_neither_reading(_BOARD)
+
+
+def check_cp_irq_in_the_middle_of_a_main_loop_read_changes_neither_reading(board):
     """Every pyb.ADC converts on ADC1: the pilot's timer IRQs must not select the CP
     channel under a PP, N-PE or temperature read that is under way (0.25 V of the CP
     low plateau read as an NTC is 94 C: a false over-temperature trip)."""
-    ld, hw = _make()
+    ld, hw = _make(board)
     try:
         pins = sys.modules["pins"]
         pyb = ld.pyb
@@ -131,11 +151,15 @@ def test_cp_irq_in_the_middle_of_a_main_loop_read_changes_neither_reading():
 
 
 def test_it_network_judges_the_continuity_input_only():
+    check_it_network_judges_the_continuity_input_only(_BOARD)
+
+
+def check_it_network_judges_the_continuity_input_only(board):
     """docs/errors.md: in IT only PE continuity counts (this board's opto input); the
     N-PE voltage, high in IT, latches ERR PE only in TN/TT."""
     import fakehw
 
-    ld, hw = _make()
+    ld, hw = _make(board)
     try:
         pins = sys.modules["pins"]
         ld.pyb.adcs[pins.NPE_ADC].raw = 75 * pins.NPE_MV_PER_V * 4095 // pins.VREF_MV
@@ -150,7 +174,11 @@ def test_it_network_judges_the_continuity_input_only():
 
 
 def test_rcd_hard_irq_opens_relays_without_alloc():
-    ld, hw = _make()
+    check_rcd_hard_irq_opens_relays_without_alloc(_BOARD)
+
+
+def check_rcd_hard_irq_opens_relays_without_alloc(board):
+    ld, hw = _make(board)
     try:
         pins = sys.modules["pins"]
         p = ld.machine.pins[pins.RCD_FAULT]
@@ -170,7 +198,11 @@ def test_rcd_hard_irq_opens_relays_without_alloc():
 
 
 def test_pin_directions_and_tach():
-    ld, hw = _make()
+    check_pin_directions_and_tach(_BOARD)
+
+
+def check_pin_directions_and_tach(board):
+    ld, hw = _make(board)
     try:
         pins = sys.modules["pins"]
         P = ld.machine.Pin
@@ -186,9 +218,11 @@ def test_pin_directions_and_tach():
         for _ in range(10):
             assert_no_alloc(tach.irq_args[0], tach)
         eq(hw._tach.count(), 10, "tach pulses")
-        eq(ld.pyb.timers[2].freq_hz, 25000, "fan PWM 25 kHz")
+        fan = ld.pyb.timers[pins.FAN_TIMER]
+        eq(fan.freq_hz, 25000, "fan PWM 25 kHz")
+        eq(fan.channels[pins.FAN_CHANNEL].pin.name, pins.FAN_PWM, "fan PWM pin")
         hw.fan.run(True)
-        eq(ld.pyb.timers[2].channels[2].pct, 100, "fan on")
+        eq(fan.channels[pins.FAN_CHANNEL].pct, 100, "fan on")
     finally:
         ld.__exit__()
 
@@ -240,10 +274,14 @@ def test_can_leaves_bus_off_by_itself():
 
 
 def test_model_comes_from_the_pin_file():
+    check_model_comes_from_the_pin_file(_BOARD)
+
+
+def check_model_comes_from_the_pin_file(board):
     """On a device env is {}: the pin file says whether the socket lock and the RS-485
     transceiver are there; an environment (tests) overrides it."""
-    data = {"EVSE_DATA_DIR": _ENV["EVSE_DATA_DIR"]}  # not /data of this machine
-    ld, hw = boardload.make(_BOARD, data)
+    data = {"EVSE_DATA_DIR": "/tmp/evplus_%s_test" % board}  # not /data of this machine
+    ld, hw = boardload.make(board, data)
     try:
         pins = sys.modules["pins"]
         eq((pins.TETHERED, pins.RS485), (0, 1), "the pin map's model: socket, RS-485")

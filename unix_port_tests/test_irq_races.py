@@ -55,7 +55,7 @@ def _rcd_irq(ld, hw):
 def test_relays_close_never_undoes_an_rcd_trip():
     """Relays.close() drives two coils and sets `closed`: an RCD trip between any two of
     those steps must leave both coils off and `closed` False."""
-    for name in ("esp32_evplus", "stm32_evplus"):
+    for name in ("esp32_evplus", "stm32_evplus", "stm32h7_evplus"):
         for k in range(3):
             ld, hw = boardload.make(name, _ENV)
             try:
@@ -89,7 +89,7 @@ def test_a_trip_during_a_pilot_write_leaves_state_f_in_the_hardware():
     """The application's RCD handler drives state F (cp.low()). Landing between duty_pm
     and the hardware write of a pwm() or high() must not leave the pulse width of the
     interrupted write with duty_pm saying F."""
-    for name in ("esp32_evplus", "stm32_evplus"):
+    for name in ("esp32_evplus", "stm32_evplus", "stm32h7_evplus"):
         for op in ("pwm", "high"):
             for k in range(3):
                 ld, hw = boardload.make(name, _ENV)
@@ -134,7 +134,12 @@ class _Raw:
 
 
 def test_stm32_cp_sample_takes_both_plateaus_of_one_period():
-    ld, hw = boardload.make("stm32_evplus", _ENV)
+    for name in ("stm32_evplus", "stm32h7_evplus"):
+        _cp_sample_takes_both_plateaus_of_one_period(name)
+
+
+def _cp_sample_takes_both_plateaus_of_one_period(name):
+    ld, hw = boardload.make(name, _ENV)
     try:
         tim = ld.pyb.timers[1]
         adc = hw._cp_adc_dev

@@ -198,6 +198,63 @@ class NoWlan:
         return ("0.0.0.0", "0.0.0.0", "0.0.0.0", "0.0.0.0")
 
 
+class Lan:
+    """hw.wlan of a wired board: network.LAN (Ethernet, lwIP's DHCP client) under the
+    hal.md contract. No hotspot and no radio: `mode` is always "client", set_mode("ap")
+    changes nothing (the installer reaches the web app over the wire), scan() is [] and
+    connect() joins nothing (the cable is the network), ap_key and ap_auth are None.
+
+    The port's LAN.active(True) resets the PHY and waits for its link, up to 10 s
+    (ports/stm32/eth.c PHY_INIT_TIMEOUT_MS), so it runs here, at boot, before any task
+    and before the watchdog: never later, where it would stall the control loop. The
+    interface stays up once started: a cable pulled and put back gets its link and
+    lease again by itself. A boot without the cable has no network until the next boot
+    (`started` False, logged)."""
+
+    ap_auth = None
+    ap_key = None
+    mode = "client"
+
+    def __init__(self, network, serial, log=_log_error):
+        self.ap_ssid = "ACPILE_" + serial[-2:].upper()
+        self._lan = network.LAN()
+        self.started = False
+        try:
+            self._lan.active(True)  # DHCP starts with the interface (eth.c)
+            self.started = True
+        except OSError as e:
+            log("Ethernet not started (%r): no link at boot; it is tried again at the "
+                "next boot" % (e,))
+
+    def set_mode(self, mode):
+        # "ap" is taken and changes nothing: the charger's default setting asks for the
+        # hotspot at every boot, and the wire stays the network.
+        if mode != "ap" and mode != "client":
+            raise ValueError("mode must be 'ap' or 'client'")
+
+    def scan(self):
+        return []
+
+    def connect(self, ssid, password=""):
+        if type(ssid) is not str or not ssid:
+            raise ValueError("ssid must be a non-empty str")
+
+    def disconnect(self):
+        pass
+
+    def isconnected(self):
+        """Link up with an address (the port's status 3)."""
+        return self.started and self._lan.isconnected()
+
+    def ap_clients(self):
+        return 0
+
+    def ifconfig(self):
+        if not self.started:
+            return ("0.0.0.0", "0.0.0.0", "0.0.0.0", "0.0.0.0")
+        return self._lan.ifconfig()
+
+
 class Rtc:
     """Wall clock in seconds since 1970 on machine.RTC, whatever the port's epoch."""
 

@@ -42,6 +42,7 @@ class Loaded:
         self.machine = fake_machine
         self.time = fake_time
         self.pyb = sys.modules["pyb"]
+        self.pyb.select(self.name)  # that MCU's timer clocks and CAN controller
         self.network = sys.modules["network"]
         return self
 

@@ -67,13 +67,15 @@ class TimerChannel:
 
 # Timer clocks of an STM32F405 at 168 MHz (the pyboard clock tree: APB2 84 MHz, APB1 42
 # MHz, each prescaled by more than 1, so the timers run at twice their bus clock).
+# select("stm32h7_evplus") sets an H743's instead.
 APB2_TIMER_HZ = 168_000_000  # TIM1, TIM8-TIM11
 APB1_TIMER_HZ = 84_000_000  # TIM2-TIM7, TIM12-TIM14
+_clock = [APB1_TIMER_HZ, APB2_TIMER_HZ]
 _TIMER_32BIT = (2, 5)  # the others count to 0xFFFF
 
 
 def source_freq(n):
-    return APB2_TIMER_HZ if n == 1 or 8 <= n <= 11 else APB1_TIMER_HZ
+    return _clock[1] if n == 1 or 8 <= n <= 11 else _clock[0]
 
 
 def prescaler_period(n, freq):
@@ -128,7 +130,7 @@ class Timer:
         self.cb = cb
 
 
-class CAN:
+class BxCan:
     """bxCAN as pyb.CAN drives it: states, and bus-off with the automatic bus-off
     management auto_restart turns on."""
 
@@ -145,7 +147,7 @@ class CAN:
         self.sent = []
         self.rx = []
         self.init_args = None
-        self._state = CAN.STOPPED
+        self._state = BxCan.STOPPED
         self.auto_restart = False
         if mode is not None:  # the port initialises the controller at once then
             self.init(mode, **kw)
@@ -153,20 +155,20 @@ class CAN:
     def init(self, mode, **kw):
         self.init_args = (mode, kw)
         self.auto_restart = bool(kw.get("auto_restart", False))
-        self._state = CAN.ERROR_ACTIVE
+        self._state = BxCan.ERROR_ACTIVE
 
     def state(self):
         return self._state
 
     def go_bus_off(self):
         """What a transmit error counter past 255 does: the controller leaves the bus."""
-        self._state = CAN.BUS_OFF
+        self._state = BxCan.BUS_OFF
 
     def bus_idle(self):
         """128 x 11 recessive bits on a sound bus: with automatic bus-off management
         (auto_restart) a bus-off controller rejoins; without it, it stays off."""
-        if self._state == CAN.BUS_OFF and self.auto_restart:
-            self._state = CAN.ERROR_ACTIVE
+        if self._state == BxCan.BUS_OFF and self.auto_restart:
+            self._state = BxCan.ERROR_ACTIVE
 
     def restart(self):
         # The port busy-waits here until the controller leaves initialisation mode (11
@@ -177,7 +179,7 @@ class CAN:
         self.filter = a
 
     def send(self, data, id, timeout=0):
-        if self._state == CAN.BUS_OFF:
+        if self._state == BxCan.BUS_OFF:
             raise OSError(110)  # the mailboxes do not empty while off the bus
         self.sent.append((id, data))
 
@@ -186,6 +188,61 @@ class CAN:
 
     def recv(self, fifo, timeout=0):
         return self.rx.pop(0)
+
+
+class FdCan(BxCan):
+    """FDCAN as pyb.CAN drives it on an H7 (ports/stm32/fdcan.c, pyb_can.c): bit timing
+    from baudrate= and sample_point=, auto_restart ignored (no automatic bus-off
+    recovery), filters MASK/DUAL/RANGE (no MASK16), and restart() a stop and a start
+    after which a bus-off controller rejoins once the bus is idle."""
+
+    RANGE = 0
+    DUAL = 1
+    MASK = 2
+    MASK16 = None  # not on the FDCAN
+
+    def __init__(self, bus, mode=None, **kw):
+        self.restarts = 0
+        self._recovering = False
+        BxCan.__init__(self, bus, mode, **kw)
+
+    def init(self, mode, **kw):
+        BxCan.init(self, mode, **kw)
+        self.auto_restart = False  # fdcan.c: "(void)auto_restart"
+
+    def restart(self):
+        self.restarts += 1
+        if self._state == BxCan.BUS_OFF:
+            self._recovering = True  # INIT cleared: recovery runs in the hardware
+
+    def bus_idle(self):
+        if self._state == BxCan.BUS_OFF and self._recovering:
+            self._recovering = False
+            self._state = BxCan.ERROR_ACTIVE
+
+    def setfilter(self, bank, mode, fifo, params, **kw):
+        if mode not in (FdCan.RANGE, FdCan.DUAL, FdCan.MASK):
+            raise ValueError("bank, mode, fifo or params")
+        self.filter = (bank, mode, fifo, params)
+
+
+CAN = BxCan
+
+# MCU timer clocks (APB1, APB2 timers) and CAN controller per board
+_MCU = {
+    "stm32_evplus": ((APB1_TIMER_HZ, APB2_TIMER_HZ), BxCan),
+    # H743 at 400 MHz: AHB 200 MHz, APB1 and APB2 100 MHz, timers at twice that
+    # (ports/stm32: mpconfigboard_common.h bus dividers, timer.c timer_get_source_freq)
+    "stm32h7_evplus": ((200_000_000, 200_000_000), FdCan),
+}
+
+
+def select(board):
+    """The clocks and CAN controller of `board`'s MCU (the F405's for any other)."""
+    global CAN
+    clocks, can = _MCU.get(board, _MCU["stm32_evplus"])
+    _clock[0], _clock[1] = clocks
+    CAN = can
 
 
 _ = fake_machine
