@@ -296,3 +296,34 @@ def check_model_comes_from_the_pin_file(board):
         true(hw.rs485 is not None, "RS-485 overridden by the environment")
     finally:
         ld.__exit__()
+
+
+def test_without_a_network_the_web_server_waits_and_the_charger_keeps_charging():
+    """An image without a network interface cannot listen ("no available NIC"): the web
+    app's task logs it and waits to try again instead of dying, so the supervisor never
+    puts the charger in its safe state for it (a charge on the F405 would end each time)."""
+    import asyncio
+
+    from check import tmpdir
+
+    ld, hw = boardload.make(_BOARD, dict(_ENV, EVSE_DATA_DIR=tmpdir("stm32_no_nic")))
+    try:
+        from evse.app import App
+
+        app = App(hw)
+        hw.http_addr = ("192.0.2.1", 80)  # no interface has it: bind() fails as without a NIC
+        stops = []
+        app.charger.emergency_stop = lambda: stops.append(1)
+
+        async def main():
+            task = asyncio.create_task(app._http_task())
+            await asyncio.sleep_ms(300)
+            alive = not task.done()
+            task.cancel()
+            return alive
+
+        true(asyncio.run(main()), "the web app's task waits: it did not die")
+        eq(stops, [], "no safe state")
+        eq(app.http._sock, None, "not listening")
+    finally:
+        ld.__exit__()

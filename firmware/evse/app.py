@@ -35,6 +35,7 @@ _GC_TUNE_MS = 5000
 _PROTECTION_MS = 100
 _METER_MS = 1000
 _HMI_MS = 100
+_HTTP_RETRY_S = 60  # the web server's next try to listen when there was no interface
 
 
 class App:
@@ -201,7 +202,20 @@ class App:
         why = self._password_error()
         if why:  # the Report page names it, as a setting that cannot be read
             self.history.add_fault("CFG", {"password.json": why})
-        await self.http.start(host, port)
+        told = False
+        while True:
+            try:
+                await self.http.start(host, port)
+                break
+            except OSError as e:
+                # No interface to listen on (an image without a network, as the F405's):
+                # the charger charges on without its web app. A task that died here would
+                # put it in its safe state, ending the charge, at every restart.
+                if not told:
+                    _log.error("web app not started (%r): trying again every %d s",
+                               e, _HTTP_RETRY_S)
+                    told = True
+                await asyncio.sleep(_HTTP_RETRY_S)
         _log.info("web app on http://%s:%d", host, port)
         while True:
             await asyncio.sleep(60)
