@@ -1338,3 +1338,39 @@ def test_master_lost_shown_as_warning():
     hmi.tick(t + 30000)
     eq(hw.display.v, faults.display_text(faults.codes(faults.MET)[0]), "a fault first")
     eq(hw.leds.v["fault"], ("red", "steady"), "fault LED steady")
+
+
+def test_the_app_builds_its_balancer_only_once_balancing_is_switched_on():
+    """A charger that never balances spends no heap on it (evse/app.py _Balancing); one
+    switched on at run time balances within a tick, and keeps its balancer."""
+    import asyncio
+    import sys
+
+    from evse.app import _Balancing
+
+    class App:
+        pass
+
+    app = App()
+    app.settings = _settings(1, lb_enabled=False)
+    app.charger = FakeCharger()
+    app.protection = Prot()
+    app.hw = App()
+    app.hw.can = Bus().port()
+    app.metering = app.power = None
+    app.data_dir = _tmpdir()
+    sys.modules.pop("evse.balance", None)  # what this test file imported does not count
+    slot = _Balancing(app)
+
+    async def main():
+        task = asyncio.create_task(slot.run())
+        await asyncio.sleep_ms(300)
+        off = (slot.balancer, slot.view(), slot.notice(), "evse.balance" in sys.modules)
+        app.settings["lb_enabled"] = True
+        await asyncio.sleep_ms(300)
+        task.cancel()
+        return off
+
+    eq(asyncio.run(main()), (None, None, None, False), "nothing built while it is off")
+    true(slot.balancer is not None and slot.balancer.enabled, "built and running once on")
+    true(slot.view() is not None, "its status shows")

@@ -35,6 +35,7 @@ _GC_TUNE_MS = 5000
 _PROTECTION_MS = 100
 _METER_MS = 1000
 _HMI_MS = 100
+_BALANCE_LOOK_MS = 100  # how soon a switched-on load balancing starts (one balancer tick)
 _HTTP_RETRY_S = 60  # the web server's next try to listen when there was no interface
 
 
@@ -65,17 +66,7 @@ class App:
             own_meter=hw.meter,
             clock_us=hw.clock_us,
         )
-        from evse.balance import Balancer
-
-        self.balance = Balancer(
-            self.charger,
-            self.settings,
-            self.protection,
-            hw.can,
-            metering=self.metering,
-            power=self.power,
-            data_dir=self.data_dir,
-        )
+        self.balance = _Balancing(self)
         self.hmi = Hmi(hw, self.charger, self.metering, self.toggle_wifi_mode)
         self.hmi.notices.append(self._password_notice)  # before CONFIG ERROR: the way out
         self.hmi.notices.append(self._config_notice)
@@ -390,6 +381,39 @@ class App:
             "ocpp": self.ocpp.view(),
             "uptime_s": self.uptime_s,
         }
+
+
+class _Balancing:
+    """Load balancing as the app holds it: the balancer (evse/balance.py, about 3 KB of
+    heap with its module) is built the first time `lb_enabled` is set and kept from then
+    on (switching it off again is its own business), so a charger that never balances
+    spends nothing on it."""
+
+    def __init__(self, app):
+        self._app = app
+        self.balancer = None
+
+    def _get(self):
+        if self.balancer is None and self._app.settings["lb_enabled"]:
+            from evse.balance import Balancer
+
+            a = self._app
+            self.balancer = Balancer(a.charger, a.settings, a.protection, a.hw.can,
+                                     metering=a.metering, power=a.power, data_dir=a.data_dir)
+        return self.balancer
+
+    def notice(self):
+        b = self.balancer
+        return None if b is None else b.notice()
+
+    def view(self):
+        b = self._get()
+        return None if b is None else b.view()
+
+    async def run(self):
+        while self._get() is None:
+            await asyncio.sleep_ms(_BALANCE_LOOK_MS)
+        await self.balancer.run()
 
 
 def _www_dir():
