@@ -152,6 +152,13 @@ _R503 = (
     b"Retry-After: 1\r\nContent-Length: 20\r\nConnection: close\r\n\r\n"
     b'{"error": "evicted"}'
 )
+# A MemoryError before any answer: the heap, not the request, so the client may retry.
+_RBUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+    b"Retry-After: 1\r\nContent-Length: 17\r\nConnection: close\r\n\r\n"
+    b'{"error": "busy"}'
+)
+_RETRY = (("Retry-After", "1"),)
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
@@ -229,22 +236,25 @@ class Response:
 
 
 class Request:
-    def __init__(self, srv, c, method, path, query, headers, params, length, limit, expect):
-        self._srv = srv
+    # One is made per request, with as few attributes of its own as it can (the rest is
+    # on its slot, or a class default until a handler sets it): its table is then among
+    # the heap's smallest blocks, which a heap cut up by long-lived objects still has.
+    _cookies = None
+    body_timeout_ms = 5000  # Server's default; set on the request when the server's differs
+    evictable = False  # a handler that only waits sets it: see Connections
+
+    def __init__(self, c, method, path, query, headers, params, length):
         self._c = c
-        self._limit = limit
-        self._expect = expect  # "100 Continue" owed before the first body read
-        self._cookies = None
         self.method = method
         self.path = path
         self.query = query
-        self.headers = headers
+        self.headers = headers  # the slot's own dict, emptied for its next request
         self.params = params
         self.content_length = self.left = length
-        self.remote = c.peer
-        self.body_timeout_ms = srv.body_timeout_ms  # a handler may lengthen its own
-        self.evictable = False  # a handler that only waits sets it: see Connections
-        self._started = False  # the body's clock runs (c.since: its first read)
+
+    @property
+    def remote(self):
+        return self._c.peer
 
     @property
     def cookies(self):
@@ -264,13 +274,13 @@ class Request:
         if left <= 0:
             return 0
         c = self._c
-        srv = self._srv
-        if not self._started:
-            self._started = True
+        srv = c.srv
+        if not c.started:
+            c.started = True
             c.since = ticks_ms()
         c.phase = _BODY
-        if self._expect:
-            self._expect = False
+        if c.expect:
+            c.expect = False
             c.deadline = ticks_add(ticks_ms(), srv.write_timeout_ms)
             await srv._write(c, _CONTINUE)
         n = min(len(buf), left)
@@ -312,7 +322,7 @@ class Request:
         return buf
 
     async def json(self, max_bytes=None):
-        if self.left > (max_bytes or self._limit):
+        if self.left > (max_bytes or self._c.limit):
             raise HTTPError(413)
         if not self.left:
             raise HTTPError(400, "empty body")
@@ -323,12 +333,18 @@ class Request:
 
 
 class _Conn:
-    """One connection slot: its line buffer is allocated once, at Server()."""
+    """One connection slot, allocated once at Server(): its line buffer and its headers
+    dict."""
 
-    def __init__(self, size, scratch):
-        self.buf = bytearray(size)
+    def __init__(self, srv, buf):
+        self.srv = srv
+        self.buf = buf
         self.mv = memoryview(self.buf)
-        self.out = jsonout.Chunks(scratch)  # JSON responses, through the shared scratch
+        self.hdrs = {}  # the request's headers: emptied in place, its table kept
+        self.line = None  # the head's request line: [method, target, version]
+        self.limit = 0  # the request's: body limit, 100 Continue owed, body clock runs
+        self.expect = self.started = False
+        self.hs = self.hn = self.hb = 0  # head parser: state, header lines, their bytes
         self.task = self.stream = self.peer = None  # the socket: stream.s
         self.phase = _FREE
         self.lo = self.hi = self.ls = 0  # unread bytes: buf[lo:hi]; last line at ls
@@ -369,6 +385,9 @@ class Server:
     max_body = 4096  # default route body limit (413)
     drain_max = 4096  # unread body a handler left that we skip to keep the connection
     max_requests = 100  # per connection, then Connection: close
+    # Free heap a new connection needs (its socket, task and a request's objects, ~1.5 KB
+    # on the 64-bit unix port): below it, a client waits in the backlog as at the cap.
+    min_free = 3072
     head_timeout_ms = 5000  # first byte to end of head, overall (408)
     idle_timeout_ms = 10000  # keep-alive wait for the next request
     body_timeout_ms = 5000  # longest wait for more body bytes (a stall); per request
@@ -403,15 +422,25 @@ class Server:
         for r in routes:
             pat = [(s[1:-1],) if s[:1] == "<" else s for s in r[1].split("/")]
             self._routes.append((r[0], pat, r[2], r[3] if len(r) > 3 else self.max_body))
-        self._scratch = memoryview(bytearray(self.chunk_size))
-        self._slots = [_Conn(self.buf_size, self._scratch) for _ in range(self.max_conns)]
-        self._free = list(self._slots)
         # The first use of StreamReader loads asyncio's stream module (1.9 KB on the unix
-        # port, for good): now, with our other lasting objects, not amid a connection's.
+        # port, for good): now, first of our lasting objects, not amid a connection's.
         asyncio.StreamReader
+        self._scratch = memoryview(bytearray(self.chunk_size))
+        self._lines = {}  # status -> its encoded status line, made at first use
+        self._ctypes = {}  # Content-Type -> encoded, the first few seen
+        self._extra = None  # extra_headers encoded, at the first answer
+        keep = self.keep_headers  # the names a request's headers dict can hold
+        self._names = _FRAMING + tuple(keep) if keep is not None else _FRAMING
+        self._out = jsonout.Chunks(self._scratch)  # answers: the head, a small body
+        # The large buffers first, while the free heap still has room for them in one
+        # piece; the small objects then fill what is left.
+        bufs = [bytearray(self.buf_size) for _ in range(self.max_conns)]
+        self._slots = [_Conn(self, b) for b in bufs]
+        self._free = list(self._slots)
         self._sock = self._tasks = self._linger = None
         self._probe = select.poll()  # _pending(): one poller, no allocation per look
         self._sol = 1
+        self._crowd = False  # a client waits in the backlog
         self.requests = self.timeouts = self.evictions = self.errors = 0
 
     def _ms(self, n):
@@ -462,26 +491,37 @@ class Server:
     # -- connections: accept, slots, deadlines -------------------------------------
     async def _accept(self, ls):
         while True:
-            s = c = None
+            s = c = co = None
             try:
                 await _readable(ls)
-                if not self._free:  # at the cap: the client waits in the backlog
+                c = self._free[-1] if self._free else None
+                if c is not None and self._room():
+                    try:  # its objects before its socket: short of heap, the client waits
+                        st = asyncio.StreamReader(None)
+                        co = self._serve(c)
+                    except MemoryError:
+                        gc.collect()
+                if co is None:  # at the cap or short of heap: it waits in the backlog
+                    c = None
+                    self._crowd = True  # answers close their connections meanwhile
                     await asyncio.sleep_ms(self._evict())
                     continue
+                self._crowd = False
                 s, c_peer = ls.accept()
                 s.setblocking(False)
                 try:  # TCP_NODELAY: else Nagle holds each file chunk for the peer's delayed ACK
                     s.setsockopt(_IPPROTO_TCP, _TCP_NODELAY, 1)
                 except Exception:
                     pass
-                c = self._free.pop()
+                self._free.pop()
+                c.stream = st  # taken: _release gives it back if the rest fails
+                st.s = s
                 c.peer = c_peer
-                c.stream = asyncio.StreamReader(s)
                 c.phase = _NEW
                 c.since = ticks_ms()
-                c.task = asyncio.create_task(self._serve(c))
+                c.task = asyncio.create_task(co)
             except Exception as e:  # EAGAIN, EMFILE, ECONNABORTED, MemoryError
-                if c is not None and c.task is None:
+                if c is not None and c.task is None and c.stream is not None:
                     self._release(c)
                 if s is not None and (c is None or c.task is None):
                     s.close()
@@ -491,12 +531,20 @@ class Server:
                     self._note("httpd: MemoryError in accept", e)
                 await asyncio.sleep_ms(10)
 
+    def _room(self):
+        """Heap for one more connection and a request (min_free), after a collection
+        if need be; the first connection always gets in."""
+        if len(self._free) == len(self._slots) or gc.mem_free() >= self.min_free:
+            return True
+        gc.collect()
+        return gc.mem_free() >= self.min_free
+
     def _release(self, c):
         # out.sink too: the stream's write would keep the closed stream and socket.
-        c.task = c.stream = c.peer = c.out.sink = c.req = None
+        c.task = c.stream = c.peer = c.req = c.line = None
         c.phase = _FREE
         c.lo = c.hi = 0
-        c.armed = c.killed = c.broken = False
+        c.armed = c.killed = c.broken = c.run = False  # a new client's answers: a new run
         self._free.append(c)
 
     def _evict(self):
@@ -582,12 +630,103 @@ class Server:
                         self._note("httpd: reaper", e)
 
     async def _serve(self, c):
+        # The whole request path runs here and in plain functions: a connection holds this
+        # one frame (made at accept) and asyncio's wait on its socket (as Stream.readinto
+        # waits, without its coroutine); a request makes no coroutine but its handler's,
+        # and what it made is let go of before the last drain (see Connections).
+        s = c.stream.s
+        io = asyncio.core._io_queue
         try:
             n = 0
             while True:
-                keep = await self._request(c, n)
-                if c.sent:  # the answer's last write, drained once _request let go of it
-                    await self._drain(c)
+                c.sent = False
+                c.req = None
+                if n:
+                    c.phase = _IDLE
+                c.since = ticks_ms()
+                self._arm(c, self.idle_timeout_ms if n else self.head_timeout_ms)
+                if c.lo == c.hi and not self._pending(c):
+                    c.run = False  # the client waits for us no more: a new answer run
+                c.hs = 0
+                try:
+                    while True:
+                        if c.lo < c.hi:
+                            if c.phase != _HEAD:  # the head's clock runs from its first byte
+                                c.phase = _HEAD
+                                c.since = ticks_ms()
+                                self._arm(c, self.head_timeout_ms)
+                            if self._parse(c) != _MORE:
+                                break
+                        while self._recv(c, s) is None:
+                            yield io.queue_read(s)
+                    r = self._route(c)
+                except EOFError:
+                    if c.phase == _HEAD:
+                        raise
+                    break  # closed between requests: normal
+                except HTTPError as e:
+                    await self._fail(c, e.status)
+                    break
+                except ValueError:  # includes UnicodeError
+                    await self._fail(c, 400)
+                    break
+                rq, route, segs = r
+                r = None
+                method, _, ver = c.line
+                keep = ver == "HTTP/1.1" and not self._crowd
+                conn = rq.headers.get("connection", "").lower()
+                if "close" in conn:
+                    keep = False
+                elif "keep-alive" in conn:
+                    keep = True
+                if n + 1 >= self.max_requests:
+                    keep = False
+                c.req = rq
+                self.requests += 1
+                try:
+                    if isinstance(route, tuple):
+                        res = await route[2](rq)
+                    elif route is not None:
+                        res = Response({"error": "method not allowed"}, 405, {"Allow": route})
+                    elif self.static_root and (method == "GET" or method == "HEAD"):
+                        res = self._static(rq, segs)
+                    else:
+                        res = Response({"error": "not found"}, 404)
+                except HTTPError as e:
+                    res = Response({"error": e.msg}, e.status)
+                except Exception as e:
+                    if c.broken:
+                        raise
+                    self.errors += 1
+                    self._note("httpd: %s %s failed" % (method, rq.path), e)
+                    if isinstance(e, MemoryError):  # the heap, not the request: try again
+                        gc.collect()
+                        res = Response({"error": "busy"}, 503, _RETRY)
+                    else:
+                        res = Response({"error": "internal error"}, 500)
+                    keep = False
+                if rq.left and (c.expect or rq.left > self.drain_max):
+                    keep = False  # body not read: closing is cheaper than reading it
+                c.phase = _BUSY
+                w = self._send(c, res, keep, method == "HEAD", ver == "HTTP/1.0")
+                res = route = segs = method = conn = None
+                if w is not None:
+                    await w
+                    w = None
+                if keep and rq.left:
+                    await self._drain(c)  # the whole answer before we read on
+                    while rq.left:
+                        await rq.read_into(self._scratch)
+                rq = c.req = c.line = None
+                self._clear(c.hdrs)
+                if c.sent:  # the answer's last write, drained now the request is let go of
+                    if c.stream.out_buf:
+                        await self._drain(c)
+                    else:  # all taken: still yield once, as drain() does, but no coroutine
+                        c.armed = True
+                        await asyncio.sleep_ms(0)
+                        c.armed = False
+                        c.took = c.put
                 if not keep:
                     break
                 n += 1
@@ -604,13 +743,14 @@ class Server:
                 except Exception:
                     pass
         except Exception as e:
-            if isinstance(e, MemoryError):
+            mem = isinstance(e, MemoryError)
+            if mem:
                 gc.collect()
             if not (c.broken or isinstance(e, (OSError, EOFError))):
                 self.errors += 1
                 self._note("httpd: connection failed", e)
             if not (c.sent or c.broken):
-                self._try_write(c, _R500)
+                self._try_write(c, _RBUSY if mem else _R500)
         finally:
             try:
                 c.stream.s.close()
@@ -625,7 +765,9 @@ class Server:
             pass
 
     # -- reading: a bounded line reader over the slot buffer ----------------------
-    async def _fill(self, c):
+    def _recv(self, c, s):
+        """Reads what socket s has into the slot buffer -> bytes read, or None when it has
+        nothing yet (wait for it); EOFError when the client closed."""
         if c.lo == c.hi:
             c.lo = c.hi = 0
         elif c.hi == len(c.buf):  # a partial line at the end: move it to the front
@@ -633,20 +775,21 @@ class Server:
             c.buf[:k] = bytes(c.mv[c.lo : c.hi])
             c.lo = 0
             c.hi = k
-        k = None
-        while k is None:
-            try:
-                k = await c.stream.readinto(c.mv[c.hi :])
-            except OSError:
-                c.broken = True
-                raise
+        try:
+            k = s.readinto(c.mv[c.hi :] if c.hi else c.mv)
+        except OSError:
+            c.broken = True
+            raise
+        if k is None:
+            return None
         if not k:
             c.broken = True
             raise EOFError
         c.hi += k
+        return k
 
     def _line(self, c, limit):
-        """Next buffered line at buf[ls:ls+k] without CRLF: k, _LONG, or _MORE (fill first).
+        """Next buffered line at buf[ls:ls+k] without CRLF: k, _LONG, or _MORE (read first).
 
         Plain function, not a coroutine: a head that arrived whole costs no allocation here.
         """
@@ -660,139 +803,48 @@ class Server:
         c.ls = s
         return i - s if i - s <= limit else _LONG
 
-    # -- one request ---------------------------------------------------------------
-    async def _request(self, c, n):
-        """Reads and answers request number n of the connection; False closes it."""
-        c.sent = False
-        c.req = None
-        if n:
-            c.phase = _IDLE
-        c.since = ticks_ms()
-        self._arm(c, self.idle_timeout_ms if n else self.head_timeout_ms)
-        if c.lo == c.hi:
-            if not self._pending(c):  # the client waits for us no more: a new answer run
-                c.run = False
-            try:
-                await self._fill(c)
-            except EOFError:
-                return False  # closed between requests: normal
-        c.phase = _HEAD
-        c.since = ticks_ms()
-        self._arm(c, self.head_timeout_ms)
-        try:
-            method, target, ver, hdrs = await self._head(c)
-            c.phase = _BUSY
-            c.armed = False
-            if self.check_request is not None:
-                refused = self.check_request(hdrs)
-                if refused:
-                    raise HTTPError(refused)
-            if "transfer-encoding" in hdrs:  # bodies are framed by Content-Length only
-                raise HTTPError(411 if "chunked" in hdrs["transfer-encoding"] else 501)
-            cl = hdrs.get("content-length", "0")
-            if not cl.isdigit() or len(cl) > 10:
-                raise ValueError("bad Content-Length")
-            length = int(cl)
-            expect = hdrs.get("expect")
-            if expect is not None:
-                if expect.lower() != "100-continue":
-                    raise HTTPError(417)
-                expect = length > 0
-            path, segs, query = self._target(target)
-            params = {}
-            route = self._match(method, segs, params)
-            limit = route[3] if isinstance(route, tuple) else self.max_body
-            if isinstance(route, tuple) and length > limit:
-                raise HTTPError(413)  # before reading any of it
-        except HTTPError as e:
-            return await self._fail(c, e.status)
-        except ValueError:  # includes UnicodeError
-            return await self._fail(c, 400)
-
-        keep = ver == "HTTP/1.1"
-        conn = hdrs.get("connection", "").lower()
-        if "close" in conn:
-            keep = False
-        elif "keep-alive" in conn:
-            keep = True
-        if n + 1 >= self.max_requests:
-            keep = False
-        req = Request(self, c, method, path, query, hdrs, params, length, limit, expect)
-        c.req = req
-        self.requests += 1
-        try:
-            if isinstance(route, tuple):
-                res = await route[2](req)
-            elif route is not None:
-                res = Response({"error": "method not allowed"}, 405, {"Allow": route})
-            elif self.static_root and (method == "GET" or method == "HEAD"):
-                res = self._static(req, segs)
-            else:
-                res = Response({"error": "not found"}, 404)
-            if not isinstance(res, Response):
-                res = Response(res, 200 if res is not None else 204)
-        except HTTPError as e:
-            res = Response({"error": e.msg}, e.status)
-        except Exception as e:
-            if c.broken:
-                raise
-            if isinstance(e, MemoryError):
-                gc.collect()
-            self.errors += 1
-            self._note("httpd: %s %s failed" % (method, path), e)
-            res = Response({"error": "internal error"}, 500)
-            keep = False
-        if req.left and (req._expect or req.left > self.drain_max):
-            keep = False  # body not read: closing is cheaper than reading it
-        c.phase = _BUSY
-        await self._send(c, res, keep, method == "HEAD", ver == "HTTP/1.0")
-        if keep and req.left:
-            await self._drain(c)  # the whole answer before we read on
-            while req.left:
-                await req.read_into(self._scratch)
-        return keep
-
-    async def _head(self, c):
-        """Request line and header fields -> (method, target, version, headers).
-
+    def _parse(self, c):
+        """Takes the buffered lines of a head -> _MORE (read more first) or 0 (complete):
+        its request line and headers into c. Resumes where it stopped
+        (c.hs: 0 request line next, 1 after one empty line, RFC 9112 2.2, 2 header lines).
         Raises HTTPError for 414/431/501/505 and ValueError for anything malformed.
         """
-        empty = 0  # RFC 9112 2.2: tolerate one empty line before the request line
-        while True:
+        while c.hs < 2:
             k = self._line(c, self.max_line)
             if k == _MORE:
-                await self._fill(c)
-            elif k or empty:
-                break
-            else:
-                empty = 1
-        if k < 0:
-            raise HTTPError(414)
-        parts = str(c.mv[c.ls : c.ls + k], "utf-8").split(" ")
-        if len(parts) != 3:
-            raise ValueError("bad request line")
-        method, target, ver = parts
-        if ver != "HTTP/1.1" and ver != "HTTP/1.0":
-            if ver.startswith("HTTP/"):
-                raise HTTPError(505)
-            raise ValueError("bad version")
-        if method not in _METHODS:
-            raise HTTPError(501)
-        if target[:1] != "/":
-            raise ValueError("not origin-form")
-        hdrs = {}
+                return _MORE
+            if k == 0 and c.hs == 0:
+                c.hs = 1
+                continue
+            if k < 0:
+                raise HTTPError(414)
+            parts = str(c.mv[c.ls : c.ls + k], "utf-8").split(" ")
+            if len(parts) != 3:
+                raise ValueError("bad request line")
+            method, target, ver = parts
+            if ver != "HTTP/1.1" and ver != "HTTP/1.0":
+                if ver.startswith("HTTP/"):
+                    raise HTTPError(505)
+                raise ValueError("bad version")
+            if method not in _METHODS:
+                raise HTTPError(501)
+            if target[:1] != "/":
+                raise ValueError("not origin-form")
+            c.line = parts
+            self._clear(c.hdrs)
+            c.hs = 2
+            c.hn = c.hb = 0
         keep = self.keep_headers
-        count = total = 0
+        hdrs = c.hdrs
         while True:
             k = self._line(c, self.buf_size - 2)
             if k == _MORE:
-                await self._fill(c)
-                continue
+                return _MORE
             if k == 0:
-                return method, target, ver, hdrs
-            count += 1
-            total += k
-            if k < 0 or count > self.max_headers or total > self.max_header_bytes:
+                return 0
+            c.hn += 1
+            c.hb += k
+            if k < 0 or c.hn > self.max_headers or c.hb > self.max_header_bytes:
                 raise HTTPError(431)
             s = c.ls
             i = c.buf.find(b":", s, s + k)
@@ -802,6 +854,51 @@ class Server:
             if name in _FRAMING or keep is None or name in keep:  # others: never decoded
                 v = str(c.mv[i + 1 : s + k], "utf-8").strip()
                 hdrs[name] = hdrs[name] + ", " + v if name in hdrs else v
+
+    def _clear(self, hdrs):
+        if self.keep_headers is None:
+            hdrs.clear()
+        else:
+            for name in self._names:  # emptied in place: the dict keeps its table
+                if name in hdrs:
+                    del hdrs[name]
+
+    def _route(self, c):
+        """The head is in: its checks, then routing -> (Request, the route tuple, else the
+        Allow string, else None, the path's segments). Raises as _parse does (and 411, 413, 417, the
+        check_request hook's status)."""
+        c.phase = _BUSY
+        c.armed = False
+        hdrs = c.hdrs
+        if self.check_request is not None:
+            refused = self.check_request(hdrs)
+            if refused:
+                raise HTTPError(refused)
+        if "transfer-encoding" in hdrs:  # bodies are framed by Content-Length only
+            raise HTTPError(411 if "chunked" in hdrs["transfer-encoding"] else 501)
+        cl = hdrs.get("content-length", "0")
+        if not cl.isdigit() or len(cl) > 10:
+            raise ValueError("bad Content-Length")
+        length = int(cl)
+        expect = hdrs.get("expect")
+        if expect is not None:
+            if expect.lower() != "100-continue":
+                raise HTTPError(417)
+            expect = length > 0
+        method, target, _ = c.line
+        path, segs, query = self._target(target)
+        params = {}
+        route = self._match(method, segs, params)
+        limit = route[3] if isinstance(route, tuple) else self.max_body
+        if isinstance(route, tuple) and length > limit:
+            raise HTTPError(413)  # before reading any of it
+        c.limit = limit
+        c.expect = expect  # "100 Continue" owed before the first body read
+        c.started = False  # the body's clock runs (c.since: its first read)
+        rq = Request(c, method, path, query, hdrs, params, length)
+        if self.body_timeout_ms != Request.body_timeout_ms:
+            rq.body_timeout_ms = self.body_timeout_ms  # a handler may lengthen its own
+        return rq, route, segs
 
     def _target(self, target):
         """-> (path, decoded segments, query dict); ValueError on traversal or bad escapes."""
@@ -877,7 +974,9 @@ class Server:
         c.phase = _BUSY
         c.armed = False
         res = Response({"error": _REASONS[status].lower()}, status)
-        await self._send(c, res, False, False, False)
+        w = self._send(c, res, False, False, False)
+        if w is not None:
+            await w
         await self._drain(c)
         c.phase = _IDLE  # lingering: no answer owed, nothing to reset
         c.since = ticks_ms()
@@ -920,95 +1019,153 @@ class Server:
         self._put(c, data)
         return self._drain(c)
 
-    async def _send(self, c, res, keep, head_only, v10):
-        """Writes the answer, all but its last write drained: the caller drains that."""
-        st = res.status
-        h = ["HTTP/1.1 %d %s\r\n" % (st, _REASONS.get(st, "Status"))]
+    def _send(self, c, res, keep, head_only, v10):
+        """Writes the answer, all but its last write, which the caller drains: -> None, or
+        a coroutine to await for an answer that takes more than the scratch buffer.
+
+        res: a Response, or a handler's own result (dict, list, Lazy: JSON 200; None: 204;
+        bytes or str) sent as it is, without a Response made for it. The head is written
+        into the scratch buffer piece by piece, not built as a string.
+        """
+        if isinstance(res, Response):
+            st = res.status
+            obj = res.obj
+            body = res.body
+            size = res.size
+            ctype = res.ctype
+            hd = res.headers
+            path = res.path
+            lazy = res.lazy
+        elif res is None:
+            st = 204
+            obj = ctype = hd = path = None
+            body = b""
+            size = 0
+            lazy = False
+        elif isinstance(res, (dict, list, jsonout.Lazy)):
+            st = 200
+            obj = res
+            body = hd = path = None
+            size = jsonout.size(res)
+            lazy = jsonout.has_lazy()
+            ctype = "application/json"
+        else:
+            return self._send(c, Response(res), keep, head_only, v10)
+        out = self._out  # every answer that needs no await goes through this one
+        out.reset(c.stream.write)
+        line = self._lines.get(st)
+        if line is None:
+            line = ("HTTP/1.1 %d %s\r\n" % (st, _REASONS.get(st, "Status"))).encode()
+            if st in _REASONS:
+                self._lines[st] = line
+        out.write(line)
         if st != 204 and st != 304:
-            h.append("Content-Length: %d\r\n" % res.size)
-            if res.ctype:
-                h.append("Content-Type: %s\r\n" % res.ctype)
-        hd = res.headers
+            out.write(b"Content-Length: %d" % size)
+            if ctype:
+                out.write(b"\r\nContent-Type: ")
+                b = self._ctypes.get(ctype)
+                if b is None:
+                    b = ctype.encode()
+                    if len(self._ctypes) < 8:
+                        self._ctypes[ctype] = b
+                out.write(b)
+            out.write(b"\r\n")
         if hd:
             for k, v in hd.items() if isinstance(hd, dict) else hd:
-                h.append("%s: %s\r\n" % (k, v))
-        h.append(self.extra_headers)
+                out.write(("%s: %s\r\n" % (k, v)).encode())
+        if self._extra is None:
+            self._extra = self.extra_headers.encode()
+        if self._extra:
+            out.write(self._extra)
         if not keep:
-            h.append("Connection: close\r\n")
+            out.write(b"Connection: close\r\n")
         elif v10:
-            h.append("Connection: keep-alive\r\n")
-        h.append("\r\n")
-        head = "".join(h).encode()
+            out.write(b"Connection: keep-alive\r\n")
+        out.write(b"\r\n")
         c.sent = True
         if not c.run:
             c.run = True
             c.ans = ticks_ms()
             c.put = c.took = 0
-        ms = self.write_timeout_ms + (0 if head_only else self._ms(res.size))
+        ms = self.write_timeout_ms + (0 if head_only else self._ms(size))
         c.deadline = ticks_add(ticks_ms(), min(ms, _MAX_MS))
-        s = self._scratch
-        m = len(head)
-        bare = head_only or st == 204 or st == 304
-        body = b"" if bare else res.body
-        if res.path and not bare:
-            await self._send_file(c, head, res)
-        elif res.obj is not None and not bare and (res.lazy or m + res.size > len(s)):
-            await self._send_json(c, head, res, c.put)
-        elif res.obj is not None and not bare:
-            # Fits the scratch (most answers): one write, and none of the per-item
-            # coroutines of the piecewise path.
-            out = c.out
-            out.reset(c.stream.write)
-            out.write(head)
-            json.dump(res.obj, out)
-            if out.total != m + res.size:  # changed since it was counted: framing lost
+        base = c.put
+        m = out.total  # the head's length
+        if head_only or st == 204 or st == 304:
+            pass
+        elif path:
+            return self._send_file(c, path, size, base)
+        elif obj is not None and (lazy or m + size > len(self._scratch)):
+            return self._send_json(c, obj, m + size, base)
+        elif obj is not None:  # fits the scratch (most answers): one write, no coroutines
+            json.dump(obj, out)
+            if out.total != m + size:  # changed since it was counted: framing lost
                 c.broken = True
                 raise OSError(5)
-            self._put(c, s[: out.n])
-        elif m + len(body) <= len(s):  # one write: no Nagle stall between head and body
-            s[:m] = head
-            s[m : m + len(body)] = body
-            self._put(c, s[: m + len(body)])
+        elif out.n + len(body) <= len(self._scratch):  # one write: no Nagle stall
+            out.write(body)
         else:
-            await self._write(c, head)
-            self._put(c, body)
+            return self._send_body(c, body, base)
+        self._flush(c, base)
+        return None
 
-    async def _send_json(self, c, head, res, base):
+    def _flush(self, c, base):
+        out = self._out
+        try:
+            out.flush()
+        except OSError:
+            c.broken = True
+            raise
+        finally:
+            out.sink = None  # it would keep the stream and its socket
+        c.put = base + out.total
+
+    async def _send_body(self, c, body, base):
+        self._flush(c, base)
+        await self._drain(c)
+        self._put(c, body)
+
+    async def _send_json(self, c, obj, total, base):
         # Head and body through the shared scratch, flushed to the socket whenever it
         # fills and before every await (so another connection may use it meanwhile):
         # a small answer is still one write.
-        out = c.out
-        out.reset(c.stream.write)
+        o = self._out  # the head is in the scratch: a writer of its own from there on
+        out = jsonout.Chunks(self._scratch, o.sink)
+        out.n = o.n
+        out.total = o.total
+        o.sink = None
         try:
-            out.write(head)
-            await jsonout.write(res.obj, out, lambda: self._pause(c, base))
+            await jsonout.write(obj, out, lambda: self._pause(c, out, base))
             out.flush()
         except OSError:
             c.broken = True
             raise
         c.put = base + out.total
-        if out.total != len(head) + res.size:  # never expected: the framing is lost
+        if out.total != total:  # never expected: the framing is lost
             c.broken = True
             raise OSError(5)
 
-    async def _pause(self, c, base):
-        c.out.flush()
-        c.out.dirty = False
+    async def _pause(self, c, out, base):
+        out.flush()
+        out.dirty = False
         c.armed = True
         await c.stream.drain()
         c.armed = False
-        c.took = base + c.out.total
+        c.took = base + out.total
 
-    async def _send_file(self, c, head, res):
+    async def _send_file(self, c, path, size, base):
         # The scratch buffer is shared: write() sends or copies it before drain yields.
         s = self._scratch
-        m = len(head)
+        out = self._out
+        m = out.n  # the head, not sent yet (a long one may have gone in part)
+        c.put = base + out.total - m
         if m > len(s) // 2:  # an unusually large head goes on its own
-            await self._write(c, head)
+            self._flush(c, base)
+            await self._drain(c)
             m = 0
-        s[:m] = head
-        left = res.size
-        with open(res.path, "rb") as f:
+        out.sink = None
+        left = size
+        with open(path, "rb") as f:
             while True:
                 want = min(len(s) - m, left)
                 k = f.readinto(s[m : m + want]) if want else 0

@@ -542,7 +542,11 @@ def test_handler_exceptions_500_and_server_alive():
         true(isinstance(_LOG[0][1], ValueError), "exception passed to log")
         eq((await _req(port, _get(b"/api/status")))[0], 200, "next request")
         st, h, b = await _req(port, _get(b"/api/oom"))
-        eq(st, 500, "MemoryError")
+        eq(
+            (st, json.loads(b), h.get("retry-after"), h.get("connection")),
+            (503, {"error": "busy"}, "1", "close"),
+            "a MemoryError: try again, not a 500",
+        )
         true(isinstance(_LOG[-1][1], MemoryError), "oom logged")
         eq((await _req(port, _get(b"/api/status")))[0], 200, "alive after MemoryError")
         await asyncio.sleep_ms(50)
@@ -551,7 +555,9 @@ def test_handler_exceptions_500_and_server_alive():
     _run(t)
 
 
-def test_accept_survives_memoryerror():
+def test_a_memoryerror_at_accept_leaves_the_client_waiting_not_dropped():
+    # A connection's objects are made before its socket is taken: short of heap, the
+    # client waits in the backlog and is served once there is room, never reset.
     orig = asyncio.StreamReader
     hits = [0]
 
@@ -565,13 +571,15 @@ def test_accept_survives_memoryerror():
         asyncio.StreamReader = failing
         try:
             r, w = await _open(port)
-            true(await _closed(r, 2000), "first connection dropped")
+            w.write(_get(b"/api/status"))
+            await w.drain()
+            eq((await _response(r))[0], 200, "the first client served after all")
             await w.wait_closed()
             eq((await _req(port, _get(b"/api/status")))[0], 200, "listener alive")
         finally:
             asyncio.StreamReader = orig
-        eq(hits[0], 2, "both accepts went through the patched path")
-        true(isinstance(_LOG[-1][1], MemoryError), "logged")
+        true(hits[0] >= 2, "both accepts went through the patched path")
+        eq(srv.errors, 0, "no connection failed")
 
     _run(t)
 
