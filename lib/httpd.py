@@ -240,6 +240,7 @@ class Request:
     # on its slot, or a class default until a handler sets it): its table is then among
     # the heap's smallest blocks, which a heap cut up by long-lived objects still has.
     _cookies = None
+    _started = False
     body_timeout_ms = 5000  # Server's default; set on the request when the server's differs
     evictable = False  # a handler that only waits sets it: see Connections
 
@@ -275,8 +276,8 @@ class Request:
             return 0
         c = self._c
         srv = c.srv
-        if not c.started:
-            c.started = True
+        if not self._started:
+            self._started = True  # the body's clock runs (c.since: its first read)
             c.since = ticks_ms()
         c.phase = _BODY
         if c.expect:
@@ -333,8 +334,8 @@ class Request:
 
 
 class _Conn:
-    """One connection slot, allocated once at Server(): its line buffer and its headers
-    dict."""
+    """One connection slot, made whole at Server() (see Connections): its line buffer,
+    headers dict, stream and task. Few attributes: each costs heap."""
 
     def __init__(self, srv, buf):
         self.srv = srv
@@ -342,19 +343,26 @@ class _Conn:
         self.mv = memoryview(self.buf)
         self.hdrs = {}  # the request's headers: emptied in place, its table kept
         self.line = None  # the head's request line: [method, target, version]
-        self.limit = 0  # the request's: body limit, 100 Continue owed, body clock runs
-        self.expect = self.started = False
-        self.hs = self.hn = self.hb = 0  # head parser: state, header lines, their bytes
-        self.task = self.stream = self.peer = None  # the socket: stream.s
+        self.limit = 0  # the request's body limit, and whether 100 Continue is owed
+        self.expect = False
+        self.hs = self.hc = 0  # head parser: state; header lines << 16 | their bytes
+        self.task = None  # the slot's own, for the server's life (Server(), start())
+        self.parked = False  # its task waits for _accept to hand it a client
+        self.stream = None  # the slot's own too: its socket (.s) is the client's
+        self.peer = None
         self.phase = _FREE
         self.lo = self.hi = self.ls = 0  # unread bytes: buf[lo:hi]; last line at ls
         self.since = self.deadline = 0
         self.req = None  # the request being served, for _evict
         self.armed = self.killed = self.broken = self.sent = False
         # Answers since the client last made us wait (pipelined ones add up): started at
-        # ans, bytes handed to the stream (put) and taken by the socket (took).
-        self.run = False
-        self.ans = self.put = self.took = 0
+        # ans (None: no run), bytes handed to the stream (put) and taken by the socket (took).
+        self.ans = None
+        self.put = self.took = 0
+
+
+def _writable(io, s):
+    yield io.queue_write(s)
 
 
 def _readable(s):
@@ -385,9 +393,9 @@ class Server:
     max_body = 4096  # default route body limit (413)
     drain_max = 4096  # unread body a handler left that we skip to keep the connection
     max_requests = 100  # per connection, then Connection: close
-    # Free heap a new connection needs (its socket, task and a request's objects, ~1.5 KB
-    # on the 64-bit unix port): below it, a client waits in the backlog as at the cap.
-    min_free = 3072
+    # Free heap a new client needs (its socket, a request's short-lived objects: ~1.8 KB
+    # on the 64-bit unix port): below it, the client waits in the backlog as at the cap.
+    min_free = 2048
     head_timeout_ms = 5000  # first byte to end of head, overall (408)
     idle_timeout_ms = 10000  # keep-alive wait for the next request
     body_timeout_ms = 5000  # longest wait for more body bytes (a stall); per request
@@ -432,15 +440,29 @@ class Server:
         keep = self.keep_headers  # the names a request's headers dict can hold
         self._names = _FRAMING + tuple(keep) if keep is not None else _FRAMING
         self._out = jsonout.Chunks(self._scratch)  # answers: the head, a small body
-        # The large buffers first, while the free heap still has room for them in one
-        # piece; the small objects then fill what is left.
-        bufs = [bytearray(self.buf_size) for _ in range(self.max_conns)]
-        self._slots = [_Conn(self, b) for b in bufs]
+        # The pool: each slot whole (its buffer, its task's frame and its stream, kept for
+        # the server's life), as many as the heap holds up to max_conns; a client beyond
+        # them waits in the backlog. A board's heap holds them all; the unix port's at 64
+        # KB, which also keeps this code and the app's, fewer.
+        self._slots = []
+        for _ in range(self.max_conns):
+            try:
+                c = _Conn(self, bytearray(self.buf_size))
+                c.stream = asyncio.StreamReader(None)
+                c.task = self._serve(c, True)  # start() makes it the slot's task
+            except MemoryError:
+                c = None
+                gc.collect()
+                if not self._slots:
+                    raise
+                break
+            self._slots.append(c)
         self._free = list(self._slots)
         self._sock = self._tasks = self._linger = None
         self._probe = select.poll()  # _pending(): one poller, no allocation per look
         self._sol = 1
         self._crowd = False  # a client waits in the backlog
+        self._napping = False  # _accept sleeps with a client waiting
         self.requests = self.timeouts = self.evictions = self.errors = 0
 
     def _ms(self, n):
@@ -470,16 +492,28 @@ class Server:
         self._linger = getattr(socket, "SO_LINGER", None)
         self._sol = socket.SOL_SOCKET
         self._tasks = (asyncio.create_task(self._accept(s)), asyncio.create_task(self._reap()))
+        for c in self._slots:
+            c.task = asyncio.create_task(c.task)
 
     def close(self):
         if self._tasks:
             for t in self._tasks:
                 t.cancel()
             self._tasks = None
+            self._napping = False
         for c in self._slots:
-            if c.task is not None:
+            t = c.task
+            c.task = None
+            if t is None:
+                continue
+            if not isinstance(t, asyncio.Task):
+                pass  # never started
+            elif c.parked:  # woken without a connection: it ends, the server being closed
+                c.parked = False
+                asyncio.core._task_queue.push(t)
+            else:
                 c.killed = True
-                c.task.cancel()
+                t.cancel()
         if self._sock:
             self._sock.close()
             self._sock = None
@@ -491,20 +525,22 @@ class Server:
     # -- connections: accept, slots, deadlines -------------------------------------
     async def _accept(self, ls):
         while True:
-            s = c = co = None
+            s = c = None
             try:
                 await _readable(ls)
-                c = self._free[-1] if self._free else None
-                if c is not None and self._room():
-                    try:  # its objects before its socket: short of heap, the client waits
-                        st = asyncio.StreamReader(None)
-                        co = self._serve(c)
-                    except MemoryError:
-                        gc.collect()
-                if co is None:  # at the cap or short of heap: it waits in the backlog
+                if self._room():
+                    for c in self._free:
+                        if c.parked:
+                            break
+                    else:
+                        c = None  # a slot's task is still letting its last client go
+                if c is None or not c.parked:
+                    # At the cap or short of heap: the client waits in the backlog.
                     c = None
                     self._crowd = True  # answers close their connections meanwhile
+                    self._napping = True  # a slot let go of wakes us (_release)
                     await asyncio.sleep_ms(self._evict())
+                    self._napping = False
                     continue
                 self._crowd = False
                 s, c_peer = ls.accept()
@@ -513,17 +549,22 @@ class Server:
                     s.setsockopt(_IPPROTO_TCP, _TCP_NODELAY, 1)
                 except Exception:
                     pass
-                self._free.pop()
-                c.stream = st  # taken: _release gives it back if the rest fails
-                st.s = s
+                c.stream.s = s
+                c.stream.out_buf = b""
                 c.peer = c_peer
                 c.phase = _NEW
                 c.since = ticks_ms()
-                c.task = asyncio.create_task(co)
+                self._free.remove(c)
+                c.parked = False
+                asyncio.core._task_queue.push(c.task)  # the slot's task takes it from here
+                s = None
             except Exception as e:  # EAGAIN, EMFILE, ECONNABORTED, MemoryError
-                if c is not None and c.task is None and c.stream is not None:
-                    self._release(c)
-                if s is not None and (c is None or c.task is None):
+                if c is not None and c.parked:  # not handed over
+                    c.phase = _FREE
+                    c.peer = c.stream.s = None
+                    if c not in self._free:
+                        self._free.append(c)
+                if s is not None:
                     s.close()
                 if isinstance(e, MemoryError):
                     gc.collect()
@@ -532,8 +573,8 @@ class Server:
                 await asyncio.sleep_ms(10)
 
     def _room(self):
-        """Heap for one more connection and a request (min_free), after a collection
-        if need be; the first connection always gets in."""
+        """Heap for one more client's request (min_free), after a collection if need be;
+        the first client always gets in."""
         if len(self._free) == len(self._slots) or gc.mem_free() >= self.min_free:
             return True
         gc.collect()
@@ -541,11 +582,18 @@ class Server:
 
     def _release(self, c):
         # out.sink too: the stream's write would keep the closed stream and socket.
-        c.task = c.stream = c.peer = c.req = c.line = None
+        c.peer = c.req = c.line = c.stream.s = None
+        c.stream.out_buf = b""
         c.phase = _FREE
         c.lo = c.hi = 0
-        c.armed = c.killed = c.broken = c.run = False  # a new client's answers: a new run
+        c.armed = c.killed = c.broken = False
+        c.ans = None  # a new client's answers: a new run
         self._free.append(c)
+        if self._napping and self._tasks:  # a client waits in the backlog: take it now, not at the nap's end
+            self._napping = False
+            q = asyncio.core._task_queue  # as Task.cancel() brings a sleeping task forward
+            q.remove(self._tasks[0])
+            q.push(self._tasks[0])
 
     def _evict(self):
         """At the cap, with a client waiting: cancels the one connection that gives way
@@ -629,134 +677,151 @@ class Server:
                     except Exception as e:  # never let the reaper die: no deadlines then
                         self._note("httpd: reaper", e)
 
-    async def _serve(self, c):
-        # The whole request path runs here and in plain functions: a connection holds this
-        # one frame (made at accept) and asyncio's wait on its socket (as Stream.readinto
-        # waits, without its coroutine); a request makes no coroutine but its handler's,
-        # and what it made is let go of before the last drain (see Connections).
-        s = c.stream.s
+    async def _serve(self, c, worker=False):
+        # With worker, the slot's task for the server's life (start()): one connection
+        # after another, so its frame is made once. The whole request path runs here and
+        # in plain functions: a connection holds nothing more than its socket and asyncio's
+        # wait on it (as Stream.readinto waits, without its coroutine); a request makes no
+        # coroutine but its handler's, and what it made is let go of before the last drain.
         io = asyncio.core._io_queue
         try:
-            n = 0
             while True:
-                c.sent = False
-                c.req = None
-                if n:
-                    c.phase = _IDLE
-                c.since = ticks_ms()
-                self._arm(c, self.idle_timeout_ms if n else self.head_timeout_ms)
-                if c.lo == c.hi and not self._pending(c):
-                    c.run = False  # the client waits for us no more: a new answer run
-                c.hs = 0
                 try:
+                    if worker and c.phase == _FREE:  # waits for _accept to hand it a client
+                        c.parked = True
+                        yield
+                        if self._tasks is None:
+                            return  # woken by close()
+                    s = c.stream.s
+                    if c.phase == _FREE:  # handed one by a caller of its own (tests)
+                        c.phase = _NEW
+                    n = 0
                     while True:
-                        if c.lo < c.hi:
-                            if c.phase != _HEAD:  # the head's clock runs from its first byte
-                                c.phase = _HEAD
-                                c.since = ticks_ms()
-                                self._arm(c, self.head_timeout_ms)
-                            if self._parse(c) != _MORE:
-                                break
-                        while self._recv(c, s) is None:
-                            yield io.queue_read(s)
-                    r = self._route(c)
-                except EOFError:
-                    if c.phase == _HEAD:
+                        c.sent = False
+                        c.req = None
+                        if n:
+                            c.phase = _IDLE
+                        c.since = ticks_ms()
+                        self._arm(c, self.idle_timeout_ms if n else self.head_timeout_ms)
+                        if c.lo == c.hi and not self._pending(c):
+                            c.ans = None  # the client waits for us no more: a new answer run
+                        c.hs = 0
+                        try:
+                            while True:
+                                if c.lo < c.hi:
+                                    if c.phase != _HEAD:  # the head's clock runs from its first byte
+                                        c.phase = _HEAD
+                                        c.since = ticks_ms()
+                                        self._arm(c, self.head_timeout_ms)
+                                    if self._parse(c) != _MORE:
+                                        break
+                                while self._recv(c, s) is None:
+                                    yield io.queue_read(s)
+                            r = self._route(c)
+                        except EOFError:
+                            if c.phase == _HEAD:
+                                raise
+                            break  # closed between requests: normal
+                        except HTTPError as e:
+                            await self._fail(c, e.status)
+                            break
+                        except ValueError:  # includes UnicodeError
+                            await self._fail(c, 400)
+                            break
+                        rq, route, segs = r
+                        r = None
+                        method, _, ver = c.line
+                        keep = ver == "HTTP/1.1" and not self._crowd
+                        conn = rq.headers.get("connection", "").lower()
+                        if "close" in conn:
+                            keep = False
+                        elif "keep-alive" in conn:
+                            keep = True
+                        if n + 1 >= self.max_requests:
+                            keep = False
+                        c.req = rq
+                        self.requests += 1
+                        try:
+                            if isinstance(route, tuple):
+                                res = await route[2](rq)
+                            elif route is not None:
+                                res = Response({"error": "method not allowed"}, 405, {"Allow": route})
+                            elif self.static_root and (method == "GET" or method == "HEAD"):
+                                res = self._static(rq, segs)
+                            else:
+                                res = Response({"error": "not found"}, 404)
+                        except HTTPError as e:
+                            res = Response({"error": e.msg}, e.status)
+                        except Exception as e:
+                            if c.broken:
+                                raise
+                            self.errors += 1
+                            self._note("httpd: %s %s failed" % (method, rq.path), e)
+                            if isinstance(e, MemoryError):  # the heap, not the request: try again
+                                gc.collect()
+                                res = Response({"error": "busy"}, 503, _RETRY)
+                            else:
+                                res = Response({"error": "internal error"}, 500)
+                            keep = False
+                        if rq.left and (c.expect or rq.left > self.drain_max):
+                            keep = False  # body not read: closing is cheaper than reading it
+                        c.phase = _BUSY
+                        w = self._send(c, res, keep, method == "HEAD", ver == "HTTP/1.0")
+                        res = route = segs = method = conn = None
+                        if w is not None:
+                            await w
+                            w = None
+                        if keep and rq.left:
+                            await self._drain(c)  # the whole answer before we read on
+                            while rq.left:
+                                await rq.read_into(self._scratch)
+                        rq = c.req = c.line = None
+                        self._clear(c.hdrs)
+                        if c.sent:  # the answer's last write, drained now the request is let go of
+                            if c.stream.out_buf:
+                                await self._drain(c)
+                            else:  # all taken: still yield once, as drain() does, but no coroutine
+                                c.armed = True
+                                await asyncio.sleep_ms(0)
+                                c.armed = False
+                                c.took = c.put
+                        if not keep:
+                            break
+                        n += 1
+                except asyncio.CancelledError:
+                    if not c.killed:
                         raise
-                    break  # closed between requests: normal
-                except HTTPError as e:
-                    await self._fail(c, e.status)
-                    break
-                except ValueError:  # includes UnicodeError
-                    await self._fail(c, 400)
-                    break
-                rq, route, segs = r
-                r = None
-                method, _, ver = c.line
-                keep = ver == "HTTP/1.1" and not self._crowd
-                conn = rq.headers.get("connection", "").lower()
-                if "close" in conn:
-                    keep = False
-                elif "keep-alive" in conn:
-                    keep = True
-                if n + 1 >= self.max_requests:
-                    keep = False
-                c.req = rq
-                self.requests += 1
-                try:
-                    if isinstance(route, tuple):
-                        res = await route[2](rq)
-                    elif route is not None:
-                        res = Response({"error": "method not allowed"}, 405, {"Allow": route})
-                    elif self.static_root and (method == "GET" or method == "HEAD"):
-                        res = self._static(rq, segs)
-                    else:
-                        res = Response({"error": "not found"}, 404)
-                except HTTPError as e:
-                    res = Response({"error": e.msg}, e.status)
+                    if c.phase == _HEAD or (c.phase == _BODY and not c.sent):
+                        self._try_write(c, _R408)  # timed out or evicted before the request was in
+                    elif c.phase == _BUSY and not c.sent:
+                        self._try_write(c, _R503)  # an evictable handler gave way
+                    elif c.phase == _BUSY and c.sent and self._linger:
+                        try:  # an answer not taken in time: reset, don't keep sending what is queued
+                            c.stream.s.setsockopt(self._sol, self._linger, _ABORT)
+                        except Exception:
+                            pass
                 except Exception as e:
-                    if c.broken:
-                        raise
-                    self.errors += 1
-                    self._note("httpd: %s %s failed" % (method, rq.path), e)
-                    if isinstance(e, MemoryError):  # the heap, not the request: try again
+                    mem = isinstance(e, MemoryError)
+                    if mem:
                         gc.collect()
-                        res = Response({"error": "busy"}, 503, _RETRY)
-                    else:
-                        res = Response({"error": "internal error"}, 500)
-                    keep = False
-                if rq.left and (c.expect or rq.left > self.drain_max):
-                    keep = False  # body not read: closing is cheaper than reading it
-                c.phase = _BUSY
-                w = self._send(c, res, keep, method == "HEAD", ver == "HTTP/1.0")
-                res = route = segs = method = conn = None
-                if w is not None:
-                    await w
-                    w = None
-                if keep and rq.left:
-                    await self._drain(c)  # the whole answer before we read on
-                    while rq.left:
-                        await rq.read_into(self._scratch)
-                rq = c.req = c.line = None
-                self._clear(c.hdrs)
-                if c.sent:  # the answer's last write, drained now the request is let go of
-                    if c.stream.out_buf:
-                        await self._drain(c)
-                    else:  # all taken: still yield once, as drain() does, but no coroutine
-                        c.armed = True
-                        await asyncio.sleep_ms(0)
-                        c.armed = False
-                        c.took = c.put
-                if not keep:
-                    break
-                n += 1
-        except asyncio.CancelledError:
-            if not c.killed:
-                raise
-            if c.phase == _HEAD or (c.phase == _BODY and not c.sent):
-                self._try_write(c, _R408)  # timed out or evicted before the request was in
-            elif c.phase == _BUSY and not c.sent:
-                self._try_write(c, _R503)  # an evictable handler gave way
-            elif c.phase == _BUSY and c.sent and self._linger:
-                try:  # an answer not taken in time: reset, don't keep sending what is queued
-                    c.stream.s.setsockopt(self._sol, self._linger, _ABORT)
-                except Exception:
-                    pass
-        except Exception as e:
-            mem = isinstance(e, MemoryError)
-            if mem:
-                gc.collect()
-            if not (c.broken or isinstance(e, (OSError, EOFError))):
-                self.errors += 1
-                self._note("httpd: connection failed", e)
-            if not (c.sent or c.broken):
-                self._try_write(c, _RBUSY if mem else _R500)
+                    if not (c.broken or isinstance(e, (OSError, EOFError))):
+                        self.errors += 1
+                        self._note("httpd: connection failed", e)
+                    if not (c.sent or c.broken):
+                        self._try_write(c, _RBUSY if mem else _R500)
+                finally:
+                    if c.phase != _FREE:
+                        try:
+                            c.stream.s.close()
+                        except Exception:
+                            pass
+                        self._release(c)
+                if not worker or self._tasks is None:
+                    return
         finally:
-            try:
-                c.stream.s.close()
-            except Exception:
-                pass
-            self._release(c)
+            if worker and c.task is not None and c.task is asyncio.current_task():
+                c.task = None  # ended: the slot's next client gets a new one
+                c.parked = False
 
     def _try_write(self, c, data):
         try:
@@ -772,7 +837,7 @@ class Server:
             c.lo = c.hi = 0
         elif c.hi == len(c.buf):  # a partial line at the end: move it to the front
             k = c.hi - c.lo
-            c.buf[:k] = bytes(c.mv[c.lo : c.hi])
+            c.buf[:k] = c.mv[c.lo : c.hi]  # moves forward in place (memmove): no copy made
             c.lo = 0
             c.hi = k
         try:
@@ -833,7 +898,7 @@ class Server:
             c.line = parts
             self._clear(c.hdrs)
             c.hs = 2
-            c.hn = c.hb = 0
+            c.hc = 0
         keep = self.keep_headers
         hdrs = c.hdrs
         while True:
@@ -842,9 +907,8 @@ class Server:
                 return _MORE
             if k == 0:
                 return 0
-            c.hn += 1
-            c.hb += k
-            if k < 0 or c.hn > self.max_headers or c.hb > self.max_header_bytes:
+            c.hc += 0x10000 + k  # lines above, bytes below: one attribute
+            if k < 0 or c.hc >> 16 > self.max_headers or c.hc & 0xFFFF > self.max_header_bytes:
                 raise HTTPError(431)
             s = c.ls
             i = c.buf.find(b":", s, s + k)
@@ -894,7 +958,6 @@ class Server:
             raise HTTPError(413)  # before reading any of it
         c.limit = limit
         c.expect = expect  # "100 Continue" owed before the first body read
-        c.started = False  # the body's clock runs (c.since: its first read)
         rq = Request(c, method, path, query, hdrs, params, length)
         if self.body_timeout_ms != Request.body_timeout_ms:
             rq.body_timeout_ms = self.body_timeout_ms  # a handler may lengthen its own
@@ -1083,8 +1146,7 @@ class Server:
             out.write(b"Connection: keep-alive\r\n")
         out.write(b"\r\n")
         c.sent = True
-        if not c.run:
-            c.run = True
+        if c.ans is None:
             c.ans = ticks_ms()
             c.put = c.took = 0
         ms = self.write_timeout_ms + (0 if head_only else self._ms(size))
@@ -1154,26 +1216,42 @@ class Server:
         c.took = base + out.total
 
     async def _send_file(self, c, path, size, base):
-        # The scratch buffer is shared: write() sends or copies it before drain yields.
+        # Straight from the shared scratch to the socket: what it does not take is read
+        # from the file again after the wait, not copied into the stream (a chunk-sized
+        # block each time the client is slower than we are).
         s = self._scratch
         out = self._out
         m = out.n  # the head, not sent yet (a long one may have gone in part)
         c.put = base + out.total - m
-        if m > len(s) // 2:  # an unusually large head goes on its own
+        if m > len(s) // 2 or c.stream.out_buf:  # an unusually large head goes on its own
             self._flush(c, base)
             await self._drain(c)
             m = 0
         out.sink = None
+        sock = c.stream.s
+        io = asyncio.core._io_queue
         left = size
         with open(path, "rb") as f:
-            while True:
+            while m or left:
                 want = min(len(s) - m, left)
                 k = f.readinto(s[m : m + want]) if want else 0
                 if want and not k:
                     raise OSError(5)  # file shrank: Content-Length would lie
                 left -= k
-                if not left:
-                    self._put(c, s[: m + k])
-                    break
-                await self._write(c, s[: m + k])
+                try:
+                    n = sock.write(s[: m + k]) or 0
+                except OSError:
+                    c.broken = True
+                    raise
+                c.put += n
+                c.took = c.put
+                if n < m:  # not even the head: the rest of this piece through the stream
+                    self._put(c, s[n : m + k])
+                    await self._drain(c)
+                elif n < m + k:  # the rest of the file's piece is read again
+                    f.seek(n - m - k, 1)
+                    left += m + k - n
+                    c.armed = True
+                    await _writable(io, sock)
+                    c.armed = False
                 m = 0

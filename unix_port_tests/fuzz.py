@@ -266,6 +266,11 @@ def run(target, default_n, case, check):
 class _PieceSock(io.IOBase):
     def __init__(self, stream):
         self.readinto = stream.take
+        self.out = stream.out
+
+    def write(self, b):
+        self.out.extend(b)
+        return len(b)
 
     def ioctl(self, req, arg):
         return 0  # select.poll: nothing waiting beyond what take() gives

@@ -555,33 +555,35 @@ def test_handler_exceptions_500_and_server_alive():
     _run(t)
 
 
-def test_a_memoryerror_at_accept_leaves_the_client_waiting_not_dropped():
-    # A connection's objects are made before its socket is taken: short of heap, the
-    # client waits in the backlog and is served once there is room, never reset.
-    orig = asyncio.StreamReader
-    hits = [0]
-
-    def failing(s, *a):
-        hits[0] += 1
-        if hits[0] == 1:
-            raise MemoryError
-        return orig(s, *a)
-
+def test_short_of_heap_a_client_waits_in_the_backlog_not_dropped():
+    # A slot's task, frame and stream are made for its first client and kept: taking a
+    # client then costs its socket alone, and short of heap (min_free) the client waits in
+    # the backlog and is served once there is room, never reset.
     async def t(srv, port):
-        asyncio.StreamReader = failing
+        held, hw = await _open(port)  # the first client always gets in
+        hw.write(_get(b"/api/status"))
+        await hw.drain()
+        eq((await _response(held))[0], 200, "first")
+        room = srv._room
+        srv._room = lambda: False
         try:
-            r, w = await _open(port)
-            w.write(_get(b"/api/status"))
-            await w.drain()
-            eq((await _response(r))[0], 200, "the first client served after all")
-            await w.wait_closed()
-            eq((await _req(port, _get(b"/api/status")))[0], 200, "listener alive")
+            task = asyncio.create_task(_req(port, _get(b"/api/status"), 3000))
+            await asyncio.sleep_ms(200)
+            eq((srv.live, task.done()), (1, False), "waiting in the backlog")
         finally:
-            asyncio.StreamReader = orig
-        true(hits[0] >= 2, "both accepts went through the patched path")
+            srv._room = room
+        eq((await task)[0], 200, "served once there is room")
+        await hw.wait_closed()
         eq(srv.errors, 0, "no connection failed")
+        tasks = [c.task for c in srv._slots]
+        true(any(x is not None for x in tasks), "a task per slot used")
+        for _ in range(3):
+            eq((await _req(port, _get(b"/api/status")))[0], 200, "again")
+        await asyncio.sleep_ms(20)
+        true(all(x is None or c.task is x for c, x in zip(srv._slots, tasks)),
+             "a slot keeps its task: none made per client")
 
-    _run(t)
+    _run(t, evict_after_ms=5000)
 
 
 def test_timeouts():
