@@ -17,8 +17,9 @@ the caller's business). Every limit is a Server class attribute, overridable per
 instance as a keyword (an unknown keyword is a TypeError).
 
 Request: method, path (raw, no query), params, query (decoded; last duplicate wins),
-headers (lower-case names; only keep_headers plus framing ones), cookies, content_length,
-left (body bytes unread), remote.
+headers (lower-case names; only keep_headers plus framing ones; the slot's own dict,
+emptied for its next request: copy what must outlive the answer), cookies,
+content_length, left (body bytes unread), remote.
   await req.read_into(buf) -> n    bytes into buf, 0 at the end; never reads past the body
   await req.read(n) -> bytearray   exactly min(n, left) bytes (n >= 0)
   await req.json(max_bytes=None)   whole body (cap: max_bytes, else the route's limit);
@@ -54,14 +55,25 @@ request was in, 411 chunked request body (send Content-Length),
 501 other Transfer-Encoding or unknown method, 413 Content-Length above the route's
 limit (answered before reading), 414 request line > max_line, 417 Expect other than
 100-continue, 431 header line > buf_size - 2, > max_headers lines or > max_header_bytes,
-500 handler exception (connection then closed), 503 an evictable handler gave way,
+500 handler exception (connection then closed), 503 an evictable handler gave way, or
+(Retry-After: 1, connection closed) a MemoryError, the heap's fault not the request's,
 505 not HTTP/1.0 or 1.1. Not 503 for a full server: see below. Every response has
 Content-Length; errors that leave the framing unknown close.
 
-Connections: at most max_conns, each with one preallocated buf_size line buffer. At
-the cap we stop calling accept(), so clients wait in the kernel's listen backlog
+Connections: a fixed pool of max_conns slots, made whole at Server(): each its buf_size
+line buffer, headers dict, stream and the task that serves its clients one after
+another (its frame made once), as many as the heap holds (a board's all; the unix
+port at 64 KB, which keeps this code in its heap too, fewer). Taking a client costs
+its socket; a request, ~1.8 KB of short-lived objects (64-bit unix port), none larger
+than its Request (~130 B), no coroutine but its handler's: the head is read and parsed
+by plain functions over the slot's buffer, the answer's head written piece by piece
+into the scratch, a handler's dict/list/None sent without a Response, and the request
+let go of before the answer's last drain. With every slot busy, or less than min_free
+heap, we stop calling accept(), so clients wait in the kernel's listen backlog
 (backlog 64: longer than a crowd of slow clients, else the overflow's SYNs are dropped
-and a new client waits out TCP's 1 s retransmit) rather than getting 503s. While one
+and a new client waits out TCP's 1 s retransmit) rather than getting 503s; a slot let
+go of wakes the accept loop at once, and meanwhile answers say Connection: close, so a
+keep-alive client hands its slot over between requests. While one
 waits there, one connection gives way per waiting client, at once: the oldest idle or
 in its head for evict_after_ms (20 ms; 80 ms if it has sent nothing yet, a phone a WiFi
 round trip away), else the body or answer furthest behind min_rate, else the oldest
@@ -76,19 +88,18 @@ second, not write_timeout_ms for each request. Bytes of its own already waiting 
 kernel keep an idle, head or body connection (the wait is ours then). Each slow client
 thus holds a slot for 20 ms, not seconds: under 30 slow heads that reconnect at once, a
 status request waits for the ones queued ahead of it, ~100 ms p99 on loopback (make
-bench). A handler that may not be cancelled is never evicted. One
-reaper task enforces every deadline by cancelling the connection task: a read costs no
-wait_for task. Each answer yields once, in the drain of its last write (drain() yields
-even if the socket took it all), and that drain is left until the request is done with: under
-load all max_conns connections get there at once, and each holds about 1.3 KB there,
-as between requests (64-bit unix port), not the 3 KB it would with its request and
-answer (18 KB for 6: about all a 64 KB heap has left). We run our own accept loop
-instead of asyncio.start_server: a MemoryError while start_server's loop wraps a new
-socket kills that loop and leaves the port bound but dead (seen on v1.29). Ours
-catches it, runs gc.collect() and keeps accepting. It waits on the socket via
-asyncio.core._io_queue as extmod/asyncio/stream.py does, and finds a connection's
-socket as its Stream's .s, not in a slot field of its own (pinned firmware; re-check on
-upgrades). Needs bytearray.find (v1.29).
+bench). A handler that may not be cancelled is never evicted. One reaper task enforces
+every deadline by cancelling the slot's task, which then lets that client go and
+waits for the next: a read costs no wait_for task. Each answer yields once, in the
+drain of its last write (drain() yields even if the socket took it all). A file goes
+from the scratch straight to the socket; what the socket does not take is read from
+the file again after the wait, not copied. We run our own accept loop instead of
+asyncio.start_server: a MemoryError while start_server's loop wraps a new socket kills
+that loop and leaves the port bound but dead (seen on v1.29). Ours catches it, runs
+gc.collect() and keeps accepting. It waits on sockets via asyncio.core._io_queue as
+extmod/asyncio/stream.py does, parks a slot's task between clients and wakes it with
+asyncio.core._task_queue.push() (as Task.cancel() does), and sets a slot's socket as
+its Stream's .s (pinned firmware; re-check on upgrades). Needs bytearray.find (v1.29).
 """
 import asyncio
 import gc
