@@ -598,9 +598,10 @@ def test_body_deadline_is_overall(app):
 @pytest.fixture(scope="module")
 def flood_app(tmp_path_factory):
     """The app at a 96 KB heap, for the floods that keep every slot in a request. At 72k
-    it has about 12 KB free, and six connections in their requests hold 13 KB (2.2 KB
-    each, measured: the Request, the handler's and the reads' frames): a flood there
-    runs it out of memory whether or not slow clients are evicted."""
+    it had about 12 KB free, and six connections in their requests held 13 KB (2.2 KB
+    each, measured before the slots' tasks were made once: the Request, the handler's
+    and the reads' frames): a flood there ran it out of memory whether or not slow
+    clients were evicted. The module's app (76k) starts with ~16 KB free."""
     yield from start_app(tmp_path_factory.mktemp("httpd_flood"), heap="96k")
 
 

@@ -841,7 +841,7 @@ def test_close_releases_port():
 
 
 def test_canned_responses_frame_correctly():
-    for raw in (httpd._R500, httpd._R408):
+    for raw in (httpd._R500, httpd._R408, httpd._R503, httpd._RBUSY):
         head, _, body = raw.partition(b"\r\n\r\n")
         eq(int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0]), len(body), "length")
         json.loads(body)
