@@ -937,3 +937,44 @@ def test_a_waiting_client_ends_keepalive_at_the_next_answer():
         eq(srv.evictions, 0, "nobody cut off")
 
     _run(t, max_conns=1, evict_after_ms=2000)
+
+
+def test_a_heap_short_of_the_whole_pool_serves_with_the_slots_it_holds():
+    # Server() makes the slots whole, as many as the heap holds up to max_conns (here a
+    # MemoryError at the third slot's stream): two slots serve, a third client waits in
+    # the backlog until one is let go of, and nothing fails.
+    orig = asyncio.StreamReader
+    made = [0]
+
+    def short(s, *a):
+        made[0] += 1
+        if made[0] == 3:
+            raise MemoryError
+        return orig(s, *a)
+
+    async def t(srv, port):
+        eq(len(srv._slots), 2, "the slots the heap held")
+        held = []
+        for _ in range(2):
+            held.append(await _open(port))
+        for r, w in held:
+            w.write(_get(b"/api/status"))
+            await w.drain()
+            eq((await _response(r))[0], 200, "held")
+        third = asyncio.create_task(_req(port, _get(b"/api/status"), 3000))
+        await asyncio.sleep_ms(100)
+        eq(third.done(), False, "the third waits in the backlog")
+        held[0][1].write(_get(b"/api/status"))
+        await held[0][1].drain()
+        st, h, b = await _response(held[0][0])
+        eq((st, h.get("connection")), (200, "close"), "a held one hands its slot over")
+        eq((await third)[0], 200, "the third served")
+        for _, w in held:
+            await w.wait_closed()
+        eq(srv.errors, 0, "no failures")
+
+    httpd.asyncio.StreamReader = short
+    try:
+        _run(t, evict_after_ms=5000)
+    finally:
+        httpd.asyncio.StreamReader = orig
