@@ -17,8 +17,9 @@ the caller's business). Every limit is a Server class attribute, overridable per
 instance as a keyword (an unknown keyword is a TypeError).
 
 Request: method, path (raw, no query), params, query (decoded; last duplicate wins),
-headers (lower-case names; only keep_headers plus framing ones), cookies, content_length,
-left (body bytes unread), remote.
+headers (lower-case names; only keep_headers plus framing ones; the slot's own dict,
+emptied for its next request: copy what must outlive the answer), cookies,
+content_length, left (body bytes unread), remote.
   await req.read_into(buf) -> n    bytes into buf, 0 at the end; never reads past the body
   await req.read(n) -> bytearray   exactly min(n, left) bytes (n >= 0)
   await req.json(max_bytes=None)   whole body (cap: max_bytes, else the route's limit);
@@ -54,14 +55,25 @@ request was in, 411 chunked request body (send Content-Length),
 501 other Transfer-Encoding or unknown method, 413 Content-Length above the route's
 limit (answered before reading), 414 request line > max_line, 417 Expect other than
 100-continue, 431 header line > buf_size - 2, > max_headers lines or > max_header_bytes,
-500 handler exception (connection then closed), 503 an evictable handler gave way,
+500 handler exception (connection then closed), 503 an evictable handler gave way, or
+(Retry-After: 1, connection closed) a MemoryError, the heap's fault not the request's,
 505 not HTTP/1.0 or 1.1. Not 503 for a full server: see below. Every response has
 Content-Length; errors that leave the framing unknown close.
 
-Connections: at most max_conns, each with one preallocated buf_size line buffer. At
-the cap we stop calling accept(), so clients wait in the kernel's listen backlog
+Connections: a fixed pool of max_conns slots, made whole at Server(): each its buf_size
+line buffer, headers dict, stream and the task that serves its clients one after
+another (its frame made once), as many as the heap holds (a board's all; the unix
+port at 64 KB, which keeps this code in its heap too, fewer). Taking a client costs
+its socket; a request, ~1.8 KB of short-lived objects (64-bit unix port), none larger
+than its Request (~130 B), no coroutine but its handler's: the head is read and parsed
+by plain functions over the slot's buffer, the answer's head written piece by piece
+into the scratch, a handler's dict/list/None sent without a Response, and the request
+let go of before the answer's last drain. With every slot busy, or less than min_free
+heap, we stop calling accept(), so clients wait in the kernel's listen backlog
 (backlog 64: longer than a crowd of slow clients, else the overflow's SYNs are dropped
-and a new client waits out TCP's 1 s retransmit) rather than getting 503s. While one
+and a new client waits out TCP's 1 s retransmit) rather than getting 503s; a slot let
+go of wakes the accept loop at once, and meanwhile answers say Connection: close, so a
+keep-alive client hands its slot over between requests. While one
 waits there, one connection gives way per waiting client, at once: the oldest idle or
 in its head for evict_after_ms (20 ms; 80 ms if it has sent nothing yet, a phone a WiFi
 round trip away), else the body or answer furthest behind min_rate, else the oldest
@@ -76,19 +88,18 @@ second, not write_timeout_ms for each request. Bytes of its own already waiting 
 kernel keep an idle, head or body connection (the wait is ours then). Each slow client
 thus holds a slot for 20 ms, not seconds: under 30 slow heads that reconnect at once, a
 status request waits for the ones queued ahead of it, ~100 ms p99 on loopback (make
-bench). A handler that may not be cancelled is never evicted. One
-reaper task enforces every deadline by cancelling the connection task: a read costs no
-wait_for task. Each answer yields once, in the drain of its last write (drain() yields
-even if the socket took it all), and that drain is left until the request is done with: under
-load all max_conns connections get there at once, and each holds about 1.3 KB there,
-as between requests (64-bit unix port), not the 3 KB it would with its request and
-answer (18 KB for 6: about all a 64 KB heap has left). We run our own accept loop
-instead of asyncio.start_server: a MemoryError while start_server's loop wraps a new
-socket kills that loop and leaves the port bound but dead (seen on v1.29). Ours
-catches it, runs gc.collect() and keeps accepting. It waits on the socket via
-asyncio.core._io_queue as extmod/asyncio/stream.py does, and finds a connection's
-socket as its Stream's .s, not in a slot field of its own (pinned firmware; re-check on
-upgrades). Needs bytearray.find (v1.29).
+bench). A handler that may not be cancelled is never evicted. One reaper task enforces
+every deadline by cancelling the slot's task, which then lets that client go and
+waits for the next: a read costs no wait_for task. Each answer yields once, in the
+drain of its last write (drain() yields even if the socket took it all). A file goes
+from the scratch straight to the socket; what the socket does not take is read from
+the file again after the wait, not copied. We run our own accept loop instead of
+asyncio.start_server: a MemoryError while start_server's loop wraps a new socket kills
+that loop and leaves the port bound but dead (seen on v1.29). Ours catches it, runs
+gc.collect() and keeps accepting. It waits on sockets via asyncio.core._io_queue as
+extmod/asyncio/stream.py does, parks a slot's task between clients and wakes it with
+asyncio.core._task_queue.push() (as Task.cancel() does), and sets a slot's socket as
+its Stream's .s (pinned firmware; re-check on upgrades). Needs bytearray.find (v1.29).
 """
 import asyncio
 import gc
@@ -152,6 +163,13 @@ _R503 = (
     b"Retry-After: 1\r\nContent-Length: 20\r\nConnection: close\r\n\r\n"
     b'{"error": "evicted"}'
 )
+# A MemoryError before any answer: the heap, not the request, so the client may retry.
+_RBUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+    b"Retry-After: 1\r\nContent-Length: 17\r\nConnection: close\r\n\r\n"
+    b'{"error": "busy"}'
+)
+_RETRY = (("Retry-After", "1"),)
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
@@ -229,22 +247,26 @@ class Response:
 
 
 class Request:
-    def __init__(self, srv, c, method, path, query, headers, params, length, limit, expect):
-        self._srv = srv
+    # One is made per request, with as few attributes of its own as it can (the rest is
+    # on its slot, or a class default until a handler sets it): its table is then among
+    # the heap's smallest blocks, which a heap cut up by long-lived objects still has.
+    _cookies = None
+    _started = False
+    body_timeout_ms = 5000  # Server's default; set on the request when the server's differs
+    evictable = False  # a handler that only waits sets it: see Connections
+
+    def __init__(self, c, method, path, query, headers, params, length):
         self._c = c
-        self._limit = limit
-        self._expect = expect  # "100 Continue" owed before the first body read
-        self._cookies = None
         self.method = method
         self.path = path
         self.query = query
-        self.headers = headers
+        self.headers = headers  # the slot's own dict, emptied for its next request
         self.params = params
         self.content_length = self.left = length
-        self.remote = c.peer
-        self.body_timeout_ms = srv.body_timeout_ms  # a handler may lengthen its own
-        self.evictable = False  # a handler that only waits sets it: see Connections
-        self._started = False  # the body's clock runs (c.since: its first read)
+
+    @property
+    def remote(self):
+        return self._c.peer
 
     @property
     def cookies(self):
@@ -264,13 +286,13 @@ class Request:
         if left <= 0:
             return 0
         c = self._c
-        srv = self._srv
+        srv = c.srv
         if not self._started:
-            self._started = True
+            self._started = True  # the body's clock runs (c.since: its first read)
             c.since = ticks_ms()
         c.phase = _BODY
-        if self._expect:
-            self._expect = False
+        if c.expect:
+            c.expect = False
             c.deadline = ticks_add(ticks_ms(), srv.write_timeout_ms)
             await srv._write(c, _CONTINUE)
         n = min(len(buf), left)
@@ -312,7 +334,7 @@ class Request:
         return buf
 
     async def json(self, max_bytes=None):
-        if self.left > (max_bytes or self._limit):
+        if self.left > (max_bytes or self._c.limit):
             raise HTTPError(413)
         if not self.left:
             raise HTTPError(400, "empty body")
@@ -323,22 +345,35 @@ class Request:
 
 
 class _Conn:
-    """One connection slot: its line buffer is allocated once, at Server()."""
+    """One connection slot, made whole at Server() (see Connections): its line buffer,
+    headers dict, stream and task. Few attributes: each costs heap."""
 
-    def __init__(self, size, scratch):
-        self.buf = bytearray(size)
+    def __init__(self, srv, buf):
+        self.srv = srv
+        self.buf = buf
         self.mv = memoryview(self.buf)
-        self.out = jsonout.Chunks(scratch)  # JSON responses, through the shared scratch
-        self.task = self.stream = self.peer = None  # the socket: stream.s
+        self.hdrs = {}  # the request's headers: emptied in place, its table kept
+        self.line = None  # the head's request line: [method, target, version]
+        self.limit = 0  # the request's body limit, and whether 100 Continue is owed
+        self.expect = False
+        self.hs = self.hc = 0  # head parser: state; header lines << 16 | their bytes
+        self.task = None  # the slot's own, for the server's life (Server(), start())
+        self.parked = False  # its task waits for _accept to hand it a client
+        self.stream = None  # the slot's own too: its socket (.s) is the client's
+        self.peer = None
         self.phase = _FREE
         self.lo = self.hi = self.ls = 0  # unread bytes: buf[lo:hi]; last line at ls
         self.since = self.deadline = 0
         self.req = None  # the request being served, for _evict
         self.armed = self.killed = self.broken = self.sent = False
         # Answers since the client last made us wait (pipelined ones add up): started at
-        # ans, bytes handed to the stream (put) and taken by the socket (took).
-        self.run = False
-        self.ans = self.put = self.took = 0
+        # ans (None: no run), bytes handed to the stream (put) and taken by the socket (took).
+        self.ans = None
+        self.put = self.took = 0
+
+
+def _writable(io, s):
+    yield io.queue_write(s)
 
 
 def _readable(s):
@@ -369,6 +404,9 @@ class Server:
     max_body = 4096  # default route body limit (413)
     drain_max = 4096  # unread body a handler left that we skip to keep the connection
     max_requests = 100  # per connection, then Connection: close
+    # Free heap a new client needs (its socket, a request's short-lived objects: ~1.8 KB
+    # on the 64-bit unix port): below it, the client waits in the backlog as at the cap.
+    min_free = 2048
     head_timeout_ms = 5000  # first byte to end of head, overall (408)
     idle_timeout_ms = 10000  # keep-alive wait for the next request
     body_timeout_ms = 5000  # longest wait for more body bytes (a stall); per request
@@ -403,15 +441,39 @@ class Server:
         for r in routes:
             pat = [(s[1:-1],) if s[:1] == "<" else s for s in r[1].split("/")]
             self._routes.append((r[0], pat, r[2], r[3] if len(r) > 3 else self.max_body))
-        self._scratch = memoryview(bytearray(self.chunk_size))
-        self._slots = [_Conn(self.buf_size, self._scratch) for _ in range(self.max_conns)]
-        self._free = list(self._slots)
         # The first use of StreamReader loads asyncio's stream module (1.9 KB on the unix
-        # port, for good): now, with our other lasting objects, not amid a connection's.
+        # port, for good): now, first of our lasting objects, not amid a connection's.
         asyncio.StreamReader
+        self._scratch = memoryview(bytearray(self.chunk_size))
+        self._lines = {}  # status -> its encoded status line, made at first use
+        self._ctypes = {}  # Content-Type -> encoded, the first few seen
+        self._extra = None  # extra_headers encoded, at the first answer
+        keep = self.keep_headers  # the names a request's headers dict can hold
+        self._names = _FRAMING + tuple(keep) if keep is not None else _FRAMING
+        self._out = jsonout.Chunks(self._scratch)  # answers: the head, a small body
+        # The pool: each slot whole (its buffer, its task's frame and its stream, kept for
+        # the server's life), as many as the heap holds up to max_conns; a client beyond
+        # them waits in the backlog. A board's heap holds them all; the unix port's at 64
+        # KB, which also keeps this code and the app's, fewer.
+        self._slots = []
+        for _ in range(self.max_conns):
+            try:
+                c = _Conn(self, bytearray(self.buf_size))
+                c.stream = asyncio.StreamReader(None)
+                c.task = self._serve(c, True)  # start() makes it the slot's task
+            except MemoryError:
+                c = None
+                gc.collect()
+                if not self._slots:
+                    raise
+                break
+            self._slots.append(c)
+        self._free = list(self._slots)
         self._sock = self._tasks = self._linger = None
         self._probe = select.poll()  # _pending(): one poller, no allocation per look
         self._sol = 1
+        self._crowd = False  # a client waits in the backlog
+        self._napping = False  # _accept sleeps with a client waiting
         self.requests = self.timeouts = self.evictions = self.errors = 0
 
     def _ms(self, n):
@@ -441,16 +503,28 @@ class Server:
         self._linger = getattr(socket, "SO_LINGER", None)
         self._sol = socket.SOL_SOCKET
         self._tasks = (asyncio.create_task(self._accept(s)), asyncio.create_task(self._reap()))
+        for c in self._slots:
+            c.task = asyncio.create_task(c.task)
 
     def close(self):
         if self._tasks:
             for t in self._tasks:
                 t.cancel()
             self._tasks = None
+            self._napping = False
         for c in self._slots:
-            if c.task is not None:
+            t = c.task
+            c.task = None
+            if t is None:
+                continue
+            if not isinstance(t, asyncio.Task):
+                pass  # never started
+            elif c.parked:  # woken without a connection: it ends, the server being closed
+                c.parked = False
+                asyncio.core._task_queue.push(t)
+            else:
                 c.killed = True
-                c.task.cancel()
+                t.cancel()
         if self._sock:
             self._sock.close()
             self._sock = None
@@ -465,25 +539,43 @@ class Server:
             s = c = None
             try:
                 await _readable(ls)
-                if not self._free:  # at the cap: the client waits in the backlog
+                if self._room():
+                    for c in self._free:
+                        if c.parked:
+                            break
+                    else:
+                        c = None  # a slot's task is still letting its last client go
+                if c is None or not c.parked:
+                    # At the cap or short of heap: the client waits in the backlog.
+                    c = None
+                    self._crowd = True  # answers close their connections meanwhile
+                    self._napping = True  # a slot let go of wakes us (_release)
                     await asyncio.sleep_ms(self._evict())
+                    self._napping = False
                     continue
+                self._crowd = False
                 s, c_peer = ls.accept()
                 s.setblocking(False)
                 try:  # TCP_NODELAY: else Nagle holds each file chunk for the peer's delayed ACK
                     s.setsockopt(_IPPROTO_TCP, _TCP_NODELAY, 1)
                 except Exception:
                     pass
-                c = self._free.pop()
+                c.stream.s = s
+                c.stream.out_buf = b""
                 c.peer = c_peer
-                c.stream = asyncio.StreamReader(s)
                 c.phase = _NEW
                 c.since = ticks_ms()
-                c.task = asyncio.create_task(self._serve(c))
+                self._free.remove(c)
+                c.parked = False
+                asyncio.core._task_queue.push(c.task)  # the slot's task takes it from here
+                s = None
             except Exception as e:  # EAGAIN, EMFILE, ECONNABORTED, MemoryError
-                if c is not None and c.task is None:
-                    self._release(c)
-                if s is not None and (c is None or c.task is None):
+                if c is not None and c.parked:  # not handed over
+                    c.phase = _FREE
+                    c.peer = c.stream.s = None
+                    if c not in self._free:
+                        self._free.append(c)
+                if s is not None:
                     s.close()
                 if isinstance(e, MemoryError):
                     gc.collect()
@@ -491,13 +583,28 @@ class Server:
                     self._note("httpd: MemoryError in accept", e)
                 await asyncio.sleep_ms(10)
 
+    def _room(self):
+        """Heap for one more client's request (min_free), after a collection if need be;
+        the first client always gets in."""
+        if len(self._free) == len(self._slots) or gc.mem_free() >= self.min_free:
+            return True
+        gc.collect()
+        return gc.mem_free() >= self.min_free
+
     def _release(self, c):
         # out.sink too: the stream's write would keep the closed stream and socket.
-        c.task = c.stream = c.peer = c.out.sink = c.req = None
+        c.peer = c.req = c.line = c.stream.s = None
+        c.stream.out_buf = b""
         c.phase = _FREE
         c.lo = c.hi = 0
         c.armed = c.killed = c.broken = False
+        c.ans = None  # a new client's answers: a new run
         self._free.append(c)
+        if self._napping and self._tasks:  # a client waits in the backlog: take it now, not at the nap's end
+            self._napping = False
+            q = asyncio.core._task_queue  # as Task.cancel() brings a sleeping task forward
+            q.remove(self._tasks[0])
+            q.push(self._tasks[0])
 
     def _evict(self):
         """At the cap, with a client waiting: cancels the one connection that gives way
@@ -581,42 +688,151 @@ class Server:
                     except Exception as e:  # never let the reaper die: no deadlines then
                         self._note("httpd: reaper", e)
 
-    async def _serve(self, c):
+    async def _serve(self, c, worker=False):
+        # With worker, the slot's task for the server's life (start()): one connection
+        # after another, so its frame is made once. The whole request path runs here and
+        # in plain functions: a connection holds nothing more than its socket and asyncio's
+        # wait on it (as Stream.readinto waits, without its coroutine); a request makes no
+        # coroutine but its handler's, and what it made is let go of before the last drain.
+        io = asyncio.core._io_queue
         try:
-            n = 0
             while True:
-                keep = await self._request(c, n)
-                if c.sent:  # the answer's last write, drained once _request let go of it
-                    await self._drain(c)
-                if not keep:
-                    break
-                n += 1
-        except asyncio.CancelledError:
-            if not c.killed:
-                raise
-            if c.phase == _HEAD or (c.phase == _BODY and not c.sent):
-                self._try_write(c, _R408)  # timed out or evicted before the request was in
-            elif c.phase == _BUSY and not c.sent:
-                self._try_write(c, _R503)  # an evictable handler gave way
-            elif c.phase == _BUSY and c.sent and self._linger:
-                try:  # an answer not taken in time: reset, don't keep sending what is queued
-                    c.stream.s.setsockopt(self._sol, self._linger, _ABORT)
-                except Exception:
-                    pass
-        except Exception as e:
-            if isinstance(e, MemoryError):
-                gc.collect()
-            if not (c.broken or isinstance(e, (OSError, EOFError))):
-                self.errors += 1
-                self._note("httpd: connection failed", e)
-            if not (c.sent or c.broken):
-                self._try_write(c, _R500)
+                try:
+                    if worker and c.phase == _FREE:  # waits for _accept to hand it a client
+                        c.parked = True
+                        yield
+                        if self._tasks is None:
+                            return  # woken by close()
+                    s = c.stream.s
+                    if c.phase == _FREE:  # handed one by a caller of its own (tests)
+                        c.phase = _NEW
+                    n = 0
+                    while True:
+                        c.sent = False
+                        c.req = None
+                        if n:
+                            c.phase = _IDLE
+                        c.since = ticks_ms()
+                        self._arm(c, self.idle_timeout_ms if n else self.head_timeout_ms)
+                        if c.lo == c.hi and not self._pending(c):
+                            c.ans = None  # the client waits for us no more: a new answer run
+                        c.hs = 0
+                        try:
+                            while True:
+                                if c.lo < c.hi:
+                                    if c.phase != _HEAD:  # the head's clock runs from its first byte
+                                        c.phase = _HEAD
+                                        c.since = ticks_ms()
+                                        self._arm(c, self.head_timeout_ms)
+                                    if self._parse(c) != _MORE:
+                                        break
+                                while self._recv(c, s) is None:
+                                    yield io.queue_read(s)
+                            r = self._route(c)
+                        except EOFError:
+                            if c.phase == _HEAD:
+                                raise
+                            break  # closed between requests: normal
+                        except HTTPError as e:
+                            await self._fail(c, e.status)
+                            break
+                        except ValueError:  # includes UnicodeError
+                            await self._fail(c, 400)
+                            break
+                        rq, route, segs = r
+                        r = None
+                        method, _, ver = c.line
+                        keep = ver == "HTTP/1.1" and not self._crowd
+                        conn = rq.headers.get("connection", "").lower()
+                        if "close" in conn:
+                            keep = False
+                        elif "keep-alive" in conn:
+                            keep = True
+                        if n + 1 >= self.max_requests:
+                            keep = False
+                        c.req = rq
+                        self.requests += 1
+                        try:
+                            if isinstance(route, tuple):
+                                res = await route[2](rq)
+                            elif route is not None:
+                                res = Response({"error": "method not allowed"}, 405, {"Allow": route})
+                            elif self.static_root and (method == "GET" or method == "HEAD"):
+                                res = self._static(rq, segs)
+                            else:
+                                res = Response({"error": "not found"}, 404)
+                        except HTTPError as e:
+                            res = Response({"error": e.msg}, e.status)
+                        except Exception as e:
+                            if c.broken:
+                                raise
+                            self.errors += 1
+                            self._note("httpd: %s %s failed" % (method, rq.path), e)
+                            if isinstance(e, MemoryError):  # the heap, not the request: try again
+                                gc.collect()
+                                res = Response({"error": "busy"}, 503, _RETRY)
+                            else:
+                                res = Response({"error": "internal error"}, 500)
+                            keep = False
+                        if rq.left and (c.expect or rq.left > self.drain_max):
+                            keep = False  # body not read: closing is cheaper than reading it
+                        c.phase = _BUSY
+                        w = self._send(c, res, keep, method == "HEAD", ver == "HTTP/1.0")
+                        res = route = segs = method = conn = None
+                        if w is not None:
+                            await w
+                            w = None
+                        if keep and rq.left:
+                            await self._drain(c)  # the whole answer before we read on
+                            while rq.left:
+                                await rq.read_into(self._scratch)
+                        rq = c.req = c.line = None
+                        self._clear(c.hdrs)
+                        if c.sent:  # the answer's last write, drained now the request is let go of
+                            if c.stream.out_buf:
+                                await self._drain(c)
+                            else:  # all taken: still yield once, as drain() does, but no coroutine
+                                c.armed = True
+                                await asyncio.sleep_ms(0)
+                                c.armed = False
+                                c.took = c.put
+                        if not keep:
+                            break
+                        n += 1
+                except asyncio.CancelledError:
+                    if not c.killed:
+                        raise
+                    if c.phase == _HEAD or (c.phase == _BODY and not c.sent):
+                        self._try_write(c, _R408)  # timed out or evicted before the request was in
+                    elif c.phase == _BUSY and not c.sent:
+                        self._try_write(c, _R503)  # an evictable handler gave way
+                    elif c.phase == _BUSY and c.sent and self._linger:
+                        try:  # an answer not taken in time: reset, don't keep sending what is queued
+                            c.stream.s.setsockopt(self._sol, self._linger, _ABORT)
+                        except Exception:
+                            pass
+                except Exception as e:
+                    mem = isinstance(e, MemoryError)
+                    if mem:
+                        gc.collect()
+                    if not (c.broken or isinstance(e, (OSError, EOFError))):
+                        self.errors += 1
+                        self._note("httpd: connection failed", e)
+                    if not (c.sent or c.broken):
+                        self._try_write(c, _RBUSY if mem else _R500)
+                finally:
+                    if c.phase != _FREE:
+                        try:
+                            c.stream.s.close()
+                        except Exception:
+                            pass
+                        self._release(c)
+                if not worker or self._tasks is None:
+                    return
         finally:
-            try:
-                c.stream.s.close()
-            except Exception:
-                pass
-            self._release(c)
+            if worker and c.task is not None and c.task is asyncio.current_task():
+                c.task = None  # ended: the slot's next client gets a new one
+                c.parked = False
 
     def _try_write(self, c, data):
         try:
@@ -625,28 +841,31 @@ class Server:
             pass
 
     # -- reading: a bounded line reader over the slot buffer ----------------------
-    async def _fill(self, c):
+    def _recv(self, c, s):
+        """Reads what socket s has into the slot buffer -> bytes read, or None when it has
+        nothing yet (wait for it); EOFError when the client closed."""
         if c.lo == c.hi:
             c.lo = c.hi = 0
         elif c.hi == len(c.buf):  # a partial line at the end: move it to the front
             k = c.hi - c.lo
-            c.buf[:k] = bytes(c.mv[c.lo : c.hi])
+            c.buf[:k] = c.mv[c.lo : c.hi]  # moves forward in place (memmove): no copy made
             c.lo = 0
             c.hi = k
-        k = None
-        while k is None:
-            try:
-                k = await c.stream.readinto(c.mv[c.hi :])
-            except OSError:
-                c.broken = True
-                raise
+        try:
+            k = s.readinto(c.mv[c.hi :] if c.hi else c.mv)
+        except OSError:
+            c.broken = True
+            raise
+        if k is None:
+            return None
         if not k:
             c.broken = True
             raise EOFError
         c.hi += k
+        return k
 
     def _line(self, c, limit):
-        """Next buffered line at buf[ls:ls+k] without CRLF: k, _LONG, or _MORE (fill first).
+        """Next buffered line at buf[ls:ls+k] without CRLF: k, _LONG, or _MORE (read first).
 
         Plain function, not a coroutine: a head that arrived whole costs no allocation here.
         """
@@ -660,139 +879,47 @@ class Server:
         c.ls = s
         return i - s if i - s <= limit else _LONG
 
-    # -- one request ---------------------------------------------------------------
-    async def _request(self, c, n):
-        """Reads and answers request number n of the connection; False closes it."""
-        c.sent = False
-        c.req = None
-        if n:
-            c.phase = _IDLE
-        c.since = ticks_ms()
-        self._arm(c, self.idle_timeout_ms if n else self.head_timeout_ms)
-        if c.lo == c.hi:
-            if not self._pending(c):  # the client waits for us no more: a new answer run
-                c.run = False
-            try:
-                await self._fill(c)
-            except EOFError:
-                return False  # closed between requests: normal
-        c.phase = _HEAD
-        c.since = ticks_ms()
-        self._arm(c, self.head_timeout_ms)
-        try:
-            method, target, ver, hdrs = await self._head(c)
-            c.phase = _BUSY
-            c.armed = False
-            if self.check_request is not None:
-                refused = self.check_request(hdrs)
-                if refused:
-                    raise HTTPError(refused)
-            if "transfer-encoding" in hdrs:  # bodies are framed by Content-Length only
-                raise HTTPError(411 if "chunked" in hdrs["transfer-encoding"] else 501)
-            cl = hdrs.get("content-length", "0")
-            if not cl.isdigit() or len(cl) > 10:
-                raise ValueError("bad Content-Length")
-            length = int(cl)
-            expect = hdrs.get("expect")
-            if expect is not None:
-                if expect.lower() != "100-continue":
-                    raise HTTPError(417)
-                expect = length > 0
-            path, segs, query = self._target(target)
-            params = {}
-            route = self._match(method, segs, params)
-            limit = route[3] if isinstance(route, tuple) else self.max_body
-            if isinstance(route, tuple) and length > limit:
-                raise HTTPError(413)  # before reading any of it
-        except HTTPError as e:
-            return await self._fail(c, e.status)
-        except ValueError:  # includes UnicodeError
-            return await self._fail(c, 400)
-
-        keep = ver == "HTTP/1.1"
-        conn = hdrs.get("connection", "").lower()
-        if "close" in conn:
-            keep = False
-        elif "keep-alive" in conn:
-            keep = True
-        if n + 1 >= self.max_requests:
-            keep = False
-        req = Request(self, c, method, path, query, hdrs, params, length, limit, expect)
-        c.req = req
-        self.requests += 1
-        try:
-            if isinstance(route, tuple):
-                res = await route[2](req)
-            elif route is not None:
-                res = Response({"error": "method not allowed"}, 405, {"Allow": route})
-            elif self.static_root and (method == "GET" or method == "HEAD"):
-                res = self._static(req, segs)
-            else:
-                res = Response({"error": "not found"}, 404)
-            if not isinstance(res, Response):
-                res = Response(res, 200 if res is not None else 204)
-        except HTTPError as e:
-            res = Response({"error": e.msg}, e.status)
-        except Exception as e:
-            if c.broken:
-                raise
-            if isinstance(e, MemoryError):
-                gc.collect()
-            self.errors += 1
-            self._note("httpd: %s %s failed" % (method, path), e)
-            res = Response({"error": "internal error"}, 500)
-            keep = False
-        if req.left and (req._expect or req.left > self.drain_max):
-            keep = False  # body not read: closing is cheaper than reading it
-        c.phase = _BUSY
-        await self._send(c, res, keep, method == "HEAD", ver == "HTTP/1.0")
-        if keep and req.left:
-            await self._drain(c)  # the whole answer before we read on
-            while req.left:
-                await req.read_into(self._scratch)
-        return keep
-
-    async def _head(self, c):
-        """Request line and header fields -> (method, target, version, headers).
-
+    def _parse(self, c):
+        """Takes the buffered lines of a head -> _MORE (read more first) or 0 (complete):
+        its request line and headers into c. Resumes where it stopped
+        (c.hs: 0 request line next, 1 after one empty line, RFC 9112 2.2, 2 header lines).
         Raises HTTPError for 414/431/501/505 and ValueError for anything malformed.
         """
-        empty = 0  # RFC 9112 2.2: tolerate one empty line before the request line
-        while True:
+        while c.hs < 2:
             k = self._line(c, self.max_line)
             if k == _MORE:
-                await self._fill(c)
-            elif k or empty:
-                break
-            else:
-                empty = 1
-        if k < 0:
-            raise HTTPError(414)
-        parts = str(c.mv[c.ls : c.ls + k], "utf-8").split(" ")
-        if len(parts) != 3:
-            raise ValueError("bad request line")
-        method, target, ver = parts
-        if ver != "HTTP/1.1" and ver != "HTTP/1.0":
-            if ver.startswith("HTTP/"):
-                raise HTTPError(505)
-            raise ValueError("bad version")
-        if method not in _METHODS:
-            raise HTTPError(501)
-        if target[:1] != "/":
-            raise ValueError("not origin-form")
-        hdrs = {}
+                return _MORE
+            if k == 0 and c.hs == 0:
+                c.hs = 1
+                continue
+            if k < 0:
+                raise HTTPError(414)
+            parts = str(c.mv[c.ls : c.ls + k], "utf-8").split(" ")
+            if len(parts) != 3:
+                raise ValueError("bad request line")
+            method, target, ver = parts
+            if ver != "HTTP/1.1" and ver != "HTTP/1.0":
+                if ver.startswith("HTTP/"):
+                    raise HTTPError(505)
+                raise ValueError("bad version")
+            if method not in _METHODS:
+                raise HTTPError(501)
+            if target[:1] != "/":
+                raise ValueError("not origin-form")
+            c.line = parts
+            self._clear(c.hdrs)
+            c.hs = 2
+            c.hc = 0
         keep = self.keep_headers
-        count = total = 0
+        hdrs = c.hdrs
         while True:
             k = self._line(c, self.buf_size - 2)
             if k == _MORE:
-                await self._fill(c)
-                continue
+                return _MORE
             if k == 0:
-                return method, target, ver, hdrs
-            count += 1
-            total += k
-            if k < 0 or count > self.max_headers or total > self.max_header_bytes:
+                return 0
+            c.hc += 0x10000 + k  # lines above, bytes below: one attribute
+            if k < 0 or c.hc >> 16 > self.max_headers or c.hc & 0xFFFF > self.max_header_bytes:
                 raise HTTPError(431)
             s = c.ls
             i = c.buf.find(b":", s, s + k)
@@ -802,6 +929,50 @@ class Server:
             if name in _FRAMING or keep is None or name in keep:  # others: never decoded
                 v = str(c.mv[i + 1 : s + k], "utf-8").strip()
                 hdrs[name] = hdrs[name] + ", " + v if name in hdrs else v
+
+    def _clear(self, hdrs):
+        if self.keep_headers is None:
+            hdrs.clear()
+        else:
+            for name in self._names:  # emptied in place: the dict keeps its table
+                if name in hdrs:
+                    del hdrs[name]
+
+    def _route(self, c):
+        """The head is in: its checks, then routing -> (Request, the route tuple, else the
+        Allow string, else None, the path's segments). Raises as _parse does (and 411, 413, 417, the
+        check_request hook's status)."""
+        c.phase = _BUSY
+        c.armed = False
+        hdrs = c.hdrs
+        if self.check_request is not None:
+            refused = self.check_request(hdrs)
+            if refused:
+                raise HTTPError(refused)
+        if "transfer-encoding" in hdrs:  # bodies are framed by Content-Length only
+            raise HTTPError(411 if "chunked" in hdrs["transfer-encoding"] else 501)
+        cl = hdrs.get("content-length", "0")
+        if not cl.isdigit() or len(cl) > 10:
+            raise ValueError("bad Content-Length")
+        length = int(cl)
+        expect = hdrs.get("expect")
+        if expect is not None:
+            if expect.lower() != "100-continue":
+                raise HTTPError(417)
+            expect = length > 0
+        method, target, _ = c.line
+        path, segs, query = self._target(target)
+        params = {}
+        route = self._match(method, segs, params)
+        limit = route[3] if isinstance(route, tuple) else self.max_body
+        if isinstance(route, tuple) and length > limit:
+            raise HTTPError(413)  # before reading any of it
+        c.limit = limit
+        c.expect = expect  # "100 Continue" owed before the first body read
+        rq = Request(c, method, path, query, hdrs, params, length)
+        if self.body_timeout_ms != Request.body_timeout_ms:
+            rq.body_timeout_ms = self.body_timeout_ms  # a handler may lengthen its own
+        return rq, route, segs
 
     def _target(self, target):
         """-> (path, decoded segments, query dict); ValueError on traversal or bad escapes."""
@@ -877,7 +1048,9 @@ class Server:
         c.phase = _BUSY
         c.armed = False
         res = Response({"error": _REASONS[status].lower()}, status)
-        await self._send(c, res, False, False, False)
+        w = self._send(c, res, False, False, False)
+        if w is not None:
+            await w
         await self._drain(c)
         c.phase = _IDLE  # lingering: no answer owed, nothing to reset
         c.since = ticks_ms()
@@ -920,103 +1093,176 @@ class Server:
         self._put(c, data)
         return self._drain(c)
 
-    async def _send(self, c, res, keep, head_only, v10):
-        """Writes the answer, all but its last write drained: the caller drains that."""
-        st = res.status
-        h = ["HTTP/1.1 %d %s\r\n" % (st, _REASONS.get(st, "Status"))]
+    def _send(self, c, res, keep, head_only, v10):
+        """Writes the answer, all but its last write, which the caller drains: -> None, or
+        a coroutine to await for an answer that takes more than the scratch buffer.
+
+        res: a Response, or a handler's own result (dict, list, Lazy: JSON 200; None: 204;
+        bytes or str) sent as it is, without a Response made for it. The head is written
+        into the scratch buffer piece by piece, not built as a string.
+        """
+        if isinstance(res, Response):
+            st = res.status
+            obj = res.obj
+            body = res.body
+            size = res.size
+            ctype = res.ctype
+            hd = res.headers
+            path = res.path
+            lazy = res.lazy
+        elif res is None:
+            st = 204
+            obj = ctype = hd = path = None
+            body = b""
+            size = 0
+            lazy = False
+        elif isinstance(res, (dict, list, jsonout.Lazy)):
+            st = 200
+            obj = res
+            body = hd = path = None
+            size = jsonout.size(res)
+            lazy = jsonout.has_lazy()
+            ctype = "application/json"
+        else:
+            return self._send(c, Response(res), keep, head_only, v10)
+        out = self._out  # every answer that needs no await goes through this one
+        out.reset(c.stream.write)
+        line = self._lines.get(st)
+        if line is None:
+            line = ("HTTP/1.1 %d %s\r\n" % (st, _REASONS.get(st, "Status"))).encode()
+            if st in _REASONS:
+                self._lines[st] = line
+        out.write(line)
         if st != 204 and st != 304:
-            h.append("Content-Length: %d\r\n" % res.size)
-            if res.ctype:
-                h.append("Content-Type: %s\r\n" % res.ctype)
-        hd = res.headers
+            out.write(b"Content-Length: %d" % size)
+            if ctype:
+                out.write(b"\r\nContent-Type: ")
+                b = self._ctypes.get(ctype)
+                if b is None:
+                    b = ctype.encode()
+                    if len(self._ctypes) < 8:
+                        self._ctypes[ctype] = b
+                out.write(b)
+            out.write(b"\r\n")
         if hd:
             for k, v in hd.items() if isinstance(hd, dict) else hd:
-                h.append("%s: %s\r\n" % (k, v))
-        h.append(self.extra_headers)
+                out.write(("%s: %s\r\n" % (k, v)).encode())
+        if self._extra is None:
+            self._extra = self.extra_headers.encode()
+        if self._extra:
+            out.write(self._extra)
         if not keep:
-            h.append("Connection: close\r\n")
+            out.write(b"Connection: close\r\n")
         elif v10:
-            h.append("Connection: keep-alive\r\n")
-        h.append("\r\n")
-        head = "".join(h).encode()
+            out.write(b"Connection: keep-alive\r\n")
+        out.write(b"\r\n")
         c.sent = True
-        if not c.run:
-            c.run = True
+        if c.ans is None:
             c.ans = ticks_ms()
             c.put = c.took = 0
-        ms = self.write_timeout_ms + (0 if head_only else self._ms(res.size))
+        ms = self.write_timeout_ms + (0 if head_only else self._ms(size))
         c.deadline = ticks_add(ticks_ms(), min(ms, _MAX_MS))
-        s = self._scratch
-        m = len(head)
-        bare = head_only or st == 204 or st == 304
-        body = b"" if bare else res.body
-        if res.path and not bare:
-            await self._send_file(c, head, res)
-        elif res.obj is not None and not bare and (res.lazy or m + res.size > len(s)):
-            await self._send_json(c, head, res, c.put)
-        elif res.obj is not None and not bare:
-            # Fits the scratch (most answers): one write, and none of the per-item
-            # coroutines of the piecewise path.
-            out = c.out
-            out.reset(c.stream.write)
-            out.write(head)
-            json.dump(res.obj, out)
-            if out.total != m + res.size:  # changed since it was counted: framing lost
+        base = c.put
+        m = out.total  # the head's length
+        if head_only or st == 204 or st == 304:
+            pass
+        elif path:
+            return self._send_file(c, path, size, base)
+        elif obj is not None and (lazy or m + size > len(self._scratch)):
+            return self._send_json(c, obj, m + size, base)
+        elif obj is not None:  # fits the scratch (most answers): one write, no coroutines
+            json.dump(obj, out)
+            if out.total != m + size:  # changed since it was counted: framing lost
                 c.broken = True
                 raise OSError(5)
-            self._put(c, s[: out.n])
-        elif m + len(body) <= len(s):  # one write: no Nagle stall between head and body
-            s[:m] = head
-            s[m : m + len(body)] = body
-            self._put(c, s[: m + len(body)])
+        elif out.n + len(body) <= len(self._scratch):  # one write: no Nagle stall
+            out.write(body)
         else:
-            await self._write(c, head)
-            self._put(c, body)
+            return self._send_body(c, body, base)
+        self._flush(c, base)
+        return None
 
-    async def _send_json(self, c, head, res, base):
+    def _flush(self, c, base):
+        out = self._out
+        try:
+            out.flush()
+        except OSError:
+            c.broken = True
+            raise
+        finally:
+            out.sink = None  # it would keep the stream and its socket
+        c.put = base + out.total
+
+    async def _send_body(self, c, body, base):
+        self._flush(c, base)
+        await self._drain(c)
+        self._put(c, body)
+
+    async def _send_json(self, c, obj, total, base):
         # Head and body through the shared scratch, flushed to the socket whenever it
         # fills and before every await (so another connection may use it meanwhile):
         # a small answer is still one write.
-        out = c.out
-        out.reset(c.stream.write)
+        o = self._out  # the head is in the scratch: a writer of its own from there on
+        out = jsonout.Chunks(self._scratch, o.sink)
+        out.n = o.n
+        out.total = o.total
+        o.sink = None
         try:
-            out.write(head)
-            await jsonout.write(res.obj, out, lambda: self._pause(c, base))
+            await jsonout.write(obj, out, lambda: self._pause(c, out, base))
             out.flush()
         except OSError:
             c.broken = True
             raise
         c.put = base + out.total
-        if out.total != len(head) + res.size:  # never expected: the framing is lost
+        if out.total != total:  # never expected: the framing is lost
             c.broken = True
             raise OSError(5)
 
-    async def _pause(self, c, base):
-        c.out.flush()
-        c.out.dirty = False
+    async def _pause(self, c, out, base):
+        out.flush()
+        out.dirty = False
         c.armed = True
         await c.stream.drain()
         c.armed = False
-        c.took = base + c.out.total
+        c.took = base + out.total
 
-    async def _send_file(self, c, head, res):
-        # The scratch buffer is shared: write() sends or copies it before drain yields.
+    async def _send_file(self, c, path, size, base):
+        # Straight from the shared scratch to the socket: what it does not take is read
+        # from the file again after the wait, not copied into the stream (a chunk-sized
+        # block each time the client is slower than we are).
         s = self._scratch
-        m = len(head)
-        if m > len(s) // 2:  # an unusually large head goes on its own
-            await self._write(c, head)
+        out = self._out
+        m = out.n  # the head, not sent yet (a long one may have gone in part)
+        c.put = base + out.total - m
+        if m > len(s) // 2 or c.stream.out_buf:  # an unusually large head goes on its own
+            self._flush(c, base)
+            await self._drain(c)
             m = 0
-        s[:m] = head
-        left = res.size
-        with open(res.path, "rb") as f:
-            while True:
+        out.sink = None
+        sock = c.stream.s
+        io = asyncio.core._io_queue
+        left = size
+        with open(path, "rb") as f:
+            while m or left:
                 want = min(len(s) - m, left)
                 k = f.readinto(s[m : m + want]) if want else 0
                 if want and not k:
                     raise OSError(5)  # file shrank: Content-Length would lie
                 left -= k
-                if not left:
-                    self._put(c, s[: m + k])
-                    break
-                await self._write(c, s[: m + k])
+                try:
+                    n = sock.write(s[: m + k]) or 0
+                except OSError:
+                    c.broken = True
+                    raise
+                c.put += n
+                c.took = c.put
+                if n < m:  # not even the head: the rest of this piece through the stream
+                    self._put(c, s[n : m + k])
+                    await self._drain(c)
+                elif n < m + k:  # the rest of the file's piece is read again
+                    f.seek(n - m - k, 1)
+                    left += m + k - n
+                    c.armed = True
+                    await _writable(io, sock)
+                    c.armed = False
                 m = 0

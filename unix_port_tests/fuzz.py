@@ -8,6 +8,7 @@
 # FUZZ_SEED (decimal or 0x hex; default DEFAULT_SEED) picks the run, FUZZ_N (when set)
 # replaces every target's default case count. A failing case names itself with the line
 # that replays it. Plain Python as well: the host-side fuzz tests (tests/) import it.
+import io
 import os
 import sys
 
@@ -262,6 +263,22 @@ def run(target, default_n, case, check):
 
 
 # ---- pieces the fuzz tests share ---------------------------------------------------------------
+class _PieceSock(io.IOBase):
+    def __init__(self, stream):
+        self.readinto = stream.take
+        self.out = stream.out
+
+    def write(self, b):
+        self.out.extend(b)
+        return len(b)
+
+    def ioctl(self, req, arg):
+        return 0  # select.poll: nothing waiting beyond what take() gives
+
+    def close(self):
+        pass
+
+
 class PieceStream:
     """One connection as the code under test sees it: `data` in pieces of `step` bytes,
     then EOF; what it writes is kept in `out`."""
@@ -271,8 +288,13 @@ class PieceStream:
         self.pos = 0
         self.step = step
         self.out = bytearray()
+        self.out_buf = b""  # as asyncio's Stream: nothing left unsent
+        self.s = _PieceSock(self)  # the socket, which lib/httpd.py reads heads from
 
     async def readinto(self, mv):
+        return self.take(mv)
+
+    def take(self, mv):
         n = min(len(mv), len(self.data) - self.pos, self.step)
         mv[:n] = self.data[self.pos : self.pos + n]
         self.pos += n
