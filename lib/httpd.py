@@ -44,12 +44,13 @@ pieces. Raise HTTPError(status, msg) in a handler for a JSON `{"error": msg}` an
 Keep-alive: HTTP/1.1 unless "Connection: close", 1.0 only with "keep-alive"; at most
 max_requests per connection; an unread body up to drain_max is skipped, larger closes.
 Static: GET/HEAD under static_root, "/" and "dir/" map to index.html; name.gz is sent
-(Content-Encoding: gzip, Vary) when the client accepts gzip; ETag from static_tag, size
+(Content-Encoding: gzip, Vary) when the client accepts gzip, else inflated on the way
+(a window of GZIP_WBITS: the assets are compressed with it); ETag from static_tag, size
 and mtime; Cache-Control from cache_control; 304 on a matching If-None-Match.
 
 Status codes: 400 malformed request line/header/query/path (absolute-form targets,
 obs-fold, traversal: `..`/`.x` segments, `\\`, NUL, `//`, also percent-encoded),
-404/405 (+Allow) routing, 406 only a .gz asset and no gzip accepted, 408 head not
+404/405 (+Allow) routing, 408 head not
 complete within head_timeout_ms, or a body within its deadline, or evicted before its
 request was in, 411 chunked request body (send Content-Length),
 501 other Transfer-Encoding or unknown method, 413 Content-Length above the route's
@@ -237,6 +238,7 @@ class Response:
             self.lazy = jsonout.has_lazy()
         self.ctype = ctype or ("application/octet-stream" if body else None)
         self.path = None  # set by file(): streamed from flash in chunks
+        self.gunzip = 0  # a .gz file sent decompressed: its window bits (see _static)
 
     @classmethod
     def file(cls, path, ctype=None, headers=None, size=None):
@@ -379,6 +381,19 @@ def _writable(io, s):
 def _readable(s):
     # Same wait as extmod/asyncio/stream.py Server._serve: park the task until s polls in.
     yield asyncio.core._io_queue.queue_read(s)
+
+
+# Window of the web app's .gz assets (tools/build_www.py): what inflating one for a client
+# without gzip takes from the heap (8 KB), instead of deflate's 32 KB default.
+GZIP_WBITS = 13
+
+
+def _gz_size(path):
+    """The inflated size of a .gz file: its trailer's ISIZE (RFC 1952; files < 4 GB)."""
+    with open(path, "rb") as f:
+        f.seek(-4, 2)
+        b = f.read(4)
+    return b[0] | b[1] << 8 | b[2] << 16 | b[3] << 24
 
 
 def _stat(path):
@@ -1027,20 +1042,27 @@ class Server:
             p += "index.html"
         gz = "gzip" in req.headers.get("accept-encoding", "")
         st = _stat(p + ".gz") if gz else None
+        plain = False
         if st is None:
             gz = False
             st = _stat(p)
             if st is None:
-                if _stat(p + ".gz"):
-                    raise HTTPError(406, "gzip required")
-                raise HTTPError(404)
-        etag = '"%s%x-%x%s"' % (self.static_tag, st[6], st[8], "-gz" if gz else "")
+                st = _stat(p + ".gz")
+                if st is None:
+                    raise HTTPError(404)
+                plain = True  # only stored compressed: inflated on the way (curl, tools)
+        etag = '"%s%x-%x%s"' % (self.static_tag, st[6], st[8],
+                                "-gz" if gz else ("-plain" if plain else ""))
         hdrs = [("ETag", etag), ("Cache-Control", self.cache_control), ("Vary", "Accept-Encoding")]
         inm = req.headers.get("if-none-match")
         if inm and (inm == "*" or etag in inm):
             return Response(None, 304, hdrs)
         if gz:
             hdrs.append(("Content-Encoding", "gzip"))
+        if plain:
+            r = Response.file(p + ".gz", content_type(p), hdrs, _gz_size(p + ".gz"))
+            r.gunzip = GZIP_WBITS
+            return r
         return Response.file(p + ".gz" if gz else p, content_type(p), hdrs, st[6])
 
     async def _fail(self, c, status):
@@ -1110,6 +1132,8 @@ class Server:
             hd = res.headers
             path = res.path
             lazy = res.lazy
+            if res.gunzip:
+                return self._send_gunzip(c, res, keep, head_only, v10)
         elif res is None:
             st = 204
             obj = ctype = hd = path = None
@@ -1225,6 +1249,35 @@ class Server:
         await c.stream.drain()
         c.armed = False
         c.took = base + out.total
+
+    async def _send_gunzip(self, c, res, keep, head_only, v10):
+        """A .gz asset inflated for a client without gzip, in scratch-sized pieces through
+        the stream (a rare answer: no re-read trick as _send_file's). The decompressor's
+        window is GZIP_WBITS (tools/build_www.py compresses with it): a few KB while it
+        runs, none before or after."""
+        import deflate
+
+        path = res.path
+        res.path = None  # the head goes out as any other answer's (size from the trailer)
+        res.gunzip = 0
+        self._send(c, res, keep, True, v10)  # the head alone: written, nothing to await
+        if head_only:
+            return
+        size = res.size
+        c.deadline = ticks_add(ticks_ms(), min(self.write_timeout_ms + self._ms(size), _MAX_MS))
+        await self._drain(c)
+        s = self._scratch
+        left = size
+        with open(path, "rb") as f:
+            z = deflate.DeflateIO(f, deflate.GZIP, GZIP_WBITS)
+            while left:
+                k = z.readinto(s[: min(len(s), left)])
+                if not k:
+                    c.broken = True
+                    raise OSError(5)  # shorter than its trailer says: the framing is lost
+                left -= k
+                self._put(c, s[:k])
+                await self._drain(c)
 
     async def _send_file(self, c, path, size, base):
         # Straight from the shared scratch to the socket: what it does not take is read

@@ -15,6 +15,7 @@ Screenshots of the main pages go to $EVSE_SCREENSHOT_DIR (default build/screensh
 
 import hashlib
 import importlib.util
+import http.client
 import json
 import os
 import re
@@ -657,7 +658,8 @@ def test_first_login_leads_to_the_password_change(start_charger, tab):
 
 
 def test_gzip_build_renders(browser, tab, tmp_path):
-    """The tree from tools/build_www.py (gzip only) served by lib/httpd.py renders."""
+    """The tree from tools/build_www.py (gzip only) served by lib/httpd.py renders, and a
+    client without gzip gets the same files inflated."""
     www = tmp_path / "www"
     rows = build_www(WWW, www)
     assert {r[0] for r in rows} >= {"index.html", "app.js", "app.css", "lang/en.json",
@@ -682,6 +684,17 @@ def test_gzip_build_renders(browser, tab, tmp_path):
         expect(t.page.locator("#home-status")).to_have_text("Using card")
         assert encodings.get("app.js") == "gzip" and encodings.get("en.json") == "gzip", encodings
         assert not t.problems, t.problems
+        # A client without gzip (`curl http://192.168.1.1/`) gets every asset inflated.
+        for name in ("index.html", "app.js"):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            try:
+                conn.request("GET", "/" if name == "index.html" else "/" + name,
+                             headers={"Host": f"127.0.0.1:{port}"})
+                r = conn.getresponse()
+                assert (r.status, r.getheader("Content-Encoding")) == (200, None), name
+                assert r.read() == (WWW / name).read_bytes(), name
+            finally:
+                conn.close()
     finally:
         proc.kill()
         proc.wait(timeout=5)

@@ -5,18 +5,18 @@
 
 Each file under src is stored in dst as `name.gz` (gzip, level 9). lib/httpd.py serves
 `/app.js` from `app.js.gz` with `Content-Encoding: gzip` to every client that accepts
-gzip, which every browser does; so by default the flash holds each asset once, and a
-plain copy of it already in dst (tools/build.py copies firmware/ as is) is removed.
---keep-plain keeps the plain files too, for clients without gzip (httpd answers them 406
-otherwise). A file that gzip does not make smaller is stored plain only.
+gzip, which every browser does, and inflated on the way to one that does not (curl);
+so by default the flash holds each asset once, and a plain copy of it already in dst
+(tools/build.py copies firmware/ as is) is removed. --keep-plain keeps the plain files
+too. A file that gzip does not make smaller is stored plain only.
 
 The output is deterministic (no file name, mtime 0 in the gzip header): an unchanged
 asset has the same bytes in every build.
 """
 
 import argparse
-import gzip
 import sys
+import zlib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,8 +31,16 @@ def _files(src):
             yield path, rel
 
 
+# The deflate window: lib/httpd.py inflates an asset for a client without gzip with a
+# window this size (GZIP_WBITS there), 8 KB of heap instead of 32 KB; it costs about 2 %
+# of compression on the web app.
+WBITS = 13
+
+
 def compress(data):
-    return gzip.compress(data, compresslevel=9, mtime=0)
+    """gzip (RFC 1952) at level 9 with a 2**WBITS window; no name and mtime 0 in its header."""
+    z = zlib.compressobj(9, zlib.DEFLATED, 16 + WBITS)
+    return z.compress(data) + z.flush()
 
 
 def build_www(src_dir, dst_dir, keep_plain=False):
