@@ -497,3 +497,43 @@ def test_esp32_hotspot_gets_its_key_by_the_next_call_after_switching_on():
         eq((ap.is_active, ap.cfg["key"]), (True, w.ap_key), "keyed again")
     finally:
         ld.__exit__()
+
+
+def test_scan_in_ap_mode_uses_the_station_interface_and_leaves_the_hotspot_up():
+    # The installer is on the hotspot when the page lists networks: the driver scans only
+    # on the station interface, which AP mode keeps off.
+    ld, hw = _make()
+    try:
+        net = ld.network
+        ap = net.interfaces[net.AP_IF]
+        sta = net.interfaces[net.STA_IF]
+        eq((hw.wlan.mode, ap.is_active, sta.is_active), ("ap", True, False), "AP mode")
+        key = ap.cfg["key"]
+        ap_calls = []
+        for name in ("active", "config", "ifconfig", "disconnect"):
+            def rec(*a, _name=name, **kw):
+                if a or kw:
+                    ap_calls.append(_name)
+                return getattr(net.WLAN, _name)(ap, *a, **kw)
+
+            setattr(ap, name, rec)
+        eq(hw.wlan.scan(), [("home", -60, 3)], "networks listed in AP mode")
+        eq((ap.is_active, ap.cfg["key"], ap_calls), (True, key, []), "hotspot untouched")
+        eq((sta.is_active, hw.wlan.mode), (False, "ap"), "station off again")
+
+        def failing():
+            raise OSError("scan failed")
+
+        sta.scan = failing
+        try:
+            hw.wlan.scan()
+            true(False, "the error reaches the caller")
+        except OSError:
+            pass
+        eq((sta.is_active, ap.is_active), (False, True), "station off after a failed scan")
+        del sta.scan
+        hw.wlan.set_mode("client")
+        eq(hw.wlan.scan(), [("home", -60, 3)], "client mode")
+        eq(sta.is_active, True, "station left on in client mode")
+    finally:
+        ld.__exit__()

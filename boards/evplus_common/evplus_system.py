@@ -134,10 +134,22 @@ class Wlan:
             return state_err or e
 
     def scan(self):
-        if self.mode != "client":
-            return []
+        """Networks in reach, in either mode. The driver scans only on the station
+        interface, which AP mode keeps off: it is switched on for the scan alone and
+        left as it was. The hotspot is not touched (the ESP32 runs AP and station
+        together, as CYW43 does); its client may miss a few beacons while the radio
+        visits the other channels."""
+        sta = self._sta
+        was_on = sta.active()
+        if not was_on:
+            sta.active(True)
+        try:
+            found = sta.scan()
+        finally:
+            if not was_on:
+                sta.active(False)
         # network scan tuples: (ssid, bssid, channel, RSSI, security, hidden)
-        return [(s[0].decode(), s[3], s[4]) for s in self._sta.scan()]
+        return [(s[0].decode(), s[3], s[4]) for s in found]
 
     def connect(self, ssid, password=""):
         if type(ssid) is not str or not ssid:

@@ -29,6 +29,9 @@ class WLAN:
         self.ifcfg = cfg
 
     def scan(self):
+        # The ESP32 port scans on the station interface only, and only while it is on.
+        if self.kind != STA_IF or not self.is_active:
+            raise OSError("STA must be active")
         return [(b"home", b"\x00" * 6, 6, -60, 3, False)]
 
     def connect(self, ssid, key):
