@@ -61,6 +61,7 @@ class Wlan:
 
     AP_IFCONFIG = ("192.168.1.1", "255.255.255.0", "192.168.1.1", "192.168.1.1")
     ap_auth = "WPA2-PSK"
+    ap_max_clients = 1
 
     def __init__(self, network, serial, data_dir, log=_log_error):
         self._net = network
@@ -181,6 +182,7 @@ class NoWlan:
 
     ap_auth = None
     ap_key = None
+    ap_max_clients = 0
 
     def __init__(self, serial):
         self.mode = "ap"
@@ -225,6 +227,7 @@ class Lan:
 
     ap_auth = None
     ap_key = None
+    ap_max_clients = 0
     mode = "client"
 
     def __init__(self, network, serial, log=_log_error):

@@ -67,6 +67,7 @@ class WifiManager:
             "ssid": self._settings["wifi_ssid"] or None,
             "ap_ssid": getattr(w, "ap_ssid", None),
             "ap_clients": w.ap_clients(),
+            "ap_max_clients": w.ap_max_clients,  # "1 of 1": nobody else can join now
             "attempts": self.attempts,
             "retry_in_s": self._backoff_ms // 1000,
         }
