@@ -34,6 +34,7 @@ def ap_ssid_for(serial):
 class Wlan:
     ap_auth = "WPA2-PSK"  # as the EV PLUS boards: never an open hotspot
     ap_max_clients = 1  # as the EV PLUS boards: one device at a time (manual 8.1.1)
+    module_ok = True
 
     def __init__(self, plant, serial, data_dir):
         import apkey

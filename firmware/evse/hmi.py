@@ -183,12 +183,7 @@ class Hmi:
         )
 
     def _leds(self, status):
-        w = self.hw.wlan
-        if w.mode == "ap":
-            wifi = ("blue", "slow" if w.ap_clients() else "steady")
-        else:
-            wifi = ("green", "slow" if w.isconnected() else "steady")
-        self._set("wifi", wifi)
+        self._set("wifi", self._wifi_led())
         self._set("plug", ("white", "steady") if self.ch.connected else ("off", "steady"))
         if status == "Charging":
             chg = ("white", "steady")
@@ -205,6 +200,17 @@ class Hmi:
         else:
             fault = ("off", "steady")
         self._set("fault", fault)
+
+    def _wifi_led(self):
+        w = self.hw.wlan
+        try:
+            if not w.module_ok:
+                return ("red", "steady")  # manual §7.1.3: damaged WiFi module
+            if w.mode == "ap":
+                return ("blue", "slow" if w.ap_clients() else "steady")
+            return ("green", "slow" if w.isconnected() else "steady")
+        except OSError:
+            return ("red", "steady")  # the module does not answer
 
     def _button(self, now_ms):
         if self.hw.button.pressed():

@@ -4,10 +4,13 @@ AP_IF = 1
 AUTH_WPA2_PSK = 3
 STA_IF = 0
 interfaces = {}
+broken = False  # a test's: the module does not answer (esp_wifi_init fails)
 
 
 class WLAN:
     def __init__(self, kind):
+        if broken:
+            raise OSError(5)  # EIO
         self.kind = kind
         self.is_active = False
         self.cfg = {}
