@@ -102,18 +102,94 @@ class _Charger:
         return self.status
 
 
-def _hmi():
+def _hmi(settings=None):
     from evse.hmi import Hmi
 
     hw = _Hw()
     ch = _Charger()
-    return hw, ch, Hmi(hw, ch, _Met(), lambda: "ap")
+    return hw, ch, Hmi(hw, ch, _Met(), lambda: "ap", settings)
 
 
 def _run(hmi, t0, t1, step=100):
     for t in range(t0, t1, step):
         hmi.tick(t)
     return t1
+
+
+def test_welcome_after_a_restart_then_the_rotation():
+    from evse import faults
+    from evse.hmi import WELCOME_TEXT
+
+    hw, ch, hmi = _hmi({"can_addr": 1})
+    t = _run(hmi, 5000, 7900)
+    eq(set(hw.display.shown), {WELCOME_TEXT}, "the welcome alone for its first seconds")
+    t = _run(hmi, t, 8100)
+    eq(hw.display.v, "230.0 V", "then the rotation from its first item")
+    hw.display.shown.clear()
+    _run(hmi, t, t + 60000)
+    true(WELCOME_TEXT not in hw.display.shown, "once only")
+    # A fault at boot is shown at once; the welcome's time runs all the same.
+    hw, ch, hmi = _hmi()
+    ch.active = faults.MET
+    t = _run(hmi, 5000, 5200)
+    true(hw.display.v.startswith("ERR"), "fault first: %r" % hw.display.v)
+    ch.active = 0
+    _run(hmi, t, 9000)
+    eq(hw.display.v, "230.0 V", "no welcome after the fault")
+
+
+def test_station_number_in_the_rotation_idle_and_charging():
+    hw, ch, hmi = _hmi({"can_addr": 3})
+    t = _run(hmi, 0, 3000)  # the welcome
+    hw.display.shown.clear()
+    t = _run(hmi, t, t + 9000)
+    eq(hw.display.shown[:4], ["230.0 V", "50.0 Hz", "STATION 3", "230.0 V"], "idle rotation")
+    ch.session = _Session()
+    ch.status = "Charging"
+    ch.connected = True
+    hw.display.shown.clear()
+    _run(hmi, t, t + 18000)
+    eq(sorted(set(hw.display.shown)),
+       sorted(["230.0 V", "0.0 A", "50.0 Hz", "1.5 kWh", "10 Min", "STATION 3"]),
+       "charging rotation")
+    hw, ch, hmi = _hmi()  # no settings: no station number (a unit rig's Hmi)
+    t = _run(hmi, 0, 12000)
+    true(not any(x.startswith("STATION") for x in hw.display.shown), "none")
+
+
+def test_belt_and_leds_follow_the_manuals_tables():
+    from evse import faults
+
+    hw, ch, hmi = _hmi()
+    hmi.selftest_until = 2000
+    hmi.tick(1000)
+    eq(hw.belt.v, ("white", "steady"), "power-on self-test")
+    # (status, session, connected) -> belt, plug LED, charging LED (manual §7.1.1, §7.1.3)
+    rows = (
+        ("Available", False, False, ("green", "slow"), ("off", "steady"), ("off", "steady")),
+        ("Preparing", False, True, ("green", "slow"), ("white", "steady"), ("off", "steady")),
+        ("Preparing", True, True, ("blue", "steady"), ("white", "steady"), ("off", "steady")),
+        ("Charging", True, True, ("blue", "slow"), ("white", "steady"), ("white", "steady")),
+        ("SuspendedEV", True, True, ("blue", "fast"), ("white", "steady"), ("white", "slow")),
+        ("SuspendedEVSE", True, True, ("blue", "fast"), ("white", "steady"), ("white", "slow")),
+        ("Finishing", False, True, ("green", "slow"), ("white", "steady"), ("off", "steady")),
+        ("Unavailable", False, False, ("red", "slow"), ("off", "steady"), ("off", "steady")),
+    )
+    t = 3000
+    for status, session, plugged, belt, plug, charging in rows:
+        ch.status = status
+        ch.session = _Session() if session else None
+        ch.connected = plugged
+        t += 100
+        hmi.tick(t)
+        eq((hw.belt.v, hw.leds.v["plug"], hw.leds.v["charging"], hw.leds.v["fault"]),
+           (belt, plug, charging, ("off", "steady")), status)
+        eq(hw.tap_light.v, (plugged,), "tap area lit with a cable: " + status)
+    ch.status = "Faulted"
+    ch.latched = faults.PE
+    hmi.tick(t + 100)
+    eq((hw.belt.v, hw.leds.v["fault"], hw.leds.v["charging"]),
+       (("red", "steady"), ("red", "steady"), ("off", "steady")), "fault")
 
 
 def test_wifi_led_per_mode_and_red_when_the_module_does_not_answer():
