@@ -11,8 +11,11 @@ def login(c):
 def test_ap_by_default_with_the_manual_ssid_and_led(charger):
     snap = charger.wait_for(lambda s: s["leds"]["wifi"] == {"colour": "blue", "pattern": "steady"})
     assert snap["wifi_mode"] == "ap" and snap["wlan"]["ap_ssid"].startswith("ACPILE_")
-    charger.sim("wifi", ap_clients=1)
+    charger.sim("wifi", ap_clients=2)  # a second phone tries: one at a time (manual 8.1.1)
     charger.wait_for(lambda s: s["leds"]["wifi"] == {"colour": "blue", "pattern": "slow"})
+    login(charger)
+    wifi = charger.http("GET", "/api/status").body["wifi"]
+    assert (wifi["ap_clients"], wifi["ap_max_clients"], wifi["module_ok"]) == (1, 1, True), wifi
 
 
 def test_client_mode_reconnects_by_itself_with_backoff(charger):

@@ -365,6 +365,7 @@ class _Out:
 
 class _Wlan:
     mode = "ap"
+    module_ok = True
 
     def ap_clients(self):
         return 0

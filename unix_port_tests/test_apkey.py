@@ -92,6 +92,7 @@ class _Leds:
 class _Wlan:
     ap_ssid = "ACPILE_42"
     ap_key = "U92QDT4EKQ5Q"
+    module_ok = True
 
     def __init__(self):
         self.mode = "ap"

@@ -1263,6 +1263,7 @@ class _Hw:
 
         class Wlan:
             mode = "ap"
+            module_ok = True
 
             def ap_clients(self):
                 return 0
@@ -1319,6 +1320,7 @@ def test_master_lost_shown_as_warning():
     hmi = Hmi(hw, ch, Met(), lambda: "ap")
     hmi.notices.append(b.notice)
     t = 10000
+    hmi.tick(t - 3000)  # the welcome after the restart: over by t
     hmi.tick(t)
     true(hw.display.v != lb.MASTER_LOST_TEXT, "normal rotation")
     eq(hw.leds.v["fault"], ("off", "steady"), "fault LED off")

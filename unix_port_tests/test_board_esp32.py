@@ -497,3 +497,90 @@ def test_esp32_hotspot_gets_its_key_by_the_next_call_after_switching_on():
         eq((ap.is_active, ap.cfg["key"]), (True, w.ap_key), "keyed again")
     finally:
         ld.__exit__()
+
+
+def test_scan_in_ap_mode_uses_the_station_interface_and_leaves_the_hotspot_up():
+    # The installer is on the hotspot when the page lists networks: the driver scans only
+    # on the station interface, which AP mode keeps off.
+    ld, hw = _make()
+    try:
+        net = ld.network
+        ap = net.interfaces[net.AP_IF]
+        sta = net.interfaces[net.STA_IF]
+        eq((hw.wlan.mode, ap.is_active, sta.is_active), ("ap", True, False), "AP mode")
+        key = ap.cfg["key"]
+        ap_calls = []
+        for name in ("active", "config", "ifconfig", "disconnect"):
+            def rec(*a, _name=name, **kw):
+                if a or kw:
+                    ap_calls.append(_name)
+                return getattr(net.WLAN, _name)(ap, *a, **kw)
+
+            setattr(ap, name, rec)
+        eq(hw.wlan.scan(), [("home", -60, 3)], "networks listed in AP mode")
+        eq((ap.is_active, ap.cfg["key"], ap_calls), (True, key, []), "hotspot untouched")
+        eq((sta.is_active, hw.wlan.mode), (False, "ap"), "station off again")
+
+        def failing():
+            raise OSError("scan failed")
+
+        sta.scan = failing
+        try:
+            hw.wlan.scan()
+            true(False, "the error reaches the caller")
+        except OSError:
+            pass
+        eq((sta.is_active, ap.is_active), (False, True), "station off after a failed scan")
+        del sta.scan
+        hw.wlan.set_mode("client")
+        eq(hw.wlan.scan(), [("home", -60, 3)], "client mode")
+        eq(sta.is_active, True, "station left on in client mode")
+    finally:
+        ld.__exit__()
+
+
+def test_a_module_that_does_not_answer_leaves_the_charger_running_without_wifi():
+    ld = boardload.Loaded("esp32_evplus")
+    ld.__enter__()
+    try:
+        ld.network.broken = True
+        hw = ld.board.make(_ENV)
+        eq((hw.wlan.module_ok, hw.wlan.ap_key, hw.wlan.scan(), hw.wlan.ap_clients()),
+           (False, None, [], 0), "no WiFi: the WiFi LED steady red, no hotspot")
+        hw.relays.close()  # the rest of the board works
+        eq(hw.relays.closed, True, "relays")
+    finally:
+        ld.__exit__()
+    ld, hw = _make()
+    try:
+        eq((hw.wlan.module_ok, hw.wlan.ap_max_clients), (True, 1), "a module that answers")
+    finally:
+        ld.__exit__()
+
+
+def test_led_patterns_on_the_pixels():
+    # Manual 7.1: blinking slowly (1 s on, 1 s off), blinking fast (250 ms), steady.
+    ld, hw = _make()
+    try:
+        pins = sys.modules["pins"]
+        px = hw._pixels
+        np = px._np
+        white, blue, off = (64, 64, 64), (0, 0, 64), (0, 0, 0)
+        hw.belt.set("blue", "fast")  # pause during charging
+        hw.leds.set("charging", "white", "slow")  # charging suspended
+        hw.leds.set("plug", "white", "steady")  # a vehicle connected
+        seen = []
+        for t in (0, 250, 500, 750, 1000, 1250, 2000):
+            px.tick(t)
+            seen.append((np[0], np[pins.BELT_LEDS + 1], np[pins.BELT_LEDS + 2]))
+        eq([s[0] for s in seen], [blue, off, blue, off, blue, off, blue], "belt fast")
+        eq([s[2] for s in seen], [white] * 4 + [off, off, white], "charging LED slow")
+        eq([s[1] for s in seen], [white] * 7, "plug LED steady")
+        hw.belt.set("blue", "slow")  # charging
+        hw.leds.set("charging", "white", "steady")
+        px.tick(3000)
+        eq((np[0], np[pins.BELT_LEDS + 2]), (off, white), "slow belt off in its second half")
+        px.tick(4000)
+        eq(np[0], blue, "and on again")
+    finally:
+        ld.__exit__()

@@ -238,6 +238,18 @@ def test_wlan_modes_and_uplink():
     check.raises(ValueError, w.set_mode, "mesh")
 
 
+def test_hotspot_takes_one_device_at_a_time():
+    # Manual 8.1.1: one device on the hotspot at a time; the status says "1 of 1".
+    from evse.wifi import WifiManager
+
+    hw = _hw()
+    w = hw.wlan
+    view = WifiManager(w, {"wifi_mode": "ap", "wifi_ssid": "", "wifi_password": ""}).view
+    check.eq((view()["ap_clients"], view()["ap_max_clients"]), (0, 1), "nobody yet")
+    hw.plant.ap_clients = 2  # a second phone tries to join
+    check.eq((view()["ap_clients"], view()["ap_max_clients"]), (1, 1), "one let in")
+
+
 def test_rtc_is_settable():
     hw = _hw()
     hw.rtc.set(1_700_000_000)

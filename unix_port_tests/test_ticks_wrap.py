@@ -317,6 +317,7 @@ class _HmiHw:
 
         class Wlan:
             mode = "ap"
+            module_ok = True
 
             def ap_clients(self):
                 return 0

@@ -217,7 +217,7 @@ class Board(EvPlusBoard):
 
         # CAN and radio
         self.can = Can(spi, can_cs, time.ticks_ms())
-        self.wlan = system.Wlan(network, self.serial, self.data_dir)
+        self.wlan = system.make_wlan(network, self.serial, self.data_dir)
 
         self._finish(
             env, pins,

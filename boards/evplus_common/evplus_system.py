@@ -61,6 +61,8 @@ class Wlan:
 
     AP_IFCONFIG = ("192.168.1.1", "255.255.255.0", "192.168.1.1", "192.168.1.1")
     ap_auth = "WPA2-PSK"
+    ap_max_clients = 1
+    module_ok = True
 
     def __init__(self, network, serial, data_dir, log=_log_error):
         self._net = network
@@ -134,10 +136,22 @@ class Wlan:
             return state_err or e
 
     def scan(self):
-        if self.mode != "client":
-            return []
+        """Networks in reach, in either mode. The driver scans only on the station
+        interface, which AP mode keeps off: it is switched on for the scan alone and
+        left as it was. The hotspot is not touched (the ESP32 runs AP and station
+        together, as CYW43 does); its client may miss a few beacons while the radio
+        visits the other channels."""
+        sta = self._sta
+        was_on = sta.active()
+        if not was_on:
+            sta.active(True)
+        try:
+            found = sta.scan()
+        finally:
+            if not was_on:
+                sta.active(False)
         # network scan tuples: (ssid, bssid, channel, RSSI, security, hidden)
-        return [(s[0].decode(), s[3], s[4]) for s in self._sta.scan()]
+        return [(s[0].decode(), s[3], s[4]) for s in found]
 
     def connect(self, ssid, password=""):
         if type(ssid) is not str or not ssid:
@@ -164,11 +178,28 @@ class Wlan:
         return (self._ap if self.mode == "ap" else self._sta).ifconfig()
 
 
+def make_wlan(network, serial, data_dir, log=_log_error):
+    """Wlan, or NoWlan when the module does not answer at boot (OSError from the
+    driver): the charger still starts and charges, the WiFi LED steady red (manual
+    §7.1.3, "damaged WiFi module")."""
+    try:
+        return Wlan(network, serial, data_dir, log)
+    except OSError as e:
+        log("WiFi module does not answer (%r): no hotspot, no client mode" % (e,))
+    try:
+        network.WLAN(network.AP_IF).active(False)  # never a hotspot left half set up
+    except OSError:
+        pass
+    return NoWlan(serial)
+
+
 class NoWlan:
     """hw.wlan of a board without a radio: AP mode that nobody can join."""
 
     ap_auth = None
     ap_key = None
+    ap_max_clients = 0
+    module_ok = False  # the WiFi LED steady red: no module, or one that did not start
 
     def __init__(self, serial):
         self.mode = "ap"
@@ -213,6 +244,8 @@ class Lan:
 
     ap_auth = None
     ap_key = None
+    ap_max_clients = 0
+    module_ok = True  # the interface is there; a missing cable is `isconnected()` False
     mode = "client"
 
     def __init__(self, network, serial, log=_log_error):

@@ -57,7 +57,7 @@ def _wlan(serial, data_dir):
         import network
 
         if hasattr(network, "WLAN"):
-            return system.Wlan(network, serial, data_dir)
+            return system.make_wlan(network, serial, data_dir)
     except ImportError:
         pass
     return system.NoWlan(serial)

@@ -33,6 +33,8 @@ def ap_ssid_for(serial):
 
 class Wlan:
     ap_auth = "WPA2-PSK"  # as the EV PLUS boards: never an open hotspot
+    ap_max_clients = 1  # as the EV PLUS boards: one device at a time (manual 8.1.1)
+    module_ok = True
 
     def __init__(self, plant, serial, data_dir):
         import apkey
@@ -70,7 +72,9 @@ class Wlan:
         return self.mode == "client" and self.ssid is not None and self._plant.wifi_up
 
     def ap_clients(self):
-        return self._plant.ap_clients if self.mode == "ap" else 0
+        # The `wifi` op's ap_clients are the devices that try to join: the hotspot
+        # lets one in, as the boards' driver does.
+        return min(self._plant.ap_clients, self.ap_max_clients) if self.mode == "ap" else 0
 
     def ifconfig(self):
         if self.mode == "ap":

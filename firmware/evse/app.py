@@ -67,7 +67,7 @@ class App:
             clock_us=hw.clock_us,
         )
         self.balance = _Balancing(self)
-        self.hmi = Hmi(hw, self.charger, self.metering, self.toggle_wifi_mode)
+        self.hmi = Hmi(hw, self.charger, self.metering, self.toggle_wifi_mode, self.settings)
         self.hmi.notices.append(self._password_notice)  # before CONFIG ERROR: the way out
         self.hmi.notices.append(self._config_notice)
         self.hmi.notices.append(self.balance.notice)

@@ -13,6 +13,8 @@ _log = log.get("hmi")
 _ROTATE_MS = const(3000)
 _LONG_PRESS_MS = const(3000)
 _HOTSPOT_MS = const(60000)  # how long the hotspot's name and key stay in the rotation
+_WELCOME_MS = const(3000)  # the welcome text after a restart, before the rotation
+WELCOME_TEXT = "WELCOME"  # manual §12: its showing says the charger has restarted
 BEEP_OK_MS = 150
 BEEP_FAIL_MS = 150
 BEEP_FAIL_GAP_MS = 500  # two beeps about 0.5 s apart (manual §9)
@@ -20,10 +22,11 @@ BEEP_WIFI_MS = 1000  # one 1 s tone when the WiFi mode changed (manual §8.1.3)
 
 
 class Hmi:
-    def __init__(self, hw, charger, metering, wifi_mode_toggle):
+    def __init__(self, hw, charger, metering, wifi_mode_toggle, settings=None):
         self.hw = hw
         self.ch = charger
         self.met = metering
+        self._settings = settings  # its can_addr is the station number in the rotation
         self._toggle_wifi = wifi_mode_toggle
         self.message = None  # (text, until_ms) shown instead of the rotation (e.g. "100 UP")
         # fn() -> text or None: warnings that are not faults (the load-balancing master
@@ -38,6 +41,9 @@ class Hmi:
         self._press_done = False
         self._hotspot_ms = None  # ticks_ms since the hotspot's name and key are shown
         self._hotspot_idle = False  # shown only with no session (the boot's showing)
+        # ticks_ms of the first tick, -1 before it (ticks are never negative), None once
+        # the welcome is over (no stale deadline across the ticks wrap)
+        self._welcome_ms = -1
         self._last = {}
 
     # ---- buzzer ------------------------------------------------------------------------
@@ -128,6 +134,8 @@ class Hmi:
         return ("green", "slow")  # stand-by
 
     def _display(self, now_ms, status):
+        if self._welcome_ms == -1:
+            self._welcome_ms = now_ms  # from the first tick, whatever the display shows
         if self.message is not None:
             text, until = self.message
             if time.ticks_diff(until, now_ms) > 0:
@@ -139,6 +147,12 @@ class Hmi:
                 self._rot_ms = now_ms
                 self._err_i += 1
             return faults.display_text(codes[self._err_i % len(codes)])
+        if self._welcome_ms is not None:
+            if 0 <= time.ticks_diff(now_ms, self._welcome_ms) < _WELCOME_MS:
+                self._rot_ms = now_ms  # the rotation begins with its first item after
+                self._rot_i = 0
+                return WELCOME_TEXT
+            self._welcome_ms = None
         items = self._rotation(status)
         if self.ch.auth_pending is not None:
             # The rotation's only item: a prompt, not a warning (the fault LED stays off,
@@ -170,9 +184,12 @@ class Hmi:
         m = self.met
         volts = "%d.0 V" % int(m.volts[0] + 0.5)
         hz = "%.1f Hz" % m.hz
+        # The station number (manual §7.1.1) tells chargers apart in a CAN pool: the
+        # CAN address (docs/load-balancing.md).
+        station = () if self._settings is None else ("STATION %d" % self._settings["can_addr"],)
         s = self.ch.session
         if s is None or status not in ("Charging", "SuspendedEV", "SuspendedEVSE"):
-            return (volts, hz)
+            return (volts, hz) + station
         mins = max(0, self.hw.rtc.now() - s.start_s) // 60
         return (
             volts,
@@ -180,15 +197,10 @@ class Hmi:
             hz,
             "%.1f kWh" % (s.energy_wh / 1000),
             "%d Min" % mins,
-        )
+        ) + station
 
     def _leds(self, status):
-        w = self.hw.wlan
-        if w.mode == "ap":
-            wifi = ("blue", "slow" if w.ap_clients() else "steady")
-        else:
-            wifi = ("green", "slow" if w.isconnected() else "steady")
-        self._set("wifi", wifi)
+        self._set("wifi", self._wifi_led())
         self._set("plug", ("white", "steady") if self.ch.connected else ("off", "steady"))
         if status == "Charging":
             chg = ("white", "steady")
@@ -205,6 +217,17 @@ class Hmi:
         else:
             fault = ("off", "steady")
         self._set("fault", fault)
+
+    def _wifi_led(self):
+        w = self.hw.wlan
+        try:
+            if not w.module_ok:
+                return ("red", "steady")  # manual §7.1.3: damaged WiFi module
+            if w.mode == "ap":
+                return ("blue", "slow" if w.ap_clients() else "steady")
+            return ("green", "slow" if w.isconnected() else "steady")
+        except OSError:
+            return ("red", "steady")  # the module does not answer
 
     def _button(self, now_ms):
         if self.hw.button.pressed():

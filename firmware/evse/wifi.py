@@ -1,7 +1,9 @@
 # WiFi modes (manual §8.1): the hotspot for the installer (AP, the default: SSID
 # ACPILE_xx at 192.168.1.1, one client) or client mode on the saved network, used by
 # OCPP. In client mode a dropped link is retried by itself with a growing pause; the
-# charger never needs a reboot to get back on the network.
+# charger never needs a reboot to get back on the network. A module that does not
+# answer (OSError from the driver) is logged and shown (`module_ok`, the WiFi LED steady
+# red): it never stops a task, since a task that dies takes the charger to its safe state.
 import asyncio
 import time
 from micropython import const
@@ -27,7 +29,10 @@ class WifiManager:
     def apply(self):
         """Puts the radio in the configured mode (settings changed, button, boot)."""
         mode = self._settings["wifi_mode"]
-        self._wlan.set_mode(mode)
+        try:
+            self._wlan.set_mode(mode)
+        except OSError as e:
+            _log.error("WiFi module does not answer: %r", e)
         self._backoff_ms = _BACKOFF_MIN_MS
         self._next_ms = time.ticks_ms()  # try at once
         self.attempts = 0
@@ -37,7 +42,10 @@ class WifiManager:
         w = self._wlan
         if self._settings["wifi_mode"] != "client":
             return
-        up = w.isconnected()
+        try:
+            up = w.isconnected()
+        except OSError:
+            up = False  # the module does not answer: tried again with the backoff below
         if up != self._was_up:
             self._was_up = up
             if up:
@@ -61,12 +69,21 @@ class WifiManager:
 
     def view(self):
         w = self._wlan
+        ok = w.module_ok
+        try:
+            connected = w.isconnected()
+            clients = w.ap_clients()
+        except OSError:
+            ok = connected = False
+            clients = 0
         return {
             "mode": self._settings["wifi_mode"],
-            "connected": w.isconnected(),
+            "module_ok": ok,
+            "connected": connected,
             "ssid": self._settings["wifi_ssid"] or None,
             "ap_ssid": getattr(w, "ap_ssid", None),
-            "ap_clients": w.ap_clients(),
+            "ap_clients": clients,
+            "ap_max_clients": w.ap_max_clients,  # "1 of 1": nobody else can join now
             "attempts": self.attempts,
             "retry_in_s": self._backoff_ms // 1000,
         }
