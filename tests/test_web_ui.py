@@ -685,6 +685,34 @@ def test_login_rate_limit_message(start_charger, tab):
     assert not t.problems, t.problems
 
 
+def test_app_control_starts_and_stops_a_charge(start_charger, tab):
+    """APP Control with the vehicle plugged in: Start charges at once, Stop ends it."""
+    c = start_charger()
+    L = strings("en")
+    t = tab(f"http://127.0.0.1:{c.http_port}")
+    t.go("/#/config")
+    t.title(L["login.title"])
+    t.field(L["login.pw"]).fill(c.password)
+    t.button(L["btn.confirm"])
+    t.title(L["cfg.title"])
+    c.sim("cable", pp_ohms=220)
+    c.sim("ev", state="B", diode=True, max_a=16)
+    t.link(L["cfg.state"])
+    state = t.section.locator('[data-k="state"]')
+    expect(state).to_have_text(L["s.Preparing"])
+    t.button(L["app.start"])
+    expect(t.msg).to_have_text(L["app.started"])
+    c.wait_for(lambda s: s["session"]["active"] and s["session"]["start_mode"] == "App")
+    c.sim("ev", state="C", diode=True, max_a=16)
+    expect(state).to_have_text(L["s.Charging"])
+    t.button(L["app.stop"])
+    expect(t.msg).to_have_text(L["app.stopped"])
+    c.wait_for(lambda s: not s["session"]["active"])
+    expect(t.section.get_by_role("button", name=L["app.start"])).to_be_visible()
+    assert c.http("GET", "/api/history").body["sessions"][0]["stop_mode"] == "App"
+    assert not t.problems, t.problems
+
+
 def test_session_expiry_sends_to_login(start_charger, tab):
     """A page that needs a session goes to the login page and, after it, back again."""
     c = start_charger()
