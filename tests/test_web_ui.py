@@ -207,6 +207,7 @@ def test_technician_walkthrough(start_charger, tab, code, final_lang):
 def walk(t, c, L, code, final_lang):
     check_state_page(t, c, L, code)
     check_login(t, c, L)
+    check_app_control(t, c, L)
     check_system_parameters(t, c, L, code)
     check_wifi(t, c, L)
     t.link(L["cfg.setting"])
@@ -238,6 +239,8 @@ def check_state_page(t, c, L, code):
         expect(table.get_by_role("row", name=re.compile(re.escape(L["f." + key])))).to_be_visible()
     expect(table.locator('[data-k="fan"]')).to_have_text(L["fan.Stop"])
     expect(table.locator('[data-k="grid_hz"]')).to_have_text(re.compile(r"50[.,]00 Hz"))
+    expect(t.section.locator("#app-ctl")).to_be_hidden()  # APP Control: logged in only
+    assert t.page.request.get(t.base + "/api/status").json()["logged_in"] is False
 
     # A start with nothing plugged waits for the vehicle, and the page says what to do.
     c.login()
@@ -283,6 +286,30 @@ def check_login(t, c, L):
     t.title(L["cfg.title"])
 
 
+def check_app_control(t, c, L):
+    """APP Control (manual chapter 5) on the state page, once logged in: a start with no
+    vehicle waits for one, and stop withdraws it."""
+    t.link(L["cfg.state"])
+    t.title(L["state.title"])
+    assert t.page.request.get(t.base + "/api/status").json()["logged_in"] is True
+    state = t.section.locator('[data-k="state"]')
+    stop = t.section.get_by_role("button", name=L["app.stop"])
+    expect(stop).to_be_hidden()
+    t.button(L["app.start"])
+    expect(t.msg).to_have_text(L["app.plugin"])
+    expect(state).to_have_text(L["s.PlugIn"])
+    assert c.http("GET", "/api/status").body["state"] == "Preparing"
+    expect(t.section.get_by_role("button", name=L["app.start"])).to_be_hidden()
+    stop.click()
+    expect(t.msg).to_have_text(L["app.cancelled"])
+    expect(state).to_have_text(L["s.Available"])
+    expect(stop).to_be_hidden()
+    assert c.http("GET", "/api/status").body["state"] == "Available"
+    t.link(L["btn.return"])
+    t.link(L["home.config"])
+    t.title(L["cfg.title"])
+
+
 def pick(t, value):
     """Clicks a segmented choice of the system parameters, as a finger would."""
     t.section.locator("form .seg label", has_text=re.compile("^" + re.escape(value) + "$")).click()
@@ -302,19 +329,27 @@ def check_system_parameters(t, c, L, code):
     t.field(L["k.min_start_a"]).fill("8")
     expect(t.field(L["k.min_pause_s"])).to_have_value("60")
     t.field(L["k.min_pause_s"]).fill("90")
+    expect(t.field(L["k.cable_max_a"])).to_have_value("32")
+    t.field(L["k.cable_max_a"]).fill("20")
+    expect(t.field(L["k.auth_mode"])).to_have_value("free")
+    t.field(L["k.auth_mode"]).select_option("rfid")
+    t.field(L["k.ventilation"]).check()
     t.button(L["btn.apply"])
     expect(t.msg).to_have_text(L["msg.saved"])
     cfg = config(c)
     assert (cfg["charger_power"], cfg["rfid_type"], cfg["charging_mode"], cfg["cp_type"],
-            cfg["max_current_a"], cfg["min_start_a"], cfg["min_pause_s"]) == (
-                "7kW", "CPU", "C", "0.8V", 16, 8, 90)
+            cfg["max_current_a"], cfg["min_start_a"], cfg["min_pause_s"], cfg["cable_max_a"],
+            cfg["auth_mode"], cfg["ventilation"]) == (
+                "7kW", "CPU", "C", "0.8V", 16, 8, 90, 20, "rfid", True)
     t.shot(f"{code}-config")
 
     # Out of range, together with a valid change: an error at the field, nothing stored.
     pick(t, "22kW")
     t.field(L["k.max_current_a"]).fill("40")
+    t.field(L["k.cable_max_a"]).fill("70")
     t.button(L["btn.apply"])
     expect(t.err("max_current_a")).to_contain_text(L["e.max_current_a"])
+    expect(t.err("cable_max_a")).to_contain_text(L["e.cable_max_a"])
     expect(t.field(L["k.max_current_a"])).to_have_attribute("aria-invalid", "true")
     expect(t.msg).to_have_text(L["msg.invalid"])
     t.shot(f"{code}-config-error")
@@ -407,17 +442,25 @@ def check_load_balance(t, c, L):
     t.field(L["k.lb_enabled"]).check()
     t.field(L["k.max_house_current_a"]).fill("63")
     t.field(L["k.can_addr"]).fill("9")
+    expect(t.field(L["k.lb_pool_id"])).to_have_value("1")
+    t.field(L["k.lb_pool_id"]).fill("256")
+    t.field(L["k.meter_addr"]).fill("0")
     t.button(L["btn.confirm"])
     expect(t.err("can_addr")).to_contain_text(L["e.can_addr"])
+    expect(t.err("lb_pool_id")).to_contain_text(L["e.lb_pool_id"])
+    expect(t.err("meter_addr")).to_contain_text(L["e.meter_addr"])
     assert config(c)["lb_enabled"] is False
     t.field(L["k.can_addr"]).fill("2")
+    t.field(L["k.lb_pool_id"]).fill("7")
     t.field(L["k.phase_set"]).select_option("L2")
     t.field(L["k.meter_model"]).select_option("SDM630")
+    t.field(L["k.meter_addr"]).fill("12")
     t.button(L["btn.confirm"])
     expect(t.msg).to_have_text(L["msg.saved"])
     cfg = config(c)
     assert (cfg["lb_enabled"], cfg["max_house_current_a"], cfg["can_addr"], cfg["phase_set"],
-            cfg["meter_model"]) == (True, 63, 2, "L2", "SDM630")
+            cfg["meter_model"], cfg["lb_pool_id"], cfg["meter_addr"]) == (
+                True, 63, 2, "L2", "SDM630", 7, 12)
     t.link(L["btn.return"])
 
 
@@ -438,6 +481,13 @@ def check_power_system(t, c, L):
     it = t.section.get_by_role("button", name=L["power.it"])
     other = t.section.get_by_role("button", name=L["power.other"])
     expect(other).to_have_attribute("aria-pressed", "true")
+    # Manual §6.7: IT for single-phase models only, so the 22 kW model refuses it.
+    assert c.http("PUT", "/api/config", json={"charger_power": "22kW"}).status == 200
+    it.click()
+    expect(t.err("power_system")).to_contain_text(L["e.power_system"])
+    expect(other).to_have_attribute("aria-pressed", "true")
+    assert config(c)["power_system"] == "TN_TT"
+    assert c.http("PUT", "/api/config", json={"charger_power": "7kW"}).status == 200
     it.click()
     expect(t.msg).to_have_text(L["msg.saved"])
     expect(it).to_have_attribute("aria-pressed", "true")
@@ -518,8 +568,12 @@ def check_upgrade(t, c, L, code):
     expect(t.err("file")).to_have_text(L["up.nofile"])
     expect(t.err("md5")).to_have_text(L["up.badmd5"])
     image = b"EVPLUS-TEST-IMAGE" * 64
-    t.section.locator("#up-file").set_input_files(
-        files=[{"name": "evplus.bin", "mimeType": "application/octet-stream", "buffer": image}])
+    if code == "en":
+        check_md5(t, L)
+    choose_file(t, image)
+    # The page's own MD5 (no PC tool), shown and filled in.
+    expect(t.section.locator("#up-sum")).to_have_text("MD5 " + hashlib.md5(image).hexdigest())
+    expect(t.field(L["up.md5"])).to_have_value(hashlib.md5(image).hexdigest())
     t.field(L["up.md5"]).fill("not-a-checksum")
     t.button(L["btn.continue"])
     expect(t.err("md5")).to_have_text(L["up.badmd5"])
@@ -532,6 +586,37 @@ def check_upgrade(t, c, L, code):
                                ("up.none", "up.100", "up.E01", "up.E02", "up.E03", "up.E04")))
     expect(t.msg).to_have_text(done, timeout=20000)
     t.link(L["btn.return"])
+
+
+def choose_file(t, data):
+    t.section.locator("#up-file").set_input_files(
+        files=[{"name": "evplus.bin", "mimeType": "application/octet-stream", "buffer": data}])
+
+
+# RFC 1321 A.5, then sizes around the 64-byte block and the page's 64 KB chunks.
+MD5_VECTORS = {
+    b"": "d41d8cd98f00b204e9800998ecf8427e",
+    b"a": "0cc175b9c0f1b6a831c399e269772661",
+    b"abc": "900150983cd24fb0d6963f7d28e17f72",
+    b"message digest": "f96b697d7cb7938d525a2f31aaf161d0",
+    b"abcdefghijklmnopqrstuvwxyz": "c3fcd3d76192e4007dfb496cca67e13b",
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789":
+        "d174ab98d277d9f5a5611c2c9f419d9f",
+    b"1234567890" * 8: "57edf4a22be3c955ac49da2e2107b67a",
+}
+
+
+def check_md5(t, L):
+    """The Upgrade page's MD5 against RFC 1321's vectors and Python's hashlib."""
+    out = t.section.locator("#up-sum")
+    for data, digest in MD5_VECTORS.items():
+        assert hashlib.md5(data).hexdigest() == digest
+        choose_file(t, data)
+        expect(out).to_have_text("MD5 " + digest)
+    blob = os.urandom(3 << 18)
+    for n in (55, 56, 63, 64, 65, 119, 120, (64 << 10) - 1, (64 << 10) + 1, len(blob)):
+        choose_file(t, blob[:n])
+        expect(out).to_have_text("MD5 " + hashlib.md5(blob[:n]).hexdigest())
 
 
 def check_password(t, c, L):
@@ -598,6 +683,34 @@ def test_login_rate_limit_message(start_charger, tab):
     expect(t.err("password")).to_have_text(re.compile("^" + locked + "$"))
     assert L["login.locked"].startswith("Too many wrong passwords")
     t.title(L["login.title"])
+    assert not t.problems, t.problems
+
+
+def test_app_control_starts_and_stops_a_charge(start_charger, tab):
+    """APP Control with the vehicle plugged in: Start charges at once, Stop ends it."""
+    c = start_charger()
+    L = strings("en")
+    t = tab(f"http://127.0.0.1:{c.http_port}")
+    t.go("/#/config")
+    t.title(L["login.title"])
+    t.field(L["login.pw"]).fill(c.password)
+    t.button(L["btn.confirm"])
+    t.title(L["cfg.title"])
+    c.sim("cable", pp_ohms=220)
+    c.sim("ev", state="B", diode=True, max_a=16)
+    t.link(L["cfg.state"])
+    state = t.section.locator('[data-k="state"]')
+    expect(state).to_have_text(L["s.Preparing"])
+    t.button(L["app.start"])
+    expect(t.msg).to_have_text(L["app.started"])
+    c.wait_for(lambda s: s["session"]["active"] and s["session"]["start_mode"] == "App")
+    c.sim("ev", state="C", diode=True, max_a=16)
+    expect(state).to_have_text(L["s.Charging"])
+    t.button(L["app.stop"])
+    expect(t.msg).to_have_text(L["app.stopped"])
+    c.wait_for(lambda s: not s["session"]["active"])
+    expect(t.section.get_by_role("button", name=L["app.start"])).to_be_visible()
+    assert c.http("GET", "/api/history").body["sessions"][0]["stop_mode"] == "App"
     assert not t.problems, t.problems
 
 
@@ -668,7 +781,9 @@ def test_gzip_build_renders(browser, tab, tmp_path):
     # All five languages together, gzipped: what a board's flash holds of the web app (a
     # visit loads one language, about 5 KB less). Was 40 000 until the "plug in" state.
     total = sum(r[2] for r in rows)
-    assert total < 41_000, f"compressed web app is {total} bytes"
+    # Was 41 000 until APP Control, nine more installer settings in five languages and the
+    # Upgrade page's own MD5 (about 1 KB of it): 3 500 more.
+    assert total < 44_500, f"compressed web app is {total} bytes"
     port = free_port()
     cmd = [micropython(), str(ROOT / "tests" / "httpd_app.py"), str(port), str(www)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

@@ -226,6 +226,33 @@ def test_a_cut_during_a_settings_save_does_not_take_the_older_permissive_copy():
     true("max_house_current_a" in s4.invalid, "the limits not saved stay reported")
 
 
+def test_it_power_system_only_on_a_single_phase_model():
+    """Manual §6.7: IT for single-phase models only. The 22 kW model refuses it with a
+    field error on the setting the change names, and a file with both runs TN/TT."""
+    path = _fresh()
+    s = st.Settings(path)
+    s.load()
+    eq(s["charger_power"], "22kW")
+    errs = s.apply({"power_system": "IT"})
+    true("single-phase" in errs.get("power_system", ""), errs)
+    eq(s["power_system"], "TN_TT", "nothing changed")
+    errs = s.apply({"power_system": "IT", "charger_power": "22kW", "max_current_a": 16})
+    eq(sorted(errs), ["power_system"])
+    eq(s["max_current_a"], 32, "all or nothing")
+    eq(s.apply({"power_system": "IT", "charger_power": "7kW"}), {}, "7 kW: accepted")
+    errs = s.apply({"charger_power": "22kW"})
+    eq(sorted(errs), ["charger_power"], "then the model cannot become three-phase")
+    eq(s["charger_power"], "7kW")
+    with open(path, "w") as f:
+        f.write('{"power_system": "IT", "charger_power": "22kW"}')
+    s2 = st.Settings(path)
+    s2.load()
+    eq(s2["power_system"], "TN_TT", "the neutral-earth check stays on")
+    true("single-phase" in s2.invalid["power_system"], s2.invalid)
+    eq(s2.apply({"power_system": "TN_TT"}), {})
+    eq(s2.invalid, {}, "saved again: no longer reported")
+
+
 def test_secrets_are_never_in_the_public_view():
     path = _fresh()
     s = st.Settings(path)

@@ -139,6 +139,7 @@ class Api:
     # ---- handlers ---------------------------------------------------------------------------
     async def status(self, req):
         v = self.app.status()
+        v["logged_in"] = self._authed(req)  # the web app shows start and stop (APP Control)
         if not self._sees_uids(req):
             s = v["session"]
             s["id_tag"] = mask(s.get("id_tag"))

@@ -189,8 +189,12 @@ def defaults():
     return {k: v[0] for k, v in SCHEMA.items()}
 
 
-def validate(changes):
-    """Returns {key: message} for every bad field of a partial settings object."""
+_IT_1PH = "IT is for single-phase (7kW) models only"
+
+
+def validate(changes, current=None):
+    """Returns {key: message} for every bad field of a partial settings object; with
+    `current` (the values in use), also the rules between settings."""
     if not isinstance(changes, dict):
         return {"_": "must be an object"}
     errors = {}
@@ -202,6 +206,14 @@ def validate(changes):
         msg = spec[1](value)
         if msg:
             errors[key] = msg
+    if current is not None and not errors:
+        # Manual §6.7: an IT supply only for single-phase models. The error goes to the
+        # setting this change names (power system first).
+        new = dict(current)
+        new.update(changes)
+        if new.get("power_system") == "IT" and new.get("charger_power") == "22kW":
+            key = "charger_power" if "power_system" not in changes else "power_system"
+            errors[key] = _IT_1PH
     return errors
 
 
@@ -265,6 +277,13 @@ class Settings:
         for key, value in stored.items():
             if key in SCHEMA:
                 self._values[key] = _normal(key, value)
+        v = self._values
+        if v["power_system"] == "IT" and v["charger_power"] == "22kW":
+            # A three-phase model on IT: the neutral-earth check stays on (SAFE) until set
+            self._kept["power_system"] = v["power_system"]
+            v["power_system"] = SAFE["power_system"]
+            self.invalid["power_system"] = "%s: %r in use" % (_IT_1PH, v["power_system"])
+            _log.error("setting power_system %s", self.invalid["power_system"])
 
     def __getitem__(self, key):
         return self._values[key]
@@ -292,7 +311,7 @@ class Settings:
             ext = {k: v for k, v in changes.items() if k in self.extra}
             if ext:
                 changes = {k: v for k, v in changes.items() if k not in ext}
-        errors = validate(changes)
+        errors = validate(changes, self._values)
         for k, v in ext.items():
             msg = self.extra[k][0](v, changes)
             if msg:

@@ -393,20 +393,63 @@
     fan: st => tv('fan.', st.fan),
   };
 
+  let offline = false; // the message line shows state.offline: cleared once back
+
+  async function stateTick(my) {
+    try {
+      const st = await api('GET', '/api/status');
+      if (!alive(my)) return;
+      $$('#p-state [data-k]').forEach(td => { td.textContent = STATE_ROWS[td.dataset.k](st); });
+      appControl(st);
+      if (offline) say('');
+      offline = false;
+    } catch (e) {
+      if (alive(my)) {
+        say(t('state.offline'), 'bad');
+        offline = true;
+      }
+    }
+  }
+
   pages.state = {
     enter() {
-      every(POLL_MS, async my => {
-        try {
-          const st = await api('GET', '/api/status');
-          if (!alive(my)) return;
-          $$('#p-state [data-k]').forEach(td => { td.textContent = STATE_ROWS[td.dataset.k](st); });
-          say('');
-        } catch (e) {
-          if (alive(my)) say(t('state.offline'), 'bad');
-        }
-      });
+      offline = false;
+      every(POLL_MS, stateTick);
     },
   };
+
+  // APP Control (manual chapter 5): start and stop, for a logged-in user only. Stop also
+  // withdraws a start still waiting for the vehicle.
+  function appControl(st) {
+    const s = st.session || {};
+    const on = !!s.active || (st.state === 'Preparing' && st.cp_state === 'A');
+    $('#app-ctl').hidden = !st.logged_in;
+    $('#app-start').hidden = on;
+    $('#app-stop').hidden = !on;
+  }
+
+  async function appCommand(b, what) {
+    if (b.disabled) return;
+    const my = gen;
+    b.disabled = true;
+    say('');
+    try {
+      const r = (await api('POST', '/api/session/' + what, {})) || {};
+      if (!alive(my)) return;
+      const res = r.result;
+      say(res === 'plug in' ? t('app.plugin') : res === 'cancelled' ? t('app.cancelled')
+        : what === 'start' ? t('app.started') : t('app.stopped'), 'ok');
+      offline = false;
+      await stateTick(my);
+    } catch (e) {
+      if (alive(my)) fail(e);
+    } finally {
+      b.disabled = false;
+    }
+  }
+
+  onClick('#app-start', ev => appCommand(ev.currentTarget, 'start'));
+  onClick('#app-stop', ev => appCommand(ev.currentTarget, 'stop'));
 
   // ---- Login ------------------------------------------------------------------------------
   pages.login = {
@@ -821,12 +864,15 @@
   // the answer cannot arrive (E03: the charger gave up on a silent upload). An upgrade
   // started elsewhere (another browser, the central system) shows here too.
   const UP_POLL_MS = 400;
+  const MD5_CHUNK = 64 * 1024; // hashed between two yields: ~2 ms in desktop Chromium
   const UP_BACK_S = 90; // a restart plus the boot of the new version, at most
 
   pages.upgrade = {
     auth: true,
     async enter(my) {
       $('#f-up').reset();
+      sum = null;
+      $('#up-sum').textContent = '';
       $('#up-bar').hidden = true;
       $('#up-code').textContent = '';
       $('#up-progress').textContent = '';
@@ -904,11 +950,114 @@
     return t('err.http', {msg: d.error || 'HTTP 409'});
   }
 
+  // ---- MD5 (RFC 1321), for the upload's checksum: WebCrypto has none ----------------------
+  const MD5_K = [];
+  for (let i = 0; i < 64; i++) MD5_K.push(Math.floor(Math.abs(Math.sin(i + 1)) * 4294967296) | 0);
+  const MD5_S = [7, 12, 17, 22, 5, 9, 14, 20, 4, 11, 16, 23, 6, 10, 15, 21];
+
+  class Md5 {
+    constructor() {
+      this.h = [0x67452301, 0xefcdab89 | 0, 0x98badcfe | 0, 0x10325476];
+      this.buf = new Uint8Array(64);
+      this.n = 0; // bytes waiting in buf
+      this.len = 0; // bytes in all
+      this.w = new Int32Array(16);
+    }
+
+    // One 64-byte block of `b` from offset o (RFC 1321 §3.4).
+    block(b, o) {
+      const w = this.w;
+      for (let j = 0; j < 16; j++, o += 4) w[j] = b[o] | b[o + 1] << 8 | b[o + 2] << 16 | b[o + 3] << 24;
+      const h = this.h;
+      let [a, bb, c, d] = h;
+      for (let i = 0; i < 64; i++) {
+        let f;
+        let g;
+        if (i < 16) { f = (bb & c) | (~bb & d); g = i; }
+        else if (i < 32) { f = (d & bb) | (~d & c); g = (5 * i + 1) & 15; }
+        else if (i < 48) { f = bb ^ c ^ d; g = (3 * i + 5) & 15; }
+        else { f = c ^ (bb | ~d); g = (7 * i) & 15; }
+        const x = (a + f + MD5_K[i] + w[g]) | 0;
+        const r = MD5_S[(i >> 4) * 4 + (i & 3)];
+        a = d;
+        d = c;
+        c = bb;
+        bb = (bb + (x << r | x >>> (32 - r))) | 0;
+      }
+      h[0] = (h[0] + a) | 0;
+      h[1] = (h[1] + bb) | 0;
+      h[2] = (h[2] + c) | 0;
+      h[3] = (h[3] + d) | 0;
+    }
+
+    update(b) {
+      let i = 0;
+      this.len += b.length;
+      if (this.n) {
+        while (this.n < 64 && i < b.length) this.buf[this.n++] = b[i++];
+        if (this.n < 64) return;
+        this.block(this.buf, 0);
+        this.n = 0;
+      }
+      for (; i + 64 <= b.length; i += 64) this.block(b, i);
+      while (i < b.length) this.buf[this.n++] = b[i++];
+    }
+
+    hex() {
+      const bits = this.len * 8;
+      const tail = new Uint8Array((this.n < 56 ? 64 : 128) - this.n);
+      tail[0] = 0x80;
+      for (let j = 0; j < 8; j++) tail[tail.length - 8 + j] = Math.floor(bits / Math.pow(2, 8 * j)) & 255;
+      this.update(tail);
+      return this.h.map(v => [0, 8, 16, 24].map(k => ((v >>> k) & 255).toString(16).padStart(2, '0')).join('')).join('');
+    }
+  }
+
+  // The chosen file's MD5, read in chunks so the page stays responsive (files up to 4 MB).
+  let sum = null; // {file, done: Promise of the hex digest}
+
+  async function md5File(file, show) {
+    const m = new Md5();
+    for (let off = 0; off < file.size; off += MD5_CHUNK) {
+      m.update(new Uint8Array(await file.slice(off, off + MD5_CHUNK).arrayBuffer()));
+      show(Math.floor(100 * Math.min(file.size, off + MD5_CHUNK) / file.size));
+    }
+    return m.hex();
+  }
+
+  $('#up-file').addEventListener('change', () => {
+    const file = $('#up-file').files[0];
+    const out = $('#up-sum');
+    const md5 = $('#up-md5');
+    out.textContent = '';
+    if (!file) { sum = null; return; }
+    const mine = {file: file};
+    const show = pct => { if (sum === mine) out.textContent = t('up.summing', {pct: pct}); };
+    show(0);
+    mine.done = md5File(file, show).then(hex => {
+      if (sum === mine) {
+        out.textContent = 'MD5 ' + hex;
+        // Filled in unless a checksum of someone else's (the manufacturer's) is there
+        if (!md5.value || md5.value === md5.dataset.auto) md5.value = hex;
+        md5.dataset.auto = hex;
+      }
+      return hex;
+    }, () => {
+      if (sum === mine) out.textContent = t('up.unreadable');
+      return null;
+    });
+    sum = mine;
+  });
+
   onSubmit('#f-up', async form => {
     const file = $('#up-file').files[0];
-    const md5 = $('#up-md5').value.trim().toLowerCase();
+    const mine = sum && sum.file === file ? sum : null;
+    const hex = mine ? await mine.done : null;
+    const typed = $('#up-md5').value.trim().toLowerCase();
+    const md5 = typed || hex || '';
     if (!file) fieldError(form, 'file', t('up.nofile'));
     if (!/^[0-9a-f]{32}$/.test(md5)) fieldError(form, 'md5', t('up.badmd5'));
+    // A checksum typed over it (the manufacturer's) goes as typed: the charger checks it
     if (!file || !/^[0-9a-f]{32}$/.test(md5)) return;
     $('#up-code').textContent = '';
     // Ask first whether this firmware takes uploads at all: OPTIONS has no side effect
