@@ -782,8 +782,9 @@ def test_gzip_build_renders(browser, tab, tmp_path):
     # visit loads one language, about 5 KB less). Was 40 000 until the "plug in" state.
     total = sum(r[2] for r in rows)
     # Was 41 000 until APP Control, nine more installer settings in five languages and the
-    # Upgrade page's own MD5 (about 1 KB of it): 3 500 more.
-    assert total < 44_500, f"compressed web app is {total} bytes"
+    # Upgrade page's own MD5 (about 1 KB of it): 3 500 more; and 1 000 more for the 8 KB
+    # window that lets the server inflate an asset for a client without gzip (build_www).
+    assert total < 45_500, f"compressed web app is {total} bytes"
     port = free_port()
     cmd = [micropython(), str(ROOT / "tests" / "httpd_app.py"), str(port), str(www)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
