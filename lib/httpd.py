@@ -358,6 +358,7 @@ class _Conn:
         self.line = None  # the head's request line: [method, target, version]
         self.limit = 0  # the request's body limit, and whether 100 Continue is owed
         self.expect = False
+        self.free = True  # no client: the accept loop may hand it one
         self.hs = self.hc = 0  # head parser: state; header lines << 16 | their bytes
         self.task = None  # the slot's own, for the server's life (Server(), start())
         self.parked = False  # its task waits for _accept to hand it a client
@@ -483,7 +484,9 @@ class Server:
                     raise
                 break
             self._slots.append(c)
-        self._free = list(self._slots)
+        self._nfree = len(self._slots)  # slots with c.free set: no list that could grow
+        self._collected = ticks_ms()  # _room's last collection
+        self._inflating = False  # one .gz answer inflated at a time (_send_gunzip)
         self._sock = self._tasks = self._linger = None
         self._probe = select.poll()  # _pending(): one poller, no allocation per look
         self._sol = 1
@@ -498,7 +501,7 @@ class Server:
 
     @property
     def live(self):
-        return len(self._slots) - len(self._free)
+        return len(self._slots) - self._nfree
 
     async def start(self, host="0.0.0.0", port=80):
         """Binds and listens (host: an IP; getaddrinfo blocks on names), then serves."""
@@ -545,8 +548,14 @@ class Server:
             self._sock = None
 
     def _note(self, msg, exc=None):
+        # Never raises: it is called from except blocks, where an exception of the log's
+        # own (a MemoryError formatting the line) would end a slot's task or the accept
+        # loop for good.
         if self._log:
-            self._log(msg, exc)
+            try:
+                self._log(msg, exc)
+            except Exception:
+                pass
 
     # -- connections: accept, slots, deadlines -------------------------------------
     async def _accept(self, ls):
@@ -555,11 +564,11 @@ class Server:
             try:
                 await _readable(ls)
                 if self._room():
-                    for c in self._free:
-                        if c.parked:
+                    for c in self._slots:
+                        if c.free and c.parked:
                             break
                     else:
-                        c = None  # a slot's task is still letting its last client go
+                        c = None  # at the cap, or a slot's task is still letting its last client go
                 if c is None or not c.parked:
                     # At the cap or short of heap: the client waits in the backlog.
                     c = None
@@ -580,7 +589,8 @@ class Server:
                 c.peer = c_peer
                 c.phase = _NEW
                 c.since = ticks_ms()
-                self._free.remove(c)
+                c.free = False
+                self._nfree -= 1
                 c.parked = False
                 asyncio.core._task_queue.push(c.task)  # the slot's task takes it from here
                 s = None
@@ -588,8 +598,9 @@ class Server:
                 if c is not None and c.parked:  # not handed over
                     c.phase = _FREE
                     c.peer = c.stream.s = None
-                    if c not in self._free:
-                        self._free.append(c)
+                    if not c.free:
+                        c.free = True
+                        self._nfree += 1
                 if s is not None:
                     s.close()
                 if isinstance(e, MemoryError):
@@ -601,9 +612,12 @@ class Server:
     def _room(self):
         """Heap for one more client's request (min_free), after a collection if need be;
         the first client always gets in."""
-        if len(self._free) == len(self._slots) or gc.mem_free() >= self.min_free:
+        if self._nfree == len(self._slots) or gc.mem_free() >= self.min_free:
             return True
-        gc.collect()
+        now = ticks_ms()
+        if ticks_diff(now, self._collected) >= self.tick_ms:  # not a collection per look
+            self._collected = now
+            gc.collect()
         return gc.mem_free() >= self.min_free
 
     def _release(self, c):
@@ -614,7 +628,9 @@ class Server:
         c.lo = c.hi = 0
         c.armed = c.killed = c.broken = False
         c.ans = None  # a new client's answers: a new run
-        self._free.append(c)
+        if not c.free:
+            c.free = True
+            self._nfree += 1
         if self._napping and self._tasks:  # a client waits in the backlog: take it now, not at the nap's end
             self._napping = False
             q = asyncio.core._task_queue  # as Task.cancel() brings a sleeping task forward
@@ -757,12 +773,14 @@ class Server:
                         rq, route, segs = r
                         r = None
                         method, _, ver = c.line
-                        keep = ver == "HTTP/1.1" and not self._crowd
+                        keep = ver == "HTTP/1.1"
                         conn = rq.headers.get("connection", "").lower()
                         if "close" in conn:
                             keep = False
                         elif "keep-alive" in conn:
                             keep = True
+                        if self._crowd:
+                            keep = False  # a client waits in the backlog: hand the slot over
                         if n + 1 >= self.max_requests:
                             keep = False
                         c.req = rq
@@ -815,6 +833,7 @@ class Server:
                             break
                         n += 1
                 except asyncio.CancelledError:
+                    w = rq = None  # an answer's generator (an inflater's window) and the request
                     if not c.killed:
                         raise
                     if c.phase == _HEAD or (c.phase == _BODY and not c.sent):
@@ -827,14 +846,15 @@ class Server:
                         except Exception:
                             pass
                 except Exception as e:
+                    w = rq = None  # an answer's generator (an inflater's window) and the request
                     mem = isinstance(e, MemoryError)
                     if mem:
                         gc.collect()
+                    if not (c.sent or c.broken):
+                        self._try_write(c, _RBUSY if mem else _R500)
                     if not (c.broken or isinstance(e, (OSError, EOFError))):
                         self.errors += 1
                         self._note("httpd: connection failed", e)
-                    if not (c.sent or c.broken):
-                        self._try_write(c, _RBUSY if mem else _R500)
                 finally:
                     if c.phase != _FREE:
                         try:
@@ -1060,7 +1080,15 @@ class Server:
         if gz:
             hdrs.append(("Content-Encoding", "gzip"))
         if plain:
-            r = Response.file(p + ".gz", content_type(p), hdrs, _gz_size(p + ".gz"))
+            # One at a time, and only with room to spare: each takes a window and the
+            # decompressor's state (about 12 KB) from a heap the control tasks share.
+            if self._inflating or gc.mem_free() < (2 << GZIP_WBITS) + self.min_free:
+                return Response({"error": "busy"}, 503, _RETRY)
+            size = _gz_size(p + ".gz")
+            if not 0 < size <= st[6] * 1032:  # deflate expands 1032:1 at the very most
+                self._note("httpd: %s.gz is damaged (its trailer says %d bytes)" % (p, size))
+                raise HTTPError(500, "damaged file")
+            r = Response.file(p + ".gz", content_type(p), hdrs, size)
             r.gunzip = GZIP_WBITS
             return r
         return Response.file(p + ".gz" if gz else p, content_type(p), hdrs, st[6])
@@ -1253,31 +1281,54 @@ class Server:
     async def _send_gunzip(self, c, res, keep, head_only, v10):
         """A .gz asset inflated for a client without gzip, in scratch-sized pieces through
         the stream (a rare answer: no re-read trick as _send_file's). The decompressor's
-        window is GZIP_WBITS (tools/build_www.py compresses with it): a few KB while it
-        runs, none before or after."""
+        window is GZIP_WBITS (tools/build_www.py compresses with it): about 12 KB while it
+        runs, one answer at a time (_static), none before or after."""
         import deflate
 
         path = res.path
         res.path = None  # the head goes out as any other answer's (size from the trailer)
         res.gunzip = 0
-        self._send(c, res, keep, True, v10)  # the head alone: written, nothing to await
         if head_only:
+            self._send(c, res, keep, True, v10)
             return
-        size = res.size
-        c.deadline = ticks_add(ticks_ms(), min(self.write_timeout_ms + self._ms(size), _MAX_MS))
-        await self._drain(c)
-        s = self._scratch
-        left = size
-        with open(path, "rb") as f:
+        self._inflating = True
+        f = z = None
+        try:
+            f = open(path, "rb")
             z = deflate.DeflateIO(f, deflate.GZIP, GZIP_WBITS)
-            while left:
-                k = z.readinto(s[: min(len(s), left)])
+            first = bytearray(1)  # the window is taken now, before a 200 is promised
+            try:
+                k0 = z.readinto(first)
+            except MemoryError:
+                gc.collect()
+                self._send(c, Response({"error": "busy"}, 503, _RETRY), False, False, v10)
+                c.broken = True  # nothing more on this connection
+                return
+            self._send(c, res, keep, True, v10)  # the head alone: written, nothing to await
+            size = res.size
+            c.deadline = ticks_add(ticks_ms(),
+                                   min(self.write_timeout_ms + self._ms(size), _MAX_MS))
+            self._put(c, first[:k0])
+            left = size - k0
+            s = self._scratch
+            await self._drain(c)
+            while left > 0:
+                try:
+                    k = z.readinto(s[: min(len(s), left)])
+                except (OSError, ValueError) as e:  # damaged data: the framing is lost
+                    k = 0
+                    self._note("httpd: %s: %r" % (path, e))
                 if not k:
                     c.broken = True
-                    raise OSError(5)  # shorter than its trailer says: the framing is lost
+                    raise OSError(5)  # shorter than its trailer says: close, never desync
                 left -= k
                 self._put(c, s[:k])
                 await self._drain(c)
+        finally:
+            self._inflating = False
+            z = None
+            if f is not None:
+                f.close()
 
     async def _send_file(self, c, path, size, base):
         # Straight from the shared scratch to the socket: what it does not take is read

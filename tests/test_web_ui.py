@@ -14,8 +14,8 @@ Screenshots of the main pages go to $EVSE_SCREENSHOT_DIR (default build/screensh
 """
 
 import hashlib
-import importlib.util
 import http.client
+import importlib.util
 import json
 import os
 import re

@@ -117,7 +117,9 @@ def _server():
 
 
 async def _one(srv, data, step):
-    c = srv._free.pop()
+    c = [x for x in srv._slots if x.free][-1]  # a slot taken as the accept loop does
+    c.free = False
+    srv._nfree -= 1
     c.sock = _Sock()
     c.stream = s = fuzz.PieceStream(data, step)
     c.peer = ("fuzz", 0)
