@@ -220,3 +220,18 @@ def test_wifi_led_per_mode_and_red_when_the_module_does_not_answer():
     hw.wlan = _Wlan()
     hmi.tick(1300)
     eq(hw.leds.v["wifi"], ("blue", "steady"), "back")
+
+
+def test_a_card_before_plug_in_says_plug_in_at_once():
+    """A tap with nothing plugged shows PLUG IN at the next tick, even during the welcome
+    or while the hotspot's name rotates: the wait may be only a few seconds
+    (ConnectionTimeOut)."""
+    from evse.auth import PLUG_IN_TEXT
+
+    hw, ch, hmi = _hmi({"can_addr": 1})
+    t = _run(hmi, 5000, 6000)  # the welcome is showing
+    ch.auth_pending = ("04A1B2C3", "RFID", 0, None, None)
+    t = _run(hmi, t, t + 200)
+    eq(hw.display.v, PLUG_IN_TEXT, "at once")
+    t = _run(hmi, t, t + 10000)
+    true(hw.display.v == PLUG_IN_TEXT, "and it stays the prompt")

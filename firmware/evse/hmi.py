@@ -44,6 +44,7 @@ class Hmi:
         # ticks_ms of the first tick, -1 before it (ticks are never negative), None once
         # the welcome is over (no stale deadline across the ticks wrap)
         self._welcome_ms = -1
+        self._pending = False  # an authorization waited for the vehicle at the last tick
         self._last = {}
 
     # ---- buzzer ------------------------------------------------------------------------
@@ -147,6 +148,14 @@ class Hmi:
                 self._rot_ms = now_ms
                 self._err_i += 1
             return faults.display_text(codes[self._err_i % len(codes)])
+        pending = self.ch.auth_pending is not None
+        if pending and not self._pending:
+            # A card just tapped (or a remote start) waits for the vehicle: PLUG IN now,
+            # not after the welcome or the hotspot's name.
+            self._welcome_ms = None
+            self._rot_ms = now_ms
+            self._rot_i = 0
+        self._pending = pending
         if self._welcome_ms is not None:
             if 0 <= time.ticks_diff(now_ms, self._welcome_ms) < _WELCOME_MS:
                 self._rot_ms = now_ms  # the rotation begins with its first item after
@@ -154,13 +163,13 @@ class Hmi:
                 return WELCOME_TEXT
             self._welcome_ms = None
         items = self._rotation(status)
-        if self.ch.auth_pending is not None:
+        if pending:
             # The rotation's only item: a prompt, not a warning (the fault LED stays off,
             # and a warning still comes between).
             items = (PLUG_IN_TEXT,)
         hot = self._hotspot(now_ms)
         if hot is not None:
-            items = hot + items
+            items = items + hot if pending else hot + items  # the prompt first
         warn = self._warning()
         if warn is not None:
             if self._warned is None:
