@@ -686,16 +686,22 @@ def test_login_rate_limit_message(start_charger, tab):
     assert not t.problems, t.problems
 
 
+def logged_in_at(tab, c, L, route, title):
+    """A tab opened at a page that needs a session: the login page first, then the page."""
+    t = tab(f"http://127.0.0.1:{c.http_port}")
+    t.go(route)
+    t.title(L["login.title"])
+    t.field(L["login.pw"]).fill(c.password)
+    t.button(L["btn.confirm"])
+    t.title(title)
+    return t
+
+
 def test_app_control_starts_and_stops_a_charge(start_charger, tab):
     """APP Control with the vehicle plugged in: Start charges at once, Stop ends it."""
     c = start_charger()
     L = strings("en")
-    t = tab(f"http://127.0.0.1:{c.http_port}")
-    t.go("/#/config")
-    t.title(L["login.title"])
-    t.field(L["login.pw"]).fill(c.password)
-    t.button(L["btn.confirm"])
-    t.title(L["cfg.title"])
+    t = logged_in_at(tab, c, L, "/#/config", L["cfg.title"])
     c.sim("cable", pp_ohms=220)
     c.sim("ev", state="B", diode=True, max_a=16)
     t.link(L["cfg.state"])
@@ -718,12 +724,7 @@ def test_session_expiry_sends_to_login(start_charger, tab):
     """A page that needs a session goes to the login page and, after it, back again."""
     c = start_charger()
     L = strings("en")
-    t = tab(f"http://127.0.0.1:{c.http_port}")
-    t.go("/#/rfid")
-    t.title(L["login.title"])
-    t.field(L["login.pw"]).fill(c.password)
-    t.button(L["btn.confirm"])
-    t.title(L["set.rfid"])
+    t = logged_in_at(tab, c, L, "/#/rfid", L["set.rfid"])
     expect(t.section.locator("#cards tr")).to_have_count(3)  # the page has its data
     t.page.request.post(t.base + "/api/logout", data="{}",
                         headers={"Content-Type": "application/json"})

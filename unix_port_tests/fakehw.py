@@ -375,3 +375,22 @@ class IdleMeter:
     volts = [230.0, 230.0, 230.0]
     amps = [0.0, 0.0, 0.0]
     hz = 50.0
+
+
+class HmiOut:
+    """A display, belt, tap light or buzzer of the HMI tests: the last value set, and every
+    text shown."""
+
+    def __init__(self):
+        self.v = None
+        self.shown = []
+
+    def show(self, text):
+        self.v = text
+        self.shown.append(text)
+
+    def set(self, *a):
+        self.v = a
+
+    def beep(self, ms):
+        self.v = ms

@@ -4,7 +4,7 @@ import os
 
 import apkey
 from check import eq, raises, tmpdir, true
-from fakehw import IdleCharger as _Charger, IdleMeter as _Met
+from fakehw import HmiOut as _Out, IdleCharger as _Charger, IdleMeter as _Met
 
 _SECRET = bytes(range(16))
 
@@ -66,22 +66,6 @@ def test_bad_secret_file_is_kept_and_a_key_for_this_boot_used():
     with open(path, "rb") as f:
         eq(f.read(), b"short", "the file is left as it was")
     true(apkey.load_secret(d, notes.append) != s, "random for each boot")
-
-
-class _Out:
-    def __init__(self):
-        self.v = None
-        self.shown = []
-
-    def show(self, text):
-        self.v = text
-        self.shown.append(text)
-
-    def set(self, *a):
-        self.v = a
-
-    def beep(self, ms):
-        self.v = ms
 
 
 class _Leds:

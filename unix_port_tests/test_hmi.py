@@ -3,23 +3,7 @@
 import time
 
 from check import eq, true
-from fakehw import IdleMeter as _Met
-
-
-class _Out:
-    def __init__(self):
-        self.v = None
-        self.shown = []
-
-    def show(self, text):
-        self.v = text
-        self.shown.append(text)
-
-    def set(self, *a):
-        self.v = a
-
-    def beep(self, ms):
-        self.v = ms
+from fakehw import HmiOut as _Out, IdleMeter as _Met
 
 
 class _Leds:
