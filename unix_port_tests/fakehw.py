@@ -394,3 +394,19 @@ class HmiOut:
 
     def beep(self, ms):
         self.v = ms
+
+
+class HmiHw:
+    """What evse/hmi.py drives of a board: recorded outputs, and the given WiFi, button,
+    LEDs and a clock that stands at now_s."""
+
+    def __init__(self, wlan, button, leds, now_s=0):
+        self.display = HmiOut()
+        self.belt = HmiOut()
+        self.tap_light = HmiOut()
+        self.buzzer = HmiOut()
+        self.leds = leds
+        self.wlan = wlan
+        self.button = button
+        self.rtc = Rtc()
+        self.rtc.t = now_s

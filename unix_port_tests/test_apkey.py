@@ -4,7 +4,7 @@ import os
 
 import apkey
 from check import eq, raises, tmpdir, true
-from fakehw import HmiOut as _Out, IdleCharger as _Charger, IdleMeter as _Met
+from fakehw import HmiHw, IdleCharger as _Charger, IdleMeter as _Met
 
 _SECRET = bytes(range(16))
 
@@ -95,21 +95,8 @@ class _Button:
         return self.down
 
 
-class _Hw:
-    def __init__(self):
-        self.display = _Out()
-        self.belt = _Out()
-        self.tap_light = _Out()
-        self.buzzer = _Out()
-        self.leds = _Leds()
-        self.wlan = _Wlan()
-        self.button = _Button()
-
-        class Rtc:
-            def now(self):
-                return 0
-
-        self.rtc = Rtc()
+def _Hw():  # noqa: N802 (a fake board, built like the others)
+    return HmiHw(_Wlan(), _Button(), _Leds(), now_s=0)
 
 
 

@@ -3,7 +3,7 @@
 import time
 
 from check import eq, true
-from fakehw import HmiOut as _Out, IdleMeter as _Met
+from fakehw import HmiHw, IdleMeter as _Met
 
 
 class _Leds:
@@ -52,21 +52,8 @@ class _Button:
         return False
 
 
-class _Rtc:
-    def now(self):
-        return 600
-
-
-class _Hw:
-    def __init__(self):
-        self.display = _Out()
-        self.belt = _Out()
-        self.tap_light = _Out()
-        self.buzzer = _Out()
-        self.leds = _Leds()
-        self.wlan = _Wlan()
-        self.button = _Button()
-        self.rtc = _Rtc()
+def _Hw():  # noqa: N802 (a fake board, built like the others)
+    return HmiHw(_Wlan(), _Button(), _Leds(), now_s=600)
 
 
 class _Session:
