@@ -107,15 +107,19 @@ def source_tree():
     return src
 
 
+def _tools(name):
+    """A module of tools/ (this file may be imported from tests/, without tools/ on the path)."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        return __import__(name)
+    finally:
+        sys.path.pop(0)
+
+
 def write_manifest(path):
     """The firmware of BOARD, the entry scripts and asyncio, frozen; no port manifest (the
     unix port's asks for micropython-lib packages the firmware does not use)."""
-    sys.path.insert(0, str(ROOT / "tools"))
-    try:
-        from manifest import manifest_text
-    finally:
-        sys.path.pop(0)
-    lines = manifest_text(BOARD, path.parent).splitlines()
+    lines = _tools("manifest").manifest_text(BOARD, path.parent).splitlines()
     lines = [x for x in lines if "$(PORT_DIR)/boards/manifest.py" not in x]
     fw = os.path.relpath(ROOT / "firmware", path.parent)
     lines += [
@@ -130,9 +134,11 @@ def _stamp(src):
     h = hashlib.sha256()
     h.update(" ".join(MAKE_FLAGS).encode())
     h.update(str(src.resolve()).encode())
-    for top in ("firmware", "lib", f"boards/{BOARD}", "tools/manifest.py", "tools/build.py",
-                "tools/mcu.py"):
-        p = ROOT / top
+    # What the manifest freezes (the same directory list as the build), and the tools
+    # that write it.
+    dirs = [ROOT / "firmware", *_tools("build").module_dirs(ROOT, BOARD)]
+    tools = [ROOT / "tools" / n for n in ("manifest.py", "build.py", "mcu.py")]
+    for p in dirs + tools:
         for f in sorted([p] if p.is_file() else p.rglob("*.py")):
             h.update(f.relative_to(ROOT).as_posix().encode())
             h.update(f.read_bytes())

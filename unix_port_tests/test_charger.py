@@ -849,21 +849,24 @@ def test_a_waiting_authorization_ends_with_a_fault_or_inoperative():
     within the wait) nor past Inoperative: the vehicle plugged in afterwards starts nothing."""
     from evse.auth import Authorizer
 
-    for what in ("trip", "unavailable"):
+    def inoperative(ch, on):
+        ch.unavailable = on
+
+    def trip(ch, on):
+        if on:
+            ch.trip(faults.LVP)
+        else:
+            ch.clear(faults.LVP)
+
+    for what, cause in (("trip", trip), ("unavailable", inoperative)):
         r = Rig()
         auth = Authorizer(r.ch, r.settings, None, r.hw.meter)
         eq(auth.start("04A1B2C3", "RFID"), (True, "plug in"))
-        if what == "trip":
-            r.ch.trip(faults.LVP)
-        else:
-            r.ch.unavailable = True
+        cause(r.ch, True)
         r.run(100)
         auth.tick()
         eq(r.ch.auth_pending, None, what)
-        if what == "trip":
-            r.ch.clear(faults.LVP)
-        else:
-            r.ch.unavailable = False
+        cause(r.ch, False)
         r.run(500)
         auth.tick()
         eq(r.ch.ocpp_status(), "Available", what)

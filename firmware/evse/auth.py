@@ -14,6 +14,7 @@ FREE_TAG = "FREE"
 PENDING_MS = 60000  # an authorization given before plug-in waits this long (ConnectionTimeOut)
 PLUG_IN_TEXT = "PLUG IN"  # the display meanwhile (evse/hmi.py; 12 characters at most)
 _NO_VEHICLE = "no vehicle connected"  # charger.start_session: the one refusal a wait cures
+_ANOTHER_WAITS = "another card waits for the vehicle"  # one authorization waits at a time
 
 
 class Authorizer:
@@ -81,7 +82,7 @@ class Authorizer:
             _log.info("authorization of %s withdrawn before plug-in", id_tag)
             return True, "cancelled"
         if pend is not None:
-            return False, "another card waits for the vehicle"
+            return False, _ANOTHER_WAITS
         verdict, src = await self.ask(id_tag)
         if verdict != "Accepted":
             self.unknown = True
@@ -102,14 +103,15 @@ class Authorizer:
         ch = self.ch
         pend = ch.auth_pending
         if pend is not None and pend[0].upper() != id_tag.upper():
-            return False, "another card waits for the vehicle"
+            return False, _ANOTHER_WAITS
         why = ch.start_session(id_tag, start_mode, self.met.energy_wh)
         if why is None:
             return True, "started"
         if why == _NO_VEHICLE:
             # Identification before plug-in: the charge starts when the vehicle arrives.
             expires = time.ticks_add(ch.clock(), self._pending_ms())
-            ch.auth_pending = (id_tag, start_mode, expires, source, self._local_verdict(source, id_tag))
+            verdict = self._local_verdict(source, id_tag)  # what a change is judged against
+            ch.auth_pending = (id_tag, start_mode, expires, source, verdict)
             return True, "plug in"
         return False, why
 
