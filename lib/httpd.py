@@ -75,7 +75,8 @@ heap, we stop calling accept(), so clients wait in the kernel's listen backlog
 and a new client waits out TCP's 1 s retransmit) rather than getting 503s; a slot let
 go of wakes the accept loop at once, and meanwhile answers say Connection: close, so a
 keep-alive client hands its slot over between requests. While one
-waits there, one connection gives way per waiting client, at once: the oldest idle or
+waits there (short of heap only after a collection said so: garbage closes no
+connection), one connection gives way per waiting client, at once: the oldest idle or
 in its head for evict_after_ms (20 ms; 80 ms if it has sent nothing yet, a phone a WiFi
 round trip away), else the body or answer furthest behind min_rate, else the oldest
 handler that set req.evictable. A body gives way once more than evict_after_ms behind
@@ -563,7 +564,8 @@ class Server:
             s = c = None
             try:
                 await _readable(ls)
-                if self._room():
+                room = self._room()
+                if room:
                     for c in self._slots:
                         if c.free and c.parked:
                             break
@@ -572,9 +574,12 @@ class Server:
                 if c is None or not c.parked:
                     # At the cap or short of heap: the client waits in the backlog.
                     c = None
-                    self._crowd = True  # answers close their connections meanwhile
                     self._napping = True  # a slot let go of wakes us (_release)
-                    await asyncio.sleep_ms(self._evict())
+                    if room is None:  # maybe only garbage: no one gives way before a collection
+                        await asyncio.sleep_ms(self._uncollected_ms())
+                    else:
+                        self._crowd = True  # answers close their connections meanwhile
+                        await asyncio.sleep_ms(self._evict())
                     self._napping = False
                     continue
                 self._crowd = False
@@ -610,15 +615,21 @@ class Server:
                 await asyncio.sleep_ms(10)
 
     def _room(self):
-        """Heap for one more client's request (min_free), after a collection if need be;
-        the first client always gets in."""
+        """Heap for one more client's request (min_free), after a collection if need be:
+        True; False if short after one; None if short and the last collection was less
+        than tick_ms ago (not one per look), so the shortage may be garbage and no
+        connection gives way for it. The first client always gets in."""
         if self._nfree == len(self._slots) or gc.mem_free() >= self.min_free:
             return True
-        now = ticks_ms()
-        if ticks_diff(now, self._collected) >= self.tick_ms:  # not a collection per look
-            self._collected = now
-            gc.collect()
+        if self._uncollected_ms():
+            return None
+        self._collected = ticks_ms()
+        gc.collect()
         return gc.mem_free() >= self.min_free
+
+    def _uncollected_ms(self):
+        """ms until _room may collect again (0: now)."""
+        return max(0, self.tick_ms - ticks_diff(ticks_ms(), self._collected))
 
     def _release(self, c):
         # out.sink too: the stream's write would keep the closed stream and socket.

@@ -595,6 +595,32 @@ def test_short_of_heap_a_client_waits_in_the_backlog_not_dropped():
     _run(t, evict_after_ms=5000)
 
 
+def test_garbage_alone_does_not_close_a_keep_alive_connection():
+    # Six keep-alive connections answered one after another leave ~2 KB of garbage each:
+    # the heap looks short of min_free while a collection would free it. A newcomer then
+    # waits for the next collection; no idle connection is closed for garbage (a browser's
+    # next request on it would meet a closed socket).
+    async def t(srv, port):
+        held_r, held_w = await _open(port)
+        held_w.write(_get(b"/api/status"))
+        await held_w.drain()
+        eq((await _response(held_r))[0], 200, "first")
+        gc.collect()
+        srv.min_free = gc.mem_free() - 8192  # room after a collection
+        junk = [bytearray(512) for _ in range(40)]  # 20 KB: short until collected
+        junk = None  # noqa: F841 (garbage now)
+        srv._collected = ticks_ms()  # just collected: the next may come a tick later
+        true(gc.mem_free() < srv.min_free, "short of heap before a collection")
+        eq((await _req(port, _get(b"/api/status")))[0], 200, "the newcomer served")
+        eq(srv.evictions, 0, "no connection gave way")
+        held_w.write(_get(b"/api/status"))
+        await held_w.drain()
+        eq((await _response(held_r))[0], 200, "the idle connection still open")
+        await held_w.wait_closed()
+
+    _run(t)
+
+
 def test_timeouts():
     async def t(srv, port):
         # Head not finished within head_timeout_ms -> 408 and close.
