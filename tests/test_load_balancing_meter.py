@@ -71,6 +71,7 @@ WAIT_S = 15.0  # bound on a wait of the test, not a figure of the firmware
 # once the allocation has stayed 1 A above the offer for 5 s.
 PAUSE_S = 5.0 + 5.0
 RAISE_HOLD_S = 5.0
+RAISE_EVERY_S = 5.0  # charger._RAISE_EVERY_MS: no raise within 5 s of a change of the offer
 RAISE_MARGIN_A = 1.0  # charger.RAISE_MARGIN_A: a raise needs the limit this far above
 CAN_CLEAR_S = 10.0  # protection: ERR CAN ADDR clears this long after the clash ends
 CLASH_CLEAR_S = 3.0  # balance.CLASH_CLEAR_MS: no frame with our address -> clash over
@@ -297,13 +298,19 @@ class MeterPool:
             ok[0] = ok[0] + 1 if pred(offers(snaps)) else 0
             return ok[0] >= 2
 
+        first = len(self.watch.rounds)
         try:
             self.watch.wait(both, timeout, what)
         except AssertionError as e:
             views = [(s or {}).get("balance") for s in self.watch.snaps]
             limits = [(s or {}).get("limits", {}).get("external") for s in self.watch.snaps]
+            trail, last = [], None  # the offers each time they changed, from the wait's start
+            for t0, _t1, o in self.watch.rounds[first:]:
+                if o != last:
+                    trail.append((round(t0 - self.watch.rounds[first][0], 1), o))
+                    last = o
             raise AssertionError(f"{e}; offers {self.watch.offers()}, limits {limits}, "
-                                 f"balance {views}") from None
+                                 f"balance {views}, offers on the way {trail}") from None
         return self.watch.offers()
 
 
@@ -350,6 +357,18 @@ def _near(a, b, tol=0.6):
 
 
 # ---- scenarios ---------------------------------------------------------------------------------
+# Car 3 asking again gets its share back in three raises at most. The master lifts its
+# cap at its next report and cycle and cuts the others at once. Car 3's first raise goes
+# to the lowest allocation it had during its 5 s hold, which may be short of its share
+# while the others' cut is not yet in a reading (docs/load-balancing.md, Allocation §5):
+# a second raise. Behind the meter its ramp may show in a reading before its report
+# does, a dip that cuts every car for up to two readings: a third raise for all. Each
+# raise: 5 s after the last change and once held, the dip's two readings, a cycle.
+# Measured 5-18 s on a busy 2-core machine.
+RAISE_S = max(RAISE_EVERY_S, RAISE_HOLD_S) + 2 * METER_CYCLE_S + CYCLE_S + LATE_S
+GIVE_BACK_S = REACT_S + 3 * RAISE_S
+
+
 @pytest.mark.timeout(240)  # about 100 s alone: each raise holds 5 s (docs/errors.md)
 def test_three_nodes_cars_come_and_go_and_house_load_steps(meter_pool):
     """Cars arrive one by one (a new car gets room within two cycles), then the house
@@ -414,7 +433,7 @@ def test_three_nodes_cars_come_and_go_and_house_load_steps(meter_pool):
     # It asks again (draws all of its 7 A): its cap goes back to its max, three share.
     cs[2].sim("ev", max_a=32)
     t = time.monotonic()
-    o = mp.settled(lambda o: _total(o) >= 33 and all((a or 0) >= 11 for a in o), 20,
+    o = mp.settled(lambda o: _total(o) >= 33 and all((a or 0) >= 11 for a in o), GIVE_BACK_S,
                    "car 3's share given back")
     print(f"car 3 asks again: {o} after {time.monotonic() - t:.1f} s")
     # Car 2 leaves: its share goes to the two others, about 17 A each (the master floors
