@@ -121,10 +121,10 @@ class PtyPair:
 class MeterServer:
     """tests/modbus_meter.py in its own process; `ctl()` talks to its control port."""
 
-    def __init__(self, model, port, workdir, sim_port, phases, load, map_path=None):
+    def __init__(self, model, port, workdir, sim_port, phases, load, map_path=None, slave=1):
         self.cmd = [sys.executable, str(METER), "--model", model, "--port", str(port),
                     "--charger-sim", str(sim_port), "--charger-phases", phases,
-                    "--load", ",".join(str(a) for a in load)]
+                    "--load", ",".join(str(a) for a in load), "--slave", str(slave)]
         if map_path:
             self.cmd += ["--map", str(map_path)]
         self.log_path = Path(workdir) / "meter.log"
@@ -190,7 +190,7 @@ class Rig:
     """One charger with one meter on a pty pair. Three-phase meters: a 22 kW charger on
     L1-L3 with a three-phase EV; the single-phase SDM120: a 7 kW charger on L1."""
 
-    def __init__(self, model, tmp_path, request, **extra):
+    def __init__(self, model, tmp_path, request, slave=1, **extra):
         self.model = model
         self.three = model != "SDM120"
         self.bus = PtyPair(tmp_path)
@@ -216,7 +216,8 @@ class Rig:
             map_path = self.charger.data_dir / "meter_custom.json"
             map_path.write_text(json.dumps(CUSTOM_MAP))
         self.meter = MeterServer(model, self.bus.b, tmp_path, self.charger.sim_port,
-                                 "L123" if self.three else "L1", [5.0, 5.0, 5.0], map_path)
+                                 "L123" if self.three else "L1", [5.0, 5.0, 5.0], map_path,
+                                 slave)
         self.events = []
         self._since = 0
         self.readings = {}  # reading number -> what the meter view showed of it
@@ -424,6 +425,37 @@ def answered(r, load, t_lo, pred):
 
 
 # ---- scenarios ---------------------------------------------------------------------------------
+def test_the_manual_s_setup_the_meter_found_and_max_current_the_supply(request, tmp_path):
+    """Chapter 10 as the manual writes it: the meter wired (here at address 2), Max Current
+    set to the supply's limit (16 A), nothing else. The charger finds the meter by itself,
+    stores it as the setting, and charges with what the other loads leave: 16 A - 5 A."""
+    r = Rig("SDM630", tmp_path, request, slave=2, meter_model="auto",
+            max_house_current_a=0, max_current_a=16)
+    try:
+        r.meter.start()
+        c = r.charger
+        snap = c.start()
+        assert snap["meter"] is None or snap["meter"]["model"] == "SDM630", snap["meter"]
+        # Address 1 of the five models is tried first: six cycles of about 1 s.
+        snap = c.wait_for(lambda s: s["meter"] is not None and s["meter"]["ok"],
+                          timeout=WAIT_S + 10)
+        assert snap["meter_search"] is None, "in use and answering: the search is over"
+        c.login()
+        cfg = c.http("GET", "/api/config").body
+        assert (cfg["meter_model"], cfg["meter_addr"]) == ("SDM630", 2), "stored as the setting"
+        r.charge()
+        offered(c, 11.0)
+        r.set_load(9.0)  # L2: the other loads take 9 A
+        snap = offered(c, 7.0)
+        assert snap["limit_binding"] == "power"
+        # The installer raises the supply limit on the Load Balance page: it rules.
+        resp = c.http("PUT", "/api/config", json={"max_house_current_a": 20})
+        assert resp.status == 200 and resp.body["max_house_current_a"] == 20, resp
+        offered(c, 11.0, timeout=WAIT_S + 10)
+    finally:
+        r.close()
+
+
 @pytest.mark.parametrize("model", MODELS)
 def test_house_load_steps(rig, model):
     """A rise of the house load is answered at the first meter reading that shows it;

@@ -337,6 +337,10 @@ class FakeSettings(dict):
         super().__init__(defaults())
         self.update(kw)
 
+    def apply(self, changes):  # evse.settings.Settings.apply, without validation
+        self.update(changes)
+        return {}
+
 
 def pe_latched(pe, power_system, ms=2000):
     """Whether the protection latches ERR PE within `ms` with the earth monitor `pe` (a

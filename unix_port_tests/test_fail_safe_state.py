@@ -49,7 +49,7 @@ class _Req:
 
 
 def test_an_invalid_house_limit_is_safe_and_shown_everywhere():
-    """max_house_current_a that cannot be used: 6 A (the minimum), not the 40 A default,
+    """max_house_current_a that cannot be used: 6 A (the minimum), not the default (Max Current),
     and a configuration error on the display, in /api/status and on the Report page."""
     app = _app({"settings.json": '{"max_house_current_a": "32 A", "auth_mode": "free"}'})
     eq(app.settings["max_house_current_a"], 6, "the safe value")

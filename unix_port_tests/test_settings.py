@@ -97,7 +97,7 @@ def test_partial_human_file_is_completed_with_defaults():
     eq(s["auth_mode"], "free")
     eq(s["max_current_a"], 16)
     eq(s["charging_mode"], "B")
-    eq(s["max_house_current_a"], 40, "a key the file does not name: its default")
+    eq(s["max_house_current_a"], 0, "a key the file does not name: its default (not set)")
     eq(s.invalid, {}, "nothing to report")
 
 

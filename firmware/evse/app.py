@@ -329,6 +329,7 @@ class App:
             "lock": None if ch.case_b else "none",
             "car_phases": self.metering.view()["car_phases"],
             "meter": self.power.view(),
+            "meter_search": self.power.search_view(),
             "balance": self.balance.view(),
             "ocpp": self.ocpp.view(),
         }
@@ -377,6 +378,7 @@ class App:
             "wifi": self.wifi.view(),
             "reader_fault": self.rfid.fault,
             "meter": self.power.view(),
+            "meter_search": self.power.search_view(),
             "balance": self.balance.view(),
             "ocpp": self.ocpp.view(),
             "uptime_s": self.uptime_s,

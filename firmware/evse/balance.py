@@ -9,6 +9,7 @@ import time
 from micropython import const
 
 from evse import faults
+from evse import limits
 import atomicfile
 import log
 import periodic
@@ -654,7 +655,7 @@ class Balancer:
             # Three-phase wiring: the car loads only the phases it draws on (measured;
             # before it has drawn, all three). A single-phase charger's phase is unknown.
             me.mask = car
-        me.meter = s["meter_model"] != "none"
+        me.meter = s["meter_model"] not in ("none", "auto")  # auto: none found yet
         m = float(s["max_current_a"])
         if ch.cable_a is not None:
             m = min(m, ch.cable_a)
@@ -908,7 +909,7 @@ class Balancer:
 
     def _pool_limit(self):
         s = self.settings
-        max_a = float(s["max_house_current_a"])
+        max_a = limits.supply_a(s)
         pw = self.power
         if pw is None or not self.me.meter:
             return [max_a, max_a, max_a]
@@ -930,7 +931,7 @@ class Balancer:
         if pw is None or pw.last_ok_ms is None or pw.last_ok_ms == self._pool_ms:
             return
         self._pool_ms = pw.last_ok_ms
-        max_a = float(self.settings["max_house_current_a"])
+        max_a = limits.supply_a(self.settings)
         h = pw.headroom_a
         known = [x for x in h if x is not None]
         out = [0.0, 0.0, 0.0]

@@ -30,6 +30,15 @@ def thermal_limit(max_a, relay_c, socket_c):
     return limit
 
 
+def supply_a(settings):
+    """The supply's limit per phase at the grid connection: max_house_current_a, or
+    where that is not set (0) Max Current, as the manual sets power management up (its
+    chapter 10, step 4: Max Current = the contract's maximum). A value that is no
+    number counts as 0 A: nothing is offered."""
+    house = settings["max_house_current_a"]
+    return finite_or_0(house if house else settings["max_current_a"])
+
+
 # Offers are whole multiples of STEP_A, rounded down: a limit that moves by a tenth (a
 # meter reading, a derating) does not move the duty, and every offer is one a car reads
 # the same (many follow in whole or half amps). 0.5 A is also the unit of the CAN load

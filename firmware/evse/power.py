@@ -3,9 +3,10 @@
 # Every cycle (about 1 s) the meter chosen by `meter_model` is read over RS-485 Modbus
 # RTU. For each phase the charger uses, the current the other loads leave is
 #
-#     headroom = max_house_current_a - (house current - the charger's own current)
+#     headroom = supply limit - (house current - the charger's own current)
 #
-# (the charger's own current comes from its internal meter). The smallest headroom is
+# (the supply limit: max_house_current_a, or Max Current where that is not set, as the
+# manual sets it up; the charger's own current comes from its internal meter). The smallest headroom is
 # fed to the charging core as the named limit "power": a lower value applies at once, a
 # higher one at most RAISE_STEP_A per cycle. Below 6 A the charge pauses; it resumes
 # once the headroom has stayed at 6 A + RESUME_HYST_A for RESUME_HOLD_MS.
@@ -115,6 +116,11 @@ class PowerManager:
         self.last_error = None  # text of the last failed read (kept for diagnostics)
         self._fails = 0  # failed exchanges since the last valid reading
         self.cycle_ms = 0
+        # The meter search (evse/meterprobe.py): made for meter_model "auto", or once a
+        # configured meter is lost; the end of its last sweep that found nothing.
+        self.probe = None
+        self._swept_ms = None
+        self.adopt_error = None  # why a meter found could not be stored as the setting
 
     # ---- the task ----------------------------------------------------------------------
     async def run(self):
@@ -138,6 +144,11 @@ class PowerManager:
         self._configure(t0)
         if self.model == "none":
             return
+        if self.model == "auto":
+            found = await self._search(t0)
+            if found is not None:
+                self._adopt(found)
+            return
         ok = False
         if self.map is None:
             self._error("value", self.map_error or "no meter map")
@@ -150,6 +161,12 @@ class PowerManager:
         now = self.clock()
         self.cycle_ms = time.ticks_diff(now, t0)
         self.step(now, ok)
+        if self.lost and self.model != "custom":
+            # Silent for LOST_MS: is it on another address, or another make? What is
+            # found is shown, never used in its place (the installer decides).
+            await self._search(now, skip=(self.model, self.slave))
+        elif self.probe is not None and not self.lost:
+            self.probe = None  # it answers again: nothing to look for
 
     # ---- configuration -------------------------------------------------------------------
     def _configure(self, now):
@@ -161,8 +178,10 @@ class PowerManager:
             self._load_map(now)
 
     def _switch(self, model, now):
-        if model == "none" and self.lost:
+        if model in ("none", "auto") and self.lost:
             self._set_lost(False, "turned off")
+        self.probe = None
+        self._swept_ms = None
         self.model = model
         self.map = None
         self.map_error = None
@@ -177,8 +196,10 @@ class PowerManager:
         self.target_a = None
         for i in range(_N_QTY):
             self.values[i] = None
-        if model == "none":
-            _log.info("external meter off")
+        if model in ("none", "auto"):
+            # auto: no power management until a meter is found and stored as the setting
+            _log.info("external meter off" if model == "none" else
+                      "external meter: looking for one on the RS-485 bus")
             self.limit_a = None
             self.paused = False
             self.ch.set_external_limit(LIMIT_NAME, None)
@@ -191,14 +212,19 @@ class PowerManager:
         self._feed()
         self._load_map(now)
 
-    def _load_map(self, now):
-        from evse import meters
-
+    def _bus(self):
+        """The Modbus master on the board's RS-485 bus (None: no bus wired)."""
         if self.master is None and self.rs485 is not None:
             from modbus_rtu import ModbusRtu
 
             uart, de = self.rs485
             self.master = ModbusRtu(uart, de)
+        return self.master
+
+    def _load_map(self, now):
+        from evse import meters
+
+        self._bus()
         self._map_ms = now
         try:
             self.map = meters.make(self.model, self.data_dir)
@@ -207,6 +233,69 @@ class PowerManager:
             self.map = None
             self.map_error = "meter map %s: %s" % (self.model, e)
             _log.error("%s", self.map_error)
+
+    # ---- the meter search -------------------------------------------------------------------
+    async def _search(self, now, skip=None):
+        """One candidate of the meter search per cycle: a sweep at once, then one every
+        meterprobe.PAUSE_MS while none is found. -> (model, address) found, or None."""
+        from evse import meterprobe
+
+        bus = self._bus()
+        if bus is None:
+            return None
+        p = self.probe
+        if p is None:
+            p = self.probe = meterprobe.Probe()
+            p.restart()
+        elif not p.searching:
+            if p.found is not None or not _held(now, self._swept_ms, meterprobe.PAUSE_MS):
+                return None
+            p.restart()
+        found = await p.step(bus, skip)
+        if not p.searching and found is None:
+            self._swept_ms = self.clock()
+        if found is not None:
+            _log.info("meter search: %s answers at address %d", found[0], found[1])
+        return found
+
+    def _adopt(self, found):
+        """meter_model auto: the meter found becomes the setting, as if the installer had
+        chosen it; from the next cycle it is read (no charging until its first reading)
+        and its loss is ERR MET."""
+        model, addr = found
+        try:
+            errors = self.settings.apply({"meter_model": model, "meter_addr": addr})
+        except OSError as e:
+            errors = {"meter_model": "not stored: %r" % (e,)}
+        if errors:
+            self.adopt_error = "; ".join("%s %s" % kv for kv in errors.items())
+            _log.error("meter %s at %d found, not stored: %s", model, addr, self.adopt_error)
+            self.probe.found = None  # look again after the pause: the next may be stored
+            self._swept_ms = self.clock()
+            return
+        self.adopt_error = None
+        _log.info("external meter %s at address %d found: power management on", model, addr)
+
+    def search_view(self):
+        """The meter search for the Load Balance page (/api/status `meter_search`): None
+        while a meter is off or in use and answering."""
+        if self.model == "none" or (self.model != "auto" and not self.lost):
+            return None
+        p = self.probe
+        if self.rs485 is None and self.master is None:
+            state = "no_bus"
+        elif p is None:
+            state = "waiting"
+        elif p.found is not None:
+            state = "found"
+        else:
+            state = "searching" if p.searching else "waiting"
+        if p is None:
+            return {"state": state, "found": None, "tried": 0, "of": 0, "sweeps": 0,
+                    "error": self.adopt_error}
+        out = p.view(state)
+        out["error"] = self.adopt_error
+        return out
 
     # ---- reading ---------------------------------------------------------------------------
     async def _read(self):
@@ -376,7 +465,7 @@ class PowerManager:
 
     def _headroom(self):
         s = self.settings
-        max_a = float(s["max_house_current_a"])
+        max_a = limits.supply_a(s)
         ps = s["phase_set"]
         own = self.own_a
         h = self.headroom_a
@@ -415,8 +504,8 @@ class PowerManager:
     # ---- views -----------------------------------------------------------------------------
     def view(self):
         """External meter readings and the headroom (/api/status `meter`, the snapshot);
-        None while no meter is configured."""
-        if self.model == "none":
+        None while no meter is configured (or none found yet: meter_search)."""
+        if self.model == "none" or self.model == "auto":
             return None
         v = self.values
         age = None

@@ -19,7 +19,7 @@ _MAX_BYTES = 16384  # a settings file is far smaller: a huge size is a corrupt e
 
 # The shipped languages; add_languages() adds those of installed language packs.
 LANGS = ["it", "en", "de", "es", "fr"]
-METER_MODELS = ("none", "SDM630", "SDM120", "SDM72", "ABB_B23", "EM340", "DTSU666", "custom")
+METER_MODELS = ("auto", "none", "SDM630", "SDM120", "SDM72", "ABB_B23", "EM340", "DTSU666", "custom")
 
 
 def _choice(*options):
@@ -50,6 +50,18 @@ def add_languages(data_dir):
         if 2 <= len(code) <= 8 and code.isalpha() and code == code.lower():
             if code != "index" and code not in LANGS:
                 LANGS.append(code)
+
+
+def _zero_or(check):
+    """0 (not set) or what `check` accepts."""
+
+    def check0(v):
+        if v == 0 and not isinstance(v, bool):
+            return None
+        msg = check(v)
+        return msg + ", or 0 (not set)" if msg else None
+
+    return check0
 
 
 def _int_range(lo, hi):
@@ -155,7 +167,10 @@ SCHEMA = {
     # only when the technician ticks this (docs/ocpp.md).
     "ocpp_allow_insecure_auth": (False, _bool),
     "lb_enabled": (False, _bool),
-    "max_house_current_a": (40, _int_range(6, 500)),
+    # The supply's limit per phase at the grid connection; 0: not set, Max Current is the
+    # supply limit (the manual's chapter 10, step 4). An advanced setting for a charger
+    # whose own maximum is below what the supply gives.
+    "max_house_current_a": (0, _zero_or(_int_range(6, 500))),
     "can_addr": (1, _int_range(1, 8)),
     "lb_pool_id": (1, _int_range(1, 255)),
     "phase_set": ("L123", _choice("L1", "L2", "L3", "L123")),
@@ -163,7 +178,9 @@ SCHEMA = {
     "language": ("en", _language),
     "wifi_ssid": ("", _text(32)),
     "wifi_password": ("", _text(63, 8)),
-    "meter_model": ("none", _choice(*METER_MODELS)),
+    # auto: the charger looks for a supported meter on the RS-485 bus and adopts the
+    # first it finds (evse/meterprobe.py); none: no power management.
+    "meter_model": ("auto", _choice(*METER_MODELS)),
     "meter_addr": (1, _int_range(1, 247)),
     "auth_mode": ("rfid", _choice("rfid", "free")),
     "ventilation": (False, _bool),

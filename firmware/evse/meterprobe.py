@@ -1,0 +1,98 @@
+# Looks for a supported meter on the RS-485 bus (meter_model "auto", or a configured
+# meter that stopped answering), one exchange set per power cycle so that the bus and
+# the power task stay on their 1 s grid.
+#
+# A candidate is a (model, address) pair: the built-in models (SDM72 reads as SDM630,
+# the same registers) at the addresses 1..ADDRS, the factory address 1 of every model
+# first. A candidate is a meter there when its whole map reads without an error and
+# the values are a meter's: a mains voltage on L1 (where the map has one), a current
+# that is a number and not beyond any house's. Registers of another make answer with an
+# exception, or with values that fail that test (an integer read as a float is tiny).
+# Only reads are sent, never to the configured meter's own (model, address).
+from micropython import const
+
+from evse import meters
+
+MODELS = ("SDM630", "SDM120", "ABB_B23", "EM340", "DTSU666")
+ADDRS = const(10)  # addresses 1..10: installers keep 1 or number a few meters
+PAUSE_MS = const(30000)  # between two sweeps that found nothing
+_V_MIN = 80.0  # a phase-to-neutral mains voltage: 100-240 V nominal, with sags
+_V_MAX = 300.0
+_I_MAX = 2000.0  # amps: beyond any house supply
+
+
+def plausible(m, vals):
+    """True when a reading through map `m` looks like a meter's."""
+    v = vals[meters.V_L1]
+    if meters.V_L1 in m.slots and (v is None or not _V_MIN <= v <= _V_MAX):
+        return False
+    i = vals[meters.I_L1]
+    return i is not None and -_I_MAX <= i <= _I_MAX
+
+
+class Probe:
+    """One sweep over the candidates at a time: `step()` tries the next one."""
+
+    def __init__(self):
+        self.found = None  # (model, address) of the last meter found
+        self.tried = 0  # candidates tried in this sweep
+        self.sweeps = 0  # sweeps finished
+        self.searching = False
+        self._next = 0
+        self._vals = [None] * meters.N_QTY
+
+    @staticmethod
+    def count():
+        return len(MODELS) * ADDRS
+
+    def candidate(self, k):
+        """The k-th candidate: address 1 of every model first, then address 2, ..."""
+        return MODELS[k % len(MODELS)], 1 + k // len(MODELS)
+
+    def restart(self):
+        self._next = 0
+        self.tried = 0
+        self.searching = True
+
+    async def step(self, master, skip=None):
+        """Tries the next candidate (not `skip`, a (model, address) in use) with
+        `master` (lib/modbus_rtu); -> (model, address) when it answered as a meter,
+        else None. The sweep ends after the last candidate (`searching` False)."""
+        import modbus_rtu as mb
+
+        if not self.searching:
+            return None
+        k = self._next
+        self._next += 1
+        self.tried = self._next
+        if self._next >= self.count():
+            self.searching = False
+            self.sweeps += 1
+        model, addr = self.candidate(k)
+        if skip is not None and (model, addr) == (skip[0], skip[1]):
+            return None
+        m = meters.builtin(model)
+        vals = self._vals
+        for i in range(meters.N_QTY):
+            vals[i] = None
+        try:
+            for i in range(len(m.blocks)):
+                fc, start, count, _ = m.blocks[i]
+                m.decode(i, await master.read_registers(fc, addr, start, count), vals)
+        except mb.ModbusError:
+            return None  # no answer, an exception, a bad frame: not this one
+        if not plausible(m, vals):
+            return None
+        self.found = (model, addr)
+        self.searching = False
+        return self.found
+
+    def view(self, state):
+        f = self.found
+        return {
+            "state": state,
+            "found": {"model": f[0], "addr": f[1]} if f else None,
+            "tried": self.tried,
+            "of": self.count(),
+            "sweeps": self.sweeps,
+        }

@@ -1,0 +1,161 @@
+# The supply limit as the manual sets it up (Max Current where no house limit is set)
+# and the meter search on the RS-485 bus (meter_model "auto"; a configured meter that
+# went silent), on the power manager's fakes.
+from check import eq, true
+from evse import meterprobe
+from modbus_rtu import ModbusException, ModbusTimeout
+from test_power import FakeMaster, Rig
+
+SWEEP = meterprobe.Probe.count()
+
+
+class BusMeter(FakeMaster):
+    """An SDM630 register image answering at one address only, function 04; every other
+    address is silent, other functions get an exception (as a meter of another make)."""
+
+    def __init__(self, addr=1):
+        super().__init__()
+        self.addr = addr
+        self.asked = []  # (fc, slave) of every request
+
+    async def read_registers(self, fc, slave, start, count):
+        self.calls += 1
+        self.asked.append((fc, slave))
+        if self.addr is None or slave != self.addr:
+            raise ModbusTimeout("no answer")
+        if fc != 4:
+            raise ModbusException(2)  # illegal data address
+        self.calls -= 1  # counted once
+        return await super().read_registers(fc, slave, start, count)
+
+
+def _rig(addr=1, **settings):
+    r = Rig(**settings)
+    r.master = r.pm.master = BusMeter(addr)
+    return r
+
+
+def test_max_current_is_the_supply_limit_where_no_house_limit_is_set():
+    # Manual chapter 10: a 3.7 kW supply -> Max Current 16 A; other loads of 2 kW (8.7 A at
+    # 230 V) leave 1.7 kW (7.3 A) for the car.
+    r = Rig(phases=1, phase_set="L1", max_house_current_a=0, max_current_a=16)
+    r.house(8.7, 0.0, 0.0)
+    r.cycle()
+    eq(r.limit(), 7.3, "16 A - 8.7 A")
+    r.settings["max_house_current_a"] = 25  # the advanced setting, where it is set
+    r.cycle()
+    true(r.limit() > 7.3, "the house limit rules when set")
+    r.settings["max_house_current_a"] = 0
+    r.house(12.0, 0.0, 0.0)
+    r.cycle()
+    eq(r.limit(), 0.0, "16 A - 12 A: below 6 A, a pause")
+
+
+def test_auto_finds_the_meter_at_the_factory_address_and_stores_it():
+    r = _rig(model="auto", max_house_current_a=0, max_current_a=32)
+    r.house(10.0, 10.0, 10.0)
+    r.cycle()
+    eq((r.settings["meter_model"], r.settings["meter_addr"]), ("SDM630", 1), "stored")
+    eq(r.limit(), None, "no limit in the cycle that found it")
+    r.cycle()
+    eq(r.limit(), 22.0, "read from the next cycle: 32 A - 10 A")
+    eq(r.pm.search_view(), None, "in use and answering: no search shown")
+    eq(r.pm.view()["model"], "SDM630")
+
+
+def test_auto_finds_a_meter_at_another_address_after_the_factory_ones():
+    r = _rig(addr=3, model="auto")
+    for _ in range(2 * len(meterprobe.MODELS)):  # addresses 1 and 2 of every model
+        r.cycle()
+        eq(r.settings["meter_model"], "auto", "not yet")
+    sv = r.pm.search_view()
+    eq((sv["state"], sv["tried"], sv["of"]), ("searching", 10, SWEEP), "progress shown")
+    r.cycle()
+    eq((r.settings["meter_model"], r.settings["meter_addr"]), ("SDM630", 3), "found at 3")
+
+
+def test_auto_with_nothing_on_the_bus_sweeps_again_after_a_pause():
+    r = _rig(addr=None, model="auto")
+    r.cycle(SWEEP)
+    sv = r.pm.search_view()
+    eq((sv["state"], sv["sweeps"], sv["found"]), ("waiting", 1, None), "one sweep, none found")
+    eq(r.settings["meter_model"], "auto", "nothing stored")
+    eq(r.limit(), None, "no power management without a meter")
+    calls = r.master.calls
+    r.cycle(meterprobe.PAUSE_MS // 1000 - 2)
+    eq(r.master.calls, calls, "quiet during the pause")
+    r.cycle(3)
+    true(r.master.calls > calls, "a new sweep after the pause")
+    r.master.addr = 2  # the meter is powered up late
+    r.cycle(SWEEP)
+    eq((r.settings["meter_model"], r.settings["meter_addr"]), ("SDM630", 2), "found then")
+
+
+def test_a_device_that_is_no_meter_is_not_taken():
+    r = _rig(model="auto")
+    r.master.set(volts=(0.0, 0.0, 0.0))  # answers, but no mains voltage: not a meter
+    r.cycle(SWEEP)
+    eq(r.settings["meter_model"], "auto", "not taken")
+    r.master.set(volts=(float("nan"), 230.0, 230.0))
+    r.cycle(meterprobe.PAUSE_MS // 1000 + SWEEP)
+    eq(r.settings["meter_model"], "auto", "NaN is no voltage")
+    r.master.set(volts=(230.0, 230.0, 230.0), amps=(1e6, 0.0, 0.0))
+    r.cycle(meterprobe.PAUSE_MS // 1000 + SWEEP)
+    eq(r.settings["meter_model"], "auto", "no house draws 1 MA")
+
+
+def test_none_means_no_search_and_no_traffic():
+    r = _rig(model="none")
+    r.cycle(SWEEP + 5)
+    eq(r.master.calls, 0, "the bus stays silent")
+    eq(r.pm.search_view(), None)
+
+
+def test_no_bus_wired_is_shown():
+    r = Rig(model="auto", master=False)
+    r.cycle(3)
+    eq(r.pm.search_view()["state"], "no_bus")
+    eq(r.settings["meter_model"], "auto")
+
+
+def test_a_silent_configured_meter_is_looked_for_and_never_replaced():
+    # The meter was readdressed to 4: the configured SDM630 at 1 is silent. The search
+    # shows where one answers; the configured setting stays, and so does ERR MET.
+    r = _rig(addr=1, model="SDM630", meter_addr=1, max_house_current_a=25)
+    r.house(5.0, 5.0, 5.0)
+    r.cycle(2)
+    true(r.limit() > 6, "charging on the meter's headroom")
+    eq(r.pm.search_view(), None, "answering: no search")
+    r.master.addr = 4
+    r.cycle(6)
+    true(r.prot.external_meter_lost, "ERR MET after 5 s")
+    asked = len(r.master.asked)
+    r.cycle(4 * len(meterprobe.MODELS))
+    probes = [a for a in r.master.asked[asked:] if a != (4, 1)]
+    true(probes, "the search tried other candidates")
+    sv = r.pm.search_view()
+    eq((sv["state"], sv["found"]), ("found", {"model": "SDM630", "addr": 4}), "shown")
+    eq((r.settings["meter_model"], r.settings["meter_addr"]), ("SDM630", 1), "not replaced")
+    true(r.prot.external_meter_lost, "still ERR MET")
+    eq(r.limit(), 0.0, "still paused")
+    # The installer takes it: read at once, the search ends.
+    r.settings["meter_addr"] = 4
+    r.cycle(7)
+    true(not r.prot.external_meter_lost, "answers again")
+    eq(r.pm.search_view(), None)
+
+
+def test_adoption_that_cannot_be_stored_is_shown_and_tried_again():
+    r = _rig(model="auto")
+
+    def refuse(changes):
+        raise OSError(28)  # ENOSPC
+
+    r.settings.apply = refuse
+    r.cycle()
+    eq(r.settings["meter_model"], "auto", "not stored")
+    sv = r.pm.search_view()
+    true(sv["error"] and "not stored" in sv["error"], "the reason shown: %r" % sv)
+    del r.settings.apply
+    r.cycle(meterprobe.PAUSE_MS // 1000 + 2)
+    eq(r.settings["meter_model"], "SDM630", "stored on the next sweep")
