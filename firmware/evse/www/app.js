@@ -200,7 +200,8 @@
       const v = data[i.name];
       if (i.type === 'radio') i.checked = i.value === v;
       else if (i.type === 'checkbox') i.checked = !!v;
-      else i.value = v == null ? '' : String(v);
+      // data-empty: the value shown as an empty field (0 = not set)
+      else i.value = v == null || String(v) === i.dataset.empty ? '' : String(v);
     });
   }
 
@@ -214,7 +215,7 @@
       } else if (i.type === 'number') {
         // Anything but a plain integer goes as typed: the server says what is wrong with it.
         const s = i.value.trim();
-        out[i.name] = /^-?\d+$/.test(s) ? parseInt(s, 10) : s;
+        out[i.name] = /^-?\d+$/.test(s) ? parseInt(s, 10) : !s && i.dataset.empty ? +i.dataset.empty : s;
       } else {
         out[i.name] = i.value.trim();
       }
@@ -554,8 +555,62 @@
   pages.net = {auth: true, enter() { fill($('#f-net'), cfg); }};
   onSubmit('#f-net', saveSettings);
 
-  pages.lb = {auth: true, enter() { fill($('#f-lb'), cfg); }};
+  // Load Balance: the form, and a live line on the meter in use or the search for one.
+  pages.lb = {
+    auth: true,
+    enter() {
+      fill($('#f-lb'), cfg);
+      $('#lb-house').textContent = t('lb.house', {a: cfg.max_current_a});
+      found = null;
+      $('#lb-use').hidden = true;
+      every(POLL_MS, lbTick);
+    },
+  };
   onSubmit('#f-lb', saveSettings);
+
+  let found = null; // where the search found a meter (the configured one is lost)
+  const meterFields = () => fill($('#f-lb'), {meter_model: cfg.meter_model, meter_addr: cfg.meter_addr});
+
+  async function lbTick(my) {
+    let st;
+    try {
+      st = await api('GET', '/api/status');
+      // meter_model auto: the charger stored the meter it found
+      if (st.meter && st.meter.model !== cfg.meter_model && alive(my)) {
+        await loadConfig();
+        meterFields();
+      }
+    } catch (e) {
+      return;
+    }
+    if (!alive(my)) return;
+    const m = st.meter;
+    const q = st.meter_search;
+    const f = (q && q.found) || {};
+    const out = [];
+    if (m) out.push(t('lb.meter', {m: m.model, a: cfg.meter_addr}) + (m.lost ? ': ' + t('lb.lost') : m.ok ? ': ' + t('lb.ok') : ''));
+    if (q && has('ms.' + q.state)) out.push(t('ms.' + q.state, {n: q.tried, of: q.of, m: f.model, a: f.addr}));
+    found = q && q.state === 'found' ? q.found : null;
+    const p = $('#lb-live');
+    p.textContent = out.join(' · ');
+    if (q && q.error) p.appendChild(el('small', q.error)).lang = 'en'; // the charger's words
+    p.classList.toggle('bad', !!((m && m.lost) || (q && q.error)));
+    $('#lb-use').hidden = !found;
+  }
+
+  // The meter found becomes the setting, as if chosen in the form.
+  onClick('#lb-use', async () => {
+    const w = found;
+    if (!w) return;
+    clearErrors(sec());
+    try {
+      cfg = await api('PUT', '/api/config', {meter_model: w.model, meter_addr: w.addr});
+      meterFields();
+      say(t('msg.saved'), 'ok');
+    } catch (e) {
+      fail(e);
+    }
+  });
 
   // RFID: read a card on the charger's reader, then store it in slot 1, 2 or 3.
   pages.rfid = {
