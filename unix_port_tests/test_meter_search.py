@@ -159,3 +159,36 @@ def test_adoption_that_cannot_be_stored_is_shown_and_tried_again():
     del r.settings.apply
     r.cycle(meterprobe.PAUSE_MS // 1000 + 2)
     eq(r.settings["meter_model"], "SDM630", "stored on the next sweep")
+
+
+class _Slow(BusMeter):
+    """Answers only after one step of the event loop: the power task waits on the bus."""
+
+    async def read_registers(self, fc, slave, start, count):
+        await _Pause()
+        return await super().read_registers(fc, slave, start, count)
+
+
+class _Pause:
+    def __iter__(self):
+        yield None
+
+    __await__ = __iter__
+
+
+def test_a_meter_found_while_the_installer_chose_another_is_not_stored():
+    # The search waits on the bus; meanwhile the installer sets the meter (or none): what
+    # the search finds then must not overwrite that choice.
+    for choice in (("none", 1), ("EM340", 7)):
+        r = _rig(model="auto")
+        r.master = r.pm.master = _Slow(1)
+        coro = r.pm.poll_once()
+        coro.send(None)  # the probe's first read is under way
+        r.settings["meter_model"], r.settings["meter_addr"] = choice
+        try:
+            while True:
+                coro.send(None)
+        except StopIteration:
+            pass
+        eq((r.settings["meter_model"], r.settings["meter_addr"]), choice, "the installer's")
+

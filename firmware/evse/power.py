@@ -263,6 +263,9 @@ class PowerManager:
         chosen it; from the next cycle it is read (no charging until its first reading)
         and its loss is ERR MET."""
         model, addr = found
+        s = self.settings
+        if s["meter_model"] != "auto":
+            return  # set while the bus was read: the installer's choice stands
         try:
             errors = self.settings.apply({"meter_model": model, "meter_addr": addr})
         except OSError as e:
