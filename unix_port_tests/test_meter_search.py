@@ -192,3 +192,43 @@ def test_a_meter_found_while_the_installer_chose_another_is_not_stored():
             pass
         eq((r.settings["meter_model"], r.settings["meter_addr"]), choice, "the installer's")
 
+def _real_settings(text):
+    import check
+    from evse.settings import Settings
+
+    d = check.tmpdir("msearch")
+    with open(d + "/settings.json", "w") as f:
+        f.write(text)
+    s = Settings(d + "/settings.json")
+    s.load()
+    return s
+
+
+def test_a_meter_setting_that_cannot_be_read_is_not_replaced_by_the_search():
+    # meter_model unusable: it falls back to its default ("auto"), a configuration
+    # error, and the charger offers its minimum. The meter that was configured is
+    # unknown: what the search finds is shown, not stored, and the error stays.
+    r = _rig(model="auto")
+    r.settings = r.pm.settings = _real_settings('{"meter_model": "SDM6300", "meter_addr": 3}')
+    true("meter_model" in r.settings.invalid, "a configuration error")
+    eq(r.settings["meter_model"], "auto", "the default in use")
+    r.cycle(3)
+    eq(r.settings["meter_model"], "auto", "nothing stored")
+    true("meter_model" in r.settings.invalid, "the error stays until the installer saves")
+    sv = r.pm.search_view()
+    eq(sv["found"], {"model": "SDM630", "addr": 1}, "shown")
+    true(sv["error"], "why it is not taken: %r" % sv)
+    eq(r.settings.apply({"meter_model": "auto"}), {}, "the installer chooses auto")
+    r.cycle()
+    eq((r.settings["meter_model"], r.settings["meter_addr"]), ("SDM630", 1), "stored then")
+
+
+def test_an_unreadable_settings_file_is_not_overwritten_by_the_search():
+    r = _rig(model="auto")
+    r.settings = r.pm.settings = _real_settings('{"max_current_a": 16, "meter_mo')
+    true(r.settings.invalid, "unreadable: configuration errors")
+    r.cycle(3)
+    eq(r.settings["meter_model"], "auto", "nothing stored")
+    with open(r.settings._path) as f:
+        true(f.read().startswith('{"max_current_a": 16, "meter_mo'), "the file as it was")
+

@@ -146,6 +146,8 @@ class PowerManager:
             return
         if self.model == "auto":
             found = await self._search(t0)
+            if found is None and self.probe is not None:
+                found = self.probe.found  # found before, not stored yet (_adopt)
             if found is not None:
                 self._adopt(found)
             return
@@ -266,6 +268,15 @@ class PowerManager:
         s = self.settings
         if s["meter_model"] != "auto":
             return  # set while the bus was read: the installer's choice stands
+        bad = getattr(s, "invalid", None)
+        if bad:
+            # A setting that cannot be read (meter_model's "auto" may be its fallback, the
+            # file unreadable): storing would clear that error and rewrite the file.
+            why = "not stored: configuration error in " + ", ".join(sorted(bad))
+            if why != self.adopt_error:
+                self.adopt_error = why
+                _log.error("meter %s at %d found, %s", model, addr, why)
+            return
         try:
             errors = self.settings.apply({"meter_model": model, "meter_addr": addr})
         except OSError as e:
