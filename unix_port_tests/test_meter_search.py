@@ -192,6 +192,7 @@ def test_a_meter_found_while_the_installer_chose_another_is_not_stored():
             pass
         eq((r.settings["meter_model"], r.settings["meter_addr"]), choice, "the installer's")
 
+
 def _real_settings(text):
     import check
     from evse.settings import Settings
@@ -232,3 +233,18 @@ def test_an_unreadable_settings_file_is_not_overwritten_by_the_search():
     with open(r.settings._path) as f:
         true(f.read().startswith('{"max_current_a": 16, "meter_mo'), "the file as it was")
 
+
+def test_a_lost_sdm72_is_not_probed_at_its_own_address_as_an_sdm630():
+    # SDM72 reads as SDM630 (the same registers): that probe is the configured meter's
+    # own read again, and its answer would be shown as another meter found.
+    r = _rig(addr=2, model="SDM72", meter_addr=2, max_house_current_a=25)
+    r.cycle(2)
+    r.master.addr = None  # silent
+    r.cycle(6)
+    true(r.prot.external_meter_lost, "ERR MET")
+    n = len(meterprobe.MODELS)
+    asked = len(r.master.asked)
+    r.cycle(3 * n)  # the candidates at addresses 1..3
+    own = [a for a in r.master.asked[asked:] if a == (4, 2)]
+    # per cycle the read and its retry; SDM120 and EM340 at 2 are other makes (fc 4 too)
+    eq(len(own), 2 * 3 * n + 2, "no SDM630 probe at its address")

@@ -19,6 +19,7 @@ PAUSE_MS = const(30000)  # between two sweeps that found nothing
 _V_MIN = 80.0  # a phase-to-neutral mains voltage: 100-240 V nominal, with sags
 _V_MAX = 300.0
 _I_MAX = 2000.0  # amps: beyond any house supply
+_ALIAS = {"SDM72": "SDM630"}  # configured model -> the candidate with its registers
 
 
 def plausible(m, vals):
@@ -69,7 +70,7 @@ class Probe:
             self.searching = False
             self.sweeps += 1
         model, addr = self.candidate(k)
-        if skip is not None and (model, addr) == (skip[0], skip[1]):
+        if skip is not None and addr == skip[1] and model == _ALIAS.get(skip[0], skip[0]):
             return None
         m = meters.builtin(model)
         vals = self._vals
