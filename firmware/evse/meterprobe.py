@@ -23,12 +23,16 @@ _ALIAS = {"SDM72": "SDM630"}  # configured model -> the candidate with its regis
 
 
 def plausible(m, vals):
-    """True when a reading through map `m` looks like a meter's."""
+    """True when a reading through map `m` looks like a meter's: also the test of every
+    reading of the configured meter (evse/power.py)."""
     v = vals[meters.V_L1]
     if meters.V_L1 in m.slots and (v is None or not _V_MIN <= v <= _V_MAX):
         return False
-    i = vals[meters.I_L1]
-    return i is not None and -_I_MAX <= i <= _I_MAX
+    for q in range(meters.I_L1, meters.I_L1 + 3):
+        i = vals[q]
+        if (q == meters.I_L1 or q in m.slots) and (i is None or not -_I_MAX <= i <= _I_MAX):
+            return False
+    return True
 
 
 class Probe:

@@ -342,6 +342,12 @@ class PowerManager:
         for k in range(3):
             if _I + k in m.slots and vals[_I + k] is None:
                 return self._error("value", "the meter has no current for L%d" % (k + 1))
+        from evse import meterprobe
+
+        if not meterprobe.plausible(m, vals):
+            # Another make's registers, or garbage: 1e30 A exported would be 1e30 A of room
+            return self._error("value", "not a meter's reading: V %r A %r" % (
+                vals[0], vals[_I : _I + 3]))
         self._vals = self.values
         self.values = vals
         self._read_own()
