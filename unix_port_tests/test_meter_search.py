@@ -54,6 +54,8 @@ def test_max_current_is_the_supply_limit_where_no_house_limit_is_set():
 def test_auto_finds_the_meter_at_the_factory_address_and_stores_it():
     r = _rig(model="auto", max_house_current_a=0, max_current_a=32)
     r.house(10.0, 10.0, 10.0)
+    r.cycle(SWEEP - 1)
+    eq(r.settings["meter_model"], "auto", "not before the sweep has ended: another may answer")
     r.cycle()
     eq((r.settings["meter_model"], r.settings["meter_addr"]), ("SDM630", 1), "stored")
     eq(r.limit(), None, "no limit in the cycle that found it")
@@ -70,7 +72,7 @@ def test_auto_finds_a_meter_at_another_address_after_the_factory_ones():
         eq(r.settings["meter_model"], "auto", "not yet")
     sv = r.pm.search_view()
     eq((sv["state"], sv["tried"], sv["of"]), ("searching", 10, SWEEP), "progress shown")
-    r.cycle()
+    r.cycle(SWEEP - 10)
     eq((r.settings["meter_model"], r.settings["meter_addr"]), ("SDM630", 3), "found at 3")
 
 
@@ -130,7 +132,7 @@ def test_a_silent_configured_meter_is_looked_for_and_never_replaced():
     r.cycle(6)
     true(r.prot.external_meter_lost, "ERR MET after 5 s")
     asked = len(r.master.asked)
-    r.cycle(4 * len(meterprobe.MODELS))
+    r.cycle(SWEEP)
     probes = [a for a in r.master.asked[asked:] if a != (4, 1)]
     true(probes, "the search tried other candidates")
     sv = r.pm.search_view()
@@ -152,12 +154,12 @@ def test_adoption_that_cannot_be_stored_is_shown_and_tried_again():
         raise OSError(28)  # ENOSPC
 
     r.settings.apply = refuse
-    r.cycle()
+    r.cycle(SWEEP)
     eq(r.settings["meter_model"], "auto", "not stored")
     sv = r.pm.search_view()
     true(sv["error"] and "not stored" in sv["error"], "the reason shown: %r" % sv)
     del r.settings.apply
-    r.cycle(meterprobe.PAUSE_MS // 1000 + 2)
+    r.cycle(meterprobe.PAUSE_MS // 1000 + SWEEP + 1)
     eq(r.settings["meter_model"], "SDM630", "stored on the next sweep")
 
 
@@ -181,9 +183,10 @@ def test_a_meter_found_while_the_installer_chose_another_is_not_stored():
     # the search finds then must not overwrite that choice.
     for choice in (("none", 1), ("EM340", 7)):
         r = _rig(model="auto")
+        r.cycle(SWEEP - 1)  # the meter at 1 answered; the sweep's last candidate next
         r.master = r.pm.master = _Slow(1)
         coro = r.pm.poll_once()
-        coro.send(None)  # the probe's first read is under way
+        coro.send(None)  # the probe's read is under way
         r.settings["meter_model"], r.settings["meter_addr"] = choice
         try:
             while True:
@@ -213,7 +216,7 @@ def test_a_meter_setting_that_cannot_be_read_is_not_replaced_by_the_search():
     r.settings = r.pm.settings = _real_settings('{"meter_model": "SDM6300", "meter_addr": 3}')
     true("meter_model" in r.settings.invalid, "a configuration error")
     eq(r.settings["meter_model"], "auto", "the default in use")
-    r.cycle(3)
+    r.cycle(SWEEP + 1)
     eq(r.settings["meter_model"], "auto", "nothing stored")
     true("meter_model" in r.settings.invalid, "the error stays until the installer saves")
     sv = r.pm.search_view()
@@ -228,7 +231,7 @@ def test_an_unreadable_settings_file_is_not_overwritten_by_the_search():
     r = _rig(model="auto")
     r.settings = r.pm.settings = _real_settings('{"max_current_a": 16, "meter_mo')
     true(r.settings.invalid, "unreadable: configuration errors")
-    r.cycle(3)
+    r.cycle(SWEEP + 1)
     eq(r.settings["meter_model"], "auto", "nothing stored")
     with open(r.settings._path) as f:
         true(f.read().startswith('{"max_current_a": 16, "meter_mo'), "the file as it was")
@@ -248,3 +251,37 @@ def test_a_lost_sdm72_is_not_probed_at_its_own_address_as_an_sdm630():
     own = [a for a in r.master.asked[asked:] if a == (4, 2)]
     # per cycle the read and its retry; SDM120 and EM340 at 2 are other makes (fc 4 too)
     eq(len(own), 2 * 3 * n + 2, "no SDM630 probe at its address")
+
+
+class _TwoMeters(BusMeter):
+    """A meter at each of two addresses: `at[addr]` is its register image."""
+
+    def __init__(self, at):
+        super().__init__(None)
+        self.at = at
+
+    async def read_registers(self, fc, slave, start, count):
+        self.calls += 1
+        self.asked.append((fc, slave))
+        m = self.at.get(slave)
+        if m is None:
+            raise ModbusTimeout("no answer")
+        if fc != 4:
+            raise ModbusException(2)
+        return await m.read_registers(fc, slave, start, count)
+
+
+def test_with_two_meters_on_the_bus_none_is_taken():
+    # The charger's own billing meter at 1 sees only the car; the grid meter is at 2.
+    # Taking the first found would count no other load: the supply overloaded.
+    r = _rig(model="auto", max_house_current_a=0, max_current_a=32)
+    billing, grid = FakeMaster(), FakeMaster()
+    billing.set(amps=(16.0, 16.0, 16.0))
+    grid.set(amps=(30.0, 30.0, 30.0))
+    r.master = r.pm.master = _TwoMeters({1: billing, 2: grid})
+    r.cycle(SWEEP + 2)
+    eq(r.settings["meter_model"], "auto", "neither stored: the installer chooses")
+    sv = r.pm.search_view()
+    eq(sv["found"], None)
+    eq(sv["meters"], [{"model": "SDM630", "addr": 1}, {"model": "SDM630", "addr": 2}], "shown")
+    true(sv["error"], "why none is taken: %r" % sv)

@@ -258,6 +258,8 @@ class PowerManager:
             self._swept_ms = self.clock()
         if found is not None:
             _log.info("meter search: %s answers at address %d", found[0], found[1])
+        elif not p.searching and len(p.meters) > 1:
+            _log.warning("meter search: %d meters answer, none taken", len(p.meters))
         return found
 
     def _adopt(self, found):
@@ -305,10 +307,12 @@ class PowerManager:
         else:
             state = "searching" if p.searching else "waiting"
         if p is None:
-            return {"state": state, "found": None, "tried": 0, "of": 0, "sweeps": 0,
-                    "error": self.adopt_error}
+            return {"state": state, "found": None, "meters": [], "tried": 0, "of": 0,
+                    "sweeps": 0, "error": self.adopt_error}
         out = p.view(state)
         out["error"] = self.adopt_error
+        if out["error"] is None and self.model == "auto" and len(p.meters) > 1:
+            out["error"] = "%d meters answer: none taken, set meter_model" % len(p.meters)
         return out
 
     # ---- reading ---------------------------------------------------------------------------
