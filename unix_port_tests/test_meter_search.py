@@ -285,3 +285,68 @@ def test_with_two_meters_on_the_bus_none_is_taken():
     eq(sv["found"], None)
     eq(sv["meters"], [{"model": "SDM630", "addr": 1}, {"model": "SDM630", "addr": 2}], "shown")
     true(sv["error"], "why none is taken: %r" % sv)
+
+
+def test_hostile_answers_over_the_real_master_are_no_meter():
+    # Every candidate gets one of these from the line: wrong slave, exception, a short
+    # frame, a wrong byte count, noise, NaN, 1e30 A, inf A on L2 with a mains voltage.
+    # A whole sweep: no crash, nothing taken, no limit.
+    import asyncio
+    import struct
+    import time
+    from modbus_rtu import ModbusRtu
+    from test_modbus_rtu import FakeUart, frame, regs_reply
+    from test_power import FakeCharger, FakeMetering, FakeProtection
+    from evse.power import PowerManager
+    import fakehw
+
+    def floats(count, first, rest):
+        words = []
+        for r in range(0, count, 2):
+            b = struct.pack(">f", first if r == 0 else rest)
+            words += [(b[0] << 8) | b[1], (b[2] << 8) | b[3]]
+        return words[:count]
+
+    def hostile(k):
+        def answer(req):
+            slave, fc, count = req[0], req[1], (req[4] << 8) | req[5]
+            kind = k % 8
+            if kind == 0:
+                return 3, regs_reply(slave + 1, fc, [0] * count)
+            if kind == 1:
+                return 3, frame(slave, fc | 0x80, 2)
+            if kind == 2:
+                return 3, regs_reply(slave, fc, [0] * count)[:5]
+            if kind == 3:
+                return 3, frame(slave, fc, 2 * count + 2, bytes(2 * count + 2))
+            if kind == 4:
+                return 3, b"\xff\x00\x13\x37"
+            if kind == 5:
+                return 3, regs_reply(slave, fc, floats(count, float("nan"), 0.0))
+            if kind == 6:
+                return 3, regs_reply(slave, fc, floats(count, 230.0, 1e30))
+            w = floats(count, 230.0, 10.0)
+            if count > 9:
+                w[8:10] = floats(2, float("inf"), 0.0)  # i_l2 of the Eastron map
+            return 3, regs_reply(slave, fc, w)
+
+        return answer
+
+    uart = FakeUart(time.ticks_ms, 9600)
+    master = ModbusRtu(uart, None, timeout_ms=30)
+    uart.replies = [hostile(k) for k in range(400)]
+    settings = fakehw.FakeSettings(meter_model="auto", max_house_current_a=0)
+    ch = FakeCharger()
+    pm = PowerManager(ch, settings, FakeProtection(), FakeMetering(), master=master)
+
+    async def main():
+        for _ in range(SWEEP + 1):
+            await pm.poll_once()
+
+    asyncio.run(main())
+    asyncio.new_event_loop()
+    true(len(uart.writes) >= SWEEP, "every candidate asked: %d" % len(uart.writes))
+    eq(pm.probe.sweeps, 1, "the sweep ended")
+    eq(settings["meter_model"], "auto", "nothing taken")
+    eq(pm.probe.meters, [], "no meter among them")
+    eq(ch.external.get("power"), None, "no limit")
