@@ -8,7 +8,8 @@
 # the values are a meter's: a mains voltage on L1 (where the map has one), a current
 # that is a number and not beyond any house's. Registers of another make answer with an
 # exception, or with values that fail that test (an integer read as a float is tiny).
-# Only reads are sent, never to the configured meter's own (model, address). A sweep
+# Only reads are sent, never the configured meter's own read (its address with a model
+# reading the same registers). A sweep
 # tries every candidate; its result is a meter only when one address answered as one.
 from micropython import const
 
@@ -20,7 +21,9 @@ PAUSE_MS = const(30000)  # between two sweeps that found nothing
 _V_MIN = 80.0  # a phase-to-neutral mains voltage: 100-240 V nominal, with sags
 _V_MAX = 300.0
 _I_MAX = 2000.0  # amps: beyond any house supply
-_ALIAS = {"SDM72": "SDM630"}  # configured model -> the candidate with its registers
+# Models reading the same registers (SDM120's are a subset of SDM630's, SDM72 is read as
+# SDM630): at the configured address, such a candidate is the configured read again.
+_SAME = {"SDM630": "sdm", "SDM72": "sdm", "SDM120": "sdm"}
 
 
 def plausible(m, vals):
@@ -76,7 +79,8 @@ class Probe:
         self._next += 1
         self.tried = self._next
         model, addr = self.candidate(k)
-        own = skip is not None and addr == skip[1] and model == _ALIAS.get(skip[0], skip[0])
+        own = skip is not None and addr == skip[1] and (
+            _SAME.get(model, model) == _SAME.get(skip[0], skip[0]))
         if not own and not any(a == addr for _m, a in self._hits):
             if await self._is_meter(master, model, addr):
                 self._hits.append((model, addr))
