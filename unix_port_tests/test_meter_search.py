@@ -376,3 +376,14 @@ def test_a_lost_meter_s_own_read_is_not_sent_again_as_a_candidate():
     true(r.prot.external_meter_lost, "ERR MET")
     same = [q for q in r.master.reqs[n:] if q == own]
     eq(len(same), 2 * (6 + SWEEP), "the read and its retry each cycle, no candidate repeating it")
+
+
+def test_none_set_during_a_sweep_ends_the_traffic_at_once():
+    r = _rig(addr=None, model="auto")
+    r.cycle(7)
+    true(r.master.calls > 0, "searching")
+    r.settings["meter_model"] = "none"
+    calls = r.master.calls
+    r.cycle(SWEEP + meterprobe.PAUSE_MS // 1000)
+    eq(r.master.calls, calls, "not one request after 'none'")
+    eq((r.pm.search_view(), r.limit()), (None, None))
