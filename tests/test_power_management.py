@@ -49,6 +49,7 @@ RECOVER_S = 5.0
 RESUME_HOLD_S = 5.0
 RAISE_STEP_A = 2.0  # power.RAISE_STEP_A
 WAIT_S = 15.0  # bound on a wait of the test, not a figure of the firmware
+SWEEP_S = 50.0  # a sweep of the meter search: meterprobe.Probe.count() cycles
 
 # A custom map unlike the built-in ones: holding registers, int32 with the low word
 # first, milliamps and decivolts, and an unsigned 16-bit voltage.
@@ -436,9 +437,10 @@ def test_the_manual_s_setup_the_meter_found_and_max_current_the_supply(request, 
         c = r.charger
         snap = c.start()
         assert snap["meter"] is None or snap["meter"]["model"] == "SDM630", snap["meter"]
-        # Address 1 of the five models is tried first: six cycles of about 1 s.
+        # A whole sweep first (50 candidates, one a cycle of about 1 s): another meter
+        # may answer further on.
         snap = c.wait_for(lambda s: s["meter"] is not None and s["meter"]["ok"],
-                          timeout=WAIT_S + 10)
+                          timeout=SWEEP_S + WAIT_S)
         assert snap["meter_search"] is None, "in use and answering: the search is over"
         c.login()
         cfg = c.http("GET", "/api/config").body

@@ -902,3 +902,17 @@ def test_no_inline_script_or_markup_injection():
     assert "style=" not in html
     for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("):
         assert sink not in js, sink
+
+
+def test_every_meter_model_is_an_option():
+    """The Load Balance page offers every meter_model the charger takes: a stored value
+    with no option leaves the select empty, and the page then sends "" and cannot save."""
+    import ast
+
+    src = (ROOT / "firmware" / "evse" / "settings.py").read_text("utf-8")
+    models = ast.literal_eval(re.search(r"^METER_MODELS = (\(.*\))$", src, re.M).group(1))
+    html = (WWW / "index.html").read_text("utf-8")
+    select = re.search(r'<select id="meter_model".*?</select>', html, re.S).group(0)
+    offered = [v or text for v, text in
+               re.findall(r'<option(?: value="([^"]*)")?[^>]*>([^<]*)</option>', select)]
+    assert sorted(offered) == sorted(models)

@@ -640,3 +640,31 @@ def test_car_phases_measured_per_session():
     ch.session = None
     read((0.0, 0.0, 0.0))
     eq(met.car_mask, None, "the next car is measured anew")
+
+
+def test_a_huge_current_is_no_reading_and_raises_no_limit():
+    # 1e30 A exported on every phase would leave 1e30 A of room.
+    r = Rig()
+    r.house(10.0, 10.0, 10.0)
+    r.cycle()
+    eq(r.limit(), 15.0)
+    r.master.set(amps=(1e30, 1e30, 1e30), watts=(-2.3e32, -2.3e32, -2.3e32))
+    for _ in range(7):
+        r.cycle()
+        true(r.limit() <= 15.0, "not raised: %r" % r.limit())
+    true(r.prot.external_meter_lost, "no valid reading: ERR MET")
+
+
+def test_a_meter_of_another_make_at_the_address_is_no_reading():
+    # An EM340 (32-bit integers, low word first) where an SDM630 is configured: its
+    # registers read as floats are tiny, so 30 A of house load would look like none.
+    r = Rig(max_house_current_a=25)
+    m = r.master
+    m.regs = {}
+    for k in range(3):
+        m.regs[2 * k] = 2300  # 230.0 V in 0.1 V
+        m.regs[0x0C + 2 * k] = 30000  # 30 A in mA
+    for _ in range(7):
+        r.cycle()
+        eq(r.limit(), 0.0, "the house load is unknown: nothing offered")
+    true(r.prot.external_meter_lost, "ERR MET")

@@ -554,6 +554,24 @@ def test_power_management_resumes_after_a_meter_outage_a_week_in():
         true(r.limit() >= 6.0, "resumed once the meter is back: %r" % r.limit())
 
 
+def test_the_meter_search_still_sweeps_a_week_later():
+    """meter_model auto with nothing on the bus for a week: the pause between two sweeps
+    still ends, and a meter wired then is found."""
+    import evse.power as power_mod
+    from evse import meterprobe
+    from test_meter_search import SWEEP, _rig
+
+    with Ticks32(power_mod):
+        r = _rig(addr=None, model="auto")
+        r.clock = r.pm.clock = WrapClock(NEAR_WRAP)
+        r.cycle(SWEEP)
+        for _ in range(WEEK_MS // 3_600_000):
+            r.clock.ms += 3_600_000
+            r.cycle()
+        r.master.addr = 3
+        r.cycle(meterprobe.PAUSE_MS // 1000 + 2 * SWEEP)
+        eq((r.settings["meter_model"], r.settings["meter_addr"]), ("SDM630", 3), "found")
+
 def _leap_pool(pool, ms, step_ms=3_600_000):
     while ms > 0:
         d = min(ms, step_ms)

@@ -8,7 +8,9 @@
 # the values are a meter's: a mains voltage on L1 (where the map has one), a current
 # that is a number and not beyond any house's. Registers of another make answer with an
 # exception, or with values that fail that test (an integer read as a float is tiny).
-# Only reads are sent, never to the configured meter's own (model, address).
+# Only reads are sent, never the configured meter's own read (its address with a model
+# reading the same registers). A sweep
+# tries every candidate; its result is a meter only when one address answered as one.
 from micropython import const
 
 from evse import meters
@@ -19,26 +21,38 @@ PAUSE_MS = const(30000)  # between two sweeps that found nothing
 _V_MIN = 80.0  # a phase-to-neutral mains voltage: 100-240 V nominal, with sags
 _V_MAX = 300.0
 _I_MAX = 2000.0  # amps: beyond any house supply
+# Models reading the same registers (SDM120's are a subset of SDM630's, SDM72 is read as
+# SDM630): at the configured address, such a candidate is the configured read again.
+_SAME = {"SDM630": "sdm", "SDM72": "sdm", "SDM120": "sdm"}
 
 
 def plausible(m, vals):
-    """True when a reading through map `m` looks like a meter's."""
+    """True when a reading through map `m` looks like a meter's: also the test of every
+    reading of the configured meter (evse/power.py)."""
     v = vals[meters.V_L1]
     if meters.V_L1 in m.slots and (v is None or not _V_MIN <= v <= _V_MAX):
         return False
-    i = vals[meters.I_L1]
-    return i is not None and -_I_MAX <= i <= _I_MAX
+    for q in range(meters.I_L1, meters.I_L1 + 3):
+        i = vals[q]
+        if (q == meters.I_L1 or q in m.slots) and (i is None or not -_I_MAX <= i <= _I_MAX):
+            return False
+    return True
 
 
 class Probe:
-    """One sweep over the candidates at a time: `step()` tries the next one."""
+    """One sweep over the candidates at a time: `step()` tries the next one. A sweep
+    finds a meter only when exactly one address answers as one: with two (the grid's
+    and, say, the charger's own billing meter) the first is not necessarily the grid's,
+    and one that sees no other load would let the supply be overloaded."""
 
     def __init__(self):
-        self.found = None  # (model, address) of the last meter found
+        self.found = None  # (model, address) of the one meter of the last sweep
+        self.meters = []  # (model, address) of every meter of the last finished sweep
         self.tried = 0  # candidates tried in this sweep
         self.sweeps = 0  # sweeps finished
         self.searching = False
         self._next = 0
+        self._hits = []  # the meters of this sweep so far
         self._vals = [None] * meters.N_QTY
 
     @staticmethod
@@ -52,25 +66,35 @@ class Probe:
     def restart(self):
         self._next = 0
         self.tried = 0
+        self._hits = []
         self.searching = True
 
     async def step(self, master, skip=None):
-        """Tries the next candidate (not `skip`, a (model, address) in use) with
-        `master` (lib/modbus_rtu); -> (model, address) when it answered as a meter,
-        else None. The sweep ends after the last candidate (`searching` False)."""
-        import modbus_rtu as mb
-
+        """Tries the next candidate (not `skip`, a (model, address) in use, nor an
+        address already found) with `master` (lib/modbus_rtu); -> (model, address) at
+        the end of a sweep in which one address answered as a meter, else None."""
         if not self.searching:
             return None
         k = self._next
         self._next += 1
         self.tried = self._next
-        if self._next >= self.count():
-            self.searching = False
-            self.sweeps += 1
         model, addr = self.candidate(k)
-        if skip is not None and (model, addr) == (skip[0], skip[1]):
+        own = skip is not None and addr == skip[1] and (
+            _SAME.get(model, model) == _SAME.get(skip[0], skip[0]))
+        if not own and not any(a == addr for _m, a in self._hits):
+            if await self._is_meter(master, model, addr):
+                self._hits.append((model, addr))
+        if self._next < self.count():
             return None
+        self.searching = False
+        self.sweeps += 1
+        self.meters = self._hits
+        self.found = self.meters[0] if len(self.meters) == 1 else None
+        return self.found
+
+    async def _is_meter(self, master, model, addr):
+        import modbus_rtu as mb
+
         m = meters.builtin(model)
         vals = self._vals
         for i in range(meters.N_QTY):
@@ -80,18 +104,15 @@ class Probe:
                 fc, start, count, _ = m.blocks[i]
                 m.decode(i, await master.read_registers(fc, addr, start, count), vals)
         except mb.ModbusError:
-            return None  # no answer, an exception, a bad frame: not this one
-        if not plausible(m, vals):
-            return None
-        self.found = (model, addr)
-        self.searching = False
-        return self.found
+            return False  # no answer, an exception, a bad frame: not this one
+        return plausible(m, vals)
 
     def view(self, state):
         f = self.found
         return {
             "state": state,
             "found": {"model": f[0], "addr": f[1]} if f else None,
+            "meters": [{"model": m, "addr": a} for m, a in self.meters],
             "tried": self.tried,
             "of": self.count(),
             "sweeps": self.sweeps,

@@ -146,6 +146,8 @@ class PowerManager:
             return
         if self.model == "auto":
             found = await self._search(t0)
+            if found is None and self.probe is not None:
+                found = self.probe.found  # found before, not stored yet (_adopt)
             if found is not None:
                 self._adopt(found)
             return
@@ -256,6 +258,8 @@ class PowerManager:
             self._swept_ms = self.clock()
         if found is not None:
             _log.info("meter search: %s answers at address %d", found[0], found[1])
+        elif not p.searching and len(p.meters) > 1:
+            _log.warning("meter search: %d meters answer, none taken", len(p.meters))
         return found
 
     def _adopt(self, found):
@@ -263,6 +267,18 @@ class PowerManager:
         chosen it; from the next cycle it is read (no charging until its first reading)
         and its loss is ERR MET."""
         model, addr = found
+        s = self.settings
+        if s["meter_model"] != "auto":
+            return  # set while the bus was read: the installer's choice stands
+        bad = getattr(s, "invalid", None)
+        if bad:
+            # A setting that cannot be read (meter_model's "auto" may be its fallback, the
+            # file unreadable): storing would clear that error and rewrite the file.
+            why = "not stored: configuration error in " + ", ".join(sorted(bad))
+            if why != self.adopt_error:
+                self.adopt_error = why
+                _log.error("meter %s at %d found, %s", model, addr, why)
+            return
         try:
             errors = self.settings.apply({"meter_model": model, "meter_addr": addr})
         except OSError as e:
@@ -291,10 +307,12 @@ class PowerManager:
         else:
             state = "searching" if p.searching else "waiting"
         if p is None:
-            return {"state": state, "found": None, "tried": 0, "of": 0, "sweeps": 0,
-                    "error": self.adopt_error}
+            return {"state": state, "found": None, "meters": [], "tried": 0, "of": 0,
+                    "sweeps": 0, "error": self.adopt_error}
         out = p.view(state)
         out["error"] = self.adopt_error
+        if out["error"] is None and self.model == "auto" and len(p.meters) > 1:
+            out["error"] = "%d meters answer: none taken, set meter_model" % len(p.meters)
         return out
 
     # ---- reading ---------------------------------------------------------------------------
@@ -328,6 +346,12 @@ class PowerManager:
         for k in range(3):
             if _I + k in m.slots and vals[_I + k] is None:
                 return self._error("value", "the meter has no current for L%d" % (k + 1))
+        from evse import meterprobe
+
+        if not meterprobe.plausible(m, vals):
+            # Another make's registers, or garbage: 1e30 A exported would be 1e30 A of room
+            return self._error("value", "not a meter's reading: V %r A %r" % (
+                vals[0], vals[_I : _I + 3]))
         self._vals = self.values
         self.values = vals
         self._read_own()

@@ -178,8 +178,8 @@ SCHEMA = {
     "language": ("en", _language),
     "wifi_ssid": ("", _text(32)),
     "wifi_password": ("", _text(63, 8)),
-    # auto: the charger looks for a supported meter on the RS-485 bus and adopts the
-    # first it finds (evse/meterprobe.py); none: no power management.
+    # auto: the charger looks for a supported meter on the RS-485 bus and adopts it when
+    # a sweep finds exactly one (evse/meterprobe.py); none: no power management.
     "meter_model": ("auto", _choice(*METER_MODELS)),
     "meter_addr": (1, _int_range(1, 247)),
     "auth_mode": ("rfid", _choice("rfid", "free")),
