@@ -444,7 +444,7 @@ def test_deaths_a_week_apart_do_not_add_up_to_a_reset():
         for _ in range(WEEK_MS // 3_600_000):  # the watchdog loop runs on (every 500 ms)
             now = (now + 3_600_000) & MASK
             fake_time.set_ms(now)
-            sup.healthy()
+            sup.late()
         sup._note_death("pilot")
         eq(sup.escalated, None, "no reset for deaths a week apart")
 

@@ -830,7 +830,7 @@ class Ota:
         while True:
             await asyncio.sleep_ms(500)
             now = time.ticks_ms()
-            ok = not sup.healthy() and sup.escalated is None and self.app.http is not None
+            ok = not sup.late() and sup.escalated is None and self.app.http is not None
             if ok:
                 since = now if since is None else since
                 if time.ticks_diff(now, since) >= HEALTH_MS:

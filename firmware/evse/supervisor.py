@@ -70,8 +70,8 @@ class Supervisor:
             self.escalated = name
             _log.error("critical task %s keeps dying: letting the watchdog reset", name)
 
-    def healthy(self):
-        """Names of the critical tasks that have not checked in on time (empty = healthy).
+    def late(self):
+        """Names of the critical tasks that have not checked in on time (empty: all well).
         Called every 500 ms: it also forgets the deaths older than the window, which
         days later would read as recent once the ticks wrap (2**29 ms on a 32-bit port)."""
         now = time.ticks_ms()
@@ -94,7 +94,7 @@ class Supervisor:
         self._wdt.start(WDT_TIMEOUT_MS)
         stalled = False
         while True:
-            late = self.healthy()
+            late = self.late()
             if late or self.escalated:
                 if not stalled:
                     self._safe_state()
