@@ -182,7 +182,9 @@ def test_the_factory_password_changes_nothing(start_charger):
     assert c.http("GET", "/api/upgrade").status == 200
     # The password change itself is allowed; the new one may not be the default.
     r = c.http("POST", "/api/password", json={"old": FACTORY_PASSWORD, "new": FACTORY_PASSWORD})
-    assert r.status == 400
+    assert r.status == 400 and list(r.body["fields"]) == ["new"], r
+    r = c.http("POST", "/api/password", json={"old": "not-the-pw", "new": "owner-pw-1"})
+    assert r.status == 400 and list(r.body["fields"]) == ["old"], r
     r = c.http("POST", "/api/password", json={"old": FACTORY_PASSWORD, "new": "owner-pw-1"})
     assert r.status == 200, r
     r = c.login("owner-pw-1")

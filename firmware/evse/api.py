@@ -13,7 +13,7 @@ from httpd import HTTPError, Response
 
 from evse import faults
 from evse.auth import FREE_TAG
-from evse.web_auth import COOKIE, IDLE_MS, WebAuth
+from evse.web_auth import COOKIE, IDLE_MS, LockedOut, WebAuth, WrongPassword
 
 _BODY = 4096
 # Bodies parsed without a session (login) or before the old password is checked: a
@@ -149,9 +149,10 @@ class Api:
         body = await self._json(req, _LOGIN_BODY)
         try:
             token = await self.auth.login(body.get("password"), client(req))
+        except LockedOut as e:
+            raise HTTPError(429, str(e))
         except ValueError as e:
-            msg = str(e)
-            raise HTTPError(429 if "attempts" in msg else 401, msg)
+            raise HTTPError(401, str(e))
         return Response(
             {"ok": True, "must_change_password": self.auth.factory},
             headers={"Set-Cookie": _cookie(token)},
@@ -167,11 +168,11 @@ class Api:
         body = await self._json(req, _PASSWORD_BODY)
         try:
             await self.auth.change_password(body.get("old"), body.get("new"), client(req))
+        except LockedOut as e:
+            raise HTTPError(429, str(e))
         except ValueError as e:
             msg = str(e)
-            if "attempts" in msg:
-                raise HTTPError(429, msg)
-            field = "old" if msg.startswith("current") else "new"
+            field = "old" if isinstance(e, WrongPassword) else "new"
             return Response({"error": msg, "fields": {field: msg}}, 400)
         return {"ok": True}
 

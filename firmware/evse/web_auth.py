@@ -71,6 +71,18 @@ def _equal(a, b):
     return diff == 0
 
 
+class LockedOut(ValueError):
+    """Too many wrong passwords: no attempt is checked until the lockout ends."""
+
+
+class WrongPassword(ValueError):
+    """The password (or, changing it, the current one) is wrong."""
+
+
+class BadNewPassword(ValueError):
+    """The new password is refused (length, the factory default)."""
+
+
 class WebAuth:
     """Every time kept here is on our own millisecond count (_now): it only grows, so an
     expiry stored days ago never reads as recent after the ticks wrap (2**29 ms on a
@@ -173,14 +185,14 @@ class WebAuth:
         return self._buckets[h[0] % BUCKETS], False
 
     def _gate(self, client, now):
-        """Raises ValueError while `client` is locked out: by its own count (its bucket's
+        """Raises LockedOut while `client` is locked out: by its own count (its bucket's
         when it has not logged in since boot) or, unless it has, by the global cap."""
         e, known = self._entry_of(client)
         until = e[_UNTIL]
         if not known and self._glocked > until:
             until = self._glocked
         if until > now:
-            raise ValueError("too many attempts, try again in %d s" % ((until - now + 999) // 1000))
+            raise LockedOut("too many attempts, try again in %d s" % ((until - now + 999) // 1000))
 
     def _wrong(self, client, now):
         e = self._entry_of(client)[0]
@@ -201,7 +213,7 @@ class WebAuth:
             _log.warning("login locked for %d s for everyone", GLOBAL_LOCK_MS // 1000)
 
     async def _attempt(self, client, password):
-        """Checks a password under the lockouts; raises ValueError(reason) when refused.
+        """Checks a password under the lockouts; raises LockedOut or WrongPassword.
         Called under self._lock: parallel requests cannot all pass the gate before the
         first wrong one is counted."""
         self._gate(client, self._now())
@@ -209,7 +221,7 @@ class WebAuth:
         now = self._now()
         if not ok:
             self._wrong(client, now)
-            raise ValueError("wrong password")
+            raise WrongPassword("wrong password")
         self._login_ok(client)
         return now
 
@@ -270,14 +282,12 @@ class WebAuth:
     async def _change(self, old, new, client):
         try:
             await self._attempt(client, old if isinstance(old, str) else "")
-        except ValueError as e:
-            if "attempts" in str(e):
-                raise
-            raise ValueError("current password is wrong")
+        except WrongPassword:
+            raise WrongPassword("current password is wrong")
         if not isinstance(new, str) or not 6 <= len(new) <= 64:
-            raise ValueError("new password must have 6 to 64 characters")
+            raise BadNewPassword("new password must have 6 to 64 characters")
         if new == DEFAULT_PASSWORD:
-            raise ValueError("new password must not be the factory default")
+            raise BadNewPassword("new password must not be the factory default")
         salt = os.urandom(16)
         h = await _hash(salt, new)
         atomicfile.save_json(self._path, {"salt": binascii.hexlify(salt).decode(), "hash": h})
