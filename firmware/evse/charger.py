@@ -179,14 +179,13 @@ class _Steady:
 
 
 class Charger:
-    def __init__(self, hw, settings, store=None):
+    def __init__(self, hw, settings):
         self.hw = hw
         self.clock = time.ticks_ms  # replaceable in tests; calling it allocates nothing
         self._cp = hw.cp
         self._relays = hw.relays
         self._lock_hw = hw.lock
         self.settings = settings
-        self.store = store  # history / persistence hooks (app.py), may be None in tests
         self._clf = pilot.Classifier()
         self.cp_cal = pilot.ZeroCal()  # the zero of the CP measurement (docs/errors.md)
         self._deb = pilot.Debouncer()
