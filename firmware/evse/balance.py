@@ -28,7 +28,7 @@ ST_CONNECTED = const(1)  # vehicle, no session: needs nothing
 ST_WANT = const(2)  # session running: needs an allocation
 ST_FAULT = const(3)
 
-MIN_A = 6.0  # IEC 61851-1: the smallest current a PWM may offer
+MIN_A = limits.MIN_A  # IEC 61851-1: the smallest current a PWM may offer
 CYCLE_MS = const(1000)  # the master allocates this often
 STATUS_MS = const(500)  # every node announces itself this often
 NODE_TIMEOUT_MS = const(3000)  # a node not heard this long is gone: its share is freed

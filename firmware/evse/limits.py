@@ -7,7 +7,7 @@
 
 import math
 
-MIN_A = 6.0
+from evse.pilot import MIN_A  # IEC 61851-1: the least a PWM offers (one source)
 MODEL_A = 32  # both models: 32 A per phase (7.4 kW single-phase, 22 kW three-phase)
 
 # Thermal derating (°C): full current up to `start`, linearly down to 6 A at the trip
