@@ -408,7 +408,7 @@ def run(seed=1, minutes=None):
                           own_meter=plant.meter, clock=clock.ticks_ms,
                           clock_us=lambda: clock.ticks_ms() * 1000)
         sup = Supervisor(plant.wdt, ch.emergency_stop, ch.hold)
-        plant.rcd.set_handler(ch._rcd_cb)
+        plant.rcd.set_handler(ch.rcd_handler)
         prot.load_latches()
 
         def on_charger(event, c, *rest):

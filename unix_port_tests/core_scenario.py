@@ -119,7 +119,7 @@ class Run:
         auth = self.auth = Authorizer(ch, self.settings, hmi, met)
         auth.sources.append(_Cards())
         sup = self.sup = Supervisor(b.wdt, ch.emergency_stop, ch.hold)
-        b.rcd.set_handler(ch._rcd_cb)
+        b.rcd.set_handler(ch.rcd_handler)
         prot.load_latches()
         app = _AppShim()
         app.charger = ch

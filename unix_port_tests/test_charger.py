@@ -26,7 +26,7 @@ class Rig:
         self.ch.clock = self.clock
         self.prot = Protection(self.ch, self.hw, self.settings, None, "/tmp")
         self.prot._save_latches = lambda: None
-        self.hw.rcd.set_handler(self.ch._rcd_cb)
+        self.hw.rcd.set_handler(self.ch.rcd_handler)
         self._n = 0
         self.metering = True  # False: the metering task hangs, no reading reaches protection
         self.draw = False  # True: the meter shows what the fake car draws (hw.ev.draw_a)
@@ -592,7 +592,7 @@ def test_lat_is_not_cleared_while_a_latching_trip_s_cause_is_present():
 def _boot(data_dir):
     """A charger started as app.py starts it: the RCD handler set, the latches loaded."""
     ch, prot = _latch_rig(data_dir)
-    ch.hw.rcd.set_handler(ch._rcd_cb)
+    ch.hw.rcd.set_handler(ch.rcd_handler)
     prot.load_latches()
     return ch, prot
 
@@ -744,7 +744,7 @@ def test_trip_path_allocates_nothing():
     bit = faults.OCP
     assert_no_alloc(ch.trip, bit)
     true(not r.hw.relays.closed)
-    assert_no_alloc(ch._rcd_cb)
+    assert_no_alloc(ch.rcd_handler)
     assert_no_alloc(ch.emergency_stop)
 
 

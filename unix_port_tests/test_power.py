@@ -452,7 +452,7 @@ def test_with_the_charging_core_met_trips_and_clears():
     metering = FakeMetering()
     master = FakeMaster()
     pm = PowerManager(ch, settings, prot, metering, master=master, clock=clock)
-    hw.rcd.set_handler(ch._rcd_cb)
+    hw.rcd.set_handler(ch.rcd_handler)
 
     def run(ms):
         for _ in range(ms // 10):

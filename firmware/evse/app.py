@@ -84,7 +84,7 @@ class App:
         self._records_flag = asyncio.Event()
         self.charger.listeners.append(self._on_charger)
         self.settings.on_change(self._on_settings)
-        hw.rcd.set_handler(self.charger._rcd_cb)
+        hw.rcd.set_handler(self.charger.rcd_handler)
         self.protection.load_latches()
         if self.settings.invalid:  # the Report page names what is not as configured
             self.history.add_fault("CFG", {"settings": dict(self.settings.invalid)})

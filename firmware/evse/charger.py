@@ -248,8 +248,9 @@ class Charger:
         self.contacts_open = False  # ... and have stayed open for _CONTACTS_OPEN_MS since
         self.listeners = []  # fn(event, charger): "session_start", "session_end", "state"
         self.auth_pending = None  # (id_tag, start_mode, expires_ms, source, verdict): authorized before plug-in (auth.py)
-        # Bound once: called from the RCD interrupt without allocating.
-        self._rcd_cb = self._on_rcd_irq
+        # The board's RCD input calls it (app.py registers it): bound once, so the
+        # interrupt calls it without allocating.
+        self.rcd_handler = self._on_rcd_irq
         self._irq_off = hw.disable_irq
         self._irq_on = hw.enable_irq
         self._diode_bad = 0
