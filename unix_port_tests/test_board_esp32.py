@@ -298,7 +298,8 @@ def test_can_controller_found_later_is_set_up_with_backoff():
         eq((hw.can.ok, hw.can.inits), (False, 1), "no chip answering at boot")
         pins = sys.modules["pins"]
         # the same adapter booted at t = 0 ms, to time its retries
-        hw.can = can = ld.board.Can(hw.rfid_spi, ld.machine.pins[pins.CAN_CS], 0)
+        hw.can = can = ld.board.Mcp2515Can(hw.rfid_spi, ld.machine.pins[pins.CAN_CS],
+                                           pins.CAN_XTAL_MHZ, pins.CAN_BITRATE, 0)
         eq((can.ok, can.inits), (False, 1), "boot attempt")
         waits = []
         t = 0

@@ -18,7 +18,9 @@ import evplus_thermal as thermal
 import machine
 import network
 import pins
-from evplus_board import CanPort, EvPlusBoard, tethered
+from evplus_board import EvPlusBoard, tethered
+from evplus_cp_burst import BurstCpAdc
+from evplus_mcp2515 import Mcp2515Can
 from machine import ADC, PWM, Pin
 from micropython import const
 
@@ -27,8 +29,6 @@ _CP_FREQ = const(1000)
 _FAN_FREQ = const(25000)
 _CP_BURST = const(48)  # ADC reads per sample(): ~1.3 periods at ~28 us per read
 _U16_FULL = const(65535)
-_CAN_RETRY_MS = const(1000)  # first retry of an MCP2515 that did not answer
-_CAN_RETRY_MAX_MS = const(60000)
 # NTC limits inside what the ADC reads. At 11 dB the ESP32-S3 ADC tops out near 3100 mV
 # (Espressif: 0-3100 mV), chip to chip somewhat lower or higher, and its calibration is
 # linear only up to about 2900 mV; an open NTC, pulled to 3.3 V, reads that top, not
@@ -59,30 +59,6 @@ class CpOut:
 
     def set_duty(self, duty_pm):  # ISR-safe: integer maths, < 2**30
         self._pwm.duty_u16(duty_pm * _U16_FULL // 1000)
-
-
-class CpAdc:
-    """CP plateaus from a burst of reads longer than one PWM period (min = low plateau,
-    max = high plateau). Not phase-locked: at duty below ~5 % the high plateau may be
-    missed by a burst; the pilot task samples every 10 ms and the state machine
-    debounces, so one short burst never decides a state. ISR-safe."""
-
-    def __init__(self, adc):
-        import array
-
-        self.adc = adc
-        self._read_uv = adc.read_uv  # bound once: sample() must not allocate
-        self._buf = array.array("i", [0] * _CP_BURST)
-        self.hi_mv = 0
-        self.lo_mv = 0
-
-    def sample(self):
-        b = self._buf
-        rd = self._read_uv
-        for i in range(_CP_BURST):
-            b[i] = rd()
-        self.hi_mv = power.cp_mv(max(b) // 1000, pins.CP_ZERO_MV, pins.CP_GAIN_X1000)
-        self.lo_mv = power.cp_mv(min(b) // 1000, pins.CP_ZERO_MV, pins.CP_GAIN_X1000)
 
 
 def _mv_reader(adc):
@@ -124,55 +100,6 @@ class Tach:
         return n
 
 
-class Can(CanPort):
-    """MCP2515 on the shared SPI bus: send/recv per docs/hal.md. None of its errors
-    escape recv(): a missing chip reads as a silent bus, and counts in `errors`.
-
-    A controller that does not answer at boot (the CAN board fitted or plugged in later,
-    a loose connector) is set up again by poll(), which the board task calls: 1 s after
-    the failed attempt, then 2, 4, 8 ... s, at most 60 s apart, so a bus connected later
-    works without a reset and a missing chip costs one short SPI exchange a minute."""
-
-    def __init__(self, spi, cs, now_ms):
-        from mcp2515 import Mcp2515
-
-        self.dev = Mcp2515(spi, cs, pins.CAN_XTAL_MHZ, pins.CAN_BITRATE)
-        self.ok = False
-        self.errors = 0
-        self.inits = 0  # set-up attempts, the one at boot included
-        self._wait_ms = _CAN_RETRY_MS
-        self._next_ms = now_ms
-        self.poll(now_ms)
-
-    def poll(self, now_ms):
-        """Sets the controller up when it is not and its retry time has come."""
-        if self.ok or time.ticks_diff(now_ms, self._next_ms) < 0:
-            return
-        self.inits += 1
-        try:
-            self.dev.init()
-        except OSError:
-            self._next_ms = time.ticks_add(now_ms, self._wait_ms)
-            self._wait_ms = min(self._wait_ms * 2, _CAN_RETRY_MAX_MS)
-            return
-        self.ok = True
-        self._wait_ms = _CAN_RETRY_MS
-
-    def send(self, can_id, data):
-        if not self.ok:
-            raise OSError(5)  # EIO: no controller
-        self.dev.send(can_id, data)
-
-    def recv(self):
-        if not self.ok:
-            return None
-        try:
-            return self.dev.recv()
-        except OSError:
-            self.errors += 1
-            return None
-
-
 class Board(EvPlusBoard):
     def __init__(self, env):
         self._begin(NAME, env, machine, pins)
@@ -182,7 +109,8 @@ class Board(EvPlusBoard):
         self._cp_out = CpOut(cp_pwm)
         self.cp = power.CpGenerator(self._cp_out.set_duty, machine.disable_irq,
                                     machine.enable_irq)
-        self.cp_adc = CpAdc(_adc(pins.CP_ADC))
+        self.cp_adc = BurstCpAdc(_adc(pins.CP_ADC), _CP_BURST, pins.CP_ZERO_MV,
+                                 pins.CP_GAIN_X1000)
         self.pp_adc = power.PpAdc(_mv_reader(_adc(pins.PP_ADC)), pins.VREF_MV,
                                   pins.PP_PULLUP_OHM, open_mv=_PP_OPEN_MV)
 
@@ -216,7 +144,8 @@ class Board(EvPlusBoard):
         self.fan = thermal.Fan(self._fan_out.set_pct, self._tach.count)
 
         # CAN and radio
-        self.can = Can(spi, can_cs, time.ticks_ms())
+        self.can = Mcp2515Can(spi, can_cs, pins.CAN_XTAL_MHZ, pins.CAN_BITRATE,
+                              time.ticks_ms())
         self.wlan = system.make_wlan(network, self.serial, self.data_dir)
 
         self._finish(
