@@ -394,6 +394,17 @@ def test_service_built_on_use_and_dropped_when_idle():
     eq(v["last"], {"code": "E02 UP"})
     eq(v["busy"], None)
     true(u._ota is not None, "built again")
+    u = appmod._Upgrades(_App(_tmpdir()))
+
+
+    async def first_look():  # the app's task, to its first sleep: no version on trial
+        t = asyncio.create_task(u.run())
+        await asyncio.sleep_ms(10)
+        t.cancel()
+
+    asyncio.run(first_look())
+    asyncio.new_event_loop()
+    true(u._ota is None and "evse.ota" not in sys.modules, "dropped once the boot is done")
 
 
 def time_add(t, ms):

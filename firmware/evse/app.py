@@ -419,11 +419,12 @@ class _Balancing:
 
 
 class _Upgrades:
-    """The OTA service (evse/ota.py and lib/p256.py: about 4 KB of heap with its object)
-    as the app holds it: built at boot for its clean-up and for a version on trial, and
-    again when it is used (the Upgrade page, an upload, an OCPP UpdateFirmware); dropped,
-    modules and all, once it has been idle for _OTA_IDLE_MS, so a charger that is not
-    being upgraded spends nothing on it. The last result outlives it."""
+    """The OTA service (evse/ota.py and lib/p256.py: about 3.5 KB of heap with its object)
+    as the app holds it: built at boot for its clean-up and the OCPP client's recovery,
+    kept while a version on trial proves healthy, built again when it is used (the
+    Upgrade page, an upload, an OCPP UpdateFirmware) and dropped, modules and all, once
+    it has been idle for _OTA_IDLE_MS, so a charger that is not being upgraded spends
+    nothing on it. The last result outlives it."""
 
     def __init__(self, app):
         self._app = app
@@ -480,16 +481,17 @@ class _Upgrades:
                 await self._ota.run()
             finally:
                 self._runs -= 1
+        self._idle(time.ticks_ms(), True)  # the boot's clean-up is done
         # no local keeps the service: this frame lives as long as the charger
         while True:
             await asyncio.sleep_ms(_OTA_LOOK_MS)
             self._idle(time.ticks_ms())
 
-    def _idle(self, now):
+    def _idle(self, now, done=False):
         o = self._ota
         if o is not None and (o.busy or self._runs):
             self._used = now  # refreshed while in use: never compared across a wrap
-        elif o is None or time.ticks_diff(now, self._used) >= _OTA_IDLE_MS:
+        elif o is None or done or time.ticks_diff(now, self._used) >= _OTA_IDLE_MS:
             if o is not None:
                 self.last = o.last
                 self._ota = self._hook = None
