@@ -390,7 +390,10 @@ def test_service_built_on_use_and_dropped_when_idle():
     u._idle(time_add(u._used, appmod._OTA_IDLE_MS))
     true(u._ota is None, "dropped")
     true("evse.ota" not in sys.modules and "p256" not in sys.modules, "modules forgotten")
+    with open(o.staging, "wb") as f:  # as if an upload were being written
+        f.write(b"x")
     v = u.view()  # the Upgrade page builds it again
+    true(_exists(o.staging), "a rebuilt service leaves the files alone: only a boot cleans")
     eq(v["last"], {"code": "E02 UP"})
     eq(v["busy"], None)
     true(u._ota is not None, "built again")

@@ -433,6 +433,7 @@ class _Upgrades:
         self._hook = None
         self._runs = 0  # OCPP installs and the health check under way: never dropped
         self._used = 0
+        self._boot = True  # the first one cleans up what a power cut left
         self.last = None
         self.get()  # a cut upload removed, a kept download nothing will ask for
 
@@ -441,7 +442,8 @@ class _Upgrades:
         if o is None:
             from evse.ota import Ota
 
-            o = self._ota = Ota(self._app)
+            o = self._ota = Ota(self._app, boot=self._boot)
+            self._boot = False
             o.last = self.last
             if self._ocpp is not None:
                 self._hook = o.ocpp_hook(self._ocpp)

@@ -433,7 +433,7 @@ class Sink:
 
 
 class Ota:
-    def __init__(self, app, ab=None):
+    def __init__(self, app, ab=None, boot=True):
         self.app = app
         self.hw = app.hw
         self.data_dir = app.data_dir
@@ -460,6 +460,15 @@ class Ota:
         self.kept = self.stage_dir + "/download.bin"
         self.kept_meta = self.stage_dir + "/download.json"
         _mkdirs(self.stage_dir)
+        self.on_healthy = None  # fn() when a version on trial is confirmed (OCPP Installed)
+        self.key_path = self.data_dir + "/" + KEY_FILE
+        if boot:  # what a power cut left; not when the app builds it again for a use
+            self._clean_up(app)
+        # an OCPP download's https:// context and security profile (ocpp_hook)
+        self.tls = lambda: None
+        self.profile = lambda: 0
+
+    def _clean_up(self, app):
         _remove(self.staging)  # a cut mid-upload leaves one: never installed
         _remove(self.kept_meta + ".tmp")
         try:
@@ -468,16 +477,11 @@ class Ota:
             ocpp_on = False
         if not ocpp_on:
             self.drop_kept()  # nothing will ask for it
-        self.on_healthy = None  # fn() when a version on trial is confirmed (OCPP Installed)
-        self.key_path = self.data_dir + "/" + KEY_FILE
         try:
             os.stat(self.key_path)
             _remove(self.key_path + ".bak")  # a handover cut before it removed the old key
         except OSError:
             pass
-        # an OCPP download's https:// context and security profile (ocpp_hook)
-        self.tls = lambda: None
-        self.profile = lambda: 0
 
     # ---- state -----------------------------------------------------------------------
     def running(self):
