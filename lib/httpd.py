@@ -132,33 +132,32 @@ _MAX_MS = const(0x8000000)  # longest deadline (37 h): ticks_add takes < 2**29 m
 _WS = b" \t"
 _FRAMING = ("content-length", "transfer-encoding", "connection", "expect")  # always kept
 _METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")
-# Pairs, not dicts: a tuple of constants stays in flash on a frozen build (_get).
+# Key, value, key, value...: one tuple of constants stays in flash on a frozen build
+# (a dict, or a tuple per pair where the code is loaded into RAM, takes heap) (_get).
 _REASONS = (
-    (200, "OK"), (201, "Created"), (204, "No Content"), (304, "Not Modified"),
-    (400, "Bad Request"), (401, "Unauthorized"), (403, "Forbidden"), (404, "Not Found"),
-    (405, "Method Not Allowed"), (406, "Not Acceptable"), (408, "Request Timeout"),
-    (409, "Conflict"), (411, "Length Required"), (413, "Content Too Large"),
-    (414, "URI Too Long"), (417, "Expectation Failed"), (421, "Misdirected Request"),
-    (422, "Unprocessable Content"), (431, "Request Header Fields Too Large"),
-    (500, "Internal Server Error"), (501, "Not Implemented"), (503, "Service Unavailable"),
-    (505, "HTTP Version Not Supported"),
+    200, "OK", 201, "Created", 204, "No Content", 304, "Not Modified", 400, "Bad Request",
+    401, "Unauthorized", 403, "Forbidden", 404, "Not Found", 405, "Method Not Allowed",
+    406, "Not Acceptable", 408, "Request Timeout", 409, "Conflict", 411, "Length Required",
+    413, "Content Too Large", 414, "URI Too Long", 417, "Expectation Failed",
+    421, "Misdirected Request", 422, "Unprocessable Content",
+    431, "Request Header Fields Too Large", 500, "Internal Server Error",
+    501, "Not Implemented", 503, "Service Unavailable", 505, "HTTP Version Not Supported",
 )
 _TYPES = (
-    ("html", "text/html; charset=utf-8"), ("htm", "text/html; charset=utf-8"),
-    ("js", "text/javascript; charset=utf-8"), ("mjs", "text/javascript; charset=utf-8"),
-    ("css", "text/css; charset=utf-8"), ("json", "application/json"),
-    ("map", "application/json"), ("txt", "text/plain; charset=utf-8"),
-    ("svg", "image/svg+xml"), ("png", "image/png"), ("jpg", "image/jpeg"),
-    ("jpeg", "image/jpeg"), ("gif", "image/gif"), ("ico", "image/x-icon"),
-    ("webp", "image/webp"), ("woff", "font/woff"), ("woff2", "font/woff2"),
-    ("webmanifest", "application/manifest+json"), ("wasm", "application/wasm"),
+    "html", "text/html; charset=utf-8", "htm", "text/html; charset=utf-8",
+    "js", "text/javascript; charset=utf-8", "mjs", "text/javascript; charset=utf-8",
+    "css", "text/css; charset=utf-8", "json", "application/json", "map", "application/json",
+    "txt", "text/plain; charset=utf-8", "svg", "image/svg+xml", "png", "image/png",
+    "jpg", "image/jpeg", "jpeg", "image/jpeg", "gif", "image/gif", "ico", "image/x-icon",
+    "webp", "image/webp", "woff", "font/woff", "woff2", "font/woff2",
+    "webmanifest", "application/manifest+json", "wasm", "application/wasm",
 )
 
 
-def _get(pairs, key, default):
-    for k, v in pairs:
-        if k == key:
-            return v
+def _get(flat, key, default):
+    for i in range(0, len(flat), 2):
+        if flat[i] == key:
+            return flat[i + 1]
     return default
 
 
