@@ -132,25 +132,35 @@ _MAX_MS = const(0x8000000)  # longest deadline (37 h): ticks_add takes < 2**29 m
 _WS = b" \t"
 _FRAMING = ("content-length", "transfer-encoding", "connection", "expect")  # always kept
 _METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")
-_REASONS = {
-    200: "OK", 201: "Created", 204: "No Content", 304: "Not Modified",
-    400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
-    405: "Method Not Allowed", 406: "Not Acceptable", 408: "Request Timeout",
-    409: "Conflict", 411: "Length Required", 413: "Content Too Large",
-    414: "URI Too Long", 417: "Expectation Failed", 421: "Misdirected Request",
-    422: "Unprocessable Content",
-    431: "Request Header Fields Too Large", 500: "Internal Server Error",
-    501: "Not Implemented", 503: "Service Unavailable", 505: "HTTP Version Not Supported",
-}
-_TYPES = {
-    "html": "text/html; charset=utf-8", "htm": "text/html; charset=utf-8",
-    "js": "text/javascript; charset=utf-8", "mjs": "text/javascript; charset=utf-8",
-    "css": "text/css; charset=utf-8", "json": "application/json", "map": "application/json",
-    "txt": "text/plain; charset=utf-8", "svg": "image/svg+xml", "png": "image/png",
-    "jpg": "image/jpeg", "jpeg": "image/jpeg", "gif": "image/gif", "ico": "image/x-icon",
-    "webp": "image/webp", "woff": "font/woff", "woff2": "font/woff2",
-    "webmanifest": "application/manifest+json", "wasm": "application/wasm",
-}
+# Key, value, key, value...: one tuple of constants stays in flash on a frozen build
+# (a dict, or a tuple per pair where the code is loaded into RAM, takes heap) (_get).
+_REASONS = (
+    200, "OK", 201, "Created", 204, "No Content", 304, "Not Modified", 400, "Bad Request",
+    401, "Unauthorized", 403, "Forbidden", 404, "Not Found", 405, "Method Not Allowed",
+    406, "Not Acceptable", 408, "Request Timeout", 409, "Conflict", 411, "Length Required",
+    413, "Content Too Large", 414, "URI Too Long", 417, "Expectation Failed",
+    421, "Misdirected Request", 422, "Unprocessable Content",
+    431, "Request Header Fields Too Large", 500, "Internal Server Error",
+    501, "Not Implemented", 503, "Service Unavailable", 505, "HTTP Version Not Supported",
+)
+_TYPES = (
+    "html", "text/html; charset=utf-8", "htm", "text/html; charset=utf-8",
+    "js", "text/javascript; charset=utf-8", "mjs", "text/javascript; charset=utf-8",
+    "css", "text/css; charset=utf-8", "json", "application/json", "map", "application/json",
+    "txt", "text/plain; charset=utf-8", "svg", "image/svg+xml", "png", "image/png",
+    "jpg", "image/jpeg", "jpeg", "image/jpeg", "gif", "image/gif", "ico", "image/x-icon",
+    "webp", "image/webp", "woff", "font/woff", "woff2", "font/woff2",
+    "webmanifest", "application/manifest+json", "wasm", "application/wasm",
+)
+
+
+def _get(flat, key, default):
+    for i in range(0, len(flat), 2):
+        if flat[i] == key:
+            return flat[i + 1]
+    return default
+
+
 # Sent without allocating when things already went wrong (MemoryError, timeout).
 _R500 = (
     b"HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/json\r\n"
@@ -178,11 +188,11 @@ _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 class HTTPError(Exception):
     def __init__(self, status, msg=None):
         self.status = status
-        self.msg = msg or _REASONS.get(status, "error").lower()
+        self.msg = msg or _get(_REASONS, status, "error").lower()
 
 
 def content_type(path):
-    return _TYPES.get(path.rpartition(".")[2].lower(), "application/octet-stream")
+    return _get(_TYPES, path.rpartition(".")[2].lower(), "application/octet-stream")
 
 
 def _hex(ch):
@@ -1108,7 +1118,7 @@ class Server:
         """Answers an error that leaves the request framing unknown, then closes."""
         c.phase = _BUSY
         c.armed = False
-        res = Response({"error": _REASONS[status].lower()}, status)
+        res = Response({"error": _get(_REASONS, status, "error").lower()}, status)
         w = self._send(c, res, False, False, False)
         if w is not None:
             await w
@@ -1192,8 +1202,8 @@ class Server:
         out.reset(c.stream.write)
         line = self._lines.get(st)
         if line is None:
-            line = ("HTTP/1.1 %d %s\r\n" % (st, _REASONS.get(st, "Status"))).encode()
-            if st in _REASONS:
+            line = ("HTTP/1.1 %d %s\r\n" % (st, _get(_REASONS, st, "Status"))).encode()
+            if _get(_REASONS, st, None) is not None:
                 self._lines[st] = line
         out.write(line)
         if st != 204 and st != 304:

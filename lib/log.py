@@ -16,7 +16,7 @@ INFO = const(20)
 WARNING = const(30)
 ERROR = const(40)
 
-_NAMES = {DEBUG: "DEBUG", INFO: "INFO", WARNING: "WARNING", ERROR: "ERROR"}
+_NAMES = ((DEBUG, "DEBUG"), (INFO, "INFO"), (WARNING, "WARNING"), (ERROR, "ERROR"))  # flash
 
 _level = INFO
 _out = print  # one str per line, without the newline
@@ -80,7 +80,11 @@ class Logger:
                 msg = msg % args
             except (TypeError, ValueError):
                 msg = "%s %r" % (msg, args)
-        line = "%d %s %s: %s" % (_clock(), _NAMES.get(level, level), self.name, msg)
+        name = level
+        for lv, n in _NAMES:
+            if lv == level:
+                name = n
+        line = "%d %s %s: %s" % (_clock(), name, self.name, msg)
         _out(line)
         if level >= WARNING and _ring is not None:
             _remember(line)

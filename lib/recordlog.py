@@ -43,6 +43,16 @@ _HDR = const(8)  # magic, length, seq
 _OVERHEAD = const(12)  # header + CRC
 _MAX_LEN = const(65535)  # what the u16 length field can say
 _SUFFIX = ".log"
+# One read and copy buffer for every log, as large as the largest needs: each use is
+# synchronous (records() yields a copy), and one buffer per log cost a board's heap
+# 0.5 to 2 KB each (the charge sessions, the faults, the OCPP queue).
+_mv = None
+
+
+def _scratch(n):
+    global _mv
+    if _mv is None or len(_mv) < n:
+        _mv = memoryview(bytearray(n))  # a smaller one left is garbage
 
 
 class RecordLog:
@@ -56,8 +66,7 @@ class RecordLog:
         self._nseg = segments
         self._per_seg = (max_records + segments - 2) // (segments - 1)  # ceil division
         # Reused by every read: payload + CRC of the largest record (also the copy buffer).
-        self._buf = bytearray(max(max_record_bytes + 4, 256))
-        self._mv = memoryview(self._buf)
+        _scratch(max(max_record_bytes + 4, 256))
         self._hdr = bytearray(_HDR)
         self._crc = bytearray(4)
         self._segs = []  # [first seq, good records, good end offset], oldest first
@@ -238,7 +247,7 @@ class RecordLog:
                 end += _OVERHEAD + size
 
     def _read_record(self, f, seq):
-        # Reads the record at f's position into _buf; returns its payload length, or -1
+        # Reads the record at f's position into _mv; returns its payload length, or -1
         # if it is torn, foreign or corrupt. The length is checked before it is used.
         hdr = self._hdr
         if f.readinto(hdr) != _HDR:
@@ -246,10 +255,10 @@ class RecordLog:
         magic, n, s = struct.unpack_from("<HHI", hdr)
         if magic != _MAGIC or n > self.max_record_bytes or s != seq:
             return -1
-        mv = self._mv
+        mv = _mv
         if f.readinto(mv[: n + 4]) != n + 4:
             return -1
-        if struct.unpack_from("<I", self._buf, n)[0] != crc32(mv[:n], crc32(hdr)):
+        if struct.unpack_from("<I", mv, n)[0] != crc32(mv[:n], crc32(hdr)):
             return -1
         return n
 
@@ -260,7 +269,7 @@ class RecordLog:
                 n = self._read_record(f, seq)
         except OSError:
             return None  # rolled off meanwhile
-        return None if n < 0 else bytes(self._mv[:n])
+        return None if n < 0 else bytes(_mv[:n])
 
     def _offsets(self, path, first, n):
         # Start offset of each of the file's first n records, from their headers only.
@@ -286,7 +295,7 @@ class RecordLog:
         # No truncate on MicroPython: copy the good prefix to .tmp, rename it over.
         self.discarded += self._size(path) - end
         tmp = path + ".tmp"
-        mv = self._mv
+        mv = _mv
         left = end
         with open(path, "rb") as src, open(tmp, "wb") as dst:
             while left:

@@ -366,3 +366,51 @@ def test_install_yields_between_files():
     true(rm >= 20, "the erase yielded %d times for 20 files" % rm)
     true(walk >= n, "the walk yielded %d times for %d records" % (walk, n))
     true(not _exists(d), "erased")
+
+
+def test_service_built_on_use_and_dropped_when_idle():
+    # The app holds the OTA service only while it is used (evse/app.py _Upgrades): idle
+    # for a minute, it goes with its modules; the last result stays for the Upgrade page.
+    import sys
+    from evse import app as appmod
+
+    u = appmod._Upgrades(_App(_tmpdir()))
+    o = u._ota
+    true(o is not None and "evse.ota" in sys.modules, "built at boot for its clean-up")
+    t = u._used
+    u._idle(time_add(t, appmod._OTA_IDLE_MS - 1))
+    true(u._ota is o, "kept within the idle time")
+    o.busy = "upload"
+    u._idle(time_add(t, 10 * appmod._OTA_IDLE_MS))
+    true(u._ota is o, "never dropped while busy")
+    o.busy = None
+    o.last = {"code": "E02 UP"}
+    u._idle(time_add(u._used, appmod._OTA_IDLE_MS - 1))
+    true(u._ota is o, "the idle time counts from the last use")
+    u._idle(time_add(u._used, appmod._OTA_IDLE_MS))
+    true(u._ota is None, "dropped")
+    true("evse.ota" not in sys.modules and "p256" not in sys.modules, "modules forgotten")
+    with open(o.staging, "wb") as f:  # as if an upload were being written
+        f.write(b"x")
+    v = u.view()  # the Upgrade page builds it again
+    true(_exists(o.staging), "a rebuilt service leaves the files alone: only a boot cleans")
+    eq(v["last"], {"code": "E02 UP"})
+    eq(v["busy"], None)
+    true(u._ota is not None, "built again")
+    u = appmod._Upgrades(_App(_tmpdir()))
+
+
+    async def first_look():  # the app's task, to its first sleep: no version on trial
+        t = asyncio.create_task(u.run())
+        await asyncio.sleep_ms(10)
+        t.cancel()
+
+    asyncio.run(first_look())
+    asyncio.new_event_loop()
+    true(u._ota is None and "evse.ota" not in sys.modules, "dropped once the boot is done")
+
+
+def time_add(t, ms):
+    import time
+
+    return time.ticks_add(t, ms)

@@ -361,3 +361,29 @@ def test_iteration_memory_is_flat():
         true(peak < 4096, "iteration heap %d bytes" % peak)
     finally:
         _rmtree(d)
+
+
+def test_logs_share_one_read_buffer():
+    # Every log reads through one buffer as large as the largest needs (a board's heap
+    # held one per log): a second log of the same size adds far less than its records,
+    # and logs of other sizes read right between each other's reads.
+    import gc
+    import recordlog
+
+    d = _tmpdir()
+    big = RecordLog(d, "big", 10, 2048)
+    gc.collect()
+    before = gc.mem_alloc()
+    big2 = RecordLog(d, "big2", 10, 2048)
+    gc.collect()
+    true(gc.mem_alloc() - before < 1024, "a second 2 KB log: %d B" % (gc.mem_alloc() - before))
+    small = RecordLog(d, _NAME, 10, 16)
+    big.append(b"B" * 1500)
+    small.append(b"s" * 16)
+    big2.append(b"C" * 2048)
+    for _ in range(2):
+        eq([p for _, p in small.records()], [b"s" * 16])
+        eq([p for _, p in big.records()], [b"B" * 1500])
+        eq([p for _, p in big2.records()], [b"C" * 2048])
+    recordlog._mv = None  # the runner's next modules get the heap back
+    _rmtree(d)

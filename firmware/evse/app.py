@@ -37,6 +37,8 @@ _METER_MS = 1000
 _HMI_MS = 100
 _BALANCE_LOOK_MS = 100  # how soon a switched-on load balancing starts (one balancer tick)
 _HTTP_RETRY_S = 60  # the web server's next try to listen when there was no interface
+_OTA_IDLE_MS = 60000  # the OTA service is dropped this long after its last use...
+_OTA_LOOK_MS = 5000  # ...looked at this often
 
 
 class App:
@@ -98,13 +100,11 @@ class App:
         self.http = None
         self.api = None
         self.www_dir = _www_dir()
-        from evse.ota import Ota
-
-        self.ota = Ota(self)
+        self.ota = _Upgrades(self)
         from evse import ocpp
 
         self.ocpp = ocpp.attach(self)
-        self.ocpp.on_update_firmware = self.ota.ocpp_hook(self.ocpp)
+        self.ota.attach(self.ocpp)
         stores = self.ocpp.store_errors()
         if stores:  # the Report page names the OCPP files that could not be read
             self.history.add_fault("CFG", {"ocpp": dict(stores)})
@@ -416,6 +416,103 @@ class _Balancing:
         while self._get() is None:
             await asyncio.sleep_ms(_BALANCE_LOOK_MS)
         await self.balancer.run()
+
+
+class _Upgrades:
+    """The OTA service (evse/ota.py and lib/p256.py: about 3.5 KB of heap with its object)
+    as the app holds it: built at boot for its clean-up and the OCPP client's recovery,
+    kept while a version on trial proves healthy, built again when it is used (the
+    Upgrade page, an upload, an OCPP UpdateFirmware) and dropped, modules and all, once
+    it has been idle for _OTA_IDLE_MS, so a charger that is not being upgraded spends
+    nothing on it. The last result outlives it."""
+
+    def __init__(self, app):
+        self._app = app
+        self._ota = None
+        self._ocpp = None
+        self._hook = None
+        self._runs = 0  # OCPP installs and the health check under way: never dropped
+        self._used = 0
+        self._boot = True  # the first one cleans up what a power cut left
+        self.last = None
+        self.get()  # a cut upload removed, a kept download nothing will ask for
+
+    def get(self):
+        o = self._ota
+        if o is None:
+            from evse.ota import Ota
+
+            o = self._ota = Ota(self._app, boot=self._boot)
+            self._boot = False
+            o.last = self.last
+            if self._ocpp is not None:
+                self._hook = o.ocpp_hook(self._ocpp)
+        self._used = time.ticks_ms()
+        return o
+
+    def attach(self, ocpp):
+        self._ocpp = ocpp
+        if self._ota is not None:
+            self._hook = self._ota.ocpp_hook(ocpp)
+        ocpp.on_update_firmware = self.update_firmware
+
+    async def update_firmware(self, *args):
+        """ocpp.on_update_firmware (evse/ota.py Ota.ocpp_hook)."""
+        self._runs += 1
+        try:
+            self.get()
+            await self._hook(*args)
+        finally:
+            self._runs -= 1
+
+    # What the OCPP client and the web API ask of it.
+    def running(self):
+        return self.get().running()
+
+    def drop_kept(self):
+        self.get().drop_kept()
+
+    def view(self):
+        return self.get().view()
+
+    async def run(self):
+        """The health check of a version on trial, then the idle look."""
+        if self._ota is not None and self._ota.running()["trial"]:
+            self._runs += 1
+            try:
+                await self._ota.run()
+            finally:
+                self._runs -= 1
+        self._idle(time.ticks_ms(), True)  # the boot's clean-up is done
+        # no local keeps the service: this frame lives as long as the charger
+        while True:
+            await asyncio.sleep_ms(_OTA_LOOK_MS)
+            self._idle(time.ticks_ms())
+
+    def _idle(self, now, done=False):
+        o = self._ota
+        if o is not None and (o.busy or self._runs):
+            self._used = now  # refreshed while in use: never compared across a wrap
+        elif o is None or done or time.ticks_diff(now, self._used) >= _OTA_IDLE_MS:
+            if o is not None:
+                self.last = o.last
+                self._ota = self._hook = None
+            _unload("evse.ota")  # also after a plain import (evse/ocpp/transfer.py)
+            _unload("p256")
+
+
+def _unload(name):
+    """Forgets a module: its objects are garbage once nothing else refers to them."""
+    import sys
+
+    if sys.modules.pop(name, None) is not None:
+        pkg, _, attr = name.rpartition(".")
+        parent = sys.modules.get(pkg) if pkg else None
+        if parent is not None:
+            try:
+                delattr(parent, attr)
+            except (AttributeError, TypeError):
+                pass
 
 
 def _www_dir():

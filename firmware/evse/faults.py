@@ -75,8 +75,6 @@ for _row in TABLE:
 # R12/R3N latch only when welded; a stuck-open relay clears on unplug (protection.py).
 # ELK latches unless the lock never confirmed at the start of a session (charger.py).
 
-_BY_CODE = {row[0]: row for row in TABLE}
-
 
 def codes(bits):
     """Manual codes of the set bits, in table order."""
@@ -84,11 +82,18 @@ def codes(bits):
 
 
 def bit(code):
-    return _BY_CODE[code][1]
+    r = row(code)
+    if r is None:
+        raise KeyError(code)
+    return r[1]
 
 
 def row(code):
-    return _BY_CODE.get(code)
+    # A scan of the table (in flash on a frozen build) rather than a dict in the heap.
+    for r in TABLE:
+        if r[0] == code:
+            return r
+    return None
 
 
 def display_text(code):

@@ -433,7 +433,7 @@ class Sink:
 
 
 class Ota:
-    def __init__(self, app, ab=None):
+    def __init__(self, app, ab=None, boot=True):
         self.app = app
         self.hw = app.hw
         self.data_dir = app.data_dir
@@ -460,6 +460,15 @@ class Ota:
         self.kept = self.stage_dir + "/download.bin"
         self.kept_meta = self.stage_dir + "/download.json"
         _mkdirs(self.stage_dir)
+        self.on_healthy = None  # fn() when a version on trial is confirmed (OCPP Installed)
+        self.key_path = self.data_dir + "/" + KEY_FILE
+        if boot:  # what a power cut left; not when the app builds it again for a use
+            self._clean_up(app)
+        # an OCPP download's https:// context and security profile (ocpp_hook)
+        self.tls = lambda: None
+        self.profile = lambda: 0
+
+    def _clean_up(self, app):
         _remove(self.staging)  # a cut mid-upload leaves one: never installed
         _remove(self.kept_meta + ".tmp")
         try:
@@ -468,16 +477,11 @@ class Ota:
             ocpp_on = False
         if not ocpp_on:
             self.drop_kept()  # nothing will ask for it
-        self.on_healthy = None  # fn() when a version on trial is confirmed (OCPP Installed)
-        self.key_path = self.data_dir + "/" + KEY_FILE
         try:
             os.stat(self.key_path)
             _remove(self.key_path + ".bak")  # a handover cut before it removed the old key
         except OSError:
             pass
-        # an OCPP download's https:// context and security profile (ocpp_hook)
-        self.tls = lambda: None
-        self.profile = lambda: 0
 
     # ---- state -----------------------------------------------------------------------
     def running(self):
@@ -822,8 +826,7 @@ class Ota:
         """Confirms a version on trial once it has been healthy for HEALTH_MS; resets
         (the next boot rolls back) when it is not within HEALTH_DEADLINE_MS."""
         if not self.running()["trial"]:
-            while True:
-                await asyncio.sleep(3600)
+            return
         t0 = time.ticks_ms()
         since = None
         sup = self.app.supervisor
@@ -850,8 +853,6 @@ class Ota:
         _log.info("version %s confirmed healthy in slot %s", st.get("version"), self.ab.RUNNING)
         if self.on_healthy is not None:
             self.on_healthy()
-        while True:
-            await asyncio.sleep(3600)
 
     def _status(self, status):
         _log.info("firmware download: %s", status)
@@ -1177,7 +1178,7 @@ async def http_upgrade(api, req):
     from httpd import HTTPError, Response
 
     api._need_session(req)
-    ota = api.app.ota
+    ota = api.app.ota.get()
     md5 = req.query.get("md5", "").strip().lower()
     if len(md5) != 32 or any(c not in "0123456789abcdef" for c in md5):
         raise HTTPError(400, "md5 must be 32 hexadecimal digits")
@@ -1195,7 +1196,7 @@ async def http_upgrade_key(api, req):
     from httpd import HTTPError, Response
 
     api._need_session(req)
-    ota = api.app.ota
+    ota = api.app.ota.get()
     body = await api._json(req)
     text = body.get("key")
     if not isinstance(text, str):
@@ -1219,29 +1220,3 @@ async def http_upgrade_key(api, req):
 async def http_upgrade_status(api, req):
     """GET /api/upgrade: progress, the last result, the running slot and version."""
     return api.app.ota.view()
-
-
-async def http_lang(api, req):
-    """GET /lang/<file>: a language pack's file from <data>/www/lang/ when there is one,
-    else the shipped file under the web app's static root."""
-    from httpd import HTTPError, Response
-
-    name = req.params["file"]
-    d = api.app.data_dir + "/www/lang/" + name
-    hdrs = [("Cache-Control", "no-cache"), ("Vary", "Accept-Encoding")]
-    if "gzip" in req.headers.get("accept-encoding", ""):
-        try:
-            size = os.stat(d + ".gz")[6]
-            hdrs.append(("Content-Encoding", "gzip"))
-            return Response.file(d + ".gz", "application/json", hdrs, size)
-        except OSError:
-            pass
-    try:
-        size = os.stat(d)[6]
-        return Response.file(d, "application/json", hdrs, size)
-    except OSError:
-        pass
-    srv = api.app.http
-    if srv is None or srv.static_root is None:
-        raise HTTPError(404)
-    return srv._static(req, ["", "lang", name])

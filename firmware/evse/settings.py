@@ -22,19 +22,6 @@ LANGS = ["it", "en", "de", "es", "fr"]
 METER_MODELS = ("auto", "none", "SDM630", "SDM120", "SDM72", "ABB_B23", "EM340", "DTSU666", "custom")
 
 
-def _choice(*options):
-    def check(v):
-        if v not in options:
-            return "must be one of " + ", ".join(options)
-
-    return check
-
-
-def _language(v):
-    if v not in LANGS:
-        return "must be one of " + ", ".join(LANGS)
-
-
 def add_languages(data_dir):
     """The `language` setting may also name a language a pack installed (docs/ota.md):
     every <data_dir>/www/lang/<code>.json[.gz] but index.json. Called at boot before the
@@ -52,32 +39,6 @@ def add_languages(data_dir):
                 LANGS.append(code)
 
 
-def _zero_or(check):
-    """0 (not set) or what `check` accepts."""
-
-    def check0(v):
-        if v == 0 and not isinstance(v, bool):
-            return None
-        msg = check(v)
-        return msg + ", or 0 (not set)" if msg else None
-
-    return check0
-
-
-def _int_range(lo, hi):
-    # 32.0 is a whole number too (a hand-written file, a JSON library's float); it is
-    # stored as 32 (_normal). inf and nan fail the range test.
-    def check(v):
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            return "must be a whole number"
-        if not lo <= v <= hi:
-            return "must be between %d and %d" % (lo, hi)
-        if isinstance(v, float) and v != int(v):
-            return "must be a whole number"
-
-    return check
-
-
 def _normal(key, value):
     """A valid value as stored: a whole number given as a float becomes an int."""
     if isinstance(value, float) and type(SCHEMA[key][0]) is int:
@@ -85,24 +46,55 @@ def _normal(key, value):
     return value
 
 
-def _bool(v):
-    if not isinstance(v, bool):
-        return "must be true or false"
+# A setting's check is a tuple of constants (kept in flash on a frozen build, where a
+# closure per setting would take heap): ("c", option, ...) one of the options; ("i", lo,
+# hi) a whole number in range, ("i0", lo, hi) the same or 0 (not set); ("t", max, min)
+# text; "b" true or false; "l" a language; "u" an OCPP URL.
+def check(spec, v):
+    """Why v is not a valid value for a setting of this check, or None."""
+    if spec == "b":
+        return None if isinstance(v, bool) else "must be true or false"
+    if spec == "u":
+        return check_ocpp_url(v)
+    if spec == "l":
+        return _one_of(v, LANGS)
+    kind = spec[0]
+    if kind == "c":
+        return _one_of(v, spec[1:])
+    if kind == "t":
+        return _check_text(v, spec[1], spec[2])
+    if kind == "i0" and v == 0 and not isinstance(v, bool):
+        return None
+    msg = _check_int(v, spec[1], spec[2])
+    return msg + ", or 0 (not set)" if msg and kind == "i0" else msg
 
 
-def _text(max_len, min_len=0):
-    def check(v):
-        if not isinstance(v, str):
-            return "must be text"
-        if len(v) > max_len:
-            return "must be at most %d characters" % max_len
-        if 0 < len(v) < min_len:
-            return "must be empty or at least %d characters" % min_len
-        for ch in v:
-            if ord(ch) < 32:
-                return "must not contain control characters"
+def _one_of(v, options):
+    if v not in options:
+        return "must be one of " + ", ".join(options)
 
-    return check
+
+def _check_int(v, lo, hi):
+    # 32.0 is a whole number too (a hand-written file, a JSON library's float); it is
+    # stored as 32 (_normal). inf and nan fail the range test.
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return "must be a whole number"
+    if not lo <= v <= hi:
+        return "must be between %d and %d" % (lo, hi)
+    if isinstance(v, float) and v != int(v):
+        return "must be a whole number"
+
+
+def _check_text(v, max_len, min_len):
+    if not isinstance(v, str):
+        return "must be text"
+    if len(v) > max_len:
+        return "must be at most %d characters" % max_len
+    if 0 < len(v) < min_len:
+        return "must be empty or at least %d characters" % min_len
+    for ch in v:
+        if ord(ch) < 32:
+            return "must not contain control characters"
 
 
 def check_ocpp_url(v):
@@ -148,43 +140,43 @@ def check_ocpp_url(v):
     return None
 
 
-# key: (default, check). Order is the order of the web pages.
+# key: (default, check: see check()). Order is the order of the web pages.
 SCHEMA = {
-    "charger_power": ("22kW", _choice("7kW", "22kW")),
-    "rfid_type": ("M1", _choice("M1", "CPU")),
-    "charging_mode": ("B", _choice("B", "C")),
-    "cp_type": ("1.0V", _choice("0.8V", "1.0V")),
-    "max_current_a": (32, _int_range(6, 32)),
+    "charger_power": ("22kW", ("c", "7kW", "22kW")),
+    "rfid_type": ("M1", ("c", "M1", "CPU")),
+    "charging_mode": ("B", ("c", "B", "C")),
+    "cp_type": ("1.0V", ("c", "0.8V", "1.0V")),
+    "max_current_a": (32, ("i", 6, 32)),
     # The least current the car needs to start charging (some need ~8 A): load balancing
     # and power management offer no less to start it (docs/load-balancing.md).
-    "min_start_a": (6, _int_range(6, 16)),
-    "cable_max_a": (32, _int_range(6, 63)),
+    "min_start_a": (6, ("i", 6, 16)),
+    "cable_max_a": (32, ("i", 6, 63)),
     # A pause the current limits make lasts at least this long (docs/errors.md): some
     # cars stop asking after a few interruptions.
-    "min_pause_s": (60, _int_range(5, 600)),
-    "ocpp_url": ("", check_ocpp_url),
+    "min_pause_s": (60, ("i", 5, 600)),
+    "ocpp_url": ("", "u"),
     # The AuthorizationKey goes over ws:// (unencrypted: anyone on the path reads it)
     # only when the technician ticks this (docs/ocpp.md).
-    "ocpp_allow_insecure_auth": (False, _bool),
-    "lb_enabled": (False, _bool),
+    "ocpp_allow_insecure_auth": (False, "b"),
+    "lb_enabled": (False, "b"),
     # The supply's limit per phase at the grid connection; 0: not set, Max Current is the
     # supply limit (the manual's chapter 10, step 4). An advanced setting for a charger
     # whose own maximum is below what the supply gives.
-    "max_house_current_a": (0, _zero_or(_int_range(6, 500))),
-    "can_addr": (1, _int_range(1, 8)),
-    "lb_pool_id": (1, _int_range(1, 255)),
-    "phase_set": ("L123", _choice("L1", "L2", "L3", "L123")),
-    "power_system": ("TN_TT", _choice("IT", "TN_TT")),
-    "language": ("en", _language),
-    "wifi_ssid": ("", _text(32)),
-    "wifi_password": ("", _text(63, 8)),
+    "max_house_current_a": (0, ("i0", 6, 500)),
+    "can_addr": (1, ("i", 1, 8)),
+    "lb_pool_id": (1, ("i", 1, 255)),
+    "phase_set": ("L123", ("c", "L1", "L2", "L3", "L123")),
+    "power_system": ("TN_TT", ("c", "IT", "TN_TT")),
+    "language": ("en", "l"),
+    "wifi_ssid": ("", ("t", 32, 0)),
+    "wifi_password": ("", ("t", 63, 8)),
     # auto: the charger looks for a supported meter on the RS-485 bus and adopts it when
     # a sweep finds exactly one (evse/meterprobe.py); none: no power management.
-    "meter_model": ("auto", _choice(*METER_MODELS)),
-    "meter_addr": (1, _int_range(1, 247)),
-    "auth_mode": ("rfid", _choice("rfid", "free")),
-    "ventilation": (False, _bool),
-    "wifi_mode": ("ap", _choice("ap", "client")),
+    "meter_model": ("auto", ("c",) + METER_MODELS),
+    "meter_addr": (1, ("i", 1, 247)),
+    "auth_mode": ("rfid", ("c", "rfid", "free")),
+    "ventilation": (False, "b"),
+    "wifi_mode": ("ap", ("c", "ap", "client")),
 }
 
 # The most restrictive value of every setting that limits the current or a protection:
@@ -220,7 +212,7 @@ def validate(changes, current=None):
         if spec is None:
             errors[key] = "unknown setting"
             continue
-        msg = spec[1](value)
+        msg = check(spec[1], value)
         if msg:
             errors[key] = msg
     if current is not None and not errors:

@@ -14,14 +14,14 @@ from evse.ocpp.config import load_json
 
 _log = log.get("ocpp.auth")
 
-_CODES = {"Accepted": "A", "Blocked": "B", "Expired": "E", "Invalid": "I", "ConcurrentTx": "C"}
-_NAMES = {v: k for k, v in _CODES.items()}
+# Stored by their first letters. A tuple, not dicts: it stays in flash on a frozen build.
+_STATUSES = ("Accepted", "Blocked", "Expired", "Invalid", "ConcurrentTx")
 
 
 def info_of(obj):
     """(status, expiry epoch or 0, parent or None) of an idTagInfo object; ValueError."""
     status = obj.get("status") if isinstance(obj, dict) else None
-    if status not in _CODES:
+    if status not in _STATUSES:
         raise ValueError("bad idTagInfo")
     exp = obj.get("expiryDate")
     parent = obj.get("parentIdTag")
@@ -66,12 +66,19 @@ class TagTable:
         if i < 0:
             return None
         _, s, exp, parent = self._rows[i].split("\t")
-        return _NAMES.get(s, "Invalid"), int(exp) if exp else 0, parent or None
+        for name in _STATUSES:
+            if name[0] == s:
+                break
+        else:
+            name = "Invalid"
+        return name, int(exp) if exp else 0, parent or None
 
     def put(self, tag, info):
         """Adds or replaces; returns False when the table is full."""
         status, exp, parent = info
-        row = "%s\t%s\t%s\t%s" % (tag.upper(), _CODES[status], exp or "", parent or "")
+        if status not in _STATUSES:
+            raise KeyError(status)
+        row = "%s\t%s\t%s\t%s" % (tag.upper(), status[0], exp or "", parent or "")
         i = self._find(tag)
         if i >= 0:
             self._rows.pop(i)

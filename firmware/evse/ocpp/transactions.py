@@ -22,14 +22,14 @@ PERSIST_WH = 100
 PERSIST_S = 60
 
 # history stop mode -> StopTransaction reason
-_REASONS = {
-    "RFID": "Local",
-    "App": "Local",
-    "Free": "Local",
-    "OCPP": "Remote",
-    "Unplug": "EVDisconnected",
-    "PowerLoss": "PowerLoss",
-}
+_REASONS = (  # pairs: a tuple of constants stays in flash on a frozen build
+    ("RFID", "Local"),
+    ("App", "Local"),
+    ("Free", "Local"),
+    ("OCPP", "Remote"),
+    ("Unplug", "EVDisconnected"),
+    ("PowerLoss", "PowerLoss"),
+)
 
 
 class Transactions:
@@ -244,7 +244,10 @@ class Transactions:
         svc = self.svc
         end = s.end_s or svc.now()
         if reason is None:
-            reason = _REASONS.get(s.stop_mode, "Other")
+            reason = "Other"
+            for mode, r in _REASONS:
+                if mode == s.stop_mode:
+                    reason = r
         payload = {"meterStop": int(s.start_wh + s.energy_wh), "timestamp": isotime.fmt(end),
                    "reason": reason}
         if s.stop_mode in ("RFID", "App"):
