@@ -229,3 +229,18 @@ def test_a_damaged_availability_state_with_an_older_bak_keeps_the_charger_inoper
     true("ocpp_state.json" in app.status()["config_errors"], "named")
     app2 = _boot_on(app.data_dir)
     eq(app2.charger.ocpp_status(), "Unavailable", "still after another restart")
+
+
+def test_each_fault_s_clear_text_carries_protection_s_thresholds():
+    """The Report page's "clears" text names the very numbers protection.py clears by."""
+    from evse import faults, protection
+
+    for row in faults.TABLE:
+        text = protection.clear_text(row[0])
+        true(text and "%" not in text, "%s: %r" % (row[0], text))
+    eq(protection.clear_text("OVP"), "every phase below %g V for 10 s" % protection.OVP_CLEAR_V)
+    true("%g" % protection.LVP_CLEAR_V in protection.clear_text("LVP"), "LVP")
+    true("%g" % protection.LVP_V in protection.clear_text("MIS"), "MIS")
+    true("%g °C" % protection.ROT_CLEAR_C in protection.clear_text("ROT"), "ROT")
+    true("%g °C" % protection.OCT_CLEAR_C in protection.clear_text("OCT"), "OCT")
+    eq(protection.clear_text("nope"), None)

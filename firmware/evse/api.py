@@ -13,6 +13,7 @@ import httpd
 from httpd import HTTPError, Response
 
 from evse import faults
+from evse import protection
 from evse.auth import FREE_TAG
 from evse.web_auth import COOKIE, IDLE_MS, LockedOut, WebAuth, WrongPassword
 
@@ -506,7 +507,7 @@ def _describe(rec):
     row = faults.row(rec.get("code"))
     if row:
         rec["description"] = row[4]
-        rec["clears"] = row[5]
+        rec["clears"] = protection.clear_text(row[0])
         rec["latching"] = row[2]
 
 

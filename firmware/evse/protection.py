@@ -53,6 +53,31 @@ _WELD_HOLD_MS = const(500)
 _STUCK_HOLD_MS = const(1000)
 _CP_CLEAR_MS = const(3000)
 _CAN_CLEAR_MS = const(10000)
+# The thresholds in each fault's clear text (faults.TABLE), from the constants above:
+# one source for the rule and for what the Report page says of it.
+_CLEAR_ARGS = (
+    ("OCP", (_OCP_CLEAR_MS // 1000,)),
+    ("OVP", (OVP_CLEAR_V, _V_CLEAR_MS // 1000)),
+    ("LVP", (LVP_CLEAR_V, _V_CLEAR_MS // 1000)),
+    ("MET", (_MET_CLEAR_MS // 1000,)),
+    ("CP", (_CP_CLEAR_MS // 1000,)),
+    ("ROT", (ROT_CLEAR_C,)),
+    ("OCT", (OCT_CLEAR_C,)),
+    ("FAN", (_FAN_RETRY_MS // 1000,)),
+    ("MIS", (LVP_V, _V_CLEAR_MS // 1000)),
+    ("CAN", (_CAN_CLEAR_MS // 1000,)),
+)
+
+
+def clear_text(code):
+    """What clears fault `code` (faults.TABLE's text with its thresholds), or None."""
+    r = faults.row(code)
+    if r is None:
+        return None
+    for c, args in _CLEAR_ARGS:
+        if c == code:
+            return r[5] % args
+    return r[5]
 # A timer whose hold is over keeps this instead of its start (ticks are never negative):
 # a start days old would read as negative once the ticks wrap (2**29 ms, 6.2 days, on a
 # 32-bit port), and a condition that has long held would look new again.
