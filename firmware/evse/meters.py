@@ -15,6 +15,8 @@
 import struct
 from micropython import const
 
+from evse.settings import METER_MAPS as MODELS  # the one list of them: the setting's
+
 QUANTITIES = (
     "v_l1", "v_l2", "v_l3",
     "i_l1", "i_l2", "i_l3",
@@ -28,7 +30,6 @@ P_L1 = const(6)
 P_TOTAL = const(9)
 E_IMPORT = const(10)
 
-MODELS = ("SDM630", "SDM120", "SDM72", "ABB_B23", "EM340", "DTSU666", "custom")
 CUSTOM_FILE = "meter_custom.json"
 MAX_READ = const(125)  # Modbus: at most 125 registers per read
 

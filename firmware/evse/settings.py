@@ -19,7 +19,10 @@ _MAX_BYTES = 16384  # a settings file is far smaller: a huge size is a corrupt e
 
 # The shipped languages; add_languages() adds those of installed language packs.
 LANGS = ["it", "en", "de", "es", "fr"]
-METER_MODELS = ("auto", "none", "SDM630", "SDM120", "SDM72", "ABB_B23", "EM340", "DTSU666", "custom")
+# The meter models with a register map (evse/meters.py; custom: a map file), and the
+# setting's choices: those, the search (auto) and none. The one list of them.
+METER_MAPS = ("SDM630", "SDM120", "SDM72", "ABB_B23", "EM340", "DTSU666", "custom")
+METER_MODELS = ("auto", "none") + METER_MAPS
 
 
 def add_languages(data_dir):
