@@ -4,11 +4,9 @@
 # I2C bus and machine.bitstream.
 import time
 
+from indicators import COLOURS, LED_NAMES, PATTERNS
 from micropython import const
 
-COLOURS = ("white", "green", "blue", "red", "off")
-PATTERNS = ("steady", "slow", "fast")
-LED_NAMES = ("wifi", "plug", "charging", "fault")
 # (r, g, b) per colour, 1/4 brightness: the belt is behind a diffuser
 _RGB = ((64, 64, 64), (0, 64, 0), (0, 0, 64), (64, 0, 0), (0, 0, 0))
 _BLINK_SLOW_MS = const(1000)  # half-periods of the "slow" and "fast" patterns

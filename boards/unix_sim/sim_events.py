@@ -4,6 +4,9 @@
 import array
 from micropython import const
 
+# The indicator vocabulary of docs/hal.md; their indexes are what the ring stores.
+from indicators import COLOURS, LED_NAMES, PATTERNS  # noqa: F401 (sim_io reads them here)
+
 _SIZE = const(256)  # events kept; the oldest are overwritten (~5 KB of heap)
 
 # `what` codes. Values are small ints; text (display, error code) goes in the object slot.
@@ -32,10 +35,6 @@ NAMES = (
     "fan",
 )
 
-# The indicator vocabulary of docs/hal.md; indexes are what the ring stores.
-COLOURS = ("white", "green", "blue", "red", "off")
-PATTERNS = ("steady", "slow", "fast")
-LED_NAMES = ("wifi", "plug", "charging", "fault")
 
 
 def cp_name(duty_pm):
