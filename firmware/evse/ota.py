@@ -1215,8 +1215,3 @@ async def http_upgrade_key(api, req):
     except OtaError as e:
         return Response({"error": e.msg}, 500 if e.code == E_WRITE else 409)
     return {"ok": True, "key": ota.key_view()}
-
-
-async def http_upgrade_status(api, req):
-    """GET /api/upgrade: progress, the last result, the running slot and version."""
-    return api.app.ota.view()
