@@ -128,6 +128,19 @@ def decide(data_dir):
     return st
 
 
+def confirm(data_dir):
+    """The running version proved healthy: its trial ends, in boot.json and in STATE.
+    Returns the state."""
+    global STATE
+    st = load(data_dir)
+    if st.get("active") == RUNNING and st.get("trial"):
+        st["trial"] = False
+        st["tries"] = 0
+        save(data_dir, st)
+        STATE = st
+    return st
+
+
 def select(data_dir=None):
     """Chooses the slot and puts its tree first on sys.path; returns the slot name."""
     global RUNNING, STATE

@@ -844,12 +844,7 @@ class Ota:
                 _log.error("new version not healthy within %d s: restarting to roll back",
                            HEALTH_DEADLINE_MS // 1000)
                 self.hw.reset()
-        st = self.ab.load(self.data_dir)
-        if st.get("active") == self.ab.RUNNING and st.get("trial"):
-            st["trial"] = False
-            st["tries"] = 0
-            self.ab.save(self.data_dir, st)
-            self.ab.STATE = st
+        st = self.ab.confirm(self.data_dir)
         _log.info("version %s confirmed healthy in slot %s", st.get("version"), self.ab.RUNNING)
         if self.on_healthy is not None:
             self.on_healthy()
