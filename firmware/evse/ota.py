@@ -38,6 +38,7 @@ import os
 import struct
 import time
 
+import atomicfile
 import dnsclient
 import log
 import p256
@@ -471,6 +472,7 @@ class Ota:
     def _clean_up(self, app):
         _remove(self.staging)  # a cut mid-upload leaves one: never installed
         _remove(self.kept_meta + ".tmp")
+        _remove(self.kept_meta + ".bak")
         try:
             ocpp_on = bool(app.settings["ocpp_url"])
         except (AttributeError, KeyError, TypeError):
@@ -911,6 +913,7 @@ class Ota:
     def drop_kept(self):
         """Forgets the downloaded file kept for an install (metadata first)."""
         _remove(self.kept_meta)
+        _remove(self.kept_meta + ".bak")
         _remove(self.kept)
 
     def _keep(self, url, sink):
@@ -919,19 +922,14 @@ class Ota:
         os.rename(self.staging, self.kept)
         meta = {"url": url, "bytes": sink.got,
                 "md5": binascii.hexlify(sink.md5.digest()).decode()}
-        tmp = self.kept_meta + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(json.dumps(meta))
-            f.flush()
-        os.rename(tmp, self.kept_meta)
+        atomicfile.save_json(self.kept_meta, meta)
 
     async def _resume(self, url):
         """The header info of the kept file when it is the whole file downloaded from url
         (same length and MD5 as when it arrived) and passes every check again, the
         signature included, else None (download it again)."""
         try:
-            with open(self.kept_meta) as f:
-                meta = json.loads(f.read())
+            meta = atomicfile.read_json(self.kept_meta)  # this file's own, no older copy
             if meta.get("url") != url:
                 raise ValueError("kept file is from %s" % meta.get("url"))
             self.progress[0] = 0
