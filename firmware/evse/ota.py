@@ -92,7 +92,6 @@ class Truncated(OtaError):
     """The file ends before its header says: a broken transfer, worth another try."""
 
 
-
 def _buffer():
     """A CHUNK bytearray, or a smaller one when the heap has no CHUNK-sized free block
     left (fragmented after weeks of running): an upgrade is slower then, never refused
@@ -105,6 +104,7 @@ def _buffer():
             if n <= _MIN_CHUNK:
                 raise
             n //= 2
+
 
 def _text(b):
     return bytes(b).split(b"\0", 1)[0].decode()
