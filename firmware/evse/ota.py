@@ -692,11 +692,8 @@ class Ota:
             return 200, self._result(OK, None, version=info["version"], kind=info["kind"],
                                      signature=info["signature"], **stats)
         except OtaError as e:
-            if sink is not None:
-                sink.close()
-            _remove(self.staging)
             r = self._result(e.code, e.msg)
-            await drop_body(req)
+            await drop_body(req)  # the staging file goes below, as on every way out
             return (500 if e.code == E_WRITE else 400), r
         finally:
             if sink is not None:
