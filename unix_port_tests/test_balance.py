@@ -260,6 +260,23 @@ def test_pool_min_start_setting_in_status():
     eq(pool.offers(), [6.0, 8.0], "8 A to start it, 6 A to the other")
 
 
+def test_a_session_found_when_balancing_is_switched_on_reports_starting():
+    """Its car drew nothing while the node had no allocation: load balancing switched on
+    in the middle of a session reports it starting for START_MS, as a new session."""
+    pool = Pool([1])
+    pool.plug(0)
+    b = pool.nodes[0]
+    pool.run(bal.START_MS + 1000)
+    true(not b.me.starting, "started long ago")
+    b.settings["lb_enabled"] = False
+    pool.run(1000)
+    b.settings["lb_enabled"] = True
+    pool.run(100)
+    true(b.me.starting, "starting again once switched on")
+    pool.run(bal.START_MS)
+    true(not b.me.starting, "for START_MS")
+
+
 def test_pool_counts_only_the_phases_the_car_draws_on():
     """A one-phase car on a three-phase charger loads L1 only: the charger beside it on
     L2 no longer shares that phase with it."""

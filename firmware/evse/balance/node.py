@@ -71,8 +71,8 @@ class Balancer:
         self.addr = 0
         self.pool = POOL_ID
         self.nodes = {}  # addr -> Node (others)
-        # addr -> (since_ms, amps, mask, known): the last shares of silent nodes; known: we
-        # allocated it, so `amps` is all it may hold (else a raise may be unknown to us)
+        # addr -> (since_ms, amps, mask, known): the last shares of silent nodes; known:
+        # we were its master, else `amps` is at least the fallback share (_unsettled)
         self._gone = {}
         self._peak = {}  # addr -> the most it may hold of what it was sent since last heard
         self._path = None if data_dir is None else data_dir + "/" + MEMBERS_FILE
@@ -122,7 +122,7 @@ class Balancer:
             self._switch(on, now)
         if not on:
             return
-        # Every tick, before anything compares them (_cap_age).
+        # Every tick, before anything compares them (cap_age).
         if self.alloc_ms is not None and time.ticks_diff(now, self.alloc_ms) > _ALLOC_OLD_MS:
             self.alloc_ms = time.ticks_add(now, -_ALLOC_OLD_MS)
         t = self._master_since
