@@ -330,9 +330,7 @@ class Balancer:
                     return
                 n = self.nodes[addr] = Node(addr)
                 _log.info("node %d joined", addr)
-            elif (not fresh(n.last, f.epoch, f.seq)
-                  and time.ticks_diff(now, n.seen_ms) <= NODE_TIMEOUT_MS):
-                self.dropped += 1
+            elif self._stale(f, n.last, n.seen_ms, now, NODE_TIMEOUT_MS):
                 return
             n.last = (f.epoch, f.seq)
             n.seen_ms = now
@@ -358,9 +356,7 @@ class Balancer:
         if f.dest != self.addr or f.master != self.master or self.master == self.addr:
             self.dropped += 1
             return
-        if not fresh(self._master_last, f.epoch, f.seq) and self.alloc_ms is not None and \
-                time.ticks_diff(now, self.alloc_ms) <= MASTER_TIMEOUT_MS:
-            self.dropped += 1
+        if self._stale(f, self._master_last, self.alloc_ms, now, MASTER_TIMEOUT_MS):
             return
         self._master_last = (f.epoch, f.seq)
         self.alloc_ms = now
@@ -370,6 +366,16 @@ class Balancer:
         if self.fallback:
             self.fallback = False
             _log.warning("master %d allocates again", self.master)
+
+    def _stale(self, f, last, heard_ms, now, timeout_ms):
+        """True (the frame dropped) when frame f does not follow `last`, (epoch, seq) of
+        the last one accepted from its sender, heard at heard_ms: within timeout_ms a
+        repeated or older frame is stale; after it (or never heard) any seq is taken."""
+        if (fresh(last, f.epoch, f.seq) or heard_ms is None
+                or time.ticks_diff(now, heard_ms) > timeout_ms):
+            return False
+        self.dropped += 1
+        return True
 
     def _on_clash(self, now):
         self._clash_ms = now
