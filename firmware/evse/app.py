@@ -387,9 +387,9 @@ class App:
 
 class _Balancing:
     """Load balancing as the app holds it: the balancer (the evse/balance package, about
-    3 KB of heap with its modules) is built the first time `lb_enabled` is set and kept from then
-    on (switching it off again is its own business), so a charger that never balances
-    spends nothing on it."""
+    4 KB of heap with its modules on a 32-bit board) is built the first time `lb_enabled`
+    is set and kept from then on (switching it off again is its own business), so a
+    charger that never balances spends nothing on it."""
 
     def __init__(self, app):
         self._app = app
