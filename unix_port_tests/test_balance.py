@@ -813,7 +813,8 @@ def test_partition_isolated_node_of_three():
     _lost(b3, "cut node, paused")
     eq(pool.offers()[:2], [17.0, 17.0], "the two share all but its fallback share")
     true(pool.nodes[0].quorum and pool.nodes[0].master == 1, "the majority goes on")
-    pool.run(bal.NODE_TIMEOUT_MS + bal.GONE_HOLD_MS - bal.FALLBACK_HOLD_MS - bal.MASTER_TIMEOUT_MS + 1000)
+    pool.run(bal.NODE_TIMEOUT_MS + bal.GONE_HOLD_MS - bal.FALLBACK_HOLD_MS - bal.MASTER_TIMEOUT_MS
+             + 1000)
     eq(pool.offers(), [20.0, 20.0, 0.0], "its fallback share freed once it has paused")
     eq(b3.view()["members"], [1, 2, 3], "without quorum it forgets nothing")
     true(max(pool.worst) <= 40, "worst %r" % pool.worst)
