@@ -8,8 +8,8 @@ import time
 
 from harness import Charger, free_port, wait_until
 
-CYCLE_S = 1.0  # the master allocates this often (balance.CYCLE_MS)
-TICK_S = 0.1  # the balancer's tick: frames are read, a due cycle runs (balance._TICK_MS)
+CYCLE_S = 1.0  # the master allocates this often (balance.planner.CYCLE_MS)
+TICK_S = 0.1  # the balancer's tick: frames are read, a due cycle runs (balance.node._TICK_MS)
 # A tick or a meter read that runs late on a loaded host (asyncio sleeps, the scheduler):
 # the most one comes after its place on its grid.
 LATE_S = 0.3
@@ -19,7 +19,7 @@ ID_STATUS = 0x610  # + sender address: node -> all
 ST_WANT = 2  # status byte 3, bits 0-1: a session that needs current
 NODE_TIMEOUT_S = 3.0
 MASTER_TIMEOUT_S = 3.0
-MASTER_LOST_TEXT = "CAN MST LOST"  # balance.MASTER_LOST_TEXT, in the display rotation
+MASTER_LOST_TEXT = "CAN MST LOST"  # balance.node.MASTER_LOST_TEXT, in the display rotation
 
 
 def offers(snaps):

@@ -26,13 +26,13 @@ from pool import offers as _off
 from pool import plug as _plug
 
 LIMIT_A = 40
-FALLBACK_HOLD_S = 60.0  # balance.FALLBACK_HOLD_MS: fallback share this long, then a pause
-GONE_HOLD_S = 65.0  # balance.GONE_HOLD_MS: a silent node's share kept, then it is forgotten
+FALLBACK_HOLD_S = 60.0  # balance.node.FALLBACK_HOLD_MS: fallback share this long, then a pause
+GONE_HOLD_S = 65.0  # balance.node.GONE_HOLD_MS: a silent node's share kept, then it is forgotten
 # On the master's clock, from reading a new car's ask to granting it 6 A: the second
 # allocation cycle on its grid, late by a tick (docs/load-balancing.md, Allocation §5).
 GRANT_S = 2 * CYCLE_S + TICK_S + LATE_S
 WAIT_S = 15.0  # bound on a wait of the test, not a figure of the firmware
-START_S = 30.0  # balance.START_MS: a car's draw says nothing this long after its contacts close
+START_S = 30.0  # balance.node.START_MS: a draw says nothing this long after contacts close
 # The charging core raises an offer once the allocation has stayed 1 A above it for 5 s
 # (docs/errors.md, "Current limits").
 RAISE_HOLD_S = 5.0

@@ -52,7 +52,7 @@ REACT_S = METER_CYCLE_S + CYCLE_S + 2 * TICK_S + 3 * LATE_S
 TICK_LAG_S = TICK_S + LATE_S  # a lower limit cuts the offer at once; a tick at most
 LOST_S = 5.0  # power.LOST_MS: no valid reading this long -> ERR MET on the master
 RECOVER_S = 5.0  # power.RECOVER_MS
-STATUS_S = 0.5  # balance.STATUS_MS: every node announces itself this often
+STATUS_S = 0.5  # balance.node.STATUS_MS: every node announces itself this often
 # A new car gets room in the second allocation cycle after the master reads its ask
 # (docs/load-balancing.md, Allocation §5: one cycle to cut, one to grant): on the
 # master's clock, from reading the node's first status frame asking for current to
@@ -74,7 +74,7 @@ RAISE_HOLD_S = 5.0
 RAISE_EVERY_S = 5.0  # charger._RAISE_EVERY_MS: no raise within 5 s of a change of the offer
 RAISE_MARGIN_A = 1.0  # charger.RAISE_MARGIN_A: a raise needs the limit this far above
 CAN_CLEAR_S = 10.0  # protection: ERR CAN ADDR clears this long after the clash ends
-CLASH_CLEAR_S = 3.0  # balance.CLASH_CLEAR_MS: no frame with our address -> clash over
+CLASH_CLEAR_S = 3.0  # balance.node.CLASH_CLEAR_MS: no frame with our address -> clash over
 
 pytestmark = pytest.mark.skipif(shutil.which("socat") is None, reason="needs socat")
 
@@ -423,7 +423,7 @@ def test_three_nodes_cars_come_and_go_and_house_load_steps(meter_pool):
     # Car 3 takes 6 A of its 11.5: after UNUSED_CYCLES its cap is its draw + 1 A, and
     # the others share the rest: (35 - 7) / 2 = 14 A each (a little less when the meter
     # reads the chargers' currents a little high).
-    # Its draw counts only 30 s after its contacts closed (balance.START_MS): it may be
+    # Its draw counts only 30 s after its contacts closed (balance.node.START_MS): it may be
     # that recent.
     cs[2].sim("ev", max_a=6)
     t = time.monotonic()

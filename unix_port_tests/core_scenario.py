@@ -293,7 +293,7 @@ class Run:
             ch.apply_settings(["ventilation"])
         elif kind == "irq_write":
             b.irq_before = arg
-        elif kind == "can_clash":  # as evse/balance.py reports it
+        elif kind == "can_clash":  # as evse/balance/node.py reports it
             self.can_clash = self.prot.can_clash = arg
             if arg:
                 ch.pause(faults.CAN)

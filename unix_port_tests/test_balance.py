@@ -1,4 +1,4 @@
-# Load balancing (evse/balance.py) without processes: the allocation function on random
+# Load balancing (the evse/balance package) without processes: the allocation function on random
 # pools (never above the limit per phase, >= 6 A or waiting, max-min fair), the codec
 # against hostile frames, the master's planner (rotation, unused current, staged
 # raises), and several Balancer nodes on an in-memory bus with a fake clock (election,
@@ -7,7 +7,8 @@ import os
 
 import atomicfile
 from check import eq, true, tmpdir
-from evse import balance as lb
+from evse.balance import codec, node as bal, planner
+from evse.balance.allocate import allocate
 from evse import faults
 
 
@@ -36,7 +37,7 @@ def test_allocate_random_pools_never_exceed_and_min_or_wait():
         for _ in range(n):
             mask = (1, 2, 4, 7, 7, 7)[_rand(6)]
             nodes.append((mask, 6.0, 6.0 + _rand(27)))
-        out = lb.allocate(limit, nodes)
+        out = allocate(limit, nodes)
         _check_alloc(limit, nodes, out)
         # Waiting only when the node's minimum no longer fits on one of its phases.
         for i in range(n):
@@ -53,66 +54,77 @@ def test_allocate_random_pools_never_exceed_and_min_or_wait():
 
 
 def test_allocate_fair_and_caps():
-    eq(lb.allocate([40.0] * 3, [(7, 6.0, 32.0)] * 3), [13.0, 13.0, 13.0], "equal share")
-    eq(lb.allocate([40.0] * 3, [(7, 6.0, 7.0), (7, 6.0, 32.0), (7, 6.0, 32.0)]),
+    eq(allocate([40.0] * 3, [(7, 6.0, 32.0)] * 3), [13.0, 13.0, 13.0], "equal share")
+    eq(allocate([40.0] * 3, [(7, 6.0, 7.0), (7, 6.0, 32.0), (7, 6.0, 32.0)]),
        [7.0, 16.5, 16.5], "the capped node's rest goes to the others")
-    eq(lb.allocate([20.0] * 3, [(7, 6.0, 32.0)] * 4), [6.5, 6.5, 6.5, 0.0], "last one waits")
-    eq(lb.allocate([16.0, 40.0, 40.0], [(1, 6.0, 32.0), (2, 6.0, 32.0), (7, 6.0, 32.0)]),
+    eq(allocate([20.0] * 3, [(7, 6.0, 32.0)] * 4), [6.5, 6.5, 6.5, 0.0], "last one waits")
+    eq(allocate([16.0, 40.0, 40.0], [(1, 6.0, 32.0), (2, 6.0, 32.0), (7, 6.0, 32.0)]),
        [8.0, 32.0, 8.0], "per phase")
-    eq(lb.allocate([5.0] * 3, [(7, 6.0, 32.0)]), [0.0], "below 6 A: pause")
+    eq(allocate([5.0] * 3, [(7, 6.0, 32.0)]), [0.0], "below 6 A: pause")
 
 
 # ---- codec -------------------------------------------------------------------------------------
+def _fields(f):
+    """A decoded frame's kind and fields, in the frame's order."""
+    if isinstance(f, codec.Status):
+        return ("S", f.addr, f.epoch, f.seq, f.state, f.mask, f.meter, f.min_a, f.max_a,
+                f.draw_a, f.offered_a, f.starting)
+    return ("A", f.dest, f.epoch, f.seq, f.master, f.amps, f.waiting, f.n_nodes, f.limit_a)
+
+
 def test_codec_round_trip():
     b = bytearray(8)
-    lb.encode_status(b, 1, 200, 5, lb.ST_WANT, 7, True, 6.0, 32.0, 15.3, 16.0)
-    f = lb.decode(0x613, b, 1)
-    eq(f, ("S", 3, 5, 200, lb.ST_WANT, 7, True, 6.0, 32.0, 15.5, 16.0, False), "status")
-    lb.encode_status(b, 1, 201, 5, lb.ST_WANT, 1, False, 8.0, 16.0, 0.0, 16.0, True)
-    eq(lb.decode(0x613, b, 1), ("S", 3, 5, 201, lb.ST_WANT, 1, False, 8.0, 16.0, 0.0, 16.0, True),
+    codec.encode_status(b, 1, 200, 5, codec.ST_WANT, 7, True, 6.0, 32.0, 15.3, 16.0)
+    f = codec.decode(0x613, b, 1)
+    eq(_fields(f), ("S", 3, 5, 200, codec.ST_WANT, 7, True, 6.0, 32.0, 15.5, 16.0, False),
+       "status")
+    codec.encode_status(b, 1, 201, 5, codec.ST_WANT, 1, False, 8.0, 16.0, 0.0, 16.0, True)
+    eq(_fields(codec.decode(0x613, b, 1)),
+       ("S", 3, 5, 201, codec.ST_WANT, 1, False, 8.0, 16.0, 0.0, 16.0, True),
        "a starting car needing 8 A")
-    lb.encode_alloc(b, 1, 7, 2, 1, 13.37, False, 3, 40.0)
-    eq(lb.decode(0x602, b, 1), ("A", 2, 2, 7, 1, 13.0, False, 3, 40.0), "alloc rounds down")
+    codec.encode_alloc(b, 1, 7, 2, 1, 13.37, False, 3, 40.0)
+    eq(_fields(codec.decode(0x602, b, 1)), ("A", 2, 2, 7, 1, 13.0, False, 3, 40.0),
+       "alloc rounds down")
 
 
 def test_codec_hostile_frames_ignored():
     b = bytearray(8)
-    lb.encode_status(b, 1, 1, 0, lb.ST_WANT, 7, False, 6.0, 32.0, 0.0, 0.0)
+    codec.encode_status(b, 1, 1, 0, codec.ST_WANT, 7, False, 6.0, 32.0, 0.0, 0.0)
     good = bytes(b)
-    eq(lb.decode(0x612, good, 2), None, "foreign pool")
-    eq(lb.decode(0x612, good[:7], 1), None, "short")
-    eq(lb.decode(0x612, good + b"\0", 1), None, "long")
-    eq(lb.decode(0x610, good, 1), None, "address 0")
-    eq(lb.decode(0x619, good, 1), None, "address 9")
-    eq(lb.decode(0x123, good, 1), None, "other id")
-    eq(lb.decode(0x612, b"\x21" + good[1:], 1), None, "version 2")
-    eq(lb.decode(0x612, good[:3] + b"\xc8" + good[4:], 1), None, "reserved bits")
-    eq(lb.decode(0x612, good[:3] + b"\x02" + good[4:], 1), None, "no phase")
-    eq(lb.decode(0x612, good[:4] + b"\x02" + good[5:], 1), None, "min below 6 A")
-    eq(lb.decode(0x612, good[:5] + b"\x0b" + good[6:], 1), None, "max below min")
-    lb.encode_alloc(b, 1, 1, 0, 1, 10.0, False, 3, 40.0)
+    eq(codec.decode(0x612, good, 2), None, "foreign pool")
+    eq(codec.decode(0x612, good[:7], 1), None, "short")
+    eq(codec.decode(0x612, good + b"\0", 1), None, "long")
+    eq(codec.decode(0x610, good, 1), None, "address 0")
+    eq(codec.decode(0x619, good, 1), None, "address 9")
+    eq(codec.decode(0x123, good, 1), None, "other id")
+    eq(codec.decode(0x612, b"\x21" + good[1:], 1), None, "version 2")
+    eq(codec.decode(0x612, good[:3] + b"\xc8" + good[4:], 1), None, "reserved bits")
+    eq(codec.decode(0x612, good[:3] + b"\x02" + good[4:], 1), None, "no phase")
+    eq(codec.decode(0x612, good[:4] + b"\x02" + good[5:], 1), None, "min below 6 A")
+    eq(codec.decode(0x612, good[:5] + b"\x0b" + good[6:], 1), None, "max below min")
+    codec.encode_alloc(b, 1, 1, 0, 1, 10.0, False, 3, 40.0)
     a = bytes(b)
-    eq(lb.decode(0x602, a[:4] + b"\x05" + a[5:], 1), None, "2.5 A allocation")
-    eq(lb.decode(0x602, a[:3] + b"\x09" + a[4:], 1), None, "master 9")
-    eq(lb.decode(0x602, a[:6] + b"\x00" + a[7:], 1), None, "0 nodes")
-    eq(lb.decode(0x602, a[:5] + b"\x07" + a[6:], 1), None, "bad flags")
+    eq(codec.decode(0x602, a[:4] + b"\x05" + a[5:], 1), None, "2.5 A allocation")
+    eq(codec.decode(0x602, a[:3] + b"\x09" + a[4:], 1), None, "master 9")
+    eq(codec.decode(0x602, a[:6] + b"\x00" + a[7:], 1), None, "0 nodes")
+    eq(codec.decode(0x602, a[:5] + b"\x07" + a[6:], 1), None, "bad flags")
     for _ in range(2000):  # noise: never an exception, rarely accepted
         data = os.urandom(_rand(10))
-        lb.decode(0x600 + _rand(0x20), data, 1)
+        codec.decode(0x600 + _rand(0x20), data, 1)
 
 
 def test_sequence_freshness():
-    true(lb.fresh(None, 1, 5), "first")
-    true(lb.fresh((1, 5), 1, 6), "next")
-    true(lb.fresh((1, 255), 1, 0), "wrap")
-    true(not lb.fresh((1, 5), 1, 5), "repeat")
-    true(not lb.fresh((1, 5), 1, 4), "older")
-    true(lb.fresh((1, 5), 2, 0), "restarted sender (new epoch)")
+    true(codec.fresh(None, 1, 5), "first")
+    true(codec.fresh((1, 5), 1, 6), "next")
+    true(codec.fresh((1, 255), 1, 0), "wrap")
+    true(not codec.fresh((1, 5), 1, 5), "repeat")
+    true(not codec.fresh((1, 5), 1, 4), "older")
+    true(codec.fresh((1, 5), 2, 0), "restarted sender (new epoch)")
 
 
 # ---- planner -------------------------------------------------------------------------------------
-def _node(addr, state=lb.ST_WANT, max_a=32.0, draw=None, offered=0.0, mask=7):
-    n = lb.Node(addr)
+def _node(addr, state=codec.ST_WANT, max_a=32.0, draw=None, offered=0.0, mask=7):
+    n = planner.Node(addr)
     n.state = state
     n.max_a = max_a
     n.offered_a = offered
@@ -130,7 +142,7 @@ def _follow(nodes, sent, draw=False):
 
 
 def test_planner_staged_raise_never_exceeds():
-    p = lb.Planner()
+    p = planner.Planner()
     lim = [40.0] * 3
     a, b = _node(1, offered=0.0), _node(2, offered=0.0)
     sent = p.plan(0, lim, [a, b])
@@ -151,7 +163,7 @@ def test_planner_cut_not_yet_applied():
     may offer what it was sent until it applies this cycle's cut, so no raise for
     another node counts on the cut (found by partitions: a status lost when the bus
     came back)."""
-    p = lb.Planner()
+    p = planner.Planner()
     lim = [40.0] * 3
     a = _node(1, max_a=28.0, offered=20.0)
     eq(p.plan(0, lim, [a]), {1: 28.0}, "raised")
@@ -163,13 +175,13 @@ def test_planner_cut_not_yet_applied():
 
 
 def test_planner_unused_current_given_away_and_back():
-    p = lb.Planner()
+    p = planner.Planner()
     lim = [40.0] * 3
     a, b = _node(1), _node(2)
     _follow([a, b], p.plan(0, lim, [a, b]))
     a.draw_a = 6.0  # the car takes only 6 A of its 20
     t = 1000
-    for _ in range(lb.UNUSED_CYCLES + 3):
+    for _ in range(planner.UNUSED_CYCLES + 3):
         sent = p.plan(t, lim, [a, b])
         _follow([a, b], sent)
         a.draw_a = min(6.0, a.offered_a)
@@ -189,12 +201,12 @@ def test_planner_unused_current_given_away_and_back():
 def test_planner_starting_car_not_capped():
     """A car in B2 or just after its contacts closed draws nothing yet: not a sign that it
     needs less (a Zoe takes seconds, and 8 A, to start)."""
-    p = lb.Planner()
+    p = planner.Planner()
     lim = [40.0] * 3
     a, b = _node(1), _node(2)
     a.starting = True
     t = 0
-    for _ in range(lb.UNUSED_CYCLES + 5):
+    for _ in range(planner.UNUSED_CYCLES + 5):
         sent = p.plan(t, lim, [a, b])
         _follow([a, b], sent)
         a.draw_a = 0.0
@@ -202,7 +214,7 @@ def test_planner_starting_car_not_capped():
         t += 1000
     eq(sent, {1: 20.0, 2: 20.0}, "the starting car keeps its share")
     a.starting = False  # started, and still draws nothing: the rest goes to the other
-    for _ in range(lb.UNUSED_CYCLES + 3):
+    for _ in range(planner.UNUSED_CYCLES + 3):
         sent = p.plan(t, lim, [a, b])
         _follow([a, b], sent)
         a.draw_a = 0.0
@@ -220,19 +232,19 @@ def test_planner_starting_car_not_capped():
 
 def test_planner_min_start_current():
     """A node that needs 8 A to start is admitted and capped at 8 A, not 6 A."""
-    p = lb.Planner()
+    p = planner.Planner()
     a, b = _node(1), _node(2)
     a.min_a = 8.0
     t = 0
-    for _ in range(lb.UNUSED_CYCLES + 3):
+    for _ in range(planner.UNUSED_CYCLES + 3):
         sent = p.plan(t, [40.0] * 3, [a, b])
         _follow([a, b], sent)
         a.draw_a = 0.0
         b.draw_a = b.offered_a
         t += 1000
     eq(sent[1], 8.0, "its cap never below what it needs to start")
-    eq(lb.allocate([14.0] * 3, [(7, 8.0, 32.0), (7, 6.0, 32.0)]), [8.0, 6.0], "admitted at 8 A")
-    eq(lb.allocate([13.0] * 3, [(7, 6.0, 32.0), (7, 8.0, 32.0)]), [13.0, 0.0], "waits for 8 A")
+    eq(allocate([14.0] * 3, [(7, 8.0, 32.0), (7, 6.0, 32.0)]), [8.0, 6.0], "admitted at 8 A")
+    eq(allocate([13.0] * 3, [(7, 6.0, 32.0), (7, 8.0, 32.0)]), [13.0, 0.0], "waits for 8 A")
 
 
 def test_pool_min_start_setting_in_status():
@@ -246,6 +258,23 @@ def test_pool_min_start_setting_in_status():
     pool.run(6000)
     eq(pool.nodes[0].nodes[2].min_a, 8.0, "reported")
     eq(pool.offers(), [6.0, 8.0], "8 A to start it, 6 A to the other")
+
+
+def test_a_session_found_when_balancing_is_switched_on_reports_starting():
+    """Its car drew nothing while the node had no allocation: load balancing switched on
+    in the middle of a session reports it starting for START_MS, as a new session."""
+    pool = Pool([1])
+    pool.plug(0)
+    b = pool.nodes[0]
+    pool.run(bal.START_MS + 1000)
+    true(not b.me.starting, "started long ago")
+    b.settings["lb_enabled"] = False
+    pool.run(1000)
+    b.settings["lb_enabled"] = True
+    pool.run(100)
+    true(b.me.starting, "starting again once switched on")
+    pool.run(bal.START_MS)
+    true(not b.me.starting, "for START_MS")
 
 
 def test_pool_counts_only_the_phases_the_car_draws_on():
@@ -274,13 +303,13 @@ def test_pool_counts_only_the_phases_the_car_draws_on():
 def test_planner_cap_lifted_now_and_then():
     """A car that draws a little below its capped offer (5.5 A of 6) never asks again by
     the draw rule: every CAP_LIFT_MS it gets its full share back to show what it takes."""
-    p = lb.Planner()
+    p = planner.Planner()
     lim = [40.0] * 3
     a, b = _node(1), _node(2)
     t = 0
     capped_at = None
     lifted_at = None
-    for _ in range((lb.CAP_LIFT_MS + lb.LIFT_GRACE_MS) // 1000 + 20):
+    for _ in range((planner.CAP_LIFT_MS + planner.LIFT_GRACE_MS) // 1000 + 20):
         sent = p.plan(t, lim, [a, b])
         _follow([a, b], sent)
         a.draw_a = min(a.offered_a, 5.0)
@@ -292,14 +321,14 @@ def test_planner_cap_lifted_now_and_then():
         t += 1000
     true(capped_at is not None and capped_at <= 5000, "capped: %r" % capped_at)
     true(lifted_at is not None, "lifted")
-    true(lb.CAP_LIFT_MS <= lifted_at - capped_at <= lb.CAP_LIFT_MS + 3000,
+    true(planner.CAP_LIFT_MS <= lifted_at - capped_at <= planner.CAP_LIFT_MS + 3000,
          "lifted after %r ms" % (lifted_at - capped_at))
     eq(sent[1], 6.0, "capped again once it showed it takes no more")
     # A car that takes the lifted share keeps it.
-    p = lb.Planner()
+    p = planner.Planner()
     a, b = _node(1), _node(2)
     t = 0
-    for i in range(lb.CAP_LIFT_MS // 1000 + 30):
+    for i in range(planner.CAP_LIFT_MS // 1000 + 30):
         sent = p.plan(t, lim, [a, b])
         _follow([a, b], sent)
         a.draw_a = min(a.offered_a, 5.0 if i < 60 else 32.0)
@@ -309,7 +338,7 @@ def test_planner_cap_lifted_now_and_then():
 
 
 def test_planner_rotation():
-    p = lb.Planner(rotate_ms=10000)
+    p = planner.Planner(rotate_ms=10000)
     lim = [20.0] * 3
     nodes = [_node(i) for i in (1, 2, 3, 4)]
     waited = {}
@@ -353,7 +382,7 @@ def _turns(p, nodes, lim, t, ms, asleep=()):
 def test_planner_a_sleeping_car_does_not_use_up_its_turn():
     """A node whose car sits in B2 under its allocation (asleep, its wake-up to come)
     draws nothing: its turn does not run until the car draws."""
-    p = lb.Planner(rotate_ms=10000)
+    p = planner.Planner(rotate_ms=10000)
     nodes = [_node(1, max_a=7.0), _node(2, max_a=7.0)]
     lim = [7.0] * 3
     t, who = _turns(p, nodes, lim, 0, 3000)
@@ -369,12 +398,12 @@ def test_planner_a_sleeping_car_does_not_use_up_its_turn():
 
 
 def test_planner_a_car_that_never_draws_yields_in_the_end():
-    p = lb.Planner(rotate_ms=10000)
+    p = planner.Planner(rotate_ms=10000)
     nodes = [_node(1, max_a=7.0), _node(2, max_a=7.0)]
     lim = [7.0] * 3
     t, who = _turns(p, nodes, lim, 0, 3000, asleep=(1,))
     eq(who[-1], [1], "1 has the turn")
-    t, who = _turns(p, nodes, lim, t, lb.SLEEP_GRACE_MS + 10000, asleep=(1,))
+    t, who = _turns(p, nodes, lim, t, planner.SLEEP_GRACE_MS + 10000, asleep=(1,))
     eq(who[-1], [2], "at most SLEEP_GRACE_MS held: then 2's turn")
 
 
@@ -385,7 +414,7 @@ def test_planner_cut_for_room_keeps_its_place():
     not overtake it, and two cars leaving give their room to the two that waited
     longest (seen with 8 chargers: the charging node waited and all three waiting
     ones got room)."""
-    p = lb.Planner(rotate_ms=600000)
+    p = planner.Planner(rotate_ms=600000)
     nodes = [_node(i, max_a=7.0) for i in range(1, 9)]
     lim = [35.0] * 3
     t, sent = _settle(p, 0, lim, nodes)
@@ -398,7 +427,7 @@ def test_planner_cut_for_room_keeps_its_place():
     # Cars 2 and 3 leave; the reading still sees their current: one cycle at 14 A.
     for n in nodes:
         if n.addr in (2, 3):
-            n.state, n.offered_a, n.draw_a = lb.ST_IDLE, 0.0, 0.0
+            n.state, n.offered_a, n.draw_a = codec.ST_IDLE, 0.0, 0.0
     sent = p.plan(t, [14.0] * 3, nodes)
     _follow(nodes, sent)
     eq(sorted(a for a in sent if sent[a]), [1, 4], "the dip cuts 5")
@@ -410,7 +439,7 @@ def test_planner_cut_for_room_keeps_its_place():
 def test_planner_cut_for_room_place_ends_with_its_turn():
     """The place kept after a cut lasts until the node's turn would have ended: then it
     waits behind those who waited longer (the rotation of Allocation §3 goes on)."""
-    p = lb.Planner(rotate_ms=10000)
+    p = planner.Planner(rotate_ms=10000)
     a, b, c = _node(1, max_a=7.0), _node(2, max_a=7.0), _node(3, max_a=7.0)
     nodes = [a, b, c]
     t, sent = _settle(p, 0, [14.0] * 3, nodes, 2)  # 1, 2 charge since 0; 3 waits
@@ -429,7 +458,7 @@ def test_planner_cut_for_room_place_ends_with_its_turn():
 
 
 def test_planner_node_leaving_frees_share():
-    p = lb.Planner()
+    p = planner.Planner()
     lim = [30.0] * 3
     a, b, c = _node(1), _node(2), _node(3)
     _follow([a, b, c], p.plan(0, lim, [a, b, c]))
@@ -555,7 +584,7 @@ class Pool:
             self.nodes.append(self._make(s, self.bus.port(), self.dirs[i], i))
 
     def _make(self, settings, port, data_dir, epoch):
-        return lb.Balancer(FakeCharger(), settings, Prot(), port, clock=lambda: self.t,
+        return bal.Balancer(FakeCharger(), settings, Prot(), port, clock=lambda: self.t,
                            epoch=epoch, data_dir=data_dir)
 
     def sums(self):
@@ -663,21 +692,21 @@ def test_a_changed_allocation_is_reported_in_the_tick_that_applies_it():
         if b.alloc_a != before:
             t_cut = pool.t - 100
     true(t_cut is not None and b.alloc_a < 20.0, "node 2 cut for the new car")
-    reports = [d for t, i, d in sent if t == t_cut and i == lb.ID_STATUS + 2]
+    reports = [d for t, i, d in sent if t == t_cut and i == codec.ID_STATUS + 2]
     true(reports, "a status frame in the tick that applied the cut")
-    eq(reports[-1][7], lb._ha_up(b.alloc_a), "reporting the offer already cut")
+    eq(reports[-1][7], codec._ha_up(b.alloc_a), "reporting the offer already cut")
     master = pool.nodes[0]
     heard = None
     granted = None
     while granted is None and pool.t < 30000:
         n3 = master.nodes.get(3)
-        if heard is None and n3 is not None and n3.state == lb.ST_WANT:
+        if heard is None and n3 is not None and n3.state == codec.ST_WANT:
             heard = pool.t
         if master.planner.sent.get(3, 0) >= 6:
             granted = pool.t
         pool.run(100)
     true(heard is not None and granted is not None, "heard and granted")
-    true(granted - heard <= 2 * lb.CYCLE_MS, "granted %d ms after the ask" % (granted - heard))
+    true(granted - heard <= 2 * planner.CYCLE_MS, "granted %d ms after the ask" % (granted - heard))
 
 
 def test_pool_master_lost_fallback_and_clash():
@@ -686,10 +715,10 @@ def test_pool_master_lost_fallback_and_clash():
         pool.plug(i)
     pool.run(6000)
     pool.power_off(0)  # the master dies
-    pool.run(lb.MASTER_TIMEOUT_MS + 300)
+    pool.run(bal.MASTER_TIMEOUT_MS + 300)
     true(pool.nodes[1].fallback and pool.nodes[2].fallback, "fallback")
     eq(pool.nodes[1].view()["fault"], "master_lost", "shown")
-    true(pool.nodes[1].ch.offered_a <= lb.FALLBACK_A, "safe share")
+    true(pool.nodes[1].ch.offered_a <= bal.FALLBACK_A, "safe share")
     pool.run(6000)  # no meter in this pool: node 2 takes over (2 of 3 members: quorum)
     eq(pool.nodes[2].master, 2, "takeover")
     true(pool.nodes[1].quorum and pool.nodes[2].quorum, "quorum")
@@ -697,14 +726,14 @@ def test_pool_master_lost_fallback_and_clash():
     eq(pool.nodes[1].ch.offered_a + pool.nodes[2].ch.offered_a, 34.0, "two share, 6 A kept for the lost master")
     # An address clash: a fourth node configured as 2.
     ch = FakeCharger()
-    extra = lb.Balancer(ch, _settings(2), Prot(), pool.bus.port(), clock=lambda: pool.t, epoch=9)
+    extra = bal.Balancer(ch, _settings(2), Prot(), pool.bus.port(), clock=lambda: pool.t, epoch=9)
     pool.nodes.append(extra)
     pool.run(1000)
     eq(pool.nodes[1].ch.trips, [faults.CAN], "clash on the old node")
     eq(ch.trips, [faults.CAN], "clash on the new node")
     true(pool.nodes[1].prot.can_clash and extra.prot.can_clash, "protection told")
     extra.settings["can_addr"] = 4  # renumbered
-    pool.run(lb.CLASH_CLEAR_MS + 1000)
+    pool.run(bal.CLASH_CLEAR_MS + 1000)
     true(not pool.nodes[1].prot.can_clash and not extra.prot.can_clash, "clash gone")
 
 
@@ -723,7 +752,7 @@ def test_pool_meter_master_lost_no_takeover():
     pool.run(5000)
     true(not pool.nodes[1].fallback, "master back")
     eq([b.ch.offered_a for b in pool.nodes], [13.0, 13.0, 13.0], "shared again")
-    pool.run(lb.FALLBACK_HOLD_MS)
+    pool.run(bal.FALLBACK_HOLD_MS)
 
 
 def test_pool_node_leaves():
@@ -732,9 +761,9 @@ def test_pool_node_leaves():
         pool.plug(i)
     pool.run(6000)
     pool.power_off(2)
-    pool.run(lb.NODE_TIMEOUT_MS + 8000)
+    pool.run(bal.NODE_TIMEOUT_MS + 8000)
     eq(pool.nodes[0].ch.offered_a + pool.nodes[1].ch.offered_a, 34.0, "freed but its fallback share")
-    pool.run(lb.GONE_HOLD_MS)
+    pool.run(bal.GONE_HOLD_MS)
     eq(pool.nodes[0].ch.offered_a + pool.nodes[1].ch.offered_a, 40.0, "share freed")
 
 
@@ -746,9 +775,9 @@ def test_fallback_ends_in_pause():
     pool.power_off(0)
     pool.nodes[0].settings["meter_model"] = "SDM630"
     pool.nodes[1].meter_addr = 1
-    pool.run(lb.MASTER_TIMEOUT_MS + 1000)
+    pool.run(bal.MASTER_TIMEOUT_MS + 1000)
     eq(pool.nodes[1].ch.offered_a, 6.0, "fallback share")
-    pool.run(lb.FALLBACK_HOLD_MS)
+    pool.run(bal.FALLBACK_HOLD_MS)
     eq(pool.nodes[1].ch.offered_a, 0.0, "then a pause")
 
 
@@ -764,7 +793,7 @@ def _charging(addrs, **kw):
 def _lost(b, what):
     """b runs without a master: fallback, the warning, no takeover."""
     true(b.fallback and not b.quorum, "%s: fallback without quorum" % what)
-    eq(b.notice(), lb.MASTER_LOST_TEXT, "%s: warning" % what)
+    eq(b.notice(), bal.MASTER_LOST_TEXT, "%s: warning" % what)
     eq(b.view()["fault"], "master_lost", "%s: fault" % what)
     true(b.master != b.addr and not b.view()["is_master"], "%s: no takeover" % what)
 
@@ -776,15 +805,16 @@ def test_partition_isolated_node_of_three():
     eq(pool.offers(), [13.0, 13.0, 13.0], "shared")
     pool.cut(2)
     b3 = pool.nodes[2]
-    pool.run(lb.MASTER_TIMEOUT_MS + 300)
+    pool.run(bal.MASTER_TIMEOUT_MS + 300)
     _lost(b3, "cut node")
-    true(b3.ch.offered_a <= lb.FALLBACK_A, "fallback share")
-    pool.run(lb.FALLBACK_HOLD_MS)
+    true(b3.ch.offered_a <= bal.FALLBACK_A, "fallback share")
+    pool.run(bal.FALLBACK_HOLD_MS)
     eq(b3.ch.offered_a, 0.0, "then paused")
     _lost(b3, "cut node, paused")
     eq(pool.offers()[:2], [17.0, 17.0], "the two share all but its fallback share")
     true(pool.nodes[0].quorum and pool.nodes[0].master == 1, "the majority goes on")
-    pool.run(lb.NODE_TIMEOUT_MS + lb.GONE_HOLD_MS - lb.FALLBACK_HOLD_MS - lb.MASTER_TIMEOUT_MS + 1000)
+    pool.run(bal.NODE_TIMEOUT_MS + bal.GONE_HOLD_MS - bal.FALLBACK_HOLD_MS - bal.MASTER_TIMEOUT_MS
+             + 1000)
     eq(pool.offers(), [20.0, 20.0, 0.0], "its fallback share freed once it has paused")
     eq(b3.view()["members"], [1, 2, 3], "without quorum it forgets nothing")
     true(max(pool.worst) <= 40, "worst %r" % pool.worst)
@@ -796,14 +826,14 @@ def test_partition_two_and_two():
     pool = _charging([1, 2, 3, 4])
     eq(pool.offers(), [10.0] * 4, "shared")
     pool.split([0, 0, 1, 1])
-    pool.run(lb.MASTER_TIMEOUT_MS + 300)
+    pool.run(bal.MASTER_TIMEOUT_MS + 300)
     for i in (2, 3):
         _lost(pool.nodes[i], "node %d" % (i + 1))
     true(pool.nodes[0].quorum and pool.nodes[1].quorum, "the half with node 1: quorum")
-    pool.run(lb.FALLBACK_HOLD_MS + 1000)
+    pool.run(bal.FALLBACK_HOLD_MS + 1000)
     eq(pool.offers()[2:], [0.0, 0.0], "the other half paused")
     eq(pool.offers()[:2], [14.0, 14.0], "two fallback shares kept")
-    pool.run(lb.GONE_HOLD_MS - lb.FALLBACK_HOLD_MS + 4000)
+    pool.run(bal.GONE_HOLD_MS - bal.FALLBACK_HOLD_MS + 4000)
     eq(pool.offers(), [20.0, 20.0, 0.0, 0.0], "then freed")
     eq([b.master for b in pool.nodes[:2]], [1, 1], "one master")
     eq(pool.nodes[0].view()["members"], [1, 2], "the majority forgot the others")
@@ -819,14 +849,14 @@ def test_partition_master_cut_off():
     other two (2 of 3) elect node 2."""
     pool = _charging([1, 2, 3])
     pool.cut(0)
-    pool.run(lb.MASTER_TIMEOUT_MS + 300)
+    pool.run(bal.MASTER_TIMEOUT_MS + 300)
     b1 = pool.nodes[0]
     true(b1.fallback and not b1.quorum and b1.master is None, "old master without quorum")
-    eq(b1.notice(), lb.MASTER_LOST_TEXT, "warning")
-    true(b1.ch.offered_a <= lb.FALLBACK_A, "fallback share at once")
+    eq(b1.notice(), bal.MASTER_LOST_TEXT, "warning")
+    true(b1.ch.offered_a <= bal.FALLBACK_A, "fallback share at once")
     pool.run(4000)
     eq([pool.nodes[1].master, pool.nodes[2].master], [2, 2], "takeover with quorum")
-    pool.run(lb.FALLBACK_HOLD_MS)
+    pool.run(bal.FALLBACK_HOLD_MS)
     eq(b1.ch.offered_a, 0.0, "paused")
     pool.reconnect(0)
     pool.run(8000)
@@ -837,11 +867,11 @@ def test_partition_master_cut_off():
 def test_master_powered_off_two_take_over():
     pool = _charging([1, 2, 3])
     pool.power_off(0)
-    pool.run(lb.NODE_TIMEOUT_MS + lb.DISCOVER_MS + lb.FREE_MS + 2000)
+    pool.run(bal.NODE_TIMEOUT_MS + bal.DISCOVER_MS + bal.FREE_MS + 2000)
     eq([pool.nodes[1].master, pool.nodes[2].master], [2, 2], "node 2 master")
     true(pool.nodes[1].quorum and pool.nodes[2].quorum, "2 of 3: quorum")
     eq(pool.offers()[1:], [17.0, 17.0], "node 1's fallback share kept")
-    pool.run(lb.GONE_HOLD_MS)
+    pool.run(bal.GONE_HOLD_MS)
     eq(pool.offers()[1:], [20.0, 20.0], "then freed")
     eq(pool.nodes[1].view()["members"], [2, 3], "node 1 forgotten")
     pool.restart(0)
@@ -855,11 +885,11 @@ def test_two_nodes_higher_loses_lower():
     pool = _charging([1, 2])
     eq(pool.offers(), [20.0, 20.0], "shared")
     pool.cut(1)  # node 1 still charges
-    pool.run(lb.MASTER_TIMEOUT_MS + lb.FALLBACK_HOLD_MS + 500)
+    pool.run(bal.MASTER_TIMEOUT_MS + bal.FALLBACK_HOLD_MS + 500)
     _lost(pool.nodes[1], "node 2")
     eq(pool.offers(), [32.0, 0.0], "node 1 goes on (its max), node 2 paused")
     pool.power_off(0)  # now gone as well: node 2 still alone, still no quorum
-    pool.run(lb.GONE_HOLD_MS + 5000)
+    pool.run(bal.GONE_HOLD_MS + 5000)
     _lost(pool.nodes[1], "node 2 alone")
     eq(pool.offers()[1], 0.0, "still paused")
 
@@ -868,11 +898,11 @@ def test_two_nodes_lower_loses_higher():
     """Node 1 alone is half of the members and the lowest: it goes on."""
     pool = _charging([1, 2], max_current_a=40)
     pool.power_off(1)
-    pool.run(lb.NODE_TIMEOUT_MS + lb.FREE_MS + 2000)
+    pool.run(bal.NODE_TIMEOUT_MS + bal.FREE_MS + 2000)
     b1 = pool.nodes[0]
     true(b1.quorum and b1.master == 1 and not b1.fallback, "goes on as master")
     eq(b1.ch.offered_a, 34.0, "all but node 2's fallback share")
-    pool.run(lb.GONE_HOLD_MS)
+    pool.run(bal.GONE_HOLD_MS)
     eq(b1.ch.offered_a, 40.0, "then the whole pool")
     eq(b1.view()["members"], [1], "node 2 forgotten")
 
@@ -889,10 +919,10 @@ def test_isolated_node_restarts_with_members_file():
         b3 = pool.restart(2)
         b3.tick(pool.t)
         eq(b3.view()["members"], [1, 2, 3], "members from the file")
-        pool.run(lb.MASTER_TIMEOUT_MS + 500)
+        pool.run(bal.MASTER_TIMEOUT_MS + 500)
         _lost(b3, "restarted node")
         eq(b3.ch.offered_a, 0.0, "nothing before an allocation")
-        pool.run(lb.GONE_HOLD_MS + 5000)
+        pool.run(bal.GONE_HOLD_MS + 5000)
         _lost(b3, "restarted node, later")
         eq(b3.ch.offered_a, 0.0, "still nothing")
         eq(pool.offers()[:2], [20.0, 20.0], "the others share the pool")
@@ -920,7 +950,7 @@ def test_meter_master_known_after_restart():
         pool.power_off(0)
         pool.restart(1)
         pool.restart(2)
-        pool.run(lb.MASTER_TIMEOUT_MS + 3000)
+        pool.run(bal.MASTER_TIMEOUT_MS + 3000)
         for i in (1, 2):
             b = pool.nodes[i]
             eq(b.master, 1, "follows the meter's charger")
@@ -957,7 +987,7 @@ def test_corrupt_members_file():
             clear()
             with open(path, "wb") as f:
                 f.write(data)
-            b = lb.Balancer(FakeCharger(), _settings(2), Prot(), Bus().port(),
+            b = bal.Balancer(FakeCharger(), _settings(2), Prot(), Bus().port(),
                             clock=lambda: 0, epoch=1, data_dir=d)
             b.tick(0)
             eq(b.view()["members"], [2], "empty pool for %r" % data)
@@ -966,19 +996,19 @@ def test_corrupt_members_file():
                "written back for %r" % data)
         clear()
         os.mkdir(path)  # a directory where the file belongs: unreadable
-        b = lb.Balancer(FakeCharger(), _settings(2), Prot(), Bus().port(),
+        b = bal.Balancer(FakeCharger(), _settings(2), Prot(), Bus().port(),
                         clock=lambda: 0, epoch=1, data_dir=d)
         b.tick(0)
         b.tick(100)
         eq(b.view()["members"], [2], "empty pool")
-        b = lb.Balancer(FakeCharger(), _settings(2), Prot(), Bus().port(),
+        b = bal.Balancer(FakeCharger(), _settings(2), Prot(), Bus().port(),
                         clock=lambda: 0, epoch=1, data_dir=d + "/missing")
         b.tick(0)  # nothing to read, nowhere to write: logged, not raised
         eq(b.view()["members"], [2], "empty pool, not written")
         clear()
         with open(path, "wb") as f:
             f.write(b'{"addr": 2, "pool": 1, "members": [1, 2, 5], "meter": 5}')  # by hand
-        b = lb.Balancer(FakeCharger(), _settings(2), Prot(), Bus().port(),
+        b = bal.Balancer(FakeCharger(), _settings(2), Prot(), Bus().port(),
                         clock=lambda: 0, epoch=1, data_dir=d)
         b.tick(0)
         eq((b.view()["members"], b.meter_addr), ([1, 2, 5], 5), "a valid file")
@@ -992,7 +1022,7 @@ def test_forgets_after_gone_hold_and_rejoins():
     try:
         pool = _charging([1, 2, 3], data_dirs=dirs)
         pool.cut(2)
-        pool.run(lb.GONE_HOLD_MS - 1000)
+        pool.run(bal.GONE_HOLD_MS - 1000)
         eq(pool.nodes[0].view()["members"], [1, 2, 3], "not yet forgotten")
         pool.run(1500)
         for i in (0, 1):
@@ -1020,7 +1050,7 @@ def test_lb_off_on_resets_members():
     try:
         pool = _charging([1, 2], data_dirs=[None, d])
         pool.power_off(0)
-        pool.run(lb.MASTER_TIMEOUT_MS + lb.FALLBACK_HOLD_MS + lb.GONE_HOLD_MS)
+        pool.run(bal.MASTER_TIMEOUT_MS + bal.FALLBACK_HOLD_MS + bal.GONE_HOLD_MS)
         b2 = pool.nodes[1]
         _lost(b2, "node 2 alone")
         eq(b2.ch.offered_a, 0.0, "paused")
@@ -1120,7 +1150,7 @@ def test_partitions_seeded_single_faults():
 def test_disabled_does_nothing():
     ch = FakeCharger()
     port = Bus().port()
-    b = lb.Balancer(ch, _settings(1, lb_enabled=False), Prot(), port, clock=lambda: 0)
+    b = bal.Balancer(ch, _settings(1, lb_enabled=False), Prot(), port, clock=lambda: 0)
     b.tick(0)
     eq(ch.external, {}, "no limit")
     eq(b.view(), None, "no view")
@@ -1138,7 +1168,7 @@ class _Power:
 
 def _meter_master(headroom_a):
     pw = _Power(headroom_a)
-    b = lb.Balancer(FakeCharger(), _settings(1, meter_model="SDM630"), Prot(), Bus().port(),
+    b = bal.Balancer(FakeCharger(), _settings(1, meter_model="SDM630"), Prot(), Bus().port(),
                     clock=lambda: 0, power=pw, epoch=1)
     b.tick(0)
     return pw, b
@@ -1151,7 +1181,7 @@ def test_pool_limit_from_meter_headroom():
 
     pw, b = _meter_master([20.0, 10.0, 20.0])
     eq(b._pool_limit(), [20.0, 10.0, 20.0], "the first reading: headroom, nobody else")
-    n = b.nodes[2] = lb.Node(2)
+    n = b.nodes[2] = planner.Node(2)
     n.draw_a, n.offered_a = 8.0, 10.0
     pw.last_ok_ms = 1000
     eq(b._pool_limit(), [20.0, 10.0, 20.0], "a rise shown by one reading only")
@@ -1177,7 +1207,7 @@ def test_pool_limit_car_drawing_less_before_its_report():
     pw, b = _meter_master([13.0, 13.0, 13.0])  # 40 A - (5 A house + 11 + 11 A) + own 11 A
     others = []
     for a in (2, 3):
-        n = b.nodes[a] = lb.Node(a)
+        n = b.nodes[a] = planner.Node(a)
         n.draw_a, n.offered_a = 11.0, 11.5
         others.append(n)
     pw.last_ok_ms = 1000
@@ -1197,7 +1227,7 @@ def test_pool_limit_back_after_a_dip_at_once():
     dips for that reading and comes back with the next one (as high as it was two
     readings ago, so at once); a new car's grant is not held back a cycle more."""
     pw, b = _meter_master([35.0, 35.0, 35.0])
-    n = b.nodes[2] = lb.Node(2)
+    n = b.nodes[2] = planner.Node(2)
     n.draw_a, n.offered_a = 0.0, 17.5
     pw.last_ok_ms = 1000
     eq(b._pool_limit(), [35.0, 35.0, 35.0], "the car granted, not drawing yet")
@@ -1218,7 +1248,7 @@ def test_pool_limit_counts_the_draws_of_its_reading():
     pw, b = _meter_master([35.0, 35.0, 35.0])
     others = []
     for a in (2, 3):
-        n = b.nodes[a] = lb.Node(a)
+        n = b.nodes[a] = planner.Node(a)
         n.draw_a = n.offered_a = 0.0
         others.append(n)
     pw.last_ok_ms = 1000
@@ -1322,24 +1352,31 @@ def test_master_lost_shown_as_warning():
     t = 10000
     hmi.tick(t - 3000)  # the welcome after the restart: over by t
     hmi.tick(t)
-    true(hw.display.v != lb.MASTER_LOST_TEXT, "normal rotation")
+    true(hw.display.v != bal.MASTER_LOST_TEXT, "normal rotation")
     eq(hw.leds.v["fault"], ("off", "steady"), "fault LED off")
     pool.power_off(0)
-    pool.run(lb.MASTER_TIMEOUT_MS + 300)
-    eq(b.notice(), lb.MASTER_LOST_TEXT, "fallback -> warning")
+    pool.run(bal.MASTER_TIMEOUT_MS + 300)
+    eq(b.notice(), bal.MASTER_LOST_TEXT, "fallback -> warning")
     hmi.tick(t + 100)
-    eq(hw.display.v, lb.MASTER_LOST_TEXT, "shown at once")
+    eq(hw.display.v, bal.MASTER_LOST_TEXT, "shown at once")
     eq(hw.leds.v["fault"], ("red", "slow"), "fault LED blinks")
     shown = []
     for k in range(1, 7):
         hmi.tick(t + 100 + k * 3000)
         shown.append(hw.display.v)
-    eq(shown[1::2], [lb.MASTER_LOST_TEXT] * 3, "every other item")
-    true(all(x != lb.MASTER_LOST_TEXT for x in shown[0::2]), "the rotation between")
+    eq(shown[1::2], [bal.MASTER_LOST_TEXT] * 3, "every other item")
+    true(all(x != bal.MASTER_LOST_TEXT for x in shown[0::2]), "the rotation between")
     ch.active = faults.MET
     hmi.tick(t + 30000)
     eq(hw.display.v, faults.display_text(faults.codes(faults.MET)[0]), "a fault first")
     eq(hw.leds.v["fault"], ("red", "steady"), "fault LED steady")
+
+
+def _balance_modules():
+    """The load-balancing modules loaded: the evse.balance package and its modules."""
+    import sys
+
+    return sorted(m for m in sys.modules if m == "evse.balance" or m.startswith("evse.balance."))
 
 
 def test_the_app_builds_its_balancer_only_once_balancing_is_switched_on():
@@ -1361,18 +1398,19 @@ def test_the_app_builds_its_balancer_only_once_balancing_is_switched_on():
     app.hw.can = Bus().port()
     app.metering = app.power = None
     app.data_dir = _tmpdir()
-    sys.modules.pop("evse.balance", None)  # what this test file imported does not count
+    for m in _balance_modules():  # what this test file imported does not count
+        sys.modules.pop(m)
     slot = _Balancing(app)
 
     async def main():
         task = asyncio.create_task(slot.run())
         await asyncio.sleep_ms(300)
-        off = (slot.balancer, slot.view(), slot.notice(), "evse.balance" in sys.modules)
+        off = (slot.balancer, slot.view(), slot.notice(), _balance_modules())
         app.settings["lb_enabled"] = True
         await asyncio.sleep_ms(300)
         task.cancel()
         return off
 
-    eq(asyncio.run(main()), (None, None, None, False), "nothing built while it is off")
+    eq(asyncio.run(main()), (None, None, None, []), "nothing built while it is off")
     true(slot.balancer is not None and slot.balancer.enabled, "built and running once on")
     true(slot.view() is not None, "its status shows")

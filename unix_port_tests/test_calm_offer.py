@@ -219,16 +219,16 @@ def _pool(headroom):
     its car, on an in-memory CAN bus, all on the rig's virtual clock. headroom(t_ms) is
     the master's meter headroom per phase with node 2's own current taken out (the meter
     sees node 2 as house load)."""
-    from evse import balance as lb
+    from evse.balance import node as bal
     from test_balance import Bus, FakeCharger, Prot, _Power, _settings
 
     r = Rig(lb_enabled=True, can_addr=2, phase_set="L123", max_house_current_a=40,
             meter_model="none", charger_power="7kW")
     bus = Bus()
     pw = _Power([40.0, 40.0, 40.0])
-    master = lb.Balancer(FakeCharger(), _settings(1, meter_model="SDM630"), Prot(), bus.port(),
+    master = bal.Balancer(FakeCharger(), _settings(1, meter_model="SDM630"), Prot(), bus.port(),
                          clock=r.clock, power=pw, epoch=1)
-    node = lb.Balancer(r.ch, r.settings, Prot(), bus.port(), clock=r.clock, epoch=2)
+    node = bal.Balancer(r.ch, r.settings, Prot(), bus.port(), clock=r.clock, epoch=2)
 
     def run(ms):
         for _ in range(ms // 100):

@@ -1,5 +1,5 @@
 # Seeded fuzzing of what arrives from the buses: Modbus RTU replies (lib/modbus_rtu.py on
-# a scripted UART and clock), CAN load-balancing frames (evse/balance.py's decoder and
+# a scripted UART and clock), CAN load-balancing frames (evse/balance/codec.py's decoder and
 # live Balancer nodes), the MCP2515 driver's receive path (against the register-level
 # emulation and against a chip answering garbage) and the simulated CAN bus datagrams
 # (boards/unix_sim/sim_can.py). The oracle: only the documented errors, bounded time, no
@@ -13,7 +13,7 @@ import struct
 import fuzz
 import log
 from check import eq, true
-from evse import balance as lb
+from evse.balance import codec, node as bal, planner
 from mcp2515 import Mcp2515, Mcp2515Error
 from modbus_rtu import ModbusError, ModbusRtu, crc16
 from sim_mcp2515 import SimCanWire, SimMcp2515
@@ -162,17 +162,17 @@ def _frame_case(r, i):
     if i < 2:  # valid samples: a status and an allocation
         buf = bytearray(8)
         if i == 0:
-            lb.encode_status(buf, 1, 5, 3, lb.ST_WANT, 7, False, 6.0, 32.0, 15.5, 16.0)
-            return lb.ID_STATUS + 2, bytes(buf)
-        lb.encode_alloc(buf, 1, 9, 3, 1, 10.0, True, 2, 40.0)
-        return lb.ID_ALLOC + 2, bytes(buf)
-    can_id = r.pick((lb.ID_STATUS, lb.ID_ALLOC)) + r.below(lb.MAX_NODES + 2)
+            codec.encode_status(buf, 1, 5, 3, codec.ST_WANT, 7, False, 6.0, 32.0, 15.5, 16.0)
+            return codec.ID_STATUS + 2, bytes(buf)
+        codec.encode_alloc(buf, 1, 9, 3, 1, 10.0, True, 2, 40.0)
+        return codec.ID_ALLOC + 2, bytes(buf)
+    can_id = r.pick((codec.ID_STATUS, codec.ID_ALLOC)) + r.below(codec.MAX_NODES + 2)
     if r.chance(1, 8):
-        can_id = r.pick((0, 0x7FF, 0x800, -1, 1 << 32, lb.ID_STATUS + 1))
+        can_id = r.pick((0, 0x7FF, 0x800, -1, 1 << 32, codec.ID_STATUS + 1))
     data = bytes(bytearray(r.u32() & 0xFF for _ in range(8)))
     if r.chance(1, 2):
         b = bytearray(data)
-        b[0] = (lb.VERSION << 4) | (b[0] & 0x0F)
+        b[0] = (codec.VERSION << 4) | (b[0] & 0x0F)
         b[1] = 1
         data = bytes(b)
     if r.chance(1, 6):
@@ -181,21 +181,22 @@ def _frame_case(r, i):
 
 
 def test_fuzz_balance_decode():
-    """Manual §8 load balancing: a frame decodes to None or a well-formed tuple that never
+    """Manual §8 load balancing: a frame decodes to None or a well-formed frame that never
     offers between 0 and 6 A (IEC 61851-1 §A.2.2) and never a node outside the pool."""
     def check(c):
         can_id, data = c
-        f = lb.decode(can_id, data, 1)
+        f = codec.decode(can_id, data, 1)
         if f is None:
             return
-        if f[0] == "S":
-            true(1 <= f[1] <= lb.MAX_NODES, "sender address")
-            true(f[7] >= lb.MIN_A and f[8] >= f[7], "min/max current")
-            true(f[5] in range(1, 8), "phase mask")
+        if isinstance(f, codec.Status):
+            true(1 <= f.addr <= codec.MAX_NODES, "sender address")
+            true(f.min_a >= planner.MIN_A and f.max_a >= f.min_a, "min/max current")
+            true(f.mask in range(1, 8), "phase mask")
         else:
-            eq(f[0], "A", "kind")
-            true(1 <= f[1] <= lb.MAX_NODES and 1 <= f[4] <= lb.MAX_NODES, "addresses")
-            true(f[5] == 0 or f[5] >= lb.MIN_A, "allocation %r" % f[5])
+            true(isinstance(f, codec.Alloc), "kind")
+            true(1 <= f.dest <= codec.MAX_NODES and 1 <= f.master <= codec.MAX_NODES,
+                 "addresses")
+            true(f.amps == 0 or f.amps >= planner.MIN_A, "allocation %r" % f.amps)
         eq(len(data), 8, "only 8-byte frames decode")
 
     fuzz.run("balance.decode", 10000, _frame_case, check)
@@ -206,10 +207,10 @@ def test_fuzz_balance_decode():
         lo = 6 + r.below(27) / 2
         hi = lo + r.below(40) / 2
         draw = r.below(100) / 2
-        lb.encode_status(buf, 7, r.below(256), r.below(16), r.below(4), 1 + r.below(7),
-                         r.chance(1, 2), lo, hi, draw, hi)
-        f = lb.decode(lb.ID_STATUS + 3, bytes(buf), 7)
-        eq((f[7], f[8], f[9], f[10]), (lo, hi, draw, hi), "status round trip")
+        codec.encode_status(buf, 7, r.below(256), r.below(16), r.below(4), 1 + r.below(7),
+                            r.chance(1, 2), lo, hi, draw, hi)
+        f = codec.decode(codec.ID_STATUS + 3, bytes(buf), 7)
+        eq((f.min_a, f.max_a, f.draw_a, f.offered_a), (lo, hi, draw, hi), "status round trip")
 
 
 class _Port:
@@ -264,7 +265,7 @@ def test_fuzz_balancer_under_hostile_frames():
              "phase_set": "L123", "meter_model": "none", "max_current_a": 32}
         p = _Port(bus)
         bus.append(p)
-        nodes.append(lb.Balancer(_Charger(), s, _Prot(), p, clock=lambda: t[0], epoch=i))
+        nodes.append(bal.Balancer(_Charger(), s, _Prot(), p, clock=lambda: t[0], epoch=i))
     t = [0]
     r = fuzz.rng_for("balance.pool")
     n = fuzz.count(5000)
@@ -280,7 +281,7 @@ def test_fuzz_balancer_under_hostile_frames():
                 b.tick(t[0])
                 lim = b.ch.external.get("balance", 32.0)
                 b.ch.offered_a = lim if lim >= 6 else 0.0
-                true(lim == 0 or lim >= lb.MIN_A, "limit %r" % lim)
+                true(lim == 0 or lim >= planner.MIN_A, "limit %r" % lim)
         except Exception as e:
             raise AssertionError("fuzz balance.pool tick %d: %r (replay: FUZZ_SEED=0x%08x FUZZ_N=%d)"
                                  % (i, e, fuzz.seed(), i + 1))
@@ -293,8 +294,8 @@ def test_fuzz_balancer_under_hostile_frames():
     print("  largest sum of offers: %.1f A" % worst)
     # Spoofed statuses add members (a phantom meter master or too many silent members can
     # leave the pool paused: safe), and both tables stay bounded.
-    true(all(len(b.nodes) < lb.MAX_NODES for b in nodes), "node table bounded")
-    true(all(len(b.members) <= lb.MAX_NODES for b in nodes), "members bounded")
+    true(all(len(b.nodes) < codec.MAX_NODES for b in nodes), "node table bounded")
+    true(all(len(b.members) <= codec.MAX_NODES for b in nodes), "members bounded")
 
 
 # ---- MCP2515 ------------------------------------------------------------------------------------

@@ -584,10 +584,10 @@ def _leap_pool(pool, ms, step_ms=3_600_000):
 
 
 def test_a_load_balancing_master_still_allocates_a_week_later():
-    import evse.balance as lb
+    from evse.balance import node as bal, planner
     from test_balance import Pool
 
-    with Ticks32(lb):
+    with Ticks32(bal, planner):
         pool = Pool([1])
         pool.plug(0)
         pool.run(6000)
@@ -601,10 +601,10 @@ def test_a_load_balancing_master_still_allocates_a_week_later():
 def test_a_node_without_master_stays_paused_a_week_later():
     """The fallback share lasts 60 s, then the node pauses until a master allocates
     again: not 6 A again once the last allocation reads as recent."""
-    import evse.balance as lb
+    from evse.balance import node as bal, planner
     from test_balance import Pool
 
-    with Ticks32(lb):
+    with Ticks32(bal, planner):
         pool = Pool([1, 2])
         pool.plug(0)
         pool.plug(1)
@@ -612,7 +612,7 @@ def test_a_node_without_master_stays_paused_a_week_later():
         b = pool.nodes[1]
         true(b.ch.offered_a >= 6.0, "charging")
         pool.power_off(0)
-        pool.run(lb.MASTER_TIMEOUT_MS + lb.FALLBACK_HOLD_MS + 1000)
+        pool.run(bal.MASTER_TIMEOUT_MS + bal.FALLBACK_HOLD_MS + 1000)
         eq(b.ch.offered_a, 0.0, "paused after the fallback share")
         _leap_pool(pool, WEEK_MS)
         pool.run(1000)
@@ -620,13 +620,13 @@ def test_a_node_without_master_stays_paused_a_week_later():
 
 
 def test_a_turn_that_began_a_week_ago_is_over():
-    import evse.balance as lb
+    from evse.balance import codec, planner
     from test_balance import _follow, _node
 
-    with Ticks32(lb):
-        p = lb.Planner(rotate_ms=10000)
+    with Ticks32(planner):
+        p = planner.Planner(rotate_ms=10000)
         lim = [10.0] * 3  # room for one
-        a, b = _node(1), _node(2, state=lb.ST_IDLE)
+        a, b = _node(1), _node(2, state=codec.ST_IDLE)
         t = NEAR_WRAP
         for _ in range(3):
             _follow([a, b], p.plan(t, lim, [a, b]))
@@ -635,7 +635,7 @@ def test_a_turn_that_began_a_week_ago_is_over():
         for _ in range(WEEK_MS // 3_600_000):  # the master's cycles, seen hourly
             _follow([a, b], p.plan(t, lim, [a, b]))
             t = (t + 3_600_000) & MASK
-        b.state = lb.ST_WANT
+        b.state = codec.ST_WANT
         for _ in range(5):
             _follow([a, b], p.plan(t, lim, [a, b]))
             t = (t + 1000) & MASK
@@ -645,11 +645,11 @@ def test_a_turn_that_began_a_week_ago_is_over():
 def test_a_demand_cap_set_a_week_ago_is_still_lifted():
     """The cap's time is kept at most CAP_LIFT_MS old: a week later it is lifted within
     one CAP_LIFT_MS, not days later once its time reads as recent."""
-    import evse.balance as lb
+    from evse.balance import planner
     from test_balance import _follow, _node
 
-    with Ticks32(lb):
-        p = lb.Planner()
+    with Ticks32(planner):
+        p = planner.Planner()
         lim = [40.0] * 3
         a, b = _node(1), _node(2)
         t = NEAR_WRAP
@@ -660,7 +660,7 @@ def test_a_demand_cap_set_a_week_ago_is_still_lifted():
             b.draw_a = b.offered_a
             t = (t + 3_600_000) & MASK
         lifted = False
-        for _ in range(lb.CAP_LIFT_MS // 1000 + 5):
+        for _ in range(planner.CAP_LIFT_MS // 1000 + 5):
             sent = p.plan(t, lim, [a, b])
             _follow([a, b], sent)
             a.draw_a = min(a.offered_a, 5.0)
@@ -671,10 +671,10 @@ def test_a_demand_cap_set_a_week_ago_is_still_lifted():
 
 
 def test_a_car_starting_a_week_ago_is_no_longer_starting():
-    import evse.balance as lb
+    from evse.balance import node as bal, planner
     from test_balance import Pool
 
-    with Ticks32(lb):
+    with Ticks32(bal, planner):
         pool = Pool([1])
         pool.plug(0)
         pool.run(1000)

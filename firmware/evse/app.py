@@ -386,10 +386,10 @@ class App:
 
 
 class _Balancing:
-    """Load balancing as the app holds it: the balancer (evse/balance.py, about 3 KB of
-    heap with its module) is built the first time `lb_enabled` is set and kept from then
-    on (switching it off again is its own business), so a charger that never balances
-    spends nothing on it."""
+    """Load balancing as the app holds it: the balancer (the evse/balance package, about
+    4 KB of heap with its modules on a 32-bit board) is built the first time `lb_enabled`
+    is set and kept from then on (switching it off again is its own business), so a
+    charger that never balances spends nothing on it."""
 
     def __init__(self, app):
         self._app = app
@@ -397,7 +397,7 @@ class _Balancing:
 
     def _get(self):
         if self.balancer is None and self._app.settings["lb_enabled"]:
-            from evse.balance import Balancer
+            from evse.balance.node import Balancer
 
             a = self._app
             self.balancer = Balancer(a.charger, a.settings, a.protection, a.hw.can,

@@ -1,46 +1,29 @@
-# Load balancing between chargers over CAN (manual §8, §8.1.2 point 12).
-#
-# Every charger with `lb_enabled` announces itself on the bus; the master (the charger
-# wired to the meter, else the lowest live `can_addr` of a quorum of the pool's members)
-# shares the pool limit among them and broadcasts each node's allocation, which feeds
-# `charger.set_external_limit("balance")`. Protocol, allocation rules, members and
-# quorum, timeouts and fallbacks: docs/load-balancing.md.
+# One charger of the pool (docs/load-balancing.md): its status frames, the allocations
+# it follows, members and quorum, the election, the master's cycle and the fallback.
+# What it may offer feeds `charger.set_external_limit("balance")`.
 import time
 from micropython import const
 
 from evse import faults
 from evse import limits
-import atomicfile
+from evse.balance import codec
+from evse.balance.codec import ALL, ID_ALLOC, ID_STATUS, MAX_NODES, ST_CONNECTED, ST_FAULT
+from evse.balance.codec import ST_IDLE, ST_WANT, encode_alloc, encode_status, fresh, phases
+from evse.balance.planner import CYCLE_MS, MIN_A, ROTATE_MS, MeterLimit, Node, Planner
+from evse.balance.planner import cap_age
+from evse.balance.members import MEMBERS_FILE, has_quorum, load_members, save_members
 import log
 import periodic
 
 _log = log.get("balance")
 
 LIMIT_NAME = "balance"
-VERSION = const(1)
-ID_ALLOC = const(0x600)  # + destination address: master -> node
-ID_STATUS = const(0x610)  # + sender address: node -> all
-MAX_NODES = const(8)
 POOL_ID = const(1)  # pool id when the settings have no `lb_pool_id`
-
-ST_IDLE = const(0)  # no vehicle
-ST_CONNECTED = const(1)  # vehicle, no session: needs nothing
-ST_WANT = const(2)  # session running: needs an allocation
-ST_FAULT = const(3)
-
-MIN_A = limits.MIN_A  # IEC 61851-1: the smallest current a PWM may offer
-CYCLE_MS = const(1000)  # the master allocates this often
 STATUS_MS = const(500)  # every node announces itself this often
 NODE_TIMEOUT_MS = const(3000)  # a node not heard this long is gone: its share is freed
 MASTER_TIMEOUT_MS = const(3000)  # no allocation this long -> fallback
 DISCOVER_MS = const(1500)  # a new master listens this long before allocating
 CLASH_CLEAR_MS = const(3000)  # no frame with our address this long -> clash gone
-ROTATE_MS = 15 * 60 * 1000  # a charging node yields to a waiting one after this turn
-# A node allocated current but drawing less than this is not charging (a car asleep in
-# B2, its wake-up still to come): its turn stands still, at most SLEEP_GRACE_MS a turn, so
-# a car that does not wake, or is full, yields in the end all the same.
-SLEEP_A = 1.0
-SLEEP_GRACE_MS = const(120000)
 FALLBACK_A = 6.0  # the safe share while the master is silent (at most the last allocation)
 FALLBACK_HOLD_MS = const(60000)  # ... for this long; then the node pauses
 MASTER_LOST_TEXT = "CAN MST LOST"  # shown in the display rotation during the fallback
@@ -51,398 +34,18 @@ GONE_HOLD_MS = const(65000)  # the master keeps a silent node's fallback share t
 # whole last share stays reserved, and a share of unknown size (a node we did not
 # allocate) holds back every raise.
 FREE_MS = const(4500)  # MASTER_TIMEOUT_MS + CYCLE_MS + STATUS_MS
-MEMBERS_FILE = "balance.json"  # in the data dir: the pool's members, survives restarts
-UNUSED_A = 2.0  # draw this far below the offer ...
-UNUSED_CYCLES = const(3)  # ... for this many cycles: the rest goes to the others
-ASK_AGAIN_A = 0.5  # draw within this of the capped allocation: the car asks again
 # A car starting draws nothing for a while: in the first START_MS of its session (B2: it
 # has not asked yet) and after each close of its contacts its draw is no sign of what it
 # can take (status byte 3 bit 6, "starting"), and its cap is lifted.
 START_MS = const(30000)
-CAP_LIFT_MS = 180000  # a capped car gets its full share again this often ...
-LIFT_GRACE_MS = const(15000)  # ... and this long to take it before it is capped again
 _TICK_MS = const(100)
 _MAX_RX = const(32)  # frames handled per tick: bounded work
-_ALL = const(7)  # phase mask L1|L2|L3
-# Stored times are kept at most this old (_cap_age): past every window they are compared
+# Stored times are kept at most this old (cap_age): past every window they are compared
 # with, the answers stay the same, and none reads as new once the ticks wrap.
 _ALLOC_OLD_MS = const(MASTER_TIMEOUT_MS + FALLBACK_HOLD_MS + 1)
 _MASTER_OLD_MS = const(FREE_MS + 1)  # FREE_MS > DISCOVER_MS
-_TURN_OLD_MS = const(1 << 28)  # 3.1 days: a turn or a wait, far past ROTATE_MS
 
 
-def _cap_age(d, now, cap_ms):
-    """Keeps every time in dict `d` at most cap_ms old. A time compared days later would
-    read as recent once the ticks wrap (ticks_diff is right only below 2**29 ms, 6.2 days
-    on a 32-bit port); past the cap every comparison gives the same answer."""
-    for k in d:
-        if time.ticks_diff(now, d[k]) > cap_ms:
-            d[k] = time.ticks_add(now, -cap_ms)
-
-
-# ---- codec -------------------------------------------------------------------------------
-def _ha(a):
-    """Amps -> half-amps in a byte, rounded down (an allocation is never overstated)."""
-    v = int(a * 2 + 1e-6)
-    return 0 if v < 0 else (255 if v > 255 else v)
-
-
-def _ha_up(a):
-    """Amps -> half-amps rounded up (a reported offer or draw is never understated)."""
-    v = int(a * 2 + 0.999)
-    return 0 if v < 0 else (255 if v > 255 else v)
-
-
-def encode_status(buf, pool, seq, epoch, state, mask, meter, min_a, max_a, draw_a, offered_a,
-                  starting=False):
-    buf[0] = (VERSION << 4) | (epoch & 0x0F)
-    buf[1] = pool & 0xFF
-    buf[2] = seq & 0xFF
-    buf[3] = (state & 3) | ((mask & 7) << 2) | (0x20 if meter else 0) | (0x40 if starting else 0)
-    buf[4] = _ha(min_a)
-    buf[5] = _ha(max_a)
-    buf[6] = _ha_up(draw_a)
-    buf[7] = _ha_up(offered_a)
-
-
-def encode_alloc(buf, pool, seq, epoch, master, amps, waiting, n_nodes, limit_a):
-    buf[0] = (VERSION << 4) | (epoch & 0x0F)
-    buf[1] = pool & 0xFF
-    buf[2] = seq & 0xFF
-    buf[3] = master
-    buf[4] = _ha(amps)
-    buf[5] = 1 if waiting else 0
-    buf[6] = n_nodes
-    buf[7] = _ha(limit_a)
-
-
-def decode(can_id, data, pool):
-    """A frame of this pool as a tuple, or None for anything else (foreign, malformed):
-    ("S", addr, epoch, seq, state, mask, meter, min_a, max_a, draw_a, offered_a, starting)
-    ("A", dest, epoch, seq, master, amps, waiting, n_nodes, limit_a)"""
-    if len(data) != 8 or data[0] >> 4 != VERSION or data[1] != pool:
-        return None
-    epoch = data[0] & 0x0F
-    seq = data[2]
-    if ID_STATUS < can_id <= ID_STATUS + MAX_NODES:
-        b = data[3]
-        state = b & 3
-        mask = (b >> 2) & 7
-        if b & 0x80 or mask == 0 or data[4] < 12 or data[5] < data[4]:
-            return None
-        return ("S", can_id - ID_STATUS, epoch, seq, state, mask, bool(b & 0x20),
-                data[4] / 2, data[5] / 2, data[6] / 2, data[7] / 2, bool(b & 0x40))
-    if ID_ALLOC < can_id <= ID_ALLOC + MAX_NODES:
-        master = data[3]
-        amps = data[4]
-        if not 1 <= master <= MAX_NODES or data[5] > 1 or not 1 <= data[6] <= MAX_NODES:
-            return None
-        if 0 < amps < 12:
-            return None  # 0 (pause) or at least 6 A
-        return ("A", can_id - ID_ALLOC, epoch, seq, master, amps / 2, bool(data[5]),
-                data[6], data[7] / 2)
-    return None
-
-
-def fresh(last, epoch, seq):
-    """True when (epoch, seq) follows `last` = (epoch, seq) or None: a repeated or older
-    frame is stale; a new epoch is a restarted sender."""
-    if last is None or last[0] != epoch:
-        return True
-    return 1 <= ((seq - last[1]) & 0xFF) <= 127
-
-
-# ---- allocation ----------------------------------------------------------------------------
-def allocate(limit_a, nodes):
-    """Shares a per-phase limit (3 floats) among nodes in priority order.
-
-    nodes: list of (mask, min_a, cap_a); mask bits 0-2 = L1-L3 the node loads.
-    Returns a list of amps: 0.0 for a node that waits (the first nodes in the order are
-    admitted while every phase can give each admitted node its minimum), else between
-    its min and its cap, shared max-min fairly. The sum on each phase never exceeds
-    its limit; every value is a multiple of 0.5 A, rounded down."""
-    n = len(nodes)
-    out = [0.0] * n
-    used = [0.0, 0.0, 0.0]
-    admitted = []
-    for i in range(n):
-        mask, lo, cap = nodes[i]
-        if cap < lo:
-            continue
-        ok = True
-        for p in range(3):
-            if mask & (1 << p) and used[p] + lo > limit_a[p] + 1e-9:
-                ok = False
-        if ok:
-            for p in range(3):
-                if mask & (1 << p):
-                    used[p] += lo
-            out[i] = lo
-            admitted.append(i)
-    active = list(admitted)
-    for _ in range(n + 1):  # each round freezes at least one node
-        if not active:
-            break
-        k = [0, 0, 0]
-        for i in active:
-            for p in range(3):
-                if nodes[i][0] & (1 << p):
-                    k[p] += 1
-        step = None
-        for i in active:
-            mask, lo, cap = nodes[i]
-            s = cap - out[i]
-            for p in range(3):
-                if mask & (1 << p):
-                    s = min(s, (limit_a[p] - used[p]) / k[p])
-            if step is None or s < step:
-                step = s
-        step = max(step, 0.0)
-        for i in active:
-            out[i] += step
-            for p in range(3):
-                if nodes[i][0] & (1 << p):
-                    used[p] += step
-        still = []
-        for i in active:
-            mask, lo, cap = nodes[i]
-            full = out[i] >= cap - 1e-9
-            for p in range(3):
-                if mask & (1 << p) and used[p] >= limit_a[p] - 1e-9:
-                    full = True
-            if not full:
-                still.append(i)
-        if len(still) == len(active):
-            break
-        active = still
-    for i in admitted:
-        out[i] = int(out[i] * 2 + 1e-6) / 2
-    return out
-
-
-class Node:
-    """What is known of one pool member (from its status frames, or ourselves)."""
-
-    def __init__(self, addr):
-        self.addr = addr
-        self.state = ST_IDLE
-        self.mask = _ALL
-        self.meter = False
-        self.min_a = MIN_A
-        self.max_a = MIN_A
-        self.draw_a = 0.0
-        self.offered_a = 0.0
-        self.starting = False  # B2, or its contacts closed less than START_MS ago
-        self.seen_ms = 0
-        self.last = None  # (epoch, seq) of the last status accepted
-
-    def counted_a(self):
-        """What the master may give back of this node's current at the meter: its draw,
-        never more than it offers now (after a cut the meter may still see the old
-        current while the node already reports its new offer)."""
-        return min(self.draw_a, self.offered_a)
-
-    def as_dict(self):
-        return {"addr": self.addr, "state": self.state, "mask": self.mask,
-                "meter": self.meter, "max_a": self.max_a, "draw_a": self.draw_a,
-                "offered_a": self.offered_a}
-
-
-class Planner:
-    """The master's side: who charges (rotation), demand caps (unused current), staged
-    raises so that a node only gets more once the others have reported their cut."""
-
-    def __init__(self, rotate_ms=ROTATE_MS):
-        self.rotate_ms = rotate_ms
-        self.sent = {}  # addr -> amps last sent
-        self.target = {}
-        self.cap = {}  # addr -> demand cap (max_a unless the car leaves some unused)
-        self._low = {}  # addr -> cycles in a row drawing well below the offer
-        self._capped = {}  # addr -> when its demand cap last went below its max
-        self._lift = {}  # addr -> when its cap was last lifted (CAP_LIFT_MS)
-        self.since = {}  # addr -> when it started charging or waiting
-        self.charging = {}  # addr -> True admitted, False waiting
-        # addr -> when its turn began: charging, it was cut because the pool limit fell
-        # (not at its turn's end). It keeps its place at the head of the queue until
-        # its turn would have ended.
-        self.preempted = {}
-        self.waiting = set()
-        self.slept = {}  # addr -> ms its turn stood still this turn (SLEEP_A)
-        self._plan_ms = None  # the last plan
-
-    def forget(self, addr):
-        for d in (self.sent, self.target, self.cap, self._low, self._capped, self._lift,
-                  self.since, self.charging, self.preempted, self.slept):
-            d.pop(addr, None)
-
-    def _hold_turns(self, now, want):
-        """The turn of a node that is allocated current but draws none does not run."""
-        last = self._plan_ms
-        self._plan_ms = now
-        if last is None:
-            return
-        dt = min(max(time.ticks_diff(now, last), 0), 2 * CYCLE_MS)  # a stall counts once
-        for n in want:
-            a = n.addr
-            if not (self.charging.get(a) and a in self.since and n.draw_a < SLEEP_A
-                    and self.sent.get(a, 0.0) >= n.min_a):
-                continue
-            d = min(dt, SLEEP_GRACE_MS - self.slept.get(a, 0))
-            if d > 0:
-                self.since[a] = time.ticks_add(self.since[a], d)
-                self.slept[a] = self.slept.get(a, 0) + d
-
-    def _demand(self, n, now):
-        a = n.addr
-        cap = min(self.cap.get(a, n.max_a), n.max_a)
-        if n.starting:
-            # Not asked yet, or still starting: what it draws says nothing of what it
-            # can take (a car may need seconds, or 8 A, to start).
-            cap = n.max_a
-            self._low[a] = 0
-        elif (n.offered_a >= n.min_a and n.draw_a < n.offered_a - UNUSED_A
-              and not self._lifted(a, now)):
-            self._low[a] = self._low.get(a, 0) + 1
-            if self._low[a] >= UNUSED_CYCLES:
-                cap = max(n.min_a, min(cap, int((n.draw_a + 1.0) * 2 + 0.999) / 2))
-        else:
-            self._low[a] = 0
-        if cap < n.max_a and n.draw_a >= cap - ASK_AGAIN_A:
-            cap = n.max_a  # it uses what it has: give back the rest
-            self._low[a] = 0
-        if cap < n.max_a:
-            since = self._capped.get(a)
-            if since is None:
-                self._capped[a] = now
-            elif time.ticks_diff(now, since) >= CAP_LIFT_MS:
-                # Now and then the whole share again: a car that draws a little below
-                # its offer (5.5 A of 6) would otherwise never show that it can take more.
-                cap = n.max_a
-                self._low[a] = 0
-                self._lift[a] = now
-                _log.info("node %d: demand cap lifted", a)
-        if cap >= n.max_a:
-            self._capped.pop(a, None)
-        self.cap[a] = cap
-        return cap
-
-    def _lifted(self, a, now):
-        """True within LIFT_GRACE_MS of its cap's lift: the raise takes a few cycles to
-        reach the car, and the car up to 5 s to follow it."""
-        t = self._lift.get(a)
-        if t is not None and time.ticks_diff(now, t) >= LIFT_GRACE_MS:
-            del self._lift[a]
-            t = None
-        return t is not None
-
-    def _kept_place(self, a, now):
-        turn = self.preempted.get(a)
-        return turn is not None and time.ticks_diff(now, turn) < self.rotate_ms
-
-    def plan(self, now, limit_a, nodes, raises=True):
-        """nodes: Node list (the master included). Returns {addr: amps to send}.
-        raises False: cuts only (what silent nodes hold is not known yet)."""
-        _cap_age(self.since, now, _TURN_OLD_MS)
-        _cap_age(self.preempted, now, _TURN_OLD_MS)
-        _cap_age(self._capped, now, CAP_LIFT_MS)
-        _cap_age(self._lift, now, LIFT_GRACE_MS)
-        for a in list(self.sent):
-            if not any(n.addr == a for n in nodes):
-                self.forget(a)
-        want = []
-        for n in nodes:
-            if n.addr not in self.sent:
-                self.sent[n.addr] = n.offered_a  # a new master starts from what it sees
-            if n.state == ST_WANT:
-                want.append(n)
-            else:
-                self.cap.pop(n.addr, None)
-                self._low.pop(n.addr, None)
-                self._capped.pop(n.addr, None)
-                self._lift.pop(n.addr, None)
-                self.charging.pop(n.addr, None)
-                self.since.pop(n.addr, None)
-                self.preempted.pop(n.addr, None)
-                self.slept.pop(n.addr, None)
-        self._hold_turns(now, want)
-        anyone_waits = any(self.charging.get(n.addr) is False for n in want)
-
-        def turn_over(a):
-            return (anyone_waits and self.charging.get(a)
-                    and time.ticks_diff(now, self.since.get(a, now)) >= self.rotate_ms)
-
-        def rank(n):
-            a = n.addr
-            age = time.ticks_diff(now, self.since.get(a, now))
-            if self.charging.get(a):
-                if turn_over(a):
-                    return (2, 0, -age, a)  # turn over: yields to who waits
-                return (0, 0, 0, a)
-            if self._kept_place(a, now):
-                return (1, 0, 0, a)  # cut for room: first again, in the charging order
-            return (1, 1, -age, a)  # waits (or new): longest wait first
-
-        want.sort(key=rank)
-        ended = [n.addr for n in want if turn_over(n.addr)]
-        spec = [(n.mask, n.min_a, self._demand(n, now)) for n in want]
-        amps = allocate(limit_a, spec)
-        target = {}
-        self.waiting = set()
-        for i in range(len(want)):
-            a = want[i].addr
-            on = amps[i] > 0
-            was = self.charging.get(a)
-            if was is not on:
-                self.charging[a] = on
-                turn = self.preempted.pop(a, None)
-                if on and turn is not None and time.ticks_diff(now, turn) < self.rotate_ms:
-                    self.since[a] = turn  # back after a cut: its turn goes on
-                else:
-                    if was and a not in ended:
-                        self.preempted[a] = self.since.get(a, now)
-                    self.since[a] = now
-                    self.slept.pop(a, None)  # a new turn, or a new wait
-                _log.info("node %d %s", a, "charges" if on else "waits")
-            if not on:
-                self.waiting.add(a)
-            target[a] = amps[i]
-        for n in nodes:
-            target.setdefault(n.addr, 0.0)
-        self.target = target
-        # Cuts apply at once; raises only within what is free while every node may still
-        # offer max(what it was sent, what it reports). A cut sent now is not yet
-        # applied (and a report may be stale or lost): until a later cycle the node may
-        # still offer what it was sent before.
-        sent = self.sent
-        held = {}
-        for n in nodes:
-            a = n.addr
-            held[a] = max(sent[a], n.offered_a)
-            if target[a] <= sent[a]:
-                sent[a] = target[a]
-        for n in nodes:
-            a = n.addr
-            t = target[a]
-            if t <= sent[a] or not raises:
-                continue
-            room = t - sent[a]
-            for p in range(3):
-                if not n.mask & (1 << p):
-                    continue
-                busy = 0.0
-                for m in nodes:
-                    if m.addr != a and m.mask & (1 << p):
-                        busy += max(sent[m.addr], held[m.addr])
-                room = min(room, limit_a[p] - busy - max(sent[a], n.offered_a))
-            if room <= 0:
-                continue
-            new = int((sent[a] + room) * 2 + 1e-6) / 2
-            if new >= n.min_a and new > sent[a]:
-                sent[a] = min(new, t)
-        return dict(sent)
-
-
-# ---- the node ---------------------------------------------------------------------------------
 class Balancer:
     def __init__(self, charger, settings, protection, can, metering=None, power=None,
                  clock=None, rotate_ms=ROTATE_MS, epoch=None, data_dir=None):
@@ -468,7 +71,9 @@ class Balancer:
         self.addr = 0
         self.pool = POOL_ID
         self.nodes = {}  # addr -> Node (others)
-        self._gone = {}  # addr -> (since_ms, amps, mask): last shares of silent nodes
+        # addr -> (since_ms, amps, mask, known): the last shares of silent nodes; known:
+        # we were its master, else `amps` is at least the fallback share (_unsettled)
+        self._gone = {}
         self._peak = {}  # addr -> the most it may hold of what it was sent since last heard
         self._path = None if data_dir is None else data_dir + "/" + MEMBERS_FILE
         self.members = {}  # addr -> last heard (ms): the pool's known members, us included
@@ -490,9 +95,7 @@ class Balancer:
         self._status_ms = None
         self._cycle_due = None  # when the next allocation cycle is due (master)
         self.pool_limit_a = None
-        self._pool_ok = [0.0, 0.0, 0.0]  # the pool limit of the last valid meter reading
-        self._pool_ms = None  # when that reading was taken (power.last_ok_ms)
-        self._pool_seen = None  # the pool limits the last two readings gave on their own
+        self._meter = MeterLimit()  # the pool limit behind our meter
         self.dropped = 0  # frames ignored: foreign, malformed, stale
         self._start_ms = None  # when its car began to start (B2, or the contacts closed)
         self._want = False  # it needed current at the last look
@@ -519,13 +122,13 @@ class Balancer:
             self._switch(on, now)
         if not on:
             return
-        # Every tick, before anything compares them (_cap_age).
+        # Every tick, before anything compares them (cap_age).
         if self.alloc_ms is not None and time.ticks_diff(now, self.alloc_ms) > _ALLOC_OLD_MS:
             self.alloc_ms = time.ticks_add(now, -_ALLOC_OLD_MS)
         t = self._master_since
         if t is not None and time.ticks_diff(now, t) > _MASTER_OLD_MS:
             self._master_since = time.ticks_add(now, -_MASTER_OLD_MS)
-        _cap_age(self.members, now, GONE_HOLD_MS + 1)
+        cap_age(self.members, now, GONE_HOLD_MS + 1)
         addr = s["can_addr"]
         pool = s.get("lb_pool_id") or POOL_ID
         if addr != self.addr or pool != self.pool:
@@ -573,8 +176,8 @@ class Balancer:
             self._status_ms = now
             self._send_status()
         if self.me.meter:
-            self._take_reading()
-        self.quorum = self._has_quorum()
+            self._meter.take(self.power, self.settings, self.nodes.values())
+        self.quorum = has_quorum(self.addr, self.members, self.nodes)
         self._elect(now)
         self._forget(now)
         self._persist()
@@ -624,7 +227,9 @@ class Balancer:
         self.planner = Planner(self.planner.rotate_ms)
         if on:
             _log.info("load balancing on")
-            self._start_ms = now
+            # A session found here reports starting as a new one does (_starting, this
+            # tick): its car drew nothing while it had no allocation.
+            self._want = False
             self.limit_a = 0.0  # nothing until the master allocates
             self.ch.set_external_limit(LIMIT_NAME, 0.0)
         else:
@@ -649,9 +254,9 @@ class Balancer:
         else:
             me.state = ST_IDLE
         ps = s["phase_set"]
-        me.mask = {"L1": 1, "L2": 2, "L3": 4}.get(ps, _ALL)
+        me.mask = {"L1": 1, "L2": 2, "L3": 4}.get(ps, ALL)
         car = getattr(self.metering, "car_mask", None)
-        if car and me.mask == _ALL and ch.phases == 3:
+        if car and me.mask == ALL and ch.phases == 3:
             # Three-phase wiring: the car loads only the phases it draws on (measured;
             # before it has drawn, all three). A single-phase charger's phase is unknown.
             me.mask = car
@@ -709,12 +314,12 @@ class Balancer:
 
     # ---- receiving -------------------------------------------------------------------------
     def _on_frame(self, can_id, data, now):
-        f = decode(can_id, data, self.pool)
+        f = codec.decode(can_id, data, self.pool)  # overwritten by the next decode
         if f is None:
             self.dropped += 1
             return
-        if f[0] == "S":
-            addr = f[1]
+        if isinstance(f, codec.Status):
+            addr = f.addr
             if addr == self.addr:
                 self._on_clash(now)
                 return
@@ -725,14 +330,18 @@ class Balancer:
                     return
                 n = self.nodes[addr] = Node(addr)
                 _log.info("node %d joined", addr)
-            elif (not fresh(n.last, f[2], f[3])
-                  and time.ticks_diff(now, n.seen_ms) <= NODE_TIMEOUT_MS):
-                self.dropped += 1
+            elif self._stale(f, n.last, n.seen_ms, now, NODE_TIMEOUT_MS):
                 return
-            n.last = (f[2], f[3])
+            n.last = (f.epoch, f.seq)
             n.seen_ms = now
-            (n.state, n.mask, n.meter, n.min_a, n.max_a, n.draw_a, n.offered_a,
-             n.starting) = f[4:]
+            n.state = f.state
+            n.mask = f.mask
+            n.meter = f.meter
+            n.min_a = f.min_a
+            n.max_a = f.max_a
+            n.draw_a = f.draw_a
+            n.offered_a = f.offered_a
+            n.starting = f.starting
             if addr not in self.members:
                 _log.info("node %d is a member of the pool", addr)
                 self._dirty = True
@@ -744,21 +353,29 @@ class Balancer:
                 self._dirty = True
             return
         # An allocation: only ours, only from the master we follow.
-        if f[1] != self.addr or f[4] != self.master or self.master == self.addr:
+        if f.dest != self.addr or f.master != self.master or self.master == self.addr:
             self.dropped += 1
             return
-        if not fresh(self._master_last, f[2], f[3]) and self.alloc_ms is not None and \
-                time.ticks_diff(now, self.alloc_ms) <= MASTER_TIMEOUT_MS:
-            self.dropped += 1
+        if self._stale(f, self._master_last, self.alloc_ms, now, MASTER_TIMEOUT_MS):
             return
-        self._master_last = (f[2], f[3])
+        self._master_last = (f.epoch, f.seq)
         self.alloc_ms = now
-        self.alloc_a = f[5]
-        self.waiting = f[6]
-        self.pool_limit_a = f[8]
+        self.alloc_a = f.amps
+        self.waiting = f.waiting
+        self.pool_limit_a = f.limit_a
         if self.fallback:
             self.fallback = False
             _log.warning("master %d allocates again", self.master)
+
+    def _stale(self, f, last, heard_ms, now, timeout_ms):
+        """True (the frame dropped) when frame f does not follow `last`, (epoch, seq) of
+        the last one accepted from its sender, heard at heard_ms: within timeout_ms a
+        repeated or older frame is stale; after it (or never heard) any seq is taken."""
+        if (fresh(last, f.epoch, f.seq) or heard_ms is None
+                or time.ticks_diff(now, heard_ms) > timeout_ms):
+            return False
+        self.dropped += 1
+        return True
 
     def _on_clash(self, now):
         self._clash_ms = now
@@ -773,15 +390,7 @@ class Balancer:
         """The members and meter master of the last run, from the members file; a missing,
         corrupt or foreign file (another address or pool id) gives an empty pool."""
         members, meter = (), None
-        got = None
-        if self._path is not None:
-            try:
-                got = _parse(atomicfile.load_json(self._path, dict,
-                                                  lambda m: _log.warning("%s", m)), addr, pool)
-            except Exception as e:  # a broken flash must not stop the charger
-                _log.warning("members file unreadable: %r", e)
-            if got is None:
-                _log.info("no members file for address %d pool %d: a new pool", addr, pool)
+        got = None if self._path is None else load_members(self._path, addr, pool)
         self._saved = None
         if got is not None:
             members, meter = got
@@ -798,26 +407,6 @@ class Balancer:
         self.members = {addr: now}
         self.meter_addr = None
         self._dirty = True
-
-    def _has_quorum(self):
-        """More than half of the members live (heard, us included), or exactly half with
-        the lowest member among them."""
-        members = self.members
-        n = len(members) + (0 if self.addr in members else 1)
-        low = self.addr
-        for a in members:
-            if a < low:
-                low = a
-        live = 1
-        for a in self.nodes:  # heard nodes are members; be exact should one not be yet
-            live += 1
-            if a not in members:
-                n += 1
-            if a < low:
-                low = a
-        if 2 * live > n:
-            return True
-        return 2 * live == n and (low == self.addr or low in self.nodes)
 
     def _forget(self, now):
         """A node holding quorum (a master with quorum, or a follower of a live master)
@@ -846,11 +435,7 @@ class Balancer:
         if want == self._saved:
             return
         self._saved = want
-        try:
-            atomicfile.save_json(self._path, {"addr": want[0], "pool": want[1],
-                                              "members": want[2], "meter": want[3]})
-        except OSError as e:
-            _log.error("members file not written: %r", e)
+        save_members(self._path, want)
 
     # ---- roles ---------------------------------------------------------------------------------
     def _elect(self, now):
@@ -908,52 +493,10 @@ class Balancer:
                 if a != self.addr and a not in self.nodes and a not in self._gone]
 
     def _pool_limit(self):
-        s = self.settings
-        max_a = limits.supply_a(s)
-        pw = self.power
-        if pw is None or not self.me.meter:
-            return [max_a, max_a, max_a]
-        if pw.lost or pw.last_ok_ms is None:
-            self._pool_seen = None
-            return [0.0, 0.0, 0.0]  # house load unknown: nobody charges
-        self._take_reading()
-        # Until the next valid reading the limit of this one stays: the others' draws
-        # move on, the headroom it gave does not. Counting a rise the meter has not
-        # seen would give the same amps twice (a reading that is late, or a meter that
-        # stopped answering, while the cars ramp up).
-        return list(self._pool_ok)
-
-    def _take_reading(self):
-        """A new valid meter reading, at the first tick after it: its pool limit per
-        phase is the headroom (which already gives back our own current) plus the
-        others' draw as they report it now, as little of it as the meter may have seen."""
-        pw = self.power
-        if pw is None or pw.last_ok_ms is None or pw.last_ok_ms == self._pool_ms:
-            return
-        self._pool_ms = pw.last_ok_ms
         max_a = limits.supply_a(self.settings)
-        h = pw.headroom_a
-        known = [x for x in h if x is not None]
-        out = [0.0, 0.0, 0.0]
-        if known:
-            for p in range(3):
-                room = h[p] if h[p] is not None else min(known)
-                for n in self.nodes.values():
-                    if n.mask & (1 << p):
-                        room += n.counted_a()
-                out[p] = max(0.0, min(max_a, room))
-        # A limit above both readings before counts from the second reading that shows
-        # it; a fall at once. A car that draws less on its own is in the meter's reading
-        # before its next report, and counting its old draw would give the same amps
-        # twice for a reading. Coming back to where it was after a dip counts at once:
-        # a car ramping up is in the reading before its report, which dips the limit
-        # for a reading.
-        seen = self._pool_seen
-        self._pool_seen = (list(out), seen[0] if seen is not None else list(out))
-        if seen is not None:
-            for p in range(3):
-                out[p] = min(out[p], max(seen[0][p], seen[1][p]))
-        self._pool_ok = out
+        if self.power is None or not self.me.meter:
+            return [max_a, max_a, max_a]
+        return self._meter.limit(self.power, self.settings, self.nodes.values())
 
     def _limit(self, now):
         """The pool limit less what silent nodes may still offer: a dropped node its last
@@ -964,9 +507,8 @@ class Balancer:
         for since, amps, mask, _known in self._gone.values():
             if time.ticks_diff(now, since) > FREE_MS:
                 amps = min(amps, FALLBACK_A)
-            for p in range(3):
-                if mask & (1 << p):
-                    out[p] = max(0.0, out[p] - amps)
+            for p in phases(mask):
+                out[p] = max(0.0, out[p] - amps)
         for _a in self._unheard():
             for p in range(3):
                 out[p] = max(0.0, out[p] - FALLBACK_A)
@@ -1041,21 +583,3 @@ class Balancer:
             "dropped": self.dropped,
         }
 
-
-def _parse(d, addr, pool):
-    """(members, meter address or None) of a members file's object, or None when it is
-    malformed or belongs to another address or pool id."""
-    if type(d) is not dict or d.get("addr") != addr or d.get("pool") != pool:
-        return None
-    if type(d.get("addr")) is not int or type(d.get("pool")) is not int:
-        return None
-    members = d.get("members")
-    if type(members) is not list or len(members) > MAX_NODES:
-        return None
-    for a in members:
-        if type(a) is not int or not 1 <= a <= MAX_NODES:
-            return None
-    meter = d.get("meter")
-    if meter is not None and (type(meter) is not int or not 1 <= meter <= MAX_NODES):
-        return None
-    return members, meter
