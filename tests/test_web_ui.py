@@ -910,7 +910,12 @@ def test_every_meter_model_is_an_option():
     import ast
 
     src = (ROOT / "firmware" / "evse" / "settings.py").read_text("utf-8")
-    models = ast.literal_eval(re.search(r"^METER_MODELS = (\(.*\))$", src, re.M).group(1))
+    ns = {}  # METER_MODELS as settings.py makes it (of METER_MAPS)
+    for node in ast.parse(src).body:
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) in (
+                "METER_MAPS", "METER_MODELS"):
+            exec(compile(ast.Module([node], []), "settings.py", "exec"), ns)
+    models = ns["METER_MODELS"]
     html = (WWW / "index.html").read_text("utf-8")
     select = re.search(r'<select id="meter_model".*?</select>', html, re.S).group(0)
     offered = [v or text for v, text in
