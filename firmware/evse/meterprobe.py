@@ -5,8 +5,8 @@
 # A candidate is a (model, address) pair: the built-in models (SDM72 reads as SDM630,
 # the same registers) at the addresses 1..ADDRS, the factory address 1 of every model
 # first. A candidate is a meter there when its whole map reads without an error and
-# the values are a meter's: a mains voltage on L1 (where the map has one), a current
-# that is a number and not beyond any house's. Registers of another make answer with an
+# the values are a meter's (meters.plausible: a mains voltage on L1 where the map has
+# one, currents that are numbers and not beyond any house's). Registers of another make answer with an
 # exception, or with values that fail that test (an integer read as a float is tiny).
 # Only reads are sent, never the configured meter's own read (its address with a model
 # reading the same registers). A sweep
@@ -18,25 +18,9 @@ from evse import meters
 MODELS = ("SDM630", "SDM120", "ABB_B23", "EM340", "DTSU666")
 ADDRS = const(10)  # addresses 1..10: installers keep 1 or number a few meters
 PAUSE_MS = const(30000)  # between two sweeps that found nothing
-_V_MIN = 80.0  # a phase-to-neutral mains voltage: 100-240 V nominal, with sags
-_V_MAX = 300.0
-_I_MAX = 2000.0  # amps: beyond any house supply
 # Models reading the same registers (SDM120's are a subset of SDM630's, SDM72 is read as
 # SDM630): at the configured address, such a candidate is the configured read again.
-_SAME = {"SDM630": "sdm", "SDM72": "sdm", "SDM120": "sdm"}
-
-
-def plausible(m, vals):
-    """True when a reading through map `m` looks like a meter's: also the test of every
-    reading of the configured meter (evse/power.py)."""
-    v = vals[meters.V_L1]
-    if meters.V_L1 in m.slots and (v is None or not _V_MIN <= v <= _V_MAX):
-        return False
-    for q in range(meters.I_L1, meters.I_L1 + 3):
-        i = vals[q]
-        if (q == meters.I_L1 or q in m.slots) and (i is None or not -_I_MAX <= i <= _I_MAX):
-            return False
-    return True
+_EASTRON = ("SDM630", "SDM72", "SDM120")
 
 
 class Probe:
@@ -80,7 +64,7 @@ class Probe:
         self.tried = self._next
         model, addr = self.candidate(k)
         own = skip is not None and addr == skip[1] and (
-            _SAME.get(model, model) == _SAME.get(skip[0], skip[0]))
+            model == skip[0] or (model in _EASTRON and skip[0] in _EASTRON))
         if not own and not any(a == addr for _m, a in self._hits):
             if await self._is_meter(master, model, addr):
                 self._hits.append((model, addr))
@@ -105,7 +89,7 @@ class Probe:
                 m.decode(i, await master.read_registers(fc, addr, start, count), vals)
         except mb.ModbusError:
             return False  # no answer, an exception, a bad frame: not this one
-        return plausible(m, vals)
+        return meters.plausible(m, vals)
 
     def view(self, state):
         f = self.found

@@ -114,6 +114,25 @@ class MeterMap:
         return v * scale
 
 
+_V_MIN = 80.0  # a phase-to-neutral mains voltage: 100-240 V nominal, with sags
+_V_MAX = 300.0
+_I_MAX = 2000.0  # amps: beyond any house supply
+
+
+def plausible(m, vals):
+    """True when a reading through map `m` looks like a meter's: the test of every
+    reading of the configured meter (evse/power.py) and of the search's candidates
+    (evse/meterprobe.py). Another make's registers read as tiny floats or garbage."""
+    v = vals[V_L1]
+    if V_L1 in m.slots and (v is None or not _V_MIN <= v <= _V_MAX):
+        return False
+    for q in range(I_L1, I_L1 + 3):
+        i = vals[q]
+        if (q == I_L1 or q in m.slots) and (i is None or not -_I_MAX <= i <= _I_MAX):
+            return False
+    return True
+
+
 def _all_ff(b, n, signed):
     first = 0x7F if signed else 0xFF
     if b[0] != first:

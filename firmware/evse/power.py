@@ -346,9 +346,9 @@ class PowerManager:
         for k in range(3):
             if _I + k in m.slots and vals[_I + k] is None:
                 return self._error("value", "the meter has no current for L%d" % (k + 1))
-        from evse import meterprobe
+        from evse import meters
 
-        if not meterprobe.plausible(m, vals):
+        if not meters.plausible(m, vals):
             # Another make's registers, or garbage: 1e30 A exported would be 1e30 A of room
             return self._error("value", "not a meter's reading: V %r A %r" % (
                 vals[0], vals[_I : _I + 3]))
