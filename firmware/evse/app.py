@@ -310,29 +310,35 @@ class App:
         v["duration_min"] = max(0, self.hw.rtc.now() - s.start_s) // 60
         return v
 
-    def sim_status(self):
+    def _view(self):
+        """What the Charger State page and the simulator's snapshot both show."""
         ch = self.charger
         return {
+            "state": ch.ocpp_status(),
             "cp_state": pilot.NAMES[ch.cp_state],
             "cp_cal": self.cp_cal_view(),
-            "state": ch.ocpp_status(),
+            "errors": self.errors(),
+            "latched": faults.codes(ch.latched),
             "offered_a": ch.offered_a,
             "limit_a": ch.limit_a,
             "limit_binding": ch.limit_binding,
-            "errors": self.errors(),
-            "latched": faults.codes(ch.latched),
             "session": self.session_view(),
+            "car_phases": self.metering.view()["car_phases"],  # measured this session
             "wifi_mode": self.settings["wifi_mode"],
             "reader_fault": self.rfid.fault,
-            "card_read_waiting": self.rfid.reading,
-            "restarts": dict(self.supervisor.restarts),
-            "lock": None if ch.case_b else "none",
-            "car_phases": self.metering.view()["car_phases"],
             "meter": self.power.view(),
             "meter_search": self.power.search_view(),
             "balance": self.balance.view(),
             "ocpp": self.ocpp.view(),
         }
+
+    def sim_status(self):
+        ch = self.charger
+        v = self._view()
+        v["card_read_waiting"] = self.rfid.reading
+        v["restarts"] = dict(self.supervisor.restarts)
+        v["lock"] = None if ch.case_b else "none"
+        return v
 
     def status(self):
         """The Charger State page and /api/status."""
@@ -340,16 +346,9 @@ class App:
         hw = self.hw
         m = self.metering
         t = hw.temps
-        s = ch.session
-        return {
-            "state": ch.ocpp_status(),
-            "cp_state": pilot.NAMES[ch.cp_state],
-            "errors": self.errors(),
+        v = self._view()
+        v.update({
             "config_errors": self.config_errors(),
-            "latched": faults.codes(ch.latched),
-            "offered_a": ch.offered_a,
-            "limit_a": ch.limit_a,
-            "limit_binding": ch.limit_binding,
             "limits": {
                 "max_current": self.settings["max_current_a"],
                 "cable": ch.cable_a,
@@ -361,28 +360,20 @@ class App:
             "grid_v": m.volts,
             "grid_hz": m.hz,
             "output_a": m.amps,
-            "car_phases": m.view()["car_phases"],  # measured this session, None before
             "active_power_kw": round(m.power_w / 1000, 3),
-            "charging_min": self.session_view()["duration_min"] if s else 0,
-            "session": self.session_view(),
+            "charging_min": v["session"]["duration_min"] if ch.session else 0,
             "system_time": hw.rtc.now(),
             "relay_c": t.relay_c,
             "socket_c": t.socket_c,
             "env_c": t.env_c,
             "cp_v": round(ch.hi_mv / 1000, 2),
-            "cp_cal": self.cp_cal_view(),
             "phase_rotation": "RST" if m.rotation_ok else "wrong",
             "fan": "Run" if hw.fan.running else "Stop",
-            "wifi_mode": self.settings["wifi_mode"],
             "language": self.settings["language"],
             "wifi": self.wifi.view(),
-            "reader_fault": self.rfid.fault,
-            "meter": self.power.view(),
-            "meter_search": self.power.search_view(),
-            "balance": self.balance.view(),
-            "ocpp": self.ocpp.view(),
             "uptime_s": self.uptime_s,
-        }
+        })
+        return v
 
 
 class _Balancing:
