@@ -580,16 +580,17 @@ def test_master_killed_and_restarted(meter_pool, n, fit):
     cs[0].kill()
     w.wait(lambda ss: all(bal(s, "fallback") for s in ss[1:]), MASTER_TIMEOUT_S + WAIT_S,
            "fallback")
-    w.wait(lambda ss: all((offers(ss)[i] or 0) <= min(before[i], 6) for i in range(1, n)),
-           WAIT_S, "fallback share applied")
-    # The last allocation each node read (its trace read now, before it wraps): the
-    # master's last cycle may have moved one since the test's look.
+    # The last allocation each node read (its trace read now, before it wraps: seven
+    # nodes' frames fill it in about 9 s; every allocation came before the fallback):
+    # the master's last cycle may have moved one since the test's look.
     lasts = {}
     traces = {}
     for i in range(1, n):
         traces[i] = can_frames(cs[i], since[i])
         a = [f for f in traces[i] if f["dir"] == "rx" and f["id"] == ID_ALLOC + i + 1]
         lasts[i] = a[-1]["data"][4] / 2 if a else 0
+    w.wait(lambda ss: all((offers(ss)[i] or 0) <= min(before[i], 6) for i in range(1, n)),
+           WAIT_S, "fallback share applied")
     for i in range(1, n):
         check_fallback(cs[i], since[i], before[i], traces[i])
     w.wait(lambda ss: all(s["leds"]["fault"]["pattern"] == "slow" for s in ss[1:]), WAIT_S,
