@@ -538,5 +538,8 @@ def make_server(app):
         else:
             lg.warning("%s", msg)
 
-    return httpd.Server(api.routes(), static_root=app.www_dir, log=note,
+    # Four slots, not the library's six: the hotspot takes one device, the web app's page
+    # asks for at most four files at once, and a fifth connection waits in the backlog
+    # while answers say Connection: close (docs/web.md). Each slot keeps 1.6 KB for good.
+    return httpd.Server(api.routes(), static_root=app.www_dir, log=note, max_conns=4,
                         check_request=api.check_request, extra_headers=_HEADERS)
