@@ -17,7 +17,9 @@ What it checks, and what it refuses (WsError, with `.code` the close code sent):
   (1002), control frames final and <= 125 bytes (1002); a message (all its fragments)
   longer than `max_message` is refused from its header, before any payload is read
   (1009), and so is one whose copy finds no room in the heap; text must be UTF-8 (1007). Fragments are joined into one buffer allocated
-  once in the constructor.
+  once in the constructor. With `max_skip` set, a message longer than `max_message` but
+  not than `max_skip` is read and dropped instead: recv raises WsTooBig with its size
+  and first bytes, and the connection stays (the caller can answer it).
 - Deadlines: connect + TLS + handshake within `connect_timeout_ms`; once the first byte
   of a frame arrived, the rest of it within `frame_timeout_ms`; each message sent within
   `write_timeout_ms`. Waiting for the next frame has no deadline of its own: the caller
@@ -49,6 +51,7 @@ CLOSE_TOO_BIG = const(1009)
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 _CHUNK = const(512)  # handshake head read size
+_KEEP = const(64)  # first bytes of a dropped message kept for WsTooBig.head
 
 
 class WsError(Exception):
@@ -67,6 +70,16 @@ class WsHandshakeError(WsError):
 
 class WsClosed(WsError):
     """The server closed the connection (`code` is its close code)."""
+
+
+class WsTooBig(WsError):
+    """A message over max_message (and within max_skip) was read and dropped: the
+    connection is still usable. `size` is its length, `head` its first bytes."""
+
+    def __init__(self, size, head):
+        super().__init__("message of %d bytes dropped" % size, CLOSE_TOO_BIG)
+        self.size = size
+        self.head = head
 
 
 def parse_url(url):
@@ -193,6 +206,7 @@ def _open(host, port, ssl, server_hostname):
 
 class WsClient:
     max_message = 8192  # bytes of one received message, all fragments together
+    max_skip = 0  # a longer message up to this is dropped (WsTooBig), not closed on
     max_head = 2048  # bytes of the handshake response head
     tx_size = 2048  # transmit buffer: larger messages go out as fragments
     connect_timeout_ms = 10000
@@ -417,6 +431,7 @@ class WsClient:
         size = 0  # bytes of the message assembled so far
         op = None  # opcode of the message being assembled
         mid = False
+        drop = False  # over max_message: read over the buffer and dropped
         try:
             while True:
                 await self._fill(self._hmv[:1])  # idle wait: no deadline of our own
@@ -436,8 +451,13 @@ class WsClient:
                 else:
                     op = opcode
                 if size + n > len(self._rx):
-                    await self._fail("message over %d bytes" % len(self._rx), CLOSE_TOO_BIG)
-                await self._timed(self._fill(self._rxmv[size : size + n]))
+                    if size + n > self.max_skip:
+                        await self._fail("message over %d bytes" % len(self._rx), CLOSE_TOO_BIG)
+                    drop = True
+                if drop:
+                    await self._timed(self._drop(size, n))
+                else:
+                    await self._timed(self._fill(self._rxmv[size : size + n]))
                 size += n
                 if fin:
                     break
@@ -445,7 +465,19 @@ class WsClient:
         finally:
             if mid:
                 self.abort()
+        if drop:
+            raise WsTooBig(size, bytes(self._rxmv[: min(size, _KEEP)]))
         return op, size
+
+    async def _drop(self, at, n):
+        # n bytes of a message at offset `at`: its first _KEEP bytes stay at the buffer's
+        # start, the rest is read over the buffer behind them.
+        while n:
+            mv = self._rxmv[at:_KEEP] if at < _KEEP else self._rxmv[_KEEP:]
+            k = min(n, len(mv))
+            await self._fill(mv[:k])
+            at += k
+            n -= k
 
     async def _timed(self, coro):
         try:
@@ -480,7 +512,7 @@ class WsClient:
         fin = b0 & 0x80
         if opcode >= OP_CLOSE and (n > 125 or not fin):
             await self._fail("bad control frame", CLOSE_PROTOCOL)
-        if n > len(self._rx):
+        if n > len(self._rx) and n > self.max_skip:
             await self._fail("frame over %d bytes" % len(self._rx), CLOSE_TOO_BIG)
         return fin, opcode, n
 

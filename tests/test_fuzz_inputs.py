@@ -296,7 +296,8 @@ def _ocpp_frame(r, i):
     return text, want
 
 
-_MAX_MESSAGE = 6144  # the charger's WsClient max_message (evse/ocpp/service.py)
+_MAX_MESSAGE = 4096  # the charger's WsClient max_message (evse/ocpp/service.py)
+_MAX_SKIP = 65536  # ... and max_skip: longer than this, a message closes the connection
 
 # Broken WebSocket framing (RFC 6455 §5): each makes the charger close with 1002/1007/1009.
 _BAD_FRAMES = [
@@ -367,9 +368,18 @@ def test_ocpp_under_a_hostile_central_system(cs, ocpp):
         text, want = _ocpp_frame(r, i)
         try:
             cs.wait_connected("CP1", 20)
-            if len(text.encode()) > _MAX_MESSAGE:  # refused from its header: 1009, reconnect
+            size = len(text.encode())
+            if size > _MAX_SKIP:  # refused from its header: 1009, reconnect
                 _drops_and_reconnects(cs, lambda t=text: _send_closing(cs, t), "oversized")
                 assert ("CP1", 1009) in cs.closes[-3:], cs.closes[-3:]
+                continue
+            if size > _MAX_MESSAGE:  # dropped, a CALL answered by its id, the connection kept
+                k = len(cs.connections)
+                ans = _send_call(cs, text, want)
+                if want is not None:
+                    assert ans[0] == 4 and ans[2] == "GenericError", ans
+                    answered += 1
+                assert len(cs.connections) == k and cs.connected("CP1"), "connection kept"
                 continue
             ans = _send_call(cs, text, want)
             if ans == "no room":

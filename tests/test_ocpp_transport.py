@@ -3,9 +3,12 @@ profile 2), HTTP Basic auth with AuthorizationKey (profiles 1 and 2), and hostil
 from the central system, each answered with the right CALLERROR or a closed connection,
 changing nothing."""
 
+import json
+import re
 import time
 
 from csms import CentralSystem, make_certs, ocpp_view, server_context
+from harness import ROOT
 
 KEY = "0123456789abcdef0123"
 NEW_KEY = "fedcba9876543210fedc"
@@ -127,11 +130,23 @@ def test_hostile_frames(cs, ocpp):
             "TypeConstraintViolation",
         ),
         ('[2, "h8", "FooBar", {}]', "h8", "NotImplemented"),
+        # Over the 4 KB receive buffer (a local list of 40 entries): dropped and answered,
+        # the connection kept; the central system can send it in parts.
+        (
+            '[2, "h10", "SendLocalList", {"listVersion": 3, "updateType": "Full", '
+            '"localAuthorizationList": [%s]}]' % ", ".join(
+                '{"idTag": "%020d", "idTagInfo": {"status": "Accepted", "expiryDate": '
+                '"2030-01-01T00:00:00Z", "parentIdTag": "%020d"}}' % (i, i) for i in range(40)),
+            "h10",
+            "GenericError",
+        ),
     ]
+    connections = len(cs.connections)
     for text, mid, code in cases:
         ans = _answer(cs, text, mid)
         assert ans[0] == 4 and ans[2] == code, (text, ans)
         assert ans[4] == {} and isinstance(ans[3], str)
+    assert len(cs.connections) == connections, "no frame above closed the connection"
     # Answers to messages we never sent are ignored, not answered.
     n = len(cs.replies("CP1"))
     cs.send_raw("CP1", '[3, "nobody-asked", {}]')
@@ -165,3 +180,37 @@ def test_hostile_frames(cs, ocpp):
     # what it held before, within the log ring and the reconnects' small state (4 KB).
     assert snap["heap_free"] > heap_before - 4096, (heap_before, snap["heap_free"])
     assert ocpp_view(c)["connected"]
+
+
+def test_the_largest_legal_requests_fit_the_receive_buffer():
+    """What the charger advertises (SendLocalListMaxLength, ChargingScheduleMaxPeriods,
+    GetConfigurationMaxKeys) fits its 4 KB receive buffer with every field at its longest,
+    written with Python's default separators (a space after each comma and colon)."""
+    src = (ROOT / "firmware" / "evse" / "ocpp" / "config.py").read_text()
+    limit = {k: int(v) for k, v in re.findall(r'\("(\w+)", "R", "i", (\d+)\)', src)}
+    svc = (ROOT / "firmware" / "evse" / "ocpp" / "service.py").read_text()
+    buf = int(re.search(r"WsClient\(max_message=(\d+)", svc).group(1))
+    mid = "x" * 36
+    date = "2030-01-01T00:00:00.000000+00:00"
+    info = {"status": "ConcurrentTx", "expiryDate": date, "parentIdTag": "P" * 20}
+    entries = [{"idTag": "T" * 20, "idTagInfo": info}] * limit["SendLocalListMaxLength"]
+    periods = [{"startPeriod": 86400 * 7, "limit": 32.5, "numberPhases": 3}] * limit[
+        "ChargingScheduleMaxPeriods"]
+    profile = {"chargingProfileId": 2147483647, "transactionId": 2147483647, "stackLevel": 99,
+               "chargingProfilePurpose": "ChargePointMaxProfile",
+               "chargingProfileKind": "Recurring", "recurrencyKind": "Weekly",
+               "validFrom": date, "validTo": date,
+               "chargingSchedule": {"duration": 604800, "startSchedule": date,
+                                    "chargingRateUnit": "A", "minChargingRate": 6.0,
+                                    "chargingSchedulePeriod": periods}}
+    requests = [
+        ("SendLocalList", {"listVersion": 2147483647, "updateType": "Differential",
+                           "localAuthorizationList": entries}),
+        ("SetChargingProfile", {"connectorId": 1, "csChargingProfiles": profile}),
+        ("RemoteStartTransaction", {"connectorId": 1, "idTag": "T" * 20,
+                                    "chargingProfile": profile}),
+        ("GetConfiguration", {"key": ["K" * 50] * limit["GetConfigurationMaxKeys"]}),
+    ]
+    for action, payload in requests:
+        size = len(json.dumps([2, mid, action, payload]).encode())
+        assert size <= buf, (action, size, buf)

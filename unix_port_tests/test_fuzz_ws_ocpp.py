@@ -567,3 +567,45 @@ def test_regression_frame_over_the_free_heap_is_refused_not_fatal():
         raise AssertionError("no RpcError")
     finally:
         rpc.json = real
+
+
+def test_call_over_the_receive_buffer_answered_and_the_link_kept():
+    """A CALL longer than the receive buffer (a SendLocalList of too many entries) closed
+    the connection with 1009, and the central system sent it again on the next one: now it
+    is dropped and answered with a CALLERROR carrying its id, the link stays up, and the
+    next CALL is taken. An answer too large fails the CALL it answers."""
+    calls = []
+
+    async def on_call(mid, action, payload):
+        calls.append((mid, action))
+
+    big = '[2, "big-1", "SendLocalList", {"listVersion": 1, "updateType": "Full", "x": "%s"}]' % (
+        "y" * 900)
+    peer = _Peer(frame(1, big) + frame(1, '[2,"next","ClearCache",{}]')
+                 + frame(1, '[3,"ours",{"d":"%s"}]' % ("z" * 700)), step=200)
+    ws = wsclient.WsClient(max_message=512, max_skip=2048)
+    ws._s = peer
+
+    async def main():
+        link = Link(ws, on_call)
+        link.up = True
+        link._wait_id = "ours"
+        reader = asyncio.create_task(link._reader())
+        handler = asyncio.create_task(link._handler())
+        for _ in range(100):
+            if link._resp is not None:
+                break
+            await asyncio.sleep_ms(10)
+        resp = link._resp
+        await asyncio.sleep_ms(20)
+        reader.cancel()
+        handler.cancel()
+        return link, resp
+
+    link, resp = asyncio.run(main())
+    sent = [json.loads(p) for op, p in _client_frames(peer.out) if op == 1]
+    eq(len(sent), 1, "one answer sent: %r" % sent)
+    eq(sent[0][:3], [4, "big-1", "GenericError"], "CALLERROR with the big CALL's id")
+    eq(calls, [("next", "ClearCache")], "the next CALL taken")
+    true(isinstance(resp, RpcError), "our CALL's too-large answer fails it")
+    eq(link.bad_frames, 2, "both counted")

@@ -397,6 +397,56 @@ def test_message_over_cap_across_fragments_refused():
     _violation([frame(1, b"a" * 600, fin=False), frame(0, b"b" * 600)], 1009, max_message=1024)
 
 
+def test_message_over_cap_within_skip_dropped_and_connection_kept():
+    # max_skip: a message over max_message is read whole and dropped (its first 64 bytes
+    # kept for the caller), in one frame or in fragments with a ping inside, and the
+    # messages after it come as before; one over max_skip is refused as always.
+    big = b'[2,"id-1","SendLocalList",' + b"x" * 1500 + b"]"
+    frames = [frame(1, "before"), frame(1, big),
+              frame(1, big[:700], fin=False), frame(9, b"p"), frame(0, big[700:1300], fin=False),
+              frame(0, big[1300:]), frame(1, "after")]
+    back = []
+
+    async def script(p):
+        await p.read_head()
+        await p.respond()
+        await p.send(b"".join(frames))
+        try:
+            while True:
+                back.append(await asyncio.wait_for_ms(p.read_frame(), 1000))
+        except (EOFError, OSError, asyncio.TimeoutError):
+            pass
+
+    async def main():
+        port, srv, done, ws = await _pair(script, max_message=1024, max_skip=4096)
+        await ws.connect(url(port), protocols=("ocpp1.6",))
+        out = []
+        for _ in range(4):
+            try:
+                out.append(await ws.recv(1500))
+            except WsError as e:
+                out.append(e)
+        await asyncio.sleep_ms(50)
+        is_open = ws.open
+        ws.abort()
+        srv.close()
+        return out, is_open
+
+    out, is_open = run(main())
+    eq(out[0], "before", "first message")
+    e = out[1]
+    true(isinstance(e, wsclient.WsTooBig), "dropped: %r" % (e,))
+    eq((e.size, e.head), (len(big), big[:64]), "size and head")
+    true(isinstance(out[2], wsclient.WsTooBig), "fragmented one dropped too")
+    eq(out[2].size, len(big), "its size")
+    eq(out[3], "after", "the next message intact")
+    eq(is_open, True, "connection kept")
+    eq([f[1] for f in back], [10], "the ping inside answered, no close sent")
+    _violation([frame(1, b"a" * 5000)], 1009, max_message=1024, max_skip=4096)
+    _violation([frame(1, b"a" * 3000, fin=False), frame(0, b"b" * 3000)], 1009,
+               max_message=1024, max_skip=4096)
+
+
 def test_64bit_length_with_top_bit_refused():
     _violation([bytes([0x81, 127, 0x80, 0, 0, 0, 0, 0, 0, 1])], 1002)
 

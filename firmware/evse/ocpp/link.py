@@ -4,9 +4,10 @@
 # rules get the CALLERROR they deserve and change nothing.
 import asyncio
 import gc
+import json
 
 import log
-from wsclient import WsError
+from wsclient import WsError, WsTooBig
 from evse.ocpp import rpc
 from evse.ocpp.rpc import RpcError, CALL, RESULT, ERROR
 
@@ -126,7 +127,11 @@ class Link:
         try:
             while True:
                 # The frame is decoded from the receive buffer: no copy of it in the heap.
-                text, mv = await self.ws.recv_view()
+                try:
+                    text, mv = await self.ws.recv_view()
+                except WsTooBig as e:
+                    await self._too_big(e)
+                    continue
                 if not text:
                     await self.ws.close(1003)
                     raise WsError("binary message (OCPP-J is text only)", 1003)
@@ -135,6 +140,23 @@ class Link:
             self.error = e  # the session logs why the link ended
         finally:
             self.down()
+
+    async def _too_big(self, e):
+        """A message longer than the receive buffer, read and dropped: a CALL gets a
+        CALLERROR with its id (else the central system would send it again and again on
+        new connections), the answer to our CALL fails it, anything else is ignored."""
+        self.bad_frames += 1
+        kind, mid = _kind_and_id(e.head)
+        _log.warning("%d-byte message dropped: %s", e.size, _start(e.head))
+        if mid is None:
+            return
+        if kind == CALL:
+            if not self.silent:
+                await self.reply_error(mid, "GenericError", "message of %d bytes over the charger's %d"
+                                       % (e.size, self.ws.max_message))
+        elif mid == self._wait_id:
+            self._resp = RpcError("GenericError", "answer of %d bytes too large" % e.size)
+            self._resp_ev.set()
 
     async def _frame(self, text):
         """text: the frame, str or a memoryview of UTF-8 (the receive buffer)."""
@@ -166,6 +188,24 @@ class Link:
         else:
             self.unknown_replies += 1
             _log.warning("answer to unknown message id %s ignored", msg[1][:36])
+
+
+def _kind_and_id(head):
+    """(message type id, message id) read off the start of a frame too large to decode,
+    `[2, "id", ...`; (None, None) where it does not start so."""
+    h = bytes(head)
+    q = h.find(b'"')
+    q = h.find(b'"', q + 1) if q >= 0 else -1
+    if q < 0:
+        return None, None
+    try:
+        m = json.loads(h[: q + 1] + b"]")
+    except ValueError:
+        return None, None
+    if (not isinstance(m, list) or len(m) != 2 or m[0] not in (CALL, RESULT, ERROR) or not isinstance(m[1], str)
+            or not 0 < len(m[1]) <= rpc.MAX_ID):
+        return None, None
+    return m[0], m[1]
 
 
 def _start(text):

@@ -96,7 +96,11 @@ class Service:
                 "%s: Inoperative until the central system sends ChangeAvailability"
                 % bad[0].partition(" ")[2])
             _log.error("%s: Inoperative until ChangeAvailability", bad[0])
-        self.ws = wsclient.WsClient(max_message=6144, tx_size=1024)
+        # The largest message the charger takes: a SendLocalList of SendLocalListMaxLength
+        # (20) entries with every field, or a profile of ChargingScheduleMaxPeriods (24),
+        # is under 3.5 KB. A longer one up to 64 KB is dropped and answered (GenericError),
+        # the connection kept; beyond that the connection is closed (1009).
+        self.ws = wsclient.WsClient(max_message=4096, max_skip=65536, tx_size=1024)
         self.link = Link(self.ws, self._on_call)
         self._send_ev = asyncio.Event()
         self.link.kick = self._send_ev
