@@ -508,7 +508,9 @@ def test_trigger_data_transfer_diagnostics_firmware(cs, ocpp):
 
 def test_pending_then_triggered_boot_accepted_starts_at_once(cs, ocpp):
     cs.boot_status = "Pending"
-    cs.boot_interval = 120  # the next boot of its own would come long after the test
+    # A week: past the 2**29 ms a 32-bit port's ticks can add (the interval has no
+    # upper bound in OCPP), and long after the test.
+    cs.boot_interval = 7 * 86400
     c = ocpp(cards=[A], wait_boot=False)
     cs.wait_for(lambda: cs.calls("CP1", "BootNotification"), WAIT_S, "first boot")
     plug(c, "B")
@@ -517,6 +519,8 @@ def test_pending_then_triggered_boot_accepted_starts_at_once(cs, ocpp):
     c.sim("ev", state="C", diode=True, max_a=16)
     time.sleep(1.0)
     assert {a for _, a, _ in cs.calls("CP1")} == {"BootNotification"}
+    snap = c.snapshot()
+    assert snap["restarts"] == {} and snap["session"]["active"], snap["restarts"]
     cs.boot_status = "Accepted"
     cs.heartbeat_interval = 1
     mark = cs.mark()

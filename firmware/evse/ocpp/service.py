@@ -556,8 +556,12 @@ class Service:
         return False
 
     async def _wait_boot(self, seconds):
-        deadline = time.ticks_add(time.ticks_ms(), seconds * 1000)
-        while time.ticks_diff(deadline, time.ticks_ms()) > 0:
+        # The interval has no upper bound (a week is a fair Pending answer): the time
+        # left is counted down step by step, never a deadline in ticks (ticks_add takes
+        # at most 2**29 ms on a 32-bit port: OverflowError, and the task would die).
+        left = seconds * 1000
+        mark = time.ticks_ms()
+        while left > 0:
             if not self.link.up or self._reconnect:
                 raise LinkDown()
             if self.accepted:
@@ -567,6 +571,9 @@ class Service:
                 await asyncio.wait_for_ms(self._send_ev.wait(), _TICK_MS)
             except asyncio.TimeoutError:
                 pass
+            now = time.ticks_ms()
+            left -= time.ticks_diff(now, mark)
+            mark = now
 
     async def _heartbeat(self):
         iv = self.cfg["HeartbeatInterval"]
