@@ -10,6 +10,7 @@ import json
 import time
 
 import pytest
+import csms
 from csms import wait_ocpp, wait_status
 
 pytestmark = pytest.mark.usefixtures("on_mcu")
@@ -539,11 +540,19 @@ def ocpp_registration(c):
     return c.http("GET", "/api/status").body["ocpp"]["registration"]
 
 
-def test_callerror_to_heartbeat_keeps_the_connection(cs, ocpp):
+def test_callerror_to_heartbeat_keeps_the_connection(cs, ocpp, monkeypatch):
     cs.heartbeat_interval = 1
     cs.fail = {"Heartbeat"}
-    ocpp()
+    c = ocpp()
     cs.wait_for(lambda: len(cs.calls("CP1", "Heartbeat")) >= 3, WAIT_S, "heartbeats go on")
     assert len(cs.connections) == 1, "a refused Heartbeat is an answer: the link stays"
+    # A time the clock cannot take (before 1970 here; past 2068 for a board's gmtime)
+    # is not set, and kills no task (each death is a safe state: a charge would end).
+    monkeypatch.setattr(csms, "now_iso", lambda: "1969-12-31T23:59:00Z")
+    cs.fail = set()
+    n = len(cs.calls("CP1", "Heartbeat"))
+    cs.wait_for(lambda: len(cs.calls("CP1", "Heartbeat")) >= n + 2, WAIT_S, "heartbeats go on")
+    assert c.snapshot()["restarts"] == {}
+    assert c.http("GET", "/api/status").body["system_time"] > 1.6e9
     assert change(cs, "MeterValueSampleInterval", 30) == "Accepted"
     assert len(cs.calls("CP1", "BootNotification")) == 1

@@ -480,7 +480,12 @@ class Service:
             return
         if abs(t - self.now()) > 2:
             _log.info("clock set from the central system (%+d s)", t - self.now())
-            self.hw.rtc.set(t)
+            try:
+                self.hw.rtc.set(t)
+            except (ValueError, OverflowError) as e:
+                # A time the clock cannot hold (before 1970, past a port's gmtime range):
+                # kept as it is, the answer is fine otherwise.
+                _log.warning("clock not set to %s: %r", text, e)
 
     def boot_fields(self):
         model = "EV PLUS " + self.settings["charger_power"]
