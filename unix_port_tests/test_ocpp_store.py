@@ -294,6 +294,48 @@ def test_recover_after_the_charger_reset_itself_reports_reboot():
         eq((recs[1][2]["meterStop"], recs[1][2]["reason"]), (1200, want), cause)
 
 
+class _Meter:
+    energy_wh = 1000.0
+
+
+class _Charger:
+    session = None
+    phases = 3
+
+
+def test_open_record_written_at_most_every_persist_wh_or_s():
+    """The open-transaction record (a power cut's meterStop) is written once per
+    PERSIST_WH or PERSIST_S, whatever MeterValueSampleInterval says: a central system
+    that sets 1 s must not turn it into a flash write a second."""
+    from evse.ocpp import transactions
+    from evse.ocpp.transactions import Transactions
+
+    d = _dir()
+    svc = _Svc(d)
+    svc.app.metering = _Meter()
+    svc.app.charger = svc.ch = _Charger()
+    svc.cfg = {"MeterValueSampleInterval": 1, "ClockAlignedDataInterval": 0,
+               "MeterValuesSampledData": "Energy.Active.Import.Register"}
+    svc.kick = lambda: None
+    tx = Transactions(svc)
+    tx.apply_limit = lambda now, off=False: None
+    q = svc.q
+    ref = _start(q)
+    q.set_open(ref, "A", 1000, 5000)
+    tx.cur = {"ref": ref, "id": 1, "start": 5000, "mode": "RFID", "tag": "A", "begin": None,
+              "deauth": False}
+    tx._kept = (1000, 5000)
+    writes = []
+    touch = q.touch_open
+    q.touch_open = lambda wh, t: (writes.append(t), touch(wh, t))
+    for i in range(1, 121):  # two minutes at 1 Wh a second, a sample every second
+        svc.app.metering.energy_wh = 1000.0 + i
+        tx.tick(5000 + i)
+    eq(q.pending > 100, True, "the samples were queued")
+    true(len(writes) <= 120 // transactions.PERSIST_S, "writes %d" % len(writes))
+    true(1120 - q.open["wh"] <= transactions.PERSIST_WH, "meterStop %d behind" % (1120 - q.open["wh"]))
+
+
 def test_local_list_full_differential_and_cache():
     d = _dir()
     ll = authlist.TagTable(d + "/l.json", 3)

@@ -304,7 +304,6 @@ class Transactions:
             return
         mv = meterval.meter_value(svc.app, names, "Sample.Periodic", now)
         svc.q.push("MeterValues", {"connectorId": 1, "meterValue": [mv]}, cur["ref"], rpc.new_id())
-        self._touch(now)
         svc.kick()
 
     def _touch(self, now):
@@ -314,7 +313,8 @@ class Transactions:
 
     def _keep(self, now):
         """Writes the running transaction's meter register and time to its open record
-        every PERSIST_WH or PERSIST_S (or when the clock was set back)."""
+        every PERSIST_WH or PERSIST_S (or when the clock was set back), and only then: a
+        short MeterValueSampleInterval does not add flash writes."""
         kept = self._kept
         if kept is None:
             self._touch(now)
