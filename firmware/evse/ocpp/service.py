@@ -758,7 +758,7 @@ class Service:
 
     def _tick(self):
         if not self.active:
-            self.tx.events = []
+            self.tx.tick_off(self.now())
             self.tx.apply_limit(0, off=True)  # OCPP switched off: no profile limits
             return
         now = self.now()

@@ -183,6 +183,23 @@ class Transactions:
         q.push("StopTransaction", stop, ref, rpc.new_id())
 
     # ---- once a second -------------------------------------------------------------------------
+    def tick_off(self, now):
+        """OCPP switched off (ocpp_url cleared): a session that starts now is never
+        reported, as one that began before OCPP was on; but the end of the transaction
+        that was running is queued (and its open record kept meanwhile), so the central
+        system gets its stop once OCPP is back instead of a transaction open for good."""
+        while self.events:
+            kind, s, reason = self.events[0]
+            if kind == "start":
+                self.events.pop(0)
+                continue
+            if not self._stored(kind, s):
+                break
+            self.events.pop(0)
+            self._end(s, reason)
+        if self.cur is not None:
+            self._keep(now)
+
     def tick(self, now):
         while self.events:
             kind, s, reason = self.events[0]
