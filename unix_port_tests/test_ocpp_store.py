@@ -323,7 +323,7 @@ def test_open_record_written_at_most_every_persist_wh_or_s():
     ref = _start(q)
     q.set_open(ref, "A", 1000, 5000)
     tx.cur = {"ref": ref, "id": 1, "start": 5000, "mode": "RFID", "tag": "A", "begin": None,
-              "deauth": False}
+              "deauth": False, "wh": 1000}
     tx._kept = (1000, 5000)
     writes = []
     touch = q.touch_open
@@ -334,6 +334,60 @@ def test_open_record_written_at_most_every_persist_wh_or_s():
     eq(q.pending > 100, True, "the samples were queued")
     true(len(writes) <= 120 // transactions.PERSIST_S, "writes %d" % len(writes))
     true(1120 - q.open["wh"] <= transactions.PERSIST_WH, "meterStop %d behind" % (1120 - q.open["wh"]))
+
+
+class _Smart:
+    def tx_ended(self):
+        pass
+
+
+class _NoReservation:
+    def uses_reservation(self, tag):
+        return None
+
+
+def test_meter_register_restarted_mid_transaction_keeps_meter_stop_above_meter_start():
+    """A meter register that restarts during a transaction (meter replaced, reset):
+    metering counts the session's energy on from the new register (metering._account).
+    The StopTransaction's meterStop, and the power cut's one from the open record, stay
+    meterStart plus that energy: never below meterStart (a negative charge)."""
+    from evse.charger import Session
+    from evse.ocpp.transactions import Transactions
+
+    d = _dir()
+    svc = _Svc(d)
+    svc.app.metering = _Meter()
+    svc.app.metering.energy_wh = 5000.0
+    svc.app.charger = svc.ch = _Charger()
+    svc.cfg = {"MeterValueSampleInterval": 0, "ClockAlignedDataInterval": 0,
+               "StopTxnSampledData": ""}
+    svc.kick = lambda: None
+    svc.auth = _NoReservation()
+    svc.smart = _Smart()
+    tx = Transactions(svc)
+    tx.apply_limit = lambda now, off=False: None
+    h = svc.app.history
+    s = Session("A", "RFID", 5000, 5000.0)
+    svc.ch.session = s
+    h.started.append(s)
+    tx.on_charger("session_start", svc.ch)
+    tx.tick(5000)
+    # 200 Wh in, the register restarts at 0 and counts 100 Wh more (as metering does it).
+    svc.app.metering.energy_wh = 100.0
+    s.start_wh = -200.0
+    s.energy_wh = 300.0
+    tx.tick(5061)
+    # A power cut now: recover() stops it with the record's reading as meterStop.
+    true(5000 <= svc.q.open["wh"] <= 5300, "open record %d" % svc.q.open["wh"])
+    s.stop_mode = "Unplug"
+    s.end_s = 5062
+    svc.ch.session = None
+    h.ended.append(s)
+    tx.on_charger("session_end", svc.ch, s)
+    tx.tick(5062)
+    recs = _records(svc.q)
+    eq([a for a, _, _ in recs], ["StartTransaction", "StopTransaction"], "stopped")
+    eq((recs[0][2]["meterStart"], recs[1][2]["meterStop"]), (5000, 5300), "meterStart + energy")
 
 
 def test_local_list_full_differential_and_cache():

@@ -35,7 +35,7 @@ _REASONS = (  # pairs: a tuple of constants stays in flash on a frozen build
 class Transactions:
     def __init__(self, svc):
         self.svc = svc
-        self.cur = None  # the running transaction: ref, id, start, mode, tag, begin, deauth
+        self.cur = None  # the running transaction: ref, id, start, mode, tag, begin, deauth, wh (meterStart)
         self.events = []  # (kind, session, stop reason) noted by the listener
         self._stop_reason = None
         self._remote = None  # a RemoteStart's (id_tag, TxProfile or None, its wait or None) until its session starts
@@ -242,7 +242,7 @@ class Transactions:
         q.set_open(ref, s.id_tag, s.start_wh, s.start_s)
         self._kept = (s.start_wh, s.start_s)
         self.cur = {"ref": ref, "id": None, "start": s.start_s, "mode": s.start_mode,
-                    "tag": s.id_tag, "begin": None, "deauth": False}
+                    "tag": s.id_tag, "begin": None, "deauth": False, "wh": payload["meterStart"]}
         names = svc.cfg["StopTxnSampledData"]
         if names:
             self.cur["begin"] = meterval.meter_value(svc.app, names, "Transaction.Begin", s.start_s)
@@ -265,7 +265,7 @@ class Transactions:
             for mode, r in _REASONS:
                 if mode == s.stop_mode:
                     reason = r
-        payload = {"meterStop": int(s.start_wh + s.energy_wh), "timestamp": isotime.fmt(end),
+        payload = {"meterStop": self._meter_stop(cur, s), "timestamp": isotime.fmt(end),
                    "reason": reason}
         if s.stop_mode in ("RFID", "App"):
             payload["idTag"] = s.id_tag[:20]
@@ -323,10 +323,21 @@ class Transactions:
         svc.q.push("MeterValues", {"connectorId": 1, "meterValue": [mv]}, cur["ref"], rpc.new_id())
         svc.kick()
 
+    @staticmethod
+    def _meter_stop(cur, s):
+        """meterStart plus the session's energy. A register that restarted during the
+        transaction (metering counts the energy on from the new one) would otherwise
+        give a meterStop below meterStart: a negative charge."""
+        return max(int(s.start_wh + s.energy_wh), cur["wh"] + int(s.energy_wh))
+
     def _touch(self, now):
         wh = self.svc.app.metering.energy_wh
+        s = self.svc.ch.session
+        cur = self.cur
+        if s is not None and cur is not None and s.start_s == cur["start"]:
+            wh = self._meter_stop(cur, s)  # the same reading as the stop would carry
         self.svc.q.touch_open(wh, now)
-        self._kept = (wh, now)
+        self._kept = (self.svc.app.metering.energy_wh, now)
 
     def _keep(self, now):
         """Writes the running transaction's meter register and time to its open record
