@@ -9,8 +9,8 @@ client's buffers and messages in a board's heap."""
 import json
 import time
 
-import pytest
 import csms
+import pytest
 from csms import wait_ocpp, wait_status
 
 pytestmark = pytest.mark.usefixtures("on_mcu")
