@@ -317,23 +317,82 @@ def test_open_record_written_at_most_every_persist_wh_or_s():
     svc.cfg = {"MeterValueSampleInterval": 1, "ClockAlignedDataInterval": 0,
                "MeterValuesSampledData": "Energy.Active.Import.Register"}
     svc.kick = lambda: None
-    tx = Transactions(svc)
-    tx.apply_limit = lambda now, off=False: None
-    q = svc.q
-    ref = _start(q)
-    q.set_open(ref, "A", 1000, 5000)
-    tx.cur = {"ref": ref, "id": 1, "start": 5000, "mode": "RFID", "tag": "A", "begin": None,
-              "deauth": False, "wh": 1000}
-    tx._kept = (1000, 5000)
-    writes = []
-    touch = q.touch_open
-    q.touch_open = lambda wh, t: (writes.append(t), touch(wh, t))
-    for i in range(1, 121):  # two minutes at 1 Wh a second, a sample every second
-        svc.app.metering.energy_wh = 1000.0 + i
-        tx.tick(5000 + i)
+    ticks = _Ticks()
+    real = transactions.time
+    transactions.time = ticks
+    try:
+        tx = Transactions(svc)
+        tx.apply_limit = lambda now, off=False: None
+        q = svc.q
+        ref = _start(q)
+        q.set_open(ref, "A", 1000, 5000)
+        tx.cur = {"ref": ref, "id": 1, "start": 5000, "mode": "RFID", "tag": "A",
+                  "begin": None, "deauth": False, "wh": 1000}
+        tx._touch(5000)
+        writes = []
+        touch = q.touch_open
+        q.touch_open = lambda wh, t: (writes.append(t), touch(wh, t))
+        for i in range(1, 121):  # two minutes at 1 Wh a second, a sample every second
+            ticks.ms = i * 1000
+            svc.app.metering.energy_wh = 1000.0 + i
+            tx.tick(5000 + i)
+    finally:
+        transactions.time = real
     eq(q.pending > 100, True, "the samples were queued")
     true(len(writes) <= 120 // transactions.PERSIST_S, "writes %d" % len(writes))
     true(1120 - q.open["wh"] <= transactions.PERSIST_WH, "meterStop %d behind" % (1120 - q.open["wh"]))
+
+
+class _Ticks:
+    """transactions.time as the test drives it: ticks_ms moves only when told."""
+
+    def __init__(self):
+        self.ms = 0
+
+    def ticks_ms(self):
+        return self.ms
+
+    def ticks_diff(self, a, b):
+        return a - b
+
+    def ticks_add(self, a, b):
+        return a + b
+
+
+def test_a_clock_set_back_and_forth_does_not_add_open_record_writes():
+    """A central system that moves the clock back and forth at every heartbeat does not
+    turn the open record into a flash write a second: its 60 s are counted on the ticks,
+    its time is the wall clock at each write."""
+    from evse.ocpp import transactions
+    from evse.ocpp.transactions import Transactions
+
+    d = _dir()
+    svc = _Svc(d)
+    svc.app.metering = _Meter()
+    svc.app.charger = svc.ch = _Charger()
+    svc.cfg = {"MeterValueSampleInterval": 0, "ClockAlignedDataInterval": 0}
+    svc.kick = lambda: None
+    ticks = _Ticks()
+    real = transactions.time
+    transactions.time = ticks
+    try:
+        tx = Transactions(svc)
+        tx.apply_limit = lambda now, off=False: None
+        q = svc.q
+        ref = _start(q)
+        q.set_open(ref, "A", 1000, 5000)
+        tx.cur = {"ref": ref, "id": 1, "start": 5000, "mode": "RFID", "tag": "A",
+                  "begin": None, "deauth": False, "wh": 1000}
+        tx._touch(5000)
+        writes = []
+        touch = q.touch_open
+        q.touch_open = lambda wh, t: (writes.append(t), touch(wh, t))
+        for i in range(1, 121):  # two minutes, the clock 100 s back at every other second
+            ticks.ms = i * 1000
+            tx.tick(5000 + i - (100 if i % 2 else 0))
+    finally:
+        transactions.time = real
+    true(len(writes) <= 120 // transactions.PERSIST_S, "writes %d" % len(writes))
 
 
 class _Smart:

@@ -43,7 +43,7 @@ class Transactions:
         self._aligned_slot = None
         self.limit = -1.0  # the "ocpp" limit last given to the charger (-1: none yet)
         self._held_ms = None  # since when the head event waits for the history
-        self._kept = None  # (Wh, epoch s) last written to the open-transaction record
+        self._kept = None  # (Wh, ticks_ms) of the last write of the open-transaction record
         h = self._history()
         if h is not None:
             h.listeners.append(self._on_history)
@@ -240,7 +240,7 @@ class Transactions:
             svc.auth.end_reservation()
         q.push("StartTransaction", payload, ref, rpc.new_id())
         q.set_open(ref, s.id_tag, s.start_wh, s.start_s)
-        self._kept = (s.start_wh, s.start_s)
+        self._kept = (s.start_wh, time.ticks_ms())
         self.cur = {"ref": ref, "id": None, "start": s.start_s, "mode": s.start_mode,
                     "tag": s.id_tag, "begin": None, "deauth": False, "wh": payload["meterStart"]}
         names = svc.cfg["StopTxnSampledData"]
@@ -337,18 +337,21 @@ class Transactions:
         if s is not None and cur is not None and s.start_s == cur["start"]:
             wh = self._meter_stop(cur, s)  # the same reading as the stop would carry
         self.svc.q.touch_open(wh, now)
-        self._kept = (self.svc.app.metering.energy_wh, now)
+        self._kept = (self.svc.app.metering.energy_wh, time.ticks_ms())
 
     def _keep(self, now):
         """Writes the running transaction's meter register and time to its open record
-        every PERSIST_WH or PERSIST_S (or when the clock was set back), and only then: a
-        short MeterValueSampleInterval does not add flash writes."""
+        every PERSIST_WH or PERSIST_S, and only then: a short MeterValueSampleInterval
+        does not add flash writes, nor a clock the central system moves back and forth
+        (the seconds are counted on the ticks; the record keeps the wall clock)."""
         kept = self._kept
         if kept is None:
             self._touch(now)
             return
         wh = self.svc.app.metering.energy_wh
-        if wh - kept[0] >= PERSIST_WH or now - kept[1] >= PERSIST_S or now < kept[1]:
+        # A negative age: over 2**29 ms (a 32-bit port's ticks wrapped), long due.
+        age = time.ticks_diff(time.ticks_ms(), kept[1])
+        if wh - kept[0] >= PERSIST_WH or not 0 <= age < PERSIST_S * 1000:
             self._touch(now)
 
     def _aligned(self, now, cur):
