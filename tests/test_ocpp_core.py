@@ -9,6 +9,7 @@ client's buffers and messages in a board's heap."""
 import json
 import time
 
+import csms
 import pytest
 from csms import wait_ocpp, wait_status
 
@@ -508,7 +509,9 @@ def test_trigger_data_transfer_diagnostics_firmware(cs, ocpp):
 
 def test_pending_then_triggered_boot_accepted_starts_at_once(cs, ocpp):
     cs.boot_status = "Pending"
-    cs.boot_interval = 120  # the next boot of its own would come long after the test
+    # A week: past the 2**29 ms a 32-bit port's ticks can add (the interval has no
+    # upper bound in OCPP), and long after the test.
+    cs.boot_interval = 7 * 86400
     c = ocpp(cards=[A], wait_boot=False)
     cs.wait_for(lambda: cs.calls("CP1", "BootNotification"), WAIT_S, "first boot")
     plug(c, "B")
@@ -517,6 +520,8 @@ def test_pending_then_triggered_boot_accepted_starts_at_once(cs, ocpp):
     c.sim("ev", state="C", diode=True, max_a=16)
     time.sleep(1.0)
     assert {a for _, a, _ in cs.calls("CP1")} == {"BootNotification"}
+    snap = c.snapshot()
+    assert snap["restarts"] == {} and snap["session"]["active"], snap["restarts"]
     cs.boot_status = "Accepted"
     cs.heartbeat_interval = 1
     mark = cs.mark()
@@ -535,11 +540,19 @@ def ocpp_registration(c):
     return c.http("GET", "/api/status").body["ocpp"]["registration"]
 
 
-def test_callerror_to_heartbeat_keeps_the_connection(cs, ocpp):
+def test_callerror_to_heartbeat_keeps_the_connection(cs, ocpp, monkeypatch):
     cs.heartbeat_interval = 1
     cs.fail = {"Heartbeat"}
-    ocpp()
+    c = ocpp()
     cs.wait_for(lambda: len(cs.calls("CP1", "Heartbeat")) >= 3, WAIT_S, "heartbeats go on")
     assert len(cs.connections) == 1, "a refused Heartbeat is an answer: the link stays"
+    # A time the clock cannot take (before 1970 here; past 2068 for a board's gmtime)
+    # is not set, and kills no task (each death is a safe state: a charge would end).
+    monkeypatch.setattr(csms, "now_iso", lambda: "1969-12-31T23:59:00Z")
+    cs.fail = set()
+    n = len(cs.calls("CP1", "Heartbeat"))
+    cs.wait_for(lambda: len(cs.calls("CP1", "Heartbeat")) >= n + 2, WAIT_S, "heartbeats go on")
+    assert c.snapshot()["restarts"] == {}
+    assert c.http("GET", "/api/status").body["system_time"] > 1.6e9
     assert change(cs, "MeterValueSampleInterval", 30) == "Accepted"
     assert len(cs.calls("CP1", "BootNotification")) == 1

@@ -284,3 +284,22 @@ def test_stop_never_waits_behind_refused_meter_values(cs, ocpp):
     calls = cs.calls("CP1")
     i = next(i for i, (_, a, _) in enumerate(calls) if a == "StopTransaction")
     assert not [a for _, a, _ in calls[i + 1:] if a == "MeterValues"]
+
+
+def test_transaction_ended_while_ocpp_is_switched_off_is_stopped_when_back(cs, ocpp):
+    """ocpp_url cleared mid-transaction (the owner's web app): the charge goes on and its
+    end is still queued, so the central system gets the stop once OCPP is back and no
+    transaction stays open there."""
+    c = ocpp(cards=[A], config={"MeterValueSampleInterval": 0})
+    plug(c)
+    start_with_card(c)
+    wait_ocpp(c, lambda o: o["transaction_id"] is not None, WAIT_S)
+    assert c.login().status == 200
+    assert c.http("PUT", "/api/config", json={"ocpp_url": ""}).status == 200
+    unplug(c)
+    time.sleep(1.5)  # a few ticks of the service with OCPP off
+    assert c.http("PUT", "/api/config", json={"ocpp_url": cs.url("CP1")}).status == 200
+    stop = cs.wait_for(lambda: stops(cs), WAIT_S, "the stop")[0]
+    assert stop["transactionId"] == 1 and stop["reason"] == "EVDisconnected", stop
+    wait_ocpp(c, lambda o: o["queued"] == 0 and o["transaction_id"] is None, WAIT_S)
+    assert [a for _, a, _ in cs.delivered("CP1", TX)] == ["StartTransaction", "StopTransaction"]

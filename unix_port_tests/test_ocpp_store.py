@@ -294,6 +294,161 @@ def test_recover_after_the_charger_reset_itself_reports_reboot():
         eq((recs[1][2]["meterStop"], recs[1][2]["reason"]), (1200, want), cause)
 
 
+class _Meter:
+    energy_wh = 1000.0
+
+
+class _Charger:
+    session = None
+    phases = 3
+
+
+def test_open_record_written_at_most_every_persist_wh_or_s():
+    """The open-transaction record (a power cut's meterStop) is written once per
+    PERSIST_WH or PERSIST_S, whatever MeterValueSampleInterval says: a central system
+    that sets 1 s must not turn it into a flash write a second."""
+    from evse.ocpp import transactions
+    from evse.ocpp.transactions import Transactions
+
+    d = _dir()
+    svc = _Svc(d)
+    svc.app.metering = _Meter()
+    svc.app.charger = svc.ch = _Charger()
+    svc.cfg = {"MeterValueSampleInterval": 1, "ClockAlignedDataInterval": 0,
+               "MeterValuesSampledData": "Energy.Active.Import.Register"}
+    svc.kick = lambda: None
+    ticks = _Ticks()
+    real = transactions.time
+    transactions.time = ticks
+    try:
+        tx = Transactions(svc)
+        tx.apply_limit = lambda now, off=False: None
+        q = svc.q
+        ref = _start(q)
+        q.set_open(ref, "A", 1000, 5000)
+        tx.cur = {"ref": ref, "id": 1, "start": 5000, "mode": "RFID", "tag": "A",
+                  "begin": None, "deauth": False, "wh": 1000}
+        tx._touch(5000)
+        writes = []
+        touch = q.touch_open
+        q.touch_open = lambda wh, t: (writes.append(t), touch(wh, t))
+        for i in range(1, 121):  # two minutes at 1 Wh a second, a sample every second
+            ticks.ms = i * 1000
+            svc.app.metering.energy_wh = 1000.0 + i
+            tx.tick(5000 + i)
+    finally:
+        transactions.time = real
+    eq(q.pending > 100, True, "the samples were queued")
+    true(len(writes) <= 120 // transactions.PERSIST_S, "writes %d" % len(writes))
+    true(1120 - q.open["wh"] <= transactions.PERSIST_WH, "meterStop %d behind" % (1120 - q.open["wh"]))
+
+
+class _Ticks:
+    """transactions.time as the test drives it: ticks_ms moves only when told."""
+
+    def __init__(self):
+        self.ms = 0
+
+    def ticks_ms(self):
+        return self.ms
+
+    def ticks_diff(self, a, b):
+        return a - b
+
+    def ticks_add(self, a, b):
+        return a + b
+
+
+def test_a_clock_set_back_and_forth_does_not_add_open_record_writes():
+    """A central system that moves the clock back and forth at every heartbeat does not
+    turn the open record into a flash write a second: its 60 s are counted on the ticks,
+    its time is the wall clock at each write."""
+    from evse.ocpp import transactions
+    from evse.ocpp.transactions import Transactions
+
+    d = _dir()
+    svc = _Svc(d)
+    svc.app.metering = _Meter()
+    svc.app.charger = svc.ch = _Charger()
+    svc.cfg = {"MeterValueSampleInterval": 0, "ClockAlignedDataInterval": 0}
+    svc.kick = lambda: None
+    ticks = _Ticks()
+    real = transactions.time
+    transactions.time = ticks
+    try:
+        tx = Transactions(svc)
+        tx.apply_limit = lambda now, off=False: None
+        q = svc.q
+        ref = _start(q)
+        q.set_open(ref, "A", 1000, 5000)
+        tx.cur = {"ref": ref, "id": 1, "start": 5000, "mode": "RFID", "tag": "A",
+                  "begin": None, "deauth": False, "wh": 1000}
+        tx._touch(5000)
+        writes = []
+        touch = q.touch_open
+        q.touch_open = lambda wh, t: (writes.append(t), touch(wh, t))
+        for i in range(1, 121):  # two minutes, the clock 100 s back at every other second
+            ticks.ms = i * 1000
+            tx.tick(5000 + i - (100 if i % 2 else 0))
+    finally:
+        transactions.time = real
+    true(len(writes) <= 120 // transactions.PERSIST_S, "writes %d" % len(writes))
+
+
+class _Smart:
+    def tx_ended(self):
+        pass
+
+
+class _NoReservation:
+    def uses_reservation(self, tag):
+        return None
+
+
+def test_meter_register_restarted_mid_transaction_keeps_meter_stop_above_meter_start():
+    """A meter register that restarts during a transaction (meter replaced, reset):
+    metering counts the session's energy on from the new register (metering._account).
+    The StopTransaction's meterStop, and the power cut's one from the open record, stay
+    meterStart plus that energy: never below meterStart (a negative charge)."""
+    from evse.charger import Session
+    from evse.ocpp.transactions import Transactions
+
+    d = _dir()
+    svc = _Svc(d)
+    svc.app.metering = _Meter()
+    svc.app.metering.energy_wh = 5000.0
+    svc.app.charger = svc.ch = _Charger()
+    svc.cfg = {"MeterValueSampleInterval": 0, "ClockAlignedDataInterval": 0,
+               "StopTxnSampledData": ""}
+    svc.kick = lambda: None
+    svc.auth = _NoReservation()
+    svc.smart = _Smart()
+    tx = Transactions(svc)
+    tx.apply_limit = lambda now, off=False: None
+    h = svc.app.history
+    s = Session("A", "RFID", 5000, 5000.0)
+    svc.ch.session = s
+    h.started.append(s)
+    tx.on_charger("session_start", svc.ch)
+    tx.tick(5000)
+    # 200 Wh in, the register restarts at 0 and counts 100 Wh more (as metering does it).
+    svc.app.metering.energy_wh = 100.0
+    s.start_wh = -200.0
+    s.energy_wh = 300.0
+    tx.tick(5061)
+    # A power cut now: recover() stops it with the record's reading as meterStop.
+    true(5000 <= svc.q.open["wh"] <= 5300, "open record %d" % svc.q.open["wh"])
+    s.stop_mode = "Unplug"
+    s.end_s = 5062
+    svc.ch.session = None
+    h.ended.append(s)
+    tx.on_charger("session_end", svc.ch, s)
+    tx.tick(5062)
+    recs = _records(svc.q)
+    eq([a for a, _, _ in recs], ["StartTransaction", "StopTransaction"], "stopped")
+    eq((recs[0][2]["meterStart"], recs[1][2]["meterStop"]), (5000, 5300), "meterStart + energy")
+
+
 def test_local_list_full_differential_and_cache():
     d = _dir()
     ll = authlist.TagTable(d + "/l.json", 3)

@@ -101,6 +101,8 @@ class Tach:
 
 
 class Board(EvPlusBoard):
+    HARD_RESET_IS_OWN = True  # machine.reset() and a panic: a Reboot, not a PowerLoss
+
     def __init__(self, env):
         self._begin(NAME, env, machine, pins)
 

@@ -102,13 +102,21 @@ class EvPlusBoard:
         self.wdt = system.Wdt(machine.WDT)
         self.http_addr = ("0.0.0.0", 80)
 
+    # Whether the port's HARD_RESET is the chip resetting itself. The ESP32 port says
+    # HARD_RESET for esp_restart() (machine.reset) and a panic (a crash), SOFT_RESET only
+    # for an interpreter restart (ports/esp32/modmachine.c); an STM32's is its NRST pin.
+    HARD_RESET_IS_OWN = False
+
     def reset_cause(self):
-        """Why this boot happened: "power", "watchdog" or "reset" (machine.reset)."""
+        """Why this boot happened: "power", "watchdog" or "reset" (machine.reset, a
+        crash on the ESP32)."""
         m = self._machine
         c = m.reset_cause()
         if c == getattr(m, "WDT_RESET", None):
             return "watchdog"
         if c == getattr(m, "SOFT_RESET", None):
+            return "reset"
+        if self.HARD_RESET_IS_OWN and c == getattr(m, "HARD_RESET", None):
             return "reset"
         return "power"
 

@@ -484,7 +484,12 @@ class Service:
             return
         if abs(t - self.now()) > 2:
             _log.info("clock set from the central system (%+d s)", t - self.now())
-            self.hw.rtc.set(t)
+            try:
+                self.hw.rtc.set(t)
+            except (ValueError, OverflowError) as e:
+                # A time the clock cannot hold (before 1970, past a port's gmtime range):
+                # kept as it is, the answer is fine otherwise.
+                _log.warning("clock not set to %s: %r", text, e)
 
     def boot_fields(self):
         model = "EV PLUS " + self.settings["charger_power"]
@@ -560,8 +565,12 @@ class Service:
         return False
 
     async def _wait_boot(self, seconds):
-        deadline = time.ticks_add(time.ticks_ms(), seconds * 1000)
-        while time.ticks_diff(deadline, time.ticks_ms()) > 0:
+        # The interval has no upper bound (a week is a fair Pending answer): the time
+        # left is counted down step by step, never a deadline in ticks (ticks_add takes
+        # at most 2**29 ms on a 32-bit port: OverflowError, and the task would die).
+        left = seconds * 1000
+        mark = time.ticks_ms()
+        while left > 0:
             if not self.link.up or self._reconnect:
                 raise LinkDown()
             if self.accepted:
@@ -571,6 +580,9 @@ class Service:
                 await asyncio.wait_for_ms(self._send_ev.wait(), _TICK_MS)
             except asyncio.TimeoutError:
                 pass
+            now = time.ticks_ms()
+            left -= time.ticks_diff(now, mark)
+            mark = now
 
     async def _heartbeat(self):
         iv = self.cfg["HeartbeatInterval"]
@@ -750,7 +762,7 @@ class Service:
 
     def _tick(self):
         if not self.active:
-            self.tx.events = []
+            self.tx.tick_off(self.now())
             self.tx.apply_limit(0, off=True)  # OCPP switched off: no profile limits
             return
         now = self.now()

@@ -35,7 +35,7 @@ _REASONS = (  # pairs: a tuple of constants stays in flash on a frozen build
 class Transactions:
     def __init__(self, svc):
         self.svc = svc
-        self.cur = None  # the running transaction: ref, id, start, mode, tag, begin, deauth
+        self.cur = None  # the running transaction: ref, id, start, mode, tag, begin, deauth, wh (meterStart)
         self.events = []  # (kind, session, stop reason) noted by the listener
         self._stop_reason = None
         self._remote = None  # a RemoteStart's (id_tag, TxProfile or None, its wait or None) until its session starts
@@ -43,7 +43,7 @@ class Transactions:
         self._aligned_slot = None
         self.limit = -1.0  # the "ocpp" limit last given to the charger (-1: none yet)
         self._held_ms = None  # since when the head event waits for the history
-        self._kept = None  # (Wh, epoch s) last written to the open-transaction record
+        self._kept = None  # (Wh, ticks_ms) of the last write of the open-transaction record
         h = self._history()
         if h is not None:
             h.listeners.append(self._on_history)
@@ -183,6 +183,23 @@ class Transactions:
         q.push("StopTransaction", stop, ref, rpc.new_id())
 
     # ---- once a second -------------------------------------------------------------------------
+    def tick_off(self, now):
+        """OCPP switched off (ocpp_url cleared): a session that starts now is never
+        reported, as one that began before OCPP was on; but the end of the transaction
+        that was running is queued (and its open record kept meanwhile), so the central
+        system gets its stop once OCPP is back instead of a transaction open for good."""
+        while self.events:
+            kind, s, reason = self.events[0]
+            if kind == "start":
+                self.events.pop(0)
+                continue
+            if not self._stored(kind, s):
+                break
+            self.events.pop(0)
+            self._end(s, reason)
+        if self.cur is not None:
+            self._keep(now)
+
     def tick(self, now):
         while self.events:
             kind, s, reason = self.events[0]
@@ -223,9 +240,9 @@ class Transactions:
             svc.auth.end_reservation()
         q.push("StartTransaction", payload, ref, rpc.new_id())
         q.set_open(ref, s.id_tag, s.start_wh, s.start_s)
-        self._kept = (s.start_wh, s.start_s)
+        self._kept = (s.start_wh, time.ticks_ms())
         self.cur = {"ref": ref, "id": None, "start": s.start_s, "mode": s.start_mode,
-                    "tag": s.id_tag, "begin": None, "deauth": False}
+                    "tag": s.id_tag, "begin": None, "deauth": False, "wh": payload["meterStart"]}
         names = svc.cfg["StopTxnSampledData"]
         if names:
             self.cur["begin"] = meterval.meter_value(svc.app, names, "Transaction.Begin", s.start_s)
@@ -248,7 +265,7 @@ class Transactions:
             for mode, r in _REASONS:
                 if mode == s.stop_mode:
                     reason = r
-        payload = {"meterStop": int(s.start_wh + s.energy_wh), "timestamp": isotime.fmt(end),
+        payload = {"meterStop": self._meter_stop(cur, s), "timestamp": isotime.fmt(end),
                    "reason": reason}
         if s.stop_mode in ("RFID", "App"):
             payload["idTag"] = s.id_tag[:20]
@@ -304,23 +321,37 @@ class Transactions:
             return
         mv = meterval.meter_value(svc.app, names, "Sample.Periodic", now)
         svc.q.push("MeterValues", {"connectorId": 1, "meterValue": [mv]}, cur["ref"], rpc.new_id())
-        self._touch(now)
         svc.kick()
+
+    @staticmethod
+    def _meter_stop(cur, s):
+        """meterStart plus the session's energy. A register that restarted during the
+        transaction (metering counts the energy on from the new one) would otherwise
+        give a meterStop below meterStart: a negative charge."""
+        return max(int(s.start_wh + s.energy_wh), cur["wh"] + int(s.energy_wh))
 
     def _touch(self, now):
         wh = self.svc.app.metering.energy_wh
+        s = self.svc.ch.session
+        cur = self.cur
+        if s is not None and cur is not None and s.start_s == cur["start"]:
+            wh = self._meter_stop(cur, s)  # the same reading as the stop would carry
         self.svc.q.touch_open(wh, now)
-        self._kept = (wh, now)
+        self._kept = (self.svc.app.metering.energy_wh, time.ticks_ms())
 
     def _keep(self, now):
         """Writes the running transaction's meter register and time to its open record
-        every PERSIST_WH or PERSIST_S (or when the clock was set back)."""
+        every PERSIST_WH or PERSIST_S, and only then: a short MeterValueSampleInterval
+        does not add flash writes, nor a clock the central system moves back and forth
+        (the seconds are counted on the ticks; the record keeps the wall clock)."""
         kept = self._kept
         if kept is None:
             self._touch(now)
             return
         wh = self.svc.app.metering.energy_wh
-        if wh - kept[0] >= PERSIST_WH or now - kept[1] >= PERSIST_S or now < kept[1]:
+        # A negative age: over 2**29 ms (a 32-bit port's ticks wrapped), long due.
+        age = time.ticks_diff(time.ticks_ms(), kept[1])
+        if wh - kept[0] >= PERSIST_WH or not 0 <= age < PERSIST_S * 1000:
             self._touch(now)
 
     def _aligned(self, now, cur):
