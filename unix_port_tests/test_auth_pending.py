@@ -201,3 +201,44 @@ def test_without_ocpp_the_wait_is_the_chargers_own():
     eq(_tap(r, auth, CARD), (True, "plug in"))
     _run(r, auth, PENDING_MS + 200)
     eq(r.ch.auth_pending, None, "lapsed after PENDING_MS")
+
+
+def test_an_authorize_answered_with_an_error_is_not_offline():
+    """With AllowOfflineTxForUnknownId, an unknown tag is accepted while the central
+    system cannot be reached; a CALLERROR is an answer from it, so the tag is Invalid
+    there, while a tag the local list knows is decided by the list."""
+    from evse.ocpp.authlist import Cache, TagTable
+    from evse.ocpp.authsrc import Authorization
+    from evse.ocpp.link import CallError, LinkDown
+
+    class Svc:
+        active = True
+        online = True
+        cfg = {"LocalAuthListEnabled": True, "AuthorizationCacheEnabled": True,
+               "LocalPreAuthorize": False, "LocalAuthorizeOffline": True,
+               "AllowOfflineTxForUnknownId": True, "ConnectionTimeOut": 60}
+        fail = None
+
+        def now(self):
+            return 1700000000
+
+        def note(self, *a):
+            pass
+
+        def status_of(self, conn):
+            return ("Available",)
+
+        async def call(self, action, p):
+            raise self.fail
+
+    svc = Svc()
+    d = tmpdir("auth_callerror")
+    svc.llist = TagTable(d + "/list.json", 10)
+    svc.cache = Cache(d + "/cache.json", 10)
+    svc.llist.put("KNOWN", ("Accepted", 0, None))
+    a = Authorization(svc)
+    for fail, tag, want in ((CallError("InternalError"), "UNKNOWN", "Invalid"),
+                            (CallError("GenericError"), "KNOWN", "Accepted"),
+                            (LinkDown(), "UNKNOWN", "Accepted")):
+        svc.fail = fail
+        eq(asyncio.run(a.authorize(tag)), want, "%r %s" % (fail, tag))

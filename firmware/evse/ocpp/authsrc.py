@@ -81,7 +81,13 @@ class Authorization:
             try:
                 r = await svc.call("Authorize", {"idTag": id_tag})
                 return self.learn(id_tag, r.get("idTagInfo"))
-            except (LinkDown, CallError, asyncio.TimeoutError) as e:
+            except CallError as e:
+                # The central system is there and did not accept the tag: the local list or
+                # cache decides a tag they know; the allowance for unknown ids is for a
+                # charger that is offline, not for one whose Authorize met an error.
+                _log.warning("Authorize answered %s: the local list and cache decide", e.code)
+                return local if local is not None else "Invalid"
+            except (LinkDown, asyncio.TimeoutError) as e:
                 _log.warning("Authorize failed (%r): deciding offline", e)
         if local is not None and (cfg["LocalAuthorizeOffline"] or local != "Accepted"):
             return local
