@@ -275,9 +275,11 @@ def test_remote_start_stop_and_authorize_remote(cs, ocpp):
 
 
 def test_configuration_keys(cs, ocpp):
+    cs.heartbeat_interval = 200000  # over the key's range: kept as its largest, a day
     ocpp()
     keys = cs.call("CP1", "GetConfiguration")["configurationKey"]
     by = {k["key"]: k for k in keys}
+    assert by["HeartbeatInterval"]["value"] == "86400", by["HeartbeatInterval"]
     for name, ro in (
         ("HeartbeatInterval", False),
         ("NumberOfConnectors", True),

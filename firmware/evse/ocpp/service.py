@@ -511,8 +511,8 @@ class Service:
         self._sync_clock(r.get("currentTime"))
         self.registration = status
         if status == "Accepted":
-            if interval:
-                self.cfg.set("HeartbeatInterval", interval)
+            if interval:  # within the key's range (a day), as a ChangeConfiguration is
+                self.cfg.set("HeartbeatInterval", min(interval, 86400))
             if not self.accepted:
                 self._force = {0, 1}  # SHALL send every connector's status after boot
             self.accepted = True
