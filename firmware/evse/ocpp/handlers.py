@@ -72,7 +72,7 @@ async def data_transfer(svc, mid, p):
     if p["vendorId"] != VENDOR:
         return _status("UnknownVendorId")
     if p.get("messageId") == "Status":
-        return {"status": "Accepted", "data": json.dumps(svc.app.sim_status())}, None
+        return {"status": "Accepted", "data": json.dumps(svc.app.status())}, None
     return _status("UnknownMessageId")
 
 
