@@ -156,7 +156,9 @@ class ChargePoint:
 
     # ---- listeners (registered by the application: evse/ocpp/__init__.py) ------------------------
     def on_history(self, kind, rec):
-        if kind == "fault" and self.online:
+        if kind in ("open", "session"):
+            self.kick()  # a transaction message held back for its record can go now
+        elif kind == "fault" and self.online:
             self.note("DataTransfer", {
                 "vendorId": VENDOR, "messageId": "FaultReport", "data": json.dumps(rec)})
 
