@@ -5,8 +5,8 @@
 # are connected (transactions.py: queue the transaction messages, sample meter values,
 # apply the charging-profile limit; expire reservations, scheduled availability, a due
 # firmware update). The connection to the central system is service.py's Service, built
-# on this class: it provides `link`, `accepted`, `registration`, `online` and `call`.
-# The application registers the charge point's listeners (evse/ocpp/__init__.py).
+# on this class: it provides `link` and `online`. The application registers the charge
+# point's listeners (evse/ocpp/__init__.py).
 import asyncio
 import json
 from micropython import const

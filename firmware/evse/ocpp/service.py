@@ -177,9 +177,6 @@ class Service(ChargePoint):
         return None
 
     # ---- the connection and the ticker ----------------------------------------------------------
-    def tasks(self):
-        return [("ocpp", self.run)]
-
     async def run(self):
         ticker = asyncio.create_task(self._ticker())
         fails = 0
