@@ -15,15 +15,10 @@ import atomicfile
 import log
 from evse import faults
 from evse import version
-from evse.ocpp import schema
-from evse.ocpp import smart
-from evse.ocpp.authlist import Cache, TagTable
+from evse.ocpp import authlist, config, handlers, schema, smart
 from evse.ocpp.authsrc import Authorization
-from evse.ocpp.config import Config, load_json
-from evse.ocpp.handlers import TABLE, VENDOR
 from evse.ocpp.link import CallError, LinkDown
 from evse.ocpp.rpc import RpcError
-from evse.ocpp.smart import Smart
 from evse.ocpp.transactions import Transactions
 from evse.ocpp.txqueue import TxQueue
 
@@ -42,18 +37,18 @@ class ChargePoint:
         self.settings = app.settings
         d = app.data_dir
         self.data_dir = d
-        self.cfg = cfg = Config(d + "/ocpp_config.json")
+        self.cfg = cfg = config.Config(d + "/ocpp_config.json")
         self.q = TxQueue(d)
-        self.smart = Smart(d)
+        self.smart = smart.Smart(d)
         self.smart.phases = ch.phases
-        self.llist = TagTable(d + "/ocpp_list.json", cfg["LocalAuthListMaxLength"])
-        self.cache = Cache(d + "/ocpp_cache.json", _CACHE_LEN)
+        self.llist = authlist.TagTable(d + "/ocpp_list.json", cfg["LocalAuthListMaxLength"])
+        self.cache = authlist.Cache(d + "/ocpp_cache.json", _CACHE_LEN)
         self._state_path = d + "/ocpp_state.json"
         # OCPP files that are there but cannot be read: {file: why and what is in use},
         # configuration errors (CFG) until the central system sets them again.
         self.store_errors = {}
         bad = []
-        self.state = load_json(self._state_path, 2048, bad.append)
+        self.state = config.load_json(self._state_path, 2048, bad.append)
         if bad:
             # Whether the central system had taken the charger out of service is unknown:
             # it stays Inoperative (reported as Unavailable) until a ChangeAvailability.
@@ -160,7 +155,7 @@ class ChargePoint:
             self.kick()  # a transaction message held back for its record can go now
         elif kind == "fault" and self.online:
             self.note("DataTransfer", {
-                "vendorId": VENDOR, "messageId": "FaultReport", "data": json.dumps(rec)})
+                "vendorId": handlers.VENDOR, "messageId": "FaultReport", "data": json.dumps(rec)})
 
     # ---- status ---------------------------------------------------------------------------------
     def status_of(self, conn):
@@ -183,7 +178,7 @@ class ChargePoint:
     # ---- the central system's CALLs ---------------------------------------------------------------
     async def _on_call(self, mid, action, payload):
         link = self.link
-        fn = TABLE.get(action)
+        fn = handlers.TABLE.get(action)
         if fn is None:
             await link.reply_error(mid, "NotImplemented", "unknown action")
             return
