@@ -457,7 +457,11 @@ def test_trigger_data_transfer_diagnostics_firmware(cs, ocpp):
         == "UnknownMessageId"
     )
     r = cs.call("CP1", "DataTransfer", vendorId="Cabur", messageId="Status")
-    assert r["status"] == "Accepted" and json.loads(r["data"])["state"] == "Available"
+    data = json.loads(r["data"])
+    assert r["status"] == "Accepted" and data["state"] == "Available"
+    # The charger's own status view (GET /api/status), not the simulator's snapshot.
+    assert data["software_version"] and data["serial"] == "EVPLUS-SIM-00001"
+    assert "restarts" not in data and "card_read_waiting" not in data
     # A fault to have a record (its report comes as a DataTransfer), then the upload.
     c.sim("fault", name="cp_short", active=True)
     cs.wait_for(lambda: cs.payloads("CP1", "DataTransfer"), WAIT_S, "fault report")

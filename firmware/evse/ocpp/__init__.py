@@ -20,13 +20,24 @@ class Ocpp:
 
     def _build(self, at_boot=False):
         import gc
+        from evse.ocpp.authsrc import Gate
         from evse.ocpp.service import Service
 
         gc.collect()
         # at_boot: the URL stored at boot, the one a key stored without its central
         # system may be bound to (a URL set later may come from anyone with a session)
-        self.service = Service(self.app, at_boot)
-        self.service.on_update_firmware = self._fw_hook
+        self.service = svc = Service(self.app, at_boot)
+        svc.on_update_firmware = self._fw_hook
+        # The charge point's place in the charger: its transactions follow the charger's
+        # sessions, it authorizes (behind the reservation gate, ahead of the others) and
+        # is asked before a session stops, fault records go to the central system.
+        app = self.app
+        app.charger.listeners.append(svc.tx.on_charger)
+        app.auth.sources.insert(0, Gate(svc.auth))
+        app.auth.sources.append(svc.auth)
+        app.auth.stop_checks.append(svc.auth)
+        app.history.listeners.append(svc.on_history)
+        app.settings.on_change(svc.on_settings)
 
     @property
     def on_update_firmware(self):

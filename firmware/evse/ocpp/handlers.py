@@ -17,6 +17,8 @@ from evse.ocpp.rpc import RpcError
 
 _log = log.get("ocpp.cs")
 
+VENDOR = "Cabur"  # DataTransfer's vendorId, the BootNotification's chargePointVendor
+
 # The answer waits for the outcome (charger.UNLOCK_WORST_MS: the vehicle's time to stop
 # drawing, the weld window, the lock's feedback with its retry) and a margin for a busy
 # loop; 11.5 s, well inside a central system's call timeout (30 s in the `ocpp` package).
@@ -67,12 +69,10 @@ async def clear_charging_profile(svc, mid, p):
 
 
 async def data_transfer(svc, mid, p):
-    from evse.ocpp.service import VENDOR
-
     if p["vendorId"] != VENDOR:
         return _status("UnknownVendorId")
     if p.get("messageId") == "Status":
-        return {"status": "Accepted", "data": json.dumps(svc.app.sim_status())}, None
+        return {"status": "Accepted", "data": json.dumps(svc.app.status())}, None
     return _status("UnknownMessageId")
 
 

@@ -1,47 +1,34 @@
-# The OCPP 1.6J charge point (docs/ocpp.md): the session with the central system
-# (BootNotification, heartbeats, status, the transaction queue), authorization as a
-# source of the Authorizer, and the charger's side of transactions, meter values,
-# smart charging, reservations and availability.
+# The OCPP 1.6J charge point's connection to the central system (docs/ocpp.md): the
+# address (DNS) and TLS, the WebSocket session with its back-off, BootNotification and
+# the Pending/Rejected wait, heartbeats and keep-alive pings, and the sender loop, from
+# which every CP->CS CALL goes out one at a time: the transaction queue, status changes
+# and the other messages. The AuthorizationKey's binding to the central system it is for.
 #
-# Two tasks: run() keeps one connection (reconnecting with exponential back-off and
-# jitter; every CP->CS CALL goes out from its sender loop, one at a time) and _ticker()
-# does what must happen whether or not we are connected (transactions.py: queue the
-# transaction messages, sample meter values, apply the charging-profile limit; expire
-# reservations, scheduled availability, a due firmware update). Authorization and
-# reservations: authsrc.py.
+# Service is the charge point (chargepoint.py: the stores, status, availability,
+# firmware and diagnostics state, the central system's CALLs, the ticker) with its
+# connection. run() keeps one connection (reconnecting with exponential back-off and
+# jitter) and runs the ticker beside it. Authorization and reservations: authsrc.py.
 import asyncio
 import binascii
 import gc
-import json
 import os
 import time
 from micropython import const
 
-import atomicfile
 import dnsclient
 import log
 import wsclient
 from evse import faults
 from evse import version
 from evse.ocpp import isotime
-from evse.ocpp import schema
-from evse.ocpp.authlist import Cache, TagTable
-from evse.ocpp.authsrc import Authorization, Gate
-from evse.ocpp.config import Config, load_json
+from evse.ocpp.chargepoint import ChargePoint
+from evse.ocpp.handlers import VENDOR
 from evse.ocpp.link import CallError, Link, LinkDown
-from evse.ocpp.rpc import RpcError
-from evse.ocpp import smart
-from evse.ocpp.smart import Smart
-from evse.ocpp.transactions import Transactions
-from evse.ocpp.txqueue import TxQueue
 
 _log = log.get("ocpp")
 
-VENDOR = "Cabur"
 PROTOCOL = "ocpp1.6"
 _TICK_MS = const(1000)
-_NOTES = const(10)  # non-transaction messages waiting to go out
-_CACHE_LEN = const(32)
 _CA_MAX = const(16384)
 _BOOT_RETRY_S = const(60)  # Pending/Rejected with interval 0
 _PONG_GRACE_MS = const(10000)
@@ -67,50 +54,19 @@ def pem_certs(path):
     return out
 
 
-class Service:
+class Service(ChargePoint):
     def __init__(self, app, at_boot=False):
-        self.app = app
-        self.ch = ch = app.charger
-        self.hw = app.hw
-        self.settings = app.settings
-        d = app.data_dir
-        self.data_dir = d
-        self.cfg = cfg = Config(d + "/ocpp_config.json")
-        self.q = TxQueue(d)
-        self.smart = Smart(d)
-        self.smart.phases = ch.phases
-        self.llist = TagTable(d + "/ocpp_list.json", cfg["LocalAuthListMaxLength"])
-        self.cache = Cache(d + "/ocpp_cache.json", _CACHE_LEN)
-        self._state_path = d + "/ocpp_state.json"
-        # OCPP files that are there but cannot be read: {file: why and what is in use},
-        # configuration errors (CFG) until the central system sets them again.
-        self.store_errors = {}
-        bad = []
-        self.state = load_json(self._state_path, 2048, bad.append)
-        if bad:
-            # Whether the central system had taken the charger out of service is unknown:
-            # it stays Inoperative (reported as Unavailable) until a ChangeAvailability.
-            self.state = {"inop": True}
-            # Unreadable, or only an older copy readable (it may predate an Inoperative).
-            self.store_errors["ocpp_state.json"] = (
-                "%s: Inoperative until the central system sends ChangeAvailability"
-                % bad[0].partition(" ")[2])
-            _log.error("%s: Inoperative until ChangeAvailability", bad[0])
+        ChargePoint.__init__(self, app)
+        cfg = self.cfg
         # The largest message the charger takes: a SendLocalList of SendLocalListMaxLength
         # (20) entries with every field, or a profile of ChargingScheduleMaxPeriods (24),
         # is under 3.5 KB. A longer one up to 64 KB is dropped and answered (GenericError),
         # the connection kept; beyond that the connection is closed (1009).
         self.ws = wsclient.WsClient(max_message=4096, max_skip=65536, tx_size=1024)
         self.link = Link(self.ws, self._on_call)
-        self._send_ev = asyncio.Event()
         self.link.kick = self._send_ev
-        self._tick_ev = asyncio.Event()
         self._wake_ev = asyncio.Event()  # settings changed: reconnect now
         self.accepted = False  # BootNotification accepted since this boot
-        self.registration = None
-        self.auth = Authorization(self)
-        self.tx = Transactions(self)
-        self._notes = []
         self._sent = {}  # connector -> (status, errorCode, vendorErrorCode) delivered
         self._seen = {}  # connector -> (status tuple, ticks_ms since)
         self._force = set()  # connectors whose status must go out even if unchanged
@@ -125,22 +81,8 @@ class Service:
         # for each connection (DHCP may change it).
         self.dns_server = self._dns_server
         self.dns_timeout_ms = _DNS_TIMEOUT_MS
-        self.diag_status = "Idle"
-        self.fw_status = "Idle"
-        self._jobs = {}  # name -> task (reset, diagnostics, firmware)
-        self.on_update_firmware = None  # async fn(location, date, retries, interval, kept)
-        from evse.ocpp import handlers
-
-        self._handlers = handlers.TABLE
-        ch.listeners.append(self.tx.on_charger)
-        app.auth.sources.insert(0, Gate(self.auth))
-        app.auth.sources.append(self.auth)
-        app.auth.stop_checks.append(self.auth)
-        app.history.listeners.append(self._on_history)
-        app.settings.on_change(self._on_settings)
         cfg.vetoes["SecurityProfile"] = self._veto_profile
         cfg.vetoes["AuthorizationKey"] = self._veto_key
-        cfg.dynamic["UnlockConnectorOnEVSideDisconnect"] = self._unlock_on_unplug
         cfg.listeners.append(self._on_cfg)
         # Why the charger does not connect, when it is a rule and not the network (the
         # status page's `refused`), and why the AuthorizationKey was last cleared.
@@ -148,47 +90,11 @@ class Service:
         self.key_note = None
         cfg.host_now = self._url_host
         self._check_key(at_boot)
-        if self.state.get("inop"):
-            ch.unavailable = True
-        self.update_store_limit()
-        self._recover()
-
-    # ---- small views ------------------------------------------------------------------------
-    @property
-    def active(self):
-        return bool(self.settings["ocpp_url"])
+        self._resume()
 
     @property
     def online(self):
         return self.link.up and self.accepted
-
-    def _unlock_on_unplug(self):
-        return self.ch.case_b
-
-    def now(self):
-        return self.hw.rtc.now()
-
-    def update_store_limit(self, off=False):
-        """The 6 A limit (smart.STORE_LIMIT) while the charging profile store cannot be
-        read: it may have held a site limit (ChargePointMaxProfile). None when OCPP is
-        off (no profile applies then) or the central system has set profiles again."""
-        err = self.smart.store_error
-        if err is None:
-            self.store_errors.pop("ocpp_profiles.json", None)
-        else:
-            self.store_errors["ocpp_profiles.json"] = (
-                "%s: %d A (limit %s) until the central system sets or clears charging "
-                "profiles" % (err.partition(" ")[2], smart.STORE_LIMIT_A, smart.STORE_LIMIT))
-        lim = None if err is None or off else smart.STORE_LIMIT_A
-        if self.ch.external.get(smart.STORE_LIMIT) != lim:
-            self.ch.set_external_limit(smart.STORE_LIMIT, lim)
-
-    def save_state(self):
-        atomicfile.save_json(self._state_path, self.state)
-
-    def kick(self):
-        self._tick_ev.set()
-        self._send_ev.set()
 
     def view(self):
         return {
@@ -232,50 +138,8 @@ class Service:
             _log.warning("%s: AuthorizationKey cleared; the technician (web app) or the "
                          "central system must set it again", why)
 
-    def note(self, action, payload):
-        """A non-transaction message to send when possible (oldest dropped when full)."""
-        if len(self._notes) >= _NOTES:
-            self._notes.pop(0)
-        self._notes.append((action, payload))
-        self._send_ev.set()
-
-    # ---- boot-time recovery --------------------------------------------------------------------
-    def _recover(self):
-        self.tx.recover()
-        fw = self.state.get("fw")
-        st = fw.get("st") if fw else None
-        if st == "Downloaded" or (st == "Pending" and fw.get("kept")):
-            # Cut while the verified file waited for the charge to end: the installer
-            # kept it (evse/ota.py); the request goes on from there, Downloaded already said.
-            fw["st"] = "Pending"
-            fw["kept"] = True
-            self.fw_status = "Downloaded"
-            self.save_state()
-            return
-        ota = getattr(self.app, "ota", None)
-        if ota is not None:
-            ota.drop_kept()  # no request waits for a kept file
-        if st is not None and st != "Pending":
-            # Cut while downloading or installing: say how it ended, honestly.
-            if st == "Installing":
-                if fw.get("ver") == version.VERSION:
-                    st = "InstallationFailed"
-                elif self._on_trial():
-                    return  # Installed once it proves healthy: firmware_confirmed()
-                else:
-                    st = "Installed"
-            else:
-                st = "DownloadFailed"
-            self.state.pop("fw", None)
-            self.firmware_status(st)
-            self.save_state()
-
-    # ---- listeners --------------------------------------------------------------------------------
-    def _on_history(self, kind, rec):
-        if kind == "fault" and self.online:
-            self.note("DataTransfer", {"vendorId": VENDOR, "messageId": "FaultReport", "data": json.dumps(rec)})
-
-    def _on_settings(self, changed):
+    # ---- listeners ------------------------------------------------------------------------------
+    def on_settings(self, changed):
         if "ocpp_url" in changed:
             self._check_key()
         if "ocpp_url" in changed or "ocpp_allow_insecure_auth" in changed:
@@ -316,10 +180,7 @@ class Service:
                 return "profile 2 needs the CA file ocpp_ca.pem"
         return None
 
-    # ---- the two tasks --------------------------------------------------------------------------
-    def tasks(self):
-        return [("ocpp", self.run)]
-
+    # ---- the connection and the ticker ----------------------------------------------------------
     async def run(self):
         ticker = asyncio.create_task(self._ticker())
         fails = 0
@@ -355,18 +216,6 @@ class Service:
             await asyncio.wait_for_ms(self._wake_ev.wait(), int(seconds * 1000))
         except asyncio.TimeoutError:
             pass
-
-    async def _ticker(self):
-        while True:
-            try:
-                self._tick()
-            except Exception as e:  # a bug must not stop transactions being queued
-                _log.exc(e, "ocpp tick")
-            self._tick_ev.clear()
-            try:
-                await asyncio.wait_for_ms(self._tick_ev.wait(), _TICK_MS)
-            except asyncio.TimeoutError:
-                pass
 
     # ---- connection ------------------------------------------------------------------------------
     def _tls(self):
@@ -615,24 +464,8 @@ class Service:
             self._ping_ms = now
             await ws.ping(b"ka")
 
-    # ---- status ---------------------------------------------------------------------------------
-    def status_of(self, conn):
-        """(status, errorCode, vendorErrorCode) of connector 0 (the charger) or 1."""
-        ch = self.ch
-        st = ch.ocpp_status()
-        bits = ch.active | ch.latched
-        err = faults.ocpp_error(bits)
-        codes = faults.codes(bits)
-        vendor = codes[0] if codes else None
-        if err == "NoError" and self.app.rfid.fault:
-            err = "ReaderFailure"
-        if conn == 0:
-            if st != "Faulted":
-                st = "Unavailable" if ch.unavailable else "Available"
-        elif st == "Available" and self.auth.reservation() is not None:
-            st = "Reserved"
-        return st, err, vendor
 
+    # ---- status ---------------------------------------------------------------------------------
     async def _send_statuses(self):
         if self.tx.events:
             return  # the ticker first queues the transaction message behind this change
@@ -723,75 +556,7 @@ class Service:
         except CallError as e:
             _log.warning("%s refused: %s", action, e)
 
-    # ---- the central system's CALLs ---------------------------------------------------------------
-    async def _on_call(self, mid, action, payload):
-        link = self.link
-        fn = self._handlers.get(action)
-        if fn is None:
-            await link.reply_error(mid, "NotImplemented", "unknown action")
-            return
-        after = None
-        try:
-            schema.check(action, payload, mid)
-            if self.registration == "Pending" and action in ("RemoteStartTransaction", "RemoteStopTransaction"):
-                res = {"status": "Rejected"}
-            else:
-                res, after = await fn(self, mid, payload)
-        except RpcError as e:
-            _log.warning("%s refused: %s %s", action, e.code, e.desc)
-            await link.reply_error(mid, e.code, e.desc)
-            return
-        except (ValueError, KeyError, TypeError, OSError) as e:
-            _log.exc(e, "%s failed", action)
-            await link.reply_error(mid, "InternalError", str(e)[:80])
-            return
-        await link.reply(mid, res)
-        if after is not None:
-            try:
-                await after()
-            except (CallError, LinkDown, asyncio.TimeoutError) as e:
-                _log.warning("after %s: %r", action, e)
-
-    def job(self, name, coro):
-        """Runs coro as a task of its own (outliving the connection), one per name."""
-        t = self._jobs.get(name)
-        if t is not None and not t.done():
-            return False
-        self._jobs[name] = asyncio.create_task(coro)
-        return True
-
-    def _tick(self):
-        if not self.active:
-            self.tx.tick_off(self.now())
-            self.tx.apply_limit(0, off=True)  # OCPP switched off: no profile limits
-            return
-        now = self.now()
-        self.tx.tick(now)
-        ch = self.ch
-        if self.auth.reservation() is not None and ch.ocpp_status() in ("Faulted", "Unavailable"):
-            _log.info("reservation ended: charger %s", ch.ocpp_status())
-            self.auth.end_reservation()
-        sched = self.state.get("sched")
-        if sched is not None and ch.session is None:
-            self.set_available(sched == "Operative")
-        fw = self.state.get("fw")
-        if fw and fw.get("st") == "Pending" and fw["date"] <= now:
-            from evse.ocpp import transfer
-
-            self.job("firmware", transfer.update_firmware(self))
-
-    # ---- availability, reset, firmware --------------------------------------------------------------
-    def set_available(self, operative):
-        self.state.pop("sched", None)
-        self.ch.unavailable = not operative
-        if not operative:
-            self.ch.auth_pending = None  # a waiting authorization ends with Inoperative
-        self.state["inop"] = not operative
-        if not operative:
-            self.state["resv"] = None
-        self.save_state()
-        self._send_ev.set()
-
+    # ---- reset ----------------------------------------------------------------------------------
     async def reset(self, hard):
         _log.warning("%s reset requested by the central system", "hard" if hard else "soft")
         if self.ch.session is not None:
@@ -805,29 +570,3 @@ class Service:
         if self.ws.open:
             await self.ws.close(1000, 1000)
         self.hw.reset()
-
-    def firmware_status(self, status):
-        """FirmwareStatusNotification (installers report through this)."""
-        self.fw_status = status
-        fw = self.state.get("fw")
-        if fw is not None:
-            fw["st"] = status
-            self.save_state()
-        self.note("FirmwareStatusNotification", {"status": status})
-
-    def firmware_confirmed(self):
-        """The new version passed its health check (evse/ota.py): Installed, when an
-        UpdateFirmware installed it."""
-        fw = self.state.get("fw")
-        if fw is not None and fw.get("st") == "Installing" and fw.get("ver") != version.VERSION:
-            self.state.pop("fw")
-            self.firmware_status("Installed")
-            self.save_state()
-
-    def _on_trial(self):
-        ota = getattr(self.app, "ota", None)
-        return ota is not None and ota.running()["trial"]
-
-    def diagnostics_status(self, status):
-        self.diag_status = status
-        self.note("DiagnosticsStatusNotification", {"status": status})

@@ -44,17 +44,10 @@ class Transactions:
         self.limit = -1.0  # the "ocpp" limit last given to the charger (-1: none yet)
         self._held_ms = None  # since when the head event waits for the history
         self._kept = None  # (Wh, ticks_ms) of the last write of the open-transaction record
-        h = self._history()
-        if h is not None:
-            h.listeners.append(self._on_history)
 
     def _history(self):
         h = getattr(self.svc.app, "history", None)
         return h if hasattr(h, "started") else None
-
-    def _on_history(self, kind, rec):
-        if kind in ("open", "session"):
-            self.svc.kick()  # a start or end we may have held back is stored now
 
     def _stored(self, kind, s):
         """Whether the history has stored this start (its open file) or end (its record).

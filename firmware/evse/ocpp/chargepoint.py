@@ -1,0 +1,283 @@
+# The OCPP 1.6J charge point's own side (docs/ocpp.md): its stores (configuration,
+# transaction queue, charging profiles, local list, cache, ocpp_state.json), the status
+# it reports, availability, the firmware and diagnostics state, the central system's
+# CALLs (dispatched to handlers.py), and the ticker: what must happen whether or not we
+# are connected (transactions.py: queue the transaction messages, sample meter values,
+# apply the charging-profile limit; expire reservations, scheduled availability, a due
+# firmware update). The connection to the central system is service.py's Service, built
+# on this class: it provides `link` and `online`. The application registers the charge
+# point's listeners (evse/ocpp/__init__.py).
+import asyncio
+import json
+from micropython import const
+
+import atomicfile
+import log
+from evse import faults
+from evse import version
+from evse.ocpp import authlist, config, handlers, schema, smart
+from evse.ocpp.authsrc import Authorization
+from evse.ocpp.link import CallError, LinkDown
+from evse.ocpp.rpc import RpcError
+from evse.ocpp.transactions import Transactions
+from evse.ocpp.txqueue import TxQueue
+
+_log = log.get("ocpp")
+
+_TICK_MS = const(1000)
+_NOTES = const(10)  # non-transaction messages waiting to go out
+_CACHE_LEN = const(32)
+
+
+class ChargePoint:
+    def __init__(self, app):
+        self.app = app
+        self.ch = ch = app.charger
+        self.hw = app.hw
+        self.settings = app.settings
+        d = app.data_dir
+        self.data_dir = d
+        self.cfg = cfg = config.Config(d + "/ocpp_config.json")
+        self.q = TxQueue(d)
+        self.smart = smart.Smart(d)
+        self.smart.phases = ch.phases
+        self.llist = authlist.TagTable(d + "/ocpp_list.json", cfg["LocalAuthListMaxLength"])
+        self.cache = authlist.Cache(d + "/ocpp_cache.json", _CACHE_LEN)
+        self._state_path = d + "/ocpp_state.json"
+        # OCPP files that are there but cannot be read: {file: why and what is in use},
+        # configuration errors (CFG) until the central system sets them again.
+        self.store_errors = {}
+        bad = []
+        self.state = config.load_json(self._state_path, 2048, bad.append)
+        if bad:
+            # Whether the central system had taken the charger out of service is unknown:
+            # it stays Inoperative (reported as Unavailable) until a ChangeAvailability.
+            self.state = {"inop": True}
+            # Unreadable, or only an older copy readable (it may predate an Inoperative).
+            self.store_errors["ocpp_state.json"] = (
+                "%s: Inoperative until the central system sends ChangeAvailability"
+                % bad[0].partition(" ")[2])
+            _log.error("%s: Inoperative until ChangeAvailability", bad[0])
+        self._send_ev = asyncio.Event()  # work for the sender loop (service.py)
+        self._tick_ev = asyncio.Event()
+        self.registration = None
+        self.auth = Authorization(self)
+        self.tx = Transactions(self)
+        self._notes = []
+        self.diag_status = "Idle"
+        self.fw_status = "Idle"
+        self._jobs = {}  # name -> task (reset, diagnostics, firmware)
+        self.on_update_firmware = None  # async fn(location, date, retries, interval, kept)
+        cfg.dynamic["UnlockConnectorOnEVSideDisconnect"] = self._unlock_on_unplug
+
+    def _resume(self):
+        """What the stores say once read: availability, the profile store's limit, an
+        interrupted transaction or firmware update."""
+        if self.state.get("inop"):
+            self.ch.unavailable = True
+        self.update_store_limit()
+        self._recover()
+
+    # ---- small views ------------------------------------------------------------------------
+    @property
+    def active(self):
+        return bool(self.settings["ocpp_url"])
+
+    def _unlock_on_unplug(self):
+        return self.ch.case_b
+
+    def now(self):
+        return self.hw.rtc.now()
+
+    def update_store_limit(self, off=False):
+        """The 6 A limit (smart.STORE_LIMIT) while the charging profile store cannot be
+        read: it may have held a site limit (ChargePointMaxProfile). None when OCPP is
+        off (no profile applies then) or the central system has set profiles again."""
+        err = self.smart.store_error
+        if err is None:
+            self.store_errors.pop("ocpp_profiles.json", None)
+        else:
+            self.store_errors["ocpp_profiles.json"] = (
+                "%s: %d A (limit %s) until the central system sets or clears charging "
+                "profiles" % (err.partition(" ")[2], smart.STORE_LIMIT_A, smart.STORE_LIMIT))
+        lim = None if err is None or off else smart.STORE_LIMIT_A
+        if self.ch.external.get(smart.STORE_LIMIT) != lim:
+            self.ch.set_external_limit(smart.STORE_LIMIT, lim)
+
+    def save_state(self):
+        atomicfile.save_json(self._state_path, self.state)
+
+    def kick(self):
+        self._tick_ev.set()
+        self._send_ev.set()
+
+    def note(self, action, payload):
+        """A non-transaction message to send when possible (oldest dropped when full)."""
+        if len(self._notes) >= _NOTES:
+            self._notes.pop(0)
+        self._notes.append((action, payload))
+        self._send_ev.set()
+
+    # ---- boot-time recovery --------------------------------------------------------------------
+    def _recover(self):
+        self.tx.recover()
+        fw = self.state.get("fw")
+        st = fw.get("st") if fw else None
+        if st == "Downloaded" or (st == "Pending" and fw.get("kept")):
+            # Cut while the verified file waited for the charge to end: the installer
+            # kept it (evse/ota.py); the request goes on from there, Downloaded already said.
+            fw["st"] = "Pending"
+            fw["kept"] = True
+            self.fw_status = "Downloaded"
+            self.save_state()
+            return
+        ota = getattr(self.app, "ota", None)
+        if ota is not None:
+            ota.drop_kept()  # no request waits for a kept file
+        if st is not None and st != "Pending":
+            # Cut while downloading or installing: say how it ended, honestly.
+            if st == "Installing":
+                if fw.get("ver") == version.VERSION:
+                    st = "InstallationFailed"
+                elif self._on_trial():
+                    return  # Installed once it proves healthy: firmware_confirmed()
+                else:
+                    st = "Installed"
+            else:
+                st = "DownloadFailed"
+            self.state.pop("fw", None)
+            self.firmware_status(st)
+            self.save_state()
+
+    # ---- listeners (registered by the application: evse/ocpp/__init__.py) ------------------------
+    def on_history(self, kind, rec):
+        if kind in ("open", "session"):
+            self.kick()  # a transaction message held back for its record can go now
+        elif kind == "fault" and self.online:
+            self.note("DataTransfer", {
+                "vendorId": handlers.VENDOR, "messageId": "FaultReport", "data": json.dumps(rec)})
+
+    # ---- status ---------------------------------------------------------------------------------
+    def status_of(self, conn):
+        """(status, errorCode, vendorErrorCode) of connector 0 (the charger) or 1."""
+        ch = self.ch
+        st = ch.ocpp_status()
+        bits = ch.active | ch.latched
+        err = faults.ocpp_error(bits)
+        codes = faults.codes(bits)
+        vendor = codes[0] if codes else None
+        if err == "NoError" and self.app.rfid.fault:
+            err = "ReaderFailure"
+        if conn == 0:
+            if st != "Faulted":
+                st = "Unavailable" if ch.unavailable else "Available"
+        elif st == "Available" and self.auth.reservation() is not None:
+            st = "Reserved"
+        return st, err, vendor
+
+    # ---- the central system's CALLs ---------------------------------------------------------------
+    async def _on_call(self, mid, action, payload):
+        link = self.link
+        fn = handlers.TABLE.get(action)
+        if fn is None:
+            await link.reply_error(mid, "NotImplemented", "unknown action")
+            return
+        after = None
+        try:
+            schema.check(action, payload, mid)
+            if self.registration == "Pending" and action in ("RemoteStartTransaction", "RemoteStopTransaction"):
+                res = {"status": "Rejected"}
+            else:
+                res, after = await fn(self, mid, payload)
+        except RpcError as e:
+            _log.warning("%s refused: %s %s", action, e.code, e.desc)
+            await link.reply_error(mid, e.code, e.desc)
+            return
+        except (ValueError, KeyError, TypeError, OSError) as e:
+            _log.exc(e, "%s failed", action)
+            await link.reply_error(mid, "InternalError", str(e)[:80])
+            return
+        await link.reply(mid, res)
+        if after is not None:
+            try:
+                await after()
+            except (CallError, LinkDown, asyncio.TimeoutError) as e:
+                _log.warning("after %s: %r", action, e)
+
+    def job(self, name, coro):
+        """Runs coro as a task of its own (outliving the connection), one per name."""
+        t = self._jobs.get(name)
+        if t is not None and not t.done():
+            return False
+        self._jobs[name] = asyncio.create_task(coro)
+        return True
+
+    async def _ticker(self):
+        while True:
+            try:
+                self._tick()
+            except Exception as e:  # a bug must not stop transactions being queued
+                _log.exc(e, "ocpp tick")
+            self._tick_ev.clear()
+            try:
+                await asyncio.wait_for_ms(self._tick_ev.wait(), _TICK_MS)
+            except asyncio.TimeoutError:
+                pass
+
+    def _tick(self):
+        if not self.active:
+            self.tx.tick_off(self.now())
+            self.tx.apply_limit(0, off=True)  # OCPP switched off: no profile limits
+            return
+        now = self.now()
+        self.tx.tick(now)
+        ch = self.ch
+        if self.auth.reservation() is not None and ch.ocpp_status() in ("Faulted", "Unavailable"):
+            _log.info("reservation ended: charger %s", ch.ocpp_status())
+            self.auth.end_reservation()
+        sched = self.state.get("sched")
+        if sched is not None and ch.session is None:
+            self.set_available(sched == "Operative")
+        fw = self.state.get("fw")
+        if fw and fw.get("st") == "Pending" and fw["date"] <= now:
+            from evse.ocpp import transfer
+
+            self.job("firmware", transfer.update_firmware(self))
+
+    # ---- availability, reset, firmware --------------------------------------------------------------
+    def set_available(self, operative):
+        self.state.pop("sched", None)
+        self.ch.unavailable = not operative
+        if not operative:
+            self.ch.auth_pending = None  # a waiting authorization ends with Inoperative
+        self.state["inop"] = not operative
+        if not operative:
+            self.state["resv"] = None
+        self.save_state()
+        self._send_ev.set()
+
+    def firmware_status(self, status):
+        """FirmwareStatusNotification (installers report through this)."""
+        self.fw_status = status
+        fw = self.state.get("fw")
+        if fw is not None:
+            fw["st"] = status
+            self.save_state()
+        self.note("FirmwareStatusNotification", {"status": status})
+
+    def firmware_confirmed(self):
+        """The new version passed its health check (evse/ota.py): Installed, when an
+        UpdateFirmware installed it."""
+        fw = self.state.get("fw")
+        if fw is not None and fw.get("st") == "Installing" and fw.get("ver") != version.VERSION:
+            self.state.pop("fw")
+            self.firmware_status("Installed")
+            self.save_state()
+
+    def _on_trial(self):
+        ota = getattr(self.app, "ota", None)
+        return ota is not None and ota.running()["trial"]
+
+    def diagnostics_status(self, status):
+        self.diag_status = status
+        self.note("DiagnosticsStatusNotification", {"status": status})
