@@ -92,11 +92,11 @@ def test_kept_download_is_handed_on_and_its_failure_is_an_install_failure():
 
 
 def test_remote_transfer_urls_never_reach_a_blocking_getaddrinfo():
-    """UpdateFirmware (ota.Ota._download) and GetDiagnostics (transfer._post) connect to
+    """UpdateFirmware (otadownload.download) and GetDiagnostics (transfer._post) connect to
     a host the central system names: asyncio.open_connection calls socket.getaddrinfo,
     which blocks the loop (pilot, protection) on a name, so it only ever gets the address
     the DNS server gave; the name stays the TLS server name. No answer: no connection."""
-    from evse import ota
+    from evse import otadownload
     from test_ocpp_dns import _DnsServer
 
     dns = _DnsServer("10.1.2.3")
@@ -116,20 +116,20 @@ def test_remote_transfer_urls_never_reach_a_blocking_getaddrinfo():
 
             return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
 
-        # what Ota._download asks of its own object: the CA store, the security profile
+        # what otadownload.download asks of the Ota: the CA store, the security profile
         tls = _tls
         profile = staticmethod(lambda: 0)
         key_installed = staticmethod(lambda: True)  # http:// is taken only with a key
         cfg = {"SecurityProfile": 0}
-        _check_source = ota.Ota._check_source
+        download_ms = 1000
 
     svc = Svc()
     with open("/tmp/evse_diag_upload.jsonl", "w") as f:
         f.write("{}\n")
 
     async def both():
-        for coro in (ota.Ota._download(svc, "https://fw.example.com:8443/evplus.bin"),
-                     ota.Ota._download(svc, "http://fw.example.com/evplus.bin"),
+        for coro in (otadownload.download(svc, "https://fw.example.com:8443/evplus.bin"),
+                     otadownload.download(svc, "http://fw.example.com/evplus.bin"),
                      transfer._post(svc, "https://diag.example.com/up", "d.jsonl",
                                     "/tmp/evse_diag_upload.jsonl")):
             try:

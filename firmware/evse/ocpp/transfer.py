@@ -100,19 +100,14 @@ async def upload_diagnostics(svc, p, name):
 
 
 def _split(url, profile=0):
-    # The download locations' rule (http(s):// only, no control or non-ASCII byte):
-    # an OtaError, which is a ValueError.
-    from evse.ota import check_location
+    # The download locations' rule (http(s):// only, no control or non-ASCII byte): a
+    # ValueError.
+    import httpget
 
-    check_location(url)
-    secure = url.startswith("https://")
+    secure, host, port, path = httpget.split(url)
     if profile >= 2 and not secure:
         raise ValueError("security profile %d uploads only to https://" % profile)
-    rest = url[8:] if secure else url[7:]
-    hostport, _, path = rest.partition("/")
-    host, _, port = hostport.partition(":")
-    port = int(port) if port else (443 if secure else 80)
-    return secure, host, port, "/" + path
+    return secure, host, port, path
 
 
 async def _post(svc, location, name, path):
