@@ -7,7 +7,6 @@
 # when the browser sends an Origin, come from that same address (docs/web.md).
 import asyncio
 import json
-import os
 
 import httpd
 from httpd import HTTPError, Response
@@ -418,24 +417,15 @@ class Api:
         """GET /lang/<file>: a language pack's file from <data>/www/lang/ when there is
         one (docs/ota.md), else the shipped file under the web app's static root."""
         name = req.params["file"]
-        d = self.app.data_dir + "/www/lang/" + name
-        hdrs = [("Cache-Control", "no-cache"), ("Vary", "Accept-Encoding")]
-        if "gzip" in req.headers.get("accept-encoding", ""):
-            try:
-                size = os.stat(d + ".gz")[6]
-                hdrs.append(("Content-Encoding", "gzip"))
-                return Response.file(d + ".gz", "application/json", hdrs, size)
-            except OSError:
-                pass
-        try:
-            size = os.stat(d)[6]
-            return Response.file(d, "application/json", hdrs, size)
-        except OSError:
-            pass
         srv = self.app.http
-        if srv is None or srv.static_root is None:
+        if srv is None:
             raise HTTPError(404)
-        return srv._static(req, ["", "lang", name])
+        try:
+            return srv.static_file(req, self.app.data_dir + "/www/lang/" + name)
+        except HTTPError as e:
+            if e.status != 404 or srv.static_root is None:
+                raise
+        return srv.static_file(req, srv.static_root + "/lang/" + name)
 
     def routes(self):
         return [(r[0], r[1], self._fresh(r[2])) + r[3:] for r in self._routes()]
