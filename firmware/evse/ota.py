@@ -1,8 +1,8 @@
-# Upgrades (manual §12-13, docs/ota.md): .bin upload with MD5, A/B install, language
-# packs, health confirmation of a new version, the OCPP UpdateFirmware installer.
-#
-# The file format and its checks are evse/otaimage.py, imported only while a file is
-# checked or installed; the download's HTTP client is lib/httpget.py. With a key installed
+# Upgrades (manual §12-13, docs/ota.md): the service behind the Upgrade page and the OCPP
+# installer: status, signing key, .bin upload with MD5, A/B install, language packs,
+# health confirmation of a new version. The file format and its checks are
+# evse/otaimage.py, imported only while a file is checked or installed; the OCPP
+# UpdateFirmware download is evse/otadownload.py (lib/httpget.py). With a key installed
 # at <data>/ota_pub.key every file must carry a good signature by it; without one a
 # signature cannot be checked (the status says so) and files install on their MD5; an
 # OCPP download, which comes with no MD5, then only over https:// (checked against the CA).
