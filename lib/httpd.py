@@ -46,7 +46,8 @@ max_requests per connection; an unread body up to drain_max is skipped, larger c
 Static: GET/HEAD under static_root, "/" and "dir/" map to index.html; name.gz is sent
 (Content-Encoding: gzip, Vary) when the client accepts gzip, else inflated on the way
 (a window of GZIP_WBITS: the assets are compressed with it); ETag from static_tag, size
-and mtime; Cache-Control from cache_control; 304 on a matching If-None-Match.
+and mtime; Cache-Control from cache_control; 304 on a matching If-None-Match. A handler
+gives a file outside static_root the same answer with Server.static_file(req, path).
 
 Status codes: 400 malformed request line/header/query/path (absolute-form targets,
 obs-fold, traversal: `..`/`.x` segments, `\\`, NUL, `//`, also percent-encoded),
@@ -249,7 +250,7 @@ class Response:
             self.lazy = jsonout.has_lazy()
         self.ctype = ctype or ("application/octet-stream" if body else None)
         self.path = None  # set by file(): streamed from flash in chunks
-        self.gunzip = 0  # a .gz file sent decompressed: its window bits (see _static)
+        self.gunzip = 0  # a .gz file sent decompressed: its window bits (see static_file)
 
     @classmethod
     def file(cls, path, ctype=None, headers=None, size=None):
@@ -812,7 +813,10 @@ class Server:
                             elif route is not None:
                                 res = Response({"error": "method not allowed"}, 405, {"Allow": route})
                             elif self.static_root and (method == "GET" or method == "HEAD"):
-                                res = self._static(rq, segs)
+                                # segs were percent-decoded and checked by _request: no
+                                # '..', '.x', '\', NUL, '//'.
+                                p = self.static_root + "/".join(segs)
+                                res = self.static_file(rq, p if segs[-1] else p + "index.html")
                             else:
                                 res = Response({"error": "not found"}, 404)
                         except HTTPError as e:
@@ -1076,11 +1080,10 @@ class Server:
                 allow = r[0] if allow is None else allow + ", " + r[0]
         return allow
 
-    def _static(self, req, segs):
-        # segs were percent-decoded and checked by _request: no '..', '.x', '\', NUL, '//'.
-        p = self.static_root + "/".join(segs)
-        if not segs[-1]:
-            p += "index.html"
+    def static_file(self, req, p):
+        """The answer for the file at path p (checked by the caller) as the static files
+        get it: p.gz to a client that takes gzip, else p, else p.gz inflated; ETag,
+        Cache-Control, 304. HTTPError(404) when neither p nor p.gz is a file."""
         gz = "gzip" in req.headers.get("accept-encoding", "")
         st = _stat(p + ".gz") if gz else None
         plain = False
@@ -1303,7 +1306,7 @@ class Server:
         """A .gz asset inflated for a client without gzip, in scratch-sized pieces through
         the stream (a rare answer: no re-read trick as _send_file's). The decompressor's
         window is GZIP_WBITS (tools/build_www.py compresses with it): about 12 KB while it
-        runs, one answer at a time (_static), none before or after."""
+        runs, one answer at a time (static_file), none before or after."""
         import deflate
 
         path = res.path

@@ -42,7 +42,7 @@ WARMUP_S = 180.0
 HEAP_GROWTH_MAX = 6 * 1024
 STEADY_S = 5.0
 HEAP_PROBE_S = 10.0  # how often the largest free block of the main charger is probed
-# ... which must give at least an OTA buffer (evse/ota.py CHUNK) throughout: without the
+# ... which must give at least an OTA buffer (evse/otaimage.py CHUNK) throughout: without the
 # app's gc.threshold it fell to 1.3-1.7 KB within 150 s; with it, 13.5 KB at least in 1 h.
 HEAP_BLOCK_MIN = 4096
 STUCK_S = 60.0

@@ -1,7 +1,7 @@
 # Seeded fuzzing of what the charger reads back from flash or takes as a file: the
 # settings file (evse/settings.py over lib/atomicfile.py: torn, bit-flipped, hand-edited
 # or hostile copies of settings.json and its .bak), settings changes from the web app,
-# and the `.bin` upgrade header and archive (evse/ota.py). The oracle: loading never
+# and the `.bin` upgrade header and archive (evse/otaimage.py). The oracle: loading never
 # raises and ends with valid settings (the newest good copy, else defaults), a refused
 # change changes nothing in memory or on flash, a `.bin` is accepted or refused with
 # OtaError only and its archive never names a path outside its tree, valid samples
@@ -14,7 +14,7 @@ import json
 import log
 from check import eq, true
 from crc import crc32
-from evse import ota
+from evse import otaimage
 from evse import settings as st
 
 log.set_level(log.ERROR + 10)  # every corrupt copy logs an error: thousands of lines
@@ -232,11 +232,11 @@ def test_fuzz_bin_header():
 
     def check(h):
         try:
-            info = ota.parse_header(h, board="unix_sim")
-        except ota.OtaError as e:
-            eq(e.code, ota.E_FILE, "code")
+            info = otaimage.parse_header(h, board="unix_sim")
+        except otaimage.OtaError as e:
+            eq(e.code, otaimage.E_FILE, "code")
             return
-        eq(info["model"], ota.MODEL, "model")
+        eq(info["model"], otaimage.MODEL, "model")
         true(info["board"] in ("unix_sim", "*"), "board")
         true(info["kind"] in ("firmware", "language", "key"), "kind")
         if h == good:
@@ -262,12 +262,12 @@ def test_fuzz_bin_archive():
         f = io.BytesIO(_header(len(payload)) + payload)
         got = []
         try:
-            for path, size in ota.records(f, len(payload), None):
-                true(ota.safe_path(path) and ".." not in path.split("/"), "path %r" % path)
+            for path, size in otaimage.records(f, len(payload), None):
+                true(otaimage.safe_path(path) and ".." not in path.split("/"), "path %r" % path)
                 true(size <= len(payload), "size inside the file")
                 got.append(path)
-        except ota.OtaError as e:
-            eq(e.code, ota.E_FILE, "code")
+        except otaimage.OtaError as e:
+            eq(e.code, otaimage.E_FILE, "code")
             return
         if payload == _SAMPLE:
             eq(got, ["evse/app.mpy", "lib/crc.mpy", "main.py"], "valid archive walks")
@@ -289,19 +289,19 @@ def test_fuzz_bin_upload_pieces():
     def check(c):
         data, total, step = c
         try:
-            s = ota.Sink(path, total, ota.MODEL, "unix_sim")
-        except ota.OtaError:
+            s = otaimage.Sink(path, total, otaimage.MODEL, "unix_sim")
+        except otaimage.OtaError:
             return
         try:
             for k in range(0, len(data), step):
                 s.write(memoryview(data)[k : k + step])
             s.finish()
-        except ota.OtaError as e:
-            true(e.code in (ota.E_FILE, ota.E_WRITE), "code %s" % e.code)
+        except otaimage.OtaError as e:
+            true(e.code in (otaimage.E_FILE, otaimage.E_WRITE), "code %s" % e.code)
             s.close()
             return
         eq(_read(path), data, "staged bytes")
-        eq(len(data), ota.HDR_LEN + s.info["length"], "length as the header says")
+        eq(len(data), otaimage.HDR_LEN + s.info["length"], "length as the header says")
         if data == good:
             eq(s.info["version"], "1.2.3", "valid upload")
 

@@ -354,6 +354,29 @@ def test_errors_404_405_414_431_400_501_505():
     _run(t)
 
 
+def test_static_file_answers_for_a_path_outside_the_root_as_for_a_static_one():
+    """Server.static_file: what a handler serves from elsewhere (a language pack in the
+    data directory) gets the static files' gzip choice, ETag and inflating."""
+    webroot.make(_ROOT, _SECRET, _FILES)
+    srv = httpd.Server(ROUTES, static_root=_WWW + "/sub", log=_log)
+
+    class Req:
+        headers = {"accept-encoding": "gzip"}
+
+    r = srv.static_file(Req, _WWW + "/app.js")
+    h = dict(r.headers)
+    eq((r.status, r.path, h.get("Content-Encoding")), (200, _WWW + "/app.js.gz", "gzip"), "gz")
+    Req.headers = {"if-none-match": h["ETag"]}
+    eq(srv.static_file(Req, _WWW + "/app.js").status, 200, "its own ETag per encoding")
+    Req.headers = {"accept-encoding": "gzip", "if-none-match": h["ETag"]}
+    eq(srv.static_file(Req, _WWW + "/app.js").status, 304, "304")
+    Req.headers = {}
+    r = srv.static_file(Req, _WWW + "/only.css")
+    eq((r.path, r.size, r.gunzip), (_WWW + "/only.css.gz", 5600, httpd.GZIP_WBITS), "inflated")
+    e = raises(httpd.HTTPError, srv.static_file, Req, _WWW + "/none.js")
+    eq(e.status, 404, "neither file")
+
+
 def test_static_gzip_etag_304():
     async def t(srv, port):
         st, h, b = await _req(port, _get(b"/"))

@@ -4,6 +4,7 @@ import asyncio
 
 from check import eq, true
 from evse.ocpp import transfer
+from evse.ocpp.fwupdate import FwUpdate
 
 
 class FakeService:
@@ -15,11 +16,15 @@ class FakeService:
         self.fw_status = "Idle"
         self.saved = 0
 
+    def fw_update(self):  # as the service's
+        d = self.state.get("fw")
+        return None if d is None else FwUpdate(self, d)
+
     def firmware_status(self, status):
         self.fw_status = status
-        fw = self.state.get("fw")
+        fw = self.fw_update()
         if fw is not None:
-            fw["st"] = status
+            fw.status(status)
         self.sent.append(status)
 
     def save_state(self):
@@ -91,12 +96,44 @@ def test_kept_download_is_handed_on_and_its_failure_is_an_install_failure():
     eq("fw" in svc.state, False, "request over")
 
 
+def test_a_stored_request_goes_on_through_its_named_transitions():
+    """ocpp_state.json's "fw" as every version stored it: a charger upgraded in the middle
+    of an update reads it, and each transition leaves the same form behind."""
+    from evse.ocpp import fwupdate
+
+    svc = FakeService(None)
+    svc.state = {}
+    fwupdate.create(svc, {"location": "https://x/fw.bin", "retrieveDate": "1970-01-01T00:01:40Z"},
+                    "1.0.0")
+    eq(svc.state["fw"], {"loc": "https://x/fw.bin", "date": 100, "retries": 0, "interval": 60,
+                         "st": "Pending", "ver": "1.0.0"}, "created: Pending")
+    fw = svc.fw_update()
+    eq((fw.due(99), fw.due(100)), (False, True), "due at its retrieveDate")
+    eq(fw.hook_args(), ("https://x/fw.bin", "1970-01-01T00:01:40Z", 0, 60, False), "hook args")
+    eq((fw.resume_kept(), fw.cut_outcome("1.0.0", lambda: False)), (False, None), "Pending")
+    fw.status("Downloaded")  # cut while the verified file waited: it goes on from it
+    eq((fw.resume_kept(), svc.state["fw"]["st"], svc.state["fw"]["kept"]),
+       (True, "Pending", True), "kept")
+    eq(svc.fw_update().hook_args()[4], True, "the installer hears kept")
+    for st, ver, trial, want in (("Downloading", "1.0.0", False, "DownloadFailed"),
+                                 ("Installing", "1.0.0", False, "InstallationFailed"),
+                                 ("Installing", "1.0.0", True, "InstallationFailed"),
+                                 ("Installing", "2.0.0", False, "Installed"),
+                                 ("Installing", "2.0.0", True, None)):
+        svc.state = {"fw": {"loc": "x", "date": 0, "retries": 0, "interval": 60, "st": st,
+                            "ver": "1.0.0"}}
+        eq(svc.fw_update().cut_outcome(ver, lambda: trial), want, (st, ver, trial))
+        eq("fw" in svc.state, want is None, "dropped once it says how it ended")
+    eq(svc.fw_update().installed("1.0.0"), False, "not by the version that took it")
+    eq((svc.fw_update().installed("2.0.0"), "fw" in svc.state), (True, False), "Installed")
+
+
 def test_remote_transfer_urls_never_reach_a_blocking_getaddrinfo():
-    """UpdateFirmware (ota.Ota._download) and GetDiagnostics (transfer._post) connect to
+    """UpdateFirmware (otadownload.download) and GetDiagnostics (transfer._post) connect to
     a host the central system names: asyncio.open_connection calls socket.getaddrinfo,
     which blocks the loop (pilot, protection) on a name, so it only ever gets the address
     the DNS server gave; the name stays the TLS server name. No answer: no connection."""
-    from evse import ota
+    from evse import otadownload
     from test_ocpp_dns import _DnsServer
 
     dns = _DnsServer("10.1.2.3")
@@ -116,20 +153,20 @@ def test_remote_transfer_urls_never_reach_a_blocking_getaddrinfo():
 
             return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
 
-        # what Ota._download asks of its own object: the CA store, the security profile
+        # what otadownload.download asks of the Ota: the CA store, the security profile
         tls = _tls
         profile = staticmethod(lambda: 0)
         key_installed = staticmethod(lambda: True)  # http:// is taken only with a key
         cfg = {"SecurityProfile": 0}
-        _check_source = ota.Ota._check_source
+        download_ms = 1000
 
     svc = Svc()
     with open("/tmp/evse_diag_upload.jsonl", "w") as f:
         f.write("{}\n")
 
     async def both():
-        for coro in (ota.Ota._download(svc, "https://fw.example.com:8443/evplus.bin"),
-                     ota.Ota._download(svc, "http://fw.example.com/evplus.bin"),
+        for coro in (otadownload.download(svc, "https://fw.example.com:8443/evplus.bin"),
+                     otadownload.download(svc, "http://fw.example.com/evplus.bin"),
                      transfer._post(svc, "https://diag.example.com/up", "d.jsonl",
                                     "/tmp/evse_diag_upload.jsonl")):
             try:

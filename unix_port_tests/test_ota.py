@@ -8,6 +8,8 @@ from check import eq, true, raises, tmpdir
 from crc import crc32
 import ab_boot
 from evse import ota
+from evse import otadownload
+from evse import otaimage
 
 
 def _tmpdir():
@@ -33,7 +35,7 @@ def _archive(files):
 
 
 def test_header_ok_and_rejections():
-    info = ota.parse_header(_header(), "EVPLUS", "unix_sim")
+    info = otaimage.parse_header(_header(), "EVPLUS", "unix_sim")
     eq(info["version"], "1.2.3")
     eq(info["kind"], "firmware")
     for bad in (
@@ -43,17 +45,17 @@ def test_header_ok_and_rejections():
         _header()[:63] + b"\0",
         _header()[:40],
     ):
-        e = raises(ota.OtaError, ota.parse_header, bad, "EVPLUS", "unix_sim")
-        eq(e.code, ota.E_FILE)
+        e = raises(otaimage.OtaError, otaimage.parse_header, bad, "EVPLUS", "unix_sim")
+        eq(e.code, otaimage.E_FILE)
     # a language pack for any board
-    eq(ota.parse_header(_header(board="*", kind=2), "EVPLUS", "unix_sim")["kind"], "language")
+    eq(otaimage.parse_header(_header(board="*", kind=2), "EVPLUS", "unix_sim")["kind"], "language")
 
 
 def test_safe_paths():
     for p in ("evse/app.mpy", "lib/board.mpy", "lang/it.json"):
-        true(ota.safe_path(p), p)
+        true(otaimage.safe_path(p), p)
     for p in ("", "/etc/passwd", "../x", "evse/../x", "a//b", ".hidden", "a b", "x" * 200):
-        true(not ota.safe_path(p), p)
+        true(not otaimage.safe_path(p), p)
 
 
 def test_records_walk_and_reject():
@@ -63,13 +65,13 @@ def test_records_walk_and_reject():
     with open(p, "wb") as f:
         f.write(_header(length=len(payload)) + payload)
     with open(p, "rb") as f:
-        eq([r for r in ota.records(f, len(payload), bytearray(16))],
+        eq([r for r in otaimage.records(f, len(payload), bytearray(16))],
            [("evse/app.mpy", 3), ("lib/x.mpy", 0)])
     bad = _archive([("../evil", b"abc")])
     with open(p, "wb") as f:
         f.write(_header(length=len(bad)) + bad)
     with open(p, "rb") as f:
-        raises(ota.OtaError, list, ota.records(f, len(bad), bytearray(16)))
+        raises(otaimage.OtaError, list, otaimage.records(f, len(bad), bytearray(16)))
 
 
 def _slot(d, name, version):
@@ -105,7 +107,7 @@ def test_ab_boot_states():
 
 
 def _downloaded(d, data):
-    sink = ota.Sink(d + "/dl.bin", None, "EVPLUS", "unix_sim", defer=True)
+    sink = otaimage.Sink(d + "/dl.bin", None, "EVPLUS", "unix_sim", defer=True)
     sink.write(memoryview(data))
     sink.finish()
     return sink
@@ -118,11 +120,11 @@ def test_download_sink_tells_truncated_from_not_for_us():
     payload = _archive([("evse/app.mpy", b"abc")])
     good = _header(length=len(payload)) + payload
     eq(_downloaded(d, good).verify()["version"], "1.2.3")
-    e = raises(ota.Truncated, _downloaded(d, good[:-2]).verify)
-    eq(e.code, ota.E_FILE)
-    e = raises(ota.OtaError, _downloaded(d, _header(model="OTHER", length=len(payload)) + payload).verify)
-    true(not isinstance(e, ota.Truncated), "wrong model is not a short download")
-    raises(ota.OtaError, _downloaded(d, good + b"x").verify)
+    e = raises(otaimage.Truncated, _downloaded(d, good[:-2]).verify)
+    eq(e.code, otaimage.E_FILE)
+    e = raises(otaimage.OtaError, _downloaded(d, _header(model="OTHER", length=len(payload)) + payload).verify)
+    true(not isinstance(e, otaimage.Truncated), "wrong model is not a short download")
+    raises(otaimage.OtaError, _downloaded(d, good + b"x").verify)
     true(isinstance(e, ValueError), "an installer's caller sees a ValueError")
 
 
@@ -147,15 +149,15 @@ def _exists(p):
 
 def _kept_file(o, url, data):
     # What update_from_url does once a download is whole and verified.
-    sink = ota.Sink(o.staging, None, "EVPLUS", "unix_sim", defer=True)
+    sink = otaimage.Sink(o.staging, None, "EVPLUS", "unix_sim", defer=True)
     sink.write(memoryview(data))
     sink.finish()
     sink.verify()
-    o._keep(url, sink)
+    otadownload.keep(o, url, sink)
 
 
 def _resume(o, url):
-    r = asyncio.run(o._resume(url))
+    r = asyncio.run(otadownload.resume(o, url))
     asyncio.new_event_loop()
     return r
 
@@ -229,16 +231,16 @@ def test_buffer_shrinks_when_the_heap_has_no_chunk_sized_block():
     url = "http://127.0.0.1:8000/EVPLUS.bin"
     payload = _archive([("evse/app.mpy", b"abc" * 3000), ("evse/version.mpy", b"v")])
     data = _header(length=len(payload)) + payload
-    ota.bytearray = fragmented
+    otaimage.bytearray = fragmented
     try:
-        eq(len(ota._buffer()), 1024)
+        eq(len(otaimage.buffer()), 1024)
         o = ota.Ota(_App(d), ab=ab_boot)
         _kept_file(o, url, data)
         eq(_resume(o, url)["version"], "1.2.3")  # read back and checked 1 KB at a time
-        ota.bytearray = full
-        raises(MemoryError, ota._buffer)
+        otaimage.bytearray = full
+        raises(MemoryError, otaimage.buffer)
     finally:
-        ota.bytearray = real
+        otaimage.bytearray = real
 
 
 # ---- an upload that ends during a charge -----------------------------------------------------
@@ -325,7 +327,7 @@ def test_an_upload_that_ends_during_a_charge_does_not_install_during_it():
     true(ab_boot.load(o.data_dir).get("version") != "99.0.0", "not installed")
     # without a charge the same file installs
     o, status, res, touched = _upload(False)
-    eq((status, res["code"]), (200, ota.OK))
+    eq((status, res["code"]), (200, otaimage.OK))
     eq(len(touched), 1)
     eq(ab_boot.load(o.data_dir).get("version"), "99.0.0")
 
@@ -357,7 +359,7 @@ def test_install_yields_between_files():
             f.write(data)
         ticks[0] = 0
         with open(p, "rb") as f:
-            names = await ota._names(f, len(data) - 64, bytearray(64))
+            names = await otaimage.names(f, len(data) - 64, bytearray(64))
         t.cancel()
         return rm, ticks[0], len(names)
 

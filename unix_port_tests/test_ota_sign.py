@@ -11,7 +11,10 @@ import ab_boot
 import p256_vectors as V
 from check import eq, true, raises, tmpdir
 from crc import crc32
+import httpget
 from evse import ota
+from evse import otadownload
+from evse import otaimage
 
 KEY = binascii.unhexlify(V.KEY)
 OTHER = binascii.unhexlify(V.OTHER)
@@ -41,7 +44,7 @@ def _run(coro):
 
 
 def _sink(data, defer=True, total=None, chunk=7):
-    s = ota.Sink(None, total, "EVPLUS", "unix_sim", defer=defer)
+    s = otaimage.Sink(None, total, "EVPLUS", "unix_sim", defer=defer)
     mv = memoryview(data)
     for i in range(0, len(data), chunk):  # in odd pieces: the trailer spans several
         s.write(mv[i : i + chunk])
@@ -74,18 +77,18 @@ def test_trailer_parsed_and_hostile_trailers_refused():
         LANG_SIGNED + b"\0",
         LANG + b"x" * 76,
     ):
-        e = raises(ota.OtaError, _sink(bad).verify)
-        eq(e.code, ota.E_FILE)
-        true(not isinstance(e, ota.Truncated), e.msg)
+        e = raises(otaimage.OtaError, _sink(bad).verify)
+        eq(e.code, otaimage.E_FILE)
+        true(not isinstance(e, otaimage.Truncated), e.msg)
     # a trailer cut short is a broken transfer (another try), not a forgery
-    e = raises(ota.Truncated, _sink(LANG_SIGNED[:-5]).verify)
-    eq(e.code, ota.E_FILE)
+    e = raises(otaimage.Truncated, _sink(LANG_SIGNED[:-5]).verify)
+    eq(e.code, otaimage.E_FILE)
     # an upload states its length: header + payload, or that plus one trailer
     s = _sink(LANG_SIGNED, defer=False, total=len(LANG_SIGNED))
     s.f = None
     true(s.info is not None)
     for total in (len(LANG) + 1, len(LANG_SIGNED) + 1, len(LANG_SIGNED) + 76):
-        raises(ota.OtaError, _sink, LANG_SIGNED + b"\0" * 76, False, total)
+        raises(otaimage.OtaError, _sink, LANG_SIGNED + b"\0" * 76, False, total)
 
 
 def test_sha256_covers_header_and_payload_only():
@@ -115,8 +118,8 @@ def test_with_a_key_only_its_signatures_pass():
     for data, why in ((LANG, "not signed"), (LANG_FORGED, "signature does not match")):
         s = _sink(data)
         s.verify()
-        e = raises(ota.OtaError, _run, o.authenticate(s))
-        eq(e.code, ota.E_FILE)
+        e = raises(otaimage.OtaError, _run, o.authenticate(s))
+        eq(e.code, otaimage.E_FILE)
         true(e.msg.startswith(why), e.msg)
     s = _sink(LANG_SIGNED)
     s.verify()
@@ -128,16 +131,16 @@ def test_key_installed_once_then_only_by_a_signed_key_file():
     raises(ValueError, o.install_key, b"\x04" + bytes(64))  # not a point
     eq(o.key_installed(), False)
     o.install_key(KEY)
-    e = raises(ota.OtaError, o.install_key, OTHER)
+    e = raises(otaimage.OtaError, o.install_key, OTHER)
     true("installed" in e.msg)
     # a key file signed by another key: refused before anything is written
     s = _sink(KEY_BY_OTHER)
     info = s.verify()
-    raises(ota.OtaError, _run, o.authenticate(s))
+    raises(otaimage.OtaError, _run, o.authenticate(s))
     info["signature"] = "unchecked: no key installed"
     with open(o.staging, "wb") as f:
         f.write(KEY_BY_OTHER)
-    raises(ota.OtaError, _run, o.install(info, o.staging))
+    raises(otaimage.OtaError, _run, o.install(info, o.staging))
     eq(o.load_key()[0], KEY)
     # signed by the installed key: hands over to the new one
     s = _sink(KEY_TO_OTHER)
@@ -150,7 +153,7 @@ def test_key_installed_once_then_only_by_a_signed_key_file():
     eq(o.load_key()[0], OTHER)
     s = _sink(LANG_SIGNED)  # the old key's files are refused from now on
     s.verify()
-    raises(ota.OtaError, _run, o.authenticate(s))
+    raises(otaimage.OtaError, _run, o.authenticate(s))
 
 
 def test_unreadable_key_refuses_every_file():
@@ -162,9 +165,9 @@ def test_unreadable_key_refuses_every_file():
     true("error" in o.key_view())
     s = _sink(LANG)
     s.verify()
-    e = raises(ota.OtaError, _run, o.authenticate(s))
+    e = raises(otaimage.OtaError, _run, o.authenticate(s))
     true("cannot be read" in e.msg, e.msg)
-    raises(ota.OtaError, o.install_key, KEY)
+    raises(otaimage.OtaError, o.install_key, KEY)
 
 
 def test_key_replacement_cut_by_a_power_cut():
@@ -193,11 +196,11 @@ def test_a_replaced_signing_key_never_comes_back():
         f.write(b"\x04" + bytes(64))  # the current key damaged
     s = _sink(LANG_SIGNED)
     s.verify()
-    e = raises(ota.OtaError, _run, o.authenticate(s))
+    e = raises(otaimage.OtaError, _run, o.authenticate(s))
     true("cannot be read" in e.msg, e.msg)
     with open(o.key_path + ".tmp", "wb") as f:  # a cut handover's new key: not used either
         f.write(KEY)
-    raises(ota.OtaError, _run, o.authenticate(s))
+    raises(otaimage.OtaError, _run, o.authenticate(s))
     # a boot with the key file whole drops a .bak left by a cut handover
     with open(o.key_path, "wb") as f:
         f.write(OTHER)
@@ -208,37 +211,37 @@ def test_a_replaced_signing_key_never_comes_back():
 
 def test_key_text_pem_or_hex():
     hexkey = binascii.hexlify(KEY).decode()
-    eq(ota.parse_key_text(hexkey), KEY)
-    eq(ota.parse_key_text(" " + hexkey.upper() + "\n"), KEY)
-    der = ota._SPKI_P256 + KEY
+    eq(otaimage.parse_key_text(hexkey), KEY)
+    eq(otaimage.parse_key_text(" " + hexkey.upper() + "\n"), KEY)
+    der = otaimage._SPKI_P256 + KEY
     pem = "-----BEGIN PUBLIC KEY-----\n%s-----END PUBLIC KEY-----\n" % (
         binascii.b2a_base64(der).decode())
-    eq(ota.parse_key_text(pem), KEY)
+    eq(otaimage.parse_key_text(pem), KEY)
     for bad in ("", hexkey[:-2], hexkey + "00", "zz" * 65, "04" + "00" * 64,
                 "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----",
                 "-----BEGIN PUBLIC KEY-----\n" + binascii.b2a_base64(der).decode()):
-        raises(ValueError, ota.parse_key_text, bad)
+        raises(ValueError, otaimage.parse_key_text, bad)
 
 
 def test_kept_download_is_checked_again_after_a_restart():
     o = _ota()
     url = "http://127.0.0.1:8000/EVPLUS.bin"
     for data in (LANG_SIGNED, LANG):
-        sink = ota.Sink(o.staging, None, "EVPLUS", "unix_sim", defer=True)
+        sink = otaimage.Sink(o.staging, None, "EVPLUS", "unix_sim", defer=True)
         sink.write(memoryview(data))
         sink.finish()
         sink.verify()
-        o._keep(url, sink)
-        eq(_run(o._resume(url))["kind"], "language")
+        otadownload.keep(o, url, sink)
+        eq(_run(otadownload.resume(o, url))["kind"], "language")
     # a key installed since: the unsigned kept file is not trusted, it is fetched again
     o.install_key(KEY)
-    eq(_run(o._resume(url)), None)
-    sink = ota.Sink(o.staging, None, "EVPLUS", "unix_sim", defer=True)
+    eq(_run(otadownload.resume(o, url)), None)
+    sink = otaimage.Sink(o.staging, None, "EVPLUS", "unix_sim", defer=True)
     sink.write(memoryview(LANG_FORGED))
     sink.finish()
     sink.verify()
-    o._keep(url, sink)
-    eq(_run(o._resume(url)), None)
+    otadownload.keep(o, url, sink)
+    eq(_run(otadownload.resume(o, url)), None)
 
 
 class _Stream:
@@ -260,10 +263,10 @@ class _Stream:
 
 
 def test_response_head_lines_are_bounded():
-    code, length, early = _run(ota._read_head(_Stream(
-        b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\nX: y\r\n\r\nBODY")))
+    code, length, early = _run(httpget.read_head(_Stream(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\nX: y\r\n\r\nBODY"), 15000))
     eq((code, length, early), (200, 12, b"BODY"))
-    eq(_run(ota._read_head(_Stream(b"HTTP/1.0 404 Not found\n\n")))[0], 404)
+    eq(_run(httpget.read_head(_Stream(b"HTTP/1.0 404 Not found\n\n"), 15000))[0], 404)
     for stream, why in (
         (_Stream(b"HTTP/1.1 200 OK\r\nX-Long: ", endless=b"a" * 100), "over 512 bytes"),
         (_Stream(b"HTTP/1.1 200 OK\r\n", endless=b"X: y\r\n"), "over 32 lines"),
@@ -272,29 +275,30 @@ def test_response_head_lines_are_bounded():
         (_Stream(b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n"), "Content-Length"),
         (_Stream(b"HTTP/1.1 200 OK\r\n"), "closed"),
     ):
-        e = raises(OSError, _run, ota._read_head(stream))
+        e = raises(OSError, _run, httpget.read_head(stream, 15000))
         true(why in str(e), str(e))
         true(stream.sent < 32 * 512 + 512, stream.sent)  # stops reading at the cap
 
 
 def test_download_locations_with_control_characters_are_refused():
+    o = _ota()
     for url in ("http://h/a\r\nX-Injected: 1", "http://h/a b", "http://h\n/a", "http://h/\x00",
                 "http://h/\x7f", "http://h/\xe9", "ftp://h/a", "file:///etc/passwd", ""):
-        e = raises(ota.OtaError, ota.check_location, url)
-        eq(e.code, ota.E_TIMEOUT)
-    ota.check_location("https://example.com:8443/fw/EVPLUS.bin?x=1&y=%20")
-    o = _ota()
+        raises(ValueError, httpget.check_url, url)
+        e = raises(otaimage.OtaError, otadownload.check_source, o, url)
+        eq(e.code, otaimage.E_TIMEOUT)
+    httpget.check_url("https://example.com:8443/fw/EVPLUS.bin?x=1&y=%20")
     o.profile = lambda: 2
-    e = raises(ota.OtaError, o._check_source, "http://example.com/fw.bin")
+    e = raises(otaimage.OtaError, otadownload.check_source, o, "http://example.com/fw.bin")
     true("security profile 2" in e.msg, e.msg)
-    o._check_source("https://example.com/fw.bin")
+    otadownload.check_source(o, "https://example.com/fw.bin")
     o.profile = lambda: 1
-    e = raises(ota.OtaError, o._check_source, "http://example.com/fw.bin")
+    e = raises(otaimage.OtaError, otadownload.check_source, o, "http://example.com/fw.bin")
     true("without a signing key" in e.msg, e.msg)  # OCPP gives no MD5: nothing else checks
     o.install_key(KEY)
-    o._check_source("http://example.com/fw.bin")  # the signature protects the file
+    otadownload.check_source(o, "http://example.com/fw.bin")  # the signature protects the file
     o.profile = lambda: 2
-    e = raises(ota.OtaError, o._check_source, "http://example.com/fw.bin")
+    e = raises(otaimage.OtaError, otadownload.check_source, o, "http://example.com/fw.bin")
     true("security profile 2" in e.msg, e.msg)
 
 
@@ -303,18 +307,18 @@ def test_an_older_signed_firmware_needs_an_explicit_downgrade():
 
     o = _ota()
     run = version.VERSION
-    eq(ota.version_key("1.0.12-rc1"), (1, 0, 12))
-    eq(ota.version_key("dev"), None)
-    true(ota.version_key("1.10") > ota.version_key("1.9"))
+    eq(otaimage.version_key("1.0.12-rc1"), (1, 0, 12))
+    eq(otaimage.version_key("dev"), None)
+    true(otaimage.version_key("1.10") > otaimage.version_key("1.9"))
 
     def fw(v, sig="verified", kind="firmware"):
         return {"kind": kind, "version": v, "signature": sig}
 
     older = "0.9.9"
-    true(ota.version_key(older) < ota.version_key(run))
+    true(otaimage.version_key(older) < otaimage.version_key(run))
     for info in (fw(older), fw("dev")):
-        e = raises(ota.OtaError, o.check_floor, info)
-        eq(e.code, ota.E_FILE)
+        e = raises(otaimage.OtaError, o.check_floor, info)
+        eq(e.code, otaimage.E_FILE)
         true("older than the running" in e.msg, e.msg)
         o.check_floor(info, True)  # the technician asked for it
     o.check_floor(fw(run))  # the same version reinstalls
@@ -354,7 +358,7 @@ def test_a_trickling_download_ends_at_its_overall_deadline():
             except OSError:
                 continue
         try:
-            await asyncio.wait_for_ms(o._download("http://127.0.0.1:%d/fw.bin" % port), 5000)
+            await asyncio.wait_for_ms(otadownload.download(o, "http://127.0.0.1:%d/fw.bin" % port), 5000)
         finally:
             srv.close()
 

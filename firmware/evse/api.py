@@ -7,7 +7,6 @@
 # when the browser sends an Origin, come from that same address (docs/web.md).
 import asyncio
 import json
-import os
 
 import httpd
 from httpd import HTTPError, Response
@@ -368,14 +367,47 @@ class Api:
 
     # ---- upgrades (manual §12-13, docs/ota.md) ------------------------------------------
     async def upgrade(self, req):
-        from evse import ota
+        """POST /api/upgrade?md5=<32 hex>[&downgrade=1]: body = the .bin (octet-stream).
+        409 {"error", "refused": "busy" | "charging" | "checking"} when none may start now."""
+        self._need_session(req)
+        ota = self.app.ota.get()
+        md5 = req.query.get("md5", "").strip().lower()
+        if len(md5) != 32 or any(c not in "0123456789abcdef" for c in md5):
+            raise HTTPError(400, "md5 must be 32 hexadecimal digits")
+        why = ota.refuse()
+        if why:
+            from evse.ota import drop_body
 
-        return await ota.http_upgrade(self, req)
+            await drop_body(req)
+            return Response({"error": why[1], "refused": why[0]}, 409)
+        status, result = await ota.upload(req, md5, req.query.get("downgrade") == "1")
+        return Response(result, status)
 
     async def upgrade_key(self, req):
-        from evse import ota
+        """PUT /api/upgrade/key {"key": PEM public key or 130 hex digits}: installs the
+        first signing key. 409 once one is installed (a key file signed by it replaces it)."""
+        self._need_session(req)
+        ota = self.app.ota.get()
+        body = await self._json(req)
+        text = body.get("key")
+        if not isinstance(text, str):
+            raise HTTPError(400, "key: a PEM public key or 130 hex digits")
+        from evse import otaimage
 
-        return await ota.http_upgrade_key(self, req)
+        try:
+            raw = otaimage.parse_key_text(text)
+        except ValueError as e:
+            return Response({"error": "key: %s" % e, "fields": {"key": str(e)}}, 400)
+        if ota.key_installed():
+            return Response({"error": "a key is installed: only a key file signed by it "
+                             "replaces it", "refused": "installed"}, 409)
+        if ota.busy:
+            return Response({"error": "an upgrade is in progress", "refused": "busy"}, 409)
+        try:
+            ota.install_key(raw)
+        except otaimage.OtaError as e:
+            return Response({"error": e.msg}, 500 if e.code == otaimage.E_WRITE else 409)
+        return {"ok": True, "key": ota.key_view()}
 
     async def upgrade_status(self, req):
         self._need_session(req)
@@ -385,24 +417,15 @@ class Api:
         """GET /lang/<file>: a language pack's file from <data>/www/lang/ when there is
         one (docs/ota.md), else the shipped file under the web app's static root."""
         name = req.params["file"]
-        d = self.app.data_dir + "/www/lang/" + name
-        hdrs = [("Cache-Control", "no-cache"), ("Vary", "Accept-Encoding")]
-        if "gzip" in req.headers.get("accept-encoding", ""):
-            try:
-                size = os.stat(d + ".gz")[6]
-                hdrs.append(("Content-Encoding", "gzip"))
-                return Response.file(d + ".gz", "application/json", hdrs, size)
-            except OSError:
-                pass
-        try:
-            size = os.stat(d)[6]
-            return Response.file(d, "application/json", hdrs, size)
-        except OSError:
-            pass
         srv = self.app.http
-        if srv is None or srv.static_root is None:
+        if srv is None:
             raise HTTPError(404)
-        return srv._static(req, ["", "lang", name])
+        try:
+            return srv.static_file(req, self.app.data_dir + "/www/lang/" + name)
+        except HTTPError as e:
+            if e.status != 404 or srv.static_root is None:
+                raise
+        return srv.static_file(req, srv.static_root + "/lang/" + name)
 
     def routes(self):
         return [(r[0], r[1], self._fresh(r[2])) + r[3:] for r in self._routes()]

@@ -488,8 +488,9 @@ class _Upgrades:
             if o is not None:
                 self.last = o.last
                 self._ota = self._hook = None
-            _unload("evse.ota")  # also after a plain import (evse/ocpp/transfer.py)
-            _unload("p256")
+            # the service and what it imports when used (httpget also after transfer.py's)
+            for name in ("evse.otadownload", "evse.otaimage", "evse.ota", "httpget", "p256"):
+                _unload(name)
 
 
 def _unload(name):

@@ -121,33 +121,20 @@ class ChargePoint:
     # ---- boot-time recovery --------------------------------------------------------------------
     def _recover(self):
         self.tx.recover()
-        fw = self.state.get("fw")
-        st = fw.get("st") if fw else None
-        if st == "Downloaded" or (st == "Pending" and fw.get("kept")):
+        fw = self.fw_update()
+        if fw is not None and fw.resume_kept():
             # Cut while the verified file waited for the charge to end: the installer
             # kept it (evse/ota.py); the request goes on from there, Downloaded already said.
-            fw["st"] = "Pending"
-            fw["kept"] = True
             self.fw_status = "Downloaded"
-            self.save_state()
             return
         ota = getattr(self.app, "ota", None)
         if ota is not None:
             ota.drop_kept()  # no request waits for a kept file
-        if st is not None and st != "Pending":
-            # Cut while downloading or installing: say how it ended, honestly.
-            if st == "Installing":
-                if fw.get("ver") == version.VERSION:
-                    st = "InstallationFailed"
-                elif self._on_trial():
-                    return  # Installed once it proves healthy: firmware_confirmed()
-                else:
-                    st = "Installed"
-            else:
-                st = "DownloadFailed"
-            self.state.pop("fw", None)
+        # Cut while downloading or installing: say how it ended, honestly (a new version
+        # on trial says Installed once it proves healthy: firmware_confirmed()).
+        st = fw.cut_outcome(version.VERSION, self._on_trial) if fw is not None else None
+        if st is not None:
             self.firmware_status(st)
-            self.save_state()
 
     # ---- listeners (registered by the application: evse/ocpp/__init__.py) ------------------------
     def on_history(self, kind, rec):
@@ -238,8 +225,8 @@ class ChargePoint:
         sched = self.state.get("sched")
         if sched is not None and ch.session is None:
             self.set_available(sched == "Operative")
-        fw = self.state.get("fw")
-        if fw and fw.get("st") == "Pending" and fw["date"] <= now:
+        fw = self.fw_update()
+        if fw is not None and fw.due(now):
             from evse.ocpp import transfer
 
             self.job("firmware", transfer.update_firmware(self))
@@ -259,20 +246,26 @@ class ChargePoint:
     def firmware_status(self, status):
         """FirmwareStatusNotification (installers report through this)."""
         self.fw_status = status
-        fw = self.state.get("fw")
+        fw = self.fw_update()
         if fw is not None:
-            fw["st"] = status
-            self.save_state()
+            fw.status(status)
         self.note("FirmwareStatusNotification", {"status": status})
 
     def firmware_confirmed(self):
         """The new version passed its health check (evse/ota.py): Installed, when an
         UpdateFirmware installed it."""
-        fw = self.state.get("fw")
-        if fw is not None and fw.get("st") == "Installing" and fw.get("ver") != version.VERSION:
-            self.state.pop("fw")
+        fw = self.fw_update()
+        if fw is not None and fw.installed(version.VERSION):
             self.firmware_status("Installed")
-            self.save_state()
+
+    def fw_update(self):
+        """The UpdateFirmware request under way (evse/ocpp/fwupdate.py), None when none."""
+        d = self.state.get("fw")
+        if d is None:
+            return None
+        from evse.ocpp.fwupdate import FwUpdate
+
+        return FwUpdate(self, d)
 
     def _on_trial(self):
         ota = getattr(self.app, "ota", None)

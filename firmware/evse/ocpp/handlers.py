@@ -274,16 +274,9 @@ async def unlock_connector(svc, mid, p):
 
 async def update_firmware(svc, mid, p):
     from evse import version
+    from evse.ocpp import fwupdate
 
-    svc.state["fw"] = {
-        "loc": p["location"],
-        "date": isotime.parse(p["retrieveDate"]),
-        "retries": p.get("retries", 0),
-        "interval": p.get("retryInterval", 60),
-        "st": "Pending",
-        "ver": version.VERSION,
-    }
-    svc.save_state()
+    fwupdate.create(svc, p, version.VERSION)
     svc.kick()
     return {}, None
 

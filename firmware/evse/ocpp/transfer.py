@@ -100,19 +100,14 @@ async def upload_diagnostics(svc, p, name):
 
 
 def _split(url, profile=0):
-    # The download locations' rule (http(s):// only, no control or non-ASCII byte):
-    # an OtaError, which is a ValueError.
-    from evse.ota import check_location
+    # The download locations' rule (http(s):// only, no control or non-ASCII byte): a
+    # ValueError.
+    import httpget
 
-    check_location(url)
-    secure = url.startswith("https://")
+    secure, host, port, path = httpget.split(url)
     if profile >= 2 and not secure:
         raise ValueError("security profile %d uploads only to https://" % profile)
-    rest = url[8:] if secure else url[7:]
-    hostport, _, path = rest.partition("/")
-    host, _, port = hostport.partition(":")
-    port = int(port) if port else (443 if secure else 80)
-    return secure, host, port, "/" + path
+    return secure, host, port, path
 
 
 async def _post(svc, location, name, path):
@@ -161,21 +156,21 @@ async def _post(svc, location, name, path):
 
 
 async def update_firmware(svc):
-    fw = svc.state["fw"]
+    fw = svc.fw_update()
+    if fw is None:
+        return
+    args = fw.hook_args()
     hook = svc.on_update_firmware
     if hook is None:
-        _log.error("UpdateFirmware %s: no firmware installer on this build", fw["loc"])
+        _log.error("UpdateFirmware %s: no firmware installer on this build", args[0])
         svc.firmware_status("DownloadFailed")
-        svc.state.pop("fw", None)
-        svc.save_state()
+        fw.drop()
         return
     try:
-        await hook(fw["loc"], isotime.fmt(fw["date"]), fw["retries"], fw["interval"],
-                   bool(fw.get("kept")))
+        await hook(*args)
     except (OSError, ValueError) as e:
         _log.error("firmware update failed: %r", e)
         late = svc.fw_status in ("Downloaded", "Installing")
         svc.firmware_status("InstallationFailed" if late else "DownloadFailed")
     if svc.fw_status != "Installing":  # Installing: the installer reboots, boot reports
-        svc.state.pop("fw", None)
-        svc.save_state()
+        fw.drop()
