@@ -249,3 +249,37 @@ def test_diagnostics_locations_are_plain_urls_and_tls_at_profile_2():
             true(False, "accepted %r" % bad)
         except ValueError:
             pass
+
+
+def test_a_retry_interval_of_years_waits_instead_of_ending_the_job():
+    """OCPP bounds no retryInterval: a sleep past 2**31 ms raises OverflowError on a
+    32-bit port (ticks_add takes a machine word), which ended the firmware download at its
+    first retry. The wait between tries is at most a day, what the ticks of every port
+    hold (2**29 ms is 6.2 days)."""
+    from evse import otadownload
+
+    async def fails(o, url):
+        raise OSError("refused")
+
+    waits = []
+
+    class _Results:
+        def result(self, *a):
+            pass
+
+    async def sleep(s):
+        waits.append(s)
+
+    real = (otadownload.download, asyncio.sleep)
+    otadownload.download = fails
+    asyncio.sleep = sleep
+    try:
+        try:
+            asyncio.run(otadownload._fetch(_Results(), "https://fw.example.com/x.bin", 2,
+                                           10 ** 9, lambda st: None))
+        except OSError:
+            pass
+    finally:
+        otadownload.download, asyncio.sleep = real
+    eq(len(waits), 1, "one wait between two tries")
+    true(0 < waits[0] * 1000 < 2 ** 29, "a wait the ticks hold: %r s" % waits[0])

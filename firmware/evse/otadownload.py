@@ -110,7 +110,9 @@ async def _fetch(o, url, tries, retry_interval_s, status):
     tries; OSError after the last failed one."""
     for i in range(tries):
         if i:
-            await asyncio.sleep(max(1, retry_interval_s))
+            # At most a day: OCPP sets no bound, and a sleep past 2**31 ms overflows a 32-bit
+            # port's ticks_add (OverflowError: the update would end at its first retry).
+            await asyncio.sleep(min(max(1, retry_interval_s), 86400))
         status("Downloading")
         try:
             return await download(o, url)

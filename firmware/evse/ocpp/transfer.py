@@ -88,7 +88,8 @@ async def upload_diagnostics(svc, p, name):
             except (OSError, ValueError, wsclient.WsError, asyncio.TimeoutError) as e:
                 _log.warning("diagnostics upload %d/%d failed: %r", i + 1, tries, e)
             if i + 1 < tries:
-                await asyncio.sleep(max(1, p.get("retryInterval", 30)))
+                # At most a day (a longer sleep overflows a 32-bit port's ticks).
+                await asyncio.sleep(min(max(1, p.get("retryInterval", 30)), 86400))
     except (OSError, ValueError) as e:
         _log.error("diagnostics not written: %r", e)
     finally:
