@@ -593,11 +593,11 @@ def patch_modules(clock, aio):
     back (restore()): the modules stay imported for the tests that run after."""
     import periodic
     from evse import app, charger, hmi, metering, protection, supervisor
-    from evse import mildpause, offer, rcdtest, socketlock, wakeup  # the charger's parts
+    from evse import offer, rcdtest, socketlock  # the charger's parts
 
     saved = []
     for mod in (periodic, app, charger, hmi, metering, protection, supervisor,
-                mildpause, offer, rcdtest, socketlock, wakeup):
+                offer, rcdtest, socketlock):
         for name, value in (("time", clock), ("asyncio", aio)):
             if name in mod.__dict__:
                 saved.append((mod, name, getattr(mod, name)))

@@ -1468,7 +1468,7 @@ def test_trip_path_on_the_simulated_board_allocates_nothing():
 
 
 def test_session_power_samples_stay_bounded():
-    from evse.session import SESSION_SAMPLES, Session
+    from evse.history import SESSION_SAMPLES, Session
 
     s = Session("X", "RFID", 0, 0.0)
     for i in range(1000):
@@ -1923,7 +1923,7 @@ def test_under_voltage_while_charging_pauses_and_opens_without_load():
     _until(r, lambda: r.hw.relays.closed, 3000, "resumed")
     eq(r.ch.offered_a, 24.0, "resumed at 3/4 of the 32 A before")
     eq(r.ch.limit_binding, "after_fault")
-    eq(r.ch.mild.count, 1)
+    eq(r.ch.offer.mild_pauses, 1)
 
 
 def test_a_car_that_keeps_drawing_after_a_mild_pause_is_opened_at_6s():

@@ -260,15 +260,15 @@ def test_bites_the_old_diode_threshold():
 
 
 def test_bites_a_wake_up_that_closes_the_relays_itself():
-    offer = Wakeup.offer_or_wake
+    give = Offer.give
 
     def closing(self, now_ms, target):
-        was = self.phase
-        offer(self, now_ms, target)
+        was = self.wake
+        give(self, now_ms, target)
         if was == 3 and not self.waking:  # _WK_X1 over: the PWM is back
             self.ch._relays.close()
 
-    _with(Wakeup, "offer_or_wake", closing, ("close-diode", "close-ev"))
+    _with(Offer, "give", closing, ("close-diode", "close-ev"))
 
 
 def test_bites_a_mild_pause_that_ignores_the_current_gone():
@@ -276,13 +276,13 @@ def test_bites_a_mild_pause_that_ignores_the_current_gone():
     def never(self):
         pass
 
-    _with(MildPause, "current_gone", never, ("closed-mild",), 300)
+    _with(Offer, "current_gone", never, ("closed-mild",), 300)
 
 
 def test_bites_a_pause_for_a_protective_trip():
     # Every fault a pause while the relays are closed: the relays stay closed under an
     # over-voltage, an open lock, a weld...
-    from evse import mildpause
+    from evse import offer
 
     trip = Charger.trip
 
@@ -292,12 +292,12 @@ def test_bites_a_pause_for_a_protective_trip():
         else:
             trip(self, bit)
 
-    mild = mildpause.MILD
-    mildpause.MILD = -1
+    mild = offer.MILD
+    offer.MILD = -1
     try:
         _with(Charger, "trip", soft, ("closed-fault",), 300)
     finally:
-        mildpause.MILD = mild
+        offer.MILD = mild
 
 
 def test_bites_a_lock_failure_that_never_latches():
@@ -351,11 +351,9 @@ def test_bites_a_lock_that_fails_again_on_a_seated_plug_without_a_latch():
 
 from evse import faults  # noqa: E402
 from evse.charger import Charger  # noqa: E402  (the core the mutants patch)
-from evse.mildpause import MildPause  # noqa: E402
 from evse.offer import Offer  # noqa: E402
 from evse.rcdtest import RcdSelfTest  # noqa: E402
 from evse.socketlock import LOCK_NONE, SocketLock  # noqa: E402
-from evse.wakeup import Wakeup  # noqa: E402
 from evse.protection import Protection  # noqa: E402
 
 

@@ -11,8 +11,8 @@
 # F before anything else and allocates nothing, so protection code and IRQ handlers can
 # call it directly.
 # Parts with a state of their own are objects it owns and runs from its ticks: the offer
-# (offer.py), mild pauses (mildpause.py), the socket lock and its test (socketlock.py),
-# the RCD self-test (rcdtest.py), the wake-up of a sleeping car (wakeup.py).
+# with its pauses and the wake-up (offer.py), the socket lock and its test (socketlock.py)
+# and the RCD self-test (rcdtest.py).
 #
 # The RCD interrupt runs trip() at any moment (docs/hal.md, "What the interrupts share"):
 # the fault bits are read and changed only in sections with interrupts off (straight-line
@@ -21,16 +21,15 @@
 import time
 from micropython import const
 
-from cpduty import DUTY_F, DUTY_X1
+import cpduty
 from evse import faults
 from evse import limits
 import log
 from evse import pilot
-from evse.mildpause import MildPause
-from evse.offer import Offer
+from evse.history import Session
+from evse import offer
 from evse.rcdtest import RcdSelfTest
-from evse.session import Session
-from evse import socketlock, wakeup
+from evse import socketlock
 
 _log = log.get("charger")
 
@@ -48,7 +47,6 @@ UNLOCK_WORST_MS = _FORCE_OPEN_MS + _CONTACTS_OPEN_MS + 2 * socketlock.LOCK_CONFI
 # RCD interrupt's IRD is latched even if the protection tick that records it never
 # completes; a latching ELK is latched by the lock code in the same step as its trip.
 LATCH_AT_TRIP = faults.IRD | faults.ELK
-_LATCH_IN_TRIP = faults.IRD
 
 
 class Charger:
@@ -57,7 +55,6 @@ class Charger:
         self.clock = time.ticks_ms  # replaceable in tests; calling it allocates nothing
         self._cp = hw.cp
         self._relays = hw.relays
-        self._lock_hw = hw.lock
         self.settings = settings
         self._clf = pilot.Classifier()
         self.cp_cal = pilot.ZeroCal()  # the zero of the CP measurement (docs/errors.md)
@@ -81,13 +78,9 @@ class Charger:
         self.external = {}  # named limits registered by other features
         self.thermal_a = None
         self.cable_a = None
-        self.offer = Offer(self)  # what the PWM offers and when it may change
+        self.offer = offer.Offer(self)  # what the PWM offers, its pauses, the wake-up
         self.lock = socketlock.SocketLock(self, hw)
-        self.pausing = 0  # mild faults waiting for the current to go (PWM already stopped)
-        self.mild = MildPause(self)
-        self.pause = self.mild.pause  # a mild condition's entry, beside trip(): bound once
         self.rcd_test = RcdSelfTest(self, hw)
-        self.wake = wakeup.Wakeup(self)
         self._pp_bad_ms = None
         self._open_ms = None  # when both aux contacts were first seen open (coils released)
         self.contacts_open = False  # ... and have stayed open for _CONTACTS_OPEN_MS since
@@ -120,7 +113,7 @@ class Charger:
         # PP rating whatever charging_mode says. Dropping them would let a plug be pulled
         # under load and a thin cable carry the full offer; and a mode switched mid-session
         # would leave an engaged lock with nobody to release it.
-        self.case_b = self._lock_hw.fitted
+        self.case_b = self.hw.lock.fitted
         if (s["charging_mode"] == "B") != self.case_b:
             _log.warning(
                 "charging_mode %s does not match the hardware: running Case %s",
@@ -175,8 +168,12 @@ class Charger:
         self.active |= bit
         self.tripped_new |= new
         self._f_hold |= new
-        self.latched |= bit & _LATCH_IN_TRIP  # protection.py writes it to flash
+        self.latched |= bit & faults.IRD  # latched here (LATCH_AT_TRIP); protection.py writes it
         self._irq_on(st)
+
+    def pause(self, bit):
+        """A mild condition (offer.MILD): Offer.pause(); any other bit trips."""
+        self.offer.pause(bit)
 
     def latch(self, bits, new=0):
         """Adds latched trips (and `new` to the bits protection records as new). In an
@@ -274,7 +271,7 @@ class Charger:
         self._pwm_proof = (
             duty > 0 and self._cp.duty_pm == duty and (s == pilot.STATE_C or s == pilot.STATE_D)
         )
-        if s == pilot.STATE_F and self._cp.duty_pm == DUTY_F:
+        if s == pilot.STATE_F and self._cp.duty_pm == cpduty.DUTY_F:
             return  # we drive F ourselves: nothing to learn about the vehicle
         if s == pilot.INVALID and not self._clf.diode_ok:
             self._diode_bad += 1
@@ -291,7 +288,7 @@ class Charger:
         # Static +12 V before and after the sample, nothing plugged (A read and accepted):
         # the positive plateau is the generator's own level.
         cal = self.cp_cal
-        if duty != DUTY_X1 or self._cp.duty_pm != DUTY_X1 or s != pilot.STATE_A or self.cp_state != s:
+        if duty != cpduty.DUTY_X1 or self._cp.duty_pm != cpduty.DUTY_X1 or s != pilot.STATE_A or self.cp_state != s:
             cal.restart()
             return
         was = cal.error
@@ -359,7 +356,7 @@ class Charger:
         if not self.connected:
             return "no vehicle connected"
         self.session = Session(id_tag, start_mode, self.hw.rtc.now(), meter_wh)
-        self.mild.forget()
+        self.offer.forget_pauses()
         self.finishing = False
         self.auth_pending = None
         _log.info("session start %s by %s", id_tag, start_mode)
@@ -371,13 +368,13 @@ class Charger:
         s = self.session
         if s is None:
             return None
-        self.wake.end()
+        self.offer.wake_end()
         self.offer.stop(count=False)
         self.offer.pause_ms = None  # the next session starts without the pause of this one
         s.stop_mode = stop_mode
         s.end_s = self.hw.rtc.now()
         self.session = None
-        self.mild.forget()
+        self.offer.forget_pauses()
         # Anything but A: a pilot at a fault level (shorted, no diode) still has the
         # vehicle plugged, and free mode must wait for its unplug before the next session.
         self.finishing = self.cp_state != pilot.STATE_A
@@ -391,31 +388,31 @@ class Charger:
     def tick_control(self, now_ms):
         if self._estop:
             self._end_after_safe_state()
-        if self.pausing and not self._relays.closed:
-            self.mild.end()  # a trip, the vehicle leaving C, the supervisor: open now
+        if self.offer.pausing and not self._relays.closed:
+            self.offer.end_pause()  # a trip, the vehicle leaving C, the supervisor: open now
         self._track_contacts(now_ms)
         o = self.offer
         o.raise_held(now_ms)  # every tick, so its time never outlives a ticks wrap
         o.follow_ref_a(now_ms)  # the same for the offers the duty left
         o.update(now_ms)
         if self.active:
-            self.mild.backoff_ms = None  # a back-off is counted from the clear
+            o.backoff_ms = None  # a back-off is counted from the clear
             self._pp_bad_ms = None  # the cable is not checked meanwhile: its hold restarts
-            self.wake.phase = wakeup.WK_OFF  # the fault owns the pilot; its end is a new offer
+            o.wake = offer.WK_OFF  # the fault owns the pilot; its end is a new offer
             self._fault_outputs(now_ms)
             self.rcd_test.stop(now_ms)
             self.lock.manage(now_ms, want=False)
             self.lock.run_test(now_ms)
             return
-        if self._cp.duty_pm == DUTY_F and self.wake.phase != wakeup.WK_F:
+        if self._cp.duty_pm == cpduty.DUTY_F and o.wake != offer.WK_F:
             # The fault went (a technician's clear) while its state F was still held:
             # back to X1, or the pilot would never see the vehicle again.
             self._x1()
         if not self.connected:
             self._pp_bad_ms = None  # a stale start would read as negative after the wrap
             self.cable_a = None  # the next cable is read before anything is offered
-            self.wake.phase = wakeup.WK_OFF
-            if self._cp.duty_pm != DUTY_X1:
+            o.wake = offer.WK_OFF
+            if self._cp.duty_pm != cpduty.DUTY_X1:
                 self._x1()
             self._relays.open()
             self.offered_a = 0.0
@@ -431,12 +428,12 @@ class Charger:
         o.update(now_ms)
         authorized = self.session is not None
         self.lock.manage(now_ms, want=authorized)
-        backoff = self.mild.backoff_held(now_ms)  # every tick: its time survives the wrap
+        backoff = o.backoff_held(now_ms)  # every tick: its time survives the wrap
         ready = (
             authorized
             and not self.unavailable
             and not self.halted
-            and not self.pausing
+            and not self.offer.pausing
             and not backoff
             and self.cable_a is not None  # no offer before the cable's rating is known
             and (not self.case_b or self.lock.state == socketlock.LOCK_LOCKED)
@@ -450,13 +447,13 @@ class Charger:
         elif not ready:
             self.rcd_test.stop(now_ms)  # nothing waits for a test that has started
         if ready:
-            self.wake.offer_or_wake(now_ms, target)
+            o.give(now_ms, target)
         else:
-            self.wake.end()
+            o.wake_end()
             o.stop(pause=paused)
         self._control_relays(now_ms)
-        if self.pausing and not self._relays.closed:
-            self.mild.end()
+        if self.offer.pausing and not self._relays.closed:
+            o.end_pause()
 
     def _end_after_safe_state(self):
         # The outputs went safe in emergency_stop(); ending the session here, not there,
@@ -520,7 +517,7 @@ class Charger:
         if (
             self.active
             or self.latched
-            or self.pausing
+            or self.offer.pausing
             or self._estop
             or self.halted
             or self.session is None
@@ -532,7 +529,7 @@ class Charger:
             # it: a vehicle already in C when the PWM starts has not shown it yet.
             or not self._pwm_proof
             or self.offered_a < limits.MIN_A
-            or (self.case_b and not self._lock_hw.feedback())
+            or (self.case_b and not self.hw.lock.feedback())
         ):
             return
         # An RCD trip after the checks above must win: with interrupts off it cannot
@@ -569,7 +566,7 @@ class Charger:
         self.offer.stop_ms = None
         held = self._f_hold  # a trip may add a bit from here on: it is not cleared below
         if held and time.ticks_diff(now_ms, self._trip_ms) < _F_HOLD_MS:
-            if self._cp.duty_pm != DUTY_F:
+            if self._cp.duty_pm != cpduty.DUTY_F:
                 self._cp.low()
             return
         # The hold is over: a flag from now on, not the trip time. A fault waiting days
@@ -578,7 +575,7 @@ class Charger:
         st = self._irq_off()
         self._f_hold &= ~held
         self._irq_on(st)
-        if self._cp.duty_pm != DUTY_X1:
+        if self._cp.duty_pm != cpduty.DUTY_X1:
             self._x1()  # X1 while the fault lasts: we can see the vehicle leave
 
     # ---- views -----------------------------------------------------------------------
@@ -592,7 +589,7 @@ class Charger:
             return "Available" if self.auth_pending is None else "Preparing"
         if self.session is None:
             return "Finishing" if self.finishing else "Preparing"
-        if self.offered_a <= 0 and not self.wake.waking:
+        if self.offered_a <= 0 and not self.offer.waking:
             return "SuspendedEVSE"  # withholding energy wins over the EV's pause
         if self._relays.closed:
             return "Charging"

@@ -11,7 +11,7 @@ import atomicfile
 from evse import charger
 from evse import faults
 from evse import limits
-from evse import mildpause
+from evse import offer
 import log
 from evse import pilot
 
@@ -330,8 +330,8 @@ class Protection:
         if not self.meter_ok and _held(now_ms, self._meter_good_ms, _MET_CLEAR_MS):
             self.meter_ok = True
         m = self.hw.meter
-        if self.ch.pausing and max(m.amps) < mildpause.CURRENT_GONE_A:
-            self.ch.mild.current_gone()  # a mild pause: the vehicle has stopped drawing
+        if self.ch.offer.pausing and max(m.amps) < offer.CURRENT_GONE_A:
+            self.ch.offer.current_gone()  # a mild pause: the vehicle has stopped drawing
         self._check_voltage(now_ms, m.volts)
         self._check_current(now_ms, m.amps)
 

@@ -18,7 +18,7 @@ LOCK_FAILS_LATCH = const(3)
 # Lock states
 LOCK_NONE = const(0)  # no lock fitted (Case C)
 LOCK_OPEN = const(1)
-LOCK_ENGAGING = const(2)
+_LOCK_ENGAGING = const(2)
 LOCK_LOCKED = const(3)
 
 # Lock test phases (a technician's clear of ELK)
@@ -32,7 +32,6 @@ class SocketLock:
     def __init__(self, ch, hw):
         self.ch = ch
         self._hw = hw.lock
-        self._relays = hw.relays
         self.state = LOCK_NONE
         self._ms = 0
         self._tries = 0
@@ -59,7 +58,7 @@ class SocketLock:
                 self.trip("lock did not unlock: the plug is held")
                 return
         if not want:
-            if self.state == LOCK_LOCKED and self._relays.closed and not lk.feedback():
+            if self.state == LOCK_LOCKED and self.ch._relays.closed and not lk.feedback():
                 # The session is over but the relays still wait for the vehicle to leave C
                 # (up to 6 s): its plug is as live, and now free, as during the session.
                 self.trip("lock opened with the relays closed")
@@ -77,11 +76,11 @@ class SocketLock:
             return
         if self.state == LOCK_OPEN:
             lk.engage()
-            self.state = LOCK_ENGAGING
+            self.state = _LOCK_ENGAGING
             self._ms = now_ms
             self._tries = 1
             self._unlock_ms = None
-        elif self.state == LOCK_ENGAGING:
+        elif self.state == _LOCK_ENGAGING:
             if lk.feedback():
                 self.state = LOCK_LOCKED
                 self.fails = 0
@@ -173,8 +172,8 @@ class SocketLock:
         """The lock may be released: relays open, both auxiliary contacts proven open for
         the weld window and reading open now, no weld known. Checked before every release
         of the lock test: a weld may show up while it runs."""
-        r = self._relays
         ch = self.ch
+        r = ch._relays
         return not (
             r.closed
             or not ch.contacts_open
