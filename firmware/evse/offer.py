@@ -56,36 +56,33 @@ WK_F = const(2)  # state F driven
 _WK_X1 = const(3)  # then X1, before the PWM comes back
 
 
-class _Steady:
-    """Whether a value has stayed at or above a level: since when, the lowest value
-    meanwhile, and `held` once that lasted the hold (a flag from then on: a start days
-    old reads as negative once the ticks wrap). Allocates nothing."""
+# Whether the limit has stayed at or above a level (a raise's, a resume's): since when,
+# the lowest value meanwhile, and `held` once that lasted the hold (a flag from then on:
+# a start days old reads as negative once the ticks wrap). Kept in a list of these
+# fields, not an object of a class of its own (a class costs heap on a board); feeding
+# it allocates nothing.
+_LEVEL = const(0)
+_SINCE = const(1)
+_LOW = const(2)
+_HELD = const(3)
+_ON = const(4)
 
-    def __init__(self):
-        self.level = 0.0
-        self.since = 0
-        self.low = 0.0
-        self.held = False
-        self.on = False
 
-    def reset(self):
-        self.on = self.held = False
-
-    def feed(self, now_ms, value, level, hold_ms):
-        if level != self.level:
-            self.level = level
-            self.on = self.held = False
-        if value < level:
-            self.on = self.held = False
-        elif not self.on:
-            self.on = True
-            self.since = now_ms
-            self.low = value
-        else:
-            if value < self.low:
-                self.low = value
-            if not self.held:
-                self.held = time.ticks_diff(now_ms, self.since) >= hold_ms
+def _steady_feed(st, now_ms, value, level, hold_ms):
+    if level != st[_LEVEL]:
+        st[_LEVEL] = level
+        st[_ON] = st[_HELD] = False
+    if value < level:
+        st[_ON] = st[_HELD] = False
+    elif not st[_ON]:
+        st[_ON] = True
+        st[_SINCE] = now_ms
+        st[_LOW] = value
+    else:
+        if value < st[_LOW]:
+            st[_LOW] = value
+        if not st[_HELD]:
+            st[_HELD] = time.ticks_diff(now_ms, st[_SINCE]) >= hold_ms
 
 
 class Offer:
@@ -95,8 +92,8 @@ class Offer:
         self.last_a = 0.0  # the last current the PWM offered (kept through a stop)
         # The limit at or above the level a raise needs (the last offer + 1 A), and at
         # or above 6 A during a pause: since when, and how low meanwhile.
-        self._up = _Steady()
-        self._ok = _Steady()
+        self._up = [0.0, 0, 0.0, False, False]
+        self._ok = [0.0, 0, 0.0, False, False]
         self.pause_ms = None  # a pause the limits made began then (None: none)
         self._pause_over = False  # ... and has lasted min_pause_s (a flag: the ticks wrap)
         # Offers the duty left for a lower one (a stop included) and when: for _FOLLOW_MS
@@ -121,9 +118,9 @@ class Offer:
         )
         lim = ch.limit_a
         if self.pause_ms is None:
-            self._up.feed(now_ms, lim, self.last_a + _RAISE_MARGIN_A, _RAISE_HOLD_MS)
+            _steady_feed(self._up, now_ms, lim, self.last_a + _RAISE_MARGIN_A, _RAISE_HOLD_MS)
         else:
-            self._ok.feed(now_ms, lim, limits.MIN_A, _RAISE_HOLD_MS)
+            _steady_feed(self._ok, now_ms, lim, limits.MIN_A, _RAISE_HOLD_MS)
             if not self._pause_over:
                 # First, whatever the limit: a pause that lasts days must not read its
                 # start as negative once the ticks wrap (2**29 ms on a 32-bit port).
@@ -162,7 +159,7 @@ class Offer:
         st = ch._irq_off()
         if not ch.active:
             if amps != self.last_a:
-                self._up.reset()  # its level moved with the offer
+                self._up[_ON] = self._up[_HELD] = False  # its level moved with the offer
             self.last_a = amps
             cp.pwm(duty)
             ch.offered_a = amps
@@ -194,8 +191,8 @@ class Offer:
             if pause:
                 self.pause_ms = self.stop_ms
                 self._pause_over = False
-                self._ok.reset()
-                self._up.reset()  # not fed in the pause: what it holds would be stale
+                self._ok[_ON] = self._ok[_HELD] = False
+                self._up[_ON] = self._up[_HELD] = False  # not fed in the pause: would be stale
         ch.offered_a = 0.0
 
     def stopping(self):
@@ -227,17 +224,17 @@ class Offer:
                 return 0.0
             if lim >= limits.MIN_A + _RAISE_MARGIN_A:
                 return target
-            if self._ok.held:
-                return min(target, limits.offer_of(self._ok.low))
+            if self._ok[_HELD]:
+                return min(target, limits.offer_of(self._ok[_LOW]))
             return 0.0
         last = self.last_a
         if last and target > last:
             # No increase within 5 s of a change (a raise, a reduction, a stop), and only
             # once the limit has stayed 1 A above the last offer for 5 s: then to the
             # lowest value it had meanwhile.
-            if self.raise_held(now_ms) or not self._up.held:
+            if self.raise_held(now_ms) or not self._up[_HELD]:
                 return last
-            return min(target, limits.offer_of(self._up.low))
+            return min(target, limits.offer_of(self._up[_LOW]))
         return target
 
     def _left(self, amps, now_ms):

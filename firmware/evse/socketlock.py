@@ -13,7 +13,7 @@ LOCK_CONFIRM_MS = const(1000)  # lock feedback must confirm within 1 s, one retr
 # A lock that never confirmed at the start of a session is not a protective trip (no
 # current has flowed): ERR ELK, released, cleared by the unplug. This many such failures
 # on consecutive plug-ins latch it (the lock is broken, not the plug badly seated).
-LOCK_FAILS_LATCH = const(3)
+_LOCK_FAILS_LATCH = const(3)
 
 # Lock states
 LOCK_NONE = const(0)  # no lock fitted (Case C)
@@ -101,7 +101,7 @@ class SocketLock:
                     # comes through the path above (fault: want=False): only once the
                     # contacts are confirmed open, never over a weld.
                     self.fails += 1
-                    if self.fails >= LOCK_FAILS_LATCH:
+                    if self.fails >= _LOCK_FAILS_LATCH:
                         self.trip("lock did not confirm on %d plug-ins in a row"
                                   % self.fails)
                     else:
