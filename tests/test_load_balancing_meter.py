@@ -71,8 +71,8 @@ WAIT_S = 15.0  # bound on a wait of the test, not a figure of the firmware
 # once the allocation has stayed 1 A above the offer for 5 s.
 PAUSE_S = 5.0 + 5.0
 RAISE_HOLD_S = 5.0
-RAISE_EVERY_S = 5.0  # charger._RAISE_EVERY_MS: no raise within 5 s of a change of the offer
-RAISE_MARGIN_A = 1.0  # charger.RAISE_MARGIN_A: a raise needs the limit this far above
+RAISE_EVERY_S = 5.0  # offer._RAISE_EVERY_MS: no raise within 5 s of a change of the offer
+RAISE_MARGIN_A = 1.0  # offer._RAISE_MARGIN_A: a raise needs the limit this far above
 CAN_CLEAR_S = 10.0  # protection: ERR CAN ADDR clears this long after the clash ends
 CLASH_CLEAR_S = 3.0  # balance.node.CLASH_CLEAR_MS: no frame with our address -> clash over
 

@@ -19,7 +19,7 @@ LATCHING = ("IRD", "PE", "R12", "R3N", "ELK")
 # the vehicle's current is below 1 A at a meter reading (1 s apart), or 6 s after the stop.
 CURRENT_GONE_A = 1.0
 _GONE_SEEN_MS = 1300  # one meter period, the reading's task step and margin
-# Plug-ins in a row whose lock never confirmed that latch ELK (charger.LOCK_FAILS_LATCH).
+# Plug-ins in a row whose lock never confirmed that latch ELK (socketlock._LOCK_FAILS_LATCH).
 LOCK_FAILS_LATCH = 3
 # The lock's feedback seen this long with the pilot task (the control tick) running: the
 # charger has seen it confirm.

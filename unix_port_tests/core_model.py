@@ -593,9 +593,11 @@ def patch_modules(clock, aio):
     back (restore()): the modules stay imported for the tests that run after."""
     import periodic
     from evse import app, charger, hmi, metering, protection, supervisor
+    from evse import offer, rcdtest, socketlock  # the charger's parts
 
     saved = []
-    for mod in (periodic, app, charger, hmi, metering, protection, supervisor):
+    for mod in (periodic, app, charger, hmi, metering, protection, supervisor,
+                offer, rcdtest, socketlock):
         for name, value in (("time", clock), ("asyncio", aio)):
             if name in mod.__dict__:
                 saved.append((mod, name, getattr(mod, name)))

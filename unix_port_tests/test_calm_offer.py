@@ -279,7 +279,7 @@ def test_a_pool_limit_alternating_5_5_and_6_5_a_pauses_at_most_once_a_minute():
 
 def test_the_pause_count_is_in_the_history_and_survives_a_power_loss():
     from check import tmpdir
-    from evse.charger import Session
+    from evse.history import Session
     from evse.history import History
 
     d = tmpdir("pauses")

@@ -2,8 +2,11 @@
 from check import eq, true, raises, assert_no_alloc
 import fakehw
 from evse import faults, pilot
-from evse.charger import Charger, LOCK_FAILS_LATCH, LOCK_LOCKED
+from evse.charger import Charger
+from evse.socketlock import LOCK_LOCKED
 from evse.protection import Protection
+
+LOCK_FAILS_LATCH = 3  # socketlock._LOCK_FAILS_LATCH (a const: not readable from here)
 
 
 class Clock:
@@ -67,7 +70,7 @@ def test_plug_authorize_charge_unplug():
     eq(r.hw.cp.duty_pm, -1, "no PWM before authorization (B1)")
     eq(r.ch.start_session("04A1B2C3", "RFID"), None)
     r.run(1000)
-    eq(r.ch.lock_state, LOCK_LOCKED)
+    eq(r.ch.lock.state, LOCK_LOCKED)
     eq(r.hw.cp.duty_pm, 533, "32 A -> 53.3 %")
     eq(r.ch.ocpp_status(), "SuspendedEV")
     r.hw.ev.state = "C"
@@ -384,7 +387,7 @@ def _edge_after_the_release_check(r, phase):
 
     def tripped():
         v = real()
-        if not v and not fired[0] and r.ch._selftest == phase and r.ch._rcd_testing:
+        if not v and not fired[0] and r.ch.rcd_test.phase == phase and r.ch.rcd_test.testing:
             fired[0] = True
             rcd.fire()
             rcd.line = False  # a short pulse: gone before protection polls the line
@@ -1026,7 +1029,7 @@ def test_a_lock_that_locked_on_this_plug_in_and_then_does_not_latches_elk():
     badly seated. A protective ELK, latched at once, not cleared by the unplug."""
     r = Rig()
     r.charge()
-    true(r.hw.relays.closed and r.ch.lock_state == LOCK_LOCKED, "charging, locked")
+    true(r.hw.relays.closed and r.ch.lock.state == LOCK_LOCKED, "charging, locked")
     r.hw.temps.socket_c = 80.0  # OCT: relays open, the lock let go with the contacts open
     r.run(3000)
     true(r.ch.active & faults.OCT and not r.hw.lock.engaged, "released during the fault")
@@ -1467,7 +1470,7 @@ def test_trip_path_on_the_simulated_board_allocates_nothing():
 
 
 def test_session_power_samples_stay_bounded():
-    from evse.charger import SESSION_SAMPLES, Session
+    from evse.history import SESSION_SAMPLES, Session
 
     s = Session("X", "RFID", 0, 0.0)
     for i in range(1000):
@@ -1657,7 +1660,7 @@ def test_a_weld_seen_during_a_lock_test_keeps_the_lock():
     r.hw.lock.broken = False  # the feedback arrives
     r.run(300)
     true(r.hw.lock.engaged, "a weld keeps the plug locked (lock engaged=%r, lock_tested=%r)"
-         % (r.hw.lock.engaged, r.ch.lock_tested))
+         % (r.hw.lock.engaged, r.ch.lock.tested))
 
 
 def test_a_power_cut_at_every_step_of_a_latch_write_loses_no_trip():
@@ -1922,7 +1925,7 @@ def test_under_voltage_while_charging_pauses_and_opens_without_load():
     _until(r, lambda: r.hw.relays.closed, 3000, "resumed")
     eq(r.ch.offered_a, 24.0, "resumed at 3/4 of the 32 A before")
     eq(r.ch.limit_binding, "after_fault")
-    eq(r.ch.mild_pauses, 1)
+    eq(r.ch.offer.mild_pauses, 1)
 
 
 def test_a_car_that_keeps_drawing_after_a_mild_pause_is_opened_at_6s():
@@ -2050,21 +2053,21 @@ def test_each_offer_the_duty_left_counts_5s_from_its_own_change():
     r = Rig()
     r.charge()
     r.run(6000)
-    eq(r.ch.follow_ref_a(r.clock.ms), 32.0, "32 A offered")
+    eq(r.ch.offer.follow_ref_a(r.clock.ms), 32.0, "32 A offered")
     r.ch.set_external_limit("ocpp", 10.0)
     t0 = r.clock.ms
     r.run(3000)
     r.ch.set_external_limit("ocpp", 8.0)
     r.run(1900)
-    eq(r.ch.follow_ref_a(r.clock.ms), 32.0, "4.9 s after the first cut")
+    eq(r.ch.offer.follow_ref_a(r.clock.ms), 32.0, "4.9 s after the first cut")
     r.run(200)
-    eq(r.ch.follow_ref_a(r.clock.ms), 10.0, "5.1 s after the first cut")
+    eq(r.ch.offer.follow_ref_a(r.clock.ms), 10.0, "5.1 s after the first cut")
     r.run(t0 + 8100 - r.clock.ms)
-    eq(r.ch.follow_ref_a(r.clock.ms), 8.0, "5.1 s after the second")
+    eq(r.ch.offer.follow_ref_a(r.clock.ms), 8.0, "5.1 s after the second")
     r.ch.end_session("RFID")  # a stop: the car still in C, the relays wait
     r.run(5500)
     true(r.hw.relays.closed, "the stop's window")
-    eq(r.ch.follow_ref_a(r.clock.ms), 8.0, "the offer before the stop, 5.5 s in")
+    eq(r.ch.offer.follow_ref_a(r.clock.ms), 8.0, "the offer before the stop, 5.5 s in")
     r.run(700)
     true(not r.hw.relays.closed, "opened at 6 s")
-    eq(r.ch.follow_ref_a(r.clock.ms), 0.0, "nothing once open")
+    eq(r.ch.offer.follow_ref_a(r.clock.ms), 0.0, "nothing once open")

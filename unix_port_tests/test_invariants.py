@@ -166,7 +166,7 @@ def test_bites_a_self_test_input_left_driven():
     def stop(self, now_ms, forget=False):
         pass
 
-    _with(Charger, "_selftest_stop", stop, ("selftest-held", "close-selftest", "latch-shown"))
+    _with(RcdSelfTest, "stop", stop, ("selftest-held", "close-selftest", "latch-shown"))
 
 
 def test_bites_a_raise_without_the_5s_wait():
@@ -174,15 +174,15 @@ def test_bites_a_raise_without_the_5s_wait():
     # 5 s) goes out at once.
     from evse import limits
 
-    target = Charger._target
+    target = Offer.target
 
     def eager(self, now_ms):
         t = target(self, now_ms)
-        if self._pause_ms is None and t and t == self._last_a:
-            return limits.offer_of(self.limit_a)
+        if self.pause_ms is None and t and t == self.last_a:
+            return limits.offer_of(self.ch.limit_a)
         return t
 
-    _with(Charger, "_target", eager, ("raise-5s",), 200)
+    _with(Offer, "target", eager, ("raise-5s",), 200)
 
 
 def test_bites_state_f_before_the_relays_open():
@@ -224,7 +224,7 @@ def test_bites_charging_mode_c_on_a_socket_board():
         apply(self, changed)
         if self.settings["charging_mode"] != "B":
             self.case_b = False
-            self.lock_state = LOCK_NONE
+            self.lock.state = LOCK_NONE
 
     _with(Charger, "apply_settings", case_from_setting, ("close-lock", "closed-lock", "offer-limit"))
 
@@ -260,15 +260,15 @@ def test_bites_the_old_diode_threshold():
 
 
 def test_bites_a_wake_up_that_closes_the_relays_itself():
-    offer = Charger._offer_or_wake
+    give = Offer.give
 
     def closing(self, now_ms, target):
-        was = self._wake
-        offer(self, now_ms, target)
+        was = self.wake
+        give(self, now_ms, target)
         if was == 3 and not self.waking:  # _WK_X1 over: the PWM is back
-            self._relays.close()
+            self.ch._relays.close()
 
-    _with(Charger, "_offer_or_wake", closing, ("close-diode", "close-ev"))
+    _with(Offer, "give", closing, ("close-diode", "close-ev"))
 
 
 def test_bites_a_mild_pause_that_ignores_the_current_gone():
@@ -276,13 +276,13 @@ def test_bites_a_mild_pause_that_ignores_the_current_gone():
     def never(self):
         pass
 
-    _with(Charger, "current_gone", never, ("closed-mild",), 300)
+    _with(Offer, "current_gone", never, ("closed-mild",), 300)
 
 
 def test_bites_a_pause_for_a_protective_trip():
     # Every fault a pause while the relays are closed: the relays stay closed under an
     # over-voltage, an open lock, a weld...
-    from evse import charger
+    from evse import offer
 
     trip = Charger.trip
 
@@ -292,21 +292,21 @@ def test_bites_a_pause_for_a_protective_trip():
         else:
             trip(self, bit)
 
-    mild = charger.MILD
-    charger.MILD = -1
+    mild = offer.MILD
+    offer.MILD = -1
     try:
         _with(Charger, "trip", soft, ("closed-fault",), 300)
     finally:
-        charger.MILD = mild
+        offer.MILD = mild
 
 
 def test_bites_a_lock_failure_that_never_latches():
     # Neither a lost confirmed lock nor three failures in a row latch.
     def no_latch(self, why):
-        self.trip(faults.ELK)
-        self.lock_fails = 0
+        self.ch.trip(faults.ELK)
+        self.fails = 0
 
-    _with(Charger, "_lock_trip", no_latch, ("latch-kept", "start-refused", "latch-shown"), 300)
+    _with(SocketLock, "trip", no_latch, ("latch-kept", "start-refused", "latch-shown"), 300)
 
 
 
@@ -341,16 +341,19 @@ def test_bites_a_lock_that_fails_again_on_a_seated_plug_without_a_latch():
     scn = cs.Scenario(cfg, events)
     res = cs.play(scn)
     eq(res.failure, None, "the charger latches ELK")
-    Charger._lock_seated = property(lambda self: False, lambda self, value: None)
+    SocketLock.seated = property(lambda self: False, lambda self, value: None)
     try:
         res = cs.play(scn)
     finally:
-        del Charger._lock_seated
+        del SocketLock.seated
     true(res.failure is not None and res.failure[0] in ("latch-kept", "start-refused"),
          "the checker misses an unlatched ELK on a seated plug: %r" % (res.failure,))
 
 from evse import faults  # noqa: E402
-from evse.charger import Charger, LOCK_NONE  # noqa: E402  (the core the mutants patch)
+from evse.charger import Charger  # noqa: E402  (the core the mutants patch)
+from evse.offer import Offer  # noqa: E402
+from evse.rcdtest import RcdSelfTest  # noqa: E402
+from evse.socketlock import LOCK_NONE, SocketLock  # noqa: E402
 from evse.protection import Protection  # noqa: E402
 
 

@@ -594,7 +594,7 @@ def test_a_nan_own_meter_reading_does_not_lift_the_house_limit():
 
 # ---- the phases the car draws on (evse/metering.py) -----------------------------------------
 def test_car_phases_measured_per_session():
-    from evse.charger import Session
+    from evse.history import Session
     from evse.metering import Metering
 
     class Ch:

@@ -61,9 +61,12 @@ class WrapClock:
 
 def _charger_modules():
     import evse.charger
+    import evse.offer
     import evse.protection
+    import evse.rcdtest
+    import evse.socketlock
 
-    return evse.charger, evse.protection
+    return evse.charger, evse.protection, evse.offer, evse.socketlock, evse.rcdtest
 
 
 def _rig(**kw):
@@ -477,7 +480,7 @@ def test_a_login_session_and_a_lockout_do_not_come_back_a_week_later():
 
 def test_session_power_samples_go_on_after_a_week_without_meter():
     from evse import metering as met_mod
-    from evse.charger import Session
+    from evse.history import Session
     import fakehw
 
     class Prot:

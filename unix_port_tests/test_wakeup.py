@@ -2,7 +2,7 @@
 # the charging core on the fake board, with a car that ignores the PWM in B until the
 # pilot has gone F ~4 s, X1 ~0.75 s, then PWM again.
 from check import eq, true
-from evse import charger as charger_mod
+from evse import offer
 from evse import faults
 from test_charger import Rig
 
@@ -80,7 +80,7 @@ def test_the_wake_up_is_the_evs_pause_in_ocpp_status():
     _run(r, 31000)
     eq(r.hw.cp.duty_pm, -2, "waking: F")
     eq(r.ch.ocpp_status(), "SuspendedEV", "not SuspendedEVSE: the EVSE withholds nothing")
-    true(r.ch.waking, "waking")
+    true(r.ch.offer.waking, "waking")
 
 
 def test_once_per_resume_and_at_most_wake_max_per_session():
@@ -92,14 +92,14 @@ def test_once_per_resume_and_at_most_wake_max_per_session():
     eq(r.ch.session.wakeups, 1, "counted")
     eq(r.hw.cp.duty_pm, 533, "the offer stands")
     # Each resume after a pause (power management, balancing, a 0 A profile) arms it anew.
-    for i in range(charger_mod.WAKE_MAX + 1):
+    for i in range(offer.WAKE_MAX + 1):
         r.ch.set_external_limit("power", 0.0)
         _run(r, 2000)
         eq(r.hw.cp.duty_pm, -1, "paused")
         r.ch.set_external_limit("power", None)
         _run(r, 45000, log)  # the pause's last 3 s, 30 s asleep, F 4 s, X1 0.75 s
-    eq(len(_f_runs(log)), charger_mod.WAKE_MAX, "no more than WAKE_MAX a session")
-    eq(r.ch.session.wakeups, charger_mod.WAKE_MAX, "counted")
+    eq(len(_f_runs(log)), offer.WAKE_MAX, "no more than WAKE_MAX a session")
+    eq(r.ch.session.wakeups, offer.WAKE_MAX, "counted")
     # A new session has its own.
     r.ch.end_session("Remote")
     _run(r, 1000)
@@ -168,7 +168,7 @@ def test_no_wake_up_while_a_fault_stands_and_a_fault_ends_one():
     true(r.ch.active & faults.ROT, "tripped")
     _run(r, 10000)
     eq(r.hw.cp.duty_pm, -1, "X1 while the fault stands, not the wake-up's PWM")
-    true(not r.ch.waking, "wake-up dropped")
+    true(not r.ch.offer.waking, "wake-up dropped")
     true(not r.hw.relays.closed, "open")
 
 

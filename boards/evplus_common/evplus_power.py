@@ -15,6 +15,7 @@ import struct
 import time
 
 from micropython import const
+from cpduty import DUTY_F, DUTY_X1
 
 _ETIMEDOUT = const(110)
 
@@ -30,7 +31,7 @@ class CpGenerator:
         self._set_duty = set_duty
         self._irq_off = disable_irq
         self._irq_on = enable_irq
-        self.duty_pm = -1
+        self.duty_pm = DUTY_X1
         set_duty(1000)  # power-on: +12 V, nothing offered (state A/x1)
 
     def pwm(self, duty_pm):
@@ -44,13 +45,13 @@ class CpGenerator:
 
     def high(self):
         st = self._irq_off()
-        self.duty_pm = -1
+        self.duty_pm = DUTY_X1
         self._set_duty(1000)
         self._irq_on(st)
 
     def low(self):  # ISR-safe
         st = self._irq_off()
-        self.duty_pm = -2
+        self.duty_pm = DUTY_F
         self._set_duty(0)
         self._irq_on(st)
 

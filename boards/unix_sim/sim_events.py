@@ -4,6 +4,8 @@
 import array
 from micropython import const
 
+from cpduty import DUTY_F, DUTY_X1
+
 # The indicator vocabulary of docs/hal.md; their indexes are what the ring stores.
 from indicators import COLOURS, LED_NAMES, PATTERNS  # noqa: F401 (sim_io reads them here)
 
@@ -39,9 +41,9 @@ NAMES = (
 
 def cp_name(duty_pm):
     """Generator mode of a duty value: "pwm", "+12" (x1) or "-12" (state F)."""
-    if duty_pm == -1:
+    if duty_pm == DUTY_X1:
         return "+12"
-    if duty_pm == -2:
+    if duty_pm == DUTY_F:
         return "-12"
     return "pwm"
 

@@ -3,6 +3,8 @@
 # heap_lock), so they store only small ints and existing references.
 from micropython import const
 
+from cpduty import DUTY_F, DUTY_X1
+
 import sim_events as ev
 
 _LOCK_TRAVEL_US = const(100_000)  # lock pin travel: feedback confirms this long after engage
@@ -15,7 +17,7 @@ class CpGenerator:
 
     def __init__(self, events):
         self._events = events
-        self.duty_pm = -1  # power-on: x1, nothing offered
+        self.duty_pm = DUTY_X1  # power-on: x1, nothing offered
 
     def pwm(self, duty_pm):
         if not 0 <= duty_pm <= 1000:
@@ -23,10 +25,10 @@ class CpGenerator:
         self._set(int(duty_pm))
 
     def high(self):
-        self._set(-1)
+        self._set(DUTY_X1)
 
     def low(self):
-        self._set(-2)
+        self._set(DUTY_F)
 
     def _set(self, duty_pm):
         if duty_pm != self.duty_pm:

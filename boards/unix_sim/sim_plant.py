@@ -6,6 +6,8 @@
 # that stops answering); deciding that something is wrong is the firmware's job.
 from micropython import const
 
+from cpduty import DUTY_F, DUTY_X1
+
 from sim_wake import Sleeper
 
 R1_OHM = 1000  # EVSE source resistor (STANDARDS.md §1.1)
@@ -68,9 +70,9 @@ def line_mv(gen_mv, ev_ohm, diode, diode_v):
 
 def plateaus(duty_pm, pos_mv, neg_mv):
     """(hi_mv, lo_mv) the EVSE samples for a generator mode (duty per-mille, -1, -2)."""
-    if duty_pm == -1 or duty_pm >= 1000:
+    if duty_pm == DUTY_X1 or duty_pm >= 1000:
         return pos_mv, pos_mv  # static +12 V: no low phase to sample
-    if duty_pm == -2 or duty_pm == 0:
+    if duty_pm == DUTY_F or duty_pm == 0:
         return neg_mv, neg_mv  # static -12 V: no high phase
     return pos_mv, neg_mv
 

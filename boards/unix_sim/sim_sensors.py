@@ -3,6 +3,8 @@
 import micropython
 from micropython import const
 
+from cpduty import DUTY_F, DUTY_X1
+
 _METER_ERRNO = const(110)  # ETIMEDOUT: the meter did not answer
 
 
@@ -19,10 +21,10 @@ class CpAdc:
         d = self._cp.duty_pm
         p = self._plant
         z = p.adc_zero_mv  # the ADC's zero error: every reading is off by it
-        if d == -1 or d >= 1000:
+        if d == DUTY_X1 or d >= 1000:
             self.hi_mv = p.cp_pos_mv + z  # static +12 V: the "low" plateau is the same level
             self.lo_mv = p.cp_pos_mv + z
-        elif d == -2 or d == 0:
+        elif d == DUTY_F or d == 0:
             self.hi_mv = p.cp_neg_mv + z
             self.lo_mv = p.cp_neg_mv + z
         else:

@@ -3,6 +3,8 @@
 # the simulated plant (µs) and the unit tests' fake car (ms): times are in the caller's
 # unit.
 
+from cpduty import DUTY_F
+
 
 class Sleeper:
     """f_min, x1_min: the shortest F and X1 the car takes for a wake-up; close_after: how
@@ -19,7 +21,7 @@ class Sleeper:
 
     def see(self, now, duty_pm, asleep):
         """The pilot's duty at `now`. True once, when the woken car closes S2."""
-        if duty_pm == -2 or duty_pm == 0:
+        if duty_pm == DUTY_F or duty_pm == 0:
             mode = "F"
         elif duty_pm < 0 or duty_pm >= 1000:
             mode = "X1"

@@ -11,6 +11,7 @@ import atomicfile
 from evse import charger
 from evse import faults
 from evse import limits
+from evse import offer
 import log
 from evse import pilot
 
@@ -28,7 +29,7 @@ _V_CLEAR_MS = const(10000)
 # Over-current: EVerest rule (STANDARDS.md §3): above (offered + 0.5 A) * 1.10 for 7 s;
 # far above (offered + 8 A) at the next reading. The vehicle has 5 s to follow a lower
 # offer, counted from the change of the duty, and the whole 6 s window of a stop to
-# follow the stop (Charger.follow_ref_a).
+# follow the stop (Offer.follow_ref_a).
 _OCP_SLOW_MS = const(7000)
 OCP_FAST_MARGIN_A = 8.0
 _OCP_CLEAR_MS = const(60000)
@@ -171,7 +172,7 @@ class Protection:
         # A lock that failed: only a lock test since (engaged, then released, each
         # confirmed by its feedback) shows it works again. A board without a lock has
         # nothing to test.
-        if bits & faults.ELK and hw.lock.fitted and not self.ch.lock_tested:
+        if bits & faults.ELK and hw.lock.fitted and not self.ch.lock.tested:
             still |= faults.ELK
         # A welded contact reads closed with the coil released (the relays are open
         # while a trip is latched).
@@ -187,7 +188,7 @@ class Protection:
     def _test_lock(self, still):
         """ELK's cause counts as present until a lock test has passed: start one."""
         if still & faults.ELK:
-            self.ch.start_lock_test()
+            self.ch.lock.start_test()
             return True
         return False
 
@@ -262,10 +263,10 @@ class Protection:
         if not bits:
             return []
         if bits & faults.ELK:
-            ch.lock_tested = False  # a later ELK needs a test of its own
+            ch.lock.tested = False  # a later ELK needs a test of its own
         self.weld &= ~bits
         if bits & faults.IRD:
-            ch.selftest_failed = False
+            ch.rcd_test.failed = False
         self._save_latches()
         cleared = faults.codes(bits)
         for code in cleared:
@@ -282,7 +283,7 @@ class Protection:
         # tick (the RCD interrupt's IRD) reaches flash even if the rest of the tick fails.
         self._failed_bits = None  # a write that failed last tick is tried again now
         self._persist()
-        if hw.rcd.tripped() and not ch._rcd_testing:
+        if hw.rcd.tripped() and not ch.rcd_test.testing:
             ch.trip(faults.IRD)  # backup for a missed interrupt edge
             self._persist()
         if self._valid_ms is None:
@@ -329,8 +330,8 @@ class Protection:
         if not self.meter_ok and _held(now_ms, self._meter_good_ms, _MET_CLEAR_MS):
             self.meter_ok = True
         m = self.hw.meter
-        if self.ch.pausing and max(m.amps) < charger.CURRENT_GONE_A:
-            self.ch.current_gone()  # a mild pause: the vehicle has stopped drawing
+        if self.ch.offer.pausing and max(m.amps) < offer.CURRENT_GONE_A:
+            self.ch.offer.current_gone()  # a mild pause: the vehicle has stopped drawing
         self._check_voltage(now_ms, m.volts)
         self._check_current(now_ms, m.amps)
 
@@ -370,7 +371,7 @@ class Protection:
         ch = self.ch
         # A vehicle still following a lower offer or a stop is not over-current: one
         # still drawing when a stop's 6 s are over is opened under load, not tripped.
-        ref = ch.follow_ref_a(now_ms)
+        ref = ch.offer.follow_ref_a(now_ms)
         draw = max(amps)
         if not self.hw.relays.closed:
             self._since.pop("ocp", None)
@@ -524,7 +525,7 @@ class Protection:
             (faults.R12, "c_r12", ch.cp_state == pilot.STATE_A, 0),
             (faults.R3N, "c_r3n", ch.cp_state == pilot.STATE_A, 0),
             # A lock that never confirmed (not latched): the plug was pulled out.
-            (faults.ELK, "c_elk", ch.elk_unplugged, 0),
+            (faults.ELK, "c_elk", ch.lock.elk_unplugged, 0),
         )
         for bit, name, cond, hold in conds:
             if not act & bit:

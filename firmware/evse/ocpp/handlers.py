@@ -10,6 +10,7 @@ import time
 import log
 from evse import charger as charger_mod
 from evse import faults
+from evse import socketlock
 from evse.ocpp import isotime
 from evse.ocpp import meterval
 from evse.ocpp.authlist import apply_list
@@ -264,7 +265,7 @@ async def unlock_connector(svc, mid, p):
     svc.tx.stop_session("UnlockCommand")
     deadline = time.ticks_add(time.ticks_ms(), _UNLOCK_WAIT_MS)
     while time.ticks_diff(deadline, time.ticks_ms()) > 0:
-        if ch.lock_state == charger_mod.LOCK_OPEN and not svc.hw.lock.feedback():
+        if ch.lock.state == socketlock.LOCK_OPEN and not svc.hw.lock.feedback():
             return _status("Unlocked")
         if ch.latched & faults.ELK or (ch.active | ch.latched) & (faults.R12 | faults.R3N):
             return _status("UnlockFailed")  # a broken lock, or a weld keeps it locked
