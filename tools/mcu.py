@@ -49,7 +49,7 @@ MAKE_FLAGS = [
 # frozen build"); the cap the suite holds it to is today's ceiling until the diet gets
 # it there, lowered with each step. And the largest free block it must keep.
 FIRMWARE_BUDGET_KB = 96
-FIRMWARE_HEAP_CAP_KB = 112
+FIRMWARE_HEAP_CAP_KB = 110
 LARGEST_FREE_MIN_KB = 16
 HOW_TO_GET = (
     f"mcu: the MicroPython {VERSION} source is not here ({TARBALL}).\n"
