@@ -145,37 +145,47 @@ def test_a_remote_start_profile_goes_only_to_the_session_of_its_own_wait():
     eq(svc.smart.installed, [{"p": "mine"}])
 
 
+class _OcppSvc:
+    """What evse.ocpp.authsrc.Authorization uses of the OCPP service; `answer` is the
+    idTagInfo an Authorize gets, or the exception it raises."""
+
+    active = True
+    online = True
+
+    def __init__(self, name, allow_unknown=False, answer=None):
+        from evse.ocpp.authlist import Cache, TagTable
+
+        self.cfg = {"LocalAuthListEnabled": True, "AuthorizationCacheEnabled": True,
+                    "LocalPreAuthorize": False, "LocalAuthorizeOffline": True,
+                    "AllowOfflineTxForUnknownId": allow_unknown, "ConnectionTimeOut": 60}
+        self.answer = answer
+        d = tmpdir(name)
+        self.llist = TagTable(d + "/list.json", 10)
+        self.cache = Cache(d + "/cache.json", 10)
+
+    def now(self):
+        return 1700000000
+
+    def note(self, *a):
+        pass
+
+    def status_of(self, conn):
+        return ("Available",)
+
+    async def call(self, action, p):
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return {"idTagInfo": self.answer}
+
+
 def test_plug_in_refuses_only_what_changed_since_the_tap():
     """A local list entry Blocked when the central system accepted the tag anyway (a list
     conflict) was known at the tap: it does not refuse at plug-in. An entry that became
     Blocked during the wait does."""
-    from evse.ocpp.authlist import Cache, TagTable
     from evse.ocpp.authsrc import Authorization
 
-    class Svc:
-        active = True
-        online = True
-        cfg = {"LocalAuthListEnabled": True, "AuthorizationCacheEnabled": True,
-               "LocalPreAuthorize": False, "LocalAuthorizeOffline": True,
-               "AllowOfflineTxForUnknownId": False, "ConnectionTimeOut": 60}
-
-        def now(self):
-            return 1700000000
-
-        def note(self, *a):
-            pass
-
-        def status_of(self, conn):
-            return ("Available",)
-
-        async def call(self, action, p):
-            return {"idTagInfo": {"status": "Accepted"}}
-
     for blocked_at in ("tap", "wait"):
-        svc = Svc()
-        d = tmpdir("auth_pending_list_" + blocked_at)
-        svc.llist = TagTable(d + "/list.json", 10)
-        svc.cache = Cache(d + "/cache.json", 10)
+        svc = _OcppSvc("auth_pending_list_" + blocked_at, answer={"status": "Accepted"})
         if blocked_at == "tap":
             svc.llist.put("TAGX", ("Blocked", 0, None))
         r, auth = _rig(Authorization(svc))
@@ -207,38 +217,14 @@ def test_an_authorize_answered_with_an_error_is_not_offline():
     """With AllowOfflineTxForUnknownId, an unknown tag is accepted while the central
     system cannot be reached; a CALLERROR is an answer from it, so the tag is Invalid
     there, while a tag the local list knows is decided by the list."""
-    from evse.ocpp.authlist import Cache, TagTable
     from evse.ocpp.authsrc import Authorization
     from evse.ocpp.link import CallError, LinkDown
 
-    class Svc:
-        active = True
-        online = True
-        cfg = {"LocalAuthListEnabled": True, "AuthorizationCacheEnabled": True,
-               "LocalPreAuthorize": False, "LocalAuthorizeOffline": True,
-               "AllowOfflineTxForUnknownId": True, "ConnectionTimeOut": 60}
-        fail = None
-
-        def now(self):
-            return 1700000000
-
-        def note(self, *a):
-            pass
-
-        def status_of(self, conn):
-            return ("Available",)
-
-        async def call(self, action, p):
-            raise self.fail
-
-    svc = Svc()
-    d = tmpdir("auth_callerror")
-    svc.llist = TagTable(d + "/list.json", 10)
-    svc.cache = Cache(d + "/cache.json", 10)
+    svc = _OcppSvc("auth_callerror", allow_unknown=True)
     svc.llist.put("KNOWN", ("Accepted", 0, None))
     a = Authorization(svc)
     for fail, tag, want in ((CallError("InternalError"), "UNKNOWN", "Invalid"),
                             (CallError("GenericError"), "KNOWN", "Accepted"),
                             (LinkDown(), "UNKNOWN", "Accepted")):
-        svc.fail = fail
+        svc.answer = fail
         eq(asyncio.run(a.authorize(tag)), want, "%r %s" % (fail, tag))

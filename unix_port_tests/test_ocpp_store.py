@@ -303,19 +303,16 @@ class _Charger:
     phases = 3
 
 
-def test_open_record_written_at_most_every_persist_wh_or_s():
-    """The open-transaction record (a power cut's meterStop) is written once per
-    PERSIST_WH or PERSIST_S, whatever MeterValueSampleInterval says: a central system
-    that sets 1 s must not turn it into a flash write a second."""
+def _open_record_rig(cfg, run):
+    """A transaction open since 5000 s at 1000 Wh, on the test's ticks; run(tx, svc,
+    ticks) drives it. Returns (the queue, the times the open record was written)."""
     from evse.ocpp import transactions
     from evse.ocpp.transactions import Transactions
 
-    d = _dir()
-    svc = _Svc(d)
+    svc = _Svc(_dir())
     svc.app.metering = _Meter()
     svc.app.charger = svc.ch = _Charger()
-    svc.cfg = {"MeterValueSampleInterval": 1, "ClockAlignedDataInterval": 0,
-               "MeterValuesSampledData": "Energy.Active.Import.Register"}
+    svc.cfg = cfg
     svc.kick = lambda: None
     ticks = _Ticks()
     real = transactions.time
@@ -332,12 +329,26 @@ def test_open_record_written_at_most_every_persist_wh_or_s():
         writes = []
         touch = q.touch_open
         q.touch_open = lambda wh, t: (writes.append(t), touch(wh, t))
+        run(tx, svc, ticks)
+    finally:
+        transactions.time = real
+    return q, writes
+
+
+def test_open_record_written_at_most_every_persist_wh_or_s():
+    """The open-transaction record (a power cut's meterStop) is written once per
+    PERSIST_WH or PERSIST_S, whatever MeterValueSampleInterval says: a central system
+    that sets 1 s must not turn it into a flash write a second."""
+    from evse.ocpp import transactions
+
+    def run(tx, svc, ticks):
         for i in range(1, 121):  # two minutes at 1 Wh a second, a sample every second
             ticks.ms = i * 1000
             svc.app.metering.energy_wh = 1000.0 + i
             tx.tick(5000 + i)
-    finally:
-        transactions.time = real
+
+    q, writes = _open_record_rig({"MeterValueSampleInterval": 1, "ClockAlignedDataInterval": 0,
+                                  "MeterValuesSampledData": "Energy.Active.Import.Register"}, run)
     eq(q.pending > 100, True, "the samples were queued")
     true(len(writes) <= 120 // transactions.PERSIST_S, "writes %d" % len(writes))
     true(1120 - q.open["wh"] <= transactions.PERSIST_WH, "meterStop %d behind" % (1120 - q.open["wh"]))
@@ -364,34 +375,13 @@ def test_a_clock_set_back_and_forth_does_not_add_open_record_writes():
     turn the open record into a flash write a second: its 60 s are counted on the ticks,
     its time is the wall clock at each write."""
     from evse.ocpp import transactions
-    from evse.ocpp.transactions import Transactions
 
-    d = _dir()
-    svc = _Svc(d)
-    svc.app.metering = _Meter()
-    svc.app.charger = svc.ch = _Charger()
-    svc.cfg = {"MeterValueSampleInterval": 0, "ClockAlignedDataInterval": 0}
-    svc.kick = lambda: None
-    ticks = _Ticks()
-    real = transactions.time
-    transactions.time = ticks
-    try:
-        tx = Transactions(svc)
-        tx.apply_limit = lambda now, off=False: None
-        q = svc.q
-        ref = _start(q)
-        q.set_open(ref, "A", 1000, 5000)
-        tx.cur = {"ref": ref, "id": 1, "start": 5000, "mode": "RFID", "tag": "A",
-                  "begin": None, "deauth": False, "wh": 1000}
-        tx._touch(5000)
-        writes = []
-        touch = q.touch_open
-        q.touch_open = lambda wh, t: (writes.append(t), touch(wh, t))
+    def run(tx, svc, ticks):
         for i in range(1, 121):  # two minutes, the clock 100 s back at every other second
             ticks.ms = i * 1000
             tx.tick(5000 + i - (100 if i % 2 else 0))
-    finally:
-        transactions.time = real
+
+    q, writes = _open_record_rig({"MeterValueSampleInterval": 0, "ClockAlignedDataInterval": 0}, run)
     true(len(writes) <= 120 // transactions.PERSIST_S, "writes %d" % len(writes))
 
 
