@@ -3,7 +3,7 @@
 # the energy from surplus, the 32-bit tick wrap.
 import sys
 
-from check import eq, true
+from check import eq, true, tmpdir
 from evse.power import LOST_MS
 from modbus_rtu import ModbusTimeout
 from test_power import Rig as PowerRig
@@ -261,3 +261,35 @@ def test_delays_survive_the_tick_wrap():
     eq(r.solar(), 6.0, "the stop delay runs")
     r.cycle()
     eq(r.solar(), 0.0, "and ends across the wrap")
+
+
+def _history():
+    from evse.history import History
+
+    return History(tmpdir("solar"), lambda: 1700000000)
+
+
+def test_the_history_records_the_energy_from_surplus():
+    from evse.charger import Session as ChSession
+
+    h = _history()
+    s = ChSession("A", "Local", 1700000000, 0.0)
+    s.energy_wh = 5000.0
+    s.end_s = 1700003600
+    s.stop_mode = "Local"
+    eq("solar_kwh" in h.session_ended(s), False, "normal mode: not counted, not named")
+    s.solar_wh = 3250.0
+    eq(h.session_ended(s)["solar_kwh"], 3.25, "solar mode: counted")
+    recs = h.session_list(2)
+    eq([r.get("solar_kwh") for r in recs], [3.25, None], "as stored (newest first)")
+
+
+def test_a_session_cut_by_a_power_loss_keeps_its_energy_from_surplus():
+    from evse.charger import Session as ChSession
+
+    h = _history()
+    s = ChSession("A", "Local", 1700000000, 0.0)
+    s.solar_wh = 1200.0
+    h.session_started(s)
+    rec = h.recover_open_session(1700003600)
+    eq(rec["solar_kwh"], 1.2, "from session.json")

@@ -328,6 +328,7 @@ class App:
             "reader_fault": self.rfid.fault,
             "meter": self.power.view(),
             "meter_search": self.power.search_view(),
+            "solar": self.power.solar_view(),  # null in charge_mode normal
             "balance": self.balance.view(),
             "ocpp": self.ocpp.view(),
         }

@@ -155,7 +155,11 @@ class Solar:
         sess = getattr(ch, "session", None)
         last = self._energy_ms
         self._energy_ms = now
-        if sess is None or last is None:
+        if sess is None:
+            return
+        if getattr(sess, "solar_wh", None) is None:
+            sess.solar_wh = 0.0  # the record names it: counted in this session
+        if last is None:
             return
         dt = time.ticks_diff(now, last)
         if not 0 < dt <= _MAX_GAP_MS:
@@ -164,7 +168,7 @@ class Solar:
         if w > own_w:
             w = own_w
         if w > 0:
-            sess.solar_wh = getattr(sess, "solar_wh", 0.0) + w * dt / 3600000
+            sess.solar_wh += w * dt / 3600000
 
     def _solar(self, now, start, s):
         sur = self.surplus_a
