@@ -7,6 +7,8 @@ are the firmware's and the times are judged on its clock (the readings' `read_t_
 PWM events' `t_us`).
 """
 
+import time
+
 import pytest
 from test_power_management import CYCLE_S, LATE_S, TICK_S, WAIT_S, Rig
 
@@ -44,8 +46,6 @@ class SolarRig(Rig):
 
     def hold(self, seconds, pred, what):
         """Watches for `seconds`: pred(snapshot) on every look."""
-        import time
-
         end = time.monotonic() + seconds
         while time.monotonic() < end:
             s = self.watch(self.charger.snapshot())
@@ -84,8 +84,6 @@ def test_sunrise_starts_once_export_stays_export_and_a_cloud_does_not_stop(solar
     t0 = snap["t_us"]
 
     # Sunrise: one amp a phase more export every second, up to 10 A.
-    import time
-
     for a in range(4, 11):
         r.sun(a)
         r.hold(1.0, lambda s: True, "ramp")
