@@ -293,3 +293,15 @@ def test_a_session_cut_by_a_power_loss_keeps_its_energy_from_surplus():
     h.session_started(s)
     rec = h.recover_open_session(1700003600)
     eq(rec["solar_kwh"], 1.2, "from session.json")
+
+
+def test_a_car_plugged_in_after_the_start_delay_starts_at_once():
+    r = Rig(start=10)
+    r.ch.session = None
+    r.sun(10)
+    r.cycle(15)
+    eq(r.solar(), 0.0, "no car, no offer")
+    eq(r.view()["waiting"], None, "only the car is missing")
+    r.ch.session = Session()
+    r.cycle()
+    eq(r.solar(), 8.0, "the sun has held for the delay already")

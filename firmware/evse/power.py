@@ -14,6 +14,9 @@
 # Meter loss: no valid reading for LOST_MS -> ERR MET (protection.external_meter_lost,
 # charger.trip(MET)) and the limit falls back to FALLBACK_A (a pause). Valid readings
 # for RECOVER_MS clear it. Details and numbers: docs/power-management.md.
+#
+# charge_mode solar / solar_min: after each cycle evse/solar.py (imported only then)
+# turns the same reading's export into the named limit "solar".
 import math
 import time
 from micropython import const

@@ -204,7 +204,10 @@ class Solar:
             self.limit_a = min(sur, start + RAISE_STEP_A)
             return
         self.limit_a = 0.0
-        self.reason = "start_delay" if self._up_since is not None else "export"
+        if self._up_ok:
+            self.reason = None  # the sun is there: only the car is missing
+        else:
+            self.reason = "start_delay" if self._up_since is not None else "export"
 
     def _follow(self, target):
         """Down at once, up by at most RAISE_STEP_A per reading."""
