@@ -8,6 +8,9 @@ from evse.power import LOST_MS
 from modbus_rtu import ModbusTimeout
 from test_power import Rig as PowerRig
 
+# The runner frees each test module after its run; test_power, imported here, goes too.
+sys.modules.pop("test_power", None)
+
 _P_TOTAL_REG = 0x0034
 
 
