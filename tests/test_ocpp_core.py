@@ -276,7 +276,7 @@ def test_remote_start_stop_and_authorize_remote(cs, ocpp):
 
 def test_configuration_keys(cs, ocpp):
     cs.heartbeat_interval = 200000  # over the key's range: kept as its largest, a day
-    ocpp()
+    c = ocpp()
     keys = cs.call("CP1", "GetConfiguration")["configurationKey"]
     by = {k["key"]: k for k in keys}
     assert by["HeartbeatInterval"]["value"] == "86400", by["HeartbeatInterval"]
@@ -314,6 +314,21 @@ def test_configuration_keys(cs, ocpp):
         "configurationKey": [{"key": "ConnectionTimeOut", "readonly": False, "value": "45"}],
         "unknownKey": ["Nope"],
     }
+    # ChargeMode: a vendor key kept in the charger's settings (charge_mode), also set by a
+    # DataTransfer (docs/ocpp.md).
+    assert by["ChargeMode"] == {"key": "ChargeMode", "readonly": False, "value": "normal"}
+    assert change(cs, "ChargeMode", "turbo") == "Rejected"
+    assert change(cs, "chargemode", "solar_min") == "Accepted"
+    c.wait_for(lambda s: (s["solar"] or {}).get("mode") == "solar_min", WAIT_S)
+    got = cs.call("CP1", "GetConfiguration", key=["ChargeMode"])["configurationKey"]
+    assert got == [{"key": "ChargeMode", "readonly": False, "value": "solar_min"}]
+    dt = cs.call("CP1", "DataTransfer", vendorId="Cabur", messageId="ChargeMode")
+    assert dt == {"status": "Accepted", "data": "solar_min"}
+    dt = cs.call("CP1", "DataTransfer", vendorId="Cabur", messageId="ChargeMode", data="normal")
+    assert dt == {"status": "Accepted", "data": "normal"}
+    dt = cs.call("CP1", "DataTransfer", vendorId="Cabur", messageId="ChargeMode", data="x")
+    assert dt["status"] == "Rejected"
+    c.wait_for(lambda s: s["solar"] is None, WAIT_S)
 
 
 def test_reset_soft_and_hard_stop_the_transaction_first(cs, ocpp):

@@ -5,6 +5,7 @@ import time
 
 import log
 import periodic
+import evse
 from evse import pilot
 from evse import faults
 from evse import limits
@@ -328,6 +329,7 @@ class App:
             "reader_fault": self.rfid.fault,
             "meter": self.power.view(),
             "meter_search": self.power.search_view(),
+            "solar": self.power.solar_view(),  # null in charge_mode normal
             "balance": self.balance.view(),
             "ocpp": self.ocpp.view(),
         }
@@ -490,21 +492,7 @@ class _Upgrades:
                 self._ota = self._hook = None
             # the service and what it imports when used (httpget also after transfer.py's)
             for name in ("evse.otadownload", "evse.otaimage", "evse.ota", "httpget", "p256"):
-                _unload(name)
-
-
-def _unload(name):
-    """Forgets a module: its objects are garbage once nothing else refers to them."""
-    import sys
-
-    if sys.modules.pop(name, None) is not None:
-        pkg, _, attr = name.rpartition(".")
-        parent = sys.modules.get(pkg) if pkg else None
-        if parent is not None:
-            try:
-                delattr(parent, attr)
-            except (AttributeError, TypeError):
-                pass
+                evse.unload(name)
 
 
 def _www_dir():

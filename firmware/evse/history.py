@@ -73,6 +73,13 @@ def _iso(epoch_s):
     return "%04d-%02d-%02dT%02d:%02d:%02dZ" % t[:6]
 
 
+def _solar(rec, wh):
+    """`solar_kwh`: of the session's energy, how much came from export. Counted only in
+    the charge modes solar and solar_min (evse/solar.py): absent otherwise."""
+    if isinstance(wh, (int, float)) and not isinstance(wh, bool):
+        rec["solar_kwh"] = round(wh / 1000, 3)
+
+
 def _epoch_shift():
     import time
 
@@ -120,6 +127,7 @@ class History:
                 "power_dkw": s.power_dkw,
                 "sample_s": s.sample_s,
                 "pauses": s.pauses,
+                "solar_wh": getattr(s, "solar_wh", None),  # evse/solar.py
                 # the number its record will get: sessions are recorded one at a time
                 "no": self.sessions.last_seq + 1,
             },
@@ -140,7 +148,8 @@ class History:
                 "sample_s": s.sample_s,
                 # how often the offer stopped while the session went on (docs/errors.md)
                 "pauses": s.pauses,
-            }
+            },
+            solar_wh=getattr(s, "solar_wh", None),
         )
 
     def recover_open_session(self, now_s):
@@ -166,14 +175,16 @@ class History:
                 "pauses": data.get("pauses") or 0,
             },
             tx_id=data.get("tx_id"),
+            solar_wh=data.get("solar_wh"),
         )
         _log.warning("session cut by a power loss recorded as No. %d", rec["no"])
         self.recovered = {"id_tag": data.get("id_tag"), "start_s": data.get("start_s"),
                           "end_s": now_s, "energy_wh": data.get("energy_wh") or 0}
         return rec
 
-    def _close(self, rec, tx_id=None):
+    def _close(self, rec, tx_id=None, solar_wh=None):
         """Appends a finished session, forgets the open one, tells the listeners."""
+        _solar(rec, solar_wh)
         rec["no"] = self.sessions.append(json.dumps(rec).encode())
         if tx_id is not None:
             rec["tx_id"] = tx_id

@@ -14,10 +14,14 @@
 # Meter loss: no valid reading for LOST_MS -> ERR MET (protection.external_meter_lost,
 # charger.trip(MET)) and the limit falls back to FALLBACK_A (a pause). Valid readings
 # for RECOVER_MS clear it. Details and numbers: docs/power-management.md.
+#
+# charge_mode solar / solar_min: after each cycle evse/solar.py (imported only then)
+# turns the same reading's export into the named limit "solar".
 import math
 import time
 from micropython import const
 
+import evse
 from evse import faults
 from evse import limits
 import log
@@ -121,6 +125,7 @@ class PowerManager:
         self.probe = None
         self._swept_ms = None
         self.adopt_error = None  # why a meter found could not be stored as the setting
+        self.solar = None  # evse.solar.Solar while charge_mode is not normal
 
     # ---- the task ----------------------------------------------------------------------
     async def run(self):
@@ -139,18 +144,42 @@ class PowerManager:
             await asyncio.sleep_ms(wait)
 
     async def poll_once(self):
-        """One cycle: configuration, meter read, regulation."""
+        """One cycle: configuration, meter read, regulation, then the charge mode."""
+        ok = await self._cycle()
+        if self.solar is not None or self.settings["charge_mode"] != "normal":
+            self._charge_mode(ok)
+
+    def _charge_mode(self, ok):
+        """charge_mode solar or solar_min: evse/solar.py, imported only then (a charger
+        that charges normally does not carry it) and forgotten when it is normal again."""
+        if self.settings["charge_mode"] == "normal":
+            self.solar.off()
+            self.solar = None
+            evse.unload("evse.solar")
+            return
+        if self.solar is None:
+            from evse.solar import Solar
+
+            self.solar = Solar(self)
+        self.solar.step(self.clock(), ok)
+
+    def solar_view(self):
+        """/api/status `solar`: None in charge_mode normal."""
+        return None if self.solar is None else self.solar.view(self.clock())
+
+    async def _cycle(self):
+        """-> True when this cycle took a valid reading."""
         t0 = self.clock()
         self._configure(t0)
         if self.model == "none":
-            return
+            return False
         if self.model == "auto":
             found = await self._search(t0)
             if found is None and self.probe is not None:
                 found = self.probe.found  # found before, not stored yet (_adopt)
             if found is not None:
                 self._adopt(found)
-            return
+            return False
         ok = False
         if self.map is None:
             self._error("value", self.map_error or "no meter map")
@@ -169,6 +198,7 @@ class PowerManager:
             await self._search(now, skip=(self.model, self.slave))
         elif self.probe is not None and not self.lost:
             self.probe = None  # it answers again: nothing to look for
+        return ok
 
     # ---- configuration -------------------------------------------------------------------
     def _configure(self, now):

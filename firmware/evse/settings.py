@@ -177,6 +177,12 @@ SCHEMA = {
     # a sweep finds exactly one (evse/meterprobe.py); none: no power management.
     "meter_model": ("auto", ("c",) + METER_MODELS),
     "meter_addr": (1, ("i", 1, 247)),
+    # normal; solar: only from export; solar_min: 6 A from the grid at least, the rest from
+    # export (docs/power-management.md, "Solar charging"). Its delays, in seconds.
+    "charge_mode": ("normal", ("c", "normal", "solar", "solar_min")),
+    "solar_start_s": (60, ("i", 0, 3600)),
+    "solar_stop_s": (300, ("i", 0, 3600)),
+    "solar_min_on_s": (600, ("i", 0, 7200)),
     "auth_mode": ("rfid", ("c", "rfid", "free")),
     "ventilation": (False, "b"),
     "wifi_mode": ("ap", ("c", "ap", "client")),
@@ -191,6 +197,7 @@ SAFE = {
     "ventilation": False,  # state D does not charge
     "power_system": "TN_TT",  # the neutral-earth check stays on
     "charging_mode": "B",  # the lock and the PP cable rating, where the hardware has them
+    "charge_mode": "solar",  # nothing from the grid: the owner may pay for every kWh of it
 }
 
 # Never sent back to a browser or a central system.

@@ -93,6 +93,33 @@ KEYS = (
     ("RetryBackOffRepeatTimes", "RW", "i", 4, 0, 10),
 )
 
+# Vendor keys kept in the charger's settings, not in ocpp_config.json: (key, setting,
+# the setting's values). ChangeConfiguration goes through Settings.apply, so the web app,
+# the central system and a DataTransfer see and set the one value.
+SETTING_KEYS = (("ChargeMode", "charge_mode", ("normal", "solar", "solar_min")),)
+
+
+def setting_key(key):
+    """The SETTING_KEYS row of a key (case-insensitive), or None."""
+    k = key.lower()
+    for row in SETTING_KEYS:
+        if row[0].lower() == k:
+            return row
+    return None
+
+
+def change_setting(settings, row, text):
+    """ChangeConfiguration of a key kept in the settings: 'Accepted' or 'Rejected'."""
+    value = text.strip()
+    if value not in row[2]:
+        return "Rejected"
+    try:
+        errors = settings.apply({row[1]: value})
+    except OSError as e:  # flash full or failing: nothing changed
+        _log.error("%s=%s not stored: %r", row[0], value, e)
+        return "Rejected"
+    return "Rejected" if errors else "Accepted"
+
 
 def load_json(path, cap, on_bad=None):
     """The stored object (a dict) of path, read by the rule of settings.json: the first
@@ -320,16 +347,29 @@ class Config:
             kv["value"] = text_of(self[row[0]])
         return kv
 
-    def listing(self, keys=None):
-        """(configurationKey, unknownKey) for GetConfiguration."""
+    def listing(self, keys=None, settings=None):
+        """(configurationKey, unknownKey) for GetConfiguration; `settings` holds the
+        values of SETTING_KEYS (listed only with it)."""
         if not keys:
-            return [self.entry(row) for row in KEYS], []
+            known = [self.entry(row) for row in KEYS]
+            if settings is not None:
+                for row in SETTING_KEYS:
+                    known.append(_setting_entry(settings, row))
+            return known, []
         known = []
         unknown = []
         for k in keys:
             row = self.row(k)
+            if row is not None:
+                known.append(self.entry(row))
+                continue
+            row = setting_key(k) if settings is not None else None
             if row is None:
                 unknown.append(k)
             else:
-                known.append(self.entry(row))
+                known.append(_setting_entry(settings, row))
         return known, unknown
+
+
+def _setting_entry(settings, row):
+    return {"key": row[0], "readonly": False, "value": text_of(settings[row[1]])}

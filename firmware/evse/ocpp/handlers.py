@@ -51,6 +51,11 @@ async def change_availability(svc, mid, p):
 
 
 async def change_configuration(svc, mid, p):
+    from evse.ocpp import config
+
+    row = config.setting_key(p["key"])
+    if row is not None:  # a vendor key kept in the settings (ChargeMode)
+        return _status(config.change_setting(svc.settings, row, p["value"]))
     return _status(svc.cfg.change(p["key"], p["value"]))
 
 
@@ -72,8 +77,20 @@ async def clear_charging_profile(svc, mid, p):
 async def data_transfer(svc, mid, p):
     if p["vendorId"] != VENDOR:
         return _status("UnknownVendorId")
-    if p.get("messageId") == "Status":
+    msg = p.get("messageId")
+    if msg == "Status":
         return {"status": "Accepted", "data": json.dumps(svc.app.status())}, None
+    if msg == "ChargeMode":
+        # data: the mode to set (normal, solar, solar_min); without data: the mode in use.
+        # Either way the answer's data is the mode in use.
+        from evse.ocpp import config
+
+        data = p.get("data")
+        if data:
+            st = config.change_setting(svc.settings, config.SETTING_KEYS[0], data)
+            if st != "Accepted":
+                return _status("Rejected")
+        return {"status": "Accepted", "data": svc.settings["charge_mode"]}, None
     return _status("UnknownMessageId")
 
 
@@ -95,7 +112,7 @@ async def get_configuration(svc, mid, p):
     keys = p.get("key")
     if keys and len(keys) > svc.cfg["GetConfigurationMaxKeys"]:
         raise RpcError("OccurenceConstraintViolation", "more keys than GetConfigurationMaxKeys", mid)
-    known, unknown = svc.cfg.listing(keys)
+    known, unknown = svc.cfg.listing(keys, svc.settings)
     out = {"configurationKey": known}
     if unknown:
         out["unknownKey"] = unknown

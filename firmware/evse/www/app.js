@@ -392,7 +392,23 @@
     env_c: st => degrees(st.env_c),
     cp_v: st => num(st.cp_v, 2) + ' V',
     fan: st => tv('fan.', st.fan),
+    charge_mode: modeText,
   };
+
+  // The charge mode, the grid's import or export and why a solar charge waits.
+  function modeText(st) {
+    const s = st.solar;
+    const m = st.meter;
+    const out = [tv('cm.', s ? s.mode : 'normal')];
+    const w = s && s.grid_w != null ? s.grid_w : m ? m.power_w : null;
+    if (w != null) out.push(t(w < 0 ? 'cm.export' : 'cm.import', {kw: num(Math.abs(w) / 1000, 2)}));
+    if (s && s.waiting === 'export' && s.need_w != null) out.push(t('cm.need', {kw: num(s.need_w / 1000, 1)}));
+    else if (s && s.waiting === 'start_delay') out.push(t('cm.start', {s: s.start_in_s}));
+    else if (s && s.waiting) out.push(tv('cm.w.', s.waiting));
+    else if (s && s.stop_in_s != null) out.push(t('cm.stop', {s: s.stop_in_s}));
+    if (s && s.session_solar_kwh != null) out.push(t('cm.solar_kwh', {kwh: num(s.session_solar_kwh, 2)}));
+    return out.join(' · ');
+  }
 
   let offline = false; // the message line shows state.offline: cleared once back
 
@@ -427,7 +443,21 @@
     $('#app-ctl').hidden = !st.logged_in;
     $('#app-start').hidden = on;
     $('#app-stop').hidden = !on;
+    const sel = $('#charge-mode');
+    $('#mode-ctl').hidden = !st.logged_in;
+    if (document.activeElement !== sel) sel.value = st.solar ? st.solar.mode : 'normal';
   }
+
+  // The charge mode, for a logged-in user: the setting itself (PUT /api/config).
+  $('#charge-mode').addEventListener('change', async ev => {
+    const my = gen;
+    try {
+      cfg = await api('PUT', '/api/config', {charge_mode: ev.target.value});
+      if (alive(my)) say(t('msg.saved'), 'ok');
+    } catch (e) {
+      if (alive(my)) fail(e);
+    }
+  });
 
   async function appCommand(b, what) {
     if (b.disabled) return;
@@ -788,7 +818,8 @@
         const power = el('td');
         spark(s, a, b, power);
         const tr = row([s.no, when(a), when(b, sameDay), tv('mode.', s.start_mode),
-          tv('mode.', s.stop_mode), num(s.energy_kwh, 3) + ' kWh', s.id == null ? '' : s.id, power]);
+          tv('mode.', s.stop_mode), num(s.energy_kwh, 3) + ' kWh' + (s.solar_kwh == null ? ''
+            : ' · ' + t('cm.solar_kwh', {kwh: num(s.solar_kwh, 3)})), s.id == null ? '' : s.id, power]);
         $$('td', tr).forEach((td, i) => { td.dataset.label = heads[i]; }); // the phone layout's labels
         tb.appendChild(tr);
       });
