@@ -183,6 +183,7 @@ _RBUSY = (
     b'{"error": "busy"}'
 )
 _RETRY = (("Retry-After", "1"),)
+_SEND_TRIES = const(5)  # an answer without heap for its coroutine: tries, a tick apart
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
@@ -835,7 +836,20 @@ class Server:
                         if rq.left and (c.expect or rq.left > self.drain_max):
                             keep = False  # body not read: closing is cheaper than reading it
                         c.phase = _BUSY
-                        w = self._send(c, res, keep, method == "HEAD", ver == "HTTP/1.0")
+                        n_try = _SEND_TRIES
+                        while True:
+                            try:
+                                w = self._send(c, res, keep, method == "HEAD", ver == "HTTP/1.0")
+                                break
+                            except MemoryError:
+                                # No room for the answer's coroutine (a file, a large JSON):
+                                # its head is still in the scratch, nothing went out; other
+                                # answers free their memory meanwhile. Else as any failure.
+                                n_try -= 1
+                                if not n_try or self._out.total != self._out.n:
+                                    raise
+                            gc.collect()
+                            await asyncio.sleep_ms(self.tick_ms)
                         res = route = segs = method = conn = None
                         if w is not None:
                             await w

@@ -1094,3 +1094,30 @@ def test_a_log_that_raises_costs_no_slot_and_inflating_is_bounded():
             srv.close()
 
     asyncio.run(main())
+
+
+def test_an_answer_without_room_for_its_coroutine_waits_instead_of_failing():
+    """A file answer needs a coroutine: when the heap has no room for it (a 64 KB unix
+    heap with the code in it, a moment of pressure), the connection failed and the client
+    got nothing. Nothing has gone out then: the answer is tried again a tick later."""
+    async def t(srv, port):
+        real = srv._send_file
+        fails = [2]
+
+        def send_file(*a):
+            if fails[0]:
+                fails[0] -= 1
+                raise MemoryError
+            return real(*a)
+
+        srv._send_file = send_file
+        st, h, b = await _req(port, _get(b"/sub/"))
+        eq((st, b, fails[0]), (200, b"<p>sub</p>", 0), "answered after two refusals")
+        fails[0] = 10
+        st, h, b = await _req(port, _get(b"/sub/"))
+        eq((st, fails[0]), (0, 5), "given up after its tries: the connection fails")
+        srv._send_file = real
+        st, h, b = await _req(port, _get(b"/sub/"))
+        eq(st, 200, "the server goes on")
+
+    _run(t)
