@@ -24,8 +24,8 @@ What it checks, and what it refuses (WsError, with `.code` the close code sent):
   of a frame arrived, the rest of it within `frame_timeout_ms`; each message sent within
   `write_timeout_ms`. Waiting for the next frame has no deadline of its own: the caller
   bounds it (`recv(timeout_ms)`) or watches `last_rx_ms` and pings (keep-alive).
-Outgoing messages larger than the transmit buffer go out as fragments, each masked
-with a fresh key from os.urandom. The close handshake: a Close from the server is
+An outgoing message goes out as one frame, masked with a fresh key from os.urandom a
+transmit buffer at a time (the buffer bounds the RAM, not the message). The close handshake: a Close from the server is
 answered with the same code; close() sends ours and waits briefly for the reply.
 After any WsError or OSError the connection is unusable: call abort() (close() does it).
 """
@@ -33,7 +33,7 @@ import asyncio
 import binascii
 import hashlib
 import os
-from time import ticks_ms
+from time import ticks_add, ticks_diff, ticks_ms
 from micropython import const
 
 OP_CONT = const(0)
@@ -156,28 +156,32 @@ def _utf8_ok(mv):
     return True
 
 
-def _mask(dst, off, src, n, key):
-    # dst[off:off+n] = src[:n] XOR key; plain loop: allocates nothing.
+def _mask(dst, off, src, soff, n, key):
+    # dst[off:off+n] = src[soff:soff+n] XOR key (soff a multiple of 4); allocates nothing.
     k0 = key[0]
     k1 = key[1]
     k2 = key[2]
     k3 = key[3]
     i = 0
     end = n - 3
+    d = off - soff
+    j = soff
     while i < end:
-        dst[off + i] = src[i] ^ k0
-        dst[off + i + 1] = src[i + 1] ^ k1
-        dst[off + i + 2] = src[i + 2] ^ k2
-        dst[off + i + 3] = src[i + 3] ^ k3
+        dst[d + j] = src[j] ^ k0
+        dst[d + j + 1] = src[j + 1] ^ k1
+        dst[d + j + 2] = src[j + 2] ^ k2
+        dst[d + j + 3] = src[j + 3] ^ k3
         i += 4
+        j += 4
     while i < n:
-        dst[off + i] = src[i] ^ key[i & 3]
+        dst[d + j] = src[j] ^ key[i & 3]
         i += 1
+        j += 1
 
 
 def _open(host, port, ssl, server_hostname):
     # asyncio.open_connection (extmod/asyncio/stream.py, v1.29) plus TCP_NODELAY: the
-    # fragments of one message go out back to back, and Nagle's algorithm would hold the
+    # pieces of one message go out back to back, and Nagle's algorithm would hold the
     # second until the peer's delayed ACK of the first (~40 ms a message). Waits for the
     # socket as stream.py does, through asyncio.core._io_queue (re-check on upgrades).
     import socket
@@ -208,7 +212,7 @@ class WsClient:
     max_message = 8192  # bytes of one received message, all fragments together
     max_skip = 0  # a longer message up to this is dropped (WsTooBig), not closed on
     max_head = 2048  # bytes of the handshake response head
-    tx_size = 2048  # transmit buffer: larger messages go out as fragments
+    tx_size = 2048  # transmit buffer: a longer message is masked and written in pieces
     connect_timeout_ms = 10000
     frame_timeout_ms = 10000
     write_timeout_ms = 10000
@@ -547,7 +551,7 @@ class WsClient:
 
     # ---- sending -------------------------------------------------------------------------
     async def send(self, data):
-        """Sends a str as a text message, bytes as binary (fragmented to fit tx_size)."""
+        """Sends a str as a text message, bytes as binary: one frame, any length."""
         if isinstance(data, str):
             data = data.encode()
             if b"\xed" in data:  # maybe surrogates: text must be UTF-8 (RFC 6455 5.6)
@@ -555,19 +559,8 @@ class WsClient:
             op = OP_TEXT
         else:
             op = OP_BINARY
-        room = len(self._tx) - 14
-        mv = memoryview(data)
-        total = len(mv)
-        off = 0
         async with self._wlock:
-            while True:
-                n = min(room, total - off)
-                last = off + n >= total
-                await self._frame_locked(op, mv[off : off + n], n, last)
-                off += n
-                op = OP_CONT
-                if last:
-                    return
+            await self._frame_locked(op, memoryview(data), len(data))
 
     async def ping(self, payload=b""):
         n = min(len(payload), 125)
@@ -575,9 +568,9 @@ class WsClient:
 
     async def _send_frame(self, op, payload, n):
         async with self._wlock:
-            await self._frame_locked(op, payload, n, True)
+            await self._frame_locked(op, payload, n)
 
-    async def _frame_locked(self, op, payload, n, fin):
+    async def _frame_locked(self, op, payload, n):
         s = self._s
         if s is None:
             raise WsError("not connected")
@@ -586,19 +579,38 @@ class WsClient:
                 return
             self._close_sent = True
         tx = self._tx
-        tx[0] = (0x80 if fin else 0) | op
+        tx[0] = 0x80 | op
         if n < 126:
             tx[1] = 0x80 | n
             h = 2
-        else:  # n < 65536: tx_size is far below that
+        elif n < 65536:
             tx[1] = 0x80 | 126
             tx[2] = n >> 8
             tx[3] = n & 0xFF
             h = 4
+        else:
+            tx[1] = 0x80 | 127
+            for i in range(8):
+                tx[2 + i] = (n >> (56 - 8 * i)) & 0xFF if i >= 4 else 0
+            h = 10
         key = self._key
         key[:] = os.urandom(4)
         tx[h : h + 4] = key
         h += 4
-        _mask(tx, h, payload, n, key)
-        s.write(self._txmv[: h + n])  # copies what the socket does not take at once
-        await asyncio.wait_for_ms(s.drain(), self.write_timeout_ms)
+        # Pieces of a multiple of 4 bytes keep the mask's phase from piece to piece.
+        room = (len(tx) - h) & ~3
+        off = 0
+        deadline = ticks_add(ticks_ms(), self.write_timeout_ms)
+        while True:
+            k = min(room, n - off)
+            _mask(tx, h, payload, off, k, key)
+            s.write(self._txmv[: h + k])  # copies what the socket does not take at once
+            left = ticks_diff(deadline, ticks_ms())
+            if left <= 0:
+                raise asyncio.TimeoutError
+            await asyncio.wait_for_ms(s.drain(), left)
+            off += k
+            if off >= n:
+                return
+            h = 0
+            room = len(tx) & ~3

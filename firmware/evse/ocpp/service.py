@@ -62,7 +62,7 @@ class Service(ChargePoint):
         # (20) entries with every field, or a profile of ChargingScheduleMaxPeriods (24),
         # is under 3.5 KB. A longer one up to 64 KB is dropped and answered (GenericError),
         # the connection kept; beyond that the connection is closed (1009).
-        self.ws = wsclient.WsClient(max_message=4096, max_skip=65536, tx_size=1024)
+        self.ws = wsclient.WsClient(max_message=4096, max_skip=65536, tx_size=256)
         self.link = Link(self.ws, self._on_call)
         self.link.kick = self._send_ev
         self._wake_ev = asyncio.Event()  # settings changed: reconnect now
