@@ -88,6 +88,11 @@ class Controller:
         app = self.app
         if app is None:
             raise RequestError("app not ready: no application attached")
+        # The heap is read before the reply is built: the reply is the simulator's
+        # instrument (about 2.5 KB of dicts on a 32-bit build), not the firmware's heap.
+        gc.collect()
+        heap_free = gc.mem_free()
+        heap_alloc = gc.mem_alloc()
         try:
             status = app.sim_status()
         except Exception as e:
@@ -103,9 +108,8 @@ class Controller:
         out.update(self.board_view())
         if status.get("lock") == "none":
             out["lock"] = "none"  # the application runs Case C: the lock is unused
-        gc.collect()
-        out["heap_free"] = gc.mem_free()
-        out["heap_alloc"] = gc.mem_alloc()
+        out["heap_free"] = heap_free
+        out["heap_alloc"] = heap_alloc
         out["sim_heap"] = getattr(self._hw, "sim_heap", 0)
         return out
 
