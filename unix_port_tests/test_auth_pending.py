@@ -108,7 +108,7 @@ def _transactions(r, auth):
     svc.ch = r.ch
     svc.q = _Queue()
     svc.auth = _Reservations()
-    svc.smart = _Smart()
+    svc.smart = svc.smart_loaded = _Smart()
     tx = Transactions(svc)
     tx.apply_limit = lambda now, off=False: None
     tx._aligned = lambda now, cur: None

@@ -244,3 +244,32 @@ def test_each_fault_s_clear_text_carries_protection_s_thresholds():
     true("%g °C" % protection.ROT_CLEAR_C in protection.clear_text("ROT"), "ROT")
     true("%g °C" % protection.OCT_CLEAR_C in protection.clear_text("OCT"), "OCT")
     eq(protection.clear_text("nope"), None)
+
+
+def test_smart_charging_is_built_only_when_used_and_stored_profiles_apply_at_boot():
+    """A central system that sets no profile costs no smart-charging heap; a stored
+    profile (a site limit) is read at boot, from the file or the copy a cut save left."""
+    from evse.ocpp.smart import Smart
+
+    app = _app({"settings.json": _OCPP})
+    svc = app.ocpp.service
+    eq(svc.smart_loaded, None, "no store: not built")
+    svc.tx.apply_limit(svc.now())
+    eq((svc.smart_loaded, app.charger.external.get("ocpp")), (None, None), "no limit, not built")
+    d = check.tmpdir("smartsrc")
+    sm = Smart(d)
+    cap = {"chargingProfileId": 1, "stackLevel": 0,
+           "chargingProfilePurpose": "ChargePointMaxProfile", "chargingProfileKind": "Absolute",
+           "chargingSchedule": {"chargingRateUnit": "A", "startSchedule": "2020-01-01T00:00:00Z",
+                                "chargingSchedulePeriod": [{"startPeriod": 0, "limit": 10}]}}
+    eq(sm.install(0, cap, None, 1700000000), "Accepted", "a site limit stored")
+    with open(d + "/ocpp_profiles.json") as f:
+        stored = f.read()
+    # Only the older copy left: it may predate a change, so 6 A (ocpp_store) holds.
+    for name, limit in (("ocpp_profiles.json", ("ocpp", 10.0)),
+                        ("ocpp_profiles.json.bak", ("ocpp_store", 6.0))):
+        app = _app({"settings.json": _OCPP, name: stored})
+        svc = app.ocpp.service
+        true(svc.smart_loaded is not None, "%s: built at boot" % name)
+        svc.tx.apply_limit(svc.now())
+        eq(app.charger.external.get(limit[0]), limit[1], "%s: the limit applies" % name)

@@ -412,7 +412,7 @@ def test_meter_register_restarted_mid_transaction_keeps_meter_stop_above_meter_s
                "StopTxnSampledData": ""}
     svc.kick = lambda: None
     svc.auth = _NoReservation()
-    svc.smart = _Smart()
+    svc.smart = svc.smart_loaded = _Smart()
     tx = Transactions(svc)
     tx.apply_limit = lambda now, off=False: None
     h = svc.app.history

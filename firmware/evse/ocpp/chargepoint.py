@@ -9,13 +9,14 @@
 # point's listeners (evse/ocpp/__init__.py).
 import asyncio
 import json
+import os
 from micropython import const
 
 import atomicfile
 import log
 from evse import faults
 from evse import version
-from evse.ocpp import authlist, config, handlers, schema, smart
+from evse.ocpp import authlist, config, handlers, schema
 from evse.ocpp.authsrc import Authorization
 from evse.ocpp.link import CallError, LinkDown
 from evse.ocpp.rpc import RpcError
@@ -27,6 +28,9 @@ _log = log.get("ocpp")
 _TICK_MS = const(1000)
 _NOTES = const(10)  # non-transaction messages waiting to go out
 _CACHE_LEN = const(32)
+_PROFILES = "/ocpp_profiles.json"  # smart.py's store, in the data directory
+STORE_LIMIT = "ocpp_store"  # the charger's named limit while that store is unreadable
+STORE_LIMIT_A = 6.0
 
 
 class ChargePoint:
@@ -39,8 +43,16 @@ class ChargePoint:
         self.data_dir = d
         self.cfg = cfg = config.Config(d + "/ocpp_config.json")
         self.q = TxQueue(d)
-        self.smart = smart.Smart(d)
-        self.smart.phases = ch.phases
+        # Smart charging is built when the central system first uses it, or at boot when
+        # profiles are stored: a charger whose central system sets none keeps its ~1 KB.
+        self.smart_loaded = None  # the Smart once built (self.smart builds it)
+        for p in ("", ".bak", ".tmp"):
+            try:
+                os.stat(d + _PROFILES + p)
+            except OSError:
+                continue
+            self.smart_loaded = self.smart
+            break
         self.llist = authlist.TagTable(d + "/ocpp_list.json", cfg["LocalAuthListMaxLength"])
         self.cache = authlist.Cache(d + "/ocpp_cache.json", _CACHE_LEN)
         self._state_path = d + "/ocpp_state.json"
@@ -89,20 +101,32 @@ class ChargePoint:
     def now(self):
         return self.hw.rtc.now()
 
+    @property
+    def smart(self):
+        """The charging profiles (evse/ocpp/smart.py), built on first use."""
+        s = self.smart_loaded
+        if s is None:
+            from evse.ocpp.smart import Smart
+
+            s = self.smart_loaded = Smart(self.data_dir)
+            s.phases = self.ch.phases
+        return s
+
     def update_store_limit(self, off=False):
-        """The 6 A limit (smart.STORE_LIMIT) while the charging profile store cannot be
-        read: it may have held a site limit (ChargePointMaxProfile). None when OCPP is
-        off (no profile applies then) or the central system has set profiles again."""
-        err = self.smart.store_error
+        """The 6 A limit (STORE_LIMIT) while the charging profile store cannot be read: it
+        may have held a site limit (ChargePointMaxProfile). None when OCPP is off (no
+        profile applies then) or the central system has set profiles again."""
+        s = self.smart_loaded
+        err = None if s is None else s.store_error
         if err is None:
             self.store_errors.pop("ocpp_profiles.json", None)
         else:
             self.store_errors["ocpp_profiles.json"] = (
                 "%s: %d A (limit %s) until the central system sets or clears charging "
-                "profiles" % (err.partition(" ")[2], smart.STORE_LIMIT_A, smart.STORE_LIMIT))
-        lim = None if err is None or off else smart.STORE_LIMIT_A
-        if self.ch.external.get(smart.STORE_LIMIT) != lim:
-            self.ch.set_external_limit(smart.STORE_LIMIT, lim)
+                "profiles" % (err.partition(" ")[2], STORE_LIMIT_A, STORE_LIMIT))
+        lim = None if err is None or off else STORE_LIMIT_A
+        if self.ch.external.get(STORE_LIMIT) != lim:
+            self.ch.set_external_limit(STORE_LIMIT, lim)
 
     def save_state(self):
         atomicfile.save_json(self._state_path, self.state)

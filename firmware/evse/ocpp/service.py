@@ -147,7 +147,8 @@ class Service(ChargePoint):
             self._wake_ev.set()
             self._send_ev.set()
         if "charger_power" in changed:
-            self.smart.phases = self.ch.phases
+            if self.smart_loaded is not None:
+                self.smart_loaded.phases = self.ch.phases
 
     def _on_cfg(self, name):
         if name in ("SecurityProfile", "AuthorizationKey"):

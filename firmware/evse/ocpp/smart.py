@@ -26,8 +26,6 @@ MAX_PERIODS = 24
 MAX_PROFILES = 8
 _PER = {"Daily": 86400, "Weekly": 604800}
 _FILE_MAX = 12288  # MAX_PROFILES of MAX_PERIODS periods, as stored
-STORE_LIMIT = "ocpp_store"  # the charger's named limit while the store is unreadable
-STORE_LIMIT_A = 6.0
 
 
 def _start(p, t, tx_start):
@@ -70,7 +68,7 @@ class Smart:
         self._path = data_dir + "/ocpp_profiles.json"
         # Why the stored profiles are unknown, or None. A store that is there but cannot
         # be read (or of which only an older copy, the .bak, can) may have held a ChargePointMaxProfile (a site limit): the service then
-        # holds the charger at 6 A (limit STORE_LIMIT) until the central system installs
+        # holds the charger at 6 A (chargepoint.STORE_LIMIT) until the central system installs
         # or clears profiles again, which rewrites the store.
         self.store_error = None
         bad = []

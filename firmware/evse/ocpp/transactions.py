@@ -271,7 +271,8 @@ class Transactions:
         svc.q.close_open()
         self.cur = None
         self._kept = None
-        svc.smart.tx_ended()
+        if svc.smart_loaded is not None:
+            svc.smart_loaded.tx_ended()
         svc.kick()
 
     def started(self, ref, tx_id, info, tag):
@@ -383,11 +384,13 @@ class Transactions:
         svc = self.svc
         a = None
         if not off:
-            start, tx_id = self.tx_for_smart()
-            # The phases the car draws on (measured; None before): W limits use them.
-            m = getattr(svc.app.metering, "car_mask", None)
-            svc.smart.car_phases = None if not m else (m & 1) + (m >> 1 & 1) + (m >> 2 & 1)
-            a = svc.smart.limit(now, 1, start, tx_id)
+            sm = svc.smart_loaded  # none built: no profile was ever set
+            if sm is not None:
+                start, tx_id = self.tx_for_smart()
+                # The phases the car draws on (measured; None before): W limits use them.
+                m = getattr(svc.app.metering, "car_mask", None)
+                sm.car_phases = None if not m else (m & 1) + (m >> 1 & 1) + (m >> 2 & 1)
+                a = sm.limit(now, 1, start, tx_id)
             cur = self.cur
             if cur is not None and cur["deauth"]:
                 s = svc.ch.session
