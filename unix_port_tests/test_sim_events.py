@@ -109,12 +109,25 @@ def test_ring_keeps_the_newest_and_counts_the_dropped():
 def test_record_allocates_nothing_even_when_wrapping():
     c = _FakeClock()
     ring = sim_events.EventRing(c.now, size=4)
-    text = "ERR PE"
+    code = "PE"
 
     def burst():
         for i in range(10):
             ring.record(sim_events.PWM, i)
-            ring.record(sim_events.DISPLAY, 0, text)
+            ring.record(sim_events.ERROR, 1, code)
 
     check.assert_no_alloc(burst)
-    check.eq(ring.since(0)[-1]["value"], "ERR PE", "object slot")
+    check.eq(ring.since(0)[-1]["value"], "PE", "object slot")
+
+
+def test_display_text_is_copied_not_kept():
+    # A reference would keep every string the application let go alive in the ring,
+    # counted as the firmware's heap: the text is copied into the slot instead.
+    c = _FakeClock()
+    ring = sim_events.EventRing(c.now, size=4)
+    for i in range(6):
+        c.t = i
+        ring.record_text(sim_events.DISPLAY, "%d.0 A 7kW°" % i)
+    check.eq([e["value"] for e in ring.since(0)],
+             ["%d.0 A 7kW°" % i for i in range(2, 6)], "the newest four, intact")
+    check.eq(ring._obj, [None] * 4, "no reference kept")

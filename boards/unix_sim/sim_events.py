@@ -10,6 +10,11 @@ from cpduty import DUTY_F, DUTY_X1
 from indicators import COLOURS, LED_NAMES, PATTERNS  # noqa: F401 (sim_io reads them here)
 
 _SIZE = const(256)  # events kept; the oldest are overwritten (~5 KB of heap)
+# A display text is copied into its slot (12 characters, UTF-8, up to 36 bytes): a reference would keep
+# each string the application let go alive as long as its event, up to 8 KB of the
+# firmware's heap on a 32-bit build that a board never holds. Allocated with the plant,
+# so it counts as the simulator's heap.
+_TEXT = const(36)
 
 # `what` codes. Values are small ints; text (display, error code) goes in the object slot.
 RELAYS = const(1)  # value 1 closed / 0 open (commanded)
@@ -18,7 +23,7 @@ PWM = const(3)  # value duty per-mille, -1 static +12 V, -2 static -12 V
 BUZZER = const(4)  # value beep length in ms
 BELT = const(5)  # value colour * 4 + pattern
 LEDS = const(6)  # value name * 32 + colour * 4 + pattern
-DISPLAY = const(7)  # object: the text
+DISPLAY = const(7)  # the text, copied (record_text); value its length in bytes
 ERROR = const(8)  # object: the code, value 1 raised / 0 cleared
 TAP_LIGHT = const(9)  # value 1 on / 0 off
 FAN = const(10)  # value 1 running / 0 stopped
@@ -56,6 +61,7 @@ class EventRing:
         self._what = bytearray(size)
         self._value = array.array("i", bytes(4 * size))
         self._obj = [None] * size
+        self._text = bytearray(size * _TEXT)
         self._next = 0
         self._count = 0
         self.dropped = 0  # events overwritten before anyone could read them
@@ -75,6 +81,14 @@ class EventRing:
             self._count += 1
         else:
             self.dropped += 1
+
+    def record_text(self, what, text):
+        """Appends one event carrying a copy of `text` (not from an interrupt: the
+        encoding allocates)."""
+        b = text.encode()[:_TEXT]
+        o = self._next * _TEXT
+        self._text[o : o + len(b)] = b
+        self.record(what, len(b))
 
     def __len__(self):
         return self._count
@@ -116,7 +130,11 @@ class EventRing:
                 "pattern": PATTERNS[v & 3],
             }
         elif what == DISPLAY:
-            e["value"] = self._obj[i]
+            o = i * _TEXT
+            try:
+                e["value"] = bytes(self._text[o : o + v]).decode()
+            except UnicodeError:  # cut inside a character past 36 bytes (not in use)
+                e["value"] = "?"
         elif what == ERROR:
             e["value"] = self._obj[i]
             e["active"] = bool(v)

@@ -200,7 +200,7 @@ class Display:
             raise ValueError("display shows %d characters: %r" % (self.WIDTH, text))
         if text != self.text:
             self.text = text
-            self._events.record(ev.DISPLAY, 0, text)
+            self._events.record_text(ev.DISPLAY, text)
 
 
 class Buzzer:
