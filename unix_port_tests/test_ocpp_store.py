@@ -418,7 +418,7 @@ def test_meter_register_restarted_mid_transaction_keeps_meter_stop_above_meter_s
     h = svc.app.history
     s = Session("A", "RFID", 5000, 5000.0)
     svc.ch.session = s
-    h.started.append(s)
+    h.started.append(s.serial)
     tx.on_charger("session_start", svc.ch)
     tx.tick(5000)
     # 200 Wh in, the register restarts at 0 and counts 100 Wh more (as metering does it).
@@ -431,7 +431,7 @@ def test_meter_register_restarted_mid_transaction_keeps_meter_stop_above_meter_s
     s.stop_mode = "Unplug"
     s.end_s = 5062
     svc.ch.session = None
-    h.ended.append(s)
+    h.ended.append(s.serial)
     tx.on_charger("session_end", svc.ch, s)
     tx.tick(5062)
     recs = _records(svc.q)
@@ -465,3 +465,21 @@ def test_local_list_full_differential_and_cache():
     eq((c.get("X"), c.get("Y")[0], c.get("Z")[0]), (None, "Accepted", "Accepted"), "invalid evicted first")
     c.store("W", ("Accepted", 0, None))
     eq((c.get("Y"), c.get("W")[0]), (None, "Accepted"), "then the oldest")
+
+
+def test_the_history_marks_stored_sessions_without_keeping_them():
+    # The queue asks whether a session's start/end is stored; the history answers from
+    # serials, so finished sessions (with their power profiles) can be collected.
+    from evse.history import History, Session
+
+    h = History(_dir(), lambda: 1700000000)
+    a = Session("A", "RFID", 1700000000, 0.0)
+    b = Session("B", "RFID", 1700000100, 0.0)
+    true(a.serial != b.serial, "each session its own serial")
+    for s in (a, b):
+        h.session_started(s)
+        s.stop_mode = "Unplug"
+        s.end_s = s.start_s + 60
+        h.session_ended(s)
+    eq((h.started, h.ended), ([a.serial, b.serial], [a.serial, b.serial]), "serials kept")
+    true(all(type(x) is int for x in h.started + h.ended), "no session object held")

@@ -58,7 +58,7 @@ class Transactions:
         h = self._history()
         if h is None:
             return True
-        if s in (h.started if kind == "start" else h.ended):
+        if s.serial in (h.started if kind == "start" else h.ended):
             self._held_ms = None
             return True
         now = time.ticks_ms()
