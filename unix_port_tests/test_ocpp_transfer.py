@@ -148,13 +148,12 @@ def test_remote_transfer_urls_never_reach_a_blocking_getaddrinfo():
         dns_server = staticmethod(lambda: ("127.0.0.1", dns.port))
         dns_timeout_ms = 200
 
-        def _tls(self):
+        def tls(self):  # the service's and the Ota's: the CA store
             import ssl
 
             return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
 
-        # what otadownload.download asks of the Ota: the CA store, the security profile
-        tls = _tls
+        # what otadownload.download asks of the Ota besides: the security profile
         profile = staticmethod(lambda: 0)
         key_installed = staticmethod(lambda: True)  # http:// is taken only with a key
         cfg = {"SecurityProfile": 0}
@@ -205,8 +204,7 @@ def test_the_diagnostics_file_gives_the_loop_a_turn_between_records():
         sessions = Log()
 
     class Svc:
-        class app:
-            history = History()
+        history = History()
 
         class hw:
             serial = "S1"

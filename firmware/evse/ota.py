@@ -562,7 +562,7 @@ class Ota:
 
         def tls():  # the CA store of wss:// (ocpp_ca.pem): one loader for both
             svc = ocpp.service
-            return svc._tls() if svc is not None else None
+            return svc.tls() if svc is not None else None
 
         def profile():
             svc = ocpp.service

@@ -51,7 +51,7 @@ async def _write_file(svc, path, p):
     hi = isotime.parse(p["stopTime"]) if "stopTime" in p else None
     import json
 
-    h = svc.app.history
+    h = svc.history
     n = 0
     with open(path, "w") as f:
         f.write(json.dumps({"serial": svc.hw.serial, "generated": isotime.fmt(svc.now())}))
@@ -114,7 +114,7 @@ def _split(url, profile=0):
 async def _post(svc, location, name, path):
     # The records hold card UIDs: at profile 2 they leave only over verified TLS.
     secure, host, port, base = _split(location, svc.cfg["SecurityProfile"])
-    ctx = svc._tls() if secure else None
+    ctx = svc.tls() if secure else None
     if secure and ctx is None:
         raise ValueError("https:// needs the CA certificate")
     size = os.stat(path)[6]
