@@ -435,7 +435,8 @@ class _Upgrades:
         if o is None:
             from evse.ota import Ota
 
-            o = self._ota = Ota(self._app, boot=self._boot)
+            a = self._app
+            o = self._ota = Ota(a.hw, a.data_dir, a.settings, a.charger, a.hmi, boot=self._boot)
             self._boot = False
             o.last = self.last
             if self._ocpp is not None:
@@ -472,8 +473,11 @@ class _Upgrades:
         """The health check of a version on trial, then the idle look."""
         if self._ota is not None and self._ota.running()["trial"]:
             self._runs += 1
-            try:
-                await self._ota.run()
+            a = self._app
+            sup = a.supervisor
+            try:  # healthy: every task on time, none escalated, the web server up
+                await self._ota.run(
+                    lambda: not sup.late() and sup.escalated is None and a.http is not None)
             finally:
                 self._runs -= 1
         self._idle(time.ticks_ms(), True)  # the boot's clean-up is done
