@@ -100,7 +100,6 @@ class App:
         self.hmi.show_hotspot(idle_only=True)  # booted in AP mode: its name and key
         self.http = None
         self.api = None
-        self.www_dir = _www_dir()
         self.ota = _Upgrades(self)
         from evse import ocpp
 
@@ -190,7 +189,10 @@ class App:
         from evse import api
 
         host, port = self.hw.http_addr
-        self.http = api.make_server(self)
+        self.api = api.Api(self.hw, self.data_dir, self.settings, self.charger,
+                           self.protection, self.history, self.auth, self.cards, self.rfid,
+                           self.ota, self.status, self.errors)
+        self.http = api.make_server(self.api, _www_dir())
         why = self._password_error()
         if why:  # the Report page names it, as a setting that cannot be read
             self.history.add_fault("CFG", {"password.json": why})
@@ -252,11 +254,6 @@ class App:
             gc.threshold(max(_GC_MIN, min(GC_EVERY, gc.mem_free() // 4)))
 
     # ---- views -----------------------------------------------------------------------------
-    def standby(self):
-        """No vehicle, no session, no fault: the only time cards may be learned."""
-        ch = self.charger
-        return ch.ocpp_status() == "Available" and ch.session is None
-
     def errors(self):
         ch = self.charger
         codes = faults.codes(ch.active | ch.latched)
