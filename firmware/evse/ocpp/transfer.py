@@ -25,7 +25,6 @@ _log = log.get("ocpp.files")
 
 _TIMEOUT_MS = 60000  # one whole upload
 _CHUNK = 512
-_MAX_HEAD = 512
 
 
 def diag_name(svc):
@@ -141,17 +140,12 @@ async def _post(svc, location, name, path):
                     break
                 w.write(mv[:n])
                 await w.drain()
-        line = b""
-        while b"\n" not in line:
-            chunk = await r.read(64)
-            if not chunk:
-                break
-            line += chunk
-            if len(line) > _MAX_HEAD:
-                break
-        parts = line.split(b" ", 2)
-        if len(parts) < 2 or not parts[1][:1] == b"2":
-            raise OSError("upload answered %r" % line[:40])
+        buf = mv = None  # the head reader's line buffer takes its place
+        import httpget
+
+        code = (await httpget.read_head(r, _TIMEOUT_MS))[0]  # OSError: not an HTTP answer
+        if not 200 <= code < 300:
+            raise OSError("upload answered %d" % code)
     finally:
         await w.wait_closed()
 
