@@ -189,7 +189,7 @@ def test_version_never_healthy_is_reset_and_rolled_back(start_charger, tmp_path)
     never comes up) resets itself HEALTH_DEADLINE_MS = 60 s after it started, and the
     next boot rolls back to the previous version by itself (docs/ota.md)."""
     src = (ROOT / "firmware/evse/app.py").read_text()
-    broken = "self.http = api.make_server(self)"
+    broken = "self.http = api.make_server(self.api, _www_dir())"
     assert broken in src
     data = variant(tmp_path, "7.7.7",
                    app_source=src.replace(broken, 'raise OSError("no web server in this build")'))

@@ -52,20 +52,13 @@ class _Cards:
         return [CARD, None, None]
 
 
-class _App:
-    def __init__(self, d):
-        self.data_dir = d
-        self.hw = _Hw()
-        self.settings = {"wifi_mode": "client", "rfid_type": "M1"}
-        self.cards = _Cards()
+class _Charger:
+    def __init__(self):
         self.session = None  # an id tag: a session runs
         self.available = True
 
-    def standby(self):
-        return self.available and self.session is None
-
-    def status(self):
-        return {"session": {"id_tag": self.session}}
+    def ocpp_status(self):
+        return "Available" if self.available else "Preparing"
 
 
 class _Req:
@@ -88,7 +81,10 @@ class _Req:
 
 
 def _api(tag, password=OWNER):
-    api = Api(_App(check.tmpdir(tag)))
+    ch = _Charger()
+    api = Api(_Hw(), check.tmpdir(tag), {"wifi_mode": "client", "rfid_type": "M1"}, ch,
+              None, None, None, _Cards(), None, None,
+              lambda: {"session": {"id_tag": ch.session}}, None)
     if password is not None:
         _run(api.auth.change_password(web_auth.DEFAULT_PASSWORD, password))
     return api
@@ -183,22 +179,22 @@ def test_a_wifi_scan_is_only_for_the_owner_in_stand_by():
     factory = _api("ag_scan_f", None)
     tok = _token(factory, web_auth.DEFAULT_PASSWORD)
     eq(_status(factory.wifi_scan, _Req(method="GET", token=tok)), 403, "factory password")
-    eq(factory.app.hw.wlan.scans, 0, "no scan")
+    eq(factory.hw.wlan.scans, 0, "no scan")
 
     api = _api("ag_scan")
-    wlan = api.app.hw.wlan
+    wlan = api.hw.wlan
     tok = _token(api)
     req = _Req(method="GET", token=tok)
-    api.app.session = CARD
+    api.charger.session = CARD
     eq(_status(api.wifi_scan, req), 409, "during a session")
-    api.app.session = None
-    api.app.available = False  # a vehicle plugged in, or a fault
+    api.charger.session = None
+    api.charger.available = False  # a vehicle plugged in, or a fault
     eq(_status(api.wifi_scan, req), 409, "not in stand-by")
-    api.app.available = True
-    api.app.hw.relays.closed = True
+    api.charger.available = True
+    api.hw.relays.closed = True
     eq(_status(api.wifi_scan, req), 409, "relays closed")
     eq(wlan.scans, 0, "no scan")
-    api.app.hw.relays.closed = False
+    api.hw.relays.closed = False
     got = _run(api.wifi_scan(req))
     eq([n["ssid"] for n in got["networks"]], ["next door", "home"], "strongest first")
     for _ in range(5):
@@ -216,22 +212,22 @@ def test_a_wifi_scan_is_done_again_after_10_s():
     _run(api.wifi_scan(req))
     clock[0] += 9999
     _run(api.wifi_scan(req))
-    eq(api.app.hw.wlan.scans, 1, "cached")
+    eq(api.hw.wlan.scans, 1, "cached")
     clock[0] += 1
     _run(api.wifi_scan(req))
-    eq(api.app.hw.wlan.scans, 2, "scanned again")
+    eq(api.hw.wlan.scans, 2, "scanned again")
 
 
 # ---- card UIDs ----------------------------------------------------------------------------
 def test_the_factory_password_reads_no_whole_uid():
     api = _api("ag_uids", None)
-    api.app.session = CARD
+    api.charger.session = CARD
     tok = _token(api, web_auth.DEFAULT_PASSWORD)
     req = _Req(method="GET", token=tok)
     eq(_status(api.cards, req), 403, "/api/cards")
     eq(_run(api.status(req))["session"]["id_tag"], "****" + CARD[-4:], "status masked")
     owner = _api("ag_uids_owner")
-    owner.app.session = CARD
+    owner.charger.session = CARD
     req = _Req(method="GET", token=_token(owner))
     eq(_run(owner.cards(req))["cards"][0], CARD, "the owner sees them")
     eq(_run(owner.status(req))["session"]["id_tag"], CARD, "whole")

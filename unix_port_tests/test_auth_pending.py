@@ -90,10 +90,8 @@ class _Reservations:
 def _transactions(r, auth):
     from evse.ocpp.transactions import Transactions
 
-    class App:
-        history = None
-
     class Svc:
+        history = None
         cfg = {"StopTxnSampledData": ""}
 
         def now(self):
@@ -103,8 +101,7 @@ def _transactions(r, auth):
             pass
 
     svc = Svc()
-    svc.app = App()
-    svc.app.auth = auth
+    svc.authorizer = auth
     svc.ch = r.ch
     svc.q = _Queue()
     svc.auth = _Reservations()

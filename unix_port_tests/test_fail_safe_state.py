@@ -38,7 +38,9 @@ def _report(app):
     """The Report page's data (GET /api/faults), as JSON."""
     from evse.api import Api
 
-    r = asyncio.run(Api(app).faults(_Req()))
+    api = Api(app.hw, app.data_dir, app.settings, app.charger, app.protection, app.history,
+              app.auth, app.cards, app.rfid, app.ota, app.status, app.errors)
+    r = asyncio.run(api.faults(_Req()))
     asyncio.new_event_loop()
     return {"active": r["active"], "latched": r["latched"],
             "faults": list(r["faults"].items(True))}

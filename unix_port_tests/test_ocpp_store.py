@@ -161,17 +161,12 @@ class _History:
         self.recovered = recovered  # what the history closed as PowerLoss at this boot
 
 
-class _App:
-    def __init__(self, recovered):
-        self.history = _History(recovered)
-
-
 class _Svc:
     """What Transactions.recover() uses of the service: the queue, the history, the clock."""
 
     def __init__(self, d, recovered=None):
         self.q = TxQueue(d)
-        self.app = _App(recovered)
+        self.history = _History(recovered)
 
     def now(self):
         return 5000
@@ -310,8 +305,8 @@ def _open_record_rig(cfg, run):
     from evse.ocpp.transactions import Transactions
 
     svc = _Svc(_dir())
-    svc.app.metering = _Meter()
-    svc.app.charger = svc.ch = _Charger()
+    svc.metering = _Meter()
+    svc.ch = _Charger()
     svc.cfg = cfg
     svc.kick = lambda: None
     ticks = _Ticks()
@@ -344,7 +339,7 @@ def test_open_record_written_at_most_every_persist_wh_or_s():
     def run(tx, svc, ticks):
         for i in range(1, 121):  # two minutes at 1 Wh a second, a sample every second
             ticks.ms = i * 1000
-            svc.app.metering.energy_wh = 1000.0 + i
+            svc.metering.energy_wh = 1000.0 + i
             tx.tick(5000 + i)
 
     q, writes = _open_record_rig({"MeterValueSampleInterval": 1, "ClockAlignedDataInterval": 0,
@@ -405,9 +400,9 @@ def test_meter_register_restarted_mid_transaction_keeps_meter_stop_above_meter_s
 
     d = _dir()
     svc = _Svc(d)
-    svc.app.metering = _Meter()
-    svc.app.metering.energy_wh = 5000.0
-    svc.app.charger = svc.ch = _Charger()
+    svc.metering = _Meter()
+    svc.metering.energy_wh = 5000.0
+    svc.ch = _Charger()
     svc.cfg = {"MeterValueSampleInterval": 0, "ClockAlignedDataInterval": 0,
                "StopTxnSampledData": ""}
     svc.kick = lambda: None
@@ -415,14 +410,14 @@ def test_meter_register_restarted_mid_transaction_keeps_meter_stop_above_meter_s
     svc.smart = svc.smart_loaded = _Smart()
     tx = Transactions(svc)
     tx.apply_limit = lambda now, off=False: None
-    h = svc.app.history
+    h = svc.history
     s = Session("A", "RFID", 5000, 5000.0)
     svc.ch.session = s
     h.started.append(s.serial)
     tx.on_charger("session_start", svc.ch)
     tx.tick(5000)
     # 200 Wh in, the register restarts at 0 and counts 100 Wh more (as metering does it).
-    svc.app.metering.energy_wh = 100.0
+    svc.metering.energy_wh = 100.0
     s.start_wh = -200.0
     s.energy_wh = 300.0
     tx.tick(5061)

@@ -148,13 +148,12 @@ def test_remote_transfer_urls_never_reach_a_blocking_getaddrinfo():
         dns_server = staticmethod(lambda: ("127.0.0.1", dns.port))
         dns_timeout_ms = 200
 
-        def _tls(self):
+        def tls(self):  # the service's and the Ota's: the CA store
             import ssl
 
             return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
 
-        # what otadownload.download asks of the Ota: the CA store, the security profile
-        tls = _tls
+        # what otadownload.download asks of the Ota besides: the security profile
         profile = staticmethod(lambda: 0)
         key_installed = staticmethod(lambda: True)  # http:// is taken only with a key
         cfg = {"SecurityProfile": 0}
@@ -205,8 +204,7 @@ def test_the_diagnostics_file_gives_the_loop_a_turn_between_records():
         sessions = Log()
 
     class Svc:
-        class app:
-            history = History()
+        history = History()
 
         class hw:
             serial = "S1"
@@ -283,3 +281,55 @@ def test_a_retry_interval_of_years_waits_instead_of_ending_the_job():
         otadownload.download, asyncio.sleep = real
     eq(len(waits), 1, "one wait between two tries")
     true(0 < waits[0] * 1000 < 2 ** 29, "a wait the ticks hold: %r s" % waits[0])
+
+
+def test_the_diagnostics_upload_reads_its_answer_as_http():
+    """GetDiagnostics' POST is done when the server answers 2xx in an HTTP head
+    (lib/httpget.py's reader: bounded lines, the whole head); another status, or an
+    answer that is not HTTP, is a failed try."""
+    import os
+
+    port = 20000 + (os.urandom(1)[0] << 4)
+    path = "/tmp/evse_diag_answer.jsonl"
+    with open(path, "w") as f:
+        f.write('{"kind": "fault"}\n' * 40)
+    got = []
+
+    class Svc:
+        cfg = {"SecurityProfile": 0}
+        dns_server = staticmethod(lambda: None)
+        dns_timeout_ms = 200
+
+    async def main(answer):
+        async def serve(r, w):
+            head = b""
+            while not head.endswith(b"\r\n\r\n"):
+                head += await r.read(1)
+            length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+            body = await r.readexactly(length)
+            got.append((head.split(b"\r\n")[0], len(body)))
+            w.write(answer)
+            await w.drain()
+            w.close()
+            await w.wait_closed()
+
+        srv = await asyncio.start_server(serve, "127.0.0.1", port)
+        try:
+            await transfer._post(Svc(), "http://127.0.0.1:%d/up" % port, "d.jsonl", path)
+            return "ok"
+        except OSError as e:
+            return str(e)
+        finally:
+            srv.close()
+            await srv.wait_closed()
+
+    def run(answer):
+        r = asyncio.run(main(answer))
+        asyncio.new_event_loop()
+        return r
+
+    eq(run(b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"), "ok")
+    eq(got[-1], (b"POST /up/d.jsonl HTTP/1.1", os.stat(path)[6]), "the whole file")
+    eq(run(b"HTTP/1.0 500 Internal Server Error\r\n\r\n"), "upload answered 500")
+    true(run(b"SSH-2.0-OpenSSH\r\n\r\n").startswith("not an HTTP response"), "not HTTP")
+    true("line over" in run(b"HTTP/1.1 200 OK" + b"x" * 600 + b"\r\n\r\n"), "endless line")

@@ -133,10 +133,18 @@ class _Hw:
 
 
 class _App:
+    """The parts of the application the OTA service is built from (evse/app.py _Upgrades)."""
+
     def __init__(self, d, ocpp_url="ws://127.0.0.1:9/cp"):
         self.hw = _Hw()
         self.data_dir = d
         self.settings = {"ocpp_url": ocpp_url}
+        self.charger = _Charger()
+        self.hmi = None
+
+
+def _ota(app):
+    return ota.Ota(app.hw, app.data_dir, app.settings, app.charger, app.hmi, ab=ab_boot)
 
 
 def _exists(p):
@@ -170,10 +178,10 @@ def test_kept_download_outlives_a_restart_only_while_whole():
     url = "http://127.0.0.1:8000/EVPLUS.bin"
     payload = _archive([("evse/app.mpy", b"abc" * 3000), ("evse/version.mpy", b"v")])
     data = _header(length=len(payload)) + payload
-    o = ota.Ota(_App(d), ab=ab_boot)
+    o = _ota(_App(d))
     _kept_file(o, url, data)
     true(not _exists(o.staging), "the staging file became the kept one")
-    o = ota.Ota(_App(d), ab=ab_boot)  # the restart keeps it while OCPP is configured
+    o = _ota(_App(d))  # the restart keeps it while OCPP is configured
     eq(_resume(o, url)["version"], "1.2.3")
     eq(_resume(o, url + "?other"), None)  # another request: not this file
     with open(o.kept, "r+b") as f:  # a byte of the payload changed
@@ -192,9 +200,9 @@ def test_kept_download_outlives_a_restart_only_while_whole():
     eq(_resume(o, url), None)
     # OCPP switched off: nothing will install it, so a boot drops it
     _kept_file(o, url, data)
-    ota.Ota(_App(d), ab=ab_boot)
+    _ota(_App(d))
     true(_exists(o.kept), "kept while OCPP is on")
-    ota.Ota(_App(d, ocpp_url=""), ab=ab_boot)
+    _ota(_App(d, ocpp_url=""))
     true(not _exists(o.kept) and not _exists(o.kept_meta), "dropped when OCPP is off")
 
 
@@ -234,7 +242,7 @@ def test_buffer_shrinks_when_the_heap_has_no_chunk_sized_block():
     otaimage.bytearray = fragmented
     try:
         eq(len(otaimage.buffer()), 1024)
-        o = ota.Ota(_App(d), ab=ab_boot)
+        o = _ota(_App(d))
         _kept_file(o, url, data)
         eq(_resume(o, url)["version"], "1.2.3")  # read back and checked 1 KB at a time
         otaimage.bytearray = full
@@ -257,7 +265,6 @@ class _UpApp(_App):
     def __init__(self, d):
         super().__init__(d, ocpp_url="")
         self.hw = _UpHw()
-        self.charger = _Charger()
 
 
 class _Body:
@@ -295,7 +302,7 @@ def _upload(start_charge):
 
     d = _tmpdir()
     app = _UpApp(d)
-    o = ota.Ota(app, ab=ab_boot)
+    o = _ota(app)
     data = _firmware()
     md5 = binascii.hexlify(hashlib.md5(data).digest()).decode()
     touched = []

@@ -30,13 +30,6 @@ class _Hw:
     name = "unix_sim"
 
 
-class _App:
-    def __init__(self, d):
-        self.hw = _Hw()
-        self.data_dir = d
-        self.settings = {"ocpp_url": "ws://127.0.0.1:9/cp"}
-
-
 def _run(coro):
     r = asyncio.run(coro)
     asyncio.new_event_loop()
@@ -56,8 +49,9 @@ def _trailer(sig, magic=b"EVPS", alg=1, n=64, crc=None):
     return t + struct.pack("<I", crc32(t) if crc is None else crc)
 
 
-def _ota():
-    return ota.Ota(_App(tmpdir("otasign")), ab=ab_boot)
+def _ota(d=None):
+    return ota.Ota(_Hw(), d or tmpdir("otasign"), {"ocpp_url": "ws://127.0.0.1:9/cp"}, None,
+                   None, ab=ab_boot)
 
 
 def test_trailer_parsed_and_hostile_trailers_refused():
@@ -204,7 +198,7 @@ def test_a_replaced_signing_key_never_comes_back():
     # a boot with the key file whole drops a .bak left by a cut handover
     with open(o.key_path, "wb") as f:
         f.write(OTHER)
-    o = ota.Ota(o.app, ab=ab_boot)
+    o = _ota(o.data_dir)
     raises(OSError, os.stat, o.key_path + ".bak")
     eq(o.load_key()[0], OTHER)
 

@@ -46,10 +46,29 @@ _HEADERS = (
 
 
 class Api:
-    def __init__(self, app):
-        self.app = app
-        self.auth = WebAuth(app.data_dir)
-        bind, port = app.hw.http_addr
+    """hw: the network interface, clock, relays and listening address; data_dir: the
+    password file and language packs; authorizer: starts a session (evse/auth.py); cards
+    and rfid: learning cards; protection: the technician's clear; ota: the upgrade
+    service as the app holds it (evse/app.py _Upgrades); status() and errors(): the
+    application's views. `http`, the server serving the routes, is set by make_server."""
+
+    def __init__(self, hw, data_dir, settings, charger, protection, history, authorizer,
+                 cards, rfid, ota, status, errors):
+        self.hw = hw
+        self.data_dir = data_dir
+        self.settings = settings
+        self.charger = charger
+        self.protection = protection
+        self.records = history  # not self.history: that is the route's handler
+        self.authorizer = authorizer
+        self.card_store = cards  # not self.cards: that is the route's handler
+        self.rfid = rfid
+        self.ota = ota
+        self.status_view = status
+        self.errors = errors
+        self.http = None
+        self.auth = WebAuth(data_dir)
+        bind, port = hw.http_addr
         self._bind = None if bind == "0.0.0.0" else bind
         self._port = str(port)
         self._scan = None  # (auth.now_ms() of the scan, answer)
@@ -66,7 +85,7 @@ class Api:
         if name in _LOOPBACK or name == _AP_ADDR or name == self._bind:
             return True
         try:
-            own = self.app.hw.wlan.ifconfig()[0]
+            own = self.hw.wlan.ifconfig()[0]
         except Exception:  # no network interface: its address is no name of ours
             return False
         return name == own and own != "0.0.0.0"
@@ -139,7 +158,7 @@ class Api:
 
     # ---- handlers ---------------------------------------------------------------------------
     async def status(self, req):
-        v = self.app.status()
+        v = self.status_view()
         v["logged_in"] = self._authed(req)  # the web app shows start and stop (APP Control)
         if not self._sees_uids(req):
             s = v["session"]
@@ -179,24 +198,24 @@ class Api:
 
     async def get_config(self, req):
         self._need_session(req)
-        return self.app.settings.public()
+        return self.settings.public()
 
     async def put_config(self, req):
         self._need_session(req)
         body = await self._json(req)
-        errors = self.app.settings.apply(body)
+        errors = self.settings.apply(body)
         if errors:
             return Response({"error": "invalid settings", "fields": errors}, 400)
-        return self.app.settings.public()
+        return self.settings.public()
 
     async def history(self, req):
         fix = None if self._sees_uids(req) else _mask_record
-        return {"sessions": self.app.history.session_records(_limit(req), fix)}
+        return {"sessions": self.records.session_records(_limit(req), fix)}
 
     async def history_csv(self, req):
         rows = ["No,Start,End,Start Mode,Stop Mode,Energy kWh,Id,Pauses"]
         authed = self._sees_uids(req)
-        for r in self.app.history.session_list(_limit(req, 200)):
+        for r in self.records.session_list(_limit(req, 200)):
             if not authed:
                 _mask_record(r)
             rows.append(
@@ -219,10 +238,10 @@ class Api:
         )
 
     async def faults(self, req):
-        ch = self.app.charger
+        ch = self.charger
         return {
-            "faults": self.app.history.fault_records(_limit(req), _describe),
-            "active": self.app.errors(),
+            "faults": self.records.fault_records(_limit(req), _describe),
+            "active": self.errors(),
             "latched": faults.codes(ch.latched),
         }
 
@@ -235,15 +254,15 @@ class Api:
         ):
             return Response({"error": "codes must be a list", "fields": {"codes": "list of codes"}}, 400)
         try:
-            cleared = self.app.protection.technician_clear(codes)
+            cleared = self.protection.technician_clear(codes)
         except ValueError as e:
             raise HTTPError(400, str(e))
-        return {"cleared": cleared, "active": self.app.errors()}
+        return {"cleared": cleared, "active": self.errors()}
 
     async def session_start(self, req):
         self._need_session(req)
         await self._json(req)
-        ok, msg = self.app.auth.start("APP", "App")
+        ok, msg = self.authorizer.start("APP", "App")
         if not ok:
             raise HTTPError(409, msg)
         return {"ok": True, "result": msg}  # "started", or "plug in": it waits for the vehicle
@@ -251,7 +270,7 @@ class Api:
     async def session_stop(self, req):
         self._need_session(req)
         await self._json(req)
-        ch = self.app.charger
+        ch = self.charger
         if ch.end_session("App") is None:
             if ch.auth_pending is None:
                 raise HTTPError(409, "no session running")
@@ -267,7 +286,7 @@ class Api:
             return Response(
                 {"error": "invalid time", "fields": {"epoch_s": "seconds since 1970, UTC"}}, 400
             )
-        self.app.hw.rtc.set(t)
+        self.hw.rtc.set(t)
         return {"ok": True, "system_time": t}
 
     # ---- RFID cards (manual §8.1.2 point 11) ------------------------------------------------
@@ -275,14 +294,14 @@ class Api:
         self._need_session(req)
         if self.auth.factory:  # whole UIDs: not to the public factory password
             raise HTTPError(403, _DEFAULT_PW)
-        return {"cards": self.app.cards.list(), "rfid_type": self.app.settings["rfid_type"]}
+        return {"cards": self.card_store.list(), "rfid_type": self.settings["rfid_type"]}
 
     async def card_read(self, req):
         self._need_session(req)
-        if not self.app.standby():
+        if not _standby(self.charger):
             raise HTTPError(409, "cards can be read and learned only in stand-by")
         try:
-            got = await self.app.rfid.read(_READ_WAIT_MS)
+            got = await self.rfid.read(_READ_WAIT_MS)
         except ValueError as e:
             raise HTTPError(409, str(e))
         if got is None:
@@ -302,36 +321,36 @@ class Api:
         self._need_session(req)
         slot = self._slot(req)
         body = await self._json(req)
-        if not self.app.standby():
+        if not _standby(self.charger):
             raise HTTPError(409, "cards can be learned only in stand-by")
         try:
-            self.app.cards.learn(slot, body.get("uid"))
+            self.card_store.learn(slot, body.get("uid"))
         except ValueError as e:
             return Response({"error": str(e), "fields": {"uid": str(e)}}, 400)
-        return {"cards": self.app.cards.list()}
+        return {"cards": self.card_store.list()}
 
     async def card_add(self, req):
         """Learns a card into the first free slot; refused when all three are in use."""
         self._need_session(req)
         body = await self._json(req)
-        if not self.app.standby():
+        if not _standby(self.charger):
             raise HTTPError(409, "cards can be learned only in stand-by")
-        slot = self.app.cards.free_slot()
+        slot = self.card_store.free_slot()
         if slot is None:
             raise HTTPError(409, "all three card slots are in use: delete one or write over it")
         try:
-            self.app.cards.learn(slot, body.get("uid"))
+            self.card_store.learn(slot, body.get("uid"))
         except ValueError as e:
             return Response({"error": str(e), "fields": {"uid": str(e)}}, 400)
-        return {"slot": slot, "cards": self.app.cards.list()}
+        return {"slot": slot, "cards": self.card_store.list()}
 
     async def card_delete(self, req):
         self._need_session(req)
         slot = self._slot(req)
-        if not self.app.standby():
+        if not _standby(self.charger):
             raise HTTPError(409, "cards can be changed only in stand-by")
-        self.app.cards.forget(slot)
-        return {"cards": self.app.cards.list()}
+        self.card_store.forget(slot)
+        return {"cards": self.card_store.list()}
 
     # ---- WiFi (manual §8.1.2 point 5) ----------------------------------------------------
     async def wifi_scan(self, req):
@@ -340,18 +359,17 @@ class Api:
         self._need_session(req)
         if self.auth.factory:
             raise HTTPError(403, _DEFAULT_PW)
-        app = self.app
-        if not app.standby() or app.hw.relays.closed:
+        if not _standby(self.charger) or self.hw.relays.closed:
             raise HTTPError(409, "networks can be scanned only in stand-by")
         now = self.auth.now_ms()
         if self._scan is None or now - self._scan[0] >= _SCAN_MS:
             nets = []
-            for ssid, rssi, auth in app.hw.wlan.scan():
+            for ssid, rssi, auth in self.hw.wlan.scan():
                 nets.append({"ssid": ssid, "rssi": rssi, "auth": auth})
             nets.sort(key=lambda n: -n["rssi"])
             del nets[_SCAN_MAX:]
             self._scan = (now, nets)
-        return {"networks": self._scan[1], "mode": app.settings["wifi_mode"]}
+        return {"networks": self._scan[1], "mode": self.settings["wifi_mode"]}
 
     async def wifi_connect(self, req):
         self._need_session(req)
@@ -359,18 +377,18 @@ class Api:
         changes = {"wifi_ssid": body.get("ssid"), "wifi_password": body.get("password", "")}
         if not changes["wifi_ssid"]:
             return Response({"error": "choose a network", "fields": {"ssid": "required"}}, 400)
-        errors = self.app.settings.apply(changes)
+        errors = self.settings.apply(changes)
         if errors:
             fields = {("ssid" if k == "wifi_ssid" else "password"): v for k, v in errors.items()}
             return Response({"error": "invalid network settings", "fields": fields}, 400)
-        return {"ok": True, "ssid": changes["wifi_ssid"], "mode": self.app.settings["wifi_mode"]}
+        return {"ok": True, "ssid": changes["wifi_ssid"], "mode": self.settings["wifi_mode"]}
 
     # ---- upgrades (manual §12-13, docs/ota.md) ------------------------------------------
     async def upgrade(self, req):
         """POST /api/upgrade?md5=<32 hex>[&downgrade=1]: body = the .bin (octet-stream).
         409 {"error", "refused": "busy" | "charging" | "checking"} when none may start now."""
         self._need_session(req)
-        ota = self.app.ota.get()
+        ota = self.ota.get()
         md5 = req.query.get("md5", "").strip().lower()
         if len(md5) != 32 or any(c not in "0123456789abcdef" for c in md5):
             raise HTTPError(400, "md5 must be 32 hexadecimal digits")
@@ -387,7 +405,7 @@ class Api:
         """PUT /api/upgrade/key {"key": PEM public key or 130 hex digits}: installs the
         first signing key. 409 once one is installed (a key file signed by it replaces it)."""
         self._need_session(req)
-        ota = self.app.ota.get()
+        ota = self.ota.get()
         body = await self._json(req)
         text = body.get("key")
         if not isinstance(text, str):
@@ -411,17 +429,17 @@ class Api:
 
     async def upgrade_status(self, req):
         self._need_session(req)
-        return self.app.ota.view()
+        return self.ota.view()
 
     async def lang_file(self, req):
         """GET /lang/<file>: a language pack's file from <data>/www/lang/ when there is
         one (docs/ota.md), else the shipped file under the web app's static root."""
         name = req.params["file"]
-        srv = self.app.http
+        srv = self.http
         if srv is None:
             raise HTTPError(404)
         try:
-            return srv.static_file(req, self.app.data_dir + "/www/lang/" + name)
+            return srv.static_file(req, self.data_dir + "/www/lang/" + name)
         except HTTPError as e:
             if e.status != 404 or srv.static_root is None:
                 raise
@@ -510,6 +528,12 @@ def mask(uid):
     return "****" + s[-4:] if len(s) >= 8 else "****"
 
 
+def _standby(ch):
+    """No vehicle, no session, no fault: the only time cards may be learned (or a WiFi
+    scan blocks the loop)."""
+    return ch.ocpp_status() == "Available" and ch.session is None
+
+
 def _mask_record(rec):
     rec["id"] = mask(rec.get("id"))
 
@@ -548,9 +572,8 @@ def _csv(v):
     return s
 
 
-def make_server(app):
-    api = Api(app)
-    app.api = api
+def make_server(api, www_dir):
+    """The web server of the API's routes and the web app's static files (www_dir)."""
     import log
 
     lg = log.get("http")
@@ -564,5 +587,6 @@ def make_server(app):
     # Four slots, not the library's six: the hotspot takes one device, the web app's page
     # asks for at most four files at once, and a fifth connection waits in the backlog
     # while answers say Connection: close (docs/web.md). Each slot keeps 1.6 KB for good.
-    return httpd.Server(api.routes(), static_root=app.www_dir, log=note, max_conns=4,
-                        check_request=api.check_request, extra_headers=_HEADERS)
+    api.http = httpd.Server(api.routes(), static_root=www_dir, log=note, max_conns=4,
+                            check_request=api.check_request, extra_headers=_HEADERS)
+    return api.http

@@ -100,7 +100,6 @@ class App:
         self.hmi.show_hotspot(idle_only=True)  # booted in AP mode: its name and key
         self.http = None
         self.api = None
-        self.www_dir = _www_dir()
         self.ota = _Upgrades(self)
         from evse import ocpp
 
@@ -190,7 +189,10 @@ class App:
         from evse import api
 
         host, port = self.hw.http_addr
-        self.http = api.make_server(self)
+        self.api = api.Api(self.hw, self.data_dir, self.settings, self.charger,
+                           self.protection, self.history, self.auth, self.cards, self.rfid,
+                           self.ota, self.status, self.errors)
+        self.http = api.make_server(self.api, _www_dir())
         why = self._password_error()
         if why:  # the Report page names it, as a setting that cannot be read
             self.history.add_fault("CFG", {"password.json": why})
@@ -252,11 +254,6 @@ class App:
             gc.threshold(max(_GC_MIN, min(GC_EVERY, gc.mem_free() // 4)))
 
     # ---- views -----------------------------------------------------------------------------
-    def standby(self):
-        """No vehicle, no session, no fault: the only time cards may be learned."""
-        ch = self.charger
-        return ch.ocpp_status() == "Available" and ch.session is None
-
     def errors(self):
         ch = self.charger
         codes = faults.codes(ch.active | ch.latched)
@@ -435,7 +432,8 @@ class _Upgrades:
         if o is None:
             from evse.ota import Ota
 
-            o = self._ota = Ota(self._app, boot=self._boot)
+            a = self._app
+            o = self._ota = Ota(a.hw, a.data_dir, a.settings, a.charger, a.hmi, boot=self._boot)
             self._boot = False
             o.last = self.last
             if self._ocpp is not None:
@@ -472,8 +470,11 @@ class _Upgrades:
         """The health check of a version on trial, then the idle look."""
         if self._ota is not None and self._ota.running()["trial"]:
             self._runs += 1
-            try:
-                await self._ota.run()
+            a = self._app
+            sup = a.supervisor
+            try:  # healthy: every task on time, none escalated, the web server up
+                await self._ota.run(
+                    lambda: not sup.late() and sup.escalated is None and a.http is not None)
             finally:
                 self._runs -= 1
         self._idle(time.ticks_ms(), True)  # the boot's clean-up is done

@@ -85,11 +85,16 @@ def discard(p):
 
 
 class Ota:
-    def __init__(self, app, ab=None, boot=True):
-        self.app = app
-        self.hw = app.hw
-        self.data_dir = app.data_dir
-        self.board = app.hw.name
+    """hw: the board (its name, network interface and reset); charger: whether a charge
+    runs (none is cut); hmi: the display that shows a result code, or None; settings:
+    read at boot only (is OCPP configured?)."""
+
+    def __init__(self, hw, data_dir, settings, charger, hmi, ab=None, boot=True):
+        self.hw = hw
+        self.data_dir = data_dir
+        self.board = hw.name
+        self.charger = charger
+        self.hmi = hmi
         if ab is None:
             try:
                 import ab_boot as ab
@@ -115,18 +120,18 @@ class Ota:
         self.on_healthy = None  # fn() when a version on trial is confirmed (OCPP Installed)
         self.key_path = self.data_dir + "/" + KEY_FILE
         if boot:  # what a power cut left; not when the app builds it again for a use
-            self._clean_up(app)
+            self._clean_up(settings)
         # an OCPP download's https:// context and security profile (ocpp_hook)
         self.tls = lambda: None
         self.profile = lambda: 0
 
-    def _clean_up(self, app):
+    def _clean_up(self, settings):
         discard(self.staging)  # a cut mid-upload leaves one: never installed
         discard(self.kept_meta + ".tmp")
         discard(self.kept_meta + ".bak")
         try:
-            ocpp_on = bool(app.settings["ocpp_url"])
-        except (AttributeError, KeyError, TypeError):
+            ocpp_on = bool(settings["ocpp_url"])
+        except (KeyError, TypeError):
             ocpp_on = False
         if not ocpp_on:
             self.drop_kept()  # nothing will ask for it
@@ -268,7 +273,7 @@ class Ota:
         "charging" or "checking"; None when one may."""
         if self.busy:
             return "busy", "another upgrade is in progress"
-        if self.app.charger.session is not None:
+        if self.charger.session is not None:
             return "charging", "a charge is running: upgrade when it has ended"
         if self.running()["trial"]:
             return "checking", "the running version is still being checked: retry in %d s" % (
@@ -284,10 +289,8 @@ class Ota:
             r["error"] = msg
         r.update(extra)
         self.last = r
-        try:
-            self.app.hmi.show_message(code, MESSAGE_MS)
-        except AttributeError:
-            pass
+        if self.hmi is not None:
+            self.hmi.show_message(code, MESSAGE_MS)
         if code == img.OK:
             _log.info("upgrade: %s %s", code, extra)
         else:
@@ -346,7 +349,7 @@ class Ota:
             sink = None
             # A charge may have started during a long upload: installing is minutes of
             # flash work, never done while the relays may be closed. Refused, not kept.
-            if self.app.charger.session is not None:
+            if self.charger.session is not None:
                 _log.warning("upload refused: a charge started during it")
                 return 409, {"error": "a charge started during the upload: upload again "
                              "when it has ended", "refused": "charging"}
@@ -488,25 +491,24 @@ class Ota:
 
     async def _reset_later(self):
         await asyncio.sleep_ms(RESET_DELAY_MS)
-        while self.app.charger.session is not None:  # never cut a charge
+        while self.charger.session is not None:  # never cut a charge
             await asyncio.sleep_ms(1000)
         _log.info("restarting into the new version")
         self.hw.reset()
 
     # ---- health of a new version (its first boot) --------------------------------------
-    async def run(self):
-        """Confirms a version on trial once it has been healthy for HEALTH_MS; resets
-        (the next boot rolls back) when it is not within HEALTH_DEADLINE_MS."""
+    async def run(self, healthy):
+        """Confirms a version on trial once healthy() (the application's judgement: its
+        tasks on time, its web server up) has held for HEALTH_MS; resets (the next boot
+        rolls back) when it has not within HEALTH_DEADLINE_MS."""
         if not self.running()["trial"]:
             return
         t0 = time.ticks_ms()
         since = None
-        sup = self.app.supervisor
         while True:
             await asyncio.sleep_ms(500)
             now = time.ticks_ms()
-            ok = not sup.late() and sup.escalated is None and self.app.http is not None
-            if ok:
+            if healthy():
                 since = now if since is None else since
                 if time.ticks_diff(now, since) >= HEALTH_MS:
                     break
@@ -562,7 +564,7 @@ class Ota:
 
         def tls():  # the CA store of wss:// (ocpp_ca.pem): one loader for both
             svc = ocpp.service
-            return svc._tls() if svc is not None else None
+            return svc.tls() if svc is not None else None
 
         def profile():
             svc = ocpp.service

@@ -42,7 +42,7 @@ async def run(o, url, retries, retry_interval_s, status, kept):
                 o.result(info.code, info.msg)
                 raise ValueError(info.msg)
         o.busy = "waiting"
-        while o.app.charger.session is not None:  # never cut a charge
+        while o.charger.session is not None:  # never cut a charge
             await asyncio.sleep(2)
         o.busy = "install"
         status("Installing")

@@ -26,12 +26,14 @@ class Ocpp:
         gc.collect()
         # at_boot: the URL stored at boot, the one a key stored without its central
         # system may be bound to (a URL set later may come from anyone with a session)
-        self.service = svc = Service(self.app, at_boot)
+        app = self.app
+        self.service = svc = Service(app.hw, app.data_dir, app.settings, app.charger,
+                                     app.metering, app.auth, app.history, app.rfid, app.ota,
+                                     app.status, at_boot)
         svc.on_update_firmware = self._fw_hook
         # The charge point's place in the charger: its transactions follow the charger's
         # sessions, it authorizes (behind the reservation gate, ahead of the others) and
         # is asked before a session stops, fault records go to the central system.
-        app = self.app
         app.charger.listeners.append(svc.tx.on_charger)
         app.auth.sources.insert(0, Gate(svc.auth))
         app.auth.sources.append(svc.auth)

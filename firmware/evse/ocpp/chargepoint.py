@@ -34,13 +34,25 @@ STORE_LIMIT_A = 6.0
 
 
 class ChargePoint:
-    def __init__(self, app):
-        self.app = app
-        self.ch = ch = app.charger
-        self.hw = app.hw
-        self.settings = app.settings
-        d = app.data_dir
-        self.data_dir = d
+    """What it uses of the charger: hw (clock, serial, reset, network interface),
+    data_dir (its stores), settings, charger, metering (meter values), authorizer (starts
+    and asks about id tags: evse/auth.py), history (the records a transaction waits for,
+    GetDiagnostics), rfid (a reader fault), ota (the upgrade service: evse/app.py
+    _Upgrades; None on a build without one) and status() (the application's status,
+    DataTransfer Status)."""
+
+    def __init__(self, hw, data_dir, settings, charger, metering, authorizer, history, rfid,
+                 ota, status):
+        self.hw = hw
+        self.data_dir = d = data_dir
+        self.settings = settings
+        self.ch = ch = charger
+        self.metering = metering
+        self.authorizer = authorizer
+        self.history = history
+        self.rfid = rfid
+        self.ota = ota
+        self.status_view = status
         self.cfg = cfg = config.Config(d + "/ocpp_config.json")
         self.q = TxQueue(d)
         # Smart charging is built when the central system first uses it, or at boot when
@@ -151,9 +163,8 @@ class ChargePoint:
             # kept it (evse/ota.py); the request goes on from there, Downloaded already said.
             self.fw_status = "Downloaded"
             return
-        ota = getattr(self.app, "ota", None)
-        if ota is not None:
-            ota.drop_kept()  # no request waits for a kept file
+        if self.ota is not None:
+            self.ota.drop_kept()  # no request waits for a kept file
         # Cut while downloading or installing: say how it ended, honestly (a new version
         # on trial says Installed once it proves healthy: firmware_confirmed()).
         st = fw.cut_outcome(version.VERSION, self._on_trial) if fw is not None else None
@@ -177,7 +188,7 @@ class ChargePoint:
         err = faults.ocpp_error(bits)
         codes = faults.codes(bits)
         vendor = codes[0] if codes else None
-        if err == "NoError" and self.app.rfid.fault:
+        if err == "NoError" and self.rfid.fault:
             err = "ReaderFailure"
         if conn == 0:
             if st != "Faulted":
@@ -292,8 +303,7 @@ class ChargePoint:
         return FwUpdate(self, d)
 
     def _on_trial(self):
-        ota = getattr(self.app, "ota", None)
-        return ota is not None and ota.running()["trial"]
+        return self.ota is not None and self.ota.running()["trial"]
 
     def diagnostics_status(self, status):
         self.diag_status = status

@@ -79,7 +79,7 @@ async def data_transfer(svc, mid, p):
         return _status("UnknownVendorId")
     msg = p.get("messageId")
     if msg == "Status":
-        return {"status": "Accepted", "data": json.dumps(svc.app.status())}, None
+        return {"status": "Accepted", "data": json.dumps(svc.status_view())}, None
     if msg == "ChargeMode":
         # data: the mode to set (normal, solar, solar_min); without data: the mode in use.
         # Either way the answer's data is the mode in use.
@@ -161,7 +161,7 @@ async def remote_start(svc, mid, p):
     async def after():
         src = None
         if svc.cfg["AuthorizeRemoteTxRequests"]:
-            verdict, src = await svc.app.auth.ask(tag)
+            verdict, src = await svc.authorizer.ask(tag)
             if verdict != "Accepted":
                 _log.info("remote start of %s not authorized (%s)", tag, verdict)
                 return
@@ -262,7 +262,7 @@ async def trigger_message(svc, mid, p):
             # reported without a transaction.
             main = conn == 0
             payload = {"connectorId": 0 if main else 1, "meterValue": [
-                meterval.meter_value(svc.app, svc.cfg["MeterValuesSampledData"], "Trigger", svc.now())]}
+                meterval.meter_value(svc, svc.cfg["MeterValuesSampledData"], "Trigger", svc.now())]}
             cur = svc.tx.cur
             if not main and cur is not None and cur["id"] is not None:
                 payload["transactionId"] = cur["id"]

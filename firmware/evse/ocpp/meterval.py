@@ -15,10 +15,11 @@ def _sv(out, value, context, measurand, unit, phase=None):
     out.append(sv)
 
 
-def sampled(app, names, context):
-    """The sampledValue list of the measurands named in `names` (comma separated)."""
-    m = app.metering
-    ch = app.charger
+def sampled(cp, names, context):
+    """The sampledValue list of the measurands named in `names` (comma separated), read
+    from the charge point's metering, charger and board (chargepoint.py)."""
+    m = cp.metering
+    ch = cp.ch
     ph = ch.phases
     out = []
     for name in names.split(","):
@@ -39,12 +40,12 @@ def sampled(app, names, context):
         elif name == "Frequency":
             _sv(out, "%.2f" % m.hz, context, name, None)
         elif name == "Temperature":
-            t = app.hw.temps.socket_c
+            t = cp.hw.temps.socket_c
             if t is not None:
                 _sv(out, "%.1f" % t, context, name, "Celsius")
     return out
 
 
-def meter_value(app, names, context, t):
+def meter_value(cp, names, context, t):
     """One MeterValue object: a timestamp and its sampled values."""
-    return {"timestamp": isotime.fmt(t), "sampledValue": sampled(app, names, context)}
+    return {"timestamp": isotime.fmt(t), "sampledValue": sampled(cp, names, context)}

@@ -55,8 +55,10 @@ def pem_certs(path):
 
 
 class Service(ChargePoint):
-    def __init__(self, app, at_boot=False):
-        ChargePoint.__init__(self, app)
+    def __init__(self, hw, data_dir, settings, charger, metering, authorizer, history, rfid,
+                 ota, status, at_boot=False):
+        ChargePoint.__init__(self, hw, data_dir, settings, charger, metering, authorizer,
+                             history, rfid, ota, status)
         cfg = self.cfg
         # The largest message the charger takes: a SendLocalList of SendLocalListMaxLength
         # (20) entries with every field, or a profile of ChargingScheduleMaxPeriods (24),
@@ -219,7 +221,9 @@ class Service(ChargePoint):
             pass
 
     # ---- connection ------------------------------------------------------------------------------
-    def _tls(self):
+    def tls(self):
+        """The client context of wss://, GetDiagnostics' and the firmware download's
+        https:// (ocpp_ca.pem); None (logged) when there is none to verify with."""
         # MicroPython's own `tls` module (1.23+), not micropython-lib's `ssl` wrapper: its
         # SSLContext takes asyncio's wrap_socket call as it is, and needs no package.
         import tls
@@ -282,7 +286,7 @@ class Service(ChargePoint):
             return self._refuse("security profile %d needs wss://" % prof)
         ctx = None
         if secure:
-            ctx = self._tls()
+            ctx = self.tls()
             if ctx is None:
                 return False
         key = self.cfg["AuthorizationKey"]

@@ -46,7 +46,7 @@ class Transactions:
         self._kept = None  # (Wh, ticks_ms) of the last write of the open-transaction record
 
     def _history(self):
-        h = getattr(self.svc.app, "history", None)
+        h = self.svc.history
         return h if hasattr(h, "started") else None
 
     def _stored(self, kind, s):
@@ -93,7 +93,7 @@ class Transactions:
         """RemoteStart accepted: starts now, or (no vehicle yet) waits as the charger's one
         authorization before plug-in (auth.py: ConnectionTimeOut, display PLUG IN, status
         Preparing). The embedded TxProfile waits with it for the session of this tag."""
-        ok, why = self.svc.app.auth.start(tag, "OCPP", source)
+        ok, why = self.svc.authorizer.start(tag, "OCPP", source)
         if not ok:
             _log.warning("remote start of %s failed: %s", tag, why)
             return
@@ -238,7 +238,7 @@ class Transactions:
                     "tag": s.id_tag, "begin": None, "deauth": False, "wh": payload["meterStart"]}
         names = svc.cfg["StopTxnSampledData"]
         if names:
-            self.cur["begin"] = meterval.meter_value(svc.app, names, "Transaction.Begin", s.start_s)
+            self.cur["begin"] = meterval.meter_value(svc, names, "Transaction.Begin", s.start_s)
         self._next_sample = None
         rm = self._remote
         self._remote = None  # any session ends a remote start's wait
@@ -265,7 +265,7 @@ class Transactions:
         names = svc.cfg["StopTxnSampledData"]
         if names and cur["begin"] is not None:
             payload["transactionData"] = [
-                cur["begin"], meterval.meter_value(svc.app, names, "Transaction.End", end)
+                cur["begin"], meterval.meter_value(svc, names, "Transaction.End", end)
             ]
         svc.q.push("StopTransaction", payload, cur["ref"], rpc.new_id())
         svc.q.close_open()
@@ -313,7 +313,7 @@ class Transactions:
         names = svc.cfg["MeterValuesSampledData"]
         if not names:
             return
-        mv = meterval.meter_value(svc.app, names, "Sample.Periodic", now)
+        mv = meterval.meter_value(svc, names, "Sample.Periodic", now)
         svc.q.push("MeterValues", {"connectorId": 1, "meterValue": [mv]}, cur["ref"], rpc.new_id())
         svc.kick()
 
@@ -325,13 +325,13 @@ class Transactions:
         return max(int(s.start_wh + s.energy_wh), cur["wh"] + int(s.energy_wh))
 
     def _touch(self, now):
-        wh = self.svc.app.metering.energy_wh
+        wh = self.svc.metering.energy_wh
         s = self.svc.ch.session
         cur = self.cur
         if s is not None and cur is not None and s.start_s == cur["start"]:
             wh = self._meter_stop(cur, s)  # the same reading as the stop would carry
         self.svc.q.touch_open(wh, now)
-        self._kept = (self.svc.app.metering.energy_wh, time.ticks_ms())
+        self._kept = (self.svc.metering.energy_wh, time.ticks_ms())
 
     def _keep(self, now):
         """Writes the running transaction's meter register and time to its open record
@@ -342,7 +342,7 @@ class Transactions:
         if kept is None:
             self._touch(now)
             return
-        wh = self.svc.app.metering.energy_wh
+        wh = self.svc.metering.energy_wh
         # A negative age: over 2**29 ms (a 32-bit port's ticks wrapped), long due.
         age = time.ticks_diff(time.ticks_ms(), kept[1])
         if wh - kept[0] >= PERSIST_WH or not 0 <= age < PERSIST_S * 1000:
@@ -362,7 +362,7 @@ class Transactions:
         names = svc.cfg["MeterValuesAlignedData"]
         if not names:
             return
-        mv = meterval.meter_value(svc.app, names, "Sample.Clock", slot * iv)
+        mv = meterval.meter_value(svc, names, "Sample.Clock", slot * iv)
         p = {"connectorId": 1, "meterValue": [mv]}
         if cur is not None:
             svc.q.push("MeterValues", p, cur["ref"], rpc.new_id())
@@ -388,13 +388,13 @@ class Transactions:
             if sm is not None:
                 start, tx_id = self.tx_for_smart()
                 # The phases the car draws on (measured; None before): W limits use them.
-                m = getattr(svc.app.metering, "car_mask", None)
+                m = getattr(svc.metering, "car_mask", None)
                 sm.car_phases = None if not m else (m & 1) + (m >> 1 & 1) + (m >> 2 & 1)
                 a = sm.limit(now, 1, start, tx_id)
             cur = self.cur
             if cur is not None and cur["deauth"]:
                 s = svc.ch.session
-                used = svc.app.metering.energy_wh - (s.start_wh if s else 0)
+                used = svc.metering.energy_wh - (s.start_wh if s else 0)
                 if used >= svc.cfg["MaxEnergyOnInvalidId"]:
                     a = 0.0
         if a != self.limit:

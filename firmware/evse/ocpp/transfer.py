@@ -25,7 +25,6 @@ _log = log.get("ocpp.files")
 
 _TIMEOUT_MS = 60000  # one whole upload
 _CHUNK = 512
-_MAX_HEAD = 512
 
 
 def diag_name(svc):
@@ -51,7 +50,7 @@ async def _write_file(svc, path, p):
     hi = isotime.parse(p["stopTime"]) if "stopTime" in p else None
     import json
 
-    h = svc.app.history
+    h = svc.history
     n = 0
     with open(path, "w") as f:
         f.write(json.dumps({"serial": svc.hw.serial, "generated": isotime.fmt(svc.now())}))
@@ -114,7 +113,7 @@ def _split(url, profile=0):
 async def _post(svc, location, name, path):
     # The records hold card UIDs: at profile 2 they leave only over verified TLS.
     secure, host, port, base = _split(location, svc.cfg["SecurityProfile"])
-    ctx = svc._tls() if secure else None
+    ctx = svc.tls() if secure else None
     if secure and ctx is None:
         raise ValueError("https:// needs the CA certificate")
     size = os.stat(path)[6]
@@ -141,17 +140,12 @@ async def _post(svc, location, name, path):
                     break
                 w.write(mv[:n])
                 await w.drain()
-        line = b""
-        while b"\n" not in line:
-            chunk = await r.read(64)
-            if not chunk:
-                break
-            line += chunk
-            if len(line) > _MAX_HEAD:
-                break
-        parts = line.split(b" ", 2)
-        if len(parts) < 2 or not parts[1][:1] == b"2":
-            raise OSError("upload answered %r" % line[:40])
+        buf = mv = None  # the head reader's line buffer takes its place
+        import httpget
+
+        code = (await httpget.read_head(r, _TIMEOUT_MS))[0]  # OSError: not an HTTP answer
+        if not 200 <= code < 300:
+            raise OSError("upload answered %d" % code)
     finally:
         await w.wait_closed()
 
