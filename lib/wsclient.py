@@ -551,7 +551,8 @@ class WsClient:
 
     # ---- sending -------------------------------------------------------------------------
     async def send(self, data):
-        """Sends a str as a text message, bytes as binary: one frame, any length."""
+        """Sends a str as a text message, bytes as binary: one frame of up to 64 KB
+        (ValueError beyond: no message of the charger's comes near it)."""
         if isinstance(data, str):
             data = data.encode()
             if b"\xed" in data:  # maybe surrogates: text must be UTF-8 (RFC 6455 5.6)
@@ -559,6 +560,8 @@ class WsClient:
             op = OP_TEXT
         else:
             op = OP_BINARY
+        if len(data) > 65535:
+            raise ValueError("message over 64 KB")
         async with self._wlock:
             await self._frame_locked(op, memoryview(data), len(data))
 
@@ -583,16 +586,11 @@ class WsClient:
         if n < 126:
             tx[1] = 0x80 | n
             h = 2
-        elif n < 65536:
+        else:
             tx[1] = 0x80 | 126
             tx[2] = n >> 8
             tx[3] = n & 0xFF
             h = 4
-        else:
-            tx[1] = 0x80 | 127
-            for i in range(8):
-                tx[2 + i] = (n >> (56 - 8 * i)) & 0xFF if i >= 4 else 0
-            h = 10
         key = self._key
         key[:] = os.urandom(4)
         tx[h : h + 4] = key

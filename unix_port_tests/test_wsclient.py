@@ -494,10 +494,10 @@ def test_stalled_frame_times_out():
 
 def test_long_message_sent_as_one_frame_through_a_small_buffer():
     # The transmit buffer bounds the RAM, not the message: one frame each, masked a piece
-    # at a time (the mask's phase carried across pieces), the 16- and 64-bit lengths.
+    # at a time (the mask's phase carried across pieces, a last piece not of 4 bytes).
     got = []
     text = "".join("%04d," % i for i in range(1000))  # 5000 bytes
-    blob = bytes(range(256)) * 256 + b"tail"  # 65540 bytes: the 64-bit length
+    blob = bytes(range(256)) * 3 + b"tail!"  # 773 bytes
 
     async def script(p):
         await p.read_head()
@@ -511,12 +511,17 @@ def test_long_message_sent_as_one_frame_through_a_small_buffer():
         true(len(ws._tx) == 250, "the buffer is as small as asked")
         await ws.send(text)
         await ws.send(blob)
+        try:
+            await ws.send(bytes(65536))
+            got.append("sent")
+        except ValueError:
+            pass
         await asyncio.sleep_ms(300)
         ws.abort()
         srv.close()
 
     run(main())
-    eq(len(got), 2, "two frames, no fragments")
+    eq(len(got), 2, "two frames, no fragments, none over 64 KB")
     eq(got[0][:2], (True, 1), "final text frame")
     eq(got[0][2].decode(), text, "text intact")
     eq(got[1][:2], (True, 2), "final binary frame")
