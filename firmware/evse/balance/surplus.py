@@ -179,18 +179,19 @@ class PoolSolar:
                 old = None
                 for a in self.run:
                     age = time.ticks_diff(now, self.run[a])
-                    if age >= s["solar_min_on_s"] * 1000 and (old is None or age > old[0]):
-                        old = (age, a)
+                    if age >= s["solar_min_on_s"] * 1000 and (old is None or (age, -a) > old):
+                        old = (age, -a)  # on a tie the lower address
                 if old is not None:
-                    a = old[1]
+                    a = -old[1]
                     _log.info("solar: node %d pauses, %.1f A of surplus", a, sur)
                     del self.run[a]
                     self.wait[a] = now
                     self.since.pop(_LOW, None)
                     on = [by[x] for x in self.run]
         nxt = None
-        for a in self.wait:
-            if nxt is None or time.ticks_diff(self.wait[nxt], self.wait[a]) > 0:
+        for a in self.wait:  # the longest wait; on a tie the lower address
+            d = 1 if nxt is None else time.ticks_diff(self.wait[nxt], self.wait[a])
+            if d > 0 or d == 0 and a < nxt:
                 nxt = a
         self.next = nxt
         g = self._ghost
