@@ -658,3 +658,48 @@ def test_three_nodes_address_clash(meter_pool):
     assert bal(w.snaps[0], "nodes") == [2, 3, 4], w.snaps[0]["balance"]
     assert all(bal(s, "fault") is None for s in w.snaps)
     mp.check_pool()
+
+
+@pytest.mark.duration(30)
+def test_two_nodes_share_one_solar_surplus(meter_pool):
+    """docs/load-balancing.md, "Charge modes": the master, set to `solar`, turns the
+    house's export into the pool's budget. 16 A a phase of export: both cars charge (the
+    second once it covers 6 A more), the follower shows the pool's mode; the export
+    falls to 13 A: both go on at 6 A at least. Together they never offer more than the
+    export beyond the reaction to a fall (a meter cycle, the allocation after it, a
+    node's tick: REACT_S); two chargers each judging the whole export drew twice it."""
+    export = 16.0
+    mp = meter_pool(2, load=[0.0] * 3)
+    w, (master, _) = mp.watch, mp.cs
+    mp.loads = [(time.monotonic(), [-export] * 3)]  # the export (negative loads) from now
+    mp.meter.ctl(op="load", amps=[-export] * 3)
+    master.login()
+    r = master.http("PUT", "/api/config", json={
+        "charge_mode": "solar", "solar_start_s": 2, "solar_stop_s": 60, "solar_min_on_s": 0})
+    assert r.status == 200, r
+    w.wait(lambda ss: ((ss[1] or {}).get("solar") or {}).get("mode") == "solar", WAIT_S,
+           "the follower shows the master's mode")
+    mp.plug_all()
+    o = mp.settled(lambda o: _charging(o) == 2, 20, "both charge on 16 A of export")
+    print("16 A of export:", o)
+    mp.drawing()
+    export = 13.0
+    mp.loads.append((time.monotonic(), [-export] * 3))
+    mp.meter.ctl(op="load", amps=[-export] * 3)
+    o = mp.settled(lambda o: _charging(o) == 2 and _total(o) <= export, REACT_S + 2,
+                   "both on 13 A of export")
+    print("13 A of export:", o)
+    hold = time.monotonic() + 3
+    w.wait(lambda ss: time.monotonic() >= hold, 5, "watching")
+    assert all(s["relays_closed"] for s in w.snaps), "a charge stopped within the stop delay"
+    assert (w.snaps[0]["solar"] or {}).get("pool") == [1, 2], w.snaps[0]["solar"]
+    # The export in force from REACT_S before each round to its end bounds its sum; a
+    # round may straddle one reallocation (check_pool): two in a row must show an excess.
+    over_before = None
+    for t0, t1, offered in (r for r in w.rounds if r[0] >= mp.loads[0][0]):
+        ok = max(-ld[0] for k, (since, ld) in enumerate(mp.loads)
+                 if since <= t1 and (k + 1 == len(mp.loads) or mp.loads[k + 1][0] >= t0 - REACT_S))
+        over = _total(offered) > ok + 1e-6 and f"{offered} above {ok} A of export"
+        assert not (over and over_before), f"{over_before}, then {over}"
+        over_before = over
+    mp.check_own_limits()

@@ -15,6 +15,7 @@ from test_power_management import CYCLE_S, LATE_S, TICK_S, WAIT_S, Rig
 START_S = 3
 STOP_S = 22
 CLOUD_S = 20  # the cloud: export gone for 20 s, less than the stop delay
+SUNSET_STOP_S = 2  # the stop delay set for the sunset: the stop itself, quickly
 V = 230.0
 
 
@@ -71,8 +72,8 @@ def solar_rig(request, tmp_path):
         r.close()
 
 
-@pytest.mark.duration(60)
-def test_sunrise_starts_once_export_stays_export_and_a_cloud_does_not_stop(solar_rig):
+@pytest.mark.duration(65)
+def test_sunrise_starts_once_export_stays_export_a_cloud_does_not_stop_sunset_does(solar_rig):
     r = solar_rig(charge_mode="solar")
     c = r.charger
     r.sun(3)  # 3 A a phase: short of the 6 A the car needs
@@ -118,6 +119,17 @@ def test_sunrise_starts_once_export_stays_export_and_a_cloud_does_not_stop(solar
     r.hold(2.0, lambda s: s["relays_closed"] and s["offered_a"] >= 6, "sun back")
     stops = [a for _, a in r.offer_changes(t_cloud) if a == 0]
     assert not stops, "the cloud stopped the charge"
+
+    # The sun sets: with a short stop delay (set now, read at the next reading) the
+    # charge stops once the surplus has stayed below 6 A for it, not before.
+    c.login()
+    assert c.http("PUT", "/api/config", json={"solar_stop_s": SUNSET_STOP_S}).status == 200
+    t_set = r.sun(1)
+    r.wait(lambda s: s["offered_a"] == 0, timeout=SUNSET_STOP_S + WAIT_S)
+    low = next(t for t, _, sur in r.readings_after(t_set) if sur is not None and sur < 6)
+    off = r.first_offer(lambda a: a == 0, t_set)
+    took = (off - low) / 1e6
+    assert SUNSET_STOP_S - 0.05 <= took <= SUNSET_STOP_S + CYCLE_S + LATE_S + TICK_S, took
 
 
 @pytest.mark.duration(25)

@@ -326,7 +326,8 @@ class App:
             "reader_fault": self.rfid.fault,
             "meter": self.power.view(),
             "meter_search": self.power.search_view(),
-            "solar": self.power.solar_view(),  # null in charge_mode normal
+            # null in charge_mode normal; in a pool the mode is the master's (its Balancer)
+            "solar": (self.power.pool or self.power).solar_view(),
             "balance": self.balance.view(),
             "ocpp": self.ocpp.view(),
         }

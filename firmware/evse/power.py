@@ -126,6 +126,7 @@ class PowerManager:
         self._swept_ms = None
         self.adopt_error = None  # why a meter found could not be stored as the setting
         self.solar = None  # evse.solar.Solar while charge_mode is not normal
+        self.pool = None  # the Balancer while it runs: the pool's mode governs (no "solar")
 
     # ---- the task ----------------------------------------------------------------------
     async def run(self):
@@ -146,13 +147,13 @@ class PowerManager:
     async def poll_once(self):
         """One cycle: configuration, meter read, regulation, then the charge mode."""
         ok = await self._cycle()
-        if self.solar is not None or self.settings["charge_mode"] != "normal":
+        if self.solar is not None or (self.settings["charge_mode"] != "normal" and not self.pool):
             self._charge_mode(ok)
 
     def _charge_mode(self, ok):
         """charge_mode solar or solar_min: evse/solar.py, imported only then (a charger
         that charges normally does not carry it) and forgotten when it is normal again."""
-        if self.settings["charge_mode"] == "normal":
+        if self.settings["charge_mode"] == "normal" or self.pool:
             self.solar.off()
             self.solar = None
             evse.unload("evse.solar")

@@ -31,6 +31,20 @@ _P_TOTAL = 9  # slots of a reading (evse/meters.QUANTITIES)
 _P = 6
 
 
+def grid(v):
+    """(signed power at the grid connection in W, import > 0; mean voltage) of a
+    reading `v` (pm.values), or None when the meter gives no power (no direction).
+    Also the surplus of a load balancing pool (evse/balance/surplus.py)."""
+    p = v[_P_TOTAL]
+    if p is None:
+        parts = [x for x in v[_P : _P + 3] if x is not None]
+        p = sum(parts) if parts else None
+    if p is None:
+        return None
+    volts = [x for x in v[0:3] if x is not None and x > 80]
+    return p, (sum(volts) / len(volts) if volts else _NOMINAL_V)
+
+
 class Solar:
     def __init__(self, pm):
         self.pm = pm
@@ -105,17 +119,12 @@ class Solar:
 
     def _measure(self, now, start):
         pm = self.pm
-        v = pm.values
-        p = v[_P_TOTAL]
-        if p is None:
-            parts = [x for x in v[_P : _P + 3] if x is not None]
-            p = sum(parts) if parts else None
-        if p is None:
+        g = grid(pm.values)
+        if g is None:
             self._unknown("no_power")  # the meter gives currents only: no direction
             return
+        p, u = g
         n = self._phases()
-        volts = [x for x in v[0:3] if x is not None and x > 80]
-        u = sum(volts) / len(volts) if volts else _NOMINAL_V
         own_w = (pm.own_a[0] + pm.own_a[1] + pm.own_a[2]) * u
         self.grid_w = p
         self.phases = n

@@ -13,6 +13,8 @@ ST_WANT = const(2)  # session running: needs an allocation
 ST_FAULT = const(3)
 
 ALL = const(7)  # phase mask L1|L2|L3
+# The pool's charge mode in an allocation frame (byte 5 bits 1-2), by its code.
+MODES = ("normal", "solar", "solar_min")
 _PHASES = ((), (0,), (1,), (0, 1), (2,), (0, 2), (1, 2), (0, 1, 2))
 
 
@@ -46,13 +48,14 @@ def encode_status(buf, pool, seq, epoch, state, mask, meter, min_a, max_a, draw_
     buf[7] = _ha_up(offered_a)
 
 
-def encode_alloc(buf, pool, seq, epoch, master, amps, waiting, n_nodes, limit_a):
+def encode_alloc(buf, pool, seq, epoch, master, amps, waiting, n_nodes, limit_a, mode=0):
+    """mode: the pool's charge mode, its index in MODES."""
     buf[0] = (VERSION << 4) | (epoch & 0x0F)
     buf[1] = pool & 0xFF
     buf[2] = seq & 0xFF
     buf[3] = master
     buf[4] = _ha(amps)
-    buf[5] = 1 if waiting else 0
+    buf[5] = (1 if waiting else 0) | (mode & 3) << 1
     buf[6] = n_nodes
     buf[7] = _ha(limit_a)
 
@@ -86,6 +89,7 @@ class Alloc:
         self.waiting = False
         self.n_nodes = 0
         self.limit_a = 0.0
+        self.mode = 0  # the pool's charge mode (index in MODES)
 
 
 # One object per kind, filled again by every decode: the balancer handles each frame
@@ -121,8 +125,9 @@ def decode(can_id, data, pool):
     if ID_ALLOC < can_id <= ID_ALLOC + MAX_NODES:
         master = data[3]
         amps = data[4]
-        if not 1 <= master <= MAX_NODES or data[5] > 1 or not 1 <= data[6] <= MAX_NODES:
-            return None
+        flags = data[5]
+        if not 1 <= master <= MAX_NODES or flags > 5 or not 1 <= data[6] <= MAX_NODES:
+            return None  # bits 3-7 reserved, mode 3 unknown
         if 0 < amps < 12:
             return None  # 0 (pause) or at least 6 A
         f = _alloc
@@ -131,7 +136,8 @@ def decode(can_id, data, pool):
         f.seq = data[2]
         f.master = master
         f.amps = amps / 2
-        f.waiting = bool(data[5])
+        f.waiting = bool(flags & 1)
+        f.mode = flags >> 1
         f.n_nodes = data[6]
         f.limit_a = data[7] / 2
         return f

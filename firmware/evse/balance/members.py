@@ -24,6 +24,19 @@ def load_members(path, addr, pool):
     return got
 
 
+def load_pool(path, addr, pool, now):
+    """(members: addr -> `now`, node `addr` included; the meter address or None; what the
+    file holds or None) of the last run, from the members file at `path` (None: kept in
+    memory only); a missing, corrupt or foreign file gives an empty pool: the node alone."""
+    got = None if path is None else load_members(path, addr, pool)
+    members, meter = got if got is not None else ((), None)
+    out = {}
+    for a in members:
+        out[a] = now  # silent since boot: forgotten GONE_HOLD_MS from now
+    out[addr] = now
+    return out, meter, None if got is None else (addr, pool, sorted(members), meter)
+
+
 def save_members(path, want):
     """Writes want = (addr, pool, sorted members, meter address or None) to `path`."""
     try:

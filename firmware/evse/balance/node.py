@@ -11,7 +11,7 @@ from evse.balance.codec import ALL, ID_ALLOC, ID_STATUS, MAX_NODES, ST_CONNECTED
 from evse.balance.codec import ST_IDLE, ST_WANT, encode_alloc, encode_status, fresh, phases
 from evse.balance.planner import CYCLE_MS, MIN_A, ROTATE_MS, MeterLimit, Node, Planner
 from evse.balance.planner import cap_age
-from evse.balance.members import MEMBERS_FILE, has_quorum, load_members, save_members
+from evse.balance.members import MEMBERS_FILE, has_quorum, load_pool, save_members
 import log
 import periodic
 
@@ -64,6 +64,8 @@ class Balancer:
             epoch = os.urandom(1)[0]
         self.epoch = epoch & 0x0F
         self.planner = Planner(rotate_ms)
+        self.solar = None  # the master's PoolSolar (evse/balance/surplus.py) in a solar mode
+        self.pool_mode = "normal"  # the charge mode the master sends
         self._buf = bytearray(8)
         self._seq = 0
         self._aseq = 0
@@ -225,6 +227,9 @@ class Balancer:
         self.alloc_ms = None
         self.fallback = False
         self.planner = Planner(self.planner.rotate_ms)
+        self.solar = None
+        if self.power is not None:
+            self.power.pool = self if on else None  # the pool's mode governs, not ours
         if on:
             _log.info("load balancing on")
             # A session found here reports starting as a new one does (_starting, this
@@ -363,6 +368,7 @@ class Balancer:
         self.alloc_a = f.amps
         self.waiting = f.waiting
         self.pool_limit_a = f.limit_a
+        self.pool_mode = codec.MODES[f.mode]
         if self.fallback:
             self.fallback = False
             _log.warning("master %d allocates again", self.master)
@@ -387,19 +393,8 @@ class Balancer:
 
     # ---- members and quorum ----------------------------------------------------------------
     def _load(self, addr, pool, now):
-        """The members and meter master of the last run, from the members file; a missing,
-        corrupt or foreign file (another address or pool id) gives an empty pool."""
-        members, meter = (), None
-        got = None if self._path is None else load_members(self._path, addr, pool)
-        self._saved = None
-        if got is not None:
-            members, meter = got
-            self._saved = (addr, pool, sorted(members), meter)
-        self.members = {}
-        for a in members:
-            self.members[a] = now  # silent since boot: forgotten GONE_HOLD_MS from now
-        self.members[addr] = now
-        self.meter_addr = meter
+        """The members and meter master of the last run (members.load_pool)."""
+        self.members, self.meter_addr, self._saved = load_pool(self._path, addr, pool, now)
         self._dirty = True  # written only if it differs from the file
 
     def _reset(self, addr, now):
@@ -426,16 +421,12 @@ class Balancer:
 
     def _persist(self):
         """Writes the members file when what it should hold has changed."""
-        if not self._dirty:
-            return
+        if self._dirty and self._path is not None:
+            want = (self.addr, self.pool, sorted(self.members), self.meter_addr)
+            if want != self._saved:
+                self._saved = want
+                save_members(self._path, want)
         self._dirty = False
-        if self._path is None:
-            return
-        want = (self.addr, self.pool, sorted(self.members), self.meter_addr)
-        if want == self._saved:
-            return
-        self._saved = want
-        save_members(self._path, want)
 
     # ---- roles ---------------------------------------------------------------------------------
     def _elect(self, now):
@@ -467,6 +458,7 @@ class Balancer:
             self._master_last = None
             if best == self.addr:
                 self.planner = Planner(self.planner.rotate_ms)
+                self.solar = None
             elif self.alloc_ms is None:
                 self.alloc_ms = now  # the timeout counts from when we first follow it
         elif best is None and self.alloc_ms is None:
@@ -516,9 +508,21 @@ class Balancer:
 
     def _allocate(self, now):
         limit = self._limit(now)
-        self.pool_limit_a = min(limit)
         nodes = [self.me] + list(self.nodes.values())
-        sent = self.planner.plan(now, limit, nodes, not self._unsettled(now))
+        mode = self.settings.get("charge_mode", "normal")
+        only = None
+        if mode == "normal":
+            self.solar = None
+        else:  # the pool's share of the surplus, by the master's mode
+            if self.solar is None:
+                from evse.balance.surplus import PoolSolar
+
+                self.solar = PoolSolar()
+            pw = self.power if self.me.meter else None
+            limit, only = self.solar.plan(now, pw, self.settings, nodes, limit)
+        self.pool_mode = mode
+        self.pool_limit_a = min(limit)
+        sent = self.planner.plan(now, limit, nodes, not self._unsettled(now), only)
         self._aseq = (self._aseq + 1) & 0xFF
         n = len(nodes)
         for node in nodes:
@@ -526,7 +530,8 @@ class Balancer:
             if a == self.addr:
                 continue
             encode_alloc(self._buf, self.pool, self._aseq, self.epoch, self.addr, sent[a],
-                         a in self.planner.waiting, n, self.pool_limit_a)
+                         a in self.planner.waiting, n, self.pool_limit_a,
+                         codec.MODES.index(mode) if mode in codec.MODES else 1)
             self._send(ID_ALLOC + a)
             if sent[a] > self._peak.get(a, 0.0):
                 self._peak[a] = sent[a]
@@ -581,5 +586,14 @@ class Balancer:
             "members": sorted(self.members),
             "quorum": self.quorum,
             "dropped": self.dropped,
+            "charge_mode": self.pool_mode,
         }
+
+    def solar_view(self):
+        """/api/status `solar` in a pool: the pool's mode, set on the master (None: normal)."""
+        if self.master == self.addr and self.solar is not None:
+            return self.solar.view(self.addr, self.clock(), self.settings)
+        m = self.pool_mode
+        return None if m == "normal" else {
+            "mode": m, "waiting": "export" if m == "solar" and self.waiting else None}
 

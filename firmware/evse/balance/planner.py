@@ -209,9 +209,11 @@ class Planner:
         turn = self.preempted.get(a)
         return turn is not None and time.ticks_diff(now, turn) < self.rotate_ms
 
-    def plan(self, now, limit_a, nodes, raises=True):
+    def plan(self, now, limit_a, nodes, raises=True, only=None):
         """nodes: Node list (the master included). Returns {addr: amps to send}.
-        raises False: cuts only (what silent nodes hold is not known yet)."""
+        raises False: cuts only (what silent nodes hold is not known yet).
+        only: the addresses that may charge (a solar pool's, evse/balance/surplus.py);
+        the others that need current wait. None: all of them."""
         cap_age(self.since, now, _TURN_OLD_MS)
         cap_age(self.preempted, now, _TURN_OLD_MS)
         cap_age(self._capped, now, CAP_LIFT_MS)
@@ -223,7 +225,7 @@ class Planner:
         for n in nodes:
             if n.addr not in self.sent:
                 self.sent[n.addr] = n.offered_a  # a new master starts from what it sees
-            if n.state == ST_WANT:
+            if n.state == ST_WANT and (only is None or n.addr in only):
                 want.append(n)
             else:
                 self.cap.pop(n.addr, None)
@@ -258,6 +260,8 @@ class Planner:
         amps = allocate(limit_a, spec)
         target = {}
         self.waiting = set()
+        if only is not None:
+            self.waiting.update(n.addr for n in nodes if n.state == ST_WANT and n.addr not in only)
         for i in range(len(want)):
             a = want[i].addr
             on = amps[i] > 0

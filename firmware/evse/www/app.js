@@ -444,7 +444,8 @@
     $('#app-start').hidden = on;
     $('#app-stop').hidden = !on;
     const sel = $('#charge-mode');
-    $('#mode-ctl').hidden = !st.logged_in;
+    // In a load balancing pool the mode is set on the master (docs/load-balancing.md).
+    $('#mode-ctl').hidden = !st.logged_in || !!(st.balance && !st.balance.is_master);
     if (document.activeElement !== sel) sel.value = st.solar ? st.solar.mode : 'normal';
   }
 
