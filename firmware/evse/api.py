@@ -587,6 +587,8 @@ def make_server(api, www_dir):
     # Four slots, not the library's six: the hotspot takes one device, the web app's page
     # asks for at most four files at once, and a fifth connection waits in the backlog
     # while answers say Connection: close (docs/web.md). Each slot keeps 1.6 KB for good.
+    # A 1 KB scratch, not 2 KB: files and long answers go out in more, smaller writes.
     api.http = httpd.Server(api.routes(), static_root=www_dir, log=note, max_conns=4,
-                            check_request=api.check_request, extra_headers=_HEADERS)
+                            chunk_size=1024, check_request=api.check_request,
+                            extra_headers=_HEADERS)
     return api.http
