@@ -44,16 +44,6 @@ _MAP_RETRY_MS = const(30000)  # a bad custom map file is read again this often
 _MIN_CYCLE_MS = const(50)
 _PHASES = ("L1", "L2", "L3")
 _WIRED_A = 1.0  # current on the charger's L2 or L3 terminal: it is wired to three phases
-# Slots of a reading, in the order of evse.meters.QUANTITIES.
-_N_QTY = const(11)
-_I = const(3)  # i_l1, i_l2, i_l3
-_P = const(6)  # p_l1, p_l2, p_l3
-_P_TOTAL = const(9)
-_E_IMPORT = const(10)
-
-
-def _held(now_ms, since_ms, hold_ms):
-    return since_ms is not None and time.ticks_diff(now_ms, since_ms) >= hold_ms
 
 
 def _finite_or_0(v):
@@ -61,11 +51,6 @@ def _finite_or_0(v):
         return float(v) if math.isfinite(v) else 0.0
     except TypeError:
         return 0.0
-
-
-def _floor1(a):
-    """Rounded down to 0.1 A: never offer more than computed."""
-    return (a * 10 + 1e-6) // 1 / 10
 
 
 class PowerManager:
@@ -97,8 +82,9 @@ class PowerManager:
         self.map = None
         self.map_error = None
         self._map_ms = None
-        self._vals = [None] * _N_QTY  # filled by a read, kept only when it is whole
-        self.values = [None] * _N_QTY  # the last valid reading
+        # Slots of a reading (evse/meters.py, made with the meter's map): the one a read
+        # fills, kept only when it is whole, and the last valid one.
+        self._vals = self.values = None
         self.ok = False  # the last cycle gave a valid reading
         self.lost = False  # ERR MET raised for this meter
         self.last_ok_ms = None
@@ -206,7 +192,7 @@ class PowerManager:
         model = self.settings["meter_model"]
         if model != self.model:
             self._switch(model, now)
-        elif self.map is None and model == "custom" and _held(now, self._map_ms, _MAP_RETRY_MS):
+        elif self.map is None and model == "custom" and limits.held(now, self._map_ms, _MAP_RETRY_MS):
             self._load_map(now)
 
     def _switch(self, model, now):
@@ -226,8 +212,6 @@ class PowerManager:
         self._fresh = True
         self.headroom_a = [None, None, None]
         self.target_a = None
-        for i in range(_N_QTY):
-            self.values[i] = None
         if model in ("none", "auto"):
             # auto: no power management until a meter is found and stored as the setting
             _log.info("external meter off" if model == "none" else
@@ -256,6 +240,8 @@ class PowerManager:
     def _load_map(self, now):
         from evse import meters
 
+        self._vals = [None] * meters.N_QTY
+        self.values = [None] * meters.N_QTY
         self._bus()
         self._map_ms = now
         try:
@@ -280,7 +266,7 @@ class PowerManager:
             p = self.probe = meterprobe.Probe()
             p.restart()
         elif not p.searching:
-            if p.found is not None or not _held(now, self._swept_ms, meterprobe.PAUSE_MS):
+            if p.found is not None or not limits.held(now, self._swept_ms, meterprobe.PAUSE_MS):
                 return None
             p.restart()
         found = await p.step(bus, skip)
@@ -348,10 +334,11 @@ class PowerManager:
     # ---- reading ---------------------------------------------------------------------------
     async def _read(self):
         import modbus_rtu as mb
+        from evse import meters
 
         m = self.map
         vals = self._vals
-        for i in range(_N_QTY):
+        for i in range(meters.N_QTY):
             vals[i] = None
         for i in range(len(m.blocks)):
             fc, start, count, _ = m.blocks[i]
@@ -374,14 +361,12 @@ class PowerManager:
             else:
                 return err
         for k in range(3):
-            if _I + k in m.slots and vals[_I + k] is None:
+            if meters.I_L1 + k in m.slots and vals[meters.I_L1 + k] is None:
                 return self._error("value", "the meter has no current for L%d" % (k + 1))
-        from evse import meters
-
         if not meters.plausible(m, vals):
             # Another make's registers, or garbage: 1e30 A exported would be 1e30 A of room
             return self._error("value", "not a meter's reading: V %r A %r" % (
-                vals[0], vals[_I : _I + 3]))
+                vals[0], vals[meters.I_L1 : meters.I_L1 + 3]))
         self._vals = self.values
         self.values = vals
         self._read_own()
@@ -429,13 +414,13 @@ class PowerManager:
             if self._fails >= 3:
                 _log.info("meter read ok after %d failed exchanges", self._fails)
             self._fails = 0
-            if self.lost and _held(now, self._good_since, RECOVER_MS):
+            if self.lost and limits.held(now, self._good_since, RECOVER_MS):
                 self._set_lost(False)
         else:
             self.ok = False
             self._good_since = None
             ref = self.last_ok_ms if self.last_ok_ms is not None else self._blind_since
-            if not self.lost and _held(now, ref, LOST_MS):
+            if not self.lost and limits.held(now, ref, LOST_MS):
                 self._set_lost(True)
         self._regulate(now, ok)
         self._feed()
@@ -460,7 +445,7 @@ class PowerManager:
             if t >= start + RESUME_HYST_A:
                 if self._resume_since is None:
                     self._resume_since = now
-                elif not self._resume_ok and _held(now, self._resume_since, RESUME_HOLD_MS):
+                elif not self._resume_ok and limits.held(now, self._resume_since, RESUME_HOLD_MS):
                     # A flag from now on: a run of headroom lasting days would read its
                     # start as negative once the ticks wrap (2**29 ms on a 32-bit port),
                     # and a pause (a meter outage) would then last for days.
@@ -503,16 +488,18 @@ class PowerManager:
 
     def _house(self, k):
         """Signed house current of phase k (negative while that phase exports)."""
+        from evse import meters as mt
+
         v = self.values
         m = self.map
-        q = _I + k
+        q = mt.I_L1 + k
         if m is not None and q not in m.slots:
-            q = _I  # single-phase meter: it measures the one phase there is
+            q = mt.I_L1  # single-phase meter: it measures the one phase there is
             k = 0
         a = v[q]
-        p = v[_P + k]
-        if p is None and q == _I and m is not None and _P not in m.slots:
-            p = v[_P_TOTAL]
+        p = v[mt.P_L1 + k]
+        if p is None and q == mt.I_L1 and m is not None and mt.P_L1 not in m.slots:
+            p = v[mt.P_TOTAL]
         if p is not None and p < 0:
             return -abs(a)
         return abs(a)
@@ -528,7 +515,7 @@ class PowerManager:
             k = _PHASES.index(ps)
             for i in range(3):
                 h[i] = None
-            h[k] = _floor1(max_a - (self._house(k) - own[0]))
+            h[k] = limits.floor_tenth(max_a - (self._house(k) - own[0]))
             self.target_a = h[k]
             return
         car = getattr(self.metering, "car_mask", None)
@@ -537,7 +524,7 @@ class PowerManager:
             # Three-phase wiring (a "7kW" setting too, once its meter shows current on
             # L2 or L3): L1->L1, L2->L2, L3->L3, its own current is room on its phase.
             for i in range(3):
-                h[i] = _floor1(max_a - (self._house(i) - own[i]))
+                h[i] = limits.floor_tenth(max_a - (self._house(i) - own[i]))
             if self.ch.phases == 3 and car is not None:
                 # Only the phases the car draws on (as measured) bound its current;
                 # before it has drawn, all three.
@@ -552,7 +539,7 @@ class PowerManager:
             # of them, so count it as room on each and take the worst phase.
             mine = own[0]
             for i in range(3):
-                h[i] = _floor1(max_a - self._house(i) + mine)
+                h[i] = limits.floor_tenth(max_a - self._house(i) + mine)
         self.target_a = min(h[0], h[1], h[2])
 
     # ---- views -----------------------------------------------------------------------------
@@ -561,14 +548,12 @@ class PowerManager:
         None while no meter is configured (or none found yet: meter_search)."""
         if self.model == "none" or self.model == "auto":
             return None
+        from evse import meters as mt
+
         v = self.values
         age = None
         if self.last_ok_ms is not None:
             age = round(time.ticks_diff(self.clock(), self.last_ok_ms) / 1000, 1)
-        power = v[_P_TOTAL]
-        if power is None:
-            parts = [p for p in v[_P : _P + 3] if p is not None]
-            power = sum(parts) if parts else None
         m = self.map
         return {
             "model": self.model,
@@ -577,9 +562,9 @@ class PowerManager:
             "age_s": age,
             "read_t_us": self.read_t_us,
             "volts": [_r(x, 1) for x in v[0:3]],
-            "amps": [_r(x, 2) for x in v[_I : _I + 3]],
-            "power_w": _r(power, 0),
-            "energy_kwh": _r(v[_E_IMPORT], 3),
+            "amps": [_r(x, 2) for x in v[mt.I_L1 : mt.I_L1 + 3]],
+            "power_w": _r(mt.total_w(v), 0),
+            "energy_kwh": _r(v[mt.E_IMPORT], 3),
             "headroom_a": list(self.headroom_a),
             "own_a": [_r(x, 2) for x in self.own_a],
             "limit_a": self.limit_a,
