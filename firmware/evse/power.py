@@ -16,7 +16,8 @@
 # for RECOVER_MS clear it. Details and numbers: docs/power-management.md.
 #
 # charge_mode solar / solar_min: after each cycle evse/solar.py (imported only then)
-# turns the same reading's export into the named limit "solar".
+# turns the same reading's export into the named limit "solar"; with tariff_limit_w set,
+# evse/tariff.py (imported only then) its import into the named limit "tariff".
 import math
 import time
 from micropython import const
@@ -56,7 +57,7 @@ def _finite_or_0(v):
 class PowerManager:
     def __init__(
         self, charger, settings, protection, metering, rs485=None, data_dir=".",
-        own_meter=None, master=None, slave=1, clock=None, clock_us=None,
+        own_meter=None, master=None, slave=1, clock=None, clock_us=None, rtc=None,
     ):
         """rs485: the board's `hw.rs485` (None or (uart, de_pin)); `master` replaces the
         Modbus master built on it (tests). own_meter: the board's internal meter
@@ -65,7 +66,8 @@ class PowerManager:
         slave: the grid meter's Modbus address (a `meter_addr` setting, when the
         schema has one, overrides it). clock_us: the board's `hw.clock_us`, which
         stamps each valid reading (`read_t_us` in the view: what a reaction to the
-        reading is measured from)."""
+        reading is measured from). rtc: () -> epoch seconds (the board's `hw.rtc.now`):
+        the capacity tariff's windows follow it once it is set."""
         self.ch = charger
         self.settings = settings
         self.prot = protection
@@ -78,6 +80,7 @@ class PowerManager:
         self.data_dir = data_dir
         self.clock = clock or time.ticks_ms
         self.clock_us = clock_us or time.ticks_us
+        self.rtc = rtc
         self.model = "none"
         self.map = None
         self.map_error = None
@@ -112,6 +115,7 @@ class PowerManager:
         self._swept_ms = None
         self.adopt_error = None  # why a meter found could not be stored as the setting
         self.solar = None  # evse.solar.Solar while charge_mode is not normal
+        self.tariff = None  # evse.tariff.Tariff while tariff_limit_w is set
 
     # ---- the task ----------------------------------------------------------------------
     async def run(self):
@@ -130,24 +134,27 @@ class PowerManager:
             await asyncio.sleep_ms(wait)
 
     async def poll_once(self):
-        """One cycle: configuration, meter read, regulation, then the charge mode."""
+        """One cycle: configuration, meter read, regulation, then the charge mode and the
+        capacity tariff."""
         ok = await self._cycle()
-        if self.solar is not None or self.settings["charge_mode"] != "normal":
-            self._charge_mode(ok)
+        s = self.settings
+        self.solar = self._feature(self.solar, "solar", "Solar", s["charge_mode"] != "normal", ok)
+        self.tariff = self._feature(self.tariff, "tariff", "Tariff", s["tariff_limit_w"], ok)
 
-    def _charge_mode(self, ok):
-        """charge_mode solar or solar_min: evse/solar.py, imported only then (a charger
-        that charges normally does not carry it) and forgotten when it is normal again."""
-        if self.settings["charge_mode"] == "normal":
-            self.solar.off()
-            self.solar = None
-            evse.unload("evse.solar")
-            return
-        if self.solar is None:
-            from evse.solar import Solar
-
-            self.solar = Solar(self)
-        self.solar.step(self.clock(), ok)
+    def _feature(self, obj, name, cls, on, ok):
+        """evse/solar.py (charge_mode solar or solar_min), evse/tariff.py (tariff_limit_w
+        set): imported only while the setting asks for it (a charger without the feature
+        does not carry it) and forgotten after. -> the feature's object, or None."""
+        if not on:
+            if obj is not None:
+                obj.off()
+                evse.unload("evse." + name)
+            return None
+        if obj is None:
+            __import__("evse." + name)
+            obj = getattr(getattr(evse, name), cls)(self)
+        obj.step(self.clock(), ok)
+        return obj
 
     def solar_view(self):
         """/api/status `solar`: None in charge_mode normal."""
