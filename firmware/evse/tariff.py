@@ -49,7 +49,7 @@ class Tariff:
         self.plan_a = None  # the current the rest of the window allows, per phase
         self.limit_a = None  # the "tariff" limit fed to the charger
         self.paused = False
-        self.reason = None  # why it offers nothing (None: it offers)
+        self.reason = None  # the meter's part in a pause (no_meter, meter_lost, ...)
         self._seen_ms = None  # the reading whose import was last counted
         self._up_since = None  # plan at the start current + RESUME_HYST_A since
         self._up_ok = False  # ... for RESUME_HOLD_MS (a flag: the ticks wrap)
@@ -185,7 +185,7 @@ class Tariff:
             self.limit_a = plan  # the house needs it: cut at once
         else:
             self.limit_a = min(plan, lim + RAISE_STEP_A)
-        self.reason = "limit" if self.paused else None
+        self.reason = None  # a pause at the limit: `paused`, the window's figures say why
 
     def view(self):
         """The Charger State page's capacity tariff line (/api/status `tariff`)."""
