@@ -11,25 +11,16 @@ ideal, and the grid import its charging caused. Nothing passes or fails.
 """
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-from harness import micropython  # noqa: E402
+from bench_session import play
 
 DRIVER = "unix_port_tests/bench_grid.py"
 
 
 def run(hours, timeout=900):
-    cmd = [micropython(), DRIVER, "--hours", str(hours)]
-    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-    lines = p.stdout.strip().splitlines()
-    if p.returncode != 0 or not lines:
-        raise RuntimeError(f"{' '.join(cmd)} exited {p.returncode}:\n"
-                           f"{p.stdout[-2000:]}{p.stderr[-2000:]}")
-    return json.loads(lines[-1])
+    return play(DRIVER, ["--hours", str(hours)], timeout)
 
 
 def table(res):

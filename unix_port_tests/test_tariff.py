@@ -226,7 +226,10 @@ def test_no_meter_or_no_power_reading_pauses():
     r = Rig()
     r.load(500)
     r.drive(2, lambda t: 500)
-    r.pm.values[6] = r.pm.values[7] = r.pm.values[8] = r.pm.values[9] = None
+    from evse import meters
+
+    for q in range(meters.P_L1, meters.P_TOTAL + 1):
+        r.pm.values[q] = None  # no power, per phase or total
     r.pm.tariff.step(r.clock(), True)
     eq(r.tariff(), 0.0, "currents only: no direction, paused")
     eq(r.view()["waiting"], "no_power")

@@ -147,7 +147,7 @@ class PowerManager:
         does not carry it) and forgotten after. -> the feature's object, or None."""
         if not on:
             if obj is not None:
-                obj.off()
+                self.ch.set_external_limit(name, None)  # its named limit bears its name
                 evse.unload("evse." + name)
             return None
         if obj is None:

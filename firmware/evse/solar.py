@@ -24,7 +24,7 @@ import log
 
 _log = log.get("solar")
 
-LIMIT_NAME = "solar"
+LIMIT_NAME = "solar"  # the module's name: power._feature removes the limit by it
 _MAX_GAP_MS = 5000  # a longer gap between readings counts no energy from surplus
 
 
@@ -47,11 +47,6 @@ class Solar:
         self._on_ok = False  # ... and has run solar_min_on_s
         self._energy_ms = None  # the reading energy from surplus was last counted at
         self._entered = False  # the mode was just set: a charge running on surplus goes on
-
-    def off(self):
-        """charge_mode is `normal` again: the limit goes."""
-        self.pm.ch.set_external_limit(LIMIT_NAME, None)
-        self.limit_a = None
 
     def step(self, now, ok):
         """After each power cycle (`ok`: a fresh valid reading in pm.values)."""

@@ -29,7 +29,7 @@ import log
 
 _log = log.get("tariff")
 
-LIMIT_NAME = "tariff"
+LIMIT_NAME = "tariff"  # the module's name: power._feature removes the limit by it
 MARGIN = 0.97  # the plan's share of the limit: the meter's second and the car's reaction
 RTC_SET_S = 1609459200  # the RTC shows 2021 or later: set (an unset one starts in 1970/2000)
 _MAX_GAP_MS = 5000  # a longer gap between readings counts at the limit (unknown import)
@@ -55,11 +55,6 @@ class Tariff:
         self._up_ok = False  # ... for RESUME_HOLD_MS (a flag: the ticks wrap)
         self._on_since = None  # the last start after a pause
         self._on_ok = True  # ... and solar_min_on_s has passed since
-
-    def off(self):
-        """tariff_limit_w is 0 again: the limit goes."""
-        self.pm.ch.set_external_limit(LIMIT_NAME, None)
-        self.limit_a = None
 
     def step(self, now, ok):
         """After each power cycle (`ok`: a fresh valid reading in pm.values)."""
