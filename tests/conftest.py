@@ -83,6 +83,24 @@ def charger(start_charger):
 
 
 @pytest.fixture
+def meter_rig(request, tmp_path):
+    """Factory: meter_rig(cls, *args, **settings) makes a charger with a pymodbus meter on
+    a socat pty (tests/test_power_management.py's Rig, or a rig built on it: cls(*args,
+    tmp_path=, request=, **settings)), starts it, and closes it after the test."""
+    made = []
+
+    def make(cls, *args, **extra):
+        r = cls(*args, tmp_path=tmp_path, request=request, **extra)
+        made.append(r)
+        r.start()
+        return r
+
+    yield make
+    for r in made:
+        r.close()
+
+
+@pytest.fixture
 def cs():
     """A central system on the `ocpp` package (tests/csms.py), closed after the test."""
     yield from csms.running_central_system()

@@ -329,6 +329,14 @@ def test_configuration_keys(cs, ocpp):
     dt = cs.call("CP1", "DataTransfer", vendorId="Cabur", messageId="ChargeMode", data="x")
     assert dt["status"] == "Rejected"
     c.wait_for(lambda s: s["solar"] is None, WAIT_S)
+    # CapacityTariffLimit: the capacity tariff's limit (tariff_limit_w, W; 0: off).
+    assert by["CapacityTariffLimit"]["value"] == "0"
+    for bad in ("4.5", "-1", "999", "400001", "4 kW", "", "1" * 12):
+        assert change(cs, "CapacityTariffLimit", bad) == "Rejected", bad
+    assert change(cs, "CapacityTariffLimit", "4500") == "Accepted"
+    c.wait_for(lambda s: (s["tariff"] or {}).get("limit_w") == 4500, WAIT_S)
+    assert change(cs, "CapacityTariffLimit", "0") == "Accepted"
+    c.wait_for(lambda s: s["tariff"] is None, WAIT_S)
 
 
 def test_reset_soft_and_hard_stop_the_transaction_first(cs, ocpp):

@@ -348,18 +348,9 @@ class Rig:
 
 
 @pytest.fixture
-def rig(request, tmp_path):
-    made = []
-
-    def make(model, **extra):
-        r = Rig(model, tmp_path, request, **extra)
-        made.append(r)
-        r.start()
-        return r
-
-    yield make
-    for r in made:
-        r.close()
+def rig(meter_rig):
+    """Factory: rig(model, **settings), a started Rig (conftest.meter_rig)."""
+    return lambda model, **extra: meter_rig(Rig, model, **extra)
 
 
 def offered(c, amps, timeout=WAIT_S):

@@ -58,18 +58,9 @@ class SolarRig(Rig):
 
 
 @pytest.fixture
-def solar_rig(request, tmp_path):
-    made = []
-
-    def make(**extra):
-        r = SolarRig(tmp_path, request, **extra)
-        made.append(r)
-        r.start()
-        return r
-
-    yield make
-    for r in made:
-        r.close()
+def solar_rig(meter_rig):
+    """Factory: solar_rig(**settings), a started SolarRig (conftest.meter_rig)."""
+    return lambda **extra: meter_rig(SolarRig, **extra)
 
 
 @pytest.mark.duration(65)

@@ -456,7 +456,10 @@ def check_load_balance(t, c, L, code):
     expect(t.field(L["k.lb_pool_id"])).to_have_value("1")
     t.field(L["k.lb_pool_id"]).fill("256")
     t.field(L["k.meter_addr"]).fill("0")
+    tariff = t.field(L["k.tariff_limit_w"])
+    tariff.fill("500")
     t.button(L["btn.confirm"])
+    expect(t.err("tariff_limit_w")).to_contain_text("1000 and 400000")
     expect(t.err("max_house_current_a")).to_contain_text(L["e.max_house_current_a"])
     expect(t.err("can_addr")).to_contain_text(L["e.can_addr"])
     expect(t.err("lb_pool_id")).to_contain_text(L["e.lb_pool_id"])
@@ -468,22 +471,27 @@ def check_load_balance(t, c, L, code):
     t.field(L["k.phase_set"]).select_option("L2")
     t.field(L["k.meter_model"]).select_option("SDM630")
     t.field(L["k.meter_addr"]).fill("12")
+    tariff.fill("4500")
+    t.field(L["k.tariff_window_min"]).fill("5")
     t.button(L["btn.confirm"])
     expect(t.msg).to_have_text(L["msg.saved"])
     cfg = config(c)
     assert (cfg["lb_enabled"], cfg["max_house_current_a"], cfg["can_addr"], cfg["phase_set"],
-            cfg["meter_model"], cfg["lb_pool_id"], cfg["meter_addr"]) == (
-                True, 63, 2, "L2", "SDM630", 7, 12)
+            cfg["meter_model"], cfg["lb_pool_id"], cfg["meter_addr"], cfg["tariff_limit_w"],
+            cfg["tariff_window_min"]) == (True, 63, 2, "L2", "SDM630", 7, 12, 4500, 5)
     if code == "en":  # once: each state shown waits for the page's next poll (2 s)
         check_meter_search(t, c, L, live)
     # Back to the defaults: an empty field is "not set", stored as 0.
     house.fill("")
     model.select_option("auto")
+    tariff.fill("")
     t.button(L["btn.confirm"])
     expect(t.msg).to_have_text(L["msg.saved"])
     cfg = config(c)
-    assert (cfg["max_house_current_a"], cfg["meter_model"]) == (0, "auto")
+    assert (cfg["max_house_current_a"], cfg["meter_model"], cfg["tariff_limit_w"]) == (
+        0, "auto", 0)
     expect(house).to_have_value("")
+    expect(tariff).to_have_value("")
     t.link(L["btn.return"])
 
 
@@ -791,6 +799,11 @@ def test_charge_mode_on_the_state_page(start_charger, tab):
     expect(line).to_have_text(L["cm.solar"] + " · " + L["cm.w.no_meter"])
     c.login()
     assert config(c)["charge_mode"] == "solar"
+    # A capacity tariff limit: the line shows the window's average and the limit, and
+    # why the tariff pauses the charge (no meter to plan with).
+    assert c.http("PUT", "/api/config", json={"tariff_limit_w": 4000}).status == 200
+    expect(line).to_contain_text(" / 4.00 kW, ")
+    expect(line).to_have_text(re.compile(re.escape(L["cm.w.no_meter"]) + "$"))
     assert not t.problems, t.problems
 
 

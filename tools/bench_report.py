@@ -30,6 +30,7 @@ BENCHES = {
     "balance": ("bench_balance.py", [], ["--reps", "1"]),
     "soak": ("soak.py", ["--duration", "120", "--seed", "1"], ["--duration", "30", "--seed", "1"]),
     "session": ("bench_session.py", ["--seed", "1"], ["--seed", "1", "--minutes", "20"]),
+    "grid": ("bench_grid.py", [], ["--hours", "4"]),
     "mcu": ("mcu.py", ["--soak-s", "150"], ["--soak-s", "30"]),
 }
 OUT_FLAG = {"bench.py": "--out"}
@@ -129,7 +130,7 @@ def rows_modbus(d):
 
 def rows_generic(d, prefix):
     """Tools that write {"table": [{"what", "value", "peer", "unit"}]} (ota, balance, soak,
-    session)."""
+    session, grid)."""
     for r in _g(d, "table") or []:
         yield f"{prefix}{r.get('what')}", r.get("value"), r.get("peer"), r.get("unit", "")
 
@@ -144,6 +145,7 @@ ROWS = {
     "balance": lambda d: rows_generic(d, "balancing "),
     "soak": lambda d: rows_generic(d, "all features (soak) "),
     "session": lambda d: rows_generic(d, "charging "),
+    "grid": lambda d: rows_generic(d, "grid "),
     "mcu": lambda d: rows_generic(d, "32-bit frozen build: "),
 }
 

@@ -33,9 +33,15 @@ COLUMNS = (  # (key, column heading, what the summary table calls it, unit there
 
 
 def run(seed, minutes=None, timeout=900):
-    cmd = [micropython(), DRIVER, "--seed", str(seed)]
+    args = ["--seed", str(seed)]
     if minutes is not None:
-        cmd += ["--minutes", str(minutes)]
+        args += ["--minutes", str(minutes)]
+    return play(DRIVER, args, timeout)
+
+
+def play(driver, args, timeout=900):
+    """Runs a driver of unix_port_tests/ on the unix port: the JSON of its last line."""
+    cmd = [micropython(), driver, *args]
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     lines = p.stdout.strip().splitlines()
     if p.returncode != 0 or not lines:

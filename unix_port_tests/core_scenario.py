@@ -664,7 +664,7 @@ def _random_event(r, t, add):
         add(t2 + r.below(1500), r.pick(("card", "remote_start")), None)
         add(t2 + 1500 + r.below(2000), "ev", "C")
     elif kind == "limit":
-        name = r.pick(("ocpp", "power", "balance", "solar"))
+        name = r.pick(("ocpp", "power", "balance", "solar", "tariff"))
         v = r.pick((None, 0.0, 3.0, 5.9, 6.0, 8.0, 10.0, 13.5, 16.0, 20.0, 25.0, 32.0, None))
         if r.below(4) == 0 and v is not None:
             v = 6 + r.below(270) / 10.0

@@ -49,7 +49,7 @@ def test_compose_is_min_of_inputs_and_names_binding():
     import random
 
     random.seed(7)
-    names = ("ocpp", "power", "balance", "solar")
+    names = ("ocpp", "power", "balance", "solar", "tariff")
     for _ in range(2000):
         cfg = random.randint(6, 32)
         cable = random.choice((None, 13, 20, 32, 63))

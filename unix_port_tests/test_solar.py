@@ -216,7 +216,10 @@ def test_a_meter_without_power_readings_gives_no_surplus():
     r.sun(10)
     r.cycle()
     # A map without power fields (a custom one with currents only) leaves them None.
-    r.pm.values[6] = r.pm.values[7] = r.pm.values[8] = r.pm.values[9] = None
+    from evse import meters
+
+    for q in range(meters.P_L1, meters.P_TOTAL + 1):
+        r.pm.values[q] = None  # no power, per phase or total
     r.pm.solar.step(r.clock(), True)
     eq(r.solar(), 0.0, "no direction, no surplus")
     eq(r.view()["waiting"], "no_power", "the reason")

@@ -535,11 +535,12 @@ def test_uptime_counts_on_past_the_wrap():
 def test_power_management_resumes_after_a_meter_outage_a_week_in():
     """Ample headroom for a week, then the external meter lost for a moment: charging
     resumes once the meter is back, not days later."""
+    import evse.limits as limits_mod  # limits.held: the power task's held conditions
     import evse.power as power_mod
     from test_power import Rig as PowerRig
     from modbus_rtu import ModbusTimeout
 
-    with Ticks32(power_mod):
+    with Ticks32(power_mod, limits_mod):
         r = PowerRig()
         r.clock = r.pm.clock = WrapClock(NEAR_WRAP)
         r.house(4, 4, 4, own=(0, 0, 0))
@@ -560,11 +561,12 @@ def test_power_management_resumes_after_a_meter_outage_a_week_in():
 def test_the_meter_search_still_sweeps_a_week_later():
     """meter_model auto with nothing on the bus for a week: the pause between two sweeps
     still ends, and a meter wired then is found."""
+    import evse.limits as limits_mod
     import evse.power as power_mod
     from evse import meterprobe
     from test_meter_search import SWEEP, _rig
 
-    with Ticks32(power_mod):
+    with Ticks32(power_mod, limits_mod):
         r = _rig(addr=None, model="auto")
         r.clock = r.pm.clock = WrapClock(NEAR_WRAP)
         r.cycle(SWEEP)

@@ -68,6 +68,7 @@ class App:
             data_dir=self.data_dir,
             own_meter=hw.meter,
             clock_us=hw.clock_us,
+            rtc=hw.rtc.now,
         )
         self.balance = _Balancing(self)
         self.hmi = Hmi(hw, self.charger, self.metering, self.toggle_wifi_mode, self.settings)
@@ -328,6 +329,7 @@ class App:
             "meter_search": self.power.search_view(),
             # null in charge_mode normal; in a pool the mode is the master's (its Balancer)
             "solar": (self.power.pool or self.power).solar_view(),
+            "tariff": None if self.power.tariff is None else self.power.tariff.view(),
             "balance": self.balance.view(),
             "ocpp": self.ocpp.view(),
         }

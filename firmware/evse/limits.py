@@ -6,6 +6,7 @@
 # limit still names who asked for less than 6 A.
 
 import math
+import time
 
 from evse.pilot import MIN_A  # IEC 61851-1: the least a PWM offers (one source)
 MODEL_A = 32  # both models: 32 A per phase (7.4 kW single-phase, 22 kW three-phase)
@@ -51,6 +52,16 @@ def offer_of(limit_a):
     if limit_a < MIN_A:
         return 0.0
     return int(limit_a / STEP_A + 1e-6) * STEP_A
+
+
+def held(now_ms, since_ms, hold_ms):
+    """A condition seen since since_ms (None: not seen) has lasted hold_ms by now_ms."""
+    return since_ms is not None and time.ticks_diff(now_ms, since_ms) >= hold_ms
+
+
+def floor_tenth(a):
+    """Rounded down to 0.1 A: never offer more than computed."""
+    return (a * 10 + 1e-6) // 1 / 10
 
 
 def finite_or_0(value):

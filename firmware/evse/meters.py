@@ -29,6 +29,35 @@ I_L1 = const(3)
 P_L1 = const(6)
 P_TOTAL = const(9)
 E_IMPORT = const(10)
+NOMINAL_V = 230.0  # where a reading shows no voltage
+
+
+def total_w(v):
+    """A reading's signed power at the grid connection (W, import > 0, export < 0):
+    p_total, else the sum of the phases the meter gives, else None (currents only: no
+    direction)."""
+    p = v[P_TOTAL]
+    if p is None:
+        parts = [x for x in v[P_L1 : P_L1 + 3] if x is not None]
+        p = sum(parts) if parts else None
+    return p
+
+
+def volts(v):
+    """A reading's mean phase voltage, NOMINAL_V where it shows none."""
+    u = [x for x in v[V_L1 : V_L1 + 3] if x is not None and x > 80]
+    return sum(u) / len(u) if u else NOMINAL_V
+
+
+def charge_phases(pm):
+    """The phases the charge of evse.power.PowerManager `pm` draws on: those the car was
+    measured on, else the charger's wiring (to turn watts of a reading into amps)."""
+    if pm.settings["phase_set"] != "L123":
+        return 1
+    car = getattr(pm.metering, "car_mask", None)
+    if car:
+        return (car & 1) + (car >> 1 & 1) + (car >> 2 & 1)
+    return 3 if pm.ch.phases == 3 else 1
 
 CUSTOM_FILE = "meter_custom.json"
 MAX_READ = const(125)  # Modbus: at most 125 registers per read

@@ -16,7 +16,8 @@
 # for RECOVER_MS clear it. Details and numbers: docs/power-management.md.
 #
 # charge_mode solar / solar_min: after each cycle evse/solar.py (imported only then)
-# turns the same reading's export into the named limit "solar".
+# turns the same reading's export into the named limit "solar"; with tariff_limit_w set,
+# evse/tariff.py (imported only then) its import into the named limit "tariff".
 import math
 import time
 from micropython import const
@@ -44,16 +45,6 @@ _MAP_RETRY_MS = const(30000)  # a bad custom map file is read again this often
 _MIN_CYCLE_MS = const(50)
 _PHASES = ("L1", "L2", "L3")
 _WIRED_A = 1.0  # current on the charger's L2 or L3 terminal: it is wired to three phases
-# Slots of a reading, in the order of evse.meters.QUANTITIES.
-_N_QTY = const(11)
-_I = const(3)  # i_l1, i_l2, i_l3
-_P = const(6)  # p_l1, p_l2, p_l3
-_P_TOTAL = const(9)
-_E_IMPORT = const(10)
-
-
-def _held(now_ms, since_ms, hold_ms):
-    return since_ms is not None and time.ticks_diff(now_ms, since_ms) >= hold_ms
 
 
 def _finite_or_0(v):
@@ -63,15 +54,10 @@ def _finite_or_0(v):
         return 0.0
 
 
-def _floor1(a):
-    """Rounded down to 0.1 A: never offer more than computed."""
-    return (a * 10 + 1e-6) // 1 / 10
-
-
 class PowerManager:
     def __init__(
         self, charger, settings, protection, metering, rs485=None, data_dir=".",
-        own_meter=None, master=None, slave=1, clock=None, clock_us=None,
+        own_meter=None, master=None, slave=1, clock=None, clock_us=None, rtc=None,
     ):
         """rs485: the board's `hw.rs485` (None or (uart, de_pin)); `master` replaces the
         Modbus master built on it (tests). own_meter: the board's internal meter
@@ -80,7 +66,8 @@ class PowerManager:
         slave: the grid meter's Modbus address (a `meter_addr` setting, when the
         schema has one, overrides it). clock_us: the board's `hw.clock_us`, which
         stamps each valid reading (`read_t_us` in the view: what a reaction to the
-        reading is measured from)."""
+        reading is measured from). rtc: () -> epoch seconds (the board's `hw.rtc.now`):
+        the capacity tariff's windows follow it once it is set."""
         self.ch = charger
         self.settings = settings
         self.prot = protection
@@ -93,12 +80,14 @@ class PowerManager:
         self.data_dir = data_dir
         self.clock = clock or time.ticks_ms
         self.clock_us = clock_us or time.ticks_us
+        self.rtc = rtc
         self.model = "none"
         self.map = None
         self.map_error = None
         self._map_ms = None
-        self._vals = [None] * _N_QTY  # filled by a read, kept only when it is whole
-        self.values = [None] * _N_QTY  # the last valid reading
+        # Slots of a reading (evse/meters.py, made with the meter's map): the one a read
+        # fills, kept only when it is whole, and the last valid one.
+        self._vals = self.values = None
         self.ok = False  # the last cycle gave a valid reading
         self.lost = False  # ERR MET raised for this meter
         self.last_ok_ms = None
@@ -127,6 +116,7 @@ class PowerManager:
         self.adopt_error = None  # why a meter found could not be stored as the setting
         self.solar = None  # evse.solar.Solar while charge_mode is not normal
         self.pool = None  # the Balancer while it runs: the pool's mode governs (no "solar")
+        self.tariff = None  # evse.tariff.Tariff while tariff_limit_w is set
 
     # ---- the task ----------------------------------------------------------------------
     async def run(self):
@@ -145,24 +135,28 @@ class PowerManager:
             await asyncio.sleep_ms(wait)
 
     async def poll_once(self):
-        """One cycle: configuration, meter read, regulation, then the charge mode."""
+        """One cycle: configuration, meter read, regulation, then the charge mode and the
+        capacity tariff."""
         ok = await self._cycle()
-        if self.solar is not None or (self.settings["charge_mode"] != "normal" and not self.pool):
-            self._charge_mode(ok)
+        s = self.settings
+        solar_on = s["charge_mode"] != "normal" and not self.pool  # a pool's mode governs
+        self.solar = self._feature(self.solar, "solar", "Solar", solar_on, ok)
+        self.tariff = self._feature(self.tariff, "tariff", "Tariff", s["tariff_limit_w"], ok)
 
-    def _charge_mode(self, ok):
-        """charge_mode solar or solar_min: evse/solar.py, imported only then (a charger
-        that charges normally does not carry it) and forgotten when it is normal again."""
-        if self.settings["charge_mode"] == "normal" or self.pool:
-            self.solar.off()
-            self.solar = None
-            evse.unload("evse.solar")
-            return
-        if self.solar is None:
-            from evse.solar import Solar
-
-            self.solar = Solar(self)
-        self.solar.step(self.clock(), ok)
+    def _feature(self, obj, name, cls, on, ok):
+        """evse/solar.py (charge_mode solar or solar_min), evse/tariff.py (tariff_limit_w
+        set): imported only while the setting asks for it (a charger without the feature
+        does not carry it) and forgotten after. -> the feature's object, or None."""
+        if not on:
+            if obj is not None:
+                self.ch.set_external_limit(name, None)  # its named limit bears its name
+                evse.unload("evse." + name)
+            return None
+        if obj is None:
+            __import__("evse." + name)
+            obj = getattr(getattr(evse, name), cls)(self)
+        obj.step(self.clock(), ok)
+        return obj
 
     def solar_view(self):
         """/api/status `solar`: None in charge_mode normal."""
@@ -207,7 +201,7 @@ class PowerManager:
         model = self.settings["meter_model"]
         if model != self.model:
             self._switch(model, now)
-        elif self.map is None and model == "custom" and _held(now, self._map_ms, _MAP_RETRY_MS):
+        elif self.map is None and model == "custom" and limits.held(now, self._map_ms, _MAP_RETRY_MS):
             self._load_map(now)
 
     def _switch(self, model, now):
@@ -227,8 +221,6 @@ class PowerManager:
         self._fresh = True
         self.headroom_a = [None, None, None]
         self.target_a = None
-        for i in range(_N_QTY):
-            self.values[i] = None
         if model in ("none", "auto"):
             # auto: no power management until a meter is found and stored as the setting
             _log.info("external meter off" if model == "none" else
@@ -257,6 +249,8 @@ class PowerManager:
     def _load_map(self, now):
         from evse import meters
 
+        self._vals = [None] * meters.N_QTY
+        self.values = [None] * meters.N_QTY
         self._bus()
         self._map_ms = now
         try:
@@ -281,7 +275,7 @@ class PowerManager:
             p = self.probe = meterprobe.Probe()
             p.restart()
         elif not p.searching:
-            if p.found is not None or not _held(now, self._swept_ms, meterprobe.PAUSE_MS):
+            if p.found is not None or not limits.held(now, self._swept_ms, meterprobe.PAUSE_MS):
                 return None
             p.restart()
         found = await p.step(bus, skip)
@@ -349,10 +343,11 @@ class PowerManager:
     # ---- reading ---------------------------------------------------------------------------
     async def _read(self):
         import modbus_rtu as mb
+        from evse import meters
 
         m = self.map
         vals = self._vals
-        for i in range(_N_QTY):
+        for i in range(meters.N_QTY):
             vals[i] = None
         for i in range(len(m.blocks)):
             fc, start, count, _ = m.blocks[i]
@@ -375,14 +370,12 @@ class PowerManager:
             else:
                 return err
         for k in range(3):
-            if _I + k in m.slots and vals[_I + k] is None:
+            if meters.I_L1 + k in m.slots and vals[meters.I_L1 + k] is None:
                 return self._error("value", "the meter has no current for L%d" % (k + 1))
-        from evse import meters
-
         if not meters.plausible(m, vals):
             # Another make's registers, or garbage: 1e30 A exported would be 1e30 A of room
             return self._error("value", "not a meter's reading: V %r A %r" % (
-                vals[0], vals[_I : _I + 3]))
+                vals[0], vals[meters.I_L1 : meters.I_L1 + 3]))
         self._vals = self.values
         self.values = vals
         self._read_own()
@@ -430,13 +423,13 @@ class PowerManager:
             if self._fails >= 3:
                 _log.info("meter read ok after %d failed exchanges", self._fails)
             self._fails = 0
-            if self.lost and _held(now, self._good_since, RECOVER_MS):
+            if self.lost and limits.held(now, self._good_since, RECOVER_MS):
                 self._set_lost(False)
         else:
             self.ok = False
             self._good_since = None
             ref = self.last_ok_ms if self.last_ok_ms is not None else self._blind_since
-            if not self.lost and _held(now, ref, LOST_MS):
+            if not self.lost and limits.held(now, ref, LOST_MS):
                 self._set_lost(True)
         self._regulate(now, ok)
         self._feed()
@@ -461,7 +454,7 @@ class PowerManager:
             if t >= start + RESUME_HYST_A:
                 if self._resume_since is None:
                     self._resume_since = now
-                elif not self._resume_ok and _held(now, self._resume_since, RESUME_HOLD_MS):
+                elif not self._resume_ok and limits.held(now, self._resume_since, RESUME_HOLD_MS):
                     # A flag from now on: a run of headroom lasting days would read its
                     # start as negative once the ticks wrap (2**29 ms on a 32-bit port),
                     # and a pause (a meter outage) would then last for days.
@@ -504,16 +497,18 @@ class PowerManager:
 
     def _house(self, k):
         """Signed house current of phase k (negative while that phase exports)."""
+        from evse import meters as mt
+
         v = self.values
         m = self.map
-        q = _I + k
+        q = mt.I_L1 + k
         if m is not None and q not in m.slots:
-            q = _I  # single-phase meter: it measures the one phase there is
+            q = mt.I_L1  # single-phase meter: it measures the one phase there is
             k = 0
         a = v[q]
-        p = v[_P + k]
-        if p is None and q == _I and m is not None and _P not in m.slots:
-            p = v[_P_TOTAL]
+        p = v[mt.P_L1 + k]
+        if p is None and q == mt.I_L1 and m is not None and mt.P_L1 not in m.slots:
+            p = v[mt.P_TOTAL]
         if p is not None and p < 0:
             return -abs(a)
         return abs(a)
@@ -529,7 +524,7 @@ class PowerManager:
             k = _PHASES.index(ps)
             for i in range(3):
                 h[i] = None
-            h[k] = _floor1(max_a - (self._house(k) - own[0]))
+            h[k] = limits.floor_tenth(max_a - (self._house(k) - own[0]))
             self.target_a = h[k]
             return
         car = getattr(self.metering, "car_mask", None)
@@ -538,7 +533,7 @@ class PowerManager:
             # Three-phase wiring (a "7kW" setting too, once its meter shows current on
             # L2 or L3): L1->L1, L2->L2, L3->L3, its own current is room on its phase.
             for i in range(3):
-                h[i] = _floor1(max_a - (self._house(i) - own[i]))
+                h[i] = limits.floor_tenth(max_a - (self._house(i) - own[i]))
             if self.ch.phases == 3 and car is not None:
                 # Only the phases the car draws on (as measured) bound its current;
                 # before it has drawn, all three.
@@ -553,7 +548,7 @@ class PowerManager:
             # of them, so count it as room on each and take the worst phase.
             mine = own[0]
             for i in range(3):
-                h[i] = _floor1(max_a - self._house(i) + mine)
+                h[i] = limits.floor_tenth(max_a - self._house(i) + mine)
         self.target_a = min(h[0], h[1], h[2])
 
     # ---- views -----------------------------------------------------------------------------
@@ -562,14 +557,12 @@ class PowerManager:
         None while no meter is configured (or none found yet: meter_search)."""
         if self.model == "none" or self.model == "auto":
             return None
+        from evse import meters as mt
+
         v = self.values
         age = None
         if self.last_ok_ms is not None:
             age = round(time.ticks_diff(self.clock(), self.last_ok_ms) / 1000, 1)
-        power = v[_P_TOTAL]
-        if power is None:
-            parts = [p for p in v[_P : _P + 3] if p is not None]
-            power = sum(parts) if parts else None
         m = self.map
         return {
             "model": self.model,
@@ -578,9 +571,9 @@ class PowerManager:
             "age_s": age,
             "read_t_us": self.read_t_us,
             "volts": [_r(x, 1) for x in v[0:3]],
-            "amps": [_r(x, 2) for x in v[_I : _I + 3]],
-            "power_w": _r(power, 0),
-            "energy_kwh": _r(v[_E_IMPORT], 3),
+            "amps": [_r(x, 2) for x in v[mt.I_L1 : mt.I_L1 + 3]],
+            "power_w": _r(mt.total_w(v), 0),
+            "energy_kwh": _r(v[mt.E_IMPORT], 3),
             "headroom_a": list(self.headroom_a),
             "own_a": [_r(x, 2) for x in self.own_a],
             "limit_a": self.limit_a,

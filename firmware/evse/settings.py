@@ -183,6 +183,11 @@ SCHEMA = {
     "solar_start_s": (60, ("i", 0, 3600)),
     "solar_stop_s": (300, ("i", 0, 3600)),
     "solar_min_on_s": (600, ("i", 0, 7200)),
+    # Capacity tariff: the grid import averaged over a window of tariff_window_min kept
+    # under tariff_limit_w (W; 0: off) by the charger (docs/power-management.md,
+    # "Capacity tariff").
+    "tariff_limit_w": (0, ("i0", 1000, 400000)),
+    "tariff_window_min": (15, ("i", 1, 60)),
     "auth_mode": ("rfid", ("c", "rfid", "free")),
     "ventilation": (False, "b"),
     "wifi_mode": ("ap", ("c", "ap", "client")),
@@ -198,6 +203,7 @@ SAFE = {
     "power_system": "TN_TT",  # the neutral-earth check stays on
     "charging_mode": "B",  # the lock and the PP cable rating, where the hardware has them
     "charge_mode": "solar",  # nothing from the grid: the owner may pay for every kWh of it
+    "tariff_limit_w": 1000,  # the lowest limit: a lost one may have been low
 }
 
 # Never sent back to a browser or a central system.

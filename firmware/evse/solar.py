@@ -19,30 +19,13 @@
 import time
 
 from evse import limits
-from evse.power import RAISE_STEP_A, _held, _floor1
+from evse.power import RAISE_STEP_A
 import log
 
 _log = log.get("solar")
 
-LIMIT_NAME = "solar"
-_NOMINAL_V = 230.0  # where the meter shows no voltage
+LIMIT_NAME = "solar"  # the module's name: power._feature removes the limit by it
 _MAX_GAP_MS = 5000  # a longer gap between readings counts no energy from surplus
-_P_TOTAL = 9  # slots of a reading (evse/meters.QUANTITIES)
-_P = 6
-
-
-def grid(v):
-    """(signed power at the grid connection in W, import > 0; mean voltage) of a
-    reading `v` (pm.values), or None when the meter gives no power (no direction).
-    Also the surplus of a load balancing pool (evse/balance/surplus.py)."""
-    p = v[_P_TOTAL]
-    if p is None:
-        parts = [x for x in v[_P : _P + 3] if x is not None]
-        p = sum(parts) if parts else None
-    if p is None:
-        return None
-    volts = [x for x in v[0:3] if x is not None and x > 80]
-    return p, (sum(volts) / len(volts) if volts else _NOMINAL_V)
 
 
 class Solar:
@@ -64,11 +47,6 @@ class Solar:
         self._on_ok = False  # ... and has run solar_min_on_s
         self._energy_ms = None  # the reading energy from surplus was last counted at
         self._entered = False  # the mode was just set: a charge running on surplus goes on
-
-    def off(self):
-        """charge_mode is `normal` again: the limit goes."""
-        self.pm.ch.set_external_limit(LIMIT_NAME, None)
-        self.limit_a = None
 
     def step(self, now, ok):
         """After each power cycle (`ok`: a fresh valid reading in pm.values)."""
@@ -118,18 +96,21 @@ class Solar:
         self._up_ok = False
 
     def _measure(self, now, start):
+        from evse import meters  # a valid reading: imported with the meter's map
+
         pm = self.pm
-        g = grid(pm.values)
-        if g is None:
+        v = pm.values
+        p = meters.total_w(v)
+        if p is None:
             self._unknown("no_power")  # the meter gives currents only: no direction
             return
-        p, u = g
-        n = self._phases()
+        n = meters.charge_phases(pm)
+        u = meters.volts(v)
         own_w = (pm.own_a[0] + pm.own_a[1] + pm.own_a[2]) * u
         self.grid_w = p
         self.phases = n
         avail_w = own_w - p
-        self.surplus_a = max(0.0, _floor1(avail_w / (n * u)))
+        self.surplus_a = max(0.0, limits.floor_tenth(avail_w / (n * u)))
         self.need_w = max(0.0, start * n * u - avail_w)
         self._count(now, own_w, p)
         if self.surplus_a >= start:
@@ -145,17 +126,6 @@ class Solar:
             else:
                 self._low_since = None
                 self._low_ok = False
-
-    def _phases(self):
-        """The phases the charge draws on: those the car was measured on, else the
-        charger's wiring."""
-        pm = self.pm
-        if pm.settings["phase_set"] != "L123":
-            return 1
-        car = getattr(pm.metering, "car_mask", None)
-        if car:
-            return (car & 1) + (car >> 1 & 1) + (car >> 2 & 1)
-        return 3 if pm.ch.phases == 3 else 1
 
     def _count(self, now, own_w, grid_w):
         """Energy of the session from surplus: the charger's power less what the house
@@ -182,9 +152,9 @@ class Solar:
     def _solar(self, now, start, s):
         sur = self.surplus_a
         if self.running:
-            if not self._on_ok and _held(now, self._on_since, s["solar_min_on_s"] * 1000):
+            if not self._on_ok and limits.held(now, self._on_since, s["solar_min_on_s"] * 1000):
                 self._on_ok = True
-            if not self._low_ok and _held(now, self._low_since, s["solar_stop_s"] * 1000):
+            if not self._low_ok and limits.held(now, self._low_since, s["solar_stop_s"] * 1000):
                 self._low_ok = True
             if self._low_ok and self._on_ok:
                 _log.info("solar: stop, %.1f A of surplus", sur)
@@ -196,7 +166,7 @@ class Solar:
             # Never below 6 A while it runs: the stop delay bridges a passing cloud.
             self._follow(max(limits.MIN_A, sur))
             return
-        if not self._up_ok and _held(now, self._up_since, s["solar_start_s"] * 1000):
+        if not self._up_ok and limits.held(now, self._up_since, s["solar_start_s"] * 1000):
             self._up_ok = True
         ch = self.pm.ch
         if self._entered and sur >= start and getattr(ch, "offered_a", 0):

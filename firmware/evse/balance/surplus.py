@@ -18,8 +18,7 @@ from micropython import const
 from evse import limits
 from evse.balance.codec import ALL, ST_WANT, phases
 from evse.balance.planner import Node, cap_age
-from evse.power import RAISE_STEP_A, _floor1
-from evse.solar import grid
+from evse.power import RAISE_STEP_A
 import log
 
 _log = log.get("balance")
@@ -125,10 +124,12 @@ class PoolSolar:
         if pw.last_ok_ms == self.ms:
             return False
         self.ms = pw.last_ok_ms
-        g = grid(pw.values)
-        if g is None:
+        from evse import meters  # a valid reading: imported with the meter's map
+
+        p = meters.total_w(pw.values)
+        if p is None:
             return self._unknown("no_power")  # currents only: no direction
-        p, u = g
+        u = meters.volts(pw.values)
         own = pw.own_a  # the master's own current, of the same reading
         w = (own[0] + own[1] + own[2]) * u - p
         for n in nodes[1:]:
@@ -138,7 +139,7 @@ class PoolSolar:
         self.grid_w = p
         self.reason = None
         self._u = u
-        self.surplus_a = max(0.0, _floor1(w / (len(phases(self.mask)) * u)))
+        self.surplus_a = max(0.0, limits.floor_tenth(w / (len(phases(self.mask)) * u)))
         return True
 
     def _unknown(self, why):

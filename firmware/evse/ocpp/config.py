@@ -94,9 +94,13 @@ KEYS = (
 )
 
 # Vendor keys kept in the charger's settings, not in ocpp_config.json: (key, setting,
-# the setting's values). ChangeConfiguration goes through Settings.apply, so the web app,
-# the central system and a DataTransfer see and set the one value.
-SETTING_KEYS = (("ChargeMode", "charge_mode", ("normal", "solar", "solar_min")),)
+# the setting's values, or None: a whole number). ChangeConfiguration goes through
+# Settings.apply, so the web app, the central system and a DataTransfer see and set the
+# one value.
+SETTING_KEYS = (
+    ("ChargeMode", "charge_mode", ("normal", "solar", "solar_min")),
+    ("CapacityTariffLimit", "tariff_limit_w", None),  # W, 0: off
+)
 
 
 def setting_key(key):
@@ -111,7 +115,11 @@ def setting_key(key):
 def change_setting(settings, row, text):
     """ChangeConfiguration of a key kept in the settings: 'Accepted' or 'Rejected'."""
     value = text.strip()
-    if value not in row[2]:
+    if row[2] is None:
+        if not value.isdigit() or len(value) > 9:
+            return "Rejected"
+        value = int(value)  # its range: the setting's check
+    elif value not in row[2]:
         return "Rejected"
     try:
         errors = settings.apply({row[1]: value})

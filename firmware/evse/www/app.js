@@ -407,6 +407,11 @@
     else if (s && s.waiting) out.push(tv('cm.w.', s.waiting));
     else if (s && s.stop_in_s != null) out.push(t('cm.stop', {s: s.stop_in_s}));
     if (s && s.session_solar_kwh != null) out.push(t('cm.solar_kwh', {kwh: num(s.session_solar_kwh, 2)}));
+    const c = st.tariff;
+    if (c) {
+      out.push(t('cm.tariff', {avg: num(c.avg_w / 1000, 2), lim: num(c.limit_w / 1000, 2), min: Math.ceil(c.left_s / 60)}));
+      if (c.waiting) out.push(tv('cm.w.', c.waiting));
+    }
     return out.join(' · ');
   }
 
