@@ -141,6 +141,18 @@ def confirm(data_dir):
     return st
 
 
+def running():
+    """What this boot runs, for the Upgrade page: the slot, whether it is on trial, the
+    previous version and one rolled back from."""
+    st = STATE or {}
+    return {
+        "slot": RUNNING,
+        "trial": bool(st.get("trial")) and st.get("active") == RUNNING,
+        "previous": st.get("previous"),
+        "rolled_back": st.get("rolled_back"),
+    }
+
+
 def select(data_dir=None):
     """Chooses the slot and puts its tree first on sys.path; returns the slot name."""
     global RUNNING, STATE

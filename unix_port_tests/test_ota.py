@@ -399,13 +399,17 @@ def test_service_built_on_use_and_dropped_when_idle():
     u._idle(time_add(u._used, appmod._OTA_IDLE_MS))
     true(u._ota is None, "dropped")
     true("evse.ota" not in sys.modules and "p256" not in sys.modules, "modules forgotten")
+    v = u.view()  # the Upgrade page polls: answered from what the service left
+    true(u._ota is None and "evse.ota" not in sys.modules, "the page's poll builds nothing")
+    eq((v["last"], v["busy"], v["received"]), ({"code": "E02 UP"}, None, 0), "its last result")
+    eq(v["key"], o.key_view(), "its key")
+    eq(v["running"], ab_boot.running(), "what this boot runs")
     with open(o.staging, "wb") as f:  # as if an upload were being written
         f.write(b"x")
-    v = u.view()  # the Upgrade page builds it again
+    u.get()  # an upload builds it again
     true(_exists(o.staging), "a rebuilt service leaves the files alone: only a boot cleans")
-    eq(v["last"], {"code": "E02 UP"})
-    eq(v["busy"], None)
     true(u._ota is not None, "built again")
+    eq(u.view()["key"], v["key"], "the same view from the service")
     u = appmod._Upgrades(_App(_tmpdir()))
 
 

@@ -144,15 +144,7 @@ class Ota:
     # ---- state -----------------------------------------------------------------------
     def running(self):
         ab = self.ab
-        if ab is None:
-            return {"slot": None, "trial": False}
-        st = ab.STATE or {}
-        return {
-            "slot": ab.RUNNING,
-            "trial": bool(st.get("trial")) and st.get("active") == ab.RUNNING,
-            "previous": st.get("previous"),
-            "rolled_back": st.get("rolled_back"),
-        }
+        return {"slot": None, "trial": False} if ab is None else ab.running()
 
     def view(self):
         from evse import version

@@ -46,10 +46,11 @@ SIG_MAGIC = b"EVPS"
 SIG_P256 = 1
 TRAILER_LEN = 76
 MODEL = "EVPLUS"
-# The piece an upload, a download or an install moves at a time. 2 KB: a TCP segment or
-# two arrive per read anyway (MSS 1460), and the buffer is held while an upload runs beside
-# everything else, the heap's worst moment (docs/development.md "The 32-bit frozen build").
-CHUNK = 2048
+# The piece an upload, a download or an install moves at a time. 1 KB: about a TCP
+# segment arrives per read anyway (MSS 1460), and the buffer is held while an upload runs
+# beside everything else, the heap's worst moment (docs/development.md "The 32-bit frozen
+# build"); 4 KB and 2 KB before, each step 1-2 KB of that moment.
+CHUNK = 1024
 _MIN_CHUNK = 256  # the least buffer() falls back to
 _MAX_PATH = 96
 _PATH_CHARS = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-/"
