@@ -12,7 +12,6 @@
 import asyncio
 import time
 
-import dnsclient
 
 MAX_LINE = 512  # a status line or header line, CRLF included
 MAX_LINES = 32  # lines of a response head
@@ -108,6 +107,8 @@ class Get:
         # asyncio.open_connection calls socket.getaddrinfo, which blocks the whole loop
         # (pilot and protection included) on a name: it only ever gets the address; the
         # name stays in the Host header and the TLS server name.
+        import dnsclient  # only while in use: its callers may forget it after
+
         addr = await dnsclient.address(host, dns_server, dns_timeout_ms)
         self._r, self._w = await asyncio.wait_for_ms(
             asyncio.open_connection(addr, port, ssl=ssl, server_hostname=host if ssl else None),

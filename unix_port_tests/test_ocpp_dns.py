@@ -148,6 +148,7 @@ def test_a_moved_central_system_is_found_and_a_silent_dns_keeps_the_last_address
         server = asyncio.create_task(dns.run())
         await asyncio.sleep_ms(10)
         eq(await svc._address("csms.example"), "10.1.2.3", "answered")
+        true("dnsclient" not in sys.modules, "the resolver forgotten once connected")
         dns.addr = "10.9.9.9"
         eq(await svc._address("csms.example"), "10.9.9.9", "moved: asked again")
         dns.addr = None

@@ -1,6 +1,7 @@
 # System services of the EV PLUS boards (docs/hal.md `wlan`, `rtc`, `wdt`, `rs485`,
 # the data dir) and the 74HC595 output latch. Port-neutral: the board passes its
 # `network` module, machine.RTC/WDT/UART objects and the SPI bus.
+import sys
 import time
 
 
@@ -91,6 +92,7 @@ class Wlan:
                 # made and written to flash, and the key derived.
                 self._sta.active(True)
                 self.ap_key = apkey.derive(apkey.load_secret(self._dir, self._log), self._serial)
+                sys.modules.pop("apkey", None)  # used once: 0.25 KB of heap otherwise kept
             self._sta.active(False)
             self._start_ap()
             self._ap.ifconfig(self.AP_IFCONFIG)

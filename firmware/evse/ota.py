@@ -19,7 +19,6 @@ import os
 import time
 
 import atomicfile
-import dnsclient
 import log
 import p256
 from evse import settings
@@ -104,7 +103,7 @@ class Ota:
         self.busy = None  # "upload" / "download" / "install" while one runs
         # The firmware URL's host is asked of the network's DNS server without blocking
         # the loop (lib/dnsclient.py); open_connection only ever gets the address.
-        self.dns_server = lambda: dnsclient.wlan_server(getattr(self.hw, "wlan", None))
+        self.dns_server = self._dns_server
         self.dns_timeout_ms = DNS_TIMEOUT_MS
         self.download_ms = DOWNLOAD_MS
         self.progress = [0, 0]  # bytes received, bytes expected
@@ -140,6 +139,11 @@ class Ota:
             discard(self.key_path + ".bak")  # a handover cut before it removed the old key
         except OSError:
             pass
+
+    def _dns_server(self):
+        import dnsclient
+
+        return dnsclient.wlan_server(getattr(self.hw, "wlan", None))
 
     # ---- state -----------------------------------------------------------------------
     def running(self):

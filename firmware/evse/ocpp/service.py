@@ -15,9 +15,9 @@ import os
 import time
 from micropython import const
 
-import dnsclient
 import log
 import wsclient
+import evse
 from evse import faults
 from evse import version
 from evse.ocpp import isotime
@@ -249,6 +249,8 @@ class Service(ChargePoint):
         return ctx
 
     def _dns_server(self):
+        import dnsclient
+
         return dnsclient.wlan_server(getattr(self.hw, "wlan", None))
 
     async def _address(self, host):
@@ -256,20 +258,27 @@ class Service(ChargePoint):
         connection, without blocking the loop (socket.getaddrinfo would stop the pilot
         and protection for seconds when the server is silent), so a central system
         that moves is found at the next reconnect; while the server does not answer,
-        the last answer for this host is used."""
-        addr = dnsclient.local(host)  # an IP literal or localhost: nothing to ask
-        if addr is not None:
-            return addr
+        the last answer for this host is used. lib/dnsclient is imported only while a
+        connection is made and forgotten after (0.65 KB of a board's heap)."""
+        import dnsclient
+
         try:
-            addr = await dnsclient.resolve(host, self.dns_server(), self.dns_timeout_ms)
-        except (OSError, ValueError, dnsclient.DnsError, asyncio.TimeoutError) as e:
-            last = self._addr
-            if last is None or last[0] != host:
-                raise OSError("cannot resolve %s: %r" % (host, e))
-            _log.warning("cannot resolve %s (%r): using its last address %s", host, e, last[1])
-            return last[1]
-        self._addr = (host, addr)
-        return addr
+            addr = dnsclient.local(host)  # an IP literal or localhost: nothing to ask
+            if addr is not None:
+                return addr
+            try:
+                addr = await dnsclient.resolve(host, self.dns_server(), self.dns_timeout_ms)
+            except (OSError, ValueError, dnsclient.DnsError, asyncio.TimeoutError) as e:
+                last = self._addr
+                if last is None or last[0] != host:
+                    raise OSError("cannot resolve %s: %r" % (host, e))
+                _log.warning("cannot resolve %s (%r): using its last address %s", host, e,
+                             last[1])
+                return last[1]
+            self._addr = (host, addr)
+            return addr
+        finally:
+            evse.unload("dnsclient")
 
     async def _session(self):
         """One connection, until it ends. True when the handshake succeeded."""

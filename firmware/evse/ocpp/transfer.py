@@ -16,7 +16,6 @@
 import asyncio
 import os
 
-import dnsclient
 import log
 import wsclient
 from evse.ocpp import isotime
@@ -120,6 +119,8 @@ async def _post(svc, location, name, path):
     # asyncio.open_connection calls socket.getaddrinfo, which blocks the whole loop
     # (pilot and protection included) on a name: it only ever gets the address; the name
     # stays in the Host header and the TLS server name.
+    import dnsclient  # only while in use (the service forgets it after a connection)
+
     addr = await dnsclient.address(host, svc.dns_server(), svc.dns_timeout_ms)
     r, w = await asyncio.open_connection(addr, port, ssl=ctx, server_hostname=host)
     try:
