@@ -331,3 +331,19 @@ def test_hostile_settings_are_refused():
         eq(settings_mod.validate({"tariff_limit_w": v}), {}, "limit %r taken" % v)
     eq(settings_mod.validate({"tariff_window_min": 15}), {}, "15 min taken")
     eq(settings_mod.SAFE["tariff_limit_w"], 1000, "an unreadable limit: the lowest")
+
+
+def test_a_phase_with_current_and_no_power_is_no_power_reading():
+    # A meter of per-phase powers only, one of them "not available" in this reading: the
+    # sum of the other two would miss that phase's import.
+    r = Rig(limit_w=5000)
+    r.drive(30, lambda t: 500)
+    true(r.tariff() >= 6, "charging")
+    from evse import meters
+
+    r.pm.values[meters.P_TOTAL] = None
+    r.pm.values[meters.P_L1 + 2] = None  # L3 draws, its power is not known
+    eq(meters.total_w(r.pm.values), None, "no total")
+    r.pm.tariff.step(r.clock(), True)
+    eq(r.tariff(), 0.0, "paused")
+    eq(r.view()["waiting"], "no_power")
