@@ -417,3 +417,22 @@ def test_a_phase_with_current_and_no_power_is_no_power_reading():
     r.pm.tariff.step(r.clock(), True)
     eq(r.tariff(), 0.0, "paused")
     eq(r.view()["waiting"], "no_power")
+
+
+def test_a_charge_started_by_the_charger_counts_as_the_last_start():
+    # The tariff has not paused for long; a car starts charging (the charger offers),
+    # a kettle makes the tariff pause two seconds later: the charge resumes only once
+    # the minimum on-time has passed since that start, not 5 s later (stop/start/stop).
+    r = Rig(limit_w=20000, min_on=120)
+    r.drive(200, lambda t: 300)
+    true(r.tariff() >= 6, "room")
+    r.ch.offered_a = 16.0  # the car starts: the pilot offers
+    r.drive(2, lambda t: 300)
+    r.drive(1, lambda t: 19800)
+    eq(r.tariff(), 0.0, "paused")
+    r.ch.offered_a = 0.0
+    r.drive(20, lambda t: 300)
+    eq(r.tariff(), 0.0, "not back within the minimum on-time of the car's start: %r" % (
+        r.view(),))
+    r.drive(110, lambda t: 300)
+    true(r.tariff() >= 6, "back after it")

@@ -14,11 +14,12 @@
 # (evse/limits.py), it can only lower the offer. Down at once, up by at most RAISE_STEP_A
 # per reading; below 6 A the charge pauses, and resumes once the plan has stayed at the
 # start current + RESUME_HYST_A for RESUME_HOLD_MS and solar_min_on_s has passed since
-# the last start. Windows follow the wall clock (multiples of the window since 1970: the
-# quarter hours of the meter operator) once the RTC is set, else they count from the
-# first reading. Time the charger did not see (before it started, in the middle of a
-# window; a gap in the readings) counts as imported at the limit. No meter, a lost one or
-# one without power readings: a pause.
+# the last start (the charger's offer rising from 0, whoever raised it). Windows follow
+# the wall clock (multiples of the window since 1970: the quarter hours of the meter
+# operator) once the RTC is set, else they count from the first reading. Time the
+# charger did not see (before it started, in the middle of a window; a gap in the
+# readings) counts as imported at the limit. No meter, a lost one or one without power
+# readings: a pause.
 #
 # Imported by evse/power.py only while tariff_limit_w is set.
 import time
@@ -53,8 +54,9 @@ class Tariff:
         self._seen_ms = None  # the reading whose import was last counted
         self._up_since = None  # plan at the start current + RESUME_HYST_A since
         self._up_ok = False  # ... for RESUME_HOLD_MS (a flag: the ticks wrap)
-        self._on_since = None  # the last start after a pause
+        self._on_since = None  # the charge's last start
         self._on_ok = True  # ... and solar_min_on_s has passed since
+        self._offered = False  # the charger offered current at the last step
 
     def step(self, now, ok):
         """After each power cycle (`ok`: a fresh valid reading in pm.values)."""
@@ -71,6 +73,13 @@ class Tariff:
         elif pm.last_ok_ms is None:
             self._stop("no_reading")
         # else: a read that failed, not yet a lost meter: the last limit stays
+        offered = getattr(pm.ch, "offered_a", 0)
+        if offered and not self._offered:
+            # The charge starts (a car, solar, power management, a resume of ours): a
+            # pause may follow at once, a resume only solar_min_on_s after this start.
+            self._on_since = now
+            self._on_ok = False
+        self._offered = bool(offered)
         if not self._on_ok and limits.held(now, self._on_since, s["solar_min_on_s"] * 1000):
             self._on_ok = True
         pm.ch.set_external_limit(LIMIT_NAME, self.limit_a)
