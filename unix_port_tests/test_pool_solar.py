@@ -235,3 +235,36 @@ def test_the_mode_in_the_allocation_frame():
     a = bytes(b)
     for flags in (6, 7, 8, 0x10, 0x80):
         eq(codec.decode(0x602, a[:5] + bytes([flags]) + a[6:], 1), None, "flags %d" % flags)
+
+
+def test_the_start_delay_is_served_at_the_waiting_nodes_own_minimum():
+    """7 A of export while no car waits covers the 6 A of a next node; the export
+    reaches 10 A and 5 s later a car that needs 10 A (min_start_a) waits: it starts
+    once 10 A have lasted the start delay, as one charger does, not at once on the
+    time the export covered 6 A."""
+    from evse.balance.planner import Node
+    from evse.balance.surplus import PoolSolar
+
+    ps = PoolSolar()
+    m = Meter()
+    n = Node(1)
+    n.min_a = 10.0
+    s = dict(_DELAYS, charge_mode="solar")
+    lim = [40.0, 40.0, 40.0]
+
+    def step(t, export_a):
+        m.last_ok_ms = t
+        m.values[9] = -export_a * 3 * _U
+        m.values[0] = m.values[1] = m.values[2] = _U
+        return ps.plan(t, m, s, [n], lim)[1]
+
+    for t in range(0, 20000, 1000):
+        step(t, 7.0)
+    for t in range(20000, 25000, 1000):
+        step(t, 10.0)
+    n.state = codec.ST_WANT
+    for t in range(25000, 30000, 1000):
+        eq(sorted(step(t, 10.0)), [], "no start at %d ms: 10 A for less than 10 s" % t)
+    for t in range(30000, 36000, 1000):
+        on = step(t, 10.0)
+    eq(sorted(on), [1], "after the start delay at 10 A")

@@ -331,3 +331,108 @@ def test_hostile_settings_are_refused():
         eq(settings_mod.validate({"tariff_limit_w": v}), {}, "limit %r taken" % v)
     eq(settings_mod.validate({"tariff_window_min": 15}), {}, "15 min taken")
     eq(settings_mod.SAFE["tariff_limit_w"], 1000, "an unreadable limit: the lowest")
+
+
+def test_a_clock_that_falls_back_unset_keeps_the_window():
+    # The clock is set back before 2021 (a central system's bad time, a clock that lost
+    # its battery) 10 minutes into a quarter hour whose import was high: the window goes
+    # on from the ticks where it was, it does not start again with a whole budget.
+    r = Rig(limit_w=11000, epoch=T0)
+    r.drive(600, lambda t: 14000)
+    real_ws = sum(r.windows.values())  # what the meter operator has counted so far
+    eq(r.tariff(), 0.0, "paused by the heavy house load")
+    r.epoch = None  # the RTC now shows 2000: not set
+    r.drive(300, lambda t: 1000)  # the rest of the real quarter hour
+    true(not r.view()["aligned"], "windows on the ticks now")
+    avg = (sum(r.windows.values())) / 900
+    true(avg <= 11000, "the real quarter hour under the limit: %d W" % avg)
+    true(real_ws > 0, "counted")
+
+
+def test_a_meter_outage_past_the_tick_wrap_counts_at_the_limit():
+    # The meter is lost for more than 2**29 ms (6.2 days): the ticks of its last reading
+    # read as the future once they wrap. The part of the window the charger did not see
+    # must still count at the limit when the meter is back.
+    from evse import power, tariff
+
+    mods = (tariff, limits, power)
+    saved = [m.time for m in mods]
+    for m in mods:
+        m.time = fake_time
+    try:
+        r = Rig(limit_w=5000, epoch=T0)
+        r.pm.clock = lambda: r.clock.ms & (fake_time.TICKS_PERIOD - 1)
+        r.drive(30, lambda t: 500)
+        r.master.fail = ModbusTimeout("silent")
+        r.drive(LOST_MS // 1000 + 2, lambda t: 500)
+        eq(r.view()["waiting"], "meter_lost", "lost")
+        # Days later, one cycle a minute (the window rolls on the clock meanwhile), to
+        # the second after a quarter hour's start.
+        jump = (1 << 29) + 60000 * 1000
+        end = r.clock.ms + jump
+        while r.clock.ms < end:
+            r.clock.ms += 59000
+            r.cycle()
+        t = r.rtc()
+        r.clock.ms += (900 - t % 900 + 1) * 1000
+        r.cycle()
+        eq(r.view()["left_s"], 899, "just after a window's start")
+        r.drive(600, lambda t: 500)  # still lost: 10 minutes the charger does not see
+        r.master.fail = None
+        r.drive(10, lambda t: 500)  # back, and counted again
+        v = r.view()
+        eq(v["waiting"], None, "the meter is back")
+        true(v["avg_w"] >= 4800, "the unseen part at the limit: avg %r W" % v["avg_w"])
+    finally:
+        for i in range(len(mods)):
+            mods[i].time = saved[i]
+
+
+def test_a_gap_across_a_window_start_counts_once():
+    # A meter silent from 2 minutes before a quarter hour to 5 minutes into it: those 5
+    # minutes count at the limit once, not twice (the charger would sit out a window it
+    # has the budget for).
+    r = Rig(limit_w=5000, epoch=T0)
+    r.drive(780, lambda t: 500)
+    r.master.fail = ModbusTimeout("silent")
+    r.drive(420, lambda t: 500)
+    r.master.fail = None
+    r.drive(7, lambda t: 500)  # back, and counted again
+    e = r.pm.tariff.energy_ws
+    true(e <= 5000 * 310, "5 minutes at the limit, not 10: %d W s" % e)
+    true(e >= 5000 * 300, "and not less: %d W s" % e)
+
+
+def test_a_phase_with_current_and_no_power_is_no_power_reading():
+    # A meter of per-phase powers only, one of them "not available" in this reading: the
+    # sum of the other two would miss that phase's import.
+    r = Rig(limit_w=5000)
+    r.drive(30, lambda t: 500)
+    true(r.tariff() >= 6, "charging")
+    from evse import meters
+
+    r.pm.values[meters.P_TOTAL] = None
+    r.pm.values[meters.P_L1 + 2] = None  # L3 draws, its power is not known
+    eq(meters.total_w(r.pm.values), None, "no total")
+    r.pm.tariff.step(r.clock(), True)
+    eq(r.tariff(), 0.0, "paused")
+    eq(r.view()["waiting"], "no_power")
+
+
+def test_a_charge_started_by_the_charger_counts_as_the_last_start():
+    # The tariff has not paused for long; a car starts charging (the charger offers),
+    # a kettle makes the tariff pause two seconds later: the charge resumes only once
+    # the minimum on-time has passed since that start, not 5 s later (stop/start/stop).
+    r = Rig(limit_w=20000, min_on=120)
+    r.drive(200, lambda t: 300)
+    true(r.tariff() >= 6, "room")
+    r.ch.offered_a = 16.0  # the car starts: the pilot offers
+    r.drive(2, lambda t: 300)
+    r.drive(1, lambda t: 19800)
+    eq(r.tariff(), 0.0, "paused")
+    r.ch.offered_a = 0.0
+    r.drive(20, lambda t: 300)
+    eq(r.tariff(), 0.0, "not back within the minimum on-time of the car's start: %r" % (
+        r.view(),))
+    r.drive(110, lambda t: 300)
+    true(r.tariff() >= 6, "back after it")

@@ -34,12 +34,19 @@ NOMINAL_V = 230.0  # where a reading shows no voltage
 
 def total_w(v):
     """A reading's signed power at the grid connection (W, import > 0, export < 0):
-    p_total, else the sum of the phases the meter gives, else None (currents only: no
-    direction)."""
+    p_total, else the sum of the phases' powers, else None (currents only: no
+    direction). A phase with a current and no power (a map without it, a value "not
+    available" in this reading) makes the sum None too: without that phase's import
+    it would be too low, more room than there is."""
     p = v[P_TOTAL]
     if p is None:
-        parts = [x for x in v[P_L1 : P_L1 + 3] if x is not None]
-        p = sum(parts) if parts else None
+        for k in range(3):
+            x = v[P_L1 + k]
+            if x is None:
+                if v[I_L1 + k] is not None:
+                    return None
+            else:
+                p = x if p is None else p + x
     return p
 
 

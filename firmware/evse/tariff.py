@@ -14,11 +14,12 @@
 # (evse/limits.py), it can only lower the offer. Down at once, up by at most RAISE_STEP_A
 # per reading; below 6 A the charge pauses, and resumes once the plan has stayed at the
 # start current + RESUME_HYST_A for RESUME_HOLD_MS and solar_min_on_s has passed since
-# the last start. Windows follow the wall clock (multiples of the window since 1970: the
-# quarter hours of the meter operator) once the RTC is set, else they count from the
-# first reading. Time the charger did not see (before it started, in the middle of a
-# window; a gap in the readings) counts as imported at the limit. No meter, a lost one or
-# one without power readings: a pause.
+# the last start (the charger's offer rising from 0, whoever raised it). Windows follow
+# the wall clock (multiples of the window since 1970: the quarter hours of the meter
+# operator) once the RTC is set, else they count from the first reading. Time the
+# charger did not see (before it started, in the middle of a window; a gap in the
+# readings) counts as imported at the limit. No meter, a lost one or one without power
+# readings: a pause.
 #
 # Imported by evse/power.py only while tariff_limit_w is set.
 import time
@@ -53,8 +54,9 @@ class Tariff:
         self._seen_ms = None  # the reading whose import was last counted
         self._up_since = None  # plan at the start current + RESUME_HYST_A since
         self._up_ok = False  # ... for RESUME_HOLD_MS (a flag: the ticks wrap)
-        self._on_since = None  # the last start after a pause
+        self._on_since = None  # the charge's last start
         self._on_ok = True  # ... and solar_min_on_s has passed since
+        self._offered = False  # the charger offered current at the last step
 
     def step(self, now, ok):
         """After each power cycle (`ok`: a fresh valid reading in pm.values)."""
@@ -71,18 +73,27 @@ class Tariff:
         elif pm.last_ok_ms is None:
             self._stop("no_reading")
         # else: a read that failed, not yet a lost meter: the last limit stays
+        offered = getattr(pm.ch, "offered_a", 0)
+        if offered and not self._offered:
+            # The charge starts (a car, solar, power management, a resume of ours): a
+            # pause may follow at once, a resume only solar_min_on_s after this start.
+            self._on_since = now
+            self._on_ok = False
+        self._offered = bool(offered)
         if not self._on_ok and limits.held(now, self._on_since, s["solar_min_on_s"] * 1000):
             self._on_ok = True
         pm.ch.set_external_limit(LIMIT_NAME, self.limit_a)
 
     def _window(self, now, limit_w, win_s):
-        """Which window `now` is in; a new one starts with no energy, but for the part of
-        it the charger did not see."""
+        """Which window `now` is in. A new one starts with no energy: its counting starts
+        at its start (_seen_ms), so the next reading counts the part before it that the
+        charger did not see (more than _MAX_GAP_MS: at the limit), and the stamp is never
+        older than a window (a meter lost for days would read as the future once the
+        ticks wrap)."""
         rtc = self.pm.rtc
         t = rtc() if rtc is not None else 0
         win_ms = win_s * 1000
         same = win_s == self.window_s
-        unseen = 0
         if t >= RTC_SET_S:
             into = t % win_s * 1000
             new = t // win_s != self.win_id or not same
@@ -91,13 +102,16 @@ class Tariff:
                 # more than this window: the high side), the part not seen counts.
                 self.energy_ws += limit_w * max(0, into - self.into_ms) / 1000
                 new = False
-            elif new:
-                unseen = into  # joined in its middle
             self.win_id = t // win_s
             self.start_ms = None
         else:
-            self.win_id = None
             into = 0 if self.start_ms is None else time.ticks_diff(now, self.start_ms)
+            if self.win_id is not None and same:
+                # The clock no longer shows a set time (set back before 2021): the window
+                # goes on from where it was, with its energy, on the ticks.
+                into = self.into_ms
+                self.start_ms = time.ticks_add(now, -into)
+            self.win_id = None
             new = self.start_ms is None or not same or into >= win_ms or into < 0
             if into >= win_ms and into < 2 * win_ms and same:
                 self.start_ms = time.ticks_add(self.start_ms, win_ms)
@@ -109,9 +123,8 @@ class Tariff:
             if same and self.window_s:
                 self.last_avg_w = self.energy_ws / self.window_s
             self.window_s = win_s
-            # What the charger did not see counts as imported at the limit, the most it
-            # may have been.
-            self.energy_ws = limit_w * unseen / 1000
+            self.energy_ws = 0.0
+            self._seen_ms = time.ticks_add(now, -into)
         self.into_ms, self.left_ms = into, win_ms - into
 
     def _stop(self, why):
@@ -133,7 +146,7 @@ class Tariff:
         self._seen_ms = now
         if last is not None:
             dt = time.ticks_diff(now, last)
-            if dt > self.into_ms:
+            if dt > self.into_ms or dt < 0:
                 dt = self.into_ms  # the part of the interval in this window
             if dt > _MAX_GAP_MS:
                 self.energy_ws += limit_w * dt / 1000  # unseen: at the limit

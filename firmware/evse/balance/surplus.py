@@ -60,6 +60,7 @@ class PoolSolar:
         self.wait = {}  # addr -> since when it waits for surplus (`solar`)
         self.since = {}  # _UP, _LOW -> since when
         self.next = None  # the address that starts next (`solar`)
+        self._up_need = 0.0  # the amps the surplus has covered since since[_UP]
         self._u = 230.0  # the voltage of the last reading
         self._ghost = Node(0)  # the next node while nobody waits: 6 A on the pool's phases
 
@@ -207,7 +208,12 @@ class PoolSolar:
             need = max(need, t)
         self.need_w = max(0.0, (need - sur) * len(phases(self.mask)) * self._u)
         if _fits(on + [cand], sur):
-            self.since.setdefault(_UP, now)
+            if _UP not in self.since or need > self._up_need + 1e-9:
+                # The delay is served at the need of the node that starts: the time the
+                # surplus covered a smaller one (6 A of the next node while nobody
+                # waited, a node that left) does not count for one that needs more.
+                self.since[_UP] = now
+                self._up_need = need
             if nxt is not None and _held(now, self.since, _UP, s["solar_start_s"]):
                 _log.info("solar: node %d starts, %.1f A of surplus", nxt, sur)
                 self.run[nxt] = now
