@@ -48,10 +48,10 @@ setup:
 PYTEST = $(PY) -m pytest tests/ $(PYTEST_ARGS); status=$$?; \
 	if [ $$status -eq 5 ]; then echo "make: pytest ran no test" >&2; fi; exit $$status
 
-# The invariant checker (about 95 s of one core) runs as a pytest item beside the host
-# tests (tests/test_invariant_checker.py), not before them.
+# The unix-port unit tests (about 75 s of one core) and the invariant checker (about 95 s)
+# run as pytest items beside the host tests (tests/test_unit_suite.py,
+# tests/test_invariant_checker.py), not before them.
 test: setup
-	$(UNIT) -test_invariants
 	@$(PYTEST)
 
 test-unix: setup
