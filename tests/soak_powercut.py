@@ -21,6 +21,7 @@ same data and checked:
     result = Campaign(workdir, seed=1, cuts=40).run()   # {"violations": [...], ...}
 """
 
+import http.client
 import os
 import random
 import signal
@@ -161,7 +162,7 @@ class Campaign:
                 inflight.update(want)
                 try:
                     r = self.c.http("PUT", "/api/config", json=want, timeout=5)
-                except OSError:
+                except (OSError, http.client.HTTPException):  # the cut, even mid-answer
                     return
                 if r.status == 200:
                     self.acked = dict(want)
