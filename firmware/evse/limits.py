@@ -54,6 +54,12 @@ def offer_of(limit_a):
     return int(limit_a / STEP_A + 1e-6) * STEP_A
 
 
+def start_a(settings):
+    """The least current that starts the car (`min_start_a`, some need 8 A), never below
+    MIN_A: a pause of power management, solar or the tariff ends only with this much."""
+    return max(MIN_A, float(settings.get("min_start_a") or MIN_A))
+
+
 def held(now_ms, since_ms, hold_ms):
     """A condition seen since since_ms (None: not seen) has lasted hold_ms by now_ms."""
     return since_ms is not None and time.ticks_diff(now_ms, since_ms) >= hold_ms

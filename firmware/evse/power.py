@@ -449,7 +449,7 @@ class PowerManager:
     def _regulate(self, now, ok):
         t = self.target_a
         # A pause ends only with room to start the car (`min_start_a`: some need 8 A).
-        start = max(limits.MIN_A, float(self.settings.get("min_start_a") or limits.MIN_A))
+        start = limits.start_a(self.settings)
         if ok:
             if t >= start + RESUME_HYST_A:
                 if self._resume_since is None:

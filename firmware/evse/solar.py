@@ -58,7 +58,7 @@ class Solar:
             self.mode = mode
             self._reset()
             self._entered = True
-        start = max(limits.MIN_A, float(s.get("min_start_a") or limits.MIN_A))
+        start = limits.start_a(s)
         ch = pm.ch
         if getattr(ch, "session", None) is None:
             self.running = False  # the next session starts on surplus again

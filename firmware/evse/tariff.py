@@ -163,7 +163,7 @@ class Tariff:
         grid_max = (MARGIN * limit_w * self.window_s - self.energy_ws) / left_s
         plan = limits.floor_tenth((grid_max - (p - own_w)) / (meters.charge_phases(pm) * u))
         self.plan_a = plan = max(0.0, plan)
-        start = max(limits.MIN_A, float(s.get("min_start_a") or limits.MIN_A))
+        start = limits.start_a(s)
         if plan >= start + RESUME_HYST_A:
             if self._up_since is None:
                 self._up_since = now

@@ -30,10 +30,6 @@ _UP = const(0)  # in `since`: the surplus covers the next node since then
 _LOW = const(1)  # in `since`: the surplus does not cover the charging nodes since then
 
 
-def _held(now, d, k, hold_s):
-    return k in d and time.ticks_diff(now, d[k]) >= hold_s * 1000
-
-
 def _fits(ns, sur):
     """True when `sur` amps per phase cover the minimum of every Node in ns."""
     for p in range(3):
@@ -175,7 +171,7 @@ class PoolSolar:
             self.since.pop(_LOW, None)
         else:
             self.since.setdefault(_LOW, now)
-            if _held(now, self.since, _LOW, s["solar_stop_s"]):
+            if limits.held(now, self.since.get(_LOW), s["solar_stop_s"] * 1000):
                 # One node at a time, the one charging longest of those that have run
                 # their minimum on-time; the next one after another stop delay.
                 old = None
@@ -214,7 +210,7 @@ class PoolSolar:
                 # waited, a node that left) does not count for one that needs more.
                 self.since[_UP] = now
                 self._up_need = need
-            if nxt is not None and _held(now, self.since, _UP, s["solar_start_s"]):
+            if nxt is not None and limits.held(now, self.since.get(_UP), s["solar_start_s"] * 1000):
                 _log.info("solar: node %d starts, %.1f A of surplus", nxt, sur)
                 self.run[nxt] = now
                 del self.wait[nxt]
