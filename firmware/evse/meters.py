@@ -66,6 +66,14 @@ def charge_phases(pm):
         return (car & 1) + (car >> 1 & 1) + (car >> 2 & 1)
     return 3 if pm.ch.phases == 3 else 1
 
+
+def own_w(pm, u):
+    """The charger's own power at voltage u, from the currents of the same reading
+    (evse.power.PowerManager `pm`): what it draws of the grid's power."""
+    a = pm.own_a
+    return (a[0] + a[1] + a[2]) * u
+
+
 CUSTOM_FILE = "meter_custom.json"
 MAX_READ = const(125)  # Modbus: at most 125 registers per read
 

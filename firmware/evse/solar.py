@@ -106,7 +106,7 @@ class Solar:
             return
         n = meters.charge_phases(pm)
         u = meters.volts(v)
-        own_w = (pm.own_a[0] + pm.own_a[1] + pm.own_a[2]) * u
+        own_w = meters.own_w(pm, u)
         self.grid_w = p
         self.phases = n
         avail_w = own_w - p

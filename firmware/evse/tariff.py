@@ -158,7 +158,7 @@ class Tariff:
             return
         self.grid_w = p
         u = meters.volts(v)
-        own_w = (pm.own_a[0] + pm.own_a[1] + pm.own_a[2]) * u
+        own_w = meters.own_w(pm, u)
         left_s = max(self.left_ms, 1000) / 1000
         grid_max = (MARGIN * limit_w * self.window_s - self.energy_ws) / left_s
         plan = limits.floor_tenth((grid_max - (p - own_w)) / (meters.charge_phases(pm) * u))

@@ -127,8 +127,7 @@ class PoolSolar:
         if p is None:
             return self._unknown("no_power")  # currents only: no direction
         u = meters.volts(pw.values)
-        own = pw.own_a  # the master's own current, of the same reading
-        w = (own[0] + own[1] + own[2]) * u - p
+        w = meters.own_w(pw, u) - p  # the master's own power, of the same reading
         for n in nodes[1:]:
             # Its draw, never more than it offers now (planner.Node.counted_a), on each
             # phase it loads.
