@@ -59,6 +59,12 @@ def _exists(p):
         return False
 
 
+def stored(path):
+    """True when any copy of `path` is on flash (the file, or the .tmp or .bak a cut
+    replacement leaves without it), readable or not."""
+    return _exists(path) or _exists(path + ".tmp") or _exists(path + ".bak")
+
+
 def _remove(p):
     try:
         os.remove(p)

@@ -276,3 +276,14 @@ def test_json_copies_for_a_record_that_only_grows():
     eq(atomicfile.load_json_copies(p, errs.append, want=dict), [{"v": 1}, {"v": 2}], "a list")
     eq(len(errs), 1, "is the wrong type")
     _rmtree(d)
+
+
+def test_stored_sees_any_copy():
+    d = _tmpdir()
+    p = d + "/k.json"
+    eq(atomicfile.stored(p), False, "nothing")
+    for suffix in ("", ".tmp", ".bak"):
+        with open(p + suffix, "w") as f:
+            f.write("x")
+        eq(atomicfile.stored(p), True, "the copy %r alone" % suffix)
+        os.remove(p + suffix)

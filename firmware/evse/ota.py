@@ -171,13 +171,7 @@ class Ota:
 
     def key_installed(self):
         """True when any copy of a key is on flash, readable or not."""
-        for p in self._key_files():
-            try:
-                os.stat(p)
-                return True
-            except OSError:
-                pass
-        return False
+        return atomicfile.stored(self.key_path)
 
     def load_key(self):
         """(raw 65 bytes, (x, y)) of the installed key, None when none is installed;

@@ -9,7 +9,6 @@
 # point's listeners (evse/ocpp/__init__.py).
 import asyncio
 import json
-import os
 from micropython import const
 
 import atomicfile
@@ -58,13 +57,8 @@ class ChargePoint:
         # Smart charging is built when the central system first uses it, or at boot when
         # profiles are stored: a charger whose central system sets none keeps its ~1 KB.
         self.smart_loaded = None  # the Smart once built (self.smart builds it)
-        for p in ("", ".bak", ".tmp"):
-            try:
-                os.stat(d + _PROFILES + p)
-            except OSError:
-                continue
+        if atomicfile.stored(d + _PROFILES):
             self.smart_loaded = self.smart
-            break
         self.llist = authlist.TagTable(d + "/ocpp_list.json", cfg["LocalAuthListMaxLength"])
         self.cache = authlist.Cache(d + "/ocpp_cache.json", _CACHE_LEN)
         self._state_path = d + "/ocpp_state.json"
