@@ -103,13 +103,19 @@ SETTING_KEYS = (
 )
 
 
-def setting_key(key):
-    """The SETTING_KEYS row of a key (case-insensitive), or None."""
+def _row(table, key):
+    """The row of `table` whose first field is `key`, matched case-insensitively
+    (CiString50), or None."""
     k = key.lower()
-    for row in SETTING_KEYS:
+    for row in table:
         if row[0].lower() == k:
             return row
     return None
+
+
+def setting_key(key):
+    """The SETTING_KEYS row of a key (case-insensitive), or None."""
+    return _row(SETTING_KEYS, key)
 
 
 def change_setting(settings, row, text):
@@ -272,11 +278,7 @@ class Config:
     @staticmethod
     def row(key):
         """The KEYS row of a key, matched case-insensitively (CiString50), or None."""
-        k = key.lower()
-        for row in KEYS:
-            if row[0].lower() == k:
-                return row
-        return None
+        return _row(KEYS, key)
 
     def change(self, key, text):
         """ChangeConfiguration: 'Accepted', 'Rejected' or 'NotSupported'."""
