@@ -513,8 +513,10 @@ class _Upgrades:
                 self.last = o.last
                 self._key = o.key_view()  # a key installed since the last view
                 self._ota = self._hook = None
-            # the service and what it imports when used (httpget also after transfer.py's)
-            for name in ("evse.otadownload", "evse.otaimage", "evse.ota", "httpget", "p256"):
+            # the service and what it imports when used (httpget also after transfer.py's,
+            # dnsclient after a download's name lookup)
+            for name in ("evse.otadownload", "evse.otaimage", "evse.ota", "httpget", "p256",
+                         "dnsclient"):
                 evse.unload(name)
 
 
