@@ -295,6 +295,15 @@ class Request:
             self._cookies = d
         return self._cookies
 
+    def buffer(self):
+        """The connection's own line buffer (buf_size bytes), for a handler to read a long
+        body into with read_into() and, once the body is read, to work in until it answers,
+        instead of allocating one of its own. None while it holds bytes past the body (a
+        pipelined request). Body bytes that came with the head are moved to its start
+        (read_into copies them forward, never over what is still unread)."""
+        c = self._c
+        return c.mv if c.hi - c.lo <= self.left else None
+
     async def read_into(self, buf):
         """Reads up to len(buf) body bytes into buf; returns the count, 0 at the end."""
         left = self.left

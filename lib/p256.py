@@ -164,15 +164,20 @@ def verify(key, digest, sig):
     return bool(_run(verify_steps(key, digest, sig)))
 
 
-async def averify(key, digest, sig):
+async def averify(key, digest, sig, sample=None):
     """verify_steps() with a pause of the event loop after each step: the pilot and
-    protection tasks run between two steps."""
+    protection tasks run between two steps. sample(), when given, is called every 64
+    steps (the caller's heap measurement)."""
     import asyncio
 
     it = verify_steps(key, digest, sig)
+    k = 0
     try:
         while True:
             next(it)
+            k += 1
+            if sample is not None and k & 63 == 0:
+                sample()
             await asyncio.sleep_ms(0)
     except StopIteration as e:
         return bool(e.value)

@@ -62,6 +62,22 @@ async def h_upload(req):
     return {"md5": _hex(h.digest()), "bytes": total}
 
 
+async def h_inplace(req):
+    # The body read into the connection's own buffer (the firmware's upload does).
+    buf = req.buffer()
+    if buf is None:
+        return {"buffer": None}
+    h = hashlib.md5()
+    total = 0
+    while True:
+        n = await req.read_into(buf)
+        if not n:
+            break
+        h.update(buf[:n])
+        total += n
+    return {"md5": _hex(h.digest()), "bytes": total, "after": req.buffer() is not None}
+
+
 async def h_ota(req):
     req.body_timeout_ms = 15000  # as the firmware upload does: a WiFi stall allowed
     return await h_upload(req)
@@ -98,6 +114,7 @@ ROUTES = [
     ("POST", "/api/echo", h_echo),
     ("POST", "/api/upload", h_upload, 1 << 20),
     ("POST", "/api/ota", h_ota, 1 << 20),
+    ("POST", "/api/inplace", h_inplace, 1 << 20),
     ("GET", "/api/boom", h_boom),
     ("GET", "/api/oom", h_oom),
     ("GET", "/api/conflict", h_teapot),
@@ -551,6 +568,35 @@ def test_upload_streams():
             await w.drain()
         st, h, b = await _response(r, 5000)
         eq((st, json.loads(b)), (200, {"md5": want, "bytes": total}), "upload")
+        await w.wait_closed()
+
+    _run(t)
+
+
+def test_body_read_into_the_connection_buffer():
+    # Body bytes that came with the head are moved to the buffer's start, the rest read
+    # after them: the bytes arrive intact. A pipelined request behind a short body keeps
+    # the buffer from the handler (None), and is answered next.
+    body = bytes((i * 7) & 0xFF for i in range(3000))
+    want = _hex(hashlib.md5(body).digest())
+
+    async def t(srv, port):
+        r, w = await _open(port)
+        w.write(b"POST /api/inplace HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % len(body)
+                + body[:700])
+        await w.drain()
+        await asyncio.sleep_ms(50)  # the head and 700 body bytes in the buffer first
+        w.write(body[700:])
+        await w.drain()
+        st, h, b = await _response(r, 5000)
+        eq((st, json.loads(b)), (200, {"md5": want, "bytes": 3000, "after": True}), "in place")
+        w.write(b"POST /api/inplace HTTP/1.1\r\nContent-Length: 4\r\n\r\nabcd"
+                + _get(b"/api/status"))
+        await w.drain()
+        st, h, b = await _response(r, 5000)
+        eq((st, json.loads(b)), (200, {"buffer": None}), "a pipelined request: no buffer")
+        st, h, b = await _response(r, 5000)
+        eq(st, 200, "the pipelined request answered")
         await w.wait_closed()
 
     _run(t)

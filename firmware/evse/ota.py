@@ -20,7 +20,6 @@ import time
 
 import atomicfile
 import log
-import p256
 from evse import settings
 
 _log = log.get("ota")
@@ -75,6 +74,20 @@ async def _rmtree(path):
         pass
 
 
+# What makes an archive a firmware tree (the slot is not touched without them).
+_FIRMWARE_NEEDS = ("evse/app.mpy", "evse/version.mpy")
+
+
+def _language_file(p):
+    """A language pack holds lang/<code>.json (or .json.gz) only: OtaError(E04) else."""
+    if not p.startswith("lang/") or "/" in p[5:] or not (
+        p.endswith(".json") or p.endswith(".json.gz")
+    ):
+        from evse import otaimage as img
+
+        raise img.OtaError(img.E_FILE, "a language pack holds lang/<code>.json only: %s" % p)
+
+
 def discard(p):
     """Removes a file; nothing when it is not there."""
     try:
@@ -108,7 +121,8 @@ class Ota:
         self.download_ms = DOWNLOAD_MS
         self.progress = [0, 0]  # bytes received, bytes expected
         self.last = None  # result of the last upgrade attempt since boot
-        self.heap_peak = 0
+        self.heap_peak = 0  # live heap, the worst of the last upgrade (_sample)
+        self._pieces = 0
         self.stage_dir = self.data_dir + "/ota"
         self.staging = self.stage_dir + "/upload.bin"
         # An OCPP download, whole and verified, waiting to be installed (docs/ota.md): it
@@ -178,6 +192,8 @@ class Ota:
         OtaError(E04) when one is but cannot be read: then every file is refused.
         The first copy that exists decides: .tmp and .bak stand in only for a missing
         file (a cut replacement), never for a damaged one, whose .bak is a retired key."""
+        import p256  # here, not at import: an upload's body does not need it
+
         for p in self._key_files():
             try:
                 with open(p, "rb") as f:
@@ -206,6 +222,8 @@ class Ota:
     def install_key(self, raw):
         """Installs the first key (raw 65 bytes); OtaError when one is installed or raw
         is not a point of the curve."""
+        import p256
+
         p256.parse_key(raw)  # ValueError when it is not a key
         if self.key_installed():
             from evse import otaimage as img
@@ -237,7 +255,9 @@ class Ota:
         if sig is None:
             raise img.OtaError(img.E_FILE, "not signed: this charger takes only files signed "
                                "by %s" % fingerprint(key[0]))
-        if not await p256.averify(key[1], sink.sha.digest(), sig):
+        import p256
+
+        if not await p256.averify(key[1], sink.sha.digest(), sig, self._sample):
             raise img.OtaError(img.E_FILE, "signature does not match the installed key %s"
                                % fingerprint(key[0]))
         return "verified"
@@ -299,16 +319,17 @@ class Ota:
         self.progress[1] = req.content_length
         t0 = time.ticks_ms()
         gc.collect()
-        heap0 = gc.mem_alloc()
-        peak = heap0
-        chunks = 0
+        heap0 = self.heap_peak = gc.mem_alloc()
+        self._pieces = 0
         sink = None
         # The body read deadline is the server's; ask for STALL_MS where httpd allows it.
         if hasattr(req, "body_timeout_ms"):
             req.body_timeout_ms = STALL_MS
         try:
             sink = img.Sink(self.staging, req.content_length, img.MODEL, self.board, md5)
-            buf = img.buffer()
+            # The connection's own line buffer, idle while its body is read (1 KB less
+            # at the upgrade's worst moment); a buffer of our own if it holds more.
+            buf = req.buffer() or img.buffer()
             mv = memoryview(buf)
             while True:
                 try:
@@ -323,16 +344,11 @@ class Ota:
                     break
                 sink.write(mv[:n])
                 self.progress[0] = sink.got
-                chunks += 1
-                if chunks & 31 == 0:  # live heap every 32 chunks: garbage is not use
-                    gc.collect()
-                    a = gc.mem_alloc()
-                    if a > peak:
-                        peak = a
+                self._piece()
             sink.finish()
+            buf = mv = None  # one of our own goes before the signature check's numbers
             ms = time.ticks_diff(time.ticks_ms(), t0)
-            stats = {"bytes": sink.got, "ms": ms, "heap_before": heap0, "heap_peak": peak}
-            self.heap_peak = peak
+            stats = {"bytes": sink.got, "ms": ms, "heap_before": heap0}
             info = sink.info
             info["signature"] = await self.authenticate(sink)  # before anything is installed
             self.check_floor(info, downgrade)
@@ -344,9 +360,10 @@ class Ota:
                 return 409, {"error": "a charge started during the upload: upload again "
                              "when it has ended", "refused": "charging"}
             self.busy = "install"
-            await self.install(info)
+            await self.install(info, buf=req.buffer())
             return 200, self.result(img.OK, None, version=info["version"], kind=info["kind"],
-                                     signature=info["signature"], **stats)
+                                     signature=info["signature"], heap_peak=self.heap_peak,
+                                     **stats)
         except img.OtaError as e:
             r = self.result(e.code, e.msg)
             await drop_body(req)  # the staging file goes below, as on every way out
@@ -358,17 +375,32 @@ class Ota:
             if self.busy != "reset":
                 self.busy = None
 
+    def _sample(self):
+        """The live heap now (after a collection) into heap_peak: an upgrade's worst moment
+        is measured, in the upload, the signature check and the install (the answer's
+        heap_peak; tools/mcu.py reports it)."""
+        gc.collect()
+        a = gc.mem_alloc()
+        if a > self.heap_peak:
+            self.heap_peak = a
+
+    def _piece(self):
+        self._pieces += 1
+        if self._pieces & 31 == 0:  # every 32 pieces: a collection is milliseconds
+            self._sample()
+
     # ---- install ---------------------------------------------------------------------------
-    async def install(self, info, src=None):
+    async def install(self, info, src=None, buf=None):
         """Installs the verified file src (the staging file by default); E01/E04 as
-        OtaError."""
+        OtaError. buf: a buffer to copy through (an upload's connection's), else one of
+        its own."""
         from evse import otaimage as img
 
         src = src or self.staging
         if info["kind"] == "key":
             await self._install_key(info, src)
             return
-        buf = img.buffer()
+        buf = buf or img.buffer()
         if info["kind"] == "language":
             await self._install_language(info, buf, src)
             return
@@ -377,8 +409,9 @@ class Ota:
             raise img.OtaError(img.E_FILE, "this tree does not take firmware upgrades "
                                "(no ab_boot)")
         with open(src, "rb") as f:  # check the whole archive before touching a slot
-            names = await img.names(f, info["length"], buf)
-        if "evse/app.mpy" not in names or "evse/version.mpy" not in names:
+            found = await img.holds(f, info["length"], _FIRMWARE_NEEDS)
+        self._sample()
+        if found < len(_FIRMWARE_NEEDS):
             raise img.OtaError(img.E_FILE, "not a firmware tree (no evse/app.mpy)")
         st = ab.load(self.data_dir)
         active = st.get("active")
@@ -392,7 +425,7 @@ class Ota:
         n = 0
         try:
             with open(src, "rb") as f:
-                for path, size in img.records(f, info["length"], buf):
+                for path, size in img.records(f, info["length"]):
                     await self._extract(f, d + "/" + path, size, buf)
                     n += 1
             # 2. slot.json last: the slot is whole from here on.
@@ -418,6 +451,7 @@ class Ota:
         asyncio.create_task(self._reset_later())
 
     async def _install_key(self, info, src):
+        import p256
         from evse import otaimage as img
 
         # only the installed key hands over to a new one (the first comes from the API)
@@ -448,6 +482,7 @@ class Ota:
                     raise img.OtaError(img.E_FILE, "archive ends early")
                 out.write(mv[:k])
                 size -= k
+                self._piece()
                 await asyncio.sleep_ms(0)  # the pilot task runs between chunks
             out.flush()
 
@@ -456,17 +491,12 @@ class Ota:
 
         d = self.data_dir + "/www/lang"
         with open(src, "rb") as f:
-            names = await img.names(f, info["length"], buf)
-        for p in names:
-            if not p.startswith("lang/") or "/" in p[5:] or not (
-                p.endswith(".json") or p.endswith(".json.gz")
-            ):
-                raise img.OtaError(img.E_FILE, "a language pack holds lang/<code>.json only: %s"
-                                   % p)
+            await img.holds(f, info["length"], (), _language_file)
         _mkdirs(d)
+        n = 0
         try:
             with open(src, "rb") as f:
-                for path, size in img.records(f, info["length"], buf):
+                for path, size in img.records(f, info["length"]):
                     name = path[5:]
                     dest = d + "/" + name
                     # one form per file: a stale .gz would shadow a new plain file
@@ -474,9 +504,10 @@ class Ota:
                     await self._extract(f, dest + ".tmp", size, buf)
                     discard(dest)
                     os.rename(dest + ".tmp", dest)
+                    n += 1
         except OSError as e:
             raise img.OtaError(img.E_WRITE, "install failed: %s" % e)
-        _log.info("language pack %s installed: %s", info["version"], names)
+        _log.info("language pack %s installed: %d files", info["version"], n)
         settings.add_languages(self.data_dir)  # Setting -> Language may now name it
 
     async def _reset_later(self):
@@ -574,7 +605,7 @@ async def drop_body(req):
     """Reads what is still coming of a refused body (nothing kept), so the client gets
     to read the answer instead of a reset connection; the server's body timeout ends a
     stalled one."""
-    buf = bytearray(512)
+    buf = req.buffer() or bytearray(512)
     while req.left:
         if not await req.read_into(buf):
             break

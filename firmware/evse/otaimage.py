@@ -32,7 +32,6 @@ import binascii
 import hashlib
 import struct
 
-import p256
 from crc import crc32
 
 MAGIC = b"EVPB"
@@ -143,6 +142,8 @@ def parse_trailer(t):
         raise OtaError(E_FILE, "data after the payload is not a signature trailer")
     if struct.unpack("<I", t[72:76])[0] != crc32(memoryview(t)[0:72]):
         raise OtaError(E_FILE, "damaged signature trailer")
+    import p256  # here, not at import: an upload's body does not need it
+
     alg, _, n = struct.unpack("<BBH", t[4:8])
     if alg != SIG_P256 or n != p256.SIG_LEN:
         raise OtaError(E_FILE, "unknown signature algorithm %d (length %d)" % (alg, n))
@@ -152,6 +153,8 @@ def parse_trailer(t):
 def parse_key_text(text):
     """The raw 65-byte key of a PEM public key (P-256 SubjectPublicKeyInfo) or of 130 hex
     digits; ValueError when it is neither or not a point of the curve."""
+    import p256
+
     text = text.strip()
     if text.startswith("-----BEGIN PUBLIC KEY-----"):
         body = text[len("-----BEGIN PUBLIC KEY-----"):].partition("-----END PUBLIC KEY-----")
@@ -200,7 +203,7 @@ def _read_exactly(f, n):
     return b
 
 
-def records(f, length, buf):
+def records(f, length):
     """Yields (path, size) of each payload record; f is left at the record's data, which
     the caller reads or skips. OtaError(E04) on a malformed archive."""
     end = HDR_LEN + length
@@ -229,14 +232,20 @@ def records(f, length, buf):
         f.seek(pos)
 
 
-async def names(f, length, buf):
-    """The paths of every record (records() checks each), yielding between records: an
-    archive of hundreds of files is hundreds of flash seeks and reads."""
-    out = []
-    for p, _ in records(f, length, buf):
-        out.append(p)
+async def holds(f, length, want, check=None):
+    """Walks every record (records() checks each; check(path), when given, raises
+    OtaError for a path the caller does not take), yielding between records: an archive
+    of hundreds of files is hundreds of flash seeks and reads. Returns how many of the
+    paths in `want` the archive holds. No list of the paths is kept: a firmware tree's
+    hundred names were 5 KB of heap at the upgrade's worst moment."""
+    found = 0
+    for p, _ in records(f, length):
+        if check is not None:
+            check(p)
+        if p in want:
+            found += 1
         await asyncio.sleep_ms(0)
-    return out
+    return found
 
 
 class Sink:
