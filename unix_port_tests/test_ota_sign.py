@@ -92,6 +92,21 @@ def test_sha256_covers_header_and_payload_only():
     eq(s.sha.digest(), hashlib.sha256(LANG).digest())
 
 
+def test_a_verified_sink_keeps_its_results_not_its_state():
+    # Once whole and checked, the hashes' state and the header/trailer copies go (heap
+    # for the signature check); a second verify() (the download's own, then the
+    # service's) answers the same.
+    import hashlib
+
+    s = _sink(LANG_SIGNED)
+    info = s.verify()
+    eq(s.digest, hashlib.sha256(LANG).digest(), "SHA-256 of header and payload")
+    eq(s.md5sum(), "".join("%02x" % b for b in hashlib.md5(LANG_SIGNED).digest()), "MD5")
+    eq((s.sha, s.md5, s.hdr, s.tail), (None, None, None, None), "state let go")
+    true(s.verify() is info, "asked again: the same info")
+    true(s.sig is not None, "the signature kept")
+
+
 def test_without_a_key_signatures_cannot_be_checked():
     o = _ota()
     eq(o.key_view()["installed"], False)

@@ -101,6 +101,12 @@ class Ota:
     runs (none is cut); hmi: the display that shows a result code, or None; settings:
     read at boot only (is OCPP configured?)."""
 
+    # A download's limits (class attributes: an instance costs no entry for them; tests
+    # shorten them on theirs).
+    dns_timeout_ms = DNS_TIMEOUT_MS
+    download_ms = DOWNLOAD_MS
+    _ocpp = None  # the OCPP client once ocpp_hook() has been called
+
     def __init__(self, hw, data_dir, settings, charger, hmi, ab=None, boot=True):
         self.hw = hw
         self.data_dir = data_dir
@@ -114,11 +120,6 @@ class Ota:
                 ab = None  # source tree without A/B: language packs only
         self.ab = ab
         self.busy = None  # "upload" / "download" / "install" while one runs
-        # The firmware URL's host is asked of the network's DNS server without blocking
-        # the loop (lib/dnsclient.py); open_connection only ever gets the address.
-        self.dns_server = self._dns_server
-        self.dns_timeout_ms = DNS_TIMEOUT_MS
-        self.download_ms = DOWNLOAD_MS
         self.progress = [0, 0]  # bytes received, bytes expected
         self.last = None  # result of the last upgrade attempt since boot
         self.heap_peak = 0  # live heap, the worst of the last upgrade (_sample)
@@ -130,13 +131,9 @@ class Ota:
         self.kept = self.stage_dir + "/download.bin"
         self.kept_meta = self.stage_dir + "/download.json"
         _mkdirs(self.stage_dir)
-        self.on_healthy = None  # fn() when a version on trial is confirmed (OCPP Installed)
         self.key_path = self.data_dir + "/" + KEY_FILE
         if boot:  # what a power cut left; not when the app builds it again for a use
             self._clean_up(settings)
-        # an OCPP download's https:// context and security profile (ocpp_hook)
-        self.tls = lambda: None
-        self.profile = lambda: 0
 
     def _clean_up(self, settings):
         discard(self.staging)  # a cut mid-upload leaves one: never installed
@@ -154,7 +151,9 @@ class Ota:
         except OSError:
             pass
 
-    def _dns_server(self):
+    def dns_server(self):
+        """The network's DNS server, asked for a download's host without blocking the
+        loop (lib/dnsclient.py): open_connection only ever gets the address."""
         import dnsclient
 
         return dnsclient.wlan_server(getattr(self.hw, "wlan", None))
@@ -257,7 +256,7 @@ class Ota:
                                "by %s" % fingerprint(key[0]))
         import p256
 
-        if not await p256.averify(key[1], sink.sha.digest(), sig, self._sample):
+        if not await p256.averify(key[1], sink.digest, sig, self._sample):
             raise img.OtaError(img.E_FILE, "signature does not match the installed key %s"
                                % fingerprint(key[0]))
         return "verified"
@@ -541,8 +540,9 @@ class Ota:
                 self.hw.reset()
         st = self.ab.confirm(self.data_dir)
         _log.info("version %s confirmed healthy in slot %s", st.get("version"), self.ab.RUNNING)
-        if self.on_healthy is not None:
-            self.on_healthy()
+        svc = self._service()
+        if svc is not None:  # the central system hears Installed
+            svc.firmware_confirmed()
 
     def _status(self, status):
         _log.info("firmware download: %s", status)
@@ -569,36 +569,36 @@ class Ota:
         discard(self.kept_meta + ".bak")
         discard(self.kept)
 
+    # ---- the OCPP client (UpdateFirmware: evse/ocpp/transfer.py) -------------------------
     def ocpp_hook(self, ocpp):
-        """The async fn for ocpp.on_update_firmware (evse/ocpp/transfer.py). Also tells
-        the central system Installed once a version it asked for proves healthy."""
+        """The async fn for ocpp.on_update_firmware. The client is kept, not closures
+        over it: what is asked of it goes through these methods."""
+        self._ocpp = ocpp
+        return self.update_firmware
 
-        def status(s):
-            if ocpp.service is not None:
-                ocpp.service.firmware_status(s)
+    def _service(self):
+        return None if self._ocpp is None else self._ocpp.service
 
-        def healthy():
-            if ocpp.service is not None:
-                ocpp.service.firmware_confirmed()
+    def tls(self):
+        """An https:// download's context: the CA store of wss:// (ocpp_ca.pem), one
+        loader for both; None without the OCPP client."""
+        svc = self._service()
+        return svc.tls() if svc is not None else None
 
-        self.on_healthy = healthy
+    def profile(self):
+        """The OCPP SecurityProfile (0 without the client): 2 and up refuse http://."""
+        svc = self._service()
+        return svc.cfg["SecurityProfile"] if svc is not None else 0
 
-        def tls():  # the CA store of wss:// (ocpp_ca.pem): one loader for both
-            svc = ocpp.service
-            return svc.tls() if svc is not None else None
+    def _fw_status(self, s):
+        svc = self._service()
+        if svc is not None:
+            svc.firmware_status(s)
 
-        def profile():
-            svc = ocpp.service
-            return svc.cfg["SecurityProfile"] if svc is not None else 0
-
-        self.tls = tls
-        self.profile = profile
-
-        async def hook(location, retrieve_date, retries, retry_interval, kept=False):
-            await self.update_from_url(location, retries or 0, retry_interval or 60, status,
-                                       kept)
-
-        return hook
+    async def update_firmware(self, location, retrieve_date, retries, retry_interval,
+                              kept=False):
+        await self.update_from_url(location, retries or 0, retry_interval or 60,
+                                   self._fw_status, kept)
 
 
 async def drop_body(req):

@@ -3,7 +3,6 @@
 # retries (lib/httpget.py), the verified file kept across a power cut, then the install.
 # Each function takes the Ota whose staging area, key and install it uses.
 import asyncio
-import binascii
 import os
 
 import atomicfile
@@ -66,7 +65,7 @@ def keep(o, url, sink):
     location, the length and the MD5 computed while it arrived."""
     os.rename(o.staging, o.kept)
     meta = {"url": url, "bytes": sink.got,
-            "md5": binascii.hexlify(sink.md5.digest()).decode()}
+            "md5": sink.md5sum()}
     atomicfile.save_json(o.kept_meta, meta)
 
 
@@ -91,7 +90,7 @@ async def resume(o, url):
                 sink.write(mv[:n])
                 o.progress[0] = sink.got
                 await asyncio.sleep_ms(0)
-        digest = binascii.hexlify(sink.md5.digest()).decode()
+        digest = sink.md5sum()
         if sink.got != meta.get("bytes") or digest != meta.get("md5"):
             raise ValueError("kept file changed: %d bytes, MD5 %s" % (sink.got, digest))
         info = sink.verify()

@@ -265,6 +265,7 @@ class Sink:
         self.tail = bytearray(TRAILER_LEN)
         self.end = None  # header + payload length, once the header is in
         self.sig = None  # the trailer's r || s, once the file is whole and checked
+        self.digest = self.md5_hex = None  # SHA-256 of header and payload, MD5 of all, then
         self.got = 0
         self.info = None
         self.f = None
@@ -338,14 +339,18 @@ class Sink:
         if self.info is None or self.got != self.total:
             raise OtaError(E_FILE, "file truncated at %d bytes" % self.got)
         self.sig = self.signature()
-        digest = binascii.hexlify(self.md5.digest()).decode()
+        self._done()
+        digest = self.md5sum()
         if self.expect_md5 is not None and digest != self.expect_md5:
             raise OtaError(E_MD5, "MD5 mismatch: file %s, typed %s" % (digest, self.expect_md5))
         return digest
 
     def verify(self):
         """A downloaded file, whole: its header, then its length against the header's.
-        Truncated(E04) when it ends early, OtaError(E04) when it is not for us."""
+        Truncated(E04) when it ends early, OtaError(E04) when it is not for us. Asked
+        again, the same answer (the header copy is gone by then)."""
+        if self.digest is not None:
+            return self.info
         if self.got < HDR_LEN:
             raise OtaError(E_FILE, "not an EV PLUS upgrade file (%d bytes)" % self.got)
         info = parse_header(self.hdr, self.model, self.board)
@@ -356,7 +361,22 @@ class Sink:
             raise OtaError(E_FILE, "file longer than its header says")
         self.sig = self.signature()
         self.info = info
+        self._done()
         return info
+
+    def _done(self):
+        # The whole file is in and checked: its SHA-256 kept, the hashes' state and the
+        # header and trailer copies let go before the signature check's numbers.
+        self.md5sum()
+        self.digest = self.sha.digest()
+        self.sha = self.md5 = self.hdr = self.tail = None
+
+    def md5sum(self):
+        """The MD5 of every byte taken, in hex, once the file is whole (a hash gives
+        one digest)."""
+        if self.md5_hex is None:
+            self.md5_hex = binascii.hexlify(self.md5.digest()).decode()
+        return self.md5_hex
 
     def close(self):
         if self.f is not None:
