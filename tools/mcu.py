@@ -253,6 +253,9 @@ def features(exe, heap, settle_s=5.0):
     from soak_rig import CARD, seed_ocpp
     from test_power_management import MeterServer, PtyPair
 
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
     work = OUT / "features"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -279,6 +282,9 @@ def features(exe, heap, settle_s=5.0):
                 c.stop()
             c = Charger(work / f"step{i}", settings=dict(settings), env=dict(env), heap=heap)
             seed_ocpp(c)
+            # A signing key installed: the upgrade at the end is signed and checked, its
+            # worst moment the signature check's numbers (docs/ota.md).
+            (c.data_dir / "ota_pub.key").write_bytes(mkbin.raw_public(key))
             if "EVSE_RS485" in more_env:
                 meter = MeterServer("SDM630", pty.b, work, c.sim_port, "L123", [4.0] * 3)
                 meter.start()
@@ -304,8 +310,8 @@ def features(exe, heap, settle_s=5.0):
         # charger takes no upload while it charges (docs/ota.md): the car leaves first.
         c.sim("ev", state="A")
         c.wait_for(lambda s: not s["session"]["active"], 15)
-        data = mkbin.make_bin("firmware", list(mkbin.tree_files(firmware_tree())), "9.9.9",
-                              BOARD)
+        data = mkbin.sign(mkbin.make_bin("firmware", list(mkbin.tree_files(firmware_tree())),
+                                         "9.9.9", BOARD), key)
         cookie = "; ".join(f"{k}={v}" for k, v in c.cookies.items())
         s = socket.create_connection(("127.0.0.1", c.http_port))
         try:
@@ -320,6 +326,23 @@ def features(exe, heap, settle_s=5.0):
                 time.sleep(0.1)
             time.sleep(1)
             rows.append(("+ OTA upload in progress (car gone)", *_heap(c)))
+            # The rest of the file: the signature check and the install, the answer's
+            # heap_peak their worst moment (live heap after a collection, sampled).
+            sim = c.sim("heap")["sim_heap"]
+            s.settimeout(120)
+            s.sendall(data[len(data) // 2:])
+            ans = b""
+            while b"heap_peak" not in ans or not ans.endswith(b"}"):
+                more = s.recv(4096)
+                if not more:
+                    break
+                ans += more
+            body = json.loads(ans.partition(b"\r\n\r\n")[2])
+            if body.get("code") != "100 UP":
+                raise SystemExit(f"mcu: the upgrade failed: {body}")
+            peak = body["heap_peak"]
+            rows.append(("+ OTA upgrade, its worst moment (signature check, install)",
+                         peak - sim, peak, None))
         finally:
             s.close()
     finally:
@@ -337,8 +360,8 @@ def print_features(rows):
     prev = None
     for name, fw, total, largest in rows:
         d = "" if prev is None else f" ({(fw - prev) / 1024:+.1f})"
-        print(f"  {name:34} {fw / 1024:6.1f} KB{d:9} {total / 1024:6.1f} KB "
-              f"{largest / 1024:9.1f} KB")
+        free = "-" if largest is None else f"{largest / 1024:.1f} KB"
+        print(f"  {name:34} {fw / 1024:6.1f} KB{d:9} {total / 1024:6.1f} KB {free:>12}")
         prev = fw
 
 
@@ -359,7 +382,8 @@ def main(argv=None):
     if args.features:
         rows = features(exe, args.heap)
         (OUT / "features.json").write_text(json.dumps(
-            [{"step": n, "firmware_kb": kb(f), "total_kb": kb(t), "largest_free_kb": kb(g)}
+            [{"step": n, "firmware_kb": kb(f), "total_kb": kb(t),
+              "largest_free_kb": None if g is None else kb(g)}
              for n, f, t, g in rows], indent=1) + "\n")
         print_features(rows)
         return 0
