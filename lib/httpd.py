@@ -4,17 +4,24 @@ Routes are a table; handlers are `async def h(req)` returning a Response, a dict
 list (JSON 200), or None (204). `<name>` segments land in `req.params`; GET routes
 also answer HEAD. Routes win over static files under static_root (GET/HEAD only).
 
-    routes = [
+    routes = (
         ("GET", "/api/status", get_status),
-        ("PUT", "/api/cards/<slot>", put_card),
-        ("POST", "/api/upgrade", upgrade, 4 << 20),   # 4th item: body limit in bytes
-    ]
-    srv = Server(routes, static_root="/www", log=my_log, max_conns=6)
+        ("PUT", "/api/cards/<slot>", "put_card"),       # a method of handlers, by name
+        ("POST", "/api/upgrade", upgrade, 4 << 20),     # 4th item: body limit in bytes
+    )
+    srv = Server(routes, static_root="/www", log=my_log, max_conns=6, handlers=api)
     await srv.start("0.0.0.0", 80)   # ... srv.close()
 
+The table is kept as it is given, never copied: a tuple of constant tuples whose
+handlers are names (and body limits literals or const()) is a constant a frozen build
+keeps in flash, so it costs no heap; a handler named by a str is looked up on the
+handlers object at each request (the bound method is the request's garbage). A path is
+matched against the patterns' strings as it comes, with nothing allocated but for a
+`<name>` route that matches (its params) or a 405 (its Allow).
+
 log(msg, exc) is called for handler exceptions and MemoryErrors (print_exception is
-the caller's business). Every limit is a Server class attribute, overridable per
-instance as a keyword (an unknown keyword is a TypeError).
+the caller's business). Every limit and hook is a Server class attribute, overridable
+per instance as a keyword (an unknown keyword is a TypeError).
 
 Request: method, path (raw, no query), params, query (decoded; last duplicate wins),
 headers (lower-case names; only keep_headers plus framing ones; the slot's own dict,
@@ -397,6 +404,30 @@ class _Conn:
         self.put = self.took = 0
 
 
+def _fits(pat, segs, params):
+    """Whether a path's segments (segs[0] the empty one before its "/") fit pattern pat,
+    segment by segment, a `<name>` one any but an empty one. With params, the names are
+    filled; nothing else is allocated (the pattern's pieces are compared in place)."""
+    n = len(pat)
+    j = 1  # where pat's segment i starts
+    for i in range(1, len(segs)):
+        if j > n:
+            return False
+        k = pat.find("/", j)
+        if k < 0:
+            k = n
+        s = segs[i]
+        if pat.startswith("<", j):
+            if not s:
+                return False
+            if params is not None:
+                params[pat[j + 1 : k - 1]] = s
+        elif len(s) != k - j or not pat.startswith(s, j):
+            return False
+        j = k + 1
+    return j == n + 1
+
+
 def _writable(io, s):
     yield io.queue_write(s)
 
@@ -463,10 +494,14 @@ class Server:
     cache_control = "no-cache"  # static assets: always revalidate (cheap 304)
     static_tag = ""  # mixed into static ETags, e.g. the firmware build id
     # The application's hooks: check_request(headers) runs before routing and returns None
-    # to go on or a status (421, 403...) answered at once, connection closed; extra_headers
-    # ("Name: value\r\n" lines) go into every answer.
+    # to go on or a status (421, 403...) answered at once, connection closed; after(req,
+    # res) gets what a route's handler returned (not an exception, a 404/405 or a static
+    # file) and returns the answer to send; extra_headers ("Name: value\r\n" lines) go
+    # into every answer. handlers: the object whose methods the routes name by str.
     check_request = None
+    after = None
     extra_headers = ""
+    handlers = None
 
     def __init__(self, routes, static_root=None, log=None, **limits):
         for k in limits:
@@ -475,10 +510,10 @@ class Server:
             setattr(self, k, limits[k])
         self.static_root = static_root.rstrip("/") if static_root else None
         self._log = log
-        self._routes = []
-        for r in routes:
-            pat = [(s[1:-1],) if s[:1] == "<" else s for s in r[1].split("/")]
-            self._routes.append((r[0], pat, r[2], r[3] if len(r) > 3 else self.max_body))
+        for r in routes:  # a named handler that is not there fails now, not at its request
+            if isinstance(r[2], str) and not hasattr(self.handlers, r[2]):
+                raise ValueError("no handler " + r[2])
+        self._routes = routes  # as given: a constant table stays where it is (flash)
         # The first use of StreamReader loads asyncio's stream module (1.9 KB on the unix
         # port, for good): now, first of our lasting objects, not amid a connection's.
         asyncio.StreamReader
@@ -818,10 +853,15 @@ class Server:
                         c.req = rq
                         self.requests += 1
                         try:
-                            if isinstance(route, tuple):
-                                res = await route[2](rq)
-                            elif route is not None:
+                            if isinstance(route, str):
                                 res = Response({"error": "method not allowed"}, 405, {"Allow": route})
+                            elif route is not None:
+                                h = route[2]
+                                if isinstance(h, str):
+                                    h = getattr(self.handlers, h)
+                                res = await h(rq)
+                                if self.after is not None:
+                                    res = self.after(rq, res)
                             elif self.static_root and (method == "GET" or method == "HEAD"):
                                 # segs were percent-decoded and checked by _request: no
                                 # '..', '.x', '\', NUL, '//'.
@@ -859,7 +899,7 @@ class Server:
                                     raise
                             gc.collect()
                             await asyncio.sleep_ms(self.tick_ms)
-                        res = route = segs = method = conn = None
+                        res = route = segs = method = conn = h = None
                         if w is not None:
                             await w
                             w = None
@@ -881,7 +921,7 @@ class Server:
                             break
                         n += 1
                 except asyncio.CancelledError:
-                    w = rq = None  # an answer's generator (an inflater's window) and the request
+                    w = rq = h = None  # an answer's generator (an inflater's window), the request
                     if not c.killed:
                         raise
                     if c.phase == _HEAD or (c.phase == _BODY and not c.sent):
@@ -894,7 +934,7 @@ class Server:
                         except Exception:
                             pass
                 except Exception as e:
-                    w = rq = None  # an answer's generator (an inflater's window) and the request
+                    w = rq = h = None  # an answer's generator (an inflater's window), the request
                     mem = isinstance(e, MemoryError)
                     if mem:
                         gc.collect()
@@ -1022,7 +1062,7 @@ class Server:
                     del hdrs[name]
 
     def _route(self, c):
-        """The head is in: its checks, then routing -> (Request, the route tuple, else the
+        """The head is in: its checks, then routing -> (Request, the route, else the
         Allow string, else None, the path's segments). Raises as _parse does (and 411, 413, 417, the
         check_request hook's status)."""
         c.phase = _BUSY
@@ -1046,10 +1086,13 @@ class Server:
         method, target, _ = c.line
         path, segs, query = self._target(target)
         params = {}
-        route = self._match(method, segs, params)
-        limit = route[3] if isinstance(route, tuple) else self.max_body
-        if isinstance(route, tuple) and length > limit:
-            raise HTTPError(413)  # before reading any of it
+        route = self._match(method, path, segs, params)
+        limit = self.max_body
+        if route is not None and not isinstance(route, str):
+            if len(route) > 3:
+                limit = route[3]
+            if length > limit:
+                raise HTTPError(413)  # before reading any of it
         c.limit = limit
         c.expect = expect  # "100 Continue" owed before the first body read
         rq = Request(c, method, path, query, hdrs, params, length)
@@ -1083,24 +1126,27 @@ class Server:
                 q[unquote(k, True)] = unquote(v, True)
         return q
 
-    def _match(self, method, segs, params):
-        """The matching route tuple (params filled), else the Allow string, else None."""
+    def _match(self, method, path, segs, params):
+        """The first route for the path's decoded segments and the method (HEAD takes a
+        GET route; params filled), else the Allow string of the path's routes, else None.
+        A pattern without `<name>` is compared with the path whole: the path as it came
+        when it has no %-escape (allocating nothing), else its decoded segments joined."""
+        if "%" in path:
+            path = "/".join(segs)  # a decoded segment holds no "/" (_target)
         allow = None
         for r in self._routes:
             pat = r[1]
-            if len(pat) != len(segs):
+            if "<" in pat:
+                if pat.count("/") != len(segs) - 1 or not _fits(pat, segs, None):
+                    continue
+            elif pat != path:
                 continue
-            for i in range(1, len(pat)):
-                p = pat[i]
-                if (not segs[i]) if isinstance(p, tuple) else (p != segs[i]):
-                    break
-            else:
-                if r[0] == method or (method == "HEAD" and r[0] == "GET"):
-                    for i in range(1, len(pat)):
-                        if isinstance(pat[i], tuple):
-                            params[pat[i][0]] = segs[i]
-                    return r
-                allow = r[0] if allow is None else allow + ", " + r[0]
+            m = r[0]
+            if m == method or (method == "HEAD" and m == "GET"):
+                if "<" in pat:
+                    _fits(pat, segs, params)
+                return r
+            allow = m if allow is None else allow + ", " + m
         return allow
 
     def static_file(self, req, p):

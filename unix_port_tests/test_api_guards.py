@@ -233,6 +233,29 @@ def test_the_factory_password_reads_no_whole_uid():
     eq(_run(owner.status(req))["session"]["id_tag"], CARD, "whole")
 
 
+# ---- the session cookie --------------------------------------------------------------------
+def test_an_answer_to_a_live_session_sets_its_cookie_again():
+    # httpd calls Api.after on every route's answer: the cookie's Max-Age slides.
+    from httpd import Response
+
+    api = _api("ag_cookie")
+    tok = _token(api)
+    cookie = "evse_session=%s; Path=/; HttpOnly; SameSite=Strict; Max-Age=900" % tok
+    req = _Req(method="GET", token=tok)
+    api._need_session(req)  # as every route that needs the session: it marks the request
+    r = api.after(req, {"a": 1})
+    eq((r.status, r.obj, r.headers), (200, {"a": 1}, [("Set-Cookie", cookie)]), "dict")
+    r = api.after(req, None)
+    eq((r.status, r.size, r.headers), (204, 0, [("Set-Cookie", cookie)]), "None")
+    r = api.after(req, Response("x", 201, {"X-A": "1"}))
+    eq((r.status, r.headers), (201, [("X-A", "1"), ("Set-Cookie", cookie)]), "own headers kept")
+    anon = _Req(method="GET")
+    d = {"a": 1}
+    true(api.after(anon, d) is d, "no session: the answer as it is")
+    api.auth.logout(tok)
+    true(api.after(req, d) is d, "a session ended meanwhile: no cookie")
+
+
 # ---- the history CSV ----------------------------------------------------------------------
 def test_csv_id_cell_is_never_a_formula():
     # An id tag comes from the central system (RemoteStartTransaction, up to 20

@@ -8,7 +8,7 @@ from time import ticks_diff, ticks_ms
 
 import httpd
 import webroot
-from check import eq, raises, true
+from check import assert_no_alloc, eq, raises, true
 
 _ROOT = webroot.name("httpd_test")
 _WWW = _ROOT + "/www"
@@ -1167,3 +1167,143 @@ def test_an_answer_without_room_for_its_coroutine_waits_instead_of_failing():
         eq(st, 200, "the server goes on")
 
     _run(t)
+
+
+# -- a constant route table, handlers named by str, the after hook --------------------
+class _Named:
+    """The handlers a table names by str, as evse/api.py names its Api's methods; after
+    is the hook on their answers (evse/api.py: the sliding session cookie)."""
+
+    def __init__(self):
+        self.seen = []
+
+    async def status(self, req):
+        return {"state": "Available"}
+
+    async def card(self, req):
+        return {"slot": req.params["slot"]}
+
+    async def forget(self, req):
+        return None
+
+    async def refuse(self, req):
+        raise httpd.HTTPError(409, "not now")
+
+    async def files(self, req):
+        return req.params
+
+    async def upload(self, req):
+        return {"bytes": len(await req.read(req.left))}
+
+    def after(self, req, res):
+        self.seen.append((req.method, req.path))
+        if not isinstance(res, httpd.Response):
+            res = httpd.Response(res, 200 if res is not None else 204)
+        res.headers = [("X-After", "1")]
+        return res
+
+
+async def _plain(req):
+    return {"plain": True}
+
+
+# Constants only (a callable aside): a frozen module keeps such a tuple in flash.
+_TABLE = (
+    ("GET", "/t/status", "status"),
+    ("PUT", "/t/cards/<slot>", "card"),
+    ("DELETE", "/t/cards/<slot>", "forget"),
+    ("GET", "/t/files/<dir>/<name>", "files"),
+    ("POST", "/t/upload", "upload", 64),
+    ("POST", "/t/status", "status"),
+    ("GET", "/t/refuse", "refuse"),
+    ("GET", "/t/", "status"),
+)
+
+
+def _match(srv, method, target):
+    path, segs, _ = srv._target(target)
+    params = {}
+    r = srv._match(method, path, segs, params)
+    return r, params
+
+
+def test_a_constant_route_table_is_kept_and_matched_in_place():
+    srv = httpd.Server(_TABLE, handlers=_Named())
+    true(srv._routes is _TABLE, "the table kept as given, not copied")
+    eq(_match(srv, "GET", "/t/status"), (_TABLE[0], {}), "plain")
+    eq(_match(srv, "HEAD", "/t/status"), (_TABLE[0], {}), "HEAD takes GET")
+    eq(_match(srv, "POST", "/t/status"), (_TABLE[5], {}), "its other method")
+    eq(_match(srv, "GET", "/t/st%61tus"), (_TABLE[0], {}), "matched decoded")
+    eq(_match(srv, "GET", "/t/status/"), (None, {}), "a trailing slash is another path")
+    eq(_match(srv, "GET", "/t"), (None, {}), "a prefix")
+    eq(_match(srv, "GET", "/t/"), (_TABLE[7], {}), "a pattern ending in /")
+    eq(_match(srv, "PUT", "/t/cards/7"), (_TABLE[1], {"slot": "7"}), "param")
+    eq(_match(srv, "DELETE", "/t/cards/a%20b"), (_TABLE[2], {"slot": "a b"}), "param decoded")
+    eq(_match(srv, "PUT", "/t/cards/<slot>"), (_TABLE[1], {"slot": "<slot>"}), "literal <")
+    eq(_match(srv, "PUT", "/t/cards/"), (None, {}), "an empty param segment does not match")
+    eq(_match(srv, "PUT", "/t/cards"), (None, {}), "no param segment")
+    eq(_match(srv, "PUT", "/t/cards/7/x"), (None, {}), "a segment more")
+    eq(_match(srv, "PUT", "/t/cardsx/7"), (None, {}), "another literal segment")
+    eq(_match(srv, "GET", "/t/files/a/b"), (_TABLE[3], {"dir": "a", "name": "b"}), "two params")
+    eq(_match(srv, "GET", "/t/files/a/"), (None, {}), "an empty one of two")
+    eq(_match(srv, "POST", "/t/cards/7"), ("PUT, DELETE", {}), "405: the Allow list")
+    eq(_match(srv, "DELETE", "/t/status"), ("GET, POST", {}), "Allow in table order")
+    eq(_match(srv, "HEAD", "/t/upload"), ("POST", {}), "HEAD takes no POST route")
+    # No allocation for a plain route, a miss, or a <name> route that does not fit.
+    segs = ["", "t", "status"]
+    other = ["", "t", "cards", ""]
+    params = {}
+    assert_no_alloc(lambda: srv._match("GET", "/t/status", segs, params))
+    assert_no_alloc(lambda: srv._match("GET", "/t/cards/", other, params))
+    # A named handler that is not there fails at Server(), not at its first request.
+    raises(ValueError, httpd.Server, (("GET", "/x", "nope"),), handlers=_Named())
+    raises(ValueError, httpd.Server, (("GET", "/x", "status"),))
+
+
+def test_named_handlers_and_the_after_hook():
+    # after() gets every routed answer (a HEAD's too, and a callable route's), once; not
+    # a handler's exception, a 404, a 405, a 413 or a static file.
+    import fuzz
+
+    webroot.make(_ROOT, _SECRET, _FILES)
+    h = _Named()
+    srv = httpd.Server(_TABLE + (("GET", "/t/plain", _plain),), static_root=_WWW,
+                       handlers=h, after=h.after)
+    reqs = (
+        _get(b"/t/status")
+        + b"PUT /t/cards/3 HTTP/1.1\r\n\r\n"
+        + b"DELETE /t/cards/3 HTTP/1.1\r\n\r\n"
+        + b"HEAD /t/status HTTP/1.1\r\n\r\n"
+        + _get(b"/t/plain")
+        + _get(b"/t/refuse")
+        + _get(b"/t/nothing")
+        + b"POST /t/cards/3 HTTP/1.1\r\n\r\n"
+        + _get(b"/index.html")
+        + b"POST /t/upload HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc"
+        + b"POST /t/upload HTTP/1.1\r\nContent-Length: 65\r\n\r\n"
+    )
+
+    async def main():
+        c = [x for x in srv._slots if x.free][-1]  # a slot taken as the accept loop does
+        c.free = False
+        srv._nfree -= 1
+        c.stream = s = fuzz.PieceStream(reqs, 4096)
+        c.peer = ("t", 0)
+        await srv._serve(c)
+        return s.out
+
+    try:
+        out = asyncio.run(main())
+    finally:
+        asyncio.new_event_loop()
+        webroot.remove(_ROOT)
+    answers = bytes(out).split(b"HTTP/1.1 ")[1:]
+    eq([int(a[:3]) for a in answers], [200, 200, 204, 200, 200, 409, 404, 405, 200, 200, 413],
+       "statuses")
+    eq([b"X-After: 1\r\n" in a for a in answers],
+       [True] * 5 + [False] * 4 + [True, False], "the hook's header")
+    true(b'{"slot": "3"}' in answers[1], "a named handler with params")
+    true(b'{"bytes": 3}' in answers[9], "the route's own body limit, 64")
+    eq(h.seen, [("GET", "/t/status"), ("PUT", "/t/cards/3"), ("DELETE", "/t/cards/3"),
+                ("HEAD", "/t/status"), ("GET", "/t/plain"), ("POST", "/t/upload")],
+       "called once per routed answer")

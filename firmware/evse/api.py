@@ -10,6 +10,7 @@ import json
 
 import httpd
 from httpd import HTTPError, Response
+from micropython import const
 
 from evse import faults
 from evse import protection
@@ -27,7 +28,7 @@ _JSON_DEPTH = 8
 _JSON_CONTAINERS = 64
 _SCAN_YIELD = 256  # bytes scanned between two yields: ~0.05 ms here, a few ms on a board
 _READ_WAIT_MS = 20000  # POST /api/cards/read waits this long for a card
-_UPGRADE_MAX = 4 << 20  # a .bin: the compiled tree is ~0.3 MB
+_UPGRADE_MAX = const(4 << 20)  # a .bin: the compiled tree is ~0.3 MB
 _AP_ADDR = "192.168.1.1"  # the hotspot's own address (manual §8.1)
 _LOOPBACK = ("127.0.0.1", "localhost")
 _OWN_TAGS = (FREE_TAG, "APP")  # the charger's own id tags: no card behind them
@@ -42,6 +43,34 @@ _HEADERS = (
     "frame-ancestors 'none'\r\n"
     "X-Frame-Options: DENY\r\nX-Content-Type-Options: nosniff\r\n"
     "Referrer-Policy: no-referrer\r\n"
+)
+# The routes: (method, path, the Api method that answers[, body limit]). A tuple of
+# constants, kept in flash on a frozen build: no heap per route (lib/httpd.py).
+_ROUTES = (
+    ("GET", "/api/status", "status"),
+    ("POST", "/api/login", "login"),
+    ("POST", "/api/logout", "logout"),
+    ("POST", "/api/password", "password"),
+    ("GET", "/api/config", "get_config"),
+    ("PUT", "/api/config", "put_config"),
+    ("GET", "/api/history", "history"),
+    ("GET", "/api/history.csv", "history_csv"),
+    ("GET", "/api/faults", "faults"),
+    ("POST", "/api/faults/clear", "clear_faults"),
+    ("POST", "/api/session/start", "session_start"),
+    ("POST", "/api/session/stop", "session_stop"),
+    ("PUT", "/api/time", "put_time"),
+    ("GET", "/api/wifi/scan", "wifi_scan"),
+    ("POST", "/api/wifi/connect", "wifi_connect"),
+    ("GET", "/api/cards", "cards"),
+    ("POST", "/api/cards", "card_add"),
+    ("POST", "/api/cards/read", "card_read"),
+    ("PUT", "/api/cards/<slot>", "card_put"),
+    ("DELETE", "/api/cards/<slot>", "card_delete"),
+    ("POST", "/api/upgrade", "upgrade", _UPGRADE_MAX),
+    ("GET", "/api/upgrade", "upgrade_status"),
+    ("PUT", "/api/upgrade/key", "upgrade_key"),
+    ("GET", "/lang/<file>", "lang_file"),
 )
 
 
@@ -105,7 +134,7 @@ class Api:
         token = req.cookies.get(COOKIE)
         if not self.auth.valid(token):
             raise HTTPError(401, "login required")
-        req.session = token  # _fresh() sends its cookie again
+        req.session = token  # after() sends its cookie again
         if change and req.method not in ("GET", "HEAD") and self.auth.factory:
             raise HTTPError(403, _DEFAULT_PW)
 
@@ -118,24 +147,19 @@ class Api:
         one is public)."""
         return self._authed(req) and not self.auth.factory
 
-    def _fresh(self, fn):
-        """Wraps a route: an answer to a session sets its cookie again, so the cookie's
-        Max-Age slides with the session's idle time."""
-
-        async def handler(req):
-            res = await fn(req)
-            token = getattr(req, "session", None)
-            if token and self.auth.valid(token, False):
-                if not isinstance(res, Response):
-                    res = Response(res, 200 if res is not None else 204)
-                if res.headers is None:
-                    res.headers = []
-                elif isinstance(res.headers, dict):
-                    res.headers = list(res.headers.items())
-                res.headers.append(("Set-Cookie", _cookie(token)))
-            return res
-
-        return handler
+    def after(self, req, res):
+        """httpd's hook on every route's answer: one to a live session sets its cookie
+        again, so the cookie's Max-Age slides with the session's idle time."""
+        token = getattr(req, "session", None)
+        if token and self.auth.valid(token, False):
+            if not isinstance(res, Response):
+                res = Response(res, 200 if res is not None else 204)
+            if res.headers is None:
+                res.headers = []
+            elif isinstance(res.headers, dict):
+                res.headers = list(res.headers.items())
+            res.headers.append(("Set-Cookie", _cookie(token)))
+        return res
 
     async def _json(self, req, limit=_BODY):
         if req.method != "GET":
@@ -445,37 +469,6 @@ class Api:
                 raise
         return srv.static_file(req, srv.static_root + "/lang/" + name)
 
-    def routes(self):
-        return [(r[0], r[1], self._fresh(r[2])) + r[3:] for r in self._routes()]
-
-    def _routes(self):
-        return [
-            ("GET", "/api/status", self.status),
-            ("POST", "/api/login", self.login),
-            ("POST", "/api/logout", self.logout),
-            ("POST", "/api/password", self.password),
-            ("GET", "/api/config", self.get_config),
-            ("PUT", "/api/config", self.put_config),
-            ("GET", "/api/history", self.history),
-            ("GET", "/api/history.csv", self.history_csv),
-            ("GET", "/api/faults", self.faults),
-            ("POST", "/api/faults/clear", self.clear_faults),
-            ("POST", "/api/session/start", self.session_start),
-            ("POST", "/api/session/stop", self.session_stop),
-            ("PUT", "/api/time", self.put_time),
-            ("GET", "/api/wifi/scan", self.wifi_scan),
-            ("POST", "/api/wifi/connect", self.wifi_connect),
-            ("GET", "/api/cards", self.cards),
-            ("POST", "/api/cards", self.card_add),
-            ("POST", "/api/cards/read", self.card_read),
-            ("PUT", "/api/cards/<slot>", self.card_put),
-            ("DELETE", "/api/cards/<slot>", self.card_delete),
-            ("POST", "/api/upgrade", self.upgrade, _UPGRADE_MAX),
-            ("GET", "/api/upgrade", self.upgrade_status),
-            ("PUT", "/api/upgrade/key", self.upgrade_key),
-            ("GET", "/lang/<file>", self.lang_file),
-        ]
-
 
 async def _check_shape(raw):
     """HTTPError(400) for a body nested deeper than _JSON_DEPTH or with more than
@@ -588,7 +581,7 @@ def make_server(api, www_dir):
     # asks for at most four files at once, and a fifth connection waits in the backlog
     # while answers say Connection: close (docs/web.md). Each slot keeps 1.6 KB for good.
     # A 1 KB scratch, not 2 KB: files and long answers go out in more, smaller writes.
-    api.http = httpd.Server(api.routes(), static_root=www_dir, log=note, max_conns=4,
-                            chunk_size=1024, check_request=api.check_request,
-                            extra_headers=_HEADERS)
+    api.http = httpd.Server(_ROUTES, static_root=www_dir, log=note, max_conns=4,
+                            chunk_size=1024, handlers=api, check_request=api.check_request,
+                            after=api.after, extra_headers=_HEADERS)
     return api.http
