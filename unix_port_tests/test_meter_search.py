@@ -63,6 +63,9 @@ def test_auto_finds_the_meter_at_the_factory_address_and_stores_it():
     eq(r.limit(), 22.0, "read from the next cycle: 32 A - 10 A")
     eq(r.pm.search_view(), None, "in use and answering: no search shown")
     eq(r.pm.view()["model"], "SDM630")
+    import sys
+
+    true("evse.meterprobe" not in sys.modules, "the search's module let go once it is over")
 
 
 def test_auto_finds_a_meter_at_another_address_after_the_factory_ones():
@@ -145,6 +148,9 @@ def test_a_silent_configured_meter_is_looked_for_and_never_replaced():
     r.cycle(7)
     true(not r.prot.external_meter_lost, "answers again")
     eq(r.pm.search_view(), None)
+    import sys
+
+    true("evse.meterprobe" not in sys.modules, "the search's module let go")
 
 
 def test_adoption_that_cannot_be_stored_is_shown_and_tried_again():

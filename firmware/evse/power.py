@@ -192,8 +192,14 @@ class PowerManager:
             # found is shown, never used in its place (the installer decides).
             await self._search(now, skip=(self.model, self.slave))
         elif self.probe is not None and not self.lost:
-            self.probe = None  # it answers again: nothing to look for
+            self._drop_probe()  # it answers again: nothing to look for
         return ok
+
+    def _drop_probe(self):
+        """The search is over: its module goes too (0.4 KB; the next search imports it
+        again), as after an "auto" search adopts its meter."""
+        self.probe = None
+        evse.unload("evse.meterprobe")
 
     # ---- configuration -------------------------------------------------------------------
     def _configure(self, now):
@@ -207,7 +213,10 @@ class PowerManager:
     def _switch(self, model, now):
         if model in ("none", "auto") and self.lost:
             self._set_lost(False, "turned off")
-        self.probe = None
+        if model == "auto":
+            self.probe = None  # a new search, from its start
+        else:
+            self._drop_probe()
         self._swept_ms = None
         self.model = model
         self.map = None
