@@ -166,6 +166,9 @@ class Board:
         )
         self.sim_port = _int_env(env, "EVSE_SIM_PORT", sim_socket.DEFAULT_PORT)
         self.controller = Controller(self)
+        # Made here, in make(): its reply buffer is the simulator's heap (sim_heap), not
+        # the firmware's; tasks() starts it.
+        self.control = sim_socket.ControlServer(self.controller, self.clock_us, self.sim_port)
 
         plant.attach(self.cp, self.relays, chip)
         plant.update_cp()
@@ -191,8 +194,7 @@ class Board:
 
     def tasks(self, app):
         self.controller.app = app
-        server = sim_socket.ControlServer(self.controller, self.clock_us, self.sim_port)
-        return [("sim_plant", self._plant_task), ("sim_socket", server.run)]
+        return [("sim_plant", self._plant_task), ("sim_socket", self.control.run)]
 
     async def _plant_task(self):
         plant = self.plant
