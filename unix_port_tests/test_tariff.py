@@ -330,7 +330,7 @@ def test_hostile_settings_are_refused():
     for v in (0, 1000, 4500, 400000):
         eq(settings_mod.validate({"tariff_limit_w": v}), {}, "limit %r taken" % v)
     eq(settings_mod.validate({"tariff_window_min": 15}), {}, "15 min taken")
-    eq(settings_mod.SAFE["tariff_limit_w"], 1000, "an unreadable limit: the lowest")
+    eq(settings_mod.safe("tariff_limit_w"), 1000, "an unreadable limit: the lowest")
 
 
 def test_a_clock_that_falls_back_unset_keeps_the_window():
