@@ -480,7 +480,7 @@ def test_fuzz_rc522_noisy_chip():
         try:
             card = reader.poll(wake=True)
         except ReaderError as e:
-            seen[type(e).__name__] = seen.get(type(e).__name__, 0) + 1
+            seen[e.kind] = seen.get(e.kind, 0) + 1
             return
         if card is None:
             seen["none"] = seen.get("none", 0) + 1
