@@ -60,15 +60,16 @@ _MODE_POLLS = const(50)  # CANSTAT reads before a mode change counts as failed
 _TX_POLLS = const(100)  # TXBnCTRL reads before a transmission is aborted
 _ETIMEDOUT = const(110)
 
-# (crystal MHz, bit/s) -> (CNF1, CNF2, CNF3), STANDARDS.md §6.
-BIT_TIMING = {
-    (8, 125000): (0x01, 0xB1, 0x05),
-    (8, 250000): (0x00, 0xB1, 0x05),
-    (8, 500000): (0x00, 0x90, 0x02),
-    (16, 125000): (0x03, 0xF0, 0x86),
-    (16, 250000): (0x41, 0xF1, 0x85),
-    (16, 500000): (0x00, 0xF0, 0x86),
-}
+# (crystal MHz, bit/s, (CNF1, CNF2, CNF3)), STANDARDS.md §6: a tuple of constants, in
+# flash on a board.
+BIT_TIMING = (
+    (8, 125000, (0x01, 0xB1, 0x05)),
+    (8, 250000, (0x00, 0xB1, 0x05)),
+    (8, 500000, (0x00, 0x90, 0x02)),
+    (16, 125000, (0x03, 0xF0, 0x86)),
+    (16, 250000, (0x41, 0xF1, 0x85)),
+    (16, 500000, (0x00, 0xF0, 0x86)),
+)
 
 
 class Mcp2515Error(OSError):
@@ -85,11 +86,14 @@ def bit_rate(xtal_hz, cnf1, cnf2, cnf3):
 
 class Mcp2515:
     def __init__(self, spi, cs, xtal_mhz=8, bitrate=125000):
-        if (xtal_mhz, bitrate) not in BIT_TIMING:
+        for row in BIT_TIMING:
+            if row[0] == xtal_mhz and row[1] == bitrate:
+                break
+        else:
             raise ValueError("no bit timing for %d MHz / %d bit/s" % (xtal_mhz, bitrate))
         self._spi = spi
         self._cs = cs
-        self._cnf = BIT_TIMING[(xtal_mhz, bitrate)]
+        self._cnf = row[2]
         self._cmd = bytearray(2)
         self._one = bytearray(1)
         self._tx = bytearray(14)  # LOAD TX BUF: instruction + SIDH SIDL EID8 EID0 DLC D0-7

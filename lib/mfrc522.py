@@ -93,23 +93,18 @@ _TX_SIZE = const(9)  # the longest frame we send: SELECT with CRC_A
 
 
 class ReaderError(OSError):
-    """Anything that went wrong talking to the chip or a card."""
+    """Anything that went wrong talking to the chip or a card. `kind` says what (one
+    class, not one per kind: each class costs heap):
+      "timeout"    the chip did not answer, or did not finish a command in time
+                   (errno ETIMEDOUT; the next poll resets it)
+      "collision"  cards answered over each other and it could not be resolved
+      "crc"        a CRC_A or BCC check on a card's answer failed
+      "frame"      a card's answer had the wrong length or content
+    The last three are a card seen but not read (errno EIO), not a reader fault."""
 
-
-class ReaderTimeout(ReaderError):
-    """The chip did not answer, or did not finish a command in time."""
-
-
-class CollisionError(ReaderError):
-    """Cards answered over each other and the collision could not be resolved."""
-
-
-class CrcError(ReaderError):
-    """A CRC_A or BCC check on a card's answer failed."""
-
-
-class FrameError(ReaderError):
-    """A card's answer had the wrong length or content."""
+    def __init__(self, code, what, kind):
+        super().__init__(code, what)
+        self.kind = kind
 
 
 def uid_hex(uid):
@@ -185,7 +180,7 @@ class Mfrc522:
     def _timeout(self, what):
         # The chip is in an unknown state: the next poll() resets it.
         self._ready = False
-        return ReaderTimeout(errno.ETIMEDOUT, what)
+        return ReaderError(errno.ETIMEDOUT, what, "timeout")
 
     def version(self):
         """VersionReg: 0x91 (v1.0), 0x92 (v2.0); 0x00/0xFF when nothing answers."""
@@ -194,7 +189,7 @@ class Mfrc522:
     # -- set-up -----------------------------------------------------------------------
 
     def reset(self):
-        """Pulses RST (when wired) and configures the chip again; raises ReaderTimeout."""
+        """Pulses RST (when wired) and configures the chip again; raises ReaderError (kind "timeout")."""
         self._ready = False
         self.resets += 1
         if self._rst is not None:
@@ -203,7 +198,7 @@ class Mfrc522:
         self.init()
 
     def init(self):
-        """Soft-resets and configures the chip, antenna on. Raises ReaderTimeout if absent."""
+        """Soft-resets and configures the chip, antenna on. Raises ReaderError (kind "timeout") if absent."""
         self._ready = False
         # Until the oscillator runs, and forever when nothing is wired, reads are 0x00/0xFF.
         t0 = self._ticks_ms()
@@ -320,8 +315,8 @@ class Mfrc522:
 
         REQA wakes only idle cards; wake=True sends WUPA, which also wakes halted ones.
         The card is left selected (ACTIVE); call halt() once it has been handled.
-        Raises ReaderTimeout when the chip does not answer (the next call resets it),
-        CollisionError, CrcError or FrameError for a card that was seen but not read.
+        Raises ReaderError: kind "timeout" when the chip does not answer (the next call
+        resets it), "collision", "crc" or "frame" for a card that was seen but not read.
         """
         if not self._ready:
             self.reset()
@@ -336,7 +331,7 @@ class Mfrc522:
             return None
         # Cards with different ATQAs collide here: normal, anticollision sorts it out.
         if st == _BAD_FRAME or self._rx_n != 2:
-            raise FrameError(errno.EIO, "ATQA")
+            raise ReaderError(errno.EIO, "ATQA", "frame")
         atqa = self._rx[0] | (self._rx[1] << 8)
         n = 0
         for level in range(3):
@@ -346,7 +341,7 @@ class Mfrc522:
             cl = self._cl
             if sak & _SAK_CASCADE:
                 if cl[0] != _CT:
-                    raise FrameError(errno.EIO, "cascade tag")
+                    raise ReaderError(errno.EIO, "cascade tag", "frame")
                 self._uid[n : n + 3] = cl[1:4]
                 n += 3
             else:
@@ -354,7 +349,7 @@ class Mfrc522:
                 n += 4
                 break
         else:
-            raise FrameError(errno.EIO, "UID longer than 3 cascade levels")
+            raise ReaderError(errno.EIO, "UID longer than 3 cascade levels", "frame")
         ats = None
         if sak & _SAK_ISO14443_4:
             ats = self._rats()
@@ -383,7 +378,7 @@ class Mfrc522:
             if st == _NO_ANSWER:
                 return -1
             if st == _BAD_FRAME:
-                raise FrameError(errno.EIO, "anticollision")
+                raise ReaderError(errno.EIO, "anticollision", "frame")
             # The answer starts at bit `known`: rx[0] completes the split byte.
             rx = self._rx
             keep = (1 << nbits) - 1
@@ -393,24 +388,24 @@ class Mfrc522:
                     cl[nbytes + i] = rx[i]
             if st == _OK:
                 if self._rx_n != 5 - nbytes:
-                    raise FrameError(errno.EIO, "anticollision length")
+                    raise ReaderError(errno.EIO, "anticollision length", "frame")
                 break
             coll = self._rreg(_REG_COLL)
             if coll & _COLL_POS_NOT_VALID:
-                raise CollisionError(errno.EIO, "collision position unknown")
+                raise ReaderError(errno.EIO, "collision position unknown", "collision")
             # CollPos counts the bits stored in the FIFO from 1 (0 means 32), so it
             # includes the RxAlign offset: the absolute bit is relative to byte `nbytes`.
             bit = nbytes * 8 + ((coll & 0x1F) or 32) - 1
             if bit < known or bit >= 32:  # no progress, or a clash in the BCC alone
-                raise CollisionError(errno.EIO, "unresolvable collision")
+                raise ReaderError(errno.EIO, "unresolvable collision", "collision")
             # Follow the cards with a 1 at the first differing bit (the choice ISO
             # 14443-3 calls typical); the others stay quiet until the next REQA.
             cl[bit >> 3] = (cl[bit >> 3] | (1 << (bit & 7))) & ((2 << (bit & 7)) - 1)
             known = bit + 1
         else:
-            raise CollisionError(errno.EIO, "anticollision did not converge")
+            raise ReaderError(errno.EIO, "anticollision did not converge", "collision")
         if cl[4] != cl[0] ^ cl[1] ^ cl[2] ^ cl[3]:
-            raise CrcError(errno.EIO, "BCC")
+            raise ReaderError(errno.EIO, "BCC", "crc")
         tx[0] = sel
         tx[1] = _NVB_SELECT
         tx[2:7] = cl
@@ -418,11 +413,11 @@ class Mfrc522:
         if st == _NO_ANSWER:
             return -1
         if st == _COLLISION:  # two cards with this very UID but different SAKs
-            raise CollisionError(errno.EIO, "SAK")
+            raise ReaderError(errno.EIO, "SAK", "collision")
         if st != _OK or self._rx_n != 3:
-            raise FrameError(errno.EIO, "SAK")
+            raise ReaderError(errno.EIO, "SAK", "frame")
         if not self._rx_crc_ok():
-            raise CrcError(errno.EIO, "SAK")
+            raise ReaderError(errno.EIO, "SAK", "crc")
         return self._rx[0]
 
     def _rats(self):
@@ -437,9 +432,9 @@ class Mfrc522:
         tl = self._rx[0] if n else 0
         # TL counts the ATS bytes including itself; CRC_A follows.
         if st != _OK or n < 3 or tl != n - 2:
-            raise FrameError(errno.EIO, "ATS")
+            raise ReaderError(errno.EIO, "ATS", "frame")
         if not self._rx_crc_ok():
-            raise CrcError(errno.EIO, "ATS")
+            raise ReaderError(errno.EIO, "ATS", "crc")
         self._l4 = True
         return bytes(self._rx[:tl])
 

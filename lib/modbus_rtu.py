@@ -13,8 +13,8 @@
 # been silent for t3.5 (3.5 characters of 11 bits; a fixed 1.75 ms above 19200 baud).
 # A reply is complete when its length (known from its header) has arrived; a reply
 # that cannot be recognised ends after t3.5 of silence. Every failure raises a
-# ModbusError subclass and flushes the line; the master is then ready for the next
-# exchange.
+# ModbusError (its `kind` says which) and flushes the line; the master is then ready for
+# the next exchange.
 #
 # The core is synchronous and needs no event loop: start() queues a request, poll()
 # advances it (None while waiting, the result when done, or raises). The async methods
@@ -47,17 +47,21 @@ _GAP = const(1)  # queued, waiting for the inter-frame silence
 _TX = const(2)  # sending, DE high
 _RX = const(3)  # awaiting the reply
 
-EXCEPTION_NAMES = {
-    1: "illegal function",
-    2: "illegal data address",
-    3: "illegal data value",
-    4: "slave device failure",
-    5: "acknowledge",
-    6: "slave device busy",
-    8: "memory parity error",
-    10: "gateway path unavailable",
-    11: "gateway target failed to respond",
-}
+# The names of the exception codes, by code ("": none): a tuple of constants, in flash.
+EXCEPTION_NAMES = (
+    "",
+    "illegal function",
+    "illegal data address",
+    "illegal data value",
+    "slave device failure",
+    "acknowledge",
+    "slave device busy",
+    "",
+    "memory parity error",
+    "",
+    "gateway path unavailable",
+    "gateway target failed to respond",
+)
 
 # CRC-16/MODBUS, one entry per 4-bit nibble of the reflected polynomial 0xA001.
 _T = (
@@ -80,33 +84,19 @@ def crc16(buf, start=0, end=None):
 
 
 class ModbusError(Exception):
-    """Any failed exchange (raised as such when the serial port itself fails). The line
-    has been flushed; the next exchange may follow."""
+    """Any failed exchange. The line has been flushed; the next exchange may follow.
+    `kind` says what failed (one class, not one per kind: each class costs heap):
+      "timeout"    no reply within the response timeout, or a line never silent
+      "crc"        a reply arrived but its CRC does not match
+      "frame"      a reply that is not the answer to the request: wrong slave id, wrong
+                   function, wrong length or byte count, short frame, or line noise
+      "exception"  the slave answered with an exception response; `code` is its code
+      "bus"        the serial port itself failed"""
 
-
-class ModbusTimeout(ModbusError):
-    """No reply within the response timeout."""
-
-
-class ModbusCrcError(ModbusError):
-    """A reply arrived but its CRC does not match."""
-
-
-class ModbusFrameError(ModbusError):
-    """A reply that is not the answer to the request: wrong slave id, wrong function,
-    wrong length or byte count, short frame, or line noise."""
-
-
-class ModbusException(ModbusError):
-    """The slave answered with an exception response; `code` is its exception code."""
-
-    def __init__(self, code, function=0):
+    def __init__(self, msg, kind="bus", code=0):
+        super().__init__(msg)
+        self.kind = kind
         self.code = code
-        self.function = function
-        super().__init__(
-            "exception %d (%s) to function %d"
-            % (code, EXCEPTION_NAMES.get(code, "unknown"), function)
-        )
 
 
 def t35_us(baud):
@@ -238,7 +228,7 @@ class ModbusRtu:
             if self._uart.any():
                 self._flush(now)  # noise or a late reply to someone: the line is busy
                 if time.ticks_diff(now, self._deadline_ms) >= 0:
-                    self._fail(now, ModbusTimeout("the line never fell silent"))
+                    self._fail(now, ModbusError("the line never fell silent", "timeout"))
                 return None
             # Below zero: a time over 2**29 ms old (the ticks wrapped), a line long silent.
             if 0 <= time.ticks_diff(now, self._t_line) < self._gap_ms():
@@ -333,16 +323,16 @@ class ModbusRtu:
         if expect and n >= expect:
             return self._finish(now, self._check(0, expect))
         if over:
-            self._fail(now, ModbusFrameError("reply longer than %d bytes" % _BUF))
+            self._fail(now, ModbusError("reply longer than %d bytes" % _BUF, "frame"))
         silent = time.ticks_diff(now, self._t_line) >= self._gap_ms()
         if n and not expect and silent:
             # Not a frame we can follow from its header: the silence ends it.
             return self._finish(now, self._scan())
         if time.ticks_diff(now, self._deadline_ms) >= 0:
             if n == 0:
-                self._fail(now, ModbusTimeout("no reply from slave %d" % self._slave))
+                self._fail(now, ModbusError("no reply from slave %d" % self._slave, "timeout"))
             if expect:
-                self._fail(now, ModbusFrameError("short frame: %d of %d bytes" % (n, expect)))
+                self._fail(now, ModbusError("short frame: %d of %d bytes" % (n, expect), "frame"))
             return self._finish(now, self._scan())
         return None
 
@@ -366,22 +356,25 @@ class ModbusRtu:
         end = off + length
         crc = crc16(rx, off, end - 2)
         if rx[end - 2] != crc & 0xFF or rx[end - 1] != crc >> 8:
-            return ModbusCrcError(
-                "CRC error in a %d-byte reply from slave %d" % (length, self._slave)
+            return ModbusError(
+                "CRC error in a %d-byte reply from slave %d" % (length, self._slave), "crc"
             )
         fc = rx[off + 1]
         if fc & 0x80:
-            return ModbusException(rx[off + 2], self._fc)
+            c = rx[off + 2]
+            name = EXCEPTION_NAMES[c] if c < len(EXCEPTION_NAMES) else ""
+            return ModbusError("exception %d (%s) to function %d" % (c, name or "unknown", self._fc),
+                               "exception", c)
         if fc == FC_READ_HOLDING or fc == FC_READ_INPUT:
             if rx[off + 2] != 2 * self._qty:
-                return ModbusFrameError(
-                    "byte count %d, expected %d" % (rx[off + 2], 2 * self._qty)
+                return ModbusError(
+                    "byte count %d, expected %d" % (rx[off + 2], 2 * self._qty), "frame"
                 )
             return self._rxmv[off + 3 : off + 3 + 2 * self._qty]
         addr = (rx[off + 2] << 8) | rx[off + 3]
         val = (rx[off + 4] << 8) | rx[off + 5]
         if addr != self._addr or val != self._qty:
-            return ModbusFrameError("write echo does not match the request")
+            return ModbusError("write echo does not match the request", "frame")
         return True
 
     def _scan(self):
@@ -393,23 +386,23 @@ class ModbusRtu:
             length = self._expected(off)
             if length and off + length <= n:
                 r = self._check(off, length)
-                if not isinstance(r, ModbusCrcError):
+                if not isinstance(r, ModbusError) or r.kind != "crc":
                     return r
         if n >= 4 and crc16(rx, 0, n - 2) == rx[n - 2] | (rx[n - 1] << 8):
             if rx[0] != self._slave:
-                return ModbusFrameError(
-                    "reply from slave %d, expected %d" % (rx[0], self._slave)
+                return ModbusError(
+                    "reply from slave %d, expected %d" % (rx[0], self._slave), "frame"
                 )
             if rx[1] & 0x7F != self._fc:
-                return ModbusFrameError(
-                    "reply to function %d, expected %d" % (rx[1] & 0x7F, self._fc)
+                return ModbusError(
+                    "reply to function %d, expected %d" % (rx[1] & 0x7F, self._fc), "frame"
                 )
-            return ModbusFrameError("%d-byte reply of the wrong length" % n)
+            return ModbusError("%d-byte reply of the wrong length" % n, "frame")
         if n >= 3 and rx[0] == self._slave and rx[1] & 0x7F == self._fc:
-            return ModbusCrcError("CRC error in a %d-byte reply" % n)
+            return ModbusError("CRC error in a %d-byte reply" % n, "crc")
         if n < 5:
-            return ModbusFrameError("short frame: %d bytes" % n)
-        return ModbusFrameError("line noise: %d bytes not a reply" % n)
+            return ModbusError("short frame: %d bytes" % n, "frame")
+        return ModbusError("line noise: %d bytes not a reply" % n, "frame")
 
     def _finish(self, now, result):
         if isinstance(result, ModbusError):

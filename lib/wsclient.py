@@ -7,26 +7,28 @@
     text = await ws.recv()          # str (text) or bytes (binary); pings answered inside
     await ws.close()
 
-What it checks, and what it refuses (WsError, with `.code` the close code sent):
+What it checks, and what it refuses (WsError, with `.code` the close code sent; one class,
+whose `.kind` tells the cases a caller handles apart: each class costs heap):
 - Handshake: status 101, `Upgrade: websocket`, `Connection: upgrade`, the
   `Sec-WebSocket-Accept` of our random key, a subprotocol we offered (required when
   `protocols` is given), no extension. The response head is capped at `max_head` bytes.
-  A non-101 status raises WsHandshakeError with `.status` (401 bad credentials, 404
-  unknown charge point, 400 refused subprotocol).
+  A refused handshake is kind "handshake"; a non-101 status is also `.status` (401 bad
+  credentials, 404 unknown charge point, 400 refused subprotocol).
 - Frames: server frames must be unmasked (1002), RSV bits clear (1002), known opcodes
   (1002), control frames final and <= 125 bytes (1002); a message (all its fragments)
   longer than `max_message` is refused from its header, before any payload is read
   (1009), and so is one whose copy finds no room in the heap; text must be UTF-8 (1007). Fragments are joined into one buffer allocated
   once in the constructor. With `max_skip` set, a message longer than `max_message` but
-  not than `max_skip` is read and dropped instead: recv raises WsTooBig with its size
-  and first bytes, and the connection stays (the caller can answer it).
+  not than `max_skip` is read and dropped instead: recv raises kind "too big" with its
+  `.size` and first bytes (`.head`), and the connection stays (the caller can answer it).
 - Deadlines: connect + TLS + handshake within `connect_timeout_ms`; once the first byte
   of a frame arrived, the rest of it within `frame_timeout_ms`; each message sent within
   `write_timeout_ms`. Waiting for the next frame has no deadline of its own: the caller
   bounds it (`recv(timeout_ms)`) or watches `last_rx_ms` and pings (keep-alive).
 An outgoing message goes out as one frame, masked with a fresh key from os.urandom a
 transmit buffer at a time (the buffer bounds the RAM, not the message). The close handshake: a Close from the server is
-answered with the same code; close() sends ours and waits briefly for the reply.
+answered with the same code and raises kind "closed"; close() sends ours and waits briefly
+for the reply.
 After any WsError or OSError the connection is unusable: call abort() (close() does it).
 """
 import asyncio
@@ -51,35 +53,21 @@ CLOSE_TOO_BIG = const(1009)
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 _CHUNK = const(512)  # handshake head read size
-_KEEP = const(64)  # first bytes of a dropped message kept for WsTooBig.head
+_KEEP = const(64)  # first bytes of a dropped message kept for a "too big" error's head
 
 
 class WsError(Exception):
-    """Protocol violation or closed connection; `code` is the close code (None: none)."""
+    """Protocol violation or closed connection; `code` is the close code (None: none).
+    `kind`: None, "handshake" (refused; `status` the HTTP status when not 101), "closed"
+    (the server closed the connection; `code` is its close code) or "too big" (a message
+    over max_message and within max_skip was read and dropped: the connection is still
+    usable; `size` is its length, `head` its first bytes)."""
 
-    def __init__(self, msg, code=None):
+    def __init__(self, msg, code=None, kind=None, status=None):
         super().__init__(msg)
         self.code = code
-
-
-class WsHandshakeError(WsError):
-    def __init__(self, msg, status=None):
-        super().__init__(msg)
+        self.kind = kind
         self.status = status
-
-
-class WsClosed(WsError):
-    """The server closed the connection (`code` is its close code)."""
-
-
-class WsTooBig(WsError):
-    """A message over max_message (and within max_skip) was read and dropped: the
-    connection is still usable. `size` is its length, `head` its first bytes."""
-
-    def __init__(self, size, head):
-        super().__init__("message of %d bytes dropped" % size, CLOSE_TOO_BIG)
-        self.size = size
-        self.head = head
 
 
 def parse_url(url):
@@ -210,7 +198,7 @@ def _open(host, port, ssl, server_hostname):
 
 class WsClient:
     max_message = 8192  # bytes of one received message, all fragments together
-    max_skip = 0  # a longer message up to this is dropped (WsTooBig), not closed on
+    max_skip = 0  # a longer message up to this is dropped (kind "too big"), not closed on
     max_head = 2048  # bytes of the handshake response head
     tx_size = 2048  # transmit buffer: a longer message is masked and written in pieces
     connect_timeout_ms = 10000
@@ -287,20 +275,20 @@ class WsClient:
         await r.drain()
         status, hdrs = await self._read_head()
         if status != 101:
-            raise WsHandshakeError("handshake refused: HTTP %d" % status, status)
+            raise WsError("handshake refused: HTTP %d" % status, None, "handshake", status)
         if hdrs.get("upgrade", "").lower() != "websocket":
-            raise WsHandshakeError("no Upgrade: websocket")
+            raise WsError("no Upgrade: websocket", None, "handshake")
         if "upgrade" not in hdrs.get("connection", "").lower():
-            raise WsHandshakeError("no Connection: upgrade")
+            raise WsError("no Connection: upgrade", None, "handshake")
         if hdrs.get("sec-websocket-accept", "").encode() != accept_key(key):
-            raise WsHandshakeError("wrong Sec-WebSocket-Accept")
+            raise WsError("wrong Sec-WebSocket-Accept", None, "handshake")
         if "sec-websocket-extensions" in hdrs:
-            raise WsHandshakeError("extension not offered")
+            raise WsError("extension not offered", None, "handshake")
         proto = hdrs.get("sec-websocket-protocol")
         if proto is not None and proto not in protocols:
-            raise WsHandshakeError("subprotocol %s not offered" % proto)
+            raise WsError("subprotocol %s not offered" % proto, None, "handshake")
         if protocols and proto is None:
-            raise WsHandshakeError("server chose no subprotocol")
+            raise WsError("server chose no subprotocol", None, "handshake")
         self.protocol = proto
 
     async def _read_head(self):
@@ -311,12 +299,12 @@ class WsClient:
         n = 0
         while True:
             if n >= cap:
-                raise WsHandshakeError("response head over %d bytes" % cap)
+                raise WsError("response head over %d bytes" % cap, None, "handshake")
             got = await self._s.readinto(mv[n : min(cap, n + _CHUNK)])
             if got is None:
                 continue  # TLS record not complete yet
             if not got:
-                raise WsHandshakeError("connection closed during the handshake")
+                raise WsError("connection closed during the handshake", None, "handshake")
             start = max(0, n - 3)
             n += got
             end = buf.find(b"\r\n\r\n", start, n)
@@ -327,14 +315,14 @@ class WsClient:
         try:
             head = str(mv[:end], "utf-8").split("\r\n")
         except UnicodeError:
-            raise WsHandshakeError("response head not UTF-8")
+            raise WsError("response head not UTF-8", None, "handshake")
         parts = head[0].split(" ", 2)
         if len(parts) < 2 or not parts[0].startswith("HTTP/1."):
-            raise WsHandshakeError("not an HTTP response")
+            raise WsError("not an HTTP response", None, "handshake")
         try:
             status = int(parts[1])
         except ValueError:
-            raise WsHandshakeError("bad status line")
+            raise WsError("bad status line", None, "handshake")
         hdrs = {}
         for line in head[1:]:
             name, sep, value = line.partition(":")
@@ -373,8 +361,10 @@ class WsClient:
         while True:
             try:
                 await self.recv()
-            except WsClosed:
-                return
+            except WsError as e:
+                if e.kind == "closed":
+                    return
+                raise
 
     # ---- receiving ------------------------------------------------------------------------
     async def _readinto(self, mv):
@@ -403,7 +393,7 @@ class WsClient:
 
     async def recv(self, timeout_ms=None):
         """The next text (str) or binary (bytes) message; ping, pong and close frames
-        are handled here. Raises WsClosed when the server closes, WsError on a protocol
+        are handled here. Raises WsError: kind "closed" when the server closes, else on a protocol
         violation (after sending Close with the reason) or a frame not completed within
         frame_timeout_ms, asyncio.TimeoutError when timeout_ms passes with no frame
         started. A recv cancelled in the middle of a message drops the connection."""
@@ -470,7 +460,10 @@ class WsClient:
             if mid:
                 self.abort()
         if drop:
-            raise WsTooBig(size, bytes(self._rxmv[: min(size, _KEEP)]))
+            e = WsError("message of %d bytes dropped" % size, CLOSE_TOO_BIG, "too big")
+            e.size = size
+            e.head = bytes(self._rxmv[: min(size, _KEEP)])
+            raise e
         return op, size
 
     async def _drop(self, at, n):
@@ -535,7 +528,7 @@ class WsClient:
                 except (OSError, WsError, asyncio.TimeoutError):
                     pass
             self.abort()
-            raise WsClosed("closed by the server (%d)" % code, code)
+            raise WsError("closed by the server (%d)" % code, code, "closed")
 
     async def _fail(self, why, code):
         """Sends Close with `code` (best effort), drops the connection, raises WsError."""

@@ -321,3 +321,28 @@ def test_a_64_character_password_fits_the_body_limits():
     eq(_status(api.password, _Req(raw=body, token=tok)), 200, "%d bytes" % len(body))
     body = b'{"password": "%s"}' % new.encode()
     eq(_status(api.login, _Req(raw=body)), 200, "%d bytes" % len(body))
+
+
+def test_refused_logins_and_password_changes_answer_by_their_kind():
+    """web_auth's AuthError kind decides the answer: wrong 401 (a login) or 400 on the
+    old field (a change), a refused new password 400 on the new field, locked out 429."""
+    api = _api("api_auth_kinds")
+    tok = _token(api)
+
+    def password(old, new):
+        try:
+            r = _run(api.password(_Req({"old": old, "new": new}, token=tok)))
+        except Exception as e:  # HTTPError
+            return getattr(e, "status", None), None
+        return getattr(r, "status", 200), getattr(r, "obj", r)
+
+    msg = "new password must have 6 to 64 characters"
+    eq(password(OWNER, "short"), (400, {"error": msg, "fields": {"new": msg}}), "a short new password")
+    eq(_status(api.login, _Req({"password": "guess-1"})), 401, "a wrong password")
+    msg = "current password is wrong"
+    eq(password("guess-2", "another-1"), (400, {"error": msg, "fields": {"old": msg}}),
+       "a wrong current password")
+    for _ in range(web_auth.FAILS_BEFORE_LOCK):
+        _status(api.login, _Req({"password": "guess"}))
+    eq(_status(api.login, _Req({"password": OWNER})), 429, "locked out: even the right one")
+    eq(password(OWNER, "another-1")[0], 429, "a change locked out too")

@@ -128,7 +128,7 @@ def test_fuzz_modbus_replies():
         uart.reply = reply
         uart.delay = delay
         res, took = _exchange(m, clock, uart, req, fuzz.Rng(sub))
-        kind = type(res).__name__
+        kind = res.kind if isinstance(res, ModbusError) else type(res).__name__
         seen[kind] = seen.get(kind, 0) + 1
         true(took < 1200, "done within the reply timeout, took %d ms" % took)
         if not isinstance(res, ModbusError):
@@ -480,7 +480,7 @@ def test_fuzz_rc522_noisy_chip():
         try:
             card = reader.poll(wake=True)
         except ReaderError as e:
-            seen[type(e).__name__] = seen.get(type(e).__name__, 0) + 1
+            seen[e.kind] = seen.get(e.kind, 0) + 1
             return
         if card is None:
             seen["none"] = seen.get("none", 0) + 1

@@ -57,9 +57,9 @@ def _file_case(r, i):
     elif k == 1:  # hand-written plain JSON, damaged
         main = fuzz.mutate(r, b'{"max_current_a": 20, "language": "de"}', None, _TOKENS)
     elif k == 2:  # a well-framed file with hostile values (the CRC matches)
-        main = atomicfile.encode_json(fuzz.mutate_value(r, GOOD, list(st.SCHEMA)))
+        main = atomicfile.encode_json(fuzz.mutate_value(r, GOOD, st.keys()))
     elif k == 3:  # plain JSON with hostile values
-        main = json.dumps(fuzz.mutate_value(r, GOOD, list(st.SCHEMA))).encode()
+        main = json.dumps(fuzz.mutate_value(r, GOOD, st.keys())).encode()
     elif k == 4:
         main = r.bytes(r.below(64))
     else:
@@ -82,7 +82,7 @@ def test_fuzz_settings_file():
         s = st.Settings(path)
         s.load()
         eq(st.validate(s._values), {}, "loaded values valid")
-        eq(sorted(s._values), sorted(st.SCHEMA), "every key")
+        eq(sorted(s._values), sorted(st.keys()), "every key")
         eq(tuple(_read(p) for p in names), tuple(None if d is None else d for d in files),
            "load changed the files")
         # The first copy that decodes to an object is the one used (its valid keys), in
@@ -101,10 +101,10 @@ def test_fuzz_settings_file():
                 continue  # JSON, but not a settings object: corrupt too
             good = {k: v for k, v in obj.items() if not st.validate({k: v})}
             for k, v in good.items():
-                if newest or k not in st.SAFE:
+                if newest or st.safe(k) is None:
                     eq(s[k], v, "key %s from the first good copy" % k)
             if not newest:
-                for k, v in st.SAFE.items():
+                for k, v in st.SAFE:
                     eq((s[k], k in s.invalid), (v, True), "older copy: %s safe" % k)
             break
 
@@ -133,8 +133,8 @@ def test_fuzz_settings_changes():
         if i == 0:
             return {"max_current_a": 20, "language": "de"}
         if r.chance(1, 3):
-            return {r.pick(list(st.SCHEMA)): r.pick(list(GOOD.values()))}
-        return fuzz.mutate_value(r, {k: GOOD[k] for k in list(GOOD)[: 1 + r.below(6)]}, list(st.SCHEMA))
+            return {r.pick(st.keys()): r.pick(list(GOOD.values()))}
+        return fuzz.mutate_value(r, {k: GOOD[k] for k in list(GOOD)[: 1 + r.below(6)]}, st.keys())
 
     def check(changes):
         before = dict(s._values)
@@ -262,7 +262,7 @@ def test_fuzz_bin_archive():
         f = io.BytesIO(_header(len(payload)) + payload)
         got = []
         try:
-            for path, size in otaimage.records(f, len(payload), None):
+            for path, size in otaimage.records(f, len(payload)):
                 true(otaimage.safe_path(path) and ".." not in path.split("/"), "path %r" % path)
                 true(size <= len(payload), "size inside the file")
                 got.append(path)

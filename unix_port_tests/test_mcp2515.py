@@ -18,13 +18,16 @@ def _pair():
 
 
 def test_bit_timing_table_gives_the_rates():
-    for (mhz, rate), (c1, c2, c3) in BIT_TIMING.items():
+    for mhz, rate, (c1, c2, c3) in BIT_TIMING:
         eq(bit_rate(mhz * 1000000, c1, c2, c3), rate, "%d MHz %d" % (mhz, rate))
 
 
 def test_unknown_timing_refused():
     chip = SimMcp2515()
     raises(ValueError, Mcp2515, chip.spi, chip.cs, 12, 125000)
+    raises(ValueError, Mcp2515, chip.spi, chip.cs, 8, 100000)
+    for mhz, rate, cnf in BIT_TIMING:
+        eq(Mcp2515(chip.spi, chip.cs, mhz, rate)._cnf, cnf, "%d MHz %d: its row" % (mhz, rate))
 
 
 def test_init_writes_cnf_and_enters_normal_mode():

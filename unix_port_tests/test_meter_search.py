@@ -3,7 +3,7 @@
 # went silent), on the power manager's fakes.
 from check import eq, true
 from evse import meterprobe
-from modbus_rtu import ModbusException, ModbusTimeout
+from modbus_rtu import ModbusError
 from test_power import FakeMaster, Rig
 
 SWEEP = meterprobe.Probe.count()
@@ -22,9 +22,9 @@ class BusMeter(FakeMaster):
         self.calls += 1
         self.asked.append((fc, slave))
         if self.addr is None or slave != self.addr:
-            raise ModbusTimeout("no answer")
+            raise ModbusError("no answer", "timeout")
         if fc != 4:
-            raise ModbusException(2)  # illegal data address
+            raise ModbusError("exception 2 (illegal data address) to function 0", "exception", 2)
         self.calls -= 1  # counted once
         return await super().read_registers(fc, slave, start, count)
 
@@ -271,9 +271,9 @@ class _TwoMeters(BusMeter):
         self.asked.append((fc, slave))
         m = self.at.get(slave)
         if m is None:
-            raise ModbusTimeout("no answer")
+            raise ModbusError("no answer", "timeout")
         if fc != 4:
-            raise ModbusException(2)
+            raise ModbusError("exception 2 (illegal data address) to function 0", "exception", 2)
         return await m.read_registers(fc, slave, start, count)
 
 

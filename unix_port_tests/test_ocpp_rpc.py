@@ -79,6 +79,24 @@ def test_schema_nested_profile():
     eq(_check("SetChargingProfile", {"connectorId": 1, "csChargingProfiles": prof}), "PropertyConstraintViolation", "unit")
 
 
+
+def test_every_request_has_one_schema_row_and_one_handler():
+    """REQUESTS and handlers.TABLE are tuples of rows (in flash on a board): each action
+    once in both, in the same order, its handler a coroutine function of the module."""
+    from evse.ocpp import handlers
+
+    actions = [row[0] for row in schema.REQUESTS]
+    eq(len(set(actions)), len(actions), "no action twice")
+    eq([row[0] for row in handlers.TABLE], actions, "a handler for each schema, and no other")
+    for action, name in handlers.TABLE:
+        true(callable(getattr(handlers, name, None)), "handler %s of %s" % (name, action))
+    for row in schema.REQUESTS:
+        for f in row[1]:
+            true(isinstance(f, tuple) and len(f) in (3, 4), "field %r of %s" % (f, row[0]))
+    eq(_check("ClearCache", {}), None, "an action without fields")
+    raises(KeyError, schema.check, "FooBar", {})
+
+
 def test_isotime():
     eq(isotime.parse("1970-01-01T00:00:00Z"), 0, "epoch")
     eq(isotime.parse("2024-02-29T12:34:56Z"), 1709210096, "leap day")

@@ -49,6 +49,10 @@ def test_header_ok_and_rejections():
         eq(e.code, otaimage.E_FILE)
     # a language pack for any board
     eq(otaimage.parse_header(_header(board="*", kind=2), "EVPLUS", "unix_sim")["kind"], "language")
+    eq(otaimage.parse_header(_header(board="*", kind=3), "EVPLUS", "unix_sim")["kind"], "key")
+    for kind in (0, 4, 255):
+        e = raises(otaimage.OtaError, otaimage.parse_header, _header(board="*", kind=kind), "EVPLUS", "unix_sim")
+        eq((e.code, e.msg), (otaimage.E_FILE, "unknown file kind %d" % kind), "kind %d" % kind)
 
 
 def test_safe_paths():
@@ -115,15 +119,16 @@ def _downloaded(d, data):
 
 def test_download_sink_tells_truncated_from_not_for_us():
     # OCPP UpdateFirmware: a file shorter than its header says is a failed download
-    # (Truncated, retried); a whole file for another model is an install failure.
+    # (truncated, retried); a whole file for another model is an install failure.
     d = _tmpdir()
     payload = _archive([("evse/app.mpy", b"abc")])
     good = _header(length=len(payload)) + payload
     eq(_downloaded(d, good).verify()["version"], "1.2.3")
-    e = raises(otaimage.Truncated, _downloaded(d, good[:-2]).verify)
+    e = raises(otaimage.OtaError, _downloaded(d, good[:-2]).verify)
+    true(e.truncated, "a short download")
     eq(e.code, otaimage.E_FILE)
     e = raises(otaimage.OtaError, _downloaded(d, _header(model="OTHER", length=len(payload)) + payload).verify)
-    true(not isinstance(e, otaimage.Truncated), "wrong model is not a short download")
+    true(not e.truncated, "wrong model is not a short download")
     raises(otaimage.OtaError, _downloaded(d, good + b"x").verify)
     true(isinstance(e, ValueError), "an installer's caller sees a ValueError")
 

@@ -73,9 +73,10 @@ def test_trailer_parsed_and_hostile_trailers_refused():
     ):
         e = raises(otaimage.OtaError, _sink(bad).verify)
         eq(e.code, otaimage.E_FILE)
-        true(not isinstance(e, otaimage.Truncated), e.msg)
+        true(not e.truncated, e.msg)
     # a trailer cut short is a broken transfer (another try), not a forgery
-    e = raises(otaimage.Truncated, _sink(LANG_SIGNED[:-5]).verify)
+    e = raises(otaimage.OtaError, _sink(LANG_SIGNED[:-5]).verify)
+    true(e.truncated, "cut short")
     eq(e.code, otaimage.E_FILE)
     # an upload states its length: header + payload, or that plus one trailer
     s = _sink(LANG_SIGNED, defer=False, total=len(LANG_SIGNED))

@@ -186,7 +186,7 @@ def test_a_corrupt_settings_file_does_not_fall_back_silently_to_an_older_permiss
     s2 = st.Settings(path)
     s2.load()
     eq(s2["wifi_ssid"], "HOME", "the other settings from the older copy")
-    for key, value in st.SAFE.items():
+    for key, value in st.SAFE:
         eq(s2[key], value, "%s at its safe value" % key)
         true(key in s2.invalid, "%s reported" % key)
     eq(s2.apply({"wifi_ssid": "WORK"}), {})
@@ -287,3 +287,32 @@ def test_language_packs_add_their_codes():
         st.LANGS.remove(code)  # other tests see the shipped set
     for name in os.listdir(d + "/www/lang"):
         os.remove(d + "/www/lang/" + name)
+
+
+def test_the_schema_rows_are_found_by_key():
+    """SCHEMA and SAFE are tuples of rows (in flash on a board); spec(), keys() and safe()
+    find them, and nothing else: an unknown key is None."""
+    keys = st.keys()
+    eq(len(keys), len(st.SCHEMA), "one key per row")
+    eq(len(set(keys)), len(keys), "no key twice")
+    defaults = st.defaults()
+    eq(sorted(defaults), sorted(keys), "a default for every key")
+    for row in st.SCHEMA:
+        eq(st.spec(row[0]), row, "row of %s" % row[0])
+        eq(defaults[row[0]], row[1], "default of %s" % row[0])
+        eq(st.check(row[2], row[1]), None, "the default of %s passes its check" % row[0])
+    for key, value in st.SAFE:
+        true(st.spec(key) is not None, "safe value of a setting: %s" % key)
+        eq(st.safe(key), value, "safe value of %s" % key)
+        eq(st.check(st.spec(key)[2], value), None, "the safe value of %s passes its check" % key)
+    eq(len(set(row[0] for row in st.SAFE)), len(st.SAFE), "no safe key twice")
+    for key in ("nope", "", "MAX_CURRENT_A", None, 5):
+        eq(st.spec(key), None, "unknown key %r" % (key,))
+        eq(st.safe(key), None, "no safe value for %r" % (key,))
+    eq(st.safe("wifi_ssid"), None, "a setting without a safe value")
+    eq(st.validate({"nope": 1}), {"nope": "unknown setting"})
+
+
+def test_the_meter_models_written_out_are_the_maps_and_the_setting_choices():
+    eq(st.METER_MODELS, ("auto", "none") + st.METER_MAPS, "METER_MODELS")
+    eq(st.spec("meter_model")[2], ("c",) + st.METER_MODELS, "meter_model's check")

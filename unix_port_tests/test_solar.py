@@ -5,7 +5,7 @@ import sys
 
 from check import eq, true, tmpdir
 from evse.power import LOST_MS
-from modbus_rtu import ModbusTimeout
+from modbus_rtu import ModbusError
 from test_power import Rig as PowerRig
 
 # The runner frees each test module after its run; test_power, imported here, goes too.
@@ -201,7 +201,7 @@ def test_meter_lost_stops_solar_and_leaves_solar_min_at_6_a():
         _running(r, export=15, own=8)
         r.cycle(3)
         true(r.solar() > 6.0, mode + ": charging from surplus")
-        r.master.fail = ModbusTimeout("silent")
+        r.master.fail = ModbusError("silent", "timeout")
         r.cycle()
         true(r.solar() > 6.0, mode + ": one failed read keeps the limit")
         r.cycle(LOST_MS // 1000 + 1)

@@ -12,7 +12,7 @@ from check import eq, true  # noqa: E402
 from evse import limits  # noqa: E402
 from evse import settings as settings_mod  # noqa: E402
 from evse.power import LOST_MS  # noqa: E402
-from modbus_rtu import ModbusTimeout  # noqa: E402
+from modbus_rtu import ModbusError  # noqa: E402
 from test_power import Rig as PowerRig  # noqa: E402
 
 # The runner frees each test module after its run; test_power, imported here, goes too.
@@ -210,7 +210,7 @@ def test_meter_lost_pauses():
     r = Rig(limit_w=8000)
     r.drive(30, lambda t: 500)
     true(r.tariff() >= 6, "charging")
-    r.master.fail = ModbusTimeout("silent")
+    r.master.fail = ModbusError("silent", "timeout")
     r.drive(2, lambda t: 500)
     true(r.tariff() >= 6, "a failed read or two keep the last limit")
     r.drive(LOST_MS // 1000, lambda t: 500)
@@ -330,7 +330,7 @@ def test_hostile_settings_are_refused():
     for v in (0, 1000, 4500, 400000):
         eq(settings_mod.validate({"tariff_limit_w": v}), {}, "limit %r taken" % v)
     eq(settings_mod.validate({"tariff_window_min": 15}), {}, "15 min taken")
-    eq(settings_mod.SAFE["tariff_limit_w"], 1000, "an unreadable limit: the lowest")
+    eq(settings_mod.safe("tariff_limit_w"), 1000, "an unreadable limit: the lowest")
 
 
 def test_a_clock_that_falls_back_unset_keeps_the_window():
@@ -363,7 +363,7 @@ def test_a_meter_outage_past_the_tick_wrap_counts_at_the_limit():
         r = Rig(limit_w=5000, epoch=T0)
         r.pm.clock = lambda: r.clock.ms & (fake_time.TICKS_PERIOD - 1)
         r.drive(30, lambda t: 500)
-        r.master.fail = ModbusTimeout("silent")
+        r.master.fail = ModbusError("silent", "timeout")
         r.drive(LOST_MS // 1000 + 2, lambda t: 500)
         eq(r.view()["waiting"], "meter_lost", "lost")
         # Days later, one cycle a minute (the window rolls on the clock meanwhile), to
@@ -394,7 +394,7 @@ def test_a_gap_across_a_window_start_counts_once():
     # has the budget for).
     r = Rig(limit_w=5000, epoch=T0)
     r.drive(780, lambda t: 500)
-    r.master.fail = ModbusTimeout("silent")
+    r.master.fail = ModbusError("silent", "timeout")
     r.drive(420, lambda t: 500)
     r.master.fail = None
     r.drive(7, lambda t: 500)  # back, and counted again

@@ -538,7 +538,7 @@ def test_power_management_resumes_after_a_meter_outage_a_week_in():
     import evse.limits as limits_mod  # limits.held: the power task's held conditions
     import evse.power as power_mod
     from test_power import Rig as PowerRig
-    from modbus_rtu import ModbusTimeout
+    from modbus_rtu import ModbusError
 
     with Ticks32(power_mod, limits_mod):
         r = PowerRig()
@@ -550,7 +550,7 @@ def test_power_management_resumes_after_a_meter_outage_a_week_in():
             r.clock.ms += 3_600_000
             r.cycle()
         eq(r.limit(), 21.0, "a week on")
-        r.master.fail = ModbusTimeout("silent")
+        r.master.fail = ModbusError("silent", "timeout")
         r.cycle(7)
         eq(r.limit(), 0.0, "paused while the meter is lost")
         r.master.fail = None

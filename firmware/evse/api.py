@@ -15,7 +15,7 @@ from micropython import const
 from evse import faults
 from evse import protection
 from evse.auth import FREE_TAG
-from evse.web_auth import COOKIE, IDLE_MS, LockedOut, WebAuth, WrongPassword
+from evse.web_auth import COOKIE, IDLE_MS, AuthError, WebAuth
 
 _BODY = 4096
 # Bodies parsed without a session (login) or before the old password is checked: a
@@ -193,10 +193,9 @@ class Api:
         body = await self._json(req, _LOGIN_BODY)
         try:
             token = await self.auth.login(body.get("password"), client(req))
-        except LockedOut as e:
-            raise HTTPError(429, str(e))
         except ValueError as e:
-            raise HTTPError(401, str(e))
+            locked = isinstance(e, AuthError) and e.kind == "locked"
+            raise HTTPError(429 if locked else 401, str(e))
         return Response(
             {"ok": True, "must_change_password": self.auth.factory},
             headers={"Set-Cookie": _cookie(token)},
@@ -212,11 +211,12 @@ class Api:
         body = await self._json(req, _PASSWORD_BODY)
         try:
             await self.auth.change_password(body.get("old"), body.get("new"), client(req))
-        except LockedOut as e:
-            raise HTTPError(429, str(e))
         except ValueError as e:
+            kind = e.kind if isinstance(e, AuthError) else None
+            if kind == "locked":
+                raise HTTPError(429, str(e))
             msg = str(e)
-            field = "old" if isinstance(e, WrongPassword) else "new"
+            field = "old" if kind == "wrong" else "new"
             return Response({"error": msg, "fields": {field: msg}}, 400)
         return {"ok": True}
 

@@ -77,16 +77,17 @@ def own_w(pm, u):
 CUSTOM_FILE = "meter_custom.json"
 MAX_READ = const(125)  # Modbus: at most 125 registers per read
 
-# type name -> (registers, struct format, signed)
-_TYPES = {
-    "u16": (1, ">H", False),
-    "i16": (1, ">h", True),
-    "u32": (2, ">I", False),
-    "i32": (2, ">i", True),
-    "f32": (2, ">f", True),
-    "u64": (4, ">Q", False),
-    "i64": (4, ">q", True),
-}
+# (type name, registers, struct format, signed), in the order of the names: a tuple of
+# constants, in flash on a board. A map's fields hold their row.
+_TYPES = (
+    ("f32", 2, ">f", True),
+    ("i16", 1, ">h", True),
+    ("i32", 2, ">i", True),
+    ("i64", 4, ">q", True),
+    ("u16", 1, ">H", False),
+    ("u32", 2, ">I", False),
+    ("u64", 4, ">Q", False),
+)
 WORD_ORDERS = ("big", "little")  # big: high word first (ABCD); little: low word first (CDAB)
 
 
@@ -115,16 +116,19 @@ class MeterMap:
             seen.append(qty)
             if fc != 3 and fc != 4:
                 raise ValueError("%s: function must be 3 or 4" % qty)
-            if typ not in _TYPES:
-                raise ValueError("%s: type must be one of %s" % (qty, " ".join(sorted(_TYPES))))
+            for t in _TYPES:
+                if t[0] == typ:
+                    break
+            else:
+                raise ValueError("%s: type must be one of %s" % (qty, " ".join(t[0] for t in _TYPES)))
             if words not in WORD_ORDERS:
                 raise ValueError("%s: word_order must be big or little" % qty)
-            nregs = _TYPES[typ][0]
+            nregs = t[1]
             if not isinstance(reg, int) or not 0 <= reg <= 0x10000 - nregs:
                 raise ValueError("%s: register must be 0 to 65535" % qty)
             if not isinstance(scale, (int, float)) or isinstance(scale, bool) or scale == 0:
                 raise ValueError("%s: scale must be a non-zero number" % qty)
-            items.append((fc, reg, QUANTITIES.index(qty), typ, words == "little", float(scale)))
+            items.append((fc, reg, QUANTITIES.index(qty), t, words == "little", float(scale)))
         if "i_l1" not in seen:
             raise ValueError("the map needs at least i_l1 (current of phase 1)")
         self.quantities = seen
@@ -140,7 +144,7 @@ class MeterMap:
             values[slot] = self._value(data, 2 * (off - start), typ, lo_first, scale)
 
     def _value(self, data, pos, typ, lo_first, scale):
-        nregs, fmt, signed = _TYPES[typ]
+        _, nregs, fmt, signed = typ  # its _TYPES row
         b = self._b
         if lo_first:
             for w in range(nregs):
@@ -194,7 +198,7 @@ def _group(items, max_regs):
     blocks = []
     cur = None
     for fc, reg, slot, typ, lo_first, scale in items:
-        end = reg + _TYPES[typ][0]
+        end = reg + typ[1]
         if cur is not None and cur[0] == fc and reg < cur[1] + cur[2]:
             raise ValueError("registers of two quantities overlap at %d" % reg)
         if cur is None or cur[0] != fc or end - cur[1] > max_regs:

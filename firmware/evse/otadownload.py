@@ -115,10 +115,8 @@ async def _fetch(o, url, tries, retry_interval_s, status):
         status("Downloading")
         try:
             return await download(o, url)
-        except img.Truncated as e:
-            why = e.msg
         except img.OtaError as e:
-            if e.code != img.E_WRITE:  # a refusal: no other try changes it
+            if not e.truncated and e.code != img.E_WRITE:  # a refusal: no other try changes it
                 o.result(e.code, e.msg)
                 raise
             why = e.msg
@@ -149,7 +147,7 @@ def check_source(o, url):
 
 
 async def download(o, url):
-    """One try: the file in o.staging (a Sink, not yet verified). Truncated when the
+    """One try: the file in o.staging (a Sink, not yet verified). A truncated OtaError when the
     connection ends early, OSError/ValueError/asyncio.TimeoutError when it fails."""
     import httpget
 
@@ -185,14 +183,14 @@ async def download(o, url):
             o.progress[0] = sink.got
         sink.finish()
         if length is not None and sink.got != length:
-            raise img.Truncated(img.E_FILE, "connection closed at %d of %d bytes"
-                                % (sink.got, length))
+            raise img.OtaError(img.E_FILE, "connection closed at %d of %d bytes"
+                               % (sink.got, length), True)
         try:
             sink.verify()  # here only a file shorter than its header says is an error
-        except img.Truncated:
-            raise
-        except img.OtaError:
-            pass  # not for us: said after Downloaded (update_from_url)
+        except img.OtaError as e:
+            if e.truncated:
+                raise
+            # not for us: said after Downloaded (update_from_url)
         return sink
     finally:
         if sink is not None:

@@ -40,7 +40,7 @@ HDR_LEN = 64
 KIND_FIRMWARE = 1
 KIND_LANGUAGE = 2
 KIND_KEY = 3
-_KINDS = {KIND_FIRMWARE: "firmware", KIND_LANGUAGE: "language", KIND_KEY: "key"}
+_KINDS = ("", "firmware", "language", "key")  # by KIND_*: a tuple of constants, in flash
 SIG_MAGIC = b"EVPS"
 SIG_P256 = 1
 TRAILER_LEN = 76
@@ -62,13 +62,13 @@ E_FILE = "E04 UP"
 
 
 class OtaError(ValueError):  # a ValueError: an installer's caller says it failed
-    def __init__(self, code, msg):
+    """`truncated`: the file ends before its header says, a broken transfer worth another
+    try (a flag, not a subclass: each class costs heap)."""
+
+    def __init__(self, code, msg, truncated=False):
         self.code = code
         self.msg = msg
-
-
-class Truncated(OtaError):
-    """The file ends before its header says: a broken transfer, worth another try."""
+        self.truncated = truncated
 
 
 def buffer():
@@ -116,7 +116,7 @@ def parse_header(h, model=MODEL, board=None):
     fmt, kind, hlen = struct.unpack("<BBH", h[4:8])
     if fmt != FORMAT or hlen != HDR_LEN:
         raise OtaError(E_FILE, "unknown file format %d" % fmt)
-    if kind not in _KINDS:
+    if not KIND_FIRMWARE <= kind <= KIND_KEY:
         raise OtaError(E_FILE, "unknown file kind %d" % kind)
     try:
         info = {
@@ -322,7 +322,7 @@ class Sink:
         if after == 0:
             return None
         if after < TRAILER_LEN:
-            raise Truncated(E_FILE, "signature trailer cut short (%d bytes)" % after)
+            raise OtaError(E_FILE, "signature trailer cut short (%d bytes)" % after, True)
         if after > TRAILER_LEN:
             raise OtaError(E_FILE, "data after the signature trailer")
         return parse_trailer(self.tail)
@@ -347,8 +347,8 @@ class Sink:
 
     def verify(self):
         """A downloaded file, whole: its header, then its length against the header's.
-        Truncated(E04) when it ends early, OtaError(E04) when it is not for us. Asked
-        again, the same answer (the header copy is gone by then)."""
+        OtaError(E04, truncated) when it ends early, OtaError(E04) when it is not for us.
+        Asked again, the same answer (the header copy is gone by then)."""
         if self.digest is not None:
             return self.info
         if self.got < HDR_LEN:
@@ -356,7 +356,7 @@ class Sink:
         info = parse_header(self.hdr, self.model, self.board)
         want = HDR_LEN + info["length"]
         if self.got < want:
-            raise Truncated(E_FILE, "file ends at %d bytes, its header says %d" % (self.got, want))
+            raise OtaError(E_FILE, "file ends at %d bytes, its header says %d" % (self.got, want), True)
         if self.got > want + TRAILER_LEN:
             raise OtaError(E_FILE, "file longer than its header says")
         self.sig = self.signature()

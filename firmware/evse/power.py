@@ -363,16 +363,8 @@ class PowerManager:
             for _ in range(1 + _RETRIES):
                 try:
                     data = await self.master.read_registers(fc, self.slave, start, count)
-                except mb.ModbusTimeout as e:
-                    err = self._error("timeout", e)
-                except mb.ModbusCrcError as e:
-                    err = self._error("crc", e)
-                except mb.ModbusException as e:
-                    err = self._error("exception", e)
-                except mb.ModbusFrameError as e:
-                    err = self._error("frame", e)
                 except mb.ModbusError as e:
-                    err = self._error("bus", e)
+                    err = self._error(e.kind, e)  # timeout, crc, exception, frame, bus
                 else:
                     m.decode(i, data, vals)
                     break

@@ -79,12 +79,12 @@ class RfidReader:
         r = self._reader
         try:
             card = r.poll()
-        except mfrc522.ReaderTimeout as e:
-            self._error(e)
-            return None
         except mfrc522.ReaderError as e:
-            # A card that could not be read (collision, CRC): not a reader fault.
-            _log.debug("card read error: %r", e)
+            if e.kind == "timeout":
+                self._error(e)
+            else:
+                # A card that could not be read (collision, CRC): not a reader fault.
+                _log.debug("card read error: %r", e)
             return None
         if self.fault:
             _log.warning("card reader answers again")

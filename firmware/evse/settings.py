@@ -22,7 +22,9 @@ LANGS = ["it", "en", "de", "es", "fr"]
 # The meter models with a register map (evse/meters.py; custom: a map file), and the
 # setting's choices: those, the search (auto) and none. The one list of them.
 METER_MAPS = ("SDM630", "SDM120", "SDM72", "ABB_B23", "EM340", "DTSU666", "custom")
-METER_MODELS = ("auto", "none") + METER_MAPS
+# Written out (a tuple of constants stays in flash; one computed from another is built in
+# the heap): a unit test holds it to ("auto", "none") + METER_MAPS.
+METER_MODELS = ("auto", "none", "SDM630", "SDM120", "SDM72", "ABB_B23", "EM340", "DTSU666", "custom")
 
 
 def add_languages(data_dir):
@@ -44,7 +46,7 @@ def add_languages(data_dir):
 
 def _normal(key, value):
     """A valid value as stored: a whole number given as a float becomes an int."""
-    if isinstance(value, float) and type(SCHEMA[key][0]) is int:
+    if isinstance(value, float) and type(spec(key)[1]) is int:
         return int(value)
     return value
 
@@ -143,75 +145,101 @@ def check_ocpp_url(v):
     return None
 
 
-# key: (default, check: see check()). Order is the order of the web pages.
-SCHEMA = {
-    "charger_power": ("22kW", ("c", "7kW", "22kW")),
-    "rfid_type": ("M1", ("c", "M1", "CPU")),
-    "charging_mode": ("B", ("c", "B", "C")),
-    "cp_type": ("1.0V", ("c", "0.8V", "1.0V")),
-    "max_current_a": (32, ("i", 6, 32)),
+# (key, default, check: see check()), in the order of the web pages. Tuples of constants
+# (in flash on a frozen build, where a dict would be built in the heap): spec(key) finds a
+# row, keys() lists them.
+SCHEMA = (
+    ("charger_power", "22kW", ("c", "7kW", "22kW")),
+    ("rfid_type", "M1", ("c", "M1", "CPU")),
+    ("charging_mode", "B", ("c", "B", "C")),
+    ("cp_type", "1.0V", ("c", "0.8V", "1.0V")),
+    ("max_current_a", 32, ("i", 6, 32)),
     # The least current the car needs to start charging (some need ~8 A): load balancing
     # and power management offer no less to start it (docs/load-balancing.md).
-    "min_start_a": (6, ("i", 6, 16)),
-    "cable_max_a": (32, ("i", 6, 63)),
+    ("min_start_a", 6, ("i", 6, 16)),
+    ("cable_max_a", 32, ("i", 6, 63)),
     # A pause the current limits make lasts at least this long (docs/errors.md): some
     # cars stop asking after a few interruptions.
-    "min_pause_s": (60, ("i", 5, 600)),
-    "ocpp_url": ("", "u"),
+    ("min_pause_s", 60, ("i", 5, 600)),
+    ("ocpp_url", "", "u"),
     # The AuthorizationKey goes over ws:// (unencrypted: anyone on the path reads it)
     # only when the technician ticks this (docs/ocpp.md).
-    "ocpp_allow_insecure_auth": (False, "b"),
-    "lb_enabled": (False, "b"),
+    ("ocpp_allow_insecure_auth", False, "b"),
+    ("lb_enabled", False, "b"),
     # The supply's limit per phase at the grid connection; 0: not set, Max Current is the
     # supply limit (the manual's chapter 10, step 4). An advanced setting for a charger
     # whose own maximum is below what the supply gives.
-    "max_house_current_a": (0, ("i0", 6, 500)),
-    "can_addr": (1, ("i", 1, 8)),
-    "lb_pool_id": (1, ("i", 1, 255)),
-    "phase_set": ("L123", ("c", "L1", "L2", "L3", "L123")),
-    "power_system": ("TN_TT", ("c", "IT", "TN_TT")),
-    "language": ("en", "l"),
-    "wifi_ssid": ("", ("t", 32, 0)),
-    "wifi_password": ("", ("t", 63, 8)),
+    ("max_house_current_a", 0, ("i0", 6, 500)),
+    ("can_addr", 1, ("i", 1, 8)),
+    ("lb_pool_id", 1, ("i", 1, 255)),
+    ("phase_set", "L123", ("c", "L1", "L2", "L3", "L123")),
+    ("power_system", "TN_TT", ("c", "IT", "TN_TT")),
+    ("language", "en", "l"),
+    ("wifi_ssid", "", ("t", 32, 0)),
+    ("wifi_password", "", ("t", 63, 8)),
     # auto: the charger looks for a supported meter on the RS-485 bus and adopts it when
     # a sweep finds exactly one (evse/meterprobe.py); none: no power management.
-    "meter_model": ("auto", ("c",) + METER_MODELS),
-    "meter_addr": (1, ("i", 1, 247)),
+    # The check is ("c",) + METER_MODELS written out (a unit test holds them equal).
+    ("meter_model", "auto", ("c", "auto", "none", "SDM630", "SDM120", "SDM72", "ABB_B23", "EM340",
+                             "DTSU666", "custom")),
+    ("meter_addr", 1, ("i", 1, 247)),
     # normal; solar: only from export; solar_min: 6 A from the grid at least, the rest from
     # export (docs/power-management.md, "Solar charging"). Its delays, in seconds.
-    "charge_mode": ("normal", ("c", "normal", "solar", "solar_min")),
-    "solar_start_s": (60, ("i", 0, 3600)),
-    "solar_stop_s": (300, ("i", 0, 3600)),
-    "solar_min_on_s": (600, ("i", 0, 7200)),
+    ("charge_mode", "normal", ("c", "normal", "solar", "solar_min")),
+    ("solar_start_s", 60, ("i", 0, 3600)),
+    ("solar_stop_s", 300, ("i", 0, 3600)),
+    ("solar_min_on_s", 600, ("i", 0, 7200)),
     # Capacity tariff: the grid import averaged over a window of tariff_window_min kept
     # under tariff_limit_w (W; 0: off) by the charger (docs/power-management.md,
     # "Capacity tariff").
-    "tariff_limit_w": (0, ("i0", 1000, 400000)),
-    "tariff_window_min": (15, ("i", 1, 60)),
-    "auth_mode": ("rfid", ("c", "rfid", "free")),
-    "ventilation": (False, "b"),
-    "wifi_mode": ("ap", ("c", "ap", "client")),
-}
+    ("tariff_limit_w", 0, ("i0", 1000, 400000)),
+    ("tariff_window_min", 15, ("i", 1, 60)),
+    ("auth_mode", "rfid", ("c", "rfid", "free")),
+    ("ventilation", False, "b"),
+    ("wifi_mode", "ap", ("c", "ap", "client")),
+)
 
 # The most restrictive value of every setting that limits the current or a protection:
 # what a value that cannot be used falls back to (never the default, e.g. 32 A / 40 A).
-SAFE = {
-    "max_current_a": 6,
-    "cable_max_a": 6,
-    "max_house_current_a": 6,
-    "ventilation": False,  # state D does not charge
-    "power_system": "TN_TT",  # the neutral-earth check stays on
-    "charging_mode": "B",  # the lock and the PP cable rating, where the hardware has them
-    "charge_mode": "solar",  # nothing from the grid: the owner may pay for every kWh of it
-    "tariff_limit_w": 1000,  # the lowest limit: a lost one may have been low
-}
+# (key, value) rows: safe(key) finds one.
+SAFE = (
+    ("max_current_a", 6),
+    ("cable_max_a", 6),
+    ("max_house_current_a", 6),
+    ("ventilation", False),  # state D does not charge
+    ("power_system", "TN_TT"),  # the neutral-earth check stays on
+    ("charging_mode", "B"),  # the lock and the PP cable rating, where the hardware has them
+    ("charge_mode", "solar"),  # nothing from the grid: the owner may pay for every kWh of it
+    ("tariff_limit_w", 1000),  # the lowest limit: a lost one may have been low
+)
 
 # Never sent back to a browser or a central system.
 SECRETS = ("wifi_password",)
 
 
+def spec(key):
+    """The SCHEMA row (key, default, check) of a setting, or None for an unknown key."""
+    for row in SCHEMA:
+        if row[0] == key:
+            return row
+    return None
+
+
+def keys():
+    """Every setting's key, in SCHEMA's order."""
+    return [row[0] for row in SCHEMA]
+
+
+def safe(key):
+    """The SAFE value of a setting that limits the current or a protection, else None."""
+    for row in SAFE:
+        if row[0] == key:
+            return row[1]
+    return None
+
+
 def defaults():
-    return {k: v[0] for k, v in SCHEMA.items()}
+    return {row[0]: row[1] for row in SCHEMA}
 
 
 _IT_1PH = "IT is for single-phase (7kW) models only"
@@ -224,11 +252,11 @@ def validate(changes, current=None):
         return {"_": "must be an object"}
     errors = {}
     for key, value in changes.items():
-        spec = SCHEMA.get(key)
-        if spec is None:
+        row = spec(key)
+        if row is None:
             errors[key] = "unknown setting"
             continue
-        msg = check(spec[1], value)
+        msg = check(row[2], value)
         if msg:
             errors[key] = msg
     if current is not None and not errors:
@@ -276,7 +304,7 @@ class Settings:
                 # are unknown. null is stored for each limit until it is saved: refused
                 # at the next boot too, so it stays safe and reported.
                 _log.error("%s: no valid copy, using defaults", self._path)
-                stored = {key: None for key in SAFE}
+                stored = {row[0]: None for row in SAFE}
                 why = "settings.json unreadable"
         elif not newest:
             # An older copy (the .bak), or one that cannot be proven whole: the newer
@@ -285,28 +313,31 @@ class Settings:
             # flash for them, so saving another setting does not lift them.
             _log.error("%s unusable: the older copy %s in use, limits at their safe values",
                        self._path, self._path + source)
-            for key in SAFE:
-                stored[key] = None
+            for row in SAFE:
+                stored[row[0]] = None
             why = "settings.json unusable, older copy settings.json" + source
         elif source == ".tmp":
             _log.warning("%s: the whole copy of an interrupted save in use", self._path)
         for key, msg in validate(stored).items():
-            if key not in SCHEMA:
+            row = spec(key)
+            if row is None:
                 _log.warning("unknown setting %s ignored", key)
                 continue
-            value = SAFE[key] if key in SAFE else SCHEMA[key][0]
+            value = safe(key)
+            if value is None:
+                value = row[1]
             self.invalid[key] = "%s: %r in use" % (why or msg, value)
             self._kept[key] = stored.pop(key)
             self._values[key] = value
             _log.error("setting %s %s", key, self.invalid[key])
         for key, value in stored.items():
-            if key in SCHEMA:
+            if spec(key) is not None:
                 self._values[key] = _normal(key, value)
         v = self._values
         if v["power_system"] == "IT" and v["charger_power"] == "22kW":
             # A three-phase model on IT: the neutral-earth check stays on (SAFE) until set
             self._kept["power_system"] = v["power_system"]
-            v["power_system"] = SAFE["power_system"]
+            v["power_system"] = safe("power_system")
             self.invalid["power_system"] = "%s: %r in use" % (_IT_1PH, v["power_system"])
             _log.error("setting power_system %s", self.invalid["power_system"])
 

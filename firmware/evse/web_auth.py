@@ -71,16 +71,16 @@ def _equal(a, b):
     return diff == 0
 
 
-class LockedOut(ValueError):
-    """Too many wrong passwords: no attempt is checked until the lockout ends."""
+class AuthError(ValueError):
+    """A login or a password change refused. `kind` (one class, not one per kind: each
+    class costs heap):
+      "locked"  too many wrong passwords: no attempt is checked until the lockout ends
+      "wrong"   the password (or, changing it, the current one) is wrong
+      "new"     the new password is refused (length, the factory default)"""
 
-
-class WrongPassword(ValueError):
-    """The password (or, changing it, the current one) is wrong."""
-
-
-class BadNewPassword(ValueError):
-    """The new password is refused (length, the factory default)."""
+    def __init__(self, msg, kind):
+        super().__init__(msg)
+        self.kind = kind
 
 
 class WebAuth:
@@ -185,14 +185,14 @@ class WebAuth:
         return self._buckets[h[0] % BUCKETS], False
 
     def _gate(self, client, now):
-        """Raises LockedOut while `client` is locked out: by its own count (its bucket's
+        """Raises AuthError "locked" while `client` is locked out: by its own count (its bucket's
         when it has not logged in since boot) or, unless it has, by the global cap."""
         e, known = self._entry_of(client)
         until = e[_UNTIL]
         if not known and self._glocked > until:
             until = self._glocked
         if until > now:
-            raise LockedOut("too many attempts, try again in %d s" % ((until - now + 999) // 1000))
+            raise AuthError("too many attempts, try again in %d s" % ((until - now + 999) // 1000), "locked")
 
     def _wrong(self, client, now):
         e = self._entry_of(client)[0]
@@ -213,7 +213,7 @@ class WebAuth:
             _log.warning("login locked for %d s for everyone", GLOBAL_LOCK_MS // 1000)
 
     async def _attempt(self, client, password):
-        """Checks a password under the lockouts; raises LockedOut or WrongPassword.
+        """Checks a password under the lockouts; raises AuthError "locked" or "wrong".
         Called under self._lock: parallel requests cannot all pass the gate before the
         first wrong one is counted."""
         self._gate(client, self._now())
@@ -221,7 +221,7 @@ class WebAuth:
         now = self._now()
         if not ok:
             self._wrong(client, now)
-            raise WrongPassword("wrong password")
+            raise AuthError("wrong password", "wrong")
         self._login_ok(client)
         return now
 
@@ -282,12 +282,14 @@ class WebAuth:
     async def _change(self, old, new, client):
         try:
             await self._attempt(client, old if isinstance(old, str) else "")
-        except WrongPassword:
-            raise WrongPassword("current password is wrong")
+        except AuthError as e:
+            if e.kind != "wrong":
+                raise
+            raise AuthError("current password is wrong", "wrong")
         if not isinstance(new, str) or not 6 <= len(new) <= 64:
-            raise BadNewPassword("new password must have 6 to 64 characters")
+            raise AuthError("new password must have 6 to 64 characters", "new")
         if new == DEFAULT_PASSWORD:
-            raise BadNewPassword("new password must not be the factory default")
+            raise AuthError("new password must not be the factory default", "new")
         salt = os.urandom(16)
         h = await _hash(salt, new)
         atomicfile.save_json(self._path, {"salt": binascii.hexlify(salt).decode(), "hash": h})

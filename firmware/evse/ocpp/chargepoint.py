@@ -194,7 +194,11 @@ class ChargePoint:
     # ---- the central system's CALLs ---------------------------------------------------------------
     async def _on_call(self, mid, action, payload):
         link = self.link
-        fn = handlers.TABLE.get(action)
+        fn = None
+        for row in handlers.TABLE:
+            if row[0] == action:
+                fn = getattr(handlers, row[1])
+                break
         if fn is None:
             await link.reply_error(mid, "NotImplemented", "unknown action")
             return

@@ -299,24 +299,26 @@ async def update_firmware(svc, mid, p):
     return {}, None
 
 
-TABLE = {
-    "CancelReservation": cancel_reservation,
-    "ChangeAvailability": change_availability,
-    "ChangeConfiguration": change_configuration,
-    "ClearCache": clear_cache,
-    "ClearChargingProfile": clear_charging_profile,
-    "DataTransfer": data_transfer,
-    "GetCompositeSchedule": get_composite_schedule,
-    "GetConfiguration": get_configuration,
-    "GetDiagnostics": get_diagnostics,
-    "GetLocalListVersion": get_local_list_version,
-    "RemoteStartTransaction": remote_start,
-    "RemoteStopTransaction": remote_stop,
-    "ReserveNow": reserve_now,
-    "Reset": reset,
-    "SendLocalList": send_local_list,
-    "SetChargingProfile": set_charging_profile,
-    "TriggerMessage": trigger_message,
-    "UnlockConnector": unlock_connector,
-    "UpdateFirmware": update_firmware,
-}
+# (action, the name of its handler in this module): a tuple of constants, in flash on a
+# board (a dict of the functions would be built in the heap at import).
+TABLE = (
+    ("CancelReservation", "cancel_reservation"),
+    ("ChangeAvailability", "change_availability"),
+    ("ChangeConfiguration", "change_configuration"),
+    ("ClearCache", "clear_cache"),
+    ("ClearChargingProfile", "clear_charging_profile"),
+    ("DataTransfer", "data_transfer"),
+    ("GetCompositeSchedule", "get_composite_schedule"),
+    ("GetConfiguration", "get_configuration"),
+    ("GetDiagnostics", "get_diagnostics"),
+    ("GetLocalListVersion", "get_local_list_version"),
+    ("RemoteStartTransaction", "remote_start"),
+    ("RemoteStopTransaction", "remote_stop"),
+    ("ReserveNow", "reserve_now"),
+    ("Reset", "reset"),
+    ("SendLocalList", "send_local_list"),
+    ("SetChargingProfile", "set_charging_profile"),
+    ("TriggerMessage", "trigger_message"),
+    ("UnlockConnector", "unlock_connector"),
+    ("UpdateFirmware", "update_firmware"),
+)

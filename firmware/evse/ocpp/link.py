@@ -7,7 +7,7 @@ import gc
 import json
 
 import log
-from wsclient import WsError, WsTooBig
+from wsclient import WsError
 from evse.ocpp import rpc
 from evse.ocpp.rpc import RpcError, CALL, RESULT, ERROR
 
@@ -129,7 +129,9 @@ class Link:
                 # The frame is decoded from the receive buffer: no copy of it in the heap.
                 try:
                     text, mv = await self.ws.recv_view()
-                except WsTooBig as e:
+                except WsError as e:
+                    if e.kind != "too big":
+                        raise
                     await self._too_big(e)
                     continue
                 if not text:
