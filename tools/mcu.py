@@ -249,11 +249,10 @@ def features(exe, heap, settle_s=5.0):
     sys.path.insert(0, str(ROOT / "tools"))
     import csms
     import mkbin
+    from cryptography.hazmat.primitives.asymmetric import ec
     from harness import Charger, firmware_tree, free_port
     from soak_rig import CARD, seed_ocpp
     from test_power_management import MeterServer, PtyPair
-
-    from cryptography.hazmat.primitives.asymmetric import ec
 
     key = ec.generate_private_key(ec.SECP256R1())
     work = OUT / "features"
