@@ -46,11 +46,12 @@ MAKE_FLAGS = [
 ]
 # The firmware's own heap after GC (the simulator's taken out) with every feature in use,
 # worst over a soak, on this build: the budget is 96 KB (docs/development.md "The 32-bit
-# frozen build"); the soak of seed 5 is under it (93.2 KB), the cap the suite holds it to
-# leaves room for the spread between seeds and runs (up to 1.5 KB seen). And the largest
-# free block it must keep.
+# frozen build"). The suite holds its soak to it, and an upgrade (signed, checked,
+# installed) made beside everything the soak left running (tests/test_soak.py); the soak
+# of seed 5 is at 88.9 KB, the upgrade after the suite's soak at 94.7 KB. And the largest
+# free block the heap must keep.
 FIRMWARE_BUDGET_KB = 96
-FIRMWARE_HEAP_CAP_KB = 100
+FIRMWARE_HEAP_CAP_KB = FIRMWARE_BUDGET_KB
 LARGEST_FREE_MIN_KB = 16
 HOW_TO_GET = (
     f"mcu: the MicroPython {VERSION} source is not here ({TARBALL}).\n"
