@@ -710,7 +710,7 @@ def test_two_nodes_share_one_solar_surplus(meter_pool):
     mp.meter.ctl(op="load", amps=[5.0] * 3)
     r = master.http("PUT", "/api/config", json={"charge_mode": "normal", "tariff_limit_w": 5000})
     assert r.status == 200, r
-    mp.settled(lambda o: _total(o) == 0, REACT_S + 4, "the pool paused by the tariff")
+    mp.settled(lambda o: _total(o) == 0, WAIT_S, "the pool paused by the tariff")
     follower = mp.cs[1]
     follower.login()
     r = follower.http("PUT", "/api/config", json={"tariff_limit_w": 100000})

@@ -207,10 +207,13 @@ def test_a_followers_own_tariff_is_ignored_it_charges_on_its_allocation():
     Pool.master = 2  # it becomes the pool's master: the tariff is its own, for the pool
     r.cycle(2)
     true(r.pm.tariff is not None and r.pm.tariff.view()["pool_master"] == 2, "the master's")
+    true("evse.balance.pooltariff" in sys.modules, "with its pool part")
     r.pm.pool = None
     r.settings["tariff_limit_w"] = 0
     r.cycle(1)
     eq(r.pm.tariff_view(), None, "off")
+    true("evse.tariff" not in sys.modules and "evse.balance.pooltariff" not in sys.modules,
+         "both forgotten")
     # In the pool: the follower (every node has the tariff set) charges on its allocation.
     pool = TariffPool([1, 2], limit_w=20000)
     pool.secs(20)

@@ -154,6 +154,7 @@ class PowerManager:
             if obj is not None:
                 self.ch.set_external_limit(name, None)  # its named limit bears its name
                 evse.unload("evse." + name)
+                evse.unload("evse.balance.pool" + name)  # a pool's part of it (pooltariff)
             return None
         if obj is None:
             __import__("evse." + name)
@@ -166,8 +167,7 @@ class PowerManager:
         return None if self.solar is None else self.solar.view(self.clock())
 
     def tariff_view(self):
-        """/api/status `tariff`: None while tariff_limit_w is 0; on a pool's follower only
-        that the pool's master governs it (its own limit is ignored)."""
+        """/api/status `tariff`: None while unset; a pool's follower: the master's governs."""
         t, lim, pool = self.tariff, self.settings["tariff_limit_w"], self.pool
         if t is not None or not lim or pool is None:
             return None if t is None else t.view()
