@@ -703,3 +703,20 @@ def test_two_nodes_share_one_solar_surplus(meter_pool):
         assert not (over and over_before), f"{over_before}, then {over}"
         over_before = over
     mp.check_own_limits()
+    # The capacity tariff is the master's, for the pool ("Capacity tariff in a pool"): the
+    # grid imports 5 A a phase, 3.45 kW, of a 5 kW limit, no room for 2 x 6 A more: the
+    # master pauses the whole pool. The follower's own limit is ignored, its page says so.
+    mp.loads.append((time.monotonic(), [5.0] * 3))
+    mp.meter.ctl(op="load", amps=[5.0] * 3)
+    r = master.http("PUT", "/api/config", json={"charge_mode": "normal", "tariff_limit_w": 5000})
+    assert r.status == 200, r
+    mp.settled(lambda o: _total(o) == 0, WAIT_S, "the pool paused by the tariff")
+    follower = mp.cs[1]
+    follower.login()
+    r = follower.http("PUT", "/api/config", json={"tariff_limit_w": 100000})
+    assert r.status == 200, r
+    w.wait(lambda ss: (ss[1] or {}).get("tariff"), WAIT_S, "the follower's tariff line")
+    t = w.snaps[1]["tariff"]
+    assert t == {"limit_w": 100000, "pool_master": 1, "follower": True}, t
+    t = w.snaps[0]["tariff"]
+    assert t["pool_master"] == 1 and t["paused"], t

@@ -505,6 +505,10 @@ class Settings(dict):
     pass
 
 
+class Session:
+    """A charging session: what a pool in a solar mode counts in it (`solar_wh`)."""
+
+
 class FakeCharger:
     def __init__(self):
         self.external = {}
@@ -620,7 +624,7 @@ class Pool:
     def plug(self, i):
         ch = self.nodes[i].ch
         ch.connected = True
-        ch.session = object()
+        ch.session = Session()
 
     def cut(self, i):
         """Node i's CAN cable is cut: it still runs and charges."""

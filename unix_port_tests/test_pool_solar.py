@@ -233,8 +233,14 @@ def test_the_mode_in_the_allocation_frame():
             f = codec.decode(0x602, b, 1)
             eq((f.mode, f.waiting), (i, waiting), mode)
     a = bytes(b)
-    for flags in (6, 7, 8, 0x10, 0x80):
+    for flags in (6, 7, 0x0E, 0xFF):
         eq(codec.decode(0x602, a[:5] + bytes([flags]) + a[6:], 1), None, "flags %d" % flags)
+    # Bits 3-7: the pool's share from surplus, in 31sts rounded down (the low side).
+    for share, code in ((0.0, 0), (None, 0), (0.5, 15), (1.0, 31), (1.5, 31), (-1.0, 0)):
+        codec.encode_alloc(b, 1, 7, 2, 1, 10.0, True, 2, 20.0, 2, share)
+        eq(b[5] >> 3, code, "share %r" % share)
+        f = codec.decode(0x602, b, 1)
+        eq((f.mode, f.waiting, f.share), (2, True, code / 31), "share %r decoded" % share)
 
 
 def test_the_start_delay_is_served_at_the_waiting_nodes_own_minimum():

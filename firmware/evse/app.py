@@ -329,7 +329,7 @@ class App:
             "meter_search": self.power.search_view(),
             # null in charge_mode normal; in a pool the mode is the master's (its Balancer)
             "solar": (self.power.pool or self.power).solar_view(),
-            "tariff": None if self.power.tariff is None else self.power.tariff.view(),
+            "tariff": self.power.tariff_view(),
             "balance": self.balance.view(),
             "ocpp": self.ocpp.view(),
         }

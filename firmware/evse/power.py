@@ -17,7 +17,8 @@
 #
 # charge_mode solar / solar_min: after each cycle evse/solar.py (imported only then)
 # turns the same reading's export into the named limit "solar"; with tariff_limit_w set,
-# evse/tariff.py (imported only then) its import into the named limit "tariff".
+# evse/tariff.py (imported only then) its import into the named limit "tariff" (in a load
+# balancing pool only on its master, into a cap of the pool's budget).
 import math
 import time
 from micropython import const
@@ -141,7 +142,9 @@ class PowerManager:
         s = self.settings
         solar_on = s["charge_mode"] != "normal" and not self.pool  # a pool's mode governs
         self.solar = self._feature(self.solar, "solar", "Solar", solar_on, ok)
-        self.tariff = self._feature(self.tariff, "tariff", "Tariff", s["tariff_limit_w"], ok)
+        # In a pool the tariff is its master's, for the pool's budget: a follower's is ignored.
+        tariff_on = s["tariff_limit_w"] and (not self.pool or self.pool.master == self.pool.addr)
+        self.tariff = self._feature(self.tariff, "tariff", "Tariff", tariff_on, ok)
 
     def _feature(self, obj, name, cls, on, ok):
         """evse/solar.py (charge_mode solar or solar_min), evse/tariff.py (tariff_limit_w
@@ -151,6 +154,7 @@ class PowerManager:
             if obj is not None:
                 self.ch.set_external_limit(name, None)  # its named limit bears its name
                 evse.unload("evse." + name)
+                evse.unload("evse.balance.pool" + name)  # a pool's part of it (pooltariff)
             return None
         if obj is None:
             __import__("evse." + name)
@@ -161,6 +165,13 @@ class PowerManager:
     def solar_view(self):
         """/api/status `solar`: None in charge_mode normal."""
         return None if self.solar is None else self.solar.view(self.clock())
+
+    def tariff_view(self):
+        """/api/status `tariff`: None while unset; a pool's follower: the master's governs."""
+        t, lim, pool = self.tariff, self.settings["tariff_limit_w"], self.pool
+        if t is not None or not lim or pool is None:
+            return None if t is None else t.view()
+        return {"limit_w": lim, "pool_master": pool.master, "follower": True}
 
     async def _cycle(self):
         """-> True when this cycle took a valid reading."""

@@ -21,7 +21,12 @@
 # readings) counts as imported at the limit. No meter, a lost one or one without power
 # readings: a pause.
 #
-# Imported by evse/power.py only while tariff_limit_w is set.
+# In a load balancing pool it runs on the master only, for the pool (docs/load-balancing.md,
+# "Capacity tariff in a pool"): its own power is the pool's, the phases and the start
+# current the pool's (evse/balance/pooltariff.py), it pauses below the pool's minimum, and
+# its limit caps the pool's budget instead of feeding "tariff".
+#
+# Imported by evse/power.py only while tariff_limit_w is set (in a pool: on its master).
 import time
 
 from evse import limits
@@ -73,7 +78,13 @@ class Tariff:
         elif pm.last_ok_ms is None:
             self._stop("no_reading")
         # else: a read that failed, not yet a lost meter: the last limit stays
-        offered = getattr(pm.ch, "offered_a", 0)
+        pool = pm.pool
+        if pool is None:
+            offered = getattr(pm.ch, "offered_a", 0)
+        else:
+            from evse.balance import pooltariff
+
+            offered = pooltariff.offered(pool)
         if offered and not self._offered:
             # The charge starts (a car, solar, power management, a resume of ours): a
             # pause may follow at once, a resume only solar_min_on_s after this start.
@@ -82,7 +93,8 @@ class Tariff:
         self._offered = bool(offered)
         if not self._on_ok and limits.held(now, self._on_since, s["solar_min_on_s"] * 1000):
             self._on_ok = True
-        pm.ch.set_external_limit(LIMIT_NAME, self.limit_a)
+        # In a pool the limit caps the pool's budget (node.py): not the charger's as well.
+        pm.ch.set_external_limit(LIMIT_NAME, self.limit_a if pool is None else None)
 
     def _window(self, now, limit_w, win_s):
         """Which window `now` is in. A new one starts with no energy: its counting starts
@@ -158,12 +170,20 @@ class Tariff:
             return
         self.grid_w = p
         u = meters.volts(v)
-        own_w = meters.own_w(pm, u)
+        if pm.pool is None:
+            own_w = meters.own_w(pm, u)
+            n = meters.charge_phases(pm)
+            start = limits.start_a(s)
+            low = limits.MIN_A
+        else:  # the pool's power, its phases and its minimum (a pause below it)
+            from evse.balance import pooltariff
+
+            own_w, n, start = pooltariff.part(pm.pool, pm, u, s)
+            low = start
         left_s = max(self.left_ms, 1000) / 1000
         grid_max = (MARGIN * limit_w * self.window_s - self.energy_ws) / left_s
-        plan = limits.floor_tenth((grid_max - (p - own_w)) / (meters.charge_phases(pm) * u))
+        plan = limits.floor_tenth((grid_max - (p - own_w)) / (n * u))
         self.plan_a = plan = max(0.0, plan)
-        start = limits.start_a(s)
         if plan >= start + RESUME_HYST_A:
             if self._up_since is None:
                 self._up_since = now
@@ -185,7 +205,7 @@ class Tariff:
                 self.limit_a = min(plan, start + RAISE_STEP_A)
             else:
                 self.limit_a = 0.0
-        elif plan < limits.MIN_A:
+        elif plan < low:
             _log.info("pause, %.1f A in the window's budget", plan)
             self.paused = True
             self.limit_a = 0.0
@@ -210,4 +230,5 @@ class Tariff:
             "limit_a": self.limit_a,
             "paused": self.paused,
             "waiting": self.reason,
+            "pool_master": None if self.pm.pool is None else self.pm.pool.master,
         }

@@ -15,6 +15,7 @@ ST_FAULT = const(3)
 ALL = const(7)  # phase mask L1|L2|L3
 # The pool's charge mode in an allocation frame (byte 5 bits 1-2), by its code.
 MODES = ("normal", "solar", "solar_min")
+_SHARE = const(31)  # byte 5 bits 3-7: the pool's share from surplus, in 31sts
 _PHASES = ((), (0,), (1,), (0, 1), (2,), (0, 2), (1, 2), (0, 1, 2))
 
 
@@ -48,14 +49,18 @@ def encode_status(buf, pool, seq, epoch, state, mask, meter, min_a, max_a, draw_
     buf[7] = _ha_up(offered_a)
 
 
-def encode_alloc(buf, pool, seq, epoch, master, amps, waiting, n_nodes, limit_a, mode=0):
-    """mode: the pool's charge mode, its index in MODES."""
+def encode_alloc(buf, pool, seq, epoch, master, amps, waiting, n_nodes, limit_a, mode=0,
+                 share=0.0):
+    """mode: the pool's charge mode, its index in MODES; share: of the pool's power, the
+    part from surplus at the last reading (0-1, sent in 31sts rounded down: the low side)."""
     buf[0] = (VERSION << 4) | (epoch & 0x0F)
     buf[1] = pool & 0xFF
     buf[2] = seq & 0xFF
     buf[3] = master
     buf[4] = _ha(amps)
-    buf[5] = (1 if waiting else 0) | (mode & 3) << 1
+    sh = int(share * _SHARE + 1e-6) if share else 0
+    sh = 0 if sh < 0 else (_SHARE if sh > _SHARE else sh)
+    buf[5] = (1 if waiting else 0) | (mode & 3) << 1 | sh << 3
     buf[6] = n_nodes
     buf[7] = _ha(limit_a)
 
@@ -90,6 +95,7 @@ class Alloc:
         self.n_nodes = 0
         self.limit_a = 0.0
         self.mode = 0  # the pool's charge mode (index in MODES)
+        self.share = 0.0  # of the pool's power, the part from surplus (solar modes)
 
 
 # One object per kind, filled again by every decode: the balancer handles each frame
@@ -126,8 +132,8 @@ def decode(can_id, data, pool):
         master = data[3]
         amps = data[4]
         flags = data[5]
-        if not 1 <= master <= MAX_NODES or flags > 5 or not 1 <= data[6] <= MAX_NODES:
-            return None  # bits 3-7 reserved, mode 3 unknown
+        if not 1 <= master <= MAX_NODES or flags & 7 > 5 or not 1 <= data[6] <= MAX_NODES:
+            return None  # mode 3 unknown
         if 0 < amps < 12:
             return None  # 0 (pause) or at least 6 A
         f = _alloc
@@ -137,7 +143,8 @@ def decode(can_id, data, pool):
         f.master = master
         f.amps = amps / 2
         f.waiting = bool(flags & 1)
-        f.mode = flags >> 1
+        f.mode = flags >> 1 & 3
+        f.share = (flags >> 3) / _SHARE
         f.n_nodes = data[6]
         f.limit_a = data[7] / 2
         return f

@@ -1,5 +1,7 @@
 # The pool's known members (docs/load-balancing.md, "Members and quorum"): the members
 # file that keeps them across restarts, and the quorum a node needs to lead.
+import time
+
 import atomicfile
 import log
 
@@ -44,6 +46,28 @@ def save_members(path, want):
                                     "members": want[2], "meter": want[3]})
     except OSError as e:
         _log.error("members file not written: %r", e)
+
+
+def save_changed(path, want, saved):
+    """Writes want = (addr, pool, sorted members, meter address or None) to `path` (None:
+    members kept in memory only) unless `saved`, what the file holds, is the same.
+    -> what the file holds now."""
+    if path is not None and want != saved:
+        save_members(path, want)
+        return want
+    return saved
+
+
+def forget(members, addr, nodes, now, hold_ms):
+    """Forgets every member (addr -> last heard) other than `addr` not in `nodes` and not
+    heard for hold_ms. -> True when one was forgotten."""
+    out = False
+    for a in list(members):
+        if a != addr and a not in nodes and time.ticks_diff(now, members[a]) > hold_ms:
+            del members[a]
+            out = True
+            _log.warning("node %d silent for %d ms: no longer a member", a, hold_ms)
+    return out
 
 
 def has_quorum(addr, members, nodes):

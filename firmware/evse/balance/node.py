@@ -4,14 +4,15 @@
 import time
 from micropython import const
 
+import evse
 from evse import faults
 from evse import limits
 from evse.balance import codec
 from evse.balance.codec import ALL, ID_ALLOC, ID_STATUS, MAX_NODES, ST_CONNECTED, ST_FAULT
 from evse.balance.codec import ST_IDLE, ST_WANT, encode_alloc, encode_status, fresh, phases
 from evse.balance.planner import CYCLE_MS, MIN_A, ROTATE_MS, MeterLimit, Node, Planner
-from evse.balance.planner import cap_age
-from evse.balance.members import MEMBERS_FILE, has_quorum, load_pool, save_members
+from evse.balance.planner import cap_age, capped
+from evse.balance.members import MEMBERS_FILE, forget, has_quorum, load_pool, save_changed
 import log
 import periodic
 
@@ -66,6 +67,8 @@ class Balancer:
         self.planner = Planner(rotate_ms)
         self.solar = None  # the master's PoolSolar (evse/balance/surplus.py) in a solar mode
         self.pool_mode = "normal"  # the charge mode the master sends
+        self.share = None  # ... and of the pool's power the part from surplus (solar modes)
+        self.solar_ms = None  # the tick surplus.count() last ran (history's solar_kwh)
         self._buf = bytearray(8)
         self._seq = 0
         self._aseq = 0
@@ -125,11 +128,8 @@ class Balancer:
         if not on:
             return
         # Every tick, before anything compares them (cap_age).
-        if self.alloc_ms is not None and time.ticks_diff(now, self.alloc_ms) > _ALLOC_OLD_MS:
-            self.alloc_ms = time.ticks_add(now, -_ALLOC_OLD_MS)
-        t = self._master_since
-        if t is not None and time.ticks_diff(now, t) > _MASTER_OLD_MS:
-            self._master_since = time.ticks_add(now, -_MASTER_OLD_MS)
+        self.alloc_ms = capped(self.alloc_ms, now, _ALLOC_OLD_MS)
+        self._master_since = capped(self._master_since, now, _MASTER_OLD_MS)
         cap_age(self.members, now, GONE_HOLD_MS + 1)
         addr = s["can_addr"]
         pool = s.get("lb_pool_id") or POOL_ID
@@ -199,6 +199,10 @@ class Balancer:
                 self.fallback = True
                 _log.error("no allocation from master %s for %d ms: fallback share",
                            self.master, MASTER_TIMEOUT_MS)
+        if self.pool_mode != "normal" or self.solar_ms is not None or self.solar is not None:
+            from evse.balance import surplus  # the session's energy from surplus (solar_kwh)
+
+            surplus.count(self, now)  # back in `normal`: forgets the module
         if self._apply(now) and self.master != addr and self.alloc_a is not None:
             # A changed allocation is reported as soon as it is applied, not at the next
             # status period: the master grants a raise only once every other node has
@@ -227,7 +231,8 @@ class Balancer:
         self.alloc_ms = None
         self.fallback = False
         self.planner = Planner(self.planner.rotate_ms)
-        self.solar = None
+        self.solar = self.solar_ms = self.share = None
+        evse.unload("evse.balance.surplus")  # the pool's solar modes' code (surplus.count)
         if self.power is not None:
             self.power.pool = self if on else None  # the pool's mode governs, not ours
         if on:
@@ -369,6 +374,7 @@ class Balancer:
         self.waiting = f.waiting
         self.pool_limit_a = f.limit_a
         self.pool_mode = codec.MODES[f.mode]
+        self.share = f.share
         if self.fallback:
             self.fallback = False
             _log.warning("master %d allocates again", self.master)
@@ -411,21 +417,14 @@ class Balancer:
                 return
         elif self.alloc_a is None or self.fallback:
             return
-        for a in list(self.members):
-            if a == self.addr or a in self.nodes:
-                continue
-            if time.ticks_diff(now, self.members[a]) > GONE_HOLD_MS:
-                del self.members[a]
-                self._dirty = True
-                _log.warning("node %d silent for %d ms: no longer a member", a, GONE_HOLD_MS)
+        if forget(self.members, self.addr, self.nodes, now, GONE_HOLD_MS):
+            self._dirty = True
 
     def _persist(self):
         """Writes the members file when what it should hold has changed."""
-        if self._dirty and self._path is not None:
+        if self._dirty:
             want = (self.addr, self.pool, sorted(self.members), self.meter_addr)
-            if want != self._saved:
-                self._saved = want
-                save_members(self._path, want)
+            self._saved = save_changed(self._path, want, self._saved)
         self._dirty = False
 
     # ---- roles ---------------------------------------------------------------------------------
@@ -511,15 +510,17 @@ class Balancer:
         nodes = [self.me] + list(self.nodes.values())
         mode = self.settings.get("charge_mode", "normal")
         only = None
-        if mode == "normal":
-            self.solar = None
-        else:  # the pool's share of the surplus, by the master's mode
+        if mode != "normal":  # the pool's share of the surplus, by the master's mode
             if self.solar is None:
                 from evse.balance.surplus import PoolSolar
 
                 self.solar = PoolSolar()
             pw = self.power if self.me.meter else None
             limit, only = self.solar.plan(now, pw, self.settings, nodes, limit)
+            self.share = self.solar.share
+        if self.settings.get("tariff_limit_w"):  # the master's capacity tariff caps the pool
+            t = getattr(getattr(self.power, "tariff", None), "limit_a", None)  # pooltariff.py
+            limit = [min(x, t or 0.0) for x in limit]  # not planned yet: nobody charges
         self.pool_mode = mode
         self.pool_limit_a = min(limit)
         sent = self.planner.plan(now, limit, nodes, not self._unsettled(now), only)
@@ -531,7 +532,7 @@ class Balancer:
                 continue
             encode_alloc(self._buf, self.pool, self._aseq, self.epoch, self.addr, sent[a],
                          a in self.planner.waiting, n, self.pool_limit_a,
-                         codec.MODES.index(mode) if mode in codec.MODES else 1)
+                         codec.MODES.index(mode) if mode in codec.MODES else 1, self.share)
             self._send(ID_ALLOC + a)
             if sent[a] > self._peak.get(a, 0.0):
                 self._peak[a] = sent[a]

@@ -37,6 +37,13 @@ def cap_age(d, now, cap_ms):
             d[k] = time.ticks_add(now, -cap_ms)
 
 
+def capped(t, now, cap_ms):
+    """Time t (None: none) kept at most cap_ms old, as cap_age keeps a dict's."""
+    if t is not None and time.ticks_diff(now, t) > cap_ms:
+        return time.ticks_add(now, -cap_ms)
+    return t
+
+
 class Node:
     """What is known of one pool member (from its status frames, or ourselves)."""
 
@@ -63,6 +70,34 @@ class Node:
         return {"addr": self.addr, "state": self.state, "mask": self.mask,
                 "meter": self.meter, "max_a": self.max_a, "draw_a": self.draw_a,
                 "offered_a": self.offered_a}
+
+
+def pool_w(pw, u, nodes, sent=None):
+    """The pool's own power at voltage u at a reading of the master's meter (power manager
+    `pw`): the master's own of the same reading, and each other node's draw, never more
+    than it offers now (Node.counted_a), on every phase it loads. nodes: the others.
+    sent: the master's last allocations (Planner.sent): a node starting counts what it
+    was sent at least (its car ramps up before its reports show it)."""
+    a = pw.own_a
+    w = (a[0] + a[1] + a[2]) * u  # evse/meters.py own_w, without importing the meter code
+    for n in nodes:
+        a = n.counted_a()
+        if sent is not None and n.starting:
+            a = max(a, sent.get(n.addr, 0.0))
+        w += a * len(phases(n.mask)) * u
+    return w
+
+
+def loaded(nodes):
+    """The phases the pool loads: those of the Nodes that need current, else of all."""
+    mask = 0
+    for n in nodes:
+        if n.state == ST_WANT:
+            mask |= n.mask
+    if not mask:
+        for n in nodes:
+            mask |= n.mask
+    return mask or ALL
 
 
 class MeterLimit:

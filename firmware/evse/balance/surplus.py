@@ -11,13 +11,17 @@
 # delay. In `solar_min` every node that needs current gets its minimum and the surplus
 # above it. The budget falls at once and rises by RAISE_STEP_A per node and reading.
 #
-# Imported by evse/balance/node.py only on a master whose charge_mode is not `normal`.
+# Every node of a pool in a solar mode counts its session's energy from surplus (count()).
+#
+# Imported by evse/balance/node.py only while the pool's charge mode is not `normal` (the
+# master's PoolSolar, every node's count()), and forgotten after.
 import time
 from micropython import const
 
+import evse
 from evse import limits
 from evse.balance.codec import ALL, ST_WANT, phases
-from evse.balance.planner import Node, cap_age
+from evse.balance.planner import Node, cap_age, loaded, pool_w
 from evse.power import RAISE_STEP_A
 import log
 
@@ -26,6 +30,7 @@ _log = log.get("balance")
 # Times kept at most this old (cap_age): past the longest setting they are compared with
 # (solar_min_on_s, at most 7200 s), so that none reads as new once the ticks wrap.
 _OLD_MS = const(7200001)
+_MAX_GAP_MS = const(5000)  # a longer gap between ticks counts no energy from surplus
 _UP = const(0)  # in `since`: the surplus covers the next node since then
 _LOW = const(1)  # in `since`: the surplus does not cover the charging nodes since then
 
@@ -42,6 +47,32 @@ def _fits(ns, sur):
     return True
 
 
+def count(bal, now):
+    """The session's energy from surplus on node `bal` (its Balancer), each tick: its own
+    power times the pool's share from surplus of the master's last reading (allocation
+    byte 5 bits 3-7), for the time since the tick before. One charger counts by the same
+    rule (evse/solar.py _count); without a fresh allocation (fallback) nothing counts.
+    Back in `normal` this module is forgotten: a mode switch back costs nothing."""
+    if bal.pool_mode == "normal":
+        bal.solar = bal.solar_ms = bal.share = None  # the master's PoolSolar too
+        evse.unload("evse.balance.surplus")
+        return
+    sess = getattr(bal.ch, "session", None)
+    last = bal.solar_ms
+    bal.solar_ms = now  # every tick: never compared across the ticks wrap
+    if sess is None:
+        return
+    if getattr(sess, "solar_wh", None) is None:
+        sess.solar_wh = 0.0  # the record names it: counted in this session
+    share = bal.share
+    if last is None or not share or bal.fallback:
+        return
+    dt = time.ticks_diff(now, last)
+    w = getattr(bal.metering, "power_w", 0.0)
+    if 0 < dt <= _MAX_GAP_MS and w > 0:
+        sess.solar_wh += w * share * dt / 3600000
+
+
 class PoolSolar:
     def __init__(self):
         self.mode = None
@@ -51,6 +82,7 @@ class PoolSolar:
         self.mask = ALL  # the phases the pool loads
         self.need_w = None  # export still missing for the next node to start
         self.reason = None  # why the surplus is unknown (no_meter, meter_lost, ...)
+        self.share = None  # of the pool's power, the part from surplus (None: unknown)
         self.budget = [0.0, 0.0, 0.0]  # the pool limit of the mode, per phase (damped)
         self.run = {}  # addr -> when it started on surplus (`solar`)
         self.wait = {}  # addr -> since when it waits for surplus (`solar`)
@@ -75,10 +107,7 @@ class PoolSolar:
         for d in (self.run, self.wait, self.since):
             cap_age(d, now, _OLD_MS)
         want = [n for n in nodes if n.state == ST_WANT]
-        mask = 0
-        for n in want or nodes:
-            mask |= n.mask
-        self.mask = mask or ALL
+        self.mask = loaded(nodes)
         new = self._take(pw, nodes)
         sur = self.surplus_a
         if mode == "solar_min":
@@ -127,11 +156,12 @@ class PoolSolar:
         if p is None:
             return self._unknown("no_power")  # currents only: no direction
         u = meters.volts(pw.values)
-        w = meters.own_w(pw, u) - p  # the master's own power, of the same reading
-        for n in nodes[1:]:
-            # Its draw, never more than it offers now (planner.Node.counted_a), on each
-            # phase it loads.
-            w += n.counted_a() * len(phases(n.mask)) * u
+        own = pool_w(pw, u, nodes[1:])
+        w = own - p
+        # The share of the pool's power from surplus, by the rule of one charger (the
+        # import counted as the pool's first: evse/solar.py _count); each node counts its
+        # own power times it (count()).
+        self.share = max(0.0, min(1.0, w / own)) if own > 0 else 0.0
         self.grid_w = p
         self.reason = None
         self._u = u
@@ -139,7 +169,7 @@ class PoolSolar:
         return True
 
     def _unknown(self, why):
-        self.surplus_a = self.grid_w = self.need_w = None
+        self.surplus_a = self.grid_w = self.need_w = self.share = None
         self.reason = why
         self.ms = None
         return False

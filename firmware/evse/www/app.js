@@ -408,7 +408,8 @@
     else if (s && s.stop_in_s != null) out.push(t('cm.stop', {s: s.stop_in_s}));
     if (s && s.session_solar_kwh != null) out.push(t('cm.solar_kwh', {kwh: num(s.session_solar_kwh, 2)}));
     const c = st.tariff;
-    if (c) {
+    if (c && c.follower) out.push(t('cm.tariff_pool', {n: c.pool_master == null ? '?' : c.pool_master}));
+    else if (c) {
       out.push(t('cm.tariff', {avg: num(c.avg_w / 1000, 2), lim: num(c.limit_w / 1000, 2), min: Math.ceil(c.left_s / 60)}));
       if (c.waiting) out.push(tv('cm.w.', c.waiting));
     }
