@@ -207,8 +207,7 @@ class PowerManager:
         return ok
 
     def _drop_probe(self):
-        """The search is over: its module goes too (0.4 KB; the next search imports it
-        again), as after an "auto" search adopts its meter."""
+        """The search is over: its module goes too (0.4 KB; a next search imports it)."""
         self.probe = None
         evse.unload("evse.meterprobe")
 
@@ -224,9 +223,8 @@ class PowerManager:
     def _switch(self, model, now):
         if model in ("none", "auto") and self.lost:
             self._set_lost(False, "turned off")
-        if model == "auto":
-            self.probe = None  # a new search, from its start
-        else:
+        self.probe = None  # "auto": a new search, from its start
+        if model != "auto":
             self._drop_probe()
         self._swept_ms = None
         self.model = model
