@@ -386,6 +386,19 @@ def test_install_yields_between_files():
     true(not _exists(d), "erased")
 
 
+def test_a_path_twice_counts_once():
+    # A tree with evse/app.mpy twice and no evse/version.mpy is not a firmware tree.
+    files = [("evse/app.mpy", b"A" * 100), ("evse/app.mpy", b"B" * 10)]
+    payload = _archive(files)
+    p = _tmpdir() + "/twice.bin"
+    with open(p, "wb") as f:
+        f.write(_header(length=len(payload)) + payload)
+    with open(p, "rb") as f:
+        held = asyncio.run(otaimage.holds(f, len(payload), ("evse/app.mpy", "evse/version.mpy")))
+    asyncio.new_event_loop()
+    eq(held, 1, "one of the two wanted paths")
+
+
 def test_service_built_on_use_and_dropped_when_idle():
     # The app holds the OTA service only while it is used (evse/app.py _Upgrades): idle
     # for a minute, it goes with its modules; the last result stays for the Upgrade page.

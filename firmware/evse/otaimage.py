@@ -236,15 +236,20 @@ async def holds(f, length, want, check=None):
     """Walks every record (records() checks each; check(path), when given, raises
     OtaError for a path the caller does not take), yielding between records: an archive
     of hundreds of files is hundreds of flash seeks and reads. Returns how many of the
-    paths in `want` the archive holds. No list of the paths is kept: a firmware tree's
-    hundred names were 5 KB of heap at the upgrade's worst moment."""
-    found = 0
+    paths in `want` the archive holds, each counted once (a path twice is not another
+    one). No list of the paths is kept: a firmware tree's hundred names were 5 KB of
+    heap at the upgrade's worst moment."""
+    seen = 0  # a bit per path of want
     for p, _ in records(f, length):
         if check is not None:
             check(p)
         if p in want:
-            found += 1
+            seen |= 1 << want.index(p)
         await asyncio.sleep_ms(0)
+    found = 0
+    while seen:
+        found += seen & 1
+        seen >>= 1
     return found
 
 
