@@ -5,6 +5,8 @@
 # needs no reboot.
 import asyncio
 
+VENDOR = "Cabur"  # DataTransfer's vendorId, the BootNotification's chargePointVendor
+
 
 class Ocpp:
     def __init__(self, app):

@@ -15,7 +15,8 @@ import atomicfile
 import log
 from evse import faults
 from evse import version
-from evse.ocpp import authlist, config, handlers, schema
+import evse
+from evse.ocpp import VENDOR, authlist, config
 from evse.ocpp.authsrc import Authorization
 from evse.ocpp.link import CallError, LinkDown
 from evse.ocpp.rpc import RpcError
@@ -171,7 +172,7 @@ class ChargePoint:
             self.kick()  # a transaction message held back for its record can go now
         elif kind == "fault" and self.online:
             self.note("DataTransfer", {
-                "vendorId": handlers.VENDOR, "messageId": "FaultReport", "data": json.dumps(rec)})
+                "vendorId": VENDOR, "messageId": "FaultReport", "data": json.dumps(rec)})
 
     # ---- status ---------------------------------------------------------------------------------
     def status_of(self, conn):
@@ -193,6 +194,18 @@ class ChargePoint:
 
     # ---- the central system's CALLs ---------------------------------------------------------------
     async def _on_call(self, mid, action, payload):
+        # The handlers and the request schemas are imported for the CALL and forgotten
+        # after it (1 KB on a board for good otherwise): the central system's CALLs are
+        # rare, a frozen module's import is its objects, made in about a millisecond.
+        try:
+            await self._call(mid, action, payload)
+        finally:
+            evse.unload("evse.ocpp.handlers")
+            evse.unload("evse.ocpp.schema")
+
+    async def _call(self, mid, action, payload):
+        from evse.ocpp import handlers, schema
+
         link = self.link
         fn = None
         for row in handlers.TABLE:

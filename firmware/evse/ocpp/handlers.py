@@ -11,14 +11,13 @@ import log
 from evse import charger as charger_mod
 from evse import faults
 from evse import socketlock
-from evse.ocpp import isotime
+from evse.ocpp import VENDOR, isotime
 from evse.ocpp import meterval
 from evse.ocpp.authlist import apply_list
 from evse.ocpp.rpc import RpcError
 
 _log = log.get("ocpp.cs")
 
-VENDOR = "Cabur"  # DataTransfer's vendorId, the BootNotification's chargePointVendor
 
 # The answer waits for the outcome (charger.UNLOCK_WORST_MS: the vehicle's time to stop
 # drawing, the weld window, the lock's feedback with its retry) and a margin for a busy

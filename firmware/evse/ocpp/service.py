@@ -22,7 +22,7 @@ from evse import faults
 from evse import version
 from evse.ocpp import isotime
 from evse.ocpp.chargepoint import ChargePoint
-from evse.ocpp.handlers import VENDOR
+from evse.ocpp import VENDOR
 from evse.ocpp.link import CallError, Link, LinkDown
 
 _log = log.get("ocpp")
