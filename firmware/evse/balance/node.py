@@ -70,8 +70,7 @@ class Balancer:
         self.share = None  # ... and of the pool's power the part from surplus (solar modes)
         self.solar_ms = None  # the tick surplus.count() last ran (history's solar_kwh)
         self._buf = bytearray(8)
-        self._seq = 0
-        self._aseq = 0
+        self._seq = self._aseq = 0
         self.enabled = False
         self.addr = 0
         self.pool = POOL_ID
@@ -227,8 +226,7 @@ class Balancer:
         self.quorum = False
         self.meter_addr = None
         self.master = None
-        self.alloc_a = None
-        self.alloc_ms = None
+        self.alloc_a = self.alloc_ms = None
         self.fallback = False
         self.planner = Planner(self.planner.rotate_ms)
         self.solar = self.solar_ms = self.share = None
@@ -509,7 +507,7 @@ class Balancer:
         limit = self._limit(now)
         nodes = [self.me] + list(self.nodes.values())
         mode = self.settings.get("charge_mode", "normal")
-        only = None
+        only, self.share = None, 0  # no share of surplus in `normal`
         if mode != "normal":  # the pool's share of the surplus, by the master's mode
             if self.solar is None:
                 from evse.balance.surplus import PoolSolar
@@ -518,12 +516,14 @@ class Balancer:
             pw = self.power if self.me.meter else None
             limit, only = self.solar.plan(now, pw, self.settings, nodes, limit)
             self.share = self.solar.share
+        raises = not self._unsettled(now)
         if self.settings.get("tariff_limit_w"):  # the master's capacity tariff caps the pool
-            t = getattr(getattr(self.power, "tariff", None), "limit_a", None)  # pooltariff.py
-            limit = [min(x, t or 0.0) for x in limit]  # not planned yet: nobody charges
+            from evse.balance.pooltariff import cap
+
+            limit, raises = cap(self, limit, raises)
         self.pool_mode = mode
         self.pool_limit_a = min(limit)
-        sent = self.planner.plan(now, limit, nodes, not self._unsettled(now), only)
+        sent = self.planner.plan(now, limit, nodes, raises, only)
         self._aseq = (self._aseq + 1) & 0xFF
         n = len(nodes)
         for node in nodes:

@@ -34,3 +34,15 @@ def offered(bal):
         if n.offered_a:
             return True
     return False
+
+
+def cap(bal, limit, raises):
+    """The master's allocation under its tariff: (the pool limit capped by the tariff's
+    plan, raises). With the tariff just set and no plan yet, nobody gets more than now
+    (cuts only) until the power task has planned; without a power manager, nothing (the
+    import is unknown)."""
+    tf = getattr(bal.power, "tariff", None)
+    t = 0.0 if bal.power is None else getattr(tf, "limit_a", None)
+    if t is None:
+        return limit, False
+    return [min(x, t) for x in limit], raises

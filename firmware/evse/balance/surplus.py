@@ -68,7 +68,10 @@ def count(bal, now):
     if last is None or not share or bal.fallback:
         return
     dt = time.ticks_diff(now, last)
-    w = getattr(bal.metering, "power_w", 0.0)
+    m = bal.metering
+    # Only a fresh reading while current is offered: a meter that stopped answering keeps
+    # its last power, which a paused charge did not draw.
+    w = getattr(m, "power_w", 0.0) if getattr(m, "ok", False) and bal.ch.offered_a else 0.0
     if 0 < dt <= _MAX_GAP_MS and w > 0:
         sess.solar_wh += w * share * dt / 3600000
 
