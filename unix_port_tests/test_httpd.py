@@ -48,9 +48,9 @@ async def h_echo(req):
     return await req.json(64)
 
 
-async def h_upload(req):
+async def _digest(req, buf):
+    """The body read into buf piece by piece: its MD5 and length."""
     h = hashlib.md5()
-    buf = bytearray(1024)
     mv = memoryview(buf)
     total = 0
     while True:
@@ -62,20 +62,18 @@ async def h_upload(req):
     return {"md5": _hex(h.digest()), "bytes": total}
 
 
+async def h_upload(req):
+    return await _digest(req, bytearray(1024))
+
+
 async def h_inplace(req):
     # The body read into the connection's own buffer (the firmware's upload does).
     buf = req.buffer()
     if buf is None:
         return {"buffer": None}
-    h = hashlib.md5()
-    total = 0
-    while True:
-        n = await req.read_into(buf)
-        if not n:
-            break
-        h.update(buf[:n])
-        total += n
-    return {"md5": _hex(h.digest()), "bytes": total, "after": req.buffer() is not None}
+    out = await _digest(req, buf)
+    out["after"] = req.buffer() is not None
+    return out
 
 
 async def h_ota(req):
