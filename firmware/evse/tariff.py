@@ -62,6 +62,11 @@ class Tariff:
         self._on_since = None  # the charge's last start
         self._on_ok = True  # ... and solar_min_on_s has passed since
         self._offered = False  # the charger offered current at the last step
+        # In a pool, on its master (evse/balance/pooltariff.py cap): the plan covers one
+        # more node since; the nodes charging at the last cycle; each node's last start.
+        self.pool_up = None
+        self.pool_on = ()
+        self.pool_starts = {}
 
     def step(self, now, ok):
         """After each power cycle (`ok`: a fresh valid reading in pm.values)."""

@@ -520,7 +520,7 @@ class Balancer:
         if self.settings.get("tariff_limit_w"):  # the master's capacity tariff caps the pool
             from evse.balance.pooltariff import cap
 
-            limit, raises = cap(self, limit, raises)
+            limit, raises, only = cap(self, now, limit, nodes, raises, only)
         self.pool_mode = mode
         self.pool_limit_a = min(limit)
         sent = self.planner.plan(now, limit, nodes, raises, only)

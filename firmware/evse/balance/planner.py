@@ -76,13 +76,14 @@ def pool_w(pw, u, nodes, sent=None):
     """The pool's own power at voltage u at a reading of the master's meter (power manager
     `pw`): the master's own of the same reading, and each other node's draw, never more
     than it offers now (Node.counted_a), on every phase it loads. nodes: the others.
-    sent: the master's last allocations (Planner.sent): a node starting counts what it
-    was sent at least (its car ramps up before its reports show it)."""
+    sent: the master's last allocations (Planner.sent): a node starting, or sent current
+    it does not report offering yet (its report lags the frame), counts what it was sent
+    at least (its car ramps up before its reports show it)."""
     a = pw.own_a
     w = (a[0] + a[1] + a[2]) * u  # evse/meters.py own_w, without importing the meter code
     for n in nodes:
         a = n.counted_a()
-        if sent is not None and n.starting:
+        if sent is not None and (n.starting or not n.offered_a):
             a = max(a, sent.get(n.addr, 0.0))
         w += a * len(phases(n.mask)) * u
     return w

@@ -8,7 +8,11 @@
 # Imported by evse/tariff.py only on a pool's master with tariff_limit_w set.
 from evse import limits
 from evse.balance.codec import ST_WANT, phases
-from evse.balance.planner import loaded, pool_w
+from evse.balance.planner import cap_age, capped, loaded, pool_w
+from evse.power import RESUME_HOLD_MS, RESUME_HYST_A
+
+_OLD_MS = 7200001  # past the longest time compared (solar_min_on_s, 7200 s): the ticks wrap
+_UNDER_A = 0.05  # the limit kept under the room one more node needs
 
 
 def part(bal, pm, u, s):
@@ -36,13 +40,65 @@ def offered(bal):
     return False
 
 
-def cap(bal, limit, raises):
+def cap(bal, now, limit, nodes, raises, only):
     """The master's allocation under its tariff: (the pool limit capped by the tariff's
-    plan, raises). With the tariff just set and no plan yet, nobody gets more than now
-    (cuts only) until the power task has planned; without a power manager, nothing (the
-    import is unknown)."""
+    plan, raises, the addresses that may charge). With the tariff just set and no plan
+    yet, nobody gets more than now (cuts only) until the power task has planned; without
+    a power manager, nothing (the import is unknown). One more node starts only once the
+    plan has covered the charging nodes' minimums and its own + RESUME_HYST_A for
+    RESUME_HOLD_MS (until then the limit on its phases stays just under that, and then it
+    starts at its minimum), and a node starts again only solar_min_on_s after its last
+    start: a plan wavering around the room for a node neither starts nor stops it over
+    and over (one charger's resume rule, node by node). The pool's first start is the
+    tariff's own resume; a turn handed from one node to another needs no more room."""
     tf = getattr(bal.power, "tariff", None)
     t = 0.0 if bal.power is None else getattr(tf, "limit_a", None)
     if t is None:
-        return limit, False
-    return [min(x, t) for x in limit], raises
+        return limit, False, only
+    limit = [min(x, t) for x in limit]
+    if tf is None:
+        return limit, raises, only
+    sent = bal.planner.sent
+    starts = tf.pool_starts
+    cap_age(starts, now, _OLD_MS)
+    on = []
+    wait = []
+    for n in nodes:
+        if n.state != ST_WANT or (only is not None and n.addr not in only):
+            continue
+        if sent.get(n.addr, 0.0) > 0:
+            on.append(n)
+            if n.addr not in tf.pool_on:
+                starts[n.addr] = now
+        else:
+            wait.append(n)
+    tf.pool_on = tuple(n.addr for n in on)
+    min_on = bal.settings["solar_min_on_s"] * 1000
+    nxt = None
+    for n in wait:
+        if n.addr in starts and not limits.held(now, starts[n.addr], min_on):
+            only = set(x.addr for x in on + wait) if only is None else set(only)
+            only.discard(n.addr)  # started within solar_min_on_s: not again yet
+        elif nxt is None or n.min_a < nxt.min_a:
+            nxt = n
+    if nxt is None or not on:
+        tf.pool_up = None
+        return limit, raises, only
+    need = [0.0, 0.0, 0.0]
+    ps = phases(nxt.mask)
+    for p in ps:
+        need[p] = nxt.min_a
+        for n in on:
+            if n.mask & (1 << p):
+                need[p] += n.min_a
+    if all(t >= need[p] + RESUME_HYST_A for p in ps):
+        up = tf.pool_up = capped(tf.pool_up, now, _OLD_MS) or now
+        if limits.held(now, up, RESUME_HOLD_MS):
+            for p in ps:  # it starts at its minimum, not on all the room the plan rose to
+                limit[p] = min(limit[p], need[p] + RESUME_HYST_A)
+            return limit, raises, only
+    else:
+        tf.pool_up = None
+    for p in ps:  # not yet: room for those charging, not for one more
+        limit[p] = min(limit[p], need[p] - _UNDER_A)
+    return limit, raises, only
