@@ -49,8 +49,9 @@ def cap(bal, now, limit, nodes, raises, only):
     RESUME_HOLD_MS (until then the limit on its phases stays just under that, and then it
     starts at its minimum), and a node starts again only solar_min_on_s after its last
     start: a plan wavering around the room for a node neither starts nor stops it over
-    and over (one charger's resume rule, node by node). The pool's first start is the
-    tariff's own resume; a turn handed from one node to another needs no more room."""
+    and over (one charger's resume rule, node by node). When none charges (the tariff's
+    own resume) one node starts, at its minimum + RESUME_HYST_A; a turn handed from one
+    node to another needs no more room."""
     tf = getattr(bal.power, "tariff", None)
     t = 0.0 if bal.power is None else getattr(tf, "limit_a", None)
     if t is None:
@@ -58,7 +59,7 @@ def cap(bal, now, limit, nodes, raises, only):
     limit = [min(x, t) for x in limit]
     if tf is None:
         return limit, raises, only
-    sent = bal.planner.sent
+    pl = bal.planner
     starts = tf.pool_starts
     cap_age(starts, now, _OLD_MS)
     on = []
@@ -66,7 +67,7 @@ def cap(bal, now, limit, nodes, raises, only):
     for n in nodes:
         if n.state != ST_WANT or (only is not None and n.addr not in only):
             continue
-        if sent.get(n.addr, 0.0) > 0:
+        if pl.sent.get(n.addr, 0.0) > 0 or pl.charging.get(n.addr):  # its turn handed over
             on.append(n)
             if n.addr not in tf.pool_on:
                 starts[n.addr] = now
@@ -83,6 +84,9 @@ def cap(bal, now, limit, nodes, raises, only):
             nxt = n
     if nxt is None or not on:
         tf.pool_up = None
+        if nxt is not None:  # the tariff's resume: one node starts, at its minimum + 1 A
+            for p in phases(nxt.mask):
+                limit[p] = min(limit[p], nxt.min_a + RESUME_HYST_A)
         return limit, raises, only
     need = [0.0, 0.0, 0.0]
     ps = phases(nxt.mask)
@@ -92,7 +96,8 @@ def cap(bal, now, limit, nodes, raises, only):
             if n.mask & (1 << p):
                 need[p] += n.min_a
     if all(t >= need[p] + RESUME_HYST_A for p in ps):
-        up = tf.pool_up = capped(tf.pool_up, now, _OLD_MS) or now
+        up = capped(tf.pool_up, now, _OLD_MS)
+        up = tf.pool_up = now if up is None else up
         if limits.held(now, up, RESUME_HOLD_MS):
             for p in ps:  # it starts at its minimum, not on all the room the plan rose to
                 limit[p] = min(limit[p], need[p] + RESUME_HYST_A)
