@@ -343,10 +343,7 @@ def test_stored_times_across_the_tick_wrap():
     from evse.balance import node, planner, surplus
 
     mods = (node, planner, surplus, tariff, limits)
-    saved = [m.time for m in mods]
-    for m in mods:
-        m.time = fake_time
-    try:
+    with fake_time.Ticks32(*mods):
         pool = TariffPool([1, 2], limit_w=20000, mode="solar_min", min_on=60)
         pool.t = fake_time.TICKS_PERIOD - 30000  # the wrap 30 s in
         pool.surplus = 6.0
@@ -363,9 +360,6 @@ def test_stored_times_across_the_tick_wrap():
         eq(pool.at(2).ch.session.solar_wh, wh, "nothing counted for hour-long gaps")
         pool.secs(5)
         eq(pool.offers(), [6.0, 6.0], "charging again")
-    finally:
-        for i, m in enumerate(mods):
-            m.time = saved[i]
 
 
 class _Frozen:

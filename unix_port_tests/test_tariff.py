@@ -283,10 +283,7 @@ def test_windows_and_pauses_survive_the_tick_wrap():
     from evse import power, tariff
 
     mods = (tariff, limits, power)
-    saved = [m.time for m in mods]
-    for m in mods:
-        m.time = fake_time
-    try:
+    with fake_time.Ticks32(*mods):
         r = Rig(limit_w=5000, epoch=None, window=1, min_on=30)
         r.clock.ms = r.ms0 = fake_time.TICKS_PERIOD - 30000
         r.pm.clock = lambda: r.clock.ms & (fake_time.TICKS_PERIOD - 1)
@@ -299,9 +296,6 @@ def test_windows_and_pauses_survive_the_tick_wrap():
         eq(r.tariff(), 0.0, "paused")
         r.drive(40, lambda t: 300)
         true(r.tariff() >= 6, "resumed across the wrap")
-    finally:
-        for i in range(len(mods)):
-            mods[i].time = saved[i]
 
 
 def test_single_phase_plan():
@@ -356,10 +350,7 @@ def test_a_meter_outage_past_the_tick_wrap_counts_at_the_limit():
     from evse import power, tariff
 
     mods = (tariff, limits, power)
-    saved = [m.time for m in mods]
-    for m in mods:
-        m.time = fake_time
-    try:
+    with fake_time.Ticks32(*mods):
         r = Rig(limit_w=5000, epoch=T0)
         r.pm.clock = lambda: r.clock.ms & (fake_time.TICKS_PERIOD - 1)
         r.drive(30, lambda t: 500)
@@ -383,9 +374,6 @@ def test_a_meter_outage_past_the_tick_wrap_counts_at_the_limit():
         v = r.view()
         eq(v["waiting"], None, "the meter is back")
         true(v["avg_w"] >= 4800, "the unseen part at the limit: avg %r W" % v["avg_w"])
-    finally:
-        for i in range(len(mods)):
-            mods[i].time = saved[i]
 
 
 def test_a_gap_across_a_window_start_counts_once():

@@ -14,31 +14,12 @@ from check import eq, true  # noqa: E402
 from fakehw import IdleCharger as _Idle, IdleMeter as _Met
 from evse import faults  # noqa: E402
 
+Ticks32 = fake_time.Ticks32
 PERIOD = fake_time.TICKS_PERIOD
 MASK = PERIOD - 1
 HALF = PERIOD // 2  # 2**29 ms: 6.2 days
 WEEK_MS = 7 * 24 * 3600 * 1000  # between 2**29 and 2**30: reads as negative
 NEAR_WRAP = PERIOD - 3000  # the wrap comes 3 s after the start
-
-
-class Ticks32:
-    """The `time` of the given modules does 32-bit tick arithmetic while inside."""
-
-    def __init__(self, *mods):
-        self.mods = mods
-        self.saved = []
-
-    def __enter__(self):
-        self.saved = [m.time for m in self.mods]
-        for m in self.mods:
-            m.time = fake_time
-        return self
-
-    def __exit__(self, *exc):
-        for m, t in zip(self.mods, self.saved):
-            m.time = t
-        fake_time.set_ms(-1)
-        return False
 
 
 class WrapClock:

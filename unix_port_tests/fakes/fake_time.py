@@ -46,3 +46,26 @@ sleep_us = _real.sleep_us
 sleep = _real.sleep
 time = _real.time
 gmtime = _real.gmtime
+
+
+class Ticks32:
+    """The `time` of the given modules does this 32-bit tick arithmetic while inside:
+    `with Ticks32(tariff, power): ...`."""
+
+    def __init__(self, *mods):
+        self.mods = mods
+        self.saved = []
+
+    def __enter__(self):
+        import fake_time
+
+        self.saved = [m.time for m in self.mods]
+        for m in self.mods:
+            m.time = fake_time
+        return self
+
+    def __exit__(self, *exc):
+        for m, t in zip(self.mods, self.saved):
+            m.time = t
+        set_ms(-1)
+        return False
