@@ -26,6 +26,9 @@ LIFT_GRACE_MS = const(15000)  # ... and this long to take it before it is capped
 # Stored times are kept at most this old (cap_age): past every window they are compared
 # with, the answers stay the same, and none reads as new once the ticks wrap.
 _TURN_OLD_MS = const(1 << 28)  # 3.1 days: a turn or a wait, far past ROTATE_MS
+# Times compared with solar_min_on_s (at most 7200 s) and the shorter start/stop holds of
+# the pool's solar modes and tariff (surplus.py, pooltariff.py).
+MIN_ON_OLD_MS = const(7200001)
 
 
 def cap_age(d, now, cap_ms):
@@ -70,6 +73,15 @@ class Node:
         return {"addr": self.addr, "state": self.state, "mask": self.mask,
                 "meter": self.meter, "max_a": self.max_a, "draw_a": self.draw_a,
                 "offered_a": self.offered_a}
+
+
+def mins(ns, p):
+    """The minimum currents of the Nodes in ns that load phase p, summed."""
+    t = 0.0
+    for n in ns:
+        if n.mask & (1 << p):
+            t += n.min_a
+    return t
 
 
 def pool_w(pw, u, nodes, sent=None):

@@ -8,10 +8,9 @@
 # Imported by evse/tariff.py only on a pool's master with tariff_limit_w set.
 from evse import limits
 from evse.balance.codec import ST_WANT, phases
-from evse.balance.planner import cap_age, capped, loaded, pool_w
+from evse.balance.planner import MIN_ON_OLD_MS, cap_age, capped, loaded, mins, pool_w
 from evse.power import RESUME_HOLD_MS, RESUME_HYST_A
 
-_OLD_MS = 7200001  # past the longest time compared (solar_min_on_s, 7200 s): the ticks wrap
 _UNDER_A = 0.05  # the limit kept under the room one more node needs
 
 
@@ -61,7 +60,7 @@ def cap(bal, now, limit, nodes, raises, only):
         return limit, raises, only
     pl = bal.planner
     starts = tf.pool_starts
-    cap_age(starts, now, _OLD_MS)
+    cap_age(starts, now, MIN_ON_OLD_MS)
     on = []
     wait = []
     for n in nodes:
@@ -76,12 +75,16 @@ def cap(bal, now, limit, nodes, raises, only):
     tf.pool_on = tuple(n.addr for n in on)
     min_on = bal.settings["solar_min_on_s"] * 1000
     nxt = None
+    barred = []  # started within solar_min_on_s: not again yet
     for n in wait:
         if n.addr in starts and not limits.held(now, starts[n.addr], min_on):
-            only = set(x.addr for x in on + wait) if only is None else set(only)
-            only.discard(n.addr)  # started within solar_min_on_s: not again yet
+            barred.append(n.addr)
         elif nxt is None or n.min_a < nxt.min_a:
             nxt = n
+    if barred:
+        only = set(x.addr for x in on + wait) if only is None else set(only)
+        for a in barred:
+            only.discard(a)
     if nxt is None or not on:
         tf.pool_up = None
         if nxt is not None:  # the tariff's resume: one node starts, at its minimum + 1 A
@@ -91,12 +94,9 @@ def cap(bal, now, limit, nodes, raises, only):
     need = [0.0, 0.0, 0.0]
     ps = phases(nxt.mask)
     for p in ps:
-        need[p] = nxt.min_a
-        for n in on:
-            if n.mask & (1 << p):
-                need[p] += n.min_a
+        need[p] = mins(on, p) + nxt.min_a
     if all(t >= need[p] + RESUME_HYST_A for p in ps):
-        up = capped(tf.pool_up, now, _OLD_MS)
+        up = capped(tf.pool_up, now, MIN_ON_OLD_MS)
         up = tf.pool_up = now if up is None else up
         if limits.held(now, up, RESUME_HOLD_MS):
             for p in ps:  # it starts at its minimum, not on all the room the plan rose to

@@ -21,15 +21,12 @@ from micropython import const
 import evse
 from evse import limits
 from evse.balance.codec import ALL, ST_WANT, phases
-from evse.balance.planner import Node, cap_age, loaded, pool_w
+from evse.balance.planner import MIN_ON_OLD_MS, Node, cap_age, loaded, mins, pool_w
 from evse.power import RAISE_STEP_A
 import log
 
 _log = log.get("balance")
 
-# Times kept at most this old (cap_age): past the longest setting they are compared with
-# (solar_min_on_s, at most 7200 s), so that none reads as new once the ticks wrap.
-_OLD_MS = const(7200001)
 _MAX_GAP_MS = const(5000)  # a longer gap between ticks counts no energy from surplus
 _UP = const(0)  # in `since`: the surplus covers the next node since then
 _LOW = const(1)  # in `since`: the surplus does not cover the charging nodes since then
@@ -38,11 +35,7 @@ _LOW = const(1)  # in `since`: the surplus does not cover the charging nodes sin
 def _fits(ns, sur):
     """True when `sur` amps per phase cover the minimum of every Node in ns."""
     for p in range(3):
-        t = 0.0
-        for n in ns:
-            if n.mask & (1 << p):
-                t += n.min_a
-        if t > sur + 1e-9:
+        if mins(ns, p) > sur + 1e-9:
             return False
     return True
 
@@ -108,7 +101,7 @@ class PoolSolar:
             self.wait = {}
             self.since = {}
         for d in (self.run, self.wait, self.since):
-            cap_age(d, now, _OLD_MS)
+            cap_age(d, now, MIN_ON_OLD_MS)
         want = [n for n in nodes if n.state == ST_WANT]
         self.mask = loaded(nodes)
         new = self._take(pw, nodes)
@@ -229,11 +222,7 @@ class PoolSolar:
         cand = g if nxt is None else by[nxt]
         need = 0.0
         for p in phases(cand.mask):
-            t = 0.0
-            for n in on + [cand]:
-                if n.mask & (1 << p):
-                    t += n.min_a
-            need = max(need, t)
+            need = max(need, mins(on + [cand], p))
         self.need_w = max(0.0, (need - sur) * len(phases(self.mask)) * self._u)
         if _fits(on + [cand], sur):
             if _UP not in self.since or need > self._up_need + 1e-9:
